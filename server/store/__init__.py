@@ -1,0 +1,44 @@
+"""Runtime state that git cannot hold: nodes, keys, addresses, pre-auth keys,
+pending logins and last-seen times. Users, policy, DNS and route approvals
+live in git; the store names users and tags by string only.
+
+`Store` is the interface; `open_store` returns the sqlite backend.
+"""
+
+from server.store.interface import Store
+from server.store.ipalloc import DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX
+from server.store.model import (
+    AddressExhausted,
+    AllocationStrategy,
+    Conflict,
+    InvalidName,
+    KeyRejected,
+    Node,
+    NotFound,
+    PendingLogin,
+    PreAuthKey,
+    Rng,
+    SchemaError,
+    StoreError,
+)
+from server.store.sqlite import SqliteStore, open_store
+
+__all__ = [
+    "DEFAULT_IPV4_PREFIX",
+    "DEFAULT_IPV6_PREFIX",
+    "AddressExhausted",
+    "AllocationStrategy",
+    "Conflict",
+    "InvalidName",
+    "KeyRejected",
+    "Node",
+    "NotFound",
+    "PendingLogin",
+    "PreAuthKey",
+    "Rng",
+    "SchemaError",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "open_store",
+]

@@ -1,0 +1,100 @@
+"""Conversions between sqlite column values and domain values.
+
+The only place that knows how a key, a time or a list is spelled in a row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
+
+from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.store.model import Node, PendingLogin, PreAuthKey
+
+NODE_COLUMNS = (
+    "id, machine_key, node_key, disco_key, ipv4, ipv6, hostname, given_name, user_name,"
+    " tags, auth_key_id, ephemeral, created, last_seen, key_expiry, hostinfo, endpoints,"
+    " capver"
+)
+KEY_COLUMNS = "id, prefix, user_name, reusable, ephemeral, tags, created, expiration, used, revoked"
+LOGIN_COLUMNS = "auth_id, machine_key, node_key, ephemeral, created"
+
+Row = tuple[Any, ...]
+
+
+def ts(when: datetime) -> str:
+    """A time as stored: ISO 8601 in UTC, fixed width, so text order is time order."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError("the store needs timezone-aware datetimes (UTC)")
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def ts_or_none(when: datetime | None) -> str | None:
+    return None if when is None else ts(when)
+
+
+def dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def dt_required(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def json_list(items: Sequence[str]) -> str:
+    return json.dumps(list(items))
+
+
+def str_tuple(text: str) -> tuple[str, ...]:
+    return tuple(str(item) for item in json.loads(text))
+
+
+def node_from_row(row: Row) -> Node:
+    return Node(
+        id=row[0],
+        machine_key=MachinePublic(row[1]),
+        node_key=NodePublic(row[2]),
+        disco_key=DiscoPublic(row[3]),
+        ipv4=None if row[4] is None else IPv4Address(row[4]),
+        ipv6=None if row[5] is None else IPv6Address(row[5]),
+        hostname=row[6],
+        given_name=row[7],
+        user=row[8],
+        tags=str_tuple(row[9]),
+        auth_key_id=row[10],
+        ephemeral=bool(row[11]),
+        created=dt_required(row[12]),
+        last_seen=dt(row[13]),
+        key_expiry=dt(row[14]),
+        hostinfo=row[15],
+        endpoints=str_tuple(row[16]),
+        capver=row[17],
+    )
+
+
+def key_from_row(row: Row) -> PreAuthKey:
+    return PreAuthKey(
+        id=row[0],
+        prefix=row[1],
+        user=row[2],
+        reusable=bool(row[3]),
+        ephemeral=bool(row[4]),
+        tags=str_tuple(row[5]),
+        created=dt_required(row[6]),
+        expiration=dt(row[7]),
+        used=bool(row[8]),
+        revoked=bool(row[9]),
+    )
+
+
+def login_from_row(row: Row) -> PendingLogin:
+    return PendingLogin(
+        auth_id=row[0],
+        machine_key=MachinePublic(row[1]),
+        node_key=NodePublic(row[2]),
+        ephemeral=bool(row[3]),
+        created=dt_required(row[4]),
+    )

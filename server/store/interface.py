@@ -1,0 +1,110 @@
+"""The store as the server sees it: one small interface, backends behind it.
+
+sqlite implements it today; a PostgreSQL backend for several replicas would be
+another class with these methods. Every method is short and synchronous; the
+server calls them from its one asyncio thread.
+
+Conventions: `now` and `rng` are always passed in. Lookups return None when
+nothing matches; changes to something that does not exist raise NotFound.
+Every change bumps `generation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.store.model import Node, PendingLogin, PreAuthKey, Rng
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    @property
+    def generation(self) -> int:
+        """Grows by at least one with every committed change (a cache key)."""
+        ...
+
+    def close(self) -> None: ...
+
+    # Nodes
+
+    def create_node(
+        self,
+        *,
+        machine_key: MachinePublic,
+        node_key: NodePublic,
+        hostname: str,
+        user: str | None,
+        now: datetime,
+        tags: Sequence[str] = (),
+        auth_key_id: int | None = None,
+        ephemeral: bool = False,
+        key_expiry: datetime | None = None,
+        disco_key: DiscoPublic | None = None,
+        hostinfo: str = "{}",
+        endpoints: Sequence[str] = (),
+        capver: int = 0,
+    ) -> Node: ...
+
+    def get_node(self, node_id: int) -> Node | None: ...
+    def node_by_node_key(self, node_key: NodePublic) -> Node | None: ...
+    def node_by_machine_key(self, machine_key: MachinePublic) -> Node | None: ...
+    def list_nodes(self) -> list[Node]: ...
+
+    def update_node_key(self, node_id: int, node_key: NodePublic, now: datetime) -> Node: ...
+
+    def update_from_map(
+        self,
+        node_id: int,
+        *,
+        now: datetime,
+        disco_key: DiscoPublic | None = None,
+        hostinfo: str | None = None,
+        hostname: str | None = None,
+        endpoints: Sequence[str] | None = None,
+        capver: int | None = None,
+    ) -> Node: ...
+
+    def touch_last_seen(self, node_id: int, now: datetime) -> None: ...
+    def set_key_expiry(self, node_id: int, when: datetime | None) -> Node: ...
+    def rename_node(self, node_id: int, new_given_name: str) -> Node: ...
+    def delete_node(self, node_id: int) -> Node: ...
+    def delete_ephemeral_inactive(self, before: datetime) -> list[Node]: ...
+
+    # Pre-auth keys
+
+    def create_preauth_key(
+        self,
+        user: str,
+        *,
+        reusable: bool,
+        ephemeral: bool,
+        tags: Sequence[str],
+        expiration: datetime | None,
+        now: datetime,
+        rng: Rng,
+    ) -> tuple[str, PreAuthKey]: ...
+
+    def check_preauth_key(self, text: str, now: datetime) -> PreAuthKey: ...
+    def use_preauth_key(self, key_id: int) -> PreAuthKey: ...
+    def list_preauth_keys(self, user: str | None = None) -> list[PreAuthKey]: ...
+    def expire_preauth_key(self, id_or_prefix: int | str, now: datetime) -> PreAuthKey: ...
+    def revoke_preauth_key(self, id_or_prefix: int | str) -> PreAuthKey: ...
+
+    # Pending interactive logins
+
+    def create_pending_login(
+        self,
+        machine_key: MachinePublic,
+        node_key: NodePublic,
+        ephemeral: bool,
+        now: datetime,
+        rng: Rng,
+    ) -> str: ...
+
+    def get_pending_login(self, auth_id: str) -> PendingLogin | None: ...
+    def delete_pending_login(self, auth_id: str) -> bool: ...
+    def delete_pending_logins_before(self, before: datetime) -> int: ...

@@ -1,0 +1,443 @@
+"""The sqlite backend of the store: one file, one connection, explicit SQL.
+
+Writes run in `BEGIN IMMEDIATE` transactions, which take sqlite's write lock
+up front: checks such as "is this address free" and the insert that relies
+on them can never interleave with another writer, even a second process (an
+admin command) on the same file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
+from types import TracebackType
+
+from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.store import _rows as rows
+from server.store import authkeys
+from server.store._rand import LOWER_ALNUM, random_text
+from server.store.ipalloc import (
+    DEFAULT_IPV4_PREFIX,
+    DEFAULT_IPV6_PREFIX,
+    allocate_ipv4,
+    allocate_ipv6,
+)
+from server.store.migrations import apply_migrations
+from server.store.model import (
+    AllocationStrategy,
+    Conflict,
+    KeyRejected,
+    Node,
+    NotFound,
+    PendingLogin,
+    PreAuthKey,
+    Rng,
+)
+from server.store.names import check_label, label_from_hostname, unique_label
+
+__all__ = ["SqliteStore", "open_store"]
+
+_AUTH_ID_LEN = 32
+_NOT_FOUND = "auth key not found"
+
+
+def open_store(
+    path: Path,
+    *,
+    ipv4_prefix: IPv4Network | None = DEFAULT_IPV4_PREFIX,
+    ipv6_prefix: IPv6Network | None = DEFAULT_IPV6_PREFIX,
+    allocation: AllocationStrategy = "sequential",
+    rng: Rng = os.urandom,
+) -> SqliteStore:
+    """Open (creating file and directory if missing) and migrate the database.
+
+    `rng` only drives random address allocation.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode survives a crash of the process intact; only a power
+        # loss can drop the last commits, never corrupt the file.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        apply_migrations(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return SqliteStore(conn, ipv4_prefix, ipv6_prefix, allocation, rng)
+
+
+class SqliteStore:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        ipv4_prefix: IPv4Network | None,
+        ipv6_prefix: IPv6Network | None,
+        allocation: AllocationStrategy,
+        rng: Rng,
+    ) -> None:
+        if allocation not in ("sequential", "random"):
+            raise ValueError(f"unknown allocation strategy {allocation!r}")
+        self._conn = conn
+        self._ipv4_prefix = ipv4_prefix
+        self._ipv6_prefix = ipv6_prefix
+        self._allocation: AllocationStrategy = allocation
+        self._rng = rng
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        self._generation += 1
+
+    # Nodes
+
+    def create_node(
+        self,
+        *,
+        machine_key: MachinePublic,
+        node_key: NodePublic,
+        hostname: str,
+        user: str | None,
+        now: datetime,
+        tags: Sequence[str] = (),
+        auth_key_id: int | None = None,
+        ephemeral: bool = False,
+        key_expiry: datetime | None = None,
+        disco_key: DiscoPublic | None = None,
+        hostinfo: str = "{}",
+        endpoints: Sequence[str] = (),
+        capver: int = 0,
+    ) -> Node:
+        with self._write() as db:
+            existing = self._node_where(db, "machine_key = ?", machine_key.raw)
+            if existing is not None:
+                raise Conflict(
+                    f"machine {machine_key.short()} is already registered"
+                    f" as node {existing.id} ({existing.given_name})"
+                )
+            self._check_node_key_free(db, node_key)
+            ipv4, ipv6 = self._allocate(db)
+            given_name = unique_label(
+                label_from_hostname(hostname), lambda name: _name_taken(db, name)
+            )
+            cursor = db.execute(
+                "INSERT INTO nodes (machine_key, node_key, disco_key, ipv4, ipv6, hostname,"
+                " given_name, user_name, tags, auth_key_id, ephemeral, created, last_seen,"
+                " key_expiry, hostinfo, endpoints, capver)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)",
+                (
+                    machine_key.raw,
+                    node_key.raw,
+                    (disco_key or DiscoPublic.zero()).raw,
+                    None if ipv4 is None else str(ipv4),
+                    None if ipv6 is None else str(ipv6),
+                    hostname,
+                    given_name,
+                    user,
+                    rows.json_list(tags),
+                    auth_key_id,
+                    ephemeral,
+                    rows.ts(now),
+                    rows.ts_or_none(key_expiry),
+                    hostinfo,
+                    rows.json_list(endpoints),
+                    capver,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            return self._node_or_raise(db, cursor.lastrowid)
+
+    def get_node(self, node_id: int) -> Node | None:
+        return self._node_where(self._conn, "id = ?", node_id)
+
+    def node_by_node_key(self, node_key: NodePublic) -> Node | None:
+        return self._node_where(self._conn, "node_key = ?", node_key.raw)
+
+    def node_by_machine_key(self, machine_key: MachinePublic) -> Node | None:
+        return self._node_where(self._conn, "machine_key = ?", machine_key.raw)
+
+    def list_nodes(self) -> list[Node]:
+        cursor = self._conn.execute(f"SELECT {rows.NODE_COLUMNS} FROM nodes ORDER BY id")
+        return [rows.node_from_row(row) for row in cursor]
+
+    def update_node_key(self, node_id: int, node_key: NodePublic, now: datetime) -> Node:
+        with self._write() as db:
+            node = self._node_or_raise(db, node_id)
+            if node.node_key != node_key:
+                self._check_node_key_free(db, node_key)
+            return self._update(db, node_id, node_key=node_key.raw, last_seen=rows.ts(now))
+
+    def update_from_map(
+        self,
+        node_id: int,
+        *,
+        now: datetime,
+        disco_key: DiscoPublic | None = None,
+        hostinfo: str | None = None,
+        hostname: str | None = None,
+        endpoints: Sequence[str] | None = None,
+        capver: int | None = None,
+    ) -> Node:
+        changes: dict[str, object] = {"last_seen": rows.ts(now)}
+        if disco_key is not None:
+            changes["disco_key"] = disco_key.raw
+        if hostinfo is not None:
+            changes["hostinfo"] = hostinfo
+        if hostname is not None:
+            changes["hostname"] = hostname
+        if endpoints is not None:
+            changes["endpoints"] = rows.json_list(endpoints)
+        if capver is not None:
+            changes["capver"] = capver
+        with self._write() as db:
+            return self._update(db, node_id, **changes)
+
+    def touch_last_seen(self, node_id: int, now: datetime) -> None:
+        with self._write() as db:
+            self._update(db, node_id, last_seen=rows.ts(now))
+
+    def set_key_expiry(self, node_id: int, when: datetime | None) -> Node:
+        with self._write() as db:
+            return self._update(db, node_id, key_expiry=rows.ts_or_none(when))
+
+    def rename_node(self, node_id: int, new_given_name: str) -> Node:
+        name = check_label(new_given_name)
+        with self._write() as db:
+            owner = self._node_where(db, "given_name = ?", name)
+            if owner is not None and owner.id != node_id:
+                raise Conflict(f"the name {name!r} is already used by node {owner.id}")
+            return self._update(db, node_id, given_name=name)
+
+    def delete_node(self, node_id: int) -> Node:
+        with self._write() as db:
+            node = self._node_or_raise(db, node_id)
+            db.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+            return node
+
+    def delete_ephemeral_inactive(self, before: datetime) -> list[Node]:
+        """Remove ephemeral nodes not seen since `before` (never seen: since created).
+
+        The caller keeps connected nodes' last_seen fresh, or they go too.
+        """
+        condition = "ephemeral AND coalesce(last_seen, created) < ?"
+        with self._write() as db:
+            cursor = db.execute(
+                f"SELECT {rows.NODE_COLUMNS} FROM nodes WHERE {condition} ORDER BY id",
+                (rows.ts(before),),
+            )
+            gone = [rows.node_from_row(row) for row in cursor]
+            db.execute(f"DELETE FROM nodes WHERE {condition}", (rows.ts(before),))
+            return gone
+
+    def _allocate(self, db: sqlite3.Connection) -> tuple[IPv4Address | None, IPv6Address | None]:
+        ipv4 = ipv6 = None
+        if self._ipv4_prefix is not None:
+            used = {int(IPv4Address(a)) for (a,) in db.execute("SELECT ipv4 FROM nodes") if a}
+            ipv4 = allocate_ipv4(self._ipv4_prefix, used, self._allocation, self._rng)
+        if self._ipv6_prefix is not None:
+            used = {int(IPv6Address(a)) for (a,) in db.execute("SELECT ipv6 FROM nodes") if a}
+            ipv6 = allocate_ipv6(self._ipv6_prefix, used, self._allocation, self._rng)
+        return ipv4, ipv6
+
+    def _check_node_key_free(self, db: sqlite3.Connection, node_key: NodePublic) -> None:
+        holder = self._node_where(db, "node_key = ?", node_key.raw)
+        if holder is not None:
+            raise Conflict(f"node key {node_key.short()} is already used by node {holder.id}")
+
+    def _update(self, db: sqlite3.Connection, node_id: int, **changes: object) -> Node:
+        # Column names come from this module's callers, never from outside input.
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        cursor = db.execute(
+            f"UPDATE nodes SET {assignments} WHERE id = ?", (*changes.values(), node_id)
+        )
+        if cursor.rowcount == 0:
+            raise NotFound(f"node {node_id} not found")
+        return self._node_or_raise(db, node_id)
+
+    @staticmethod
+    def _node_where(db: sqlite3.Connection, condition: str, value: object) -> Node | None:
+        row = db.execute(
+            f"SELECT {rows.NODE_COLUMNS} FROM nodes WHERE {condition}", (value,)
+        ).fetchone()
+        return None if row is None else rows.node_from_row(row)
+
+    def _node_or_raise(self, db: sqlite3.Connection, node_id: int) -> Node:
+        node = self._node_where(db, "id = ?", node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} not found")
+        return node
+
+    # Pre-auth keys
+
+    def create_preauth_key(
+        self,
+        user: str,
+        *,
+        reusable: bool,
+        ephemeral: bool,
+        tags: Sequence[str],
+        expiration: datetime | None,
+        now: datetime,
+        rng: Rng,
+    ) -> tuple[str, PreAuthKey]:
+        with self._write() as db:
+            while True:  # a repeated 12-char prefix is rare; just draw again
+                text, prefix, secret = authkeys.generate_key(rng)
+                clash = db.execute("SELECT 1 FROM preauth_keys WHERE prefix = ?", (prefix,))
+                if clash.fetchone() is None:
+                    break
+            cursor = db.execute(
+                "INSERT INTO preauth_keys (prefix, secret_hash, user_name, reusable, ephemeral,"
+                " tags, created, expiration) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    prefix,
+                    authkeys.hash_secret(prefix, secret),
+                    user,
+                    reusable,
+                    ephemeral,
+                    rows.json_list(tags),
+                    rows.ts(now),
+                    rows.ts_or_none(expiration),
+                ),
+            )
+            assert cursor.lastrowid is not None
+            return text, self._find_key(db, cursor.lastrowid)
+
+    def check_preauth_key(self, text: str, now: datetime) -> PreAuthKey:
+        """The key if it may register a node now, else KeyRejected saying why."""
+        parsed = authkeys.parse_key(text)
+        if parsed is None:
+            raise KeyRejected(_NOT_FOUND)
+        prefix, secret = parsed
+        row = self._conn.execute(
+            f"SELECT {rows.KEY_COLUMNS}, secret_hash FROM preauth_keys WHERE prefix = ?",
+            (prefix,),
+        ).fetchone()
+        # A wrong secret reads exactly like an unknown key: the prefix is no oracle.
+        if row is None or not authkeys.secret_matches(prefix, secret, row[-1]):
+            raise KeyRejected(_NOT_FOUND)
+        key = rows.key_from_row(row[:-1])
+        _check_usable(key, now)
+        return key
+
+    def use_preauth_key(self, key_id: int) -> PreAuthKey:
+        """Record a registration with the key; a single-use key can do this once."""
+        with self._write() as db:
+            key = self._find_key(db, key_id)
+            if key.used and not key.reusable:
+                raise KeyRejected("auth key already used")
+            # Reusable keys are marked too, so listings show they have been used.
+            db.execute("UPDATE preauth_keys SET used = 1 WHERE id = ?", (key_id,))
+            return self._find_key(db, key_id)
+
+    def list_preauth_keys(self, user: str | None = None) -> list[PreAuthKey]:
+        query = f"SELECT {rows.KEY_COLUMNS} FROM preauth_keys"
+        params: tuple[object, ...] = ()
+        if user is not None:
+            query, params = query + " WHERE user_name = ?", (user,)
+        cursor = self._conn.execute(query + " ORDER BY id", params)
+        return [rows.key_from_row(row) for row in cursor]
+
+    def expire_preauth_key(self, id_or_prefix: int | str, now: datetime) -> PreAuthKey:
+        with self._write() as db:
+            key = self._find_key(db, id_or_prefix)
+            if key.expiration is None or key.expiration > now:
+                db.execute(
+                    "UPDATE preauth_keys SET expiration = ? WHERE id = ?", (rows.ts(now), key.id)
+                )
+            return self._find_key(db, key.id)
+
+    def revoke_preauth_key(self, id_or_prefix: int | str) -> PreAuthKey:
+        with self._write() as db:
+            key = self._find_key(db, id_or_prefix)
+            db.execute("UPDATE preauth_keys SET revoked = 1 WHERE id = ?", (key.id,))
+            return self._find_key(db, key.id)
+
+    @staticmethod
+    def _find_key(db: sqlite3.Connection, id_or_prefix: int | str) -> PreAuthKey:
+        column = "id" if isinstance(id_or_prefix, int) else "prefix"
+        row = db.execute(
+            f"SELECT {rows.KEY_COLUMNS} FROM preauth_keys WHERE {column} = ?", (id_or_prefix,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no auth key with {column} {id_or_prefix!r}")
+        return rows.key_from_row(row)
+
+    # Pending interactive logins
+
+    def create_pending_login(
+        self,
+        machine_key: MachinePublic,
+        node_key: NodePublic,
+        ephemeral: bool,
+        now: datetime,
+        rng: Rng,
+    ) -> str:
+        auth_id = random_text(rng, LOWER_ALNUM, _AUTH_ID_LEN)
+        with self._write() as db:
+            db.execute(
+                f"INSERT INTO pending_logins ({rows.LOGIN_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                (auth_id, machine_key.raw, node_key.raw, ephemeral, rows.ts(now)),
+            )
+        return auth_id
+
+    def get_pending_login(self, auth_id: str) -> PendingLogin | None:
+        row = self._conn.execute(
+            f"SELECT {rows.LOGIN_COLUMNS} FROM pending_logins WHERE auth_id = ?", (auth_id,)
+        ).fetchone()
+        return None if row is None else rows.login_from_row(row)
+
+    def delete_pending_login(self, auth_id: str) -> bool:
+        with self._write() as db:
+            cursor = db.execute("DELETE FROM pending_logins WHERE auth_id = ?", (auth_id,))
+            return cursor.rowcount > 0
+
+    def delete_pending_logins_before(self, before: datetime) -> int:
+        with self._write() as db:
+            cursor = db.execute("DELETE FROM pending_logins WHERE created < ?", (rows.ts(before),))
+            return cursor.rowcount
+
+
+def _name_taken(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM nodes WHERE given_name = ?", (name,)).fetchone() is not None
+
+
+def _check_usable(key: PreAuthKey, now: datetime) -> None:
+    if key.revoked:
+        raise KeyRejected("auth key revoked")
+    if key.used and not key.reusable:
+        raise KeyRejected("auth key already used")
+    if key.expiration is not None and now >= key.expiration:
+        raise KeyRejected("auth key expired")

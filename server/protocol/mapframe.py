@@ -1,0 +1,103 @@
+"""Framing of MapResponse bodies on /machine/map (protocol.md §4.2.2).
+
+Each message is `u32 little-endian length ‖ zstd frame of the JSON`. The client
+zstd-decodes every message unconditionally, so even a keep-alive is compressed.
+Sans-IO: the encoder returns bytes for the HTTP/2 stream, the decoder (for tests
+and our own tools) takes bytes in any chunking.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import zstandard
+
+__all__ = [
+    "KEEPALIVE_JSON",
+    "MAX_MESSAGE",
+    "MapFrameDecoder",
+    "MapFrameEncoder",
+    "MapFrameError",
+]
+
+# What Go's encoding/json makes of MapResponse{KeepAlive: true}.
+KEEPALIVE_JSON = b'{"KeepAlive":true}'
+# Decoder bound on both the declared (compressed) length and the JSON it
+# inflates to; far above any real netmap, far below what hurts a test run.
+MAX_MESSAGE = 64 << 20
+
+_LENGTH = struct.Struct("<I")
+
+
+class MapFrameError(Exception):
+    """A map-response stream is malformed."""
+
+
+class MapFrameEncoder:
+    """One per map stream; keeps its zstd compression context."""
+
+    def __init__(self, level: int = 1) -> None:
+        # Content size in every frame header lets a decoder size its buffer
+        # up front; each message is one complete frame.
+        self._compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        self._keepalive: bytes | None = None
+
+    def encode(self, json_bytes: bytes) -> bytes:
+        frame = self._compressor.compress(json_bytes)
+        if len(frame) > 0xFFFFFFFF:
+            raise MapFrameError("map response too large for its 32-bit length prefix")
+        return _LENGTH.pack(len(frame)) + frame
+
+    def keepalive(self) -> bytes:
+        if self._keepalive is None:
+            self._keepalive = self.encode(KEEPALIVE_JSON)
+        return self._keepalive
+
+
+class MapFrameDecoder:
+    """Splits a map-response body back into JSON documents."""
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self._max = max_message
+        self._buffer = bytearray()
+        self._decompressor = zstandard.ZstdDecompressor()
+
+    def receive_data(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        messages: list[bytes] = []
+        pos = 0
+        while len(self._buffer) - pos >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._buffer, pos)
+            if length > self._max:
+                raise MapFrameError(
+                    f"map message declares {length} bytes; the limit is {self._max}"
+                )
+            start = pos + _LENGTH.size
+            if len(self._buffer) - start < length:
+                break
+            messages.append(self._inflate(bytes(self._buffer[start : start + length])))
+            pos = start + length
+        del self._buffer[:pos]
+        return messages
+
+    def _inflate(self, message: bytes) -> bytes:
+        if not message:
+            raise MapFrameError("map message is empty")
+        # Go's decoder accepts concatenated frames, so this does too.
+        out = bytearray()
+        rest = message
+        while rest:
+            try:
+                declared = zstandard.frame_content_size(rest)
+                if declared > self._max - len(out):
+                    raise MapFrameError("map message inflates past the size limit")
+                inflater = self._decompressor.decompressobj()
+                out += inflater.decompress(rest)
+            except zstandard.ZstdError:
+                raise MapFrameError("map message is not valid zstd") from None
+            if not inflater.eof:
+                raise MapFrameError("map message ends inside a zstd frame")
+            if len(out) > self._max:
+                raise MapFrameError("map message inflates past the size limit")
+            rest = inflater.unused_data
+        return bytes(out)

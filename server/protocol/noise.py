@@ -107,7 +107,12 @@ class NoiseTransport:
         self._outbound = bytearray()
 
     def receive_data(self, data: bytes) -> list[bytes]:
-        """Decrypt every whole record now buffered; keeps any partial tail."""
+        """Decrypt every whole record now buffered; keeps any partial tail.
+
+        Empty records are legal and yield nothing. On NoiseError the records
+        decrypted earlier in the same call are dropped too: the connection is
+        closing, and its remaining bytes cannot be trusted to be in order.
+        """
         if self._receive_cipher is None:
             raise NoiseError("connection is unusable after an earlier protocol error")
         self._inbound += data

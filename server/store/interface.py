@@ -4,6 +4,12 @@ sqlite implements it today; a PostgreSQL backend for several replicas would be
 another class with these methods. Every method is short and synchronous; the
 server calls them from its one asyncio thread.
 
+Registration is one call: `create_node` / `reregister_node` given an
+`auth_key_id` check that pre-auth key (revoked, expired, single-use already
+used raise KeyRejected) and mark it used in the same transaction as the node
+write, so a failed registration never burns a key and a single-use key never
+registers twice. `check_preauth_key` beforehand gives the key's user and tags.
+
 Conventions: `now` and `rng` are always passed in. Lookups return None when
 nothing matches; changes to something that does not exist raise NotFound.
 Every change bumps `generation`.
@@ -47,6 +53,19 @@ class Store(Protocol):
         hostinfo: str = "{}",
         endpoints: Sequence[str] = (),
         capver: int = 0,
+    ) -> Node: ...
+
+    def reregister_node(
+        self,
+        node_id: int,
+        *,
+        node_key: NodePublic,
+        user: str | None,
+        now: datetime,
+        tags: Sequence[str] = (),
+        auth_key_id: int | None = None,
+        ephemeral: bool = False,
+        key_expiry: datetime | None = None,
     ) -> Node: ...
 
     def get_node(self, node_id: int) -> Node | None: ...

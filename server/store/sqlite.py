@@ -148,6 +148,8 @@ class SqliteStore:
                     f" as node {existing.id} ({existing.given_name})"
                 )
             self._check_node_key_free(db, node_key)
+            if auth_key_id is not None:
+                self._consume_key(db, auth_key_id, now)
             ipv4, ipv6 = self._allocate(db)
             given_name = unique_label(
                 label_from_hostname(hostname), lambda name: _name_taken(db, name)
@@ -198,6 +200,40 @@ class SqliteStore:
             if node.node_key != node_key:
                 self._check_node_key_free(db, node_key)
             return self._update(db, node_id, node_key=node_key.raw, last_seen=rows.ts(now))
+
+    def reregister_node(
+        self,
+        node_id: int,
+        *,
+        node_key: NodePublic,
+        user: str | None,
+        now: datetime,
+        tags: Sequence[str] = (),
+        auth_key_id: int | None = None,
+        ephemeral: bool = False,
+        key_expiry: datetime | None = None,
+    ) -> Node:
+        """A known machine logging in again: new key, owner and expiry, same node.
+
+        Id, addresses and given name stay, so peers and DNS see the same node.
+        """
+        with self._write() as db:
+            node = self._node_or_raise(db, node_id)
+            if node.node_key != node_key:
+                self._check_node_key_free(db, node_key)
+            if auth_key_id is not None:
+                self._consume_key(db, auth_key_id, now)
+            return self._update(
+                db,
+                node_id,
+                node_key=node_key.raw,
+                user_name=user,
+                tags=rows.json_list(tags),
+                auth_key_id=auth_key_id,
+                ephemeral=ephemeral,
+                key_expiry=rows.ts_or_none(key_expiry),
+                last_seen=rows.ts(now),
+            )
 
     def update_from_map(
         self,
@@ -355,12 +391,19 @@ class SqliteStore:
     def use_preauth_key(self, key_id: int) -> PreAuthKey:
         """Record a registration with the key; a single-use key can do this once."""
         with self._write() as db:
-            key = self._find_key(db, key_id)
-            if key.used and not key.reusable:
-                raise KeyRejected("auth key already used")
-            # Reusable keys are marked too, so listings show they have been used.
-            db.execute("UPDATE preauth_keys SET used = 1 WHERE id = ?", (key_id,))
-            return self._find_key(db, key_id)
+            return self._consume_key(db, key_id, None)
+
+    def _consume_key(self, db: sqlite3.Connection, key_id: int, now: datetime | None) -> PreAuthKey:
+        # Inside the caller's write transaction, so two registrations racing for
+        # one single-use key cannot both pass the check.
+        key = self._find_key(db, key_id)
+        if now is not None:
+            _check_usable(key, now)
+        elif key.used and not key.reusable:
+            raise KeyRejected("auth key already used")
+        # Reusable keys are marked too, so listings show they have been used.
+        db.execute("UPDATE preauth_keys SET used = 1 WHERE id = ?", (key_id,))
+        return self._find_key(db, key_id)
 
     def list_preauth_keys(self, user: str | None = None) -> list[PreAuthKey]:
         query = f"SELECT {rows.KEY_COLUMNS} FROM preauth_keys"

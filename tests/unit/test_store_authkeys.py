@@ -6,15 +6,16 @@ import random
 import re
 from collections.abc import Iterator
 from datetime import timedelta
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.store import KeyRejected, NotFound, SqliteStore, open_store
+from server.store import AddressExhausted, Conflict, KeyRejected, NotFound, SqliteStore, open_store
 from server.store.authkeys import generate_key, parse_key
-from tests.unit.test_store import NOW
+from tests.unit.test_store import NOW, add_node, mkey, nkey
 
 KEY_TEXT = re.compile(r"tskey-auth-[a-z0-9]{12}-[A-Za-z0-9]{48}\Z")
 
@@ -138,3 +139,60 @@ def test_generated_keys_parse_back(seed: int) -> None:
     text, prefix, secret = generate_key(random.Random(seed).randbytes)
     assert KEY_TEXT.match(text)
     assert parse_key(text) == (prefix, secret)
+
+
+def test_registering_a_node_consumes_a_single_use_key_atomically(store: SqliteStore) -> None:
+    text, key_id = new_key(store, tags=("tag:ci",))
+    key = store.check_preauth_key(text, NOW)
+    node = store.create_node(
+        machine_key=mkey(1), node_key=nkey(1), hostname="ci", user=None,
+        tags=key.tags, auth_key_id=key.id, now=NOW,
+    )  # fmt: skip
+    assert node.auth_key_id == key_id and node.tags == ("tag:ci",)
+    assert rejected(store, text) == "auth key already used"
+    with pytest.raises(KeyRejected, match="auth key already used"):
+        store.create_node(
+            machine_key=mkey(2), node_key=nkey(2), hostname="ci", user=None,
+            auth_key_id=key_id, now=NOW,
+        )  # fmt: skip
+    assert [n.id for n in store.list_nodes()] == [node.id]
+
+
+def test_a_failed_registration_does_not_burn_the_key(tmp_path: Path) -> None:
+    with open_store(tmp_path / "s.db", ipv4_prefix=IPv4Network("100.64.0.0/30")) as store:
+        text, key_id = new_key(store)
+        add_node(store, 1, "a")
+        add_node(store, 2, "b")
+        with pytest.raises(AddressExhausted):
+            add_node(store, 3, "c", auth_key_id=key_id)
+        assert not store.check_preauth_key(text, NOW).used
+
+
+def test_expired_or_revoked_key_cannot_register(store: SqliteStore) -> None:
+    _, expiring = new_key(store, seed=1, expiration=NOW + timedelta(minutes=5))
+    _, revoked = new_key(store, seed=2)
+    store.revoke_preauth_key(revoked)
+    with pytest.raises(KeyRejected, match="auth key expired"):
+        add_node(store, 1, auth_key_id=expiring, now=NOW + timedelta(minutes=5))
+    with pytest.raises(KeyRejected, match="auth key revoked"):
+        add_node(store, 1, auth_key_id=revoked)
+    assert store.list_nodes() == []
+
+
+def test_reregistering_a_machine_keeps_node_id_addresses_and_name(store: SqliteStore) -> None:
+    node = add_node(store, 1, "laptop", user="alice")
+    text, key_id = new_key(store, user="bob", reusable=True)
+    later = NOW + timedelta(days=1)
+    again = store.reregister_node(
+        node.id, node_key=nkey(77), user="bob", auth_key_id=key_id, now=later,
+        key_expiry=later + timedelta(days=180),
+    )  # fmt: skip
+    assert (again.id, again.ipv4, again.ipv6, again.given_name) == (
+        node.id, node.ipv4, node.ipv6, node.given_name,
+    )  # fmt: skip
+    assert (again.node_key, again.user, again.auth_key_id) == (nkey(77), "bob", key_id)
+    assert again.key_expiry == later + timedelta(days=180) and again.last_seen == later
+    assert store.check_preauth_key(text, later).used
+    other = add_node(store, 2, "phone")
+    with pytest.raises(Conflict):
+        store.reregister_node(node.id, node_key=other.node_key, user="bob", now=later)

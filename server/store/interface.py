@@ -30,7 +30,10 @@ __all__ = ["Store"]
 class Store(Protocol):
     @property
     def generation(self) -> int:
-        """Grows by at least one with every committed change (a cache key)."""
+        """Grows with every change committed through this handle (a cache key).
+
+        Changes made by another process on the same file are not counted.
+        """
         ...
 
     def close(self) -> None: ...

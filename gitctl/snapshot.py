@@ -1,0 +1,163 @@
+"""Documents -> Snapshot: everything a commit says about the tailnet, checked and frozen.
+
+A snapshot exists only if every stage passed. Otherwise the result carries every problem
+found (each stage reports all of its problems; a stage whose input is already broken is not
+run, so one typo does not cascade into a page of follow-on errors).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gitctl.diagnostics import Diagnostic, Severity
+from gitctl.sources import Documents, SourceError, read_directory, read_git
+from gitctl.tailnet import (
+    DnsSpec,
+    Provenance,
+    RouteApproval,
+    SourceFile,
+    TailnetSettings,
+    UserSpec,
+    build_model,
+    merge_files,
+    parse_file,
+    validate_file,
+)
+
+__all__ = [
+    "ALLOW_ALL_POLICY",
+    "LoadResult",
+    "Snapshot",
+    "load_from_directory",
+    "load_from_git",
+    "load_snapshot",
+]
+
+# With no policy keys in any file, the tailnet allows everything, as headscale does without
+# a policy and as Tailscale's default policy file does. An explicit empty `acls` list denies.
+ALLOW_ALL_POLICY: Mapping[str, Any] = {
+    "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    id: str  # the commit sha, or "sha256:…" of the files for a plain directory
+    users: tuple[UserSpec, ...]
+    dns: DnsSpec
+    settings: TailnetSettings
+    routes: tuple[RouteApproval, ...]
+    policy_doc: Mapping[str, Any]  # the merged policy; read-only by convention
+    policy: Any  # gitctl.policy.Policy, or None while the compiler is not installed
+    sources: Mapping[str, str]  # shown path -> sha256 hex of its bytes
+    revision: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    snapshot: Snapshot | None
+    diagnostics: tuple[Diagnostic, ...]
+    texts: Mapping[str, str] = field(default_factory=dict)  # for caret snippets
+
+    @property
+    def ok(self) -> bool:
+        return self.snapshot is not None
+
+
+def _content_id(docs: Documents) -> str:
+    h = hashlib.sha256()
+    for path, data in docs.files.items():
+        rel = posixpath.relpath(path, docs.root)
+        h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+    return "sha256:" + h.hexdigest()
+
+
+def _policy_diagnostics(exc: Exception, provenance: Provenance, root: str) -> list[Diagnostic]:
+    problems = list(getattr(exc, "errors", None) or [exc])
+    out = []
+    for p in problems:
+        path = tuple(getattr(p, "path", ()) or ())
+        message = str(getattr(p, "message", "") or p)
+        out.append(provenance.diagnostic(("policy", *path), message, fallback_file=root))
+    return out
+
+
+def _parse_policy(doc: Mapping[str, Any], provenance: Provenance,
+                  root: str) -> tuple[Any, list[Diagnostic]]:
+    try:
+        from gitctl import policy as policy_mod
+    except ImportError:
+        return None, []
+    parse = getattr(policy_mod, "parse_policy", None)
+    error_type = getattr(policy_mod, "PolicyError", None)
+    if parse is None or error_type is None:
+        return None, []
+    try:
+        return parse(doc), []
+    except error_type as exc:
+        return None, _policy_diagnostics(exc, provenance, root)
+
+
+def _errors(diags: list[Diagnostic]) -> bool:
+    return any(d.severity is Severity.ERROR for d in diags)
+
+
+def load_snapshot(documents: Documents) -> LoadResult:
+    diags: list[Diagnostic] = []
+    texts: dict[str, str] = {}
+    parsed: list[SourceFile] = []
+    for path, data in documents.files.items():
+        sf, problems = parse_file(path, data)
+        diags += problems
+        if sf is not None:
+            parsed.append(sf)
+            texts[path] = sf.text
+            diags += validate_file(sf)
+    merged, problems = merge_files(parsed)
+    diags += problems
+    if _errors(diags):
+        return LoadResult(None, tuple(diags), texts)
+
+    model, problems = build_model(merged.document, merged.provenance)
+    diags += problems
+    policy_doc = merged.document.get("policy") or copy.deepcopy(dict(ALLOW_ALL_POLICY))
+    policy, problems = _parse_policy(policy_doc, merged.provenance, documents.root)
+    diags += problems
+    if _errors(diags):
+        return LoadResult(None, tuple(diags), texts)
+    snapshot = Snapshot(
+        id=documents.revision or _content_id(documents),
+        users=model.users,
+        dns=model.dns,
+        settings=model.settings,
+        routes=model.routes,
+        policy_doc=policy_doc,
+        policy=policy,
+        sources={p: hashlib.sha256(d).hexdigest() for p, d in documents.files.items()},
+        revision=documents.revision,
+    )
+    return LoadResult(snapshot, tuple(diags), texts)
+
+
+def _failed(exc: SourceError) -> LoadResult:
+    return LoadResult(None, (Diagnostic(exc.where, 1, 1, exc.message),))
+
+
+def load_from_directory(path: str | os.PathLike[str]) -> LoadResult:
+    try:
+        return load_snapshot(read_directory(path))
+    except SourceError as exc:
+        return _failed(exc)
+
+
+def load_from_git(repo_path: str | os.PathLike[str], rev: str = "HEAD") -> LoadResult:
+    try:
+        return load_snapshot(read_git(repo_path, rev))
+    except SourceError as exc:
+        return _failed(exc)

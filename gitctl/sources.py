@@ -1,0 +1,110 @@
+"""Read the tailnet.d files of a directory on disk or of a git revision.
+
+Both sources produce the same `Documents`: file bytes keyed by the path people see in
+messages (repository-relative for git, so CI annotations land on the right file), in
+file-name order, which is also the merge order.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitctl.tailnet.files import EXTENSIONS
+
+__all__ = ["DEFAULT_DIR", "Documents", "SourceError", "read_directory", "read_git"]
+
+DEFAULT_DIR = "tailnet.d"
+MAX_FILE_BYTES = 4 << 20  # a policy is kilobytes; a 4 MiB file is a mistake or an attack
+MAX_FILES = 1000
+
+
+class SourceError(Exception):
+    """The tailnet.d directory could not be read at all."""
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.message = message
+        self.where = where
+
+
+@dataclass(frozen=True, slots=True)
+class Documents:
+    root: str  # the tailnet.d directory as shown to people
+    files: Mapping[str, bytes]  # shown path -> content, in file-name order
+    revision: str | None  # the commit sha; None for a plain directory
+
+
+def _wanted(name: str) -> bool:
+    return not name.startswith(".") and name.endswith(EXTENSIONS)
+
+
+def _check_bounds(shown: str, size: int, count: int) -> None:
+    if size > MAX_FILE_BYTES:
+        raise SourceError(f"file is larger than {MAX_FILE_BYTES >> 20} MiB", shown)
+    if count > MAX_FILES:
+        raise SourceError(f"more than {MAX_FILES} files", shown)
+
+
+def read_directory(path: str | os.PathLike[str]) -> Documents:
+    """Every tailnet.d file under `path` (recursively; hidden names are skipped)."""
+    root = Path(path)
+    shown_root = os.fspath(path).rstrip("/") or "/"
+    if not root.is_dir():
+        raise SourceError("no such directory", shown_root)
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if _wanted(name):
+                full = Path(dirpath, name)
+                found.append((full.relative_to(root).as_posix(), full))
+    files: dict[str, bytes] = {}
+    for rel, full in sorted(found):
+        shown = posixpath.join(shown_root, rel)
+        st = full.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            raise SourceError("symbolic links are not read (git would not serve their "
+                              "target either)", shown)
+        _check_bounds(shown, st.st_size, len(files) + 1)
+        files[shown] = full.read_bytes()
+    return Documents(shown_root, files, None)
+
+
+def read_git(repo_path: str | os.PathLike[str], rev: str = "HEAD",
+             subdir: str = DEFAULT_DIR) -> Documents:
+    """The tailnet.d files of commit `rev` in the repository at `repo_path`."""
+    import git  # gitpython is slow to import; plain-directory users never pay for it
+
+    where = os.fspath(repo_path)
+    try:
+        repo = git.Repo(repo_path)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise SourceError("not a git repository", where) from None
+    try:
+        commit = repo.commit(rev)
+    except (git.BadName, ValueError):
+        raise SourceError(f'unknown revision "{rev}"', where) from None
+    try:
+        tree = commit.tree / subdir
+    except KeyError:
+        raise SourceError(f"no {subdir}/ directory at {commit.hexsha[:12]}", where) from None
+    if tree.type != "tree":
+        raise SourceError(f"{subdir} is not a directory at {commit.hexsha[:12]}", where)
+    blobs = sorted(
+        (item for item in tree.traverse()
+         if item.type == "blob" and _wanted(posixpath.basename(item.path))
+         and not any(p.startswith(".") for p in item.path[len(subdir) + 1:].split("/"))),
+        key=lambda b: b.path,
+    )
+    files: dict[str, bytes] = {}
+    for blob in blobs:
+        if blob.mode == 0o120000:
+            raise SourceError("symbolic links are not read", blob.path)
+        _check_bounds(blob.path, blob.size, len(files) + 1)
+        files[blob.path] = blob.data_stream.read()
+    return Documents(subdir, files, commit.hexsha)

@@ -1,0 +1,388 @@
+"""The embedded DERP relay: pumps bytes between sockets and `DerpConnection`s.
+
+Routing follows tailscale `derp/derpserver/derpserver.go`: the last
+connection for a key receives its packets; each receiver has small bounded
+queues that drop their oldest packet when full, so a slow receiver never
+blocks a sender; senders learn with PeerGone when a peer they talked to
+left (reason 0x00) or, for disco packets and rate-limited, that it is not
+here at all (0x01).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from server.protocol.derp import (
+    HANDSHAKE_TIMEOUT,
+    PROTOCOL_VERSION,
+    ClientHello,
+    DerpConnection,
+    DerpError,
+    Event,
+    NotePreferred,
+    PeerGoneReason,
+    Ping,
+    SendPacket,
+    looks_like_disco,
+)
+from server.protocol.keys import NodePrivate, NodePublic
+
+__all__ = ["DerpServer", "DerpStats", "DropReason"]
+
+QUEUE_DEPTH = 32  # packets per receiver and kind, as tailscale's default
+WRITE_TIMEOUT = 2.0  # tailscale's DefaultTCPWriteTimeout
+READ_SIZE = 64 << 10
+MAX_PENDING_PEER_GONE = 256
+# "Not here" answers: a burst of 3, then one a second (derpserver peerGoneLim).
+PEER_GONE_RATE, PEER_GONE_BURST = 1.0, 3.0
+
+
+class DropReason(StrEnum):
+    UNKNOWN_DEST = "unknown_dest"  # nobody with that key is connected
+    QUEUE_HEAD = "queue_head"  # receiver's queue was full; its oldest packet went
+    GONE_DISCONNECTED = "gone_disconnected"  # receiver left with packets queued
+    WRITE_ERROR = "write_error"  # the receiver's socket failed or stalled
+
+
+@dataclass(frozen=True, slots=True)
+class DerpStats:
+    clients: int
+    accepts: int
+    refused: int
+    packets_received: int
+    bytes_received: int
+    packets_sent: int
+    bytes_sent: int
+    pongs_sent: int
+    peer_gone_sent: int
+    drops: Mapping[DropReason, int]
+
+
+@dataclass(slots=True)
+class _Counters:
+    accepts: int = 0
+    refused: int = 0
+    packets_received: int = 0
+    bytes_received: int = 0
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    pongs_sent: int = 0
+    peer_gone_sent: int = 0
+    drops: Counter[DropReason] = field(default_factory=Counter)
+
+
+class _TokenBucket:
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self._rate, self._burst = rate, burst
+        self._tokens, self._at = burst, now
+
+    def allow(self, now: float) -> bool:
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+class _Client:
+    """One connection and what waits to be written to it."""
+
+    def __init__(self, conn: DerpConnection, writer: asyncio.StreamWriter, now: float) -> None:
+        self.conn = conn
+        self.writer = writer
+        self.key: NodePublic | None = None
+        self.registered = False
+        self.closing = False
+        self.wake = asyncio.Event()
+        self.done = asyncio.Event()
+        # Disco gets its own queue so path discovery survives a flood of data.
+        self.packets: deque[tuple[NodePublic, bytes]] = deque()
+        self.disco: deque[tuple[NodePublic, bytes]] = deque()
+        self.pong: bytes | None = None
+        self.peer_gone: dict[NodePublic, PeerGoneReason] = {}
+        self.senders: set[NodePublic] = set()  # keys that sent to us: PeerGone when they go
+        self.not_here_limit = _TokenBucket(PEER_GONE_RATE, PEER_GONE_BURST, now)
+        self.preferred = False
+        self.peer = str(writer.get_extra_info("peername"))
+
+    def name(self) -> str:
+        return f"{self.peer} {self.key.short() if self.key else '(no key yet)'}"
+
+    def shut(self) -> None:
+        """Stop this connection; the reader sees EOF and `handle` cleans up."""
+        self.closing = True
+        self.wake.set()
+        self.writer.close()
+
+
+class DerpServer:
+    def __init__(
+        self,
+        private_key: NodePrivate,
+        *,
+        is_allowed: Callable[[NodePublic], bool],
+        keepalive_interval: float = 60.0,
+        log: logging.Logger | None = None,
+        queue_depth: int = QUEUE_DEPTH,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        clock: Callable[[], float] | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._key = private_key
+        self._public = private_key.public()
+        self._is_allowed = is_allowed
+        self._keepalive_interval = keepalive_interval
+        self._log = log or logging.getLogger("tailnetd.derp")
+        self._queue_depth = queue_depth
+        self._handshake_timeout = handshake_timeout
+        self._clock = clock
+        self._rng = rng
+        self._all: set[_Client] = set()
+        self._by_key: dict[NodePublic, list[_Client]] = {}  # last one is active
+        self._watchers: dict[NodePublic, set[_Client]] = {}  # got packets from key
+        self._counters = _Counters()
+        self._closed = False
+        self._upgrade = (
+            "HTTP/1.1 101 Switching Protocols\r\n"
+            "Upgrade: DERP\r\n"
+            "Connection: Upgrade\r\n"
+            f"Derp-Version: {PROTOCOL_VERSION}\r\n"
+            f"Derp-Public-Key: {self._public.raw.hex()}\r\n\r\n"
+        ).encode()
+
+    @property
+    def public_key(self) -> NodePublic:
+        return self._public
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    def connected(self) -> set[NodePublic]:
+        return set(self._by_key)
+
+    def stats(self) -> DerpStats:
+        c = self._counters
+        return DerpStats(
+            clients=len(self._all),
+            accepts=c.accepts,
+            refused=c.refused,
+            packets_received=c.packets_received,
+            bytes_received=c.bytes_received,
+            packets_sent=c.packets_sent,
+            bytes_sent=c.bytes_sent,
+            pongs_sent=c.pongs_sent,
+            peer_gone_sent=c.peer_gone_sent,
+            drops=dict(c.drops),
+        )
+
+    def disconnect(self, key: NodePublic) -> None:
+        """Drop every connection of a node (it was removed or its key expired)."""
+        for client in list(self._by_key.get(key, ())):
+            self._log.info("derp: %s: disconnected by the server", client.name())
+            client.shut()
+
+    async def close(self) -> None:
+        self._closed = True
+        clients = list(self._all)
+        for client in clients:
+            client.shut()
+        for client in clients:
+            await client.done.wait()
+
+    async def handle(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        fast_start: bool = False,
+    ) -> None:
+        """Serve one connection whose `GET /derp` upgrade request was already read."""
+        if self._closed:
+            writer.close()
+            return
+        now = self._now()
+        conn = DerpConnection(
+            self._key,
+            rng=self._rng,
+            now=now,
+            handshake_timeout=self._handshake_timeout,
+            keepalive_interval=self._keepalive_interval,
+        )
+        client = _Client(conn, writer, now)
+        self._all.add(client)
+        if not fast_start:
+            writer.write(self._upgrade)
+        sender = asyncio.create_task(self._write_loop(client))
+        client.wake.set()
+        try:
+            await self._read_loop(reader, client)
+        except DerpError as exc:
+            self._log.info("derp: %s: closing: %s", client.name(), exc)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._unregister(client)
+            client.shut()
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+            self._all.discard(client)
+            client.done.set()
+
+    async def _read_loop(self, reader: asyncio.StreamReader, client: _Client) -> None:
+        while not client.closing:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                return
+            for event in client.conn.receive_data(data):
+                if client.closing or not client.conn.is_open:
+                    return
+                self._on_event(client, event)
+
+    def _on_event(self, client: _Client, event: Event) -> None:
+        match event:
+            case ClientHello(key=key):
+                self._admit(client, key)
+            case SendPacket(dst=dst, packet=packet):
+                self._route(client, dst, packet)
+            case Ping(data=data):
+                # One pending pong, as tailscale: a client pinging faster than
+                # we write gets the replies it can read.
+                if client.pong is None:
+                    client.pong = data
+                    client.wake.set()
+            case NotePreferred(preferred=preferred):
+                client.preferred = preferred
+
+    def _admit(self, client: _Client, key: NodePublic) -> None:
+        client.key = key
+        try:
+            allowed = self._is_allowed(key)
+        except Exception:
+            self._log.exception("derp: %s: admission check failed; refusing", client.name())
+            allowed = False
+        if not allowed:
+            self._counters.refused += 1
+            self._log.info("derp: %s: refused: not a node of this tailnet", client.name())
+            client.conn.reject()
+            client.shut()
+            return
+        client.conn.accept(self._now())
+        self._counters.accepts += 1
+        connections = self._by_key.setdefault(key, [])
+        if connections:
+            self._log.info("derp: %s: replaces an earlier connection", client.name())
+        connections.append(client)
+        client.registered = True
+        client.wake.set()
+        self._log.debug("derp: %s: connected", client.name())
+
+    def _route(self, src: _Client, dst: NodePublic, packet: bytes) -> None:
+        assert src.key is not None
+        c = self._counters
+        c.packets_received += 1
+        c.bytes_received += len(packet)
+        disco = looks_like_disco(packet)
+        targets = self._by_key.get(dst)
+        if not targets:
+            c.drops[DropReason.UNKNOWN_DEST] += 1
+            if disco and src.not_here_limit.allow(self._now()):
+                self._queue_peer_gone(src, dst, PeerGoneReason.NOT_HERE)
+            return
+        target = targets[-1]
+        queue = target.disco if disco else target.packets
+        if len(queue) >= self._queue_depth:
+            queue.popleft()
+            c.drops[DropReason.QUEUE_HEAD] += 1
+        queue.append((src.key, packet))
+        if src.key not in target.senders:
+            target.senders.add(src.key)
+            self._watchers.setdefault(src.key, set()).add(target)
+        target.wake.set()
+
+    def _queue_peer_gone(self, client: _Client, peer: NodePublic, why: PeerGoneReason) -> None:
+        if len(client.peer_gone) < MAX_PENDING_PEER_GONE or peer in client.peer_gone:
+            client.peer_gone[peer] = why
+            client.wake.set()
+
+    def _unregister(self, client: _Client) -> None:
+        dropped = len(client.packets) + len(client.disco)
+        client.packets.clear()
+        client.disco.clear()
+        self._counters.drops[DropReason.GONE_DISCONNECTED] += dropped
+        for sender in client.senders:
+            watchers = self._watchers.get(sender)
+            if watchers is not None:
+                watchers.discard(client)
+                if not watchers:
+                    del self._watchers[sender]
+        client.senders.clear()
+        if not client.registered or client.key is None:
+            return
+        client.registered = False
+        key = client.key
+        connections = self._by_key[key]
+        connections.remove(client)
+        if connections:
+            return  # an older connection for the key is still up and takes over
+        del self._by_key[key]
+        self._log.debug("derp: %s: gone", client.name())
+        for watcher in self._watchers.pop(key, ()):
+            watcher.senders.discard(key)
+            self._queue_peer_gone(watcher, key, PeerGoneReason.DISCONNECTED)
+
+    async def _write_loop(self, client: _Client) -> None:
+        conn, writer = client.conn, client.writer
+        try:
+            while not client.closing:
+                timer = conn.get_timer()
+                timeout = None if timer is None else max(0.0, timer - self._now())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(client.wake.wait(), timeout)
+                client.wake.clear()
+                if client.closing or not conn.is_open:
+                    return
+                conn.handle_timer(self._now())
+                if client.registered:
+                    self._fill(client)
+                data = conn.data_to_send()
+                if data:
+                    writer.write(data)
+                    await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        except DerpError as exc:
+            self._log.info("derp: %s: closing: %s", client.name(), exc)
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            self._counters.drops[DropReason.WRITE_ERROR] += 1
+            self._log.info("derp: %s: write failed: %s", client.name(), exc or "timed out")
+        finally:
+            if not client.closing:
+                client.shut()
+
+    def _fill(self, client: _Client) -> None:
+        """Move what waits for this client into its connection's output."""
+        conn, c = client.conn, self._counters
+        for peer, why in client.peer_gone.items():
+            conn.send_peer_gone(peer, why)
+        c.peer_gone_sent += len(client.peer_gone)
+        client.peer_gone.clear()
+        for queue in (client.disco, client.packets):
+            while queue:
+                src, packet = queue.popleft()
+                conn.send_packet(src, packet)
+                c.packets_sent += 1
+                c.bytes_sent += len(packet)
+        # Last, so a ping works as a barrier: what it followed was written first.
+        if client.pong is not None:
+            conn.send_pong(client.pong)
+            client.pong = None
+            c.pongs_sent += 1

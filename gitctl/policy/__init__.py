@@ -1,0 +1,25 @@
+"""The Tailscale policy language: parse, compile per node, run policy tests."""
+
+from .compile import CompiledTailnet, NodeView, PeerView, compile_tailnet
+from .errors import PolicyError, PolicyErrors
+from .model import Policy
+from .parse import parse_policy
+from .policytests import run_policy_tests
+from .routes import auto_approved_routes
+from .topology import Topology, TopologyNode, TopologyUser
+
+__all__ = [
+    "CompiledTailnet",
+    "NodeView",
+    "PeerView",
+    "Policy",
+    "PolicyError",
+    "PolicyErrors",
+    "Topology",
+    "TopologyNode",
+    "TopologyUser",
+    "auto_approved_routes",
+    "compile_tailnet",
+    "parse_policy",
+    "run_policy_tests",
+]

@@ -1,0 +1,172 @@
+"""Resolving policy names (users, groups, tags, hosts, autogroups) to nodes and addresses.
+
+The :class:`Index` is built once per compile: dictionaries from user, tag and
+IP to node indices, so each alias resolves in time proportional to its
+members, never by scanning rules against node pairs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .addrs import TAILSCALE_RANGES, Span, addr_text, host_prefix, is_exit_route, span
+from .model import Alias, Policy
+from .topology import Topology, TopologyNode
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """What an alias stands for.
+
+    ``nodes``: nodes whose own addresses are meant (rendered as bare IPs);
+    ``extra``: other address texts (prefixes, ranges); ``members``: every node
+    the alias covers, including nodes that merely sit inside ``extra``.
+    """
+
+    nodes: frozenset[int]
+    extra: tuple[str, ...]
+    members: frozenset[int]
+    wildcard: bool = False
+
+
+EMPTY = Resolved(frozenset(), (), frozenset())
+
+
+class Index:
+    def __init__(self, policy: Policy, topology: Topology) -> None:
+        self.policy = policy
+        self.nodes: tuple[TopologyNode, ...] = topology.nodes
+        email_of = {u.name: u.email for u in topology.users}
+        self.users = topology.users
+        self.all = frozenset(range(len(self.nodes)))
+        by_tag: dict[str, set[int]] = defaultdict(set)
+        by_email: dict[str, set[int]] = defaultdict(set)
+        self.email: list[str | None] = []
+        self.ips: list[tuple[str, ...]] = []
+        self.ip_spans: list[tuple[Span, ...]] = []
+        self.by_ip: dict[str, int] = {}
+        for i, n in enumerate(self.nodes):
+            for t in n.tags:
+                by_tag[t].add(i)
+            email = None if n.tags or n.user is None else email_of.get(n.user, n.user)
+            self.email.append(email)
+            if email is not None:
+                by_email[email.lower()].add(i)
+            ips = tuple(ip for ip in (n.ipv4, n.ipv6) if ip)
+            self.ips.append(ips)
+            self.ip_spans.append(tuple(span(ip) for ip in ips))
+            for ip in ips:
+                self.by_ip[ip] = i
+        self.by_tag = {k: frozenset(v) for k, v in by_tag.items()}
+        self.by_email = {k: frozenset(v) for k, v in by_email.items()}
+        self.tagged = frozenset(i for i, n in enumerate(self.nodes) if n.tags)
+        self.members = frozenset(i for i, e in enumerate(self.email) if e is not None)
+        # Filled in by the route stage: approved routes per node, and the
+        # subnet routes that "*" stands for as a source.
+        self.routes: list[tuple[str, ...]] = [() for _ in self.nodes]
+        self.route_spans: list[tuple[Span, ...]] = [() for _ in self.nodes]
+        self.subnet_routes: tuple[str, ...] = ()
+
+    def set_routes(self, routes: list[tuple[str, ...]]) -> None:
+        self.routes = routes
+        self.route_spans = [tuple(span(r) for r in rs) for rs in routes]
+        seen: dict[str, None] = {}
+        for rs in routes:
+            for r in rs:
+                if r not in ("0.0.0.0/0", "::/0"):
+                    seen[r] = None
+        self.subnet_routes = tuple(seen)
+
+    # -- identity --------------------------------------------------------
+
+    def user_nodes(self, pattern: str) -> frozenset[int]:
+        pattern = pattern.lower()
+        if pattern.startswith("*@"):
+            domain = pattern[1:]
+            return frozenset(
+                i for e, ns in self.by_email.items() if e.endswith(domain) for i in ns
+            )
+        return self.by_email.get(pattern, frozenset())
+
+    def nodes_in(self, prefix: str) -> frozenset[int]:
+        s = span(prefix)
+        if s.hi == s.lo:
+            node = self.by_ip.get(str(ipaddress.ip_address(s.lo)))
+            return frozenset() if node is None else frozenset({node})
+        return frozenset(
+            i for i, spans in enumerate(self.ip_spans) if any(s.contains(x) for x in spans)
+        )
+
+    def routers_into(self, prefix: str) -> frozenset[int]:
+        """Routers whose subnet routes overlap ``prefix``: traffic from there
+        reaches the tailnet through them."""
+        s = span(prefix)
+        return frozenset(
+            i for i, rs in enumerate(self.routes)
+            if any(s.overlaps(span(r)) for r in rs if not is_exit_route(r))
+        )
+
+    def resolve(self, alias: Alias) -> Resolved:
+        kind, value = alias.kind, alias.value
+        if kind == "wildcard":
+            return Resolved(frozenset(), TAILSCALE_RANGES + self.subnet_routes, self.all, True)
+        if kind == "user":
+            ns = self.user_nodes(value)
+            return Resolved(ns, (), ns)
+        if kind == "group":
+            return self.resolve_many(self.policy.groups.get(value, ()))
+        if kind == "tag":
+            ns = self.by_tag.get(value, frozenset())
+            return Resolved(ns, (), ns)
+        if kind in ("host", "prefix"):
+            prefix = self.policy.hosts[value] if kind == "host" else value
+            return Resolved(frozenset(), (addr_text(prefix),),
+                            self.nodes_in(prefix) | self.routers_into(prefix))
+        return self._autogroup(value)
+
+    def _autogroup(self, name: str) -> Resolved:
+        if name == "autogroup:member":
+            return Resolved(self.members, (), self.members)
+        if name == "autogroup:tagged":
+            return Resolved(self.tagged, (), self.tagged)
+        if name == "autogroup:danger-all":
+            return Resolved(frozenset(), ("*",), self.all, True)
+        if name in ("autogroup:admin", "autogroup:owner"):
+            ns = self.owner_nodes()
+            return Resolved(ns, (), ns)
+        return EMPTY
+
+    def owner_nodes(self) -> frozenset[int]:
+        """The tailnet owner's nodes: the first user is the owner (and an admin)."""
+        if not self.users:
+            return frozenset()
+        owner = min(self.users, key=lambda u: u.id)
+        return self.by_email.get(owner.email.lower(), frozenset())
+
+    def resolve_many(self, aliases: Iterable[Alias]) -> Resolved:
+        nodes: set[int] = set()
+        extra: dict[str, None] = {}
+        members: set[int] = set()
+        wildcard = False
+        for a in aliases:
+            r = self.resolve(a)
+            nodes |= r.nodes
+            extra.update(dict.fromkeys(r.extra))
+            members |= r.members
+            wildcard = wildcard or r.wildcard
+        return Resolved(frozenset(nodes), tuple(extra), frozenset(members), wildcard)
+
+    def node_texts(self, nodes: Iterable[int]) -> list[str]:
+        return [ip for i in nodes for ip in self.ips[i]]
+
+    def host_prefixes(self, node: int) -> list[str]:
+        return [host_prefix(ip) for ip in self.ips[node]]
+
+    def covers(self, node: int, s: Span) -> bool:
+        """Whether traffic to ``s`` may be delivered to ``node`` (own IP or route)."""
+        return any(s.overlaps(x) for x in self.ip_spans[node]) or any(
+            s.overlaps(x) for x in self.route_spans[node]
+        )

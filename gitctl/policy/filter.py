@@ -1,0 +1,193 @@
+"""ACLs and grants to packet-filter rules, already split per destination node.
+
+Each policy rule is resolved once: its sources to rendered ``SrcIPs`` and a
+member set, its destinations to the nodes whose addresses or routes they
+cover. A node then receives only the destination entries that concern it,
+which is how Tailscale reduces filters per node.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .addrs import INTERNET_RANGES, span
+from .aliases import Index, Resolved
+from .model import Alias, Grant, PortRange
+
+SELF = Alias("autogroup", "autogroup:self")
+# Capabilities that imply one back from destination to source: a Taildrive
+# share needs the sharer to be known to the accessor, a relay its targets.
+REVERSE_CAPS = {
+    "tailscale.com/cap/drive": "tailscale.com/cap/drive-sharer",
+    "tailscale.com/cap/relay": "tailscale.com/cap/relay-target",
+}
+INTERNET = Alias("autogroup", "autogroup:internet")
+
+
+@dataclass
+class Rule:
+    """One filter rule before rendering: sources and, per node, what it may reach."""
+
+    src_ips: tuple[str, ...]
+    src_members: frozenset[int]
+    protos: tuple[int, ...] = ()
+    caps: Mapping[str, Any] | None = None
+    # via: only the named routers carry it, and it steers route choice.
+    via: bool = False
+    # hidden: grants visibility (and routes) but is not sent as a filter rule.
+    hidden: bool = False
+    # node -> (address text, ports) pairs (DstPorts) or address texts (CapGrant Dsts)
+    dsts: dict[int, list[tuple[str, tuple[PortRange, ...]]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+    def render(self, node: int) -> dict[str, Any]:
+        entries = self.dsts[node]
+        out: dict[str, Any] = {"SrcIPs": list(self.src_ips)}
+        if self.caps is not None:
+            out["CapGrant"] = [{"Dsts": _unique(t for t, _ in entries),
+                                "CapMap": {k: None if v is None else list(v)
+                                           for k, v in self.caps.items()}}]
+            return out
+        out["DstPorts"] = [
+            {"IP": text, "Ports": {"First": p.first, "Last": p.last}}
+            for text, ports in entries
+            for p in ports
+        ]
+        if self.protos:
+            out["IPProto"] = list(self.protos)
+        return out
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+class RuleBuilder:
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        self.rules: list[Rule] = []
+
+    def _src(self, src: Iterable[Alias]) -> Resolved:
+        return self.index.resolve_many(src)
+
+    def _rule(self, src: Resolved, protos: tuple[int, ...] = (),
+              caps: Mapping[str, tuple[Any, ...]] | None = None) -> Rule:
+        ips = tuple(dict.fromkeys([*self.index.node_texts(sorted(src.nodes)), *src.extra]))
+        return Rule(src_ips=ips, src_members=src.members, protos=protos, caps=caps)
+
+    def _add_dst(self, rule: Rule, alias: Alias, ports: tuple[PortRange, ...],
+                 host_form: bool = False, only: frozenset[int] | None = None) -> None:
+        """Attach ``alias``'s addresses to every node they reach.
+
+        ``host_form`` renders node addresses as /32 and /128 prefixes (CapGrant
+        Dsts) instead of bare IPs (DstPorts).
+        """
+        index = self.index
+        allowed = index.all if only is None else only
+        if alias.kind == "wildcard":
+            for i in allowed:
+                if host_form:
+                    rule.dsts[i].extend((p, ports) for p in index.host_prefixes(i))
+                else:
+                    rule.dsts[i].append(("*", ports))
+            return
+        if alias == INTERNET:
+            texts: tuple[str, ...] = INTERNET_RANGES
+            nodes: frozenset[int] = frozenset()
+        else:
+            r = index.resolve(alias)
+            texts, nodes = r.extra, r.nodes
+        for i in nodes & allowed:
+            addrs = index.host_prefixes(i) if host_form else index.ips[i]
+            rule.dsts[i].extend((a, ports) for a in addrs)
+        for text in texts:
+            if host_form:
+                # Capabilities go to nodes, never to subnets behind them.
+                for i in index.nodes_in(text) & allowed:
+                    rule.dsts[i].extend((p, ports) for p in index.host_prefixes(i))
+                continue
+            s = span(text)
+            for i in allowed:
+                if index.covers(i, s):
+                    rule.dsts[i].append((text, ports))
+
+    def _finish(self, rule: Rule) -> None:
+        # An app grant reaches its destinations even when no source resolves.
+        if (rule.src_ips or rule.caps is not None) and rule.dsts:
+            self.rules.append(rule)
+
+    def add_acl(self, src: tuple[Alias, ...], dsts: Iterable[tuple[Alias, tuple[PortRange, ...]]],
+                protos: tuple[int, ...]) -> None:
+        dsts = list(dsts)
+        resolved = self._src(src)
+        rule = self._rule(resolved, protos)
+        for alias, ports in dsts:
+            if alias != SELF:
+                self._add_dst(rule, alias, ports)
+        self._finish(rule)
+        self_ports = [ports for alias, ports in dsts if alias == SELF]
+        if self_ports:
+            self._add_self(resolved, self_ports, protos)
+
+    def _add_self(self, src: Resolved, port_sets: list[tuple[PortRange, ...]],
+                  protos: tuple[int, ...], caps: Mapping[str, tuple[Any, ...]] | None = None
+                  ) -> None:
+        """autogroup:self: each user's devices may reach that user's devices."""
+        index = self.index
+        by_user: dict[str, list[int]] = defaultdict(list)
+        for i in sorted(src.members & index.members):
+            email = index.email[i]
+            assert email is not None
+            by_user[email].append(i)
+        for email, srcs in by_user.items():
+            own = index.by_email[email.lower()]
+            rule = Rule(src_ips=tuple(index.node_texts(srcs)), src_members=frozenset(srcs),
+                        protos=protos, caps=caps)
+            for i in own:
+                addrs = index.host_prefixes(i) if caps is not None else index.ips[i]
+                for ports in port_sets:
+                    rule.dsts[i].extend((a, ports) for a in addrs)
+            self._finish(rule)
+
+    def add_grant(self, grant: Grant) -> None:
+        resolved = self._src(grant.src)
+        dsts = [d for d in grant.dst if d != SELF]
+        has_self = len(dsts) != len(grant.dst)
+        by_proto: dict[tuple[int, ...], list[PortRange]] = {}
+        for cap in grant.ip:
+            by_proto.setdefault(cap.protos, []).extend(cap.ports)
+        via = self.index.resolve_many(grant.via).nodes if grant.via else None
+        for protos, ports in by_proto.items():
+            rule = self._rule(resolved, protos)
+            rule.via = via is not None
+            for d in dsts:
+                self._add_dst(rule, d, tuple(ports), only=via)
+            self._finish(rule)
+            if has_self:
+                self._add_self(resolved, [tuple(ports)], protos)
+        if grant.app and via is not None:
+            # Capabilities are not routed; the grant still makes the routers
+            # and their routes known to the sources.
+            rule = self._rule(resolved)
+            rule.via = rule.hidden = True
+            for d in dsts:
+                self._add_dst(rule, d, (), only=via)
+            self._finish(rule)
+        elif grant.app and grant.src:
+            self._add_app(resolved, dsts, grant.app, has_self)
+            reverse = {REVERSE_CAPS[c]: None for c in grant.app if c in REVERSE_CAPS}
+            if reverse:
+                self._add_app(self.index.resolve_many(dsts), list(grant.src), reverse, False)
+
+    def _add_app(self, src: Resolved, dsts: list[Alias], caps: Mapping[str, Any],
+                 has_self: bool) -> None:
+        rule = self._rule(src, caps=caps)
+        for d in dsts:
+            self._add_dst(rule, d, (), host_form=True)
+        self._finish(rule)
+        if has_self:
+            self._add_self(src, [()], (), caps)

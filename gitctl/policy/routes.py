@@ -1,0 +1,100 @@
+"""Subnet and exit routes: auto-approval, the routes in effect, primary routers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .addrs import is_exit_route, span
+from .model import Alias, Policy
+from .parse import parse_prefix
+from .topology import TopologyNode, TopologyUser
+
+
+def node_matches(
+    policy: Policy, alias: Alias, node: TopologyNode, email: str | None
+) -> bool:
+    """Whether ``alias`` (an approver or nodeAttrs target) names ``node``."""
+    kind, value = alias.kind, alias.value
+    if kind == "wildcard":
+        return True
+    if kind == "tag":
+        return value in node.tags
+    if node.tags:
+        return kind == "autogroup" and value == "autogroup:tagged"
+    if kind == "user":
+        if email is None:
+            return False
+        if value.startswith("*@"):
+            return email.lower().endswith(value[1:].lower())
+        return email.lower() == value.lower()
+    if kind == "group":
+        return any(node_matches(policy, m, node, email) for m in policy.groups.get(value, ()))
+    if kind == "autogroup":
+        return value == "autogroup:member" and email is not None
+    return False
+
+
+def _email(node: TopologyNode, users: Sequence[TopologyUser]) -> str | None:
+    if node.tags or node.user is None:
+        return None
+    for u in users:
+        if u.name == node.user:
+            return u.email
+    return node.user
+
+
+def auto_approved_routes(
+    policy: Policy,
+    node: TopologyNode,
+    advertised: Iterable[str],
+    users: Sequence[TopologyUser] = (),
+) -> tuple[str, ...]:
+    """The advertised routes that ``autoApprovers`` approve for ``node``.
+
+    ``users`` maps the node's user name to an email; without it the node's
+    ``user`` is compared to approvers as given.
+    """
+    email = _email(node, users)
+    auto = policy.auto_approvers
+    out = []
+    for route in advertised:
+        norm = parse_prefix(route)
+        if norm is None:
+            continue
+        if is_exit_route(norm):
+            approvers: Iterable[Alias] = auto.exit_node
+        else:
+            s = span(norm)
+            approvers = (a for p, aliases in auto.routes if span(p).contains(s) for a in aliases)
+        if any(node_matches(policy, a, node, email) for a in approvers):
+            out.append(route)
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    """Per node (topology order): routes in effect and routes it is primary for."""
+
+    enabled: tuple[tuple[str, ...], ...]
+    primary: tuple[tuple[str, ...], ...]
+
+
+def route_table(
+    policy: Policy, nodes: Sequence[TopologyNode], users: Sequence[TopologyUser]
+) -> RouteTable:
+    """A route is in effect when advertised and approved (by hand or by
+    autoApprovers). Each subnet route has one primary: the earliest
+    registered node serving it; exit routes have no primary."""
+    enabled = []
+    for n in nodes:
+        auto = set(auto_approved_routes(policy, n, n.routable_ips, users))
+        approved = set(n.approved_routes)
+        enabled.append(tuple(r for r in n.routable_ips if r in approved or r in auto))
+    owner: dict[str, int] = {}
+    for i, rs in enumerate(enabled):
+        for r in rs:
+            if not is_exit_route(r):
+                owner.setdefault(r, i)
+    primary = [tuple(r for r in rs if owner.get(r) == i) for i, rs in enumerate(enabled)]
+    return RouteTable(enabled=tuple(enabled), primary=tuple(primary))

@@ -358,7 +358,7 @@ def _fmt_comments(comments: list[_Comment], indent: str, out: list[str],
         out.append(indent + c.text)
 
 
-def _fmt_node(node: _Node, depth: int, out: list[str], prefix: str) -> None:
+def _fmt_node(node: _Node, depth: int, out: list[str], prefix: str, commas: bool) -> None:
     """Append the lines of `node`; its first line starts with `prefix`."""
     if _inline_ok(node):
         out.append(prefix + _fmt_inline(node))
@@ -366,12 +366,13 @@ def _fmt_node(node: _Node, depth: int, out: list[str], prefix: str) -> None:
     assert isinstance(node, _Composite)
     indent = "\t" * (depth + 1)
     out.append(prefix + node.open)
-    for m in node.members:
+    for i, m in enumerate(node.members):
         if m.blank_before:
             out.append("")
         _fmt_comments(m.leading, indent, out)
-        _fmt_node(m.value, depth + 1, out, indent + _member_head(m))
-        out[-1] += ","
+        _fmt_node(m.value, depth + 1, out, indent + _member_head(m), commas)
+        if commas or i + 1 < len(node.members):
+            out[-1] += ","
         _fmt_trailing(m.trailing, indent, out)
     _fmt_comments(node.closing, indent, out, blank_first=bool(node.members))
     out.append("\t" * depth + ("}" if node.open == "{" else "]"))
@@ -387,14 +388,17 @@ def _fmt_trailing(comments: list[_Comment], indent: str, out: list[str]) -> None
             out.append(indent + c.text)
 
 
-def format_hujson(text: str) -> str:
-    """Reformat HuJSON text, keeping every comment; raises `HuJSONError` on bad syntax."""
+def format_hujson(text: str, *, trailing_commas: bool = True) -> str:
+    """Reformat HuJSON text, keeping every comment; raises `HuJSONError` on bad syntax.
+
+    Without `trailing_commas` the output of a plain JSON input is still plain JSON.
+    """
     doc = _parse(text)
     out: list[str] = []
     _fmt_comments(doc.leading, "", out)
     if doc.value is not None:
         if doc.blank_before_value:
             out.append("")
-        _fmt_node(doc.value, 0, out, "")
+        _fmt_node(doc.value, 0, out, "", trailing_commas)
         _fmt_trailing(doc.trailing, "", out)
     return "\n".join(out).rstrip("\n") + "\n"

@@ -104,6 +104,11 @@ def _parse_policy(doc: Mapping[str, Any], provenance: Provenance,
         return None, _policy_diagnostics(exc, provenance, root)
 
 
+def _done(snapshot: Snapshot | None, diags: list[Diagnostic], texts: dict[str, str]) -> LoadResult:
+    ordered = sorted(diags, key=lambda d: (d.file, d.line, d.col))
+    return LoadResult(snapshot, tuple(ordered), texts)
+
+
 def _errors(diags: list[Diagnostic]) -> bool:
     return any(d.severity is Severity.ERROR for d in diags)
 
@@ -113,16 +118,16 @@ def load_snapshot(documents: Documents) -> LoadResult:
     texts: dict[str, str] = {}
     parsed: list[SourceFile] = []
     for path, data in documents.files.items():
+        texts[path] = data.decode("utf-8", "replace")
         sf, problems = parse_file(path, data)
         diags += problems
         if sf is not None:
             parsed.append(sf)
-            texts[path] = sf.text
             diags += validate_file(sf)
     merged, problems = merge_files(parsed)
     diags += problems
     if _errors(diags):
-        return LoadResult(None, tuple(diags), texts)
+        return _done(None, diags, texts)
 
     model, problems = build_model(merged.document, merged.provenance)
     diags += problems
@@ -130,7 +135,7 @@ def load_snapshot(documents: Documents) -> LoadResult:
     policy, problems = _parse_policy(policy_doc, merged.provenance, documents.root)
     diags += problems
     if _errors(diags):
-        return LoadResult(None, tuple(diags), texts)
+        return _done(None, diags, texts)
     snapshot = Snapshot(
         id=documents.revision or _content_id(documents),
         users=model.users,
@@ -142,7 +147,7 @@ def load_snapshot(documents: Documents) -> LoadResult:
         sources={p: hashlib.sha256(d).hexdigest() for p, d in documents.files.items()},
         revision=documents.revision,
     )
-    return LoadResult(snapshot, tuple(diags), texts)
+    return _done(snapshot, diags, texts)
 
 
 def _failed(exc: SourceError) -> LoadResult:

@@ -96,8 +96,15 @@ def split_sections(sf: SourceFile) -> tuple[list[Section], list[Diagnostic]]:
     """Assign the file's top-level keys to sections; unknown keys become diagnostics."""
     stem = _stem(sf.path)
     if stem in SECTION_FILES:
-        body = {k: v for k, v in sf.value.items() if k not in IGNORED_KEYS}
-        return [Section(stem, (), body)], []
+        body = {k: v for k, v in sf.value.items() if k not in (*IGNORED_KEYS, stem)}
+        problems = []
+        if stem in sf.value:
+            at = sf.positions.key((stem,))
+            problems.append(Diagnostic(
+                sf.path, at.line, at.col,
+                f'unexpected key "{stem}": a file named {posixpath.basename(sf.path)} holds '
+                f"the {stem} keys at its top level, without a {stem}: wrapper", (stem,)))
+        return [Section(stem, (), body)], problems
     sections: list[Section] = []
     policy: dict[str, Any] = {}
     diagnostics: list[Diagnostic] = []
@@ -126,7 +133,8 @@ class Provenance:
     origins: Mapping[JsonPath, tuple[str, JsonPath]]
     positions: Mapping[str, Positions]
 
-    def _origin(self, path: JsonPath) -> tuple[str, JsonPath] | None:
+    def resolve(self, path: JsonPath) -> tuple[str, JsonPath] | None:
+        """(file, path inside that file) of the value at `path` in the merged document."""
         for n in range(len(path), 0, -1):
             found = self.origins.get(path[:n])
             if found is not None:
@@ -135,7 +143,7 @@ class Provenance:
         return None
 
     def locate(self, path: JsonPath, *, key: bool = False) -> tuple[str, Pos] | None:
-        found = self._origin(path)
+        found = self.resolve(path)
         if found is None:
             return None
         file, file_path = found
@@ -143,10 +151,17 @@ class Provenance:
         return file, positions.key(file_path) if key else positions.value(file_path)
 
     def diagnostic(self, path: JsonPath, message: str, *, key: bool = False,
-                   fallback_file: str = "tailnet.d") -> Diagnostic:
-        where = self.locate(path, key=key)
-        file, pos = where if where is not None else (fallback_file, Pos(1, 1))
-        return Diagnostic(file, pos.line, pos.col, message, path)
+                   show_key: bool = False, fallback_file: str = "tailnet.d") -> Diagnostic:
+        """A diagnostic at the value (or key) `path`; `show_key` prefixes `key.path: `."""
+        found = self.resolve(path)
+        if found is None:
+            return Diagnostic(fallback_file, 1, 1, message, path)
+        file, file_path = found
+        positions = self.positions[file]
+        pos = positions.key(file_path) if key else positions.value(file_path)
+        shown = format_path(file_path)
+        text = f"{shown}: {message}" if show_key and shown else message
+        return Diagnostic(file, pos.line, pos.col, text, path)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Ephemeral nodes send a keepalive about once a minute; removing them sooner would delete
 # nodes that are merely between keepalives.
-MIN_EPHEMERAL_TIMEOUT = timedelta(seconds=65)
+MIN_EPHEMERAL_TIMEOUT = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +139,7 @@ class _Builder:
         self.diagnostics: list[Diagnostic] = []
 
     def error(self, path: JsonPath, message: str, *, key: bool = False) -> None:
-        self.diagnostics.append(self.prov.diagnostic(path, message, key=key))
+        self.diagnostics.append(self.prov.diagnostic(path, message, key=key, show_key=True))
 
     def where(self, path: JsonPath) -> str:
         found = self.prov.locate(path)
@@ -178,7 +178,7 @@ class _Builder:
 
     def dns(self, d: dict[str, Any]) -> DnsSpec:
         if d.get("magic_dns") and not d.get("base_domain"):
-            self.error(("dns", "magic_dns"), "magic_dns needs a base_domain", key=True)
+            self.error(("dns", "magic_dns"), "MagicDNS needs a base_domain", key=True)
         records = []
         for i, r in enumerate(d.get("extra_records", [])):
             self.address(("dns", "extra_records", i, "value"), r["value"],
@@ -243,7 +243,7 @@ class _Builder:
             parsed = self.duration(path, s["ephemeral_inactivity_timeout"])
             ephemeral = ephemeral if parsed is None else parsed
             if parsed is not None and parsed < MIN_EPHEMERAL_TIMEOUT:
-                self.error(path, "must be at least 65s (clients keep alive about once a minute)")
+                self.error(path, "must be at least 1s")
         embedded = s.get("embedded_derp", {})
         emb = (EmbeddedDerp(enabled=False) if embedded is None else EmbeddedDerp(
             enabled=embedded.get("enabled", True),

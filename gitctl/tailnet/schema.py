@@ -90,8 +90,9 @@ def _messages(err: ValidationError) -> Iterator[tuple[JsonPath, str, bool]]:
         yield path, f"{json.dumps(inst)} is not one of {choices}", False
         return
     if kind == "pattern":
-        hint = schema.get("description")
-        yield path, f"invalid value {json.dumps(inst)}" + (f": {hint}" if hint else ""), False
+        # `x-hint` is our annotation next to each pattern; validators ignore unknown keywords.
+        hint = schema.get("x-hint")
+        yield path, f"invalid value {json.dumps(inst)}" + (f" ({hint})" if hint else ""), False
         return
     if kind == "minLength":
         yield path, "must not be empty", False

@@ -9,7 +9,7 @@ from typing import Any
 from .addrs import Span, is_exit_route, span
 from .aliases import Index
 from .filter import Rule, RuleBuilder
-from .model import Policy
+from .model import ALL_PORTS, WILDCARD, Policy
 from .nodeattrs import self_cap_maps
 from .routes import RouteTable, route_table
 from .ssh import ssh_policies, check_ssh_domains
@@ -87,6 +87,8 @@ def compile_tailnet(
         builder.add_acl(acl.src, ((d.alias, d.ports) for d in acl.dst), acl.protos)
     for grant in policy.grants:
         builder.add_grant(grant)
+    if policy.default_allow:
+        builder.add_acl((WILDCARD,), ((WILDCARD, (ALL_PORTS,)),), ())
     rules = builder.rules
 
     n = len(topology.nodes)

@@ -114,3 +114,5 @@ class Policy:
     tests: tuple[PolicyTest, ...] = ()
     ssh_tests: tuple[SshTest, ...] = ()
     randomize_client_port: bool = False
+    # A policy with neither ``acls`` nor ``grants`` allows everything.
+    default_allow: bool = False

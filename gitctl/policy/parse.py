@@ -435,4 +435,5 @@ def parse_policy(doc: Mapping[str, Any]) -> Policy:
         tests=_parse_tests(doc),
         ssh_tests=tuple(ssh_tests),
         randomize_client_port=bool(doc.get("randomizeClientPort")),
+        default_allow="acls" not in doc and "grants" not in doc,
     )

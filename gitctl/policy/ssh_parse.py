@@ -62,11 +62,13 @@ def parse_ssh_rule(rule: Mapping[str, Any], i: int, ctx: Ctx) -> SshRule | None:
     path: Path = ("ssh", i)
     n_errors = len(ctx.errors)
     action = rule.get("action")
+    if isinstance(action, str):
+        action = action.strip()
     if not action:
         ctx.fail("action must be specified", (*path, "action"))
     elif action not in ("accept", "check"):
         ctx.fail(f'"{action}" is not a valid action', (*path, "action"))
-    users = _list(rule.get("users"))
+    users = [u.strip() if isinstance(u, str) else u for u in _list(rule.get("users"))]
     if not users:
         ctx.fail("users must be specified", (*path, "users"))
     for j, u in enumerate(users):

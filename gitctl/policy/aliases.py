@@ -135,16 +135,19 @@ class Index:
         if name == "autogroup:danger-all":
             return Resolved(frozenset(), ("*",), self.all, True)
         if name in ("autogroup:admin", "autogroup:owner"):
-            ns = self.owner_nodes()
+            ns = self.role_nodes(name.removeprefix("autogroup:"))
             return Resolved(ns, (), ns)
         return EMPTY
 
-    def owner_nodes(self) -> frozenset[int]:
-        """The tailnet owner's nodes: the first user is the owner (and an admin)."""
-        if not self.users:
-            return frozenset()
-        owner = min(self.users, key=lambda u: u.id)
-        return self.by_email.get(owner.email.lower(), frozenset())
+    def role_nodes(self, role: str) -> frozenset[int]:
+        """Nodes of users holding ``role`` ("owner" or "admin"; owners are admins)."""
+        first = min(self.users, key=lambda u: u.id) if self.users else None
+        out: set[int] = set()
+        for u in self.users:
+            r = u.role or ("owner" if u is first else "admin")
+            if r == "owner" or (role == "admin" and r == "admin"):
+                out |= self.by_email.get(u.email.lower(), frozenset())
+        return frozenset(out)
 
     def resolve_many(self, aliases: Iterable[Alias]) -> Resolved:
         nodes: set[int] = set()

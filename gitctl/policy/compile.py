@@ -10,7 +10,7 @@ from .addrs import Span, is_exit_route, span
 from .aliases import Index
 from .filter import Rule, RuleBuilder
 from .model import ALL_PORTS, WILDCARD, Policy
-from .nodeattrs import self_cap_maps
+from .nodeattrs import ipv4_disabled, self_cap_maps
 from .routes import RouteTable, route_table
 from .ssh import ssh_policies, check_ssh_domains
 from .topology import Topology
@@ -108,6 +108,7 @@ def compile_tailnet(
     for i, extra in enumerate(ssh.visible):
         visible[i] |= extra
     routes = _RouteVisibility(index, table, per_node)
+    no_v4 = ipv4_disabled(caps)
 
     views: dict[str, NodeView] = {}
     for i, node in enumerate(topology.nodes):
@@ -117,7 +118,7 @@ def compile_tailnet(
             peer = topology.nodes[j]
             primary, exits = routes.visible_routes(i, j)
             peers[peer.name] = PeerView(
-                allowed_ips=(*index.host_prefixes(j), *primary, *exits),
+                allowed_ips=(*_own_prefixes(index, j, no_v4, i), *primary, *exits),
                 primary_routes=primary,
                 tags=peer.tags,
             )
@@ -126,7 +127,8 @@ def compile_tailnet(
             ssh_policy=ssh.policies[i],
             peers=peers,
             self_cap_map=caps[i],
-            self_allowed_ips=_allowed_ips(index, table.primary[i], table.enabled[i], i),
+            self_allowed_ips=(*_own_prefixes(index, i, no_v4), *table.primary[i],
+                              *(r for r in table.enabled[i] if is_exit_route(r))),
             self_primary_routes=table.primary[i],
             whois_cap_map=_whois(index, per_node[i], mask),
         )
@@ -251,10 +253,14 @@ def _reaches(entries: list[tuple[str, Any]], own: set[str], route: Span) -> bool
     return any(t == "*" or (t not in own and span(t).overlaps(route)) for t, _ in entries)
 
 
-def _allowed_ips(index: Index, primary: tuple[str, ...], enabled: tuple[str, ...],
-                 node: int) -> tuple[str, ...]:
-    exits = tuple(r for r in enabled if r in ("0.0.0.0/0", "::/0"))
-    return (*index.host_prefixes(node), *primary, *exits)
+def _own_prefixes(index: Index, node: int, no_v4: frozenset[int], viewer: int | None = None
+                  ) -> list[str]:
+    """A node's addresses as prefixes; IPv4 is left out when nodeAttrs disabled it
+    on the node or on the viewer (which then speaks only IPv6 in the tailnet)."""
+    prefixes = index.host_prefixes(node)
+    if node in no_v4 or viewer in no_v4:
+        return [p for p in prefixes if ":" in p]
+    return prefixes
 
 
 def _mask(items: Any) -> int:

@@ -9,9 +9,14 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class TopologyUser:
+    """A user. ``role`` is the tailnet role ("owner", "admin", "member", ...);
+    None means unknown, which counts as an admin (the corpus was captured with
+    every user an admin) and, for the lowest id, as the owner."""
+
     id: int
     name: str
     email: str
+    role: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +44,8 @@ class Topology:
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Topology:
         users = tuple(
-            TopologyUser(id=int(u.get("id", i)), name=str(u["name"]), email=str(u["email"]))
+            TopologyUser(id=int(u.get("id", i)), name=str(u["name"]), email=str(u["email"]),
+                         role=u.get("role"))
             for i, u in enumerate(doc.get("users") or ())
         )
         raw_nodes = doc.get("nodes") or {}

@@ -10,6 +10,7 @@ from .addrs import Span, is_exit_route, span
 from .aliases import Index
 from .filter import Rule, RuleBuilder
 from .model import ALL_PORTS, WILDCARD, Policy
+from .policytests import check_policy_tests
 from .nodeattrs import ipv4_disabled, self_cap_maps
 from .routes import RouteTable, route_table
 from .ssh import ssh_policies, check_ssh_domains
@@ -75,8 +76,22 @@ def _merge_caps(into: dict[str, Any], caps: Mapping[str, Any]) -> None:
 
 
 def compile_tailnet(
-    policy: Policy, topology: Topology, tailnet: Mapping[str, Any] | None = None
+    policy: Policy,
+    topology: Topology,
+    tailnet: Mapping[str, Any] | None = None,
+    *,
+    enforce_tests: bool = True,
 ) -> CompiledTailnet:
+    """Per-node packet filters, SSH policies, peers and capabilities.
+
+    Raises :class:`PolicyError` when the policy cannot apply to this tailnet
+    (unknown SSH domains) or, with ``enforce_tests``, when its ``tests`` or
+    ``sshTests`` fail ("test(s) failed"), as Tailscale refuses such a policy.
+    Recompiling an accepted policy because nodes came or went may pass
+    ``enforce_tests=False`` to keep serving it.
+    """
+    if enforce_tests:
+        check_policy_tests(policy, topology)
     index = Index(policy, topology)
     table = route_table(policy, topology.nodes, topology.users)
     index.set_routes(list(table.enabled))

@@ -1,0 +1,279 @@
+"""Assembling the server: every part is built here and wired explicitly
+(starlette's applications.py style); nothing reaches for a global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import ssl
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from server.config import ServerConfig
+from server.control import ControlHandler, ControlSettings
+from server.edge.control_conn import ControlConnection
+from server.edge.derp_server import DerpServer
+from server.edge.http1 import FrontDoor, RequestHead
+from server.edge.stun_server import StunServer, start_stun_server
+from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate
+from server.protocol.noise import HandshakeError, accept_initiation, early_payload
+from server.repo import Rejection, RepoStatus, SnapshotRepo, watch_repo
+from server.store import open_store
+from server.store.model import Node
+from server.tailnet import Tailnet, TailnetSource
+from server.web import WebDeps, build_app
+from server.wire import DerpRegion
+
+__all__ = ["Server", "StartupError"]
+
+EPHEMERAL_SWEEP = 5.0
+
+
+class StartupError(Exception):
+    pass
+
+
+def _load_or_create_key(path: Path, kind: type[Any]) -> Any:
+    if path.exists():
+        return kind.parse(path.read_text().strip())
+    key = kind.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key.text + "\n")
+    tmp.replace(path)
+    return key
+
+
+class Server:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        log: logging.Logger | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.log = log or logging.getLogger("tailnetd")
+        self.clock = clock
+        self.status = RepoStatus()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stun: StunServer | None = None
+        self.port = config.listen_port
+        self.stun_port = config.stun_port
+
+    # Snapshots
+
+    def _load_initial(self) -> TailnetSource:
+        head = self.repo.head()
+        snap, errors = self.repo.load(head)
+        last_good_file = self.config.data_dir / "last_good_revision"
+        if snap is None:
+            self._reject(head or str(self.repo.path), errors)
+            previous = last_good_file.read_text().strip() if last_good_file.exists() else None
+            if previous and previous != head:
+                self.log.warning("HEAD %s is broken; serving the last good commit %s", head, previous)
+                snap, errors = self.repo.load(previous)
+            if snap is None:
+                raise StartupError(
+                    "no valid tailnet.d to serve:\n" + "\n".join(f"  {e}" for e in errors)
+                )
+        self._serving(snap)
+        return TailnetSource.from_snapshot(snap)
+
+    def _serving(self, snap: Any) -> None:
+        self.status.serving = snap.id
+        self.status.serving_since = self.clock()
+        if self.repo.is_git:
+            (self.config.data_dir / "last_good_revision").write_text(snap.id + "\n")
+
+    def _reject(self, revision: str, errors: tuple[str, ...]) -> None:
+        rejection = Rejection(revision, self.clock(), errors)
+        self.status.rejected = rejection
+        self.status.history.append(rejection)
+        del self.status.history[:-20]
+        self.log.error(
+            "commit %s rejected, still serving %s:\n%s",
+            revision[:12],
+            (self.status.serving or "nothing")[:12],
+            "\n".join(f"  {e}" for e in errors),
+        )
+
+    async def on_revision(self, revision: str) -> None:
+        # Reading and checking a commit is blocking git and CPU work: keep it off the loop.
+        snap, errors = await asyncio.to_thread(self.repo.load, revision)
+        if snap is None:
+            self._reject(revision, errors)
+            return
+        try:
+            source = TailnetSource.from_snapshot(snap)
+            self.tailnet.swap_source(source)
+        except Exception as exc:
+            self.log.exception("commit %s could not be served", revision[:12])
+            self._reject(revision, (f"compiling for the live nodes failed: {exc}",))
+            return
+        self.status.rejected = None
+        self._serving(snap)
+
+    # Life cycle
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.repo = SnapshotRepo(cfg.repo, branch=cfg.branch)
+        source = self._load_initial()
+        self.server_key = _load_or_create_key(cfg.data_dir / "noise_private.key", MachinePrivate)
+        self.derp_key = _load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)
+        settings = source.settings
+        self.store = open_store(
+            cfg.data_dir / "tailnetd.sqlite",
+            **({} if settings is None else {
+                "ipv4_prefix": settings.ipv4_prefix,
+                "ipv6_prefix": settings.ipv6_prefix,
+                "allocation": settings.ip_allocation,
+            }),
+        )
+
+        if cfg.stun_host is not None:
+            self._stun = await start_stun_server(cfg.stun_host, cfg.stun_port, log=self.log)
+            self.stun_port = self._stun.port
+
+        ssl_ctx = None
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            ssl_ctx.set_alpn_protocols(["http/1.1"])
+
+        listener = await asyncio.start_server(
+            self._handle_tcp, cfg.listen_host, cfg.listen_port, ssl=ssl_ctx, limit=64 * 1024
+        )
+        self._servers.append(listener)
+        self.port = listener.sockets[0].getsockname()[1]
+
+        self.derp = DerpServer(self.derp_key, is_allowed=self._derp_allowed, log=self.log)
+        self.tailnet = Tailnet(
+            store=self.store,
+            source=source,
+            derp_regions=[self._derp_region()],
+            clock=self.clock,
+            log=self.log,
+            on_node_removed=self._node_removed,
+        )
+        self.control = ControlHandler(self.tailnet, settings=self._control_settings, log=self.log)
+        scheme = "https" if ssl_ctx else "http"
+        upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
+        public = build_app(WebDeps(self.server_key.public(), self.tailnet, self.status, os.urandom, local=False))
+        local = build_app(WebDeps(self.server_key.public(), self.tailnet, self.status, os.urandom, local=True))
+        self._front = FrontDoor(public, upgrades, log=self.log, scheme=scheme)
+        self._local_front = FrontDoor(local, {}, log=self.log)
+
+        sock_path = cfg.socket_path
+        if sock_path.exists():
+            sock_path.unlink()
+        unix = await asyncio.start_unix_server(self._local_front.handle, path=str(sock_path))
+        os.chmod(sock_path, 0o600)
+        self._servers.append(unix)
+
+        if self.repo.is_git:
+            self._tasks.append(asyncio.create_task(watch_repo(self.repo, self.on_revision, log=self.log)))
+        self._tasks.append(asyncio.create_task(self._sweep_ephemeral()))
+        self.log.info(
+            "tailnetd listening on %s (control + DERP), STUN on %s, serving %s",
+            cfg.server_url if cfg.listen_port else f"port {self.port}",
+            f"udp/{self.stun_port}" if self._stun else "off",
+            (self.status.serving or "")[:12],
+        )
+
+    def _control_settings(self) -> ControlSettings:
+        return ControlSettings(node_key_expiry=self._settings_value("node_key_expiry", timedelta(days=180)))
+
+    def _settings_value(self, name: str, default: Any) -> Any:
+        settings = getattr(self.tailnet.source, "settings", None)
+        return getattr(settings, name, default) if settings is not None else default
+
+    def _derp_region(self) -> DerpRegion:
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.config.server_url)
+        host = url.hostname or "127.0.0.1"
+        port = url.port or self.port
+        if self.config.listen_port == 0:
+            port = self.port
+        return DerpRegion(
+            region_id=999,
+            region_code="tailnetd",
+            region_name="tailnetd embedded DERP",
+            host_name=host,
+            derp_port=port,
+            stun_port=self.stun_port if self._stun else 0,
+        )
+
+    def _derp_allowed(self, key: Any) -> bool:
+        return self.store.node_by_node_key(key) is not None
+
+    def _node_removed(self, node: Node) -> None:
+        self.derp.disconnect(node.node_key)
+
+    async def _sweep_ephemeral(self) -> None:
+        while True:
+            await asyncio.sleep(EPHEMERAL_SWEEP)
+            timeout = self._settings_value("ephemeral_inactivity_timeout", timedelta(seconds=120))
+            cutoff = self.clock() - timeout
+            for node in self.store.list_nodes():
+                if not node.ephemeral or self.tailnet.is_online(node.id):
+                    continue
+                if (node.last_seen or node.created) < cutoff:
+                    self.log.info("removing ephemeral node %d %s: inactive", node.id, node.given_name)
+                    self.tailnet.remove_node(node.id)
+
+    async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._front.handle(reader, writer)
+        except asyncio.CancelledError:
+            writer.close()  # shutting down: the client reconnects to the next process
+
+    async def _ts2021(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead) -> None:
+        if head.upgrade != "tailscale-control-protocol":
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        try:
+            initiation = base64.b64decode(head.header("x-tailscale-handshake"), validate=True)
+            accepted = accept_initiation(self.server_key, initiation)
+        except (ValueError, HandshakeError) as exc:
+            peer = writer.get_extra_info("peername")
+            self.log.info("ts2021: handshake from %s refused: %s", peer, exc)
+            body = b"invalid noise handshake\n"
+            writer.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            return
+        challenge = ChallengePublic(NodePrivate.generate().public_raw())
+        conn = ControlConnection(
+            reader, writer, accepted, self.control, log=self.log, early_payload=early_payload(challenge)
+        )
+        await conn.run()
+
+    async def _derp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead) -> None:
+        if head.upgrade != "derp":
+            body = b"DERP requires connection upgrade\n"
+            writer.write(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            return
+        await self.derp.handle(reader, writer, fast_start=head.header("derp-fast-start") == "1")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for server in self._servers:
+            server.close()
+        if self._stun is not None:
+            self._stun.close()
+        await self.derp.close()
+        self.store.close()

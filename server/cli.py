@@ -1,0 +1,208 @@
+"""`tailnetd`: serve, and administer the running server through its socket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from server.admin_client import AdminError, call
+from server.config import ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.app import Server, StartupError
+
+    try:
+        config = load_config(
+            {
+                "config": args.config,
+                "repo": args.repo,
+                "data": args.data,
+                "listen": args.listen,
+                "server_url": args.server_url,
+                "stun_listen": args.stun_listen,
+                "tls_cert": args.tls_cert,
+                "tls_key": args.tls_key,
+                "branch": args.branch,
+            }
+        )
+    except ConfigError as exc:
+        print(f"tailnetd: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+
+    async def run() -> int:
+        server = Server(config)
+        try:
+            await server.start()
+        except StartupError as exc:
+            print(f"tailnetd: {exc}", file=sys.stderr)
+            return 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+        return 0
+
+    return asyncio.run(run())
+
+
+def _data_socket(args: argparse.Namespace) -> Path:
+    return Path(args.data or "data").resolve() / "tailnetd.sock"
+
+
+def _print(value: Any, as_json: bool, columns: Sequence[str] | None = None) -> None:
+    if as_json or columns is None or not isinstance(value, list):
+        print(json.dumps(value, indent=2))
+        return
+    rows = [[_cell(item.get(c)) for c in columns] for item in value]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    return str(value)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    sock = _data_socket(args)
+    if args.keys_cmd == "create":
+        body = {
+            "user": args.user,
+            "reusable": args.reusable,
+            "ephemeral": args.ephemeral,
+            "tags": args.tag or [],
+            "expiration": args.expiration,
+        }
+        created = call(sock, "POST", "/api/v1/preauthkeys", body)
+        print(created["key"])
+    elif args.keys_cmd == "list":
+        keys = call(sock, "GET", "/api/v1/preauthkeys" + (f"?user={args.user}" if args.user else ""))
+        _print(keys, args.json, ["id", "prefix", "user", "reusable", "ephemeral", "tags", "expiration", "used"])
+    elif args.keys_cmd == "expire":
+        _print(call(sock, "POST", f"/api/v1/preauthkeys/{args.key}/expire"), True)
+    return 0
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    sock = _data_socket(args)
+    if args.nodes_cmd == "list":
+        nodes = call(sock, "GET", "/api/v1/nodes")
+        _print(nodes, args.json, ["id", "name", "user", "tags", "ipv4", "ipv6", "online", "last_seen"])
+    elif args.nodes_cmd == "delete":
+        call(sock, "DELETE", f"/api/v1/nodes/{args.node}")
+    elif args.nodes_cmd == "expire":
+        call(sock, "POST", f"/api/v1/nodes/{args.node}/expire")
+    elif args.nodes_cmd == "rename":
+        call(sock, "POST", f"/api/v1/nodes/{args.node}/rename", {"name": args.new_name})
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = call(_data_socket(args), "GET", "/api/v1/status")
+    if args.json:
+        _print(status, True)
+        return 0
+    print(f"serving:  {status['serving']} (since {status['serving_since']})")
+    print(f"nodes:    {status['nodes']} registered, {status['online']} online")
+    rejected = status.get("rejected")
+    if rejected:
+        print(f"rejected: {rejected['revision']} at {rejected['at']}")
+        for error in rejected["errors"]:
+            print(f"  {error}")
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tailnetd", description="A GitOps-driven Tailscale control server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the control server")
+    serve.add_argument("--repo", help="git work tree holding tailnet.d/ (default: . if it has one, else the example)")
+    serve.add_argument("--data", help="state directory: sqlite, keys, admin socket (default ./data)")
+    serve.add_argument("--listen", help="HOST:PORT for control, DERP and the API (default 127.0.0.1:8080)")
+    serve.add_argument("--server-url", help="URL clients use to reach this server")
+    serve.add_argument("--stun-listen", help="HOST:PORT for STUN over UDP, or 'off' (default: listen host, 3478)")
+    serve.add_argument("--tls-cert", help="PEM certificate chain file")
+    serve.add_argument("--tls-key", help="PEM private key file")
+    serve.add_argument("--branch", help="branch to serve (default: the work tree's HEAD)")
+    serve.add_argument("--config", help="YAML config file with the same keys as these flags")
+    serve.add_argument("-v", "--verbose", action="store_true")
+    serve.set_defaults(func=_serve)
+
+    def admin_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--data", help="the server's state directory (default ./data)")
+        return p
+
+    keys = admin_parser("keys", "pre-auth keys")
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    create = keys_sub.add_parser("create", help="create a key; prints the key alone")
+    create.add_argument("--data", help=argparse.SUPPRESS)
+    create.add_argument("--user", required=True)
+    create.add_argument("--reusable", action="store_true")
+    create.add_argument("--ephemeral", action="store_true")
+    create.add_argument("--tag", action="append", help="tag the nodes that use it (repeatable)")
+    create.add_argument("--expiration", help="lifetime, e.g. 1h, 90d (default: never)")
+    klist = keys_sub.add_parser("list")
+    klist.add_argument("--data", help=argparse.SUPPRESS)
+    klist.add_argument("--user")
+    klist.add_argument("--json", action="store_true")
+    kexp = keys_sub.add_parser("expire")
+    kexp.add_argument("--data", help=argparse.SUPPRESS)
+    kexp.add_argument("key", help="key id or prefix")
+    keys.set_defaults(func=_keys)
+
+    nodes = admin_parser("nodes", "registered machines")
+    nodes_sub = nodes.add_subparsers(dest="nodes_cmd", required=True)
+    nlist = nodes_sub.add_parser("list")
+    nlist.add_argument("--data", help=argparse.SUPPRESS)
+    nlist.add_argument("--json", action="store_true")
+    for verb in ("delete", "expire"):
+        p = nodes_sub.add_parser(verb)
+        p.add_argument("--data", help=argparse.SUPPRESS)
+        p.add_argument("node", help="node id or name")
+    ren = nodes_sub.add_parser("rename")
+    ren.add_argument("--data", help=argparse.SUPPRESS)
+    ren.add_argument("node")
+    ren.add_argument("new_name")
+    nodes.set_defaults(func=_nodes)
+
+    status = admin_parser("status", "what the server serves, and any rejected commit")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except AdminError as exc:
+        print(f"tailnetd: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Server configuration: read once into a frozen object and passed in.
+
+Precedence: command-line flag > TAILNETD_* environment variable > config file
+key > default. The config file is YAML with the same keys as the flags
+(`repo`, `data`, `listen`, `server_url`, `stun_listen`, `tls_cert`, `tls_key`,
+`branch`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "ServerConfig", "default_repo", "load_config"]
+
+KEYS = ("repo", "data", "listen", "server_url", "stun_listen", "tls_cert", "tls_key", "branch")
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    repo: Path
+    data_dir: Path
+    listen_host: str
+    listen_port: int
+    server_url: str
+    stun_host: str | None
+    stun_port: int
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    branch: str | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.data_dir / "tailnetd.sock"
+
+
+def default_repo(cwd: Path | None = None) -> Path:
+    """The current directory when it holds tailnet.d/, else the bundled example."""
+    cwd = cwd or Path.cwd()
+    if (cwd / "tailnet.d").is_dir():
+        return cwd
+    return Path(__file__).resolve().parent.parent / "gitctl" / "example"
+
+
+def _split_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ServerConfig:
+    env = os.environ if env is None else env
+    file_values: dict[str, Any] = {}
+    config_file = flags.get("config") or env.get("TAILNETD_CONFIG")
+    if config_file:
+        from ruamel.yaml import YAML
+
+        try:
+            loaded = YAML(typ="safe").load(Path(config_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{config_file}: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file}: expected a mapping of settings")
+        unknown = set(loaded or {}) - set(KEYS)
+        if unknown:
+            raise ConfigError(f"{config_file}: unknown setting(s): {', '.join(sorted(unknown))}")
+        file_values = dict(loaded or {})
+
+    def pick(key: str) -> Any:
+        if flags.get(key) is not None:
+            return flags[key]
+        env_value = env.get("TAILNETD_" + key.upper())
+        if env_value:
+            return env_value
+        return file_values.get(key)
+
+    listen = str(pick("listen") or "127.0.0.1:8080")
+    host, port = _split_hostport(listen, "listen")
+    tls_cert, tls_key = pick("tls_cert"), pick("tls_key")
+    if bool(tls_cert) != bool(tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    scheme = "https" if tls_cert else "http"
+    url_host = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
+    if ":" in url_host:
+        url_host = f"[{url_host}]"
+    server_url = str(pick("server_url") or f"{scheme}://{url_host}:{port}").rstrip("/")
+    stun = pick("stun_listen")
+    if stun is None:
+        stun_host, stun_port = host, 3478
+    elif str(stun).lower() in ("", "off", "none"):
+        stun_host, stun_port = None, 0
+    else:
+        stun_host, stun_port = _split_hostport(str(stun), "stun-listen")
+    repo = Path(pick("repo")) if pick("repo") else default_repo()
+    return ServerConfig(
+        repo=repo.resolve(),
+        data_dir=Path(pick("data") or "data").resolve(),
+        listen_host=host,
+        listen_port=port,
+        server_url=server_url,
+        stun_host=stun_host,
+        stun_port=stun_port,
+        tls_cert=Path(tls_cert) if tls_cert else None,
+        tls_key=Path(tls_key) if tls_key else None,
+        branch=pick("branch"),
+    )

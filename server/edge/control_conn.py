@@ -1,0 +1,274 @@
+"""The control channel: HTTP/2 (h2c, prior knowledge) inside a Noise transport.
+
+Stacks three machines as aioquic stacks H3 on QUIC: the Noise transport
+(sans-IO, server/protocol/noise.py) carries bytes for an `h2` server
+connection, whose complete requests go to a handler. This module only pumps
+bytes and schedules per-stream tasks: concurrent streams, flow control both
+ways, and client stream resets (the client cancels long polls with
+RST_STREAM(CANCEL)) are handled here; what a request means is the handler's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from server.protocol.keys import MachinePublic
+from server.protocol.noise import Accepted, NoiseError
+
+__all__ = ["ControlConnection", "ControlRequest", "ControlResponse", "Handler"]
+
+MAX_REQUEST_BODY = 4 * 1024 * 1024
+READ_SIZE = 65536
+# Our receive window for request bodies; register/map requests are a few KiB.
+INBOUND_WINDOW = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRequest:
+    machine_key: MachinePublic
+    noise_version: int
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header_values(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k == name]
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResponse:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    # A streaming body (map long poll); each chunk is written and flushed.
+    stream: AsyncIterator[bytes] | None = field(default=None, compare=False)
+
+
+Handler = Callable[[ControlRequest], Awaitable[ControlResponse]]
+
+
+class _StreamGone(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Stream:
+    headers: list[tuple[str, str]]
+    body: bytearray = field(default_factory=bytearray)
+    task: asyncio.Task[None] | None = None
+    closed: bool = False
+
+
+class ControlConnection:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        accepted: Accepted,
+        handler: Handler,
+        *,
+        log: logging.Logger,
+        early_payload: bytes | None = None,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._noise = accepted.transport
+        self._machine_key = accepted.machine_key
+        self._version = accepted.version
+        self._accepted = accepted
+        self._handler = handler
+        self._log = log
+        self._early = early_payload
+        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        self._h2 = h2.connection.H2Connection(config=config)
+        self._streams: dict[int, _Stream] = {}
+        self._window_changed = asyncio.Event()
+        self._closed = False
+
+    async def run(self) -> None:
+        self._writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            b"Upgrade: tailscale-control-protocol\r\n"
+            b"Connection: upgrade\r\n\r\n" + self._accepted.response
+        )
+        if self._early is not None:
+            self._noise.send(self._early)
+        self._h2.update_settings(
+            {
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: INBOUND_WINDOW,
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+            }
+        )
+        self._h2.initiate_connection()
+        self._h2.increment_flow_control_window(INBOUND_WINDOW)
+        await self._flush()
+        try:
+            await self._read_loop()
+        finally:
+            self._closed = True
+            for stream in self._streams.values():
+                if stream.task is not None:
+                    stream.task.cancel()
+            self._window_changed.set()
+
+    async def _read_loop(self) -> None:
+        while True:
+            data = await self._reader.read(READ_SIZE)
+            if not data:
+                return
+            try:
+                plaintexts = self._noise.receive_data(data)
+            except NoiseError as exc:
+                self._log.info("noise: %s: closing connection: %s", self._machine_key.short(), exc)
+                return
+            for plain in plaintexts:
+                try:
+                    events = self._h2.receive_data(plain)
+                except h2.exceptions.ProtocolError as exc:
+                    self._log.info("http2: %s: protocol error: %s", self._machine_key.short(), exc)
+                    await self._flush()
+                    return
+                for event in events:
+                    if not self._on_event(event):
+                        await self._flush()
+                        return
+            await self._flush()
+
+    def _on_event(self, event: h2.events.Event) -> bool:
+        if isinstance(event, h2.events.RequestReceived):
+            headers = [(_s(k), _s(v)) for k, v in event.headers or []]
+            self._streams[event.stream_id] = _Stream(headers)
+            if event.stream_ended is not None:
+                self._start(event.stream_id)
+        elif isinstance(event, h2.events.DataReceived):
+            stream = self._streams.get(event.stream_id)
+            self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if stream is not None:
+                stream.body += event.data or b""
+                if len(stream.body) > MAX_REQUEST_BODY:
+                    self._reset(event.stream_id)
+            if event.stream_ended is not None:
+                self._start(event.stream_id)
+        elif isinstance(event, h2.events.StreamEnded):
+            self._start(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self._streams.pop(event.stream_id, None)
+            if stream is not None:
+                stream.closed = True
+                if stream.task is not None:
+                    stream.task.cancel()
+            self._window_changed.set()
+        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            self._window_changed.set()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            return False
+        return True
+
+    def _start(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.task is not None:
+            return
+        stream.task = asyncio.get_running_loop().create_task(self._serve_stream(stream_id, stream))
+
+    def _reset(self, stream_id: int) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            stream.closed = True
+            if stream.task is not None:
+                stream.task.cancel()
+        try:
+            self._h2.reset_stream(stream_id)
+        except h2.exceptions.ProtocolError:
+            pass
+
+    async def _serve_stream(self, stream_id: int, stream: _Stream) -> None:
+        pseudo = dict((k, v) for k, v in stream.headers if k.startswith(":"))
+        request = ControlRequest(
+            machine_key=self._machine_key,
+            noise_version=self._version,
+            method=pseudo.get(":method", ""),
+            path=pseudo.get(":path", ""),
+            headers=tuple((k, v) for k, v in stream.headers if not k.startswith(":")),
+            body=bytes(stream.body),
+        )
+        try:
+            response = await self._handler(request)
+            await self._respond(stream_id, stream, response)
+        except (_StreamGone, asyncio.CancelledError, ConnectionError):
+            pass
+        except Exception:
+            self._log.exception("control: %s %s failed", request.method, request.path)
+            if not stream.closed:
+                try:
+                    self._h2.reset_stream(stream_id, error_code=2)
+                    await self._flush()
+                except (h2.exceptions.ProtocolError, ConnectionError):
+                    pass
+        finally:
+            if self._streams.get(stream_id) is stream:
+                del self._streams[stream_id]
+
+    async def _respond(self, stream_id: int, stream: _Stream, response: ControlResponse) -> None:
+        headers = [(":status", str(response.status)), ("content-type", response.content_type)]
+        if response.stream is None:
+            headers.append(("content-length", str(len(response.body))))
+        self._check(stream)
+        self._h2.send_headers(stream_id, headers, end_stream=response.stream is None and not response.body)
+        await self._flush()
+        if response.stream is None:
+            if response.body:
+                await self._send_data(stream_id, stream, response.body, end=True)
+            return
+        try:
+            async for chunk in response.stream:
+                await self._send_data(stream_id, stream, chunk, end=False)
+        finally:
+            aclose = getattr(response.stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await self._send_data(stream_id, stream, b"", end=True)
+
+    def _check(self, stream: _Stream) -> None:
+        if stream.closed or self._closed:
+            raise _StreamGone
+
+    async def _send_data(self, stream_id: int, stream: _Stream, data: bytes, *, end: bool) -> None:
+        view = memoryview(data)
+        while view:
+            self._check(stream)
+            window = self._h2.local_flow_control_window(stream_id)
+            size = min(window, self._h2.max_outbound_frame_size, len(view))
+            if size <= 0:
+                self._window_changed.clear()
+                await self._window_changed.wait()
+                continue
+            self._h2.send_data(stream_id, bytes(view[:size]))
+            view = view[size:]
+            await self._flush()
+        if end:
+            self._check(stream)
+            self._h2.end_stream(stream_id)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        data = self._h2.data_to_send()
+        if data:
+            self._noise.send(data)
+        out = self._noise.data_to_send()
+        if out and not self._writer.is_closing():
+            self._writer.write(out)
+            await self._writer.drain()
+
+
+def _s(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

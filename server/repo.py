@@ -1,0 +1,131 @@
+"""Where snapshots come from: a git work tree (watched) or a plain directory.
+
+A commit becomes a snapshot only when it loads without a single error; the
+outcome of every attempt is kept in `RepoStatus` for the status API, the CLI
+and the logs. A broken commit never replaces the snapshot being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RepoStatus", "SnapshotRepo", "watch_repo"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    revision: str
+    at: datetime
+    errors: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class RepoStatus:
+    serving: str | None = None
+    serving_since: datetime | None = None
+    rejected: Rejection | None = None
+    history: list[Rejection] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "serving": self.serving,
+            "serving_since": self.serving_since.isoformat() if self.serving_since else None,
+            "rejected": None
+            if self.rejected is None
+            else {
+                "revision": self.rejected.revision,
+                "at": self.rejected.at.isoformat(),
+                "errors": list(self.rejected.errors),
+            },
+        }
+
+
+class SnapshotRepo:
+    def __init__(self, path: Path, *, branch: str | None = None) -> None:
+        self.path = path
+        self.branch = branch
+        self.is_git = (path / ".git").exists()
+
+    @property
+    def git_dir(self) -> Path:
+        return self.path / ".git"
+
+    def head(self) -> str | None:
+        """The revision to serve now (a commit sha), or None for a plain directory."""
+        if not self.is_git:
+            return None
+        import git
+
+        repo = git.Repo(self.path)
+        try:
+            commit = repo.commit(self.branch) if self.branch else repo.head.commit
+        except (ValueError, git.BadName):
+            return None
+        return str(commit.hexsha)
+
+    def load(self, revision: str | None) -> tuple[Any | None, tuple[str, ...]]:
+        """(snapshot, rendered errors) for a revision (None = the directory on disk)."""
+        from gitctl import snapshot as snapshots
+
+        if revision is None:
+            folder = self.path / "tailnet.d"
+            # The packaged example is the tailnet.d folder itself.
+            result = snapshots.load_from_directory(folder if folder.is_dir() else self.path)
+        else:
+            result = snapshots.load_from_git(self.path, revision)
+        errors = tuple(d.render() for d in result.diagnostics if getattr(d, "severity", "error") == "error")
+        return (result.snapshot if not errors else None), errors
+
+
+async def watch_repo(
+    repo: SnapshotRepo,
+    on_revision: Callable[[str], Awaitable[None]],
+    *,
+    log: logging.Logger,
+    poll_interval: float = 30.0,
+) -> None:
+    """Call on_revision(sha) whenever the served branch moves.
+
+    watchfiles on .git notices commits, checkouts and fetches at once; the
+    slow poll is a safety net for file systems where inotify says nothing.
+    """
+    import watchfiles
+
+    last = repo.head()
+    stop = asyncio.Event()
+
+    async def check() -> None:
+        nonlocal last
+        try:
+            current = await asyncio.to_thread(repo.head)
+        except Exception as exc:  # a half-written ref during a commit: try again next event
+            log.debug("repo: reading HEAD failed: %s", exc)
+            return
+        if current is not None and current != last:
+            last = current
+            try:
+                await on_revision(current)
+            except Exception:  # the watcher must outlive any one bad commit
+                log.exception("repo: handling commit %s failed", current[:12])
+
+    async def poll() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(poll_interval)
+            await check()
+
+    poller = asyncio.create_task(poll())
+    try:
+        # watch_filter=None: the default filter drops every path inside .git/.
+        async for _changes in watchfiles.awatch(
+            repo.git_dir, watch_filter=None, debounce=200, step=50, recursive=True
+        ):
+            await check()
+    finally:
+        stop.set()
+        poller.cancel()

@@ -1,0 +1,263 @@
+"""The running tailnet: the serving snapshot × the node registry, and the
+map sessions that follow them.
+
+Three kinds of change, three costs:
+* a new snapshot (a commit) or a topology change (node joins, leaves, is
+  renamed) recompiles the policy views once and asks every session for a
+  fresh delta against what it holds;
+* a volatile change of one node (endpoints, disco key, home DERP, online)
+  recompiles nothing: only the sessions of nodes that can see it get that
+  one peer entry again;
+* keep-alives cost nothing here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from server.mapper import MapContext
+from server.store.interface import Store
+from server.store.model import Node
+from server.views import PolicyViews, advertised_routes, compute_views
+from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
+
+__all__ = ["SessionHandle", "Tailnet", "TailnetSource"]
+
+
+@dataclass(frozen=True, slots=True)
+class TailnetSource:
+    """What the server takes from a snapshot; built once per swap."""
+
+    id: str
+    domain: str
+    dns_config: Mapping[str, Any]
+    users: Mapping[str, tuple[str, str]]  # name -> (email, display name)
+    policy: Any  # parsed policy, None = allow-all
+    explicit_routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # node name or tag -> routes
+    auto_approve: Callable[[Any, Node, Sequence[str]], tuple[str, ...]] | None = None
+    settings: Any = None  # gitctl TailnetSettings: prefixes, key expiry, ephemeral timeout
+
+    @classmethod
+    def from_snapshot(cls, snap: Any) -> TailnetSource:
+        dns = snap.dns
+        base = dns.base_domain or ""
+        cfg = dns_config_json(
+            magic_dns=bool(dns.magic_dns),
+            base_domain=base,
+            override_local_dns=bool(dns.override_local_dns),
+            global_nameservers=tuple(dns.nameservers),
+            split={k: tuple(v) for k, v in dict(dns.split).items()},
+            search_domains=tuple(dns.search_domains),
+            extra_records=tuple((r.name, r.type, r.value) for r in dns.extra_records),
+        )
+        users = {u.name: (u.email, u.display_name or u.name) for u in snap.users}
+        explicit: dict[str, tuple[str, ...]] = {}
+        for approval in snap.routes:
+            target = approval.node or approval.tag
+            if target:
+                explicit[target] = explicit.get(target, ()) + tuple(str(r) for r in approval.routes)
+        auto = None
+        if snap.policy is not None:
+            from gitctl.policy import auto_approved_routes
+
+            def auto(policy: Any, node: Node, advertised: Sequence[str]) -> tuple[str, ...]:
+                from server.views import to_topology_node
+
+                return tuple(auto_approved_routes(policy, to_topology_node(node, ()), advertised))
+
+        return cls(
+            id=snap.id,
+            domain=base,
+            dns_config=cfg,
+            users=users,
+            policy=snap.policy,
+            explicit_routes=explicit,
+            auto_approve=auto,
+            settings=getattr(snap, "settings", None),
+        )
+
+
+class SessionHandle:
+    """One open streaming map request; the tailnet marks what it must resend."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self.wake = asyncio.Event()
+        self.full = True
+        self.peers: set[int] = set()
+        self.closed = False
+
+    def mark_full(self) -> None:
+        self.full = True
+        self.wake.set()
+
+    def mark_peer(self, peer_id: int) -> None:
+        self.peers.add(peer_id)
+        self.wake.set()
+
+    def take(self) -> tuple[bool, set[int]]:
+        full, peers = self.full, self.peers
+        self.full, self.peers = False, set()
+        self.wake.clear()
+        return full, peers
+
+
+class Tailnet:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        source: TailnetSource,
+        derp_regions: Sequence[DerpRegion],
+        clock: Callable[[], datetime],
+        log: logging.Logger,
+        on_node_removed: Callable[[Node], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self._log = log
+        self._source = source
+        self._derp_map = derp_map_json(derp_regions)
+        self._sessions: dict[int, set[SessionHandle]] = {}
+        self._on_node_removed = on_node_removed
+        self._ctx = self._build_context()
+
+    # What the maps are built from
+
+    @property
+    def source(self) -> TailnetSource:
+        return self._source
+
+    @property
+    def context(self) -> MapContext:
+        return self._ctx
+
+    def _build_context(self, nodes: Sequence[Node] | None = None) -> MapContext:
+        nodes = list(nodes if nodes is not None else self.store.list_nodes())
+        src = self._source
+        users = [(stable_user_id(name), name, email) for name, (email, _) in src.users.items()]
+        views = compute_views(src.policy, users, nodes, self._approved_routes(nodes))
+        return MapContext(
+            domain=src.domain,
+            nodes={n.id: n for n in nodes},
+            views=views,
+            derp_map=self._derp_map,
+            dns_config=src.dns_config,
+            users=src.users,
+            online=frozenset(self._sessions),
+        )
+
+    def _approved_routes(self, nodes: Sequence[Node]) -> dict[int, tuple[str, ...]]:
+        src = self._source
+        out: dict[int, tuple[str, ...]] = {}
+        for node in nodes:
+            advertised = advertised_routes(node)
+            if not advertised:
+                continue
+            allowed: set[str] = set(src.explicit_routes.get(node.given_name, ()))
+            for tag in node.tags:
+                allowed.update(src.explicit_routes.get(tag, ()))
+            if src.auto_approve is not None and src.policy is not None:
+                allowed.update(src.auto_approve(src.policy, node, advertised))
+            approved = tuple(r for r in advertised if r in allowed)
+            if approved:
+                out[node.id] = approved
+        return out
+
+    # Changes
+
+    def swap_source(self, source: TailnetSource) -> None:
+        """Serve a new snapshot: one reference swap, then every session catches up."""
+        old = self._source
+        self._source = source
+        try:
+            self._ctx = self._build_context()
+        except Exception:
+            self._source = old
+            raise
+        self._log.info("serving snapshot %s", source.id[:12])
+        self._wake_all()
+
+    def topology_changed(self) -> None:
+        self._ctx = self._build_context()
+        self._wake_all()
+
+    def node_updated(self, node: Node) -> None:
+        """A volatile change of one node: patch viewers, don't recompile."""
+        old = self._ctx.nodes.get(node.id)
+        if old is not None and (old.tags, old.user, old.given_name, advertised_routes(old)) != (
+            node.tags,
+            node.user,
+            node.given_name,
+            advertised_routes(node),
+        ):
+            self.topology_changed()
+            return
+        nodes = dict(self._ctx.nodes)
+        nodes[node.id] = node
+        self._ctx = replace(self._ctx, nodes=nodes)
+        self._notify_viewers(node.id)
+        for handle in self._sessions.get(node.id, ()):
+            handle.mark_full()  # its own self entry changed
+
+    def remove_node(self, node_id: int) -> Node | None:
+        node = self.store.get_node(node_id)
+        if node is None:
+            return None
+        self.store.delete_node(node_id)
+        for handle in self._sessions.pop(node_id, set()):
+            handle.closed = True
+            handle.wake.set()
+        if self._on_node_removed is not None:
+            self._on_node_removed(node)
+        self.topology_changed()
+        return node
+
+    # Sessions
+
+    def open_session(self, node_id: int) -> SessionHandle:
+        handle = SessionHandle(node_id)
+        first = node_id not in self._sessions
+        self._sessions.setdefault(node_id, set()).add(handle)
+        if first:
+            self._set_online()
+            self._notify_viewers(node_id)
+        return handle
+
+    def close_session(self, handle: SessionHandle) -> None:
+        handles = self._sessions.get(handle.node_id)
+        if handles is None:
+            return
+        handles.discard(handle)
+        if not handles:
+            del self._sessions[handle.node_id]
+            self._set_online()
+            self._notify_viewers(handle.node_id)
+
+    def is_online(self, node_id: int) -> bool:
+        return node_id in self._sessions
+
+    def online_ids(self) -> frozenset[int]:
+        return frozenset(self._sessions)
+
+    def _set_online(self) -> None:
+        self._ctx = replace(self._ctx, online=frozenset(self._sessions))
+
+    def _notify_viewers(self, node_id: int) -> None:
+        for viewer in self._ctx.views.visible_to(node_id):
+            for handle in self._sessions.get(viewer, ()):
+                handle.mark_peer(node_id)
+
+    def _wake_all(self) -> None:
+        for handles in self._sessions.values():
+            for handle in handles:
+                handle.mark_full()
+
+    @property
+    def views(self) -> PolicyViews:
+        return self._ctx.views

@@ -1,0 +1,199 @@
+"""Plain-HTTP routes (outside Noise): discovery, DERP probes, health, and the
+admin API. The admin API is open without credentials only on the local unix
+socket in the data dir (file permissions guard it); over TCP it is refused
+until API keys exist.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from server.protocol.keys import MachinePublic
+from server.repo import RepoStatus
+from server.store.model import KeyRejected, NotFound, StoreError
+from server.tailnet import Tailnet
+from server.wire import format_time
+
+__all__ = ["WebDeps", "build_app", "parse_duration"]
+
+ZERO_MKEY = "mkey:" + "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class WebDeps:
+    server_key: MachinePublic
+    tailnet: Tailnet
+    status: RepoStatus
+    rng: Callable[[int], bytes]
+    local: bool  # True on the unix socket: admin API allowed
+
+
+def parse_duration(text: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    text = text.strip()
+    if not text or text[-1] not in units or not text[:-1].isdigit():
+        raise ValueError(f"bad duration {text!r}: use a number and a unit, e.g. 90d, 12h, 30m")
+    return timedelta(seconds=int(text[:-1]) * units[text[-1]])
+
+
+def build_app(deps: WebDeps) -> Starlette:
+    tailnet = deps.tailnet
+    store = tailnet.store
+
+    async def key(request: Request) -> Response:
+        return JSONResponse({"legacyPublicKey": ZERO_MKEY, "publicKey": deps.server_key.text})
+
+    async def derp_probe(request: Request) -> Response:
+        return Response(b"", headers={"Access-Control-Allow-Origin": "*"})
+
+    async def derp_no_upgrade(request: Request) -> Response:
+        return PlainTextResponse("DERP requires connection upgrade\n", status_code=426)
+
+    async def generate_204(request: Request) -> Response:
+        challenge = request.headers.get("x-tailscale-challenge")
+        headers = {"X-Tailscale-Response": f"response {challenge}"} if challenge else {}
+        return Response(status_code=204, headers=headers)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "serving": deps.status.serving})
+
+    async def index(request: Request) -> Response:
+        return PlainTextResponse(
+            "tailnetd: a Tailscale control server.\n"
+            "Connect with: tailscale up --login-server=<this URL> --auth-key=<key>\n"
+        )
+
+    def admin(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        async def wrapped(request: Request) -> Response:
+            if not deps.local:
+                return JSONResponse({"error": "the admin API is only served on the local socket"}, 403)
+            try:
+                return await handler(request)
+            except (KeyRejected, NotFound) as exc:
+                return JSONResponse({"error": str(exc)}, 404)
+            except (StoreError, ValueError) as exc:
+                return JSONResponse({"error": str(exc)}, 400)
+
+        return wrapped
+
+    async def status(request: Request) -> Response:
+        body = deps.status.to_json()
+        body["nodes"] = len(tailnet.context.nodes)
+        body["online"] = len(tailnet.online_ids())
+        return JSONResponse(body)
+
+    def node_json(n: Any) -> dict[str, Any]:
+        return {
+            "id": n.id,
+            "name": n.given_name,
+            "hostname": n.hostname,
+            "user": n.user,
+            "tags": list(n.tags),
+            "ipv4": str(n.ipv4) if n.ipv4 else None,
+            "ipv6": str(n.ipv6) if n.ipv6 else None,
+            "online": tailnet.is_online(n.id),
+            "ephemeral": n.ephemeral,
+            "created": format_time(n.created),
+            "last_seen": format_time(n.last_seen) if n.last_seen else None,
+            "key_expiry": format_time(n.key_expiry) if n.key_expiry else None,
+            "machine_key": n.machine_key.text,
+            "node_key": n.node_key.text,
+        }
+
+    async def list_nodes(request: Request) -> Response:
+        return JSONResponse([node_json(n) for n in store.list_nodes()])
+
+    def node_id(request: Request) -> int:
+        ref = request.path_params["ref"]
+        if ref.isdigit():
+            return int(ref)
+        for n in store.list_nodes():
+            if n.given_name == ref:
+                return n.id
+        raise NotFound(f"no node named {ref!r}")
+
+    async def delete_node(request: Request) -> Response:
+        removed = tailnet.remove_node(node_id(request))
+        if removed is None:
+            raise NotFound("no such node")
+        return JSONResponse(node_json(removed))
+
+    async def expire_node(request: Request) -> Response:
+        node = store.set_key_expiry(node_id(request), tailnet.clock())
+        tailnet.node_updated(node)
+        return JSONResponse(node_json(node))
+
+    async def rename_node(request: Request) -> Response:
+        body = await request.json()
+        node = store.rename_node(node_id(request), str(body.get("name", "")))
+        tailnet.topology_changed()
+        return JSONResponse(node_json(node))
+
+    def key_json(k: Any) -> dict[str, Any]:
+        return {
+            "id": k.id,
+            "prefix": k.prefix,
+            "user": k.user,
+            "reusable": k.reusable,
+            "ephemeral": k.ephemeral,
+            "tags": list(k.tags),
+            "created": format_time(k.created),
+            "expiration": format_time(k.expiration) if k.expiration else None,
+            "used": k.used,
+            "revoked": k.revoked,
+        }
+
+    async def list_keys(request: Request) -> Response:
+        return JSONResponse([key_json(k) for k in store.list_preauth_keys(request.query_params.get("user"))])
+
+    async def create_key(request: Request) -> Response:
+        body = json.loads(await request.body() or b"{}")
+        user = str(body.get("user") or "")
+        if user not in tailnet.source.users:
+            known = ", ".join(sorted(tailnet.source.users)) or "none"
+            raise ValueError(f"user {user!r} is not in tailnet.d (known users: {known})")
+        now = tailnet.clock()
+        expiration = body.get("expiration")
+        text, created = store.create_preauth_key(
+            user,
+            reusable=bool(body.get("reusable")),
+            ephemeral=bool(body.get("ephemeral")),
+            tags=tuple(body.get("tags") or ()),
+            expiration=now + parse_duration(expiration) if expiration else None,
+            now=now,
+            rng=deps.rng,
+        )
+        return JSONResponse({"key": text, **key_json(created)})
+
+    async def expire_key(request: Request) -> Response:
+        ref = request.path_params["ref"]
+        expired = store.expire_preauth_key(int(ref) if ref.isdigit() else ref, tailnet.clock())
+        return JSONResponse(key_json(expired))
+
+    routes = [
+        Route("/", index),
+        Route("/key", key),
+        Route("/derp", derp_no_upgrade),
+        Route("/derp/probe", derp_probe, methods=["GET", "HEAD"]),
+        Route("/derp/latency-check", derp_probe, methods=["GET", "HEAD"]),
+        Route("/generate_204", generate_204),
+        Route("/health", health),
+        Route("/api/v1/status", admin(status)),
+        Route("/api/v1/nodes", admin(list_nodes)),
+        Route("/api/v1/nodes/{ref}", admin(delete_node), methods=["DELETE"]),
+        Route("/api/v1/nodes/{ref}/expire", admin(expire_node), methods=["POST"]),
+        Route("/api/v1/nodes/{ref}/rename", admin(rename_node), methods=["POST"]),
+        Route("/api/v1/preauthkeys", admin(list_keys), methods=["GET"]),
+        Route("/api/v1/preauthkeys", admin(create_key), methods=["POST"]),
+        Route("/api/v1/preauthkeys/{ref}/expire", admin(expire_key), methods=["POST"]),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,137 @@
+"""tailcfg-shaped JSON for what the server sends: nodes, DERP map, DNS, users.
+
+Field names follow Go's encoding of tailcfg (PascalCase unless tagged);
+see ../shared/docs/protocol.md §5 and §12. `None` here means "leave the key
+out" (unchanged / unknown to the client); an empty list is sent as `[]` and
+means "none" — the distinction matters on the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from ipaddress import ip_address
+from typing import Any
+
+__all__ = [
+    "TAGGED_USER_ID",
+    "DerpRegion",
+    "derp_map_json",
+    "dns_config_json",
+    "format_time",
+    "stable_user_id",
+    "user_profile_json",
+]
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+# Tailscale shows tagged nodes as owned by a "tagged-devices" pseudo-user.
+TAGGED_USER_ID = 2147455555
+TAGGED_LOGIN = "tagged-devices"
+
+
+def format_time(when: datetime | None) -> str:
+    if when is None:
+        return ZERO_TIME
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def stable_user_id(name: str) -> int:
+    """A user ID that never changes while the user's name does not.
+
+    Users live in git, not in sqlite, so IDs are derived rather than stored:
+    48 bits of a hash stays below 2^53 (JavaScript-safe, as tailcfg asks).
+    """
+    digest = hashlib.sha256(b"tailnetd-user:" + name.encode()).digest()
+    return int.from_bytes(digest[:6], "big") or 1
+
+
+def user_profile_json(name: str | None, email: str | None, display_name: str | None) -> dict[str, Any]:
+    if name is None:
+        return {"ID": TAGGED_USER_ID, "LoginName": TAGGED_LOGIN, "DisplayName": "Tagged Devices"}
+    return {
+        "ID": stable_user_id(name),
+        "LoginName": email or name,
+        "DisplayName": display_name or name,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class DerpRegion:
+    region_id: int
+    region_code: str
+    region_name: str
+    host_name: str
+    derp_port: int
+    stun_port: int
+    insecure_for_tests: bool = False
+
+
+def derp_map_json(regions: Sequence[DerpRegion]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for region in regions:
+        node: dict[str, Any] = {
+            "Name": f"{region.region_id}a",
+            "RegionID": region.region_id,
+            "HostName": region.host_name,
+            "DERPPort": region.derp_port,
+            "STUNPort": region.stun_port if region.stun_port else -1,
+        }
+        try:
+            addr = ip_address(region.host_name)
+        except ValueError:
+            pass
+        else:
+            # Pin the family so clients don't try a DNS lookup of an IP literal.
+            if addr.version == 4:
+                node["IPv4"], node["IPv6"] = str(addr), "none"
+            else:
+                node["IPv4"], node["IPv6"] = "none", str(addr)
+        if region.insecure_for_tests:
+            node["InsecureForTests"] = True
+        out[str(region.region_id)] = {
+            "RegionID": region.region_id,
+            "RegionCode": region.region_code,
+            "RegionName": region.region_name,
+            "Nodes": [node],
+        }
+    return {"Regions": out, "omitDefaultRegions": True}
+
+
+def _resolvers(addrs: Iterable[str]) -> list[dict[str, Any]]:
+    return [{"Addr": a} for a in addrs]
+
+
+def dns_config_json(
+    *,
+    magic_dns: bool,
+    base_domain: str,
+    override_local_dns: bool,
+    global_nameservers: Sequence[str],
+    split: Mapping[str, Sequence[str]],
+    search_domains: Sequence[str],
+    extra_records: Sequence[tuple[str, str, str]],
+) -> dict[str, Any]:
+    """DNSConfig as headscale builds it from the same keys (hs types/config.go)."""
+    cfg: dict[str, Any] = {}
+    if global_nameservers:
+        cfg["Resolvers" if override_local_dns else "FallbackResolvers"] = _resolvers(global_nameservers)
+    routes: dict[str, Any] = {domain: _resolvers(servers) for domain, servers in split.items()}
+    if routes:
+        cfg["Routes"] = routes
+    domains = ([base_domain] if base_domain and magic_dns else []) + list(search_domains)
+    if domains:
+        cfg["Domains"] = domains
+    cfg["Proxied"] = magic_dns
+    if extra_records:
+        cfg["ExtraRecords"] = [
+            {"Name": name, "Type": rtype, "Value": value} for name, rtype, value in extra_records
+        ]
+    return cfg
+
+
+def canonical(value: Any) -> bytes:
+    """Stable JSON bytes, used to compare what a client already has."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()

@@ -1,0 +1,234 @@
+"""Real parts for end-to-end tests: a tailnetd server process, real
+`tailscaled` 1.96.4 daemons in userspace-networking mode, and git repos.
+
+Everything listens on 127.0.0.1 only. Daemons start in parallel (threads
+around subprocesses) because CI has two cores and minutes matter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import git
+
+from tests.tailscale_bin import install
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last_error = exc
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last_error}" if last_error else ""))
+
+
+class TailnetRepo:
+    """A git work tree holding tailnet.d/, committed with gitpython."""
+
+    def __init__(self, path: Path, files: dict[str, str]) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self.repo = git.Repo.init(path, initial_branch="main")
+        with self.repo.config_writer() as cw:
+            cw.set_value("user", "name", "tailnetd tests")
+            cw.set_value("user", "email", "tests@tailnetd.invalid")
+        self.commit(files, "initial tailnet")
+
+    def commit(self, files: dict[str, str | None], message: str) -> str:
+        for name, text in files.items():
+            target = self.path / "tailnet.d" / name
+            if text is None:
+                if target.exists():
+                    target.unlink()
+                    self.repo.index.remove([str(target)])
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            self.repo.index.add([str(target)])
+        return str(self.repo.index.commit(message).hexsha)
+
+
+class ServerProcess:
+    def __init__(self, repo: Path, data: Path, log_path: Path, *, extra: Iterable[str] = ()) -> None:
+        self.repo, self.data, self.log_path = repo, data, log_path
+        self.port = free_port()
+        self.stun_port = free_port(socket.SOCK_DGRAM)
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--repo", str(self.repo), "--data", str(self.data),
+             "--listen", f"127.0.0.1:{self.port}", "--stun-listen", f"127.0.0.1:{self.stun_port}", *self.extra],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for(self._healthy, 30, "tailnetd to answer /health")
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"tailnetd exited with {self.proc.returncode}:\n{self.log()}")
+        with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
+            return resp.status == 200
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-20000:]
+
+    def admin(self, *args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "server.cli", *args, "--data", str(self.data)],
+            cwd=ROOT, capture_output=True, text=True, timeout=30,
+        )
+        if out.returncode != 0:
+            raise AssertionError(f"tailnetd {' '.join(args)} failed: {out.stderr}")
+        return out.stdout
+
+    def create_key(self, user: str, *flags: str) -> str:
+        return self.admin("keys", "create", "--user", user, *flags).strip()
+
+    def ping(self, peer: str, count: int = 10) -> str:
+        """`tailscale ping` output; it exits 1 when no *direct* path formed, which
+        is expected while TS_DEBUG_ALWAYS_USE_DERP forces relaying."""
+        out = self.cli("ping", "--c", str(count), "--timeout", "5s", peer, timeout=30 + 6 * count, check=False)
+        return out.stdout + out.stderr
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.admin("status", "--json"))
+
+
+class TailscaleNode:
+    """One real tailscaled in userspace-networking mode, private state dir."""
+
+    def __init__(self, name: str, workdir: Path, *, ephemeral: bool = False) -> None:
+        self.name = name
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.dir / "ts.sock"
+        self.socks_port = free_port()
+        self.ephemeral = ephemeral
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.bin = install()
+        self.extra_env: dict[str, str] = {}
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            TS_LOGS_DIR=str(self.dir / "logs"),
+            TS_DEBUG_USE_DERP_HTTP="1",
+            TS_ASSUME_NETWORK_UP_FOR_TEST="1",
+            TS_NO_LOGS_NO_SUPPORT="1",
+            TS_DISABLE_PORTMAPPER="1",
+            TS_DISABLE_UPNP="1",
+            TS_PANIC_IF_HIT_MAIN_CONTROL="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> None:
+        state = ["--state=mem:"] if self.ephemeral else []
+        log = open(self.dir / "tailscaled.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(self.bin / "tailscaled"), "--tun=userspace-networking", f"--statedir={self.dir}", *state,
+             f"--socket={self.socket}", "--port=0", "--no-logs-no-support",
+             f"--socks5-server=127.0.0.1:{self.socks_port}"],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for(lambda: self.socket.exists(), 20, f"{self.name}'s tailscaled socket")
+
+    def cli(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            [str(self.bin / "tailscale"), f"--socket={self.socket}", *args],
+            capture_output=True, text=True, timeout=timeout, env=self.env(),
+        )
+        if check and out.returncode != 0:
+            raise AssertionError(
+                f"{self.name}: tailscale {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
+            )
+        return out
+
+    def up(self, server: ServerProcess, key: str, *extra: str) -> None:
+        self.cli("up", f"--login-server={server.url}", f"--auth-key={key}", f"--hostname={self.name}",
+                 *extra, timeout=90)
+
+    def ping(self, peer: str, count: int = 10) -> str:
+        """`tailscale ping` output; it exits 1 when no *direct* path formed, which
+        is expected while TS_DEBUG_ALWAYS_USE_DERP forces relaying."""
+        out = self.cli("ping", "--c", str(count), "--timeout", "5s", peer, timeout=30 + 6 * count, check=False)
+        return out.stdout + out.stderr
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.cli("status", "--json").stdout)
+
+    def peer_names(self) -> set[str]:
+        peers = self.status().get("Peer") or {}
+        return {p["HostName"] for p in peers.values()}
+
+    def ip(self) -> str:
+        return self.cli("ip", "-4").stdout.strip()
+
+    def log(self) -> str:
+        return (self.dir / "tailscaled.log").read_text(errors="replace")[-20000:]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def in_parallel(fns: Iterable[Callable[[], Any]]) -> list[Any]:
+    fns = list(fns)
+    with ThreadPoolExecutor(max_workers=max(1, len(fns))) as pool:
+        return [f.result() for f in [pool.submit(fn) for fn in fns]]

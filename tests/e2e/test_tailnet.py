@@ -1,0 +1,186 @@
+"""A tailnet served from git, joined by real tailscale 1.96.4 clients.
+
+One server and one set of daemons for the whole module (CI has two cores);
+tests run in file order and each leaves the tailnet as the next expects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import ServerProcess, TailnetRepo, TailscaleNode, in_parallel, wait_for
+
+USERS = """\
+users:
+  - {name: alice, email: alice@example.com, display_name: Alice}
+  - {name: bob, email: bob@example.com, display_name: Bob}
+"""
+POLICY = """\
+// alice's devices reach each other and the servers; bob only reaches servers on port 80.
+{
+  "groups": {"group:eng": ["alice@example.com"]},
+  "tagOwners": {"tag:server": ["alice@example.com"]},
+  "acls": [
+    {"action": "accept", "src": ["group:eng"], "dst": ["group:eng:*", "tag:server:*"]},
+    {"action": "accept", "src": ["bob@example.com"], "dst": ["tag:server:80"]},
+  ],
+}
+"""
+POLICY_BOB_TO_ALICE = POLICY.replace(
+    '"dst": ["tag:server:80"]},', '"dst": ["tag:server:80", "group:eng:22"]},'
+)
+DNS = """\
+magic_dns: true
+base_domain: tailnet.example
+nameservers: {global: [127.0.0.53]}
+extra_records: [{name: wiki.tailnet.example, type: A, value: 100.64.0.99}]
+"""
+SETTINGS = "ephemeral_inactivity_timeout: 3s\n"
+PREFIX = ipaddress.ip_network("100.64.0.0/10")
+
+
+class Tailnet:
+    def __init__(self, tmp: Path) -> None:
+        self.repo = TailnetRepo(
+            tmp / "repo",
+            {"users.yaml": USERS, "policy.hujson": POLICY, "dns.yaml": DNS, "settings.yaml": SETTINGS},
+        )
+        self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
+        self.tmp = tmp
+        self.nodes: dict[str, TailscaleNode] = {}
+
+    def node(self, name: str, **kw: bool) -> TailscaleNode:
+        node = TailscaleNode(name, self.tmp / "nodes", **kw)
+        node.extra_env = {"TS_DEBUG_ALWAYS_USE_DERP": "1"}
+        self.nodes[name] = node
+        return node
+
+
+@pytest.fixture(scope="module")
+def tailnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tailnet]:
+    net = Tailnet(tmp_path_factory.mktemp("tailnet"))
+    net.server.start()
+    try:
+        yield net
+    finally:
+        for node in net.nodes.values():
+            node.stop()
+        net.server.stop()
+
+
+def diagnose(net: Tailnet) -> str:
+    parts = [f"--- tailnetd log ---\n{net.server.log()[-6000:]}"]
+    for node in net.nodes.values():
+        parts.append(f"--- {node.name} tailscaled log ---\n{node.log()[-3000:]}")
+    return "\n".join(parts)
+
+
+def test_clients_log_in_with_pre_auth_keys(tailnet: Tailnet) -> None:
+    alice_key = tailnet.server.create_key("alice", "--reusable")
+    bob_key = tailnet.server.create_key("bob")
+    server_key = tailnet.server.create_key("alice", "--tag", "tag:server")
+    plan = {"alice1": alice_key, "alice2": alice_key, "bob1": bob_key, "server1": server_key}
+    nodes = [tailnet.node(name) for name in plan]
+    in_parallel(n.start for n in nodes)
+    try:
+        in_parallel((lambda n=n: n.up(tailnet.server, plan[n.name])) for n in nodes)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnose(tailnet)}") from None
+    for node in nodes:
+        status = node.status()
+        assert status["BackendState"] == "Running", diagnose(tailnet)
+        assert ipaddress.ip_address(node.ip()) in PREFIX
+    assert tailnet.nodes["server1"].status()["Self"].get("Tags") == ["tag:server"]
+    # A single-use key cannot be used twice.
+    listed = tailnet.server.admin("keys", "list", "--json")
+    assert '"used": true' in listed
+
+
+def test_status_shows_exactly_the_peers_the_policy_allows(tailnet: Tailnet) -> None:
+    expected = {
+        "alice1": {"alice2", "server1"},
+        "alice2": {"alice1", "server1"},
+        "bob1": {"server1"},
+        "server1": {"alice1", "alice2", "bob1"},
+    }
+    for name, peers in expected.items():
+        wait_for(lambda: tailnet.nodes[name].peer_names() == peers, 20, f"{name} to see {peers}")
+
+
+def test_ping_through_the_embedded_derp(tailnet: Tailnet) -> None:
+    out = tailnet.nodes["alice1"].ping("alice2")
+    assert "pong from alice2" in out and "via DERP(tailnetd)" in out, out
+
+
+def test_magicdns_names_and_extra_records_resolve(tailnet: Tailnet) -> None:
+    alice1, alice2 = tailnet.nodes["alice1"], tailnet.nodes["alice2"]
+    ip = alice2.ip()
+    wait_for(lambda: ip in alice1.cli("dns", "query", "alice2.tailnet.example", "A").stdout, 15, "a MagicDNS answer")
+    extra = alice1.cli("dns", "query", "wiki.tailnet.example", "A").stdout
+    assert "100.64.0.99" in extra, extra
+    assert alice1.status()["MagicDNSSuffix"] == "tailnet.example"
+
+
+def test_taildrop_between_two_nodes_of_one_user(tailnet: Tailnet) -> None:
+    alice1, alice2 = tailnet.nodes["alice1"], tailnet.nodes["alice2"]
+    payload = tailnet.tmp / "hello.txt"
+    payload.write_text("sent with tailscale file cp\n")
+    wait_for(lambda: "alice2" in alice1.cli("file", "cp", "--targets").stdout, 20, "alice2 as a file target")
+    alice1.cli("file", "cp", str(payload), "alice2:", timeout=60)
+    inbox = tailnet.tmp / "inbox"
+    inbox.mkdir()
+    alice2.cli("file", "get", "--wait", str(inbox), timeout=60)
+    assert (inbox / "hello.txt").read_text() == "sent with tailscale file cp\n"
+
+
+def test_a_policy_commit_reaches_connected_clients(tailnet: Tailnet) -> None:
+    bob1 = tailnet.nodes["bob1"]
+    assert bob1.peer_names() == {"server1"}
+    tailnet.repo.commit({"policy.hujson": POLICY_BOB_TO_ALICE}, "bob may ssh to alice's devices")
+    wait_for(lambda: bob1.peer_names() == {"server1", "alice1", "alice2"}, 15, "bob1 to see alice's devices")
+
+
+def test_a_broken_commit_is_rejected_and_the_tailnet_keeps_running(tailnet: Tailnet) -> None:
+    good = tailnet.server.status()["serving"]
+    bad = tailnet.repo.commit({"policy.hujson": POLICY.replace('"acls": [', '"acls": [[')}, "oops")
+    status = wait_for(
+        lambda: (s := tailnet.server.status())["rejected"] and s["rejected"]["revision"] == bad and s,
+        15,
+        "the broken commit to be rejected",
+    )
+    assert status["serving"] == good
+    assert any("policy.hujson:" in e for e in status["rejected"]["errors"]), status["rejected"]
+    time.sleep(1)
+    assert tailnet.nodes["bob1"].peer_names() == {"server1", "alice1", "alice2"}
+    assert "pong from server1" in tailnet.nodes["alice1"].ping("server1")
+
+
+def test_a_server_restart_brings_every_client_back_with_the_same_ips(tailnet: Tailnet) -> None:
+    before = {name: node.ip() for name, node in tailnet.nodes.items()}
+    tailnet.server.stop()
+    tailnet.server.start()
+    for name, node in tailnet.nodes.items():
+        wait_for(lambda n=node: n.status()["BackendState"] == "Running", 60, f"{name} to reconnect")
+        assert node.ip() == before[name]
+    assert "pong from alice2" in tailnet.nodes["alice1"].ping("alice2", count=20)
+
+
+def test_an_ephemeral_node_is_removed_after_it_goes_away(tailnet: Tailnet) -> None:
+    key = tailnet.server.create_key("alice", "--ephemeral")
+    eph = tailnet.node("eph1", ephemeral=True)
+    eph.start()
+    eph.up(tailnet.server, key)
+    alice1 = tailnet.nodes["alice1"]
+    wait_for(lambda: "eph1" in alice1.peer_names(), 20, "alice1 to see eph1")
+    # Killed, not stopped: a clean shutdown of an ephemeral node logs out by itself,
+    # and this test is about the inactivity timeout.
+    assert eph.proc is not None
+    eph.proc.kill()
+    eph.proc.wait()
+    wait_for(lambda: "eph1" not in tailnet.server.admin("nodes", "list"), 30, "eph1 to be deleted")
+    wait_for(lambda: "eph1" not in alice1.peer_names(), 15, "alice1 to lose eph1")

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import Path
-from .model import Alias, SshRule, SshTest
+from .model import SshRule, SshTest
 
 if TYPE_CHECKING:
     from .parse import Ctx
@@ -133,5 +133,3 @@ def parse_ssh_test(test: Any, i: int, ctx: Ctx) -> SshTest | None:
         deny=tuple(_list(test.get("deny"))),
     )
 
-
-__all__ = ["Alias", "parse_go_duration", "parse_ssh_rule", "parse_ssh_test"]

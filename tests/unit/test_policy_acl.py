@@ -6,7 +6,7 @@ import pytest
 
 from gitctl.policy import PolicyError, parse_policy
 
-from ._policy_helpers import can_reach, compile_policy, sees
+from .test_policy_helpers import can_reach, compile_policy, sees
 
 
 def acl(src: list[str], dst: list[str], **extra: object) -> dict[str, object]:

@@ -10,19 +10,22 @@ import pytest
 
 from gitctl import compile_cmd
 
-from ._policy_helpers import NODES, USERS
+from .test_policy_helpers import NODES, USERS
 
 TOPOLOGY = {"users": USERS, "nodes": NODES}
 
 
+def _compile(tmp_path: Path, policy_text: str) -> int:
+    (tmp_path / "policy.hujson").write_text(policy_text)
+    (tmp_path / "topo.json").write_text(json.dumps(TOPOLOGY))
+    return compile_cmd.main(["--topology", str(tmp_path / "topo.json"),
+                             str(tmp_path / "policy.hujson")])
+
+
 def test_compile_prints_per_node_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                       ) -> None:
-    (tmp_path / "policy.hujson").write_text(
-        '{\n  // comments are fine\n  "acls": [{"action": "accept", "src": ["*"], '
-        '"dst": ["*:*"]}],\n}\n')
-    (tmp_path / "topo.json").write_text(json.dumps(TOPOLOGY))
-    rc = compile_cmd.main(["--topology", str(tmp_path / "topo.json"),
-                           str(tmp_path / "policy.hujson")])
+    rc = _compile(tmp_path, '{\n  // comments are fine\n  "acls": [{"action": "accept", '
+                            '"src": ["*"], "dst": ["*:*"]}],\n}\n')
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["nodes"]) == set(NODES)
@@ -31,12 +34,8 @@ def test_compile_prints_per_node_json(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_rejected_policy_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                         ) -> None:
-    (tmp_path / "policy.hujson").write_text(
-        '{\n  "acls": [\n    {"action": "accept", "src": ["*"], "dst": ["tag:nope:22"]},\n'
-        '  ],\n}\n')
-    (tmp_path / "topo.json").write_text(json.dumps(TOPOLOGY))
-    rc = compile_cmd.main(["--topology", str(tmp_path / "topo.json"),
-                           str(tmp_path / "policy.hujson")])
+    rc = _compile(tmp_path, '{\n  "acls": [\n    {"action": "accept", "src": ["*"], '
+                            '"dst": ["tag:nope:22"]},\n  ],\n}\n')
     assert rc == 1
     err = capsys.readouterr().err
     assert "policy.hujson:3:" in err and 'tag not found: "tag:nope"' in err

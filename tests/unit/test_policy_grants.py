@@ -6,7 +6,7 @@ import pytest
 
 from gitctl.policy import PolicyError, parse_policy
 
-from ._policy_helpers import NODES, can_reach, compile_policy, ip_of, node, sees
+from .test_policy_helpers import NODES, can_reach, compile_policy, ip_of, node, sees
 
 
 def test_ip_grant_with_protocol_and_port() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gitctl.policy import TopologyNode, auto_approved_routes, parse_policy
 
-from ._policy_helpers import compile_policy
+from .test_policy_helpers import compile_policy
 
 APPROVERS = {"autoApprovers": {"routes": {"10.0.0.0/8": ["tag:router"]},
                                "exitNode": ["tag:exit"]}}

@@ -8,7 +8,7 @@ from typing import Any
 
 from gitctl.policy import CompiledTailnet, PolicyError, Topology, compile_tailnet, parse_policy
 
-from ._policy_helpers import NODES, USERS, compile_policy, ip_of
+from .test_policy_helpers import NODES, USERS, compile_policy, ip_of
 
 
 def ssh(*rules: dict[str, object]) -> dict[str, object]:

@@ -6,7 +6,7 @@ import pytest
 
 from gitctl.policy import PolicyError, Topology, parse_policy, run_policy_tests
 
-from ._policy_helpers import NODES, TAG_OWNERS, USERS, compile_policy
+from .test_policy_helpers import NODES, TAG_OWNERS, USERS, compile_policy
 
 BASE = {"tagOwners": TAG_OWNERS,
         "acls": [{"action": "accept", "src": ["bob@example.com"], "dst": ["tag:web:443"]}],

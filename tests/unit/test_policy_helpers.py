@@ -1,4 +1,4 @@
-"""A tiny tailnet and reachability questions for the policy unit tests."""
+"""Shared tailnet for the policy tests (no tests here) and reachability checks."""
 
 from __future__ import annotations
 

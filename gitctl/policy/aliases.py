@@ -46,6 +46,7 @@ class Index:
         by_email: dict[str, set[int]] = defaultdict(set)
         self.email: list[str | None] = []
         self.ips: list[tuple[str, ...]] = []
+        self._host_prefixes: list[list[str]] = []
         self.ip_spans: list[tuple[Span, ...]] = []
         self.by_ip: dict[str, int] = {}
         for i, n in enumerate(self.nodes):
@@ -57,6 +58,7 @@ class Index:
                 by_email[email.lower()].add(i)
             ips = tuple(ip for ip in (n.ipv4, n.ipv6) if ip)
             self.ips.append(ips)
+            self._host_prefixes.append([host_prefix(ip) for ip in ips])
             self.ip_spans.append(tuple(span(ip) for ip in ips))
             for ip in ips:
                 self.by_ip[ip] = i
@@ -166,7 +168,8 @@ class Index:
         return [ip for i in nodes for ip in self.ips[i]]
 
     def host_prefixes(self, node: int) -> list[str]:
-        return [host_prefix(ip) for ip in self.ips[node]]
+        """The node's addresses as /32 and /128 prefixes (a fresh list)."""
+        return list(self._host_prefixes[node])
 
     def covers(self, node: int, s: Span) -> bool:
         """Whether traffic to ``s`` may be delivered to ``node`` (own IP or route)."""

@@ -110,7 +110,7 @@ def compile_tailnet(
     per_node: list[list[Rule]] = [[] for _ in range(n)]
     visible = [0] * n
     for rule in rules:
-        src_mask = _mask(rule.src_members)
+        src_mask = rule.src_mask = _mask(rule.src_members)
         dst_mask = _mask(rule.dsts)
         for i in rule.dsts:
             per_node[i].append(rule)
@@ -126,11 +126,21 @@ def compile_tailnet(
     no_v4 = ipv4_disabled(caps)
 
     views: dict[str, NodeView] = {}
+    # A peer without routes looks the same to every viewer: build its view once.
+    plain: dict[int, PeerView] = {}
     for i, node in enumerate(topology.nodes):
         peers: dict[str, PeerView] = {}
         mask = visible[i] & ~(1 << i)
         for j in _bits(mask):
             peer = topology.nodes[j]
+            if not table.enabled[j] and i not in no_v4:
+                view = plain.get(j)
+                if view is None:
+                    view = plain[j] = PeerView(
+                        allowed_ips=tuple(_own_prefixes(index, j, no_v4)),
+                        primary_routes=(), tags=peer.tags)
+                peers[peer.name] = view
+                continue
             primary, exits = routes.visible_routes(i, j)
             peers[peer.name] = PeerView(
                 allowed_ips=(*_own_prefixes(index, j, no_v4, i), *primary, *exits),
@@ -152,15 +162,23 @@ def compile_tailnet(
 
 def _whois(index: Index, rules: list[Rule], peers: int) -> dict[str, Any]:
     """Per peer address: the app capabilities that peer holds toward this node."""
+    # Peers holding the same grants share one merged map.
     cap_rules = [r for r in rules if r.caps is not None]
+    held: dict[int, tuple[int, ...]] = {}
+    for n, r in enumerate(cap_rules):
+        for j in _bits(peers & r.src_mask):
+            held[j] = (*held.get(j, ()), n)
+    merged: dict[tuple[int, ...], dict[str, Any]] = {}
     whois: dict[str, Any] = {}
     for j in _bits(peers):
-        merged: dict[str, Any] = {}
-        for r in cap_rules:
-            if j in r.src_members:
-                _merge_caps(merged, r.caps or {})
+        key = held.get(j, ())
+        if key not in merged:
+            caps: dict[str, Any] = {}
+            for n in key:
+                _merge_caps(caps, cap_rules[n].caps or {})
+            merged[key] = caps
         for ip in index.ips[j]:
-            whois[ip] = merged or None
+            whois[ip] = merged[key] or None
     return whois
 
 
@@ -199,6 +217,11 @@ class _RouteVisibility:
         self._accepts: dict[int, list[Span]] = {}
         self._via: dict[int, dict[str, int]] = {}
         self._primary_of = {r: i for i, rs in enumerate(table.primary) for r in rs}
+        # (router, subnet route) pairs some via rule reaches, in registration order
+        self._via_routes = [
+            (i, r) for i, rs in enumerate(table.enabled) for r in rs
+            if not is_exit_route(r) and any(rule.via for rule in per_node[i])
+        ]
 
     def _may_send(self, router: int, route: str, via: bool) -> int:
         key = (router, route, via)
@@ -207,7 +230,7 @@ class _RouteVisibility:
             mask = 0
             for rule in self.per_node[router]:
                 if rule.via == via and _reaches(rule.dsts[router], own, span(route)):
-                    mask |= _mask(rule.src_members)
+                    mask |= rule.src_mask
             self._senders[key] = mask
         return self._senders[key]
 
@@ -225,12 +248,9 @@ class _RouteVisibility:
         if viewer in self._via:
             return self._via[viewer]
         choice: dict[str, int] = {}
-        for router, routes in enumerate(self.table.enabled):
-            for route in routes:
-                if is_exit_route(route) or route in choice:
-                    continue
-                if self._may_send(router, route, True) >> viewer & 1:
-                    choice[route] = router
+        for router, route in self._via_routes:
+            if route not in choice and self._may_send(router, route, True) >> viewer & 1:
+                choice[route] = router
         primary_of = self._primary_of
         for route in list(choice):
             p = primary_of.get(route)
@@ -286,9 +306,12 @@ def _mask(items: Any) -> int:
 
 
 def _bits(mask: int) -> list[int]:
+    """Indices of the set bits (one pass over the binary text: linear, unlike
+    repeated big-int arithmetic)."""
+    text = bin(mask)[:1:-1]
     out = []
-    while mask:
-        low = mask & -mask
-        out.append(low.bit_length() - 1)
-        mask ^= low
+    i = text.find("1")
+    while i != -1:
+        out.append(i)
+        i = text.find("1", i + 1)
     return out

@@ -39,6 +39,8 @@ class Rule:
     via: bool = False
     # hidden: grants visibility (and routes) but is not sent as a filter rule.
     hidden: bool = False
+    # src_members as a bitmask, filled in by the compiler
+    src_mask: int = 0
     # node -> (address text, ports) pairs (DstPorts) or address texts (CapGrant Dsts)
     dsts: dict[int, list[tuple[str, tuple[PortRange, ...]]]] = field(
         default_factory=lambda: defaultdict(list)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .addrs import is_exit_route, span
@@ -35,13 +35,10 @@ def node_matches(
     return False
 
 
-def _email(node: TopologyNode, users: Sequence[TopologyUser]) -> str | None:
+def _email(node: TopologyNode, emails: Mapping[str, str]) -> str | None:
     if node.tags or node.user is None:
         return None
-    for u in users:
-        if u.name == node.user:
-            return u.email
-    return node.user
+    return emails.get(node.user, node.user)
 
 
 def auto_approved_routes(
@@ -55,7 +52,7 @@ def auto_approved_routes(
     ``users`` maps the node's user name to an email; without it the node's
     ``user`` is compared to approvers as given.
     """
-    email = _email(node, users)
+    email = _email(node, {u.name: u.email for u in users})
     auto = policy.auto_approvers
     out = []
     for route in advertised:
@@ -88,7 +85,8 @@ def route_table(
     registered node serving it; exit routes have no primary."""
     enabled = []
     for n in nodes:
-        auto = set(auto_approved_routes(policy, n, n.routable_ips, users))
+        auto = set(auto_approved_routes(policy, n, n.routable_ips, users)
+                   if n.routable_ips else ())
         approved = set(n.approved_routes)
         enabled.append(tuple(r for r in n.routable_ips if r in approved or r in auto))
     owner: dict[str, int] = {}

@@ -56,7 +56,10 @@ def compile_document(policy_doc: Any, topology_doc: Mapping[str, Any],
                      tailnet: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Compile one policy document; raises PolicyError when it is rejected."""
     if isinstance(policy_doc, str):
-        policy_doc = _loads(policy_doc)[0]
+        try:
+            policy_doc = _loads(policy_doc)[0]
+        except ValueError as e:
+            raise PolicyError(str(e)) from e
     policy = parse_policy(policy_doc)
     compiled = compile_tailnet(policy, Topology.from_json(topology_doc), tailnet)
     return compiled.to_json()
@@ -119,7 +122,9 @@ def _run_batch(inp: IO[str], out: IO[str]) -> int:
             reply: dict[str, Any] = {"id": case_id, "ok": True, "nodes": nodes}
         except PolicyError as e:
             reply = {"id": case_id, "ok": False, "error": str(e)}
-        except (ValueError, KeyError, TypeError) as e:
+        except KeyError as e:
+            reply = {"id": case_id, "ok": False, "error": f"bad request: missing field {e}"}
+        except (ValueError, TypeError) as e:
             reply = {"id": case_id, "ok": False, "error": f"bad request: {e}"}
         out.write(json.dumps(reply, ensure_ascii=False) + "\n")
         out.flush()

@@ -214,7 +214,7 @@ class _RouteVisibility:
         self.table = table
         self.per_node = per_node
         self._senders: dict[tuple[int, str, bool], int] = {}
-        self._accepts: dict[int, list[Span]] = {}
+        self._accepts: dict[int, list[Span] | None] = {}
         self._via: dict[int, dict[str, int]] = {}
         self._primary_of = {r: i for i, rs in enumerate(table.primary) for r in rs}
         # (router, subnet route) pairs some via rule reaches, in registration order
@@ -238,9 +238,7 @@ class _RouteVisibility:
         """Spans of the sources this viewer accepts (None: anything)."""
         if viewer not in self._accepts:
             texts = {t for rule in self.per_node[viewer] for t in rule.src_ips}
-            self._accepts[viewer] = [span(t) for t in texts if t != "*"]
-            if "*" in texts:
-                return None
+            self._accepts[viewer] = None if "*" in texts else [span(t) for t in texts]
         return self._accepts[viewer]
 
     def _via_choice(self, viewer: int) -> dict[str, int]:

@@ -335,13 +335,16 @@ def _inline_ok(node: _Node) -> bool:
 def _fmt_inline(node: _Node) -> str:
     if isinstance(node, _Scalar):
         return node.text
-    parts = []
-    for m in node.members:
-        text = " ".join([*(c.text for c in m.leading), _member_head(m) + _fmt_inline(m.value)])
-        parts.append(" ".join([text, *(c.text for c in m.trailing)]))
-    parts += [c.text for c in node.closing]
+    words = []
+    for i, m in enumerate(node.members):
+        words += [c.text for c in m.leading]
+        comma = "," if i + 1 < len(node.members) else ""
+        # Trailing comments go after the comma, where the parser will find them again.
+        words.append(_member_head(m) + _fmt_inline(m.value) + comma)
+        words += [c.text for c in m.trailing]
+    words += [c.text for c in node.closing]
     close = "}" if node.open == "{" else "]"
-    return node.open + ", ".join(parts) + close
+    return node.open + " ".join(words) + close
 
 
 def _member_head(m: _Member) -> str:

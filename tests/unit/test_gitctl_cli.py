@@ -140,3 +140,26 @@ def test_fmt_reports_syntax_errors_and_leaves_the_file_alone(
 
 def test_example_is_already_formatted(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fmt", "--check", *map(str, sorted(EXAMPLE.iterdir()))]) == 0
+
+
+def test_compile_is_delegated_to_its_module_only_when_invoked(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    import sys
+    import types
+
+    calls: list[argparse.Namespace] = []
+    fake = types.ModuleType("gitctl.compile_cmd")
+
+    def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        sub.add_parser("compile").add_argument("--node")
+
+    def run(args: argparse.Namespace) -> int:
+        calls.append(args)
+        return 0
+
+    fake.add_parser = add_parser  # type: ignore[attr-defined]
+    fake.run = run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "gitctl.compile_cmd", fake)
+    assert main(["compile", "--node", "n1"]) == 0
+    assert [a.node for a in calls] == ["n1"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given
@@ -157,3 +158,48 @@ def test_any_json_document_parses_and_formats_to_the_same_value(value: object,
     formatted = format_hujson(text)
     assert loads(formatted) == value
     assert format_hujson(formatted) == formatted
+
+
+@given(st.text(alphabet='{}[]:,"/*\\ \n\tabtrue0123-.e', max_size=40))
+def test_arbitrary_text_either_parses_or_raises_a_positioned_error(text: str) -> None:
+    try:
+        loads(text)
+    except HuJSONError as exc:
+        assert exc.line >= 1 and exc.col >= 1
+        assert exc.line <= text.count("\n") + 1
+        return
+    formatted = format_hujson(text)
+    assert loads(formatted) == loads(text)
+    assert format_hujson(formatted) == formatted
+
+
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_comment_free_text = st.text(alphabet='ab"\\ é\n', max_size=3)
+_comment_free_values = st.recursive(
+    st.none() | st.integers() | _comment_free_text,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(_comment_free_text, c, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(_comment_free_values, st.lists(st.sampled_from(
+    ["", "", " // c\n", " /* b */ ", "\n\n// x\n", "/*m\nl*/", "\n"]), min_size=1),
+    st.booleans())
+def test_formatting_keeps_every_comment_and_the_value(value: object, inserts: list[str],
+                                                      indent: bool) -> None:
+    # Put comments after every `{ [ , :` outside strings, cycling through `inserts`.
+    out, in_string, escaped, n = [], False, False, 0
+    for ch in json.dumps(value, indent=2 if indent else None):
+        out.append(ch)
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[,:":
+            out.append(inserts[n % len(inserts)])
+            n += 1
+    source = "".join(out)
+    formatted = format_hujson(source)
+    assert loads(formatted) == value
+    assert format_hujson(formatted) == formatted
+    assert sorted(_COMMENT.findall(source)) == sorted(_COMMENT.findall(formatted))

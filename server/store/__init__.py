@@ -1,5 +1,5 @@
 """Runtime state that git cannot hold: nodes, keys, addresses, pre-auth keys,
-pending logins and last-seen times. Users, policy, DNS and route approvals
+API keys, pending logins and last-seen times. Users, policy, DNS and route approvals
 live in git; the store names users and tags by string only.
 
 `Store` is the interface; `open_store` returns the sqlite backend.
@@ -10,6 +10,7 @@ from server.store.ipalloc import DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX
 from server.store.model import (
     AddressExhausted,
     AllocationStrategy,
+    ApiKey,
     Conflict,
     InvalidName,
     KeyRejected,
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_IPV6_PREFIX",
     "AddressExhausted",
     "AllocationStrategy",
+    "ApiKey",
     "Conflict",
     "InvalidName",
     "KeyRejected",

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
-from server.store.model import Node, PendingLogin, PreAuthKey
+from server.store.model import ApiKey, Node, PendingLogin, PreAuthKey
 
 NODE_COLUMNS = (
     "id, machine_key, node_key, disco_key, ipv4, ipv6, hostname, given_name, user_name,"
@@ -20,6 +20,7 @@ NODE_COLUMNS = (
     " capver"
 )
 KEY_COLUMNS = "id, prefix, user_name, reusable, ephemeral, tags, created, expiration, used, revoked"
+API_KEY_COLUMNS = "id, prefix, created, expiration, last_used"
 LOGIN_COLUMNS = "auth_id, machine_key, node_key, ephemeral, created"
 
 Row = tuple[Any, ...]
@@ -87,6 +88,16 @@ def key_from_row(row: Row) -> PreAuthKey:
         expiration=dt(row[7]),
         used=bool(row[8]),
         revoked=bool(row[9]),
+    )
+
+
+def api_key_from_row(row: Row) -> ApiKey:
+    return ApiKey(
+        id=row[0],
+        prefix=row[1],
+        created=dt_required(row[2]),
+        expiration=dt(row[3]),
+        last_used=dt(row[4]),
     )
 
 

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Protocol
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
-from server.store.model import Node, PendingLogin, PreAuthKey, Rng
+from server.store.model import ApiKey, Node, PendingLogin, PreAuthKey, Rng
 
 __all__ = ["Store"]
 
@@ -115,6 +115,20 @@ class Store(Protocol):
     def list_preauth_keys(self, user: str | None = None) -> list[PreAuthKey]: ...
     def expire_preauth_key(self, id_or_prefix: int | str, now: datetime) -> PreAuthKey: ...
     def revoke_preauth_key(self, id_or_prefix: int | str) -> PreAuthKey: ...
+
+    # API keys (the admin API over HTTP)
+
+    def create_api_key(
+        self, *, expiration: datetime | None, now: datetime, rng: Rng
+    ) -> tuple[str, ApiKey]: ...
+
+    def use_api_key(self, text: str, now: datetime) -> ApiKey:
+        """The key if it may be used now (recording `now` as its last use),
+        else KeyRejected saying why."""
+        ...
+
+    def list_api_keys(self) -> list[ApiKey]: ...
+    def expire_api_key(self, id_or_prefix: int | str, now: datetime) -> ApiKey: ...
 
     # Pending interactive logins
 

@@ -78,6 +78,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        2,
+        "API keys for the admin API over HTTP",
+        (
+            """
+            CREATE TABLE api_keys (
+                id          INTEGER PRIMARY KEY AUTOINCREMENT,
+                prefix      TEXT    NOT NULL UNIQUE,
+                secret_hash BLOB    NOT NULL,
+                created     TEXT    NOT NULL,
+                expiration  TEXT,
+                last_used   TEXT
+            )
+            """,
+        ),
+    ),
 )
 
 

@@ -18,6 +18,7 @@ from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 
 __all__ = [
     "AddressExhausted",
+    "ApiKey",
     "AllocationStrategy",
     "Conflict",
     "InvalidName",
@@ -75,6 +76,17 @@ class PreAuthKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A credential for the admin API over HTTP; whoever holds one is an admin."""
+
+    id: int
+    prefix: str  # the public, lookup part of the key text
+    created: datetime
+    expiration: datetime | None  # None = never expires
+    last_used: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class PendingLogin:
     """A node waiting for its user to finish an interactive (web) login."""
 
@@ -110,7 +122,7 @@ class SchemaError(StoreError):
 
 
 class KeyRejected(StoreError):
-    """A pre-auth key cannot be used; `reason` is safe to show to the client."""
+    """A pre-auth or API key cannot be used; `reason` is safe to show to the client."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

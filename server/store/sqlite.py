@@ -18,8 +18,8 @@ from pathlib import Path
 from types import TracebackType
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.store import _keytables as keytables
 from server.store import _rows as rows
-from server.store import authkeys
 from server.store._rand import LOWER_ALNUM, random_text
 from server.store.ipalloc import (
     DEFAULT_IPV4_PREFIX,
@@ -30,6 +30,7 @@ from server.store.ipalloc import (
 from server.store.migrations import apply_migrations
 from server.store.model import (
     AllocationStrategy,
+    ApiKey,
     Conflict,
     KeyRejected,
     Node,
@@ -349,17 +350,13 @@ class SqliteStore:
         rng: Rng,
     ) -> tuple[str, PreAuthKey]:
         with self._write() as db:
-            while True:  # a repeated 12-char prefix is rare; just draw again
-                text, prefix, secret = authkeys.generate_key(rng)
-                clash = db.execute("SELECT 1 FROM preauth_keys WHERE prefix = ?", (prefix,))
-                if clash.fetchone() is None:
-                    break
+            text, prefix, secret_hash = keytables.draw_key(db, keytables.PREAUTH_KEYS, rng)
             cursor = db.execute(
                 "INSERT INTO preauth_keys (prefix, secret_hash, user_name, reusable, ephemeral,"
                 " tags, created, expiration) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     prefix,
-                    authkeys.hash_secret(prefix, secret),
+                    secret_hash,
                     user,
                     reusable,
                     ephemeral,
@@ -373,18 +370,10 @@ class SqliteStore:
 
     def check_preauth_key(self, text: str, now: datetime) -> PreAuthKey:
         """The key if it may register a node now, else KeyRejected saying why."""
-        parsed = authkeys.parse_key(text)
-        if parsed is None:
+        row = keytables.row_for_text(self._conn, keytables.PREAUTH_KEYS, text)
+        if row is None:
             raise KeyRejected(_NOT_FOUND)
-        prefix, secret = parsed
-        row = self._conn.execute(
-            f"SELECT {rows.KEY_COLUMNS}, secret_hash FROM preauth_keys WHERE prefix = ?",
-            (prefix,),
-        ).fetchone()
-        # A wrong secret reads exactly like an unknown key: the prefix is no oracle.
-        if row is None or not authkeys.secret_matches(prefix, secret, row[-1]):
-            raise KeyRejected(_NOT_FOUND)
-        key = rows.key_from_row(row[:-1])
+        key = rows.key_from_row(row)
         _check_usable(key, now)
         return key
 
@@ -415,12 +404,9 @@ class SqliteStore:
 
     def expire_preauth_key(self, id_or_prefix: int | str, now: datetime) -> PreAuthKey:
         with self._write() as db:
-            key = self._find_key(db, id_or_prefix)
-            if key.expiration is None or key.expiration > now:
-                db.execute(
-                    "UPDATE preauth_keys SET expiration = ? WHERE id = ?", (rows.ts(now), key.id)
-                )
-            return self._find_key(db, key.id)
+            return rows.key_from_row(
+                keytables.expire(db, keytables.PREAUTH_KEYS, id_or_prefix, now)
+            )
 
     def revoke_preauth_key(self, id_or_prefix: int | str) -> PreAuthKey:
         with self._write() as db:
@@ -430,13 +416,51 @@ class SqliteStore:
 
     @staticmethod
     def _find_key(db: sqlite3.Connection, id_or_prefix: int | str) -> PreAuthKey:
-        column = "id" if isinstance(id_or_prefix, int) else "prefix"
-        row = db.execute(
-            f"SELECT {rows.KEY_COLUMNS} FROM preauth_keys WHERE {column} = ?", (id_or_prefix,)
-        ).fetchone()
-        if row is None:
-            raise NotFound(f"no auth key with {column} {id_or_prefix!r}")
+        row = keytables.find_row(db, keytables.PREAUTH_KEYS, id_or_prefix)
         return rows.key_from_row(row)
+
+    # API keys
+
+    def create_api_key(
+        self, *, expiration: datetime | None, now: datetime, rng: Rng
+    ) -> tuple[str, ApiKey]:
+        with self._write() as db:
+            text, prefix, secret_hash = keytables.draw_key(db, keytables.API_KEYS, rng)
+            cursor = db.execute(
+                "INSERT INTO api_keys (prefix, secret_hash, created, expiration)"
+                " VALUES (?, ?, ?, ?)",
+                (prefix, secret_hash, rows.ts(now), rows.ts_or_none(expiration)),
+            )
+            assert cursor.lastrowid is not None
+            return text, self._find_api_key(db, cursor.lastrowid)
+
+    def use_api_key(self, text: str, now: datetime) -> ApiKey:
+        """The key if it may be used now (recording `now` as its last use),
+        else KeyRejected saying why."""
+        with self._write() as db:
+            row = keytables.row_for_text(db, keytables.API_KEYS, text)
+            if row is None:
+                raise KeyRejected("API key not found")
+            key = rows.api_key_from_row(row)
+            if key.expiration is not None and now >= key.expiration:
+                raise KeyRejected("API key expired")
+            db.execute("UPDATE api_keys SET last_used = ? WHERE id = ?", (rows.ts(now), key.id))
+            return self._find_api_key(db, key.id)
+
+    def list_api_keys(self) -> list[ApiKey]:
+        cursor = self._conn.execute(f"SELECT {rows.API_KEY_COLUMNS} FROM api_keys ORDER BY id")
+        return [rows.api_key_from_row(row) for row in cursor]
+
+    def expire_api_key(self, id_or_prefix: int | str, now: datetime) -> ApiKey:
+        with self._write() as db:
+            return rows.api_key_from_row(
+                keytables.expire(db, keytables.API_KEYS, id_or_prefix, now)
+            )
+
+    @staticmethod
+    def _find_api_key(db: sqlite3.Connection, id_or_prefix: int | str) -> ApiKey:
+        row = keytables.find_row(db, keytables.API_KEYS, id_or_prefix)
+        return rows.api_key_from_row(row)
 
     # Pending interactive logins
 

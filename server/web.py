@@ -1,7 +1,11 @@
 """Plain-HTTP routes (outside Noise): discovery, DERP probes, health, and the
-admin API. The admin API is open without credentials only on the local unix
-socket in the data dir (file permissions guard it); over TCP it is refused
-until API keys exist.
+admin API.
+
+The admin API is open without credentials on the local unix socket in the
+data dir (file permissions guard it: having the socket is being the admin).
+Over TCP every `/api/v1/` route wants `Authorization: Bearer <API key>`, and
+API keys themselves are only created through the socket, so a leaked key can
+never mint another.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from starlette.applications import Starlette
@@ -19,13 +23,21 @@ from starlette.routing import Route
 
 from server.protocol.keys import MachinePublic
 from server.repo import RepoStatus
-from server.store.model import KeyRejected, NotFound, StoreError
+from server.store.model import ApiKey, KeyRejected, NotFound, StoreError
 from server.tailnet import Tailnet
 from server.wire import format_time
 
 __all__ = ["WebDeps", "build_app", "parse_duration"]
 
 ZERO_MKEY = "mkey:" + "0" * 64
+_SOCKET_ONLY = "API keys are created only on the server: run `tailnetd apikeys create` there"
+# headscale's default for `apikeys create`: long enough for automation, short
+# enough that a forgotten key does not stay an admin forever.
+DEFAULT_API_KEY_LIFETIME = "90d"
+_NEEDS_KEY = (
+    "this API needs an API key: send the header `Authorization: Bearer <key>`"
+    " (create a key with `tailnetd apikeys create` on the server)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +84,33 @@ def build_app(deps: WebDeps) -> Starlette:
             "Connect with: tailscale up --login-server=<this URL> --auth-key=<key>\n"
         )
 
-    def admin(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    def unauthorized(message: str) -> Response:
+        # Never echo the presented credential back: this answer is unauthenticated.
+        headers = {"WWW-Authenticate": 'Bearer realm="tailnetd"'}
+        return JSONResponse({"error": message}, 401, headers=headers)
+
+    def authenticate(request: Request) -> Response | None:
+        """None when the request may use the admin API, else the refusal."""
+        if deps.local:
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return unauthorized(_NEEDS_KEY)
+        try:
+            store.use_api_key(token, tailnet.clock())
+        except KeyRejected as exc:
+            return unauthorized(exc.reason)
+        return None
+
+    def admin(
+        handler: Callable[[Request], Any], *, socket_only: bool = False
+    ) -> Callable[[Request], Any]:
         async def wrapped(request: Request) -> Response:
-            if not deps.local:
-                return JSONResponse({"error": "the admin API is only served on the local socket"}, 403)
+            refusal = authenticate(request)
+            if refusal is not None:
+                return refusal
+            if socket_only and not deps.local:
+                return JSONResponse({"error": _SOCKET_ONLY}, 403)
             try:
                 return await handler(request)
             except (KeyRejected, NotFound) as exc:
@@ -153,7 +188,8 @@ def build_app(deps: WebDeps) -> Starlette:
         }
 
     async def list_keys(request: Request) -> Response:
-        return JSONResponse([key_json(k) for k in store.list_preauth_keys(request.query_params.get("user"))])
+        keys = store.list_preauth_keys(request.query_params.get("user"))
+        return JSONResponse([key_json(k) for k in keys])
 
     async def create_key(request: Request) -> Response:
         body = json.loads(await request.body() or b"{}")
@@ -179,6 +215,30 @@ def build_app(deps: WebDeps) -> Starlette:
         expired = store.expire_preauth_key(int(ref) if ref.isdigit() else ref, tailnet.clock())
         return JSONResponse(key_json(expired))
 
+    def api_key_json(k: ApiKey) -> dict[str, Any]:
+        return {
+            "id": k.id,
+            "prefix": k.prefix,
+            "created": format_time(k.created),
+            "expiration": format_time(k.expiration) if k.expiration else None,
+            "last_used": format_time(k.last_used) if k.last_used else None,
+        }
+
+    async def list_api_keys(request: Request) -> Response:
+        return JSONResponse([api_key_json(k) for k in store.list_api_keys()])
+
+    async def create_api_key(request: Request) -> Response:
+        body = json.loads(await request.body() or b"{}")
+        now = tailnet.clock()
+        lifetime = parse_duration(str(body.get("expiration") or DEFAULT_API_KEY_LIFETIME))
+        text, created = store.create_api_key(expiration=now + lifetime, now=now, rng=deps.rng)
+        return JSONResponse({"key": text, **api_key_json(created)})
+
+    async def expire_api_key(request: Request) -> Response:
+        ref = request.path_params["ref"]
+        expired = store.expire_api_key(int(ref) if ref.isdigit() else ref, tailnet.clock())
+        return JSONResponse(api_key_json(expired))
+
     routes = [
         Route("/", index),
         Route("/key", key),
@@ -195,5 +255,8 @@ def build_app(deps: WebDeps) -> Starlette:
         Route("/api/v1/preauthkeys", admin(list_keys), methods=["GET"]),
         Route("/api/v1/preauthkeys", admin(create_key), methods=["POST"]),
         Route("/api/v1/preauthkeys/{ref}/expire", admin(expire_key), methods=["POST"]),
+        Route("/api/v1/apikeys", admin(list_api_keys), methods=["GET"]),
+        Route("/api/v1/apikeys", admin(create_api_key, socket_only=True), methods=["POST"]),
+        Route("/api/v1/apikeys/{ref}/expire", admin(expire_api_key), methods=["POST"]),
     ]
     return Starlette(routes=routes)

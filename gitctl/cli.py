@@ -35,9 +35,12 @@ def _load(module_name: str) -> ModuleType | None:
 
 
 def _schema_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("schema", help="print the JSON Schema of a tailnet.d file kind",
-                       description="Print the JSON Schema of one file kind, or all of them "
-                                   "as one JSON object keyed by kind.")
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of a tailnet.d file kind",
+        description="Print the JSON Schema of one file kind, or all of them "
+        "as one JSON object keyed by kind.",
+    )
     p.add_argument("kind", nargs="?", help="users, policy, dns, routes or settings")
     p.set_defaults(run=_run_schema)
 
@@ -51,8 +54,10 @@ def _run_schema(args: argparse.Namespace) -> int:
         print(json.dumps({k: load_schema(k) for k in SCHEMA_KINDS}, indent=2, ensure_ascii=False))
         return 0
     if args.kind not in SCHEMA_KINDS:
-        print(f'gitctl schema: unknown kind "{args.kind}" (kinds: {", ".join(SCHEMA_KINDS)})',
-              file=sys.stderr)
+        print(
+            f'gitctl schema: unknown kind "{args.kind}" (kinds: {", ".join(SCHEMA_KINDS)})',
+            file=sys.stderr,
+        )
         return 2
     print(json.dumps(load_schema(args.kind), indent=2, ensure_ascii=False))
     return 0
@@ -60,7 +65,8 @@ def _run_schema(args: argparse.Namespace) -> int:
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gitctl", description="Validate, format and inspect a tailnet.d policy repository.")
+        prog="gitctl", description="Validate, format and inspect a tailnet.d policy repository."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     validate_cmd.add_parser(sub)
     fmt_cmd.add_parser(sub)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
 JsonPath = tuple[str | int, ...]
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     ERROR = "error"
     WARNING = "warning"
 
@@ -133,9 +133,7 @@ def _snippet(source: str, line: int, col: int) -> str:
     return f"    {text}\n    {pad}^"
 
 
-def render_text(
-    diagnostics: Iterable[Diagnostic], sources: Mapping[str, str] | None = None
-) -> str:
+def render_text(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str] | None = None) -> str:
     """`file:line:col: message` lines, each followed by the source line and a caret."""
     parts: list[str] = []
     for d in diagnostics:
@@ -146,10 +144,11 @@ def render_text(
     return "\n".join(parts) + ("\n" if parts else "")
 
 
-def render_json(diagnostics: Iterable[Diagnostic]) -> str:
+def render_json(diagnostics: Iterable[Diagnostic], **extra: Any) -> str:
+    """`{"ok": …, **extra, "diagnostics": […]}`; ok means no errors (warnings allowed)."""
     items = [d.as_dict() for d in diagnostics]
-    return json.dumps({"ok": not any(i["severity"] == "error" for i in items), "diagnostics": items},
-                      indent=2, ensure_ascii=False) + "\n"
+    doc = {"ok": not any(i["severity"] == "error" for i in items), **extra, "diagnostics": items}
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
 def _escape_data(text: str) -> str:

@@ -16,13 +16,19 @@ __all__ = ["add_parser", "format_text", "run"]
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "fmt", help="format tailnet.d files (YAML and HuJSON), keeping comments",
+        "fmt",
+        help="format tailnet.d files (YAML and HuJSON), keeping comments",
         description="Rewrite files in place in one style: HuJSON with tabs and trailing "
-                    "commas as Tailscale writes it, YAML indented by two. With --check, "
-                    "change nothing and exit 1 if a file would change.")
+        "commas as Tailscale writes it, YAML indented by two. With --check, "
+        "change nothing and exit 1 if a file would change.",
+    )
     p.add_argument("--check", action="store_true", help="list files that would change; exit 1")
-    p.add_argument("files", nargs="*", metavar="FILE",
-                   help=f"files to format (default: every file under ./{DEFAULT_DIR})")
+    p.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help=f"files to format (default: every file under ./{DEFAULT_DIR})",
+    )
     p.set_defaults(run=run)
 
 

@@ -27,6 +27,7 @@ class HuJSONError(PositionedError):
 
 # --- tokens -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class _Token:
     kind: str  # one of { } [ ] : , string number literal comment eof
@@ -97,7 +98,9 @@ def _tokenize(text: str) -> list[_Token]:
             elif w is not None:
                 raise HuJSONError(
                     f"unexpected word {w.group()!r} (strings and keys need double quotes)",
-                    line, col)
+                    line,
+                    col,
+                )
             elif ch == "'":
                 raise HuJSONError("strings need double quotes, not single quotes", line, col)
             else:
@@ -132,6 +135,7 @@ def _string_error(text: str, start: int, line: int, col: int) -> None:
 
 
 # --- concrete syntax tree ---------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class _Comment:
@@ -232,17 +236,23 @@ class _Parser:
         while True:
             leading = self.comments()
             tok = self.peek()
-            blank = (leading[0].blank_before if leading else tok.newlines_before >= 2)
+            blank = leading[0].blank_before if leading else tok.newlines_before >= 2
             if tok.kind == close:
                 self.i += 1
-                return _Composite(open_tok.kind, Pos(open_tok.line, open_tok.col), members,
-                                  leading, tok.line != open_tok.line)
+                return _Composite(
+                    open_tok.kind,
+                    Pos(open_tok.line, open_tok.col),
+                    members,
+                    leading,
+                    tok.line != open_tok.line,
+                )
             key: _Scalar | None = None
             if is_obj:
                 tok = self.next()
                 if tok.kind != "string":
-                    raise HuJSONError(_describe_expected("a string key or '}'", tok),
-                                      tok.line, tok.col)
+                    raise HuJSONError(
+                        _describe_expected("a string key or '}'", tok), tok.line, tok.col
+                    )
                 key = _Scalar(tok.text, Pos(tok.line, tok.col))
                 leading += self.comments()
                 tok = self.next()
@@ -272,8 +282,10 @@ def _parse(text: str) -> _Document:
 
 # --- values with positions --------------------------------------------------------------
 
-def _to_value(node: _Node, path: JsonPath, values: dict[JsonPath, Pos],
-              keys: dict[JsonPath, Pos]) -> Any:
+
+def _to_value(
+    node: _Node, path: JsonPath, values: dict[JsonPath, Pos], keys: dict[JsonPath, Pos]
+) -> Any:
     values[path] = node.pos
     if isinstance(node, _Scalar):
         return json.loads(node.text)
@@ -289,7 +301,9 @@ def _to_value(node: _Node, path: JsonPath, values: dict[JsonPath, Pos],
             raise HuJSONError(
                 f"duplicate key {json.dumps(name, ensure_ascii=False)} "
                 f"(first defined at line {first.line}, column {first.col})",
-                m.key.pos.line, m.key.pos.col)
+                m.key.pos.line,
+                m.key.pos.col,
+            )
         keys[child] = m.key.pos
         obj[name] = _to_value(m.value, child, values, keys)
     return obj
@@ -321,6 +335,7 @@ def loads(text: str) -> Any:
 # span lines, `{"a": 1, "b": 2}` on one line for composites written on one line. Whether a
 # composite spans lines is taken from the source, which makes formatting idempotent.
 
+
 def _inline_ok(node: _Node) -> bool:
     if isinstance(node, _Scalar):
         return True
@@ -351,8 +366,9 @@ def _member_head(m: _Member) -> str:
     return "" if m.key is None else m.key.text + ": "
 
 
-def _fmt_comments(comments: list[_Comment], indent: str, out: list[str],
-                  blank_first: bool = False) -> None:
+def _fmt_comments(
+    comments: list[_Comment], indent: str, out: list[str], blank_first: bool = False
+) -> None:
     # A blank line before the first comment of a member is the member's own blank line,
     # which the caller has already written.
     for i, c in enumerate(comments):

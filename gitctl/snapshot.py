@@ -88,8 +88,9 @@ def _policy_diagnostics(exc: Exception, provenance: Provenance, root: str) -> li
     return out
 
 
-def _parse_policy(doc: Mapping[str, Any], provenance: Provenance,
-                  root: str) -> tuple[Any, list[Diagnostic]]:
+def _parse_policy(
+    doc: Mapping[str, Any], provenance: Provenance, root: str
+) -> tuple[Any, list[Diagnostic]]:
     try:
         from gitctl import policy as policy_mod
     except ImportError:

@@ -68,15 +68,17 @@ def read_directory(path: str | os.PathLike[str]) -> Documents:
         shown = posixpath.join(shown_root, rel)
         st = full.lstat()
         if stat.S_ISLNK(st.st_mode):
-            raise SourceError("symbolic links are not read (git would not serve their "
-                              "target either)", shown)
+            raise SourceError(
+                "symbolic links are not read (git would not serve their target either)", shown
+            )
         _check_bounds(shown, st.st_size, len(files) + 1)
         files[shown] = full.read_bytes()
     return Documents(shown_root, files, None)
 
 
-def read_git(repo_path: str | os.PathLike[str], rev: str = "HEAD",
-             subdir: str = DEFAULT_DIR) -> Documents:
+def read_git(
+    repo_path: str | os.PathLike[str], rev: str = "HEAD", subdir: str = DEFAULT_DIR
+) -> Documents:
     """The tailnet.d files of commit `rev` in the repository at `repo_path`."""
     import git  # gitpython is slow to import; plain-directory users never pay for it
 
@@ -95,16 +97,18 @@ def read_git(repo_path: str | os.PathLike[str], rev: str = "HEAD",
         raise SourceError(f"no {subdir}/ directory at {commit.hexsha[:12]}", where) from None
     if tree.type != "tree":
         raise SourceError(f"{subdir} is not a directory at {commit.hexsha[:12]}", where)
-    blobs = sorted(
-        (item for item in tree.traverse()
-         if item.type == "blob" and _wanted(posixpath.basename(item.path))
-         and not any(p.startswith(".") for p in item.path[len(subdir) + 1:].split("/"))),
-        key=lambda b: b.path,
-    )
+    blobs: dict[str, git.Blob] = {}
+    for item in tree.traverse():
+        if not isinstance(item, git.Blob):
+            continue
+        path = str(item.path)
+        inside = path[len(subdir) + 1 :].split("/")
+        if _wanted(inside[-1]) and not any(p.startswith(".") for p in inside):
+            blobs[path] = item
     files: dict[str, bytes] = {}
-    for blob in blobs:
+    for path, blob in sorted(blobs.items()):
         if blob.mode == 0o120000:
-            raise SourceError("symbolic links are not read", blob.path)
-        _check_bounds(blob.path, blob.size, len(files) + 1)
-        files[blob.path] = blob.data_stream.read()
+            raise SourceError("symbolic links are not read", path)
+        _check_bounds(path, blob.size, len(files) + 1)
+        files[path] = blob.data_stream.read()
     return Documents(subdir, files, commit.hexsha)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any
 
-from gitctl.diagnostics import render_github, render_text
+from gitctl.diagnostics import render_github, render_json, render_text
 from gitctl.snapshot import LoadResult, load_from_directory, load_from_git
 from gitctl.sources import DEFAULT_DIR
 
@@ -16,21 +14,33 @@ __all__ = ["add_parser", "load_from_args", "run"]
 
 def add_source_arguments(p: argparse.ArgumentParser) -> None:
     """--repo/--rev/--dir, shared by every command that reads a tailnet."""
-    p.add_argument("--repo", metavar="PATH",
-                   help="read tailnet.d/ from this git repository (default: . when --rev is given)")
+    p.add_argument(
+        "--repo",
+        metavar="PATH",
+        help="read tailnet.d/ from this git repository (default: . when --rev is given)",
+    )
     p.add_argument("--rev", metavar="REV", help="the revision to read (default: HEAD)")
-    p.add_argument("--dir", metavar="PATH",
-                   help=f"read this directory on disk instead of git (default: ./{DEFAULT_DIR})")
+    p.add_argument(
+        "--dir",
+        metavar="PATH",
+        help=f"read this directory on disk instead of git (default: ./{DEFAULT_DIR})",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "validate", help="check tailnet.d: syntax, schemas, merge conflicts, policy",
+        "validate",
+        help="check tailnet.d: syntax, schemas, merge conflicts, policy",
         description="Load tailnet.d from a directory or a git revision, the way the server "
-                    "does, and print every problem as file:line:col: message.")
+        "does, and print every problem as file:line:col: message.",
+    )
     add_source_arguments(p)
-    p.add_argument("--format", choices=("text", "json", "github"), default="text",
-                   help="text for people, json for tools, github for Actions annotations")
+    p.add_argument(
+        "--format",
+        choices=("text", "json", "github"),
+        default="text",
+        help="text for people, json for tools, github for Actions annotations",
+    )
     p.set_defaults(run=run)
 
 
@@ -47,15 +57,6 @@ def load_from_args(args: argparse.Namespace) -> LoadResult:
     return load_from_directory(args.dir or DEFAULT_DIR)
 
 
-def _json(result: LoadResult) -> str:
-    doc: dict[str, Any] = {
-        "ok": result.ok,
-        "snapshot": result.snapshot.id if result.snapshot else None,
-        "diagnostics": [d.as_dict() for d in result.diagnostics],
-    }
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         result = load_from_args(args)
@@ -63,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"gitctl validate: {exc}", file=sys.stderr)
         return 2
     if args.format == "json":
-        sys.stdout.write(_json(result))
+        snapshot_id = result.snapshot.id if result.snapshot else None
+        sys.stdout.write(render_json(result.diagnostics, snapshot=snapshot_id))
     elif args.format == "github":
         sys.stdout.write(render_github(result.diagnostics))
     else:

@@ -40,8 +40,9 @@ def _pos(line0: int, col0: int) -> Pos:
     return Pos(line0 + 1, col0 + 1)
 
 
-def _plain(node: Any, path: JsonPath, at: Pos, values: dict[JsonPath, Pos],
-           keys: dict[JsonPath, Pos]) -> Any:
+def _plain(
+    node: Any, path: JsonPath, at: Pos, values: dict[JsonPath, Pos], keys: dict[JsonPath, Pos]
+) -> Any:
     values[path] = at
     if len(path) > MAX_DEPTH:
         raise YamlSourceError(f"nested deeper than {MAX_DEPTH} levels", at.line, at.col)
@@ -61,8 +62,7 @@ def _plain(node: Any, path: JsonPath, at: Pos, values: dict[JsonPath, Pos],
         return out
     if isinstance(node, CommentedSeq):
         return [
-            _plain(v, (*path, i), _pos(*node.lc.data[i]), values, keys)
-            for i, v in enumerate(node)
+            _plain(v, (*path, i), _pos(*node.lc.data[i]), values, keys) for i, v in enumerate(node)
         ]
     if node is None or isinstance(node, bool):
         return node
@@ -75,8 +75,11 @@ def _plain(node: Any, path: JsonPath, at: Pos, values: dict[JsonPath, Pos],
     if isinstance(node, datetime.date):
         # An unquoted 2024-01-01 is a timestamp to YAML; our files only ever mean the text.
         return node.isoformat()
-    raise YamlSourceError("unsupported YAML value (use strings, numbers, booleans, "
-                          "lists and mappings)", at.line, at.col)
+    raise YamlSourceError(
+        "unsupported YAML value (use strings, numbers, booleans, lists and mappings)",
+        at.line,
+        at.col,
+    )
 
 
 def _error(exc: YAMLError) -> YamlSourceError:

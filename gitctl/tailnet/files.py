@@ -83,8 +83,11 @@ def parse_file(path: str, data: bytes) -> tuple[SourceFile | None, list[Diagnost
         value = {}
     if not isinstance(value, dict):
         at = positions.value(())
-        return None, [Diagnostic(path, at.line, at.col,
-                                 "the top level of a tailnet.d file must be a mapping of keys")]
+        return None, [
+            Diagnostic(
+                path, at.line, at.col, "the top level of a tailnet.d file must be a mapping of keys"
+            )
+        ]
     return SourceFile(path, text, value, positions), []
 
 
@@ -100,10 +103,16 @@ def split_sections(sf: SourceFile) -> tuple[list[Section], list[Diagnostic]]:
         problems = []
         if stem in sf.value:
             at = sf.positions.key((stem,))
-            problems.append(Diagnostic(
-                sf.path, at.line, at.col,
-                f'unexpected key "{stem}": a file named {posixpath.basename(sf.path)} holds '
-                f"the {stem} keys at its top level, without a {stem}: wrapper", (stem,)))
+            problems.append(
+                Diagnostic(
+                    sf.path,
+                    at.line,
+                    at.col,
+                    f'unexpected key "{stem}": a file named {posixpath.basename(sf.path)} holds '
+                    f"the {stem} keys at its top level, without a {stem}: wrapper",
+                    (stem,),
+                )
+            )
         return [Section(stem, (), body)], problems
     sections: list[Section] = []
     policy: dict[str, Any] = {}
@@ -114,9 +123,15 @@ def split_sections(sf: SourceFile) -> tuple[list[Section], list[Diagnostic]]:
             continue
         if section is None:
             at = sf.positions.key((key,))
-            diagnostics.append(Diagnostic(
-                sf.path, at.line, at.col,
-                f'unknown top-level key "{key}"{did_you_mean(key, TOP_LEVEL_KEYS)}', (key,)))
+            diagnostics.append(
+                Diagnostic(
+                    sf.path,
+                    at.line,
+                    at.col,
+                    f'unknown top-level key "{key}"{did_you_mean(key, TOP_LEVEL_KEYS)}',
+                    (key,),
+                )
+            )
         elif section == "policy":
             policy[key] = value
         else:
@@ -150,8 +165,15 @@ class Provenance:
         positions = self.positions[file]
         return file, positions.key(file_path) if key else positions.value(file_path)
 
-    def diagnostic(self, path: JsonPath, message: str, *, key: bool = False,
-                   show_key: bool = False, fallback_file: str = "tailnet.d") -> Diagnostic:
+    def diagnostic(
+        self,
+        path: JsonPath,
+        message: str,
+        *,
+        key: bool = False,
+        show_key: bool = False,
+        fallback_file: str = "tailnet.d",
+    ) -> Diagnostic:
         """A diagnostic at the value (or key) `path`; `show_key` prefixes `key.path: `."""
         found = self.resolve(path)
         if found is None:
@@ -181,20 +203,41 @@ class _Merger:
         self.positions: dict[str, Positions] = {}
         self.diagnostics: list[Diagnostic] = []
 
-    def member(self, parent: dict[str, Any], key: str, value: Any, mpath: JsonPath,
-               origin: tuple[str, JsonPath], strategy: Strategy, label: str | None) -> None:
+    def member(
+        self,
+        parent: dict[str, Any],
+        key: str,
+        value: Any,
+        mpath: JsonPath,
+        origin: tuple[str, JsonPath],
+        strategy: Strategy,
+        label: str | None,
+    ) -> None:
         existing = parent.get(key)
-        if isinstance(strategy, MapMerge) and isinstance(value, dict) and (
-                existing is None or isinstance(existing, dict)):
+        if (
+            isinstance(strategy, MapMerge)
+            and isinstance(value, dict)
+            and (existing is None or isinstance(existing, dict))
+        ):
             if existing is None:
                 parent[key] = existing = {}
                 self.origins[mpath] = origin
             file, fpath = origin
             for k, v in value.items():
-                self.member(existing, k, v, (*mpath, k), (file, (*fpath, k)),
-                            strategy.child(k), strategy.label)
-        elif strategy == CONCAT and isinstance(value, list) and (
-                existing is None or isinstance(existing, list)):
+                self.member(
+                    existing,
+                    k,
+                    v,
+                    (*mpath, k),
+                    (file, (*fpath, k)),
+                    strategy.child(k),
+                    strategy.label,
+                )
+        elif (
+            strategy == CONCAT
+            and isinstance(value, list)
+            and (existing is None or isinstance(existing, list))
+        ):
             if existing is None:
                 parent[key] = existing = []
                 self.origins[mpath] = origin
@@ -213,9 +256,15 @@ class _Merger:
         first = self.positions[first_file].key(first_path)
         other = self.positions[second[0]].key(second[1])
         what = f"{label} {json.dumps(mpath[-1])}" if label else f'"{_display(mpath)}"'
-        self.diagnostics.append(Diagnostic(
-            first_file, first.line, first.col,
-            f"{what} is also defined at {second[0]}:{other.line}:{other.col}", mpath))
+        self.diagnostics.append(
+            Diagnostic(
+                first_file,
+                first.line,
+                first.col,
+                f"{what} is also defined at {second[0]}:{other.line}:{other.col}",
+                mpath,
+            )
+        )
 
 
 def merge_files(files: Iterable[SourceFile]) -> tuple[Merged, list[Diagnostic]]:
@@ -226,6 +275,13 @@ def merge_files(files: Iterable[SourceFile]) -> tuple[Merged, list[Diagnostic]]:
         sections, problems = split_sections(sf)
         m.diagnostics += problems
         for s in sections:
-            m.member(m.root, s.name, s.value, (s.name,), (sf.path, s.file_prefix),
-                     SECTION_STRATEGIES[s.name], None)
+            m.member(
+                m.root,
+                s.name,
+                s.value,
+                (s.name,),
+                (sf.path, s.file_prefix),
+                SECTION_STRATEGIES[s.name],
+                None,
+            )
     return Merged(m.root, Provenance(m.origins, m.positions)), m.diagnostics

@@ -30,9 +30,23 @@ SECTIONS = ("users", "routes", "dns", "settings", "policy")
 
 # Tailscale's policy-file keys (client/tailscale/acl.go, plus grants/sshTests/ipsets).
 POLICY_KEYS = (
-    "groups", "hosts", "tagOwners", "acls", "grants", "ssh", "nodeAttrs", "autoApprovers",
-    "tests", "sshTests", "ipsets", "postures", "defaultSrcPosture", "randomizeClientPort",
-    "derpMap", "disableIPv4", "oneCGNATRoute",
+    "groups",
+    "hosts",
+    "tagOwners",
+    "acls",
+    "grants",
+    "ssh",
+    "nodeAttrs",
+    "autoApprovers",
+    "tests",
+    "sshTests",
+    "ipsets",
+    "postures",
+    "defaultSrcPosture",
+    "randomizeClientPort",
+    "derpMap",
+    "disableIPv4",
+    "oneCGNATRoute",
 )
 
 # Files whose top level *is* the section (headscale's `dns:` block pasted as a file).
@@ -85,26 +99,39 @@ _ENTRIES = MapMerge  # readability below: a map of named entries, each defined o
 SECTION_STRATEGIES: dict[str, Strategy] = {
     "users": CONCAT,
     "routes": CONCAT,
-    "policy": MapMerge({
-        "groups": _ENTRIES(label="group"),
-        "hosts": _ENTRIES(label="host"),
-        "tagOwners": _ENTRIES(label="tag owner of"),
-        "ipsets": _ENTRIES(label="ipset"),
-        "postures": _ENTRIES(label="posture"),
-        "autoApprovers": MapMerge({
-            "routes": _ENTRIES(label="auto-approver of route"),
-            "exitNode": CONCAT,
-        }),
-        "acls": CONCAT, "grants": CONCAT, "ssh": CONCAT, "nodeAttrs": CONCAT,
-        "tests": CONCAT, "sshTests": CONCAT, "defaultSrcPosture": CONCAT,
-    }),
-    "dns": MapMerge({
-        "nameservers": MapMerge({"split": _ENTRIES(label="split DNS domain")}),
-        "search_domains": CONCAT,
-        "extra_records": CONCAT,
-    }),
-    "settings": MapMerge({
-        "ip_prefixes": MapMerge(),
-        "derp": MapMerge({"regions": _ENTRIES(label="DERP region")}),
-    }),
+    "policy": MapMerge(
+        {
+            "groups": _ENTRIES(label="group"),
+            "hosts": _ENTRIES(label="host"),
+            "tagOwners": _ENTRIES(label="tag owner of"),
+            "ipsets": _ENTRIES(label="ipset"),
+            "postures": _ENTRIES(label="posture"),
+            "autoApprovers": MapMerge(
+                {
+                    "routes": _ENTRIES(label="auto-approver of route"),
+                    "exitNode": CONCAT,
+                }
+            ),
+            "acls": CONCAT,
+            "grants": CONCAT,
+            "ssh": CONCAT,
+            "nodeAttrs": CONCAT,
+            "tests": CONCAT,
+            "sshTests": CONCAT,
+            "defaultSrcPosture": CONCAT,
+        }
+    ),
+    "dns": MapMerge(
+        {
+            "nameservers": MapMerge({"split": _ENTRIES(label="split DNS domain")}),
+            "search_domains": CONCAT,
+            "extra_records": CONCAT,
+        }
+    ),
+    "settings": MapMerge(
+        {
+            "ip_prefixes": MapMerge(),
+            "derp": MapMerge({"regions": _ENTRIES(label="DERP region")}),
+        }
+    ),
 }

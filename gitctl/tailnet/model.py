@@ -126,7 +126,7 @@ _DURATION = re.compile(r"(?:[0-9]+[wdhms])+")
 
 
 def parse_duration(text: str) -> timedelta:
-    """"180d", "1h30m", "120s" -> timedelta; raises ValueError otherwise."""
+    """ "180d", "1h30m", "120s" -> timedelta; raises ValueError otherwise."""
     if not _DURATION.fullmatch(text):
         raise ValueError(f'invalid duration "{text}" (use e.g. "180d", "12h", "1h30m", "120s")')
     seconds = sum(int(n) * _UNITS[u] for n, u in re.findall(r"([0-9]+)([wdhms])", text))
@@ -153,9 +153,11 @@ class _Builder:
                 value = u[field_name] if field_name == "name" else u[field_name].lower()
                 first = seen.setdefault((field_name, value), i)
                 if first != i:
-                    self.error(("users", first, field_name),
-                               f"user {field_name} {json.dumps(u[field_name])} is also used at "
-                               f"{self.where(('users', i, field_name))}")
+                    self.error(
+                        ("users", first, field_name),
+                        f"user {field_name} {json.dumps(u[field_name])} is also used at "
+                        f"{self.where(('users', i, field_name))}",
+                    )
             out.append(UserSpec(u["name"], u["email"], u.get("display_name") or u["name"]))
         return tuple(out)
 
@@ -181,8 +183,9 @@ class _Builder:
             self.error(("dns", "magic_dns"), "MagicDNS needs a base_domain", key=True)
         records = []
         for i, r in enumerate(d.get("extra_records", [])):
-            self.address(("dns", "extra_records", i, "value"), r["value"],
-                         4 if r["type"] == "A" else 6)
+            self.address(
+                ("dns", "extra_records", i, "value"), r["value"], 4 if r["type"] == "A" else 6
+            )
             records.append(ExtraRecord(r["name"].rstrip("."), r["type"], r["value"]))
         ns = d.get("nameservers", {})
         split = {
@@ -245,42 +248,70 @@ class _Builder:
             if parsed is not None and parsed < MIN_EPHEMERAL_TIMEOUT:
                 self.error(path, "must be at least 1s")
         embedded = s.get("embedded_derp", {})
-        emb = (EmbeddedDerp(enabled=False) if embedded is None else EmbeddedDerp(
-            enabled=embedded.get("enabled", True),
-            region_id=embedded.get("region_id", 999),
-            region_code=embedded.get("region_code", "tailnetd"),
-            region_name=embedded.get("region_name", "tailnetd embedded")))
+        emb = (
+            EmbeddedDerp(enabled=False)
+            if embedded is None
+            else EmbeddedDerp(
+                enabled=embedded.get("enabled", True),
+                region_id=embedded.get("region_id", 999),
+                region_code=embedded.get("region_code", "tailnetd"),
+                region_name=embedded.get("region_name", "tailnetd embedded"),
+            )
+        )
         regions = self.derp_regions(s.get("derp", {}).get("regions", {}), emb)
-        return TailnetSettings(v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral,
-                               regions, emb)
+        return TailnetSettings(
+            v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb
+        )
 
-    def derp_regions(self, regions: dict[str, Any], emb: EmbeddedDerp) -> tuple[DerpRegionSpec, ...]:
+    def derp_regions(
+        self, regions: dict[str, Any], emb: EmbeddedDerp
+    ) -> tuple[DerpRegionSpec, ...]:
         out = []
         for key, r in regions.items():
             path = ("settings", "derp", "regions", key)
             if key != str(r["regionID"]):
-                self.error((*path, "regionID"), f"regionID {r['regionID']} differs from its key "
-                                                f'"{key}"')
+                self.error(
+                    (*path, "regionID"), f'regionID {r["regionID"]} differs from its key "{key}"'
+                )
             if emb.enabled and r["regionID"] == emb.region_id:
-                self.error((*path, "regionID"), f"region {emb.region_id} is the embedded DERP "
-                                                "region (set embedded_derp.region_id)")
-            nodes = tuple(DerpNodeSpec(
-                n["name"], n.get("regionID", r["regionID"]), n["hostName"], n.get("ipv4", ""),
-                n.get("ipv6", ""), n.get("stunPort", 0), n.get("stunOnly", False),
-                n.get("derpPort", 0), n.get("certName", ""), n.get("canPort80", False))
-                for n in r["nodes"])
-            out.append(DerpRegionSpec(r["regionID"], r["regionCode"],
-                                      r.get("regionName", r["regionCode"]), nodes,
-                                      r.get("avoid", False)))
+                self.error(
+                    (*path, "regionID"),
+                    f"region {emb.region_id} is the embedded DERP "
+                    "region (set embedded_derp.region_id)",
+                )
+            nodes = tuple(
+                DerpNodeSpec(
+                    n["name"],
+                    n.get("regionID", r["regionID"]),
+                    n["hostName"],
+                    n.get("ipv4", ""),
+                    n.get("ipv6", ""),
+                    n.get("stunPort", 0),
+                    n.get("stunOnly", False),
+                    n.get("derpPort", 0),
+                    n.get("certName", ""),
+                    n.get("canPort80", False),
+                )
+                for n in r["nodes"]
+            )
+            out.append(
+                DerpRegionSpec(
+                    r["regionID"],
+                    r["regionCode"],
+                    r.get("regionName", r["regionCode"]),
+                    nodes,
+                    r.get("avoid", False),
+                )
+            )
         return tuple(out)
 
     def routes(self, items: list[dict[str, Any]]) -> tuple[RouteApproval, ...]:
         out = []
         for i, r in enumerate(items):
-            nets = [self.network(("routes", i, "routes", j), p)
-                    for j, p in enumerate(r["routes"])]
-            out.append(RouteApproval(r.get("node"), r.get("tag"),
-                                     tuple(n for n in nets if n is not None)))
+            nets = [self.network(("routes", i, "routes", j), p) for j, p in enumerate(r["routes"])]
+            out.append(
+                RouteApproval(r.get("node"), r.get("tag"), tuple(n for n in nets if n is not None))
+            )
         return tuple(out)
 
 
@@ -292,8 +323,9 @@ class Model:
     routes: tuple[RouteApproval, ...]
 
 
-def build_model(document: Mapping[str, Any],
-                provenance: Provenance) -> tuple[Model, list[Diagnostic]]:
+def build_model(
+    document: Mapping[str, Any], provenance: Provenance
+) -> tuple[Model, list[Diagnostic]]:
     """Typed sections from a schema-valid merged document, plus any meaning problems."""
     b = _Builder(provenance)
     model = Model(

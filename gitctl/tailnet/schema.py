@@ -43,9 +43,15 @@ def _validator(section: str) -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
-_TYPE_NAMES = {"string": "a string", "array": "a list", "object": "a mapping",
-               "boolean": "true or false", "integer": "an integer", "number": "a number",
-               "null": "null"}
+_TYPE_NAMES = {
+    "string": "a string",
+    "array": "a list",
+    "object": "a mapping",
+    "boolean": "true or false",
+    "integer": "an integer",
+    "number": "a number",
+    "null": "null",
+}
 
 
 def _json_type(value: Any) -> str:
@@ -80,8 +86,9 @@ def _messages(err: ValidationError) -> Iterator[tuple[JsonPath, str, bool]]:
         yield path, f"needs exactly one of {names}", False
         return
     if kind == "type":
-        wanted = err.validator_value if isinstance(err.validator_value, list) else [
-            err.validator_value]
+        wanted: list[str] = (
+            err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        )
         expected = " or ".join(_TYPE_NAMES.get(t, t) for t in wanted)
         yield path, f"expected {expected}, found {_json_type(inst)}", False
         return
@@ -104,8 +111,10 @@ def _messages(err: ValidationError) -> Iterator[tuple[JsonPath, str, bool]]:
 
 
 def _section_errors(sf: SourceFile, section: Section) -> Iterator[Diagnostic]:
-    errors = sorted(_validator(section.name).iter_errors(section.value),
-                    key=lambda e: [str(p) for p in e.absolute_path])
+    errors = sorted(
+        _validator(section.name).iter_errors(section.value),
+        key=lambda e: [str(p) for p in e.absolute_path],
+    )
     for err in errors:
         for rel, message, at_key in _messages(err):
             file_path = (*section.file_prefix, *rel)

@@ -38,34 +38,43 @@ def test_the_example_tailnet_validates(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_default_directory_is_tailnet_d_in_the_current_directory(
-        work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     shutil.copytree(EXAMPLE, work / "tailnet.d")
     assert main(["validate"]) == 0
 
 
-def test_text_errors_have_location_and_caret(work: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_text_errors_have_location_and_caret(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     write(work, BROKEN)
     assert main(["validate"]) == 1
     err = capsys.readouterr().err
-    assert "tailnet.d/policy.hujson:3:23: expected ',' or '}' after object member\n" \
-           '    \t\t{"action": "accept" "src": ["*"]},\n' \
-           "    \t\t                    ^\n" in err
-    assert 'tailnet.d/users.yaml:3:5: users[0].emial: unknown key "emial" ' \
-           '(did you mean "email"?)' in err
+    assert (
+        "tailnet.d/policy.hujson:3:23: expected ',' or '}' after object member\n"
+        '    \t\t{"action": "accept" "src": ["*"]},\n'
+        "    \t\t                    ^\n" in err
+    )
+    assert (
+        'tailnet.d/users.yaml:3:5: users[0].emial: unknown key "emial" '
+        '(did you mean "email"?)' in err
+    )
     assert err.endswith("3 problems\n")
 
 
 def test_github_format_is_one_workflow_command_per_problem(
-        work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     write(work, BROKEN)
     assert main(["validate", "--format", "github"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
     for line in lines:
         assert re.fullmatch(r"::error file=tailnet\.d/[\w.]+,line=\d+,col=\d+::[^\n]+", line)
-    assert lines[0] == ("::error file=tailnet.d/policy.hujson,line=3,col=23::"
-                        "expected ',' or '}' after object member")
+    assert lines[0] == (
+        "::error file=tailnet.d/policy.hujson,line=3,col=23::"
+        "expected ',' or '}' after object member"
+    )
 
 
 def test_json_format(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -75,12 +84,17 @@ def test_json_format(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["ok"] is False and doc["snapshot"] is None
     first = doc["diagnostics"][0]
     assert {k: first[k] for k in ("file", "line", "col", "severity")} == {
-        "file": "tailnet.d/policy.hujson", "line": 3, "col": 23, "severity": "error"}
+        "file": "tailnet.d/policy.hujson",
+        "line": 3,
+        "col": 23,
+        "severity": "error",
+    }
 
 
 def test_git_revisions(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    good = commit_files(work, {f"tailnet.d/{p.name}": p.read_text() for p in EXAMPLE.iterdir()},
-                        "example")
+    good = commit_files(
+        work, {f"tailnet.d/{p.name}": p.read_text() for p in EXAMPLE.iterdir()}, "example"
+    )
     commit_files(work, BROKEN, "broken")
     assert main(["validate", "--rev", good]) == 0
     assert good in capsys.readouterr().out
@@ -100,25 +114,37 @@ def test_schema_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema", "dns"]) == 0
     assert json.loads(capsys.readouterr().out)["title"] == "tailnetd DNS"
     assert main(["schema"]) == 0
-    assert set(json.loads(capsys.readouterr().out)) == {"users", "policy", "dns", "routes",
-                                                        "settings"}
+    assert set(json.loads(capsys.readouterr().out)) == {
+        "users",
+        "policy",
+        "dns",
+        "routes",
+        "settings",
+    }
 
 
 def test_fmt_check_lists_files_that_would_change_and_fmt_fixes_them(
-        work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    write(work, {
-        "tailnet.d/policy.hujson": '// keep me\n{"acls": [\n  {"action": "accept",'
-                                   ' "src": ["*"], "dst": ["*:*"]} // and me\n]}\n',
-        "tailnet.d/users.yaml": "users:\n-   name: a   # note\n    email: a@example.com\n",
-        "tailnet.d/dns.yaml": "magic_dns: false\n",
-    })
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(
+        work,
+        {
+            "tailnet.d/policy.hujson": '// keep me\n{"acls": [\n  {"action": "accept",'
+            ' "src": ["*"], "dst": ["*:*"]} // and me\n]}\n',
+            "tailnet.d/users.yaml": "users:\n-   name: a   # note\n    email: a@example.com\n",
+            "tailnet.d/dns.yaml": "magic_dns: false\n",
+        },
+    )
     assert main(["fmt", "--check"]) == 1
-    assert capsys.readouterr().out.splitlines() == ["tailnet.d/policy.hujson",
-                                                    "tailnet.d/users.yaml"]
+    assert capsys.readouterr().out.splitlines() == [
+        "tailnet.d/policy.hujson",
+        "tailnet.d/users.yaml",
+    ]
     assert main(["fmt"]) == 0
     assert (work / "tailnet.d/policy.hujson").read_text() == (
         '// keep me\n{\n\t"acls": [\n\t\t{"action": "accept", "src": ["*"], "dst": ["*:*"]}, '
-        "// and me\n\t],\n}\n")
+        "// and me\n\t],\n}\n"
+    )
     assert "# note" in (work / "tailnet.d/users.yaml").read_text()
     assert main(["fmt", "--check"]) == 0
     assert main(["validate"]) == 0
@@ -131,7 +157,8 @@ def test_fmt_keeps_json_files_json(work: Path) -> None:
 
 
 def test_fmt_reports_syntax_errors_and_leaves_the_file_alone(
-        work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     write(work, {"bad.hujson": '{"a": 1 "b": 2}\n'})
     assert main(["fmt", "bad.hujson"]) == 1
     assert "bad.hujson:1:9: expected ',' or '}' after object member" in capsys.readouterr().err
@@ -143,7 +170,8 @@ def test_example_is_already_formatted(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_compile_is_delegated_to_its_module_only_when_invoked(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import argparse
     import sys
     import types

@@ -50,43 +50,64 @@ def test_example_files_pass_the_schema_their_editor_hint_names(path: Path) -> No
     schema_file = (path.parent / _hint(text)).resolve()
     assert schema_file.is_file()
     schema = json.loads(schema_file.read_text())
-    doc = (load_yaml_with_positions(text)[0] if path.suffix in (".yaml", ".yml")
-           else loads(text))
+    doc = load_yaml_with_positions(text)[0] if path.suffix in (".yaml", ".yml") else loads(text)
     assert list(Draft202012Validator(schema).iter_errors(doc)) == []
 
 
 @pytest.mark.parametrize(
     ("name", "text", "expected"),
     [
-        ("users.yaml", "users:\n  - name: alice\n    email: 42\n",
-         "tailnet.d/users.yaml:3:12: users[0].email: expected a string, found a number"),
-        ("users.yaml", "users:\n  - name: alice\n    email: alice\n",
-         'tailnet.d/users.yaml:3:12: users[0].email: invalid value "alice" '
-         "(expected an email address such as alice@example.com)"),
-        ("policy.hujson", '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"],\n'
-                          '  "porto": "tcp"}]}',
-         'tailnet.d/policy.hujson:2:3: acls[0].porto: unknown key "porto" '
-         '(did you mean "proto"?)'),
-        ("policy.hujson", '{"ssh": [{"action": "deny", "src": [], "dst": [], "users": []}]}',
-         'tailnet.d/policy.hujson:1:21: ssh[0].action: "deny" is not one of "accept", "check"'),
-        ("settings.yaml", "ip_allocation: random\nembedded_derp: {region_id: 0}\n",
-         "tailnet.d/settings.yaml:2:28: embedded_derp.region_id: must be at least 1"),
-        ("dns.yaml", "magic_dns: yes please\n",
-         "tailnet.d/dns.yaml:1:12: magic_dns: expected true or false, found a string"),
-        ("routes.yaml", "routes:\n  - node: gw\n    routes: [10.0.0.0/8]\n    via: x\n",
-         'tailnet.d/routes.yaml:4:5: routes[0].via: unknown key "via"'),
+        (
+            "users.yaml",
+            "users:\n  - name: alice\n    email: 42\n",
+            "tailnet.d/users.yaml:3:12: users[0].email: expected a string, found a number",
+        ),
+        (
+            "users.yaml",
+            "users:\n  - name: alice\n    email: alice\n",
+            'tailnet.d/users.yaml:3:12: users[0].email: invalid value "alice" '
+            "(expected an email address such as alice@example.com)",
+        ),
+        (
+            "policy.hujson",
+            '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"],\n  "porto": "tcp"}]}',
+            'tailnet.d/policy.hujson:2:3: acls[0].porto: unknown key "porto" '
+            '(did you mean "proto"?)',
+        ),
+        (
+            "policy.hujson",
+            '{"ssh": [{"action": "deny", "src": [], "dst": [], "users": []}]}',
+            'tailnet.d/policy.hujson:1:21: ssh[0].action: "deny" is not one of "accept", "check"',
+        ),
+        (
+            "settings.yaml",
+            "ip_allocation: random\nembedded_derp: {region_id: 0}\n",
+            "tailnet.d/settings.yaml:2:28: embedded_derp.region_id: must be at least 1",
+        ),
+        (
+            "dns.yaml",
+            "magic_dns: yes please\n",
+            "tailnet.d/dns.yaml:1:12: magic_dns: expected true or false, found a string",
+        ),
+        (
+            "routes.yaml",
+            "routes:\n  - node: gw\n    routes: [10.0.0.0/8]\n    via: x\n",
+            'tailnet.d/routes.yaml:4:5: routes[0].via: unknown key "via"',
+        ),
     ],
 )
-def test_schema_errors_name_file_line_column_and_key(name: str, text: str,
-                                                     expected: str) -> None:
+def test_schema_errors_name_file_line_column_and_key(name: str, text: str, expected: str) -> None:
     result = load_snapshot(Documents("tailnet.d", {f"tailnet.d/{name}": text.encode()}, None))
     assert result.snapshot is None
     assert [str(d) for d in result.diagnostics] == [expected]
 
 
 def test_schema_errors_never_show_python_names() -> None:
-    result = load_snapshot(Documents("tailnet.d", {"tailnet.d/p.yaml": (
-        b"acls: {}\ngroups: []\ntests: [{src: 1}]\n")}, None))
+    result = load_snapshot(
+        Documents(
+            "tailnet.d", {"tailnet.d/p.yaml": (b"acls: {}\ngroups: []\ntests: [{src: 1}]\n")}, None
+        )
+    )
     text = "\n".join(d.message for d in result.diagnostics)
     assert "dict" not in text and "list'" not in text and "'" not in text
     assert len(result.diagnostics) == 3

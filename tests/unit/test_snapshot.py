@@ -24,8 +24,13 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "tailnet.d"
 
 
 def load(files: dict[str, str]) -> LoadResult:
-    return load_snapshot(Documents("tailnet.d", {
-        f"tailnet.d/{name}": text.encode() for name, text in sorted(files.items())}, None))
+    return load_snapshot(
+        Documents(
+            "tailnet.d",
+            {f"tailnet.d/{name}": text.encode() for name, text in sorted(files.items())},
+            None,
+        )
+    )
 
 
 def messages(result: LoadResult) -> list[str]:
@@ -37,8 +42,10 @@ def test_the_example_tailnet_loads_cleanly() -> None:
     assert messages(result) == []
     snap = result.snapshot
     assert snap is not None
-    assert [(u.name, u.email) for u in snap.users] == [("alice", "alice@example.com"),
-                                                       ("bob", "bob@example.com")]
+    assert [(u.name, u.email) for u in snap.users] == [
+        ("alice", "alice@example.com"),
+        ("bob", "bob@example.com"),
+    ]
     assert snap.dns.magic_dns and snap.dns.base_domain == "tailnet.example"
     assert snap.dns.nameservers == ("1.1.1.1",)
     assert snap.dns.extra_records == (ExtraRecord("wiki.tailnet.example", "A", "100.64.0.10"),)
@@ -67,8 +74,11 @@ def test_defaults_with_an_empty_tailnet_and_allow_all() -> None:
     assert s.ip_allocation == "sequential"
     assert s.node_key_expiry == timedelta(days=180)
     assert s.ephemeral_inactivity_timeout == timedelta(seconds=120)
-    assert (s.embedded_derp.region_id, s.embedded_derp.region_code,
-            s.embedded_derp.region_name) == (999, "tailnetd", "tailnetd embedded")
+    assert (
+        s.embedded_derp.region_id,
+        s.embedded_derp.region_code,
+        s.embedded_derp.region_name,
+    ) == (999, "tailnetd", "tailnetd embedded")
 
 
 def test_an_explicit_empty_acl_list_is_not_replaced_by_allow_all() -> None:
@@ -90,21 +100,26 @@ def test_durations() -> None:
 
 
 def test_fragments_merge_across_files_in_file_name_order() -> None:
-    result = load({
-        "b-policy.hujson": '{"groups": {"group:b": ["bob@example.com"]},\n'
-                           ' "acls": [{"action": "accept", "src": ["group:b"], "dst": ["*:22"]}]}',
-        "a-policy.yaml": "groups:\n  group:a: [alice@example.com]\n"
-                         "acls:\n  - {action: accept, src: [group:a], dst: ['*:80']}\n"
-                         "users:\n  - {name: alice, email: alice@example.com}\n",
-        "users.yaml": "users:\n  - {name: bob, email: bob@example.com}\n",
-        "zz.yaml": "dns:\n  search_domains: [corp.example]\n",
-        "dns.yaml": "search_domains: [a.example]\nnameservers: {split: {x.example: [10.0.0.1]}}\n",
-    })
+    result = load(
+        {
+            "b-policy.hujson": '{"groups": {"group:b": ["bob@example.com"]},\n'
+            ' "acls": [{"action": "accept", "src": ["group:b"], "dst": ["*:22"]}]}',
+            "a-policy.yaml": "groups:\n  group:a: [alice@example.com]\n"
+            "acls:\n  - {action: accept, src: [group:a], dst: ['*:80']}\n"
+            "users:\n  - {name: alice, email: alice@example.com}\n",
+            "users.yaml": "users:\n  - {name: bob, email: bob@example.com}\n",
+            "zz.yaml": "dns:\n  search_domains: [corp.example]\n",
+            "dns.yaml": "search_domains: [a.example]\n"
+            "nameservers: {split: {x.example: [10.0.0.1]}}\n",
+        }
+    )
     assert messages(result) == []
     snap = result.snapshot
     assert snap is not None
-    assert snap.policy_doc["groups"] == {"group:a": ["alice@example.com"],
-                                         "group:b": ["bob@example.com"]}
+    assert snap.policy_doc["groups"] == {
+        "group:a": ["alice@example.com"],
+        "group:b": ["bob@example.com"],
+    }
     assert [a["dst"] for a in snap.policy_doc["acls"]] == [["*:80"], ["*:22"]]
     assert [u.name for u in snap.users] == ["alice", "bob"]
     assert snap.dns.search_domains == ("a.example", "corp.example")
@@ -112,19 +127,23 @@ def test_fragments_merge_across_files_in_file_name_order() -> None:
 
 
 def test_a_map_key_defined_twice_names_both_places() -> None:
-    result = load({
-        "a.yaml": "groups:\n  group:other: []\n  group:eng: [alice@example.com]\n",
-        "b.hujson": '{\n\t"groups": {\n\t\t"group:eng": ["bob@example.com"],\n\t},\n}',
-    })
+    result = load(
+        {
+            "a.yaml": "groups:\n  group:other: []\n  group:eng: [alice@example.com]\n",
+            "b.hujson": '{\n\t"groups": {\n\t\t"group:eng": ["bob@example.com"],\n\t},\n}',
+        }
+    )
     assert result.snapshot is None
     assert messages(result) == [
-        'tailnet.d/a.yaml:3:3: group "group:eng" is also defined at tailnet.d/b.hujson:3:3']
+        'tailnet.d/a.yaml:3:3: group "group:eng" is also defined at tailnet.d/b.hujson:3:3'
+    ]
 
 
 def test_a_scalar_set_in_two_files_is_a_conflict() -> None:
     result = load({"dns.yaml": "magic_dns: false\n", "more.yaml": "dns:\n  magic_dns: true\n"})
     assert messages(result) == [
-        'tailnet.d/dns.yaml:1:1: "dns.magic_dns" is also defined at tailnet.d/more.yaml:2:3']
+        'tailnet.d/dns.yaml:1:1: "dns.magic_dns" is also defined at tailnet.d/more.yaml:2:3'
+    ]
 
 
 def test_unknown_top_level_keys_suggest_the_close_one() -> None:
@@ -140,15 +159,18 @@ def test_a_dns_wrapper_inside_dns_yaml_is_explained() -> None:
     result = load({"dns.yaml": "dns:\n  magic_dns: true\n"})
     assert messages(result) == [
         'tailnet.d/dns.yaml:1:1: unexpected key "dns": a file named dns.yaml holds the dns '
-        "keys at its top level, without a dns: wrapper"]
+        "keys at its top level, without a dns: wrapper"
+    ]
 
 
 def test_problems_in_every_file_are_reported_together() -> None:
-    result = load({
-        "a.hujson": '{"acls": [\n  {"action": "accept" "src": []}]}',
-        "b.yaml": "users:\n  - {name: carol}\n",
-        "c.yaml": "routes: [{node: a, routes: 5}]\n",
-    })
+    result = load(
+        {
+            "a.hujson": '{"acls": [\n  {"action": "accept" "src": []}]}',
+            "b.yaml": "users:\n  - {name: carol}\n",
+            "c.yaml": "routes: [{node: a, routes: 5}]\n",
+        }
+    )
     assert result.snapshot is None
     assert messages(result) == [
         "tailnet.d/a.hujson:2:23: expected ',' or '}' after object member",
@@ -158,11 +180,13 @@ def test_problems_in_every_file_are_reported_together() -> None:
 
 
 def test_meaning_errors_point_into_the_right_file() -> None:
-    result = load({
-        "dns.yaml": "magic_dns: true\nextra_records: [{name: x, type: AAAA, value: 1.2.3.4}]\n",
-        "users.yaml": "users:\n  - {name: a, email: a@example.com}\n"
-                      "  - {name: b, email: A@example.com}\n",
-    })
+    result = load(
+        {
+            "dns.yaml": "magic_dns: true\nextra_records: [{name: x, type: AAAA, value: 1.2.3.4}]\n",
+            "users.yaml": "users:\n  - {name: a, email: a@example.com}\n"
+            "  - {name: b, email: A@example.com}\n",
+        }
+    )
     assert messages(result) == [
         "tailnet.d/dns.yaml:1:1: magic_dns: MagicDNS needs a base_domain",
         'tailnet.d/dns.yaml:2:46: extra_records[0].value: "1.2.3.4" is not an IPv6 address',
@@ -173,11 +197,13 @@ def test_meaning_errors_point_into_the_right_file() -> None:
 
 def test_policy_errors_are_mapped_to_the_fragment_that_defined_them() -> None:
     pytest.importorskip("gitctl.policy")
-    result = load({
-        "a.yaml": "acls:\n  - {action: accept, src: ['*'], dst: ['*:*']}\n",
-        "b.hujson": '{"acls": [\n\t{"action": "accept", "src": ["group:missing"], '
-                    '"dst": ["*:*"]},\n]}',
-    })
+    result = load(
+        {
+            "a.yaml": "acls:\n  - {action: accept, src: ['*'], dst: ['*:*']}\n",
+            "b.hujson": '{"acls": [\n\t{"action": "accept", "src": ["group:missing"], '
+            '"dst": ["*:*"]},\n]}',
+        }
+    )
     assert result.snapshot is None
     [d] = result.diagnostics
     assert (d.file, d.line, d.col) == ("tailnet.d/b.hujson", 2, 31)
@@ -186,15 +212,22 @@ def test_policy_errors_are_mapped_to_the_fragment_that_defined_them() -> None:
 
 
 def test_git_revisions_load_at_each_commit_and_a_broken_commit_is_not_served(
-        tmp_path: Path) -> None:
-    first = commit_files(tmp_path, {"tailnet.d/users.yaml":
-                                    "users:\n  - {name: alice, email: alice@example.com}\n"},
-                         "alice")
-    second = commit_files(tmp_path, {"tailnet.d/users.yaml":
-                                     "users:\n  - {name: alice, email: alice@example.com}\n"
-                                     "  - {name: bob, email: bob@example.com}\n"}, "bob")
-    broken = commit_files(tmp_path, {"tailnet.d/users.yaml": "users:\n  - {name: carol\n"},
-                          "oops")
+    tmp_path: Path,
+) -> None:
+    first = commit_files(
+        tmp_path,
+        {"tailnet.d/users.yaml": "users:\n  - {name: alice, email: alice@example.com}\n"},
+        "alice",
+    )
+    second = commit_files(
+        tmp_path,
+        {
+            "tailnet.d/users.yaml": "users:\n  - {name: alice, email: alice@example.com}\n"
+            "  - {name: bob, email: bob@example.com}\n"
+        },
+        "bob",
+    )
+    broken = commit_files(tmp_path, {"tailnet.d/users.yaml": "users:\n  - {name: carol\n"}, "oops")
     one, two, bad = (load_from_git(tmp_path, rev) for rev in (first, second, broken))
     assert one.snapshot is not None and two.snapshot is not None
     assert one.snapshot.id == first and two.snapshot.id == second

@@ -36,20 +36,31 @@ def test_directory_files_come_in_file_name_order_and_skip_other_files(tmp_path: 
     d = tmp_path / "tailnet.d"
     (d / "sub").mkdir(parents=True)
     (d / ".hidden").mkdir()
-    for name in ("b.yaml", "a.hujson", "sub/c.yml", "z.json", "README.md", ".x.yaml",
-                 ".hidden/h.yaml"):
+    for name in (
+        "b.yaml",
+        "a.hujson",
+        "sub/c.yml",
+        "z.json",
+        "README.md",
+        ".x.yaml",
+        ".hidden/h.yaml",
+    ):
         (d / name).write_text("{}\n")
     docs = read_directory(d)
     root = str(d)
-    assert list(docs.files) == [f"{root}/a.hujson", f"{root}/b.yaml", f"{root}/sub/c.yml",
-                                f"{root}/z.json"]
+    assert list(docs.files) == [
+        f"{root}/a.hujson",
+        f"{root}/b.yaml",
+        f"{root}/sub/c.yml",
+        f"{root}/z.json",
+    ]
     assert docs.revision is None
     assert docs.files[f"{root}/b.yaml"] == b"{}\n"
 
 
-def test_shown_paths_keep_the_directory_as_the_user_wrote_it(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch
-                                                             ) -> None:
+def test_shown_paths_keep_the_directory_as_the_user_wrote_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "tailnet.d").mkdir()
     (tmp_path / "tailnet.d" / "users.yaml").write_text("users: []\n")
     monkeypatch.chdir(tmp_path)
@@ -62,8 +73,9 @@ def test_missing_directory_is_an_error_naming_it(tmp_path: Path) -> None:
     assert info.value.message == "no such directory"
 
 
-def test_oversized_files_are_refused_before_reading(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oversized_files_are_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sources, "MAX_FILE_BYTES", 10)
     (tmp_path / "big.yaml").write_text("a: " + "x" * 20)
     with pytest.raises(SourceError, match="larger than"):
@@ -80,10 +92,12 @@ def test_symlinks_inside_the_directory_are_refused(tmp_path: Path) -> None:
 
 
 def test_git_revisions_each_read_their_own_files(tmp_path: Path) -> None:
-    first = commit_files(tmp_path, {"tailnet.d/users.yaml": "users: []\n",
-                                    "README.md": "not read\n"}, "one")
-    second = commit_files(tmp_path, {"tailnet.d/users.yaml": None,
-                                     "tailnet.d/dns.yaml": "magic_dns: false\n"}, "two")
+    first = commit_files(
+        tmp_path, {"tailnet.d/users.yaml": "users: []\n", "README.md": "not read\n"}, "one"
+    )
+    second = commit_files(
+        tmp_path, {"tailnet.d/users.yaml": None, "tailnet.d/dns.yaml": "magic_dns: false\n"}, "two"
+    )
     old = read_git(tmp_path, first)
     new = read_git(tmp_path, "HEAD")
     assert old.revision == first and new.revision == second

@@ -1,4 +1,4 @@
-"""YAML sources: plain values, positions, errors with line:col, and formatting that keeps comments."""
+"""YAML sources: values, positions, errors with line:col, formatting that keeps comments."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ dns: {nameservers: {global: [1.1.1.1, 9.9.9.9]}}
 def test_values_are_plain_python() -> None:
     value, _ = load_yaml_with_positions(USERS)
     assert value == {
-        "users": [{"name": "alice", "email": "alice@example.com"},
-                  {"name": "bob", "email": "bob@example.com"}],
+        "users": [
+            {"name": "alice", "email": "alice@example.com"},
+            {"name": "bob", "email": "bob@example.com"},
+        ],
         "dns": {"nameservers": {"global": ["1.1.1.1", "9.9.9.9"]}},
     }
     assert type(value["users"]) is list and type(value["users"][0]) is dict

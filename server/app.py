@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
@@ -26,6 +27,7 @@ from server.repo import Rejection, RepoStatus, SnapshotRepo, watch_repo
 from server.store import open_store
 from server.store.model import Node
 from server.tailnet import Tailnet, TailnetSource
+from server.tls import ReloadingContext, TlsError, watch_certificate_files
 from server.web import WebDeps, build_app
 from server.wire import DerpRegion
 
@@ -68,6 +70,7 @@ class Server:
         self._stun: StunServer | None = None
         self.port = config.listen_port
         self.stun_port = config.stun_port
+        self.tls: ReloadingContext | None = None
 
     # Snapshots
 
@@ -145,11 +148,7 @@ class Server:
             self._stun = await start_stun_server(cfg.stun_host, cfg.stun_port, log=self.log)
             self.stun_port = self._stun.port
 
-        ssl_ctx = None
-        if cfg.tls_cert is not None and cfg.tls_key is not None:
-            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-            ssl_ctx.set_alpn_protocols(["http/1.1"])
+        ssl_ctx = self._start_tls()
 
         listener = await asyncio.start_server(
             self._handle_tcp, cfg.listen_host, cfg.listen_port, ssl=ssl_ctx, limit=64 * 1024
@@ -191,6 +190,29 @@ class Server:
             (self.status.serving or "")[:12],
         )
 
+    def _start_tls(self) -> ssl.SSLContext | None:
+        cfg = self.config
+        if cfg.tls_cert is None or cfg.tls_key is None:
+            return None
+        try:
+            self.tls = ReloadingContext(cfg.tls_cert, cfg.tls_key, log=self.log)
+        except TlsError as exc:
+            raise StartupError(f"TLS: {exc}") from None
+        host = urlsplit(cfg.server_url).hostname or ""
+        if not self.tls.info.covers(host):
+            # Clients check the name for /key and for DERP: they would fail later, obscurely.
+            self.log.warning(
+                "TLS: the certificate is for %s, not for %s from the server URL; clients will refuse it",
+                ", ".join(self.tls.info.names) or "no names", host,
+            )
+        self._tasks.append(asyncio.create_task(watch_certificate_files(self.tls)))
+        return self.tls.context
+
+    def reload_tls(self) -> None:
+        """Read the certificate files again (SIGHUP)."""
+        if self.tls is not None:
+            self.tls.reload()
+
     def _control_settings(self) -> ControlSettings:
         return ControlSettings(node_key_expiry=self._settings_value("node_key_expiry", timedelta(days=180)))
 
@@ -199,11 +221,11 @@ class Server:
         return getattr(settings, name, default) if settings is not None else default
 
     def _derp_region(self) -> DerpRegion:
-        from urllib.parse import urlsplit
-
+        # Clients reach DERP where they reach control: the server URL, which
+        # behind a proxy is the proxy's address, not our listener's.
         url = urlsplit(self.config.server_url)
         host = url.hostname or "127.0.0.1"
-        port = url.port or self.port
+        port = url.port or (443 if url.scheme == "https" else 80)
         if self.config.listen_port == 0:
             port = self.port
         return DerpRegion(

@@ -7,21 +7,28 @@ around subprocesses) because CI has two cores and minutes matter.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import git
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.tailscale_bin import install
 
@@ -76,8 +83,13 @@ class TailnetRepo:
 
 
 class ServerProcess:
-    def __init__(self, repo: Path, data: Path, log_path: Path, *, extra: Iterable[str] = ()) -> None:
+    def __init__(
+        self, repo: Path, data: Path, log_path: Path, *, extra: Iterable[str] = (), ca_file: Path | None = None
+    ) -> None:
+        """`ca_file` set: the server speaks TLS (pass --tls-cert/--tls-key in
+        `extra`) with a certificate that this CA issued."""
         self.repo, self.data, self.log_path = repo, data, log_path
+        self.ca_file = ca_file
         self.port = free_port()
         self.stun_port = free_port(socket.SOCK_DGRAM)
         self.extra = list(extra)
@@ -85,7 +97,7 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
@@ -101,7 +113,8 @@ class ServerProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"tailnetd exited with {self.proc.returncode}:\n{self.log()}")
-        with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
+        context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+        with urllib.request.urlopen(self.url + "/health", timeout=2, context=context) as resp:
             return resp.status == 200
 
     def stop(self) -> None:
@@ -142,13 +155,16 @@ class ServerProcess:
 class TailscaleNode:
     """One real tailscaled in userspace-networking mode, private state dir."""
 
-    def __init__(self, name: str, workdir: Path, *, ephemeral: bool = False) -> None:
+    def __init__(self, name: str, workdir: Path, *, ephemeral: bool = False, derp_over_http: bool = True) -> None:
+        """`derp_over_http=False`: DERP over TLS, as outside tests; set
+        SSL_CERT_FILE in `extra_env` when the server's CA is a test one."""
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket = self.dir / "ts.sock"
         self.socks_port = free_port()
         self.ephemeral = ephemeral
+        self.derp_over_http = derp_over_http
         self.proc: subprocess.Popen[bytes] | None = None
         self.bin = install()
         self.extra_env: dict[str, str] = {}
@@ -157,13 +173,14 @@ class TailscaleNode:
         env = dict(os.environ)
         env.update(
             TS_LOGS_DIR=str(self.dir / "logs"),
-            TS_DEBUG_USE_DERP_HTTP="1",
             TS_ASSUME_NETWORK_UP_FOR_TEST="1",
             TS_NO_LOGS_NO_SUPPORT="1",
             TS_DISABLE_PORTMAPPER="1",
             TS_DISABLE_UPNP="1",
             TS_PANIC_IF_HIT_MAIN_CONTROL="1",
         )
+        if self.derp_over_http:
+            env["TS_DEBUG_USE_DERP_HTTP"] = "1"
         env.update(self.extra_env)
         return env
 
@@ -226,6 +243,68 @@ class TailscaleNode:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TestCA:
+    """A throw-away certificate authority for TLS on loopback."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    def __init__(self, directory: Path, name: str = "tailnetd test CA") -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self.cert = (
+            _builder(self.name, self.name, self.key.public_key(), days=3650)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        self.cert_path = directory / "ca.pem"
+        self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, stem: str, names: Iterable[str], *, days: float = 30) -> tuple[Path, Path]:
+        """A server certificate for `names` (DNS names or IPs): (cert.pem, key.pem)."""
+        names = list(names)
+        alt: list[x509.GeneralName] = []
+        for n in names:
+            try:
+                alt.append(x509.IPAddress(ipaddress.ip_address(n)))
+            except ValueError:
+                alt.append(x509.DNSName(n))
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        cert = (
+            _builder(subject, self.name, key.public_key(), days=days)
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_path, key_path = self.dir / f"{stem}.pem", self.dir / f"{stem}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return cert_path, key_path
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: Any, *, days: float) -> x509.CertificateBuilder:
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=days))
+    )
 
 
 def in_parallel(fns: Iterable[Callable[[], Any]]) -> list[Any]:

@@ -1,4 +1,5 @@
-"""`tailnetd`: serve, and administer the running server through its socket."""
+"""`tailnetd`: serve, and administer the running server through its socket
+(or, with --server and an API key, over HTTP(S))."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from server.admin_client import AdminError, call
+from server.admin_client import AdminError, HttpTarget, SocketTarget, Target, call
 from server.config import ConfigError, load_config
 
 __all__ = ["main"]
@@ -61,8 +64,30 @@ def _serve(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def _data_socket(args: argparse.Namespace) -> Path:
-    return Path(args.data or "data").resolve() / "tailnetd.sock"
+def _target(args: argparse.Namespace) -> Target:
+    """Where admin commands go: flags beat the environment, --server beats --data."""
+    server, data, api_key = (getattr(args, name, None) for name in ("server", "data", "api_key"))
+    env_server = os.environ.get("TAILNETD_SERVER")
+    if server or (env_server and not data):
+        url = server or env_server or ""
+        if url.startswith("http://") and not _is_loopback(url):
+            warning = f"the API key goes to {url} unencrypted; use https://"
+            print(f"tailnetd: warning: {warning}", file=sys.stderr)
+        return HttpTarget(url, api_key or os.environ.get("TAILNETD_API_KEY"))
+    if api_key:
+        raise AdminError("--api-key is for a remote server: add --server URL")
+    return SocketTarget(Path(data or "data").resolve() / "tailnetd.sock")
+
+
+def _is_loopback(url: str) -> bool:
+    from ipaddress import ip_address
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _print(value: Any, as_json: bool, columns: Sequence[str] | None = None) -> None:
@@ -85,7 +110,7 @@ def _cell(value: Any) -> str:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    sock = _data_socket(args)
+    sock = _target(args)
     if args.keys_cmd == "create":
         body = {
             "user": args.user,
@@ -97,15 +122,29 @@ def _keys(args: argparse.Namespace) -> int:
         created = call(sock, "POST", "/api/v1/preauthkeys", body)
         print(created["key"])
     elif args.keys_cmd == "list":
-        keys = call(sock, "GET", "/api/v1/preauthkeys" + (f"?user={args.user}" if args.user else ""))
-        _print(keys, args.json, ["id", "prefix", "user", "reusable", "ephemeral", "tags", "expiration", "used"])
+        query = f"?user={quote(args.user)}" if args.user else ""
+        keys = call(sock, "GET", "/api/v1/preauthkeys" + query)
+        columns = ["id", "prefix", "user", "reusable", "ephemeral", "tags", "expiration", "used"]
+        _print(keys, args.json, [*columns, "expired"])
     elif args.keys_cmd == "expire":
         _print(call(sock, "POST", f"/api/v1/preauthkeys/{args.key}/expire"), True)
     return 0
 
 
+def _apikeys(args: argparse.Namespace) -> int:
+    target = _target(args)
+    if args.apikeys_cmd == "create":
+        print(call(target, "POST", "/api/v1/apikeys", {"expiration": args.expiration})["key"])
+    elif args.apikeys_cmd == "list":
+        keys = call(target, "GET", "/api/v1/apikeys")
+        _print(keys, args.json, ["id", "prefix", "created", "expiration", "last_used", "expired"])
+    elif args.apikeys_cmd == "expire":
+        _print(call(target, "POST", f"/api/v1/apikeys/{args.key}/expire"), True)
+    return 0
+
+
 def _nodes(args: argparse.Namespace) -> int:
-    sock = _data_socket(args)
+    sock = _target(args)
     if args.nodes_cmd == "list":
         nodes = call(sock, "GET", "/api/v1/nodes")
         _print(nodes, args.json, ["id", "name", "user", "tags", "ipv4", "ipv6", "online", "last_seen"])
@@ -119,7 +158,7 @@ def _nodes(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    status = call(_data_socket(args), "GET", "/api/v1/status")
+    status = call(_target(args), "GET", "/api/v1/status")
     if args.json:
         _print(status, True)
         return 0
@@ -151,40 +190,53 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_serve)
 
+    # Admin flags are accepted before and after the sub-command's verb; SUPPRESS
+    # keeps a verb's parser from overwriting what was given before it.
+    where = argparse.ArgumentParser(add_help=False)
+    flags = where.add_argument_group("which server")
+    for flag, metavar, help_text in (
+        ("--data", "DIR", "the server's state directory, to use its socket (default ./data)"),
+        ("--server", "URL", "a remote server's URL (or TAILNETD_SERVER)"),
+        ("--api-key", "KEY", "API key for --server (or TAILNETD_API_KEY)"),
+    ):
+        flags.add_argument(flag, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
+
     def admin_parser(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--data", help="the server's state directory (default ./data)")
-        return p
+        return sub.add_parser(name, help=help_text, parents=[where])
 
     keys = admin_parser("keys", "pre-auth keys")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
-    create = keys_sub.add_parser("create", help="create a key; prints the key alone")
-    create.add_argument("--data", help=argparse.SUPPRESS)
+    create = keys_sub.add_parser("create", help="create; prints the key alone", parents=[where])
     create.add_argument("--user", required=True)
     create.add_argument("--reusable", action="store_true")
     create.add_argument("--ephemeral", action="store_true")
     create.add_argument("--tag", action="append", help="tag the nodes that use it (repeatable)")
     create.add_argument("--expiration", help="lifetime, e.g. 1h, 90d (default: never)")
-    klist = keys_sub.add_parser("list")
-    klist.add_argument("--data", help=argparse.SUPPRESS)
+    klist = keys_sub.add_parser("list", parents=[where])
     klist.add_argument("--user")
     klist.add_argument("--json", action="store_true")
-    kexp = keys_sub.add_parser("expire")
-    kexp.add_argument("--data", help=argparse.SUPPRESS)
+    kexp = keys_sub.add_parser("expire", parents=[where])
     kexp.add_argument("key", help="key id or prefix")
     keys.set_defaults(func=_keys)
 
+    apikeys = admin_parser("apikeys", "API keys for the admin API over HTTP")
+    apikeys_sub = apikeys.add_subparsers(dest="apikeys_cmd", required=True)
+    acreate = apikeys_sub.add_parser("create", help="create; prints the key alone", parents=[where])
+    acreate.add_argument("--expiration", help="lifetime, e.g. 30d, 12h (default: 90d)")
+    alist = apikeys_sub.add_parser("list", help="prefix, expiration, last use", parents=[where])
+    alist.add_argument("--json", action="store_true")
+    aexp = apikeys_sub.add_parser("expire", help="stop a key working, at once", parents=[where])
+    aexp.add_argument("key", help="key id or prefix")
+    apikeys.set_defaults(func=_apikeys)
+
     nodes = admin_parser("nodes", "registered machines")
     nodes_sub = nodes.add_subparsers(dest="nodes_cmd", required=True)
-    nlist = nodes_sub.add_parser("list")
-    nlist.add_argument("--data", help=argparse.SUPPRESS)
+    nlist = nodes_sub.add_parser("list", parents=[where])
     nlist.add_argument("--json", action="store_true")
     for verb in ("delete", "expire"):
-        p = nodes_sub.add_parser(verb)
-        p.add_argument("--data", help=argparse.SUPPRESS)
+        p = nodes_sub.add_parser(verb, parents=[where])
         p.add_argument("node", help="node id or name")
-    ren = nodes_sub.add_parser("rename")
-    ren.add_argument("--data", help=argparse.SUPPRESS)
+    ren = nodes_sub.add_parser("rename", parents=[where])
     ren.add_argument("node")
     ren.add_argument("new_name")
     nodes.set_defaults(func=_nodes)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from starlette.applications import Starlette
@@ -173,6 +173,9 @@ def build_app(deps: WebDeps) -> Starlette:
         tailnet.topology_changed()
         return JSONResponse(node_json(node))
 
+    def expired(expiration: datetime | None) -> bool:
+        return expiration is not None and tailnet.clock() >= expiration
+
     def key_json(k: Any) -> dict[str, Any]:
         return {
             "id": k.id,
@@ -185,6 +188,7 @@ def build_app(deps: WebDeps) -> Starlette:
             "expiration": format_time(k.expiration) if k.expiration else None,
             "used": k.used,
             "revoked": k.revoked,
+            "expired": expired(k.expiration),
         }
 
     async def list_keys(request: Request) -> Response:
@@ -222,6 +226,7 @@ def build_app(deps: WebDeps) -> Starlette:
             "created": format_time(k.created),
             "expiration": format_time(k.expiration) if k.expiration else None,
             "last_used": format_time(k.last_used) if k.last_used else None,
+            "expired": expired(k.expiration),
         }
 
     async def list_api_keys(request: Request) -> Response:

@@ -177,4 +177,4 @@ def test_listing_shows_last_use_and_never_the_secret(apis: Apis) -> None:
     [listed] = request(apis.socket, "GET", "/api/v1/apikeys").body
     assert listed["last_used"] is not None and listed["last_used"].startswith("2025-03-01T12:05")
     assert key.rsplit("-", 1)[1] not in json.dumps(listed)
-    assert set(listed) == {"id", "prefix", "created", "expiration", "last_used"}
+    assert set(listed) == {"id", "prefix", "created", "expiration", "last_used", "expired"}

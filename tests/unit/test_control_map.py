@@ -1,0 +1,134 @@
+"""/machine/map through the real server stack, in-process: the first full map,
+then the deltas a running tailnet produces (joins, endpoint changes,
+removals) and keep-alives."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import zstandard
+
+from server.protocol.mapframe import MapFrameEncoder
+from tests.unit.control_client import Device, async_test, join, poll, running_server
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@async_test
+async def test_first_message_is_a_complete_zstd_framed_map(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        peer = Device("desktop")
+        await (await join(srv, peer)).close()
+        dev = Device("laptop")
+        client = await join(srv, dev)
+        stream = await client.map_stream(dev.map_body())
+        assert stream.status == 200
+        msg = await stream.next()
+        for key in ("Node", "DERPMap", "PacketFilter", "DNSConfig", "UserProfiles", "Peers"):
+            assert key in msg, key
+        assert msg["Node"]["Key"] == dev.node.public().text
+        assert msg["Node"]["DiscoKey"] == dev.disco.text
+        assert [p["Name"].split(".")[0] for p in msg["Peers"]] == ["desktop"]
+        assert {u["LoginName"] for u in msg["UserProfiles"]} == {"alice@example.com"}
+        assert msg["DERPMap"]["Regions"]
+
+        # On the wire: u32 little-endian length, then one zstd frame of the JSON.
+        raw = bytes(stream.raw)
+        (length,) = struct.unpack_from("<I", raw)
+        frame = raw[4 : 4 + length]
+        assert frame.startswith(ZSTD_MAGIC)
+        assert zstandard.ZstdDecompressor().decompress(frame).startswith(b"{")
+        await client.close()
+
+
+@async_test
+async def test_a_joining_node_reaches_open_streams_as_peers_changed(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        dev = Device("laptop")
+        client, stream, first = await poll(srv, dev)
+        assert "Peers" not in first  # alone in the tailnet
+
+        newcomer = Device("desktop")
+        nclient = await join(srv, newcomer)
+        msg = await stream.wait_for(lambda m: "PeersChanged" in m)
+        assert [p["Key"] for p in msg["PeersChanged"]] == [newcomer.node.public().text]
+        assert "Peers" not in msg
+        await client.close()
+        await nclient.close()
+
+
+@async_test
+async def test_lite_endpoint_update_is_pushed_to_peers_without_recompiling(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        dev, peer = Device("laptop"), Device("desktop")
+        client = await join(srv, dev)
+        pclient, pstream, _ = await poll(srv, peer)
+        dstream = await client.map_stream(dev.map_body())
+        await dstream.next()
+        await pstream.wait_for(lambda m: "PeersChanged" in m)  # dev came online
+        views = srv.tailnet.views
+
+        endpoints = ["192.0.2.7:41641", "[2001:db8::7]:41641"]
+        status, _ = await client.map_lite(dev.map_body(stream=False, endpoints=endpoints))
+        assert status == 200
+        msg = await pstream.wait_for(lambda m: "PeersChanged" in m)
+        assert [(p["Key"], p["Endpoints"]) for p in msg["PeersChanged"]] == [
+            (dev.node.public().text, endpoints)
+        ]
+        assert srv.tailnet.views is views  # a volatile change compiles nothing
+        await client.close()
+        await pclient.close()
+
+
+@async_test
+async def test_removed_node_reaches_peers_as_peers_removed(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        dev, gone = Device("laptop"), Device("old-box")
+        await (await join(srv, gone)).close()
+        client, stream, first = await poll(srv, dev)
+        gone_id = first["Peers"][0]["ID"]
+
+        srv.tailnet.remove_node(gone_id)
+        msg = await stream.wait_for(lambda m: "PeersRemoved" in m)
+        assert msg["PeersRemoved"] == [gone_id]
+        await client.close()
+
+
+@async_test
+async def test_removed_node_s_own_stream_ends(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        dev = Device("laptop")
+        client, stream, msg = await poll(srv, dev)
+        srv.tailnet.remove_node(msg["Node"]["ID"])
+        await stream.body()
+        assert stream.ended
+        await client.close()
+
+
+@async_test
+async def test_keepalives_arrive_while_nothing_changes(tmp_path: Path) -> None:
+    async with running_server(tmp_path, keepalive=0.05) as srv:
+        dev = Device("laptop")
+        client, stream, _ = await poll(srv, dev)
+        for _ in range(3):
+            assert await stream.next(timeout=2, keepalives=True) == {"KeepAlive": True}
+        # Byte-identical every time, so the client can skip decoding them.
+        assert bytes(stream.raw).endswith(MapFrameEncoder().keepalive() * 3)
+        await client.close()
+
+
+@async_test
+async def test_non_streaming_map_without_omit_peers_sends_one_full_map(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        dev, peer = Device("laptop"), Device("desktop")
+        await (await join(srv, peer)).close()
+        client = await join(srv, dev)
+        body = dev.map_body(stream=False)
+        del body["OmitPeers"]
+        stream = await client.map_stream(body)
+        msg = await stream.next()
+        assert "Node" in msg and len(msg["Peers"]) == 1
+        await stream.body()
+        assert stream.ended
+        await client.close()

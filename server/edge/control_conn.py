@@ -91,6 +91,17 @@ class ControlConnection:
         self._early = early_payload
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         self._h2 = h2.connection.H2Connection(config=config)
+        # Our settings go in the connection preface itself. Set later with
+        # update_settings, the preface (built from the not-yet-acknowledged
+        # values) would follow and undo them on the client, which then keeps a
+        # 64 KiB stream window that h2 never refills below half of ours.
+        self._h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: INBOUND_WINDOW,
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+            },
+        )
         self._streams: dict[int, _Stream] = {}
         self._window_changed = asyncio.Event()
         self._closed = False
@@ -103,12 +114,6 @@ class ControlConnection:
         )
         if self._early is not None:
             self._noise.send(self._early)
-        self._h2.update_settings(
-            {
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: INBOUND_WINDOW,
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
-            }
-        )
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(INBOUND_WINDOW)
         await self._flush()

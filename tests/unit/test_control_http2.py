@@ -1,0 +1,121 @@
+"""HTTP/2 inside Noise as tailscaled uses it: concurrent streams on one
+connection, RST_STREAM(CANCEL) ending a long poll, and flow control when a
+map is larger than the client's receive window."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+from tests.unit.control_client import (
+    ControlClient,
+    Device,
+    async_test,
+    join,
+    poll,
+    preauth_key,
+    running_server,
+)
+
+
+@async_test
+async def test_register_completes_while_a_map_stream_is_open(tmp_path: Path) -> None:
+    async with running_server(tmp_path, keepalive=0.1) as srv:
+        dev = Device("laptop")
+        client, stream, _ = await poll(srv, dev)
+
+        status, reply = await client.register(dev.register_body())
+        assert status == 200 and reply["MachineAuthorized"] is True
+        status, _ = await client.map_lite(dev.map_body(stream=False, endpoints=["192.0.2.1:1"]))
+        assert status == 200
+        # The long poll is still alive after both.
+        assert await stream.next(keepalives=True) is not None
+        assert not stream.ended
+        await client.close()
+
+
+@async_test
+async def test_requests_on_two_connections_interleave(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        devices = [Device(f"node{i}") for i in range(4)]
+        clients = [await ControlClient.connect(srv.port, d.machine) for d in devices]
+        keys = [preauth_key(srv) for _ in devices]
+        replies = await asyncio.gather(
+            *(
+                c.register(d.register_body(k))
+                for c, d, k in zip(clients, devices, keys, strict=True)
+            )
+        )
+        assert [status for status, _ in replies] == [200] * 4
+        assert len({n.ipv4 for n in srv.store.list_nodes()}) == 4
+        for c in clients:
+            await c.close()
+
+
+@async_test
+async def test_cancelled_map_stream_ends_the_session_and_peers_see_it_offline(
+    tmp_path: Path,
+) -> None:
+    async with running_server(tmp_path) as srv:
+        dev, peer = Device("laptop"), Device("desktop")
+        client = await join(srv, dev)
+        pclient, pstream, _ = await poll(srv, peer)
+        stream = await client.map_stream(dev.map_body())
+        me = (await stream.next())["Node"]["ID"]
+        online = await pstream.wait_for(lambda m: "PeersChanged" in m)
+        assert online["PeersChanged"][0]["Online"] is True
+
+        stream.cancel()  # RST_STREAM(CANCEL), the connection stays up
+        offline = await pstream.wait_for(lambda m: "PeersChanged" in m)
+        assert [(p["ID"], p["Online"]) for p in offline["PeersChanged"]] == [(me, False)]
+        assert not srv.tailnet.is_online(me)
+
+        # The same connection still serves requests, and a new poll brings it back.
+        again = await client.map_stream(dev.map_body())
+        assert "Node" in await again.next()
+        back = await pstream.wait_for(lambda m: "PeersChanged" in m)
+        assert back["PeersChanged"][0]["Online"] is True
+        await client.close()
+        await pclient.close()
+
+
+@async_test
+async def test_map_larger_than_the_client_window_arrives_whole(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        dev = Device("laptop")
+        # A 1 KiB stream window, and a map far above the 65535-byte connection
+        # window: random hex in Hostinfo does not compress below that.
+        client = await join(srv, dev, window=1024)
+        node = srv.store.node_by_node_key(dev.node.public())
+        assert node is not None
+        blob = os.urandom(150_000).hex()
+        hostinfo = json.dumps({"Hostname": "laptop", "OS": "linux", "DeviceModel": blob})
+        srv.tailnet.node_updated(
+            srv.store.update_from_map(node.id, now=srv.clock(), hostinfo=hostinfo)
+        )
+        body = dev.map_body()
+        del body["Hostinfo"]
+        stream = await client.map_stream(body)
+        msg = await stream.next()
+        assert len(stream.raw) > 70_000
+        assert msg["Node"]["Hostinfo"]["DeviceModel"] == blob
+        await client.close()
+
+
+@async_test
+async def test_request_body_larger_than_the_default_window_is_received(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        dev = Device("laptop")
+        client = await join(srv, dev)
+        # Hostinfo with many services and SSH host keys; 200 KB is above the
+        # 65535-byte default stream window, so the server must open its window.
+        hostinfo = {"Hostname": "laptop", "OS": "linux", "DeviceModel": "x" * 200_000}
+        status, _ = await client.map_lite(dev.map_body(stream=False, hostinfo=hostinfo))
+        assert status == 200
+        node = srv.store.node_by_node_key(dev.node.public())
+        assert (
+            node is not None and json.loads(node.hostinfo)["DeviceModel"] == hostinfo["DeviceModel"]
+        )
+        await client.close()

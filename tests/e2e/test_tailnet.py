@@ -7,7 +7,9 @@ tests run in file order and each leaves the tailnet as the next expects.
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
+from datetime import UTC, datetime
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +39,8 @@ POLICY_BOB_TO_ALICE = POLICY.replace(
 DNS = """\
 magic_dns: true
 base_domain: tailnet.example
-nameservers: {global: [127.0.0.53]}
+nameservers: {global: [127.0.0.53], split: {corp.example: [127.0.0.54]}}
+search_domains: [corp.example]
 extra_records: [{name: wiki.tailnet.example, type: A, value: 100.64.0.99}]
 """
 SETTINGS = "ephemeral_inactivity_timeout: 3s\n"
@@ -124,6 +127,8 @@ def test_magicdns_names_and_extra_records_resolve(tailnet: Tailnet) -> None:
     extra = alice1.cli("dns", "query", "wiki.tailnet.example", "A").stdout
     assert "100.64.0.99" in extra, extra
     assert alice1.status()["MagicDNSSuffix"] == "tailnet.example"
+    dns_status = alice1.cli("dns", "status").stdout
+    assert "corp.example" in dns_status and "127.0.0.54" in dns_status, dns_status
 
 
 def test_taildrop_between_two_nodes_of_one_user(tailnet: Tailnet) -> None:
@@ -158,6 +163,30 @@ def test_a_broken_commit_is_rejected_and_the_tailnet_keeps_running(tailnet: Tail
     time.sleep(1)
     assert tailnet.nodes["bob1"].peer_names() == {"server1", "alice1", "alice2"}
     assert "pong from server1" in tailnet.nodes["alice1"].ping("server1")
+
+
+def test_logout_and_login_again_keeps_the_address(tailnet: Tailnet) -> None:
+    bob1 = tailnet.nodes["bob1"]
+    ip = bob1.ip()
+    bob1.cli("logout", timeout=60)
+    wait_for(lambda: bob1.status()["BackendState"] == "NeedsLogin", 20, "bob1 to need a login")
+    (entry,) = [n for n in json.loads(tailnet.server.admin("nodes", "list", "--json")) if n["name"] == "bob1"]
+    expired_at = datetime.fromisoformat(entry["key_expiry"].replace("Z", "+00:00"))
+    assert expired_at <= datetime.now(UTC), entry  # logged out = key expired, node kept
+    bob1.up(tailnet.server, tailnet.server.create_key("bob"))
+    wait_for(lambda: bob1.status()["BackendState"] == "Running", 30, "bob1 to run again")
+    assert bob1.ip() == ip
+    wait_for(lambda: "server1" in bob1.peer_names(), 20, "bob1 to see server1 again")
+
+
+def test_node_key_rotation_reaches_peers(tailnet: Tailnet) -> None:
+    alice1, alice2 = tailnet.nodes["alice1"], tailnet.nodes["alice2"]
+    old_key = alice2.status()["Self"]["PublicKey"]
+    alice2.up(tailnet.server, tailnet.server.create_key("alice"), "--force-reauth")
+    new_key = alice2.status()["Self"]["PublicKey"]
+    assert new_key != old_key
+    wait_for(lambda: new_key in (alice1.status().get("Peer") or {}), 20, "alice1 to learn alice2's new key")
+    assert "pong from alice2" in alice1.ping("alice2")
 
 
 def test_a_server_restart_brings_every_client_back_with_the_same_ips(tailnet: Tailnet) -> None:

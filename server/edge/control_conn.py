@@ -91,10 +91,10 @@ class ControlConnection:
         self._early = early_payload
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         self._h2 = h2.connection.H2Connection(config=config)
-        # Our settings go in the connection preface itself. Set later with
-        # update_settings, the preface (built from the not-yet-acknowledged
-        # values) would follow and undo them on the client, which then keeps a
-        # 64 KiB stream window that h2 never refills below half of ours.
+        # Our settings go in the connection preface itself. Sent first with
+        # update_settings, they would be undone on the client by the preface
+        # (built from the settings in force: the defaults), leaving it a
+        # 64 KiB stream window that h2 refills only after half of ours.
         self._h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={

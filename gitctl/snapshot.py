@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitctl.diagnostics import Diagnostic, Severity
+from gitctl.diagnostics import Diagnostic, JsonPath, Severity
 from gitctl.sources import Documents, SourceError, read_directory, read_git
 from gitctl.tailnet import (
     DnsSpec,
@@ -57,6 +57,17 @@ class Snapshot:
     policy: Any  # gitctl.policy.Policy, or None while the compiler is not installed
     sources: Mapping[str, str]  # shown path -> sha256 hex of its bytes
     revision: str | None = None
+    # Where each merged value came from; lets later checks (policy tests) name a line.
+    provenance: Provenance | None = field(default=None, compare=False, repr=False)
+    root: str = field(default="tailnet.d", compare=False, repr=False)
+
+    def policy_diagnostic(self, path: JsonPath, message: str) -> Diagnostic:
+        """A diagnostic at `path` inside the merged policy, e.g. `("tests", 0, "deny", 1)`,
+        placed at the file, line and column that value came from."""
+        full = ("policy", *path)
+        if self.provenance is None:
+            return Diagnostic(self.root, 1, 1, message, full)
+        return self.provenance.diagnostic(full, message, fallback_file=self.root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +158,18 @@ def load_snapshot(documents: Documents) -> LoadResult:
         policy=policy,
         sources={p: hashlib.sha256(d).hexdigest() for p, d in documents.files.items()},
         revision=documents.revision,
+        provenance=merged.provenance,
+        root=documents.root,
     )
+    if policy is not None:
+        # Last stage: the policy's own tests, on hypothetical devices, so a commit stands or
+        # falls on its own whatever nodes happen to be registered. Imported late: it needs
+        # the policy compiler, which this module treats as optional.
+        from gitctl.testing import check_tests
+
+        diags += check_tests(snapshot)
+        if _errors(diags):
+            return _done(None, diags, texts)
     return _done(snapshot, diags, texts)
 
 

@@ -1,0 +1,137 @@
+"""What runtime events cost a server carrying N streaming nodes.
+
+Run: python -m bench.bench_tailnet [--nodes 1000] [--rules 500] [--allow-all]
+
+Builds a real sqlite store with N nodes, the server's Tailnet with a policy,
+and one map session per node (no sockets: this measures the server's own
+work, not the kernel's). Then it times:
+* connect storm: every node's first full MapResponse (JSON + zstd);
+* endpoint change: one node's endpoints change, every affected session sends its delta;
+* node join: a new node registers, every affected session sends its delta;
+* policy commit: a new snapshot is swapped in, every session sends its delta.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.bench_compile import synthetic
+from gitctl.policy import parse_policy
+from server.mapper import MapSession, build_map
+from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.protocol.mapframe import MapFrameEncoder
+from server.store import open_store
+from server.tailnet import SessionHandle, Tailnet, TailnetSource
+from server.wire import DerpRegion
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def source(policy: Any, users: list[tuple[int, str, str]], sid: str) -> TailnetSource:
+    return TailnetSource(
+        id=sid,
+        domain="tailnet.example",
+        dns_config={"Proxied": True, "Domains": ["tailnet.example"]},
+        users={name: (email, name) for _, name, email in users},
+        policy=policy,
+    )
+
+
+class Pump:
+    """Does what each stream's loop does when woken, for every session."""
+
+    def __init__(self, tailnet: Tailnet) -> None:
+        self.tailnet = tailnet
+        self.sessions: dict[int, tuple[SessionHandle, MapSession, MapFrameEncoder]] = {}
+        self.bytes_sent = 0
+        self.messages = 0
+
+    def open(self, node_id: int) -> None:
+        self.sessions[node_id] = (self.tailnet.open_session(node_id), MapSession(node_id), MapFrameEncoder())
+
+    def run(self) -> None:
+        ctx = self.tailnet.context
+        for handle, session, encoder in self.sessions.values():
+            full, peers = handle.take()
+            msg = None
+            if full:
+                state = build_map(ctx, handle.node_id, NOW)
+                msg = session.next_message(state, NOW) if state else None
+            elif peers:
+                msg = session.peer_changes(ctx, peers, NOW)
+            if msg is not None:
+                self.bytes_sent += len(encoder.encode(json.dumps(msg, separators=(",", ":")).encode()))
+                self.messages += 1
+
+
+def timed(label: str, fn: Callable[[], None], pump: Pump) -> None:
+    pump.bytes_sent = pump.messages = 0
+    t0 = time.perf_counter()
+    fn()
+    pump.run()
+    dt = time.perf_counter() - t0
+    print(f"{label:<22} {dt * 1000:>9.1f} ms  {pump.messages:>6} messages  {pump.bytes_sent / 1e6:>8.2f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--rules", type=int, default=500)
+    parser.add_argument("--allow-all", action="store_true")
+    args = parser.parse_args()
+    doc, registry, users = synthetic(args.nodes, args.rules)
+    policy = None if args.allow_all else parse_policy(doc)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(Path(tmp) / "bench.sqlite")
+        t0 = time.perf_counter()
+        for n in registry:
+            store.create_node(
+                machine_key=n.machine_key, node_key=n.node_key, hostname=n.hostname, user=n.user,
+                tags=n.tags, now=NOW, disco_key=n.disco_key, hostinfo=n.hostinfo, endpoints=n.endpoints,
+                capver=133,
+            )
+        print(f"{args.nodes} nodes, {args.rules} rules{' (allow-all)' if policy is None else ''}; "
+              f"store filled in {time.perf_counter() - t0:.1f}s")
+        t0 = time.perf_counter()
+        tailnet = Tailnet(
+            store=store, source=source(policy, users, "a"),
+            derp_regions=[DerpRegion(999, "tailnetd", "tailnetd", "127.0.0.1", 8080, 3478)],
+            clock=lambda: NOW, log=logging.getLogger("bench"),
+        )
+        print(f"{'first compile':<22} {(time.perf_counter() - t0) * 1000:>9.1f} ms")
+        pump = Pump(tailnet)
+        timed("connect storm", lambda: [pump.open(n.id) for n in store.list_nodes()], pump)
+
+        def endpoint_change() -> None:
+            node = store.list_nodes()[0]
+            tailnet.node_updated(store.update_from_map(node.id, now=NOW, endpoints=("127.0.0.1:1",)))
+
+        timed("endpoint change", endpoint_change, pump)
+
+        def join() -> None:
+            key = (args.nodes + 7).to_bytes(4, "big") + bytes(28)
+            store.create_node(
+                machine_key=MachinePublic(key), node_key=NodePublic(key), hostname="newcomer",
+                user=users[1][1], now=NOW, disco_key=DiscoPublic(key), capver=133,
+            )
+            tailnet.topology_changed()
+
+        timed("node join", join, pump)
+        if policy is not None:
+            doc2 = dict(doc, acls=list(doc["acls"])[:-1])
+            timed("policy commit", lambda: tailnet.swap_source(source(parse_policy(doc2), users, "b")), pump)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

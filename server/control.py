@@ -266,9 +266,7 @@ class ControlHandler:
                 except TimeoutError:
                     yield encoder.keepalive()
         finally:
-            self._tailnet.close_session(handle)
-            if self._store.get_node(node_id) is not None:
-                self._store.touch_last_seen(node_id, self._clock())
+            self._tailnet.close_session(handle)  # records last seen
 
 
 def _json(value: dict[str, Any]) -> ControlResponse:

@@ -236,7 +236,14 @@ class Tailnet:
         handles.discard(handle)
         if not handles:
             del self._sessions[handle.node_id]
-            self._set_online()
+            # Peers learn "offline, last seen now" from the same delta, so the
+            # serving node record must carry the new LastSeen too.
+            self.store.touch_last_seen(handle.node_id, self.clock())
+            node = self.store.get_node(handle.node_id)
+            nodes = dict(self._ctx.nodes)
+            if node is not None:
+                nodes[node.id] = node
+            self._ctx = replace(self._ctx, nodes=nodes, online=frozenset(self._sessions))
             self._notify_viewers(handle.node_id)
 
     def is_online(self, node_id: int) -> bool:

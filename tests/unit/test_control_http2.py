@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
+from server.wire import format_time
 from tests.unit.control_client import (
     ControlClient,
     Device,
+    FakeClock,
     async_test,
     join,
     poll,
@@ -58,7 +61,8 @@ async def test_requests_on_two_connections_interleave(tmp_path: Path) -> None:
 async def test_cancelled_map_stream_ends_the_session_and_peers_see_it_offline(
     tmp_path: Path,
 ) -> None:
-    async with running_server(tmp_path) as srv:
+    clock = FakeClock()
+    async with running_server(tmp_path, clock=clock) as srv:
         dev, peer = Device("laptop"), Device("desktop")
         client = await join(srv, dev)
         pclient, pstream, _ = await poll(srv, peer)
@@ -67,9 +71,11 @@ async def test_cancelled_map_stream_ends_the_session_and_peers_see_it_offline(
         online = await pstream.wait_for(lambda m: "PeersChanged" in m)
         assert online["PeersChanged"][0]["Online"] is True
 
+        clock.advance(timedelta(minutes=5))
         stream.cancel()  # RST_STREAM(CANCEL), the connection stays up
         offline = await pstream.wait_for(lambda m: "PeersChanged" in m)
         assert [(p["ID"], p["Online"]) for p in offline["PeersChanged"]] == [(me, False)]
+        assert offline["PeersChanged"][0]["LastSeen"] == format_time(clock.now)
         assert not srv.tailnet.is_online(me)
 
         # The same connection still serves requests, and a new poll brings it back.

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from server.acme import AcmeManager, AcmeSettings
+from server.acme_http import ChallengeResponder
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
 from server.edge.control_conn import ControlConnection
@@ -71,6 +73,9 @@ class Server:
         self.port = config.listen_port
         self.stun_port = config.stun_port
         self.tls: ReloadingContext | None = None
+        self.acme: AcmeManager | None = None
+        self.acme_responder = ChallengeResponder()
+        self.acme_http_port = config.acme_http_port
 
     # Snapshots
 
@@ -148,7 +153,7 @@ class Server:
             self._stun = await start_stun_server(cfg.stun_host, cfg.stun_port, log=self.log)
             self.stun_port = self._stun.port
 
-        ssl_ctx = self._start_tls()
+        ssl_ctx = self._start_tls(*self._certificate_files())
 
         listener = await asyncio.start_server(
             self._handle_tcp, cfg.listen_host, cfg.listen_port, ssl=ssl_ctx, limit=64 * 1024
@@ -168,7 +173,9 @@ class Server:
         self.control = ControlHandler(self.tailnet, settings=self._control_settings, log=self.log)
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
-        public = build_app(WebDeps(self.server_key.public(), self.tailnet, self.status, os.urandom, local=False))
+        public = self.acme_responder.wrap(
+            build_app(WebDeps(self.server_key.public(), self.tailnet, self.status, os.urandom, local=False))
+        )
         local = build_app(WebDeps(self.server_key.public(), self.tailnet, self.status, os.urandom, local=True))
         self._front = FrontDoor(public, upgrades, log=self.log, scheme=scheme)
         self._local_front = FrontDoor(local, {}, log=self.log)
@@ -180,6 +187,8 @@ class Server:
         os.chmod(sock_path, 0o600)
         self._servers.append(unix)
 
+        if self.acme is not None:
+            await self._start_acme(FrontDoor(public, upgrades, log=self.log, scheme="http"))
         if self.repo.is_git:
             self._tasks.append(asyncio.create_task(watch_repo(self.repo, self.on_revision, log=self.log)))
         self._tasks.append(asyncio.create_task(self._sweep_ephemeral()))
@@ -190,16 +199,26 @@ class Server:
             (self.status.serving or "")[:12],
         )
 
-    def _start_tls(self) -> ssl.SSLContext | None:
+    def _certificate_files(self) -> tuple[Path | None, Path | None]:
         cfg = self.config
-        if cfg.tls_cert is None or cfg.tls_key is None:
+        if cfg.acme_domain is None:
+            return cfg.tls_cert, cfg.tls_key
+        settings = AcmeSettings(cfg.acme_domain, cfg.acme_email, cfg.acme_directory, cfg.data_dir / "acme")
+        self.acme = AcmeManager(
+            settings, self.acme_responder, on_new_certificate=self.reload_tls, log=self.log, clock=self.clock
+        )
+        return self.acme.prepare()
+
+    def _start_tls(self, cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+        cfg = self.config
+        if cert is None or key is None:
             return None
         try:
-            self.tls = ReloadingContext(cfg.tls_cert, cfg.tls_key, log=self.log)
+            self.tls = ReloadingContext(cert, key, log=self.log)
         except TlsError as exc:
             raise StartupError(f"TLS: {exc}") from None
         host = urlsplit(cfg.server_url).hostname or ""
-        if not self.tls.info.covers(host):
+        if not self.tls.info.covers(host) and cfg.acme_domain is None:
             # Clients check the name for /key and for DERP: they would fail later, obscurely.
             self.log.warning(
                 "TLS: the certificate is for %s, not for %s from the server URL; clients will refuse it",
@@ -207,6 +226,22 @@ class Server:
             )
         self._tasks.append(asyncio.create_task(watch_certificate_files(self.tls)))
         return self.tls.context
+
+    async def _start_acme(self, plain: FrontDoor) -> None:
+        # HTTP-01 answers come from port 80; the same front door also serves
+        # /ts2021 there, which clients given an https:// URL try as well.
+        assert self.acme is not None
+        cfg = self.config
+        try:
+            listener = await asyncio.start_server(plain.handle, cfg.acme_http_host, cfg.acme_http_port)
+        except OSError as exc:
+            raise StartupError(
+                f"ACME: cannot listen on {cfg.acme_http_host}:{cfg.acme_http_port} for HTTP-01: "
+                f"{exc.strerror} (use --acme-http-listen, or allow binding port 80)"
+            ) from None
+        self._servers.append(listener)
+        self.acme_http_port = listener.sockets[0].getsockname()[1]
+        self._tasks.append(asyncio.create_task(self.acme.run()))
 
     def reload_tls(self) -> None:
         """Read the certificate files again (SIGHUP)."""

@@ -36,6 +36,10 @@ def _serve(args: argparse.Namespace) -> int:
                 "tls_cert": args.tls_cert,
                 "tls_key": args.tls_key,
                 "branch": args.branch,
+                "acme_domain": args.acme_domain,
+                "acme_email": args.acme_email,
+                "acme_directory": args.acme_directory,
+                "acme_http_listen": args.acme_http_listen,
             }
         )
     except ConfigError as exc:
@@ -57,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
         await stop.wait()
         await server.stop()
         return 0
@@ -185,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stun-listen", help="HOST:PORT for STUN over UDP, or 'off' (default: listen host, 3478)")
     serve.add_argument("--tls-cert", help="PEM certificate chain file")
     serve.add_argument("--tls-key", help="PEM private key file")
+    serve.add_argument("--acme-domain", help="get and renew a certificate for this name from an ACME CA")
+    serve.add_argument("--acme-email", help="contact address for the ACME account (expiry notices)")
+    serve.add_argument("--acme-directory", help="ACME directory URL (default: Let's Encrypt)")
+    serve.add_argument("--acme-http-listen", help="HOST:PORT answering HTTP-01 challenges (default 0.0.0.0:80)")
     serve.add_argument("--branch", help="branch to serve (default: the work tree's HEAD)")
     serve.add_argument("--config", help="YAML config file with the same keys as these flags")
     serve.add_argument("-v", "--verbose", action="store_true")

@@ -3,7 +3,7 @@
 Precedence: command-line flag > TAILNETD_* environment variable > config file
 key > default. The config file is YAML with the same keys as the flags
 (`repo`, `data`, `listen`, `server_url`, `stun_listen`, `tls_cert`, `tls_key`,
-`branch`).
+`branch`, `acme_domain`, `acme_email`, `acme_directory`, `acme_http_listen`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ from typing import Any
 
 __all__ = ["ConfigError", "ServerConfig", "default_repo", "load_config"]
 
-KEYS = ("repo", "data", "listen", "server_url", "stun_listen", "tls_cert", "tls_key", "branch")
+KEYS = (
+    "repo", "data", "listen", "server_url", "stun_listen", "tls_cert", "tls_key", "branch",
+    "acme_domain", "acme_email", "acme_directory", "acme_http_listen",
+)  # fmt: skip
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 
 
 class ConfigError(Exception):
@@ -35,6 +39,11 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     branch: str | None = None
+    acme_domain: str | None = None  # certificates from an ACME CA instead of files
+    acme_email: str | None = None
+    acme_directory: str = LETS_ENCRYPT
+    acme_http_host: str = "0.0.0.0"  # HTTP-01 answers (and plain-HTTP control) here
+    acme_http_port: int = 80
 
     @property
     def socket_path(self) -> Path:
@@ -87,11 +96,20 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     tls_cert, tls_key = pick("tls_cert"), pick("tls_key")
     if bool(tls_cert) != bool(tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
-    scheme = "https" if tls_cert else "http"
+    acme_domain = pick("acme_domain")
+    if acme_domain and tls_cert:
+        raise ConfigError("use either --acme-domain or --tls-cert/--tls-key, not both")
+    scheme = "https" if tls_cert or acme_domain else "http"
     url_host = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
     if ":" in url_host:
         url_host = f"[{url_host}]"
-    server_url = str(pick("server_url") or f"{scheme}://{url_host}:{port}").rstrip("/")
+    default_url = f"{scheme}://{url_host}:{port}"
+    if acme_domain:
+        default_url = f"https://{acme_domain}" + ("" if port == 443 else f":{port}")
+    server_url = str(pick("server_url") or default_url).rstrip("/")
+    acme_http_host, acme_http_port = _split_hostport(
+        str(pick("acme_http_listen") or "0.0.0.0:80"), "acme-http-listen"
+    )
     stun = pick("stun_listen")
     if stun is None:
         stun_host, stun_port = host, 3478
@@ -111,4 +129,9 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         tls_cert=Path(tls_cert) if tls_cert else None,
         tls_key=Path(tls_key) if tls_key else None,
         branch=pick("branch"),
+        acme_domain=str(acme_domain) if acme_domain else None,
+        acme_email=pick("acme_email"),
+        acme_directory=str(pick("acme_directory") or LETS_ENCRYPT),
+        acme_http_host=acme_http_host,
+        acme_http_port=acme_http_port,
     )

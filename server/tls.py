@@ -49,6 +49,7 @@ class CertificateInfo:
     names: tuple[str, ...]  # DNS names and IP addresses from subjectAltName
     not_before: datetime
     not_after: datetime
+    self_signed: bool = False  # a stand-in, never something a client trusts
 
     def covers(self, host: str) -> bool:
         return any(name_matches(pattern, host) for pattern in self.names)
@@ -86,7 +87,12 @@ def certificate_info(pem: bytes) -> CertificateInfo:
     else:
         names += san.get_values_for_type(x509.DNSName)
         names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    return CertificateInfo(tuple(names), cert.not_valid_before_utc, cert.not_valid_after_utc)
+    return CertificateInfo(
+        tuple(names),
+        cert.not_valid_before_utc,
+        cert.not_valid_after_utc,
+        self_signed=cert.issuer == cert.subject,
+    )
 
 
 def _read_info(cert: Path) -> CertificateInfo:

@@ -84,12 +84,21 @@ class TailnetRepo:
 
 class ServerProcess:
     def __init__(
-        self, repo: Path, data: Path, log_path: Path, *, extra: Iterable[str] = (), ca_file: Path | None = None
+        self,
+        repo: Path,
+        data: Path,
+        log_path: Path,
+        *,
+        extra: Iterable[str] = (),
+        ca_file: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         """`ca_file` set: the server speaks TLS (pass --tls-cert/--tls-key in
-        `extra`) with a certificate that this CA issued."""
+        `extra`) with a certificate that this CA issued, for `host`."""
         self.repo, self.data, self.log_path = repo, data, log_path
         self.ca_file = ca_file
+        self.host = host
+        self.extra_env: dict[str, str] = {}
         self.port = free_port()
         self.stun_port = free_port(socket.SOCK_DGRAM)
         self.extra = list(extra)
@@ -97,14 +106,14 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_file else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--repo", str(self.repo), "--data", str(self.data),
              "--listen", f"127.0.0.1:{self.port}", "--stun-listen", f"127.0.0.1:{self.stun_port}", *self.extra],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.extra_env},
         )
         log.close()
         wait_for(self._healthy, 30, "tailnetd to answer /health")

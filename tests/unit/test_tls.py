@@ -141,6 +141,6 @@ def test_the_stand_in_certificate_covers_the_names_and_loads(tmp_path: Path) -> 
     write_self_signed(tmp_path / "c.pem", tmp_path / "k.pem", ["ts.example.com", "127.0.0.1"], now)
     info = certificate_info((tmp_path / "c.pem").read_bytes())
     assert info.covers("ts.example.com") and info.covers("127.0.0.1")
-    assert info.not_before < now < info.not_after
+    assert info.not_before < now < info.not_after and info.self_signed
     assert (tmp_path / "k.pem").stat().st_mode & 0o077 == 0
     ReloadingContext(tmp_path / "c.pem", tmp_path / "k.pem", log=LOG)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,13 @@ from gitctl.policy import Policy, Topology, TopologyNode, TopologyUser, run_poli
 if TYPE_CHECKING:
     from gitctl.snapshot import Snapshot
 
-__all__ = ["SYNTHETIC_PREFIX", "check_tests", "synthetic_topology"]
+__all__ = [
+    "SYNTHETIC_PREFIX",
+    "TopologyFileError",
+    "check_tests",
+    "read_topology_file",
+    "synthetic_topology",
+]
 
 # Prefix of synthetic node names; shown to people when a diff names single devices.
 SYNTHETIC_PREFIX = "hypothetical:"
@@ -45,6 +53,30 @@ def _addresses(
                 yield candidate
     while True:
         yield None
+
+
+class TopologyFileError(Exception):
+    """A topology file that cannot be read; the message is for people."""
+
+
+def read_topology_file(path: str | os.PathLike[str]) -> Topology:
+    """Users and nodes in the conformance corpus format (`{"users": [...], "nodes": {...}}`),
+    or a whole corpus case (its `topology` is used)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise TopologyFileError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise TopologyFileError(f"{path} is not JSON: {exc}") from None
+    if isinstance(doc, dict) and isinstance(doc.get("topology"), dict):
+        doc = doc["topology"]
+    if not isinstance(doc, dict) or not isinstance(doc.get("nodes", {}), dict | list):
+        raise TopologyFileError(f'{path}: expected {{"users": [...], "nodes": {{...}}}}')
+    try:
+        return Topology.from_json(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TopologyFileError(f"{path}: a user or node is incomplete ({exc})") from None
 
 
 def _tags(snapshot: Snapshot) -> list[str]:

@@ -1,0 +1,78 @@
+"""`gitctl test`: run the policy's `tests` and `sshTests` and show each failing assertion.
+
+The tests always run against one hypothetical device per user and tag (what the server
+checks before serving a commit); `--topology` adds real devices from a topology file, whose
+failures the server would not see but a reviewer may want to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gitctl.diagnostics import render_github, render_json, render_text
+from gitctl.policy import Topology
+from gitctl.testing import TopologyFileError, check_tests, read_topology_file, synthetic_topology
+from gitctl.validate_cmd import UsageError, add_source_arguments, load_from_args
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "test",
+        help="run the policy's tests",
+        description="Run the policy's tests and sshTests against one hypothetical device per "
+        "user and tag (plus the devices of --topology) and print each failing assertion as "
+        "file:line:col. Exit 0 when all pass, 1 when one fails, 2 on a usage error.",
+    )
+    add_source_arguments(p)
+    p.add_argument(
+        "--topology",
+        metavar="T.json",
+        help="also test against these users and nodes (conformance corpus format)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("text", "json", "github"),
+        default="text",
+        help="text for people, json for tools, github for Actions annotations",
+    )
+    p.set_defaults(run=run)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        real: Topology | None = read_topology_file(args.topology) if args.topology else None
+        # Loading runs the tests on hypothetical devices already: a failure there (or any
+        # other problem with the commit) comes back as diagnostics, without a snapshot.
+        result = load_from_args(args)
+    except (UsageError, TopologyFileError) as exc:
+        print(f"gitctl test: {exc}", file=sys.stderr)
+        return 2
+    diagnostics = list(result.diagnostics)
+    snap = result.snapshot
+    devices = 0
+    if snap is not None:
+        topology = synthetic_topology(snap, real=real)
+        devices = len(topology.nodes)
+        if real is not None:
+            diagnostics += check_tests(snap, topology)
+    failed = any(d.severity == "error" for d in diagnostics)
+    if args.format == "json":
+        sys.stdout.write(render_json(diagnostics, snapshot=snap.id if snap else None))
+    elif args.format == "github":
+        sys.stdout.write(render_github(diagnostics))
+    else:
+        sys.stderr.write(render_text(diagnostics, result.texts))
+        if snap is not None and not failed:
+            policy = snap.policy
+            tests = len(policy.tests) + len(policy.ssh_tests) if policy is not None else 0
+            print(f"ok: {_count(tests, 'test')} passed on {_count(devices, 'device')}")
+        else:
+            print(_count(len(diagnostics), "problem"), file=sys.stderr)
+    return 1 if failed else 0

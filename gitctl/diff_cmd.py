@@ -1,0 +1,381 @@
+"""`gitctl diff BASE [HEAD]`: the effective access change between two revisions.
+
+Both revisions are compiled against one topology: hypothetical devices (one per user and
+tag of either revision) by default, a topology file, or the node list of a running server.
+The output says who gained or lost which ports, SSH logins and peers, by user, tag or group,
+for a pull-request comment (markdown), a terminal (text) or a tool (json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from gitctl.access import (
+    AccessDiff,
+    Label,
+    PeerChange,
+    ReachChange,
+    SshChange,
+    diff_access,
+    effective_access,
+)
+from gitctl.diagnostics import render_text
+from gitctl.policy import PolicyError, Topology, TopologyNode, TopologyUser, compile_tailnet
+from gitctl.snapshot import LoadResult, Snapshot, load_from_git
+from gitctl.testing import TopologyFileError, read_topology_file, synthetic_topology
+
+__all__ = ["add_parser", "fetch_server_topology", "render", "run"]
+
+TIMEOUT = 10.0
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 47: "gre", 50: "esp"}
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "diff",
+        help="show the access changes between two revisions",
+        description="Compile two revisions against the same devices and show who gained or "
+        "lost which ports, SSH logins and peers. Exit 0 (with --exit-code: 1 when anything "
+        "changed), 1 when a revision does not load, 2 on a usage error or unreadable topology.",
+    )
+    p.add_argument("base", metavar="BASE", help="the revision before, e.g. origin/main")
+    p.add_argument("head", metavar="HEAD", nargs="?", default="HEAD", help="default: HEAD")
+    p.add_argument("--repo", metavar="PATH", default=".", help="the git repository (default: .)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--topology",
+        metavar="T.json",
+        help="users and nodes to compile against (conformance corpus format); "
+        "default: one hypothetical device per user and tag",
+    )
+    where.add_argument("--server", metavar="URL", help="use a running server's nodes")
+    p.add_argument("--api-key", metavar="KEY", help="admin API key for --server")
+    p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    p.add_argument(
+        "--exit-code", action="store_true", help="exit 1 when anything changed, like git diff"
+    )
+    p.set_defaults(run=run)
+
+
+class _Usage(Exception):
+    pass
+
+
+# -- the topology --------------------------------------------------------------------------
+
+
+def fetch_server_topology(
+    url: str, api_key: str, users: Sequence[TopologyUser], timeout: float = TIMEOUT
+) -> Topology:
+    """The live nodes of a running server (`GET /api/v1/nodes`), owned by `users`."""
+    request = urllib.request.Request(
+        url.rstrip("/") + "/api/v1/nodes",
+        headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            nodes = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise _Usage(f"{url} answered {exc.code} {exc.reason} for the node list") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise _Usage(f"cannot read the node list from {url}: {reason}") from None
+    if not isinstance(nodes, list):
+        raise _Usage(f"{url} did not answer with a node list")
+    seen: set[str] = set()
+    out = []
+    for n in nodes:
+        name = str(n.get("name") or n.get("id"))
+        if name in seen:  # given names are unique per tailnet, but do not rely on it
+            name = f"{name}#{n.get('id')}"
+        seen.add(name)
+        tags = tuple(n.get("tags") or ())
+        out.append(
+            TopologyNode(
+                name=name,
+                hostname=str(n.get("hostname") or name),
+                user=None if tags else n.get("user"),
+                tags=tags,
+                ipv4=n.get("ipv4"),
+                ipv6=n.get("ipv6"),
+            )
+        )
+    return Topology(users=tuple(users), nodes=tuple(out))
+
+
+def _users(*snapshots: Snapshot) -> list[TopologyUser]:
+    out: dict[str, TopologyUser] = {}
+    for snap in snapshots:
+        for spec in snap.users:
+            out.setdefault(spec.name, TopologyUser(len(out) + 1, spec.name, spec.email))
+    return list(out.values())
+
+
+def _topology(args: argparse.Namespace, base: Snapshot, head: Snapshot) -> tuple[Topology, str]:
+    if args.api_key and not args.server:
+        raise _Usage("--api-key is for --server")
+    if args.server:
+        if not args.api_key:
+            raise _Usage("--server needs --api-key (an admin API key)")
+        users = _users(head, base)
+        return fetch_server_topology(args.server, args.api_key, users), args.server
+    if args.topology:
+        try:
+            return read_topology_file(args.topology), args.topology
+        except TopologyFileError as exc:
+            raise _Usage(str(exc)) from None
+    return synthetic_topology(head, base), "synthetic"
+
+
+# -- comparing -----------------------------------------------------------------------------
+
+
+def _groups(*snapshots: Snapshot) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for snap in snapshots:
+        for name, members in (snap.policy_doc.get("groups") or {}).items():
+            if isinstance(members, list):
+                out.setdefault(name, [m for m in members if isinstance(m, str)])
+    return out
+
+
+def compare(base: Snapshot, head: Snapshot, topology: Topology) -> AccessDiff:
+    """Raises PolicyError when a revision's policy cannot apply to `topology`."""
+    accesses = []
+    for snap in (base, head):
+        # Tests were checked when the revision loaded; other devices must not re-judge them.
+        compiled = compile_tailnet(snap.policy, topology, enforce_tests=False)
+        accesses.append(effective_access(compiled, topology))
+    return diff_access(accesses[0], accesses[1], topology, _groups(head, base))
+
+
+# -- rendering -----------------------------------------------------------------------------
+
+
+def _code(text: str, markdown: bool) -> str:
+    return f"`{text}`" if markdown else text
+
+
+def _who(label: Label, md: bool, *, dst: bool = False) -> str:
+    if label.kind == "user" and dst:
+        return f"{_code(label.name, md)}'s devices"
+    if label == Label("autogroup", "autogroup:self") and dst:
+        return "their own devices"
+    if label.kind == "wildcard":
+        return f"every device ({_code('*', md)})"
+    if label.kind == "node":
+        return f"the device {_code(label.name, md)}"
+    return _code(label.name, md)
+
+
+def _ranges_text(ranges: Sequence[tuple[int, int]]) -> str:
+    return ", ".join(str(first) if first == last else f"{first}-{last}" for first, last in ranges)
+
+
+def _port_text(ranges: Sequence[tuple[int, int]]) -> str:
+    """`*`, `22, 443`, or `* except 22, 443` when that is shorter."""
+    if list(ranges) == [(0, 65535)]:
+        return "*"
+    missing, at = [], 0
+    for first, last in ranges:
+        if first > at:
+            missing.append((at, first - 1))
+        at = last + 1
+    if at <= 65535:
+        missing.append((at, 65535))
+    if len(missing) < len(ranges) and (0, 0) not in missing:
+        return "* except " + _ranges_text(missing)
+    return _ranges_text(ranges)
+
+
+def ports_text(ports: Sequence[tuple[int, int, int]]) -> str:
+    """`any port`, `port 22`, `ports 22, 443`, `tcp/22`, `udp/53, icmp` …
+
+    TCP and UDP on the same ports read as plain ports, the way a policy rule without
+    "proto" writes them; ICMP has no ports.
+    """
+    by_proto: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for proto, first, last in ports:
+        by_proto[proto].append((first, last))
+    icmp = [by_proto.pop(p, None) is not None for p in (1, 58)]
+    parts = []
+    tcp = by_proto.get(6)
+    if tcp and by_proto.get(17) == tcp:
+        del by_proto[6], by_proto[17]
+        text = _port_text(tcp)
+        if text == "*" and all(icmp):
+            return "any port"
+        if text.startswith("*"):
+            parts.append("any tcp or udp port" + text[1:])
+        else:
+            parts.append(f"port{'s' if ',' in text or '-' in text else ''} {text}")
+    for proto in sorted(by_proto):
+        parts.append(f"{PROTO_NAMES.get(proto, f'proto {proto}')}/{_port_text(by_proto[proto])}")
+    if any(icmp):
+        parts.append("icmp" if icmp[0] else "icmpv6")
+    return ", ".join(parts)
+
+
+def _login(login: str, local: str, md: bool) -> str:
+    if login == "*":
+        return "any non-root user" if local == "=" else f"any user, as {_code(local, md)}"
+    if local in (login, "="):
+        return _code(login, md)
+    return f"{_code(login, md)} (local account {_code(local, md)})"
+
+
+def _reach_line(c: ReachChange, md: bool) -> str:
+    verb = "can now reach" if c.gained else "can no longer reach"
+    return f"{verb} {_who(c.dst, md, dst=True)} on {ports_text(c.ports)}"
+
+
+def _ssh_lines(changes: Sequence[SshChange], md: bool) -> list[tuple[bool, str]]:
+    grouped: dict[tuple[bool, Label, Label, str], list[str]] = defaultdict(list)
+    for c in changes:
+        grouped[(c.gained, c.src, c.dst, c.action)].append(_login(c.login, c.local_user, md))
+    out = []
+    for (gained, src, dst, action), logins in grouped.items():
+        logins.sort(key=lambda text: (" user" in text, text))  # named accounts first
+        verb = "may ssh" if gained else "may no longer ssh"
+        check = " (with a check)" if action == "check" else ""
+        who = f"{_who(src, md)} {verb} to {_who(dst, md, dst=True)}"
+        out.append((gained, f"{who} as {' or '.join(logins)}{check}"))
+    return out
+
+
+def _peer_line(c: PeerChange, md: bool) -> str:
+    verb = "now sees" if c.gained else "no longer sees"
+    return f"{_who(c.viewer, md)} {verb} {_who(c.peer, md, dst=True)} as peers"
+
+
+def render(diff: AccessDiff, base: str, head: str, fmt: str) -> str:
+    """The change in `markdown` or `text` (see `render_json` for the machine form)."""
+    md = fmt == "markdown"
+    sign: Callable[[bool], str] = (
+        (lambda g: "- ➕" if g else "- ➖") if md else (lambda g: "  +" if g else "  -")
+    )
+    title = f"Access changes ({base} → {head})"
+    if not diff.changed:
+        return f"No access changes ({base} → {head})\n"
+    lines = [f"### {title}" if md else title]
+
+    def heading(text: str) -> None:
+        lines.append(f"**{text}**" if md else text)
+
+    by_src: dict[Label, list[ReachChange]] = defaultdict(list)
+    for c in diff.reach:
+        by_src[c.src].append(c)
+    for src, changes in by_src.items():
+        heading(_who(src, md) if src.kind in ("wildcard", "node") else src.name)
+        lines += [f"{sign(c.gained)} {_reach_line(c, md)}" for c in changes]
+    if diff.ssh:
+        heading("SSH")
+        lines += [f"{sign(g)} {text}" for g, text in _ssh_lines(diff.ssh, md)]
+    if diff.peers:
+        heading("Peers")
+        lines += [f"{sign(c.gained)} {_peer_line(c, md)}" for c in diff.peers]
+    return "\n".join(lines) + "\n"
+
+
+def _label_json(label: Label) -> dict[str, str]:
+    return {"kind": label.kind, "name": label.name}
+
+
+def render_json(
+    diff: AccessDiff, base: Mapping[str, Any], head: Mapping[str, Any], topology: str
+) -> str:
+    def change(gained: bool) -> str:
+        return "gained" if gained else "lost"
+
+    doc = {
+        "base": dict(base),
+        "head": dict(head),
+        "topology": topology,
+        "changed": diff.changed,
+        "reach": [
+            {
+                "change": change(c.gained),
+                "src": _label_json(c.src),
+                "dst": _label_json(c.dst),
+                "ports": [
+                    {"proto": PROTO_NAMES.get(proto, str(proto)), "first": first, "last": last}
+                    for proto, first, last in c.ports
+                ],
+                "summary": ports_text(c.ports),
+            }
+            for c in diff.reach
+        ],
+        "ssh": [
+            {
+                "change": change(c.gained),
+                "src": _label_json(c.src),
+                "dst": _label_json(c.dst),
+                "login": c.login,
+                "local_user": c.local_user,
+                "action": c.action,
+            }
+            for c in diff.ssh
+        ],
+        "peers": [
+            {
+                "change": change(c.gained),
+                "viewer": _label_json(c.viewer),
+                "peer": _label_json(c.peer),
+            }
+            for c in diff.peers
+        ],
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def _load(repo: str, rev: str) -> LoadResult:
+    result = load_from_git(repo, rev)
+    if result.snapshot is not None and result.snapshot.policy is None:
+        raise _Usage("the policy compiler is not available in this installation")
+    return result
+
+
+def _short(snap: Snapshot, rev: str) -> str:
+    return snap.id[:7] if snap.revision else rev
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        loaded = [_load(args.repo, rev) for rev in (args.base, args.head)]
+        failed = [
+            (rev, r) for rev, r in zip((args.base, args.head), loaded, strict=True) if not r.ok
+        ]
+        for rev, result in failed:
+            print(f"gitctl diff: {rev} does not load:", file=sys.stderr)
+            sys.stderr.write(render_text(result.diagnostics, result.texts))
+        if failed:
+            return 1
+        base, head = (r.snapshot for r in loaded)
+        assert base is not None and head is not None
+        topology, source = _topology(args, base, head)
+    except _Usage as exc:
+        print(f"gitctl diff: {exc}", file=sys.stderr)
+        return 2
+    try:
+        diff = compare(base, head, topology)
+    except PolicyError as exc:
+        print(f"gitctl diff: the policy does not apply to these devices: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        ends = [{"rev": rev, "id": s.id} for rev, s in ((args.base, base), (args.head, head))]
+        sys.stdout.write(render_json(diff, ends[0], ends[1], source))
+    else:
+        sys.stdout.write(
+            render(diff, _short(base, args.base), _short(head, args.head), args.format)
+        )
+    return 1 if args.exit_code and diff.changed else 0

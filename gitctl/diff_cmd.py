@@ -9,13 +9,16 @@ for a pull-request comment (markdown), a terminal (text) or a tool (json).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from gitctl.access import (
     AccessDiff,
@@ -56,7 +59,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "default: one hypothetical device per user and tag",
     )
     where.add_argument("--server", metavar="URL", help="use a running server's nodes")
-    p.add_argument("--api-key", metavar="KEY", help="admin API key for --server")
+    p.add_argument(
+        "--api-key", metavar="KEY", help="admin API key for --server (default: $TAILNETD_API_KEY)"
+    )
     p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     p.add_argument(
         "--exit-code", action="store_true", help="exit 1 when anything changed, like git diff"
@@ -118,14 +123,30 @@ def _users(*snapshots: Snapshot) -> list[TopologyUser]:
     return list(out.values())
 
 
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _topology(args: argparse.Namespace, base: Snapshot, head: Snapshot) -> tuple[Topology, str]:
     if args.api_key and not args.server:
         raise _Usage("--api-key is for --server")
     if args.server:
-        if not args.api_key:
-            raise _Usage("--server needs --api-key (an admin API key)")
+        # From the environment too, as `tailnetd` reads it: keeps the key out of CI logs.
+        api_key = args.api_key or os.environ.get("TAILNETD_API_KEY")
+        if not api_key:
+            raise _Usage("--server needs --api-key or TAILNETD_API_KEY (an admin API key)")
+        if urlsplit(args.server).scheme == "http" and not _is_loopback(args.server):
+            print(
+                f"gitctl diff: warning: the API key goes to {args.server} unencrypted; "
+                "use https://",
+                file=sys.stderr,
+            )
         users = _users(head, base)
-        return fetch_server_topology(args.server, args.api_key, users), args.server
+        return fetch_server_topology(args.server, api_key, users), args.server
     if args.topology:
         try:
             return read_topology_file(args.topology), args.topology

@@ -223,7 +223,7 @@ def server() -> Iterator[str]:
         },
     ]
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Nodes)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -246,6 +246,15 @@ def test_live_nodes_from_a_running_server(
     assert "401" in capsys.readouterr().err
 
 
+def test_the_api_key_may_come_from_the_environment(
+    repo: Path, server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TAILNETD_API_KEY", "tskey-good")
+    assert main(["diff", "HEAD", "--server", server]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("No access changes") and "warning" not in captured.err
+
+
 def test_a_revision_that_does_not_load(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     change(repo, "{ not json")
     assert main(["diff", "HEAD~1", "HEAD"]) == 1
@@ -254,7 +263,10 @@ def test_a_revision_that_does_not_load(repo: Path, capsys: pytest.CaptureFixture
     assert main(["diff", "no-such-rev"]) == 1
 
 
-def test_usage_errors_exit_2(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_errors_exit_2(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("TAILNETD_API_KEY", raising=False)
     assert main(["diff", "HEAD", "--api-key", "k"]) == 2
     assert "--api-key is for --server" in capsys.readouterr().err
     assert main(["diff", "HEAD", "--server", "http://127.0.0.1:9"]) == 2

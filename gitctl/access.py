@@ -375,9 +375,8 @@ class _Namer:
 def _largest_first(
     items: Iterable[tuple[Label, frozenset[Any]]],
 ) -> list[tuple[Label, frozenset[Any]]]:
-    listed = list(items)
-    order = {id(item): i for i, item in enumerate(listed)}
-    return sorted(listed, key=lambda item: (-len(item[1]), order[id(item)]))
+    numbered = sorted(enumerate(items), key=lambda pair: (-len(pair[1][1]), pair[0]))
+    return [item for _, item in numbered]
 
 
 def diff_access(

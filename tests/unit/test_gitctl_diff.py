@@ -127,6 +127,21 @@ def test_ssh_changes_are_named_by_group(repo: Path, capsys: pytest.CaptureFixtur
     assert "- ➕ `alice@example.com` now sees `tag:db` as peers" in out
 
 
+def test_a_users_own_devices_read_as_autogroup_self(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    own = (
+        '{"action": "check", "src": ["autogroup:member"], "dst": ["autogroup:self"], '
+        '"users": ["autogroup:nonroot"]}'
+    )
+    change(repo, policy(ssh=own))
+    assert main(["diff", "HEAD~1", "HEAD", "--format", "markdown"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "**SSH**",
+        "- ➕ `autogroup:member` may ssh to their own devices as any non-root user (with a check)",
+    ]
+
+
 def test_whole_tailnet_changes_read_as_wildcards(
     repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

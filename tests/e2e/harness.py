@@ -216,8 +216,10 @@ class TailscaleNode:
             )
         return out
 
-    def up(self, server: ServerProcess, key: str, *extra: str) -> None:
-        self.cli("up", f"--login-server={server.url}", f"--auth-key={key}", f"--hostname={self.name}",
+    def up(self, server: ServerProcess | str, key: str, *extra: str) -> None:
+        """Log in to `server`, or to a URL (a reverse proxy in front of it)."""
+        url = server if isinstance(server, str) else server.url
+        self.cli("up", f"--login-server={url}", f"--auth-key={key}", f"--hostname={self.name}",
                  *extra, timeout=90)
 
     def ping(self, peer: str, count: int = 10) -> str:

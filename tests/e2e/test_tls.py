@@ -47,6 +47,7 @@ class TlsTailnet:
         )
         self.nodes: list[TailscaleNode] = []
         self.ca_for_clients = self.ca.cert_path
+        self.login_url: str | None = None  # a reverse proxy's URL, when there is one
 
     def node(self, name: str) -> TailscaleNode:
         node = TailscaleNode(name, self.tmp / "nodes", derp_over_http=False)
@@ -63,7 +64,7 @@ class TlsTailnet:
         a, b = self.node(first), self.node(second)
         in_parallel(n.start for n in (a, b))
         try:
-            in_parallel((lambda n=n: n.up(self.server, key)) for n in (a, b))
+            in_parallel((lambda n=n: n.up(self.login_url or self.server, key)) for n in (a, b))
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.diagnose()}") from None
         for node in (a, b):
@@ -103,10 +104,15 @@ def served_certificate(port: int, server_name: str | None = None) -> bytes:
     return der
 
 
+def https_get(url: str, ca: Path) -> bytes:
+    context = ssl.create_default_context(cafile=ca)
+    with urllib.request.urlopen(url, context=context, timeout=5) as resp:
+        return bytes(resp.read())
+
+
 def test_key_is_served_over_tls_that_verifies_against_the_ca(net: TlsTailnet) -> None:
-    context = ssl.create_default_context(cafile=net.ca.cert_path)
-    with urllib.request.urlopen(net.server.url + "/key?v=133", context=context, timeout=5) as resp:
-        assert json.loads(resp.read())["publicKey"].startswith("mkey:")
+    key = json.loads(https_get(net.server.url + "/key?v=133", net.ca.cert_path))
+    assert key["publicKey"].startswith("mkey:")
 
 
 def test_clients_log_in_over_https_and_relay_through_derp_over_tls(net: TlsTailnet) -> None:
@@ -257,3 +263,102 @@ def test_the_acme_certificate_and_account_are_cached_for_restarts(
     net.server.start()
     assert served_certificate(net.server.port, "localhost") == before
     assert net.server.log().count("ACME: requesting a certificate") == 1
+
+
+# Behind a reverse proxy: the example configs from docs/examples/, made to
+# listen on loopback with the test CA's certificate, and nothing else changed.
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "examples"
+
+
+def edit(text: str, *changes: tuple[str, str]) -> str:
+    for old, new in changes:
+        assert old in text, f"the example no longer has {old!r}: update this test with it"
+        text = text.replace(old, new)
+    return text
+
+
+def need(binary: str, package: str) -> str:
+    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
+    if found is None:
+        message = f"{binary} is not installed (apt-get install {package})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def nginx_command(net: TlsTailnet, port: int, upstream: int) -> list[str]:
+    binary = need("nginx", "nginx-light")
+    site = edit(
+        (DOCS / "nginx.conf").read_text(),
+        ("/etc/letsencrypt/live/tailnet.example.com/fullchain.pem", str(net.cert)),
+        ("/etc/letsencrypt/live/tailnet.example.com/privkey.pem", str(net.key)),
+        ("tailnet.example.com", "localhost"),
+        ("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;"),
+        ("listen 80;", f"listen 127.0.0.1:{free_port()};"),
+        ("http://127.0.0.1:8080", f"http://127.0.0.1:{upstream}"),
+        ("/var/www/letsencrypt", str(net.tmp)),
+    )
+    site = "\n".join(line for line in site.splitlines() if "[::]" not in line)
+    (net.tmp / "site.conf").write_text(site)
+    temp = {k: net.tmp / k for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    main = [
+        "daemon off;",
+        "user root;" if os.geteuid() == 0 else "",
+        f"pid {net.tmp / 'nginx.pid'};",
+        f"error_log {net.tmp / 'nginx-error.log'};",
+        "events {}",
+        "http {",
+        "  access_log off;",
+        *(f"  {k}_temp_path {v};" for k, v in temp.items()),
+        f"  include {net.tmp / 'site.conf'};",
+        "}",
+    ]
+    (net.tmp / "nginx.conf").write_text("\n".join(main) + "\n")
+    return [binary, "-c", str(net.tmp / "nginx.conf"), "-p", str(net.tmp)]
+
+
+def caddy_command(net: TlsTailnet, port: int, upstream: int) -> list[str]:
+    binary = need("caddy", "caddy")
+    site = edit(
+        (DOCS / "Caddyfile").read_text(),
+        ("tailnet.example.com {", f"https://localhost:{port} {{\n\ttls {net.cert} {net.key}"),
+        ("reverse_proxy 127.0.0.1:8080\n", f"reverse_proxy 127.0.0.1:{upstream}\n"),
+    )
+    (net.tmp / "Caddyfile").write_text("{\n\tadmin off\n\tauto_https off\n}\n" + site)
+    return [binary, "run", "--config", str(net.tmp / "Caddyfile"), "--adapter", "caddyfile"]
+
+
+@pytest.mark.parametrize("proxy", ["nginx", "caddy"])
+def test_clients_reach_tailnetd_through_the_example_reverse_proxy_configs(
+    proxy: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    net = TlsTailnet(tmp_path_factory.mktemp(proxy))
+    port = free_port()
+    public = f"https://localhost:{port}"
+    net.server = ServerProcess(
+        net.repo.path, net.tmp / "data", net.tmp / "tailnetd.log", extra=["--server-url", public]
+    )
+    command = (nginx_command if proxy == "nginx" else caddy_command)(net, port, net.server.port)
+    net.login_url = public
+    net.server.start()
+    with open(net.tmp / "proxy.log", "ab") as log:
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(net.tmp)}
+        )
+    try:
+        wait_for(lambda: https_get(public + "/health", net.ca.cert_path), 20, proxy)
+        a = net.join_two_and_ping(f"{proxy}1", f"{proxy}2")
+        (node,) = json.loads(a.cli("debug", "derp-map").stdout)["Regions"]["999"]["Nodes"]
+        assert (node["HostName"], node["DERPPort"]) == ("localhost", port), node
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\n--- {proxy} ---\n{(net.tmp / 'proxy.log').read_text()[-3000:]}"
+        ) from None
+    finally:
+        for n in net.nodes:
+            n.stop()
+        proc.terminate()
+        proc.wait(10)
+        net.server.stop()

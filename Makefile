@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test test-fast venv
+.PHONY: serve test test-fast test-tools venv
 
 $(BIN)/tailnetd: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,14 @@ venv: $(BIN)/tailnetd
 serve: venv
 	$(BIN)/tailnetd serve
 
-test: venv
+# The TLS tests run Let's Encrypt's pebble test CA and real nginx/Caddy proxies
+# on loopback; all three come from Debian (CI runs as root on a fresh machine).
+test-tools:
+	@command -v pebble >/dev/null && command -v caddy >/dev/null && command -v nginx >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	     pebble nginx-light caddy)
+
+test: venv test-tools
 	$(BIN)/python -m tests.tailscale_bin
 	$(BIN)/python -m pytest -p no:cacheprovider
 

@@ -137,11 +137,17 @@ class Tailnet:
     def context(self) -> MapContext:
         return self._ctx
 
-    def _build_context(self, nodes: Sequence[Node] | None = None) -> MapContext:
+    def _build_context(
+        self, nodes: Sequence[Node] | None = None, previous: MapContext | None = None
+    ) -> MapContext:
         nodes = list(nodes if nodes is not None else self.store.list_nodes())
         src = self._source
         users = [(stable_user_id(name), name, email) for name, (email, _) in src.users.items()]
-        views = compute_views(src.policy, users, nodes, self._approved_routes(nodes))
+        views = compute_views(
+            src.policy, users, nodes, self._approved_routes(nodes),
+            previous=previous.views if previous else None,
+            previous_nodes=previous.nodes if previous else None,
+        )
         return MapContext(
             domain=src.domain,
             nodes={n.id: n for n in nodes},
@@ -184,8 +190,15 @@ class Tailnet:
         self._wake_all()
 
     def topology_changed(self) -> None:
-        self._ctx = self._build_context()
-        self._wake_all()
+        # Views the change cannot touch are reused; only their sessions sleep on.
+        self._ctx = self._build_context(previous=self._ctx)
+        changed = self._ctx.views.changed
+        if changed is None:
+            self._wake_all()
+            return
+        for node_id in changed:
+            for handle in self._sessions.get(node_id, ()):
+                handle.mark_full()
 
     def node_updated(self, node: Node) -> None:
         """A volatile change of one node: patch viewers, don't recompile."""

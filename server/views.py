@@ -11,7 +11,7 @@ DERP or online changes.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,17 +48,64 @@ class NodeView:
     self_primary_routes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
 class PolicyViews:
-    by_node: Mapping[int, NodeView]
+    """Node id -> its view, converted from the compiled policy on first use.
+
+    ``changed``: when built from a previous `PolicyViews`, the nodes whose
+    map may differ from what that one gave them (None: any node). Immutable
+    in meaning; the caches only fill in.
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[int],
+        build: Callable[[int], NodeView],
+        visible: Callable[[int], Sequence[int]],
+        *,
+        compiled: Any = None,
+        changed: frozenset[int] | None = None,
+    ) -> None:
+        self._ids = frozenset(ids)
+        self._build = build
+        self._visible = visible
+        self._cache: dict[int, NodeView] = {}
+        self.compiled = compiled
+        self.changed = changed
+        self.by_node: Mapping[int, NodeView] = _LazyById(self)
 
     def get(self, node_id: int) -> NodeView | None:
-        return self.by_node.get(node_id)
+        view = self._cache.get(node_id)
+        if view is None and node_id in self._ids:
+            view = self._cache[node_id] = self._build(node_id)
+        return view
 
     def visible_to(self, node_id: int) -> Sequence[int]:
         """Nodes that can see `node_id` (visibility is symmetric in Tailscale)."""
-        view = self.by_node.get(node_id)
-        return list(view.peers) if view is not None else []
+        return self._visible(node_id) if node_id in self._ids else []
+
+    def adopt(self, previous: PolicyViews, keep: Iterable[int]) -> None:
+        """Reuse `previous`'s converted views of the nodes in `keep`."""
+        for node_id in keep:
+            view = previous._cache.get(node_id)
+            if view is not None and node_id in self._ids:
+                self._cache[node_id] = view
+
+
+class _LazyById(Mapping[int, NodeView]):
+    def __init__(self, views: PolicyViews) -> None:
+        self._views = views
+
+    def __getitem__(self, node_id: int) -> NodeView:
+        view = self._views.get(node_id)
+        if view is None:
+            raise KeyError(node_id)
+        return view
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._views._ids)
+
+    def __len__(self) -> int:
+        return len(self._views._ids)
 
 
 def topology_name(node: Node) -> str:
@@ -101,16 +148,18 @@ def to_topology_node(node: Node, approved: tuple[str, ...]) -> Any:
 
 def _allow_all(nodes: Sequence[Node]) -> PolicyViews:
     peers_of = {n.id: PeerView(own_prefixes(n)) for n in nodes}
-    views = {}
-    for node in nodes:
-        views[node.id] = NodeView(
+    by_id = {n.id: n for n in nodes}
+
+    def build(node_id: int) -> NodeView:
+        return NodeView(
             packet_filter=ALLOW_ALL_FILTER,
             ssh_policy={"rules": []},
-            peers={pid: pv for pid, pv in peers_of.items() if pid != node.id},
+            peers={pid: pv for pid, pv in peers_of.items() if pid != node_id},
             self_cap_map={},
-            self_allowed_ips=own_prefixes(node),
+            self_allowed_ips=own_prefixes(by_id[node_id]),
         )
-    return PolicyViews(views)
+
+    return PolicyViews(list(by_id), build, lambda node_id: [p for p in by_id if p != node_id])
 
 
 def compute_views(
@@ -118,12 +167,17 @@ def compute_views(
     users: Sequence[tuple[int, str, str]],
     nodes: Sequence[Node],
     approved_routes: Mapping[int, tuple[str, ...]],
+    *,
+    previous: PolicyViews | None = None,
+    previous_nodes: Mapping[int, Node] | None = None,
 ) -> PolicyViews:
-    """Compile `policy` against the live nodes.
+    """Compile `policy` against the live nodes; views are built on demand.
 
     `policy` is the parsed policy of the serving snapshot (None = allow-all);
     `users` are (id, name, email); `approved_routes` maps node id to the
-    routes it advertises that are approved.
+    routes it advertises that are approved. `previous` (the same policy over
+    `previous_nodes`, before nodes joined, left or changed) lets unaffected
+    views be reused; `changed` then names the nodes whose maps may differ.
     """
     if policy is None:
         return _allow_all(nodes)
@@ -135,23 +189,61 @@ def compute_views(
     )
     # The policy's `tests` were checked when the commit was loaded (against its own
     # users and tags); live nodes coming and going must not un-serve a policy.
-    compiled = compile_tailnet(policy, topo, enforce_tests=False)
-    views = {}
-    for node in nodes:
+    compiled = compile_tailnet(
+        policy, topo, enforce_tests=False,
+        previous=previous.compiled if previous is not None else None,
+    )
+    by_id = {n.id: n for n in nodes}
+    id_of = {topology_name(n): n.id for n in nodes}
+    converted: dict[int, tuple[Any, PeerView]] = {}
+
+    def peer(pv: Any) -> PeerView:
+        # Peers without routes share one compiled view; convert each once.
+        hit = converted.get(id(pv))
+        if hit is None:
+            hit = converted[id(pv)] = (pv, PeerView(
+                allowed_ips=tuple(pv.allowed_ips),
+                primary_routes=tuple(pv.primary_routes or ()),
+                cap_map=dict(pv.cap_map or {}),
+            ))
+        return hit[1]
+
+    def build(node_id: int) -> NodeView:
+        node = by_id[node_id]
         nv = compiled.nodes[topology_name(node)]
-        views[node.id] = NodeView(
+        return NodeView(
             packet_filter=tuple(nv.packet_filter_rules),
             ssh_policy=nv.ssh_policy or {"rules": []},
-            peers={
-                int(name): PeerView(
-                    allowed_ips=tuple(pv.allowed_ips),
-                    primary_routes=tuple(pv.primary_routes or ()),
-                    cap_map=dict(pv.cap_map or {}),
-                )
-                for name, pv in nv.peers.items()
-            },
+            peers={id_of[name]: peer(pv) for name, pv in nv.peers.items()},
             self_cap_map=dict(nv.self_cap_map or {}),
             self_allowed_ips=tuple(nv.self_allowed_ips or own_prefixes(node)),
             self_primary_routes=tuple(nv.self_primary_routes or ()),
         )
-    return PolicyViews(views)
+
+    def visible(node_id: int) -> list[int]:
+        return [id_of[name] for name in compiled.peer_names(str(node_id))]
+
+    views = PolicyViews(list(by_id), build, visible, compiled=compiled)
+    if previous is not None and previous_nodes is not None and compiled.changed is not None:
+        views.changed = _changed_ids(compiled.changed, previous, previous_nodes, views, by_id)
+        views.adopt(previous, (i for i in by_id if i not in views.changed))
+    return views
+
+
+def _changed_ids(
+    policy_changed: frozenset[str],
+    old: PolicyViews,
+    old_nodes: Mapping[int, Node],
+    new: PolicyViews,
+    new_nodes: Mapping[int, Node],
+) -> frozenset[int]:
+    """Nodes whose maps may differ: those the policy says, plus every node
+    whose record changed in a way the policy does not see (a new key, an
+    expiry) and the nodes that see it."""
+    out = {int(name) for name in policy_changed}
+    for node_id in old_nodes.keys() | new_nodes.keys():
+        if old_nodes.get(node_id) != new_nodes.get(node_id):
+            out.add(node_id)
+            out.update(old.visible_to(node_id))
+            out.update(new.visible_to(node_id))
+    return frozenset(out)

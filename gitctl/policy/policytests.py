@@ -15,7 +15,7 @@ from .errors import PolicyError
 from .model import Alias, Policy, PolicyTest, PortRange, SshTest
 from .parse import PROTOCOLS, Ctx, parse_alias, parse_prefix
 from .routes import route_table
-from .ssh import ssh_policies
+from .ssh import SshIndex
 from .topology import Topology
 
 TCP = 6
@@ -174,7 +174,7 @@ def _ssh_verdict(rules: list[dict[str, Any]], srcs: set[str], user: str) -> str 
     return None
 
 
-def _ssh_test(index: Index, policy: Policy, policies: tuple[Any, ...], t: SshTest) -> list[str]:
+def _ssh_test(index: Index, policy: Policy, policies: SshIndex, t: SshTest) -> list[str]:
     srcs = set(_src_ips(index, policy, t.src))
     failures = []
     for dst in t.dst:
@@ -183,7 +183,7 @@ def _ssh_test(index: Index, policy: Policy, policies: tuple[Any, ...], t: SshTes
             raise _Unresolvable(f'"{dst}" is not an SSH test destination')
         nodes = {index.by_ip[ip] for ip in _dst_ips(index, policy, dst) if ip in index.by_ip}
         for node in sorted(nodes):
-            rules = list(policies[node]["rules"])
+            rules = list(policies.policy(node)["rules"])
             for expect, users in (("accept", t.accept), ("check", t.check), ("deny", t.deny)):
                 for user in users:
                     if not user:
@@ -215,7 +215,7 @@ def run_policy_tests(policy: Policy, topology: Topology) -> list[str]:
         except _Unresolvable as e:
             failures.append(f"test from {t.src!r}: {e}")
     if policy.ssh_tests:
-        policies = ssh_policies(policy, index).policies
+        policies = SshIndex(policy, index)
         for st in policy.ssh_tests:
             try:
                 failures.extend(_ssh_test(index, policy, policies, st))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +22,6 @@ ACCEPT_ACTION: Mapping[str, Any] = {
 # Where the client asks the control server to hold and re-check a session.
 CHECK_URL = ("https://unused/machine/ssh/action/$SRC_NODE_ID/to/$DST_NODE_ID"
              "?local_user=$LOCAL_USER")
-
-
-@dataclass(frozen=True, slots=True)
-class SshResult:
-    policies: tuple[Mapping[str, Any], ...]
-    # per node: bitmask of extra peers it must see because of SSH access
-    visible: tuple[int, ...]
 
 
 def tailnet_domain(index: Index) -> str | None:
@@ -88,50 +81,62 @@ def _localpart_domains(users: tuple[str, ...]) -> list[str]:
             if u.startswith("localpart:*@") and len(u) > len("localpart:*@")]
 
 
-class _SshCompiler:
+@dataclass(frozen=True, slots=True)
+class _SshRuleIndex:
+    """One ``ssh`` rule resolved to node sets, from which any node's share of
+    it is derived without visiting the other nodes."""
+
+    rule: SshRule
+    srcs: tuple[int, ...]  # one entry per alias naming the node, as principals list them
+    src_mask: int
+    dsts: frozenset[int]
+    dst_mask: int
+    first_dst: int  # the destination the rule is delivered to first (-1: none)
+    has_self: bool
+    domains: tuple[str, ...]  # localpart:*@domain domains (lower case)
+    # source key (email, or "#i" for a node without one) -> its sources in order
+    by_key: Mapping[str, tuple[int, ...]]
+    key_masks: Mapping[str, int]
+
+
+class SshIndex:
+    """Per-node SSH policies, computed on demand.
+
+    The result equals running every rule over every destination in order (as
+    Tailscale does): each rule contributes, per destination, one entry for its
+    sources and, with ``localpart:``, one pair of entries per source user,
+    which that user's own nodes receive too (once per rule).
+    """
+
     def __init__(self, policy: Policy, index: Index) -> None:
-        self.policy = policy
         self.index = index
-        self.rules: list[list[dict[str, Any]]] = [[] for _ in index.nodes]
-        self.visible = [0] * len(index.nodes)
+        self._member_masks: dict[str, int] = {}
+        for i in index.members:
+            email = index.email[i]
+            assert email is not None
+            self._member_masks[email] = self._member_masks.get(email, 0) | 1 << i
+        self._rules = [self._resolve(rule) for rule in policy.ssh]
+        self._principals: dict[tuple[int, str], list[dict[str, str]]] = {}
 
-    def _principals(self, nodes: list[int]) -> list[dict[str, str]]:
-        return [{"nodeIP": ip} for i in nodes for ip in self.index.ips[i]]
+    def _key(self, i: int) -> str:
+        return self.index.email[i] or f"#{i}"
 
-    def _emit(self, dst: int, rule: SshRule, srcs: list[int], seen: set[tuple[int, str]]
-              ) -> None:
-        if not srcs:
-            return
+    def _resolve(self, rule: SshRule) -> _SshRuleIndex:
         index = self.index
-        base: dict[str, Any] = {
-            "principals": self._principals(srcs),
-            "sshUsers": _users_map(rule.users),
-            "action": _action(rule),
-        }
-        if rule.accept_env:
-            base["acceptEnv"] = list(rule.accept_env)
-        for s in srcs:
-            self.visible[dst] |= 1 << s
-            self.visible[s] |= 1 << dst
-        domains = _localpart_domains(rule.users)
-        if not domains:
-            self.rules[dst].append(base)
-            return
-        # localpart: each user may log in as the local part of their email, so
-        # the rule splits per source user, and each source learns its own part.
-        by_user: dict[str, list[int]] = {}
+        srcs = tuple(self._sources(rule.src))
+        by_key: dict[str, list[int]] = {}
+        key_masks: dict[str, int] = {}
         for i in srcs:
-            by_user.setdefault(index.email[i] or f"#{i}", []).append(i)
-        for email, nodes in by_user.items():
-            part = [{**base, "principals": self._principals(nodes)}]
-            local, _, domain = email.partition("@")
-            if domain.lower() in domains:
-                part.append({**base, "principals": self._principals(nodes),
-                             "sshUsers": {local: local}})
-            for receiver in (dst, *nodes):
-                if (receiver, email) not in seen:
-                    seen.add((receiver, email))
-                    self.rules[receiver].extend(part)
+            k = self._key(i)
+            by_key.setdefault(k, []).append(i)
+            key_masks[k] = key_masks.get(k, 0) | 1 << i
+        dsts = index.resolve_many(d for d in rule.dst if d != SELF).members
+        return _SshRuleIndex(
+            rule=rule, srcs=srcs, src_mask=_mask(srcs), dsts=dsts, dst_mask=_mask(dsts),
+            first_dst=min(dsts, default=-1),
+            has_self=SELF in rule.dst, domains=tuple(_localpart_domains(rule.users)),
+            by_key={k: tuple(v) for k, v in by_key.items()}, key_masks=key_masks,
+        )
 
     def _sources(self, aliases: tuple[Alias, ...]) -> list[int]:
         """Source nodes, one entry per alias that names them, as Tailscale lists
@@ -146,28 +151,110 @@ class _SshCompiler:
                 out.extend(sorted(index.resolve(a).members))
         return out
 
-    def add(self, rule: SshRule) -> None:
-        index = self.index
-        src_nodes = self._sources(rule.src)
-        dsts = index.resolve_many(d for d in rule.dst if d != SELF).members
-        seen: set[tuple[int, str]] = set()
-        for d in sorted(dsts):
-            self._emit(d, rule, src_nodes, seen)
-        if SELF in rule.dst:
-            for d in sorted(index.members):
-                email = index.email[d]
-                own = [i for i in src_nodes if index.email[i] == email]
-                self._emit(d, rule, own, seen)
+    def visible(self, node: int) -> int:
+        """Peers ``node`` must see because one may log in to the other."""
+        mask = 0
+        bit = 1 << node
+        email = self.index.email[node]
+        for r in self._rules:
+            if not r.srcs:
+                continue
+            if node in r.dsts:
+                mask |= r.src_mask
+            if r.src_mask & bit:
+                mask |= r.dst_mask
+            if r.has_self and email is not None:
+                own = r.key_masks.get(email, 0)
+                mask |= own
+                if own & bit:
+                    mask |= self._member_masks[email]
+        return mask
+
+    def co_sources(self, node: int) -> int:
+        """Nodes whose SSH policies list ``node`` without seeing it: with
+        ``localpart:``, each source receives its user's principals."""
+        mask = 0
+        key = self._key(node)
+        for r in self._rules:
+            if r.domains and r.src_mask >> node & 1:
+                mask |= r.key_masks[key]
+        return mask & ~(1 << node)
+
+    def policy(self, node: int) -> Mapping[str, Any]:
+        entries: list[dict[str, Any]] = []
+        for r in self._rules:
+            if r.srcs:
+                entries.extend(self._entries(r, node))
+        # check rules come first so a matching check is never skipped by an accept.
+        entries.sort(key=lambda e: "holdAndDelegate" not in e["action"])
+        return {"rules": entries}
+
+    def _entries(self, r: _SshRuleIndex, node: int) -> list[dict[str, Any]]:
+        email = self.index.email[node]
+        own_key = self._key(node)
+        as_dst = node in r.dsts
+        # With autogroup:self, a user's node receives its own user's sources.
+        self_srcs = r.has_self and email is not None and email in r.by_key
+        if not r.domains:
+            out = [self._base(r, r.srcs, "*")] if as_dst else []
+            if self_srcs:
+                assert email is not None
+                out.append(self._base(r, r.by_key[email], email))
+            return out
+        # localpart: parts per source user, each delivered once per receiver;
+        # a source receives its own user's part from the first destination.
+        keys: list[str] = []
+        is_src = r.src_mask >> node & 1 == 1
+        if as_dst:
+            if is_src and r.first_dst < node:
+                keys.append(own_key)
+            keys.extend(k for k in r.by_key if k not in keys)
+        elif is_src and r.dsts:
+            keys.append(own_key)
+        if self_srcs and own_key not in keys:
+            keys.append(own_key)
+        out = []
+        for k in keys:
+            out.extend(self._part(r, k))
+        return out
+
+    def _base(self, r: _SshRuleIndex, srcs: tuple[int, ...], key: str) -> dict[str, Any]:
+        rule = r.rule
+        base: dict[str, Any] = {
+            "principals": self._principal_list(r, srcs, key),
+            "sshUsers": _users_map(rule.users),
+            "action": _action(rule),
+        }
+        if rule.accept_env:
+            base["acceptEnv"] = list(rule.accept_env)
+        return base
+
+    def _principal_list(self, r: _SshRuleIndex, srcs: tuple[int, ...], key: str
+                        ) -> list[dict[str, str]]:
+        cache_key = (id(r), key)
+        out = self._principals.get(cache_key)
+        if out is None:
+            out = self._principals[cache_key] = [
+                {"nodeIP": ip} for i in srcs for ip in self.index.ips[i]]
+        return out
+
+    def _part(self, r: _SshRuleIndex, key: str) -> list[dict[str, Any]]:
+        base = self._base(r, r.by_key[key], key)
+        part = [base]
+        local, _, domain = key.partition("@")
+        if domain.lower() in r.domains:
+            part.append({**base, "sshUsers": {local: local}})
+        return part
 
 
-def ssh_policies(policy: Policy, index: Index) -> SshResult:
-    compiler = _SshCompiler(policy, index)
-    for rule in policy.ssh:
-        compiler.add(rule)
-    # check rules come first so a matching check is never skipped by an accept.
-    ordered = [sorted(rules, key=lambda r: "holdAndDelegate" not in r["action"])
-               for rules in compiler.rules]
-    return SshResult(
-        policies=tuple({"rules": rules} for rules in ordered),
-        visible=tuple(compiler.visible),
-    )
+def _mask(items: Iterable[int]) -> int:
+    m = 0
+    for i in items:
+        m |= 1 << i
+    return m
+
+
+def ssh_policies(policy: Policy, index: Index) -> list[Mapping[str, Any]]:
+    """Every node's SSH policy (topology order)."""
+    ssh = SshIndex(policy, index)
+    return [ssh.policy(i) for i in range(len(index.nodes))]

@@ -1,0 +1,275 @@
+"""The per-(policy, topology) index and the per-node views built from it.
+
+Building the index resolves every rule once: its sources to a node set and
+bitset, its destinations to the entries each destination node receives. That
+is linear in rules × matching nodes and never visits node pairs. A node's
+view (filter, SSH policy, peers, capabilities) is then computed on first use
+from its own rules and the rule bitsets, and kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from .addrs import is_exit_route
+from .aliases import Index
+from .filter import Rule, RuleBuilder
+from .model import ALL_PORTS, WILDCARD, Policy
+from .nodeattrs import ipv4_disabled, self_cap_maps
+from .output import NodeView, PeerView
+from .routes import route_table
+from .routevis import RouteVisibility
+from .ssh import SshIndex, check_ssh_domains
+from .topology import Topology
+
+
+class ViewIndex:
+    def __init__(self, policy: Policy, topology: Topology,
+                 tailnet: Mapping[str, Any] | None = None) -> None:
+        self.policy = policy
+        self.topology = topology
+        self.tailnet = tailnet
+        nodes = topology.nodes
+        self.names = tuple(n.name for n in nodes)
+        self.position = {name: i for i, name in enumerate(self.names)}
+        index = self.index = Index(policy, topology)
+        self.table = route_table(policy, nodes, topology.users)
+        index.set_routes(list(self.table.enabled))
+        check_ssh_domains(policy, index)
+
+        builder = RuleBuilder(index)
+        for acl in policy.acls:
+            builder.add_acl(acl.src, ((d.alias, d.ports) for d in acl.dst), acl.protos)
+        for grant in policy.grants:
+            builder.add_grant(grant)
+        if policy.default_allow:
+            builder.add_acl((WILDCARD,), ((WILDCARD, (ALL_PORTS,)),), ())
+
+        n = len(nodes)
+        self.per_node: list[list[Rule]] = [[] for _ in range(n)]
+        # Rules sharing a source set share one entry: sources -> the nodes
+        # their rules reach (which those sources therefore see).
+        reach: dict[frozenset[int], int] = {}
+        for rule in builder.rules:
+            rule.src_mask = bitset(rule.src_members, n)
+            for i in rule.dsts:
+                self.per_node[i].append(rule)
+            if rule.src_members:
+                reach[rule.src_members] = reach.get(rule.src_members, 0) | bitset(rule.dsts, n)
+        self._reach = list(reach.items())
+
+        self.ssh = SshIndex(policy, index)
+        self.caps = self_cap_maps(policy, index, tailnet)
+        self.no_v4 = ipv4_disabled(self.caps)
+        self.routes = RouteVisibility(index, self.table, self.per_node)
+        self._plain: dict[int, PeerView] = {}
+        self._visible: dict[int, int] = {}
+        self.views: dict[int, NodeView] = {}
+
+    # -- visibility --------------------------------------------------------
+
+    def visible(self, i: int) -> int:
+        """Bitset of the nodes ``i`` sees (and that see it: the relation is symmetric)."""
+        mask = self._visible.get(i)
+        if mask is None:
+            mask = self.ssh.visible(i)
+            for rule in self.per_node[i]:
+                mask |= rule.src_mask
+            for srcs, dsts in self._reach:
+                if i in srcs:
+                    mask |= dsts
+            mask &= ~(1 << i)
+            self._visible[i] = mask
+        return mask
+
+    def peer_names(self, name: str) -> list[str]:
+        names = self.names
+        return [names[j] for j in bits(self.visible(self.position[name]))]
+
+    def dependents(self, name: str) -> list[str]:
+        """Nodes whose views mention ``name``: its peers, and the sources
+        that share an SSH rule's per-user principals with it."""
+        i = self.position[name]
+        names = self.names
+        return [names[j] for j in bits(self.visible(i) | self.ssh.co_sources(i))]
+
+    # -- views -------------------------------------------------------------
+
+    def view(self, i: int) -> NodeView:
+        v = self.views.get(i)
+        if v is None:
+            v = self.views[i] = self._build(i)
+        return v
+
+    def _peer(self, viewer: int, j: int) -> PeerView:
+        index, table, no_v4 = self.index, self.table, self.no_v4
+        peer = index.nodes[j]
+        if not table.enabled[j] and viewer not in no_v4:
+            # A peer without routes looks the same to every viewer: build it once.
+            view = self._plain.get(j)
+            if view is None:
+                view = self._plain[j] = PeerView(
+                    allowed_ips=tuple(own_prefixes(index, j, no_v4)),
+                    primary_routes=(), tags=peer.tags)
+            return view
+        primary, exits = self.routes.visible_routes(viewer, j)
+        return PeerView(
+            allowed_ips=(*own_prefixes(index, j, no_v4, viewer), *primary, *exits),
+            primary_routes=primary,
+            tags=peer.tags,
+        )
+
+    def _build(self, i: int) -> NodeView:
+        index, table = self.index, self.table
+        mask = self.visible(i)
+        nodes = index.nodes
+        rules = self.per_node[i]
+        return NodeView(
+            packet_filter_rules=merge_rules(r.render(i) for r in rules if not r.hidden),
+            ssh_policy=self.ssh.policy(i),
+            peers={nodes[j].name: self._peer(i, j) for j in bits(mask)},
+            self_cap_map=self.caps[i],
+            self_allowed_ips=(*own_prefixes(index, i, self.no_v4), *table.primary[i],
+                              *(r for r in table.enabled[i] if is_exit_route(r))),
+            self_primary_routes=table.primary[i],
+            whois_cap_map=whois(index, rules, mask),
+        )
+
+    # -- reuse across topology changes --------------------------------------
+
+    def adopt(self, previous: ViewIndex) -> frozenset[str] | None:
+        """Take over ``previous``'s views of the nodes that the topology change
+        between it and this index cannot have touched.
+
+        Returns the names whose views may differ (None: possibly all). When
+        nodes without routes join, leave or change, only they and the nodes
+        that see them (before or after) are affected: a node enters another
+        node's view only through a rule that makes the two see each other.
+        Anything else (routes, users, policy) counts as a change to all.
+        """
+        if (previous.policy is not self.policy and previous.policy != self.policy) or (
+                previous.topology.users != self.topology.users
+                or previous.tailnet != self.tailnet):
+            return None
+        old_nodes = dict(zip(previous.names, previous.topology.nodes, strict=True))
+        new_nodes = dict(zip(self.names, self.topology.nodes, strict=True))
+        if len(old_nodes) != len(previous.names) or len(new_nodes) != len(self.names):
+            return None
+        changed_old = [n for n, rec in old_nodes.items() if new_nodes.get(n) != rec]
+        changed_new = [n for n, rec in new_nodes.items() if old_nodes.get(n) != rec]
+        if any(previous.table.enabled[previous.position[n]] for n in changed_old) or any(
+                self.table.enabled[self.position[n]] for n in changed_new):
+            return None
+        # Output follows registration order; the nodes that stay must keep theirs.
+        kept_old = [n for n in previous.names if n in new_nodes]
+        kept_new = [n for n in self.names if n in old_nodes]
+        if kept_old != kept_new:
+            return None
+        affected = set(changed_old) | set(changed_new)
+        for n in changed_old:
+            affected.update(previous.dependents(n))
+        for n in changed_new:
+            affected.update(self.dependents(n))
+        for i, v in previous.views.items():
+            name = previous.names[i]
+            if name not in affected:
+                self.views[self.position[name]] = v
+        return frozenset(affected)
+
+
+class LazyNodes(Mapping[str, NodeView]):
+    """Node name -> view, each built on first access."""
+
+    def __init__(self, index: ViewIndex) -> None:
+        self._index = index
+
+    def __getitem__(self, name: str) -> NodeView:
+        return self._index.view(self._index.position[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index.position)
+
+    def __len__(self) -> int:
+        return len(self._index.position)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index.position
+
+
+def _merge_caps(into: dict[str, Any], caps: Mapping[str, Any]) -> None:
+    for name, values in caps.items():
+        if values is None:
+            into.setdefault(name, None)
+        elif into.get(name) is None:
+            into[name] = list(values)
+        else:
+            into[name].extend(values)
+
+
+def whois(index: Index, rules: list[Rule], peers: int) -> dict[str, Any]:
+    """Per peer address: the app capabilities that peer holds toward this node."""
+    # Peers holding the same grants share one merged map.
+    cap_rules = [r for r in rules if r.caps is not None]
+    held: dict[int, tuple[int, ...]] = {}
+    for n, r in enumerate(cap_rules):
+        for j in bits(peers & r.src_mask):
+            held[j] = (*held.get(j, ()), n)
+    merged: dict[tuple[int, ...], dict[str, Any]] = {}
+    out: dict[str, Any] = {}
+    for j in bits(peers):
+        key = held.get(j, ())
+        if key not in merged:
+            caps: dict[str, Any] = {}
+            for n in key:
+                _merge_caps(caps, cap_rules[n].caps or {})
+            merged[key] = caps
+        for ip in index.ips[j]:
+            out[ip] = merged[key] or None
+    return out
+
+
+def merge_rules(rendered: Iterable[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """Rules with the same sources and protocols reach a node as one rule."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for n, r in enumerate(rendered):
+        if "CapGrant" in r:
+            merged[(n,)] = r
+            continue
+        kind = "DstPorts"
+        key = (kind, frozenset(r["SrcIPs"]), tuple(r.get("IPProto") or ()))
+        if key in merged:
+            merged[key][kind] = merged[key][kind] + r[kind]
+        else:
+            merged[key] = r
+    return tuple(merged.values())
+
+
+def own_prefixes(index: Index, node: int, no_v4: frozenset[int], viewer: int | None = None
+                 ) -> list[str]:
+    """A node's addresses as prefixes; IPv4 is left out when nodeAttrs disabled it
+    on the node or on the viewer (which then speaks only IPv6 in the tailnet)."""
+    prefixes = index.host_prefixes(node)
+    if node in no_v4 or viewer in no_v4:
+        return [p for p in prefixes if ":" in p]
+    return prefixes
+
+
+def bitset(items: Iterable[int], size: int) -> int:
+    """The set of node indices as an int (built in one pass, not bit by bit)."""
+    buf = bytearray((size >> 3) + 1)
+    for i in items:
+        buf[i >> 3] |= 1 << (i & 7)
+    return int.from_bytes(buf, "little")
+
+
+def bits(mask: int) -> list[int]:
+    """Indices of the set bits (one pass over the binary text: linear, unlike
+    repeated big-int arithmetic)."""
+    text = bin(mask)[:1:-1]
+    out = []
+    i = text.find("1")
+    while i != -1:
+        out.append(i)
+        i = text.find("1", i + 1)
+    return out

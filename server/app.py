@@ -25,6 +25,7 @@ from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
+from server.remote_repo import RemoteRepo, watch_remote
 from server.repo import Rejection, RepoStatus, SnapshotRepo, watch_repo
 from server.store import open_store
 from server.store.model import Node
@@ -96,6 +97,9 @@ class Server:
         self._serving(snap)
         return TailnetSource.from_snapshot(snap)
 
+    def _last_rejected(self) -> str | None:
+        return self.status.rejected.revision if self.status.rejected is not None else None
+
     def _serving(self, snap: Any) -> None:
         self.status.serving = snap.id
         self.status.serving_since = self.clock()
@@ -114,7 +118,22 @@ class Server:
             "\n".join(f"  {e}" for e in errors),
         )
 
+    async def sync_now(self) -> None:
+        """POST /api/v1/repo/sync: look at the repository now instead of waiting."""
+        if isinstance(self.repo, RemoteRepo):
+            try:
+                head = await asyncio.to_thread(self.repo.sync)
+            except Exception:
+                self.log.warning("repo: fetching %s failed: %s", self.repo.url, self.repo.last_fetch_error)
+                return
+        else:
+            head = await asyncio.to_thread(self.repo.head)
+        if head is not None:
+            await self.on_revision(head)
+
     async def on_revision(self, revision: str) -> None:
+        if revision in (self.status.serving, self._last_rejected()):
+            return  # already decided (a watcher and a sync request can both see it)
         # Reading and checking a commit is blocking git and CPU work: keep it off the loop.
         snap, errors = await asyncio.to_thread(self.repo.load, revision)
         if snap is None:
@@ -135,7 +154,18 @@ class Server:
     async def start(self) -> None:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.repo = SnapshotRepo(cfg.repo, branch=cfg.branch)
+        self.repo: SnapshotRepo | RemoteRepo
+        if cfg.repo_url is not None:
+            self.repo = RemoteRepo(cfg.repo_url, cfg.data_dir, branch=cfg.branch)
+            try:
+                await asyncio.to_thread(self.repo.sync)
+            except Exception as exc:
+                if self.repo.head() is None:
+                    raise StartupError(f"cannot clone {cfg.repo_url}: {self.repo.last_fetch_error or exc}") from None
+                self.log.warning("fetching %s failed, serving the last fetched commit: %s", cfg.repo_url, exc)
+        else:
+            self.repo = SnapshotRepo(cfg.repo, branch=cfg.branch)
+        self._sync_wake = asyncio.Event()
         source = self._load_initial()
         self.server_key = _load_or_create_key(cfg.data_dir / "noise_private.key", MachinePrivate)
         self.derp_key = _load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)
@@ -174,9 +204,9 @@ class Server:
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
         public = self.acme_responder.wrap(
-            build_app(WebDeps(self.server_key.public(), self.tailnet, self.status, os.urandom, local=False))
+            build_app(WebDeps(self.server_key.public(), self.tailnet, self.status, os.urandom, local=False, sync=self.sync_now))
         )
-        local = build_app(WebDeps(self.server_key.public(), self.tailnet, self.status, os.urandom, local=True))
+        local = build_app(WebDeps(self.server_key.public(), self.tailnet, self.status, os.urandom, local=True, sync=self.sync_now))
         self._front = FrontDoor(public, upgrades, log=self.log, scheme=scheme)
         self._local_front = FrontDoor(local, {}, log=self.log)
 
@@ -189,7 +219,15 @@ class Server:
 
         if self.acme is not None:
             await self._start_acme(FrontDoor(public, upgrades, log=self.log, scheme="http"))
-        if self.repo.is_git:
+        if isinstance(self.repo, RemoteRepo):
+            self._tasks.append(
+                asyncio.create_task(
+                    watch_remote(
+                        self.repo, self.on_revision, log=self.log, interval=cfg.fetch_interval, wake=self._sync_wake
+                    )
+                )
+            )
+        elif self.repo.is_git:
             self._tasks.append(asyncio.create_task(watch_repo(self.repo, self.on_revision, log=self.log)))
         self._tasks.append(asyncio.create_task(self._sweep_ephemeral()))
         self.log.info(

@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "tls_cert": args.tls_cert,
                 "tls_key": args.tls_key,
                 "branch": args.branch,
+                "fetch_interval": args.fetch_interval,
                 "acme_domain": args.acme_domain,
                 "acme_email": args.acme_email,
                 "acme_directory": args.acme_directory,
@@ -163,7 +164,10 @@ def _nodes(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    status = call(_target(args), "GET", "/api/v1/status")
+    if getattr(args, "sync", False):
+        status = call(_target(args), "POST", "/api/v1/repo/sync")
+    else:
+        status = call(_target(args), "GET", "/api/v1/status")
     if args.json:
         _print(status, True)
         return 0
@@ -183,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the control server")
-    serve.add_argument("--repo", help="git work tree holding tailnet.d/ (default: . if it has one, else the example)")
+    serve.add_argument(
+        "--repo",
+        help="git work tree holding tailnet.d/, or a remote URL to clone and fetch "
+        "(default: . if it has one, else the example)",
+    )
     serve.add_argument("--data", help="state directory: sqlite, keys, admin socket (default ./data)")
     serve.add_argument("--listen", help="HOST:PORT for control, DERP and the API (default 127.0.0.1:8080)")
     serve.add_argument("--server-url", help="URL clients use to reach this server")
@@ -195,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--acme-directory", help="ACME directory URL (default: Let's Encrypt)")
     serve.add_argument("--acme-http-listen", help="HOST:PORT answering HTTP-01 challenges (default 0.0.0.0:80)")
     serve.add_argument("--branch", help="branch to serve (default: the work tree's HEAD)")
+    serve.add_argument(
+        "--fetch-interval", help="seconds between fetches when --repo is a remote URL (default 60)"
+    )
     serve.add_argument("--config", help="YAML config file with the same keys as these flags")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_serve)
@@ -252,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = admin_parser("status", "what the server serves, and any rejected commit")
     status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "--sync", action="store_true", help="fetch/re-read the repository first (POST /api/v1/repo/sync)"
+    )
     status.set_defaults(func=_status)
     return parser
 

@@ -3,7 +3,7 @@
 Precedence: command-line flag > TAILNETD_* environment variable > config file
 key > default. The config file is YAML with the same keys as the flags
 (`repo`, `data`, `listen`, `server_url`, `stun_listen`, `tls_cert`, `tls_key`,
-`branch`, `acme_domain`, `acme_email`, `acme_directory`, `acme_http_listen`).
+`branch`, `fetch_interval`, `acme_domain`, `acme_email`, `acme_directory`, `acme_http_listen`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.remote_repo import is_remote
+
 __all__ = ["ConfigError", "ServerConfig", "default_repo", "load_config"]
 
 KEYS = (
     "repo", "data", "listen", "server_url", "stun_listen", "tls_cert", "tls_key", "branch",
+    "fetch_interval",
     "acme_domain", "acme_email", "acme_directory", "acme_http_listen",
 )  # fmt: skip
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
@@ -39,6 +42,8 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     branch: str | None = None
+    repo_url: str | None = None  # a remote repository, cloned into the data dir
+    fetch_interval: float = 60.0  # seconds between fetches of a remote repository
     acme_domain: str | None = None  # certificates from an ACME CA instead of files
     acme_email: str | None = None
     acme_directory: str = LETS_ENCRYPT
@@ -117,10 +122,24 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         stun_host, stun_port = None, 0
     else:
         stun_host, stun_port = _split_hostport(str(stun), "stun-listen")
-    repo = Path(pick("repo")) if pick("repo") else default_repo()
+    repo_value = pick("repo")
+    repo_url = str(repo_value) if repo_value and is_remote(str(repo_value)) else None
+    data_dir = Path(pick("data") or "data").resolve()
+    if repo_url is not None:
+        repo = data_dir / "repo.git"
+    else:
+        repo = Path(repo_value) if repo_value else default_repo()
+    try:
+        fetch_interval = float(pick("fetch_interval") or 60)
+    except ValueError:
+        raise ConfigError("fetch-interval must be a number of seconds") from None
+    if fetch_interval <= 0:
+        raise ConfigError("fetch-interval must be positive")
     return ServerConfig(
         repo=repo.resolve(),
-        data_dir=Path(pick("data") or "data").resolve(),
+        repo_url=repo_url,
+        fetch_interval=fetch_interval,
+        data_dir=data_dir,
         listen_host=host,
         listen_port=port,
         server_url=server_url,

@@ -11,7 +11,7 @@ never mint another.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,6 +47,8 @@ class WebDeps:
     status: RepoStatus
     rng: Callable[[int], bytes]
     local: bool  # True on the unix socket: admin API allowed
+    # Fetch (remote) or re-read (work tree) the repository now; serves a new commit if valid.
+    sync: Callable[[], Awaitable[None]] | None = None
 
 
 def parse_duration(text: str) -> timedelta:
@@ -125,6 +127,11 @@ def build_app(deps: WebDeps) -> Starlette:
         body["nodes"] = len(tailnet.context.nodes)
         body["online"] = len(tailnet.online_ids())
         return JSONResponse(body)
+
+    async def repo_sync(request: Request) -> Response:
+        if deps.sync is not None:
+            await deps.sync()
+        return await status(request)
 
     def node_json(n: Any) -> dict[str, Any]:
         return {
@@ -253,6 +260,7 @@ def build_app(deps: WebDeps) -> Starlette:
         Route("/generate_204", generate_204),
         Route("/health", health),
         Route("/api/v1/status", admin(status)),
+        Route("/api/v1/repo/sync", admin(repo_sync), methods=["POST"]),
         Route("/api/v1/nodes", admin(list_nodes)),
         Route("/api/v1/nodes/{ref}", admin(delete_node), methods=["DELETE"]),
         Route("/api/v1/nodes/{ref}/expire", admin(expire_node), methods=["POST"]),

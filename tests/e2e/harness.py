@@ -85,7 +85,7 @@ class TailnetRepo:
 class ServerProcess:
     def __init__(
         self,
-        repo: Path,
+        repo: Path | str,  # a work tree, or a remote URL
         data: Path,
         log_path: Path,
         *,

@@ -6,8 +6,12 @@ tests run in file order and each leaves the tailnet as the next expects.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import socket
+import subprocess
+import threading
 import time
 from datetime import UTC, datetime
 from collections.abc import Iterator
@@ -15,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ServerProcess, TailnetRepo, TailscaleNode, in_parallel, wait_for
+from tests.e2e.harness import (
+    ServerProcess,
+    TailnetRepo,
+    TailscaleNode,
+    free_port,
+    in_parallel,
+    wait_for,
+)
 
 USERS = """\
 users:
@@ -33,8 +44,11 @@ POLICY = """\
   ],
 }
 """
+# The port bob gets on alice's devices: a real listener on the host, since in
+# userspace mode a node delivers inbound tailnet connections to 127.0.0.1:<port>.
+OPEN_PORT, CLOSED_PORT = free_port(), free_port()
 POLICY_BOB_TO_ALICE = POLICY.replace(
-    '"dst": ["tag:server:80"]},', '"dst": ["tag:server:80", "group:eng:22"]},'
+    '"dst": ["tag:server:80"]},', f'"dst": ["tag:server:80", "group:eng:{OPEN_PORT}"]}},'
 )
 DNS = """\
 magic_dns: true
@@ -74,6 +88,44 @@ def tailnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tailnet]:
         for node in net.nodes.values():
             node.stop()
         net.server.stop()
+
+
+@contextlib.contextmanager
+def greeter(port: int, greeting: bytes) -> Iterator[None]:
+    """A host listener on 127.0.0.1:port that greets and hangs up."""
+    srv = socket.create_server(("127.0.0.1", port))
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(greeting)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        srv.close()
+
+
+def nc(node: TailscaleNode, peer: str, port: int) -> str:
+    """What `tailscale nc` reads from peer:port (empty when the filter drops it)."""
+    try:
+        out = subprocess.run(
+            [str(node.bin / "tailscale"), f"--socket={node.socket}", "nc", peer, str(port)],
+            input="", capture_output=True, text=True, timeout=8, env=node.env(),
+        )
+    except subprocess.TimeoutExpired:
+        return ""
+    return out.stdout
 
 
 def diagnose(net: Tailnet) -> str:
@@ -150,6 +202,14 @@ def test_a_policy_commit_reaches_connected_clients(tailnet: Tailnet) -> None:
     wait_for(lambda: bob1.peer_names() == {"server1", "alice1", "alice2"}, 15, "bob1 to see alice's devices")
 
 
+def test_the_committed_packet_filter_is_enforced(tailnet: Tailnet) -> None:
+    bob1 = tailnet.nodes["bob1"]
+    with greeter(OPEN_PORT, b"open port\n"), greeter(CLOSED_PORT, b"closed port\n"):
+        got = wait_for(lambda: "open port" in nc(bob1, "alice1", OPEN_PORT), 20, "bob1 to reach alice1")
+        assert got
+        assert "closed port" not in nc(bob1, "alice1", CLOSED_PORT)
+
+
 def test_a_broken_commit_is_rejected_and_the_tailnet_keeps_running(tailnet: Tailnet) -> None:
     good = tailnet.server.status()["serving"]
     bad = tailnet.repo.commit({"policy.hujson": POLICY.replace('"acls": [', '"acls": [[')}, "oops")
@@ -163,6 +223,23 @@ def test_a_broken_commit_is_rejected_and_the_tailnet_keeps_running(tailnet: Tail
     time.sleep(1)
     assert tailnet.nodes["bob1"].peer_names() == {"server1", "alice1", "alice2"}
     assert "pong from server1" in tailnet.nodes["alice1"].ping("server1")
+
+
+def test_a_commit_whose_policy_tests_fail_is_not_served(tailnet: Tailnet) -> None:
+    good = tailnet.server.status()["serving"]
+    failing = POLICY_BOB_TO_ALICE.replace(
+        '  "acls": [', '  "tests": [{"src": "bob@example.com", "deny": ["alice@example.com:%d"]}],\n  "acls": [' % OPEN_PORT
+    )
+    bad = tailnet.repo.commit({"policy.hujson": failing}, "a test that the policy contradicts")
+    status = wait_for(
+        lambda: (s := tailnet.server.status())["rejected"] and s["rejected"]["revision"] == bad and s,
+        15,
+        "the commit with failing tests to be rejected",
+    )
+    assert status["serving"] == good
+    assert any("policy.hujson:" in e and "expected deny" in e for e in status["rejected"]["errors"]), status
+    with greeter(OPEN_PORT, b"open port\n"):  # the old filter still serves
+        wait_for(lambda: "open port" in nc(tailnet.nodes["bob1"], "alice1", OPEN_PORT), 20, "bob1 to reach alice1")
 
 
 def test_logout_and_login_again_keeps_the_address(tailnet: Tailnet) -> None:

@@ -1,0 +1,311 @@
+"""The delta equivalence property (style.md 8): whatever happens in a tailnet,
+a client that applies the stream's messages the way tailscale's
+controlclient/map.go does holds exactly what a fresh full map says.
+
+Drives the real `Tailnet` (its routing of changes to sessions is half of what
+is under test) over an in-memory store, and pumps each session the way
+server/control.py's `_stream` does, without sockets.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
+
+from gitctl.policy import parse_policy
+from server.mapper import MapSession, build_map
+from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.store import open_store
+from server.store.model import Node
+from server.tailnet import SessionHandle, Tailnet, TailnetSource
+from server.wire import DerpRegion
+from tests.unit.control_client import T0
+
+USERS = {"alice": ("alice@example.com", "Alice"), "bob": ("bob@example.com", "Bob")}
+DNS = {"Domains": ["tailnet.example"], "Proxied": True}
+# Asymmetric on purpose: bob reaches the servers, the servers never reach bob,
+# alice's devices reach each other and the servers.
+POLICY = {
+    "tagOwners": {"tag:server": ["alice@example.com"]},
+    "acls": [
+        {
+            "action": "accept",
+            "src": ["alice@example.com"],
+            "dst": ["alice@example.com:*", "tag:server:*", "10.1.0.0/24:*"],
+        },
+        {"action": "accept", "src": ["bob@example.com"], "dst": ["tag:server:80"]},
+    ],
+    "ssh": [
+        {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:server"], "users": ["root"]}
+    ],
+}
+ROUTES = {"tag:server": ("10.1.0.0/24",)}  # approved in git for tagged servers
+SOURCES = {
+    name: TailnetSource(
+        id=name,
+        domain="tailnet.example",
+        dns_config=DNS,
+        users=USERS,
+        policy=policy,
+        explicit_routes=ROUTES,
+    )
+    for name, policy in (("allow-all", None), ("policy", parse_policy(POLICY)))
+}
+SOURCE_NAMES = st.sampled_from(sorted(SOURCES))
+OWNERS = st.sampled_from([("alice", ()), ("bob", ()), (None, ("tag:server",))])
+ENDPOINTS = st.lists(
+    st.sampled_from(["192.0.2.1:41641", "198.51.100.2:3478", "[2001:db8::1]:41641"]), max_size=2
+)
+PEER_KEYS = (
+    "Peers",
+    "PeersChanged",
+    "PeersRemoved",
+    "PeersChangedPatch",
+    "PeerSeenChange",
+    "OnlineChange",
+)
+PATCH_FIELDS = {
+    "DERPRegion": "HomeDERP",
+    "Cap": "Cap",
+    "CapMap": "CapMap",
+    "Endpoints": "Endpoints",
+    "Key": "Key",
+    "KeySignature": "KeySignature",
+    "DiscoKey": "DiscoKey",
+    "Online": "Online",
+    "LastSeen": "LastSeen",
+    "KeyExpiry": "KeyExpiry",
+}
+
+
+@dataclass
+class ClientNetmap:
+    """What tailscaled holds for one map stream (controlclient mapSession)."""
+
+    top: dict[str, Any] = field(default_factory=dict)
+    peers: dict[int, dict[str, Any]] = field(default_factory=dict)
+    profiles: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def apply(self, msg: dict[str, Any]) -> None:
+        if msg.get("KeepAlive"):
+            return
+        for key, value in msg.items():
+            if (
+                key not in PEER_KEYS
+                and key not in ("UserProfiles", "ControlTime")
+                and value is not None
+            ):
+                self.top[key] = copy.deepcopy(value)
+        if msg.get("Peers"):  # non-empty: a full list; the deltas in it are ignored
+            self.peers = {p["ID"]: copy.deepcopy(p) for p in msg["Peers"]}
+        else:
+            for pid in msg.get("PeersRemoved") or ():
+                self.peers.pop(pid, None)
+            for peer in msg.get("PeersChanged") or ():
+                self.peers[peer["ID"]] = copy.deepcopy(peer)
+            # true means "LastSeen = the client's now", which tailnetd never sends.
+            for pid, seen in (msg.get("PeerSeenChange") or {}).items():
+                if int(pid) in self.peers and not seen:
+                    self.peers[int(pid)].pop("LastSeen", None)
+            for pid, online in (msg.get("OnlineChange") or {}).items():
+                if int(pid) in self.peers:
+                    self.peers[int(pid)]["Online"] = online
+            for patch in msg.get("PeersChangedPatch") or ():
+                peer = self.peers.get(patch["NodeID"])
+                for name, node_field in PATCH_FIELDS.items():
+                    if peer is not None and patch.get(name) is not None:
+                        peer[node_field] = patch[name]
+        for profile in msg.get("UserProfiles") or ():
+            self.profiles[profile["ID"]] = profile
+
+
+@dataclass
+class Stream:
+    handle: SessionHandle
+    session: MapSession
+    netmap: ClientNetmap = field(default_factory=ClientNetmap)
+
+
+class TailnetChanges(RuleBasedStateMachine):
+    nodes = Bundle("nodes")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = open_store(Path(":memory:"))
+        self.now = T0
+        self.tailnet = self._tailnet(SOURCES["allow-all"])
+        self.streams: dict[int, Stream] = {}
+        self.serial = 0
+
+    def _tailnet(self, source: TailnetSource | None = None) -> Tailnet:
+        return Tailnet(
+            store=self.store,
+            source=source or self.tailnet.source,
+            derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
+            clock=lambda: self.now,
+            log=logging.getLogger("test"),
+        )
+
+    def teardown(self) -> None:
+        self.store.close()
+
+    # Changes
+
+    @initialize(target=nodes, owners=st.lists(OWNERS, min_size=2, max_size=4), source=SOURCE_NAMES)
+    def start(self, owners: list[tuple[str | None, tuple[str, ...]]], source: str) -> Any:
+        # Short paths to interesting states: a few nodes, some of them polling.
+        self.tailnet.swap_source(SOURCES[source])
+        ids = [self.join(owner) for owner in owners]
+        for node_id in ids[::2]:
+            self.go_online(node_id)
+        return multiple(*ids)
+
+    @rule(target=nodes, owner=OWNERS)
+    def join(self, owner: tuple[str | None, tuple[str, ...]]) -> int:
+        self.serial += 1
+        raw = self.serial.to_bytes(32, "big")
+        node = self.store.create_node(
+            machine_key=MachinePublic(raw),
+            node_key=NodePublic(raw),
+            hostname=f"node{self.serial}",
+            user=owner[0],
+            tags=owner[1],
+            now=self.now,
+        )
+        self.tailnet.topology_changed()
+        return node.id
+
+    @rule(node_id=consumes(nodes))
+    def leave(self, node_id: int) -> None:
+        self.tailnet.remove_node(node_id)
+
+    @rule(node_id=nodes, endpoints=ENDPOINTS, derp=st.sampled_from([0, 1, 999]))
+    def lite_update(self, node_id: int, endpoints: list[str], derp: int) -> None:
+        hostinfo = f'{{"Hostname": "x", "NetInfo": {{"PreferredDERP": {derp}}}}}'
+        self._updated(
+            self.store.update_from_map(
+                node_id, now=self.now, endpoints=endpoints, hostinfo=hostinfo
+            )
+        )
+
+    @rule(node_id=nodes)
+    def new_disco_key(self, node_id: int) -> None:
+        self.serial += 1
+        disco = DiscoPublic(self.serial.to_bytes(32, "big"))
+        self._updated(self.store.update_from_map(node_id, now=self.now, disco_key=disco))
+
+    @rule(node_id=nodes)
+    def rename(self, node_id: int) -> None:
+        self.serial += 1
+        self._updated(self.store.rename_node(node_id, f"renamed{self.serial}"))
+
+    @rule(node_id=nodes, routes=st.sampled_from(["[]", '["10.1.0.0/24"]']))
+    def advertise_routes(self, node_id: int, routes: str) -> None:
+        hostinfo = f'{{"Hostname": "x", "RoutableIPs": {routes}}}'
+        self._updated(self.store.update_from_map(node_id, now=self.now, hostinfo=hostinfo))
+
+    @rule(node_id=nodes)
+    def logout(self, node_id: int) -> None:
+        self.store.set_key_expiry(node_id, self.now)
+        self.tailnet.topology_changed()
+
+    @rule(node_id=nodes)
+    def go_online(self, node_id: int) -> None:
+        old = self.streams.pop(node_id, None)
+        if old is not None:  # a new poll replaces the old one, as tailscaled does
+            self.tailnet.close_session(old.handle)
+        self.streams[node_id] = Stream(self.tailnet.open_session(node_id), MapSession(node_id))
+
+    @precondition(lambda self: bool(self.streams))
+    @rule(data=st.data())
+    def go_offline(self, data: st.DataObject) -> None:
+        node_id = data.draw(st.sampled_from(sorted(self.streams)))
+        stream = self.streams.pop(node_id)
+        self.tailnet.close_session(stream.handle)
+
+    @rule(name=SOURCE_NAMES)
+    def swap_policy(self, name: str) -> None:
+        self.tailnet.swap_source(SOURCES[name])
+
+    @rule()
+    def time_passes(self) -> None:
+        self.now += timedelta(minutes=1)
+
+    def _updated(self, node: Node) -> None:
+        self.tailnet.node_updated(node)
+
+    # What every open stream holds
+
+    @invariant()
+    def every_client_holds_the_full_map(self) -> None:
+        self._pump()
+        # The reference compiles everything again from the store, so a change
+        # path that forgets to recompile (or to refresh a node) shows up too.
+        fresh = self._tailnet()
+        ctx = replace(fresh.context, online=self.tailnet.online_ids())
+        for node_id, stream in self.streams.items():
+            want = build_map(ctx, node_id, self.now)
+            assert want is not None
+            got = stream.netmap
+            assert set(got.peers) == set(want.peers), f"node {node_id}: peer set differs"
+            for pid, entry in want.peers.items():
+                assert got.peers[pid] == _plain(entry), f"node {node_id}: peer {pid} differs"
+            for key, value in want.top.items():
+                assert got.top.get(key) == _plain(value), f"node {node_id}: {key} differs"
+            for uid, profile in want.profiles.items():
+                assert got.profiles.get(uid) == _plain(profile), (
+                    f"node {node_id}: profile {uid} missing"
+                )
+
+    def _pump(self) -> None:
+        """One round of server/control.py `_stream` for every open stream."""
+        for node_id, stream in list(self.streams.items()):
+            if stream.handle.closed:
+                del self.streams[node_id]
+                continue
+            full, peers = stream.handle.take()
+            ctx = self.tailnet.context
+            msg = None
+            if full:
+                state = build_map(ctx, node_id, self.now)
+                if state is None:
+                    self.tailnet.close_session(stream.handle)
+                    del self.streams[node_id]
+                    continue
+                msg = stream.session.next_message(state, self.now)
+            elif peers:
+                msg = stream.session.peer_changes(ctx, peers, self.now)
+            if msg is not None:
+                stream.netmap.apply(_plain(msg))
+
+
+def _plain(value: Any) -> Any:
+    """What the client decodes: JSON types only (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+TailnetChanges.TestCase.settings = settings(
+    max_examples=40,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_deltas_equal_a_fresh_full_map = TailnetChanges.TestCase

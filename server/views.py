@@ -13,7 +13,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from itertools import repeat
+from operator import is_
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any, cast
 
 from server.store.model import Node
 
@@ -122,12 +126,23 @@ def own_prefixes(node: Node) -> tuple[str, ...]:
 
 
 def advertised_routes(node: Node) -> tuple[str, ...]:
+    return _routes_in(node.hostinfo or "{}")
+
+
+@lru_cache(maxsize=65536)
+def _ip_text(ip: IPv4Address | IPv6Address) -> str:
+    return str(ip)  # slow for IPv6, and every recompile needs every node's
+
+
+@lru_cache(maxsize=16384)
+def _routes_in(hostinfo: str) -> tuple[str, ...]:
+    # Recompiles re-read every node's Hostinfo; parse each text once.
     try:
-        hostinfo = json.loads(node.hostinfo or "{}")
+        parsed = json.loads(hostinfo)
     except ValueError:
         return ()
-    routes = hostinfo.get("RoutableIPs") or []
-    return tuple(r for r in routes if isinstance(r, str))
+    routes = parsed.get("RoutableIPs") if isinstance(parsed, dict) else None
+    return tuple(r for r in routes or () if isinstance(r, str))
 
 
 def to_topology_node(node: Node, approved: tuple[str, ...]) -> Any:
@@ -139,8 +154,8 @@ def to_topology_node(node: Node, approved: tuple[str, ...]) -> Any:
         hostname=node.given_name,
         user=node.user if not node.tags else None,
         tags=tuple(node.tags),
-        ipv4=str(node.ipv4) if node.ipv4 is not None else None,
-        ipv6=str(node.ipv6) if node.ipv6 is not None else None,
+        ipv4=_ip_text(node.ipv4) if node.ipv4 is not None else None,
+        ipv6=_ip_text(node.ipv6) if node.ipv6 is not None else None,
         routable_ips=advertised_routes(node),
         approved_routes=approved,
     )
@@ -195,26 +210,36 @@ def compute_views(
     )
     by_id = {n.id: n for n in nodes}
     id_of = {topology_name(n): n.id for n in nodes}
-    converted: dict[int, tuple[Any, PeerView]] = {}
+    # Peers without routes share one compiled view; convert each once. The
+    # compiled views are kept alive with their conversions so ids stay unique.
+    converted: dict[int, PeerView] = {}
+    keep: list[Any] = []
+    cached = converted.get
 
     def peer(pv: Any) -> PeerView:
-        # Peers without routes share one compiled view; convert each once.
-        hit = converted.get(id(pv))
-        if hit is None:
-            hit = converted[id(pv)] = (pv, PeerView(
+        out = converted.get(id(pv))
+        if out is None:
+            keep.append(pv)
+            out = converted[id(pv)] = PeerView(
                 allowed_ips=tuple(pv.allowed_ips),
                 primary_routes=tuple(pv.primary_routes or ()),
                 cap_map=dict(pv.cap_map or {}),
-            ))
-        return hit[1]
+            )
+        return out
 
     def build(node_id: int) -> NodeView:
         node = by_id[node_id]
         nv = compiled.nodes[topology_name(node)]
+        pvs = list(nv.peers.values())
+        # Mostly hits in the cache: look them all up at once, convert the rest.
+        got = list(map(cached, map(id, pvs)))
+        if any(map(is_, got, repeat(None))):  # by identity: `in` would call __eq__
+            got = [g or peer(pv) for g, pv in zip(got, pvs, strict=True)]
+        converted_peers = cast("list[PeerView]", got)  # no misses left
         return NodeView(
             packet_filter=tuple(nv.packet_filter_rules),
             ssh_policy=nv.ssh_policy or {"rules": []},
-            peers={id_of[name]: peer(pv) for name, pv in nv.peers.items()},
+            peers=dict(zip(map(id_of.__getitem__, nv.peers), converted_peers, strict=True)),
             self_cap_map=dict(nv.self_cap_map or {}),
             self_allowed_ips=tuple(nv.self_allowed_ips or own_prefixes(node)),
             self_primary_routes=tuple(nv.self_primary_routes or ()),

@@ -8,6 +8,7 @@ members, never by scanning rules against node pairs.
 from __future__ import annotations
 
 import ipaddress
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,8 +47,8 @@ class Index:
         by_email: dict[str, set[int]] = defaultdict(set)
         self.email: list[str | None] = []
         self.ips: list[tuple[str, ...]] = []
-        self._host_prefixes: list[list[str]] = []
-        self.ip_spans: list[tuple[Span, ...]] = []
+        # per node: its addresses as /32 and /128 prefixes
+        self.host_prefix_table: list[tuple[str, ...]] = []
         self.by_ip: dict[str, int] = {}
         for i, n in enumerate(self.nodes):
             for t in n.tags:
@@ -58,10 +59,11 @@ class Index:
                 by_email[email.lower()].add(i)
             ips = tuple(ip for ip in (n.ipv4, n.ipv6) if ip)
             self.ips.append(ips)
-            self._host_prefixes.append([host_prefix(ip) for ip in ips])
-            self.ip_spans.append(tuple(span(ip) for ip in ips))
+            self.host_prefix_table.append(tuple(host_prefix(ip) for ip in ips))
             for ip in ips:
                 self.by_ip[ip] = i
+        self._sorted_ips: dict[int, tuple[list[int], list[int]]] | None = None
+        self._resolved: dict[Alias, Resolved] = {}
         self.by_tag = {k: frozenset(v) for k, v in by_tag.items()}
         self.by_email = {k: frozenset(v) for k, v in by_email.items()}
         self.tagged = frozenset(i for i, n in enumerate(self.nodes) if n.tags)
@@ -70,11 +72,14 @@ class Index:
         # subnet routes that "*" stands for as a source.
         self.routes: list[tuple[str, ...]] = [() for _ in self.nodes]
         self.route_spans: list[tuple[Span, ...]] = [() for _ in self.nodes]
+        self.routers: tuple[int, ...] = ()
         self.subnet_routes: tuple[str, ...] = ()
 
     def set_routes(self, routes: list[tuple[str, ...]]) -> None:
         self.routes = routes
         self.route_spans = [tuple(span(r) for r in rs) for rs in routes]
+        self.routers = tuple(i for i, rs in enumerate(routes) if rs)
+        self._resolved.clear()  # wildcards and prefixes depend on the routes
         seen: dict[str, None] = {}
         for rs in routes:
             for r in rs:
@@ -93,25 +98,53 @@ class Index:
             )
         return self.by_email.get(pattern, frozenset())
 
+    def _ip_order(self, version: int) -> tuple[list[int], list[int]]:
+        """Node addresses of one IP version, sorted, with their nodes."""
+        if self._sorted_ips is None:
+            pairs: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+            for i, ips in enumerate(self.ips):
+                for ip in ips:
+                    s = span(ip)
+                    pairs[s.version].append((s.lo, i))
+            self._sorted_ips = {}
+            for v, items in pairs.items():
+                items.sort()
+                self._sorted_ips[v] = ([a for a, _ in items], [i for _, i in items])
+        return self._sorted_ips[version]
+
+    def _nodes_within(self, s: Span) -> frozenset[int]:
+        addrs, nodes = self._ip_order(s.version)
+        return frozenset(nodes[bisect_left(addrs, s.lo):bisect_right(addrs, s.hi)])
+
     def nodes_in(self, prefix: str) -> frozenset[int]:
         s = span(prefix)
         if s.hi == s.lo:
             node = self.by_ip.get(str(ipaddress.ip_address(s.lo)))
             return frozenset() if node is None else frozenset({node})
-        return frozenset(
-            i for i, spans in enumerate(self.ip_spans) if any(s.contains(x) for x in spans)
-        )
+        return self._nodes_within(s)
 
     def routers_into(self, prefix: str) -> frozenset[int]:
         """Routers whose subnet routes overlap ``prefix``: traffic from there
         reaches the tailnet through them."""
         s = span(prefix)
         return frozenset(
-            i for i, rs in enumerate(self.routes)
-            if any(s.overlaps(span(r)) for r in rs if not is_exit_route(r))
+            i for i in self.routers
+            if any(s.overlaps(span(r)) for r in self.routes[i] if not is_exit_route(r))
         )
 
+    def covering(self, s: Span) -> frozenset[int]:
+        """Nodes traffic to ``s`` may be delivered to (own address or route)."""
+        return self._nodes_within(s) | frozenset(
+            i for i in self.routers if any(s.overlaps(x) for x in self.route_spans[i]))
+
     def resolve(self, alias: Alias) -> Resolved:
+        # Rules name the same groups and tags over and over: resolve each once.
+        r = self._resolved.get(alias)
+        if r is None:
+            r = self._resolved[alias] = self._resolve(alias)
+        return r
+
+    def _resolve(self, alias: Alias) -> Resolved:
         kind, value = alias.kind, alias.value
         if kind == "wildcard":
             return Resolved(frozenset(), TAILSCALE_RANGES + self.subnet_routes, self.all, True)
@@ -152,11 +185,14 @@ class Index:
         return frozenset(out)
 
     def resolve_many(self, aliases: Iterable[Alias]) -> Resolved:
+        given = tuple(aliases)
+        if len(given) == 1:
+            return self.resolve(given[0])
         nodes: set[int] = set()
         extra: dict[str, None] = {}
         members: set[int] = set()
         wildcard = False
-        for a in aliases:
+        for a in given:
             r = self.resolve(a)
             nodes |= r.nodes
             extra.update(dict.fromkeys(r.extra))
@@ -169,10 +205,4 @@ class Index:
 
     def host_prefixes(self, node: int) -> list[str]:
         """The node's addresses as /32 and /128 prefixes (a fresh list)."""
-        return list(self._host_prefixes[node])
-
-    def covers(self, node: int, s: Span) -> bool:
-        """Whether traffic to ``s`` may be delivered to ``node`` (own IP or route)."""
-        return any(s.overlaps(x) for x in self.ip_spans[node]) or any(
-            s.overlaps(x) for x in self.route_spans[node]
-        )
+        return list(self.host_prefix_table[node])

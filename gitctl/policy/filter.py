@@ -9,7 +9,8 @@ which is how Tailscale reduces filters per node.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,26 @@ REVERSE_CAPS = {
 INTERNET = Alias("autogroup", "autogroup:internet")
 
 
+@dataclass(frozen=True, slots=True)
+class DstPart:
+    """One destination of a rule: the nodes it reaches and what each is sent.
+
+    With ``addrs`` a node receives its own addresses from that table (bare
+    IPs or host prefixes); otherwise it receives ``text`` (``*``, a prefix
+    or a range).
+    """
+
+    nodes: AbstractSet[int]
+    ports: tuple[PortRange, ...]
+    addrs: Sequence[Sequence[str]] | None = None
+    text: str = ""
+
+    def entries(self, node: int) -> list[tuple[str, tuple[PortRange, ...]]]:
+        if self.addrs is None:
+            return [(self.text, self.ports)]
+        return [(a, self.ports) for a in self.addrs[node]]
+
+
 @dataclass
 class Rule:
     """One filter rule before rendering: sources and, per node, what it may reach."""
@@ -41,13 +62,34 @@ class Rule:
     hidden: bool = False
     # src_members as a bitmask, filled in by the compiler
     src_mask: int = 0
-    # node -> (address text, ports) pairs (DstPorts) or address texts (CapGrant Dsts)
-    dsts: dict[int, list[tuple[str, tuple[PortRange, ...]]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )
+    # destinations in policy order, and every node one of them reaches
+    parts: list[DstPart] = field(default_factory=list)
+    dst_nodes: set[int] = field(default_factory=set)
+    _src_key: frozenset[str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def src_key(self) -> frozenset[str]:
+        """The sources as a set: rules a node receives merge when these match."""
+        key = self._src_key
+        if key is None:
+            key = self._src_key = frozenset(self.src_ips)
+        return key
+
+    def add(self, part: DstPart) -> None:
+        if part.nodes:
+            self.parts.append(part)
+            self.dst_nodes.update(part.nodes)
+
+    def entries(self, node: int) -> list[tuple[str, tuple[PortRange, ...]]]:
+        """(address text, ports) pairs (DstPorts) or address texts (CapGrant Dsts)."""
+        out = []
+        for part in self.parts:
+            if node in part.nodes:
+                out.extend(part.entries(node))
+        return out
 
     def render(self, node: int) -> dict[str, Any]:
-        entries = self.dsts[node]
+        entries = self.entries(node)
         out: dict[str, Any] = {"SrcIPs": list(self.src_ips)}
         if self.caps is not None:
             out["CapGrant"] = [{"Dsts": _unique(t for t, _ in entries),
@@ -72,13 +114,18 @@ class RuleBuilder:
     def __init__(self, index: Index) -> None:
         self.index = index
         self.rules: list[Rule] = []
+        self._src_ips: dict[tuple[frozenset[int], tuple[str, ...]], tuple[str, ...]] = {}
 
     def _src(self, src: Iterable[Alias]) -> Resolved:
         return self.index.resolve_many(src)
 
     def _rule(self, src: Resolved, protos: tuple[int, ...] = (),
               caps: Mapping[str, tuple[Any, ...]] | None = None) -> Rule:
-        ips = tuple(dict.fromkeys([*self.index.node_texts(sorted(src.nodes)), *src.extra]))
+        key = (src.nodes, src.extra)
+        ips = self._src_ips.get(key)
+        if ips is None:
+            ips = self._src_ips[key] = tuple(
+                dict.fromkeys([*self.index.node_texts(sorted(src.nodes)), *src.extra]))
         return Rule(src_ips=ips, src_members=src.members, protos=protos, caps=caps)
 
     def _add_dst(self, rule: Rule, alias: Alias, ports: tuple[PortRange, ...],
@@ -90,12 +137,9 @@ class RuleBuilder:
         """
         index = self.index
         allowed = index.all if only is None else only
+        own = index.host_prefix_table if host_form else index.ips
         if alias.kind == "wildcard":
-            for i in allowed:
-                if host_form:
-                    rule.dsts[i].extend((p, ports) for p in index.host_prefixes(i))
-                else:
-                    rule.dsts[i].append(("*", ports))
+            rule.add(DstPart(allowed, ports, own if host_form else None, "*"))
             return
         if alias == INTERNET:
             texts: tuple[str, ...] = INTERNET_RANGES
@@ -103,23 +147,17 @@ class RuleBuilder:
         else:
             r = index.resolve(alias)
             texts, nodes = r.extra, r.nodes
-        for i in nodes & allowed:
-            addrs = index.host_prefixes(i) if host_form else index.ips[i]
-            rule.dsts[i].extend((a, ports) for a in addrs)
+        rule.add(DstPart(nodes & allowed, ports, own))
         for text in texts:
             if host_form:
                 # Capabilities go to nodes, never to subnets behind them.
-                for i in index.nodes_in(text) & allowed:
-                    rule.dsts[i].extend((p, ports) for p in index.host_prefixes(i))
-                continue
-            s = span(text)
-            for i in allowed:
-                if index.covers(i, s):
-                    rule.dsts[i].append((text, ports))
+                rule.add(DstPart(index.nodes_in(text) & allowed, ports, own))
+            else:
+                rule.add(DstPart(index.covering(span(text)) & allowed, ports, text=text))
 
     def _finish(self, rule: Rule) -> None:
         # An app grant reaches its destinations even when no source resolves.
-        if (rule.src_ips or rule.caps is not None) and rule.dsts:
+        if (rule.src_ips or rule.caps is not None) and rule.dst_nodes:
             self.rules.append(rule)
 
     def add_acl(self, src: tuple[Alias, ...], dsts: Iterable[tuple[Alias, tuple[PortRange, ...]]],
@@ -149,10 +187,9 @@ class RuleBuilder:
             own = index.by_email[email.lower()]
             rule = Rule(src_ips=tuple(index.node_texts(srcs)), src_members=frozenset(srcs),
                         protos=protos, caps=caps)
-            for i in own:
-                addrs = index.host_prefixes(i) if caps is not None else index.ips[i]
-                for ports in port_sets:
-                    rule.dsts[i].extend((a, ports) for a in addrs)
+            addrs = index.host_prefix_table if caps is not None else index.ips
+            for ports in port_sets:
+                rule.add(DstPart(own, ports, addrs))
             self._finish(rule)
 
     def add_grant(self, grant: Grant) -> None:

@@ -122,7 +122,7 @@ class _PacketOracle:
                      if a != Alias("autogroup", "autogroup:self")]
         self.rules.append((src_texts, dst_texts, protos or DEFAULT_PROTOS))
         if any(a == Alias("autogroup", "autogroup:self") for a, _ in dsts):
-            for email, nodes in self.index.by_email.items():
+            for nodes in self.index.by_email.values():
                 own = self.index.node_texts(sorted(nodes))
                 srcs = [t for t in own if _inside(t, src_texts)]
                 ports = [p for a, p in dsts if a == Alias("autogroup", "autogroup:self")]

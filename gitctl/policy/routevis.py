@@ -41,7 +41,7 @@ class RouteVisibility:
             own = set(self.index.ips[router])
             mask = 0
             for rule in self.per_node[router]:
-                if rule.via == via and _reaches(rule.dsts[router], own, span(route)):
+                if rule.via == via and _reaches(rule.entries(router), own, span(route)):
                     mask |= rule.src_mask
             self._senders[key] = mask
         return self._senders[key]

@@ -9,8 +9,10 @@ from its own rules and the rule bitsets, and kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
+from itertools import chain, compress
+from typing import Any, cast
 
 from .addrs import is_exit_route
 from .aliases import Index
@@ -53,17 +55,18 @@ class ViewIndex:
         reach: dict[frozenset[int], int] = {}
         for rule in builder.rules:
             rule.src_mask = bitset(rule.src_members, n)
-            for i in rule.dsts:
+            for i in rule.dst_nodes:
                 self.per_node[i].append(rule)
             if rule.src_members:
-                reach[rule.src_members] = reach.get(rule.src_members, 0) | bitset(rule.dsts, n)
+                reach[rule.src_members] = reach.get(rule.src_members, 0) | bitset(rule.dst_nodes, n)
         self._reach = list(reach.items())
 
         self.ssh = SshIndex(policy, index)
         self.caps = self_cap_maps(policy, index, tailnet)
         self.no_v4 = ipv4_disabled(self.caps)
         self.routes = RouteVisibility(index, self.table, self.per_node)
-        self._plain: dict[int, PeerView] = {}
+        self._plain: list[PeerView | None] = [None] * n
+        self._routers = bitset(index.routers, n)
         self._visible: dict[int, int] = {}
         self.views: dict[int, NodeView] = {}
 
@@ -103,37 +106,47 @@ class ViewIndex:
         return v
 
     def _peer(self, viewer: int, j: int) -> PeerView:
-        index, table, no_v4 = self.index, self.table, self.no_v4
-        peer = index.nodes[j]
-        if not table.enabled[j] and viewer not in no_v4:
-            # A peer without routes looks the same to every viewer: build it once.
-            view = self._plain.get(j)
-            if view is None:
-                view = self._plain[j] = PeerView(
-                    allowed_ips=tuple(own_prefixes(index, j, no_v4)),
-                    primary_routes=(), tags=peer.tags)
-            return view
+        index, no_v4 = self.index, self.no_v4
         primary, exits = self.routes.visible_routes(viewer, j)
         return PeerView(
             allowed_ips=(*own_prefixes(index, j, no_v4, viewer), *primary, *exits),
             primary_routes=primary,
-            tags=peer.tags,
+            tags=index.nodes[j].tags,
         )
+
+    def _peers(self, viewer: int, mask: int, peers: list[int]) -> dict[str, PeerView]:
+        names = self.names
+        if viewer in self.no_v4:
+            return {names[j]: self._peer(viewer, j) for j in peers}
+        # A peer without routes looks the same to every viewer: build it once.
+        plain = self._plain
+        for j in [j for j in peers if plain[j] is None]:
+            plain[j] = PeerView(allowed_ips=tuple(own_prefixes(self.index, j, self.no_v4)),
+                                primary_routes=(), tags=self.index.nodes[j].tags)
+        filled = cast("list[PeerView]", plain)  # for these peers
+        out = dict(zip(map(names.__getitem__, peers), map(filled.__getitem__, peers), strict=True))
+        # Routers' routes depend on the viewer (replacing keeps the order).
+        for j in bits(mask & self._routers):
+            out[names[j]] = self._peer(viewer, j)
+        return out
 
     def _build(self, i: int) -> NodeView:
         index, table = self.index, self.table
         mask = self.visible(i)
-        nodes = index.nodes
+        peers = bits(mask)
         rules = self.per_node[i]
+        cap_rules = [(r.caps, r.src_mask) for r in rules if r.caps is not None]
         return NodeView(
-            packet_filter_rules=merge_rules(r.render(i) for r in rules if not r.hidden),
+            packet_filter_rules=merge_rules((r, r.render(i)) for r in rules if not r.hidden),
             ssh_policy=self.ssh.policy(i),
-            peers={nodes[j].name: self._peer(i, j) for j in bits(mask)},
+            peers=self._peers(i, mask, peers),
             self_cap_map=self.caps[i],
             self_allowed_ips=(*own_prefixes(index, i, self.no_v4), *table.primary[i],
                               *(r for r in table.enabled[i] if is_exit_route(r))),
             self_primary_routes=table.primary[i],
-            whois_cap_map=whois(index, rules, mask),
+            # Only some consumers read it (the server does not): build it on
+            # demand, from values that do not hold on to this index.
+            whois_cap_map=LazyMap(partial(whois, index.ips, cap_rules, mask, peers)),
         )
 
     # -- reuse across topology changes --------------------------------------
@@ -197,6 +210,31 @@ class LazyNodes(Mapping[str, NodeView]):
         return name in self._index.position
 
 
+class LazyMap(Mapping[str, Any]):
+    """A mapping computed by ``build`` on first read."""
+
+    def __init__(self, build: Callable[[], dict[str, Any]]) -> None:
+        self._build: Callable[[], dict[str, Any]] | None = build
+        self._data: dict[str, Any] = {}
+
+    def _get(self) -> dict[str, Any]:
+        if self._build is not None:
+            self._data, self._build = self._build(), None
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+
 def _merge_caps(into: dict[str, Any], caps: Mapping[str, Any]) -> None:
     for name, values in caps.items():
         if values is None:
@@ -207,37 +245,41 @@ def _merge_caps(into: dict[str, Any], caps: Mapping[str, Any]) -> None:
             into[name].extend(values)
 
 
-def whois(index: Index, rules: list[Rule], peers: int) -> dict[str, Any]:
-    """Per peer address: the app capabilities that peer holds toward this node."""
+def whois(ips: Sequence[tuple[str, ...]], cap_rules: list[tuple[Mapping[str, Any], int]],
+          mask: int, peers: list[int]) -> dict[str, Any]:
+    """Per peer address: the app capabilities that peer holds toward this node
+    (``cap_rules``: the capabilities of each app rule it receives, and the
+    sources holding them)."""
+    if not cap_rules:
+        return dict.fromkeys(chain.from_iterable(map(ips.__getitem__, peers)))
     # Peers holding the same grants share one merged map.
-    cap_rules = [r for r in rules if r.caps is not None]
     held: dict[int, tuple[int, ...]] = {}
-    for n, r in enumerate(cap_rules):
-        for j in bits(peers & r.src_mask):
+    for n, (_, src_mask) in enumerate(cap_rules):
+        for j in bits(mask & src_mask):
             held[j] = (*held.get(j, ()), n)
     merged: dict[tuple[int, ...], dict[str, Any]] = {}
     out: dict[str, Any] = {}
-    for j in bits(peers):
+    for j in peers:
         key = held.get(j, ())
         if key not in merged:
             caps: dict[str, Any] = {}
             for n in key:
-                _merge_caps(caps, cap_rules[n].caps or {})
+                _merge_caps(caps, cap_rules[n][0])
             merged[key] = caps
-        for ip in index.ips[j]:
+        for ip in ips[j]:
             out[ip] = merged[key] or None
     return out
 
 
-def merge_rules(rendered: Iterable[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+def merge_rules(rendered: Iterable[tuple[Rule, dict[str, Any]]]) -> tuple[dict[str, Any], ...]:
     """Rules with the same sources and protocols reach a node as one rule."""
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for n, r in enumerate(rendered):
+    for n, (rule, r) in enumerate(rendered):
         if "CapGrant" in r:
             merged[(n,)] = r
             continue
         kind = "DstPorts"
-        key = (kind, frozenset(r["SrcIPs"]), tuple(r.get("IPProto") or ()))
+        key = (kind, rule.src_key, tuple(r.get("IPProto") or ()))
         if key in merged:
             merged[key][kind] = merged[key][kind] + r[kind]
         else:
@@ -263,13 +305,21 @@ def bitset(items: Iterable[int], size: int) -> int:
     return int.from_bytes(buf, "little")
 
 
+_FLAGS = str.maketrans("01", "\x00\x01")
+
+
 def bits(mask: int) -> list[int]:
-    """Indices of the set bits (one pass over the binary text: linear, unlike
-    repeated big-int arithmetic)."""
-    text = bin(mask)[:1:-1]
-    out = []
-    i = text.find("1")
-    while i != -1:
-        out.append(i)
-        i = text.find("1", i + 1)
-    return out
+    """Indices of the set bits, in order, in time linear in the mask's size
+    (repeated big-int shifts would be quadratic)."""
+    if mask.bit_count() * 4 < mask.bit_length():
+        # sparse: jump from one "1" to the next in the binary text
+        text = bin(mask)[:1:-1]
+        out = []
+        i = text.find("1")
+        while i != -1:
+            out.append(i)
+            i = text.find("1", i + 1)
+        return out
+    # dense: one byte per bit, picked out in C
+    flags = bin(mask)[:1:-1].translate(_FLAGS).encode()
+    return list(compress(range(len(flags)), flags))

@@ -67,6 +67,8 @@ def _split_hostport(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
+    if int(port) > 65535:  # else bind() fails much later with a traceback
+        raise ConfigError(f"{what}: port must be 0-65535, got {text!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 

@@ -1,0 +1,90 @@
+"""Server configuration: flag > TAILNETD_* environment > config file > default,
+and errors that tell the operator which setting is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.config import ConfigError, load_config
+
+
+def config_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "tailnetd.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None:
+    path = config_file(
+        tmp_path, "listen: 127.0.0.3:3000\nbranch: from-file\nserver_url: https://file\n"
+    )
+    flags: dict[str, Any] = {"config": path, "listen": "127.0.0.1:1000"}
+    env = {"TAILNETD_LISTEN": "127.0.0.2:2000", "TAILNETD_BRANCH": "from-env"}
+    cfg = load_config(flags, env)
+    assert (cfg.listen_host, cfg.listen_port) == ("127.0.0.1", 1000)  # flag
+    assert cfg.branch == "from-env"  # environment over file
+    assert cfg.server_url == "https://file"  # file over default
+    assert load_config({"config": path}, env).listen_port == 2000
+    assert load_config({"config": path}, {}).listen_port == 3000
+    assert load_config({}, {}).listen_port == 8080  # default
+    # The config file can be named in the environment too.
+    assert load_config({}, {"TAILNETD_CONFIG": path}).branch == "from-file"
+
+
+def test_absent_flags_do_not_hide_lower_levels() -> None:
+    # argparse hands over None for flags not given.
+    cfg = load_config({"listen": None, "branch": None}, {"TAILNETD_BRANCH": "env"})
+    assert cfg.listen_port == 8080 and cfg.branch == "env"
+
+
+def test_defaults_derive_from_listen() -> None:
+    cfg = load_config({"listen": "0.0.0.0:9000"}, {})
+    assert cfg.server_url == "http://127.0.0.1:9000"
+    assert (cfg.stun_host, cfg.stun_port) == ("0.0.0.0", 3478)
+    assert cfg.tls_cert is None and cfg.tls_key is None
+    v6 = load_config({"listen": "[::1]:9000", "server_url": "https://example.com/"}, {})
+    assert v6.listen_host == "::1" and v6.server_url == "https://example.com"
+    assert load_config({"listen": "[::1]:9000"}, {}).server_url == "http://[::1]:9000"
+
+
+def test_stun_can_be_turned_off_or_moved() -> None:
+    assert load_config({"stun_listen": "off"}, {}).stun_host is None
+    cfg = load_config({}, {"TAILNETD_STUN_LISTEN": "127.0.0.1:3479"})
+    assert (cfg.stun_host, cfg.stun_port) == ("127.0.0.1", 3479)
+
+
+def test_unknown_config_file_keys_are_named(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "listen: 127.0.0.1:1\nlisten_addr: x\nserver-url: y\n")
+    with pytest.raises(ConfigError) as info:
+        load_config({"config": path}, {})
+    assert "listen_addr" in str(info.value) and "server-url" in str(info.value)
+    assert path in str(info.value)
+
+
+def test_config_file_must_be_a_mapping_and_readable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config({"config": config_file(tmp_path, "- listen\n")}, {})
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config({"config": str(tmp_path / "missing.yaml")}, {})
+
+
+def test_tls_cert_and_key_go_together(tmp_path: Path) -> None:
+    for flags in ({"tls_cert": "c.pem"}, {"tls_key": "k.pem"}):
+        with pytest.raises(ConfigError) as info:
+            load_config(flags, {})
+        assert "--tls-cert" in str(info.value) and "--tls-key" in str(info.value)
+    # From different levels they still pair up, and the server URL becomes https.
+    path = config_file(tmp_path, "tls_key: k.pem\n")
+    cfg = load_config({"config": path, "listen": "127.0.0.1:8443"}, {"TAILNETD_TLS_CERT": "c.pem"})
+    assert cfg.tls_cert == Path("c.pem") and cfg.tls_key == Path("k.pem")
+    assert cfg.server_url == "https://127.0.0.1:8443"
+
+
+@pytest.mark.parametrize("listen", ["8080", "localhost", "127.0.0.1:http", "127.0.0.1:70000"])
+def test_bad_listen_address_is_refused_with_its_text(listen: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"listen": listen}, {})
+    assert "listen" in str(info.value) and listen in str(info.value)

@@ -5,7 +5,9 @@ This is the server's only visibility function: full maps and every delta are
 built from the same `PolicyViews`, so an incremental path can never show a
 peer that the policy hides. Views are recomputed only when the snapshot or the
 set of nodes (join, leave, rename, tags, routes) changes, never for endpoint,
-DERP or online changes.
+DERP or online changes. Even then each node's view is built only when first
+asked for, and a join or leave keeps the views it cannot touch (`changed`
+names the others, so only their sessions need waking).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from ipaddress import IPv4Address, IPv6Address
 from itertools import repeat
 from operator import is_
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any, cast
 
 from server.store.model import Node

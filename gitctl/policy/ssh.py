@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .aliases import Index
+from .bitsets import bitset
 from .errors import PolicyError
 from .model import Alias, Policy, SshRule
 
@@ -123,6 +124,7 @@ class SshIndex:
 
     def _resolve(self, rule: SshRule) -> _SshRuleIndex:
         index = self.index
+        n = len(index.nodes)
         srcs = tuple(self._sources(rule.src))
         by_key: dict[str, list[int]] = {}
         key_masks: dict[str, int] = {}
@@ -132,7 +134,7 @@ class SshIndex:
             key_masks[k] = key_masks.get(k, 0) | 1 << i
         dsts = index.resolve_many(d for d in rule.dst if d != SELF).members
         return _SshRuleIndex(
-            rule=rule, srcs=srcs, src_mask=_mask(srcs), dsts=dsts, dst_mask=_mask(dsts),
+            rule=rule, srcs=srcs, src_mask=bitset(srcs, n), dsts=dsts, dst_mask=bitset(dsts, n),
             first_dst=min(dsts, default=-1),
             has_self=SELF in rule.dst, domains=tuple(_localpart_domains(rule.users)),
             by_key={k: tuple(v) for k, v in by_key.items()}, key_masks=key_masks,
@@ -245,16 +247,3 @@ class SshIndex:
         if domain.lower() in r.domains:
             part.append({**base, "sshUsers": {local: local}})
         return part
-
-
-def _mask(items: Iterable[int]) -> int:
-    m = 0
-    for i in items:
-        m |= 1 << i
-    return m
-
-
-def ssh_policies(policy: Policy, index: Index) -> list[Mapping[str, Any]]:
-    """Every node's SSH policy (topology order)."""
-    ssh = SshIndex(policy, index)
-    return [ssh.policy(i) for i in range(len(index.nodes))]

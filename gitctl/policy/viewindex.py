@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
-from itertools import chain, compress
+from itertools import chain
 from typing import Any, cast
 
 from .addrs import is_exit_route
 from .aliases import Index
+from .bitsets import bits, bitset
 from .filter import Rule, RuleBuilder
 from .model import ALL_PORTS, WILDCARD, Policy
 from .nodeattrs import ipv4_disabled, self_cap_maps
@@ -295,31 +296,3 @@ def own_prefixes(index: Index, node: int, no_v4: frozenset[int], viewer: int | N
     if node in no_v4 or viewer in no_v4:
         return [p for p in prefixes if ":" in p]
     return prefixes
-
-
-def bitset(items: Iterable[int], size: int) -> int:
-    """The set of node indices as an int (built in one pass, not bit by bit)."""
-    buf = bytearray((size >> 3) + 1)
-    for i in items:
-        buf[i >> 3] |= 1 << (i & 7)
-    return int.from_bytes(buf, "little")
-
-
-_FLAGS = str.maketrans("01", "\x00\x01")
-
-
-def bits(mask: int) -> list[int]:
-    """Indices of the set bits, in order, in time linear in the mask's size
-    (repeated big-int shifts would be quadratic)."""
-    if mask.bit_count() * 4 < mask.bit_length():
-        # sparse: jump from one "1" to the next in the binary text
-        text = bin(mask)[:1:-1]
-        out = []
-        i = text.find("1")
-        while i != -1:
-            out.append(i)
-            i = text.find("1", i + 1)
-        return out
-    # dense: one byte per bit, picked out in C
-    flags = bin(mask)[:1:-1].translate(_FLAGS).encode()
-    return list(compress(range(len(flags)), flags))

@@ -119,13 +119,17 @@ async def running_server(
             server.control = ControlHandler(server.tailnet, settings=lambda: settings, log=log)
         try:
             yield server
+        finally:
+            # A failed assertion leaves clients open: close them here, or their
+            # sockets show up as a ResourceWarning in some later test.
+            for client in list(_open_clients):
+                await client.close()
             # Server.stop() leaves open connections running: let every map
             # session notice its client went away before the store closes.
             for _ in range(200):
                 if not server.tailnet.online_ids():
                     break
                 await asyncio.sleep(0.01)
-        finally:
             await server.stop()
 
 
@@ -201,6 +205,9 @@ class _Stream:
     reset_code: int | None = None
 
 
+_open_clients: set[ControlClient] = set()
+
+
 class ControlClient:
     """One Noise + HTTP/2 connection to the server's /ts2021 endpoint."""
 
@@ -255,9 +262,11 @@ class ControlClient:
         client._h2.initiate_connection()
         client._flush()
         client._pump = asyncio.get_running_loop().create_task(client._read_loop())
+        _open_clients.add(client)
         return client
 
     async def close(self) -> None:
+        _open_clients.discard(self)
         if self._pump is not None:
             self._pump.cancel()
             try:

@@ -30,7 +30,6 @@ __all__ = ["MIN_CAPABILITY_VERSION", "ControlHandler", "ControlSettings"]
 
 # Tailscale 1.80: the oldest of the last ten minor releases (protocol.md §2.4).
 MIN_CAPABILITY_VERSION = 113
-LOGOUT_BEFORE = datetime(1971, 1, 1, tzinfo=UTC)
 
 
 class RequestRejected(Exception):
@@ -95,7 +94,8 @@ class ControlHandler:
         if node is None:
             node = self._store.node_by_machine_key(req.machine_key)
 
-        if expiry is not None and expiry < LOGOUT_BEFORE:
+        # `tailscale logout` sends Unix 123; any past Expiry asks the same (protocol.md §4.1.3).
+        if expiry is not None and expiry <= now:
             return self._logout(node, now)
         if auth_key:
             return self._register_with_key(req, node, node_key, str(auth_key), hostinfo, body, now)

@@ -103,6 +103,20 @@ async def test_logout_expires_the_node_key(tmp_path: Path) -> None:
 
 
 @async_test
+async def test_any_past_expiry_is_a_logout(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with running_server(tmp_path, clock=clock) as srv:
+        dev = Device("laptop")
+        client = await join(srv, dev)
+        yesterday = (clock.now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status, reply = await client.register(dev.register_body(expiry=yesterday))
+        assert status == 200 and reply["NodeKeyExpired"] is True
+        node = srv.store.node_by_node_key(dev.node.public())
+        assert node is not None and node.key_expiry is not None and node.key_expiry <= clock.now
+        await client.close()
+
+
+@async_test
 async def test_logout_deletes_an_ephemeral_node_and_peers_see_it_go(tmp_path: Path) -> None:
     async with running_server(tmp_path) as srv:
         watcher = Device("watcher")

@@ -235,6 +235,7 @@ class ControlClient:
         self.early_payload: dict[str, Any] | None = None
         self.closed = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
+        self._pong: asyncio.Future[None] | None = None
 
     @classmethod
     async def connect(
@@ -339,6 +340,13 @@ class ControlClient:
         stream_id, status, stream = await self.request("/machine/map", json.dumps(body).encode())
         return MapStream(self, stream_id, status, stream)
 
+    async def ping(self) -> None:
+        """An HTTP/2 PING, answered by the server's h2 connection."""
+        self._pong = asyncio.get_running_loop().create_future()
+        self._h2.ping(b"tailnetd")
+        self._flush()
+        await asyncio.wait_for(self._pong, 5)
+
     def cancel(self, stream_id: int) -> None:
         """RST_STREAM(CANCEL), as tailscaled ends a long poll."""
         self._h2.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
@@ -407,6 +415,8 @@ class ControlClient:
             stream.reset_code = int(event.error_code or 0)
             _fail(stream.headers, ConnectionError(f"stream reset ({stream.reset_code})"))
             stream.chunks.put_nowait(None)
+        elif isinstance(event, h2.events.PingAckReceived) and self._pong is not None:
+            self._pong.set_result(None)
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._window.set()
 

@@ -4,11 +4,13 @@ removals) and keep-alives."""
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
 import zstandard
 
+from server.protocol.keys import DiscoPublic
 from server.protocol.mapframe import MapFrameEncoder
 from tests.unit.control_client import Device, async_test, join, poll, running_server
 
@@ -39,7 +41,6 @@ async def test_first_message_is_a_complete_zstd_framed_map(tmp_path: Path) -> No
         frame = raw[4 : 4 + length]
         assert frame.startswith(ZSTD_MAGIC)
         assert zstandard.ZstdDecompressor().decompress(frame).startswith(b"{")
-        await client.close()
 
 
 @async_test
@@ -50,12 +51,10 @@ async def test_a_joining_node_reaches_open_streams_as_peers_changed(tmp_path: Pa
         assert "Peers" not in first  # alone in the tailnet
 
         newcomer = Device("desktop")
-        nclient = await join(srv, newcomer)
+        await join(srv, newcomer)
         msg = await stream.wait_for(lambda m: "PeersChanged" in m)
         assert [p["Key"] for p in msg["PeersChanged"]] == [newcomer.node.public().text]
         assert "Peers" not in msg
-        await client.close()
-        await nclient.close()
 
 
 @async_test
@@ -77,8 +76,43 @@ async def test_lite_endpoint_update_is_pushed_to_peers_without_recompiling(tmp_p
             (dev.node.public().text, endpoints)
         ]
         assert srv.tailnet.views is views  # a volatile change compiles nothing
-        await client.close()
-        await pclient.close()
+
+
+@async_test
+async def test_restarted_daemon_s_new_disco_key_reaches_peers(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        dev, peer = Device("laptop"), Device("desktop")
+        client, stream, _ = await poll(srv, dev)
+        pclient, pstream, first = await poll(srv, peer)
+        assert first["Peers"][0]["DiscoKey"] == dev.disco.text
+        stream.cancel()
+        # tailscaled restarted: a new disco key, sent on the new streaming poll.
+        dev.disco = DiscoPublic(os.urandom(32))
+        stream = await client.map_stream(dev.map_body())
+        await stream.next()
+        msg = await pstream.wait_for(
+            lambda m: any(p.get("DiscoKey") == dev.disco.text for p in m.get("PeersChanged", []))
+        )
+        assert msg["PeersChanged"][0]["Online"] is True
+
+
+@async_test
+async def test_home_derp_survives_hostinfo_without_netinfo(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        dev, peer = Device("laptop"), Device("desktop")
+        client = await join(srv, dev)
+        pclient, pstream, _ = await poll(srv, peer)
+        with_netinfo = {"Hostname": "laptop", "NetInfo": {"PreferredDERP": 999}}
+        await client.map_lite(dev.map_body(stream=False, hostinfo=with_netinfo))
+        msg = await pstream.wait_for(lambda m: "PeersChanged" in m)
+        assert msg["PeersChanged"][0]["HomeDERP"] == 999
+        # The client sends NetInfo only when it changed.
+        await client.map_lite(
+            dev.map_body(stream=False, hostinfo={"Hostname": "laptop", "OS": "x"})
+        )
+        msg = await pstream.wait_for(lambda m: "PeersChanged" in m)
+        assert msg["PeersChanged"][0]["Hostinfo"]["OS"] == "x"
+        assert msg["PeersChanged"][0]["HomeDERP"] == 999
 
 
 @async_test
@@ -92,7 +126,6 @@ async def test_removed_node_reaches_peers_as_peers_removed(tmp_path: Path) -> No
         srv.tailnet.remove_node(gone_id)
         msg = await stream.wait_for(lambda m: "PeersRemoved" in m)
         assert msg["PeersRemoved"] == [gone_id]
-        await client.close()
 
 
 @async_test
@@ -103,7 +136,6 @@ async def test_removed_node_s_own_stream_ends(tmp_path: Path) -> None:
         srv.tailnet.remove_node(msg["Node"]["ID"])
         await stream.body()
         assert stream.ended
-        await client.close()
 
 
 @async_test
@@ -115,7 +147,6 @@ async def test_keepalives_arrive_while_nothing_changes(tmp_path: Path) -> None:
             assert await stream.next(timeout=2, keepalives=True) == {"KeepAlive": True}
         # Byte-identical every time, so the client can skip decoding them.
         assert bytes(stream.raw).endswith(MapFrameEncoder().keepalive() * 3)
-        await client.close()
 
 
 @async_test
@@ -131,4 +162,3 @@ async def test_non_streaming_map_without_omit_peers_sends_one_full_map(tmp_path:
         assert "Node" in msg and len(msg["Peers"]) == 1
         await stream.body()
         assert stream.ended
-        await client.close()

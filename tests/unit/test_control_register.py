@@ -99,7 +99,6 @@ async def test_logout_expires_the_node_key(tmp_path: Path) -> None:
         # The daemon restarting with the old key is still logged out.
         status, reply = await client.register(dev.register_body())
         assert reply["NodeKeyExpired"] is True
-        await client.close()
 
 
 @async_test
@@ -113,7 +112,25 @@ async def test_any_past_expiry_is_a_logout(tmp_path: Path) -> None:
         assert status == 200 and reply["NodeKeyExpired"] is True
         node = srv.store.node_by_node_key(dev.node.public())
         assert node is not None and node.key_expiry is not None and node.key_expiry <= clock.now
-        await client.close()
+
+
+@async_test
+async def test_login_again_after_logout_keeps_the_node_and_its_address(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        dev = Device("laptop")
+        client = await join(srv, dev)
+        before = srv.store.node_by_node_key(dev.node.public())
+        await client.register(dev.register_body(expiry=LOGOUT_EXPIRY))
+        # The client forgets its node key; `tailscale up` sends a new one, zero OldNodeKey.
+        dev.node = NodePrivate.generate()
+        status, reply = await client.register(dev.register_body())
+        assert "Error" in reply  # without a key it cannot come back
+        status, reply = await client.register(dev.register_body(preauth_key(srv)))
+        assert status == 200 and reply["NodeKeyExpired"] is False and "Error" not in reply
+        after = srv.store.node_by_node_key(dev.node.public())
+        assert before is not None and after is not None
+        assert (after.id, after.ipv4, after.ipv6) == (before.id, before.ipv4, before.ipv6)
+        assert after.key_expiry is not None and after.key_expiry > srv.clock()
 
 
 @async_test
@@ -132,8 +149,6 @@ async def test_logout_deletes_an_ephemeral_node_and_peers_see_it_go(tmp_path: Pa
         assert srv.store.get_node(node.id) is None
         msg = await wstream.wait_for(lambda m: "PeersRemoved" in m)
         assert msg["PeersRemoved"] == [node.id]
-        await client.close()
-        await wclient.close()
 
 
 @async_test
@@ -159,8 +174,6 @@ async def test_node_key_rotation_keeps_identity_and_peers_learn_the_new_key(tmp_
         assert [(p["ID"], p["Key"]) for p in msg["PeersChanged"]] == [
             (before.id, dev.node.public().text)
         ]
-        await client.close()
-        await pclient.close()
 
 
 @async_test
@@ -176,7 +189,6 @@ async def test_forced_reauth_rotation_with_a_key_keeps_the_node(tmp_path: Path) 
         after = srv.store.node_by_node_key(dev.node.public())
         assert after is not None and (after.id, after.ipv4) == (before.id, before.ipv4)
         assert len(srv.store.list_nodes()) == 1
-        await client.close()
 
 
 @async_test
@@ -214,7 +226,6 @@ async def test_future_expiry_does_not_extend_the_key(tmp_path: Path) -> None:
         after = srv.store.node_by_node_key(dev.node.public())
         assert after is not None and after.key_expiry is not None
         assert after.key_expiry <= before.key_expiry
-        await client.close()
 
 
 @async_test

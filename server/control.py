@@ -84,7 +84,8 @@ class ControlHandler:
         expiry = _time(body.get("Expiry"))
         auth = body.get("Auth") or {}
         auth_key = auth.get("AuthKey") if isinstance(auth, dict) else None
-        hostinfo = body.get("Hostinfo") if isinstance(body.get("Hostinfo"), dict) else {}
+        sent_hostinfo = body.get("Hostinfo")
+        hostinfo: dict[str, Any] = sent_hostinfo if isinstance(sent_hostinfo, dict) else {}
 
         node = self._store.node_by_node_key(node_key)
         if node is None and not old_key.is_zero:

@@ -239,7 +239,7 @@ class ControlHandler:
     def _one_map(self, node_id: int, now: datetime) -> bytes:
         state = build_map(self._tailnet.context, node_id, now)
         msg = MapSession(node_id).next_message(state, now) if state else None
-        return MapFrameEncoder().encode(json.dumps(msg or {}).encode())
+        return MapFrameEncoder().encode(msg or b"{}")
 
     async def _stream(self, node_id: int) -> AsyncIterator[bytes]:
         encoder = MapFrameEncoder()
@@ -259,7 +259,7 @@ class ControlHandler:
                 elif peers:
                     msg = session.peer_changes(ctx, peers, now)
                 if msg is not None:
-                    yield encoder.encode(json.dumps(msg, separators=(",", ":")).encode())
+                    yield encoder.encode(msg)
                 settings = self._settings()
                 timeout = self._rng.uniform(settings.keepalive_min, settings.keepalive_max)
                 try:

@@ -22,7 +22,7 @@ from server.store.model import Node
 from server.views import NodeView, PeerView, PolicyViews
 from server.wire import TAGGED_USER_ID, canonical, format_time, stable_user_id, user_profile_json
 
-__all__ = ["MapContext", "MapSession", "build_map", "node_json"]
+__all__ = ["MapContext", "MapSession", "PeerEntries", "build_map", "node_json"]
 
 BASE_SELF_CAPS: dict[str, Any] = {
     "https://tailscale.com/cap/file-sharing": [],
@@ -41,6 +41,7 @@ class MapContext:
     dns_config: Mapping[str, Any]
     users: Mapping[str, tuple[str, str]]  # name -> (email, display name)
     online: frozenset[int]
+    entries: PeerEntries
     taildrop: bool = True
 
 
@@ -115,19 +116,60 @@ def node_json(
     return out
 
 
-def peer_entry(ctx: MapContext, peer_id: int, pv: PeerView, now: datetime) -> dict[str, Any] | None:
+class PeerEntries:
+    """Encoded peer entries shared by every session of one tailnet.
+
+    A peer's entry is the same bytes for every viewer that has the same
+    PeerView of it (most viewers: routes and caps rarely differ), so it is
+    encoded once per change of that peer, not once per viewer. Entries are
+    keyed by what they are built from and checked by identity first, then by
+    equality, so a reloaded but unchanged Node still hits.
+    """
+
+    MAX_VARIANTS = 8
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+        self._entries: dict[int, list[tuple[Node, PeerView, bool, bool, bytes]]] = {}
+
+    def get(self, node: Node, pv: PeerView, online: bool, now: datetime) -> bytes:
+        expired = node.key_expiry is not None and node.key_expiry <= now
+        variants = self._entries.get(node.id)
+        if variants:
+            for i, (n, p, o, e, data) in enumerate(variants):
+                if o is online and e is expired and (p is pv or p == pv) and (n is node or n == node):
+                    if n is not node or p is not pv:
+                        variants[i] = (node, pv, o, e, data)  # next time, identity hits
+                    return data
+            if variants[0][0] != node:
+                variants.clear()  # the node changed: its old entries are dead
+        else:
+            variants = self._entries[node.id] = []
+        data = json.dumps(
+            node_json(
+                node,
+                domain=self.domain,
+                allowed_ips=pv.allowed_ips,
+                primary_routes=pv.primary_routes,
+                cap_map=pv.cap_map,
+                online=online,
+                now=now,
+            ),
+            separators=(",", ":"),
+        ).encode()
+        variants.append((node, pv, online, expired, data))
+        del variants[: -self.MAX_VARIANTS]
+        return data
+
+    def forget(self, node_id: int) -> None:
+        self._entries.pop(node_id, None)
+
+
+def peer_entry(ctx: MapContext, peer_id: int, pv: PeerView, now: datetime) -> bytes | None:
     peer = ctx.nodes.get(peer_id)
     if peer is None:
         return None
-    return node_json(
-        peer,
-        domain=ctx.domain,
-        allowed_ips=pv.allowed_ips,
-        primary_routes=pv.primary_routes,
-        cap_map=pv.cap_map,
-        online=peer_id in ctx.online,
-        now=now,
-    )
+    return ctx.entries.get(peer, pv, peer_id in ctx.online, now)
 
 
 def self_entry(ctx: MapContext, node: Node, view: NodeView, now: datetime) -> dict[str, Any]:
@@ -144,7 +186,7 @@ def self_entry(ctx: MapContext, node: Node, view: NodeView, now: datetime) -> di
     )
 
 
-def _profile(ctx: MapContext, node: Node) -> dict[str, Any]:
+def _profile(ctx: MapContext, node: Node) -> Mapping[str, Any]:
     if node.tags or node.user is None:
         return user_profile_json(None, None, None)
     email, display = ctx.users.get(node.user, (node.user, node.user))
@@ -154,7 +196,7 @@ def _profile(ctx: MapContext, node: Node) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class MapState:
     top: Mapping[str, Any]  # top-level MapResponse fields, Peers excluded
-    peers: Mapping[int, Mapping[str, Any]]
+    peers: Mapping[int, bytes]  # encoded peer entries (shared between sessions)
     profiles: Mapping[int, Mapping[str, Any]]
 
 
@@ -163,41 +205,63 @@ def build_map(ctx: MapContext, node_id: int, now: datetime) -> MapState | None:
     view = ctx.views.get(node_id)
     if node is None or view is None:
         return None
-    peers: dict[int, Mapping[str, Any]] = {}
-    profiles = {user_id(node): _profile(ctx, node)}
+    peers: dict[int, bytes] = {}
+    owners = {user_id(node): node}
+    nodes, online, entries = ctx.nodes, ctx.online, ctx.entries
     for peer_id, pv in view.peers.items():
-        entry = peer_entry(ctx, peer_id, pv, now)
-        if entry is not None:
-            peers[peer_id] = entry
-            profiles.setdefault(entry["User"], _profile(ctx, ctx.nodes[peer_id]))
+        peer = nodes.get(peer_id)
+        if peer is None:
+            continue
+        peers[peer_id] = entries.get(peer, pv, peer_id in online, now)
+        owners.setdefault(user_id(peer), peer)
     top = {
         "Node": self_entry(ctx, node, view, now),
         "DERPMap": ctx.derp_map,
         "Domain": ctx.domain,
         "CollectServices": False,
         "DNSConfig": ctx.dns_config,
-        "PacketFilter": list(view.packet_filter),
+        "PacketFilter": view.packet_filter,
         "SSHPolicy": view.ssh_policy,
-        "Debug": {"DisableLogTail": True},
+        "Debug": _DEBUG,
     }
+    profiles = {uid: _profile(ctx, owner) for uid, owner in owners.items()}
     return MapState(top=top, peers=peers, profiles=profiles)
 
 
+_DEBUG = {"DisableLogTail": True}
+
+
+def _encode(msg: dict[str, Any], peers_key: str | None = None, peers: Iterable[bytes] = ()) -> bytes:
+    """JSON of `msg`, with already-encoded peer entries spliced in as `peers_key`."""
+    head = json.dumps(msg, separators=(",", ":")).encode()
+    if peers_key is None:
+        return head
+    return b"".join((head[:-1], b',"', peers_key.encode(), b'":[', b",".join(peers), b"]}"))
+
+
 class MapSession:
-    """What one streaming client holds, and the deltas that move it forward."""
+    """What one streaming client holds, and the deltas that move it forward.
+
+    Messages come out encoded (JSON bytes): peer entries are spliced in from
+    the shared PeerEntries rather than encoded again for every session.
+    """
 
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
+        self._top_src: dict[str, Any] = {}
         self._top: dict[str, bytes] = {}
         self._peers: dict[int, bytes] = {}
         self._profiles: set[int] = set()
         self._started = False
 
-    def next_message(self, state: MapState, now: datetime) -> dict[str, Any] | None:
+    def next_message(self, state: MapState, now: datetime) -> bytes | None:
         """The message that turns what the client has into `state`, or None."""
         msg: dict[str, Any] = {}
         for key, value in state.top.items():
+            if self._top_src.get(key) is value:
+                continue  # the very object sent last time (filters, DNS, DERP map)
             enc = canonical(value)
+            self._top_src[key] = value
             if self._top.get(key) != enc:
                 msg[key] = value
                 self._top[key] = enc
@@ -205,59 +269,63 @@ class MapSession:
         if new_profiles:
             msg["UserProfiles"] = new_profiles
             self._profiles.update(state.profiles)
+        peers_key: str | None = None
+        spliced: list[bytes] = []
         if not self._started:
             self._started = True
-            self._peers = {pid: canonical(p) for pid, p in state.peers.items()}
+            self._peers = dict(state.peers)
             if state.peers:
-                msg["Peers"] = [state.peers[pid] for pid in sorted(state.peers)]
+                peers_key = "Peers"
+                spliced = [state.peers[pid] for pid in sorted(state.peers)]
         else:
-            removed = sorted(set(self._peers) - set(state.peers))
-            changed = []
-            for pid in sorted(state.peers):
-                enc = canonical(state.peers[pid])
-                if self._peers.get(pid) != enc:
-                    changed.append(state.peers[pid])
-                    self._peers[pid] = enc
+            held = self._peers
+            removed = [pid for pid in held if pid not in state.peers]
+            for pid, data in state.peers.items():
+                old = held.get(pid)
+                if old is not data and old != data:
+                    spliced.append(data)
+                    held[pid] = data
             for pid in removed:
-                del self._peers[pid]
+                del held[pid]
             if removed:
-                msg["PeersRemoved"] = removed
-            if changed:
-                msg["PeersChanged"] = changed
-        if not msg:
+                msg["PeersRemoved"] = sorted(removed)
+            if spliced:
+                peers_key = "PeersChanged"
+        if not msg and peers_key is None:
             return None
         msg["ControlTime"] = format_time(now)
-        return msg
+        return _encode(msg, peers_key, spliced)
 
-    def peer_changes(self, ctx: MapContext, peer_ids: Iterable[int], now: datetime) -> dict[str, Any] | None:
+    def peer_changes(self, ctx: MapContext, peer_ids: Iterable[int], now: datetime) -> bytes | None:
         """Deltas for a few peers whose volatile fields changed (no recompile)."""
         view = ctx.views.get(self.node_id)
         if view is None or not self._started:
             return None
-        changed, removed, profiles = [], [], []
+        changed: list[bytes] = []
+        removed, profiles = [], []
         for pid in sorted(set(peer_ids)):
             pv = view.peers.get(pid)
-            entry = peer_entry(ctx, pid, pv, now) if pv is not None else None
-            if entry is None:
+            data = peer_entry(ctx, pid, pv, now) if pv is not None else None
+            if data is None:
                 if pid in self._peers:
                     del self._peers[pid]
                     removed.append(pid)
                 continue
-            enc = canonical(entry)
-            if self._peers.get(pid) != enc:
-                self._peers[pid] = enc
-                changed.append(entry)
-                if entry["User"] not in self._profiles:
-                    self._profiles.add(entry["User"])
-                    profiles.append(_profile(ctx, ctx.nodes[pid]))
+            old = self._peers.get(pid)
+            if old is not data and old != data:
+                self._peers[pid] = data
+                changed.append(data)
+                peer = ctx.nodes[pid]
+                uid = user_id(peer)
+                if uid not in self._profiles:
+                    self._profiles.add(uid)
+                    profiles.append(_profile(ctx, peer))
         msg: dict[str, Any] = {}
-        if changed:
-            msg["PeersChanged"] = changed
         if removed:
             msg["PeersRemoved"] = removed
         if profiles:
             msg["UserProfiles"] = profiles
-        if not msg:
+        if not msg and not changed:
             return None
         msg["ControlTime"] = format_time(now)
-        return msg
+        return _encode(msg, "PeersChanged" if changed else None, changed)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from server.mapper import MapContext
+from server.mapper import MapContext, PeerEntries
 from server.store.interface import Store
 from server.store.model import Node
 from server.views import PolicyViews, advertised_routes, compute_views
@@ -156,6 +156,10 @@ class Tailnet:
             dns_config=src.dns_config,
             users=src.users,
             online=frozenset(self._sessions),
+            # Encoded peer entries outlive contexts; they depend on the domain only.
+            entries=self._ctx.entries
+            if hasattr(self, "_ctx") and self._ctx.domain == src.domain
+            else PeerEntries(src.domain),
         )
 
     def _approved_routes(self, nodes: Sequence[Node]) -> dict[int, tuple[str, ...]]:

@@ -163,17 +163,35 @@ def to_topology_node(node: Node, approved: tuple[str, ...]) -> Any:
     )
 
 
-def _allow_all(nodes: Sequence[Node]) -> PolicyViews:
-    peers_of = {n.id: PeerView(own_prefixes(n)) for n in nodes}
+EXIT_ROUTES = frozenset({"0.0.0.0/0", "::/0"})
+
+
+def _allow_all(nodes: Sequence[Node], approved_routes: Mapping[int, tuple[str, ...]]) -> PolicyViews:
+    """Every node sees every other; approved routes are served as with a policy:
+    exit routes by every approver, a subnet by its first-registered approver."""
+    primary: dict[str, int] = {}
+    for node in sorted(nodes, key=lambda n: n.id):
+        for route in approved_routes.get(node.id, ()):
+            if route not in EXIT_ROUTES:
+                primary.setdefault(route, node.id)
+
+    def served(node: Node) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        routes = approved_routes.get(node.id, ())
+        subnets = tuple(r for r in routes if primary.get(r) == node.id)
+        return own_prefixes(node) + tuple(r for r in routes if r in EXIT_ROUTES) + subnets, subnets
+
+    peers_of = {n.id: PeerView(*served(n)) for n in nodes}
     by_id = {n.id: n for n in nodes}
 
     def build(node_id: int) -> NodeView:
+        allowed, subnets = served(by_id[node_id])
         return NodeView(
             packet_filter=ALLOW_ALL_FILTER,
             ssh_policy={"rules": []},
             peers={pid: pv for pid, pv in peers_of.items() if pid != node_id},
             self_cap_map={},
-            self_allowed_ips=own_prefixes(by_id[node_id]),
+            self_allowed_ips=allowed,
+            self_primary_routes=subnets,
         )
 
     return PolicyViews(list(by_id), build, lambda node_id: [p for p in by_id if p != node_id])
@@ -197,7 +215,7 @@ def compute_views(
     views be reused; `changed` then names the nodes whose maps may differ.
     """
     if policy is None:
-        return _allow_all(nodes)
+        return _allow_all(nodes, approved_routes)
     from gitctl.policy import Topology, TopologyUser, compile_tailnet
 
     topo = Topology(

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from ipaddress import ip_address
 from typing import Any
 
@@ -38,6 +39,7 @@ def format_time(when: datetime | None) -> str:
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+@lru_cache(maxsize=65536)
 def stable_user_id(name: str) -> int:
     """A user ID that never changes while the user's name does not.
 
@@ -48,7 +50,9 @@ def stable_user_id(name: str) -> int:
     return int.from_bytes(digest[:6], "big") or 1
 
 
-def user_profile_json(name: str | None, email: str | None, display_name: str | None) -> dict[str, Any]:
+@lru_cache(maxsize=65536)
+def user_profile_json(name: str | None, email: str | None, display_name: str | None) -> Mapping[str, Any]:
+    """A UserProfile; cached and shared, so never mutated."""
     if name is None:
         return {"ID": TAGGED_USER_ID, "LoginName": TAGGED_LOGIN, "DisplayName": "Tagged Devices"}
     return {

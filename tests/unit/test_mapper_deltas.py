@@ -267,7 +267,7 @@ class TailnetChanges(RuleBasedStateMachine):
             got = stream.netmap
             assert set(got.peers) == set(want.peers), f"node {node_id}: peer set differs"
             for pid, entry in want.peers.items():
-                assert got.peers[pid] == _plain(entry), f"node {node_id}: peer {pid} differs"
+                assert got.peers[pid] == json.loads(entry), f"node {node_id}: peer {pid} differs"
             for key, value in want.top.items():
                 assert got.top.get(key) == _plain(value), f"node {node_id}: {key} differs"
             for uid, profile in want.profiles.items():
@@ -294,7 +294,7 @@ class TailnetChanges(RuleBasedStateMachine):
             elif peers:
                 msg = stream.session.peer_changes(ctx, peers, self.now)
             if msg is not None:
-                stream.netmap.apply(_plain(msg))
+                stream.netmap.apply(json.loads(msg))
 
 
 def _plain(value: Any) -> Any:

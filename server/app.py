@@ -9,7 +9,7 @@ import base64
 import logging
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ class Server:
         self.status = RepoStatus()
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._connections: set[asyncio.Task[Any]] = set()
         self._stun: StunServer | None = None
         self.port = config.listen_port
         self.stun_port = config.stun_port
@@ -213,7 +214,9 @@ class Server:
         sock_path = cfg.socket_path
         if sock_path.exists():
             sock_path.unlink()
-        unix = await asyncio.start_unix_server(self._local_front.handle, path=str(sock_path))
+        unix = await asyncio.start_unix_server(
+            lambda r, w: self._tracked(self._local_front.handle, r, w), path=str(sock_path)
+        )
         os.chmod(sock_path, 0o600)
         self._servers.append(unix)
 
@@ -271,7 +274,9 @@ class Server:
         assert self.acme is not None
         cfg = self.config
         try:
-            listener = await asyncio.start_server(plain.handle, cfg.acme_http_host, cfg.acme_http_port)
+            listener = await asyncio.start_server(
+                lambda r, w: self._tracked(plain.handle, r, w), cfg.acme_http_host, cfg.acme_http_port
+            )
         except OSError as exc:
             raise StartupError(
                 f"ACME: cannot listen on {cfg.acme_http_host}:{cfg.acme_http_port} for HTTP-01: "
@@ -329,10 +334,24 @@ class Server:
                     self.tailnet.remove_node(node.id)
 
     async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._tracked(self._front.handle, reader, writer)
+
+    async def _tracked(
+        self,
+        handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Run one connection so that stop() can end it before the store closes."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
         try:
-            await self._front.handle(reader, writer)
+            await handle(reader, writer)
         except asyncio.CancelledError:
             writer.close()  # shutting down: the client reconnects to the next process
+        finally:
+            self._connections.discard(task)
 
     async def _ts2021(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead) -> None:
         if head.upgrade != "tailscale-control-protocol":
@@ -370,5 +389,12 @@ class Server:
             server.close()
         if self._stun is not None:
             self._stun.close()
+        # End live control and DERP connections first: their sessions write
+        # last-seen times, which must reach the store before it closes.
+        connections = list(self._connections)
+        for task in connections:
+            task.cancel()
+        if connections:
+            await asyncio.wait(connections, timeout=5)
         await self.derp.close()
         self.store.close()

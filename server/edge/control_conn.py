@@ -121,10 +121,14 @@ class ControlConnection:
             await self._read_loop()
         finally:
             self._closed = True
-            for stream in self._streams.values():
-                if stream.task is not None:
-                    stream.task.cancel()
+            tasks = [s.task for s in self._streams.values() if s.task is not None]
+            for task in tasks:
+                task.cancel()
             self._window_changed.set()
+            # Let each stream's own clean-up (closing its map session) finish
+            # before this connection counts as gone.
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _read_loop(self) -> None:
         while True:

@@ -124,12 +124,6 @@ async def running_server(
             # sockets show up as a ResourceWarning in some later test.
             for client in list(_open_clients):
                 await client.close()
-            # Server.stop() leaves open connections running: let every map
-            # session notice its client went away before the store closes.
-            for _ in range(200):
-                if not server.tailnet.online_ids():
-                    break
-                await asyncio.sleep(0.01)
             await server.stop()
 
 

@@ -3,12 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test test-fast test-tools venv
+.PHONY: serve test test-fast test-tools lint venv
 
 $(BIN)/tailnetd: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,dev]'
 	touch $@
 
 venv: $(BIN)/tailnetd
@@ -29,3 +29,9 @@ test: venv test-tools
 
 test-fast: venv
 	$(BIN)/python -m pytest -p no:cacheprovider -m "not e2e"
+
+# ruff (lint + format) and mypy --strict over gitctl/ and server/, as pyproject says.
+lint: venv
+	$(BIN)/ruff check gitctl server tests bench
+	$(BIN)/ruff format --check gitctl server tests bench
+	$(BIN)/mypy

@@ -14,7 +14,6 @@ work, not the kernel's). Then it times:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import resource
 import tempfile
@@ -56,7 +55,11 @@ class Pump:
         self.messages = 0
 
     def open(self, node_id: int) -> None:
-        self.sessions[node_id] = (self.tailnet.open_session(node_id), MapSession(node_id), MapFrameEncoder())
+        self.sessions[node_id] = (
+            self.tailnet.open_session(node_id),
+            MapSession(node_id),
+            MapFrameEncoder(),
+        )
 
     def run(self) -> None:
         ctx = self.tailnet.context
@@ -79,7 +82,10 @@ def timed(label: str, fn: Callable[[], None], pump: Pump) -> None:
     fn()
     pump.run()
     dt = time.perf_counter() - t0
-    print(f"{label:<22} {dt * 1000:>9.1f} ms  {pump.messages:>6} messages  {pump.bytes_sent / 1e6:>8.2f} MB")
+    print(
+        f"{label:<22} {dt * 1000:>9.1f} ms  {pump.messages:>6} messages  "
+        f"{pump.bytes_sent / 1e6:>8.2f} MB"
+    )
 
 
 def main() -> None:
@@ -95,17 +101,28 @@ def main() -> None:
         t0 = time.perf_counter()
         for n in registry:
             store.create_node(
-                machine_key=n.machine_key, node_key=n.node_key, hostname=n.hostname, user=n.user,
-                tags=n.tags, now=NOW, disco_key=n.disco_key, hostinfo=n.hostinfo, endpoints=n.endpoints,
+                machine_key=n.machine_key,
+                node_key=n.node_key,
+                hostname=n.hostname,
+                user=n.user,
+                tags=n.tags,
+                now=NOW,
+                disco_key=n.disco_key,
+                hostinfo=n.hostinfo,
+                endpoints=n.endpoints,
                 capver=133,
             )
-        print(f"{args.nodes} nodes, {args.rules} rules{' (allow-all)' if policy is None else ''}; "
-              f"store filled in {time.perf_counter() - t0:.1f}s")
+        print(
+            f"{args.nodes} nodes, {args.rules} rules{' (allow-all)' if policy is None else ''}; "
+            f"store filled in {time.perf_counter() - t0:.1f}s"
+        )
         t0 = time.perf_counter()
         tailnet = Tailnet(
-            store=store, source=source(policy, users, "a"),
+            store=store,
+            source=source(policy, users, "a"),
             derp_regions=[DerpRegion(999, "tailnetd", "tailnetd", "127.0.0.1", 8080, 3478)],
-            clock=lambda: NOW, log=logging.getLogger("bench"),
+            clock=lambda: NOW,
+            log=logging.getLogger("bench"),
         )
         print(f"{'first compile':<22} {(time.perf_counter() - t0) * 1000:>9.1f} ms")
         pump = Pump(tailnet)
@@ -113,22 +130,33 @@ def main() -> None:
 
         def endpoint_change() -> None:
             node = store.list_nodes()[0]
-            tailnet.node_updated(store.update_from_map(node.id, now=NOW, endpoints=("127.0.0.1:1",)))
+            tailnet.node_updated(
+                store.update_from_map(node.id, now=NOW, endpoints=("127.0.0.1:1",))
+            )
 
         timed("endpoint change", endpoint_change, pump)
 
         def join() -> None:
             key = (args.nodes + 7).to_bytes(4, "big") + bytes(28)
             store.create_node(
-                machine_key=MachinePublic(key), node_key=NodePublic(key), hostname="newcomer",
-                user=users[1][1], now=NOW, disco_key=DiscoPublic(key), capver=133,
+                machine_key=MachinePublic(key),
+                node_key=NodePublic(key),
+                hostname="newcomer",
+                user=users[1][1],
+                now=NOW,
+                disco_key=DiscoPublic(key),
+                capver=133,
             )
             tailnet.topology_changed()
 
         timed("node join", join, pump)
         if policy is not None:
             doc2 = dict(doc, acls=list(doc["acls"])[:-1])
-            timed("policy commit", lambda: tailnet.swap_source(source(parse_policy(doc2), users, "b")), pump)
+            timed(
+                "policy commit",
+                lambda: tailnet.swap_source(source(parse_policy(doc2), users, "b")),
+                pump,
+            )
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS {rss:.0f} MB")
 

@@ -27,19 +27,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "compile",
         help="show what the policy compiles to for each node",
         description="Compile a policy against a tailnet topology and print, per node, the "
-                    "packet filter, SSH policy, peers and capabilities it would receive.",
+        "packet filter, SSH policy, peers and capabilities it would receive.",
     )
     _configure(p)
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("policy", nargs="?", metavar="POLICY_FILE",
-                   help="the policy file (HuJSON or JSON)")
-    p.add_argument("--topology", metavar="TOPOLOGY.json",
-                   help='users and nodes: {"users": [...], "nodes": {name: {...}}}')
+    p.add_argument(
+        "policy", nargs="?", metavar="POLICY_FILE", help="the policy file (HuJSON or JSON)"
+    )
+    p.add_argument(
+        "--topology",
+        metavar="TOPOLOGY.json",
+        help='users and nodes: {"users": [...], "nodes": {name: {...}}}',
+    )
     p.add_argument("--tailnet", metavar="TAILNET.json", help="tailnet settings (optional)")
-    p.add_argument("--batch", action="store_true",
-                   help="read JSON lines of {id, policy, topology, tailnet} on stdin")
+    p.add_argument(
+        "--batch",
+        action="store_true",
+        help="read JSON lines of {id, policy, topology, tailnet} on stdin",
+    )
     p.set_defaults(run=run)
 
 
@@ -52,8 +59,9 @@ def _loads(text: str) -> tuple[Any, Any]:
     return loads_with_positions(text)
 
 
-def compile_document(policy_doc: Any, topology_doc: Mapping[str, Any],
-                     tailnet: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def compile_document(
+    policy_doc: Any, topology_doc: Mapping[str, Any], tailnet: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Compile one policy document; raises PolicyError when it is rejected."""
     if isinstance(policy_doc, str):
         try:
@@ -79,14 +87,14 @@ def _located(e: PolicyError, name: str, positions: Any) -> list[str]:
 
 def _run_single(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     if not args.policy or not args.topology:
-        print("gitctl compile: POLICY_FILE and --topology are required (or use --batch)",
-              file=err)
+        print("gitctl compile: POLICY_FILE and --topology are required (or use --batch)", file=err)
         return 2
     try:
         text = Path(args.policy).read_text(encoding="utf-8")
         topology = json.loads(Path(args.topology).read_text(encoding="utf-8"))
-        tailnet = (json.loads(Path(args.tailnet).read_text(encoding="utf-8"))
-                   if args.tailnet else None)
+        tailnet = (
+            json.loads(Path(args.tailnet).read_text(encoding="utf-8")) if args.tailnet else None
+        )
     except OSError as e:
         print(f"gitctl compile: {e.filename}: {e.strerror}", file=err)
         return 2
@@ -117,8 +125,9 @@ def _run_batch(inp: IO[str], out: IO[str]) -> int:
         try:
             req = json.loads(line)
             case_id = req.get("id")
-            nodes = compile_document(req["policy"], req.get("topology") or {},
-                                     req.get("tailnet"))["nodes"]
+            nodes = compile_document(req["policy"], req.get("topology") or {}, req.get("tailnet"))[
+                "nodes"
+            ]
             reply: dict[str, Any] = {"id": case_id, "ok": True, "nodes": nodes}
         except PolicyError as e:
             reply = {"id": case_id, "ok": False, "error": str(e)}

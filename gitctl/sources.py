@@ -13,6 +13,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gitctl.tailnet.files import EXTENSIONS
 
@@ -87,6 +88,15 @@ def read_git(
         repo = git.Repo(repo_path)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         raise SourceError("not a git repository", where) from None
+    # A Repo keeps `git cat-file` helper processes until closed; the server reads
+    # every new commit, so they must not pile up.
+    with repo:
+        return _read_commit(repo, rev, subdir, where)
+
+
+def _read_commit(repo: Any, rev: str, subdir: str, where: str) -> Documents:
+    import git
+
     try:
         commit = repo.commit(rev)
     except (git.BadName, ValueError):

@@ -89,7 +89,9 @@ class Server:
             self._reject(head or str(self.repo.path), errors)
             previous = last_good_file.read_text().strip() if last_good_file.exists() else None
             if previous and previous != head:
-                self.log.warning("HEAD %s is broken; serving the last good commit %s", head, previous)
+                self.log.warning(
+                    "HEAD %s is broken; serving the last good commit %s", head, previous
+                )
                 snap, errors = self.repo.load(previous)
             if snap is None:
                 raise StartupError(
@@ -125,7 +127,9 @@ class Server:
             try:
                 head = await asyncio.to_thread(self.repo.sync)
             except Exception:
-                self.log.warning("repo: fetching %s failed: %s", self.repo.url, self.repo.last_fetch_error)
+                self.log.warning(
+                    "repo: fetching %s failed: %s", self.repo.url, self.repo.last_fetch_error
+                )
                 return
         else:
             head = await asyncio.to_thread(self.repo.head)
@@ -162,8 +166,12 @@ class Server:
                 await asyncio.to_thread(self.repo.sync)
             except Exception as exc:
                 if self.repo.head() is None:
-                    raise StartupError(f"cannot clone {cfg.repo_url}: {self.repo.last_fetch_error or exc}") from None
-                self.log.warning("fetching %s failed, serving the last fetched commit: %s", cfg.repo_url, exc)
+                    raise StartupError(
+                        f"cannot clone {cfg.repo_url}: {self.repo.last_fetch_error or exc}"
+                    ) from None
+                self.log.warning(
+                    "fetching %s failed, serving the last fetched commit: %s", cfg.repo_url, exc
+                )
         else:
             self.repo = SnapshotRepo(cfg.repo, branch=cfg.branch)
         self._sync_wake = asyncio.Event()
@@ -173,11 +181,15 @@ class Server:
         settings = source.settings
         self.store = open_store(
             cfg.data_dir / "tailnetd.sqlite",
-            **({} if settings is None else {
-                "ipv4_prefix": settings.ipv4_prefix,
-                "ipv6_prefix": settings.ipv6_prefix,
-                "allocation": settings.ip_allocation,
-            }),
+            **(
+                {}
+                if settings is None
+                else {
+                    "ipv4_prefix": settings.ipv4_prefix,
+                    "ipv6_prefix": settings.ipv6_prefix,
+                    "allocation": settings.ip_allocation,
+                }
+            ),
         )
 
         if cfg.stun_host is not None:
@@ -205,9 +217,27 @@ class Server:
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
         public = self.acme_responder.wrap(
-            build_app(WebDeps(self.server_key.public(), self.tailnet, self.status, os.urandom, local=False, sync=self.sync_now))
+            build_app(
+                WebDeps(
+                    self.server_key.public(),
+                    self.tailnet,
+                    self.status,
+                    os.urandom,
+                    local=False,
+                    sync=self.sync_now,
+                )
+            )
         )
-        local = build_app(WebDeps(self.server_key.public(), self.tailnet, self.status, os.urandom, local=True, sync=self.sync_now))
+        local = build_app(
+            WebDeps(
+                self.server_key.public(),
+                self.tailnet,
+                self.status,
+                os.urandom,
+                local=True,
+                sync=self.sync_now,
+            )
+        )
         self._front = FrontDoor(public, upgrades, log=self.log, scheme=scheme)
         self._local_front = FrontDoor(local, {}, log=self.log)
 
@@ -226,12 +256,18 @@ class Server:
             self._tasks.append(
                 asyncio.create_task(
                     watch_remote(
-                        self.repo, self.on_revision, log=self.log, interval=cfg.fetch_interval, wake=self._sync_wake
+                        self.repo,
+                        self.on_revision,
+                        log=self.log,
+                        interval=cfg.fetch_interval,
+                        wake=self._sync_wake,
                     )
                 )
             )
         elif self.repo.is_git:
-            self._tasks.append(asyncio.create_task(watch_repo(self.repo, self.on_revision, log=self.log)))
+            self._tasks.append(
+                asyncio.create_task(watch_repo(self.repo, self.on_revision, log=self.log))
+            )
         self._tasks.append(asyncio.create_task(self._sweep_ephemeral()))
         self.log.info(
             "tailnetd listening on %s (control + DERP), STUN on %s, serving %s",
@@ -244,9 +280,15 @@ class Server:
         cfg = self.config
         if cfg.acme_domain is None:
             return cfg.tls_cert, cfg.tls_key
-        settings = AcmeSettings(cfg.acme_domain, cfg.acme_email, cfg.acme_directory, cfg.data_dir / "acme")
+        settings = AcmeSettings(
+            cfg.acme_domain, cfg.acme_email, cfg.acme_directory, cfg.data_dir / "acme"
+        )
         self.acme = AcmeManager(
-            settings, self.acme_responder, on_new_certificate=self.reload_tls, log=self.log, clock=self.clock
+            settings,
+            self.acme_responder,
+            on_new_certificate=self.reload_tls,
+            log=self.log,
+            clock=self.clock,
         )
         return self.acme.prepare()
 
@@ -262,8 +304,10 @@ class Server:
         if not self.tls.info.covers(host) and cfg.acme_domain is None:
             # Clients check the name for /key and for DERP: they would fail later, obscurely.
             self.log.warning(
-                "TLS: the certificate is for %s, not for %s from the server URL; clients will refuse it",
-                ", ".join(self.tls.info.names) or "no names", host,
+                "TLS: the certificate is for %s, not for %s from the server URL; "
+                "clients will refuse it",
+                ", ".join(self.tls.info.names) or "no names",
+                host,
             )
         self._tasks.append(asyncio.create_task(watch_certificate_files(self.tls)))
         return self.tls.context
@@ -275,7 +319,9 @@ class Server:
         cfg = self.config
         try:
             listener = await asyncio.start_server(
-                lambda r, w: self._tracked(plain.handle, r, w), cfg.acme_http_host, cfg.acme_http_port
+                lambda r, w: self._tracked(plain.handle, r, w),
+                cfg.acme_http_host,
+                cfg.acme_http_port,
             )
         except OSError as exc:
             raise StartupError(
@@ -292,7 +338,9 @@ class Server:
             self.tls.reload()
 
     def _control_settings(self) -> ControlSettings:
-        return ControlSettings(node_key_expiry=self._settings_value("node_key_expiry", timedelta(days=180)))
+        return ControlSettings(
+            node_key_expiry=self._settings_value("node_key_expiry", timedelta(days=180))
+        )
 
     def _settings_value(self, name: str, default: Any) -> Any:
         settings = getattr(self.tailnet.source, "settings", None)
@@ -330,7 +378,9 @@ class Server:
                 if not node.ephemeral or self.tailnet.is_online(node.id):
                     continue
                 if (node.last_seen or node.created) < cutoff:
-                    self.log.info("removing ephemeral node %d %s: inactive", node.id, node.given_name)
+                    self.log.info(
+                        "removing ephemeral node %d %s: inactive", node.id, node.given_name
+                    )
                     self.tailnet.remove_node(node.id)
 
     async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -353,9 +403,13 @@ class Server:
         finally:
             self._connections.discard(task)
 
-    async def _ts2021(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead) -> None:
+    async def _ts2021(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead
+    ) -> None:
         if head.upgrade != "tailscale-control-protocol":
-            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
             return
         try:
             initiation = base64.b64decode(head.header("x-tailscale-handshake"), validate=True)
@@ -371,14 +425,23 @@ class Server:
             return
         challenge = ChallengePublic(NodePrivate.generate().public_raw())
         conn = ControlConnection(
-            reader, writer, accepted, self.control, log=self.log, early_payload=early_payload(challenge)
+            reader,
+            writer,
+            accepted,
+            self.control,
+            log=self.log,
+            early_payload=early_payload(challenge),
         )
         await conn.run()
 
-    async def _derp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead) -> None:
+    async def _derp(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead
+    ) -> None:
         if head.upgrade != "derp":
             body = b"DERP requires connection upgrade\n"
-            writer.write(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            writer.write(
+                b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
             return
         await self.derp.handle(reader, writer, fast_start=head.header("derp-fast-start") == "1")
 

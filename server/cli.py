@@ -153,7 +153,9 @@ def _nodes(args: argparse.Namespace) -> int:
     sock = _target(args)
     if args.nodes_cmd == "list":
         nodes = call(sock, "GET", "/api/v1/nodes")
-        _print(nodes, args.json, ["id", "name", "user", "tags", "ipv4", "ipv6", "online", "last_seen"])
+        _print(
+            nodes, args.json, ["id", "name", "user", "tags", "ipv4", "ipv6", "online", "last_seen"]
+        )
     elif args.nodes_cmd == "delete":
         call(sock, "DELETE", f"/api/v1/nodes/{args.node}")
     elif args.nodes_cmd == "expire":
@@ -183,7 +185,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tailnetd", description="A GitOps-driven Tailscale control server.")
+    parser = argparse.ArgumentParser(
+        prog="tailnetd", description="A GitOps-driven Tailscale control server."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the control server")
@@ -192,16 +196,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="git work tree holding tailnet.d/, or a remote URL to clone and fetch "
         "(default: . if it has one, else the example)",
     )
-    serve.add_argument("--data", help="state directory: sqlite, keys, admin socket (default ./data)")
-    serve.add_argument("--listen", help="HOST:PORT for control, DERP and the API (default 127.0.0.1:8080)")
+    serve.add_argument(
+        "--data", help="state directory: sqlite, keys, admin socket (default ./data)"
+    )
+    serve.add_argument(
+        "--listen", help="HOST:PORT for control, DERP and the API (default 127.0.0.1:8080)"
+    )
     serve.add_argument("--server-url", help="URL clients use to reach this server")
-    serve.add_argument("--stun-listen", help="HOST:PORT for STUN over UDP, or 'off' (default: listen host, 3478)")
+    serve.add_argument(
+        "--stun-listen", help="HOST:PORT for STUN over UDP, or 'off' (default: listen host, 3478)"
+    )
     serve.add_argument("--tls-cert", help="PEM certificate chain file")
     serve.add_argument("--tls-key", help="PEM private key file")
-    serve.add_argument("--acme-domain", help="get and renew a certificate for this name from an ACME CA")
+    serve.add_argument(
+        "--acme-domain", help="get and renew a certificate for this name from an ACME CA"
+    )
     serve.add_argument("--acme-email", help="contact address for the ACME account (expiry notices)")
     serve.add_argument("--acme-directory", help="ACME directory URL (default: Let's Encrypt)")
-    serve.add_argument("--acme-http-listen", help="HOST:PORT answering HTTP-01 challenges (default 0.0.0.0:80)")
+    serve.add_argument(
+        "--acme-http-listen", help="HOST:PORT answering HTTP-01 challenges (default 0.0.0.0:80)"
+    )
     serve.add_argument("--branch", help="branch to serve (default: the work tree's HEAD)")
     serve.add_argument(
         "--fetch-interval", help="seconds between fetches when --repo is a remote URL (default 60)"
@@ -264,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = admin_parser("status", "what the server serves, and any rejected commit")
     status.add_argument("--json", action="store_true")
     status.add_argument(
-        "--sync", action="store_true", help="fetch/re-read the repository first (POST /api/v1/repo/sync)"
+        "--sync",
+        action="store_true",
+        help="fetch/re-read the repository first (POST /api/v1/repo/sync)",
     )
     status.set_defaults(func=_status)
     return parser

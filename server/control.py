@@ -70,8 +70,16 @@ class ControlHandler:
                 return self._map(req)
             return ControlResponse(404, b"not implemented\n", content_type="text/plain")
         except RequestRejected as exc:
-            self._log.info("control: %s %s from %s rejected: %s", req.method, req.path, req.machine_key.short(), exc.message)
-            return ControlResponse(exc.status, exc.message.encode() + b"\n", content_type="text/plain")
+            self._log.info(
+                "control: %s %s from %s rejected: %s",
+                req.method,
+                req.path,
+                req.machine_key.short(),
+                exc.message,
+            )
+            return ControlResponse(
+                exc.status, exc.message.encode() + b"\n", content_type="text/plain"
+            )
 
     # /machine/register
 
@@ -159,7 +167,12 @@ class ControlHandler:
                 hostinfo=json.dumps(hostinfo, sort_keys=True),
                 capver=int(body.get("Version") or 0),
             )
-        self._log.info("register: node %d %s (%s) joined", node.id, node.given_name, owner or ",".join(key.tags))
+        self._log.info(
+            "register: node %d %s (%s) joined",
+            node.id,
+            node.given_name,
+            owner or ",".join(key.tags),
+        )
         self._tailnet.topology_changed()
         return _json(self._register_response(node))
 
@@ -183,7 +196,12 @@ class ControlHandler:
             uid, login = user_id(node), email
         return {
             "User": {"ID": uid, "DisplayName": display, "LoginName": login},
-            "Login": {"ID": uid, "Provider": "tailnetd", "LoginName": login, "DisplayName": display},
+            "Login": {
+                "ID": uid,
+                "Provider": "tailnetd",
+                "LoginName": login,
+                "DisplayName": display,
+            },
             "NodeKeyExpired": expired,
             "MachineAuthorized": True,
         }
@@ -206,7 +224,9 @@ class ControlHandler:
             return ControlResponse(200, self._one_map(node.id, now))
         return ControlResponse(200, stream=self._stream(node.id))
 
-    def _apply_map_request(self, node: Node, body: dict[str, Any], stream: bool, now: datetime) -> Node:
+    def _apply_map_request(
+        self, node: Node, body: dict[str, Any], stream: bool, now: datetime
+    ) -> Node:
         changes: dict[str, Any] = {}
         disco = body.get("DiscoKey")
         if disco:

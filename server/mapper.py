@@ -137,7 +137,12 @@ class PeerEntries:
         variants = self._entries.get(node.id)
         if variants:
             for i, (n, p, o, e, data) in enumerate(variants):
-                if o is online and e is expired and (p is pv or p == pv) and (n is node or n == node):
+                if (
+                    o is online
+                    and e is expired
+                    and (p is pv or p == pv)
+                    and (n is node or n == node)
+                ):
                     if n is not node or p is not pv:
                         variants[i] = (node, pv, o, e, data)  # next time, identity hits
                     return data
@@ -231,7 +236,9 @@ def build_map(ctx: MapContext, node_id: int, now: datetime) -> MapState | None:
 _DEBUG = {"DisableLogTail": True}
 
 
-def _encode(msg: dict[str, Any], peers_key: str | None = None, peers: Iterable[bytes] = ()) -> bytes:
+def _encode(
+    msg: dict[str, Any], peers_key: str | None = None, peers: Iterable[bytes] = ()
+) -> bytes:
     """JSON of `msg`, with already-encoded peer entries spliced in as `peers_key`."""
     head = json.dumps(msg, separators=(",", ":")).encode()
     if peers_key is None:

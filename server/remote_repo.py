@@ -40,19 +40,15 @@ class RemoteRepo:
     def git_dir(self) -> Path:
         return self.path
 
-    def _repo(self) -> git.Repo:
-        if not (self.path / "HEAD").exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            git.Repo.clone_from(self.url, self.path, bare=True)
-        return git.Repo(self.path)
-
     def sync(self) -> str | None:
         """Fetch the remote; return the served branch's tip (None if it has none)."""
         try:
-            repo = self._repo()
+            if not (self.path / "HEAD").exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                git.Repo.clone_from(self.url, self.path, bare=True).close()
             # A bare clone maps the remote's branches onto its own; force-update so a
             # rewritten branch is followed like any other new commit.
-            repo.git.fetch(self.url, "+refs/heads/*:refs/heads/*", "--prune")
+            git.Git(self.path).fetch(self.url, "+refs/heads/*:refs/heads/*", "--prune")
             self.last_fetch_error = None
         except git.GitCommandError as exc:
             self.last_fetch_error = (exc.stderr or str(exc)).strip()
@@ -62,12 +58,13 @@ class RemoteRepo:
     def head(self) -> str | None:
         if not (self.path / "HEAD").exists():
             return None
-        repo = git.Repo(self.path)
-        try:
-            commit = repo.commit(f"refs/heads/{self.branch}") if self.branch else repo.head.commit
-        except (ValueError, git.BadName):
-            return None
-        return str(commit.hexsha)
+        with git.Repo(self.path) as repo:  # closing ends gitpython's cat-file helpers
+            try:
+                ref = f"refs/heads/{self.branch}"
+                commit = repo.commit(ref) if self.branch else repo.head.commit
+            except (ValueError, git.BadName):
+                return None
+            return str(commit.hexsha)
 
     def load(self, revision: str | None) -> tuple[Any | None, tuple[str, ...]]:
         from gitctl import snapshot as snapshots
@@ -75,7 +72,9 @@ class RemoteRepo:
         if revision is None:
             return None, (f"{self.url}: no commit on branch {self.branch or 'HEAD'}",)
         result = snapshots.load_from_git(self.path, revision)
-        errors = tuple(d.render() for d in result.diagnostics if getattr(d, "severity", "error") == "error")
+        errors = tuple(
+            d.render() for d in result.diagnostics if getattr(d, "severity", "error") == "error"
+        )
         return (result.snapshot if not errors else None), errors
 
 

@@ -62,12 +62,12 @@ class SnapshotRepo:
             return None
         import git
 
-        repo = git.Repo(self.path)
-        try:
-            commit = repo.commit(self.branch) if self.branch else repo.head.commit
-        except (ValueError, git.BadName):
-            return None
-        return str(commit.hexsha)
+        with git.Repo(self.path) as repo:  # closing ends gitpython's cat-file helpers
+            try:
+                commit = repo.commit(self.branch) if self.branch else repo.head.commit
+            except (ValueError, git.BadName):
+                return None
+            return str(commit.hexsha)
 
     def load(self, revision: str | None) -> tuple[Any | None, tuple[str, ...]]:
         """(snapshot, rendered errors) for a revision (None = the directory on disk)."""
@@ -79,7 +79,9 @@ class SnapshotRepo:
             result = snapshots.load_from_directory(folder if folder.is_dir() else self.path)
         else:
             result = snapshots.load_from_git(self.path, revision)
-        errors = tuple(d.render() for d in result.diagnostics if getattr(d, "severity", "error") == "error")
+        errors = tuple(
+            d.render() for d in result.diagnostics if getattr(d, "severity", "error") == "error"
+        )
         return (result.snapshot if not errors else None), errors
 
 

@@ -38,7 +38,9 @@ class TailnetSource:
     dns_config: Mapping[str, Any]
     users: Mapping[str, tuple[str, str]]  # name -> (email, display name)
     policy: Any  # parsed policy, None = allow-all
-    explicit_routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # node name or tag -> routes
+    explicit_routes: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict
+    )  # node name or tag -> routes
     auto_approve: Callable[[Any, Node, Sequence[str]], tuple[str, ...]] | None = None
     settings: Any = None  # gitctl TailnetSettings: prefixes, key expiry, ephemeral timeout
 
@@ -144,7 +146,10 @@ class Tailnet:
         src = self._source
         users = [(stable_user_id(name), name, email) for name, (email, _) in src.users.items()]
         views = compute_views(
-            src.policy, users, nodes, self._approved_routes(nodes),
+            src.policy,
+            users,
+            nodes,
+            self._approved_routes(nodes),
             previous=previous.views if previous else None,
             previous_nodes=previous.nodes if previous else None,
         )

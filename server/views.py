@@ -166,7 +166,9 @@ def to_topology_node(node: Node, approved: tuple[str, ...]) -> Any:
 EXIT_ROUTES = frozenset({"0.0.0.0/0", "::/0"})
 
 
-def _allow_all(nodes: Sequence[Node], approved_routes: Mapping[int, tuple[str, ...]]) -> PolicyViews:
+def _allow_all(
+    nodes: Sequence[Node], approved_routes: Mapping[int, tuple[str, ...]]
+) -> PolicyViews:
     """Every node sees every other; approved routes are served as with a policy:
     exit routes by every approver, a subnet by its first-registered approver."""
     primary: dict[str, int] = {}
@@ -225,7 +227,9 @@ def compute_views(
     # The policy's `tests` were checked when the commit was loaded (against its own
     # users and tags); live nodes coming and going must not un-serve a policy.
     compiled = compile_tailnet(
-        policy, topo, enforce_tests=False,
+        policy,
+        topo,
+        enforce_tests=False,
         previous=previous.compiled if previous is not None else None,
     )
     by_id = {n.id: n for n in nodes}

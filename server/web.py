@@ -105,8 +105,8 @@ def build_app(deps: WebDeps) -> Starlette:
         return None
 
     def admin(
-        handler: Callable[[Request], Any], *, socket_only: bool = False
-    ) -> Callable[[Request], Any]:
+        handler: Callable[[Request], Awaitable[Response]], *, socket_only: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def wrapped(request: Request) -> Response:
             refusal = authenticate(request)
             if refusal is not None:

@@ -51,7 +51,9 @@ def stable_user_id(name: str) -> int:
 
 
 @lru_cache(maxsize=65536)
-def user_profile_json(name: str | None, email: str | None, display_name: str | None) -> Mapping[str, Any]:
+def user_profile_json(
+    name: str | None, email: str | None, display_name: str | None
+) -> Mapping[str, Any]:
     """A UserProfile; cached and shared, so never mutated."""
     if name is None:
         return {"ID": TAGGED_USER_ID, "LoginName": TAGGED_LOGIN, "DisplayName": "Tagged Devices"}
@@ -121,7 +123,9 @@ def dns_config_json(
     """DNSConfig as headscale builds it from the same keys (hs types/config.go)."""
     cfg: dict[str, Any] = {}
     if global_nameservers:
-        cfg["Resolvers" if override_local_dns else "FallbackResolvers"] = _resolvers(global_nameservers)
+        cfg["Resolvers" if override_local_dns else "FallbackResolvers"] = _resolvers(
+            global_nameservers
+        )
     routes: dict[str, Any] = {domain: _resolvers(servers) for domain, servers in split.items()}
     if routes:
         cfg["Routes"] = routes

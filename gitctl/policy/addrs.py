@@ -27,8 +27,11 @@ class Span:
 
 
 # Tailscale's address space: CGNAT minus the ChromeOS VM range, and its ULA.
-TAILSCALE_RANGES = ("100.64.0.0-100.115.91.255", "100.115.94.0-100.127.255.255",
-                    "fd7a:115c:a1e0::/48")
+TAILSCALE_RANGES = (
+    "100.64.0.0-100.115.91.255",
+    "100.115.94.0-100.127.255.255",
+    "fd7a:115c:a1e0::/48",
+)
 CGNAT = "100.64.0.0/10"
 TAILSCALE_ULA = "fd7a:115c:a1e0::/48"
 

@@ -93,9 +93,7 @@ class Index:
         pattern = pattern.lower()
         if pattern.startswith("*@"):
             domain = pattern[1:]
-            return frozenset(
-                i for e, ns in self.by_email.items() if e.endswith(domain) for i in ns
-            )
+            return frozenset(i for e, ns in self.by_email.items() if e.endswith(domain) for i in ns)
         return self.by_email.get(pattern, frozenset())
 
     def _ip_order(self, version: int) -> tuple[list[int], list[int]]:
@@ -114,7 +112,7 @@ class Index:
 
     def _nodes_within(self, s: Span) -> frozenset[int]:
         addrs, nodes = self._ip_order(s.version)
-        return frozenset(nodes[bisect_left(addrs, s.lo):bisect_right(addrs, s.hi)])
+        return frozenset(nodes[bisect_left(addrs, s.lo) : bisect_right(addrs, s.hi)])
 
     def nodes_in(self, prefix: str) -> frozenset[int]:
         s = span(prefix)
@@ -128,14 +126,16 @@ class Index:
         reaches the tailnet through them."""
         s = span(prefix)
         return frozenset(
-            i for i in self.routers
+            i
+            for i in self.routers
             if any(s.overlaps(span(r)) for r in self.routes[i] if not is_exit_route(r))
         )
 
     def covering(self, s: Span) -> frozenset[int]:
         """Nodes traffic to ``s`` may be delivered to (own address or route)."""
         return self._nodes_within(s) | frozenset(
-            i for i in self.routers if any(s.overlaps(x) for x in self.route_spans[i]))
+            i for i in self.routers if any(s.overlaps(x) for x in self.route_spans[i])
+        )
 
     def resolve(self, alias: Alias) -> Resolved:
         # Rules name the same groups and tags over and over: resolve each once.
@@ -158,8 +158,9 @@ class Index:
             return Resolved(ns, (), ns)
         if kind in ("host", "prefix"):
             prefix = self.policy.hosts[value] if kind == "host" else value
-            return Resolved(frozenset(), (addr_text(prefix),),
-                            self.nodes_in(prefix) | self.routers_into(prefix))
+            return Resolved(
+                frozenset(), (addr_text(prefix),), self.nodes_in(prefix) | self.routers_into(prefix)
+            )
         return self._autogroup(value)
 
     def _autogroup(self, name: str) -> Resolved:

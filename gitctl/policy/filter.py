@@ -92,9 +92,12 @@ class Rule:
         entries = self.entries(node)
         out: dict[str, Any] = {"SrcIPs": list(self.src_ips)}
         if self.caps is not None:
-            out["CapGrant"] = [{"Dsts": _unique(t for t, _ in entries),
-                                "CapMap": {k: None if v is None else list(v)
-                                           for k, v in self.caps.items()}}]
+            out["CapGrant"] = [
+                {
+                    "Dsts": _unique(t for t, _ in entries),
+                    "CapMap": {k: None if v is None else list(v) for k, v in self.caps.items()},
+                }
+            ]
             return out
         out["DstPorts"] = [
             {"IP": text, "Ports": {"First": p.first, "Last": p.last}}
@@ -119,17 +122,28 @@ class RuleBuilder:
     def _src(self, src: Iterable[Alias]) -> Resolved:
         return self.index.resolve_many(src)
 
-    def _rule(self, src: Resolved, protos: tuple[int, ...] = (),
-              caps: Mapping[str, tuple[Any, ...]] | None = None) -> Rule:
+    def _rule(
+        self,
+        src: Resolved,
+        protos: tuple[int, ...] = (),
+        caps: Mapping[str, tuple[Any, ...]] | None = None,
+    ) -> Rule:
         key = (src.nodes, src.extra)
         ips = self._src_ips.get(key)
         if ips is None:
             ips = self._src_ips[key] = tuple(
-                dict.fromkeys([*self.index.node_texts(sorted(src.nodes)), *src.extra]))
+                dict.fromkeys([*self.index.node_texts(sorted(src.nodes)), *src.extra])
+            )
         return Rule(src_ips=ips, src_members=src.members, protos=protos, caps=caps)
 
-    def _add_dst(self, rule: Rule, alias: Alias, ports: tuple[PortRange, ...],
-                 host_form: bool = False, only: frozenset[int] | None = None) -> None:
+    def _add_dst(
+        self,
+        rule: Rule,
+        alias: Alias,
+        ports: tuple[PortRange, ...],
+        host_form: bool = False,
+        only: frozenset[int] | None = None,
+    ) -> None:
         """Attach ``alias``'s addresses to every node they reach.
 
         ``host_form`` renders node addresses as /32 and /128 prefixes (CapGrant
@@ -160,8 +174,12 @@ class RuleBuilder:
         if (rule.src_ips or rule.caps is not None) and rule.dst_nodes:
             self.rules.append(rule)
 
-    def add_acl(self, src: tuple[Alias, ...], dsts: Iterable[tuple[Alias, tuple[PortRange, ...]]],
-                protos: tuple[int, ...]) -> None:
+    def add_acl(
+        self,
+        src: tuple[Alias, ...],
+        dsts: Iterable[tuple[Alias, tuple[PortRange, ...]]],
+        protos: tuple[int, ...],
+    ) -> None:
         dsts = list(dsts)
         resolved = self._src(src)
         rule = self._rule(resolved, protos)
@@ -173,9 +191,13 @@ class RuleBuilder:
         if self_ports:
             self._add_self(resolved, self_ports, protos)
 
-    def _add_self(self, src: Resolved, port_sets: list[tuple[PortRange, ...]],
-                  protos: tuple[int, ...], caps: Mapping[str, tuple[Any, ...]] | None = None
-                  ) -> None:
+    def _add_self(
+        self,
+        src: Resolved,
+        port_sets: list[tuple[PortRange, ...]],
+        protos: tuple[int, ...],
+        caps: Mapping[str, tuple[Any, ...]] | None = None,
+    ) -> None:
         """autogroup:self: each user's devices may reach that user's devices."""
         index = self.index
         by_user: dict[str, list[int]] = defaultdict(list)
@@ -185,8 +207,12 @@ class RuleBuilder:
             by_user[email].append(i)
         for email, srcs in by_user.items():
             own = index.by_email[email.lower()]
-            rule = Rule(src_ips=tuple(index.node_texts(srcs)), src_members=frozenset(srcs),
-                        protos=protos, caps=caps)
+            rule = Rule(
+                src_ips=tuple(index.node_texts(srcs)),
+                src_members=frozenset(srcs),
+                protos=protos,
+                caps=caps,
+            )
             addrs = index.host_prefix_table if caps is not None else index.ips
             for ports in port_sets:
                 rule.add(DstPart(own, ports, addrs))
@@ -222,8 +248,9 @@ class RuleBuilder:
             if reverse:
                 self._add_app(self.index.resolve_many(dsts), list(grant.src), reverse, False)
 
-    def _add_app(self, src: Resolved, dsts: list[Alias], caps: Mapping[str, Any],
-                 has_self: bool) -> None:
+    def _add_app(
+        self, src: Resolved, dsts: list[Alias], caps: Mapping[str, Any], has_self: bool
+    ) -> None:
         rule = self._rule(src, caps=caps)
         for d in dsts:
             self._add_dst(rule, d, (), host_form=True)

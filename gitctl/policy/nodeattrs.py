@@ -23,8 +23,9 @@ def targets(index: Index, aliases: tuple[Alias, ...]) -> frozenset[int]:
     return frozenset(out)
 
 
-def self_cap_maps(policy: Policy, index: Index, tailnet: Mapping[str, Any] | None
-                  ) -> list[dict[str, Any]]:
+def self_cap_maps(
+    policy: Policy, index: Index, tailnet: Mapping[str, Any] | None
+) -> list[dict[str, Any]]:
     """Per node, the capabilities named by the nodeAttrs entries that target it.
 
     Attributes carry no values (``null``), as Tailscale sends them.

@@ -47,8 +47,21 @@ PROTOCOLS: Mapping[str, int] = {
 }
 
 AUTOGROUPS = frozenset(
-    {"member", "tagged", "self", "internet", "danger-all", "admin", "owner", "nonroot", "shared",
-     "it-admin", "network-admin", "billing-admin", "auditor"}
+    {
+        "member",
+        "tagged",
+        "self",
+        "internet",
+        "danger-all",
+        "admin",
+        "owner",
+        "nonroot",
+        "shared",
+        "it-admin",
+        "network-admin",
+        "billing-admin",
+        "auditor",
+    }
 )
 _TAG_NAME = re.compile(r"^tag:[A-Za-z][A-Za-z0-9_-]*$")
 
@@ -173,9 +186,7 @@ def _parse_groups(ctx: Ctx) -> dict[str, tuple[Alias, ...]]:
         out = []
         for i, m in enumerate(_strings(members, path, ctx)):
             if m.startswith("group:"):
-                ctx.fail(
-                    f'groups["{name}"]: "{m}": group members cannot be recursive', (*path, i)
-                )
+                ctx.fail(f'groups["{name}"]: "{m}": group members cannot be recursive', (*path, i))
                 continue
             alias = parse_alias(m, ctx, (*path, i), f'groups["{name}"]: ')
             if alias is not None:
@@ -189,8 +200,9 @@ def _parse_tag_owners(ctx: Ctx) -> dict[str, tuple[Alias, ...]]:
     for tag, values in ctx.tags.items():
         path: Path = ("tagOwners", tag)
         if not _TAG_NAME.match(tag):
-            ctx.fail(f"tagOwners[\"{tag}\"]: tag names must start with a letter, after 'tag:'",
-                     path)
+            ctx.fail(
+                f"tagOwners[\"{tag}\"]: tag names must start with a letter, after 'tag:'", path
+            )
             continue
         owners[tag] = _aliases(_strings(values, path, ctx), ctx, path)
     return owners
@@ -225,8 +237,9 @@ def _parse_acl(rule: Mapping[str, Any], i: int, ctx: Ctx) -> AclRule | None:
     except PolicyError as e:
         ctx.fail(e.message, (*path, "proto"))
         protos = ()
-    src = _aliases(_strings(rule.get("src"), (*path, "src"), ctx), ctx, (*path, "src"),
-                   lambda _: "src=")
+    src = _aliases(
+        _strings(rule.get("src"), (*path, "src"), ctx), ctx, (*path, "src"), lambda _: "src="
+    )
     dsts = []
     for j, text in enumerate(_strings(rule.get("dst"), (*path, "dst"), ctx)):
         dpath: Path = (*path, "dst", j)
@@ -243,15 +256,17 @@ def _parse_acl(rule: Mapping[str, Any], i: int, ctx: Ctx) -> AclRule | None:
     return AclRule(src=src, dst=tuple(dsts), protos=protos)
 
 
-def _check_self(src: tuple[Alias, ...], dst: list[Alias], ctx: Ctx, path: Path,
-                allow_wildcard: bool = True) -> None:
+def _check_self(
+    src: tuple[Alias, ...], dst: list[Alias], ctx: Ctx, path: Path, allow_wildcard: bool = True
+) -> None:
     """autogroup:self narrows to the source's own user, so the source must be users
     (ACLs also accept "*", meaning every user)."""
     if any(d == Alias("autogroup", "autogroup:self") for d in dst):
         ok = {"autogroup:member", "*"} if allow_wildcard else {"autogroup:member"}
         if any(s.kind not in ("user", "group") and s.value not in ok for s in src):
-            ctx.fail("autogroup:self can only be used with users, groups, or supported "
-                     "autogroups", path)
+            ctx.fail(
+                "autogroup:self can only be used with users, groups, or supported autogroups", path
+            )
 
 
 def _parse_ip_cap(text: str) -> IpCap:
@@ -302,8 +317,9 @@ ALLOWED_TAILSCALE_CAPS = frozenset(
 def _parse_grant(grant: Mapping[str, Any], i: int, ctx: Ctx) -> Grant | None:
     path: Path = ("grants", i)
     n_errors = len(ctx.errors)
-    src = _aliases(_strings(grant.get("src"), (*path, "src"), ctx), ctx, (*path, "src"),
-                   lambda _: "src=")
+    src = _aliases(
+        _strings(grant.get("src"), (*path, "src"), ctx), ctx, (*path, "src"), lambda _: "src="
+    )
     dst_texts = _strings(grant.get("dst"), (*path, "dst"), ctx)
     dst = _aliases(dst_texts, ctx, (*path, "dst"), lambda v: f'dst="{v}": ')
     via = []
@@ -329,8 +345,10 @@ def _parse_grant(grant: Mapping[str, Any], i: int, ctx: Ctx) -> Grant | None:
         if d == Alias("autogroup", "autogroup:internet") and app:
             ctx.fail("cannot use app grants with autogroup:internet", (*path, "dst", j))
         if d.kind == "prefix" and d.value in ("0.0.0.0/0", "::/0"):
-            ctx.fail(f'dst "{d.value}": to allow all IP addresses, use "*" or '
-                     '"autogroup:internet"', (*path, "dst", j))
+            ctx.fail(
+                f'dst "{d.value}": to allow all IP addresses, use "*" or "autogroup:internet"',
+                (*path, "dst", j),
+            )
     _check_self(src, list(dst), ctx, path, allow_wildcard=False)
     if len(ctx.errors) != n_errors:
         return None
@@ -341,13 +359,19 @@ def _parse_node_attrs(doc: Mapping[str, Any], ctx: Ctx) -> tuple[NodeAttr, ...]:
     out = []
     for i, entry in enumerate(doc.get("nodeAttrs") or ()):
         path: Path = ("nodeAttrs", i)
-        target = _aliases(_strings(entry.get("target"), (*path, "target"), ctx), ctx,
-                          (*path, "target"))
+        target = _aliases(
+            _strings(entry.get("target"), (*path, "target"), ctx), ctx, (*path, "target")
+        )
         pools = _strings(entry.get("ipPool"), (*path, "ipPool"), ctx)
         for j, pool in enumerate(pools):
             _check_ip_pool(pool, ctx, (*path, "ipPool", j))
-        out.append(NodeAttr(target=target, attrs=tuple(_strings(entry.get("attr"),
-                            (*path, "attr"), ctx)), ip_pool=tuple(pools)))
+        out.append(
+            NodeAttr(
+                target=target,
+                attrs=tuple(_strings(entry.get("attr"), (*path, "attr"), ctx)),
+                ip_pool=tuple(pools),
+            )
+        )
     return tuple(out)
 
 
@@ -360,7 +384,7 @@ _RESERVED = (
 def _check_ip_pool(pool: str, ctx: Ctx, path: Path) -> None:
     prefix = parse_prefix(pool)
     if prefix is None:
-        ctx.fail(f'IPPool({pool}): invalid prefix', path)
+        ctx.fail(f"IPPool({pool}): invalid prefix", path)
         return
     net = ipaddress.ip_network(prefix)
     if any(net.version == r.version and net.overlaps(r) for r in _RESERVED):
@@ -386,12 +410,14 @@ def _parse_tests(doc: Mapping[str, Any]) -> tuple[PolicyTest, ...]:
     out = []
     for t in doc.get("tests") or ():
         t = t if isinstance(t, Mapping) else {}
-        out.append(PolicyTest(
-            src=t.get("src") if isinstance(t.get("src"), str) else "",
-            proto=str(t.get("proto") or ""),
-            accept=tuple(t.get("accept") or ()),
-            deny=tuple(t.get("deny") or ()),
-        ))
+        out.append(
+            PolicyTest(
+                src=src if isinstance(src := t.get("src"), str) else "",
+                proto=str(t.get("proto") or ""),
+                accept=tuple(t.get("accept") or ()),
+                deny=tuple(t.get("deny") or ()),
+            )
+        )
     return tuple(out)
 
 

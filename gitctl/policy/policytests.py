@@ -35,8 +35,9 @@ def _index(policy: Policy, topology: Topology) -> Index:
 
 def _alias(text: str, policy: Policy) -> Alias:
     errors: list[Any] = []
-    ctx = Ctx({"groups": policy.groups, "hosts": policy.hosts, "tagOwners": policy.tag_owners},
-              errors)
+    ctx = Ctx(
+        {"groups": policy.groups, "hosts": policy.hosts, "tagOwners": policy.tag_owners}, errors
+    )
     alias = parse_alias(text, ctx, ())
     if alias is None or not text:
         raise _Unresolvable(f'unknown name "{text}"')
@@ -96,16 +97,18 @@ class _PacketOracle:
     def __init__(self, policy: Policy, index: Index) -> None:
         self.index = index
         # (source texts, [(destination texts, ports)], protocols, self-only)
-        self.rules: list[tuple[list[str], list[tuple[list[str], tuple[PortRange, ...]]],
-                               tuple[int, ...]]] = []
+        self.rules: list[
+            tuple[list[str], list[tuple[list[str], tuple[PortRange, ...]]], tuple[int, ...]]
+        ] = []
         for acl in policy.acls:
             self._add(acl.src, [(d.alias, d.ports) for d in acl.dst], acl.protos)
         for g in policy.grants:
             for cap in g.ip:
                 self._add(g.src, [(d, cap.ports) for d in g.dst], cap.protos)
         if policy.default_allow:
-            self._add((Alias("wildcard", "*"),),
-                      [(Alias("wildcard", "*"), (PortRange(0, 65535),))], ())
+            self._add(
+                (Alias("wildcard", "*"),), [(Alias("wildcard", "*"), (PortRange(0, 65535),))], ()
+            )
 
     def _texts(self, alias: Alias) -> list[str]:
         if alias.kind == "wildcard":
@@ -115,11 +118,18 @@ class _PacketOracle:
         r = self.index.resolve(alias)
         return [*self.index.node_texts(sorted(r.nodes)), *r.extra]
 
-    def _add(self, src: Iterable[Alias], dsts: list[tuple[Alias, tuple[PortRange, ...]]],
-             protos: tuple[int, ...]) -> None:
+    def _add(
+        self,
+        src: Iterable[Alias],
+        dsts: list[tuple[Alias, tuple[PortRange, ...]]],
+        protos: tuple[int, ...],
+    ) -> None:
         src_texts = [t for a in src for t in self._texts(a)]
-        dst_texts = [(self._texts(a), ports) for a, ports in dsts
-                     if a != Alias("autogroup", "autogroup:self")]
+        dst_texts = [
+            (self._texts(a), ports)
+            for a, ports in dsts
+            if a != Alias("autogroup", "autogroup:self")
+        ]
         self.rules.append((src_texts, dst_texts, protos or DEFAULT_PROTOS))
         if any(a == Alias("autogroup", "autogroup:self") for a, _ in dsts):
             for nodes in self.index.by_email.values():
@@ -138,8 +148,7 @@ class _PacketOracle:
         return False
 
 
-def _packet_test(oracle: _PacketOracle, index: Index, policy: Policy, t: PolicyTest
-                 ) -> list[str]:
+def _packet_test(oracle: _PacketOracle, index: Index, policy: Policy, t: PolicyTest) -> list[str]:
     if not t.accept and not t.deny:
         raise _Unresolvable("a test needs accept or deny")
     srcs = _src_ips(index, policy, t.src)
@@ -190,8 +199,9 @@ def _ssh_test(index: Index, policy: Policy, policies: SshIndex, t: SshTest) -> l
                         raise _Unresolvable("empty login user")
                     got = _ssh_verdict(rules, srcs, user)
                     if (got or "deny") != expect:
-                        failures.append(f"ssh {t.src} -> {user}@{dst}: expected {expect}, "
-                                        f"got {got or 'deny'}")
+                        failures.append(
+                            f"ssh {t.src} -> {user}@{dst}: expected {expect}, got {got or 'deny'}"
+                        )
     return failures
 
 

@@ -11,9 +11,7 @@ from .parse import parse_prefix
 from .topology import TopologyNode, TopologyUser
 
 
-def node_matches(
-    policy: Policy, alias: Alias, node: TopologyNode, email: str | None
-) -> bool:
+def node_matches(policy: Policy, alias: Alias, node: TopologyNode, email: str | None) -> bool:
     """Whether ``alias`` (an approver or nodeAttrs target) names ``node``."""
     kind, value = alias.kind, alias.value
     if kind == "wildcard":
@@ -85,8 +83,7 @@ def route_table(
     registered node serving it; exit routes have no primary."""
     enabled = []
     for n in nodes:
-        auto = set(auto_approved_routes(policy, n, n.routable_ips, users)
-                   if n.routable_ips else ())
+        auto = set(auto_approved_routes(policy, n, n.routable_ips, users) if n.routable_ips else ())
         approved = set(n.approved_routes)
         enabled.append(tuple(r for r in n.routable_ips if r in approved or r in auto))
     owner: dict[str, int] = {}

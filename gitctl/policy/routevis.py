@@ -31,7 +31,9 @@ class RouteVisibility:
         self._primary_of = {r: i for i, rs in enumerate(table.primary) for r in rs}
         # (router, subnet route) pairs some via rule reaches, in registration order
         self._via_routes = [
-            (i, r) for i, rs in enumerate(table.enabled) for r in rs
+            (i, r)
+            for i, rs in enumerate(table.enabled)
+            for r in rs
             if not is_exit_route(r) and any(rule.via for rule in per_node[i])
         ]
 
@@ -81,15 +83,24 @@ class RouteVisibility:
     def visible_routes(self, viewer: int, router: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
         via = self._via_choice(viewer)
         primary = tuple(
-            r for r in self.table.enabled[router]
-            if not is_exit_route(r) and (
+            r
+            for r in self.table.enabled[router]
+            if not is_exit_route(r)
+            and (
                 via.get(r) == router
-                or (r in self.table.primary[router] and r not in via
-                    and self._shown(viewer, router, r))
+                or (
+                    r in self.table.primary[router]
+                    and r not in via
+                    and self._shown(viewer, router, r)
+                )
             )
         )
-        exits = tuple(r for r in self.table.enabled[router] if is_exit_route(r) and (
-            self._shown(viewer, router, r) or self._may_send(router, r, True) >> viewer & 1))
+        exits = tuple(
+            r
+            for r in self.table.enabled[router]
+            if is_exit_route(r)
+            and (self._shown(viewer, router, r) or self._may_send(router, r, True) >> viewer & 1)
+        )
         return primary, exits
 
 

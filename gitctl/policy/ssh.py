@@ -21,8 +21,7 @@ ACCEPT_ACTION: Mapping[str, Any] = {
     "allowRemotePortForwarding": True,
 }
 # Where the client asks the control server to hold and re-check a session.
-CHECK_URL = ("https://unused/machine/ssh/action/$SRC_NODE_ID/to/$DST_NODE_ID"
-             "?local_user=$LOCAL_USER")
+CHECK_URL = "https://unused/machine/ssh/action/$SRC_NODE_ID/to/$DST_NODE_ID?local_user=$LOCAL_USER"
 
 
 def tailnet_domain(index: Index) -> str | None:
@@ -34,8 +33,10 @@ def tailnet_domain(index: Index) -> str | None:
 
 
 def _domain_error(domain: str, prefix: str = "") -> PolicyError:
-    return PolicyError(f"{prefix}{domain} is not associated with this Tailnet and cannot be "
-                       "used in user:*@<domain> expressions")
+    return PolicyError(
+        f"{prefix}{domain} is not associated with this Tailnet and cannot be "
+        "used in user:*@<domain> expressions"
+    )
 
 
 def check_ssh_domains(policy: Policy, index: Index) -> None:
@@ -78,8 +79,11 @@ def _users_map(users: tuple[str, ...]) -> dict[str, str]:
 
 
 def _localpart_domains(users: tuple[str, ...]) -> list[str]:
-    return [u.removeprefix("localpart:*@").lower() for u in users
-            if u.startswith("localpart:*@") and len(u) > len("localpart:*@")]
+    return [
+        u.removeprefix("localpart:*@").lower()
+        for u in users
+        if u.startswith("localpart:*@") and len(u) > len("localpart:*@")
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +138,16 @@ class SshIndex:
             key_masks[k] = key_masks.get(k, 0) | 1 << i
         dsts = index.resolve_many(d for d in rule.dst if d != SELF).members
         return _SshRuleIndex(
-            rule=rule, srcs=srcs, src_mask=bitset(srcs, n), dsts=dsts, dst_mask=bitset(dsts, n),
+            rule=rule,
+            srcs=srcs,
+            src_mask=bitset(srcs, n),
+            dsts=dsts,
+            dst_mask=bitset(dsts, n),
             first_dst=min(dsts, default=-1),
-            has_self=SELF in rule.dst, domains=tuple(_localpart_domains(rule.users)),
-            by_key={k: tuple(v) for k, v in by_key.items()}, key_masks=key_masks,
+            has_self=SELF in rule.dst,
+            domains=tuple(_localpart_domains(rule.users)),
+            by_key={k: tuple(v) for k, v in by_key.items()},
+            key_masks=key_masks,
         )
 
     def _sources(self, aliases: tuple[Alias, ...]) -> list[int]:
@@ -231,13 +241,15 @@ class SshIndex:
             base["acceptEnv"] = list(rule.accept_env)
         return base
 
-    def _principal_list(self, r: _SshRuleIndex, srcs: tuple[int, ...], key: str
-                        ) -> list[dict[str, str]]:
+    def _principal_list(
+        self, r: _SshRuleIndex, srcs: tuple[int, ...], key: str
+    ) -> list[dict[str, str]]:
         cache_key = (id(r), key)
         out = self._principals.get(cache_key)
         if out is None:
             out = self._principals[cache_key] = [
-                {"nodeIP": ip} for i in srcs for ip in self.index.ips[i]]
+                {"nodeIP": ip} for i in srcs for ip in self.index.ips[i]
+            ]
         return out
 
     def _part(self, r: _SshRuleIndex, key: str) -> list[dict[str, Any]]:

@@ -12,8 +12,16 @@ from .model import SshRule, SshTest
 if TYPE_CHECKING:
     from .parse import Ctx
 
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-          "h": 3600.0}
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
@@ -83,8 +91,10 @@ def parse_ssh_rule(rule: Mapping[str, Any], i: int, ctx: Ctx) -> SshRule | None:
             ctx.fail(str(e), (*path, "checkPeriod"))
         else:
             if check_period <= 0:
-                ctx.fail(f"checkPeriod {format_go_duration(check_period)} must be a positive "
-                         "duration", (*path, "checkPeriod"))
+                ctx.fail(
+                    f"checkPeriod {format_go_duration(check_period)} must be a positive duration",
+                    (*path, "checkPeriod"),
+                )
     accept_env = _list(rule.get("acceptEnv"))
     for j, env in enumerate(accept_env):
         if not env:
@@ -126,10 +136,9 @@ def parse_ssh_test(test: Any, i: int, ctx: Ctx) -> SshTest | None:
             ctx.fail(f'SSH tests dst contains disallowed element "{d}"', (*path, "dst", j))
             return None
     return SshTest(
-        src=test.get("src") if isinstance(test.get("src"), str) else "",
+        src=src if isinstance(src := test.get("src"), str) else "",
         dst=tuple(dst),
         accept=tuple(_list(test.get("accept"))),
         check=tuple(_list(test.get("check"))),
         deny=tuple(_list(test.get("deny"))),
     )
-

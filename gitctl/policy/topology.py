@@ -44,13 +44,19 @@ class Topology:
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Topology:
         users = tuple(
-            TopologyUser(id=int(u.get("id", i)), name=str(u["name"]), email=str(u["email"]),
-                         role=u.get("role"))
+            TopologyUser(
+                id=int(u.get("id", i)),
+                name=str(u["name"]),
+                email=str(u["email"]),
+                role=u.get("role"),
+            )
             for i, u in enumerate(doc.get("users") or ())
         )
         raw_nodes = doc.get("nodes") or {}
-        items = raw_nodes.items() if isinstance(raw_nodes, Mapping) else (
-            (n["name"], n) for n in raw_nodes
+        items = (
+            raw_nodes.items()
+            if isinstance(raw_nodes, Mapping)
+            else ((n["name"], n) for n in raw_nodes)
         )
         nodes = tuple(
             TopologyNode(

@@ -28,8 +28,9 @@ from .topology import Topology
 
 
 class ViewIndex:
-    def __init__(self, policy: Policy, topology: Topology,
-                 tailnet: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, policy: Policy, topology: Topology, tailnet: Mapping[str, Any] | None = None
+    ) -> None:
         self.policy = policy
         self.topology = topology
         self.tailnet = tailnet
@@ -122,8 +123,11 @@ class ViewIndex:
         # A peer without routes looks the same to every viewer: build it once.
         plain = self._plain
         for j in [j for j in peers if plain[j] is None]:
-            plain[j] = PeerView(allowed_ips=tuple(own_prefixes(self.index, j, self.no_v4)),
-                                primary_routes=(), tags=self.index.nodes[j].tags)
+            plain[j] = PeerView(
+                allowed_ips=tuple(own_prefixes(self.index, j, self.no_v4)),
+                primary_routes=(),
+                tags=self.index.nodes[j].tags,
+            )
         filled = cast("list[PeerView]", plain)  # for these peers
         out = dict(zip(map(names.__getitem__, peers), map(filled.__getitem__, peers), strict=True))
         # Routers' routes depend on the viewer (replacing keeps the order).
@@ -142,8 +146,11 @@ class ViewIndex:
             ssh_policy=self.ssh.policy(i),
             peers=self._peers(i, mask, peers),
             self_cap_map=self.caps[i],
-            self_allowed_ips=(*own_prefixes(index, i, self.no_v4), *table.primary[i],
-                              *(r for r in table.enabled[i] if is_exit_route(r))),
+            self_allowed_ips=(
+                *own_prefixes(index, i, self.no_v4),
+                *table.primary[i],
+                *(r for r in table.enabled[i] if is_exit_route(r)),
+            ),
             self_primary_routes=table.primary[i],
             # Only some consumers read it (the server does not): build it on
             # demand, from values that do not hold on to this index.
@@ -163,8 +170,8 @@ class ViewIndex:
         Anything else (routes, users, policy) counts as a change to all.
         """
         if (previous.policy is not self.policy and previous.policy != self.policy) or (
-                previous.topology.users != self.topology.users
-                or previous.tailnet != self.tailnet):
+            previous.topology.users != self.topology.users or previous.tailnet != self.tailnet
+        ):
             return None
         old_nodes = dict(zip(previous.names, previous.topology.nodes, strict=True))
         new_nodes = dict(zip(self.names, self.topology.nodes, strict=True))
@@ -173,7 +180,8 @@ class ViewIndex:
         changed_old = [n for n, rec in old_nodes.items() if new_nodes.get(n) != rec]
         changed_new = [n for n, rec in new_nodes.items() if old_nodes.get(n) != rec]
         if any(previous.table.enabled[previous.position[n]] for n in changed_old) or any(
-                self.table.enabled[self.position[n]] for n in changed_new):
+            self.table.enabled[self.position[n]] for n in changed_new
+        ):
             return None
         # Output follows registration order; the nodes that stay must keep theirs.
         kept_old = [n for n in previous.names if n in new_nodes]
@@ -246,8 +254,12 @@ def _merge_caps(into: dict[str, Any], caps: Mapping[str, Any]) -> None:
             into[name].extend(values)
 
 
-def whois(ips: Sequence[tuple[str, ...]], cap_rules: list[tuple[Mapping[str, Any], int]],
-          mask: int, peers: list[int]) -> dict[str, Any]:
+def whois(
+    ips: Sequence[tuple[str, ...]],
+    cap_rules: list[tuple[Mapping[str, Any], int]],
+    mask: int,
+    peers: list[int],
+) -> dict[str, Any]:
     """Per peer address: the app capabilities that peer holds toward this node
     (``cap_rules``: the capabilities of each app rule it receives, and the
     sources holding them)."""
@@ -288,8 +300,9 @@ def merge_rules(rendered: Iterable[tuple[Rule, dict[str, Any]]]) -> tuple[dict[s
     return tuple(merged.values())
 
 
-def own_prefixes(index: Index, node: int, no_v4: frozenset[int], viewer: int | None = None
-                 ) -> list[str]:
+def own_prefixes(
+    index: Index, node: int, no_v4: frozenset[int], viewer: int | None = None
+) -> list[str]:
     """A node's addresses as prefixes; IPv4 is left out when nodeAttrs disabled it
     on the node or on the viewer (which then speaks only IPv6 in the tailnet)."""
     prefixes = index.host_prefixes(node)

@@ -232,7 +232,9 @@ class ControlConnection:
         if response.stream is None:
             headers.append(("content-length", str(len(response.body))))
         self._check(stream)
-        self._h2.send_headers(stream_id, headers, end_stream=response.stream is None and not response.body)
+        self._h2.send_headers(
+            stream_id, headers, end_stream=response.stream is None and not response.body
+        )
         await self._flush()
         if response.stream is None:
             if response.body:

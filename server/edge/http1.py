@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -23,7 +23,11 @@ MAX_BODY = 4 * 1024 * 1024
 IDLE_TIMEOUT = 75.0
 
 ASGIApp = Callable[
-    [MutableMapping[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
+    [
+        MutableMapping[str, Any],
+        Callable[[], Awaitable[MutableMapping[str, Any]]],
+        Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ],
     Awaitable[None],
 ]
 
@@ -87,7 +91,9 @@ def parse_request_head(data: bytes) -> RequestHead:
     return RequestHead(parts[0], parts[1], parts[2][5:], tuple(headers))
 
 
-async def read_request_head(reader: asyncio.StreamReader, timeout: float = IDLE_TIMEOUT) -> RequestHead | None:
+async def read_request_head(
+    reader: asyncio.StreamReader, timeout: float = IDLE_TIMEOUT
+) -> RequestHead | None:
     """Read one request head; None on a clean EOF before any byte."""
     try:
         data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
@@ -102,7 +108,9 @@ async def read_request_head(reader: asyncio.StreamReader, timeout: float = IDLE_
     return parse_request_head(data[:-4])
 
 
-UpgradeHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, RequestHead], Awaitable[None]]
+UpgradeHandler = Callable[
+    [asyncio.StreamReader, asyncio.StreamWriter, RequestHead], Awaitable[None]
+]
 
 
 class FrontDoor:
@@ -111,7 +119,7 @@ class FrontDoor:
     def __init__(
         self,
         app: ASGIApp,
-        upgrades: dict[str, UpgradeHandler],
+        upgrades: Mapping[str, UpgradeHandler],
         *,
         log: logging.Logger,
         scheme: str = "http",
@@ -189,9 +197,12 @@ class FrontDoor:
 
         state: dict[str, Any] = {"chunked": False, "started": False, "done": False}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in message.get("headers", [])]
+                headers = [
+                    (k.decode("latin-1").lower(), v.decode("latin-1"))
+                    for k, v in message.get("headers", [])
+                ]
                 names = {k for k, _ in headers}
                 if "content-length" not in names and head.method != "HEAD":
                     headers.append(("transfer-encoding", "chunked"))
@@ -246,7 +257,8 @@ _REASONS = {
 async def _write_simple(writer: asyncio.StreamWriter, status: int, text: str) -> None:
     body = (text + "\n").encode()
     writer.write(
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
         + body
     )

@@ -92,16 +92,20 @@ def _diff_node(want: dict[str, Any], have: dict[str, Any], attrs: set[str] | Non
     w_rules = Counter(_rule_key(r) for r in want.get("packet_filter_rules") or ())
     h_rules = Counter(_rule_key(r) for r in have.get("packet_filter_rules") or ())
     if w_rules != h_rules:
-        diffs.append(f"packet_filter_rules: missing {list((w_rules - h_rules).elements())} "
-                     f"extra {list((h_rules - w_rules).elements())}")
+        diffs.append(
+            f"packet_filter_rules: missing {list((w_rules - h_rules).elements())} "
+            f"extra {list((h_rules - w_rules).elements())}"
+        )
     w_ssh = [_canon(r) for r in (want.get("ssh_policy") or {}).get("rules") or ()]
     h_ssh = [_canon(r) for r in (have.get("ssh_policy") or {}).get("rules") or ()]
     if w_ssh != h_ssh:
         diffs.append(f"ssh rules: want {want.get('ssh_policy')} got {have.get('ssh_policy')}")
     w_peers, h_peers = want.get("peers") or {}, have.get("peers") or {}
     if set(w_peers) != set(h_peers):
-        diffs.append(f"peers: missing {sorted(set(w_peers) - set(h_peers))} "
-                     f"extra {sorted(set(h_peers) - set(w_peers))}")
+        diffs.append(
+            f"peers: missing {sorted(set(w_peers) - set(h_peers))} "
+            f"extra {sorted(set(h_peers) - set(w_peers))}"
+        )
     for peer in set(w_peers) & set(h_peers):
         for key in ("AllowedIPs", "PrimaryRoutes"):
             w = set(w_peers[peer].get(key) or ())
@@ -112,11 +116,16 @@ def _diff_node(want: dict[str, Any], have: dict[str, Any], attrs: set[str] | Non
         w_whois = {k: _canon(v) for k, v in (want.get("whois_cap_map") or {}).items()}
         h_whois = {k: _canon(v) for k, v in (have.get("whois_cap_map") or {}).items()}
         if w_whois != h_whois:
-            bad = sorted(k for k in set(w_whois) | set(h_whois)
-                         if w_whois.get(k, "absent") != h_whois.get(k, "absent"))
-            diffs.append(f"whois_cap_map differs at {bad[:4]}: want "
-                         f"{[(want.get('whois_cap_map') or {}).get(k) for k in bad[:2]]} got "
-                         f"{[(have.get('whois_cap_map') or {}).get(k) for k in bad[:2]]}")
+            bad = sorted(
+                k
+                for k in set(w_whois) | set(h_whois)
+                if w_whois.get(k, "absent") != h_whois.get(k, "absent")
+            )
+            diffs.append(
+                f"whois_cap_map differs at {bad[:4]}: want "
+                f"{[(want.get('whois_cap_map') or {}).get(k) for k in bad[:2]]} got "
+                f"{[(have.get('whois_cap_map') or {}).get(k) for k in bad[:2]]}"
+            )
     if attrs is not None:
         w_caps = {k: v for k, v in (want.get("self_cap_map") or {}).items() if k in attrs}
         h_caps = {k: v for k, v in (have.get("self_cap_map") or {}).items() if k in attrs}

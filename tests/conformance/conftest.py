@@ -12,6 +12,4 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     passed = sum(RESULTS.values())
     total = len(RESULTS)
-    terminalreporter.write_line(
-        f"conformance: {passed} passed, {total - passed} failed of {total}"
-    )
+    terminalreporter.write_line(f"conformance: {passed} passed, {total - passed} failed of {total}")

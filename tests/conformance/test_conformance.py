@@ -32,8 +32,11 @@ def _known_failures() -> dict[str, str]:
 def _params() -> list[object]:
     known = _known_failures()
     return [
-        pytest.param(rel, id=rel, marks=[pytest.mark.xfail(strict=True, reason=known[rel])]
-                     if rel in known else [])
+        pytest.param(
+            rel,
+            id=rel,
+            marks=[pytest.mark.xfail(strict=True, reason=known[rel])] if rel in known else [],
+        )
         for rel in case_paths()
     ]
 

@@ -53,7 +53,10 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last_error}" if last_error else ""))
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what}"
+        + (f": {last_error}" if last_error else "")
+    )
 
 
 class TailnetRepo:
@@ -62,24 +65,30 @@ class TailnetRepo:
     def __init__(self, path: Path, files: dict[str, str]) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
-        self.repo = git.Repo.init(path, initial_branch="main")
-        with self.repo.config_writer() as cw:
+        # Each use opens and closes its own Repo: gitpython keeps `git cat-file`
+        # helper processes alive for as long as a Repo object lives.
+        with git.Repo.init(path, initial_branch="main") as repo, repo.config_writer() as cw:
             cw.set_value("user", "name", "tailnetd tests")
             cw.set_value("user", "email", "tests@tailnetd.invalid")
         self.commit(files, "initial tailnet")
 
+    def head(self) -> str:
+        with git.Repo(self.path) as repo:
+            return str(repo.head.commit.hexsha)
+
     def commit(self, files: dict[str, str | None], message: str) -> str:
-        for name, text in files.items():
-            target = self.path / "tailnet.d" / name
-            if text is None:
-                if target.exists():
-                    target.unlink()
-                    self.repo.index.remove([str(target)])
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-            self.repo.index.add([str(target)])
-        return str(self.repo.index.commit(message).hexsha)
+        with git.Repo(self.path) as repo:
+            for name, text in files.items():
+                target = self.path / "tailnet.d" / name
+                if text is None:
+                    if target.exists():
+                        target.unlink()
+                        repo.index.remove([str(target)])
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+                repo.index.add([str(target)])
+            return str(repo.index.commit(message).hexsha)
 
 
 class ServerProcess:
@@ -111,9 +120,25 @@ class ServerProcess:
     def start(self) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--repo", str(self.repo), "--data", str(self.data),
-             "--listen", f"127.0.0.1:{self.port}", "--stun-listen", f"127.0.0.1:{self.stun_port}", *self.extra],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.extra_env},
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--repo",
+                str(self.repo),
+                "--data",
+                str(self.data),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--stun-listen",
+                f"127.0.0.1:{self.stun_port}",
+                *self.extra,
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.extra_env},
         )
         log.close()
         wait_for(self._healthy, 30, "tailnetd to answer /health")
@@ -142,7 +167,10 @@ class ServerProcess:
     def admin(self, *args: str) -> str:
         out = subprocess.run(
             [sys.executable, "-m", "server.cli", *args, "--data", str(self.data)],
-            cwd=ROOT, capture_output=True, text=True, timeout=30,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         if out.returncode != 0:
             raise AssertionError(f"tailnetd {' '.join(args)} failed: {out.stderr}")
@@ -154,7 +182,9 @@ class ServerProcess:
     def ping(self, peer: str, count: int = 10) -> str:
         """`tailscale ping` output; it exits 1 when no *direct* path formed, which
         is expected while TS_DEBUG_ALWAYS_USE_DERP forces relaying."""
-        out = self.cli("ping", "--c", str(count), "--timeout", "5s", peer, timeout=30 + 6 * count, check=False)
+        out = self.cli(
+            "ping", "--c", str(count), "--timeout", "5s", peer, timeout=30 + 6 * count, check=False
+        )
         return out.stdout + out.stderr
 
     def status(self) -> dict[str, Any]:
@@ -164,7 +194,9 @@ class ServerProcess:
 class TailscaleNode:
     """One real tailscaled in userspace-networking mode, private state dir."""
 
-    def __init__(self, name: str, workdir: Path, *, ephemeral: bool = False, derp_over_http: bool = True) -> None:
+    def __init__(
+        self, name: str, workdir: Path, *, ephemeral: bool = False, derp_over_http: bool = True
+    ) -> None:
         """`derp_over_http=False`: DERP over TLS, as outside tests; set
         SSL_CERT_FILE in `extra_env` when the server's CA is a test one."""
         self.name = name
@@ -197,35 +229,58 @@ class TailscaleNode:
         state = ["--state=mem:"] if self.ephemeral else []
         log = open(self.dir / "tailscaled.log", "ab")
         self.proc = subprocess.Popen(
-            [str(self.bin / "tailscaled"), "--tun=userspace-networking", f"--statedir={self.dir}", *state,
-             f"--socket={self.socket}", "--port=0", "--no-logs-no-support",
-             f"--socks5-server=127.0.0.1:{self.socks_port}"],
-            env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            [
+                str(self.bin / "tailscaled"),
+                "--tun=userspace-networking",
+                f"--statedir={self.dir}",
+                *state,
+                f"--socket={self.socket}",
+                "--port=0",
+                "--no-logs-no-support",
+                f"--socks5-server=127.0.0.1:{self.socks_port}",
+            ],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         wait_for(lambda: self.socket.exists(), 20, f"{self.name}'s tailscaled socket")
 
-    def cli(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 60, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         out = subprocess.run(
             [str(self.bin / "tailscale"), f"--socket={self.socket}", *args],
-            capture_output=True, text=True, timeout=timeout, env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(),
         )
         if check and out.returncode != 0:
             raise AssertionError(
-                f"{self.name}: tailscale {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
+                f"{self.name}: tailscale {' '.join(args)} exited {out.returncode}:\n"
+                f"{out.stdout}\n{out.stderr}"
             )
         return out
 
     def up(self, server: ServerProcess | str, key: str, *extra: str) -> None:
         """Log in to `server`, or to a URL (a reverse proxy in front of it)."""
         url = server if isinstance(server, str) else server.url
-        self.cli("up", f"--login-server={url}", f"--auth-key={key}", f"--hostname={self.name}",
-                 *extra, timeout=90)
+        self.cli(
+            "up",
+            f"--login-server={url}",
+            f"--auth-key={key}",
+            f"--hostname={self.name}",
+            *extra,
+            timeout=90,
+        )
 
     def ping(self, peer: str, count: int = 10) -> str:
         """`tailscale ping` output; it exits 1 when no *direct* path formed, which
         is expected while TS_DEBUG_ALWAYS_USE_DERP forces relaying."""
-        out = self.cli("ping", "--c", str(count), "--timeout", "5s", peer, timeout=30 + 6 * count, check=False)
+        out = self.cli(
+            "ping", "--c", str(count), "--timeout", "5s", peer, timeout=30 + 6 * count, check=False
+        )
         return out.stdout + out.stderr
 
     def status(self) -> dict[str, Any]:
@@ -270,7 +325,8 @@ class TestCA:
             _builder(self.name, self.name, self.key.public_key(), days=3650)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
             )
             .sign(self.key, hashes.SHA256())
         )
@@ -299,13 +355,17 @@ class TestCA:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(
             key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
             )
         )
         return cert_path, key_path
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, public_key: Any, *, days: float) -> x509.CertificateBuilder:
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: Any, *, days: float
+) -> x509.CertificateBuilder:
     now = datetime.now(UTC)
     return (
         x509.CertificateBuilder()

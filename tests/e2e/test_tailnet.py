@@ -13,8 +13,8 @@ import socket
 import subprocess
 import threading
 import time
-from datetime import UTC, datetime
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -65,7 +65,12 @@ class Tailnet:
     def __init__(self, tmp: Path) -> None:
         self.repo = TailnetRepo(
             tmp / "repo",
-            {"users.yaml": USERS, "policy.hujson": POLICY, "dns.yaml": DNS, "settings.yaml": SETTINGS},
+            {
+                "users.yaml": USERS,
+                "policy.hujson": POLICY,
+                "dns.yaml": DNS,
+                "settings.yaml": SETTINGS,
+            },
         )
         self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
         self.tmp = tmp
@@ -121,7 +126,11 @@ def nc(node: TailscaleNode, peer: str, port: int) -> str:
     try:
         out = subprocess.run(
             [str(node.bin / "tailscale"), f"--socket={node.socket}", "nc", peer, str(port)],
-            input="", capture_output=True, text=True, timeout=8, env=node.env(),
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=8,
+            env=node.env(),
         )
     except subprocess.TimeoutExpired:
         return ""
@@ -164,7 +173,8 @@ def test_status_shows_exactly_the_peers_the_policy_allows(tailnet: Tailnet) -> N
         "server1": {"alice1", "alice2", "bob1"},
     }
     for name, peers in expected.items():
-        wait_for(lambda: tailnet.nodes[name].peer_names() == peers, 20, f"{name} to see {peers}")
+        node = tailnet.nodes[name]
+        wait_for(lambda n=node, p=peers: n.peer_names() == p, 20, f"{name} to see {peers}")
 
 
 def test_ping_through_the_embedded_derp(tailnet: Tailnet) -> None:
@@ -175,7 +185,11 @@ def test_ping_through_the_embedded_derp(tailnet: Tailnet) -> None:
 def test_magicdns_names_and_extra_records_resolve(tailnet: Tailnet) -> None:
     alice1, alice2 = tailnet.nodes["alice1"], tailnet.nodes["alice2"]
     ip = alice2.ip()
-    wait_for(lambda: ip in alice1.cli("dns", "query", "alice2.tailnet.example", "A").stdout, 15, "a MagicDNS answer")
+    wait_for(
+        lambda: ip in alice1.cli("dns", "query", "alice2.tailnet.example", "A").stdout,
+        15,
+        "a MagicDNS answer",
+    )
     extra = alice1.cli("dns", "query", "wiki.tailnet.example", "A").stdout
     assert "100.64.0.99" in extra, extra
     assert alice1.status()["MagicDNSSuffix"] == "tailnet.example"
@@ -187,7 +201,11 @@ def test_taildrop_between_two_nodes_of_one_user(tailnet: Tailnet) -> None:
     alice1, alice2 = tailnet.nodes["alice1"], tailnet.nodes["alice2"]
     payload = tailnet.tmp / "hello.txt"
     payload.write_text("sent with tailscale file cp\n")
-    wait_for(lambda: "alice2" in alice1.cli("file", "cp", "--targets").stdout, 20, "alice2 as a file target")
+    wait_for(
+        lambda: "alice2" in alice1.cli("file", "cp", "--targets").stdout,
+        20,
+        "alice2 as a file target",
+    )
     alice1.cli("file", "cp", str(payload), "alice2:", timeout=60)
     inbox = tailnet.tmp / "inbox"
     inbox.mkdir()
@@ -199,13 +217,19 @@ def test_a_policy_commit_reaches_connected_clients(tailnet: Tailnet) -> None:
     bob1 = tailnet.nodes["bob1"]
     assert bob1.peer_names() == {"server1"}
     tailnet.repo.commit({"policy.hujson": POLICY_BOB_TO_ALICE}, "bob may ssh to alice's devices")
-    wait_for(lambda: bob1.peer_names() == {"server1", "alice1", "alice2"}, 15, "bob1 to see alice's devices")
+    wait_for(
+        lambda: bob1.peer_names() == {"server1", "alice1", "alice2"},
+        15,
+        "bob1 to see alice's devices",
+    )
 
 
 def test_the_committed_packet_filter_is_enforced(tailnet: Tailnet) -> None:
     bob1 = tailnet.nodes["bob1"]
     with greeter(OPEN_PORT, b"open port\n"), greeter(CLOSED_PORT, b"closed port\n"):
-        got = wait_for(lambda: "open port" in nc(bob1, "alice1", OPEN_PORT), 20, "bob1 to reach alice1")
+        got = wait_for(
+            lambda: "open port" in nc(bob1, "alice1", OPEN_PORT), 20, "bob1 to reach alice1"
+        )
         assert got
         assert "closed port" not in nc(bob1, "alice1", CLOSED_PORT)
 
@@ -214,7 +238,9 @@ def test_a_broken_commit_is_rejected_and_the_tailnet_keeps_running(tailnet: Tail
     good = tailnet.server.status()["serving"]
     bad = tailnet.repo.commit({"policy.hujson": POLICY.replace('"acls": [', '"acls": [[')}, "oops")
     status = wait_for(
-        lambda: (s := tailnet.server.status())["rejected"] and s["rejected"]["revision"] == bad and s,
+        lambda: (
+            (s := tailnet.server.status())["rejected"] and s["rejected"]["revision"] == bad and s
+        ),
         15,
         "the broken commit to be rejected",
     )
@@ -228,18 +254,28 @@ def test_a_broken_commit_is_rejected_and_the_tailnet_keeps_running(tailnet: Tail
 def test_a_commit_whose_policy_tests_fail_is_not_served(tailnet: Tailnet) -> None:
     good = tailnet.server.status()["serving"]
     failing = POLICY_BOB_TO_ALICE.replace(
-        '  "acls": [', '  "tests": [{"src": "bob@example.com", "deny": ["alice@example.com:%d"]}],\n  "acls": [' % OPEN_PORT
+        '  "acls": [',
+        f'  "tests": [{{"src": "bob@example.com", "deny": ["alice@example.com:{OPEN_PORT}"]}}],\n'
+        '  "acls": [',
     )
     bad = tailnet.repo.commit({"policy.hujson": failing}, "a test that the policy contradicts")
     status = wait_for(
-        lambda: (s := tailnet.server.status())["rejected"] and s["rejected"]["revision"] == bad and s,
+        lambda: (
+            (s := tailnet.server.status())["rejected"] and s["rejected"]["revision"] == bad and s
+        ),
         15,
         "the commit with failing tests to be rejected",
     )
     assert status["serving"] == good
-    assert any("policy.hujson:" in e and "expected deny" in e for e in status["rejected"]["errors"]), status
+    assert any(
+        "policy.hujson:" in e and "expected deny" in e for e in status["rejected"]["errors"]
+    ), status
     with greeter(OPEN_PORT, b"open port\n"):  # the old filter still serves
-        wait_for(lambda: "open port" in nc(tailnet.nodes["bob1"], "alice1", OPEN_PORT), 20, "bob1 to reach alice1")
+        wait_for(
+            lambda: "open port" in nc(tailnet.nodes["bob1"], "alice1", OPEN_PORT),
+            20,
+            "bob1 to reach alice1",
+        )
 
 
 def test_logout_and_login_again_keeps_the_address(tailnet: Tailnet) -> None:
@@ -247,7 +283,11 @@ def test_logout_and_login_again_keeps_the_address(tailnet: Tailnet) -> None:
     ip = bob1.ip()
     bob1.cli("logout", timeout=60)
     wait_for(lambda: bob1.status()["BackendState"] == "NeedsLogin", 20, "bob1 to need a login")
-    (entry,) = [n for n in json.loads(tailnet.server.admin("nodes", "list", "--json")) if n["name"] == "bob1"]
+    (entry,) = [
+        n
+        for n in json.loads(tailnet.server.admin("nodes", "list", "--json"))
+        if n["name"] == "bob1"
+    ]
     expired_at = datetime.fromisoformat(entry["key_expiry"].replace("Z", "+00:00"))
     assert expired_at <= datetime.now(UTC), entry  # logged out = key expired, node kept
     bob1.up(tailnet.server, tailnet.server.create_key("bob"))
@@ -262,7 +302,11 @@ def test_node_key_rotation_reaches_peers(tailnet: Tailnet) -> None:
     alice2.up(tailnet.server, tailnet.server.create_key("alice"), "--force-reauth")
     new_key = alice2.status()["Self"]["PublicKey"]
     assert new_key != old_key
-    wait_for(lambda: new_key in (alice1.status().get("Peer") or {}), 20, "alice1 to learn alice2's new key")
+    wait_for(
+        lambda: new_key in (alice1.status().get("Peer") or {}),
+        20,
+        "alice1 to learn alice2's new key",
+    )
     assert "pong from alice2" in alice1.ping("alice2")
 
 

@@ -159,7 +159,7 @@ def test_an_expired_api_key_is_refused_at_once(admin: Admin) -> None:
 
 
 def test_status_shows_the_serving_commit_then_a_rejected_one(admin: Admin) -> None:
-    good = admin.repo.repo.head.commit.hexsha
+    good = admin.repo.head()
     out = admin.local("status")
     assert out.returncode == 0, out.stderr
     assert re.search(rf"^serving:\s+{good}\b", out.stdout, re.M), out.stdout

@@ -23,7 +23,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TailnetRe
     upstream = TailnetRepo(tmp / "upstream", {"users.yaml": USERS, "policy.hujson": POLICY})
     # A long interval: the test moves the server with --sync, not by waiting.
     server = ServerProcess(
-        f"file://{upstream.path}", tmp / "data", tmp / "tailnetd.log", extra=["--fetch-interval", "3600"]
+        f"file://{upstream.path}",
+        tmp / "data",
+        tmp / "tailnetd.log",
+        extra=["--fetch-interval", "3600"],
     )
     server.start()
     try:
@@ -34,8 +37,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TailnetRe
 
 def status(server: ServerProcess, *flags: str) -> tuple[int, dict[str, Any]]:
     out = subprocess.run(
-        [sys.executable, "-m", "server.cli", "status", "--json", *flags, "--data", str(server.data)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "status",
+            "--json",
+            *flags,
+            "--data",
+            str(server.data),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return out.returncode, json.loads(out.stdout)
 
@@ -44,12 +59,14 @@ def test_the_remote_head_is_cloned_and_served(served: tuple[TailnetRepo, ServerP
     upstream, server = served
     assert (server.data / "repo.git" / "HEAD").exists()
     _, body = status(server)
-    assert body["serving"] == upstream.repo.head.commit.hexsha
+    assert body["serving"] == upstream.head()
 
 
 def test_sync_fetches_and_serves_a_new_commit(served: tuple[TailnetRepo, ServerProcess]) -> None:
     upstream, server = served
-    sha = upstream.commit({"users.yaml": USERS + "  - {name: bob, email: bob@example.com}\n"}, "bob joins")
+    sha = upstream.commit(
+        {"users.yaml": USERS + "  - {name: bob, email: bob@example.com}\n"}, "bob joins"
+    )
     _, before = status(server)
     assert before["serving"] != sha  # not fetched yet
     _, after = status(server, "--sync")
@@ -60,7 +77,7 @@ def test_a_broken_remote_commit_is_rejected_and_the_last_good_keeps_serving(
     served: tuple[TailnetRepo, ServerProcess],
 ) -> None:
     upstream, server = served
-    good = upstream.repo.head.commit.hexsha
+    good = upstream.head()
     bad = upstream.commit({"policy.hujson": POLICY.replace("[{", "[[{")}, "broken")
     _, body = status(server, "--sync")
     assert body["serving"] == good

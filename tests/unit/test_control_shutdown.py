@@ -20,8 +20,13 @@ async def test_stop_ends_live_sessions_before_closing_the_store(tmp_path: Path) 
     repo = TailnetRepo(tmp_path / "repo", {"users.yaml": USERS})
     with tempfile.TemporaryDirectory(prefix="tnd-") as data:
         config = ServerConfig(
-            repo=repo.path, data_dir=Path(data), listen_host="127.0.0.1", listen_port=0,
-            server_url="http://127.0.0.1:0", stun_host=None, stun_port=0,
+            repo=repo.path,
+            data_dir=Path(data),
+            listen_host="127.0.0.1",
+            listen_port=0,
+            server_url="http://127.0.0.1:0",
+            stun_host=None,
+            stun_port=0,
         )
         clock = FakeClock()
         server = Server(config, log=logging.getLogger("tailnetd.test"), clock=clock)

@@ -14,8 +14,9 @@ def acl(src: list[str], dst: list[str], **extra: object) -> dict[str, object]:
 
 
 def test_group_members_reach_tagged_server_on_the_allowed_port_only() -> None:
-    tn = compile_policy({"groups": {"group:eng": ["bob@example.com"]},
-                         **acl(["group:eng"], ["tag:web:443"])})
+    tn = compile_policy(
+        {"groups": {"group:eng": ["bob@example.com"]}, **acl(["group:eng"], ["tag:web:443"])}
+    )
     assert can_reach(tn, "bob-laptop", "web", 443)
     assert not can_reach(tn, "bob-laptop", "web", 22)
     assert not can_reach(tn, "alice-laptop", "web", 443)
@@ -24,8 +25,9 @@ def test_group_members_reach_tagged_server_on_the_allowed_port_only() -> None:
 
 
 def test_hosts_name_addresses() -> None:
-    tn = compile_policy({"hosts": {"database": "100.64.0.11"},
-                         **acl(["alice@example.com"], ["database:5432"])})
+    tn = compile_policy(
+        {"hosts": {"database": "100.64.0.11"}, **acl(["alice@example.com"], ["database:5432"])}
+    )
     assert can_reach(tn, "alice-laptop", "db", 5432)
     assert not can_reach(tn, "bob-laptop", "db", 5432)
 
@@ -55,13 +57,14 @@ def test_autogroup_self_reaches_only_own_devices() -> None:
 
 def test_autogroup_self_needs_user_sources() -> None:
     with pytest.raises(PolicyError, match="autogroup:self can only be used with users"):
-        parse_policy({"tagOwners": {"tag:web": []},
-                      **acl(["tag:web"], ["autogroup:self:*"])})
+        parse_policy({"tagOwners": {"tag:web": []}, **acl(["tag:web"], ["autogroup:self:*"])})
 
 
 def test_internet_goes_to_approved_exit_nodes() -> None:
-    nodes_policy = {"autoApprovers": {"exitNode": ["tag:exit"]},
-                    **acl(["bob@example.com"], ["autogroup:internet:*"])}
+    nodes_policy = {
+        "autoApprovers": {"exitNode": ["tag:exit"]},
+        **acl(["bob@example.com"], ["autogroup:internet:*"]),
+    }
     tn = compile_policy(nodes_policy)
     assert can_reach(tn, "bob-laptop", "exit", 443, dst_ip="8.8.8.8")
     assert not can_reach(tn, "bob-laptop", "exit", 443, dst_ip="10.0.0.1")

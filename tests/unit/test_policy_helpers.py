@@ -14,11 +14,22 @@ USERS = [
 ]
 
 
-def node(n: int, user: str | None = None, tags: tuple[str, ...] = (),
-         routes: tuple[str, ...] = (), approved: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {"hostname": f"h{n}", "user": user, "tags": list(tags),
-            "ipv4": f"100.64.0.{n}", "ipv6": f"fd7a:115c:a1e0::{n:x}",
-            "routable_ips": list(routes), "approved_routes": list(approved)}
+def node(
+    n: int,
+    user: str | None = None,
+    tags: tuple[str, ...] = (),
+    routes: tuple[str, ...] = (),
+    approved: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    return {
+        "hostname": f"h{n}",
+        "user": user,
+        "tags": list(tags),
+        "ipv4": f"100.64.0.{n}",
+        "ipv6": f"fd7a:115c:a1e0::{n:x}",
+        "routable_ips": list(routes),
+        "approved_routes": list(approved),
+    }
 
 
 NODES = {
@@ -34,8 +45,7 @@ NODES = {
 TAG_OWNERS = {t: ["alice@example.com"] for t in ("tag:web", "tag:db", "tag:router", "tag:exit")}
 
 
-def compile_policy(policy: dict[str, Any], nodes: dict[str, Any] | None = None
-                   ) -> CompiledTailnet:
+def compile_policy(policy: dict[str, Any], nodes: dict[str, Any] | None = None) -> CompiledTailnet:
     doc = {"tagOwners": TAG_OWNERS, **policy}
     topology = Topology.from_json({"users": USERS, "nodes": nodes or NODES})
     return compile_tailnet(parse_policy(doc), topology)
@@ -56,8 +66,9 @@ def _contains(text: str, ip: str) -> bool:
     return net.version == addr.version and addr in net
 
 
-def can_reach(tn: CompiledTailnet, src: str, dst: str, port: int, proto: int = 6,
-              dst_ip: str | None = None) -> bool:
+def can_reach(
+    tn: CompiledTailnet, src: str, dst: str, port: int, proto: int = 6, dst_ip: str | None = None
+) -> bool:
     """Whether ``dst``'s packet filter admits ``src`` on ``port``/``proto``."""
     s_ip, d_ip = ip_of(src), dst_ip or ip_of(dst)
     for rule in tn.nodes[dst].packet_filter_rules:

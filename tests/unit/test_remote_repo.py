@@ -27,11 +27,13 @@ def test_clone_then_fetch_follows_the_branch(tmp_path: Path) -> None:
     upstream = TailnetRepo(tmp_path / "upstream", {"users.yaml": USERS})
     remote = RemoteRepo(f"file://{upstream.path}", tmp_path / "data", branch="main")
     first = remote.sync()
-    assert first == upstream.repo.head.commit.hexsha
+    assert first == upstream.head()
     snap, errors = remote.load(first)
     assert errors == () and snap is not None and [u.name for u in snap.users] == ["alice"]
 
-    second = upstream.commit({"users.yaml": USERS + "  - {name: bob, email: bob@example.com}\n"}, "bob")
+    second = upstream.commit(
+        {"users.yaml": USERS + "  - {name: bob, email: bob@example.com}\n"}, "bob"
+    )
     assert remote.head() == first  # nothing changes until the next fetch
     assert remote.sync() == second
     snap, _ = remote.load(second)
@@ -62,7 +64,9 @@ def test_watch_fetches_when_woken(tmp_path: Path) -> None:
             seen.append(rev)
 
         task = asyncio.create_task(
-            watch_remote(remote, on_revision, log=logging.getLogger("test"), interval=3600, wake=wake)
+            watch_remote(
+                remote, on_revision, log=logging.getLogger("test"), interval=3600, wake=wake
+            )
         )
         sha = await asyncio.to_thread(upstream.commit, {"users.yaml": USERS + "# changed\n"}, "c2")
         wake.set()

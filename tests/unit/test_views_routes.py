@@ -15,12 +15,19 @@ ALLOW_ALL = parse_policy({"acls": [{"action": "accept", "src": ["*"], "dst": ["*
 
 
 def router(i: int, routes: list[str]) -> object:
-    return replace(node(i, tags=("tag:web",)), hostinfo=json.dumps({"Hostname": f"n{i}", "RoutableIPs": routes}))
+    return replace(
+        node(i, tags=("tag:web",)),
+        hostinfo=json.dumps({"Hostname": f"n{i}", "RoutableIPs": routes}),
+    )
 
 
 @pytest.mark.parametrize("policy", [None, ALLOW_ALL], ids=["no policy", "allow-all policy"])
 def test_approved_routes_reach_peers(policy: object) -> None:
-    nodes = [node(1, "alice"), router(2, ["10.9.0.0/24", "0.0.0.0/0", "::/0"]), router(3, ["10.9.0.0/24"])]
+    nodes = [
+        node(1, "alice"),
+        router(2, ["10.9.0.0/24", "0.0.0.0/0", "::/0"]),
+        router(3, ["10.9.0.0/24"]),
+    ]
     approved = {2: ("10.9.0.0/24", "0.0.0.0/0", "::/0"), 3: ("10.9.0.0/24",)}
     views = compute_views(policy, USERS, nodes, approved)
     seen_by_alice = views.get(1).peers  # type: ignore[union-attr]

@@ -50,6 +50,8 @@ def _serve(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
     )
+    # watchfiles logs every batch of .git changes at INFO; commits are logged by us.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
     async def run() -> int:
         server = Server(config)

@@ -121,20 +121,31 @@ def greeter(port: int, greeting: bytes) -> Iterator[None]:
         srv.close()
 
 
-def nc(node: TailscaleNode, peer: str, port: int) -> str:
-    """What `tailscale nc` reads from peer:port (empty when the filter drops it)."""
+def nc(node: TailscaleNode, peer: str, port: int, timeout: float = 8) -> str:
+    """What `tailscale nc` reads from peer:port (empty when the filter drops it).
+
+    Its stdin stays open: nc closes the whole connection at stdin EOF, which
+    can beat the greeting home and reset it.
+    """
+    proc = subprocess.Popen(
+        [str(node.bin / "tailscale"), f"--socket={node.socket}", "nc", peer, str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=node.env(),
+    )
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
     try:
-        out = subprocess.run(
-            [str(node.bin / "tailscale"), f"--socket={node.socket}", "nc", peer, str(port)],
-            input="",
-            capture_output=True,
-            text=True,
-            timeout=8,
-            env=node.env(),
-        )
-    except subprocess.TimeoutExpired:
-        return ""
-    return out.stdout
+        assert proc.stdout is not None
+        return proc.stdout.read().decode(errors="replace")
+    finally:
+        killer.cancel()
+        proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def diagnose(net: Tailnet) -> str:

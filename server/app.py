@@ -270,9 +270,9 @@ class Server:
             )
         self._tasks.append(asyncio.create_task(self._sweep_ephemeral()))
         self.log.info(
-            "tailnetd listening on %s (control + DERP), STUN on %s, serving %s",
+            "tailnetd listening on %s (control + DERP), STUN %s, serving %s",
             cfg.server_url if cfg.listen_port else f"port {self.port}",
-            f"udp/{self.stun_port}" if self._stun else "off",
+            f"on udp/{self.stun_port}" if self._stun else "off",
             (self.status.serving or "")[:12],
         )
 

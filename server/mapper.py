@@ -12,7 +12,8 @@ peer's entry for a viewer: O(1) per viewer, no recompilation.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -61,7 +62,19 @@ def home_derp(node: Node) -> int:
 
 
 def user_id(node: Node) -> int:
-    return TAGGED_USER_ID if node.tags or node.user is None else stable_user_id(node.user)
+    return TAGGED_USER_ID if node.tags or node.user is None else _user_id(node.user)
+
+
+def _owner(node: Node) -> tuple[int, str | None]:
+    """(user ID, user name or None for tagged devices): what a profile is built from."""
+    if node.tags or node.user is None:
+        return TAGGED_USER_ID, None
+    return _user_id(node.user), node.user
+
+
+@lru_cache(maxsize=16384)
+def _user_id(name: str) -> int:
+    return stable_user_id(name)  # a SHA-256 per call, and every map asks for every peer's
 
 
 def fqdn(node: Node, domain: str) -> str:
@@ -131,6 +144,7 @@ class PeerEntries:
     def __init__(self, domain: str) -> None:
         self.domain = domain
         self._entries: dict[int, list[tuple[Node, PeerView, bool, bool, bytes]]] = {}
+        self.maps = _MapMemos()
 
     def get(self, node: Node, pv: PeerView, online: bool, now: datetime) -> bytes:
         expired = node.key_expiry is not None and node.key_expiry <= now
@@ -168,6 +182,7 @@ class PeerEntries:
 
     def forget(self, node_id: int) -> None:
         self._entries.pop(node_id, None)
+        self.maps.memos.pop(node_id, None)
 
 
 def peer_entry(ctx: MapContext, peer_id: int, pv: PeerView, now: datetime) -> bytes | None:
@@ -206,19 +221,28 @@ class MapState:
 
 
 def build_map(ctx: MapContext, node_id: int, now: datetime) -> MapState | None:
+    """What `node_id` should hold now.
+
+    After a commit or a join most of a node's peers are what they were: the
+    last map built for it is kept (in `ctx.entries`) with what it was built
+    from, and only the peers whose node record, online state or PeerView
+    changed since are looked at again. Any doubt (no memo, a key expiry
+    passed, most peers changed) builds the peers from scratch.
+    """
     node = ctx.nodes.get(node_id)
     view = ctx.views.get(node_id)
     if node is None or view is None:
         return None
-    peers: dict[int, bytes] = {}
-    owners = {user_id(node): node}
-    nodes, online, entries = ctx.nodes, ctx.online, ctx.entries
-    for peer_id, pv in view.peers.items():
-        peer = nodes.get(peer_id)
-        if peer is None:
-            continue
-        peers[peer_id] = entries.get(peer, pv, peer_id in online, now)
-        owners.setdefault(user_id(peer), peer)
+    memos = ctx.entries.maps
+    memo = memos.memos.get(node_id)
+    if memo is None or not memos.no_expiry_between(ctx.nodes, memo.now, now):
+        memo = _full_peers(ctx, view, now)
+    else:
+        memo = _refresh_peers(ctx, view, memo, now)
+    memos.memos[node_id] = memo
+    self_uid, self_name = _owner(node)
+    owners = dict(memo.owners.values())
+    owners[self_uid] = self_name
     top = {
         "Node": self_entry(ctx, node, view, now),
         "DERPMap": ctx.derp_map,
@@ -229,8 +253,126 @@ def build_map(ctx: MapContext, node_id: int, now: datetime) -> MapState | None:
         "SSHPolicy": view.ssh_policy,
         "Debug": _DEBUG,
     }
-    profiles = {uid: _profile(ctx, owner) for uid, owner in owners.items()}
-    return MapState(top=top, peers=peers, profiles=profiles)
+    profile = memos.profiles(ctx.users)
+    return MapState(
+        top=top,
+        peers=memo.peers,
+        profiles={uid: profile(name) for uid, name in owners.items()},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Memo:
+    """One node's peers as last built, and what they were built from.
+
+    `peers` and `owners` are never mutated once built: a MapState handed out
+    keeps them, and a session that sees the same `peers` object knows nothing
+    changed.
+    """
+
+    peers_src: Mapping[int, PeerView]
+    nodes: Mapping[int, Node]
+    online: frozenset[int]
+    now: datetime
+    peers: dict[int, bytes]
+    owners: dict[int, tuple[int, str | None]]  # peer id -> _owner(peer)
+
+
+class _MapMemos:
+    """Per-node memos plus the tailnet-wide facts the refreshes share."""
+
+    MAX_DIFFS = 8
+
+    def __init__(self) -> None:
+        self.memos: dict[int, _Memo] = {}
+        self._diffs: list[tuple[Mapping[int, Node], Mapping[int, Node], frozenset[int]]] = []
+        self._expiries: tuple[Mapping[int, Node] | None, list[datetime]] = (None, [])
+        self._users: Mapping[str, tuple[str, str]] | None = None
+        self._profiles: dict[str | None, Mapping[str, Any]] = {}
+
+    def node_diff(self, old: Mapping[int, Node], new: Mapping[int, Node]) -> frozenset[int]:
+        """Ids whose record is not the same object in both (computed once per pair)."""
+        if old is new:
+            return frozenset()
+        for o, n, diff in self._diffs:
+            if o is old and n is new:
+                return diff
+        diff = frozenset(
+            [k for k, v in new.items() if old.get(k) is not v] + [k for k in old if k not in new]
+        )
+        self._diffs = [(old, new, diff), *self._diffs[: self.MAX_DIFFS - 1]]
+        return diff
+
+    def no_expiry_between(self, nodes: Mapping[int, Node], since: datetime, now: datetime) -> bool:
+        """True when no key in `nodes` expires in (since, now]: entries built at
+        `since` still say the same about expiry."""
+        if now <= since:
+            return True
+        known, expiries = self._expiries
+        if known is not nodes:
+            expiries = sorted(n.key_expiry for n in nodes.values() if n.key_expiry is not None)
+            self._expiries = (nodes, expiries)
+        i = bisect_right(expiries, since)
+        return i == len(expiries) or expiries[i] > now
+
+    def profiles(self, users: Mapping[str, tuple[str, str]]) -> Callable[[str | None], Any]:
+        if users is not self._users:
+            self._users, self._profiles = users, {}
+        cache = self._profiles
+
+        def profile(name: str | None) -> Mapping[str, Any]:
+            out = cache.get(name)
+            if out is None:
+                if name is None:
+                    out = user_profile_json(None, None, None)
+                else:
+                    email, display = users.get(name, (name, name))
+                    out = user_profile_json(name, email, display)
+                cache[name] = out
+            return out
+
+        return profile
+
+
+def _full_peers(ctx: MapContext, view: NodeView, now: datetime) -> _Memo:
+    peers: dict[int, bytes] = {}
+    owners: dict[int, tuple[int, str | None]] = {}
+    nodes, online, entries = ctx.nodes, ctx.online, ctx.entries
+    for peer_id, pv in view.peers.items():
+        peer = nodes.get(peer_id)
+        if peer is None:
+            continue
+        peers[peer_id] = entries.get(peer, pv, peer_id in online, now)
+        owners[peer_id] = _owner(peer)
+    return _Memo(view.peers, nodes, ctx.online, now, peers, owners)
+
+
+def _refresh_peers(ctx: MapContext, view: NodeView, memo: _Memo, now: datetime) -> _Memo:
+    src, old_src = view.peers, memo.peers_src
+    touched = ctx.entries.maps.node_diff(memo.nodes, ctx.nodes)
+    if memo.online is not ctx.online:
+        touched = touched | (memo.online ^ ctx.online)
+    # Shared PeerViews are the same objects across recompiles (views.py
+    # interns them), so an unchanged peer set compares in C by identity.
+    if src is not old_src and src != old_src:
+        touched = touched | {pid for pid, pv in src.items() if old_src.get(pid) is not pv}
+        touched = touched | (old_src.keys() - src.keys())
+    if len(touched) * 2 > len(src) + 8:
+        return _full_peers(ctx, view, now)
+    peers, owners = memo.peers, memo.owners
+    if touched:
+        peers, owners = dict(peers), dict(owners)  # the old ones may be in use
+        nodes, online, entries = ctx.nodes, ctx.online, ctx.entries
+        for pid in touched:
+            pv = src.get(pid)
+            peer = nodes.get(pid)
+            if pv is None or peer is None:
+                peers.pop(pid, None)
+                owners.pop(pid, None)
+            else:
+                peers[pid] = entries.get(peer, pv, pid in online, now)
+                owners[pid] = _owner(peer)
+    return _Memo(src, ctx.nodes, ctx.online, now, peers, owners)
 
 
 _DEBUG = {"DisableLogTail": True}
@@ -260,6 +402,7 @@ class MapSession:
         self._peers: dict[int, bytes] = {}
         self._profiles: set[int] = set()
         self._started = False
+        self._synced: Mapping[int, bytes] | None = None
 
     def next_message(self, state: MapState, now: datetime) -> bytes | None:
         """The message that turns what the client has into `state`, or None."""
@@ -284,20 +427,23 @@ class MapSession:
             if state.peers:
                 peers_key = "Peers"
                 spliced = [state.peers[pid] for pid in sorted(state.peers)]
-        else:
-            held = self._peers
-            removed = [pid for pid in held if pid not in state.peers]
-            for pid, data in state.peers.items():
-                old = held.get(pid)
-                if old is not data and old != data:
+        elif state.peers is not self._synced:
+            held, want = self._peers, state.peers
+            removed = list(held.keys() - want.keys())
+            for pid in [pid for pid, data in want.items() if held.get(pid) is not data]:
+                data, old = want[pid], held.get(pid)
+                if old != data:
                     spliced.append(data)
-                    held[pid] = data
+                held[pid] = data
             for pid in removed:
                 del held[pid]
             if removed:
                 msg["PeersRemoved"] = sorted(removed)
             if spliced:
                 peers_key = "PeersChanged"
+        # The build memo hands out the same (never mutated) dict while
+        # nothing changed: next time, identity says "nothing to do".
+        self._synced = state.peers
         if not msg and peers_key is None:
             return None
         msg["ControlTime"] = format_time(now)
@@ -315,11 +461,13 @@ class MapSession:
             data = peer_entry(ctx, pid, pv, now) if pv is not None else None
             if data is None:
                 if pid in self._peers:
+                    self._synced = None
                     del self._peers[pid]
                     removed.append(pid)
                 continue
             old = self._peers.get(pid)
             if old is not data and old != data:
+                self._synced = None
                 self._peers[pid] = data
                 changed.append(data)
                 peer = ctx.nodes[pid]

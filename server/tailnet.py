@@ -143,6 +143,11 @@ class Tailnet:
         self, nodes: Sequence[Node] | None = None, previous: MapContext | None = None
     ) -> MapContext:
         nodes = list(nodes if nodes is not None else self.store.list_nodes())
+        if hasattr(self, "_ctx"):
+            # Unchanged records stay the very objects the last context had, so
+            # map refreshes find the changed ones by identity.
+            held = self._ctx.nodes
+            nodes = [old if (old := held.get(n.id)) is not None and old == n else n for n in nodes]
         src = self._source
         users = [(stable_user_id(name), name, email) for name, (email, _) in src.users.items()]
         views = compute_views(
@@ -152,6 +157,7 @@ class Tailnet:
             self._approved_routes(nodes),
             previous=previous.views if previous else None,
             previous_nodes=previous.nodes if previous else None,
+            reuse=self._ctx.views if hasattr(self, "_ctx") else None,
         )
         return MapContext(
             domain=src.domain,

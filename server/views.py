@@ -44,6 +44,9 @@ class PeerView:
     cap_map: Mapping[str, Any] = field(default_factory=dict)
 
 
+_InternKey = tuple[tuple[str, ...], tuple[str, ...]]  # PeerView without cap_map
+
+
 @dataclass(frozen=True, slots=True)
 class NodeView:
     packet_filter: tuple[Mapping[str, Any], ...]
@@ -77,6 +80,9 @@ class PolicyViews:
         self._cache: dict[int, NodeView] = {}
         self.compiled = compiled
         self.changed = changed
+        # PeerViews without capabilities, by value: a recompile that hands
+        # out the same objects lets map refreshes compare peers by identity.
+        self.interned: Mapping[_InternKey, PeerView] = {}
         self.by_node: Mapping[int, NodeView] = _LazyById(self)
 
     def get(self, node_id: int) -> NodeView | None:
@@ -167,7 +173,9 @@ EXIT_ROUTES = frozenset({"0.0.0.0/0", "::/0"})
 
 
 def _allow_all(
-    nodes: Sequence[Node], approved_routes: Mapping[int, tuple[str, ...]]
+    nodes: Sequence[Node],
+    approved_routes: Mapping[int, tuple[str, ...]],
+    intern: Callable[[PeerView], PeerView],
 ) -> PolicyViews:
     """Every node sees every other; approved routes are served as with a policy:
     exit routes by every approver, a subnet by its first-registered approver."""
@@ -182,7 +190,7 @@ def _allow_all(
         subnets = tuple(r for r in routes if primary.get(r) == node.id)
         return own_prefixes(node) + tuple(r for r in routes if r in EXIT_ROUTES) + subnets, subnets
 
-    peers_of = {n.id: PeerView(*served(n)) for n in nodes}
+    peers_of = {n.id: intern(PeerView(*served(n))) for n in nodes}
     by_id = {n.id: n for n in nodes}
 
     def build(node_id: int) -> NodeView:
@@ -199,6 +207,25 @@ def _allow_all(
     return PolicyViews(list(by_id), build, lambda node_id: [p for p in by_id if p != node_id])
 
 
+def _interner(
+    table: dict[_InternKey, PeerView], lend: Mapping[_InternKey, PeerView]
+) -> Callable[[PeerView], PeerView]:
+    """Equal PeerViews (without capabilities) as one object, taking `lend`'s
+    object for a value it already had. `table` ends up holding only the values
+    in use, so it does not grow with every node that ever left."""
+
+    def intern(pv: PeerView) -> PeerView:
+        if pv.cap_map:
+            return pv
+        key = (pv.allowed_ips, pv.primary_routes)
+        out = table.get(key)
+        if out is None:
+            out = table[key] = lend.get(key, pv)
+        return out
+
+    return intern
+
+
 def compute_views(
     policy: Any,
     users: Sequence[tuple[int, str, str]],
@@ -207,6 +234,7 @@ def compute_views(
     *,
     previous: PolicyViews | None = None,
     previous_nodes: Mapping[int, Node] | None = None,
+    reuse: PolicyViews | None = None,
 ) -> PolicyViews:
     """Compile `policy` against the live nodes; views are built on demand.
 
@@ -215,9 +243,16 @@ def compute_views(
     routes it advertises that are approved. `previous` (the same policy over
     `previous_nodes`, before nodes joined, left or changed) lets unaffected
     views be reused; `changed` then names the nodes whose maps may differ.
+    `reuse` (any earlier views, e.g. of another policy) only lends its
+    PeerView objects to equal values, so unchanged peers stay identical.
     """
+    donor = reuse or previous
+    table: dict[_InternKey, PeerView] = {}
+    intern = _interner(table, donor.interned if donor is not None else {})
     if policy is None:
-        return _allow_all(nodes, approved_routes)
+        views = _allow_all(nodes, approved_routes, intern)
+        views.interned = table
+        return views
     from gitctl.policy import Topology, TopologyUser, compile_tailnet
 
     topo = Topology(
@@ -244,10 +279,12 @@ def compute_views(
         out = converted.get(id(pv))
         if out is None:
             keep.append(pv)
-            out = converted[id(pv)] = PeerView(
-                allowed_ips=tuple(pv.allowed_ips),
-                primary_routes=tuple(pv.primary_routes or ()),
-                cap_map=dict(pv.cap_map or {}),
+            out = converted[id(pv)] = intern(
+                PeerView(
+                    allowed_ips=tuple(pv.allowed_ips),
+                    primary_routes=tuple(pv.primary_routes or ()),
+                    cap_map=dict(pv.cap_map or {}),
+                )
             )
         return out
 
@@ -273,6 +310,7 @@ def compute_views(
         return [id_of[name] for name in compiled.peer_names(str(node_id))]
 
     views = PolicyViews(list(by_id), build, visible, compiled=compiled)
+    views.interned = table
     if previous is not None and previous_nodes is not None and compiled.changed is not None:
         views.changed = _changed_ids(compiled.changed, previous, previous_nodes, views, by_id)
         views.adopt(previous, (i for i in by_id if i not in views.changed))

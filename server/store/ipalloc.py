@@ -2,15 +2,17 @@
 
 Pure: the caller passes the set of addresses already in use (read inside the
 same write transaction that stores the result, so two writers cannot pick the
-same address) and the randomness.
+same address) and the randomness. Given a `SortedInts`, a pick costs
+O(log n) whatever the strategy; any other set is sorted first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Set
+from collections.abc import Set
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from server.store._rand import randbelow
+from server.store._sortedints import SortedInts
 from server.store.model import AddressExhausted, AllocationStrategy, Rng
 
 __all__ = [
@@ -70,20 +72,14 @@ def _allocate(
     family: str,
 ) -> int:
     first, last = _usable_range(prefix)
-
-    def blocked_until(addr: int) -> int | None:
-        """The last address of the reserved range holding addr, if any."""
-        for lo, hi in holes:
-            if lo <= addr <= hi:
-                return hi
-        return None
-
+    taken = used if isinstance(used, SortedInts) else SortedInts(used)
+    holes = sorted(holes)
     found: int | None = None
     if first <= last:
         if strategy == "sequential":
-            found = _scan(first, last, used, blocked_until)
+            found = _scan(first, last, taken, holes)
         elif strategy == "random":
-            found = _random(first, last, used, blocked_until, rng)
+            found = _random(first, last, taken, holes, rng)
         else:
             raise ValueError(f"unknown allocation strategy {strategy!r}")
     if found is None:
@@ -100,30 +96,28 @@ def _usable_range(prefix: IPv4Network | IPv6Network) -> tuple[int, int]:
     return base + 1, base + size - 2
 
 
-def _scan(
-    lo: int, hi: int, used: Set[int], blocked_until: Callable[[int], int | None]
-) -> int | None:
-    """Lowest free address in [lo, hi]; steps are bounded by |used| + |reserved|."""
-    addr = lo
-    while addr <= hi:
-        end = blocked_until(addr)
-        if end is not None:
-            addr = end + 1
-        elif addr in used:
-            addr += 1
-        else:
-            return addr
-    return None
+def _scan(lo: int, hi: int, used: SortedInts, holes: list[tuple[int, int]]) -> int | None:
+    """Lowest free address in [lo, hi]: a bisection per stretch between reserved ranges."""
+    for hole_lo, hole_hi in holes:
+        if hole_hi < lo:
+            continue
+        if hole_lo > hi:
+            break
+        found = used.first_free(lo, hole_lo - 1)
+        if found is not None:
+            return found
+        lo = hole_hi + 1
+    return used.first_free(lo, hi)
 
 
 def _random(
-    lo: int, hi: int, used: Set[int], blocked_until: Callable[[int], int | None], rng: Rng
+    lo: int, hi: int, used: SortedInts, holes: list[tuple[int, int]], rng: Rng
 ) -> int | None:
     for _ in range(_RANDOM_TRIES):
         addr = lo + randbelow(rng, hi - lo + 1)
-        if addr not in used and blocked_until(addr) is None:
+        if addr not in used and not any(h_lo <= addr <= h_hi for h_lo, h_hi in holes):
             return addr
     # Crowded: continue from a random point and wrap around, which always ends.
     start = lo + randbelow(rng, hi - lo + 1)
-    found = _scan(start, hi, used, blocked_until)
-    return found if found is not None else _scan(lo, start - 1, used, blocked_until)
+    found = _scan(start, hi, used, holes)
+    return found if found is not None else _scan(lo, start - 1, used, holes)

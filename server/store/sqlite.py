@@ -4,6 +4,10 @@ Writes run in `BEGIN IMMEDIATE` transactions, which take sqlite's write lock
 up front: checks such as "is this address free" and the insert that relies
 on them can never interleave with another writer, even a second process (an
 admin command) on the same file.
+
+Registration reads the used addresses and names from an in-memory index
+(`_nodeindex`) instead of every row, so it costs O(log n), not O(n); the
+index is checked against the file inside each of those transactions.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from types import TracebackType
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store import _keytables as keytables
 from server.store import _rows as rows
+from server.store._nodeindex import NodeIndex, data_version
 from server.store._rand import LOWER_ALNUM, random_text
 from server.store.ipalloc import (
     DEFAULT_IPV4_PREFIX,
@@ -38,8 +43,9 @@ from server.store.model import (
     PendingLogin,
     PreAuthKey,
     Rng,
+    StoreError,
 )
-from server.store.names import check_label, label_from_hostname, unique_label
+from server.store.names import check_label, label_from_hostname
 
 __all__ = ["SqliteStore", "open_store"]
 
@@ -92,6 +98,7 @@ class SqliteStore:
         self._allocation: AllocationStrategy = allocation
         self._rng = rng
         self._generation = 0
+        self._index: NodeIndex | None = None
 
     @property
     def generation(self) -> int:
@@ -116,11 +123,34 @@ class SqliteStore:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._conn.execute("COMMIT")
+        except BaseException as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            # The store's own refusals come before the index changes; anything
+            # else (a failed COMMIT included) may have left it ahead of the file.
+            if not isinstance(exc, StoreError):
+                self._index = None
             raise
-        self._conn.execute("COMMIT")
         self._generation += 1
+
+    def _node_index(self, db: sqlite3.Connection) -> NodeIndex:
+        """The index, read again if another connection has changed the file.
+
+        Call inside a write transaction; change the index only after every
+        statement of that transaction that can fail.
+        """
+        version = data_version(db)
+        if self._index is None or self._index.version != version:
+            self._index = NodeIndex(db, version)
+        return self._index
+
+    def _loaded_node_index(self, db: sqlite3.Connection) -> NodeIndex | None:
+        """The index if it is loaded and current, so a change can be applied to
+        it; a stale one is dropped (and read again when a registration needs it)."""
+        if self._index is not None and self._index.version != data_version(db):
+            self._index = None
+        return self._index
 
     # Nodes
 
@@ -151,10 +181,9 @@ class SqliteStore:
             self._check_node_key_free(db, node_key)
             if auth_key_id is not None:
                 self._consume_key(db, auth_key_id, now)
-            ipv4, ipv6 = self._allocate(db)
-            given_name = unique_label(
-                label_from_hostname(hostname), lambda name: _name_taken(db, name)
-            )
+            index = self._node_index(db)
+            ipv4, ipv6 = self._allocate(index)
+            given_name = index.names.unique(label_from_hostname(hostname))
             cursor = db.execute(
                 "INSERT INTO nodes (machine_key, node_key, disco_key, ipv4, ipv6, hostname,"
                 " given_name, user_name, tags, auth_key_id, ephemeral, created, last_seen,"
@@ -180,7 +209,9 @@ class SqliteStore:
                 ),
             )
             assert cursor.lastrowid is not None
-            return self._node_or_raise(db, cursor.lastrowid)
+            node = self._node_or_raise(db, cursor.lastrowid)
+            index.add(node)
+            return node
 
     def get_node(self, node_id: int) -> Node | None:
         return self._node_where(self._conn, "id = ?", node_id)
@@ -272,15 +303,21 @@ class SqliteStore:
     def rename_node(self, node_id: int, new_given_name: str) -> Node:
         name = check_label(new_given_name)
         with self._write() as db:
+            old = self._node_or_raise(db, node_id)
             owner = self._node_where(db, "given_name = ?", name)
             if owner is not None and owner.id != node_id:
                 raise Conflict(f"the name {name!r} is already used by node {owner.id}")
-            return self._update(db, node_id, given_name=name)
+            node = self._update(db, node_id, given_name=name)
+            if (index := self._loaded_node_index(db)) is not None:
+                index.rename(old.given_name, name)
+            return node
 
     def delete_node(self, node_id: int) -> Node:
         with self._write() as db:
             node = self._node_or_raise(db, node_id)
             db.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+            if (index := self._loaded_node_index(db)) is not None:
+                index.remove(node)
             return node
 
     def delete_ephemeral_inactive(self, before: datetime) -> list[Node]:
@@ -296,16 +333,17 @@ class SqliteStore:
             )
             gone = [rows.node_from_row(row) for row in cursor]
             db.execute(f"DELETE FROM nodes WHERE {condition}", (rows.ts(before),))
+            if (index := self._loaded_node_index(db)) is not None:
+                for node in gone:
+                    index.remove(node)
             return gone
 
-    def _allocate(self, db: sqlite3.Connection) -> tuple[IPv4Address | None, IPv6Address | None]:
+    def _allocate(self, index: NodeIndex) -> tuple[IPv4Address | None, IPv6Address | None]:
         ipv4 = ipv6 = None
         if self._ipv4_prefix is not None:
-            used = {int(IPv4Address(a)) for (a,) in db.execute("SELECT ipv4 FROM nodes") if a}
-            ipv4 = allocate_ipv4(self._ipv4_prefix, used, self._allocation, self._rng)
+            ipv4 = allocate_ipv4(self._ipv4_prefix, index.ipv4, self._allocation, self._rng)
         if self._ipv6_prefix is not None:
-            used = {int(IPv6Address(a)) for (a,) in db.execute("SELECT ipv6 FROM nodes") if a}
-            ipv6 = allocate_ipv6(self._ipv6_prefix, used, self._allocation, self._rng)
+            ipv6 = allocate_ipv6(self._ipv6_prefix, index.ipv6, self._allocation, self._rng)
         return ipv4, ipv6
 
     def _check_node_key_free(self, db: sqlite3.Connection, node_key: NodePublic) -> None:
@@ -495,10 +533,6 @@ class SqliteStore:
         with self._write() as db:
             cursor = db.execute("DELETE FROM pending_logins WHERE created < ?", (rows.ts(before),))
             return cursor.rowcount
-
-
-def _name_taken(db: sqlite3.Connection, name: str) -> bool:
-    return db.execute("SELECT 1 FROM nodes WHERE given_name = ?", (name,)).fetchone() is not None
 
 
 def _check_usable(key: PreAuthKey, now: datetime) -> None:

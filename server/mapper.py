@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from itertools import compress
+from operator import is_not
 from typing import Any
 
 from server.store.model import Node
 from server.views import NodeView, PeerView, PolicyViews
-from server.wire import TAGGED_USER_ID, canonical, format_time, stable_user_id, user_profile_json
+from server.wire import TAGGED_USER_ID, format_time, stable_user_id, user_profile_json
 
 __all__ = ["MapContext", "MapSession", "PeerEntries", "build_map", "node_json"]
 
@@ -241,7 +243,7 @@ def build_map(ctx: MapContext, node_id: int, now: datetime) -> MapState | None:
         memo = _refresh_peers(ctx, view, memo, now)
     memos.memos[node_id] = memo
     self_uid, self_name = _owner(node)
-    owners = dict(memo.owners.values())
+    owners = dict(filter(None, map(memos.owners(ctx.nodes).get, memo.peers)))
     owners[self_uid] = self_name
     top = {
         "Node": self_entry(ctx, node, view, now),
@@ -265,7 +267,7 @@ def build_map(ctx: MapContext, node_id: int, now: datetime) -> MapState | None:
 class _Memo:
     """One node's peers as last built, and what they were built from.
 
-    `peers` and `owners` are never mutated once built: a MapState handed out
+    `peers` is never mutated once built: a MapState handed out
     keeps them, and a session that sees the same `peers` object knows nothing
     changed.
     """
@@ -275,7 +277,6 @@ class _Memo:
     online: frozenset[int]
     now: datetime
     peers: dict[int, bytes]
-    owners: dict[int, tuple[int, str | None]]  # peer id -> _owner(peer)
 
 
 class _MapMemos:
@@ -287,6 +288,10 @@ class _MapMemos:
         self.memos: dict[int, _Memo] = {}
         self._diffs: list[tuple[Mapping[int, Node], Mapping[int, Node], frozenset[int]]] = []
         self._expiries: tuple[Mapping[int, Node] | None, list[datetime]] = (None, [])
+        self._owners: tuple[Mapping[int, Node] | None, dict[int, tuple[int, str | None]]] = (
+            None,
+            {},
+        )
         self._users: Mapping[str, tuple[str, str]] | None = None
         self._profiles: dict[str | None, Mapping[str, Any]] = {}
 
@@ -315,6 +320,14 @@ class _MapMemos:
         i = bisect_right(expiries, since)
         return i == len(expiries) or expiries[i] > now
 
+    def owners(self, nodes: Mapping[int, Node]) -> Mapping[int, tuple[int, str | None]]:
+        """Node id -> (user ID, user name), once per node set rather than per map."""
+        known, owners = self._owners
+        if known is not nodes:
+            owners = {node_id: _owner(node) for node_id, node in nodes.items()}
+            self._owners = (nodes, owners)
+        return owners
+
     def profiles(self, users: Mapping[str, tuple[str, str]]) -> Callable[[str | None], Any]:
         if users is not self._users:
             self._users, self._profiles = users, {}
@@ -336,15 +349,13 @@ class _MapMemos:
 
 def _full_peers(ctx: MapContext, view: NodeView, now: datetime) -> _Memo:
     peers: dict[int, bytes] = {}
-    owners: dict[int, tuple[int, str | None]] = {}
     nodes, online, entries = ctx.nodes, ctx.online, ctx.entries
     for peer_id, pv in view.peers.items():
         peer = nodes.get(peer_id)
         if peer is None:
             continue
         peers[peer_id] = entries.get(peer, pv, peer_id in online, now)
-        owners[peer_id] = _owner(peer)
-    return _Memo(view.peers, nodes, ctx.online, now, peers, owners)
+    return _Memo(view.peers, nodes, ctx.online, now, peers)
 
 
 def _refresh_peers(ctx: MapContext, view: NodeView, memo: _Memo, now: datetime) -> _Memo:
@@ -355,27 +366,26 @@ def _refresh_peers(ctx: MapContext, view: NodeView, memo: _Memo, now: datetime) 
     # Shared PeerViews are the same objects across recompiles (views.py
     # interns them), so an unchanged peer set compares in C by identity.
     if src is not old_src and src != old_src:
-        touched = touched | {pid for pid, pv in src.items() if old_src.get(pid) is not pv}
+        touched = touched | set(compress(src, map(is_not, src.values(), map(old_src.get, src))))
         touched = touched | (old_src.keys() - src.keys())
     if len(touched) * 2 > len(src) + 8:
         return _full_peers(ctx, view, now)
-    peers, owners = memo.peers, memo.owners
+    peers = memo.peers
     if touched:
-        peers, owners = dict(peers), dict(owners)  # the old ones may be in use
+        peers = dict(peers)  # the old one may be in use
         nodes, online, entries = ctx.nodes, ctx.online, ctx.entries
         for pid in touched:
             pv = src.get(pid)
             peer = nodes.get(pid)
             if pv is None or peer is None:
                 peers.pop(pid, None)
-                owners.pop(pid, None)
             else:
                 peers[pid] = entries.get(peer, pv, pid in online, now)
-                owners[pid] = _owner(peer)
-    return _Memo(src, ctx.nodes, ctx.online, now, peers, owners)
+    return _Memo(src, ctx.nodes, ctx.online, now, peers)
 
 
 _DEBUG = {"DisableLogTail": True}
+_UNSENT = object()
 
 
 def _encode(
@@ -398,7 +408,6 @@ class MapSession:
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
         self._top_src: dict[str, Any] = {}
-        self._top: dict[str, bytes] = {}
         self._peers: dict[int, bytes] = {}
         self._profiles: set[int] = set()
         self._started = False
@@ -408,13 +417,17 @@ class MapSession:
         """The message that turns what the client has into `state`, or None."""
         msg: dict[str, Any] = {}
         for key, value in state.top.items():
-            if self._top_src.get(key) is value:
-                continue  # the very object sent last time (filters, DNS, DERP map)
-            enc = canonical(value)
+            src = self._top_src.get(key, _UNSENT)
+            # The very object sent last time (DNS, DERP map, adopted views),
+            # or a rebuilt but equal one (each recompile renders filters
+            # anew), told apart in C without encoding it. `==` equates
+            # different JSON only through bool/int/float mixes, and the
+            # compilers give each field one type; a list that was a tuple
+            # is merely sent again.
+            if src is value or src == value:
+                continue
             self._top_src[key] = value
-            if self._top.get(key) != enc:
-                msg[key] = value
-                self._top[key] = enc
+            msg[key] = value
         new_profiles = [p for uid, p in sorted(state.profiles.items()) if uid not in self._profiles]
         if new_profiles:
             msg["UserProfiles"] = new_profiles
@@ -430,7 +443,9 @@ class MapSession:
         elif state.peers is not self._synced:
             held, want = self._peers, state.peers
             removed = list(held.keys() - want.keys())
-            for pid in [pid for pid, data in want.items() if held.get(pid) is not data]:
+            # Entries come from the shared PeerEntries: unchanged ones are the
+            # same bytes objects, so find the others by identity, in C.
+            for pid in compress(want, map(is_not, want.values(), map(held.get, want))):
                 data, old = want[pid], held.get(pid)
                 if old != data:
                     spliced.append(data)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from ipaddress import IPv4Address, IPv6Address
 from itertools import compress
 from operator import is_not
 from typing import Any
@@ -83,6 +84,17 @@ def fqdn(node: Node, domain: str) -> str:
     return f"{node.given_name}.{domain}." if domain else f"{node.given_name}."
 
 
+@lru_cache(maxsize=65536)
+def _addresses(ipv4: IPv4Address | None, ipv6: IPv6Address | None) -> tuple[str, ...]:
+    # Formatting an IPv6 address is slow, and every map has a self entry.
+    out = []
+    if ipv4 is not None:
+        out.append(f"{ipv4}/32")
+    if ipv6 is not None:
+        out.append(f"{ipv6}/128")
+    return tuple(out)
+
+
 def node_json(
     node: Node,
     *,
@@ -93,11 +105,6 @@ def node_json(
     online: bool | None,
     now: datetime,
 ) -> dict[str, Any]:
-    addresses = []
-    if node.ipv4 is not None:
-        addresses.append(f"{node.ipv4}/32")
-    if node.ipv6 is not None:
-        addresses.append(f"{node.ipv6}/128")
     out: dict[str, Any] = {
         "ID": node.id,
         "StableID": f"n{node.id:05d}",
@@ -107,7 +114,7 @@ def node_json(
         "KeyExpiry": format_time(node.key_expiry),
         "Machine": node.machine_key.text,
         "DiscoKey": node.disco_key.text,
-        "Addresses": addresses,
+        "Addresses": list(_addresses(node.ipv4, node.ipv6)),
         "AllowedIPs": list(allowed_ips),
         "Endpoints": list(node.endpoints),
         "HomeDERP": home_derp(node),

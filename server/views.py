@@ -83,7 +83,12 @@ class PolicyViews:
         # PeerViews without capabilities, by value: a recompile that hands
         # out the same objects lets map refreshes compare peers by identity.
         self.interned: Mapping[_InternKey, PeerView] = {}
-        self.by_node: Mapping[int, NodeView] = _LazyById(self)
+
+    @property
+    def by_node(self) -> Mapping[int, NodeView]:
+        # Made on demand: an attribute would be a reference cycle, leaving
+        # every replaced PolicyViews (all its views) to the cyclic collector.
+        return _LazyById(self)
 
     def get(self, node_id: int) -> NodeView | None:
         view = self._cache.get(node_id)

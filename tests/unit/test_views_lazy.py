@@ -3,7 +3,9 @@ and naming exactly the sessions whose maps a topology change touches."""
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from dataclasses import replace
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
@@ -11,7 +13,7 @@ from ipaddress import IPv4Address, IPv6Address
 from gitctl.policy import parse_policy
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import Node
-from server.views import PolicyViews, compute_views
+from server.views import NodeView, PolicyViews, compute_views
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 USERS = [(1, "alice", "alice@example.com"), (2, "bob", "bob@example.com")]
@@ -132,3 +134,21 @@ def test_allow_all_views_are_lazy_and_complete() -> None:
     assert view is not None and set(view.peers) == {2, 3, 4, 5, 6}
     assert set(views.visible_to(1)) == {2, 3, 4, 5, 6}
     assert views.changed is None
+
+
+def test_a_recompile_shares_equal_peer_views_and_frees_the_old_views() -> None:
+    # Map refreshes compare peers by identity, and a replaced PolicyViews must
+    # go as soon as it is dropped, not when the cycle collector next runs.
+    before = views_of(NODES)
+    old = all_views(before, NODES)
+    after = compute_views(POLICY, USERS, NODES, {}, reuse=before)
+    view, old_view = after.get(1), old[1]
+    assert view is not None and isinstance(old_view, NodeView) and view is not old_view
+    assert all(view.peers[p] is old_view.peers[p] for p in view.peers)
+    gone = weakref.ref(before)
+    gc.disable()
+    try:
+        del before, old, old_view
+        assert gone() is None
+    finally:
+        gc.enable()

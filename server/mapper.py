@@ -20,7 +20,7 @@ from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 from itertools import compress
 from operator import is_not
-from typing import Any
+from typing import Any, cast
 
 from server.store.model import Node
 from server.views import NodeView, PeerView, PolicyViews
@@ -191,7 +191,7 @@ class PeerEntries:
 
     def forget(self, node_id: int) -> None:
         self._entries.pop(node_id, None)
-        self.maps.memos.pop(node_id, None)
+        self.maps.forget(node_id)
 
 
 def peer_entry(ctx: MapContext, peer_id: int, pv: PeerView, now: datetime) -> bytes | None:
@@ -249,9 +249,6 @@ def build_map(ctx: MapContext, node_id: int, now: datetime) -> MapState | None:
     else:
         memo = _refresh_peers(ctx, view, memo, now)
     memos.memos[node_id] = memo
-    self_uid, self_name = _owner(node)
-    owners = dict(filter(None, map(memos.owners(ctx.nodes).get, memo.peers)))
-    owners[self_uid] = self_name
     top = {
         "Node": self_entry(ctx, node, view, now),
         "DERPMap": ctx.derp_map,
@@ -262,11 +259,10 @@ def build_map(ctx: MapContext, node_id: int, now: datetime) -> MapState | None:
         "SSHPolicy": view.ssh_policy,
         "Debug": _DEBUG,
     }
-    profile = memos.profiles(ctx.users)
     return MapState(
         top=top,
         peers=memo.peers,
-        profiles={uid: profile(name) for uid, name in owners.items()},
+        profiles=memos.user_profiles(node, memo.peers, ctx.nodes, ctx.users),
     )
 
 
@@ -293,6 +289,7 @@ class _MapMemos:
 
     def __init__(self) -> None:
         self.memos: dict[int, _Memo] = {}
+        self._profile_sets: dict[int, tuple[Any, ...]] = {}
         self._diffs: list[tuple[Mapping[int, Node], Mapping[int, Node], frozenset[int]]] = []
         self._expiries: tuple[Mapping[int, Node] | None, list[datetime]] = (None, [])
         self._owners: tuple[Mapping[int, Node] | None, dict[int, tuple[int, str | None]]] = (
@@ -301,6 +298,10 @@ class _MapMemos:
         )
         self._users: Mapping[str, tuple[str, str]] | None = None
         self._profiles: dict[str | None, Mapping[str, Any]] = {}
+
+    def forget(self, node_id: int) -> None:
+        self.memos.pop(node_id, None)
+        self._profile_sets.pop(node_id, None)
 
     def node_diff(self, old: Mapping[int, Node], new: Mapping[int, Node]) -> frozenset[int]:
         """Ids whose record is not the same object in both (computed once per pair)."""
@@ -334,6 +335,27 @@ class _MapMemos:
             owners = {node_id: _owner(node) for node_id, node in nodes.items()}
             self._owners = (nodes, owners)
         return owners
+
+    def user_profiles(
+        self,
+        node: Node,
+        peers: Mapping[int, bytes],
+        nodes: Mapping[int, Node],
+        users: Mapping[str, tuple[str, str]],
+    ) -> Mapping[int, Mapping[str, Any]]:
+        """Profiles of `node`'s owner and of its peers' owners. `peers` is a
+        memo's dict, replaced whenever any of those peers changes: the same
+        object means the same owners."""
+        me = _owner(node)
+        last = self._profile_sets.get(node.id)
+        if last is not None and last[0] is peers and last[1] is users and last[2] == me:
+            return cast("Mapping[int, Mapping[str, Any]]", last[3])
+        owners = dict(filter(None, map(self.owners(nodes).get, peers)))
+        owners[me[0]] = me[1]
+        profile = self.profiles(users)
+        out = {uid: profile(name) for uid, name in owners.items()}
+        self._profile_sets[node.id] = (peers, users, me, out)
+        return out
 
     def profiles(self, users: Mapping[str, tuple[str, str]]) -> Callable[[str | None], Any]:
         if users is not self._users:

@@ -87,6 +87,19 @@ class FakeClock:
         self.now += delta
 
 
+def loopback_config(repo: Path, data: Path) -> ServerConfig:
+    """A server on 127.0.0.1:<free port>, no STUN, state in `data`."""
+    return ServerConfig(
+        repo=repo,
+        data_dir=data,
+        listen_host="127.0.0.1",
+        listen_port=0,
+        server_url="http://127.0.0.1:0",
+        stun_host=None,
+        stun_port=0,
+    )
+
+
 @asynccontextmanager
 async def running_server(
     tmp: Path,
@@ -102,15 +115,7 @@ async def running_server(
     repo = TailnetRepo(tmp / "repo", files or {"users.yaml": USERS})
     # The admin unix socket lives in the data dir; AF_UNIX paths are short.
     with tempfile.TemporaryDirectory(prefix="tnd-") as data:
-        config = ServerConfig(
-            repo=repo.path,
-            data_dir=Path(data),
-            listen_host="127.0.0.1",
-            listen_port=0,
-            server_url="http://127.0.0.1:0",
-            stun_host=None,
-            stun_port=0,
-        )
+        config = loopback_config(repo.path, Path(data))
         log = logging.getLogger("tailnetd.test")
         server = Server(config, log=log, clock=clock or FakeClock())
         await server.start()

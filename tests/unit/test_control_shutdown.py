@@ -9,25 +9,16 @@ from datetime import timedelta
 from pathlib import Path
 
 from server.app import Server
-from server.config import ServerConfig
 from server.store import open_store
 from tests.e2e.harness import TailnetRepo
-from tests.unit.control_client import USERS, Device, FakeClock, async_test, poll
+from tests.unit.control_client import USERS, Device, FakeClock, async_test, loopback_config, poll
 
 
 @async_test
 async def test_stop_ends_live_sessions_before_closing_the_store(tmp_path: Path) -> None:
     repo = TailnetRepo(tmp_path / "repo", {"users.yaml": USERS})
     with tempfile.TemporaryDirectory(prefix="tnd-") as data:
-        config = ServerConfig(
-            repo=repo.path,
-            data_dir=Path(data),
-            listen_host="127.0.0.1",
-            listen_port=0,
-            server_url="http://127.0.0.1:0",
-            stun_host=None,
-            stun_port=0,
-        )
+        config = loopback_config(repo.path, Path(data))
         clock = FakeClock()
         server = Server(config, log=logging.getLogger("tailnetd.test"), clock=clock)
         await server.start()

@@ -96,10 +96,14 @@ class SessionHandle:
 
     def mark_full(self) -> None:
         self.full = True
+        self.peers.clear()
         self.wake.set()
 
     def mark_peer(self, peer_id: int) -> None:
-        self.peers.add(peer_id)
+        # A pending full refresh re-reads every peer anyway (a connect storm
+        # marks each new session's viewers: most of them are still pending).
+        if not self.full:
+            self.peers.add(peer_id)
         self.wake.set()
 
     def take(self) -> tuple[bool, set[int]]:

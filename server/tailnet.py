@@ -247,6 +247,7 @@ class Tailnet:
             handle.wake.set()
         if self._on_node_removed is not None:
             self._on_node_removed(node)
+        self._ctx.entries.forget(node_id)  # its entry and its map memo
         self.topology_changed()
         return node
 

@@ -2,9 +2,11 @@
 map sessions that follow them.
 
 Three kinds of change, three costs:
-* a new snapshot (a commit) or a topology change (node joins, leaves, is
-  renamed) recompiles the policy views once and asks every session for a
-  fresh delta against what it holds;
+* a new snapshot (a commit) recompiles the policy index once and asks every
+  session for a fresh delta against what it holds;
+* a topology change (node joins, leaves, is renamed or re-keyed) rebuilds the
+  index reusing every view it cannot affect, and wakes only the sessions
+  whose view may have changed;
 * a volatile change of one node (endpoints, disco key, home DERP, online)
   recompiles nothing: only the sessions of nodes that can see it get that
   one peer entry again;

@@ -62,7 +62,7 @@ def _frozen_map() -> Mapping[str, tuple[str, ...]]:
 class DnsSpec:
     magic_dns: bool = False
     base_domain: str | None = None
-    override_local_dns: bool = False
+    override_local_dns: bool = True  # headscale's default too
     nameservers: tuple[str, ...] = ()
     split: Mapping[str, tuple[str, ...]] = field(default_factory=_frozen_map)
     search_domains: tuple[str, ...] = ()
@@ -195,7 +195,7 @@ class _Builder:
         return DnsSpec(
             magic_dns=bool(d.get("magic_dns", False)),
             base_domain=(d.get("base_domain") or "").rstrip(".") or None,
-            override_local_dns=bool(d.get("override_local_dns", False)),
+            override_local_dns=bool(d.get("override_local_dns", True)),
             nameservers=self.nameservers(("dns", "nameservers", "global"), ns.get("global", [])),
             split=MappingProxyType(split),
             search_domains=tuple(s.strip(".") for s in d.get("search_domains", [])),

@@ -206,6 +206,7 @@ def test_magicdns_names_and_extra_records_resolve(tailnet: Tailnet) -> None:
     assert alice1.status()["MagicDNSSuffix"] == "tailnet.example"
     dns_status = alice1.cli("dns", "status").stdout
     assert "corp.example" in dns_status and "127.0.0.54" in dns_status, dns_status
+    assert "127.0.0.53" in dns_status, dns_status  # global nameservers, as headscale sends them
 
 
 def test_taildrop_between_two_nodes_of_one_user(tailnet: Tailnet) -> None:

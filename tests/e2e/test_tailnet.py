@@ -39,7 +39,8 @@ POLICY = """\
   "groups": {"group:eng": ["alice@example.com"]},
   "tagOwners": {"tag:server": ["alice@example.com"]},
   "acls": [
-    {"action": "accept", "src": ["group:eng"], "dst": ["group:eng:*", "tag:server:*"]},
+    {"action": "accept", "src": ["group:eng"],
+     "dst": ["group:eng:*", "tag:server:*", "10.99.0.0/24:*"]},
     {"action": "accept", "src": ["bob@example.com"], "dst": ["tag:server:80"]},
   ],
 }
@@ -58,6 +59,7 @@ search_domains: [corp.example]
 extra_records: [{name: wiki.tailnet.example, type: A, value: 100.64.0.99}]
 """
 SETTINGS = "ephemeral_inactivity_timeout: 3s\n"
+ROUTES = "routes:\n  - {tag: tag:server, routes: [10.99.0.0/24]}\n"
 PREFIX = ipaddress.ip_network("100.64.0.0/10")
 
 
@@ -70,6 +72,7 @@ class Tailnet:
                 "policy.hujson": POLICY,
                 "dns.yaml": DNS,
                 "settings.yaml": SETTINGS,
+                "routes.yaml": ROUTES,
             },
         )
         self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
@@ -346,3 +349,17 @@ def test_an_ephemeral_node_is_removed_after_it_goes_away(tailnet: Tailnet) -> No
     eph.proc.wait()
     wait_for(lambda: "eph1" not in tailnet.server.admin("nodes", "list"), 30, "eph1 to be deleted")
     wait_for(lambda: "eph1" not in alice1.peer_names(), 15, "alice1 to lose eph1")
+
+
+def test_an_approved_subnet_route_reaches_the_peers_allowed_to_use_it(tailnet: Tailnet) -> None:
+    server1, alice1, bob1 = (tailnet.nodes[n] for n in ("server1", "alice1", "bob1"))
+    server1.cli("set", "--advertise-routes=10.99.0.0/24")
+
+    def routes_seen_by(node: TailscaleNode) -> list[str]:
+        peers = (node.status().get("Peer") or {}).values()
+        (entry,) = [p for p in peers if p["HostName"] == "server1"]
+        return list(entry.get("PrimaryRoutes") or [])
+
+    # routes.yaml approves it for tag:server; only group:eng may reach the subnet.
+    wait_for(lambda: routes_seen_by(alice1) == ["10.99.0.0/24"], 20, "alice1 to see the route")
+    assert routes_seen_by(bob1) == []

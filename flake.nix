@@ -29,6 +29,7 @@
             watchfiles
             zstandard
             jsonschema
+            acme
           ];
           # The end-to-end tests need the real tailscale client and network
           # namespaces; run them with `make test` outside the sandbox.

@@ -13,7 +13,12 @@ import sys
 from gitctl.diagnostics import render_github, render_json, render_text
 from gitctl.policy import Topology
 from gitctl.testing import TopologyFileError, check_tests, read_topology_file, synthetic_topology
-from gitctl.validate_cmd import UsageError, add_source_arguments, load_from_args
+from gitctl.validate_cmd import (
+    UsageError,
+    add_format_argument,
+    add_source_arguments,
+    load_from_args,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -32,12 +37,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="T.json",
         help="also test against these users and nodes (conformance corpus format)",
     )
-    p.add_argument(
-        "--format",
-        choices=("text", "json", "github"),
-        default="text",
-        help="text for people, json for tools, github for Actions annotations",
-    )
+    add_format_argument(p)
     p.set_defaults(run=run)
 
 

@@ -9,7 +9,7 @@ from gitctl.diagnostics import render_github, render_json, render_text
 from gitctl.snapshot import LoadResult, load_from_directory, load_from_git
 from gitctl.sources import DEFAULT_DIR
 
-__all__ = ["add_parser", "load_from_args", "run"]
+__all__ = ["add_format_argument", "add_parser", "load_from_args", "run"]
 
 
 def add_source_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,13 +35,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "does, and print every problem as file:line:col: message.",
     )
     add_source_arguments(p)
+    add_format_argument(p)
+    p.set_defaults(run=run)
+
+
+def add_format_argument(p: argparse.ArgumentParser) -> None:
+    """--format text|json|github, shared by the commands that report diagnostics."""
     p.add_argument(
         "--format",
         choices=("text", "json", "github"),
         default="text",
         help="text for people, json for tools, github for Actions annotations",
     )
-    p.set_defaults(run=run)
 
 
 class UsageError(Exception):

@@ -17,6 +17,8 @@ from typing import Any
 
 import git
 
+from server.repo import checked
+
 __all__ = ["RemoteRepo", "is_remote", "watch_remote"]
 
 _SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
@@ -71,11 +73,7 @@ class RemoteRepo:
 
         if revision is None:
             return None, (f"{self.url}: no commit on branch {self.branch or 'HEAD'}",)
-        result = snapshots.load_from_git(self.path, revision)
-        errors = tuple(
-            d.render() for d in result.diagnostics if getattr(d, "severity", "error") == "error"
-        )
-        return (result.snapshot if not errors else None), errors
+        return checked(snapshots.load_from_git(self.path, revision))
 
 
 async def watch_remote(

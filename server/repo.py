@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RepoStatus", "SnapshotRepo", "watch_repo"]
+__all__ = ["RepoStatus", "SnapshotRepo", "checked", "watch_repo"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +79,15 @@ class SnapshotRepo:
             result = snapshots.load_from_directory(folder if folder.is_dir() else self.path)
         else:
             result = snapshots.load_from_git(self.path, revision)
-        errors = tuple(
-            d.render() for d in result.diagnostics if getattr(d, "severity", "error") == "error"
-        )
-        return (result.snapshot if not errors else None), errors
+        return checked(result)
+
+
+def checked(result: Any) -> tuple[Any | None, tuple[str, ...]]:
+    """A gitctl LoadResult as (snapshot, rendered errors): no snapshot if any error."""
+    from gitctl.diagnostics import Severity
+
+    errors = tuple(d.render() for d in result.diagnostics if d.severity is Severity.ERROR)
+    return (result.snapshot if not errors else None), errors
 
 
 async def watch_repo(

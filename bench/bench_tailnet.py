@@ -140,7 +140,7 @@ def main() -> None:
 
         def join(k: int) -> None:
             key = (args.nodes + 7 + k).to_bytes(4, "big") + bytes(28)
-            store.create_node(
+            node = store.create_node(
                 machine_key=MachinePublic(key),
                 node_key=NodePublic(key),
                 hostname=f"newcomer{k}" if k else "newcomer",
@@ -149,7 +149,7 @@ def main() -> None:
                 disco_key=DiscoPublic(key),
                 capver=133,
             )
-            tailnet.topology_changed()
+            tailnet.topology_changed(node.id)
 
         # Repeats (more joins; commits alternating between two policies) give
         # several samples of the same event, for noisy machines.

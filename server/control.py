@@ -113,7 +113,7 @@ class ControlHandler:
                 return _json(self._register_response(node, expired=True))
             if node.node_key != node_key:  # seamless key renewal
                 node = self._store.update_node_key(node.id, node_key, now)
-                self._tailnet.topology_changed()
+                self._tailnet.topology_changed(node.id)
             return _json(self._register_response(node))
         return _json(
             {
@@ -173,7 +173,7 @@ class ControlHandler:
             node.given_name,
             owner or ",".join(key.tags),
         )
-        self._tailnet.topology_changed()
+        self._tailnet.topology_changed(node.id)
         return _json(self._register_response(node))
 
     def _logout(self, node: Node | None, now: datetime) -> ControlResponse:
@@ -183,7 +183,7 @@ class ControlHandler:
             self._tailnet.remove_node(node.id)
         else:
             node = self._store.set_key_expiry(node.id, now)
-            self._tailnet.topology_changed()
+            self._tailnet.topology_changed(node.id)
         self._log.info("register: node %d %s logged out", node.id, node.given_name)
         return _json(self._register_response(node, expired=True))
 

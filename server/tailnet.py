@@ -2,8 +2,9 @@
 map sessions that follow them.
 
 Three kinds of change, three costs:
-* a new snapshot (a commit) recompiles the policy index once and asks every
-  session for a fresh delta against what it holds;
+* a new snapshot (a commit) recompiles the policy index once, keeps the
+  views its changed rules cannot reach, and asks only the sessions whose view
+  may differ for a fresh delta against what they hold;
 * a topology change (node joins, leaves, is renamed or re-keyed) rebuilds the
   index reusing every view it cannot affect, and wakes only the sessions
   whose view may have changed;
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -153,7 +154,10 @@ class Tailnet:
             # Unchanged records stay the very objects the last context had, so
             # map refreshes find the changed ones by identity.
             held = self._ctx.nodes
-            nodes = [old if (old := held.get(n.id)) is not None and old == n else n for n in nodes]
+            nodes = [
+                old if (old := held.get(n.id)) is not None and (old is n or old == n) else n
+                for n in nodes
+            ]
         src = self._source
         users = [(stable_user_id(name), name, email) for name, (email, _) in src.users.items()]
         views = compute_views(
@@ -199,27 +203,57 @@ class Tailnet:
     # Changes
 
     def swap_source(self, source: TailnetSource) -> None:
-        """Serve a new snapshot: one reference swap, then every session catches up."""
+        """Serve a new snapshot: one reference swap, then the sessions whose
+        maps may differ catch up.
+
+        When only the policy changed, the compiler names the nodes its new
+        rules can reach and every other view is kept (as is its session,
+        asleep); a new domain, DNS config or user list reaches every map.
+        """
         old = self._source
         self._source = source
         try:
-            self._ctx = self._build_context()
+            self._ctx = self._build_context(previous=self._ctx)
         except Exception:
             self._source = old
             raise
         self._log.info("serving snapshot %s", source.id[:12])
-        self._wake_all()
+        changed = self._ctx.views.changed
+        if changed is None or (old.domain, old.dns_config, old.users) != (
+            source.domain,
+            source.dns_config,
+            source.users,
+        ):
+            self._wake_all()
+            return
+        self._wake(changed)
 
-    def topology_changed(self) -> None:
-        # Views the change cannot touch are reused; only their sessions sleep on.
-        self._ctx = self._build_context(previous=self._ctx)
+    def topology_changed(self, *node_ids: int) -> None:
+        """Nodes joined, left or changed in the store: `node_ids` are the ones
+        to re-read (none: re-read every node). Views the change cannot touch
+        are reused; only their sessions sleep on."""
+        nodes = self._patched_nodes(node_ids) if node_ids else None
+        self._ctx = self._build_context(nodes, previous=self._ctx)
         changed = self._ctx.views.changed
         if changed is None:
             self._wake_all()
-            return
-        for node_id in changed:
-            for handle in self._sessions.get(node_id, ()):
-                handle.mark_full()
+        else:
+            self._wake(changed)
+
+    def _patched_nodes(self, node_ids: Sequence[int]) -> list[Node]:
+        """The serving node list with `node_ids` re-read from the store, in
+        registration (id) order, without reading the others again."""
+        held = dict(self._ctx.nodes)
+        for node_id in node_ids:
+            node = self.store.get_node(node_id)
+            if node is None:
+                held.pop(node_id, None)
+            else:
+                held[node_id] = node
+        ids = list(held)
+        if ids != sorted(ids):  # a re-read id that was not held before
+            return [held[i] for i in sorted(ids)]
+        return list(held.values())
 
     def node_updated(self, node: Node) -> None:
         """A volatile change of one node: patch viewers, don't recompile."""
@@ -230,7 +264,7 @@ class Tailnet:
             node.given_name,
             advertised_routes(node),
         ):
-            self.topology_changed()
+            self.topology_changed(node.id)
             return
         nodes = dict(self._ctx.nodes)
         nodes[node.id] = node
@@ -250,7 +284,7 @@ class Tailnet:
         if self._on_node_removed is not None:
             self._on_node_removed(node)
         self._ctx.entries.forget(node_id)  # its entry and its map memo
-        self.topology_changed()
+        self.topology_changed(node_id)
         return node
 
     # Sessions
@@ -294,6 +328,11 @@ class Tailnet:
         for viewer in self._ctx.views.visible_to(node_id):
             for handle in self._sessions.get(viewer, ()):
                 handle.mark_peer(node_id)
+
+    def _wake(self, node_ids: Iterable[int]) -> None:
+        for node_id in node_ids:
+            for handle in self._sessions.get(node_id, ()):
+                handle.mark_full()
 
     def _wake_all(self) -> None:
         for handles in self._sessions.values():

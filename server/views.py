@@ -6,8 +6,8 @@ built from the same `PolicyViews`, so an incremental path can never show a
 peer that the policy hides. Views are recomputed only when the snapshot or the
 set of nodes (join, leave, rename, tags, routes) changes, never for endpoint,
 DERP or online changes. Even then each node's view is built only when first
-asked for, and a join or leave keeps the views it cannot touch (`changed`
-names the others, so only their sessions need waking).
+asked for, and a join, a leave or a commit keeps the views it cannot touch
+(`changed` names the others, so only their sessions need waking).
 """
 
 from __future__ import annotations
@@ -245,9 +245,10 @@ def compute_views(
 
     `policy` is the parsed policy of the serving snapshot (None = allow-all);
     `users` are (id, name, email); `approved_routes` maps node id to the
-    routes it advertises that are approved. `previous` (the same policy over
-    `previous_nodes`, before nodes joined, left or changed) lets unaffected
-    views be reused; `changed` then names the nodes whose maps may differ.
+    routes it advertises that are approved. `previous` (the views over
+    `previous_nodes`: the same policy before nodes joined, left or changed,
+    or another policy over the same nodes) lets unaffected views be reused;
+    `changed` then names the nodes whose maps may differ.
     `reuse` (any earlier views, e.g. of another policy) only lends its
     PeerView objects to equal values, so unchanged peers stay identical.
     """

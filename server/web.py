@@ -177,7 +177,7 @@ def build_app(deps: WebDeps) -> Starlette:
     async def rename_node(request: Request) -> Response:
         body = await request.json()
         node = store.rename_node(node_id(request), str(body.get("name", "")))
-        tailnet.topology_changed()
+        tailnet.topology_changed(node.id)
         return JSONResponse(node_json(node))
 
     def expired(expiration: datetime | None) -> bool:

@@ -8,6 +8,7 @@ which is how Tailscale reduces filters per node.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -87,6 +88,22 @@ class Rule:
             if node in part.nodes:
                 out.extend(part.entries(node))
         return out
+
+    def key(self, tables: Mapping[int, str]) -> tuple[Any, ...]:
+        """Everything the rule gives any node, as a hashable value: two rules
+        with equal keys (over the same nodes) render and reach alike.
+        ``tables`` names the address tables a part may render from, by id."""
+        caps = None if self.caps is None else json.dumps(self.caps, sort_keys=True)
+        parts = tuple(
+            (
+                frozenset(p.nodes),
+                p.ports,
+                None if p.addrs is None else tables.get(id(p.addrs), str(id(p.addrs))),
+                p.text,
+            )
+            for p in self.parts
+        )
+        return (self.src_ips, self.src_members, self.protos, caps, self.via, self.hidden, parts)
 
     def render(self, node: int) -> dict[str, Any]:
         entries = self.entries(node)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -192,6 +193,31 @@ class SshIndex:
                 mask |= r.key_masks[key]
         return mask & ~(1 << node)
 
+    def changed_since(self, previous: SshIndex) -> int:
+        """Nodes whose SSH policy or SSH-given peers may differ from
+        ``previous``'s, an index of another policy over the same nodes.
+
+        A rule touches its sources, its destinations and, through
+        ``autogroup:self`` and ``localpart:``, every node of its source users;
+        rules present in both keep their effect as long as they keep their
+        order among themselves."""
+        old, new = [_rule_key(r) for r in previous._rules], [_rule_key(r) for r in self._rules]
+        if old == new:
+            return 0
+        old_count, new_count = Counter(old), Counter(new)
+        gone, added = old_count - new_count, new_count - old_count
+        kept_old = [k for k in old if k not in gone]
+        kept_new = [k for k in new if k not in added]
+        mask = 0
+        for index, rules in ((previous, previous._rules), (self, self._rules)):
+            for r in rules:
+                key = _rule_key(r)
+                if key in gone or key in added or kept_old != kept_new:
+                    mask |= r.src_mask | r.dst_mask
+                    for k in r.key_masks:
+                        mask |= index._member_masks.get(k, 0)
+        return mask
+
     def policy(self, node: int) -> Mapping[str, Any]:
         entries: list[dict[str, Any]] = []
         for r in self._rules:
@@ -259,3 +285,7 @@ class SshIndex:
         if domain.lower() in r.domains:
             part.append({**base, "sshUsers": {local: local}})
         return part
+
+
+def _rule_key(r: _SshRuleIndex) -> tuple[Any, ...]:
+    return (r.rule, r.srcs, r.dsts, r.has_self, r.domains)

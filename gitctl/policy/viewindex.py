@@ -25,6 +25,7 @@ from .routes import route_table
 from .routevis import RouteVisibility
 from .ssh import SshIndex, check_ssh_domains
 from .topology import Topology
+from .viewreuse import affected
 
 
 class ViewIndex:
@@ -62,6 +63,7 @@ class ViewIndex:
             if rule.src_members:
                 reach[rule.src_members] = reach.get(rule.src_members, 0) | bitset(rule.dst_nodes, n)
         self._reach = list(reach.items())
+        self.rules = builder.rules
 
         self.ssh = SshIndex(policy, index)
         self.caps = self_cap_maps(policy, index, tailnet)
@@ -157,47 +159,27 @@ class ViewIndex:
             whois_cap_map=LazyMap(partial(whois, index.ips, cap_rules, mask, peers)),
         )
 
-    # -- reuse across topology changes --------------------------------------
+    # -- reuse across changes ------------------------------------------------
 
     def adopt(self, previous: ViewIndex) -> frozenset[str] | None:
-        """Take over ``previous``'s views of the nodes that the topology change
-        between it and this index cannot have touched.
+        """Take over ``previous``'s views of the nodes that the change between
+        it and this index (nodes joining or leaving, or a new policy over the
+        same nodes) cannot have touched.
 
-        Returns the names whose views may differ (None: possibly all). When
-        nodes without routes join, leave or change, only they and the nodes
-        that see them (before or after) are affected: a node enters another
-        node's view only through a rule that makes the two see each other.
-        Anything else (routes, users, policy) counts as a change to all.
+        Returns the names whose views may differ (None: possibly all).
         """
-        if (previous.policy is not self.policy and previous.policy != self.policy) or (
-            previous.topology.users != self.topology.users or previous.tailnet != self.tailnet
-        ):
+        names = affected(previous, self)
+        if names is None:
             return None
-        old_nodes = dict(zip(previous.names, previous.topology.nodes, strict=True))
-        new_nodes = dict(zip(self.names, self.topology.nodes, strict=True))
-        if len(old_nodes) != len(previous.names) or len(new_nodes) != len(self.names):
-            return None
-        changed_old = [n for n, rec in old_nodes.items() if new_nodes.get(n) != rec]
-        changed_new = [n for n, rec in new_nodes.items() if old_nodes.get(n) != rec]
-        if any(previous.table.enabled[previous.position[n]] for n in changed_old) or any(
-            self.table.enabled[self.position[n]] for n in changed_new
-        ):
-            return None
-        # Output follows registration order; the nodes that stay must keep theirs.
-        kept_old = [n for n in previous.names if n in new_nodes]
-        kept_new = [n for n in self.names if n in old_nodes]
-        if kept_old != kept_new:
-            return None
-        affected = set(changed_old) | set(changed_new)
-        for n in changed_old:
-            affected.update(previous.dependents(n))
-        for n in changed_new:
-            affected.update(self.dependents(n))
         for i, v in previous.views.items():
             name = previous.names[i]
-            if name not in affected:
+            if name not in names:
                 self.views[self.position[name]] = v
-        return frozenset(affected)
+        if previous.names == self.names:  # same positions: who-sees-whom carries over
+            for i, mask in previous._visible.items():
+                if self.names[i] not in names:
+                    self._visible.setdefault(i, mask)
+        return names
 
 
 class LazyNodes(Mapping[str, NodeView]):

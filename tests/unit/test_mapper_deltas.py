@@ -67,7 +67,28 @@ SOURCES = {
         policy=policy,
         explicit_routes=ROUTES,
     )
-    for name, policy in (("allow-all", None), ("policy", parse_policy(POLICY)))
+    for name, policy in (
+        ("allow-all", None),
+        ("policy", parse_policy(POLICY)),
+        # Commits that change a few rules: only the nodes they reach are woken.
+        (
+            "policy+bob-to-alice",
+            parse_policy(
+                {
+                    **POLICY,
+                    "acls": [
+                        *POLICY["acls"],
+                        {
+                            "action": "accept",
+                            "src": ["bob@example.com"],
+                            "dst": ["alice@example.com:22"],
+                        },
+                    ],
+                }
+            ),
+        ),
+        ("policy-bob", parse_policy({**POLICY, "acls": POLICY["acls"][:1], "ssh": []})),
+    )
 }
 SOURCE_NAMES = st.sampled_from(sorted(SOURCES))
 OWNERS = st.sampled_from([("alice", ()), ("bob", ()), (None, ("tag:server",))])
@@ -190,7 +211,7 @@ class TailnetChanges(RuleBasedStateMachine):
             tags=owner[1],
             now=self.now,
         )
-        self.tailnet.topology_changed()
+        self.tailnet.topology_changed(node.id)
         return node.id
 
     @rule(node_id=consumes(nodes))
@@ -225,7 +246,7 @@ class TailnetChanges(RuleBasedStateMachine):
     @rule(node_id=nodes)
     def logout(self, node_id: int) -> None:
         self.store.set_key_expiry(node_id, self.now)
-        self.tailnet.topology_changed()
+        self.tailnet.topology_changed(node_id)
 
     @rule(node_id=nodes)
     def go_online(self, node_id: int) -> None:

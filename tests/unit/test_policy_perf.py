@@ -28,7 +28,8 @@ def _case(seed: int) -> tuple[random.Random, Any, dict[str, Any]]:
 def _compile(
     policy: Any, topo: dict[str, Any], previous: CompiledTailnet | None = None
 ) -> CompiledTailnet:
-    return compile_tailnet(policy, Topology.from_json(topo), previous=previous)
+    # Policy `tests` are checked when a commit is loaded; these compare views.
+    return compile_tailnet(policy, Topology.from_json(topo), previous=previous, enforce_tests=False)
 
 
 def _all(tn: CompiledTailnet) -> str:
@@ -122,9 +123,114 @@ def test_a_route_change_recomputes_every_view() -> None:
     assert _all(new) == _all(_compile(policy, after))
 
 
-def test_a_policy_change_recomputes_every_view() -> None:
-    _, policy, topo = _case(2)
-    old = _compile(policy, topo)
-    other = parse_policy({"acls": [{"action": "accept", "src": ["*"], "dst": ["*:22"]}]})
-    new = compile_tailnet(other, Topology.from_json(topo), previous=old)
+def _mutate(rng: random.Random, doc: dict[str, Any], us: list[dict[str, Any]]) -> dict[str, Any]:
+    """One edit a pull request might make to a policy."""
+    doc = json.loads(json.dumps(doc))
+    other = policy_random.policy(rng, us)
+    emails = [u["email"] for u in us]
+    kind = rng.choice(
+        ["drop acl", "add acl", "reorder acls", "group", "ssh", "grant", "nodeAttrs", "tests"]
+    )
+    if kind == "drop acl" and len(doc["acls"]) > 1:
+        doc["acls"].pop(rng.randrange(len(doc["acls"])))
+    elif kind == "add acl":
+        doc["acls"].insert(rng.randint(0, len(doc["acls"])), other["acls"][0])
+    elif kind == "reorder acls":
+        rng.shuffle(doc["acls"])
+    elif kind == "group":
+        doc["groups"]["group:a"] = rng.sample(emails, rng.randint(1, len(emails)))
+    elif kind == "ssh":
+        doc["ssh"] = other["ssh"] if rng.random() < 0.5 else doc["ssh"][1:] + other["ssh"][:1]
+    elif kind == "grant":
+        doc["grants"] = doc["grants"][:-1] + other["grants"][:1]
+    elif kind == "nodeAttrs":
+        doc["nodeAttrs"] = other["nodeAttrs"]
+    else:
+        doc["tests"] = [{"src": emails[0], "accept": [], "deny": []}]
+    return doc
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_a_commit_reuses_the_views_it_cannot_touch_and_matches_a_fresh_compile(
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    topo = policy_random.topology(rng, rng.randint(2, 20))
+    before = policy_random.policy(rng, topo["users"])
+    after = before
+    for _ in range(rng.randint(1, 2)):
+        after = _mutate(rng, after, topo["users"])
+    old = _compile(parse_policy(before), topo)
+    old_views = dict(old.nodes.items())
+    new = _compile(parse_policy(after), topo, previous=old)
+    fresh = _compile(parse_policy(after), topo)
+    assert _all(new) == _all(fresh)
+    for name in topo["nodes"]:
+        assert sorted(new.peer_names(name)) == sorted(fresh.peer_names(name))
+    if new.changed is None:
+        return
+    for name, view in new.nodes.items():
+        if name not in new.changed:
+            assert view is old_views[name]
+
+
+def test_a_commit_wakes_only_the_nodes_its_rules_reach() -> None:
+    users = [{"id": i, "name": f"u{i}", "email": f"u{i}@example.com"} for i in range(3)]
+
+    def node(n: int, user: str | None, tags: list[str]) -> dict[str, Any]:
+        return {
+            "hostname": f"h{n}",
+            "user": user,
+            "tags": tags,
+            "ipv4": f"100.64.0.{n + 1}",
+            "ipv6": f"fd7a:115c:a1e0::{n + 1:x}",
+            "routable_ips": [],
+            "approved_routes": [],
+        }
+
+    topo = {
+        "users": users,
+        "nodes": {
+            "laptop0": node(0, "u0", []),
+            "laptop1": node(1, "u1", []),
+            "laptop2": node(2, "u2", []),
+            "web": node(3, None, ["tag:web"]),
+            "db": node(4, None, ["tag:db"]),
+        },
+    }
+    base = {
+        "tagOwners": {"tag:web": ["u0@example.com"], "tag:db": ["u0@example.com"]},
+        "acls": [{"action": "accept", "src": ["u1@example.com"], "dst": ["tag:db:5432"]}],
+    }
+    old = _compile(parse_policy(base), topo)
+    old_views = dict(old.nodes.items())
+    new_rule = {"action": "accept", "src": ["u0@example.com"], "dst": ["tag:web:80"]}
+    new = _compile(parse_policy({**base, "acls": [*base["acls"], new_rule]}), topo, previous=old)
+    assert new.changed == {"laptop0", "web"}
+    assert new.nodes["laptop1"] is old_views["laptop1"]
+    assert "web" in new.nodes["laptop0"].peers
+
+
+def test_a_commit_that_changes_routes_recomputes_every_view() -> None:
+    rng, _, topo = _case(2)
+    router = {
+        **_plain_node(rng, 201, topo),
+        "tags": ["tag:router"],
+        "user": None,
+        "routable_ips": ["10.1.0.0/16"],
+        "approved_routes": [],
+    }
+    topo = {**topo, "nodes": {**topo["nodes"], "router": router}}
+    acls = [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]
+    owners = {"tag:router": [topo["users"][0]["email"]]}
+    approving = {
+        "tagOwners": owners,
+        "autoApprovers": {"routes": {"10.0.0.0/8": ["tag:router"]}},
+        "acls": acls,
+    }
+    old = _compile(parse_policy({"tagOwners": owners, "acls": acls}), topo)
+    new = _compile(parse_policy(approving), topo, previous=old)
+    # Every peer of the router now carries its route: no view is kept.
     assert new.changed is None
+    assert _all(new) == _all(_compile(parse_policy(approving), topo))
+    assert "10.1.0.0/16" in new.nodes["router"].self_primary_routes

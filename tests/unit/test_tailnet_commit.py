@@ -1,0 +1,124 @@
+"""A commit wakes only the sessions whose maps it changes; what they then
+send equals a fresh compile, and the other sessions hold maps that still do."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitctl.policy import parse_policy
+from server.mapper import build_map
+from server.protocol.keys import MachinePublic, NodePublic
+from server.store import open_store
+from server.store.interface import Store
+from server.tailnet import Tailnet, TailnetSource
+from server.wire import DerpRegion
+from tests.unit.control_client import T0
+
+USERS = {"alice": ("alice@example.com", "Alice"), "bob": ("bob@example.com", "Bob")}
+BASE: dict[str, Any] = {
+    "tagOwners": {"tag:web": ["alice@example.com"], "tag:db": ["alice@example.com"]},
+    "acls": [{"action": "accept", "src": ["tag:web"], "dst": ["tag:db:5432"]}],
+}
+ALICE_TO_WEB = {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:web:443"]}
+
+
+def source(sid: str, policy: dict[str, Any], domain: str = "tailnet.example") -> TailnetSource:
+    return TailnetSource(
+        id=sid,
+        domain=domain,
+        dns_config={"Domains": [domain], "Proxied": True},
+        users=USERS,
+        policy=parse_policy(policy),
+    )
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    s = open_store(Path(":memory:"))
+    yield s
+    s.close()
+
+
+def tailnet_with(store: Store) -> tuple[Tailnet, dict[str, int]]:
+    tailnet = Tailnet(
+        store=store,
+        source=source("base", BASE),
+        derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
+        clock=lambda: T0,
+        log=logging.getLogger("test"),
+    )
+    ids = {}
+    for n, (name, user, tags) in enumerate(
+        [
+            ("alice-laptop", "alice", ()),
+            ("bob-laptop", "bob", ()),
+            ("web", None, ("tag:web",)),
+            ("db", None, ("tag:db",)),
+        ]
+    ):
+        raw = (n + 1).to_bytes(32, "big")
+        node = store.create_node(
+            machine_key=MachinePublic(raw),
+            node_key=NodePublic(raw),
+            hostname=name,
+            user=user,
+            tags=tags,
+            now=T0,
+        )
+        tailnet.topology_changed(node.id)
+        ids[name] = node.id
+    return tailnet, ids
+
+
+def woken(handles: dict[str, Any]) -> set[str]:
+    return {name for name, h in handles.items() if h.take()[0]}
+
+
+def test_a_commit_wakes_only_the_nodes_its_new_rule_reaches(store: Store) -> None:
+    tailnet, ids = tailnet_with(store)
+    handles = {name: tailnet.open_session(node_id) for name, node_id in ids.items()}
+    woken(handles)  # the first full maps
+    before = {name: tailnet.views.get(node_id) for name, node_id in ids.items()}
+
+    tailnet.swap_source(source("c1", {**BASE, "acls": [*BASE["acls"], ALICE_TO_WEB]}))
+
+    assert woken(handles) == {"alice-laptop", "web"}
+    assert tailnet.views.get(ids["bob-laptop"]) is before["bob-laptop"]
+    alice = tailnet.views.get(ids["alice-laptop"])
+    assert alice is not None and ids["web"] in alice.peers
+    # Every node's map (woken or not) is what a server started on this commit sends.
+    fresh = Tailnet(
+        store=store,
+        source=tailnet.source,
+        derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
+        clock=lambda: T0,
+        log=logging.getLogger("test"),
+    )
+    ctx = replace(fresh.context, online=tailnet.online_ids())
+    for node_id in ids.values():
+        assert build_map(tailnet.context, node_id, T0) == build_map(ctx, node_id, T0)
+
+
+def test_a_commit_that_changes_the_dns_domain_wakes_every_node(store: Store) -> None:
+    tailnet, ids = tailnet_with(store)
+    handles = {name: tailnet.open_session(node_id) for name, node_id in ids.items()}
+    woken(handles)
+    tailnet.swap_source(source("c1", BASE, domain="other.example"))
+    assert woken(handles) == set(ids)
+
+
+def test_a_commit_with_the_same_rules_wakes_no_one(store: Store) -> None:
+    tailnet, ids = tailnet_with(store)
+    handles = {name: tailnet.open_session(node_id) for name, node_id in ids.items()}
+    woken(handles)
+    # A new commit (a README edit, a policy test added) changes no node's view.
+    tests = [{"src": "tag:web", "accept": ["tag:db:5432"]}]
+    tailnet.swap_source(source("c1", {**BASE, "tests": tests}))
+    assert woken(handles) == set()
+    assert tailnet.source.id == "c1"

@@ -131,7 +131,8 @@ class Tailnet:
         self.clock = clock
         self._log = log
         self._source = source
-        self._derp_map = derp_map_json(derp_regions)
+        self._derp_regions = tuple(derp_regions)
+        self._derp_map = self._derp_map_of(source)
         self._sessions: dict[int, set[SessionHandle]] = {}
         self._on_node_removed = on_node_removed
         self._ctx = self._build_context()
@@ -183,6 +184,25 @@ class Tailnet:
             else PeerEntries(src.domain),
         )
 
+    def _derp_map_of(self, source: TailnetSource) -> dict[str, Any]:
+        """The server's own DERP region, as settings.yaml names it (or left
+        out there), and the extra regions settings.yaml lists."""
+        settings = source.settings
+        if settings is None:
+            return derp_map_json(self._derp_regions)
+        emb = settings.embedded_derp
+        own = [
+            replace(
+                r,
+                region_id=emb.region_id,
+                region_code=emb.region_code,
+                region_name=emb.region_name,
+            )
+            for r in self._derp_regions
+            if emb.enabled
+        ]
+        return derp_map_json(own, settings.derp_regions)
+
     def _approved_routes(self, nodes: Sequence[Node]) -> dict[int, tuple[str, ...]]:
         src = self._source
         out: dict[int, tuple[str, ...]] = {}
@@ -208,21 +228,25 @@ class Tailnet:
 
         When only the policy changed, the compiler names the nodes its new
         rules can reach and every other view is kept (as is its session,
-        asleep); a new domain, DNS config or user list reaches every map.
+        asleep); a new domain, DNS config, user list or DERP map reaches every map.
         """
-        old = self._source
+        old, old_derp = self._source, self._derp_map
         self._source = source
+        derp_map = self._derp_map_of(source)
+        if derp_map != old_derp:
+            self._derp_map = derp_map
         try:
             self._ctx = self._build_context(previous=self._ctx)
         except Exception:
-            self._source = old
+            self._source, self._derp_map = old, old_derp
             raise
         self._log.info("serving snapshot %s", source.id[:12])
         changed = self._ctx.views.changed
-        if changed is None or (old.domain, old.dns_config, old.users) != (
+        if changed is None or (old.domain, old.dns_config, old.users, old_derp) != (
             source.domain,
             source.dns_config,
             source.users,
+            self._derp_map,
         ):
             self._wake_all()
             return

@@ -21,6 +21,7 @@ __all__ = [
     "TAGGED_USER_ID",
     "DerpRegion",
     "derp_map_json",
+    "derp_region_json",
     "dns_config_json",
     "format_time",
     "stable_user_id",
@@ -75,7 +76,9 @@ class DerpRegion:
     insecure_for_tests: bool = False
 
 
-def derp_map_json(regions: Sequence[DerpRegion]) -> dict[str, Any]:
+def derp_map_json(regions: Sequence[DerpRegion], extra: Sequence[Any] = ()) -> dict[str, Any]:
+    """The DERPMap: the server's own regions, then `extra` (settings.yaml's
+    `derp.regions`, gitctl DerpRegionSpec values)."""
     out: dict[str, Any] = {}
     for region in regions:
         node: dict[str, Any] = {
@@ -103,7 +106,38 @@ def derp_map_json(regions: Sequence[DerpRegion]) -> dict[str, Any]:
             "RegionName": region.region_name,
             "Nodes": [node],
         }
+    for spec in extra:
+        out[str(spec.region_id)] = derp_region_json(spec)
     return {"Regions": out, "omitDefaultRegions": True}
+
+
+def derp_region_json(spec: Any) -> dict[str, Any]:
+    """One DERPRegion as tailcfg encodes it: zero values are left out
+    (`omitempty`), so a STUNPort of 0 means the default 3478 and -1 none."""
+    nodes = []
+    for n in spec.nodes:
+        node: dict[str, Any] = {"Name": n.name, "RegionID": n.region_id, "HostName": n.host_name}
+        for key, value in (
+            ("CertName", n.cert_name),
+            ("IPv4", n.ipv4),
+            ("IPv6", n.ipv6),
+            ("STUNPort", n.stun_port),
+            ("STUNOnly", n.stun_only),
+            ("DERPPort", n.derp_port),
+            ("CanPort80", n.can_port80),
+        ):
+            if value:
+                node[key] = value
+        nodes.append(node)
+    region: dict[str, Any] = {
+        "RegionID": spec.region_id,
+        "RegionCode": spec.region_code,
+        "RegionName": spec.region_name,
+    }
+    if spec.avoid:
+        region["Avoid"] = True
+    region["Nodes"] = nodes
+    return region
 
 
 def _resolvers(addrs: Iterable[str]) -> list[dict[str, Any]]:

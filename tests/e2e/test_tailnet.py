@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -363,3 +364,29 @@ def test_an_approved_subnet_route_reaches_the_peers_allowed_to_use_it(tailnet: T
     # routes.yaml approves it for tag:server; only group:eng may reach the subnet.
     wait_for(lambda: routes_seen_by(alice1) == ["10.99.0.0/24"], 20, "alice1 to see the route")
     assert routes_seen_by(bob1) == []
+
+
+def test_a_settings_commit_offers_clients_another_derp_region(tailnet: Tailnet) -> None:
+    # A spare relay, avoided, on a loopback port nothing listens on: clients
+    # learn it from the commit and keep relaying through their home region.
+    settings = SETTINGS + (
+        "derp:\n  regions:\n    '901':\n      regionID: 901\n      regionCode: spare\n"
+        "      regionName: Spare relay\n      avoid: true\n      nodes:\n"
+        f"        - {{name: 901a, hostName: 127.0.0.1, ipv4: 127.0.0.1, "
+        f"derpPort: {free_port()}, stunPort: -1}}\n"
+    )
+    # (HEAD still holds the policy whose tests failed, above: put a good one back.)
+    tailnet.repo.commit(
+        {"settings.yaml": settings, "policy.hujson": POLICY_BOB_TO_ALICE}, "a spare DERP region"
+    )
+    alice1 = tailnet.nodes["alice1"]
+
+    def regions() -> dict[str, Any]:
+        return dict(json.loads(alice1.cli("debug", "derp-map").stdout)["Regions"])
+
+    got = wait_for(lambda: "901" in regions() and regions(), 20, "alice1 to get region 901")
+    assert got["901"]["RegionName"] == "Spare relay" and got["901"]["Avoid"] is True
+    assert got["901"]["Nodes"][0]["STUNPort"] == -1
+    assert set(got) == {"901", "999"}
+    out = alice1.ping("alice2")
+    assert "pong from alice2" in out and "via DERP(tailnetd)" in out, out

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from gitctl.policy import parse_policy
+from gitctl.tailnet.model import DerpNodeSpec, DerpRegionSpec, EmbeddedDerp, TailnetSettings
 from server.mapper import build_map
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store import open_store
@@ -122,3 +123,41 @@ def test_a_commit_with_the_same_rules_wakes_no_one(store: Store) -> None:
     tailnet.swap_source(source("c1", {**BASE, "tests": tests}))
     assert woken(handles) == set()
     assert tailnet.source.id == "c1"
+
+
+def test_a_commit_to_settings_derp_regions_sends_every_node_the_new_derp_map(
+    store: Store,
+) -> None:
+    tailnet, ids = tailnet_with(store)
+    handles = {name: tailnet.open_session(node_id) for name, node_id in ids.items()}
+    woken(handles)
+    relay = DerpRegionSpec(
+        region_id=901,
+        region_code="fra",
+        region_name="Frankfurt",
+        nodes=(DerpNodeSpec(name="901a", region_id=901, host_name="derp.example", stun_port=-1),),
+    )
+    settings = TailnetSettings(
+        derp_regions=(relay,),
+        embedded_derp=EmbeddedDerp(region_id=900, region_code="home", region_name="Home"),
+    )
+    tailnet.swap_source(replace(source("c1", BASE), settings=settings))
+
+    assert woken(handles) == set(ids)
+    regions = tailnet.context.derp_map["Regions"]
+    assert regions["900"]["RegionCode"] == "home" and regions["900"]["RegionName"] == "Home"
+    assert regions["900"]["Nodes"][0]["RegionID"] == 900
+    # tailcfg's omitempty: unset fields are left out, -1 (no STUN) is kept.
+    assert regions["901"] == {
+        "RegionID": 901,
+        "RegionCode": "fra",
+        "RegionName": "Frankfurt",
+        "Nodes": [{"Name": "901a", "RegionID": 901, "HostName": "derp.example", "STUNPort": -1}],
+    }
+    state = build_map(tailnet.context, ids["web"], T0)
+    assert state is not None and state.top["DERPMap"] is tailnet.context.derp_map
+
+    # Without the embedded region, only the listed relays are offered.
+    off = TailnetSettings(derp_regions=(relay,), embedded_derp=EmbeddedDerp(enabled=False))
+    tailnet.swap_source(replace(source("c2", BASE), settings=off))
+    assert set(tailnet.context.derp_map["Regions"]) == {"901"}

@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "files",
         nargs="*",
         metavar="FILE",
-        help=f"files to format (default: every file under ./{DEFAULT_DIR})",
+        help="files or directories to format (default: every tailnet.d file "
+        f"under ./{DEFAULT_DIR})",
     )
     p.set_defaults(run=run)
 
@@ -41,9 +42,11 @@ def format_text(path: str, text: str) -> str:
 
 
 def _targets(files: list[str]) -> list[str]:
-    if files:
-        return files
-    return list(read_directory(DEFAULT_DIR).files)
+    """The files named, with each directory standing for its tailnet.d files."""
+    out: list[str] = []
+    for name in files or [DEFAULT_DIR]:
+        out.extend(read_directory(name).files if Path(name).is_dir() else [name])
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -169,6 +169,16 @@ def test_example_is_already_formatted(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["fmt", "--check", *map(str, sorted(EXAMPLE.iterdir()))]) == 0
 
 
+def test_fmt_takes_a_directory_for_its_tailnet_d_files(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(work, {"elsewhere/users.yaml": "users:\n-   name: a\n    email: a@example.com\n"})
+    assert main(["fmt", "--check", "elsewhere"]) == 1
+    assert capsys.readouterr().out.splitlines() == ["elsewhere/users.yaml"]
+    assert main(["fmt", "elsewhere"]) == 0
+    assert main(["fmt", "--check", "elsewhere"]) == 0
+
+
 def test_compile_is_delegated_to_its_module_only_when_invoked(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -151,6 +151,7 @@ class Server:
             self.log.exception("commit %s could not be served", revision[:12])
             self._reject(revision, (f"compiling for the live nodes failed: {exc}",))
             return
+        self._apply_addressing(source)
         self.status.rejected = None
         self._serving(snap)
 
@@ -178,19 +179,8 @@ class Server:
         source = self._load_initial()
         self.server_key = _load_or_create_key(cfg.data_dir / "noise_private.key", MachinePrivate)
         self.derp_key = _load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)
-        settings = source.settings
-        self.store = open_store(
-            cfg.data_dir / "tailnetd.sqlite",
-            **(
-                {}
-                if settings is None
-                else {
-                    "ipv4_prefix": settings.ipv4_prefix,
-                    "ipv6_prefix": settings.ipv6_prefix,
-                    "allocation": settings.ip_allocation,
-                }
-            ),
-        )
+        self.store = open_store(cfg.data_dir / "tailnetd.sqlite")
+        self._apply_addressing(source)
 
         if cfg.stun_host is not None:
             self._stun = await start_stun_server(cfg.stun_host, cfg.stun_port, log=self.log)
@@ -336,6 +326,14 @@ class Server:
         """Read the certificate files again (SIGHUP)."""
         if self.tls is not None:
             self.tls.reload()
+
+    def _apply_addressing(self, source: TailnetSource) -> None:
+        """settings.yaml's prefixes and allocation, for the nodes that join next."""
+        settings = source.settings
+        if settings is not None:
+            self.store.set_addressing(
+                settings.ipv4_prefix, settings.ipv6_prefix, settings.ip_allocation
+            )
 
     def _control_settings(self) -> ControlSettings:
         return ControlSettings(

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from ipaddress import IPv4Network, IPv6Network
 from typing import Protocol
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
-from server.store.model import ApiKey, Node, PendingLogin, PreAuthKey, Rng
+from server.store.model import AllocationStrategy, ApiKey, Node, PendingLogin, PreAuthKey, Rng
 
 __all__ = ["Store"]
 
@@ -37,6 +38,15 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def set_addressing(
+        self,
+        ipv4_prefix: IPv4Network | None,
+        ipv6_prefix: IPv6Network | None,
+        allocation: AllocationStrategy,
+    ) -> None:
+        """Where new nodes' addresses come from; nodes keep the ones they have."""
+        ...
 
     # Nodes
 

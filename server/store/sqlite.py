@@ -90,15 +90,24 @@ class SqliteStore:
         allocation: AllocationStrategy,
         rng: Rng,
     ) -> None:
+        self._conn = conn
+        self._rng = rng
+        self._generation = 0
+        self.set_addressing(ipv4_prefix, ipv6_prefix, allocation)
+        self._index: NodeIndex | None = None
+
+    def set_addressing(
+        self,
+        ipv4_prefix: IPv4Network | None,
+        ipv6_prefix: IPv6Network | None,
+        allocation: AllocationStrategy,
+    ) -> None:
+        """Where new nodes' addresses come from; nodes keep the ones they have."""
         if allocation not in ("sequential", "random"):
             raise ValueError(f"unknown allocation strategy {allocation!r}")
-        self._conn = conn
         self._ipv4_prefix = ipv4_prefix
         self._ipv6_prefix = ipv6_prefix
         self._allocation: AllocationStrategy = allocation
-        self._rng = rng
-        self._generation = 0
-        self._index: NodeIndex | None = None
 
     @property
     def generation(self) -> int:

@@ -366,20 +366,24 @@ def test_an_approved_subnet_route_reaches_the_peers_allowed_to_use_it(tailnet: T
     assert routes_seen_by(bob1) == []
 
 
-def test_a_settings_commit_offers_clients_another_derp_region(tailnet: Tailnet) -> None:
+def test_a_settings_commit_reaches_the_running_tailnet(tailnet: Tailnet) -> None:
+    """A new DERP region reaches connected clients; new prefixes apply to the
+    next node that joins, while every node keeps its address."""
     # A spare relay, avoided, on a loopback port nothing listens on: clients
     # learn it from the commit and keep relaying through their home region.
     settings = SETTINGS + (
+        "ip_prefixes: {v4: 100.90.0.0/16}\n"
         "derp:\n  regions:\n    '901':\n      regionID: 901\n      regionCode: spare\n"
         "      regionName: Spare relay\n      avoid: true\n      nodes:\n"
         f"        - {{name: 901a, hostName: 127.0.0.1, ipv4: 127.0.0.1, "
         f"derpPort: {free_port()}, stunPort: -1}}\n"
     )
+    alice1 = tailnet.nodes["alice1"]
+    alice1_ip = alice1.ip()
     # (HEAD still holds the policy whose tests failed, above: put a good one back.)
     tailnet.repo.commit(
         {"settings.yaml": settings, "policy.hujson": POLICY_BOB_TO_ALICE}, "a spare DERP region"
     )
-    alice1 = tailnet.nodes["alice1"]
 
     def regions() -> dict[str, Any]:
         return dict(json.loads(alice1.cli("debug", "derp-map").stdout)["Regions"])
@@ -390,3 +394,9 @@ def test_a_settings_commit_offers_clients_another_derp_region(tailnet: Tailnet) 
     assert set(got) == {"901", "999"}
     out = alice1.ping("alice2")
     assert "pong from alice2" in out and "via DERP(tailnetd)" in out, out
+
+    late = tailnet.node("late1")
+    late.start()
+    late.up(tailnet.server, tailnet.server.create_key("alice"))
+    assert ipaddress.ip_address(late.ip()) in ipaddress.ip_network("100.90.0.0/16")
+    assert alice1.ip() == alice1_ip

@@ -8,12 +8,16 @@ work, not the kernel's). Then it times:
 * connect storm: every node's first full MapResponse (JSON + zstd);
 * endpoint change: one node's endpoints change, every affected session sends its delta;
 * node join: a new node registers, every affected session sends its delta;
-* policy commit: a new snapshot is swapped in, every session sends its delta.
+* policy commit: a new snapshot is swapped in, every session sends its delta;
+* commit from git: the same, starting from a git commit of tailnet.d (read,
+  validated, policy tests run, compiled, swapped in, every delta sent): what
+  a pull request's merge costs before every client has it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import resource
 import tempfile
@@ -23,12 +27,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import git
+
 from bench.bench_compile import synthetic
 from gitctl.policy import parse_policy
 from server.mapper import MapSession, build_map
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.protocol.mapframe import MapFrameEncoder
+from server.repo import SnapshotRepo
 from server.store import open_store
+from server.store.model import Node
 from server.tailnet import SessionHandle, Tailnet, TailnetSource
 from server.wire import DerpRegion
 
@@ -43,6 +51,33 @@ def source(policy: Any, users: list[tuple[int, str, str]], sid: str) -> TailnetS
         users={name: (email, name) for _, name, email in users},
         policy=policy,
     )
+
+
+class GitTailnet:
+    """A git work tree holding the synthetic tailnet as tailnet.d files."""
+
+    def __init__(self, path: Path, doc: Any, users: list[tuple[int, str, str]]) -> None:
+        self.path = path
+        (path / "tailnet.d").mkdir(parents=True)
+        (path / "tailnet.d/users.yaml").write_text(
+            "users:\n" + "".join(f"  - {{name: {n}, email: {e}}}\n" for _, n, e in users)
+        )
+        self.git = git.Repo.init(path)
+        self.commit(doc, "synthetic tailnet")
+        self.snapshots = SnapshotRepo(path)
+
+    def commit(self, doc: Any, message: str) -> str:
+        (self.path / "tailnet.d/policy.hujson").write_text(json.dumps(doc, indent=1))
+        self.git.index.add(["tailnet.d/users.yaml", "tailnet.d/policy.hujson"])
+        actor = git.Actor("bench", "bench@example.com")
+        return str(self.git.index.commit(message, author=actor, committer=actor).hexsha)
+
+
+def serve_commit(tailnet: Tailnet, repo: GitTailnet, revision: str) -> None:
+    """What the server does with a new commit (server/app.py on_revision)."""
+    snap, errors = repo.snapshots.load(revision)
+    assert snap is not None, errors
+    tailnet.swap_source(TailnetSource.from_snapshot(snap))
 
 
 class Pump:
@@ -130,8 +165,9 @@ def main() -> None:
         pump = Pump(tailnet)
         timed("connect storm", lambda: [pump.open(n.id) for n in store.list_nodes()], pump)
 
-        def endpoint_change() -> None:
-            node = store.list_nodes()[0]
+        first = store.list_nodes()[0]
+
+        def endpoint_change(node: Node = first) -> None:
             tailnet.node_updated(
                 store.update_from_map(node.id, now=NOW, endpoints=("127.0.0.1:1",))
             )
@@ -163,6 +199,14 @@ def main() -> None:
                     lambda d=d, k=k: tailnet.swap_source(source(parse_policy(d), users, f"c{k}")),
                     pump,
                 )
+        if policy is not None:
+            repo = GitTailnet(Path(tmp) / "repo", doc, users)
+            # Served once untimed: from here on DNS and users come from git too.
+            serve_commit(tailnet, repo, repo.git.head.commit.hexsha)
+            pump.run()
+            for k in range(args.repeat):
+                rev = repo.commit(docs[k % 2], f"commit {k}")
+                timed("commit from git", lambda rev=rev: serve_commit(tailnet, repo, rev), pump)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS {rss:.0f} MB")
 

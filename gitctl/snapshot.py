@@ -12,7 +12,8 @@ import hashlib
 import os
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 from gitctl.diagnostics import Diagnostic, JsonPath, Severity
@@ -125,17 +126,28 @@ def _errors(diags: list[Diagnostic]) -> bool:
     return any(d.severity is Severity.ERROR for d in diags)
 
 
+@lru_cache(maxsize=128)
+def _checked_file(path: str, data: bytes) -> tuple[SourceFile | None, tuple[Diagnostic, ...]]:
+    """A file parsed and checked against its schema, once per content: a commit
+    usually changes one file, and the others (a users.yaml of hundreds of
+    entries) need not be read again."""
+    sf, problems = parse_file(path, data)
+    if sf is None:
+        return None, tuple(problems)
+    return sf, (*problems, *validate_file(sf))
+
+
 def load_snapshot(documents: Documents) -> LoadResult:
     diags: list[Diagnostic] = []
     texts: dict[str, str] = {}
     parsed: list[SourceFile] = []
     for path, data in documents.files.items():
         texts[path] = data.decode("utf-8", "replace")
-        sf, problems = parse_file(path, data)
-        diags += problems
+        sf, checks = _checked_file(path, data)
+        diags += checks
         if sf is not None:
-            parsed.append(sf)
-            diags += validate_file(sf)
+            # The cached value is shared: later stages get their own copy.
+            parsed.append(replace(sf, value=copy.deepcopy(sf.value)))
     merged, problems = merge_files(parsed)
     diags += problems
     if _errors(diags):

@@ -236,7 +236,8 @@ class Tailnet:
         if derp_map != old_derp:
             self._derp_map = derp_map
         try:
-            self._ctx = self._build_context(previous=self._ctx)
+            # The serving node list follows every store write: no need to read it again.
+            self._ctx = self._build_context(list(self._ctx.nodes.values()), previous=self._ctx)
         except Exception:
             self._source, self._derp_map = old, old_derp
             raise

@@ -242,3 +242,23 @@ def test_unreadable_sources_are_diagnostics_not_exceptions(tmp_path: Path) -> No
     result = load_from_git(tmp_path)
     assert result.snapshot is None
     assert [d.message for d in result.diagnostics] == ["not a git repository"]
+
+
+def test_a_second_commit_reads_only_the_files_it_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gitctl.snapshot as snapshot_mod
+
+    users = "users:\n  - {name: cached-user, email: cached@example.com}\n"
+    policy = '{"acls": [{"action": "accept", "src": ["cached@example.com"], "dst": ["*:22"]}]}'
+    first = load({"users.yaml": users, "policy.hujson": policy})
+    assert first.snapshot is not None
+    parsed: list[str] = []
+    real = snapshot_mod.parse_file
+    monkeypatch.setattr(snapshot_mod, "parse_file", lambda p, d: parsed.append(p) or real(p, d))
+    second = load({"users.yaml": users, "policy.hujson": policy.replace("22", "443")})
+    assert parsed == ["tailnet.d/policy.hujson"]
+    assert second.snapshot is not None and second.snapshot.users == first.snapshot.users
+    # What one load made of a cached file is its own: the next load starts clean.
+    assert first.snapshot.policy_doc is not second.snapshot.policy_doc
+    broken = load({"users.yaml": users + "  - {name: x, emial: x@example.com}\n"})
+    assert broken.snapshot is None
+    assert load({"users.yaml": users}).snapshot is not None

@@ -437,10 +437,21 @@ class MapSession:
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
         self._top_src: dict[str, Any] = {}
-        self._peers: dict[int, bytes] = {}
+        # What the client holds: the build memo's dict itself (never mutated)
+        # until a delta changes a few entries; then a copy of our own.
+        self._peers: Mapping[int, bytes] = {}
+        self._peers_own: dict[int, bytes] | None = None
         self._profiles: set[int] = set()
         self._started = False
         self._synced: Mapping[int, bytes] | None = None
+
+    def _own_peers(self) -> dict[int, bytes]:
+        if self._peers_own is None:
+            self._peers = self._peers_own = dict(self._peers)
+        return self._peers_own
+
+    def _hold(self, peers: Mapping[int, bytes]) -> None:
+        self._peers, self._peers_own = peers, None
 
     def next_message(self, state: MapState, now: datetime) -> bytes | None:
         """The message that turns what the client has into `state`, or None."""
@@ -465,7 +476,7 @@ class MapSession:
         spliced: list[bytes] = []
         if not self._started:
             self._started = True
-            self._peers = dict(state.peers)
+            self._hold(state.peers)
             if state.peers:
                 peers_key = "Peers"
                 spliced = [state.peers[pid] for pid in sorted(state.peers)]
@@ -475,12 +486,10 @@ class MapSession:
             # Entries come from the shared PeerEntries: unchanged ones are the
             # same bytes objects, so find the others by identity, in C.
             for pid in compress(want, map(is_not, want.values(), map(held.get, want))):
-                data, old = want[pid], held.get(pid)
-                if old != data:
+                data = want[pid]
+                if held.get(pid) != data:
                     spliced.append(data)
-                held[pid] = data
-            for pid in removed:
-                del held[pid]
+            self._hold(want)
             if removed:
                 msg["PeersRemoved"] = sorted(removed)
             if spliced:
@@ -506,13 +515,13 @@ class MapSession:
             if data is None:
                 if pid in self._peers:
                     self._synced = None
-                    del self._peers[pid]
+                    del self._own_peers()[pid]
                     removed.append(pid)
                 continue
             old = self._peers.get(pid)
             if old is not data and old != data:
                 self._synced = None
-                self._peers[pid] = data
+                self._own_peers()[pid] = data
                 changed.append(data)
                 peer = ctx.nodes[pid]
                 uid = user_id(peer)

@@ -272,6 +272,7 @@ def compute_views(
         topo,
         enforce_tests=False,
         previous=previous.compiled if previous is not None else None,
+        keep_views=False,  # each is converted once and kept in that form
     )
     by_id = {n.id: n for n in nodes}
     id_of = {topology_name(n): n.id for n in nodes}

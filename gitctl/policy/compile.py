@@ -21,6 +21,7 @@ def compile_tailnet(
     *,
     enforce_tests: bool = True,
     previous: CompiledTailnet | None = None,
+    keep_views: bool = True,
 ) -> CompiledTailnet:
     """Per-node packet filters, SSH policies, peers and capabilities.
 
@@ -33,11 +34,13 @@ def compile_tailnet(
     The rules are resolved here; each node's view is built when first read
     from ``nodes``. With ``previous`` (the same policy over the tailnet before
     a node joined, left or changed), views that change cannot touch are taken
-    over from it and ``changed`` names the others.
+    over from it and ``changed`` names the others. A caller that keeps its own
+    copy of each view (the server converts them) passes ``keep_views=False``:
+    each read then builds the view again, and nothing is kept twice.
     """
     if enforce_tests:
         check_policy_tests(policy, topology)
-    index = ViewIndex(policy, topology, tailnet)
+    index = ViewIndex(policy, topology, tailnet, keep_views=keep_views)
     changed = None
     if previous is not None and isinstance(previous.visibility, ViewIndex):
         changed = index.adopt(previous.visibility)

@@ -30,9 +30,15 @@ from .viewreuse import affected
 
 class ViewIndex:
     def __init__(
-        self, policy: Policy, topology: Topology, tailnet: Mapping[str, Any] | None = None
+        self,
+        policy: Policy,
+        topology: Topology,
+        tailnet: Mapping[str, Any] | None = None,
+        *,
+        keep_views: bool = True,
     ) -> None:
         self.policy = policy
+        self.keep_views = keep_views
         self.topology = topology
         self.tailnet = tailnet
         nodes = topology.nodes
@@ -106,7 +112,9 @@ class ViewIndex:
     def view(self, i: int) -> NodeView:
         v = self.views.get(i)
         if v is None:
-            v = self.views[i] = self._build(i)
+            v = self._build(i)
+            if self.keep_views:
+                self.views[i] = v
         return v
 
     def _peer(self, viewer: int, j: int) -> PeerView:

@@ -7,21 +7,25 @@ peer that the policy hides. Views are recomputed only when the snapshot or the
 set of nodes (join, leave, rename, tags, routes) changes, never for endpoint,
 DERP or online changes. Even then each node's view is built only when first
 asked for, and a join, a leave or a commit keeps the views it cannot touch
-(`changed` names the others, so only their sessions need waking).
+(`changed` names the others, so only their sessions need waking); a view that
+a join or leave merely gives or takes that one peer is patched, not rebuilt.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 from itertools import repeat
 from operator import is_
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from server.store.model import Node
+
+if TYPE_CHECKING:
+    from gitctl.policy.viewreuse import PeerChange
 
 __all__ = [
     "NodeView",
@@ -251,6 +255,8 @@ def compute_views(
     `changed` then names the nodes whose maps may differ.
     `reuse` (any earlier views, e.g. of another policy) only lends its
     PeerView objects to equal values, so unchanged peers stay identical.
+    After a join or leave, a node that merely gains or loses that peer gets
+    its previous view with the peer added or removed (see `_peer_patches`).
     """
     donor = reuse or previous
     table: dict[_InternKey, PeerView] = {}
@@ -260,6 +266,7 @@ def compute_views(
         views.interned = table
         return views
     from gitctl.policy import Topology, TopologyUser, compile_tailnet
+    from gitctl.policy.viewindex import ViewIndex
 
     topo = Topology(
         users=tuple(TopologyUser(id=uid, name=name, email=email) for uid, name, email in users),
@@ -295,7 +302,23 @@ def compute_views(
             )
         return out
 
+    # Previous views of the nodes a join or leave only adds a peer to or
+    # removes one from (filled in below), and that peer.
+    bases: dict[int, NodeView] = {}
+    index = compiled.visibility if isinstance(compiled.visibility, ViewIndex) else None
+    change = index.peer_change if index is not None else None
+
     def build(node_id: int) -> NodeView:
+        base = bases.pop(node_id, None)
+        if base is not None and index is not None and change is not None:
+            peers = dict(base.peers)
+            if change.joined:  # the newest node: last, as in a fresh build
+                at = index.position
+                pv = index.peer_view(at[topology_name(by_id[node_id])], at[change.name])
+                peers[int(change.name)] = peer(pv)
+            else:
+                del peers[int(change.name)]
+            return replace(base, peers=peers)
         node = by_id[node_id]
         nv = compiled.nodes[topology_name(node)]
         pvs = list(nv.peers.values())
@@ -321,7 +344,39 @@ def compute_views(
     if previous is not None and previous_nodes is not None and compiled.changed is not None:
         views.changed = _changed_ids(compiled.changed, previous, previous_nodes, views, by_id)
         views.adopt(previous, (i for i in by_id if i not in views.changed))
+        if change is not None:
+            bases.update(_peer_patches(change, previous, previous_nodes, by_id, table))
     return views
+
+
+def _peer_patches(
+    change: PeerChange,
+    previous: PolicyViews,
+    previous_nodes: Mapping[int, Node],
+    nodes: Mapping[int, Node],
+    table: dict[_InternKey, PeerView],
+) -> dict[int, NodeView]:
+    """The previous views of the nodes a join or leave (`change`, a
+    `PeerChange`) leaves as they were but for that peer, by node id.
+
+    The compiler vouches for their policy; their own records must be the
+    same too (a view holds its node's addresses). The PeerView objects in
+    use are the previous ones give or take the node: `table` takes them
+    over, so later recompiles hand out the same objects for unchanged peers.
+    """
+    table.update(previous.interned)
+    if not change.joined:
+        own = own_prefixes(previous_nodes[int(change.name)])
+        for prefixes in (own, tuple(p for p in own if ":" in p)):
+            table.pop((prefixes, ()), None)  # as it was shown, with IPv4 or without
+    out = {}
+    for name in change.viewers:
+        node_id = int(name)
+        base = previous._cache.get(node_id)
+        old, new = previous_nodes.get(node_id), nodes.get(node_id)
+        if base is not None and old is not None and (old is new or old == new):
+            out[node_id] = base
+    return out
 
 
 def _changed_ids(

@@ -10,6 +10,7 @@ from its own rules and the rule bitsets, and kept.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from itertools import chain
 from typing import Any, cast
@@ -25,7 +26,7 @@ from .routes import route_table
 from .routevis import RouteVisibility
 from .ssh import SshIndex, check_ssh_domains
 from .topology import Topology
-from .viewreuse import affected
+from .viewreuse import PeerChange, affected, peer_change
 
 
 class ViewIndex:
@@ -79,6 +80,10 @@ class ViewIndex:
         self._routers = bitset(index.routers, n)
         self._visible: dict[int, int] = {}
         self.views: dict[int, NodeView] = {}
+        # After a join or leave (`adopt`): who merely gained or lost a peer,
+        # and the earlier views of those nodes, to patch rather than rebuild.
+        self.peer_change: PeerChange | None = None
+        self._bases: dict[int, NodeView] = {}
 
     # -- visibility --------------------------------------------------------
 
@@ -112,7 +117,8 @@ class ViewIndex:
     def view(self, i: int) -> NodeView:
         v = self.views.get(i)
         if v is None:
-            v = self._build(i)
+            base = self._bases.pop(i, None)
+            v = self._build(i) if base is None else self._patched(i, base)
             if self.keep_views:
                 self.views[i] = v
         return v
@@ -126,6 +132,23 @@ class ViewIndex:
             tags=index.nodes[j].tags,
         )
 
+    def _plain_peer(self, j: int) -> PeerView:
+        """Peer ``j`` as every viewer with IPv4 sees it, when ``j`` has no routes."""
+        pv = self._plain[j]
+        if pv is None:
+            pv = self._plain[j] = PeerView(
+                allowed_ips=tuple(own_prefixes(self.index, j, self.no_v4)),
+                primary_routes=(),
+                tags=self.index.nodes[j].tags,
+            )
+        return pv
+
+    def peer_view(self, viewer: int, j: int) -> PeerView:
+        """How ``viewer`` sees its peer ``j`` (as in its view's ``peers``)."""
+        if viewer in self.no_v4 or self._routers >> j & 1:
+            return self._peer(viewer, j)
+        return self._plain_peer(j)
+
     def _peers(self, viewer: int, mask: int, peers: list[int]) -> dict[str, PeerView]:
         names = self.names
         if viewer in self.no_v4:
@@ -133,11 +156,7 @@ class ViewIndex:
         # A peer without routes looks the same to every viewer: build it once.
         plain = self._plain
         for j in [j for j in peers if plain[j] is None]:
-            plain[j] = PeerView(
-                allowed_ips=tuple(own_prefixes(self.index, j, self.no_v4)),
-                primary_routes=(),
-                tags=self.index.nodes[j].tags,
-            )
+            self._plain_peer(j)
         filled = cast("list[PeerView]", plain)  # for these peers
         out = dict(zip(map(names.__getitem__, peers), map(filled.__getitem__, peers), strict=True))
         # Routers' routes depend on the viewer (replacing keeps the order).
@@ -150,7 +169,6 @@ class ViewIndex:
         mask = self.visible(i)
         peers = bits(mask)
         rules = self.per_node[i]
-        cap_rules = [(r.caps, r.src_mask) for r in rules if r.caps is not None]
         return NodeView(
             packet_filter_rules=merge_rules((r, r.render(i)) for r in rules if not r.hidden),
             ssh_policy=self.ssh.policy(i),
@@ -162,10 +180,26 @@ class ViewIndex:
                 *(r for r in table.enabled[i] if is_exit_route(r)),
             ),
             self_primary_routes=table.primary[i],
-            # Only some consumers read it (the server does not): build it on
-            # demand, from values that do not hold on to this index.
-            whois_cap_map=LazyMap(partial(whois, index.ips, cap_rules, mask, peers)),
+            whois_cap_map=self._whois(i, mask, peers),
         )
+
+    def _whois(self, i: int, mask: int, peers: list[int] | None = None) -> LazyMap:
+        # Only some consumers read it (the server does not): build it on
+        # demand, from values that do not hold on to this index.
+        cap_rules = [(r.caps, r.src_mask) for r in self.per_node[i] if r.caps is not None]
+        return LazyMap(partial(whois, self.index.ips, cap_rules, mask, peers))
+
+    def _patched(self, i: int, base: NodeView) -> NodeView:
+        """``base`` (the earlier index's view of node ``i``) with the peer that
+        joined or left added or removed: all `peer_change` lets differ."""
+        change = self.peer_change
+        assert change is not None
+        peers = dict(base.peers)
+        if change.joined:  # the newest node: last, as in a fresh build
+            peers[change.name] = self.peer_view(i, self.position[change.name])
+        else:
+            del peers[change.name]
+        return replace(base, peers=peers, whois_cap_map=self._whois(i, self.visible(i)))
 
     # -- reuse across changes ------------------------------------------------
 
@@ -179,10 +213,14 @@ class ViewIndex:
         names = affected(previous, self)
         if names is None:
             return None
+        change = self.peer_change = peer_change(previous, self, names)
+        patch = change.viewers if change is not None else frozenset()
         for i, v in previous.views.items():
             name = previous.names[i]
             if name not in names:
                 self.views[self.position[name]] = v
+            elif name in patch:
+                self._bases[self.position[name]] = v
         if previous.names == self.names:  # same positions: who-sees-whom carries over
             for i, mask in previous._visible.items():
                 if self.names[i] not in names:
@@ -248,11 +286,13 @@ def whois(
     ips: Sequence[tuple[str, ...]],
     cap_rules: list[tuple[Mapping[str, Any], int]],
     mask: int,
-    peers: list[int],
+    peers: list[int] | None = None,
 ) -> dict[str, Any]:
     """Per peer address: the app capabilities that peer holds toward this node
     (``cap_rules``: the capabilities of each app rule it receives, and the
-    sources holding them)."""
+    sources holding them; ``peers``: the nodes of ``mask``, if at hand)."""
+    if peers is None:
+        peers = bits(mask)
     if not cap_rules:
         return dict.fromkeys(chain.from_iterable(map(ips.__getitem__, peers)))
     # Peers holding the same grants share one merged map.

@@ -4,17 +4,21 @@ Two changes leave most views as they were: nodes joining, leaving or
 changing under the same policy (a join), and a new policy over the same nodes
 (a commit). For each, the nodes whose view may differ are found from what
 changed (the nodes, or the resolved rules), never by visiting node pairs.
-Anything else counts as a change to every view.
+Anything else counts as a change to every view. When one node joins or
+leaves, the views it only adds a peer to or removes one from are patched
+rather than rebuilt (`peer_change`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .bitsets import bits
+from .bitsets import bits, bitset
 
 if TYPE_CHECKING:
+    from .ssh import SshIndex
     from .viewindex import ViewIndex
 
 
@@ -93,3 +97,95 @@ def _rule_ids(index: ViewIndex, ids: dict[tuple[Any, ...], int]) -> dict[int, in
     """id(rule) -> a number shared by every rule with the same key."""
     tables = {id(index.index.ips): "ips", id(index.index.host_prefix_table): "prefixes"}
     return {id(r): ids.setdefault(r.key(tables), len(ids)) for r in index.rules}
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChange:
+    """The change was one node without routes joining (as the newest node)
+    or leaving, and nothing else: ``viewers`` are the nodes whose view it
+    changes only by adding that node to, or removing it from, their peers."""
+
+    name: str
+    joined: bool
+    viewers: frozenset[str]
+
+
+def peer_change(
+    previous: ViewIndex, current: ViewIndex, changed: frozenset[str]
+) -> PeerChange | None:
+    """What a join or leave did, when ``changed`` (what `affected` said) came
+    from exactly one node joining last or leaving; None otherwise.
+
+    A node V that sees the joiner J keeps everything but its peers when:
+    * J is not among the rendered sources (``SrcIPs``) of any filter rule V
+      receives (a source that only covers J, as ``*`` or a prefix does,
+      renders alike without it);
+    * no SSH rule with J as a source or destination reaches V (`_ssh_touched`);
+    * V's own capabilities (nodeAttrs) are the same.
+    Every alias resolves to the nodes matching it one by one, so J's coming
+    or going adds or removes J alone in every rule's sources and
+    destinations: V's other peers, their PeerViews (no route moved: J has
+    none, and `affected` gives up on route changes) and V's rules stay.
+    Peers are listed in node order and J is last, so J's entry is appended
+    (or removed) where a fresh build puts it.
+    """
+    if len(current.names) == len(previous.names) + 1:
+        joined, name = True, current.names[-1]
+        if name in previous.position:
+            return None  # the new node is not the newest: the order moved
+    elif len(previous.names) == len(current.names) + 1:
+        gone = [n for n in changed if n not in current.position]
+        if len(gone) != 1:
+            return None
+        joined, name = False, gone[0]
+    else:
+        return None
+    old_at, new_at = previous.position, current.position
+    old_nodes, new_nodes = previous.topology.nodes, current.topology.nodes
+    for n in changed:  # every other node that came, went or changed is named here
+        if n != name and (
+            n not in old_at or n not in new_at or old_nodes[old_at[n]] != new_nodes[new_at[n]]
+        ):
+            return None
+    home = current if joined else previous  # the index that has the node
+    j = home.position[name]
+    touched = _renders(home, j) | _ssh_touched(home.ssh, j) | 1 << j
+    viewers = (home.names[i] for i in bits(home.visible(j) & ~touched))
+    return PeerChange(
+        name,
+        joined,
+        frozenset(
+            v
+            for v in viewers
+            if previous.caps[previous.position[v]] == current.caps[current.position[v]]
+        ),
+    )
+
+
+def _renders(index: ViewIndex, j: int) -> int:
+    """Nodes receiving a rule whose rendered sources name node ``j``."""
+    ips = index.index.ips[j]
+    mask = 0
+    for rule in index.rules:
+        if j in rule.src_members and not rule.src_key.isdisjoint(ips):
+            mask |= bitset(rule.dst_nodes, len(index.names))
+    return mask
+
+
+def _ssh_touched(ssh: SshIndex, j: int) -> int:
+    """Nodes whose SSH policy may name node ``j`` or depend on its presence.
+
+    A rule with ``j`` among its sources lists it in principals (for its
+    destinations, its sources' ``localpart:`` parts and, with
+    ``autogroup:self``, its user's nodes); a rule with ``j`` among its
+    destinations may now reach or no longer reach its sources (their own
+    ``localpart:`` part goes to them only while the rule has a destination,
+    and from the first one). Those are the nodes `SshIndex.changed_since`
+    marks for a rule that changed."""
+    mask = 0
+    for r in ssh._rules:
+        if j in r.dsts or r.src_mask >> j & 1:
+            mask |= r.src_mask | r.dst_mask
+            for key in r.key_masks:
+                mask |= ssh._member_masks.get(key, 0)
+    return mask

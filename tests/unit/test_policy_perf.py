@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from gitctl.policy import CompiledTailnet, Topology, compile_tailnet, parse_policy
+from gitctl.policy import CompiledTailnet, NodeView, Topology, compile_tailnet, parse_policy
+from gitctl.policy.viewindex import ViewIndex
 from tests.unit import test_policy_perf_gen as policy_random
 
 SEEDS = range(60)
@@ -48,10 +49,13 @@ def test_one_view_built_alone_equals_the_complete_compile(seed: int) -> None:
 
 def _check_reuse(
     policy: Any, before: dict[str, Any], after: dict[str, Any], touched: set[str]
-) -> None:
+) -> int:
+    """Checks a reusing compile against a fresh one; returns how many views
+    were patched (the earlier view with one peer more or less)."""
     old = _compile(policy, before)
     old_views = dict(old.nodes.items())  # every node connected: every view built
     new = _compile(policy, after, previous=old)
+    # Same JSON, peers in the same order: patched views included.
     assert _all(new) == _all(_compile(policy, after))
     assert new.changed is not None
     assert touched <= new.changed
@@ -63,6 +67,24 @@ def _check_reuse(
         for tn in (old, new):
             if name in tn.nodes:
                 assert set(tn.peer_names(name)) <= new.changed
+    return len(_patched(new, old_views))
+
+
+def _patched(new: CompiledTailnet, old_views: dict[str, NodeView]) -> set[str]:
+    """Changed views that kept their earlier SSH policy object (a build makes
+    a new one): patched, not rebuilt."""
+    assert isinstance(new.visibility, ViewIndex) and new.changed is not None
+    change = new.visibility.peer_change
+    out = {
+        name
+        for name in new.changed
+        if name in old_views
+        and name in new.nodes
+        and new.nodes[name].ssh_policy is old_views[name].ssh_policy
+    }
+    # Exactly the nodes the compiler names as merely gaining or losing a peer.
+    assert out == (change.viewers if change is not None else set())
+    return out
 
 
 def _plain_node(rng: random.Random, n: int, topo: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +127,82 @@ def test_a_retag_reuses_untouched_views_and_matches_a_fresh_compile(seed: int) -
     }
     after = {**topo, "nodes": {**topo["nodes"], name: rec}}
     _check_reuse(policy, topo, after, {name})
+
+
+def test_joins_and_leaves_patch_the_views_that_only_gain_or_lose_that_peer() -> None:
+    # Over the random tailnets above: many dependents are patched (each one
+    # checked equal to a fresh compile by _check_reuse), not rebuilt.
+    joins = leaves = dependents = 0
+    for seed in SEEDS:
+        rng, policy, topo = _case(seed)
+        after = {**topo, "nodes": {**topo["nodes"], "joiner": _plain_node(rng, 200, topo)}}
+        joins += _check_reuse(policy, topo, after, {"joiner"})
+        leaves += _check_reuse(policy, after, topo, {"joiner"})
+        dependents += len(_compile(policy, after).peer_names("joiner"))
+    assert joins == leaves  # a leave undoing a join patches the same nodes
+    assert dependents > joins > dependents // 5
+
+
+def _node(n: int, user: str | None = None, tags: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "hostname": f"h{n}",
+        "user": user,
+        "tags": list(tags),
+        "ipv4": f"100.64.0.{n + 1}",
+        "ipv6": f"fd7a:115c:a1e0::{n + 1:x}",
+        "routable_ips": [],
+        "approved_routes": [],
+    }
+
+
+def test_which_nodes_a_join_patches() -> None:
+    users = [{"id": i, "name": f"u{i}", "email": f"u{i}@example.com"} for i in range(2)]
+    owners = ["u0@example.com"]
+    policy = parse_policy(
+        {
+            "groups": {"group:a": ["u1@example.com"]},
+            "tagOwners": {"tag:web": owners, "tag:db": owners, "tag:cache": owners},
+            "acls": [
+                {"action": "accept", "src": ["u0@example.com"], "dst": ["tag:web:443"]},
+                {"action": "accept", "src": ["*"], "dst": ["tag:db:5432"]},
+                {"action": "accept", "src": ["tag:web"], "dst": ["tag:cache:6379"]},
+            ],
+            "ssh": [
+                {
+                    "action": "accept",
+                    "src": ["group:a"],
+                    "dst": ["tag:web"],
+                    "users": ["localpart:*@example.com"],
+                }
+            ],
+        }
+    )
+    nodes = {
+        "laptop0": _node(0, "u0"),
+        "laptop1": _node(1, "u1"),
+        "db": _node(2, tags=("tag:db",)),
+        "cache": _node(3, tags=("tag:cache",)),
+    }
+    before = {"users": users, "nodes": nodes}
+    after = {"users": users, "nodes": {**nodes, "web": _node(4, tags=("tag:web",))}}
+    old = _compile(policy, before)
+    old_views = dict(old.nodes.items())
+    new = _compile(policy, after, previous=old)
+    assert _all(new) == _all(_compile(policy, after))
+    assert new.changed == {"web", "laptop0", "laptop1", "db", "cache"}
+    # laptop0 reaches web, and db accepts "*" (ranges, not web's addresses):
+    # both only gain a peer. cache's filter names web's addresses; laptop1
+    # now has a destination for its localpart: SSH rule, so receives its own
+    # user's part: both are rebuilt.
+    assert _patched(new, old_views) == {"laptop0", "db"}
+    assert list(new.nodes["laptop0"].peers) == ["db", "web"]  # in node order
+    assert new.nodes["laptop1"].ssh_policy["rules"]
+    # And back: the leave patches the same nodes.
+    new_views = dict(new.nodes.items())
+    back = _compile(policy, before, previous=new)
+    assert _all(back) == _all(old)
+    assert _patched(back, new_views) == {"laptop0", "db"}
+    assert list(back.nodes["laptop0"].peers) == ["db"]
 
 
 def test_a_route_change_recomputes_every_view() -> None:
@@ -234,3 +332,17 @@ def test_a_commit_that_changes_routes_recomputes_every_view() -> None:
     assert new.changed is None
     assert _all(new) == _all(_compile(parse_policy(approving), topo))
     assert "10.1.0.0/16" in new.nodes["router"].self_primary_routes
+
+
+def test_two_joins_and_a_leave_at_once_are_no_peer_change() -> None:
+    rng, policy, topo = _case(3)
+    gone = _pick_plain(rng, topo)
+    nodes = {n: rec for n, rec in topo["nodes"].items() if n != gone}
+    nodes["joiner1"] = _plain_node(rng, 201, topo)
+    nodes["joiner2"] = _plain_node(rng, 202, topo)
+    after = {**topo, "nodes": nodes}
+    old = _compile(policy, topo)
+    dict(old.nodes.items())
+    new = _compile(policy, after, previous=old)
+    assert isinstance(new.visibility, ViewIndex) and new.visibility.peer_change is None
+    assert _all(new) == _all(_compile(policy, after))

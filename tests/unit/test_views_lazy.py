@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import random
 import weakref
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -152,3 +153,91 @@ def test_a_recompile_shares_equal_peer_views_and_frees_the_old_views() -> None:
         assert gone() is None
     finally:
         gc.enable()
+
+
+def test_a_join_patches_the_views_that_only_gain_the_new_peer() -> None:
+    before = views_of(NODES)
+    old = all_views(before, NODES)
+    after_nodes = [*NODES, node(7, tags=("tag:web",))]
+    after = views_of(after_nodes, before, NODES)
+    fresh = views_of(after_nodes)
+    # Alice's devices reach the new web server: only a peer more for them.
+    # The database accepts it (its filter names the new addresses): rebuilt.
+    for n in (1, 2):
+        view, old_view, fresh_view = after.get(n), old[n], fresh.get(n)
+        assert isinstance(view, NodeView) and isinstance(old_view, NodeView)
+        assert view == fresh_view and fresh_view is not None
+        assert list(view.peers) == list(fresh_view.peers) == [5, 7]
+        assert view.ssh_policy is old_view.ssh_policy  # patched, not rebuilt
+        assert all(view.peers[p] is old_view.peers[p] for p in old_view.peers)
+    db, old_db = after.get(6), old[6]
+    assert isinstance(db, NodeView) and isinstance(old_db, NodeView)
+    assert db == fresh.get(6) and db.ssh_policy is not old_db.ssh_policy
+    # A later recompile hands out the very PeerViews in use, kept or patched
+    # views' included (map refreshes compare peers by identity).
+    again = compute_views(POLICY, USERS, after_nodes, {}, reuse=after)
+    for n in after_nodes:
+        view, other = after.by_node[n.id], again.by_node[n.id]
+        assert all(other.peers[p] is pv for p, pv in view.peers.items())
+
+
+def test_a_leave_patches_the_views_that_only_lose_that_peer() -> None:
+    after_nodes = [*NODES, node(7, tags=("tag:web",))]
+    before = views_of(after_nodes)
+    old = all_views(before, after_nodes)
+    after = views_of(NODES, before, after_nodes)
+    assert after.changed == {7, 1, 2, 6}
+    for n in NODES:
+        assert after.get(n.id) == views_of(NODES).get(n.id)
+    view, old_view = after.by_node[1], old[1]
+    assert isinstance(old_view, NodeView) and view.ssh_policy is old_view.ssh_policy
+    assert list(view.peers) == [5] and view.peers[5] is old_view.peers[5]
+    # The node that left is no longer held for lending.
+    assert old_view.peers[7] not in after.interned.values()
+
+
+def test_joins_and_leaves_in_any_order_give_the_views_of_a_fresh_compile() -> None:
+    # IPv4 disabled on some nodes (viewers and peers), a "*" source (its
+    # destinations only gain a peer), tagged and user nodes coming and going.
+    policy = parse_policy(
+        {
+            "tagOwners": {"tag:web": ["alice@example.com"], "tag:db": ["alice@example.com"]},
+            "acls": [
+                {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:web:443"]},
+                {"action": "accept", "src": ["*"], "dst": ["tag:db:5432"]},
+                {"action": "accept", "src": ["bob@example.com"], "dst": ["bob@example.com:*"]},
+            ],
+            "nodeAttrs": [{"target": ["tag:db"], "attr": ["disable-ipv4"]}],
+        }
+    )
+    kinds: list[tuple[str | None, tuple[str, ...]]] = [
+        ("alice", ()),
+        ("bob", ()),
+        (None, ("tag:web",)),
+        (None, ("tag:db",)),
+    ]
+    rng = random.Random(7)
+    nodes = [node(i, *kinds[i % 4]) for i in range(1, 9)]
+    views = compute_views(policy, USERS, nodes, {})
+    patched = 0
+    for step in range(40):
+        if rng.random() < 0.5 and len(nodes) > 2:
+            after = [n for n in nodes if n is not rng.choice(nodes)]
+        else:
+            after = [*nodes, node(100 + step, *rng.choice(kinds))]
+        old = all_views(views, nodes)
+        new = compute_views(
+            policy, USERS, after, {}, previous=views, previous_nodes={n.id: n for n in nodes}
+        )
+        fresh = compute_views(policy, USERS, after, {})
+        for n in after:
+            view, fresh_view, old_view = new.get(n.id), fresh.get(n.id), old.get(n.id)
+            assert isinstance(view, NodeView) and fresh_view is not None
+            assert view == fresh_view and list(view.peers) == list(fresh_view.peers)
+            # A build makes a new SSH policy dict: kept, the view was patched.
+            if isinstance(old_view, NodeView) and view.ssh_policy is old_view.ssh_policy:
+                patched += view is not old_view
+                for p, pv in old_view.peers.items():
+                    assert p not in view.peers or view.peers[p] is pv
+        nodes, views = after, new
+    assert patched > 50

@@ -209,13 +209,31 @@ class SshIndex:
         kept_old = [k for k in old if k not in gone]
         kept_new = [k for k in new if k not in added]
         mask = 0
-        for index, rules in ((previous, previous._rules), (self, self._rules)):
-            for r in rules:
+        for index in (previous, self):
+            for r in index._rules:
                 key = _rule_key(r)
                 if key in gone or key in added or kept_old != kept_new:
-                    mask |= r.src_mask | r.dst_mask
-                    for k in r.key_masks:
-                        mask |= index._member_masks.get(k, 0)
+                    mask |= index._reach(r)
+        return mask
+
+    def touching(self, node: int) -> int:
+        """Nodes whose SSH policy may name ``node`` or depend on its presence:
+        those every rule with it as a source or destination reaches (a
+        ``localpart:`` rule's sources get their own part only while the rule
+        has a destination, and from the first one)."""
+        mask = 0
+        for r in self._rules:
+            if node in r.dsts or r.src_mask >> node & 1:
+                mask |= self._reach(r)
+        return mask
+
+    def _reach(self, r: _SshRuleIndex) -> int:
+        """The nodes a rule can touch: its sources, its destinations and,
+        through ``autogroup:self`` and ``localpart:``, every node of its
+        source users."""
+        mask = r.src_mask | r.dst_mask
+        for key in r.key_masks:
+            mask |= self._member_masks.get(key, 0)
         return mask
 
     def policy(self, node: int) -> Mapping[str, Any]:

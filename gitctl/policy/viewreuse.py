@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from .bitsets import bits, bitset
 
 if TYPE_CHECKING:
-    from .ssh import SshIndex
     from .viewindex import ViewIndex
 
 
@@ -120,7 +119,7 @@ def peer_change(
     * J is not among the rendered sources (``SrcIPs``) of any filter rule V
       receives (a source that only covers J, as ``*`` or a prefix does,
       renders alike without it);
-    * no SSH rule with J as a source or destination reaches V (`_ssh_touched`);
+    * no SSH rule with J as a source or destination reaches V (`SshIndex.touching`);
     * V's own capabilities (nodeAttrs) are the same.
     Every alias resolves to the nodes matching it one by one, so J's coming
     or going adds or removes J alone in every rule's sources and
@@ -149,7 +148,7 @@ def peer_change(
             return None
     home = current if joined else previous  # the index that has the node
     j = home.position[name]
-    touched = _renders(home, j) | _ssh_touched(home.ssh, j) | 1 << j
+    touched = _renders(home, j) | home.ssh.touching(j) | 1 << j
     viewers = (home.names[i] for i in bits(home.visible(j) & ~touched))
     return PeerChange(
         name,
@@ -169,23 +168,4 @@ def _renders(index: ViewIndex, j: int) -> int:
     for rule in index.rules:
         if j in rule.src_members and not rule.src_key.isdisjoint(ips):
             mask |= bitset(rule.dst_nodes, len(index.names))
-    return mask
-
-
-def _ssh_touched(ssh: SshIndex, j: int) -> int:
-    """Nodes whose SSH policy may name node ``j`` or depend on its presence.
-
-    A rule with ``j`` among its sources lists it in principals (for its
-    destinations, its sources' ``localpart:`` parts and, with
-    ``autogroup:self``, its user's nodes); a rule with ``j`` among its
-    destinations may now reach or no longer reach its sources (their own
-    ``localpart:`` part goes to them only while the rule has a destination,
-    and from the first one). Those are the nodes `SshIndex.changed_since`
-    marks for a rule that changed."""
-    mask = 0
-    for r in ssh._rules:
-        if j in r.dsts or r.src_mask >> j & 1:
-            mask |= r.src_mask | r.dst_mask
-            for key in r.key_masks:
-                mask |= ssh._member_masks.get(key, 0)
     return mask

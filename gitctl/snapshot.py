@@ -126,7 +126,7 @@ def _errors(diags: list[Diagnostic]) -> bool:
     return any(d.severity is Severity.ERROR for d in diags)
 
 
-@lru_cache(maxsize=128)
+@lru_cache(maxsize=32)  # a few versions of each file: enough for the next commit and a diff
 def _checked_file(path: str, data: bytes) -> tuple[SourceFile | None, tuple[Diagnostic, ...]]:
     """A file parsed and checked against its schema, once per content: a commit
     usually changes one file, and the others (a users.yaml of hundreds of

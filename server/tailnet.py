@@ -320,6 +320,7 @@ class Tailnet:
         self._sessions.setdefault(node_id, set()).add(handle)
         if first:
             self._set_online()
+            self._ctx.views.get(node_id)  # its first map needs it; its viewers are its peers
             self._notify_viewers(node_id)
         return handle
 

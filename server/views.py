@@ -102,7 +102,12 @@ class PolicyViews:
 
     def visible_to(self, node_id: int) -> Sequence[int]:
         """Nodes that can see `node_id` (visibility is symmetric in Tailscale)."""
-        return self._visible(node_id) if node_id in self._ids else []
+        if node_id not in self._ids:
+            return []
+        view = self._cache.get(node_id)
+        # Its own peers, when its view is at hand: the compiler's answer
+        # would be the same set, spelled in node names to convert back.
+        return list(view.peers) if view is not None else self._visible(node_id)
 
     def adopt(self, previous: PolicyViews, keep: Iterable[int]) -> None:
         """Reuse `previous`'s converted views of the nodes in `keep`."""

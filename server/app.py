@@ -68,6 +68,7 @@ class Server:
         self.log = log or logging.getLogger("tailnetd")
         self.clock = clock
         self.status = RepoStatus()
+        self._revision_lock = asyncio.Lock()
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[Any]] = set()
@@ -137,6 +138,17 @@ class Server:
             await self.on_revision(head)
 
     async def on_revision(self, revision: str) -> None:
+        """The branch moved (to `revision`, or further since).
+
+        The watcher, its poll and sync requests all report revisions, and a
+        report can arrive after a newer one: each is handled in turn, as a
+        nudge to serve the branch tip as it is now, so an older commit is
+        never served after a newer one."""
+        async with self._revision_lock:
+            head = await asyncio.to_thread(self.repo.head)
+            await self._take_revision(head or revision)
+
+    async def _take_revision(self, revision: str) -> None:
         if revision in (self.status.serving, self._last_rejected()):
             return  # already decided (a watcher and a sync request can both see it)
         # Reading and checking a commit is blocking git and CPU work: keep it off the loop.

@@ -259,6 +259,14 @@ class _Builder:
             )
         )
         regions = self.derp_regions(s.get("derp", {}).get("regions", {}), emb)
+        if not emb.enabled and not regions and "embedded_derp" in s:
+            # Clients relay and find each other through DERP; with no region
+            # at all they stop short of connecting: never serve that.
+            self.error(
+                ("settings", "embedded_derp"),
+                "turns off the embedded DERP relay while derp.regions lists no other: "
+                "clients would have no relay",
+            )
         return TailnetSettings(
             v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb
         )

@@ -262,3 +262,20 @@ def test_a_second_commit_reads_only_the_files_it_changed(monkeypatch: pytest.Mon
     broken = load({"users.yaml": users + "  - {name: x, emial: x@example.com}\n"})
     assert broken.snapshot is None
     assert load({"users.yaml": users}).snapshot is not None
+
+
+def test_turning_off_the_embedded_derp_needs_another_relay_region() -> None:
+    users = "users:\n  - {name: a, email: a@example.com}\n"
+    off = load({"users.yaml": users, "settings.yaml": "embedded_derp: null\n"})
+    assert off.snapshot is None
+    assert messages(off) == [
+        "tailnet.d/settings.yaml:1:16: embedded_derp: turns off the embedded DERP relay "
+        "while derp.regions lists no other: clients would have no relay"
+    ]
+    relay = (
+        "embedded_derp: {enabled: false}\nderp:\n  regions:\n    '901':\n      regionID: 901\n"
+        "      regionCode: fra\n      nodes: [{name: 901a, hostName: derp.example}]\n"
+    )
+    ok = load({"users.yaml": users, "settings.yaml": relay})
+    assert ok.snapshot is not None, messages(ok)
+    assert [r.region_id for r in ok.snapshot.settings.derp_regions] == [901]

@@ -384,7 +384,8 @@ class Server:
             await asyncio.sleep(EPHEMERAL_SWEEP)
             timeout = self._settings_value("ephemeral_inactivity_timeout", timedelta(seconds=120))
             cutoff = self.clock() - timeout
-            for node in self.store.list_nodes():
+            # The serving node list, not a read of every row: this runs every few seconds.
+            for node in list(self.tailnet.context.nodes.values()):
                 if not node.ephemeral or self.tailnet.is_online(node.id):
                     continue
                 if (node.last_seen or node.created) < cutoff:

@@ -208,11 +208,11 @@ class SshIndex:
         gone, added = old_count - new_count, new_count - old_count
         kept_old = [k for k in old if k not in gone]
         kept_new = [k for k in new if k not in added]
+        reordered = kept_old != kept_new
         mask = 0
-        for index in (previous, self):
-            for r in index._rules:
-                key = _rule_key(r)
-                if key in gone or key in added or kept_old != kept_new:
+        for index, keys in ((previous, old), (self, new)):
+            for r, key in zip(index._rules, keys, strict=True):
+                if reordered or key in gone or key in added:
                     mask |= index._reach(r)
         return mask
 

@@ -46,14 +46,18 @@ def store() -> Iterator[Store]:
     s.close()
 
 
-def tailnet_with(store: Store) -> tuple[Tailnet, dict[str, int]]:
-    tailnet = Tailnet(
+def serving(store: Store, src: TailnetSource) -> Tailnet:
+    return Tailnet(
         store=store,
-        source=source("base", BASE),
+        source=src,
         derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
         clock=lambda: T0,
         log=logging.getLogger("test"),
     )
+
+
+def tailnet_with(store: Store) -> tuple[Tailnet, dict[str, int]]:
+    tailnet = serving(store, source("base", BASE))
     ids = {}
     for n, (name, user, tags) in enumerate(
         [
@@ -94,13 +98,7 @@ def test_a_commit_wakes_only_the_nodes_its_new_rule_reaches(store: Store) -> Non
     alice = tailnet.views.get(ids["alice-laptop"])
     assert alice is not None and ids["web"] in alice.peers
     # Every node's map (woken or not) is what a server started on this commit sends.
-    fresh = Tailnet(
-        store=store,
-        source=tailnet.source,
-        derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
-        clock=lambda: T0,
-        log=logging.getLogger("test"),
-    )
+    fresh = serving(store, tailnet.source)
     ctx = replace(fresh.context, online=tailnet.online_ids())
     for node_id in ids.values():
         assert build_map(tailnet.context, node_id, T0) == build_map(ctx, node_id, T0)

@@ -23,20 +23,24 @@ from server.edge.control_conn import ControlConnection
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
-from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate
+from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, NodePublic
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
 from server.remote_repo import RemoteRepo, watch_remote
 from server.repo import Rejection, RepoStatus, SnapshotRepo, watch_repo
 from server.store import open_store
 from server.store.model import Node
-from server.tailnet import Tailnet, TailnetSource
+from server.tailnet import NodeChange, TailnetSource, running_tailnet
 from server.tls import ReloadingContext, TlsError, watch_certificate_files
 from server.web import WebDeps, build_app
 from server.wire import DerpRegion
 
 __all__ = ["Server", "StartupError"]
 
-EPHEMERAL_SWEEP = 5.0
+SWEEP_INTERVAL = 5.0
+
+
+def _expired(node: Node, now: datetime) -> bool:
+    return node.key_expiry is not None and node.key_expiry <= now
 
 
 class StartupError(Exception):
@@ -207,15 +211,18 @@ class Server:
         self.port = listener.sockets[0].getsockname()[1]
 
         self.derp = DerpServer(self.derp_key, is_allowed=self._derp_allowed, log=self.log)
-        self.tailnet = Tailnet(
-            store=self.store,
-            source=source,
-            derp_regions=[self._derp_region()],
-            clock=self.clock,
-            log=self.log,
-            on_node_removed=self._node_removed,
+        self.registry, self.tailnet = running_tailnet(
+            self.store, source, derp_regions=[self._derp_region()], log=self.log
         )
-        self.control = ControlHandler(self.tailnet, settings=self._control_settings, log=self.log)
+        self.registry.subscribe(self._node_changed)
+        self.control = ControlHandler(
+            self.tailnet,
+            self.registry,
+            self.store,
+            clock=self.clock,
+            settings=self._control_settings,
+            log=self.log,
+        )
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
         public = self.acme_responder.wrap(
@@ -223,6 +230,9 @@ class Server:
                 WebDeps(
                     self.server_key.public(),
                     self.tailnet,
+                    self.registry,
+                    self.store,
+                    self.clock,
                     self.status,
                     os.urandom,
                     local=False,
@@ -234,6 +244,9 @@ class Server:
             WebDeps(
                 self.server_key.public(),
                 self.tailnet,
+                self.registry,
+                self.store,
+                self.clock,
                 self.status,
                 os.urandom,
                 local=True,
@@ -270,7 +283,7 @@ class Server:
             self._tasks.append(
                 asyncio.create_task(watch_repo(self.repo, self.on_revision, log=self.log))
             )
-        self._tasks.append(asyncio.create_task(self._sweep_ephemeral()))
+        self._tasks.append(asyncio.create_task(self._sweep()))
         self.log.info(
             "tailnetd listening on %s (control + DERP), STUN %s, serving %s",
             cfg.server_url if cfg.listen_port else f"port {self.port}",
@@ -373,26 +386,47 @@ class Server:
             stun_port=self.stun_port if self._stun else 0,
         )
 
-    def _derp_allowed(self, key: Any) -> bool:
-        return self.store.node_by_node_key(key) is not None
+    def _derp_allowed(self, key: NodePublic) -> bool:
+        """DERP relays for nodes the tailnet serves: not deleted, not expired
+        or logged out, not cut off from git."""
+        node = self.registry.by_node_key(key)
+        return (
+            node is not None and not _expired(node, self.clock()) and self.tailnet.serves(node.id)
+        )
 
-    def _node_removed(self, node: Node) -> None:
-        self.derp.disconnect(node.node_key)
+    def _node_changed(self, change: NodeChange) -> None:
+        """DERP drops a node key that stops being allowed: deleted, replaced
+        by a renewal, expired or logged out, or cut off."""
+        old, node = change.previous, change.node
+        if old is not None and (node is None or node.node_key != old.node_key):
+            self.derp.disconnect(old.node_key)
+        if node is not None and not self._derp_allowed(node.node_key):
+            self.derp.disconnect(node.node_key)
 
-    async def _sweep_ephemeral(self) -> None:
+    async def _sweep(self) -> None:
+        """Every few seconds: remove inactive ephemeral nodes, and drop the
+        DERP connections of nodes whose key expired since the last look."""
+        last = self.clock()
         while True:
-            await asyncio.sleep(EPHEMERAL_SWEEP)
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = self.clock()
             timeout = self._settings_value("ephemeral_inactivity_timeout", timedelta(seconds=120))
-            cutoff = self.clock() - timeout
+            cutoff = now - timeout
             # The serving node list, not a read of every row: this runs every few seconds.
             for node in list(self.tailnet.context.nodes.values()):
-                if not node.ephemeral or self.tailnet.is_online(node.id):
+                if node.key_expiry is not None and last < node.key_expiry <= now:
+                    self.log.info("node %d %s: key expired", node.id, node.given_name)
+                    self.derp.disconnect(node.node_key)
+                if not node.ephemeral or self.registry.is_online(node.id):
                     continue
                 if (node.last_seen or node.created) < cutoff:
                     self.log.info(
                         "removing ephemeral node %d %s: inactive", node.id, node.given_name
                     )
-                    self.tailnet.remove_node(node.id)
+                    self.registry.remove(node.id)
+            for node in self.tailnet.cut_off():
+                self.derp.disconnect(node.node_key)
+            last = now
 
     async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._tracked(self._front.handle, reader, writer)

@@ -19,17 +19,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from server.edge.control_conn import ControlRequest, ControlResponse
-from server.mapper import MapSession, build_map, user_id
 from server.protocol.keys import DiscoPublic, KeyFormatError, NodePublic
 from server.protocol.mapframe import MapFrameEncoder
+from server.store.interface import Store
 from server.store.model import KeyRejected, Node
-from server.tailnet import Tailnet
+from server.tailnet import NodeRegistry, Tailnet
+from server.tailnet.mapper import MapSession, build_map, not_served_map, user_id
 from server.wire import TAGGED_USER_ID
 
 __all__ = ["MIN_CAPABILITY_VERSION", "ControlHandler", "ControlSettings"]
 
 # Tailscale 1.80: the oldest of the last ten minor releases (protocol.md §2.4).
 MIN_CAPABILITY_VERSION = 113
+TOLD_MAX = 4096
 
 
 class RequestRejected(Exception):
@@ -50,17 +52,22 @@ class ControlHandler:
     def __init__(
         self,
         tailnet: Tailnet,
+        registry: NodeRegistry,
+        store: Store,
         *,
+        clock: Callable[[], datetime],
         settings: Callable[[], ControlSettings],
         log: logging.Logger,
         rng: random.Random | None = None,
     ) -> None:
         self._tailnet = tailnet
-        self._store = tailnet.store
-        self._clock = tailnet.clock
+        self._registry = registry
+        self._store = store  # pre-auth keys; nodes are written through the registry
+        self._clock = clock
         self._settings = settings
         self._log = log
         self._rng = rng or random.Random()
+        self._told: dict[NodePublic, None] = {}  # node keys told they are not served
 
     async def __call__(self, req: ControlRequest) -> ControlResponse:
         try:
@@ -95,13 +102,14 @@ class ControlHandler:
         sent_hostinfo = body.get("Hostinfo")
         hostinfo: dict[str, Any] = sent_hostinfo if isinstance(sent_hostinfo, dict) else {}
 
-        node = self._store.node_by_node_key(node_key)
+        registry = self._registry
+        node = registry.by_node_key(node_key)
         if node is None and not old_key.is_zero:
-            node = self._store.node_by_node_key(old_key)
+            node = registry.by_node_key(old_key)
         if node is not None and node.machine_key != req.machine_key:
             raise RequestRejected(403, "node key belongs to another machine")
         if node is None:
-            node = self._store.node_by_machine_key(req.machine_key)
+            node = registry.by_machine_key(req.machine_key)
 
         # `tailscale logout` sends Unix 123; any past Expiry asks the same (protocol.md §4.1.3).
         if expiry is not None and expiry <= now:
@@ -112,8 +120,7 @@ class ControlHandler:
             if node.key_expiry is not None and node.key_expiry <= now:
                 return _json(self._register_response(node, expired=True))
             if node.node_key != node_key:  # seamless key renewal
-                node = self._store.update_node_key(node.id, node_key, now)
-                self._tailnet.topology_changed(node.id)
+                node = registry.renew_key(node, node_key, now)
             return _json(self._register_response(node))
         return _json(
             {
@@ -142,48 +149,35 @@ class ControlHandler:
         key_expiry = None if key.tags or expiry_span is None else now + expiry_span
         ephemeral = key.ephemeral or bool(body.get("Ephemeral"))
         # The store consumes a single-use key in the same transaction as the node write.
-        if node is not None:
-            node = self._store.reregister_node(
-                node.id,
-                node_key=node_key,
-                user=owner,
-                tags=key.tags,
-                now=now,
-                auth_key_id=key.id,
-                ephemeral=ephemeral,
-                key_expiry=key_expiry,
-            )
-        else:
-            node = self._store.create_node(
-                machine_key=req.machine_key,
-                node_key=node_key,
-                hostname=str(hostinfo.get("Hostname") or "node"),
-                user=owner,
-                tags=key.tags,
-                now=now,
-                auth_key_id=key.id,
-                ephemeral=ephemeral,
-                key_expiry=key_expiry,
-                hostinfo=json.dumps(hostinfo, sort_keys=True),
-                capver=int(body.get("Version") or 0),
-            )
+        node = self._registry.register(
+            machine_key=req.machine_key,
+            node_key=node_key,
+            hostname=str(hostinfo.get("Hostname") or "node"),
+            user=owner,
+            tags=key.tags,
+            now=now,
+            auth_key_id=key.id,
+            ephemeral=ephemeral,
+            key_expiry=key_expiry,
+            hostinfo=json.dumps(hostinfo, sort_keys=True),
+            capver=int(body.get("Version") or 0),
+            existing=node,
+        )
         self._log.info(
             "register: node %d %s (%s) joined",
             node.id,
             node.given_name,
             owner or ",".join(key.tags),
         )
-        self._tailnet.topology_changed(node.id)
         return _json(self._register_response(node))
 
     def _logout(self, node: Node | None, now: datetime) -> ControlResponse:
         if node is None:
             return _json({"NodeKeyExpired": True, "MachineAuthorized": False})
         if node.ephemeral:
-            self._tailnet.remove_node(node.id)
+            self._registry.remove(node.id)
         else:
-            node = self._store.set_key_expiry(node.id, now)
-            self._tailnet.topology_changed(node.id)
+            node = self._registry.set_key_expiry(node.id, now)
         self._log.info("register: node %d %s logged out", node.id, node.given_name)
         return _json(self._register_response(node, expired=True))
 
@@ -212,10 +206,12 @@ class ControlHandler:
         body = _json_body(req)
         _check_version(body, req)
         node_key = _key(NodePublic, body.get("NodeKey"), "NodeKey")
-        node = self._store.node_by_node_key(node_key)
-        if node is None or node.machine_key != req.machine_key:
+        node = self._registry.by_node_key(node_key)
+        if node is not None and node.machine_key != req.machine_key:
             raise RequestRejected(404, "node not found")
         now = self._clock()
+        if node is None or not self._tailnet.serves(node.id):
+            return self._not_served(req, node_key, node, now)
         stream = bool(body.get("Stream"))
         node = self._apply_map_request(node, body, stream, now)
         if not stream:
@@ -252,9 +248,27 @@ class ControlHandler:
             changes["capver"] = version
         if not changes:
             return node
-        node = self._store.update_from_map(node.id, now=now, **changes)
-        self._tailnet.node_updated(node)
-        return node
+        return self._registry.update_from_map(node, now=now, **changes)
+
+    def _not_served(
+        self, req: ControlRequest, node_key: NodePublic, node: Node | None, now: datetime
+    ) -> ControlResponse:
+        """A deleted node, or one whose user left git, still polling: one map
+        whose self node has expired, so the client stops and shows that it
+        needs to log in, instead of "Running" with an address that the server
+        may hand to the next node. Logged once per node key."""
+        if node_key not in self._told:
+            self._told[node_key] = None
+            while len(self._told) > TOLD_MAX:
+                del self._told[next(iter(self._told))]
+            why = "was deleted" if node is None else f"belongs to user {node.user!r}, not in git"
+            self._log.info(
+                "map: node key %s from %s %s: told to log in again",
+                node_key.short(),
+                req.machine_key.short(),
+                why,
+            )
+        return ControlResponse(200, MapFrameEncoder().encode(not_served_map(node_key, now)))
 
     def _one_map(self, node_id: int, now: datetime) -> bytes:
         state = build_map(self._tailnet.context, node_id, now)
@@ -265,6 +279,7 @@ class ControlHandler:
         encoder = MapFrameEncoder()
         session = MapSession(node_id)
         handle = self._tailnet.open_session(node_id)
+        self._registry.connected(node_id)
         try:
             while not handle.closed:
                 full, peers = handle.take()
@@ -287,7 +302,8 @@ class ControlHandler:
                 except TimeoutError:
                     yield encoder.keepalive()
         finally:
-            self._tailnet.close_session(handle)  # records last seen
+            self._tailnet.close_session(handle)
+            self._registry.disconnected(node_id, self._clock())  # records last seen
 
 
 def _json(value: dict[str, Any]) -> ControlResponse:

@@ -23,8 +23,9 @@ from starlette.routing import Route
 
 from server.protocol.keys import MachinePublic
 from server.repo import RepoStatus
+from server.store.interface import Store
 from server.store.model import ApiKey, KeyRejected, NotFound, StoreError
-from server.tailnet import Tailnet
+from server.tailnet import NodeRegistry, Tailnet
 from server.wire import format_time
 
 __all__ = ["WebDeps", "build_app", "parse_duration"]
@@ -44,6 +45,9 @@ _NEEDS_KEY = (
 class WebDeps:
     server_key: MachinePublic
     tailnet: Tailnet
+    registry: NodeRegistry
+    store: Store  # pre-auth and API keys; nodes are written through the registry
+    clock: Callable[[], datetime]
     status: RepoStatus
     rng: Callable[[int], bytes]
     local: bool  # True on the unix socket: admin API allowed
@@ -61,7 +65,9 @@ def parse_duration(text: str) -> timedelta:
 
 def build_app(deps: WebDeps) -> Starlette:
     tailnet = deps.tailnet
-    store = tailnet.store
+    registry = deps.registry
+    store = deps.store
+    clock = deps.clock
 
     async def key(request: Request) -> Response:
         return JSONResponse({"legacyPublicKey": ZERO_MKEY, "publicKey": deps.server_key.text})
@@ -99,7 +105,7 @@ def build_app(deps: WebDeps) -> Starlette:
         if scheme.lower() != "bearer" or not token.strip():
             return unauthorized(_NEEDS_KEY)
         try:
-            store.use_api_key(token, tailnet.clock())
+            store.use_api_key(token, clock())
         except KeyRejected as exc:
             return unauthorized(exc.reason)
         return None
@@ -126,6 +132,10 @@ def build_app(deps: WebDeps) -> Starlette:
         body = deps.status.to_json()
         body["nodes"] = len(tailnet.context.nodes)
         body["online"] = len(tailnet.online_ids())
+        body["cut_off"] = [
+            {"id": n.id, "name": n.given_name, "user": n.user, "reason": "user not in tailnet.d"}
+            for n in tailnet.cut_off()
+        ]
         return JSONResponse(body)
 
     async def repo_sync(request: Request) -> Response:
@@ -152,36 +162,34 @@ def build_app(deps: WebDeps) -> Starlette:
         }
 
     async def list_nodes(request: Request) -> Response:
-        return JSONResponse([node_json(n) for n in store.list_nodes()])
+        return JSONResponse([node_json(n) for n in registry.nodes()])
 
     def node_id(request: Request) -> int:
         ref = request.path_params["ref"]
         if ref.isdigit():
             return int(ref)
-        for n in store.list_nodes():
+        for n in registry.nodes():
             if n.given_name == ref:
                 return n.id
         raise NotFound(f"no node named {ref!r}")
 
     async def delete_node(request: Request) -> Response:
-        removed = tailnet.remove_node(node_id(request))
+        removed = registry.remove(node_id(request))
         if removed is None:
             raise NotFound("no such node")
         return JSONResponse(node_json(removed))
 
     async def expire_node(request: Request) -> Response:
-        node = store.set_key_expiry(node_id(request), tailnet.clock())
-        tailnet.node_updated(node)
+        node = registry.set_key_expiry(node_id(request), clock())
         return JSONResponse(node_json(node))
 
     async def rename_node(request: Request) -> Response:
         body = await request.json()
-        node = store.rename_node(node_id(request), str(body.get("name", "")))
-        tailnet.topology_changed(node.id)
+        node = registry.rename(node_id(request), str(body.get("name", "")))
         return JSONResponse(node_json(node))
 
     def expired(expiration: datetime | None) -> bool:
-        return expiration is not None and tailnet.clock() >= expiration
+        return expiration is not None and clock() >= expiration
 
     def key_json(k: Any) -> dict[str, Any]:
         return {
@@ -208,7 +216,7 @@ def build_app(deps: WebDeps) -> Starlette:
         if user not in tailnet.source.users:
             known = ", ".join(sorted(tailnet.source.users)) or "none"
             raise ValueError(f"user {user!r} is not in tailnet.d (known users: {known})")
-        now = tailnet.clock()
+        now = clock()
         expiration = body.get("expiration")
         text, created = store.create_preauth_key(
             user,
@@ -223,7 +231,7 @@ def build_app(deps: WebDeps) -> Starlette:
 
     async def expire_key(request: Request) -> Response:
         ref = request.path_params["ref"]
-        expired = store.expire_preauth_key(int(ref) if ref.isdigit() else ref, tailnet.clock())
+        expired = store.expire_preauth_key(int(ref) if ref.isdigit() else ref, clock())
         return JSONResponse(key_json(expired))
 
     def api_key_json(k: ApiKey) -> dict[str, Any]:
@@ -241,14 +249,14 @@ def build_app(deps: WebDeps) -> Starlette:
 
     async def create_api_key(request: Request) -> Response:
         body = json.loads(await request.body() or b"{}")
-        now = tailnet.clock()
+        now = clock()
         lifetime = parse_duration(str(body.get("expiration") or DEFAULT_API_KEY_LIFETIME))
         text, created = store.create_api_key(expiration=now + lifetime, now=now, rng=deps.rng)
         return JSONResponse({"key": text, **api_key_json(created)})
 
     async def expire_api_key(request: Request) -> Response:
         ref = request.path_params["ref"]
-        expired = store.expire_api_key(int(ref) if ref.isdigit() else ref, tailnet.clock())
+        expired = store.expire_api_key(int(ref) if ref.isdigit() else ref, clock())
         return JSONResponse(api_key_json(expired))
 
     routes = [

@@ -121,7 +121,14 @@ async def running_server(
         await server.start()
         if keepalive is not None:
             settings = ControlSettings(keepalive_min=keepalive, keepalive_max=keepalive)
-            server.control = ControlHandler(server.tailnet, settings=lambda: settings, log=log)
+            server.control = ControlHandler(
+                server.tailnet,
+                server.registry,
+                server.store,
+                clock=server.clock,
+                settings=lambda: settings,
+                log=log,
+            )
         try:
             yield server
         finally:

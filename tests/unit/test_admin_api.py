@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from server.protocol.keys import MachinePrivate
 from server.repo import RepoStatus
 from server.store import SqliteStore, open_store
-from server.tailnet import Tailnet, TailnetSource
+from server.tailnet import TailnetSource, running_tailnet
 from server.web import WebDeps, build_app
 from tests.unit.test_store import NOW
 
@@ -89,14 +89,16 @@ def apis(tmp_path: Path) -> Iterator[Apis]:
             users={"alice": ("a@example.com", "A")},
             policy=None,
         )
-        tailnet = Tailnet(
-            store=store, source=source, derp_regions=[], clock=clock, log=logging.getLogger("t")
+        registry, tailnet = running_tailnet(
+            store, source, derp_regions=[], log=logging.getLogger("t")
         )
         key = MachinePrivate.generate().public()
         rng = random.Random(7).randbytes
 
         def app(local: bool) -> Starlette:
-            return build_app(WebDeps(key, tailnet, RepoStatus(), rng, local=local))
+            return build_app(
+                WebDeps(key, tailnet, registry, store, clock, RepoStatus(), rng, local=local)
+            )
 
         yield Apis(app(True), app(False), store, clock)
 

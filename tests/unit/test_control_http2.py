@@ -96,9 +96,7 @@ async def test_map_larger_than_the_client_window_arrives_whole(tmp_path: Path) -
         assert node is not None
         blob = os.urandom(150_000).hex()
         hostinfo = json.dumps({"Hostname": "laptop", "OS": "linux", "DeviceModel": blob})
-        srv.tailnet.node_updated(
-            srv.store.update_from_map(node.id, now=srv.clock(), hostinfo=hostinfo)
-        )
+        srv.registry.update_from_map(node, now=srv.clock(), hostinfo=hostinfo)
         body = dev.map_body()
         del body["Hostinfo"]
         stream = await client.map_stream(body)

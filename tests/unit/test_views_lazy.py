@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv6Address
 from gitctl.policy import parse_policy
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import Node
-from server.views import NodeView, PolicyViews, compute_views
+from server.tailnet.views import NodeView, PolicyViews, compute_views
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 USERS = [(1, "alice", "alice@example.com"), (2, "bob", "bob@example.com")]

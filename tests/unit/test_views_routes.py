@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from gitctl.policy import parse_policy
-from server.views import compute_views
+from server.tailnet.views import compute_views
 from tests.unit.test_views_lazy import USERS, node
 
 ALLOW_ALL = parse_policy({"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]})

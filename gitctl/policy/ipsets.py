@@ -128,11 +128,7 @@ class _Builder:
 
 def parse_ipsets(ctx: Ctx, raw: Any) -> dict[str, tuple[str, ...]]:
     """Every ipset resolved to collapsed prefix texts; problems go to ``ctx``."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        ctx.fail("ipsets must be an object", ("ipsets",))
-        return {}
+    raw = ctx.section(raw, "ipsets")
     builder = _Builder(raw, ctx)
     out: dict[str, tuple[str, ...]] = {}
     for name in raw:

@@ -82,6 +82,24 @@ class Ctx:
     def fail(self, message: str, path: Path) -> None:
         self.errors.append(PolicyError(message, path))
 
+    def strings(self, value: Any, path: Path) -> list[str]:
+        """``value`` as a list of strings (None: empty); anything else is an error."""
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail("expected a list of strings", path)
+            return []
+        return list(value)
+
+    def section(self, value: Any, key: str) -> Mapping[str, Any]:
+        """A top-level map such as ``postures`` (None: empty); anything else is an error."""
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(f"{key} must be an object", (key,))
+            return {}
+        return value
+
 
 def parse_prefix(text: str) -> str | None:
     """Normalised prefix text for an IP or CIDR (a bare IP becomes /32 or /128)."""
@@ -172,12 +190,7 @@ def parse_proto(text: str, where: str = "") -> tuple[int, ...]:
 
 
 def _strings(value: Any, path: Path, ctx: Ctx) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        ctx.fail("expected a list of strings", path)
-        return []
-    return list(value)
+    return ctx.strings(value, path)
 
 
 def _aliases(

@@ -13,29 +13,15 @@ if TYPE_CHECKING:
     from .parse import Ctx
 
 
-def _string_list(value: Any, ctx: Ctx, path: Path) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        ctx.fail("expected a list of strings", path)
-        return []
-    return list(value)
-
-
 def parse_postures(raw: Any, ctx: Ctx) -> dict[str, tuple[Condition, ...]]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        ctx.fail("postures must be an object", ("postures",))
-        return {}
     out: dict[str, tuple[Condition, ...]] = {}
-    for name, texts in raw.items():
+    for name, texts in ctx.section(raw, "postures").items():
         path: Path = ("postures", name)
         if not name.startswith("posture:") or name == "posture:":
             ctx.fail(f'postures["{name}"]: posture names must start with "posture:"', path)
             continue
         conditions = []
-        for j, text in enumerate(_string_list(texts, ctx, path)):
+        for j, text in enumerate(ctx.strings(texts, path)):
             try:
                 conditions.append(parse_condition(text))
             except PostureSyntaxError as e:
@@ -49,7 +35,7 @@ def parse_postures(raw: Any, ctx: Ctx) -> dict[str, tuple[Condition, ...]]:
 def parse_src_posture(raw: Any, ctx: Ctx, path: Path) -> tuple[str, ...]:
     """Posture names of a rule's ``srcPosture`` (or ``defaultSrcPosture``)."""
     names = []
-    for j, name in enumerate(_string_list(raw, ctx, path)):
+    for j, name in enumerate(ctx.strings(raw, path)):
         if not name.startswith("posture:"):
             ctx.fail(f'"{name}": srcPosture lists postures ("posture:<name>")', (*path, j))
         elif name not in ctx.postures:

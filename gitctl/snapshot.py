@@ -158,6 +158,12 @@ def load_snapshot(documents: Documents) -> LoadResult:
     policy_doc = merged.document.get("policy") or copy.deepcopy(dict(ALLOW_ALL_POLICY))
     policy, problems = _parse_policy(policy_doc, merged.provenance, documents.root)
     diags += problems
+    if policy is not None:
+        # Roles come from users.yaml only; carried by the policy, they resolve the
+        # same in gitctl test, gitctl diff and the server, which all compile it.
+        from gitctl.policy.roles import with_roles
+
+        policy = with_roles(policy, model.users)
     if _errors(diags):
         return _done(None, diags, texts)
     snapshot = Snapshot(

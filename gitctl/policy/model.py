@@ -6,14 +6,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-AliasKind = Literal["wildcard", "user", "group", "tag", "host", "prefix", "autogroup"]
+from .posture import Condition, Value
+
+AliasKind = Literal["wildcard", "user", "group", "tag", "host", "prefix", "autogroup", "ipset"]
 
 
 @dataclass(frozen=True, slots=True)
 class Alias:
     """One src/dst name. ``value`` is the text after the kind prefix for
     groups/tags/autogroups (kept whole, e.g. ``"tag:web"``), the email (or
-    ``*@domain``) for users, the host name, or the normalised prefix text."""
+    ``*@domain``) for users, the host name, the normalised prefix text, or the
+    ipset's name (``"ipset:office"``)."""
 
     kind: AliasKind
     value: str
@@ -42,6 +45,7 @@ class AclRule:
     src: tuple[Alias, ...]
     dst: tuple[Dest, ...]
     protos: tuple[int, ...]  # empty = Tailscale's default (TCP, UDP, ICMP)
+    src_posture: tuple[str, ...] = ()  # empty = the policy's defaultSrcPosture
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,7 @@ class Grant:
     ip: tuple[IpCap, ...]
     app: Mapping[str, tuple[Any, ...]]
     via: tuple[Alias, ...]
+    src_posture: tuple[str, ...] = ()  # empty = the policy's defaultSrcPosture
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,7 @@ class NodeAttr:
     target: tuple[Alias, ...]
     attrs: tuple[str, ...]
     ip_pool: tuple[str, ...]
+    app: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)  # capability -> values
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,9 @@ class PolicyTest:
     proto: str
     accept: tuple[str, ...]
     deny: tuple[str, ...]
+    # The source device's posture attributes for this test; None = the
+    # source node's own (a hypothetical device has none).
+    src_posture_attrs: Mapping[str, Value] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,5 +123,13 @@ class Policy:
     tests: tuple[PolicyTest, ...] = ()
     ssh_tests: tuple[SshTest, ...] = ()
     randomize_client_port: bool = False
+    disable_ipv4: bool = False
+    postures: Mapping[str, tuple[Condition, ...]] = field(default_factory=dict)
+    default_src_posture: tuple[str, ...] = ()
+    # ipset name -> its addresses as collapsed prefixes
+    ipsets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # user email (lowercase) -> role, from the snapshot's users (see roles.py);
+    # None when the policy was parsed on its own: the topology's roles count.
+    roles: Mapping[str, str] | None = None
     # A policy with neither ``acls`` nor ``grants`` allows everything.
     default_allow: bool = False

@@ -95,6 +95,12 @@ def parse_ssh_rule(rule: Mapping[str, Any], i: int, ctx: Ctx) -> SshRule | None:
                     f"checkPeriod {format_go_duration(check_period)} must be a positive duration",
                     (*path, "checkPeriod"),
                 )
+    for key in ("recorder", "enforceRecorder"):
+        if rule.get(key):
+            ctx.fail(
+                f"{key} is not supported: this server does not run SSH session recording",
+                (*path, key),
+            )
     accept_env = _list(rule.get("acceptEnv"))
     for j, env in enumerate(accept_env):
         if not env:

@@ -10,8 +10,8 @@ from typing import Any
 @dataclass(frozen=True, slots=True)
 class TopologyUser:
     """A user. ``role`` is the tailnet role ("owner", "admin", "member", ...);
-    None means unknown, which counts as an admin (the corpus was captured with
-    every user an admin) and, for the lowest id, as the owner."""
+    None means "member". It counts only when the policy carries no role table
+    of its own (see :mod:`gitctl.policy.roles`)."""
 
     id: int
     name: str
@@ -21,7 +21,12 @@ class TopologyUser:
 
 @dataclass(frozen=True, slots=True)
 class TopologyNode:
-    """One node. ``user`` is the owning user's name; a tagged node has no user."""
+    """One node. ``user`` is the owning user's name; a tagged node has no user.
+
+    The posture facts (``os`` .. ``state_encrypted``) are what the client
+    reports in its Hostinfo; None means it reported nothing, and then every
+    posture condition on that attribute fails (except ``NOT SET``).
+    """
 
     name: str
     hostname: str
@@ -31,6 +36,19 @@ class TopologyNode:
     ipv6: str | None
     routable_ips: tuple[str, ...] = ()
     approved_routes: tuple[str, ...] = ()
+    os: str | None = None  # Hostinfo.OS: "linux", "windows", "macOS", ...
+    os_version: str | None = None  # Hostinfo.OSVersion
+    ts_version: str | None = None  # Hostinfo.IPNVersion, e.g. "1.96.4-t1234abcd"
+    auto_update: bool | None = None  # Hostinfo.AllowsUpdate: auto-update is on
+    state_encrypted: bool | None = None  # Hostinfo.StateEncrypted
+
+
+def _opt_bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +86,11 @@ class Topology:
                 ipv6=n.get("ipv6"),
                 routable_ips=tuple(n.get("routable_ips") or ()),
                 approved_routes=tuple(n.get("approved_routes") or ()),
+                os=_opt_str(n.get("os")),
+                os_version=_opt_str(n.get("os_version")),
+                ts_version=_opt_str(n.get("ts_version")),
+                auto_update=_opt_bool(n.get("auto_update")),
+                state_encrypted=_opt_bool(n.get("state_encrypted")),
             )
             for name, n in items
         )

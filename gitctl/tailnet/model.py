@@ -45,6 +45,8 @@ class UserSpec:
     name: str
     email: str
     display_name: str
+    # Tailscale's user role; autogroup:owner, autogroup:admin, ... name users by it.
+    role: str = "member"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +160,14 @@ class _Builder:
                         f"user {field_name} {json.dumps(u[field_name])} is also used at "
                         f"{self.where(('users', i, field_name))}",
                     )
-            out.append(UserSpec(u["name"], u["email"], u.get("display_name") or u["name"]))
+            out.append(
+                UserSpec(
+                    u["name"],
+                    u["email"],
+                    u.get("display_name") or u["name"],
+                    u.get("role") or "member",
+                )
+            )
         return tuple(out)
 
     def address(self, path: JsonPath, text: str, version: int | None = None) -> bool:

@@ -168,8 +168,28 @@ def _routes_in(hostinfo: str) -> tuple[str, ...]:
 
 
 def to_topology_node(node: Node, approved: tuple[str, ...]) -> Any:
-    """The policy compiler's view of a registered node."""
+    """The policy compiler's view of a registered node, with the posture facts
+    its Hostinfo reports (anything missing or malformed stays unreported)."""
+    import json
+
     from gitctl.policy import TopologyNode
+
+    try:
+        info = json.loads(node.hostinfo or "{}")
+    except ValueError:
+        info = {}
+    if not isinstance(info, dict):
+        info = {}
+
+    def text(key: str) -> str | None:
+        value = info.get(key)
+        return value if isinstance(value, str) and value else None
+
+    def flag(key: str) -> bool | None:
+        value = info.get(key)  # a bool, or an opt.Bool: "true", "false" or ""
+        if isinstance(value, str):
+            value = {"true": True, "false": False}.get(value)
+        return value if isinstance(value, bool) else None
 
     return TopologyNode(
         name=topology_name(node),
@@ -180,6 +200,11 @@ def to_topology_node(node: Node, approved: tuple[str, ...]) -> Any:
         ipv6=_ip_text(node.ipv6) if node.ipv6 is not None else None,
         routable_ips=advertised_routes(node),
         approved_routes=approved,
+        os=text("OS"),
+        os_version=text("OSVersion"),
+        ts_version=text("IPNVersion"),
+        auto_update=flag("AllowsUpdate"),
+        state_encrypted=flag("StateEncrypted"),
     )
 
 

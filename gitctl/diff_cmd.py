@@ -31,7 +31,8 @@ from gitctl.access import (
 )
 from gitctl.diagnostics import render_text
 from gitctl.policy import PolicyError, Topology, TopologyNode, TopologyUser, compile_tailnet
-from gitctl.snapshot import LoadResult, Snapshot, load_from_git
+from gitctl.review import Reviewed, load_for_review
+from gitctl.snapshot import Snapshot
 from gitctl.testing import TopologyFileError, read_topology_file, synthetic_topology
 
 __all__ = ["add_parser", "fetch_server_topology", "render", "run"]
@@ -46,7 +47,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="show the access changes between two revisions",
         description="Compile two revisions against the same devices and show who gained or "
         "lost which ports, SSH logins and peers. Exit 0 (with --exit-code: 1 when anything "
-        "changed), 1 when a revision does not load, 2 on a usage error or unreadable topology.",
+        "changed), 1 when a revision does not load (the diff is still shown when the rest of it "
+        "does: a failing policy test, or a broken file read at its BASE version), 2 on a usage "
+        "error or unreadable topology.",
     )
     p.add_argument("base", metavar="BASE", help="the revision before, e.g. origin/main")
     p.add_argument("head", metavar="HEAD", nargs="?", default="HEAD", help="default: HEAD")
@@ -359,30 +362,44 @@ def render_json(
 # -- the command ---------------------------------------------------------------------------
 
 
-def _load(repo: str, rev: str) -> LoadResult:
-    result = load_from_git(repo, rev)
-    if result.snapshot is not None and result.snapshot.policy is None:
+def _load(repo: str, rev: str, base: Reviewed | None = None) -> Reviewed:
+    reviewed = load_for_review(repo, rev, base.documents if base is not None else None)
+    if reviewed.snapshot is not None and reviewed.snapshot.policy is None:
         raise _Usage("the policy compiler is not available in this installation")
-    return result
+    return reviewed
 
 
 def _short(snap: Snapshot, rev: str) -> str:
     return snap.id[:7] if snap.revision else rev
 
 
+def _problems_text(rev: str, reviewed: Reviewed, md: bool) -> str:
+    """What is wrong with a revision that the diff above still compared."""
+    if not reviewed.broken:
+        return ""
+    lines = ["", f"**{rev} cannot be served:**" if md else f"{rev} cannot be served:"]
+    if reviewed.stand_ins:
+        named = ", ".join(_code(p, md) for p in reviewed.stand_ins)
+        lines.append(f"- these files do not load; the diff above reads BASE's version: {named}")
+    lines += [f"- {_code(d.location(), md)}: {d.message}" for d in reviewed.result.diagnostics]
+    return "\n".join(lines) + "\n"
+
+
+def _report_broken(rev: str, reviewed: Reviewed) -> None:
+    print(f"gitctl diff: {rev} does not load:", file=sys.stderr)
+    sys.stderr.write(render_text(reviewed.result.diagnostics, reviewed.result.texts))
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        loaded = [_load(args.repo, rev) for rev in (args.base, args.head)]
-        failed = [
-            (rev, r) for rev, r in zip((args.base, args.head), loaded, strict=True) if not r.ok
-        ]
-        for rev, result in failed:
-            print(f"gitctl diff: {rev} does not load:", file=sys.stderr)
-            sys.stderr.write(render_text(result.diagnostics, result.texts))
-        if failed:
+        base_r = _load(args.repo, args.base)
+        head_r = _load(args.repo, args.head, base_r)
+        for rev, reviewed in ((args.base, base_r), (args.head, head_r)):
+            if reviewed.broken:
+                _report_broken(rev, reviewed)
+        base, head = base_r.snapshot, head_r.snapshot
+        if base is None or head is None:
             return 1
-        base, head = (r.snapshot for r in loaded)
-        assert base is not None and head is not None
         topology, source = _topology(args, base, head)
     except _Usage as exc:
         print(f"gitctl diff: {exc}", file=sys.stderr)
@@ -392,11 +409,26 @@ def run(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"gitctl diff: the policy does not apply to these devices: {exc}", file=sys.stderr)
         return 1
+    broken = base_r.broken or head_r.broken
     if args.format == "json":
-        ends = [{"rev": rev, "id": s.id} for rev, s in ((args.base, base), (args.head, head))]
+        ends = [
+            {
+                "rev": rev,
+                "id": s.id,
+                "loads": not r.broken,
+                "stand_ins": list(r.stand_ins),
+                "problems": [d.as_dict() for d in r.result.diagnostics if r.broken],
+            }
+            for rev, s, r in ((args.base, base, base_r), (args.head, head, head_r))
+        ]
         sys.stdout.write(render_json(diff, ends[0], ends[1], source))
     else:
+        md = args.format == "markdown"
         sys.stdout.write(
             render(diff, _short(base, args.base), _short(head, args.head), args.format)
+            + _problems_text(args.base, base_r, md)
+            + _problems_text(args.head, head_r, md)
         )
+    if broken:
+        return 1
     return 1 if args.exit_code and diff.changed else 0

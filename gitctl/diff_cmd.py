@@ -1,7 +1,8 @@
 """`gitctl diff BASE [HEAD]`: the effective access change between two revisions.
 
 Both revisions are compiled against one topology: hypothetical devices (one per user and
-tag of either revision) by default, a topology file, or the node list of a running server.
+tag of either revision) by default, a topology or inventory file, or the node list of a
+running server.
 The output says who gained or lost which ports, SSH logins and peers, by user, tag or group,
 for a pull-request comment (markdown), a terminal (text) or a tool (json).
 """
@@ -30,12 +31,21 @@ from gitctl.access import (
     effective_access,
 )
 from gitctl.diagnostics import render_text
+from gitctl.inventory import add_device_arguments, devices_from_args
 from gitctl.policy import PolicyError, Topology, TopologyNode, TopologyUser, compile_tailnet
 from gitctl.review import Reviewed, load_for_review
 from gitctl.snapshot import Snapshot
-from gitctl.testing import TopologyFileError, read_topology_file, synthetic_topology
+from gitctl.testing import TopologyFileError, synthetic_topology
+from gitctl.validate_cmd import UsageError
 
-__all__ = ["add_parser", "fetch_server_topology", "render", "run"]
+__all__ = [
+    "add_parser",
+    "add_server_arguments",
+    "fetch_server_topology",
+    "render",
+    "run",
+    "topology_from_args",
+]
 
 TIMEOUT = 10.0
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 47: "gre", 50: "esp"}
@@ -55,16 +65,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("head", metavar="HEAD", nargs="?", default="HEAD", help="default: HEAD")
     p.add_argument("--repo", metavar="PATH", default=".", help="the git repository (default: .)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument(
-        "--topology",
-        metavar="T.json",
-        help="users and nodes to compile against (conformance corpus format); "
-        "default: one hypothetical device per user and tag",
-    )
-    where.add_argument("--server", metavar="URL", help="use a running server's nodes")
-    p.add_argument(
-        "--api-key", metavar="KEY", help="admin API key for --server (default: $TAILNETD_API_KEY)"
-    )
+    add_server_arguments(p, where)
     p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     p.add_argument(
         "--exit-code", action="store_true", help="exit 1 when anything changed, like git diff"
@@ -72,8 +73,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(run=run)
 
 
-class _Usage(Exception):
-    pass
+_Usage = UsageError
+
+
+def add_server_arguments(
+    p: argparse.ArgumentParser, where: argparse._MutuallyExclusiveGroup
+) -> None:
+    """--topology, --inventory and --server URL (with --api-key): the devices to compile for."""
+    add_device_arguments(
+        where, "compile against (default: one hypothetical device per user and tag)"
+    )
+    where.add_argument("--server", metavar="URL", help="use a running server's nodes")
+    p.add_argument(
+        "--api-key", metavar="KEY", help="admin API key for --server (default: $TAILNETD_API_KEY)"
+    )
 
 
 # -- the topology --------------------------------------------------------------------------
@@ -134,7 +147,11 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def _topology(args: argparse.Namespace, base: Snapshot, head: Snapshot) -> tuple[Topology, str]:
+def topology_from_args(
+    args: argparse.Namespace, head: Snapshot, *others: Snapshot, command: str = "diff"
+) -> tuple[Topology, str]:
+    """The devices named by --server, --inventory or --topology, else hypothetical ones for
+    `head` and `others`; with where they came from. Raises UsageError."""
     if args.api_key and not args.server:
         raise _Usage("--api-key is for --server")
     if args.server:
@@ -144,18 +161,17 @@ def _topology(args: argparse.Namespace, base: Snapshot, head: Snapshot) -> tuple
             raise _Usage("--server needs --api-key or TAILNETD_API_KEY (an admin API key)")
         if urlsplit(args.server).scheme == "http" and not _is_loopback(args.server):
             print(
-                f"gitctl diff: warning: the API key goes to {args.server} unencrypted; "
+                f"gitctl {command}: warning: the API key goes to {args.server} unencrypted; "
                 "use https://",
                 file=sys.stderr,
             )
-        users = _users(head, base)
+        users = _users(head, *others)
         return fetch_server_topology(args.server, api_key, users), args.server
-    if args.topology:
-        try:
-            return read_topology_file(args.topology), args.topology
-        except TopologyFileError as exc:
-            raise _Usage(str(exc)) from None
-    return synthetic_topology(head, base), "synthetic"
+    try:
+        given = devices_from_args(args)
+    except TopologyFileError as exc:
+        raise _Usage(str(exc)) from None
+    return given if given is not None else (synthetic_topology(head, *others), "synthetic")
 
 
 # -- comparing -----------------------------------------------------------------------------
@@ -400,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
         base, head = base_r.snapshot, head_r.snapshot
         if base is None or head is None:
             return 1
-        topology, source = _topology(args, base, head)
+        topology, source = topology_from_args(args, head, base)
     except _Usage as exc:
         print(f"gitctl diff: {exc}", file=sys.stderr)
         return 2

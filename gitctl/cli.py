@@ -1,8 +1,8 @@
 """`gitctl`: policy-repository tooling for people and CI.
 
 Exit codes: 0 ok, 1 the tailnet (or a file) has problems, 2 the command line was wrong.
-Commands that live in other modules (`compile`, `test`, `diff`) are imported only when
-invoked, so a problem in one of them never stops `gitctl validate` from running.
+Commands that live in other modules (`compile`, `test`, `diff`, `lint`, `explain`) are
+imported only when invoked, so a problem in one of them never stops `gitctl validate` from running.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ _LAZY_COMMANDS = {
     "compile": ("gitctl.compile_cmd", "show what the policy compiles to for each node"),
     "test": ("gitctl.test_cmd", "run the policy's tests"),
     "diff": ("gitctl.diff_cmd", "show the access changes between two revisions"),
+    "lint": ("gitctl.lint_cmd", "find unused names, shadowed rules and risky forms"),
+    "explain": ("gitctl.explain_cmd", "say whether one device may reach another, and why"),
 }
 
 

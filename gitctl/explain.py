@@ -10,8 +10,9 @@ of each `ssh` rule on its own.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from gitctl.policy import Policy, Topology
 from gitctl.policy.addrs import span
@@ -19,6 +20,7 @@ from gitctl.policy.aliases import Index
 from gitctl.policy.filter import Rule
 from gitctl.policy.parse import Ctx, parse_alias
 from gitctl.policy.policytests import _ssh_verdict
+from gitctl.policy.ssh import SshIndex
 from gitctl.rules import (
     PORTLESS,
     allows,
@@ -214,18 +216,51 @@ def _logins(users: dict[str, str]) -> str:
     return ", ".join(out) or "nobody"
 
 
+def _owner(entry: Mapping[str, Any], per_rule: Sequence[SshIndex], node: int) -> int | None:
+    for k, sidx in enumerate(per_rule):
+        if entry in sidx.policy(node)["rules"]:
+            return k
+    return None
+
+
+def _deciding(
+    whole: SshIndex, per_rule: Sequence[SshIndex], node: int, src_ips: set[str], login: str
+) -> list[RuleHit]:
+    """The rule whose entry decides `login`: the first entry of the node's SSH policy (in
+    the compiler's order, which is Tailscale's) that maps it."""
+    for entry in whole.policy(node)["rules"]:
+        verdict = _ssh_verdict([entry], src_ips, login)
+        if verdict is not None:
+            k = _owner(entry, per_rule, node)
+            return [RuleHit(("ssh", k) if k is not None else ("ssh", "?"), f"{verdict} as {login}")]
+    return []
+
+
+def _letting_in(per_rule: Sequence[SshIndex], node: int, src_ips: set[str]) -> list[RuleHit]:
+    """Every rule that lets the sources in, with the logins it maps."""
+    hits = []
+    for k, sidx in enumerate(per_rule):
+        for e in sidx.policy(node)["rules"]:
+            if any(p.get("nodeIP") in src_ips or p.get("any") for p in e["principals"]):
+                action = "check" if "holdAndDelegate" in e["action"] else "accept"
+                hits.append(RuleHit(("ssh", k), f"{action}: {_logins(e['sshUsers'])}"))
+                break
+    return hits
+
+
 def explain_ssh(
     policy: Policy, topology: Topology, src: str, dst: str, login: str | None
 ) -> Answer:
     """Per pair: whether `src` may ssh to `dst` (as `login`, or as anyone), by which rules.
 
-    With a login the first rule that maps it decides, as on the device; without one, every
-    rule that lets the source in is listed with the logins it allows.
+    With a login the first entry of the node's SSH policy that maps it decides, as on the
+    device; without one, every rule that lets the source in is listed with its logins.
     """
     index = build_index(policy, topology)
     sources = resolve_endpoints(src, policy, index, topology)
     dests = [d for d in resolve_endpoints(dst, policy, index, topology) if d.node is not None]
     per_rule = ssh_rule_policies(policy, index)
+    whole = SshIndex(policy, index)
     pairs = []
     for s in sources:
         src_ips = set(index.ips[s.node]) if s.node is not None else {s.address}
@@ -233,19 +268,9 @@ def explain_ssh(
             assert d.node is not None
             if s.node == d.node:
                 continue
-            hits = []
-            for k, sidx in enumerate(per_rule):
-                entries = list(sidx.policy(d.node)["rules"])
-                if login is not None:
-                    verdict = _ssh_verdict(entries, src_ips, login)
-                    if verdict is not None:
-                        hits.append(RuleHit(("ssh", k), f"{verdict} as {login}"))
-                        break  # the first rule that maps the login decides
-                    continue
-                for e in entries:
-                    if any(p.get("nodeIP") in src_ips or p.get("any") for p in e["principals"]):
-                        action = "check" if "holdAndDelegate" in e["action"] else "accept"
-                        hits.append(RuleHit(("ssh", k), f"{action}: {_logins(e['sshUsers'])}"))
-                        break
+            if login is not None:
+                hits = _deciding(whole, per_rule, d.node, src_ips, login)
+            else:
+                hits = _letting_in(per_rule, d.node, src_ips)
             pairs.append(PairAnswer(s, d, bool(hits), tuple(hits)))
     return Answer(tuple(pairs))

@@ -24,13 +24,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
 from gitctl.diagnostics import Diagnostic, JsonPath
 from gitctl.policy import Policy, Topology, run_policy_tests
 from gitctl.policy.aliases import Index
-from gitctl.policy.filter import SELF, Rule
+from gitctl.policy.filter import SELF, DstPart, Rule
 from gitctl.policy.model import ALL_PORTS
 from gitctl.rules import PORTLESS, PolicyRule, build_index, covers, protos_of, resolve_rules
 from gitctl.snapshot import Snapshot
@@ -116,39 +117,54 @@ def _unused(doc: Mapping[str, Any]) -> Iterator[Finding]:
 # -- rules that add nothing ------------------------------------------------------------------
 
 
-def _ranges_cover(ranges: list[tuple[int, int]], first: int, last: int) -> bool:
-    at = first
-    for lo, hi in sorted(ranges):
-        if lo > at:
-            return False
-        if hi >= at:
-            at = hi + 1
-        if at > last:
-            return True
-    return at > last
+class _Sources:
+    """A rule's source texts as a set of single addresses and a few ranges, so that
+    containment of another rule's sources is a set lookup per address."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.single = {t for t in texts if "/" not in t and "-" not in t and t != "*"}
+        self.ranges = [t for t in texts if t not in self.single]
+
+    def covers(self, texts: Sequence[str]) -> bool:
+        return all(t in self.single or any(covers(r, t) for r in self.ranges) for t in texts)
 
 
-def _rule_covers(b: Rule, a_rules: Sequence[Rule]) -> bool:
-    """Whether the rules `a_rules` together allow everything `b` allows."""
+def _part_nodes(pa: DstPart, pb: DstPart) -> AbstractSet[int]:
+    """The nodes of `pb` on which `pa`'s addresses include everything `pb` gives them."""
+    if pa.addrs is None and pa.text == "*":
+        return pa.nodes
+    if pb.addrs is not None:
+        if pa.addrs is not None:
+            return pa.nodes  # both: each node's own addresses
+        own = pb.addrs
+        return {n for n in pa.nodes & pb.nodes if all(covers(pa.text, ip) for ip in own[n])}
+    if pa.addrs is None and covers(pa.text, pb.text):
+        return pa.nodes
+    return frozenset()
+
+
+def _rule_covers(b: Rule, a_rules: Sequence[Rule], sources: Mapping[int, _Sources]) -> bool:
+    """Whether one of `a_rules` (one policy rule's filter rules) allows everything `b` does."""
     protos = protos_of(b)
-    candidates = [a for a in a_rules if protos <= protos_of(a)]
-    for node in b.dst_nodes:
-        on_node = [a for a in candidates if node in a.dst_nodes]
-        for text, ports in b.entries(node):
-            for p in ports if not protos <= PORTLESS else (ALL_PORTS,):
-                sources: list[str] = []
-                for a in on_node:
-                    ranges = [
-                        (q.first, q.last)
-                        for t, qs in a.entries(node)
-                        if covers(t, text)
-                        for q in (qs if not protos <= PORTLESS else (ALL_PORTS,))
-                    ]
-                    if _ranges_cover(ranges, p.first, p.last):
-                        sources.extend(a.src_ips)
-                if not all(any(covers(s, t) for s in sources) for t in b.src_ips):
-                    return False
-    return True
+    portless = protos <= PORTLESS
+    for a in a_rules:
+        if not protos <= protos_of(a) or not sources[id(a)].covers(b.src_ips):
+            continue
+        covered = True
+        for pb in b.parts:
+            for p in (ALL_PORTS,) if portless else pb.ports:
+                reach: set[int] = set()
+                for pa in a.parts:
+                    if portless or any(q.first <= p.first and p.last <= q.last for q in pa.ports):
+                        reach |= _part_nodes(pa, pb)
+                if not pb.nodes <= reach:
+                    covered = False
+                    break
+            if not covered:
+                break
+        if covered:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,21 +183,22 @@ def _reach(rule: PolicyRule) -> _Reach:
     return _Reach(rule, frozenset(srcs), frozenset(dsts))
 
 
-def _covered(b: _Reach, a: _Reach) -> bool:
+def _covered(b: _Reach, a: _Reach, sources: Mapping[int, _Sources]) -> bool:
     if not (b.dsts <= a.dsts and b.srcs <= a.srcs):
         return False
-    return all(_rule_covers(r, a.rule.rules) for r in b.rule.rules)
+    return all(_rule_covers(r, a.rule.rules, sources) for r in b.rule.rules)
 
 
 def _shadowed(rules: Sequence[PolicyRule], where: Mapping[JsonPath, str]) -> Iterator[Finding]:
     reach = [_reach(r) for r in rules]
+    sources = {id(r): _Sources(r.src_ips) for pr in rules for r in pr.rules}
     for j, b in enumerate(reach):
         if b.rule.matches_nothing:
             continue
         for i, a in enumerate(reach):
-            if i == j or a.rule.matches_nothing or not _covered(b, a):
+            if i == j or a.rule.matches_nothing or not _covered(b, a, sources):
                 continue
-            if i > j and _covered(a, b):
+            if i > j and _covered(a, b, sources):
                 continue  # two equal rules: the later one is reported
             other = _name(a.rule.path)
             yield Finding(

@@ -43,7 +43,11 @@ def _schema_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Print the JSON Schema of one file kind, or all of them "
         "as one JSON object keyed by kind.",
     )
-    p.add_argument("kind", nargs="?", help="users, policy, dns, routes or settings")
+    p.add_argument(
+        "kind",
+        nargs="?",
+        help="users, policy, dns, routes, settings, or inventory (not a file kind)",
+    )
     p.set_defaults(run=_run_schema)
 
 
@@ -52,6 +56,11 @@ def _run_schema(args: argparse.Namespace) -> int:
 
     from gitctl.tailnet import SCHEMA_KINDS, load_schema
 
+    if args.kind == "inventory":
+        from gitctl.inventory import inventory_schema
+
+        print(json.dumps(inventory_schema(), indent=2, ensure_ascii=False))
+        return 0
     if args.kind is None:
         print(json.dumps({k: load_schema(k) for k in SCHEMA_KINDS}, indent=2, ensure_ascii=False))
         return 0

@@ -16,6 +16,7 @@ from gitctl.explain_cmd import parse_destination
 from gitctl.policy import Topology, compile_tailnet, parse_policy
 from gitctl.policy.policytests import _ssh_verdict
 from gitctl.rules import DEFAULT_PROTOS, PORTLESS, covers
+from tests.unit import test_gitctl_diff
 from tests.unit import test_policy_perf_gen as gen
 
 
@@ -192,3 +193,19 @@ def test_text_and_usage_errors(tailnet: Path, capsys: pytest.CaptureFixture[str]
     assert '"nobody" is not a device' in capsys.readouterr().err
     assert main(["explain", "alice", "tag:db", "--login", "root", "--dir", d]) == 2
     assert main(["explain", "alice", "tag:db:5432", "--proto", "nope", "--dir", d]) == 2
+
+
+server = test_gitctl_diff.server  # a fake admin API serving db-1 and bob-laptop
+
+
+def test_against_a_running_servers_nodes(
+    tailnet: Path, server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = str(tailnet / "tailnet.d")
+    args = ["explain", "bob-laptop", "db-1:5432", "--dir", d, "--server", server]
+    assert main([*args, "--api-key", "tskey-good", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["devices"] == server and doc["verdict"] == "allowed"
+    assert [rules(p) for p in doc["pairs"]] == [[("acls[0]", 6, "tcp 5432")]]
+    assert main([*args, "--api-key", "tskey-bad"]) == 2
+    assert "401" in capsys.readouterr().err

@@ -204,3 +204,21 @@ def test_github_annotations_and_text(tmp_path: Path, capsys: pytest.CaptureFixtu
     )
     assert out.err.strip() == "2 findings"
     assert main(["lint", "--dir", str(tmp_path / "nowhere")]) == 1
+
+
+def test_a_git_revision_and_a_policy_whose_tests_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.unit.test_sources import commit_files
+
+    monkeypatch.chdir(tmp_path)
+    failing = CLEAN.replace('"deny": ["tag:web:443"]', '"deny": ["tag:db:5432"]')
+    files = {"tailnet.d/users.yaml": USERS, "tailnet.d/policy.hujson": HEAD + failing + "}\n"}
+    commit_files(tmp_path, files, "tests fail")
+    # lint still reads the policy: its findings are useful while the tests are being fixed
+    assert main(["lint", "--rev", "HEAD", "--format", "json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert [x["message"].split(":")[0] for x in doc["diagnostics"]] == [
+        "unused-group",
+        "unused-host",
+    ]

@@ -98,3 +98,8 @@ def test_test_and_diff_accept_an_inventory(
     (tmp_path / "bad.json").write_text('{"version": 1}')
     assert main(["test", "--rev", "HEAD", "--inventory", "bad.json"]) == 2
     assert "bad.json is not an inventory" in capsys.readouterr().err
+
+
+def test_gitctl_schema_prints_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "inventory"]) == 0
+    assert json.loads(capsys.readouterr().out)["$id"] == "urn:tailnetd:schema:inventory"

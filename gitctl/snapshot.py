@@ -76,6 +76,9 @@ class LoadResult:
     snapshot: Snapshot | None
     diagnostics: tuple[Diagnostic, ...]
     texts: Mapping[str, str] = field(default_factory=dict)  # for caret snippets
+    # The snapshot the commit would be had its policy tests passed: a review (`gitctl diff`)
+    # still shows what such a commit changes. Never served.
+    untested: Snapshot | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -187,7 +190,7 @@ def load_snapshot(documents: Documents) -> LoadResult:
 
         diags += check_tests(snapshot)
         if _errors(diags):
-            return _done(None, diags, texts)
+            return replace(_done(None, diags, texts), untested=snapshot)
     return _done(snapshot, diags, texts)
 
 

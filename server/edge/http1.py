@@ -139,18 +139,19 @@ class FrontDoor:
             raise AssertionError("unreachable")
 
         started = done = False
+        response_head = b""  # written with the first body bytes: one send, not two
 
         async def send(message: MutableMapping[str, Any]) -> None:
-            nonlocal started, done
+            nonlocal started, done, response_head
             if message["type"] == "http.response.start":
-                writer.write(
-                    conn.start_response(int(message["status"]), message.get("headers", []))
-                )
+                status, headers = int(message["status"]), message.get("headers", [])
+                response_head = conn.start_response(status, headers)
                 started = True
             elif message["type"] == "http.response.body":
                 more = bool(message.get("more_body", False))
-                writer.write(conn.send_body(message.get("body", b""), more=more))
-                done = not more
+                body = conn.send_body(message.get("body", b""), more=more)
+                writer.write(response_head + body)
+                response_head, done = b"", not more
                 await writer.drain()
 
         await self._app(scope, receive, send)

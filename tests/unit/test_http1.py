@@ -186,10 +186,11 @@ async def echo_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> 
 
 
 @asynccontextmanager
-async def front_door(**upgrades: Any) -> AsyncIterator[int]:
+async def front_door(idle_timeout: float = 75.0, **upgrades: Any) -> AsyncIterator[int]:
     """A FrontDoor on 127.0.0.1 with the echo app and `upgrades` by path name."""
     paths = {"/" + name: handler for name, handler in upgrades.items()}
-    door = FrontDoor(echo_app, paths, log=logging.getLogger("tailnetd.test"))
+    log = logging.getLogger("tailnetd.test")
+    door = FrontDoor(echo_app, paths, log=log, idle_timeout=idle_timeout)
     listener = await asyncio.start_server(door.handle, "127.0.0.1", 0)
     try:
         yield listener.sockets[0].getsockname()[1]
@@ -210,6 +211,21 @@ async def test_chunked_request_body_reaches_the_app() -> None:
         assert headers.get("transfer-encoding") == "chunked"
         await conn.send(post("/again", b"x" * 1000))
         assert (await conn.response())[2] == b"POST /again " + b"x" * 1000
+        await conn.close()
+
+
+@async_test
+async def test_idle_connection_is_closed_after_the_timeout() -> None:
+    async with front_door(idle_timeout=0.2) as port:
+        conn = await Http1.open(port)
+        await conn.send(get("/first"))
+        assert (await conn.response())[0] == 200
+        # Then nothing, or half a head: either way the server hangs up, unanswered.
+        assert await conn.closed_by_server()
+        await conn.close()
+        conn = await Http1.open(port)
+        await conn.send(b"GET /slow HTTP/1.1\r\nHost: a\r\n")
+        assert await conn.closed_by_server()
         await conn.close()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from server.admin_client import AdminError, HttpTarget, SocketTarget, Target, call
-from server.config import ConfigError, load_config
+from server.config import ConfigError, add_flags, load_config
 
 __all__ = ["main"]
 
@@ -25,24 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import Server, StartupError
 
     try:
-        config = load_config(
-            {
-                "config": args.config,
-                "repo": args.repo,
-                "data": args.data,
-                "listen": args.listen,
-                "server_url": args.server_url,
-                "stun_listen": args.stun_listen,
-                "tls_cert": args.tls_cert,
-                "tls_key": args.tls_key,
-                "branch": args.branch,
-                "fetch_interval": args.fetch_interval,
-                "acme_domain": args.acme_domain,
-                "acme_email": args.acme_email,
-                "acme_directory": args.acme_directory,
-                "acme_http_listen": args.acme_http_listen,
-            }
-        )
+        config = load_config(vars(args))
     except ConfigError as exc:
         print(f"tailnetd: {exc}", file=sys.stderr)
         return 2
@@ -193,36 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the control server")
-    serve.add_argument(
-        "--repo",
-        help="git work tree holding tailnet.d/, or a remote URL to clone and fetch "
-        "(default: . if it has one, else the example)",
-    )
-    serve.add_argument(
-        "--data", help="state directory: sqlite, keys, admin socket (default ./data)"
-    )
-    serve.add_argument(
-        "--listen", help="HOST:PORT for control, DERP and the API (default 127.0.0.1:8080)"
-    )
-    serve.add_argument("--server-url", help="URL clients use to reach this server")
-    serve.add_argument(
-        "--stun-listen", help="HOST:PORT for STUN over UDP, or 'off' (default: listen host, 3478)"
-    )
-    serve.add_argument("--tls-cert", help="PEM certificate chain file")
-    serve.add_argument("--tls-key", help="PEM private key file")
-    serve.add_argument(
-        "--acme-domain", help="get and renew a certificate for this name from an ACME CA"
-    )
-    serve.add_argument("--acme-email", help="contact address for the ACME account (expiry notices)")
-    serve.add_argument("--acme-directory", help="ACME directory URL (default: Let's Encrypt)")
-    serve.add_argument(
-        "--acme-http-listen", help="HOST:PORT answering HTTP-01 challenges (default 0.0.0.0:80)"
-    )
-    serve.add_argument("--branch", help="branch to serve (default: the work tree's HEAD)")
-    serve.add_argument(
-        "--fetch-interval", help="seconds between fetches when --repo is a remote URL (default 60)"
-    )
-    serve.add_argument("--config", help="YAML config file with the same keys as these flags")
+    add_flags(serve)
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_serve)
 

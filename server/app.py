@@ -32,6 +32,7 @@ from server.remote_repo import RemoteRepo, watch_remote
 from server.repo import Rejection, RepoStatus, SnapshotRepo, watch_repo
 from server.store import open_store
 from server.store.model import Node
+from server.tagcheck import undeclared
 from server.tailnet import Tailnet, TailnetSource
 from server.tls import ReloadingContext, TlsError, watch_certificate_files
 from server.web import WebDeps, build_app
@@ -210,6 +211,7 @@ class Server:
         self._apply_addressing(source)
         self.status.rejected = None
         self._serving(snap)
+        self._warn_undeclared_tags()
 
     # Life cycle
 
@@ -340,6 +342,7 @@ class Server:
                 asyncio.create_task(watch_repo(self.repo, self.on_revision, log=self.log))
             )
         self._tasks.append(asyncio.create_task(self._sweep_ephemeral()))
+        self._warn_undeclared_tags()
         self.log.info(
             "tailnetd listening on %s (control + DERP), STUN %s, serving %s",
             cfg.server_url if cfg.listen_port else f"port {self.port}",
@@ -441,6 +444,14 @@ class Server:
             derp_port=port,
             stun_port=self.stun_port if self._stun else 0,
         )
+
+    def _warn_undeclared_tags(self) -> None:
+        """One warning per node or usable pre-auth key whose tags the served policy
+        does not declare (a commit dropped them from tagOwners)."""
+        policy = self.tailnet.source.policy
+        keys = self.store.list_preauth_keys()
+        for entry in undeclared(policy, self.store.list_nodes(), keys, self.clock()):
+            self.log.warning("%s", entry.describe())
 
     def _derp_allowed(self, key: Any) -> bool:
         return self.store.node_by_node_key(key) is not None

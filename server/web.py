@@ -24,6 +24,7 @@ from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, pa
 from server.protocol.keys import MachinePublic
 from server.repo import RepoStatus
 from server.store.model import ApiKey, KeyRejected, NotFound, StoreError
+from server.tagcheck import check_new_key_tags, undeclared
 from server.tailnet import Tailnet
 from server.wire import format_time
 
@@ -126,6 +127,10 @@ def build_app(deps: WebDeps) -> Starlette:
         body = deps.status.to_json()
         body["nodes"] = len(tailnet.context.nodes)
         body["online"] = len(tailnet.online_ids())
+        found = undeclared(
+            tailnet.source.policy, store.list_nodes(), store.list_preauth_keys(), tailnet.clock()
+        )
+        body["undeclared_tags"] = [entry.to_json() for entry in found]
         return JSONResponse(body)
 
     async def repo_sync(request: Request) -> Response:
@@ -210,6 +215,7 @@ def build_app(deps: WebDeps) -> Starlette:
         if body.user not in tailnet.source.users:
             known = ", ".join(sorted(tailnet.source.users)) or "none"
             raise ValueError(f"user {body.user!r} is not in tailnet.d (known users: {known})")
+        check_new_key_tags(body.tags, tailnet.source.policy)
         now = tailnet.clock()
         lifetime = parse_duration(body.expiration) if body.expiration is not None else None
         text, created = store.create_preauth_key(

@@ -42,6 +42,19 @@ def request(
 ) -> Answer:
     """One HTTP exchange straight through ASGI (no sockets, no httpx); the body
     is `body` as JSON, or `raw` as it is."""
+    return asyncio.run(exchange(app, method, path, token=token, body=body, raw=raw))
+
+
+async def exchange(
+    app: Starlette,
+    method: str,
+    path: str,
+    *,
+    token: str | None = None,
+    body: Any = None,
+    raw: bytes | None = None,
+) -> Answer:
+    """`request` from inside a running event loop."""
     headers = [(b"host", b"localhost")]
     if token is not None:
         headers.append((b"authorization", token.encode()))
@@ -59,7 +72,7 @@ def request(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    await app(scope, receive, send)
     start = sent[0]
     data = b"".join(m.get("body", b"") for m in sent[1:])
     return Answer(
@@ -83,6 +96,7 @@ class Apis:
     tcp: Starlette
     store: SqliteStore
     clock: Clock
+    tailnet: Tailnet
 
 
 @pytest.fixture
@@ -105,7 +119,7 @@ def apis(tmp_path: Path) -> Iterator[Apis]:
         def app(local: bool) -> Starlette:
             return build_app(WebDeps(key, tailnet, RepoStatus(), rng, local=local))
 
-        yield Apis(app(True), app(False), store, clock)
+        yield Apis(app(True), app(False), store, clock, tailnet)
 
 
 def create_key(apis: Apis, expiration: str | None = None) -> str:

@@ -30,7 +30,7 @@ from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
 from server.remote_repo import RemoteRepo, watch_remote
 from server.repo import Rejection, RepoStatus, SnapshotRepo, watch_repo
-from server.store import open_store
+from server.store import SqliteStore, open_store
 from server.store.model import Node
 from server.tagcheck import undeclared
 from server.tailnet import Tailnet, TailnetSource
@@ -59,7 +59,7 @@ def _load_or_create_key(path: Path, kind: type[Any]) -> Any:
     return key
 
 
-def _open_private_store(path: Path) -> Any:
+def _open_private_store(path: Path) -> SqliteStore:
     """The sqlite store, its files (db, -wal, -shm) readable by the owner alone.
 
     sqlite gives the -wal and -shm files the database file's mode, so the

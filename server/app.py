@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
 import os
+import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -19,6 +21,7 @@ from server.acme import AcmeManager, AcmeSettings
 from server.acme_http import ChallengeResponder
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
+from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
 from server.edge.control_conn import ControlConnection
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
@@ -27,8 +30,9 @@ from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, N
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
 from server.remote_repo import RemoteRepo, watch_remote
 from server.repo import Rejection, RepoStatus, SnapshotRepo, watch_repo
-from server.store import open_store
+from server.store import SqliteStore, open_store
 from server.store.model import Node
+from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, running_tailnet
 from server.tls import ReloadingContext, TlsError, watch_certificate_files
 from server.web import WebDeps, build_app
@@ -48,16 +52,43 @@ class StartupError(Exception):
 
 
 def _load_or_create_key(path: Path, kind: type[Any]) -> Any:
-    if path.exists():
-        return kind.parse(path.read_text().strip())
-    key = kind.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key.text + "\n")
-    tmp.replace(path)
+    try:
+        if path.exists():
+            return kind.parse(path.read_text().strip())
+        key = kind.generate()
+        write_private(path, (key.text + "\n").encode())
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not a key this server wrote"
+        raise StartupError(f"cannot read the key file {path}: {reason}") from None
     return key
+
+
+def _open_private_store(path: Path) -> SqliteStore:
+    """The sqlite store, its files (db, -wal, -shm) readable by the owner alone.
+
+    sqlite gives the -wal and -shm files the database file's mode, so the
+    database is created 0600 before sqlite opens it."""
+    siblings = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        make_private(path, *siblings)
+        store = open_store(path)
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise StartupError(f"cannot open the state database {path}: {reason}") from None
+    make_private(*siblings)
+    return store
+
+
+async def _listen(what: str, host: str, port: int, start: Awaitable[Any]) -> Any:
+    """Await a listener's start, its failure as one line naming the address."""
+    try:
+        return await start
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason = "address already in use (is another server running?)"
+        raise StartupError(f"cannot listen for {what} on {host}:{port}: {reason}") from None
 
 
 class Server:
@@ -83,6 +114,7 @@ class Server:
         self.acme: AcmeManager | None = None
         self.acme_responder = ChallengeResponder()
         self.acme_http_port = config.acme_http_port
+        self._data_lock: DataDirLock | None = None
 
     # Snapshots
 
@@ -105,6 +137,19 @@ class Server:
         self._serving(snap)
         return TailnetSource.from_snapshot(snap)
 
+    def _read_initial(self) -> TailnetSource:
+        import git
+
+        try:
+            return self._load_initial()
+        except (OSError, git.GitError) as exc:
+            reason = (
+                "its .git is not a readable git repository"
+                if isinstance(exc, git.InvalidGitRepositoryError)
+                else str(exc).strip().splitlines()[0]
+            )
+            raise StartupError(f"cannot read the repository {self.repo.path}: {reason}") from None
+
     def _last_rejected(self) -> str | None:
         return self.status.rejected.revision if self.status.rejected is not None else None
 
@@ -112,7 +157,7 @@ class Server:
         self.status.serving = snap.id
         self.status.serving_since = self.clock()
         if self.repo.is_git:
-            (self.config.data_dir / "last_good_revision").write_text(snap.id + "\n")
+            write_private(self.config.data_dir / "last_good_revision", (snap.id + "\n").encode())
 
     def _reject(self, revision: str, errors: tuple[str, ...]) -> None:
         rejection = Rejection(revision, self.clock(), errors)
@@ -170,12 +215,28 @@ class Server:
         self._apply_addressing(source)
         self.status.rejected = None
         self._serving(snap)
+        self._warn_undeclared_tags()
 
     # Life cycle
 
     async def start(self) -> None:
+        """Claim the data dir, then start every part; StartupError (one line for
+        people) if any cannot, with whatever had started stopped again."""
+        try:
+            self._data_lock = claim(self.config.data_dir, self.log)
+        except DataDirError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.repo_url is None and not cfg.repo.is_dir():
+            reason = "no such directory" if not cfg.repo.exists() else "not a directory"
+            raise StartupError(f"cannot read the repository {cfg.repo}: {reason}")
         self.repo: SnapshotRepo | RemoteRepo
         if cfg.repo_url is not None:
             self.repo = RemoteRepo(cfg.repo_url, cfg.data_dir, branch=cfg.branch)
@@ -192,20 +253,30 @@ class Server:
         else:
             self.repo = SnapshotRepo(cfg.repo, branch=cfg.branch)
         self._sync_wake = asyncio.Event()
-        source = self._load_initial()
+        source = self._read_initial()
         self.server_key = _load_or_create_key(cfg.data_dir / "noise_private.key", MachinePrivate)
         self.derp_key = _load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)
-        self.store = open_store(cfg.data_dir / "tailnetd.sqlite")
+        self.store = _open_private_store(cfg.data_dir / "tailnetd.sqlite")
         self._apply_addressing(source)
 
         if cfg.stun_host is not None:
-            self._stun = await start_stun_server(cfg.stun_host, cfg.stun_port, log=self.log)
+            self._stun = await _listen(
+                "STUN (udp)",
+                cfg.stun_host,
+                cfg.stun_port,
+                start_stun_server(cfg.stun_host, cfg.stun_port, log=self.log),
+            )
             self.stun_port = self._stun.port
 
         ssl_ctx = self._start_tls(*self._certificate_files())
 
-        listener = await asyncio.start_server(
-            self._handle_tcp, cfg.listen_host, cfg.listen_port, ssl=ssl_ctx, limit=64 * 1024
+        listener = await _listen(
+            "control (tcp)",
+            cfg.listen_host,
+            cfg.listen_port,
+            asyncio.start_server(
+                self._handle_tcp, cfg.listen_host, cfg.listen_port, ssl=ssl_ctx, limit=64 * 1024
+            ),
         )
         self._servers.append(listener)
         self.port = listener.sockets[0].getsockname()[1]
@@ -225,23 +296,9 @@ class Server:
         )
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
-        public = self.acme_responder.wrap(
-            build_app(
-                WebDeps(
-                    self.server_key.public(),
-                    self.tailnet,
-                    self.registry,
-                    self.store,
-                    self.clock,
-                    self.status,
-                    os.urandom,
-                    local=False,
-                    sync=self.sync_now,
-                )
-            )
-        )
-        local = build_app(
-            WebDeps(
+
+        def web(local: bool) -> WebDeps:
+            return WebDeps(
                 self.server_key.public(),
                 self.tailnet,
                 self.registry,
@@ -249,10 +306,12 @@ class Server:
                 self.clock,
                 self.status,
                 os.urandom,
-                local=True,
+                local=local,
                 sync=self.sync_now,
             )
-        )
+
+        public = self.acme_responder.wrap(build_app(web(local=False)))
+        local = build_app(web(local=True))
         self._front = FrontDoor(public, upgrades, log=self.log, scheme=scheme)
         self._local_front = FrontDoor(local, {}, log=self.log)
 
@@ -284,6 +343,7 @@ class Server:
                 asyncio.create_task(watch_repo(self.repo, self.on_revision, log=self.log))
             )
         self._tasks.append(asyncio.create_task(self._sweep()))
+        self._warn_undeclared_tags()
         self.log.info(
             "tailnetd listening on %s (control + DERP), STUN %s, serving %s",
             cfg.server_url if cfg.listen_port else f"port {self.port}",
@@ -385,6 +445,14 @@ class Server:
             derp_port=port,
             stun_port=self.stun_port if self._stun else 0,
         )
+
+    def _warn_undeclared_tags(self) -> None:
+        """One warning per node or usable pre-auth key whose tags the served policy
+        does not declare (a commit dropped them from tagOwners)."""
+        policy = self.tailnet.source.policy
+        keys = self.store.list_preauth_keys()
+        for entry in undeclared(policy, self.registry.nodes(), keys, self.clock()):
+            self.log.warning("%s", entry.describe())
 
     def _derp_allowed(self, key: NodePublic) -> bool:
         """DERP relays for nodes the tailnet serves: not deleted, not expired
@@ -504,5 +572,12 @@ class Server:
             task.cancel()
         if connections:
             await asyncio.wait(connections, timeout=5)
-        await self.derp.close()
-        self.store.close()
+        # A start that failed part-way stops too: only what was built is closed.
+        if hasattr(self, "derp"):
+            await self.derp.close()
+        if hasattr(self, "store"):
+            self.store.close()
+        if self._data_lock is not None:
+            self.config.socket_path.unlink(missing_ok=True)  # ours: we hold the data dir
+            self._data_lock.release()
+            self._data_lock = None

@@ -160,6 +160,9 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     print(f"serving:  {status['serving']} (since {status['serving_since']})")
     print(f"nodes:    {status['nodes']} registered, {status['online']} online")
+    for entry in status.get("undeclared_tags") or ():
+        tags = ", ".join(entry["tags"])
+        print(f"undeclared tags: {entry['kind']} {entry['id']} {entry['name']}: {tags}")
     rejected = status.get("rejected")
     if rejected:
         print(f"rejected: {rejected['revision']} at {rejected['at']}")

@@ -10,7 +10,6 @@ never mint another.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,10 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, parse_body
 from server.protocol.keys import MachinePublic
 from server.repo import RepoStatus
 from server.store.interface import Store
 from server.store.model import ApiKey, KeyRejected, NotFound, StoreError
+from server.tagcheck import check_new_key_tags, undeclared
 from server.tailnet import NodeRegistry, Tailnet
 from server.wire import format_time
 
@@ -136,9 +137,14 @@ def build_app(deps: WebDeps) -> Starlette:
             {"id": n.id, "name": n.given_name, "user": n.user, "reason": "user not in tailnet.d"}
             for n in tailnet.cut_off()
         ]
+        found = undeclared(
+            tailnet.source.policy, registry.nodes(), store.list_preauth_keys(), clock()
+        )
+        body["undeclared_tags"] = [entry.to_json() for entry in found]
         return JSONResponse(body)
 
     async def repo_sync(request: Request) -> Response:
+        parse_body(NoBody, await request.body())
         if deps.sync is not None:
             await deps.sync()
         return await status(request)
@@ -174,18 +180,20 @@ def build_app(deps: WebDeps) -> Starlette:
         raise NotFound(f"no node named {ref!r}")
 
     async def delete_node(request: Request) -> Response:
+        parse_body(NoBody, await request.body())
         removed = registry.remove(node_id(request))
         if removed is None:
             raise NotFound("no such node")
         return JSONResponse(node_json(removed))
 
     async def expire_node(request: Request) -> Response:
+        parse_body(NoBody, await request.body())
         node = registry.set_key_expiry(node_id(request), clock())
         return JSONResponse(node_json(node))
 
     async def rename_node(request: Request) -> Response:
-        body = await request.json()
-        node = registry.rename(node_id(request), str(body.get("name", "")))
+        body = parse_body(RenameNode, await request.body())
+        node = registry.rename(node_id(request), body.name)
         return JSONResponse(node_json(node))
 
     def expired(expiration: datetime | None) -> bool:
@@ -211,25 +219,26 @@ def build_app(deps: WebDeps) -> Starlette:
         return JSONResponse([key_json(k) for k in keys])
 
     async def create_key(request: Request) -> Response:
-        body = json.loads(await request.body() or b"{}")
-        user = str(body.get("user") or "")
-        if user not in tailnet.source.users:
+        body = parse_body(CreatePreAuthKey, await request.body())
+        if body.user not in tailnet.source.users:
             known = ", ".join(sorted(tailnet.source.users)) or "none"
-            raise ValueError(f"user {user!r} is not in tailnet.d (known users: {known})")
+            raise ValueError(f"user {body.user!r} is not in tailnet.d (known users: {known})")
+        check_new_key_tags(body.tags, tailnet.source.policy)
         now = clock()
-        expiration = body.get("expiration")
+        lifetime = parse_duration(body.expiration) if body.expiration is not None else None
         text, created = store.create_preauth_key(
-            user,
-            reusable=bool(body.get("reusable")),
-            ephemeral=bool(body.get("ephemeral")),
-            tags=tuple(body.get("tags") or ()),
-            expiration=now + parse_duration(expiration) if expiration else None,
+            body.user,
+            reusable=body.reusable,
+            ephemeral=body.ephemeral,
+            tags=body.tags,
+            expiration=now + lifetime if lifetime is not None else None,
             now=now,
             rng=deps.rng,
         )
         return JSONResponse({"key": text, **key_json(created)})
 
     async def expire_key(request: Request) -> Response:
+        parse_body(NoBody, await request.body())
         ref = request.path_params["ref"]
         expired = store.expire_preauth_key(int(ref) if ref.isdigit() else ref, clock())
         return JSONResponse(key_json(expired))
@@ -248,13 +257,16 @@ def build_app(deps: WebDeps) -> Starlette:
         return JSONResponse([api_key_json(k) for k in store.list_api_keys()])
 
     async def create_api_key(request: Request) -> Response:
-        body = json.loads(await request.body() or b"{}")
+        body = parse_body(CreateApiKey, await request.body())
         now = clock()
-        lifetime = parse_duration(str(body.get("expiration") or DEFAULT_API_KEY_LIFETIME))
+        lifetime = parse_duration(
+            body.expiration if body.expiration is not None else DEFAULT_API_KEY_LIFETIME
+        )
         text, created = store.create_api_key(expiration=now + lifetime, now=now, rng=deps.rng)
         return JSONResponse({"key": text, **api_key_json(created)})
 
     async def expire_api_key(request: Request) -> Response:
+        parse_body(NoBody, await request.body())
         ref = request.path_params["ref"]
         expired = store.expire_api_key(int(ref) if ref.isdigit() else ref, clock())
         return JSONResponse(api_key_json(expired))

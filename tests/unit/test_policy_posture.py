@@ -12,7 +12,7 @@ from gitctl.policy import PolicyError, Topology, TopologyNode, parse_policy
 from gitctl.policy.posture import compare_versions, node_facts, parse_condition
 from gitctl.testing import read_topology_file
 from server.store.model import Node
-from server.views import to_topology_node
+from server.tailnet.views import to_topology_node
 
 from .test_policy_helpers import NODES, can_reach, compile_policy, sees
 from .test_snapshot import load, messages

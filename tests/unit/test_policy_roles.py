@@ -12,7 +12,7 @@ from gitctl.policy.model import Alias
 from gitctl.policy.roles import ROLE_AUTOGROUPS
 from gitctl.testing import synthetic_topology
 from server.tailnet import TailnetSource
-from server.views import to_topology_node
+from server.tailnet.views import to_topology_node
 from server.wire import stable_user_id
 
 from .test_snapshot import load, messages

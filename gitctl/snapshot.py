@@ -17,6 +17,8 @@ from functools import lru_cache
 from typing import Any
 
 from gitctl.diagnostics import Diagnostic, JsonPath, Severity
+from gitctl.policy import Policy, PolicyError, parse_policy
+from gitctl.policy.roles import with_roles
 from gitctl.sources import Documents, SourceError, read_directory, read_git
 from gitctl.tailnet import (
     DnsSpec,
@@ -30,8 +32,10 @@ from gitctl.tailnet import (
     parse_file,
     validate_file,
 )
+from gitctl.testing import check_tests
 
 __all__ = [
+    "ALLOW_ALL",
     "ALLOW_ALL_POLICY",
     "LoadResult",
     "Snapshot",
@@ -45,6 +49,7 @@ __all__ = [
 ALLOW_ALL_POLICY: Mapping[str, Any] = {
     "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
 }
+ALLOW_ALL: Policy = parse_policy(ALLOW_ALL_POLICY)  # what a tailnet.d without policy keys serves
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +60,7 @@ class Snapshot:
     settings: TailnetSettings
     routes: tuple[RouteApproval, ...]
     policy_doc: Mapping[str, Any]  # the merged policy; read-only by convention
-    policy: Any  # gitctl.policy.Policy, or None while the compiler is not installed
+    policy: Policy  # parsed, with the roles users.yaml declares
     sources: Mapping[str, str]  # shown path -> sha256 hex of its bytes
     revision: str | None = None
     # Where each merged value came from; lets later checks (policy tests) name a line.
@@ -105,18 +110,10 @@ def _policy_diagnostics(exc: Exception, provenance: Provenance, root: str) -> li
 
 def _parse_policy(
     doc: Mapping[str, Any], provenance: Provenance, root: str
-) -> tuple[Any, list[Diagnostic]]:
+) -> tuple[Policy | None, list[Diagnostic]]:
     try:
-        from gitctl import policy as policy_mod
-    except ImportError:
-        return None, []
-    parse = getattr(policy_mod, "parse_policy", None)
-    error_type = getattr(policy_mod, "PolicyError", None)
-    if parse is None or error_type is None:
-        return None, []
-    try:
-        return parse(doc), []
-    except error_type as exc:
+        return parse_policy(doc), []
+    except PolicyError as exc:
         return None, _policy_diagnostics(exc, provenance, root)
 
 
@@ -161,14 +158,11 @@ def load_snapshot(documents: Documents) -> LoadResult:
     policy_doc = merged.document.get("policy") or copy.deepcopy(dict(ALLOW_ALL_POLICY))
     policy, problems = _parse_policy(policy_doc, merged.provenance, documents.root)
     diags += problems
-    if policy is not None:
-        # Roles come from users.yaml only; carried by the policy, they resolve the
-        # same in gitctl test, gitctl diff and the server, which all compile it.
-        from gitctl.policy.roles import with_roles
-
-        policy = with_roles(policy, model.users)
-    if _errors(diags):
+    if policy is None or _errors(diags):
         return _done(None, diags, texts)
+    # Roles come from users.yaml only; carried by the policy, they resolve the
+    # same in gitctl test, gitctl diff and the server, which all compile it.
+    policy = with_roles(policy, model.users)
     snapshot = Snapshot(
         id=documents.revision or _content_id(documents),
         users=model.users,
@@ -182,15 +176,11 @@ def load_snapshot(documents: Documents) -> LoadResult:
         provenance=merged.provenance,
         root=documents.root,
     )
-    if policy is not None:
-        # Last stage: the policy's own tests, on hypothetical devices, so a commit stands or
-        # falls on its own whatever nodes happen to be registered. Imported late: it needs
-        # the policy compiler, which this module treats as optional.
-        from gitctl.testing import check_tests
-
-        diags += check_tests(snapshot)
-        if _errors(diags):
-            return replace(_done(None, diags, texts), untested=snapshot)
+    # Last stage: the policy's own tests, on hypothetical devices, so a commit stands or
+    # falls on its own whatever nodes happen to be registered.
+    diags += check_tests(snapshot)
+    if _errors(diags):
+        return replace(_done(None, diags, texts), untested=snapshot)
     return _done(snapshot, diags, texts)
 
 

@@ -12,11 +12,12 @@ import os
 import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gitctl.tailnet import TailnetSettings
 from server.acme import AcmeManager, AcmeSettings
 from server.acme_http import ChallengeResponder
 from server.config import ServerConfig
@@ -41,6 +42,7 @@ from server.wire import DerpRegion
 __all__ = ["Server", "StartupError"]
 
 SWEEP_INTERVAL = 5.0
+DEFAULT_SETTINGS = TailnetSettings()
 
 
 def _expired(node: Node, now: datetime) -> bool:
@@ -420,14 +422,12 @@ class Server:
                 settings.ipv4_prefix, settings.ipv6_prefix, settings.ip_allocation
             )
 
-    def _control_settings(self) -> ControlSettings:
-        return ControlSettings(
-            node_key_expiry=self._settings_value("node_key_expiry", timedelta(days=180))
-        )
+    def _settings(self) -> TailnetSettings:
+        """The serving commit's settings.yaml (its defaults where it says nothing)."""
+        return self.tailnet.source.settings or DEFAULT_SETTINGS
 
-    def _settings_value(self, name: str, default: Any) -> Any:
-        settings = getattr(self.tailnet.source, "settings", None)
-        return getattr(settings, name, default) if settings is not None else default
+    def _control_settings(self) -> ControlSettings:
+        return ControlSettings(node_key_expiry=self._settings().node_key_expiry)
 
     def _derp_region(self) -> DerpRegion:
         # Clients reach DERP where they reach control: the server URL, which
@@ -478,7 +478,7 @@ class Server:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = self.clock()
-            timeout = self._settings_value("ephemeral_inactivity_timeout", timedelta(seconds=120))
+            timeout = self._settings().ephemeral_inactivity_timeout
             cutoff = now - timeout
             # The serving node list, not a read of every row: this runs every few seconds.
             for node in list(self.tailnet.context.nodes.values()):

@@ -67,6 +67,7 @@ def _install() -> Path:
         raise PgUnavailable(f"apt-get install postgresql failed: {result.stderr.strip()}")
     # The package starts a system cluster; tests run their own.
     subprocess.run(["service", "postgresql", "stop"], capture_output=True)
+    subprocess.run(["update-rc.d", "postgresql", "disable"], capture_output=True)
     bin_dir = find_bin_dir()
     if bin_dir is None:
         raise PgUnavailable("postgresql installed but no initdb under /usr/lib/postgresql")

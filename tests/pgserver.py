@@ -9,8 +9,9 @@ Nothing is registered with the system: no service, no cluster in /etc.
 If the binaries are missing and we are root (CI on a fresh machine), the
 `postgresql` package is installed first and its system service stopped again.
 
-Run `python -m tests.pgserver` to get a server for `bench.bench_store
---database URL`; it prints the URL and stops on Ctrl-C.
+Run `python -m tests.pgserver [--durable]` to get a server for
+`bench.bench_store --database URL`; it prints the URL and stops on Ctrl-C.
+`--durable` keeps PostgreSQL's default (crash-safe, fsync per commit) settings.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = ["PgServer", "PgUnavailable", "find_bin_dir"]
 
 _SUPERUSER = "tailnetd"
 # Durability off: a test server that loses its data in a crash loses nothing.
-_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+FAST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
 
 
 class PgUnavailable(Exception):
@@ -92,7 +93,7 @@ class PgServer:
         return f"postgresql://{_SUPERUSER}@/{database}?host={quote(str(self.socket_dir), safe='')}"
 
     @classmethod
-    def start(cls) -> PgServer:
+    def start(cls, settings: tuple[str, ...] = FAST_SETTINGS) -> PgServer:
         bin_dir = find_bin_dir() or _install()
         directory = Path(tempfile.mkdtemp(prefix="tailnetd-pg-"))
         run_as: list[str] = []
@@ -109,7 +110,7 @@ class PgServer:
             )  # fmt: skip
             options = " ".join(
                 ["-c listen_addresses=''", f"-c unix_socket_directories={server.socket_dir}"]
-                + [f"-c {s}" for s in _SETTINGS]
+                + [f"-c {s}" for s in settings]
             )
             server._run(
                 str(bin_dir / "pg_ctl"), "-D", str(server.data_dir), "-o", options,
@@ -131,7 +132,9 @@ class PgServer:
 
 
 if __name__ == "__main__":
-    pg = PgServer.start()
+    import sys
+
+    pg = PgServer.start(() if "--durable" in sys.argv[1:] else FAST_SETTINGS)
     print(pg.url(), flush=True)
     try:
         while True:

@@ -179,7 +179,8 @@ class SqlStore:
                 "INSERT INTO nodes (machine_key, node_key, disco_key, ipv4, ipv6, hostname,"
                 " given_name, user_name, tags, auth_key_id, ephemeral, created, last_seen,"
                 " key_expiry, hostinfo, endpoints, capver)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?) RETURNING id",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)"
+                f" RETURNING {rows.NODE_COLUMNS}",
                 (
                     machine_key.raw,
                     node_key.raw,
@@ -199,7 +200,7 @@ class SqlStore:
                     capver,
                 ),
             )
-            node = self._node_or_raise(db, cursor.fetchone()[0])
+            node = rows.node_from_row(cursor.fetchone())
             index.add(node)
             return node
 

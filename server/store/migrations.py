@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from server.store.model import SchemaError
+
+if TYPE_CHECKING:
+    from server.store._sqlstore import Db
 
 __all__ = [
     "MIGRATIONS",
@@ -195,7 +199,8 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
+def schema_version(conn: Db) -> int:
+    """The last migration applied (0: none), on either backend."""
     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     return int(row[0]) if row is not None and row[0] is not None else 0
 

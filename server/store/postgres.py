@@ -49,10 +49,11 @@ from server.store.migrations import (
     Migration,
     check_not_newer,
     check_numbering,
+    schema_version,
 )
 from server.store.model import AllocationStrategy, Conflict, Rng, StoreError
 
-__all__ = ["PostgresStore", "apply_postgres_migrations", "open_postgres", "schema_version"]
+__all__ = ["PostgresStore", "apply_postgres_migrations", "open_postgres"]
 
 # One server thread uses the store; a few more connections let an admin call
 # or a slow commit overlap without waiting for the pool.
@@ -184,11 +185,6 @@ def _clash_message(exc: psycopg.errors.UniqueViolation) -> str:
 
 
 # Migrations
-
-
-def schema_version(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-    return int(row[0]) if row is not None and row[0] is not None else 0
 
 
 def apply_postgres_migrations(

@@ -18,7 +18,6 @@ from server.store.migrations import (
     schema_version,
 )
 from server.store.postgres import apply_postgres_migrations
-from server.store.postgres import schema_version as pg_schema_version
 from tests.pgserver import PgServer
 from tests.unit.store_backends import PostgresBackend
 from tests.unit.test_store import add_node
@@ -94,7 +93,7 @@ def test_postgres_open_migrates_once_and_reopening_is_a_no_op(pg_server: PgServe
         with backend.open() as store:
             node = add_node(store, 1)
         with psycopg.connect(backend.where(), autocommit=True) as conn:
-            assert pg_schema_version(conn) == len(POSTGRES_MIGRATIONS)
+            assert schema_version(conn) == len(POSTGRES_MIGRATIONS)
             assert apply_postgres_migrations(conn) == []
             rows = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
             assert rows == [(m.version,) for m in POSTGRES_MIGRATIONS]
@@ -126,7 +125,7 @@ def test_postgres_failing_migration_leaves_the_previous_version_intact(
             broken = Migration(2, "broken", ("CREATE TABLE half_done (x int)", "NOT SQL"))
             with pytest.raises(psycopg.errors.SyntaxError):
                 apply_postgres_migrations(conn, (first, broken))
-            assert pg_schema_version(conn) == 1
+            assert schema_version(conn) == 1
             assert "half_done" not in pg_tables(conn) and "nodes" in pg_tables(conn)
             fixed = Migration(2, "fixed", ("CREATE TABLE half_done (x int)",))
             assert apply_postgres_migrations(conn, (first, fixed)) == [2]

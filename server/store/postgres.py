@@ -59,6 +59,10 @@ __all__ = ["PostgresStore", "apply_postgres_migrations", "open_postgres"]
 # or a slow commit overlap without waiting for the pool.
 _POOL_MAX = 4
 _CONNECT_TIMEOUT = 10.0  # seconds to reach the database when opening
+# Seconds a call waits for a connection before PoolTimeout: as long as sqlite's
+# busy_timeout, so an unreachable database stalls the server no longer than a
+# locked file does.
+_CALL_TIMEOUT = 5.0
 _MIGRATION_LOCK = 0x7461696C6E6574  # pg_advisory_xact_lock key: "tailnet"
 _CLASH = {
     "machine_key": "machine key",
@@ -82,7 +86,7 @@ def open_postgres(
     """Connect to the database at `url` and migrate it."""
     pool = ConnectionPool(
         url, min_size=1, max_size=_POOL_MAX, kwargs={"autocommit": True},
-        open=True, name="tailnetd-store",
+        timeout=_CALL_TIMEOUT, open=True, name="tailnetd-store",
     )  # fmt: skip
     try:
         pool.wait(timeout=_CONNECT_TIMEOUT)
@@ -122,6 +126,8 @@ class PostgresStore(SqlStore):
             with self._pool.connection() as conn, conn.transaction():
                 db: Db = _PgDb(conn)
                 if index:
+                    # The seam for change notification between replicas: a
+                    # NOTIFY sent here reaches listeners when this commits.
                     clock = self._clock = int(
                         db.execute(
                             "UPDATE node_index_clock SET version = version + 1 RETURNING version"

@@ -10,7 +10,8 @@ If the binaries are missing and we are root (CI on a fresh machine), the
 `postgresql` package is installed first and its system service stopped again.
 
 Run `python -m tests.pgserver [--durable]` to get a server for
-`bench.bench_store --database URL`; it prints the URL and stops on Ctrl-C.
+`bench.bench_store --database URL`; it prints the URL and stops on Ctrl-C or
+SIGTERM.
 `--durable` keeps PostgreSQL's default (crash-safe, fsync per commit) settings.
 """
 
@@ -132,14 +133,17 @@ class PgServer:
 
 
 if __name__ == "__main__":
+    import signal
     import sys
 
+    # Ctrl-C or a plain kill stops the server and removes its directory (a
+    # shell's background job ignores SIGINT, so SIGTERM counts too).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
     pg = PgServer.start(() if "--durable" in sys.argv[1:] else FAST_SETTINGS)
     print(pg.url(), flush=True)
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
     finally:
         pg.stop()

@@ -31,7 +31,7 @@ from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, N
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
 from server.remote_repo import RemoteRepo, watch_remote
 from server.repo import Rejection, RepoStatus, SnapshotRepo, watch_repo
-from server.store import SqliteStore, open_store
+from server.store import SqlStore, StoreError, open_store
 from server.store.model import Node
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, running_tailnet
@@ -65,7 +65,7 @@ def _load_or_create_key(path: Path, kind: type[Any]) -> Any:
     return key
 
 
-def _open_private_store(path: Path) -> SqliteStore:
+def _open_private_store(path: Path) -> SqlStore:
     """The sqlite store, its files (db, -wal, -shm) readable by the owner alone.
 
     sqlite gives the -wal and -shm files the database file's mode, so the
@@ -258,7 +258,15 @@ class Server:
         source = self._read_initial()
         self.server_key = _load_or_create_key(cfg.data_dir / "noise_private.key", MachinePrivate)
         self.derp_key = _load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)
-        self.store = _open_private_store(cfg.data_dir / "tailnetd.sqlite")
+        location = cfg.store_location
+        if isinstance(location, Path):
+            self.store = _open_private_store(location)
+        else:
+            try:
+                self.store = open_store(location)
+            except StoreError as exc:
+                raise StartupError(f"node state in {cfg.store_description}: {exc}") from None
+        self.log.info("node state in %s", cfg.store_description)
         self._apply_addressing(source)
 
         if cfg.stun_host is not None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from gitctl.tailnet.kinds import did_you_mean
 from server.remote_repo import is_remote
+from server.store import is_postgres_url, redact_url
 
 __all__ = [
     "OPTIONS",
@@ -56,10 +57,25 @@ class ServerConfig:
     acme_directory: str = LETS_ENCRYPT
     acme_http_host: str = "0.0.0.0"  # HTTP-01 answers (and plain-HTTP control) here
     acme_http_port: int = 80
+    # Node state: a postgresql:// URL or a sqlite file; None = sqlite in the data dir.
+    database: str | None = None
 
     @property
     def socket_path(self) -> Path:
         return self.data_dir / "tailnetd.sock"
+
+    @property
+    def store_location(self) -> str | Path:
+        """What `open_store` is given."""
+        if self.database is None:
+            return self.data_dir / "tailnetd.sqlite"
+        return self.database if is_postgres_url(self.database) else Path(self.database)
+
+    @property
+    def store_description(self) -> str:
+        """The store's location fit for a log line (no password)."""
+        where = self.store_location
+        return redact_url(where) if isinstance(where, str) else str(where)
 
 
 def default_repo(cwd: Path | None = None) -> Path:
@@ -110,6 +126,14 @@ def _url(text: str) -> str:
     return text.rstrip("/")
 
 
+def _database(text: str) -> str:
+    if "://" in text and not is_postgres_url(text):
+        raise ValueError(
+            f"must be a postgresql:// URL or the path of a sqlite file, got {redact_url(text)!r}"
+        )
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """One `tailnetd serve` setting, declared once."""
@@ -143,6 +167,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "data", "DIR", "state directory: sqlite, keys, admin socket", "data", "./data", _directory
+    ),
+    Option(
+        "database", "URL", "where node state lives: a postgresql:// URL or a sqlite file",
+        shown="DATA/tailnetd.sqlite", parse=_database,
     ),
     Option(
         "listen", "HOST:PORT", "address for control, DERP and the API", "127.0.0.1:8080",
@@ -280,6 +308,7 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         repo_url=repo_url,
         fetch_interval=v["fetch_interval"],
         data_dir=data_dir,
+        database=v.get("database"),
         listen_host=host,
         listen_port=port,
         server_url=v.get("server_url") or default_url,

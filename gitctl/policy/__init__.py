@@ -5,6 +5,7 @@ from .errors import PolicyError, PolicyErrors
 from .model import Policy
 from .parse import parse_policy
 from .policytests import run_policy_tests
+from .primary import elect_primaries
 from .routes import auto_approved_routes
 from .topology import Topology, TopologyNode, TopologyUser
 
@@ -20,6 +21,7 @@ __all__ = [
     "TopologyUser",
     "auto_approved_routes",
     "compile_tailnet",
+    "elect_primaries",
     "parse_policy",
     "run_policy_tests",
 ]

@@ -2,6 +2,7 @@
 
 from .compile import CompiledTailnet, NodeView, PeerView, compile_tailnet
 from .errors import PolicyError, PolicyErrors
+from .expiry import Expiring, expiring_within, in_force, next_expiry
 from .model import Policy
 from .parse import parse_policy
 from .policytests import run_policy_tests
@@ -11,6 +12,7 @@ from .topology import Topology, TopologyNode, TopologyUser
 
 __all__ = [
     "CompiledTailnet",
+    "Expiring",
     "NodeView",
     "PeerView",
     "Policy",
@@ -22,6 +24,9 @@ __all__ = [
     "auto_approved_routes",
     "compile_tailnet",
     "elect_primaries",
+    "expiring_within",
+    "in_force",
+    "next_expiry",
     "parse_policy",
     "run_policy_tests",
 ]

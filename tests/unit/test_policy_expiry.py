@@ -172,16 +172,22 @@ def test_a_malformed_group_member_is_refused() -> None:
         policy(groups={"group:x": [{"member": "bob@example.com"}]})
 
 
-def test_a_bad_time_in_tailnet_d_names_file_line_and_column(tmp_path: Path) -> None:
+def tailnet_d(tmp_path: Path, policy_yaml: str) -> Path:
     d = tmp_path / "tailnet.d"
     d.mkdir()
     (d / "users.yaml").write_text("users:\n  - {name: bob, email: bob@example.com}\n")
-    (d / "policy.yaml").write_text(
+    (d / "policy.yaml").write_text(policy_yaml)
+    return d
+
+
+def test_a_bad_time_in_tailnet_d_names_file_line_and_column(tmp_path: Path) -> None:
+    d = tailnet_d(
+        tmp_path,
         "acls:\n"
         "  - action: accept\n"
         "    src: [bob@example.com]\n"
         "    dst: ['*:22']\n"
-        "    expires: 2026-05-01T17:00:00\n"
+        "    expires: 2026-05-01T17:00:00\n",
     )
     result = load_from_directory(d, now=BEFORE)
     assert not result.ok
@@ -191,17 +197,15 @@ def test_a_bad_time_in_tailnet_d_names_file_line_and_column(tmp_path: Path) -> N
 
 
 def test_a_commit_with_expiring_access_loads_only_with_a_clock(tmp_path: Path) -> None:
-    d = tmp_path / "tailnet.d"
-    d.mkdir()
-    (d / "users.yaml").write_text("users:\n  - {name: bob, email: bob@example.com}\n")
-    (d / "policy.yaml").write_text(
+    d = tailnet_d(
+        tmp_path,
         "groups:\n"
         "  group:ops:\n"
         "    - {user: bob@example.com, expires: '2026-05-01T17:00:00Z'}\n"
         "acls:\n"
         "  - {action: accept, src: [group:ops], dst: ['*:22']}\n"
         "tests:\n"
-        "  - {src: bob@example.com, deny: ['100.64.0.1:22']}\n"
+        "  - {src: bob@example.com, deny: ['100.64.0.1:22']}\n",
     )
     assert load_from_directory(d, now=AT).ok  # bob has left group:ops: the test holds
     failed = load_from_directory(d, now=BEFORE)

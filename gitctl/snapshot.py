@@ -13,6 +13,7 @@ import os
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -137,7 +138,10 @@ def _checked_file(path: str, data: bytes) -> tuple[SourceFile | None, tuple[Diag
     return sf, (*problems, *validate_file(sf))
 
 
-def load_snapshot(documents: Documents) -> LoadResult:
+def load_snapshot(documents: Documents, *, now: datetime | None = None) -> LoadResult:
+    """The commit's snapshot, or every problem found. ``now`` is when the policy's tests
+    are judged (access expired by then is gone); a policy with `expires` times is refused
+    without it."""
     diags: list[Diagnostic] = []
     texts: dict[str, str] = {}
     parsed: list[SourceFile] = []
@@ -178,7 +182,7 @@ def load_snapshot(documents: Documents) -> LoadResult:
     )
     # Last stage: the policy's own tests, on hypothetical devices, so a commit stands or
     # falls on its own whatever nodes happen to be registered.
-    diags += check_tests(snapshot)
+    diags += check_tests(snapshot, now=now)
     if _errors(diags):
         return replace(_done(None, diags, texts), untested=snapshot)
     return _done(snapshot, diags, texts)
@@ -188,15 +192,17 @@ def _failed(exc: SourceError) -> LoadResult:
     return LoadResult(None, (Diagnostic(exc.where, 1, 1, exc.message),))
 
 
-def load_from_directory(path: str | os.PathLike[str]) -> LoadResult:
+def load_from_directory(path: str | os.PathLike[str], *, now: datetime | None = None) -> LoadResult:
     try:
-        return load_snapshot(read_directory(path))
+        return load_snapshot(read_directory(path), now=now)
     except SourceError as exc:
         return _failed(exc)
 
 
-def load_from_git(repo_path: str | os.PathLike[str], rev: str = "HEAD") -> LoadResult:
+def load_from_git(
+    repo_path: str | os.PathLike[str], rev: str = "HEAD", *, now: datetime | None = None
+) -> LoadResult:
     try:
-        return load_snapshot(read_git(repo_path, rev))
+        return load_snapshot(read_git(repo_path, rev), now=now)
     except SourceError as exc:
         return _failed(exc)

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, parse_body
+from server.metrics import Metrics, RequestCounter
 from server.protocol.keys import MachinePublic
 from server.repo import RepoStatus
 from server.store.interface import Store
@@ -29,7 +30,7 @@ from server.tagcheck import check_new_key_tags, undeclared
 from server.tailnet import NodeRegistry, Tailnet
 from server.wire import format_time
 
-__all__ = ["WebDeps", "build_app", "parse_duration"]
+__all__ = ["WebDeps", "build_app", "build_metrics_app", "parse_duration"]
 
 ZERO_MKEY = "mkey:" + "0" * 64
 _SOCKET_ONLY = "API keys are created only on the server: run `tailnetd apikeys create` there"
@@ -54,6 +55,50 @@ class WebDeps:
     local: bool  # True on the unix socket: admin API allowed
     # Fetch (remote) or re-read (work tree) the repository now; serves a new commit if valid.
     sync: Callable[[], Awaitable[None]] | None = None
+    metrics: Metrics | None = None  # /metrics on the socket; requests are counted
+
+
+def _probe_routes(deps: WebDeps, *, with_metrics: bool) -> list[Route]:
+    """/health (live: the loop answers) and /ready (a snapshot is served and
+    the store answers), and /metrics on the socket and the metrics listener."""
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "serving": deps.status.serving})
+
+    async def ready(request: Request) -> Response:
+        reason = None
+        if deps.status.serving is None:
+            reason = "no snapshot is being served yet"
+        else:
+            try:
+                deps.store.get_node(0)  # any read: does the store answer?
+            except Exception as exc:
+                reason = f"the store does not answer: {exc}"
+        body = {"ready": reason is None, "serving": deps.status.serving, "reason": reason}
+        return JSONResponse(body, 200 if reason is None else 503)
+
+    routes = [Route("/health", health), Route("/ready", ready)]
+    metrics = deps.metrics
+    if metrics is not None and with_metrics:
+
+        async def scrape(request: Request) -> Response:
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+        routes.append(Route("/metrics", scrape))
+    return routes
+
+
+def _counted(app: Starlette, deps: WebDeps) -> Starlette:
+    if deps.metrics is not None:
+        app.add_middleware(RequestCounter, metrics=deps.metrics)
+    return app
+
+
+def build_metrics_app(deps: WebDeps) -> Starlette:
+    """The plain-HTTP --metrics-listen port: /metrics, /health and /ready only."""
+    return _counted(Starlette(routes=_probe_routes(deps, with_metrics=True)), deps)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -83,9 +128,6 @@ def build_app(deps: WebDeps) -> Starlette:
         challenge = request.headers.get("x-tailscale-challenge")
         headers = {"X-Tailscale-Response": f"response {challenge}"} if challenge else {}
         return Response(status_code=204, headers=headers)
-
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "serving": deps.status.serving})
 
     async def index(request: Request) -> Response:
         return PlainTextResponse(
@@ -278,7 +320,7 @@ def build_app(deps: WebDeps) -> Starlette:
         Route("/derp/probe", derp_probe, methods=["GET", "HEAD"]),
         Route("/derp/latency-check", derp_probe, methods=["GET", "HEAD"]),
         Route("/generate_204", generate_204),
-        Route("/health", health),
+        *_probe_routes(deps, with_metrics=deps.local),
         Route("/api/v1/status", admin(status)),
         Route("/api/v1/repo/sync", admin(repo_sync), methods=["POST"]),
         Route("/api/v1/nodes", admin(list_nodes)),
@@ -292,4 +334,4 @@ def build_app(deps: WebDeps) -> Starlette:
         Route("/api/v1/apikeys", admin(create_api_key, socket_only=True), methods=["POST"]),
         Route("/api/v1/apikeys/{ref}/expire", admin(expire_api_key), methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+    return _counted(Starlette(routes=routes), deps)

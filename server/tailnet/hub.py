@@ -338,6 +338,10 @@ class Tailnet:
         if not handles:
             del self._sessions[handle.node_id]
 
+    def waiting(self) -> list[SessionHandle]:
+        """Open sessions woken and not yet caught up (they owe their client a message)."""
+        return [h for handles in self._sessions.values() for h in handles if h.wake.is_set()]
+
     def serves(self, node_id: int) -> bool:
         return node_id in self._ctx.nodes
 

@@ -29,6 +29,7 @@ from server.edge.control_conn import ControlConnection
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
+from server.logs import event
 from server.metrics import DerpCollector, LiveCollector, Metrics
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, NodePublic
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
@@ -180,6 +181,13 @@ class Server:
             revision[:12],
             (self.status.serving or "nothing")[:12],
             "\n".join(f"  {e}" for e in errors),
+            extra=event(
+                "snapshot.rejected",
+                commit=revision,
+                reason=checked.reason or "compile",
+                serving=self.status.serving,
+                errors=len(errors),
+            ),
         )
 
     async def sync_now(self) -> None:
@@ -327,6 +335,7 @@ class Server:
                 local=local,
                 sync=self.sync_now,
                 metrics=self.metrics,
+                log=self.log,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))
@@ -527,13 +536,29 @@ class Server:
             # The serving node list, not a read of every row: this runs every few seconds.
             for node in list(self.tailnet.context.nodes.values()):
                 if node.key_expiry is not None and last < node.key_expiry <= now:
-                    self.log.info("node %d %s: key expired", node.id, node.given_name)
+                    self.log.info(
+                        "node %d %s: key expired",
+                        node.id,
+                        node.given_name,
+                        extra=event(
+                            "node.expired", node=node.id, node_name=node.given_name, user=node.user
+                        ),
+                    )
                     self.derp.disconnect(node.node_key)
                 if not node.ephemeral or self.registry.is_online(node.id):
                     continue
                 if (node.last_seen or node.created) < cutoff:
                     self.log.info(
-                        "removing ephemeral node %d %s: inactive", node.id, node.given_name
+                        "removing ephemeral node %d %s: inactive",
+                        node.id,
+                        node.given_name,
+                        extra=event(
+                            "node.deleted",
+                            node=node.id,
+                            node_name=node.given_name,
+                            user=node.user,
+                            reason="ephemeral node inactive",
+                        ),
                     )
                     self.registry.remove(node.id)
             for node in self.tailnet.cut_off():

@@ -22,6 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from server.edge.control_conn import ControlRequest, ControlResponse
+from server.logs import event
 from server.metrics import Metrics
 from server.protocol.keys import DiscoPublic, KeyFormatError, NodePublic
 from server.protocol.mapframe import MapFrameEncoder
@@ -155,7 +156,12 @@ class ControlHandler:
             key = self._store.check_preauth_key(auth_key, now)
         except KeyRejected as exc:
             self._metrics.registration("expired_key" if "expired" in exc.reason else "bad_key")
-            self._log.info("register: %s: %s", req.machine_key.short(), exc)
+            self._log.info(
+                "register: %s: %s",
+                req.machine_key.short(),
+                exc,
+                extra=event("register.refused", machine=req.machine_key.short(), reason=exc.reason),
+            )
             return _json({"Error": f"invalid auth key: {exc}"})
         owner = None if key.tags else key.user
         expiry_span = self._settings().node_key_expiry
@@ -182,6 +188,14 @@ class ControlHandler:
             node.id,
             node.given_name,
             owner or ",".join(key.tags),
+            extra=event(
+                "node.registered",
+                node=node.id,
+                node_name=node.given_name,
+                user=owner,
+                tags=list(key.tags),
+                commit=self._tailnet.source.id,
+            ),
         )
         return _json(self._register_response(node))
 
@@ -193,7 +207,12 @@ class ControlHandler:
             self._registry.remove(node.id)
         else:
             node = self._registry.set_key_expiry(node.id, now)
-        self._log.info("register: node %d %s logged out", node.id, node.given_name)
+        self._log.info(
+            "register: node %d %s logged out",
+            node.id,
+            node.given_name,
+            extra=event("node.logged_out", node=node.id, node_name=node.given_name, user=node.user),
+        )
         return _json(self._register_response(node, expired=True))
 
     def _register_response(self, node: Node, *, expired: bool = False) -> dict[str, Any]:

@@ -10,6 +10,7 @@ never mint another.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, parse_body
+from server.logs import event
 from server.metrics import Metrics, RequestCounter
 from server.protocol.keys import MachinePublic
 from server.repo import RepoStatus
@@ -56,6 +58,7 @@ class WebDeps:
     # Fetch (remote) or re-read (work tree) the repository now; serves a new commit if valid.
     sync: Callable[[], Awaitable[None]] | None = None
     metrics: Metrics | None = None  # /metrics on the socket; requests are counted
+    log: logging.Logger | None = None  # admin actions, one `api.*` event each
 
 
 def _probe_routes(deps: WebDeps, *, with_metrics: bool) -> list[Route]:
@@ -114,6 +117,11 @@ def build_app(deps: WebDeps) -> Starlette:
     registry = deps.registry
     store = deps.store
     clock = deps.clock
+    log = deps.log or logging.getLogger("tailnetd")
+    via = "socket" if deps.local else "api_key"
+
+    def acted(name: str, message: str, *args: Any, **fields: Any) -> None:
+        log.info("api: " + message, *args, extra=event(name, via=via, **fields))
 
     async def key(request: Request) -> Response:
         return JSONResponse({"legacyPublicKey": ZERO_MKEY, "publicKey": deps.server_key.text})
@@ -187,6 +195,7 @@ def build_app(deps: WebDeps) -> Starlette:
 
     async def repo_sync(request: Request) -> Response:
         parse_body(NoBody, await request.body())
+        acted("api.repo_sync", "repository sync requested")
         if deps.sync is not None:
             await deps.sync()
         return await status(request)
@@ -226,16 +235,28 @@ def build_app(deps: WebDeps) -> Starlette:
         removed = registry.remove(node_id(request))
         if removed is None:
             raise NotFound("no such node")
+        acted(
+            "api.node_deleted", "node %d %s deleted", removed.id, removed.given_name,
+            node=removed.id, node_name=removed.given_name, user=removed.user,
+        )  # fmt: skip
         return JSONResponse(node_json(removed))
 
     async def expire_node(request: Request) -> Response:
         parse_body(NoBody, await request.body())
         node = registry.set_key_expiry(node_id(request), clock())
+        acted(
+            "api.node_expired", "node %d %s expired", node.id, node.given_name,
+            node=node.id, node_name=node.given_name, user=node.user,
+        )  # fmt: skip
         return JSONResponse(node_json(node))
 
     async def rename_node(request: Request) -> Response:
         body = parse_body(RenameNode, await request.body())
         node = registry.rename(node_id(request), body.name)
+        acted(
+            "api.node_renamed", "node %d renamed %s", node.id, node.given_name,
+            node=node.id, node_name=node.given_name, user=node.user,
+        )  # fmt: skip
         return JSONResponse(node_json(node))
 
     def expired(expiration: datetime | None) -> bool:
@@ -277,12 +298,17 @@ def build_app(deps: WebDeps) -> Starlette:
             now=now,
             rng=deps.rng,
         )
+        acted(
+            "api.preauthkey_created", "pre-auth key %d created for %s", created.id, body.user,
+            key=created.id, user=body.user, tags=list(body.tags),
+        )  # fmt: skip
         return JSONResponse({"key": text, **key_json(created)})
 
     async def expire_key(request: Request) -> Response:
         parse_body(NoBody, await request.body())
         ref = request.path_params["ref"]
         expired = store.expire_preauth_key(int(ref) if ref.isdigit() else ref, clock())
+        acted("api.preauthkey_expired", "pre-auth key %d expired", expired.id, key=expired.id)
         return JSONResponse(key_json(expired))
 
     def api_key_json(k: ApiKey) -> dict[str, Any]:
@@ -305,12 +331,14 @@ def build_app(deps: WebDeps) -> Starlette:
             body.expiration if body.expiration is not None else DEFAULT_API_KEY_LIFETIME
         )
         text, created = store.create_api_key(expiration=now + lifetime, now=now, rng=deps.rng)
+        acted("api.apikey_created", "API key %d created", created.id, key=created.id)
         return JSONResponse({"key": text, **api_key_json(created)})
 
     async def expire_api_key(request: Request) -> Response:
         parse_body(NoBody, await request.body())
         ref = request.path_params["ref"]
         expired = store.expire_api_key(int(ref) if ref.isdigit() else ref, clock())
+        acted("api.apikey_expired", "API key %d expired", expired.id, key=expired.id)
         return JSONResponse(api_key_json(expired))
 
     routes = [

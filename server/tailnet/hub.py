@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from server.logs import event
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.registry import NodeChange
@@ -252,7 +253,9 @@ class Tailnet:
         except Exception:
             self._source, self._derp_map = old, old_derp
             raise
-        self._log.info("serving snapshot %s", source.id[:12])
+        self._log.info(
+            "serving snapshot %s", source.id[:12], extra=event("snapshot.served", commit=source.id)
+        )
         self._close_unserved(old_ctx)
         changed = self._ctx.views.changed
         if changed is None or (old.domain, old.dns_config, old.users, old_derp) != (
@@ -314,6 +317,13 @@ class Tailnet:
                     node_id,
                     node.given_name,
                     node.user,
+                    extra=event(
+                        "node.cut_off",
+                        node=node_id,
+                        node_name=node.given_name,
+                        user=node.user,
+                        commit=self._source.id,
+                    ),
                 )
             self._end_sessions(node_id)
 

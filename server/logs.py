@@ -57,8 +57,11 @@ class EventFormatter(logging.Formatter):
                 line["error"] = error
             return json.dumps(line, default=str, ensure_ascii=False)
         pairs = "".join(f" {k}={_text(v)}" for k, v in {"event": name, **fields}.items())
-        text = f"{stamp} {record.levelname} {message}"
-        text += pairs if name != "log" or fields else ""
+        # The fields end the first line; a multi-line message (a rejected
+        # commit's errors) follows it.
+        first, newline, rest = message.partition("\n")
+        text = f"{stamp} {record.levelname} {first}"
+        text += (pairs if name != "log" or fields else "") + newline + rest
         return text + (f"\n{error}" if error else "")
 
 

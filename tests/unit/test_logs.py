@@ -65,6 +65,11 @@ def test_text_appends_the_fields_as_key_value_pairs() -> None:
         '2026-01-01T00:00:00.250Z INFO rejected event=snapshot.rejected commit=ab12 reason="a b"'
     )
     assert fmt.format(record("hello %s", "you")) == "2026-01-01T00:00:00.250Z INFO hello you"
+    lines = fmt.format(record("rejected:\n  a.yaml:1:1: bad", **event("x", commit="c")))
+    assert lines.splitlines() == [
+        "2026-01-01T00:00:00.250Z INFO rejected: event=x commit=c",
+        "  a.yaml:1:1: bad",
+    ]
 
 
 @async_test

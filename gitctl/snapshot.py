@@ -85,6 +85,8 @@ class LoadResult:
     # The snapshot the commit would be had its policy tests passed: a review (`gitctl diff`)
     # still shows what such a commit changes. Never served.
     untested: Snapshot | None = field(default=None, compare=False, repr=False)
+    # The first stage with an error (source, parse, schema, merge, policy, tests); None if none.
+    failed_stage: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -118,9 +120,15 @@ def _parse_policy(
         return None, _policy_diagnostics(exc, provenance, root)
 
 
-def _done(snapshot: Snapshot | None, diags: list[Diagnostic], texts: dict[str, str]) -> LoadResult:
+def _done(
+    snapshot: Snapshot | None,
+    diags: list[Diagnostic],
+    texts: dict[str, str],
+    stages: dict[str, list[Diagnostic]] | None = None,
+) -> LoadResult:
     ordered = sorted(diags, key=lambda d: (d.file, d.line, d.col))
-    return LoadResult(snapshot, tuple(ordered), texts)
+    failed = next((name for name, found in (stages or {}).items() if _errors(found)), None)
+    return LoadResult(snapshot, tuple(ordered), texts, failed_stage=failed)
 
 
 def _errors(diags: list[Diagnostic]) -> bool:
@@ -145,25 +153,31 @@ def load_snapshot(documents: Documents, *, now: datetime | None = None) -> LoadR
     diags: list[Diagnostic] = []
     texts: dict[str, str] = {}
     parsed: list[SourceFile] = []
+    # Each stage's problems, in order, to name the first that failed.
+    stages: dict[str, list[Diagnostic]] = {s: [] for s in ("parse", "schema", "merge", "policy")}
     for path, data in documents.files.items():
         texts[path] = data.decode("utf-8", "replace")
         sf, checks = _checked_file(path, data)
         diags += checks
+        stages["schema" if sf is not None else "parse"] += checks
         if sf is not None:
             # The cached value is shared: later stages get their own copy.
             parsed.append(replace(sf, value=copy.deepcopy(sf.value)))
     merged, problems = merge_files(parsed)
     diags += problems
+    stages["merge"] += problems
     if _errors(diags):
-        return _done(None, diags, texts)
+        return _done(None, diags, texts, stages)
 
     model, problems = build_model(merged.document, merged.provenance)
     diags += problems
+    stages["schema"] += problems
     policy_doc = merged.document.get("policy") or copy.deepcopy(dict(ALLOW_ALL_POLICY))
     policy, problems = _parse_policy(policy_doc, merged.provenance, documents.root)
     diags += problems
+    stages["policy"] += problems
     if policy is None or _errors(diags):
-        return _done(None, diags, texts)
+        return _done(None, diags, texts, stages)
     # Roles come from users.yaml only; carried by the policy, they resolve the
     # same in gitctl test, gitctl diff and the server, which all compile it.
     policy = with_roles(policy, model.users)
@@ -182,14 +196,15 @@ def load_snapshot(documents: Documents, *, now: datetime | None = None) -> LoadR
     )
     # Last stage: the policy's own tests, on hypothetical devices, so a commit stands or
     # falls on its own whatever nodes happen to be registered.
-    diags += check_tests(snapshot, now=now)
+    stages["tests"] = check_tests(snapshot, now=now)
+    diags += stages["tests"]
     if _errors(diags):
-        return replace(_done(None, diags, texts), untested=snapshot)
+        return replace(_done(None, diags, texts, stages), untested=snapshot)
     return _done(snapshot, diags, texts)
 
 
 def _failed(exc: SourceError) -> LoadResult:
-    return LoadResult(None, (Diagnostic(exc.where, 1, 1, exc.message),))
+    return LoadResult(None, (Diagnostic(exc.where, 1, 1, exc.message),), failed_stage="source")
 
 
 def load_from_directory(path: str | os.PathLike[str], *, now: datetime | None = None) -> LoadResult:

@@ -59,6 +59,9 @@ class ServerConfig:
     acme_http_port: int = 80
     # Node state: a postgresql:// URL or a sqlite file; None = sqlite in the data dir.
     database: str | None = None
+    metrics_host: str | None = None  # a plain-HTTP /metrics, /health, /ready listener
+    metrics_port: int = 0
+    log_format: str = "text"  # "text" or "json" (one object per line)
 
     @property
     def socket_path(self) -> Path:
@@ -99,9 +102,15 @@ def _hostport(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _stun(text: str) -> tuple[str, int] | None:
+def _optional_hostport(text: str) -> tuple[str, int] | None:
     """HOST:PORT, or None for `off`."""
     return None if text.lower() in ("", "off", "none") else _hostport(text)
+
+
+def _log_format(text: str) -> str:
+    if text.lower() not in ("json", "text"):
+        raise ValueError(f"must be json or text, got {text!r}")
+    return text.lower()
 
 
 def _seconds(text: str) -> float:
@@ -182,7 +191,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "stun_listen", "HOST:PORT", "address for STUN over UDP, or off",
-        shown="the listen host, port 3478", parse=_stun,
+        shown="the listen host, port 3478", parse=_optional_hostport,
     ),
     Option("tls_cert", "FILE", "PEM certificate chain file (with --tls-key)", parse=_file),
     Option("tls_key", "FILE", "PEM private key file (with --tls-cert)", parse=_file),
@@ -201,6 +210,14 @@ OPTIONS: tuple[Option, ...] = (
         "acme_http_listen", "HOST:PORT", "address answering HTTP-01 challenges", "0.0.0.0:80",
         parse=_hostport,
     ),
+    Option(
+        "metrics_listen", "HOST:PORT",
+        "plain-HTTP address serving only /metrics, /health and /ready, or off "
+        "(/metrics is always on the admin socket)",
+        "off", parse=_optional_hostport,
+    ),
+    Option("log_format", "json|text", "log lines as text, or one JSON object per line", "text",
+           parse=_log_format),
 )  # fmt: skip
 _BY_KEY = {option.key: option for option in OPTIONS}
 
@@ -303,6 +320,7 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     else:
         repo = Path(repo_value) if repo_value else default_repo()
     acme_http_host, acme_http_port = v["acme_http_listen"]
+    metrics = v["metrics_listen"]
     return ServerConfig(
         repo=repo.resolve(),
         repo_url=repo_url,
@@ -322,6 +340,9 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         acme_directory=v["acme_directory"],
         acme_http_host=acme_http_host,
         acme_http_port=acme_http_port,
+        metrics_host=metrics[0] if metrics else None,
+        metrics_port=metrics[1] if metrics else 0,
+        log_format=v["log_format"],
     )
 
 

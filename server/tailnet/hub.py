@@ -25,6 +25,7 @@ from typing import Any
 from gitctl.policy import Policy
 from gitctl.snapshot import Snapshot
 from gitctl.tailnet import TailnetSettings
+from server.logs import event
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.registry import NodeChange
@@ -244,7 +245,9 @@ class Tailnet:
         except Exception:
             self._source, self._derp_map = old, old_derp
             raise
-        self._log.info("serving snapshot %s", source.id[:12])
+        self._log.info(
+            "serving snapshot %s", source.id[:12], extra=event("snapshot.served", commit=source.id)
+        )
         self._close_unserved(old_ctx)
         changed = self._ctx.views.changed
         if changed is None or (old.domain, old.dns_config, old.users, old_derp) != (
@@ -306,6 +309,13 @@ class Tailnet:
                     node_id,
                     node.given_name,
                     node.user,
+                    extra=event(
+                        "node.cut_off",
+                        node=node_id,
+                        node_name=node.given_name,
+                        user=node.user,
+                        commit=self._source.id,
+                    ),
                 )
             self._end_sessions(node_id)
 
@@ -329,6 +339,10 @@ class Tailnet:
         handles.discard(handle)
         if not handles:
             del self._sessions[handle.node_id]
+
+    def waiting(self) -> list[SessionHandle]:
+        """Open sessions woken and not yet caught up (they owe their client a message)."""
+        return [h for handles in self._sessions.values() for h in handles if h.wake.is_set()]
 
     def serves(self, node_id: int) -> bool:
         return node_id in self._ctx.nodes

@@ -116,6 +116,8 @@ def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path:
         "acme_email": "a@example.com",
         "acme_directory": "https://ca",
         "acme_http_listen": "127.0.0.7:7",
+        "metrics_listen": "127.0.0.8:8",
+        "log_format": "json",
     }
     assert set(samples) | {"tls_cert", "tls_key"} == {o.key for o in OPTIONS}
     for option in OPTIONS:
@@ -136,6 +138,13 @@ def test_defaults_come_from_the_table() -> None:
     assert (cfg.acme_http_host, cfg.acme_http_port) == ("0.0.0.0", 80)
     assert cfg.fetch_interval == 60.0 and cfg.data_dir == Path("data").resolve()
     assert cfg.acme_directory.startswith("https://acme-v02.api.letsencrypt.org")
+    assert cfg.metrics_host is None and cfg.log_format == "text"  # no metrics port unless asked
+
+
+def test_log_format_is_json_or_text() -> None:
+    assert load_config({}, {"TAILNETD_LOG_FORMAT": "JSON"}).log_format == "json"
+    with pytest.raises(ConfigError, match="^TAILNETD_LOG_FORMAT: must be json or text"):
+        load_config({}, {"TAILNETD_LOG_FORMAT": "yaml"})
 
 
 def test_unknown_config_key_suggests_the_close_one(tmp_path: Path) -> None:

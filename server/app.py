@@ -288,7 +288,6 @@ class Server:
                 self.store = open_store(location)
             except StoreError as exc:
                 raise StartupError(f"node state in {cfg.store_description}: {exc}") from None
-        self.log.info("node state in %s", cfg.store_description)
         self._apply_addressing(source)
 
         if cfg.stun_host is not None:
@@ -385,10 +384,11 @@ class Server:
         self._tasks.append(asyncio.create_task(self._sweep()))
         self._warn_undeclared_tags()
         self.log.info(
-            "tailnetd listening on %s (control + DERP), STUN %s, serving %s",
+            "tailnetd listening on %s (control + DERP), STUN %s, serving %s, node state in %s",
             cfg.server_url if cfg.listen_port else f"port {self.port}",
             f"on udp/{self.stun_port}" if self._stun else "off",
             (self.status.serving or "")[:12],
+            cfg.store_description,
         )
 
     async def _start_metrics(self, app: Any) -> None:

@@ -24,6 +24,7 @@ _LAZY_COMMANDS = {
     "diff": ("gitctl.diff_cmd", "show the access changes between two revisions"),
     "lint": ("gitctl.lint_cmd", "find unused names, shadowed rules and risky forms"),
     "explain": ("gitctl.explain_cmd", "say whether one device may reach another, and why"),
+    "verify": ("gitctl.verify_cmd", "check that a commit is signed by a trusted signer"),
 }
 
 

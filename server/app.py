@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from server.acme import AcmeManager, AcmeSettings
 from server.acme_http import ChallengeResponder
+from server.authority import CommitAuthority
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
@@ -26,6 +27,7 @@ from server.edge.control_conn import ControlConnection
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
+from server.history import HISTORY_FILE, History, HistoryEntry
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, NodePublic
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
 from server.remote_repo import RemoteRepo, watch_remote
@@ -102,7 +104,8 @@ class Server:
         self.config = config
         self.log = log or logging.getLogger("tailnetd")
         self.clock = clock
-        self.status = RepoStatus()
+        self.history = History(config.data_dir / HISTORY_FILE)
+        self.status = RepoStatus(journal=self.history)
         self._revision_lock = asyncio.Lock()
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -122,20 +125,40 @@ class Server:
         head = self.repo.head()
         snap, errors = self.repo.load(head)
         last_good_file = self.config.data_dir / "last_good_revision"
+        previous = last_good_file.read_text().strip() if last_good_file.exists() else None
+        signer = self.history.signer_of(head) if head is not None else None
+        if previous and self.authority.needs_previous:
+            # The trust chain goes on across restarts: a new HEAD is checked against
+            # the list of the commit served last.
+            self.authority.serving(previous, self.repo.load(previous)[0])
+        # A commit served before was checked then (an outside list is checked always).
+        if snap is not None and head is not None and (head != previous or self.authority.outside):
+            snap, signer, errors = self._verified(head, snap, errors)
         if snap is None:
             self._reject(head or str(self.repo.path), errors)
-            previous = last_good_file.read_text().strip() if last_good_file.exists() else None
             if previous and previous != head:
                 self.log.warning(
-                    "HEAD %s is broken; serving the last good commit %s", head, previous
+                    "HEAD %s is refused; serving the last good commit %s", head, previous
                 )
                 snap, errors = self.repo.load(previous)
+                signer = self.history.signer_of(previous)
+                if snap is not None and self.authority.outside:
+                    snap, signer, errors = self._verified(previous, snap, errors)
             if snap is None:
                 raise StartupError(
                     "no valid tailnet.d to serve:\n" + "\n".join(f"  {e}" for e in errors)
                 )
-        self._serving(snap)
+        self._serving(snap, signer)
         return TailnetSource.from_snapshot(snap)
+
+    def _verified(
+        self, revision: str, snap: Any, errors: tuple[str, ...]
+    ) -> tuple[Any, str | None, tuple[str, ...]]:
+        """(snapshot, signer, errors): no snapshot if the signature refuses it."""
+        verdict = self.authority.check(revision, snap)
+        if verdict.refusal is not None:
+            return None, None, (verdict.refusal,)
+        return snap, verdict.signer, errors
 
     def _read_initial(self) -> TailnetSource:
         import git
@@ -153,17 +176,19 @@ class Server:
     def _last_rejected(self) -> str | None:
         return self.status.rejected.revision if self.status.rejected is not None else None
 
-    def _serving(self, snap: Any) -> None:
+    def _serving(self, snap: Any, signer: str | None) -> None:
         self.status.serving = snap.id
         self.status.serving_since = self.clock()
+        self.status.signer = signer
         if self.repo.is_git:
             write_private(self.config.data_dir / "last_good_revision", (snap.id + "\n").encode())
+            self.authority.serving(snap.revision, snap)
+            self.history.append(HistoryEntry(snap.id, self.clock(), "served", signer))
 
     def _reject(self, revision: str, errors: tuple[str, ...]) -> None:
         rejection = Rejection(revision, self.clock(), errors)
         self.status.rejected = rejection
-        self.status.history.append(rejection)
-        del self.status.history[:-20]
+        self.history.append(HistoryEntry(revision, rejection.at, "rejected", None, errors))
         self.log.error(
             "commit %s rejected, still serving %s:\n%s",
             revision[:12],
@@ -205,6 +230,10 @@ class Server:
         if snap is None:
             self._reject(revision, errors)
             return
+        verdict = await asyncio.to_thread(self.authority.check, revision, snap)
+        if not verdict.ok:
+            self._reject(revision, (verdict.refusal or "",))
+            return
         try:
             source = TailnetSource.from_snapshot(snap)
             self.tailnet.swap_source(source)
@@ -214,7 +243,7 @@ class Server:
             return
         self._apply_addressing(source)
         self.status.rejected = None
-        self._serving(snap)
+        self._serving(snap, verdict.signer)
         self._warn_undeclared_tags()
 
     # Life cycle
@@ -253,6 +282,11 @@ class Server:
         else:
             self.repo = SnapshotRepo(cfg.repo, branch=cfg.branch)
         self._sync_wake = asyncio.Event()
+        if cfg.trusted_signers is not None and not self.repo.is_git:
+            raise StartupError(
+                f"--trusted-signers needs a git repository; {cfg.repo} is a plain directory"
+            )
+        self.authority = CommitAuthority(self.repo.path, cfg.trusted_signers, log=self.log)
         source = self._read_initial()
         self.server_key = _load_or_create_key(cfg.data_dir / "noise_private.key", MachinePrivate)
         self.derp_key = _load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)

@@ -56,6 +56,8 @@ class ServerConfig:
     acme_directory: str = LETS_ENCRYPT
     acme_http_host: str = "0.0.0.0"  # HTTP-01 answers (and plain-HTTP control) here
     acme_http_port: int = 80
+    # Allowed-signers file outside the repository: only commits its keys signed are served.
+    trusted_signers: Path | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -173,6 +175,12 @@ OPTIONS: tuple[Option, ...] = (
         "acme_http_listen", "HOST:PORT", "address answering HTTP-01 challenges", "0.0.0.0:80",
         parse=_hostport,
     ),
+    Option(
+        "trusted_signers", "FILE",
+        "serve only commits signed by an SSH key in this allowed-signers file (outside the "
+        "repository; overrides the repository's trusted_signers setting)",
+        parse=_file,
+    ),
 )  # fmt: skip
 _BY_KEY = {option.key: option for option in OPTIONS}
 
@@ -275,6 +283,12 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     else:
         repo = Path(repo_value) if repo_value else default_repo()
     acme_http_host, acme_http_port = v["acme_http_listen"]
+    signers = v.get("trusted_signers")
+    if signers is not None:
+        signers = signers.resolve()
+        if repo_url is None and signers.is_relative_to(repo.resolve()):
+            # A file in the work tree is one a commit could change.
+            raise ConfigError(f"--trusted-signers {signers}: must be outside the repository")
     return ServerConfig(
         repo=repo.resolve(),
         repo_url=repo_url,
@@ -293,6 +307,7 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         acme_directory=v["acme_directory"],
         acme_http_host=acme_http_host,
         acme_http_port=acme_http_port,
+        trusted_signers=signers,
     )
 
 

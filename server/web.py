@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, parse_body
+from server.history import history_route
 from server.protocol.keys import MachinePublic
 from server.repo import RepoStatus
 from server.store.interface import Store
@@ -281,6 +282,7 @@ def build_app(deps: WebDeps) -> Starlette:
         Route("/health", health),
         Route("/api/v1/status", admin(status)),
         Route("/api/v1/repo/sync", admin(repo_sync), methods=["POST"]),
+        Route("/api/v1/history", admin(history_route(lambda: deps.status.journal))),
         Route("/api/v1/nodes", admin(list_nodes)),
         Route("/api/v1/nodes/{ref}", admin(delete_node), methods=["DELETE"]),
         Route("/api/v1/nodes/{ref}/expire", admin(expire_node), methods=["POST"]),

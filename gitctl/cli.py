@@ -47,7 +47,7 @@ def _schema_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "kind",
         nargs="?",
-        help="users, policy, dns, routes, settings, or inventory (not a file kind)",
+        help="users, policy, dns, routes, settings, owners, or inventory (not a file kind)",
     )
     p.set_defaults(run=_run_schema)
 

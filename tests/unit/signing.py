@@ -47,6 +47,6 @@ def signed_commit(
     subprocess.run([*git, "add", "--", *files], check=True)
     sign = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key.private}"] if key else []
     flag = ["-S"] if key else ["--no-gpg-sign"]
-    subprocess.run([*git, *sign, "commit", "-q", *flag, "-m", message], check=True)
+    subprocess.run([*git, *sign, "commit", "-q", "--allow-empty", *flag, "-m", message], check=True)
     out = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
     return out.stdout.strip()

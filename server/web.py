@@ -10,6 +10,7 @@ never mint another.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +23,8 @@ from starlette.routing import Route
 
 from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, parse_body
 from server.history import history_route
+from server.logs import event
+from server.metrics import Metrics, RequestCounter
 from server.protocol.keys import MachinePublic
 from server.repo import RepoStatus
 from server.store.interface import Store
@@ -30,7 +33,7 @@ from server.tagcheck import check_new_key_tags, undeclared
 from server.tailnet import NodeRegistry, Tailnet
 from server.wire import format_time
 
-__all__ = ["WebDeps", "build_app", "parse_duration"]
+__all__ = ["WebDeps", "build_app", "build_metrics_app", "parse_duration"]
 
 ZERO_MKEY = "mkey:" + "0" * 64
 _SOCKET_ONLY = "API keys are created only on the server: run `tailnetd apikeys create` there"
@@ -55,6 +58,51 @@ class WebDeps:
     local: bool  # True on the unix socket: admin API allowed
     # Fetch (remote) or re-read (work tree) the repository now; serves a new commit if valid.
     sync: Callable[[], Awaitable[None]] | None = None
+    metrics: Metrics | None = None  # /metrics on the socket; requests are counted
+    log: logging.Logger | None = None  # admin actions, one `api.*` event each
+
+
+def _probe_routes(deps: WebDeps, *, with_metrics: bool) -> list[Route]:
+    """/health (live: the loop answers) and /ready (a snapshot is served and
+    the store answers), and /metrics on the socket and the metrics listener."""
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "serving": deps.status.serving})
+
+    async def ready(request: Request) -> Response:
+        reason = None
+        if deps.status.serving is None:
+            reason = "no snapshot is being served yet"
+        else:
+            try:
+                deps.store.get_node(0)  # any read: does the store answer?
+            except Exception as exc:
+                reason = f"the store does not answer: {exc}"
+        body = {"ready": reason is None, "serving": deps.status.serving, "reason": reason}
+        return JSONResponse(body, 200 if reason is None else 503)
+
+    routes = [Route("/health", health), Route("/ready", ready)]
+    metrics = deps.metrics
+    if metrics is not None and with_metrics:
+
+        async def scrape(request: Request) -> Response:
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+        routes.append(Route("/metrics", scrape))
+    return routes
+
+
+def _counted(app: Starlette, deps: WebDeps) -> Starlette:
+    if deps.metrics is not None:
+        app.add_middleware(RequestCounter, metrics=deps.metrics)
+    return app
+
+
+def build_metrics_app(deps: WebDeps) -> Starlette:
+    """The plain-HTTP --metrics-listen port: /metrics, /health and /ready only."""
+    return _counted(Starlette(routes=_probe_routes(deps, with_metrics=True)), deps)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -70,6 +118,11 @@ def build_app(deps: WebDeps) -> Starlette:
     registry = deps.registry
     store = deps.store
     clock = deps.clock
+    log = deps.log or logging.getLogger("tailnetd")
+    via = "socket" if deps.local else "api_key"
+
+    def acted(name: str, message: str, *args: Any, **fields: Any) -> None:
+        log.info("api: " + message, *args, extra=event(name, via=via, **fields))
 
     async def key(request: Request) -> Response:
         return JSONResponse({"legacyPublicKey": ZERO_MKEY, "publicKey": deps.server_key.text})
@@ -84,9 +137,6 @@ def build_app(deps: WebDeps) -> Starlette:
         challenge = request.headers.get("x-tailscale-challenge")
         headers = {"X-Tailscale-Response": f"response {challenge}"} if challenge else {}
         return Response(status_code=204, headers=headers)
-
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "serving": deps.status.serving})
 
     async def index(request: Request) -> Response:
         return PlainTextResponse(
@@ -146,6 +196,7 @@ def build_app(deps: WebDeps) -> Starlette:
 
     async def repo_sync(request: Request) -> Response:
         parse_body(NoBody, await request.body())
+        acted("api.repo_sync", "repository sync requested")
         if deps.sync is not None:
             await deps.sync()
         return await status(request)
@@ -185,16 +236,28 @@ def build_app(deps: WebDeps) -> Starlette:
         removed = registry.remove(node_id(request))
         if removed is None:
             raise NotFound("no such node")
+        acted(
+            "api.node_deleted", "node %d %s deleted", removed.id, removed.given_name,
+            node=removed.id, node_name=removed.given_name, user=removed.user,
+        )  # fmt: skip
         return JSONResponse(node_json(removed))
 
     async def expire_node(request: Request) -> Response:
         parse_body(NoBody, await request.body())
         node = registry.set_key_expiry(node_id(request), clock())
+        acted(
+            "api.node_expired", "node %d %s expired", node.id, node.given_name,
+            node=node.id, node_name=node.given_name, user=node.user,
+        )  # fmt: skip
         return JSONResponse(node_json(node))
 
     async def rename_node(request: Request) -> Response:
         body = parse_body(RenameNode, await request.body())
         node = registry.rename(node_id(request), body.name)
+        acted(
+            "api.node_renamed", "node %d renamed %s", node.id, node.given_name,
+            node=node.id, node_name=node.given_name, user=node.user,
+        )  # fmt: skip
         return JSONResponse(node_json(node))
 
     def expired(expiration: datetime | None) -> bool:
@@ -236,12 +299,17 @@ def build_app(deps: WebDeps) -> Starlette:
             now=now,
             rng=deps.rng,
         )
+        acted(
+            "api.preauthkey_created", "pre-auth key %d created for %s", created.id, body.user,
+            key=created.id, user=body.user, tags=list(body.tags),
+        )  # fmt: skip
         return JSONResponse({"key": text, **key_json(created)})
 
     async def expire_key(request: Request) -> Response:
         parse_body(NoBody, await request.body())
         ref = request.path_params["ref"]
         expired = store.expire_preauth_key(int(ref) if ref.isdigit() else ref, clock())
+        acted("api.preauthkey_expired", "pre-auth key %d expired", expired.id, key=expired.id)
         return JSONResponse(key_json(expired))
 
     def api_key_json(k: ApiKey) -> dict[str, Any]:
@@ -264,12 +332,14 @@ def build_app(deps: WebDeps) -> Starlette:
             body.expiration if body.expiration is not None else DEFAULT_API_KEY_LIFETIME
         )
         text, created = store.create_api_key(expiration=now + lifetime, now=now, rng=deps.rng)
+        acted("api.apikey_created", "API key %d created", created.id, key=created.id)
         return JSONResponse({"key": text, **api_key_json(created)})
 
     async def expire_api_key(request: Request) -> Response:
         parse_body(NoBody, await request.body())
         ref = request.path_params["ref"]
         expired = store.expire_api_key(int(ref) if ref.isdigit() else ref, clock())
+        acted("api.apikey_expired", "API key %d expired", expired.id, key=expired.id)
         return JSONResponse(api_key_json(expired))
 
     routes = [
@@ -279,7 +349,7 @@ def build_app(deps: WebDeps) -> Starlette:
         Route("/derp/probe", derp_probe, methods=["GET", "HEAD"]),
         Route("/derp/latency-check", derp_probe, methods=["GET", "HEAD"]),
         Route("/generate_204", generate_204),
-        Route("/health", health),
+        *_probe_routes(deps, with_metrics=deps.local),
         Route("/api/v1/status", admin(status)),
         Route("/api/v1/repo/sync", admin(repo_sync), methods=["POST"]),
         Route("/api/v1/history", admin(history_route(lambda: deps.status.journal))),
@@ -294,4 +364,4 @@ def build_app(deps: WebDeps) -> Starlette:
         Route("/api/v1/apikeys", admin(create_api_key, socket_only=True), methods=["POST"]),
         Route("/api/v1/apikeys/{ref}/expire", admin(expire_api_key), methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+    return _counted(Starlette(routes=routes), deps)

@@ -29,6 +29,14 @@ def repo(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def outside(tmp_path: Path, keys: tuple[SigningKey, SigningKey]) -> Path:
+    """A trusted-signers file outside the repository, listing alice."""
+    path = tmp_path / "allowed_signers"
+    path.write_text(keys[0].allowed_line)
+    return path
+
+
 def verify(repo: Path, *extra: str) -> int:
     return main(["verify", "--repo", str(repo), *extra])
 
@@ -36,12 +44,10 @@ def verify(repo: Path, *extra: str) -> int:
 def test_an_unsigned_commit_is_refused_naming_the_commit(
     repo: Path,
     keys: tuple[SigningKey, SigningKey],
-    tmp_path: Path,
+    outside: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     alice, _ = keys
-    outside = tmp_path / "allowed_signers"
-    outside.write_text(alice.allowed_line)
     sha = signed_commit(repo, {"tailnet.d/users.yaml": USERS}, "unsigned", None)
     assert verify(repo, "--allowed-signers", str(outside)) == 1
     err = capsys.readouterr().err
@@ -52,12 +58,10 @@ def test_an_unsigned_commit_is_refused_naming_the_commit(
 def test_a_commit_signed_by_a_trusted_key_passes_and_names_the_signer(
     repo: Path,
     keys: tuple[SigningKey, SigningKey],
-    tmp_path: Path,
+    outside: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     alice, _ = keys
-    outside = tmp_path / "allowed_signers"
-    outside.write_text(alice.allowed_line)
     signed_commit(repo, {"tailnet.d/users.yaml": USERS}, "signed", alice)
     assert verify(repo, "--allowed-signers", str(outside)) == 0
     assert "signed by alice@example.com" in capsys.readouterr().out
@@ -66,12 +70,10 @@ def test_a_commit_signed_by_a_trusted_key_passes_and_names_the_signer(
 def test_a_key_not_in_the_list_is_refused_with_its_fingerprint(
     repo: Path,
     keys: tuple[SigningKey, SigningKey],
-    tmp_path: Path,
+    outside: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    alice, mallory = keys
-    outside = tmp_path / "allowed_signers"
-    outside.write_text(alice.allowed_line)
+    _, mallory = keys
     signed_commit(repo, {"tailnet.d/users.yaml": USERS}, "by mallory", mallory)
     assert verify(repo, "--allowed-signers", str(outside)) == 1
     err = capsys.readouterr().err
@@ -139,11 +141,9 @@ def test_an_empty_signers_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_a_commit_changed_after_signing_is_not_trusted(
-    repo: Path, keys: tuple[SigningKey, SigningKey], tmp_path: Path
+    repo: Path, keys: tuple[SigningKey, SigningKey], outside: Path
 ) -> None:
     alice, _ = keys
-    outside = tmp_path / "allowed_signers"
-    outside.write_text(alice.allowed_line)
     sha = signed_commit(repo, {"tailnet.d/users.yaml": USERS}, "signed", alice)
     raw = subprocess.run(
         ["git", "-C", str(repo), "cat-file", "commit", sha], check=True, capture_output=True

@@ -33,6 +33,7 @@ from gitctl.tailnet import (
     parse_file,
     validate_file,
 )
+from gitctl.tailnet.owners import check_owned, is_owners_file, owner_scopes
 from gitctl.testing import check_tests
 
 __all__ = [
@@ -146,6 +147,20 @@ def _checked_file(path: str, data: bytes) -> tuple[SourceFile | None, tuple[Diag
     return sf, (*problems, *validate_file(sf))
 
 
+def _ownership(root: str, parsed: list[SourceFile], diags: list[Diagnostic]) -> list[Diagnostic]:
+    """Owned fragments that reach outside their owner's scope (owners.yaml)."""
+    owners = [sf for sf in parsed if is_owners_file(sf.path)]
+    problems = [
+        Diagnostic(sf.path, 1, 1, f"owners files are read only at the top of {root}/")
+        for sf in owners
+        if posixpath.dirname(sf.path) != root
+    ]
+    broken = {d.file for d in diags if d.severity is Severity.ERROR}
+    scopes = [s for sf in owners if sf.path not in broken for s in owner_scopes(sf)]
+    fragments = (sf for sf in parsed if not is_owners_file(sf.path))
+    return problems + check_owned(root, scopes, fragments)
+
+
 def load_snapshot(documents: Documents, *, now: datetime | None = None) -> LoadResult:
     """The commit's snapshot, or every problem found. ``now`` is when the policy's tests
     are judged (access expired by then is gone); a policy with `expires` times is refused
@@ -163,6 +178,9 @@ def load_snapshot(documents: Documents, *, now: datetime | None = None) -> LoadR
         if sf is not None:
             # The cached value is shared: later stages get their own copy.
             parsed.append(replace(sf, value=copy.deepcopy(sf.value)))
+    owned = _ownership(documents.root, parsed, diags)
+    diags += owned
+    stages["schema"] += owned  # owners.yaml scopes are part of validation
     merged, problems = merge_files(parsed)
     diags += problems
     stages["merge"] += problems

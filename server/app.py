@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from gitctl.tailnet import TailnetSettings
 from server.acme import AcmeManager, AcmeSettings
 from server.acme_http import ChallengeResponder
+from server.authority import CommitAuthority
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
@@ -30,6 +31,7 @@ from server.edge.control_conn import ControlConnection
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
+from server.history import HISTORY_FILE, History, HistoryEntry
 from server.logs import event
 from server.metrics import DerpCollector, LiveCollector, Metrics
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, NodePublic
@@ -113,7 +115,8 @@ class Server:
         self.metrics = Metrics(metrics_registry or CollectorRegistry(), monotonic=time.monotonic)
         self._control_connections = 0
         self.metrics_port = config.metrics_port
-        self.status = RepoStatus()
+        self.history = History(config.data_dir / HISTORY_FILE)
+        self.status = RepoStatus(journal=self.history)
         self._revision_lock = asyncio.Lock()
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -132,22 +135,42 @@ class Server:
     def _load_initial(self) -> TailnetSource:
         head = self.repo.head()
         checked = self.repo.check(head)
-        snap, errors = checked.snapshot, checked.errors
         last_good_file = self.config.data_dir / "last_good_revision"
+        previous = last_good_file.read_text().strip() if last_good_file.exists() else None
+        signer = self.history.signer_of(head) if head is not None else None
+        if previous and self.authority.needs_previous:
+            # The trust chain goes on across restarts: a new HEAD is checked against
+            # the list of the commit served last.
+            self.authority.serving(previous, self.repo.load(previous)[0])
+        # A commit served before was checked then (an outside list is checked always).
+        if head is not None and (head != previous or self.authority.outside):
+            checked, signer = self._verified(head, checked)
+        snap, errors = checked.snapshot, checked.errors
         if snap is None:
             self._reject(head or str(self.repo.path), checked)
-            previous = last_good_file.read_text().strip() if last_good_file.exists() else None
             if previous and previous != head:
                 self.log.warning(
-                    "HEAD %s is broken; serving the last good commit %s", head, previous
+                    "HEAD %s is refused; serving the last good commit %s", head, previous
                 )
-                snap, errors = self.repo.load(previous)
+                checked, signer = self.repo.check(previous), self.history.signer_of(previous)
+                if self.authority.outside:
+                    checked, signer = self._verified(previous, checked)
+                snap, errors = checked.snapshot, checked.errors
             if snap is None:
                 raise StartupError(
                     "no valid tailnet.d to serve:\n" + "\n".join(f"  {e}" for e in errors)
                 )
-        self._serving(snap)
+        self._serving(snap, signer)
         return TailnetSource.from_snapshot(snap)
+
+    def _verified(self, revision: str, checked: Checked) -> tuple[Checked, str | None]:
+        """The check with the signature's verdict added, and the signer."""
+        if checked.snapshot is None:
+            return checked, None
+        verdict = self.authority.check(revision, checked.snapshot)
+        if verdict.refusal is not None:
+            return Checked(None, (verdict.refusal,), "signature"), None
+        return checked, verdict.signer
 
     def _read_initial(self) -> TailnetSource:
         import git
@@ -165,19 +188,21 @@ class Server:
     def _last_rejected(self) -> str | None:
         return self.status.rejected.revision if self.status.rejected is not None else None
 
-    def _serving(self, snap: Any) -> None:
+    def _serving(self, snap: Any, signer: str | None) -> None:
         self.status.serving = snap.id
         self.status.serving_since = self.clock()
+        self.status.signer = signer
         if self.repo.is_git:
             write_private(self.config.data_dir / "last_good_revision", (snap.id + "\n").encode())
+            self.authority.serving(snap.revision, snap)
+            self.history.append(HistoryEntry(snap.id, self.clock(), "served", signer))
 
     def _reject(self, revision: str, checked: Checked) -> None:
         errors = checked.errors
         self.metrics.rejected(checked.reason or "compile")
         rejection = Rejection(revision, self.clock(), errors)
         self.status.rejected = rejection
-        self.status.history.append(rejection)
-        del self.status.history[:-20]
+        self.history.append(HistoryEntry(revision, rejection.at, "rejected", None, errors))
         self.log.error(
             "commit %s rejected, still serving %s:\n%s",
             revision[:12],
@@ -222,7 +247,9 @@ class Server:
         if revision in (self.status.serving, self._last_rejected()):
             return  # already decided (a watcher and a sync request can both see it)
         # Reading and checking a commit is blocking git and CPU work: keep it off the loop.
-        checked = await asyncio.to_thread(self.repo.check, revision)
+        checked, signer = await asyncio.to_thread(
+            self._verified, revision, await asyncio.to_thread(self.repo.check, revision)
+        )
         snap = checked.snapshot
         if snap is None:
             self._reject(revision, checked)
@@ -238,7 +265,7 @@ class Server:
         self.metrics.snapshot_swapped(self.tailnet.waiting())
         self._apply_addressing(source)
         self.status.rejected = None
-        self._serving(snap)
+        self._serving(snap, signer)
         self._warn_undeclared_tags()
 
     # Life cycle
@@ -277,6 +304,11 @@ class Server:
         else:
             self.repo = SnapshotRepo(cfg.repo, branch=cfg.branch)
         self._sync_wake = asyncio.Event()
+        if cfg.trusted_signers is not None and not self.repo.is_git:
+            raise StartupError(
+                f"--trusted-signers needs a git repository; {cfg.repo} is a plain directory"
+            )
+        self.authority = CommitAuthority(self.repo.path, cfg.trusted_signers, log=self.log)
         source = self._read_initial()
         self.server_key = _load_or_create_key(cfg.data_dir / "noise_private.key", MachinePrivate)
         self.derp_key = _load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)

@@ -161,6 +161,8 @@ def _status(args: argparse.Namespace) -> int:
         _print(status, True)
         return 0
     print(f"serving:  {status['serving']} (since {status['serving_since']})")
+    if status.get("signer"):
+        print(f"signed:   by {status['signer']}")
     print(f"nodes:    {status['nodes']} registered, {status['online']} online")
     for entry in status.get("undeclared_tags") or ():
         tags = ", ".join(entry["tags"])
@@ -171,6 +173,19 @@ def _status(args: argparse.Namespace) -> int:
         for error in rejected["errors"]:
             print(f"  {error}")
         return 1
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    answer = call(_target(args), "GET", f"/api/v1/history?limit={args.limit}")
+    if args.json:
+        _print(answer["history"], True)
+        return 0
+    for entry in answer["history"]:
+        signer = entry["signer"] or "-"
+        print(f"{entry['at']}  {entry['outcome']:<8}  {entry['revision'][:12]}  {signer}")
+        for reason in entry["reasons"]:
+            print("    " + reason.replace("\n", "\n    "))
     return 0
 
 
@@ -244,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch/re-read the repository first (POST /api/v1/repo/sync)",
     )
     status.set_defaults(func=_status)
+
+    history = admin_parser("history", "served and rejected commits, newest first")
+    history.add_argument("--json", action="store_true")
+    history.add_argument("-n", "--limit", type=int, default=20, help="at most N (default 20)")
+    history.set_defaults(func=_history)
     return parser
 
 

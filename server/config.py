@@ -62,6 +62,8 @@ class ServerConfig:
     metrics_host: str | None = None  # a plain-HTTP /metrics, /health, /ready listener
     metrics_port: int = 0
     log_format: str = "text"  # "text" or "json" (one object per line)
+    # Allowed-signers file outside the repository: only commits its keys signed are served.
+    trusted_signers: Path | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -218,6 +220,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("log_format", "json|text", "log lines as text, or one JSON object per line", "text",
            parse=_log_format),
+    Option(
+        "trusted_signers", "FILE",
+        "serve only commits signed by an SSH key in this allowed-signers file (outside the "
+        "repository; overrides the repository's trusted_signers setting)",
+        parse=_file,
+    ),
 )  # fmt: skip
 _BY_KEY = {option.key: option for option in OPTIONS}
 
@@ -321,6 +329,12 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         repo = Path(repo_value) if repo_value else default_repo()
     acme_http_host, acme_http_port = v["acme_http_listen"]
     metrics = v["metrics_listen"]
+    signers = v.get("trusted_signers")
+    if signers is not None:
+        signers = signers.resolve()
+        if repo_url is None and signers.is_relative_to(repo.resolve()):
+            # A file in the work tree is one a commit could change.
+            raise ConfigError(f"--trusted-signers {signers}: must be outside the repository")
     return ServerConfig(
         repo=repo.resolve(),
         repo_url=repo_url,
@@ -343,6 +357,7 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         metrics_host=metrics[0] if metrics else None,
         metrics_port=metrics[1] if metrics else 0,
         log_format=v["log_format"],
+        trusted_signers=signers,
     )
 
 

@@ -46,7 +46,16 @@ OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 MapKind = Literal["full", "delta", "keepalive"]
 MAP_KINDS: tuple[MapKind, ...] = get_args(MapKind)
 # Why a commit was not served; the first stage that failed names it.
-REJECTION_REASONS = ("source", "parse", "schema", "merge", "policy", "tests", "compile")
+REJECTION_REASONS = (
+    "source",
+    "parse",
+    "schema",
+    "merge",
+    "policy",
+    "tests",
+    "signature",
+    "compile",
+)
 NODE_EVENT_KINDS = ("topology", "volatile", "removed")
 # Seconds from a snapshot swap to the last woken session's message.
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server.history import History
 
 __all__ = ["Checked", "RepoStatus", "SnapshotRepo", "check_result", "watch_repo"]
 
@@ -30,12 +33,14 @@ class RepoStatus:
     serving: str | None = None
     serving_since: datetime | None = None
     rejected: Rejection | None = None
-    history: list[Rejection] = field(default_factory=list)
+    signer: str | None = None  # who signed the served commit, when signatures are required
+    journal: History | None = None  # every served and rejected commit, across restarts
 
     def to_json(self) -> dict[str, Any]:
         return {
             "serving": self.serving,
             "serving_since": self.serving_since.isoformat() if self.serving_since else None,
+            "signer": self.signer,
             "rejected": None
             if self.rejected is None
             else {

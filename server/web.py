@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, parse_body
+from server.history import history_route
 from server.logs import event
 from server.metrics import Metrics, RequestCounter
 from server.protocol.keys import MachinePublic
@@ -351,6 +352,7 @@ def build_app(deps: WebDeps) -> Starlette:
         *_probe_routes(deps, with_metrics=deps.local),
         Route("/api/v1/status", admin(status)),
         Route("/api/v1/repo/sync", admin(repo_sync), methods=["POST"]),
+        Route("/api/v1/history", admin(history_route(lambda: deps.status.journal))),
         Route("/api/v1/nodes", admin(list_nodes)),
         Route("/api/v1/nodes/{ref}", admin(delete_node), methods=["DELETE"]),
         Route("/api/v1/nodes/{ref}/expire", admin(expire_node), methods=["POST"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -112,6 +113,8 @@ class TailnetSettings:
     ephemeral_inactivity_timeout: timedelta = timedelta(seconds=120)
     derp_regions: tuple[DerpRegionSpec, ...] = ()
     embedded_derp: EmbeddedDerp = EmbeddedDerp()
+    # Repository-relative allowed-signers file: commits must be signed by a key it lists.
+    trusted_signers: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,9 +282,21 @@ class _Builder:
                 "turns off the embedded DERP relay while derp.regions lists no other: "
                 "clients would have no relay",
             )
+        signers = s.get("trusted_signers", {}).get("file")
+        if signers is not None:
+            signers = self.repo_path(("settings", "trusted_signers", "file"), signers)
         return TailnetSettings(
-            v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb
+            v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb, signers
         )
+
+    def repo_path(self, path: JsonPath, text: str) -> str | None:
+        """A repository-relative file path, normalized; None (and an error) if it leaves
+        the repository."""
+        norm = posixpath.normpath(text)
+        if text.startswith("/") or norm == ".." or norm.startswith("../") or norm == ".":
+            self.error(path, f'"{text}" must be a file path inside the repository')
+            return None
+        return norm
 
     def derp_regions(
         self, regions: dict[str, Any], emb: EmbeddedDerp

@@ -118,6 +118,7 @@ def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path:
         "acme_http_listen": "127.0.0.7:7",
         "metrics_listen": "127.0.0.8:8",
         "log_format": "json",
+        "trusted_signers": "/etc/tailnetd/allowed_signers",
     }
     assert set(samples) | {"tls_cert", "tls_key"} == {o.key for o in OPTIONS}
     for option in OPTIONS:
@@ -130,6 +131,15 @@ def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path:
             load_config({"config": config_file(tmp_path, f"{option.key}: '{text}'\n")}, {}),
         ]
         assert configs[0] == configs[1] == configs[2] != load_config({}, {}), option.key
+
+
+def test_trusted_signers_inside_the_repository_are_refused(tmp_path: Path) -> None:
+    # A commit could change a file in the work tree: the outside list must be outside.
+    inside = tmp_path / ".tailnet" / "allowed_signers"
+    with pytest.raises(ConfigError, match="must be outside the repository"):
+        load_config({"repo": str(tmp_path), "trusted_signers": str(inside)}, {})
+    cfg = load_config({"repo": str(tmp_path / "repo"), "trusted_signers": str(inside)}, {})
+    assert cfg.trusted_signers == inside
 
 
 def test_defaults_come_from_the_table() -> None:

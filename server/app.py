@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from server.acme import AcmeManager, AcmeSettings
 from server.acme_http import ChallengeResponder
+from server.api import WebDeps, build_app
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
@@ -35,7 +36,6 @@ from server.store.model import Node
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, running_tailnet
 from server.tls import ReloadingContext, TlsError, watch_certificate_files
-from server.web import WebDeps, build_app
 from server.wire import DerpRegion
 
 __all__ = ["Server", "StartupError"]

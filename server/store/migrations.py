@@ -94,6 +94,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "API key scopes",
+        ("ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin'",),
+    ),
 )
 
 

@@ -36,6 +36,7 @@ from server.store.migrations import apply_migrations
 from server.store.model import (
     AllocationStrategy,
     ApiKey,
+    ApiScope,
     Conflict,
     KeyRejected,
     Node,
@@ -309,6 +310,16 @@ class SqliteStore:
         with self._write() as db:
             return self._update(db, node_id, key_expiry=rows.ts_or_none(when))
 
+    def set_node_tags(self, node_id: int, tags: Sequence[str]) -> Node:
+        if not tags:
+            return self._update_one(node_id, tags=rows.json_list(()))
+        # A tagged node belongs to its tags, not a user, and its key does not expire.
+        return self._update_one(node_id, tags=rows.json_list(tags), user_name=None, key_expiry=None)
+
+    def _update_one(self, node_id: int, **changes: object) -> Node:
+        with self._write() as db:
+            return self._update(db, node_id, **changes)
+
     def rename_node(self, node_id: int, new_given_name: str) -> Node:
         name = check_label(new_given_name)
         with self._write() as db:
@@ -469,14 +480,19 @@ class SqliteStore:
     # API keys
 
     def create_api_key(
-        self, *, expiration: datetime | None, now: datetime, rng: Rng
+        self,
+        *,
+        expiration: datetime | None,
+        now: datetime,
+        rng: Rng,
+        scope: ApiScope = "admin",
     ) -> tuple[str, ApiKey]:
         with self._write() as db:
             text, prefix, secret_hash = keytables.draw_key(db, keytables.API_KEYS, rng)
             cursor = db.execute(
-                "INSERT INTO api_keys (prefix, secret_hash, created, expiration)"
-                " VALUES (?, ?, ?, ?)",
-                (prefix, secret_hash, rows.ts(now), rows.ts_or_none(expiration)),
+                "INSERT INTO api_keys (prefix, secret_hash, created, expiration, scope)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (prefix, secret_hash, rows.ts(now), rows.ts_or_none(expiration), scope),
             )
             assert cursor.lastrowid is not None
             return text, self._find_api_key(db, cursor.lastrowid)

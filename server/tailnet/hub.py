@@ -215,6 +215,10 @@ class Tailnet:
         ]
         return derp_map_json(own, settings.derp_regions)
 
+    def enabled_routes(self, node: Node) -> tuple[str, ...]:
+        """The routes `node` advertises that the serving commit approves."""
+        return self._approved_routes([node]).get(node.id, ())
+
     def _approved_routes(self, nodes: Sequence[Node]) -> dict[int, tuple[str, ...]]:
         src = self._source
         out: dict[int, tuple[str, ...]] = {}

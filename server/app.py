@@ -171,6 +171,18 @@ class Server:
             "\n".join(f"  {e}" for e in errors),
         )
 
+    async def _serving_documents(self) -> Any:
+        """The files of the commit being served (for the API's policy file)."""
+        from gitctl.sources import read_directory, read_git
+
+        serving = self.status.serving
+        if serving is not None and not serving.startswith("sha256:"):
+            return await asyncio.to_thread(read_git, self.repo.path, serving)
+        folder = self.repo.path / "tailnet.d"
+        return await asyncio.to_thread(
+            read_directory, folder if folder.is_dir() else self.repo.path
+        )
+
     async def sync_now(self) -> None:
         """POST /api/v1/repo/sync: look at the repository now instead of waiting."""
         if isinstance(self.repo, RemoteRepo):
@@ -308,6 +320,7 @@ class Server:
                 os.urandom,
                 local=local,
                 sync=self.sync_now,
+                documents=self._serving_documents,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))

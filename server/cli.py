@@ -29,9 +29,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"tailnetd: {exc}", file=sys.stderr)
         return 2
+    from server.logs import log_handler
+
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
+        handlers=[log_handler("json" if config.log_format == "json" else "text")],
     )
     # watchfiles logs every batch of .git changes at INFO; commits are logged by us.
     logging.getLogger("watchfiles").setLevel(logging.WARNING)

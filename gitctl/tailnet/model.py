@@ -116,11 +116,14 @@ class TailnetSettings:
 
 @dataclass(frozen=True, slots=True)
 class RouteApproval:
-    """Routes approved for one node (by name) or for every node with a tag."""
+    """Routes approved for one machine (by its machine key, which stays with the
+    machine through renames, logouts and re-registrations) or for every node
+    with a tag. `node` is only a label for people when `machine` is given."""
 
     node: str | None
     tag: str | None
     routes: tuple[IPNetwork, ...]
+    machine: str | None = None
 
 
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -326,8 +329,22 @@ class _Builder:
         out = []
         for i, r in enumerate(items):
             nets = [self.network(("routes", i, "routes", j), p) for j, p in enumerate(r["routes"])]
+            if r.get("node") is not None and r.get("machine") is None:
+                self.error(
+                    ("routes", i, "node"),
+                    "a route approval names a machine, not a node name: a name passes to "
+                    "another machine after a rename or when it is freed; write "
+                    "`machine: mkey:…` (`tailnetd nodes list` shows each node's machine key) "
+                    "and keep `node:` as a label if you like",
+                    key=True,
+                )
             out.append(
-                RouteApproval(r.get("node"), r.get("tag"), tuple(n for n in nets if n is not None))
+                RouteApproval(
+                    r.get("node"),
+                    r.get("tag"),
+                    tuple(n for n in nets if n is not None),
+                    machine=r.get("machine"),
+                )
             )
         return tuple(out)
 

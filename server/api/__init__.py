@@ -20,8 +20,9 @@ from server.api import discovery, v1, v2
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, to_routes
 from server.api.openapi import openapi_document
+from server.metrics import RequestCounter
 
-__all__ = ["WebDeps", "api_endpoints", "build_app", "parse_duration"]
+__all__ = ["WebDeps", "api_endpoints", "build_app", "build_metrics_app", "parse_duration"]
 
 OPENAPI_PATH = "/api/v1/openapi.json"
 
@@ -41,4 +42,16 @@ def api_endpoints(deps: WebDeps) -> list[Endpoint]:
 
 def build_app(deps: WebDeps) -> Starlette:
     api = to_routes(api_endpoints(deps), local=deps.local, store=deps.store, clock=deps.clock)
-    return Starlette(routes=[*discovery.routes(deps), *api])
+    probes = discovery.probe_routes(deps, with_metrics=deps.local)
+    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *api]), deps)
+
+
+def build_metrics_app(deps: WebDeps) -> Starlette:
+    """The plain-HTTP --metrics-listen port: /metrics, /health and /ready only."""
+    return _counted(Starlette(routes=discovery.probe_routes(deps, with_metrics=True)), deps)
+
+
+def _counted(app: Starlette, deps: WebDeps) -> Starlette:
+    if deps.metrics is not None:
+        app.add_middleware(RequestCounter, metrics=deps.metrics)
+    return app

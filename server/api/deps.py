@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from server.metrics import Metrics
 from server.protocol.keys import MachinePublic
 from server.repo import RepoStatus
 from server.store.interface import Store
@@ -27,6 +29,8 @@ class WebDeps:
     local: bool  # True on the unix socket: admin API allowed
     # Fetch (remote) or re-read (work tree) the repository now; serves a new commit if valid.
     sync: Callable[[], Awaitable[None]] | None = None
+    metrics: Metrics | None = None  # /metrics on the socket; requests are counted
+    log: logging.Logger | None = None  # admin actions, one `api.*` event each
     # The files of the commit being served (gitctl `Documents`), read on demand,
     # for the policy file of `/api/v2/…/acl`; None when they cannot be read.
     documents: Callable[[], Awaitable[Any]] | None = None

@@ -6,6 +6,7 @@ through the `NodeRegistry` only. Every route is declared once in `endpoints`.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from server.api.common import check_tags, find_node, optional_time
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, Param
 from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, SetTags
+from server.logs import event
 from server.repo import Rejection
 from server.store.model import ApiKey, Node, PreAuthKey
 from server.tagcheck import check_new_key_tags, undeclared
@@ -29,6 +31,17 @@ _ONLINE = ("true", "false")
 
 def endpoints(deps: WebDeps) -> list[Endpoint]:
     tailnet, registry, store, clock = deps.tailnet, deps.registry, deps.store, deps.clock
+    log = deps.log or logging.getLogger("tailnetd")
+    via = "socket" if deps.local else "api_key"
+
+    def acted(name: str, message: str, *args: Any, **fields: Any) -> None:
+        log.info("api: " + message, *args, extra=event(name, via=via, **fields))
+
+    def node_acted(name: str, verb: str, n: Node) -> None:
+        acted(
+            name, f"node %d %s {verb}", n.id, n.given_name,
+            node=n.id, node_name=n.given_name, user=n.user,
+        )  # fmt: skip
 
     def expired(expiration: datetime | None) -> bool:
         return expiration is not None and clock() >= expiration
@@ -104,6 +117,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         }
 
     async def repo_sync(call: Call) -> Any:
+        acted("api.repo_sync", "repository sync requested")
         if deps.sync is not None:
             await deps.sync()
         return await status(call)
@@ -136,20 +150,27 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
     async def delete_node(call: Call) -> Any:
         node = find_node(registry, call.path("ref"))
         registry.remove(node.id)
+        node_acted("api.node_deleted", "deleted", node)
         return node_json(node)
 
     async def expire_node(call: Call) -> Any:
         node = find_node(registry, call.path("ref"))
-        return node_json(registry.set_key_expiry(node.id, clock()))
+        expired_node = registry.set_key_expiry(node.id, clock())
+        node_acted("api.node_expired", "expired", expired_node)
+        return node_json(expired_node)
 
     async def rename_node(call: Call) -> Any:
         node = find_node(registry, call.path("ref"))
-        return node_json(registry.rename(node.id, call.body.name))
+        renamed = registry.rename(node.id, call.body.name)
+        node_acted("api.node_renamed", "renamed", renamed)
+        return node_json(renamed)
 
     async def set_node_tags(call: Call) -> Any:
         node = find_node(registry, call.path("ref"))
         tags = check_tags(tailnet, call.body.tags)
-        return node_json(registry.set_tags(node.id, tags))
+        tagged = registry.set_tags(node.id, tags)
+        node_acted("api.node_tagged", "tagged " + ",".join(tags), tagged)
+        return node_json(tagged)
 
     async def list_keys(call: Call) -> Any:
         return [key_json(k) for k in store.list_preauth_keys(call.query("user"))]
@@ -171,11 +192,19 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             now=now,
             rng=deps.rng,
         )
+        acted(
+            "api.preauthkey_created", "pre-auth key %d created for %s", created.id, body.user,
+            key=created.id, user=body.user, tags=list(body.tags),
+        )  # fmt: skip
         return {"key": text, **key_json(created)}
 
     async def expire_key(call: Call) -> Any:
         ref = call.path("ref")
-        return key_json(store.expire_preauth_key(int(ref) if ref.isdigit() else ref, clock()))
+        expired_key = store.expire_preauth_key(int(ref) if ref.isdigit() else ref, clock())
+        acted(
+            "api.preauthkey_expired", "pre-auth key %d expired", expired_key.id, key=expired_key.id
+        )
+        return key_json(expired_key)
 
     async def list_api_keys(call: Call) -> Any:
         return [api_key_json(k) for k in store.list_api_keys()]
@@ -189,11 +218,14 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         text, created = store.create_api_key(
             expiration=now + lifetime, now=now, rng=deps.rng, scope=body.scope
         )
+        acted("api.apikey_created", "API key %d created", created.id, key=created.id)
         return {"key": text, **api_key_json(created)}
 
     async def expire_api_key(call: Call) -> Any:
         ref = call.path("ref")
-        return api_key_json(store.expire_api_key(int(ref) if ref.isdigit() else ref, clock()))
+        expired_key = store.expire_api_key(int(ref) if ref.isdigit() else ref, clock())
+        acted("api.apikey_expired", "API key %d expired", expired_key.id, key=expired_key.id)
+        return api_key_json(expired_key)
 
     node_filters = (
         Param("user", "only nodes owned by this user"),

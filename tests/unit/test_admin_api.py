@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 
+from gitctl.policy import parse_policy
+from gitctl.snapshot import ALLOW_ALL_POLICY
 from server.api import WebDeps, build_app
 from server.protocol.keys import MachinePrivate
 from server.repo import RepoStatus
@@ -94,6 +96,10 @@ class Apis:
     status: RepoStatus
 
 
+# Allow-all, and tag:ci declared for the keys these tests create.
+CI_TAGGED = parse_policy({**ALLOW_ALL_POLICY, "tagOwners": {"tag:ci": ["a@example.com"]}})
+
+
 @pytest.fixture
 def apis(tmp_path: Path) -> Iterator[Apis]:
     clock = Clock()
@@ -103,7 +109,7 @@ def apis(tmp_path: Path) -> Iterator[Apis]:
             domain="",
             dns_config={},
             users={"alice": ("a@example.com", "A")},
-            policy=None,
+            policy=CI_TAGGED,
         )
         registry, tailnet = running_tailnet(
             store, source, derp_regions=[], log=logging.getLogger("t")

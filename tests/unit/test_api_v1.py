@@ -38,7 +38,7 @@ def scoped_key(apis: Apis, scope: str) -> str:
 
 WRITES = [
     ("POST", "/api/v1/nodes/1/rename", {"name": "x"}),
-    ("POST", "/api/v1/nodes/1/tags", {"tags": ["tag:x"]}),
+    ("POST", "/api/v1/nodes/1/tags", {"tags": ["tag:ci"]}),
     ("POST", "/api/v1/nodes/1/expire", None),
     ("DELETE", "/api/v1/nodes/1", None),
     ("POST", "/api/v1/preauthkeys", {"user": "alice"}),
@@ -127,15 +127,15 @@ def test_one_node_by_id_or_name_and_a_404_problem_otherwise(apis: Apis) -> None:
 
 def test_setting_tags_makes_a_tagged_node_and_checks_each_tag(apis: Apis) -> None:
     add_node(apis.store, 1, "laptop", key_expiry=NOW + timedelta(days=1))
-    tagged = request(apis.socket, "POST", "/api/v1/nodes/1/tags", body={"tags": ["tag:web"]})
+    tagged = request(apis.socket, "POST", "/api/v1/nodes/1/tags", body={"tags": ["tag:ci"]})
     assert tagged.status == 200, tagged.body
     assert (tagged.body["tags"], tagged.body["user"], tagged.body["key_expiry"]) == (
-        ["tag:web"], None, None,
+        ["tag:ci"], None, None,
     )  # fmt: skip
-    assert apis.store.get_node(1).tags == ("tag:web",)  # type: ignore[union-attr]
+    assert apis.store.get_node(1).tags == ("tag:ci",)  # type: ignore[union-attr]
     bad = request(apis.socket, "POST", "/api/v1/nodes/1/tags", body={"tags": ["web"]})
     assert bad.status == 400 and "'tag:'" in bad.body["detail"]
-    assert apis.store.get_node(1).tags == ("tag:web",)  # type: ignore[union-attr]
+    assert apis.store.get_node(1).tags == ("tag:ci",)  # type: ignore[union-attr]
 
 
 def test_users_come_from_git_with_their_node_counts(apis: Apis) -> None:

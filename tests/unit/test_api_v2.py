@@ -73,16 +73,16 @@ def test_device_writes_need_an_admin_key_and_go_through_the_registry(apis: Apis)
     read, admin = basic(new_key(apis, "read")), basic(new_key(apis))
     before = written(apis)[:2]  # the keys record their last use
     for method, path, body in (
-        ("POST", "/api/v2/device/1/tags", {"tags": ["tag:web"]}),
+        ("POST", "/api/v2/device/1/tags", {"tags": ["tag:ci"]}),
         ("POST", "/api/v2/device/1/authorized", {"authorized": True}),
         ("DELETE", "/api/v2/device/1", None),
     ):
         assert request(app, method, path, body=body).status == 401
         assert request(app, method, path, token=read, body=body).status == 403
     assert written(apis)[:2] == before
-    tagged = request(app, "POST", "/api/v2/device/1/tags", token=admin, body={"tags": ["tag:web"]})
+    tagged = request(app, "POST", "/api/v2/device/1/tags", token=admin, body={"tags": ["tag:ci"]})
     assert tagged.status == 200, tagged.body
-    assert apis.store.get_node(1).tags == ("tag:web",)  # type: ignore[union-attr]
+    assert apis.store.get_node(1).tags == ("tag:ci",)  # type: ignore[union-attr]
     no = request(
         app, "POST", "/api/v2/device/1/authorized", token=admin, body={"authorized": False}
     )
@@ -96,13 +96,13 @@ def test_device_writes_need_an_admin_key_and_go_through_the_registry(apis: Apis)
 def test_auth_keys_are_tagged_and_listed(apis: Apis) -> None:
     app = v2(apis, local=True)
     body = {
-        "capabilities": {"devices": {"create": {"reusable": True, "tags": ["tag:web"]}}},
+        "capabilities": {"devices": {"create": {"reusable": True, "tags": ["tag:ci"]}}},
         "expirySeconds": 3600,
     }
     created = request(app, "POST", "/api/v2/tailnet/-/keys", body=body)
     assert created.status == 200, created.body
     assert created.body["key"].startswith("tskey-auth-")
-    assert created.body["capabilities"]["devices"]["create"]["tags"] == ["tag:web"]
+    assert created.body["capabilities"]["devices"]["create"]["tags"] == ["tag:ci"]
     assert created.body["expires"].startswith("2025-03-01T13:00")
     (key,) = request(app, "GET", "/api/v2/tailnet/-/keys").body["keys"]
     assert key["id"] == created.body["id"] and "key" not in key
@@ -110,7 +110,7 @@ def test_auth_keys_are_tagged_and_listed(apis: Apis) -> None:
     assert untagged.status == 400 and untagged.body["field"] == "capabilities.devices.create.tags"
     nested = request(
         app, "POST", "/api/v2/tailnet/-/keys",
-        body={"capabilities": {"devices": {"create": {"tags": "tag:web"}}}},
+        body={"capabilities": {"devices": {"create": {"tags": "tag:ci"}}}},
     )  # fmt: skip
     assert nested.status == 400 and nested.body["field"] == "capabilities.devices.create.tags"
     assert NOW  # the fixture's clock

@@ -4,8 +4,11 @@
 HuJSON file of tailnet.d holds the whole policy, that file is served as it is
 (comments and all); otherwise the merged policy is rendered as HuJSON. The
 ETag is the SHA-256 of the HuJSON-formatted text, as gitops-pusher computes it
-for its local file (`sumFile` in tailscale's cmd/gitops-pusher), so an
-unchanged file reads as unchanged.
+for its local file (`sumFile` in tailscale's cmd/gitops-pusher). Known gap:
+the formatter is gitctl's `format_hujson`, not a byte-exact port of Go's
+`hujson.Format` (which expands objects one member per line and aligns values),
+so for most files the ETags differ and gitops-pusher treats an unchanged file
+as changed: `test` still validates it (harmless), `apply` is refused.
 
 `check_policy` puts a proposed policy in place of that file and loads the
 commit exactly as the server would (schemas, merge, parse, the policy's

@@ -79,7 +79,9 @@ def pusher(
             "--github-syntax=false",
             *args,
         ],
-        env=env, capture_output=True, text=True, timeout=60,
+        # cwd: it saves ./version-cache.json whatever --cache-file says (the
+        # deferred Save reads the flag before flags are parsed).
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
 

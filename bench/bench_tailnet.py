@@ -30,7 +30,8 @@ from typing import Any
 import git
 
 from bench.bench_compile import synthetic
-from gitctl.policy import parse_policy
+from gitctl.policy import Policy, parse_policy
+from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.protocol.mapframe import MapFrameEncoder
 from server.repo import SnapshotRepo
@@ -43,7 +44,7 @@ from server.wire import DerpRegion
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def source(policy: Any, users: list[tuple[int, str, str]], sid: str) -> TailnetSource:
+def source(policy: Policy, users: list[tuple[int, str, str]], sid: str) -> TailnetSource:
     return TailnetSource(
         id=sid,
         domain="tailnet.example",
@@ -134,7 +135,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="joins and commits to time")
     args = parser.parse_args()
     doc, registry, users = synthetic(args.nodes, args.rules)
-    policy = None if args.allow_all else parse_policy(doc)
+    policy = ALLOW_ALL if args.allow_all else parse_policy(doc)
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(Path(tmp) / "bench.sqlite")
         t0 = time.perf_counter()
@@ -152,7 +153,7 @@ def main() -> None:
                 capver=133,
             )
         print(
-            f"{args.nodes} nodes, {args.rules} rules{' (allow-all)' if policy is None else ''}; "
+            f"{args.nodes} nodes, {args.rules} rules{' (allow-all)' if args.allow_all else ''}; "
             f"store filled in {time.perf_counter() - t0:.1f}s"
         )
         t0 = time.perf_counter()
@@ -161,6 +162,7 @@ def main() -> None:
             source(policy, users, "a"),
             derp_regions=[DerpRegion(999, "tailnetd", "tailnetd", "127.0.0.1", 8080, 3478)],
             log=logging.getLogger("bench"),
+            clock=lambda: NOW,
         )
         print(f"{'first compile':<22} {(time.perf_counter() - t0) * 1000:>9.1f} ms")
         pump = Pump(nodes, tailnet)
@@ -190,14 +192,14 @@ def main() -> None:
         docs = [dict(doc, acls=list(doc["acls"])[:-1]), doc]
         for k in range(args.repeat):
             timed("node join", lambda k=k: join(k), pump)
-            if policy is not None:
+            if not args.allow_all:
                 d = docs[k % 2]
                 timed(
                     "policy commit",
                     lambda d=d, k=k: tailnet.swap_source(source(parse_policy(d), users, f"c{k}")),
                     pump,
                 )
-        if policy is not None:
+        if not args.allow_all:
             repo = GitTailnet(Path(tmp) / "repo", doc, users)
             # Served once untimed: from here on DNS and users come from git too.
             serve_commit(tailnet, repo, repo.git.head.commit.hexsha)

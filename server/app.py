@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
+from gitctl.policy.expiry import next_expiry
 from gitctl.tailnet import TailnetSettings
 from server.acme import AcmeManager, AcmeSettings
 from server.acme_http import ChallengeResponder
@@ -49,6 +50,7 @@ from server.wire import DerpRegion
 __all__ = ["Server", "StartupError"]
 
 SWEEP_INTERVAL = 5.0
+EXPIRY_RECHECK = 1.0  # seconds: a new commit's first expiry is noticed this late at most
 DEFAULT_SETTINGS = TailnetSettings()
 
 
@@ -134,14 +136,14 @@ class Server:
 
     def _load_initial(self) -> TailnetSource:
         head = self.repo.head()
-        checked = self.repo.check(head)
+        checked = self.repo.check(head, self.clock())
         last_good_file = self.config.data_dir / "last_good_revision"
         previous = last_good_file.read_text().strip() if last_good_file.exists() else None
         signer = self.history.signer_of(head) if head is not None else None
         if previous and self.authority.needs_previous:
             # The trust chain goes on across restarts: a new HEAD is checked against
             # the list of the commit served last.
-            self.authority.serving(previous, self.repo.load(previous)[0])
+            self.authority.serving(previous, self.repo.load(previous, self.clock())[0])
         # A commit served before was checked then (an outside list is checked always).
         if head is not None and (head != previous or self.authority.outside):
             checked, signer = self._verified(head, checked)
@@ -152,7 +154,8 @@ class Server:
                 self.log.warning(
                     "HEAD %s is refused; serving the last good commit %s", head, previous
                 )
-                checked, signer = self.repo.check(previous), self.history.signer_of(previous)
+                checked = self.repo.check(previous, self.clock())
+                signer = self.history.signer_of(previous)
                 if self.authority.outside:
                     checked, signer = self._verified(previous, checked)
                 snap, errors = checked.snapshot, checked.errors
@@ -260,7 +263,9 @@ class Server:
             return  # already decided (a watcher and a sync request can both see it)
         # Reading and checking a commit is blocking git and CPU work: keep it off the loop.
         checked, signer = await asyncio.to_thread(
-            self._verified, revision, await asyncio.to_thread(self.repo.check, revision)
+            self._verified,
+            revision,
+            await asyncio.to_thread(self.repo.check, revision, self.clock()),
         )
         snap = checked.snapshot
         if snap is None:
@@ -358,7 +363,7 @@ class Server:
 
         self.derp = DerpServer(self.derp_key, is_allowed=self._derp_allowed, log=self.log)
         self.registry, self.tailnet = running_tailnet(
-            self.store, source, derp_regions=[self._derp_region()], log=self.log
+            self.store, source, derp_regions=[self._derp_region()], log=self.log, clock=self.clock
         )
         self.registry.subscribe(self._node_changed)
         self.registry.subscribe(self.metrics.node_changed)
@@ -427,6 +432,7 @@ class Server:
                 asyncio.create_task(watch_repo(self.repo, self.on_revision, log=self.log))
             )
         self._tasks.append(asyncio.create_task(self._sweep()))
+        self._tasks.append(asyncio.create_task(self._expiry_timer()))
         self._warn_undeclared_tags()
         self.log.info(
             "tailnetd listening on %s (control + DERP), STUN %s, serving %s, node state in %s",
@@ -576,6 +582,25 @@ class Server:
             self.derp.disconnect(old.node_key)
         if node is not None and not self._derp_allowed(node.node_key):
             self.derp.disconnect(node.node_key)
+
+    async def _expiry_timer(self) -> None:
+        """At each `expires` instant of the serving policy, compile it again: the
+        entries that ended leave every map without a new commit."""
+        while True:
+            now = self.clock()
+            due = next_expiry(self.tailnet.source.policy, now)
+            wait = EXPIRY_RECHECK
+            if due is not None:
+                wait = min(wait, (due - now).total_seconds())
+            await asyncio.sleep(max(wait, 0.01))
+            if due is not None and self.clock() >= due:
+                self.log.info(
+                    "access in %s expired at %s: compiling again",
+                    (self.status.serving or "")[:12],
+                    due.isoformat(),
+                    extra=event("policy.expired", commit=self.status.serving),
+                )
+                self.tailnet.time_passed()
 
     async def _sweep(self) -> None:
         """Every few seconds: remove inactive ephemeral nodes, and drop the

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +47,9 @@ class TopologyNode:
     auto_update: bool | None = None  # Hostinfo.AllowsUpdate: auto-update is on
     state_encrypted: bool | None = None  # Hostinfo.StateEncrypted
     created: datetime | None = None  # tailcfg Node.Created
+    # Reachable now. Only the primary-router election reads it: an offline
+    # primary hands its subnets to the next online router (HA failover).
+    online: bool = True
 
 
 def _opt_bool(value: Any) -> bool | None:
@@ -65,6 +68,9 @@ class Topology:
 
     users: tuple[TopologyUser, ...]
     nodes: tuple[TopologyNode, ...]
+    # The primaries last served, prefix -> node name: a primary keeps its
+    # prefix while it is online, so a router that comes back does not flap.
+    primaries: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Topology:

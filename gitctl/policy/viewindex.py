@@ -46,7 +46,7 @@ class ViewIndex:
         self.names = tuple(n.name for n in nodes)
         self.position = {name: i for i, name in enumerate(self.names)}
         index = self.index = Index(policy, topology)
-        self.table = route_table(policy, nodes, topology.users)
+        self.table = route_table(policy, nodes, topology.users, topology.primaries)
         index.set_routes(list(self.table.enabled))
         check_ssh_domains(policy, index)
 
@@ -102,6 +102,11 @@ class ViewIndex:
             mask &= ~(1 << i)
             self._visible[i] = mask
         return mask
+
+    def primaries(self) -> dict[str, str]:
+        """Prefix -> the node primary for it now (to pass back as the next
+        compile's `Topology.primaries`, so the election does not flap)."""
+        return {r: self.names[i] for i, rs in enumerate(self.table.primary) for r in rs}
 
     def peer_names(self, name: str) -> list[str]:
         names = self.names

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from gitctl.policy import Policy
@@ -125,15 +126,20 @@ class Tailnet:
         source: TailnetSource,
         derp_regions: Sequence[DerpRegion],
         log: logging.Logger,
+        clock: Callable[[], datetime],
         online: Iterable[int] = (),
+        primaries: Mapping[str, int] | None = None,
     ) -> None:
         self._log = log
+        self._clock = clock  # when `expires` entries count; read at each compile
         self._source = source
         self._derp_regions = tuple(derp_regions)
         self._derp_map = self._derp_map_of(source)
         self._sessions: dict[int, set[SessionHandle]] = {}
         self._online = set(online)
         self._records: dict[int, Node] = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
+        # subnet -> primary router, last served: runtime state, like who is online
+        self._primaries: Mapping[str, int] = dict(primaries or {})
         self._ctx = self._build_context()
 
     # What the maps are built from
@@ -145,6 +151,11 @@ class Tailnet:
     @property
     def context(self) -> MapContext:
         return self._ctx
+
+    @property
+    def primaries(self) -> Mapping[str, int]:
+        """Subnet -> the router serving it now (HA: the election's memory)."""
+        return self._primaries
 
     def cut_off(self) -> list[Node]:
         """Registered nodes that are not served: their user is not in git."""
@@ -174,7 +185,13 @@ class Tailnet:
             previous=previous.views if previous else None,
             previous_nodes=previous.nodes if previous else None,
             reuse=self._ctx.views if hasattr(self, "_ctx") else None,
+            now=self._clock(),
+            offline_routers=frozenset(
+                n.id for n in nodes if n.id not in self._online and advertised_routes(n)
+            ),
+            primaries=self._primaries,
         )
+        self._primaries = views.primaries
         return MapContext(
             domain=src.domain,
             nodes={n.id: n for n in nodes},
@@ -282,6 +299,10 @@ class Tailnet:
         if change.kind == "topology" or (node.id in self._ctx.nodes) != self._served(node):
             self._recompile()
             return
+        if change.online is not None and advertised_routes(node):
+            # A router came or went: the primary for its subnets may move (HA failover).
+            self._recompile()
+            return
         if node.id not in self._ctx.nodes:
             return  # not served: nobody sees it
         nodes = dict(self._ctx.nodes)
@@ -291,6 +312,11 @@ class Tailnet:
         if change.online is None:
             for handle in self._sessions.get(node.id, ()):
                 handle.mark_full()  # its own self entry changed
+
+    def time_passed(self) -> None:
+        """An `expires` instant of the serving policy passed: compile again, so
+        the entries that ended leave the maps without a commit."""
+        self._recompile()
 
     def _recompile(self) -> None:
         """Nodes joined, left or changed what the policy sees. Views the

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 from itertools import repeat
@@ -83,6 +84,7 @@ class PolicyViews:
         # PeerViews without capabilities, by value: a recompile that hands
         # out the same objects lets map refreshes compare peers by identity.
         self.interned: Mapping[_InternKey, PeerView] = {}
+        self.primaries: Mapping[str, int] = {}  # subnet -> its primary router now
 
     @property
     def by_node(self) -> Mapping[int, NodeView]:
@@ -196,7 +198,7 @@ def _posture_facts(
     )
 
 
-def to_topology_node(node: Node, approved: tuple[str, ...]) -> TopologyNode:
+def to_topology_node(node: Node, approved: tuple[str, ...], *, online: bool = True) -> TopologyNode:
     """The policy compiler's view of a registered node, with the posture facts
     its Hostinfo reports."""
     os_name, os_version, ts_version, auto_update, state_encrypted = _posture_facts(node.hostinfo)
@@ -214,6 +216,8 @@ def to_topology_node(node: Node, approved: tuple[str, ...]) -> TopologyNode:
         ts_version=ts_version,
         auto_update=auto_update,
         state_encrypted=state_encrypted,
+        created=node.created,
+        online=online,
     )
 
 
@@ -245,6 +249,9 @@ def compute_views(
     previous: PolicyViews | None = None,
     previous_nodes: Mapping[int, Node] | None = None,
     reuse: PolicyViews | None = None,
+    now: datetime | None = None,
+    offline_routers: frozenset[int] = frozenset(),
+    primaries: Mapping[str, int] | None = None,
 ) -> PolicyViews:
     """Compile `policy` against the live nodes; views are built on demand.
 
@@ -257,6 +264,11 @@ def compute_views(
     `changed` then names the nodes whose maps may differ.
     `reuse` (any earlier views, e.g. of another policy) only lends its
     PeerView objects to equal values, so unchanged peers stay identical.
+    `now` is when `expires` entries count. `offline_routers` are routers not
+    reachable now and `primaries` the primaries last served (prefix -> node
+    id): the election keeps a primary while it is online and moves its
+    subnets to the next online router when it is not; `PolicyViews.primaries`
+    says who it chose.
     After a join or leave, a node that merely gains or loses that peer gets
     its previous view with the peer added or removed (see `_peer_patches`).
     """
@@ -265,13 +277,18 @@ def compute_views(
     intern = _interner(table, donor.interned if donor is not None else {})
     topo = Topology(
         users=tuple(TopologyUser(id=uid, name=name, email=email) for uid, name, email in users),
-        nodes=tuple(to_topology_node(n, approved_routes.get(n.id, ())) for n in nodes),
+        nodes=tuple(
+            to_topology_node(n, approved_routes.get(n.id, ()), online=n.id not in offline_routers)
+            for n in nodes
+        ),
+        primaries={p: str(i) for p, i in (primaries or {}).items()},
     )
     # The policy's `tests` were checked when the commit was loaded (against its own
     # users and tags); live nodes coming and going must not un-serve a policy.
     compiled = compile_tailnet(
         policy,
         topo,
+        now=now,
         enforce_tests=False,
         previous=previous.compiled if previous is not None else None,
         keep_views=False,  # each is converted once and kept in that form
@@ -336,6 +353,8 @@ def compute_views(
 
     views = PolicyViews(list(by_id), build, visible, compiled=compiled)
     views.interned = table
+    if index is not None:
+        views.primaries = {p: int(name) for p, name in index.primaries().items()}
     if previous is not None and previous_nodes is not None and compiled.changed is not None:
         views.changed = _changed_ids(compiled.changed, previous, previous_nodes, views, by_id)
         views.adopt(previous, (i for i in by_id if i not in views.changed))

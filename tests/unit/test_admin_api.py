@@ -113,7 +113,7 @@ def apis(tmp_path: Path) -> Iterator[Apis]:
             policy=CI_TAGGED,
         )
         registry, tailnet = running_tailnet(
-            store, source, derp_regions=[], log=logging.getLogger("t")
+            store, source, derp_regions=[], log=logging.getLogger("t"), clock=clock
         )
         key = MachinePrivate.generate().public()
         rng = random.Random(7).randbytes

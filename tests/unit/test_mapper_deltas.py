@@ -181,11 +181,15 @@ class TailnetChanges(RuleBasedStateMachine):
         self.serial = 0
 
     def _tailnet(self, source: TailnetSource | None = None) -> tuple[NodeRegistry, Tailnet]:
+        # A fresh start knows the primary routers the running one chose (runtime
+        # state, as who is online): the election keeps them while they are online.
         return running_tailnet(
             self.store,
             source or self.tailnet.source,
+            primaries=self.tailnet.primaries if hasattr(self, "tailnet") else None,
             derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
             log=logging.getLogger("test"),
+            clock=lambda: self.now,
         )
 
     def teardown(self) -> None:

@@ -3,6 +3,7 @@ one classified change, and the running tailnet follows those changes alone."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
@@ -107,7 +108,7 @@ def test_classify_reads_what_the_compiler_sees(store: Store) -> None:
 
 def test_a_user_removed_from_git_is_cut_off_and_named(store: Store) -> None:
     registry, tailnet = running_tailnet(
-        store, SOURCE, derp_regions=REGIONS, log=logging.getLogger("test")
+        store, SOURCE, derp_regions=REGIONS, log=logging.getLogger("test"), clock=lambda: T0
     )
     alice, bob = register(registry, 1, "alice"), register(registry, 2, "bob")
     handle = tailnet.open_session(bob)
@@ -129,7 +130,7 @@ def test_a_user_removed_from_git_is_cut_off_and_named(store: Store) -> None:
 
 def test_a_fresh_start_from_the_store_equals_the_event_fed_tailnet(store: Store) -> None:
     registry, tailnet = running_tailnet(
-        store, SOURCE, derp_regions=REGIONS, log=logging.getLogger("test")
+        store, SOURCE, derp_regions=REGIONS, log=logging.getLogger("test"), clock=lambda: T0
     )
     ids = [register(registry, n, "alice" if n % 2 else "bob") for n in range(1, 6)]
     registry.rename(ids[0], "first")
@@ -137,7 +138,50 @@ def test_a_fresh_start_from_the_store_equals_the_event_fed_tailnet(store: Store)
     node = registry.get(ids[2])
     assert node is not None
     registry.update_from_map(node, now=T0, disco_key=DiscoPublic(key(77)))
-    _, fresh = running_tailnet(store, SOURCE, derp_regions=REGIONS, log=logging.getLogger("t"))
+    _, fresh = running_tailnet(
+        store, SOURCE, derp_regions=REGIONS, log=logging.getLogger("t"), clock=lambda: T0
+    )
     assert tailnet.context.nodes == fresh.context.nodes
     for node_id in tailnet.context.nodes:
         assert build_map(tailnet.context, node_id, T0) == build_map(fresh.context, node_id, T0)
+
+
+def router_source() -> TailnetSource:
+    """Both routers serve 10.1.0.0/24 (approved for their tag in git)."""
+    return replace(SOURCE, explicit_routes={"tag:router": ("10.1.0.0/24",)})
+
+
+def routes_hostinfo() -> str:
+    return '{"Hostname": "r", "RoutableIPs": ["10.1.0.0/24"]}'
+
+
+def test_an_offline_primary_router_fails_over_and_nothing_flaps(store: Store) -> None:
+    registry, tailnet = running_tailnet(
+        store, router_source(), derp_regions=REGIONS, log=logging.getLogger("t"), clock=lambda: T0
+    )
+    first = register(registry, 1, None, tags=("tag:router",), hostinfo=routes_hostinfo())
+    second = register(registry, 2, None, tags=("tag:router",), hostinfo=routes_hostinfo())
+    viewer = register(registry, 3, "alice")
+    for node_id in (first, second, viewer):
+        tailnet.open_session(node_id)
+        registry.connected(node_id)
+
+    def primary() -> int:
+        state = build_map(tailnet.context, viewer, T0)
+        assert state is not None
+        peers = {pid: json.loads(state.peers[pid]) for pid in (first, second)}
+        owners = [pid for pid, p in peers.items() if "10.1.0.0/24" in p.get("PrimaryRoutes", [])]
+        for pid, p in peers.items():  # AllowedIPs follow: only the primary routes the subnet
+            assert ("10.1.0.0/24" in p["AllowedIPs"]) == (pid in owners)
+        assert len(owners) == 1, "exactly one router serves the subnet to its peers"
+        return owners[0]
+
+    assert primary() == first  # the earliest registered
+    registry.disconnected(first, T0)
+    assert primary() == second  # failover, without a commit
+    registry.connected(first)
+    assert primary() == second  # the old primary's return does not take the subnet back
+    registry.disconnected(second, T0)
+    assert primary() == first  # and fails over back when its successor goes
+    registry.disconnected(first, T0)
+    assert primary() == first  # nobody online: the last primary stays listed

@@ -52,6 +52,7 @@ def serving(store: Store, src: TailnetSource) -> tuple[NodeRegistry, Tailnet]:
         src,
         derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
         log=logging.getLogger("test"),
+        clock=lambda: T0,
     )
 
 

@@ -13,7 +13,6 @@ a join or leave merely gives or takes that one peer is patched, not rebuilt.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -148,23 +147,12 @@ def own_prefixes(node: Node) -> tuple[str, ...]:
 
 
 def advertised_routes(node: Node) -> tuple[str, ...]:
-    return _routes_in(node.hostinfo or "{}")
+    return node.hostinfo.routable_ips or ()
 
 
 @lru_cache(maxsize=65536)
 def _ip_text(ip: IPv4Address | IPv6Address) -> str:
     return str(ip)  # slow for IPv6, and every recompile needs every node's
-
-
-@lru_cache(maxsize=16384)
-def _routes_in(hostinfo: str) -> tuple[str, ...]:
-    # Recompiles re-read every node's Hostinfo; parse each text once.
-    try:
-        parsed = json.loads(hostinfo)
-    except ValueError:
-        return ()
-    routes = parsed.get("RoutableIPs") if isinstance(parsed, dict) else None
-    return tuple(r for r in routes or () if isinstance(r, str))
 
 
 def to_topology_node(node: Node, approved: tuple[str, ...]) -> Any:

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import AllocationStrategy, ApiKey, Node, PendingLogin, PreAuthKey, Rng
+from server.wire import Hostinfo
 
 __all__ = ["Store"]
 
@@ -63,7 +64,7 @@ class Store(Protocol):
         ephemeral: bool = False,
         key_expiry: datetime | None = None,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str = "{}",
+        hostinfo: Hostinfo | None = None,
         endpoints: Sequence[str] = (),
         capver: int = 0,
     ) -> Node: ...
@@ -94,7 +95,7 @@ class Store(Protocol):
         *,
         now: datetime,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str | None = None,
+        hostinfo: Hostinfo | None = None,
         hostname: str | None = None,
         endpoints: Sequence[str] | None = None,
         capver: int | None = None,

@@ -46,6 +46,7 @@ from server.store.model import (
     StoreError,
 )
 from server.store.names import check_label, label_from_hostname
+from server.wire import Hostinfo
 
 __all__ = ["SqliteStore", "open_store"]
 
@@ -176,7 +177,7 @@ class SqliteStore:
         ephemeral: bool = False,
         key_expiry: datetime | None = None,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str = "{}",
+        hostinfo: Hostinfo | None = None,
         endpoints: Sequence[str] = (),
         capver: int = 0,
     ) -> Node:
@@ -212,7 +213,7 @@ class SqliteStore:
                     ephemeral,
                     rows.ts(now),
                     rows.ts_or_none(key_expiry),
-                    hostinfo,
+                    rows.hostinfo_text(Hostinfo() if hostinfo is None else hostinfo),
                     rows.json_list(endpoints),
                     capver,
                 ),
@@ -282,7 +283,7 @@ class SqliteStore:
         *,
         now: datetime,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str | None = None,
+        hostinfo: Hostinfo | None = None,
         hostname: str | None = None,
         endpoints: Sequence[str] | None = None,
         capver: int | None = None,
@@ -291,7 +292,7 @@ class SqliteStore:
         if disco_key is not None:
             changes["disco_key"] = disco_key.raw
         if hostinfo is not None:
-            changes["hostinfo"] = hostinfo
+            changes["hostinfo"] = rows.hostinfo_text(hostinfo)
         if hostname is not None:
             changes["hostname"] = hostname
         if endpoints is not None:

@@ -4,7 +4,6 @@ and naming exactly the sessions whose maps a topology change touches."""
 from __future__ import annotations
 
 import gc
-import json
 import random
 import weakref
 from dataclasses import replace
@@ -15,6 +14,7 @@ from gitctl.policy import parse_policy
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import Node
 from server.views import NodeView, PolicyViews, compute_views
+from server.wire import Hostinfo
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 USERS = [(1, "alice", "alice@example.com"), (2, "bob", "bob@example.com")]
@@ -48,7 +48,7 @@ def node(i: int, user: str | None = None, tags: tuple[str, ...] = ()) -> Node:
         created=NOW,
         last_seen=None,
         key_expiry=None,
-        hostinfo=json.dumps({"Hostname": f"n{i}"}),
+        hostinfo=Hostinfo(hostname=f"n{i}"),
         endpoints=(),
         capver=133,
     )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
 
 from gitctl.policy import parse_policy
 from server.views import compute_views
+from server.wire import Hostinfo, decode
 from tests.unit.test_views_lazy import USERS, node
 
 ALLOW_ALL = parse_policy({"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]})
@@ -17,7 +17,7 @@ ALLOW_ALL = parse_policy({"acls": [{"action": "accept", "src": ["*"], "dst": ["*
 def router(i: int, routes: list[str]) -> object:
     return replace(
         node(i, tags=("tag:web",)),
-        hostinfo=json.dumps({"Hostname": f"n{i}", "RoutableIPs": routes}),
+        hostinfo=decode(Hostinfo, {"Hostname": f"n{i}", "RoutableIPs": routes}),
     )
 
 

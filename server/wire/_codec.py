@@ -101,7 +101,8 @@ def _error(kind: type, exc: msgspec.MsgspecError) -> WireError:
         message, where = text, "$"
     where = where.replace("`", "").replace("$", kind.__name__)
     message = message.replace("`", "")
-    message = message[:1].lower() + message[1:]
+    if message.startswith(("Expected ", "Invalid ", "Input ")):  # msgspec's words
+        message = message[:1].lower() + message[1:]
     return WireError(f"{where}: {message}")
 
 

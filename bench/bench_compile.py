@@ -31,10 +31,10 @@ from typing import Any, TypeVar
 import zstandard
 
 from gitctl.policy import parse_policy
-from server.mapper import MapContext, MapSession, PeerEntries, build_map
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import Node
-from server.views import compute_views
+from server.tailnet.mapper import MapContext, MapSession, PeerEntries, build_map
+from server.tailnet.views import compute_views
 from server.wire import Hostinfo, NetInfo, stable_user_id
 
 SIZES = [(100, 50), (1000, 500), (5000, 2000)]

@@ -31,13 +31,13 @@ import git
 
 from bench.bench_compile import synthetic
 from gitctl.policy import parse_policy
-from server.mapper import MapSession, build_map
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.protocol.mapframe import MapFrameEncoder
 from server.repo import SnapshotRepo
 from server.store import open_store
 from server.store.model import Node
-from server.tailnet import SessionHandle, Tailnet, TailnetSource
+from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
+from server.tailnet.mapper import MapSession, build_map
 from server.wire import DerpRegion
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -83,7 +83,8 @@ def serve_commit(tailnet: Tailnet, repo: GitTailnet, revision: str) -> None:
 class Pump:
     """Does what each stream's loop does when woken, for every session."""
 
-    def __init__(self, tailnet: Tailnet) -> None:
+    def __init__(self, registry: NodeRegistry, tailnet: Tailnet) -> None:
+        self.registry = registry
         self.tailnet = tailnet
         self.sessions: dict[int, tuple[SessionHandle, MapSession, MapFrameEncoder]] = {}
         self.bytes_sent = 0
@@ -95,6 +96,7 @@ class Pump:
             MapSession(node_id),
             MapFrameEncoder(),
         )
+        self.registry.connected(node_id)
 
     def run(self) -> None:
         ctx = self.tailnet.context
@@ -154,29 +156,26 @@ def main() -> None:
             f"store filled in {time.perf_counter() - t0:.1f}s"
         )
         t0 = time.perf_counter()
-        tailnet = Tailnet(
-            store=store,
-            source=source(policy, users, "a"),
+        nodes, tailnet = running_tailnet(
+            store,
+            source(policy, users, "a"),
             derp_regions=[DerpRegion(999, "tailnetd", "tailnetd", "127.0.0.1", 8080, 3478)],
-            clock=lambda: NOW,
             log=logging.getLogger("bench"),
         )
         print(f"{'first compile':<22} {(time.perf_counter() - t0) * 1000:>9.1f} ms")
-        pump = Pump(tailnet)
+        pump = Pump(nodes, tailnet)
         timed("connect storm", lambda: [pump.open(n.id) for n in store.list_nodes()], pump)
 
         first = store.list_nodes()[0]
 
         def endpoint_change(node: Node = first) -> None:
-            tailnet.node_updated(
-                store.update_from_map(node.id, now=NOW, endpoints=("127.0.0.1:1",))
-            )
+            nodes.update_from_map(node, now=NOW, endpoints=("127.0.0.1:1",))
 
         timed("endpoint change", endpoint_change, pump)
 
         def join(k: int) -> None:
             key = (args.nodes + 7 + k).to_bytes(4, "big") + bytes(28)
-            node = store.create_node(
+            nodes.register(
                 machine_key=MachinePublic(key),
                 node_key=NodePublic(key),
                 hostname=f"newcomer{k}" if k else "newcomer",
@@ -185,7 +184,6 @@ def main() -> None:
                 disco_key=DiscoPublic(key),
                 capver=133,
             )
-            tailnet.topology_changed(node.id)
 
         # Repeats (more joins; commits alternating between two policies) give
         # several samples of the same event, for noisy machines.

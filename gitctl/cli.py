@@ -1,8 +1,8 @@
 """`gitctl`: policy-repository tooling for people and CI.
 
 Exit codes: 0 ok, 1 the tailnet (or a file) has problems, 2 the command line was wrong.
-Commands that live in other modules (`compile`, `test`, `diff`) are imported only when
-invoked, so a problem in one of them never stops `gitctl validate` from running.
+Commands that live in other modules (`compile`, `test`, `diff`, `lint`, `explain`) are
+imported only when invoked, so a problem in one of them never stops `gitctl validate` from running.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ _LAZY_COMMANDS = {
     "compile": ("gitctl.compile_cmd", "show what the policy compiles to for each node"),
     "test": ("gitctl.test_cmd", "run the policy's tests"),
     "diff": ("gitctl.diff_cmd", "show the access changes between two revisions"),
+    "lint": ("gitctl.lint_cmd", "find unused names, shadowed rules and risky forms"),
+    "explain": ("gitctl.explain_cmd", "say whether one device may reach another, and why"),
+    "verify": ("gitctl.verify_cmd", "check that a commit is signed by a trusted signer"),
 }
 
 
@@ -41,7 +44,11 @@ def _schema_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Print the JSON Schema of one file kind, or all of them "
         "as one JSON object keyed by kind.",
     )
-    p.add_argument("kind", nargs="?", help="users, policy, dns, routes or settings")
+    p.add_argument(
+        "kind",
+        nargs="?",
+        help="users, policy, dns, routes, settings, owners, or inventory (not a file kind)",
+    )
     p.set_defaults(run=_run_schema)
 
 
@@ -50,6 +57,11 @@ def _run_schema(args: argparse.Namespace) -> int:
 
     from gitctl.tailnet import SCHEMA_KINDS, load_schema
 
+    if args.kind == "inventory":
+        from gitctl.inventory import inventory_schema
+
+        print(json.dumps(inventory_schema(), indent=2, ensure_ascii=False))
+        return 0
     if args.kind is None:
         print(json.dumps({k: load_schema(k) for k in SCHEMA_KINDS}, indent=2, ensure_ascii=False))
         return 0

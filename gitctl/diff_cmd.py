@@ -1,7 +1,8 @@
 """`gitctl diff BASE [HEAD]`: the effective access change between two revisions.
 
 Both revisions are compiled against one topology: hypothetical devices (one per user and
-tag of either revision) by default, a topology file, or the node list of a running server.
+tag of either revision) by default, a topology or inventory file, or the node list of a
+running server.
 The output says who gained or lost which ports, SSH logins and peers, by user, tag or group,
 for a pull-request comment (markdown), a terminal (text) or a tool (json).
 """
@@ -17,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,11 +32,22 @@ from gitctl.access import (
     effective_access,
 )
 from gitctl.diagnostics import render_text
+from gitctl.expiring import expiring_access, expiring_json, parse_window, render_expiring
+from gitctl.inventory import add_device_arguments, devices_from_args
 from gitctl.policy import PolicyError, Topology, TopologyNode, TopologyUser, compile_tailnet
-from gitctl.snapshot import LoadResult, Snapshot, load_from_git
-from gitctl.testing import TopologyFileError, read_topology_file, synthetic_topology
+from gitctl.review import Reviewed, load_for_review
+from gitctl.snapshot import Snapshot
+from gitctl.testing import TopologyFileError, synthetic_topology
+from gitctl.validate_cmd import UsageError, add_now_argument, now_from_args
 
-__all__ = ["add_parser", "fetch_server_topology", "render", "run"]
+__all__ = [
+    "add_parser",
+    "add_server_arguments",
+    "fetch_server_topology",
+    "render",
+    "run",
+    "topology_from_args",
+]
 
 TIMEOUT = 10.0
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 47: "gre", 50: "esp"}
@@ -46,31 +59,53 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="show the access changes between two revisions",
         description="Compile two revisions against the same devices and show who gained or "
         "lost which ports, SSH logins and peers. Exit 0 (with --exit-code: 1 when anything "
-        "changed), 1 when a revision does not load, 2 on a usage error or unreadable topology.",
+        "changed), 1 when a revision does not load (the diff is still shown when the rest of it "
+        "does: a failing policy test, or a broken file read at its BASE version), 2 on a usage "
+        "error or unreadable topology.",
     )
     p.add_argument("base", metavar="BASE", help="the revision before, e.g. origin/main")
     p.add_argument("head", metavar="HEAD", nargs="?", default="HEAD", help="default: HEAD")
     p.add_argument("--repo", metavar="PATH", default=".", help="the git repository (default: .)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument(
-        "--topology",
-        metavar="T.json",
-        help="users and nodes to compile against (conformance corpus format); "
-        "default: one hypothetical device per user and tag",
-    )
-    where.add_argument("--server", metavar="URL", help="use a running server's nodes")
-    p.add_argument(
-        "--api-key", metavar="KEY", help="admin API key for --server (default: $TAILNETD_API_KEY)"
-    )
+    add_server_arguments(p, where)
     p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    p.add_argument(
+        "--expiring-within",
+        metavar="DURATION",
+        type=_window,
+        default="7d",
+        help="also list HEAD's access that expires within this time, e.g. 36h, 2w "
+        "(default: 7d; 0s: none)",
+    )
+    add_now_argument(p)
     p.add_argument(
         "--exit-code", action="store_true", help="exit 1 when anything changed, like git diff"
     )
     p.set_defaults(run=run)
 
 
-class _Usage(Exception):
-    pass
+_Usage = UsageError
+
+
+def add_server_arguments(
+    p: argparse.ArgumentParser, where: argparse._MutuallyExclusiveGroup
+) -> None:
+    """--topology, --inventory and --server URL (with --api-key): the devices to compile for."""
+    add_device_arguments(
+        where, "compile against (default: one hypothetical device per user and tag)"
+    )
+    where.add_argument("--server", metavar="URL", help="use a running server's nodes")
+    p.add_argument(
+        "--api-key", metavar="KEY", help="admin API key for --server (default: $TAILNETD_API_KEY)"
+    )
+
+
+def _window(text: str) -> str:
+    try:
+        parse_window(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 # -- the topology --------------------------------------------------------------------------
@@ -131,7 +166,11 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def _topology(args: argparse.Namespace, base: Snapshot, head: Snapshot) -> tuple[Topology, str]:
+def topology_from_args(
+    args: argparse.Namespace, head: Snapshot, *others: Snapshot, command: str = "diff"
+) -> tuple[Topology, str]:
+    """The devices named by --server, --inventory or --topology, else hypothetical ones for
+    `head` and `others`; with where they came from. Raises UsageError."""
     if args.api_key and not args.server:
         raise _Usage("--api-key is for --server")
     if args.server:
@@ -141,18 +180,17 @@ def _topology(args: argparse.Namespace, base: Snapshot, head: Snapshot) -> tuple
             raise _Usage("--server needs --api-key or TAILNETD_API_KEY (an admin API key)")
         if urlsplit(args.server).scheme == "http" and not _is_loopback(args.server):
             print(
-                f"gitctl diff: warning: the API key goes to {args.server} unencrypted; "
+                f"gitctl {command}: warning: the API key goes to {args.server} unencrypted; "
                 "use https://",
                 file=sys.stderr,
             )
-        users = _users(head, base)
+        users = _users(head, *others)
         return fetch_server_topology(args.server, api_key, users), args.server
-    if args.topology:
-        try:
-            return read_topology_file(args.topology), args.topology
-        except TopologyFileError as exc:
-            raise _Usage(str(exc)) from None
-    return synthetic_topology(head, base), "synthetic"
+    try:
+        given = devices_from_args(args)
+    except TopologyFileError as exc:
+        raise _Usage(str(exc)) from None
+    return given if given is not None else (synthetic_topology(head, *others), "synthetic")
 
 
 # -- comparing -----------------------------------------------------------------------------
@@ -163,16 +201,20 @@ def _groups(*snapshots: Snapshot) -> dict[str, list[str]]:
     for snap in snapshots:
         for name, members in (snap.policy_doc.get("groups") or {}).items():
             if isinstance(members, list):
-                out.setdefault(name, [m for m in members if isinstance(m, str)])
+                names = (m.get("user") if isinstance(m, dict) else m for m in members)
+                out.setdefault(name, [m for m in names if isinstance(m, str)])
     return out
 
 
-def compare(base: Snapshot, head: Snapshot, topology: Topology) -> AccessDiff:
-    """Raises PolicyError when a revision's policy cannot apply to `topology`."""
+def compare(
+    base: Snapshot, head: Snapshot, topology: Topology, now: datetime | None = None
+) -> AccessDiff:
+    """The access change as in force at `now`. Raises PolicyError when a revision's policy
+    cannot apply to `topology` (or has expiry times and `now` is None)."""
     accesses = []
     for snap in (base, head):
         # Tests were checked when the revision loaded; other devices must not re-judge them.
-        compiled = compile_tailnet(snap.policy, topology, enforce_tests=False)
+        compiled = compile_tailnet(snap.policy, topology, now=now, enforce_tests=False)
         accesses.append(effective_access(compiled, topology))
     return diff_access(accesses[0], accesses[1], topology, _groups(head, base))
 
@@ -310,7 +352,11 @@ def _label_json(label: Label) -> dict[str, str]:
 
 
 def render_json(
-    diff: AccessDiff, base: Mapping[str, Any], head: Mapping[str, Any], topology: str
+    diff: AccessDiff,
+    base: Mapping[str, Any],
+    head: Mapping[str, Any],
+    topology: str,
+    expiring: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     def change(gained: bool) -> str:
         return "gained" if gained else "lost"
@@ -352,6 +398,7 @@ def render_json(
             }
             for c in diff.peers
         ],
+        "expiring": list(expiring),
     }
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
@@ -359,44 +406,78 @@ def render_json(
 # -- the command ---------------------------------------------------------------------------
 
 
-def _load(repo: str, rev: str) -> LoadResult:
-    result = load_from_git(repo, rev)
-    if result.snapshot is not None and result.snapshot.policy is None:
+def _load(repo: str, rev: str, now: datetime, base: Reviewed | None = None) -> Reviewed:
+    reviewed = load_for_review(repo, rev, base.documents if base is not None else None, now=now)
+    if reviewed.snapshot is not None and reviewed.snapshot.policy is None:
         raise _Usage("the policy compiler is not available in this installation")
-    return result
+    return reviewed
 
 
 def _short(snap: Snapshot, rev: str) -> str:
     return snap.id[:7] if snap.revision else rev
 
 
+def _problems_text(rev: str, reviewed: Reviewed, md: bool) -> str:
+    """What is wrong with a revision that the diff above still compared."""
+    if not reviewed.broken:
+        return ""
+    lines = ["", f"**{rev} cannot be served:**" if md else f"{rev} cannot be served:"]
+    if reviewed.stand_ins:
+        named = ", ".join(_code(p, md) for p in reviewed.stand_ins)
+        lines.append(f"- these files do not load; the diff above reads BASE's version: {named}")
+    lines += [f"- {_code(d.location(), md)}: {d.message}" for d in reviewed.result.diagnostics]
+    return "\n".join(lines) + "\n"
+
+
+def _report_broken(rev: str, reviewed: Reviewed) -> None:
+    print(f"gitctl diff: {rev} does not load:", file=sys.stderr)
+    sys.stderr.write(render_text(reviewed.result.diagnostics, reviewed.result.texts))
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        loaded = [_load(args.repo, rev) for rev in (args.base, args.head)]
-        failed = [
-            (rev, r) for rev, r in zip((args.base, args.head), loaded, strict=True) if not r.ok
-        ]
-        for rev, result in failed:
-            print(f"gitctl diff: {rev} does not load:", file=sys.stderr)
-            sys.stderr.write(render_text(result.diagnostics, result.texts))
-        if failed:
+        now = now_from_args(args)
+        base_r = _load(args.repo, args.base, now)
+        head_r = _load(args.repo, args.head, now, base_r)
+        for rev, reviewed in ((args.base, base_r), (args.head, head_r)):
+            if reviewed.broken:
+                _report_broken(rev, reviewed)
+        base, head = base_r.snapshot, head_r.snapshot
+        if base is None or head is None:
             return 1
-        base, head = (r.snapshot for r in loaded)
-        assert base is not None and head is not None
-        topology, source = _topology(args, base, head)
+        topology, source = topology_from_args(args, head, base)
     except _Usage as exc:
         print(f"gitctl diff: {exc}", file=sys.stderr)
         return 2
     try:
-        diff = compare(base, head, topology)
+        diff = compare(base, head, topology, now)
     except PolicyError as exc:
         print(f"gitctl diff: the policy does not apply to these devices: {exc}", file=sys.stderr)
         return 1
+    broken = base_r.broken or head_r.broken
+    soon = expiring_access(head, now, parse_window(args.expiring_within))
     if args.format == "json":
-        ends = [{"rev": rev, "id": s.id} for rev, s in ((args.base, base), (args.head, head))]
-        sys.stdout.write(render_json(diff, ends[0], ends[1], source))
+        ends = [
+            {
+                "rev": rev,
+                "id": s.id,
+                "loads": not r.broken,
+                "stand_ins": list(r.stand_ins),
+                "problems": [d.as_dict() for d in r.result.diagnostics if r.broken],
+            }
+            for rev, s, r in ((args.base, base, base_r), (args.head, head, head_r))
+        ]
+        sys.stdout.write(render_json(diff, ends[0], ends[1], source, expiring_json(soon)))
     else:
+        md = args.format == "markdown"
         sys.stdout.write(
             render(diff, _short(base, args.base), _short(head, args.head), args.format)
+            + _problems_text(args.base, base_r, md)
+            + _problems_text(args.head, head_r, md)
         )
+        expiring_text = render_expiring(soon, args.expiring_within, args.format)
+        if expiring_text:
+            sys.stdout.write("\n" + expiring_text)
+    if broken:
+        return 1
     return 1 if args.exit_code and diff.changed else 0

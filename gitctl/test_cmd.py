@@ -1,7 +1,7 @@
 """`gitctl test`: run the policy's `tests` and `sshTests` and show each failing assertion.
 
 The tests always run against one hypothetical device per user and tag (what the server
-checks before serving a commit); `--topology` adds real devices from a topology file, whose
+checks before serving a commit); `--topology` or `--inventory` adds real devices from a file, whose
 failures the server would not see but a reviewer may want to.
 """
 
@@ -11,13 +11,15 @@ import argparse
 import sys
 
 from gitctl.diagnostics import render_github, render_json, render_text
+from gitctl.inventory import add_device_arguments, devices_from_args
 from gitctl.policy import Topology
-from gitctl.testing import TopologyFileError, check_tests, read_topology_file, synthetic_topology
+from gitctl.testing import TopologyFileError, check_tests, synthetic_topology
 from gitctl.validate_cmd import (
     UsageError,
     add_format_argument,
     add_source_arguments,
     load_from_args,
+    now_from_args,
 )
 
 __all__ = ["add_parser", "run"]
@@ -28,15 +30,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "test",
         help="run the policy's tests",
         description="Run the policy's tests and sshTests against one hypothetical device per "
-        "user and tag (plus the devices of --topology) and print each failing assertion as "
-        "file:line:col. Exit 0 when all pass, 1 when one fails, 2 on a usage error.",
+        "user and tag (plus the devices of --topology or --inventory) and print each failing "
+        "assertion as file:line:col. Exit 0 when all pass, 1 when one fails, 2 on a usage error.",
     )
     add_source_arguments(p)
-    p.add_argument(
-        "--topology",
-        metavar="T.json",
-        help="also test against these users and nodes (conformance corpus format)",
-    )
+    add_device_arguments(p.add_mutually_exclusive_group(), "also test against")
     add_format_argument(p)
     p.set_defaults(run=run)
 
@@ -47,7 +45,8 @@ def _count(n: int, word: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        real: Topology | None = read_topology_file(args.topology) if args.topology else None
+        given = devices_from_args(args)
+        real: Topology | None = given[0] if given is not None else None
         # Loading runs the tests on hypothetical devices already: a failure there (or any
         # other problem with the commit) comes back as diagnostics, without a snapshot.
         result = load_from_args(args)
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         topology = synthetic_topology(snap, real=real)
         devices = len(topology.nodes)
         if real is not None:
-            diagnostics += check_tests(snap, topology)
+            diagnostics += check_tests(snap, topology, now=now_from_args(args))
     failed = any(d.severity == "error" for d in diagnostics)
     if args.format == "json":
         sys.stdout.write(render_json(diagnostics, snapshot=snap.id if snap else None))

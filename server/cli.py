@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from server.admin_client import AdminError, HttpTarget, SocketTarget, Target, call
-from server.config import ConfigError, load_config
+from server.config import ConfigError, add_flags, load_config
 
 __all__ = ["main"]
 
@@ -25,30 +25,15 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import Server, StartupError
 
     try:
-        config = load_config(
-            {
-                "config": args.config,
-                "repo": args.repo,
-                "data": args.data,
-                "listen": args.listen,
-                "server_url": args.server_url,
-                "stun_listen": args.stun_listen,
-                "tls_cert": args.tls_cert,
-                "tls_key": args.tls_key,
-                "branch": args.branch,
-                "fetch_interval": args.fetch_interval,
-                "acme_domain": args.acme_domain,
-                "acme_email": args.acme_email,
-                "acme_directory": args.acme_directory,
-                "acme_http_listen": args.acme_http_listen,
-            }
-        )
+        config = load_config(vars(args))
     except ConfigError as exc:
         print(f"tailnetd: {exc}", file=sys.stderr)
         return 2
+    from server.logs import log_handler
+
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
+        handlers=[log_handler("json" if config.log_format == "json" else "text")],
     )
     # watchfiles logs every batch of .git changes at INFO; commits are logged by us.
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
@@ -176,13 +161,31 @@ def _status(args: argparse.Namespace) -> int:
         _print(status, True)
         return 0
     print(f"serving:  {status['serving']} (since {status['serving_since']})")
+    if status.get("signer"):
+        print(f"signed:   by {status['signer']}")
     print(f"nodes:    {status['nodes']} registered, {status['online']} online")
+    for entry in status.get("undeclared_tags") or ():
+        tags = ", ".join(entry["tags"])
+        print(f"undeclared tags: {entry['kind']} {entry['id']} {entry['name']}: {tags}")
     rejected = status.get("rejected")
     if rejected:
         print(f"rejected: {rejected['revision']} at {rejected['at']}")
         for error in rejected["errors"]:
             print(f"  {error}")
         return 1
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    answer = call(_target(args), "GET", f"/api/v1/history?limit={args.limit}")
+    if args.json:
+        _print(answer["history"], True)
+        return 0
+    for entry in answer["history"]:
+        signer = entry["signer"] or "-"
+        print(f"{entry['at']}  {entry['outcome']:<8}  {entry['revision'][:12]}  {signer}")
+        for reason in entry["reasons"]:
+            print("    " + reason.replace("\n", "\n    "))
     return 0
 
 
@@ -193,36 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the control server")
-    serve.add_argument(
-        "--repo",
-        help="git work tree holding tailnet.d/, or a remote URL to clone and fetch "
-        "(default: . if it has one, else the example)",
-    )
-    serve.add_argument(
-        "--data", help="state directory: sqlite, keys, admin socket (default ./data)"
-    )
-    serve.add_argument(
-        "--listen", help="HOST:PORT for control, DERP and the API (default 127.0.0.1:8080)"
-    )
-    serve.add_argument("--server-url", help="URL clients use to reach this server")
-    serve.add_argument(
-        "--stun-listen", help="HOST:PORT for STUN over UDP, or 'off' (default: listen host, 3478)"
-    )
-    serve.add_argument("--tls-cert", help="PEM certificate chain file")
-    serve.add_argument("--tls-key", help="PEM private key file")
-    serve.add_argument(
-        "--acme-domain", help="get and renew a certificate for this name from an ACME CA"
-    )
-    serve.add_argument("--acme-email", help="contact address for the ACME account (expiry notices)")
-    serve.add_argument("--acme-directory", help="ACME directory URL (default: Let's Encrypt)")
-    serve.add_argument(
-        "--acme-http-listen", help="HOST:PORT answering HTTP-01 challenges (default 0.0.0.0:80)"
-    )
-    serve.add_argument("--branch", help="branch to serve (default: the work tree's HEAD)")
-    serve.add_argument(
-        "--fetch-interval", help="seconds between fetches when --repo is a remote URL (default 60)"
-    )
-    serve.add_argument("--config", help="YAML config file with the same keys as these flags")
+    add_flags(serve)
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=_serve)
 
@@ -285,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch/re-read the repository first (POST /api/v1/repo/sync)",
     )
     status.set_defaults(func=_status)
+
+    history = admin_parser("history", "served and rejected commits, newest first")
+    history.add_argument("--json", action="store_true")
+    history.add_argument("-n", "--limit", type=int, default=20, help="at most N (default 20)")
+    history.set_defaults(func=_history)
     return parser
 
 

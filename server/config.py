@@ -1,28 +1,36 @@
 """Server configuration: read once into a frozen object and passed in.
 
-Precedence: command-line flag > TAILNETD_* environment variable > config file
-key > default. The config file is YAML with the same keys as the flags
-(`repo`, `data`, `listen`, `server_url`, `stun_listen`, `tls_cert`, `tls_key`,
-`branch`, `fetch_interval`, `acme_domain`, `acme_email`, `acme_directory`, `acme_http_listen`).
+Every `tailnetd serve` option is one row of `OPTIONS`: its name is the config
+file key, `--name-with-dashes` is its flag and `TAILNETD_NAME` its environment
+variable. Precedence: flag > environment > config file > default. The flags
+(`add_flags`), the file keys, the defaults and the docs' table
+(`options_markdown`, in docs/deployment.md) all come from that table.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gitctl.tailnet.kinds import did_you_mean
 from server.remote_repo import is_remote
+from server.store import is_postgres_url, redact_url
 
-__all__ = ["ConfigError", "ServerConfig", "default_repo", "load_config"]
+__all__ = [
+    "OPTIONS",
+    "ConfigError",
+    "Option",
+    "ServerConfig",
+    "add_flags",
+    "default_repo",
+    "load_config",
+    "options_markdown",
+]
 
-KEYS = (
-    "repo", "data", "listen", "server_url", "stun_listen", "tls_cert", "tls_key", "branch",
-    "fetch_interval",
-    "acme_domain", "acme_email", "acme_directory", "acme_http_listen",
-)  # fmt: skip
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 
 
@@ -49,10 +57,30 @@ class ServerConfig:
     acme_directory: str = LETS_ENCRYPT
     acme_http_host: str = "0.0.0.0"  # HTTP-01 answers (and plain-HTTP control) here
     acme_http_port: int = 80
+    # Node state: a postgresql:// URL or a sqlite file; None = sqlite in the data dir.
+    database: str | None = None
+    metrics_host: str | None = None  # a plain-HTTP /metrics, /health, /ready listener
+    metrics_port: int = 0
+    log_format: str = "text"  # "text" or "json" (one object per line)
+    # Allowed-signers file outside the repository: only commits its keys signed are served.
+    trusted_signers: Path | None = None
 
     @property
     def socket_path(self) -> Path:
         return self.data_dir / "tailnetd.sock"
+
+    @property
+    def store_location(self) -> str | Path:
+        """What `open_store` is given."""
+        if self.database is None:
+            return self.data_dir / "tailnetd.sqlite"
+        return self.database if is_postgres_url(self.database) else Path(self.database)
+
+    @property
+    def store_description(self) -> str:
+        """The store's location fit for a log line (no password)."""
+        where = self.store_location
+        return redact_url(where) if isinstance(where, str) else str(where)
 
 
 def default_repo(cwd: Path | None = None) -> Path:
@@ -63,47 +91,225 @@ def default_repo(cwd: Path | None = None) -> Path:
     return Path(__file__).resolve().parent.parent / "gitctl" / "example"
 
 
-def _split_hostport(text: str, what: str) -> tuple[str, int]:
+# Parsers take the option's text and raise ValueError with what is wrong; the
+# caller names where the text came from.
+
+
+def _hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
-        raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
+        raise ValueError(f"must be HOST:PORT, got {text!r}")
     if int(port) > 65535:  # else bind() fails much later with a traceback
-        raise ConfigError(f"{what}: port must be 0-65535, got {text!r}")
+        raise ValueError(f"port must be 0-65535, got {text!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ServerConfig:
-    env = os.environ if env is None else env
-    file_values: dict[str, Any] = {}
-    config_file = flags.get("config") or env.get("TAILNETD_CONFIG")
-    if config_file:
-        from ruamel.yaml import YAML
+def _optional_hostport(text: str) -> tuple[str, int] | None:
+    """HOST:PORT, or None for `off`."""
+    return None if text.lower() in ("", "off", "none") else _hostport(text)
 
+
+def _log_format(text: str) -> str:
+    if text.lower() not in ("json", "text"):
+        raise ValueError(f"must be json or text, got {text!r}")
+    return text.lower()
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"must be positive, got {text!r}")
+    return value
+
+
+def _file(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def _directory(text: str) -> Path:
+    return Path(text).resolve()
+
+
+def _url(text: str) -> str:
+    return text.rstrip("/")
+
+
+def _database(text: str) -> str:
+    if "://" in text and not is_postgres_url(text):
+        raise ValueError(
+            f"must be a postgresql:// URL or the path of a sqlite file, got {redact_url(text)!r}"
+        )
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One `tailnetd serve` setting, declared once."""
+
+    key: str  # the config-file key
+    metavar: str
+    help: str
+    default: str | None = None  # parsed like a given value; None: absent or derived
+    shown: str = ""  # the default as people read it, when not `default` itself
+    parse: Callable[[str], Any] = str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "TAILNETD_" + self.key.upper()
+
+    @property
+    def default_text(self) -> str:
+        return self.shown or self.default or "none"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "repo",
+        "PATH|URL",
+        "git work tree holding tailnet.d/, or a remote URL to clone and fetch",
+        shown="the current directory if it has tailnet.d/, else the bundled example",
+    ),
+    Option(
+        "data", "DIR", "state directory: sqlite, keys, admin socket", "data", "./data", _directory
+    ),
+    Option(
+        "database", "URL", "where node state lives: a postgresql:// URL or a sqlite file",
+        shown="DATA/tailnetd.sqlite", parse=_database,
+    ),
+    Option(
+        "listen", "HOST:PORT", "address for control, DERP and the API", "127.0.0.1:8080",
+        parse=_hostport,
+    ),
+    Option(
+        "server_url", "URL", "URL clients use to reach this server",
+        shown="from --listen, or https://ACME_DOMAIN", parse=_url,
+    ),
+    Option(
+        "stun_listen", "HOST:PORT", "address for STUN over UDP, or off",
+        shown="the listen host, port 3478", parse=_optional_hostport,
+    ),
+    Option("tls_cert", "FILE", "PEM certificate chain file (with --tls-key)", parse=_file),
+    Option("tls_key", "FILE", "PEM private key file (with --tls-cert)", parse=_file),
+    Option("branch", "NAME", "branch to serve", shown="the work tree's HEAD"),
+    Option(
+        "fetch_interval", "SECONDS", "seconds between fetches when --repo is a remote URL", "60",
+        parse=_seconds,
+    ),
+    Option("acme_domain", "NAME", "get and renew a certificate for this name from an ACME CA"),
+    Option("acme_email", "EMAIL", "contact address for the ACME account (expiry notices)"),
+    Option(
+        "acme_directory", "URL", "ACME directory URL", LETS_ENCRYPT,
+        shown="Let's Encrypt production",
+    ),
+    Option(
+        "acme_http_listen", "HOST:PORT", "address answering HTTP-01 challenges", "0.0.0.0:80",
+        parse=_hostport,
+    ),
+    Option(
+        "metrics_listen", "HOST:PORT",
+        "plain-HTTP address serving only /metrics, /health and /ready, or off "
+        "(/metrics is always on the admin socket)",
+        "off", parse=_optional_hostport,
+    ),
+    Option("log_format", "json|text", "log lines as text, or one JSON object per line", "text",
+           parse=_log_format),
+    Option(
+        "trusted_signers", "FILE",
+        "serve only commits signed by an SSH key in this allowed-signers file (outside the "
+        "repository; overrides the repository's trusted_signers setting)",
+        parse=_file,
+    ),
+)  # fmt: skip
+_BY_KEY = {option.key: option for option in OPTIONS}
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per option (absent flags read as None), and --config."""
+    for option in OPTIONS:
+        parser.add_argument(
+            option.flag,
+            dest=option.key,
+            metavar=option.metavar,
+            help=f"{option.help} (default: {option.default_text}; env {option.env})",
+        )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML file whose keys are these options' names (env TAILNETD_CONFIG)",
+    )
+
+
+def options_markdown() -> str:
+    """The table of options for docs/deployment.md."""
+    lines = [
+        "| flag | environment | config key | default | what |",
+        "|---|---|---|---|---|",
+    ]
+    for o in OPTIONS:
+        cells = (f"`{o.flag} {o.metavar}`", f"`{o.env}`", f"`{o.key}`", o.default_text, o.help)
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    from ruamel.yaml import YAML
+
+    try:
+        loaded = YAML(typ="safe").load(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    unknown = [str(key) for key in loaded or {} if key not in _BY_KEY]
+    if unknown:
+        named = ", ".join(f'"{key}"{did_you_mean(key, list(_BY_KEY))}' for key in sorted(unknown))
+        raise ConfigError(f"{path}: unknown setting(s): {named}")
+    return {key: value for key, value in (loaded or {}).items() if value is not None}
+
+
+def _pick(
+    flags: Mapping[str, Any], env: Mapping[str, str], file: Mapping[str, Any], file_name: str
+) -> dict[str, Any]:
+    """Each option's parsed value from the highest level that gives one (else its
+    default); options with neither are left out."""
+    picked: dict[str, Any] = {}
+    for option in OPTIONS:
+        if flags.get(option.key) is not None:
+            text, where = str(flags[option.key]), option.flag
+        elif env.get(option.env):
+            text, where = env[option.env], option.env
+        elif option.key in file:
+            text, where = str(file[option.key]), f"{file_name}: {option.key}"
+        elif option.default is not None:
+            text, where = option.default, f"default {option.flag}"
+        else:
+            continue
         try:
-            loaded = YAML(typ="safe").load(Path(config_file).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{config_file}: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{config_file}: expected a mapping of settings")
-        unknown = set(loaded or {}) - set(KEYS)
-        if unknown:
-            raise ConfigError(f"{config_file}: unknown setting(s): {', '.join(sorted(unknown))}")
-        file_values = dict(loaded or {})
+            picked[option.key] = option.parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return picked
 
-    def pick(key: str) -> Any:
-        if flags.get(key) is not None:
-            return flags[key]
-        env_value = env.get("TAILNETD_" + key.upper())
-        if env_value:
-            return env_value
-        return file_values.get(key)
 
-    listen = str(pick("listen") or "127.0.0.1:8080")
-    host, port = _split_hostport(listen, "listen")
-    tls_cert, tls_key = pick("tls_cert"), pick("tls_key")
+def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ServerConfig:
+    """`flags` maps option keys (and `config`) to values, None when not given."""
+    env = os.environ if env is None else env
+    config_file = flags.get("config") or env.get("TAILNETD_CONFIG")
+    file_values = _read_file(config_file) if config_file else {}
+    v = _pick(flags, env, file_values, config_file or "")
+
+    host, port = v["listen"]
+    tls_cert, tls_key = v.get("tls_cert"), v.get("tls_key")
     if bool(tls_cert) != bool(tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
-    acme_domain = pick("acme_domain")
+    acme_domain = v.get("acme_domain")
     if acme_domain and tls_cert:
         raise ConfigError("use either --acme-domain or --tls-cert/--tls-key, not both")
     scheme = "https" if tls_cert or acme_domain else "http"
@@ -113,46 +319,47 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     default_url = f"{scheme}://{url_host}:{port}"
     if acme_domain:
         default_url = f"https://{acme_domain}" + ("" if port == 443 else f":{port}")
-    server_url = str(pick("server_url") or default_url).rstrip("/")
-    acme_http_host, acme_http_port = _split_hostport(
-        str(pick("acme_http_listen") or "0.0.0.0:80"), "acme-http-listen"
-    )
-    stun = pick("stun_listen")
-    if stun is None:
-        stun_host, stun_port = host, 3478
-    elif str(stun).lower() in ("", "off", "none"):
-        stun_host, stun_port = None, 0
-    else:
-        stun_host, stun_port = _split_hostport(str(stun), "stun-listen")
-    repo_value = pick("repo")
-    repo_url = str(repo_value) if repo_value and is_remote(str(repo_value)) else None
-    data_dir = Path(pick("data") or "data").resolve()
+    stun = v["stun_listen"] if "stun_listen" in v else (host, 3478)
+    repo_value = v.get("repo")
+    repo_url = repo_value if repo_value and is_remote(repo_value) else None
+    data_dir = v["data"]
     if repo_url is not None:
         repo = data_dir / "repo.git"
     else:
         repo = Path(repo_value) if repo_value else default_repo()
-    try:
-        fetch_interval = float(pick("fetch_interval") or 60)
-    except ValueError:
-        raise ConfigError("fetch-interval must be a number of seconds") from None
-    if fetch_interval <= 0:
-        raise ConfigError("fetch-interval must be positive")
+    acme_http_host, acme_http_port = v["acme_http_listen"]
+    metrics = v["metrics_listen"]
+    signers = v.get("trusted_signers")
+    if signers is not None:
+        signers = signers.resolve()
+        if repo_url is None and signers.is_relative_to(repo.resolve()):
+            # A file in the work tree is one a commit could change.
+            raise ConfigError(f"--trusted-signers {signers}: must be outside the repository")
     return ServerConfig(
         repo=repo.resolve(),
         repo_url=repo_url,
-        fetch_interval=fetch_interval,
+        fetch_interval=v["fetch_interval"],
         data_dir=data_dir,
+        database=v.get("database"),
         listen_host=host,
         listen_port=port,
-        server_url=server_url,
-        stun_host=stun_host,
-        stun_port=stun_port,
-        tls_cert=Path(tls_cert) if tls_cert else None,
-        tls_key=Path(tls_key) if tls_key else None,
-        branch=pick("branch"),
-        acme_domain=str(acme_domain) if acme_domain else None,
-        acme_email=pick("acme_email"),
-        acme_directory=str(pick("acme_directory") or LETS_ENCRYPT),
+        server_url=v.get("server_url") or default_url,
+        stun_host=stun[0] if stun else None,
+        stun_port=stun[1] if stun else 0,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        branch=v.get("branch"),
+        acme_domain=acme_domain,
+        acme_email=v.get("acme_email"),
+        acme_directory=v["acme_directory"],
         acme_http_host=acme_http_host,
         acme_http_port=acme_http_port,
+        metrics_host=metrics[0] if metrics else None,
+        metrics_port=metrics[1] if metrics else 0,
+        log_format=v["log_format"],
+        trusted_signers=signers,
     )
+
+
+if __name__ == "__main__":
+    print(options_markdown(), end="")

@@ -13,16 +13,23 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from prometheus_client import CollectorRegistry
+
 from server.edge.control_conn import ControlRequest, ControlResponse
-from server.mapper import MapSession, build_map, user_id
+from server.logs import event
+from server.metrics import Metrics
+from server.protocol.keys import NodePublic
 from server.protocol.mapframe import MapFrameEncoder
+from server.store.interface import Store
 from server.store.model import KeyRejected, Node
-from server.tailnet import Tailnet
+from server.tailnet import NodeRegistry, Tailnet
+from server.tailnet.mapper import MapSession, build_map, not_served_map, user_id
 from server.wire import (
     TAGGED_USER_ID,
     Hostinfo,
@@ -39,6 +46,7 @@ __all__ = ["MIN_CAPABILITY_VERSION", "ControlHandler", "ControlSettings"]
 
 # Tailscale 1.80: the oldest of the last ten minor releases (protocol.md §2.4).
 MIN_CAPABILITY_VERSION = 113
+TOLD_MAX = 4096
 
 
 class RequestRejected(Exception):
@@ -59,17 +67,24 @@ class ControlHandler:
     def __init__(
         self,
         tailnet: Tailnet,
+        registry: NodeRegistry,
+        store: Store,
         *,
+        clock: Callable[[], datetime],
         settings: Callable[[], ControlSettings],
         log: logging.Logger,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._tailnet = tailnet
-        self._store = tailnet.store
-        self._clock = tailnet.clock
+        self._registry = registry
+        self._store = store  # pre-auth keys; nodes are written through the registry
+        self._clock = clock
         self._settings = settings
         self._log = log
         self._rng = rng or random.Random()
+        self._metrics = metrics or Metrics(CollectorRegistry(), monotonic=time.monotonic)
+        self._told: dict[NodePublic, None] = {}  # node keys told they are not served
 
     async def __call__(self, req: ControlRequest) -> ControlResponse:
         try:
@@ -79,6 +94,8 @@ class ControlHandler:
                 return self._map(req)
             return ControlResponse(404, b"not implemented\n", content_type="text/plain")
         except RequestRejected as exc:
+            if req.path == "/machine/register":
+                self._metrics.registration("rejected")
             self._log.info(
                 "control: %s %s from %s rejected: %s",
                 req.method,
@@ -102,13 +119,14 @@ class ControlHandler:
         expiry = body.requested_expiry
         auth_key = body.auth.auth_key if body.auth is not None else ""
 
-        node = self._store.node_by_node_key(node_key)
+        registry = self._registry
+        node = registry.by_node_key(node_key)
         if node is None and not old_key.is_zero:
-            node = self._store.node_by_node_key(old_key)
+            node = registry.by_node_key(old_key)
         if node is not None and node.machine_key != req.machine_key:
             raise RequestRejected(403, "node key belongs to another machine")
         if node is None:
-            node = self._store.node_by_machine_key(req.machine_key)
+            node = registry.by_machine_key(req.machine_key)
 
         # `tailscale logout` sends Unix 123; any past Expiry asks the same (protocol.md §4.1.3).
         if expiry is not None and expiry <= now:
@@ -117,11 +135,14 @@ class ControlHandler:
             return self._register_with_key(req, node, auth_key, body, now)
         if node is not None and node.node_key in (node_key, old_key):
             if node.key_expiry is not None and node.key_expiry <= now:
+                self._metrics.registration("node_expired")
                 return _json(self._register_response(node, expired=True))
-            if node.node_key != node_key:  # seamless key renewal
-                node = self._store.update_node_key(node.id, node_key, now)
-                self._tailnet.topology_changed(node.id)
+            renewal = node.node_key != node_key
+            if renewal:  # seamless key renewal
+                node = registry.renew_key(node, node_key, now)
+            self._metrics.registration("renewed" if renewal else "resumed")
             return _json(self._register_response(node))
+        self._metrics.registration("needs_login")
         return _json(
             {
                 "Error": "this tailnetd server has no interactive login yet: "
@@ -142,56 +163,64 @@ class ControlHandler:
         try:
             key = self._store.check_preauth_key(auth_key, now)
         except KeyRejected as exc:
-            self._log.info("register: %s: %s", req.machine_key.short(), exc)
+            self._metrics.registration("expired_key" if "expired" in exc.reason else "bad_key")
+            self._log.info(
+                "register: %s: %s",
+                req.machine_key.short(),
+                exc,
+                extra=event("register.refused", machine=req.machine_key.short(), reason=exc.reason),
+            )
             return _json({"Error": f"invalid auth key: {exc}"})
         owner = None if key.tags else key.user
         expiry_span = self._settings().node_key_expiry
         key_expiry = None if key.tags or expiry_span is None else now + expiry_span
         ephemeral = key.ephemeral or body.ephemeral
         # The store consumes a single-use key in the same transaction as the node write.
-        if node is not None:
-            node = self._store.reregister_node(
-                node.id,
-                node_key=node_key,
-                user=owner,
-                tags=key.tags,
-                now=now,
-                auth_key_id=key.id,
-                ephemeral=ephemeral,
-                key_expiry=key_expiry,
-            )
-        else:
-            node = self._store.create_node(
-                machine_key=req.machine_key,
-                node_key=node_key,
-                hostname=hostinfo.hostname or "node",
-                user=owner,
-                tags=key.tags,
-                now=now,
-                auth_key_id=key.id,
-                ephemeral=ephemeral,
-                key_expiry=key_expiry,
-                hostinfo=hostinfo,
-                capver=body.version,
-            )
+        node = self._registry.register(
+            machine_key=req.machine_key,
+            node_key=node_key,
+            hostname=hostinfo.hostname or "node",
+            user=owner,
+            tags=key.tags,
+            now=now,
+            auth_key_id=key.id,
+            ephemeral=ephemeral,
+            key_expiry=key_expiry,
+            hostinfo=hostinfo,
+            capver=body.version,
+            existing=node,
+        )
+        self._metrics.registration("ok")
         self._log.info(
             "register: node %d %s (%s) joined",
             node.id,
             node.given_name,
             owner or ",".join(key.tags),
+            extra=event(
+                "node.registered",
+                node=node.id,
+                node_name=node.given_name,
+                user=owner,
+                tags=list(key.tags),
+                commit=self._tailnet.source.id,
+            ),
         )
-        self._tailnet.topology_changed(node.id)
         return _json(self._register_response(node))
 
     def _logout(self, node: Node | None, now: datetime) -> ControlResponse:
+        self._metrics.registration("logout")
         if node is None:
             return _json({"NodeKeyExpired": True, "MachineAuthorized": False})
         if node.ephemeral:
-            self._tailnet.remove_node(node.id)
+            self._registry.remove(node.id)
         else:
-            node = self._store.set_key_expiry(node.id, now)
-            self._tailnet.topology_changed(node.id)
-        self._log.info("register: node %d %s logged out", node.id, node.given_name)
+            node = self._registry.set_key_expiry(node.id, now)
+        self._log.info(
+            "register: node %d %s logged out",
+            node.id,
+            node.given_name,
+            extra=event("node.logged_out", node=node.id, node_name=node.given_name, user=node.user),
+        )
         return _json(self._register_response(node, expired=True))
 
     def _register_response(self, node: Node, *, expired: bool = False) -> dict[str, Any]:
@@ -218,12 +247,15 @@ class ControlHandler:
     def _map(self, req: ControlRequest) -> ControlResponse:
         body = _decode(MapRequest, req)
         _check_version(body.version, req)
-        if body.node_key.is_zero:
+        node_key = body.node_key
+        if node_key.is_zero:
             raise RequestRejected(400, "MapRequest.NodeKey: missing")
-        node = self._store.node_by_node_key(body.node_key)
-        if node is None or node.machine_key != req.machine_key:
+        node = self._registry.by_node_key(node_key)
+        if node is not None and node.machine_key != req.machine_key:
             raise RequestRejected(404, "node not found")
         now = self._clock()
+        if node is None or not self._tailnet.serves(node.id):
+            return self._not_served(req, node_key, node, now)
         stream = body.stream
         node = self._apply_map_request(node, body, now)
         if not stream:
@@ -248,9 +280,27 @@ class ControlHandler:
             changes["capver"] = body.version
         if not changes:
             return node
-        node = self._store.update_from_map(node.id, now=now, **changes)
-        self._tailnet.node_updated(node)
-        return node
+        return self._registry.update_from_map(node, now=now, **changes)
+
+    def _not_served(
+        self, req: ControlRequest, node_key: NodePublic, node: Node | None, now: datetime
+    ) -> ControlResponse:
+        """A deleted node, or one whose user left git, still polling: one map
+        whose self node has expired, so the client stops and shows that it
+        needs to log in, instead of "Running" with an address that the server
+        may hand to the next node. Logged once per node key."""
+        if node_key not in self._told:
+            self._told[node_key] = None
+            while len(self._told) > TOLD_MAX:
+                del self._told[next(iter(self._told))]
+            why = "was deleted" if node is None else f"belongs to user {node.user!r}, not in git"
+            self._log.info(
+                "map: node key %s from %s %s: told to log in again",
+                node_key.short(),
+                req.machine_key.short(),
+                why,
+            )
+        return ControlResponse(200, MapFrameEncoder().encode(not_served_map(node_key, now)))
 
     def _one_map(self, node_id: int, now: datetime) -> bytes:
         state = build_map(self._tailnet.context, node_id, now)
@@ -261,6 +311,7 @@ class ControlHandler:
         encoder = MapFrameEncoder()
         session = MapSession(node_id)
         handle = self._tailnet.open_session(node_id)
+        self._registry.connected(node_id)
         try:
             while not handle.closed:
                 full, peers = handle.take()
@@ -275,15 +326,22 @@ class ControlHandler:
                 elif peers:
                     msg = session.peer_changes(ctx, peers, now)
                 if msg is not None:
-                    yield encoder.encode(msg)
+                    frame = encoder.encode(msg)
+                    yield frame
+                    self._metrics.map_sent("full" if full else "delta", len(frame))
+                self._metrics.caught_up(handle)
                 settings = self._settings()
                 timeout = self._rng.uniform(settings.keepalive_min, settings.keepalive_max)
                 try:
                     await asyncio.wait_for(handle.wake.wait(), timeout)
                 except TimeoutError:
-                    yield encoder.keepalive()
+                    keepalive = encoder.keepalive()
+                    yield keepalive
+                    self._metrics.map_sent("keepalive", len(keepalive))
         finally:
-            self._tailnet.close_session(handle)  # records last seen
+            self._metrics.session_closed(handle)
+            self._tailnet.close_session(handle)
+            self._registry.disconnected(node_id, self._clock())  # records last seen
 
 
 def _json(value: dict[str, Any]) -> ControlResponse:

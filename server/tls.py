@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from server.datadir import write_private
 
 __all__ = [
     "CertificateInfo",
@@ -179,16 +180,6 @@ async def watch_certificate_files(
     while True:
         await asyncio.sleep(interval)
         context.reload_if_changed()
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file only its owner can read, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    tmp.replace(path)
 
 
 def write_self_signed(cert: Path, key: Path, names: Iterable[str], now: datetime) -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from .addrs import TAILSCALE_RANGES, Span, addr_text, host_prefix, is_exit_route, span
 from .model import Alias, Policy
+from .posture import Value, meets, node_facts
+from .roles import role_emails
 from .topology import Topology, TopologyNode
 
 
@@ -63,6 +65,8 @@ class Index:
             for ip in ips:
                 self.by_ip[ip] = i
         self._sorted_ips: dict[int, tuple[list[int], list[int]]] | None = None
+        self._facts: list[dict[str, Value]] | None = None
+        self._posture_ok: dict[tuple[str, ...], frozenset[int]] = {}
         self._resolved: dict[Alias, Resolved] = {}
         self.by_tag = {k: frozenset(v) for k, v in by_tag.items()}
         self.by_email = {k: frozenset(v) for k, v in by_email.items()}
@@ -156,6 +160,8 @@ class Index:
         if kind == "tag":
             ns = self.by_tag.get(value, frozenset())
             return Resolved(ns, (), ns)
+        if kind == "ipset":
+            return self.resolve_many(Alias("prefix", p) for p in self.policy.ipsets.get(value, ()))
         if kind in ("host", "prefix"):
             prefix = self.policy.hosts[value] if kind == "host" else value
             return Resolved(
@@ -170,20 +176,41 @@ class Index:
             return Resolved(self.tagged, (), self.tagged)
         if name == "autogroup:danger-all":
             return Resolved(frozenset(), ("*",), self.all, True)
-        if name in ("autogroup:admin", "autogroup:owner"):
-            ns = self.role_nodes(name.removeprefix("autogroup:"))
+        role = name.removeprefix("autogroup:")
+        emails = role_emails(self.policy, self.users, role)
+        if emails is not None:
+            ns = frozenset(i for e in emails for i in self.by_email.get(e, ()))
             return Resolved(ns, (), ns)
         return EMPTY
 
-    def role_nodes(self, role: str) -> frozenset[int]:
-        """Nodes of users holding ``role`` ("owner" or "admin"; owners are admins)."""
-        first = min(self.users, key=lambda u: u.id) if self.users else None
-        out: set[int] = set()
-        for u in self.users:
-            r = u.role or ("owner" if u is first else "admin")
-            if r == "owner" or (role == "admin" and r == "admin"):
-                out |= self.by_email.get(u.email.lower(), frozenset())
-        return frozenset(out)
+    # -- device posture --------------------------------------------------
+
+    def facts(self, node: int) -> dict[str, Value]:
+        if self._facts is None:
+            self._facts = [node_facts(n) for n in self.nodes]
+        return self._facts[node]
+
+    def posture_nodes(self, names: tuple[str, ...]) -> frozenset[int]:
+        """Nodes meeting at least one of the named postures."""
+        ok = self._posture_ok.get(names)
+        if ok is None:
+            postures = self.policy.postures
+            ok = self._posture_ok[names] = frozenset(
+                i for i in self.all if meets(postures, names, self.facts(i))
+            )
+        return ok
+
+    def with_posture(self, src: Resolved, names: tuple[str, ...]) -> Resolved:
+        """``src`` narrowed to the devices meeting a posture: a source that is not
+        a device (a subnet, the internet) has no posture and is dropped."""
+        if not names:
+            return src
+        if src.wildcard:
+            covered = self.all
+        else:
+            covered = src.nodes.union(*(self._nodes_within(span(t)) for t in src.extra))
+        ok = covered & self.posture_nodes(names)
+        return Resolved(ok, (), ok)
 
     def resolve_many(self, aliases: Iterable[Alias]) -> Resolved:
         given = tuple(aliases)

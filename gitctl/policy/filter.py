@@ -136,8 +136,11 @@ class RuleBuilder:
         self.rules: list[Rule] = []
         self._src_ips: dict[tuple[frozenset[int], tuple[str, ...]], tuple[str, ...]] = {}
 
-    def _src(self, src: Iterable[Alias]) -> Resolved:
-        return self.index.resolve_many(src)
+    def _src(self, src: Iterable[Alias], posture: tuple[str, ...] = ()) -> Resolved:
+        """The rule's sources, less the devices failing its posture (the rule's
+        own ``srcPosture``, else the policy's ``defaultSrcPosture``)."""
+        names = posture or self.index.policy.default_src_posture
+        return self.index.with_posture(self.index.resolve_many(src), names)
 
     def _rule(
         self,
@@ -196,9 +199,10 @@ class RuleBuilder:
         src: tuple[Alias, ...],
         dsts: Iterable[tuple[Alias, tuple[PortRange, ...]]],
         protos: tuple[int, ...],
+        posture: tuple[str, ...] = (),
     ) -> None:
         dsts = list(dsts)
-        resolved = self._src(src)
+        resolved = self._src(src, posture)
         rule = self._rule(resolved, protos)
         for alias, ports in dsts:
             if alias != SELF:
@@ -236,7 +240,7 @@ class RuleBuilder:
             self._finish(rule)
 
     def add_grant(self, grant: Grant) -> None:
-        resolved = self._src(grant.src)
+        resolved = self._src(grant.src, grant.src_posture)
         dsts = [d for d in grant.dst if d != SELF]
         has_self = len(dsts) != len(grant.dst)
         by_proto: dict[tuple[int, ...], list[PortRange]] = {}

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
-AliasKind = Literal["wildcard", "user", "group", "tag", "host", "prefix", "autogroup"]
+from .posture import Condition, Value
+
+AliasKind = Literal["wildcard", "user", "group", "tag", "host", "prefix", "autogroup", "ipset"]
 
 
 @dataclass(frozen=True, slots=True)
 class Alias:
     """One src/dst name. ``value`` is the text after the kind prefix for
     groups/tags/autogroups (kept whole, e.g. ``"tag:web"``), the email (or
-    ``*@domain``) for users, the host name, or the normalised prefix text."""
+    ``*@domain``) for users, the host name, the normalised prefix text, or the
+    ipset's name (``"ipset:office"``)."""
 
     kind: AliasKind
     value: str
@@ -42,6 +46,8 @@ class AclRule:
     src: tuple[Alias, ...]
     dst: tuple[Dest, ...]
     protos: tuple[int, ...]  # empty = Tailscale's default (TCP, UDP, ICMP)
+    src_posture: tuple[str, ...] = ()  # empty = the policy's defaultSrcPosture
+    expires: datetime | None = None  # left out of a compile at or after this time
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,8 @@ class Grant:
     ip: tuple[IpCap, ...]
     app: Mapping[str, tuple[Any, ...]]
     via: tuple[Alias, ...]
+    src_posture: tuple[str, ...] = ()  # empty = the policy's defaultSrcPosture
+    expires: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,7 @@ class SshRule:
     users: tuple[str, ...]
     check_period: float | None  # seconds; None = default
     accept_env: tuple[str, ...]
+    expires: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,7 @@ class NodeAttr:
     target: tuple[Alias, ...]
     attrs: tuple[str, ...]
     ip_pool: tuple[str, ...]
+    app: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)  # capability -> values
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +100,9 @@ class PolicyTest:
     proto: str
     accept: tuple[str, ...]
     deny: tuple[str, ...]
+    # The source device's posture attributes for this test; None = the
+    # source node's own (a hypothetical device has none).
+    src_posture_attrs: Mapping[str, Value] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +112,17 @@ class SshTest:
     accept: tuple[str, ...]
     check: tuple[str, ...]
     deny: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberExpiry:
+    """A group member written as ``{"user": ..., "expires": ...}``: it leaves
+    ``group`` at ``expires``. ``path`` locates the time in the document."""
+
+    group: str
+    member: Alias
+    expires: datetime
+    path: tuple[str | int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,5 +138,15 @@ class Policy:
     tests: tuple[PolicyTest, ...] = ()
     ssh_tests: tuple[SshTest, ...] = ()
     randomize_client_port: bool = False
+    disable_ipv4: bool = False
+    postures: Mapping[str, tuple[Condition, ...]] = field(default_factory=dict)
+    default_src_posture: tuple[str, ...] = ()
+    # ipset name -> its addresses as collapsed prefixes
+    ipsets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # user email (lowercase) -> role, from the snapshot's users (see roles.py);
+    # None when the policy was parsed on its own: the topology's roles count.
+    roles: Mapping[str, str] | None = None
     # A policy with neither ``acls`` nor ``grants`` allows everything.
     default_allow: bool = False
+    # Group members that expire; a member also listed without a time never does.
+    member_expiry: tuple[MemberExpiry, ...] = ()

@@ -28,16 +28,25 @@ def self_cap_maps(
 ) -> list[dict[str, Any]]:
     """Per node, the capabilities named by the nodeAttrs entries that target it.
 
-    Attributes carry no values (``null``), as Tailscale sends them.
+    Attributes carry no values (``null``), as Tailscale sends them; ``app``
+    capabilities carry their JSON values, merged over every entry naming them.
+    The top-level ``randomizeClientPort`` and ``disableIPv4`` apply to every node.
     """
     caps: list[dict[str, Any]] = [{} for _ in index.nodes]
-    if policy.randomize_client_port:
-        for c in caps:
-            c["randomize-client-port"] = None
+    for on, attr in (
+        (policy.randomize_client_port, "randomize-client-port"),
+        (policy.disable_ipv4, DISABLE_IPV4),
+    ):
+        if on:
+            for c in caps:
+                c[attr] = None
     for entry in policy.node_attrs:
         for i in targets(index, entry.target):
             for attr in entry.attrs:
                 caps[i].setdefault(attr, None)
+            for name, values in entry.app.items():
+                have = caps[i].get(name) or []
+                caps[i][name] = [*have, *values]
     return caps
 
 

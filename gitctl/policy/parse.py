@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import Path, PolicyError, raise_collected
+from .expiry import group_member, parse_expires
+from .ipsets import parse_ipsets
 from .model import (
     ALL_PORTS,
     WILDCARD,
@@ -21,6 +23,7 @@ from .model import (
     Dest,
     Grant,
     IpCap,
+    MemberExpiry,
     NodeAttr,
     Policy,
     PolicyTest,
@@ -28,6 +31,7 @@ from .model import (
     SshRule,
     SshTest,
 )
+from .posture_parse import parse_postures, parse_src_posture, parse_test_posture_attrs
 from .ssh_parse import parse_ssh_rule, parse_ssh_test
 
 PROTOCOLS: Mapping[str, int] = {
@@ -74,9 +78,29 @@ class Ctx:
         self.groups = doc.get("groups") or {}
         self.hosts = doc.get("hosts") or {}
         self.tags = doc.get("tagOwners") or {}
+        self.ipsets = doc.get("ipsets") or {}
+        self.postures: Mapping[str, Any] = {}
 
     def fail(self, message: str, path: Path) -> None:
         self.errors.append(PolicyError(message, path))
+
+    def strings(self, value: Any, path: Path) -> list[str]:
+        """``value`` as a list of strings (None: empty); anything else is an error."""
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail("expected a list of strings", path)
+            return []
+        return list(value)
+
+    def section(self, value: Any, key: str) -> Mapping[str, Any]:
+        """A top-level map such as ``postures`` (None: empty); anything else is an error."""
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(f"{key} must be an object", (key,))
+            return {}
+        return value
 
 
 def parse_prefix(text: str) -> str | None:
@@ -87,10 +111,21 @@ def parse_prefix(text: str) -> str | None:
         return None
 
 
-def parse_alias(text: str, ctx: Ctx, path: Path, where: str = "") -> Alias | None:
-    """One src/dst/target name; records an error and returns None when invalid."""
+def parse_alias(
+    text: str, ctx: Ctx, path: Path, where: str = "", *, ipsets: bool = False
+) -> Alias | None:
+    """One src/dst/target name; records an error and returns None when invalid.
+    ``ipsets``: whether ``ipset:`` names may be used here (acls and grants)."""
     if text == "*":
         return WILDCARD
+    if text.startswith("ipset:"):
+        if not ipsets:
+            ctx.fail(f'{where}"{text}": ipsets can only be used in acls and grants', path)
+            return None
+        if text not in ctx.ipsets:
+            ctx.fail(f'{where}ipset not found: "{text}"', path)
+            return None
+        return Alias("ipset", text)
     if text.startswith("autogroup:"):
         name = text.removeprefix("autogroup:")
         if name not in AUTOGROUPS:
@@ -157,42 +192,56 @@ def parse_proto(text: str, where: str = "") -> tuple[int, ...]:
 
 
 def _strings(value: Any, path: Path, ctx: Ctx) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        ctx.fail("expected a list of strings", path)
-        return []
-    return list(value)
+    return ctx.strings(value, path)
 
 
 def _aliases(
-    values: list[str], ctx: Ctx, path: Path, where: Callable[[str], str] = lambda _: ""
+    values: list[str],
+    ctx: Ctx,
+    path: Path,
+    where: Callable[[str], str] = lambda _: "",
+    *,
+    ipsets: bool = False,
 ) -> tuple[Alias, ...]:
     out = []
     for i, v in enumerate(values):
-        alias = parse_alias(v, ctx, (*path, i), where(v))
+        alias = parse_alias(v, ctx, (*path, i), where(v), ipsets=ipsets)
         if alias is not None:
             out.append(alias)
     return tuple(out)
 
 
-def _parse_groups(ctx: Ctx) -> dict[str, tuple[Alias, ...]]:
+def _parse_groups(ctx: Ctx) -> tuple[dict[str, tuple[Alias, ...]], list[MemberExpiry]]:
+    """Groups, and the members that leave them at a set time."""
     groups: dict[str, tuple[Alias, ...]] = {}
+    timed: list[MemberExpiry] = []
     for name, members in ctx.groups.items():
         path: Path = ("groups", name)
         if not name.startswith("group:"):
             ctx.fail(f'groups["{name}"]: group names must start with "group:"', path)
             continue
-        out = []
-        for i, m in enumerate(_strings(members, path, ctx)):
+        if members is not None and not isinstance(members, list):
+            ctx.fail("expected a list of members", path)
+            continue
+        out, expiring, permanent = [], [], set()
+        for i, value in enumerate(members or ()):
+            m, expires = group_member(value, (*path, i), ctx)
+            if m is None:
+                continue
             if m.startswith("group:"):
                 ctx.fail(f'groups["{name}"]: "{m}": group members cannot be recursive', (*path, i))
                 continue
             alias = parse_alias(m, ctx, (*path, i), f'groups["{name}"]: ')
-            if alias is not None:
-                out.append(alias)
+            if alias is None:
+                continue
+            out.append(alias)
+            if expires is None:
+                permanent.add(alias)
+            else:
+                expiring.append(MemberExpiry(name, alias, expires, (*path, i, "expires")))
         groups[name] = tuple(out)
-    return groups
+        timed += (e for e in expiring if e.member not in permanent)
+    return groups, timed
 
 
 def _parse_tag_owners(ctx: Ctx) -> dict[str, tuple[Alias, ...]]:
@@ -226,8 +275,21 @@ def _split_dst(text: str) -> tuple[str, str]:
     return alias, ports
 
 
+def _legacy(rule: Mapping[str, Any], key: str, old: str, ctx: Ctx, path: Path) -> tuple[str, Any]:
+    """The value of ``key``, or of its older spelling ``old`` (acls' users/ports,
+    tests' user/allow); naming both is an error. Returns (key used, value)."""
+    if key in rule and old in rule:
+        ctx.fail(f'"{key}" and "{old}" (its older spelling) cannot both be set', (*path, old))
+    if key not in rule and old in rule:
+        return old, rule[old]
+    return key, rule.get(key)
+
+
 def _parse_acl(rule: Mapping[str, Any], i: int, ctx: Ctx) -> AclRule | None:
     path: Path = ("acls", i)
+    if not isinstance(rule, Mapping):
+        ctx.fail("acls entries must be objects", path)
+        return None
     action = rule.get("action")
     if action != "accept":
         ctx.fail(f'action "{action}" is not supported; use "accept"', (*path, "action"))
@@ -237,23 +299,31 @@ def _parse_acl(rule: Mapping[str, Any], i: int, ctx: Ctx) -> AclRule | None:
     except PolicyError as e:
         ctx.fail(e.message, (*path, "proto"))
         protos = ()
+    skey, raw_src = _legacy(rule, "src", "users", ctx, path)
+    dkey, raw_dst = _legacy(rule, "dst", "ports", ctx, path)
     src = _aliases(
-        _strings(rule.get("src"), (*path, "src"), ctx), ctx, (*path, "src"), lambda _: "src="
+        _strings(raw_src, (*path, skey), ctx),
+        ctx,
+        (*path, skey),
+        lambda _: "src=",
+        ipsets=True,
     )
     dsts = []
-    for j, text in enumerate(_strings(rule.get("dst"), (*path, "dst"), ctx)):
-        dpath: Path = (*path, "dst", j)
+    for j, text in enumerate(_strings(raw_dst, (*path, dkey), ctx)):
+        dpath: Path = (*path, dkey, j)
         name, port_text = _split_dst(text)
         try:
             ports = parse_ports(port_text, f'dst="{text}": ')
         except PolicyError as e:
             ctx.fail(e.message, dpath)
             continue
-        alias = parse_alias(name, ctx, dpath, f'dst="{name}": ')
+        alias = parse_alias(name, ctx, dpath, f'dst="{name}": ', ipsets=True)
         if alias is not None:
             dsts.append(Dest(alias, ports))
     _check_self(src, [d.alias for d in dsts], ctx, path)
-    return AclRule(src=src, dst=tuple(dsts), protos=protos)
+    posture = parse_src_posture(rule.get("srcPosture"), ctx, (*path, "srcPosture"))
+    expires = parse_expires(rule, path, ctx)
+    return AclRule(src=src, dst=tuple(dsts), protos=protos, src_posture=posture, expires=expires)
 
 
 def _check_self(
@@ -318,10 +388,14 @@ def _parse_grant(grant: Mapping[str, Any], i: int, ctx: Ctx) -> Grant | None:
     path: Path = ("grants", i)
     n_errors = len(ctx.errors)
     src = _aliases(
-        _strings(grant.get("src"), (*path, "src"), ctx), ctx, (*path, "src"), lambda _: "src="
+        _strings(grant.get("src"), (*path, "src"), ctx),
+        ctx,
+        (*path, "src"),
+        lambda _: "src=",
+        ipsets=True,
     )
     dst_texts = _strings(grant.get("dst"), (*path, "dst"), ctx)
-    dst = _aliases(dst_texts, ctx, (*path, "dst"), lambda v: f'dst="{v}": ')
+    dst = _aliases(dst_texts, ctx, (*path, "dst"), lambda v: f'dst="{v}": ', ipsets=True)
     via = []
     for j, text in enumerate(_strings(grant.get("via"), (*path, "via"), ctx)):
         if not text.startswith("tag:"):
@@ -350,9 +424,36 @@ def _parse_grant(grant: Mapping[str, Any], i: int, ctx: Ctx) -> Grant | None:
                 (*path, "dst", j),
             )
     _check_self(src, list(dst), ctx, path, allow_wildcard=False)
+    posture = parse_src_posture(grant.get("srcPosture"), ctx, (*path, "srcPosture"))
+    expires = parse_expires(grant, path, ctx)
     if len(ctx.errors) != n_errors:
         return None
-    return Grant(src=src, dst=dst, ip=tuple(ips), app=app, via=tuple(via))
+    return Grant(
+        src=src,
+        dst=dst,
+        ip=tuple(ips),
+        app=app,
+        via=tuple(via),
+        src_posture=posture,
+        expires=expires,
+    )
+
+
+def refuse_unsupported_keys(doc: Mapping[str, Any], ctx: Ctx) -> None:
+    """Policy keys this server cannot honour are refused, never parsed and ignored."""
+    if doc.get("derpMap"):
+        ctx.fail(
+            "derpMap is not supported in the policy: declare DERP regions in settings "
+            "(derp.regions), which the server serves to every node",
+            ("derpMap",),
+        )
+    for key in ("OneCGNATRoute", "oneCGNATRoute"):
+        if doc.get(key):
+            ctx.fail(
+                f"{key} is not supported: nodes always route the whole CGNAT range "
+                "(100.64.0.0/10) through Tailscale",
+                (key,),
+            )
 
 
 def _parse_node_attrs(doc: Mapping[str, Any], ctx: Ctx) -> tuple[NodeAttr, ...]:
@@ -365,11 +466,13 @@ def _parse_node_attrs(doc: Mapping[str, Any], ctx: Ctx) -> tuple[NodeAttr, ...]:
         pools = _strings(entry.get("ipPool"), (*path, "ipPool"), ctx)
         for j, pool in enumerate(pools):
             _check_ip_pool(pool, ctx, (*path, "ipPool", j))
+        app = _parse_app(entry.get("app") or {}, ctx, (*path, "app"))
         out.append(
             NodeAttr(
                 target=target,
                 attrs=tuple(_strings(entry.get("attr"), (*path, "attr"), ctx)),
                 ip_pool=tuple(pools),
+                app=app,
             )
         )
     return tuple(out)
@@ -406,16 +509,26 @@ def _parse_auto_approvers(doc: Mapping[str, Any], ctx: Ctx) -> AutoApprovers:
     return AutoApprovers(routes=tuple(routes), exit_node=exit_node)
 
 
-def _parse_tests(doc: Mapping[str, Any]) -> tuple[PolicyTest, ...]:
+def _parse_tests(doc: Mapping[str, Any], ctx: Ctx) -> tuple[PolicyTest, ...]:
     out = []
-    for t in doc.get("tests") or ():
-        t = t if isinstance(t, Mapping) else {}
+    for i, t in enumerate(doc.get("tests") or ()):
+        path: Path = ("tests", i)
+        if not isinstance(t, Mapping):
+            ctx.fail("tests entries must be objects", path)
+            continue
+        _, src = _legacy(t, "src", "user", ctx, path)
+        akey, accept = _legacy(t, "accept", "allow", ctx, path)
+        accept = _strings(accept, (*path, akey), ctx)
+        deny = _strings(t.get("deny"), (*path, "deny"), ctx)
         out.append(
             PolicyTest(
-                src=src if isinstance(src := t.get("src"), str) else "",
+                src=src if isinstance(src, str) else "",
                 proto=str(t.get("proto") or ""),
-                accept=tuple(t.get("accept") or ()),
-                deny=tuple(t.get("deny") or ()),
+                accept=tuple(accept),
+                deny=tuple(deny),
+                src_posture_attrs=parse_test_posture_attrs(
+                    t.get("srcPostureAttrs"), ctx, (*path, "srcPostureAttrs")
+                ),
             )
         )
     return tuple(out)
@@ -431,9 +544,14 @@ def parse_policy(doc: Mapping[str, Any]) -> Policy:
         raise PolicyError("policy must be a JSON object")
     errors: list[PolicyError] = []
     ctx = Ctx(doc, errors)
+    refuse_unsupported_keys(doc, ctx)
+    postures = parse_postures(doc.get("postures"), ctx)
+    ctx.postures = postures
+    default_posture = parse_src_posture(doc.get("defaultSrcPosture"), ctx, ("defaultSrcPosture",))
     tag_owners = _parse_tag_owners(ctx)
-    groups = _parse_groups(ctx)
+    groups, member_expiry = _parse_groups(ctx)
     hosts = _parse_hosts(ctx)
+    ipsets = parse_ipsets(ctx, doc.get("ipsets"))
     acls = [_parse_acl(r, i, ctx) for i, r in enumerate(doc.get("acls") or ())]
     grants = [_parse_grant(g, i, ctx) for i, g in enumerate(doc.get("grants") or ())]
     ssh: list[SshRule] = []
@@ -448,6 +566,7 @@ def parse_policy(doc: Mapping[str, Any]) -> Policy:
             ssh_tests.append(parsed_test)
     node_attrs = _parse_node_attrs(doc, ctx)
     auto = _parse_auto_approvers(doc, ctx)
+    tests = _parse_tests(doc, ctx)
     raise_collected(errors)
     return Policy(
         groups=groups,
@@ -458,8 +577,13 @@ def parse_policy(doc: Mapping[str, Any]) -> Policy:
         ssh=tuple(ssh),
         node_attrs=node_attrs,
         auto_approvers=auto,
-        tests=_parse_tests(doc),
+        tests=tests,
         ssh_tests=tuple(ssh_tests),
-        randomize_client_port=bool(doc.get("randomizeClientPort")),
+        randomize_client_port=doc.get("randomizeClientPort") is True,
+        disable_ipv4=doc.get("disableIPv4") is True,
+        postures=postures,
+        default_src_posture=default_posture,
+        ipsets=ipsets,
         default_allow="acls" not in doc and "grants" not in doc,
+        member_expiry=tuple(member_expiry),
     )

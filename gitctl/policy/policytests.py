@@ -6,14 +6,17 @@ failure here is a sentence naming the source, destination and expectation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from .addrs import INTERNET_RANGES, span
 from .aliases import Index
 from .errors import PolicyError
+from .expiry import policy_at
 from .model import Alias, Policy, PolicyTest, PortRange, SshTest
 from .parse import PROTOCOLS, Ctx, parse_alias, parse_prefix
+from .posture import Value, meets
 from .routes import route_table
 from .ssh import SshIndex
 from .topology import Topology
@@ -96,18 +99,31 @@ class _PacketOracle:
 
     def __init__(self, policy: Policy, index: Index) -> None:
         self.index = index
-        # (source texts, [(destination texts, ports)], protocols, self-only)
+        self.postures = policy.postures
+        default = policy.default_src_posture
+        # (source texts, [(destination texts, ports)], protocols, postures)
         self.rules: list[
-            tuple[list[str], list[tuple[list[str], tuple[PortRange, ...]]], tuple[int, ...]]
+            tuple[
+                list[str],
+                list[tuple[list[str], tuple[PortRange, ...]]],
+                tuple[int, ...],
+                tuple[str, ...],
+            ]
         ] = []
         for acl in policy.acls:
-            self._add(acl.src, [(d.alias, d.ports) for d in acl.dst], acl.protos)
+            posture = acl.src_posture or default
+            self._add(acl.src, [(d.alias, d.ports) for d in acl.dst], acl.protos, posture)
         for g in policy.grants:
             for cap in g.ip:
-                self._add(g.src, [(d, cap.ports) for d in g.dst], cap.protos)
+                self._add(
+                    g.src, [(d, cap.ports) for d in g.dst], cap.protos, g.src_posture or default
+                )
         if policy.default_allow:
             self._add(
-                (Alias("wildcard", "*"),), [(Alias("wildcard", "*"), (PortRange(0, 65535),))], ()
+                (Alias("wildcard", "*"),),
+                [(Alias("wildcard", "*"), (PortRange(0, 65535),))],
+                (),
+                default,
             )
 
     def _texts(self, alias: Alias) -> list[str]:
@@ -123,6 +139,7 @@ class _PacketOracle:
         src: Iterable[Alias],
         dsts: list[tuple[Alias, tuple[PortRange, ...]]],
         protos: tuple[int, ...],
+        posture: tuple[str, ...],
     ) -> None:
         src_texts = [t for a in src for t in self._texts(a)]
         dst_texts = [
@@ -130,17 +147,28 @@ class _PacketOracle:
             for a, ports in dsts
             if a != Alias("autogroup", "autogroup:self")
         ]
-        self.rules.append((src_texts, dst_texts, protos or DEFAULT_PROTOS))
+        self.rules.append((src_texts, dst_texts, protos or DEFAULT_PROTOS, posture))
         if any(a == Alias("autogroup", "autogroup:self") for a, _ in dsts):
             for nodes in self.index.by_email.values():
                 own = self.index.node_texts(sorted(nodes))
                 srcs = [t for t in own if _inside(t, src_texts)]
                 ports = [p for a, p in dsts if a == Alias("autogroup", "autogroup:self")]
-                self.rules.append((srcs, [(own, p) for p in ports], protos or DEFAULT_PROTOS))
+                self.rules.append(
+                    (srcs, [(own, p) for p in ports], protos or DEFAULT_PROTOS, posture)
+                )
 
-    def allows(self, src: str, dst: str, port: int, proto: int) -> bool:
-        for src_texts, dsts, protos in self.rules:
+    def facts(self, src: str, given: Mapping[str, Value] | None) -> Mapping[str, Value]:
+        """The source's posture: the test's srcPostureAttrs, else its node's own."""
+        if given is not None:
+            return given
+        node = self.index.by_ip.get(src)
+        return self.index.facts(node) if node is not None else {}
+
+    def allows(self, src: str, dst: str, port: int, proto: int, facts: Mapping[str, Value]) -> bool:
+        for src_texts, dsts, protos, posture in self.rules:
             if proto not in protos or not _inside(src, src_texts):
+                continue
+            if posture and not meets(self.postures, posture, facts):
                 continue
             for texts, ports in dsts:
                 if _inside(dst, texts) and any(p.first <= port <= p.last for p in ports):
@@ -159,7 +187,10 @@ def _packet_test(oracle: _PacketOracle, index: Index, policy: Policy, t: PolicyT
             name, _, port_text = target.rpartition(":")
             port = _port(port_text)
             for dst in _dst_ips(index, policy, name):
-                allowed = [oracle.allows(s, dst, port, proto) for s in srcs]
+                allowed = [
+                    oracle.allows(s, dst, port, proto, oracle.facts(s, t.src_posture_attrs))
+                    for s in srcs
+                ]
                 if expect == "accept" and not all(allowed):
                     failures.append(f"{t.src} -> {target}: expected accept, got deny")
                     break
@@ -184,6 +215,8 @@ def _ssh_verdict(rules: list[dict[str, Any]], srcs: set[str], user: str) -> str 
 
 
 def _ssh_test(index: Index, policy: Policy, policies: SshIndex, t: SshTest) -> list[str]:
+    if not (t.accept or t.check or t.deny):
+        raise _Unresolvable("an SSH test needs accept, check or deny")
     srcs = set(_src_ips(index, policy, t.src))
     failures = []
     for dst in t.dst:
@@ -205,17 +238,24 @@ def _ssh_test(index: Index, policy: Policy, policies: SshIndex, t: SshTest) -> l
     return failures
 
 
-def check_policy_tests(policy: Policy, topology: Topology) -> None:
-    """Raise Tailscale's "test(s) failed" when any assertion fails."""
-    failures = run_policy_tests(policy, topology)
+def check_policy_tests(policy: Policy, topology: Topology, *, now: datetime | None = None) -> None:
+    """Raise Tailscale's "test(s) failed" when any assertion fails at ``now``."""
+    failures = run_policy_tests(policy, topology, now=now)
     if failures:
         raise PolicyError(f"{FAILED}: " + "; ".join(failures))
 
 
-def run_policy_tests(policy: Policy, topology: Topology) -> list[str]:
-    """Failing ``tests``/``sshTests`` assertions as sentences (empty: all pass)."""
+def run_policy_tests(
+    policy: Policy, topology: Topology, *, now: datetime | None = None
+) -> list[str]:
+    """Failing ``tests``/``sshTests`` assertions as sentences (empty: all pass).
+
+    The tests see the policy in force at ``now``: access that has expired by
+    then is gone. A policy with expiry times needs ``now`` (PolicyError without).
+    """
     if not policy.tests and not policy.ssh_tests:
         return []
+    policy = policy_at(policy, now)
     index = _index(policy, topology)
     failures: list[str] = []
     oracle = _PacketOracle(policy, index)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from .times import parse_rfc3339
 
 
 @dataclass(frozen=True, slots=True)
 class TopologyUser:
     """A user. ``role`` is the tailnet role ("owner", "admin", "member", ...);
-    None means unknown, which counts as an admin (the corpus was captured with
-    every user an admin) and, for the lowest id, as the owner."""
+    None means "member". It counts only when the policy carries no role table
+    of its own (see :mod:`gitctl.policy.roles`)."""
 
     id: int
     name: str
@@ -21,7 +24,14 @@ class TopologyUser:
 
 @dataclass(frozen=True, slots=True)
 class TopologyNode:
-    """One node. ``user`` is the owning user's name; a tagged node has no user."""
+    """One node. ``user`` is the owning user's name; a tagged node has no user.
+    ``created`` is when it registered (None when unknown): among routers that
+    serve the same subnet, the earliest registered is the primary.
+
+    The posture facts (``os`` .. ``state_encrypted``) are what the client
+    reports in its Hostinfo; None means it reported nothing, and then every
+    posture condition on that attribute fails (except ``NOT SET``).
+    """
 
     name: str
     hostname: str
@@ -31,12 +41,27 @@ class TopologyNode:
     ipv6: str | None
     routable_ips: tuple[str, ...] = ()
     approved_routes: tuple[str, ...] = ()
+    os: str | None = None  # Hostinfo.OS: "linux", "windows", "macOS", ...
+    os_version: str | None = None  # Hostinfo.OSVersion
+    ts_version: str | None = None  # Hostinfo.IPNVersion, e.g. "1.96.4-t1234abcd"
+    auto_update: bool | None = None  # Hostinfo.AllowsUpdate: auto-update is on
+    state_encrypted: bool | None = None  # Hostinfo.StateEncrypted
+    created: datetime | None = None  # tailcfg Node.Created
+
+
+def _opt_bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 @dataclass(frozen=True, slots=True)
 class Topology:
-    """Users and nodes. Node order is registration order: among routers that
-    serve the same subnet, the earliest one is the primary."""
+    """Users and nodes. Node order is the order of per-source SSH rules and
+    breaks ties between routers registered at the same (or an unknown) time;
+    it need not be registration order, which ``TopologyNode.created`` gives."""
 
     users: tuple[TopologyUser, ...]
     nodes: tuple[TopologyNode, ...]
@@ -68,7 +93,22 @@ class Topology:
                 ipv6=n.get("ipv6"),
                 routable_ips=tuple(n.get("routable_ips") or ()),
                 approved_routes=tuple(n.get("approved_routes") or ()),
+                created=_created(name, n.get("created")),
+                os=_opt_str(n.get("os")),
+                os_version=_opt_str(n.get("os_version")),
+                ts_version=_opt_str(n.get("ts_version")),
+                auto_update=_opt_bool(n.get("auto_update")),
+                state_encrypted=_opt_bool(n.get("state_encrypted")),
             )
             for name, n in items
         )
         return cls(users=users, nodes=nodes)
+
+
+def _created(name: str, value: Any) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_rfc3339(value)
+    except ValueError as exc:
+        raise ValueError(f"node {name}: created: {exc}") from None

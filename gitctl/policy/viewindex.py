@@ -52,7 +52,9 @@ class ViewIndex:
 
         builder = RuleBuilder(index)
         for acl in policy.acls:
-            builder.add_acl(acl.src, ((d.alias, d.ports) for d in acl.dst), acl.protos)
+            builder.add_acl(
+                acl.src, ((d.alias, d.ports) for d in acl.dst), acl.protos, acl.src_posture
+            )
         for grant in policy.grants:
             builder.add_grant(grant)
         if policy.default_allow:

@@ -1,10 +1,10 @@
-"""HTTP/1.1 at the front door: read one request head, then either hand the raw
-connection to an upgrade handler (/ts2021, /derp) or serve it through ASGI.
+"""HTTP/1.1 at the front door: the asyncio pump around `Http1Server` (h11).
 
-ASGI servers cannot give up a socket after a 101, so the front door reads the
-request head itself. Plain requests are bridged to the starlette app here with
-a deliberately small HTTP/1.1 implementation: Content-Length bodies only,
-keep-alive, chunked responses when the app streams without a length.
+Upgrade requests (/ts2021, /derp) hand the raw connection to their handler;
+everything else is served through ASGI. ASGI servers cannot give up a socket
+after a 101, so the front door owns the socket and bridges plain requests to
+the starlette app here: whole bounded request bodies in, streamed responses
+out (chunked when the app gives no length), keep-alive and pipelining.
 """
 
 from __future__ import annotations
@@ -12,15 +12,35 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-__all__ = ["BadRequest", "FrontDoor", "RequestHead", "read_request_head"]
+from server.edge.http1_conn import (
+    MAX_BODY,
+    MAX_HEAD,
+    BadRequest,
+    Closed,
+    Http1Server,
+    NeedData,
+    Refused,
+    Request,
+    RequestHead,
+    Upgrade,
+    parse_request_head,
+    refusal,
+)
 
-MAX_HEAD = 64 * 1024
-MAX_BODY = 4 * 1024 * 1024
+__all__ = [
+    "MAX_BODY",
+    "MAX_HEAD",
+    "BadRequest",
+    "FrontDoor",
+    "RequestHead",
+    "parse_request_head",
+]
+
 IDLE_TIMEOUT = 75.0
+READ_SIZE = 64 * 1024
 
 ASGIApp = Callable[
     [
@@ -30,83 +50,6 @@ ASGIApp = Callable[
     ],
     Awaitable[None],
 ]
-
-
-class BadRequest(Exception):
-    """The client sent something that is not an HTTP/1.1 request we accept."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHead:
-    method: str
-    target: str
-    version: str
-    headers: tuple[tuple[str, str], ...] = field(default=())
-
-    @property
-    def path(self) -> str:
-        return self.target.split("?", 1)[0]
-
-    @property
-    def query(self) -> str:
-        return self.target.split("?", 1)[1] if "?" in self.target else ""
-
-    def header(self, name: str, default: str = "") -> str:
-        name = name.lower()
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return default
-
-    def header_tokens(self, name: str) -> set[str]:
-        return {t.strip().lower() for t in self.header(name).split(",") if t.strip()}
-
-    @property
-    def upgrade(self) -> str:
-        return self.header("upgrade").strip().lower()
-
-
-def parse_request_head(data: bytes) -> RequestHead:
-    try:
-        text = data.decode("latin-1")
-    except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes anything
-        raise BadRequest(400, "bad encoding") from exc
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise BadRequest(400, "malformed request line")
-    headers = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise BadRequest(400, "malformed header line")
-        headers.append((name.lower(), value.strip()))
-    return RequestHead(parts[0], parts[1], parts[2][5:], tuple(headers))
-
-
-async def read_request_head(
-    reader: asyncio.StreamReader, timeout: float = IDLE_TIMEOUT
-) -> RequestHead | None:
-    """Read one request head; None on a clean EOF before any byte."""
-    try:
-        data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial.strip():
-            return None
-        raise BadRequest(400, "truncated request head") from exc
-    except asyncio.LimitOverrunError as exc:
-        raise BadRequest(431, "request head too large") from exc
-    except TimeoutError:
-        return None
-    return parse_request_head(data[:-4])
-
 
 UpgradeHandler = Callable[
     [asyncio.StreamReader, asyncio.StreamWriter, RequestHead], Awaitable[None]
@@ -123,27 +66,38 @@ class FrontDoor:
         *,
         log: logging.Logger,
         scheme: str = "http",
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self._app = app
         self._upgrades = upgrades
         self._log = log
         self._scheme = scheme
+        self._idle_timeout = idle_timeout
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Http1Server(frozenset(self._upgrades))
         try:
             while True:
-                try:
-                    head = await read_request_head(reader)
-                except BadRequest as exc:
-                    await _write_simple(writer, exc.status, exc.reason)
+                event = conn.next_event()
+                if isinstance(event, NeedData):
+                    try:
+                        data = await asyncio.wait_for(reader.read(READ_SIZE), self._idle_timeout)
+                    except TimeoutError:
+                        return  # idle (or too slow a request): close without a word
+                    conn.receive_data(data)
+                elif isinstance(event, Upgrade):
+                    upgraded = _PrefixedReader(event.trailing, reader) if event.trailing else reader
+                    await self._upgrades[event.head.path](upgraded, writer, event.head)
                     return
-                if head is None:
+                elif isinstance(event, Request):
+                    if not await self._serve_asgi(conn, writer, event):
+                        return
+                elif isinstance(event, Refused):
+                    writer.write(event.response)
+                    await writer.drain()
                     return
-                handler = self._upgrades.get(head.path)
-                if handler is not None and head.upgrade:
-                    await handler(reader, writer, head)
-                    return
-                if not await self._serve_asgi(reader, writer, head):
+                else:
+                    assert isinstance(event, Closed)
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -153,21 +107,10 @@ class FrontDoor:
             writer.close()
 
     async def _serve_asgi(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead
+        self, conn: Http1Server, writer: asyncio.StreamWriter, request: Request
     ) -> bool:
-        if head.header("transfer-encoding"):
-            await _write_simple(writer, 411, "chunked request bodies are not supported")
-            return False
-        try:
-            length = int(head.header("content-length", "0") or "0")
-        except ValueError:
-            await _write_simple(writer, 400, "bad content-length")
-            return False
-        if length < 0 or length > MAX_BODY:
-            await _write_simple(writer, 413, "request body too large")
-            return False
-        body = await reader.readexactly(length) if length else b""
-        keep_alive = head.version == "1.1" and "close" not in head.header_tokens("connection")
+        """Run the app for one request; True when the connection stays open."""
+        head = request.head
         peer = writer.get_extra_info("peername") or ("", 0)
         sock = writer.get_extra_info("sockname") or ("", 0)
         scope: dict[str, Any] = {
@@ -190,79 +133,66 @@ class FrontDoor:
             nonlocal sent_body
             if not sent_body:
                 sent_body = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": request.body, "more_body": False}
             # The app asked again: it waits for a disconnect, which we can't see cheaply.
             await asyncio.Event().wait()
             raise AssertionError("unreachable")
 
-        state: dict[str, Any] = {"chunked": False, "started": False, "done": False}
+        started = done = False
+        response_head = b""  # written with the first body bytes: one send, not two
 
         async def send(message: MutableMapping[str, Any]) -> None:
+            nonlocal started, done, response_head
             if message["type"] == "http.response.start":
-                headers = [
-                    (k.decode("latin-1").lower(), v.decode("latin-1"))
-                    for k, v in message.get("headers", [])
-                ]
-                names = {k for k, _ in headers}
-                if "content-length" not in names and head.method != "HEAD":
-                    headers.append(("transfer-encoding", "chunked"))
-                    state["chunked"] = True
-                if not keep_alive:
-                    headers.append(("connection", "close"))
-                status = int(message["status"])
-                lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
-                lines += [f"{k}: {v}" for k, v in headers]
-                writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-                state["started"] = True
+                status, headers = int(message["status"]), message.get("headers", [])
+                response_head = conn.start_response(status, headers)
+                started = True
             elif message["type"] == "http.response.body":
-                chunk = message.get("body", b"")
-                if head.method == "HEAD":
-                    chunk = b""
-                if state["chunked"]:
-                    if chunk:
-                        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    if not message.get("more_body", False):
-                        writer.write(b"0\r\n\r\n")
-                elif chunk:
-                    writer.write(chunk)
-                if not message.get("more_body", False):
-                    state["done"] = True
+                more = bool(message.get("more_body", False))
+                body = conn.send_body(message.get("body", b""), more=more)
+                writer.write(response_head + body)
+                response_head, done = b"", not more
                 await writer.drain()
 
         await self._app(scope, receive, send)
-        if not state["started"]:
-            await _write_simple(writer, 500, "internal error")
+        if not started:
+            writer.write(refusal(500, "internal error"))
             return False
-        return keep_alive and state["done"]
+        return done and conn.finish_response()
 
 
-_REASONS = {
-    101: "Switching Protocols",
-    200: "OK",
-    204: "No Content",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    411: "Length Required",
-    413: "Content Too Large",
-    426: "Upgrade Required",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
+class _PrefixedReader(asyncio.StreamReader):
+    """The connection's reader with the bytes the parser already took off the
+    socket after an upgrade head put back in front. Upgrade handlers read raw
+    bytes with `read`/`readexactly`; line reads are refused while a prefix is left."""
 
+    def __init__(self, prefix: bytes, rest: asyncio.StreamReader) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._rest = rest
 
-async def _write_simple(writer: asyncio.StreamWriter, status: int, text: str) -> None:
-    body = (text + "\n").encode()
-    writer.write(
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-        + body
-    )
-    try:
-        await writer.drain()
-    except ConnectionError:
-        pass
+    async def read(self, n: int = -1) -> bytes:
+        if not self._prefix:
+            return await self._rest.read(n)
+        if n < 0:
+            return self._take(len(self._prefix)) + await self._rest.read(-1)
+        return self._take(n)
+
+    async def readexactly(self, n: int) -> bytes:
+        head = self._take(n)
+        return head + await self._rest.readexactly(n - len(head)) if len(head) < n else head
+
+    async def readuntil(self, separator: Any = b"\n") -> bytes:
+        if self._prefix:
+            raise NotImplementedError("line reads after an upgrade with early bytes")
+        return await self._rest.readuntil(separator)
+
+    async def readline(self) -> bytes:
+        return await self.readuntil(b"\n")
+
+    def at_eof(self) -> bool:
+        return not self._prefix and self._rest.at_eof()
+
+    def _take(self, n: int) -> bytes:
+        out, self._prefix = self._prefix[:n], self._prefix[n:]
+        return out

@@ -1,8 +1,8 @@
 """The store as the server sees it: one small interface, backends behind it.
 
-sqlite implements it today; a PostgreSQL backend for several replicas would be
-another class with these methods. Every method is short and synchronous; the
-server calls them from its one asyncio thread.
+sqlite and PostgreSQL implement it (`_sqlstore.SqlStore`, one SQL core, with
+`sqlite.py` and `postgres.py` for transactions and locking). Every method is
+short and synchronous; the server calls them from its one asyncio thread.
 
 Registration is one call: `create_node` / `reregister_node` given an
 `auth_key_id` check that pre-auth key (revoked, expired, single-use already
@@ -34,7 +34,7 @@ class Store(Protocol):
     def generation(self) -> int:
         """Grows with every change committed through this handle (a cache key).
 
-        Changes made by another process on the same file are not counted.
+        Changes made by another process on the same database are not counted.
         """
         ...
 

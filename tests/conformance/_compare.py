@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -43,7 +44,7 @@ def compile_case(case: dict[str, Any]) -> dict[str, Any]:
         if isinstance(policy_doc, str):
             policy_doc = json.loads(policy_doc)
         policy = parse_policy(policy_doc)
-        topology = Topology.from_json(case["topology"])
+        topology = corpus_roles(Topology.from_json(case["topology"]))
         compiled = compile_tailnet(policy, topology, case.get("tailnet"))
         failures = run_policy_tests(policy, topology)
         if failures:
@@ -53,6 +54,18 @@ def compile_case(case: dict[str, Any]) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         return {"error": str(e)}
     return compiled.to_json()
+
+
+def corpus_roles(topology: Topology) -> Topology:
+    """The corpus records no user roles; it was captured with every user an admin
+    and the lowest id the owner. The compiler takes roles as declared only, so
+    the capture's roles are declared here (a user with a role keeps it)."""
+    owner = min((u.id for u in topology.users), default=None)
+    users = tuple(
+        u if u.role else dataclasses.replace(u, role="owner" if u.id == owner else "admin")
+        for u in topology.users
+    )
+    return dataclasses.replace(topology, users=users)
 
 
 def diff_case(case: dict[str, Any]) -> list[str]:

@@ -29,6 +29,7 @@ users:
 """
 POLICY = """\
 {
+  "tagOwners": {"tag:ci": ["alice@example.com"]},
   "acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["alice@example.com:*"]}],
 }
 """
@@ -156,6 +157,27 @@ def test_an_expired_api_key_is_refused_at_once(admin: Admin) -> None:
     assert (status, body) == (401, {"error": "API key expired"})
     out = admin.remote("nodes", "list", key=key)
     assert out.returncode == 1 and "refused the API key: API key expired" in out.stderr
+
+
+def test_keys_with_a_tag_the_policy_does_not_declare_are_refused(admin: Admin) -> None:
+    out = admin.local("keys", "create", "--user", "alice", "--tag", "tag:web")
+    assert out.returncode == 1 and out.stdout == ""
+    assert "'tag:web' is not declared" in out.stderr and "declared tags: tag:ci" in out.stderr
+
+
+def test_status_lists_a_key_whose_tag_a_commit_stopped_declaring(admin: Admin) -> None:
+    key = admin.ok("keys", "create", "--user", "alice", "--reusable", "--tag", "tag:ci").strip()
+    dropped = admin.repo.commit({"policy.hujson": POLICY.replace("tag:ci", "tag:build")}, "drop")
+    wait_for(
+        lambda: json.loads(admin.ok("status", "--json"))["serving"] == dropped,
+        15,
+        "the commit dropping tag:ci to be served",
+    )
+    out = admin.local("status")
+    assert out.returncode == 0, out.stderr
+    prefix = key.split("-")[2]
+    assert re.search(rf"^undeclared tags: key \d+ {prefix}: tag:ci$", out.stdout, re.M), out.stdout
+    assert "tag:ci, which the policy's tagOwners do not declare" in admin.server.log()
 
 
 def test_status_shows_the_serving_commit_then_a_rejected_one(admin: Admin) -> None:

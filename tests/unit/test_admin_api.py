@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 
+from gitctl.policy import parse_policy
+from gitctl.snapshot import ALLOW_ALL_POLICY
 from server.protocol.keys import MachinePrivate
 from server.repo import RepoStatus
 from server.store import SqliteStore, open_store
-from server.tailnet import Tailnet, TailnetSource
+from server.tailnet import Tailnet, TailnetSource, running_tailnet
 from server.web import WebDeps, build_app
-from tests.unit.test_store import NOW
+from tests.unit.test_store import NOW, add_node
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +33,26 @@ class Answer:
     body: Any
 
 
-def request(
-    app: Starlette, method: str, path: str, *, token: str | None = None, body: Any = None
+def request(app: Starlette, method: str, path: str, **options: Any) -> Answer:
+    """`exchange`, run to completion outside an event loop."""
+    return asyncio.run(exchange(app, method, path, **options))
+
+
+async def exchange(
+    app: Starlette,
+    method: str,
+    path: str,
+    *,
+    token: str | None = None,
+    body: Any = None,
+    raw: bytes | None = None,
 ) -> Answer:
-    """One HTTP exchange straight through ASGI (no sockets, no httpx)."""
+    """One HTTP exchange straight through ASGI (no sockets, no httpx); the body
+    is `body` as JSON, or `raw` as it is."""
     headers = [(b"host", b"localhost")]
     if token is not None:
         headers.append((b"authorization", token.encode()))
-    payload = json.dumps(body).encode() if body is not None else b""
+    payload = raw if raw is not None else json.dumps(body).encode() if body is not None else b""
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
@@ -52,7 +66,7 @@ def request(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    await app(scope, receive, send)
     start = sent[0]
     data = b"".join(m.get("body", b"") for m in sent[1:])
     return Answer(
@@ -76,6 +90,11 @@ class Apis:
     tcp: Starlette
     store: SqliteStore
     clock: Clock
+    tailnet: Tailnet
+
+
+# Allow-all, and tag:ci declared for the keys these tests create.
+CI_TAGGED = parse_policy({**ALLOW_ALL_POLICY, "tagOwners": {"tag:ci": ["a@example.com"]}})
 
 
 @pytest.fixture
@@ -87,18 +106,20 @@ def apis(tmp_path: Path) -> Iterator[Apis]:
             domain="",
             dns_config={},
             users={"alice": ("a@example.com", "A")},
-            policy=None,
+            policy=CI_TAGGED,
         )
-        tailnet = Tailnet(
-            store=store, source=source, derp_regions=[], clock=clock, log=logging.getLogger("t")
+        registry, tailnet = running_tailnet(
+            store, source, derp_regions=[], log=logging.getLogger("t")
         )
         key = MachinePrivate.generate().public()
         rng = random.Random(7).randbytes
 
         def app(local: bool) -> Starlette:
-            return build_app(WebDeps(key, tailnet, RepoStatus(), rng, local=local))
+            return build_app(
+                WebDeps(key, tailnet, registry, store, clock, RepoStatus(), rng, local=local)
+            )
 
-        yield Apis(app(True), app(False), store, clock)
+        yield Apis(app(True), app(False), store, clock, tailnet)
 
 
 def create_key(apis: Apis, expiration: str | None = None) -> str:
@@ -178,3 +199,94 @@ def test_listing_shows_last_use_and_never_the_secret(apis: Apis) -> None:
     assert listed["last_used"] is not None and listed["last_used"].startswith("2025-03-01T12:05")
     assert key.rsplit("-", 1)[1] not in json.dumps(listed)
     assert set(listed) == {"id", "prefix", "created", "expiration", "last_used", "expired"}
+
+
+# Every POST route checks its body before acting: a wrong shape is a 400
+# naming the field, and nothing is written.
+
+NOT_AN_OBJECT = [(b"[]", "a list"), (b'"x"', "the string"), (b"null", "null"), (b"{", "JSON")]
+BODYLESS = [
+    "/api/v1/repo/sync",
+    "/api/v1/nodes/1/expire",
+    "/api/v1/preauthkeys/1/expire",
+    "/api/v1/apikeys/1/expire",
+]
+WRONG_FIELDS: list[tuple[str, dict[str, Any], str]] = [
+    ("/api/v1/preauthkeys", {"user": "alice", "tags": "tag:x"}, "'tags' must be a list of strings"),
+    ("/api/v1/preauthkeys", {"user": "alice", "tags": [1]}, "'tags' must be a list of strings"),
+    (
+        "/api/v1/preauthkeys",
+        {"user": "alice", "reusable": "no"},
+        "'reusable' must be true or false",
+    ),
+    ("/api/v1/preauthkeys", {"user": "alice", "ephemeral": 1}, "'ephemeral' must be true or false"),
+    ("/api/v1/preauthkeys", {"user": "alice", "expiration": 5}, "'expiration' must be a string"),
+    ("/api/v1/preauthkeys", {"user": "alice", "color": "red"}, "unknown field 'color'"),
+    ("/api/v1/preauthkeys", {"user": ["alice"]}, "'user' must be a string"),
+    ("/api/v1/preauthkeys", {"reusable": True}, "'user' is required"),
+    ("/api/v1/apikeys", {"expiration": 5}, "'expiration' must be a string"),
+    ("/api/v1/apikeys", {"expiration": True}, "'expiration' must be a string"),
+    ("/api/v1/apikeys", {"scope": "all"}, "unknown field 'scope'"),
+    ("/api/v1/nodes/1/rename", {}, "'name' is required"),
+    ("/api/v1/nodes/1/rename", {"name": 5}, "'name' must be a string"),
+    ("/api/v1/nodes/1/rename", {"name": None}, "'name' must be a string"),
+    ("/api/v1/nodes/1/rename", {"name": "a", "x": 1}, "unknown field 'x'"),
+    *((path, {"force": True}, "unknown field 'force'") for path in BODYLESS),
+]
+POST_ROUTES = sorted({path for path, _, _ in WRONG_FIELDS})
+
+
+def written(apis: Apis) -> tuple[object, ...]:
+    store = apis.store
+    return store.list_nodes(), store.list_preauth_keys(), store.list_api_keys()
+
+
+@pytest.fixture
+def populated(apis: Apis) -> Apis:
+    """A node, a pre-auth key and an API key, each with id 1, for the routes to act on."""
+    add_node(apis.store, 1)
+    apis.store.create_preauth_key(
+        "alice", reusable=False, ephemeral=False, tags=(), expiration=None, now=NOW,
+        rng=random.Random(1).randbytes,
+    )  # fmt: skip
+    create_key(apis)
+    return apis
+
+
+BAD_BODIES = [
+    *((path, raw, named) for path in POST_ROUTES for raw, named in NOT_AN_OBJECT),
+    *((path, json.dumps(body).encode(), message) for path, body, message in WRONG_FIELDS),
+]
+
+
+@pytest.mark.parametrize(("path", "raw", "message"), BAD_BODIES)
+def test_a_bad_body_is_refused_naming_what_is_wrong(
+    populated: Apis, path: str, raw: bytes, message: str
+) -> None:
+    before = written(populated)
+    answer = request(populated.socket, "POST", path, raw=raw)
+    assert answer.status == 400, answer.body
+    assert message in answer.body["error"]
+    assert written(populated) == before
+
+
+def test_the_delete_route_takes_no_body_either(populated: Apis) -> None:
+    before = written(populated)
+    answer = request(populated.socket, "DELETE", "/api/v1/nodes/1", body={"force": True})
+    assert (answer.status, written(populated)) == (400, before)
+    assert "unknown field 'force'" in answer.body["error"]
+
+
+def test_well_formed_bodies_still_work(populated: Apis) -> None:
+    created = request(
+        populated.socket, "POST", "/api/v1/preauthkeys",
+        body={"user": "alice", "reusable": False, "ephemeral": True, "tags": ["tag:ci"],
+              "expiration": "1h"},
+    )  # fmt: skip
+    assert created.status == 200, created.body
+    assert (created.body["reusable"], created.body["ephemeral"]) == (False, True)
+    assert created.body["tags"] == ["tag:ci"]
+    renamed = request(populated.socket, "POST", "/api/v1/nodes/1/rename", body={"name": "box"})
+    assert (renamed.status, renamed.body["name"]) == (200, "box")
+    for path in ("/api/v1/nodes/1/expire", "/api/v1/apikeys/1/expire"):
+        assert request(populated.socket, "POST", path, raw=b"{}").status == 200, path

@@ -3,12 +3,14 @@ and errors that tell the operator which setting is wrong."""
 
 from __future__ import annotations
 
+import argparse
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from server.config import ConfigError, load_config
+from server.config import OPTIONS, ConfigError, add_flags, load_config, options_markdown
 
 
 def config_file(tmp_path: Path, text: str) -> str:
@@ -88,3 +90,119 @@ def test_bad_listen_address_is_refused_with_its_text(listen: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config({"listen": listen}, {})
     assert "listen" in str(info.value) and listen in str(info.value)
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    for option in OPTIONS:
+        assert option.flag == "--" + option.key.replace("_", "-")
+        assert option.env == "TAILNETD_" + option.key.upper()
+        assert vars(parser.parse_args([option.flag, "x"]))[option.key] == "x"
+    # A value given each of the three ways reaches the same field.
+    samples = {
+        "repo": str(tmp_path),
+        "data": "d",
+        "database": "postgresql://tailnetd@db/tailnet",
+        "listen": "127.0.0.5:5",
+        "server_url": "https://s",
+        "stun_listen": "127.0.0.6:6",
+        "branch": "b",
+        "fetch_interval": "5",
+        "acme_domain": "example.com",
+        "acme_email": "a@example.com",
+        "acme_directory": "https://ca",
+        "acme_http_listen": "127.0.0.7:7",
+        "metrics_listen": "127.0.0.8:8",
+        "log_format": "json",
+        "trusted_signers": "/etc/tailnetd/allowed_signers",
+    }
+    assert set(samples) | {"tls_cert", "tls_key"} == {o.key for o in OPTIONS}
+    for option in OPTIONS:
+        if option.key not in samples:
+            continue  # the TLS pair: test_tls_cert_and_key_go_together
+        text = samples[option.key]
+        configs = [
+            load_config(vars(parser.parse_args([option.flag, text])), {}),
+            load_config({}, {option.env: text}),
+            load_config({"config": config_file(tmp_path, f"{option.key}: '{text}'\n")}, {}),
+        ]
+        assert configs[0] == configs[1] == configs[2] != load_config({}, {}), option.key
+
+
+def test_trusted_signers_inside_the_repository_are_refused(tmp_path: Path) -> None:
+    # A commit could change a file in the work tree: the outside list must be outside.
+    inside = tmp_path / ".tailnet" / "allowed_signers"
+    with pytest.raises(ConfigError, match="must be outside the repository"):
+        load_config({"repo": str(tmp_path), "trusted_signers": str(inside)}, {})
+    cfg = load_config({"repo": str(tmp_path / "repo"), "trusted_signers": str(inside)}, {})
+    assert cfg.trusted_signers == inside
+
+
+def test_defaults_come_from_the_table() -> None:
+    cfg = load_config({}, {})
+    assert (cfg.listen_host, cfg.listen_port) == ("127.0.0.1", 8080)
+    assert (cfg.acme_http_host, cfg.acme_http_port) == ("0.0.0.0", 80)
+    assert cfg.fetch_interval == 60.0 and cfg.data_dir == Path("data").resolve()
+    assert cfg.acme_directory.startswith("https://acme-v02.api.letsencrypt.org")
+    assert cfg.metrics_host is None and cfg.log_format == "text"  # no metrics port unless asked
+
+
+def test_log_format_is_json_or_text() -> None:
+    assert load_config({}, {"TAILNETD_LOG_FORMAT": "JSON"}).log_format == "json"
+    with pytest.raises(ConfigError, match="^TAILNETD_LOG_FORMAT: must be json or text"):
+        load_config({}, {"TAILNETD_LOG_FORMAT": "yaml"})
+
+
+def test_unknown_config_key_suggests_the_close_one(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "server-url: https://x\nlisten_port: 1\nwhatever: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config({"config": path}, {})
+    message = str(info.value)
+    assert '"server-url" (did you mean "server_url"?)' in message
+    assert '"listen_port" (did you mean "listen"?)' in message
+    assert '"whatever"' in message and 'whatever" (did' not in message
+
+
+def test_bad_values_name_where_they_came_from(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="^TAILNETD_FETCH_INTERVAL: must be positive"):
+        load_config({}, {"TAILNETD_FETCH_INTERVAL": "0"})
+    path = config_file(tmp_path, "acme_http_listen: nowhere\n")
+    with pytest.raises(ConfigError, match="acme_http_listen: must be HOST:PORT, got 'nowhere'"):
+        load_config({"config": path}, {})
+
+
+def test_the_docs_list_every_option_as_the_table_says() -> None:
+    text = (DOCS / "deployment.md").read_text()
+    start = text.index("<!-- generated from OPTIONS in server/config.py")
+    block = text[text.index("\n", start) + 1 : text.index("<!-- end of generated options -->")]
+    assert block == options_markdown(), "regenerate: python -m server.config"
+    readme = (DOCS.parent / "README.md").read_text()
+    serve_usage = readme[readme.index("tailnetd serve [") : readme.index("tailnetd keys create")]
+    known = {o.flag for o in OPTIONS} | {"--config"}
+    assert set(re.findall(r"--[a-z-]+", serve_usage)) <= known
+
+
+def test_database_defaults_to_sqlite_in_the_data_dir_or_takes_a_url(tmp_path: Path) -> None:
+    default = load_config({"data": str(tmp_path)}, {})
+    assert default.store_location == tmp_path / "tailnetd.sqlite"
+    url = "postgresql://tailnetd:s3cret@db.internal:5432/tailnet?sslmode=require"
+    shared = load_config({"database": url}, {})
+    assert shared.store_location == url
+    # what the log shows: never the password
+    assert shared.store_description == (
+        "postgresql://tailnetd:***@db.internal:5432/tailnet?sslmode=require"
+    )
+    in_env = load_config({}, {"TAILNETD_DATABASE": "postgresql://u@/t?password=pw"})
+    assert "pw" not in in_env.store_description
+    elsewhere = load_config({"database": str(tmp_path / "state.db")}, {})
+    assert elsewhere.store_location == tmp_path / "state.db"
+
+
+def test_database_of_another_kind_is_refused_without_its_password() -> None:
+    with pytest.raises(ConfigError, match="--database: must be a postgresql:// URL") as excinfo:
+        load_config({"database": "mysql://root:hunter2@db/tailnet"}, {})
+    assert "hunter2" not in str(excinfo.value)

@@ -99,9 +99,7 @@ async def test_map_larger_than_the_client_window_arrives_whole(tmp_path: Path) -
             Service(proto="tcp", port=i, description=os.urandom(500).hex()) for i in range(150)
         )
         hostinfo = Hostinfo(hostname="laptop", os="linux", services=services)
-        srv.tailnet.node_updated(
-            srv.store.update_from_map(node.id, now=srv.clock(), hostinfo=hostinfo)
-        )
+        srv.registry.update_from_map(node, now=srv.clock(), hostinfo=hostinfo)
         body = dev.map_body()
         del body["Hostinfo"]
         stream = await client.map_stream(body)

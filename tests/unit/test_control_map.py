@@ -123,7 +123,7 @@ async def test_removed_node_reaches_peers_as_peers_removed(tmp_path: Path) -> No
         client, stream, first = await poll(srv, dev)
         gone_id = first["Peers"][0]["ID"]
 
-        srv.tailnet.remove_node(gone_id)
+        srv.registry.remove(gone_id)
         msg = await stream.wait_for(lambda m: "PeersRemoved" in m)
         assert msg["PeersRemoved"] == [gone_id]
 
@@ -133,7 +133,7 @@ async def test_removed_node_s_own_stream_ends(tmp_path: Path) -> None:
     async with running_server(tmp_path) as srv:
         dev = Device("laptop")
         client, stream, msg = await poll(srv, dev)
-        srv.tailnet.remove_node(msg["Node"]["ID"])
+        srv.registry.remove(msg["Node"]["ID"])
         await stream.body()
         assert stream.ended
 

@@ -288,3 +288,43 @@ def test_usage_errors_exit_2(
     assert main(["diff", "HEAD", "--server", "http://x", "--topology", "t.json"]) == 2
     assert main(["diff", "HEAD", "--topology", "missing.json"]) == 2
     assert main(["diff"]) == 2
+
+
+TEST_BOB_DB = '"tests": [{"src": "bob@example.com", "accept": ["tag:db:5432"]}],'
+DNS = "magic_dns: true\nbase_domain: tailnet.example\nnameservers:\n  global: [1.1.1.1]\n"
+
+
+def with_test(text: str) -> str:
+    return text.replace('"ssh":', TEST_BOB_DB + '\n  "ssh":')
+
+
+def test_failing_policy_tests_still_show_the_diff_then_the_failures(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    change(repo, with_test(policy(BOB_DB)))
+    change(repo, with_test(policy()))  # closes 5432 to bob while the test expects it open
+    assert main(["diff", "HEAD~1", "HEAD"]) == 1
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "can no longer reach tag:db on port 5432" in out
+    assert out.index("can no longer reach") < out.index("HEAD cannot be served:")
+    assert "tailnet.d/policy.hujson:8:" in out and "policy test failed" in out
+    assert "gitctl diff: HEAD does not load:" in captured.err
+
+
+def test_a_broken_file_is_named_and_the_rest_still_diffs(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commit_files(repo, {"tailnet.d/dns.yaml": DNS}, "dns")
+    broken = {"tailnet.d/dns.yaml": DNS + "  split: [\n", "tailnet.d/policy.hujson": policy(BOB_DB)}
+    commit_files(repo, broken, "broken dns, wider policy")
+    assert main(["diff", "HEAD~1", "HEAD", "--format", "markdown"]) == 1
+    out = capsys.readouterr().out
+    assert "can now reach `tag:db` on port 5432" in out
+    assert "`tailnet.d/dns.yaml`" in out and "BASE's version" in out
+    assert "`tailnet.d/dns.yaml:" in out
+    assert main(["diff", "HEAD~1", "HEAD", "--format", "json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["head"]["loads"] is False and doc["head"]["stand_ins"] == ["tailnet.d/dns.yaml"]
+    assert doc["head"]["problems"][0]["file"] == "tailnet.d/dns.yaml"
+    assert [r["summary"] for r in doc["reach"]] == ["port 5432"]

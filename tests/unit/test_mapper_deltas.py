@@ -31,11 +31,11 @@ from hypothesis.stateful import (
 )
 
 from gitctl.policy import parse_policy
-from server.mapper import MapSession, build_map
+from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store import open_store
-from server.store.model import Node
-from server.tailnet import SessionHandle, Tailnet, TailnetSource
+from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
+from server.tailnet.mapper import MapSession, build_map
 from server.wire import DerpRegion, Hostinfo, NetInfo, decode
 from tests.unit.control_client import T0
 
@@ -68,7 +68,7 @@ SOURCES = {
         explicit_routes=ROUTES,
     )
     for name, policy in (
-        ("allow-all", None),
+        ("allow-all", ALLOW_ALL),
         ("policy", parse_policy(POLICY)),
         # Commits that change a few rules: only the nodes they reach are woken.
         (
@@ -90,6 +90,10 @@ SOURCES = {
         ("policy-bob", parse_policy({**POLICY, "acls": POLICY["acls"][:1], "ssh": []})),
     )
 }
+# A commit that removes bob from users.yaml: his nodes are cut off, and come back with him.
+SOURCES["policy,no-bob"] = replace(
+    SOURCES["policy"], id="policy,no-bob", users={"alice": USERS["alice"]}
+)
 SOURCE_NAMES = st.sampled_from(sorted(SOURCES))
 OWNERS = st.sampled_from([("alice", ()), ("bob", ()), (None, ("tag:server",))])
 ENDPOINTS = st.lists(
@@ -172,16 +176,15 @@ class TailnetChanges(RuleBasedStateMachine):
         super().__init__()
         self.store = open_store(Path(":memory:"))
         self.now = T0
-        self.tailnet = self._tailnet(SOURCES["allow-all"])
+        self.registry, self.tailnet = self._tailnet(SOURCES["allow-all"])
         self.streams: dict[int, Stream] = {}
         self.serial = 0
 
-    def _tailnet(self, source: TailnetSource | None = None) -> Tailnet:
-        return Tailnet(
-            store=self.store,
-            source=source or self.tailnet.source,
+    def _tailnet(self, source: TailnetSource | None = None) -> tuple[NodeRegistry, Tailnet]:
+        return running_tailnet(
+            self.store,
+            source or self.tailnet.source,
             derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
-            clock=lambda: self.now,
             log=logging.getLogger("test"),
         )
 
@@ -203,7 +206,7 @@ class TailnetChanges(RuleBasedStateMachine):
     def join(self, owner: tuple[str | None, tuple[str, ...]]) -> int:
         self.serial += 1
         raw = self.serial.to_bytes(32, "big")
-        node = self.store.create_node(
+        node = self.registry.register(
             machine_key=MachinePublic(raw),
             node_key=NodePublic(raw),
             hostname=f"node{self.serial}",
@@ -211,56 +214,50 @@ class TailnetChanges(RuleBasedStateMachine):
             tags=owner[1],
             now=self.now,
         )
-        self.tailnet.topology_changed(node.id)
         return node.id
 
     @rule(node_id=consumes(nodes))
     def leave(self, node_id: int) -> None:
-        self.tailnet.remove_node(node_id)
+        self.registry.remove(node_id)
 
     @rule(node_id=nodes, endpoints=ENDPOINTS, derp=st.sampled_from([0, 1, 999]))
     def lite_update(self, node_id: int, endpoints: list[str], derp: int) -> None:
         hostinfo = Hostinfo(hostname="x", net_info=NetInfo(preferred_derp=derp))
-        self._updated(
-            self.store.update_from_map(
-                node_id, now=self.now, endpoints=endpoints, hostinfo=hostinfo
-            )
-        )
+        self._update(node_id, endpoints=endpoints, hostinfo=hostinfo)
 
     @rule(node_id=nodes)
     def new_disco_key(self, node_id: int) -> None:
         self.serial += 1
         disco = DiscoPublic(self.serial.to_bytes(32, "big"))
-        self._updated(self.store.update_from_map(node_id, now=self.now, disco_key=disco))
+        self._update(node_id, disco_key=disco)
 
     @rule(node_id=nodes)
     def rename(self, node_id: int) -> None:
         self.serial += 1
-        self._updated(self.store.rename_node(node_id, f"renamed{self.serial}"))
+        self.registry.rename(node_id, f"renamed{self.serial}")
 
     @rule(node_id=nodes, routes=st.sampled_from(["[]", '["10.1.0.0/24"]']))
     def advertise_routes(self, node_id: int, routes: str) -> None:
         hostinfo = decode(Hostinfo, {"Hostname": "x", "RoutableIPs": json.loads(routes)})
-        self._updated(self.store.update_from_map(node_id, now=self.now, hostinfo=hostinfo))
+        self._update(node_id, hostinfo=hostinfo)
 
     @rule(node_id=nodes)
     def logout(self, node_id: int) -> None:
-        self.store.set_key_expiry(node_id, self.now)
-        self.tailnet.topology_changed(node_id)
+        self.registry.set_key_expiry(node_id, self.now)
 
     @rule(node_id=nodes)
     def go_online(self, node_id: int) -> None:
         old = self.streams.pop(node_id, None)
         if old is not None:  # a new poll replaces the old one, as tailscaled does
-            self.tailnet.close_session(old.handle)
+            self._close(old)
         self.streams[node_id] = Stream(self.tailnet.open_session(node_id), MapSession(node_id))
+        self.registry.connected(node_id)
 
     @precondition(lambda self: bool(self.streams))
     @rule(data=st.data())
     def go_offline(self, data: st.DataObject) -> None:
         node_id = data.draw(st.sampled_from(sorted(self.streams)))
-        stream = self.streams.pop(node_id)
-        self.tailnet.close_session(stream.handle)
+        self._close(self.streams.pop(node_id))
 
     @rule(name=SOURCE_NAMES)
     def swap_policy(self, name: str) -> None:
@@ -270,8 +267,15 @@ class TailnetChanges(RuleBasedStateMachine):
     def time_passes(self) -> None:
         self.now += timedelta(minutes=1)
 
-    def _updated(self, node: Node) -> None:
-        self.tailnet.node_updated(node)
+    def _update(self, node_id: int, **changes: Any) -> None:
+        node = self.store.get_node(node_id)
+        assert node is not None
+        self.registry.update_from_map(node, now=self.now, **changes)
+
+    def _close(self, stream: Stream) -> None:
+        """server/control.py's `_stream` ending: the session, then the registry."""
+        self.tailnet.close_session(stream.handle)
+        self.registry.disconnected(stream.handle.node_id, self.now)
 
     # What every open stream holds
 
@@ -280,7 +284,7 @@ class TailnetChanges(RuleBasedStateMachine):
         self._pump()
         # The reference compiles everything again from the store, so a change
         # path that forgets to recompile (or to refresh a node) shows up too.
-        fresh = self._tailnet()
+        _, fresh = self._tailnet()
         ctx = replace(fresh.context, online=self.tailnet.online_ids())
         for node_id, stream in self.streams.items():
             want = build_map(ctx, node_id, self.now)
@@ -308,7 +312,7 @@ class TailnetChanges(RuleBasedStateMachine):
             if full:
                 state = build_map(ctx, node_id, self.now)
                 if state is None:
-                    self.tailnet.close_session(stream.handle)
+                    self._close(stream)
                     del self.streams[node_id]
                     continue
                 msg = stream.session.next_message(state, self.now)

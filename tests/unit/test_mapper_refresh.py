@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from gitctl.policy import parse_policy
-from server.mapper import MapContext, MapSession, PeerEntries, build_map
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store import open_store
 from server.store.interface import Store
-from server.tailnet import Tailnet, TailnetSource
+from server.tailnet import NodeRegistry, Tailnet, TailnetSource
+from server.tailnet.mapper import MapContext, MapSession, PeerEntries, build_map
 from server.wire import DerpRegion
 from tests.unit.control_client import T0
 
@@ -33,19 +33,25 @@ def source(policy: Any, sid: str) -> TailnetSource:
     )
 
 
-def tailnet(store: Store, policy: Any) -> Tailnet:
-    return Tailnet(
-        store=store,
+def registry(store: Store) -> NodeRegistry:
+    return NodeRegistry(store, log=logging.getLogger("test"))
+
+
+def tailnet(reg: NodeRegistry, policy: Any) -> Tailnet:
+    """The tailnet over what `reg` holds, following its changes from now on."""
+    net = Tailnet(
+        nodes=reg.nodes(),
         source=source(policy, "a"),
         derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
-        clock=lambda: T0,
         log=logging.getLogger("test"),
     )
+    reg.subscribe(net.apply)
+    return net
 
 
-def add(store: Store, n: int, user: str, expiry: timedelta | None = None) -> int:
+def add(reg: NodeRegistry, n: int, user: str, expiry: timedelta | None = None) -> int:
     raw = n.to_bytes(32, "big")
-    return store.create_node(
+    return reg.register(
         machine_key=MachinePublic(raw),
         node_key=NodePublic(raw),
         hostname=f"n{n}",
@@ -71,14 +77,13 @@ def decoded(state: Any) -> dict[str, Any]:
 
 
 def test_refresh_after_commit_and_join_equals_a_cold_build(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "s.sqlite")
-    ids = [add(store, i, "alice" if i % 2 else "bob") for i in range(1, 7)]
-    net = tailnet(store, OPEN)
+    reg = registry(open_store(tmp_path / "s.sqlite"))
+    ids = [add(reg, i, "alice" if i % 2 else "bob") for i in range(1, 7)]
+    net = tailnet(reg, OPEN)
     for node_id in ids:
         assert build_map(net.context, node_id, T0) is not None  # memos filled
     net.swap_source(source(ALICE_ONLY, "b"))
-    ids.append(add(store, 7, "alice"))
-    net.topology_changed()
+    ids.append(add(reg, 7, "alice"))
     for node_id in ids:
         state = build_map(net.context, node_id, T0)
         assert state is not None
@@ -86,10 +91,10 @@ def test_refresh_after_commit_and_join_equals_a_cold_build(tmp_path: Path) -> No
 
 
 def test_a_peer_key_expiring_with_no_other_change_is_seen(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "s.sqlite")
-    viewer = add(store, 1, "alice")
-    peer = add(store, 2, "alice", expiry=timedelta(seconds=30))
-    net = tailnet(store, OPEN)
+    reg = registry(open_store(tmp_path / "s.sqlite"))
+    viewer = add(reg, 1, "alice")
+    peer = add(reg, 2, "alice", expiry=timedelta(seconds=30))
+    net = tailnet(reg, OPEN)
     session = MapSession(viewer)
     first = build_map(net.context, viewer, T0)
     assert first is not None
@@ -104,9 +109,9 @@ def test_a_peer_key_expiring_with_no_other_change_is_seen(tmp_path: Path) -> Non
 
 
 def test_nothing_changed_sends_nothing(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "s.sqlite")
-    ids = [add(store, i, "alice") for i in range(1, 4)]
-    net = tailnet(store, OPEN)
+    reg = registry(open_store(tmp_path / "s.sqlite"))
+    ids = [add(reg, i, "alice") for i in range(1, 4)]
+    net = tailnet(reg, OPEN)
     session = MapSession(ids[0])
     state = build_map(net.context, ids[0], T0)
     assert state is not None

@@ -13,11 +13,11 @@ import pytest
 
 from gitctl.policy import parse_policy
 from gitctl.tailnet.model import DerpNodeSpec, DerpRegionSpec, EmbeddedDerp, TailnetSettings
-from server.mapper import build_map
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store import open_store
 from server.store.interface import Store
-from server.tailnet import Tailnet, TailnetSource
+from server.tailnet import NodeRegistry, Tailnet, TailnetSource, running_tailnet
+from server.tailnet.mapper import build_map
 from server.wire import DerpRegion
 from tests.unit.control_client import T0
 
@@ -46,18 +46,17 @@ def store() -> Iterator[Store]:
     s.close()
 
 
-def serving(store: Store, src: TailnetSource) -> Tailnet:
-    return Tailnet(
-        store=store,
-        source=src,
+def serving(store: Store, src: TailnetSource) -> tuple[NodeRegistry, Tailnet]:
+    return running_tailnet(
+        store,
+        src,
         derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
-        clock=lambda: T0,
         log=logging.getLogger("test"),
     )
 
 
 def tailnet_with(store: Store) -> tuple[Tailnet, dict[str, int]]:
-    tailnet = serving(store, source("base", BASE))
+    registry, tailnet = serving(store, source("base", BASE))
     ids = {}
     for n, (name, user, tags) in enumerate(
         [
@@ -68,7 +67,7 @@ def tailnet_with(store: Store) -> tuple[Tailnet, dict[str, int]]:
         ]
     ):
         raw = (n + 1).to_bytes(32, "big")
-        node = store.create_node(
+        node = registry.register(
             machine_key=MachinePublic(raw),
             node_key=NodePublic(raw),
             hostname=name,
@@ -76,7 +75,6 @@ def tailnet_with(store: Store) -> tuple[Tailnet, dict[str, int]]:
             tags=tags,
             now=T0,
         )
-        tailnet.topology_changed(node.id)
         ids[name] = node.id
     return tailnet, ids
 
@@ -98,7 +96,7 @@ def test_a_commit_wakes_only_the_nodes_its_new_rule_reaches(store: Store) -> Non
     alice = tailnet.views.get(ids["alice-laptop"])
     assert alice is not None and ids["web"] in alice.peers
     # Every node's map (woken or not) is what a server started on this commit sends.
-    fresh = serving(store, tailnet.source)
+    _, fresh = serving(store, tailnet.source)
     ctx = replace(fresh.context, online=tailnet.online_ids())
     for node_id in ids.values():
         assert build_map(tailnet.context, node_id, T0) == build_map(ctx, node_id, T0)

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 
-from server.mapper import MapContext, PeerEntries
-from server.store.interface import Store
+from gitctl.policy import Policy
+from gitctl.snapshot import Snapshot
+from gitctl.tailnet import TailnetSettings
+from server.logs import event
 from server.store.model import Node
-from server.views import PolicyViews, advertised_routes, compute_views
+from server.tailnet.mapper import MapContext, PeerEntries
+from server.tailnet.registry import NodeChange
+from server.tailnet.views import PolicyViews, advertised_routes, compute_views
 from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
 
 __all__ = ["SessionHandle", "Tailnet", "TailnetSource"]
@@ -40,15 +43,14 @@ class TailnetSource:
     domain: str
     dns_config: Mapping[str, Any]
     users: Mapping[str, tuple[str, str]]  # name -> (email, display name)
-    policy: Any  # parsed policy, None = allow-all
-    explicit_routes: Mapping[str, tuple[str, ...]] = field(
-        default_factory=dict
-    )  # node name or tag -> routes
-    auto_approve: Callable[[Any, Node, Sequence[str]], tuple[str, ...]] | None = None
-    settings: Any = None  # gitctl TailnetSettings: prefixes, key expiry, ephemeral timeout
+    policy: Policy
+    # Routes approved in git: by machine key text ("mkey:…") or by tag. autoApprovers
+    # are the compiler's: it approves with the users resolved to emails.
+    explicit_routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    settings: TailnetSettings | None = None  # prefixes, key expiry, ephemeral timeout, DERP
 
     @classmethod
-    def from_snapshot(cls, snap: Any) -> TailnetSource:
+    def from_snapshot(cls, snap: Snapshot) -> TailnetSource:
         dns = snap.dns
         base = dns.base_domain or ""
         cfg = dns_config_json(
@@ -63,18 +65,9 @@ class TailnetSource:
         users = {u.name: (u.email, u.display_name or u.name) for u in snap.users}
         explicit: dict[str, tuple[str, ...]] = {}
         for approval in snap.routes:
-            target = approval.node or approval.tag
+            target = approval.machine or approval.tag
             if target:
                 explicit[target] = explicit.get(target, ()) + tuple(str(r) for r in approval.routes)
-        auto = None
-        if snap.policy is not None:
-            from gitctl.policy import auto_approved_routes
-
-            def auto(policy: Any, node: Node, advertised: Sequence[str]) -> tuple[str, ...]:
-                from server.views import to_topology_node
-
-                return tuple(auto_approved_routes(policy, to_topology_node(node, ()), advertised))
-
         return cls(
             id=snap.id,
             domain=base,
@@ -82,8 +75,7 @@ class TailnetSource:
             users=users,
             policy=snap.policy,
             explicit_routes=explicit,
-            auto_approve=auto,
-            settings=getattr(snap, "settings", None),
+            settings=snap.settings,
         )
 
 
@@ -117,24 +109,31 @@ class SessionHandle:
 
 
 class Tailnet:
+    """The serving snapshot × the registered nodes, and the sessions that
+    follow them. It writes nothing: node changes arrive as `NodeChange`
+    events from the registry (`apply`), snapshots through `swap_source`.
+
+    Nodes whose owner the serving snapshot does not declare are not served:
+    git is the truth about people, so a commit that removes a user cuts that
+    user's nodes off (they leave every map); `cut_off` names them.
+    """
+
     def __init__(
         self,
         *,
-        store: Store,
+        nodes: Sequence[Node],
         source: TailnetSource,
         derp_regions: Sequence[DerpRegion],
-        clock: Callable[[], datetime],
         log: logging.Logger,
-        on_node_removed: Callable[[Node], None] | None = None,
+        online: Iterable[int] = (),
     ) -> None:
-        self.store = store
-        self.clock = clock
         self._log = log
         self._source = source
         self._derp_regions = tuple(derp_regions)
         self._derp_map = self._derp_map_of(source)
         self._sessions: dict[int, set[SessionHandle]] = {}
-        self._on_node_removed = on_node_removed
+        self._online = set(online)
+        self._records: dict[int, Node] = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
         self._ctx = self._build_context()
 
     # What the maps are built from
@@ -147,10 +146,16 @@ class Tailnet:
     def context(self) -> MapContext:
         return self._ctx
 
-    def _build_context(
-        self, nodes: Sequence[Node] | None = None, previous: MapContext | None = None
-    ) -> MapContext:
-        nodes = list(nodes if nodes is not None else self.store.list_nodes())
+    def cut_off(self) -> list[Node]:
+        """Registered nodes that are not served: their user is not in git."""
+        served = self._ctx.nodes
+        return [n for n in self._records.values() if n.id not in served]
+
+    def _served(self, node: Node) -> bool:
+        return bool(node.tags) or node.user is None or node.user in self._source.users
+
+    def _build_context(self, previous: MapContext | None = None) -> MapContext:
+        nodes = [n for n in self._records.values() if self._served(n)]
         if hasattr(self, "_ctx"):
             # Unchanged records stay the very objects the last context had, so
             # map refreshes find the changed ones by identity.
@@ -177,7 +182,7 @@ class Tailnet:
             derp_map=self._derp_map,
             dns_config=src.dns_config,
             users=src.users,
-            online=frozenset(self._sessions),
+            online=frozenset(self._online),
             # Encoded peer entries outlive contexts; they depend on the domain only.
             entries=self._ctx.entries
             if hasattr(self, "_ctx") and self._ctx.domain == src.domain
@@ -204,17 +209,17 @@ class Tailnet:
         return derp_map_json(own, settings.derp_regions)
 
     def _approved_routes(self, nodes: Sequence[Node]) -> dict[int, tuple[str, ...]]:
-        src = self._source
+        """The advertised routes git approves by hand: for the machine (its key
+        stays with it through renames and re-registrations) or for a tag."""
+        explicit = self._source.explicit_routes
         out: dict[int, tuple[str, ...]] = {}
         for node in nodes:
             advertised = advertised_routes(node)
             if not advertised:
                 continue
-            allowed: set[str] = set(src.explicit_routes.get(node.given_name, ()))
+            allowed: set[str] = set(explicit.get(node.machine_key.text, ()))
             for tag in node.tags:
-                allowed.update(src.explicit_routes.get(tag, ()))
-            if src.auto_approve is not None and src.policy is not None:
-                allowed.update(src.auto_approve(src.policy, node, advertised))
+                allowed.update(explicit.get(tag, ()))
             approved = tuple(r for r in advertised if r in allowed)
             if approved:
                 out[node.id] = approved
@@ -230,18 +235,20 @@ class Tailnet:
         rules can reach and every other view is kept (as is its session,
         asleep); a new domain, DNS config, user list or DERP map reaches every map.
         """
-        old, old_derp = self._source, self._derp_map
+        old, old_derp, old_ctx = self._source, self._derp_map, self._ctx
         self._source = source
         derp_map = self._derp_map_of(source)
         if derp_map != old_derp:
             self._derp_map = derp_map
         try:
-            # The serving node list follows every store write: no need to read it again.
-            self._ctx = self._build_context(list(self._ctx.nodes.values()), previous=self._ctx)
+            self._ctx = self._build_context(previous=self._ctx)
         except Exception:
             self._source, self._derp_map = old, old_derp
             raise
-        self._log.info("serving snapshot %s", source.id[:12])
+        self._log.info(
+            "serving snapshot %s", source.id[:12], extra=event("snapshot.served", commit=source.id)
+        )
+        self._close_unserved(old_ctx)
         changed = self._ctx.views.changed
         if changed is None or (old.domain, old.dns_config, old.users, old_derp) != (
             source.domain,
@@ -253,75 +260,76 @@ class Tailnet:
             return
         self._wake(changed)
 
-    def topology_changed(self, *node_ids: int) -> None:
-        """Nodes joined, left or changed in the store: `node_ids` are the ones
-        to re-read (none: re-read every node). Views the change cannot touch
-        are reused; only their sessions sleep on."""
-        nodes = self._patched_nodes(node_ids) if node_ids else None
-        self._ctx = self._build_context(nodes, previous=self._ctx)
+    def apply(self, change: NodeChange) -> None:
+        """A node changed (the registry's event stream)."""
+        if change.kind == "removed":
+            self._records.pop(change.node_id, None)
+            self._online.discard(change.node_id)
+            self._ctx.entries.forget(change.node_id)  # its entry and its map memo
+            self._end_sessions(change.node_id)
+            self._recompile()
+            return
+        node = change.node
+        if node is None:
+            return
+        self._records[node.id] = node
+        if change.online is not None:
+            (self._online.add if change.online else self._online.discard)(node.id)
+        if change.kind == "topology" or (node.id in self._ctx.nodes) != self._served(node):
+            self._recompile()
+            return
+        if node.id not in self._ctx.nodes:
+            return  # not served: nobody sees it
+        nodes = dict(self._ctx.nodes)
+        nodes[node.id] = node
+        self._ctx = replace(self._ctx, nodes=nodes, online=frozenset(self._online))
+        self._notify_viewers(node.id)
+        if change.online is None:
+            for handle in self._sessions.get(node.id, ()):
+                handle.mark_full()  # its own self entry changed
+
+    def _recompile(self) -> None:
+        """Nodes joined, left or changed what the policy sees. Views the
+        change cannot touch are reused; only their sessions sleep on."""
+        old_ctx = self._ctx
+        self._ctx = self._build_context(previous=old_ctx)
+        self._close_unserved(old_ctx)
         changed = self._ctx.views.changed
         if changed is None:
             self._wake_all()
         else:
             self._wake(changed)
 
-    def _patched_nodes(self, node_ids: Sequence[int]) -> list[Node]:
-        """The serving node list with `node_ids` re-read from the store, in
-        registration (id) order, without reading the others again."""
-        held = dict(self._ctx.nodes)
-        for node_id in node_ids:
-            node = self.store.get_node(node_id)
-            if node is None:
-                held.pop(node_id, None)
-            else:
-                held[node_id] = node
-        ids = list(held)
-        if ids != sorted(ids):  # a re-read id that was not held before
-            return [held[i] for i in sorted(ids)]
-        return list(held.values())
+    def _close_unserved(self, old: MapContext) -> None:
+        for node_id in old.nodes.keys() - self._ctx.nodes.keys():
+            if node_id in self._records:
+                node = self._records[node_id]
+                self._log.warning(
+                    "node %d %s is cut off: user %r is not in tailnet.d",
+                    node_id,
+                    node.given_name,
+                    node.user,
+                    extra=event(
+                        "node.cut_off",
+                        node=node_id,
+                        node_name=node.given_name,
+                        user=node.user,
+                        commit=self._source.id,
+                    ),
+                )
+            self._end_sessions(node_id)
 
-    def node_updated(self, node: Node) -> None:
-        """A volatile change of one node: patch viewers, don't recompile."""
-        old = self._ctx.nodes.get(node.id)
-        if old is not None and (old.tags, old.user, old.given_name, advertised_routes(old)) != (
-            node.tags,
-            node.user,
-            node.given_name,
-            advertised_routes(node),
-        ):
-            self.topology_changed(node.id)
-            return
-        nodes = dict(self._ctx.nodes)
-        nodes[node.id] = node
-        self._ctx = replace(self._ctx, nodes=nodes)
-        self._notify_viewers(node.id)
-        for handle in self._sessions.get(node.id, ()):
-            handle.mark_full()  # its own self entry changed
-
-    def remove_node(self, node_id: int) -> Node | None:
-        node = self.store.get_node(node_id)
-        if node is None:
-            return None
-        self.store.delete_node(node_id)
+    def _end_sessions(self, node_id: int) -> None:
         for handle in self._sessions.pop(node_id, set()):
             handle.closed = True
             handle.wake.set()
-        if self._on_node_removed is not None:
-            self._on_node_removed(node)
-        self._ctx.entries.forget(node_id)  # its entry and its map memo
-        self.topology_changed(node_id)
-        return node
 
     # Sessions
 
     def open_session(self, node_id: int) -> SessionHandle:
         handle = SessionHandle(node_id)
-        first = node_id not in self._sessions
         self._sessions.setdefault(node_id, set()).add(handle)
-        if first:
-            self._set_online()
-            self._ctx.views.get(node_id)  # its first map needs it; its viewers are its peers
-            self._notify_viewers(node_id)
+        self._ctx.views.get(node_id)  # its first map needs it; its viewers are its peers
         return handle
 
     def close_session(self, handle: SessionHandle) -> None:
@@ -331,24 +339,19 @@ class Tailnet:
         handles.discard(handle)
         if not handles:
             del self._sessions[handle.node_id]
-            # Peers learn "offline, last seen now" from the same delta, so the
-            # serving node record must carry the new LastSeen too.
-            self.store.touch_last_seen(handle.node_id, self.clock())
-            node = self.store.get_node(handle.node_id)
-            nodes = dict(self._ctx.nodes)
-            if node is not None:
-                nodes[node.id] = node
-            self._ctx = replace(self._ctx, nodes=nodes, online=frozenset(self._sessions))
-            self._notify_viewers(handle.node_id)
+
+    def waiting(self) -> list[SessionHandle]:
+        """Open sessions woken and not yet caught up (they owe their client a message)."""
+        return [h for handles in self._sessions.values() for h in handles if h.wake.is_set()]
+
+    def serves(self, node_id: int) -> bool:
+        return node_id in self._ctx.nodes
 
     def is_online(self, node_id: int) -> bool:
-        return node_id in self._sessions
+        return node_id in self._online
 
     def online_ids(self) -> frozenset[int]:
-        return frozenset(self._sessions)
-
-    def _set_online(self) -> None:
-        self._ctx = replace(self._ctx, online=frozenset(self._sessions))
+        return frozenset(self._online)
 
     def _notify_viewers(self, node_id: int) -> None:
         for viewer in self._ctx.views.visible_to(node_id):

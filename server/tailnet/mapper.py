@@ -15,15 +15,16 @@ import json
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 from itertools import compress
 from operator import is_not
 from typing import Any, cast
 
+from server.protocol.keys import NodePublic
 from server.store.model import Node
-from server.views import NodeView, PeerView, PolicyViews
+from server.tailnet.views import NodeView, PeerView, PolicyViews
 from server.wire import TAGGED_USER_ID, encode, format_time, stable_user_id, user_profile_json
 
 __all__ = ["MapContext", "MapSession", "PeerEntries", "build_map", "node_json"]
@@ -210,6 +211,30 @@ def _profile(ctx: MapContext, node: Node) -> Mapping[str, Any]:
         return user_profile_json(None, None, None)
     email, display = ctx.users.get(node.user, (node.user, node.user))
     return user_profile_json(node.user, email, display)
+
+
+EXPIRED_LONG_AGO = datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC)
+
+
+def not_served_map(node_key: NodePublic, now: datetime) -> bytes:
+    """The whole map of a node the tailnet no longer serves (deleted, its user
+    gone from git): itself, expired, and no peers. A self node whose key
+    expired puts the client in NeedsLogin (protocol.md §5.2)."""
+    msg = {
+        "Node": {
+            "ID": 0,
+            "Key": node_key.text,
+            "KeyExpiry": format_time(EXPIRED_LONG_AGO),
+            "Expired": True,
+            "MachineAuthorized": True,
+            "Addresses": [],
+            "AllowedIPs": [],
+        },
+        "Peers": [],
+        "PacketFilter": [],
+        "ControlTime": format_time(now),
+    }
+    return json.dumps(msg).encode()
 
 
 @dataclass(frozen=True, slots=True)

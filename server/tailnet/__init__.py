@@ -1,0 +1,36 @@
+"""The running tailnet: the node registry (the only writer of node state and
+its event stream), the hub that serves the snapshot × nodes to map sessions,
+the per-node views and the map builder."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from server.store.interface import Store
+from server.tailnet.hub import SessionHandle, Tailnet, TailnetSource
+from server.tailnet.registry import NodeChange, NodeRegistry
+from server.wire import DerpRegion
+
+__all__ = [
+    "NodeChange",
+    "NodeRegistry",
+    "SessionHandle",
+    "Tailnet",
+    "TailnetSource",
+    "running_tailnet",
+]
+
+
+def running_tailnet(
+    store: Store,
+    source: TailnetSource,
+    *,
+    derp_regions: Sequence[DerpRegion],
+    log: logging.Logger,
+) -> tuple[NodeRegistry, Tailnet]:
+    """A registry over `store` and the tailnet that follows its events."""
+    registry = NodeRegistry(store, log=log)
+    tailnet = Tailnet(nodes=registry.nodes(), source=source, derp_regions=derp_regions, log=log)
+    registry.subscribe(tailnet.apply)
+    return registry, tailnet

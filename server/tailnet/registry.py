@@ -1,0 +1,261 @@
+"""The node registry: the only writer of runtime node state.
+
+Every change to a node — registration, re-registration, key renewal, logout,
+expiry, deletion, rename, Hostinfo and endpoints from a map request, online and
+offline, last seen — is one method here. Each writes the store once and emits
+one `NodeChange`, classified once:
+
+* ``topology``: what the policy compiler sees changed (a new node, its owner,
+  tags, name, addresses, keys or advertised routes): views are recompiled;
+* ``volatile``: only what peers are shown of it changed (endpoints, disco key,
+  home DERP, Hostinfo without routes, online, last seen, key expiry): one peer
+  entry is resent, nothing recompiles;
+* ``removed``: the node is gone.
+
+The running tailnet, DERP and anything else that reacts to nodes subscribe to
+the stream; nobody calls them by hand after a write. A second process (a
+PostgreSQL replica's LISTEN/NOTIFY) is just another source of the same events:
+`publish` takes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.store.interface import Store
+from server.store.model import Node
+from server.tailnet.views import advertised_routes
+from server.wire import Hostinfo
+
+__all__ = ["ChangeKind", "NodeChange", "NodeRegistry", "classify", "routes_of"]
+
+ChangeKind = Literal["volatile", "topology", "removed"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeChange:
+    """One change to one node. `node` is the record after it (None when
+    removed), `previous` before it (None when the node is new)."""
+
+    kind: ChangeKind
+    node_id: int
+    node: Node | None
+    previous: Node | None
+    online: bool | None = None  # set when the change is the node going online or offline
+
+
+Listener = Callable[[NodeChange], None]
+
+
+def routes_of(node: Node) -> tuple[str, ...]:
+    return advertised_routes(node)
+
+
+def _compiled_facts(node: Node) -> tuple[object, ...]:
+    """What the policy compiler and the views read of a node, routes aside."""
+    return (
+        node.tags,
+        node.user,
+        node.given_name,
+        node.node_key,
+        node.machine_key,
+        node.ipv4,
+        node.ipv6,
+    )
+
+
+def classify(previous: Node | None, node: Node | None) -> ChangeKind:
+    """What a change from `previous` to `node` means to the maps."""
+    if node is None:
+        return "removed"
+    if previous is None:
+        return "topology"
+    if (
+        previous.tags,
+        previous.user,
+        previous.given_name,
+        previous.node_key,
+        previous.machine_key,
+        previous.ipv4,
+        previous.ipv6,
+    ) != (
+        node.tags,
+        node.user,
+        node.given_name,
+        node.node_key,
+        node.machine_key,
+        node.ipv4,
+        node.ipv6,
+    ):
+        return "topology"
+    if previous.hostinfo != node.hostinfo and routes_of(previous) != routes_of(node):
+        return "topology"
+    return "volatile"
+
+
+class NodeRegistry:
+    def __init__(self, store: Store, *, log: logging.Logger) -> None:
+        self._store = store
+        self._log = log
+        self._listeners: list[Listener] = []
+        self._connections: dict[int, int] = {}  # node id -> open map streams here
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def publish(self, change: NodeChange) -> None:
+        for listener in self._listeners:
+            listener(change)
+
+    # Reads
+
+    def get(self, node_id: int) -> Node | None:
+        return self._store.get_node(node_id)
+
+    def by_node_key(self, node_key: NodePublic) -> Node | None:
+        return self._store.node_by_node_key(node_key)
+
+    def by_machine_key(self, machine_key: MachinePublic) -> Node | None:
+        return self._store.node_by_machine_key(machine_key)
+
+    def nodes(self) -> list[Node]:
+        return self._store.list_nodes()
+
+    def is_online(self, node_id: int) -> bool:
+        return node_id in self._connections
+
+    def online_ids(self) -> frozenset[int]:
+        return frozenset(self._connections)
+
+    # Writes
+
+    def _changed(self, previous: Node | None, node: Node | None, node_id: int) -> None:
+        self.publish(NodeChange(classify(previous, node), node_id, node, previous))
+
+    def register(
+        self,
+        *,
+        machine_key: MachinePublic,
+        node_key: NodePublic,
+        hostname: str,
+        user: str | None,
+        now: datetime,
+        tags: Sequence[str] = (),
+        auth_key_id: int | None = None,
+        ephemeral: bool = False,
+        key_expiry: datetime | None = None,
+        hostinfo: Hostinfo | None = None,
+        capver: int = 0,
+        disco_key: DiscoPublic | None = None,
+        existing: Node | None = None,
+    ) -> Node:
+        """A node logs in with a pre-auth key: a new node, or `existing` (the
+        same machine) taking the new key, owner and tags. The store uses the
+        pre-auth key in the same transaction as the node write."""
+        if existing is not None:
+            node = self._store.reregister_node(
+                existing.id,
+                node_key=node_key,
+                user=user,
+                tags=tags,
+                now=now,
+                auth_key_id=auth_key_id,
+                ephemeral=ephemeral,
+                key_expiry=key_expiry,
+            )
+        else:
+            node = self._store.create_node(
+                machine_key=machine_key,
+                node_key=node_key,
+                hostname=hostname,
+                user=user,
+                tags=tags,
+                now=now,
+                auth_key_id=auth_key_id,
+                ephemeral=ephemeral,
+                key_expiry=key_expiry,
+                hostinfo=hostinfo,
+                capver=capver,
+                disco_key=disco_key,
+            )
+        self._changed(existing, node, node.id)
+        return node
+
+    def renew_key(self, node: Node, node_key: NodePublic, now: datetime) -> Node:
+        """Seamless node-key renewal: peers learn the new key."""
+        updated = self._store.update_node_key(node.id, node_key, now)
+        self._changed(node, updated, node.id)
+        return updated
+
+    def set_key_expiry(self, node_id: int, when: datetime | None) -> Node:
+        """Expire a node now (logout, the API) or change when it expires."""
+        previous = self._store.get_node(node_id)
+        node = self._store.set_key_expiry(node_id, when)
+        self._changed(previous, node, node_id)
+        return node
+
+    def rename(self, node_id: int, new_name: str) -> Node:
+        previous = self._store.get_node(node_id)
+        node = self._store.rename_node(node_id, new_name)
+        self._changed(previous, node, node_id)
+        return node
+
+    def remove(self, node_id: int) -> Node | None:
+        previous = self._store.get_node(node_id)
+        if previous is None:
+            return None
+        self._store.delete_node(node_id)
+        self._connections.pop(node_id, None)
+        self._changed(previous, None, node_id)
+        return previous
+
+    def update_from_map(
+        self,
+        node: Node,
+        *,
+        now: datetime,
+        disco_key: DiscoPublic | None = None,
+        hostinfo: Hostinfo | None = None,
+        endpoints: Sequence[str] | None = None,
+        capver: int | None = None,
+    ) -> Node:
+        """What a map request reports: disco key, Hostinfo, endpoints, version."""
+        updated = self._store.update_from_map(
+            node.id,
+            now=now,
+            disco_key=disco_key,
+            hostinfo=hostinfo,
+            endpoints=endpoints,
+            capver=capver,
+        )
+        self._changed(node, updated, node.id)
+        return updated
+
+    def connected(self, node_id: int) -> None:
+        """A map stream of `node_id` opened here; the first one makes it online."""
+        count = self._connections.get(node_id, 0)
+        self._connections[node_id] = count + 1
+        if count == 0:
+            node = self._store.get_node(node_id)
+            self.publish(NodeChange("volatile", node_id, node, node, online=True))
+
+    def disconnected(self, node_id: int, now: datetime) -> None:
+        """A map stream closed; when it was the last one the node is offline,
+        last seen now (peers learn both from one delta)."""
+        count = self._connections.get(node_id, 0)
+        if count > 1:
+            self._connections[node_id] = count - 1
+            return
+        if self._connections.pop(node_id, None) is None:
+            return  # removed while streaming: nothing left to record
+        previous = self._store.get_node(node_id)
+        if previous is None:
+            return
+        self._store.touch_last_seen(node_id, now)
+        node = self._store.get_node(node_id)
+        self.publish(NodeChange("volatile", node_id, node, previous, online=False))

@@ -32,6 +32,7 @@ test-tools:
 
 test: venv test-tools
 	$(BIN)/python -m tests.tailscale_bin
+	$(BIN)/python -m tests.gitops_pusher_bin
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 test-fast: venv

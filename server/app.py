@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from gitctl.tailnet import TailnetSettings
 from server.acme import AcmeManager, AcmeSettings
 from server.acme_http import ChallengeResponder
+from server.api import WebDeps, build_app, build_metrics_app
 from server.authority import CommitAuthority
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
@@ -43,7 +44,6 @@ from server.store.model import Node
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, running_tailnet
 from server.tls import ReloadingContext, TlsError, watch_certificate_files
-from server.web import WebDeps, build_app, build_metrics_app
 from server.wire import DerpRegion
 
 __all__ = ["Server", "StartupError"]
@@ -217,6 +217,18 @@ class Server:
             ),
         )
 
+    async def _serving_documents(self) -> Any:
+        """The files of the commit being served (for the API's policy file)."""
+        from gitctl.sources import read_directory, read_git
+
+        serving = self.status.serving
+        if serving is not None and not serving.startswith("sha256:"):
+            return await asyncio.to_thread(read_git, self.repo.path, serving)
+        folder = self.repo.path / "tailnet.d"
+        return await asyncio.to_thread(
+            read_directory, folder if folder.is_dir() else self.repo.path
+        )
+
     async def sync_now(self) -> None:
         """POST /api/v1/repo/sync: look at the repository now instead of waiting."""
         if isinstance(self.repo, RemoteRepo):
@@ -377,6 +389,7 @@ class Server:
                 sync=self.sync_now,
                 metrics=self.metrics,
                 log=self.log,
+                documents=self._serving_documents,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))

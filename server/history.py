@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
 from server.datadir import write_private
 
-__all__ = ["HISTORY_FILE", "History", "HistoryEntry", "history_route"]
+__all__ = ["HISTORY_FILE", "History", "HistoryEntry", "history_json"]
 
 HISTORY_FILE = "history.jsonl"
 KEEP = 500
@@ -114,19 +110,11 @@ class History:
             write_private(self.path, b"".join(line + b"\n" for line in lines[-self.keep :]))
 
 
-def history_route(
-    history: Callable[[], History | None],
-) -> Callable[[Request], Awaitable[Response]]:
-    """GET /api/v1/history[?limit=N]: {"history": [entry, …]}, newest first."""
-
-    async def handler(request: Request) -> Response:
-        raw = request.query_params.get("limit", "100")
-        if not raw.isdigit() or not 0 < int(raw) <= MAX_LIMIT:
-            return JSONResponse(
-                {"error": f"limit must be a whole number from 1 to {MAX_LIMIT}"}, status_code=400
-            )
-        journal = history()
-        entries = journal.entries(limit=int(raw)) if journal is not None else []
-        return JSONResponse({"history": [e.to_json() for e in entries]})
-
-    return handler
+def history_json(history: History | None, limit: str | None) -> dict[str, Any]:
+    """GET /api/v1/history[?limit=N]: {"history": [entry, …]}, newest first.
+    A bad limit is a ValueError (the API answers it as a problem document)."""
+    raw = limit or "100"
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_LIMIT:
+        raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    entries = history.entries(limit=int(raw)) if history is not None else []
+    return {"history": [e.to_json() for e in entries]}

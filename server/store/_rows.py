@@ -24,7 +24,7 @@ NODE_COLUMNS = (
     " capver"
 )
 KEY_COLUMNS = "id, prefix, user_name, reusable, ephemeral, tags, created, expiration, used, revoked"
-API_KEY_COLUMNS = "id, prefix, created, expiration, last_used"
+API_KEY_COLUMNS = "id, prefix, created, expiration, last_used, scope"
 LOGIN_COLUMNS = "auth_id, machine_key, node_key, ephemeral, created"
 
 Row = tuple[Any, ...]
@@ -136,6 +136,7 @@ def api_key_from_row(row: Row) -> ApiKey:
         created=dt_required(row[2]),
         expiration=dt(row[3]),
         last_used=dt(row[4]),
+        scope="read" if row[5] == "read" else "admin",
     )
 
 

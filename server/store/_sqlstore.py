@@ -31,6 +31,7 @@ from server.store.ipalloc import allocate_ipv4, allocate_ipv6
 from server.store.model import (
     AllocationStrategy,
     ApiKey,
+    ApiScope,
     Conflict,
     KeyRejected,
     Node,
@@ -296,6 +297,13 @@ class SqlStore:
         with self._write() as db:
             return self._update(db, node_id, key_expiry=rows.ts_or_none(when))
 
+    def set_node_tags(self, node_id: int, tags: Sequence[str]) -> Node:
+        changes: dict[str, object] = {"tags": rows.json_list(tags)}
+        if tags:  # a tagged node belongs to its tags, not a user; its key does not expire
+            changes |= {"user_name": None, "key_expiry": None}
+        with self._write() as db:
+            return self._update(db, node_id, **changes)
+
     def rename_node(self, node_id: int, new_given_name: str) -> Node:
         name = check_label(new_given_name)
         with self._write(index=True) as db:
@@ -460,14 +468,19 @@ class SqlStore:
     # API keys
 
     def create_api_key(
-        self, *, expiration: datetime | None, now: datetime, rng: Rng
+        self,
+        *,
+        expiration: datetime | None,
+        now: datetime,
+        rng: Rng,
+        scope: ApiScope = "admin",
     ) -> tuple[str, ApiKey]:
         with self._write() as db:
             text, prefix, secret_hash = keytables.draw_key(db, keytables.API_KEYS, rng)
             cursor = db.execute(
-                "INSERT INTO api_keys (prefix, secret_hash, created, expiration)"
-                " VALUES (?, ?, ?, ?) RETURNING id",
-                (prefix, secret_hash, rows.ts(now), rows.ts_or_none(expiration)),
+                "INSERT INTO api_keys (prefix, secret_hash, created, expiration, scope)"
+                " VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (prefix, secret_hash, rows.ts(now), rows.ts_or_none(expiration), scope),
             )
             return text, self._find_api_key(db, cursor.fetchone()[0])
 

@@ -23,7 +23,15 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Protocol
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
-from server.store.model import AllocationStrategy, ApiKey, Node, PendingLogin, PreAuthKey, Rng
+from server.store.model import (
+    AllocationStrategy,
+    ApiKey,
+    ApiScope,
+    Node,
+    PendingLogin,
+    PreAuthKey,
+    Rng,
+)
 from server.wire import Hostinfo
 
 __all__ = ["Store"]
@@ -104,6 +112,12 @@ class Store(Protocol):
     def touch_last_seen(self, node_id: int, now: datetime) -> None: ...
     def set_key_expiry(self, node_id: int, when: datetime | None) -> Node: ...
     def rename_node(self, node_id: int, new_given_name: str) -> Node: ...
+
+    def set_node_tags(self, node_id: int, tags: Sequence[str]) -> Node:
+        """Replace a node's tags. Non-empty tags make it a tagged node: no
+        owning user, a key that does not expire (Tailscale's rule)."""
+        ...
+
     def delete_node(self, node_id: int) -> Node: ...
     def delete_ephemeral_inactive(self, before: datetime) -> list[Node]: ...
 
@@ -130,7 +144,12 @@ class Store(Protocol):
     # API keys (the admin API over HTTP)
 
     def create_api_key(
-        self, *, expiration: datetime | None, now: datetime, rng: Rng
+        self,
+        *,
+        expiration: datetime | None,
+        now: datetime,
+        rng: Rng,
+        scope: ApiScope = "admin",
     ) -> tuple[str, ApiKey]: ...
 
     def use_api_key(self, text: str, now: datetime) -> ApiKey:

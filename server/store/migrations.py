@@ -111,6 +111,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "API key scopes",
+        ("ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin'",),
+    ),
 )
 
 
@@ -195,6 +200,11 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             )
             """,
         ),
+    ),
+    Migration(
+        3,
+        "API key scopes",
+        ("ALTER TABLE api_keys ADD COLUMN scope text NOT NULL DEFAULT 'admin'",),
     ),
 )
 

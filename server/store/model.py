@@ -20,6 +20,7 @@ from server.wire.hostinfo import Hostinfo
 __all__ = [
     "AddressExhausted",
     "ApiKey",
+    "ApiScope",
     "AllocationStrategy",
     "Conflict",
     "InvalidName",
@@ -38,6 +39,7 @@ __all__ = [
 Rng = Callable[[int], bytes]
 
 AllocationStrategy = Literal["sequential", "random"]
+ApiScope = Literal["read", "admin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +80,15 @@ class PreAuthKey:
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
-    """A credential for the admin API over HTTP; whoever holds one is an admin."""
+    """A credential for the admin API over HTTP: `admin` may do everything the
+    API offers over TCP, `read` only look."""
 
     id: int
     prefix: str  # the public, lookup part of the key text
     created: datetime
     expiration: datetime | None  # None = never expires
     last_used: datetime | None
+    scope: ApiScope = "admin"
 
 
 @dataclass(frozen=True, slots=True)

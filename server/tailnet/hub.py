@@ -208,6 +208,10 @@ class Tailnet:
         ]
         return derp_map_json(own, settings.derp_regions)
 
+    def enabled_routes(self, node: Node) -> tuple[str, ...]:
+        """The routes `node` advertises that the serving commit approves."""
+        return self._approved_routes([node]).get(node.id, ())
+
     def _approved_routes(self, nodes: Sequence[Node]) -> dict[int, tuple[str, ...]]:
         """The advertised routes git approves by hand: for the machine (its key
         stays with it through renames and re-registrations) or for a tag."""

@@ -147,3 +147,22 @@ def test_generated_keys_parse_back(seed: int) -> None:
     text, prefix, secret = API_KEY.generate(random.Random(seed).randbytes)
     assert API_TEXT.match(text)
     assert API_KEY.parse(text) == (prefix, secret)
+
+
+def test_a_key_keeps_its_scope_and_old_keys_are_admins(store: SqlStore) -> None:
+    text, key = store.create_api_key(
+        expiration=None, now=NOW, rng=random.Random(9).randbytes, scope="read"
+    )
+    assert key.scope == "read"
+    assert store.use_api_key(text, NOW).scope == "read"
+    new_api_key(store, seed=2)
+    assert [k.scope for k in store.list_api_keys()] == ["read", "admin"]
+
+
+def test_tagging_a_node_drops_its_owner_and_expiry(store: SqlStore) -> None:
+    node = add_node(store, 1, key_expiry=NOW + timedelta(days=1))
+    tagged = store.set_node_tags(node.id, ["tag:web", "tag:db"])
+    assert (tagged.tags, tagged.user, tagged.key_expiry) == (("tag:web", "tag:db"), None, None)
+    assert store.get_node(node.id) == tagged
+    with pytest.raises(NotFound):
+        store.set_node_tags(999, ["tag:web"])

@@ -11,11 +11,11 @@ import pytest
 
 from gitctl.policy.model import Policy
 from gitctl.snapshot import ALLOW_ALL
+from server.api import WebDeps, build_app
 from server.protocol.keys import MachinePrivate
 from server.repo import RepoStatus
 from server.tagcheck import tag_problem
 from server.tailnet import TailnetSource
-from server.web import WebDeps, build_app
 from tests.e2e.harness import TailnetRepo
 from tests.unit.control_client import USERS, Device, async_test, join, preauth_key, running_server
 from tests.unit.test_admin_api import Apis, apis, exchange, request
@@ -61,7 +61,7 @@ def create(apis: Apis, *tags: str) -> tuple[int, str]:
     answer = request(
         apis.socket, "POST", "/api/v1/preauthkeys", body={"user": "alice", "tags": list(tags)}
     )
-    return answer.status, answer.body.get("error", "")
+    return answer.status, answer.body.get("detail", "")
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_the_cli_refuses_an_undeclared_tag(declared: Apis) -> None:
     body = {"user": "alice", "reusable": False, "ephemeral": False, "tags": ["tag:web"],
             "expiration": None}  # fmt: skip
     answer = request(declared.socket, "POST", "/api/v1/preauthkeys", body=body)
-    assert answer.status == 400 and "'tag:web'" in answer.body["error"]
+    assert answer.status == 400 and "'tag:web'" in answer.body["detail"]
 
 
 @async_test

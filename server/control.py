@@ -16,21 +16,31 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from server.edge.control_conn import ControlRequest, ControlResponse
 from server.logs import event
 from server.metrics import Metrics
-from server.protocol.keys import DiscoPublic, KeyFormatError, NodePublic
+from server.protocol.keys import NodePublic
 from server.protocol.mapframe import MapFrameEncoder
 from server.store.interface import Store
 from server.store.model import KeyRejected, Node
 from server.tailnet import NodeRegistry, Tailnet
 from server.tailnet.mapper import MapSession, build_map, not_served_map, user_id
-from server.wire import TAGGED_USER_ID
+from server.wire import (
+    TAGGED_USER_ID,
+    Hostinfo,
+    MapRequest,
+    RegisterRequest,
+    WireError,
+    decode_json,
+    limits,
+)
+
+_Request = TypeVar("_Request", RegisterRequest, MapRequest)
 
 __all__ = ["MIN_CAPABILITY_VERSION", "ControlHandler", "ControlSettings"]
 
@@ -100,16 +110,14 @@ class ControlHandler:
     # /machine/register
 
     def _register(self, req: ControlRequest) -> ControlResponse:
-        body = _json_body(req)
-        _check_version(body, req)
+        body = _decode(RegisterRequest, req)
+        _check_version(body.version, req)
         now = self._clock()
-        node_key = _key(NodePublic, body.get("NodeKey"), "NodeKey")
-        old_key = _key(NodePublic, body.get("OldNodeKey") or NodePublic.zero().text, "OldNodeKey")
-        expiry = _time(body.get("Expiry"))
-        auth = body.get("Auth") or {}
-        auth_key = auth.get("AuthKey") if isinstance(auth, dict) else None
-        sent_hostinfo = body.get("Hostinfo")
-        hostinfo: dict[str, Any] = sent_hostinfo if isinstance(sent_hostinfo, dict) else {}
+        node_key, old_key = body.node_key, body.old_node_key
+        if node_key.is_zero:
+            raise RequestRejected(400, "RegisterRequest.NodeKey: missing")
+        expiry = body.requested_expiry
+        auth_key = body.auth.auth_key if body.auth is not None else ""
 
         registry = self._registry
         node = registry.by_node_key(node_key)
@@ -124,7 +132,7 @@ class ControlHandler:
         if expiry is not None and expiry <= now:
             return self._logout(node, now)
         if auth_key:
-            return self._register_with_key(req, node, node_key, str(auth_key), hostinfo, body, now)
+            return self._register_with_key(req, node, auth_key, body, now)
         if node is not None and node.node_key in (node_key, old_key):
             if node.key_expiry is not None and node.key_expiry <= now:
                 self._metrics.registration("node_expired")
@@ -146,12 +154,12 @@ class ControlHandler:
         self,
         req: ControlRequest,
         node: Node | None,
-        node_key: NodePublic,
         auth_key: str,
-        hostinfo: dict[str, Any],
-        body: dict[str, Any],
+        body: RegisterRequest,
         now: datetime,
     ) -> ControlResponse:
+        node_key = body.node_key
+        hostinfo = body.hostinfo or Hostinfo()
         try:
             key = self._store.check_preauth_key(auth_key, now)
         except KeyRejected as exc:
@@ -166,20 +174,20 @@ class ControlHandler:
         owner = None if key.tags else key.user
         expiry_span = self._settings().node_key_expiry
         key_expiry = None if key.tags or expiry_span is None else now + expiry_span
-        ephemeral = key.ephemeral or bool(body.get("Ephemeral"))
+        ephemeral = key.ephemeral or body.ephemeral
         # The store consumes a single-use key in the same transaction as the node write.
         node = self._registry.register(
             machine_key=req.machine_key,
             node_key=node_key,
-            hostname=str(hostinfo.get("Hostname") or "node"),
+            hostname=hostinfo.hostname or "node",
             user=owner,
             tags=key.tags,
             now=now,
             auth_key_id=key.id,
             ephemeral=ephemeral,
             key_expiry=key_expiry,
-            hostinfo=json.dumps(hostinfo, sort_keys=True),
-            capver=int(body.get("Version") or 0),
+            hostinfo=hostinfo,
+            capver=body.version,
             existing=node,
         )
         self._metrics.registration("ok")
@@ -237,49 +245,39 @@ class ControlHandler:
     # /machine/map
 
     def _map(self, req: ControlRequest) -> ControlResponse:
-        body = _json_body(req)
-        _check_version(body, req)
-        node_key = _key(NodePublic, body.get("NodeKey"), "NodeKey")
+        body = _decode(MapRequest, req)
+        _check_version(body.version, req)
+        node_key = body.node_key
+        if node_key.is_zero:
+            raise RequestRejected(400, "MapRequest.NodeKey: missing")
         node = self._registry.by_node_key(node_key)
         if node is not None and node.machine_key != req.machine_key:
             raise RequestRejected(404, "node not found")
         now = self._clock()
         if node is None or not self._tailnet.serves(node.id):
             return self._not_served(req, node_key, node, now)
-        stream = bool(body.get("Stream"))
-        node = self._apply_map_request(node, body, stream, now)
+        stream = body.stream
+        node = self._apply_map_request(node, body, now)
         if not stream:
-            if body.get("OmitPeers"):
+            if body.omit_peers:
                 return ControlResponse(200)
             return ControlResponse(200, self._one_map(node.id, now))
         return ControlResponse(200, stream=self._stream(node.id))
 
-    def _apply_map_request(
-        self, node: Node, body: dict[str, Any], stream: bool, now: datetime
-    ) -> Node:
+    def _apply_map_request(self, node: Node, body: MapRequest, now: datetime) -> Node:
         changes: dict[str, Any] = {}
-        disco = body.get("DiscoKey")
-        if disco:
-            disco_key = _key(DiscoPublic, disco, "DiscoKey")
-            if disco_key != node.disco_key:
-                changes["disco_key"] = disco_key
-        hostinfo = body.get("Hostinfo")
-        if isinstance(hostinfo, dict):
-            merged = dict(hostinfo)
-            if "NetInfo" not in merged:  # NetInfo is sent only when it changed
-                prev = json.loads(node.hostinfo or "{}")
-                if isinstance(prev, dict) and "NetInfo" in prev:
-                    merged["NetInfo"] = prev["NetInfo"]
-            text = json.dumps(merged, sort_keys=True)
-            if text != node.hostinfo:
-                changes["hostinfo"] = text
-        if not stream:  # since capver 68 only lite requests carry authoritative endpoints
-            endpoints = tuple(e for e in body.get("Endpoints") or [] if isinstance(e, str))
+        if body.disco_key is not None and body.disco_key != node.disco_key:
+            changes["disco_key"] = body.disco_key
+        if body.hostinfo is not None:
+            hostinfo = body.hostinfo.keeping_net_info(node.hostinfo)
+            if hostinfo != node.hostinfo:
+                changes["hostinfo"] = hostinfo
+        if not body.stream:  # since capver 68 only lite requests carry authoritative endpoints
+            endpoints = tuple(str(e) for e in body.endpoints or ())
             if endpoints != node.endpoints:
                 changes["endpoints"] = endpoints
-        version = body.get("Version")
-        if isinstance(version, int) and version != node.capver:
-            changes["capver"] = version
+        if body.version and body.version != node.capver:
+            changes["capver"] = body.version
         if not changes:
             return node
         return self._registry.update_from_map(node, now=now, **changes)
@@ -350,39 +348,19 @@ def _json(value: dict[str, Any]) -> ControlResponse:
     return ControlResponse(200, json.dumps(value).encode())
 
 
-def _json_body(req: ControlRequest) -> dict[str, Any]:
+def _decode(kind: type[_Request], req: ControlRequest) -> _Request:
+    """The request body, decoded and bounded before anything is looked up or written."""
     try:
-        body = json.loads(req.body or b"{}")
-    except ValueError as exc:
-        raise RequestRejected(400, f"request body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise RequestRejected(400, "request body must be a JSON object")
-    return body
+        return decode_json(kind, req.body or b"{}", limit=limits.MAX_REQUEST_BODY)
+    except WireError as exc:
+        raise RequestRejected(400, str(exc)) from None
 
 
-def _check_version(body: dict[str, Any], req: ControlRequest) -> None:
-    version = body.get("Version")
-    version = version if isinstance(version, int) else req.noise_version
+def _check_version(sent: int, req: ControlRequest) -> None:
+    version = sent or req.noise_version
     if version < MIN_CAPABILITY_VERSION:
         raise RequestRejected(
             400,
             f"client capability version {version} is too old: tailnetd supports "
             f"{MIN_CAPABILITY_VERSION} (Tailscale 1.80) and newer; please upgrade tailscale",
         )
-
-
-def _key(kind: Any, text: Any, field: str) -> Any:
-    try:
-        return kind.parse(text)
-    except (KeyFormatError, TypeError):
-        raise RequestRejected(400, f"{field} is not a valid {kind.PREFIX} key") from None
-
-
-def _time(text: Any) -> datetime | None:
-    if not isinstance(text, str) or not text or text.startswith("0001-01-01"):
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise RequestRejected(400, f"bad time {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

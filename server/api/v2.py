@@ -9,7 +9,6 @@ tailnet in a path is `-` (the caller's) or the tailnet's DNS domain.
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
@@ -44,15 +43,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             known = f"'-' or {domain!r}" if domain else "'-'"
             raise Problem("not-found", f"no tailnet {name!r} here: use {known}")
 
-    def hostinfo(n: Node) -> dict[str, Any]:
-        try:
-            value = json.loads(n.hostinfo)
-        except ValueError:
-            return {}
-        return value if isinstance(value, dict) else {}
-
     def device_json(n: Node) -> dict[str, Any]:
-        info = hostinfo(n)
         users = tailnet.source.users
         domain = tailnet.source.domain
         owner = users[n.user][0] if n.user is not None and n.user in users else "tagged-devices"
@@ -73,8 +64,8 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "connectedToControl": tailnet.is_online(n.id),
             "machineKey": n.machine_key.text,
             "nodeKey": n.node_key.text,
-            "os": str(info.get("OS", "")),
-            "clientVersion": str(info.get("IPNVersion", "")),
+            "os": n.hostinfo.os,
+            "clientVersion": n.hostinfo.ipn_version,
             "updateAvailable": False,
             "blocksIncomingConnections": False,
             "advertisedRoutes": list(advertised_routes(n)),

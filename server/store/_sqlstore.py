@@ -41,6 +41,7 @@ from server.store.model import (
     Rng,
 )
 from server.store.names import check_label, label_from_hostname
+from server.wire import Hostinfo
 
 __all__ = ["Cursor", "Db", "SqlStore"]
 
@@ -159,7 +160,7 @@ class SqlStore:
         ephemeral: bool = False,
         key_expiry: datetime | None = None,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str = "{}",
+        hostinfo: Hostinfo | None = None,
         endpoints: Sequence[str] = (),
         capver: int = 0,
     ) -> Node:
@@ -196,7 +197,7 @@ class SqlStore:
                     ephemeral,
                     rows.ts(now),
                     rows.ts_or_none(key_expiry),
-                    hostinfo,
+                    rows.hostinfo_text(Hostinfo() if hostinfo is None else hostinfo),
                     rows.json_list(endpoints),
                     capver,
                 ),
@@ -269,7 +270,7 @@ class SqlStore:
         *,
         now: datetime,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str | None = None,
+        hostinfo: Hostinfo | None = None,
         hostname: str | None = None,
         endpoints: Sequence[str] | None = None,
         capver: int | None = None,
@@ -278,7 +279,7 @@ class SqlStore:
         if disco_key is not None:
             changes["disco_key"] = disco_key.raw
         if hostinfo is not None:
-            changes["hostinfo"] = hostinfo
+            changes["hostinfo"] = rows.hostinfo_text(hostinfo)
         if hostname is not None:
             changes["hostname"] = hostname
         if endpoints is not None:

@@ -32,6 +32,7 @@ from server.store.model import (
     PreAuthKey,
     Rng,
 )
+from server.wire import Hostinfo
 
 __all__ = ["Store"]
 
@@ -71,7 +72,7 @@ class Store(Protocol):
         ephemeral: bool = False,
         key_expiry: datetime | None = None,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str = "{}",
+        hostinfo: Hostinfo | None = None,
         endpoints: Sequence[str] = (),
         capver: int = 0,
     ) -> Node: ...
@@ -102,7 +103,7 @@ class Store(Protocol):
         *,
         now: datetime,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str | None = None,
+        hostinfo: Hostinfo | None = None,
         hostname: str | None = None,
         endpoints: Sequence[str] | None = None,
         capver: int | None = None,

@@ -15,6 +15,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.wire.hostinfo import Hostinfo
 
 __all__ = [
     "AddressExhausted",
@@ -58,7 +59,7 @@ class Node:
     created: datetime
     last_seen: datetime | None
     key_expiry: datetime | None  # None = never expires
-    hostinfo: str  # JSON text as reported, passed through
+    hostinfo: Hostinfo  # as last reported (stored as JSON text)
     endpoints: tuple[str, ...]  # "ip:port"
     capver: int
 

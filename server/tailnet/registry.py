@@ -29,9 +29,10 @@ from typing import Literal
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.interface import Store
 from server.store.model import Node
-from server.tailnet.views import advertised_routes
+from server.tailnet.views import to_topology_node
+from server.wire import Hostinfo
 
-__all__ = ["ChangeKind", "NodeChange", "NodeRegistry", "classify", "routes_of"]
+__all__ = ["ChangeKind", "NodeChange", "NodeRegistry", "classify"]
 
 ChangeKind = Literal["volatile", "topology", "removed"]
 
@@ -51,48 +52,17 @@ class NodeChange:
 Listener = Callable[[NodeChange], None]
 
 
-def routes_of(node: Node) -> tuple[str, ...]:
-    return advertised_routes(node)
-
-
 def _compiled_facts(node: Node) -> tuple[object, ...]:
-    """What the policy compiler and the views read of a node, routes aside."""
-    return (
-        node.tags,
-        node.user,
-        node.given_name,
-        node.node_key,
-        node.machine_key,
-        node.ipv4,
-        node.ipv6,
-    )
+    """What the policy compiler reads of a node (owner, tags, name, addresses,
+    advertised routes, posture facts from Hostinfo), and its keys."""
+    return (to_topology_node(node, ()), node.node_key, node.machine_key)
 
 
 def classify(previous: Node | None, node: Node | None) -> ChangeKind:
     """What a change from `previous` to `node` means to the maps."""
     if node is None:
         return "removed"
-    if previous is None:
-        return "topology"
-    if (
-        previous.tags,
-        previous.user,
-        previous.given_name,
-        previous.node_key,
-        previous.machine_key,
-        previous.ipv4,
-        previous.ipv6,
-    ) != (
-        node.tags,
-        node.user,
-        node.given_name,
-        node.node_key,
-        node.machine_key,
-        node.ipv4,
-        node.ipv6,
-    ):
-        return "topology"
-    if previous.hostinfo != node.hostinfo and routes_of(previous) != routes_of(node):
+    if previous is None or _compiled_facts(previous) != _compiled_facts(node):
         return "topology"
     return "volatile"
 
@@ -148,7 +118,7 @@ class NodeRegistry:
         auth_key_id: int | None = None,
         ephemeral: bool = False,
         key_expiry: datetime | None = None,
-        hostinfo: str = "{}",
+        hostinfo: Hostinfo | None = None,
         capver: int = 0,
         disco_key: DiscoPublic | None = None,
         existing: Node | None = None,
@@ -226,7 +196,7 @@ class NodeRegistry:
         *,
         now: datetime,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str | None = None,
+        hostinfo: Hostinfo | None = None,
         endpoints: Sequence[str] | None = None,
         capver: int | None = None,
     ) -> Node:

@@ -13,7 +13,6 @@ a join or leave merely gives or takes that one peer is patched, not rebuilt.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -146,7 +145,7 @@ def own_prefixes(node: Node) -> tuple[str, ...]:
 
 
 def advertised_routes(node: Node) -> tuple[str, ...]:
-    return _routes_in(node.hostinfo or "{}")
+    return node.hostinfo.routable_ips or ()
 
 
 @lru_cache(maxsize=65536)
@@ -154,54 +153,11 @@ def _ip_text(ip: IPv4Address | IPv6Address) -> str:
     return str(ip)  # slow for IPv6, and every recompile needs every node's
 
 
-@lru_cache(maxsize=16384)
-def _routes_in(hostinfo: str) -> tuple[str, ...]:
-    # Recompiles re-read every node's Hostinfo; parse each text once.
-    try:
-        parsed = json.loads(hostinfo)
-    except ValueError:
-        return ()
-    routes = parsed.get("RoutableIPs") if isinstance(parsed, dict) else None
-    return tuple(r for r in routes or () if isinstance(r, str))
-
-
-@lru_cache(maxsize=16384)
-def _posture_facts(
-    hostinfo: str,
-) -> tuple[str | None, str | None, str | None, bool | None, bool | None]:
-    """(OS, OSVersion, IPNVersion, AllowsUpdate, StateEncrypted) as reported;
-    anything missing or malformed stays unreported. Parsed once per text:
-    every recompile reads every node's."""
-    try:
-        info = json.loads(hostinfo or "{}")
-    except ValueError:
-        info = {}
-    if not isinstance(info, dict):
-        info = {}
-
-    def text(key: str) -> str | None:
-        value = info.get(key)
-        return value if isinstance(value, str) and value else None
-
-    def flag(key: str) -> bool | None:
-        value = info.get(key)  # a bool, or an opt.Bool: "true", "false" or ""
-        if isinstance(value, str):
-            value = {"true": True, "false": False}.get(value)
-        return value if isinstance(value, bool) else None
-
-    return (
-        text("OS"),
-        text("OSVersion"),
-        text("IPNVersion"),
-        flag("AllowsUpdate"),
-        flag("StateEncrypted"),
-    )
-
-
 def to_topology_node(node: Node, approved: tuple[str, ...], *, online: bool = True) -> TopologyNode:
     """The policy compiler's view of a registered node, with the posture facts
-    its Hostinfo reports."""
-    os_name, os_version, ts_version, auto_update, state_encrypted = _posture_facts(node.hostinfo)
+    its Hostinfo reports (an empty text is unreported; AllowsUpdate is sent
+    only when true, so its absence stays unreported too)."""
+    info = node.hostinfo
     return TopologyNode(
         name=topology_name(node),
         hostname=node.given_name,
@@ -211,11 +167,11 @@ def to_topology_node(node: Node, approved: tuple[str, ...], *, online: bool = Tr
         ipv6=_ip_text(node.ipv6) if node.ipv6 is not None else None,
         routable_ips=advertised_routes(node),
         approved_routes=approved,
-        os=os_name,
-        os_version=os_version,
-        ts_version=ts_version,
-        auto_update=auto_update,
-        state_encrypted=state_encrypted,
+        os=info.os or None,
+        os_version=info.os_version or None,
+        ts_version=info.ipn_version or None,
+        auto_update=info.allows_update or None,
+        state_encrypted=info.state_encrypted,
         created=node.created,
         online=online,
     )

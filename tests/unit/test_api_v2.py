@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from gitctl.hujson import format_hujson
 from gitctl.sources import Documents
 from server.api import build_app
+from server.wire import Hostinfo
 from tests.unit.test_admin_api import NOW, Apis, apis, request, written
 from tests.unit.test_store import add_node
 
@@ -50,13 +51,14 @@ def new_key(apis: Apis, scope: str = "admin") -> str:
 
 
 def test_devices_in_tailscale_shape(apis: Apis) -> None:
-    add_node(apis.store, 1, "laptop")
+    add_node(apis.store, 1, "laptop", hostinfo=Hostinfo(os="linux", ipn_version="1.96.4-t1"))
     app = v2(apis, local=False)
     token = basic(new_key(apis, "read"))
     listed = request(app, "GET", "/api/v2/tailnet/-/devices", token=token)
     assert listed.status == 200, listed.body
     (device,) = listed.body["devices"]
     assert device["id"] == "1" and device["hostname"] == "laptop"
+    assert (device["os"], device["clientVersion"]) == ("linux", "1.96.4-t1")  # from Hostinfo
     assert device["user"] == "a@example.com" and device["authorized"] is True
     assert device["addresses"] and device["addresses"][0].startswith("100.")
     one = request(app, "GET", "/api/v2/device/1", token=token)

@@ -36,7 +36,7 @@ from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store import open_store
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
 from server.tailnet.mapper import MapSession, build_map
-from server.wire import DerpRegion
+from server.wire import DerpRegion, Hostinfo, NetInfo, decode
 from tests.unit.control_client import T0
 
 USERS = {"alice": ("alice@example.com", "Alice"), "bob": ("bob@example.com", "Bob")}
@@ -226,7 +226,7 @@ class TailnetChanges(RuleBasedStateMachine):
 
     @rule(node_id=nodes, endpoints=ENDPOINTS, derp=st.sampled_from([0, 1, 999]))
     def lite_update(self, node_id: int, endpoints: list[str], derp: int) -> None:
-        hostinfo = f'{{"Hostname": "x", "NetInfo": {{"PreferredDERP": {derp}}}}}'
+        hostinfo = Hostinfo(hostname="x", net_info=NetInfo(preferred_derp=derp))
         self._update(node_id, endpoints=endpoints, hostinfo=hostinfo)
 
     @rule(node_id=nodes)
@@ -242,7 +242,7 @@ class TailnetChanges(RuleBasedStateMachine):
 
     @rule(node_id=nodes, routes=st.sampled_from(["[]", '["10.1.0.0/24"]']))
     def advertise_routes(self, node_id: int, routes: str) -> None:
-        hostinfo = f'{{"Hostname": "x", "RoutableIPs": {routes}}}'
+        hostinfo = decode(Hostinfo, {"Hostname": "x", "RoutableIPs": json.loads(routes)})
         self._update(node_id, hostinfo=hostinfo)
 
     @rule(node_id=nodes)

@@ -19,8 +19,11 @@ from server.store.interface import Store
 from server.tailnet import NodeChange, NodeRegistry, TailnetSource, running_tailnet
 from server.tailnet.mapper import build_map
 from server.tailnet.registry import classify
-from server.wire import DerpRegion
+from server.wire import DerpRegion, Hostinfo, decode
 from tests.unit.control_client import T0
+
+ROUTER_INFO = {"RoutableIPs": ["10.1.0.0/24"]}
+ROUTER = decode(Hostinfo, ROUTER_INFO)
 
 USERS = {"alice": ("alice@example.com", "Alice"), "bob": ("bob@example.com", "Bob")}
 SOURCE = TailnetSource(
@@ -66,7 +69,7 @@ def test_every_write_emits_one_change_classified_once(store: Store) -> None:
     registry.update_from_map(node, now=T0, endpoints=("192.0.2.1:41641",))
     node = registry.get(node_id)
     assert node is not None
-    registry.update_from_map(node, now=T0, hostinfo='{"RoutableIPs": ["10.1.0.0/24"]}')
+    registry.update_from_map(node, now=T0, hostinfo=ROUTER)
     registry.connected(node_id)
     registry.connected(node_id)  # a second stream: no second "online"
     registry.disconnected(node_id, T0 + timedelta(minutes=1))
@@ -103,7 +106,13 @@ def test_classify_reads_what_the_compiler_sees(store: Store) -> None:
     assert classify(node, None) == "removed"
     assert classify(node, replace(node, disco_key=DiscoPublic(key(5)))) == "volatile"
     assert classify(node, replace(node, tags=("tag:x",))) == "topology"
-    assert classify(node, replace(node, hostinfo='{"OS": "linux"}')) == "volatile"
+    # A posture fact (OS, versions) is read by the compiler: postures must see it.
+    assert classify(node, replace(node, hostinfo=Hostinfo(os="linux"))) == "topology"
+    assert classify(node, replace(node, hostinfo=Hostinfo(hostname="other"))) == "volatile"
+    router = replace(node, hostinfo=ROUTER)
+    assert classify(node, router) == "topology"  # advertised routes: the compiler sees them
+    moved = replace(router, hostinfo=decode(Hostinfo, {**ROUTER_INFO, "Hostname": "r2"}))
+    assert classify(router, moved) == "volatile"  # same routes and posture, other Hostinfo
 
 
 def test_a_user_removed_from_git_is_cut_off_and_named(store: Store) -> None:
@@ -151,16 +160,12 @@ def router_source() -> TailnetSource:
     return replace(SOURCE, explicit_routes={"tag:router": ("10.1.0.0/24",)})
 
 
-def routes_hostinfo() -> str:
-    return '{"Hostname": "r", "RoutableIPs": ["10.1.0.0/24"]}'
-
-
 def test_an_offline_primary_router_fails_over_and_nothing_flaps(store: Store) -> None:
     registry, tailnet = running_tailnet(
         store, router_source(), derp_regions=REGIONS, log=logging.getLogger("t"), clock=lambda: T0
     )
-    first = register(registry, 1, None, tags=("tag:router",), hostinfo=routes_hostinfo())
-    second = register(registry, 2, None, tags=("tag:router",), hostinfo=routes_hostinfo())
+    first = register(registry, 1, None, tags=("tag:router",), hostinfo=ROUTER)
+    second = register(registry, 2, None, tags=("tag:router",), hostinfo=ROUTER)
     viewer = register(registry, 3, "alice")
     for node_id in (first, second, viewer):
         tailnet.open_session(node_id)

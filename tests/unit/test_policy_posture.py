@@ -11,8 +11,10 @@ import pytest
 from gitctl.policy import PolicyError, Topology, TopologyNode, parse_policy
 from gitctl.policy.posture import compare_versions, node_facts, parse_condition
 from gitctl.testing import read_topology_file
+from server.store._rows import hostinfo_from_text
 from server.store.model import Node
 from server.tailnet.views import to_topology_node
+from server.wire import Hostinfo, decode
 
 from .test_policy_helpers import NODES, can_reach, compile_policy, sees
 from .test_snapshot import load, messages
@@ -144,18 +146,19 @@ def test_the_server_reads_posture_facts_from_hostinfo() -> None:
         "OSVersion": "Debian 12",
         "IPNVersion": "1.96.4-t1234",
         "AllowsUpdate": True,
-        "StateEncrypted": "false",
+        "StateEncrypted": False,
     }
-    node = _node(json.dumps(hostinfo))
+    node = _node(decode(Hostinfo, hostinfo))
     topo = to_topology_node(node, ())
     assert (topo.os, topo.os_version, topo.ts_version) == ("linux", "Debian 12", "1.96.4-t1234")
     assert (topo.auto_update, topo.state_encrypted) == (True, False)
-    for broken in ("not json", "[]", json.dumps({"OS": 7, "AllowsUpdate": "maybe"})):
-        topo = to_topology_node(_node(broken), ())
+    # Nothing reported, or stored text that no longer decodes: nothing is set.
+    for stored in ("{}", "not json", "[]", json.dumps({"OS": 7, "AllowsUpdate": "maybe"})):
+        topo = to_topology_node(_node(hostinfo_from_text(stored)), ())
         assert (topo.os, topo.auto_update, topo.state_encrypted) == (None, None, None)
 
 
-def _node(hostinfo: str) -> Node:
+def _node(hostinfo: Hostinfo) -> Node:
     return dataclasses.replace(lazy_node(1, "alice"), hostinfo=hostinfo)
 
 

@@ -1,5 +1,6 @@
 """Real parts for end-to-end tests: a tailnetd server process, real
-`tailscaled` 1.96.4 daemons in userspace-networking mode, and git repos.
+`tailscaled` daemons (1.96.4 unless a test names another version) in
+userspace-networking mode, and git repos.
 
 Everything listens on 127.0.0.1 only. Daemons start in parallel (threads
 around subprocesses) because CI has two cores and minutes matter.
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.tailscale_bin import install
+from tests.tailscale_bin import VERSION, install
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -195,10 +196,17 @@ class TailscaleNode:
     """One real tailscaled in userspace-networking mode, private state dir."""
 
     def __init__(
-        self, name: str, workdir: Path, *, ephemeral: bool = False, derp_over_http: bool = True
+        self,
+        name: str,
+        workdir: Path,
+        *,
+        ephemeral: bool = False,
+        derp_over_http: bool = True,
+        version: str = VERSION,
     ) -> None:
         """`derp_over_http=False`: DERP over TLS, as outside tests; set
-        SSL_CERT_FILE in `extra_env` when the server's CA is a test one."""
+        SSL_CERT_FILE in `extra_env` when the server's CA is a test one.
+        `version`: which tailscale client runs (see tests/tailscale_bin.py)."""
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -207,8 +215,10 @@ class TailscaleNode:
         self.ephemeral = ephemeral
         self.derp_over_http = derp_over_http
         self.proc: subprocess.Popen[bytes] | None = None
-        self.bin = install()
+        self.version = version
+        self.bin = install(version=version)
         self.extra_env: dict[str, str] = {}
+        self.extra_args: list[str] = []  # more tailscaled flags, e.g. --verbose=1
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -238,6 +248,7 @@ class TailscaleNode:
                 "--port=0",
                 "--no-logs-no-support",
                 f"--socks5-server=127.0.0.1:{self.socks_port}",
+                *self.extra_args,
             ],
             env=self.env(),
             stdout=log,

@@ -100,7 +100,15 @@ def _build(version: str, target: Path) -> None:
     scratch = Path(tempfile.mkdtemp(prefix=f".tailscale-{version}.", dir=target.parent))
     try:
         out = subprocess.run(
-            [go, "install", *(f"tailscale.com/cmd/{name}@v{version}" for name in NAMES)],
+            [
+                go,
+                "install",
+                # What release builds stamp (build_dist.sh); without it the client
+                # calls itself "X-ERR-BuildInfo".
+                f"-ldflags=-X tailscale.com/version.longStamp={version}-tailnetd-build"
+                f" -X tailscale.com/version.shortStamp={version}",
+                *(f"tailscale.com/cmd/{name}@v{version}" for name in NAMES),
+            ],
             env={**os.environ, "GOBIN": str(scratch), "CGO_ENABLED": "0"},
             capture_output=True,
             text=True,

@@ -36,6 +36,14 @@ from tests.tailscale_bin import VERSION, install
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# users.yaml of a tailnet with two people, for tests that need no more.
+ALICE_AND_BOB = """\
+users:
+  - {name: alice, email: alice@example.com}
+  - {name: bob, email: bob@example.com}
+"""
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
@@ -387,6 +395,13 @@ def _builder(
         .not_valid_before(now - timedelta(days=1))
         .not_valid_after(now + timedelta(days=days))
     )
+
+
+def diagnose(server: ServerProcess, nodes: Iterable[TailscaleNode]) -> str:
+    """The ends of the server's and the daemons' logs, for a failed assertion."""
+    parts = [f"--- tailnetd log ---\n{server.log()[-6000:]}"]
+    parts += [f"--- {n.name} ({n.version}) ---\n{n.log()[-3000:]}" for n in nodes]
+    return "\n".join(parts)
 
 
 def in_parallel(fns: Iterable[Callable[[], Any]]) -> list[Any]:

@@ -15,13 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ServerProcess, TailnetRepo, TailscaleNode, in_parallel, wait_for
+from tests.e2e.harness import (
+    ALICE_AND_BOB,
+    ServerProcess,
+    TailnetRepo,
+    TailscaleNode,
+    diagnose,
+    in_parallel,
+    wait_for,
+)
 
-USERS = """\
-users:
-  - {name: alice, email: alice@example.com}
-  - {name: bob, email: bob@example.com}
-"""
 POLICY = """\
 {
   "groups": {"group:eng": ["alice@example.com"]},
@@ -46,7 +49,9 @@ pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs OpenS
 class Net:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.repo = TailnetRepo(tmp / "repo", {"users.yaml": USERS, "policy.hujson": POLICY})
+        self.repo = TailnetRepo(
+            tmp / "repo", {"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY}
+        )
         self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
         self.nodes = {
             name: TailscaleNode(name, tmp / "nodes") for name in ("server1", "alice1", "bob1")
@@ -59,9 +64,7 @@ class Net:
             }
 
     def diagnose(self) -> str:
-        parts = [f"--- tailnetd log ---\n{self.server.log()[-5000:]}"]
-        parts += [f"--- {n.name} ---\n{n.log()[-3000:]}" for n in self.nodes.values()]
-        return "\n".join(parts)
+        return diagnose(self.server, self.nodes.values())
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ServerProcess, TailnetRepo, TailscaleNode, in_parallel, wait_for
+from tests.e2e.harness import (
+    ALICE_AND_BOB,
+    ServerProcess,
+    TailnetRepo,
+    TailscaleNode,
+    diagnose,
+    in_parallel,
+    wait_for,
+)
 from tests.tailscale_bin import CAPABILITY, MATRIX, NEWEST, OLDEST, TOO_OLD
 
-USERS = """\
-users:
-  - {name: alice, email: alice@example.com}
-  - {name: bob, email: bob@example.com}
-"""
 POLICY = """\
 {
   "groups": {"group:eng": ["alice@example.com"]},
@@ -41,7 +44,8 @@ class Net:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.repo = TailnetRepo(
-            tmp / "repo", {"users.yaml": USERS, "policy.hujson": POLICY, "settings.yaml": SETTINGS}
+            tmp / "repo",
+            {"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY, "settings.yaml": SETTINGS},
         )
         self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
 
@@ -57,11 +61,6 @@ class Net:
         for n in nodes:
             if n.name in listed:
                 self.server.admin("nodes", "delete", n.name)
-
-    def diagnose(self, nodes: list[TailscaleNode]) -> str:
-        parts = [f"--- tailnetd log ---\n{self.server.log()[-6000:]}"]
-        parts += [f"--- {n.name} ({n.version}) ---\n{n.log()[-3000:]}" for n in nodes]
-        return "\n".join(parts)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +97,7 @@ def test_each_version_joins_with_a_pre_auth_key(net: Net, fleet: dict[str, Tails
     try:
         in_parallel((lambda k=k: fleet[k].up(net.server, keys[k])) for k in fleet)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{net.diagnose(list(fleet.values()))}") from None
+        raise AssertionError(f"{exc}\n{diagnose(net.server, fleet.values())}") from None
     for node in fleet.values():
         assert node.cli("version").stdout.split("-")[0].split()[0] == node.version
         assert node.status()["BackendState"] == "Running"
@@ -146,7 +145,9 @@ def test_each_version_logs_out_and_in_again_keeping_its_address(
     ip = bob1.ip()
     bob1.cli("logout", timeout=60)
     wait_for(lambda: bob1.status()["BackendState"] == "NeedsLogin", 20, "bob1 to need a login")
-    bob1.up(net.server, net.server.create_key("bob"))
+    # --reset: after a logout 1.80 may start a fresh profile whose prefs say
+    # accept-routes, and then refuses an `up` that does not repeat it.
+    bob1.up(net.server, net.server.create_key("bob"), "--reset")
     wait_for(lambda: bob1.status()["BackendState"] == "Running", 30, "bob1 to run again")
     assert bob1.ip() == ip
 
@@ -203,17 +204,22 @@ def test_a_policy_can_let_1_102_cache_its_network_map(net: Net) -> None:
     deletes it."""
     node = net.node("cache-v102", NEWEST)
 
+    def granted() -> bool:
+        return "cache-network-maps" in (node.status()["Self"].get("CapMap") or {})
+
     def cached() -> list[Path]:
         return [p for p in node.dir.glob("profile-data/*/netmap-cache/**/*") if p.is_file()]
 
     try:
         node.start()
         node.up(net.server, net.server.create_key("alice"))
-        assert cached() == []  # not granted by default
-        granted = POLICY.replace('"acls"', f'{CACHE_MAPS},\n  "acls"')
-        net.repo.commit({"policy.hujson": granted}, "alice's devices may cache their maps")
-        wait_for(cached, 20, "1.102 to write its netmap cache")
+        # (Not granted, 1.102.3 may still write part of its map when its home DERP
+        # changes, and deletes it with the next map: see docs/clients.md.)
+        assert not granted()
+        policy = POLICY.replace('"acls"', f'{CACHE_MAPS},\n  "acls"')
+        net.repo.commit({"policy.hujson": policy}, "alice's devices may cache their maps")
+        wait_for(lambda: granted() and cached(), 20, "1.102 to write its netmap cache")
         net.repo.commit({"policy.hujson": POLICY}, "no map caching")
-        wait_for(lambda: not cached(), 20, "1.102 to delete its netmap cache")
+        wait_for(lambda: not granted() and not cached(), 20, "1.102 to delete its netmap cache")
     finally:
         net.forget([node])

@@ -20,15 +20,17 @@ serve: venv
 # on loopback; `tailscale ssh` runs OpenSSH's ssh. All come from Debian (CI runs
 # as root on a fresh machine).
 test-tools:
-	@command -v pebble >/dev/null && command -v caddy >/dev/null && command -v nginx >/dev/null \
-	  && command -v ssh >/dev/null || \
+	@command -v ssh >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-client)
+	@command -v pebble >/dev/null && command -v caddy >/dev/null && command -v nginx >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	     pebble nginx-light caddy openssh-client)
+	     pebble nginx-light caddy)
 
 # --all: 1.96.4 from PyPI, and 1.78/1.80/1.102 built with Go into
-# ~/.cache/tailnetd/ (cold: minutes each; warm: instant).
+# ~/.cache/tailnetd/ (cold: minutes each; warm: instant). See docs/clients.md.
 test: venv test-tools
 	$(BIN)/python -m tests.tailscale_bin --all
+	$(BIN)/python -m tests.tailscale_bin
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 test-fast: venv

@@ -17,8 +17,11 @@ serve: venv
 	$(BIN)/tailnetd serve
 
 # The TLS tests run Let's Encrypt's pebble test CA and real nginx/Caddy proxies
-# on loopback; all three come from Debian (CI runs as root on a fresh machine).
+# on loopback; `tailscale ssh` runs OpenSSH's ssh. All come from Debian (CI runs
+# as root on a fresh machine).
 test-tools:
+	@command -v ssh >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-client)
 	@command -v pebble >/dev/null && command -v caddy >/dev/null && command -v nginx >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	     pebble nginx-light caddy)
@@ -30,7 +33,10 @@ test-tools:
 	  && { service postgresql stop; update-rc.d postgresql disable; } >/dev/null 2>&1; \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null; }
 
+# --all: 1.96.4 from PyPI, and 1.78/1.80/1.102 built with Go into
+# ~/.cache/tailnetd/ (cold: minutes each; warm: instant). See docs/clients.md.
 test: venv test-tools
+	$(BIN)/python -m tests.tailscale_bin --all
 	$(BIN)/python -m tests.tailscale_bin
 	$(BIN)/python -m tests.gitops_pusher_bin
 	$(BIN)/python -m pytest -p no:cacheprovider

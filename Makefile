@@ -37,7 +37,6 @@ test-tools:
 # ~/.cache/tailnetd/ (cold: minutes each; warm: instant). See docs/clients.md.
 test: venv test-tools
 	$(BIN)/python -m tests.tailscale_bin --all
-	$(BIN)/python -m tests.tailscale_bin
 	$(BIN)/python -m tests.gitops_pusher_bin
 	$(BIN)/python -m pytest -p no:cacheprovider
 

@@ -552,7 +552,11 @@ class Server:
         return self.tailnet.source.settings or DEFAULT_SETTINGS
 
     def _control_settings(self) -> ControlSettings:
-        return ControlSettings(node_key_expiry=self._settings().node_key_expiry)
+        settings = self._settings()
+        return ControlSettings(
+            node_key_expiry=settings.node_key_expiry,
+            device_approval=settings.device_approval == "required",
+        )
 
     def _derp_region(self) -> DerpRegion:
         # Clients reach DERP where they reach control: the server URL, which

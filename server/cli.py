@@ -147,7 +147,9 @@ def _apikeys(args: argparse.Namespace) -> int:
     return 0
 
 
-_NODE_COLUMNS = ["id", "name", "user", "tags", "ipv4", "ipv6", "online", "last_seen"]
+_NODE_COLUMNS = [
+    "id", "name", "user", "tags", "ipv4", "ipv6", "online", "last_seen", "approved",
+]  # fmt: skip
 
 
 def _nodes(args: argparse.Namespace) -> int:
@@ -176,8 +178,8 @@ def _nodes(args: argparse.Namespace) -> int:
         answer = call(sock, "GET", f"/api/v1/nodes/{node}")
     elif args.nodes_cmd == "delete":
         answer = call(sock, "DELETE", f"/api/v1/nodes/{node}")
-    elif args.nodes_cmd == "expire":
-        answer = call(sock, "POST", f"/api/v1/nodes/{node}/expire")
+    elif args.nodes_cmd in ("expire", "approve"):
+        answer = call(sock, "POST", f"/api/v1/nodes/{node}/{args.nodes_cmd}")
     elif args.nodes_cmd == "rename":
         answer = call(sock, "POST", f"/api/v1/nodes/{node}/rename", {"name": args.new_name})
     else:  # tags
@@ -309,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     nlist.add_argument("--tag", help="only nodes with this tag")
     nlist.add_argument("--online", choices=("true", "false"), help="only online/offline nodes")
     nlist.add_argument("--json", action="store_true")
-    for verb in ("get", "delete", "expire"):
+    for verb in ("get", "delete", "expire", "approve"):
         p = nodes_sub.add_parser(verb, parents=[where])
         p.add_argument("node", help="node id or name")
         p.add_argument("--json", action="store_true")

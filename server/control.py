@@ -30,7 +30,14 @@ from server.protocol.mapframe import MapFrameEncoder
 from server.store.interface import Store
 from server.store.model import KeyRejected, Node
 from server.tailnet import NodeRegistry, Tailnet
-from server.tailnet.mapper import MapSession, build_map, not_served_map, user_id
+from server.tailnet.mapper import (
+    MapSession,
+    build_map,
+    not_served_map,
+    unapproved_map,
+    user_id,
+)
+from server.tailnet.registry import NodeChange
 from server.wire import (
     TAGGED_USER_ID,
     Hostinfo,
@@ -62,6 +69,7 @@ class ControlSettings:
     node_key_expiry: timedelta | None = timedelta(days=180)
     keepalive_min: float = 50.0
     keepalive_max: float = 58.0
+    device_approval: bool = False  # new nodes wait for an operator (settings.yaml)
 
 
 class ControlHandler:
@@ -90,6 +98,9 @@ class ControlHandler:
         self._logins = logins
         if logins is not None:
             logins.set_registrar(self._register_login)
+        # node id -> set when it is approved (map polls of unapproved nodes wait on it)
+        self._approvals: dict[int, asyncio.Event] = {}
+        registry.subscribe(self._node_changed)
 
     async def __call__(self, req: ControlRequest) -> ControlResponse:
         try:
@@ -202,6 +213,7 @@ class ControlHandler:
             hostinfo=hostinfo,
             capver=body.version,
             existing=node,
+            approved=not self._settings().device_approval,
         )
         self._metrics.registration("ok")
         self._log.info(
@@ -257,7 +269,14 @@ class ControlHandler:
         span = self._settings().node_key_expiry
         key_expiry = None if span is None else now + span
         node = register_node(
-            self._registry, login, hostinfo, capver, user, now, key_expiry=key_expiry
+            self._registry,
+            login,
+            hostinfo,
+            capver,
+            user,
+            now,
+            key_expiry=key_expiry,
+            approved=not self._settings().device_approval,
         )
         self._log.info(
             "register: node %d %s (%s) joined",
@@ -307,7 +326,7 @@ class ControlHandler:
                 "DisplayName": display,
             },
             "NodeKeyExpired": expired,
-            "MachineAuthorized": True,
+            "MachineAuthorized": node.approved,
         }
 
     # /machine/map
@@ -322,6 +341,8 @@ class ControlHandler:
         if node is not None and node.machine_key != req.machine_key:
             raise RequestRejected(404, "node not found")
         now = self._clock()
+        if node is not None and not node.approved:
+            return self._unapproved(node, body, now)
         if node is None or not self._tailnet.serves(node.id):
             return self._not_served(req, node_key, node, now)
         stream = body.stream
@@ -349,6 +370,43 @@ class ControlHandler:
         if not changes:
             return node
         return self._registry.update_from_map(node, now=now, **changes)
+
+    def _node_changed(self, change: NodeChange) -> None:
+        node = change.node
+        if node is not None and node.approved and node.id in self._approvals:
+            self._approvals.pop(node.id).set()
+
+    def _unapproved(self, node: Node, body: MapRequest, now: datetime) -> ControlResponse:
+        """A node waiting for device approval: a map of itself, not authorized;
+        a streaming poll then waits and turns into the real stream once approved."""
+        node = self._apply_map_request(node, body, now)
+        frame = MapFrameEncoder().encode(unapproved_map(node, self._tailnet.context.derp_map, now))
+        if not body.stream:
+            return ControlResponse(200, b"" if body.omit_peers else frame)
+        return ControlResponse(200, stream=self._await_approval(node.id, frame))
+
+    async def _await_approval(self, node_id: int, first: bytes) -> AsyncIterator[bytes]:
+        encoder = MapFrameEncoder()
+        yield first
+        approved = self._approvals.setdefault(node_id, asyncio.Event())
+        while True:
+            node = self._registry.get(node_id)
+            if node is None:
+                return  # deleted while it waited
+            if node.approved:
+                break
+            settings = self._settings()
+            timeout = self._rng.uniform(settings.keepalive_min, settings.keepalive_max)
+            try:
+                await asyncio.wait_for(approved.wait(), timeout)
+                break
+            except TimeoutError:
+                yield encoder.keepalive()
+        node = self._registry.get(node_id)
+        if node is None or not self._tailnet.serves(node_id):
+            return
+        async for frame in self._stream(node_id):
+            yield frame
 
     def _not_served(
         self, req: ControlRequest, node_key: NodePublic, node: Node | None, now: datetime

@@ -74,6 +74,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "key_expiry": optional_time(n.key_expiry),
             "machine_key": n.machine_key.text,
             "node_key": n.node_key.text,
+            "approved": n.approved,
         }
 
     def key_json(k: PreAuthKey) -> dict[str, Any]:
@@ -174,6 +175,14 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         expired_node = registry.set_key_expiry(node.id, clock())
         node_acted("api.node_expired", "expired", expired_node)
         return node_json(expired_node)
+
+    async def approve_node(call: Call) -> Any:
+        node = find_node(registry, call.path("ref"))
+        if node.approved:
+            return node_json(node)
+        approved = registry.approve(node.id)
+        node_acted("api.node_approved", "approved", approved)
+        return node_json(approved)
 
     async def rename_node(call: Call) -> Any:
         node = find_node(registry, call.path("ref"))
@@ -322,6 +331,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/expire", expire_node, "Expire a node's key now", "nodes",
             body=NoBody,
+        ),
+        Endpoint(
+            "POST", "/api/v1/nodes/{ref}/approve", approve_node,
+            "Approve a node waiting for device approval", "nodes", body=NoBody,
         ),
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/rename", rename_node, "Rename a node", "nodes",

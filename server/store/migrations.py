@@ -116,6 +116,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "API key scopes",
         ("ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin'",),
     ),
+    Migration(
+        4,
+        "device approval: nodes waiting for an operator",
+        ("ALTER TABLE nodes ADD COLUMN approved INTEGER NOT NULL DEFAULT 1",),
+    ),
 )
 
 
@@ -205,6 +210,11 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         3,
         "API key scopes",
         ("ALTER TABLE api_keys ADD COLUMN scope text NOT NULL DEFAULT 'admin'",),
+    ),
+    Migration(
+        4,
+        "device approval: nodes waiting for an operator",
+        ("ALTER TABLE nodes ADD COLUMN approved boolean NOT NULL DEFAULT true",),
     ),
 )
 

@@ -188,6 +188,18 @@ def _nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ssh(args: argparse.Namespace) -> int:
+    target = _target(args)
+    columns = ["auth_id", "user", "local_user", "src_node", "dst_node", "expires"]
+    if args.ssh_cmd == "checks":
+        _print(call(target, "GET", "/api/v1/ssh/checks"), args.json, columns)
+        return 0
+    auth_id = quote(args.auth_id.rstrip("/").rsplit("/", 1)[-1], safe="")
+    answer = call(target, "POST", f"/api/v1/ssh/checks/{auth_id}/{args.ssh_cmd}")
+    _print([answer], args.json, [*columns[:3], "state"])
+    return 0
+
+
 def _users(args: argparse.Namespace) -> int:
     users = call(_target(args), "GET", "/api/v1/users")
     _print(users, args.json, ["name", "email", "display_name", "nodes"])
@@ -336,6 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
     nlogins = nodes_sub.add_parser("logins", help="interactive logins waiting", parents=[where])
     nlogins.add_argument("--json", action="store_true")
     nodes.set_defaults(func=_nodes)
+
+    ssh = admin_parser("ssh", "SSH check mode: logins held by a check rule")
+    ssh_sub = ssh.add_subparsers(dest="ssh_cmd", required=True)
+    schecks = ssh_sub.add_parser("checks", help="checks waiting", parents=[where])
+    schecks.add_argument("--json", action="store_true")
+    for verb in ("approve", "refuse"):
+        p = ssh_sub.add_parser(verb, help=f"{verb} a held SSH login", parents=[where])
+        p.add_argument("auth_id", help="the check's id, or its page URL")
+        p.add_argument("--json", action="store_true")
+    ssh.set_defaults(func=_ssh)
 
     users = admin_parser("users", "users declared in git, with their node counts")
     users.add_argument("--json", action="store_true")

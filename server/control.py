@@ -13,15 +13,19 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 
+from gitctl.policy.viewindex import ViewIndex
 from server.auth.pending import PendingLogin, PendingLogins, register_node
+from server.auth.sshcheck import SshChecks
 from server.edge.control_conn import ControlRequest, ControlResponse
 from server.logs import event
 from server.metrics import Metrics
@@ -55,6 +59,7 @@ __all__ = ["MIN_CAPABILITY_VERSION", "ControlHandler", "ControlSettings"]
 # Tailscale 1.80: the oldest of the last ten minor releases (protocol.md §2.4).
 MIN_CAPABILITY_VERSION = 113
 TOLD_MAX = 4096
+_SSH_ACTION = re.compile(r"/machine/ssh/action/(\d{1,18})/to/(\d{1,18})")
 
 
 class RequestRejected(Exception):
@@ -85,6 +90,7 @@ class ControlHandler:
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
         logins: PendingLogins | None = None,
+        ssh_checks: SshChecks | None = None,
     ) -> None:
         self._tailnet = tailnet
         self._registry = registry
@@ -96,6 +102,7 @@ class ControlHandler:
         self._metrics = metrics or Metrics(CollectorRegistry(), monotonic=time.monotonic)
         self._told: dict[NodePublic, None] = {}  # node keys told they are not served
         self._logins = logins
+        self._ssh_checks = ssh_checks
         if logins is not None:
             logins.set_registrar(self._register_login)
         # node id -> set when it is approved (map polls of unapproved nodes wait on it)
@@ -108,6 +115,11 @@ class ControlHandler:
                 return await self._register(req)
             if req.path == "/machine/map" and req.method == "POST":
                 return self._map(req)
+            split = urlsplit(req.path)
+            ssh = _SSH_ACTION.fullmatch(split.path)
+            if ssh is not None and req.method == "GET" and self._ssh_checks is not None:
+                query = {k: v[0] for k, v in parse_qs(split.query).items()}
+                return await self._ssh_action(req, int(ssh[1]), int(ssh[2]), query)
             return ControlResponse(404, b"not implemented\n", content_type="text/plain")
         except RequestRejected as exc:
             if req.path == "/machine/register":
@@ -328,6 +340,42 @@ class ControlHandler:
             "NodeKeyExpired": expired,
             "MachineAuthorized": node.approved,
         }
+
+    # /machine/ssh/action (SSH check mode)
+
+    async def _ssh_action(
+        self, req: ControlRequest, src: int, dst: int, query: dict[str, str]
+    ) -> ControlResponse:
+        """The destination node `dst` asks what to do with a connection from
+        node `src` that a `check` rule holds (ssh/tailssh: HoldAndDelegate)."""
+        assert self._ssh_checks is not None
+        dst_node = self._registry.get(dst)
+        if dst_node is None or dst_node.machine_key != req.machine_key:
+            raise RequestRejected(403, "only the destination node may ask about its SSH checks")
+        local_user = query.get("local_user", "")[:256]
+        auth_id = query.get("auth_id", "")[:64]
+        if auth_id:
+            return _json(await self._ssh_checks.wait(auth_id, dst))
+        src_node = self._registry.get(src)
+        period = self._check_period(src, dst)
+        if src_node is None or period is None or not local_user:
+            why = "no check rule of the tailnet policy covers this connection now"
+            return _json({"reject": True, "message": f"# tailnetd: {why}\r\n"})
+        owner = None if src_node.tags else src_node.user
+        action = self._ssh_checks.action(src, dst, local_user, owner, period, self._clock())
+        return _json(action)
+
+    def _check_period(self, src: int, dst: int) -> timedelta | None:
+        """The checkPeriod of the serving policy's check rule from `src` to `dst`."""
+        index = self._tailnet.context.views.compiled
+        visibility = getattr(index, "visibility", None)
+        if not isinstance(visibility, ViewIndex):
+            return None
+        at = visibility.position
+        if str(src) not in at or str(dst) not in at:
+            return None
+        seconds = visibility.ssh.check_period(at[str(src)], at[str(dst)])
+        return None if seconds is None else timedelta(seconds=seconds)
 
     # /machine/map
 

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from server.auth.pending import PendingLogins
+from server.auth.sshcheck import SshChecks
 from server.metrics import Metrics
 from server.protocol.keys import MachinePublic
 from server.repo import RepoStatus
@@ -36,6 +37,7 @@ class WebDeps:
     # for the policy file of `/api/v2/…/acl`; None when they cannot be read.
     documents: Callable[[], Awaitable[Any]] | None = None
     logins: PendingLogins | None = None  # interactive logins: the register page, approval
+    ssh_checks: SshChecks | None = None  # SSH check mode: the check page, approval
 
 
 def parse_duration(text: str) -> timedelta:

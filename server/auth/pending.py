@@ -36,6 +36,7 @@ __all__ = [
     "MAX_PENDING",
     "TRANSITIONS",
     "CompletedLogin",
+    "Input",
     "LoginGone",
     "LoginState",
     "Outcome",

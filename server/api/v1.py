@@ -14,10 +14,10 @@ from server.api.common import check_tags, find_node, optional_time
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, Param
 from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, SetTags
-from server.history import MAX_LIMIT as HISTORY_MAX
-from server.history import history_json
 from server.logs import event
-from server.repo import Rejection
+from server.sources.history import MAX_LIMIT as HISTORY_MAX
+from server.sources.history import history_json
+from server.sources.repo import Rejection
 from server.store.model import ApiKey, Node, PreAuthKey
 from server.tagcheck import check_new_key_tags, undeclared
 from server.wire import format_time

@@ -25,6 +25,9 @@ test-tools:
 	@command -v pebble >/dev/null && command -v caddy >/dev/null && command -v nginx >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	     pebble nginx-light caddy)
+# The operator page is tested in Debian's chromium (driven by playwright).
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 # The store tests run their own PostgreSQL (initdb + pg_ctl in a temp dir, see
 # tests/pgserver.py); the system service the package sets up is stopped and disabled.
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \

@@ -55,8 +55,9 @@ the admin API is described at <a href="/api/v1/openapi.json">/api/v1/openapi.jso
 
 _OVERVIEW = """{% extends "base" %}{% block title %}Overview{% endblock %}{% block main %}
 <h2 id="commit">Serving commit</h2>
-{% if commit.serving %}<p>Serving <code>{{ commit.serving }}</code> since {{ commit.serving_since }}
-{% if commit.signer %}, signed by {{ commit.signer }}{% endif %}.</p>
+{% if commit.serving %}<p>Serving <code>{{ commit.serving }}</code>
+since {{ commit.serving_since }}{% if commit.signer %}, signed by {{ commit.signer }}
+{%- endif %}.</p>
 {% else %}<p class="no">No commit is being served yet.</p>{% endif %}
 {% if commit.rejected %}<h2 id="rejected">Rejected commit</h2>
 <p>Commit <code>{{ commit.rejected }}</code> was refused at {{ commit.rejected_at }};

@@ -69,7 +69,12 @@ def _target(args: argparse.Namespace) -> Target:
         return HttpTarget(url, api_key or os.environ.get("TAILNETD_API_KEY"))
     if api_key:
         raise AdminError("--api-key is for a remote server: add --server URL")
-    return SocketTarget(Path(data or "data").resolve() / "tailnetd.sock")
+    return SocketTarget(_data_dir(data) / "tailnetd.sock")
+
+
+def _data_dir(given: str | None) -> Path:
+    """--data, else TAILNETD_DATA (as `serve` reads it), else ./data."""
+    return Path(given or os.environ.get("TAILNETD_DATA") or "data").resolve()
 
 
 def _is_loopback(url: str) -> bool:
@@ -231,7 +236,7 @@ def _history(args: argparse.Namespace) -> int:
 def _dev_client(args: argparse.Namespace) -> int:
     from server.devclient import DevClient, DevClientError, find_binaries
 
-    data = Path(getattr(args, "data", None) or "data").resolve()
+    data = _data_dir(getattr(args, "data", None))
     try:
         client = DevClient(
             args.name, data / "dev-clients" / args.name, find_binaries(args.bin, Path.cwd()),
@@ -375,8 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("name", metavar="NAME", help="the device's name in the tailnet")
     dev.add_argument("--user", help="whose device it is (a user in users.yaml)")
     dev.add_argument("--data", metavar="DIR", help="the server's data dir (default ./data)")
+    listen = os.environ.get("TAILNETD_LISTEN", "127.0.0.1:8080")
     dev.add_argument(
-        "--server-url", default="http://127.0.0.1:8080", help="default http://127.0.0.1:8080"
+        "--server-url",
+        default=f"http://{listen}",
+        help="the server's URL (default http://TAILNETD_LISTEN, else http://127.0.0.1:8080)",
     )
     dev.add_argument("--bin", metavar="DIR", help="where tailscale and tailscaled are")
     dev.add_argument("--stop", action="store_true", help="stop this client's tailscaled")

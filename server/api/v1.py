@@ -10,6 +10,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from server.api.audit import MAX_LIMIT as AUDIT_MAX
+from server.api.audit import audit_json, parse_since
 from server.api.common import check_tags, find_node, optional_time
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, Param
@@ -236,6 +238,13 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
     async def history(call: Call) -> Any:
         return history_json(deps.status.journal, call.query("limit"))
 
+    async def audit(call: Call) -> Any:
+        raw = call.query("limit") or "100"
+        if not raw.isdigit() or not 0 < int(raw) <= AUDIT_MAX:
+            raise ValueError(f"limit must be a whole number from 1 to {AUDIT_MAX}")
+        since = parse_since(call.query("since"), clock())
+        return {"audit": [audit_json(e) for e in store.list_audit(since=since, limit=int(raw))]}
+
     node_filters = (
         Param("user", "only nodes owned by this user"),
         Param("tag", "only nodes carrying this tag"),
@@ -254,6 +263,14 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "Served and rejected commits, newest first, across restarts",
             "status",
             query=(Param("limit", f"at most this many entries (1 to {HISTORY_MAX})"),),
+        ),
+        Endpoint(
+            "GET", "/api/v1/audit", audit, "Admin actions, newest first: who, what, the result",
+            "status",
+            query=(
+                Param("since", "only entries since: a duration back (12h) or an ISO 8601 time"),
+                Param("limit", f"at most this many entries (1 to {AUDIT_MAX})"),
+            ),
         ),
         Endpoint("GET", "/api/v1/users", list_users, "Users declared in git", "users"),
         Endpoint("GET", "/api/v1/nodes", list_nodes, "List nodes", "nodes", query=node_filters),

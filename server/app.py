@@ -45,6 +45,7 @@ from server.store.model import Node
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, running_tailnet
 from server.tls import ReloadingContext, TlsError, watch_certificate_files
+from server.webhooks import Delivery, EventSource, WebhookSender
 from server.wire import DerpRegion
 
 __all__ = ["Server", "StartupError"]
@@ -131,6 +132,10 @@ class Server:
         self.acme_responder = ChallengeResponder()
         self.acme_http_port = config.acme_http_port
         self._data_lock: DataDirLock | None = None
+        # Webhook events; sent once the store is open and a secret is configured.
+        self.events = EventSource(clock=clock)
+        self.webhook_delivery = Delivery()  # bounds and retry schedule; tests shorten it
+        self.webhooks: WebhookSender | None = None
 
     # Snapshots
 
@@ -199,6 +204,7 @@ class Server:
             write_private(self.config.data_dir / "last_good_revision", (snap.id + "\n").encode())
             self.authority.serving(snap.revision, snap)
             self.history.append(HistoryEntry(snap.id, self.clock(), "served", signer))
+        self.events.commit("served", snap.id)
 
     def _reject(self, revision: str, checked: Checked) -> None:
         errors = checked.errors
@@ -206,6 +212,7 @@ class Server:
         rejection = Rejection(revision, self.clock(), errors)
         self.status.rejected = rejection
         self.history.append(HistoryEntry(revision, rejection.at, "rejected", None, errors))
+        self.events.commit("rejected", revision, errors)
         self.log.error(
             "commit %s rejected, still serving %s:\n%s",
             revision[:12],
@@ -283,6 +290,7 @@ class Server:
         self._apply_addressing(source)
         self.status.rejected = None
         self._serving(snap, signer)
+        self.events.routes_rechecked(self.registry.nodes())
         self._warn_undeclared_tags()
 
     # Life cycle
@@ -367,6 +375,7 @@ class Server:
         )
         self.registry.subscribe(self._node_changed)
         self.registry.subscribe(self.metrics.node_changed)
+        self._start_webhooks()
         self.metrics.registry.register(DerpCollector(self.derp.stats))
         self.metrics.registry.register(LiveCollector(self._live_counts))
         self.control = ControlHandler(
@@ -377,6 +386,7 @@ class Server:
             settings=self._control_settings,
             log=self.log,
             metrics=self.metrics,
+            on_refused=self.events.login_refused,
         )
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
@@ -395,6 +405,7 @@ class Server:
                 metrics=self.metrics,
                 log=self.log,
                 documents=self._serving_documents,
+                events=self.events,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))
@@ -441,6 +452,31 @@ class Server:
             (self.status.serving or "")[:12],
             cfg.store_description,
         )
+
+    def _start_webhooks(self) -> None:
+        self.events.served_routes = self.tailnet.enabled_routes
+        self.registry.subscribe(self.events.node_changed)
+        secret = self.config.webhook_secret
+        if secret is None:
+            if self._settings().webhooks:
+                self.log.warning(
+                    "settings.yaml names webhooks but no secret is configured "
+                    "(--webhook-secret-file or TAILNETD_WEBHOOK_SECRET): none are sent"
+                )
+            self.events.attach(lambda event: None, ())
+            return
+        self.webhooks = WebhookSender(
+            self.store,
+            targets=lambda: self._settings().webhooks,
+            secret=secret,
+            clock=self.clock,
+            rng=os.urandom,
+            metrics=self.metrics,
+            log=self.log,
+            delivery=self.webhook_delivery,
+        )
+        self._tasks.append(asyncio.create_task(self.webhooks.run()))
+        self.events.attach(self.webhooks.emit, self.registry.nodes())
 
     async def _start_metrics(self, app: Any) -> None:
         """--metrics-listen: plain HTTP, /metrics, /health and /ready only."""
@@ -623,6 +659,7 @@ class Server:
                         ),
                     )
                     self.derp.disconnect(node.node_key)
+                    self.events.node_expired(node)
                 if not node.ephemeral or self.registry.is_online(node.id):
                     continue
                 if (node.last_seen or node.created) < cutoff:
@@ -726,6 +763,8 @@ class Server:
         # A start that failed part-way stops too: only what was built is closed.
         if hasattr(self, "derp"):
             await self.derp.close()
+        if self.webhooks is not None:
+            await self.webhooks.aclose()  # what is still queued goes to the outbox
         if hasattr(self, "store"):
             self.store.close()
         if self._data_lock is not None:

@@ -200,6 +200,8 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             now=now,
             rng=deps.rng,
         )
+        if deps.events is not None:
+            deps.events.key("created", "preauth", created.id, created.prefix, created.user)
         acted(
             "api.preauthkey_created", "pre-auth key %d created for %s", created.id, body.user,
             key=created.id, user=body.user, tags=list(body.tags),
@@ -209,6 +211,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
     async def expire_key(call: Call) -> Any:
         ref = call.path("ref")
         expired_key = store.expire_preauth_key(int(ref) if ref.isdigit() else ref, clock())
+        if deps.events is not None:
+            deps.events.key(
+                "expired", "preauth", expired_key.id, expired_key.prefix, expired_key.user
+            )
         acted(
             "api.preauthkey_expired", "pre-auth key %d expired", expired_key.id, key=expired_key.id
         )
@@ -226,12 +232,16 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         text, created = store.create_api_key(
             expiration=now + lifetime, now=now, rng=deps.rng, scope=body.scope
         )
+        if deps.events is not None:
+            deps.events.key("created", "api", created.id, created.prefix)
         acted("api.apikey_created", "API key %d created", created.id, key=created.id)
         return {"key": text, **api_key_json(created)}
 
     async def expire_api_key(call: Call) -> Any:
         ref = call.path("ref")
         expired_key = store.expire_api_key(int(ref) if ref.isdigit() else ref, clock())
+        if deps.events is not None:
+            deps.events.key("expired", "api", expired_key.id, expired_key.prefix)
         acted("api.apikey_expired", "API key %d expired", expired_key.id, key=expired_key.id)
         return api_key_json(expired_key)
 

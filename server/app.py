@@ -47,6 +47,7 @@ from server.tailnet import NodeChange, TailnetSource, running_tailnet
 from server.tls.acme import AcmeManager, AcmeSettings
 from server.tls.acme_http import ChallengeResponder
 from server.tls.certs import ReloadingContext, TlsError, watch_certificate_files
+from server.webhooks import Delivery, EventSource, WebhookSender
 from server.wire import DerpRegion
 
 __all__ = ["Server", "StartupError"]
@@ -132,6 +133,10 @@ class Server:
         self.acme_responder = ChallengeResponder()
         self.acme_http_port = config.acme_http_port
         self._data_lock: DataDirLock | None = None
+        # Webhook events; sent once the store is open and a secret is configured.
+        self.events = EventSource(clock=clock)
+        self.webhook_delivery = Delivery()  # bounds and retry schedule; tests shorten it
+        self.webhooks: WebhookSender | None = None
 
     # Commits (the lifecycle lives in server/sources/lifecycle.py)
 
@@ -153,6 +158,7 @@ class Server:
         self.metrics.snapshot_swapped(self.tailnet.waiting())
         self._apply_addressing(source)
         self._warn_undeclared_tags()
+        self.events.routes_rechecked(self.registry.nodes())
 
     # Life cycle
 
@@ -194,6 +200,7 @@ class Server:
             clock=self.clock,
             log=self.log,
             metrics=self.metrics,
+            on_outcome=self.events.commit,
         )
         try:
             source = TailnetSource.from_snapshot(self.commits.initial())
@@ -239,6 +246,7 @@ class Server:
         )
         self.registry.subscribe(self._node_changed)
         self.registry.subscribe(self.metrics.node_changed)
+        self._start_webhooks()
         self.metrics.registry.register(DerpCollector(self.derp.stats))
         self.metrics.registry.register(LiveCollector(self._live_counts))
         self.control = ControlHandler(
@@ -249,6 +257,7 @@ class Server:
             settings=self._control_settings,
             log=self.log,
             metrics=self.metrics,
+            on_refused=self.events.login_refused,
         )
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
@@ -267,6 +276,7 @@ class Server:
                 metrics=self.metrics,
                 log=self.log,
                 documents=self.commits.serving_documents,
+                events=self.events,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))
@@ -301,6 +311,31 @@ class Server:
             (self.status.serving or "")[:12],
             cfg.store_description,
         )
+
+    def _start_webhooks(self) -> None:
+        self.events.served_routes = self.tailnet.enabled_routes
+        self.registry.subscribe(self.events.node_changed)
+        secret = self.config.webhook_secret
+        if secret is None:
+            if self._settings().webhooks:
+                self.log.warning(
+                    "settings.yaml names webhooks but no secret is configured "
+                    "(--webhook-secret-file or TAILNETD_WEBHOOK_SECRET): none are sent"
+                )
+            self.events.attach(lambda event: None, ())
+            return
+        self.webhooks = WebhookSender(
+            self.store,
+            targets=lambda: self._settings().webhooks,
+            secret=secret,
+            clock=self.clock,
+            rng=os.urandom,
+            metrics=self.metrics,
+            log=self.log,
+            delivery=self.webhook_delivery,
+        )
+        self._tasks.append(asyncio.create_task(self.webhooks.run()))
+        self.events.attach(self.webhooks.emit, self.registry.nodes())
 
     async def _start_metrics(self, app: Any) -> None:
         """--metrics-listen: plain HTTP, /metrics, /health and /ready only."""
@@ -483,6 +518,7 @@ class Server:
                         ),
                     )
                     self.derp.disconnect(node.node_key)
+                    self.events.node_expired(node)
                 if not node.ephemeral or self.registry.is_online(node.id):
                     continue
                 if (node.last_seen or node.created) < cutoff:
@@ -586,6 +622,8 @@ class Server:
         # A start that failed part-way stops too: only what was built is closed.
         if hasattr(self, "derp"):
             await self.derp.close()
+        if self.webhooks is not None:
+            await self.webhooks.aclose()  # what is still queued goes to the outbox
         if hasattr(self, "store"):
             self.store.close()
         if self._data_lock is not None:

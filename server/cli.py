@@ -267,6 +267,23 @@ def _dev_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    query = {"limit": str(args.limit)}
+    if args.since:
+        query["since"] = args.since
+    answer = call(_target(args), "GET", "/api/v1/audit?" + urlencode(query))
+    if args.json:
+        _print(answer["audit"], True)
+        return 0
+    columns = ("at", "actor", "action", "target", "result", "status", "params")
+    rows = [
+        {**e, "params": json.dumps(e["params"], separators=(",", ":")) if e["params"] else None}
+        for e in answer["audit"]
+    ]
+    _print(rows, False, columns)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tailnetd", description="A GitOps-driven Tailscale control server."
@@ -389,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--bin", metavar="DIR", help="where tailscale and tailscaled are")
     dev.add_argument("--stop", action="store_true", help="stop this client's tailscaled")
     dev.set_defaults(func=_dev_client)
+    audit = admin_parser("audit", "admin actions, newest first: who, what, when, the result")
+    audit.add_argument("--json", action="store_true")
+    audit.add_argument("--since", help="only since: a duration back (12h, 7d) or an ISO time")
+    audit.add_argument("-n", "--limit", type=int, default=50, help="at most N (default 50)")
+    audit.set_defaults(func=_audit)
     return parser
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import git
 
@@ -76,8 +76,10 @@ class CommitLifecycle:
         clock: Callable[[], datetime],
         log: logging.Logger,
         metrics: Metrics,
+        on_outcome: Callable[[Literal["served", "rejected"], str, Sequence[str]], None],
     ) -> None:
         self.repo = repo
+        self._on_outcome = on_outcome  # webhooks: snapshot.served / snapshot.rejected
         self.authority = authority
         self.history = history
         self.status = status
@@ -236,6 +238,7 @@ class CommitLifecycle:
             write_private(self._last_good, (snap.id + "\n").encode())
             self.authority.serving(snap.revision, snap)
             self.history.append(HistoryEntry(snap.id, self._clock(), "served", signer))
+        self._on_outcome("served", snap.id, ())
 
     def _reject(self, revision: str, checked: Checked) -> None:
         errors = checked.errors
@@ -243,6 +246,7 @@ class CommitLifecycle:
         rejection = Rejection(revision, self._clock(), errors)
         self.status.rejected = rejection
         self.history.append(HistoryEntry(revision, rejection.at, "rejected", None, errors))
+        self._on_outcome("rejected", revision, errors)
         self._log.error(
             "commit %s rejected, still serving %s:\n%s",
             revision[:12],

@@ -89,10 +89,12 @@ class ControlHandler:
         log: logging.Logger,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
         logins: PendingLogins | None = None,
         ssh_checks: SshChecks | None = None,
     ) -> None:
         self._tailnet = tailnet
+        self._on_refused = on_refused  # (machine, reason): a login refused its key
         self._registry = registry
         self._store = store  # pre-auth keys; nodes are written through the registry
         self._clock = clock
@@ -206,6 +208,8 @@ class ControlHandler:
                 exc,
                 extra=event("register.refused", machine=req.machine_key.short(), reason=exc.reason),
             )
+            if self._on_refused is not None:
+                self._on_refused(req.machine_key.short(), exc.reason)
             return _json({"Error": f"invalid auth key: {exc}"})
         owner = None if key.tags else key.user
         expiry_span = self._settings().node_key_expiry
@@ -270,6 +274,8 @@ class ControlHandler:
         if outcome.node is None:
             refused = outcome.state == "refused"
             self._metrics.registration("login_refused" if refused else "login_expired")
+            if refused and self._on_refused is not None:
+                self._on_refused(req.machine_key.short(), outcome.reason)
             return _json({"Error": outcome.reason or f"login {outcome.state}"})
         self._metrics.registration("login_ok")
         return _json(self._register_response(outcome.node))

@@ -22,6 +22,7 @@ from server.api.endpoints import Call, Endpoint, to_routes
 from server.api.openapi import openapi_document
 from server.auth import pages as login_pages
 from server.metrics import RequestCounter
+from server.page import Sessions, page_routes
 
 __all__ = ["WebDeps", "api_endpoints", "build_app", "build_metrics_app", "parse_duration"]
 
@@ -44,10 +45,13 @@ def api_endpoints(deps: WebDeps) -> list[Endpoint]:
 def build_app(deps: WebDeps) -> Starlette:
     api = to_routes(api_endpoints(deps), local=deps.local, store=deps.store, clock=deps.clock)
     probes = discovery.probe_routes(deps, with_metrics=deps.local)
-    pages = []
+    page = page_routes(deps, Sessions(deps.rng))
+    logins = []
     if deps.logins is not None:
-        pages = login_pages.routes(deps.logins, deps.ssh_checks, deps.clock)
-    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *pages, *api]), deps)
+        logins = login_pages.routes(deps.logins, deps.ssh_checks, deps.clock)
+    return _counted(
+        Starlette(routes=[*discovery.routes(deps), *probes, *logins, *api, *page]), deps
+    )
 
 
 def build_metrics_app(deps: WebDeps) -> Starlette:

@@ -16,7 +16,7 @@ from gitctl.explain_cmd import parse_destination
 from gitctl.policy import Topology, TopologyUser
 from gitctl.policy.parse import PROTOCOLS
 from gitctl.validate_cmd import UsageError
-from server.repo import RepoStatus
+from server.sources.repo import RepoStatus
 from server.store.model import Node
 from server.tailnet import NodeRegistry, Tailnet
 from server.tailnet.views import advertised_routes, to_topology_node

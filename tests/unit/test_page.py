@@ -17,13 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
-from server.history import History, HistoryEntry
-from server.repo import Rejection, RepoStatus
 from starlette.applications import Starlette
 
 from gitctl.snapshot import load_from_directory
 from server.api import WebDeps, build_app
 from server.protocol.keys import MachinePrivate
+from server.sources.history import History, HistoryEntry
+from server.sources.repo import Rejection, RepoStatus
 from server.store import open_store
 from server.tailnet import TailnetSource, running_tailnet
 from server.wire import Hostinfo

@@ -178,6 +178,21 @@ def _users(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inventory(args: argparse.Namespace) -> int:
+    """Write the inventory (gitctl/schemas/inventory.schema.json) to a file or stdout."""
+    doc = call(_target(args), "GET", "/api/v1/inventory")
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(
+            f"wrote {args.output}: {len(doc['users'])} users, {len(doc['nodes'])} devices",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _commits(args: argparse.Namespace) -> int:
     repo = call(_target(args), "GET", "/api/v1/repo")
     if args.json:
@@ -312,6 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     users = admin_parser("users", "users declared in git, with their node counts")
     users.add_argument("--json", action="store_true")
     users.set_defaults(func=_users)
+
+    inventory = admin_parser("inventory", "users and devices, for gitctl --inventory in CI")
+    inventory_sub = inventory.add_subparsers(dest="inventory_cmd", required=True)
+    export = inventory_sub.add_parser(
+        "export",
+        help="write the users, roles, devices, tags and routes a policy is evaluated "
+        "against (no key material)",
+        parents=[where],
+    )
+    export.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    inventory.set_defaults(func=_inventory)
 
     commits = admin_parser("commits", "the commit served and recently rejected ones")
     commits.add_argument("--json", action="store_true")

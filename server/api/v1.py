@@ -16,6 +16,7 @@ from server.api.endpoints import Call, Endpoint, Param
 from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, SetTags
 from server.history import MAX_LIMIT as HISTORY_MAX
 from server.history import history_json
+from server.inventory import inventory_json
 from server.logs import event
 from server.repo import Rejection
 from server.store.model import ApiKey, Node, PreAuthKey
@@ -236,6 +237,13 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
     async def history(call: Call) -> Any:
         return history_json(deps.status.journal, call.query("limit"))
 
+    async def inventory(call: Call) -> Any:
+        src = tailnet.source
+        return inventory_json(
+            src.users, src.policy.roles, registry.nodes(), tailnet.enabled_routes,
+            revision=src.id, exported=clock(),
+        )  # fmt: skip
+
     node_filters = (
         Param("user", "only nodes owned by this user"),
         Param("tag", "only nodes carrying this tag"),
@@ -256,6 +264,11 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             query=(Param("limit", f"at most this many entries (1 to {HISTORY_MAX})"),),
         ),
         Endpoint("GET", "/api/v1/users", list_users, "Users declared in git", "users"),
+        Endpoint(
+            "GET", "/api/v1/inventory", inventory,
+            "Users and devices a policy is evaluated against, for gitctl --inventory (no keys)",
+            "users",
+        ),
         Endpoint("GET", "/api/v1/nodes", list_nodes, "List nodes", "nodes", query=node_filters),
         Endpoint("GET", "/api/v1/nodes/{ref}", get_node, "One node", "nodes"),
         Endpoint(

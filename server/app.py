@@ -29,6 +29,7 @@ from server.authority import CommitAuthority
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
+from server.declared_keys import read_secret, sync_declared_keys
 from server.edge.control_conn import ControlConnection
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
@@ -131,6 +132,7 @@ class Server:
         self.acme_responder = ChallengeResponder()
         self.acme_http_port = config.acme_http_port
         self._data_lock: DataDirLock | None = None
+        self._declared_keys: tuple[Any, ...] = ()  # keys.yaml of the commit served
 
     # Snapshots
 
@@ -192,6 +194,7 @@ class Server:
         return self.status.rejected.revision if self.status.rejected is not None else None
 
     def _serving(self, snap: Any, signer: str | None) -> None:
+        self._declared_keys = snap.keys
         self.status.serving = snap.id
         self.status.serving_since = self.clock()
         self.status.signer = signer
@@ -283,6 +286,7 @@ class Server:
         self._apply_addressing(source)
         self.status.rejected = None
         self._serving(snap, signer)
+        self._sync_declared_keys()
         self._warn_undeclared_tags()
 
     # Life cycle
@@ -338,6 +342,7 @@ class Server:
             except StoreError as exc:
                 raise StartupError(f"node state in {cfg.store_description}: {exc}") from None
         self._apply_addressing(source)
+        self._sync_declared_keys()
 
         if cfg.stun_host is not None:
             self._stun = await _listen(
@@ -557,6 +562,16 @@ class Server:
             derp_port=port,
             stun_port=self.stun_port if self._stun else 0,
         )
+
+    def _sync_declared_keys(self) -> None:
+        """Create, rotate and expire the keys keys.yaml declares (server/declared_keys.py)."""
+        actions = sync_declared_keys(self.store, self._declared_keys, read_secret, self.clock())
+        for action in actions:
+            fields = event("keys.declared", key=action.name, outcome=action.outcome)
+            if action.outcome in ("unreadable", "refused"):
+                self.log.error("%s", action.describe(), extra=fields)
+            elif action.outcome != "unchanged":
+                self.log.info("%s", action.describe(), extra=fields)
 
     def _warn_undeclared_tags(self) -> None:
         """One warning per node or usable pre-auth key whose tags the served policy

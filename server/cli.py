@@ -111,6 +111,12 @@ def _print_created(created: Any, as_json: bool) -> None:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    if args.keys_cmd == "generate":
+        from server.store.authkeys import generate_key
+
+        # Offline: a fresh key text for keys.yaml's secret store; the server only hashes it.
+        print(generate_key(os.urandom)[0])
+        return 0
     sock = _target(args)
     if args.keys_cmd == "create":
         body = {
@@ -280,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     klist = keys_sub.add_parser("list", parents=[where])
     klist.add_argument("--user")
     klist.add_argument("--json", action="store_true")
+    keys_sub.add_parser(
+        "generate",
+        help="print a new key text for a key declared in keys.yaml (keep it in a secret store)",
+    )
     kexp = keys_sub.add_parser("expire", parents=[where])
     kexp.add_argument("key", help="key id or prefix")
     kexp.add_argument("--json", action="store_true")

@@ -116,6 +116,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         "API key scopes",
         ("ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin'",),
     ),
+    Migration(
+        4,
+        "pre-auth keys declared in git, by name",
+        (
+            "ALTER TABLE preauth_keys ADD COLUMN declared_name TEXT",
+            "CREATE UNIQUE INDEX preauth_keys_declared_name ON preauth_keys (declared_name)",
+        ),
+    ),
 )
 
 
@@ -205,6 +213,14 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         3,
         "API key scopes",
         ("ALTER TABLE api_keys ADD COLUMN scope text NOT NULL DEFAULT 'admin'",),
+    ),
+    Migration(
+        4,
+        "pre-auth keys declared in git, by name",
+        (
+            "ALTER TABLE preauth_keys ADD COLUMN declared_name text",
+            "CREATE UNIQUE INDEX preauth_keys_declared_name ON preauth_keys (declared_name)",
+        ),
     ),
 )
 

@@ -184,6 +184,19 @@ def _users(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drift(args: argparse.Namespace) -> int:
+    """Exit 1 when runtime state differs from git, as `git diff --exit-code` does."""
+    answer = call(_target(args), "GET", "/api/v1/drift")
+    found = answer["drift"]
+    if args.json:
+        _print(answer, True)
+    elif found:
+        _print(found, False, ["kind", "subject", "message"])
+    else:
+        print(f"no drift: runtime state matches {answer['revision'][:12]}")
+    return 1 if found else 0
+
+
 def _inventory(args: argparse.Namespace) -> int:
     """Write the inventory (gitctl/schemas/inventory.schema.json) to a file or stdout."""
     doc = call(_target(args), "GET", "/api/v1/inventory")
@@ -337,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     users = admin_parser("users", "users declared in git, with their node counts")
     users.add_argument("--json", action="store_true")
     users.set_defaults(func=_users)
+
+    drift = admin_parser(
+        "drift", "runtime state that differs from git (keys, tags, users); exit 1 if any"
+    )
+    drift.add_argument("--json", action="store_true")
+    drift.set_defaults(func=_drift)
 
     inventory = admin_parser("inventory", "users and devices, for gitctl --inventory in CI")
     inventory_sub = inventory.add_subparsers(dest="inventory_cmd", required=True)

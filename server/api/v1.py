@@ -14,6 +14,7 @@ from server.api.common import check_tags, find_node, optional_time
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, Param
 from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, SetTags
+from server.drift import find_drift
 from server.history import MAX_LIMIT as HISTORY_MAX
 from server.history import history_json
 from server.inventory import inventory_json
@@ -237,6 +238,14 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
     async def history(call: Call) -> Any:
         return history_json(deps.status.journal, call.query("limit"))
 
+    async def drift(call: Call) -> Any:
+        src = tailnet.source
+        found = find_drift(
+            declared_keys=src.keys, users=src.users, policy=src.policy,
+            nodes=registry.nodes(), keys=store.list_preauth_keys(), now=clock(),
+        )  # fmt: skip
+        return {"revision": src.id, "drift": [d.to_json() for d in found]}
+
     async def inventory(call: Call) -> Any:
         src = tailnet.source
         return inventory_json(
@@ -264,6 +273,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             query=(Param("limit", f"at most this many entries (1 to {HISTORY_MAX})"),),
         ),
         Endpoint("GET", "/api/v1/users", list_users, "Users declared in git", "users"),
+        Endpoint(
+            "GET", "/api/v1/drift", drift,
+            "Runtime state that differs from what git declares (keys, tags, users)", "status",
+        ),
         Endpoint(
             "GET", "/api/v1/inventory", inventory,
             "Users and devices a policy is evaluated against, for gitctl --inventory (no keys)",

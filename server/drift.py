@@ -25,7 +25,7 @@ from typing import Any, Literal
 from gitctl.policy import Policy
 from gitctl.tailnet import KeySpec
 from server.store.model import Node, PreAuthKey
-from server.tagcheck import undeclared
+from server.tagcheck import key_usable, undeclared
 
 __all__ = ["Drift", "find_drift"]
 
@@ -42,11 +42,6 @@ class Drift:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "subject": self.subject, "message": self.message}
-
-
-def _usable(key: PreAuthKey, now: datetime) -> bool:
-    spent = key.revoked or (key.used and not key.reusable)
-    return not spent and not (key.expiration is not None and now >= key.expiration)
 
 
 def _key_drift(
@@ -67,7 +62,7 @@ def _key_drift(
             message = "differs from keys.yaml: its secret could not be read at the last sync"
             out.append(Drift("key-differs", f"key {spec.name}", message))
     for key in keys:
-        if key.declared_name is None and _usable(key, now):
+        if key.declared_name is None and key_usable(key, now):
             owner = f"tags {', '.join(key.tags)}" if key.tags else f"user {key.user}"
             message = f"usable pre-auth key for {owner}, made at runtime, not in keys.yaml"
             out.append(Drift("undeclared-key", f"pre-auth key {key.prefix}", message))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gitctl.tailnet.kinds import did_you_mean
-from server.remote_repo import is_remote
+from server.sources.remote import is_remote
 from server.store import is_postgres_url, redact_url
 
 __all__ = [

@@ -10,7 +10,7 @@ from typing import Any
 
 from server.metrics import Metrics
 from server.protocol.keys import MachinePublic
-from server.repo import RepoStatus
+from server.sources.repo import RepoStatus
 from server.store.interface import Store
 from server.tailnet import NodeRegistry, Tailnet
 

@@ -15,11 +15,11 @@ from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, Param
 from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, SetTags
 from server.drift import find_drift
-from server.history import MAX_LIMIT as HISTORY_MAX
-from server.history import history_json
 from server.inventory import inventory_json
 from server.logs import event
-from server.repo import Rejection
+from server.sources.history import MAX_LIMIT as HISTORY_MAX
+from server.sources.history import history_json
+from server.sources.repo import Rejection
 from server.store.model import ApiKey, Node, PreAuthKey
 from server.tagcheck import check_new_key_tags, undeclared
 from server.wire import format_time
@@ -240,8 +240,9 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
 
     async def drift(call: Call) -> Any:
         src = tailnet.source
+        declared = src.snapshot.keys if src.snapshot is not None else ()
         found = find_drift(
-            declared_keys=src.keys, users=src.users, policy=src.policy,
+            declared_keys=declared, users=src.users, policy=src.policy,
             nodes=registry.nodes(), keys=store.list_preauth_keys(), now=clock(),
         )  # fmt: skip
         return {"revision": src.id, "drift": [d.to_json() for d in found]}

@@ -25,7 +25,7 @@ from typing import Any
 
 from gitctl.policy import Policy
 from gitctl.snapshot import Snapshot
-from gitctl.tailnet import KeySpec, TailnetSettings
+from gitctl.tailnet import TailnetSettings
 from server.logs import event
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries
@@ -49,7 +49,8 @@ class TailnetSource:
     # are the compiler's: it approves with the users resolved to emails.
     explicit_routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     settings: TailnetSettings | None = None  # prefixes, key expiry, ephemeral timeout, DERP
-    keys: tuple[KeySpec, ...] = ()  # pre-auth keys declared in keys.yaml (server/declared_keys)
+    # The snapshot itself, for where each policy value came from (file:line).
+    snapshot: Snapshot | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> TailnetSource:
@@ -78,7 +79,7 @@ class TailnetSource:
             policy=snap.policy,
             explicit_routes=explicit,
             settings=snap.settings,
-            keys=snap.keys,
+            snapshot=snap,
         )
 
 

@@ -145,6 +145,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        5,
+        "pre-auth keys declared in git, by name",
+        (
+            "ALTER TABLE preauth_keys ADD COLUMN declared_name TEXT",
+            "CREATE UNIQUE INDEX preauth_keys_declared_name ON preauth_keys (declared_name)",
+        ),
+    ),
 )
 
 
@@ -262,6 +270,14 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
                 attempts    integer     NOT NULL DEFAULT 0
             )
             """,
+        ),
+    ),
+    Migration(
+        5,
+        "pre-auth keys declared in git, by name",
+        (
+            "ALTER TABLE preauth_keys ADD COLUMN declared_name text",
+            "CREATE UNIQUE INDEX preauth_keys_declared_name ON preauth_keys (declared_name)",
         ),
     ),
 )

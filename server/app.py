@@ -29,6 +29,7 @@ from server.auth.sshcheck import SshChecks
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
+from server.declared_keys import read_secret, sync_declared_keys
 from server.edge.control_conn import ControlConnection
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
@@ -160,6 +161,7 @@ class Server:
         self.ssh_checks.forget_approvals()  # a new policy asks every check again
         self.metrics.snapshot_swapped(self.tailnet.waiting())
         self._apply_addressing(source)
+        self._sync_declared_keys(source)
         self._warn_undeclared_tags()
         self.events.routes_rechecked(self.registry.nodes())
 
@@ -220,6 +222,7 @@ class Server:
             except StoreError as exc:
                 raise StartupError(f"node state in {cfg.store_description}: {exc}") from None
         self._apply_addressing(source)
+        self._sync_declared_keys(source)
 
         if cfg.stun_host is not None:
             self._stun = await _listen(
@@ -479,6 +482,16 @@ class Server:
             derp_port=port,
             stun_port=self.stun_port if self._stun else 0,
         )
+
+    def _sync_declared_keys(self, source: TailnetSource) -> None:
+        """Create, rotate and expire the keys keys.yaml declares (server/declared_keys.py)."""
+        specs = source.snapshot.keys if source.snapshot is not None else ()
+        for action in sync_declared_keys(self.store, specs, read_secret, self.clock()):
+            fields = event("keys.declared", key=action.name, outcome=action.outcome)
+            if action.outcome in ("unreadable", "refused"):
+                self.log.error("%s", action.describe(), extra=fields)
+            elif action.outcome != "unchanged":
+                self.log.info("%s", action.describe(), extra=fields)
 
     def _warn_undeclared_tags(self) -> None:
         """One warning per node or usable pre-auth key whose tags the served policy

@@ -116,6 +116,12 @@ def _print_created(created: Any, as_json: bool) -> None:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    if args.keys_cmd == "generate":
+        from server.store.authkeys import generate_key
+
+        # Offline: a fresh key text for keys.yaml's secret store; the server only hashes it.
+        print(generate_key(os.urandom)[0])
+        return 0
     sock = _target(args)
     if args.keys_cmd == "create":
         body = {
@@ -208,6 +214,34 @@ def _ssh(args: argparse.Namespace) -> int:
 def _users(args: argparse.Namespace) -> int:
     users = call(_target(args), "GET", "/api/v1/users")
     _print(users, args.json, ["name", "email", "display_name", "nodes"])
+    return 0
+
+
+def _drift(args: argparse.Namespace) -> int:
+    """Exit 1 when runtime state differs from git, as `git diff --exit-code` does."""
+    answer = call(_target(args), "GET", "/api/v1/drift")
+    found = answer["drift"]
+    if args.json:
+        _print(answer, True)
+    elif found:
+        _print(found, False, ["kind", "subject", "message"])
+    else:
+        print(f"no drift: runtime state matches {answer['revision'][:12]}")
+    return 1 if found else 0
+
+
+def _inventory(args: argparse.Namespace) -> int:
+    """Write the inventory (gitctl/schemas/inventory.schema.json) to a file or stdout."""
+    doc = call(_target(args), "GET", "/api/v1/inventory")
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(
+            f"wrote {args.output}: {len(doc['users'])} users, {len(doc['nodes'])} devices",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -349,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     klist = keys_sub.add_parser("list", parents=[where])
     klist.add_argument("--user")
     klist.add_argument("--json", action="store_true")
+    keys_sub.add_parser(
+        "generate",
+        help="print a new key text for a key declared in keys.yaml (keep it in a secret store)",
+    )
     kexp = keys_sub.add_parser("expire", parents=[where])
     kexp.add_argument("key", help="key id or prefix")
     kexp.add_argument("--json", action="store_true")
@@ -418,6 +456,23 @@ def build_parser() -> argparse.ArgumentParser:
     users = admin_parser("users", "users declared in git, with their node counts")
     users.add_argument("--json", action="store_true")
     users.set_defaults(func=_users)
+
+    drift = admin_parser(
+        "drift", "runtime state that differs from git (keys, tags, users); exit 1 if any"
+    )
+    drift.add_argument("--json", action="store_true")
+    drift.set_defaults(func=_drift)
+
+    inventory = admin_parser("inventory", "users and devices, for gitctl --inventory in CI")
+    inventory_sub = inventory.add_subparsers(dest="inventory_cmd", required=True)
+    export = inventory_sub.add_parser(
+        "export",
+        help="write the users, roles, devices, tags and routes a policy is evaluated "
+        "against (no key material)",
+        parents=[where],
+    )
+    export.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    inventory.set_defaults(func=_inventory)
 
     commits = admin_parser("commits", "the commit served and recently rejected ones")
     commits.add_argument("--json", action="store_true")

@@ -26,6 +26,8 @@ from server.bodies import (
     RenameNode,
     SetTags,
 )
+from server.drift import find_drift
+from server.inventory import inventory_json
 from server.logs import event
 from server.sources.history import MAX_LIMIT as HISTORY_MAX
 from server.sources.history import history_json
@@ -348,6 +350,22 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         since = parse_since(call.query("since"), clock())
         return {"audit": [audit_json(e) for e in store.list_audit(since=since, limit=int(raw))]}
 
+    async def drift(call: Call) -> Any:
+        src = tailnet.source
+        declared = src.snapshot.keys if src.snapshot is not None else ()
+        found = find_drift(
+            declared_keys=declared, users=src.users, policy=src.policy,
+            nodes=registry.nodes(), keys=store.list_preauth_keys(), now=clock(),
+        )  # fmt: skip
+        return {"revision": src.id, "drift": [d.to_json() for d in found]}
+
+    async def inventory(call: Call) -> Any:
+        src = tailnet.source
+        return inventory_json(
+            src.users, src.policy.roles, registry.nodes(), tailnet.enabled_routes,
+            revision=src.id, exported=clock(),
+        )  # fmt: skip
+
     node_filters = (
         Param("user", "only nodes owned by this user"),
         Param("tag", "only nodes carrying this tag"),
@@ -376,6 +394,15 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             ),
         ),
         Endpoint("GET", "/api/v1/users", list_users, "Users declared in git", "users"),
+        Endpoint(
+            "GET", "/api/v1/drift", drift,
+            "Runtime state that differs from what git declares (keys, tags, users)", "status",
+        ),
+        Endpoint(
+            "GET", "/api/v1/inventory", inventory,
+            "Users and devices a policy is evaluated against, for gitctl --inventory (no keys)",
+            "users",
+        ),
         Endpoint("GET", "/api/v1/nodes", list_nodes, "List nodes", "nodes", query=node_filters),
         Endpoint(
             "POST", "/api/v1/nodes/register", register_node,

@@ -17,10 +17,10 @@ Every change bumps `generation`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from ipaddress import IPv4Network, IPv6Network
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import (
@@ -144,6 +144,19 @@ class Store(Protocol):
     def list_preauth_keys(self, user: str | None = None) -> list[PreAuthKey]: ...
     def expire_preauth_key(self, id_or_prefix: int | str, now: datetime) -> PreAuthKey: ...
     def revoke_preauth_key(self, id_or_prefix: int | str) -> PreAuthKey: ...
+    def put_declared_key(
+        self,
+        name: str,
+        text: str,
+        *,
+        user: str,
+        reusable: bool,
+        ephemeral: bool,
+        tags: Sequence[str],
+        expiration: datetime | None,
+        now: datetime,
+    ) -> tuple[PreAuthKey, Literal["created", "rotated", "updated", "unchanged"]]: ...
+    def expire_undeclared_keys(self, names: Collection[str], now: datetime) -> list[PreAuthKey]: ...
 
     # API keys (the admin API over HTTP)
 

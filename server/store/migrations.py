@@ -147,6 +147,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         5,
+        "pre-auth keys declared in git, by name",
+        (
+            "ALTER TABLE preauth_keys ADD COLUMN declared_name TEXT",
+            "CREATE UNIQUE INDEX preauth_keys_declared_name ON preauth_keys (declared_name)",
+        ),
+    ),
+    Migration(
+        6,
         "device approval: nodes waiting for an operator",
         ("ALTER TABLE nodes ADD COLUMN approved INTEGER NOT NULL DEFAULT 1",),
     ),
@@ -271,6 +279,14 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         5,
+        "pre-auth keys declared in git, by name",
+        (
+            "ALTER TABLE preauth_keys ADD COLUMN declared_name text",
+            "CREATE UNIQUE INDEX preauth_keys_declared_name ON preauth_keys (declared_name)",
+        ),
+    ),
+    Migration(
+        6,
         "device approval: nodes waiting for an operator",
         ("ALTER TABLE nodes ADD COLUMN approved boolean NOT NULL DEFAULT true",),
     ),

@@ -79,6 +79,7 @@ class PreAuthKey:
     expiration: datetime | None  # None = never expires
     used: bool
     revoked: bool
+    declared_name: str | None = None  # the key's name in keys.yaml; None: made through the API
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import sqlite3
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +25,7 @@ from gitctl.tailnet import TailnetSettings
 from server.acme import AcmeManager, AcmeSettings
 from server.acme_http import ChallengeResponder
 from server.api import WebDeps, build_app, build_metrics_app
+from server.auth.pending import PendingLogins
 from server.authority import CommitAuthority
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
@@ -369,6 +370,15 @@ class Server:
         self.registry.subscribe(self.metrics.node_changed)
         self.metrics.registry.register(DerpCollector(self.derp.stats))
         self.metrics.registry.register(LiveCollector(self._live_counts))
+        self.logins = PendingLogins(
+            self.store,
+            self.registry,
+            base_url=self._public_url,
+            timeout=lambda: timedelta(seconds=cfg.login_timeout),
+            clock=self.clock,
+            rng=os.urandom,
+            log=self.log,
+        )
         self.control = ControlHandler(
             self.tailnet,
             self.registry,
@@ -377,6 +387,7 @@ class Server:
             settings=self._control_settings,
             log=self.log,
             metrics=self.metrics,
+            logins=self.logins,
         )
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
@@ -395,6 +406,7 @@ class Server:
                 metrics=self.metrics,
                 log=self.log,
                 documents=self._serving_documents,
+                logins=self.logins,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))
@@ -433,6 +445,7 @@ class Server:
             )
         self._tasks.append(asyncio.create_task(self._sweep()))
         self._tasks.append(asyncio.create_task(self._expiry_timer()))
+        self._tasks.append(asyncio.create_task(self._login_timer()))
         self._warn_undeclared_tags()
         self.log.info(
             "tailnetd listening on %s (control + DERP), STUN %s, serving %s, node state in %s",
@@ -601,6 +614,23 @@ class Server:
                     extra=event("policy.expired", commit=self.status.serving),
                 )
                 self.tailnet.time_passed()
+
+    def _public_url(self) -> str:
+        """Where people reach this server (login links): --server-url, or the
+        port actually bound when listening on port 0."""
+        url = self.config.server_url
+        if self.config.listen_port == 0:
+            parts = urlsplit(url)
+            url = f"{parts.scheme}://{parts.hostname}:{self.port}"
+        return url
+
+    async def _login_timer(self) -> None:
+        """Expire interactive logins nobody approved in time."""
+        while True:
+            due = self.logins.get_timer()
+            wait = SWEEP_INTERVAL if due is None else (due - self.clock()).total_seconds()
+            await asyncio.sleep(min(max(wait, 0.01), SWEEP_INTERVAL))
+            self.logins.handle_timer(self.clock())
 
     async def _sweep(self) -> None:
         """Every few seconds: remove inactive ephemeral nodes, and drop the

@@ -157,6 +157,20 @@ def _nodes(args: argparse.Namespace) -> int:
         query = "?" + urlencode(filters) if filters else ""
         _print(call(sock, "GET", "/api/v1/nodes" + query), args.json, _NODE_COLUMNS)
         return 0
+    if args.nodes_cmd == "logins":
+        columns = ["auth_id", "hostname", "created", "expires"]
+        _print(call(sock, "GET", "/api/v1/logins"), args.json, columns)
+        return 0
+    if args.nodes_cmd in ("register", "refuse"):
+        auth_id = args.auth_id.rstrip("/").rsplit("/", 1)[-1]  # the id, or the whole URL
+        if args.nodes_cmd == "refuse":
+            path = f"/api/v1/logins/{quote(auth_id, safe='')}/refuse"
+            _print([call(sock, "POST", path, {"reason": args.reason})], args.json, ["auth_id"])
+            return 0
+        body = {"auth_id": auth_id, "user": args.user}
+        answer = call(sock, "POST", "/api/v1/nodes/register", body)
+        _print([answer], args.json, _NODE_COLUMNS)
+        return 0
     node = quote(args.node, safe="")
     if args.nodes_cmd == "get":
         answer = call(sock, "GET", f"/api/v1/nodes/{node}")
@@ -307,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     tags.add_argument("node")
     tags.add_argument("--tag", action="append", help="a tag (repeatable); none: clear")
     tags.add_argument("--json", action="store_true")
+    reg = nodes_sub.add_parser(
+        "register", help="approve an interactive login (the id its page shows)", parents=[where]
+    )
+    reg.add_argument("auth_id", help="login id, or the whole login URL")
+    reg.add_argument("--user", required=True, help="the user (from git) who owns the device")
+    reg.add_argument("--json", action="store_true")
+    refuse = nodes_sub.add_parser("refuse", help="refuse an interactive login", parents=[where])
+    refuse.add_argument("auth_id", help="login id, or the whole login URL")
+    refuse.add_argument("--reason", default="refused by an administrator")
+    refuse.add_argument("--json", action="store_true")
+    nlogins = nodes_sub.add_parser("logins", help="interactive logins waiting", parents=[where])
+    nlogins.add_argument("--json", action="store_true")
     nodes.set_defaults(func=_nodes)
 
     users = admin_parser("users", "users declared in git, with their node counts")

@@ -64,6 +64,7 @@ class ServerConfig:
     log_format: str = "text"  # "text" or "json" (one object per line)
     # Allowed-signers file outside the repository: only commits its keys signed are served.
     trusted_signers: Path | None = None
+    login_timeout: float = 600.0  # seconds an interactive login waits for approval
 
     @property
     def socket_path(self) -> Path:
@@ -226,6 +227,11 @@ OPTIONS: tuple[Option, ...] = (
         "repository; overrides the repository's trusted_signers setting)",
         parse=_file,
     ),
+    Option(
+        "login_timeout", "SECONDS",
+        "seconds an interactive login (tailscale up without a key) waits for approval",
+        "600", parse=_seconds,
+    ),
 )  # fmt: skip
 _BY_KEY = {option.key: option for option in OPTIONS}
 
@@ -358,6 +364,7 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         metrics_port=metrics[1] if metrics else 0,
         log_format=v["log_format"],
         trusted_signers=signers,
+        login_timeout=v["login_timeout"],
     )
 
 

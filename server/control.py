@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
+from server.auth.pending import PendingLogin, PendingLogins, register_node
 from server.edge.control_conn import ControlRequest, ControlResponse
 from server.logs import event
 from server.metrics import Metrics
@@ -75,6 +76,7 @@ class ControlHandler:
         log: logging.Logger,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        logins: PendingLogins | None = None,
     ) -> None:
         self._tailnet = tailnet
         self._registry = registry
@@ -85,11 +87,14 @@ class ControlHandler:
         self._rng = rng or random.Random()
         self._metrics = metrics or Metrics(CollectorRegistry(), monotonic=time.monotonic)
         self._told: dict[NodePublic, None] = {}  # node keys told they are not served
+        self._logins = logins
+        if logins is not None:
+            logins.set_registrar(self._register_login)
 
     async def __call__(self, req: ControlRequest) -> ControlResponse:
         try:
             if req.path == "/machine/register" and req.method == "POST":
-                return self._register(req)
+                return await self._register(req)
             if req.path == "/machine/map" and req.method == "POST":
                 return self._map(req)
             return ControlResponse(404, b"not implemented\n", content_type="text/plain")
@@ -109,9 +114,11 @@ class ControlHandler:
 
     # /machine/register
 
-    def _register(self, req: ControlRequest) -> ControlResponse:
+    async def _register(self, req: ControlRequest) -> ControlResponse:
         body = _decode(RegisterRequest, req)
         _check_version(body.version, req)
+        if body.followup and self._logins is not None:
+            return await self._followup(req, body.followup)
         now = self._clock()
         node_key, old_key = body.node_key, body.old_node_key
         if node_key.is_zero:
@@ -134,14 +141,20 @@ class ControlHandler:
         if auth_key:
             return self._register_with_key(req, node, auth_key, body, now)
         if node is not None and node.node_key in (node_key, old_key):
-            if node.key_expiry is not None and node.key_expiry <= now:
+            expired = node.key_expiry is not None and node.key_expiry <= now
+            if expired and (node.node_key == node_key or self._logins is None):
+                # The daemon restarting with its expired key: it shows "logged out".
                 self._metrics.registration("node_expired")
                 return _json(self._register_response(node, expired=True))
+            if expired:  # a fresh key for an expired node: log in again, same node
+                return self._begin_login(req, body, now)
             renewal = node.node_key != node_key
             if renewal:  # seamless key renewal
                 node = registry.renew_key(node, node_key, now)
             self._metrics.registration("renewed" if renewal else "resumed")
             return _json(self._register_response(node))
+        if self._logins is not None:
+            return self._begin_login(req, body, now)
         self._metrics.registration("needs_login")
         return _json(
             {
@@ -206,6 +219,61 @@ class ControlHandler:
             ),
         )
         return _json(self._register_response(node))
+
+    def _begin_login(
+        self, req: ControlRequest, body: RegisterRequest, now: datetime
+    ) -> ControlResponse:
+        """No key and no current node: a person must log in at the URL (protocol.md §4.1.3)."""
+        assert self._logins is not None
+        self._metrics.registration("needs_login")
+        login = self._logins.begin(
+            req.machine_key,
+            body.node_key,
+            body.ephemeral,
+            body.old_node_key,
+            now,
+            hostinfo=body.hostinfo,
+            capver=body.version,
+        )
+        return _json({"AuthURL": login.url})
+
+    async def _followup(self, req: ControlRequest, url: str) -> ControlResponse:
+        """The client waits for the person at the URL: hold this stream until the
+        login is approved, refused or expires. If the client goes away the login
+        stays pending (its next request finds the node once approved)."""
+        assert self._logins is not None
+        outcome = await self._logins.wait(self._logins.auth_id_of(url), req.machine_key)
+        if outcome.node is None:
+            refused = outcome.state == "refused"
+            self._metrics.registration("login_refused" if refused else "login_expired")
+            return _json({"Error": outcome.reason or f"login {outcome.state}"})
+        self._metrics.registration("login_ok")
+        return _json(self._register_response(outcome.node))
+
+    def _register_login(
+        self, login: PendingLogin, hostinfo: Hostinfo, capver: int, user: str, now: datetime
+    ) -> Node:
+        """A person approved at the login URL owns the node from now on."""
+        span = self._settings().node_key_expiry
+        key_expiry = None if span is None else now + span
+        node = register_node(
+            self._registry, login, hostinfo, capver, user, now, key_expiry=key_expiry
+        )
+        self._log.info(
+            "register: node %d %s (%s) joined",
+            node.id,
+            node.given_name,
+            user,
+            extra=event(
+                "node.registered",
+                node=node.id,
+                node_name=node.given_name,
+                user=user,
+                tags=[],
+                commit=self._tailnet.source.id,
+            ),
+        )
+        return node
 
     def _logout(self, node: Node | None, now: datetime) -> ControlResponse:
         self._metrics.registration("logout")

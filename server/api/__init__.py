@@ -20,6 +20,7 @@ from server.api import discovery, v1, v2
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, to_routes
 from server.api.openapi import openapi_document
+from server.auth import pages as login_pages
 from server.metrics import RequestCounter
 
 __all__ = ["WebDeps", "api_endpoints", "build_app", "build_metrics_app", "parse_duration"]
@@ -43,7 +44,8 @@ def api_endpoints(deps: WebDeps) -> list[Endpoint]:
 def build_app(deps: WebDeps) -> Starlette:
     api = to_routes(api_endpoints(deps), local=deps.local, store=deps.store, clock=deps.clock)
     probes = discovery.probe_routes(deps, with_metrics=deps.local)
-    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *api]), deps)
+    pages = login_pages.routes(deps.logins, deps.clock) if deps.logins is not None else []
+    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *pages, *api]), deps)
 
 
 def build_metrics_app(deps: WebDeps) -> Starlette:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from server.auth.pending import PendingLogins
 from server.metrics import Metrics
 from server.protocol.keys import MachinePublic
 from server.repo import RepoStatus
@@ -34,6 +35,7 @@ class WebDeps:
     # The files of the commit being served (gitctl `Documents`), read on demand,
     # for the policy file of `/api/v2/…/acl`; None when they cannot be read.
     documents: Callable[[], Awaitable[Any]] | None = None
+    logins: PendingLogins | None = None  # interactive logins: the register page, approval
 
 
 def parse_duration(text: str) -> timedelta:

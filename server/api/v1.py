@@ -13,7 +13,17 @@ from typing import Any
 from server.api.common import check_tags, find_node, optional_time
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, Param
-from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, SetTags
+from server.api.problems import Problem
+from server.auth.pending import LoginGone, PendingLogin
+from server.bodies import (
+    CreateApiKey,
+    CreatePreAuthKey,
+    NoBody,
+    RefuseLogin,
+    RegisterNode,
+    RenameNode,
+    SetTags,
+)
 from server.history import MAX_LIMIT as HISTORY_MAX
 from server.history import history_json
 from server.logs import event
@@ -178,6 +188,45 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         node_acted("api.node_tagged", "tagged " + ",".join(tags), tagged)
         return node_json(tagged)
 
+    def login_json(p: PendingLogin) -> dict[str, Any]:
+        return {
+            "auth_id": p.auth_id,
+            "url": p.url,
+            "hostname": p.hostname,
+            "machine_key": p.machine_key.text,
+            "state": p.state,
+            "created": format_time(p.created),
+            "expires": format_time(p.expires),
+        }
+
+    def logins() -> Any:
+        if deps.logins is None:
+            raise Problem("not-found", "interactive login is not enabled on this server")
+        return deps.logins
+
+    async def list_logins(call: Call) -> Any:
+        return [login_json(p) for p in logins().waiting()]
+
+    async def register_node(call: Call) -> Any:
+        body: RegisterNode = call.body
+        if body.user not in tailnet.source.users:
+            known = ", ".join(sorted(tailnet.source.users)) or "none"
+            raise ValueError(f"user {body.user!r} is not in tailnet.d (known users: {known})")
+        try:
+            node = logins().complete(body.auth_id, body.user)
+        except LoginGone as exc:
+            raise Problem("not-found", str(exc)) from None
+        node_acted("api.node_registered", f"registered for {body.user}", node)
+        return node_json(node)
+
+    async def refuse_login(call: Call) -> Any:
+        try:
+            refused = logins().refuse(call.path("auth_id"), call.body.reason)
+        except LoginGone as exc:
+            raise Problem("not-found", str(exc)) from None
+        acted("api.login_refused", "login %s refused", refused.auth_id, auth_id=refused.auth_id)
+        return login_json(refused)
+
     async def list_keys(call: Call) -> Any:
         return [key_json(k) for k in store.list_preauth_keys(call.query("user"))]
 
@@ -257,6 +306,15 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         ),
         Endpoint("GET", "/api/v1/users", list_users, "Users declared in git", "users"),
         Endpoint("GET", "/api/v1/nodes", list_nodes, "List nodes", "nodes", query=node_filters),
+        Endpoint(
+            "POST", "/api/v1/nodes/register", register_node,
+            "Approve an interactive login: its node joins as the user", "nodes", body=RegisterNode,
+        ),
+        Endpoint("GET", "/api/v1/logins", list_logins, "Interactive logins waiting", "nodes"),
+        Endpoint(
+            "POST", "/api/v1/logins/{auth_id}/refuse", refuse_login,
+            "Refuse an interactive login", "nodes", body=RefuseLogin,
+        ),
         Endpoint("GET", "/api/v1/nodes/{ref}", get_node, "One node", "nodes"),
         Endpoint(
             "DELETE", "/api/v1/nodes/{ref}", delete_node, "Delete a node", "nodes", body=NoBody

@@ -119,6 +119,7 @@ def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path:
         "metrics_listen": "127.0.0.8:8",
         "log_format": "json",
         "trusted_signers": "/etc/tailnetd/allowed_signers",
+        "login_timeout": "60",
     }
     assert set(samples) | {"tls_cert", "tls_key"} == {o.key for o in OPTIONS}
     for option in OPTIONS:

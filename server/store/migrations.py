@@ -116,6 +116,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         "API key scopes",
         ("ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin'",),
     ),
+    Migration(
+        4,
+        "identity-provider groups of each user's last login",
+        (
+            """
+            CREATE TABLE login_groups (
+                email       TEXT    PRIMARY KEY,
+                groups      TEXT    NOT NULL,
+                updated     TEXT    NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 
@@ -205,6 +218,19 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         3,
         "API key scopes",
         ("ALTER TABLE api_keys ADD COLUMN scope text NOT NULL DEFAULT 'admin'",),
+    ),
+    Migration(
+        4,
+        "identity-provider groups of each user's last login",
+        (
+            """
+            CREATE TABLE login_groups (
+                email       text        PRIMARY KEY,
+                groups      jsonb       NOT NULL,
+                updated     timestamptz NOT NULL
+            )
+            """,
+        ),
     ),
 )
 

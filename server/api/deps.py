@@ -10,6 +10,7 @@ from typing import Any
 
 from server.auth.pending import PendingLogins
 from server.metrics import Metrics
+from server.oidc.login import OidcLogin
 from server.protocol.keys import MachinePublic
 from server.repo import RepoStatus
 from server.store.interface import Store
@@ -36,6 +37,7 @@ class WebDeps:
     # for the policy file of `/api/v2/…/acl`; None when they cannot be read.
     documents: Callable[[], Awaitable[Any]] | None = None
     logins: PendingLogins | None = None  # interactive logins: the register page, approval
+    oidc: OidcLogin | None = None  # logins through an identity provider: its two routes
 
 
 def parse_duration(text: str) -> timedelta:

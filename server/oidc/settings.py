@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CALLBACK_PATH", "OidcSettings", "read_client_secret"]
+__all__ = ["CALLBACK_PATH", "OidcSettings", "oidc_settings", "read_client_secret"]
 
 CALLBACK_PATH = "/oidc/callback"
 SECRET_ENV = "TAILNETD_OIDC_CLIENT_SECRET"
@@ -52,3 +53,38 @@ def read_client_secret(path: Path | None, env: Mapping[str, str]) -> str:
             f"an OIDC issuer needs a client secret: --oidc-client-secret-file FILE or ${SECRET_ENV}"
         )
     return secret
+
+
+def _names(text: str | None) -> frozenset[str]:
+    return frozenset(p.strip().lower() for p in (text or "").split(",") if p.strip())
+
+
+def oidc_settings(
+    v: Mapping[str, Any], *, server_url: str, login_ttl: float, env: Mapping[str, str]
+) -> OidcSettings:
+    """From the server options (`oidc_*` keys, parsed). Raises ValueError."""
+    issuer = str(v["oidc_issuer"]).rstrip("/")
+    if not issuer.startswith(("https://", "http://")):
+        raise ValueError(f"--oidc-issuer must be an http(s) URL, got {issuer!r}")
+    client_id = v.get("oidc_client_id")
+    if not client_id:
+        raise ValueError("--oidc-issuer needs --oidc-client-id")
+    scopes = tuple(s.strip() for s in str(v.get("oidc_scopes") or "").split(",") if s.strip())
+    if "openid" not in scopes:
+        raise ValueError("--oidc-scopes must include openid")
+    return OidcSettings(
+        issuer=issuer,
+        client_id=str(client_id),
+        client_secret=read_client_secret(v.get("oidc_client_secret_file"), env),
+        server_url=server_url,
+        scopes=scopes,
+        allowed_emails=_names(v.get("oidc_allowed_emails")),
+        allowed_domains=_names(v.get("oidc_allowed_domains")),
+        allowed_groups=frozenset(
+            g.strip() for g in str(v.get("oidc_allowed_groups") or "").split(",") if g.strip()
+        ),
+        groups_claim=str(v.get("oidc_groups_claim") or "groups"),
+        groups_prefix=str(v.get("oidc_groups_prefix") or ""),
+        allow_unverified_email=bool(v.get("oidc_allow_unverified_email")),
+        login_ttl=login_ttl,
+    )

@@ -27,6 +27,7 @@ from server.acme import AcmeManager, AcmeSettings
 from server.acme_http import ChallengeResponder
 from server.api import WebDeps, build_app, build_metrics_app
 from server.auth.pending import PendingLogins
+from server.auth.sshcheck import SshChecks
 from server.authority import CommitAuthority
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
@@ -278,6 +279,7 @@ class Server:
         try:
             source = TailnetSource.from_snapshot(snap)
             self.tailnet.swap_source(source)
+            self.ssh_checks.forget_approvals()  # a new policy asks every check again
         except Exception as exc:
             self.log.exception("commit %s could not be served", revision[:12])
             error = f"compiling for the live nodes failed: {exc}"
@@ -382,6 +384,12 @@ class Server:
             rng=os.urandom,
             log=self.log,
         )
+        self.ssh_checks = SshChecks(
+            base_url=self._public_url,
+            timeout=lambda: timedelta(seconds=cfg.login_timeout),
+            rng=os.urandom,
+            log=self.log,
+        )
         self.oidc = self._oidc_login()
         self.control = ControlHandler(
             self.tailnet,
@@ -392,6 +400,7 @@ class Server:
             log=self.log,
             metrics=self.metrics,
             logins=self.logins,
+            ssh_checks=self.ssh_checks,
         )
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
@@ -411,6 +420,7 @@ class Server:
                 log=self.log,
                 documents=self._serving_documents,
                 logins=self.logins,
+                ssh_checks=self.ssh_checks,
                 oidc=self.oidc,
             )
 
@@ -557,7 +567,11 @@ class Server:
         return self.tailnet.source.settings or DEFAULT_SETTINGS
 
     def _control_settings(self) -> ControlSettings:
-        return ControlSettings(node_key_expiry=self._settings().node_key_expiry)
+        settings = self._settings()
+        return ControlSettings(
+            node_key_expiry=settings.node_key_expiry,
+            device_approval=settings.device_approval == "required",
+        )
 
     def _derp_region(self) -> DerpRegion:
         # Clients reach DERP where they reach control: the server URL, which
@@ -659,6 +673,7 @@ class Server:
             wait = SWEEP_INTERVAL if due is None else (due - self.clock()).total_seconds()
             await asyncio.sleep(min(max(wait, 0.01), SWEEP_INTERVAL))
             self.logins.handle_timer(self.clock())
+            self.ssh_checks.handle_timer(self.clock())
 
     async def _sweep(self) -> None:
         """Every few seconds: remove inactive ephemeral nodes, and drop the

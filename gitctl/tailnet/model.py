@@ -115,6 +115,8 @@ class TailnetSettings:
     embedded_derp: EmbeddedDerp = EmbeddedDerp()
     # Repository-relative allowed-signers file: commits must be signed by a key it lists.
     trusted_signers: str | None = None
+    # "required": new nodes wait for an operator's approval before they see peers.
+    device_approval: Literal["none", "required"] = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +288,15 @@ class _Builder:
         if signers is not None:
             signers = self.repo_path(("settings", "trusted_signers", "file"), signers)
         return TailnetSettings(
-            v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb, signers
+            v4,
+            v6,
+            s.get("ip_allocation", "sequential"),
+            expiry,
+            ephemeral,
+            regions,
+            emb,
+            signers,
+            s.get("device_approval", "none"),
         )
 
     def repo_path(self, path: JsonPath, text: str) -> str | None:

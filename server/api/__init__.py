@@ -44,7 +44,9 @@ def api_endpoints(deps: WebDeps) -> list[Endpoint]:
 def build_app(deps: WebDeps) -> Starlette:
     api = to_routes(api_endpoints(deps), local=deps.local, store=deps.store, clock=deps.clock)
     probes = discovery.probe_routes(deps, with_metrics=deps.local)
-    pages = login_pages.routes(deps.logins, deps.clock) if deps.logins is not None else []
+    pages = []
+    if deps.logins is not None:
+        pages = login_pages.routes(deps.logins, deps.ssh_checks, deps.clock)
     if deps.oidc is not None and not deps.local:  # first: its /register/ redirects
         pages = [*deps.oidc.routes(), *pages]
     return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *pages, *api]), deps)

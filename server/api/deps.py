@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from server.auth.pending import PendingLogins
+from server.auth.sshcheck import SshChecks
 from server.metrics import Metrics
 from server.oidc.login import OidcLogin
 from server.protocol.keys import MachinePublic
@@ -38,6 +39,7 @@ class WebDeps:
     documents: Callable[[], Awaitable[Any]] | None = None
     logins: PendingLogins | None = None  # interactive logins: the register page, approval
     oidc: OidcLogin | None = None  # logins through an identity provider: its two routes
+    ssh_checks: SshChecks | None = None  # SSH check mode: the check page, approval
 
 
 def parse_duration(text: str) -> timedelta:

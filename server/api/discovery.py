@@ -32,7 +32,7 @@ def routes(deps: WebDeps) -> list[Route]:
     async def index(request: Request) -> Response:
         return PlainTextResponse(
             "tailnetd: a Tailscale control server.\n"
-            "Connect with: tailscale up --login-server=<this URL> --auth-key=<key>\n"
+            "Connect with: tailscale up --login-server=<this URL> [--auth-key=<key>]\n"
             "Admin API: /api/v1/openapi.json\n"
         )
 

@@ -74,6 +74,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "key_expiry": optional_time(n.key_expiry),
             "machine_key": n.machine_key.text,
             "node_key": n.node_key.text,
+            "approved": n.approved,
         }
 
     def key_json(k: PreAuthKey) -> dict[str, Any]:
@@ -175,6 +176,14 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         node_acted("api.node_expired", "expired", expired_node)
         return node_json(expired_node)
 
+    async def approve_node(call: Call) -> Any:
+        node = find_node(registry, call.path("ref"))
+        if node.approved:
+            return node_json(node)
+        approved = registry.approve(node.id)
+        node_acted("api.node_approved", "approved", approved)
+        return node_json(approved)
+
     async def rename_node(call: Call) -> Any:
         node = find_node(registry, call.path("ref"))
         renamed = registry.rename(node.id, call.body.name)
@@ -226,6 +235,41 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             raise Problem("not-found", str(exc)) from None
         acted("api.login_refused", "login %s refused", refused.auth_id, auth_id=refused.auth_id)
         return login_json(refused)
+
+    def checks() -> Any:
+        if deps.ssh_checks is None:
+            raise Problem("not-found", "SSH check mode is not enabled on this server")
+        return deps.ssh_checks
+
+    def check_json(c: Any) -> dict[str, Any]:
+        return {
+            "auth_id": c.auth_id,
+            "url": c.url,
+            "src_node": c.src_node,
+            "dst_node": c.dst_node,
+            "user": c.src_user,
+            "local_user": c.local_user,
+            "state": c.state,
+            "created": format_time(c.created),
+            "expires": format_time(c.expires),
+        }
+
+    async def list_checks(call: Call) -> Any:
+        return [check_json(c) for c in checks().waiting()]
+
+    async def decide_check(call: Call) -> Any:
+        auth_id, verb = call.path("auth_id"), call.path("verb")
+        try:
+            if verb == "approve":
+                decided = checks().approve(auth_id, f"an administrator ({via})", clock())
+            elif verb == "refuse":
+                decided = checks().refuse(auth_id, "refused by an administrator")
+            else:
+                raise Problem("not-found", f"no such action {verb!r}: approve or refuse")
+        except LoginGone as exc:
+            raise Problem("not-found", str(exc)) from None
+        acted(f"api.ssh_check_{verb}", f"SSH check %s: {verb}", auth_id, auth_id=auth_id)
+        return check_json(decided)
 
     async def list_keys(call: Call) -> Any:
         return [key_json(k) for k in store.list_preauth_keys(call.query("user"))]
@@ -315,6 +359,11 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "POST", "/api/v1/logins/{auth_id}/refuse", refuse_login,
             "Refuse an interactive login", "nodes", body=RefuseLogin,
         ),
+        Endpoint("GET", "/api/v1/ssh/checks", list_checks, "SSH checks waiting", "ssh"),
+        Endpoint(
+            "POST", "/api/v1/ssh/checks/{auth_id}/{verb}", decide_check,
+            "Approve or refuse an SSH check (verb: approve | refuse)", "ssh", body=NoBody,
+        ),
         Endpoint("GET", "/api/v1/nodes/{ref}", get_node, "One node", "nodes"),
         Endpoint(
             "DELETE", "/api/v1/nodes/{ref}", delete_node, "Delete a node", "nodes", body=NoBody
@@ -322,6 +371,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/expire", expire_node, "Expire a node's key now", "nodes",
             body=NoBody,
+        ),
+        Endpoint(
+            "POST", "/api/v1/nodes/{ref}/approve", approve_node,
+            "Approve a node waiting for device approval", "nodes", body=NoBody,
         ),
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/rename", rename_node, "Rename a node", "nodes",

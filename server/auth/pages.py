@@ -16,8 +16,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from server.auth.pending import PendingLogin, PendingLogins
+from server.auth.sshcheck import SshCheck, SshChecks
 
-__all__ = ["login_page", "page", "routes"]
+__all__ = ["check_page", "login_page", "page", "routes"]
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;"
@@ -77,10 +78,49 @@ def login_page(login: PendingLogin | None, auth_id: str, now: datetime) -> tuple
     )
 
 
-def routes(logins: PendingLogins, clock: Callable[[], datetime]) -> list[Route]:
+def check_page(check: SshCheck | None) -> tuple[int, str]:
+    """The page an SSH check sends the person to. Operator approval today; an
+    identity provider, when configured, re-authenticates the person here
+    (`SshChecks.complete`)."""
+    if check is None:
+        return 404, page(
+            "SSH check unknown or expired",
+            "<p>This SSH check is not known to this server: it expired or was "
+            "already decided. Connect again for a new one.</p>\n",
+        )
+    who = html.escape(check.src_user or "a tagged device")
+    login = html.escape(check.local_user)
+    if check.state != "waiting":
+        return (200 if check.state == "approved" else 410), page(
+            f"SSH check {check.state}",
+            f"<p>The SSH login of {who} as <code>{login}</code> was {check.state}"
+            + (f": {html.escape(check.reason)}" if check.reason else "")
+            + ".</p>\n",
+        )
+    command = f"tailnetd ssh approve {check.auth_id}"
+    return 200, page(
+        "SSH login needs a check",
+        f"<p>An SSH login of {who} as <code>{login}</code> is held by a "
+        "<code>check</code> rule of the tailnet policy.</p>\n"
+        "<p>Ask an administrator of this tailnet to approve it by running:</p>\n"
+        f"<pre><code>{html.escape(command)}</code></pre>\n"
+        "<p>The ssh session continues by itself once approved.</p>\n",
+    )
+
+
+def routes(
+    logins: PendingLogins, checks: SshChecks | None, clock: Callable[[], datetime]
+) -> list[Route]:
+    headers = {"Cache-Control": "no-store"}
+
     async def register(request: Request) -> Response:
         auth_id = str(request.path_params["auth_id"])[:128]
         status, text = login_page(logins.get(auth_id), auth_id, clock())
-        return HTMLResponse(text, status, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(text, status, headers=headers)
 
-    return [Route("/register/{auth_id}", register)]
+    async def ssh_check(request: Request) -> Response:
+        auth_id = str(request.path_params["auth_id"])[:128]
+        status, text = check_page(checks.get(auth_id) if checks is not None else None)
+        return HTMLResponse(text, status, headers=headers)
+
+    return [Route("/register/{auth_id}", register), Route("/ssh/check/{auth_id}", ssh_check)]

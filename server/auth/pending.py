@@ -36,6 +36,7 @@ __all__ = [
     "MAX_PENDING",
     "TRANSITIONS",
     "CompletedLogin",
+    "Input",
     "LoginGone",
     "LoginState",
     "Outcome",
@@ -313,6 +314,7 @@ def register_node(
     now: datetime,
     *,
     key_expiry: datetime | None,
+    approved: bool = True,
 ) -> Node:
     """Write the node of a completed login: the machine's node, if it has one,
     keeps its id and addresses and takes the new key and owner."""
@@ -334,6 +336,7 @@ def register_node(
         hostinfo=hostinfo,
         capver=capver,
         existing=existing,
+        approved=approved,
     )
 
 

@@ -163,6 +163,7 @@ class SqlStore:
         hostinfo: Hostinfo | None = None,
         endpoints: Sequence[str] = (),
         capver: int = 0,
+        approved: bool = True,
     ) -> Node:
         with self._write(index=True) as db:
             existing = self._node_where(db, "machine_key = ?", machine_key.raw)
@@ -180,8 +181,8 @@ class SqlStore:
             cursor = db.execute(
                 "INSERT INTO nodes (machine_key, node_key, disco_key, ipv4, ipv6, hostname,"
                 " given_name, user_name, tags, auth_key_id, ephemeral, created, last_seen,"
-                " key_expiry, hostinfo, endpoints, capver)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)"
+                " key_expiry, hostinfo, endpoints, capver, approved)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)"
                 f" RETURNING {rows.NODE_COLUMNS}",
                 (
                     machine_key.raw,
@@ -200,6 +201,7 @@ class SqlStore:
                     rows.hostinfo_text(Hostinfo() if hostinfo is None else hostinfo),
                     rows.json_list(endpoints),
                     capver,
+                    approved,
                 ),
             )
             node = rows.node_from_row(cursor.fetchone())
@@ -296,6 +298,10 @@ class SqlStore:
     def set_key_expiry(self, node_id: int, when: datetime | None) -> Node:
         with self._write() as db:
             return self._update(db, node_id, key_expiry=rows.ts_or_none(when))
+
+    def set_node_approved(self, node_id: int, approved: bool) -> Node:
+        with self._write() as db:
+            return self._update(db, node_id, approved=approved)
 
     def set_node_tags(self, node_id: int, tags: Sequence[str]) -> Node:
         changes: dict[str, object] = {"tags": rows.json_list(tags)}

@@ -118,6 +118,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
+        "device approval: nodes waiting for an operator",
+        ("ALTER TABLE nodes ADD COLUMN approved INTEGER NOT NULL DEFAULT 1",),
+    ),
+    Migration(
+        5,
         "identity-provider groups of each user's last login",
         (
             """
@@ -221,6 +226,11 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
+        "device approval: nodes waiting for an operator",
+        ("ALTER TABLE nodes ADD COLUMN approved boolean NOT NULL DEFAULT true",),
+    ),
+    Migration(
+        5,
         "identity-provider groups of each user's last login",
         (
             """

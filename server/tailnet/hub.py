@@ -163,10 +163,13 @@ class Tailnet:
     def cut_off(self) -> list[Node]:
         """Registered nodes that are not served: their user is not in git."""
         served = self._ctx.nodes
-        return [n for n in self._records.values() if n.id not in served]
+        return [n for n in self._records.values() if n.id not in served and n.approved]
 
     def _served(self, node: Node) -> bool:
-        return bool(node.tags) or node.user is None or node.user in self._source.users
+        """In the maps: its owner is in git (or it is tagged), and it is not
+        waiting for device approval."""
+        owned = bool(node.tags) or node.user is None or node.user in self._source.users
+        return owned and node.approved
 
     def _build_context(self, previous: MapContext | None = None) -> MapContext:
         nodes = [n for n in self._records.values() if self._served(n)]

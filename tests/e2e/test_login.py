@@ -4,6 +4,7 @@ CLI and the same `tailscale up` finishes, Running, with its peers."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
@@ -114,3 +115,24 @@ def test_a_refused_login_ends_tailscale_up_with_the_reason(net: Net) -> None:
     net.server.admin("nodes", "refuse", auth_id, "--reason", "not a company machine")
     assert up.finish() != 0
     assert "not a company machine" in up.output
+
+
+def test_with_device_approval_a_node_with_a_key_waits_for_the_operator(net: Net) -> None:
+    head = net.repo.commit({"settings.yaml": "device_approval: required\n"}, "approve devices")
+    wait_for(lambda: net.server.status()["serving"] == head, 30, "the commit to be served")
+    server1 = net.node("server1")
+    up = Up(server1, net.server, f"--auth-key={net.server.create_key('alice')}")
+    wait_for(
+        lambda: server1.status().get("BackendState") == "NeedsMachineAuth",
+        30,
+        "server1 to need machine authorization",
+    )
+    assert server1.peer_names() == set()
+    listed = json.loads(net.server.admin("nodes", "list", "--json"))
+    (node,) = [n for n in listed if n["name"] == "server1"]
+    assert node["approved"] is False
+
+    net.server.admin("nodes", "approve", "server1")
+    wait_for(lambda: server1.status().get("BackendState") == "Running", 30, "server1 to run")
+    wait_for(lambda: "bob1" in server1.peer_names(), 30, "server1 to see bob1")
+    assert up.finish() == 0, up.output

@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gitctl.tailnet.kinds import did_you_mean
 from server.oidc.settings import OidcSettings, oidc_settings
-from server.remote_repo import is_remote
+from server.sources.remote import is_remote
 from server.store import is_postgres_url, redact_url
 
 __all__ = [
@@ -67,6 +67,9 @@ class ServerConfig:
     trusted_signers: Path | None = None
     login_timeout: float = 600.0  # seconds an interactive login waits for approval
     oidc: OidcSettings | None = None  # logins through an identity provider (--oidc-issuer)
+    # The webhooks' HMAC-SHA256 secret: from --webhook-secret-file or
+    # TAILNETD_WEBHOOK_SECRET, never from git. None: webhooks are not sent.
+    webhook_secret: bytes | None = field(default=None, repr=False)
 
     @property
     def socket_path(self) -> Path:
@@ -277,6 +280,12 @@ OPTIONS: tuple[Option, ...] = (
         "oidc_allow_unverified_email", "true|false",
         "accept an email the provider has not verified", "false", parse=_bool,
     ),
+    Option(
+        "webhook_secret_file", "FILE",
+        "file holding the secret that signs webhooks (HMAC-SHA256); or give the secret itself "
+        "in TAILNETD_WEBHOOK_SECRET. Without one, settings.yaml's webhooks are not sent",
+        parse=_file,
+    ),
 )  # fmt: skip
 _BY_KEY = {option.key: option for option in OPTIONS}
 
@@ -387,6 +396,7 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
             # A file in the work tree is one a commit could change.
             raise ConfigError(f"--trusted-signers {signers}: must be outside the repository")
     return ServerConfig(
+        webhook_secret=_webhook_secret(v.get("webhook_secret_file"), env),
         repo=repo.resolve(),
         repo_url=repo_url,
         fetch_interval=v["fetch_interval"],
@@ -412,6 +422,19 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         login_timeout=v["login_timeout"],
         oidc=_oidc(v, v.get("server_url") or default_url, v["login_timeout"], env),
     )
+
+
+def _webhook_secret(path: Path | None, env: Mapping[str, str]) -> bytes | None:
+    if path is not None:
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"--webhook-secret-file {path}: {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"--webhook-secret-file {path}: the file is empty")
+        return secret
+    text = env.get("TAILNETD_WEBHOOK_SECRET", "").strip()
+    return text.encode() if text else None
 
 
 if __name__ == "__main__":

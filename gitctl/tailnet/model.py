@@ -29,6 +29,7 @@ __all__ = [
     "IPNetwork",
     "RouteApproval",
     "TailnetSettings",
+    "WebhookTarget",
     "UserSpec",
     "build_model",
     "parse_duration",
@@ -117,6 +118,17 @@ class TailnetSettings:
     trusted_signers: str | None = None
     # "required": new nodes wait for an operator's approval before they see peers.
     device_approval: Literal["none", "required"] = "none"
+    # Where the server POSTs its events; the signing secret is the server's, never git's.
+    webhooks: tuple[WebhookTarget, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    url: str
+    events: frozenset[str] | None = None  # None: every event type
+
+    def wants(self, event_type: str) -> bool:
+        return self.events is None or event_type in self.events
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,17 +299,14 @@ class _Builder:
         signers = s.get("trusted_signers", {}).get("file")
         if signers is not None:
             signers = self.repo_path(("settings", "trusted_signers", "file"), signers)
-        return TailnetSettings(
-            v4,
-            v6,
-            s.get("ip_allocation", "sequential"),
-            expiry,
-            ephemeral,
-            regions,
-            emb,
-            signers,
-            s.get("device_approval", "none"),
+        hooks = tuple(
+            WebhookTarget(h["url"], frozenset(h["events"]) if "events" in h else None)
+            for h in s.get("webhooks", ())
         )
+        return TailnetSettings(
+            v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb, signers,
+            s.get("device_approval", "none"), hooks,
+        )  # fmt: skip
 
     def repo_path(self, path: JsonPath, text: str) -> str | None:
         """A repository-relative file path, normalized; None (and an error) if it leaves

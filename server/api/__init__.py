@@ -22,6 +22,7 @@ from server.api.endpoints import Call, Endpoint, to_routes
 from server.api.openapi import openapi_document
 from server.auth import pages as login_pages
 from server.metrics import RequestCounter
+from server.page import Sessions, page_routes
 
 __all__ = ["WebDeps", "api_endpoints", "build_app", "build_metrics_app", "parse_duration"]
 
@@ -49,7 +50,8 @@ def build_app(deps: WebDeps) -> Starlette:
         pages = login_pages.routes(deps.logins, deps.ssh_checks, deps.clock)
     if deps.oidc is not None and not deps.local:  # first: its /register/ redirects
         pages = [*deps.oidc.routes(), *pages]
-    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *pages, *api]), deps)
+    page = page_routes(deps, Sessions(deps.rng))
+    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *pages, *api, *page]), deps)
 
 
 def build_metrics_app(deps: WebDeps) -> Starlette:

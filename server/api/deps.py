@@ -13,9 +13,10 @@ from server.auth.sshcheck import SshChecks
 from server.metrics import Metrics
 from server.oidc.login import OidcLogin
 from server.protocol.keys import MachinePublic
-from server.repo import RepoStatus
+from server.sources.repo import RepoStatus
 from server.store.interface import Store
 from server.tailnet import NodeRegistry, Tailnet
+from server.webhooks.source import EventSource
 
 __all__ = ["WebDeps", "parse_duration"]
 
@@ -40,6 +41,7 @@ class WebDeps:
     logins: PendingLogins | None = None  # interactive logins: the register page, approval
     oidc: OidcLogin | None = None  # logins through an identity provider: its two routes
     ssh_checks: SshChecks | None = None  # SSH check mode: the check page, approval
+    events: EventSource | None = None  # webhook events of admin actions (keys, approvals)
 
 
 def parse_duration(text: str) -> timedelta:

@@ -25,6 +25,7 @@ from typing import Any, Protocol, Self
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store import _keytables as keytables
 from server.store import _rows as rows
+from server.store._eventtables import EventTables
 from server.store._nodeindex import NodeIndex
 from server.store._rand import LOWER_ALNUM, random_text
 from server.store.ipalloc import allocate_ipv4, allocate_ipv6
@@ -62,7 +63,7 @@ class Db(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor: ...
 
 
-class SqlStore:
+class SqlStore(EventTables):
     _FOR_UPDATE = ""  # the row lock clause, where the backend has one
 
     def __init__(

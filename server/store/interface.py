@@ -20,14 +20,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from ipaddress import IPv4Network, IPv6Network
-from typing import Protocol
+from typing import Any, Protocol
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import (
     AllocationStrategy,
     ApiKey,
     ApiScope,
+    AuditEntry,
     Node,
+    OutboxItem,
     PendingLogin,
     PreAuthKey,
     Rng,
@@ -180,3 +182,26 @@ class Store(Protocol):
     # The policy groups each user's last identity-provider login carried (by email).
     def set_login_groups(self, email: str, groups: Sequence[str], now: datetime) -> None: ...
     def login_groups(self) -> dict[str, tuple[str, ...]]: ...
+
+    # Audit trail and webhook outbox (server/store/_eventtables.py)
+
+    def record_audit(
+        self,
+        *,
+        at: datetime,
+        actor: str,
+        action: str,
+        target: str | None,
+        params: dict[str, Any],
+        status: int,
+        result: str,
+        detail: str | None = None,
+    ) -> AuditEntry: ...
+    def list_audit(
+        self, *, since: datetime | None = None, limit: int = 100
+    ) -> list[AuditEntry]: ...
+    def add_outbox(self, items: Sequence[tuple[str, str, bytes]]) -> list[OutboxItem]: ...
+    def list_outbox(self) -> list[OutboxItem]: ...
+    def outbox_attempted(self, item_id: int) -> None: ...
+    def remove_outbox(self, item_id: int) -> None: ...
+    def count_outbox(self) -> int: ...

@@ -118,11 +118,40 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
+        "audit trail and webhook outbox",
+        (
+            """
+            CREATE TABLE audit_log (
+                id          INTEGER PRIMARY KEY AUTOINCREMENT,
+                at          TEXT    NOT NULL,
+                actor       TEXT    NOT NULL,
+                action      TEXT    NOT NULL,
+                target      TEXT,
+                params      TEXT    NOT NULL,
+                status      INTEGER NOT NULL,
+                result      TEXT    NOT NULL,
+                detail      TEXT
+            )
+            """,
+            "CREATE INDEX audit_log_at ON audit_log (at)",
+            """
+            CREATE TABLE webhook_outbox (
+                id          INTEGER PRIMARY KEY AUTOINCREMENT,
+                url         TEXT    NOT NULL,
+                queue       TEXT    NOT NULL,
+                body        TEXT    NOT NULL,
+                attempts    INTEGER NOT NULL DEFAULT 0
+            )
+            """,
+        ),
+    ),
+    Migration(
+        5,
         "device approval: nodes waiting for an operator",
         ("ALTER TABLE nodes ADD COLUMN approved INTEGER NOT NULL DEFAULT 1",),
     ),
     Migration(
-        5,
+        6,
         "identity-provider groups of each user's last login",
         (
             """
@@ -226,11 +255,40 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
+        "audit trail and webhook outbox",
+        (
+            """
+            CREATE TABLE audit_log (
+                id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                at          timestamptz NOT NULL,
+                actor       text        NOT NULL,
+                action      text        NOT NULL,
+                target      text,
+                params      text        NOT NULL,
+                status      integer     NOT NULL,
+                result      text        NOT NULL,
+                detail      text
+            )
+            """,
+            "CREATE INDEX audit_log_at ON audit_log (at)",
+            """
+            CREATE TABLE webhook_outbox (
+                id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                url         text        NOT NULL,
+                queue       text        NOT NULL,
+                body        text        NOT NULL,
+                attempts    integer     NOT NULL DEFAULT 0
+            )
+            """,
+        ),
+    ),
+    Migration(
+        5,
         "device approval: nodes waiting for an operator",
         ("ALTER TABLE nodes ADD COLUMN approved boolean NOT NULL DEFAULT true",),
     ),
     Migration(
-        5,
+        6,
         "identity-provider groups of each user's last login",
         (
             """

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import errno
 import logging
 import os
@@ -36,6 +37,8 @@ from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
 from server.logs import event
 from server.metrics import DerpCollector, LiveCollector, Metrics
+from server.oidc.login import OidcLogin
+from server.oidc.provider import Provider
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, NodePublic
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
 from server.sources.authority import CommitAuthority
@@ -270,6 +273,7 @@ class Server:
             rng=os.urandom,
             log=self.log,
         )
+        self.oidc = self._oidc_login()
         self.control = ControlHandler(
             self.tailnet,
             self.registry,
@@ -278,9 +282,9 @@ class Server:
             settings=self._control_settings,
             log=self.log,
             metrics=self.metrics,
-            on_refused=self.events.login_refused,
             logins=self.logins,
             ssh_checks=self.ssh_checks,
+            on_refused=self.events.login_refused,
         )
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
@@ -302,6 +306,7 @@ class Server:
                 events=self.events,
                 logins=self.logins,
                 ssh_checks=self.ssh_checks,
+                oidc=self.oidc,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))
@@ -537,6 +542,29 @@ class Server:
                 )
                 self.tailnet.time_passed()
 
+    def _oidc_login(self) -> OidcLogin | None:
+        """Logins through the identity provider, when --oidc-issuer is set."""
+        settings = self.config.oidc
+        if settings is None:
+            return None
+        # The callback is on the URL people reach (the bound port when listening on 0).
+        settings = dataclasses.replace(settings, server_url=self._public_url())
+        self._oidc_provider = Provider(settings)
+        return OidcLogin(
+            settings,
+            self._oidc_provider,
+            self.logins,
+            users=lambda: {e.lower(): n for n, (e, _) in self.tailnet.source.users.items()},
+            record_groups=self._record_login_groups,
+            clock=self.clock,
+            log=self.log,
+        )
+
+    def _record_login_groups(self, email: str, groups: tuple[str, ...]) -> None:
+        """A login's identity-provider groups: kept, and applied to the maps now."""
+        self.store.set_login_groups(email, groups, self.clock())
+        self.tailnet.set_login_groups(email, groups)
+
     def _public_url(self) -> str:
         """Where people reach this server (login links): --server-url, or the
         port actually bound when listening on port 0."""
@@ -682,6 +710,8 @@ class Server:
             await self.derp.close()
         if self.webhooks is not None:
             await self.webhooks.aclose()  # what is still queued goes to the outbox
+        if hasattr(self, "_oidc_provider"):
+            await self._oidc_provider.aclose()
         if hasattr(self, "store"):
             self.store.close()
         if self._data_lock is not None:

@@ -89,9 +89,9 @@ class ControlHandler:
         log: logging.Logger,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
-        on_refused: Callable[[str, str], None] | None = None,
         logins: PendingLogins | None = None,
         ssh_checks: SshChecks | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         self._tailnet = tailnet
         self._on_refused = on_refused  # (machine, reason): a login refused its key
@@ -274,8 +274,6 @@ class ControlHandler:
         if outcome.node is None:
             refused = outcome.state == "refused"
             self._metrics.registration("login_refused" if refused else "login_expired")
-            if refused and self._on_refused is not None:
-                self._on_refused(req.machine_key.short(), outcome.reason)
             return _json({"Error": outcome.reason or f"login {outcome.state}"})
         self._metrics.registration("login_ok")
         return _json(self._register_response(outcome.node))

@@ -45,13 +45,13 @@ def api_endpoints(deps: WebDeps) -> list[Endpoint]:
 def build_app(deps: WebDeps) -> Starlette:
     api = to_routes(api_endpoints(deps), local=deps.local, store=deps.store, clock=deps.clock)
     probes = discovery.probe_routes(deps, with_metrics=deps.local)
-    page = page_routes(deps, Sessions(deps.rng))
-    logins = []
+    pages = []
     if deps.logins is not None:
-        logins = login_pages.routes(deps.logins, deps.ssh_checks, deps.clock)
-    return _counted(
-        Starlette(routes=[*discovery.routes(deps), *probes, *logins, *api, *page]), deps
-    )
+        pages = login_pages.routes(deps.logins, deps.ssh_checks, deps.clock)
+    if deps.oidc is not None and not deps.local:  # first: its /register/ redirects
+        pages = [*deps.oidc.routes(), *pages]
+    page = page_routes(deps, Sessions(deps.rng))
+    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *pages, *api, *page]), deps)
 
 
 def build_metrics_app(deps: WebDeps) -> Starlette:

@@ -11,6 +11,7 @@ from typing import Any
 from server.auth.pending import PendingLogins
 from server.auth.sshcheck import SshChecks
 from server.metrics import Metrics
+from server.oidc.login import OidcLogin
 from server.protocol.keys import MachinePublic
 from server.sources.repo import RepoStatus
 from server.store.interface import Store
@@ -37,9 +38,10 @@ class WebDeps:
     # The files of the commit being served (gitctl `Documents`), read on demand,
     # for the policy file of `/api/v2/…/acl`; None when they cannot be read.
     documents: Callable[[], Awaitable[Any]] | None = None
-    events: EventSource | None = None  # webhook events of admin actions (keys, approvals)
     logins: PendingLogins | None = None  # interactive logins: the register page, approval
+    oidc: OidcLogin | None = None  # logins through an identity provider: its two routes
     ssh_checks: SshChecks | None = None  # SSH check mode: the check page, approval
+    events: EventSource | None = None  # webhook events of admin actions (keys, approvals)
 
 
 def parse_duration(text: str) -> timedelta:

@@ -582,6 +582,21 @@ class SqlStore(EventTables):
             cursor = db.execute("DELETE FROM pending_logins WHERE created < ?", (rows.ts(before),))
             return cursor.rowcount
 
+    # -- identity-provider groups ----------------------------------------------------
+
+    def set_login_groups(self, email: str, groups: Sequence[str], now: datetime) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM login_groups WHERE email = ?", (email,))
+            db.execute(
+                "INSERT INTO login_groups (email, groups, updated) VALUES (?, ?, ?)",
+                (email, rows.json_list(sorted(groups)), rows.ts(now)),
+            )
+
+    def login_groups(self) -> dict[str, tuple[str, ...]]:
+        with self._read() as db:
+            found = db.execute("SELECT email, groups FROM login_groups ORDER BY email").fetchall()
+        return {str(row[0]): rows.str_tuple(row[1]) for row in found}
+
 
 def _check_usable(key: PreAuthKey, now: datetime) -> None:
     if key.revoked:

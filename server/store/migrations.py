@@ -158,6 +158,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         "device approval: nodes waiting for an operator",
         ("ALTER TABLE nodes ADD COLUMN approved INTEGER NOT NULL DEFAULT 1",),
     ),
+    Migration(
+        7,
+        "identity-provider groups of each user's last login",
+        (
+            """
+            CREATE TABLE login_groups (
+                email       TEXT    PRIMARY KEY,
+                groups      TEXT    NOT NULL,
+                updated     TEXT    NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 
@@ -289,6 +302,19 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         6,
         "device approval: nodes waiting for an operator",
         ("ALTER TABLE nodes ADD COLUMN approved boolean NOT NULL DEFAULT true",),
+    ),
+    Migration(
+        7,
+        "identity-provider groups of each user's last login",
+        (
+            """
+            CREATE TABLE login_groups (
+                email       text        PRIMARY KEY,
+                groups      jsonb       NOT NULL,
+                updated     timestamptz NOT NULL
+            )
+            """,
+        ),
     ),
 )
 

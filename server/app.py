@@ -42,8 +42,10 @@ from server.remote_repo import RemoteRepo, watch_remote
 from server.repo import Checked, Rejection, RepoStatus, SnapshotRepo, watch_repo
 from server.store import SqlStore, StoreError, open_store
 from server.store.model import Node
+from server.store.postgres import PostgresStore
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, running_tailnet
+from server.tailnet.pg_listen import start_replication
 from server.tls import ReloadingContext, TlsError, watch_certificate_files
 from server.wire import DerpRegion
 
@@ -367,6 +369,12 @@ class Server:
         )
         self.registry.subscribe(self._node_changed)
         self.registry.subscribe(self.metrics.node_changed)
+        if isinstance(self.store, PostgresStore):
+            self._tasks.append(
+                start_replication(
+                    self.store, self.registry, self.tailnet, replica=cfg.replica_id, log=self.log
+                )
+            )
         self.metrics.registry.register(DerpCollector(self.derp.stats))
         self.metrics.registry.register(LiveCollector(self._live_counts))
         self.control = ControlHandler(

@@ -64,6 +64,9 @@ class ServerConfig:
     log_format: str = "text"  # "text" or "json" (one object per line)
     # Allowed-signers file outside the repository: only commits its keys signed are served.
     trusted_signers: Path | None = None
+    replica_id: str | None = None  # None: a random name each start
+    mesh_key_file: Path | None = None  # DERP mesh key shared by replicas
+    mesh_with: tuple[str, ...] = ()  # other replicas' server URLs
 
     @property
     def socket_path(self) -> Path:
@@ -135,6 +138,10 @@ def _directory(text: str) -> Path:
 
 def _url(text: str) -> str:
     return text.rstrip("/")
+
+
+def _url_list(text: str) -> tuple[str, ...]:
+    return tuple(_url(u.strip()) for u in text.split(",") if u.strip())
 
 
 def _database(text: str) -> str:
@@ -220,6 +227,19 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("log_format", "json|text", "log lines as text, or one JSON object per line", "text",
            parse=_log_format),
+    Option(
+        "replica_id", "NAME", "this server's name among replicas sharing one PostgreSQL",
+        shown="random per start",
+    ),
+    Option(
+        "mesh_key_file", "FILE",
+        "file holding the DERP mesh key (64 hex digits) shared by replicas", parse=_file,
+    ),
+    Option(
+        "mesh_with", "URL,...",
+        "other replicas' server URLs: their DERP servers mesh with this one's and the DERP "
+        "map lists them in this region", parse=_url_list,
+    ),
     Option(
         "trusted_signers", "FILE",
         "serve only commits signed by an SSH key in this allowed-signers file (outside the "
@@ -358,6 +378,9 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         metrics_port=metrics[1] if metrics else 0,
         log_format=v["log_format"],
         trusted_signers=signers,
+        replica_id=v.get("replica_id"),
+        mesh_key_file=v.get("mesh_key_file"),
+        mesh_with=v.get("mesh_with", ()),
     )
 
 

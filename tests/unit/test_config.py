@@ -119,6 +119,9 @@ def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path:
         "metrics_listen": "127.0.0.8:8",
         "log_format": "json",
         "trusted_signers": "/etc/tailnetd/allowed_signers",
+        "replica_id": "east",
+        "mesh_key_file": "/etc/tailnetd/mesh.key",
+        "mesh_with": "http://127.0.0.9:9,http://127.0.0.10:10",
     }
     assert set(samples) | {"tls_cert", "tls_key"} == {o.key for o in OPTIONS}
     for option in OPTIONS:

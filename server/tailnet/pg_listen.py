@@ -31,7 +31,6 @@ async def listen_for_replicas(
     url: str,
     replicas: Replicas,
     *,
-    known_ids: Callable[[], frozenset[int]],
     clock: Callable[[], float],
     log: logging.Logger,
 ) -> None:
@@ -45,7 +44,7 @@ async def listen_for_replicas(
                     replicas.hello()
                 else:
                     log.info("listening to other replicas again", extra=event("replica.relisten"))
-                    replicas.resync(known_ids())
+                    replicas.resync()
                 first = False
                 while True:
                     replicas.handle_timer(clock())
@@ -78,11 +77,10 @@ def start_replication(
         registry,
         lambda text: store.notify(CHANNEL, text),
         known=tailnet.record,
+        known_ids=tailnet.record_ids,
         log=log,
     )
     log.info("replica %s: sharing node changes through the database", name)
     return asyncio.create_task(
-        listen_for_replicas(
-            store.url, replicas, known_ids=tailnet.record_ids, clock=time.monotonic, log=log
-        )
+        listen_for_replicas(store.url, replicas, clock=time.monotonic, log=log)
     )

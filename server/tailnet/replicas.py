@@ -134,12 +134,14 @@ class Replicas:
         send: Callable[[str], None],
         *,
         known: Callable[[int], Node | None],
+        known_ids: Callable[[], frozenset[int]],
         log: logging.Logger,
     ) -> None:
         self.replica = replica
         self._registry = registry
         self._send = send
         self._known = known
+        self._known_ids = known_ids
         self._log = log
         self._applying = False  # publishing another replica's change: do not echo it
         self._streaming: set[int] = set()  # what the others were told streams here
@@ -221,7 +223,7 @@ class Replicas:
             )
         self._registry.publish(NodeChange(kind, node_id, node, previous, online=online))
 
-    def resync(self, known_ids: frozenset[int]) -> None:
+    def resync(self) -> None:
         """Notices may have been missed: republish every node from the store,
         remove those gone, forget what other replicas stream and ask again."""
         self._applying = True
@@ -229,7 +231,7 @@ class Replicas:
             for replica in self._registry.replicas_seen():
                 self._registry.replica_gone(replica)
             nodes = {n.id: n for n in self._registry.nodes()}
-            for node_id in sorted(known_ids - nodes.keys()):
+            for node_id in sorted(self._known_ids() - nodes.keys()):
                 self._registry.removed_elsewhere(node_id, self._known(node_id))
             for node_id, node in nodes.items():
                 self._registry.publish(NodeChange("topology", node_id, node, self._known(node_id)))
@@ -247,15 +249,18 @@ class Replicas:
         if self._next_beat is None or now >= self._next_beat:
             self._send_notice(Notice(self.replica, beat=True))
             self._next_beat = now + BEAT
-        for replica, heard in list(self._heard.items()):
-            if now - heard > DEAD_AFTER:
-                del self._heard[replica]
-                self._log.warning(
-                    "replica %s went silent: its nodes are offline here",
-                    replica,
-                    extra=event("replica.dead", replica=replica),
-                )
-                self._registry.replica_gone(replica)
+        dead = [r for r, heard in self._heard.items() if now - heard > DEAD_AFTER]
+        for replica in dead:
+            del self._heard[replica]
+            self._log.warning(
+                "replica %s went silent: its nodes are offline here",
+                replica,
+                extra=event("replica.dead", replica=replica),
+            )
+            self._registry.replica_gone(replica)
+        if dead:
+            # It may have died between a commit and its notice: read the store.
+            self.resync()
 
     def alive(self) -> frozenset[str]:
         return frozenset(self._heard)

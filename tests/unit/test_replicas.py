@@ -57,7 +57,14 @@ class Side:
         self.records: dict[int, Any] = {}
         self.registry.subscribe(self.seen.append)
         self.registry.subscribe(self._record)
-        self.replicas = Replicas(name, self.registry, send, known=self.records.get, log=LOG)
+        self.replicas = Replicas(
+            name,
+            self.registry,
+            send,
+            known=self.records.get,
+            known_ids=lambda: frozenset(self.records),
+            log=LOG,
+        )
 
     def _record(self, change: NodeChange) -> None:
         if change.node is None:
@@ -145,7 +152,9 @@ def test_a_silent_replica_is_dead_and_its_nodes_go_offline() -> None:
     b.replicas.handle_timer(DEAD_AFTER - 1)
     assert b.registry.is_online(node_id)
     b.replicas.handle_timer(DEAD_AFTER + 1)
-    assert not b.registry.is_online(node_id) and b.seen[-1].online is False
+    assert not b.registry.is_online(node_id)
+    assert [c.online for c in b.seen if c.online is not None] == [True, False]
+    assert any('"hello":true' in text for text in sent)  # and it asks who streams what
     assert b.replicas.alive() == frozenset()
     assert any('"beat":true' in text for text in sent)
     store.close()
@@ -170,7 +179,7 @@ def test_resync_reads_back_what_was_missed(pair: tuple[Side, Side]) -> None:
     a.registry.remove(gone)
     a.registry.rename(kept, "missed")
     b.seen.clear()
-    b.replicas.resync(frozenset(b.records))  # ... until it listens again
+    b.replicas.resync()  # ... until it listens again
     assert ("removed", gone) in [(c.kind, c.node_id) for c in b.seen]
     renamed = [c.node for c in b.seen if c.node_id == kept]
     assert renamed and renamed[-1] is not None and renamed[-1].given_name == "missed"
@@ -224,7 +233,6 @@ async def test_two_replicas_on_postgres_see_each_others_changes_within_a_second(
             listen_for_replicas(
                 database,
                 side.replicas,
-                known_ids=lambda side=side: frozenset(side.records),  # type: ignore[misc]
                 clock=time.monotonic,
                 log=LOG,
             )

@@ -30,6 +30,7 @@ from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
 from server.edge.control_conn import ControlConnection
+from server.edge.derp_mesh import MeshKeyError, mesh_with, read_mesh_key, url_host_port
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
@@ -363,7 +364,13 @@ class Server:
         self._servers.append(listener)
         self.port = listener.sockets[0].getsockname()[1]
 
-        self.derp = DerpServer(self.derp_key, is_allowed=self._derp_allowed, log=self.log)
+        try:
+            mesh_key = read_mesh_key(cfg.mesh_key_file)
+        except MeshKeyError as exc:
+            raise StartupError(str(exc)) from None
+        self.derp = DerpServer(
+            self.derp_key, is_allowed=self._derp_allowed, log=self.log, mesh_key=mesh_key
+        )
         self.registry, self.tailnet = running_tailnet(
             self.store, source, derp_regions=[self._derp_region()], log=self.log, clock=self.clock
         )
@@ -440,6 +447,14 @@ class Server:
                 asyncio.create_task(watch_repo(self.repo, self.on_revision, log=self.log))
             )
         self._tasks.append(asyncio.create_task(self._sweep()))
+        for url in cfg.mesh_with:
+            if mesh_key is None:
+                raise StartupError("--mesh-with needs --mesh-key-file")
+            self._tasks.append(
+                asyncio.create_task(
+                    mesh_with(self.derp, url, key=self.derp_key, mesh_key=mesh_key, log=self.log)
+                )
+            )
         self._tasks.append(asyncio.create_task(self._expiry_timer()))
         self._warn_undeclared_tags()
         self.log.info(
@@ -564,6 +579,7 @@ class Server:
             host_name=host,
             derp_port=port,
             stun_port=self.stun_port if self._stun else 0,
+            replicas=tuple(url_host_port(u) for u in self.config.mesh_with),
         )
 
     def _warn_undeclared_tags(self) -> None:

@@ -40,12 +40,11 @@ async def listen_for_replicas(
         try:
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                 await conn.execute(f"LISTEN {CHANNEL}")
-                if first:
-                    replicas.hello()
-                else:
+                if not first:
                     log.info("listening to other replicas again", extra=event("replica.relisten"))
-                    replicas.resync()
                 first = False
+                # What was committed before LISTEN took effect is in the store.
+                replicas.resync()
                 while True:
                     replicas.handle_timer(clock())
                     due = replicas.get_timer()

@@ -19,8 +19,9 @@ A notice names the replica that sent it, so each replica ignores its own:
   its streaming nodes: ``{"replica", "streaming": [ids], "first": bool}``,
   chunked under PostgreSQL's 8000-byte payload limit.
 
-What a replica may have missed while not listening it reads back from the
-store (`resync`): every node is republished, nodes gone are removed.
+What a replica may have missed while not listening (or before it first
+listened) it reads back from the store (`resync`): nodes that differ from
+what it serves are republished, nodes gone are removed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 from server.logs import event
 from server.store.model import Node
-from server.tailnet.registry import ChangeKind, NodeChange, NodeRegistry
+from server.tailnet.registry import ChangeKind, NodeChange, NodeRegistry, classify
 
 __all__ = [
     "BEAT",
@@ -224,8 +225,10 @@ class Replicas:
         self._registry.publish(NodeChange(kind, node_id, node, previous, online=online))
 
     def resync(self) -> None:
-        """Notices may have been missed: republish every node from the store,
-        remove those gone, forget what other replicas stream and ask again."""
+        """Notices may have been missed (or were sent before we listened):
+        publish every node the store holds differently from what this process
+        serves, remove those gone, forget what other replicas stream and ask
+        again."""
         self._applying = True
         try:
             for replica in self._registry.replicas_seen():
@@ -234,7 +237,11 @@ class Replicas:
             for node_id in sorted(self._known_ids() - nodes.keys()):
                 self._registry.removed_elsewhere(node_id, self._known(node_id))
             for node_id, node in nodes.items():
-                self._registry.publish(NodeChange("topology", node_id, node, self._known(node_id)))
+                previous = self._known(node_id)
+                if previous != node:
+                    self._registry.publish(
+                        NodeChange(classify(previous, node), node_id, node, previous)
+                    )
         finally:
             self._applying = False
         self.hello()

@@ -7,7 +7,10 @@ Three kinds of change, three costs:
   may differ for a fresh delta against what they hold;
 * a topology change (node joins, leaves, is renamed or re-keyed) rebuilds the
   index reusing every view it cannot affect, and wakes only the sessions
-  whose view may have changed;
+  whose view may have changed; changes arriving close together (a connect
+  storm, a burst of registrations) share one rebuild: the first marks the
+  tailnet unsettled and schedules `settle` a few milliseconds later, and
+  anything that reads the maps before then settles first;
 * a volatile change of one node (endpoints, disco key, home DERP, online)
   recompiles nothing: only the sessions of nodes that can see it get that
   one peer entry again;
@@ -33,7 +36,32 @@ from server.tailnet.registry import NodeChange
 from server.tailnet.views import PolicyViews, advertised_routes, compute_views
 from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
 
-__all__ = ["SessionHandle", "Tailnet", "TailnetSource"]
+__all__ = [
+    "COALESCE_SECONDS",
+    "Defer",
+    "SessionHandle",
+    "Tailnet",
+    "TailnetSource",
+    "defer_on_loop",
+]
+
+# How long a topology change waits for others to share its recompile.
+COALESCE_SECONDS = 0.005
+
+# Runs the callback later and says True, or says False when it cannot (the
+# caller then runs it now).
+Defer = Callable[[Callable[[], None]], bool]
+
+
+def defer_on_loop(fn: Callable[[], None]) -> bool:
+    """`fn` after `COALESCE_SECONDS` on the running event loop; False without one
+    (synchronous callers: tools, tests) so the change applies at once."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    loop.call_later(COALESCE_SECONDS, fn)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +161,11 @@ class Tailnet:
         online: Iterable[int] = (),
         primaries: Mapping[str, int] | None = None,
         login_groups: Mapping[str, tuple[str, ...]] | None = None,
+        defer: Defer = defer_on_loop,
     ) -> None:
         self._log = log
+        self._defer = defer
+        self._unsettled = False  # a recompile is due (scheduled with `defer`)
         # email -> policy groups of that user's last identity-provider login
         self._login_groups: dict[str, tuple[str, ...]] = dict(login_groups or {})
         self._clock = clock  # when `expires` entries count; read at each compile
@@ -156,16 +187,18 @@ class Tailnet:
 
     @property
     def context(self) -> MapContext:
+        self.settle()
         return self._ctx
 
     @property
     def primaries(self) -> Mapping[str, int]:
         """Subnet -> the router serving it now (HA: the election's memory)."""
+        self.settle()
         return self._primaries
 
     def cut_off(self) -> list[Node]:
         """Registered nodes that are not served: their user is not in git."""
-        served = self._ctx.nodes
+        served = self.context.nodes
         return [n for n in self._records.values() if n.id not in served and n.approved]
 
     def _served(self, node: Node) -> bool:
@@ -266,6 +299,7 @@ class Tailnet:
         rules can reach and every other view is kept (as is its session,
         asleep); a new domain, DNS config, user list or DERP map reaches every map.
         """
+        self.settle()  # pending node changes first: the commit is then the only difference
         old, old_derp, old_ctx = self._source, self._derp_map, self._ctx
         self._source = source
         derp_map = self._derp_map_of(source)
@@ -345,8 +379,23 @@ class Tailnet:
         self._recompile()
 
     def _recompile(self) -> None:
-        """Nodes joined, left or changed what the policy sees. Views the
-        change cannot touch are reused; only their sessions sleep on."""
+        """Nodes joined, left or changed what the policy sees: recompile soon,
+        once for every change that arrives until then."""
+        if self._unsettled:
+            return
+        self._unsettled = True
+        if not self._defer(self.settle):
+            self.settle()
+
+    def settle(self) -> None:
+        """Apply the recompile that node changes made due, if any. Views the
+        changes cannot touch are reused; only their sessions sleep on.
+
+        Until then, volatile changes are routed through the views last built
+        (the recompile wakes whoever a topology change gave new viewers)."""
+        if not self._unsettled:
+            return
+        self._unsettled = False
         old_ctx = self._ctx
         self._ctx = self._build_context(previous=old_ctx)
         self._close_unserved(old_ctx)
@@ -383,6 +432,7 @@ class Tailnet:
     # Sessions
 
     def open_session(self, node_id: int) -> SessionHandle:
+        self.settle()  # its own join, if still pending
         handle = SessionHandle(node_id)
         self._sessions.setdefault(node_id, set()).add(handle)
         self._ctx.views.get(node_id)  # its first map needs it; its viewers are its peers
@@ -398,6 +448,7 @@ class Tailnet:
 
     def waiting(self) -> list[SessionHandle]:
         """Open sessions woken and not yet caught up (they owe their client a message)."""
+        self.settle()
         return [h for handles in self._sessions.values() for h in handles if h.wake.is_set()]
 
     def record(self, node_id: int) -> Node | None:
@@ -408,7 +459,7 @@ class Tailnet:
         return frozenset(self._records)
 
     def serves(self, node_id: int) -> bool:
-        return node_id in self._ctx.nodes
+        return node_id in self.context.nodes
 
     def is_online(self, node_id: int) -> bool:
         return node_id in self._online
@@ -433,4 +484,4 @@ class Tailnet:
 
     @property
     def views(self) -> PolicyViews:
-        return self._ctx.views
+        return self.context.views

@@ -36,6 +36,7 @@ from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.protocol.mapframe import MapFrameEncoder
 from server.sources.repo import SnapshotRepo
 from server.store import open_store
+from server.store.interface import Store
 from server.store.model import Node
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
 from server.tailnet.mapper import MapSession, build_map
@@ -79,6 +80,23 @@ def serve_commit(tailnet: Tailnet, repo: GitTailnet, revision: str) -> None:
     snap, errors = repo.snapshots.load(revision)
     assert snap is not None, errors
     tailnet.swap_source(TailnetSource.from_snapshot(snap))
+
+
+def fill(store: Store, nodes: list[Node]) -> None:
+    """The synthetic tailnet's nodes, registered in the store."""
+    for n in nodes:
+        store.create_node(
+            machine_key=n.machine_key,
+            node_key=n.node_key,
+            hostname=n.hostname,
+            user=n.user,
+            tags=n.tags,
+            now=NOW,
+            disco_key=n.disco_key,
+            hostinfo=n.hostinfo,
+            endpoints=n.endpoints,
+            capver=133,
+        )
 
 
 class Pump:
@@ -139,19 +157,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(Path(tmp) / "bench.sqlite")
         t0 = time.perf_counter()
-        for n in registry:
-            store.create_node(
-                machine_key=n.machine_key,
-                node_key=n.node_key,
-                hostname=n.hostname,
-                user=n.user,
-                tags=n.tags,
-                now=NOW,
-                disco_key=n.disco_key,
-                hostinfo=n.hostinfo,
-                endpoints=n.endpoints,
-                capver=133,
-            )
+        fill(store, registry)
         print(
             f"{args.nodes} nodes, {args.rules} rules{' (allow-all)' if args.allow_all else ''}; "
             f"store filled in {time.perf_counter() - t0:.1f}s"

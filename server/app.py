@@ -159,11 +159,12 @@ class Server:
     async def on_revision(self, revision: str) -> None:
         await self.commits.on_revision(revision)
 
-    def _serve(self, snap: Snapshot) -> None:
+    async def _serve(self, snap: Snapshot) -> None:
         """A checked commit becomes what the tailnet serves (raises when it cannot
-        compile for the live nodes: the lifecycle then refuses the commit)."""
+        compile for the live nodes: the lifecycle then refuses the commit). It
+        compiles in a worker thread: DERP and maps keep flowing meanwhile."""
         source = TailnetSource.from_snapshot(snap)
-        self.tailnet.swap_source(source)
+        await self.tailnet.swap_source_off_loop(source)
         self.ssh_checks.forget_approvals()  # a new policy asks every check again
         self.metrics.snapshot_swapped(self.tailnet.waiting())
         self._apply_addressing(source)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -90,7 +90,7 @@ class CommitLifecycle:
         self._lock = asyncio.Lock()
         self.sync_wake = asyncio.Event()
         # Set once the tailnet runs: swaps a checked snapshot in, or raises.
-        self._serve: Callable[[Snapshot], None] | None = None
+        self._serve: Callable[[Snapshot], Awaitable[None]] | None = None
 
     # Start-up
 
@@ -138,7 +138,7 @@ class CommitLifecycle:
         self._serving(snap, signer)
         return snap
 
-    def serve_with(self, serve: Callable[[Snapshot], None]) -> None:
+    def serve_with(self, serve: Callable[[Snapshot], Awaitable[None]]) -> None:
         """From now on, a checked commit is served by `serve` (which raises
         when it cannot compile the commit for the live nodes)."""
         self._serve = serve
@@ -197,7 +197,7 @@ class CommitLifecycle:
             return
         assert self._serve is not None, "serve_with() before the watcher starts"
         try:
-            self._serve(snap)
+            await self._serve(snap)
         except Exception as exc:
             self._log.exception("commit %s could not be served", revision[:12])
             error = f"compiling for the live nodes failed: {exc}"

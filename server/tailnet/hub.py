@@ -24,16 +24,17 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
-from gitctl.policy import Policy
+from gitctl.policy import CompiledTailnet, Policy
 from gitctl.snapshot import Snapshot
 from gitctl.tailnet import TailnetSettings
 from server.logs import event
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.registry import NodeChange
-from server.tailnet.views import PolicyViews, advertised_routes, compute_views
+from server.tailnet.views import PolicyViews, advertised_routes, compile_views, compute_views
 from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
 
 __all__ = [
@@ -166,6 +167,7 @@ class Tailnet:
         self._log = log
         self._defer = defer
         self._unsettled = False  # a recompile is due (scheduled with `defer`)
+        self._generation = 0  # counts what makes an index built before it stale
         # email -> policy groups of that user's last identity-provider login
         self._login_groups: dict[str, tuple[str, ...]] = dict(login_groups or {})
         self._clock = clock  # when `expires` entries count; read at each compile
@@ -201,13 +203,42 @@ class Tailnet:
         served = self.context.nodes
         return [n for n in self._records.values() if n.id not in served and n.approved]
 
-    def _served(self, node: Node) -> bool:
+    def _served(self, node: Node, source: TailnetSource | None = None) -> bool:
         """In the maps: its owner is in git (or it is tagged), and it is not
         waiting for device approval."""
-        owned = bool(node.tags) or node.user is None or node.user in self._source.users
+        users = (source or self._source).users
+        owned = bool(node.tags) or node.user is None or node.user in users
         return owned and node.approved
 
-    def _build_context(self, previous: MapContext | None = None) -> MapContext:
+    def _compile_job(self, source: TailnetSource) -> Callable[[], CompiledTailnet]:
+        """The policy index of `source` over the nodes as they are now, as a
+        call that reads only what it holds (frozen records, copies of the
+        runtime state): a worker thread may run it."""
+        nodes = [n for n in self._records.values() if self._served(n, source)]
+        users = [(stable_user_id(name), name, email) for name, (email, _) in source.users.items()]
+        return partial(
+            compile_views,
+            source.policy,
+            users,
+            nodes,
+            self._approved_routes(nodes, source),
+            now=self._clock(),
+            offline_routers=frozenset(
+                n.id for n in nodes if n.id not in self._online and advertised_routes(n)
+            ),
+            primaries=dict(self._primaries),
+            groups=self._group_members(),
+            against=self._ctx.views.compiled if hasattr(self, "_ctx") else None,
+        )
+
+    def _build_context(
+        self, previous: MapContext | None = None, compiled: CompiledTailnet | None = None
+    ) -> MapContext:
+        """The maps' context from the records; `compiled`: the index that
+        `_compile_job` made for these very records, else it is built here."""
+        src = self._source
+        if compiled is None:
+            compiled = self._compile_job(src)()
         nodes = [n for n in self._records.values() if self._served(n)]
         if hasattr(self, "_ctx"):
             # Unchanged records stay the very objects the last context had, so
@@ -217,7 +248,6 @@ class Tailnet:
                 old if (old := held.get(n.id)) is not None and (old is n or old == n) else n
                 for n in nodes
             ]
-        src = self._source
         users = [(stable_user_id(name), name, email) for name, (email, _) in src.users.items()]
         views = compute_views(
             src.policy,
@@ -227,12 +257,7 @@ class Tailnet:
             previous=previous.views if previous else None,
             previous_nodes=previous.nodes if previous else None,
             reuse=self._ctx.views if hasattr(self, "_ctx") else None,
-            now=self._clock(),
-            offline_routers=frozenset(
-                n.id for n in nodes if n.id not in self._online and advertised_routes(n)
-            ),
-            primaries=self._primaries,
-            groups=self._group_members(),
+            compiled=compiled,
         )
         self._primaries = views.primaries
         return MapContext(
@@ -272,10 +297,12 @@ class Tailnet:
         """The routes `node` advertises that the serving commit approves."""
         return self._approved_routes([node]).get(node.id, ())
 
-    def _approved_routes(self, nodes: Sequence[Node]) -> dict[int, tuple[str, ...]]:
+    def _approved_routes(
+        self, nodes: Sequence[Node], source: TailnetSource | None = None
+    ) -> dict[int, tuple[str, ...]]:
         """The advertised routes git approves by hand: for the machine (its key
         stays with it through renames and re-registrations) or for a tag."""
-        explicit = self._source.explicit_routes
+        explicit = (source or self._source).explicit_routes
         out: dict[int, tuple[str, ...]] = {}
         for node in nodes:
             advertised = advertised_routes(node)
@@ -291,22 +318,44 @@ class Tailnet:
 
     # Changes
 
-    def swap_source(self, source: TailnetSource) -> None:
+    async def swap_source_off_loop(self, source: TailnetSource) -> None:
+        """`swap_source`, with the policy index built in a worker thread so
+        that DERP and map traffic keep flowing while a large commit compiles.
+
+        The thread reads only frozen inputs taken here; the views of the
+        serving index (which sessions keep filling) are adopted on the loop,
+        in `swap_source`. A node change that needs a recompile while the
+        thread runs makes its index stale: it is built again (at last on the loop).
+        """
+        for _ in range(3):
+            self.settle()
+            generation = self._generation
+            compiled = await asyncio.to_thread(self._compile_job(source))
+            if generation == self._generation and not self._unsettled:
+                self.swap_source(source, compiled=compiled)
+                return
+        self.swap_source(source)
+
+    def swap_source(
+        self, source: TailnetSource, *, compiled: CompiledTailnet | None = None
+    ) -> None:
         """Serve a new snapshot: one reference swap, then the sessions whose
-        maps may differ catch up.
+        maps may differ catch up. `compiled`: its index over the current
+        nodes, made by `_compile_job` (else it is built here).
 
         When only the policy changed, the compiler names the nodes its new
         rules can reach and every other view is kept (as is its session,
         asleep); a new domain, DNS config, user list or DERP map reaches every map.
         """
         self.settle()  # pending node changes first: the commit is then the only difference
+        self._generation += 1
         old, old_derp, old_ctx = self._source, self._derp_map, self._ctx
         self._source = source
         derp_map = self._derp_map_of(source)
         if derp_map != old_derp:
             self._derp_map = derp_map
         try:
-            self._ctx = self._build_context(previous=self._ctx)
+            self._ctx = self._build_context(previous=self._ctx, compiled=compiled)
         except Exception:
             self._source, self._derp_map = old, old_derp
             raise
@@ -381,6 +430,7 @@ class Tailnet:
     def _recompile(self) -> None:
         """Nodes joined, left or changed what the policy sees: recompile soon,
         once for every change that arrives until then."""
+        self._generation += 1  # an index being built elsewhere is stale now
         if self._unsettled:
             return
         self._unsettled = True

@@ -11,42 +11,23 @@ from typing import Any
 
 import pytest
 
-from server.protocol.keys import MachinePublic, NodePublic
 from server.store.interface import Store
-from server.tailnet import NodeRegistry, Tailnet
+from server.tailnet import Tailnet
 from server.tailnet import hub as hub_module
 from server.tailnet.mapper import build_map
 from tests.unit.control_client import T0
-from tests.unit.test_tailnet_commit import ALICE_TO_WEB, BASE, serving, source, store, woken
+from tests.unit.test_tailnet_commit import (
+    ALICE_TO_WEB,
+    BASE,
+    four_nodes,
+    register,
+    serving,
+    source,
+    store,
+    woken,
+)
 
 __all__ = ["store"]  # the fixture
-
-
-def register(registry: NodeRegistry, n: int, name: str, user: str | None, tags: Any = ()) -> int:
-    raw = n.to_bytes(32, "big")
-    return registry.register(
-        machine_key=MachinePublic(raw),
-        node_key=NodePublic(raw),
-        hostname=name,
-        user=user,
-        tags=tags,
-        now=T0,
-    ).id
-
-
-def four_nodes(store: Store) -> tuple[NodeRegistry, Tailnet, dict[str, int]]:
-    registry, tailnet = serving(store, source("base", BASE))
-    nodes = [
-        ("alice-laptop", "alice", ()),
-        ("bob-laptop", "bob", ()),
-        ("web", None, ("tag:web",)),
-        ("db", None, ("tag:db",)),
-    ]
-    ids = {
-        name: register(registry, n + 1, name, user, tags)
-        for n, (name, user, tags) in enumerate(nodes)
-    }
-    return registry, tailnet, ids
 
 
 def assert_maps_are_fresh(store: Store, tailnet: Tailnet) -> None:

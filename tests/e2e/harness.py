@@ -227,6 +227,7 @@ class TailscaleNode:
         self.bin = install(version=version)
         self.extra_env: dict[str, str] = {}
         self.extra_args: list[str] = []  # more tailscaled flags, e.g. --verbose=1
+        self.prefix: list[str] = []  # runs tailscaled under it, e.g. `ip netns exec NS`
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -248,6 +249,7 @@ class TailscaleNode:
         log = open(self.dir / "tailscaled.log", "ab")
         self.proc = subprocess.Popen(
             [
+                *self.prefix,
                 str(self.bin / "tailscaled"),
                 "--tun=userspace-networking",
                 f"--statedir={self.dir}",

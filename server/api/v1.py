@@ -10,10 +10,17 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from server.api.common import check_tags, find_node, optional_time
+from server.api.common import check_tags, find_node, optional_time, set_expiry_disabled
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, Param
-from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, SetTags
+from server.bodies import (
+    CreateApiKey,
+    CreatePreAuthKey,
+    NoBody,
+    RenameNode,
+    SetKeyExpiry,
+    SetTags,
+)
 from server.history import MAX_LIMIT as HISTORY_MAX
 from server.history import history_json
 from server.logs import event
@@ -165,6 +172,14 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         node_acted("api.node_expired", "expired", expired_node)
         return node_json(expired_node)
 
+    async def node_expiry(call: Call) -> Any:
+        node = find_node(registry, call.path("ref"))
+        body: SetKeyExpiry = call.body
+        changed = set_expiry_disabled(tailnet, registry, node, body.disabled, clock())
+        verb = "key expiry disabled" if body.disabled else "key expiry enabled"
+        node_acted("api.node_expiry", verb, changed)
+        return node_json(changed)
+
     async def rename_node(call: Call) -> Any:
         node = find_node(registry, call.path("ref"))
         renamed = registry.rename(node.id, call.body.name)
@@ -264,6 +279,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/expire", expire_node, "Expire a node's key now", "nodes",
             body=NoBody,
+        ),
+        Endpoint(
+            "POST", "/api/v1/nodes/{ref}/expiry", node_expiry,
+            "Disable (or enable again) a node's key expiry", "nodes", body=SetKeyExpiry,
         ),
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/rename", rename_node, "Rename a node", "nodes",

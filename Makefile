@@ -13,8 +13,9 @@ $(BIN)/tailnetd: pyproject.toml
 
 venv: $(BIN)/tailnetd
 
+# More flags: make serve ARGS="--listen 127.0.0.1:9090 --data /tmp/td"
 serve: venv
-	$(BIN)/tailnetd serve
+	$(BIN)/tailnetd serve $(ARGS)
 
 # The TLS tests run Let's Encrypt's pebble test CA and real nginx/Caddy proxies
 # on loopback; `tailscale ssh` runs OpenSSH's ssh. All come from Debian (CI runs
@@ -23,8 +24,13 @@ test-tools:
 	@command -v ssh >/dev/null || (apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-client)
 	@command -v pebble >/dev/null && command -v caddy >/dev/null && command -v nginx >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	     pebble nginx-light caddy)
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	     pebble nginx-light caddy \
+	  && for s in nginx caddy; do { service $$s stop; update-rc.d $$s disable; \
+	       systemctl disable --now $$s; } >/dev/null 2>&1; done; true; }
+# The operator page is tested in Debian's chromium (driven by playwright).
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 # The store tests run their own PostgreSQL (initdb + pg_ctl in a temp dir, see
 # tests/pgserver.py); the system service the package sets up is stopped and disabled.
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \

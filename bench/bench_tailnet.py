@@ -34,7 +34,7 @@ from gitctl.policy import Policy, parse_policy
 from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.protocol.mapframe import MapFrameEncoder
-from server.repo import SnapshotRepo
+from server.sources.repo import SnapshotRepo
 from server.store import open_store
 from server.store.model import Node
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet

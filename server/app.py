@@ -21,30 +21,34 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry
 
 from gitctl.policy.expiry import next_expiry
+from gitctl.snapshot import Snapshot
 from gitctl.tailnet import TailnetSettings
-from server.acme import AcmeManager, AcmeSettings
-from server.acme_http import ChallengeResponder
 from server.api import WebDeps, build_app, build_metrics_app
-from server.authority import CommitAuthority
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
+from server.declared_keys import read_secret, sync_declared_keys
 from server.edge.control_conn import ControlConnection
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
-from server.history import HISTORY_FILE, History, HistoryEntry
 from server.logs import event
 from server.metrics import DerpCollector, LiveCollector, Metrics
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, NodePublic
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
-from server.remote_repo import RemoteRepo, watch_remote
-from server.repo import Checked, Rejection, RepoStatus, SnapshotRepo, watch_repo
+from server.sources.authority import CommitAuthority
+from server.sources.history import HISTORY_FILE, History
+from server.sources.lifecycle import CommitLifecycle, SourceError, open_repo
+from server.sources.remote import RemoteRepo
+from server.sources.repo import RepoStatus, SnapshotRepo
 from server.store import SqlStore, StoreError, open_store
 from server.store.model import Node
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, running_tailnet
-from server.tls import ReloadingContext, TlsError, watch_certificate_files
+from server.tls.acme import AcmeManager, AcmeSettings
+from server.tls.acme_http import ChallengeResponder
+from server.tls.certs import ReloadingContext, TlsError, watch_certificate_files
+from server.webhooks import Delivery, EventSource, WebhookSender
 from server.wire import DerpRegion
 
 __all__ = ["Server", "StartupError"]
@@ -119,7 +123,6 @@ class Server:
         self.metrics_port = config.metrics_port
         self.history = History(config.data_dir / HISTORY_FILE)
         self.status = RepoStatus(journal=self.history)
-        self._revision_lock = asyncio.Lock()
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[Any]] = set()
@@ -131,159 +134,33 @@ class Server:
         self.acme_responder = ChallengeResponder()
         self.acme_http_port = config.acme_http_port
         self._data_lock: DataDirLock | None = None
+        # Webhook events; sent once the store is open and a secret is configured.
+        self.events = EventSource(clock=clock)
+        self.webhook_delivery = Delivery()  # bounds and retry schedule; tests shorten it
+        self.webhooks: WebhookSender | None = None
 
-    # Snapshots
+    # Commits (the lifecycle lives in server/sources/lifecycle.py)
 
-    def _load_initial(self) -> TailnetSource:
-        head = self.repo.head()
-        checked = self.repo.check(head, self.clock())
-        last_good_file = self.config.data_dir / "last_good_revision"
-        previous = last_good_file.read_text().strip() if last_good_file.exists() else None
-        signer = self.history.signer_of(head) if head is not None else None
-        if previous and self.authority.needs_previous:
-            # The trust chain goes on across restarts: a new HEAD is checked against
-            # the list of the commit served last.
-            self.authority.serving(previous, self.repo.load(previous, self.clock())[0])
-        # A commit served before was checked then (an outside list is checked always).
-        if head is not None and (head != previous or self.authority.outside):
-            checked, signer = self._verified(head, checked)
-        snap, errors = checked.snapshot, checked.errors
-        if snap is None:
-            self._reject(head or str(self.repo.path), checked)
-            if previous and previous != head:
-                self.log.warning(
-                    "HEAD %s is refused; serving the last good commit %s", head, previous
-                )
-                checked = self.repo.check(previous, self.clock())
-                signer = self.history.signer_of(previous)
-                if self.authority.outside:
-                    checked, signer = self._verified(previous, checked)
-                snap, errors = checked.snapshot, checked.errors
-            if snap is None:
-                raise StartupError(
-                    "no valid tailnet.d to serve:\n" + "\n".join(f"  {e}" for e in errors)
-                )
-        self._serving(snap, signer)
-        return TailnetSource.from_snapshot(snap)
-
-    def _verified(self, revision: str, checked: Checked) -> tuple[Checked, str | None]:
-        """The check with the signature's verdict added, and the signer."""
-        if checked.snapshot is None:
-            return checked, None
-        verdict = self.authority.check(revision, checked.snapshot)
-        if verdict.refusal is not None:
-            return Checked(None, (verdict.refusal,), "signature"), None
-        return checked, verdict.signer
-
-    def _read_initial(self) -> TailnetSource:
-        import git
-
-        try:
-            return self._load_initial()
-        except (OSError, git.GitError) as exc:
-            reason = (
-                "its .git is not a readable git repository"
-                if isinstance(exc, git.InvalidGitRepositoryError)
-                else str(exc).strip().splitlines()[0]
-            )
-            raise StartupError(f"cannot read the repository {self.repo.path}: {reason}") from None
-
-    def _last_rejected(self) -> str | None:
-        return self.status.rejected.revision if self.status.rejected is not None else None
-
-    def _serving(self, snap: Any, signer: str | None) -> None:
-        self.status.serving = snap.id
-        self.status.serving_since = self.clock()
-        self.status.signer = signer
-        if self.repo.is_git:
-            write_private(self.config.data_dir / "last_good_revision", (snap.id + "\n").encode())
-            self.authority.serving(snap.revision, snap)
-            self.history.append(HistoryEntry(snap.id, self.clock(), "served", signer))
-
-    def _reject(self, revision: str, checked: Checked) -> None:
-        errors = checked.errors
-        self.metrics.rejected(checked.reason or "compile")
-        rejection = Rejection(revision, self.clock(), errors)
-        self.status.rejected = rejection
-        self.history.append(HistoryEntry(revision, rejection.at, "rejected", None, errors))
-        self.log.error(
-            "commit %s rejected, still serving %s:\n%s",
-            revision[:12],
-            (self.status.serving or "nothing")[:12],
-            "\n".join(f"  {e}" for e in errors),
-            extra=event(
-                "snapshot.rejected",
-                commit=revision,
-                reason=checked.reason or "compile",
-                serving=self.status.serving,
-                errors=len(errors),
-            ),
-        )
-
-    async def _serving_documents(self) -> Any:
-        """The files of the commit being served (for the API's policy file)."""
-        from gitctl.sources import read_directory, read_git
-
-        serving = self.status.serving
-        if serving is not None and not serving.startswith("sha256:"):
-            return await asyncio.to_thread(read_git, self.repo.path, serving)
-        folder = self.repo.path / "tailnet.d"
-        return await asyncio.to_thread(
-            read_directory, folder if folder.is_dir() else self.repo.path
-        )
+    @property
+    def repo(self) -> SnapshotRepo | RemoteRepo:
+        return self.commits.repo
 
     async def sync_now(self) -> None:
-        """POST /api/v1/repo/sync: look at the repository now instead of waiting."""
-        if isinstance(self.repo, RemoteRepo):
-            try:
-                head = await asyncio.to_thread(self.repo.sync)
-            except Exception:
-                self.log.warning(
-                    "repo: fetching %s failed: %s", self.repo.url, self.repo.last_fetch_error
-                )
-                return
-        else:
-            head = await asyncio.to_thread(self.repo.head)
-        if head is not None:
-            await self.on_revision(head)
+        await self.commits.sync_now()
 
     async def on_revision(self, revision: str) -> None:
-        """The branch moved (to `revision`, or further since).
+        await self.commits.on_revision(revision)
 
-        The watcher, its poll and sync requests all report revisions, and a
-        report can arrive after a newer one: each is handled in turn, as a
-        nudge to serve the branch tip as it is now, so an older commit is
-        never served after a newer one."""
-        async with self._revision_lock:
-            head = await asyncio.to_thread(self.repo.head)
-            await self._take_revision(head or revision)
-
-    async def _take_revision(self, revision: str) -> None:
-        if revision in (self.status.serving, self._last_rejected()):
-            return  # already decided (a watcher and a sync request can both see it)
-        # Reading and checking a commit is blocking git and CPU work: keep it off the loop.
-        checked, signer = await asyncio.to_thread(
-            self._verified,
-            revision,
-            await asyncio.to_thread(self.repo.check, revision, self.clock()),
-        )
-        snap = checked.snapshot
-        if snap is None:
-            self._reject(revision, checked)
-            return
-        try:
-            source = TailnetSource.from_snapshot(snap)
-            self.tailnet.swap_source(source)
-        except Exception as exc:
-            self.log.exception("commit %s could not be served", revision[:12])
-            error = f"compiling for the live nodes failed: {exc}"
-            self._reject(revision, Checked(None, (error,), "compile"))
-            return
+    def _serve(self, snap: Snapshot) -> None:
+        """A checked commit becomes what the tailnet serves (raises when it cannot
+        compile for the live nodes: the lifecycle then refuses the commit)."""
+        source = TailnetSource.from_snapshot(snap)
+        self.tailnet.swap_source(source)
         self.metrics.snapshot_swapped(self.tailnet.waiting())
         self._apply_addressing(source)
-        self.status.rejected = None
-        self._serving(snap, signer)
+        self._sync_declared_keys(source)
         self._warn_undeclared_tags()
+        self.events.routes_rechecked(self.registry.nodes())
 
     # Life cycle
 
@@ -302,31 +179,35 @@ class Server:
 
     async def _start(self) -> None:
         cfg = self.config
-        if cfg.repo_url is None and not cfg.repo.is_dir():
-            reason = "no such directory" if not cfg.repo.exists() else "not a directory"
-            raise StartupError(f"cannot read the repository {cfg.repo}: {reason}")
-        self.repo: SnapshotRepo | RemoteRepo
-        if cfg.repo_url is not None:
-            self.repo = RemoteRepo(cfg.repo_url, cfg.data_dir, branch=cfg.branch)
-            try:
-                await asyncio.to_thread(self.repo.sync)
-            except Exception as exc:
-                if self.repo.head() is None:
-                    raise StartupError(
-                        f"cannot clone {cfg.repo_url}: {self.repo.last_fetch_error or exc}"
-                    ) from None
-                self.log.warning(
-                    "fetching %s failed, serving the last fetched commit: %s", cfg.repo_url, exc
-                )
-        else:
-            self.repo = SnapshotRepo(cfg.repo, branch=cfg.branch)
-        self._sync_wake = asyncio.Event()
-        if cfg.trusted_signers is not None and not self.repo.is_git:
+        try:
+            repo = await open_repo(
+                repo=cfg.repo,
+                repo_url=cfg.repo_url,
+                data_dir=cfg.data_dir,
+                branch=cfg.branch,
+                log=self.log,
+            )
+        except SourceError as exc:
+            raise StartupError(str(exc)) from None
+        if cfg.trusted_signers is not None and not repo.is_git:
             raise StartupError(
                 f"--trusted-signers needs a git repository; {cfg.repo} is a plain directory"
             )
-        self.authority = CommitAuthority(self.repo.path, cfg.trusted_signers, log=self.log)
-        source = self._read_initial()
+        self.commits = CommitLifecycle(
+            repo,
+            authority=CommitAuthority(repo.path, cfg.trusted_signers, log=self.log),
+            history=self.history,
+            status=self.status,
+            data_dir=cfg.data_dir,
+            clock=self.clock,
+            log=self.log,
+            metrics=self.metrics,
+            on_outcome=self.events.commit,
+        )
+        try:
+            source = TailnetSource.from_snapshot(self.commits.initial())
+        except SourceError as exc:
+            raise StartupError(str(exc)) from None
         self.server_key = _load_or_create_key(cfg.data_dir / "noise_private.key", MachinePrivate)
         self.derp_key = _load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)
         location = cfg.store_location
@@ -338,6 +219,7 @@ class Server:
             except StoreError as exc:
                 raise StartupError(f"node state in {cfg.store_description}: {exc}") from None
         self._apply_addressing(source)
+        self._sync_declared_keys(source)
 
         if cfg.stun_host is not None:
             self._stun = await _listen(
@@ -367,6 +249,7 @@ class Server:
         )
         self.registry.subscribe(self._node_changed)
         self.registry.subscribe(self.metrics.node_changed)
+        self._start_webhooks()
         self.metrics.registry.register(DerpCollector(self.derp.stats))
         self.metrics.registry.register(LiveCollector(self._live_counts))
         self.control = ControlHandler(
@@ -377,6 +260,7 @@ class Server:
             settings=self._control_settings,
             log=self.log,
             metrics=self.metrics,
+            on_refused=self.events.login_refused,
         )
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
@@ -394,7 +278,8 @@ class Server:
                 sync=self.sync_now,
                 metrics=self.metrics,
                 log=self.log,
-                documents=self._serving_documents,
+                documents=self.commits.serving_documents,
+                events=self.events,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))
@@ -415,22 +300,10 @@ class Server:
 
         if self.acme is not None:
             await self._start_acme(FrontDoor(public, upgrades, log=self.log, scheme="http"))
-        if isinstance(self.repo, RemoteRepo):
-            self._tasks.append(
-                asyncio.create_task(
-                    watch_remote(
-                        self.repo,
-                        self.on_revision,
-                        log=self.log,
-                        interval=cfg.fetch_interval,
-                        wake=self._sync_wake,
-                    )
-                )
-            )
-        elif self.repo.is_git:
-            self._tasks.append(
-                asyncio.create_task(watch_repo(self.repo, self.on_revision, log=self.log))
-            )
+        self.commits.serve_with(self._serve)
+        watcher = self.commits.watcher(cfg.fetch_interval)
+        if watcher is not None:
+            self._tasks.append(asyncio.create_task(watcher))
         self._tasks.append(asyncio.create_task(self._sweep()))
         self._tasks.append(asyncio.create_task(self._expiry_timer()))
         self._warn_undeclared_tags()
@@ -441,6 +314,31 @@ class Server:
             (self.status.serving or "")[:12],
             cfg.store_description,
         )
+
+    def _start_webhooks(self) -> None:
+        self.events.served_routes = self.tailnet.enabled_routes
+        self.registry.subscribe(self.events.node_changed)
+        secret = self.config.webhook_secret
+        if secret is None:
+            if self._settings().webhooks:
+                self.log.warning(
+                    "settings.yaml names webhooks but no secret is configured "
+                    "(--webhook-secret-file or TAILNETD_WEBHOOK_SECRET): none are sent"
+                )
+            self.events.attach(lambda event: None, ())
+            return
+        self.webhooks = WebhookSender(
+            self.store,
+            targets=lambda: self._settings().webhooks,
+            secret=secret,
+            clock=self.clock,
+            rng=os.urandom,
+            metrics=self.metrics,
+            log=self.log,
+            delivery=self.webhook_delivery,
+        )
+        self._tasks.append(asyncio.create_task(self.webhooks.run()))
+        self.events.attach(self.webhooks.emit, self.registry.nodes())
 
     async def _start_metrics(self, app: Any) -> None:
         """--metrics-listen: plain HTTP, /metrics, /health and /ready only."""
@@ -558,6 +456,16 @@ class Server:
             stun_port=self.stun_port if self._stun else 0,
         )
 
+    def _sync_declared_keys(self, source: TailnetSource) -> None:
+        """Create, rotate and expire the keys keys.yaml declares (server/declared_keys.py)."""
+        specs = source.snapshot.keys if source.snapshot is not None else ()
+        for action in sync_declared_keys(self.store, specs, read_secret, self.clock()):
+            fields = event("keys.declared", key=action.name, outcome=action.outcome)
+            if action.outcome in ("unreadable", "refused"):
+                self.log.error("%s", action.describe(), extra=fields)
+            elif action.outcome != "unchanged":
+                self.log.info("%s", action.describe(), extra=fields)
+
     def _warn_undeclared_tags(self) -> None:
         """One warning per node or usable pre-auth key whose tags the served policy
         does not declare (a commit dropped them from tagOwners)."""
@@ -623,6 +531,7 @@ class Server:
                         ),
                     )
                     self.derp.disconnect(node.node_key)
+                    self.events.node_expired(node)
                 if not node.ephemeral or self.registry.is_online(node.id):
                     continue
                 if (node.last_seen or node.created) < cutoff:
@@ -726,6 +635,8 @@ class Server:
         # A start that failed part-way stops too: only what was built is closed.
         if hasattr(self, "derp"):
             await self.derp.close()
+        if self.webhooks is not None:
+            await self.webhooks.aclose()  # what is still queued goes to the outbox
         if hasattr(self, "store"):
             self.store.close()
         if self._data_lock is not None:

@@ -69,7 +69,12 @@ def _target(args: argparse.Namespace) -> Target:
         return HttpTarget(url, api_key or os.environ.get("TAILNETD_API_KEY"))
     if api_key:
         raise AdminError("--api-key is for a remote server: add --server URL")
-    return SocketTarget(Path(data or "data").resolve() / "tailnetd.sock")
+    return SocketTarget(_data_dir(data) / "tailnetd.sock")
+
+
+def _data_dir(given: str | None) -> Path:
+    """--data, else TAILNETD_DATA (as `serve` reads it), else ./data."""
+    return Path(given or os.environ.get("TAILNETD_DATA") or "data").resolve()
 
 
 def _is_loopback(url: str) -> bool:
@@ -111,6 +116,12 @@ def _print_created(created: Any, as_json: bool) -> None:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    if args.keys_cmd == "generate":
+        from server.store.authkeys import generate_key
+
+        # Offline: a fresh key text for keys.yaml's secret store; the server only hashes it.
+        print(generate_key(os.urandom)[0])
+        return 0
     sock = _target(args)
     if args.keys_cmd == "create":
         body = {
@@ -181,6 +192,34 @@ def _users(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drift(args: argparse.Namespace) -> int:
+    """Exit 1 when runtime state differs from git, as `git diff --exit-code` does."""
+    answer = call(_target(args), "GET", "/api/v1/drift")
+    found = answer["drift"]
+    if args.json:
+        _print(answer, True)
+    elif found:
+        _print(found, False, ["kind", "subject", "message"])
+    else:
+        print(f"no drift: runtime state matches {answer['revision'][:12]}")
+    return 1 if found else 0
+
+
+def _inventory(args: argparse.Namespace) -> int:
+    """Write the inventory (gitctl/schemas/inventory.schema.json) to a file or stdout."""
+    doc = call(_target(args), "GET", "/api/v1/inventory")
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(
+            f"wrote {args.output}: {len(doc['users'])} users, {len(doc['nodes'])} devices",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _commits(args: argparse.Namespace) -> int:
     repo = call(_target(args), "GET", "/api/v1/repo")
     if args.json:
@@ -231,6 +270,57 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_client(args: argparse.Namespace) -> int:
+    from server.devclient import DevClient, DevClientError, find_binaries
+
+    data = _data_dir(getattr(args, "data", None))
+    try:
+        client = DevClient(
+            args.name, data / "dev-clients" / args.name, find_binaries(args.bin, Path.cwd()),
+            args.server_url,
+        )  # fmt: skip
+        if args.stop:
+            stopped = client.stop()
+            print(f"{args.name}: {'stopped' if stopped else 'was not running'}")
+            return 0
+        if not args.user:
+            raise DevClientError("say whose device it is: --user NAME (a user in users.yaml)")
+
+        def key() -> str:
+            body = {"user": args.user, "reusable": False, "ephemeral": False, "tags": []}
+            created = call(
+                SocketTarget(data / "tailnetd.sock"), "POST", "/api/v1/preauthkeys", body
+            )
+            return str(created["key"])
+
+        ip = client.start(key)
+    except DevClientError as exc:
+        print(f"tailnetd dev-client: {exc}", file=sys.stderr)
+        return 1
+    tailscale = " ".join(client.cli())
+    print(f"{args.name} joined as {ip}; its tailscaled runs in {client.home}")
+    print(f"  use it:  {tailscale} status")
+    print(f"  stop it: tailnetd dev-client {args.name} --stop")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    query = {"limit": str(args.limit)}
+    if args.since:
+        query["since"] = args.since
+    answer = call(_target(args), "GET", "/api/v1/audit?" + urlencode(query))
+    if args.json:
+        _print(answer["audit"], True)
+        return 0
+    columns = ("at", "actor", "action", "target", "result", "status", "params")
+    rows = [
+        {**e, "params": json.dumps(e["params"], separators=(",", ":")) if e["params"] else None}
+        for e in answer["audit"]
+    ]
+    _print(rows, False, columns)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tailnetd", description="A GitOps-driven Tailscale control server."
@@ -268,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     klist = keys_sub.add_parser("list", parents=[where])
     klist.add_argument("--user")
     klist.add_argument("--json", action="store_true")
+    keys_sub.add_parser(
+        "generate",
+        help="print a new key text for a key declared in keys.yaml (keep it in a secret store)",
+    )
     kexp = keys_sub.add_parser("expire", parents=[where])
     kexp.add_argument("key", help="key id or prefix")
     kexp.add_argument("--json", action="store_true")
@@ -324,6 +418,23 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("--json", action="store_true")
     users.set_defaults(func=_users)
 
+    drift = admin_parser(
+        "drift", "runtime state that differs from git (keys, tags, users); exit 1 if any"
+    )
+    drift.add_argument("--json", action="store_true")
+    drift.set_defaults(func=_drift)
+
+    inventory = admin_parser("inventory", "users and devices, for gitctl --inventory in CI")
+    inventory_sub = inventory.add_subparsers(dest="inventory_cmd", required=True)
+    export = inventory_sub.add_parser(
+        "export",
+        help="write the users, roles, devices, tags and routes a policy is evaluated "
+        "against (no key material)",
+        parents=[where],
+    )
+    export.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    inventory.set_defaults(func=_inventory)
+
     commits = admin_parser("commits", "the commit served and recently rejected ones")
     commits.add_argument("--json", action="store_true")
     commits.set_defaults(func=_commits)
@@ -341,6 +452,31 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true")
     history.add_argument("-n", "--limit", type=int, default=20, help="at most N (default 20)")
     history.set_defaults(func=_history)
+
+    dev = sub.add_parser(
+        "dev-client",
+        help="start a userspace tailscaled (no root) joined to the local server",
+        description="Start tailscale's tailscaled in userspace-networking mode with its own "
+        "state under DATA/dev-clients/NAME/ and log it in to the server with a fresh "
+        "pre-auth key for --user (made through the data dir's socket).",
+    )
+    dev.add_argument("name", metavar="NAME", help="the device's name in the tailnet")
+    dev.add_argument("--user", help="whose device it is (a user in users.yaml)")
+    dev.add_argument("--data", metavar="DIR", help="the server's data dir (default ./data)")
+    listen = os.environ.get("TAILNETD_LISTEN", "127.0.0.1:8080")
+    dev.add_argument(
+        "--server-url",
+        default=f"http://{listen}",
+        help="the server's URL (default http://TAILNETD_LISTEN, else http://127.0.0.1:8080)",
+    )
+    dev.add_argument("--bin", metavar="DIR", help="where tailscale and tailscaled are")
+    dev.add_argument("--stop", action="store_true", help="stop this client's tailscaled")
+    dev.set_defaults(func=_dev_client)
+    audit = admin_parser("audit", "admin actions, newest first: who, what, when, the result")
+    audit.add_argument("--json", action="store_true")
+    audit.add_argument("--since", help="only since: a duration back (12h, 7d) or an ISO time")
+    audit.add_argument("-n", "--limit", type=int, default=50, help="at most N (default 50)")
+    audit.set_defaults(func=_audit)
     return parser
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gitctl.tailnet.kinds import did_you_mean
-from server.remote_repo import is_remote
+from server.sources.remote import is_remote
 from server.store import is_postgres_url, redact_url
 
 __all__ = [
@@ -64,6 +64,9 @@ class ServerConfig:
     log_format: str = "text"  # "text" or "json" (one object per line)
     # Allowed-signers file outside the repository: only commits its keys signed are served.
     trusted_signers: Path | None = None
+    # The webhooks' HMAC-SHA256 secret: from --webhook-secret-file or
+    # TAILNETD_WEBHOOK_SECRET, never from git. None: webhooks are not sent.
+    webhook_secret: bytes | None = field(default=None, repr=False)
 
     @property
     def socket_path(self) -> Path:
@@ -226,6 +229,12 @@ OPTIONS: tuple[Option, ...] = (
         "repository; overrides the repository's trusted_signers setting)",
         parse=_file,
     ),
+    Option(
+        "webhook_secret_file", "FILE",
+        "file holding the secret that signs webhooks (HMAC-SHA256); or give the secret itself "
+        "in TAILNETD_WEBHOOK_SECRET. Without one, settings.yaml's webhooks are not sent",
+        parse=_file,
+    ),
 )  # fmt: skip
 _BY_KEY = {option.key: option for option in OPTIONS}
 
@@ -336,6 +345,7 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
             # A file in the work tree is one a commit could change.
             raise ConfigError(f"--trusted-signers {signers}: must be outside the repository")
     return ServerConfig(
+        webhook_secret=_webhook_secret(v.get("webhook_secret_file"), env),
         repo=repo.resolve(),
         repo_url=repo_url,
         fetch_interval=v["fetch_interval"],
@@ -359,6 +369,19 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         log_format=v["log_format"],
         trusted_signers=signers,
     )
+
+
+def _webhook_secret(path: Path | None, env: Mapping[str, str]) -> bytes | None:
+    if path is not None:
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"--webhook-secret-file {path}: {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"--webhook-secret-file {path}: the file is empty")
+        return secret
+    text = env.get("TAILNETD_WEBHOOK_SECRET", "").strip()
+    return text.encode() if text else None
 
 
 if __name__ == "__main__":

@@ -76,8 +76,10 @@ class ControlHandler:
         log: logging.Logger,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         self._tailnet = tailnet
+        self._on_refused = on_refused  # (machine, reason): a login refused its key
         self._registry = registry
         self._store = store  # pre-auth keys; nodes are written through the registry
         self._clock = clock
@@ -171,6 +173,8 @@ class ControlHandler:
                 exc,
                 extra=event("register.refused", machine=req.machine_key.short(), reason=exc.reason),
             )
+            if self._on_refused is not None:
+                self._on_refused(req.machine_key.short(), exc.reason)
             return _json({"Error": f"invalid auth key: {exc}"})
         tags, refusal = self._tags_for(key.user, key.tags, hostinfo.request_tags)
         if refusal is not None:

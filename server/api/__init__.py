@@ -21,6 +21,7 @@ from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, to_routes
 from server.api.openapi import openapi_document
 from server.metrics import RequestCounter
+from server.page import Sessions, page_routes
 
 __all__ = ["WebDeps", "api_endpoints", "build_app", "build_metrics_app", "parse_duration"]
 
@@ -43,7 +44,8 @@ def api_endpoints(deps: WebDeps) -> list[Endpoint]:
 def build_app(deps: WebDeps) -> Starlette:
     api = to_routes(api_endpoints(deps), local=deps.local, store=deps.store, clock=deps.clock)
     probes = discovery.probe_routes(deps, with_metrics=deps.local)
-    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *api]), deps)
+    page = page_routes(deps, Sessions(deps.rng))
+    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *api, *page]), deps)
 
 
 def build_metrics_app(deps: WebDeps) -> Starlette:

@@ -10,9 +10,10 @@ from typing import Any
 
 from server.metrics import Metrics
 from server.protocol.keys import MachinePublic
-from server.repo import RepoStatus
+from server.sources.repo import RepoStatus
 from server.store.interface import Store
 from server.tailnet import NodeRegistry, Tailnet
+from server.webhooks.source import EventSource
 
 __all__ = ["WebDeps", "parse_duration"]
 
@@ -34,6 +35,7 @@ class WebDeps:
     # The files of the commit being served (gitctl `Documents`), read on demand,
     # for the policy file of `/api/v2/…/acl`; None when they cannot be read.
     documents: Callable[[], Awaitable[Any]] | None = None
+    events: EventSource | None = None  # webhook events of admin actions (keys, approvals)
 
 
 def parse_duration(text: str) -> timedelta:

@@ -10,6 +10,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from server.api.audit import MAX_LIMIT as AUDIT_MAX
+from server.api.audit import audit_json, parse_since
 from server.api.common import check_tags, find_node, optional_time, set_expiry_disabled
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, Param
@@ -21,10 +23,12 @@ from server.bodies import (
     SetKeyExpiry,
     SetTags,
 )
-from server.history import MAX_LIMIT as HISTORY_MAX
-from server.history import history_json
+from server.drift import find_drift
+from server.inventory import inventory_json
 from server.logs import event
-from server.repo import Rejection
+from server.sources.history import MAX_LIMIT as HISTORY_MAX
+from server.sources.history import history_json
+from server.sources.repo import Rejection
 from server.store.model import ApiKey, Node, PreAuthKey
 from server.tagcheck import check_new_key_tags, undeclared
 from server.wire import format_time
@@ -213,6 +217,8 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             now=now,
             rng=deps.rng,
         )
+        if deps.events is not None:
+            deps.events.key("created", "preauth", created.id, created.prefix, created.user)
         acted(
             "api.preauthkey_created", "pre-auth key %d created for %s", created.id, body.user,
             key=created.id, user=body.user, tags=list(body.tags),
@@ -222,6 +228,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
     async def expire_key(call: Call) -> Any:
         ref = call.path("ref")
         expired_key = store.expire_preauth_key(int(ref) if ref.isdigit() else ref, clock())
+        if deps.events is not None:
+            deps.events.key(
+                "expired", "preauth", expired_key.id, expired_key.prefix, expired_key.user
+            )
         acted(
             "api.preauthkey_expired", "pre-auth key %d expired", expired_key.id, key=expired_key.id
         )
@@ -239,17 +249,44 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         text, created = store.create_api_key(
             expiration=now + lifetime, now=now, rng=deps.rng, scope=body.scope
         )
+        if deps.events is not None:
+            deps.events.key("created", "api", created.id, created.prefix)
         acted("api.apikey_created", "API key %d created", created.id, key=created.id)
         return {"key": text, **api_key_json(created)}
 
     async def expire_api_key(call: Call) -> Any:
         ref = call.path("ref")
         expired_key = store.expire_api_key(int(ref) if ref.isdigit() else ref, clock())
+        if deps.events is not None:
+            deps.events.key("expired", "api", expired_key.id, expired_key.prefix)
         acted("api.apikey_expired", "API key %d expired", expired_key.id, key=expired_key.id)
         return api_key_json(expired_key)
 
     async def history(call: Call) -> Any:
         return history_json(deps.status.journal, call.query("limit"))
+
+    async def audit(call: Call) -> Any:
+        raw = call.query("limit") or "100"
+        if not raw.isdigit() or not 0 < int(raw) <= AUDIT_MAX:
+            raise ValueError(f"limit must be a whole number from 1 to {AUDIT_MAX}")
+        since = parse_since(call.query("since"), clock())
+        return {"audit": [audit_json(e) for e in store.list_audit(since=since, limit=int(raw))]}
+
+    async def drift(call: Call) -> Any:
+        src = tailnet.source
+        declared = src.snapshot.keys if src.snapshot is not None else ()
+        found = find_drift(
+            declared_keys=declared, users=src.users, policy=src.policy,
+            nodes=registry.nodes(), keys=store.list_preauth_keys(), now=clock(),
+        )  # fmt: skip
+        return {"revision": src.id, "drift": [d.to_json() for d in found]}
+
+    async def inventory(call: Call) -> Any:
+        src = tailnet.source
+        return inventory_json(
+            src.users, src.policy.roles, registry.nodes(), tailnet.enabled_routes,
+            revision=src.id, exported=clock(),
+        )  # fmt: skip
 
     node_filters = (
         Param("user", "only nodes owned by this user"),
@@ -270,7 +307,24 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "status",
             query=(Param("limit", f"at most this many entries (1 to {HISTORY_MAX})"),),
         ),
+        Endpoint(
+            "GET", "/api/v1/audit", audit, "Admin actions, newest first: who, what, the result",
+            "status",
+            query=(
+                Param("since", "only entries since: a duration back (12h) or an ISO 8601 time"),
+                Param("limit", f"at most this many entries (1 to {AUDIT_MAX})"),
+            ),
+        ),
         Endpoint("GET", "/api/v1/users", list_users, "Users declared in git", "users"),
+        Endpoint(
+            "GET", "/api/v1/drift", drift,
+            "Runtime state that differs from what git declares (keys, tags, users)", "status",
+        ),
+        Endpoint(
+            "GET", "/api/v1/inventory", inventory,
+            "Users and devices a policy is evaluated against, for gitctl --inventory (no keys)",
+            "users",
+        ),
         Endpoint("GET", "/api/v1/nodes", list_nodes, "List nodes", "nodes", query=node_filters),
         Endpoint("GET", "/api/v1/nodes/{ref}", get_node, "One node", "nodes"),
         Endpoint(

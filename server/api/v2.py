@@ -107,7 +107,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         return {}
 
     async def authorize(call: Call) -> Any:
-        find_node(registry, call.path("id"))
+        node = find_node(registry, call.path("id"))
         body: SetAuthorized = call.body
         if not body.authorized:
             raise Problem(
@@ -115,6 +115,8 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
                 "tailnetd has no device approval: a device joins with a pre-auth key;"
                 " to take one out, delete it or expire its key",
             )
+        if deps.events is not None:
+            deps.events.node_approved(node, by="api")
         return {}
 
     async def set_tags(call: Call) -> Any:
@@ -169,6 +171,8 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             now=now,
             rng=deps.rng,
         )
+        if deps.events is not None:
+            deps.events.key("created", "preauth", created.id, created.prefix)
         return {"key": text, "description": body.description or "", **key_json(created)}
 
     async def served_policy() -> tuple[Any, PolicyFile]:

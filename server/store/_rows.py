@@ -23,7 +23,10 @@ NODE_COLUMNS = (
     " tags, auth_key_id, ephemeral, created, last_seen, key_expiry, hostinfo, endpoints,"
     " capver"
 )
-KEY_COLUMNS = "id, prefix, user_name, reusable, ephemeral, tags, created, expiration, used, revoked"
+KEY_COLUMNS = (
+    "id, prefix, user_name, reusable, ephemeral, tags, created, expiration, used, revoked,"
+    " declared_name"
+)
 API_KEY_COLUMNS = "id, prefix, created, expiration, last_used, scope"
 LOGIN_COLUMNS = "auth_id, machine_key, node_key, ephemeral, created"
 
@@ -126,6 +129,7 @@ def key_from_row(row: Row) -> PreAuthKey:
         expiration=dt(row[7]),
         used=bool(row[8]),
         revoked=bool(row[9]),
+        declared_name=row[10],
     )
 
 

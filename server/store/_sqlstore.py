@@ -15,7 +15,7 @@ index is checked against the database inside each of those transactions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -23,8 +23,10 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.store import _declared as declared
 from server.store import _keytables as keytables
 from server.store import _rows as rows
+from server.store._eventtables import EventTables
 from server.store._nodeindex import NodeIndex
 from server.store._rand import LOWER_ALNUM, random_text
 from server.store.ipalloc import allocate_ipv4, allocate_ipv6
@@ -62,7 +64,7 @@ class Db(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor: ...
 
 
-class SqlStore:
+class SqlStore(EventTables):
     _FOR_UPDATE = ""  # the row lock clause, where the backend has one
 
     def __init__(
@@ -453,6 +455,30 @@ class SqlStore:
             return rows.key_from_row(
                 keytables.expire(db, keytables.PREAUTH_KEYS, id_or_prefix, now)
             )
+
+    def put_declared_key(
+        self,
+        name: str,
+        text: str,
+        *,
+        user: str,
+        reusable: bool,
+        ephemeral: bool,
+        tags: Sequence[str],
+        expiration: datetime | None,
+        now: datetime,
+    ) -> tuple[PreAuthKey, declared.Outcome]:
+        """The key declared in git as `name`, created, rotated or updated to match."""
+        with self._write() as db:
+            return declared.put_declared(
+                db, name, text, user=user, reusable=reusable, ephemeral=ephemeral, tags=tags,
+                expiration=expiration, now=now, lock=self._FOR_UPDATE,
+            )  # fmt: skip
+
+    def expire_undeclared_keys(self, names: Collection[str], now: datetime) -> list[PreAuthKey]:
+        """Expire the declared keys git no longer declares; those expired now."""
+        with self._write() as db:
+            return declared.expire_undeclared(db, names, now)
 
     def revoke_preauth_key(self, id_or_prefix: int | str) -> PreAuthKey:
         with self._write() as db:

@@ -17,17 +17,19 @@ Every change bumps `generation`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from ipaddress import IPv4Network, IPv6Network
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import (
     AllocationStrategy,
     ApiKey,
     ApiScope,
+    AuditEntry,
     Node,
+    OutboxItem,
     PendingLogin,
     PreAuthKey,
     Rng,
@@ -140,6 +142,19 @@ class Store(Protocol):
     def list_preauth_keys(self, user: str | None = None) -> list[PreAuthKey]: ...
     def expire_preauth_key(self, id_or_prefix: int | str, now: datetime) -> PreAuthKey: ...
     def revoke_preauth_key(self, id_or_prefix: int | str) -> PreAuthKey: ...
+    def put_declared_key(
+        self,
+        name: str,
+        text: str,
+        *,
+        user: str,
+        reusable: bool,
+        ephemeral: bool,
+        tags: Sequence[str],
+        expiration: datetime | None,
+        now: datetime,
+    ) -> tuple[PreAuthKey, Literal["created", "rotated", "updated", "unchanged"]]: ...
+    def expire_undeclared_keys(self, names: Collection[str], now: datetime) -> list[PreAuthKey]: ...
 
     # API keys (the admin API over HTTP)
 
@@ -174,3 +189,26 @@ class Store(Protocol):
     def get_pending_login(self, auth_id: str) -> PendingLogin | None: ...
     def delete_pending_login(self, auth_id: str) -> bool: ...
     def delete_pending_logins_before(self, before: datetime) -> int: ...
+
+    # Audit trail and webhook outbox (server/store/_eventtables.py)
+
+    def record_audit(
+        self,
+        *,
+        at: datetime,
+        actor: str,
+        action: str,
+        target: str | None,
+        params: dict[str, Any],
+        status: int,
+        result: str,
+        detail: str | None = None,
+    ) -> AuditEntry: ...
+    def list_audit(
+        self, *, since: datetime | None = None, limit: int = 100
+    ) -> list[AuditEntry]: ...
+    def add_outbox(self, items: Sequence[tuple[str, str, bytes]]) -> list[OutboxItem]: ...
+    def list_outbox(self) -> list[OutboxItem]: ...
+    def outbox_attempted(self, item_id: int) -> None: ...
+    def remove_outbox(self, item_id: int) -> None: ...
+    def count_outbox(self) -> int: ...

@@ -116,6 +116,43 @@ MIGRATIONS: tuple[Migration, ...] = (
         "API key scopes",
         ("ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin'",),
     ),
+    Migration(
+        4,
+        "audit trail and webhook outbox",
+        (
+            """
+            CREATE TABLE audit_log (
+                id          INTEGER PRIMARY KEY AUTOINCREMENT,
+                at          TEXT    NOT NULL,
+                actor       TEXT    NOT NULL,
+                action      TEXT    NOT NULL,
+                target      TEXT,
+                params      TEXT    NOT NULL,
+                status      INTEGER NOT NULL,
+                result      TEXT    NOT NULL,
+                detail      TEXT
+            )
+            """,
+            "CREATE INDEX audit_log_at ON audit_log (at)",
+            """
+            CREATE TABLE webhook_outbox (
+                id          INTEGER PRIMARY KEY AUTOINCREMENT,
+                url         TEXT    NOT NULL,
+                queue       TEXT    NOT NULL,
+                body        TEXT    NOT NULL,
+                attempts    INTEGER NOT NULL DEFAULT 0
+            )
+            """,
+        ),
+    ),
+    Migration(
+        5,
+        "pre-auth keys declared in git, by name",
+        (
+            "ALTER TABLE preauth_keys ADD COLUMN declared_name TEXT",
+            "CREATE UNIQUE INDEX preauth_keys_declared_name ON preauth_keys (declared_name)",
+        ),
+    ),
 )
 
 
@@ -205,6 +242,43 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         3,
         "API key scopes",
         ("ALTER TABLE api_keys ADD COLUMN scope text NOT NULL DEFAULT 'admin'",),
+    ),
+    Migration(
+        4,
+        "audit trail and webhook outbox",
+        (
+            """
+            CREATE TABLE audit_log (
+                id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                at          timestamptz NOT NULL,
+                actor       text        NOT NULL,
+                action      text        NOT NULL,
+                target      text,
+                params      text        NOT NULL,
+                status      integer     NOT NULL,
+                result      text        NOT NULL,
+                detail      text
+            )
+            """,
+            "CREATE INDEX audit_log_at ON audit_log (at)",
+            """
+            CREATE TABLE webhook_outbox (
+                id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                url         text        NOT NULL,
+                queue       text        NOT NULL,
+                body        text        NOT NULL,
+                attempts    integer     NOT NULL DEFAULT 0
+            )
+            """,
+        ),
+    ),
+    Migration(
+        5,
+        "pre-auth keys declared in git, by name",
+        (
+            "ALTER TABLE preauth_keys ADD COLUMN declared_name text",
+            "CREATE UNIQUE INDEX preauth_keys_declared_name ON preauth_keys (declared_name)",
+        ),
     ),
 )
 

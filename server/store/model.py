@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
-from typing import Literal
+from typing import Any, Literal
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.wire.hostinfo import Hostinfo
@@ -20,6 +20,7 @@ from server.wire.hostinfo import Hostinfo
 __all__ = [
     "AddressExhausted",
     "ApiKey",
+    "AuditEntry",
     "ApiScope",
     "AllocationStrategy",
     "Conflict",
@@ -27,6 +28,7 @@ __all__ = [
     "KeyRejected",
     "Node",
     "NotFound",
+    "OutboxItem",
     "PendingLogin",
     "PreAuthKey",
     "Rng",
@@ -76,6 +78,7 @@ class PreAuthKey:
     expiration: datetime | None  # None = never expires
     used: bool
     revoked: bool
+    declared_name: str | None = None  # the key's name in keys.yaml; None: made through the API
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,36 @@ class PendingLogin:
     node_key: NodePublic
     ephemeral: bool
     created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One admin action as it was asked and answered: who (`socket`,
+    `apikey:<id>:<prefix>` or `anonymous`), what (the action, its target and
+    its parameters without secrets), when, and the result (`ok`, or the
+    problem's kind with its HTTP status and detail)."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    params: dict[str, Any]
+    status: int
+    result: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A webhook delivery not yet acknowledged: `body` goes to `url`; items of
+    one `queue` (a node, or the tailnet) are delivered in `id` order."""
+
+    id: int
+    url: str
+    queue: str
+    body: bytes
+    attempts: int = 0
 
 
 class StoreError(Exception):

@@ -49,6 +49,8 @@ class TailnetSource:
     # are the compiler's: it approves with the users resolved to emails.
     explicit_routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     settings: TailnetSettings | None = None  # prefixes, key expiry, ephemeral timeout, DERP
+    # The snapshot itself, for where each policy value came from (file:line).
+    snapshot: Snapshot | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> TailnetSource:
@@ -77,6 +79,7 @@ class TailnetSource:
             policy=snap.policy,
             explicit_routes=explicit,
             settings=snap.settings,
+            snapshot=snap,
         )
 
 

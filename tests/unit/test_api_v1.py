@@ -14,8 +14,8 @@ from starlette.routing import Route
 
 from server.api import api_endpoints
 from server.bodies import NoBody, body_schema, parse_body
-from server.history import HistoryEntry
-from server.repo import Rejection
+from server.sources.history import HistoryEntry
+from server.sources.repo import Rejection
 from tests.unit.test_admin_api import (
     BAD_BODIES,
     NOW,

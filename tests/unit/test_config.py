@@ -119,6 +119,7 @@ def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path:
         "metrics_listen": "127.0.0.8:8",
         "log_format": "json",
         "trusted_signers": "/etc/tailnetd/allowed_signers",
+        "webhook_secret_file": str(_secret_file(tmp_path)),
     }
     assert set(samples) | {"tls_cert", "tls_key"} == {o.key for o in OPTIONS}
     for option in OPTIONS:
@@ -131,6 +132,24 @@ def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path:
             load_config({"config": config_file(tmp_path, f"{option.key}: '{text}'\n")}, {}),
         ]
         assert configs[0] == configs[1] == configs[2] != load_config({}, {}), option.key
+
+
+def _secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "webhook.secret"
+    path.write_text("s3cret\n")
+    return path
+
+
+def test_the_webhook_secret_comes_from_a_file_or_the_environment_never_shown(
+    tmp_path: Path,
+) -> None:
+    from_file = load_config({"webhook_secret_file": str(_secret_file(tmp_path))}, {})
+    assert from_file.webhook_secret == b"s3cret" and "s3cret" not in repr(from_file)
+    assert load_config({}, {"TAILNETD_WEBHOOK_SECRET": "env"}).webhook_secret == b"env"
+    assert load_config({}, {}).webhook_secret is None
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_config({"webhook_secret_file": str(tmp_path / "empty")}, {})
 
 
 def test_trusted_signers_inside_the_repository_are_refused(tmp_path: Path) -> None:

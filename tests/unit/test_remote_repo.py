@@ -9,7 +9,7 @@ from pathlib import Path
 import git
 import pytest
 
-from server.remote_repo import RemoteRepo, is_remote, watch_remote
+from server.sources.remote import RemoteRepo, is_remote, watch_remote
 from tests.e2e.harness import TailnetRepo
 
 USERS = "users:\n  - {name: alice, email: alice@example.com}\n"

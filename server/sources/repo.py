@@ -19,7 +19,7 @@ from gitctl import snapshot as snapshots
 from gitctl.snapshot import Snapshot
 
 if TYPE_CHECKING:
-    from server.history import History
+    from server.sources.history import History
 
 __all__ = ["Checked", "RepoStatus", "SnapshotRepo", "check_result", "watch_repo"]
 

@@ -19,7 +19,7 @@ import git
 
 from gitctl import snapshot as snapshots
 from gitctl.snapshot import Snapshot
-from server.repo import Checked, check_result
+from server.sources.repo import Checked, check_result
 
 __all__ = ["RemoteRepo", "is_remote", "watch_remote"]
 

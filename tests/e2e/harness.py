@@ -199,6 +199,10 @@ class ServerProcess:
     def status(self) -> dict[str, Any]:
         return json.loads(self.admin("status", "--json"))
 
+    def nodes_json(self) -> list[dict[str, Any]]:
+        """`tailnetd nodes list --json`."""
+        return list(json.loads(self.admin("nodes", "list", "--json")))
+
 
 class TailscaleNode:
     """One real tailscaled in userspace-networking mode, private state dir."""
@@ -306,6 +310,13 @@ class TailscaleNode:
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.cli("status", "--json").stdout)
+
+    def peer(self, hostname: str) -> dict[str, Any] | None:
+        """The status entry of the peer whose machine calls itself `hostname`."""
+        for entry in (self.status().get("Peer") or {}).values():
+            if entry["HostName"] == hostname:
+                return dict(entry)
+        return None
 
     def peer_names(self) -> set[str]:
         peers = self.status().get("Peer") or {}

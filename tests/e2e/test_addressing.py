@@ -7,10 +7,8 @@ expiry disabled for a server (and enabled again) through the admin CLI.
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -56,9 +54,6 @@ class Net:
         }
         self.repo = TailnetRepo(tmp / "repo", files)
         self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
-
-    def nodes(self) -> list[dict[str, Any]]:
-        return list(json.loads(self.server.admin("nodes", "list", "--json")))
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +155,7 @@ def test_key_expiry_is_disabled_for_a_server_and_enabled_again(
     assert node.status()["Self"].get("KeyExpiry")  # 30 days from settings.yaml
     net.server.admin("nodes", "expiry", node.name, "--disable")
     wait_for(lambda: not node.status()["Self"].get("KeyExpiry"), 30, "KeyExpiry to disappear")
-    (listed,) = [n for n in net.nodes() if n["name"] == node.name]
+    (listed,) = [n for n in net.server.nodes_json() if n["name"] == node.name]
     assert listed["key_expiry"] is None
     net.server.admin("nodes", "expiry", node.name, "--enable")
     wait_for(lambda: node.status()["Self"].get("KeyExpiry"), 30, "KeyExpiry to come back")

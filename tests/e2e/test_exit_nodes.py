@@ -14,13 +14,11 @@ netstack to its own namespace's network.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -131,13 +129,6 @@ def fetch(client: TailscaleNode, ns: Namespace, address: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-def exit_peer(node: TailscaleNode, name: str) -> dict[str, Any] | None:
-    for entry in (node.status().get("Peer") or {}).values():
-        if entry["HostName"] == name:
-            return dict(entry)
-    return None
-
-
 @pytest.mark.parametrize("version", MATRIX)
 def test_a_client_s_traffic_flows_through_an_auto_approved_exit_node(
     net: Net, version: str
@@ -158,7 +149,7 @@ def test_a_client_s_traffic_flows_through_an_auto_approved_exit_node(
             ]
         )
         wait_for(
-            lambda: (exit_peer(client, exit_node.name) or {}).get("ExitNodeOption"),
+            lambda: (client.peer(exit_node.name) or {}).get("ExitNodeOption"),
             30,
             "the client to be offered the exit node",
         )
@@ -167,7 +158,7 @@ def test_a_client_s_traffic_flows_through_an_auto_approved_exit_node(
         assert fetch(client, client_ns, PUBLIC) is None  # no way there without it
         client.cli("set", f"--exit-node={exit_node.ip()}")
         wait_for(
-            lambda: (exit_peer(client, exit_node.name) or {}).get("ExitNode"),
+            lambda: (client.peer(exit_node.name) or {}).get("ExitNode"),
             30,
             "the client to use the exit node",
         )
@@ -193,14 +184,14 @@ def test_an_exit_node_approved_in_git_is_offered(net: Net) -> None:
             lambda: client.up(net.server, key),
         ]
     )
-    wait_for(lambda: exit_peer(client, "gitexit") is not None, 30, "the client to see gitexit")
-    assert not (exit_peer(client, "gitexit") or {}).get("ExitNodeOption")  # not approved yet
-    nodes = json.loads(net.server.admin("nodes", "list", "--json"))
+    wait_for(lambda: client.peer("gitexit") is not None, 30, "the client to see gitexit")
+    assert not (client.peer("gitexit") or {}).get("ExitNodeOption")  # not approved yet
+    nodes = net.server.nodes_json()
     (mkey,) = [n["machine_key"] for n in nodes if n["name"] == "gitexit"]
     routes = f"routes:\n  - {{machine: {mkey}, node: gitexit, routes: [0.0.0.0/0, '::/0']}}\n"
     net.repo.commit({"routes.yaml": routes}, "approve gitexit as an exit node")
     wait_for(
-        lambda: (exit_peer(client, "gitexit") or {}).get("ExitNodeOption"),
+        lambda: (client.peer("gitexit") or {}).get("ExitNodeOption"),
         30,
         "git's approval to reach the client",
     )

@@ -7,7 +7,6 @@ commit stops declaring is reported by `tailnetd status`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,13 +60,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         net.server.stop()
 
 
-def _peer(node: TailscaleNode, hostname: str) -> dict[str, Any] | None:
-    for entry in (node.status().get("Peer") or {}).values():
-        if entry["HostName"] == hostname:
-            return dict(entry)
-    return None
-
-
 def _tags(entry: dict[str, Any] | None) -> list[str] | None:
     return None if entry is None else list(entry.get("Tags") or [])
 
@@ -90,8 +82,8 @@ def test_advertised_tags_are_honoured_or_refused_and_operator_tags_reach_clients
         )
         # Owned: the node is its tag's, not alice's.
         assert web.status()["Self"].get("Tags") == ["tag:web"]
-        wait_for(lambda: _tags(_peer(laptop, web.name)) == ["tag:web"], 30, "laptop to see tag")
-        (listed,) = [n for n in _nodes(net) if n["name"] == web.name]
+        wait_for(lambda: _tags(laptop.peer(web.name)) == ["tag:web"], 30, "laptop to see tag")
+        (listed,) = [n for n in net.server.nodes_json() if n["name"] == web.name]
         assert listed["user"] is None and listed["tags"] == ["tag:web"], listed
         # Not owned: `tailscale up` fails and says why.
         out = db.cli(
@@ -110,7 +102,7 @@ def test_advertised_tags_are_honoured_or_refused_and_operator_tags_reach_clients
         # The operator tags alice's laptop: it and its peers see the tag.
         net.server.admin("nodes", "tags", laptop.name, "--tag", "tag:ops")
         wait_for(lambda: laptop.status()["Self"].get("Tags") == ["tag:ops"], 30, "self tag")
-        wait_for(lambda: _tags(_peer(web, laptop.name)) == ["tag:ops"], 30, "web to see tag")
+        wait_for(lambda: _tags(web.peer(laptop.name)) == ["tag:ops"], 30, "web to see tag")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{diagnose(net.server, nodes)}") from None
     finally:
@@ -119,10 +111,6 @@ def test_advertised_tags_are_honoured_or_refused_and_operator_tags_reach_clients
         for n in nodes:
             if n.name in listed_names:
                 net.server.admin("nodes", "delete", n.name)
-
-
-def _nodes(net: Net) -> list[dict[str, Any]]:
-    return list(json.loads(net.server.admin("nodes", "list", "--json")))
 
 
 def test_a_tag_a_commit_stops_declaring_is_reported(net: Net) -> None:

@@ -173,15 +173,18 @@ def test_a_client_s_traffic_flows_through_an_auto_approved_exit_node(
             net.server.admin("nodes", "delete", n.name)
 
 
-def test_an_exit_node_approved_in_git_is_offered(net: Net) -> None:
-    """No autoApprover: routes.yaml approves the machine's 0.0.0.0/0 and ::/0."""
+def test_an_exit_node_approved_in_git_is_offered_to_allowed_peers_only(net: Net) -> None:
+    """No autoApprover: routes.yaml approves the machine's 0.0.0.0/0 and ::/0.
+    bob, whom the policy gives nothing, is not offered it."""
     exit_node, client = net.node("gitexit", VERSION, None), net.node("gitclient", VERSION, None)
-    in_parallel(n.start for n in (exit_node, client))
+    bob = net.node("bobclient", VERSION, None)
+    in_parallel(n.start for n in (exit_node, client, bob))
     key = net.server.create_key("alice", "--reusable")
     in_parallel(
         [
             lambda: exit_node.up(net.server, key, "--advertise-exit-node"),
             lambda: client.up(net.server, key),
+            lambda: bob.up(net.server, net.server.create_key("bob")),
         ]
     )
     wait_for(lambda: client.peer("gitexit") is not None, 30, "the client to see gitexit")
@@ -196,3 +199,5 @@ def test_an_exit_node_approved_in_git_is_offered(net: Net) -> None:
         "git's approval to reach the client",
     )
     assert "gitexit" in client.cli("exit-node", "list").stdout
+    assert bob.peer("gitexit") is None
+    assert "gitexit" not in bob.cli("exit-node", "list", check=False).stdout

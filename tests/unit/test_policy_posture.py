@@ -300,3 +300,32 @@ def test_a_device_failing_the_default_posture_gains_no_ssh_access() -> None:
     del doc["defaultSrcPosture"]
     everyone = _ssh_sources(compile_policy(doc, POSTURE_NODES), "web")
     assert {ip_of(n) for n in ("alice-phone", "bob-laptop", "carol-laptop")} <= everyone
+
+
+def test_ssh_tests_see_the_default_posture() -> None:
+    """sshTests judge the same narrowed sources: a user whose devices fail
+    defaultSrcPosture is denied, and a test saying otherwise fails CI."""
+    base: dict[str, Any] = {
+        "postures": POSTURES,
+        "defaultSrcPosture": ["posture:current"],
+        "acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["tag:web:22"]}],
+        "ssh": [SSH_RULE],
+    }
+    compile_policy(
+        {
+            **base,
+            "sshTests": [
+                {"src": "alice@example.com", "dst": ["tag:web"], "accept": ["root"]},
+                {"src": "bob@example.com", "dst": ["tag:web"], "deny": ["root"]},
+            ],
+        },
+        POSTURE_NODES,
+    )
+    with pytest.raises(PolicyError, match="test\\(s\\) failed"):
+        compile_policy(
+            {
+                **base,
+                "sshTests": [{"src": "bob@example.com", "dst": ["tag:web"], "accept": ["root"]}],
+            },
+            POSTURE_NODES,
+        )

@@ -21,6 +21,8 @@ serve: venv
 # on loopback; `tailscale ssh` runs OpenSSH's ssh. All come from Debian (CI runs
 # as root on a fresh machine).
 test-tools:
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 	@command -v ssh >/dev/null || (apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-client)
 	@command -v pebble >/dev/null && command -v caddy >/dev/null && command -v nginx >/dev/null || \
@@ -44,6 +46,7 @@ test-tools:
 test: venv test-tools
 	$(BIN)/python -m tests.tailscale_bin --all
 	$(BIN)/python -m tests.gitops_pusher_bin
+	$(BIN)/python -m tests.dex_bin
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 test-fast: venv

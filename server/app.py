@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import errno
 import logging
 import os
@@ -13,7 +14,7 @@ import sqlite3
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +25,8 @@ from gitctl.policy.expiry import next_expiry
 from gitctl.snapshot import Snapshot
 from gitctl.tailnet import TailnetSettings
 from server.api import WebDeps, build_app, build_metrics_app
+from server.auth.pending import PendingLogins
+from server.auth.sshcheck import SshChecks
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
@@ -34,6 +37,8 @@ from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
 from server.logs import event
 from server.metrics import DerpCollector, LiveCollector, Metrics
+from server.oidc.login import OidcLogin
+from server.oidc.provider import Provider
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, NodePublic
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
 from server.sources.authority import CommitAuthority
@@ -156,6 +161,7 @@ class Server:
         compile for the live nodes: the lifecycle then refuses the commit)."""
         source = TailnetSource.from_snapshot(snap)
         self.tailnet.swap_source(source)
+        self.ssh_checks.forget_approvals()  # a new policy asks every check again
         self.metrics.snapshot_swapped(self.tailnet.waiting())
         self._apply_addressing(source)
         self._sync_declared_keys(source)
@@ -252,6 +258,22 @@ class Server:
         self._start_webhooks()
         self.metrics.registry.register(DerpCollector(self.derp.stats))
         self.metrics.registry.register(LiveCollector(self._live_counts))
+        self.logins = PendingLogins(
+            self.store,
+            self.registry,
+            base_url=self._public_url,
+            timeout=lambda: timedelta(seconds=cfg.login_timeout),
+            clock=self.clock,
+            rng=os.urandom,
+            log=self.log,
+        )
+        self.ssh_checks = SshChecks(
+            base_url=self._public_url,
+            timeout=lambda: timedelta(seconds=cfg.login_timeout),
+            rng=os.urandom,
+            log=self.log,
+        )
+        self.oidc = self._oidc_login()
         self.control = ControlHandler(
             self.tailnet,
             self.registry,
@@ -260,6 +282,8 @@ class Server:
             settings=self._control_settings,
             log=self.log,
             metrics=self.metrics,
+            logins=self.logins,
+            ssh_checks=self.ssh_checks,
             on_refused=self.events.login_refused,
         )
         scheme = "https" if ssl_ctx else "http"
@@ -280,6 +304,9 @@ class Server:
                 log=self.log,
                 documents=self.commits.serving_documents,
                 events=self.events,
+                logins=self.logins,
+                ssh_checks=self.ssh_checks,
+                oidc=self.oidc,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))
@@ -306,6 +333,7 @@ class Server:
             self._tasks.append(asyncio.create_task(watcher))
         self._tasks.append(asyncio.create_task(self._sweep()))
         self._tasks.append(asyncio.create_task(self._expiry_timer()))
+        self._tasks.append(asyncio.create_task(self._login_timer()))
         self._warn_undeclared_tags()
         self.log.info(
             "tailnetd listening on %s (control + DERP), STUN %s, serving %s, node state in %s",
@@ -437,7 +465,11 @@ class Server:
         return self.tailnet.source.settings or DEFAULT_SETTINGS
 
     def _control_settings(self) -> ControlSettings:
-        return ControlSettings(node_key_expiry=self._settings().node_key_expiry)
+        settings = self._settings()
+        return ControlSettings(
+            node_key_expiry=settings.node_key_expiry,
+            device_approval=settings.device_approval == "required",
+        )
 
     def _derp_region(self) -> DerpRegion:
         # Clients reach DERP where they reach control: the server URL, which
@@ -509,6 +541,47 @@ class Server:
                     extra=event("policy.expired", commit=self.status.serving),
                 )
                 self.tailnet.time_passed()
+
+    def _oidc_login(self) -> OidcLogin | None:
+        """Logins through the identity provider, when --oidc-issuer is set."""
+        settings = self.config.oidc
+        if settings is None:
+            return None
+        # The callback is on the URL people reach (the bound port when listening on 0).
+        settings = dataclasses.replace(settings, server_url=self._public_url())
+        self._oidc_provider = Provider(settings)
+        return OidcLogin(
+            settings,
+            self._oidc_provider,
+            self.logins,
+            users=lambda: {e.lower(): n for n, (e, _) in self.tailnet.source.users.items()},
+            record_groups=self._record_login_groups,
+            clock=self.clock,
+            log=self.log,
+        )
+
+    def _record_login_groups(self, email: str, groups: tuple[str, ...]) -> None:
+        """A login's identity-provider groups: kept, and applied to the maps now."""
+        self.store.set_login_groups(email, groups, self.clock())
+        self.tailnet.set_login_groups(email, groups)
+
+    def _public_url(self) -> str:
+        """Where people reach this server (login links): --server-url, or the
+        port actually bound when listening on port 0."""
+        url = self.config.server_url
+        if self.config.listen_port == 0:
+            parts = urlsplit(url)
+            url = f"{parts.scheme}://{parts.hostname}:{self.port}"
+        return url
+
+    async def _login_timer(self) -> None:
+        """Expire interactive logins nobody approved in time."""
+        while True:
+            due = self.logins.get_timer()
+            wait = SWEEP_INTERVAL if due is None else (due - self.clock()).total_seconds()
+            await asyncio.sleep(min(max(wait, 0.01), SWEEP_INTERVAL))
+            self.logins.handle_timer(self.clock())
+            self.ssh_checks.handle_timer(self.clock())
 
     async def _sweep(self) -> None:
         """Every few seconds: remove inactive ephemeral nodes, and drop the
@@ -637,6 +710,8 @@ class Server:
             await self.derp.close()
         if self.webhooks is not None:
             await self.webhooks.aclose()  # what is still queued goes to the outbox
+        if hasattr(self, "_oidc_provider"):
+            await self._oidc_provider.aclose()
         if hasattr(self, "store"):
             self.store.close()
         if self._data_lock is not None:

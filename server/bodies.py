@@ -25,6 +25,8 @@ __all__ = [
     "CreateApiKey",
     "CreatePreAuthKey",
     "NoBody",
+    "RefuseLogin",
+    "RegisterNode",
     "RenameNode",
     "SetAuthorized",
     "SetDeviceKey",
@@ -72,6 +74,19 @@ class SetTags:
     """A node's tags, replacing the ones it has (Tailscale's `POST /device/{id}/tags`)."""
 
     tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterNode:
+    """Approve an interactive login: the node of login `auth_id` joins as `user`."""
+
+    auth_id: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefuseLogin:
+    reason: str = "refused by an administrator"
 
 
 @dataclass(frozen=True, slots=True)

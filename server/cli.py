@@ -158,7 +158,9 @@ def _apikeys(args: argparse.Namespace) -> int:
     return 0
 
 
-_NODE_COLUMNS = ["id", "name", "user", "tags", "ipv4", "ipv6", "online", "last_seen"]
+_NODE_COLUMNS = [
+    "id", "name", "user", "tags", "ipv4", "ipv6", "online", "last_seen", "approved",
+]  # fmt: skip
 
 
 def _nodes(args: argparse.Namespace) -> int:
@@ -168,13 +170,27 @@ def _nodes(args: argparse.Namespace) -> int:
         query = "?" + urlencode(filters) if filters else ""
         _print(call(sock, "GET", "/api/v1/nodes" + query), args.json, _NODE_COLUMNS)
         return 0
+    if args.nodes_cmd == "logins":
+        columns = ["auth_id", "hostname", "created", "expires"]
+        _print(call(sock, "GET", "/api/v1/logins"), args.json, columns)
+        return 0
+    if args.nodes_cmd in ("register", "refuse"):
+        auth_id = args.auth_id.rstrip("/").rsplit("/", 1)[-1]  # the id, or the whole URL
+        if args.nodes_cmd == "refuse":
+            path = f"/api/v1/logins/{quote(auth_id, safe='')}/refuse"
+            _print([call(sock, "POST", path, {"reason": args.reason})], args.json, ["auth_id"])
+            return 0
+        body = {"auth_id": auth_id, "user": args.user}
+        answer = call(sock, "POST", "/api/v1/nodes/register", body)
+        _print([answer], args.json, _NODE_COLUMNS)
+        return 0
     node = quote(args.node, safe="")
     if args.nodes_cmd == "get":
         answer = call(sock, "GET", f"/api/v1/nodes/{node}")
     elif args.nodes_cmd == "delete":
         answer = call(sock, "DELETE", f"/api/v1/nodes/{node}")
-    elif args.nodes_cmd == "expire":
-        answer = call(sock, "POST", f"/api/v1/nodes/{node}/expire")
+    elif args.nodes_cmd in ("expire", "approve"):
+        answer = call(sock, "POST", f"/api/v1/nodes/{node}/{args.nodes_cmd}")
     elif args.nodes_cmd == "expiry":
         body = {"disabled": args.disable}
         answer = call(sock, "POST", f"/api/v1/nodes/{node}/expiry", body)
@@ -183,6 +199,18 @@ def _nodes(args: argparse.Namespace) -> int:
     else:  # tags
         answer = call(sock, "POST", f"/api/v1/nodes/{node}/tags", {"tags": args.tag or []})
     _print([answer], args.json, _NODE_COLUMNS)
+    return 0
+
+
+def _ssh(args: argparse.Namespace) -> int:
+    target = _target(args)
+    columns = ["auth_id", "user", "local_user", "src_node", "dst_node", "expires"]
+    if args.ssh_cmd == "checks":
+        _print(call(target, "GET", "/api/v1/ssh/checks"), args.json, columns)
+        return 0
+    auth_id = quote(args.auth_id.rstrip("/").rsplit("/", 1)[-1], safe="")
+    answer = call(target, "POST", f"/api/v1/ssh/checks/{auth_id}/{args.ssh_cmd}")
+    _print([answer], args.json, [*columns[:3], "state"])
     return 0
 
 
@@ -392,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     nlist.add_argument("--tag", help="only nodes with this tag")
     nlist.add_argument("--online", choices=("true", "false"), help="only online/offline nodes")
     nlist.add_argument("--json", action="store_true")
-    for verb in ("get", "delete", "expire"):
+    for verb in ("get", "delete", "expire", "approve"):
         p = nodes_sub.add_parser(verb, parents=[where])
         p.add_argument("node", help="node id or name")
         p.add_argument("--json", action="store_true")
@@ -412,7 +440,29 @@ def build_parser() -> argparse.ArgumentParser:
     tags.add_argument("node")
     tags.add_argument("--tag", action="append", help="a tag (repeatable); none: clear")
     tags.add_argument("--json", action="store_true")
+    reg = nodes_sub.add_parser(
+        "register", help="approve an interactive login (the id its page shows)", parents=[where]
+    )
+    reg.add_argument("auth_id", help="login id, or the whole login URL")
+    reg.add_argument("--user", required=True, help="the user (from git) who owns the device")
+    reg.add_argument("--json", action="store_true")
+    refuse = nodes_sub.add_parser("refuse", help="refuse an interactive login", parents=[where])
+    refuse.add_argument("auth_id", help="login id, or the whole login URL")
+    refuse.add_argument("--reason", default="refused by an administrator")
+    refuse.add_argument("--json", action="store_true")
+    nlogins = nodes_sub.add_parser("logins", help="interactive logins waiting", parents=[where])
+    nlogins.add_argument("--json", action="store_true")
     nodes.set_defaults(func=_nodes)
+
+    ssh = admin_parser("ssh", "SSH check mode: logins held by a check rule")
+    ssh_sub = ssh.add_subparsers(dest="ssh_cmd", required=True)
+    schecks = ssh_sub.add_parser("checks", help="checks waiting", parents=[where])
+    schecks.add_argument("--json", action="store_true")
+    for verb in ("approve", "refuse"):
+        p = ssh_sub.add_parser(verb, help=f"{verb} a held SSH login", parents=[where])
+        p.add_argument("auth_id", help="the check's id, or its page URL")
+        p.add_argument("--json", action="store_true")
+    ssh.set_defaults(func=_ssh)
 
     users = admin_parser("users", "users declared in git, with their node counts")
     users.add_argument("--json", action="store_true")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gitctl.tailnet.kinds import did_you_mean
+from server.oidc.settings import OidcSettings, oidc_settings
 from server.sources.remote import is_remote
 from server.store import is_postgres_url, redact_url
 
@@ -64,6 +65,8 @@ class ServerConfig:
     log_format: str = "text"  # "text" or "json" (one object per line)
     # Allowed-signers file outside the repository: only commits its keys signed are served.
     trusted_signers: Path | None = None
+    login_timeout: float = 600.0  # seconds an interactive login waits for approval
+    oidc: OidcSettings | None = None  # logins through an identity provider (--oidc-issuer)
     # The webhooks' HMAC-SHA256 secret: from --webhook-secret-file or
     # TAILNETD_WEBHOOK_SECRET, never from git. None: webhooks are not sent.
     webhook_secret: bytes | None = field(default=None, repr=False)
@@ -126,6 +129,25 @@ def _seconds(text: str) -> float:
     if value <= 0:
         raise ValueError(f"must be positive, got {text!r}")
     return value
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+        raise ValueError(f"must be true or false, got {text!r}")
+    return text.lower() in ("true", "yes", "1")
+
+
+def _oidc(
+    v: Mapping[str, Any], server_url: str, ttl: float, env: Mapping[str, str]
+) -> OidcSettings | None:
+    if not v.get("oidc_issuer"):
+        if v.get("oidc_client_id"):
+            raise ConfigError("--oidc-client-id needs --oidc-issuer")
+        return None
+    try:
+        return oidc_settings(v, server_url=server_url, login_ttl=ttl, env=env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _file(text: str) -> Path | None:
@@ -228,6 +250,35 @@ OPTIONS: tuple[Option, ...] = (
         "serve only commits signed by an SSH key in this allowed-signers file (outside the "
         "repository; overrides the repository's trusted_signers setting)",
         parse=_file,
+    ),
+    Option(
+        "login_timeout", "SECONDS",
+        "seconds an interactive login (tailscale up without a key) waits for approval",
+        "600", parse=_seconds,
+    ),
+    Option(
+        "oidc_issuer", "URL", "OpenID Connect issuer: logins go through this identity provider"
+    ),
+    Option("oidc_client_id", "ID", "OAuth client id registered at the issuer"),
+    Option(
+        "oidc_client_secret_file", "FILE",
+        "file holding the client secret (else env TAILNETD_OIDC_CLIENT_SECRET)", parse=_file,
+    ),
+    Option(
+        "oidc_scopes", "LIST", "scopes asked for, comma-separated", "openid,email,profile,groups"
+    ),
+    Option(
+        "oidc_allowed_domains", "LIST", "only emails of these domains may log in (comma-separated)"
+    ),
+    Option("oidc_allowed_emails", "LIST", "only these emails may log in (comma-separated)"),
+    Option("oidc_allowed_groups", "LIST", "only members of one of these groups may log in"),
+    Option(
+        "oidc_groups_claim", "CLAIM", "ID token claim whose values become policy groups", "groups"
+    ),
+    Option("oidc_groups_prefix", "TEXT", 'claim value V becomes policy group "group:TEXTV"', ""),
+    Option(
+        "oidc_allow_unverified_email", "true|false",
+        "accept an email the provider has not verified", "false", parse=_bool,
     ),
     Option(
         "webhook_secret_file", "FILE",
@@ -368,6 +419,8 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         metrics_port=metrics[1] if metrics else 0,
         log_format=v["log_format"],
         trusted_signers=signers,
+        login_timeout=v["login_timeout"],
+        oidc=_oidc(v, v.get("server_url") or default_url, v["login_timeout"], env),
     )
 
 

@@ -41,7 +41,10 @@ Outcome = Literal[
     "expired_key",  # an expired pre-auth key
     "tags_refused",  # the client asked for tags that tagOwners do not let it carry
     "node_expired",  # the node's own key has expired: it must log in again
-    "needs_login",  # no pre-auth key and no node to resume
+    "needs_login",  # no pre-auth key and no node to resume: given a login URL
+    "login_ok",  # an interactive login was approved
+    "login_refused",  # an interactive login was refused
+    "login_expired",  # an interactive login ran out of time (or was unknown)
     "rejected",  # the request itself was refused (bad body, old client, wrong machine)
 ]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)

@@ -119,6 +119,8 @@ class TailnetSettings:
     embedded_derp: EmbeddedDerp = EmbeddedDerp()
     # Repository-relative allowed-signers file: commits must be signed by a key it lists.
     trusted_signers: str | None = None
+    # "required": new nodes wait for an operator's approval before they see peers.
+    device_approval: Literal["none", "required"] = "none"
     # Where the server POSTs its events; the signing secret is the server's, never git's.
     webhooks: tuple[WebhookTarget, ...] = ()
 
@@ -330,7 +332,7 @@ class _Builder:
         )
         return TailnetSettings(
             v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb, signers,
-            hooks,
+            s.get("device_approval", "none"), hooks,
         )  # fmt: skip
 
     def repo_path(self, path: JsonPath, text: str) -> str | None:

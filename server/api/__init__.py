@@ -20,6 +20,7 @@ from server.api import discovery, v1, v2
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, to_routes
 from server.api.openapi import openapi_document
+from server.auth import pages as login_pages
 from server.metrics import RequestCounter
 from server.page import Sessions, page_routes
 
@@ -44,8 +45,13 @@ def api_endpoints(deps: WebDeps) -> list[Endpoint]:
 def build_app(deps: WebDeps) -> Starlette:
     api = to_routes(api_endpoints(deps), local=deps.local, store=deps.store, clock=deps.clock)
     probes = discovery.probe_routes(deps, with_metrics=deps.local)
+    pages = []
+    if deps.logins is not None:
+        pages = login_pages.routes(deps.logins, deps.ssh_checks, deps.clock)
+    if deps.oidc is not None and not deps.local:  # first: its /register/ redirects
+        pages = [*deps.oidc.routes(), *pages]
     page = page_routes(deps, Sessions(deps.rng))
-    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *api, *page]), deps)
+    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *pages, *api, *page]), deps)
 
 
 def build_metrics_app(deps: WebDeps) -> Starlette:

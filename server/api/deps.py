@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from server.auth.pending import PendingLogins
+from server.auth.sshcheck import SshChecks
 from server.metrics import Metrics
+from server.oidc.login import OidcLogin
 from server.protocol.keys import MachinePublic
 from server.sources.repo import RepoStatus
 from server.store.interface import Store
@@ -35,6 +38,9 @@ class WebDeps:
     # The files of the commit being served (gitctl `Documents`), read on demand,
     # for the policy file of `/api/v2/…/acl`; None when they cannot be read.
     documents: Callable[[], Awaitable[Any]] | None = None
+    logins: PendingLogins | None = None  # interactive logins: the register page, approval
+    oidc: OidcLogin | None = None  # logins through an identity provider: its two routes
+    ssh_checks: SshChecks | None = None  # SSH check mode: the check page, approval
     events: EventSource | None = None  # webhook events of admin actions (keys, approvals)
 
 

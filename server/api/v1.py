@@ -15,10 +15,14 @@ from server.api.audit import audit_json, parse_since
 from server.api.common import check_tags, find_node, optional_time, set_expiry_disabled
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, Param
+from server.api.problems import Problem
+from server.auth.pending import LoginGone, PendingLogin
 from server.bodies import (
     CreateApiKey,
     CreatePreAuthKey,
     NoBody,
+    RefuseLogin,
+    RegisterNode,
     RenameNode,
     SetKeyExpiry,
     SetTags,
@@ -75,6 +79,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "key_expiry": optional_time(n.key_expiry),
             "machine_key": n.machine_key.text,
             "node_key": n.node_key.text,
+            "approved": n.approved,
         }
 
     def key_json(k: PreAuthKey) -> dict[str, Any]:
@@ -184,6 +189,14 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         node_acted("api.node_expiry", verb, changed)
         return node_json(changed)
 
+    async def approve_node(call: Call) -> Any:
+        node = find_node(registry, call.path("ref"))
+        if node.approved:
+            return node_json(node)
+        approved = registry.approve(node.id)
+        node_acted("api.node_approved", "approved", approved)
+        return node_json(approved)
+
     async def rename_node(call: Call) -> Any:
         node = find_node(registry, call.path("ref"))
         renamed = registry.rename(node.id, call.body.name)
@@ -196,6 +209,80 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         tagged = registry.set_tags(node.id, tags)
         node_acted("api.node_tagged", "tagged " + ",".join(tags), tagged)
         return node_json(tagged)
+
+    def login_json(p: PendingLogin) -> dict[str, Any]:
+        return {
+            "auth_id": p.auth_id,
+            "url": p.url,
+            "hostname": p.hostname,
+            "machine_key": p.machine_key.text,
+            "state": p.state,
+            "created": format_time(p.created),
+            "expires": format_time(p.expires),
+        }
+
+    def logins() -> Any:
+        if deps.logins is None:
+            raise Problem("not-found", "interactive login is not enabled on this server")
+        return deps.logins
+
+    async def list_logins(call: Call) -> Any:
+        return [login_json(p) for p in logins().waiting()]
+
+    async def register_node(call: Call) -> Any:
+        body: RegisterNode = call.body
+        if body.user not in tailnet.source.users:
+            known = ", ".join(sorted(tailnet.source.users)) or "none"
+            raise ValueError(f"user {body.user!r} is not in tailnet.d (known users: {known})")
+        try:
+            node = logins().complete(body.auth_id, body.user)
+        except LoginGone as exc:
+            raise Problem("not-found", str(exc)) from None
+        node_acted("api.node_registered", f"registered for {body.user}", node)
+        return node_json(node)
+
+    async def refuse_login(call: Call) -> Any:
+        try:
+            refused = logins().refuse(call.path("auth_id"), call.body.reason)
+        except LoginGone as exc:
+            raise Problem("not-found", str(exc)) from None
+        acted("api.login_refused", "login %s refused", refused.auth_id, auth_id=refused.auth_id)
+        return login_json(refused)
+
+    def checks() -> Any:
+        if deps.ssh_checks is None:
+            raise Problem("not-found", "SSH check mode is not enabled on this server")
+        return deps.ssh_checks
+
+    def check_json(c: Any) -> dict[str, Any]:
+        return {
+            "auth_id": c.auth_id,
+            "url": c.url,
+            "src_node": c.src_node,
+            "dst_node": c.dst_node,
+            "user": c.src_user,
+            "local_user": c.local_user,
+            "state": c.state,
+            "created": format_time(c.created),
+            "expires": format_time(c.expires),
+        }
+
+    async def list_checks(call: Call) -> Any:
+        return [check_json(c) for c in checks().waiting()]
+
+    async def decide_check(call: Call) -> Any:
+        auth_id, verb = call.path("auth_id"), call.path("verb")
+        try:
+            if verb == "approve":
+                decided = checks().approve(auth_id, f"an administrator ({via})", clock())
+            elif verb == "refuse":
+                decided = checks().refuse(auth_id, "refused by an administrator")
+            else:
+                raise Problem("not-found", f"no such action {verb!r}: approve or refuse")
+        except LoginGone as exc:
+            raise Problem("not-found", str(exc)) from None
+        acted(f"api.ssh_check_{verb}", f"SSH check %s: {verb}", auth_id, auth_id=auth_id)
+        return check_json(decided)
 
     async def list_keys(call: Call) -> Any:
         return [key_json(k) for k in store.list_preauth_keys(call.query("user"))]
@@ -326,6 +413,20 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "users",
         ),
         Endpoint("GET", "/api/v1/nodes", list_nodes, "List nodes", "nodes", query=node_filters),
+        Endpoint(
+            "POST", "/api/v1/nodes/register", register_node,
+            "Approve an interactive login: its node joins as the user", "nodes", body=RegisterNode,
+        ),
+        Endpoint("GET", "/api/v1/logins", list_logins, "Interactive logins waiting", "nodes"),
+        Endpoint(
+            "POST", "/api/v1/logins/{auth_id}/refuse", refuse_login,
+            "Refuse an interactive login", "nodes", body=RefuseLogin,
+        ),
+        Endpoint("GET", "/api/v1/ssh/checks", list_checks, "SSH checks waiting", "ssh"),
+        Endpoint(
+            "POST", "/api/v1/ssh/checks/{auth_id}/{verb}", decide_check,
+            "Approve or refuse an SSH check (verb: approve | refuse)", "ssh", body=NoBody,
+        ),
         Endpoint("GET", "/api/v1/nodes/{ref}", get_node, "One node", "nodes"),
         Endpoint(
             "DELETE", "/api/v1/nodes/{ref}", delete_node, "Delete a node", "nodes", body=NoBody
@@ -337,6 +438,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/expiry", node_expiry,
             "Disable (or enable again) a node's key expiry", "nodes", body=SetKeyExpiry,
+        ),
+        Endpoint(
+            "POST", "/api/v1/nodes/{ref}/approve", approve_node,
+            "Approve a node waiting for device approval", "nodes", body=NoBody,
         ),
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/rename", rename_node, "Rename a node", "nodes",

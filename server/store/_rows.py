@@ -21,7 +21,7 @@ from server.wire import Hostinfo, WireError, decode, decode_json, encode_json
 NODE_COLUMNS = (
     "id, machine_key, node_key, disco_key, ipv4, ipv6, hostname, given_name, user_name,"
     " tags, auth_key_id, ephemeral, created, last_seen, key_expiry, hostinfo, endpoints,"
-    " capver"
+    " capver, approved"
 )
 KEY_COLUMNS = (
     "id, prefix, user_name, reusable, ephemeral, tags, created, expiration, used, revoked,"
@@ -114,6 +114,7 @@ def node_from_row(row: Row) -> Node:
         hostinfo=hostinfo_from_text(row[15]),
         endpoints=str_tuple(row[16]),
         capver=row[17],
+        approved=bool(row[18]),
     )
 
 

@@ -165,6 +165,7 @@ class SqlStore(EventTables):
         hostinfo: Hostinfo | None = None,
         endpoints: Sequence[str] = (),
         capver: int = 0,
+        approved: bool = True,
     ) -> Node:
         with self._write(index=True) as db:
             existing = self._node_where(db, "machine_key = ?", machine_key.raw)
@@ -182,8 +183,8 @@ class SqlStore(EventTables):
             cursor = db.execute(
                 "INSERT INTO nodes (machine_key, node_key, disco_key, ipv4, ipv6, hostname,"
                 " given_name, user_name, tags, auth_key_id, ephemeral, created, last_seen,"
-                " key_expiry, hostinfo, endpoints, capver)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)"
+                " key_expiry, hostinfo, endpoints, capver, approved)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)"
                 f" RETURNING {rows.NODE_COLUMNS}",
                 (
                     machine_key.raw,
@@ -202,6 +203,7 @@ class SqlStore(EventTables):
                     rows.hostinfo_text(Hostinfo() if hostinfo is None else hostinfo),
                     rows.json_list(endpoints),
                     capver,
+                    approved,
                 ),
             )
             node = rows.node_from_row(cursor.fetchone())
@@ -298,6 +300,10 @@ class SqlStore(EventTables):
     def set_key_expiry(self, node_id: int, when: datetime | None) -> Node:
         with self._write() as db:
             return self._update(db, node_id, key_expiry=rows.ts_or_none(when))
+
+    def set_node_approved(self, node_id: int, approved: bool) -> Node:
+        with self._write() as db:
+            return self._update(db, node_id, approved=approved)
 
     def set_node_tags(self, node_id: int, tags: Sequence[str]) -> Node:
         changes: dict[str, object] = {"tags": rows.json_list(tags)}
@@ -575,6 +581,21 @@ class SqlStore(EventTables):
         with self._write() as db:
             cursor = db.execute("DELETE FROM pending_logins WHERE created < ?", (rows.ts(before),))
             return cursor.rowcount
+
+    # -- identity-provider groups ----------------------------------------------------
+
+    def set_login_groups(self, email: str, groups: Sequence[str], now: datetime) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM login_groups WHERE email = ?", (email,))
+            db.execute(
+                "INSERT INTO login_groups (email, groups, updated) VALUES (?, ?, ?)",
+                (email, rows.json_list(sorted(groups)), rows.ts(now)),
+            )
+
+    def login_groups(self) -> dict[str, tuple[str, ...]]:
+        with self._read() as db:
+            found = db.execute("SELECT email, groups FROM login_groups ORDER BY email").fetchall()
+        return {str(row[0]): rows.str_tuple(row[1]) for row in found}
 
 
 def _check_usable(key: PreAuthKey, now: datetime) -> None:

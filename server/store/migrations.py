@@ -153,6 +153,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE UNIQUE INDEX preauth_keys_declared_name ON preauth_keys (declared_name)",
         ),
     ),
+    Migration(
+        6,
+        "device approval: nodes waiting for an operator",
+        ("ALTER TABLE nodes ADD COLUMN approved INTEGER NOT NULL DEFAULT 1",),
+    ),
+    Migration(
+        7,
+        "identity-provider groups of each user's last login",
+        (
+            """
+            CREATE TABLE login_groups (
+                email       TEXT    PRIMARY KEY,
+                groups      TEXT    NOT NULL,
+                updated     TEXT    NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 
@@ -278,6 +296,24 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         (
             "ALTER TABLE preauth_keys ADD COLUMN declared_name text",
             "CREATE UNIQUE INDEX preauth_keys_declared_name ON preauth_keys (declared_name)",
+        ),
+    ),
+    Migration(
+        6,
+        "device approval: nodes waiting for an operator",
+        ("ALTER TABLE nodes ADD COLUMN approved boolean NOT NULL DEFAULT true",),
+    ),
+    Migration(
+        7,
+        "identity-provider groups of each user's last login",
+        (
+            """
+            CREATE TABLE login_groups (
+                email       text        PRIMARY KEY,
+                groups      jsonb       NOT NULL,
+                updated     timestamptz NOT NULL
+            )
+            """,
         ),
     ),
 )

@@ -64,6 +64,7 @@ class Node:
     hostinfo: Hostinfo  # as last reported (stored as JSON text)
     endpoints: tuple[str, ...]  # "ip:port"
     capver: int
+    approved: bool = True  # False: waits for an operator (settings.yaml device_approval)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ def running_tailnet(
         log=log,
         clock=clock,
         primaries=primaries,
+        login_groups=store.login_groups(),
     )
     registry.subscribe(tailnet.apply)
     return registry, tailnet

@@ -132,8 +132,11 @@ class Tailnet:
         clock: Callable[[], datetime],
         online: Iterable[int] = (),
         primaries: Mapping[str, int] | None = None,
+        login_groups: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self._log = log
+        # email -> policy groups of that user's last identity-provider login
+        self._login_groups: dict[str, tuple[str, ...]] = dict(login_groups or {})
         self._clock = clock  # when `expires` entries count; read at each compile
         self._source = source
         self._derp_regions = tuple(derp_regions)
@@ -163,10 +166,13 @@ class Tailnet:
     def cut_off(self) -> list[Node]:
         """Registered nodes that are not served: their user is not in git."""
         served = self._ctx.nodes
-        return [n for n in self._records.values() if n.id not in served]
+        return [n for n in self._records.values() if n.id not in served and n.approved]
 
     def _served(self, node: Node) -> bool:
-        return bool(node.tags) or node.user is None or node.user in self._source.users
+        """In the maps: its owner is in git (or it is tagged), and it is not
+        waiting for device approval."""
+        owned = bool(node.tags) or node.user is None or node.user in self._source.users
+        return owned and node.approved
 
     def _build_context(self, previous: MapContext | None = None) -> MapContext:
         nodes = [n for n in self._records.values() if self._served(n)]
@@ -193,6 +199,7 @@ class Tailnet:
                 n.id for n in nodes if n.id not in self._online and advertised_routes(n)
             ),
             primaries=self._primaries,
+            groups=self._group_members(),
         )
         self._primaries = views.primaries
         return MapContext(
@@ -315,6 +322,22 @@ class Tailnet:
         if change.online is None:
             for handle in self._sessions.get(node.id, ()):
                 handle.mark_full()  # its own self entry changed
+
+    def set_login_groups(self, email: str, groups: tuple[str, ...]) -> None:
+        """A user logged in through the identity provider with these policy groups:
+        rules naming them now apply to the user's nodes, without a commit."""
+        email = email.lower()
+        if self._login_groups.get(email, ()) == tuple(sorted(groups)):
+            return
+        self._login_groups[email] = tuple(sorted(groups))
+        self._recompile()
+
+    def _group_members(self) -> dict[str, tuple[str, ...]]:
+        members: dict[str, list[str]] = {}
+        for email, groups in sorted(self._login_groups.items()):
+            for group in groups:
+                members.setdefault(group, []).append(email)
+        return {group: tuple(emails) for group, emails in sorted(members.items())}
 
     def time_passed(self) -> None:
         """An `expires` instant of the serving policy passed: compile again, so

@@ -27,7 +27,7 @@ from server.store.model import Node
 from server.tailnet.views import NodeView, PeerView, PolicyViews
 from server.wire import TAGGED_USER_ID, encode, format_time, stable_user_id, user_profile_json
 
-__all__ = ["MapContext", "MapSession", "PeerEntries", "build_map", "node_json"]
+__all__ = ["MapContext", "MapSession", "PeerEntries", "build_map", "node_json", "unapproved_map"]
 
 BASE_SELF_CAPS: dict[str, Any] = {
     "https://tailscale.com/cap/file-sharing": [],
@@ -230,6 +230,32 @@ def not_served_map(node_key: NodePublic, now: datetime) -> bytes:
             "Addresses": [],
             "AllowedIPs": [],
         },
+        "Peers": [],
+        "PacketFilter": [],
+        "ControlTime": format_time(now),
+    }
+    return json.dumps(msg).encode()
+
+
+def unapproved_map(node: Node, derp_map: Mapping[str, Any], now: datetime) -> bytes:
+    """The map of a node waiting for device approval: itself, not authorized,
+    and no peers or rules. The client shows that it needs machine
+    authorization and keeps polling; the first map after approval is whole."""
+    msg = {
+        "Node": {
+            "ID": node.id,
+            "StableID": f"n{node.id:05d}",
+            "Name": f"{node.given_name}.",
+            "User": user_id(node),
+            "Key": node.node_key.text,
+            "KeyExpiry": format_time(node.key_expiry),
+            "Machine": node.machine_key.text,
+            "Addresses": list(_addresses(node.ipv4, node.ipv6)),
+            "AllowedIPs": list(_addresses(node.ipv4, node.ipv6)),
+            "MachineAuthorized": False,
+            "Hostinfo": encode(node.hostinfo),
+        },
+        "DERPMap": derp_map,
         "Peers": [],
         "PacketFilter": [],
         "ControlTime": format_time(now),

@@ -55,7 +55,7 @@ Listener = Callable[[NodeChange], None]
 def _compiled_facts(node: Node) -> tuple[object, ...]:
     """What the policy compiler reads of a node (owner, tags, name, addresses,
     advertised routes, posture facts from Hostinfo), and its keys."""
-    return (to_topology_node(node, ()), node.node_key, node.machine_key)
+    return (to_topology_node(node, ()), node.node_key, node.machine_key, node.approved)
 
 
 def classify(previous: Node | None, node: Node | None) -> ChangeKind:
@@ -122,10 +122,13 @@ class NodeRegistry:
         capver: int = 0,
         disco_key: DiscoPublic | None = None,
         existing: Node | None = None,
+        approved: bool = True,
     ) -> Node:
-        """A node logs in with a pre-auth key: a new node, or `existing` (the
-        same machine) taking the new key, owner and tags. The store uses the
-        pre-auth key in the same transaction as the node write."""
+        """A node logs in (a pre-auth key, an interactive login): a new node, or
+        `existing` (the same machine) taking the new key, owner and tags. The
+        store uses the pre-auth key in the same transaction as the node write.
+        `approved` False: a new node waits for `approve` (device approval);
+        an existing node keeps what it had."""
         if existing is not None:
             node = self._store.reregister_node(
                 existing.id,
@@ -151,8 +154,17 @@ class NodeRegistry:
                 hostinfo=hostinfo,
                 capver=capver,
                 disco_key=disco_key,
+                approved=approved,
             )
         self._changed(existing, node, node.id)
+        return node
+
+    def approve(self, node_id: int) -> Node:
+        """An operator approves a node waiting for device approval: it joins the
+        maps (a topology change)."""
+        previous = self._store.get_node(node_id)
+        node = self._store.set_node_approved(node_id, True)
+        self._changed(previous, node, node_id)
         return node
 
     def renew_key(self, node: Node, node_key: NodePublic, now: datetime) -> Node:

@@ -208,6 +208,7 @@ def compute_views(
     now: datetime | None = None,
     offline_routers: frozenset[int] = frozenset(),
     primaries: Mapping[str, int] | None = None,
+    groups: Mapping[str, tuple[str, ...]] | None = None,
 ) -> PolicyViews:
     """Compile `policy` against the live nodes; views are built on demand.
 
@@ -224,7 +225,8 @@ def compute_views(
     reachable now and `primaries` the primaries last served (prefix -> node
     id): the election keeps a primary while it is online and moves its
     subnets to the next online router when it is not; `PolicyViews.primaries`
-    says who it chose.
+    says who it chose. `groups` (policy group -> emails) are members the
+    identity provider gave at login, beside those the policy declares.
     After a join or leave, a node that merely gains or loses that peer gets
     its previous view with the peer added or removed (see `_peer_patches`).
     """
@@ -238,6 +240,7 @@ def compute_views(
             for n in nodes
         ),
         primaries={p: str(i) for p, i in (primaries or {}).items()},
+        groups=dict(groups or {}),
     )
     # The policy's `tests` were checked when the commit was loaded (against its own
     # users and tags); live nodes coming and going must not un-serve a policy.

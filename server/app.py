@@ -32,6 +32,7 @@ from server.control import ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
 from server.declared_keys import read_secret, sync_declared_keys
 from server.edge.control_conn import ControlConnection
+from server.edge.derp_mesh import MeshKeyError, mesh_with, read_mesh_key, url_host_port
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
@@ -48,8 +49,10 @@ from server.sources.remote import RemoteRepo
 from server.sources.repo import RepoStatus, SnapshotRepo
 from server.store import SqlStore, StoreError, open_store
 from server.store.model import Node
+from server.store.postgres import PostgresStore
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, running_tailnet
+from server.tailnet.pg_listen import start_replication
 from server.tls.acme import AcmeManager, AcmeSettings
 from server.tls.acme_http import ChallengeResponder
 from server.tls.certs import ReloadingContext, TlsError, watch_certificate_files
@@ -249,12 +252,24 @@ class Server:
         self._servers.append(listener)
         self.port = listener.sockets[0].getsockname()[1]
 
-        self.derp = DerpServer(self.derp_key, is_allowed=self._derp_allowed, log=self.log)
+        try:
+            mesh_key = read_mesh_key(cfg.mesh_key_file)
+        except MeshKeyError as exc:
+            raise StartupError(str(exc)) from None
+        self.derp = DerpServer(
+            self.derp_key, is_allowed=self._derp_allowed, log=self.log, mesh_key=mesh_key
+        )
         self.registry, self.tailnet = running_tailnet(
             self.store, source, derp_regions=[self._derp_region()], log=self.log, clock=self.clock
         )
         self.registry.subscribe(self._node_changed)
         self.registry.subscribe(self.metrics.node_changed)
+        if isinstance(self.store, PostgresStore):
+            self._tasks.append(
+                start_replication(
+                    self.store, self.registry, self.tailnet, replica=cfg.replica_id, log=self.log
+                )
+            )
         self._start_webhooks()
         self.metrics.registry.register(DerpCollector(self.derp.stats))
         self.metrics.registry.register(LiveCollector(self._live_counts))
@@ -332,6 +347,14 @@ class Server:
         if watcher is not None:
             self._tasks.append(asyncio.create_task(watcher))
         self._tasks.append(asyncio.create_task(self._sweep()))
+        for url in cfg.mesh_with:
+            if mesh_key is None:
+                raise StartupError("--mesh-with needs --mesh-key-file")
+            self._tasks.append(
+                asyncio.create_task(
+                    mesh_with(self.derp, url, key=self.derp_key, mesh_key=mesh_key, log=self.log)
+                )
+            )
         self._tasks.append(asyncio.create_task(self._expiry_timer()))
         self._tasks.append(asyncio.create_task(self._login_timer()))
         self._warn_undeclared_tags()
@@ -486,6 +509,7 @@ class Server:
             host_name=host,
             derp_port=port,
             stun_port=self.stun_port if self._stun else 0,
+            replicas=tuple(url_host_port(u) for u in self.config.mesh_with),
         )
 
     def _sync_declared_keys(self, source: TailnetSource) -> None:

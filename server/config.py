@@ -67,6 +67,9 @@ class ServerConfig:
     trusted_signers: Path | None = None
     login_timeout: float = 600.0  # seconds an interactive login waits for approval
     oidc: OidcSettings | None = None  # logins through an identity provider (--oidc-issuer)
+    replica_id: str | None = None  # None: a random name each start
+    mesh_key_file: Path | None = None  # DERP mesh key shared by replicas
+    mesh_with: tuple[str, ...] = ()  # other replicas' server URLs
     # The webhooks' HMAC-SHA256 secret: from --webhook-secret-file or
     # TAILNETD_WEBHOOK_SECRET, never from git. None: webhooks are not sent.
     webhook_secret: bytes | None = field(default=None, repr=False)
@@ -162,6 +165,10 @@ def _url(text: str) -> str:
     return text.rstrip("/")
 
 
+def _url_list(text: str) -> tuple[str, ...]:
+    return tuple(_url(u.strip()) for u in text.split(",") if u.strip())
+
+
 def _database(text: str) -> str:
     if "://" in text and not is_postgres_url(text):
         raise ValueError(
@@ -245,6 +252,19 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("log_format", "json|text", "log lines as text, or one JSON object per line", "text",
            parse=_log_format),
+    Option(
+        "replica_id", "NAME", "this server's name among replicas sharing one PostgreSQL",
+        shown="random per start",
+    ),
+    Option(
+        "mesh_key_file", "FILE",
+        "file holding the DERP mesh key (64 hex digits) shared by replicas", parse=_file,
+    ),
+    Option(
+        "mesh_with", "URL,...",
+        "other replicas' server URLs: their DERP servers mesh with this one's and the DERP "
+        "map lists them in this region", parse=_url_list,
+    ),
     Option(
         "trusted_signers", "FILE",
         "serve only commits signed by an SSH key in this allowed-signers file (outside the "
@@ -421,6 +441,9 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         trusted_signers=signers,
         login_timeout=v["login_timeout"],
         oidc=_oidc(v, v.get("server_url") or default_url, v["login_timeout"], env),
+        replica_id=v.get("replica_id"),
+        mesh_key_file=v.get("mesh_key_file"),
+        mesh_with=v.get("mesh_with", ()),
     )
 
 

@@ -78,6 +78,10 @@ class ControlSettings:
     device_approval: bool = False  # new nodes wait for an operator (settings.yaml)
 
 
+def _expired(node: Node, now: datetime) -> bool:
+    return node.key_expiry is not None and node.key_expiry <= now
+
+
 class ControlHandler:
     def __init__(
         self,
@@ -202,6 +206,11 @@ class ControlHandler:
         try:
             key = self._store.check_preauth_key(auth_key, now)
         except KeyRejected as exc:
+            if node is not None and node.node_key == node_key and not _expired(node, now):
+                # A retry whose first answer was lost (the server died after the
+                # commit): the node holds this key already, its auth key is spent.
+                self._metrics.registration("resumed")
+                return _json(self._register_response(node))
             self._metrics.registration("expired_key" if "expired" in exc.reason else "bad_key")
             self._log.info(
                 "register: %s: %s",

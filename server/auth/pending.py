@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 from server.logs import event
 from server.protocol.keys import MachinePublic, NodePublic
@@ -42,7 +42,10 @@ __all__ = [
     "Outcome",
     "PendingLogin",
     "PendingLogins",
+    "find_waiting",
+    "next_state",
     "register_node",
+    "remember",
 ]
 
 # Anyone who can reach the server can start a login: bound how many wait.
@@ -65,6 +68,43 @@ TRANSITIONS: dict[tuple[LoginState, Input], LoginState] = {
 class LoginGone(Exception):
     """The login cannot take this step: unknown, or already finished.
     The message is written for the operator or the person logging in."""
+
+
+class _Decided(Protocol):
+    @property
+    def state(self) -> LoginState: ...
+
+
+E = TypeVar("E")
+D = TypeVar("D", bound=_Decided)
+
+
+def next_state(state: LoginState, step: Input, what: str) -> LoginState:
+    """The state after `step` (TRANSITIONS), or LoginGone naming `what`."""
+    after = TRANSITIONS.get((state, step))
+    if after is None:
+        raise LoginGone(f"{what} was already {state}")
+    return after
+
+
+def find_waiting(
+    waiting: Mapping[str, E], finished: Mapping[str, _Decided], auth_id: str, what: str
+) -> E:
+    """The waiting entry `auth_id`, or LoginGone saying why there is none."""
+    entry = waiting.get(auth_id)
+    if entry is not None:
+        return entry
+    done = finished.get(auth_id)
+    if done is None:
+        raise LoginGone(f"no {what} {auth_id!r} is waiting (unknown, or it expired)")
+    raise LoginGone(f"{what} {auth_id} was already {done.state}")
+
+
+def remember(finished: dict[str, D], auth_id: str, done: D) -> None:
+    """Keep a finished one for late questions; the oldest are forgotten."""
+    finished[auth_id] = done
+    while len(finished) > _REMEMBER_FINISHED:
+        del finished[next(iter(finished))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,24 +317,14 @@ class PendingLogins:
         return expired
 
     def _entry(self, auth_id: str) -> _Entry:
-        entry = self._entries.get(auth_id)
-        if entry is not None:
-            return entry
-        finished = self._finished.get(auth_id)
-        if finished is None:
-            raise LoginGone(f"no login {auth_id!r} is waiting (unknown, or it expired)")
-        raise LoginGone(f"login {auth_id} was already {finished.state}")
+        return find_waiting(self._entries, self._finished, auth_id, "login")
 
     def _finish(self, entry: _Entry, step: Input, reason: str, node: Node | None = None) -> None:
-        state = TRANSITIONS.get((entry.login.state, step))
-        if state is None:
-            raise LoginGone(f"login {entry.login.auth_id} was already {entry.login.state}")
+        state = next_state(entry.login.state, step, f"login {entry.login.auth_id}")
         login = replace(entry.login, state=state, reason=reason, node_id=node.id if node else None)
         del self._entries[login.auth_id]
         self._store.delete_pending_login(login.auth_id)
-        self._finished[login.auth_id] = login
-        while len(self._finished) > _REMEMBER_FINISHED:
-            del self._finished[next(iter(self._finished))]
+        remember(self._finished, login.auth_id, login)
         entry.login = login
         entry.outcome = Outcome(state, node, reason)
         entry.done.set()

@@ -25,7 +25,14 @@ from typing import Any
 from urllib.parse import quote
 
 from gitctl.policy.ssh import ACCEPT_ACTION
-from server.auth.pending import TRANSITIONS, Input, LoginGone, LoginState
+from server.auth.pending import (
+    Input,
+    LoginGone,
+    LoginState,
+    find_waiting,
+    next_state,
+    remember,
+)
 from server.logs import event
 from server.store._rand import LOWER_ALNUM, random_text
 from server.store.model import Rng
@@ -204,23 +211,13 @@ class SshChecks:
                 self._finish(entry, "expire", "the check was not approved in time")
 
     def _entry(self, auth_id: str) -> _Entry:
-        entry = self._entries.get(auth_id)
-        if entry is not None:
-            return entry
-        done = self._finished.get(auth_id)
-        if done is None:
-            raise LoginGone(f"no SSH check {auth_id!r} is waiting (unknown, or it expired)")
-        raise LoginGone(f"SSH check {auth_id} was already {done.state}")
+        return find_waiting(self._entries, self._finished, auth_id, "SSH check")
 
     def _finish(self, entry: _Entry, step: Input, reason: str, approved_by: str = "") -> None:
-        state = TRANSITIONS.get((entry.check.state, step))
-        if state is None:
-            raise LoginGone(f"SSH check {entry.check.auth_id} was already {entry.check.state}")
+        state = next_state(entry.check.state, step, f"SSH check {entry.check.auth_id}")
         entry.check = replace(entry.check, state=state, reason=reason, approved_by=approved_by)
         del self._entries[entry.check.auth_id]
-        self._finished[entry.check.auth_id] = entry.check
-        while len(self._finished) > 1024:
-            del self._finished[next(iter(self._finished))]
+        remember(self._finished, entry.check.auth_id, entry.check)
         entry.done.set()
 
 

@@ -400,6 +400,13 @@ class Tailnet:
         """Open sessions woken and not yet caught up (they owe their client a message)."""
         return [h for handles in self._sessions.values() for h in handles if h.wake.is_set()]
 
+    def record(self, node_id: int) -> Node | None:
+        """The node as this process last learned of it."""
+        return self._records.get(node_id)
+
+    def record_ids(self) -> frozenset[int]:
+        return frozenset(self._records)
+
     def serves(self, node_id: int) -> bool:
         return node_id in self._ctx.nodes
 

@@ -73,11 +73,13 @@ class NodeRegistry:
         self._log = log
         self._listeners: list[Listener] = []
         self._connections: dict[int, int] = {}  # node id -> open map streams here
+        self._elsewhere: dict[str, set[int]] = {}  # replica id -> nodes streaming there
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     def publish(self, change: NodeChange) -> None:
+        """Tell every subscriber; also how another replica's changes come in."""
         for listener in self._listeners:
             listener(change)
 
@@ -96,10 +98,58 @@ class NodeRegistry:
         return self._store.list_nodes()
 
     def is_online(self, node_id: int) -> bool:
-        return node_id in self._connections
+        return node_id in self._connections or any(
+            node_id in ids for ids in self._elsewhere.values()
+        )
 
     def online_ids(self) -> frozenset[int]:
+        return frozenset(self._connections).union(*self._elsewhere.values())
+
+    def local_online_ids(self) -> frozenset[int]:
+        """Nodes with a map stream open in this process."""
         return frozenset(self._connections)
+
+    # Other replicas (PostgreSQL LISTEN/NOTIFY): a node is online while any
+    # replica has a stream for it.
+
+    def remote_online(
+        self, replica: str, node_id: int, online: bool, *, publish: bool = True
+    ) -> bool | None:
+        """Replica `replica` opened its first or closed its last stream of
+        `node_id`; whether the node went online or offline (None: neither).
+        Published as a change unless the caller publishes it."""
+        was = self.is_online(node_id)
+        ids = self._elsewhere.setdefault(replica, set())
+        (ids.add if online else ids.discard)(node_id)
+        if not ids:
+            del self._elsewhere[replica]
+        if self.is_online(node_id) == was:
+            return None
+        if publish:
+            node = self._store.get_node(node_id)
+            if node is not None:
+                self.publish(NodeChange("volatile", node_id, node, node, online=not was))
+        return not was
+
+    def removed_elsewhere(self, node_id: int, previous: Node | None) -> None:
+        """Another replica deleted the node: it streams nowhere any more."""
+        for replica in list(self._elsewhere):
+            ids = self._elsewhere[replica]
+            ids.discard(node_id)
+            if not ids:
+                del self._elsewhere[replica]
+        self._connections.pop(node_id, None)
+        self.publish(NodeChange("removed", node_id, None, previous))
+
+    def replica_gone(self, replica: str) -> None:
+        """Replica `replica` stopped (or died): its nodes are offline unless
+        streaming somewhere else."""
+        for node_id in sorted(self._elsewhere.get(replica, ())):
+            self.remote_online(replica, node_id, False)
+        self._elsewhere.pop(replica, None)
+
+    def replicas_seen(self) -> frozenset[str]:
+        return frozenset(self._elsewhere)
 
     # Writes
 
@@ -235,10 +285,12 @@ class NodeRegistry:
     def connected(self, node_id: int) -> None:
         """A map stream of `node_id` opened here; the first one makes it online."""
         count = self._connections.get(node_id, 0)
+        was = self.is_online(node_id)
         self._connections[node_id] = count + 1
         if count == 0:
             node = self._store.get_node(node_id)
-            self.publish(NodeChange("volatile", node_id, node, node, online=True))
+            # Online elsewhere already: peers see no change, replicas still learn of it.
+            self.publish(NodeChange("volatile", node_id, node, node, online=None if was else True))
 
     def disconnected(self, node_id: int, now: datetime) -> None:
         """A map stream closed; when it was the last one the node is offline,
@@ -254,4 +306,5 @@ class NodeRegistry:
             return
         self._store.touch_last_seen(node_id, now)
         node = self._store.get_node(node_id)
-        self.publish(NodeChange("volatile", node_id, node, previous, online=False))
+        online = None if self.is_online(node_id) else False  # still streaming elsewhere
+        self.publish(NodeChange("volatile", node_id, node, previous, online=online))

@@ -243,3 +243,22 @@ async def test_old_capability_version_is_refused_on_register_and_map(tmp_path: P
                 )
                 assert status == 400
                 assert b"113" in body
+
+
+@async_test
+async def test_a_retry_with_the_spent_key_gets_the_node_its_first_try_made(
+    tmp_path: Path,
+) -> None:
+    # The server committed the node, then died before answering: the client
+    # sends the same register request again and must not be refused.
+    async with running_server(tmp_path) as srv:
+        dev, other = Device("laptop"), Device("thief")
+        key = preauth_key(srv, "alice")
+        async with await ControlClient.connect(srv.port, dev.machine) as client:
+            first = await client.register(dev.register_body(key))
+            again = await client.register(dev.register_body(key))
+        assert first[0] == again[0] == 200 and again[1]["MachineAuthorized"] is True
+        assert len(srv.store.list_nodes()) == 1
+        async with await ControlClient.connect(srv.port, other.machine) as client:
+            status, reply = await client.register(other.register_body(key))
+        assert "invalid auth key" in reply.get("Error", "")  # still spent for anyone else

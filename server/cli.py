@@ -191,6 +191,9 @@ def _nodes(args: argparse.Namespace) -> int:
         answer = call(sock, "DELETE", f"/api/v1/nodes/{node}")
     elif args.nodes_cmd in ("expire", "approve"):
         answer = call(sock, "POST", f"/api/v1/nodes/{node}/{args.nodes_cmd}")
+    elif args.nodes_cmd == "expiry":
+        body = {"disabled": args.disable}
+        answer = call(sock, "POST", f"/api/v1/nodes/{node}/expiry", body)
     elif args.nodes_cmd == "rename":
         answer = call(sock, "POST", f"/api/v1/nodes/{node}/rename", {"name": args.new_name})
     else:  # tags
@@ -432,6 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = nodes_sub.add_parser(verb, parents=[where])
         p.add_argument("node", help="node id or name")
         p.add_argument("--json", action="store_true")
+    exp = nodes_sub.add_parser(
+        "expiry", help="disable a node's key expiry (servers), or enable it", parents=[where]
+    )
+    exp.add_argument("node")
+    onoff = exp.add_mutually_exclusive_group(required=True)
+    onoff.add_argument("--disable", action="store_true", help="the key never expires")
+    onoff.add_argument("--enable", dest="disable", action="store_false", help="expire it again")
+    exp.add_argument("--json", action="store_true")
     ren = nodes_sub.add_parser("rename", parents=[where])
     ren.add_argument("node")
     ren.add_argument("new_name")

@@ -123,7 +123,7 @@ class CommitLifecycle:
         if previous and self.authority.needs_previous:
             # The trust chain goes on across restarts: a new HEAD is checked against
             # the list of the commit served last.
-            self.authority.serving(previous, self.repo.load(previous, self._clock())[0])
+            self.authority.serving(previous, self.repo.check(previous, self._clock()).snapshot)
         # A commit served before was checked then (an outside list is checked always).
         if head is not None and (head != previous or self.authority.outside):
             checked, signer = self._verified(head, checked)

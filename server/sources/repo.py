@@ -80,13 +80,6 @@ class SnapshotRepo:
                 return None
             return str(commit.hexsha)
 
-    def load(
-        self, revision: str | None, now: datetime | None = None
-    ) -> tuple[Snapshot | None, tuple[str, ...]]:
-        """(snapshot, rendered errors) for a revision (None = the directory on disk)."""
-        outcome = self.check(revision, now)
-        return outcome.snapshot, outcome.errors
-
     def check(self, revision: str | None, now: datetime | None = None) -> Checked:
         """`now`: the time at which `expires` entries count (gitctl fails a
         policy with expiry times closed without one)."""

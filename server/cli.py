@@ -276,6 +276,11 @@ def _status(args: argparse.Namespace) -> int:
     for entry in status.get("undeclared_tags") or ():
         tags = ", ".join(entry["tags"])
         print(f"undeclared tags: {entry['kind']} {entry['id']} {entry['name']}: {tags}")
+    rollout = status.get("rollout")
+    if rollout:
+        print(f"rollout:  {rollout['revision']} {rollout['phase']} (hold until {rollout['until']})")
+        if rollout["reason"]:
+            print(f"  {rollout['reason']}")
     rejected = status.get("rejected")
     if rejected:
         print(f"rejected: {rejected['revision']} at {rejected['at']}")
@@ -283,6 +288,12 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  {error}")
         return 1
     return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    call(_target(args), "POST", f"/api/v1/rollout/{args.verb}")
+    args.json, args.sync = False, False
+    return _status(args)
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -497,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch/re-read the repository first (POST /api/v1/repo/sync)",
     )
     status.set_defaults(func=_status)
+    rollout = admin_parser("rollout", "decide the canary rollout now")
+    rollout.add_argument("verb", choices=("promote", "abort"))
+    rollout.set_defaults(func=_rollout)
 
     history = admin_parser("history", "served and rejected commits, newest first")
     history.add_argument("--json", action="store_true")

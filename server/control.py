@@ -530,7 +530,7 @@ class ControlHandler:
             while not handle.closed:
                 full, peers = handle.take()
                 now = self._clock()
-                ctx = self._tailnet.context
+                ctx = self._tailnet.context_for(node_id)
                 msg = None
                 if full:
                     state = build_map(ctx, node_id, now)

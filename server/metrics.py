@@ -60,6 +60,7 @@ REJECTION_REASONS = (
     "tests",
     "signature",
     "compile",
+    "canary",  # a canary rollout aborted (settings.yaml rollout)
 )
 NODE_EVENT_KINDS = ("topology", "volatile", "removed")
 WebhookDrop = Literal["overflow", "gave_up"]

@@ -33,6 +33,7 @@ from server.logs import event
 from server.sources.history import MAX_LIMIT as HISTORY_MAX
 from server.sources.history import history_json
 from server.sources.repo import Rejection
+from server.sources.rollout import RolloutError
 from server.store.model import ApiKey, Node, PreAuthKey
 from server.tagcheck import check_new_key_tags, undeclared
 from server.wire import format_time
@@ -142,6 +143,18 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         acted("api.repo_sync", "repository sync requested")
         if deps.sync is not None:
             await deps.sync()
+        return await status(call)
+
+    async def decide_rollout(call: Call) -> Any:
+        verb = call.path("verb")
+        if deps.rollout is None or verb not in ("promote", "abort"):
+            raise Problem("not-found", f"no such action {verb!r}: promote or abort")
+        decide = deps.rollout.promote if verb == "promote" else deps.rollout.abort
+        try:
+            decide(f"{verb}d by an administrator ({via})")
+        except RolloutError as exc:
+            raise Problem("conflict", str(exc)) from None
+        acted(f"api.rollout_{verb}", f"rollout: {verb}")
         return await status(call)
 
     async def list_users(call: Call) -> Any:
@@ -385,6 +398,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         Endpoint("GET", "/api/v1/repo", repo, "Serving and rejected commits", "status"),
         Endpoint(
             "POST", "/api/v1/repo/sync", repo_sync, "Read the repository now", "status", body=NoBody
+        ),
+        Endpoint(
+            "POST", "/api/v1/rollout/{verb}", decide_rollout,
+            "Decide the canary rollout now (verb: promote | abort)", "status", body=NoBody,
         ),
         Endpoint(
             "GET",

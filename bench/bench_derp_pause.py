@@ -1,6 +1,7 @@
 """How long DERP relay stalls while a large commit compiles.
 
 Run: python -m bench.bench_derp_pause [--nodes 5000] [--rules 2000] [--commits 3]
+     [--gc-freeze] [--switch-interval 1]   (both as `tailnetd serve` runs)
 
 One process serves the embedded DERP relay (loopback, an ephemeral port) and
 a Tailnet over a synthetic tailnet (bench_compile's generator). A second
@@ -156,8 +157,11 @@ async def server(args: argparse.Namespace) -> dict[str, Any]:
             log=logging.getLogger("bench"),
             clock=lambda: NOW,
         )
-        if args.gc_freeze:
+        if args.gc_freeze:  # as `tailnetd serve` does
+            gc.collect()
             gc.freeze()  # what start-up leaves is never scanned again
+        if args.switch_interval:  # as `tailnetd serve` does (Python's default: 5 ms)
+            sys.setswitchinterval(args.switch_interval / 1000)
         child = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -211,6 +215,9 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=3)
     parser.add_argument(
         "--gc-freeze", action="store_true", help="gc.freeze() once the tailnet is built"
+    )
+    parser.add_argument(
+        "--switch-interval", type=float, help="sys.setswitchinterval, in ms (tailnetd serve: 1)"
     )
     parser.add_argument("--client", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -121,3 +121,17 @@ def test_gitops_pusher_apply_is_told_policy_changes_arrive_by_commit(
     out = pusher((proc, admin_key, ca), tmp_path, GOOD, "apply")
     assert out.returncode != 0
     assert "change it by commit" in out.stdout, out.stdout + out.stderr
+
+
+def test_gitops_pusher_sees_an_unchanged_file_as_unchanged(
+    server: tuple[ServerProcess, str, Path], tmp_path: Path
+) -> None:
+    """Its sum of the local file (SHA-256 of Go's hujson.Format) equals the
+    server's ETag, so `test` skips validation and `apply` has nothing to push,
+    even with a read-only key: the answers it gives against Tailscale."""
+    tested = pusher(server, tmp_path, POLICY, "test")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "no updates found, doing nothing" in tested.stderr, tested.stderr
+    applied = pusher(server, tmp_path, POLICY, "apply")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "no update needed, doing nothing" in applied.stderr, applied.stderr

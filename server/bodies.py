@@ -30,6 +30,8 @@ __all__ = [
     "RegisterNode",
     "RenameNode",
     "SetAuthorized",
+    "SetDeviceKey",
+    "SetKeyExpiry",
     "SetRoutes",
     "parse_body",
 ]
@@ -130,6 +132,19 @@ class CreateAuthKeyV2:
     capabilities: KeyCapabilities = KeyCapabilities()
     expirySeconds: int | None = None  # Tailscale's field name
     description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetKeyExpiry:
+    """Disable or enable a node's key expiry (`tailnetd nodes expiry`)."""
+
+    disabled: bool
+
+
+# Tailscale's `POST /api/v2/device/{id}/key`, in its own field name.
+@dataclass(frozen=True, slots=True)
+class SetDeviceKey:
+    keyExpiryDisabled: bool  # noqa: N815 - Tailscale's field name
 
 
 @dataclass(frozen=True, slots=True)

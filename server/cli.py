@@ -209,6 +209,9 @@ def _nodes(args: argparse.Namespace) -> int:
         answer = call(sock, "DELETE", f"/api/v1/nodes/{node}")
     elif args.nodes_cmd in ("expire", "approve"):
         answer = call(sock, "POST", f"/api/v1/nodes/{node}/{args.nodes_cmd}")
+    elif args.nodes_cmd == "expiry":
+        body = {"disabled": args.disable}
+        answer = call(sock, "POST", f"/api/v1/nodes/{node}/expiry", body)
     elif args.nodes_cmd == "rename":
         answer = call(sock, "POST", f"/api/v1/nodes/{node}/rename", {"name": args.new_name})
     else:  # tags
@@ -291,6 +294,11 @@ def _status(args: argparse.Namespace) -> int:
     for entry in status.get("undeclared_tags") or ():
         tags = ", ".join(entry["tags"])
         print(f"undeclared tags: {entry['kind']} {entry['id']} {entry['name']}: {tags}")
+    rollout = status.get("rollout")
+    if rollout:
+        print(f"rollout:  {rollout['revision']} {rollout['phase']} (hold until {rollout['until']})")
+        if rollout["reason"]:
+            print(f"  {rollout['reason']}")
     rejected = status.get("rejected")
     if rejected:
         print(f"rejected: {rejected['revision']} at {rejected['at']}")
@@ -298,6 +306,12 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  {error}")
         return 1
     return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    call(_target(args), "POST", f"/api/v1/rollout/{args.verb}")
+    args.json, args.sync = False, False
+    return _status(args)
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -457,6 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = nodes_sub.add_parser(verb, parents=[where])
         p.add_argument("node", help="node id or name")
         p.add_argument("--json", action="store_true")
+    exp = nodes_sub.add_parser(
+        "expiry", help="disable a node's key expiry (servers), or enable it", parents=[where]
+    )
+    exp.add_argument("node")
+    onoff = exp.add_mutually_exclusive_group(required=True)
+    onoff.add_argument("--disable", action="store_true", help="the key never expires")
+    onoff.add_argument("--enable", dest="disable", action="store_false", help="expire it again")
+    exp.add_argument("--json", action="store_true")
     ren = nodes_sub.add_parser("rename", parents=[where])
     ren.add_argument("node")
     ren.add_argument("new_name")
@@ -522,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch/re-read the repository first (POST /api/v1/repo/sync)",
     )
     status.set_defaults(func=_status)
+    rollout = admin_parser("rollout", "decide the canary rollout now")
+    rollout.add_argument("verb", choices=("promote", "abort"))
+    rollout.set_defaults(func=_rollout)
 
     history = admin_parser("history", "served and rejected commits, newest first")
     history.add_argument("--json", action="store_true")

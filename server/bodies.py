@@ -23,6 +23,7 @@ __all__ = [
     "SetTags",
     "body_schema",
     "CreateApiKey",
+    "CreateOAuthClient",
     "CreatePreAuthKey",
     "NoBody",
     "RefuseLogin",
@@ -67,6 +68,14 @@ class CreatePreAuthKey:
 class CreateApiKey:
     expiration: str | None = None  # a duration; None = the default lifetime
     scope: Literal["read", "admin"] = "admin"  # read: GET routes only
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOAuthClient:
+    """An OAuth client with Tailscale's scope names (e.g. `devices:core:read`)."""
+
+    scopes: tuple[str, ...]
+    description: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -167,6 +167,24 @@ def _apikeys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _oauth_clients(args: argparse.Namespace) -> int:
+    target = _target(args)
+    path = "/api/v1/oauth-clients"
+    if args.oauth_cmd == "create":
+        body = {"scopes": args.scope, "description": args.description}
+        created = call(target, "POST", path, body)
+        if args.json:
+            _print(created, True)
+        else:  # TS_OAUTH_ID and TS_OAUTH_SECRET of Tailscale's tools
+            print(f"client id: {created['client_id']}\nsecret:    {created['client_secret']}")
+    elif args.oauth_cmd == "list":
+        columns = ["id", "client_id", "scopes", "description", "created", "last_used"]
+        _print(call(target, "GET", path), args.json, columns)
+    elif args.oauth_cmd == "delete":
+        _print(call(target, "DELETE", f"{path}/{quote(args.client)}"), True)
+    return 0
+
+
 _NODE_COLUMNS = [
     "id", "name", "user", "tags", "ipv4", "ipv6", "online", "last_seen", "approved",
 ]  # fmt: skip
@@ -432,6 +450,24 @@ def build_parser() -> argparse.ArgumentParser:
     aexp.add_argument("key", help="key id or prefix")
     aexp.add_argument("--json", action="store_true")
     apikeys.set_defaults(func=_apikeys)
+
+    oauth = admin_parser("oauth-clients", "OAuth clients: id and secret for a one-hour token")
+    oauth_sub = oauth.add_subparsers(dest="oauth_cmd", required=True)
+    ocreate = oauth_sub.add_parser("create", help="create; prints id and secret", parents=[where])
+    ocreate.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        help="a Tailscale scope name (repeatable): ...:read names may only look"
+        " (all:read, devices:core:read, policy_file:read), others may change (all, auth_keys)",
+    )
+    ocreate.add_argument("--description", default="", help="what the client is for")
+    ocreate.add_argument("--json", action="store_true", help="the whole answer, as JSON")
+    olist = oauth_sub.add_parser("list", help="client ids, scopes, last use", parents=[where])
+    olist.add_argument("--json", action="store_true")
+    odel = oauth_sub.add_parser("delete", help="delete; its tokens stop at once", parents=[where])
+    odel.add_argument("client", help="client id (or numeric id)")
+    oauth.set_defaults(func=_oauth_clients)
 
     nodes = admin_parser("nodes", "registered machines")
     nodes_sub = nodes.add_subparsers(dest="nodes_cmd", required=True)

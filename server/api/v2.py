@@ -158,10 +158,11 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
                 {"field": "capabilities.devices.create.tags"},
             )
         tags = check_tags(tailnet, create.tags)
-        if body.expirySeconds is not None and body.expirySeconds <= 0:
-            raise Problem("invalid-request", "expirySeconds must be positive")
+        if body.expirySeconds is not None and body.expirySeconds < 0:
+            raise Problem("invalid-request", "expirySeconds must not be negative")
         now = clock()
-        seconds = body.expirySeconds if body.expirySeconds is not None else 90 * 86400
+        # Absent or 0 (what Tailscale's Go client sends when unset): 90 days, as there.
+        seconds = body.expirySeconds or 90 * 86400
         text, created = store.create_preauth_key(
             "",  # a tagged key's nodes belong to their tags, not a user
             reusable=create.reusable,

@@ -106,6 +106,11 @@ def test_auth_keys_are_tagged_and_listed(apis: Apis) -> None:
     assert created.body["expires"].startswith("2025-03-01T13:00")
     (key,) = request(app, "GET", "/api/v2/tailnet/-/keys").body["keys"]
     assert key["id"] == created.body["id"] and "key" not in key
+    # Tailscale's Go client sends expirySeconds 0 when unset: the default, 90 days.
+    unset = request(app, "POST", "/api/v2/tailnet/-/keys", body={**body, "expirySeconds": 0})
+    assert unset.status == 200 and unset.body["expires"].startswith("2025-05-30T12:00"), unset.body
+    negative = request(app, "POST", "/api/v2/tailnet/-/keys", body={**body, "expirySeconds": -1})
+    assert negative.status == 400
     untagged = request(app, "POST", "/api/v2/tailnet/-/keys", body={})
     assert untagged.status == 400 and untagged.body["field"] == "capabilities.devices.create.tags"
     nested = request(

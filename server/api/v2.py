@@ -64,6 +64,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "tags": list(n.tags),
             "authorized": True,
             "isExternal": False,
+            "isEphemeral": n.ephemeral,
             "keyExpiryDisabled": n.key_expiry is None,
             "expires": format_time(n.key_expiry),
             "created": format_time(n.created),
@@ -88,6 +89,8 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         }
         return {
             "id": k.prefix,
+            "keyType": "auth",
+            "description": k.declared_name or "",
             "created": format_time(k.created),
             "expires": format_time(k.expiration),
             "invalid": k.revoked or (k.expiration is not None and clock() >= k.expiration),
@@ -174,7 +177,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         )
         if deps.events is not None:
             deps.events.key("created", "preauth", created.id, created.prefix)
-        return {"key": text, "description": body.description or "", **key_json(created)}
+        return {**key_json(created), "key": text, "description": body.description or ""}
 
     async def served_policy() -> tuple[Any, PolicyFile]:
         if deps.documents is None:

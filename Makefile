@@ -46,6 +46,7 @@ test-tools:
 test: venv test-tools
 	$(BIN)/python -m tests.tailscale_bin --all
 	$(BIN)/python -m tests.gitops_pusher_bin
+	$(BIN)/python -m tests.goclient_bin
 	$(BIN)/python -m tests.dex_bin
 	$(BIN)/python -m pytest -p no:cacheprovider
 

@@ -17,6 +17,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tests.gitops_pusher_bin import cache_dir
+
 SOURCE = Path(__file__).parent / "goclient"
 _FILES = ("go.mod", "go.sum", "main.go")
 
@@ -31,11 +33,7 @@ def _digest() -> str:
 
 
 def bin_dir() -> Path:
-    override = os.environ.get("TAILNETD_GOCLIENT_BIN")
-    if override:
-        return Path(override)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "tailnetd" / f"goclient-{_digest()}"
+    return cache_dir("TAILNETD_GOCLIENT_BIN", f"goclient-{_digest()}")
 
 
 def binary() -> Path:

@@ -18,11 +18,9 @@ from server.protocol.keys import MachinePublic, NodePublic
 from server.sources.lifecycle import RESTARTED
 from server.tailnet.mapper import build_map
 from tests.e2e.harness import TailnetRepo
-from tests.unit.control_client import USERS, FakeClock, async_test, running_server
+from tests.unit.control_client import FakeClock, async_test, running_server
+from tests.unit.test_canary_rollout import FILES, hold, rollout
 
-SETTINGS = "rollout: {canary: 'tag:canary', hold: 5m}\n"
-POLICY = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:%d"]}]}\n'
-FILES = {"users.yaml": USERS, "settings.yaml": SETTINGS, "policy.hujson": POLICY % 22}
 HOLD = timedelta(minutes=5)
 
 
@@ -42,12 +40,6 @@ def ports(srv: Server, node_id: int) -> set[int]:
     return {p["Ports"]["First"] for r in rules for p in r["DstPorts"]}
 
 
-def rollout(srv: Server) -> dict[str, Any]:
-    status = srv.status.to_json()["rollout"]
-    assert isinstance(status, dict)
-    return status
-
-
 @asynccontextmanager
 async def restartable(
     tmp: Path,
@@ -63,12 +55,6 @@ async def restartable(
         yield start, repo, clock
 
 
-async def held(srv: Server, repo: TailnetRepo, port: int) -> str:
-    revision = repo.commit({"policy.hujson": POLICY % port}, f"port {port}")
-    await srv.on_revision(revision)
-    return revision
-
-
 @async_test
 async def test_a_restart_during_the_hold_holds_the_tip_for_the_canaries_again(
     tmp_path: Path,
@@ -79,7 +65,7 @@ async def test_a_restart_during_the_hold_holds_the_tip_for_the_canaries_again(
             canary = add_node(srv, 1, "canary-1", ("tag:canary",))
             other = add_node(srv, 2, "web-1", ("tag:web",))
             srv.registry.connected(canary)
-            tip = await held(srv, repo, 443)
+            tip = await hold(srv, repo, 443)
             clock.advance(timedelta(minutes=3))  # stopped mid-hold
 
         async with start() as srv:
@@ -118,7 +104,7 @@ async def test_a_tip_promoted_before_the_restart_is_served_to_everyone(tmp_path:
             canary = add_node(srv, 1, "canary-1", ("tag:canary",))
             other = add_node(srv, 2, "web-1", ())
             srv.registry.connected(canary)
-            tip = await held(srv, repo, 443)
+            tip = await hold(srv, repo, 443)
             clock.advance(HOLD)
             srv.commits.handle_timer(clock())
             assert srv.status.serving == tip
@@ -136,7 +122,7 @@ async def test_a_tip_aborted_before_the_restart_stays_refused(tmp_path: Path) ->
             first = srv.status.serving
             canary = add_node(srv, 1, "canary-1", ("tag:canary",))
             srv.registry.connected(canary)
-            tip = await held(srv, repo, 443)
+            tip = await hold(srv, repo, 443)
             srv.registry.disconnected(canary, clock())
             assert rollout(srv)["phase"] == "aborted"
 
@@ -156,7 +142,7 @@ async def test_a_hold_with_no_canary_online_waits_for_one(tmp_path: Path) -> Non
         async with start() as srv:
             first = srv.status.serving
             canary = add_node(srv, 1, "canary-1", ("tag:canary",))
-            tip = await held(srv, repo, 443)
+            tip = await hold(srv, repo, 443)
             assert rollout(srv)["until"] is None
             clock.advance(timedelta(days=1))
             srv.commits.handle_timer(clock())

@@ -17,10 +17,15 @@ from server.control import ping_message
 from server.store import open_store
 from server.store.interface import Store
 from server.tailnet import running_tailnet
-from server.tailnet.mapper import build_map
 from server.tailnet.probes import Probe, RouterProbes
 from tests.unit.control_client import T0
-from tests.unit.test_node_registry import REGIONS, ROUTER, register, router_source
+from tests.unit.test_node_registry import (
+    REGIONS,
+    ROUTER,
+    ha_routers,
+    register,
+    router_source,
+)
 
 SECOND = timedelta(seconds=1)
 
@@ -105,34 +110,26 @@ def store() -> Iterator[Store]:
 
 
 def test_an_unhealthy_primary_fails_over_and_its_recovery_does_not_flap(store: Store) -> None:
-    registry, tailnet = running_tailnet(
-        store, router_source(), derp_regions=REGIONS, log=logging.getLogger("t"), clock=lambda: T0
-    )
-    first = register(registry, 1, None, tags=("tag:router",), hostinfo=ROUTER)
-    second = register(registry, 2, None, tags=("tag:router",), hostinfo=ROUTER)
-    alone = register(registry, 4, "alice")
-    viewer = register(registry, 3, "alice")
-    for node_id in (first, second, viewer, alone):
-        tailnet.open_session(node_id)
-        registry.connected(node_id)
-    assert tailnet.shared_routers() == {first, second}  # only routers sharing a subnet
-
-    def primary() -> int:
-        state = build_map(tailnet.context, viewer, T0)
-        assert state is not None
-        owners = [
-            pid
-            for pid in (first, second)
-            if "10.1.0.0/24" in json.loads(state.peers[pid]).get("PrimaryRoutes", [])
-        ]
-        assert len(owners) == 1
-        return owners[0]
-
+    registry, primary, first, second = ha_routers(store)
+    assert registry.is_online(first)
     assert primary() == first
     registry.set_healthy(first, False)  # its stream stays open
-    assert tailnet.is_online(first)
+    assert registry.is_online(first)
     assert primary() == second
     registry.set_healthy(first, True)
     assert primary() == second  # the new primary keeps the subnet
     registry.set_healthy(second, False)
     assert primary() == first
+
+
+def test_only_routers_sharing_a_subnet_are_probed(store: Store) -> None:
+    registry, tailnet = running_tailnet(
+        store, router_source(), derp_regions=REGIONS, log=logging.getLogger("t"), clock=lambda: T0
+    )
+    ids = [register(registry, n, None, tags=("tag:router",), hostinfo=ROUTER) for n in (1, 2)]
+    ids.append(register(registry, 3, "alice"))
+    registry.connected(ids[0])
+    assert tailnet.shared_routers() == frozenset()  # alone online on its subnet
+    for node_id in ids[1:]:
+        registry.connected(node_id)
+    assert tailnet.shared_routers() == set(ids[:2])

@@ -188,10 +188,19 @@ class Server:
         self.tailnet.start_canary(TailnetSource.from_snapshot(snap), canary)
 
     def _canary_health(self, change: NodeChange) -> None:
-        """A canary node whose map stream ends during a hold fails the rollout."""
+        """A canary node whose map stream ends during a hold fails the rollout;
+        one online starts a hold that waited for a canary."""
         node = change.node
-        if change.online is False and node is not None and self.tailnet.is_canary(node.id):
+        if node is None or not self.tailnet.is_canary(node.id):
+            return
+        if change.online is False:
             self.commits.canary_offline(node.given_name)
+        elif self.registry.is_online(node.id):
+            self.commits.canary_online()
+
+    def _canary_is_online(self, tag: str) -> bool:
+        nodes = map(self.registry.get, self.registry.online_ids())
+        return any(node is not None and tag in node.tags for node in nodes)
 
     async def _rollout_timer(self) -> None:
         """At the end of a rollout's hold, promote its commit to every node."""
@@ -382,8 +391,10 @@ class Server:
         if self.acme is not None:
             await self._start_acme(FrontDoor(public, upgrades, log=self.log, scheme="http"))
         self.commits.serve_with(self._serve, off_loop=self._serve_off_loop)
-        self.commits.canary_with(self._serve_canary, self.tailnet.end_canary)
         self.registry.subscribe(self._canary_health)
+        self.commits.canary_with(
+            self._serve_canary, self.tailnet.end_canary, online=self._canary_is_online
+        )
         self._tasks.append(asyncio.create_task(self._rollout_timer()))
         watcher = self.commits.watcher(cfg.fetch_interval)
         if watcher is not None:

@@ -29,7 +29,7 @@ from server.api import WebDeps, build_app, build_metrics_app
 from server.auth.pending import PendingLogins
 from server.auth.sshcheck import SshChecks
 from server.config import ServerConfig
-from server.control import ControlHandler, ControlSettings
+from server.control import PROBE_PATH, ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
 from server.declared_keys import read_secret, sync_declared_keys
 from server.edge.control_conn import ControlConnection
@@ -54,6 +54,7 @@ from server.store.postgres import PostgresStore
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, running_tailnet
 from server.tailnet.pg_listen import start_replication
+from server.tailnet.probes import RouterProbes
 from server.tls.acme import AcmeManager, AcmeSettings
 from server.tls.acme_http import ChallengeResponder
 from server.tls.certs import ReloadingContext, TlsError, watch_certificate_files
@@ -64,6 +65,7 @@ __all__ = ["Server", "StartupError"]
 
 SWEEP_INTERVAL = 5.0
 EXPIRY_RECHECK = 1.0  # seconds: a new commit's first expiry is noticed this late at most
+PROBE_RECHECK = 1.0  # seconds: a router newly sharing a subnet is probed this late at most
 DEFAULT_SETTINGS = TailnetSettings()
 
 
@@ -328,6 +330,11 @@ class Server:
             log=self.log,
         )
         self.oidc = self._oidc_login()
+        self.probes = RouterProbes(
+            interval=timedelta(seconds=cfg.probe_interval),
+            misses=cfg.probe_misses,
+            token=lambda: base64.urlsafe_b64encode(os.urandom(12)).decode(),
+        )
         self.control = ControlHandler(
             self.tailnet,
             self.registry,
@@ -339,6 +346,7 @@ class Server:
             logins=self.logins,
             ssh_checks=self.ssh_checks,
             on_refused=self.events.login_refused,
+            on_probe=self._probe_answered,
         )
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
@@ -402,6 +410,7 @@ class Server:
             )
         self._tasks.append(asyncio.create_task(self._expiry_timer()))
         self._tasks.append(asyncio.create_task(self._login_timer()))
+        self._tasks.append(asyncio.create_task(self._probe_timer()))
         self._warn_undeclared_tags()
         self.log.info(
             "tailnetd listening on %s (control + DERP), STUN %s, serving %s, node state in %s",
@@ -610,6 +619,33 @@ class Server:
                     extra=event("policy.expired", commit=self.status.serving),
                 )
                 self.tailnet.time_passed()
+
+    async def _probe_timer(self) -> None:
+        """Probe the routers that share a subnet (HA): one that stops answering
+        while its stream stays open loses its subnets to another."""
+        while True:
+            now = self.clock()
+            self._health(self.probes.track(self.tailnet.shared_routers(), now))
+            probes, transitions = self.probes.due(now)
+            self._health(transitions)
+            for probe in probes:
+                self.tailnet.ping(probe.node_id, self._public_url() + PROBE_PATH + probe.token)
+            due = self.probes.next_due()
+            wait = PROBE_RECHECK if due is None else (due - self.clock()).total_seconds()
+            await asyncio.sleep(min(max(wait, 0.01), PROBE_RECHECK))
+
+    def _probe_answered(self, node_id: int, token: str) -> None:
+        self._health(self.probes.answered(node_id, token))
+
+    def _health(self, transitions: list[tuple[int, bool]]) -> None:
+        for node_id, healthy in transitions:
+            self.log.info(
+                "router %d %s health probes",
+                node_id,
+                "answers" if healthy else "stopped answering",
+                extra=event("router.health", node=node_id, healthy=healthy),
+            )
+            self.registry.set_healthy(node_id, healthy)
 
     def _oidc_login(self) -> OidcLogin | None:
         """Logins through the identity provider, when --oidc-issuer is set."""

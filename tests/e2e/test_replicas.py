@@ -1,0 +1,272 @@
+"""Two replicas on one PostgreSQL behind HAProxy, joined by real 1.96.4 clients.
+
+The clients' server URL is HAProxy's (TCP mode, `balance roundrobin`), so
+their control connections and their DERP connections land on either
+replica; the replicas share node state through LISTEN/NOTIFY and relay
+packets to each other's clients over the DERP mesh. Every client relays
+through DERP (TS_DEBUG_ALWAYS_USE_DERP) so a ping between clients on
+different replicas crosses the mesh whenever their DERP connections do.
+
+One PostgreSQL, two servers, HAProxy and four daemons for the whole module
+(CI has two cores); tests run in file order and each leaves the tailnet as
+the next expects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import (
+    ALICE_AND_BOB,
+    ServerProcess,
+    TailnetRepo,
+    TailscaleNode,
+    free_port,
+    in_parallel,
+    wait_for,
+)
+from tests.pgserver import PgServer, PgUnavailable
+
+POLICY = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}\n'
+NAMES = ("r1", "r2", "r3", "r4")
+# How long a node change made through one replica may take to reach a client
+# of the other: LISTEN/NOTIFY, the map delta, the client applying it.
+PROPAGATION = 3.0
+
+HAPROXY_CFG = """\
+global
+    maxconn 1000
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+    # A replica refusing connections: try the other (a health check may not
+    # have noticed the death yet).
+    retries 3
+    option redispatch
+frontend tailnet
+    bind 127.0.0.1:{port}
+    default_backend replicas
+backend replicas
+    balance roundrobin
+{servers}
+"""
+
+
+class Replicas:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.pg = PgServer.start()
+        self.repo = TailnetRepo(
+            tmp / "repo", {"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY}
+        )
+        mesh_key = tmp / "mesh.key"
+        mesh_key.write_text(os.urandom(32).hex() + "\n")
+        self.haproxy_port = free_port()
+        self.url = f"http://127.0.0.1:{self.haproxy_port}"
+        self.servers = [
+            ServerProcess(self.repo.path, tmp / f"data-{r}", tmp / f"tailnetd-{r}.log")
+            for r in ("a", "b")
+        ]
+        for me, other in zip(self.servers, reversed(self.servers), strict=True):
+            me.extra = [
+                "--database", self.pg.url(),
+                "--replica-id", me.data.name.removeprefix("data-"),
+                "--server-url", self.url,
+                "--mesh-key-file", str(mesh_key),
+                "--mesh-with", other.url,
+                # One control key: a client's /key fetch and its /ts2021
+                # connection may reach different replicas.
+                "--control-key-file", str(tmp / "control.key"),
+            ]  # fmt: skip
+        self.haproxy: subprocess.Popen[bytes] | None = None
+        self.nodes = [TailscaleNode(name, tmp / "nodes") for name in NAMES]
+        for node in self.nodes:
+            node.extra_env["TS_DEBUG_ALWAYS_USE_DERP"] = "1"
+
+    def start(self) -> None:
+        for server in self.servers:  # one after the other: the first migrates the schema
+            server.start()
+        self._start_haproxy()
+
+    def _start_haproxy(self) -> None:
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        servers = "\n".join(
+            f"    server {s.data.name} 127.0.0.1:{s.port} check inter 300ms fall 2 rise 1"
+            for s in self.servers
+        )
+        cfg = self.tmp / "haproxy.cfg"
+        cfg.write_text(HAPROXY_CFG.format(port=self.haproxy_port, servers=servers))
+        log = open(self.tmp / "haproxy.log", "ab")
+        self.haproxy = subprocess.Popen(
+            [haproxy, "-f", str(cfg), "-db"], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        wait_for(lambda: _answers(self.url), 20, "HAProxy to pass /health through")
+
+    def stop(self) -> None:
+        in_parallel(node.stop for node in self.nodes)
+        if self.haproxy is not None and self.haproxy.poll() is None:
+            self.haproxy.terminate()
+            self.haproxy.wait(10)
+        for server in self.servers:
+            server.stop()
+        self.pg.stop()
+
+    def live(self) -> list[ServerProcess]:
+        return [s for s in self.servers if s.proc is not None and s.proc.poll() is None]
+
+    def node_list(self) -> list[dict[str, Any]]:
+        return list(json.loads(self.live()[0].admin("nodes", "list", "--json")))
+
+    def node_id(self, name: str) -> int:
+        (entry,) = [n for n in self.node_list() if n["hostname"] == name]
+        return int(entry["id"])
+
+    def replica_of(self, node_id: int) -> ServerProcess | None:
+        """The replica holding the node's map stream (None: none yet)."""
+        holders = [s for s in self.live() if node_id in s.status()["streaming_here"]]
+        return holders[0] if len(holders) == 1 else None
+
+    def diagnose(self) -> str:
+        parts = [f"--- {s.log_path.name} ---\n{s.log()[-5000:]}" for s in self.servers]
+        parts.append(f"--- haproxy ---\n{(self.tmp / 'haproxy.log').read_text()[-2000:]}")
+        parts += [f"--- {n.name} ---\n{n.log()[-2500:]}" for n in self.nodes]
+        return "\n".join(parts)
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+        return resp.status == 200
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
+    if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
+        pytest.skip("HAProxy is not installed (make test-tools)")
+    try:
+        replicas = Replicas(tmp_path_factory.mktemp("replicas"))
+    except PgUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        replicas.start()
+        yield replicas
+    finally:
+        replicas.stop()
+
+
+def _up(net: Replicas, node: TailscaleNode, key: str) -> None:
+    node.start()
+    node.up(net.url, key)
+
+
+def test_clients_on_both_replicas_see_every_peer(net: Replicas) -> None:
+    key = net.servers[0].create_key("alice", "--reusable")
+    in_parallel(lambda n=n: _up(net, n, key) for n in net.nodes)  # type: ignore[misc]
+    ids = {n.name: net.node_id(n.name) for n in net.nodes}
+    holders = wait_for(
+        lambda: (
+            (h := {name: net.replica_of(i) for name, i in ids.items()}) and all(h.values()) and h
+        ),
+        15,
+        "every client's map stream on one replica",
+    )
+    placed = {name: s.data.name for name, s in holders.items()}
+    # Round robin over every TCP connection (the /key fetch, /ts2021, DERP):
+    # a client whose stream landed where most did is sent round again.
+    for node in net.nodes:
+        if len(set(placed.values())) == 2:
+            break
+        node.stop()
+        node.start()
+        placed[node.name] = wait_for(
+            lambda n=node: (s := net.replica_of(ids[n.name])) and s.data.name,
+            30,
+            f"{node.name} streaming again",
+        )
+    assert set(placed.values()) == {"data-a", "data-b"}, (placed, net.diagnose())
+
+    others = set(NAMES)
+    for node in net.nodes:
+        wait_for(
+            lambda n=node: n.peer_names() == others - {n.name},
+            30,
+            f"{node.name} to see every other client ({placed})",
+        )
+
+
+def _pair_across(net: Replicas) -> tuple[TailscaleNode, TailscaleNode]:
+    by_replica: dict[str, TailscaleNode] = {}
+    for node in net.nodes:
+        holder = net.replica_of(net.node_id(node.name))
+        if holder is not None:
+            by_replica.setdefault(holder.data.name, node)
+    assert len(by_replica) == 2, by_replica
+    return by_replica["data-a"], by_replica["data-b"]
+
+
+def test_pings_between_clients_on_different_replicas(net: Replicas) -> None:
+    on_a, on_b = _pair_across(net)
+    for src, dst in ((on_a, on_b), (on_b, on_a)):
+        out = src.ping(dst.ip(), count=3)
+        assert "pong from" in out, f"{src.name} -> {dst.name}: {out}\n{net.diagnose()}"
+
+
+def test_rename_through_one_replica_reaches_clients_of_the_other(net: Replicas) -> None:
+    on_a, on_b = _pair_across(net)
+    server_a = net.servers[0]
+    started = time.monotonic()
+    server_a.admin("nodes", "rename", str(net.node_id(on_a.name)), "renamed-a")
+
+    def seen() -> bool:
+        peers = on_b.status().get("Peer") or {}
+        return any(p["DNSName"].startswith("renamed-a.") for p in peers.values())
+
+    wait_for(seen, PROPAGATION, f"{on_b.name} (on replica b) to see the rename", interval=0.05)
+    elapsed = time.monotonic() - started
+    assert elapsed < PROPAGATION, elapsed
+
+
+def test_killed_replica_clients_come_back_through_the_other(net: Replicas) -> None:
+    before = {n["id"]: n for n in net.node_list()}
+    victim, survivor = net.servers
+    orphans = [n for n in net.nodes if net.replica_of(net.node_id(n.name)) is victim]
+    assert orphans
+    assert victim.proc is not None
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait()
+
+    wait_for(
+        lambda: set(survivor.status()["streaming_here"]) == set(before),
+        60,
+        "every client streaming from the surviving replica",
+    )
+    after = {n["id"]: n for n in net.node_list()}
+    for key in ("hostname", "ipv4", "ipv6", "node_key", "machine_key", "user"):
+        assert {i: n[key] for i, n in after.items()} == {i: n[key] for i, n in before.items()}
+    others = set(NAMES)
+    for node in net.nodes:
+        wait_for(
+            lambda n=node: n.peer_names() == others - {n.name},
+            30,
+            f"{node.name} to see every other client after the failover",
+        )
+        assert node.ip() == before[net.node_id(node.name)]["ipv4"]
+    survivors = [n for n in net.nodes if n not in orphans]
+    for src in orphans:
+        dst = survivors[0] if survivors else net.nodes[-1]
+        out = src.ping(dst.ip(), count=3)
+        assert "pong from" in out, f"{src.name} -> {dst.name}: {out}\n{net.diagnose()}"

@@ -18,12 +18,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.harness import (
@@ -46,6 +48,7 @@ PROPAGATION = 3.0
 HAPROXY_CFG = """\
 global
     maxconn 1000
+    stats socket {admin} mode 600 level admin
 defaults
     mode tcp
     timeout connect 2s
@@ -107,7 +110,11 @@ class Replicas:
             for s in self.servers
         )
         cfg = self.tmp / "haproxy.cfg"
-        cfg.write_text(HAPROXY_CFG.format(port=self.haproxy_port, servers=servers))
+        cfg.write_text(
+            HAPROXY_CFG.format(
+                port=self.haproxy_port, servers=servers, admin=self.tmp / "haproxy.sock"
+            )
+        )
         log = open(self.tmp / "haproxy.log", "ab")
         self.haproxy = subprocess.Popen(
             [haproxy, "-f", str(cfg), "-db"], stdout=log, stderr=subprocess.STDOUT
@@ -138,6 +145,45 @@ class Replicas:
         """The replica holding the node's map stream (None: none yet)."""
         holders = [s for s in self.live() if node_id in s.status()["streaming_here"]]
         return holders[0] if len(holders) == 1 else None
+
+    def place(self, node: TailscaleNode, server: ServerProcess) -> None:
+        """Restart `node` with the other replica drained in HAProxy (its
+        runtime API), so both its control and its DERP connection land on
+        `server`; then let HAProxy use both again."""
+        (other,) = [s for s in self.servers if s is not server]
+        derp_before = sum(self.derp_clients(s) for s in self.live())
+        node_id = self.node_id(node.name)
+        self._haproxy_command(f"set server replicas/{other.data.name} state maint")
+        try:
+            node.stop()
+            node.start()
+            wait_for(
+                lambda: (
+                    self.replica_of(node_id) is server
+                    and sum(self.derp_clients(s) for s in self.live()) == derp_before
+                ),
+                30,
+                f"{node.name} streaming and relaying on {server.data.name}",
+            )
+        finally:
+            self._haproxy_command(f"set server replicas/{other.data.name} state ready")
+
+    def _haproxy_command(self, command: str) -> None:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(self.tmp / "haproxy.sock"))
+            sock.sendall(command.encode() + b"\n")
+            answer = sock.recv(4096).decode().strip()
+        assert not answer, f"haproxy: {command}: {answer}"
+
+    def metric(self, server: ServerProcess, name: str) -> float:
+        transport = httpx.HTTPTransport(uds=str(server.data / "tailnetd.sock"))
+        with httpx.Client(transport=transport, base_url="http://tailnetd") as admin:
+            text = admin.get("/metrics").text
+        (value,) = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+        return float(value)
+
+    def derp_clients(self, server: ServerProcess) -> float:
+        return self.metric(server, "tailnetd_derp_clients")
 
     def diagnose(self) -> str:
         parts = [f"--- {s.log_path.name} ---\n{s.log()[-5000:]}" for s in self.servers]
@@ -185,18 +231,12 @@ def test_clients_on_both_replicas_see_every_peer(net: Replicas) -> None:
         "every client's map stream on one replica",
     )
     placed = {name: s.data.name for name, s in holders.items()}
-    # Round robin over every TCP connection (the /key fetch, /ts2021, DERP):
-    # a client whose stream landed where most did is sent round again.
-    for node in net.nodes:
-        if len(set(placed.values())) == 2:
-            break
-        node.stop()
-        node.start()
-        placed[node.name] = wait_for(
-            lambda n=node: (s := net.replica_of(ids[n.name])) and s.data.name,
-            30,
-            f"{node.name} streaming again",
-        )
+    if len(set(placed.values())) < 2:
+        # Round robin counts every TCP connection (the /key fetch, /ts2021,
+        # DERP, netcheck probes), so four clients may all stream from one.
+        lonely = next(s for s in net.servers if s.data.name not in placed.values())
+        net.place(net.nodes[0], lonely)
+        placed[net.nodes[0].name] = lonely.data.name
     assert set(placed.values()) == {"data-a", "data-b"}, (placed, net.diagnose())
 
     others = set(NAMES)
@@ -218,11 +258,26 @@ def _pair_across(net: Replicas) -> tuple[TailscaleNode, TailscaleNode]:
     return by_replica["data-a"], by_replica["data-b"]
 
 
-def test_pings_between_clients_on_different_replicas(net: Replicas) -> None:
+def test_pings_between_clients_on_different_replicas_cross_the_derp_mesh(
+    net: Replicas,
+) -> None:
     on_a, on_b = _pair_across(net)
     for src, dst in ((on_a, on_b), (on_b, on_a)):
         out = src.ping(dst.ip(), count=3)
         assert "pong from" in out, f"{src.name} -> {dst.name}: {out}\n{net.diagnose()}"
+
+    # DERP connections go through HAProxy too, so where a client relays is
+    # not where it streams: put two clients' both connections on different
+    # replicas, and their packets must cross the mesh.
+    first, second = net.nodes[:2]
+    net.place(first, net.servers[0])
+    net.place(second, net.servers[1])
+    before = sum(net.metric(s, "tailnetd_derp_packets_forwarded_total") for s in net.servers)
+    for src, dst in ((first, second), (second, first)):
+        out = src.ping(dst.ip(), count=2)
+        assert "pong from" in out, f"{src.name} -> {dst.name}: {out}\n{net.diagnose()}"
+    after = sum(net.metric(s, "tailnetd_derp_packets_forwarded_total") for s in net.servers)
+    assert after > before, "no packet crossed the DERP mesh"
 
 
 def test_rename_through_one_replica_reaches_clients_of_the_other(net: Replicas) -> None:

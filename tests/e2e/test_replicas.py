@@ -292,6 +292,7 @@ def test_rename_through_one_replica_reaches_clients_of_the_other(net: Replicas) 
 
     wait_for(seen, PROPAGATION, f"{on_b.name} (on replica b) to see the rename", interval=0.05)
     elapsed = time.monotonic() - started
+    print(f"rename through replica a -> a client of replica b: {elapsed:.2f}s")
     assert elapsed < PROPAGATION, elapsed
 
 
@@ -303,12 +304,14 @@ def test_killed_replica_clients_come_back_through_the_other(net: Replicas) -> No
     assert victim.proc is not None
     victim.proc.send_signal(signal.SIGKILL)
     victim.proc.wait()
+    killed = time.monotonic()
 
     wait_for(
         lambda: set(survivor.status()["streaming_here"]) == set(before),
         60,
         "every client streaming from the surviving replica",
     )
+    print(f"kill -9 -> every client streaming from the other: {time.monotonic() - killed:.1f}s")
     after = {n["id"]: n for n in net.node_list()}
     for key in ("hostname", "ipv4", "ipv6", "node_key", "machine_key", "user"):
         assert {i: n[key] for i, n in after.items()} == {i: n[key] for i, n in before.items()}
@@ -325,3 +328,28 @@ def test_killed_replica_clients_come_back_through_the_other(net: Replicas) -> No
         dst = survivors[0] if survivors else net.nodes[-1]
         out = src.ping(dst.ip(), count=3)
         assert "pong from" in out, f"{src.name} -> {dst.name}: {out}\n{net.diagnose()}"
+
+
+def test_a_restarted_replica_serves_again_and_its_deletes_reach_the_others(
+    net: Replicas,
+) -> None:
+    """The killed replica comes back (every client now streams from the other)
+    and a node deleted through it disappears from those clients' peers."""
+    revived, holder = net.servers
+    revived.start()
+    gone = net.nodes[-1]
+    gone_id = net.node_id(gone.name)
+    watchers = [n for n in net.nodes if n is not gone]
+    assert all(net.replica_of(net.node_id(n.name)) is holder for n in watchers)
+    started = time.monotonic()
+    revived.admin("nodes", "delete", str(gone_id))
+    for node in watchers:
+        wait_for(
+            lambda n=node: gone.name not in n.peer_names(),
+            PROPAGATION,
+            f"{node.name} (on replica b) to lose the deleted {gone.name}",
+            interval=0.05,
+        )
+    elapsed = time.monotonic() - started
+    print(f"delete through replica a -> every client of replica b: {elapsed:.2f}s")
+    assert elapsed < PROPAGATION, elapsed

@@ -239,12 +239,15 @@ def test_clients_on_both_replicas_see_every_peer(net: Replicas) -> None:
         placed[net.nodes[0].name] = lonely.data.name
     assert set(placed.values()) == {"data-a", "data-b"}, (placed, net.diagnose())
 
-    others = set(NAMES)
+    _every_client_sees_every_other(net, f"placed {placed}")
+
+
+def _every_client_sees_every_other(net: Replicas, when: str) -> None:
     for node in net.nodes:
         wait_for(
-            lambda n=node: n.peer_names() == others - {n.name},
+            lambda n=node: n.peer_names() == set(NAMES) - {n.name},
             30,
-            f"{node.name} to see every other client ({placed})",
+            f"{node.name} to see every other client ({when})",
         )
 
 
@@ -315,13 +318,8 @@ def test_killed_replica_clients_come_back_through_the_other(net: Replicas) -> No
     after = {n["id"]: n for n in net.node_list()}
     for key in ("hostname", "ipv4", "ipv6", "node_key", "machine_key", "user"):
         assert {i: n[key] for i, n in after.items()} == {i: n[key] for i, n in before.items()}
-    others = set(NAMES)
+    _every_client_sees_every_other(net, "after the failover")
     for node in net.nodes:
-        wait_for(
-            lambda n=node: n.peer_names() == others - {n.name},
-            30,
-            f"{node.name} to see every other client after the failover",
-        )
         assert node.ip() == before[net.node_id(node.name)]["ipv4"]
     survivors = [n for n in net.nodes if n not in orphans]
     for src in orphans:

@@ -76,7 +76,8 @@ class GitTailnet:
 
 def serve_commit(tailnet: Tailnet, repo: GitTailnet, revision: str) -> None:
     """What the server does with a new commit (server/app.py on_revision)."""
-    snap, errors = repo.snapshots.load(revision)
+    checked = repo.snapshots.check(revision)
+    snap, errors = checked.snapshot, checked.errors
     assert snap is not None, errors
     tailnet.swap_source(TailnetSource.from_snapshot(snap))
 

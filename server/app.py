@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -171,6 +172,26 @@ class Server:
         self._warn_undeclared_tags()
         self.events.routes_rechecked(self.registry.nodes())
 
+    def _serve_canary(self, snap: Snapshot, canary: str) -> None:
+        """A checked commit is served to the canary nodes only (a rollout's hold)."""
+        self.tailnet.start_canary(TailnetSource.from_snapshot(snap), canary)
+
+    def _canary_health(self, change: NodeChange) -> None:
+        """A canary node whose map stream ends during a hold fails the rollout."""
+        node = change.node
+        if change.online is False and node is not None and self.tailnet.is_canary(node.id):
+            self.commits.canary_offline(node.given_name)
+
+    async def _rollout_timer(self) -> None:
+        """At the end of a rollout's hold, promote its commit to every node."""
+        while True:
+            due = self.commits.rollout_due()
+            wait = EXPIRY_RECHECK if due is None else (due - self.clock()).total_seconds()
+            self.commits.rollout_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.commits.rollout_wake.wait(), max(wait, 0.01))
+            self.commits.handle_timer(self.clock())
+
     # Life cycle
 
     async def start(self) -> None:
@@ -315,6 +336,7 @@ class Server:
                 os.urandom,
                 local=local,
                 sync=self.sync_now,
+                rollout=self.commits,
                 metrics=self.metrics,
                 log=self.log,
                 documents=self.commits.serving_documents,
@@ -343,6 +365,9 @@ class Server:
         if self.acme is not None:
             await self._start_acme(FrontDoor(public, upgrades, log=self.log, scheme="http"))
         self.commits.serve_with(self._serve)
+        self.commits.canary_with(self._serve_canary, self.tailnet.end_canary)
+        self.registry.subscribe(self._canary_health)
+        self._tasks.append(asyncio.create_task(self._rollout_timer()))
         watcher = self.commits.watcher(cfg.fetch_interval)
         if watcher is not None:
             self._tasks.append(asyncio.create_task(watcher))

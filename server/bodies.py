@@ -23,12 +23,15 @@ __all__ = [
     "SetTags",
     "body_schema",
     "CreateApiKey",
+    "CreateOAuthClient",
     "CreatePreAuthKey",
     "NoBody",
     "RefuseLogin",
     "RegisterNode",
     "RenameNode",
     "SetAuthorized",
+    "SetDeviceKey",
+    "SetKeyExpiry",
     "SetRoutes",
     "parse_body",
 ]
@@ -65,6 +68,14 @@ class CreatePreAuthKey:
 class CreateApiKey:
     expiration: str | None = None  # a duration; None = the default lifetime
     scope: Literal["read", "admin"] = "admin"  # read: GET routes only
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOAuthClient:
+    """An OAuth client with Tailscale's scope names (e.g. `devices:core:read`)."""
+
+    scopes: tuple[str, ...]
+    description: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +132,19 @@ class CreateAuthKeyV2:
     capabilities: KeyCapabilities = KeyCapabilities()
     expirySeconds: int | None = None  # Tailscale's field name
     description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetKeyExpiry:
+    """Disable or enable a node's key expiry (`tailnetd nodes expiry`)."""
+
+    disabled: bool
+
+
+# Tailscale's `POST /api/v2/device/{id}/key`, in its own field name.
+@dataclass(frozen=True, slots=True)
+class SetDeviceKey:
+    keyExpiryDisabled: bool  # noqa: N815 - Tailscale's field name
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,24 @@ def _apikeys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _oauth_clients(args: argparse.Namespace) -> int:
+    target = _target(args)
+    path = "/api/v1/oauth-clients"
+    if args.oauth_cmd == "create":
+        body = {"scopes": args.scope, "description": args.description}
+        created = call(target, "POST", path, body)
+        if args.json:
+            _print(created, True)
+        else:  # TS_OAUTH_ID and TS_OAUTH_SECRET of Tailscale's tools
+            print(f"client id: {created['client_id']}\nsecret:    {created['client_secret']}")
+    elif args.oauth_cmd == "list":
+        columns = ["id", "client_id", "scopes", "description", "created", "last_used"]
+        _print(call(target, "GET", path), args.json, columns)
+    elif args.oauth_cmd == "delete":
+        _print(call(target, "DELETE", f"{path}/{quote(args.client)}"), True)
+    return 0
+
+
 _NODE_COLUMNS = [
     "id", "name", "user", "tags", "ipv4", "ipv6", "online", "last_seen", "approved",
 ]  # fmt: skip
@@ -191,6 +209,9 @@ def _nodes(args: argparse.Namespace) -> int:
         answer = call(sock, "DELETE", f"/api/v1/nodes/{node}")
     elif args.nodes_cmd in ("expire", "approve"):
         answer = call(sock, "POST", f"/api/v1/nodes/{node}/{args.nodes_cmd}")
+    elif args.nodes_cmd == "expiry":
+        body = {"disabled": args.disable}
+        answer = call(sock, "POST", f"/api/v1/nodes/{node}/expiry", body)
     elif args.nodes_cmd == "rename":
         answer = call(sock, "POST", f"/api/v1/nodes/{node}/rename", {"name": args.new_name})
     else:  # tags
@@ -273,6 +294,11 @@ def _status(args: argparse.Namespace) -> int:
     for entry in status.get("undeclared_tags") or ():
         tags = ", ".join(entry["tags"])
         print(f"undeclared tags: {entry['kind']} {entry['id']} {entry['name']}: {tags}")
+    rollout = status.get("rollout")
+    if rollout:
+        print(f"rollout:  {rollout['revision']} {rollout['phase']} (hold until {rollout['until']})")
+        if rollout["reason"]:
+            print(f"  {rollout['reason']}")
     rejected = status.get("rejected")
     if rejected:
         print(f"rejected: {rejected['revision']} at {rejected['at']}")
@@ -280,6 +306,12 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  {error}")
         return 1
     return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    call(_target(args), "POST", f"/api/v1/rollout/{args.verb}")
+    args.json, args.sync = False, False
+    return _status(args)
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -410,6 +442,24 @@ def build_parser() -> argparse.ArgumentParser:
     aexp.add_argument("--json", action="store_true")
     apikeys.set_defaults(func=_apikeys)
 
+    oauth = admin_parser("oauth-clients", "OAuth clients: id and secret for a one-hour token")
+    oauth_sub = oauth.add_subparsers(dest="oauth_cmd", required=True)
+    ocreate = oauth_sub.add_parser("create", help="create; prints id and secret", parents=[where])
+    ocreate.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        help="a Tailscale scope name (repeatable): ...:read names may only look"
+        " (all:read, devices:core:read, policy_file:read), others may change (all, auth_keys)",
+    )
+    ocreate.add_argument("--description", default="", help="what the client is for")
+    ocreate.add_argument("--json", action="store_true", help="the whole answer, as JSON")
+    olist = oauth_sub.add_parser("list", help="client ids, scopes, last use", parents=[where])
+    olist.add_argument("--json", action="store_true")
+    odel = oauth_sub.add_parser("delete", help="delete; its tokens stop at once", parents=[where])
+    odel.add_argument("client", help="client id (or numeric id)")
+    oauth.set_defaults(func=_oauth_clients)
+
     nodes = admin_parser("nodes", "registered machines")
     nodes_sub = nodes.add_subparsers(dest="nodes_cmd", required=True)
     nlist = nodes_sub.add_parser("list", parents=[where])
@@ -421,6 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = nodes_sub.add_parser(verb, parents=[where])
         p.add_argument("node", help="node id or name")
         p.add_argument("--json", action="store_true")
+    exp = nodes_sub.add_parser(
+        "expiry", help="disable a node's key expiry (servers), or enable it", parents=[where]
+    )
+    exp.add_argument("node")
+    onoff = exp.add_mutually_exclusive_group(required=True)
+    onoff.add_argument("--disable", action="store_true", help="the key never expires")
+    onoff.add_argument("--enable", dest="disable", action="store_false", help="expire it again")
+    exp.add_argument("--json", action="store_true")
     ren = nodes_sub.add_parser("rename", parents=[where])
     ren.add_argument("node")
     ren.add_argument("new_name")
@@ -486,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch/re-read the repository first (POST /api/v1/repo/sync)",
     )
     status.set_defaults(func=_status)
+    rollout = admin_parser("rollout", "decide the canary rollout now")
+    rollout.add_argument("verb", choices=("promote", "abort"))
+    rollout.set_defaults(func=_rollout)
 
     history = admin_parser("history", "served and rejected commits, newest first")
     history.add_argument("--json", action="store_true")

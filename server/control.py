@@ -15,7 +15,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 
+from gitctl.policy.tagowners import tag_refusal
 from gitctl.policy.viewindex import ViewIndex
 from server.auth.pending import PendingLogin, PendingLogins, register_node
 from server.auth.sshcheck import SshChecks
@@ -220,9 +221,21 @@ class ControlHandler:
             if self._on_refused is not None:
                 self._on_refused(req.machine_key.short(), exc.reason)
             return _json({"Error": f"invalid auth key: {exc}"})
-        owner = None if key.tags else key.user
+        tags, refusal = self._tags_for(key.user, key.tags, hostinfo.request_tags)
+        if refusal is not None:
+            self._metrics.registration("tags_refused")
+            self._log.info(
+                "register: %s: %s",
+                req.machine_key.short(),
+                refusal,
+                extra=event("register.refused", machine=req.machine_key.short(), reason=refusal),
+            )
+            if self._on_refused is not None:
+                self._on_refused(req.machine_key.short(), refusal)
+            return _json({"Error": refusal})
+        owner = None if tags else key.user
         expiry_span = self._settings().node_key_expiry
-        key_expiry = None if key.tags or expiry_span is None else now + expiry_span
+        key_expiry = None if tags or expiry_span is None else now + expiry_span
         ephemeral = key.ephemeral or body.ephemeral
         # The store consumes a single-use key in the same transaction as the node write.
         node = self._registry.register(
@@ -230,7 +243,7 @@ class ControlHandler:
             node_key=node_key,
             hostname=hostinfo.hostname or "node",
             user=owner,
-            tags=key.tags,
+            tags=tags,
             now=now,
             auth_key_id=key.id,
             ephemeral=ephemeral,
@@ -245,17 +258,31 @@ class ControlHandler:
             "register: node %d %s (%s) joined",
             node.id,
             node.given_name,
-            owner or ",".join(key.tags),
+            owner or ",".join(tags),
             extra=event(
                 "node.registered",
                 node=node.id,
                 node_name=node.given_name,
                 user=owner,
-                tags=list(key.tags),
+                tags=list(tags),
                 commit=self._tailnet.source.id,
             ),
         )
         return _json(self._register_response(node))
+
+    def _tags_for(
+        self, user: str, key_tags: Sequence[str], requested: Sequence[str] | None
+    ) -> tuple[tuple[str, ...], str | None]:
+        """The tags a node logging in with a key of `user` and `key_tags` carries,
+        and why not when `requested` (Hostinfo.RequestTags) asks for tags that
+        tagOwners do not let it own. Requested tags replace the key's own."""
+        if not requested:
+            return tuple(key_tags), None
+        wanted = tuple(sorted(set(requested)))
+        source = self._tailnet.source
+        email = None if key_tags else source.users.get(user, (user, user))[0]
+        refusal = tag_refusal(source.policy, wanted, email=email, key_tags=key_tags)
+        return wanted, refusal
 
     def _begin_login(
         self, req: ControlRequest, body: RegisterRequest, now: datetime
@@ -503,7 +530,7 @@ class ControlHandler:
             while not handle.closed:
                 full, peers = handle.take()
                 now = self._clock()
-                ctx = self._tailnet.context
+                ctx = self._tailnet.context_for(node_id)
                 msg = None
                 if full:
                     state = build_map(ctx, node_id, now)

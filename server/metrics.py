@@ -39,6 +39,7 @@ Outcome = Literal[
     "logout",
     "bad_key",  # unknown, used or revoked pre-auth key
     "expired_key",  # an expired pre-auth key
+    "tags_refused",  # the client asked for tags that tagOwners do not let it carry
     "node_expired",  # the node's own key has expired: it must log in again
     "needs_login",  # no pre-auth key and no node to resume: given a login URL
     "login_ok",  # an interactive login was approved
@@ -59,6 +60,7 @@ REJECTION_REASONS = (
     "tests",
     "signature",
     "compile",
+    "canary",  # a canary rollout aborted (settings.yaml rollout)
 )
 NODE_EVENT_KINDS = ("topology", "volatile", "removed")
 WebhookDrop = Literal["overflow", "gave_up"]

@@ -164,6 +164,12 @@ class SshIndex:
                     out.extend(sorted(index.by_tag[tag]))
             else:
                 out.extend(sorted(index.resolve(a).members))
+        # defaultSrcPosture narrows SSH sources too: a device failing it may
+        # not log in even where an acl or grant of its own opens port 22.
+        default = index.policy.default_src_posture
+        if default:
+            ok = index.posture_nodes(default)
+            out = [i for i in out if i in ok]
         return out
 
     def visible(self, node: int) -> int:

@@ -29,6 +29,7 @@ __all__ = [
     "ExtraRecord",
     "IPNetwork",
     "KeySpec",
+    "Rollout",
     "RouteApproval",
     "SecretRef",
     "TailnetSettings",
@@ -123,6 +124,17 @@ class TailnetSettings:
     device_approval: Literal["none", "required"] = "none"
     # Where the server POSTs its events; the signing secret is the server's, never git's.
     webhooks: tuple[WebhookTarget, ...] = ()
+    # A new commit goes to the canary nodes first and to everyone after the hold.
+    rollout: Rollout | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    canary: str  # the selector: a tag ("tag:canary")
+    hold: timedelta
+
+    def selects(self, tags: tuple[str, ...]) -> bool:
+        return self.canary in tags
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,9 +342,13 @@ class _Builder:
             WebhookTarget(h["url"], frozenset(h["events"]) if "events" in h else None)
             for h in s.get("webhooks", ())
         )
+        rollout = None
+        if "rollout" in s:
+            hold = self.duration(("settings", "rollout", "hold"), s["rollout"]["hold"])
+            rollout = None if hold is None else Rollout(s["rollout"]["canary"], hold)
         return TailnetSettings(
             v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb, signers,
-            s.get("device_approval", "none"), hooks,
+            s.get("device_approval", "none"), hooks, rollout,
         )  # fmt: skip
 
     def repo_path(self, path: JsonPath, text: str) -> str | None:

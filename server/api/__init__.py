@@ -16,7 +16,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
-from server.api import discovery, v1, v2
+from server.api import discovery, oauth, v1, v2
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, to_routes
 from server.api.openapi import openapi_document
@@ -31,7 +31,7 @@ OPENAPI_PATH = "/api/v1/openapi.json"
 
 def api_endpoints(deps: WebDeps) -> list[Endpoint]:
     """Every API endpoint, the OpenAPI document's own included."""
-    endpoints = [*v1.endpoints(deps), *v2.endpoints(deps)]
+    endpoints = [*v1.endpoints(deps), *v2.endpoints(deps), *oauth.endpoints(deps)]
 
     async def openapi(call: Call) -> Any:
         return JSONResponse(document)

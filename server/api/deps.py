@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from server.auth.pending import PendingLogins
 from server.auth.sshcheck import SshChecks
@@ -42,6 +42,13 @@ class WebDeps:
     oidc: OidcLogin | None = None  # logins through an identity provider: its two routes
     ssh_checks: SshChecks | None = None  # SSH check mode: the check page, approval
     events: EventSource | None = None  # webhook events of admin actions (keys, approvals)
+    # The commit lifecycle's canary rollout: promote(reason) / abort(reason).
+    rollout: Rollout | None = None
+
+
+class Rollout(Protocol):
+    def promote(self, reason: str) -> None: ...
+    def abort(self, reason: str) -> None: ...
 
 
 def parse_duration(text: str) -> timedelta:

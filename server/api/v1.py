@@ -12,7 +12,7 @@ from typing import Any
 
 from server.api.audit import MAX_LIMIT as AUDIT_MAX
 from server.api.audit import audit_json, parse_since
-from server.api.common import check_tags, find_node, optional_time
+from server.api.common import check_tags, find_node, optional_time, set_expiry_disabled
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, Param
 from server.api.problems import Problem
@@ -24,6 +24,7 @@ from server.bodies import (
     RefuseLogin,
     RegisterNode,
     RenameNode,
+    SetKeyExpiry,
     SetTags,
 )
 from server.drift import find_drift
@@ -32,6 +33,7 @@ from server.logs import event
 from server.sources.history import MAX_LIMIT as HISTORY_MAX
 from server.sources.history import history_json
 from server.sources.repo import Rejection
+from server.sources.rollout import RolloutError
 from server.store.model import ApiKey, Node, PreAuthKey
 from server.tagcheck import check_new_key_tags, undeclared
 from server.wire import format_time
@@ -145,6 +147,18 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             await deps.sync()
         return await status(call)
 
+    async def decide_rollout(call: Call) -> Any:
+        verb = call.path("verb")
+        if deps.rollout is None or verb not in ("promote", "abort"):
+            raise Problem("not-found", f"no such action {verb!r}: promote or abort")
+        decide = deps.rollout.promote if verb == "promote" else deps.rollout.abort
+        try:
+            decide(f"{verb}d by an administrator ({via})")
+        except RolloutError as exc:
+            raise Problem("conflict", str(exc)) from None
+        acted(f"api.rollout_{verb}", f"rollout: {verb}")
+        return await status(call)
+
     async def list_users(call: Call) -> Any:
         counts: dict[str, int] = {}
         for n in registry.nodes():
@@ -181,6 +195,14 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         expired_node = registry.set_key_expiry(node.id, clock())
         node_acted("api.node_expired", "expired", expired_node)
         return node_json(expired_node)
+
+    async def node_expiry(call: Call) -> Any:
+        node = find_node(registry, call.path("ref"))
+        body: SetKeyExpiry = call.body
+        changed = set_expiry_disabled(tailnet, registry, node, body.disabled, clock())
+        verb = "key expiry disabled" if body.disabled else "key expiry enabled"
+        node_acted("api.node_expiry", verb, changed)
+        return node_json(changed)
 
     async def approve_node(call: Call) -> Any:
         node = find_node(registry, call.path("ref"))
@@ -380,6 +402,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "POST", "/api/v1/repo/sync", repo_sync, "Read the repository now", "status", body=NoBody
         ),
         Endpoint(
+            "POST", "/api/v1/rollout/{verb}", decide_rollout,
+            "Decide the canary rollout now (verb: promote | abort)", "status", body=NoBody,
+        ),
+        Endpoint(
             "GET",
             "/api/v1/history",
             history,
@@ -427,6 +453,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/expire", expire_node, "Expire a node's key now", "nodes",
             body=NoBody,
+        ),
+        Endpoint(
+            "POST", "/api/v1/nodes/{ref}/expiry", node_expiry,
+            "Disable (or enable again) a node's key expiry", "nodes", body=SetKeyExpiry,
         ),
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/approve", approve_node,

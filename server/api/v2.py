@@ -15,12 +15,19 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 
 from gitctl.sources import MAX_FILE_BYTES
-from server.api.common import check_tags, find_node
+from server.api.common import check_tags, find_node, set_expiry_disabled
 from server.api.deps import WebDeps
 from server.api.endpoints import Call, Endpoint
 from server.api.policyfile import PolicyFile, check_policy, policy_file
 from server.api.problems import Problem
-from server.bodies import CreateAuthKeyV2, NoBody, SetAuthorized, SetRoutes, SetTags
+from server.bodies import (
+    CreateAuthKeyV2,
+    NoBody,
+    SetAuthorized,
+    SetDeviceKey,
+    SetRoutes,
+    SetTags,
+)
 from server.store.model import Node, PreAuthKey
 from server.tailnet.views import advertised_routes
 from server.wire import format_time
@@ -118,6 +125,12 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         registry.set_tags(node.id, check_tags(tailnet, body.tags))
         return {}
 
+    async def set_key(call: Call) -> Any:
+        node = find_node(registry, call.path("id"))
+        body: SetDeviceKey = call.body
+        set_expiry_disabled(tailnet, registry, node, body.keyExpiryDisabled, clock())
+        return {}
+
     async def get_routes(call: Call) -> Any:
         node = find_node(registry, call.path("id"))
         return {
@@ -197,6 +210,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "v2 devices", body=SetAuthorized,
         ),
         Endpoint("POST", f"{dev}/tags", set_tags, "Replace tags", "v2 devices", body=SetTags),
+        Endpoint(
+            "POST", f"{dev}/key", set_key, "Disable or enable key expiry", "v2 devices",
+            body=SetDeviceKey,
+        ),
         Endpoint("GET", f"{dev}/routes", get_routes, "Advertised and enabled routes", "v2 devices"),
         Endpoint(
             "POST", f"{dev}/routes", set_routes, "Refused: routes are approved in git",

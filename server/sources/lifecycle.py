@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +28,9 @@ from server.sources.authority import CommitAuthority
 from server.sources.history import History, HistoryEntry
 from server.sources.remote import RemoteRepo, watch_remote
 from server.sources.repo import Checked, Rejection, RepoStatus, SnapshotRepo, watch_repo
+from server.sources.rollout import Hold, RolloutError
 
-__all__ = ["CommitLifecycle", "SourceError", "open_repo"]
+__all__ = ["CommitLifecycle", "RolloutError", "SourceError", "open_repo"]
 
 LAST_GOOD_FILE = "last_good_revision"
 
@@ -91,6 +92,13 @@ class CommitLifecycle:
         self.sync_wake = asyncio.Event()
         # Set once the tailnet runs: swaps a checked snapshot in, or raises.
         self._serve: Callable[[Snapshot], None] | None = None
+        # Canary rollout (rollout.py): serve a candidate to the canary tag's
+        # nodes, and end that; the hold in progress; the snapshot served to all.
+        self._start_canary: Callable[[Snapshot, str], None] | None = None
+        self._end_canary: Callable[[], None] = lambda: None
+        self._hold: Hold | None = None
+        self._current: Snapshot | None = None
+        self.rollout_wake = asyncio.Event()  # a hold began or ended: its timer looks again
 
     # Start-up
 
@@ -115,7 +123,7 @@ class CommitLifecycle:
         if previous and self.authority.needs_previous:
             # The trust chain goes on across restarts: a new HEAD is checked against
             # the list of the commit served last.
-            self.authority.serving(previous, self.repo.load(previous, self._clock())[0])
+            self.authority.serving(previous, self.repo.check(previous, self._clock()).snapshot)
         # A commit served before was checked then (an outside list is checked always).
         if head is not None and (head != previous or self.authority.outside):
             checked, signer = self._verified(head, checked)
@@ -142,6 +150,12 @@ class CommitLifecycle:
         """From now on, a checked commit is served by `serve` (which raises
         when it cannot compile the commit for the live nodes)."""
         self._serve = serve
+
+    def canary_with(self, start: Callable[[Snapshot, str], None], end: Callable[[], None]) -> None:
+        """With settings.yaml's `rollout`, a checked commit is first served by
+        `start(snapshot, canary tag)` (which raises when it cannot compile),
+        and `end()` sends the canaries back when the rollout is aborted."""
+        self._start_canary, self._end_canary = start, end
 
     def watcher(self, fetch_interval: float) -> Any:
         """The coroutine that watches the repository, or None for a plain directory."""
@@ -186,7 +200,8 @@ class CommitLifecycle:
             await self._take(head or revision)
 
     async def _take(self, revision: str) -> None:
-        if revision in (self.status.serving, self._last_rejected()):
+        held = self._hold.snapshot.id if self._hold is not None else None
+        if revision in (self.status.serving, self._last_rejected(), held):
             return  # already decided (a watcher and a sync request can both see it)
         # Reading and checking a commit is blocking git and CPU work: keep it off the loop.
         checked = await asyncio.to_thread(self.repo.check, revision, self._clock())
@@ -196,6 +211,11 @@ class CommitLifecycle:
             self._reject(revision, checked)
             return
         assert self._serve is not None, "serve_with() before the watcher starts"
+        rollout = self._current.settings.rollout if self._current is not None else None
+        if rollout is not None and self._start_canary is not None:
+            self._hold_on_canaries(snap, signer, rollout.canary, rollout.hold)
+            return
+        self._drop_hold(f"{revision[:12]} was served to every node")
         try:
             self._serve(snap)
         except Exception as exc:
@@ -205,6 +225,94 @@ class CommitLifecycle:
             return
         self.status.rejected = None
         self._serving(snap, signer)
+
+    # Canary rollout
+
+    def _hold_on_canaries(
+        self, snap: Snapshot, signer: str | None, canary: str, hold: timedelta
+    ) -> None:
+        """Serve `snap` to the canary nodes for the hold (a newer commit
+        replaces the candidate held, and its hold starts again)."""
+        assert self._start_canary is not None
+        try:
+            self._start_canary(snap, canary)
+        except Exception as exc:
+            self._log.exception("commit %s could not be served", snap.id[:12])
+            error = f"compiling for the live nodes failed: {exc}"
+            self._reject(snap.id, Checked(None, (error,), "compile"))
+            return
+        if self._hold is not None:
+            self._log.info(
+                "rollout of %s replaced by %s", self._hold.snapshot.id[:12], snap.id[:12]
+            )
+        self._hold = Hold.start(snap, signer, canary, hold, self._clock())
+        self.status.rollout = self._hold.status
+        self.status.rejected = None
+        self.rollout_wake.set()
+        self._log.info(
+            "commit %s is served to %s until %s, then to every node",
+            snap.id[:12],
+            canary,
+            self._hold.until.isoformat(),
+            extra=event("rollout.holding", commit=snap.id, canary=canary),
+        )
+
+    def rollout_due(self) -> datetime | None:
+        """When the hold in progress ends (None: no rollout is holding)."""
+        return self._hold.until if self._hold is not None else None
+
+    def handle_timer(self, now: datetime) -> None:
+        """The rollout timer fired: promote the candidate once its hold is over."""
+        if self._hold is not None and self._hold.due(now):
+            self.promote("the hold ended with every canary node online")
+
+    def canary_offline(self, node_name: str) -> None:
+        """A canary node went offline during the hold: the rollout fails."""
+        if self._hold is not None:
+            self.abort(f"canary node {node_name} went offline during the hold")
+
+    def promote(self, reason: str) -> None:
+        """Serve the candidate to every node now (RolloutError: none holding)."""
+        hold = self._take_hold()
+        assert self._serve is not None
+        try:
+            self._serve(hold.snapshot)
+        except Exception as exc:
+            self._end_canary()
+            self.status.rollout = hold.status.ended("aborted", f"promotion failed: {exc}")
+            error = f"compiling for the live nodes failed: {exc}"
+            self._reject(hold.snapshot.id, Checked(None, (error,), "compile"))
+            return
+        self.status.rollout = hold.status.ended("promoted", reason)
+        self._serving(hold.snapshot, hold.signer)
+        self._log.info(
+            "rollout of %s promoted: %s",
+            hold.snapshot.id[:12],
+            reason,
+            extra=event("rollout.promoted", commit=hold.snapshot.id, reason=reason),
+        )
+
+    def abort(self, reason: str) -> None:
+        """Send the canaries back and refuse the candidate (RolloutError: none holding)."""
+        hold = self._take_hold()
+        self._end_canary()
+        self.status.rollout = hold.status.ended("aborted", reason)
+        error = f"canary rollout aborted: {reason}"
+        self._reject(hold.snapshot.id, Checked(None, (error,), "canary"))
+
+    def _take_hold(self) -> Hold:
+        hold = self._hold
+        if hold is None:
+            raise RolloutError("no rollout is holding")
+        self._hold = None
+        self.rollout_wake.set()
+        return hold
+
+    def _drop_hold(self, reason: str) -> None:
+        """A commit is served to everyone without a rollout: the candidate held is gone."""
+        if self._hold is not None:
+            self.status.rollout = self._take_hold().status.ended("aborted", reason)
+            self._end_canary()
 
     async def serving_documents(self) -> Documents:
         """The files of the commit being served (for the API's policy file)."""
@@ -231,6 +339,7 @@ class CommitLifecycle:
         return self.status.rejected.revision if self.status.rejected is not None else None
 
     def _serving(self, snap: Snapshot, signer: str | None) -> None:
+        self._current = snap
         self.status.serving = snap.id
         self.status.serving_since = self._clock()
         self.status.signer = signer

@@ -18,7 +18,6 @@ from pathlib import Path
 import git
 
 from gitctl import snapshot as snapshots
-from gitctl.snapshot import Snapshot
 from server.sources.repo import Checked, check_result
 
 __all__ = ["RemoteRepo", "is_remote", "watch_remote"]
@@ -69,12 +68,6 @@ class RemoteRepo:
             except (ValueError, git.BadName):
                 return None
             return str(commit.hexsha)
-
-    def load(
-        self, revision: str | None, now: datetime | None = None
-    ) -> tuple[Snapshot | None, tuple[str, ...]]:
-        outcome = self.check(revision, now)
-        return outcome.snapshot, outcome.errors
 
     def check(self, revision: str | None, now: datetime | None = None) -> Checked:
         """`now`: the time at which `expires` entries count (gitctl fails a

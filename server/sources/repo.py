@@ -20,6 +20,7 @@ from gitctl.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from server.sources.history import History
+    from server.sources.rollout import RolloutStatus
 
 __all__ = ["Checked", "RepoStatus", "SnapshotRepo", "check_result", "watch_repo"]
 
@@ -38,12 +39,14 @@ class RepoStatus:
     rejected: Rejection | None = None
     signer: str | None = None  # who signed the served commit, when signatures are required
     journal: History | None = None  # every served and rejected commit, across restarts
+    rollout: RolloutStatus | None = None  # the last canary rollout (settings.yaml rollout)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "serving": self.serving,
             "serving_since": self.serving_since.isoformat() if self.serving_since else None,
             "signer": self.signer,
+            "rollout": self.rollout.to_json() if self.rollout is not None else None,
             "rejected": None
             if self.rejected is None
             else {
@@ -76,13 +79,6 @@ class SnapshotRepo:
             except (ValueError, git.BadName):
                 return None
             return str(commit.hexsha)
-
-    def load(
-        self, revision: str | None, now: datetime | None = None
-    ) -> tuple[Snapshot | None, tuple[str, ...]]:
-        """(snapshot, rendered errors) for a revision (None = the directory on disk)."""
-        outcome = self.check(revision, now)
-        return outcome.snapshot, outcome.errors
 
     def check(self, revision: str | None, now: datetime | None = None) -> Checked:
         """`now`: the time at which `expires` entries count (gitctl fails a

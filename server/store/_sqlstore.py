@@ -25,6 +25,7 @@ from typing import Any, Protocol, Self
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store import _declared as declared
 from server.store import _keytables as keytables
+from server.store import _oauthtables as oauth
 from server.store import _rows as rows
 from server.store._eventtables import EventTables
 from server.store._nodeindex import NodeIndex
@@ -38,6 +39,7 @@ from server.store.model import (
     KeyRejected,
     Node,
     NotFound,
+    OAuthClient,
     PendingLogin,
     PreAuthKey,
     Rng,
@@ -532,7 +534,8 @@ class SqlStore(EventTables):
     def list_api_keys(self) -> list[ApiKey]:
         with self._read() as db:
             found = db.execute(
-                f"SELECT {rows.API_KEY_COLUMNS} FROM api_keys ORDER BY id"
+                f"SELECT {rows.API_KEY_COLUMNS} FROM api_keys"
+                " WHERE oauth_client IS NULL ORDER BY id"
             ).fetchall()
         return [rows.api_key_from_row(row) for row in found]
 
@@ -546,6 +549,33 @@ class SqlStore(EventTables):
     def _find_api_key(db: Db, id_or_prefix: int | str) -> ApiKey:
         row = keytables.find_row(db, keytables.API_KEYS, id_or_prefix)
         return rows.api_key_from_row(row)
+
+    # OAuth clients (the client-credentials grant) and their access tokens
+
+    def create_oauth_client(
+        self, *, scopes: Sequence[str], description: str, now: datetime, rng: Rng
+    ) -> tuple[str, OAuthClient]:
+        with self._write() as db:
+            return oauth.create_client(db, scopes, description, now, rng)
+
+    def list_oauth_clients(self) -> list[OAuthClient]:
+        with self._read() as db:
+            return oauth.list_clients(db)
+
+    def delete_oauth_client(self, id_or_client_id: int | str) -> OAuthClient:
+        with self._write() as db:
+            return oauth.delete_client(db, id_or_client_id)
+
+    def use_oauth_client(self, client_id: str, secret: str, now: datetime) -> OAuthClient:
+        with self._write() as db:
+            return oauth.use_client(db, client_id, secret, now)
+
+    def issue_oauth_token(
+        self, client: OAuthClient, *, scope: ApiScope, expiration: datetime, now: datetime,
+        rng: Rng,
+    ) -> tuple[str, ApiKey]:  # fmt: skip
+        with self._write() as db:
+            return oauth.issue_token(db, client, scope, expiration, now, rng)
 
     # Pending interactive logins
 

@@ -29,6 +29,7 @@ from server.store.model import (
     ApiScope,
     AuditEntry,
     Node,
+    OAuthClient,
     OutboxItem,
     PendingLogin,
     PreAuthKey,
@@ -176,6 +177,30 @@ class Store(Protocol):
 
     def list_api_keys(self) -> list[ApiKey]: ...
     def expire_api_key(self, id_or_prefix: int | str, now: datetime) -> ApiKey: ...
+
+    # OAuth clients (the client-credentials grant) and their access tokens
+
+    def create_oauth_client(
+        self, *, scopes: Sequence[str], description: str, now: datetime, rng: Rng
+    ) -> tuple[str, OAuthClient]:
+        """(the secret, shown once; the client). Its id is the secret's prefix."""
+        ...
+
+    def list_oauth_clients(self) -> list[OAuthClient]: ...
+    def delete_oauth_client(self, id_or_client_id: int | str) -> OAuthClient:
+        """Delete the client; the tokens it was issued stop working at once."""
+        ...
+
+    def use_oauth_client(self, client_id: str, secret: str, now: datetime) -> OAuthClient:
+        """The client if id and secret match (recording its use), else KeyRejected."""
+        ...
+
+    def issue_oauth_token(
+        self, client: OAuthClient, *, scope: ApiScope, expiration: datetime, now: datetime,
+        rng: Rng,
+    ) -> tuple[str, ApiKey]:  # fmt: skip
+        """A new access token (an API key that `list_api_keys` leaves out)."""
+        ...
 
     # Pending interactive logins
 

@@ -171,6 +171,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        8,
+        "OAuth clients, and the API keys issued to them as access tokens",
+        (
+            """
+            CREATE TABLE oauth_clients (
+                id          INTEGER PRIMARY KEY AUTOINCREMENT,
+                prefix      TEXT    NOT NULL UNIQUE,
+                secret_hash BLOB    NOT NULL,
+                scopes      TEXT    NOT NULL,
+                description TEXT    NOT NULL,
+                created     TEXT    NOT NULL,
+                expiration  TEXT,
+                last_used   TEXT
+            )
+            """,
+            "ALTER TABLE api_keys ADD COLUMN oauth_client INTEGER"
+            " REFERENCES oauth_clients (id) ON DELETE CASCADE",
+        ),
+    ),
 )
 
 
@@ -314,6 +334,26 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
                 updated     timestamptz NOT NULL
             )
             """,
+        ),
+    ),
+    Migration(
+        8,
+        "OAuth clients, and the API keys issued to them as access tokens",
+        (
+            """
+            CREATE TABLE oauth_clients (
+                id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                prefix      text        NOT NULL UNIQUE,
+                secret_hash bytea       NOT NULL,
+                scopes      jsonb       NOT NULL,
+                description text        NOT NULL,
+                created     timestamptz NOT NULL,
+                expiration  timestamptz,
+                last_used   timestamptz
+            )
+            """,
+            "ALTER TABLE api_keys ADD COLUMN oauth_client bigint"
+            " REFERENCES oauth_clients (id) ON DELETE CASCADE",
         ),
     ),
 )

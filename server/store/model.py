@@ -26,6 +26,7 @@ __all__ = [
     "Conflict",
     "InvalidName",
     "KeyRejected",
+    "OAuthClient",
     "Node",
     "NotFound",
     "OutboxItem",
@@ -93,6 +94,20 @@ class ApiKey:
     expiration: datetime | None  # None = never expires
     last_used: datetime | None
     scope: ApiScope = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClient:
+    """A client of the OAuth client-credentials grant (`/api/v2/oauth/token`):
+    its id is the public prefix of its secret; the tokens it is issued are
+    short-lived API keys, with the scope its Tailscale scope names allow."""
+
+    id: int
+    client_id: str
+    scopes: tuple[str, ...]  # Tailscale's scope names, e.g. "devices:core:read"
+    description: str
+    created: datetime
+    last_used: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

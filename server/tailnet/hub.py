@@ -147,6 +147,9 @@ class Tailnet:
         # subnet -> primary router, last served: runtime state, like who is online
         self._primaries: Mapping[str, int] = dict(primaries or {})
         self._ctx = self._build_context()
+        # Canary rollout: the candidate snapshot, the tag that picks its nodes,
+        # and its maps over the same nodes (None: every node is on `_source`).
+        self._canary: tuple[TailnetSource, str, MapContext] | None = None
 
     # What the maps are built from
 
@@ -158,6 +161,22 @@ class Tailnet:
     def context(self) -> MapContext:
         return self._ctx
 
+    def context_for(self, node_id: int) -> MapContext:
+        """The maps `node_id` is served from: the candidate's while it is a
+        canary node during a rollout's hold, the serving snapshot's otherwise."""
+        if self._canary is not None and self.is_canary(node_id):
+            return self._canary[2]
+        return self._ctx
+
+    def is_canary(self, node_id: int) -> bool:
+        """During a hold: the node carries the canary tag."""
+        node = self._records.get(node_id)
+        return self._canary is not None and node is not None and self._canary[1] in node.tags
+
+    @property
+    def candidate(self) -> TailnetSource | None:
+        return self._canary[0] if self._canary is not None else None
+
     @property
     def primaries(self) -> Mapping[str, int]:
         """Subnet -> the router serving it now (HA: the election's memory)."""
@@ -168,14 +187,20 @@ class Tailnet:
         served = self._ctx.nodes
         return [n for n in self._records.values() if n.id not in served and n.approved]
 
-    def _served(self, node: Node) -> bool:
+    def _served(self, node: Node, source: TailnetSource | None = None) -> bool:
         """In the maps: its owner is in git (or it is tagged), and it is not
         waiting for device approval."""
-        owned = bool(node.tags) or node.user is None or node.user in self._source.users
+        users = (source or self._source).users
+        owned = bool(node.tags) or node.user is None or node.user in users
         return owned and node.approved
 
-    def _build_context(self, previous: MapContext | None = None) -> MapContext:
-        nodes = [n for n in self._records.values() if self._served(n)]
+    def _build_context(
+        self, previous: MapContext | None = None, source: TailnetSource | None = None
+    ) -> MapContext:
+        """The maps of `source` (the serving snapshot's by default) over the
+        live nodes; a candidate's leaves the primaries election alone."""
+        src = source or self._source
+        nodes = [n for n in self._records.values() if self._served(n, src)]
         if hasattr(self, "_ctx"):
             # Unchanged records stay the very objects the last context had, so
             # map refreshes find the changed ones by identity.
@@ -184,13 +209,12 @@ class Tailnet:
                 old if (old := held.get(n.id)) is not None and (old is n or old == n) else n
                 for n in nodes
             ]
-        src = self._source
         users = [(stable_user_id(name), name, email) for name, (email, _) in src.users.items()]
         views = compute_views(
             src.policy,
             users,
             nodes,
-            self._approved_routes(nodes),
+            self._approved_routes(nodes, src),
             previous=previous.views if previous else None,
             previous_nodes=previous.nodes if previous else None,
             reuse=self._ctx.views if hasattr(self, "_ctx") else None,
@@ -201,12 +225,13 @@ class Tailnet:
             primaries=self._primaries,
             groups=self._group_members(),
         )
-        self._primaries = views.primaries
+        if source is None:
+            self._primaries = views.primaries
         return MapContext(
             domain=src.domain,
             nodes={n.id: n for n in nodes},
             views=views,
-            derp_map=self._derp_map,
+            derp_map=self._derp_map if source is None else self._derp_map_of(src),
             dns_config=src.dns_config,
             users=src.users,
             online=frozenset(self._online),
@@ -239,10 +264,12 @@ class Tailnet:
         """The routes `node` advertises that the serving commit approves."""
         return self._approved_routes([node]).get(node.id, ())
 
-    def _approved_routes(self, nodes: Sequence[Node]) -> dict[int, tuple[str, ...]]:
+    def _approved_routes(
+        self, nodes: Sequence[Node], source: TailnetSource | None = None
+    ) -> dict[int, tuple[str, ...]]:
         """The advertised routes git approves by hand: for the machine (its key
         stays with it through renames and re-registrations) or for a tag."""
-        explicit = self._source.explicit_routes
+        explicit = (source or self._source).explicit_routes
         out: dict[int, tuple[str, ...]] = {}
         for node in nodes:
             advertised = advertised_routes(node)
@@ -279,6 +306,7 @@ class Tailnet:
         self._log.info(
             "serving snapshot %s", source.id[:12], extra=event("snapshot.served", commit=source.id)
         )
+        self.end_canary()  # promoted, or replaced by a commit served to everyone
         self._close_unserved(old_ctx)
         changed = self._ctx.views.changed
         if changed is None or (old.domain, old.dns_config, old.users, old_derp) != (
@@ -291,12 +319,43 @@ class Tailnet:
             return
         self._wake(changed)
 
+    def start_canary(self, source: TailnetSource, tag: str) -> None:
+        """Serve `source` to the nodes tagged `tag` only (a rollout's hold; a
+        newer candidate replaces the one held). Its maps are compiled over
+        every live node, so a canary's peers are what `source` lets it see;
+        every other node stays on the serving snapshot. Raises, changing
+        nothing, when `source` does not compile for the live nodes."""
+        old = self._canary
+        ctx = self._build_context(previous=old[2] if old else self._ctx, source=source)
+        self._canary = (source, tag, ctx)
+        self._log.info(
+            "canary nodes (%s) hold snapshot %s",
+            tag,
+            source.id[:12],
+            extra=event("snapshot.canary", commit=source.id, canary=tag),
+        )
+        self._wake(self._canary_ids(tag) | (self._canary_ids(old[1]) if old else set()))
+
+    def end_canary(self) -> None:
+        """The canary nodes go back to the serving snapshot (an abort), or are
+        on it already (a promotion): their sessions catch up either way."""
+        if self._canary is None:
+            return
+        tag = self._canary[1]
+        self._canary = None
+        self._wake(self._canary_ids(tag))
+
+    def _canary_ids(self, tag: str) -> set[int]:
+        return {i for i, n in self._records.items() if tag in n.tags}
+
     def apply(self, change: NodeChange) -> None:
         """A node changed (the registry's event stream)."""
         if change.kind == "removed":
             self._records.pop(change.node_id, None)
             self._online.discard(change.node_id)
             self._ctx.entries.forget(change.node_id)  # its entry and its map memo
+            if self._canary is not None:
+                self._canary[2].entries.forget(change.node_id)
             self._end_sessions(change.node_id)
             self._recompile()
             return
@@ -315,13 +374,21 @@ class Tailnet:
             return
         if node.id not in self._ctx.nodes:
             return  # not served: nobody sees it
-        nodes = dict(self._ctx.nodes)
-        nodes[node.id] = node
-        self._ctx = replace(self._ctx, nodes=nodes, online=frozenset(self._online))
+        self._ctx = self._with_node(self._ctx, node)
+        if self._canary is not None:
+            source, tag, ctx = self._canary
+            self._canary = (source, tag, self._with_node(ctx, node))
         self._notify_viewers(node.id)
         if change.online is None:
             for handle in self._sessions.get(node.id, ()):
                 handle.mark_full()  # its own self entry changed
+
+    def _with_node(self, ctx: MapContext, node: Node) -> MapContext:
+        if node.id not in ctx.nodes:
+            return replace(ctx, online=frozenset(self._online))
+        nodes = dict(ctx.nodes)
+        nodes[node.id] = node
+        return replace(ctx, nodes=nodes, online=frozenset(self._online))
 
     def set_login_groups(self, email: str, groups: tuple[str, ...]) -> None:
         """A user logged in through the identity provider with these policy groups:
@@ -349,6 +416,15 @@ class Tailnet:
         change cannot touch are reused; only their sessions sleep on."""
         old_ctx = self._ctx
         self._ctx = self._build_context(previous=old_ctx)
+        if self._canary is not None:
+            # The candidate follows the same nodes; the canary set may move
+            # (a tag given or taken): those sessions change snapshot.
+            source, tag, ctx = self._canary
+            canaries = self._canary_ids(tag)
+            self._canary = (source, tag, self._build_context(previous=ctx, source=source))
+            moved = canaries ^ self._canary_ids(tag)
+            changed = self._canary[2].views.changed
+            self._wake(moved | (canaries if changed is None else changed & canaries))
         self._close_unserved(old_ctx)
         changed = self._ctx.views.changed
         if changed is None:
@@ -385,7 +461,8 @@ class Tailnet:
     def open_session(self, node_id: int) -> SessionHandle:
         handle = SessionHandle(node_id)
         self._sessions.setdefault(node_id, set()).add(handle)
-        self._ctx.views.get(node_id)  # its first map needs it; its viewers are its peers
+        # Its first map needs it; its viewers are its peers.
+        self.context_for(node_id).views.get(node_id)
         return handle
 
     def close_session(self, handle: SessionHandle) -> None:
@@ -408,7 +485,7 @@ class Tailnet:
         return frozenset(self._records)
 
     def serves(self, node_id: int) -> bool:
-        return node_id in self._ctx.nodes
+        return node_id in self.context_for(node_id).nodes
 
     def is_online(self, node_id: int) -> bool:
         return node_id in self._online
@@ -417,7 +494,11 @@ class Tailnet:
         return frozenset(self._online)
 
     def _notify_viewers(self, node_id: int) -> None:
-        for viewer in self._ctx.views.visible_to(node_id):
+        # Each viewer sees the node as the snapshot it is on shows it.
+        viewers = [v for v in self._ctx.views.visible_to(node_id) if not self.is_canary(v)]
+        if self._canary is not None:
+            viewers += filter(self.is_canary, self._canary[2].views.visible_to(node_id))
+        for viewer in viewers:
             for handle in self._sessions.get(viewer, ()):
                 handle.mark_peer(node_id)
 

@@ -230,6 +230,14 @@ class NodeRegistry:
         self._changed(previous, node, node_id)
         return node
 
+    def set_key_expiry_disabled(
+        self, node_id: int, disabled: bool, *, expires: datetime | None
+    ) -> Node:
+        """Disable a node's key expiry (a server that must not drop off the
+        tailnet), or enable it again, expiring at `expires`. A disabled expiry is
+        no expiry: the client's self node stops showing one."""
+        return self.set_key_expiry(node_id, None if disabled else expires)
+
     def rename(self, node_id: int, new_name: str) -> Node:
         previous = self._store.get_node(node_id)
         node = self._store.rename_node(node_id, new_name)

@@ -199,6 +199,10 @@ class ServerProcess:
     def status(self) -> dict[str, Any]:
         return json.loads(self.admin("status", "--json"))
 
+    def nodes_json(self) -> list[dict[str, Any]]:
+        """`tailnetd nodes list --json`."""
+        return list(json.loads(self.admin("nodes", "list", "--json")))
+
 
 class TailscaleNode:
     """One real tailscaled in userspace-networking mode, private state dir."""
@@ -227,6 +231,7 @@ class TailscaleNode:
         self.bin = install(version=version)
         self.extra_env: dict[str, str] = {}
         self.extra_args: list[str] = []  # more tailscaled flags, e.g. --verbose=1
+        self.prefix: list[str] = []  # runs tailscaled under it, e.g. `ip netns exec NS`
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -248,6 +253,7 @@ class TailscaleNode:
         log = open(self.dir / "tailscaled.log", "ab")
         self.proc = subprocess.Popen(
             [
+                *self.prefix,
                 str(self.bin / "tailscaled"),
                 "--tun=userspace-networking",
                 f"--statedir={self.dir}",
@@ -304,6 +310,13 @@ class TailscaleNode:
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.cli("status", "--json").stdout)
+
+    def peer(self, hostname: str) -> dict[str, Any] | None:
+        """The status entry of the peer whose machine calls itself `hostname`."""
+        for entry in (self.status().get("Peer") or {}).values():
+            if entry["HostName"] == hostname:
+                return dict(entry)
+        return None
 
     def peer_names(self) -> set[str]:
         peers = self.status().get("Peer") or {}

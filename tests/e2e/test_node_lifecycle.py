@@ -148,7 +148,7 @@ def test_an_expired_node_s_client_needs_login(tailnet: Tailnet) -> None:
     wait_for(lambda: backend_state(spare) == "NeedsLogin", 30, "the expired node to need login")
 
 
-def test_an_expiring_rule_reaches_a_connected_client_at_its_instant(tailnet: Tailnet) -> None:
+def test_an_expiring_grant_reaches_a_connected_client_at_its_instant(tailnet: Tailnet) -> None:
     laptop = tailnet.nodes["laptop1"]
     bob = tailnet.node("bob1")
     bob.start()
@@ -159,8 +159,8 @@ def test_an_expiring_rule_reaches_a_connected_client_at_its_instant(tailnet: Tai
     expiring = POLICY.replace(
         '"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],',
         '"acls": [{"action": "accept", "src": ["alice@example.com", "tag:router"],'
-        ' "dst": ["alice@example.com:*", "tag:router:*"]},'
-        ' {"action": "accept", "src": ["bob@example.com"], "dst": ["alice@example.com:*"],'
+        ' "dst": ["alice@example.com:*", "tag:router:*"]}],'
+        ' "grants": [{"src": ["bob@example.com"], "dst": ["alice@example.com"], "ip": ["*"],'
         f' "expires": "{stamp}"}}],',
     )
     assert expiring != POLICY

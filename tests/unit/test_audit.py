@@ -23,6 +23,7 @@ EXPECTED = {
     "/api/v1/nodes/1/rename": ("rename_node", "ref=1", {"name": "x"}),
     "/api/v1/nodes/1/tags": ("set_node_tags", "ref=1", {"tags": ["tag:ci"]}),
     "/api/v1/nodes/1/expire": ("expire_node", "ref=1", {}),
+    "/api/v1/nodes/1/expiry": ("node_expiry", "ref=1", {"disabled": True}),
     "/api/v1/nodes/1": ("delete_node", "ref=1", {}),
     "/api/v1/preauthkeys": (
         "create_key", None,

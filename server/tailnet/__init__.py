@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from server.store.interface import Store
-from server.tailnet.hub import SessionHandle, Tailnet, TailnetSource
+from server.tailnet.hub import Defer, SessionHandle, Tailnet, TailnetSource, defer_on_loop
 from server.tailnet.registry import NodeChange, NodeRegistry
 from server.wire import DerpRegion
 
@@ -31,6 +31,7 @@ def running_tailnet(
     log: logging.Logger,
     clock: Callable[[], datetime],
     primaries: Mapping[str, int] | None = None,
+    defer: Defer = defer_on_loop,
 ) -> tuple[NodeRegistry, Tailnet]:
     """A registry over `store` and the tailnet that follows its events."""
     registry = NodeRegistry(store, log=log)
@@ -42,6 +43,7 @@ def running_tailnet(
         clock=clock,
         primaries=primaries,
         login_groups=store.login_groups(),
+        defer=defer,
     )
     registry.subscribe(tailnet.apply)
     return registry, tailnet

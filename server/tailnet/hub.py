@@ -7,7 +7,10 @@ Three kinds of change, three costs:
   may differ for a fresh delta against what they hold;
 * a topology change (node joins, leaves, is renamed or re-keyed) rebuilds the
   index reusing every view it cannot affect, and wakes only the sessions
-  whose view may have changed;
+  whose view may have changed; changes arriving close together (a connect
+  storm, a burst of registrations) share one rebuild: the first marks the
+  tailnet unsettled and schedules `settle` a few milliseconds later, and
+  anything that reads the maps before then settles first;
 * a volatile change of one node (endpoints, disco key, home DERP, online)
   recompiles nothing: only the sessions of nodes that can see it get that
   one peer entry again;
@@ -21,19 +24,45 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
-from gitctl.policy import Policy
+from gitctl.policy import CompiledTailnet, Policy
 from gitctl.snapshot import Snapshot
 from gitctl.tailnet import TailnetSettings
 from server.logs import event
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.registry import NodeChange
-from server.tailnet.views import PolicyViews, advertised_routes, compute_views
+from server.tailnet.views import PolicyViews, advertised_routes, compile_views, compute_views
 from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
 
-__all__ = ["SessionHandle", "Tailnet", "TailnetSource"]
+__all__ = [
+    "COALESCE_SECONDS",
+    "Defer",
+    "SessionHandle",
+    "Tailnet",
+    "TailnetSource",
+    "defer_on_loop",
+]
+
+# How long a topology change waits for others to share its recompile.
+COALESCE_SECONDS = 0.005
+
+# Runs the callback later and says True, or says False when it cannot (the
+# caller then runs it now).
+Defer = Callable[[Callable[[], None]], bool]
+
+
+def defer_on_loop(fn: Callable[[], None]) -> bool:
+    """`fn` after `COALESCE_SECONDS` on the running event loop; False without one
+    (synchronous callers: tools, tests) so the change applies at once."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    loop.call_later(COALESCE_SECONDS, fn)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +162,12 @@ class Tailnet:
         online: Iterable[int] = (),
         primaries: Mapping[str, int] | None = None,
         login_groups: Mapping[str, tuple[str, ...]] | None = None,
+        defer: Defer = defer_on_loop,
     ) -> None:
         self._log = log
+        self._defer = defer
+        self._unsettled = False  # a recompile is due (scheduled with `defer`)
+        self._generation = 0  # counts what makes an index built before it stale
         # email -> policy groups of that user's last identity-provider login
         self._login_groups: dict[str, tuple[str, ...]] = dict(login_groups or {})
         self._clock = clock  # when `expires` entries count; read at each compile
@@ -159,11 +192,13 @@ class Tailnet:
 
     @property
     def context(self) -> MapContext:
+        self.settle()
         return self._ctx
 
     def context_for(self, node_id: int) -> MapContext:
         """The maps `node_id` is served from: the candidate's while it is a
         canary node during a rollout's hold, the serving snapshot's otherwise."""
+        self.settle()
         if self._canary is not None and self.is_canary(node_id):
             return self._canary[2]
         return self._ctx
@@ -180,11 +215,12 @@ class Tailnet:
     @property
     def primaries(self) -> Mapping[str, int]:
         """Subnet -> the router serving it now (HA: the election's memory)."""
+        self.settle()
         return self._primaries
 
     def cut_off(self) -> list[Node]:
         """Registered nodes that are not served: their user is not in git."""
-        served = self._ctx.nodes
+        served = self.context.nodes
         return [n for n in self._records.values() if n.id not in served and n.approved]
 
     def _served(self, node: Node, source: TailnetSource | None = None) -> bool:
@@ -194,12 +230,42 @@ class Tailnet:
         owned = bool(node.tags) or node.user is None or node.user in users
         return owned and node.approved
 
+    def _compile_job(
+        self, source: TailnetSource, previous: MapContext | None
+    ) -> Callable[[], CompiledTailnet]:
+        """The policy index of `source` over the nodes as they are now (compared
+        with `previous`'s), as a call that reads only what it holds (frozen
+        records, copies of the runtime state): a worker thread may run it."""
+        nodes = [n for n in self._records.values() if self._served(n, source)]
+        users = [(stable_user_id(name), name, email) for name, (email, _) in source.users.items()]
+        return partial(
+            compile_views,
+            source.policy,
+            users,
+            nodes,
+            self._approved_routes(nodes, source),
+            now=self._clock(),
+            offline_routers=frozenset(
+                n.id for n in nodes if n.id not in self._online and advertised_routes(n)
+            ),
+            primaries=dict(self._primaries),
+            groups=self._group_members(),
+            against=previous.views.compiled if previous is not None else None,
+        )
+
     def _build_context(
-        self, previous: MapContext | None = None, source: TailnetSource | None = None
+        self,
+        previous: MapContext | None = None,
+        source: TailnetSource | None = None,
+        compiled: CompiledTailnet | None = None,
     ) -> MapContext:
         """The maps of `source` (the serving snapshot's by default) over the
-        live nodes; a candidate's leaves the primaries election alone."""
+        live nodes; a candidate's leaves the primaries election alone.
+        `compiled`: the index `_compile_job` made for these very records,
+        else it is built here."""
         src = source or self._source
+        if compiled is None:
+            compiled = self._compile_job(src, previous)()
         nodes = [n for n in self._records.values() if self._served(n, src)]
         if hasattr(self, "_ctx"):
             # Unchanged records stay the very objects the last context had, so
@@ -218,12 +284,7 @@ class Tailnet:
             previous=previous.views if previous else None,
             previous_nodes=previous.nodes if previous else None,
             reuse=self._ctx.views if hasattr(self, "_ctx") else None,
-            now=self._clock(),
-            offline_routers=frozenset(
-                n.id for n in nodes if n.id not in self._online and advertised_routes(n)
-            ),
-            primaries=self._primaries,
-            groups=self._group_members(),
+            compiled=compiled,
         )
         if source is None:
             self._primaries = views.primaries
@@ -285,21 +346,44 @@ class Tailnet:
 
     # Changes
 
-    def swap_source(self, source: TailnetSource) -> None:
+    async def swap_source_off_loop(self, source: TailnetSource) -> None:
+        """`swap_source`, with the policy index built in a worker thread so
+        that DERP and map traffic keep flowing while a large commit compiles.
+
+        The thread reads only frozen inputs taken here; the views of the
+        serving index (which sessions keep filling) are adopted on the loop,
+        in `swap_source`. A node change that needs a recompile while the
+        thread runs makes its index stale: it is built again (at last on the loop).
+        """
+        for _ in range(3):
+            self.settle()
+            generation = self._generation
+            compiled = await asyncio.to_thread(self._compile_job(source, self._ctx))
+            if generation == self._generation and not self._unsettled:
+                self.swap_source(source, compiled=compiled)
+                return
+        self.swap_source(source)
+
+    def swap_source(
+        self, source: TailnetSource, *, compiled: CompiledTailnet | None = None
+    ) -> None:
         """Serve a new snapshot: one reference swap, then the sessions whose
-        maps may differ catch up.
+        maps may differ catch up. `compiled`: its index over the current
+        nodes, made by `_compile_job` (else it is built here).
 
         When only the policy changed, the compiler names the nodes its new
         rules can reach and every other view is kept (as is its session,
         asleep); a new domain, DNS config, user list or DERP map reaches every map.
         """
+        self.settle()  # pending node changes first: the commit is then the only difference
+        self._generation += 1
         old, old_derp, old_ctx = self._source, self._derp_map, self._ctx
         self._source = source
         derp_map = self._derp_map_of(source)
         if derp_map != old_derp:
             self._derp_map = derp_map
         try:
-            self._ctx = self._build_context(previous=self._ctx)
+            self._ctx = self._build_context(previous=self._ctx, compiled=compiled)
         except Exception:
             self._source, self._derp_map = old, old_derp
             raise
@@ -325,6 +409,7 @@ class Tailnet:
         every live node, so a canary's peers are what `source` lets it see;
         every other node stays on the serving snapshot. Raises, changing
         nothing, when `source` does not compile for the live nodes."""
+        self.settle()
         old = self._canary
         ctx = self._build_context(previous=old[2] if old else self._ctx, source=source)
         self._canary = (source, tag, ctx)
@@ -412,8 +497,24 @@ class Tailnet:
         self._recompile()
 
     def _recompile(self) -> None:
-        """Nodes joined, left or changed what the policy sees. Views the
-        change cannot touch are reused; only their sessions sleep on."""
+        """Nodes joined, left or changed what the policy sees: recompile soon,
+        once for every change that arrives until then."""
+        self._generation += 1  # an index being built elsewhere is stale now
+        if self._unsettled:
+            return
+        self._unsettled = True
+        if not self._defer(self.settle):
+            self.settle()
+
+    def settle(self) -> None:
+        """Apply the recompile that node changes made due, if any. Views the
+        changes cannot touch are reused; only their sessions sleep on.
+
+        Until then, volatile changes are routed through the views last built
+        (the recompile wakes whoever a topology change gave new viewers)."""
+        if not self._unsettled:
+            return
+        self._unsettled = False
         old_ctx = self._ctx
         self._ctx = self._build_context(previous=old_ctx)
         if self._canary is not None:
@@ -459,6 +560,7 @@ class Tailnet:
     # Sessions
 
     def open_session(self, node_id: int) -> SessionHandle:
+        self.settle()  # its own join, if still pending
         handle = SessionHandle(node_id)
         self._sessions.setdefault(node_id, set()).add(handle)
         # Its first map needs it; its viewers are its peers.
@@ -475,6 +577,7 @@ class Tailnet:
 
     def waiting(self) -> list[SessionHandle]:
         """Open sessions woken and not yet caught up (they owe their client a message)."""
+        self.settle()
         return [h for handles in self._sessions.values() for h in handles if h.wake.is_set()]
 
     def record(self, node_id: int) -> Node | None:
@@ -514,4 +617,4 @@ class Tailnet:
 
     @property
     def views(self) -> PolicyViews:
-        return self._ctx.views
+        return self.context.views

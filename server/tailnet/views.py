@@ -22,7 +22,15 @@ from itertools import repeat
 from operator import is_
 from typing import Any, cast
 
-from gitctl.policy import Policy, Topology, TopologyNode, TopologyUser, compile_tailnet
+from gitctl.policy import (
+    CompiledTailnet,
+    Policy,
+    Topology,
+    TopologyNode,
+    TopologyUser,
+    compile_tailnet,
+)
+from gitctl.policy.compile import reuse_previous
 from gitctl.policy.viewindex import ViewIndex
 from gitctl.policy.viewreuse import PeerChange
 from server.store.model import Node
@@ -31,6 +39,7 @@ __all__ = [
     "NodeView",
     "PeerView",
     "PolicyViews",
+    "compile_views",
     "compute_views",
     "to_topology_node",
     "topology_name",
@@ -196,6 +205,47 @@ def _interner(
     return intern
 
 
+def compile_views(
+    policy: Policy,
+    users: Sequence[tuple[int, str, str]],
+    nodes: Sequence[Node],
+    approved_routes: Mapping[int, tuple[str, ...]],
+    *,
+    now: datetime | None = None,
+    offline_routers: frozenset[int] = frozenset(),
+    primaries: Mapping[str, int] | None = None,
+    groups: Mapping[str, tuple[str, ...]] | None = None,
+    against: CompiledTailnet | None = None,
+) -> CompiledTailnet:
+    """The policy index over these nodes (see `compute_views` for the
+    arguments), compared with `against` (the index serving now) to find the
+    views it may change. It reads only frozen values and never iterates the
+    serving views' caches, so it may run in a worker thread while sessions
+    fill those; `compute_views` then adopts the unchanged views on the loop."""
+    topo = Topology(
+        users=tuple(TopologyUser(id=uid, name=name, email=email) for uid, name, email in users),
+        nodes=tuple(
+            to_topology_node(n, approved_routes.get(n.id, ()), online=n.id not in offline_routers)
+            for n in nodes
+        ),
+        primaries={p: str(i) for p, i in (primaries or {}).items()},
+        groups=dict(groups or {}),
+    )
+    # The policy's `tests` were checked when the commit was loaded (against its own
+    # users and tags); live nodes coming and going must not un-serve a policy.
+    compiled = compile_tailnet(
+        policy,
+        topo,
+        now=now,
+        enforce_tests=False,
+        keep_views=False,  # each is converted once and kept in that form
+    )
+    index, serving = compiled.visibility, against.visibility if against is not None else None
+    if isinstance(index, ViewIndex) and isinstance(serving, ViewIndex):
+        index.compare(serving)
+    return compiled
+
+
 def compute_views(
     policy: Policy,
     users: Sequence[tuple[int, str, str]],
@@ -209,6 +259,7 @@ def compute_views(
     offline_routers: frozenset[int] = frozenset(),
     primaries: Mapping[str, int] | None = None,
     groups: Mapping[str, tuple[str, ...]] | None = None,
+    compiled: CompiledTailnet | None = None,
 ) -> PolicyViews:
     """Compile `policy` against the live nodes; views are built on demand.
 
@@ -227,31 +278,26 @@ def compute_views(
     subnets to the next online router when it is not; `PolicyViews.primaries`
     says who it chose. `groups` (policy group -> emails) are members the
     identity provider gave at login, beside those the policy declares.
+    `compiled`: the index `compile_views` built from these same arguments
+    (in a worker thread), else it is built here.
     After a join or leave, a node that merely gains or loses that peer gets
     its previous view with the peer added or removed (see `_peer_patches`).
     """
     donor = reuse or previous
     table: dict[_InternKey, PeerView] = {}
     intern = _interner(table, donor.interned if donor is not None else {})
-    topo = Topology(
-        users=tuple(TopologyUser(id=uid, name=name, email=email) for uid, name, email in users),
-        nodes=tuple(
-            to_topology_node(n, approved_routes.get(n.id, ()), online=n.id not in offline_routers)
-            for n in nodes
-        ),
-        primaries={p: str(i) for p, i in (primaries or {}).items()},
-        groups=dict(groups or {}),
-    )
-    # The policy's `tests` were checked when the commit was loaded (against its own
-    # users and tags); live nodes coming and going must not un-serve a policy.
-    compiled = compile_tailnet(
-        policy,
-        topo,
-        now=now,
-        enforce_tests=False,
-        previous=previous.compiled if previous is not None else None,
-        keep_views=False,  # each is converted once and kept in that form
-    )
+    if compiled is None:
+        compiled = compile_views(
+            policy,
+            users,
+            nodes,
+            approved_routes,
+            now=now,
+            offline_routers=offline_routers,
+            primaries=primaries,
+            groups=groups,
+        )
+    compiled = reuse_previous(compiled, previous.compiled if previous is not None else None)
     by_id = {n.id: n for n in nodes}
     id_of = {topology_name(n): n.id for n in nodes}
     # Peers without routes share one compiled view; convert each once. The
@@ -364,7 +410,8 @@ def _changed_ids(
     expiry) and the nodes that see it."""
     out = {int(name) for name in policy_changed}
     for node_id in old_nodes.keys() | new_nodes.keys():
-        if old_nodes.get(node_id) != new_nodes.get(node_id):
+        was, now = old_nodes.get(node_id), new_nodes.get(node_id)
+        if was is not now and was != now:  # unchanged records are the same objects
             out.add(node_id)
             out.update(old.visible_to(node_id))
             out.update(new.visible_to(node_id))

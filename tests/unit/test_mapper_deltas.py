@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -176,6 +177,9 @@ class TailnetChanges(RuleBasedStateMachine):
         super().__init__()
         self.store = open_store(Path(":memory:"))
         self.now = T0
+        # The event loop's timers: recompiles wait here until the sessions pump
+        # (or something reads the maps first), so changes between pumps coalesce.
+        self.timers: list[Callable[[], None]] = []
         self.registry, self.tailnet = self._tailnet(SOURCES["allow-all"])
         self.streams: dict[int, Stream] = {}
         self.serial = 0
@@ -190,7 +194,12 @@ class TailnetChanges(RuleBasedStateMachine):
             derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
             log=logging.getLogger("test"),
             clock=lambda: self.now,
+            defer=self._defer,
         )
+
+    def _defer(self, fn: Callable[[], None]) -> bool:
+        self.timers.append(fn)
+        return True
 
     def teardown(self) -> None:
         self.store.close()
@@ -219,6 +228,22 @@ class TailnetChanges(RuleBasedStateMachine):
             now=self.now,
         )
         return node.id
+
+    @rule(
+        target=nodes,
+        owners=st.lists(OWNERS, min_size=1, max_size=3),
+        data=st.data(),
+    )
+    def burst(self, owners: list[tuple[str | None, tuple[str, ...]]], data: st.DataObject) -> Any:
+        """Several joins, a rename and a leave before any session pumps (a
+        connect storm): one recompile serves them all."""
+        ids = [self.join(owner) for owner in owners]
+        for node_id in ids[::2]:
+            self.registry.connected(node_id)
+        self.rename(data.draw(st.sampled_from(ids)))
+        if len(ids) > 1:
+            self.registry.remove(ids.pop(data.draw(st.integers(0, len(ids) - 1))))
+        return multiple(*ids)
 
     @rule(node_id=consumes(nodes))
     def leave(self, node_id: int) -> None:
@@ -306,6 +331,9 @@ class TailnetChanges(RuleBasedStateMachine):
 
     def _pump(self) -> None:
         """One round of server/control.py `_stream` for every open stream."""
+        timers, self.timers = self.timers, []
+        for fire in timers:  # the loop runs due timers before the sessions wake
+            fire()
         for node_id, stream in list(self.streams.items()):
             if stream.handle.closed:
                 del self.streams[node_id]

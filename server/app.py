@@ -258,7 +258,7 @@ class Server:
             source = TailnetSource.from_snapshot(self.commits.initial())
         except SourceError as exc:
             raise StartupError(str(exc)) from None
-        self.server_key = _load_or_create_key(cfg.data_dir / "noise_private.key", MachinePrivate)
+        self.server_key = _load_or_create_key(cfg.control_key_path, MachinePrivate)
         self.derp_key = _load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)
         location = cfg.store_location
         if isinstance(location, Path):

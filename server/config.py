@@ -74,9 +74,15 @@ class ServerConfig:
     replica_id: str | None = None  # None: a random name each start
     mesh_key_file: Path | None = None  # DERP mesh key shared by replicas
     mesh_with: tuple[str, ...] = ()  # other replicas' server URLs
+    # The control protocol's private key; replicas behind one URL share it.
+    control_key_file: Path | None = None  # None: DATA/noise_private.key
     # The webhooks' HMAC-SHA256 secret: from --webhook-secret-file or
     # TAILNETD_WEBHOOK_SECRET, never from git. None: webhooks are not sent.
     webhook_secret: bytes | None = field(default=None, repr=False)
+
+    @property
+    def control_key_path(self) -> Path:
+        return self.control_key_file or self.data_dir / "noise_private.key"
 
     @property
     def socket_path(self) -> Path:
@@ -277,6 +283,12 @@ OPTIONS: tuple[Option, ...] = (
         "map lists them in this region", parse=_url_list,
     ),
     Option(
+        "control_key_file", "FILE",
+        "the control protocol's private key (created if missing); replicas behind one URL "
+        "must share it, or clients are refused when they land on another",
+        shown="DATA/noise_private.key", parse=_file,
+    ),
+    Option(
         "trusted_signers", "FILE",
         "serve only commits signed by an SSH key in this allowed-signers file (outside the "
         "repository; overrides the repository's trusted_signers setting)",
@@ -467,6 +479,7 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         replica_id=v.get("replica_id"),
         mesh_key_file=v.get("mesh_key_file"),
         mesh_with=v.get("mesh_with", ()),
+        control_key_file=v.get("control_key_file"),
     )
 
 

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from gitctl.policy.tagowners import tag_refusal
 from gitctl.policy.viewindex import ViewIndex
-from server.auth.pending import PendingLogin, PendingLogins, register_node
+from server.auth.pending import LoginRefused, PendingLogin, PendingLogins, register_node
 from server.auth.sshcheck import SshChecks
 from server.edge.control_conn import ControlRequest, ControlResponse
 from server.logs import event
@@ -332,7 +332,13 @@ class ControlHandler:
     def _register_login(
         self, login: PendingLogin, hostinfo: Hostinfo, capver: int, user: str, now: datetime
     ) -> Node:
-        """A person approved at the login URL owns the node from now on."""
+        """A person approved at the login URL owns the node from now on — or,
+        when the machine asked for tags (`--advertise-tags`) that tagOwners let
+        that person own, its tags do. LoginRefused otherwise."""
+        tags, refusal = self._tags_for(user, (), hostinfo.request_tags)
+        if refusal is not None:
+            self._metrics.registration("tags_refused")
+            raise LoginRefused(refusal)
         span = self._settings().node_key_expiry
         key_expiry = None if span is None else now + span
         node = register_node(
@@ -344,18 +350,19 @@ class ControlHandler:
             now,
             key_expiry=key_expiry,
             approved=not self._settings().device_approval,
+            tags=tags,
         )
         self._log.info(
             "register: node %d %s (%s) joined",
             node.id,
             node.given_name,
-            user,
+            ",".join(tags) or user,
             extra=event(
                 "node.registered",
                 node=node.id,
                 node_name=node.given_name,
-                user=user,
-                tags=[],
+                user=None if tags else user,
+                tags=list(tags),
                 commit=self._tailnet.source.id,
             ),
         )

@@ -16,7 +16,7 @@ from server.api.common import check_tags, find_node, optional_time, set_expiry_d
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, Param
 from server.api.problems import Problem
-from server.auth.pending import LoginGone, PendingLogin
+from server.auth.pending import LoginGone, LoginRefused, PendingLogin
 from server.bodies import (
     CreateApiKey,
     CreatePreAuthKey,
@@ -251,6 +251,8 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             raise ValueError(f"user {body.user!r} is not in tailnet.d (known users: {known})")
         try:
             node = logins().complete(body.auth_id, body.user)
+        except LoginRefused as exc:  # the login ends refused; the client is told why
+            raise Problem("invalid-request", str(exc)) from None
         except LoginGone as exc:
             raise Problem("not-found", str(exc)) from None
         node_acted("api.node_registered", f"registered for {body.user}", node)

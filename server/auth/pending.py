@@ -70,6 +70,11 @@ class LoginGone(Exception):
     The message is written for the operator or the person logging in."""
 
 
+class LoginRefused(LoginGone):
+    """Completing the login as that person is not allowed (e.g. the machine asks
+    for tags the person may not own): the login ends refused, with the reason."""
+
+
 class _Decided(Protocol):
     @property
     def state(self) -> LoginState: ...
@@ -276,7 +281,17 @@ class PendingLogins:
         if now >= entry.login.expires:
             self._finish(entry, "expire", _expired_reason(entry.login))
             raise LoginGone(f"login {auth_id} expired at {entry.login.expires.isoformat()}")
-        node = self._register(entry.login, entry.hostinfo, entry.capver, user, now)
+        try:
+            node = self._register(entry.login, entry.hostinfo, entry.capver, user, now)
+        except LoginRefused as exc:
+            self._finish(entry, "refuse", str(exc))
+            self._log.info(
+                "login: %s refused: %s",
+                auth_id,
+                exc,
+                extra=event("login.refused", auth_id=auth_id, reason=str(exc)),
+            )
+            raise
         self._finish(entry, "complete", "", node)
         self._log.info(
             "login: node %d %s approved for %s",
@@ -345,9 +360,11 @@ def register_node(
     *,
     key_expiry: datetime | None,
     approved: bool = True,
+    tags: tuple[str, ...] = (),
 ) -> Node:
     """Write the node of a completed login: the machine's node, if it has one,
-    keeps its id and addresses and takes the new key and owner."""
+    keeps its id and addresses and takes the new key and owner (or, with
+    `tags`, is owned by its tags and does not expire)."""
     existing = None
     if not login.old_node_key.is_zero:
         existing = registry.by_node_key(login.old_node_key)
@@ -359,10 +376,11 @@ def register_node(
         machine_key=login.machine_key,
         node_key=login.node_key,
         hostname=login.hostname,
-        user=user,
+        user=None if tags else user,
+        tags=tags,
         now=now,
         ephemeral=login.ephemeral,
-        key_expiry=key_expiry,
+        key_expiry=None if tags else key_expiry,
         hostinfo=hostinfo,
         capver=capver,
         existing=existing,

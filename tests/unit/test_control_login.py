@@ -11,10 +11,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from server.admin_client import SocketTarget, call
+import pytest
+
+from server.admin_client import AdminError, SocketTarget, call
 from server.protocol.keys import NodePrivate
 from tests.unit.control_client import (
     LOGOUT_EXPIRY,
+    USERS,
     ControlClient,
     Device,
     FakeClock,
@@ -145,3 +148,45 @@ async def test_an_expired_node_logs_in_again_and_keeps_its_address(tmp_path: Pat
         assert (after.id, after.ipv4, after.ipv6) == (before.id, before.ipv4, before.ipv6)
         assert after.key_expiry is not None and after.key_expiry > clock()
         await client.close()
+
+
+TAGGED_POLICY = """{
+  "tagOwners": {"tag:web": ["alice@example.com"]},
+  "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
+}
+"""
+
+
+@async_test
+async def test_a_login_asking_for_tags_is_tagged_only_if_the_person_owns_them(
+    tmp_path: Path,
+) -> None:
+    files = {"users.yaml": USERS, "policy.hujson": TAGGED_POLICY}
+    async with running_server(tmp_path, files=files) as srv:
+        sock = SocketTarget(srv.config.socket_path)
+        for user, owned in (("bob", False), ("alice", True)):
+            dev = Device(f"{user}-web")
+            client = await ControlClient.connect(srv.port, dev.machine)
+            body = dev.register_body()
+            body["Hostinfo"]["RequestTags"] = ["tag:web"]  # tailscale up --advertise-tags
+            status, reply = await client.register(body)
+            url = reply["AuthURL"]
+            asked = followup(dev, url)
+            asked["Hostinfo"]["RequestTags"] = ["tag:web"]
+            waiting = asyncio.create_task(client.register(asked))
+            await asyncio.sleep(0.1)
+            approve = {"auth_id": url.rsplit("/", 1)[1], "user": user}
+            if owned:
+                node = await asyncio.to_thread(
+                    call, sock, "POST", "/api/v1/nodes/register", approve
+                )
+                assert node["tags"] == ["tag:web"] and node["user"] is None
+                status, reply = await asyncio.wait_for(waiting, 5)
+                assert reply["MachineAuthorized"] is True
+            else:
+                with pytest.raises(AdminError, match="not owned by bob@example.com"):
+                    await asyncio.to_thread(call, sock, "POST", "/api/v1/nodes/register", approve)
+                status, reply = await asyncio.wait_for(waiting, 5)
+                assert "not owned by bob@example.com" in reply["Error"]
+                assert srv.store.node_by_node_key(dev.node.public()) is None
+            await client.close()

@@ -278,9 +278,10 @@ class ControlClient:
     async def map_lite(self, body: dict[str, Any]) -> tuple[int, bytes]:
         return await self.post_json("/machine/map", body)
 
-    async def map_stream(self, body: dict[str, Any]) -> MapStream:
+    async def map_stream(self, body: dict[str, Any], *, keep_raw: bool = True) -> MapStream:
+        """Open a map poll; `keep_raw=False` drops the body bytes once decoded."""
         stream_id, status, stream = await self.request("/machine/map", json.dumps(body).encode())
-        return MapStream(self, stream_id, status, stream)
+        return MapStream(self, stream_id, status, stream, keep_raw=keep_raw)
 
     async def ping(self) -> None:
         """An HTTP/2 PING, answered by the server's h2 connection."""
@@ -379,7 +380,15 @@ async def _read_all(stream: _Stream) -> bytes:
 class MapStream:
     """A streaming /machine/map response: decoded MapResponse dicts in order."""
 
-    def __init__(self, client: ControlClient, stream_id: int, status: int, stream: _Stream) -> None:
+    def __init__(
+        self,
+        client: ControlClient,
+        stream_id: int,
+        status: int,
+        stream: _Stream,
+        *,
+        keep_raw: bool = True,
+    ) -> None:
         self.client = client
         self.stream_id = stream_id
         self.status = status
@@ -387,10 +396,16 @@ class MapStream:
         self._decoder = MapFrameDecoder()
         self._pending: list[dict[str, Any]] = []
         self.raw = bytearray()  # every body byte received, for framing checks
+        self._keep_raw = keep_raw
         self.ended = False
 
-    async def next(self, timeout: float = 5.0, *, keepalives: bool = False) -> dict[str, Any]:
-        """The next message (skipping keep-alives unless asked); raises at the end of the stream."""
+    async def next(
+        self, timeout: float | None = 5.0, *, keepalives: bool = False
+    ) -> dict[str, Any]:
+        """The next message (skipping keep-alives unless asked); raises at the end of the stream.
+
+        `timeout` None waits as long as the stream lives (a load generator's follower).
+        """
         while True:
             while self._pending:
                 msg = self._pending.pop(0)
@@ -402,7 +417,8 @@ class MapStream:
             if chunk is None:
                 self.ended = True
                 continue
-            self.raw += chunk
+            if self._keep_raw:
+                self.raw += chunk
             self._pending += [json.loads(m) for m in self._decoder.receive_data(chunk)]
 
     async def wait_for(

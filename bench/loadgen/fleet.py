@@ -23,6 +23,7 @@ from server.protocol.keys import MachinePublic
 
 __all__ = [
     "KEEP_PEER_FIELDS",
+    "At",
     "Fleet",
     "Predicate",
     "SimNode",
@@ -38,6 +39,13 @@ KEEP_PEER_FIELDS = frozenset(
     {"ID", "Key", "DiscoKey", "Name", "Addresses", "Endpoints", "HomeDERP", "Online", "User"}
 )
 Predicate = Callable[[ClientNetmap], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class At:
+    """What an action returns to say when it really happened (clock time)."""
+
+    time: float
 
 
 @dataclass(eq=False)
@@ -96,7 +104,7 @@ class Fleet:
         hostname_prefix: str = "sim",
         keep: frozenset[str] | None = KEEP_PEER_FIELDS,
         clock: Callable[[], float] | None = None,
-        concurrency: int = 64,
+        concurrency: int = 8,
     ) -> None:
         self.server = server
         self.auth_key = auth_key
@@ -192,14 +200,14 @@ class Fleet:
         """Seconds from the start of `action` until each observer's netmap satisfies
         `predicate(observer)`; raises TimeoutError naming how many never did.
 
-        An action that returns a float says when it really happened (a git commit
+        An action that returns `At` says when it really happened (a git commit
         times from the commit existing, not from gitpython starting to write it).
         """
         start = self.clock()
         futures = [node.watch(predicate(node), start) for node in observers]
         happened = await action()
-        if isinstance(happened, float):
-            start = happened
+        if isinstance(happened, At):
+            start = happened.time
         done, pending = await asyncio.wait(futures, timeout=timeout)
         for future in pending:
             future.cancel()

@@ -57,8 +57,10 @@ class LocalServer:
         return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
 
     def restart(self) -> float:
-        """Stop (SIGTERM) and start again on the same data dir; seconds to serving."""
+        """Stop (SIGTERM) and start again on the same data dir, without the launcher
+        (a profile covers the first run); seconds to serving."""
         self.process.stop()
+        self.process.launcher = []
         return self.start()
 
     def start(self) -> float:

@@ -22,9 +22,17 @@ test-tools:
 	@command -v pebble >/dev/null && command -v caddy >/dev/null && command -v nginx >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	     pebble nginx-light caddy)
+# The store tests run their own PostgreSQL (initdb + pg_ctl in a temp dir, see
+# tests/pgserver.py); the system service the package sets up is stopped and disabled.
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends postgresql \
+	  && { service postgresql stop; update-rc.d postgresql disable; } >/dev/null 2>&1; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null; }
 
 test: venv test-tools
 	$(BIN)/python -m tests.tailscale_bin
+	$(BIN)/python -m tests.gitops_pusher_bin
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 test-fast: venv

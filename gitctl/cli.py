@@ -24,6 +24,7 @@ _LAZY_COMMANDS = {
     "diff": ("gitctl.diff_cmd", "show the access changes between two revisions"),
     "lint": ("gitctl.lint_cmd", "find unused names, shadowed rules and risky forms"),
     "explain": ("gitctl.explain_cmd", "say whether one device may reach another, and why"),
+    "verify": ("gitctl.verify_cmd", "check that a commit is signed by a trusted signer"),
 }
 
 
@@ -46,7 +47,7 @@ def _schema_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "kind",
         nargs="?",
-        help="users, policy, dns, routes, settings, or inventory (not a file kind)",
+        help="users, policy, dns, routes, settings, owners, or inventory (not a file kind)",
     )
     p.set_defaults(run=_run_schema)
 

@@ -14,10 +14,12 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 from gitctl.policy import PolicyError, PolicyErrors, Topology, compile_tailnet, parse_policy
+from gitctl.validate_cmd import add_now_argument, now_from_args
 
 __all__ = ["add_parser", "compile_document", "main", "run"]
 
@@ -47,6 +49,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read JSON lines of {id, policy, topology, tailnet} on stdin",
     )
+    add_now_argument(p)
     p.set_defaults(run=run)
 
 
@@ -60,16 +63,21 @@ def _loads(text: str) -> tuple[Any, Any]:
 
 
 def compile_document(
-    policy_doc: Any, topology_doc: Mapping[str, Any], tailnet: Mapping[str, Any] | None = None
+    policy_doc: Any,
+    topology_doc: Mapping[str, Any],
+    tailnet: Mapping[str, Any] | None = None,
+    *,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Compile one policy document; raises PolicyError when it is rejected."""
+    """Compile one policy document as in force at ``now``; raises PolicyError when it is
+    rejected (also when it has expiry times and ``now`` is None)."""
     if isinstance(policy_doc, str):
         try:
             policy_doc = _loads(policy_doc)[0]
         except ValueError as e:
             raise PolicyError(str(e)) from e
     policy = parse_policy(policy_doc)
-    compiled = compile_tailnet(policy, Topology.from_json(topology_doc), tailnet)
+    compiled = compile_tailnet(policy, Topology.from_json(topology_doc), tailnet, now=now)
     return compiled.to_json()
 
 
@@ -107,7 +115,7 @@ def _run_single(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         print(f"{args.policy}: {e}", file=err)
         return 1
     try:
-        result = compile_document(doc, topology, tailnet)
+        result = compile_document(doc, topology, tailnet, now=now_from_args(args))
     except PolicyError as e:
         for line in _located(e, args.policy, positions):
             print(line, file=err)
@@ -117,7 +125,7 @@ def _run_single(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-def _run_batch(inp: IO[str], out: IO[str]) -> int:
+def _run_batch(inp: IO[str], out: IO[str], now: datetime | None = None) -> int:
     for line in inp:
         if not line.strip():
             continue
@@ -125,9 +133,8 @@ def _run_batch(inp: IO[str], out: IO[str]) -> int:
         try:
             req = json.loads(line)
             case_id = req.get("id")
-            nodes = compile_document(req["policy"], req.get("topology") or {}, req.get("tailnet"))[
-                "nodes"
-            ]
+            doc, topology, tailnet = req["policy"], req.get("topology") or {}, req.get("tailnet")
+            nodes = compile_document(doc, topology, tailnet, now=now)["nodes"]
             reply: dict[str, Any] = {"id": case_id, "ok": True, "nodes": nodes}
         except PolicyError as e:
             reply = {"id": case_id, "ok": False, "error": str(e)}
@@ -142,7 +149,7 @@ def _run_batch(inp: IO[str], out: IO[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.batch:
-        return _run_batch(sys.stdin, sys.stdout)
+        return _run_batch(sys.stdin, sys.stdout, now_from_args(args))
     return _run_single(args, sys.stdout, sys.stderr)
 
 

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,12 +32,13 @@ from gitctl.access import (
     effective_access,
 )
 from gitctl.diagnostics import render_text
+from gitctl.expiring import expiring_access, expiring_json, parse_window, render_expiring
 from gitctl.inventory import add_device_arguments, devices_from_args
 from gitctl.policy import PolicyError, Topology, TopologyNode, TopologyUser, compile_tailnet
 from gitctl.review import Reviewed, load_for_review
 from gitctl.snapshot import Snapshot
 from gitctl.testing import TopologyFileError, synthetic_topology
-from gitctl.validate_cmd import UsageError
+from gitctl.validate_cmd import UsageError, add_now_argument, now_from_args
 
 __all__ = [
     "add_parser",
@@ -68,6 +70,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_server_arguments(p, where)
     p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     p.add_argument(
+        "--expiring-within",
+        metavar="DURATION",
+        type=_window,
+        default="7d",
+        help="also list HEAD's access that expires within this time, e.g. 36h, 2w "
+        "(default: 7d; 0s: none)",
+    )
+    add_now_argument(p)
+    p.add_argument(
         "--exit-code", action="store_true", help="exit 1 when anything changed, like git diff"
     )
     p.set_defaults(run=run)
@@ -87,6 +98,14 @@ def add_server_arguments(
     p.add_argument(
         "--api-key", metavar="KEY", help="admin API key for --server (default: $TAILNETD_API_KEY)"
     )
+
+
+def _window(text: str) -> str:
+    try:
+        parse_window(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 # -- the topology --------------------------------------------------------------------------
@@ -182,16 +201,20 @@ def _groups(*snapshots: Snapshot) -> dict[str, list[str]]:
     for snap in snapshots:
         for name, members in (snap.policy_doc.get("groups") or {}).items():
             if isinstance(members, list):
-                out.setdefault(name, [m for m in members if isinstance(m, str)])
+                names = (m.get("user") if isinstance(m, dict) else m for m in members)
+                out.setdefault(name, [m for m in names if isinstance(m, str)])
     return out
 
 
-def compare(base: Snapshot, head: Snapshot, topology: Topology) -> AccessDiff:
-    """Raises PolicyError when a revision's policy cannot apply to `topology`."""
+def compare(
+    base: Snapshot, head: Snapshot, topology: Topology, now: datetime | None = None
+) -> AccessDiff:
+    """The access change as in force at `now`. Raises PolicyError when a revision's policy
+    cannot apply to `topology` (or has expiry times and `now` is None)."""
     accesses = []
     for snap in (base, head):
         # Tests were checked when the revision loaded; other devices must not re-judge them.
-        compiled = compile_tailnet(snap.policy, topology, enforce_tests=False)
+        compiled = compile_tailnet(snap.policy, topology, now=now, enforce_tests=False)
         accesses.append(effective_access(compiled, topology))
     return diff_access(accesses[0], accesses[1], topology, _groups(head, base))
 
@@ -329,7 +352,11 @@ def _label_json(label: Label) -> dict[str, str]:
 
 
 def render_json(
-    diff: AccessDiff, base: Mapping[str, Any], head: Mapping[str, Any], topology: str
+    diff: AccessDiff,
+    base: Mapping[str, Any],
+    head: Mapping[str, Any],
+    topology: str,
+    expiring: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     def change(gained: bool) -> str:
         return "gained" if gained else "lost"
@@ -371,6 +398,7 @@ def render_json(
             }
             for c in diff.peers
         ],
+        "expiring": list(expiring),
     }
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
@@ -378,8 +406,8 @@ def render_json(
 # -- the command ---------------------------------------------------------------------------
 
 
-def _load(repo: str, rev: str, base: Reviewed | None = None) -> Reviewed:
-    reviewed = load_for_review(repo, rev, base.documents if base is not None else None)
+def _load(repo: str, rev: str, now: datetime, base: Reviewed | None = None) -> Reviewed:
+    reviewed = load_for_review(repo, rev, base.documents if base is not None else None, now=now)
     if reviewed.snapshot is not None and reviewed.snapshot.policy is None:
         raise _Usage("the policy compiler is not available in this installation")
     return reviewed
@@ -408,8 +436,9 @@ def _report_broken(rev: str, reviewed: Reviewed) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        base_r = _load(args.repo, args.base)
-        head_r = _load(args.repo, args.head, base_r)
+        now = now_from_args(args)
+        base_r = _load(args.repo, args.base, now)
+        head_r = _load(args.repo, args.head, now, base_r)
         for rev, reviewed in ((args.base, base_r), (args.head, head_r)):
             if reviewed.broken:
                 _report_broken(rev, reviewed)
@@ -421,11 +450,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"gitctl diff: {exc}", file=sys.stderr)
         return 2
     try:
-        diff = compare(base, head, topology)
+        diff = compare(base, head, topology, now)
     except PolicyError as exc:
         print(f"gitctl diff: the policy does not apply to these devices: {exc}", file=sys.stderr)
         return 1
     broken = base_r.broken or head_r.broken
+    soon = expiring_access(head, now, parse_window(args.expiring_within))
     if args.format == "json":
         ends = [
             {
@@ -437,7 +467,7 @@ def run(args: argparse.Namespace) -> int:
             }
             for rev, s, r in ((args.base, base, base_r), (args.head, head, head_r))
         ]
-        sys.stdout.write(render_json(diff, ends[0], ends[1], source))
+        sys.stdout.write(render_json(diff, ends[0], ends[1], source, expiring_json(soon)))
     else:
         md = args.format == "markdown"
         sys.stdout.write(
@@ -445,6 +475,9 @@ def run(args: argparse.Namespace) -> int:
             + _problems_text(args.base, base_r, md)
             + _problems_text(args.head, head_r, md)
         )
+        expiring_text = render_expiring(soon, args.expiring_within, args.format)
+        if expiring_text:
+            sys.stdout.write("\n" + expiring_text)
     if broken:
         return 1
     return 1 if args.exit_code and diff.changed else 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime
 
 from gitctl.diagnostics import Diagnostic, Severity
 from gitctl.snapshot import LoadResult, Snapshot, load_snapshot
@@ -50,17 +51,22 @@ def _usable(result: LoadResult) -> Snapshot | None:
 
 
 def load_for_review(
-    repo: str | os.PathLike[str], rev: str, base: Documents | None = None
+    repo: str | os.PathLike[str],
+    rev: str,
+    base: Documents | None = None,
+    *,
+    now: datetime | None = None,
 ) -> Reviewed:
     """`rev` of `repo`, and the snapshot a review of it can compare (see the module doc).
 
-    `base` is the revision under review's base; without it no file is replaced.
+    `base` is the revision under review's base; without it no file is replaced. `now` is
+    when expiring access is judged (see `load_snapshot`).
     """
     try:
         docs = read_git(repo, rev)
     except SourceError as exc:
         return Reviewed(LoadResult(None, (Diagnostic(exc.where, 1, 1, exc.message),)), None, None)
-    result = load_snapshot(docs)
+    result = load_snapshot(docs, now=now)
     snapshot = _usable(result)
     if snapshot is not None or base is None:
         return Reviewed(result, docs, snapshot)
@@ -77,7 +83,7 @@ def load_for_review(
                 files[path] = base.files[path]
             else:
                 del files[path]
-        attempt = load_snapshot(Documents(docs.root, files, docs.revision))
+        attempt = load_snapshot(Documents(docs.root, files, docs.revision), now=now)
         snapshot = _usable(attempt)
         if snapshot is not None:
             return Reviewed(result, docs, snapshot, tuple(stand_ins))

@@ -13,10 +13,13 @@ import os
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from gitctl.diagnostics import Diagnostic, JsonPath, Severity
+from gitctl.policy import Policy, PolicyError, parse_policy
+from gitctl.policy.roles import with_roles
 from gitctl.sources import Documents, SourceError, read_directory, read_git
 from gitctl.tailnet import (
     DnsSpec,
@@ -30,8 +33,11 @@ from gitctl.tailnet import (
     parse_file,
     validate_file,
 )
+from gitctl.tailnet.owners import check_owned, is_owners_file, owner_scopes
+from gitctl.testing import check_tests
 
 __all__ = [
+    "ALLOW_ALL",
     "ALLOW_ALL_POLICY",
     "LoadResult",
     "Snapshot",
@@ -45,6 +51,7 @@ __all__ = [
 ALLOW_ALL_POLICY: Mapping[str, Any] = {
     "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
 }
+ALLOW_ALL: Policy = parse_policy(ALLOW_ALL_POLICY)  # what a tailnet.d without policy keys serves
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +62,7 @@ class Snapshot:
     settings: TailnetSettings
     routes: tuple[RouteApproval, ...]
     policy_doc: Mapping[str, Any]  # the merged policy; read-only by convention
-    policy: Any  # gitctl.policy.Policy, or None while the compiler is not installed
+    policy: Policy  # parsed, with the roles users.yaml declares
     sources: Mapping[str, str]  # shown path -> sha256 hex of its bytes
     revision: str | None = None
     # Where each merged value came from; lets later checks (policy tests) name a line.
@@ -79,6 +86,8 @@ class LoadResult:
     # The snapshot the commit would be had its policy tests passed: a review (`gitctl diff`)
     # still shows what such a commit changes. Never served.
     untested: Snapshot | None = field(default=None, compare=False, repr=False)
+    # The first stage with an error (source, parse, schema, merge, policy, tests); None if none.
+    failed_stage: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -105,24 +114,22 @@ def _policy_diagnostics(exc: Exception, provenance: Provenance, root: str) -> li
 
 def _parse_policy(
     doc: Mapping[str, Any], provenance: Provenance, root: str
-) -> tuple[Any, list[Diagnostic]]:
+) -> tuple[Policy | None, list[Diagnostic]]:
     try:
-        from gitctl import policy as policy_mod
-    except ImportError:
-        return None, []
-    parse = getattr(policy_mod, "parse_policy", None)
-    error_type = getattr(policy_mod, "PolicyError", None)
-    if parse is None or error_type is None:
-        return None, []
-    try:
-        return parse(doc), []
-    except error_type as exc:
+        return parse_policy(doc), []
+    except PolicyError as exc:
         return None, _policy_diagnostics(exc, provenance, root)
 
 
-def _done(snapshot: Snapshot | None, diags: list[Diagnostic], texts: dict[str, str]) -> LoadResult:
+def _done(
+    snapshot: Snapshot | None,
+    diags: list[Diagnostic],
+    texts: dict[str, str],
+    stages: dict[str, list[Diagnostic]] | None = None,
+) -> LoadResult:
     ordered = sorted(diags, key=lambda d: (d.file, d.line, d.col))
-    return LoadResult(snapshot, tuple(ordered), texts)
+    failed = next((name for name, found in (stages or {}).items() if _errors(found)), None)
+    return LoadResult(snapshot, tuple(ordered), texts, failed_stage=failed)
 
 
 def _errors(diags: list[Diagnostic]) -> bool:
@@ -140,35 +147,58 @@ def _checked_file(path: str, data: bytes) -> tuple[SourceFile | None, tuple[Diag
     return sf, (*problems, *validate_file(sf))
 
 
-def load_snapshot(documents: Documents) -> LoadResult:
+def _ownership(root: str, parsed: list[SourceFile], diags: list[Diagnostic]) -> list[Diagnostic]:
+    """Owned fragments that reach outside their owner's scope (owners.yaml)."""
+    owners = [sf for sf in parsed if is_owners_file(sf.path)]
+    problems = [
+        Diagnostic(sf.path, 1, 1, f"owners files are read only at the top of {root}/")
+        for sf in owners
+        if posixpath.dirname(sf.path) != root
+    ]
+    broken = {d.file for d in diags if d.severity is Severity.ERROR}
+    scopes = [s for sf in owners if sf.path not in broken for s in owner_scopes(sf)]
+    fragments = (sf for sf in parsed if not is_owners_file(sf.path))
+    return problems + check_owned(root, scopes, fragments)
+
+
+def load_snapshot(documents: Documents, *, now: datetime | None = None) -> LoadResult:
+    """The commit's snapshot, or every problem found. ``now`` is when the policy's tests
+    are judged (access expired by then is gone); a policy with `expires` times is refused
+    without it."""
     diags: list[Diagnostic] = []
     texts: dict[str, str] = {}
     parsed: list[SourceFile] = []
+    # Each stage's problems, in order, to name the first that failed.
+    stages: dict[str, list[Diagnostic]] = {s: [] for s in ("parse", "schema", "merge", "policy")}
     for path, data in documents.files.items():
         texts[path] = data.decode("utf-8", "replace")
         sf, checks = _checked_file(path, data)
         diags += checks
+        stages["schema" if sf is not None else "parse"] += checks
         if sf is not None:
             # The cached value is shared: later stages get their own copy.
             parsed.append(replace(sf, value=copy.deepcopy(sf.value)))
+    owned = _ownership(documents.root, parsed, diags)
+    diags += owned
+    stages["schema"] += owned  # owners.yaml scopes are part of validation
     merged, problems = merge_files(parsed)
     diags += problems
+    stages["merge"] += problems
     if _errors(diags):
-        return _done(None, diags, texts)
+        return _done(None, diags, texts, stages)
 
     model, problems = build_model(merged.document, merged.provenance)
     diags += problems
+    stages["schema"] += problems
     policy_doc = merged.document.get("policy") or copy.deepcopy(dict(ALLOW_ALL_POLICY))
     policy, problems = _parse_policy(policy_doc, merged.provenance, documents.root)
     diags += problems
-    if policy is not None:
-        # Roles come from users.yaml only; carried by the policy, they resolve the
-        # same in gitctl test, gitctl diff and the server, which all compile it.
-        from gitctl.policy.roles import with_roles
-
-        policy = with_roles(policy, model.users)
-    if _errors(diags):
-        return _done(None, diags, texts)
+    stages["policy"] += problems
+    if policy is None or _errors(diags):
+        return _done(None, diags, texts, stages)
+    # Roles come from users.yaml only; carried by the policy, they resolve the
+    # same in gitctl test, gitctl diff and the server, which all compile it.
+    policy = with_roles(policy, model.users)
     snapshot = Snapshot(
         id=documents.revision or _content_id(documents),
         users=model.users,
@@ -182,31 +212,30 @@ def load_snapshot(documents: Documents) -> LoadResult:
         provenance=merged.provenance,
         root=documents.root,
     )
-    if policy is not None:
-        # Last stage: the policy's own tests, on hypothetical devices, so a commit stands or
-        # falls on its own whatever nodes happen to be registered. Imported late: it needs
-        # the policy compiler, which this module treats as optional.
-        from gitctl.testing import check_tests
-
-        diags += check_tests(snapshot)
-        if _errors(diags):
-            return replace(_done(None, diags, texts), untested=snapshot)
+    # Last stage: the policy's own tests, on hypothetical devices, so a commit stands or
+    # falls on its own whatever nodes happen to be registered.
+    stages["tests"] = check_tests(snapshot, now=now)
+    diags += stages["tests"]
+    if _errors(diags):
+        return replace(_done(None, diags, texts, stages), untested=snapshot)
     return _done(snapshot, diags, texts)
 
 
 def _failed(exc: SourceError) -> LoadResult:
-    return LoadResult(None, (Diagnostic(exc.where, 1, 1, exc.message),))
+    return LoadResult(None, (Diagnostic(exc.where, 1, 1, exc.message),), failed_stage="source")
 
 
-def load_from_directory(path: str | os.PathLike[str]) -> LoadResult:
+def load_from_directory(path: str | os.PathLike[str], *, now: datetime | None = None) -> LoadResult:
     try:
-        return load_snapshot(read_directory(path))
+        return load_snapshot(read_directory(path), now=now)
     except SourceError as exc:
         return _failed(exc)
 
 
-def load_from_git(repo_path: str | os.PathLike[str], rev: str = "HEAD") -> LoadResult:
+def load_from_git(
+    repo_path: str | os.PathLike[str], rev: str = "HEAD", *, now: datetime | None = None
+) -> LoadResult:
     try:
-        return load_snapshot(read_git(repo_path, rev))
+        return load_snapshot(read_git(repo_path, rev), now=now)
     except SourceError as exc:
         return _failed(exc)

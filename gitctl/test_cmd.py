@@ -19,6 +19,7 @@ from gitctl.validate_cmd import (
     add_format_argument,
     add_source_arguments,
     load_from_args,
+    now_from_args,
 )
 
 __all__ = ["add_parser", "run"]
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         topology = synthetic_topology(snap, real=real)
         devices = len(topology.nodes)
         if real is not None:
-            diagnostics += check_tests(snap, topology)
+            diagnostics += check_tests(snap, topology, now=now_from_args(args))
     failed = any(d.severity == "error" for d in diagnostics)
     if args.format == "json":
         sys.stdout.write(render_json(diagnostics, snapshot=snap.id if snap else None))

@@ -16,10 +16,19 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from gitctl.diagnostics import Diagnostic, JsonPath
-from gitctl.policy import Policy, Topology, TopologyNode, TopologyUser, run_policy_tests
+from gitctl.policy import (
+    Policy,
+    PolicyError,
+    Topology,
+    TopologyNode,
+    TopologyUser,
+    run_policy_tests,
+)
+from gitctl.policy.expiry import policy_at
 
 if TYPE_CHECKING:
     from gitctl.snapshot import Snapshot
@@ -187,45 +196,60 @@ def _only(policy: Policy, **tests: Any) -> Policy:
 
 
 def _locate(
-    entry: JsonPath, whole: Policy, cases: Sequence[_Case], topology: Topology
+    entry: JsonPath,
+    whole: Policy,
+    cases: Sequence[_Case],
+    topology: Topology,
+    now: datetime | None,
 ) -> list[tuple[JsonPath, str]]:
     """Failures of one test entry, each at the assertion that failed.
 
     A failure every assertion shares (an unknown or device-less `src`) is reported once,
     at the entry's `src`, instead of once per assertion.
     """
-    per_case = [(path, run_policy_tests(p, topology)) for path, p in cases]
+    per_case = [(path, run_policy_tests(p, topology, now=now)) for path, p in cases]
     counts = Counter(m for _, ms in per_case for m in set(ms))
     shared = {m for m, n in counts.items() if len(cases) > 1 and n == len(cases)}
     out = [((*entry, "src"), m) for m in sorted(shared)]
     out += [(path, m) for path, ms in per_case for m in dict.fromkeys(ms) if m not in shared]
     if not out:  # a problem with the entry as a whole, e.g. neither accept nor deny
-        out = [(entry, m) for m in run_policy_tests(whole, topology)]
+        out = [(entry, m) for m in run_policy_tests(whole, topology, now=now)]
     return out
 
 
-def _failures(policy: Policy, topology: Topology) -> Iterable[tuple[JsonPath, str]]:
+def _failures(
+    policy: Policy, topology: Topology, now: datetime | None
+) -> Iterable[tuple[JsonPath, str]]:
     for i, t in enumerate(policy.tests):
         whole = _only(policy, tests=(t,))
-        if run_policy_tests(whole, topology):
-            yield from _locate(("tests", i), whole, _packet_cases(policy, i), topology)
+        if run_policy_tests(whole, topology, now=now):
+            yield from _locate(("tests", i), whole, _packet_cases(policy, i), topology, now)
     for i, st in enumerate(policy.ssh_tests):
         whole = _only(policy, ssh_tests=(st,))
-        if run_policy_tests(whole, topology):
-            yield from _locate(("sshTests", i), whole, _ssh_cases(policy, i), topology)
+        if run_policy_tests(whole, topology, now=now):
+            yield from _locate(("sshTests", i), whole, _ssh_cases(policy, i), topology, now)
 
 
-def check_tests(snapshot: Snapshot, topology: Topology | None = None) -> list[Diagnostic]:
-    """Every failing `tests`/`sshTests` assertion of the snapshot's policy, as an error at
-    the assertion's file:line:col. `topology` defaults to `synthetic_topology(snapshot)`."""
+def check_tests(
+    snapshot: Snapshot, topology: Topology | None = None, *, now: datetime | None = None
+) -> list[Diagnostic]:
+    """Every failing `tests`/`sshTests` assertion of the snapshot's policy at `now`, as an
+    error at the assertion's file:line:col. `topology` defaults to `synthetic_topology(snapshot)`.
+    A policy with expiry times and no `now` is an error at its first `expires` (fail closed)."""
     policy = snapshot.policy
-    if policy is None or not (policy.tests or policy.ssh_tests):
+    if policy is None:
+        return []
+    try:
+        policy_at(policy, now)
+    except PolicyError as exc:
+        return [snapshot.policy_diagnostic(exc.path, exc.message)]
+    if not (policy.tests or policy.ssh_tests):
         return []
     topo = topology if topology is not None else synthetic_topology(snapshot)
-    if not run_policy_tests(policy, topo):
+    if not run_policy_tests(policy, topo, now=now):
         return []  # the usual case: one pass, no per-assertion reruns
     out = []
-    for path, message in _failures(policy, topo):
+    for path, message in _failures(policy, topo, now):
         hint = _NO_ADDRESSES_HINT if "has no addresses" in message else ""
         out.append(snapshot.policy_diagnostic(path, f"policy test failed: {message}{hint}"))
     return out

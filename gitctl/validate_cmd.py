@@ -4,12 +4,45 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 
 from gitctl.diagnostics import render_github, render_json, render_text
+from gitctl.policy.times import parse_rfc3339
 from gitctl.snapshot import LoadResult, load_from_directory, load_from_git
 from gitctl.sources import DEFAULT_DIR
 
-__all__ = ["add_format_argument", "add_parser", "load_from_args", "run"]
+__all__ = [
+    "add_format_argument",
+    "add_now_argument",
+    "add_parser",
+    "load_from_args",
+    "now_from_args",
+    "run",
+]
+
+
+def _time(text: str) -> datetime:
+    try:
+        return parse_rfc3339(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_now_argument(p: argparse.ArgumentParser) -> None:
+    """--now TIME: when time-limited access (`expires`) is judged; the clock is read here,
+    at the command's edge, and nowhere deeper."""
+    p.add_argument(
+        "--now",
+        metavar="TIME",
+        type=_time,
+        default=None,
+        help="judge expiring access as at this RFC 3339 time (default: the current time)",
+    )
+
+
+def now_from_args(args: argparse.Namespace) -> datetime:
+    now = getattr(args, "now", None)
+    return now if isinstance(now, datetime) else datetime.now(UTC)
 
 
 def add_source_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +58,7 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help=f"read this directory on disk instead of git (default: ./{DEFAULT_DIR})",
     )
+    add_now_argument(p)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,9 +91,10 @@ def load_from_args(args: argparse.Namespace) -> LoadResult:
     """The snapshot named by --repo/--rev/--dir; raises UsageError for a bad combination."""
     if args.dir is not None and (args.repo is not None or args.rev is not None):
         raise UsageError("--dir reads files on disk; it cannot be combined with --repo or --rev")
+    now = now_from_args(args)
     if args.repo is not None or args.rev is not None:
-        return load_from_git(args.repo or ".", args.rev or "HEAD")
-    return load_from_directory(args.dir or DEFAULT_DIR)
+        return load_from_git(args.repo or ".", args.rev or "HEAD", now=now)
+    return load_from_directory(args.dir or DEFAULT_DIR, now=now)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -107,7 +107,8 @@ def call(target: Target, method: str, path: str, body: Any = None) -> Any:
     except ValueError:
         raise AdminError(f"unexpected answer from {target.describe()} ({resp.status})") from None
     if resp.status >= 400:
-        message = value.get("error") if isinstance(value, dict) else None
+        # Problem documents (RFC 7807) say what went wrong in `detail`.
+        message = value.get("detail") if isinstance(value, dict) else None
         message = message or f"tailnetd answered {resp.status}"
         if resp.status == 401 and isinstance(target, HttpTarget):
             message = _unauthorized(target, message)

@@ -11,14 +11,20 @@ import logging
 import os
 import sqlite3
 import ssl
+import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from prometheus_client import CollectorRegistry
+
+from gitctl.tailnet import TailnetSettings
 from server.acme import AcmeManager, AcmeSettings
 from server.acme_http import ChallengeResponder
+from server.api import WebDeps, build_app, build_metrics_app
+from server.authority import CommitAuthority
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
@@ -26,21 +32,24 @@ from server.edge.control_conn import ControlConnection
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
+from server.history import HISTORY_FILE, History, HistoryEntry
+from server.logs import event
+from server.metrics import DerpCollector, LiveCollector, Metrics
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, NodePublic
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
 from server.remote_repo import RemoteRepo, watch_remote
-from server.repo import Rejection, RepoStatus, SnapshotRepo, watch_repo
-from server.store import SqliteStore, open_store
+from server.repo import Checked, Rejection, RepoStatus, SnapshotRepo, watch_repo
+from server.store import SqlStore, StoreError, open_store
 from server.store.model import Node
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, running_tailnet
 from server.tls import ReloadingContext, TlsError, watch_certificate_files
-from server.web import WebDeps, build_app
 from server.wire import DerpRegion
 
 __all__ = ["Server", "StartupError"]
 
 SWEEP_INTERVAL = 5.0
+DEFAULT_SETTINGS = TailnetSettings()
 
 
 def _expired(node: Node, now: datetime) -> bool:
@@ -63,7 +72,7 @@ def _load_or_create_key(path: Path, kind: type[Any]) -> Any:
     return key
 
 
-def _open_private_store(path: Path) -> SqliteStore:
+def _open_private_store(path: Path) -> SqlStore:
     """The sqlite store, its files (db, -wal, -shm) readable by the owner alone.
 
     sqlite gives the -wal and -shm files the database file's mode, so the
@@ -98,11 +107,16 @@ class Server:
         *,
         log: logging.Logger | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.config = config
         self.log = log or logging.getLogger("tailnetd")
         self.clock = clock
-        self.status = RepoStatus()
+        self.metrics = Metrics(metrics_registry or CollectorRegistry(), monotonic=time.monotonic)
+        self._control_connections = 0
+        self.metrics_port = config.metrics_port
+        self.history = History(config.data_dir / HISTORY_FILE)
+        self.status = RepoStatus(journal=self.history)
         self._revision_lock = asyncio.Lock()
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -120,22 +134,43 @@ class Server:
 
     def _load_initial(self) -> TailnetSource:
         head = self.repo.head()
-        snap, errors = self.repo.load(head)
+        checked = self.repo.check(head)
         last_good_file = self.config.data_dir / "last_good_revision"
+        previous = last_good_file.read_text().strip() if last_good_file.exists() else None
+        signer = self.history.signer_of(head) if head is not None else None
+        if previous and self.authority.needs_previous:
+            # The trust chain goes on across restarts: a new HEAD is checked against
+            # the list of the commit served last.
+            self.authority.serving(previous, self.repo.load(previous)[0])
+        # A commit served before was checked then (an outside list is checked always).
+        if head is not None and (head != previous or self.authority.outside):
+            checked, signer = self._verified(head, checked)
+        snap, errors = checked.snapshot, checked.errors
         if snap is None:
-            self._reject(head or str(self.repo.path), errors)
-            previous = last_good_file.read_text().strip() if last_good_file.exists() else None
+            self._reject(head or str(self.repo.path), checked)
             if previous and previous != head:
                 self.log.warning(
-                    "HEAD %s is broken; serving the last good commit %s", head, previous
+                    "HEAD %s is refused; serving the last good commit %s", head, previous
                 )
-                snap, errors = self.repo.load(previous)
+                checked, signer = self.repo.check(previous), self.history.signer_of(previous)
+                if self.authority.outside:
+                    checked, signer = self._verified(previous, checked)
+                snap, errors = checked.snapshot, checked.errors
             if snap is None:
                 raise StartupError(
                     "no valid tailnet.d to serve:\n" + "\n".join(f"  {e}" for e in errors)
                 )
-        self._serving(snap)
+        self._serving(snap, signer)
         return TailnetSource.from_snapshot(snap)
+
+    def _verified(self, revision: str, checked: Checked) -> tuple[Checked, str | None]:
+        """The check with the signature's verdict added, and the signer."""
+        if checked.snapshot is None:
+            return checked, None
+        verdict = self.authority.check(revision, checked.snapshot)
+        if verdict.refusal is not None:
+            return Checked(None, (verdict.refusal,), "signature"), None
+        return checked, verdict.signer
 
     def _read_initial(self) -> TailnetSource:
         import git
@@ -153,22 +188,45 @@ class Server:
     def _last_rejected(self) -> str | None:
         return self.status.rejected.revision if self.status.rejected is not None else None
 
-    def _serving(self, snap: Any) -> None:
+    def _serving(self, snap: Any, signer: str | None) -> None:
         self.status.serving = snap.id
         self.status.serving_since = self.clock()
+        self.status.signer = signer
         if self.repo.is_git:
             write_private(self.config.data_dir / "last_good_revision", (snap.id + "\n").encode())
+            self.authority.serving(snap.revision, snap)
+            self.history.append(HistoryEntry(snap.id, self.clock(), "served", signer))
 
-    def _reject(self, revision: str, errors: tuple[str, ...]) -> None:
+    def _reject(self, revision: str, checked: Checked) -> None:
+        errors = checked.errors
+        self.metrics.rejected(checked.reason or "compile")
         rejection = Rejection(revision, self.clock(), errors)
         self.status.rejected = rejection
-        self.status.history.append(rejection)
-        del self.status.history[:-20]
+        self.history.append(HistoryEntry(revision, rejection.at, "rejected", None, errors))
         self.log.error(
             "commit %s rejected, still serving %s:\n%s",
             revision[:12],
             (self.status.serving or "nothing")[:12],
             "\n".join(f"  {e}" for e in errors),
+            extra=event(
+                "snapshot.rejected",
+                commit=revision,
+                reason=checked.reason or "compile",
+                serving=self.status.serving,
+                errors=len(errors),
+            ),
+        )
+
+    async def _serving_documents(self) -> Any:
+        """The files of the commit being served (for the API's policy file)."""
+        from gitctl.sources import read_directory, read_git
+
+        serving = self.status.serving
+        if serving is not None and not serving.startswith("sha256:"):
+            return await asyncio.to_thread(read_git, self.repo.path, serving)
+        folder = self.repo.path / "tailnet.d"
+        return await asyncio.to_thread(
+            read_directory, folder if folder.is_dir() else self.repo.path
         )
 
     async def sync_now(self) -> None:
@@ -201,20 +259,25 @@ class Server:
         if revision in (self.status.serving, self._last_rejected()):
             return  # already decided (a watcher and a sync request can both see it)
         # Reading and checking a commit is blocking git and CPU work: keep it off the loop.
-        snap, errors = await asyncio.to_thread(self.repo.load, revision)
+        checked, signer = await asyncio.to_thread(
+            self._verified, revision, await asyncio.to_thread(self.repo.check, revision)
+        )
+        snap = checked.snapshot
         if snap is None:
-            self._reject(revision, errors)
+            self._reject(revision, checked)
             return
         try:
             source = TailnetSource.from_snapshot(snap)
             self.tailnet.swap_source(source)
         except Exception as exc:
             self.log.exception("commit %s could not be served", revision[:12])
-            self._reject(revision, (f"compiling for the live nodes failed: {exc}",))
+            error = f"compiling for the live nodes failed: {exc}"
+            self._reject(revision, Checked(None, (error,), "compile"))
             return
+        self.metrics.snapshot_swapped(self.tailnet.waiting())
         self._apply_addressing(source)
         self.status.rejected = None
-        self._serving(snap)
+        self._serving(snap, signer)
         self._warn_undeclared_tags()
 
     # Life cycle
@@ -253,10 +316,22 @@ class Server:
         else:
             self.repo = SnapshotRepo(cfg.repo, branch=cfg.branch)
         self._sync_wake = asyncio.Event()
+        if cfg.trusted_signers is not None and not self.repo.is_git:
+            raise StartupError(
+                f"--trusted-signers needs a git repository; {cfg.repo} is a plain directory"
+            )
+        self.authority = CommitAuthority(self.repo.path, cfg.trusted_signers, log=self.log)
         source = self._read_initial()
         self.server_key = _load_or_create_key(cfg.data_dir / "noise_private.key", MachinePrivate)
         self.derp_key = _load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)
-        self.store = _open_private_store(cfg.data_dir / "tailnetd.sqlite")
+        location = cfg.store_location
+        if isinstance(location, Path):
+            self.store = _open_private_store(location)
+        else:
+            try:
+                self.store = open_store(location)
+            except StoreError as exc:
+                raise StartupError(f"node state in {cfg.store_description}: {exc}") from None
         self._apply_addressing(source)
 
         if cfg.stun_host is not None:
@@ -286,6 +361,9 @@ class Server:
             self.store, source, derp_regions=[self._derp_region()], log=self.log
         )
         self.registry.subscribe(self._node_changed)
+        self.registry.subscribe(self.metrics.node_changed)
+        self.metrics.registry.register(DerpCollector(self.derp.stats))
+        self.metrics.registry.register(LiveCollector(self._live_counts))
         self.control = ControlHandler(
             self.tailnet,
             self.registry,
@@ -293,6 +371,7 @@ class Server:
             clock=self.clock,
             settings=self._control_settings,
             log=self.log,
+            metrics=self.metrics,
         )
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
@@ -308,6 +387,9 @@ class Server:
                 os.urandom,
                 local=local,
                 sync=self.sync_now,
+                metrics=self.metrics,
+                log=self.log,
+                documents=self._serving_documents,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))
@@ -323,6 +405,8 @@ class Server:
         )
         os.chmod(sock_path, 0o600)
         self._servers.append(unix)
+        if cfg.metrics_host is not None:
+            await self._start_metrics(build_metrics_app(web(local=False)))
 
         if self.acme is not None:
             await self._start_acme(FrontDoor(public, upgrades, log=self.log, scheme="http"))
@@ -345,11 +429,35 @@ class Server:
         self._tasks.append(asyncio.create_task(self._sweep()))
         self._warn_undeclared_tags()
         self.log.info(
-            "tailnetd listening on %s (control + DERP), STUN %s, serving %s",
+            "tailnetd listening on %s (control + DERP), STUN %s, serving %s, node state in %s",
             cfg.server_url if cfg.listen_port else f"port {self.port}",
             f"on udp/{self.stun_port}" if self._stun else "off",
             (self.status.serving or "")[:12],
+            cfg.store_description,
         )
+
+    async def _start_metrics(self, app: Any) -> None:
+        """--metrics-listen: plain HTTP, /metrics, /health and /ready only."""
+        cfg = self.config
+        assert cfg.metrics_host is not None
+        front = FrontDoor(app, {}, log=self.log)
+        listener = await _listen(
+            "metrics (tcp)",
+            cfg.metrics_host,
+            cfg.metrics_port,
+            asyncio.start_server(
+                lambda r, w: self._tracked(front.handle, r, w), cfg.metrics_host, cfg.metrics_port
+            ),
+        )
+        self._servers.append(listener)
+        self.metrics_port = listener.sockets[0].getsockname()[1]
+
+    def _live_counts(self) -> dict[str, int]:
+        return {
+            "served": len(self.tailnet.context.nodes),
+            "streaming": len(self.registry.online_ids()),
+            "control_connections": self._control_connections,
+        }
 
     def _certificate_files(self) -> tuple[Path | None, Path | None]:
         cfg = self.config
@@ -420,14 +528,12 @@ class Server:
                 settings.ipv4_prefix, settings.ipv6_prefix, settings.ip_allocation
             )
 
-    def _control_settings(self) -> ControlSettings:
-        return ControlSettings(
-            node_key_expiry=self._settings_value("node_key_expiry", timedelta(days=180))
-        )
+    def _settings(self) -> TailnetSettings:
+        """The serving commit's settings.yaml (its defaults where it says nothing)."""
+        return self.tailnet.source.settings or DEFAULT_SETTINGS
 
-    def _settings_value(self, name: str, default: Any) -> Any:
-        settings = getattr(self.tailnet.source, "settings", None)
-        return getattr(settings, name, default) if settings is not None else default
+    def _control_settings(self) -> ControlSettings:
+        return ControlSettings(node_key_expiry=self._settings().node_key_expiry)
 
     def _derp_region(self) -> DerpRegion:
         # Clients reach DERP where they reach control: the server URL, which
@@ -478,18 +584,34 @@ class Server:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = self.clock()
-            timeout = self._settings_value("ephemeral_inactivity_timeout", timedelta(seconds=120))
+            timeout = self._settings().ephemeral_inactivity_timeout
             cutoff = now - timeout
             # The serving node list, not a read of every row: this runs every few seconds.
             for node in list(self.tailnet.context.nodes.values()):
                 if node.key_expiry is not None and last < node.key_expiry <= now:
-                    self.log.info("node %d %s: key expired", node.id, node.given_name)
+                    self.log.info(
+                        "node %d %s: key expired",
+                        node.id,
+                        node.given_name,
+                        extra=event(
+                            "node.expired", node=node.id, node_name=node.given_name, user=node.user
+                        ),
+                    )
                     self.derp.disconnect(node.node_key)
                 if not node.ephemeral or self.registry.is_online(node.id):
                     continue
                 if (node.last_seen or node.created) < cutoff:
                     self.log.info(
-                        "removing ephemeral node %d %s: inactive", node.id, node.given_name
+                        "removing ephemeral node %d %s: inactive",
+                        node.id,
+                        node.given_name,
+                        extra=event(
+                            "node.deleted",
+                            node=node.id,
+                            node_name=node.given_name,
+                            user=node.user,
+                            reason="ephemeral node inactive",
+                        ),
                     )
                     self.registry.remove(node.id)
             for node in self.tailnet.cut_off():
@@ -545,7 +667,11 @@ class Server:
             log=self.log,
             early_payload=early_payload(challenge),
         )
-        await conn.run()
+        self._control_connections += 1
+        try:
+            await conn.run()
+        finally:
+            self._control_connections -= 1
 
     async def _derp(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead

@@ -4,7 +4,9 @@
 on it: a body that is not an object, an unknown key, a missing field or a
 value of the wrong JSON type is a `BodyError` naming the field (a 400), never
 a value coerced into something the admin did not send (`bool("no")`).
-Declarations use only `str`, `bool`, `str | None` and `tuple[str, ...]`.
+Declarations use only `str`, `bool`, `int`, `X | None`, `tuple[str, ...]` and
+another declaration (a nested object). `body_schema` turns a declaration into
+the JSON Schema the OpenAPI document publishes, so the two never disagree.
 """
 
 from __future__ import annotations
@@ -12,15 +14,20 @@ from __future__ import annotations
 import json
 import types
 import typing
-from dataclasses import MISSING, dataclass, fields
-from typing import Any, TypeVar
+from dataclasses import MISSING, dataclass, fields, is_dataclass
+from typing import Any, Literal, TypeVar
 
 __all__ = [
     "BodyError",
+    "CreateAuthKeyV2",
+    "SetTags",
+    "body_schema",
     "CreateApiKey",
     "CreatePreAuthKey",
     "NoBody",
     "RenameNode",
+    "SetAuthorized",
+    "SetRoutes",
     "parse_body",
 ]
 
@@ -30,7 +37,12 @@ T = TypeVar("T")
 
 
 class BodyError(ValueError):
-    """A request body that does not match its declaration; the text is for people."""
+    """A request body that does not match its declaration; the text is for people,
+    `field` names the offending field (dotted for nested ones) when there is one."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +62,50 @@ class CreatePreAuthKey:
 @dataclass(frozen=True, slots=True)
 class CreateApiKey:
     expiration: str | None = None  # a duration; None = the default lifetime
+    scope: Literal["read", "admin"] = "admin"  # read: GET routes only
+
+
+@dataclass(frozen=True, slots=True)
+class SetTags:
+    """A node's tags, replacing the ones it has (Tailscale's `POST /device/{id}/tags`)."""
+
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SetAuthorized:
+    authorized: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SetRoutes:
+    routes: tuple[str, ...]
+
+
+# Tailscale's `POST /api/v2/tailnet/-/keys`, in its own camelCase field names.
+@dataclass(frozen=True, slots=True)
+class DeviceCreate:
+    reusable: bool = False
+    ephemeral: bool = False
+    preauthorized: bool = False
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCapabilities:
+    create: DeviceCreate = DeviceCreate()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCapabilities:
+    devices: DeviceCapabilities = DeviceCapabilities()
+
+
+@dataclass(frozen=True, slots=True)
+class CreateAuthKeyV2:
+    capabilities: KeyCapabilities = KeyCapabilities()
+    expirySeconds: int | None = None  # Tailscale's field name
+    description: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,18 +122,23 @@ def parse_body(kind: type[T], raw: bytes) -> T:
         raise BodyError("the body is not valid JSON") from None
     if not isinstance(value, dict):
         raise BodyError(f"the body must be a JSON object, not {_json_type(value)}")
+    return _object(kind, value, "")
+
+
+def _object(kind: type[T], value: dict[str, Any], outer: str) -> T:
     declared = {f.name: f for f in fields(kind)}  # type: ignore[arg-type]
     unknown = sorted(set(value) - set(declared))
     if unknown:
         expected = ", ".join(declared) or "none"
-        raise BodyError(f"unknown field {unknown[0]!r} (fields: {expected})")
+        name = outer + unknown[0]
+        raise BodyError(f"unknown field {name!r} (fields: {expected})", name)
     hints = typing.get_type_hints(kind)
     checked: dict[str, Any] = {}
     for name, field in declared.items():
         if name in value:
-            checked[name] = _check(name, hints[name], value[name])
+            checked[name] = _check(outer + name, hints[name], value[name])
         elif field.default is MISSING:
-            raise BodyError(f"field {name!r} is required")
+            raise BodyError(f"field {outer + name!r} is required", outer + name)
     return kind(**checked)
 
 
@@ -85,19 +146,63 @@ def _check(name: str, hint: Any, value: Any) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise BodyError(f"field {name!r} must be true or false, not {_json_type(value)}")
+        raise BodyError(f"field {name!r} must be true or false, not {_json_type(value)}", name)
     if hint is str:
         if isinstance(value, str):
             return value
-        raise BodyError(f"field {name!r} must be a string, not {_json_type(value)}")
+        raise BodyError(f"field {name!r} must be a string, not {_json_type(value)}", name)
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise BodyError(f"field {name!r} must be a whole number, not {_json_type(value)}", name)
+    if typing.get_origin(hint) is Literal:
+        if value in hint.__args__ and isinstance(value, str):
+            return value
+        choices = ", ".join(repr(c) for c in hint.__args__)
+        raise BodyError(f"field {name!r} must be one of {choices}, not {_json_type(value)}", name)
     if isinstance(hint, types.UnionType) and type(None) in hint.__args__:
         (inner,) = (arg for arg in hint.__args__ if arg is not type(None))
         return None if value is None else _check(name, inner, value)
     if typing.get_origin(hint) is tuple:
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return tuple(value)
-        raise BodyError(f"field {name!r} must be a list of strings, not {_json_type(value)}")
+        raise BodyError(f"field {name!r} must be a list of strings, not {_json_type(value)}", name)
+    if is_dataclass(hint):
+        if isinstance(value, dict):
+            return _object(hint, value, name + ".")  # type: ignore[arg-type]
+        raise BodyError(f"field {name!r} must be an object, not {_json_type(value)}", name)
     raise TypeError(f"{name}: unsupported body field type {hint!r}")  # a declaration bug
+
+
+def body_schema(kind: type[Any]) -> dict[str, Any]:
+    """The JSON Schema (2020-12, as OpenAPI 3.1 uses) that `parse_body(kind, …)` enforces."""
+    hints = typing.get_type_hints(kind)
+    properties = {f.name: _schema(hints[f.name]) for f in fields(kind)}
+    required = [f.name for f in fields(kind) if f.default is MISSING]
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _schema(hint: Any) -> dict[str, Any]:
+    simple = {bool: "boolean", str: "string", int: "integer"}
+    if hint in simple:
+        return {"type": simple[hint]}
+    if typing.get_origin(hint) is Literal:
+        return {"type": "string", "enum": list(hint.__args__)}
+    if isinstance(hint, types.UnionType) and type(None) in hint.__args__:
+        (inner,) = (arg for arg in hint.__args__ if arg is not type(None))
+        return {"anyOf": [_schema(inner), {"type": "null"}]}
+    if typing.get_origin(hint) is tuple:
+        return {"type": "array", "items": {"type": "string"}}
+    if is_dataclass(hint):
+        return body_schema(hint)  # type: ignore[arg-type]
+    raise TypeError(f"unsupported body field type {hint!r}")
 
 
 def _json_type(value: Any) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from gitctl.tailnet.kinds import did_you_mean
 from server.remote_repo import is_remote
+from server.store import is_postgres_url, redact_url
 
 __all__ = [
     "OPTIONS",
@@ -56,10 +57,30 @@ class ServerConfig:
     acme_directory: str = LETS_ENCRYPT
     acme_http_host: str = "0.0.0.0"  # HTTP-01 answers (and plain-HTTP control) here
     acme_http_port: int = 80
+    # Node state: a postgresql:// URL or a sqlite file; None = sqlite in the data dir.
+    database: str | None = None
+    metrics_host: str | None = None  # a plain-HTTP /metrics, /health, /ready listener
+    metrics_port: int = 0
+    log_format: str = "text"  # "text" or "json" (one object per line)
+    # Allowed-signers file outside the repository: only commits its keys signed are served.
+    trusted_signers: Path | None = None
 
     @property
     def socket_path(self) -> Path:
         return self.data_dir / "tailnetd.sock"
+
+    @property
+    def store_location(self) -> str | Path:
+        """What `open_store` is given."""
+        if self.database is None:
+            return self.data_dir / "tailnetd.sqlite"
+        return self.database if is_postgres_url(self.database) else Path(self.database)
+
+    @property
+    def store_description(self) -> str:
+        """The store's location fit for a log line (no password)."""
+        where = self.store_location
+        return redact_url(where) if isinstance(where, str) else str(where)
 
 
 def default_repo(cwd: Path | None = None) -> Path:
@@ -83,9 +104,15 @@ def _hostport(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _stun(text: str) -> tuple[str, int] | None:
+def _optional_hostport(text: str) -> tuple[str, int] | None:
     """HOST:PORT, or None for `off`."""
     return None if text.lower() in ("", "off", "none") else _hostport(text)
+
+
+def _log_format(text: str) -> str:
+    if text.lower() not in ("json", "text"):
+        raise ValueError(f"must be json or text, got {text!r}")
+    return text.lower()
 
 
 def _seconds(text: str) -> float:
@@ -108,6 +135,14 @@ def _directory(text: str) -> Path:
 
 def _url(text: str) -> str:
     return text.rstrip("/")
+
+
+def _database(text: str) -> str:
+    if "://" in text and not is_postgres_url(text):
+        raise ValueError(
+            f"must be a postgresql:// URL or the path of a sqlite file, got {redact_url(text)!r}"
+        )
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +180,10 @@ OPTIONS: tuple[Option, ...] = (
         "data", "DIR", "state directory: sqlite, keys, admin socket", "data", "./data", _directory
     ),
     Option(
+        "database", "URL", "where node state lives: a postgresql:// URL or a sqlite file",
+        shown="DATA/tailnetd.sqlite", parse=_database,
+    ),
+    Option(
         "listen", "HOST:PORT", "address for control, DERP and the API", "127.0.0.1:8080",
         parse=_hostport,
     ),
@@ -154,7 +193,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "stun_listen", "HOST:PORT", "address for STUN over UDP, or off",
-        shown="the listen host, port 3478", parse=_stun,
+        shown="the listen host, port 3478", parse=_optional_hostport,
     ),
     Option("tls_cert", "FILE", "PEM certificate chain file (with --tls-key)", parse=_file),
     Option("tls_key", "FILE", "PEM private key file (with --tls-cert)", parse=_file),
@@ -172,6 +211,20 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "acme_http_listen", "HOST:PORT", "address answering HTTP-01 challenges", "0.0.0.0:80",
         parse=_hostport,
+    ),
+    Option(
+        "metrics_listen", "HOST:PORT",
+        "plain-HTTP address serving only /metrics, /health and /ready, or off "
+        "(/metrics is always on the admin socket)",
+        "off", parse=_optional_hostport,
+    ),
+    Option("log_format", "json|text", "log lines as text, or one JSON object per line", "text",
+           parse=_log_format),
+    Option(
+        "trusted_signers", "FILE",
+        "serve only commits signed by an SSH key in this allowed-signers file (outside the "
+        "repository; overrides the repository's trusted_signers setting)",
+        parse=_file,
     ),
 )  # fmt: skip
 _BY_KEY = {option.key: option for option in OPTIONS}
@@ -275,11 +328,19 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     else:
         repo = Path(repo_value) if repo_value else default_repo()
     acme_http_host, acme_http_port = v["acme_http_listen"]
+    metrics = v["metrics_listen"]
+    signers = v.get("trusted_signers")
+    if signers is not None:
+        signers = signers.resolve()
+        if repo_url is None and signers.is_relative_to(repo.resolve()):
+            # A file in the work tree is one a commit could change.
+            raise ConfigError(f"--trusted-signers {signers}: must be outside the repository")
     return ServerConfig(
         repo=repo.resolve(),
         repo_url=repo_url,
         fetch_interval=v["fetch_interval"],
         data_dir=data_dir,
+        database=v.get("database"),
         listen_host=host,
         listen_port=port,
         server_url=v.get("server_url") or default_url,
@@ -293,6 +354,10 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         acme_directory=v["acme_directory"],
         acme_http_host=acme_http_host,
         acme_http_port=acme_http_port,
+        metrics_host=metrics[0] if metrics else None,
+        metrics_port=metrics[1] if metrics else 0,
+        log_format=v["log_format"],
+        trusted_signers=signers,
     )
 
 

@@ -13,12 +13,17 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from server.edge.control_conn import ControlRequest, ControlResponse
+from server.logs import event
+from server.metrics import Metrics
 from server.protocol.keys import DiscoPublic, KeyFormatError, NodePublic
 from server.protocol.mapframe import MapFrameEncoder
 from server.store.interface import Store
@@ -59,6 +64,7 @@ class ControlHandler:
         settings: Callable[[], ControlSettings],
         log: logging.Logger,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._tailnet = tailnet
         self._registry = registry
@@ -67,6 +73,7 @@ class ControlHandler:
         self._settings = settings
         self._log = log
         self._rng = rng or random.Random()
+        self._metrics = metrics or Metrics(CollectorRegistry(), monotonic=time.monotonic)
         self._told: dict[NodePublic, None] = {}  # node keys told they are not served
 
     async def __call__(self, req: ControlRequest) -> ControlResponse:
@@ -77,6 +84,8 @@ class ControlHandler:
                 return self._map(req)
             return ControlResponse(404, b"not implemented\n", content_type="text/plain")
         except RequestRejected as exc:
+            if req.path == "/machine/register":
+                self._metrics.registration("rejected")
             self._log.info(
                 "control: %s %s from %s rejected: %s",
                 req.method,
@@ -118,10 +127,14 @@ class ControlHandler:
             return self._register_with_key(req, node, node_key, str(auth_key), hostinfo, body, now)
         if node is not None and node.node_key in (node_key, old_key):
             if node.key_expiry is not None and node.key_expiry <= now:
+                self._metrics.registration("node_expired")
                 return _json(self._register_response(node, expired=True))
-            if node.node_key != node_key:  # seamless key renewal
+            renewal = node.node_key != node_key
+            if renewal:  # seamless key renewal
                 node = registry.renew_key(node, node_key, now)
+            self._metrics.registration("renewed" if renewal else "resumed")
             return _json(self._register_response(node))
+        self._metrics.registration("needs_login")
         return _json(
             {
                 "Error": "this tailnetd server has no interactive login yet: "
@@ -142,7 +155,13 @@ class ControlHandler:
         try:
             key = self._store.check_preauth_key(auth_key, now)
         except KeyRejected as exc:
-            self._log.info("register: %s: %s", req.machine_key.short(), exc)
+            self._metrics.registration("expired_key" if "expired" in exc.reason else "bad_key")
+            self._log.info(
+                "register: %s: %s",
+                req.machine_key.short(),
+                exc,
+                extra=event("register.refused", machine=req.machine_key.short(), reason=exc.reason),
+            )
             return _json({"Error": f"invalid auth key: {exc}"})
         owner = None if key.tags else key.user
         expiry_span = self._settings().node_key_expiry
@@ -163,22 +182,37 @@ class ControlHandler:
             capver=int(body.get("Version") or 0),
             existing=node,
         )
+        self._metrics.registration("ok")
         self._log.info(
             "register: node %d %s (%s) joined",
             node.id,
             node.given_name,
             owner or ",".join(key.tags),
+            extra=event(
+                "node.registered",
+                node=node.id,
+                node_name=node.given_name,
+                user=owner,
+                tags=list(key.tags),
+                commit=self._tailnet.source.id,
+            ),
         )
         return _json(self._register_response(node))
 
     def _logout(self, node: Node | None, now: datetime) -> ControlResponse:
+        self._metrics.registration("logout")
         if node is None:
             return _json({"NodeKeyExpired": True, "MachineAuthorized": False})
         if node.ephemeral:
             self._registry.remove(node.id)
         else:
             node = self._registry.set_key_expiry(node.id, now)
-        self._log.info("register: node %d %s logged out", node.id, node.given_name)
+        self._log.info(
+            "register: node %d %s logged out",
+            node.id,
+            node.given_name,
+            extra=event("node.logged_out", node=node.id, node_name=node.given_name, user=node.user),
+        )
         return _json(self._register_response(node, expired=True))
 
     def _register_response(self, node: Node, *, expired: bool = False) -> dict[str, Any]:
@@ -294,14 +328,20 @@ class ControlHandler:
                 elif peers:
                     msg = session.peer_changes(ctx, peers, now)
                 if msg is not None:
-                    yield encoder.encode(msg)
+                    frame = encoder.encode(msg)
+                    yield frame
+                    self._metrics.map_sent("full" if full else "delta", len(frame))
+                self._metrics.caught_up(handle)
                 settings = self._settings()
                 timeout = self._rng.uniform(settings.keepalive_min, settings.keepalive_max)
                 try:
                     await asyncio.wait_for(handle.wake.wait(), timeout)
                 except TimeoutError:
-                    yield encoder.keepalive()
+                    keepalive = encoder.keepalive()
+                    yield keepalive
+                    self._metrics.map_sent("keepalive", len(keepalive))
         finally:
+            self._metrics.session_closed(handle)
             self._tailnet.close_session(handle)
             self._registry.disconnected(node_id, self._clock())  # records last seen
 

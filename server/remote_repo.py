@@ -17,7 +17,7 @@ from typing import Any
 
 import git
 
-from server.repo import checked
+from server.repo import Checked, check_result
 
 __all__ = ["RemoteRepo", "is_remote", "watch_remote"]
 
@@ -69,11 +69,16 @@ class RemoteRepo:
             return str(commit.hexsha)
 
     def load(self, revision: str | None) -> tuple[Any | None, tuple[str, ...]]:
+        outcome = self.check(revision)
+        return outcome.snapshot, outcome.errors
+
+    def check(self, revision: str | None) -> Checked:
         from gitctl import snapshot as snapshots
 
         if revision is None:
-            return None, (f"{self.url}: no commit on branch {self.branch or 'HEAD'}",)
-        return checked(snapshots.load_from_git(self.path, revision))
+            message = f"{self.url}: no commit on branch {self.branch or 'HEAD'}"
+            return Checked(None, (message,), "source")
+        return check_result(snapshots.load_from_git(self.path, revision))
 
 
 async def watch_remote(

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RepoStatus", "SnapshotRepo", "checked", "watch_repo"]
+if TYPE_CHECKING:
+    from server.history import History
+
+__all__ = ["Checked", "RepoStatus", "SnapshotRepo", "check_result", "watch_repo"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +33,14 @@ class RepoStatus:
     serving: str | None = None
     serving_since: datetime | None = None
     rejected: Rejection | None = None
-    history: list[Rejection] = field(default_factory=list)
+    signer: str | None = None  # who signed the served commit, when signatures are required
+    journal: History | None = None  # every served and rejected commit, across restarts
 
     def to_json(self) -> dict[str, Any]:
         return {
             "serving": self.serving,
             "serving_since": self.serving_since.isoformat() if self.serving_since else None,
+            "signer": self.signer,
             "rejected": None
             if self.rejected is None
             else {
@@ -71,6 +76,10 @@ class SnapshotRepo:
 
     def load(self, revision: str | None) -> tuple[Any | None, tuple[str, ...]]:
         """(snapshot, rendered errors) for a revision (None = the directory on disk)."""
+        outcome = self.check(revision)
+        return outcome.snapshot, outcome.errors
+
+    def check(self, revision: str | None) -> Checked:
         from gitctl import snapshot as snapshots
 
         if revision is None:
@@ -79,15 +88,27 @@ class SnapshotRepo:
             result = snapshots.load_from_directory(folder if folder.is_dir() else self.path)
         else:
             result = snapshots.load_from_git(self.path, revision)
-        return checked(result)
+        return check_result(result)
 
 
-def checked(result: Any) -> tuple[Any | None, tuple[str, ...]]:
-    """A gitctl LoadResult as (snapshot, rendered errors): no snapshot if any error."""
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A commit read and checked: its snapshot, or the errors and the first
+    stage that failed (a `tailnetd_snapshot_rejections` reason)."""
+
+    snapshot: Any | None
+    errors: tuple[str, ...]
+    reason: str | None = None
+
+
+def check_result(result: Any) -> Checked:
+    """A gitctl LoadResult: no snapshot if any error."""
     from gitctl.diagnostics import Severity
 
     errors = tuple(d.render() for d in result.diagnostics if d.severity is Severity.ERROR)
-    return (result.snapshot if not errors else None), errors
+    if not errors:
+        return Checked(result.snapshot, ())
+    return Checked(None, errors, getattr(result, "failed_stage", None) or "schema")
 
 
 async def watch_repo(

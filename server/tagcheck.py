@@ -2,8 +2,8 @@
 
 A tag is well formed by Tailscale's rule (tailcfg.CheckTag): `tag:`, then a
 letter, then letters, digits and dashes. It is declared when the policy's
-`tagOwners` names it; with no policy at all (allow-all) every well-formed
-tag is. A new pre-auth key may carry only declared tags; keys and nodes whose
+`tagOwners` names it (a tailnet.d without policy keys declares none). A new
+pre-auth key may carry only declared tags; keys and nodes whose
 tags a later commit stopped declaring are reported (`undeclared`), since the
 policy no longer says who owns them.
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from gitctl.policy import Policy
 from server.store.model import Node, PreAuthKey
 
 __all__ = ["Undeclared", "check_new_key_tags", "declared_tags", "tag_problem", "undeclared"]
@@ -36,21 +37,20 @@ def tag_problem(tag: str) -> str | None:
     return "a tag name has only letters, digits and dashes"
 
 
-def declared_tags(policy: Any) -> frozenset[str] | None:
-    """The tags the policy declares; None when every well-formed tag is (no policy)."""
-    if policy is None:
-        return None
+def declared_tags(policy: Policy) -> frozenset[str]:
+    """The tags the policy declares in tagOwners. A tailnet.d without policy keys
+    (allow-all) declares none: a tag is always something git says exists."""
     return frozenset(policy.tag_owners)
 
 
-def check_new_key_tags(tags: Iterable[str], policy: Any) -> None:
+def check_new_key_tags(tags: Iterable[str], policy: Policy) -> None:
     """ValueError naming the first tag a new pre-auth key may not carry."""
     declared = declared_tags(policy)
     for tag in tags:
         problem = tag_problem(tag)
         if problem is not None:
             raise ValueError(f"tag {tag!r} is not a valid tag: {problem}")
-        if declared is not None and tag not in declared:
+        if tag not in declared:
             known = ", ".join(sorted(declared)) or "none"
             raise ValueError(
                 f"tag {tag!r} is not declared in the policy's tagOwners (declared tags: {known})"
@@ -75,7 +75,7 @@ class Undeclared:
 
 
 def undeclared(
-    policy: Any, nodes: Iterable[Node], keys: Iterable[PreAuthKey], now: datetime
+    policy: Policy, nodes: Iterable[Node], keys: Iterable[PreAuthKey], now: datetime
 ) -> list[Undeclared]:
     """Nodes, then pre-auth keys that could still register one, with undeclared tags.
 
@@ -83,8 +83,6 @@ def undeclared(
     declared = declared_tags(policy)
 
     def outside(tags: Iterable[str]) -> tuple[str, ...]:
-        if declared is None:
-            return tuple(t for t in tags if tag_problem(t) is not None)
         return tuple(t for t in tags if t not in declared)
 
     found = [Undeclared("node", n.id, n.given_name, outside(n.tags)) for n in nodes]

@@ -2,14 +2,17 @@
 
 from .compile import CompiledTailnet, NodeView, PeerView, compile_tailnet
 from .errors import PolicyError, PolicyErrors
+from .expiry import Expiring, expiring_within, in_force, next_expiry
 from .model import Policy
 from .parse import parse_policy
 from .policytests import run_policy_tests
+from .primary import elect_primaries
 from .routes import auto_approved_routes
 from .topology import Topology, TopologyNode, TopologyUser
 
 __all__ = [
     "CompiledTailnet",
+    "Expiring",
     "NodeView",
     "PeerView",
     "Policy",
@@ -20,6 +23,10 @@ __all__ = [
     "TopologyUser",
     "auto_approved_routes",
     "compile_tailnet",
+    "elect_primaries",
+    "expiring_within",
+    "in_force",
+    "next_expiry",
     "parse_policy",
     "run_policy_tests",
 ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
+from .expiry import policy_at
 from .model import Policy
 from .output import CompiledTailnet, NodeView, PeerView
 from .policytests import check_policy_tests
@@ -19,6 +21,7 @@ def compile_tailnet(
     topology: Topology,
     tailnet: Mapping[str, Any] | None = None,
     *,
+    now: datetime | None = None,
     enforce_tests: bool = True,
     previous: CompiledTailnet | None = None,
     keep_views: bool = True,
@@ -37,9 +40,15 @@ def compile_tailnet(
     over from it and ``changed`` names the others. A caller that keeps its own
     copy of each view (the server converts them) passes ``keep_views=False``:
     each read then builds the view again, and nothing is kept twice.
+
+    ``now`` (an aware datetime) leaves out every ACL entry, grant, SSH rule
+    and group member whose ``expires`` has passed, tests included. A policy
+    with expiry times is refused without it (fail closed); ``next_expiry``
+    says when to compile again.
     """
+    policy = policy_at(policy, now)
     if enforce_tests:
-        check_policy_tests(policy, topology)
+        check_policy_tests(policy, topology, now=now)
     index = ViewIndex(policy, topology, tailnet, keep_views=keep_views)
     changed = None
     if previous is not None and isinstance(previous.visibility, ViewIndex):

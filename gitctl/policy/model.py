@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from .posture import Condition, Value
@@ -46,6 +47,7 @@ class AclRule:
     dst: tuple[Dest, ...]
     protos: tuple[int, ...]  # empty = Tailscale's default (TCP, UDP, ICMP)
     src_posture: tuple[str, ...] = ()  # empty = the policy's defaultSrcPosture
+    expires: datetime | None = None  # left out of a compile at or after this time
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class Grant:
     app: Mapping[str, tuple[Any, ...]]
     via: tuple[Alias, ...]
     src_posture: tuple[str, ...] = ()  # empty = the policy's defaultSrcPosture
+    expires: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,7 @@ class SshRule:
     users: tuple[str, ...]
     check_period: float | None  # seconds; None = default
     accept_env: tuple[str, ...]
+    expires: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,17 @@ class SshTest:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberExpiry:
+    """A group member written as ``{"user": ..., "expires": ...}``: it leaves
+    ``group`` at ``expires``. ``path`` locates the time in the document."""
+
+    group: str
+    member: Alias
+    expires: datetime
+    path: tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     groups: Mapping[str, tuple[Alias, ...]] = field(default_factory=dict)
     hosts: Mapping[str, str] = field(default_factory=dict)
@@ -133,3 +148,5 @@ class Policy:
     roles: Mapping[str, str] | None = None
     # A policy with neither ``acls`` nor ``grants`` allows everything.
     default_allow: bool = False
+    # Group members that expire; a member also listed without a time never does.
+    member_expiry: tuple[MemberExpiry, ...] = ()

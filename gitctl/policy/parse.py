@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import Path, PolicyError, raise_collected
+from .expiry import group_member, parse_expires
 from .ipsets import parse_ipsets
 from .model import (
     ALL_PORTS,
@@ -22,6 +23,7 @@ from .model import (
     Dest,
     Grant,
     IpCap,
+    MemberExpiry,
     NodeAttr,
     Policy,
     PolicyTest,
@@ -209,23 +211,37 @@ def _aliases(
     return tuple(out)
 
 
-def _parse_groups(ctx: Ctx) -> dict[str, tuple[Alias, ...]]:
+def _parse_groups(ctx: Ctx) -> tuple[dict[str, tuple[Alias, ...]], list[MemberExpiry]]:
+    """Groups, and the members that leave them at a set time."""
     groups: dict[str, tuple[Alias, ...]] = {}
+    timed: list[MemberExpiry] = []
     for name, members in ctx.groups.items():
         path: Path = ("groups", name)
         if not name.startswith("group:"):
             ctx.fail(f'groups["{name}"]: group names must start with "group:"', path)
             continue
-        out = []
-        for i, m in enumerate(_strings(members, path, ctx)):
+        if members is not None and not isinstance(members, list):
+            ctx.fail("expected a list of members", path)
+            continue
+        out, expiring, permanent = [], [], set()
+        for i, value in enumerate(members or ()):
+            m, expires = group_member(value, (*path, i), ctx)
+            if m is None:
+                continue
             if m.startswith("group:"):
                 ctx.fail(f'groups["{name}"]: "{m}": group members cannot be recursive', (*path, i))
                 continue
             alias = parse_alias(m, ctx, (*path, i), f'groups["{name}"]: ')
-            if alias is not None:
-                out.append(alias)
+            if alias is None:
+                continue
+            out.append(alias)
+            if expires is None:
+                permanent.add(alias)
+            else:
+                expiring.append(MemberExpiry(name, alias, expires, (*path, i, "expires")))
         groups[name] = tuple(out)
-    return groups
+        timed += (e for e in expiring if e.member not in permanent)
+    return groups, timed
 
 
 def _parse_tag_owners(ctx: Ctx) -> dict[str, tuple[Alias, ...]]:
@@ -306,7 +322,8 @@ def _parse_acl(rule: Mapping[str, Any], i: int, ctx: Ctx) -> AclRule | None:
             dsts.append(Dest(alias, ports))
     _check_self(src, [d.alias for d in dsts], ctx, path)
     posture = parse_src_posture(rule.get("srcPosture"), ctx, (*path, "srcPosture"))
-    return AclRule(src=src, dst=tuple(dsts), protos=protos, src_posture=posture)
+    expires = parse_expires(rule, path, ctx)
+    return AclRule(src=src, dst=tuple(dsts), protos=protos, src_posture=posture, expires=expires)
 
 
 def _check_self(
@@ -408,9 +425,18 @@ def _parse_grant(grant: Mapping[str, Any], i: int, ctx: Ctx) -> Grant | None:
             )
     _check_self(src, list(dst), ctx, path, allow_wildcard=False)
     posture = parse_src_posture(grant.get("srcPosture"), ctx, (*path, "srcPosture"))
+    expires = parse_expires(grant, path, ctx)
     if len(ctx.errors) != n_errors:
         return None
-    return Grant(src=src, dst=dst, ip=tuple(ips), app=app, via=tuple(via), src_posture=posture)
+    return Grant(
+        src=src,
+        dst=dst,
+        ip=tuple(ips),
+        app=app,
+        via=tuple(via),
+        src_posture=posture,
+        expires=expires,
+    )
 
 
 def refuse_unsupported_keys(doc: Mapping[str, Any], ctx: Ctx) -> None:
@@ -523,7 +549,7 @@ def parse_policy(doc: Mapping[str, Any]) -> Policy:
     ctx.postures = postures
     default_posture = parse_src_posture(doc.get("defaultSrcPosture"), ctx, ("defaultSrcPosture",))
     tag_owners = _parse_tag_owners(ctx)
-    groups = _parse_groups(ctx)
+    groups, member_expiry = _parse_groups(ctx)
     hosts = _parse_hosts(ctx)
     ipsets = parse_ipsets(ctx, doc.get("ipsets"))
     acls = [_parse_acl(r, i, ctx) for i, r in enumerate(doc.get("acls") or ())]
@@ -559,4 +585,5 @@ def parse_policy(doc: Mapping[str, Any]) -> Policy:
         default_src_posture=default_posture,
         ipsets=ipsets,
         default_allow="acls" not in doc and "grants" not in doc,
+        member_expiry=tuple(member_expiry),
     )

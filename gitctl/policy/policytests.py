@@ -7,11 +7,13 @@ failure here is a sentence naming the source, destination and expectation.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from .addrs import INTERNET_RANGES, span
 from .aliases import Index
 from .errors import PolicyError
+from .expiry import policy_at
 from .model import Alias, Policy, PolicyTest, PortRange, SshTest
 from .parse import PROTOCOLS, Ctx, parse_alias, parse_prefix
 from .posture import Value, meets
@@ -236,17 +238,24 @@ def _ssh_test(index: Index, policy: Policy, policies: SshIndex, t: SshTest) -> l
     return failures
 
 
-def check_policy_tests(policy: Policy, topology: Topology) -> None:
-    """Raise Tailscale's "test(s) failed" when any assertion fails."""
-    failures = run_policy_tests(policy, topology)
+def check_policy_tests(policy: Policy, topology: Topology, *, now: datetime | None = None) -> None:
+    """Raise Tailscale's "test(s) failed" when any assertion fails at ``now``."""
+    failures = run_policy_tests(policy, topology, now=now)
     if failures:
         raise PolicyError(f"{FAILED}: " + "; ".join(failures))
 
 
-def run_policy_tests(policy: Policy, topology: Topology) -> list[str]:
-    """Failing ``tests``/``sshTests`` assertions as sentences (empty: all pass)."""
+def run_policy_tests(
+    policy: Policy, topology: Topology, *, now: datetime | None = None
+) -> list[str]:
+    """Failing ``tests``/``sshTests`` assertions as sentences (empty: all pass).
+
+    The tests see the policy in force at ``now``: access that has expired by
+    then is gone. A policy with expiry times needs ``now`` (PolicyError without).
+    """
     if not policy.tests and not policy.ssh_tests:
         return []
+    policy = policy_at(policy, now)
     index = _index(policy, topology)
     failures: list[str] = []
     oracle = _PacketOracle(policy, index)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from .addrs import is_exit_route, span
 from .model import Alias, Policy
 from .parse import parse_prefix
+from .primary import elect_primaries
 from .topology import TopologyNode, TopologyUser
 
 
@@ -80,16 +82,19 @@ def route_table(
 ) -> RouteTable:
     """A route is in effect when advertised and approved (by hand or by
     autoApprovers). Each subnet route has one primary: the earliest
-    registered node serving it; exit routes have no primary."""
+    registered node serving it (by ``created``, then node order), as
+    :func:`elect_primaries` picks it with every router online; exit routes
+    have no primary."""
     enabled = []
     for n in nodes:
         auto = set(auto_approved_routes(policy, n, n.routable_ips, users) if n.routable_ips else ())
         approved = set(n.approved_routes)
         enabled.append(tuple(r for r in n.routable_ips if r in approved or r in auto))
-    owner: dict[str, int] = {}
+    routers: dict[str, list[tuple[int, datetime | None]]] = {}
     for i, rs in enumerate(enabled):
         for r in rs:
             if not is_exit_route(r):
-                owner.setdefault(r, i)
+                routers.setdefault(r, []).append((i, nodes[i].created))
+    owner = elect_primaries(routers, online=frozenset(range(len(nodes))), previous={})
     primary = [tuple(r for r in rs if owner.get(r) == i) for i, rs in enumerate(enabled)]
     return RouteTable(enabled=tuple(enabled), primary=tuple(primary))

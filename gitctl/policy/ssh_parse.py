@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import Path
+from .expiry import parse_expires
 from .model import SshRule, SshTest
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ def parse_ssh_rule(rule: Mapping[str, Any], i: int, ctx: Ctx) -> SshRule | None:
             ctx.fail(f'invalid dst "{text}"', (*path, "dst", j))
             continue
         dst.append(alias)
+    expires = parse_expires(rule, path, ctx)
     if len(ctx.errors) != n_errors:
         return None
     return SshRule(
@@ -128,6 +130,7 @@ def parse_ssh_rule(rule: Mapping[str, Any], i: int, ctx: Ctx) -> SshRule | None:
         users=tuple(users),
         check_period=check_period,
         accept_env=tuple(accept_env),
+        expires=expires,
     )
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from .times import parse_rfc3339
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +25,8 @@ class TopologyUser:
 @dataclass(frozen=True, slots=True)
 class TopologyNode:
     """One node. ``user`` is the owning user's name; a tagged node has no user.
+    ``created`` is when it registered (None when unknown): among routers that
+    serve the same subnet, the earliest registered is the primary.
 
     The posture facts (``os`` .. ``state_encrypted``) are what the client
     reports in its Hostinfo; None means it reported nothing, and then every
@@ -41,6 +46,7 @@ class TopologyNode:
     ts_version: str | None = None  # Hostinfo.IPNVersion, e.g. "1.96.4-t1234abcd"
     auto_update: bool | None = None  # Hostinfo.AllowsUpdate: auto-update is on
     state_encrypted: bool | None = None  # Hostinfo.StateEncrypted
+    created: datetime | None = None  # tailcfg Node.Created
 
 
 def _opt_bool(value: Any) -> bool | None:
@@ -53,8 +59,9 @@ def _opt_str(value: Any) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Topology:
-    """Users and nodes. Node order is registration order: among routers that
-    serve the same subnet, the earliest one is the primary."""
+    """Users and nodes. Node order is the order of per-source SSH rules and
+    breaks ties between routers registered at the same (or an unknown) time;
+    it need not be registration order, which ``TopologyNode.created`` gives."""
 
     users: tuple[TopologyUser, ...]
     nodes: tuple[TopologyNode, ...]
@@ -86,6 +93,7 @@ class Topology:
                 ipv6=n.get("ipv6"),
                 routable_ips=tuple(n.get("routable_ips") or ()),
                 approved_routes=tuple(n.get("approved_routes") or ()),
+                created=_created(name, n.get("created")),
                 os=_opt_str(n.get("os")),
                 os_version=_opt_str(n.get("os_version")),
                 ts_version=_opt_str(n.get("ts_version")),
@@ -95,3 +103,12 @@ class Topology:
             for name, n in items
         )
         return cls(users=users, nodes=nodes)
+
+
+def _created(name: str, value: Any) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_rfc3339(value)
+    except ValueError as exc:
+        raise ValueError(f"node {name}: created: {exc}") from None

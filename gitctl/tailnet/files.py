@@ -17,6 +17,7 @@ from gitctl.hujson import loads_with_positions
 from gitctl.tailnet.kinds import (
     CONCAT,
     IGNORED_KEYS,
+    OWNERS_STEM,
     SECTION_FILES,
     SECTION_STRATEGIES,
     TOP_LEVEL_KEYS,
@@ -98,6 +99,8 @@ def _stem(path: str) -> str:
 def split_sections(sf: SourceFile) -> tuple[list[Section], list[Diagnostic]]:
     """Assign the file's top-level keys to sections; unknown keys become diagnostics."""
     stem = _stem(sf.path)
+    if stem == OWNERS_STEM:
+        return [], []  # says who may change what; contributes nothing to the tailnet
     if stem in SECTION_FILES:
         body = {k: v for k, v in sf.value.items() if k not in (*IGNORED_KEYS, stem)}
         problems = []

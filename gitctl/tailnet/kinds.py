@@ -52,6 +52,9 @@ POLICY_KEYS = (
 # Files whose top level *is* the section (headscale's `dns:` block pasted as a file).
 SECTION_FILES = ("dns", "settings")
 
+# owners.yaml says who owns which fragments (gitctl/tailnet/owners.py); it is no section.
+OWNERS_STEM = "owners"
+
 # `$schema` is an editor hint, accepted anywhere at the top level and ignored.
 IGNORED_KEYS = ("$schema",)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -112,15 +113,20 @@ class TailnetSettings:
     ephemeral_inactivity_timeout: timedelta = timedelta(seconds=120)
     derp_regions: tuple[DerpRegionSpec, ...] = ()
     embedded_derp: EmbeddedDerp = EmbeddedDerp()
+    # Repository-relative allowed-signers file: commits must be signed by a key it lists.
+    trusted_signers: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RouteApproval:
-    """Routes approved for one node (by name) or for every node with a tag."""
+    """Routes approved for one machine (by its machine key, which stays with the
+    machine through renames, logouts and re-registrations) or for every node
+    with a tag. `node` is only a label for people when `machine` is given."""
 
     node: str | None
     tag: str | None
     routes: tuple[IPNetwork, ...]
+    machine: str | None = None
 
 
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -276,9 +282,21 @@ class _Builder:
                 "turns off the embedded DERP relay while derp.regions lists no other: "
                 "clients would have no relay",
             )
+        signers = s.get("trusted_signers", {}).get("file")
+        if signers is not None:
+            signers = self.repo_path(("settings", "trusted_signers", "file"), signers)
         return TailnetSettings(
-            v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb
+            v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb, signers
         )
+
+    def repo_path(self, path: JsonPath, text: str) -> str | None:
+        """A repository-relative file path, normalized; None (and an error) if it leaves
+        the repository."""
+        norm = posixpath.normpath(text)
+        if text.startswith("/") or norm == ".." or norm.startswith("../") or norm == ".":
+            self.error(path, f'"{text}" must be a file path inside the repository')
+            return None
+        return norm
 
     def derp_regions(
         self, regions: dict[str, Any], emb: EmbeddedDerp
@@ -326,8 +344,22 @@ class _Builder:
         out = []
         for i, r in enumerate(items):
             nets = [self.network(("routes", i, "routes", j), p) for j, p in enumerate(r["routes"])]
+            if r.get("node") is not None and r.get("machine") is None:
+                self.error(
+                    ("routes", i, "node"),
+                    "a route approval names a machine, not a node name: a name passes to "
+                    "another machine after a rename or when it is freed; write "
+                    "`machine: mkey:…` (`tailnetd nodes list` shows each node's machine key) "
+                    "and keep `node:` as a label if you like",
+                    key=True,
+                )
             out.append(
-                RouteApproval(r.get("node"), r.get("tag"), tuple(n for n in nets if n is not None))
+                RouteApproval(
+                    r.get("node"),
+                    r.get("tag"),
+                    tuple(n for n in nets if n is not None),
+                    machine=r.get("machine"),
+                )
             )
         return tuple(out)
 

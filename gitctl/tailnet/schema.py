@@ -19,10 +19,11 @@ from jsonschema.exceptions import ValidationError
 from gitctl.diagnostics import Diagnostic, JsonPath, format_path
 from gitctl.tailnet.files import Section, SourceFile, split_sections
 from gitctl.tailnet.kinds import did_you_mean
+from gitctl.tailnet.owners import is_owners_file
 
 __all__ = ["SCHEMA_KINDS", "load_schema", "validate_file"]
 
-SCHEMA_KINDS = ("users", "policy", "dns", "routes", "settings")
+SCHEMA_KINDS = ("users", "policy", "dns", "routes", "settings", "owners")
 
 
 @cache
@@ -126,5 +127,7 @@ def _section_errors(sf: SourceFile, section: Section) -> Iterator[Diagnostic]:
 
 def validate_file(sf: SourceFile) -> list[Diagnostic]:
     """Schema problems of one file (unknown top-level keys are reported by the merge)."""
+    if is_owners_file(sf.path):
+        return list(_section_errors(sf, Section("owners", (), sf.value)))
     sections, _ = split_sections(sf)
     return [d for s in sections for d in _section_errors(sf, s)]

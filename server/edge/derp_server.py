@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from server.logs import event as log_event
 from server.protocol.derp import (
     HANDSHAKE_TIMEOUT,
     PROTOCOL_VERSION,
@@ -273,7 +274,11 @@ class DerpServer:
             allowed = False
         if not allowed:
             self._counters.refused += 1
-            self._log.info("derp: %s: refused: not a node of this tailnet", client.name())
+            self._log.info(
+                "derp: %s: refused: not a node of this tailnet",
+                client.name(),
+                extra=log_event("derp.refused", node_key=key.short(), peer=client.peer),
+            )
             client.conn.reject()
             client.shut()
             return

@@ -6,13 +6,16 @@ column names come from the constants here, never from outside input.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from server.store import _rows as rows
 from server.store.authkeys import API_KEY, AUTH_KEY, KeyFormat
 from server.store.model import NotFound, Rng
+
+if TYPE_CHECKING:
+    from server.store._sqlstore import Db
 
 __all__ = [
     "API_KEYS",
@@ -37,7 +40,7 @@ PREAUTH_KEYS = KeyTable("preauth_keys", rows.KEY_COLUMNS, AUTH_KEY, "auth key")
 API_KEYS = KeyTable("api_keys", rows.API_KEY_COLUMNS, API_KEY, "API key")
 
 
-def draw_key(db: sqlite3.Connection, table: KeyTable, rng: Rng) -> tuple[str, str, bytes]:
+def draw_key(db: Db, table: KeyTable, rng: Rng) -> tuple[str, str, bytes]:
     """(key text, prefix, secret hash) for a new key whose prefix is free."""
     while True:  # a repeated 12-char prefix is rare; just draw again
         text, prefix, secret = table.fmt.generate(rng)
@@ -46,7 +49,7 @@ def draw_key(db: sqlite3.Connection, table: KeyTable, rng: Rng) -> tuple[str, st
             return text, prefix, table.fmt.hash_secret(prefix, secret)
 
 
-def row_for_text(db: sqlite3.Connection, table: KeyTable, text: str) -> rows.Row | None:
+def row_for_text(db: Db, table: KeyTable, text: str) -> rows.Row | None:
     """The row of the key this text is, or None if it is no key of ours."""
     parsed = table.fmt.parse(text)
     if parsed is None:
@@ -61,26 +64,25 @@ def row_for_text(db: sqlite3.Connection, table: KeyTable, text: str) -> rows.Row
     return tuple(row[:-1])
 
 
-def find_row(db: sqlite3.Connection, table: KeyTable, id_or_prefix: int | str) -> rows.Row:
+def find_row(db: Db, table: KeyTable, id_or_prefix: int | str, lock: str = "") -> rows.Row:
+    """The key's row; `lock` is the backend's row lock clause (" FOR UPDATE") or ""."""
     column = "id" if isinstance(id_or_prefix, int) else "prefix"
     row = db.execute(
-        f"SELECT {table.columns} FROM {table.name} WHERE {column} = ?", (id_or_prefix,)
+        f"SELECT {table.columns} FROM {table.name} WHERE {column} = ?{lock}", (id_or_prefix,)
     ).fetchone()
     if row is None:
         raise NotFound(f"no {table.what} with {column} {id_or_prefix!r}")
     return tuple(row)
 
 
-def expire(
-    db: sqlite3.Connection, table: KeyTable, id_or_prefix: int | str, now: datetime
-) -> rows.Row:
+def expire(db: Db, table: KeyTable, id_or_prefix: int | str, now: datetime) -> rows.Row:
     """Make the key expire `now`; the row as it is afterwards."""
     key_id = find_row(db, table, id_or_prefix)[0]
-    # An earlier expiration stays: expiring never extends a key's life. (Stored
-    # times are fixed-width UTC text, so text order is time order.)
+    # An earlier expiration stays: expiring never extends a key's life. (Times
+    # compare as times in both backends: sqlite stores fixed-width UTC text.)
     db.execute(
-        f"UPDATE {table.name} SET expiration = ?1"
-        " WHERE id = ?2 AND (expiration IS NULL OR expiration > ?1)",
-        (rows.ts(now), key_id),
+        f"UPDATE {table.name} SET expiration = ?"
+        " WHERE id = ? AND (expiration IS NULL OR expiration > ?)",
+        (rows.ts(now), key_id, rows.ts(now)),
     )
     return find_row(db, table, key_id)

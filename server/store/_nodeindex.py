@@ -13,29 +13,33 @@ columns stay as the last line of defence.
 
 from __future__ import annotations
 
-import sqlite3
 from ipaddress import IPv4Address, IPv6Address
+from typing import TYPE_CHECKING
 
 from server.store._sortedints import SortedInts
 from server.store.model import Node
 from server.store.names import TakenNames
 
+if TYPE_CHECKING:
+    from server.store._sqlstore import Db
+
 __all__ = ["NodeIndex", "data_version"]
 
 
-def data_version(db: sqlite3.Connection) -> int:
+def data_version(db: Db) -> int:
+    """sqlite's own change counter for the file."""
     return int(db.execute("PRAGMA data_version").fetchone()[0])
 
 
 class NodeIndex:
     __slots__ = ("ipv4", "ipv6", "names", "version")
 
-    def __init__(self, db: sqlite3.Connection, version: int) -> None:
+    def __init__(self, db: Db, version: int) -> None:
         """Read from the nodes table; `version` is data_version at the same moment."""
         v4: list[int] = []
         v6: list[int] = []
         names: list[str] = []
-        for ipv4, ipv6, name in db.execute("SELECT ipv4, ipv6, given_name FROM nodes"):
+        for ipv4, ipv6, name in db.execute("SELECT ipv4, ipv6, given_name FROM nodes").fetchall():
             if ipv4:
                 v4.append(int(IPv4Address(ipv4)))
             if ipv6:

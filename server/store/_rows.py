@@ -1,6 +1,9 @@
-"""Conversions between sqlite column values and domain values.
+"""Conversions between column values and domain values.
 
 The only place that knows how a key, a time or a list is spelled in a row.
+Parameters are written in sqlite's spelling (times as ISO 8601 text, lists as
+JSON text), which PostgreSQL casts to its own column types (timestamptz,
+jsonb, inet); values read back come in either spelling and convert alike.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ NODE_COLUMNS = (
     " capver"
 )
 KEY_COLUMNS = "id, prefix, user_name, reusable, ephemeral, tags, created, expiration, used, revoked"
-API_KEY_COLUMNS = "id, prefix, created, expiration, last_used"
+API_KEY_COLUMNS = "id, prefix, created, expiration, last_used, scope"
 LOGIN_COLUMNS = "auth_id, machine_key, node_key, ephemeral, created"
 
 Row = tuple[Any, ...]
@@ -37,20 +40,23 @@ def ts_or_none(when: datetime | None) -> str | None:
     return None if when is None else ts(when)
 
 
-def dt(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
+def dt(value: str | datetime | None) -> datetime | None:
+    return None if value is None else dt_required(value)
 
 
-def dt_required(text: str) -> datetime:
-    return datetime.fromisoformat(text)
+def dt_required(value: str | datetime) -> datetime:
+    if isinstance(value, datetime):  # PostgreSQL's timestamptz
+        return value.astimezone(UTC)
+    return datetime.fromisoformat(value)
 
 
 def json_list(items: Sequence[str]) -> str:
     return json.dumps(list(items))
 
 
-def str_tuple(text: str) -> tuple[str, ...]:
-    return tuple(str(item) for item in json.loads(text))
+def str_tuple(value: str | list[Any]) -> tuple[str, ...]:
+    items = json.loads(value) if isinstance(value, str) else value  # jsonb comes parsed
+    return tuple(str(item) for item in items)
 
 
 def node_from_row(row: Row) -> Node:
@@ -98,6 +104,7 @@ def api_key_from_row(row: Row) -> ApiKey:
         created=dt_required(row[2]),
         expiration=dt(row[3]),
         last_used=dt(row[4]),
+        scope="read" if row[5] == "read" else "admin",
     )
 
 

@@ -1,8 +1,8 @@
 """The store as the server sees it: one small interface, backends behind it.
 
-sqlite implements it today; a PostgreSQL backend for several replicas would be
-another class with these methods. Every method is short and synchronous; the
-server calls them from its one asyncio thread.
+sqlite and PostgreSQL implement it (`_sqlstore.SqlStore`, one SQL core, with
+`sqlite.py` and `postgres.py` for transactions and locking). Every method is
+short and synchronous; the server calls them from its one asyncio thread.
 
 Registration is one call: `create_node` / `reregister_node` given an
 `auth_key_id` check that pre-auth key (revoked, expired, single-use already
@@ -23,7 +23,15 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Protocol
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
-from server.store.model import AllocationStrategy, ApiKey, Node, PendingLogin, PreAuthKey, Rng
+from server.store.model import (
+    AllocationStrategy,
+    ApiKey,
+    ApiScope,
+    Node,
+    PendingLogin,
+    PreAuthKey,
+    Rng,
+)
 
 __all__ = ["Store"]
 
@@ -33,7 +41,7 @@ class Store(Protocol):
     def generation(self) -> int:
         """Grows with every change committed through this handle (a cache key).
 
-        Changes made by another process on the same file are not counted.
+        Changes made by another process on the same database are not counted.
         """
         ...
 
@@ -103,6 +111,12 @@ class Store(Protocol):
     def touch_last_seen(self, node_id: int, now: datetime) -> None: ...
     def set_key_expiry(self, node_id: int, when: datetime | None) -> Node: ...
     def rename_node(self, node_id: int, new_given_name: str) -> Node: ...
+
+    def set_node_tags(self, node_id: int, tags: Sequence[str]) -> Node:
+        """Replace a node's tags. Non-empty tags make it a tagged node: no
+        owning user, a key that does not expire (Tailscale's rule)."""
+        ...
+
     def delete_node(self, node_id: int) -> Node: ...
     def delete_ephemeral_inactive(self, before: datetime) -> list[Node]: ...
 
@@ -129,7 +143,12 @@ class Store(Protocol):
     # API keys (the admin API over HTTP)
 
     def create_api_key(
-        self, *, expiration: datetime | None, now: datetime, rng: Rng
+        self,
+        *,
+        expiration: datetime | None,
+        now: datetime,
+        rng: Rng,
+        scope: ApiScope = "admin",
     ) -> tuple[str, ApiKey]: ...
 
     def use_api_key(self, text: str, now: datetime) -> ApiKey:

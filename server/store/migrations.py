@@ -3,16 +3,33 @@
 Each migration runs in its own transaction together with the row recording
 it, so a crash leaves the file either before or after a migration, never in
 between. Never edit a released migration; add the next number.
+
+There is one list per backend, side by side: `MIGRATIONS` for sqlite and
+`POSTGRES_MIGRATIONS`, with the same numbers and descriptions (a test holds
+them to that), so "schema version 2" means the same tables in both. The
+PostgreSQL list is applied by `server.store.postgres`.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from server.store.model import SchemaError
 
-__all__ = ["MIGRATIONS", "Migration", "apply_migrations", "schema_version"]
+if TYPE_CHECKING:
+    from server.store._sqlstore import Db
+
+__all__ = [
+    "MIGRATIONS",
+    "POSTGRES_MIGRATIONS",
+    "Migration",
+    "apply_migrations",
+    "check_not_newer",
+    "check_numbering",
+    "schema_version",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +111,106 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "API key scopes",
+        ("ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin'",),
+    ),
 )
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
+# PostgreSQL's own types: keys bytea, addresses inet, times timestamptz, lists
+# jsonb, flags boolean; ids from identity columns, which never hand out a
+# number twice (as AUTOINCREMENT). `node_index_clock` is the backend's
+# counterpart of sqlite's `PRAGMA data_version`: writers of addresses and names
+# lock its one row and bump it (see server/store/postgres.py).
+POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "nodes, pre-auth keys, pending logins",
+        (
+            """
+            CREATE TABLE preauth_keys (
+                id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                prefix      text        NOT NULL UNIQUE,
+                secret_hash bytea       NOT NULL,
+                user_name   text        NOT NULL,
+                reusable    boolean     NOT NULL,
+                ephemeral   boolean     NOT NULL,
+                tags        jsonb       NOT NULL,
+                created     timestamptz NOT NULL,
+                expiration  timestamptz,
+                used        boolean     NOT NULL DEFAULT false,
+                revoked     boolean     NOT NULL DEFAULT false
+            )
+            """,
+            """
+            CREATE TABLE nodes (
+                id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                machine_key bytea       NOT NULL UNIQUE,
+                node_key    bytea       NOT NULL UNIQUE,
+                disco_key   bytea       NOT NULL,
+                ipv4        inet        UNIQUE,
+                ipv6        inet        UNIQUE,
+                hostname    text        NOT NULL,
+                given_name  text        NOT NULL UNIQUE,
+                user_name   text,
+                tags        jsonb       NOT NULL,
+                auth_key_id bigint      REFERENCES preauth_keys (id) ON DELETE SET NULL,
+                ephemeral   boolean     NOT NULL,
+                created     timestamptz NOT NULL,
+                last_seen   timestamptz,
+                key_expiry  timestamptz,
+                hostinfo    text        NOT NULL,
+                endpoints   jsonb       NOT NULL,
+                capver      integer     NOT NULL
+            )
+            """,
+            "CREATE INDEX nodes_ephemeral ON nodes (ephemeral) WHERE ephemeral",
+            """
+            CREATE TABLE pending_logins (
+                auth_id     text        PRIMARY KEY,
+                machine_key bytea       NOT NULL,
+                node_key    bytea       NOT NULL,
+                ephemeral   boolean     NOT NULL,
+                created     timestamptz NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE node_index_clock (
+                one         boolean     PRIMARY KEY DEFAULT true CHECK (one),
+                version     bigint      NOT NULL
+            )
+            """,
+            "INSERT INTO node_index_clock (version) VALUES (0)",
+        ),
+    ),
+    Migration(
+        2,
+        "API keys for the admin API over HTTP",
+        (
+            """
+            CREATE TABLE api_keys (
+                id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                prefix      text        NOT NULL UNIQUE,
+                secret_hash bytea       NOT NULL,
+                created     timestamptz NOT NULL,
+                expiration  timestamptz,
+                last_used   timestamptz
+            )
+            """,
+        ),
+    ),
+    Migration(
+        3,
+        "API key scopes",
+        ("ALTER TABLE api_keys ADD COLUMN scope text NOT NULL DEFAULT 'admin'",),
+    ),
+)
+
+
+def schema_version(conn: Db) -> int:
+    """The last migration applied (0: none), on either backend."""
     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     return int(row[0]) if row is not None and row[0] is not None else 0
 
@@ -110,18 +223,13 @@ def apply_migrations(
     The connection must be in autocommit mode (isolation_level=None) so the
     transactions here are the only ones.
     """
-    _check_numbering(migrations)
+    check_numbering(migrations)
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_version ("
         " version INTEGER PRIMARY KEY, description TEXT NOT NULL)"
     )
-    known = migrations[-1].version if migrations else 0
     current = schema_version(conn)
-    if current > known:
-        raise SchemaError(
-            f"the database is at schema version {current}, newer than this tailnetd "
-            f"understands ({known}); upgrade tailnetd or restore a backup"
-        )
+    check_not_newer(current, migrations)
     applied = []
     for migration in migrations:
         if migration.version <= current:
@@ -146,7 +254,16 @@ def apply_migrations(
     return applied
 
 
-def _check_numbering(migrations: tuple[Migration, ...]) -> None:
+def check_not_newer(current: int, migrations: tuple[Migration, ...]) -> None:
+    known = migrations[-1].version if migrations else 0
+    if current > known:
+        raise SchemaError(
+            f"the database is at schema version {current}, newer than this tailnetd "
+            f"understands ({known}); upgrade tailnetd or restore a backup"
+        )
+
+
+def check_numbering(migrations: tuple[Migration, ...]) -> None:
     expected = list(range(1, len(migrations) + 1))
     if [m.version for m in migrations] != expected:
         raise ValueError("migrations must be numbered 1, 2, 3 … without gaps")

@@ -19,6 +19,7 @@ from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 __all__ = [
     "AddressExhausted",
     "ApiKey",
+    "ApiScope",
     "AllocationStrategy",
     "Conflict",
     "InvalidName",
@@ -37,6 +38,7 @@ __all__ = [
 Rng = Callable[[int], bytes]
 
 AllocationStrategy = Literal["sequential", "random"]
+ApiScope = Literal["read", "admin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +79,15 @@ class PreAuthKey:
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
-    """A credential for the admin API over HTTP; whoever holds one is an admin."""
+    """A credential for the admin API over HTTP: `admin` may do everything the
+    API offers over TCP, `read` only look."""
 
     id: int
     prefix: str  # the public, lookup part of the key text
     created: datetime
     expiration: datetime | None  # None = never expires
     last_used: datetime | None
+    scope: ApiScope = "admin"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,59 +1,31 @@
-"""The sqlite backend of the store: one file, one connection, explicit SQL.
+"""The sqlite backend of the store: one file, one connection.
 
 Writes run in `BEGIN IMMEDIATE` transactions, which take sqlite's write lock
 up front: checks such as "is this address free" and the insert that relies
 on them can never interleave with another writer, even a second process (an
-admin command) on the same file.
-
-Registration reads the used addresses and names from an in-memory index
-(`_nodeindex`) instead of every row, so it costs O(log n), not O(n); the
-index is checked against the file inside each of those transactions.
+admin command) on the same file. The in-memory node index is trusted while
+`PRAGMA data_version` is unchanged (see `_nodeindex`).
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from types import TracebackType
 
-from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
-from server.store import _keytables as keytables
-from server.store import _rows as rows
-from server.store._nodeindex import NodeIndex, data_version
-from server.store._rand import LOWER_ALNUM, random_text
-from server.store.ipalloc import (
-    DEFAULT_IPV4_PREFIX,
-    DEFAULT_IPV6_PREFIX,
-    allocate_ipv4,
-    allocate_ipv6,
-)
+from server.store._nodeindex import data_version
+from server.store._sqlstore import Db, SqlStore
+from server.store.ipalloc import DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX
 from server.store.migrations import apply_migrations
-from server.store.model import (
-    AllocationStrategy,
-    ApiKey,
-    Conflict,
-    KeyRejected,
-    Node,
-    NotFound,
-    PendingLogin,
-    PreAuthKey,
-    Rng,
-    StoreError,
-)
-from server.store.names import check_label, label_from_hostname
+from server.store.model import AllocationStrategy, Rng, StoreError
 
-__all__ = ["SqliteStore", "open_store"]
-
-_AUTH_ID_LEN = 32
-_NOT_FOUND = "auth key not found"
+__all__ = ["SqliteStore", "open_sqlite"]
 
 
-def open_store(
+def open_sqlite(
     path: Path,
     *,
     ipv4_prefix: IPv4Network | None = DEFAULT_IPV4_PREFIX,
@@ -81,7 +53,7 @@ def open_store(
     return SqliteStore(conn, ipv4_prefix, ipv6_prefix, allocation, rng)
 
 
-class SqliteStore:
+class SqliteStore(SqlStore):
     def __init__(
         self,
         conn: sqlite3.Connection,
@@ -91,44 +63,14 @@ class SqliteStore:
         rng: Rng,
     ) -> None:
         self._conn = conn
-        self._rng = rng
-        self._generation = 0
-        self.set_addressing(ipv4_prefix, ipv6_prefix, allocation)
-        self._index: NodeIndex | None = None
-
-    def set_addressing(
-        self,
-        ipv4_prefix: IPv4Network | None,
-        ipv6_prefix: IPv6Network | None,
-        allocation: AllocationStrategy,
-    ) -> None:
-        """Where new nodes' addresses come from; nodes keep the ones they have."""
-        if allocation not in ("sequential", "random"):
-            raise ValueError(f"unknown allocation strategy {allocation!r}")
-        self._ipv4_prefix = ipv4_prefix
-        self._ipv6_prefix = ipv6_prefix
-        self._allocation: AllocationStrategy = allocation
-
-    @property
-    def generation(self) -> int:
-        return self._generation
+        super().__init__(ipv4_prefix, ipv6_prefix, allocation, rng)
 
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> SqliteStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, index: bool = False) -> Iterator[Db]:
+        # BEGIN IMMEDIATE excludes every other writer, so `index` needs nothing more.
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self._conn
@@ -136,418 +78,17 @@ class SqliteStore:
         except BaseException as exc:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
-            # The store's own refusals come before the index changes; anything
-            # else (a failed COMMIT included) may have left it ahead of the file.
+            # Anything but the store's own refusals (a failed COMMIT included)
+            # may have left the index ahead of the file.
             if not isinstance(exc, StoreError):
                 self._index = None
             raise
         self._generation += 1
 
-    def _node_index(self, db: sqlite3.Connection) -> NodeIndex:
-        """The index, read again if another connection has changed the file.
+    @contextmanager
+    def _read(self) -> Iterator[Db]:
+        yield self._conn
 
-        Call inside a write transaction; change the index only after every
-        statement of that transaction that can fail.
-        """
-        version = data_version(db)
-        if self._index is None or self._index.version != version:
-            self._index = NodeIndex(db, version)
-        return self._index
-
-    def _loaded_node_index(self, db: sqlite3.Connection) -> NodeIndex | None:
-        """The index if it is loaded and current, so a change can be applied to
-        it; a stale one is dropped (and read again when a registration needs it)."""
-        if self._index is not None and self._index.version != data_version(db):
-            self._index = None
-        return self._index
-
-    # Nodes
-
-    def create_node(
-        self,
-        *,
-        machine_key: MachinePublic,
-        node_key: NodePublic,
-        hostname: str,
-        user: str | None,
-        now: datetime,
-        tags: Sequence[str] = (),
-        auth_key_id: int | None = None,
-        ephemeral: bool = False,
-        key_expiry: datetime | None = None,
-        disco_key: DiscoPublic | None = None,
-        hostinfo: str = "{}",
-        endpoints: Sequence[str] = (),
-        capver: int = 0,
-    ) -> Node:
-        with self._write() as db:
-            existing = self._node_where(db, "machine_key = ?", machine_key.raw)
-            if existing is not None:
-                raise Conflict(
-                    f"machine {machine_key.short()} is already registered"
-                    f" as node {existing.id} ({existing.given_name})"
-                )
-            self._check_node_key_free(db, node_key)
-            if auth_key_id is not None:
-                self._consume_key(db, auth_key_id, now)
-            index = self._node_index(db)
-            ipv4, ipv6 = self._allocate(index)
-            given_name = index.names.unique(label_from_hostname(hostname))
-            cursor = db.execute(
-                "INSERT INTO nodes (machine_key, node_key, disco_key, ipv4, ipv6, hostname,"
-                " given_name, user_name, tags, auth_key_id, ephemeral, created, last_seen,"
-                " key_expiry, hostinfo, endpoints, capver)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)",
-                (
-                    machine_key.raw,
-                    node_key.raw,
-                    (disco_key or DiscoPublic.zero()).raw,
-                    None if ipv4 is None else str(ipv4),
-                    None if ipv6 is None else str(ipv6),
-                    hostname,
-                    given_name,
-                    user,
-                    rows.json_list(tags),
-                    auth_key_id,
-                    ephemeral,
-                    rows.ts(now),
-                    rows.ts_or_none(key_expiry),
-                    hostinfo,
-                    rows.json_list(endpoints),
-                    capver,
-                ),
-            )
-            assert cursor.lastrowid is not None
-            node = self._node_or_raise(db, cursor.lastrowid)
-            index.add(node)
-            return node
-
-    def get_node(self, node_id: int) -> Node | None:
-        return self._node_where(self._conn, "id = ?", node_id)
-
-    def node_by_node_key(self, node_key: NodePublic) -> Node | None:
-        return self._node_where(self._conn, "node_key = ?", node_key.raw)
-
-    def node_by_machine_key(self, machine_key: MachinePublic) -> Node | None:
-        return self._node_where(self._conn, "machine_key = ?", machine_key.raw)
-
-    def list_nodes(self) -> list[Node]:
-        cursor = self._conn.execute(f"SELECT {rows.NODE_COLUMNS} FROM nodes ORDER BY id")
-        return [rows.node_from_row(row) for row in cursor]
-
-    def update_node_key(self, node_id: int, node_key: NodePublic, now: datetime) -> Node:
-        with self._write() as db:
-            node = self._node_or_raise(db, node_id)
-            if node.node_key != node_key:
-                self._check_node_key_free(db, node_key)
-            return self._update(db, node_id, node_key=node_key.raw, last_seen=rows.ts(now))
-
-    def reregister_node(
-        self,
-        node_id: int,
-        *,
-        node_key: NodePublic,
-        user: str | None,
-        now: datetime,
-        tags: Sequence[str] = (),
-        auth_key_id: int | None = None,
-        ephemeral: bool = False,
-        key_expiry: datetime | None = None,
-    ) -> Node:
-        """A known machine logging in again: new key, owner and expiry, same node.
-
-        Id, addresses and given name stay, so peers and DNS see the same node.
-        """
-        with self._write() as db:
-            node = self._node_or_raise(db, node_id)
-            if node.node_key != node_key:
-                self._check_node_key_free(db, node_key)
-            if auth_key_id is not None:
-                self._consume_key(db, auth_key_id, now)
-            return self._update(
-                db,
-                node_id,
-                node_key=node_key.raw,
-                user_name=user,
-                tags=rows.json_list(tags),
-                auth_key_id=auth_key_id,
-                ephemeral=ephemeral,
-                key_expiry=rows.ts_or_none(key_expiry),
-                last_seen=rows.ts(now),
-            )
-
-    def update_from_map(
-        self,
-        node_id: int,
-        *,
-        now: datetime,
-        disco_key: DiscoPublic | None = None,
-        hostinfo: str | None = None,
-        hostname: str | None = None,
-        endpoints: Sequence[str] | None = None,
-        capver: int | None = None,
-    ) -> Node:
-        changes: dict[str, object] = {"last_seen": rows.ts(now)}
-        if disco_key is not None:
-            changes["disco_key"] = disco_key.raw
-        if hostinfo is not None:
-            changes["hostinfo"] = hostinfo
-        if hostname is not None:
-            changes["hostname"] = hostname
-        if endpoints is not None:
-            changes["endpoints"] = rows.json_list(endpoints)
-        if capver is not None:
-            changes["capver"] = capver
-        with self._write() as db:
-            return self._update(db, node_id, **changes)
-
-    def touch_last_seen(self, node_id: int, now: datetime) -> None:
-        with self._write() as db:
-            self._update(db, node_id, last_seen=rows.ts(now))
-
-    def set_key_expiry(self, node_id: int, when: datetime | None) -> Node:
-        with self._write() as db:
-            return self._update(db, node_id, key_expiry=rows.ts_or_none(when))
-
-    def rename_node(self, node_id: int, new_given_name: str) -> Node:
-        name = check_label(new_given_name)
-        with self._write() as db:
-            old = self._node_or_raise(db, node_id)
-            owner = self._node_where(db, "given_name = ?", name)
-            if owner is not None and owner.id != node_id:
-                raise Conflict(f"the name {name!r} is already used by node {owner.id}")
-            node = self._update(db, node_id, given_name=name)
-            if (index := self._loaded_node_index(db)) is not None:
-                index.rename(old.given_name, name)
-            return node
-
-    def delete_node(self, node_id: int) -> Node:
-        with self._write() as db:
-            node = self._node_or_raise(db, node_id)
-            db.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
-            if (index := self._loaded_node_index(db)) is not None:
-                index.remove(node)
-            return node
-
-    def delete_ephemeral_inactive(self, before: datetime) -> list[Node]:
-        """Remove ephemeral nodes not seen since `before` (never seen: since created).
-
-        The caller keeps connected nodes' last_seen fresh, or they go too.
-        """
-        condition = "ephemeral AND coalesce(last_seen, created) < ?"
-        with self._write() as db:
-            cursor = db.execute(
-                f"SELECT {rows.NODE_COLUMNS} FROM nodes WHERE {condition} ORDER BY id",
-                (rows.ts(before),),
-            )
-            gone = [rows.node_from_row(row) for row in cursor]
-            db.execute(f"DELETE FROM nodes WHERE {condition}", (rows.ts(before),))
-            if (index := self._loaded_node_index(db)) is not None:
-                for node in gone:
-                    index.remove(node)
-            return gone
-
-    def _allocate(self, index: NodeIndex) -> tuple[IPv4Address | None, IPv6Address | None]:
-        ipv4 = ipv6 = None
-        if self._ipv4_prefix is not None:
-            ipv4 = allocate_ipv4(self._ipv4_prefix, index.ipv4, self._allocation, self._rng)
-        if self._ipv6_prefix is not None:
-            ipv6 = allocate_ipv6(self._ipv6_prefix, index.ipv6, self._allocation, self._rng)
-        return ipv4, ipv6
-
-    def _check_node_key_free(self, db: sqlite3.Connection, node_key: NodePublic) -> None:
-        holder = self._node_where(db, "node_key = ?", node_key.raw)
-        if holder is not None:
-            raise Conflict(f"node key {node_key.short()} is already used by node {holder.id}")
-
-    def _update(self, db: sqlite3.Connection, node_id: int, **changes: object) -> Node:
-        # Column names come from this module's callers, never from outside input.
-        assignments = ", ".join(f"{column} = ?" for column in changes)
-        cursor = db.execute(
-            f"UPDATE nodes SET {assignments} WHERE id = ?", (*changes.values(), node_id)
-        )
-        if cursor.rowcount == 0:
-            raise NotFound(f"node {node_id} not found")
-        return self._node_or_raise(db, node_id)
-
-    @staticmethod
-    def _node_where(db: sqlite3.Connection, condition: str, value: object) -> Node | None:
-        row = db.execute(
-            f"SELECT {rows.NODE_COLUMNS} FROM nodes WHERE {condition}", (value,)
-        ).fetchone()
-        return None if row is None else rows.node_from_row(row)
-
-    def _node_or_raise(self, db: sqlite3.Connection, node_id: int) -> Node:
-        node = self._node_where(db, "id = ?", node_id)
-        if node is None:
-            raise NotFound(f"node {node_id} not found")
-        return node
-
-    # Pre-auth keys
-
-    def create_preauth_key(
-        self,
-        user: str,
-        *,
-        reusable: bool,
-        ephemeral: bool,
-        tags: Sequence[str],
-        expiration: datetime | None,
-        now: datetime,
-        rng: Rng,
-    ) -> tuple[str, PreAuthKey]:
-        with self._write() as db:
-            text, prefix, secret_hash = keytables.draw_key(db, keytables.PREAUTH_KEYS, rng)
-            cursor = db.execute(
-                "INSERT INTO preauth_keys (prefix, secret_hash, user_name, reusable, ephemeral,"
-                " tags, created, expiration) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    prefix,
-                    secret_hash,
-                    user,
-                    reusable,
-                    ephemeral,
-                    rows.json_list(tags),
-                    rows.ts(now),
-                    rows.ts_or_none(expiration),
-                ),
-            )
-            assert cursor.lastrowid is not None
-            return text, self._find_key(db, cursor.lastrowid)
-
-    def check_preauth_key(self, text: str, now: datetime) -> PreAuthKey:
-        """The key if it may register a node now, else KeyRejected saying why."""
-        row = keytables.row_for_text(self._conn, keytables.PREAUTH_KEYS, text)
-        if row is None:
-            raise KeyRejected(_NOT_FOUND)
-        key = rows.key_from_row(row)
-        _check_usable(key, now)
-        return key
-
-    def use_preauth_key(self, key_id: int) -> PreAuthKey:
-        """Record a registration with the key; a single-use key can do this once."""
-        with self._write() as db:
-            return self._consume_key(db, key_id, None)
-
-    def _consume_key(self, db: sqlite3.Connection, key_id: int, now: datetime | None) -> PreAuthKey:
-        # Inside the caller's write transaction, so two registrations racing for
-        # one single-use key cannot both pass the check.
-        key = self._find_key(db, key_id)
-        if now is not None:
-            _check_usable(key, now)
-        elif key.used and not key.reusable:
-            raise KeyRejected("auth key already used")
-        # Reusable keys are marked too, so listings show they have been used.
-        db.execute("UPDATE preauth_keys SET used = 1 WHERE id = ?", (key_id,))
-        return self._find_key(db, key_id)
-
-    def list_preauth_keys(self, user: str | None = None) -> list[PreAuthKey]:
-        query = f"SELECT {rows.KEY_COLUMNS} FROM preauth_keys"
-        params: tuple[object, ...] = ()
-        if user is not None:
-            query, params = query + " WHERE user_name = ?", (user,)
-        cursor = self._conn.execute(query + " ORDER BY id", params)
-        return [rows.key_from_row(row) for row in cursor]
-
-    def expire_preauth_key(self, id_or_prefix: int | str, now: datetime) -> PreAuthKey:
-        with self._write() as db:
-            return rows.key_from_row(
-                keytables.expire(db, keytables.PREAUTH_KEYS, id_or_prefix, now)
-            )
-
-    def revoke_preauth_key(self, id_or_prefix: int | str) -> PreAuthKey:
-        with self._write() as db:
-            key = self._find_key(db, id_or_prefix)
-            db.execute("UPDATE preauth_keys SET revoked = 1 WHERE id = ?", (key.id,))
-            return self._find_key(db, key.id)
-
-    @staticmethod
-    def _find_key(db: sqlite3.Connection, id_or_prefix: int | str) -> PreAuthKey:
-        row = keytables.find_row(db, keytables.PREAUTH_KEYS, id_or_prefix)
-        return rows.key_from_row(row)
-
-    # API keys
-
-    def create_api_key(
-        self, *, expiration: datetime | None, now: datetime, rng: Rng
-    ) -> tuple[str, ApiKey]:
-        with self._write() as db:
-            text, prefix, secret_hash = keytables.draw_key(db, keytables.API_KEYS, rng)
-            cursor = db.execute(
-                "INSERT INTO api_keys (prefix, secret_hash, created, expiration)"
-                " VALUES (?, ?, ?, ?)",
-                (prefix, secret_hash, rows.ts(now), rows.ts_or_none(expiration)),
-            )
-            assert cursor.lastrowid is not None
-            return text, self._find_api_key(db, cursor.lastrowid)
-
-    def use_api_key(self, text: str, now: datetime) -> ApiKey:
-        """The key if it may be used now (recording `now` as its last use),
-        else KeyRejected saying why."""
-        with self._write() as db:
-            row = keytables.row_for_text(db, keytables.API_KEYS, text)
-            if row is None:
-                raise KeyRejected("API key not found")
-            key = rows.api_key_from_row(row)
-            if key.expiration is not None and now >= key.expiration:
-                raise KeyRejected("API key expired")
-            db.execute("UPDATE api_keys SET last_used = ? WHERE id = ?", (rows.ts(now), key.id))
-            return self._find_api_key(db, key.id)
-
-    def list_api_keys(self) -> list[ApiKey]:
-        cursor = self._conn.execute(f"SELECT {rows.API_KEY_COLUMNS} FROM api_keys ORDER BY id")
-        return [rows.api_key_from_row(row) for row in cursor]
-
-    def expire_api_key(self, id_or_prefix: int | str, now: datetime) -> ApiKey:
-        with self._write() as db:
-            return rows.api_key_from_row(
-                keytables.expire(db, keytables.API_KEYS, id_or_prefix, now)
-            )
-
-    @staticmethod
-    def _find_api_key(db: sqlite3.Connection, id_or_prefix: int | str) -> ApiKey:
-        row = keytables.find_row(db, keytables.API_KEYS, id_or_prefix)
-        return rows.api_key_from_row(row)
-
-    # Pending interactive logins
-
-    def create_pending_login(
-        self,
-        machine_key: MachinePublic,
-        node_key: NodePublic,
-        ephemeral: bool,
-        now: datetime,
-        rng: Rng,
-    ) -> str:
-        auth_id = random_text(rng, LOWER_ALNUM, _AUTH_ID_LEN)
-        with self._write() as db:
-            db.execute(
-                f"INSERT INTO pending_logins ({rows.LOGIN_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                (auth_id, machine_key.raw, node_key.raw, ephemeral, rows.ts(now)),
-            )
-        return auth_id
-
-    def get_pending_login(self, auth_id: str) -> PendingLogin | None:
-        row = self._conn.execute(
-            f"SELECT {rows.LOGIN_COLUMNS} FROM pending_logins WHERE auth_id = ?", (auth_id,)
-        ).fetchone()
-        return None if row is None else rows.login_from_row(row)
-
-    def delete_pending_login(self, auth_id: str) -> bool:
-        with self._write() as db:
-            cursor = db.execute("DELETE FROM pending_logins WHERE auth_id = ?", (auth_id,))
-            return cursor.rowcount > 0
-
-    def delete_pending_logins_before(self, before: datetime) -> int:
-        with self._write() as db:
-            cursor = db.execute("DELETE FROM pending_logins WHERE created < ?", (rows.ts(before),))
-            return cursor.rowcount
-
-
-def _check_usable(key: PreAuthKey, now: datetime) -> None:
-    if key.revoked:
-        raise KeyRejected("auth key revoked")
-    if key.used and not key.reusable:
-        raise KeyRejected("auth key already used")
-    if key.expiration is not None and now >= key.expiration:
-        raise KeyRejected("auth key expired")
+    def _index_version(self, db: Db) -> int:
+        # Moves when another connection commits to the file, not for our own commits.
+        return data_version(db)

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gitctl.policy import Policy
+from gitctl.snapshot import Snapshot
+from gitctl.tailnet import TailnetSettings
+from server.logs import event
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.registry import NodeChange
@@ -39,15 +43,14 @@ class TailnetSource:
     domain: str
     dns_config: Mapping[str, Any]
     users: Mapping[str, tuple[str, str]]  # name -> (email, display name)
-    policy: Any  # parsed policy, None = allow-all
-    explicit_routes: Mapping[str, tuple[str, ...]] = field(
-        default_factory=dict
-    )  # node name or tag -> routes
-    auto_approve: Callable[[Any, Node, Sequence[str]], tuple[str, ...]] | None = None
-    settings: Any = None  # gitctl TailnetSettings: prefixes, key expiry, ephemeral timeout
+    policy: Policy
+    # Routes approved in git: by machine key text ("mkey:…") or by tag. autoApprovers
+    # are the compiler's: it approves with the users resolved to emails.
+    explicit_routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    settings: TailnetSettings | None = None  # prefixes, key expiry, ephemeral timeout, DERP
 
     @classmethod
-    def from_snapshot(cls, snap: Any) -> TailnetSource:
+    def from_snapshot(cls, snap: Snapshot) -> TailnetSource:
         dns = snap.dns
         base = dns.base_domain or ""
         cfg = dns_config_json(
@@ -62,18 +65,9 @@ class TailnetSource:
         users = {u.name: (u.email, u.display_name or u.name) for u in snap.users}
         explicit: dict[str, tuple[str, ...]] = {}
         for approval in snap.routes:
-            target = approval.node or approval.tag
+            target = approval.machine or approval.tag
             if target:
                 explicit[target] = explicit.get(target, ()) + tuple(str(r) for r in approval.routes)
-        auto = None
-        if snap.policy is not None:
-            from gitctl.policy import auto_approved_routes
-
-            def auto(policy: Any, node: Node, advertised: Sequence[str]) -> tuple[str, ...]:
-                from server.tailnet.views import to_topology_node
-
-                return tuple(auto_approved_routes(policy, to_topology_node(node, ()), advertised))
-
         return cls(
             id=snap.id,
             domain=base,
@@ -81,8 +75,7 @@ class TailnetSource:
             users=users,
             policy=snap.policy,
             explicit_routes=explicit,
-            auto_approve=auto,
-            settings=getattr(snap, "settings", None),
+            settings=snap.settings,
         )
 
 
@@ -215,18 +208,22 @@ class Tailnet:
         ]
         return derp_map_json(own, settings.derp_regions)
 
+    def enabled_routes(self, node: Node) -> tuple[str, ...]:
+        """The routes `node` advertises that the serving commit approves."""
+        return self._approved_routes([node]).get(node.id, ())
+
     def _approved_routes(self, nodes: Sequence[Node]) -> dict[int, tuple[str, ...]]:
-        src = self._source
+        """The advertised routes git approves by hand: for the machine (its key
+        stays with it through renames and re-registrations) or for a tag."""
+        explicit = self._source.explicit_routes
         out: dict[int, tuple[str, ...]] = {}
         for node in nodes:
             advertised = advertised_routes(node)
             if not advertised:
                 continue
-            allowed: set[str] = set(src.explicit_routes.get(node.given_name, ()))
+            allowed: set[str] = set(explicit.get(node.machine_key.text, ()))
             for tag in node.tags:
-                allowed.update(src.explicit_routes.get(tag, ()))
-            if src.auto_approve is not None and src.policy is not None:
-                allowed.update(src.auto_approve(src.policy, node, advertised))
+                allowed.update(explicit.get(tag, ()))
             approved = tuple(r for r in advertised if r in allowed)
             if approved:
                 out[node.id] = approved
@@ -252,7 +249,9 @@ class Tailnet:
         except Exception:
             self._source, self._derp_map = old, old_derp
             raise
-        self._log.info("serving snapshot %s", source.id[:12])
+        self._log.info(
+            "serving snapshot %s", source.id[:12], extra=event("snapshot.served", commit=source.id)
+        )
         self._close_unserved(old_ctx)
         changed = self._ctx.views.changed
         if changed is None or (old.domain, old.dns_config, old.users, old_derp) != (
@@ -314,6 +313,13 @@ class Tailnet:
                     node_id,
                     node.given_name,
                     node.user,
+                    extra=event(
+                        "node.cut_off",
+                        node=node_id,
+                        node_name=node.given_name,
+                        user=node.user,
+                        commit=self._source.id,
+                    ),
                 )
             self._end_sessions(node_id)
 
@@ -337,6 +343,10 @@ class Tailnet:
         handles.discard(handle)
         if not handles:
             del self._sessions[handle.node_id]
+
+    def waiting(self) -> list[SessionHandle]:
+        """Open sessions woken and not yet caught up (they owe their client a message)."""
+        return [h for handles in self._sessions.values() for h in handles if h.wake.is_set()]
 
     def serves(self, node_id: int) -> bool:
         return node_id in self._ctx.nodes

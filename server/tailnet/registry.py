@@ -204,6 +204,13 @@ class NodeRegistry:
         self._changed(previous, node, node_id)
         return node
 
+    def set_tags(self, node_id: int, tags: Sequence[str]) -> Node:
+        """Replace a node's tags (the API): a tagged node has no owner."""
+        previous = self._store.get_node(node_id)
+        node = self._store.set_node_tags(node_id, tags)
+        self._changed(previous, node, node_id)
+        return node
+
     def remove(self, node_id: int) -> Node | None:
         previous = self._store.get_node(node_id)
         if previous is None:

@@ -20,12 +20,12 @@ from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 from itertools import repeat
 from operator import is_
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
+from gitctl.policy import Policy, Topology, TopologyNode, TopologyUser, compile_tailnet
+from gitctl.policy.viewindex import ViewIndex
+from gitctl.policy.viewreuse import PeerChange
 from server.store.model import Node
-
-if TYPE_CHECKING:
-    from gitctl.policy.viewreuse import PeerChange
 
 __all__ = [
     "NodeView",
@@ -35,10 +35,6 @@ __all__ = [
     "to_topology_node",
     "topology_name",
 ]
-
-ALLOW_ALL_FILTER: tuple[dict[str, Any], ...] = (
-    {"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]},
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,15 +163,15 @@ def _routes_in(hostinfo: str) -> tuple[str, ...]:
     return tuple(r for r in routes or () if isinstance(r, str))
 
 
-def to_topology_node(node: Node, approved: tuple[str, ...]) -> Any:
-    """The policy compiler's view of a registered node, with the posture facts
-    its Hostinfo reports (anything missing or malformed stays unreported)."""
-    import json
-
-    from gitctl.policy import TopologyNode
-
+@lru_cache(maxsize=16384)
+def _posture_facts(
+    hostinfo: str,
+) -> tuple[str | None, str | None, str | None, bool | None, bool | None]:
+    """(OS, OSVersion, IPNVersion, AllowsUpdate, StateEncrypted) as reported;
+    anything missing or malformed stays unreported. Parsed once per text:
+    every recompile reads every node's."""
     try:
-        info = json.loads(node.hostinfo or "{}")
+        info = json.loads(hostinfo or "{}")
     except ValueError:
         info = {}
     if not isinstance(info, dict):
@@ -191,6 +187,19 @@ def to_topology_node(node: Node, approved: tuple[str, ...]) -> Any:
             value = {"true": True, "false": False}.get(value)
         return value if isinstance(value, bool) else None
 
+    return (
+        text("OS"),
+        text("OSVersion"),
+        text("IPNVersion"),
+        flag("AllowsUpdate"),
+        flag("StateEncrypted"),
+    )
+
+
+def to_topology_node(node: Node, approved: tuple[str, ...]) -> TopologyNode:
+    """The policy compiler's view of a registered node, with the posture facts
+    its Hostinfo reports."""
+    os_name, os_version, ts_version, auto_update, state_encrypted = _posture_facts(node.hostinfo)
     return TopologyNode(
         name=topology_name(node),
         hostname=node.given_name,
@@ -200,50 +209,12 @@ def to_topology_node(node: Node, approved: tuple[str, ...]) -> Any:
         ipv6=_ip_text(node.ipv6) if node.ipv6 is not None else None,
         routable_ips=advertised_routes(node),
         approved_routes=approved,
-        os=text("OS"),
-        os_version=text("OSVersion"),
-        ts_version=text("IPNVersion"),
-        auto_update=flag("AllowsUpdate"),
-        state_encrypted=flag("StateEncrypted"),
+        os=os_name,
+        os_version=os_version,
+        ts_version=ts_version,
+        auto_update=auto_update,
+        state_encrypted=state_encrypted,
     )
-
-
-EXIT_ROUTES = frozenset({"0.0.0.0/0", "::/0"})
-
-
-def _allow_all(
-    nodes: Sequence[Node],
-    approved_routes: Mapping[int, tuple[str, ...]],
-    intern: Callable[[PeerView], PeerView],
-) -> PolicyViews:
-    """Every node sees every other; approved routes are served as with a policy:
-    exit routes by every approver, a subnet by its first-registered approver."""
-    primary: dict[str, int] = {}
-    for node in sorted(nodes, key=lambda n: n.id):
-        for route in approved_routes.get(node.id, ()):
-            if route not in EXIT_ROUTES:
-                primary.setdefault(route, node.id)
-
-    def served(node: Node) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        routes = approved_routes.get(node.id, ())
-        subnets = tuple(r for r in routes if primary.get(r) == node.id)
-        return own_prefixes(node) + tuple(r for r in routes if r in EXIT_ROUTES) + subnets, subnets
-
-    peers_of = {n.id: intern(PeerView(*served(n))) for n in nodes}
-    by_id = {n.id: n for n in nodes}
-
-    def build(node_id: int) -> NodeView:
-        allowed, subnets = served(by_id[node_id])
-        return NodeView(
-            packet_filter=ALLOW_ALL_FILTER,
-            ssh_policy={"rules": []},
-            peers={pid: pv for pid, pv in peers_of.items() if pid != node_id},
-            self_cap_map={},
-            self_allowed_ips=allowed,
-            self_primary_routes=subnets,
-        )
-
-    return PolicyViews(list(by_id), build, lambda node_id: [p for p in by_id if p != node_id])
 
 
 def _interner(
@@ -266,7 +237,7 @@ def _interner(
 
 
 def compute_views(
-    policy: Any,
+    policy: Policy,
     users: Sequence[tuple[int, str, str]],
     nodes: Sequence[Node],
     approved_routes: Mapping[int, tuple[str, ...]],
@@ -277,7 +248,8 @@ def compute_views(
 ) -> PolicyViews:
     """Compile `policy` against the live nodes; views are built on demand.
 
-    `policy` is the parsed policy of the serving snapshot (None = allow-all);
+    `policy` is the parsed policy of the serving snapshot (a tailnet.d without
+    policy keys serves gitctl's ALLOW_ALL: there is no second visibility path);
     `users` are (id, name, email); `approved_routes` maps node id to the
     routes it advertises that are approved. `previous` (the views over
     `previous_nodes`: the same policy before nodes joined, left or changed,
@@ -291,13 +263,6 @@ def compute_views(
     donor = reuse or previous
     table: dict[_InternKey, PeerView] = {}
     intern = _interner(table, donor.interned if donor is not None else {})
-    if policy is None:
-        views = _allow_all(nodes, approved_routes, intern)
-        views.interned = table
-        return views
-    from gitctl.policy import Topology, TopologyUser, compile_tailnet
-    from gitctl.policy.viewindex import ViewIndex
-
     topo = Topology(
         users=tuple(TopologyUser(id=uid, name=name, email=email) for uid, name, email in users),
         nodes=tuple(to_topology_node(n, approved_routes.get(n.id, ())) for n in nodes),

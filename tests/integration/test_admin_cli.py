@@ -124,7 +124,7 @@ def test_nodes_list_json_is_an_empty_list(admin: Admin) -> None:
 
 def test_remote_use_without_an_api_key_is_refused(admin: Admin) -> None:
     status, body = admin.http("/api/v1/nodes")
-    assert status == 401 and "Authorization: Bearer" in body["error"]
+    assert status == 401 and "Authorization: Bearer" in body["detail"]
     assert admin.http("/api/v1/nodes", token="tskey-api-nope")[0] == 401
     out = admin.remote("nodes", "list", key=None)
     assert out.returncode == 1 and out.stdout == ""
@@ -154,7 +154,7 @@ def test_an_expired_api_key_is_refused_at_once(admin: Admin) -> None:
     assert admin.http("/api/v1/nodes", token=key) == (200, [])
     admin.ok("apikeys", "expire", key.split("-")[2])
     status, body = admin.http("/api/v1/nodes", token=key)
-    assert (status, body) == (401, {"error": "API key expired"})
+    assert (status, body["detail"]) == (401, "API key expired")
     out = admin.remote("nodes", "list", key=key)
     assert out.returncode == 1 and "refused the API key: API key expired" in out.stderr
 

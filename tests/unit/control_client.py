@@ -74,8 +74,8 @@ class FakeClock:
         self.now += delta
 
 
-def loopback_config(repo: Path, data: Path) -> ServerConfig:
-    """A server on 127.0.0.1:<free port>, no STUN, state in `data`."""
+def loopback_config(repo: Path, data: Path, database: str | None = None) -> ServerConfig:
+    """A server on 127.0.0.1:<free port>, no STUN, state in `data` (or `database`)."""
     return ServerConfig(
         repo=repo,
         data_dir=data,
@@ -84,6 +84,7 @@ def loopback_config(repo: Path, data: Path) -> ServerConfig:
         server_url="http://127.0.0.1:0",
         stun_host=None,
         stun_port=0,
+        database=database,
     )
 
 
@@ -94,6 +95,7 @@ async def running_server(
     files: dict[str, str] | None = None,
     clock: Callable[[], datetime] | None = None,
     keepalive: float | None = None,
+    database: str | None = None,
 ) -> AsyncIterator[Server]:
     """A Server on 127.0.0.1:<free port> serving a fresh git repo with `files`.
 
@@ -102,7 +104,7 @@ async def running_server(
     repo = TailnetRepo(tmp / "repo", files or {"users.yaml": USERS})
     # The admin unix socket lives in the data dir; AF_UNIX paths are short.
     with tempfile.TemporaryDirectory(prefix="tnd-") as data:
-        config = loopback_config(repo.path, Path(data))
+        config = loopback_config(repo.path, Path(data), database)
         log = logging.getLogger("tailnetd.test")
         server = Server(config, log=log, clock=clock or FakeClock())
         await server.start()

@@ -6,7 +6,6 @@ import os
 import random
 import re
 import sqlite3
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,23 +19,19 @@ from server.store import (
     KeyRejected,
     NotFound,
     SqliteStore,
+    SqlStore,
     open_store,
 )
 from server.store.authkeys import API_KEY, AUTH_KEY
 from server.store.migrations import MIGRATIONS, apply_migrations
+from tests.unit.store_backends import Backend
 from tests.unit.test_store import NOW, add_node
 
 API_TEXT = re.compile(r"tskey-api-[a-z0-9]{12}-[A-Za-z0-9]{48}\Z")
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with open_store(tmp_path / "state.db") as s:
-        yield s
-
-
 def new_api_key(
-    store: SqliteStore, *, seed: int = 1, expiration: timedelta | None = None
+    store: SqlStore, *, seed: int = 1, expiration: timedelta | None = None
 ) -> tuple[str, int]:
     text, key = store.create_api_key(
         expiration=None if expiration is None else NOW + expiration,
@@ -46,13 +41,13 @@ def new_api_key(
     return text, key.id
 
 
-def refused(store: SqliteStore, text: str, when: timedelta = timedelta(0)) -> str:
+def refused(store: SqlStore, text: str, when: timedelta = timedelta(0)) -> str:
     with pytest.raises(KeyRejected) as excinfo:
         store.use_api_key(text, NOW + when)
     return excinfo.value.reason
 
 
-def test_a_new_key_works_and_records_its_last_use(store: SqliteStore) -> None:
+def test_a_new_key_works_and_records_its_last_use(store: SqlStore) -> None:
     text, key_id = new_api_key(store)
     assert API_TEXT.match(text)
     [listed] = store.list_api_keys()
@@ -66,13 +61,13 @@ def test_a_new_key_works_and_records_its_last_use(store: SqliteStore) -> None:
     assert store.use_api_key(f" {text}\n", later)  # pasted with whitespace
 
 
-def test_a_key_stops_working_at_its_expiration(store: SqliteStore) -> None:
+def test_a_key_stops_working_at_its_expiration(store: SqlStore) -> None:
     text, _ = new_api_key(store, expiration=timedelta(days=90))
     store.use_api_key(text, NOW + timedelta(days=89))
     assert refused(store, text, timedelta(days=90)) == "API key expired"
 
 
-def test_expire_by_prefix_or_id_takes_effect_at_once(store: SqliteStore) -> None:
+def test_expire_by_prefix_or_id_takes_effect_at_once(store: SqlStore) -> None:
     text_a, id_a = new_api_key(store, seed=1)
     text_b, _ = new_api_key(store, seed=2)
     prefix_a = store.list_api_keys()[0].prefix
@@ -87,7 +82,7 @@ def test_expire_by_prefix_or_id_takes_effect_at_once(store: SqliteStore) -> None
         store.expire_api_key(99, NOW)
 
 
-def test_anything_but_a_stored_key_reads_as_unknown(store: SqliteStore) -> None:
+def test_anything_but_a_stored_key_reads_as_unknown(store: SqlStore) -> None:
     text, _ = new_api_key(store)
     wrong = text[:-1] + ("A" if text[-1] != "A" else "B")
     never_stored, _, _ = API_KEY.generate(random.Random(99).randbytes)
@@ -103,32 +98,30 @@ def test_anything_but_a_stored_key_reads_as_unknown(store: SqliteStore) -> None:
     assert store.list_api_keys()[0].last_used is None  # a refusal records nothing
 
 
-def test_api_key_hashes_are_no_pre_auth_key_hashes(store: SqliteStore) -> None:
+def test_api_key_hashes_are_no_pre_auth_key_hashes(store: SqlStore) -> None:
     text, _ = new_api_key(store, seed=3)
     prefix, secret = API_KEY.parse(text) or ("", "")
     assert API_KEY.hash_secret(prefix, secret) != AUTH_KEY.hash_secret(prefix, secret)
 
 
-def test_plaintext_secret_is_never_written_to_disk(tmp_path: Path) -> None:
-    directory = tmp_path / "db"
-    with open_store(directory / "state.db") as store:
+def test_plaintext_secret_is_never_written_to_disk(backend: Backend) -> None:
+    with backend.open() as store:
         text, _ = new_api_key(store)
         store.use_api_key(text, NOW)
     secret = text.rsplit("-", 1)[1].encode()
-    written = b"".join(p.read_bytes() for p in directory.iterdir())
+    written = backend.written_bytes()
     assert secret not in written and secret[:16] not in written
 
 
-def test_keys_survive_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    with open_store(path) as store:
+def test_keys_survive_a_restart(backend: Backend) -> None:
+    with backend.open() as store:
         text, key_id = new_api_key(store, expiration=timedelta(days=1))
-    with open_store(path) as store:
+    with backend.open() as store:
         assert store.use_api_key(text, NOW).id == key_id
         assert store.list_api_keys()[0].expiration == NOW + timedelta(days=1)
 
 
-def test_prefixes_are_unique_even_when_the_rng_repeats(store: SqliteStore) -> None:
+def test_prefixes_are_unique_even_when_the_rng_repeats(store: SqlStore) -> None:
     text_a, _ = new_api_key(store, seed=5)
     text_b, _ = new_api_key(store, seed=5)
     assert text_a.split("-")[2] != text_b.split("-")[2]
@@ -154,3 +147,22 @@ def test_generated_keys_parse_back(seed: int) -> None:
     text, prefix, secret = API_KEY.generate(random.Random(seed).randbytes)
     assert API_TEXT.match(text)
     assert API_KEY.parse(text) == (prefix, secret)
+
+
+def test_a_key_keeps_its_scope_and_old_keys_are_admins(store: SqlStore) -> None:
+    text, key = store.create_api_key(
+        expiration=None, now=NOW, rng=random.Random(9).randbytes, scope="read"
+    )
+    assert key.scope == "read"
+    assert store.use_api_key(text, NOW).scope == "read"
+    new_api_key(store, seed=2)
+    assert [k.scope for k in store.list_api_keys()] == ["read", "admin"]
+
+
+def test_tagging_a_node_drops_its_owner_and_expiry(store: SqlStore) -> None:
+    node = add_node(store, 1, key_expiry=NOW + timedelta(days=1))
+    tagged = store.set_node_tags(node.id, ["tag:web", "tag:db"])
+    assert (tagged.tags, tagged.user, tagged.key_expiry) == (("tag:web", "tag:db"), None, None)
+    assert store.get_node(node.id) == tagged
+    with pytest.raises(NotFound):
+        store.set_node_tags(999, ["tag:web"])

@@ -106,6 +106,7 @@ def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path:
     samples = {
         "repo": str(tmp_path),
         "data": "d",
+        "database": "postgresql://tailnetd@db/tailnet",
         "listen": "127.0.0.5:5",
         "server_url": "https://s",
         "stun_listen": "127.0.0.6:6",
@@ -115,6 +116,9 @@ def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path:
         "acme_email": "a@example.com",
         "acme_directory": "https://ca",
         "acme_http_listen": "127.0.0.7:7",
+        "metrics_listen": "127.0.0.8:8",
+        "log_format": "json",
+        "trusted_signers": "/etc/tailnetd/allowed_signers",
     }
     assert set(samples) | {"tls_cert", "tls_key"} == {o.key for o in OPTIONS}
     for option in OPTIONS:
@@ -129,12 +133,28 @@ def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path:
         assert configs[0] == configs[1] == configs[2] != load_config({}, {}), option.key
 
 
+def test_trusted_signers_inside_the_repository_are_refused(tmp_path: Path) -> None:
+    # A commit could change a file in the work tree: the outside list must be outside.
+    inside = tmp_path / ".tailnet" / "allowed_signers"
+    with pytest.raises(ConfigError, match="must be outside the repository"):
+        load_config({"repo": str(tmp_path), "trusted_signers": str(inside)}, {})
+    cfg = load_config({"repo": str(tmp_path / "repo"), "trusted_signers": str(inside)}, {})
+    assert cfg.trusted_signers == inside
+
+
 def test_defaults_come_from_the_table() -> None:
     cfg = load_config({}, {})
     assert (cfg.listen_host, cfg.listen_port) == ("127.0.0.1", 8080)
     assert (cfg.acme_http_host, cfg.acme_http_port) == ("0.0.0.0", 80)
     assert cfg.fetch_interval == 60.0 and cfg.data_dir == Path("data").resolve()
     assert cfg.acme_directory.startswith("https://acme-v02.api.letsencrypt.org")
+    assert cfg.metrics_host is None and cfg.log_format == "text"  # no metrics port unless asked
+
+
+def test_log_format_is_json_or_text() -> None:
+    assert load_config({}, {"TAILNETD_LOG_FORMAT": "JSON"}).log_format == "json"
+    with pytest.raises(ConfigError, match="^TAILNETD_LOG_FORMAT: must be json or text"):
+        load_config({}, {"TAILNETD_LOG_FORMAT": "yaml"})
 
 
 def test_unknown_config_key_suggests_the_close_one(tmp_path: Path) -> None:
@@ -164,3 +184,25 @@ def test_the_docs_list_every_option_as_the_table_says() -> None:
     serve_usage = readme[readme.index("tailnetd serve [") : readme.index("tailnetd keys create")]
     known = {o.flag for o in OPTIONS} | {"--config"}
     assert set(re.findall(r"--[a-z-]+", serve_usage)) <= known
+
+
+def test_database_defaults_to_sqlite_in_the_data_dir_or_takes_a_url(tmp_path: Path) -> None:
+    default = load_config({"data": str(tmp_path)}, {})
+    assert default.store_location == tmp_path / "tailnetd.sqlite"
+    url = "postgresql://tailnetd:s3cret@db.internal:5432/tailnet?sslmode=require"
+    shared = load_config({"database": url}, {})
+    assert shared.store_location == url
+    # what the log shows: never the password
+    assert shared.store_description == (
+        "postgresql://tailnetd:***@db.internal:5432/tailnet?sslmode=require"
+    )
+    in_env = load_config({}, {"TAILNETD_DATABASE": "postgresql://u@/t?password=pw"})
+    assert "pw" not in in_env.store_description
+    elsewhere = load_config({"database": str(tmp_path / "state.db")}, {})
+    assert elsewhere.store_location == tmp_path / "state.db"
+
+
+def test_database_of_another_kind_is_refused_without_its_password() -> None:
+    with pytest.raises(ConfigError, match="--database: must be a postgresql:// URL") as excinfo:
+        load_config({"database": "mysql://root:hunter2@db/tailnet"}, {})
+    assert "hunter2" not in str(excinfo.value)

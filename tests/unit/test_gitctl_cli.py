@@ -120,6 +120,7 @@ def test_schema_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
         "dns",
         "routes",
         "settings",
+        "owners",
     }
 
 

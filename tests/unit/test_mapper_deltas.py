@@ -31,6 +31,7 @@ from hypothesis.stateful import (
 
 from bench.loadgen.netmap import ClientNetmap
 from gitctl.policy import parse_policy
+from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store import open_store
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
@@ -67,7 +68,7 @@ SOURCES = {
         explicit_routes=ROUTES,
     )
     for name, policy in (
-        ("allow-all", None),
+        ("allow-all", ALLOW_ALL),
         ("policy", parse_policy(POLICY)),
         # Commits that change a few rules: only the nodes they reach are woken.
         (
@@ -89,6 +90,10 @@ SOURCES = {
         ("policy-bob", parse_policy({**POLICY, "acls": POLICY["acls"][:1], "ssh": []})),
     )
 }
+# A commit that removes bob from users.yaml: his nodes are cut off, and come back with him.
+SOURCES["policy,no-bob"] = replace(
+    SOURCES["policy"], id="policy,no-bob", users={"alice": USERS["alice"]}
+)
 SOURCE_NAMES = st.sampled_from(sorted(SOURCES))
 OWNERS = st.sampled_from([("alice", ()), ("bob", ()), (None, ("tag:server",))])
 ENDPOINTS = st.lists(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store import open_store
 from server.store.interface import Store
@@ -21,7 +22,9 @@ from server.wire import DerpRegion
 from tests.unit.control_client import T0
 
 USERS = {"alice": ("alice@example.com", "Alice"), "bob": ("bob@example.com", "Bob")}
-SOURCE = TailnetSource(id="a", domain="tailnet.example", dns_config={}, users=USERS, policy=None)
+SOURCE = TailnetSource(
+    id="a", domain="tailnet.example", dns_config={}, users=USERS, policy=ALLOW_ALL
+)
 REGIONS = [DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)]
 
 

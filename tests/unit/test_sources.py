@@ -18,18 +18,21 @@ def commit_files(repo_dir: Path, files: dict[str, str | None], message: str) -> 
     Shared by the snapshot and CLI tests, which need real repositories too.
     """
     repo = git.Repo.init(repo_dir) if not (repo_dir / ".git").exists() else git.Repo(repo_dir)
-    with repo.config_writer() as cfg:
-        cfg.set_value("user", "name", "Test")
-        cfg.set_value("user", "email", "test@example.com")
-    for name, text in files.items():
-        path = repo_dir / name
-        if text is None:
-            repo.index.remove([name], working_tree=True)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, "utf-8")
-        repo.index.add([name])
-    return str(repo.index.commit(message).hexsha)
+    # Closed here: a commit with a parent starts `git cat-file` helpers, which would
+    # otherwise outlive the test and fail a later one with a ResourceWarning.
+    with repo:
+        with repo.config_writer() as cfg:
+            cfg.set_value("user", "name", "Test")
+            cfg.set_value("user", "email", "test@example.com")
+        for name, text in files.items():
+            path = repo_dir / name
+            if text is None:
+                repo.index.remove([name], working_tree=True)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, "utf-8")
+            repo.index.add([name])
+        return str(repo.index.commit(message).hexsha)
 
 
 def test_directory_files_come_in_file_name_order_and_skip_other_files(tmp_path: Path) -> None:

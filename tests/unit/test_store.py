@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv6Address
-from pathlib import Path
 
 import pytest
 
@@ -16,10 +14,10 @@ from server.store import (
     InvalidName,
     Node,
     NotFound,
-    SqliteStore,
+    SqlStore,
     Store,
-    open_store,
 )
+from tests.unit.store_backends import Backend
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -42,15 +40,9 @@ def add_node(store: Store, i: int, hostname: str = "laptop", **kwargs: object) -
     )
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with open_store(tmp_path / "state.db") as s:
-        yield s
-
-
-def test_restart_gives_back_every_node_with_same_identity_and_addresses(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "nested" / "tailnetd.db"  # parent dirs created
-    store = open_store(path)
+def test_restart_gives_back_every_node_with_same_identity_and_addresses(backend: Backend) -> None:
+    path = "state/nested/tailnetd"  # sqlite: parent dirs created
+    store = backend.open(path)
     add_node(store, 1, "laptop")
     phone = add_node(store, 2, "phone", user=None, tags=("tag:mobile",), ephemeral=True)
     add_node(store, 3, "server", key_expiry=NOW + timedelta(days=180))
@@ -66,7 +58,7 @@ def test_restart_gives_back_every_node_with_same_identity_and_addresses(tmp_path
     before = store.list_nodes()
     store.close()
 
-    reopened = open_store(path)
+    reopened = backend.open(path)
     assert reopened.list_nodes() == before
     assert reopened.node_by_node_key(nkey(2)) == before[1]
     assert reopened.node_by_machine_key(mkey(3)) == before[2]
@@ -76,24 +68,23 @@ def test_restart_gives_back_every_node_with_same_identity_and_addresses(tmp_path
     reopened.close()
 
 
-def test_ids_are_never_reused_even_after_restart(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    with open_store(path) as store:
+def test_ids_are_never_reused_even_after_restart(backend: Backend) -> None:
+    with backend.open() as store:
         for i in range(3):
             add_node(store, i, f"n{i}")
         store.delete_node(3)
-    with open_store(path) as store:
+    with backend.open() as store:
         assert add_node(store, 9).id == 4
 
 
-def test_first_node_gets_first_addresses(store: SqliteStore) -> None:
+def test_first_node_gets_first_addresses(store: SqlStore) -> None:
     node = add_node(store, 1)
     assert node.ipv4 == IPv4Address("100.64.0.1")
     assert node.ipv6 == IPv6Address("fd7a:115c:a1e0::1")
     assert node.disco_key.is_zero and node.last_seen is None and node.created == NOW
 
 
-def test_given_names_are_unique_dns_labels(store: SqliteStore) -> None:
+def test_given_names_are_unique_dns_labels(store: SqlStore) -> None:
     names = [add_node(store, i, "laptop").given_name for i in range(3)]
     assert names == ["laptop", "laptop-1", "laptop-2"]
     assert add_node(store, 10, "Alice's MacBook Pro.local").given_name == "alice-s-macbook-pro"
@@ -105,7 +96,7 @@ def test_given_names_are_unique_dns_labels(store: SqliteStore) -> None:
     assert add_node(store, 15, "Laptop").hostname == "Laptop"  # reported name is kept
 
 
-def test_rename_validates_and_keeps_names_unique(store: SqliteStore) -> None:
+def test_rename_validates_and_keeps_names_unique(store: SqlStore) -> None:
     laptop, phone = add_node(store, 1, "laptop"), add_node(store, 2, "phone")
     assert store.rename_node(laptop.id, "Work-Laptop").given_name == "work-laptop"
     with pytest.raises(Conflict, match="'work-laptop' is already used by node 1"):
@@ -119,7 +110,7 @@ def test_rename_validates_and_keeps_names_unique(store: SqliteStore) -> None:
         store.rename_node(99, "ghost")
 
 
-def test_a_machine_has_one_node_and_node_keys_are_unique(store: SqliteStore) -> None:
+def test_a_machine_has_one_node_and_node_keys_are_unique(store: SqlStore) -> None:
     add_node(store, 1)
     with pytest.raises(Conflict, match="already registered as node 1"):
         store.create_node(machine_key=mkey(1), node_key=nkey(5), hostname="x", user="a", now=NOW)
@@ -128,7 +119,7 @@ def test_a_machine_has_one_node_and_node_keys_are_unique(store: SqliteStore) -> 
     assert len(store.list_nodes()) == 1
 
 
-def test_node_key_rotation(store: SqliteStore) -> None:
+def test_node_key_rotation(store: SqlStore) -> None:
     node, other = add_node(store, 1), add_node(store, 2)
     later = NOW + timedelta(hours=1)
     rotated = store.update_node_key(node.id, nkey(50), later)
@@ -143,7 +134,7 @@ def test_node_key_rotation(store: SqliteStore) -> None:
         store.update_node_key(99, nkey(77), later)
 
 
-def test_update_from_map_changes_only_given_fields(store: SqliteStore) -> None:
+def test_update_from_map_changes_only_given_fields(store: SqlStore) -> None:
     node = add_node(store, 1, endpoints=("192.0.2.1:1",), capver=100, hostinfo='{"a":1}')
     t1 = NOW + timedelta(seconds=30)
     updated = store.update_from_map(node.id, now=t1, capver=120)
@@ -154,7 +145,7 @@ def test_update_from_map_changes_only_given_fields(store: SqliteStore) -> None:
     assert emptied.given_name == "laptop"  # the DNS name does not follow the hostname
 
 
-def test_last_seen_and_key_expiry(store: SqliteStore) -> None:
+def test_last_seen_and_key_expiry(store: SqlStore) -> None:
     node = add_node(store, 1)
     store.touch_last_seen(node.id, NOW + timedelta(minutes=5))
     expiry = NOW + timedelta(days=90)
@@ -167,7 +158,7 @@ def test_last_seen_and_key_expiry(store: SqliteStore) -> None:
     assert store.get_node(42) is None
 
 
-def test_times_come_back_in_utc_and_naive_times_are_refused(store: SqliteStore) -> None:
+def test_times_come_back_in_utc_and_naive_times_are_refused(store: SqlStore) -> None:
     plus2 = datetime(2025, 3, 1, 14, 0, tzinfo=UTC).astimezone()  # any zone
     node = add_node(store, 1, now=plus2)
     assert node.created == plus2 and node.created.utcoffset() == timedelta(0)
@@ -175,7 +166,7 @@ def test_times_come_back_in_utc_and_naive_times_are_refused(store: SqliteStore) 
         add_node(store, 2, now=datetime(2025, 1, 1))
 
 
-def test_generation_grows_with_every_write_only(store: SqliteStore) -> None:
+def test_generation_grows_with_every_write_only(store: SqlStore) -> None:
     g0 = store.generation
     node = add_node(store, 1)
     g1 = store.generation
@@ -189,7 +180,7 @@ def test_generation_grows_with_every_write_only(store: SqliteStore) -> None:
     assert store.generation == g2  # a failed write changed nothing
 
 
-def test_ephemeral_nodes_inactive_since_cutoff_are_removed(store: SqliteStore) -> None:
+def test_ephemeral_nodes_inactive_since_cutoff_are_removed(store: SqlStore) -> None:
     idle = add_node(store, 1, "idle", ephemeral=True)
     store.touch_last_seen(idle.id, NOW + timedelta(minutes=1))
     active = add_node(store, 2, "active", ephemeral=True)
@@ -206,7 +197,7 @@ def test_ephemeral_nodes_inactive_since_cutoff_are_removed(store: SqliteStore) -
     assert add_node(store, 5).ipv4 == idle.ipv4
 
 
-def test_delete_node_returns_it_and_frees_key_and_name(store: SqliteStore) -> None:
+def test_delete_node_returns_it_and_frees_key_and_name(store: SqlStore) -> None:
     node = add_node(store, 1)
     assert store.delete_node(node.id) == node
     assert store.node_by_machine_key(mkey(1)) is None
@@ -214,7 +205,7 @@ def test_delete_node_returns_it_and_frees_key_and_name(store: SqliteStore) -> No
     assert again.given_name == "laptop" and again.id != node.id
 
 
-def test_pending_logins(store: SqliteStore) -> None:
+def test_pending_logins(store: SqlStore) -> None:
     rng = iter(range(10_000))
 
     def counter(n: int) -> bytes:
@@ -231,23 +222,21 @@ def test_pending_logins(store: SqliteStore) -> None:
     assert store.delete_pending_login(b) is False
 
 
-def test_two_handles_on_one_file_never_hand_out_the_same_address(tmp_path: Path) -> None:
+def test_two_handles_on_one_file_never_hand_out_the_same_address(backend: Backend) -> None:
     # The server and an admin command may both have the file open.
-    path = tmp_path / "state.db"
-    with open_store(path) as server, open_store(path) as admin:
+    with backend.open() as server, backend.open() as admin:
         nodes = [add_node(server if i % 2 else admin, i, "box") for i in range(10)]
     assert len({n.ipv4 for n in nodes}) == len({n.ipv6 for n in nodes}) == 10
     assert len({n.given_name for n in nodes}) == 10
 
 
-def test_concurrent_writers_in_threads_stay_consistent(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    open_store(path).close()
+def test_concurrent_writers_in_threads_stay_consistent(backend: Backend) -> None:
+    backend.open().close()
     errors: list[BaseException] = []
 
     def register(worker: int) -> None:
         try:
-            with open_store(path) as store:
+            with backend.open() as store:
                 for j in range(10):
                     add_node(store, worker * 100 + j, "worker")
         except BaseException as exc:  # surfaced below
@@ -259,7 +248,7 @@ def test_concurrent_writers_in_threads_stay_consistent(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    with open_store(path) as store:
+    with backend.open() as store:
         nodes = store.list_nodes()
     assert len(nodes) == 40
     assert len({n.ipv4 for n in nodes}) == len({n.given_name for n in nodes}) == 40

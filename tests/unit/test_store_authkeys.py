@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from ipaddress import IPv4Network
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.store import AddressExhausted, Conflict, KeyRejected, NotFound, SqliteStore, open_store
+from server.store import AddressExhausted, Conflict, KeyRejected, NotFound, SqlStore
 from server.store.authkeys import generate_key, parse_key
+from tests.unit.store_backends import Backend
 from tests.unit.test_store import NOW, add_node, mkey, nkey
 
 KEY_TEXT = re.compile(r"tskey-auth-[a-z0-9]{12}-[A-Za-z0-9]{48}\Z")
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with open_store(tmp_path / "state.db") as s:
-        yield s
-
-
 def new_key(
-    store: SqliteStore, *, seed: int = 1, user: str = "alice", **kwargs: object
+    store: SqlStore, *, seed: int = 1, user: str = "alice", **kwargs: object
 ) -> tuple[str, int]:
     args: dict[str, object] = {
         "reusable": False,
@@ -41,13 +34,13 @@ def new_key(
     return text, key.id
 
 
-def rejected(store: SqliteStore, text: str, when: timedelta = timedelta(0)) -> str:
+def rejected(store: SqlStore, text: str, when: timedelta = timedelta(0)) -> str:
     with pytest.raises(KeyRejected) as excinfo:
         store.check_preauth_key(text, NOW + when)
     return excinfo.value.reason
 
 
-def test_single_use_key_registers_exactly_once(store: SqliteStore) -> None:
+def test_single_use_key_registers_exactly_once(store: SqlStore) -> None:
     text, key_id = new_key(store, tags=("tag:ci",), ephemeral=True)
     assert KEY_TEXT.match(text)
     key = store.check_preauth_key(text, NOW)
@@ -59,7 +52,7 @@ def test_single_use_key_registers_exactly_once(store: SqliteStore) -> None:
         store.use_preauth_key(key_id)
 
 
-def test_reusable_key_registers_many_times(store: SqliteStore) -> None:
+def test_reusable_key_registers_many_times(store: SqlStore) -> None:
     text, key_id = new_key(store, reusable=True)
     for _ in range(3):
         assert store.check_preauth_key(text, NOW).id == key_id
@@ -67,13 +60,13 @@ def test_reusable_key_registers_many_times(store: SqliteStore) -> None:
     assert store.list_preauth_keys()[0].used  # shown as used, still accepted
 
 
-def test_key_expires_at_its_expiration(store: SqliteStore) -> None:
+def test_key_expires_at_its_expiration(store: SqlStore) -> None:
     text, _ = new_key(store, expiration=NOW + timedelta(hours=1))
     store.check_preauth_key(text, NOW + timedelta(minutes=59))
     assert rejected(store, text, timedelta(hours=1)) == "auth key expired"
 
 
-def test_expire_and_revoke_by_id_or_prefix(store: SqliteStore) -> None:
+def test_expire_and_revoke_by_id_or_prefix(store: SqlStore) -> None:
     text_a, id_a = new_key(store, seed=1)
     text_b, _ = new_key(store, seed=2)
     expired = store.expire_preauth_key(id_a, NOW)
@@ -90,7 +83,7 @@ def test_expire_and_revoke_by_id_or_prefix(store: SqliteStore) -> None:
         store.expire_preauth_key(99, NOW)
 
 
-def test_wrong_secret_with_right_prefix_reads_as_unknown_key(store: SqliteStore) -> None:
+def test_wrong_secret_with_right_prefix_reads_as_unknown_key(store: SqlStore) -> None:
     text, _ = new_key(store)
     wrong = text[:-1] + ("A" if text[-1] != "A" else "B")
     assert rejected(store, wrong) == "auth key not found"
@@ -101,24 +94,22 @@ def test_wrong_secret_with_right_prefix_reads_as_unknown_key(store: SqliteStore)
     assert store.check_preauth_key(f"  {text}\n", NOW)  # pasted with whitespace
 
 
-def test_plaintext_secret_is_never_written_to_disk(tmp_path: Path) -> None:
-    directory = tmp_path / "db"
-    with open_store(directory / "state.db") as store:
+def test_plaintext_secret_is_never_written_to_disk(backend: Backend) -> None:
+    with backend.open() as store:
         text, _ = new_key(store)
         store.check_preauth_key(text, NOW)
     secret = text.rsplit("-", 1)[1].encode()
-    written = b"".join(p.read_bytes() for p in directory.iterdir())
+    written = backend.written_bytes()
     assert secret not in written and secret[:16] not in written
     assert text.encode() not in written
 
 
-def test_keys_survive_a_restart_and_list_by_user(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    with open_store(path) as store:
+def test_keys_survive_a_restart_and_list_by_user(backend: Backend) -> None:
+    with backend.open() as store:
         text, _ = new_key(store, seed=1, user="alice", tags=("tag:a", "tag:b"))
         new_key(store, seed=2, user="bob")
         new_key(store, seed=3, user="alice", reusable=True)
-    with open_store(path) as store:
+    with backend.open() as store:
         assert store.check_preauth_key(text, NOW).tags == ("tag:a", "tag:b")
         assert [k.user for k in store.list_preauth_keys()] == ["alice", "bob", "alice"]
         alice = store.list_preauth_keys("alice")
@@ -126,7 +117,7 @@ def test_keys_survive_a_restart_and_list_by_user(tmp_path: Path) -> None:
         assert store.list_preauth_keys("carol") == []
 
 
-def test_prefixes_are_unique_even_when_the_rng_repeats(store: SqliteStore) -> None:
+def test_prefixes_are_unique_even_when_the_rng_repeats(store: SqlStore) -> None:
     # Two fresh rngs with one seed draw the same prefix first; the store draws again.
     text_a, _ = new_key(store, seed=5)
     text_b, _ = new_key(store, seed=5)
@@ -141,7 +132,7 @@ def test_generated_keys_parse_back(seed: int) -> None:
     assert parse_key(text) == (prefix, secret)
 
 
-def test_registering_a_node_consumes_a_single_use_key_atomically(store: SqliteStore) -> None:
+def test_registering_a_node_consumes_a_single_use_key_atomically(store: SqlStore) -> None:
     text, key_id = new_key(store, tags=("tag:ci",))
     key = store.check_preauth_key(text, NOW)
     node = store.create_node(
@@ -158,8 +149,8 @@ def test_registering_a_node_consumes_a_single_use_key_atomically(store: SqliteSt
     assert [n.id for n in store.list_nodes()] == [node.id]
 
 
-def test_a_failed_registration_does_not_burn_the_key(tmp_path: Path) -> None:
-    with open_store(tmp_path / "s.db", ipv4_prefix=IPv4Network("100.64.0.0/30")) as store:
+def test_a_failed_registration_does_not_burn_the_key(backend: Backend) -> None:
+    with backend.open(ipv4_prefix=IPv4Network("100.64.0.0/30")) as store:
         text, key_id = new_key(store)
         add_node(store, 1, "a")
         add_node(store, 2, "b")
@@ -168,7 +159,7 @@ def test_a_failed_registration_does_not_burn_the_key(tmp_path: Path) -> None:
         assert not store.check_preauth_key(text, NOW).used
 
 
-def test_expired_or_revoked_key_cannot_register(store: SqliteStore) -> None:
+def test_expired_or_revoked_key_cannot_register(store: SqlStore) -> None:
     _, expiring = new_key(store, seed=1, expiration=NOW + timedelta(minutes=5))
     _, revoked = new_key(store, seed=2)
     store.revoke_preauth_key(revoked)
@@ -179,7 +170,7 @@ def test_expired_or_revoked_key_cannot_register(store: SqliteStore) -> None:
     assert store.list_nodes() == []
 
 
-def test_reregistering_a_machine_keeps_node_id_addresses_and_name(store: SqliteStore) -> None:
+def test_reregistering_a_machine_keeps_node_id_addresses_and_name(store: SqlStore) -> None:
     node = add_node(store, 1, "laptop", user="alice")
     text, key_id = new_key(store, user="bob", reusable=True)
     later = NOW + timedelta(days=1)

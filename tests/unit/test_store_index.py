@@ -3,17 +3,15 @@
 The store keeps used addresses and names in memory between writes; these
 tests hold it to a simple reference model (brute-force scans, the naming rule
 spelled out) across creates, deletes, renames and writes through a second
-handle on the same file.
+handle on the same database, on both backends.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-import tempfile
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -26,12 +24,14 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
-from server.store import AddressExhausted, AllocationStrategy, Conflict, SqliteStore, open_store
+from server.store import AddressExhausted, AllocationStrategy, Conflict, SqlStore
 from server.store._sortedints import SortedInts
 from server.store.ipalloc import RESERVED_IPV4, RESERVED_IPV6
 from server.store.names import MAX_LABEL, TakenNames, label_from_hostname
+from tests.unit.store_backends import Backend
 from tests.unit.test_store import add_node
 
 # The IPv4 pool starts with a reserved range (100.100.100.0/24 is Quad100's);
@@ -63,7 +63,7 @@ def free_addresses(network: IPv4Network | IPv6Network, used: set[int]) -> list[i
     ]
 
 
-def stored(store: SqliteStore) -> dict[int, tuple[int, int, str]]:
+def stored(store: SqlStore) -> dict[int, tuple[int, int, str]]:
     """Every node as (ipv4, ipv6, name), addresses as integers."""
     return {n.id: (int(n.ipv4 or 0), int(n.ipv6 or 0), n.given_name) for n in store.list_nodes()}
 
@@ -108,30 +108,33 @@ def test_names_freed_in_the_middle_are_handed_out_again() -> None:
     assert names.unique("laptop") == "laptop-10"
 
 
+_databases = itertools.count()
+
+
 class Registrations(RuleBasedStateMachine):
     """The store against a model: node id -> (ipv4, ipv6, name)."""
 
-    strategy: AllocationStrategy = "sequential"
     nodes = Bundle("nodes")
 
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend, strategy: AllocationStrategy) -> None:
         super().__init__()
-        self.tmp = tempfile.TemporaryDirectory()
+        self.backend, self.strategy = backend, strategy
+        self.name = f"s{next(_databases)}"
         self.model: dict[int, tuple[int, int, str]] = {}
         self.next_key = 0
-        self.store: SqliteStore | None = None
-        self.other: SqliteStore | None = None
+        self.store: SqlStore | None = None
+        self.other: SqlStore | None = None
 
     @initialize(seed=st.integers(min_value=0, max_value=2**16))
     def open(self, seed: int) -> None:
-        path = Path(self.tmp.name) / "s.db"
         rng = random.Random(seed)
         options = {"ipv4_prefix": IPV4, "ipv6_prefix": IPV6, "allocation": self.strategy}
-        self.store = open_store(path, rng=rng.randbytes, **options)  # type: ignore[arg-type]
-        # An admin command on the same file, changing it behind the server's back.
-        self.other = open_store(path, rng=rng.randbytes, **options)  # type: ignore[arg-type]
+        self.store = self.backend.open(self.name, rng=rng.randbytes, **options)
+        # An admin command (or another replica) on the same database, changing
+        # it behind the server's back.
+        self.other = self.backend.open(self.name, rng=rng.randbytes, **options)
 
-    def handle(self, via_other: bool) -> SqliteStore:
+    def handle(self, via_other: bool) -> SqlStore:
         store = self.other if via_other else self.store
         assert store is not None
         return store
@@ -191,32 +194,29 @@ class Registrations(RuleBasedStateMachine):
         for store in (self.store, self.other):
             if store is not None:
                 store.close()
-        self.tmp.cleanup()
+        self.backend.drop(self.name)
 
 
-class RandomRegistrations(Registrations):
-    strategy: AllocationStrategy = "random"
-
-
-settings_ = settings(max_examples=25, stateful_step_count=40, deadline=None)
-TestSequentialRegistrations = Registrations.TestCase
-TestSequentialRegistrations.settings = settings_
-TestRandomRegistrations = RandomRegistrations.TestCase
-TestRandomRegistrations.settings = settings_
+@pytest.mark.parametrize("strategy", ["sequential", "random"])
+def test_registrations_match_the_model(backend: Backend, strategy: AllocationStrategy) -> None:
+    run_state_machine_as_test(
+        lambda: Registrations(backend, strategy),
+        settings=settings(max_examples=25, stateful_step_count=40, deadline=None),
+    )
 
 
 def lowest_free(first: int, used: set[int], reserved: int) -> int:
     return next(a for a in itertools.count(first) if a not in used and a != reserved)
 
 
-def test_many_creates_and_deletes_keep_lowest_free_address_and_name(tmp_path: Path) -> None:
+def test_many_creates_and_deletes_keep_lowest_free_address_and_name(backend: Backend) -> None:
     # A seeded churn at a size where a slip in the in-memory index would show;
     # some 450 nodes live at the end, so the IPv6 pool has gone past ::53.
     first4 = int(IPv4Address("100.64.0.1"))
     first6, quad100 = int(IPv6Address("fd7a:115c:a1e0::1")), int(IPv6Address("fd7a:115c:a1e0::53"))
     rng = random.Random(5)
     live: dict[int, tuple[int, int, str]] = {}
-    with open_store(tmp_path / "s.db") as store:
+    with backend.open() as store:
         for key in range(1, 1500):
             if live and rng.random() < 0.35:
                 victim = rng.choice(sorted(live))

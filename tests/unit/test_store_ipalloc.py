@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import random
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.store import AddressExhausted, AllocationStrategy, open_store
+from server.store import AddressExhausted, AllocationStrategy
 from server.store.ipalloc import RESERVED_IPV4, RESERVED_IPV6, allocate_ipv4, allocate_ipv6
+from tests.unit.store_backends import Backend
 from tests.unit.test_store import add_node
 
 
@@ -23,8 +23,8 @@ def seeded(seed: int) -> random.Random:
     return random.Random(seed)
 
 
-def test_small_prefix_fills_up_then_says_which_prefix_is_full(tmp_path: Path) -> None:
-    with open_store(tmp_path / "s.db", ipv4_prefix=IPv4Network("100.64.0.0/30")) as store:
+def test_small_prefix_fills_up_then_says_which_prefix_is_full(backend: Backend) -> None:
+    with backend.open(ipv4_prefix=IPv4Network("100.64.0.0/30")) as store:
         a, b = add_node(store, 1, "a"), add_node(store, 2, "b")
         # .0 is the network and .3 the broadcast address
         assert [a.ipv4, b.ipv4] == [IPv4Address("100.64.0.1"), IPv4Address("100.64.0.2")]
@@ -36,17 +36,17 @@ def test_small_prefix_fills_up_then_says_which_prefix_is_full(tmp_path: Path) ->
         assert add_node(store, 3, "c").ipv4 == a.ipv4  # lowest free again
 
 
-def test_ipv6_exhaustion_is_reported_too(tmp_path: Path) -> None:
+def test_ipv6_exhaustion_is_reported_too(backend: Backend) -> None:
     prefix = IPv6Network("fd7a:115c:a1e0::/127")
-    with open_store(tmp_path / "s.db", ipv6_prefix=prefix) as store:
+    with backend.open(ipv6_prefix=prefix) as store:
         add_node(store, 1, "a")
         add_node(store, 2, "b")
         with pytest.raises(AddressExhausted, match=r"no free IPv6 address in fd7a:115c:a1e0::/127"):
             add_node(store, 3, "c")
 
 
-def test_a_family_can_be_turned_off(tmp_path: Path) -> None:
-    with open_store(tmp_path / "s.db", ipv6_prefix=None) as store:
+def test_a_family_can_be_turned_off(backend: Backend) -> None:
+    with backend.open(ipv6_prefix=None) as store:
         node = add_node(store, 1)
     assert node.ipv4 is not None and node.ipv6 is None
 
@@ -67,11 +67,10 @@ def test_sequential_skips_quad100_ipv6() -> None:
     assert allocate_ipv6(prefix, used, "sequential", no_rng) == IPv6Address("fd7a:115c:a1e0::54")
 
 
-def test_random_allocation_is_deterministic_with_a_seeded_rng(tmp_path: Path) -> None:
-    def addresses(directory: str, seed: int) -> list[tuple[object, object]]:
+def test_random_allocation_is_deterministic_with_a_seeded_rng(backend: Backend) -> None:
+    def addresses(name: str, seed: int) -> list[tuple[object, object]]:
         rng = seeded(seed)
-        path = tmp_path / directory / "s.db"
-        with open_store(path, allocation="random", rng=rng.randbytes) as store:
+        with backend.open(name, allocation="random", rng=rng.randbytes) as store:
             return [(n.ipv4, n.ipv6) for n in (add_node(store, i, "n") for i in range(20))]
 
     first, again, other = addresses("a", 7), addresses("b", 7), addresses("c", 8)

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from gitctl.policy.model import Policy
+from gitctl.snapshot import ALLOW_ALL
+from server.api import WebDeps, build_app
 from server.protocol.keys import MachinePrivate
 from server.repo import RepoStatus
 from server.tagcheck import tag_problem
 from server.tailnet import TailnetSource
-from server.web import WebDeps, build_app
 from tests.e2e.harness import TailnetRepo
 from tests.unit.control_client import USERS, Device, async_test, join, preauth_key, running_server
 from tests.unit.test_admin_api import Apis, apis, exchange, request
@@ -47,7 +48,7 @@ def test_malformed_tags_say_why(tag: str, problem: str) -> None:
     assert tag_problem(tag) == problem
 
 
-def serve_policy(apis: Apis, policy: Policy | None) -> None:
+def serve_policy(apis: Apis, policy: Policy) -> None:
     apis.tailnet.swap_source(
         TailnetSource(
             id="test", domain="", dns_config={}, users={"alice": ("a@example.com", "A")},
@@ -60,7 +61,7 @@ def create(apis: Apis, *tags: str) -> tuple[int, str]:
     answer = request(
         apis.socket, "POST", "/api/v1/preauthkeys", body={"user": "alice", "tags": list(tags)}
     )
-    return answer.status, answer.body.get("error", "")
+    return answer.status, answer.body.get("detail", "")
 
 
 @pytest.fixture
@@ -86,16 +87,18 @@ def test_an_undeclared_tag_is_refused_naming_the_declared_ones(declared: Apis) -
 
 @pytest.mark.parametrize("tag", ["ci", "tag:", "tag:ci_x", "tag:1"])
 def test_a_malformed_tag_is_refused_with_or_without_a_policy(apis: Apis, tag: str) -> None:
-    for policy in (None, Policy(tag_owners={"tag:ci": ()})):
+    for policy in (ALLOW_ALL, Policy(tag_owners={"tag:ci": ()})):
         serve_policy(apis, policy)
         status, error = create(apis, tag)
         assert status == 400 and error.startswith(f"tag {tag!r} is not a valid tag: ")
     assert apis.store.list_preauth_keys() == []
 
 
-def test_without_a_policy_every_well_formed_tag_is_declared(apis: Apis) -> None:
-    serve_policy(apis, None)
-    assert create(apis, "tag:anything") == (200, "")
+def test_without_policy_keys_no_tag_is_declared(apis: Apis) -> None:
+    # Allow-all is about traffic, not ownership: a tag exists only where git says so.
+    serve_policy(apis, ALLOW_ALL)
+    status, error = create(apis, "tag:anything")
+    assert status == 400 and "not declared in the policy's tagOwners" in error
 
 
 def test_the_cli_refuses_an_undeclared_tag(declared: Apis) -> None:
@@ -103,7 +106,7 @@ def test_the_cli_refuses_an_undeclared_tag(declared: Apis) -> None:
     body = {"user": "alice", "reusable": False, "ephemeral": False, "tags": ["tag:web"],
             "expiration": None}  # fmt: skip
     answer = request(declared.socket, "POST", "/api/v1/preauthkeys", body=body)
-    assert answer.status == 400 and "'tag:web'" in answer.body["error"]
+    assert answer.status == 400 and "'tag:web'" in answer.body["detail"]
 
 
 @async_test

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
 
 from gitctl.policy import parse_policy
+from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import Node
 from server.tailnet.views import NodeView, PolicyViews, compute_views
@@ -129,7 +130,7 @@ def test_a_new_node_key_wakes_the_node_and_its_peers_only() -> None:
 
 
 def test_allow_all_views_are_lazy_and_complete() -> None:
-    views = compute_views(None, USERS, NODES, {})
+    views = compute_views(ALLOW_ALL, USERS, NODES, {})
     assert len(views.by_node) == len(NODES)
     view = views.get(1)
     assert view is not None and set(view.peers) == {2, 3, 4, 5, 6}

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from gitctl.policy import parse_policy
+from gitctl.snapshot import ALLOW_ALL as DEFAULT
 from server.tailnet.views import compute_views
 from tests.unit.test_views_lazy import USERS, node
 
@@ -21,7 +22,7 @@ def router(i: int, routes: list[str]) -> object:
     )
 
 
-@pytest.mark.parametrize("policy", [None, ALLOW_ALL], ids=["no policy", "allow-all policy"])
+@pytest.mark.parametrize("policy", [DEFAULT, ALLOW_ALL], ids=["no policy keys", "allow-all policy"])
 def test_approved_routes_reach_peers(policy: object) -> None:
     nodes = [
         node(1, "alice"),

@@ -1,0 +1,57 @@
+"""Plain-HTTP routes (outside Noise): discovery, DERP probes, health, the
+admin API `/api/v1/` and the Tailscale-compatible subset `/api/v2/`.
+
+The admin API is open without credentials on the local unix socket in the
+data dir (file permissions guard it: having the socket is being the admin).
+Over TCP every API route wants an API key (`Authorization: Bearer <key>`, or
+HTTP Basic with the key as the user name), and API keys themselves are only
+created through the socket, so a leaked key can never mint another. A key's
+scope is `read` (GET routes) or `admin`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+
+from server.api import discovery, v1, v2
+from server.api.deps import WebDeps, parse_duration
+from server.api.endpoints import Call, Endpoint, to_routes
+from server.api.openapi import openapi_document
+from server.metrics import RequestCounter
+
+__all__ = ["WebDeps", "api_endpoints", "build_app", "build_metrics_app", "parse_duration"]
+
+OPENAPI_PATH = "/api/v1/openapi.json"
+
+
+def api_endpoints(deps: WebDeps) -> list[Endpoint]:
+    """Every API endpoint, the OpenAPI document's own included."""
+    endpoints = [*v1.endpoints(deps), *v2.endpoints(deps)]
+
+    async def openapi(call: Call) -> Any:
+        return JSONResponse(document)
+
+    own = Endpoint("GET", OPENAPI_PATH, openapi, "This document", "meta", needs="public")
+    endpoints.append(own)
+    document = openapi_document(endpoints, title="tailnetd API", version="1")
+    return endpoints
+
+
+def build_app(deps: WebDeps) -> Starlette:
+    api = to_routes(api_endpoints(deps), local=deps.local, store=deps.store, clock=deps.clock)
+    probes = discovery.probe_routes(deps, with_metrics=deps.local)
+    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *api]), deps)
+
+
+def build_metrics_app(deps: WebDeps) -> Starlette:
+    """The plain-HTTP --metrics-listen port: /metrics, /health and /ready only."""
+    return _counted(Starlette(routes=discovery.probe_routes(deps, with_metrics=True)), deps)
+
+
+def _counted(app: Starlette, deps: WebDeps) -> Starlette:
+    if deps.metrics is not None:
+        app.add_middleware(RequestCounter, metrics=deps.metrics)
+    return app

@@ -1,0 +1,297 @@
+"""The admin API, `/api/v1/…`: nodes, pre-auth keys, API keys, users and commits.
+
+Users and policy come from git and are read-only here; node state is written
+through the `NodeRegistry` only. Every route is declared once in `endpoints`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from server.api.common import check_tags, find_node, optional_time
+from server.api.deps import WebDeps, parse_duration
+from server.api.endpoints import Call, Endpoint, Param
+from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, SetTags
+from server.history import MAX_LIMIT as HISTORY_MAX
+from server.history import history_json
+from server.logs import event
+from server.repo import Rejection
+from server.store.model import ApiKey, Node, PreAuthKey
+from server.tagcheck import check_new_key_tags, undeclared
+from server.wire import format_time
+
+__all__ = ["DEFAULT_API_KEY_LIFETIME", "endpoints"]
+
+# headscale's default for `apikeys create`: long enough for automation, short
+# enough that a forgotten key does not stay an admin forever.
+DEFAULT_API_KEY_LIFETIME = "90d"
+
+_ONLINE = ("true", "false")
+
+
+def endpoints(deps: WebDeps) -> list[Endpoint]:
+    tailnet, registry, store, clock = deps.tailnet, deps.registry, deps.store, deps.clock
+    log = deps.log or logging.getLogger("tailnetd")
+    via = "socket" if deps.local else "api_key"
+
+    def acted(name: str, message: str, *args: Any, **fields: Any) -> None:
+        log.info("api: " + message, *args, extra=event(name, via=via, **fields))
+
+    def node_acted(name: str, verb: str, n: Node) -> None:
+        acted(
+            name, f"node %d %s {verb}", n.id, n.given_name,
+            node=n.id, node_name=n.given_name, user=n.user,
+        )  # fmt: skip
+
+    def expired(expiration: datetime | None) -> bool:
+        return expiration is not None and clock() >= expiration
+
+    def node_json(n: Node) -> dict[str, Any]:
+        return {
+            "id": n.id,
+            "name": n.given_name,
+            "hostname": n.hostname,
+            "user": n.user,
+            "tags": list(n.tags),
+            "ipv4": str(n.ipv4) if n.ipv4 else None,
+            "ipv6": str(n.ipv6) if n.ipv6 else None,
+            "online": tailnet.is_online(n.id),
+            "ephemeral": n.ephemeral,
+            "created": format_time(n.created),
+            "last_seen": optional_time(n.last_seen),
+            "key_expiry": optional_time(n.key_expiry),
+            "machine_key": n.machine_key.text,
+            "node_key": n.node_key.text,
+        }
+
+    def key_json(k: PreAuthKey) -> dict[str, Any]:
+        return {
+            "id": k.id,
+            "prefix": k.prefix,
+            "user": k.user,
+            "reusable": k.reusable,
+            "ephemeral": k.ephemeral,
+            "tags": list(k.tags),
+            "created": format_time(k.created),
+            "expiration": optional_time(k.expiration),
+            "used": k.used,
+            "revoked": k.revoked,
+            "expired": expired(k.expiration),
+        }
+
+    def api_key_json(k: ApiKey) -> dict[str, Any]:
+        return {
+            "id": k.id,
+            "prefix": k.prefix,
+            "scope": k.scope,
+            "created": format_time(k.created),
+            "expiration": optional_time(k.expiration),
+            "last_used": optional_time(k.last_used),
+            "expired": expired(k.expiration),
+        }
+
+    def rejection_json(r: Rejection) -> dict[str, Any]:
+        return {"revision": r.revision, "at": format_time(r.at), "errors": list(r.errors)}
+
+    async def status(call: Call) -> Any:
+        body = deps.status.to_json()
+        body["nodes"] = len(tailnet.context.nodes)
+        body["online"] = len(tailnet.online_ids())
+        body["cut_off"] = [
+            {"id": n.id, "name": n.given_name, "user": n.user, "reason": "user not in tailnet.d"}
+            for n in tailnet.cut_off()
+        ]
+        found = undeclared(
+            tailnet.source.policy, registry.nodes(), store.list_preauth_keys(), clock()
+        )
+        body["undeclared_tags"] = [entry.to_json() for entry in found]
+        return body
+
+    async def repo(call: Call) -> Any:
+        st = deps.status
+        return {
+            "serving": st.serving,
+            "serving_since": optional_time(st.serving_since),
+            "rejected": rejection_json(st.rejected) if st.rejected is not None else None,
+            "history": [
+                {"revision": e.revision, "at": format_time(e.at), "errors": list(e.reasons)}
+                for e in (st.journal.entries(limit=100) if st.journal is not None else [])
+                if e.outcome == "rejected"
+            ],
+        }
+
+    async def repo_sync(call: Call) -> Any:
+        acted("api.repo_sync", "repository sync requested")
+        if deps.sync is not None:
+            await deps.sync()
+        return await status(call)
+
+    async def list_users(call: Call) -> Any:
+        counts: dict[str, int] = {}
+        for n in registry.nodes():
+            if n.user is not None:
+                counts[n.user] = counts.get(n.user, 0) + 1
+        return [
+            {"name": name, "email": email, "display_name": display, "nodes": counts.get(name, 0)}
+            for name, (email, display) in sorted(tailnet.source.users.items())
+        ]
+
+    async def list_nodes(call: Call) -> Any:
+        user, tag, online = call.query("user"), call.query("tag"), call.query("online")
+        if online is not None and online not in _ONLINE:
+            raise ValueError("online must be true or false")
+        return [
+            node_json(n)
+            for n in registry.nodes()
+            if (user is None or n.user == user)
+            and (tag is None or tag in n.tags)
+            and (online is None or tailnet.is_online(n.id) == (online == "true"))
+        ]
+
+    async def get_node(call: Call) -> Any:
+        return node_json(find_node(registry, call.path("ref")))
+
+    async def delete_node(call: Call) -> Any:
+        node = find_node(registry, call.path("ref"))
+        registry.remove(node.id)
+        node_acted("api.node_deleted", "deleted", node)
+        return node_json(node)
+
+    async def expire_node(call: Call) -> Any:
+        node = find_node(registry, call.path("ref"))
+        expired_node = registry.set_key_expiry(node.id, clock())
+        node_acted("api.node_expired", "expired", expired_node)
+        return node_json(expired_node)
+
+    async def rename_node(call: Call) -> Any:
+        node = find_node(registry, call.path("ref"))
+        renamed = registry.rename(node.id, call.body.name)
+        node_acted("api.node_renamed", "renamed", renamed)
+        return node_json(renamed)
+
+    async def set_node_tags(call: Call) -> Any:
+        node = find_node(registry, call.path("ref"))
+        tags = check_tags(tailnet, call.body.tags)
+        tagged = registry.set_tags(node.id, tags)
+        node_acted("api.node_tagged", "tagged " + ",".join(tags), tagged)
+        return node_json(tagged)
+
+    async def list_keys(call: Call) -> Any:
+        return [key_json(k) for k in store.list_preauth_keys(call.query("user"))]
+
+    async def create_key(call: Call) -> Any:
+        body: CreatePreAuthKey = call.body
+        if body.user not in tailnet.source.users:
+            known = ", ".join(sorted(tailnet.source.users)) or "none"
+            raise ValueError(f"user {body.user!r} is not in tailnet.d (known users: {known})")
+        check_new_key_tags(body.tags, tailnet.source.policy)
+        now = clock()
+        lifetime = parse_duration(body.expiration) if body.expiration is not None else None
+        text, created = store.create_preauth_key(
+            body.user,
+            reusable=body.reusable,
+            ephemeral=body.ephemeral,
+            tags=body.tags,
+            expiration=now + lifetime if lifetime is not None else None,
+            now=now,
+            rng=deps.rng,
+        )
+        acted(
+            "api.preauthkey_created", "pre-auth key %d created for %s", created.id, body.user,
+            key=created.id, user=body.user, tags=list(body.tags),
+        )  # fmt: skip
+        return {"key": text, **key_json(created)}
+
+    async def expire_key(call: Call) -> Any:
+        ref = call.path("ref")
+        expired_key = store.expire_preauth_key(int(ref) if ref.isdigit() else ref, clock())
+        acted(
+            "api.preauthkey_expired", "pre-auth key %d expired", expired_key.id, key=expired_key.id
+        )
+        return key_json(expired_key)
+
+    async def list_api_keys(call: Call) -> Any:
+        return [api_key_json(k) for k in store.list_api_keys()]
+
+    async def create_api_key(call: Call) -> Any:
+        body: CreateApiKey = call.body
+        now = clock()
+        lifetime = parse_duration(
+            body.expiration if body.expiration is not None else DEFAULT_API_KEY_LIFETIME
+        )
+        text, created = store.create_api_key(
+            expiration=now + lifetime, now=now, rng=deps.rng, scope=body.scope
+        )
+        acted("api.apikey_created", "API key %d created", created.id, key=created.id)
+        return {"key": text, **api_key_json(created)}
+
+    async def expire_api_key(call: Call) -> Any:
+        ref = call.path("ref")
+        expired_key = store.expire_api_key(int(ref) if ref.isdigit() else ref, clock())
+        acted("api.apikey_expired", "API key %d expired", expired_key.id, key=expired_key.id)
+        return api_key_json(expired_key)
+
+    async def history(call: Call) -> Any:
+        return history_json(deps.status.journal, call.query("limit"))
+
+    node_filters = (
+        Param("user", "only nodes owned by this user"),
+        Param("tag", "only nodes carrying this tag"),
+        Param("online", "only nodes online (true) or offline (false)", _ONLINE),
+    )
+    return [
+        Endpoint("GET", "/api/v1/status", status, "What is served, nodes, warnings", "status"),
+        Endpoint("GET", "/api/v1/repo", repo, "Serving and rejected commits", "status"),
+        Endpoint(
+            "POST", "/api/v1/repo/sync", repo_sync, "Read the repository now", "status", body=NoBody
+        ),
+        Endpoint(
+            "GET",
+            "/api/v1/history",
+            history,
+            "Served and rejected commits, newest first, across restarts",
+            "status",
+            query=(Param("limit", f"at most this many entries (1 to {HISTORY_MAX})"),),
+        ),
+        Endpoint("GET", "/api/v1/users", list_users, "Users declared in git", "users"),
+        Endpoint("GET", "/api/v1/nodes", list_nodes, "List nodes", "nodes", query=node_filters),
+        Endpoint("GET", "/api/v1/nodes/{ref}", get_node, "One node", "nodes"),
+        Endpoint(
+            "DELETE", "/api/v1/nodes/{ref}", delete_node, "Delete a node", "nodes", body=NoBody
+        ),
+        Endpoint(
+            "POST", "/api/v1/nodes/{ref}/expire", expire_node, "Expire a node's key now", "nodes",
+            body=NoBody,
+        ),
+        Endpoint(
+            "POST", "/api/v1/nodes/{ref}/rename", rename_node, "Rename a node", "nodes",
+            body=RenameNode,
+        ),
+        Endpoint(
+            "POST", "/api/v1/nodes/{ref}/tags", set_node_tags, "Replace a node's tags", "nodes",
+            body=SetTags,
+        ),
+        Endpoint(
+            "GET", "/api/v1/preauthkeys", list_keys, "List pre-auth keys", "preauthkeys",
+            query=(Param("user", "only this user's keys"),),
+        ),
+        Endpoint(
+            "POST", "/api/v1/preauthkeys", create_key, "Create a pre-auth key (shown once)",
+            "preauthkeys", body=CreatePreAuthKey,
+        ),
+        Endpoint(
+            "POST", "/api/v1/preauthkeys/{ref}/expire", expire_key, "Expire a pre-auth key",
+            "preauthkeys", body=NoBody,
+        ),
+        Endpoint("GET", "/api/v1/apikeys", list_api_keys, "List API keys", "apikeys"),
+        Endpoint(
+            "POST", "/api/v1/apikeys", create_api_key, "Create an API key (shown once)", "apikeys",
+            needs="socket", body=CreateApiKey,
+        ),
+        Endpoint(
+            "POST", "/api/v1/apikeys/{ref}/expire", expire_api_key, "Expire an API key",
+            "apikeys", body=NoBody,
+        ),
+    ]  # fmt: skip

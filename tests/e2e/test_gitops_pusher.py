@@ -1,0 +1,123 @@
+"""Tailscale's own gitops-pusher 1.96.4 (built from tailscale.com/cmd/gitops-pusher)
+against tailnetd over TLS: `test` passes a good policy file and fails a bad
+one, showing the error, as it does against api.tailscale.com."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import ServerProcess, TailnetRepo, TestCA
+from tests.gitops_pusher_bin import binary
+
+USERS = (
+    "users:\n  - {name: alice, email: alice@example.com}\n  - {name: bob, email: bob@example.com}\n"
+)
+POLICY = """{
+	"tagOwners": {"tag:server": ["alice@example.com"]},
+	"acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["tag:server:22"]}],
+}
+"""
+GOOD = """// a change: bob may reach servers too
+{
+	"tagOwners": {"tag:server": ["alice@example.com"]},
+	"acls": [
+		{"action": "accept", "src": ["alice@example.com", "bob@example.com"],
+			"dst": ["tag:server:22"]},
+	],
+	"tests": [{"src": "bob@example.com", "accept": ["tag:server:22"]}],
+}
+"""
+FAILING_TEST = GOOD.replace('"accept": ["tag:server:22"]}]', '"deny": ["tag:server:22"]}]')
+SYNTAX = '{\n\t"acls": [\n\t\t{"action": "accept" "src": ["*"]},\n\t],\n}\n'
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, str, Path]]:
+    if not binary().exists():
+        pytest.skip("gitops-pusher not built: run `python -m tests.gitops_pusher_bin`")
+    ca = TestCA(tmp_path / "ca")
+    cert, key = ca.issue("server", ["127.0.0.1", "localhost"])
+    repo = TailnetRepo(tmp_path / "repo", {"users.yaml": USERS, "policy.hujson": POLICY})
+    proc = ServerProcess(
+        repo.path,
+        tmp_path / "data",
+        tmp_path / "tailnetd.log",
+        extra=["--tls-cert", str(cert), "--tls-key", str(key)],
+        ca_file=ca.cert_path,
+    )
+    proc.start()
+    try:
+        api_key = proc.admin("apikeys", "create", "--scope", "read").strip()
+        yield proc, api_key, ca.cert_path
+    finally:
+        proc.stop()
+
+
+def pusher(
+    server: tuple[ServerProcess, str, Path], tmp: Path, policy: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    proc, api_key, ca = server
+    path = tmp / "policy.hujson"
+    path.write_text(policy)
+    env = {
+        "TS_TAILNET": "-",
+        "TS_API_KEY": api_key,
+        "SSL_CERT_FILE": str(ca),
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp),
+    }
+    return subprocess.run(
+        [
+            str(binary()),
+            "--api-server", f"127.0.0.1:{proc.port}",
+            "--policy-file", str(path),
+            "--cache-file", str(tmp / "version-cache.json"),
+            "--github-syntax=false",
+            *args,
+        ],
+        # cwd: it saves ./version-cache.json whatever --cache-file says (the
+        # deferred Save reads the flag before flags are parsed).
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_gitops_pusher_test_passes_a_good_policy(
+    server: tuple[ServerProcess, str, Path], tmp_path: Path
+) -> None:
+    out = pusher(server, tmp_path, GOOD, "test")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "control:" in out.stderr
+
+
+def test_gitops_pusher_test_fails_a_policy_whose_tests_fail(
+    server: tuple[ServerProcess, str, Path], tmp_path: Path
+) -> None:
+    out = pusher(server, tmp_path, FAILING_TEST, "test")
+    assert out.returncode != 0
+    assert "For user bob@example.com" in out.stdout, out.stdout + out.stderr
+    assert "tag:server:22" in out.stdout
+
+
+def test_gitops_pusher_test_shows_a_syntax_error_with_its_line(
+    server: tuple[ServerProcess, str, Path], tmp_path: Path
+) -> None:
+    out = pusher(server, tmp_path, SYNTAX, "test")
+    assert out.returncode != 0
+    assert "line 3, column" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_gitops_pusher_apply_is_told_policy_changes_arrive_by_commit(
+    server: tuple[ServerProcess, str, Path], tmp_path: Path
+) -> None:
+    read_only = pusher(server, tmp_path, GOOD, "apply")
+    assert read_only.returncode != 0
+    assert "read scope" in read_only.stdout, read_only.stdout + read_only.stderr
+    proc, _, ca = server
+    admin_key = proc.admin("apikeys", "create").strip()
+    out = pusher((proc, admin_key, ca), tmp_path, GOOD, "apply")
+    assert out.returncode != 0
+    assert "change it by commit" in out.stdout, out.stdout + out.stderr

@@ -1,0 +1,161 @@
+"""Real 1.96.4 clients through the node registry: routes and exit nodes that
+autoApprovers approve, approvals bound to a machine, and clients that are told
+when their node is deleted, expired or its user leaves git.
+
+One server and one set of daemons for the module; tests run in file order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import ServerProcess, TailnetRepo, TailscaleNode, in_parallel, wait_for
+
+USERS = """\
+users:
+  - {name: alice, email: alice@example.com, display_name: Alice}
+  - {name: bob, email: bob@example.com, display_name: Bob}
+"""
+POLICY = """\
+{
+  "tagOwners": {"tag:router": ["alice@example.com"]},
+  "autoApprovers": {
+    "routes": {"10.77.0.0/16": ["tag:router"]},
+    "exitNode": ["tag:router"],
+  },
+  "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
+}
+"""
+
+
+class Tailnet:
+    def __init__(self, tmp: Path) -> None:
+        self.repo = TailnetRepo(tmp / "repo", {"users.yaml": USERS, "policy.hujson": POLICY})
+        self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
+        self.tmp = tmp
+        self.nodes: dict[str, TailscaleNode] = {}
+
+    def node(self, name: str, *, hostname: str | None = None) -> TailscaleNode:
+        """A daemon known here as `name`, whose machine calls itself `hostname`."""
+        node = TailscaleNode(hostname or name, self.tmp / "nodes" / name)
+        node.extra_env = {"TS_DEBUG_ALWAYS_USE_DERP": "1"}
+        self.nodes[name] = node
+        return node
+
+    def nodes_json(self) -> list[dict[str, Any]]:
+        return list(json.loads(self.server.admin("nodes", "list", "--json")))
+
+    def machine_key(self, name: str) -> str:
+        (node,) = [n for n in self.nodes_json() if n["name"] == name]
+        return str(node["machine_key"])
+
+
+@pytest.fixture(scope="module")
+def tailnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tailnet]:
+    net = Tailnet(tmp_path_factory.mktemp("lifecycle"))
+    net.server.start()
+    try:
+        yield net
+    finally:
+        for node in net.nodes.values():
+            node.stop()
+        net.server.stop()
+
+
+def peer(node: TailscaleNode, hostname: str) -> dict[str, Any] | None:
+    for entry in (node.status().get("Peer") or {}).values():
+        if entry["HostName"] == hostname:
+            return dict(entry)
+    return None
+
+
+def backend_state(node: TailscaleNode) -> str:
+    return str(node.status().get("BackendState"))
+
+
+def test_autoapprovers_approve_a_real_client_s_route_and_exit_node(tailnet: Tailnet) -> None:
+    router, laptop, spare = (tailnet.node(n) for n in ("router1", "laptop1", "spare1"))
+    in_parallel(n.start for n in (router, laptop, spare))
+    tagged = tailnet.server.create_key("alice", "--tag", "tag:router", "--reusable")
+    plain = tailnet.server.create_key("alice", "--reusable")
+    in_parallel(
+        [
+            lambda: router.up(
+                tailnet.server, tagged, "--advertise-routes=10.77.1.0/24",
+                "--advertise-exit-node",
+            ),
+            lambda: laptop.up(tailnet.server, plain),
+            lambda: spare.up(tailnet.server, plain),
+        ]
+    )  # fmt: skip
+
+    def served() -> bool:
+        entry = peer(laptop, "router1")
+        return bool(entry) and entry.get("PrimaryRoutes") == ["10.77.1.0/24"]
+
+    wait_for(served, 30, "laptop1 to see router1's auto-approved subnet route")
+    entry = peer(laptop, "router1")
+    assert entry is not None and entry.get("ExitNodeOption") is True
+    listed = laptop.cli("exit-node", "list").stdout
+    assert "router1" in listed, listed
+
+
+def test_a_route_approved_for_a_machine_stays_with_it(tailnet: Tailnet) -> None:
+    laptop, spare = tailnet.nodes["laptop1"], tailnet.nodes["spare1"]
+    spare.cli("set", "--advertise-routes=192.168.50.0/24")
+    key = tailnet.machine_key("spare1")
+    routes = f"routes:\n  - {{machine: {key}, node: spare1, routes: [192.168.50.0/24]}}\n"
+    tailnet.repo.commit({"routes.yaml": routes}, "approve spare1's subnet by machine")
+
+    def primary(name: str) -> list[str]:
+        entry = peer(laptop, name)
+        return list((entry or {}).get("PrimaryRoutes") or [])
+
+    wait_for(lambda: primary("spare1") == ["192.168.50.0/24"], 30, "the approved route")
+    # A rename keeps the approval: it is bound to the machine, not the name.
+    tailnet.server.admin("nodes", "rename", "spare1", "renamed1")
+    wait_for(lambda: peer(laptop, "spare1") is not None, 5, "peer entry")  # HostName stays
+    assert primary("spare1") == ["192.168.50.0/24"]
+    # Another machine taking the freed name gets nothing.
+    thief = tailnet.node("thief", hostname="spare1")
+    thief.start()
+    thief.up(tailnet.server, tailnet.server.create_key("alice"),
+             "--advertise-routes=192.168.50.0/24")  # fmt: skip
+    wait_for(lambda: any(n["name"] == "spare1" for n in tailnet.nodes_json()), 20, "the name")
+    assert primary("spare1") == ["192.168.50.0/24"]  # still only the approved machine
+    thief_peers = [p for p in (laptop.status().get("Peer") or {}).values()
+                   if p["HostName"] == "spare1" and p.get("PrimaryRoutes")]  # fmt: skip
+    assert len(thief_peers) == 1
+
+
+def test_a_deleted_node_s_client_needs_login(tailnet: Tailnet) -> None:
+    thief = tailnet.nodes["thief"]
+    (node,) = [n for n in tailnet.nodes_json() if n["name"] == "spare1"]
+    tailnet.server.admin("nodes", "delete", str(node["id"]))
+    wait_for(lambda: backend_state(thief) == "NeedsLogin", 30, "the deleted node to need login")
+    assert tailnet.server.log().count("told to log in again") == 1
+
+
+def test_an_expired_node_s_client_needs_login(tailnet: Tailnet) -> None:
+    spare = tailnet.nodes["spare1"]
+    tailnet.server.admin("nodes", "expire", "renamed1")
+    wait_for(lambda: backend_state(spare) == "NeedsLogin", 30, "the expired node to need login")
+
+
+def test_removing_a_user_from_git_cuts_their_nodes_off(tailnet: Tailnet) -> None:
+    laptop = tailnet.nodes["laptop1"]
+    bob = tailnet.node("bob1")
+    bob.start()
+    bob.up(tailnet.server, tailnet.server.create_key("bob"))
+    wait_for(lambda: peer(laptop, "bob1") is not None, 30, "laptop1 to see bob1")
+    alice_only = "".join(line for line in USERS.splitlines(True) if "bob" not in line)
+    tailnet.repo.commit({"users.yaml": alice_only}, "bob leaves")
+    wait_for(lambda: peer(laptop, "bob1") is None, 30, "laptop1 to lose bob1")
+    wait_for(lambda: backend_state(bob) == "NeedsLogin", 30, "bob1 to need login")
+    status = tailnet.server.status()
+    assert [(n["name"], n["user"]) for n in status["cut_off"]] == [("bob1", "bob")]

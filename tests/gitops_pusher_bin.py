@@ -1,0 +1,50 @@
+"""Build Tailscale's own `gitops-pusher` 1.96.4 for the end-to-end API test.
+
+A client nobody here wrote: it reads the policy's ETag and validates a policy
+file through `/api/v2/tailnet/<tailnet>/acl`, exactly as it does against
+api.tailscale.com. Built with `go install` into a cache directory outside the
+clone (`${XDG_CACHE_HOME:-~/.cache}/tailnetd/gitops-pusher-1.96.4/`, or
+`TAILNETD_GITOPS_PUSHER_BIN`). Run as `python -m tests.gitops_pusher_bin`; it
+prints the path of the binary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+VERSION = "1.96.4"
+MODULE = f"tailscale.com/cmd/gitops-pusher@v{VERSION}"
+
+__all__ = ["VERSION", "bin_dir", "binary", "install"]
+
+
+def bin_dir() -> Path:
+    override = os.environ.get("TAILNETD_GITOPS_PUSHER_BIN")
+    if override:
+        return Path(override)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "tailnetd" / f"gitops-pusher-{VERSION}"
+
+
+def binary() -> Path:
+    return bin_dir() / "gitops-pusher"
+
+
+def install(target: Path | None = None) -> Path:
+    """The binary, built first if missing; needs `go` on PATH."""
+    target = target or bin_dir()
+    built = target / "gitops-pusher"
+    if built.exists():
+        return built
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    target.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GOBIN": str(target), "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
+    subprocess.run([go, "install", MODULE], check=True, env=env)
+    return built
+
+
+if __name__ == "__main__":
+    print(install())

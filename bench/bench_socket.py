@@ -145,6 +145,7 @@ async def restart(server: LocalServer, fleet: Fleet) -> dict[str, Any]:
     return {
         "cold_start_s": round(serving, 2),
         "restart_to_all_streaming_s": round(time.monotonic() - begin, 2),
+        "reconnect_retries": sum(n.retries for n in fleet.nodes),
     }
 
 

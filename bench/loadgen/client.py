@@ -40,6 +40,7 @@ __all__ = [
     "Device",
     "MapStream",
     "ServerAddress",
+    "cancel_and_wait",
     "fetch_server_key",
 ]
 
@@ -211,11 +212,7 @@ class ControlClient:
 
     async def close(self) -> None:
         if self._pump is not None:
-            self._pump.cancel()
-            try:
-                await self._pump
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._pump)
         self._writer.close()
         try:
             await self._writer.wait_closed()
@@ -362,6 +359,15 @@ class ControlClient:
             self._pong.set_result(None)
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._window.set()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait until it has ended."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
 
 
 def _fail(future: asyncio.Future[Any], exc: Exception) -> None:

@@ -17,7 +17,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.loadgen.client import ControlClient, Device, MapStream, ServerAddress, fetch_server_key
+from bench.loadgen.client import (
+    ControlClient,
+    Device,
+    MapStream,
+    ServerAddress,
+    cancel_and_wait,
+    fetch_server_key,
+)
 from bench.loadgen.netmap import ClientNetmap
 from server.protocol.keys import MachinePublic
 
@@ -61,6 +68,7 @@ class SimNode:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     follower: asyncio.Task[None] | None = None
     error: str | None = None
+    retries: int = 0
     _waiters: list[tuple[Predicate, asyncio.Future[float]]] = field(default_factory=list)
 
     @property
@@ -105,7 +113,9 @@ class Fleet:
         keep: frozenset[str] | None = KEEP_PEER_FIELDS,
         clock: Callable[[], float] | None = None,
         concurrency: int = 8,
+        first_map_timeout: float = 120.0,
     ) -> None:
+        self.first_map_timeout = first_map_timeout
         self.server = server
         self.auth_key = auth_key
         self.prefix = hostname_prefix
@@ -138,8 +148,19 @@ class Fleet:
             return await work
 
     async def bring_up(self, node: SimNode, *, register: bool = True) -> float:
-        """Connect, register (unless `register` is false: a reconnect), stream; seconds taken."""
+        """Connect, register (unless `register` is false: a reconnect), stream; seconds taken.
+
+        Raises ConnectionError if the first map does not arrive within `first_map_timeout`.
+        """
         start = self.clock()
+        try:
+            async with asyncio.timeout(self.first_map_timeout):
+                await self._bring_up(node, register)
+        except TimeoutError:
+            raise ConnectionError(f"{node.device.hostname}: no first map in time") from None
+        return self.clock() - start
+
+    async def _bring_up(self, node: SimNode, register: bool) -> None:
         node.client = await ControlClient.connect(
             self.server, node.device.machine, server_key=await self.server_key()
         )
@@ -154,8 +175,13 @@ class Fleet:
         if node.stream.status != 200:
             raise ConnectionError(f"{node.device.hostname}: map poll got {node.stream.status}")
         node.follower = asyncio.get_running_loop().create_task(self._follow(node, node.stream))
-        await node.streaming.wait()
-        return self.clock() - start
+        streaming = asyncio.ensure_future(node.streaming.wait())
+        ended = asyncio.ensure_future(node.ended.wait())
+        await asyncio.wait([streaming, ended], return_when=asyncio.FIRST_COMPLETED)
+        streaming.cancel()
+        ended.cancel()
+        if not node.streaming.is_set():
+            raise ConnectionError(f"{node.device.hostname}: map poll ended: {node.error}")
 
     async def _follow(self, node: SimNode, stream: MapStream) -> None:
         try:
@@ -169,15 +195,28 @@ class Fleet:
         finally:
             node.ended.set()
 
-    async def reconnect(self, nodes: Iterable[SimNode]) -> list[float]:
-        """New connections and polls for `nodes` (after a server restart), all at once."""
+    async def reconnect(self, nodes: Iterable[SimNode], *, attempts: int = 5) -> list[float]:
+        """New connections and polls for `nodes` (after a server restart), all at once;
+        a failed attempt is retried after a pause, as tailscaled backs off and retries.
+        Per node, seconds from the first attempt until its first map."""
         self._server_key = None
         nodes = list(nodes)
         for node in nodes:
             await self._drop(node)
-        return list(
-            await asyncio.gather(*(self._limited(self.bring_up(n, register=False)) for n in nodes))
-        )
+
+        async def again(node: SimNode) -> float:
+            start = self.clock()
+            for attempt in range(attempts):
+                try:
+                    await self._limited(self.bring_up(node, register=False))
+                    return self.clock() - start
+                except (ConnectionError, OSError):
+                    await self._drop(node)
+                    node.retries += 1
+                    await asyncio.sleep(0.5 * (attempt + 1))
+            raise ConnectionError(f"{node.device.hostname}: no map after {attempts} attempts")
+
+        return list(await asyncio.gather(*(again(n) for n in nodes)))
 
     # Actions a measurement times
 
@@ -219,11 +258,7 @@ class Fleet:
 
     async def _drop(self, node: SimNode) -> None:
         if node.follower is not None:
-            node.follower.cancel()
-            try:
-                await node.follower
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(node.follower)
             node.follower = None
         if node.client is not None:
             await node.client.close()

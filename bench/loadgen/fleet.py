@@ -196,7 +196,7 @@ class Fleet:
             node.ended.set()
 
     async def reconnect(self, nodes: Iterable[SimNode], *, attempts: int = 5) -> list[float]:
-        """New connections and polls for `nodes` (after a server restart), all at once;
+        """New connections and polls for `nodes` (after a server restart), `concurrency` at a time;
         a failed attempt is retried after a pause, as tailscaled backs off and retries.
         Per node, seconds from the first attempt until its first map."""
         self._server_key = None

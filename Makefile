@@ -13,15 +13,26 @@ $(BIN)/tailnetd: pyproject.toml
 
 venv: $(BIN)/tailnetd
 
+# More flags: make serve ARGS="--listen 127.0.0.1:9090 --data /tmp/td"
 serve: venv
-	$(BIN)/tailnetd serve
+	$(BIN)/tailnetd serve $(ARGS)
 
 # The TLS tests run Let's Encrypt's pebble test CA and real nginx/Caddy proxies
-# on loopback; all three come from Debian (CI runs as root on a fresh machine).
+# on loopback; `tailscale ssh` runs OpenSSH's ssh. All come from Debian (CI runs
+# as root on a fresh machine).
 test-tools:
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
+	@command -v ssh >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-client)
 	@command -v pebble >/dev/null && command -v caddy >/dev/null && command -v nginx >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	     pebble nginx-light caddy)
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	     pebble nginx-light caddy \
+	  && for s in nginx caddy; do { service $$s stop; update-rc.d $$s disable; \
+	       systemctl disable --now $$s; } >/dev/null 2>&1; done; true; }
+# The operator page is tested in Debian's chromium (driven by playwright).
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 # The store tests run their own PostgreSQL (initdb + pg_ctl in a temp dir, see
 # tests/pgserver.py); the system service the package sets up is stopped and disabled.
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
@@ -30,9 +41,12 @@ test-tools:
 	  && { service postgresql stop; update-rc.d postgresql disable; } >/dev/null 2>&1; \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null; }
 
+# --all: 1.96.4 from PyPI, and 1.78/1.80/1.102 built with Go into
+# ~/.cache/tailnetd/ (cold: minutes each; warm: instant). See docs/clients.md.
 test: venv test-tools
-	$(BIN)/python -m tests.tailscale_bin
+	$(BIN)/python -m tests.tailscale_bin --all
 	$(BIN)/python -m tests.gitops_pusher_bin
+	$(BIN)/python -m tests.dex_bin
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 test-fast: venv

@@ -35,7 +35,7 @@ from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, MapSession, PeerEntries, build_map
 from server.tailnet.views import compute_views
-from server.wire import stable_user_id
+from server.wire import Hostinfo, NetInfo, stable_user_id
 
 SIZES = [(100, 50), (1000, 500), (5000, 2000)]
 QUICK = [(100, 50), (1000, 500)]
@@ -86,9 +86,7 @@ def make_node(i: int, users: list[tuple[int, str, str]], tags: list[str]) -> Nod
         created=NOW,
         last_seen=None,
         key_expiry=None,
-        hostinfo=json.dumps(
-            {"Hostname": f"node{i}", "OS": "linux", "NetInfo": {"PreferredDERP": 999}}
-        ),
+        hostinfo=Hostinfo(hostname=f"node{i}", os="linux", net_info=NetInfo(preferred_derp=999)),
         endpoints=(f"127.0.0.1:{40000 + i}",),
         capver=133,
     )

@@ -8,6 +8,8 @@ work, not the kernel's). Then it times:
 * connect storm: every node's first full MapResponse (JSON + zstd);
 * endpoint change: one node's endpoints change, every affected session sends its delta;
 * node join: a new node registers, every affected session sends its delta;
+* 20 joins at once: registrations in one burst on an event loop, which share
+  one recompile (--no-coalesce: one each, as before);
 * policy commit: a new snapshot is swapped in, every session sends its delta;
 * commit from git: the same, starting from a git commit of tailnet.d (read,
   validated, policy tests run, compiled, swapped in, every delta sent): what
@@ -17,6 +19,7 @@ work, not the kernel's). Then it times:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import resource
@@ -30,20 +33,24 @@ from typing import Any
 import git
 
 from bench.bench_compile import synthetic
-from gitctl.policy import parse_policy
+from gitctl.policy import Policy, parse_policy
+from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.protocol.mapframe import MapFrameEncoder
-from server.repo import SnapshotRepo
+from server.sources.repo import SnapshotRepo
 from server.store import open_store
+from server.store.interface import Store
 from server.store.model import Node
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
+from server.tailnet.hub import COALESCE_SECONDS, defer_on_loop
 from server.tailnet.mapper import MapSession, build_map
 from server.wire import DerpRegion
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+BURST = 20  # registrations arriving together (a connect storm's slice)
 
 
-def source(policy: Any, users: list[tuple[int, str, str]], sid: str) -> TailnetSource:
+def source(policy: Policy, users: list[tuple[int, str, str]], sid: str) -> TailnetSource:
     return TailnetSource(
         id=sid,
         domain="tailnet.example",
@@ -75,9 +82,27 @@ class GitTailnet:
 
 def serve_commit(tailnet: Tailnet, repo: GitTailnet, revision: str) -> None:
     """What the server does with a new commit (server/app.py on_revision)."""
-    snap, errors = repo.snapshots.load(revision)
+    checked = repo.snapshots.check(revision)
+    snap, errors = checked.snapshot, checked.errors
     assert snap is not None, errors
     tailnet.swap_source(TailnetSource.from_snapshot(snap))
+
+
+def fill(store: Store, nodes: list[Node]) -> None:
+    """The synthetic tailnet's nodes, registered in the store."""
+    for n in nodes:
+        store.create_node(
+            machine_key=n.machine_key,
+            node_key=n.node_key,
+            hostname=n.hostname,
+            user=n.user,
+            tags=n.tags,
+            now=NOW,
+            disco_key=n.disco_key,
+            hostinfo=n.hostinfo,
+            endpoints=n.endpoints,
+            capver=133,
+        )
 
 
 class Pump:
@@ -132,27 +157,18 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=500)
     parser.add_argument("--allow-all", action="store_true")
     parser.add_argument("--repeat", type=int, default=1, help="joins and commits to time")
+    parser.add_argument(
+        "--no-coalesce", action="store_true", help="recompile at every join (as before)"
+    )
     args = parser.parse_args()
     doc, registry, users = synthetic(args.nodes, args.rules)
-    policy = None if args.allow_all else parse_policy(doc)
+    policy = ALLOW_ALL if args.allow_all else parse_policy(doc)
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(Path(tmp) / "bench.sqlite")
         t0 = time.perf_counter()
-        for n in registry:
-            store.create_node(
-                machine_key=n.machine_key,
-                node_key=n.node_key,
-                hostname=n.hostname,
-                user=n.user,
-                tags=n.tags,
-                now=NOW,
-                disco_key=n.disco_key,
-                hostinfo=n.hostinfo,
-                endpoints=n.endpoints,
-                capver=133,
-            )
+        fill(store, registry)
         print(
-            f"{args.nodes} nodes, {args.rules} rules{' (allow-all)' if policy is None else ''}; "
+            f"{args.nodes} nodes, {args.rules} rules{' (allow-all)' if args.allow_all else ''}; "
             f"store filled in {time.perf_counter() - t0:.1f}s"
         )
         t0 = time.perf_counter()
@@ -161,6 +177,8 @@ def main() -> None:
             source(policy, users, "a"),
             derp_regions=[DerpRegion(999, "tailnetd", "tailnetd", "127.0.0.1", 8080, 3478)],
             log=logging.getLogger("bench"),
+            clock=lambda: NOW,
+            defer=(lambda fn: False) if args.no_coalesce else defer_on_loop,
         )
         print(f"{'first compile':<22} {(time.perf_counter() - t0) * 1000:>9.1f} ms")
         pump = Pump(nodes, tailnet)
@@ -190,14 +208,25 @@ def main() -> None:
         docs = [dict(doc, acls=list(doc["acls"])[:-1]), doc]
         for k in range(args.repeat):
             timed("node join", lambda k=k: join(k), pump)
-            if policy is not None:
+            if not args.allow_all:
                 d = docs[k % 2]
                 timed(
                     "policy commit",
                     lambda d=d, k=k: tailnet.swap_source(source(parse_policy(d), users, f"c{k}")),
                     pump,
                 )
-        if policy is not None:
+
+        def burst(k: int) -> None:
+            async def registrations() -> None:  # as the server's tasks make them
+                for n in range(BURST):
+                    join(1000 + k * BURST + n)
+                await asyncio.sleep(COALESCE_SECONDS * 2)
+
+            asyncio.run(registrations())
+
+        for k in range(args.repeat):
+            timed(f"{BURST} joins at once", lambda k=k: burst(k), pump)
+        if not args.allow_all:
             repo = GitTailnet(Path(tmp) / "repo", doc, users)
             # Served once untimed: from here on DNS and users come from git too.
             serve_commit(tailnet, repo, repo.git.head.commit.hexsha)

@@ -33,6 +33,7 @@ from gitctl.access import (
 )
 from gitctl.diagnostics import render_text
 from gitctl.expiring import expiring_access, expiring_json, parse_window, render_expiring
+from gitctl.idp_groups import add_groups_argument, groups_from_args, merge_groups
 from gitctl.inventory import add_device_arguments, devices_from_args
 from gitctl.policy import PolicyError, Topology, TopologyNode, TopologyUser, compile_tailnet
 from gitctl.review import Reviewed, load_for_review
@@ -98,6 +99,7 @@ def add_server_arguments(
     p.add_argument(
         "--api-key", metavar="KEY", help="admin API key for --server (default: $TAILNETD_API_KEY)"
     )
+    add_groups_argument(p)
 
 
 def _window(text: str) -> str:
@@ -185,12 +187,17 @@ def topology_from_args(
                 file=sys.stderr,
             )
         users = _users(head, *others)
-        return fetch_server_topology(args.server, api_key, users), args.server
+        topology, source = fetch_server_topology(args.server, api_key, users), args.server
+    else:
+        try:
+            given = devices_from_args(args)
+        except TopologyFileError as exc:
+            raise _Usage(str(exc)) from None
+        topology, source = given or (synthetic_topology(head, *others), "synthetic")
     try:
-        given = devices_from_args(args)
+        return merge_groups(topology, groups_from_args(args)), source
     except TopologyFileError as exc:
         raise _Usage(str(exc)) from None
-    return given if given is not None else (synthetic_topology(head, *others), "synthetic")
 
 
 # -- comparing -----------------------------------------------------------------------------

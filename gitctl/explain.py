@@ -12,11 +12,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from gitctl.policy import Policy, Topology
 from gitctl.policy.addrs import span
 from gitctl.policy.aliases import Index
+from gitctl.policy.expiry import in_force
 from gitctl.policy.filter import Rule
 from gitctl.policy.parse import Ctx, parse_alias
 from gitctl.policy.policytests import _ssh_verdict
@@ -159,17 +161,19 @@ def explain_traffic(
     dst: str,
     port: int | None,
     proto: int = 6,
+    now: datetime | None = None,
 ) -> Answer:
     """Per (source, destination) pair: allowed on `port`/`proto` (or, without a port, on any
-    port), and the rules that allow it with the ports each gives."""
-    index = build_index(policy, topology)
+    port), and the rules that allow it with the ports each gives. With `now`, access expired
+    by then is left out; rules keep their document index (and so their file:line)."""
+    index = build_index(policy, topology, now)
     sources = resolve_endpoints(src, policy, index, topology)
     dests = [
         d for d in resolve_endpoints(dst, policy, index, topology, dst=True) if d.node is not None
     ]
     if not dests:
         raise ExplainError(f'"{dst}" names no device traffic could be delivered to')
-    rules = resolve_rules(policy, index)
+    rules = resolve_rules(policy, index, now)
     pairs = []
     for s in sources:
         for d in dests:
@@ -216,15 +220,15 @@ def _logins(users: dict[str, str]) -> str:
     return ", ".join(out) or "nobody"
 
 
-def _owner(entry: Mapping[str, Any], per_rule: Sequence[SshIndex], node: int) -> int | None:
-    for k, sidx in enumerate(per_rule):
+def _owner(entry: Mapping[str, Any], per_rule: Mapping[int, SshIndex], node: int) -> int | None:
+    for k, sidx in per_rule.items():
         if entry in sidx.policy(node)["rules"]:
             return k
     return None
 
 
 def _deciding(
-    whole: SshIndex, per_rule: Sequence[SshIndex], node: int, src_ips: set[str], login: str
+    whole: SshIndex, per_rule: Mapping[int, SshIndex], node: int, src_ips: set[str], login: str
 ) -> list[RuleHit]:
     """The rule whose entry decides `login`: the first entry of the node's SSH policy (in
     the compiler's order, which is Tailscale's) that maps it."""
@@ -236,10 +240,10 @@ def _deciding(
     return []
 
 
-def _letting_in(per_rule: Sequence[SshIndex], node: int, src_ips: set[str]) -> list[RuleHit]:
+def _letting_in(per_rule: Mapping[int, SshIndex], node: int, src_ips: set[str]) -> list[RuleHit]:
     """Every rule that lets the sources in, with the logins it maps."""
     hits = []
-    for k, sidx in enumerate(per_rule):
+    for k, sidx in per_rule.items():
         for e in sidx.policy(node)["rules"]:
             if any(p.get("nodeIP") in src_ips or p.get("any") for p in e["principals"]):
                 action = "check" if "holdAndDelegate" in e["action"] else "accept"
@@ -249,18 +253,24 @@ def _letting_in(per_rule: Sequence[SshIndex], node: int, src_ips: set[str]) -> l
 
 
 def explain_ssh(
-    policy: Policy, topology: Topology, src: str, dst: str, login: str | None
+    policy: Policy,
+    topology: Topology,
+    src: str,
+    dst: str,
+    login: str | None,
+    now: datetime | None = None,
 ) -> Answer:
     """Per pair: whether `src` may ssh to `dst` (as `login`, or as anyone), by which rules.
 
     With a login the first entry of the node's SSH policy that maps it decides, as on the
     device; without one, every rule that lets the source in is listed with its logins.
+    With `now`, access expired by then is left out; rules keep their document index.
     """
-    index = build_index(policy, topology)
+    index = build_index(policy, topology, now)
     sources = resolve_endpoints(src, policy, index, topology)
     dests = [d for d in resolve_endpoints(dst, policy, index, topology) if d.node is not None]
-    per_rule = ssh_rule_policies(policy, index)
-    whole = SshIndex(policy, index)
+    per_rule = ssh_rule_policies(policy, index, now)
+    whole = SshIndex(in_force(policy, now) if now is not None else policy, index)
     pairs = []
     for s in sources:
         src_ips = set(index.ips[s.node]) if s.node is not None else {s.address}

@@ -17,7 +17,7 @@ from gitctl.diff_cmd import add_server_arguments, topology_from_args
 from gitctl.explain import Answer, ExplainError, PairAnswer, explain_ssh, explain_traffic
 from gitctl.policy.parse import PROTOCOLS
 from gitctl.snapshot import Snapshot
-from gitctl.validate_cmd import UsageError, add_source_arguments, load_from_args
+from gitctl.validate_cmd import UsageError, add_source_arguments, load_from_args, now_from_args
 
 __all__ = ["add_parser", "parse_destination", "run"]
 
@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Answer whether SRC may reach DST (on PORT, or on which ports) or, with "
         "--ssh, log in to it, per pair of devices, naming each rule that allows it by "
         "file:line. SRC and DST may be a device name, a user (name or email), a group, a "
-        "tag, a host, an IP or a prefix. Exit 0 when answered, 1 when the revision does "
+        "tag, a host, an IP or a prefix. Access expired at --now (default: the current time) "
+        "is left out. Exit 0 when answered, 1 when the revision does "
         "not load, 2 on a usage error.",
     )
     p.add_argument("src", metavar="SRC", help="who sends: a device, user, group, tag, host or IP")
@@ -134,11 +135,12 @@ def run(args: argparse.Namespace) -> int:
             print("gitctl explain: the tailnet does not load", file=sys.stderr)
             return 1
         topology, source = topology_from_args(args, snap, command="explain")
+        now = now_from_args(args)
         if args.ssh:
-            answer = explain_ssh(snap.policy, topology, args.src, dst, args.login)
+            answer = explain_ssh(snap.policy, topology, args.src, dst, args.login, now)
             asked = f"ssh {args.src} → {dst}" + (f" as {args.login}" if args.login else "")
         else:
-            answer = explain_traffic(snap.policy, topology, args.src, dst, port, proto)
+            answer = explain_traffic(snap.policy, topology, args.src, dst, port, proto, now)
             on = f":{port}/{args.proto}" if port is not None else " (any port)"
             asked = f"{args.src} → {dst}{on}"
     except (UsageError, ExplainError) as exc:

@@ -13,6 +13,9 @@ the compiler's own resolution of each rule (`gitctl.rules`), never the rule text
 | autogroup-self | a cost note: one compiled rule per user |
 | ssh-root | an SSH rule that allows logging in as root |
 | ignore-without-reason | a `gitctl:ignore` comment that gives no reason |
+| expires-soon | access that expires within `--expiring-within` (only with it) |
+
+Rules and tests are judged as in force at `now` (access expired by then is gone).
 
 A finding is silenced by a comment on the line before it, or before the rule it is in:
 `// gitctl:ignore shadowed-rule -- kept while the db move is under way` (`#` in YAML). The
@@ -26,10 +29,11 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from gitctl.diagnostics import Diagnostic, JsonPath
-from gitctl.policy import Policy, Topology, run_policy_tests
+from gitctl.policy import Policy, Topology, expiring_within, run_policy_tests
 from gitctl.policy.aliases import Index
 from gitctl.policy.filter import SELF, DstPart, Rule
 from gitctl.policy.model import ALL_PORTS
@@ -51,6 +55,7 @@ RULE_IDS = (
     "autogroup-self",
     "ssh-root",
     "ignore-without-reason",
+    "expires-soon",
 )
 
 # Maps whose keys define names, by the prefix their names carry (hosts carry none).
@@ -232,7 +237,7 @@ def _no_match(policy: Policy, rules: Sequence[PolicyRule], index: Index) -> Iter
             yield Finding("no-match-rule", ("ssh", i), "names no device of the inventory")
 
 
-def _no_match_tests(policy: Policy, topology: Topology) -> Iterator[Finding]:
+def _no_match_tests(policy: Policy, topology: Topology, now: datetime | None) -> Iterator[Finding]:
     cases: list[tuple[JsonPath, Policy]] = [
         (("tests", i), dataclasses.replace(policy, tests=(t,), ssh_tests=()))
         for i, t in enumerate(policy.tests)
@@ -242,7 +247,7 @@ def _no_match_tests(policy: Policy, topology: Topology) -> Iterator[Finding]:
         for i, t in enumerate(policy.ssh_tests)
     ]
     for path, one in cases:
-        missing = [m for m in run_policy_tests(one, topology) if "has no addresses" in m]
+        missing = [m for m in run_policy_tests(one, topology, now=now) if "has no addresses" in m]
         if missing:
             yield Finding("no-match-test", path, f"{missing[0]} in the inventory")
 
@@ -293,23 +298,41 @@ def _forms(doc: Mapping[str, Any]) -> Iterator[Finding]:
                         )
 
 
+def _expiring(policy: Policy, now: datetime, window: timedelta) -> Iterator[Finding]:
+    for e in expiring_within(policy, now, window):
+        when = e.expires.isoformat().replace("+00:00", "Z")
+        if e.kind == "group member":
+            text = f"{e.who[0]} leaves {e.what} at {when}"
+        else:
+            text = f"{e.kind} access of {', '.join(e.who)} to {e.what} ends at {when}"
+        yield Finding("expires-soon", e.path, text, anchor=e.path[:2])
+
+
 # -- putting it together ---------------------------------------------------------------------
 
 
 def lint_findings(
-    snapshot: Snapshot, topology: Topology, *, inventory: bool = False
+    snapshot: Snapshot,
+    topology: Topology,
+    *,
+    inventory: bool = False,
+    now: datetime | None = None,
+    window: timedelta | None = None,
 ) -> list[Finding]:
-    """Every finding, unsilenced, in rule-id then policy order."""
+    """Every finding, unsilenced, in rule-id then policy order, as in force at `now`
+    (a policy with `expires` needs it); `window` also reports what ends within it."""
     policy: Policy = snapshot.policy
     doc = snapshot.policy_doc
     findings = list(_unused(doc)) + list(_forms(doc))
-    index = build_index(policy, topology)
-    rules = resolve_rules(policy, index)
+    index = build_index(policy, topology, now)
+    rules = resolve_rules(policy, index, now)
     where = {r.path: _where(snapshot, r.path) for r in rules}
     findings += _shadowed(rules, where)
     if inventory:
         findings += _no_match(policy, rules, index)
-        findings += _no_match_tests(policy, topology)
+        findings += _no_match_tests(policy, topology, now)
+    if window is not None and now is not None:
+        findings += _expiring(policy, now, window)
     return findings
 
 
@@ -382,5 +405,8 @@ def lint(
     topology: Topology,
     *,
     inventory: bool = False,
+    now: datetime | None = None,
+    window: timedelta | None = None,
 ) -> list[Diagnostic]:
-    return silence(lint_findings(snapshot, topology, inventory=inventory), snapshot, texts)
+    found = lint_findings(snapshot, topology, inventory=inventory, now=now, window=window)
+    return silence(found, snapshot, texts)

@@ -12,6 +12,7 @@ import dataclasses
 import sys
 
 from gitctl.diagnostics import Severity, render_github, render_json, render_text
+from gitctl.expiring import parse_window
 from gitctl.inventory import add_device_arguments, devices_from_args
 from gitctl.lint import RULE_IDS, lint
 from gitctl.testing import TopologyFileError, synthetic_topology
@@ -20,6 +21,7 @@ from gitctl.validate_cmd import (
     add_format_argument,
     add_source_arguments,
     load_from_args,
+    now_from_args,
 )
 
 __all__ = ["add_parser", "run"]
@@ -42,6 +44,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     add_format_argument(p)
     p.add_argument(
+        "--expiring-within",
+        metavar="DURATION",
+        help="also report access that expires within this time of --now, e.g. 36h, 2w "
+        "(rule expires-soon)",
+    )
+    p.add_argument(
         "--warn-only", action="store_true", help="report findings as warnings and exit 0"
     )
     p.set_defaults(run=run)
@@ -50,8 +58,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     try:
         given = devices_from_args(args)
+        window = parse_window(args.expiring_within) if args.expiring_within else None
         result = load_from_args(args)
-    except (UsageError, TopologyFileError) as exc:
+    except (UsageError, TopologyFileError, ValueError) as exc:
         print(f"gitctl lint: {exc}", file=sys.stderr)
         return 2
     snap = result.snapshot if result.snapshot is not None else result.untested
@@ -60,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
         print("gitctl lint: the tailnet does not load; run gitctl validate", file=sys.stderr)
         return 1
     topology = given[0] if given is not None else synthetic_topology(snap)
-    findings = lint(snap, result.texts, topology, inventory=given is not None)
+    now = now_from_args(args)
+    findings = lint(
+        snap, result.texts, topology, inventory=given is not None, now=now, window=window
+    )
     if args.warn_only:
         findings = [dataclasses.replace(d, severity=Severity.WARNING) for d in findings]
     if args.format == "json":

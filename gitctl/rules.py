@@ -13,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from gitctl.diagnostics import JsonPath
 from gitctl.policy import Policy, Topology
 from gitctl.policy.addrs import span
 from gitctl.policy.aliases import Index
+from gitctl.policy.expiry import in_force
 from gitctl.policy.filter import Rule, RuleBuilder
 from gitctl.policy.routes import route_table
 from gitctl.policy.ssh import SshIndex
@@ -51,25 +53,37 @@ class PolicyRule:
         return not self.rules
 
 
-def build_index(policy: Policy, topology: Topology) -> Index:
-    """The compiler's name index over `topology`, with its routes in effect."""
+def build_index(policy: Policy, topology: Topology, now: datetime | None = None) -> Index:
+    """The compiler's name index over `topology`, with its routes in effect; with `now`,
+    group members whose membership has expired by then are left out."""
+    if now is not None:
+        policy = in_force(policy, now)
     index = Index(policy, topology)
     index.set_routes(list(route_table(policy, topology.nodes, topology.users).enabled))
     return index
+
+
+def _live(expires: datetime | None, now: datetime | None) -> bool:
+    return now is None or expires is None or expires > now
 
 
 def _traffic(rules: Iterable[Rule]) -> tuple[Rule, ...]:
     return tuple(r for r in rules if r.caps is None and not r.hidden)
 
 
-def resolve_rules(policy: Policy, index: Index) -> list[PolicyRule]:
-    """Every `acls` and `grants` entry, in policy order, resolved on its own."""
+def resolve_rules(policy: Policy, index: Index, now: datetime | None = None) -> list[PolicyRule]:
+    """Every `acls` and `grants` entry, in policy order, resolved on its own. With `now`,
+    entries expired by then are left out; the others keep their document index."""
     out = []
     for i, acl in enumerate(policy.acls):
+        if not _live(acl.expires, now):
+            continue
         builder = RuleBuilder(index)
         builder.add_acl(acl.src, ((d.alias, d.ports) for d in acl.dst), acl.protos)
         out.append(PolicyRule(("acls", i), _traffic(builder.rules)))
     for i, grant in enumerate(policy.grants):
+        if not _live(grant.expires, now):
+            continue
         builder = RuleBuilder(index)
         builder.add_grant(grant)
         out.append(PolicyRule(("grants", i), _traffic(builder.rules)))
@@ -104,6 +118,13 @@ def allows(rule: Rule, src_ip: str, dst: int, dst_ip: str, port: int, proto: int
     return False
 
 
-def ssh_rule_policies(policy: Policy, index: Index) -> list[SshIndex]:
-    """Per `ssh` entry, the compiler's SSH index of a policy holding only that entry."""
-    return [SshIndex(dataclasses.replace(policy, ssh=(r,)), index) for r in policy.ssh]
+def ssh_rule_policies(
+    policy: Policy, index: Index, now: datetime | None = None
+) -> dict[int, SshIndex]:
+    """Per `ssh` entry in force at `now` (all without it), by its document index, the
+    compiler's SSH index of a policy holding only that entry."""
+    return {
+        k: SshIndex(dataclasses.replace(policy, ssh=(r,)), index)
+        for k, r in enumerate(policy.ssh)
+        if _live(r.expires, now)
+    }

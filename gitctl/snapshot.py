@@ -23,6 +23,7 @@ from gitctl.policy.roles import with_roles
 from gitctl.sources import Documents, SourceError, read_directory, read_git
 from gitctl.tailnet import (
     DnsSpec,
+    KeySpec,
     Provenance,
     RouteApproval,
     SourceFile,
@@ -68,6 +69,7 @@ class Snapshot:
     # Where each merged value came from; lets later checks (policy tests) name a line.
     provenance: Provenance | None = field(default=None, compare=False, repr=False)
     root: str = field(default="tailnet.d", compare=False, repr=False)
+    keys: tuple[KeySpec, ...] = ()  # declared pre-auth keys (keys.yaml); secrets stay outside
 
     def policy_diagnostic(self, path: JsonPath, message: str) -> Diagnostic:
         """A diagnostic at `path` inside the merged policy, e.g. `("tests", 0, "deny", 1)`,
@@ -161,6 +163,20 @@ def _ownership(root: str, parsed: list[SourceFile], diags: list[Diagnostic]) -> 
     return problems + check_owned(root, scopes, fragments)
 
 
+def _undeclared_key_tags(
+    keys: tuple[KeySpec, ...], policy: Policy, provenance: Provenance
+) -> list[Diagnostic]:
+    """A declared key may only carry tags the policy's tagOwners declares."""
+    return [
+        provenance.diagnostic(
+            ("keys", i, "tags", j), f'tag "{tag}" is not declared in tagOwners', show_key=True
+        )
+        for i, key in enumerate(keys)
+        for j, tag in enumerate(key.tags)
+        if tag not in policy.tag_owners
+    ]
+
+
 def load_snapshot(documents: Documents, *, now: datetime | None = None) -> LoadResult:
     """The commit's snapshot, or every problem found. ``now`` is when the policy's tests
     are judged (access expired by then is gone); a policy with `expires` times is refused
@@ -199,12 +215,18 @@ def load_snapshot(documents: Documents, *, now: datetime | None = None) -> LoadR
     # Roles come from users.yaml only; carried by the policy, they resolve the
     # same in gitctl test, gitctl diff and the server, which all compile it.
     policy = with_roles(policy, model.users)
+    problems = _undeclared_key_tags(model.keys, policy, merged.provenance)
+    diags += problems
+    stages["policy"] += problems
+    if _errors(diags):
+        return _done(None, diags, texts, stages)
     snapshot = Snapshot(
         id=documents.revision or _content_id(documents),
         users=model.users,
         dns=model.dns,
         settings=model.settings,
         routes=model.routes,
+        keys=model.keys,
         policy_doc=policy_doc,
         policy=policy,
         sources={p: hashlib.sha256(d).hexdigest() for p, d in documents.files.items()},

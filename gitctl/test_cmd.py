@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from gitctl.diagnostics import render_github, render_json, render_text
+from gitctl.idp_groups import add_groups_argument, groups_from_args, merge_groups
 from gitctl.inventory import add_device_arguments, devices_from_args
 from gitctl.policy import Topology
 from gitctl.testing import TopologyFileError, check_tests, synthetic_topology
@@ -35,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     add_source_arguments(p)
     add_device_arguments(p.add_mutually_exclusive_group(), "also test against")
+    add_groups_argument(p)
     add_format_argument(p)
     p.set_defaults(run=run)
 
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         given = devices_from_args(args)
         real: Topology | None = given[0] if given is not None else None
+        groups = groups_from_args(args)
         # Loading runs the tests on hypothetical devices already: a failure there (or any
         # other problem with the commit) comes back as diagnostics, without a snapshot.
         result = load_from_args(args)
@@ -59,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     if snap is not None:
         topology = synthetic_topology(snap, real=real)
         devices = len(topology.nodes)
-        if real is not None:
+        if groups:
+            topology = merge_groups(topology, groups)
+        if real is not None or groups:
             diagnostics += check_tests(snap, topology, now=now_from_args(args))
     failed = any(d.severity == "error" for d in diagnostics)
     if args.format == "json":

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -13,42 +15,55 @@ import sqlite3
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
+from gitctl.policy.expiry import next_expiry
+from gitctl.snapshot import Snapshot
 from gitctl.tailnet import TailnetSettings
-from server.acme import AcmeManager, AcmeSettings
-from server.acme_http import ChallengeResponder
 from server.api import WebDeps, build_app, build_metrics_app
-from server.authority import CommitAuthority
+from server.auth.pending import PendingLogins
+from server.auth.sshcheck import SshChecks
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
+from server.declared_keys import read_secret, sync_declared_keys
 from server.edge.control_conn import ControlConnection
+from server.edge.derp_mesh import MeshKeyError, mesh_with, read_mesh_key, url_host_port
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
-from server.history import HISTORY_FILE, History, HistoryEntry
 from server.logs import event
 from server.metrics import DerpCollector, LiveCollector, Metrics
+from server.oidc.login import OidcLogin
+from server.oidc.provider import Provider
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, NodePublic
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
-from server.remote_repo import RemoteRepo, watch_remote
-from server.repo import Checked, Rejection, RepoStatus, SnapshotRepo, watch_repo
+from server.sources.authority import CommitAuthority
+from server.sources.history import HISTORY_FILE, History
+from server.sources.lifecycle import CommitLifecycle, SourceError, open_repo
+from server.sources.remote import RemoteRepo
+from server.sources.repo import RepoStatus, SnapshotRepo
 from server.store import SqlStore, StoreError, open_store
 from server.store.model import Node
+from server.store.postgres import PostgresStore
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, running_tailnet
-from server.tls import ReloadingContext, TlsError, watch_certificate_files
+from server.tailnet.pg_listen import start_replication
+from server.tls.acme import AcmeManager, AcmeSettings
+from server.tls.acme_http import ChallengeResponder
+from server.tls.certs import ReloadingContext, TlsError, watch_certificate_files
+from server.webhooks import Delivery, EventSource, WebhookSender
 from server.wire import DerpRegion
 
 __all__ = ["Server", "StartupError"]
 
 SWEEP_INTERVAL = 5.0
+EXPIRY_RECHECK = 1.0  # seconds: a new commit's first expiry is noticed this late at most
 DEFAULT_SETTINGS = TailnetSettings()
 
 
@@ -117,7 +132,6 @@ class Server:
         self.metrics_port = config.metrics_port
         self.history = History(config.data_dir / HISTORY_FILE)
         self.status = RepoStatus(journal=self.history)
-        self._revision_lock = asyncio.Lock()
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.Task[Any]] = set()
@@ -129,156 +143,63 @@ class Server:
         self.acme_responder = ChallengeResponder()
         self.acme_http_port = config.acme_http_port
         self._data_lock: DataDirLock | None = None
+        # Webhook events; sent once the store is open and a secret is configured.
+        self.events = EventSource(clock=clock)
+        self.webhook_delivery = Delivery()  # bounds and retry schedule; tests shorten it
+        self.webhooks: WebhookSender | None = None
 
-    # Snapshots
+    # Commits (the lifecycle lives in server/sources/lifecycle.py)
 
-    def _load_initial(self) -> TailnetSource:
-        head = self.repo.head()
-        checked = self.repo.check(head)
-        last_good_file = self.config.data_dir / "last_good_revision"
-        previous = last_good_file.read_text().strip() if last_good_file.exists() else None
-        signer = self.history.signer_of(head) if head is not None else None
-        if previous and self.authority.needs_previous:
-            # The trust chain goes on across restarts: a new HEAD is checked against
-            # the list of the commit served last.
-            self.authority.serving(previous, self.repo.load(previous)[0])
-        # A commit served before was checked then (an outside list is checked always).
-        if head is not None and (head != previous or self.authority.outside):
-            checked, signer = self._verified(head, checked)
-        snap, errors = checked.snapshot, checked.errors
-        if snap is None:
-            self._reject(head or str(self.repo.path), checked)
-            if previous and previous != head:
-                self.log.warning(
-                    "HEAD %s is refused; serving the last good commit %s", head, previous
-                )
-                checked, signer = self.repo.check(previous), self.history.signer_of(previous)
-                if self.authority.outside:
-                    checked, signer = self._verified(previous, checked)
-                snap, errors = checked.snapshot, checked.errors
-            if snap is None:
-                raise StartupError(
-                    "no valid tailnet.d to serve:\n" + "\n".join(f"  {e}" for e in errors)
-                )
-        self._serving(snap, signer)
-        return TailnetSource.from_snapshot(snap)
-
-    def _verified(self, revision: str, checked: Checked) -> tuple[Checked, str | None]:
-        """The check with the signature's verdict added, and the signer."""
-        if checked.snapshot is None:
-            return checked, None
-        verdict = self.authority.check(revision, checked.snapshot)
-        if verdict.refusal is not None:
-            return Checked(None, (verdict.refusal,), "signature"), None
-        return checked, verdict.signer
-
-    def _read_initial(self) -> TailnetSource:
-        import git
-
-        try:
-            return self._load_initial()
-        except (OSError, git.GitError) as exc:
-            reason = (
-                "its .git is not a readable git repository"
-                if isinstance(exc, git.InvalidGitRepositoryError)
-                else str(exc).strip().splitlines()[0]
-            )
-            raise StartupError(f"cannot read the repository {self.repo.path}: {reason}") from None
-
-    def _last_rejected(self) -> str | None:
-        return self.status.rejected.revision if self.status.rejected is not None else None
-
-    def _serving(self, snap: Any, signer: str | None) -> None:
-        self.status.serving = snap.id
-        self.status.serving_since = self.clock()
-        self.status.signer = signer
-        if self.repo.is_git:
-            write_private(self.config.data_dir / "last_good_revision", (snap.id + "\n").encode())
-            self.authority.serving(snap.revision, snap)
-            self.history.append(HistoryEntry(snap.id, self.clock(), "served", signer))
-
-    def _reject(self, revision: str, checked: Checked) -> None:
-        errors = checked.errors
-        self.metrics.rejected(checked.reason or "compile")
-        rejection = Rejection(revision, self.clock(), errors)
-        self.status.rejected = rejection
-        self.history.append(HistoryEntry(revision, rejection.at, "rejected", None, errors))
-        self.log.error(
-            "commit %s rejected, still serving %s:\n%s",
-            revision[:12],
-            (self.status.serving or "nothing")[:12],
-            "\n".join(f"  {e}" for e in errors),
-            extra=event(
-                "snapshot.rejected",
-                commit=revision,
-                reason=checked.reason or "compile",
-                serving=self.status.serving,
-                errors=len(errors),
-            ),
-        )
-
-    async def _serving_documents(self) -> Any:
-        """The files of the commit being served (for the API's policy file)."""
-        from gitctl.sources import read_directory, read_git
-
-        serving = self.status.serving
-        if serving is not None and not serving.startswith("sha256:"):
-            return await asyncio.to_thread(read_git, self.repo.path, serving)
-        folder = self.repo.path / "tailnet.d"
-        return await asyncio.to_thread(
-            read_directory, folder if folder.is_dir() else self.repo.path
-        )
+    @property
+    def repo(self) -> SnapshotRepo | RemoteRepo:
+        return self.commits.repo
 
     async def sync_now(self) -> None:
-        """POST /api/v1/repo/sync: look at the repository now instead of waiting."""
-        if isinstance(self.repo, RemoteRepo):
-            try:
-                head = await asyncio.to_thread(self.repo.sync)
-            except Exception:
-                self.log.warning(
-                    "repo: fetching %s failed: %s", self.repo.url, self.repo.last_fetch_error
-                )
-                return
-        else:
-            head = await asyncio.to_thread(self.repo.head)
-        if head is not None:
-            await self.on_revision(head)
+        await self.commits.sync_now()
 
     async def on_revision(self, revision: str) -> None:
-        """The branch moved (to `revision`, or further since).
+        await self.commits.on_revision(revision)
 
-        The watcher, its poll and sync requests all report revisions, and a
-        report can arrive after a newer one: each is handled in turn, as a
-        nudge to serve the branch tip as it is now, so an older commit is
-        never served after a newer one."""
-        async with self._revision_lock:
-            head = await asyncio.to_thread(self.repo.head)
-            await self._take_revision(head or revision)
+    async def _serve_off_loop(self, snap: Snapshot) -> None:
+        """`_serve`, compiled in a worker thread: DERP and maps keep flowing meanwhile."""
+        source = TailnetSource.from_snapshot(snap)
+        await self.tailnet.swap_source_off_loop(source)
+        self._served(source)
 
-    async def _take_revision(self, revision: str) -> None:
-        if revision in (self.status.serving, self._last_rejected()):
-            return  # already decided (a watcher and a sync request can both see it)
-        # Reading and checking a commit is blocking git and CPU work: keep it off the loop.
-        checked, signer = await asyncio.to_thread(
-            self._verified, revision, await asyncio.to_thread(self.repo.check, revision)
-        )
-        snap = checked.snapshot
-        if snap is None:
-            self._reject(revision, checked)
-            return
-        try:
-            source = TailnetSource.from_snapshot(snap)
-            self.tailnet.swap_source(source)
-        except Exception as exc:
-            self.log.exception("commit %s could not be served", revision[:12])
-            error = f"compiling for the live nodes failed: {exc}"
-            self._reject(revision, Checked(None, (error,), "compile"))
-            return
+    def _serve(self, snap: Snapshot) -> None:
+        """A checked commit becomes what the tailnet serves (raises when it cannot
+        compile for the live nodes: the lifecycle then refuses the commit)."""
+        source = TailnetSource.from_snapshot(snap)
+        self.tailnet.swap_source(source)
+        self._served(source)
+
+    def _served(self, source: TailnetSource) -> None:
+        self.ssh_checks.forget_approvals()  # a new policy asks every check again
         self.metrics.snapshot_swapped(self.tailnet.waiting())
         self._apply_addressing(source)
-        self.status.rejected = None
-        self._serving(snap, signer)
+        self._sync_declared_keys(source)
         self._warn_undeclared_tags()
+        self.events.routes_rechecked(self.registry.nodes())
+
+    def _serve_canary(self, snap: Snapshot, canary: str) -> None:
+        """A checked commit is served to the canary nodes only (a rollout's hold)."""
+        self.tailnet.start_canary(TailnetSource.from_snapshot(snap), canary)
+
+    def _canary_health(self, change: NodeChange) -> None:
+        """A canary node whose map stream ends during a hold fails the rollout."""
+        node = change.node
+        if change.online is False and node is not None and self.tailnet.is_canary(node.id):
+            self.commits.canary_offline(node.given_name)
+
+    async def _rollout_timer(self) -> None:
+        """At the end of a rollout's hold, promote its commit to every node."""
+        while True:
+            due = self.commits.rollout_due()
+            wait = EXPIRY_RECHECK if due is None else (due - self.clock()).total_seconds()
+            self.commits.rollout_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.commits.rollout_wake.wait(), max(wait, 0.01))
+            self.commits.handle_timer(self.clock())
 
     # Life cycle
 
@@ -297,31 +218,35 @@ class Server:
 
     async def _start(self) -> None:
         cfg = self.config
-        if cfg.repo_url is None and not cfg.repo.is_dir():
-            reason = "no such directory" if not cfg.repo.exists() else "not a directory"
-            raise StartupError(f"cannot read the repository {cfg.repo}: {reason}")
-        self.repo: SnapshotRepo | RemoteRepo
-        if cfg.repo_url is not None:
-            self.repo = RemoteRepo(cfg.repo_url, cfg.data_dir, branch=cfg.branch)
-            try:
-                await asyncio.to_thread(self.repo.sync)
-            except Exception as exc:
-                if self.repo.head() is None:
-                    raise StartupError(
-                        f"cannot clone {cfg.repo_url}: {self.repo.last_fetch_error or exc}"
-                    ) from None
-                self.log.warning(
-                    "fetching %s failed, serving the last fetched commit: %s", cfg.repo_url, exc
-                )
-        else:
-            self.repo = SnapshotRepo(cfg.repo, branch=cfg.branch)
-        self._sync_wake = asyncio.Event()
-        if cfg.trusted_signers is not None and not self.repo.is_git:
+        try:
+            repo = await open_repo(
+                repo=cfg.repo,
+                repo_url=cfg.repo_url,
+                data_dir=cfg.data_dir,
+                branch=cfg.branch,
+                log=self.log,
+            )
+        except SourceError as exc:
+            raise StartupError(str(exc)) from None
+        if cfg.trusted_signers is not None and not repo.is_git:
             raise StartupError(
                 f"--trusted-signers needs a git repository; {cfg.repo} is a plain directory"
             )
-        self.authority = CommitAuthority(self.repo.path, cfg.trusted_signers, log=self.log)
-        source = self._read_initial()
+        self.commits = CommitLifecycle(
+            repo,
+            authority=CommitAuthority(repo.path, cfg.trusted_signers, log=self.log),
+            history=self.history,
+            status=self.status,
+            data_dir=cfg.data_dir,
+            clock=self.clock,
+            log=self.log,
+            metrics=self.metrics,
+            on_outcome=self.events.commit,
+        )
+        try:
+            source = TailnetSource.from_snapshot(self.commits.initial())
+        except SourceError as exc:
+            raise StartupError(str(exc)) from None
         self.server_key = _load_or_create_key(cfg.data_dir / "noise_private.key", MachinePrivate)
         self.derp_key = _load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)
         location = cfg.store_location
@@ -333,6 +258,7 @@ class Server:
             except StoreError as exc:
                 raise StartupError(f"node state in {cfg.store_description}: {exc}") from None
         self._apply_addressing(source)
+        self._sync_declared_keys(source)
 
         if cfg.stun_host is not None:
             self._stun = await _listen(
@@ -356,14 +282,43 @@ class Server:
         self._servers.append(listener)
         self.port = listener.sockets[0].getsockname()[1]
 
-        self.derp = DerpServer(self.derp_key, is_allowed=self._derp_allowed, log=self.log)
+        try:
+            mesh_key = read_mesh_key(cfg.mesh_key_file)
+        except MeshKeyError as exc:
+            raise StartupError(str(exc)) from None
+        self.derp = DerpServer(
+            self.derp_key, is_allowed=self._derp_allowed, log=self.log, mesh_key=mesh_key
+        )
         self.registry, self.tailnet = running_tailnet(
-            self.store, source, derp_regions=[self._derp_region()], log=self.log
+            self.store, source, derp_regions=[self._derp_region()], log=self.log, clock=self.clock
         )
         self.registry.subscribe(self._node_changed)
         self.registry.subscribe(self.metrics.node_changed)
+        if isinstance(self.store, PostgresStore):
+            self._tasks.append(
+                start_replication(
+                    self.store, self.registry, self.tailnet, replica=cfg.replica_id, log=self.log
+                )
+            )
+        self._start_webhooks()
         self.metrics.registry.register(DerpCollector(self.derp.stats))
         self.metrics.registry.register(LiveCollector(self._live_counts))
+        self.logins = PendingLogins(
+            self.store,
+            self.registry,
+            base_url=self._public_url,
+            timeout=lambda: timedelta(seconds=cfg.login_timeout),
+            clock=self.clock,
+            rng=os.urandom,
+            log=self.log,
+        )
+        self.ssh_checks = SshChecks(
+            base_url=self._public_url,
+            timeout=lambda: timedelta(seconds=cfg.login_timeout),
+            rng=os.urandom,
+            log=self.log,
+        )
+        self.oidc = self._oidc_login()
         self.control = ControlHandler(
             self.tailnet,
             self.registry,
@@ -372,6 +327,9 @@ class Server:
             settings=self._control_settings,
             log=self.log,
             metrics=self.metrics,
+            logins=self.logins,
+            ssh_checks=self.ssh_checks,
+            on_refused=self.events.login_refused,
         )
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
@@ -387,9 +345,14 @@ class Server:
                 os.urandom,
                 local=local,
                 sync=self.sync_now,
+                rollout=self.commits,
                 metrics=self.metrics,
                 log=self.log,
-                documents=self._serving_documents,
+                documents=self.commits.serving_documents,
+                events=self.events,
+                logins=self.logins,
+                ssh_checks=self.ssh_checks,
+                oidc=self.oidc,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))
@@ -410,23 +373,24 @@ class Server:
 
         if self.acme is not None:
             await self._start_acme(FrontDoor(public, upgrades, log=self.log, scheme="http"))
-        if isinstance(self.repo, RemoteRepo):
+        self.commits.serve_with(self._serve, off_loop=self._serve_off_loop)
+        self.commits.canary_with(self._serve_canary, self.tailnet.end_canary)
+        self.registry.subscribe(self._canary_health)
+        self._tasks.append(asyncio.create_task(self._rollout_timer()))
+        watcher = self.commits.watcher(cfg.fetch_interval)
+        if watcher is not None:
+            self._tasks.append(asyncio.create_task(watcher))
+        self._tasks.append(asyncio.create_task(self._sweep()))
+        for url in cfg.mesh_with:
+            if mesh_key is None:
+                raise StartupError("--mesh-with needs --mesh-key-file")
             self._tasks.append(
                 asyncio.create_task(
-                    watch_remote(
-                        self.repo,
-                        self.on_revision,
-                        log=self.log,
-                        interval=cfg.fetch_interval,
-                        wake=self._sync_wake,
-                    )
+                    mesh_with(self.derp, url, key=self.derp_key, mesh_key=mesh_key, log=self.log)
                 )
             )
-        elif self.repo.is_git:
-            self._tasks.append(
-                asyncio.create_task(watch_repo(self.repo, self.on_revision, log=self.log))
-            )
-        self._tasks.append(asyncio.create_task(self._sweep()))
+        self._tasks.append(asyncio.create_task(self._expiry_timer()))
+        self._tasks.append(asyncio.create_task(self._login_timer()))
         self._warn_undeclared_tags()
         self.log.info(
             "tailnetd listening on %s (control + DERP), STUN %s, serving %s, node state in %s",
@@ -435,6 +399,31 @@ class Server:
             (self.status.serving or "")[:12],
             cfg.store_description,
         )
+
+    def _start_webhooks(self) -> None:
+        self.events.served_routes = self.tailnet.enabled_routes
+        self.registry.subscribe(self.events.node_changed)
+        secret = self.config.webhook_secret
+        if secret is None:
+            if self._settings().webhooks:
+                self.log.warning(
+                    "settings.yaml names webhooks but no secret is configured "
+                    "(--webhook-secret-file or TAILNETD_WEBHOOK_SECRET): none are sent"
+                )
+            self.events.attach(lambda event: None, ())
+            return
+        self.webhooks = WebhookSender(
+            self.store,
+            targets=lambda: self._settings().webhooks,
+            secret=secret,
+            clock=self.clock,
+            rng=os.urandom,
+            metrics=self.metrics,
+            log=self.log,
+            delivery=self.webhook_delivery,
+        )
+        self._tasks.append(asyncio.create_task(self.webhooks.run()))
+        self.events.attach(self.webhooks.emit, self.registry.nodes())
 
     async def _start_metrics(self, app: Any) -> None:
         """--metrics-listen: plain HTTP, /metrics, /health and /ready only."""
@@ -533,7 +522,11 @@ class Server:
         return self.tailnet.source.settings or DEFAULT_SETTINGS
 
     def _control_settings(self) -> ControlSettings:
-        return ControlSettings(node_key_expiry=self._settings().node_key_expiry)
+        settings = self._settings()
+        return ControlSettings(
+            node_key_expiry=settings.node_key_expiry,
+            device_approval=settings.device_approval == "required",
+        )
 
     def _derp_region(self) -> DerpRegion:
         # Clients reach DERP where they reach control: the server URL, which
@@ -550,7 +543,18 @@ class Server:
             host_name=host,
             derp_port=port,
             stun_port=self.stun_port if self._stun else 0,
+            replicas=tuple(url_host_port(u) for u in self.config.mesh_with),
         )
+
+    def _sync_declared_keys(self, source: TailnetSource) -> None:
+        """Create, rotate and expire the keys keys.yaml declares (server/declared_keys.py)."""
+        specs = source.snapshot.keys if source.snapshot is not None else ()
+        for action in sync_declared_keys(self.store, specs, read_secret, self.clock()):
+            fields = event("keys.declared", key=action.name, outcome=action.outcome)
+            if action.outcome in ("unreadable", "refused"):
+                self.log.error("%s", action.describe(), extra=fields)
+            elif action.outcome != "unchanged":
+                self.log.info("%s", action.describe(), extra=fields)
 
     def _warn_undeclared_tags(self) -> None:
         """One warning per node or usable pre-auth key whose tags the served policy
@@ -577,6 +581,66 @@ class Server:
         if node is not None and not self._derp_allowed(node.node_key):
             self.derp.disconnect(node.node_key)
 
+    async def _expiry_timer(self) -> None:
+        """At each `expires` instant of the serving policy, compile it again: the
+        entries that ended leave every map without a new commit."""
+        while True:
+            now = self.clock()
+            due = next_expiry(self.tailnet.source.policy, now)
+            wait = EXPIRY_RECHECK
+            if due is not None:
+                wait = min(wait, (due - now).total_seconds())
+            await asyncio.sleep(max(wait, 0.01))
+            if due is not None and self.clock() >= due:
+                self.log.info(
+                    "access in %s expired at %s: compiling again",
+                    (self.status.serving or "")[:12],
+                    due.isoformat(),
+                    extra=event("policy.expired", commit=self.status.serving),
+                )
+                self.tailnet.time_passed()
+
+    def _oidc_login(self) -> OidcLogin | None:
+        """Logins through the identity provider, when --oidc-issuer is set."""
+        settings = self.config.oidc
+        if settings is None:
+            return None
+        # The callback is on the URL people reach (the bound port when listening on 0).
+        settings = dataclasses.replace(settings, server_url=self._public_url())
+        self._oidc_provider = Provider(settings)
+        return OidcLogin(
+            settings,
+            self._oidc_provider,
+            self.logins,
+            users=lambda: {e.lower(): n for n, (e, _) in self.tailnet.source.users.items()},
+            record_groups=self._record_login_groups,
+            clock=self.clock,
+            log=self.log,
+        )
+
+    def _record_login_groups(self, email: str, groups: tuple[str, ...]) -> None:
+        """A login's identity-provider groups: kept, and applied to the maps now."""
+        self.store.set_login_groups(email, groups, self.clock())
+        self.tailnet.set_login_groups(email, groups)
+
+    def _public_url(self) -> str:
+        """Where people reach this server (login links): --server-url, or the
+        port actually bound when listening on port 0."""
+        url = self.config.server_url
+        if self.config.listen_port == 0:
+            parts = urlsplit(url)
+            url = f"{parts.scheme}://{parts.hostname}:{self.port}"
+        return url
+
+    async def _login_timer(self) -> None:
+        """Expire interactive logins nobody approved in time."""
+        while True:
+            due = self.logins.get_timer()
+            wait = SWEEP_INTERVAL if due is None else (due - self.clock()).total_seconds()
+            await asyncio.sleep(min(max(wait, 0.01), SWEEP_INTERVAL))
+            self.logins.handle_timer(self.clock())
+            self.ssh_checks.handle_timer(self.clock())
+
     async def _sweep(self) -> None:
         """Every few seconds: remove inactive ephemeral nodes, and drop the
         DERP connections of nodes whose key expired since the last look."""
@@ -598,6 +662,7 @@ class Server:
                         ),
                     )
                     self.derp.disconnect(node.node_key)
+                    self.events.node_expired(node)
                 if not node.ephemeral or self.registry.is_online(node.id):
                     continue
                 if (node.last_seen or node.created) < cutoff:
@@ -701,6 +766,10 @@ class Server:
         # A start that failed part-way stops too: only what was built is closed.
         if hasattr(self, "derp"):
             await self.derp.close()
+        if self.webhooks is not None:
+            await self.webhooks.aclose()  # what is still queued goes to the outbox
+        if hasattr(self, "_oidc_provider"):
+            await self._oidc_provider.aclose()
         if hasattr(self, "store"):
             self.store.close()
         if self._data_lock is not None:

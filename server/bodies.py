@@ -23,10 +23,15 @@ __all__ = [
     "SetTags",
     "body_schema",
     "CreateApiKey",
+    "CreateOAuthClient",
     "CreatePreAuthKey",
     "NoBody",
+    "RefuseLogin",
+    "RegisterNode",
     "RenameNode",
     "SetAuthorized",
+    "SetDeviceKey",
+    "SetKeyExpiry",
     "SetRoutes",
     "parse_body",
 ]
@@ -66,10 +71,31 @@ class CreateApiKey:
 
 
 @dataclass(frozen=True, slots=True)
+class CreateOAuthClient:
+    """An OAuth client with Tailscale's scope names (e.g. `devices:core:read`)."""
+
+    scopes: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SetTags:
     """A node's tags, replacing the ones it has (Tailscale's `POST /device/{id}/tags`)."""
 
     tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterNode:
+    """Approve an interactive login: the node of login `auth_id` joins as `user`."""
+
+    auth_id: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefuseLogin:
+    reason: str = "refused by an administrator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +132,19 @@ class CreateAuthKeyV2:
     capabilities: KeyCapabilities = KeyCapabilities()
     expirySeconds: int | None = None  # Tailscale's field name
     description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetKeyExpiry:
+    """Disable or enable a node's key expiry (`tailnetd nodes expiry`)."""
+
+    disabled: bool
+
+
+# Tailscale's `POST /api/v2/device/{id}/key`, in its own field name.
+@dataclass(frozen=True, slots=True)
+class SetDeviceKey:
+    keyExpiryDisabled: bool  # noqa: N815 - Tailscale's field name
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -45,6 +46,14 @@ def _serve(args: argparse.Namespace) -> int:
         except StartupError as exc:
             print(f"tailnetd: {exc}", file=sys.stderr)
             return 1
+        # What start-up built (snapshot, node records, the first index) lives as
+        # long as the process: keep it out of every later full collection, which
+        # stalls DERP and maps for ~150 ms at 5,000 nodes (bench/bench_derp_pause.py).
+        gc.collect()
+        gc.freeze()
+        # A commit compiles in a worker thread; the loop gets the GIL back within
+        # 1 ms instead of 5 (DERP gaps during a 5,000-node commit: ~70 -> ~30 ms).
+        sys.setswitchinterval(0.001)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,7 +78,12 @@ def _target(args: argparse.Namespace) -> Target:
         return HttpTarget(url, api_key or os.environ.get("TAILNETD_API_KEY"))
     if api_key:
         raise AdminError("--api-key is for a remote server: add --server URL")
-    return SocketTarget(Path(data or "data").resolve() / "tailnetd.sock")
+    return SocketTarget(_data_dir(data) / "tailnetd.sock")
+
+
+def _data_dir(given: str | None) -> Path:
+    """--data, else TAILNETD_DATA (as `serve` reads it), else ./data."""
+    return Path(given or os.environ.get("TAILNETD_DATA") or "data").resolve()
 
 
 def _is_loopback(url: str) -> bool:
@@ -111,6 +125,12 @@ def _print_created(created: Any, as_json: bool) -> None:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    if args.keys_cmd == "generate":
+        from server.store.authkeys import generate_key
+
+        # Offline: a fresh key text for keys.yaml's secret store; the server only hashes it.
+        print(generate_key(os.urandom)[0])
+        return 0
     sock = _target(args)
     if args.keys_cmd == "create":
         body = {
@@ -147,7 +167,27 @@ def _apikeys(args: argparse.Namespace) -> int:
     return 0
 
 
-_NODE_COLUMNS = ["id", "name", "user", "tags", "ipv4", "ipv6", "online", "last_seen"]
+def _oauth_clients(args: argparse.Namespace) -> int:
+    target = _target(args)
+    path = "/api/v1/oauth-clients"
+    if args.oauth_cmd == "create":
+        body = {"scopes": args.scope, "description": args.description}
+        created = call(target, "POST", path, body)
+        if args.json:
+            _print(created, True)
+        else:  # TS_OAUTH_ID and TS_OAUTH_SECRET of Tailscale's tools
+            print(f"client id: {created['client_id']}\nsecret:    {created['client_secret']}")
+    elif args.oauth_cmd == "list":
+        columns = ["id", "client_id", "scopes", "description", "created", "last_used"]
+        _print(call(target, "GET", path), args.json, columns)
+    elif args.oauth_cmd == "delete":
+        _print(call(target, "DELETE", f"{path}/{quote(args.client)}"), True)
+    return 0
+
+
+_NODE_COLUMNS = [
+    "id", "name", "user", "tags", "ipv4", "ipv6", "online", "last_seen", "approved",
+]  # fmt: skip
 
 
 def _nodes(args: argparse.Namespace) -> int:
@@ -157,13 +197,30 @@ def _nodes(args: argparse.Namespace) -> int:
         query = "?" + urlencode(filters) if filters else ""
         _print(call(sock, "GET", "/api/v1/nodes" + query), args.json, _NODE_COLUMNS)
         return 0
+    if args.nodes_cmd == "logins":
+        columns = ["auth_id", "hostname", "created", "expires"]
+        _print(call(sock, "GET", "/api/v1/logins"), args.json, columns)
+        return 0
+    if args.nodes_cmd in ("register", "refuse"):
+        auth_id = args.auth_id.rstrip("/").rsplit("/", 1)[-1]  # the id, or the whole URL
+        if args.nodes_cmd == "refuse":
+            path = f"/api/v1/logins/{quote(auth_id, safe='')}/refuse"
+            _print([call(sock, "POST", path, {"reason": args.reason})], args.json, ["auth_id"])
+            return 0
+        body = {"auth_id": auth_id, "user": args.user}
+        answer = call(sock, "POST", "/api/v1/nodes/register", body)
+        _print([answer], args.json, _NODE_COLUMNS)
+        return 0
     node = quote(args.node, safe="")
     if args.nodes_cmd == "get":
         answer = call(sock, "GET", f"/api/v1/nodes/{node}")
     elif args.nodes_cmd == "delete":
         answer = call(sock, "DELETE", f"/api/v1/nodes/{node}")
-    elif args.nodes_cmd == "expire":
-        answer = call(sock, "POST", f"/api/v1/nodes/{node}/expire")
+    elif args.nodes_cmd in ("expire", "approve"):
+        answer = call(sock, "POST", f"/api/v1/nodes/{node}/{args.nodes_cmd}")
+    elif args.nodes_cmd == "expiry":
+        body = {"disabled": args.disable}
+        answer = call(sock, "POST", f"/api/v1/nodes/{node}/expiry", body)
     elif args.nodes_cmd == "rename":
         answer = call(sock, "POST", f"/api/v1/nodes/{node}/rename", {"name": args.new_name})
     else:  # tags
@@ -172,9 +229,49 @@ def _nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ssh(args: argparse.Namespace) -> int:
+    target = _target(args)
+    columns = ["auth_id", "user", "local_user", "src_node", "dst_node", "expires"]
+    if args.ssh_cmd == "checks":
+        _print(call(target, "GET", "/api/v1/ssh/checks"), args.json, columns)
+        return 0
+    auth_id = quote(args.auth_id.rstrip("/").rsplit("/", 1)[-1], safe="")
+    answer = call(target, "POST", f"/api/v1/ssh/checks/{auth_id}/{args.ssh_cmd}")
+    _print([answer], args.json, [*columns[:3], "state"])
+    return 0
+
+
 def _users(args: argparse.Namespace) -> int:
     users = call(_target(args), "GET", "/api/v1/users")
     _print(users, args.json, ["name", "email", "display_name", "nodes"])
+    return 0
+
+
+def _drift(args: argparse.Namespace) -> int:
+    """Exit 1 when runtime state differs from git, as `git diff --exit-code` does."""
+    answer = call(_target(args), "GET", "/api/v1/drift")
+    found = answer["drift"]
+    if args.json:
+        _print(answer, True)
+    elif found:
+        _print(found, False, ["kind", "subject", "message"])
+    else:
+        print(f"no drift: runtime state matches {answer['revision'][:12]}")
+    return 1 if found else 0
+
+
+def _inventory(args: argparse.Namespace) -> int:
+    """Write the inventory (gitctl/schemas/inventory.schema.json) to a file or stdout."""
+    doc = call(_target(args), "GET", "/api/v1/inventory")
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(
+            f"wrote {args.output}: {len(doc['users'])} users, {len(doc['nodes'])} devices",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -206,6 +303,11 @@ def _status(args: argparse.Namespace) -> int:
     for entry in status.get("undeclared_tags") or ():
         tags = ", ".join(entry["tags"])
         print(f"undeclared tags: {entry['kind']} {entry['id']} {entry['name']}: {tags}")
+    rollout = status.get("rollout")
+    if rollout:
+        print(f"rollout:  {rollout['revision']} {rollout['phase']} (hold until {rollout['until']})")
+        if rollout["reason"]:
+            print(f"  {rollout['reason']}")
     rejected = status.get("rejected")
     if rejected:
         print(f"rejected: {rejected['revision']} at {rejected['at']}")
@@ -213,6 +315,12 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  {error}")
         return 1
     return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    call(_target(args), "POST", f"/api/v1/rollout/{args.verb}")
+    args.json, args.sync = False, False
+    return _status(args)
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -225,6 +333,57 @@ def _history(args: argparse.Namespace) -> int:
         print(f"{entry['at']}  {entry['outcome']:<8}  {entry['revision'][:12]}  {signer}")
         for reason in entry["reasons"]:
             print("    " + reason.replace("\n", "\n    "))
+    return 0
+
+
+def _dev_client(args: argparse.Namespace) -> int:
+    from server.devclient import DevClient, DevClientError, find_binaries
+
+    data = _data_dir(getattr(args, "data", None))
+    try:
+        client = DevClient(
+            args.name, data / "dev-clients" / args.name, find_binaries(args.bin, Path.cwd()),
+            args.server_url,
+        )  # fmt: skip
+        if args.stop:
+            stopped = client.stop()
+            print(f"{args.name}: {'stopped' if stopped else 'was not running'}")
+            return 0
+        if not args.user:
+            raise DevClientError("say whose device it is: --user NAME (a user in users.yaml)")
+
+        def key() -> str:
+            body = {"user": args.user, "reusable": False, "ephemeral": False, "tags": []}
+            created = call(
+                SocketTarget(data / "tailnetd.sock"), "POST", "/api/v1/preauthkeys", body
+            )
+            return str(created["key"])
+
+        ip = client.start(key)
+    except DevClientError as exc:
+        print(f"tailnetd dev-client: {exc}", file=sys.stderr)
+        return 1
+    tailscale = " ".join(client.cli())
+    print(f"{args.name} joined as {ip}; its tailscaled runs in {client.home}")
+    print(f"  use it:  {tailscale} status")
+    print(f"  stop it: tailnetd dev-client {args.name} --stop")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    query = {"limit": str(args.limit)}
+    if args.since:
+        query["since"] = args.since
+    answer = call(_target(args), "GET", "/api/v1/audit?" + urlencode(query))
+    if args.json:
+        _print(answer["audit"], True)
+        return 0
+    columns = ("at", "actor", "action", "target", "result", "status", "params")
+    rows = [
+        {**e, "params": json.dumps(e["params"], separators=(",", ":")) if e["params"] else None}
+        for e in answer["audit"]
+    ]
+    _print(rows, False, columns)
     return 0
 
 
@@ -265,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     klist = keys_sub.add_parser("list", parents=[where])
     klist.add_argument("--user")
     klist.add_argument("--json", action="store_true")
+    keys_sub.add_parser(
+        "generate",
+        help="print a new key text for a key declared in keys.yaml (keep it in a secret store)",
+    )
     kexp = keys_sub.add_parser("expire", parents=[where])
     kexp.add_argument("key", help="key id or prefix")
     kexp.add_argument("--json", action="store_true")
@@ -288,6 +451,24 @@ def build_parser() -> argparse.ArgumentParser:
     aexp.add_argument("--json", action="store_true")
     apikeys.set_defaults(func=_apikeys)
 
+    oauth = admin_parser("oauth-clients", "OAuth clients: id and secret for a one-hour token")
+    oauth_sub = oauth.add_subparsers(dest="oauth_cmd", required=True)
+    ocreate = oauth_sub.add_parser("create", help="create; prints id and secret", parents=[where])
+    ocreate.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        help="a Tailscale scope name (repeatable): ...:read names may only look"
+        " (all:read, devices:core:read, policy_file:read), others may change (all, auth_keys)",
+    )
+    ocreate.add_argument("--description", default="", help="what the client is for")
+    ocreate.add_argument("--json", action="store_true", help="the whole answer, as JSON")
+    olist = oauth_sub.add_parser("list", help="client ids, scopes, last use", parents=[where])
+    olist.add_argument("--json", action="store_true")
+    odel = oauth_sub.add_parser("delete", help="delete; its tokens stop at once", parents=[where])
+    odel.add_argument("client", help="client id (or numeric id)")
+    oauth.set_defaults(func=_oauth_clients)
+
     nodes = admin_parser("nodes", "registered machines")
     nodes_sub = nodes.add_subparsers(dest="nodes_cmd", required=True)
     nlist = nodes_sub.add_parser("list", parents=[where])
@@ -295,10 +476,18 @@ def build_parser() -> argparse.ArgumentParser:
     nlist.add_argument("--tag", help="only nodes with this tag")
     nlist.add_argument("--online", choices=("true", "false"), help="only online/offline nodes")
     nlist.add_argument("--json", action="store_true")
-    for verb in ("get", "delete", "expire"):
+    for verb in ("get", "delete", "expire", "approve"):
         p = nodes_sub.add_parser(verb, parents=[where])
         p.add_argument("node", help="node id or name")
         p.add_argument("--json", action="store_true")
+    exp = nodes_sub.add_parser(
+        "expiry", help="disable a node's key expiry (servers), or enable it", parents=[where]
+    )
+    exp.add_argument("node")
+    onoff = exp.add_mutually_exclusive_group(required=True)
+    onoff.add_argument("--disable", action="store_true", help="the key never expires")
+    onoff.add_argument("--enable", dest="disable", action="store_false", help="expire it again")
+    exp.add_argument("--json", action="store_true")
     ren = nodes_sub.add_parser("rename", parents=[where])
     ren.add_argument("node")
     ren.add_argument("new_name")
@@ -307,11 +496,50 @@ def build_parser() -> argparse.ArgumentParser:
     tags.add_argument("node")
     tags.add_argument("--tag", action="append", help="a tag (repeatable); none: clear")
     tags.add_argument("--json", action="store_true")
+    reg = nodes_sub.add_parser(
+        "register", help="approve an interactive login (the id its page shows)", parents=[where]
+    )
+    reg.add_argument("auth_id", help="login id, or the whole login URL")
+    reg.add_argument("--user", required=True, help="the user (from git) who owns the device")
+    reg.add_argument("--json", action="store_true")
+    refuse = nodes_sub.add_parser("refuse", help="refuse an interactive login", parents=[where])
+    refuse.add_argument("auth_id", help="login id, or the whole login URL")
+    refuse.add_argument("--reason", default="refused by an administrator")
+    refuse.add_argument("--json", action="store_true")
+    nlogins = nodes_sub.add_parser("logins", help="interactive logins waiting", parents=[where])
+    nlogins.add_argument("--json", action="store_true")
     nodes.set_defaults(func=_nodes)
+
+    ssh = admin_parser("ssh", "SSH check mode: logins held by a check rule")
+    ssh_sub = ssh.add_subparsers(dest="ssh_cmd", required=True)
+    schecks = ssh_sub.add_parser("checks", help="checks waiting", parents=[where])
+    schecks.add_argument("--json", action="store_true")
+    for verb in ("approve", "refuse"):
+        p = ssh_sub.add_parser(verb, help=f"{verb} a held SSH login", parents=[where])
+        p.add_argument("auth_id", help="the check's id, or its page URL")
+        p.add_argument("--json", action="store_true")
+    ssh.set_defaults(func=_ssh)
 
     users = admin_parser("users", "users declared in git, with their node counts")
     users.add_argument("--json", action="store_true")
     users.set_defaults(func=_users)
+
+    drift = admin_parser(
+        "drift", "runtime state that differs from git (keys, tags, users); exit 1 if any"
+    )
+    drift.add_argument("--json", action="store_true")
+    drift.set_defaults(func=_drift)
+
+    inventory = admin_parser("inventory", "users and devices, for gitctl --inventory in CI")
+    inventory_sub = inventory.add_subparsers(dest="inventory_cmd", required=True)
+    export = inventory_sub.add_parser(
+        "export",
+        help="write the users, roles, devices, tags and routes a policy is evaluated "
+        "against (no key material)",
+        parents=[where],
+    )
+    export.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    inventory.set_defaults(func=_inventory)
 
     commits = admin_parser("commits", "the commit served and recently rejected ones")
     commits.add_argument("--json", action="store_true")
@@ -325,11 +553,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch/re-read the repository first (POST /api/v1/repo/sync)",
     )
     status.set_defaults(func=_status)
+    rollout = admin_parser("rollout", "decide the canary rollout now")
+    rollout.add_argument("verb", choices=("promote", "abort"))
+    rollout.set_defaults(func=_rollout)
 
     history = admin_parser("history", "served and rejected commits, newest first")
     history.add_argument("--json", action="store_true")
     history.add_argument("-n", "--limit", type=int, default=20, help="at most N (default 20)")
     history.set_defaults(func=_history)
+
+    dev = sub.add_parser(
+        "dev-client",
+        help="start a userspace tailscaled (no root) joined to the local server",
+        description="Start tailscale's tailscaled in userspace-networking mode with its own "
+        "state under DATA/dev-clients/NAME/ and log it in to the server with a fresh "
+        "pre-auth key for --user (made through the data dir's socket).",
+    )
+    dev.add_argument("name", metavar="NAME", help="the device's name in the tailnet")
+    dev.add_argument("--user", help="whose device it is (a user in users.yaml)")
+    dev.add_argument("--data", metavar="DIR", help="the server's data dir (default ./data)")
+    listen = os.environ.get("TAILNETD_LISTEN", "127.0.0.1:8080")
+    dev.add_argument(
+        "--server-url",
+        default=f"http://{listen}",
+        help="the server's URL (default http://TAILNETD_LISTEN, else http://127.0.0.1:8080)",
+    )
+    dev.add_argument("--bin", metavar="DIR", help="where tailscale and tailscaled are")
+    dev.add_argument("--stop", action="store_true", help="stop this client's tailscaled")
+    dev.set_defaults(func=_dev_client)
+    audit = admin_parser("audit", "admin actions, newest first: who, what, when, the result")
+    audit.add_argument("--json", action="store_true")
+    audit.add_argument("--since", help="only since: a duration back (12h, 7d) or an ISO time")
+    audit.add_argument("-n", "--limit", type=int, default=50, help="at most N (default 50)")
+    audit.set_defaults(func=_audit)
     return parser
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gitctl.tailnet.kinds import did_you_mean
-from server.remote_repo import is_remote
+from server.oidc.settings import OidcSettings, oidc_settings
+from server.sources.remote import is_remote
 from server.store import is_postgres_url, redact_url
 
 __all__ = [
@@ -64,6 +65,14 @@ class ServerConfig:
     log_format: str = "text"  # "text" or "json" (one object per line)
     # Allowed-signers file outside the repository: only commits its keys signed are served.
     trusted_signers: Path | None = None
+    login_timeout: float = 600.0  # seconds an interactive login waits for approval
+    oidc: OidcSettings | None = None  # logins through an identity provider (--oidc-issuer)
+    replica_id: str | None = None  # None: a random name each start
+    mesh_key_file: Path | None = None  # DERP mesh key shared by replicas
+    mesh_with: tuple[str, ...] = ()  # other replicas' server URLs
+    # The webhooks' HMAC-SHA256 secret: from --webhook-secret-file or
+    # TAILNETD_WEBHOOK_SECRET, never from git. None: webhooks are not sent.
+    webhook_secret: bytes | None = field(default=None, repr=False)
 
     @property
     def socket_path(self) -> Path:
@@ -125,6 +134,25 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+        raise ValueError(f"must be true or false, got {text!r}")
+    return text.lower() in ("true", "yes", "1")
+
+
+def _oidc(
+    v: Mapping[str, Any], server_url: str, ttl: float, env: Mapping[str, str]
+) -> OidcSettings | None:
+    if not v.get("oidc_issuer"):
+        if v.get("oidc_client_id"):
+            raise ConfigError("--oidc-client-id needs --oidc-issuer")
+        return None
+    try:
+        return oidc_settings(v, server_url=server_url, login_ttl=ttl, env=env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _file(text: str) -> Path | None:
     return Path(text) if text else None
 
@@ -135,6 +163,10 @@ def _directory(text: str) -> Path:
 
 def _url(text: str) -> str:
     return text.rstrip("/")
+
+
+def _url_list(text: str) -> tuple[str, ...]:
+    return tuple(_url(u.strip()) for u in text.split(",") if u.strip())
 
 
 def _database(text: str) -> str:
@@ -221,9 +253,57 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_format", "json|text", "log lines as text, or one JSON object per line", "text",
            parse=_log_format),
     Option(
+        "replica_id", "NAME", "this server's name among replicas sharing one PostgreSQL",
+        shown="random per start",
+    ),
+    Option(
+        "mesh_key_file", "FILE",
+        "file holding the DERP mesh key (64 hex digits) shared by replicas", parse=_file,
+    ),
+    Option(
+        "mesh_with", "URL,...",
+        "other replicas' server URLs: their DERP servers mesh with this one's and the DERP "
+        "map lists them in this region", parse=_url_list,
+    ),
+    Option(
         "trusted_signers", "FILE",
         "serve only commits signed by an SSH key in this allowed-signers file (outside the "
         "repository; overrides the repository's trusted_signers setting)",
+        parse=_file,
+    ),
+    Option(
+        "login_timeout", "SECONDS",
+        "seconds an interactive login (tailscale up without a key) waits for approval",
+        "600", parse=_seconds,
+    ),
+    Option(
+        "oidc_issuer", "URL", "OpenID Connect issuer: logins go through this identity provider"
+    ),
+    Option("oidc_client_id", "ID", "OAuth client id registered at the issuer"),
+    Option(
+        "oidc_client_secret_file", "FILE",
+        "file holding the client secret (else env TAILNETD_OIDC_CLIENT_SECRET)", parse=_file,
+    ),
+    Option(
+        "oidc_scopes", "LIST", "scopes asked for, comma-separated", "openid,email,profile,groups"
+    ),
+    Option(
+        "oidc_allowed_domains", "LIST", "only emails of these domains may log in (comma-separated)"
+    ),
+    Option("oidc_allowed_emails", "LIST", "only these emails may log in (comma-separated)"),
+    Option("oidc_allowed_groups", "LIST", "only members of one of these groups may log in"),
+    Option(
+        "oidc_groups_claim", "CLAIM", "ID token claim whose values become policy groups", "groups"
+    ),
+    Option("oidc_groups_prefix", "TEXT", 'claim value V becomes policy group "group:TEXTV"', ""),
+    Option(
+        "oidc_allow_unverified_email", "true|false",
+        "accept an email the provider has not verified", "false", parse=_bool,
+    ),
+    Option(
+        "webhook_secret_file", "FILE",
+        "file holding the secret that signs webhooks (HMAC-SHA256); or give the secret itself "
+        "in TAILNETD_WEBHOOK_SECRET. Without one, settings.yaml's webhooks are not sent",
         parse=_file,
     ),
 )  # fmt: skip
@@ -336,6 +416,7 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
             # A file in the work tree is one a commit could change.
             raise ConfigError(f"--trusted-signers {signers}: must be outside the repository")
     return ServerConfig(
+        webhook_secret=_webhook_secret(v.get("webhook_secret_file"), env),
         repo=repo.resolve(),
         repo_url=repo_url,
         fetch_interval=v["fetch_interval"],
@@ -358,7 +439,25 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         metrics_port=metrics[1] if metrics else 0,
         log_format=v["log_format"],
         trusted_signers=signers,
+        login_timeout=v["login_timeout"],
+        oidc=_oidc(v, v.get("server_url") or default_url, v["login_timeout"], env),
+        replica_id=v.get("replica_id"),
+        mesh_key_file=v.get("mesh_key_file"),
+        mesh_with=v.get("mesh_with", ()),
     )
+
+
+def _webhook_secret(path: Path | None, env: Mapping[str, str]) -> bytes | None:
+    if path is not None:
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"--webhook-secret-file {path}: {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"--webhook-secret-file {path}: the file is empty")
+        return secret
+    text = env.get("TAILNETD_WEBHOOK_SECRET", "").strip()
+    return text.encode() if text else None
 
 
 if __name__ == "__main__":

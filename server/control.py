@@ -13,30 +13,54 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 
+from gitctl.policy.tagowners import tag_refusal
+from gitctl.policy.viewindex import ViewIndex
+from server.auth.pending import PendingLogin, PendingLogins, register_node
+from server.auth.sshcheck import SshChecks
 from server.edge.control_conn import ControlRequest, ControlResponse
 from server.logs import event
 from server.metrics import Metrics
-from server.protocol.keys import DiscoPublic, KeyFormatError, NodePublic
+from server.protocol.keys import NodePublic
 from server.protocol.mapframe import MapFrameEncoder
 from server.store.interface import Store
 from server.store.model import KeyRejected, Node
 from server.tailnet import NodeRegistry, Tailnet
-from server.tailnet.mapper import MapSession, build_map, not_served_map, user_id
-from server.wire import TAGGED_USER_ID
+from server.tailnet.mapper import (
+    MapSession,
+    build_map,
+    not_served_map,
+    unapproved_map,
+    user_id,
+)
+from server.tailnet.registry import NodeChange
+from server.wire import (
+    TAGGED_USER_ID,
+    Hostinfo,
+    MapRequest,
+    RegisterRequest,
+    WireError,
+    decode_json,
+    limits,
+)
+
+_Request = TypeVar("_Request", RegisterRequest, MapRequest)
 
 __all__ = ["MIN_CAPABILITY_VERSION", "ControlHandler", "ControlSettings"]
 
 # Tailscale 1.80: the oldest of the last ten minor releases (protocol.md §2.4).
 MIN_CAPABILITY_VERSION = 113
 TOLD_MAX = 4096
+_SSH_ACTION = re.compile(r"/machine/ssh/action/(\d{1,18})/to/(\d{1,18})")
 
 
 class RequestRejected(Exception):
@@ -51,6 +75,11 @@ class ControlSettings:
     node_key_expiry: timedelta | None = timedelta(days=180)
     keepalive_min: float = 50.0
     keepalive_max: float = 58.0
+    device_approval: bool = False  # new nodes wait for an operator (settings.yaml)
+
+
+def _expired(node: Node, now: datetime) -> bool:
+    return node.key_expiry is not None and node.key_expiry <= now
 
 
 class ControlHandler:
@@ -65,8 +94,12 @@ class ControlHandler:
         log: logging.Logger,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        logins: PendingLogins | None = None,
+        ssh_checks: SshChecks | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         self._tailnet = tailnet
+        self._on_refused = on_refused  # (machine, reason): a login refused its key
         self._registry = registry
         self._store = store  # pre-auth keys; nodes are written through the registry
         self._clock = clock
@@ -75,13 +108,25 @@ class ControlHandler:
         self._rng = rng or random.Random()
         self._metrics = metrics or Metrics(CollectorRegistry(), monotonic=time.monotonic)
         self._told: dict[NodePublic, None] = {}  # node keys told they are not served
+        self._logins = logins
+        self._ssh_checks = ssh_checks
+        if logins is not None:
+            logins.set_registrar(self._register_login)
+        # node id -> set when it is approved (map polls of unapproved nodes wait on it)
+        self._approvals: dict[int, asyncio.Event] = {}
+        registry.subscribe(self._node_changed)
 
     async def __call__(self, req: ControlRequest) -> ControlResponse:
         try:
             if req.path == "/machine/register" and req.method == "POST":
-                return self._register(req)
+                return await self._register(req)
             if req.path == "/machine/map" and req.method == "POST":
                 return self._map(req)
+            split = urlsplit(req.path)
+            ssh = _SSH_ACTION.fullmatch(split.path)
+            if ssh is not None and req.method == "GET" and self._ssh_checks is not None:
+                query = {k: v[0] for k, v in parse_qs(split.query).items()}
+                return await self._ssh_action(req, int(ssh[1]), int(ssh[2]), query)
             return ControlResponse(404, b"not implemented\n", content_type="text/plain")
         except RequestRejected as exc:
             if req.path == "/machine/register":
@@ -99,17 +144,17 @@ class ControlHandler:
 
     # /machine/register
 
-    def _register(self, req: ControlRequest) -> ControlResponse:
-        body = _json_body(req)
-        _check_version(body, req)
+    async def _register(self, req: ControlRequest) -> ControlResponse:
+        body = _decode(RegisterRequest, req)
+        _check_version(body.version, req)
+        if body.followup and self._logins is not None:
+            return await self._followup(req, body.followup)
         now = self._clock()
-        node_key = _key(NodePublic, body.get("NodeKey"), "NodeKey")
-        old_key = _key(NodePublic, body.get("OldNodeKey") or NodePublic.zero().text, "OldNodeKey")
-        expiry = _time(body.get("Expiry"))
-        auth = body.get("Auth") or {}
-        auth_key = auth.get("AuthKey") if isinstance(auth, dict) else None
-        sent_hostinfo = body.get("Hostinfo")
-        hostinfo: dict[str, Any] = sent_hostinfo if isinstance(sent_hostinfo, dict) else {}
+        node_key, old_key = body.node_key, body.old_node_key
+        if node_key.is_zero:
+            raise RequestRejected(400, "RegisterRequest.NodeKey: missing")
+        expiry = body.requested_expiry
+        auth_key = body.auth.auth_key if body.auth is not None else ""
 
         registry = self._registry
         node = registry.by_node_key(node_key)
@@ -124,16 +169,22 @@ class ControlHandler:
         if expiry is not None and expiry <= now:
             return self._logout(node, now)
         if auth_key:
-            return self._register_with_key(req, node, node_key, str(auth_key), hostinfo, body, now)
+            return self._register_with_key(req, node, auth_key, body, now)
         if node is not None and node.node_key in (node_key, old_key):
-            if node.key_expiry is not None and node.key_expiry <= now:
+            expired = node.key_expiry is not None and node.key_expiry <= now
+            if expired and (node.node_key == node_key or self._logins is None):
+                # The daemon restarting with its expired key: it shows "logged out".
                 self._metrics.registration("node_expired")
                 return _json(self._register_response(node, expired=True))
+            if expired:  # a fresh key for an expired node: log in again, same node
+                return self._begin_login(req, body, now)
             renewal = node.node_key != node_key
             if renewal:  # seamless key renewal
                 node = registry.renew_key(node, node_key, now)
             self._metrics.registration("renewed" if renewal else "resumed")
             return _json(self._register_response(node))
+        if self._logins is not None:
+            return self._begin_login(req, body, now)
         self._metrics.registration("needs_login")
         return _json(
             {
@@ -146,15 +197,20 @@ class ControlHandler:
         self,
         req: ControlRequest,
         node: Node | None,
-        node_key: NodePublic,
         auth_key: str,
-        hostinfo: dict[str, Any],
-        body: dict[str, Any],
+        body: RegisterRequest,
         now: datetime,
     ) -> ControlResponse:
+        node_key = body.node_key
+        hostinfo = body.hostinfo or Hostinfo()
         try:
             key = self._store.check_preauth_key(auth_key, now)
         except KeyRejected as exc:
+            if node is not None and node.node_key == node_key and not _expired(node, now):
+                # A retry whose first answer was lost (the server died after the
+                # commit): the node holds this key already, its auth key is spent.
+                self._metrics.registration("resumed")
+                return _json(self._register_response(node))
             self._metrics.registration("expired_key" if "expired" in exc.reason else "bad_key")
             self._log.info(
                 "register: %s: %s",
@@ -162,42 +218,133 @@ class ControlHandler:
                 exc,
                 extra=event("register.refused", machine=req.machine_key.short(), reason=exc.reason),
             )
+            if self._on_refused is not None:
+                self._on_refused(req.machine_key.short(), exc.reason)
             return _json({"Error": f"invalid auth key: {exc}"})
-        owner = None if key.tags else key.user
+        tags, refusal = self._tags_for(key.user, key.tags, hostinfo.request_tags)
+        if refusal is not None:
+            self._metrics.registration("tags_refused")
+            self._log.info(
+                "register: %s: %s",
+                req.machine_key.short(),
+                refusal,
+                extra=event("register.refused", machine=req.machine_key.short(), reason=refusal),
+            )
+            if self._on_refused is not None:
+                self._on_refused(req.machine_key.short(), refusal)
+            return _json({"Error": refusal})
+        owner = None if tags else key.user
         expiry_span = self._settings().node_key_expiry
-        key_expiry = None if key.tags or expiry_span is None else now + expiry_span
-        ephemeral = key.ephemeral or bool(body.get("Ephemeral"))
+        key_expiry = None if tags or expiry_span is None else now + expiry_span
+        ephemeral = key.ephemeral or body.ephemeral
         # The store consumes a single-use key in the same transaction as the node write.
         node = self._registry.register(
             machine_key=req.machine_key,
             node_key=node_key,
-            hostname=str(hostinfo.get("Hostname") or "node"),
+            hostname=hostinfo.hostname or "node",
             user=owner,
-            tags=key.tags,
+            tags=tags,
             now=now,
             auth_key_id=key.id,
             ephemeral=ephemeral,
             key_expiry=key_expiry,
-            hostinfo=json.dumps(hostinfo, sort_keys=True),
-            capver=int(body.get("Version") or 0),
+            hostinfo=hostinfo,
+            capver=body.version,
             existing=node,
+            approved=not self._settings().device_approval,
         )
         self._metrics.registration("ok")
         self._log.info(
             "register: node %d %s (%s) joined",
             node.id,
             node.given_name,
-            owner or ",".join(key.tags),
+            owner or ",".join(tags),
             extra=event(
                 "node.registered",
                 node=node.id,
                 node_name=node.given_name,
                 user=owner,
-                tags=list(key.tags),
+                tags=list(tags),
                 commit=self._tailnet.source.id,
             ),
         )
         return _json(self._register_response(node))
+
+    def _tags_for(
+        self, user: str, key_tags: Sequence[str], requested: Sequence[str] | None
+    ) -> tuple[tuple[str, ...], str | None]:
+        """The tags a node logging in with a key of `user` and `key_tags` carries,
+        and why not when `requested` (Hostinfo.RequestTags) asks for tags that
+        tagOwners do not let it own. Requested tags replace the key's own."""
+        if not requested:
+            return tuple(key_tags), None
+        wanted = tuple(sorted(set(requested)))
+        source = self._tailnet.source
+        email = None if key_tags else source.users.get(user, (user, user))[0]
+        refusal = tag_refusal(source.policy, wanted, email=email, key_tags=key_tags)
+        return wanted, refusal
+
+    def _begin_login(
+        self, req: ControlRequest, body: RegisterRequest, now: datetime
+    ) -> ControlResponse:
+        """No key and no current node: a person must log in at the URL (protocol.md §4.1.3)."""
+        assert self._logins is not None
+        self._metrics.registration("needs_login")
+        login = self._logins.begin(
+            req.machine_key,
+            body.node_key,
+            body.ephemeral,
+            body.old_node_key,
+            now,
+            hostinfo=body.hostinfo,
+            capver=body.version,
+        )
+        return _json({"AuthURL": login.url})
+
+    async def _followup(self, req: ControlRequest, url: str) -> ControlResponse:
+        """The client waits for the person at the URL: hold this stream until the
+        login is approved, refused or expires. If the client goes away the login
+        stays pending (its next request finds the node once approved)."""
+        assert self._logins is not None
+        outcome = await self._logins.wait(self._logins.auth_id_of(url), req.machine_key)
+        if outcome.node is None:
+            refused = outcome.state == "refused"
+            self._metrics.registration("login_refused" if refused else "login_expired")
+            return _json({"Error": outcome.reason or f"login {outcome.state}"})
+        self._metrics.registration("login_ok")
+        return _json(self._register_response(outcome.node))
+
+    def _register_login(
+        self, login: PendingLogin, hostinfo: Hostinfo, capver: int, user: str, now: datetime
+    ) -> Node:
+        """A person approved at the login URL owns the node from now on."""
+        span = self._settings().node_key_expiry
+        key_expiry = None if span is None else now + span
+        node = register_node(
+            self._registry,
+            login,
+            hostinfo,
+            capver,
+            user,
+            now,
+            key_expiry=key_expiry,
+            approved=not self._settings().device_approval,
+        )
+        self._log.info(
+            "register: node %d %s (%s) joined",
+            node.id,
+            node.given_name,
+            user,
+            extra=event(
+                "node.registered",
+                node=node.id,
+                node_name=node.given_name,
+                user=user,
+                tags=[],
+                commit=self._tailnet.source.id,
+            ),
+        )
+        return node
 
     def _logout(self, node: Node | None, now: datetime) -> ControlResponse:
         self._metrics.registration("logout")
@@ -231,58 +378,123 @@ class ControlHandler:
                 "DisplayName": display,
             },
             "NodeKeyExpired": expired,
-            "MachineAuthorized": True,
+            "MachineAuthorized": node.approved,
         }
+
+    # /machine/ssh/action (SSH check mode)
+
+    async def _ssh_action(
+        self, req: ControlRequest, src: int, dst: int, query: dict[str, str]
+    ) -> ControlResponse:
+        """The destination node `dst` asks what to do with a connection from
+        node `src` that a `check` rule holds (ssh/tailssh: HoldAndDelegate)."""
+        assert self._ssh_checks is not None
+        dst_node = self._registry.get(dst)
+        if dst_node is None or dst_node.machine_key != req.machine_key:
+            raise RequestRejected(403, "only the destination node may ask about its SSH checks")
+        local_user = query.get("local_user", "")[:256]
+        auth_id = query.get("auth_id", "")[:64]
+        if auth_id:
+            return _json(await self._ssh_checks.wait(auth_id, dst))
+        src_node = self._registry.get(src)
+        period = self._check_period(src, dst)
+        if src_node is None or period is None or not local_user:
+            why = "no check rule of the tailnet policy covers this connection now"
+            return _json({"reject": True, "message": f"# tailnetd: {why}\r\n"})
+        owner = None if src_node.tags else src_node.user
+        action = self._ssh_checks.action(src, dst, local_user, owner, period, self._clock())
+        return _json(action)
+
+    def _check_period(self, src: int, dst: int) -> timedelta | None:
+        """The checkPeriod of the serving policy's check rule from `src` to `dst`."""
+        index = self._tailnet.context.views.compiled
+        visibility = getattr(index, "visibility", None)
+        if not isinstance(visibility, ViewIndex):
+            return None
+        at = visibility.position
+        if str(src) not in at or str(dst) not in at:
+            return None
+        seconds = visibility.ssh.check_period(at[str(src)], at[str(dst)])
+        return None if seconds is None else timedelta(seconds=seconds)
 
     # /machine/map
 
     def _map(self, req: ControlRequest) -> ControlResponse:
-        body = _json_body(req)
-        _check_version(body, req)
-        node_key = _key(NodePublic, body.get("NodeKey"), "NodeKey")
+        body = _decode(MapRequest, req)
+        _check_version(body.version, req)
+        node_key = body.node_key
+        if node_key.is_zero:
+            raise RequestRejected(400, "MapRequest.NodeKey: missing")
         node = self._registry.by_node_key(node_key)
         if node is not None and node.machine_key != req.machine_key:
             raise RequestRejected(404, "node not found")
         now = self._clock()
+        if node is not None and not node.approved:
+            return self._unapproved(node, body, now)
         if node is None or not self._tailnet.serves(node.id):
             return self._not_served(req, node_key, node, now)
-        stream = bool(body.get("Stream"))
-        node = self._apply_map_request(node, body, stream, now)
+        stream = body.stream
+        node = self._apply_map_request(node, body, now)
         if not stream:
-            if body.get("OmitPeers"):
+            if body.omit_peers:
                 return ControlResponse(200)
             return ControlResponse(200, self._one_map(node.id, now))
         return ControlResponse(200, stream=self._stream(node.id))
 
-    def _apply_map_request(
-        self, node: Node, body: dict[str, Any], stream: bool, now: datetime
-    ) -> Node:
+    def _apply_map_request(self, node: Node, body: MapRequest, now: datetime) -> Node:
         changes: dict[str, Any] = {}
-        disco = body.get("DiscoKey")
-        if disco:
-            disco_key = _key(DiscoPublic, disco, "DiscoKey")
-            if disco_key != node.disco_key:
-                changes["disco_key"] = disco_key
-        hostinfo = body.get("Hostinfo")
-        if isinstance(hostinfo, dict):
-            merged = dict(hostinfo)
-            if "NetInfo" not in merged:  # NetInfo is sent only when it changed
-                prev = json.loads(node.hostinfo or "{}")
-                if isinstance(prev, dict) and "NetInfo" in prev:
-                    merged["NetInfo"] = prev["NetInfo"]
-            text = json.dumps(merged, sort_keys=True)
-            if text != node.hostinfo:
-                changes["hostinfo"] = text
-        if not stream:  # since capver 68 only lite requests carry authoritative endpoints
-            endpoints = tuple(e for e in body.get("Endpoints") or [] if isinstance(e, str))
+        if body.disco_key is not None and body.disco_key != node.disco_key:
+            changes["disco_key"] = body.disco_key
+        if body.hostinfo is not None:
+            hostinfo = body.hostinfo.keeping_net_info(node.hostinfo)
+            if hostinfo != node.hostinfo:
+                changes["hostinfo"] = hostinfo
+        if not body.stream:  # since capver 68 only lite requests carry authoritative endpoints
+            endpoints = tuple(str(e) for e in body.endpoints or ())
             if endpoints != node.endpoints:
                 changes["endpoints"] = endpoints
-        version = body.get("Version")
-        if isinstance(version, int) and version != node.capver:
-            changes["capver"] = version
+        if body.version and body.version != node.capver:
+            changes["capver"] = body.version
         if not changes:
             return node
         return self._registry.update_from_map(node, now=now, **changes)
+
+    def _node_changed(self, change: NodeChange) -> None:
+        node = change.node
+        if node is not None and node.approved and node.id in self._approvals:
+            self._approvals.pop(node.id).set()
+
+    def _unapproved(self, node: Node, body: MapRequest, now: datetime) -> ControlResponse:
+        """A node waiting for device approval: a map of itself, not authorized;
+        a streaming poll then waits and turns into the real stream once approved."""
+        node = self._apply_map_request(node, body, now)
+        frame = MapFrameEncoder().encode(unapproved_map(node, self._tailnet.context.derp_map, now))
+        if not body.stream:
+            return ControlResponse(200, b"" if body.omit_peers else frame)
+        return ControlResponse(200, stream=self._await_approval(node.id, frame))
+
+    async def _await_approval(self, node_id: int, first: bytes) -> AsyncIterator[bytes]:
+        encoder = MapFrameEncoder()
+        yield first
+        approved = self._approvals.setdefault(node_id, asyncio.Event())
+        while True:
+            node = self._registry.get(node_id)
+            if node is None:
+                return  # deleted while it waited
+            if node.approved:
+                break
+            settings = self._settings()
+            timeout = self._rng.uniform(settings.keepalive_min, settings.keepalive_max)
+            try:
+                await asyncio.wait_for(approved.wait(), timeout)
+                break
+            except TimeoutError:
+                yield encoder.keepalive()
+        node = self._registry.get(node_id)
+        if node is None or not self._tailnet.serves(node_id):
+            return
+        async for frame in self._stream(node_id):
+            yield frame
 
     def _not_served(
         self, req: ControlRequest, node_key: NodePublic, node: Node | None, now: datetime
@@ -318,7 +530,7 @@ class ControlHandler:
             while not handle.closed:
                 full, peers = handle.take()
                 now = self._clock()
-                ctx = self._tailnet.context
+                ctx = self._tailnet.context_for(node_id)
                 msg = None
                 if full:
                     state = build_map(ctx, node_id, now)
@@ -350,39 +562,19 @@ def _json(value: dict[str, Any]) -> ControlResponse:
     return ControlResponse(200, json.dumps(value).encode())
 
 
-def _json_body(req: ControlRequest) -> dict[str, Any]:
+def _decode(kind: type[_Request], req: ControlRequest) -> _Request:
+    """The request body, decoded and bounded before anything is looked up or written."""
     try:
-        body = json.loads(req.body or b"{}")
-    except ValueError as exc:
-        raise RequestRejected(400, f"request body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise RequestRejected(400, "request body must be a JSON object")
-    return body
+        return decode_json(kind, req.body or b"{}", limit=limits.MAX_REQUEST_BODY)
+    except WireError as exc:
+        raise RequestRejected(400, str(exc)) from None
 
 
-def _check_version(body: dict[str, Any], req: ControlRequest) -> None:
-    version = body.get("Version")
-    version = version if isinstance(version, int) else req.noise_version
+def _check_version(sent: int, req: ControlRequest) -> None:
+    version = sent or req.noise_version
     if version < MIN_CAPABILITY_VERSION:
         raise RequestRejected(
             400,
             f"client capability version {version} is too old: tailnetd supports "
             f"{MIN_CAPABILITY_VERSION} (Tailscale 1.80) and newer; please upgrade tailscale",
         )
-
-
-def _key(kind: Any, text: Any, field: str) -> Any:
-    try:
-        return kind.parse(text)
-    except (KeyFormatError, TypeError):
-        raise RequestRejected(400, f"{field} is not a valid {kind.PREFIX} key") from None
-
-
-def _time(text: Any) -> datetime | None:
-    if not isinstance(text, str) or not text or text.startswith("0001-01-01"):
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise RequestRejected(400, f"bad time {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -29,6 +29,7 @@ __all__ = [
     "Metrics",
     "Outcome",
     "RequestCounter",
+    "WebhookDrop",
 ]
 
 Outcome = Literal[
@@ -38,8 +39,12 @@ Outcome = Literal[
     "logout",
     "bad_key",  # unknown, used or revoked pre-auth key
     "expired_key",  # an expired pre-auth key
+    "tags_refused",  # the client asked for tags that tagOwners do not let it carry
     "node_expired",  # the node's own key has expired: it must log in again
-    "needs_login",  # no pre-auth key and no node to resume
+    "needs_login",  # no pre-auth key and no node to resume: given a login URL
+    "login_ok",  # an interactive login was approved
+    "login_refused",  # an interactive login was refused
+    "login_expired",  # an interactive login ran out of time (or was unknown)
     "rejected",  # the request itself was refused (bad body, old client, wrong machine)
 ]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
@@ -55,8 +60,11 @@ REJECTION_REASONS = (
     "tests",
     "signature",
     "compile",
+    "canary",  # a canary rollout aborted (settings.yaml rollout)
 )
 NODE_EVENT_KINDS = ("topology", "volatile", "removed")
+WebhookDrop = Literal["overflow", "gave_up"]
+WEBHOOK_DROPS: tuple[WebhookDrop, ...] = get_args(WebhookDrop)
 # Seconds from a snapshot swap to the last woken session's message.
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 MAX_TRACKED_COMMITS = 16  # commits still waiting for sessions; older ones are dropped
@@ -129,6 +137,29 @@ class Metrics:
             ["route", "method", "status"],
             registry=registry,
         )
+        self._hooks_delivered = Counter(
+            "tailnetd_webhook_deliveries",
+            "Webhook events delivered (a 2xx answer).",
+            registry=registry,
+        )
+        self._hooks_failed = Counter(
+            "tailnetd_webhook_failures",
+            "Webhook delivery attempts that failed (no answer, or not 2xx); each is retried.",
+            registry=registry,
+        )
+        self._hooks_dropped = Counter(
+            "tailnetd_webhook_dropped",
+            "Webhook events given up: `overflow` (queue full, oldest dropped), `gave_up`.",
+            ["reason"],
+            registry=registry,
+        )
+        self._hooks_queued = Gauge(
+            "tailnetd_webhook_queue",
+            "Webhook deliveries waiting to be sent or retried.",
+            registry=registry,
+        )
+        for drop in WEBHOOK_DROPS:
+            self._hooks_dropped.labels(drop)
         for outcome in OUTCOMES:
             self._registrations.labels(outcome)
         for kind in MAP_KINDS:
@@ -156,6 +187,20 @@ class Metrics:
 
     def http_request(self, route: str, method: str, status: int) -> None:
         self._api.labels(route, method, str(status)).inc()
+
+    # Webhooks
+
+    def webhook_delivered(self) -> None:
+        self._hooks_delivered.inc()
+
+    def webhook_failed(self) -> None:
+        self._hooks_failed.inc()
+
+    def webhook_dropped(self, reason: WebhookDrop) -> None:
+        self._hooks_dropped.labels(reason).inc()
+
+    def webhook_queue(self, size: int) -> None:
+        self._hooks_queued.set(size)
 
     # Commit -> client latency
 

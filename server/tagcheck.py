@@ -19,7 +19,14 @@ from typing import Any, Literal
 from gitctl.policy import Policy
 from server.store.model import Node, PreAuthKey
 
-__all__ = ["Undeclared", "check_new_key_tags", "declared_tags", "tag_problem", "undeclared"]
+__all__ = [
+    "Undeclared",
+    "check_new_key_tags",
+    "declared_tags",
+    "key_usable",
+    "tag_problem",
+    "undeclared",
+]
 
 _TAG = re.compile(r"tag:[A-Za-z][A-Za-z0-9-]*")
 
@@ -74,6 +81,12 @@ class Undeclared:
         return f"{what} carries {', '.join(self.tags)}, which the policy's tagOwners do not declare"
 
 
+def key_usable(key: PreAuthKey, now: datetime) -> bool:
+    """Whether the key could still register a node: not revoked, spent or expired."""
+    spent = key.revoked or (key.used and not key.reusable)
+    return not spent and not (key.expiration is not None and now >= key.expiration)
+
+
 def undeclared(
     policy: Policy, nodes: Iterable[Node], keys: Iterable[PreAuthKey], now: datetime
 ) -> list[Undeclared]:
@@ -87,7 +100,6 @@ def undeclared(
 
     found = [Undeclared("node", n.id, n.given_name, outside(n.tags)) for n in nodes]
     for key in keys:
-        spent = key.revoked or (key.used and not key.reusable)
-        if not spent and not (key.expiration is not None and now >= key.expiration):
+        if key_usable(key, now):
             found.append(Undeclared("key", key.id, key.prefix, outside(key.tags)))
     return [entry for entry in found if entry.tags]

@@ -44,6 +44,7 @@ class Index:
         self.nodes: tuple[TopologyNode, ...] = topology.nodes
         email_of = {u.name: u.email for u in topology.users}
         self.users = topology.users
+        self.runtime_groups = topology.groups
         self.all = frozenset(range(len(self.nodes)))
         by_tag: dict[str, set[int]] = defaultdict(set)
         by_email: dict[str, set[int]] = defaultdict(set)
@@ -156,7 +157,14 @@ class Index:
             ns = self.user_nodes(value)
             return Resolved(ns, (), ns)
         if kind == "group":
-            return self.resolve_many(self.policy.groups.get(value, ()))
+            declared = self.resolve_many(self.policy.groups.get(value, ()))
+            extra = self.runtime_groups.get(value, ())
+            if not extra:
+                return declared
+            added = frozenset(i for e in extra for i in self.user_nodes(e))
+            return Resolved(
+                declared.nodes | added, declared.extra, declared.members | added, declared.wildcard
+            )
         if kind == "tag":
             ns = self.by_tag.get(value, frozenset())
             return Resolved(ns, (), ns)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ from .policytests import check_policy_tests
 from .topology import Topology
 from .viewindex import LazyNodes, ViewIndex
 
-__all__ = ["CompiledTailnet", "NodeView", "PeerView", "compile_tailnet"]
+__all__ = ["CompiledTailnet", "NodeView", "PeerView", "compile_tailnet", "reuse_previous"]
 
 
 def compile_tailnet(
@@ -50,7 +51,17 @@ def compile_tailnet(
     if enforce_tests:
         check_policy_tests(policy, topology, now=now)
     index = ViewIndex(policy, topology, tailnet, keep_views=keep_views)
-    changed = None
-    if previous is not None and isinstance(previous.visibility, ViewIndex):
-        changed = index.adopt(previous.visibility)
-    return CompiledTailnet(nodes=LazyNodes(index), visibility=index, changed=changed)
+    return reuse_previous(CompiledTailnet(nodes=LazyNodes(index), visibility=index), previous)
+
+
+def reuse_previous(compiled: CompiledTailnet, previous: CompiledTailnet | None) -> CompiledTailnet:
+    """``compiled`` with ``previous``'s views that the change between the two
+    cannot touch taken over, and ``changed`` naming the others.
+
+    Building an index reads only its frozen inputs, so it may run in another
+    thread; this step reads ``previous``'s caches, which fill in as its views
+    are read: run it where those reads happen (the server's event loop)."""
+    index, old = compiled.visibility, previous.visibility if previous is not None else None
+    if not isinstance(index, ViewIndex) or not isinstance(old, ViewIndex):
+        return compiled
+    return replace(compiled, changed=index.adopt(old))

@@ -78,13 +78,17 @@ class RouteTable:
 
 
 def route_table(
-    policy: Policy, nodes: Sequence[TopologyNode], users: Sequence[TopologyUser]
+    policy: Policy,
+    nodes: Sequence[TopologyNode],
+    users: Sequence[TopologyUser],
+    primaries: Mapping[str, str] | None = None,
 ) -> RouteTable:
     """A route is in effect when advertised and approved (by hand or by
     autoApprovers). Each subnet route has one primary: the earliest
     registered node serving it (by ``created``, then node order), as
-    :func:`elect_primaries` picks it with every router online; exit routes
-    have no primary."""
+    :func:`elect_primaries` picks it among the online routers, keeping the
+    ``primaries`` last served while they stay online; exit routes have no
+    primary."""
     enabled = []
     for n in nodes:
         auto = set(auto_approved_routes(policy, n, n.routable_ips, users) if n.routable_ips else ())
@@ -95,6 +99,9 @@ def route_table(
         for r in rs:
             if not is_exit_route(r):
                 routers.setdefault(r, []).append((i, nodes[i].created))
-    owner = elect_primaries(routers, online=frozenset(range(len(nodes))), previous={})
+    position = {n.name: i for i, n in enumerate(nodes)}
+    previous = {p: position[name] for p, name in (primaries or {}).items() if name in position}
+    online = frozenset(i for i, n in enumerate(nodes) if n.online)
+    owner = elect_primaries(routers, online=online, previous=previous)
     primary = [tuple(r for r in rs if owner.get(r) == i) for i, rs in enumerate(enabled)]
     return RouteTable(enabled=tuple(enabled), primary=tuple(primary))

@@ -21,6 +21,8 @@ ACCEPT_ACTION: Mapping[str, Any] = {
     "allowLocalPortForwarding": True,
     "allowRemotePortForwarding": True,
 }
+# Tailscale's default checkPeriod: a check is remembered for 12 hours.
+DEFAULT_CHECK_PERIOD = 12 * 3600.0
 # Where the client asks the control server to hold and re-check a session.
 CHECK_URL = "https://unused/machine/ssh/action/$SRC_NODE_ID/to/$DST_NODE_ID?local_user=$LOCAL_USER"
 
@@ -162,6 +164,12 @@ class SshIndex:
                     out.extend(sorted(index.by_tag[tag]))
             else:
                 out.extend(sorted(index.resolve(a).members))
+        # defaultSrcPosture narrows SSH sources too: a device failing it may
+        # not log in even where an acl or grant of its own opens port 22.
+        default = index.policy.default_src_posture
+        if default:
+            ok = index.posture_nodes(default)
+            out = [i for i in out if i in ok]
         return out
 
     def visible(self, node: int) -> int:
@@ -182,6 +190,21 @@ class SshIndex:
                 if own & bit:
                     mask |= self._member_masks[email]
         return mask
+
+    def check_period(self, src: int, dst: int) -> float | None:
+        """The `checkPeriod` (seconds) of the first `check` rule that lets node
+        `src` log in to node `dst`: how long the control server may remember
+        an approval before it asks again. None when no check rule applies;
+        DEFAULT_CHECK_PERIOD when the rule names none."""
+        email = self.index.email[src]
+        for r in self._rules:
+            if r.rule.action != "check" or not r.src_mask >> src & 1:
+                continue
+            own = r.has_self and email is not None and email == self.index.email[dst]
+            if dst in r.dsts or own:
+                period = r.rule.check_period
+                return DEFAULT_CHECK_PERIOD if period is None else period
+        return None
 
     def co_sources(self, node: int) -> int:
         """Nodes whose SSH policies list ``node`` without seeing it: with

@@ -96,6 +96,14 @@ def parse_ssh_rule(rule: Mapping[str, Any], i: int, ctx: Ctx) -> SshRule | None:
                     f"checkPeriod {format_go_duration(check_period)} must be a positive duration",
                     (*path, "checkPeriod"),
                 )
+    if "srcPosture" in rule:
+        # Tailscale's SSH rules have no srcPosture (kb/1193, kb/1288: postures
+        # gate acls and grants); refused rather than ignored, never failing open.
+        ctx.fail(
+            "srcPosture is not supported in ssh rules: put the posture on the acl or "
+            "grant that opens port 22, or in defaultSrcPosture",
+            (*path, "srcPosture"),
+        )
     for key in ("recorder", "enforceRecorder"):
         if rule.get(key):
             ctx.fail(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +47,9 @@ class TopologyNode:
     auto_update: bool | None = None  # Hostinfo.AllowsUpdate: auto-update is on
     state_encrypted: bool | None = None  # Hostinfo.StateEncrypted
     created: datetime | None = None  # tailcfg Node.Created
+    # Reachable now. Only the primary-router election reads it: an offline
+    # primary hands its subnets to the next online router (HA failover).
+    online: bool = True
 
 
 def _opt_bool(value: Any) -> bool | None:
@@ -65,6 +68,13 @@ class Topology:
 
     users: tuple[TopologyUser, ...]
     nodes: tuple[TopologyNode, ...]
+    # The primaries last served, prefix -> node name: a primary keeps its
+    # prefix while it is online, so a router that comes back does not flap.
+    primaries: Mapping[str, str] = field(default_factory=dict)
+    # Members a policy group gains at run time, group name -> user emails: the
+    # groups the identity provider gave each user at their last login. They
+    # add to the members the policy file declares and never remove any.
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Topology:
@@ -102,7 +112,24 @@ class Topology:
             )
             for name, n in items
         )
-        return cls(users=users, nodes=nodes)
+        return cls(users=users, nodes=nodes, groups=runtime_groups(doc.get("groups") or {}))
+
+
+def runtime_groups(doc: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Group memberships as JSON (``{"group:eng": ["alice@example.com"]}``) checked
+    and normalised: group names start with ``group:``, members are emails."""
+    if not isinstance(doc, Mapping):
+        raise ValueError("groups: expected an object of group name -> list of emails")
+    out: dict[str, tuple[str, ...]] = {}
+    for name, members in doc.items():
+        if not isinstance(name, str) or not name.startswith("group:"):
+            raise ValueError(f'groups: "{name}": group names must start with "group:"')
+        if not isinstance(members, list) or not all(
+            isinstance(m, str) and "@" in m for m in members
+        ):
+            raise ValueError(f'groups["{name}"]: expected a list of emails')
+        out[name] = tuple(sorted({m.lower() for m in members}))
+    return out
 
 
 def _created(name: str, value: Any) -> datetime | None:

@@ -46,7 +46,7 @@ class ViewIndex:
         self.names = tuple(n.name for n in nodes)
         self.position = {name: i for i, name in enumerate(self.names)}
         index = self.index = Index(policy, topology)
-        self.table = route_table(policy, nodes, topology.users)
+        self.table = route_table(policy, nodes, topology.users, topology.primaries)
         index.set_routes(list(self.table.enabled))
         check_ssh_domains(policy, index)
 
@@ -86,6 +86,8 @@ class ViewIndex:
         # and the earlier views of those nodes, to patch rather than rebuild.
         self.peer_change: PeerChange | None = None
         self._bases: dict[int, NodeView] = {}
+        # What `compare` found against an earlier index, until `adopt` uses it.
+        self._compared: tuple[ViewIndex, frozenset[str] | None, PeerChange | None] | None = None
 
     # -- visibility --------------------------------------------------------
 
@@ -102,6 +104,11 @@ class ViewIndex:
             mask &= ~(1 << i)
             self._visible[i] = mask
         return mask
+
+    def primaries(self) -> dict[str, str]:
+        """Prefix -> the node primary for it now (to pass back as the next
+        compile's `Topology.primaries`, so the election does not flap)."""
+        return {r: self.names[i] for i, rs in enumerate(self.table.primary) for r in rs}
 
     def peer_names(self, name: str) -> list[str]:
         names = self.names
@@ -205,26 +212,39 @@ class ViewIndex:
 
     # -- reuse across changes ------------------------------------------------
 
+    def compare(self, previous: ViewIndex) -> None:
+        """Work out which views the change from ``previous`` (nodes joining or
+        leaving, or a new policy over the same nodes) may touch, for `adopt`.
+
+        It reads ``previous``'s rules and who-sees-whom, never iterates its
+        view caches: it may run in a worker thread while ``previous`` serves."""
+        names = affected(previous, self)
+        change = peer_change(previous, self, names) if names is not None else None
+        self._compared = (previous, names, change)
+
     def adopt(self, previous: ViewIndex) -> frozenset[str] | None:
         """Take over ``previous``'s views of the nodes that the change between
-        it and this index (nodes joining or leaving, or a new policy over the
-        same nodes) cannot have touched.
+        it and this index cannot have touched (see `compare`).
 
         Returns the names whose views may differ (None: possibly all).
         """
-        names = affected(previous, self)
+        if self._compared is None or self._compared[0] is not previous:
+            self.compare(previous)
+        assert self._compared is not None
+        _, names, change = self._compared
+        self._compared = None  # holds the previous index
         if names is None:
             return None
-        change = self.peer_change = peer_change(previous, self, names)
+        self.peer_change = change
         patch = change.viewers if change is not None else frozenset()
-        for i, v in previous.views.items():
+        for i, v in list(previous.views.items()):
             name = previous.names[i]
             if name not in names:
                 self.views[self.position[name]] = v
             elif name in patch:
                 self._bases[self.position[name]] = v
         if previous.names == self.names:  # same positions: who-sees-whom carries over
-            for i, mask in previous._visible.items():
+            for i, mask in list(previous._visible.items()):
                 if self.names[i] not in names:
                     self._visible.setdefault(i, mask)
         return names

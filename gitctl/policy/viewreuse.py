@@ -23,7 +23,11 @@ if TYPE_CHECKING:
 
 def affected(previous: ViewIndex, current: ViewIndex) -> frozenset[str] | None:
     """Names whose views may differ between the two indexes (None: possibly all)."""
-    if previous.topology.users != current.topology.users or previous.tailnet != current.tailnet:
+    if (
+        previous.topology.users != current.topology.users
+        or previous.topology.groups != current.topology.groups
+        or previous.tailnet != current.tailnet
+    ):
         return None
     if previous.policy is current.policy or previous.policy == current.policy:
         return _topology_affected(previous, current)

@@ -2,7 +2,7 @@
 
 The rule, also stated in the schemas' descriptions: a file named `dns.*` or `settings.*`
 holds that section's keys at its top level; in every other file each top-level key names
-a section (`users`, `routes`, `dns`, `settings`) or is a policy key (`acls`, `groups`, …).
+a section (`users`, `routes`, `keys`, `dns`, `settings`) or is a policy key (`acls`, `groups`, …).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = [
     "section_of",
 ]
 
-SECTIONS = ("users", "routes", "dns", "settings", "policy")
+SECTIONS = ("users", "routes", "keys", "dns", "settings", "policy")
 
 # Tailscale's policy-file keys (client/tailscale/acl.go, plus grants/sshTests/ipsets).
 POLICY_KEYS = (
@@ -58,14 +58,14 @@ OWNERS_STEM = "owners"
 # `$schema` is an editor hint, accepted anywhere at the top level and ignored.
 IGNORED_KEYS = ("$schema",)
 
-TOP_LEVEL_KEYS = ("users", "routes", "dns", "settings", *POLICY_KEYS)
+TOP_LEVEL_KEYS = ("users", "routes", "keys", "dns", "settings", *POLICY_KEYS)
 
 
 def section_of(key: str) -> str | None:
     """The section a top-level key belongs to, or None when the key is unknown."""
     if key in POLICY_KEYS:
         return "policy"
-    if key in ("users", "routes", "dns", "settings"):
+    if key in ("users", "routes", "keys", "dns", "settings"):
         return key
     return None
 
@@ -102,6 +102,7 @@ _ENTRIES = MapMerge  # readability below: a map of named entries, each defined o
 SECTION_STRATEGIES: dict[str, Strategy] = {
     "users": CONCAT,
     "routes": CONCAT,
+    "keys": CONCAT,
     "policy": MapMerge(
         {
             "groups": _ENTRIES(label="group"),

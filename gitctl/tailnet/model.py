@@ -13,11 +13,12 @@ import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Literal
 
 from gitctl.diagnostics import Diagnostic, JsonPath
+from gitctl.policy.times import parse_rfc3339
 from gitctl.tailnet.files import Provenance
 
 __all__ = [
@@ -27,8 +28,12 @@ __all__ = [
     "EmbeddedDerp",
     "ExtraRecord",
     "IPNetwork",
+    "KeySpec",
+    "Rollout",
     "RouteApproval",
+    "SecretRef",
     "TailnetSettings",
+    "WebhookTarget",
     "UserSpec",
     "build_model",
     "parse_duration",
@@ -115,6 +120,30 @@ class TailnetSettings:
     embedded_derp: EmbeddedDerp = EmbeddedDerp()
     # Repository-relative allowed-signers file: commits must be signed by a key it lists.
     trusted_signers: str | None = None
+    # "required": new nodes wait for an operator's approval before they see peers.
+    device_approval: Literal["none", "required"] = "none"
+    # Where the server POSTs its events; the signing secret is the server's, never git's.
+    webhooks: tuple[WebhookTarget, ...] = ()
+    # A new commit goes to the canary nodes first and to everyone after the hold.
+    rollout: Rollout | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    canary: str  # the selector: a tag ("tag:canary")
+    hold: timedelta
+
+    def selects(self, tags: tuple[str, ...]) -> bool:
+        return self.canary in tags
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    url: str
+    events: frozenset[str] | None = None  # None: every event type
+
+    def wants(self, event_type: str) -> bool:
+        return self.events is None or event_type in self.events
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +156,30 @@ class RouteApproval:
     tag: str | None
     routes: tuple[IPNetwork, ...]
     machine: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """Where the server reads a declared key's text: an environment variable or a file."""
+
+    kind: Literal["env", "file"]
+    name: str
+
+    def describe(self) -> str:
+        return f"environment variable {self.name}" if self.kind == "env" else f"file {self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """A pre-auth key declared in keys.yaml; its secret stays outside git."""
+
+    name: str
+    user: str | None  # exactly one of user and tags
+    tags: tuple[str, ...]
+    reusable: bool
+    ephemeral: bool
+    expires: datetime | None
+    secret: SecretRef
 
 
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -285,9 +338,18 @@ class _Builder:
         signers = s.get("trusted_signers", {}).get("file")
         if signers is not None:
             signers = self.repo_path(("settings", "trusted_signers", "file"), signers)
-        return TailnetSettings(
-            v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb, signers
+        hooks = tuple(
+            WebhookTarget(h["url"], frozenset(h["events"]) if "events" in h else None)
+            for h in s.get("webhooks", ())
         )
+        rollout = None
+        if "rollout" in s:
+            hold = self.duration(("settings", "rollout", "hold"), s["rollout"]["hold"])
+            rollout = None if hold is None else Rollout(s["rollout"]["canary"], hold)
+        return TailnetSettings(
+            v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb, signers,
+            s.get("device_approval", "none"), hooks, rollout,
+        )  # fmt: skip
 
     def repo_path(self, path: JsonPath, text: str) -> str | None:
         """A repository-relative file path, normalized; None (and an error) if it leaves
@@ -363,6 +425,41 @@ class _Builder:
             )
         return tuple(out)
 
+    def keys(self, items: list[dict[str, Any]], users: tuple[UserSpec, ...]) -> tuple[KeySpec, ...]:
+        names = {u.name for u in users}
+        seen: dict[str, int] = {}
+        out = []
+        for i, k in enumerate(items):
+            first = seen.setdefault(k["name"], i)
+            if first != i:
+                self.error(
+                    ("keys", first, "name"),
+                    f"key name {json.dumps(k['name'])} is also used at "
+                    f"{self.where(('keys', i, 'name'))}",
+                )
+            user = k.get("user")
+            if user is not None and user not in names:
+                self.error(("keys", i, "user"), f"user {json.dumps(user)} is not in users")
+            expires = None
+            if k.get("expires") is not None:
+                try:
+                    expires = parse_rfc3339(k["expires"])
+                except ValueError as exc:
+                    self.error(("keys", i, "expires"), str(exc))
+            ((kind, ref),) = k["secret"].items()
+            out.append(
+                KeySpec(
+                    k["name"],
+                    user,
+                    tuple(k.get("tags") or ()),
+                    bool(k.get("reusable", False)),
+                    bool(k.get("ephemeral", False)),
+                    expires,
+                    SecretRef(kind, ref),
+                )
+            )
+        return tuple(out)
+
 
 @dataclass(frozen=True, slots=True)
 class Model:
@@ -370,6 +467,7 @@ class Model:
     dns: DnsSpec
     settings: TailnetSettings
     routes: tuple[RouteApproval, ...]
+    keys: tuple[KeySpec, ...] = ()
 
 
 def build_model(
@@ -377,10 +475,12 @@ def build_model(
 ) -> tuple[Model, list[Diagnostic]]:
     """Typed sections from a schema-valid merged document, plus any meaning problems."""
     b = _Builder(provenance)
+    users = b.users(document.get("users", []))
     model = Model(
-        users=b.users(document.get("users", [])),
+        users=users,
         dns=b.dns(document.get("dns", {})),
         settings=b.settings(document.get("settings", {})),
         routes=b.routes(document.get("routes", [])),
+        keys=b.keys(document.get("keys", []), users),
     )
     return model, b.diagnostics

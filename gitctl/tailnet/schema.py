@@ -23,7 +23,7 @@ from gitctl.tailnet.owners import is_owners_file
 
 __all__ = ["SCHEMA_KINDS", "load_schema", "validate_file"]
 
-SCHEMA_KINDS = ("users", "policy", "dns", "routes", "settings", "owners")
+SCHEMA_KINDS = ("users", "policy", "dns", "routes", "keys", "settings", "owners")
 
 
 @cache
@@ -38,7 +38,7 @@ def load_schema(kind: str) -> dict[str, Any]:
 @cache
 def _validator(section: str) -> Draft202012Validator:
     schema = load_schema(section)
-    if section in ("users", "routes"):
+    if section in ("users", "routes", "keys"):
         # The file schema is {section: [...]}; a Section holds the list itself.
         schema = {"$schema": schema["$schema"], **schema["properties"][section]}
     return Draft202012Validator(schema)

@@ -16,11 +16,13 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
-from server.api import discovery, v1, v2
+from server.api import discovery, oauth, v1, v2
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, to_routes
 from server.api.openapi import openapi_document
+from server.auth import pages as login_pages
 from server.metrics import RequestCounter
+from server.page import Sessions, page_routes
 
 __all__ = ["WebDeps", "api_endpoints", "build_app", "build_metrics_app", "parse_duration"]
 
@@ -29,7 +31,7 @@ OPENAPI_PATH = "/api/v1/openapi.json"
 
 def api_endpoints(deps: WebDeps) -> list[Endpoint]:
     """Every API endpoint, the OpenAPI document's own included."""
-    endpoints = [*v1.endpoints(deps), *v2.endpoints(deps)]
+    endpoints = [*v1.endpoints(deps), *v2.endpoints(deps), *oauth.endpoints(deps)]
 
     async def openapi(call: Call) -> Any:
         return JSONResponse(document)
@@ -43,7 +45,13 @@ def api_endpoints(deps: WebDeps) -> list[Endpoint]:
 def build_app(deps: WebDeps) -> Starlette:
     api = to_routes(api_endpoints(deps), local=deps.local, store=deps.store, clock=deps.clock)
     probes = discovery.probe_routes(deps, with_metrics=deps.local)
-    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *api]), deps)
+    pages = []
+    if deps.logins is not None:
+        pages = login_pages.routes(deps.logins, deps.ssh_checks, deps.clock)
+    if deps.oidc is not None and not deps.local:  # first: its /register/ redirects
+        pages = [*deps.oidc.routes(), *pages]
+    page = page_routes(deps, Sessions(deps.rng))
+    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *pages, *api, *page]), deps)
 
 
 def build_metrics_app(deps: WebDeps) -> Starlette:

@@ -38,6 +38,7 @@ class Caller:
     scope: ApiScope
     local: bool  # on the unix socket
     key_id: int | None = None
+    key_prefix: str | None = None  # the key's public part, for the audit trail
 
 
 def credential(header: str) -> str | None:
@@ -66,7 +67,7 @@ def authenticate(request: Request, *, local: bool, store: Store, now: datetime) 
         key = store.use_api_key(text, now)
     except KeyRejected as exc:
         raise Problem("unauthorized", exc.reason, headers=_CHALLENGE) from None
-    return Caller(key.scope, local=False, key_id=key.id)
+    return Caller(key.scope, local=False, key_id=key.id, key_prefix=key.prefix)
 
 
 def require(caller: Caller, needs: Needs) -> None:

@@ -6,13 +6,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
+from server.auth.pending import PendingLogins
+from server.auth.sshcheck import SshChecks
 from server.metrics import Metrics
+from server.oidc.login import OidcLogin
 from server.protocol.keys import MachinePublic
-from server.repo import RepoStatus
+from server.sources.repo import RepoStatus
 from server.store.interface import Store
 from server.tailnet import NodeRegistry, Tailnet
+from server.webhooks.source import EventSource
 
 __all__ = ["WebDeps", "parse_duration"]
 
@@ -34,6 +38,17 @@ class WebDeps:
     # The files of the commit being served (gitctl `Documents`), read on demand,
     # for the policy file of `/api/v2/…/acl`; None when they cannot be read.
     documents: Callable[[], Awaitable[Any]] | None = None
+    logins: PendingLogins | None = None  # interactive logins: the register page, approval
+    oidc: OidcLogin | None = None  # logins through an identity provider: its two routes
+    ssh_checks: SshChecks | None = None  # SSH check mode: the check page, approval
+    events: EventSource | None = None  # webhook events of admin actions (keys, approvals)
+    # The commit lifecycle's canary rollout: promote(reason) / abort(reason).
+    rollout: Rollout | None = None
+
+
+class Rollout(Protocol):
+    def promote(self, reason: str) -> None: ...
+    def abort(self, reason: str) -> None: ...
 
 
 def parse_duration(text: str) -> timedelta:

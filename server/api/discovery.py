@@ -1,5 +1,6 @@
 """Routes every client may use without credentials: the server's Noise key,
-DERP probes, the captive-portal check, health and a short index page."""
+DERP probes, the captive-portal check and health (`/` leads to the operator
+page, `server/page/`)."""
 
 from __future__ import annotations
 
@@ -29,15 +30,7 @@ def routes(deps: WebDeps) -> list[Route]:
         headers = {"X-Tailscale-Response": f"response {challenge}"} if challenge else {}
         return Response(status_code=204, headers=headers)
 
-    async def index(request: Request) -> Response:
-        return PlainTextResponse(
-            "tailnetd: a Tailscale control server.\n"
-            "Connect with: tailscale up --login-server=<this URL> --auth-key=<key>\n"
-            "Admin API: /api/v1/openapi.json\n"
-        )
-
     return [
-        Route("/", index),
         Route("/key", key),
         Route("/derp", derp_no_upgrade),
         Route("/derp/probe", derp_probe, methods=["GET", "HEAD"]),

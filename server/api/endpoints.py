@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server.api import audit
 from server.api.auth import Caller, Needs, authenticate, require
 from server.api.problems import Problem, as_problem, problem_response
 from server.bodies import MAX_BODY, parse_body
@@ -76,6 +77,8 @@ def to_routes(
 ) -> list[Route]:
     def wrap(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
+            caller: Caller | None = None
+            body: Any = None
             try:
                 if ep.required == "public":
                     caller = Caller("read", local=local)
@@ -84,20 +87,36 @@ def to_routes(
                     require(caller, ep.required)
                 raw = await _read_body(request, ep.limit)
                 if ep.raw_body is not None:
-                    body: Any = raw
+                    body = raw
                 elif ep.body is not None:
                     body = parse_body(ep.body, raw)
-                else:
-                    body = None
                 result = await ep.handler(Call(request, caller, body))
             except Exception as exc:
                 problem = as_problem(exc)
                 if problem is None:
+                    _record(ep, request, caller, body, 500, "error", type(exc).__name__)
                     raise
+                _record(ep, request, caller, body, problem.status, problem.kind, problem.detail)
                 return problem_response(problem)
-            return result if isinstance(result, Response) else JSONResponse(result)
+            response = result if isinstance(result, Response) else JSONResponse(result)
+            _record(ep, request, caller, body, response.status_code, "ok", None)
+            return response
 
         return endpoint
+
+    def _record(
+        ep: Endpoint,
+        request: Request,
+        caller: Caller | None,
+        body: Any,
+        status: int,
+        result: str,
+        detail: str | None,
+    ) -> None:
+        audit.record(
+            store, ep, now=clock(), caller=caller, path_params=request.path_params,
+            body=body, status=status, result=result, detail=detail,
+        )  # fmt: skip
 
     return [Route(ep.path, wrap(ep), methods=[ep.method]) for ep in endpoints]
 

@@ -3,12 +3,12 @@
 `GET /api/v2/tailnet/-/acl` answers the serving commit's policy file. When one
 HuJSON file of tailnet.d holds the whole policy, that file is served as it is
 (comments and all); otherwise the merged policy is rendered as HuJSON. The
-ETag is the SHA-256 of the HuJSON-formatted text, as gitops-pusher computes it
-for its local file (`sumFile` in tailscale's cmd/gitops-pusher). Known gap:
-the formatter is gitctl's `format_hujson`, not a byte-exact port of Go's
-`hujson.Format` (which expands objects one member per line and aligns values),
-so for most files the ETags differ and gitops-pusher treats an unchanged file
-as changed: `test` still validates it (harmless), `apply` is refused.
+ETag is the SHA-256 of the HuJSON-formatted text, formatted as Go's
+`hujson.Format` does (`gitctl.hujson_format`, a byte-exact port), which is what
+gitops-pusher sums for its local file (`sumFile` in tailscale's
+cmd/gitops-pusher): an unchanged file has the server's ETag, so `apply` does
+nothing and `test` skips validation, as against Tailscale. A text Go's parser
+refuses (which gitops-pusher could not sum either) is hashed as it is.
 
 `check_policy` puts a proposed policy in place of that file and loads the
 commit exactly as the server would (schemas, merge, parse, the policy's
@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gitctl.diagnostics import Diagnostic, Severity
-from gitctl.hujson import HuJSONError, format_hujson, loads
+from gitctl.hujson import HuJSONError, loads
+from gitctl.hujson_format import hujson_format
 from gitctl.snapshot import load_snapshot
 from gitctl.sources import Documents
 from gitctl.tailnet.kinds import IGNORED_KEYS, POLICY_KEYS
@@ -49,8 +50,13 @@ class PolicyFile:
 
 
 def etag_of(text: str) -> str:
-    """`"<sha256 hex>"` of the HuJSON-formatted text (gitops-pusher's sumFile)."""
-    return '"' + hashlib.sha256(format_hujson(text).encode()).hexdigest() + '"'
+    """`"<sha256 hex>"` of the text as Go's hujson.Format formats it (gitops-pusher's sumFile)."""
+    data = text.encode()
+    try:
+        data = hujson_format(data)
+    except HuJSONError:
+        pass
+    return '"' + hashlib.sha256(data).hexdigest() + '"'
 
 
 def _policy_only_files(docs: Documents) -> dict[str, tuple[str, Any]]:
@@ -79,7 +85,7 @@ def policy_file(docs: Documents) -> PolicyFile:
         own = {k: v for k, v in value.items() if k in POLICY_KEYS}
         if own == merged:
             return PolicyFile(path, text, merged, verbatim=True)
-    rendered = format_hujson(json.dumps(merged, indent="\t"))
+    rendered = hujson_format(json.dumps(merged, indent="\t").encode()).decode()
     path = next(iter(candidates), posixpath.join(docs.root, DEFAULT_NAME))
     return PolicyFile(path, rendered, merged, verbatim=False)
 

@@ -10,14 +10,30 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from server.api.common import check_tags, find_node, optional_time
+from server.api.audit import MAX_LIMIT as AUDIT_MAX
+from server.api.audit import audit_json, parse_since
+from server.api.common import check_tags, find_node, optional_time, set_expiry_disabled
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, Param
-from server.bodies import CreateApiKey, CreatePreAuthKey, NoBody, RenameNode, SetTags
-from server.history import MAX_LIMIT as HISTORY_MAX
-from server.history import history_json
+from server.api.problems import Problem
+from server.auth.pending import LoginGone, PendingLogin
+from server.bodies import (
+    CreateApiKey,
+    CreatePreAuthKey,
+    NoBody,
+    RefuseLogin,
+    RegisterNode,
+    RenameNode,
+    SetKeyExpiry,
+    SetTags,
+)
+from server.drift import find_drift
+from server.inventory import inventory_json
 from server.logs import event
-from server.repo import Rejection
+from server.sources.history import MAX_LIMIT as HISTORY_MAX
+from server.sources.history import history_json
+from server.sources.repo import Rejection
+from server.sources.rollout import RolloutError
 from server.store.model import ApiKey, Node, PreAuthKey
 from server.tagcheck import check_new_key_tags, undeclared
 from server.wire import format_time
@@ -64,6 +80,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "key_expiry": optional_time(n.key_expiry),
             "machine_key": n.machine_key.text,
             "node_key": n.node_key.text,
+            "approved": n.approved,
         }
 
     def key_json(k: PreAuthKey) -> dict[str, Any]:
@@ -128,6 +145,18 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             await deps.sync()
         return await status(call)
 
+    async def decide_rollout(call: Call) -> Any:
+        verb = call.path("verb")
+        if deps.rollout is None or verb not in ("promote", "abort"):
+            raise Problem("not-found", f"no such action {verb!r}: promote or abort")
+        decide = deps.rollout.promote if verb == "promote" else deps.rollout.abort
+        try:
+            decide(f"{verb}d by an administrator ({via})")
+        except RolloutError as exc:
+            raise Problem("conflict", str(exc)) from None
+        acted(f"api.rollout_{verb}", f"rollout: {verb}")
+        return await status(call)
+
     async def list_users(call: Call) -> Any:
         counts: dict[str, int] = {}
         for n in registry.nodes():
@@ -165,6 +194,22 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         node_acted("api.node_expired", "expired", expired_node)
         return node_json(expired_node)
 
+    async def node_expiry(call: Call) -> Any:
+        node = find_node(registry, call.path("ref"))
+        body: SetKeyExpiry = call.body
+        changed = set_expiry_disabled(tailnet, registry, node, body.disabled, clock())
+        verb = "key expiry disabled" if body.disabled else "key expiry enabled"
+        node_acted("api.node_expiry", verb, changed)
+        return node_json(changed)
+
+    async def approve_node(call: Call) -> Any:
+        node = find_node(registry, call.path("ref"))
+        if node.approved:
+            return node_json(node)
+        approved = registry.approve(node.id)
+        node_acted("api.node_approved", "approved", approved)
+        return node_json(approved)
+
     async def rename_node(call: Call) -> Any:
         node = find_node(registry, call.path("ref"))
         renamed = registry.rename(node.id, call.body.name)
@@ -177,6 +222,80 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         tagged = registry.set_tags(node.id, tags)
         node_acted("api.node_tagged", "tagged " + ",".join(tags), tagged)
         return node_json(tagged)
+
+    def login_json(p: PendingLogin) -> dict[str, Any]:
+        return {
+            "auth_id": p.auth_id,
+            "url": p.url,
+            "hostname": p.hostname,
+            "machine_key": p.machine_key.text,
+            "state": p.state,
+            "created": format_time(p.created),
+            "expires": format_time(p.expires),
+        }
+
+    def logins() -> Any:
+        if deps.logins is None:
+            raise Problem("not-found", "interactive login is not enabled on this server")
+        return deps.logins
+
+    async def list_logins(call: Call) -> Any:
+        return [login_json(p) for p in logins().waiting()]
+
+    async def register_node(call: Call) -> Any:
+        body: RegisterNode = call.body
+        if body.user not in tailnet.source.users:
+            known = ", ".join(sorted(tailnet.source.users)) or "none"
+            raise ValueError(f"user {body.user!r} is not in tailnet.d (known users: {known})")
+        try:
+            node = logins().complete(body.auth_id, body.user)
+        except LoginGone as exc:
+            raise Problem("not-found", str(exc)) from None
+        node_acted("api.node_registered", f"registered for {body.user}", node)
+        return node_json(node)
+
+    async def refuse_login(call: Call) -> Any:
+        try:
+            refused = logins().refuse(call.path("auth_id"), call.body.reason)
+        except LoginGone as exc:
+            raise Problem("not-found", str(exc)) from None
+        acted("api.login_refused", "login %s refused", refused.auth_id, auth_id=refused.auth_id)
+        return login_json(refused)
+
+    def checks() -> Any:
+        if deps.ssh_checks is None:
+            raise Problem("not-found", "SSH check mode is not enabled on this server")
+        return deps.ssh_checks
+
+    def check_json(c: Any) -> dict[str, Any]:
+        return {
+            "auth_id": c.auth_id,
+            "url": c.url,
+            "src_node": c.src_node,
+            "dst_node": c.dst_node,
+            "user": c.src_user,
+            "local_user": c.local_user,
+            "state": c.state,
+            "created": format_time(c.created),
+            "expires": format_time(c.expires),
+        }
+
+    async def list_checks(call: Call) -> Any:
+        return [check_json(c) for c in checks().waiting()]
+
+    async def decide_check(call: Call) -> Any:
+        auth_id, verb = call.path("auth_id"), call.path("verb")
+        try:
+            if verb == "approve":
+                decided = checks().approve(auth_id, f"an administrator ({via})", clock())
+            elif verb == "refuse":
+                decided = checks().refuse(auth_id, "refused by an administrator")
+            else:
+                raise Problem("not-found", f"no such action {verb!r}: approve or refuse")
+        except LoginGone as exc:
+            raise Problem("not-found", str(exc)) from None
+        acted(f"api.ssh_check_{verb}", f"SSH check %s: {verb}", auth_id, auth_id=auth_id)
+        return check_json(decided)
 
     async def list_keys(call: Call) -> Any:
         return [key_json(k) for k in store.list_preauth_keys(call.query("user"))]
@@ -198,6 +317,8 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             now=now,
             rng=deps.rng,
         )
+        if deps.events is not None:
+            deps.events.key("created", "preauth", created.id, created.prefix, created.user)
         acted(
             "api.preauthkey_created", "pre-auth key %d created for %s", created.id, body.user,
             key=created.id, user=body.user, tags=list(body.tags),
@@ -207,6 +328,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
     async def expire_key(call: Call) -> Any:
         ref = call.path("ref")
         expired_key = store.expire_preauth_key(int(ref) if ref.isdigit() else ref, clock())
+        if deps.events is not None:
+            deps.events.key(
+                "expired", "preauth", expired_key.id, expired_key.prefix, expired_key.user
+            )
         acted(
             "api.preauthkey_expired", "pre-auth key %d expired", expired_key.id, key=expired_key.id
         )
@@ -224,17 +349,44 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         text, created = store.create_api_key(
             expiration=now + lifetime, now=now, rng=deps.rng, scope=body.scope
         )
+        if deps.events is not None:
+            deps.events.key("created", "api", created.id, created.prefix)
         acted("api.apikey_created", "API key %d created", created.id, key=created.id)
         return {"key": text, **api_key_json(created)}
 
     async def expire_api_key(call: Call) -> Any:
         ref = call.path("ref")
         expired_key = store.expire_api_key(int(ref) if ref.isdigit() else ref, clock())
+        if deps.events is not None:
+            deps.events.key("expired", "api", expired_key.id, expired_key.prefix)
         acted("api.apikey_expired", "API key %d expired", expired_key.id, key=expired_key.id)
         return api_key_json(expired_key)
 
     async def history(call: Call) -> Any:
         return history_json(deps.status.journal, call.query("limit"))
+
+    async def audit(call: Call) -> Any:
+        raw = call.query("limit") or "100"
+        if not raw.isdigit() or not 0 < int(raw) <= AUDIT_MAX:
+            raise ValueError(f"limit must be a whole number from 1 to {AUDIT_MAX}")
+        since = parse_since(call.query("since"), clock())
+        return {"audit": [audit_json(e) for e in store.list_audit(since=since, limit=int(raw))]}
+
+    async def drift(call: Call) -> Any:
+        src = tailnet.source
+        declared = src.snapshot.keys if src.snapshot is not None else ()
+        found = find_drift(
+            declared_keys=declared, users=src.users, policy=src.policy,
+            nodes=registry.nodes(), keys=store.list_preauth_keys(), now=clock(),
+        )  # fmt: skip
+        return {"revision": src.id, "drift": [d.to_json() for d in found]}
+
+    async def inventory(call: Call) -> Any:
+        src = tailnet.source
+        return inventory_json(
+            src.users, src.policy.roles, registry.nodes(), tailnet.enabled_routes,
+            revision=src.id, exported=clock(),
+        )  # fmt: skip
 
     node_filters = (
         Param("user", "only nodes owned by this user"),
@@ -248,6 +400,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "POST", "/api/v1/repo/sync", repo_sync, "Read the repository now", "status", body=NoBody
         ),
         Endpoint(
+            "POST", "/api/v1/rollout/{verb}", decide_rollout,
+            "Decide the canary rollout now (verb: promote | abort)", "status", body=NoBody,
+        ),
+        Endpoint(
             "GET",
             "/api/v1/history",
             history,
@@ -255,8 +411,39 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "status",
             query=(Param("limit", f"at most this many entries (1 to {HISTORY_MAX})"),),
         ),
+        Endpoint(
+            "GET", "/api/v1/audit", audit, "Admin actions, newest first: who, what, the result",
+            "status",
+            query=(
+                Param("since", "only entries since: a duration back (12h) or an ISO 8601 time"),
+                Param("limit", f"at most this many entries (1 to {AUDIT_MAX})"),
+            ),
+        ),
         Endpoint("GET", "/api/v1/users", list_users, "Users declared in git", "users"),
+        Endpoint(
+            "GET", "/api/v1/drift", drift,
+            "Runtime state that differs from what git declares (keys, tags, users)", "status",
+        ),
+        Endpoint(
+            "GET", "/api/v1/inventory", inventory,
+            "Users and devices a policy is evaluated against, for gitctl --inventory (no keys)",
+            "users",
+        ),
         Endpoint("GET", "/api/v1/nodes", list_nodes, "List nodes", "nodes", query=node_filters),
+        Endpoint(
+            "POST", "/api/v1/nodes/register", register_node,
+            "Approve an interactive login: its node joins as the user", "nodes", body=RegisterNode,
+        ),
+        Endpoint("GET", "/api/v1/logins", list_logins, "Interactive logins waiting", "nodes"),
+        Endpoint(
+            "POST", "/api/v1/logins/{auth_id}/refuse", refuse_login,
+            "Refuse an interactive login", "nodes", body=RefuseLogin,
+        ),
+        Endpoint("GET", "/api/v1/ssh/checks", list_checks, "SSH checks waiting", "ssh"),
+        Endpoint(
+            "POST", "/api/v1/ssh/checks/{auth_id}/{verb}", decide_check,
+            "Approve or refuse an SSH check (verb: approve | refuse)", "ssh", body=NoBody,
+        ),
         Endpoint("GET", "/api/v1/nodes/{ref}", get_node, "One node", "nodes"),
         Endpoint(
             "DELETE", "/api/v1/nodes/{ref}", delete_node, "Delete a node", "nodes", body=NoBody
@@ -264,6 +451,14 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/expire", expire_node, "Expire a node's key now", "nodes",
             body=NoBody,
+        ),
+        Endpoint(
+            "POST", "/api/v1/nodes/{ref}/expiry", node_expiry,
+            "Disable (or enable again) a node's key expiry", "nodes", body=SetKeyExpiry,
+        ),
+        Endpoint(
+            "POST", "/api/v1/nodes/{ref}/approve", approve_node,
+            "Approve a node waiting for device approval", "nodes", body=NoBody,
         ),
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/rename", rename_node, "Rename a node", "nodes",

@@ -9,19 +9,25 @@ tailnet in a path is `-` (the caller's) or the tailnet's DNS domain.
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
 from gitctl.sources import MAX_FILE_BYTES
-from server.api.common import check_tags, find_node
+from server.api.common import check_tags, find_node, set_expiry_disabled
 from server.api.deps import WebDeps
 from server.api.endpoints import Call, Endpoint
 from server.api.policyfile import PolicyFile, check_policy, policy_file
 from server.api.problems import Problem
-from server.bodies import CreateAuthKeyV2, NoBody, SetAuthorized, SetRoutes, SetTags
+from server.bodies import (
+    CreateAuthKeyV2,
+    NoBody,
+    SetAuthorized,
+    SetDeviceKey,
+    SetRoutes,
+    SetTags,
+)
 from server.store.model import Node, PreAuthKey
 from server.tailnet.views import advertised_routes
 from server.wire import format_time
@@ -44,15 +50,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             known = f"'-' or {domain!r}" if domain else "'-'"
             raise Problem("not-found", f"no tailnet {name!r} here: use {known}")
 
-    def hostinfo(n: Node) -> dict[str, Any]:
-        try:
-            value = json.loads(n.hostinfo)
-        except ValueError:
-            return {}
-        return value if isinstance(value, dict) else {}
-
     def device_json(n: Node) -> dict[str, Any]:
-        info = hostinfo(n)
         users = tailnet.source.users
         domain = tailnet.source.domain
         owner = users[n.user][0] if n.user is not None and n.user in users else "tagged-devices"
@@ -73,8 +71,8 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "connectedToControl": tailnet.is_online(n.id),
             "machineKey": n.machine_key.text,
             "nodeKey": n.node_key.text,
-            "os": str(info.get("OS", "")),
-            "clientVersion": str(info.get("IPNVersion", "")),
+            "os": n.hostinfo.os,
+            "clientVersion": n.hostinfo.ipn_version,
             "updateAvailable": False,
             "blocksIncomingConnections": False,
             "advertisedRoutes": list(advertised_routes(n)),
@@ -109,7 +107,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         return {}
 
     async def authorize(call: Call) -> Any:
-        find_node(registry, call.path("id"))
+        node = find_node(registry, call.path("id"))
         body: SetAuthorized = call.body
         if not body.authorized:
             raise Problem(
@@ -117,12 +115,20 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
                 "tailnetd has no device approval: a device joins with a pre-auth key;"
                 " to take one out, delete it or expire its key",
             )
+        if deps.events is not None:
+            deps.events.node_approved(node, by="api")
         return {}
 
     async def set_tags(call: Call) -> Any:
         node = find_node(registry, call.path("id"))
         body: SetTags = call.body
         registry.set_tags(node.id, check_tags(tailnet, body.tags))
+        return {}
+
+    async def set_key(call: Call) -> Any:
+        node = find_node(registry, call.path("id"))
+        body: SetDeviceKey = call.body
+        set_expiry_disabled(tailnet, registry, node, body.keyExpiryDisabled, clock())
         return {}
 
     async def get_routes(call: Call) -> Any:
@@ -165,6 +171,8 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             now=now,
             rng=deps.rng,
         )
+        if deps.events is not None:
+            deps.events.key("created", "preauth", created.id, created.prefix)
         return {"key": text, "description": body.description or "", **key_json(created)}
 
     async def served_policy() -> tuple[Any, PolicyFile]:
@@ -202,6 +210,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "v2 devices", body=SetAuthorized,
         ),
         Endpoint("POST", f"{dev}/tags", set_tags, "Replace tags", "v2 devices", body=SetTags),
+        Endpoint(
+            "POST", f"{dev}/key", set_key, "Disable or enable key expiry", "v2 devices",
+            body=SetDeviceKey,
+        ),
         Endpoint("GET", f"{dev}/routes", get_routes, "Advertised and enabled routes", "v2 devices"),
         Endpoint(
             "POST", f"{dev}/routes", set_routes, "Refused: routes are approved in git",

@@ -24,18 +24,24 @@ from server.protocol.derp import (
     HANDSHAKE_TIMEOUT,
     PROTOCOL_VERSION,
     ClientHello,
+    ClosePeer,
     DerpConnection,
     DerpError,
     Event,
+    ForwardPacket,
     NotePreferred,
     PeerGoneReason,
     Ping,
     SendPacket,
+    WatchConns,
     looks_like_disco,
 )
 from server.protocol.keys import NodePrivate, NodePublic
 
-__all__ = ["DerpServer", "DerpStats", "DropReason"]
+__all__ = ["DerpServer", "DerpStats", "DropReason", "Forwarder"]
+
+# A mesh peer's way to reach a key connected there: (src, dst, packet) -> sent?
+Forwarder = Callable[[NodePublic, NodePublic, bytes], bool]
 
 QUEUE_DEPTH = 32  # packets per receiver and kind, as tailscale's default
 WRITE_TIMEOUT = 2.0  # tailscale's DefaultTCPWriteTimeout
@@ -50,6 +56,7 @@ class DropReason(StrEnum):
     QUEUE_HEAD = "queue_head"  # receiver's queue was full; its oldest packet went
     GONE_DISCONNECTED = "gone_disconnected"  # receiver left with packets queued
     WRITE_ERROR = "write_error"  # the receiver's socket failed or stalled
+    MESH_BACKLOG = "mesh_backlog"  # the mesh connection to the peer's server is backed up
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,8 @@ class DerpStats:
     pongs_sent: int
     peer_gone_sent: int
     drops: Mapping[DropReason, int]
+    forwarded: int = 0  # packets handed to another server of the region
+    forwarded_in: int = 0  # packets another server of the region handed to us
 
 
 @dataclass(slots=True)
@@ -76,6 +85,8 @@ class _Counters:
     bytes_sent: int = 0
     pongs_sent: int = 0
     peer_gone_sent: int = 0
+    forwarded: int = 0
+    forwarded_in: int = 0
     drops: Counter[DropReason] = field(default_factory=Counter)
 
 
@@ -101,6 +112,8 @@ class _Client:
         self.writer = writer
         self.key: NodePublic | None = None
         self.registered = False
+        self.mesh = False  # another server of the region, not a node
+        self.presence: dict[NodePublic, bool] = {}  # for a mesh watcher: present or gone
         self.closing = False
         self.wake = asyncio.Event()
         self.done = asyncio.Event()
@@ -136,8 +149,12 @@ class DerpServer:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         clock: Callable[[], float] | None = None,
         rng: Callable[[int], bytes] = os.urandom,
+        mesh_key: str | None = None,
     ) -> None:
         self._key = private_key
+        self._mesh_key = mesh_key
+        self._mesh_watchers: set[_Client] = set()
+        self._forwarders: dict[NodePublic, tuple[object, Forwarder]] = {}
         self._public = private_key.public()
         self._is_allowed = is_allowed
         self._keepalive_interval = keepalive_interval
@@ -182,6 +199,8 @@ class DerpServer:
             pongs_sent=c.pongs_sent,
             peer_gone_sent=c.peer_gone_sent,
             drops=dict(c.drops),
+            forwarded=c.forwarded,
+            forwarded_in=c.forwarded_in,
         )
 
     def disconnect(self, key: NodePublic) -> None:
@@ -216,6 +235,7 @@ class DerpServer:
             now=now,
             handshake_timeout=self._handshake_timeout,
             keepalive_interval=self._keepalive_interval,
+            mesh_key=self._mesh_key,
         )
         client = _Client(conn, writer, now)
         self._all.add(client)
@@ -264,9 +284,25 @@ class DerpServer:
                     client.wake.set()
             case NotePreferred(preferred=preferred):
                 client.preferred = preferred
+            case WatchConns():
+                self._mesh_watchers.add(client)
+                client.presence.update(dict.fromkeys(self._by_key, True))
+                client.wake.set()
+            case ForwardPacket(src=src, dst=dst, packet=packet):
+                self._counters.forwarded_in += 1
+                self._deliver(src, dst, packet, None)
+            case ClosePeer(peer=peer):
+                self.disconnect(peer)
 
     def _admit(self, client: _Client, key: NodePublic) -> None:
         client.key = key
+        if client.conn.can_mesh:
+            # Another server of the region (it showed the mesh key): not a node.
+            client.conn.accept(self._now())
+            client.mesh = client.registered = True
+            client.wake.set()
+            self._log.info("derp: %s: mesh peer connected", client.name())
+            return
         try:
             allowed = self._is_allowed(key)
         except Exception:
@@ -287,6 +323,8 @@ class DerpServer:
         connections = self._by_key.setdefault(key, [])
         if connections:
             self._log.info("derp: %s: replaces an earlier connection", client.name())
+        else:
+            self._tell_mesh(key, True)
         connections.append(client)
         client.registered = True
         client.wake.set()
@@ -297,11 +335,26 @@ class DerpServer:
         c = self._counters
         c.packets_received += 1
         c.bytes_received += len(packet)
+        self._deliver(src.key, dst, packet, src)
+
+    def _deliver(
+        self, src_key: NodePublic, dst: NodePublic, packet: bytes, src: _Client | None
+    ) -> None:
+        """To `dst` connected here, else through the mesh peer that has it.
+        `src` is None for a packet a mesh peer forwarded."""
+        c = self._counters
         disco = looks_like_disco(packet)
         targets = self._by_key.get(dst)
         if not targets:
+            forwarder = self._forwarders.get(dst) if src is not None else None
+            if forwarder is not None:
+                if forwarder[1](src_key, dst, packet):
+                    c.forwarded += 1
+                else:
+                    c.drops[DropReason.MESH_BACKLOG] += 1
+                return
             c.drops[DropReason.UNKNOWN_DEST] += 1
-            if disco and src.not_here_limit.allow(self._now()):
+            if src is not None and disco and src.not_here_limit.allow(self._now()):
                 self._queue_peer_gone(src, dst, PeerGoneReason.NOT_HERE)
             return
         target = targets[-1]
@@ -309,11 +362,40 @@ class DerpServer:
         if len(queue) >= self._queue_depth:
             queue.popleft()
             c.drops[DropReason.QUEUE_HEAD] += 1
-        queue.append((src.key, packet))
-        if src.key not in target.senders:
-            target.senders.add(src.key)
-            self._watchers.setdefault(src.key, set()).add(target)
+        queue.append((src_key, packet))
+        if src_key not in target.senders:
+            target.senders.add(src_key)
+            self._watchers.setdefault(src_key, set()).add(target)
         target.wake.set()
+
+    # The mesh: other servers of the region
+
+    def _tell_mesh(self, key: NodePublic, present: bool) -> None:
+        for watcher in self._mesh_watchers:
+            watcher.presence[key] = present
+            watcher.wake.set()
+
+    def add_forwarder(self, key: NodePublic, owner: object, forward: Forwarder) -> None:
+        """`key` is connected to another server of the region; `owner` is our
+        mesh connection to it. The latest one wins, as the client's last
+        connection does."""
+        self._forwarders[key] = (owner, forward)
+
+    def remove_forwarder(self, key: NodePublic, owner: object) -> None:
+        """`key` left that server: those it talked to here learn it is gone."""
+        current = self._forwarders.get(key)
+        if current is None or current[0] is not owner:
+            return
+        del self._forwarders[key]
+        if key not in self._by_key:
+            for watcher in self._watchers.pop(key, ()):
+                watcher.senders.discard(key)
+                self._queue_peer_gone(watcher, key, PeerGoneReason.DISCONNECTED)
+
+    def remove_forwarders(self, owner: object) -> None:
+        """The mesh connection `owner` dropped: nothing is reachable through it."""
+        for key in [k for k, (o, _) in self._forwarders.items() if o is owner]:
+            self.remove_forwarder(key, owner)
 
     def _queue_peer_gone(self, client: _Client, peer: NodePublic, why: PeerGoneReason) -> None:
         if len(client.peer_gone) < MAX_PENDING_PEER_GONE or peer in client.peer_gone:
@@ -332,7 +414,8 @@ class DerpServer:
                 if not watchers:
                     del self._watchers[sender]
         client.senders.clear()
-        if not client.registered or client.key is None:
+        self._mesh_watchers.discard(client)
+        if not client.registered or client.key is None or client.mesh:
             return
         client.registered = False
         key = client.key
@@ -341,6 +424,7 @@ class DerpServer:
         if connections:
             return  # an older connection for the key is still up and takes over
         del self._by_key[key]
+        self._tell_mesh(key, False)
         self._log.debug("derp: %s: gone", client.name())
         for watcher in self._watchers.pop(key, ()):
             watcher.senders.discard(key)
@@ -380,6 +464,12 @@ class DerpServer:
             conn.send_peer_gone(peer, why)
         c.peer_gone_sent += len(client.peer_gone)
         client.peer_gone.clear()
+        for peer, present in client.presence.items():
+            if present:
+                conn.send_peer_present(peer)
+            else:
+                conn.send_peer_gone(peer, PeerGoneReason.DISCONNECTED)
+        client.presence.clear()
         for queue in (client.disco, client.packets):
             while queue:
                 src, packet = queue.popleft()

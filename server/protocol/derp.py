@@ -10,6 +10,7 @@ layout of PyNaCl's `Box.encrypt`.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ __all__ = [
     "NONCE_LEN",
     "PROTOCOL_VERSION",
     "ClientHello",
+    "ClosePeer",
+    "ForwardPacket",
     "ClientInfo",
     "ConnState",
     "DerpConnection",
@@ -44,12 +47,15 @@ __all__ = [
     "FrameType",
     "NotePreferred",
     "PeerGoneReason",
+    "PeerPresentFlags",
     "Ping",
     "Pong",
     "SendPacket",
     "ServerInfo",
     "client_info_frame",
     "encode_frame",
+    "forward_packet_frame",
+    "mesh_key_matches",
     "frame_limit",
     "health_frame",
     "keep_alive_frame",
@@ -57,10 +63,13 @@ __all__ = [
     "note_preferred_frame",
     "open_box",
     "parse_client_info",
+    "parse_forward_packet",
     "parse_peer_gone",
+    "parse_peer_present",
     "parse_server_info",
     "parse_server_key",
     "peer_gone_frame",
+    "peer_present_frame",
     "ping_frame",
     "pong_frame",
     "recv_packet_frame",
@@ -70,6 +79,8 @@ __all__ = [
     "server_info_frame",
     "server_key_frame",
     "split_key",
+    "watch_conns_frame",
+    "WatchConns",
 ]
 
 MAGIC = "DERP🔑".encode()  # 44 45 52 50 f0 9f 94 91
@@ -112,6 +123,15 @@ class FrameType(IntEnum):
 class PeerGoneReason(IntEnum):
     DISCONNECTED = 0x00
     NOT_HERE = 0x01
+
+
+class PeerPresentFlags(IntEnum):
+    """The flags byte after a PeerPresent key (derp.go `PeerPresentFlags`)."""
+
+    IS_REGULAR = 1 << 0
+    IS_MESH_PEER = 1 << 1
+    IS_PROBER = 1 << 2
+    NOT_IDEAL_CONN = 1 << 3
 
 
 class DerpError(Exception):
@@ -388,6 +408,50 @@ def parse_peer_gone(payload: bytes) -> tuple[NodePublic, PeerGoneReason]:
         raise DerpProtocolError(f"unknown peer gone reason {reason}") from None
 
 
+_IPPORT_LEN = 18  # 16-byte IP (v4 mapped into v6) and a 2-byte big-endian port
+
+
+def peer_present_frame(peer: NodePublic, flags: int = PeerPresentFlags.IS_REGULAR) -> bytes:
+    """A mesh watcher learns `peer` is connected here. The address is zero:
+    a mesh peer needs only the key (derpserver sends the client's ip:port)."""
+    return encode_frame(FrameType.PEER_PRESENT, peer.raw + bytes(_IPPORT_LEN) + bytes([flags]))
+
+
+def parse_peer_present(payload: bytes) -> tuple[NodePublic, int]:
+    """Key and flags; old servers send the key alone, then the address without flags."""
+    if len(payload) < KEY_LEN:
+        raise DerpProtocolError("peer present frame is shorter than a key")
+    flags = payload[KEY_LEN + _IPPORT_LEN] if len(payload) > KEY_LEN + _IPPORT_LEN else 0
+    return NodePublic(payload[:KEY_LEN]), flags
+
+
+def watch_conns_frame() -> bytes:
+    return encode_frame(FrameType.WATCH_CONNS)
+
+
+def forward_packet_frame(src: NodePublic, dst: NodePublic, packet: bytes) -> bytes:
+    if len(packet) > MAX_PACKET_SIZE:
+        raise DerpLocalError(f"packet of {len(packet)} bytes is over the {MAX_PACKET_SIZE} limit")
+    return encode_frame(FrameType.FORWARD_PACKET, src.raw + dst.raw + packet)
+
+
+def parse_forward_packet(payload: bytes) -> tuple[NodePublic, NodePublic, bytes]:
+    if len(payload) < 2 * KEY_LEN:
+        raise DerpProtocolError("forward packet frame is shorter than two keys")
+    return (
+        NodePublic(payload[:KEY_LEN]),
+        NodePublic(payload[KEY_LEN : 2 * KEY_LEN]),
+        payload[2 * KEY_LEN :],
+    )
+
+
+def mesh_key_matches(ours: str | None, theirs: str) -> bool:
+    """Constant-time comparison; no mesh key here means no mesh peers."""
+    if not ours:
+        return False
+    return hmac.compare_digest(ours.encode(), theirs.encode())
+
+
 def _ping_payload(data: bytes) -> bytes:
     if len(data) != PING_LEN:
         raise DerpLocalError(f"ping data must be {PING_LEN} bytes")
@@ -450,7 +514,30 @@ class NotePreferred:
     preferred: bool
 
 
-Event = ClientHello | SendPacket | Ping | Pong | NotePreferred
+@dataclass(frozen=True, slots=True)
+class WatchConns:
+    """A mesh peer subscribes to who connects here and who leaves."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPacket:
+    """A mesh peer hands over a packet from its client `src` for `dst` here."""
+
+    src: NodePublic
+    dst: NodePublic
+    packet: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClosePeer:
+    """A mesh peer asks to close `peer`'s connection here."""
+
+    peer: NodePublic
+
+
+Event = (
+    ClientHello | SendPacket | Ping | Pong | NotePreferred | WatchConns | ForwardPacket | ClosePeer
+)
 
 
 class ConnState(Enum):
@@ -518,8 +605,11 @@ class DerpConnection:
         now: float,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
+        mesh_key: str | None = None,
     ) -> None:
         self._key = server_key
+        self._mesh_key = mesh_key
+        self.can_mesh = False  # the client showed our mesh key: another server of the region
         self._rng = rng
         self._keepalive_interval = keepalive_interval
         self._deadline = now + handshake_timeout
@@ -570,6 +660,7 @@ class DerpConnection:
                 return None
             key, info = parse_client_info(self._key, frame.payload)
             self.client = key
+            self.can_mesh = mesh_key_matches(self._mesh_key, info.mesh_key)
             return ClientHello(key, info)
         self._step(_I.FRAME)
         payload = frame.payload
@@ -587,8 +678,16 @@ class DerpConnection:
                 if len(payload) != 1:
                     raise DerpProtocolError("note-preferred frame must be 1 byte")
                 return NotePreferred(payload != b"\x00")
-            case t if t in _MESH_ONLY:
-                raise DerpProtocolError("mesh frames need a mesh key, and this server has none")
+            case t if t in _MESH_ONLY and not self.can_mesh:
+                raise DerpProtocolError("mesh frames need the mesh key")
+            case FrameType.WATCH_CONNS:
+                return WatchConns()
+            case FrameType.FORWARD_PACKET:
+                return ForwardPacket(*parse_forward_packet(payload))
+            case FrameType.CLOSE_PEER:
+                if len(payload) < KEY_LEN:
+                    raise DerpProtocolError("close peer frame is shorter than a key")
+                return ClosePeer(NodePublic(payload[:KEY_LEN]))
         self.unknown_frames += 1
         return None
 
@@ -616,6 +715,9 @@ class DerpConnection:
 
     def send_peer_gone(self, peer: NodePublic, reason: PeerGoneReason) -> None:
         self._send(peer_gone_frame(peer, reason))
+
+    def send_peer_present(self, peer: NodePublic) -> None:
+        self._send(peer_present_frame(peer))
 
     def send_health(self, problem: str) -> None:
         self._send(health_frame(problem))

@@ -34,14 +34,26 @@ class KeyFormatError(ValueError):
     """A key's text or byte form is malformed."""
 
 
-@dataclass(frozen=True, slots=True, eq=False)
 class _Key:
+    # A plain immutable class, not a dataclass: decoders that map dataclasses
+    # to JSON objects (msgspec, server/wire/) must see a key as one opaque value.
+    __slots__ = ("raw",)
     PREFIX: ClassVar[str] = ""
     raw: bytes
 
-    def __post_init__(self) -> None:
-        if len(self.raw) != KEY_LEN:
-            raise KeyFormatError(f"{self.PREFIX}key must be {KEY_LEN} bytes, got {len(self.raw)}")
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != KEY_LEN:
+            raise KeyFormatError(f"{self.PREFIX}key must be {KEY_LEN} bytes, got {len(raw)}")
+        object.__setattr__(self, "raw", raw)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __reduce__(self) -> tuple[type[Self], tuple[bytes]]:
+        return (type(self), (self.raw,))
 
     @classmethod
     def parse(cls, text: str) -> Self:
@@ -85,22 +97,27 @@ class _Key:
 
 
 class MachinePublic(_Key):
+    __slots__ = ()
     PREFIX = "mkey:"
 
 
 class NodePublic(_Key):
+    __slots__ = ()
     PREFIX = "nodekey:"
 
 
 class DiscoPublic(_Key):
+    __slots__ = ()
     PREFIX = "discokey:"
 
 
 class NLPublic(_Key):
+    __slots__ = ()
     PREFIX = "nlpub:"
 
 
 class ChallengePublic(_Key):
+    __slots__ = ()
     PREFIX = "chalpub:"
 
 

@@ -16,13 +16,17 @@ from typing import Any
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import ApiKey, Node, PendingLogin, PreAuthKey
+from server.wire import Hostinfo, WireError, decode, decode_json, encode_json
 
 NODE_COLUMNS = (
     "id, machine_key, node_key, disco_key, ipv4, ipv6, hostname, given_name, user_name,"
     " tags, auth_key_id, ephemeral, created, last_seen, key_expiry, hostinfo, endpoints,"
-    " capver"
+    " capver, approved"
 )
-KEY_COLUMNS = "id, prefix, user_name, reusable, ephemeral, tags, created, expiration, used, revoked"
+KEY_COLUMNS = (
+    "id, prefix, user_name, reusable, ephemeral, tags, created, expiration, used, revoked,"
+    " declared_name"
+)
 API_KEY_COLUMNS = "id, prefix, created, expiration, last_used, scope"
 LOGIN_COLUMNS = "auth_id, machine_key, node_key, ephemeral, created"
 
@@ -59,6 +63,37 @@ def str_tuple(value: str | list[Any]) -> tuple[str, ...]:
     return tuple(str(item) for item in items)
 
 
+def hostinfo_text(hostinfo: Hostinfo) -> str:
+    return encode_json(hostinfo).decode()
+
+
+def hostinfo_from_text(text: str) -> Hostinfo:
+    """A stored Hostinfo. Rows written before the wire model was strict may
+    hold fields that no longer decode (a wrong type, an over-long string):
+    those fields are dropped, never the node."""
+    try:
+        return decode_json(Hostinfo, text, limit=len(text))
+    except WireError:
+        pass
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return Hostinfo()
+    if not isinstance(value, dict):
+        return Hostinfo()
+    for _ in range(len(value) + 1):
+        try:
+            return decode(Hostinfo, value)
+        except WireError as exc:
+            # "Hostinfo.<Field>...: message": drop the top-level field named.
+            path = str(exc).split(":", 1)[0].split(".")
+            field = path[1].split("[", 1)[0] if len(path) > 1 else None
+            if field not in value:
+                return Hostinfo()
+            del value[field]
+    return Hostinfo()
+
+
 def node_from_row(row: Row) -> Node:
     return Node(
         id=row[0],
@@ -76,9 +111,10 @@ def node_from_row(row: Row) -> Node:
         created=dt_required(row[12]),
         last_seen=dt(row[13]),
         key_expiry=dt(row[14]),
-        hostinfo=row[15],
+        hostinfo=hostinfo_from_text(row[15]),
         endpoints=str_tuple(row[16]),
         capver=row[17],
+        approved=bool(row[18]),
     )
 
 
@@ -94,6 +130,7 @@ def key_from_row(row: Row) -> PreAuthKey:
         expiration=dt(row[7]),
         used=bool(row[8]),
         revoked=bool(row[9]),
+        declared_name=row[10],
     )
 
 

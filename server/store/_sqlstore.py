@@ -15,7 +15,7 @@ index is checked against the database inside each of those transactions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -23,8 +23,11 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.store import _declared as declared
 from server.store import _keytables as keytables
+from server.store import _oauthtables as oauth
 from server.store import _rows as rows
+from server.store._eventtables import EventTables
 from server.store._nodeindex import NodeIndex
 from server.store._rand import LOWER_ALNUM, random_text
 from server.store.ipalloc import allocate_ipv4, allocate_ipv6
@@ -36,11 +39,13 @@ from server.store.model import (
     KeyRejected,
     Node,
     NotFound,
+    OAuthClient,
     PendingLogin,
     PreAuthKey,
     Rng,
 )
 from server.store.names import check_label, label_from_hostname
+from server.wire import Hostinfo
 
 __all__ = ["Cursor", "Db", "SqlStore"]
 
@@ -61,7 +66,7 @@ class Db(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor: ...
 
 
-class SqlStore:
+class SqlStore(EventTables):
     _FOR_UPDATE = ""  # the row lock clause, where the backend has one
 
     def __init__(
@@ -159,9 +164,10 @@ class SqlStore:
         ephemeral: bool = False,
         key_expiry: datetime | None = None,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str = "{}",
+        hostinfo: Hostinfo | None = None,
         endpoints: Sequence[str] = (),
         capver: int = 0,
+        approved: bool = True,
     ) -> Node:
         with self._write(index=True) as db:
             existing = self._node_where(db, "machine_key = ?", machine_key.raw)
@@ -179,8 +185,8 @@ class SqlStore:
             cursor = db.execute(
                 "INSERT INTO nodes (machine_key, node_key, disco_key, ipv4, ipv6, hostname,"
                 " given_name, user_name, tags, auth_key_id, ephemeral, created, last_seen,"
-                " key_expiry, hostinfo, endpoints, capver)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)"
+                " key_expiry, hostinfo, endpoints, capver, approved)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)"
                 f" RETURNING {rows.NODE_COLUMNS}",
                 (
                     machine_key.raw,
@@ -196,9 +202,10 @@ class SqlStore:
                     ephemeral,
                     rows.ts(now),
                     rows.ts_or_none(key_expiry),
-                    hostinfo,
+                    rows.hostinfo_text(Hostinfo() if hostinfo is None else hostinfo),
                     rows.json_list(endpoints),
                     capver,
+                    approved,
                 ),
             )
             node = rows.node_from_row(cursor.fetchone())
@@ -269,7 +276,7 @@ class SqlStore:
         *,
         now: datetime,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str | None = None,
+        hostinfo: Hostinfo | None = None,
         hostname: str | None = None,
         endpoints: Sequence[str] | None = None,
         capver: int | None = None,
@@ -278,7 +285,7 @@ class SqlStore:
         if disco_key is not None:
             changes["disco_key"] = disco_key.raw
         if hostinfo is not None:
-            changes["hostinfo"] = hostinfo
+            changes["hostinfo"] = rows.hostinfo_text(hostinfo)
         if hostname is not None:
             changes["hostname"] = hostname
         if endpoints is not None:
@@ -295,6 +302,10 @@ class SqlStore:
     def set_key_expiry(self, node_id: int, when: datetime | None) -> Node:
         with self._write() as db:
             return self._update(db, node_id, key_expiry=rows.ts_or_none(when))
+
+    def set_node_approved(self, node_id: int, approved: bool) -> Node:
+        with self._write() as db:
+            return self._update(db, node_id, approved=approved)
 
     def set_node_tags(self, node_id: int, tags: Sequence[str]) -> Node:
         changes: dict[str, object] = {"tags": rows.json_list(tags)}
@@ -453,6 +464,30 @@ class SqlStore:
                 keytables.expire(db, keytables.PREAUTH_KEYS, id_or_prefix, now)
             )
 
+    def put_declared_key(
+        self,
+        name: str,
+        text: str,
+        *,
+        user: str,
+        reusable: bool,
+        ephemeral: bool,
+        tags: Sequence[str],
+        expiration: datetime | None,
+        now: datetime,
+    ) -> tuple[PreAuthKey, declared.Outcome]:
+        """The key declared in git as `name`, created, rotated or updated to match."""
+        with self._write() as db:
+            return declared.put_declared(
+                db, name, text, user=user, reusable=reusable, ephemeral=ephemeral, tags=tags,
+                expiration=expiration, now=now, lock=self._FOR_UPDATE,
+            )  # fmt: skip
+
+    def expire_undeclared_keys(self, names: Collection[str], now: datetime) -> list[PreAuthKey]:
+        """Expire the declared keys git no longer declares; those expired now."""
+        with self._write() as db:
+            return declared.expire_undeclared(db, names, now)
+
     def revoke_preauth_key(self, id_or_prefix: int | str) -> PreAuthKey:
         with self._write() as db:
             key = self._find_key(db, id_or_prefix)
@@ -499,7 +534,8 @@ class SqlStore:
     def list_api_keys(self) -> list[ApiKey]:
         with self._read() as db:
             found = db.execute(
-                f"SELECT {rows.API_KEY_COLUMNS} FROM api_keys ORDER BY id"
+                f"SELECT {rows.API_KEY_COLUMNS} FROM api_keys"
+                " WHERE oauth_client IS NULL ORDER BY id"
             ).fetchall()
         return [rows.api_key_from_row(row) for row in found]
 
@@ -513,6 +549,33 @@ class SqlStore:
     def _find_api_key(db: Db, id_or_prefix: int | str) -> ApiKey:
         row = keytables.find_row(db, keytables.API_KEYS, id_or_prefix)
         return rows.api_key_from_row(row)
+
+    # OAuth clients (the client-credentials grant) and their access tokens
+
+    def create_oauth_client(
+        self, *, scopes: Sequence[str], description: str, now: datetime, rng: Rng
+    ) -> tuple[str, OAuthClient]:
+        with self._write() as db:
+            return oauth.create_client(db, scopes, description, now, rng)
+
+    def list_oauth_clients(self) -> list[OAuthClient]:
+        with self._read() as db:
+            return oauth.list_clients(db)
+
+    def delete_oauth_client(self, id_or_client_id: int | str) -> OAuthClient:
+        with self._write() as db:
+            return oauth.delete_client(db, id_or_client_id)
+
+    def use_oauth_client(self, client_id: str, secret: str, now: datetime) -> OAuthClient:
+        with self._write() as db:
+            return oauth.use_client(db, client_id, secret, now)
+
+    def issue_oauth_token(
+        self, client: OAuthClient, *, scope: ApiScope, expiration: datetime, now: datetime,
+        rng: Rng,
+    ) -> tuple[str, ApiKey]:  # fmt: skip
+        with self._write() as db:
+            return oauth.issue_token(db, client, scope, expiration, now, rng)
 
     # Pending interactive logins
 
@@ -548,6 +611,21 @@ class SqlStore:
         with self._write() as db:
             cursor = db.execute("DELETE FROM pending_logins WHERE created < ?", (rows.ts(before),))
             return cursor.rowcount
+
+    # -- identity-provider groups ----------------------------------------------------
+
+    def set_login_groups(self, email: str, groups: Sequence[str], now: datetime) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM login_groups WHERE email = ?", (email,))
+            db.execute(
+                "INSERT INTO login_groups (email, groups, updated) VALUES (?, ?, ?)",
+                (email, rows.json_list(sorted(groups)), rows.ts(now)),
+            )
+
+    def login_groups(self) -> dict[str, tuple[str, ...]]:
+        with self._read() as db:
+            found = db.execute("SELECT email, groups FROM login_groups ORDER BY email").fetchall()
+        return {str(row[0]): rows.str_tuple(row[1]) for row in found}
 
 
 def _check_usable(key: PreAuthKey, now: datetime) -> None:

@@ -17,21 +17,25 @@ Every change bumps `generation`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from ipaddress import IPv4Network, IPv6Network
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import (
     AllocationStrategy,
     ApiKey,
     ApiScope,
+    AuditEntry,
     Node,
+    OAuthClient,
+    OutboxItem,
     PendingLogin,
     PreAuthKey,
     Rng,
 )
+from server.wire import Hostinfo
 
 __all__ = ["Store"]
 
@@ -71,9 +75,10 @@ class Store(Protocol):
         ephemeral: bool = False,
         key_expiry: datetime | None = None,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str = "{}",
+        hostinfo: Hostinfo | None = None,
         endpoints: Sequence[str] = (),
         capver: int = 0,
+        approved: bool = True,
     ) -> Node: ...
 
     def reregister_node(
@@ -102,7 +107,7 @@ class Store(Protocol):
         *,
         now: datetime,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str | None = None,
+        hostinfo: Hostinfo | None = None,
         hostname: str | None = None,
         endpoints: Sequence[str] | None = None,
         capver: int | None = None,
@@ -110,6 +115,7 @@ class Store(Protocol):
 
     def touch_last_seen(self, node_id: int, now: datetime) -> None: ...
     def set_key_expiry(self, node_id: int, when: datetime | None) -> Node: ...
+    def set_node_approved(self, node_id: int, approved: bool) -> Node: ...
     def rename_node(self, node_id: int, new_given_name: str) -> Node: ...
 
     def set_node_tags(self, node_id: int, tags: Sequence[str]) -> Node:
@@ -139,6 +145,19 @@ class Store(Protocol):
     def list_preauth_keys(self, user: str | None = None) -> list[PreAuthKey]: ...
     def expire_preauth_key(self, id_or_prefix: int | str, now: datetime) -> PreAuthKey: ...
     def revoke_preauth_key(self, id_or_prefix: int | str) -> PreAuthKey: ...
+    def put_declared_key(
+        self,
+        name: str,
+        text: str,
+        *,
+        user: str,
+        reusable: bool,
+        ephemeral: bool,
+        tags: Sequence[str],
+        expiration: datetime | None,
+        now: datetime,
+    ) -> tuple[PreAuthKey, Literal["created", "rotated", "updated", "unchanged"]]: ...
+    def expire_undeclared_keys(self, names: Collection[str], now: datetime) -> list[PreAuthKey]: ...
 
     # API keys (the admin API over HTTP)
 
@@ -159,6 +178,30 @@ class Store(Protocol):
     def list_api_keys(self) -> list[ApiKey]: ...
     def expire_api_key(self, id_or_prefix: int | str, now: datetime) -> ApiKey: ...
 
+    # OAuth clients (the client-credentials grant) and their access tokens
+
+    def create_oauth_client(
+        self, *, scopes: Sequence[str], description: str, now: datetime, rng: Rng
+    ) -> tuple[str, OAuthClient]:
+        """(the secret, shown once; the client). Its id is the secret's prefix."""
+        ...
+
+    def list_oauth_clients(self) -> list[OAuthClient]: ...
+    def delete_oauth_client(self, id_or_client_id: int | str) -> OAuthClient:
+        """Delete the client; the tokens it was issued stop working at once."""
+        ...
+
+    def use_oauth_client(self, client_id: str, secret: str, now: datetime) -> OAuthClient:
+        """The client if id and secret match (recording its use), else KeyRejected."""
+        ...
+
+    def issue_oauth_token(
+        self, client: OAuthClient, *, scope: ApiScope, expiration: datetime, now: datetime,
+        rng: Rng,
+    ) -> tuple[str, ApiKey]:  # fmt: skip
+        """A new access token (an API key that `list_api_keys` leaves out)."""
+        ...
+
     # Pending interactive logins
 
     def create_pending_login(
@@ -173,3 +216,30 @@ class Store(Protocol):
     def get_pending_login(self, auth_id: str) -> PendingLogin | None: ...
     def delete_pending_login(self, auth_id: str) -> bool: ...
     def delete_pending_logins_before(self, before: datetime) -> int: ...
+
+    # The policy groups each user's last identity-provider login carried (by email).
+    def set_login_groups(self, email: str, groups: Sequence[str], now: datetime) -> None: ...
+    def login_groups(self) -> dict[str, tuple[str, ...]]: ...
+
+    # Audit trail and webhook outbox (server/store/_eventtables.py)
+
+    def record_audit(
+        self,
+        *,
+        at: datetime,
+        actor: str,
+        action: str,
+        target: str | None,
+        params: dict[str, Any],
+        status: int,
+        result: str,
+        detail: str | None = None,
+    ) -> AuditEntry: ...
+    def list_audit(
+        self, *, since: datetime | None = None, limit: int = 100
+    ) -> list[AuditEntry]: ...
+    def add_outbox(self, items: Sequence[tuple[str, str, bytes]]) -> list[OutboxItem]: ...
+    def list_outbox(self) -> list[OutboxItem]: ...
+    def outbox_attempted(self, item_id: int) -> None: ...
+    def remove_outbox(self, item_id: int) -> None: ...
+    def count_outbox(self) -> int: ...

@@ -116,6 +116,81 @@ MIGRATIONS: tuple[Migration, ...] = (
         "API key scopes",
         ("ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin'",),
     ),
+    Migration(
+        4,
+        "audit trail and webhook outbox",
+        (
+            """
+            CREATE TABLE audit_log (
+                id          INTEGER PRIMARY KEY AUTOINCREMENT,
+                at          TEXT    NOT NULL,
+                actor       TEXT    NOT NULL,
+                action      TEXT    NOT NULL,
+                target      TEXT,
+                params      TEXT    NOT NULL,
+                status      INTEGER NOT NULL,
+                result      TEXT    NOT NULL,
+                detail      TEXT
+            )
+            """,
+            "CREATE INDEX audit_log_at ON audit_log (at)",
+            """
+            CREATE TABLE webhook_outbox (
+                id          INTEGER PRIMARY KEY AUTOINCREMENT,
+                url         TEXT    NOT NULL,
+                queue       TEXT    NOT NULL,
+                body        TEXT    NOT NULL,
+                attempts    INTEGER NOT NULL DEFAULT 0
+            )
+            """,
+        ),
+    ),
+    Migration(
+        5,
+        "pre-auth keys declared in git, by name",
+        (
+            "ALTER TABLE preauth_keys ADD COLUMN declared_name TEXT",
+            "CREATE UNIQUE INDEX preauth_keys_declared_name ON preauth_keys (declared_name)",
+        ),
+    ),
+    Migration(
+        6,
+        "device approval: nodes waiting for an operator",
+        ("ALTER TABLE nodes ADD COLUMN approved INTEGER NOT NULL DEFAULT 1",),
+    ),
+    Migration(
+        7,
+        "identity-provider groups of each user's last login",
+        (
+            """
+            CREATE TABLE login_groups (
+                email       TEXT    PRIMARY KEY,
+                groups      TEXT    NOT NULL,
+                updated     TEXT    NOT NULL
+            )
+            """,
+        ),
+    ),
+    Migration(
+        8,
+        "OAuth clients, and the API keys issued to them as access tokens",
+        (
+            """
+            CREATE TABLE oauth_clients (
+                id          INTEGER PRIMARY KEY AUTOINCREMENT,
+                prefix      TEXT    NOT NULL UNIQUE,
+                secret_hash BLOB    NOT NULL,
+                scopes      TEXT    NOT NULL,
+                description TEXT    NOT NULL,
+                created     TEXT    NOT NULL,
+                expiration  TEXT,
+                last_used   TEXT
+            )
+            """,
+            "ALTER TABLE api_keys ADD COLUMN oauth_client INTEGER"
+            " REFERENCES oauth_clients (id) ON DELETE CASCADE",
+        ),
+    ),
 )
 
 
@@ -205,6 +280,81 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         3,
         "API key scopes",
         ("ALTER TABLE api_keys ADD COLUMN scope text NOT NULL DEFAULT 'admin'",),
+    ),
+    Migration(
+        4,
+        "audit trail and webhook outbox",
+        (
+            """
+            CREATE TABLE audit_log (
+                id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                at          timestamptz NOT NULL,
+                actor       text        NOT NULL,
+                action      text        NOT NULL,
+                target      text,
+                params      text        NOT NULL,
+                status      integer     NOT NULL,
+                result      text        NOT NULL,
+                detail      text
+            )
+            """,
+            "CREATE INDEX audit_log_at ON audit_log (at)",
+            """
+            CREATE TABLE webhook_outbox (
+                id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                url         text        NOT NULL,
+                queue       text        NOT NULL,
+                body        text        NOT NULL,
+                attempts    integer     NOT NULL DEFAULT 0
+            )
+            """,
+        ),
+    ),
+    Migration(
+        5,
+        "pre-auth keys declared in git, by name",
+        (
+            "ALTER TABLE preauth_keys ADD COLUMN declared_name text",
+            "CREATE UNIQUE INDEX preauth_keys_declared_name ON preauth_keys (declared_name)",
+        ),
+    ),
+    Migration(
+        6,
+        "device approval: nodes waiting for an operator",
+        ("ALTER TABLE nodes ADD COLUMN approved boolean NOT NULL DEFAULT true",),
+    ),
+    Migration(
+        7,
+        "identity-provider groups of each user's last login",
+        (
+            """
+            CREATE TABLE login_groups (
+                email       text        PRIMARY KEY,
+                groups      jsonb       NOT NULL,
+                updated     timestamptz NOT NULL
+            )
+            """,
+        ),
+    ),
+    Migration(
+        8,
+        "OAuth clients, and the API keys issued to them as access tokens",
+        (
+            """
+            CREATE TABLE oauth_clients (
+                id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                prefix      text        NOT NULL UNIQUE,
+                secret_hash bytea       NOT NULL,
+                scopes      jsonb       NOT NULL,
+                description text        NOT NULL,
+                created     timestamptz NOT NULL,
+                expiration  timestamptz,
+                last_used   timestamptz
+            )
+            """,
+            "ALTER TABLE api_keys ADD COLUMN oauth_client bigint"
+            " REFERENCES oauth_clients (id) ON DELETE CASCADE",
+        ),
     ),
 )
 

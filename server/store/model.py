@@ -12,20 +12,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
-from typing import Literal
+from typing import Any, Literal
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.wire.hostinfo import Hostinfo
 
 __all__ = [
     "AddressExhausted",
     "ApiKey",
+    "AuditEntry",
     "ApiScope",
     "AllocationStrategy",
     "Conflict",
     "InvalidName",
     "KeyRejected",
+    "OAuthClient",
     "Node",
     "NotFound",
+    "OutboxItem",
     "PendingLogin",
     "PreAuthKey",
     "Rng",
@@ -58,9 +62,10 @@ class Node:
     created: datetime
     last_seen: datetime | None
     key_expiry: datetime | None  # None = never expires
-    hostinfo: str  # JSON text as reported, passed through
+    hostinfo: Hostinfo  # as last reported (stored as JSON text)
     endpoints: tuple[str, ...]  # "ip:port"
     capver: int
+    approved: bool = True  # False: waits for an operator (settings.yaml device_approval)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,7 @@ class PreAuthKey:
     expiration: datetime | None  # None = never expires
     used: bool
     revoked: bool
+    declared_name: str | None = None  # the key's name in keys.yaml; None: made through the API
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,20 @@ class ApiKey:
 
 
 @dataclass(frozen=True, slots=True)
+class OAuthClient:
+    """A client of the OAuth client-credentials grant (`/api/v2/oauth/token`):
+    its id is the public prefix of its secret; the tokens it is issued are
+    short-lived API keys, with the scope its Tailscale scope names allow."""
+
+    id: int
+    client_id: str
+    scopes: tuple[str, ...]  # Tailscale's scope names, e.g. "devices:core:read"
+    description: str
+    created: datetime
+    last_used: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class PendingLogin:
     """A node waiting for its user to finish an interactive (web) login."""
 
@@ -99,6 +119,36 @@ class PendingLogin:
     node_key: NodePublic
     ephemeral: bool
     created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One admin action as it was asked and answered: who (`socket`,
+    `apikey:<id>:<prefix>` or `anonymous`), what (the action, its target and
+    its parameters without secrets), when, and the result (`ok`, or the
+    problem's kind with its HTTP status and detail)."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    params: dict[str, Any]
+    status: int
+    result: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A webhook delivery not yet acknowledged: `body` goes to `url`; items of
+    one `queue` (a node, or the tailnet) are delivered in `id` order."""
+
+    id: int
+    url: str
+    queue: str
+    body: bytes
+    attempts: int = 0
 
 
 class StoreError(Exception):

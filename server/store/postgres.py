@@ -22,10 +22,10 @@ Who may write what at the same time, and why row locks:
 - Other writes (endpoints, last seen, key rotation) lock only their own row;
   a UNIQUE clash with another process's write surfaces as `Conflict`.
 
-The seam for change notification: every commit that adds, removes or
-renames a node bumps `node_index_clock.version` in `_write(index=True)`.
-That is where a `NOTIFY` goes when the node registry learns to listen for
-other replicas' changes; nothing listens yet.
+Change notification between replicas: the node registry's changes are sent
+with `notify` right after each write commits (`server.tailnet.replicas`,
+`server.tailnet.pg_listen`). A replica that dies between a commit and its
+NOTIFY also drops its heartbeat; the others then re-read the store.
 """
 
 from __future__ import annotations
@@ -118,6 +118,16 @@ class PostgresStore(SqlStore):
 
     def close(self) -> None:
         self._pool.close()
+
+    @property
+    def url(self) -> str:
+        """Where the database is (for a LISTEN connection of its own)."""
+        return str(self._pool.conninfo)
+
+    def notify(self, channel: str, payload: str) -> None:
+        """`NOTIFY channel, payload`: other replicas' LISTEN connections get it."""
+        with self._pool.connection() as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
     @contextmanager
     def _write(self, *, index: bool = False) -> Iterator[Db]:

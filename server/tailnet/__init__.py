@@ -5,10 +5,11 @@ the per-node views and the map builder."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 
 from server.store.interface import Store
-from server.tailnet.hub import SessionHandle, Tailnet, TailnetSource
+from server.tailnet.hub import Defer, SessionHandle, Tailnet, TailnetSource, defer_on_loop
 from server.tailnet.registry import NodeChange, NodeRegistry
 from server.wire import DerpRegion
 
@@ -28,9 +29,21 @@ def running_tailnet(
     *,
     derp_regions: Sequence[DerpRegion],
     log: logging.Logger,
+    clock: Callable[[], datetime],
+    primaries: Mapping[str, int] | None = None,
+    defer: Defer = defer_on_loop,
 ) -> tuple[NodeRegistry, Tailnet]:
     """A registry over `store` and the tailnet that follows its events."""
     registry = NodeRegistry(store, log=log)
-    tailnet = Tailnet(nodes=registry.nodes(), source=source, derp_regions=derp_regions, log=log)
+    tailnet = Tailnet(
+        nodes=registry.nodes(),
+        source=source,
+        derp_regions=derp_regions,
+        log=log,
+        clock=clock,
+        primaries=primaries,
+        login_groups=store.login_groups(),
+        defer=defer,
+    )
     registry.subscribe(tailnet.apply)
     return registry, tailnet

@@ -7,7 +7,10 @@ Three kinds of change, three costs:
   may differ for a fresh delta against what they hold;
 * a topology change (node joins, leaves, is renamed or re-keyed) rebuilds the
   index reusing every view it cannot affect, and wakes only the sessions
-  whose view may have changed;
+  whose view may have changed; changes arriving close together (a connect
+  storm, a burst of registrations) share one rebuild: the first marks the
+  tailnet unsettled and schedules `settle` a few milliseconds later, and
+  anything that reads the maps before then settles first;
 * a volatile change of one node (endpoints, disco key, home DERP, online)
   recompiles nothing: only the sessions of nodes that can see it get that
   one peer entry again;
@@ -18,21 +21,48 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
+from functools import partial
 from typing import Any
 
-from gitctl.policy import Policy
+from gitctl.policy import CompiledTailnet, Policy
 from gitctl.snapshot import Snapshot
 from gitctl.tailnet import TailnetSettings
 from server.logs import event
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.registry import NodeChange
-from server.tailnet.views import PolicyViews, advertised_routes, compute_views
+from server.tailnet.views import PolicyViews, advertised_routes, compile_views, compute_views
 from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
 
-__all__ = ["SessionHandle", "Tailnet", "TailnetSource"]
+__all__ = [
+    "COALESCE_SECONDS",
+    "Defer",
+    "SessionHandle",
+    "Tailnet",
+    "TailnetSource",
+    "defer_on_loop",
+]
+
+# How long a topology change waits for others to share its recompile.
+COALESCE_SECONDS = 0.005
+
+# Runs the callback later and says True, or says False when it cannot (the
+# caller then runs it now).
+Defer = Callable[[Callable[[], None]], bool]
+
+
+def defer_on_loop(fn: Callable[[], None]) -> bool:
+    """`fn` after `COALESCE_SECONDS` on the running event loop; False without one
+    (synchronous callers: tools, tests) so the change applies at once."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    loop.call_later(COALESCE_SECONDS, fn)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +78,8 @@ class TailnetSource:
     # are the compiler's: it approves with the users resolved to emails.
     explicit_routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     settings: TailnetSettings | None = None  # prefixes, key expiry, ephemeral timeout, DERP
+    # The snapshot itself, for where each policy value came from (file:line).
+    snapshot: Snapshot | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> TailnetSource:
@@ -76,6 +108,7 @@ class TailnetSource:
             policy=snap.policy,
             explicit_routes=explicit,
             settings=snap.settings,
+            snapshot=snap,
         )
 
 
@@ -125,16 +158,31 @@ class Tailnet:
         source: TailnetSource,
         derp_regions: Sequence[DerpRegion],
         log: logging.Logger,
+        clock: Callable[[], datetime],
         online: Iterable[int] = (),
+        primaries: Mapping[str, int] | None = None,
+        login_groups: Mapping[str, tuple[str, ...]] | None = None,
+        defer: Defer = defer_on_loop,
     ) -> None:
         self._log = log
+        self._defer = defer
+        self._unsettled = False  # a recompile is due (scheduled with `defer`)
+        self._generation = 0  # counts what makes an index built before it stale
+        # email -> policy groups of that user's last identity-provider login
+        self._login_groups: dict[str, tuple[str, ...]] = dict(login_groups or {})
+        self._clock = clock  # when `expires` entries count; read at each compile
         self._source = source
         self._derp_regions = tuple(derp_regions)
         self._derp_map = self._derp_map_of(source)
         self._sessions: dict[int, set[SessionHandle]] = {}
         self._online = set(online)
         self._records: dict[int, Node] = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
+        # subnet -> primary router, last served: runtime state, like who is online
+        self._primaries: Mapping[str, int] = dict(primaries or {})
         self._ctx = self._build_context()
+        # Canary rollout: the candidate snapshot, the tag that picks its nodes,
+        # and its maps over the same nodes (None: every node is on `_source`).
+        self._canary: tuple[TailnetSource, str, MapContext] | None = None
 
     # What the maps are built from
 
@@ -144,18 +192,81 @@ class Tailnet:
 
     @property
     def context(self) -> MapContext:
+        self.settle()
         return self._ctx
+
+    def context_for(self, node_id: int) -> MapContext:
+        """The maps `node_id` is served from: the candidate's while it is a
+        canary node during a rollout's hold, the serving snapshot's otherwise."""
+        self.settle()
+        if self._canary is not None and self.is_canary(node_id):
+            return self._canary[2]
+        return self._ctx
+
+    def is_canary(self, node_id: int) -> bool:
+        """During a hold: the node carries the canary tag."""
+        node = self._records.get(node_id)
+        return self._canary is not None and node is not None and self._canary[1] in node.tags
+
+    @property
+    def candidate(self) -> TailnetSource | None:
+        return self._canary[0] if self._canary is not None else None
+
+    @property
+    def primaries(self) -> Mapping[str, int]:
+        """Subnet -> the router serving it now (HA: the election's memory)."""
+        self.settle()
+        return self._primaries
 
     def cut_off(self) -> list[Node]:
         """Registered nodes that are not served: their user is not in git."""
-        served = self._ctx.nodes
-        return [n for n in self._records.values() if n.id not in served]
+        served = self.context.nodes
+        return [n for n in self._records.values() if n.id not in served and n.approved]
 
-    def _served(self, node: Node) -> bool:
-        return bool(node.tags) or node.user is None or node.user in self._source.users
+    def _served(self, node: Node, source: TailnetSource | None = None) -> bool:
+        """In the maps: its owner is in git (or it is tagged), and it is not
+        waiting for device approval."""
+        users = (source or self._source).users
+        owned = bool(node.tags) or node.user is None or node.user in users
+        return owned and node.approved
 
-    def _build_context(self, previous: MapContext | None = None) -> MapContext:
-        nodes = [n for n in self._records.values() if self._served(n)]
+    def _compile_job(
+        self, source: TailnetSource, previous: MapContext | None
+    ) -> Callable[[], CompiledTailnet]:
+        """The policy index of `source` over the nodes as they are now (compared
+        with `previous`'s), as a call that reads only what it holds (frozen
+        records, copies of the runtime state): a worker thread may run it."""
+        nodes = [n for n in self._records.values() if self._served(n, source)]
+        users = [(stable_user_id(name), name, email) for name, (email, _) in source.users.items()]
+        return partial(
+            compile_views,
+            source.policy,
+            users,
+            nodes,
+            self._approved_routes(nodes, source),
+            now=self._clock(),
+            offline_routers=frozenset(
+                n.id for n in nodes if n.id not in self._online and advertised_routes(n)
+            ),
+            primaries=dict(self._primaries),
+            groups=self._group_members(),
+            against=previous.views.compiled if previous is not None else None,
+        )
+
+    def _build_context(
+        self,
+        previous: MapContext | None = None,
+        source: TailnetSource | None = None,
+        compiled: CompiledTailnet | None = None,
+    ) -> MapContext:
+        """The maps of `source` (the serving snapshot's by default) over the
+        live nodes; a candidate's leaves the primaries election alone.
+        `compiled`: the index `_compile_job` made for these very records,
+        else it is built here."""
+        src = source or self._source
+        if compiled is None:
+            compiled = self._compile_job(src, previous)()
+        nodes = [n for n in self._records.values() if self._served(n, src)]
         if hasattr(self, "_ctx"):
             # Unchanged records stay the very objects the last context had, so
             # map refreshes find the changed ones by identity.
@@ -164,22 +275,24 @@ class Tailnet:
                 old if (old := held.get(n.id)) is not None and (old is n or old == n) else n
                 for n in nodes
             ]
-        src = self._source
         users = [(stable_user_id(name), name, email) for name, (email, _) in src.users.items()]
         views = compute_views(
             src.policy,
             users,
             nodes,
-            self._approved_routes(nodes),
+            self._approved_routes(nodes, src),
             previous=previous.views if previous else None,
             previous_nodes=previous.nodes if previous else None,
             reuse=self._ctx.views if hasattr(self, "_ctx") else None,
+            compiled=compiled,
         )
+        if source is None:
+            self._primaries = views.primaries
         return MapContext(
             domain=src.domain,
             nodes={n.id: n for n in nodes},
             views=views,
-            derp_map=self._derp_map,
+            derp_map=self._derp_map if source is None else self._derp_map_of(src),
             dns_config=src.dns_config,
             users=src.users,
             online=frozenset(self._online),
@@ -212,10 +325,12 @@ class Tailnet:
         """The routes `node` advertises that the serving commit approves."""
         return self._approved_routes([node]).get(node.id, ())
 
-    def _approved_routes(self, nodes: Sequence[Node]) -> dict[int, tuple[str, ...]]:
+    def _approved_routes(
+        self, nodes: Sequence[Node], source: TailnetSource | None = None
+    ) -> dict[int, tuple[str, ...]]:
         """The advertised routes git approves by hand: for the machine (its key
         stays with it through renames and re-registrations) or for a tag."""
-        explicit = self._source.explicit_routes
+        explicit = (source or self._source).explicit_routes
         out: dict[int, tuple[str, ...]] = {}
         for node in nodes:
             advertised = advertised_routes(node)
@@ -231,27 +346,51 @@ class Tailnet:
 
     # Changes
 
-    def swap_source(self, source: TailnetSource) -> None:
+    async def swap_source_off_loop(self, source: TailnetSource) -> None:
+        """`swap_source`, with the policy index built in a worker thread so
+        that DERP and map traffic keep flowing while a large commit compiles.
+
+        The thread reads only frozen inputs taken here; the views of the
+        serving index (which sessions keep filling) are adopted on the loop,
+        in `swap_source`. A node change that needs a recompile while the
+        thread runs makes its index stale: it is built again (at last on the loop).
+        """
+        for _ in range(3):
+            self.settle()
+            generation = self._generation
+            compiled = await asyncio.to_thread(self._compile_job(source, self._ctx))
+            if generation == self._generation and not self._unsettled:
+                self.swap_source(source, compiled=compiled)
+                return
+        self.swap_source(source)
+
+    def swap_source(
+        self, source: TailnetSource, *, compiled: CompiledTailnet | None = None
+    ) -> None:
         """Serve a new snapshot: one reference swap, then the sessions whose
-        maps may differ catch up.
+        maps may differ catch up. `compiled`: its index over the current
+        nodes, made by `_compile_job` (else it is built here).
 
         When only the policy changed, the compiler names the nodes its new
         rules can reach and every other view is kept (as is its session,
         asleep); a new domain, DNS config, user list or DERP map reaches every map.
         """
+        self.settle()  # pending node changes first: the commit is then the only difference
+        self._generation += 1
         old, old_derp, old_ctx = self._source, self._derp_map, self._ctx
         self._source = source
         derp_map = self._derp_map_of(source)
         if derp_map != old_derp:
             self._derp_map = derp_map
         try:
-            self._ctx = self._build_context(previous=self._ctx)
+            self._ctx = self._build_context(previous=self._ctx, compiled=compiled)
         except Exception:
             self._source, self._derp_map = old, old_derp
             raise
         self._log.info(
             "serving snapshot %s", source.id[:12], extra=event("snapshot.served", commit=source.id)
         )
+        self.end_canary()  # promoted, or replaced by a commit served to everyone
         self._close_unserved(old_ctx)
         changed = self._ctx.views.changed
         if changed is None or (old.domain, old.dns_config, old.users, old_derp) != (
@@ -264,12 +403,44 @@ class Tailnet:
             return
         self._wake(changed)
 
+    def start_canary(self, source: TailnetSource, tag: str) -> None:
+        """Serve `source` to the nodes tagged `tag` only (a rollout's hold; a
+        newer candidate replaces the one held). Its maps are compiled over
+        every live node, so a canary's peers are what `source` lets it see;
+        every other node stays on the serving snapshot. Raises, changing
+        nothing, when `source` does not compile for the live nodes."""
+        self.settle()
+        old = self._canary
+        ctx = self._build_context(previous=old[2] if old else self._ctx, source=source)
+        self._canary = (source, tag, ctx)
+        self._log.info(
+            "canary nodes (%s) hold snapshot %s",
+            tag,
+            source.id[:12],
+            extra=event("snapshot.canary", commit=source.id, canary=tag),
+        )
+        self._wake(self._canary_ids(tag) | (self._canary_ids(old[1]) if old else set()))
+
+    def end_canary(self) -> None:
+        """The canary nodes go back to the serving snapshot (an abort), or are
+        on it already (a promotion): their sessions catch up either way."""
+        if self._canary is None:
+            return
+        tag = self._canary[1]
+        self._canary = None
+        self._wake(self._canary_ids(tag))
+
+    def _canary_ids(self, tag: str) -> set[int]:
+        return {i for i, n in self._records.items() if tag in n.tags}
+
     def apply(self, change: NodeChange) -> None:
         """A node changed (the registry's event stream)."""
         if change.kind == "removed":
             self._records.pop(change.node_id, None)
             self._online.discard(change.node_id)
             self._ctx.entries.forget(change.node_id)  # its entry and its map memo
+            if self._canary is not None:
+                self._canary[2].entries.forget(change.node_id)
             self._end_sessions(change.node_id)
             self._recompile()
             return
@@ -282,21 +453,79 @@ class Tailnet:
         if change.kind == "topology" or (node.id in self._ctx.nodes) != self._served(node):
             self._recompile()
             return
+        if change.online is not None and advertised_routes(node):
+            # A router came or went: the primary for its subnets may move (HA failover).
+            self._recompile()
+            return
         if node.id not in self._ctx.nodes:
             return  # not served: nobody sees it
-        nodes = dict(self._ctx.nodes)
-        nodes[node.id] = node
-        self._ctx = replace(self._ctx, nodes=nodes, online=frozenset(self._online))
+        self._ctx = self._with_node(self._ctx, node)
+        if self._canary is not None:
+            source, tag, ctx = self._canary
+            self._canary = (source, tag, self._with_node(ctx, node))
         self._notify_viewers(node.id)
         if change.online is None:
             for handle in self._sessions.get(node.id, ()):
                 handle.mark_full()  # its own self entry changed
 
+    def _with_node(self, ctx: MapContext, node: Node) -> MapContext:
+        if node.id not in ctx.nodes:
+            return replace(ctx, online=frozenset(self._online))
+        nodes = dict(ctx.nodes)
+        nodes[node.id] = node
+        return replace(ctx, nodes=nodes, online=frozenset(self._online))
+
+    def set_login_groups(self, email: str, groups: tuple[str, ...]) -> None:
+        """A user logged in through the identity provider with these policy groups:
+        rules naming them now apply to the user's nodes, without a commit."""
+        email = email.lower()
+        if self._login_groups.get(email, ()) == tuple(sorted(groups)):
+            return
+        self._login_groups[email] = tuple(sorted(groups))
+        self._recompile()
+
+    def _group_members(self) -> dict[str, tuple[str, ...]]:
+        members: dict[str, list[str]] = {}
+        for email, groups in sorted(self._login_groups.items()):
+            for group in groups:
+                members.setdefault(group, []).append(email)
+        return {group: tuple(emails) for group, emails in sorted(members.items())}
+
+    def time_passed(self) -> None:
+        """An `expires` instant of the serving policy passed: compile again, so
+        the entries that ended leave the maps without a commit."""
+        self._recompile()
+
     def _recompile(self) -> None:
-        """Nodes joined, left or changed what the policy sees. Views the
-        change cannot touch are reused; only their sessions sleep on."""
+        """Nodes joined, left or changed what the policy sees: recompile soon,
+        once for every change that arrives until then."""
+        self._generation += 1  # an index being built elsewhere is stale now
+        if self._unsettled:
+            return
+        self._unsettled = True
+        if not self._defer(self.settle):
+            self.settle()
+
+    def settle(self) -> None:
+        """Apply the recompile that node changes made due, if any. Views the
+        changes cannot touch are reused; only their sessions sleep on.
+
+        Until then, volatile changes are routed through the views last built
+        (the recompile wakes whoever a topology change gave new viewers)."""
+        if not self._unsettled:
+            return
+        self._unsettled = False
         old_ctx = self._ctx
         self._ctx = self._build_context(previous=old_ctx)
+        if self._canary is not None:
+            # The candidate follows the same nodes; the canary set may move
+            # (a tag given or taken): those sessions change snapshot.
+            source, tag, ctx = self._canary
+            canaries = self._canary_ids(tag)
+            self._canary = (source, tag, self._build_context(previous=ctx, source=source))
+            moved = canaries ^ self._canary_ids(tag)
+            changed = self._canary[2].views.changed
+            self._wake(moved | (canaries if changed is None else changed & canaries))
         self._close_unserved(old_ctx)
         changed = self._ctx.views.changed
         if changed is None:
@@ -331,9 +560,11 @@ class Tailnet:
     # Sessions
 
     def open_session(self, node_id: int) -> SessionHandle:
+        self.settle()  # its own join, if still pending
         handle = SessionHandle(node_id)
         self._sessions.setdefault(node_id, set()).add(handle)
-        self._ctx.views.get(node_id)  # its first map needs it; its viewers are its peers
+        # Its first map needs it; its viewers are its peers.
+        self.context_for(node_id).views.get(node_id)
         return handle
 
     def close_session(self, handle: SessionHandle) -> None:
@@ -346,10 +577,18 @@ class Tailnet:
 
     def waiting(self) -> list[SessionHandle]:
         """Open sessions woken and not yet caught up (they owe their client a message)."""
+        self.settle()
         return [h for handles in self._sessions.values() for h in handles if h.wake.is_set()]
 
+    def record(self, node_id: int) -> Node | None:
+        """The node as this process last learned of it."""
+        return self._records.get(node_id)
+
+    def record_ids(self) -> frozenset[int]:
+        return frozenset(self._records)
+
     def serves(self, node_id: int) -> bool:
-        return node_id in self._ctx.nodes
+        return node_id in self.context_for(node_id).nodes
 
     def is_online(self, node_id: int) -> bool:
         return node_id in self._online
@@ -358,7 +597,11 @@ class Tailnet:
         return frozenset(self._online)
 
     def _notify_viewers(self, node_id: int) -> None:
-        for viewer in self._ctx.views.visible_to(node_id):
+        # Each viewer sees the node as the snapshot it is on shows it.
+        viewers = [v for v in self._ctx.views.visible_to(node_id) if not self.is_canary(v)]
+        if self._canary is not None:
+            viewers += filter(self.is_canary, self._canary[2].views.visible_to(node_id))
+        for viewer in viewers:
             for handle in self._sessions.get(viewer, ()):
                 handle.mark_peer(node_id)
 
@@ -374,4 +617,4 @@ class Tailnet:
 
     @property
     def views(self) -> PolicyViews:
-        return self._ctx.views
+        return self.context.views

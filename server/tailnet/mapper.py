@@ -25,9 +25,9 @@ from typing import Any, cast
 from server.protocol.keys import NodePublic
 from server.store.model import Node
 from server.tailnet.views import NodeView, PeerView, PolicyViews
-from server.wire import TAGGED_USER_ID, format_time, stable_user_id, user_profile_json
+from server.wire import TAGGED_USER_ID, encode, format_time, stable_user_id, user_profile_json
 
-__all__ = ["MapContext", "MapSession", "PeerEntries", "build_map", "node_json"]
+__all__ = ["MapContext", "MapSession", "PeerEntries", "build_map", "node_json", "unapproved_map"]
 
 BASE_SELF_CAPS: dict[str, Any] = {
     "https://tailscale.com/cap/file-sharing": [],
@@ -50,19 +50,9 @@ class MapContext:
     taildrop: bool = True
 
 
-@lru_cache(maxsize=16384)
-def _hostinfo(text: str) -> Mapping[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def home_derp(node: Node) -> int:
-    netinfo = _hostinfo(node.hostinfo).get("NetInfo") or {}
-    region = netinfo.get("PreferredDERP") if isinstance(netinfo, dict) else None
-    return region if isinstance(region, int) else 0
+    netinfo = node.hostinfo.net_info
+    return 0 if netinfo is None else netinfo.preferred_derp
 
 
 def user_id(node: Node) -> int:
@@ -119,7 +109,7 @@ def node_json(
         "AllowedIPs": list(allowed_ips),
         "Endpoints": list(node.endpoints),
         "HomeDERP": home_derp(node),
-        "Hostinfo": _hostinfo(node.hostinfo),
+        "Hostinfo": encode(node.hostinfo),
         "Created": format_time(node.created),
         "Cap": node.capver,
         "MachineAuthorized": True,
@@ -240,6 +230,32 @@ def not_served_map(node_key: NodePublic, now: datetime) -> bytes:
             "Addresses": [],
             "AllowedIPs": [],
         },
+        "Peers": [],
+        "PacketFilter": [],
+        "ControlTime": format_time(now),
+    }
+    return json.dumps(msg).encode()
+
+
+def unapproved_map(node: Node, derp_map: Mapping[str, Any], now: datetime) -> bytes:
+    """The map of a node waiting for device approval: itself, not authorized,
+    and no peers or rules. The client shows that it needs machine
+    authorization and keeps polling; the first map after approval is whole."""
+    msg = {
+        "Node": {
+            "ID": node.id,
+            "StableID": f"n{node.id:05d}",
+            "Name": f"{node.given_name}.",
+            "User": user_id(node),
+            "Key": node.node_key.text,
+            "KeyExpiry": format_time(node.key_expiry),
+            "Machine": node.machine_key.text,
+            "Addresses": list(_addresses(node.ipv4, node.ipv6)),
+            "AllowedIPs": list(_addresses(node.ipv4, node.ipv6)),
+            "MachineAuthorized": False,
+            "Hostinfo": encode(node.hostinfo),
+        },
+        "DERPMap": derp_map,
         "Peers": [],
         "PacketFilter": [],
         "ControlTime": format_time(now),

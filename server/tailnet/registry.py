@@ -29,9 +29,10 @@ from typing import Literal
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.interface import Store
 from server.store.model import Node
-from server.tailnet.views import advertised_routes
+from server.tailnet.views import to_topology_node
+from server.wire import Hostinfo
 
-__all__ = ["ChangeKind", "NodeChange", "NodeRegistry", "classify", "routes_of"]
+__all__ = ["ChangeKind", "NodeChange", "NodeRegistry", "classify"]
 
 ChangeKind = Literal["volatile", "topology", "removed"]
 
@@ -51,48 +52,17 @@ class NodeChange:
 Listener = Callable[[NodeChange], None]
 
 
-def routes_of(node: Node) -> tuple[str, ...]:
-    return advertised_routes(node)
-
-
 def _compiled_facts(node: Node) -> tuple[object, ...]:
-    """What the policy compiler and the views read of a node, routes aside."""
-    return (
-        node.tags,
-        node.user,
-        node.given_name,
-        node.node_key,
-        node.machine_key,
-        node.ipv4,
-        node.ipv6,
-    )
+    """What the policy compiler reads of a node (owner, tags, name, addresses,
+    advertised routes, posture facts from Hostinfo), and its keys."""
+    return (to_topology_node(node, ()), node.node_key, node.machine_key, node.approved)
 
 
 def classify(previous: Node | None, node: Node | None) -> ChangeKind:
     """What a change from `previous` to `node` means to the maps."""
     if node is None:
         return "removed"
-    if previous is None:
-        return "topology"
-    if (
-        previous.tags,
-        previous.user,
-        previous.given_name,
-        previous.node_key,
-        previous.machine_key,
-        previous.ipv4,
-        previous.ipv6,
-    ) != (
-        node.tags,
-        node.user,
-        node.given_name,
-        node.node_key,
-        node.machine_key,
-        node.ipv4,
-        node.ipv6,
-    ):
-        return "topology"
-    if previous.hostinfo != node.hostinfo and routes_of(previous) != routes_of(node):
+    if previous is None or _compiled_facts(previous) != _compiled_facts(node):
         return "topology"
     return "volatile"
 
@@ -103,11 +73,13 @@ class NodeRegistry:
         self._log = log
         self._listeners: list[Listener] = []
         self._connections: dict[int, int] = {}  # node id -> open map streams here
+        self._elsewhere: dict[str, set[int]] = {}  # replica id -> nodes streaming there
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     def publish(self, change: NodeChange) -> None:
+        """Tell every subscriber; also how another replica's changes come in."""
         for listener in self._listeners:
             listener(change)
 
@@ -126,10 +98,58 @@ class NodeRegistry:
         return self._store.list_nodes()
 
     def is_online(self, node_id: int) -> bool:
-        return node_id in self._connections
+        return node_id in self._connections or any(
+            node_id in ids for ids in self._elsewhere.values()
+        )
 
     def online_ids(self) -> frozenset[int]:
+        return frozenset(self._connections).union(*self._elsewhere.values())
+
+    def local_online_ids(self) -> frozenset[int]:
+        """Nodes with a map stream open in this process."""
         return frozenset(self._connections)
+
+    # Other replicas (PostgreSQL LISTEN/NOTIFY): a node is online while any
+    # replica has a stream for it.
+
+    def remote_online(
+        self, replica: str, node_id: int, online: bool, *, publish: bool = True
+    ) -> bool | None:
+        """Replica `replica` opened its first or closed its last stream of
+        `node_id`; whether the node went online or offline (None: neither).
+        Published as a change unless the caller publishes it."""
+        was = self.is_online(node_id)
+        ids = self._elsewhere.setdefault(replica, set())
+        (ids.add if online else ids.discard)(node_id)
+        if not ids:
+            del self._elsewhere[replica]
+        if self.is_online(node_id) == was:
+            return None
+        if publish:
+            node = self._store.get_node(node_id)
+            if node is not None:
+                self.publish(NodeChange("volatile", node_id, node, node, online=not was))
+        return not was
+
+    def removed_elsewhere(self, node_id: int, previous: Node | None) -> None:
+        """Another replica deleted the node: it streams nowhere any more."""
+        for replica in list(self._elsewhere):
+            ids = self._elsewhere[replica]
+            ids.discard(node_id)
+            if not ids:
+                del self._elsewhere[replica]
+        self._connections.pop(node_id, None)
+        self.publish(NodeChange("removed", node_id, None, previous))
+
+    def replica_gone(self, replica: str) -> None:
+        """Replica `replica` stopped (or died): its nodes are offline unless
+        streaming somewhere else."""
+        for node_id in sorted(self._elsewhere.get(replica, ())):
+            self.remote_online(replica, node_id, False)
+        self._elsewhere.pop(replica, None)
+
+    def replicas_seen(self) -> frozenset[str]:
+        return frozenset(self._elsewhere)
 
     # Writes
 
@@ -148,14 +168,17 @@ class NodeRegistry:
         auth_key_id: int | None = None,
         ephemeral: bool = False,
         key_expiry: datetime | None = None,
-        hostinfo: str = "{}",
+        hostinfo: Hostinfo | None = None,
         capver: int = 0,
         disco_key: DiscoPublic | None = None,
         existing: Node | None = None,
+        approved: bool = True,
     ) -> Node:
-        """A node logs in with a pre-auth key: a new node, or `existing` (the
-        same machine) taking the new key, owner and tags. The store uses the
-        pre-auth key in the same transaction as the node write."""
+        """A node logs in (a pre-auth key, an interactive login): a new node, or
+        `existing` (the same machine) taking the new key, owner and tags. The
+        store uses the pre-auth key in the same transaction as the node write.
+        `approved` False: a new node waits for `approve` (device approval);
+        an existing node keeps what it had."""
         if existing is not None:
             node = self._store.reregister_node(
                 existing.id,
@@ -181,8 +204,17 @@ class NodeRegistry:
                 hostinfo=hostinfo,
                 capver=capver,
                 disco_key=disco_key,
+                approved=approved,
             )
         self._changed(existing, node, node.id)
+        return node
+
+    def approve(self, node_id: int) -> Node:
+        """An operator approves a node waiting for device approval: it joins the
+        maps (a topology change)."""
+        previous = self._store.get_node(node_id)
+        node = self._store.set_node_approved(node_id, True)
+        self._changed(previous, node, node_id)
         return node
 
     def renew_key(self, node: Node, node_key: NodePublic, now: datetime) -> Node:
@@ -197,6 +229,14 @@ class NodeRegistry:
         node = self._store.set_key_expiry(node_id, when)
         self._changed(previous, node, node_id)
         return node
+
+    def set_key_expiry_disabled(
+        self, node_id: int, disabled: bool, *, expires: datetime | None
+    ) -> Node:
+        """Disable a node's key expiry (a server that must not drop off the
+        tailnet), or enable it again, expiring at `expires`. A disabled expiry is
+        no expiry: the client's self node stops showing one."""
+        return self.set_key_expiry(node_id, None if disabled else expires)
 
     def rename(self, node_id: int, new_name: str) -> Node:
         previous = self._store.get_node(node_id)
@@ -226,7 +266,7 @@ class NodeRegistry:
         *,
         now: datetime,
         disco_key: DiscoPublic | None = None,
-        hostinfo: str | None = None,
+        hostinfo: Hostinfo | None = None,
         endpoints: Sequence[str] | None = None,
         capver: int | None = None,
     ) -> Node:
@@ -245,10 +285,12 @@ class NodeRegistry:
     def connected(self, node_id: int) -> None:
         """A map stream of `node_id` opened here; the first one makes it online."""
         count = self._connections.get(node_id, 0)
+        was = self.is_online(node_id)
         self._connections[node_id] = count + 1
         if count == 0:
             node = self._store.get_node(node_id)
-            self.publish(NodeChange("volatile", node_id, node, node, online=True))
+            # Online elsewhere already: peers see no change, replicas still learn of it.
+            self.publish(NodeChange("volatile", node_id, node, node, online=None if was else True))
 
     def disconnected(self, node_id: int, now: datetime) -> None:
         """A map stream closed; when it was the last one the node is offline,
@@ -264,4 +306,5 @@ class NodeRegistry:
             return
         self._store.touch_last_seen(node_id, now)
         node = self._store.get_node(node_id)
-        self.publish(NodeChange("volatile", node_id, node, previous, online=False))
+        online = None if self.is_online(node_id) else False  # still streaming elsewhere
+        self.publish(NodeChange("volatile", node_id, node, previous, online=online))

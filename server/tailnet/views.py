@@ -13,16 +13,24 @@ a join or leave merely gives or takes that one peer is patched, not rebuilt.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 from itertools import repeat
 from operator import is_
 from typing import Any, cast
 
-from gitctl.policy import Policy, Topology, TopologyNode, TopologyUser, compile_tailnet
+from gitctl.policy import (
+    CompiledTailnet,
+    Policy,
+    Topology,
+    TopologyNode,
+    TopologyUser,
+    compile_tailnet,
+)
+from gitctl.policy.compile import reuse_previous
 from gitctl.policy.viewindex import ViewIndex
 from gitctl.policy.viewreuse import PeerChange
 from server.store.model import Node
@@ -31,6 +39,7 @@ __all__ = [
     "NodeView",
     "PeerView",
     "PolicyViews",
+    "compile_views",
     "compute_views",
     "to_topology_node",
     "topology_name",
@@ -83,6 +92,7 @@ class PolicyViews:
         # PeerViews without capabilities, by value: a recompile that hands
         # out the same objects lets map refreshes compare peers by identity.
         self.interned: Mapping[_InternKey, PeerView] = {}
+        self.primaries: Mapping[str, int] = {}  # subnet -> its primary router now
 
     @property
     def by_node(self) -> Mapping[int, NodeView]:
@@ -144,7 +154,7 @@ def own_prefixes(node: Node) -> tuple[str, ...]:
 
 
 def advertised_routes(node: Node) -> tuple[str, ...]:
-    return _routes_in(node.hostinfo or "{}")
+    return node.hostinfo.routable_ips or ()
 
 
 @lru_cache(maxsize=65536)
@@ -152,54 +162,11 @@ def _ip_text(ip: IPv4Address | IPv6Address) -> str:
     return str(ip)  # slow for IPv6, and every recompile needs every node's
 
 
-@lru_cache(maxsize=16384)
-def _routes_in(hostinfo: str) -> tuple[str, ...]:
-    # Recompiles re-read every node's Hostinfo; parse each text once.
-    try:
-        parsed = json.loads(hostinfo)
-    except ValueError:
-        return ()
-    routes = parsed.get("RoutableIPs") if isinstance(parsed, dict) else None
-    return tuple(r for r in routes or () if isinstance(r, str))
-
-
-@lru_cache(maxsize=16384)
-def _posture_facts(
-    hostinfo: str,
-) -> tuple[str | None, str | None, str | None, bool | None, bool | None]:
-    """(OS, OSVersion, IPNVersion, AllowsUpdate, StateEncrypted) as reported;
-    anything missing or malformed stays unreported. Parsed once per text:
-    every recompile reads every node's."""
-    try:
-        info = json.loads(hostinfo or "{}")
-    except ValueError:
-        info = {}
-    if not isinstance(info, dict):
-        info = {}
-
-    def text(key: str) -> str | None:
-        value = info.get(key)
-        return value if isinstance(value, str) and value else None
-
-    def flag(key: str) -> bool | None:
-        value = info.get(key)  # a bool, or an opt.Bool: "true", "false" or ""
-        if isinstance(value, str):
-            value = {"true": True, "false": False}.get(value)
-        return value if isinstance(value, bool) else None
-
-    return (
-        text("OS"),
-        text("OSVersion"),
-        text("IPNVersion"),
-        flag("AllowsUpdate"),
-        flag("StateEncrypted"),
-    )
-
-
-def to_topology_node(node: Node, approved: tuple[str, ...]) -> TopologyNode:
+def to_topology_node(node: Node, approved: tuple[str, ...], *, online: bool = True) -> TopologyNode:
     """The policy compiler's view of a registered node, with the posture facts
-    its Hostinfo reports."""
-    os_name, os_version, ts_version, auto_update, state_encrypted = _posture_facts(node.hostinfo)
+    its Hostinfo reports (an empty text is unreported; AllowsUpdate is sent
+    only when true, so its absence stays unreported too)."""
+    info = node.hostinfo
     return TopologyNode(
         name=topology_name(node),
         hostname=node.given_name,
@@ -209,11 +176,13 @@ def to_topology_node(node: Node, approved: tuple[str, ...]) -> TopologyNode:
         ipv6=_ip_text(node.ipv6) if node.ipv6 is not None else None,
         routable_ips=advertised_routes(node),
         approved_routes=approved,
-        os=os_name,
-        os_version=os_version,
-        ts_version=ts_version,
-        auto_update=auto_update,
-        state_encrypted=state_encrypted,
+        os=info.os or None,
+        os_version=info.os_version or None,
+        ts_version=info.ipn_version or None,
+        auto_update=info.allows_update or None,
+        state_encrypted=info.state_encrypted,
+        created=node.created,
+        online=online,
     )
 
 
@@ -236,6 +205,47 @@ def _interner(
     return intern
 
 
+def compile_views(
+    policy: Policy,
+    users: Sequence[tuple[int, str, str]],
+    nodes: Sequence[Node],
+    approved_routes: Mapping[int, tuple[str, ...]],
+    *,
+    now: datetime | None = None,
+    offline_routers: frozenset[int] = frozenset(),
+    primaries: Mapping[str, int] | None = None,
+    groups: Mapping[str, tuple[str, ...]] | None = None,
+    against: CompiledTailnet | None = None,
+) -> CompiledTailnet:
+    """The policy index over these nodes (see `compute_views` for the
+    arguments), compared with `against` (the index serving now) to find the
+    views it may change. It reads only frozen values and never iterates the
+    serving views' caches, so it may run in a worker thread while sessions
+    fill those; `compute_views` then adopts the unchanged views on the loop."""
+    topo = Topology(
+        users=tuple(TopologyUser(id=uid, name=name, email=email) for uid, name, email in users),
+        nodes=tuple(
+            to_topology_node(n, approved_routes.get(n.id, ()), online=n.id not in offline_routers)
+            for n in nodes
+        ),
+        primaries={p: str(i) for p, i in (primaries or {}).items()},
+        groups=dict(groups or {}),
+    )
+    # The policy's `tests` were checked when the commit was loaded (against its own
+    # users and tags); live nodes coming and going must not un-serve a policy.
+    compiled = compile_tailnet(
+        policy,
+        topo,
+        now=now,
+        enforce_tests=False,
+        keep_views=False,  # each is converted once and kept in that form
+    )
+    index, serving = compiled.visibility, against.visibility if against is not None else None
+    if isinstance(index, ViewIndex) and isinstance(serving, ViewIndex):
+        index.compare(serving)
+    return compiled
+
+
 def compute_views(
     policy: Policy,
     users: Sequence[tuple[int, str, str]],
@@ -245,6 +255,11 @@ def compute_views(
     previous: PolicyViews | None = None,
     previous_nodes: Mapping[int, Node] | None = None,
     reuse: PolicyViews | None = None,
+    now: datetime | None = None,
+    offline_routers: frozenset[int] = frozenset(),
+    primaries: Mapping[str, int] | None = None,
+    groups: Mapping[str, tuple[str, ...]] | None = None,
+    compiled: CompiledTailnet | None = None,
 ) -> PolicyViews:
     """Compile `policy` against the live nodes; views are built on demand.
 
@@ -257,25 +272,32 @@ def compute_views(
     `changed` then names the nodes whose maps may differ.
     `reuse` (any earlier views, e.g. of another policy) only lends its
     PeerView objects to equal values, so unchanged peers stay identical.
+    `now` is when `expires` entries count. `offline_routers` are routers not
+    reachable now and `primaries` the primaries last served (prefix -> node
+    id): the election keeps a primary while it is online and moves its
+    subnets to the next online router when it is not; `PolicyViews.primaries`
+    says who it chose. `groups` (policy group -> emails) are members the
+    identity provider gave at login, beside those the policy declares.
+    `compiled`: the index `compile_views` built from these same arguments
+    (in a worker thread), else it is built here.
     After a join or leave, a node that merely gains or loses that peer gets
     its previous view with the peer added or removed (see `_peer_patches`).
     """
     donor = reuse or previous
     table: dict[_InternKey, PeerView] = {}
     intern = _interner(table, donor.interned if donor is not None else {})
-    topo = Topology(
-        users=tuple(TopologyUser(id=uid, name=name, email=email) for uid, name, email in users),
-        nodes=tuple(to_topology_node(n, approved_routes.get(n.id, ())) for n in nodes),
-    )
-    # The policy's `tests` were checked when the commit was loaded (against its own
-    # users and tags); live nodes coming and going must not un-serve a policy.
-    compiled = compile_tailnet(
-        policy,
-        topo,
-        enforce_tests=False,
-        previous=previous.compiled if previous is not None else None,
-        keep_views=False,  # each is converted once and kept in that form
-    )
+    if compiled is None:
+        compiled = compile_views(
+            policy,
+            users,
+            nodes,
+            approved_routes,
+            now=now,
+            offline_routers=offline_routers,
+            primaries=primaries,
+            groups=groups,
+        )
+    compiled = reuse_previous(compiled, previous.compiled if previous is not None else None)
     by_id = {n.id: n for n in nodes}
     id_of = {topology_name(n): n.id for n in nodes}
     # Peers without routes share one compiled view; convert each once. The
@@ -336,6 +358,8 @@ def compute_views(
 
     views = PolicyViews(list(by_id), build, visible, compiled=compiled)
     views.interned = table
+    if index is not None:
+        views.primaries = {p: int(name) for p, name in index.primaries().items()}
     if previous is not None and previous_nodes is not None and compiled.changed is not None:
         views.changed = _changed_ids(compiled.changed, previous, previous_nodes, views, by_id)
         views.adopt(previous, (i for i in by_id if i not in views.changed))
@@ -386,7 +410,8 @@ def _changed_ids(
     expiry) and the nodes that see it."""
     out = {int(name) for name in policy_changed}
     for node_id in old_nodes.keys() | new_nodes.keys():
-        if old_nodes.get(node_id) != new_nodes.get(node_id):
+        was, now = old_nodes.get(node_id), new_nodes.get(node_id)
+        if was is not now and was != now:  # unchanged records are the same objects
             out.add(node_id)
             out.update(old.visible_to(node_id))
             out.update(new.visible_to(node_id))

@@ -1,5 +1,6 @@
 """Real parts for end-to-end tests: a tailnetd server process, real
-`tailscaled` 1.96.4 daemons in userspace-networking mode, and git repos.
+`tailscaled` daemons (1.96.4 unless a test names another version) in
+userspace-networking mode, and git repos.
 
 Everything listens on 127.0.0.1 only. Daemons start in parallel (threads
 around subprocesses) because CI has two cores and minutes matter.
@@ -30,9 +31,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.tailscale_bin import install
+from tests.tailscale_bin import VERSION, install
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+# users.yaml of a tailnet with two people, for tests that need no more.
+ALICE_AND_BOB = """\
+users:
+  - {name: alice, email: alice@example.com}
+  - {name: bob, email: bob@example.com}
+"""
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -192,15 +201,26 @@ class ServerProcess:
     def status(self) -> dict[str, Any]:
         return json.loads(self.admin("status", "--json"))
 
+    def nodes_json(self) -> list[dict[str, Any]]:
+        """`tailnetd nodes list --json`."""
+        return list(json.loads(self.admin("nodes", "list", "--json")))
+
 
 class TailscaleNode:
     """One real tailscaled in userspace-networking mode, private state dir."""
 
     def __init__(
-        self, name: str, workdir: Path, *, ephemeral: bool = False, derp_over_http: bool = True
+        self,
+        name: str,
+        workdir: Path,
+        *,
+        ephemeral: bool = False,
+        derp_over_http: bool = True,
+        version: str = VERSION,
     ) -> None:
         """`derp_over_http=False`: DERP over TLS, as outside tests; set
-        SSL_CERT_FILE in `extra_env` when the server's CA is a test one."""
+        SSL_CERT_FILE in `extra_env` when the server's CA is a test one.
+        `version`: which tailscale client runs (see tests/tailscale_bin.py)."""
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -209,8 +229,11 @@ class TailscaleNode:
         self.ephemeral = ephemeral
         self.derp_over_http = derp_over_http
         self.proc: subprocess.Popen[bytes] | None = None
-        self.bin = install()
+        self.version = version
+        self.bin = install(version=version)
         self.extra_env: dict[str, str] = {}
+        self.extra_args: list[str] = []  # more tailscaled flags, e.g. --verbose=1
+        self.prefix: list[str] = []  # runs tailscaled under it, e.g. `ip netns exec NS`
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -232,6 +255,7 @@ class TailscaleNode:
         log = open(self.dir / "tailscaled.log", "ab")
         self.proc = subprocess.Popen(
             [
+                *self.prefix,
                 str(self.bin / "tailscaled"),
                 "--tun=userspace-networking",
                 f"--statedir={self.dir}",
@@ -240,6 +264,7 @@ class TailscaleNode:
                 "--port=0",
                 "--no-logs-no-support",
                 f"--socks5-server=127.0.0.1:{self.socks_port}",
+                *self.extra_args,
             ],
             env=self.env(),
             stdout=log,
@@ -287,6 +312,13 @@ class TailscaleNode:
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.cli("status", "--json").stdout)
+
+    def peer(self, hostname: str) -> dict[str, Any] | None:
+        """The status entry of the peer whose machine calls itself `hostname`."""
+        for entry in (self.status().get("Peer") or {}).values():
+            if entry["HostName"] == hostname:
+                return dict(entry)
+        return None
 
     def peer_names(self) -> set[str]:
         peers = self.status().get("Peer") or {}
@@ -378,6 +410,13 @@ def _builder(
         .not_valid_before(now - timedelta(days=1))
         .not_valid_after(now + timedelta(days=days))
     )
+
+
+def diagnose(server: ServerProcess, nodes: Iterable[TailscaleNode]) -> str:
+    """The ends of the server's and the daemons' logs, for a failed assertion."""
+    parts = [f"--- tailnetd log ---\n{server.log()[-6000:]}"]
+    parts += [f"--- {n.name} ({n.version}) ---\n{n.log()[-3000:]}" for n in nodes]
+    return "\n".join(parts)
 
 
 def in_parallel(fns: Iterable[Callable[[], Any]]) -> list[Any]:

@@ -4,6 +4,7 @@ one, showing the error, as it does against api.tailscale.com."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,14 +59,23 @@ def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, str, Path]]:
 
 
 def pusher(
-    server: tuple[ServerProcess, str, Path], tmp: Path, policy: str, *args: str
+    server: tuple[ServerProcess, str, Path],
+    tmp: Path,
+    policy: str,
+    *args: str,
+    oauth: tuple[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     proc, api_key, ca = server
     path = tmp / "policy.hujson"
     path.write_text(policy)
+    credentials = (
+        {"TS_API_KEY": api_key}
+        if oauth is None
+        else {"TS_OAUTH_ID": oauth[0], "TS_OAUTH_SECRET": oauth[1]}
+    )
     env = {
         "TS_TAILNET": "-",
-        "TS_API_KEY": api_key,
+        **credentials,
         "SSL_CERT_FILE": str(ca),
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp),
@@ -121,3 +131,40 @@ def test_gitops_pusher_apply_is_told_policy_changes_arrive_by_commit(
     out = pusher((proc, admin_key, ca), tmp_path, GOOD, "apply")
     assert out.returncode != 0
     assert "change it by commit" in out.stdout, out.stdout + out.stderr
+
+
+def test_gitops_pusher_sees_an_unchanged_file_as_unchanged(
+    server: tuple[ServerProcess, str, Path], tmp_path: Path
+) -> None:
+    """Its sum of the local file (SHA-256 of Go's hujson.Format) equals the
+    server's ETag, so `test` skips validation and `apply` has nothing to push,
+    even with a read-only key: the answers it gives against Tailscale."""
+    tested = pusher(server, tmp_path, POLICY, "test")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "no updates found, doing nothing" in tested.stderr, tested.stderr
+    applied = pusher(server, tmp_path, POLICY, "apply")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "no update needed, doing nothing" in applied.stderr, applied.stderr
+
+
+def test_gitops_pusher_with_an_oauth_client(
+    server: tuple[ServerProcess, str, Path], tmp_path: Path
+) -> None:
+    """TS_OAUTH_ID/TS_OAUTH_SECRET: golang.org/x/oauth2's client-credentials flow
+    gets a token from /api/v2/oauth/token and gitops-pusher uses it as against
+    Tailscale; a policy_file:read client may test but not apply, and a wrong
+    secret gets no token."""
+    proc = server[0]
+    created = json.loads(
+        proc.admin("oauth-clients", "create", "--scope", "policy_file:read", "--json")
+    )
+    client = (created["client_id"], created["client_secret"])
+    tested = pusher(server, tmp_path, GOOD, "test", oauth=client)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    failing = pusher(server, tmp_path, FAILING_TEST, "test", oauth=client)
+    assert failing.returncode != 0 and "For user bob@example.com" in failing.stdout
+    applied = pusher(server, tmp_path, GOOD, "apply", oauth=client)
+    assert applied.returncode != 0 and "read scope" in applied.stdout, applied.stdout
+    wrong = pusher(server, tmp_path, GOOD, "test", oauth=(client[0], client[1][:-1] + "x"))
+    assert wrong.returncode != 0
+    assert "invalid_client" in wrong.stdout + wrong.stderr, wrong.stdout + wrong.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -112,25 +113,25 @@ def test_a_route_approved_for_a_machine_stays_with_it(tailnet: Tailnet) -> None:
     routes = f"routes:\n  - {{machine: {key}, node: spare1, routes: [192.168.50.0/24]}}\n"
     tailnet.repo.commit({"routes.yaml": routes}, "approve spare1's subnet by machine")
 
-    def primary(name: str) -> list[str]:
-        entry = peer(laptop, name)
-        return list((entry or {}).get("PrimaryRoutes") or [])
+    def primary(name: str) -> list[str] | None:
+        """The routes laptop1 is told the node named `name` (its DNS label) serves."""
+        for entry in (laptop.status().get("Peer") or {}).values():
+            if entry["DNSName"].split(".")[0] == name:
+                return list(entry.get("PrimaryRoutes") or [])
+        return None
 
     wait_for(lambda: primary("spare1") == ["192.168.50.0/24"], 30, "the approved route")
     # A rename keeps the approval: it is bound to the machine, not the name.
     tailnet.server.admin("nodes", "rename", "spare1", "renamed1")
-    wait_for(lambda: peer(laptop, "spare1") is not None, 5, "peer entry")  # HostName stays
-    assert primary("spare1") == ["192.168.50.0/24"]
-    # Another machine taking the freed name gets nothing.
+    wait_for(lambda: primary("renamed1") == ["192.168.50.0/24"], 30, "the renamed router")
+    # Another machine taking the freed name, and advertising the same subnet, gets nothing.
     thief = tailnet.node("thief", hostname="spare1")
     thief.start()
     thief.up(tailnet.server, tailnet.server.create_key("alice"),
              "--advertise-routes=192.168.50.0/24")  # fmt: skip
-    wait_for(lambda: any(n["name"] == "spare1" for n in tailnet.nodes_json()), 20, "the name")
-    assert primary("spare1") == ["192.168.50.0/24"]  # still only the approved machine
-    thief_peers = [p for p in (laptop.status().get("Peer") or {}).values()
-                   if p["HostName"] == "spare1" and p.get("PrimaryRoutes")]  # fmt: skip
-    assert len(thief_peers) == 1
+    wait_for(lambda: primary("spare1") is not None, 30, "laptop1 to see the newcomer")
+    assert primary("spare1") == []
+    assert primary("renamed1") == ["192.168.50.0/24"]
 
 
 def test_a_deleted_node_s_client_needs_login(tailnet: Tailnet) -> None:
@@ -147,11 +148,33 @@ def test_an_expired_node_s_client_needs_login(tailnet: Tailnet) -> None:
     wait_for(lambda: backend_state(spare) == "NeedsLogin", 30, "the expired node to need login")
 
 
-def test_removing_a_user_from_git_cuts_their_nodes_off(tailnet: Tailnet) -> None:
+def test_an_expiring_grant_reaches_a_connected_client_at_its_instant(tailnet: Tailnet) -> None:
     laptop = tailnet.nodes["laptop1"]
     bob = tailnet.node("bob1")
     bob.start()
     bob.up(tailnet.server, tailnet.server.create_key("bob"))
+    wait_for(lambda: peer(laptop, "bob1") is not None, 30, "laptop1 to see bob1")
+    ends = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=20)
+    stamp = ends.isoformat().replace("+00:00", "Z")
+    expiring = POLICY.replace(
+        '"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],',
+        '"acls": [{"action": "accept", "src": ["alice@example.com", "tag:router"],'
+        ' "dst": ["alice@example.com:*", "tag:router:*"]}],'
+        ' "grants": [{"src": ["bob@example.com"], "dst": ["alice@example.com"], "ip": ["*"],'
+        f' "expires": "{stamp}"}}],',
+    )
+    assert expiring != POLICY
+    tailnet.repo.commit({"policy.hujson": expiring}, "bob may reach alice for 20 s")
+    assert peer(bob, "laptop1") is not None  # still allowed
+    wait_for(lambda: peer(bob, "laptop1") is None, 60, "bob1 to lose laptop1 when the rule ends")
+    assert datetime.now(UTC) >= ends  # not before its instant
+    assert "policy.expired" in tailnet.server.log() or "expired at" in tailnet.server.log()
+
+
+def test_removing_a_user_from_git_cuts_their_nodes_off(tailnet: Tailnet) -> None:
+    laptop = tailnet.nodes["laptop1"]
+    bob = tailnet.nodes["bob1"]
+    tailnet.repo.commit({"policy.hujson": POLICY}, "everyone again")
     wait_for(lambda: peer(laptop, "bob1") is not None, 30, "laptop1 to see bob1")
     alice_only = "".join(line for line in USERS.splitlines(True) if "bob" not in line)
     tailnet.repo.commit({"users.yaml": alice_only}, "bob leaves")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from server.acme import (
+from server.tls.acme import (
     CHECK_MAX,
     AcmeManager,
     AcmeSettings,
@@ -22,9 +22,9 @@ from server.acme import (
     renewal_due,
     retry_delay,
 )
-from server.acme_http import ChallengeResponder
-from server.acme_issue import _csr
-from server.tls import CertificateInfo, certificate_info
+from server.tls.acme_http import ChallengeResponder
+from server.tls.acme_issue import _csr
+from server.tls.certs import CertificateInfo, certificate_info
 from tests.e2e.harness import TestCA
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)

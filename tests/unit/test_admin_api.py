@@ -19,9 +19,9 @@ from starlette.applications import Starlette
 from gitctl.policy import parse_policy
 from gitctl.snapshot import ALLOW_ALL_POLICY
 from server.api import WebDeps, build_app
-from server.history import History
 from server.protocol.keys import MachinePrivate
-from server.repo import RepoStatus
+from server.sources.history import History
+from server.sources.repo import RepoStatus
 from server.store import SqliteStore, open_store
 from server.tailnet import Tailnet, TailnetSource, running_tailnet
 from tests.unit.test_store import NOW, add_node
@@ -113,7 +113,7 @@ def apis(tmp_path: Path) -> Iterator[Apis]:
             policy=CI_TAGGED,
         )
         registry, tailnet = running_tailnet(
-            store, source, derp_regions=[], log=logging.getLogger("t")
+            store, source, derp_regions=[], log=logging.getLogger("t"), clock=clock
         )
         key = MachinePrivate.generate().public()
         rng = random.Random(7).randbytes

@@ -14,8 +14,8 @@ from starlette.routing import Route
 
 from server.api import api_endpoints
 from server.bodies import NoBody, body_schema, parse_body
-from server.history import HistoryEntry
-from server.repo import Rejection
+from server.sources.history import HistoryEntry
+from server.sources.repo import Rejection
 from tests.unit.test_admin_api import (
     BAD_BODIES,
     NOW,
@@ -41,6 +41,7 @@ WRITES = [
     ("POST", "/api/v1/nodes/1/rename", {"name": "x"}),
     ("POST", "/api/v1/nodes/1/tags", {"tags": ["tag:ci"]}),
     ("POST", "/api/v1/nodes/1/expire", None),
+    ("POST", "/api/v1/nodes/1/expiry", {"disabled": True}),
     ("DELETE", "/api/v1/nodes/1", None),
     ("POST", "/api/v1/preauthkeys", {"user": "alice"}),
     ("POST", "/api/v1/preauthkeys/1/expire", None),
@@ -137,6 +138,22 @@ def test_setting_tags_makes_a_tagged_node_and_checks_each_tag(apis: Apis) -> Non
     bad = request(apis.socket, "POST", "/api/v1/nodes/1/tags", body={"tags": ["web"]})
     assert bad.status == 400 and "'tag:'" in bad.body["detail"]
     assert apis.store.get_node(1).tags == ("tag:ci",)  # type: ignore[union-attr]
+
+
+def test_a_server_s_key_expiry_is_disabled_and_enabled_again(apis: Apis) -> None:
+    add_node(apis.store, 1, "server", key_expiry=NOW + timedelta(days=1))
+    off = request(apis.socket, "POST", "/api/v1/nodes/server/expiry", body={"disabled": True})
+    assert off.status == 200 and off.body["key_expiry"] is None, off.body
+    assert apis.store.get_node(1).key_expiry is None  # type: ignore[union-attr]
+    device = request(apis.socket, "GET", "/api/v2/device/1")
+    assert device.body["keyExpiryDisabled"] is True, device.body
+    on = request(apis.socket, "POST", "/api/v1/nodes/1/expiry", body={"disabled": False})
+    assert apis.store.get_node(1).key_expiry == NOW + timedelta(days=180)  # type: ignore[union-attr]
+    assert on.body["key_expiry"] is not None
+    # Tailscale's own API call does the same.
+    v2 = request(apis.socket, "POST", "/api/v2/device/1/key", body={"keyExpiryDisabled": True})
+    assert v2.status == 200, v2.body
+    assert apis.store.get_node(1).key_expiry is None  # type: ignore[union-attr]
 
 
 def test_users_come_from_git_with_their_node_counts(apis: Apis) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import sqlite3
@@ -14,14 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.store import (
-    DEFAULT_IPV4_PREFIX,
-    DEFAULT_IPV6_PREFIX,
     KeyRejected,
     NotFound,
-    SqliteStore,
     SqlStore,
     open_store,
 )
+from server.store._rows import ts
 from server.store.authkeys import API_KEY, AUTH_KEY
 from server.store.migrations import MIGRATIONS, apply_migrations
 from tests.unit.store_backends import Backend
@@ -132,12 +129,18 @@ def test_a_database_from_before_api_keys_is_upgraded_in_place(tmp_path: Path) ->
     path = tmp_path / "state.db"
     conn = sqlite3.connect(str(path), isolation_level=None)
     apply_migrations(conn, MIGRATIONS[:1])
-    with SqliteStore(
-        conn, DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX, "sequential", os.urandom
-    ) as old:
-        node = add_node(old, 1)
+    # A node as the first version wrote it (today's code writes columns it lacked).
+    conn.execute(
+        "INSERT INTO nodes (machine_key, node_key, disco_key, ipv4, ipv6, hostname, given_name,"
+        " user_name, tags, auth_key_id, ephemeral, created, last_seen, key_expiry, hostinfo,"
+        " endpoints, capver) VALUES (?, ?, ?, '100.64.0.1', NULL, 'laptop', 'laptop', 'alice',"
+        " '[]', NULL, 0, ?, NULL, NULL, '{}', '[]', 0)",
+        (bytes([1]) * 32, bytes([2]) * 32, bytes(32), ts(NOW)),
+    )
+    conn.close()
     with open_store(path) as store:
-        assert store.list_nodes() == [node]
+        [node] = store.list_nodes()
+        assert (node.given_name, str(node.ipv4), node.user) == ("laptop", "100.64.0.1", "alice")
         text, _ = new_api_key(store)
         assert store.use_api_key(text, NOW)
 

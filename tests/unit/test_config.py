@@ -119,8 +119,14 @@ def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path:
         "metrics_listen": "127.0.0.8:8",
         "log_format": "json",
         "trusted_signers": "/etc/tailnetd/allowed_signers",
+        "login_timeout": "60",
+        "replica_id": "east",
+        "mesh_key_file": "/etc/tailnetd/mesh.key",
+        "mesh_with": "http://127.0.0.9:9,http://127.0.0.10:10",
+        "webhook_secret_file": str(_secret_file(tmp_path)),
     }
-    assert set(samples) | {"tls_cert", "tls_key"} == {o.key for o in OPTIONS}
+    oidc = {o.key for o in OPTIONS if o.key.startswith("oidc_")}  # test_oidc_options
+    assert set(samples) | {"tls_cert", "tls_key"} | oidc == {o.key for o in OPTIONS}
     for option in OPTIONS:
         if option.key not in samples:
             continue  # the TLS pair: test_tls_cert_and_key_go_together
@@ -131,6 +137,24 @@ def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path:
             load_config({"config": config_file(tmp_path, f"{option.key}: '{text}'\n")}, {}),
         ]
         assert configs[0] == configs[1] == configs[2] != load_config({}, {}), option.key
+
+
+def _secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "webhook.secret"
+    path.write_text("s3cret\n")
+    return path
+
+
+def test_the_webhook_secret_comes_from_a_file_or_the_environment_never_shown(
+    tmp_path: Path,
+) -> None:
+    from_file = load_config({"webhook_secret_file": str(_secret_file(tmp_path))}, {})
+    assert from_file.webhook_secret == b"s3cret" and "s3cret" not in repr(from_file)
+    assert load_config({}, {"TAILNETD_WEBHOOK_SECRET": "env"}).webhook_secret == b"env"
+    assert load_config({}, {}).webhook_secret is None
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_config({"webhook_secret_file": str(tmp_path / "empty")}, {})
 
 
 def test_trusted_signers_inside_the_repository_are_refused(tmp_path: Path) -> None:
@@ -206,3 +230,34 @@ def test_database_of_another_kind_is_refused_without_its_password() -> None:
     with pytest.raises(ConfigError, match="--database: must be a postgresql:// URL") as excinfo:
         load_config({"database": "mysql://root:hunter2@db/tailnet"}, {})
     assert "hunter2" not in str(excinfo.value)
+
+
+def test_oidc_options(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    flags = {
+        "oidc_issuer": "http://127.0.0.1:5556/dex/",
+        "oidc_client_id": "tailnetd",
+        "oidc_client_secret_file": str(secret),
+        "oidc_allowed_domains": "Example.com, corp.example",
+        "oidc_groups_prefix": "idp-",
+        "server_url": "https://ts.example",
+    }
+    cfg = load_config(flags, env={})
+    assert cfg.oidc is not None
+    assert cfg.oidc.issuer == "http://127.0.0.1:5556/dex"
+    assert cfg.oidc.client_secret == "s3cret"
+    assert cfg.oidc.redirect_uri == "https://ts.example/oidc/callback"
+    assert cfg.oidc.allowed_domains == {"example.com", "corp.example"}
+    assert cfg.oidc.scopes == ("openid", "email", "profile", "groups")
+    assert (cfg.oidc.groups_claim, cfg.oidc.groups_prefix) == ("groups", "idp-")
+    assert load_config({}, env={}).oidc is None
+    from_env = load_config(
+        {**flags, "oidc_client_secret_file": None},
+        env={"TAILNETD_OIDC_CLIENT_SECRET": "from-env"},
+    )
+    assert from_env.oidc is not None and from_env.oidc.client_secret == "from-env"
+    with pytest.raises(ConfigError, match="client secret"):
+        load_config({**flags, "oidc_client_secret_file": None}, env={})
+    with pytest.raises(ConfigError, match="needs --oidc-client-id"):
+        load_config({**flags, "oidc_client_id": None}, env={})

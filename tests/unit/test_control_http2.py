@@ -10,7 +10,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from server.wire import format_time
+from server.wire import Hostinfo, Service, decode, encode_json, format_time
 from tests.unit.control_client import (
     ControlClient,
     Device,
@@ -90,19 +90,22 @@ async def test_map_larger_than_the_client_window_arrives_whole(tmp_path: Path) -
     async with running_server(tmp_path) as srv:
         dev = Device("laptop")
         # A 1 KiB stream window, and a map far above the 65535-byte connection
-        # window: random hex in Hostinfo does not compress below that.
+        # window: random hex in Hostinfo (service descriptions, each within
+        # the wire limits) does not compress below that.
         client = await join(srv, dev, window=1024)
         node = srv.store.node_by_node_key(dev.node.public())
         assert node is not None
-        blob = os.urandom(150_000).hex()
-        hostinfo = json.dumps({"Hostname": "laptop", "OS": "linux", "DeviceModel": blob})
+        services = tuple(
+            Service(proto="tcp", port=i, description=os.urandom(500).hex()) for i in range(150)
+        )
+        hostinfo = Hostinfo(hostname="laptop", os="linux", services=services)
         srv.registry.update_from_map(node, now=srv.clock(), hostinfo=hostinfo)
         body = dev.map_body()
         del body["Hostinfo"]
         stream = await client.map_stream(body)
         msg = await stream.next()
         assert len(stream.raw) > 70_000
-        assert msg["Node"]["Hostinfo"]["DeviceModel"] == blob
+        assert msg["Node"]["Hostinfo"]["Services"] == json.loads(encode_json(hostinfo))["Services"]
 
 
 @async_test
@@ -110,12 +113,11 @@ async def test_request_body_larger_than_the_default_window_is_received(tmp_path:
     async with running_server(tmp_path) as srv:
         dev = Device("laptop")
         client = await join(srv, dev)
-        # Hostinfo with many services and SSH host keys; 200 KB is above the
-        # 65535-byte default stream window, so the server must open its window.
-        hostinfo = {"Hostname": "laptop", "OS": "linux", "DeviceModel": "x" * 200_000}
+        # Hostinfo with many services; 200 KB is above the 65535-byte default
+        # stream window, so the server must open its window.
+        services = [{"Proto": "tcp", "Port": i, "Description": "x" * 1000} for i in range(200)]
+        hostinfo = {"Hostname": "laptop", "OS": "linux", "Services": services}
         status, _ = await client.map_lite(dev.map_body(stream=False, hostinfo=hostinfo))
         assert status == 200
         node = srv.store.node_by_node_key(dev.node.public())
-        assert (
-            node is not None and json.loads(node.hostinfo)["DeviceModel"] == hostinfo["DeviceModel"]
-        )
+        assert node is not None and node.hostinfo == decode(Hostinfo, hostinfo)

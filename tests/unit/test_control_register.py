@@ -76,13 +76,13 @@ async def test_restart_without_auth_returns_the_registered_node(tmp_path: Path) 
 
 
 @async_test
-async def test_unknown_node_without_auth_is_told_to_use_a_key(tmp_path: Path) -> None:
+async def test_unknown_node_without_auth_is_sent_to_log_in(tmp_path: Path) -> None:
     async with running_server(tmp_path) as srv:
         dev = Device("laptop")
         async with await ControlClient.connect(srv.port, dev.machine) as client:
             status, reply = await client.register(dev.register_body())
         assert status == 200
-        assert "auth-key" in reply["Error"]
+        assert "/register/" in reply["AuthURL"] and "Error" not in reply
         assert srv.store.list_nodes() == []
 
 
@@ -124,7 +124,7 @@ async def test_login_again_after_logout_keeps_the_node_and_its_address(tmp_path:
         # The client forgets its node key; `tailscale up` sends a new one, zero OldNodeKey.
         dev.node = NodePrivate.generate()
         status, reply = await client.register(dev.register_body())
-        assert "Error" in reply  # without a key it cannot come back
+        assert "AuthURL" in reply  # without a key it must log in to come back
         status, reply = await client.register(dev.register_body(preauth_key(srv)))
         assert status == 200 and reply["NodeKeyExpired"] is False and "Error" not in reply
         after = srv.store.node_by_node_key(dev.node.public())
@@ -243,3 +243,22 @@ async def test_old_capability_version_is_refused_on_register_and_map(tmp_path: P
                 )
                 assert status == 400
                 assert b"113" in body
+
+
+@async_test
+async def test_a_retry_with_the_spent_key_gets_the_node_its_first_try_made(
+    tmp_path: Path,
+) -> None:
+    # The server committed the node, then died before answering: the client
+    # sends the same register request again and must not be refused.
+    async with running_server(tmp_path) as srv:
+        dev, other = Device("laptop"), Device("thief")
+        key = preauth_key(srv, "alice")
+        async with await ControlClient.connect(srv.port, dev.machine) as client:
+            first = await client.register(dev.register_body(key))
+            again = await client.register(dev.register_body(key))
+        assert first[0] == again[0] == 200 and again[1]["MachineAuthorized"] is True
+        assert len(srv.store.list_nodes()) == 1
+        async with await ControlClient.connect(srv.port, other.machine) as client:
+            status, reply = await client.register(other.register_body(key))
+        assert "invalid auth key" in reply.get("Error", "")  # still spent for anyone else

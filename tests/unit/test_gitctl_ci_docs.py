@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gitctl.cli import build_parser
+from server.cli import build_parser as tailnetd_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 SHELL_OPERATORS = {"|", "||", "&&", ";", ">", ">>", "2>", "<"}
@@ -61,3 +62,25 @@ def test_each_example_parses(command: str) -> None:
     except SystemExit as exc:  # argparse's way of saying a flag or value is wrong
         pytest.fail(f"gitctl rejects `{command}` (exit {exc.code})")
     assert getattr(parsed, "run", None) is not None
+
+
+def tailnetd_commands() -> list[str]:
+    """Every `tailnetd …` invocation in a code block of docs/ci.md."""
+    found = []
+    for block in _code_blocks((ROOT / "docs" / "ci.md").read_text()):
+        for line in block.splitlines():
+            line = re.sub(r"(^|\s)#.*$", "", line)
+            found += re.findall(r"(?<![\w/.-])tailnetd [^'\n`]*", line)
+    return found
+
+
+def test_the_ci_examples_export_an_inventory_and_review_against_it() -> None:
+    exports = [c for c in tailnetd_commands() if argv(c)[:2] == ["inventory", "export"]]
+    assert len(exports) == 2  # GitHub Actions and GitLab CI
+    for command in exports:
+        args = argv(command)
+        parsed = tailnetd_parser().parse_args(args)
+        assert parsed.output == "inventory.json"
+    reviews = [argv(c) for c in commands() if argv(c)[0] in ("test", "lint", "diff")]
+    with_inventory = [a for a in reviews if "--inventory" in a]
+    assert len(with_inventory) >= 6

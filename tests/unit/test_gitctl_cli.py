@@ -119,6 +119,7 @@ def test_schema_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
         "policy",
         "dns",
         "routes",
+        "keys",
         "settings",
         "owners",
     }

@@ -209,3 +209,39 @@ def test_against_a_running_servers_nodes(
     assert [rules(p) for p in doc["pairs"]] == [[("acls[0]", 6, "tcp 5432")]]
     assert main([*args, "--api-key", "tskey-bad"]) == 2
     assert "401" in capsys.readouterr().err
+
+
+def test_access_expired_at_now_is_left_out_and_the_rest_keep_their_lines(
+    tailnet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tailnet / "tailnet.d" / "policy.hujson"
+    text = POLICY.replace(
+        '"dst": ["tag:db:5432"]}', '"dst": ["tag:db:5432"], "expires": "2030-01-01T00:00:00Z"}'
+    ).replace(
+        '"users": ["autogroup:nonroot"]}',
+        '"users": ["autogroup:nonroot"], "expires": "2030-01-01T00:00:00Z"}',
+    )
+    policy.write_text(text)
+    before, after = ["--now", "2029-12-31T23:59:59Z"], ["--now", "2030-01-01T00:00:00Z"]
+    (pair,) = explain(tailnet, capsys, "alice", "db-1:5432", *before)["pairs"]
+    assert rules(pair) == [("acls[0]", 6, "tcp 5432"), ("acls[1]", 7, "tcp 5432")]
+    (pair,) = explain(tailnet, capsys, "alice", "db-1:5432", *after)["pairs"]
+    assert rules(pair) == [("acls[1]", 7, "tcp 5432")]  # acls[0] has expired
+    (pair,) = explain(tailnet, capsys, "phone", "db-1:5432", *after)["pairs"]
+    assert not pair["allowed"]
+    (pair,) = explain(tailnet, capsys, "alice", "db-1", "--ssh", *after)["pairs"]
+    assert rules(pair) == [("ssh[1]", 12, "accept: root")]
+    (pair,) = explain(tailnet, capsys, "alice", "db-1", "--ssh", "--login", "root", *after)["pairs"]
+    assert rules(pair) == [("ssh[1]", 12, "accept as root")]
+
+
+def test_a_group_membership_expired_at_now_no_longer_grants(
+    tailnet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tailnet / "tailnet.d" / "policy.hujson"
+    bob = '{"user": "bob@example.com", "expires": "2030-01-01T00:00:00Z"}'
+    policy.write_text(POLICY.replace('"bob@example.com"]}', bob + "]}", 1))
+    (pair,) = explain(tailnet, capsys, "bob", "db-1:5432", "--now", "2029-06-01T00:00:00Z")["pairs"]
+    assert rules(pair) == [("acls[0]", 6, "tcp 5432")]
+    (pair,) = explain(tailnet, capsys, "bob", "db-1:5432", "--now", "2030-06-01T00:00:00Z")["pairs"]
+    assert not pair["allowed"]

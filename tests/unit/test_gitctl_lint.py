@@ -222,3 +222,38 @@ def test_a_git_revision_and_a_policy_whose_tests_fail(
         "unused-group",
         "unused-host",
     ]
+
+
+EXPIRING = """  "acls": [
+    {"action": "accept", "src": ["group:eng"], "dst": ["tag:db:5432"]},
+    {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:web:443", "printer:631"],
+     "expires": "2030-01-02T00:00:00Z"},
+    {"action": "accept", "src": ["bob@example.com"], "dst": ["tag:spare:22"],
+     "expires": "2030-03-01T00:00:00Z"},
+  ],
+  "tests": [{"src": "alice@example.com", "accept": ["tag:web:443"]}],
+  "autoApprovers": {"routes": {"192.168.1.0/24": ["tag:spare"]}},
+"""
+
+
+def test_a_policy_with_expires_and_tests_lints_at_now_and_reports_what_ends_soon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = tmp_path / "inv.json"
+    inv.write_text(json.dumps(INVENTORY))
+    now = ["--now", "2030-01-01T00:00:00Z", "--inventory", str(inv)]
+    code, found = findings(tmp_path, capsys, EXPIRING, *now)
+    assert code == 1 and "expires-soon" not in ids(found)
+    code, found = findings(tmp_path, capsys, EXPIRING, *now, "--expiring-within", "2d")
+    soon = [(line, m) for line, m in found if m.startswith("expires-soon")]
+    # alice's access ends within two days; bob's only in two months
+    assert soon == [
+        (
+            9,  # the line of its "expires"
+            "expires-soon: acl access of alice@example.com to tag:web, printer ends at "
+            "2030-01-02T00:00:00Z",
+        )
+    ]
+    d = tmp_path / "tailnet.d"
+    assert main(["lint", "--dir", str(d), *now, "--expiring-within", "2x"]) == 2
+    assert "not a duration" in capsys.readouterr().err

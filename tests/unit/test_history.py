@@ -7,7 +7,7 @@ import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from server.history import History, HistoryEntry
+from server.sources.history import History, HistoryEntry
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 

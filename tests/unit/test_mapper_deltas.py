@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +37,7 @@ from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store import open_store
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
 from server.tailnet.mapper import MapSession, build_map
-from server.wire import DerpRegion
+from server.wire import DerpRegion, Hostinfo, NetInfo, decode
 from tests.unit.control_client import T0
 
 USERS = {"alice": ("alice@example.com", "Alice"), "bob": ("bob@example.com", "Bob")}
@@ -115,17 +116,29 @@ class TailnetChanges(RuleBasedStateMachine):
         super().__init__()
         self.store = open_store(Path(":memory:"))
         self.now = T0
+        # The event loop's timers: recompiles wait here until the sessions pump
+        # (or something reads the maps first), so changes between pumps coalesce.
+        self.timers: list[Callable[[], None]] = []
         self.registry, self.tailnet = self._tailnet(SOURCES["allow-all"])
         self.streams: dict[int, Stream] = {}
         self.serial = 0
 
     def _tailnet(self, source: TailnetSource | None = None) -> tuple[NodeRegistry, Tailnet]:
+        # A fresh start knows the primary routers the running one chose (runtime
+        # state, as who is online): the election keeps them while they are online.
         return running_tailnet(
             self.store,
             source or self.tailnet.source,
+            primaries=self.tailnet.primaries if hasattr(self, "tailnet") else None,
             derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
             log=logging.getLogger("test"),
+            clock=lambda: self.now,
+            defer=self._defer,
         )
+
+    def _defer(self, fn: Callable[[], None]) -> bool:
+        self.timers.append(fn)
+        return True
 
     def teardown(self) -> None:
         self.store.close()
@@ -155,13 +168,29 @@ class TailnetChanges(RuleBasedStateMachine):
         )
         return node.id
 
+    @rule(
+        target=nodes,
+        owners=st.lists(OWNERS, min_size=1, max_size=3),
+        data=st.data(),
+    )
+    def burst(self, owners: list[tuple[str | None, tuple[str, ...]]], data: st.DataObject) -> Any:
+        """Several joins, a rename and a leave before any session pumps (a
+        connect storm): one recompile serves them all."""
+        ids = [self.join(owner) for owner in owners]
+        for node_id in ids[::2]:
+            self.registry.connected(node_id)
+        self.rename(data.draw(st.sampled_from(ids)))
+        if len(ids) > 1:
+            self.registry.remove(ids.pop(data.draw(st.integers(0, len(ids) - 1))))
+        return multiple(*ids)
+
     @rule(node_id=consumes(nodes))
     def leave(self, node_id: int) -> None:
         self.registry.remove(node_id)
 
     @rule(node_id=nodes, endpoints=ENDPOINTS, derp=st.sampled_from([0, 1, 999]))
     def lite_update(self, node_id: int, endpoints: list[str], derp: int) -> None:
-        hostinfo = f'{{"Hostname": "x", "NetInfo": {{"PreferredDERP": {derp}}}}}'
+        hostinfo = Hostinfo(hostname="x", net_info=NetInfo(preferred_derp=derp))
         self._update(node_id, endpoints=endpoints, hostinfo=hostinfo)
 
     @rule(node_id=nodes)
@@ -177,7 +206,7 @@ class TailnetChanges(RuleBasedStateMachine):
 
     @rule(node_id=nodes, routes=st.sampled_from(["[]", '["10.1.0.0/24"]']))
     def advertise_routes(self, node_id: int, routes: str) -> None:
-        hostinfo = f'{{"Hostname": "x", "RoutableIPs": {routes}}}'
+        hostinfo = decode(Hostinfo, {"Hostname": "x", "RoutableIPs": json.loads(routes)})
         self._update(node_id, hostinfo=hostinfo)
 
     @rule(node_id=nodes)
@@ -241,6 +270,9 @@ class TailnetChanges(RuleBasedStateMachine):
 
     def _pump(self) -> None:
         """One round of server/control.py `_stream` for every open stream."""
+        timers, self.timers = self.timers, []
+        for fire in timers:  # the loop runs due timers before the sessions wake
+            fire()
         for node_id, stream in list(self.streams.items()):
             if stream.handle.closed:
                 del self.streams[node_id]

@@ -44,6 +44,7 @@ def tailnet(reg: NodeRegistry, policy: Any) -> Tailnet:
         source=source(policy, "a"),
         derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
         log=logging.getLogger("test"),
+        clock=lambda: T0,
     )
     reg.subscribe(net.apply)
     return net

@@ -4,6 +4,7 @@ served: deleted, expired or logged out, or its user removed from git."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import git
@@ -11,7 +12,15 @@ import httpx
 
 from server.app import Server
 from server.protocol.keys import NodePrivate
-from tests.unit.control_client import USERS, Device, async_test, join, poll, running_server
+from tests.unit.control_client import (
+    USERS,
+    Device,
+    FakeClock,
+    async_test,
+    join,
+    poll,
+    running_server,
+)
 from tests.unit.test_derp_server import Client as DerpClient
 
 BOB = "  - {name: bob, email: bob@example.com, display_name: Bob}\n"
@@ -152,3 +161,30 @@ def _commit_users(srv: Server, text: str) -> None:
     with git.Repo(path) as repo:
         repo.index.add(["tailnet.d/users.yaml"])
         repo.index.commit("remove bob")
+
+
+EXPIRING = """{
+  "acls": [
+    {"action": "accept", "src": ["alice@example.com"], "dst": ["alice@example.com:*"]},
+    {"action": "accept", "src": ["bob@example.com"], "dst": ["alice@example.com:22"],
+     "expires": "2025-06-01T12:30:00Z"},
+  ],
+}
+"""
+
+
+@async_test
+async def test_an_expiring_rule_leaves_the_maps_at_its_instant(tmp_path: Path) -> None:
+    clock = FakeClock()  # 12:00; bob's rule ends at 12:30
+    files = {"users.yaml": USERS, "policy.hujson": EXPIRING}
+    async with running_server(tmp_path, files=files, clock=clock) as srv:
+        alice, bob = Device("alice-laptop"), Device("bob-laptop")
+        client, stream, _ = await poll(srv, alice)
+        bob_client = await join(srv, bob, auth_key=_key(srv, "bob"))
+        msg = await stream.wait_for(lambda m: "PeersChanged" in m)
+        assert [p["Name"].split(".")[0] for p in msg["PeersChanged"]] == ["bob-laptop"]
+
+        clock.advance(timedelta(minutes=31))  # no commit: only time passes
+        msg = await stream.wait_for(lambda m: "PeersRemoved" in m)
+        assert msg["PeersRemoved"] == [node_id(srv, bob)]
+        await bob_client.close()

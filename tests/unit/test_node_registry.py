@@ -3,6 +3,7 @@ one classified change, and the running tailnet follows those changes alone."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
@@ -18,8 +19,11 @@ from server.store.interface import Store
 from server.tailnet import NodeChange, NodeRegistry, TailnetSource, running_tailnet
 from server.tailnet.mapper import build_map
 from server.tailnet.registry import classify
-from server.wire import DerpRegion
+from server.wire import DerpRegion, Hostinfo, decode
 from tests.unit.control_client import T0
+
+ROUTER_INFO = {"RoutableIPs": ["10.1.0.0/24"]}
+ROUTER = decode(Hostinfo, ROUTER_INFO)
 
 USERS = {"alice": ("alice@example.com", "Alice"), "bob": ("bob@example.com", "Bob")}
 SOURCE = TailnetSource(
@@ -65,7 +69,7 @@ def test_every_write_emits_one_change_classified_once(store: Store) -> None:
     registry.update_from_map(node, now=T0, endpoints=("192.0.2.1:41641",))
     node = registry.get(node_id)
     assert node is not None
-    registry.update_from_map(node, now=T0, hostinfo='{"RoutableIPs": ["10.1.0.0/24"]}')
+    registry.update_from_map(node, now=T0, hostinfo=ROUTER)
     registry.connected(node_id)
     registry.connected(node_id)  # a second stream: no second "online"
     registry.disconnected(node_id, T0 + timedelta(minutes=1))
@@ -102,12 +106,18 @@ def test_classify_reads_what_the_compiler_sees(store: Store) -> None:
     assert classify(node, None) == "removed"
     assert classify(node, replace(node, disco_key=DiscoPublic(key(5)))) == "volatile"
     assert classify(node, replace(node, tags=("tag:x",))) == "topology"
-    assert classify(node, replace(node, hostinfo='{"OS": "linux"}')) == "volatile"
+    # A posture fact (OS, versions) is read by the compiler: postures must see it.
+    assert classify(node, replace(node, hostinfo=Hostinfo(os="linux"))) == "topology"
+    assert classify(node, replace(node, hostinfo=Hostinfo(hostname="other"))) == "volatile"
+    router = replace(node, hostinfo=ROUTER)
+    assert classify(node, router) == "topology"  # advertised routes: the compiler sees them
+    moved = replace(router, hostinfo=decode(Hostinfo, {**ROUTER_INFO, "Hostname": "r2"}))
+    assert classify(router, moved) == "volatile"  # same routes and posture, other Hostinfo
 
 
 def test_a_user_removed_from_git_is_cut_off_and_named(store: Store) -> None:
     registry, tailnet = running_tailnet(
-        store, SOURCE, derp_regions=REGIONS, log=logging.getLogger("test")
+        store, SOURCE, derp_regions=REGIONS, log=logging.getLogger("test"), clock=lambda: T0
     )
     alice, bob = register(registry, 1, "alice"), register(registry, 2, "bob")
     handle = tailnet.open_session(bob)
@@ -129,7 +139,7 @@ def test_a_user_removed_from_git_is_cut_off_and_named(store: Store) -> None:
 
 def test_a_fresh_start_from_the_store_equals_the_event_fed_tailnet(store: Store) -> None:
     registry, tailnet = running_tailnet(
-        store, SOURCE, derp_regions=REGIONS, log=logging.getLogger("test")
+        store, SOURCE, derp_regions=REGIONS, log=logging.getLogger("test"), clock=lambda: T0
     )
     ids = [register(registry, n, "alice" if n % 2 else "bob") for n in range(1, 6)]
     registry.rename(ids[0], "first")
@@ -137,7 +147,46 @@ def test_a_fresh_start_from_the_store_equals_the_event_fed_tailnet(store: Store)
     node = registry.get(ids[2])
     assert node is not None
     registry.update_from_map(node, now=T0, disco_key=DiscoPublic(key(77)))
-    _, fresh = running_tailnet(store, SOURCE, derp_regions=REGIONS, log=logging.getLogger("t"))
+    _, fresh = running_tailnet(
+        store, SOURCE, derp_regions=REGIONS, log=logging.getLogger("t"), clock=lambda: T0
+    )
     assert tailnet.context.nodes == fresh.context.nodes
     for node_id in tailnet.context.nodes:
         assert build_map(tailnet.context, node_id, T0) == build_map(fresh.context, node_id, T0)
+
+
+def router_source() -> TailnetSource:
+    """Both routers serve 10.1.0.0/24 (approved for their tag in git)."""
+    return replace(SOURCE, explicit_routes={"tag:router": ("10.1.0.0/24",)})
+
+
+def test_an_offline_primary_router_fails_over_and_nothing_flaps(store: Store) -> None:
+    registry, tailnet = running_tailnet(
+        store, router_source(), derp_regions=REGIONS, log=logging.getLogger("t"), clock=lambda: T0
+    )
+    first = register(registry, 1, None, tags=("tag:router",), hostinfo=ROUTER)
+    second = register(registry, 2, None, tags=("tag:router",), hostinfo=ROUTER)
+    viewer = register(registry, 3, "alice")
+    for node_id in (first, second, viewer):
+        tailnet.open_session(node_id)
+        registry.connected(node_id)
+
+    def primary() -> int:
+        state = build_map(tailnet.context, viewer, T0)
+        assert state is not None
+        peers = {pid: json.loads(state.peers[pid]) for pid in (first, second)}
+        owners = [pid for pid, p in peers.items() if "10.1.0.0/24" in p.get("PrimaryRoutes", [])]
+        for pid, p in peers.items():  # AllowedIPs follow: only the primary routes the subnet
+            assert ("10.1.0.0/24" in p["AllowedIPs"]) == (pid in owners)
+        assert len(owners) == 1, "exactly one router serves the subnet to its peers"
+        return owners[0]
+
+    assert primary() == first  # the earliest registered
+    registry.disconnected(first, T0)
+    assert primary() == second  # failover, without a commit
+    registry.connected(first)
+    assert primary() == second  # the old primary's return does not take the subnet back
+    registry.disconnected(second, T0)
+    assert primary() == first  # and fails over back when its successor goes
+    registry.disconnected(first, T0)
+    assert primary() == first  # nobody online: the last primary stays listed

@@ -11,10 +11,12 @@ import pytest
 from gitctl.policy import PolicyError, Topology, TopologyNode, parse_policy
 from gitctl.policy.posture import compare_versions, node_facts, parse_condition
 from gitctl.testing import read_topology_file
+from server.store._rows import hostinfo_from_text
 from server.store.model import Node
 from server.tailnet.views import to_topology_node
+from server.wire import Hostinfo, decode
 
-from .test_policy_helpers import NODES, can_reach, compile_policy, sees
+from .test_policy_helpers import NODES, can_reach, compile_policy, ip_of, sees
 from .test_snapshot import load, messages
 from .test_views_lazy import node as lazy_node
 
@@ -144,18 +146,19 @@ def test_the_server_reads_posture_facts_from_hostinfo() -> None:
         "OSVersion": "Debian 12",
         "IPNVersion": "1.96.4-t1234",
         "AllowsUpdate": True,
-        "StateEncrypted": "false",
+        "StateEncrypted": False,
     }
-    node = _node(json.dumps(hostinfo))
+    node = _node(decode(Hostinfo, hostinfo))
     topo = to_topology_node(node, ())
     assert (topo.os, topo.os_version, topo.ts_version) == ("linux", "Debian 12", "1.96.4-t1234")
     assert (topo.auto_update, topo.state_encrypted) == (True, False)
-    for broken in ("not json", "[]", json.dumps({"OS": 7, "AllowsUpdate": "maybe"})):
-        topo = to_topology_node(_node(broken), ())
+    # Nothing reported, or stored text that no longer decodes: nothing is set.
+    for stored in ("{}", "not json", "[]", json.dumps({"OS": 7, "AllowsUpdate": "maybe"})):
+        topo = to_topology_node(_node(hostinfo_from_text(stored)), ())
         assert (topo.os, topo.auto_update, topo.state_encrypted) == (None, None, None)
 
 
-def _node(hostinfo: str) -> Node:
+def _node(hostinfo: Hostinfo) -> Node:
     return dataclasses.replace(lazy_node(1, "alice"), hostinfo=hostinfo)
 
 
@@ -252,3 +255,77 @@ def test_policy_tests_see_postures() -> None:
 def test_synthetic_topology_devices_report_no_posture() -> None:
     topo = Topology.from_json({"users": [], "nodes": {"x": {"user": None, "tags": []}}})
     assert node_facts(topo.nodes[0]) == {}
+
+
+SSH_RULE = {"action": "accept", "src": ["autogroup:member"], "dst": ["tag:web"], "users": ["root"]}
+
+
+def _ssh_sources(tn: Any, dst: str) -> set[str]:
+    return {p["nodeIP"] for r in tn.nodes[dst].ssh_policy["rules"] for p in r["principals"]}
+
+
+def test_ssh_rules_refuse_a_src_posture_of_their_own() -> None:
+    """Tailscale's ssh rules have no srcPosture (postures gate acls and grants):
+    refused at validation, naming the key, never parsed and ignored."""
+    doc = {"postures": POSTURES, "ssh": [{**SSH_RULE, "srcPosture": ["posture:current"]}]}
+    with pytest.raises(PolicyError, match="srcPosture is not supported in ssh rules"):
+        parse_policy(doc)
+
+
+def test_a_device_failing_the_default_posture_gains_no_ssh_access() -> None:
+    """defaultSrcPosture gates the acl that opens port 22 and the ssh rule's
+    sources alike, so no posture-failing device logs in, even where a rule with
+    a posture of its own lets it reach port 22."""
+    doc: dict[str, Any] = {
+        "postures": POSTURES,
+        "defaultSrcPosture": ["posture:current"],
+        "acls": [
+            {"action": "accept", "src": ["autogroup:member"], "dst": ["tag:web:22"]},
+            {
+                "action": "accept",
+                "src": ["autogroup:member"],
+                "dst": ["tag:web:22"],
+                "srcPosture": ["posture:apple"],
+            },
+        ],
+        "ssh": [SSH_RULE],
+    }
+    tn = compile_policy(doc, POSTURE_NODES)
+    allowed = _ssh_sources(tn, "web")
+    assert can_reach(tn, "alice-laptop", "web", 22) and ip_of("alice-laptop") in allowed
+    for failing in ("alice-phone", "bob-laptop", "carol-laptop"):
+        assert ip_of(failing) not in allowed, failing
+    assert not can_reach(tn, "carol-laptop", "web", 22)
+    # Without a default posture, every member may log in.
+    del doc["defaultSrcPosture"]
+    everyone = _ssh_sources(compile_policy(doc, POSTURE_NODES), "web")
+    assert {ip_of(n) for n in ("alice-phone", "bob-laptop", "carol-laptop")} <= everyone
+
+
+def test_ssh_tests_see_the_default_posture() -> None:
+    """sshTests judge the same narrowed sources: a user whose devices fail
+    defaultSrcPosture is denied, and a test saying otherwise fails CI."""
+    base: dict[str, Any] = {
+        "postures": POSTURES,
+        "defaultSrcPosture": ["posture:current"],
+        "acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["tag:web:22"]}],
+        "ssh": [SSH_RULE],
+    }
+    compile_policy(
+        {
+            **base,
+            "sshTests": [
+                {"src": "alice@example.com", "dst": ["tag:web"], "accept": ["root"]},
+                {"src": "bob@example.com", "dst": ["tag:web"], "deny": ["root"]},
+            ],
+        },
+        POSTURE_NODES,
+    )
+    with pytest.raises(PolicyError, match="test\\(s\\) failed"):
+        compile_policy(
+            {
+                **base,
+                "sshTests": [{"src": "bob@example.com", "dst": ["tag:web"], "accept": ["root"]}],
+            },
+            POSTURE_NODES,
+        )

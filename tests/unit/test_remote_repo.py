@@ -9,7 +9,7 @@ from pathlib import Path
 import git
 import pytest
 
-from server.remote_repo import RemoteRepo, is_remote, watch_remote
+from server.sources.remote import RemoteRepo, is_remote, watch_remote
 from tests.e2e.harness import TailnetRepo
 
 USERS = "users:\n  - {name: alice, email: alice@example.com}\n"
@@ -28,7 +28,8 @@ def test_clone_then_fetch_follows_the_branch(tmp_path: Path) -> None:
     remote = RemoteRepo(f"file://{upstream.path}", tmp_path / "data", branch="main")
     first = remote.sync()
     assert first == upstream.head()
-    snap, errors = remote.load(first)
+    checked = remote.check(first)
+    snap, errors = checked.snapshot, checked.errors
     assert errors == () and snap is not None and [u.name for u in snap.users] == ["alice"]
 
     second = upstream.commit(
@@ -36,7 +37,7 @@ def test_clone_then_fetch_follows_the_branch(tmp_path: Path) -> None:
     )
     assert remote.head() == first  # nothing changes until the next fetch
     assert remote.sync() == second
-    snap, _ = remote.load(second)
+    snap = remote.check(second).snapshot
     assert snap is not None and {u.name for u in snap.users} == {"alice", "bob"}
 
 

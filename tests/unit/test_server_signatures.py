@@ -154,7 +154,7 @@ async def test_git_revert_serves_the_previous_policy_again(tmp_path: Path) -> No
 
             def served_policy() -> object:
                 assert server.tailnet.source.id == server.status.serving
-                return server.repo.load(server.status.serving)[0].policy_doc
+                return server.repo.check(server.status.serving).snapshot.policy_doc
 
             before = served_policy()
             change = signed_commit(repo, {"tailnet.d/policy.hujson": POLICY % 80}, "open 80", None)

@@ -47,7 +47,8 @@ def test_the_example_tailnet_loads_cleanly() -> None:
         ("bob", "bob@example.com"),
     ]
     assert snap.dns.magic_dns and snap.dns.base_domain == "tailnet.example"
-    assert snap.dns.nameservers == ("1.1.1.1",)
+    # A newcomer's lookups are not forwarded off the machine by default.
+    assert snap.dns.nameservers == () and not snap.dns.override_local_dns
     assert snap.dns.extra_records == (ExtraRecord("wiki.tailnet.example", "A", "100.64.0.10"),)
     assert snap.settings == TailnetSettings()  # the example spells out the defaults
     assert snap.routes[0].tag == "tag:server"

@@ -17,6 +17,7 @@ from server.store import (
     SqlStore,
     Store,
 )
+from server.wire import Hostinfo
 from tests.unit.store_backends import Backend
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -50,7 +51,7 @@ def test_restart_gives_back_every_node_with_same_identity_and_addresses(backend:
         phone.id,
         now=NOW + timedelta(minutes=1),
         disco_key=DiscoPublic(b"\x07" * 32),
-        hostinfo='{"OS":"iOS"}',
+        hostinfo=Hostinfo(os="iOS"),
         endpoints=("192.0.2.1:41641", "[2001:db8::1]:41641"),
         capver=130,
     )
@@ -135,11 +136,11 @@ def test_node_key_rotation(store: SqlStore) -> None:
 
 
 def test_update_from_map_changes_only_given_fields(store: SqlStore) -> None:
-    node = add_node(store, 1, endpoints=("192.0.2.1:1",), capver=100, hostinfo='{"a":1}')
+    node = add_node(store, 1, endpoints=("192.0.2.1:1",), capver=100, hostinfo=Hostinfo(os="a"))
     t1 = NOW + timedelta(seconds=30)
     updated = store.update_from_map(node.id, now=t1, capver=120)
     assert updated.capver == 120 and updated.last_seen == t1
-    assert updated.endpoints == ("192.0.2.1:1",) and updated.hostinfo == '{"a":1}'
+    assert updated.endpoints == ("192.0.2.1:1",) and updated.hostinfo == Hostinfo(os="a")
     emptied = store.update_from_map(node.id, now=t1, endpoints=(), hostname="renamed")
     assert emptied.endpoints == () and emptied.hostname == "renamed"
     assert emptied.given_name == "laptop"  # the DNS name does not follow the hostname

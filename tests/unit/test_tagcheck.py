@@ -13,7 +13,7 @@ from gitctl.policy.model import Policy
 from gitctl.snapshot import ALLOW_ALL
 from server.api import WebDeps, build_app
 from server.protocol.keys import MachinePrivate
-from server.repo import RepoStatus
+from server.sources.repo import RepoStatus
 from server.tagcheck import tag_problem
 from server.tailnet import TailnetSource
 from tests.e2e.harness import TailnetRepo

@@ -52,30 +52,39 @@ def serving(store: Store, src: TailnetSource) -> tuple[NodeRegistry, Tailnet]:
         src,
         derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
         log=logging.getLogger("test"),
+        clock=lambda: T0,
     )
 
 
-def tailnet_with(store: Store) -> tuple[Tailnet, dict[str, int]]:
+def register(registry: NodeRegistry, n: int, name: str, user: str | None, tags: Any = ()) -> int:
+    raw = n.to_bytes(32, "big")
+    return registry.register(
+        machine_key=MachinePublic(raw),
+        node_key=NodePublic(raw),
+        hostname=name,
+        user=user,
+        tags=tags,
+        now=T0,
+    ).id
+
+
+def four_nodes(store: Store) -> tuple[NodeRegistry, Tailnet, dict[str, int]]:
     registry, tailnet = serving(store, source("base", BASE))
-    ids = {}
-    for n, (name, user, tags) in enumerate(
-        [
-            ("alice-laptop", "alice", ()),
-            ("bob-laptop", "bob", ()),
-            ("web", None, ("tag:web",)),
-            ("db", None, ("tag:db",)),
-        ]
-    ):
-        raw = (n + 1).to_bytes(32, "big")
-        node = registry.register(
-            machine_key=MachinePublic(raw),
-            node_key=NodePublic(raw),
-            hostname=name,
-            user=user,
-            tags=tags,
-            now=T0,
-        )
-        ids[name] = node.id
+    nodes = [
+        ("alice-laptop", "alice", ()),
+        ("bob-laptop", "bob", ()),
+        ("web", None, ("tag:web",)),
+        ("db", None, ("tag:db",)),
+    ]
+    ids = {
+        name: register(registry, n + 1, name, user, tags)
+        for n, (name, user, tags) in enumerate(nodes)
+    }
+    return registry, tailnet, ids
+
+
+def tailnet_with(store: Store) -> tuple[Tailnet, dict[str, int]]:
+    _, tailnet, ids = four_nodes(store)
     return tailnet, ids
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.tls import (
+from server.tls.certs import (
     ReloadingContext,
     TlsError,
     certificate_info,

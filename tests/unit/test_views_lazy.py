@@ -4,7 +4,6 @@ and naming exactly the sessions whose maps a topology change touches."""
 from __future__ import annotations
 
 import gc
-import json
 import random
 import weakref
 from dataclasses import replace
@@ -16,6 +15,7 @@ from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import Node
 from server.tailnet.views import NodeView, PolicyViews, compute_views
+from server.wire import Hostinfo
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 USERS = [(1, "alice", "alice@example.com"), (2, "bob", "bob@example.com")]
@@ -49,7 +49,7 @@ def node(i: int, user: str | None = None, tags: tuple[str, ...] = ()) -> Node:
         created=NOW,
         last_seen=None,
         key_expiry=None,
-        hostinfo=json.dumps({"Hostname": f"n{i}"}),
+        hostinfo=Hostinfo(hostname=f"n{i}"),
         endpoints=(),
         capver=133,
     )

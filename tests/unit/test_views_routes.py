@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from gitctl.policy import parse_policy
 from gitctl.snapshot import ALLOW_ALL as DEFAULT
 from server.tailnet.views import compute_views
+from server.wire import Hostinfo, decode
 from tests.unit.test_views_lazy import USERS, node
 
 ALLOW_ALL = parse_policy({"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]})
@@ -18,7 +18,7 @@ ALLOW_ALL = parse_policy({"acls": [{"action": "accept", "src": ["*"], "dst": ["*
 def router(i: int, routes: list[str]) -> object:
     return replace(
         node(i, tags=("tag:web",)),
-        hostinfo=json.dumps({"Hostname": f"n{i}", "RoutableIPs": routes}),
+        hostinfo=decode(Hostinfo, {"Hostname": f"n{i}", "RoutableIPs": routes}),
     )
 
 

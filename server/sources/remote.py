@@ -12,12 +12,13 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import git
 
-from server.repo import Checked, check_result
+from gitctl import snapshot as snapshots
+from server.sources.repo import Checked, check_result
 
 __all__ = ["RemoteRepo", "is_remote", "watch_remote"]
 
@@ -68,17 +69,13 @@ class RemoteRepo:
                 return None
             return str(commit.hexsha)
 
-    def load(self, revision: str | None) -> tuple[Any | None, tuple[str, ...]]:
-        outcome = self.check(revision)
-        return outcome.snapshot, outcome.errors
-
-    def check(self, revision: str | None) -> Checked:
-        from gitctl import snapshot as snapshots
-
+    def check(self, revision: str | None, now: datetime | None = None) -> Checked:
+        """`now`: the time at which `expires` entries count (gitctl fails a
+        policy with expiry times closed without one)."""
         if revision is None:
             message = f"{self.url}: no commit on branch {self.branch or 'HEAD'}"
             return Checked(None, (message,), "source")
-        return check_result(snapshots.load_from_git(self.path, revision))
+        return check_result(snapshots.load_from_git(self.path, revision, now=now))
 
 
 async def watch_remote(

@@ -74,6 +74,9 @@ class DerpRegion:
     derp_port: int
     stun_port: int
     insecure_for_tests: bool = False
+    # Other replicas' DERP servers (host, port), meshed with this one: more
+    # nodes of the same region.
+    replicas: tuple[tuple[str, int], ...] = ()
 
 
 def derp_map_json(regions: Sequence[DerpRegion], extra: Sequence[Any] = ()) -> dict[str, Any]:
@@ -81,34 +84,42 @@ def derp_map_json(regions: Sequence[DerpRegion], extra: Sequence[Any] = ()) -> d
     `derp.regions`, gitctl DerpRegionSpec values)."""
     out: dict[str, Any] = {}
     for region in regions:
-        node: dict[str, Any] = {
-            "Name": f"{region.region_id}a",
-            "RegionID": region.region_id,
-            "HostName": region.host_name,
-            "DERPPort": region.derp_port,
-            "STUNPort": region.stun_port if region.stun_port else -1,
-        }
-        try:
-            addr = ip_address(region.host_name)
-        except ValueError:
-            pass
-        else:
-            # Pin the family so clients don't try a DNS lookup of an IP literal.
-            if addr.version == 4:
-                node["IPv4"], node["IPv6"] = str(addr), "none"
-            else:
-                node["IPv4"], node["IPv6"] = "none", str(addr)
-        if region.insecure_for_tests:
-            node["InsecureForTests"] = True
+        hosts = ((region.host_name, region.derp_port), *region.replicas)
         out[str(region.region_id)] = {
             "RegionID": region.region_id,
             "RegionCode": region.region_code,
             "RegionName": region.region_name,
-            "Nodes": [node],
+            "Nodes": [
+                _derp_node(region, f"{region.region_id}{chr(ord('a') + i)}", host, port)
+                for i, (host, port) in enumerate(hosts[:26])
+            ],
         }
     for spec in extra:
         out[str(spec.region_id)] = derp_region_json(spec)
     return {"Regions": out, "omitDefaultRegions": True}
+
+
+def _derp_node(region: DerpRegion, name: str, host: str, port: int) -> dict[str, Any]:
+    node: dict[str, Any] = {
+        "Name": name,
+        "RegionID": region.region_id,
+        "HostName": host,
+        "DERPPort": port,
+        "STUNPort": region.stun_port if region.stun_port else -1,
+    }
+    try:
+        addr = ip_address(host)
+    except ValueError:
+        pass
+    else:
+        # Pin the family so clients don't try a DNS lookup of an IP literal.
+        if addr.version == 4:
+            node["IPv4"], node["IPv6"] = str(addr), "none"
+        else:
+            node["IPv4"], node["IPv6"] = "none", str(addr)
+    if region.insecure_for_tests:
+        node["InsecureForTests"] = True
+    return node
 
 
 def derp_region_json(spec: Any) -> dict[str, Any]:

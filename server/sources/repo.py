@@ -15,8 +15,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gitctl import snapshot as snapshots
+from gitctl.snapshot import Snapshot
+
 if TYPE_CHECKING:
-    from server.history import History
+    from server.sources.history import History
+    from server.sources.rollout import RolloutStatus
 
 __all__ = ["Checked", "RepoStatus", "SnapshotRepo", "check_result", "watch_repo"]
 
@@ -35,12 +39,14 @@ class RepoStatus:
     rejected: Rejection | None = None
     signer: str | None = None  # who signed the served commit, when signatures are required
     journal: History | None = None  # every served and rejected commit, across restarts
+    rollout: RolloutStatus | None = None  # the last canary rollout (settings.yaml rollout)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "serving": self.serving,
             "serving_since": self.serving_since.isoformat() if self.serving_since else None,
             "signer": self.signer,
+            "rollout": self.rollout.to_json() if self.rollout is not None else None,
             "rejected": None
             if self.rejected is None
             else {
@@ -74,20 +80,17 @@ class SnapshotRepo:
                 return None
             return str(commit.hexsha)
 
-    def load(self, revision: str | None) -> tuple[Any | None, tuple[str, ...]]:
-        """(snapshot, rendered errors) for a revision (None = the directory on disk)."""
-        outcome = self.check(revision)
-        return outcome.snapshot, outcome.errors
-
-    def check(self, revision: str | None) -> Checked:
-        from gitctl import snapshot as snapshots
-
+    def check(self, revision: str | None, now: datetime | None = None) -> Checked:
+        """`now`: the time at which `expires` entries count (gitctl fails a
+        policy with expiry times closed without one)."""
         if revision is None:
             folder = self.path / "tailnet.d"
             # The packaged example is the tailnet.d folder itself.
-            result = snapshots.load_from_directory(folder if folder.is_dir() else self.path)
+            result = snapshots.load_from_directory(
+                folder if folder.is_dir() else self.path, now=now
+            )
         else:
-            result = snapshots.load_from_git(self.path, revision)
+            result = snapshots.load_from_git(self.path, revision, now=now)
         return check_result(result)
 
 
@@ -96,7 +99,7 @@ class Checked:
     """A commit read and checked: its snapshot, or the errors and the first
     stage that failed (a `tailnetd_snapshot_rejections` reason)."""
 
-    snapshot: Any | None
+    snapshot: Snapshot | None
     errors: tuple[str, ...]
     reason: str | None = None
 

@@ -22,8 +22,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from server.acme_http import ChallengeResponder
-from server.tls import CertificateInfo, TlsError, certificate_info, write_private, write_self_signed
+from server.tls.acme_http import ChallengeResponder
+from server.tls.certs import (
+    CertificateInfo,
+    TlsError,
+    certificate_info,
+    write_private,
+    write_self_signed,
+)
 
 __all__ = [
     "AcmeManager",
@@ -158,7 +164,7 @@ class AcmeManager:
 def _issue_with_acme(log: logging.Logger) -> Issue:
     def issue(settings: AcmeSettings, responder: ChallengeResponder) -> tuple[bytes, bytes]:
         # Imported here: the ACME library is only needed when ACME is configured.
-        from server.acme_issue import issue_certificate
+        from server.tls.acme_issue import issue_certificate
 
         issued = issue_certificate(
             directory_url=settings.directory,

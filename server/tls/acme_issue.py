@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
-from server.tls import write_private
+from server.tls.certs import write_private
 
 __all__ = ["AcmeError", "ChallengeSink", "Issued", "issue_certificate"]
 

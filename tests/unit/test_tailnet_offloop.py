@@ -1,0 +1,107 @@
+"""A commit compiles in a worker thread while the event loop keeps serving:
+what it then serves equals a compile on the loop, node changes made while it
+compiled are not lost, and joins close together share one recompile."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from server.store.interface import Store
+from server.tailnet import Tailnet
+from server.tailnet import hub as hub_module
+from server.tailnet.mapper import build_map
+from tests.unit.control_client import T0
+from tests.unit.test_tailnet_commit import (
+    ALICE_TO_WEB,
+    BASE,
+    four_nodes,
+    register,
+    serving,
+    source,
+    store,
+    woken,
+)
+
+__all__ = ["store"]  # the fixture
+
+
+def assert_maps_are_fresh(store: Store, tailnet: Tailnet) -> None:
+    _, fresh = serving(store, tailnet.source)
+    ctx = replace(fresh.context, online=tailnet.online_ids())
+    assert tailnet.context.nodes.keys() == ctx.nodes.keys()
+    for node_id in ctx.nodes:
+        assert build_map(tailnet.context, node_id, T0) == build_map(ctx, node_id, T0)
+
+
+def test_a_commit_compiled_off_the_loop_wakes_only_the_nodes_its_rule_reaches(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, tailnet, ids = four_nodes(store)
+    handles = {name: tailnet.open_session(node_id) for name, node_id in ids.items()}
+    woken(handles)
+    threads: list[int] = []
+    compile_views = hub_module.compile_views
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return compile_views(*args, **kwargs)
+
+    monkeypatch.setattr(hub_module, "compile_views", recording)
+    commit = source("c1", {**BASE, "acls": [*BASE["acls"], ALICE_TO_WEB]})
+    asyncio.run(tailnet.swap_source_off_loop(commit))
+
+    assert threads and threading.get_ident() not in threads  # not on the loop's thread
+    assert tailnet.source.id == "c1"
+    assert woken(handles) == {"alice-laptop", "web"}
+    assert_maps_are_fresh(store, tailnet)
+
+
+def test_a_node_that_joins_while_a_commit_compiles_is_in_the_maps_it_serves(
+    store: Store,
+) -> None:
+    registry, tailnet, ids = four_nodes(store)
+    handles = {name: tailnet.open_session(node_id) for name, node_id in ids.items()}
+    woken(handles)
+
+    async def commit_with_a_join() -> None:
+        # Runs on the loop while the worker thread compiles the commit.
+        asyncio.get_running_loop().call_soon(register, registry, 9, "alice-phone", "alice")
+        await tailnet.swap_source_off_loop(
+            source("c1", {**BASE, "acls": [*BASE["acls"], ALICE_TO_WEB]})
+        )
+
+    asyncio.run(commit_with_a_join())
+    phone = next(n.id for n in registry.nodes() if n.given_name == "alice-phone")
+    assert tailnet.serves(phone)
+    assert "alice-laptop" in woken(handles)
+    assert_maps_are_fresh(store, tailnet)
+
+
+def test_joins_close_together_share_one_recompile(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, tailnet, _ = four_nodes(store)
+    compiles = 0
+    compile_views = hub_module.compile_views
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal compiles
+        compiles += 1
+        return compile_views(*args, **kwargs)
+
+    monkeypatch.setattr(hub_module, "compile_views", counting)
+
+    async def storm() -> None:
+        for n in range(10):  # a burst of registrations, then a timer's wait
+            register(registry, 20 + n, f"alice-{n}", "alice")
+        await asyncio.sleep(hub_module.COALESCE_SECONDS * 4)
+
+    asyncio.run(storm())
+    assert compiles == 1
+    assert len(tailnet.context.nodes) == 14
+    assert_maps_are_fresh(store, tailnet)

@@ -42,6 +42,7 @@ __all__ = [
     "ServerAddress",
     "cancel_and_wait",
     "fetch_server_key",
+    "read_all",
 ]
 
 CAPVER = 133  # what tailscale 1.96 sends
@@ -262,7 +263,7 @@ class ControlClient:
 
     async def post_json(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
         _, status, stream = await self.request(path, json.dumps(body).encode())
-        return status, await _read_all(stream)
+        return status, await read_all(stream)
 
     async def register(self, body: dict[str, Any]) -> tuple[int, Any]:
         """(status, decoded JSON) — or the body text when it is not JSON."""
@@ -376,7 +377,7 @@ def _fail(future: asyncio.Future[Any], exc: Exception) -> None:
         future.exception()  # nobody may be waiting any more: don't log it as lost
 
 
-async def _read_all(stream: _Stream) -> bytes:
+async def read_all(stream: _Stream) -> bytes:
     out = bytearray()
     while (chunk := await stream.chunks.get()) is not None:
         out += chunk

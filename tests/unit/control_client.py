@@ -21,6 +21,7 @@ from typing import Any
 
 from bench.loadgen import client as _client
 from bench.loadgen.client import CAPVER, LOGOUT_EXPIRY, Device, MapStream
+from bench.loadgen.client import read_all as _read_all
 from server.app import Server
 from server.config import ServerConfig
 from server.control import ControlHandler, ControlSettings
@@ -39,6 +40,7 @@ __all__ = [
     "Device",
     "FakeClock",
     "MapStream",
+    "_read_all",
     "running_server",
 ]
 

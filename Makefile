@@ -40,12 +40,20 @@ test-tools:
 	    --no-install-recommends postgresql \
 	  && { service postgresql stop; update-rc.d postgresql disable; } >/dev/null 2>&1; \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null; }
+# The replica test puts HAProxy (TCP mode, its own config, run in the foreground)
+# in front of two servers; the system service the package starts is stopped.
+	@command -v haproxy >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends haproxy \
+	  && { service haproxy stop; update-rc.d haproxy disable; \
+	       systemctl disable --now haproxy; } >/dev/null 2>&1; command -v haproxy >/dev/null; }
 
 # --all: 1.96.4 from PyPI, and 1.78/1.80/1.102 built with Go into
 # ~/.cache/tailnetd/ (cold: minutes each; warm: instant). See docs/clients.md.
 test: venv test-tools
 	$(BIN)/python -m tests.tailscale_bin --all
 	$(BIN)/python -m tests.gitops_pusher_bin
+	$(BIN)/python -m tests.goclient_bin
 	$(BIN)/python -m tests.dex_bin
 	$(BIN)/python -m pytest -p no:cacheprovider
 

@@ -29,7 +29,7 @@ from server.api import WebDeps, build_app, build_metrics_app
 from server.auth.pending import PendingLogins
 from server.auth.sshcheck import SshChecks
 from server.config import ServerConfig
-from server.control import ControlHandler, ControlSettings
+from server.control import PROBE_PATH, ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
 from server.declared_keys import read_secret, sync_declared_keys
 from server.edge.control_conn import ControlConnection
@@ -54,6 +54,7 @@ from server.store.postgres import PostgresStore
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, running_tailnet
 from server.tailnet.pg_listen import start_replication
+from server.tailnet.probes import RouterProbes
 from server.tls.acme import AcmeManager, AcmeSettings
 from server.tls.acme_http import ChallengeResponder
 from server.tls.certs import ReloadingContext, TlsError, watch_certificate_files
@@ -64,6 +65,7 @@ __all__ = ["Server", "StartupError"]
 
 SWEEP_INTERVAL = 5.0
 EXPIRY_RECHECK = 1.0  # seconds: a new commit's first expiry is noticed this late at most
+PROBE_RECHECK = 1.0  # seconds: a router newly sharing a subnet is probed this late at most
 DEFAULT_SETTINGS = TailnetSettings()
 
 
@@ -186,10 +188,19 @@ class Server:
         self.tailnet.start_canary(TailnetSource.from_snapshot(snap), canary)
 
     def _canary_health(self, change: NodeChange) -> None:
-        """A canary node whose map stream ends during a hold fails the rollout."""
+        """A canary node whose map stream ends during a hold fails the rollout;
+        one online starts a hold that waited for a canary."""
         node = change.node
-        if change.online is False and node is not None and self.tailnet.is_canary(node.id):
+        if node is None or not self.tailnet.is_canary(node.id):
+            return
+        if change.online is False:
             self.commits.canary_offline(node.given_name)
+        elif self.registry.is_online(node.id):
+            self.commits.canary_online()
+
+    def _canary_is_online(self, tag: str) -> bool:
+        nodes = map(self.registry.get, self.registry.online_ids())
+        return any(node is not None and tag in node.tags for node in nodes)
 
     async def _rollout_timer(self) -> None:
         """At the end of a rollout's hold, promote its commit to every node."""
@@ -247,7 +258,7 @@ class Server:
             source = TailnetSource.from_snapshot(self.commits.initial())
         except SourceError as exc:
             raise StartupError(str(exc)) from None
-        self.server_key = _load_or_create_key(cfg.data_dir / "noise_private.key", MachinePrivate)
+        self.server_key = _load_or_create_key(cfg.control_key_path, MachinePrivate)
         self.derp_key = _load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)
         location = cfg.store_location
         if isinstance(location, Path):
@@ -319,6 +330,11 @@ class Server:
             log=self.log,
         )
         self.oidc = self._oidc_login()
+        self.probes = RouterProbes(
+            interval=timedelta(seconds=cfg.probe_interval),
+            misses=cfg.probe_misses,
+            token=lambda: base64.urlsafe_b64encode(os.urandom(12)).decode(),
+        )
         self.control = ControlHandler(
             self.tailnet,
             self.registry,
@@ -330,6 +346,7 @@ class Server:
             logins=self.logins,
             ssh_checks=self.ssh_checks,
             on_refused=self.events.login_refused,
+            on_probe=self._probe_answered,
         )
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
@@ -374,8 +391,10 @@ class Server:
         if self.acme is not None:
             await self._start_acme(FrontDoor(public, upgrades, log=self.log, scheme="http"))
         self.commits.serve_with(self._serve, off_loop=self._serve_off_loop)
-        self.commits.canary_with(self._serve_canary, self.tailnet.end_canary)
         self.registry.subscribe(self._canary_health)
+        self.commits.canary_with(
+            self._serve_canary, self.tailnet.end_canary, online=self._canary_is_online
+        )
         self._tasks.append(asyncio.create_task(self._rollout_timer()))
         watcher = self.commits.watcher(cfg.fetch_interval)
         if watcher is not None:
@@ -391,6 +410,7 @@ class Server:
             )
         self._tasks.append(asyncio.create_task(self._expiry_timer()))
         self._tasks.append(asyncio.create_task(self._login_timer()))
+        self._tasks.append(asyncio.create_task(self._probe_timer()))
         self._warn_undeclared_tags()
         self.log.info(
             "tailnetd listening on %s (control + DERP), STUN %s, serving %s, node state in %s",
@@ -599,6 +619,33 @@ class Server:
                     extra=event("policy.expired", commit=self.status.serving),
                 )
                 self.tailnet.time_passed()
+
+    async def _probe_timer(self) -> None:
+        """Probe the routers that share a subnet (HA): one that stops answering
+        while its stream stays open loses its subnets to another."""
+        while True:
+            now = self.clock()
+            self._health(self.probes.track(self.tailnet.shared_routers(), now))
+            probes, transitions = self.probes.due(now)
+            self._health(transitions)
+            for probe in probes:
+                self.tailnet.ping(probe.node_id, self._public_url() + PROBE_PATH + probe.token)
+            due = self.probes.next_due()
+            wait = PROBE_RECHECK if due is None else (due - self.clock()).total_seconds()
+            await asyncio.sleep(min(max(wait, 0.01), PROBE_RECHECK))
+
+    def _probe_answered(self, node_id: int, token: str) -> None:
+        self._health(self.probes.answered(node_id, token))
+
+    def _health(self, transitions: list[tuple[int, bool]]) -> None:
+        for node_id, healthy in transitions:
+            self.log.info(
+                "router %d %s health probes",
+                node_id,
+                "answers" if healthy else "stopped answering",
+                extra=event("router.health", node=node_id, healthy=healthy),
+            )
+            self.registry.set_healthy(node_id, healthy)
 
     def _oidc_login(self) -> OidcLogin | None:
         """Logins through the identity provider, when --oidc-issuer is set."""

@@ -305,7 +305,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"undeclared tags: {entry['kind']} {entry['id']} {entry['name']}: {tags}")
     rollout = status.get("rollout")
     if rollout:
-        print(f"rollout:  {rollout['revision']} {rollout['phase']} (hold until {rollout['until']})")
+        until = rollout["until"] or "a canary node is online"
+        print(f"rollout:  {rollout['revision']} {rollout['phase']} (hold until {until})")
         if rollout["reason"]:
             print(f"  {rollout['reason']}")
     rejected = status.get("rejected")

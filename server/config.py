@@ -66,13 +66,23 @@ class ServerConfig:
     # Allowed-signers file outside the repository: only commits its keys signed are served.
     trusted_signers: Path | None = None
     login_timeout: float = 600.0  # seconds an interactive login waits for approval
+    # Health probes of routers sharing a subnet (HA): every probe_interval seconds;
+    # probe_misses unanswered in a row make a router lose its subnets.
+    probe_interval: float = 10.0
+    probe_misses: int = 2
     oidc: OidcSettings | None = None  # logins through an identity provider (--oidc-issuer)
     replica_id: str | None = None  # None: a random name each start
     mesh_key_file: Path | None = None  # DERP mesh key shared by replicas
     mesh_with: tuple[str, ...] = ()  # other replicas' server URLs
+    # The control protocol's private key; replicas behind one URL share it.
+    control_key_file: Path | None = None  # None: DATA/noise_private.key
     # The webhooks' HMAC-SHA256 secret: from --webhook-secret-file or
     # TAILNETD_WEBHOOK_SECRET, never from git. None: webhooks are not sent.
     webhook_secret: bytes | None = field(default=None, repr=False)
+
+    @property
+    def control_key_path(self) -> Path:
+        return self.control_key_file or self.data_dir / "noise_private.key"
 
     @property
     def socket_path(self) -> Path:
@@ -122,6 +132,13 @@ def _log_format(text: str) -> str:
     if text.lower() not in ("json", "text"):
         raise ValueError(f"must be json or text, got {text!r}")
     return text.lower()
+
+
+def _count(text: str) -> int:
+    value = str(text)  # a YAML file may give a number
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"must be a whole number of at least 1, got {text!r}")
+    return int(value)
 
 
 def _seconds(text: str) -> float:
@@ -266,6 +283,12 @@ OPTIONS: tuple[Option, ...] = (
         "map lists them in this region", parse=_url_list,
     ),
     Option(
+        "control_key_file", "FILE",
+        "the control protocol's private key (created if missing); replicas behind one URL "
+        "must share it, or clients are refused when they land on another",
+        shown="DATA/noise_private.key", parse=_file,
+    ),
+    Option(
         "trusted_signers", "FILE",
         "serve only commits signed by an SSH key in this allowed-signers file (outside the "
         "repository; overrides the repository's trusted_signers setting)",
@@ -275,6 +298,16 @@ OPTIONS: tuple[Option, ...] = (
         "login_timeout", "SECONDS",
         "seconds an interactive login (tailscale up without a key) waits for approval",
         "600", parse=_seconds,
+    ),
+    Option(
+        "probe_interval", "SECONDS",
+        "seconds between health probes of subnet routers that share a subnet (HA routes)",
+        "10", parse=_seconds,
+    ),
+    Option(
+        "probe_misses", "N",
+        "unanswered probes in a row after which such a router loses its subnets to another",
+        "2", parse=_count,
     ),
     Option(
         "oidc_issuer", "URL", "OpenID Connect issuer: logins go through this identity provider"
@@ -440,10 +473,13 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         log_format=v["log_format"],
         trusted_signers=signers,
         login_timeout=v["login_timeout"],
+        probe_interval=v["probe_interval"],
+        probe_misses=v["probe_misses"],
         oidc=_oidc(v, v.get("server_url") or default_url, v["login_timeout"], env),
         replica_id=v.get("replica_id"),
         mesh_key_file=v.get("mesh_key_file"),
         mesh_with=v.get("mesh_with", ()),
+        control_key_file=v.get("control_key_file"),
     )
 
 

@@ -61,6 +61,8 @@ __all__ = ["MIN_CAPABILITY_VERSION", "ControlHandler", "ControlSettings"]
 MIN_CAPABILITY_VERSION = 113
 TOLD_MAX = 4096
 _SSH_ACTION = re.compile(r"/machine/ssh/action/(\d{1,18})/to/(\d{1,18})")
+PROBE_PATH = "/machine/probe/"  # + token: a router answering a health probe (HEAD over Noise)
+_PROBE = re.compile(re.escape(PROBE_PATH) + r"([A-Za-z0-9_-]{1,64})")
 
 
 class RequestRejected(Exception):
@@ -97,7 +99,9 @@ class ControlHandler:
         logins: PendingLogins | None = None,
         ssh_checks: SshChecks | None = None,
         on_refused: Callable[[str, str], None] | None = None,
+        on_probe: Callable[[int, str], None] | None = None,
     ) -> None:
+        self._on_probe = on_probe  # (node id, token): a router answered a health probe
         self._tailnet = tailnet
         self._on_refused = on_refused  # (machine, reason): a login refused its key
         self._registry = registry
@@ -123,6 +127,9 @@ class ControlHandler:
             if req.path == "/machine/map" and req.method == "POST":
                 return self._map(req)
             split = urlsplit(req.path)
+            probe = _PROBE.fullmatch(split.path)
+            if probe is not None and req.method in ("HEAD", "GET"):
+                return self._probe_answer(req, probe[1])
             ssh = _SSH_ACTION.fullmatch(split.path)
             if ssh is not None and req.method == "GET" and self._ssh_checks is not None:
                 query = {k: v[0] for k, v in parse_qs(split.query).items()}
@@ -141,6 +148,14 @@ class ControlHandler:
             return ControlResponse(
                 exc.status, exc.message.encode() + b"\n", content_type="text/plain"
             )
+
+    def _probe_answer(self, req: ControlRequest, token: str) -> ControlResponse:
+        """The client's answer to a PingRequest: it comes over Noise, so the
+        machine key of the connection says which node answered."""
+        node = self._registry.by_machine_key(req.machine_key)
+        if node is not None and self._on_probe is not None:
+            self._on_probe(node.id, token)
+        return ControlResponse(200, b"", content_type="text/plain")
 
     # /machine/register
 
@@ -528,6 +543,9 @@ class ControlHandler:
         self._registry.connected(node_id)
         try:
             while not handle.closed:
+                ping = handle.take_ping()
+                if ping is not None:
+                    yield encoder.encode(ping_message(ping))
                 full, peers = handle.take()
                 now = self._clock()
                 ctx = self._tailnet.context_for(node_id)
@@ -556,6 +574,13 @@ class ControlHandler:
             self._metrics.session_closed(handle)
             self._tailnet.close_session(handle)
             self._registry.disconnected(node_id, self._clock())  # records last seen
+
+
+def ping_message(url: str) -> bytes:
+    """A MapResponse carrying only a PingRequest: the client sends ``HEAD url``
+    over its Noise connection (tailscale control/controlclient/direct.go
+    `answerPing`; a URL equal to the last one it answered is ignored)."""
+    return json.dumps({"PingRequest": {"URL": url, "URLIsNoise": True}}).encode()
 
 
 def _json(value: dict[str, Any]) -> ControlResponse:

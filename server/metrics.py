@@ -275,6 +275,8 @@ class DerpCollector(Collector):
             ("bytes_received", "Bytes of packets DERP clients sent.", s.bytes_received),
             ("packets_relayed", "Packets DERP delivered to their receiver.", s.packets_sent),
             ("bytes_relayed", "Bytes of packets DERP delivered.", s.bytes_sent),
+            ("packets_forwarded", "Packets DERP handed to a meshed replica.", s.forwarded),
+            ("packets_forwarded_in", "Packets a meshed replica handed to DERP.", s.forwarded_in),
         ):
             yield CounterMetricFamily(f"tailnetd_derp_{name}", help_text, value=value)
         dropped = CounterMetricFamily(

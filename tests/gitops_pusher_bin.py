@@ -18,15 +18,20 @@ from pathlib import Path
 VERSION = "1.96.4"
 MODULE = f"tailscale.com/cmd/gitops-pusher@v{VERSION}"
 
-__all__ = ["VERSION", "bin_dir", "binary", "install"]
+__all__ = ["VERSION", "bin_dir", "binary", "cache_dir", "install"]
 
 
-def bin_dir() -> Path:
-    override = os.environ.get("TAILNETD_GITOPS_PUSHER_BIN")
+def cache_dir(override_env: str, name: str) -> Path:
+    """`$override_env` if set, else `${XDG_CACHE_HOME:-~/.cache}/tailnetd/<name>`."""
+    override = os.environ.get(override_env)
     if override:
         return Path(override)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "tailnetd" / f"gitops-pusher-{VERSION}"
+    return cache / "tailnetd" / name
+
+
+def bin_dir() -> Path:
+    return cache_dir("TAILNETD_GITOPS_PUSHER_BIN", f"gitops-pusher-{VERSION}")
 
 
 def binary() -> Path:

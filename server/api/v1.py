@@ -116,6 +116,8 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         body = deps.status.to_json()
         body["nodes"] = len(tailnet.context.nodes)
         body["online"] = len(tailnet.online_ids())
+        # Replicas: the nodes whose map stream this process holds.
+        body["streaming_here"] = sorted(registry.local_online_ids())
         body["cut_off"] = [
             {"id": n.id, "name": n.given_name, "user": n.user, "reason": "user not in tailnet.d"}
             for n in tailnet.cut_off()

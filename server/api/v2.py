@@ -64,6 +64,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
             "tags": list(n.tags),
             "authorized": True,
             "isExternal": False,
+            "isEphemeral": n.ephemeral,
             "keyExpiryDisabled": n.key_expiry is None,
             "expires": format_time(n.key_expiry),
             "created": format_time(n.created),
@@ -88,6 +89,8 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         }
         return {
             "id": k.prefix,
+            "keyType": "auth",
+            "description": k.declared_name or "",
             "created": format_time(k.created),
             "expires": format_time(k.expiration),
             "invalid": k.revoked or (k.expiration is not None and clock() >= k.expiration),
@@ -158,10 +161,11 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
                 {"field": "capabilities.devices.create.tags"},
             )
         tags = check_tags(tailnet, create.tags)
-        if body.expirySeconds is not None and body.expirySeconds <= 0:
-            raise Problem("invalid-request", "expirySeconds must be positive")
+        if body.expirySeconds is not None and body.expirySeconds < 0:
+            raise Problem("invalid-request", "expirySeconds must not be negative")
         now = clock()
-        seconds = body.expirySeconds if body.expirySeconds is not None else 90 * 86400
+        # Absent or 0 (what Tailscale's Go client sends when unset): 90 days, as there.
+        seconds = body.expirySeconds or 90 * 86400
         text, created = store.create_preauth_key(
             "",  # a tagged key's nodes belong to their tags, not a user
             reusable=create.reusable,
@@ -173,7 +177,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         )
         if deps.events is not None:
             deps.events.key("created", "preauth", created.id, created.prefix)
-        return {"key": text, "description": body.description or "", **key_json(created)}
+        return {**key_json(created), "key": text, "description": body.description or ""}
 
     async def served_policy() -> tuple[Any, PolicyFile]:
         if deps.documents is None:

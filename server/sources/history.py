@@ -87,6 +87,10 @@ class History:
                 return entry.signer
         return None
 
+    def latest(self, revision: str) -> HistoryEntry | None:
+        """The newest decision about `revision` (None: never decided on)."""
+        return next((e for e in self.entries() if e.revision == revision), None)
+
     def append(self, entry: HistoryEntry) -> None:
         """Record `entry`, unless it only repeats the newest one (a restart serving the
         same commit, or a broken HEAD seen again)."""

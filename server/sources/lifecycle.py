@@ -28,11 +28,12 @@ from server.sources.authority import CommitAuthority
 from server.sources.history import History, HistoryEntry
 from server.sources.remote import RemoteRepo, watch_remote
 from server.sources.repo import Checked, Rejection, RepoStatus, SnapshotRepo, watch_repo
-from server.sources.rollout import Hold, RolloutError
+from server.sources.rollout import ABORTED, Hold, RolloutError
 
 __all__ = ["CommitLifecycle", "RolloutError", "SourceError", "open_repo"]
 
 LAST_GOOD_FILE = "last_good_revision"
+RESTARTED = "the server restarted before this commit reached every node: its hold started again"
 
 
 class SourceError(Exception):
@@ -97,7 +98,9 @@ class CommitLifecycle:
         # nodes, and end that; the hold in progress; the snapshot served to all.
         self._start_canary: Callable[[Snapshot, str], None] | None = None
         self._end_canary: Callable[[], None] = lambda: None
+        self._canary_online: Callable[[str], bool] = lambda _tag: False
         self._hold: Hold | None = None
+        self._restarted: Hold | None = None  # a tip held back at start-up, to hold again
         self._current: Snapshot | None = None
         self.rollout_wake = asyncio.Event()  # a hold began or ended: its timer looks again
 
@@ -131,14 +134,17 @@ class CommitLifecycle:
         snap, errors = checked.snapshot, checked.errors
         if snap is None:
             self._reject(head or str(self.repo.path), checked)
+        elif head is not None and previous and head != previous:
+            kept = self._kept_back(head, snap, signer, previous)
+            if kept is not None:
+                checked, signer = kept
+                snap, errors = checked.snapshot, checked.errors
+        if snap is None:
             if previous and previous != head:
                 self._log.warning(
                     "HEAD %s is refused; serving the last good commit %s", head, previous
                 )
-                checked = self.repo.check(previous, self._clock())
-                signer = self.history.signer_of(previous)
-                if self.authority.outside:
-                    checked, signer = self._verified(previous, checked)
+                checked, signer = self._last_good_checked(previous)
                 snap, errors = checked.snapshot, checked.errors
             if snap is None:
                 raise SourceError(
@@ -146,6 +152,51 @@ class CommitLifecycle:
                 )
         self._serving(snap, signer)
         return snap
+
+    def _last_good_checked(self, previous: str) -> tuple[Checked, str | None]:
+        checked = self.repo.check(previous, self._clock())
+        signer = self.history.signer_of(previous)
+        if self.authority.outside:
+            checked, signer = self._verified(previous, checked)
+        return checked, signer
+
+    def _kept_back(
+        self, head: str, snap: Snapshot, signer: str | None, previous: str
+    ) -> tuple[Checked, str | None] | None:
+        """At start-up, a checked tip that is not the last good commit: the
+        last good one (checked) serves everyone instead when the tip's canary
+        rollout was aborted, or when the last good commit's settings roll out
+        through canaries and the tip was never promoted (its hold starts
+        again once the canaries can be served). None: the tip serves everyone."""
+        decided = self.history.latest(head)
+        if decided is not None and decided.outcome == "served":
+            return None  # promoted before the restart
+        good = self._last_good_checked(previous)
+        last = good[0].snapshot
+        if last is None:
+            return None
+        if decided is not None and any(r.startswith(ABORTED) for r in decided.reasons):
+            self.status.rejected = Rejection(head, decided.at, decided.reasons)
+            self._log.warning(
+                "HEAD %s stays refused (its canary rollout was aborted); serving %s",
+                head[:12],
+                previous[:12],
+            )
+            return good
+        rollout = last.settings.rollout
+        if rollout is None:
+            return None
+        self._restarted = Hold.start(
+            snap, signer, rollout.canary, rollout.hold, self._clock(),
+            canary_online=False, note=RESTARTED,
+        )  # fmt: skip
+        self._log.warning(
+            "HEAD %s was not yet served to every node: serving %s, and %s holds it again",
+            head[:12],
+            previous[:12],
+            rollout.canary,
+        )
+        return good
 
     def serve_with(
         self,
@@ -159,11 +210,25 @@ class CommitLifecycle:
         self._serve = serve
         self._serve_off_loop = off_loop
 
-    def canary_with(self, start: Callable[[Snapshot, str], None], end: Callable[[], None]) -> None:
+    def canary_with(
+        self,
+        start: Callable[[Snapshot, str], None],
+        end: Callable[[], None],
+        *,
+        online: Callable[[str], bool],
+    ) -> None:
         """With settings.yaml's `rollout`, a checked commit is first served by
         `start(snapshot, canary tag)` (which raises when it cannot compile),
-        and `end()` sends the canaries back when the rollout is aborted."""
-        self._start_canary, self._end_canary = start, end
+        and `end()` sends the canaries back when the rollout is aborted;
+        `online(tag)` says whether a canary node is online. A tip held back at
+        start-up is held on the canaries now (its hold starts again)."""
+        self._start_canary, self._end_canary, self._canary_online = start, end, online
+        restarted, self._restarted = self._restarted, None
+        if restarted is not None:
+            self._hold_on_canaries(
+                restarted.snapshot, restarted.signer, restarted.canary, restarted.hold,
+                note=restarted.note,
+            )  # fmt: skip
 
     def watcher(self, fetch_interval: float) -> Any:
         """The coroutine that watches the repository, or None for a plain directory."""
@@ -240,10 +305,17 @@ class CommitLifecycle:
     # Canary rollout
 
     def _hold_on_canaries(
-        self, snap: Snapshot, signer: str | None, canary: str, hold: timedelta
+        self,
+        snap: Snapshot,
+        signer: str | None,
+        canary: str,
+        hold: timedelta,
+        *,
+        note: str | None = None,
     ) -> None:
         """Serve `snap` to the canary nodes for the hold (a newer commit
-        replaces the candidate held, and its hold starts again)."""
+        replaces the candidate held, and its hold starts again). The hold's
+        time runs once a canary node is online."""
         assert self._start_canary is not None
         try:
             self._start_canary(snap, canary)
@@ -256,15 +328,19 @@ class CommitLifecycle:
             self._log.info(
                 "rollout of %s replaced by %s", self._hold.snapshot.id[:12], snap.id[:12]
             )
-        self._hold = Hold.start(snap, signer, canary, hold, self._clock())
+        self._hold = Hold.start(
+            snap, signer, canary, hold, self._clock(),
+            canary_online=self._canary_online(canary), note=note,
+        )  # fmt: skip
         self.status.rollout = self._hold.status
         self.status.rejected = None
         self.rollout_wake.set()
+        until = self._hold.until
         self._log.info(
             "commit %s is served to %s until %s, then to every node",
             snap.id[:12],
             canary,
-            self._hold.until.isoformat(),
+            until.isoformat() if until is not None else f"{hold} after one is online",
             extra=event("rollout.holding", commit=snap.id, canary=canary),
         )
 
@@ -276,6 +352,20 @@ class CommitLifecycle:
         """The rollout timer fired: promote the candidate once its hold is over."""
         if self._hold is not None and self._hold.due(now):
             self.promote("the hold ended with every canary node online")
+
+    def canary_online(self) -> None:
+        """A canary node came online: a hold that waited for one starts now."""
+        if self._hold is None or self._hold.until is not None:
+            return
+        self._hold = self._hold.canary_online(self._clock())
+        self.status.rollout = self._hold.status
+        self.rollout_wake.set()
+        self._log.info(
+            "a %s node is online: %s holds until %s",
+            self._hold.canary,
+            self._hold.snapshot.id[:12],
+            self._hold.until,
+        )
 
     def canary_offline(self, node_name: str) -> None:
         """A canary node went offline during the hold: the rollout fails."""
@@ -308,7 +398,7 @@ class CommitLifecycle:
         hold = self._take_hold()
         self._end_canary()
         self.status.rollout = hold.status.ended("aborted", reason)
-        error = f"canary rollout aborted: {reason}"
+        error = ABORTED + reason
         self._reject(hold.snapshot.id, Checked(None, (error,), "canary"))
 
     def _take_hold(self) -> Hold:

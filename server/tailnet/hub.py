@@ -28,6 +28,7 @@ from functools import partial
 from typing import Any
 
 from gitctl.policy import CompiledTailnet, Policy
+from gitctl.policy.addrs import EXIT_ROUTES
 from gitctl.snapshot import Snapshot
 from gitctl.tailnet import TailnetSettings
 from server.logs import event
@@ -121,6 +122,15 @@ class SessionHandle:
         self.full = True
         self.peers: set[int] = set()
         self.closed = False
+        self.ping: str | None = None  # a health probe's URL to send (server/tailnet/probes.py)
+
+    def send_ping(self, url: str) -> None:
+        self.ping = url
+        self.wake.set()
+
+    def take_ping(self) -> str | None:
+        url, self.ping = self.ping, None
+        return url
 
     def mark_full(self) -> None:
         self.full = True
@@ -176,6 +186,7 @@ class Tailnet:
         self._derp_map = self._derp_map_of(source)
         self._sessions: dict[int, set[SessionHandle]] = {}
         self._online = set(online)
+        self._unhealthy: set[int] = set()  # routers not answering probes (for the election)
         self._records: dict[int, Node] = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
         # subnet -> primary router, last served: runtime state, like who is online
         self._primaries: Mapping[str, int] = dict(primaries or {})
@@ -246,7 +257,9 @@ class Tailnet:
             self._approved_routes(nodes, source),
             now=self._clock(),
             offline_routers=frozenset(
-                n.id for n in nodes if n.id not in self._online and advertised_routes(n)
+                n.id
+                for n in nodes
+                if (n.id not in self._online or n.id in self._unhealthy) and advertised_routes(n)
             ),
             primaries=dict(self._primaries),
             groups=self._group_members(),
@@ -438,6 +451,7 @@ class Tailnet:
         if change.kind == "removed":
             self._records.pop(change.node_id, None)
             self._online.discard(change.node_id)
+            self._unhealthy.discard(change.node_id)
             self._ctx.entries.forget(change.node_id)  # its entry and its map memo
             if self._canary is not None:
                 self._canary[2].entries.forget(change.node_id)
@@ -453,10 +467,15 @@ class Tailnet:
         if change.kind == "topology" or (node.id in self._ctx.nodes) != self._served(node):
             self._recompile()
             return
-        if change.online is not None and advertised_routes(node):
-            # A router came or went: the primary for its subnets may move (HA failover).
+        if change.healthy is not None:
+            (self._unhealthy.discard if change.healthy else self._unhealthy.add)(node.id)
+        if (change.online is not None or change.healthy is not None) and advertised_routes(node):
+            # A router came or went (or stopped answering): the primary for its
+            # subnets may move (HA failover).
             self._recompile()
             return
+        if change.healthy is not None:
+            return  # peers see nothing of a probe
         if node.id not in self._ctx.nodes:
             return  # not served: nobody sees it
         self._ctx = self._with_node(self._ctx, node)
@@ -595,6 +614,26 @@ class Tailnet:
 
     def online_ids(self) -> frozenset[int]:
         return frozenset(self._online)
+
+    def ping(self, node_id: int, url: str) -> None:
+        """Send a PingRequest for `url` down `node_id`'s open map streams."""
+        for handle in self._sessions.get(node_id, ()):
+            handle.send_ping(url)
+
+    def shared_routers(self) -> frozenset[int]:
+        """Online routers serving a subnet that another router serves too:
+        the ones whose health decides a primary (HA routes)."""
+        served: dict[str, list[int]] = {}
+        online = [n for n in self._ctx.nodes.values() if n.id in self._online]
+        for node_id, routes in self._approved_routes(online).items():
+            for route in routes:
+                served.setdefault(route, []).append(node_id)
+        return frozenset(
+            node_id
+            for route, ids in served.items()
+            if len(ids) > 1 and route not in EXIT_ROUTES
+            for node_id in ids
+        )
 
     def _notify_viewers(self, node_id: int) -> None:
         # Each viewer sees the node as the snapshot it is on shows it.

@@ -47,6 +47,8 @@ class NodeChange:
     node: Node | None
     previous: Node | None
     online: bool | None = None  # set when the change is the node going online or offline
+    # set when a router stopped or started answering health probes (server/tailnet/probes.py)
+    healthy: bool | None = None
 
 
 Listener = Callable[[NodeChange], None]
@@ -281,6 +283,14 @@ class NodeRegistry:
         )
         self._changed(node, updated, node.id)
         return updated
+
+    def set_healthy(self, node_id: int, healthy: bool) -> None:
+        """A router stopped answering health probes while its stream stays open
+        (False), or answers again (True): for the primary election an unhealthy
+        router is offline. Nothing is written; peers see no change."""
+        node = self._store.get_node(node_id)
+        if node is not None:
+            self.publish(NodeChange("volatile", node_id, node, node, healthy=healthy))
 
     def connected(self, node_id: int) -> None:
         """A map stream of `node_id` opened here; the first one makes it online."""

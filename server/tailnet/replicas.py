@@ -153,8 +153,8 @@ class Replicas:
     # Out
 
     def _local_change(self, change: NodeChange) -> None:
-        if self._applying:
-            return
+        if self._applying or change.healthy is not None:
+            return  # probes are this replica's own (server/tailnet/probes.py)
         node_id = change.node_id
         here = node_id in self._registry.local_online_ids()
         online: bool | None = None

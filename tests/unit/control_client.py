@@ -9,6 +9,7 @@ Clients opened here are tracked, so a failed test's leftovers are closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -98,15 +99,22 @@ async def running_server(
     clock: Callable[[], datetime] | None = None,
     keepalive: float | None = None,
     database: str | None = None,
+    data_dir: Path | None = None,
 ) -> AsyncIterator[Server]:
     """A Server on 127.0.0.1:<free port> serving a fresh git repo with `files`.
 
-    `keepalive` (seconds) shortens the map keep-alive interval.
+    `keepalive` (seconds) shortens the map keep-alive interval. With
+    `data_dir` (short: it holds the admin socket) the server is started on
+    that data dir and on the repo already in `tmp / "repo"`: a restart.
     """
-    repo = TailnetRepo(tmp / "repo", files or {"users.yaml": USERS})
+    if data_dir is None or not (tmp / "repo").exists():
+        repo_path = TailnetRepo(tmp / "repo", files or {"users.yaml": USERS}).path
+    else:
+        repo_path = tmp / "repo"
     # The admin unix socket lives in the data dir; AF_UNIX paths are short.
-    with tempfile.TemporaryDirectory(prefix="tnd-") as data:
-        config = loopback_config(repo.path, Path(data), database)
+    with contextlib.ExitStack() as stack:
+        data = data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="tnd-"))
+        config = loopback_config(repo_path, Path(data), database)
         log = logging.getLogger("tailnetd.test")
         server = Server(config, log=log, clock=clock or FakeClock())
         await server.start()

@@ -58,6 +58,7 @@ def test_devices_in_tailscale_shape(apis: Apis) -> None:
     assert device["id"] == "1" and device["hostname"] == "laptop"
     assert (device["os"], device["clientVersion"]) == ("linux", "1.96.4-t1")  # from Hostinfo
     assert device["user"] == "a@example.com" and device["authorized"] is True
+    assert device["isEphemeral"] is False
     assert device["addresses"] and device["addresses"][0].startswith("100.")
     one = request(app, "GET", "/api/v2/device/1", token=token)
     assert one.body == device
@@ -106,6 +107,12 @@ def test_auth_keys_are_tagged_and_listed(apis: Apis) -> None:
     assert created.body["expires"].startswith("2025-03-01T13:00")
     (key,) = request(app, "GET", "/api/v2/tailnet/-/keys").body["keys"]
     assert key["id"] == created.body["id"] and "key" not in key
+    assert key["keyType"] == "auth" == created.body["keyType"]
+    # Tailscale's Go client sends expirySeconds 0 when unset: the default, 90 days.
+    unset = request(app, "POST", "/api/v2/tailnet/-/keys", body={**body, "expirySeconds": 0})
+    assert unset.status == 200 and unset.body["expires"].startswith("2025-05-30T12:00"), unset.body
+    negative = request(app, "POST", "/api/v2/tailnet/-/keys", body={**body, "expirySeconds": -1})
+    assert negative.status == 400
     untagged = request(app, "POST", "/api/v2/tailnet/-/keys", body={})
     assert untagged.status == 400 and untagged.body["field"] == "capabilities.devices.create.tags"
     nested = request(

@@ -120,9 +120,12 @@ def test_every_option_is_a_flag_an_environment_variable_and_a_file_key(tmp_path:
         "log_format": "json",
         "trusted_signers": "/etc/tailnetd/allowed_signers",
         "login_timeout": "60",
+        "probe_interval": "2.5",
+        "probe_misses": "3",
         "replica_id": "east",
         "mesh_key_file": "/etc/tailnetd/mesh.key",
         "mesh_with": "http://127.0.0.9:9,http://127.0.0.10:10",
+        "control_key_file": "/etc/tailnetd/control.key",
         "webhook_secret_file": str(_secret_file(tmp_path)),
     }
     oidc = {o.key for o in OPTIONS if o.key.startswith("oidc_")}  # test_oidc_options

@@ -118,3 +118,22 @@ async def test_files_left_open_by_an_older_version_are_tightened(
         )
     finally:
         await running.stop()
+
+
+@async_test
+async def test_servers_given_one_control_key_file_share_their_control_key(
+    config: ServerConfig, tmp_path: Path
+) -> None:
+    """Replicas behind one URL: a client that fetched /key from one must
+    complete its Noise handshake with another."""
+    shared = replace(config, control_key_file=tmp_path / "control.key")
+    first = server(shared)
+    await first.start()
+    await first.stop()
+    with tempfile.TemporaryDirectory(prefix="tnd-") as other_data:
+        second = server(replace(shared, data_dir=Path(other_data) / "data"))
+        await second.start()
+        await second.stop()
+    assert first.server_key.public() == second.server_key.public()
+    assert mode(tmp_path / "control.key") == 0o600
+    assert not (config.data_dir / "noise_private.key").exists()

@@ -188,3 +188,15 @@ async def test_an_expiring_rule_leaves_the_maps_at_its_instant(tmp_path: Path) -
         msg = await stream.wait_for(lambda m: "PeersRemoved" in m)
         assert msg["PeersRemoved"] == [node_id(srv, bob)]
         await bob_client.close()
+
+
+@async_test
+async def test_status_names_the_nodes_streaming_here(tmp_path: Path) -> None:
+    """Replicas behind a load balancer: which one holds a client's stream."""
+    async with running_server(tmp_path) as srv:
+        transport = httpx.AsyncHTTPTransport(uds=str(srv.config.socket_path))
+        async with httpx.AsyncClient(transport=transport, base_url="http://tailnetd") as admin:
+            assert (await admin.get("/api/v1/status")).json()["streaming_here"] == []
+            _, _, first = await poll(srv, Device("laptop"))
+            status = (await admin.get("/api/v1/status")).json()
+        assert status["streaming_here"] == [first["Node"]["ID"]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -160,7 +160,9 @@ def router_source() -> TailnetSource:
     return replace(SOURCE, explicit_routes={"tag:router": ("10.1.0.0/24",)})
 
 
-def test_an_offline_primary_router_fails_over_and_nothing_flaps(store: Store) -> None:
+def ha_routers(store: Store) -> tuple[NodeRegistry, Callable[[], int], int, int]:
+    """Two routers for 10.1.0.0/24 and a viewer, all streaming; `primary()`
+    is the router the viewer is told serves the subnet."""
     registry, tailnet = running_tailnet(
         store, router_source(), derp_regions=REGIONS, log=logging.getLogger("t"), clock=lambda: T0
     )
@@ -181,6 +183,11 @@ def test_an_offline_primary_router_fails_over_and_nothing_flaps(store: Store) ->
         assert len(owners) == 1, "exactly one router serves the subnet to its peers"
         return owners[0]
 
+    return registry, primary, first, second
+
+
+def test_an_offline_primary_router_fails_over_and_nothing_flaps(store: Store) -> None:
+    registry, primary, first, second = ha_routers(store)
     assert primary() == first  # the earliest registered
     registry.disconnected(first, T0)
     assert primary() == second  # failover, without a commit

@@ -58,7 +58,7 @@ test: venv test-tools
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 test-fast: venv
-	$(BIN)/python -m pytest -p no:cacheprovider -m "not e2e"
+	$(BIN)/python -m pytest -p no:cacheprovider -m "not e2e and not load"
 
 # ruff (lint + format) and mypy --strict over gitctl/ and server/, as pyproject says.
 lint: venv

@@ -120,6 +120,7 @@ class ServerProcess:
         self.port = free_port()
         self.stun_port = free_port(socket.SOCK_DGRAM)
         self.extra = list(extra)
+        self.launcher: list[str] = []  # interpreter options, e.g. ["-m", "cProfile", ...]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -131,6 +132,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
+                *self.launcher,
                 "-m",
                 "server.cli",
                 "serve",

@@ -9,7 +9,6 @@ server/control.py's `_stream` does, without sockets.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from bench.loadgen.netmap import ClientNetmap
 from gitctl.policy import parse_policy
 from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
@@ -100,67 +100,6 @@ OWNERS = st.sampled_from([("alice", ()), ("bob", ()), (None, ("tag:server",))])
 ENDPOINTS = st.lists(
     st.sampled_from(["192.0.2.1:41641", "198.51.100.2:3478", "[2001:db8::1]:41641"]), max_size=2
 )
-PEER_KEYS = (
-    "Peers",
-    "PeersChanged",
-    "PeersRemoved",
-    "PeersChangedPatch",
-    "PeerSeenChange",
-    "OnlineChange",
-)
-PATCH_FIELDS = {
-    "DERPRegion": "HomeDERP",
-    "Cap": "Cap",
-    "CapMap": "CapMap",
-    "Endpoints": "Endpoints",
-    "Key": "Key",
-    "KeySignature": "KeySignature",
-    "DiscoKey": "DiscoKey",
-    "Online": "Online",
-    "LastSeen": "LastSeen",
-    "KeyExpiry": "KeyExpiry",
-}
-
-
-@dataclass
-class ClientNetmap:
-    """What tailscaled holds for one map stream (controlclient mapSession)."""
-
-    top: dict[str, Any] = field(default_factory=dict)
-    peers: dict[int, dict[str, Any]] = field(default_factory=dict)
-    profiles: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-    def apply(self, msg: dict[str, Any]) -> None:
-        if msg.get("KeepAlive"):
-            return
-        for key, value in msg.items():
-            if (
-                key not in PEER_KEYS
-                and key not in ("UserProfiles", "ControlTime")
-                and value is not None
-            ):
-                self.top[key] = copy.deepcopy(value)
-        if msg.get("Peers"):  # non-empty: a full list; the deltas in it are ignored
-            self.peers = {p["ID"]: copy.deepcopy(p) for p in msg["Peers"]}
-        else:
-            for pid in msg.get("PeersRemoved") or ():
-                self.peers.pop(pid, None)
-            for peer in msg.get("PeersChanged") or ():
-                self.peers[peer["ID"]] = copy.deepcopy(peer)
-            # true means "LastSeen = the client's now", which tailnetd never sends.
-            for pid, seen in (msg.get("PeerSeenChange") or {}).items():
-                if int(pid) in self.peers and not seen:
-                    self.peers[int(pid)].pop("LastSeen", None)
-            for pid, online in (msg.get("OnlineChange") or {}).items():
-                if int(pid) in self.peers:
-                    self.peers[int(pid)]["Online"] = online
-            for patch in msg.get("PeersChangedPatch") or ():
-                peer = self.peers.get(patch["NodeID"])
-                for name, node_field in PATCH_FIELDS.items():
-                    if peer is not None and patch.get(name) is not None:
-                        peer[node_field] = patch[name]
-        for profile in msg.get("UserProfiles") or ():
-            self.profiles[profile["ID"]] = profile
 
 
 @dataclass

@@ -1,0 +1,327 @@
+"""Socket-level benchmarks: a real `tailnetd serve` subprocess on loopback and
+the load generator's simulated clients (bench/loadgen), every number taken
+from what the clients observe in their own netmaps, or from the server's /proc.
+
+    python -m bench.bench_socket --mesh 100 1000 --sparse 1000 5000 \\
+        --json docs/bench/socket.json --plot docs/bench/socket.png
+
+Mesh runs (every node may reach every node): registrations/s with every
+registered node streaming, memory per streaming node, idle CPU, a policy
+commit / a join / an endpoint change until every client has it, and (at the
+largest mesh) a server restart until every client is streaming again. Sparse
+runs (a policy that gives nodes no peers) push registrations toward 5,000
+nodes. `--profile DIR` runs the server under cProfile and writes its top
+functions per run. The client side shares the machine with the server: on 2
+cores the numbers are an upper bound on the server's own latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import pstats
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen.fleet import At, Fleet, has_peer_key, peer_endpoints, top_mentions
+from bench.loadgen.local import LocalServer, local_server
+from bench.loadgen.netmap import ClientNetmap
+from bench.loadgen.stats import summary, table
+
+USERS = "users:\n  - {name: alice, email: alice@example.com, display_name: Alice}\n"
+MESH = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}\n'
+SPARSE = '{"acls": []}\n'
+MARKER_PORT = 47113  # a port only the commit's new rule names
+TIMEOUT = 300.0
+IDLE_WINDOW = 10.0
+# Registrations in flight. More is slower on this machine (64 in flight: a third
+# of the rate of 4), so the rate is measured where it is best.
+CONCURRENCY = 8
+# The issue's targets (issue 11), for the verdict column.
+TARGETS = {
+    "registrations_per_s": (">=", 500.0),
+    "commit_p99_ms": ("<=", 300.0),
+    "kb_per_streaming_node": ("<=", 150.0),
+    "join_p99_ms": ("<=", 150.0),
+    "endpoint_p99_ms": ("<=", 100.0),
+}
+
+
+def commit_policy(port: int) -> str:
+    return MESH.replace(
+        "]}]}",
+        f']}}, {{"action": "accept", "src": ["alice@example.com"], "dst": ["*:{port}"]}}]}}',
+    )
+
+
+async def _settled(fleet: Fleet, peers: int) -> None:
+    """Wait until every client holds `peers` peers (registrations raced first maps)."""
+
+    def enough(_: Any) -> Callable[[ClientNetmap], bool]:
+        return lambda netmap: len(netmap.peers) >= peers
+
+    await fleet.observe(fleet.nodes, enough, lambda: asyncio.sleep(0), timeout=TIMEOUT)
+
+
+async def _idle_cpu(server: LocalServer) -> float:
+    before = server.cpu_seconds()
+    await asyncio.sleep(IDLE_WINDOW)
+    return round((server.cpu_seconds() - before) / IDLE_WINDOW * 100, 1)
+
+
+async def register(server: LocalServer, nodes: int, *, mesh: bool) -> tuple[Fleet, dict[str, Any]]:
+    fleet = Fleet(server.address, server.key("alice"), concurrency=CONCURRENCY)
+    rss0 = server.rss_bytes()
+    start = fleet.clock()
+    up = await fleet.add(nodes)
+    elapsed = fleet.clock() - start
+    if mesh:
+        await _settled(fleet, nodes - 1)
+    rss = server.rss_bytes()
+    return fleet, {
+        "nodes": nodes,
+        "concurrency": CONCURRENCY,
+        "registrations_per_s": round(nodes / elapsed, 1),
+        "register_to_first_map": summary(up),
+        "server_rss_mb": round(rss / 2**20, 1),
+        "kb_per_streaming_node": round((rss - rss0) / nodes / 1024, 1),
+        "idle_cpu_percent": await _idle_cpu(server),
+    }
+
+
+async def mesh_events(server: LocalServer, fleet: Fleet) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def committed() -> Awaitable[At]:
+        async def act() -> At:
+            await asyncio.to_thread(
+                server.commit, {"policy.hujson": commit_policy(MARKER_PORT)}, "one more rule"
+            )
+            return At(fleet.clock())
+
+        return act()
+
+    out["commit"] = summary(
+        await fleet.observe(
+            fleet.nodes,
+            lambda _: top_mentions("PacketFilter", str(MARKER_PORT)),
+            committed,
+            timeout=TIMEOUT,
+        )
+    )
+    observers = list(fleet.nodes)
+    newcomer = fleet.new_node()
+    out["join"] = summary(
+        await fleet.observe(
+            observers,
+            lambda _: has_peer_key(newcomer.node_key),
+            lambda: fleet.bring_up(newcomer),
+            timeout=TIMEOUT,
+        )
+    )
+    mover = fleet.nodes[0]
+    endpoints = ["127.0.0.1:41641", "127.0.0.2:41641"]
+    node_id = mover.node_id or 0
+    out["endpoint_change"] = summary(
+        await fleet.observe(
+            fleet.nodes[1:],
+            lambda _: peer_endpoints(node_id, endpoints),
+            lambda: fleet.set_endpoints(mover, endpoints),
+            timeout=TIMEOUT,
+        )
+    )
+    return out
+
+
+async def restart(server: LocalServer, fleet: Fleet) -> dict[str, Any]:
+    """Every client reconnects at once after a restart: seconds until all stream."""
+    begin = time.monotonic()
+    serving = await asyncio.to_thread(server.restart)
+    await fleet.reconnect(fleet.nodes)
+    return {
+        "cold_start_s": round(serving, 2),
+        "restart_to_all_streaming_s": round(time.monotonic() - begin, 2),
+        "reconnect_retries": sum(n.retries for n in fleet.nodes),
+    }
+
+
+def run_one(nodes: int, *, mesh: bool, restart_too: bool, profile: Path | None) -> dict[str, Any]:
+    kind = "mesh" if mesh else "sparse"
+    launcher = ["-m", "cProfile", "-o", str(profile / f"{kind}-{nodes}.prof")] if profile else None
+    policy = MESH if mesh else SPARSE
+    with local_server({"users.yaml": USERS, "policy.hujson": policy}, launcher=launcher) as server:
+        cold_empty = server.started_in
+
+        async def scenario() -> dict[str, Any]:
+            fleet, result = await register(server, nodes, mesh=mesh)
+            try:
+                if mesh:
+                    result.update(await mesh_events(server, fleet))
+                if restart_too:
+                    result.update(await restart(server, fleet))
+                return result
+            finally:
+                await fleet.close()
+
+        result = asyncio.run(scenario())
+    result.update(kind=kind, cold_start_empty_s=round(cold_empty, 2))
+    if profile:
+        _write_profile(profile / f"{kind}-{nodes}.prof")
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def _write_profile(path: Path) -> None:
+    if not path.exists():
+        return
+    with path.with_suffix(".txt").open("w") as out:
+        pstats.Stats(str(path), stream=out).sort_stats("cumulative").print_stats(40)
+
+
+def _verdict(metric: str, value: float) -> str:
+    op, target = TARGETS[metric]
+    if op == ">=":
+        return f"{op} {target:g}: " + ("met" if value >= target else f"{target / value:.1f}x short")
+    return f"{op} {target:g}: " + ("met" if value <= target else f"{value / target:.1f}x over")
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    rows: list[list[object]] = []
+    for r in results:
+        label = f"{r['kind']} {r['nodes']:,}"
+        rows.append(
+            [
+                label,
+                "registrations/s (all streaming)",
+                r["registrations_per_s"],
+                _verdict("registrations_per_s", r["registrations_per_s"]),
+            ]
+        )
+        rows.append(
+            [
+                label,
+                "memory per streaming node (KB)",
+                r["kb_per_streaming_node"],
+                _verdict("kb_per_streaming_node", r["kb_per_streaming_node"]),
+            ]
+        )
+        rows.append([label, "idle CPU, all streaming (% of a core)", r["idle_cpu_percent"], ""])
+        rows.append([label, "cold start, empty (s)", r["cold_start_empty_s"], ""])
+        for key, metric, name in (
+            ("commit", "commit_p99_ms", "policy commit -> every client"),
+            ("join", "join_p99_ms", "a node joins -> every peer"),
+            ("endpoint_change", "endpoint_p99_ms", "endpoints change -> every peer"),
+        ):
+            if key in r:
+                s = r[key]
+                rows.append(
+                    [
+                        label,
+                        f"{name} p50 / p99 (ms)",
+                        f"{s['p50_ms']} / {s['p99_ms']}",
+                        _verdict(metric, s["p99_ms"]),
+                    ]
+                )
+        if "cold_start_s" in r:
+            rows.append([label, "cold start with these nodes (s)", r["cold_start_s"], ""])
+            rows.append(
+                [
+                    label,
+                    "restart -> every client streaming (s)",
+                    r["restart_to_all_streaming_s"],
+                    "",
+                ]
+            )
+    return table(rows, ["run", "measure", "value", "target"])
+
+
+def plot(results: list[dict[str, Any]], path: Path, machine: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for kind, marker in (("mesh", "o"), ("sparse", "s")):
+        rs = [r for r in results if r["kind"] == kind]
+        if rs:
+            left.plot(
+                [r["nodes"] for r in rs],
+                [r["registrations_per_s"] for r in rs],
+                marker=marker,
+                label=f"{kind} (policy: {'all' if kind == 'mesh' else 'no'} peers)",
+            )
+    left.axhline(500, color="grey", linestyle="--", label="target 500/s")
+    left.set(xlabel="nodes, all streaming", ylabel="registrations/s", title="Registrations")
+    left.legend()
+    mesh = [r for r in results if r["kind"] == "mesh"]
+    for key, target in (("commit", 300), ("join", 150), ("endpoint_change", 100)):
+        xs = [r["nodes"] for r in mesh if key in r]
+        if xs:
+            line = right.plot(
+                xs,
+                [r[key]["p99_ms"] for r in mesh if key in r],
+                marker="o",
+                label=f"{key.replace('_', ' ')} p99 (target {target} ms)",
+            )
+            right.axhline(target, color=line[0].get_color(), linestyle=":", linewidth=1)
+    right.set(
+        xlabel="nodes (full mesh)",
+        ylabel="ms until every client has it",
+        yscale="log",
+        title="Change -> every client",
+    )
+    right.legend(fontsize=8)
+    fig.suptitle(f"tailnetd over loopback sockets ({machine})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mesh", type=int, nargs="*", default=[100, 1000])
+    parser.add_argument("--sparse", type=int, nargs="*", default=[1000, 5000])
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--profile", type=Path, help="run the server under cProfile, stats here")
+    parser.add_argument("--replot", type=Path, help="no runs: table and plot from this JSON")
+    args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    machine = (
+        f"{platform.processor() or platform.machine()}, {_cores()} cores (shared), "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
+    results: list[dict[str, Any]] = []
+
+    def record(result: dict[str, Any]) -> None:
+        results.append(result)
+        if args.json:  # after every run: a long sweep cut short keeps what it measured
+            args.json.write_text(json.dumps({"machine": machine, "runs": results}, indent=2) + "\n")
+
+    if args.replot:
+        data = json.loads(args.replot.read_text())
+        machine, results = data["machine"], data["runs"]
+    biggest = max(args.mesh, default=0)
+    for n in [] if args.replot else args.mesh:
+        record(run_one(n, mesh=True, restart_too=n == biggest, profile=args.profile))
+    for n in [] if args.replot else args.sparse:
+        record(run_one(n, mesh=False, restart_too=False, profile=args.profile))
+    print(f"\nmachine: {machine}\n")
+    print(render(results))
+    if args.plot:
+        plot(results, args.plot, machine)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Many simulated tailscale clients in one asyncio loop.
+
+Each `SimNode` has its own machine and node keys, its own Noise + HTTP/2
+connection, and one streaming map poll whose messages a follower task applies
+to the node's `ClientNetmap` as tailscaled would. A measurement registers a
+predicate on the nodes that must see a change, takes the time, acts, and
+collects, per node, when its own netmap first satisfied the predicate.
+
+Time comes from the `clock` passed in (the loop's monotonic clock by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.loadgen.client import (
+    ControlClient,
+    Device,
+    MapStream,
+    ServerAddress,
+    cancel_and_wait,
+    fetch_server_key,
+)
+from bench.loadgen.netmap import ClientNetmap
+from server.protocol.keys import MachinePublic
+
+__all__ = [
+    "KEEP_PEER_FIELDS",
+    "At",
+    "Fleet",
+    "Predicate",
+    "SimNode",
+    "has_peer_key",
+    "peer_endpoints",
+    "top_mentions",
+]
+
+# What a simulated client keeps of each peer: enough to check what the
+# benchmarks change (membership, keys, endpoints, liveness), small enough for
+# thousands of netmaps of thousands of peers in one process.
+KEEP_PEER_FIELDS = frozenset(
+    {"ID", "Key", "DiscoKey", "Name", "Addresses", "Endpoints", "HomeDERP", "Online", "User"}
+)
+Predicate = Callable[[ClientNetmap], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class At:
+    """What an action returns to say when it really happened (clock time)."""
+
+    time: float
+
+
+@dataclass(eq=False)
+class SimNode:
+    """One simulated client: keys, connection, map poll, and what it holds."""
+
+    index: int
+    device: Device
+    netmap: ClientNetmap
+    client: ControlClient | None = None
+    stream: MapStream | None = None
+    streaming: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    follower: asyncio.Task[None] | None = None
+    error: str | None = None
+    retries: int = 0
+    _waiters: list[tuple[Predicate, asyncio.Future[float]]] = field(default_factory=list)
+
+    @property
+    def node_key(self) -> str:
+        return self.device.node.public().text
+
+    @property
+    def node_id(self) -> int | None:
+        node = self.netmap.node
+        return int(node["ID"]) if node else None
+
+    def watch(self, predicate: Predicate, now: float) -> asyncio.Future[float]:
+        """A future that resolves to the time the netmap first satisfies `predicate`."""
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if self.streaming.is_set() and predicate(self.netmap):
+            future.set_result(now)
+        else:
+            self._waiters.append((predicate, future))
+        return future
+
+    def _settle(self, now: float) -> None:
+        pending = []
+        for predicate, future in self._waiters:
+            if future.done():
+                continue
+            if predicate(self.netmap):
+                future.set_result(now)
+            else:
+                pending.append((predicate, future))
+        self._waiters = pending
+
+
+class Fleet:
+    """Simulated nodes registered with one pre-auth key on one control server."""
+
+    def __init__(
+        self,
+        server: ServerAddress,
+        auth_key: str,
+        *,
+        hostname_prefix: str = "sim",
+        keep: frozenset[str] | None = KEEP_PEER_FIELDS,
+        clock: Callable[[], float] | None = None,
+        concurrency: int = 8,
+        first_map_timeout: float = 120.0,
+    ) -> None:
+        self.first_map_timeout = first_map_timeout
+        self.server = server
+        self.auth_key = auth_key
+        self.prefix = hostname_prefix
+        self.keep = keep
+        self.clock = clock or asyncio.get_running_loop().time
+        self.nodes: list[SimNode] = []
+        self._limit = asyncio.Semaphore(concurrency)
+        self._server_key: MachinePublic | None = None
+
+    async def server_key(self) -> MachinePublic:
+        if self._server_key is None:
+            self._server_key = await fetch_server_key(self.server)
+        return self._server_key
+
+    def new_node(self) -> SimNode:
+        index = len(self.nodes)
+        node = SimNode(index, Device(f"{self.prefix}{index}"), ClientNetmap(keep=self.keep))
+        self.nodes.append(node)
+        return node
+
+    # Bringing nodes up
+
+    async def add(self, count: int) -> list[float]:
+        """Register `count` new nodes and open their polls; per-node seconds to first map."""
+        nodes = [self.new_node() for _ in range(count)]
+        return list(await asyncio.gather(*(self._limited(self.bring_up(n)) for n in nodes)))
+
+    async def _limited(self, work: Awaitable[float]) -> float:
+        async with self._limit:
+            return await work
+
+    async def bring_up(self, node: SimNode, *, register: bool = True) -> float:
+        """Connect, register (unless `register` is false: a reconnect), stream; seconds taken.
+
+        Raises ConnectionError if the first map does not arrive within `first_map_timeout`.
+        """
+        start = self.clock()
+        try:
+            async with asyncio.timeout(self.first_map_timeout):
+                await self._bring_up(node, register)
+        except TimeoutError:
+            raise ConnectionError(f"{node.device.hostname}: no first map in time") from None
+        return self.clock() - start
+
+    async def _bring_up(self, node: SimNode, register: bool) -> None:
+        node.client = await ControlClient.connect(
+            self.server, node.device.machine, server_key=await self.server_key()
+        )
+        if register:
+            status, reply = await node.client.register(node.device.register_body(self.auth_key))
+            if status != 200 or not isinstance(reply, dict) or reply.get("Error"):
+                raise ConnectionError(f"{node.device.hostname}: register failed: {status} {reply}")
+        node.streaming.clear()
+        node.ended.clear()
+        node.netmap = ClientNetmap(keep=self.keep)  # a new poll is a new session
+        node.stream = await node.client.map_stream(node.device.map_body(), keep_raw=False)
+        if node.stream.status != 200:
+            raise ConnectionError(f"{node.device.hostname}: map poll got {node.stream.status}")
+        node.follower = asyncio.get_running_loop().create_task(self._follow(node, node.stream))
+        streaming = asyncio.ensure_future(node.streaming.wait())
+        ended = asyncio.ensure_future(node.ended.wait())
+        await asyncio.wait([streaming, ended], return_when=asyncio.FIRST_COMPLETED)
+        streaming.cancel()
+        ended.cancel()
+        if not node.streaming.is_set():
+            raise ConnectionError(f"{node.device.hostname}: map poll ended: {node.error}")
+
+    async def _follow(self, node: SimNode, stream: MapStream) -> None:
+        try:
+            while True:
+                msg = await stream.next(timeout=None)
+                node.netmap.apply(msg)
+                node.streaming.set()
+                node._settle(self.clock())
+        except (EOFError, ConnectionError) as exc:
+            node.error = str(exc) or type(exc).__name__
+        finally:
+            node.ended.set()
+
+    async def reconnect(self, nodes: Iterable[SimNode], *, attempts: int = 5) -> list[float]:
+        """New connections and polls for `nodes` (after a server restart), `concurrency` at a time;
+        a failed attempt is retried after a pause, as tailscaled backs off and retries.
+        Per node, seconds from the first attempt until its first map."""
+        self._server_key = None
+        nodes = list(nodes)
+        for node in nodes:
+            await self._drop(node)
+
+        async def again(node: SimNode) -> float:
+            start = self.clock()
+            for attempt in range(attempts):
+                try:
+                    await self._limited(self.bring_up(node, register=False))
+                    return self.clock() - start
+                except (ConnectionError, OSError):
+                    await self._drop(node)
+                    node.retries += 1
+                    await asyncio.sleep(0.5 * (attempt + 1))
+            raise ConnectionError(f"{node.device.hostname}: no map after {attempts} attempts")
+
+        return list(await asyncio.gather(*(again(n) for n in nodes)))
+
+    # Actions a measurement times
+
+    async def set_endpoints(self, node: SimNode, endpoints: list[str]) -> None:
+        """A lite map request with new endpoints, as tailscaled sends when they change."""
+        assert node.client is not None
+        body = node.device.map_body(stream=False, endpoints=endpoints)
+        status, _ = await node.client.map_lite(body)
+        if status != 200:
+            raise ConnectionError(f"{node.device.hostname}: lite map got {status}")
+
+    async def observe(
+        self,
+        observers: Iterable[SimNode],
+        predicate: Callable[[SimNode], Predicate],
+        action: Callable[[], Awaitable[Any]],
+        *,
+        timeout: float,
+    ) -> list[float]:
+        """Seconds from the start of `action` until each observer's netmap satisfies
+        `predicate(observer)`; raises TimeoutError naming how many never did.
+
+        An action that returns `At` says when it really happened (a git commit
+        times from the commit existing, not from gitpython starting to write it).
+        """
+        start = self.clock()
+        futures = [node.watch(predicate(node), start) for node in observers]
+        happened = await action()
+        if isinstance(happened, At):
+            start = happened.time
+        done, pending = await asyncio.wait(futures, timeout=timeout)
+        for future in pending:
+            future.cancel()
+        if pending:
+            raise TimeoutError(f"{len(pending)} of {len(futures)} clients never saw the change")
+        return [max(0.0, future.result() - start) for future in futures]
+
+    # Ending
+
+    async def _drop(self, node: SimNode) -> None:
+        if node.follower is not None:
+            await cancel_and_wait(node.follower)
+            node.follower = None
+        if node.client is not None:
+            await node.client.close()
+            node.client = None
+
+    async def close(self) -> None:
+        for node in self.nodes:
+            await self._drop(node)
+
+
+def has_peer_key(key: str) -> Predicate:
+    return lambda netmap: netmap.peer_with_key(key) is not None
+
+
+def peer_endpoints(node_id: int, endpoints: list[str]) -> Predicate:
+    return lambda netmap: (netmap.peers.get(node_id) or {}).get("Endpoints") == endpoints
+
+
+def top_mentions(key: str, marker: str) -> Predicate:
+    """The top-level `key` (e.g. PacketFilter) contains `marker` in its JSON."""
+    return lambda netmap: marker in json.dumps(netmap.top.get(key))

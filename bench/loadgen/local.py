@@ -1,0 +1,93 @@
+"""A `tailnetd serve` subprocess on loopback for the load generator to aim at:
+a temp data dir, a git repo of `tailnet.d/` files, reusable pre-auth keys, and
+the server's own resource use read from /proc (RSS, CPU seconds).
+
+Built on tests/e2e/harness.py (ServerProcess, TailnetRepo), so the benchmarks
+start the server exactly as the end-to-end tests do.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.loadgen.client import ServerAddress
+from tests.e2e.harness import ServerProcess, TailnetRepo
+
+__all__ = ["LocalServer", "local_server"]
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class LocalServer:
+    process: ServerProcess
+    repo: TailnetRepo
+    tmp: Path
+    started_in: float = 0.0  # seconds from exec to /health answering
+
+    @property
+    def address(self) -> ServerAddress:
+        return ServerAddress.loopback(self.process.port)
+
+    @property
+    def pid(self) -> int:
+        assert self.process.proc is not None
+        return self.process.proc.pid
+
+    def key(self, user: str) -> str:
+        return self.process.create_key(user, "--reusable")
+
+    def commit(self, files: dict[str, str | None], message: str) -> None:
+        self.repo.commit(files, message)
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS in /proc status")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+
+    def restart(self) -> float:
+        """Stop (SIGTERM) and start again on the same data dir, without the launcher
+        (a profile covers the first run); seconds to serving."""
+        self.process.stop()
+        self.process.launcher = []
+        return self.start()
+
+    def start(self) -> float:
+        begin = time.monotonic()
+        self.process.start()
+        self.started_in = time.monotonic() - begin
+        return self.started_in
+
+
+@contextmanager
+def local_server(
+    files: dict[str, str], *, launcher: list[str] | None = None
+) -> Iterator[LocalServer]:
+    """A started server serving a fresh repo of `files`; stopped on exit.
+
+    `launcher` goes between the interpreter and `-m server.cli`, e.g.
+    `["-m", "cProfile", "-o", "serve.prof"]` to profile the server.
+    """
+    # The admin unix socket lives in the data dir; AF_UNIX paths are short.
+    with tempfile.TemporaryDirectory(prefix="tnd-lg-") as tmp_name:
+        tmp = Path(tmp_name)
+        repo = TailnetRepo(tmp / "repo", files)
+        process = ServerProcess(repo.path, tmp / "data", tmp / "server.log")
+        process.launcher = list(launcher or ())
+        server = LocalServer(process, repo, tmp)
+        server.start()
+        try:
+            yield server
+        finally:
+            process.stop()

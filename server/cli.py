@@ -223,6 +223,9 @@ def _nodes(args: argparse.Namespace) -> int:
         answer = call(sock, "POST", f"/api/v1/nodes/{node}/expiry", body)
     elif args.nodes_cmd == "rename":
         answer = call(sock, "POST", f"/api/v1/nodes/{node}/rename", {"name": args.new_name})
+    elif args.nodes_cmd == "routes":
+        body = {"routes": args.route or []}
+        answer = call(sock, "POST", f"/api/v1/nodes/{node}/routes", body)
     else:  # tags
         answer = call(sock, "POST", f"/api/v1/nodes/{node}/tags", {"tags": args.tag or []})
     _print([answer], args.json, _NODE_COLUMNS)
@@ -493,6 +496,15 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("node")
     ren.add_argument("new_name")
     ren.add_argument("--json", action="store_true")
+    routes = nodes_sub.add_parser(
+        "routes",
+        help="approve a node's advertised routes at runtime (replacing the list), where "
+        "settings.yaml sets runtime_route_approval: true",
+        parents=[where],
+    )
+    routes.add_argument("node")
+    routes.add_argument("--route", action="append", help="a prefix (repeatable); none: clear")
+    routes.add_argument("--json", action="store_true")
     tags = nodes_sub.add_parser("tags", help="replace a node's tags", parents=[where])
     tags.add_argument("node")
     tags.add_argument("--tag", action="append", help="a tag (repeatable); none: clear")

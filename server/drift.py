@@ -30,7 +30,13 @@ from server.tagcheck import key_usable, undeclared
 __all__ = ["Drift", "find_drift"]
 
 Kind = Literal[
-    "undeclared-key", "missing-key", "key-differs", "node-tags", "undeclared-tag", "unknown-user"
+    "undeclared-key",
+    "missing-key",
+    "key-differs",
+    "node-tags",
+    "undeclared-tag",
+    "unknown-user",
+    "runtime-routes",
 ]
 
 
@@ -85,6 +91,9 @@ def _node_drift(
         elif key is None and n.tags:
             message = f"tags set at runtime: {', '.join(n.tags)} (it joined without a tagged key)"
             out.append(Drift("node-tags", subject, message))
+        if n.runtime_routes:
+            message = f"routes approved at runtime, not in git: {', '.join(n.runtime_routes)}"
+            out.append(Drift("runtime-routes", subject, message))
         if not n.tags and n.user is not None and n.user not in known:
             message = f"owned by {n.user}, who is not in users.yaml (not served)"
             out.append(Drift("unknown-user", subject, message))

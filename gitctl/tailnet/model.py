@@ -126,6 +126,9 @@ class TailnetSettings:
     webhooks: tuple[WebhookTarget, ...] = ()
     # A new commit goes to the canary nodes first and to everyone after the hold.
     rollout: Rollout | None = None
+    # True: operators may also approve advertised routes at runtime (API, CLI), on top of
+    # routes.yaml and autoApprovers; `tailnetd drift` lists such approvals. False: git only.
+    runtime_route_approval: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +352,7 @@ class _Builder:
         return TailnetSettings(
             v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb, signers,
             s.get("device_approval", "none"), hooks, rollout,
+            bool(s.get("runtime_route_approval", False)),
         )  # fmt: skip
 
     def repo_path(self, path: JsonPath, text: str) -> str | None:

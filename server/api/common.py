@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from datetime import datetime
 
 from gitctl.tailnet import TailnetSettings
+from server.api.problems import Problem
 from server.store.model import Node, NotFound
 from server.tagcheck import check_new_key_tags
 from server.tailnet import NodeRegistry, Tailnet
 from server.wire import format_time
 
-__all__ = ["check_tags", "find_node", "optional_time", "set_expiry_disabled"]
+__all__ = [
+    "approve_routes",
+    "check_tags",
+    "find_node",
+    "optional_time",
+    "set_expiry_disabled",
+]
 
 
 def find_node(registry: NodeRegistry, ref: str) -> Node:
@@ -45,3 +53,26 @@ def set_expiry_disabled(
 
 def optional_time(when: datetime | None) -> str | None:
     return format_time(when) if when is not None else None
+
+
+def approve_routes(
+    tailnet: Tailnet, registry: NodeRegistry, node: Node, routes: Sequence[str]
+) -> Node:
+    """Set the routes an operator approves for `node` at runtime (fewer than
+    before unapproves the rest). Refused unless the serving commit's settings.yaml
+    allows runtime_route_approval: otherwise routes are approved in git only."""
+    settings = tailnet.source.settings
+    if settings is None or not settings.runtime_route_approval:
+        raise Problem(
+            "managed-in-git",
+            "route approval arrives by commit (routes.yaml, or the policy's autoApprovers);"
+            " to approve routes through the API as well, set runtime_route_approval: true in"
+            " settings.yaml",
+        )
+    prefixes = []
+    for route in routes:
+        try:
+            prefixes.append(str(ipaddress.ip_network(route)))
+        except ValueError:
+            raise ValueError(f"{route!r} is not a CIDR prefix (host bits must be zero)") from None
+    return registry.set_runtime_routes(node.id, prefixes)

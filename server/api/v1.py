@@ -12,7 +12,13 @@ from typing import Any
 
 from server.api.audit import MAX_LIMIT as AUDIT_MAX
 from server.api.audit import audit_json, parse_since
-from server.api.common import check_tags, find_node, optional_time, set_expiry_disabled
+from server.api.common import (
+    approve_routes,
+    check_tags,
+    find_node,
+    optional_time,
+    set_expiry_disabled,
+)
 from server.api.deps import WebDeps, parse_duration
 from server.api.endpoints import Call, Endpoint, Param
 from server.api.problems import Problem
@@ -25,6 +31,7 @@ from server.bodies import (
     RegisterNode,
     RenameNode,
     SetKeyExpiry,
+    SetRoutes,
     SetTags,
 )
 from server.drift import find_drift
@@ -203,6 +210,13 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         verb = "key expiry disabled" if body.disabled else "key expiry enabled"
         node_acted("api.node_expiry", verb, changed)
         return node_json(changed)
+
+    async def node_routes(call: Call) -> Any:
+        node = find_node(registry, call.path("ref"))
+        body: SetRoutes = call.body
+        changed = approve_routes(tailnet, registry, node, body.routes)
+        node_acted("api.node_routes", "routes approved at runtime", changed)
+        return {**node_json(changed), "enabled_routes": list(tailnet.enabled_routes(changed))}
 
     async def approve_node(call: Call) -> Any:
         node = find_node(registry, call.path("ref"))
@@ -459,6 +473,11 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/expiry", node_expiry,
             "Disable (or enable again) a node's key expiry", "nodes", body=SetKeyExpiry,
+        ),
+        Endpoint(
+            "POST", "/api/v1/nodes/{ref}/routes", node_routes,
+            "Approve routes at runtime (replacing the list), where settings.yaml allows it",
+            "nodes", body=SetRoutes,
         ),
         Endpoint(
             "POST", "/api/v1/nodes/{ref}/approve", approve_node,

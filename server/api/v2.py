@@ -15,7 +15,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 
 from gitctl.sources import MAX_FILE_BYTES
-from server.api.common import check_tags, find_node, set_expiry_disabled
+from server.api.common import approve_routes, check_tags, find_node, set_expiry_disabled
 from server.api.deps import WebDeps
 from server.api.endpoints import Call, Endpoint
 from server.api.policyfile import PolicyFile, check_policy, policy_file
@@ -142,8 +142,10 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         }
 
     async def set_routes(call: Call) -> Any:
-        find_node(registry, call.path("id"))
-        raise Problem("managed-in-git", _BY_COMMIT.format(what="Route approval"))
+        node = find_node(registry, call.path("id"))
+        body: SetRoutes = call.body
+        approve_routes(tailnet, registry, node, body.routes)
+        return await get_routes(call)
 
     async def list_keys(call: Call) -> Any:
         check_tailnet(call)
@@ -220,7 +222,8 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         ),
         Endpoint("GET", f"{dev}/routes", get_routes, "Advertised and enabled routes", "v2 devices"),
         Endpoint(
-            "POST", f"{dev}/routes", set_routes, "Refused: routes are approved in git",
+            "POST", f"{dev}/routes", set_routes,
+            "Approve routes at runtime, where settings.yaml allows it (else refused)",
             "v2 devices", body=SetRoutes,
         ),
         Endpoint("GET", f"{tn}/keys", list_keys, "List auth keys", "v2 keys"),

@@ -21,7 +21,7 @@ from server.wire import Hostinfo, WireError, decode, decode_json, encode_json
 NODE_COLUMNS = (
     "id, machine_key, node_key, disco_key, ipv4, ipv6, hostname, given_name, user_name,"
     " tags, auth_key_id, ephemeral, created, last_seen, key_expiry, hostinfo, endpoints,"
-    " capver, approved"
+    " capver, approved, runtime_routes"
 )
 KEY_COLUMNS = (
     "id, prefix, user_name, reusable, ephemeral, tags, created, expiration, used, revoked,"
@@ -115,6 +115,7 @@ def node_from_row(row: Row) -> Node:
         endpoints=str_tuple(row[16]),
         capver=row[17],
         approved=bool(row[18]),
+        runtime_routes=str_tuple(row[19]),
     )
 
 

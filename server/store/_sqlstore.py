@@ -303,6 +303,10 @@ class SqlStore(EventTables):
         with self._write() as db:
             return self._update(db, node_id, key_expiry=rows.ts_or_none(when))
 
+    def set_runtime_routes(self, node_id: int, routes: Sequence[str]) -> Node:
+        with self._write() as db:
+            return self._update(db, node_id, runtime_routes=rows.json_list(routes))
+
     def set_node_approved(self, node_id: int, approved: bool) -> Node:
         with self._write() as db:
             return self._update(db, node_id, approved=approved)

@@ -191,6 +191,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             " REFERENCES oauth_clients (id) ON DELETE CASCADE",
         ),
     ),
+    Migration(
+        9,
+        "routes an operator approved at runtime, per node",
+        ("ALTER TABLE nodes ADD COLUMN runtime_routes TEXT NOT NULL DEFAULT '[]'",),
+    ),
 )
 
 
@@ -355,6 +360,11 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE api_keys ADD COLUMN oauth_client bigint"
             " REFERENCES oauth_clients (id) ON DELETE CASCADE",
         ),
+    ),
+    Migration(
+        9,
+        "routes an operator approved at runtime, per node",
+        ("ALTER TABLE nodes ADD COLUMN runtime_routes jsonb NOT NULL DEFAULT '[]'::jsonb",),
     ),
 )
 

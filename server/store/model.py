@@ -66,6 +66,9 @@ class Node:
     endpoints: tuple[str, ...]  # "ip:port"
     capver: int
     approved: bool = True  # False: waits for an operator (settings.yaml device_approval)
+    # Advertised routes an operator approved at runtime (only counted when settings.yaml
+    # allows runtime_route_approval); they stay with the node's record, so with its machine.
+    runtime_routes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -341,9 +341,12 @@ class Tailnet:
     def _approved_routes(
         self, nodes: Sequence[Node], source: TailnetSource | None = None
     ) -> dict[int, tuple[str, ...]]:
-        """The advertised routes git approves by hand: for the machine (its key
-        stays with it through renames and re-registrations) or for a tag."""
-        explicit = (source or self._source).explicit_routes
+        """The advertised routes approved by hand: in git, for the machine (its key
+        stays with it through renames and re-registrations) or for a tag; and, where
+        settings.yaml allows runtime_route_approval, by an operator at runtime."""
+        src = source or self._source
+        explicit = src.explicit_routes
+        runtime = src.settings is not None and src.settings.runtime_route_approval
         out: dict[int, tuple[str, ...]] = {}
         for node in nodes:
             advertised = advertised_routes(node)
@@ -352,6 +355,8 @@ class Tailnet:
             allowed: set[str] = set(explicit.get(node.machine_key.text, ()))
             for tag in node.tags:
                 allowed.update(explicit.get(tag, ()))
+            if runtime:
+                allowed.update(node.runtime_routes)
             approved = tuple(r for r in advertised if r in allowed)
             if approved:
                 out[node.id] = approved

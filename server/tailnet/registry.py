@@ -57,7 +57,13 @@ Listener = Callable[[NodeChange], None]
 def _compiled_facts(node: Node) -> tuple[object, ...]:
     """What the policy compiler reads of a node (owner, tags, name, addresses,
     advertised routes, posture facts from Hostinfo), and its keys."""
-    return (to_topology_node(node, ()), node.node_key, node.machine_key, node.approved)
+    return (
+        to_topology_node(node, ()),
+        node.node_key,
+        node.machine_key,
+        node.approved,
+        node.runtime_routes,
+    )
 
 
 def classify(previous: Node | None, node: Node | None) -> ChangeKind:
@@ -216,6 +222,14 @@ class NodeRegistry:
         maps (a topology change)."""
         previous = self._store.get_node(node_id)
         node = self._store.set_node_approved(node_id, True)
+        self._changed(previous, node, node_id)
+        return node
+
+    def set_runtime_routes(self, node_id: int, routes: Sequence[str]) -> Node:
+        """An operator approves (or, with fewer, unapproves) advertised routes of a
+        node at runtime: what it serves may change (a topology change)."""
+        previous = self._store.get_node(node_id)
+        node = self._store.set_runtime_routes(node_id, tuple(sorted(set(routes))))
         self._changed(previous, node, node_id)
         return node
 

@@ -5,6 +5,7 @@ checked against the routes that exist."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -12,10 +13,13 @@ import jsonschema
 import pytest
 from starlette.routing import Route
 
+from gitctl.tailnet import TailnetSettings
 from server.api import api_endpoints
 from server.bodies import NoBody, body_schema, parse_body
+from server.protocol.keys import MachinePublic, NodePublic
 from server.sources.history import HistoryEntry
 from server.sources.repo import Rejection
+from server.wire import Hostinfo, decode
 from tests.unit.test_admin_api import (
     BAD_BODIES,
     NOW,
@@ -237,3 +241,35 @@ def test_rejection_history_is_newest_first(apis: Apis) -> None:
     assert [r["revision"][0] for r in body["history"]] == ["b", "a"]
     assert body["rejected"]["errors"] == ["y"]
     assert body["history"][1]["errors"] == ["x.yaml:1:1: bad"]
+
+
+def test_routes_are_approved_at_runtime_only_where_git_allows_it(apis: Apis) -> None:
+    router = apis.deps.registry.register(
+        machine_key=MachinePublic(bytes([7]) * 32),
+        node_key=NodePublic(bytes([7]) * 32),
+        hostname="router",
+        user="alice",
+        now=NOW,
+        hostinfo=decode(Hostinfo, {"Hostname": "router", "RoutableIPs": ["10.9.0.0/24"]}),
+    )
+    path = f"/api/v1/nodes/{router.id}/routes"
+    refused = request(apis.socket, "POST", path, body={"routes": ["10.9.0.0/24"]})
+    assert refused.status == 405 and "runtime_route_approval" in refused.body["detail"]
+    assert apis.deps.registry.get(router.id).runtime_routes == ()  # type: ignore[union-attr]
+
+    allowing = TailnetSettings(runtime_route_approval=True)
+    apis.tailnet.swap_source(replace(apis.tailnet.source, id="allow", settings=allowing))
+    approved = request(apis.socket, "POST", path, body={"routes": ["10.9.0.0/24"]})
+    assert approved.status == 200, approved.body
+    assert approved.body["enabled_routes"] == ["10.9.0.0/24"]
+    assert tuple(apis.tailnet.enabled_routes(apis.deps.registry.get(router.id))) == (  # type: ignore[arg-type]
+        "10.9.0.0/24",
+    )
+    bad = request(apis.socket, "POST", path, body={"routes": ["10.9.0.1/24"]})
+    assert bad.status == 400 and "not a CIDR prefix" in bad.body["detail"]
+    cleared = request(apis.socket, "POST", path, body={"routes": []})
+    assert cleared.status == 200 and cleared.body["enabled_routes"] == []
+    # A commit that stops allowing it stops serving what was approved at runtime.
+    apis.deps.registry.set_runtime_routes(router.id, ["10.9.0.0/24"])
+    apis.tailnet.swap_source(replace(apis.tailnet.source, id="git-only", settings=None))
+    assert tuple(apis.tailnet.enabled_routes(apis.deps.registry.get(router.id))) == ()  # type: ignore[arg-type]

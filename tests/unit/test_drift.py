@@ -54,6 +54,7 @@ async def test_drift_names_what_changed_at_runtime(
 
         [node] = server.registry.nodes()
         server.registry.set_tags(node.id, ("tag:web",))
+        server.registry.set_runtime_routes(node.id, ["10.9.0.0/24"])
         made, _ = server.store.create_preauth_key(
             "bob", reusable=False, ephemeral=False, tags=(), expiration=None,
             now=server.clock(), rng=os.urandom,
@@ -81,7 +82,8 @@ async def test_drift_names_what_changed_at_runtime(
         assert ("node-tags", f"node {node.id} runner") in kinds
         assert ("unknown-user", "node 2 bobs-laptop") in kinds
         assert ("undeclared-key", f"pre-auth key {spare.prefix}") in kinds
-        assert len(found) == 4  # bob's single-use key is spent: it can tag nothing again
+        assert ("runtime-routes", f"node {node.id} runner") in kinds
+        assert len(found) == 5  # bob's single-use key is spent: it can tag nothing again
         text = json.dumps(found)
         assert "tag:web (its key gave tag:ci)" in text
         assert key not in text and made not in text  # no key material

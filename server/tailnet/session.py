@@ -21,6 +21,7 @@ sent once per owner, when the first peer of that owner is.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import compress
@@ -66,7 +67,7 @@ class MapSession:
         self._entries: PeerEntries | None = None
         self._gen = 0
         self._expiry_seen: datetime | None = None
-        self._users: Any = None
+        self._users: Mapping[str, tuple[str, str]] | None = None
         self._profiles: set[int] = set()
         self.full_passes = 0
 
@@ -88,7 +89,8 @@ class MapSession:
                 # Names may have changed: every owner's profile again.
                 self._profiles.clear()
                 held = [node, *filter(None, map(ctx.nodes.get, old.peers))]
-                msg["UserProfiles"] = self._new_profiles(ctx, held)
+                if profiles := self._new_profiles(ctx, held):
+                    msg["UserProfiles"] = profiles
             self._users = ctx.users
         removed: list[int] = []
         if old is None:

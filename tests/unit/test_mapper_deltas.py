@@ -404,3 +404,14 @@ def test_an_endpoint_change_sends_that_peer_alone() -> None:
     for viewer, msg in sent.items():
         if viewer != node_id:
             assert [p["Endpoints"] for p in msg["PeersChanged"]] == [["192.0.2.1:41641"]]
+
+
+def test_a_session_holds_references_not_a_copy_of_its_peers() -> None:
+    """Memory per streaming node must not grow with the mesh (N sessions ×
+    N peers): a session keeps the shared view and entries, no per-peer table."""
+    mesh = Mesh(40)
+    mesh.join("bob")
+    mesh.pump()
+    for stream in mesh.streams.values():
+        sizes = {k: len(v) for k, v in vars(stream.session).items() if hasattr(v, "__len__")}
+        assert max(sizes.values()) < 10, sizes  # top-level fields, owners: not peers

@@ -63,6 +63,7 @@ class MapSession:
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
         self._top_src: dict[str, Any] = {}
+        self._top_from: tuple[Any, ...] = ()  # what `_top_src` was made of
         self._view: NodeView | None = None  # the view the client's peers come from
         self._entries: PeerEntries | None = None
         self._gen = 0
@@ -83,7 +84,17 @@ class MapSession:
         msg: dict[str, Any] = {}
         old = self._view
         if old is None or wake.full or wake.top:
-            self._top(msg, top_fields(ctx, node, view, now))
+            # What the top-level fields are made of, compared by identity: a
+            # join hands viewers a new view holding the same filter objects.
+            expired = node.key_expiry is not None and node.key_expiry <= now
+            src: tuple[Any, ...] = (
+                *(node, view.packet_filter, view.ssh_policy, view.self_cap_map),
+                *(view.self_allowed_ips, view.self_primary_routes, ctx.derp_map),
+                *(ctx.dns_config, ctx.domain, ctx.taildrop, expired),
+            )
+            if len(src) != len(self._top_from) or any(map(is_not, src, self._top_from)):
+                self._top(msg, top_fields(ctx, node, view, now))
+                self._top_from = src
         if ctx.users is not self._users:
             if self._users is not None and old is not None:
                 # Names may have changed: every owner's profile again.

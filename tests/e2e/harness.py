@@ -506,6 +506,15 @@ class Tailnet:
             raise AssertionError(f"{exc}\n{self.diagnose()}") from None
         return nodes
 
+    def forget(self, nodes: Iterable[TailscaleNode]) -> None:
+        """Stop the daemons and delete their nodes: the next ones start afresh."""
+        nodes = list(nodes)
+        in_parallel(n.stop for n in nodes)
+        listed = self.server.admin("nodes", "list")
+        for n in nodes:
+            if n.name in listed:
+                self.server.admin("nodes", "delete", n.name)
+
     def diagnose(self) -> str:
         return diagnose(self.server, self.nodes.values())
 

@@ -434,9 +434,9 @@ class ControlHandler:
         if not isinstance(visibility, ViewIndex):
             return None
         at = visibility.position
-        if str(src) not in at or str(dst) not in at:
+        if src not in at or dst not in at:
             return None
-        seconds = visibility.ssh.check_period(at[str(src)], at[str(dst)])
+        seconds = visibility.ssh.check_period(at[src], at[dst])
         return None if seconds is None else timedelta(seconds=seconds)
 
     # /machine/map

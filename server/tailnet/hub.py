@@ -35,7 +35,13 @@ from server.logs import event
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.registry import NodeChange
-from server.tailnet.views import PolicyViews, advertised_routes, compile_views, compute_views
+from server.tailnet.views import (
+    PolicyViews,
+    TopologyNodes,
+    advertised_routes,
+    compile_views,
+    compute_views,
+)
 from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
 
 __all__ = [
@@ -188,6 +194,7 @@ class Tailnet:
         self._online = set(online)
         self._unhealthy: set[int] = set()  # routers not answering probes (for the election)
         self._records: dict[int, Node] = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
+        self._topology_nodes = TopologyNodes()  # each record as the compiler sees it
         # subnet -> primary router, last served: runtime state, like who is online
         self._primaries: Mapping[str, int] = dict(primaries or {})
         self._ctx = self._build_context()
@@ -243,34 +250,43 @@ class Tailnet:
 
     def _compile_job(
         self, source: TailnetSource, previous: MapContext | None
-    ) -> Callable[[], CompiledTailnet]:
+    ) -> Callable[[], CompiledTailnet[int]]:
         """The policy index of `source` over the nodes as they are now (compared
         with `previous`'s), as a call that reads only what it holds (frozen
         records, copies of the runtime state): a worker thread may run it."""
         nodes = [n for n in self._records.values() if self._served(n, source)]
         users = [(stable_user_id(name), name, email) for name, (email, _) in source.users.items()]
+        approved = self._approved_routes(nodes, source)
+        online, unhealthy, topology_node = self._online, self._unhealthy, self._topology_nodes
+        offline = frozenset(
+            n.id
+            for n in nodes
+            if (n.id not in online or n.id in unhealthy) and advertised_routes(n)
+        )
+        # Converted once per node change (cached), here on the loop: not per compile.
+        topology_node.keep(list(self._records))
+        no_routes: tuple[str, ...] = ()
         return partial(
             compile_views,
             source.policy,
             users,
             nodes,
-            self._approved_routes(nodes, source),
+            approved,
             now=self._clock(),
-            offline_routers=frozenset(
-                n.id
-                for n in nodes
-                if (n.id not in self._online or n.id in self._unhealthy) and advertised_routes(n)
-            ),
+            offline_routers=offline,
             primaries=dict(self._primaries),
             groups=self._group_members(),
             against=previous.views.compiled if previous is not None else None,
+            topology_nodes=[
+                topology_node(n, approved.get(n.id, no_routes), n.id not in offline) for n in nodes
+            ],
         )
 
     def _build_context(
         self,
         previous: MapContext | None = None,
         source: TailnetSource | None = None,
-        compiled: CompiledTailnet | None = None,
+        compiled: CompiledTailnet[int] | None = None,
     ) -> MapContext:
         """The maps of `source` (the serving snapshot's by default) over the
         live nodes; a candidate's leaves the primaries election alone.
@@ -383,7 +399,7 @@ class Tailnet:
         self.swap_source(source)
 
     def swap_source(
-        self, source: TailnetSource, *, compiled: CompiledTailnet | None = None
+        self, source: TailnetSource, *, compiled: CompiledTailnet[int] | None = None
     ) -> None:
         """Serve a new snapshot: one reference swap, then the sessions whose
         maps may differ catch up. `compiled`: its index over the current

@@ -547,6 +547,7 @@ class Server:
         return ControlSettings(
             node_key_expiry=settings.node_key_expiry,
             device_approval=settings.device_approval == "required",
+            key_expiry_from_token=settings.oidc_key_expiry == "token",
         )
 
     def _derp_region(self) -> DerpRegion:

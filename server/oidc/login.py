@@ -9,14 +9,14 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from server.auth.pages import check_page, login_page, page
-from server.auth.pending import LoginGone, PendingLogins
+from server.auth.pending import LoginGone, PendingLogins, ProviderLogin
 from server.auth.sshcheck import SshCheck, SshChecks
 from server.logs import event
 
@@ -73,12 +73,13 @@ class OidcLogin:
         too when the refusal is about the person, not about this browser round trip)."""
         flow = self.flows.take(state, self._now())
         try:
-            who = await self._identify(flow, code, error)
+            who, expires = await self._identify(flow, code, error)
             if not who.declared:
                 # Runtime users (admit_unknown) are not served yet: refuse plainly.
                 raise Refusal("unknown_user", f"{who.email} is not a user of this tailnet.")
             self._record_groups(who.email, who.groups)
-            self._logins.complete(flow.auth_id, who.user, who.groups)
+            proof = ProviderLogin(who.email, expires)
+            self._logins.complete(flow.auth_id, who.user, who.groups, proof)
         except Refusal as refusal:
             self._refuse(flow.auth_id, refusal)
             raise
@@ -105,7 +106,7 @@ class OidcLogin:
         if check is None:
             raise Refusal("login", "This SSH check is unknown or has expired. Connect again.")
         try:
-            who = await self._identify(flow, code, error)
+            who, _ = await self._identify(flow, code, error)
             if check.src_user is None:
                 raise Refusal(
                     "owner",
@@ -150,13 +151,17 @@ class OidcLogin:
     def _email_of(self, user: str) -> str:
         return next((e for e, name in self._users().items() if name == user), user)
 
-    async def _identify(self, flow: Flow, code: str, error: str) -> Identity:
-        """The person the provider signed in for ``flow``. Raises Refusal."""
+    async def _identify(self, flow: Flow, code: str, error: str) -> tuple[Identity, datetime]:
+        """The person the provider signed in for ``flow``, and when its ID token
+        expires. Raises Refusal."""
         if error:
             raise Refusal("provider", "The identity provider did not sign you in.")
         id_token = await self._provider.exchange(code, flow.code_verifier)
         claims = await self._verify(id_token, flow.nonce)
-        return admit(claims, self.settings, self._users())
+        exp = claims.get("exp")  # verified: present and in the future
+        if not isinstance(exp, int | float):
+            raise Refusal("id_token", "The identity provider's answer could not be used.")
+        return admit(claims, self.settings, self._users()), datetime.fromtimestamp(exp, UTC)
 
     async def _verify(self, id_token: str, nonce: str) -> dict[str, object]:
         keys = await self._provider.keys()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
 from starlette.requests import Request
@@ -192,30 +192,37 @@ class OidcLogin:
         return self._clock().timestamp()
 
     def routes(self) -> list[Route]:
-        async def register(request: Request) -> Response:
-            auth_id = str(request.path_params["auth_id"])[:128]
-            try:
-                url = await self.start(auth_id)
-            except Refusal as refusal:
-                self._log.warning("oidc: %s", refusal.check, extra=event("login.oidc_unavailable"))
-                return _page(503, "Sign-in unavailable", refusal.message)
-            if url is not None:
-                return RedirectResponse(url, 302, headers={"Cache-Control": "no-store"})
-            status, text = login_page(self._logins.get(auth_id), auth_id, self._clock())
-            return HTMLResponse(text, status, headers={"Cache-Control": "no-store"})
+        def to_provider(
+            begin: Callable[[str], Awaitable[str | None]],
+            otherwise: Callable[[str], tuple[int, str]],
+        ) -> Callable[[Request], Awaitable[Response]]:
+            """A URL that sends the browser to the provider while `begin` has somewhere
+            to send it, else shows the `otherwise` page (how it ended, or unknown)."""
 
-        async def ssh_check(request: Request) -> Response:
-            auth_id = str(request.path_params["auth_id"])[:128]
-            try:
-                url = await self.start_check(auth_id)
-            except Refusal as refusal:
-                self._log.warning("oidc: %s", refusal.check, extra=event("login.oidc_unavailable"))
-                return _page(503, "Sign-in unavailable", refusal.message)
-            if url is not None:
-                return RedirectResponse(url, 302, headers={"Cache-Control": "no-store"})
-            check = self._checks.get(auth_id) if self._checks is not None else None
-            status, text = check_page(check)
-            return HTMLResponse(text, status, headers={"Cache-Control": "no-store"})
+            async def endpoint(request: Request) -> Response:
+                auth_id = str(request.path_params["auth_id"])[:128]
+                try:
+                    url = await begin(auth_id)
+                except Refusal as refusal:
+                    self._log.warning(
+                        "oidc: %s", refusal.check, extra=event("login.oidc_unavailable")
+                    )
+                    return _page(503, "Sign-in unavailable", refusal.message)
+                if url is not None:
+                    return RedirectResponse(url, 302, headers={"Cache-Control": "no-store"})
+                status, text = otherwise(auth_id)
+                return HTMLResponse(text, status, headers={"Cache-Control": "no-store"})
+
+            return endpoint
+
+        register = to_provider(
+            self.start,
+            lambda auth_id: login_page(self._logins.get(auth_id), auth_id, self._clock()),
+        )
+        ssh_check = to_provider(
+            self.start_check,
+            lambda auth_id: check_page(self._checks.get(auth_id) if self._checks else None),
+        )
 
         async def callback(request: Request) -> Response:
             q = request.query_params

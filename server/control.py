@@ -33,7 +33,7 @@ from server.metrics import Metrics
 from server.protocol.keys import NodePublic
 from server.protocol.mapframe import MapFrameEncoder
 from server.store.interface import Store
-from server.store.model import KeyRejected, Node
+from server.store.model import KeyRejected, Node, Registration
 from server.tailnet import NodeRegistry, Tailnet
 from server.tailnet.mapper import (
     MapSession,
@@ -253,7 +253,7 @@ class ControlHandler:
         key_expiry = None if tags or expiry_span is None else now + expiry_span
         ephemeral = key.ephemeral or body.ephemeral
         # The store consumes a single-use key in the same transaction as the node write.
-        node = self._registry.register(
+        registration = Registration(
             machine_key=req.machine_key,
             node_key=node_key,
             hostname=hostinfo.hostname or "node",
@@ -265,9 +265,9 @@ class ControlHandler:
             key_expiry=key_expiry,
             hostinfo=hostinfo,
             capver=body.version,
-            existing=node,
             approved=not self._settings().device_approval,
         )
+        node = self._registry.register(registration, existing=node)
         self._metrics.registration("ok")
         self._log.info(
             "register: node %d %s (%s) joined",

@@ -28,7 +28,7 @@ from typing import Literal, Protocol, TypeVar
 from server.logs import event
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store.interface import Store
-from server.store.model import Node, Rng
+from server.store.model import Node, Registration, Rng
 from server.tailnet import NodeRegistry
 from server.wire import Hostinfo
 
@@ -372,7 +372,7 @@ def register_node(
         existing = registry.by_node_key(login.node_key)
     if existing is None or existing.machine_key != login.machine_key:
         existing = registry.by_machine_key(login.machine_key)
-    return registry.register(
+    registration = Registration(
         machine_key=login.machine_key,
         node_key=login.node_key,
         hostname=login.hostname,
@@ -383,9 +383,9 @@ def register_node(
         key_expiry=None if tags else key_expiry,
         hostinfo=hostinfo,
         capver=capver,
-        existing=existing,
         approved=approved,
     )
+    return registry.register(registration, existing=existing)
 
 
 def _expired_reason(login: PendingLogin) -> str:

@@ -1,8 +1,9 @@
 """The store as the server sees it: one small interface, backends behind it.
 
 sqlite and PostgreSQL implement it (`_sqlstore.SqlStore`, one SQL core, with
-`sqlite.py` and `postgres.py` for transactions and locking). Every method is
-short and synchronous; the server calls them from its one asyncio thread.
+the packages `sqlite/` and `postgres/` for transactions, locking and applying
+migrations). Every method is short and synchronous; the server calls them from
+its one asyncio thread.
 
 Registration is one call: `create_node` / `reregister_node` given one frozen
 `Registration`. With its `auth_key_id` set, the store checks that pre-auth key

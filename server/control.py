@@ -70,6 +70,7 @@ class ControlSettings:
     keepalive_min: float = 50.0
     keepalive_max: float = 58.0
     device_approval: bool = False  # new nodes wait for an operator (settings.yaml)
+    key_expiry_from_token: bool = False  # OIDC logins: the key expires with the ID token
 
 
 class ControlHandler:

@@ -23,7 +23,14 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from gitctl.policy.tagowners import tag_refusal
-from server.auth.pending import LoginRefused, PendingLogin, PendingLogins, register_node
+from server.auth.pending import (
+    LoginRefused,
+    PendingLogin,
+    PendingLogins,
+    ProviderLogin,
+    existing_node,
+    register_node,
+)
 from server.logs import event
 from server.metrics import Metrics, Outcome
 from server.protocol.keys import MachinePublic, NodePublic
@@ -75,6 +82,8 @@ class Terms(Protocol):
     def node_key_expiry(self) -> timedelta | None: ...
     @property
     def device_approval(self) -> bool: ...
+    @property
+    def key_expiry_from_token(self) -> bool: ...
 
 
 # The steps
@@ -420,6 +429,11 @@ class Registrar:
             raise LoginRefused(refusal)
         terms = self._terms()
         span = terms.node_key_expiry
+        key_expiry = None if span is None else now + span
+        if login.provider is not None:
+            self._same_owner(login, login.provider, user)
+            if terms.key_expiry_from_token:
+                key_expiry = login.provider.token_expires
         node = register_node(
             self._registry,
             login,
@@ -427,12 +441,24 @@ class Registrar:
             capver,
             user,
             now,
-            key_expiry=None if span is None else now + span,
+            key_expiry=key_expiry,
             approved=not terms.device_approval,
             tags=tags,
         )
         self._joined(node)
         return node
+
+    def _same_owner(self, login: PendingLogin, provider: ProviderLogin, user: str) -> None:
+        """A node that logs in again through the identity provider stays its owner's:
+        another identity may not take it over (an operator may reassign it). LoginRefused."""
+        node = existing_node(self._registry, login)
+        if node is None or node.tags or node.user is None or node.user == user:
+            return
+        owner = self._source().users.get(node.user, (node.user, node.user))[0]
+        raise LoginRefused(
+            f"the device {node.given_name} belongs to {owner}: {provider.email} may not take "
+            f"it over; sign in as {owner}"
+        )
 
     def _logout(self, node: Node | None, now: datetime) -> dict[str, Any]:
         self._metrics.registration("logout")

@@ -19,6 +19,7 @@ from server.bodies import NoBody, body_schema, parse_body
 from server.protocol.keys import MachinePublic, NodePublic
 from server.sources.history import HistoryEntry
 from server.sources.repo import Rejection
+from server.store.model import Registration
 from server.wire import Hostinfo, decode
 from tests.unit.test_admin_api import (
     BAD_BODIES,
@@ -245,12 +246,14 @@ def test_rejection_history_is_newest_first(apis: Apis) -> None:
 
 def test_routes_are_approved_at_runtime_only_where_git_allows_it(apis: Apis) -> None:
     router = apis.deps.registry.register(
-        machine_key=MachinePublic(bytes([7]) * 32),
-        node_key=NodePublic(bytes([7]) * 32),
-        hostname="router",
-        user="alice",
-        now=NOW,
-        hostinfo=decode(Hostinfo, {"Hostname": "router", "RoutableIPs": ["10.9.0.0/24"]}),
+        Registration(
+            machine_key=MachinePublic(bytes([7]) * 32),
+            node_key=NodePublic(bytes([7]) * 32),
+            hostname="router",
+            user="alice",
+            now=NOW,
+            hostinfo=decode(Hostinfo, {"Hostname": "router", "RoutableIPs": ["10.9.0.0/24"]}),
+        )
     )
     path = f"/api/v1/nodes/{router.id}/routes"
     refused = request(apis.socket, "POST", path, body={"routes": ["10.9.0.0/24"]})

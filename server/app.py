@@ -52,7 +52,7 @@ from server.store import SqlStore, StoreError, open_store
 from server.store.model import Node
 from server.store.postgres import PostgresStore
 from server.tagcheck import undeclared
-from server.tailnet import NodeChange, TailnetSource, running_tailnet
+from server.tailnet import NodeChange, TailnetSource, UserRegistry, running_tailnet
 from server.tailnet.pg_listen import start_replication
 from server.tailnet.probes import RouterProbes
 from server.tls.acme import AcmeManager, AcmeSettings
@@ -305,6 +305,8 @@ class Server:
         )
         self.registry.subscribe(self._node_changed)
         self.registry.subscribe(self.metrics.node_changed)
+        self.users = UserRegistry(self.store, log=self.log)
+        self.users.subscribe(self.tailnet.apply_user)
         if isinstance(self.store, PostgresStore):
             self._tasks.append(
                 start_replication(
@@ -370,6 +372,7 @@ class Server:
                 logins=self.logins,
                 ssh_checks=self.ssh_checks,
                 oidc=self.oidc,
+                users=self.users,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))
@@ -659,8 +662,9 @@ class Server:
             settings,
             self._oidc_provider,
             self.logins,
-            users=lambda: {e.lower(): n for n, (e, _) in self.tailnet.source.users.items()},
+            users=lambda: {e.lower(): n for n, (e, _) in self.tailnet.source.git_users.items()},
             record_groups=self._record_login_groups,
+            admit_runtime=lambda email: self.users.admit(email, self.clock()),
             clock=self.clock,
             log=self.log,
         )

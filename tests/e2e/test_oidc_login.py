@@ -61,7 +61,7 @@ def _dex_config(port: int, redirect: str) -> dict[str, Any]:
 
 
 class Net:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.dex_port = free_port()
         self.issuer = f"http://127.0.0.1:{self.dex_port}/dex"
@@ -77,6 +77,7 @@ class Net:
                 "--oidc-client-id", "tailnetd",
                 "--oidc-allowed-domains", "example.com",
                 "--oidc-allowed-groups", "staff",
+                *extra,
             ],
         )  # fmt: skip
         self.server.extra_env = {"TAILNETD_OIDC_CLIENT_SECRET": SECRET}
@@ -211,6 +212,16 @@ def test_an_identity_of_another_domain_is_refused_with_a_page(net: Net) -> None:
     assert up.finish() != 0
     assert "other.org" in up.output
     assert "check allowed_domains failed for carol@other.org" in net.server.log()
+
+
+def test_an_identity_not_in_git_is_refused_by_default_with_a_page_naming_it(net: Net) -> None:
+    phone = net.node("phone")
+    up = Up(phone, net.server)
+    text = browser_login(up.url(), net.tmp, "dave@example.com", "staff")
+    assert "Login refused" in text and "dave@example.com is not a user of this tailnet" in text
+    assert up.finish() != 0
+    assert "check unknown_user failed for dave@example.com" in net.server.log()
+    assert "dave@example.com" not in net.server.admin("users", "list")
 
 
 def test_an_identity_missing_the_required_group_is_refused_with_a_page(net: Net) -> None:

@@ -310,7 +310,12 @@ class Server:
         if isinstance(self.store, PostgresStore):
             self._tasks.append(
                 start_replication(
-                    self.store, self.registry, self.tailnet, replica=cfg.replica_id, log=self.log
+                    self.store,
+                    self.registry,
+                    self.tailnet,
+                    replica=cfg.replica_id,
+                    log=self.log,
+                    users=self.users,
                 )
             )
         self._start_webhooks()

@@ -46,11 +46,13 @@ class UserRegistry:
         self._store = store
         self._log = log
         self._listeners: list[UserListener] = []
+        self._known = {u.email for u in store.runtime_users()}  # as last published
 
     def subscribe(self, listener: UserListener) -> None:
         self._listeners.append(listener)
 
     def _publish(self, change: UserChange) -> None:
+        (self._known.discard if change.kind == "removed" else self._known.add)(change.email)
         for listener in self._listeners:
             listener(change)
 
@@ -69,6 +71,15 @@ class UserRegistry:
             )
         self._publish(UserChange("admitted" if new else "login", email, user))
         return user
+
+    def reload(self) -> None:
+        """Another process (a replica) changed the runtime users: read them back and
+        publish what differs from what this process last published."""
+        stored = {u.email: u for u in self._store.runtime_users()}
+        for email in sorted(self._known - stored.keys()):
+            self._publish(UserChange("removed", email, None))
+        for email in sorted(stored.keys() - self._known):
+            self._publish(UserChange("admitted", email, stored[email]))
 
     def delete(self, email: str) -> bool:
         """Forget a runtime user: its nodes are cut off as a user removed from git.

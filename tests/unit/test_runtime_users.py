@@ -25,12 +25,14 @@ from server.store.interface import Store
 from server.store.migrations import MIGRATIONS, POSTGRES_MIGRATIONS
 from server.tailnet import UserRegistry
 from server.tailnet.hub import TailnetSource
+from server.tailnet.replicas import Notice, Replicas, decode_notice, encode_notice
 from tests.unit.control_client import T0, FakeClock
 from tests.unit.store_backends import Backend
 from tests.unit.test_admin_api import Apis, apis, request
 from tests.unit.test_oidc import SETTINGS
 from tests.unit.test_oidc_login import StandIn, start
 from tests.unit.test_pending_logins import begin, make
+from tests.unit.test_replicas import Bus, Side
 from tests.unit.test_tailnet_commit import USERS, register, serving, source, woken
 
 __all__ = ["apis"]  # fixtures
@@ -195,3 +197,37 @@ def test_tailnetd_users_lists_the_source_and_deletes_a_runtime_user(
     assert cli.main(["users", "delete", "alice"]) == 1
     assert "declared in git" in capsys.readouterr().err
     assert [u.email for u in apis.deps.users.users()] == []
+
+
+def test_a_runtime_user_admitted_or_deleted_on_one_replica_reaches_the_other(
+    tmp_path: Path,
+) -> None:
+    shared = open_store(tmp_path / "shared.db")
+    bus = Bus()
+    users = {name: UserRegistry(shared, log=LOG) for name in ("a", "b")}
+    seen: list[tuple[str, str]] = []
+    users["b"].subscribe(lambda change: seen.append((change.kind, change.email)))
+    sides = [Side(name, shared, bus.send) for name in ("a", "b")]
+    for side in sides:
+        side.replicas = Replicas(
+            side.replicas.replica,
+            side.registry,
+            bus.send,
+            known=side.records.get,
+            known_ids=lambda side=side: frozenset(side.records),  # type: ignore[misc]
+            log=LOG,
+            users=users[side.replicas.replica],
+        )
+    bus.sides += sides
+    users["a"].admit(DAVE, T0)
+    users["a"].admit(DAVE, T0 + timedelta(hours=1))  # a login again: nothing to tell
+    users["a"].delete(DAVE)
+    assert seen == [("admitted", DAVE), ("removed", DAVE)]
+    # missed while not listening: read back at resync
+    sides[1].replicas._send = lambda text: None
+    sides[0].replicas._send = lambda text: None
+    users["a"].admit("erin@example.com", T0)
+    sides[1].replicas.resync()
+    assert seen[-1] == ("admitted", "erin@example.com")
+    assert decode_notice(encode_notice(Notice("a", users=True))).users
+    shared.close()

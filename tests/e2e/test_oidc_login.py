@@ -204,30 +204,31 @@ def test_an_oidc_login_through_the_browser_joins_with_peers_and_groups(net: Net)
         )
 
 
-def test_an_identity_of_another_domain_is_refused_with_a_page(net: Net) -> None:
-    desk = net.node("desk")
-    up = Up(desk, net.server)
-    text = browser_login(up.url(), net.tmp, "carol@other.org", "staff")
-    assert "Login refused" in text and "carol@other.org" in text and "other.org" in text
+def refused(net: Net, name: str, email: str, groups: str) -> tuple[str, Up]:
+    """A login from a new node as `email` with `groups`, refused: the page's text and the
+    client's `tailscale up`, which ended with an error."""
+    up = Up(net.node(name), net.server)
+    text = browser_login(up.url(), net.tmp, email, groups)
+    assert "Login refused" in text
     assert up.finish() != 0
+    return text, up
+
+
+def test_an_identity_of_another_domain_is_refused_with_a_page(net: Net) -> None:
+    text, up = refused(net, "desk", "carol@other.org", "staff")
+    assert "carol@other.org" in text and "other.org" in text
     assert "other.org" in up.output
     assert "check allowed_domains failed for carol@other.org" in net.server.log()
 
 
 def test_an_identity_not_in_git_is_refused_by_default_with_a_page_naming_it(net: Net) -> None:
-    phone = net.node("phone")
-    up = Up(phone, net.server)
-    text = browser_login(up.url(), net.tmp, "dave@example.com", "staff")
-    assert "Login refused" in text and "dave@example.com is not a user of this tailnet" in text
-    assert up.finish() != 0
+    text, _ = refused(net, "phone", "dave@example.com", "staff")
+    assert "dave@example.com is not a user of this tailnet" in text
     assert "check unknown_user failed for dave@example.com" in net.server.log()
     assert "dave@example.com" not in net.server.admin("users", "list")
 
 
 def test_an_identity_missing_the_required_group_is_refused_with_a_page(net: Net) -> None:
-    tablet = net.node("tablet")
-    up = Up(tablet, net.server)
-    text = browser_login(up.url(), net.tmp, "bob@example.com", "eng")
-    assert "Login refused" in text and "none of the groups" in text
-    assert up.finish() != 0
+    text, _ = refused(net, "tablet", "bob@example.com", "eng")
+    assert "none of the groups" in text
     assert "check allowed_groups failed for bob@example.com" in net.server.log()

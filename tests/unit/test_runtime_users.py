@@ -24,7 +24,7 @@ from server.store import SqlStore, open_store
 from server.store.interface import Store
 from server.store.migrations import MIGRATIONS, POSTGRES_MIGRATIONS
 from server.tailnet import UserRegistry
-from server.tailnet.hub import TailnetSource
+from server.tailnet.hub import Tailnet, TailnetSource
 from server.tailnet.replicas import Notice, Replicas, decode_notice, encode_notice
 from tests.unit.control_client import T0, FakeClock
 from tests.unit.store_backends import Backend
@@ -71,12 +71,18 @@ def mem() -> Store:
     return open_store(Path(":memory:"))
 
 
-def test_a_runtime_user_s_node_is_served_to_members_without_a_commit(mem: Store) -> None:
+def members(mem: Store) -> tuple[Tailnet, UserRegistry, int, int]:
+    """A tailnet where every member reaches every device, with a node of git user alice
+    and one of dave, who is not in git; the user registry the tailnet follows."""
     registry, tailnet = serving(mem, source("members", MEMBERS))
     users = UserRegistry(mem, log=LOG)
     users.subscribe(tailnet.apply_user)
     alice = register(registry, 1, "alice-laptop", "alice")
-    dave = register(registry, 2, "dave-pc", DAVE)
+    return tailnet, users, alice, register(registry, 2, "dave-pc", DAVE)
+
+
+def test_a_runtime_user_s_node_is_served_to_members_without_a_commit(mem: Store) -> None:
+    tailnet, users, alice, dave = members(mem)
     assert not tailnet.serves(dave)  # not a user of the tailnet yet
     handles = {"alice": tailnet.open_session(alice)}
     woken(handles)
@@ -107,11 +113,7 @@ def test_a_restarted_server_serves_the_stored_runtime_users(mem: Store) -> None:
 
 
 def test_git_wins_a_commit_declaring_the_email_makes_a_git_user(mem: Store) -> None:
-    registry, tailnet = serving(mem, source("members", MEMBERS))
-    users = UserRegistry(mem, log=LOG)
-    users.subscribe(tailnet.apply_user)
-    alice = register(registry, 1, "alice-laptop", "alice")
-    dave = register(registry, 2, "dave-pc", DAVE)
+    tailnet, users, alice, dave = members(mem)
     users.admit(DAVE, T0)
 
     declared = {**USERS, "dave": (DAVE, "Dave")}

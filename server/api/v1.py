@@ -429,6 +429,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         found = find_drift(
             declared_keys=declared, users=src.users, policy=src.policy,
             nodes=registry.nodes(), keys=store.list_preauth_keys(), now=clock(),
+            runtime_users=src.runtime_users,
         )  # fmt: skip
         return {"revision": src.id, "drift": [d.to_json() for d in found]}
 

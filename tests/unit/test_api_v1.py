@@ -185,6 +185,8 @@ def test_runtime_users_are_listed_with_their_last_login_and_deleted(apis: Apis) 
         ("dave@example.com", "runtime", ["group:ops"]),
     ]
     assert listed[1]["last_login"] is not None
+    drift = request(apis.socket, "GET", "/api/v1/drift").body["drift"]
+    assert [(d["kind"], d["subject"]) for d in drift] == [("runtime-user", "user dave@example.com")]
     # git users change by commit only
     refused = request(apis.socket, "DELETE", "/api/v1/users/alice")
     assert refused.status == 409 and "git" in refused.body["detail"]

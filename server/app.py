@@ -335,6 +335,7 @@ class Server:
             timeout=lambda: timedelta(seconds=cfg.login_timeout),
             rng=os.urandom,
             log=self.log,
+            via_provider=cfg.oidc is not None,
         )
         self.oidc = self._oidc_login()
         self.probes = RouterProbes(
@@ -554,6 +555,7 @@ class Server:
         return ControlSettings(
             node_key_expiry=settings.node_key_expiry,
             device_approval=settings.device_approval == "required",
+            key_expiry_from_token=settings.oidc_key_expiry == "token",
         )
 
     def _derp_region(self) -> DerpRegion:
@@ -672,6 +674,7 @@ class Server:
             admit_runtime=lambda email: self.users.admit(email, self.clock()),
             clock=self.clock,
             log=self.log,
+            ssh_checks=self.ssh_checks,
         )
 
     def _record_login_groups(self, email: str, groups: tuple[str, ...]) -> None:

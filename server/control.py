@@ -25,7 +25,14 @@ from prometheus_client import CollectorRegistry
 
 from gitctl.policy.tagowners import tag_refusal
 from gitctl.policy.viewindex import ViewIndex
-from server.auth.pending import LoginRefused, PendingLogin, PendingLogins, register_node
+from server.auth.pending import (
+    LoginRefused,
+    PendingLogin,
+    PendingLogins,
+    ProviderLogin,
+    existing_node,
+    register_node,
+)
 from server.auth.sshcheck import SshChecks
 from server.edge.control_conn import ControlRequest, ControlResponse
 from server.logs import event
@@ -78,6 +85,7 @@ class ControlSettings:
     keepalive_min: float = 50.0
     keepalive_max: float = 58.0
     device_approval: bool = False  # new nodes wait for an operator (settings.yaml)
+    key_expiry_from_token: bool = False  # OIDC logins: the key expires with the ID token
 
 
 def _expired(node: Node, now: datetime) -> bool:
@@ -339,8 +347,13 @@ class ControlHandler:
         if refusal is not None:
             self._metrics.registration("tags_refused")
             raise LoginRefused(refusal)
-        span = self._settings().node_key_expiry
+        settings = self._settings()
+        span = settings.node_key_expiry
         key_expiry = None if span is None else now + span
+        if login.provider is not None:
+            self._same_owner(login, login.provider, user)
+            if settings.key_expiry_from_token:
+                key_expiry = login.provider.token_expires
         node = register_node(
             self._registry,
             login,
@@ -367,6 +380,18 @@ class ControlHandler:
             ),
         )
         return node
+
+    def _same_owner(self, login: PendingLogin, provider: ProviderLogin, user: str) -> None:
+        """A node that logs in again through the identity provider stays its owner's:
+        another identity may not take it over (an operator may reassign it). LoginRefused."""
+        node = existing_node(self._registry, login)
+        if node is None or node.tags or node.user is None or node.user == user:
+            return
+        owner = self._tailnet.source.users.get(node.user, (node.user, node.user))[0]
+        raise LoginRefused(
+            f"the device {node.given_name} belongs to {owner}: {provider.email} may not take "
+            f"it over; sign in as {owner}"
+        )
 
     def _logout(self, node: Node | None, now: datetime) -> ControlResponse:
         self._metrics.registration("logout")

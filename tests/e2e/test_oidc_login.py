@@ -45,8 +45,10 @@ POLICY = json.dumps(
 playwright = pytest.importorskip("playwright.sync_api")
 
 
-def _dex_config(port: int, redirect: str) -> dict[str, Any]:
+def _dex_config(port: int, redirect: str, id_tokens: str | None = None) -> dict[str, Any]:
+    expiry = {"expiry": {"idTokens": id_tokens}} if id_tokens else {}
     return {
+        **expiry,
         "issuer": f"http://127.0.0.1:{port}/dex",
         "storage": {"type": "memory"},
         "web": {"http": f"127.0.0.1:{port}"},
@@ -61,12 +63,24 @@ def _dex_config(port: int, redirect: str) -> dict[str, Any]:
 
 
 class Net:
-    def __init__(self, tmp: Path, extra: tuple[str, ...] = ()) -> None:
+    """Dex, tailnetd logging in through it, and tailscaled nodes. `files` replace the
+    tailnet.d files; `id_tokens` is the lifetime of Dex's ID tokens (e.g. "45s");
+    `extra` are more server flags."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        files: dict[str, str] | None = None,
+        id_tokens: str | None = None,
+        allowed_groups: str = "staff",
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.tmp = tmp
+        self.id_tokens = id_tokens
         self.dex_port = free_port()
         self.issuer = f"http://127.0.0.1:{self.dex_port}/dex"
         self.repo = TailnetRepo(
-            tmp / "repo", {"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY}
+            tmp / "repo", files or {"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY}
         )
         self.server = ServerProcess(
             self.repo.path,
@@ -76,7 +90,7 @@ class Net:
                 "--oidc-issuer", self.issuer,
                 "--oidc-client-id", "tailnetd",
                 "--oidc-allowed-domains", "example.com",
-                "--oidc-allowed-groups", "staff",
+                "--oidc-allowed-groups", allowed_groups,
                 *extra,
             ],
         )  # fmt: skip
@@ -87,7 +101,9 @@ class Net:
     def start(self) -> None:
         config = self.tmp / "dex.json"  # YAML is a superset of JSON
         config.write_text(
-            json.dumps(_dex_config(self.dex_port, self.server.url + "/oidc/callback"))
+            json.dumps(
+                _dex_config(self.dex_port, self.server.url + "/oidc/callback", self.id_tokens)
+            )
         )
         with open(self.tmp / "dex.log", "ab") as log:
             self.dex = subprocess.Popen(

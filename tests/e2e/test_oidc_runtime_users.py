@@ -25,7 +25,7 @@ DAVE = "dave@example.com"
 def admitting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     if not Path(CHROMIUM).exists() or shutil.which("go") is None:
         pytest.skip("needs Debian's chromium and Go (make test-tools)")
-    net = Net(tmp_path_factory.mktemp("oidc-runtime"), ("--oidc-admit-unknown", "true"))
+    net = Net(tmp_path_factory.mktemp("oidc-runtime"), extra=("--oidc-admit-unknown", "true"))
     net.start()
     try:
         yield net

@@ -44,6 +44,7 @@ from server.store.model import (
     PreAuthKey,
     Registration,
     Rng,
+    RuntimeUser,
 )
 from server.store.names import check_label, label_from_hostname
 from server.wire import Hostinfo
@@ -605,6 +606,43 @@ class SqlStore(EventTables):
         with self._read() as db:
             found = db.execute("SELECT email, groups FROM login_groups ORDER BY email").fetchall()
         return {str(row[0]): rows.str_tuple(row[1]) for row in found}
+
+    def last_logins(self) -> dict[str, datetime]:
+        with self._read() as db:
+            found = db.execute("SELECT email, updated FROM login_groups ORDER BY email").fetchall()
+        return {str(row[0]): rows.dt_required(row[1]) for row in found}
+
+    # -- people admitted at runtime ----------------------------------------------------
+
+    def admit_runtime_user(self, email: str, now: datetime) -> tuple[RuntimeUser, bool]:
+        with self._write() as db:
+            row = db.execute(
+                "SELECT created FROM runtime_users WHERE email = ?", (email,)
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO runtime_users (email, created, last_login) VALUES (?, ?, ?)",
+                    (email, rows.ts(now), rows.ts(now)),
+                )
+                return RuntimeUser(email, now, now), True
+            db.execute(
+                "UPDATE runtime_users SET last_login = ? WHERE email = ?", (rows.ts(now), email)
+            )
+            return RuntimeUser(email, rows.dt_required(row[0]), now), False
+
+    def delete_runtime_user(self, email: str) -> bool:
+        with self._write() as db:
+            cursor = db.execute("DELETE FROM runtime_users WHERE email = ?", (email,))
+            return cursor.rowcount > 0
+
+    def runtime_users(self) -> list[RuntimeUser]:
+        with self._read() as db:
+            found = db.execute(
+                "SELECT email, created, last_login FROM runtime_users ORDER BY email"
+            ).fetchall()
+        return [
+            RuntimeUser(str(r[0]), rows.dt_required(r[1]), rows.dt_required(r[2])) for r in found
+        ]
 
 
 def _check_usable(key: PreAuthKey, now: datetime) -> None:

@@ -37,6 +37,7 @@ from server.store.model import (
     PreAuthKey,
     Registration,
     Rng,
+    RuntimeUser,
 )
 from server.wire import Hostinfo
 
@@ -200,6 +201,14 @@ class Store(Protocol):
     # The policy groups each user's last identity-provider login carried (by email).
     def set_login_groups(self, email: str, groups: Sequence[str], now: datetime) -> None: ...
     def login_groups(self) -> dict[str, tuple[str, ...]]: ...
+    # When each identity last logged in through the provider (by email).
+    def last_logins(self) -> dict[str, datetime]: ...
+
+    # People admitted at runtime (identity-provider logins not in tailnet.d), by email.
+    # `admit_runtime_user` adds one or records its login; True when it is new.
+    def admit_runtime_user(self, email: str, now: datetime) -> tuple[RuntimeUser, bool]: ...
+    def delete_runtime_user(self, email: str) -> bool: ...
+    def runtime_users(self) -> list[RuntimeUser]: ...
 
     # Audit trail and webhook outbox (server/store/_eventtables.py)
 

@@ -195,6 +195,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         "routes an operator approved at runtime, per node",
         ("ALTER TABLE nodes ADD COLUMN runtime_routes TEXT NOT NULL DEFAULT '[]'",),
     ),
+    Migration(
+        10,
+        "people admitted at runtime: identity-provider logins not declared in git",
+        (
+            """
+            CREATE TABLE runtime_users (
+                email       TEXT    PRIMARY KEY,
+                created     TEXT    NOT NULL,
+                last_login  TEXT    NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 
@@ -364,6 +377,19 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         9,
         "routes an operator approved at runtime, per node",
         ("ALTER TABLE nodes ADD COLUMN runtime_routes jsonb NOT NULL DEFAULT '[]'::jsonb",),
+    ),
+    Migration(
+        10,
+        "people admitted at runtime: identity-provider logins not declared in git",
+        (
+            """
+            CREATE TABLE runtime_users (
+                email       text        PRIMARY KEY,
+                created     timestamptz NOT NULL,
+                last_login  timestamptz NOT NULL
+            )
+            """,
+        ),
     ),
 )
 

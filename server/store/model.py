@@ -34,6 +34,7 @@ __all__ = [
     "PreAuthKey",
     "Registration",
     "Rng",
+    "RuntimeUser",
     "SchemaError",
     "StoreError",
 ]
@@ -151,6 +152,17 @@ class PendingLogin:
     node_key: NodePublic
     ephemeral: bool
     created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeUser:
+    """A person admitted at runtime (an identity-provider login the operator lets in
+    without a line in tailnet.d/users.yaml): known by email, which is also its name.
+    `last_login` is when that identity last logged in."""
+
+    email: str  # lower case
+    created: datetime
+    last_login: datetime
 
 
 @dataclass(frozen=True, slots=True)

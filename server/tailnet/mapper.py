@@ -221,7 +221,7 @@ class PeerEntries:
         return [i for _, i in expiries[lo:hi]]
 
 
-def self_entry(ctx: MapContext, node: Node, view: NodeView, now: datetime) -> dict[str, Any]:
+def self_entry(ctx: MapContext, node: Node, view: NodeView[int], now: datetime) -> dict[str, Any]:
     caps = dict(BASE_SELF_CAPS) if ctx.taildrop else {"https://tailscale.com/cap/ssh": []}
     caps.update(view.self_cap_map)
     return node_json(
@@ -313,7 +313,7 @@ def build_map(ctx: MapContext, node_id: int, now: datetime) -> MapState | None:
     )
 
 
-def top_fields(ctx: MapContext, node: Node, view: NodeView, now: datetime) -> dict[str, Any]:
+def top_fields(ctx: MapContext, node: Node, view: NodeView[int], now: datetime) -> dict[str, Any]:
     """The top-level MapResponse fields of `node`'s map (peers apart)."""
     return {
         "Node": self_entry(ctx, node, view, now),
@@ -321,7 +321,7 @@ def top_fields(ctx: MapContext, node: Node, view: NodeView, now: datetime) -> di
         "Domain": ctx.domain,
         "CollectServices": False,
         "DNSConfig": ctx.dns_config,
-        "PacketFilter": view.packet_filter,
+        "PacketFilter": view.packet_filter_rules,
         "SSHPolicy": view.ssh_policy,
         "Debug": _DEBUG,
     }

@@ -64,7 +64,7 @@ class MapSession:
         self.node_id = node_id
         self._top_src: dict[str, Any] = {}
         self._top_from: tuple[Any, ...] = ()  # what `_top_src` was made of
-        self._view: NodeView | None = None  # the view the client's peers come from
+        self._view: NodeView[int] | None = None  # the view the client's peers come from
         self._entries: PeerEntries | None = None
         self._gen = 0
         self._expiry_seen: datetime | None = None
@@ -88,7 +88,7 @@ class MapSession:
             # join hands viewers a new view holding the same filter objects.
             expired = node.key_expiry is not None and node.key_expiry <= now
             src: tuple[Any, ...] = (
-                *(node, view.packet_filter, view.ssh_policy, view.self_cap_map),
+                *(node, view.packet_filter_rules, view.ssh_policy, view.self_cap_map),
                 *(view.self_allowed_ips, view.self_primary_routes, ctx.derp_map),
                 *(ctx.dns_config, ctx.domain, ctx.taildrop, expired),
             )
@@ -142,7 +142,7 @@ class MapSession:
             msg[key] = value
 
     def _peer_changes(
-        self, ctx: MapContext, old: NodeView, view: NodeView, wake: Wake, now: datetime
+        self, ctx: MapContext, old: NodeView[int], view: NodeView[int], wake: Wake, now: datetime
     ) -> tuple[list[int], list[int]]:
         """(peers to send, peers to remove) against what the client holds."""
         new, held = view.peers, old.peers

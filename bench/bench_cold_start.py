@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_derp_throughput import cpu_seconds
+from bench.loadgen.stats import machine as machine_line
 from bench.loadgen.stats import table
 from server.protocol.keys import MachinePrivate, NodePrivate
 from server.store import open_store
@@ -159,11 +159,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--importtime", type=Path, help="write -X importtime of one start here")
     args = parser.parse_args()
-    machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
-        f"{platform.python_implementation()} {platform.python_version()}, "
-        f"load {os.getloadavg()[0]:.1f}"
-    )
+    machine = machine_line()
     results = [
         measure(n, policy, args.runs, args.importtime) for n in args.nodes for policy in args.policy
     ]

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import select
 import socket
 import struct
@@ -47,6 +46,7 @@ from typing import Any
 
 from bench.loadgen.fleet import Fleet
 from bench.loadgen.local import LocalServer, local_server
+from bench.loadgen.stats import machine as machine_line
 from bench.loadgen.stats import table
 from server.protocol import derp
 from server.protocol.keys import NodePrivate, NodePublic
@@ -359,11 +359,7 @@ def main() -> None:
         role, port, key, peer, ack_fd = args.role
         run_client(role, int(port), key, peer, int(ack_fd))
         return
-    machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
-        f"{platform.python_implementation()} {platform.python_version()}, "
-        f"load {os.getloadavg()[0]:.1f}"
-    )
+    machine = machine_line()
     if args.replot:
         data = json.loads(args.replot.read_text())
         machine, results = data["machine"], data["runs"]

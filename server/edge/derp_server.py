@@ -306,6 +306,7 @@ class DerpServer:
         if (
             target.closing
             or not target.registered
+            or not target.conn.is_open
             or transport.is_closing()
             or transport.get_write_buffer_size() > target.high_water
         ):

@@ -295,11 +295,21 @@ def run(seconds: float) -> list[dict[str, Any]]:
     return results
 
 
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    return f"{ours / theirs:.2f}x" if ours and theirs else "-"
+
+
+def _verdict(value: float, target: float) -> str:
+    return "met" if value >= target else f"{target / max(1.0, value):.1f}x short"
+
+
 def render(results: list[dict[str, Any]]) -> str:
+    """The table; tailnetd against each relay, by packets delivered and by
+    packets per CPU-second (the clients share the machine, so a relay may be
+    idle part of the run: per CPU-second is what "on one core" measures)."""
     ours = next(r for r in results if r["relay"] == "tailnetd")
     rows = []
     for r in results:
-        ratio = ours["delivered_pps"] / r["delivered_pps"] if r["delivered_pps"] else 0.0
         rows.append(
             [
                 r["relay"],
@@ -307,23 +317,27 @@ def render(results: list[dict[str, Any]]) -> str:
                 f"{r['accepted_pps']:,}",
                 r["relay_cpu_cores"],
                 f"{r['packets_per_cpu_s']:,}" if r["packets_per_cpu_s"] else "-",
-                "" if r is ours else f"{ratio:.2f}x",
+                "" if r is ours else _ratio(ours["delivered_pps"], r["delivered_pps"]),
+                "" if r is ours else _ratio(ours["packets_per_cpu_s"], r["packets_per_cpu_s"]),
             ]
         )
-    verdict = (
-        "met"
-        if ours["delivered_pps"] >= TARGET_PPS
-        else (f"{TARGET_PPS / max(1, ours['delivered_pps']):.1f}x short")
-    )
     header = [
         "relay",
         "delivered pkt/s",
         "accepted pkt/s",
         "relay CPU (cores)",
         "pkt per CPU-s",
-        "tailnetd / this",
+        "tailnetd / this (pkt/s)",
+        "tailnetd / this (per CPU-s)",
     ]
-    return table(rows, header) + f"\n\ntarget >= {TARGET_PPS:,} pkt/s on one core: {verdict}"
+    per_cpu = ours["packets_per_cpu_s"] or 0
+    return (
+        table(rows, header)
+        + f"\n\ntarget >= {TARGET_PPS:,} pkt/s on one core: per CPU-second "
+        + _verdict(per_cpu, TARGET_PPS)
+        + f"; delivered in this run {_verdict(ours['delivered_pps'], TARGET_PPS)}"
+        + f"\ntarget >= {TARGET_RATIO}x derper: see the ratio columns"
+    )
 
 
 def plot(results: list[dict[str, Any]], path: Path, machine: str) -> None:

@@ -113,12 +113,13 @@ class ControlConnection:
             self._noise.send(self._early)
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(INBOUND_WINDOW)
+        self._noise.send(self._h2.data_to_send())
         self._writer.write(
             b"HTTP/1.1 101 Switching Protocols\r\n"
             b"Upgrade: tailscale-control-protocol\r\n"
-            b"Connection: upgrade\r\n\r\n" + self._accepted.response
+            b"Connection: upgrade\r\n\r\n" + self._accepted.response + self._noise.data_to_send()
         )
-        await self._flush()
+        await self._writer.drain()
         try:
             await self._read_loop()
         finally:

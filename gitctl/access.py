@@ -172,7 +172,7 @@ def _port_minus(a: PortSet, b: PortSet) -> list[tuple[int, int, int]]:
 
 
 def _reach(
-    compiled: CompiledTailnet, addrs: _Addresses
+    compiled: CompiledTailnet[str], addrs: _Addresses
 ) -> dict[tuple[Endpoint, Endpoint], PortSet]:
     raw: dict[tuple[Endpoint, Endpoint], dict[int, list[tuple[int, int]]]] = defaultdict(
         lambda: defaultdict(list)
@@ -208,7 +208,7 @@ def _ssh_action(action: Mapping[str, Any]) -> str | None:
 
 
 def _ssh(
-    compiled: CompiledTailnet, addrs: _Addresses
+    compiled: CompiledTailnet[str], addrs: _Addresses
 ) -> set[tuple[Endpoint, Endpoint, str, str, str]]:
     out = set()
     every = frozenset(("node", n) for n in addrs.of)
@@ -233,7 +233,7 @@ def _ssh(
     return out
 
 
-def effective_access(compiled: CompiledTailnet, topology: Topology) -> Access:
+def effective_access(compiled: CompiledTailnet[str], topology: Topology) -> Access:
     addrs = _Addresses(topology.nodes)
     peers = {
         (("node", viewer), ("node", peer))

@@ -49,7 +49,7 @@ from server.sources.repo import RepoStatus, SnapshotRepo
 from server.store import SqlStore, StoreError, open_store
 from server.store.model import Node
 from server.tagcheck import undeclared
-from server.tailnet import NodeChange, TailnetSource, running_tailnet
+from server.tailnet import NodeChange, TailnetSource, UserRegistry, running_tailnet
 from server.tailnet.probes import RouterProbes
 from server.tls.acme import AcmeManager, AcmeSettings
 from server.tls.acme_http import ChallengeResponder
@@ -304,6 +304,8 @@ class Server:
         )
         self.registry.subscribe(self._node_changed)
         self.registry.subscribe(self.metrics.node_changed)
+        self.users = UserRegistry(self.store, log=self.log)
+        self.users.subscribe(self.tailnet.apply_user)
         if not isinstance(cfg.store_location, Path):  # PostgreSQL: psycopg loads only here
             from server.store.postgres import PostgresStore
             from server.tailnet.pg_listen import start_replication
@@ -311,7 +313,12 @@ class Server:
             assert isinstance(self.store, PostgresStore)
             self._tasks.append(
                 start_replication(
-                    self.store, self.registry, self.tailnet, replica=cfg.replica_id, log=self.log
+                    self.store,
+                    self.registry,
+                    self.tailnet,
+                    replica=cfg.replica_id,
+                    log=self.log,
+                    users=self.users,
                 )
             )
         self._start_webhooks()
@@ -331,6 +338,7 @@ class Server:
             timeout=lambda: timedelta(seconds=cfg.login_timeout),
             rng=os.urandom,
             log=self.log,
+            via_provider=cfg.oidc is not None,
         )
         self.oidc = self._oidc_login()
         self.probes = RouterProbes(
@@ -373,6 +381,7 @@ class Server:
                 logins=self.logins,
                 ssh_checks=self.ssh_checks,
                 oidc=self.oidc,
+                users=self.users,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))
@@ -551,6 +560,7 @@ class Server:
         return ControlSettings(
             node_key_expiry=settings.node_key_expiry,
             device_approval=settings.device_approval == "required",
+            key_expiry_from_token=settings.oidc_key_expiry == "token",
         )
 
     def _derp_region(self) -> DerpRegion:
@@ -669,10 +679,12 @@ class Server:
             settings,
             self._oidc_provider,
             self.logins,
-            users=lambda: {e.lower(): n for n, (e, _) in self.tailnet.source.users.items()},
+            users=lambda: {e.lower(): n for n, (e, _) in self.tailnet.source.git_users.items()},
             record_groups=self._record_login_groups,
+            admit_runtime=lambda email: self.users.admit(email, self.clock()),
             clock=self.clock,
             log=self.log,
+            ssh_checks=self.ssh_checks,
         )
 
     def _record_login_groups(self, email: str, groups: tuple[str, ...]) -> None:

@@ -1,6 +1,6 @@
 """The Tailscale policy language: parse, compile per node, run policy tests."""
 
-from .compile import CompiledTailnet, NodeView, PeerView, compile_tailnet
+from .compile import CompiledTailnet, NodeKey, NodeView, PeerView, compile_tailnet
 from .errors import PolicyError, PolicyErrors
 from .expiry import Expiring, expiring_within, in_force, next_expiry
 from .model import Policy
@@ -13,6 +13,7 @@ from .topology import Topology, TopologyNode, TopologyUser
 __all__ = [
     "CompiledTailnet",
     "Expiring",
+    "NodeKey",
     "NodeView",
     "PeerView",
     "Policy",

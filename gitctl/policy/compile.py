@@ -2,19 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from .expiry import policy_at
 from .model import Policy
-from .output import CompiledTailnet, NodeView, PeerView
+from .output import CompiledTailnet, NodeKey, NodeView, PeerView
 from .policytests import check_policy_tests
 from .topology import Topology
 from .viewindex import LazyNodes, ViewIndex
 
-__all__ = ["CompiledTailnet", "NodeView", "PeerView", "compile_tailnet", "reuse_previous"]
+__all__ = [
+    "CompiledTailnet",
+    "NodeKey",
+    "NodeView",
+    "PeerView",
+    "compile_tailnet",
+    "reuse_previous",
+]
+
+
+@overload
+def compile_tailnet(
+    policy: Policy,
+    topology: Topology,
+    tailnet: Mapping[str, Any] | None = None,
+    *,
+    keys: None = None,
+    now: datetime | None = None,
+    enforce_tests: bool = True,
+    previous: CompiledTailnet[str] | None = None,
+    keep_views: bool = True,
+) -> CompiledTailnet[str]: ...
+
+
+@overload
+def compile_tailnet(
+    policy: Policy,
+    topology: Topology,
+    tailnet: Mapping[str, Any] | None = None,
+    *,
+    keys: Sequence[NodeKey],
+    now: datetime | None = None,
+    enforce_tests: bool = True,
+    previous: CompiledTailnet[NodeKey] | None = None,
+    keep_views: bool = True,
+) -> CompiledTailnet[NodeKey]: ...
 
 
 def compile_tailnet(
@@ -22,12 +57,17 @@ def compile_tailnet(
     topology: Topology,
     tailnet: Mapping[str, Any] | None = None,
     *,
+    keys: Sequence[Any] | None = None,
     now: datetime | None = None,
     enforce_tests: bool = True,
-    previous: CompiledTailnet | None = None,
+    previous: CompiledTailnet[Any] | None = None,
     keep_views: bool = True,
-) -> CompiledTailnet:
+) -> CompiledTailnet[Any]:
     """Per-node packet filters, SSH policies, peers and capabilities.
+
+    Views, peers and primaries name each node by its key: ``keys`` (one per
+    node of ``topology``, in its order: the server passes node ids), else the
+    node's name.
 
     Raises :class:`PolicyError` when the policy cannot apply to this tailnet
     (unknown SSH domains) or, with ``enforce_tests``, when its ``tests`` or
@@ -50,11 +90,15 @@ def compile_tailnet(
     policy = policy_at(policy, now)
     if enforce_tests:
         check_policy_tests(policy, topology, now=now)
-    index = ViewIndex(policy, topology, tailnet, keep_views=keep_views)
+    if keys is None:
+        keys = [n.name for n in topology.nodes]
+    index = ViewIndex(policy, topology, keys, tailnet, keep_views=keep_views)
     return reuse_previous(CompiledTailnet(nodes=LazyNodes(index), visibility=index), previous)
 
 
-def reuse_previous(compiled: CompiledTailnet, previous: CompiledTailnet | None) -> CompiledTailnet:
+def reuse_previous(
+    compiled: CompiledTailnet[NodeKey], previous: CompiledTailnet[NodeKey] | None
+) -> CompiledTailnet[NodeKey]:
     """``compiled`` with ``previous``'s views that the change between the two
     cannot touch taken over, and ``changed`` naming the others.
 

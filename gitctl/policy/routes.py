@@ -81,14 +81,14 @@ def route_table(
     policy: Policy,
     nodes: Sequence[TopologyNode],
     users: Sequence[TopologyUser],
-    primaries: Mapping[str, str] | None = None,
+    primaries: Mapping[str, int] | None = None,
 ) -> RouteTable:
     """A route is in effect when advertised and approved (by hand or by
     autoApprovers). Each subnet route has one primary: the earliest
     registered node serving it (by ``created``, then node order), as
     :func:`elect_primaries` picks it among the online routers, keeping the
-    ``primaries`` last served while they stay online; exit routes have no
-    primary."""
+    ``primaries`` last served (prefix -> position in ``nodes``) while they
+    stay online; exit routes have no primary."""
     enabled = []
     for n in nodes:
         auto = set(auto_approved_routes(policy, n, n.routable_ips, users) if n.routable_ips else ())
@@ -99,8 +99,7 @@ def route_table(
         for r in rs:
             if not is_exit_route(r):
                 routers.setdefault(r, []).append((i, nodes[i].created))
-    position = {n.name: i for i, n in enumerate(nodes)}
-    previous = {p: position[name] for p, name in (primaries or {}).items() if name in position}
+    previous = dict(primaries or {})
     online = frozenset(i for i, n in enumerate(nodes) if n.online)
     owner = elect_primaries(routers, online=online, previous=previous)
     primary = [tuple(r for r in rs if owner.get(r) == i) for i, rs in enumerate(enabled)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -68,9 +68,10 @@ class Topology:
 
     users: tuple[TopologyUser, ...]
     nodes: tuple[TopologyNode, ...]
-    # The primaries last served, prefix -> node name: a primary keeps its
-    # prefix while it is online, so a router that comes back does not flap.
-    primaries: Mapping[str, str] = field(default_factory=dict)
+    # The primaries last served, prefix -> node key (its name, or the key the
+    # caller compiles with): a primary keeps its prefix while it is online, so
+    # a router that comes back does not flap.
+    primaries: Mapping[str, Hashable] = field(default_factory=dict)
     # Members a policy group gains at run time, group name -> user emails: the
     # groups the identity provider gave each user at their last login. They
     # add to the members the policy file declares and never remove any.

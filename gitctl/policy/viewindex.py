@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from itertools import chain
-from typing import Any, cast
+from typing import Any, Generic, cast
 
 from .addrs import is_exit_route
 from .aliases import Index
@@ -21,7 +21,7 @@ from .bitsets import bits, bitset
 from .filter import Rule, RuleBuilder
 from .model import ALL_PORTS, WILDCARD, Policy
 from .nodeattrs import ipv4_disabled, self_cap_maps
-from .output import NodeView, PeerView
+from .output import NodeKey, NodeView, PeerView
 from .routes import route_table
 from .routevis import RouteVisibility
 from .ssh import SshIndex, check_ssh_domains
@@ -29,11 +29,15 @@ from .topology import Topology
 from .viewreuse import PeerChange, affected, peer_change
 
 
-class ViewIndex:
+class ViewIndex(Generic[NodeKey]):
+    """``keys``: each node's key, in ``topology.nodes`` order (what views,
+    peers and primaries name nodes by)."""
+
     def __init__(
         self,
         policy: Policy,
         topology: Topology,
+        keys: Sequence[NodeKey],
         tailnet: Mapping[str, Any] | None = None,
         *,
         keep_views: bool = True,
@@ -43,10 +47,14 @@ class ViewIndex:
         self.topology = topology
         self.tailnet = tailnet
         nodes = topology.nodes
-        self.names = tuple(n.name for n in nodes)
-        self.position = {name: i for i, name in enumerate(self.names)}
+        self.keys: tuple[NodeKey, ...] = tuple(keys)
+        self.position: dict[NodeKey, int] = {k: i for i, k in enumerate(self.keys)}
+        if len(self.keys) != len(nodes):
+            raise ValueError("compile: one key per node is needed")
         index = self.index = Index(policy, topology)
-        self.table = route_table(policy, nodes, topology.users, topology.primaries)
+        at = self.position
+        last = {p: at[k] for p, k in topology.primaries.items() if k in at}
+        self.table = route_table(policy, nodes, topology.users, last)
         index.set_routes(list(self.table.enabled))
         check_ssh_domains(policy, index)
 
@@ -81,13 +89,18 @@ class ViewIndex:
         self._plain: list[PeerView | None] = [None] * n
         self._routers = bitset(index.routers, n)
         self._visible: dict[int, int] = {}
-        self.views: dict[int, NodeView] = {}
+        self.views: dict[int, NodeView[NodeKey]] = {}
         # After a join or leave (`adopt`): who merely gained or lost a peer,
         # and the earlier views of those nodes, to patch rather than rebuild.
-        self.peer_change: PeerChange | None = None
-        self._bases: dict[int, NodeView] = {}
+        self.peer_change: PeerChange[NodeKey] | None = None
+        self._bases: dict[int, NodeView[NodeKey]] = {}
+        # The earlier index's peer views by key, lent to equal new ones so an
+        # unchanged peer stays the same object across recompiles.
+        self._lend: dict[NodeKey, PeerView] = {}
         # What `compare` found against an earlier index, until `adopt` uses it.
-        self._compared: tuple[ViewIndex, frozenset[str] | None, PeerChange | None] | None = None
+        self._compared: (
+            tuple[ViewIndex[NodeKey], frozenset[NodeKey] | None, PeerChange[NodeKey] | None] | None
+        ) = None
 
     # -- visibility --------------------------------------------------------
 
@@ -105,25 +118,28 @@ class ViewIndex:
             self._visible[i] = mask
         return mask
 
-    def primaries(self) -> dict[str, str]:
+    def primaries(self) -> dict[str, NodeKey]:
         """Prefix -> the node primary for it now (to pass back as the next
         compile's `Topology.primaries`, so the election does not flap)."""
-        return {r: self.names[i] for i, rs in enumerate(self.table.primary) for r in rs}
+        return {r: self.keys[i] for i, rs in enumerate(self.table.primary) for r in rs}
 
-    def peer_names(self, name: str) -> list[str]:
-        names = self.names
-        return [names[j] for j in bits(self.visible(self.position[name]))]
+    def peer_keys(self, key: NodeKey) -> list[NodeKey]:
+        i = self.position.get(key)
+        if i is None:
+            return []
+        keys = self.keys
+        return [keys[j] for j in bits(self.visible(i))]
 
-    def dependents(self, name: str) -> list[str]:
-        """Nodes whose views mention ``name``: its peers, and the sources
+    def dependents(self, key: NodeKey) -> list[NodeKey]:
+        """Nodes whose views mention ``key``: its peers, and the sources
         that share an SSH rule's per-user principals with it."""
-        i = self.position[name]
-        names = self.names
-        return [names[j] for j in bits(self.visible(i) | self.ssh.co_sources(i))]
+        i = self.position[key]
+        keys = self.keys
+        return [keys[j] for j in bits(self.visible(i) | self.ssh.co_sources(i))]
 
     # -- views -------------------------------------------------------------
 
-    def view(self, i: int) -> NodeView:
+    def view(self, i: int) -> NodeView[NodeKey]:
         v = self.views.get(i)
         if v is None:
             base = self._bases.pop(i, None)
@@ -145,11 +161,13 @@ class ViewIndex:
         """Peer ``j`` as every viewer with IPv4 sees it, when ``j`` has no routes."""
         pv = self._plain[j]
         if pv is None:
-            pv = self._plain[j] = PeerView(
+            pv = PeerView(
                 allowed_ips=tuple(own_prefixes(self.index, j, self.no_v4)),
                 primary_routes=(),
                 tags=self.index.nodes[j].tags,
             )
+            lent = self._lend.get(self.keys[j])
+            pv = self._plain[j] = lent if lent == pv and lent is not None else pv
         return pv
 
     def peer_view(self, viewer: int, j: int) -> PeerView:
@@ -158,22 +176,22 @@ class ViewIndex:
             return self._peer(viewer, j)
         return self._plain_peer(j)
 
-    def _peers(self, viewer: int, mask: int, peers: list[int]) -> dict[str, PeerView]:
-        names = self.names
+    def _peers(self, viewer: int, mask: int, peers: list[int]) -> dict[NodeKey, PeerView]:
+        keys = self.keys
         if viewer in self.no_v4:
-            return {names[j]: self._peer(viewer, j) for j in peers}
+            return {keys[j]: self._peer(viewer, j) for j in peers}
         # A peer without routes looks the same to every viewer: build it once.
         plain = self._plain
         for j in [j for j in peers if plain[j] is None]:
             self._plain_peer(j)
         filled = cast("list[PeerView]", plain)  # for these peers
-        out = dict(zip(map(names.__getitem__, peers), map(filled.__getitem__, peers), strict=True))
+        out = dict(zip(map(keys.__getitem__, peers), map(filled.__getitem__, peers), strict=True))
         # Routers' routes depend on the viewer (replacing keeps the order).
         for j in bits(mask & self._routers):
-            out[names[j]] = self._peer(viewer, j)
+            out[keys[j]] = self._peer(viewer, j)
         return out
 
-    def _build(self, i: int) -> NodeView:
+    def _build(self, i: int) -> NodeView[NodeKey]:
         index, table = self.index, self.table
         mask = self.visible(i)
         peers = bits(mask)
@@ -198,75 +216,87 @@ class ViewIndex:
         cap_rules = [(r.caps, r.src_mask) for r in self.per_node[i] if r.caps is not None]
         return LazyMap(partial(whois, self.index.ips, cap_rules, mask, peers))
 
-    def _patched(self, i: int, base: NodeView) -> NodeView:
+    def _patched(self, i: int, base: NodeView[NodeKey]) -> NodeView[NodeKey]:
         """``base`` (the earlier index's view of node ``i``) with the peer that
         joined or left added or removed: all `peer_change` lets differ."""
         change = self.peer_change
         assert change is not None
         peers = dict(base.peers)
         if change.joined:  # the newest node: last, as in a fresh build
-            peers[change.name] = self.peer_view(i, self.position[change.name])
+            peers[change.key] = self.peer_view(i, self.position[change.key])
         else:
-            del peers[change.name]
+            del peers[change.key]
         return replace(base, peers=peers, whois_cap_map=self._whois(i, self.visible(i)))
 
     # -- reuse across changes ------------------------------------------------
 
-    def compare(self, previous: ViewIndex) -> None:
+    def lend(self, other: ViewIndex[NodeKey]) -> None:
+        """Let ``other``'s peer views stand in for equal ones built here, so
+        an unchanged peer stays the same object across recompiles (map
+        refreshes compare peers by identity). Only the views are held."""
+        at, lend, keys = self.position, self._lend, other.keys
+        # What `other` itself borrowed covers the views it took over unbuilt.
+        lend.update((k, pv) for k, pv in other._lend.items() if k in at)
+        lend.update((keys[j], pv) for j, pv in enumerate(other._plain) if pv is not None)
+
+    def compare(self, previous: ViewIndex[NodeKey]) -> None:
         """Work out which views the change from ``previous`` (nodes joining or
         leaving, or a new policy over the same nodes) may touch, for `adopt`.
 
         It reads ``previous``'s rules and who-sees-whom, never iterates its
         view caches: it may run in a worker thread while ``previous`` serves."""
-        names = affected(previous, self)
-        change = peer_change(previous, self, names) if names is not None else None
-        self._compared = (previous, names, change)
+        keys = affected(previous, self)
+        change = peer_change(previous, self, keys) if keys is not None else None
+        self._compared = (previous, keys, change)
 
-    def adopt(self, previous: ViewIndex) -> frozenset[str] | None:
+    def adopt(self, previous: ViewIndex[NodeKey]) -> frozenset[NodeKey] | None:
         """Take over ``previous``'s views of the nodes that the change between
         it and this index cannot have touched (see `compare`).
 
-        Returns the names whose views may differ (None: possibly all).
+        Returns the keys whose views may differ (None: possibly all).
         """
         if self._compared is None or self._compared[0] is not previous:
             self.compare(previous)
         assert self._compared is not None
-        _, names, change = self._compared
+        _, keys, change = self._compared
         self._compared = None  # holds the previous index
-        if names is None:
+        self.lend(previous)
+        old_keys = previous.keys
+        if keys is None:
             return None
         self.peer_change = change
         patch = change.viewers if change is not None else frozenset()
+        at = self.position
         for i, v in list(previous.views.items()):
-            name = previous.names[i]
-            if name not in names:
-                self.views[self.position[name]] = v
-            elif name in patch:
-                self._bases[self.position[name]] = v
-        if previous.names == self.names:  # same positions: who-sees-whom carries over
+            key = old_keys[i]
+            if key not in keys:
+                self.views[at[key]] = v
+            elif key in patch:
+                self._bases[at[key]] = v
+        if old_keys == self.keys:  # same positions: who-sees-whom carries over
             for i, mask in list(previous._visible.items()):
-                if self.names[i] not in names:
+                if self.keys[i] not in keys:
                     self._visible.setdefault(i, mask)
-        return names
+        return keys
 
 
-class LazyNodes(Mapping[str, NodeView]):
-    """Node name -> view, each built on first access."""
+class LazyNodes(Mapping[NodeKey, NodeView[NodeKey]]):
+    """Node key -> view, each built on first access."""
 
-    def __init__(self, index: ViewIndex) -> None:
+    def __init__(self, index: ViewIndex[NodeKey]) -> None:
         self._index = index
 
-    def __getitem__(self, name: str) -> NodeView:
-        return self._index.view(self._index.position[name])
+    def __getitem__(self, key: NodeKey) -> NodeView[NodeKey]:
+        return self._index.view(self._index.position[key])
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[NodeKey]:
         return iter(self._index.position)
 
     def __len__(self) -> int:
         return len(self._index.position)
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._index.position
+    def __contains__(self, key: object) -> bool:
+        return key in self._index.position
 
 
 class LazyMap(Mapping[str, Any]):

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic
 
 from .bitsets import bits, bitset
+from .output import NodeKey
 
 if TYPE_CHECKING:
     from .viewindex import ViewIndex
 
 
-def affected(previous: ViewIndex, current: ViewIndex) -> frozenset[str] | None:
-    """Names whose views may differ between the two indexes (None: possibly all)."""
+def affected(
+    previous: ViewIndex[NodeKey], current: ViewIndex[NodeKey]
+) -> frozenset[NodeKey] | None:
+    """Keys whose views may differ between the two indexes (None: possibly all)."""
     if (
         previous.topology.users != current.topology.users
         or previous.topology.groups != current.topology.groups
@@ -33,17 +36,19 @@ def affected(previous: ViewIndex, current: ViewIndex) -> frozenset[str] | None:
         return _topology_affected(previous, current)
     if previous.topology.nodes == current.topology.nodes:
         mask = _policy_affected(previous, current)
-        return None if mask is None else frozenset(current.names[i] for i in bits(mask))
+        return None if mask is None else frozenset(current.keys[i] for i in bits(mask))
     return None
 
 
-def _topology_affected(previous: ViewIndex, current: ViewIndex) -> frozenset[str] | None:
+def _topology_affected(
+    previous: ViewIndex[NodeKey], current: ViewIndex[NodeKey]
+) -> frozenset[NodeKey] | None:
     """When nodes without routes join, leave or change, only they and the
     nodes that see them (before or after) are affected: a node enters another
     node's view only through a rule that makes the two see each other."""
-    old_nodes = dict(zip(previous.names, previous.topology.nodes, strict=True))
-    new_nodes = dict(zip(current.names, current.topology.nodes, strict=True))
-    if len(old_nodes) != len(previous.names) or len(new_nodes) != len(current.names):
+    old_nodes = dict(zip(previous.keys, previous.topology.nodes, strict=True))
+    new_nodes = dict(zip(current.keys, current.topology.nodes, strict=True))
+    if len(old_nodes) != len(previous.keys) or len(new_nodes) != len(current.keys):
         return None
     changed_old = [n for n, rec in old_nodes.items() if new_nodes.get(n) != rec]
     changed_new = [n for n, rec in new_nodes.items() if old_nodes.get(n) != rec]
@@ -52,8 +57,8 @@ def _topology_affected(previous: ViewIndex, current: ViewIndex) -> frozenset[str
     ):
         return None
     # Output follows registration order; the nodes that stay must keep theirs.
-    kept_old = [n for n in previous.names if n in new_nodes]
-    kept_new = [n for n in current.names if n in old_nodes]
+    kept_old = [n for n in previous.keys if n in new_nodes]
+    kept_new = [n for n in current.keys if n in old_nodes]
     if kept_old != kept_new:
         return None
     out = set(changed_old) | set(changed_new)
@@ -64,7 +69,7 @@ def _topology_affected(previous: ViewIndex, current: ViewIndex) -> frozenset[str
     return frozenset(out)
 
 
-def _policy_affected(previous: ViewIndex, current: ViewIndex) -> int | None:
+def _policy_affected(previous: ViewIndex[NodeKey], current: ViewIndex[NodeKey]) -> int | None:
     """Bitset of the nodes a new policy over the same nodes may show
     something else.
 
@@ -96,26 +101,26 @@ def _policy_affected(previous: ViewIndex, current: ViewIndex) -> int | None:
     return mask
 
 
-def _rule_ids(index: ViewIndex, ids: dict[tuple[Any, ...], int]) -> dict[int, int]:
+def _rule_ids(index: ViewIndex[NodeKey], ids: dict[tuple[Any, ...], int]) -> dict[int, int]:
     """id(rule) -> a number shared by every rule with the same key."""
     tables = {id(index.index.ips): "ips", id(index.index.host_prefix_table): "prefixes"}
     return {id(r): ids.setdefault(r.key(tables), len(ids)) for r in index.rules}
 
 
 @dataclass(frozen=True, slots=True)
-class PeerChange:
+class PeerChange(Generic[NodeKey]):
     """The change was one node without routes joining (as the newest node)
     or leaving, and nothing else: ``viewers`` are the nodes whose view it
     changes only by adding that node to, or removing it from, their peers."""
 
-    name: str
+    key: NodeKey
     joined: bool
-    viewers: frozenset[str]
+    viewers: frozenset[NodeKey]
 
 
 def peer_change(
-    previous: ViewIndex, current: ViewIndex, changed: frozenset[str]
-) -> PeerChange | None:
+    previous: ViewIndex[NodeKey], current: ViewIndex[NodeKey], changed: frozenset[NodeKey]
+) -> PeerChange[NodeKey] | None:
     """What a join or leave did, when ``changed`` (what `affected` said) came
     from exactly one node joining last or leaving; None otherwise.
 
@@ -132,11 +137,11 @@ def peer_change(
     Peers are listed in node order and J is last, so J's entry is appended
     (or removed) where a fresh build puts it.
     """
-    if len(current.names) == len(previous.names) + 1:
-        joined, name = True, current.names[-1]
+    if len(current.keys) == len(previous.keys) + 1:
+        joined, name = True, current.keys[-1]
         if name in previous.position:
             return None  # the new node is not the newest: the order moved
-    elif len(previous.names) == len(current.names) + 1:
+    elif len(previous.keys) == len(current.keys) + 1:
         gone = [n for n in changed if n not in current.position]
         if len(gone) != 1:
             return None
@@ -153,7 +158,7 @@ def peer_change(
     home = current if joined else previous  # the index that has the node
     j = home.position[name]
     touched = _renders(home, j) | home.ssh.touching(j) | 1 << j
-    viewers = (home.names[i] for i in bits(home.visible(j) & ~touched))
+    viewers = (home.keys[i] for i in bits(home.visible(j) & ~touched))
     return PeerChange(
         name,
         joined,
@@ -165,11 +170,11 @@ def peer_change(
     )
 
 
-def _renders(index: ViewIndex, j: int) -> int:
+def _renders(index: ViewIndex[NodeKey], j: int) -> int:
     """Nodes receiving a rule whose rendered sources name node ``j``."""
     ips = index.index.ips[j]
     mask = 0
     for rule in index.rules:
         if j in rule.src_members and not rule.src_key.isdisjoint(ips):
-            mask |= bitset(rule.dst_nodes, len(index.names))
+            mask |= bitset(rule.dst_nodes, len(index.keys))
     return mask

@@ -129,6 +129,8 @@ class TailnetSettings:
     # True: operators may also approve advertised routes at runtime (API, CLI), on top of
     # routes.yaml and autoApprovers; `tailnetd drift` lists such approvals. False: git only.
     runtime_route_approval: bool = False
+    # "token": an OIDC-registered node's key expires with the ID token of its login.
+    oidc_key_expiry: Literal["node_key_expiry", "token"] = "node_key_expiry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +355,7 @@ class _Builder:
             v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb, signers,
             s.get("device_approval", "none"), hooks, rollout,
             bool(s.get("runtime_route_approval", False)),
+            s.get("oidc_key_expiry", "node_key_expiry"),
         )  # fmt: skip
 
     def repo_path(self, path: JsonPath, text: str) -> str | None:

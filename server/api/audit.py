@@ -81,7 +81,11 @@ def record(
 
 
 def should_record(ep: Endpoint, status: int) -> bool:
-    return ep.required != "public" and (ep.method != "GET" or status in _REFUSED)
+    # A public endpoint's refusals are kept too: a wrong OAuth client secret
+    # is a credential failure an operator wants to see.
+    if ep.required == "public":
+        return status in _REFUSED
+    return ep.method != "GET" or status in _REFUSED
 
 
 def action_of(ep: Endpoint) -> str:

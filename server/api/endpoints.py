@@ -99,7 +99,11 @@ def to_routes(
                 _record(ep, request, caller, body, problem.status, problem.kind, problem.detail)
                 return problem_response(problem)
             response = result if isinstance(result, Response) else JSONResponse(result)
-            _record(ep, request, caller, body, response.status_code, "ok", None)
+            status = response.status_code
+            # A handler may answer a refusal itself (OAuth's token endpoint
+            # speaks RFC 6749's error shape, not a problem): not an "ok".
+            outcome = "ok" if status < 400 else "refused" if status in (401, 403) else "error"
+            _record(ep, request, caller, body, status, outcome, None)
             return response
 
         return endpoint

@@ -28,7 +28,7 @@ from typing import Literal, Protocol, TypeVar
 from server.logs import event
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store.interface import Store
-from server.store.model import Node, Rng
+from server.store.model import Node, Registration, Rng
 from server.tailnet import NodeRegistry
 from server.wire import Hostinfo
 
@@ -42,6 +42,8 @@ __all__ = [
     "Outcome",
     "PendingLogin",
     "PendingLogins",
+    "ProviderLogin",
+    "existing_node",
     "find_waiting",
     "next_state",
     "register_node",
@@ -113,6 +115,14 @@ def remember(finished: dict[str, D], auth_id: str, done: D) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderLogin:
+    """What an identity provider vouched for when it completed a login."""
+
+    email: str  # verified (or allowed unverified by the operator), lower case
+    token_expires: datetime  # the ID token's exp
+
+
+@dataclass(frozen=True, slots=True)
 class PendingLogin:
     """One login as the outside sees it."""
 
@@ -128,6 +138,7 @@ class PendingLogin:
     state: LoginState = "waiting"
     reason: str = ""  # why it was refused or expired
     node_id: int | None = None  # the node, once approved
+    provider: ProviderLogin | None = None  # set when an identity provider completed it
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,9 +285,18 @@ class PendingLogins:
 
     # Finishing
 
-    def complete(self, auth_id: str, user: str, groups: tuple[str, ...] = ()) -> Node:
-        """The person is `user`: register the node and wake the waiting request."""
+    def complete(
+        self,
+        auth_id: str,
+        user: str,
+        groups: tuple[str, ...] = (),
+        provider: ProviderLogin | None = None,
+    ) -> Node:
+        """The person is `user` (`provider`: as an identity provider says): register
+        the node and wake the waiting request."""
         entry = self._entry(auth_id)
+        if provider is not None:
+            entry.login = replace(entry.login, provider=provider)
         now = self._clock()
         if now >= entry.login.expires:
             self._finish(entry, "expire", _expired_reason(entry.login))
@@ -365,14 +385,8 @@ def register_node(
     """Write the node of a completed login: the machine's node, if it has one,
     keeps its id and addresses and takes the new key and owner (or, with
     `tags`, is owned by its tags and does not expire)."""
-    existing = None
-    if not login.old_node_key.is_zero:
-        existing = registry.by_node_key(login.old_node_key)
-    if existing is None:
-        existing = registry.by_node_key(login.node_key)
-    if existing is None or existing.machine_key != login.machine_key:
-        existing = registry.by_machine_key(login.machine_key)
-    return registry.register(
+    existing = existing_node(registry, login)
+    registration = Registration(
         machine_key=login.machine_key,
         node_key=login.node_key,
         hostname=login.hostname,
@@ -383,9 +397,21 @@ def register_node(
         key_expiry=None if tags else key_expiry,
         hostinfo=hostinfo,
         capver=capver,
-        existing=existing,
         approved=approved,
     )
+    return registry.register(registration, existing=existing)
+
+
+def existing_node(registry: NodeRegistry, login: PendingLogin) -> Node | None:
+    """The node this login logs in again, if the machine has one."""
+    existing = None
+    if not login.old_node_key.is_zero:
+        existing = registry.by_node_key(login.old_node_key)
+    if existing is None:
+        existing = registry.by_node_key(login.node_key)
+    if existing is None or existing.machine_key != login.machine_key:
+        existing = registry.by_machine_key(login.machine_key)
+    return existing
 
 
 def _expired_reason(login: PendingLogin) -> str:

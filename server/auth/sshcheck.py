@@ -10,6 +10,11 @@ go, and the command an operator runs. The second request waits until the
 check is approved (`approve`, by an operator; `complete`, by the connecting
 user re-authenticating, e.g. through OIDC), refused, or expires.
 
+With an identity provider (`via_provider`), the message is Tailscale's own
+("# Tailscale SSH requires an additional check. # To authenticate, visit: URL")
+and the URL sends the person through the provider (`server/oidc/login.py`);
+an operator may still approve.
+
 Each check is the same small state machine as a pending login
 (`server.auth.pending.TRANSITIONS`). Time is passed in.
 """
@@ -76,7 +81,9 @@ class SshChecks:
         timeout: Callable[[], timedelta],
         rng: Rng,
         log: logging.Logger,
+        via_provider: bool = False,
     ) -> None:
+        self._via_provider = via_provider
         self._base_url = base_url
         self._timeout = timeout
         self._rng = rng
@@ -126,14 +133,18 @@ class SshChecks:
             extra=event("ssh.check_pending", auth_id=auth_id, src=src, dst=dst, user=local_user),
         )
         hold = _ACTION_URL.format(src=src, dst=dst, user=quote(local_user, safe=""), id=auth_id)
-        return {
-            "holdAndDelegate": hold,
-            "message": (
+        if self._via_provider:
+            message = (
+                "# Tailscale SSH requires an additional check.\r\n"
+                f"# To authenticate, visit: {check.url}\r\n"
+            )
+        else:
+            message = (
                 "# This SSH login needs a check (tailnet policy: check).\r\n"
                 f"# Approve it at {check.url}\r\n"
                 f"# or ask an administrator to run: tailnetd ssh approve {auth_id}\r\n"
-            ),
-        }
+            )
+        return {"holdAndDelegate": hold, "message": message}
 
     async def wait(self, auth_id: str, dst: int) -> dict[str, Any]:
         """The answer to the held request: accept once approved, else reject."""
@@ -178,15 +189,17 @@ class SshChecks:
             raise LoginGone(reason)
         return self.approve(auth_id, user, now)
 
-    def refuse(self, auth_id: str, reason: str) -> SshCheck:
+    def refuse(self, auth_id: str, reason: str, *, logged: bool = False) -> SshCheck:
+        """`logged`: the caller has written the operator's log line already."""
         entry = self._entry(auth_id)
         self._finish(entry, "refuse", reason)
-        self._log.info(
-            "ssh: check %s refused: %s",
-            auth_id,
-            reason,
-            extra=event("ssh.check_refused", auth_id=auth_id, reason=reason),
-        )
+        if not logged:
+            self._log.info(
+                "ssh: check %s refused: %s",
+                auth_id,
+                reason,
+                extra=event("ssh.check_refused", auth_id=auth_id, reason=reason),
+            )
         return entry.check
 
     def forget_approvals(self) -> None:

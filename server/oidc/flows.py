@@ -11,6 +11,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
@@ -18,7 +19,9 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from .refusal import Refusal
 from .settings import OidcSettings
 
-__all__ = ["MAX_FLOWS", "Flow", "Flows"]
+__all__ = ["MAX_FLOWS", "Flow", "FlowKind", "Flows"]
+
+FlowKind = Literal["login", "ssh_check"]
 
 MAX_FLOWS = 10_000
 
@@ -30,6 +33,7 @@ class Flow:
     nonce: str
     code_verifier: str
     expires: float
+    kind: FlowKind = "login"  # what the round trip completes: a login, or an SSH check
 
 
 class Flows:
@@ -43,8 +47,11 @@ class Flows:
     def __len__(self) -> int:
         return len(self._flows)
 
-    def start(self, auth_id: str, authorization_endpoint: str, now: float) -> tuple[Flow, str]:
-        """A new flow for ``auth_id`` and the provider URL to send the browser to."""
+    def start(
+        self, auth_id: str, authorization_endpoint: str, now: float, kind: FlowKind = "login"
+    ) -> tuple[Flow, str]:
+        """A new flow for ``auth_id`` (a pending login, or an SSH check) and the provider
+        URL to send the browser to."""
         self._expire(now)
         while len(self._flows) >= MAX_FLOWS:
             self._flows.popitem(last=False)
@@ -54,6 +61,7 @@ class Flows:
             nonce=self._token(32),
             code_verifier=self._token(48),  # 64 characters: RFC 7636 allows 43..128
             expires=now + self._settings.login_ttl,
+            kind=kind,
         )
         self._flows[flow.state] = flow
         s = self._settings
@@ -69,6 +77,11 @@ class Flows:
             code_challenge_method="S256",
         )
         return flow, str(url)
+
+    def kind(self, state: str) -> FlowKind | None:
+        """What the flow ``state`` names completes, without using it up (None: unknown)."""
+        flow = self._flows.get(state)
+        return None if flow is None else flow.kind
 
     def take(self, state: str, now: float) -> Flow:
         """The flow ``state`` names, removed: a state works once. Raises Refusal."""

@@ -35,7 +35,14 @@ from server.logs import event
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.registry import NodeChange
-from server.tailnet.views import PolicyViews, advertised_routes, compile_views, compute_views
+from server.tailnet.users import UserChange
+from server.tailnet.views import (
+    PolicyViews,
+    TopologyNodes,
+    advertised_routes,
+    compile_views,
+    compute_views,
+)
 from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
 
 __all__ = [
@@ -45,6 +52,7 @@ __all__ = [
     "Tailnet",
     "TailnetSource",
     "defer_on_loop",
+    "with_runtime_users",
 ]
 
 # How long a topology change waits for others to share its recompile.
@@ -81,6 +89,23 @@ class TailnetSource:
     settings: TailnetSettings | None = None  # prefixes, key expiry, ephemeral timeout, DERP
     # The snapshot itself, for where each policy value came from (file:line).
     snapshot: Snapshot | None = field(default=None, compare=False, repr=False)
+    # Names in `users` that are runtime users (admitted at login, not declared in git;
+    # each is its email): `with_runtime_users` adds them.
+    runtime_users: frozenset[str] = frozenset()
+
+    @property
+    def git_users(self) -> dict[str, tuple[str, str]]:
+        return {n: u for n, u in self.users.items() if n not in self.runtime_users}
+
+    def owner(self, node: Node) -> Node:
+        """`node` owned by the git user declaring its owner's email, when its owner is a
+        runtime user that a commit has since declared (git wins; no duplicate user)."""
+        if node.user is None or node.user in self.users or "@" not in node.user:
+            return node
+        for name, (email, _) in self.users.items():
+            if email.lower() == node.user:
+                return replace(node, user=name)
+        return node
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> TailnetSource:
@@ -111,6 +136,16 @@ class TailnetSource:
             settings=snap.settings,
             snapshot=snap,
         )
+
+
+def with_runtime_users(source: TailnetSource, emails: Iterable[str]) -> TailnetSource:
+    """`source` serving the runtime users `emails` too, except those git declares."""
+    git = source.git_users
+    declared = {email.lower() for email, _ in git.values()} | set(git)
+    added = {e: (e, e) for e in sorted(emails) if e not in declared}
+    if not added and not source.runtime_users:
+        return source
+    return replace(source, users={**git, **added}, runtime_users=frozenset(added))
 
 
 class SessionHandle:
@@ -172,6 +207,7 @@ class Tailnet:
         online: Iterable[int] = (),
         primaries: Mapping[str, int] | None = None,
         login_groups: Mapping[str, tuple[str, ...]] | None = None,
+        runtime_users: Iterable[str] = (),
         defer: Defer = defer_on_loop,
     ) -> None:
         self._log = log
@@ -181,13 +217,15 @@ class Tailnet:
         # email -> policy groups of that user's last identity-provider login
         self._login_groups: dict[str, tuple[str, ...]] = dict(login_groups or {})
         self._clock = clock  # when `expires` entries count; read at each compile
-        self._source = source
+        self._runtime_users = set(runtime_users)  # emails admitted at runtime
+        self._source = source = with_runtime_users(source, self._runtime_users)
         self._derp_regions = tuple(derp_regions)
         self._derp_map = self._derp_map_of(source)
         self._sessions: dict[int, set[SessionHandle]] = {}
         self._online = set(online)
         self._unhealthy: set[int] = set()  # routers not answering probes (for the election)
         self._records: dict[int, Node] = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
+        self._topology_nodes = TopologyNodes()  # each record as the compiler sees it
         # subnet -> primary router, last served: runtime state, like who is online
         self._primaries: Mapping[str, int] = dict(primaries or {})
         self._ctx = self._build_context()
@@ -237,40 +275,53 @@ class Tailnet:
     def _served(self, node: Node, source: TailnetSource | None = None) -> bool:
         """In the maps: its owner is in git (or it is tagged), and it is not
         waiting for device approval."""
-        users = (source or self._source).users
-        owned = bool(node.tags) or node.user is None or node.user in users
+        src = source or self._source
+        owned = bool(node.tags) or node.user is None or src.owner(node).user in src.users
         return owned and node.approved
+
+    def _live(self, source: TailnetSource) -> list[Node]:
+        """The nodes `source` serves, each with its owner as `source` names it."""
+        return [source.owner(n) for n in self._records.values() if self._served(n, source)]
 
     def _compile_job(
         self, source: TailnetSource, previous: MapContext | None
-    ) -> Callable[[], CompiledTailnet]:
+    ) -> Callable[[], CompiledTailnet[int]]:
         """The policy index of `source` over the nodes as they are now (compared
         with `previous`'s), as a call that reads only what it holds (frozen
         records, copies of the runtime state): a worker thread may run it."""
-        nodes = [n for n in self._records.values() if self._served(n, source)]
+        nodes = self._live(source)
         users = [(stable_user_id(name), name, email) for name, (email, _) in source.users.items()]
+        approved = self._approved_routes(nodes, source)
+        online, unhealthy, topology_node = self._online, self._unhealthy, self._topology_nodes
+        offline = frozenset(
+            n.id
+            for n in nodes
+            if (n.id not in online or n.id in unhealthy) and advertised_routes(n)
+        )
+        # Converted once per node change (cached), here on the loop: not per compile.
+        topology_node.keep(list(self._records))
+        no_routes: tuple[str, ...] = ()
         return partial(
             compile_views,
             source.policy,
             users,
             nodes,
-            self._approved_routes(nodes, source),
+            approved,
             now=self._clock(),
-            offline_routers=frozenset(
-                n.id
-                for n in nodes
-                if (n.id not in self._online or n.id in self._unhealthy) and advertised_routes(n)
-            ),
+            offline_routers=offline,
             primaries=dict(self._primaries),
             groups=self._group_members(),
             against=previous.views.compiled if previous is not None else None,
+            topology_nodes=[
+                topology_node(n, approved.get(n.id, no_routes), n.id not in offline) for n in nodes
+            ],
         )
 
     def _build_context(
         self,
         previous: MapContext | None = None,
         source: TailnetSource | None = None,
-        compiled: CompiledTailnet | None = None,
+        compiled: CompiledTailnet[int] | None = None,
     ) -> MapContext:
         """The maps of `source` (the serving snapshot's by default) over the
         live nodes; a candidate's leaves the primaries election alone.
@@ -279,7 +330,7 @@ class Tailnet:
         src = source or self._source
         if compiled is None:
             compiled = self._compile_job(src, previous)()
-        nodes = [n for n in self._records.values() if self._served(n, src)]
+        nodes = self._live(src)
         if hasattr(self, "_ctx"):
             # Unchanged records stay the very objects the last context had, so
             # map refreshes find the changed ones by identity.
@@ -373,6 +424,7 @@ class Tailnet:
         in `swap_source`. A node change that needs a recompile while the
         thread runs makes its index stale: it is built again (at last on the loop).
         """
+        source = with_runtime_users(source, self._runtime_users)
         for _ in range(3):
             self.settle()
             generation = self._generation
@@ -383,7 +435,7 @@ class Tailnet:
         self.swap_source(source)
 
     def swap_source(
-        self, source: TailnetSource, *, compiled: CompiledTailnet | None = None
+        self, source: TailnetSource, *, compiled: CompiledTailnet[int] | None = None
     ) -> None:
         """Serve a new snapshot: one reference swap, then the sessions whose
         maps may differ catch up. `compiled`: its index over the current
@@ -393,6 +445,7 @@ class Tailnet:
         rules can reach and every other view is kept (as is its session,
         asleep); a new domain, DNS config, user list or DERP map reaches every map.
         """
+        source = with_runtime_users(source, self._runtime_users)
         self.settle()  # pending node changes first: the commit is then the only difference
         self._generation += 1
         old, old_derp, old_ctx = self._source, self._derp_map, self._ctx
@@ -427,6 +480,7 @@ class Tailnet:
         every live node, so a canary's peers are what `source` lets it see;
         every other node stays on the serving snapshot. Raises, changing
         nothing, when `source` does not compile for the live nodes."""
+        source = with_runtime_users(source, self._runtime_users)
         self.settle()
         old = self._canary
         ctx = self._build_context(previous=old[2] if old else self._ctx, source=source)
@@ -496,8 +550,26 @@ class Tailnet:
         if node.id not in ctx.nodes:
             return replace(ctx, online=frozenset(self._online))
         nodes = dict(ctx.nodes)
-        nodes[node.id] = node
+        nodes[node.id] = self._source.owner(node)
         return replace(ctx, nodes=nodes, online=frozenset(self._online))
+
+    def apply_user(self, change: UserChange) -> None:
+        """A runtime user was admitted or deleted (the user registry's event stream):
+        its nodes join or leave the maps, without a commit."""
+        if change.kind == "removed":
+            self._runtime_users.discard(change.email)
+        else:
+            self._runtime_users.add(change.email)
+        source = with_runtime_users(self._source, self._runtime_users)
+        if source.users == self._source.users:
+            return
+        self._generation += 1
+        self._source = source
+        if self._canary is not None:
+            cand, tag, ctx = self._canary
+            self._canary = (with_runtime_users(cand, self._runtime_users), tag, ctx)
+        self._wake_all()  # user profiles in every map
+        self._recompile()
 
     def set_login_groups(self, email: str, groups: tuple[str, ...]) -> None:
         """A user logged in through the identity provider with these policy groups:

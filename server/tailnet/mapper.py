@@ -192,7 +192,7 @@ def peer_entry(ctx: MapContext, peer_id: int, pv: PeerView, now: datetime) -> by
     return ctx.entries.get(peer, pv, peer_id in ctx.online, now)
 
 
-def self_entry(ctx: MapContext, node: Node, view: NodeView, now: datetime) -> dict[str, Any]:
+def self_entry(ctx: MapContext, node: Node, view: NodeView[int], now: datetime) -> dict[str, Any]:
     caps = dict(BASE_SELF_CAPS) if ctx.taildrop else {"https://tailscale.com/cap/ssh": []}
     caps.update(view.self_cap_map)
     return node_json(
@@ -296,7 +296,7 @@ def build_map(ctx: MapContext, node_id: int, now: datetime) -> MapState | None:
         "Domain": ctx.domain,
         "CollectServices": False,
         "DNSConfig": ctx.dns_config,
-        "PacketFilter": view.packet_filter,
+        "PacketFilter": view.packet_filter_rules,
         "SSHPolicy": view.ssh_policy,
         "Debug": _DEBUG,
     }
@@ -417,7 +417,7 @@ class _MapMemos:
         return profile
 
 
-def _full_peers(ctx: MapContext, view: NodeView, now: datetime) -> _Memo:
+def _full_peers(ctx: MapContext, view: NodeView[int], now: datetime) -> _Memo:
     peers: dict[int, bytes] = {}
     nodes, online, entries = ctx.nodes, ctx.online, ctx.entries
     for peer_id, pv in view.peers.items():
@@ -428,13 +428,13 @@ def _full_peers(ctx: MapContext, view: NodeView, now: datetime) -> _Memo:
     return _Memo(view.peers, nodes, ctx.online, now, peers)
 
 
-def _refresh_peers(ctx: MapContext, view: NodeView, memo: _Memo, now: datetime) -> _Memo:
+def _refresh_peers(ctx: MapContext, view: NodeView[int], memo: _Memo, now: datetime) -> _Memo:
     src, old_src = view.peers, memo.peers_src
     touched = ctx.entries.maps.node_diff(memo.nodes, ctx.nodes)
     if memo.online is not ctx.online:
         touched = touched | (memo.online ^ ctx.online)
-    # Shared PeerViews are the same objects across recompiles (views.py
-    # interns them), so an unchanged peer set compares in C by identity.
+    # Shared PeerViews are the same objects across recompiles (the compiler
+    # lends them: ViewIndex.lend), so an unchanged peer set compares in C by identity.
     if src is not old_src and src != old_src:
         touched = touched | set(compress(src, map(is_not, src.values(), map(old_src.get, src))))
         touched = touched | (old_src.keys() - src.keys())

@@ -45,8 +45,10 @@ POLICY = json.dumps(
 playwright = pytest.importorskip("playwright.sync_api")
 
 
-def _dex_config(port: int, redirect: str) -> dict[str, Any]:
+def _dex_config(port: int, redirect: str, id_tokens: str | None = None) -> dict[str, Any]:
+    expiry = {"expiry": {"idTokens": id_tokens}} if id_tokens else {}
     return {
+        **expiry,
         "issuer": f"http://127.0.0.1:{port}/dex",
         "storage": {"type": "memory"},
         "web": {"http": f"127.0.0.1:{port}"},
@@ -61,12 +63,24 @@ def _dex_config(port: int, redirect: str) -> dict[str, Any]:
 
 
 class Net:
-    def __init__(self, tmp: Path) -> None:
+    """Dex, tailnetd logging in through it, and tailscaled nodes. `files` replace the
+    tailnet.d files; `id_tokens` is the lifetime of Dex's ID tokens (e.g. "45s");
+    `extra` are more server flags."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        files: dict[str, str] | None = None,
+        id_tokens: str | None = None,
+        allowed_groups: str = "staff",
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.tmp = tmp
+        self.id_tokens = id_tokens
         self.dex_port = free_port()
         self.issuer = f"http://127.0.0.1:{self.dex_port}/dex"
         self.repo = TailnetRepo(
-            tmp / "repo", {"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY}
+            tmp / "repo", files or {"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY}
         )
         self.server = ServerProcess(
             self.repo.path,
@@ -76,7 +90,8 @@ class Net:
                 "--oidc-issuer", self.issuer,
                 "--oidc-client-id", "tailnetd",
                 "--oidc-allowed-domains", "example.com",
-                "--oidc-allowed-groups", "staff",
+                "--oidc-allowed-groups", allowed_groups,
+                *extra,
             ],
         )  # fmt: skip
         self.server.extra_env = {"TAILNETD_OIDC_CLIENT_SECRET": SECRET}
@@ -86,7 +101,9 @@ class Net:
     def start(self) -> None:
         config = self.tmp / "dex.json"  # YAML is a superset of JSON
         config.write_text(
-            json.dumps(_dex_config(self.dex_port, self.server.url + "/oidc/callback"))
+            json.dumps(
+                _dex_config(self.dex_port, self.server.url + "/oidc/callback", self.id_tokens)
+            )
         )
         with open(self.tmp / "dex.log", "ab") as log:
             self.dex = subprocess.Popen(
@@ -203,20 +220,31 @@ def test_an_oidc_login_through_the_browser_joins_with_peers_and_groups(net: Net)
         )
 
 
-def test_an_identity_of_another_domain_is_refused_with_a_page(net: Net) -> None:
-    desk = net.node("desk")
-    up = Up(desk, net.server)
-    text = browser_login(up.url(), net.tmp, "carol@other.org", "staff")
-    assert "Login refused" in text and "carol@other.org" in text and "other.org" in text
+def refused(net: Net, name: str, email: str, groups: str) -> tuple[str, Up]:
+    """A login from a new node as `email` with `groups`, refused: the page's text and the
+    client's `tailscale up`, which ended with an error."""
+    up = Up(net.node(name), net.server)
+    text = browser_login(up.url(), net.tmp, email, groups)
+    assert "Login refused" in text
     assert up.finish() != 0
+    return text, up
+
+
+def test_an_identity_of_another_domain_is_refused_with_a_page(net: Net) -> None:
+    text, up = refused(net, "desk", "carol@other.org", "staff")
+    assert "carol@other.org" in text and "other.org" in text
     assert "other.org" in up.output
     assert "check allowed_domains failed for carol@other.org" in net.server.log()
 
 
+def test_an_identity_not_in_git_is_refused_by_default_with_a_page_naming_it(net: Net) -> None:
+    text, _ = refused(net, "phone", "dave@example.com", "staff")
+    assert "dave@example.com is not a user of this tailnet" in text
+    assert "check unknown_user failed for dave@example.com" in net.server.log()
+    assert "dave@example.com" not in net.server.admin("users", "list")
+
+
 def test_an_identity_missing_the_required_group_is_refused_with_a_page(net: Net) -> None:
-    tablet = net.node("tablet")
-    up = Up(tablet, net.server)
-    text = browser_login(up.url(), net.tmp, "bob@example.com", "eng")
-    assert "Login refused" in text and "none of the groups" in text
-    assert up.finish() != 0
+    text, _ = refused(net, "tablet", "bob@example.com", "eng")
+    assert "none of the groups" in text
     assert "check allowed_groups failed for bob@example.com" in net.server.log()

@@ -100,6 +100,16 @@ def test_a_wrong_secret_or_unknown_client_gets_nothing(apis: Apis) -> None:
     assert grant_type.status == 400 and grant_type.body["error"] == "unsupported_grant_type"
 
 
+def test_a_refused_token_request_is_in_the_audit_trail_a_granted_one_is_not(apis: Apis) -> None:
+    client_id, secret = new_client(apis, "all:read")
+    grant(apis, (client_id, secret))
+    ask(apis, {"grant_type": "client_credentials"}, basic=(client_id, "wrong"))
+    answer = request(apis.socket, "GET", "/api/v1/audit")
+    token_rows = [r for r in answer.body["audit"] if r["action"] == "v2.token"]
+    assert [(r["status"], r["result"]) for r in token_rows] == [(401, "refused")]
+    assert secret not in str(answer.body) and "wrong" not in str(token_rows)
+
+
 def test_a_token_expires_after_its_hour_and_dies_with_its_client(apis: Apis) -> None:
     app = v2(apis, local=False)
     client = new_client(apis, "all:read")

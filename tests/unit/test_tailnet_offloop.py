@@ -14,6 +14,7 @@ import pytest
 from server.store.interface import Store
 from server.tailnet import Tailnet
 from server.tailnet import hub as hub_module
+from server.tailnet import views as views_module
 from server.tailnet.mapper import build_map
 from tests.unit.control_client import T0
 from tests.unit.test_tailnet_commit import (
@@ -104,4 +105,26 @@ def test_joins_close_together_share_one_recompile(
     asyncio.run(storm())
     assert compiles == 1
     assert len(tailnet.context.nodes) == 14
+    assert_maps_are_fresh(store, tailnet)
+
+
+def test_a_join_converts_only_the_newcomer_for_the_compiler(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each node is handed to the policy compiler once per change of its
+    # record, not once per recompile: a join costs one conversion.
+    registry, tailnet, _ = four_nodes(store)
+    tailnet.settle()
+    converted: list[int] = []
+    convert = views_module.to_topology_node
+
+    def counting(node: Any, *args: Any, **kwargs: Any) -> Any:
+        converted.append(node.id)
+        return convert(node, *args, **kwargs)
+
+    monkeypatch.setattr(views_module, "to_topology_node", counting)
+    newcomer = register(registry, 9, "newcomer", "alice")
+    ctx = tailnet.context
+    assert converted == [newcomer]
+    assert newcomer in ctx.nodes and ctx.views.get(newcomer) is not None
     assert_maps_are_fresh(store, tailnet)

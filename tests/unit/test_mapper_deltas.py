@@ -41,6 +41,7 @@ from server.tailnet.mapper import build_map
 from server.tailnet.session import MapSession
 from server.wire import DerpRegion, Hostinfo, NetInfo, decode
 from tests.unit.control_client import T0
+from tests.unit.test_mapper_refresh import add
 
 USERS = {"alice": ("alice@example.com", "Alice"), "bob": ("bob@example.com", "Bob")}
 DNS = {"Domains": ["tailnet.example"], "Proxied": True}
@@ -326,16 +327,7 @@ class Mesh:
 
     def join(self, user: str) -> int:
         self.serial += 1
-        raw = self.serial.to_bytes(32, "big")
-        return self.registry.register(
-            Registration(
-                machine_key=MachinePublic(raw),
-                node_key=NodePublic(raw),
-                hostname=f"node{self.serial}",
-                user=user,
-                now=T0,
-            )
-        ).id
+        return add(self.registry, self.serial, user)
 
     def stream(self, node_id: int) -> Stream:
         self.registry.connected(node_id)

@@ -34,6 +34,7 @@ from gitctl.tailnet import TailnetSettings
 from server.logs import event
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries
+from server.tailnet.persistent import PersistentIds, PersistentMap
 from server.tailnet.registry import NodeChange
 from server.tailnet.session import Wake
 from server.tailnet.users import UserChange
@@ -568,12 +569,14 @@ class Tailnet:
                 handle.mark_top()  # its own self entry changed
 
     def _with_node(self, ctx: MapContext, node: Node) -> MapContext:
+        """`ctx` with `node`'s record and online state replaced: O(log n), not
+        a copy of the tailnet (a reconnect storm is n of these)."""
         ctx.entries.log.record((node.id,))
+        online = PersistentIds.of(ctx.online).with_id(node.id, node.id in self._online)
         if node.id not in ctx.nodes:
-            return replace(ctx, online=frozenset(self._online))
-        nodes = dict(ctx.nodes)
-        nodes[node.id] = self._source.owner(node)
-        return replace(ctx, nodes=nodes, online=frozenset(self._online))
+            return replace(ctx, online=online)
+        nodes = PersistentMap.of(ctx.nodes).set(node.id, self._source.owner(node))
+        return replace(ctx, nodes=nodes, online=online)
 
     def apply_user(self, change: UserChange) -> None:
         """A runtime user was admitted or deleted (the user registry's event stream):

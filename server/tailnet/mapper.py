@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -51,7 +52,7 @@ class MapContext:
     derp_map: Mapping[str, Any]
     dns_config: Mapping[str, Any]
     users: Mapping[str, tuple[str, str]]  # name -> (email, display name)
-    online: frozenset[int]
+    online: AbstractSet[int]
     entries: PeerEntries
     taildrop: bool = True
 

@@ -16,6 +16,14 @@ The running tailnet, DERP and anything else that reacts to nodes subscribe to
 the stream; nobody calls them by hand after a write. A second process (a
 PostgreSQL replica's LISTEN/NOTIFY) is just another source of the same events:
 `publish` takes them.
+
+Reads (by id, node key, machine key) are answered from memory: every node,
+read from the store once (the truth at start-up) and kept current by the
+stream itself, since every change, local or from a replica, goes through
+`publish`. A map request or a reconnect reads nothing from the store. A
+lookup that misses asks the store (a node another process wrote, whose event
+has not come yet); `load` reads what another replica wrote, `nodes` lists
+the store.
 """
 
 from __future__ import annotations
@@ -75,6 +83,35 @@ def classify(previous: Node | None, node: Node | None) -> ChangeKind:
     return "volatile"
 
 
+class NodeIndex:
+    """Every node by id, node key and machine key (each unique in the store)."""
+
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self.by_id: dict[int, Node] = {}
+        self.by_node_key: dict[NodePublic, int] = {}
+        self.by_machine_key: dict[MachinePublic, int] = {}
+        for node in nodes:
+            self.remember(node)
+
+    def get(self, node_id: int | None) -> Node | None:
+        return None if node_id is None else self.by_id.get(node_id)
+
+    def remember(self, node: Node) -> None:
+        self.forget(node.id)
+        self.by_id[node.id] = node
+        self.by_node_key[node.node_key] = node.id
+        self.by_machine_key[node.machine_key] = node.id
+
+    def forget(self, node_id: int) -> None:
+        old = self.by_id.pop(node_id, None)
+        if old is None:
+            return
+        if self.by_node_key.get(old.node_key) == node_id:
+            del self.by_node_key[old.node_key]
+        if self.by_machine_key.get(old.machine_key) == node_id:
+            del self.by_machine_key[old.machine_key]
+
+
 class NodeRegistry:
     def __init__(self, store: Store, *, log: logging.Logger) -> None:
         self._store = store
@@ -82,28 +119,60 @@ class NodeRegistry:
         self._listeners: list[Listener] = []
         self._connections: dict[int, int] = {}  # node id -> open map streams here
         self._elsewhere: dict[str, set[int]] = {}  # replica id -> nodes streaming there
+        self._known: NodeIndex | None = None  # read from the store at the first read
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     def publish(self, change: NodeChange) -> None:
         """Tell every subscriber; also how another replica's changes come in."""
+        if self._known is not None:
+            if change.node is None:
+                self._known.forget(change.node_id)
+            else:
+                self._known.remember(change.node)
         for listener in self._listeners:
             listener(change)
 
-    # Reads
+    # Reads (from memory)
+
+    @property
+    def _index(self) -> NodeIndex:
+        if self._known is None:
+            self._known = NodeIndex(self._store.list_nodes())
+        return self._known
 
     def get(self, node_id: int) -> Node | None:
-        return self._store.get_node(node_id)
+        node = self._index.by_id.get(node_id)
+        return node if node is not None else self._missed(self._store.get_node(node_id))
 
     def by_node_key(self, node_key: NodePublic) -> Node | None:
-        return self._store.node_by_node_key(node_key)
+        node = self._index.get(self._index.by_node_key.get(node_key))
+        return node if node is not None else self._missed(self._store.node_by_node_key(node_key))
 
     def by_machine_key(self, machine_key: MachinePublic) -> Node | None:
-        return self._store.node_by_machine_key(machine_key)
+        node = self._index.get(self._index.by_machine_key.get(machine_key))
+        if node is not None:
+            return node
+        return self._missed(self._store.node_by_machine_key(machine_key))
+
+    def _missed(self, stored: Node | None) -> Node | None:
+        """Not in memory: what the store says (a node another process wrote
+        whose change has not come yet), remembered from now on."""
+        if stored is not None:
+            self._index.remember(stored)
+        return stored
+
+    # Reads (from the store)
 
     def nodes(self) -> list[Node]:
+        """Every node as the store holds it, by id (listings, a replica's resync)."""
         return self._store.list_nodes()
+
+    def load(self, node_id: int) -> Node | None:
+        """The node as the store holds it now (another replica wrote it). The
+        caller publishes the change: that brings the memory up to date."""
+        return self._store.get_node(node_id)
 
     def is_online(self, node_id: int) -> bool:
         return node_id in self._connections or any(
@@ -134,7 +203,7 @@ class NodeRegistry:
         if self.is_online(node_id) == was:
             return None
         if publish:
-            node = self._store.get_node(node_id)
+            node = self.get(node_id)
             if node is not None:
                 self.publish(NodeChange("volatile", node_id, node, node, online=not was))
         return not was
@@ -180,7 +249,7 @@ class NodeRegistry:
     def approve(self, node_id: int) -> Node:
         """An operator approves a node waiting for device approval: it joins the
         maps (a topology change)."""
-        previous = self._store.get_node(node_id)
+        previous = self.get(node_id)
         node = self._store.set_node_approved(node_id, True)
         self._changed(previous, node, node_id)
         return node
@@ -188,7 +257,7 @@ class NodeRegistry:
     def set_runtime_routes(self, node_id: int, routes: Sequence[str]) -> Node:
         """An operator approves (or, with fewer, unapproves) advertised routes of a
         node at runtime: what it serves may change (a topology change)."""
-        previous = self._store.get_node(node_id)
+        previous = self.get(node_id)
         node = self._store.set_runtime_routes(node_id, tuple(sorted(set(routes))))
         self._changed(previous, node, node_id)
         return node
@@ -201,7 +270,7 @@ class NodeRegistry:
 
     def set_key_expiry(self, node_id: int, when: datetime | None) -> Node:
         """Expire a node now (logout, the API) or change when it expires."""
-        previous = self._store.get_node(node_id)
+        previous = self.get(node_id)
         node = self._store.set_key_expiry(node_id, when)
         self._changed(previous, node, node_id)
         return node
@@ -215,20 +284,20 @@ class NodeRegistry:
         return self.set_key_expiry(node_id, None if disabled else expires)
 
     def rename(self, node_id: int, new_name: str) -> Node:
-        previous = self._store.get_node(node_id)
+        previous = self.get(node_id)
         node = self._store.rename_node(node_id, new_name)
         self._changed(previous, node, node_id)
         return node
 
     def set_tags(self, node_id: int, tags: Sequence[str]) -> Node:
         """Replace a node's tags (the API): a tagged node has no owner."""
-        previous = self._store.get_node(node_id)
+        previous = self.get(node_id)
         node = self._store.set_node_tags(node_id, tags)
         self._changed(previous, node, node_id)
         return node
 
     def remove(self, node_id: int) -> Node | None:
-        previous = self._store.get_node(node_id)
+        previous = self.get(node_id)
         if previous is None:
             return None
         self._store.delete_node(node_id)
@@ -262,7 +331,7 @@ class NodeRegistry:
         """A router stopped answering health probes while its stream stays open
         (False), or answers again (True): for the primary election an unhealthy
         router is offline. Nothing is written; peers see no change."""
-        node = self._store.get_node(node_id)
+        node = self.get(node_id)
         if node is not None:
             self.publish(NodeChange("volatile", node_id, node, node, healthy=healthy))
 
@@ -272,7 +341,7 @@ class NodeRegistry:
         was = self.is_online(node_id)
         self._connections[node_id] = count + 1
         if count == 0:
-            node = self._store.get_node(node_id)
+            node = self.get(node_id)
             # Online elsewhere already: peers see no change, replicas still learn of it.
             self.publish(NodeChange("volatile", node_id, node, node, online=None if was else True))
 
@@ -285,10 +354,10 @@ class NodeRegistry:
             return
         if self._connections.pop(node_id, None) is None:
             return  # removed while streaming: nothing left to record
-        previous = self._store.get_node(node_id)
+        previous = self.get(node_id)
         if previous is None:
             return
         self._store.touch_last_seen(node_id, now)
-        node = self._store.get_node(node_id)
+        node = self._store.get_node(node_id)  # last seen as the store keeps it
         online = None if self.is_online(node_id) else False  # still streaming elsewhere
         self.publish(NodeChange("volatile", node_id, node, previous, online=online))

@@ -225,7 +225,7 @@ class Replicas:
         if notice.node is None:
             return
         node_id = notice.node
-        node = self._registry.get(node_id)
+        node = self._registry.load(node_id)  # as the other replica wrote it
         previous = self._known(node_id)
         if node is None:
             if previous is not None or notice.kind == "removed":

@@ -174,6 +174,24 @@ def test_a_new_replica_learns_what_streams_elsewhere(pair: tuple[Side, Side]) ->
     assert b.registry.online_ids() == frozenset(ids)
 
 
+def test_lookups_from_memory_follow_the_other_replicas_writes(pair: tuple[Side, Side]) -> None:
+    """Each registry answers lookups from memory; another replica's write
+    reaches that memory through the same stream its subscribers follow."""
+    a, b = pair
+    node_id = register(a.registry, 1)
+    assert b.registry.get(node_id) is not None  # b holds it in memory from now on
+    a.registry.rename(node_id, "renamed")
+    node = a.registry.get(node_id)
+    assert node is not None
+    a.registry.renew_key(node, NodePublic(key(9)), T0)
+    seen = b.registry.by_node_key(NodePublic(key(9)))
+    assert seen is not None and (seen.id, seen.given_name) == (node_id, "renamed")
+    assert b.registry.by_node_key(NodePublic(key(1))) is None  # the old key is gone
+    a.registry.remove(node_id)
+    assert b.registry.get(node_id) is None
+    assert b.registry.by_machine_key(MachinePublic(key(1))) is None
+
+
 def test_resync_reads_back_what_was_missed(pair: tuple[Side, Side]) -> None:
     a, b = pair
     kept, gone = register(a.registry, 1), register(a.registry, 2)

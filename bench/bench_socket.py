@@ -30,6 +30,7 @@ from typing import Any
 from bench.loadgen.fleet import At, Fleet, has_peer_key, peer_endpoints, top_mentions
 from bench.loadgen.local import LocalServer, local_server
 from bench.loadgen.netmap import ClientNetmap
+from bench.loadgen.shards import ShardedFleet
 from bench.loadgen.stats import summary, table
 
 USERS = "users:\n  - {name: alice, email: alice@example.com, display_name: Alice}\n"
@@ -73,19 +74,34 @@ async def _idle_cpu(server: LocalServer) -> float:
     return round((server.cpu_seconds() - before) / IDLE_WINDOW * 100, 1)
 
 
-async def register(server: LocalServer, nodes: int, *, mesh: bool) -> tuple[Fleet, dict[str, Any]]:
-    fleet = Fleet(server.address, server.key("alice"), concurrency=CONCURRENCY)
+async def register(
+    server: LocalServer, nodes: int, *, mesh: bool, shards: int = 1
+) -> tuple[Fleet | ShardedFleet, dict[str, Any]]:
+    """Register `nodes` clients, all streaming. `shards` > 1: the clients are
+    spread over that many load-generator processes (sparse runs only)."""
+    fleet: Fleet | ShardedFleet
+    if shards > 1:
+        fleet = ShardedFleet(
+            server.address, server.key("alice"), shards=shards, concurrency=CONCURRENCY
+        )
+        await fleet.ready()
+    else:
+        fleet = Fleet(server.address, server.key("alice"), concurrency=CONCURRENCY)
     rss0 = server.rss_bytes()
-    start = fleet.clock()
-    up = await fleet.add(nodes)
-    elapsed = fleet.clock() - start
+    start, loader = time.monotonic(), time.process_time()
+    up, shard_cpu = await _add(fleet, nodes)
+    elapsed = time.monotonic() - start
+    loader_cpu = time.process_time() - loader + shard_cpu
     if mesh:
+        assert isinstance(fleet, Fleet), "mesh runs watch every client from one process"
         await _settled(fleet, nodes - 1)
     rss = server.rss_bytes()
     return fleet, {
         "nodes": nodes,
         "concurrency": CONCURRENCY,
+        "loader_processes": shards,
         "registrations_per_s": round(nodes / elapsed, 1),
+        "register_loader_cpu_s": round(loader_cpu, 2),
         "register_to_first_map": summary(up),
         "server_rss_mb": round(rss / 2**20, 1),
         "kb_per_streaming_node": round((rss - rss0) / nodes / 1024, 1),
@@ -137,21 +153,36 @@ async def mesh_events(server: LocalServer, fleet: Fleet) -> dict[str, Any]:
     return out
 
 
+async def _add(fleet: Fleet | ShardedFleet, nodes: int) -> tuple[list[float], float]:
+    """Per node seconds to its first map, and the shards' CPU seconds (0 in-process)."""
+    if isinstance(fleet, ShardedFleet):
+        done = await fleet.add(nodes)
+        return done.seconds, done.cpu_s
+    return await fleet.add(nodes), 0.0
+
+
 async def restart(
-    server: LocalServer, fleet: Fleet, launcher: list[str] | None = None
+    server: LocalServer, fleet: Fleet | ShardedFleet, launcher: list[str] | None = None
 ) -> dict[str, Any]:
     """Every client reconnects at once after a restart: seconds until all stream."""
     begin, loader = time.monotonic(), time.process_time()
     serving = await asyncio.to_thread(server.restart, launcher)
-    await fleet.reconnect(fleet.nodes)
+    if isinstance(fleet, ShardedFleet):
+        done = await fleet.reconnect()
+        shard_cpu, retries, seconds = done.cpu_s, done.retries, done.seconds
+    else:
+        seconds = await fleet.reconnect(fleet.nodes)
+        shard_cpu, retries = 0.0, sum(n.retries for n in fleet.nodes)
     took = time.monotonic() - begin
     return {
         "cold_start_s": round(serving, 2),
         "restart_to_all_streaming_s": round(took, 2),
+        "reconnect_seconds": summary(seconds),  # each client: first attempt -> first map
         "restart_server_cpu_s": round(server.cpu_seconds(), 2),  # start-up + every reconnect
-        # The load generator's own CPU over the same seconds: near `took`, it set the pace.
-        "restart_loader_cpu_s": round(time.process_time() - loader, 2),
-        "reconnect_retries": sum(n.retries for n in fleet.nodes),
+        # The load generator's own CPU over the same seconds (every process): near
+        # `took` times its processes, it set the pace.
+        "restart_loader_cpu_s": round(time.process_time() - loader + shard_cpu, 2),
+        "reconnect_retries": retries,
     }
 
 
@@ -162,6 +193,7 @@ def run_one(
     restart_too: bool,
     profile: Path | None,
     profile_restart: bool = False,
+    shards: int = 1,
 ) -> dict[str, Any]:
     kind = "mesh" if mesh else "sparse"
     name = f"{kind}-{nodes}{'-restart' if profile_restart else ''}"
@@ -172,9 +204,9 @@ def run_one(
         cold_empty = server.started_in
 
         async def scenario() -> dict[str, Any]:
-            fleet, result = await register(server, nodes, mesh=mesh)
+            fleet, result = await register(server, nodes, mesh=mesh, shards=1 if mesh else shards)
             try:
-                if mesh:
+                if isinstance(fleet, Fleet) and mesh:
                     result.update(await mesh_events(server, fleet))
                 if restart_too:
                     result.update(await restart(server, fleet, again))
@@ -325,6 +357,12 @@ def main() -> None:
         action="store_true",
         help="with --profile: profile the restarted server (the reconnect storm), not the first",
     )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="sparse runs: spread the simulated clients over this many processes",
+    )
     parser.add_argument("--replot", type=Path, help="no runs: table and plot from this JSON")
     args = parser.parse_args()
     if args.profile:
@@ -364,6 +402,7 @@ def main() -> None:
                 restart_too=restart_too,
                 profile=args.profile,
                 profile_restart=args.profile_restart and restart_too,
+                shards=args.shards,
             )
         )
     print(f"\nmachine: {machine}\n")

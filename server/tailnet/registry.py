@@ -166,8 +166,12 @@ class NodeRegistry:
     # Reads (from the store)
 
     def nodes(self) -> list[Node]:
-        """Every node as the store holds it, by id (listings, a replica's resync)."""
-        return self._store.list_nodes()
+        """Every node as the store holds it, by id (start-up, listings, a
+        replica's resync). The first read is also what lookups start from."""
+        found = self._store.list_nodes()
+        if self._known is None:
+            self._known = NodeIndex(found)
+        return found
 
     def load(self, node_id: int) -> Node | None:
         """The node as the store holds it now (another replica wrote it). The

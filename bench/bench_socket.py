@@ -42,6 +42,9 @@ IDLE_WINDOW = 10.0
 # Registrations in flight. More is slower on this machine (64 in flight: a third
 # of the rate of 4), so the rate is measured where it is best.
 CONCURRENCY = 8
+# Reconnects in flight after a restart (--reconnect-concurrency): real clients
+# all come back at once, each after its own backoff.
+RECONNECT_CONCURRENCY = 8
 # The issue's targets (issue 11), for the verdict column.
 TARGETS = {
     "registrations_per_s": (">=", 500.0),
@@ -162,19 +165,24 @@ async def _add(fleet: Fleet | ShardedFleet, nodes: int) -> tuple[list[float], fl
 
 
 async def restart(
-    server: LocalServer, fleet: Fleet | ShardedFleet, launcher: list[str] | None = None
+    server: LocalServer,
+    fleet: Fleet | ShardedFleet,
+    launcher: list[str] | None = None,
+    *,
+    concurrency: int = RECONNECT_CONCURRENCY,
 ) -> dict[str, Any]:
     """Every client reconnects at once after a restart: seconds until all stream."""
     begin, loader = time.monotonic(), time.process_time()
     serving = await asyncio.to_thread(server.restart, launcher)
     if isinstance(fleet, ShardedFleet):
-        done = await fleet.reconnect()
+        done = await fleet.reconnect(concurrency)
         shard_cpu, retries, seconds = done.cpu_s, done.retries, done.seconds
     else:
-        seconds = await fleet.reconnect(fleet.nodes)
+        seconds = await fleet.reconnect(fleet.nodes, concurrency=concurrency)
         shard_cpu, retries = 0.0, sum(n.retries for n in fleet.nodes)
     took = time.monotonic() - begin
     return {
+        "reconnect_concurrency": concurrency,
         "cold_start_s": round(serving, 2),
         "restart_to_all_streaming_s": round(took, 2),
         "reconnect_seconds": summary(seconds),  # each client: first attempt -> first map
@@ -194,6 +202,7 @@ def run_one(
     profile: Path | None,
     profile_restart: bool = False,
     shards: int = 1,
+    reconnect_concurrency: int = RECONNECT_CONCURRENCY,
 ) -> dict[str, Any]:
     kind = "mesh" if mesh else "sparse"
     name = f"{kind}-{nodes}{'-restart' if profile_restart else ''}"
@@ -209,7 +218,9 @@ def run_one(
                 if isinstance(fleet, Fleet) and mesh:
                     result.update(await mesh_events(server, fleet))
                 if restart_too:
-                    result.update(await restart(server, fleet, again))
+                    result.update(
+                        await restart(server, fleet, again, concurrency=reconnect_concurrency)
+                    )
                 return result
             finally:
                 await fleet.close()
@@ -363,6 +374,12 @@ def main() -> None:
         default=1,
         help="sparse runs: spread the simulated clients over this many processes",
     )
+    parser.add_argument(
+        "--reconnect-concurrency",
+        type=int,
+        default=RECONNECT_CONCURRENCY,
+        help="reconnects in flight after a restart (over all shards)",
+    )
     parser.add_argument("--replot", type=Path, help="no runs: table and plot from this JSON")
     args = parser.parse_args()
     if args.profile:
@@ -403,6 +420,7 @@ def main() -> None:
                 profile=args.profile,
                 profile_restart=args.profile_restart and restart_too,
                 shards=args.shards,
+                reconnect_concurrency=args.reconnect_concurrency,
             )
         )
     print(f"\nmachine: {machine}\n")

@@ -143,8 +143,10 @@ class Fleet:
         nodes = [self.new_node() for _ in range(count)]
         return list(await asyncio.gather(*(self._limited(self.bring_up(n)) for n in nodes)))
 
-    async def _limited(self, work: Awaitable[float]) -> float:
-        async with self._limit:
+    async def _limited(
+        self, work: Awaitable[float], limit: asyncio.Semaphore | None = None
+    ) -> float:
+        async with limit or self._limit:
             return await work
 
     async def bring_up(self, node: SimNode, *, register: bool = True) -> float:
@@ -195,11 +197,15 @@ class Fleet:
         finally:
             node.ended.set()
 
-    async def reconnect(self, nodes: Iterable[SimNode], *, attempts: int = 5) -> list[float]:
-        """New connections and polls for `nodes` (after a server restart), `concurrency` at a time;
-        a failed attempt is retried after a pause, as tailscaled backs off and retries.
+    async def reconnect(
+        self, nodes: Iterable[SimNode], *, attempts: int = 5, concurrency: int | None = None
+    ) -> list[float]:
+        """New connections and polls for `nodes` (after a server restart), `concurrency`
+        (by default the fleet's) at a time; a failed attempt is retried after a pause,
+        as tailscaled backs off and retries.
         Per node, seconds from the first attempt until its first map."""
         self._server_key = None
+        limit = asyncio.Semaphore(concurrency) if concurrency else None
         nodes = list(nodes)
         for node in nodes:
             await self._drop(node)
@@ -208,7 +214,7 @@ class Fleet:
             start = self.clock()
             for attempt in range(attempts):
                 try:
-                    await self._limited(self.bring_up(node, register=False))
+                    await self._limited(self.bring_up(node, register=False), limit)
                     return self.clock() - start
                 except (ConnectionError, OSError):
                     await self._drop(node)

@@ -83,9 +83,11 @@ class ShardedFleet:
         self.count += count
         return await self._all([("add", share) for share in shares])
 
-    async def reconnect(self) -> ShardResult:
-        """Every node polls again (after a server restart)."""
-        return await self._all([("reconnect",)] * len(self._pipes))
+    async def reconnect(self, concurrency: int | None = None) -> ShardResult:
+        """Every node polls again (after a server restart), `concurrency` in
+        flight over all shards (by default as many as registrations)."""
+        per_shard = -(-concurrency // len(self._pipes)) if concurrency else None
+        return await self._all([("reconnect", per_shard)] * len(self._pipes))
 
     async def close(self) -> None:
         for pipe in self._pipes:
@@ -120,7 +122,7 @@ async def _shard(
                 if command[0] == "add":
                     seconds = await fleet.add(command[1])
                 else:
-                    seconds = await fleet.reconnect(fleet.nodes)
+                    seconds = await fleet.reconnect(fleet.nodes, concurrency=command[1])
             except Exception as exc:  # reported to the parent, which stops the run
                 pipe.send({"error": f"{type(exc).__name__}: {exc}"})
                 continue

@@ -51,14 +51,14 @@ from server.store.model import Node
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, UserRegistry, running_tailnet
 from server.tailnet.probes import RouterProbes
-from server.tls.acme import AcmeManager, AcmeSettings
 from server.tls.acme_http import ChallengeResponder
-from server.tls.certs import ReloadingContext, TlsError, watch_certificate_files
 from server.webhooks import Delivery, EventSource, WebhookSender
 from server.wire import DerpRegion
 
 if TYPE_CHECKING:
     from server.oidc.login import OidcLogin
+    from server.tls.acme import AcmeManager
+    from server.tls.certs import ReloadingContext
 
 __all__ = ["Server", "StartupError"]
 
@@ -486,6 +486,8 @@ class Server:
         cfg = self.config
         if cfg.acme_domain is None:
             return cfg.tls_cert, cfg.tls_key
+        from server.tls.acme import AcmeManager, AcmeSettings  # cryptography.x509: only for TLS
+
         settings = AcmeSettings(
             cfg.acme_domain, cfg.acme_email, cfg.acme_directory, cfg.data_dir / "acme"
         )
@@ -502,6 +504,8 @@ class Server:
         cfg = self.config
         if cert is None or key is None:
             return None
+        from server.tls.certs import ReloadingContext, TlsError, watch_certificate_files
+
         try:
             self.tls = ReloadingContext(cert, key, log=self.log)
         except TlsError as exc:

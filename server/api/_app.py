@@ -1,13 +1,5 @@
-"""Plain-HTTP routes (outside Noise): discovery, DERP probes, health, the
-admin API `/api/v1/` and the Tailscale-compatible subset `/api/v2/`.
-
-The admin API is open without credentials on the local unix socket in the
-data dir (file permissions guard it: having the socket is being the admin).
-Over TCP every API route wants an API key (`Authorization: Bearer <key>`, or
-HTTP Basic with the key as the user name), and API keys themselves are only
-created through the socket, so a leaked key can never mint another. A key's
-scope is `read` (GET routes) or `admin`.
-"""
+"""The starlette apps behind `server.api.build_app`: every route, loaded on
+the first request that needs one (see `server/api/__init__.py`)."""
 
 from __future__ import annotations
 
@@ -17,14 +9,14 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
 from server.api import discovery, oauth, v1, v2
-from server.api.deps import WebDeps, parse_duration
+from server.api.deps import WebDeps
 from server.api.endpoints import Call, Endpoint, to_routes
 from server.api.openapi import openapi_document
 from server.auth import pages as login_pages
 from server.metrics import RequestCounter
 from server.page import Sessions, page_routes
 
-__all__ = ["WebDeps", "api_endpoints", "build_app", "build_metrics_app", "parse_duration"]
+__all__ = ["api_endpoints", "build_app", "build_metrics_app"]
 
 OPENAPI_PATH = "/api/v1/openapi.json"
 

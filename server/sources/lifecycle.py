@@ -17,8 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import git
-
+from gitctl.gitrun import GitError, NotARepository
 from gitctl.snapshot import Snapshot
 from gitctl.sources import Documents, read_directory, read_git
 from server.datadir import write_private
@@ -111,10 +110,10 @@ class CommitLifecycle:
         is refused. SourceError when there is none."""
         try:
             return self._initial()
-        except (OSError, git.GitError) as exc:
+        except (OSError, GitError) as exc:
             reason = (
                 "its .git is not a readable git repository"
-                if isinstance(exc, git.InvalidGitRepositoryError)
+                if isinstance(exc, NotARepository)
                 else str(exc).strip().splitlines()[0]
             )
             raise SourceError(f"cannot read the repository {self.repo.path}: {reason}") from None

@@ -30,6 +30,7 @@ from gitctl.policy import (
 )
 from gitctl.policy.compile import reuse_previous
 from gitctl.policy.viewindex import ViewIndex
+from server.store.addresses import ip_text
 from server.store.model import Node
 
 __all__ = [
@@ -78,7 +79,7 @@ def advertised_routes(node: Node) -> tuple[str, ...]:
 
 @lru_cache(maxsize=65536)
 def _ip_text(ip: IPv4Address | IPv6Address) -> str:
-    return str(ip)  # slow for IPv6, and every recompile needs every node's
+    return ip_text(ip)  # every recompile needs every node's
 
 
 def to_topology_node(node: Node, approved: tuple[str, ...], *, online: bool = True) -> TopologyNode:

@@ -126,7 +126,9 @@ class CommitLifecycle:
         if previous and self.authority.needs_previous:
             # The trust chain goes on across restarts: a new HEAD is checked against
             # the list of the commit served last.
-            self.authority.serving(previous, self.repo.check(previous, self._clock()).snapshot)
+            # (On a plain restart that is HEAD, just checked: not read twice.)
+            last = checked if previous == head else self.repo.check(previous, self._clock())
+            self.authority.serving(previous, last.snapshot)
         # A commit served before was checked then (an outside list is checked always).
         if head is not None and (head != previous or self.authority.outside):
             checked, signer = self._verified(head, checked)

@@ -11,8 +11,6 @@ import dataclasses
 import errno
 import logging
 import os
-import sqlite3
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -30,7 +28,7 @@ from server.auth.pending import PendingLogins
 from server.auth.sshcheck import SshChecks
 from server.config import ServerConfig
 from server.control import PROBE_PATH, ControlHandler, ControlSettings
-from server.datadir import DataDirError, DataDirLock, claim, make_private, write_private
+from server.datadir import DataDirError, DataDirLock, claim, load_or_create_key
 from server.declared_keys import read_secret, sync_declared_keys
 from server.edge.control_conn import ControlConnection
 from server.edge.derp_mesh import MeshKeyError, mesh_with, read_mesh_key, url_host_port
@@ -46,14 +44,15 @@ from server.sources.history import HISTORY_FILE, History
 from server.sources.lifecycle import CommitLifecycle, SourceError, open_repo
 from server.sources.remote import RemoteRepo
 from server.sources.repo import RepoStatus, SnapshotRepo
-from server.store import SqlStore, StoreError, open_store
+from server.store import StoreError, open_node_store
 from server.store.model import Node
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, UserRegistry, running_tailnet
 from server.tailnet.probes import RouterProbes
 from server.tls.acme import AcmeManager, AcmeSettings
 from server.tls.acme_http import ChallengeResponder
-from server.tls.certs import ReloadingContext, TlsError, watch_certificate_files
+from server.tls.certs import TlsError
+from server.tls.serving import ServingTls
 from server.webhooks import Delivery, EventSource, WebhookSender
 from server.wire import DerpRegion
 
@@ -74,35 +73,6 @@ def _expired(node: Node, now: datetime) -> bool:
 
 class StartupError(Exception):
     pass
-
-
-def _load_or_create_key(path: Path, kind: type[Any]) -> Any:
-    try:
-        if path.exists():
-            return kind.parse(path.read_text().strip())
-        key = kind.generate()
-        write_private(path, (key.text + "\n").encode())
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not a key this server wrote"
-        raise StartupError(f"cannot read the key file {path}: {reason}") from None
-    return key
-
-
-def _open_private_store(path: Path) -> SqlStore:
-    """The sqlite store, its files (db, -wal, -shm) readable by the owner alone.
-
-    sqlite gives the -wal and -shm files the database file's mode, so the
-    database is created 0600 before sqlite opens it."""
-    siblings = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
-    try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        make_private(path, *siblings)
-        store = open_store(path)
-    except (OSError, sqlite3.Error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise StartupError(f"cannot open the state database {path}: {reason}") from None
-    make_private(*siblings)
-    return store
 
 
 async def _listen(what: str, host: str, port: int, start: Awaitable[Any]) -> Any:
@@ -139,9 +109,24 @@ class Server:
         self._stun: StunServer | None = None
         self.port = config.listen_port
         self.stun_port = config.stun_port
-        self.tls: ReloadingContext | None = None
-        self.acme: AcmeManager | None = None
         self.acme_responder = ChallengeResponder()
+        acme = None
+        if config.acme_domain is not None:
+            acme = AcmeSettings(
+                config.acme_domain,
+                config.acme_email,
+                config.acme_directory,
+                config.data_dir / "acme",
+            )
+        self.tls = ServingTls(
+            cert=config.tls_cert,
+            key=config.tls_key,
+            acme=acme,
+            responder=self.acme_responder,
+            server_url=config.server_url,
+            log=self.log,
+            clock=clock,
+        )
         self.acme_http_port = config.acme_http_port
         self._data_lock: DataDirLock | None = None
         # Webhook events; sent once the store is open and a secret is configured.
@@ -257,16 +242,15 @@ class Server:
             source = TailnetSource.from_snapshot(self.commits.initial())
         except SourceError as exc:
             raise StartupError(str(exc)) from None
-        self.server_key = _load_or_create_key(cfg.control_key_path, MachinePrivate)
-        self.derp_key = _load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)
-        location = cfg.store_location
-        if isinstance(location, Path):
-            self.store = _open_private_store(location)
-        else:
-            try:
-                self.store = open_store(location)
-            except StoreError as exc:
-                raise StartupError(f"node state in {cfg.store_description}: {exc}") from None
+        try:
+            self.server_key = load_or_create_key(cfg.control_key_path, MachinePrivate)
+            self.derp_key = load_or_create_key(cfg.data_dir / "derp_private.key", NodePrivate)
+        except DataDirError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            self.store = open_node_store(cfg.store_location, cfg.store_description)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
         self._apply_addressing(source)
         self._sync_declared_keys(source)
 
@@ -279,7 +263,11 @@ class Server:
             )
             self.stun_port = self._stun.port
 
-        ssl_ctx = self._start_tls(*self._certificate_files())
+        try:
+            ssl_ctx = self.tls.start()
+        except TlsError as exc:
+            raise StartupError(f"TLS: {exc}") from None
+        self._tasks += map(asyncio.create_task, self.tls.tasks())
 
         listener = await _listen(
             "control (tcp)",
@@ -400,8 +388,10 @@ class Server:
         if cfg.metrics_host is not None:
             await self._start_metrics(build_metrics_app(web(local=False)))
 
-        if self.acme is not None:
-            await self._start_acme(FrontDoor(public, upgrades, log=self.log, scheme="http"))
+        if self.tls.acme is not None:
+            await self._start_acme(
+                self.tls.acme, FrontDoor(public, upgrades, log=self.log, scheme="http")
+            )
         self.commits.serve_with(self._serve, off_loop=self._serve_off_loop)
         self.registry.subscribe(self._canary_health)
         self.commits.canary_with(
@@ -482,46 +472,9 @@ class Server:
             "control_connections": self._control_connections,
         }
 
-    def _certificate_files(self) -> tuple[Path | None, Path | None]:
-        cfg = self.config
-        if cfg.acme_domain is None:
-            return cfg.tls_cert, cfg.tls_key
-        settings = AcmeSettings(
-            cfg.acme_domain, cfg.acme_email, cfg.acme_directory, cfg.data_dir / "acme"
-        )
-        self.acme = AcmeManager(
-            settings,
-            self.acme_responder,
-            on_new_certificate=self.reload_tls,
-            log=self.log,
-            clock=self.clock,
-        )
-        return self.acme.prepare()
-
-    def _start_tls(self, cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
-        cfg = self.config
-        if cert is None or key is None:
-            return None
-        try:
-            self.tls = ReloadingContext(cert, key, log=self.log)
-        except TlsError as exc:
-            raise StartupError(f"TLS: {exc}") from None
-        host = urlsplit(cfg.server_url).hostname or ""
-        if not self.tls.info.covers(host) and cfg.acme_domain is None:
-            # Clients check the name for /key and for DERP: they would fail later, obscurely.
-            self.log.warning(
-                "TLS: the certificate is for %s, not for %s from the server URL; "
-                "clients will refuse it",
-                ", ".join(self.tls.info.names) or "no names",
-                host,
-            )
-        self._tasks.append(asyncio.create_task(watch_certificate_files(self.tls)))
-        return self.tls.context
-
-    async def _start_acme(self, plain: FrontDoor) -> None:
+    async def _start_acme(self, acme: AcmeManager, plain: FrontDoor) -> None:
         # HTTP-01 answers come from port 80; the same front door also serves
         # /ts2021 there, which clients given an https:// URL try as well.
-        assert self.acme is not None
         cfg = self.config
         try:
             listener = await asyncio.start_server(
@@ -536,12 +489,11 @@ class Server:
             ) from None
         self._servers.append(listener)
         self.acme_http_port = listener.sockets[0].getsockname()[1]
-        self._tasks.append(asyncio.create_task(self.acme.run()))
+        self._tasks.append(asyncio.create_task(acme.run()))
 
     def reload_tls(self) -> None:
         """Read the certificate files again (SIGHUP)."""
-        if self.tls is not None:
-            self.tls.reload()
+        self.tls.reload()
 
     def _apply_addressing(self, source: TailnetSource) -> None:
         """settings.yaml's prefixes and allocation, for the nodes that join next."""

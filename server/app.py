@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import errno
 import logging
@@ -21,7 +20,6 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry
 
 from gitctl.policy.expiry import next_expiry
-from gitctl.snapshot import Snapshot
 from gitctl.tailnet import TailnetSettings
 from server.api import WebDeps, build_app, build_metrics_app
 from server.auth.pending import PendingLogins
@@ -29,7 +27,6 @@ from server.auth.sshcheck import SshChecks
 from server.config import ServerConfig
 from server.control import PROBE_PATH, ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, load_or_create_key
-from server.declared_keys import read_secret, sync_declared_keys
 from server.edge.control_conn import ControlConnection
 from server.edge.derp_mesh import MeshKeyError, mesh_with, read_mesh_key, url_host_port
 from server.edge.derp_server import DerpServer
@@ -40,13 +37,14 @@ from server.metrics import DerpCollector, LiveCollector, Metrics
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, NodePublic
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
 from server.sources.authority import CommitAuthority
+from server.sources.canary import CanaryNodes
 from server.sources.history import HISTORY_FILE, History
 from server.sources.lifecycle import CommitLifecycle, SourceError, open_repo
 from server.sources.remote import RemoteRepo
 from server.sources.repo import RepoStatus, SnapshotRepo
+from server.sources.serving import CommitServing, prepare_store
 from server.store import StoreError, open_node_store
 from server.store.model import Node
-from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, UserRegistry, running_tailnet
 from server.tailnet.probes import RouterProbes
 from server.tls.acme import AcmeManager, AcmeSettings
@@ -146,56 +144,6 @@ class Server:
     async def on_revision(self, revision: str) -> None:
         await self.commits.on_revision(revision)
 
-    async def _serve_off_loop(self, snap: Snapshot) -> None:
-        """`_serve`, compiled in a worker thread: DERP and maps keep flowing meanwhile."""
-        source = TailnetSource.from_snapshot(snap)
-        await self.tailnet.swap_source_off_loop(source)
-        self._served(source)
-
-    def _serve(self, snap: Snapshot) -> None:
-        """A checked commit becomes what the tailnet serves (raises when it cannot
-        compile for the live nodes: the lifecycle then refuses the commit)."""
-        source = TailnetSource.from_snapshot(snap)
-        self.tailnet.swap_source(source)
-        self._served(source)
-
-    def _served(self, source: TailnetSource) -> None:
-        self.ssh_checks.forget_approvals()  # a new policy asks every check again
-        self.metrics.snapshot_swapped(self.tailnet.waiting())
-        self._apply_addressing(source)
-        self._sync_declared_keys(source)
-        self._warn_undeclared_tags()
-        self.events.routes_rechecked(self.registry.nodes())
-
-    def _serve_canary(self, snap: Snapshot, canary: str) -> None:
-        """A checked commit is served to the canary nodes only (a rollout's hold)."""
-        self.tailnet.start_canary(TailnetSource.from_snapshot(snap), canary)
-
-    def _canary_health(self, change: NodeChange) -> None:
-        """A canary node whose map stream ends during a hold fails the rollout;
-        one online starts a hold that waited for a canary."""
-        node = change.node
-        if node is None or not self.tailnet.is_canary(node.id):
-            return
-        if change.online is False:
-            self.commits.canary_offline(node.given_name)
-        elif self.registry.is_online(node.id):
-            self.commits.canary_online()
-
-    def _canary_is_online(self, tag: str) -> bool:
-        nodes = map(self.registry.get, self.registry.online_ids())
-        return any(node is not None and tag in node.tags for node in nodes)
-
-    async def _rollout_timer(self) -> None:
-        """At the end of a rollout's hold, promote its commit to every node."""
-        while True:
-            due = self.commits.rollout_due()
-            wait = EXPIRY_RECHECK if due is None else (due - self.clock()).total_seconds()
-            self.commits.rollout_wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.commits.rollout_wake.wait(), max(wait, 0.01))
-            self.commits.handle_timer(self.clock())
-
     # Life cycle
 
     async def start(self) -> None:
@@ -251,8 +199,7 @@ class Server:
             self.store = open_node_store(cfg.store_location, cfg.store_description)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
-        self._apply_addressing(source)
-        self._sync_declared_keys(source)
+        prepare_store(self.store, source, self.clock(), self.log)
 
         if cfg.stun_host is not None:
             self._stun = await _listen(
@@ -392,12 +339,20 @@ class Server:
             await self._start_acme(
                 self.tls.acme, FrontDoor(public, upgrades, log=self.log, scheme="http")
             )
-        self.commits.serve_with(self._serve, off_loop=self._serve_off_loop)
-        self.registry.subscribe(self._canary_health)
-        self.commits.canary_with(
-            self._serve_canary, self.tailnet.end_canary, online=self._canary_is_online
+        self.serving = CommitServing(
+            self.tailnet,
+            self.registry,
+            self.store,
+            clock=self.clock,
+            log=self.log,
+            metrics=self.metrics,
+            forget_approvals=self.ssh_checks.forget_approvals,
+            routes_rechecked=self.events.routes_rechecked,
         )
-        self._tasks.append(asyncio.create_task(self._rollout_timer()))
+        self.commits.serve_with(self.serving.serve, off_loop=self.serving.serve_off_loop)
+        canaries = CanaryNodes(self.commits, self.registry, self.tailnet, clock=self.clock)
+        canaries.connect()
+        self._tasks.append(asyncio.create_task(canaries.run()))
         watcher = self.commits.watcher(cfg.fetch_interval)
         if watcher is not None:
             self._tasks.append(asyncio.create_task(watcher))
@@ -415,7 +370,7 @@ class Server:
         self._tasks.append(asyncio.create_task(self._probe_timer()))
         # The tailnet read every node a moment ago: not a second pass over the store.
         known = (self.tailnet.record(i) for i in self.tailnet.record_ids())
-        self._warn_undeclared_tags([n for n in known if n is not None])
+        self.serving.warn_undeclared_tags([n for n in known if n is not None])
         self.log.info(
             "tailnetd listening on %s (control + DERP), STUN %s, serving %s, node state in %s",
             cfg.server_url if cfg.listen_port else f"port {self.port}",
@@ -495,14 +450,6 @@ class Server:
         """Read the certificate files again (SIGHUP)."""
         self.tls.reload()
 
-    def _apply_addressing(self, source: TailnetSource) -> None:
-        """settings.yaml's prefixes and allocation, for the nodes that join next."""
-        settings = source.settings
-        if settings is not None:
-            self.store.set_addressing(
-                settings.ipv4_prefix, settings.ipv6_prefix, settings.ip_allocation
-            )
-
     def _settings(self) -> TailnetSettings:
         """The serving commit's settings.yaml (its defaults where it says nothing)."""
         return self.tailnet.source.settings or DEFAULT_SETTINGS
@@ -532,26 +479,6 @@ class Server:
             stun_port=self.stun_port if self._stun else 0,
             replicas=tuple(url_host_port(u) for u in self.config.mesh_with),
         )
-
-    def _sync_declared_keys(self, source: TailnetSource) -> None:
-        """Create, rotate and expire the keys keys.yaml declares (server/declared_keys.py)."""
-        specs = source.snapshot.keys if source.snapshot is not None else ()
-        for action in sync_declared_keys(self.store, specs, read_secret, self.clock()):
-            fields = event("keys.declared", key=action.name, outcome=action.outcome)
-            if action.outcome in ("unreadable", "refused"):
-                self.log.error("%s", action.describe(), extra=fields)
-            elif action.outcome != "unchanged":
-                self.log.info("%s", action.describe(), extra=fields)
-
-    def _warn_undeclared_tags(self, nodes: list[Node] | None = None) -> None:
-        """One warning per node or usable pre-auth key whose tags the served policy
-        does not declare (a commit dropped them from tagOwners). `nodes`: those
-        just read from the store, when the caller has them."""
-        policy = self.tailnet.source.policy
-        keys = self.store.list_preauth_keys()
-        nodes = self.registry.nodes() if nodes is None else nodes
-        for entry in undeclared(policy, nodes, keys, self.clock()):
-            self.log.warning("%s", entry.describe())
 
     def _derp_allowed(self, key: NodePublic) -> bool:
         """DERP relays for nodes the tailnet serves: not deleted, not expired

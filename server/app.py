@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
-from gitctl.policy.expiry import next_expiry
 from gitctl.tailnet import TailnetSettings
 from server.api import WebDeps, build_app, build_metrics_app
 from server.auth.pending import PendingLogins
@@ -32,9 +31,8 @@ from server.edge.derp_mesh import MeshKeyError, mesh_with, read_mesh_key, url_ho
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
-from server.logs import event
 from server.metrics import DerpCollector, LiveCollector, Metrics
-from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, NodePublic
+from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
 from server.sources.authority import CommitAuthority
 from server.sources.canary import CanaryNodes
@@ -44,9 +42,10 @@ from server.sources.remote import RemoteRepo
 from server.sources.repo import RepoStatus, SnapshotRepo
 from server.sources.serving import CommitServing, prepare_store
 from server.store import StoreError, open_node_store
-from server.store.model import Node
-from server.tailnet import NodeChange, TailnetSource, UserRegistry, running_tailnet
+from server.tailnet import TailnetSource, UserRegistry, running_tailnet
+from server.tailnet.derp_access import DerpAccess
 from server.tailnet.probes import RouterProbes
+from server.tailnet.timers import SWEEP_INTERVAL, PolicyExpiry, Probing, Sweep
 from server.tls.acme import AcmeManager, AcmeSettings
 from server.tls.acme_http import ChallengeResponder
 from server.tls.certs import TlsError
@@ -59,14 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Server", "StartupError"]
 
-SWEEP_INTERVAL = 5.0
-EXPIRY_RECHECK = 1.0  # seconds: a new commit's first expiry is noticed this late at most
-PROBE_RECHECK = 1.0  # seconds: a router newly sharing a subnet is probed this late at most
 DEFAULT_SETTINGS = TailnetSettings()
-
-
-def _expired(node: Node, now: datetime) -> bool:
-    return node.key_expiry is not None and node.key_expiry <= now
 
 
 class StartupError(Exception):
@@ -231,13 +223,14 @@ class Server:
             mesh_key = read_mesh_key(cfg.mesh_key_file)
         except MeshKeyError as exc:
             raise StartupError(str(exc)) from None
-        self.derp = DerpServer(
-            self.derp_key, is_allowed=self._derp_allowed, log=self.log, mesh_key=mesh_key
-        )
         self.registry, self.tailnet = running_tailnet(
             self.store, source, derp_regions=[self._derp_region()], log=self.log, clock=self.clock
         )
-        self.registry.subscribe(self._node_changed)
+        access = DerpAccess(self.registry, self.tailnet, clock=self.clock)
+        self.derp = DerpServer(
+            self.derp_key, is_allowed=access.allowed, log=self.log, mesh_key=mesh_key
+        )
+        access.follow(self.derp.disconnect)
         self.registry.subscribe(self.metrics.node_changed)
         self.users = UserRegistry(self.store, log=self.log)
         self.users.subscribe(self.tailnet.apply_user)
@@ -276,10 +269,17 @@ class Server:
             via_provider=cfg.oidc is not None,
         )
         self.oidc = self._oidc_login()
-        self.probes = RouterProbes(
-            interval=timedelta(seconds=cfg.probe_interval),
-            misses=cfg.probe_misses,
-            token=lambda: base64.urlsafe_b64encode(os.urandom(12)).decode(),
+        self.probing = Probing(
+            RouterProbes(
+                interval=timedelta(seconds=cfg.probe_interval),
+                misses=cfg.probe_misses,
+                token=lambda: base64.urlsafe_b64encode(os.urandom(12)).decode(),
+            ),
+            self.registry,
+            self.tailnet,
+            url=lambda token: self._public_url() + PROBE_PATH + token,
+            clock=self.clock,
+            log=self.log,
         )
         self.control = ControlHandler(
             self.tailnet,
@@ -292,7 +292,7 @@ class Server:
             logins=self.logins,
             ssh_checks=self.ssh_checks,
             on_refused=self.events.login_refused,
-            on_probe=self._probe_answered,
+            on_probe=self.probing.answered,
         )
         scheme = "https" if ssl_ctx else "http"
         upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
@@ -356,7 +356,16 @@ class Server:
         watcher = self.commits.watcher(cfg.fetch_interval)
         if watcher is not None:
             self._tasks.append(asyncio.create_task(watcher))
-        self._tasks.append(asyncio.create_task(self._sweep()))
+        sweep = Sweep(
+            self.registry,
+            self.tailnet,
+            inactivity=lambda: self._settings().ephemeral_inactivity_timeout,
+            disconnect=self.derp.disconnect,
+            on_expired=self.events.node_expired,
+            clock=self.clock,
+            log=self.log,
+        )
+        self._tasks.append(asyncio.create_task(sweep.run()))
         for url in cfg.mesh_with:
             if mesh_key is None:
                 raise StartupError("--mesh-with needs --mesh-key-file")
@@ -365,9 +374,12 @@ class Server:
                     mesh_with(self.derp, url, key=self.derp_key, mesh_key=mesh_key, log=self.log)
                 )
             )
-        self._tasks.append(asyncio.create_task(self._expiry_timer()))
+        expiry = PolicyExpiry(
+            self.tailnet, serving=lambda: self.status.serving, clock=self.clock, log=self.log
+        )
+        self._tasks.append(asyncio.create_task(expiry.run()))
         self._tasks.append(asyncio.create_task(self._login_timer()))
-        self._tasks.append(asyncio.create_task(self._probe_timer()))
+        self._tasks.append(asyncio.create_task(self.probing.run()))
         # The tailnet read every node a moment ago: not a second pass over the store.
         known = (self.tailnet.record(i) for i in self.tailnet.record_ids())
         self.serving.warn_undeclared_tags([n for n in known if n is not None])
@@ -480,69 +492,6 @@ class Server:
             replicas=tuple(url_host_port(u) for u in self.config.mesh_with),
         )
 
-    def _derp_allowed(self, key: NodePublic) -> bool:
-        """DERP relays for nodes the tailnet serves: not deleted, not expired
-        or logged out, not cut off from git."""
-        node = self.registry.by_node_key(key)
-        return (
-            node is not None and not _expired(node, self.clock()) and self.tailnet.serves(node.id)
-        )
-
-    def _node_changed(self, change: NodeChange) -> None:
-        """DERP drops a node key that stops being allowed: deleted, replaced
-        by a renewal, expired or logged out, or cut off."""
-        old, node = change.previous, change.node
-        if old is not None and (node is None or node.node_key != old.node_key):
-            self.derp.disconnect(old.node_key)
-        if node is not None and not self._derp_allowed(node.node_key):
-            self.derp.disconnect(node.node_key)
-
-    async def _expiry_timer(self) -> None:
-        """At each `expires` instant of the serving policy, compile it again: the
-        entries that ended leave every map without a new commit."""
-        while True:
-            now = self.clock()
-            due = next_expiry(self.tailnet.source.policy, now)
-            wait = EXPIRY_RECHECK
-            if due is not None:
-                wait = min(wait, (due - now).total_seconds())
-            await asyncio.sleep(max(wait, 0.01))
-            if due is not None and self.clock() >= due:
-                self.log.info(
-                    "access in %s expired at %s: compiling again",
-                    (self.status.serving or "")[:12],
-                    due.isoformat(),
-                    extra=event("policy.expired", commit=self.status.serving),
-                )
-                self.tailnet.time_passed()
-
-    async def _probe_timer(self) -> None:
-        """Probe the routers that share a subnet (HA): one that stops answering
-        while its stream stays open loses its subnets to another."""
-        while True:
-            now = self.clock()
-            self._health(self.probes.track(self.tailnet.shared_routers(), now))
-            probes, transitions = self.probes.due(now)
-            self._health(transitions)
-            for probe in probes:
-                self.tailnet.ping(probe.node_id, self._public_url() + PROBE_PATH + probe.token)
-            due = self.probes.next_due()
-            wait = PROBE_RECHECK if due is None else (due - self.clock()).total_seconds()
-            await asyncio.sleep(min(max(wait, 0.01), PROBE_RECHECK))
-
-    def _probe_answered(self, node_id: int, token: str) -> None:
-        self._health(self.probes.answered(node_id, token))
-
-    def _health(self, transitions: list[tuple[int, bool]]) -> None:
-        for node_id, healthy in transitions:
-            self.log.info(
-                "router %d %s health probes",
-                node_id,
-                "answers" if healthy else "stopped answering",
-                extra=event("router.health", node=node_id, healthy=healthy),
-            )
-            self.registry.set_healthy(node_id, healthy)
-
     def _oidc_login(self) -> OidcLogin | None:
         """Logins through the identity provider, when --oidc-issuer is set."""
         settings = self.config.oidc
@@ -588,48 +537,6 @@ class Server:
             await asyncio.sleep(min(max(wait, 0.01), SWEEP_INTERVAL))
             self.logins.handle_timer(self.clock())
             self.ssh_checks.handle_timer(self.clock())
-
-    async def _sweep(self) -> None:
-        """Every few seconds: remove inactive ephemeral nodes, and drop the
-        DERP connections of nodes whose key expired since the last look."""
-        last = self.clock()
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            now = self.clock()
-            timeout = self._settings().ephemeral_inactivity_timeout
-            cutoff = now - timeout
-            # The serving node list, not a read of every row: this runs every few seconds.
-            for node in list(self.tailnet.context.nodes.values()):
-                if node.key_expiry is not None and last < node.key_expiry <= now:
-                    self.log.info(
-                        "node %d %s: key expired",
-                        node.id,
-                        node.given_name,
-                        extra=event(
-                            "node.expired", node=node.id, node_name=node.given_name, user=node.user
-                        ),
-                    )
-                    self.derp.disconnect(node.node_key)
-                    self.events.node_expired(node)
-                if not node.ephemeral or self.registry.is_online(node.id):
-                    continue
-                if (node.last_seen or node.created) < cutoff:
-                    self.log.info(
-                        "removing ephemeral node %d %s: inactive",
-                        node.id,
-                        node.given_name,
-                        extra=event(
-                            "node.deleted",
-                            node=node.id,
-                            node_name=node.given_name,
-                            user=node.user,
-                            reason="ephemeral node inactive",
-                        ),
-                    )
-                    self.registry.remove(node.id)
-            for node in self.tailnet.cut_off():
-                self.derp.disconnect(node.node_key)
-            last = now
 
     async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._tracked(self._front.handle, reader, writer)

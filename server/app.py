@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import errno
 import logging
 import os
@@ -32,6 +31,7 @@ from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
 from server.metrics import DerpCollector, LiveCollector, Metrics
+from server.oidc.wiring import oidc_login
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
 from server.sources.authority import CommitAuthority
@@ -51,6 +51,7 @@ from server.tls.acme_http import ChallengeResponder
 from server.tls.certs import TlsError
 from server.tls.serving import ServingTls
 from server.webhooks import Delivery, EventSource, WebhookSender
+from server.webhooks.wiring import start_webhooks
 from server.wire import DerpRegion
 
 if TYPE_CHECKING:
@@ -249,7 +250,20 @@ class Server:
                     users=self.users,
                 )
             )
-        self._start_webhooks()
+        self.webhooks = start_webhooks(
+            self.events,
+            self.registry,
+            self.tailnet,
+            self.store,
+            secret=cfg.webhook_secret,
+            targets=lambda: self._settings().webhooks,
+            delivery=self.webhook_delivery,
+            clock=self.clock,
+            metrics=self.metrics,
+            log=self.log,
+        )
+        if self.webhooks is not None:
+            self._tasks.append(asyncio.create_task(self.webhooks.run()))
         self.metrics.registry.register(DerpCollector(self.derp.stats))
         self.metrics.registry.register(LiveCollector(self._live_counts))
         self.logins = PendingLogins(
@@ -268,7 +282,19 @@ class Server:
             log=self.log,
             via_provider=cfg.oidc is not None,
         )
-        self.oidc = self._oidc_login()
+        self.oidc: OidcLogin | None = None
+        if cfg.oidc is not None:
+            self.oidc, self._oidc_provider = oidc_login(
+                cfg.oidc,
+                public_url=self._public_url(),
+                logins=self.logins,
+                ssh_checks=self.ssh_checks,
+                tailnet=self.tailnet,
+                users=self.users,
+                store=self.store,
+                clock=self.clock,
+                log=self.log,
+            )
         self.probing = Probing(
             RouterProbes(
                 interval=timedelta(seconds=cfg.probe_interval),
@@ -391,31 +417,6 @@ class Server:
             cfg.store_description,
         )
 
-    def _start_webhooks(self) -> None:
-        self.events.served_routes = self.tailnet.enabled_routes
-        self.registry.subscribe(self.events.node_changed)
-        secret = self.config.webhook_secret
-        if secret is None:
-            if self._settings().webhooks:
-                self.log.warning(
-                    "settings.yaml names webhooks but no secret is configured "
-                    "(--webhook-secret-file or TAILNETD_WEBHOOK_SECRET): none are sent"
-                )
-            self.events.attach(lambda event: None, ())
-            return
-        self.webhooks = WebhookSender(
-            self.store,
-            targets=lambda: self._settings().webhooks,
-            secret=secret,
-            clock=self.clock,
-            rng=os.urandom,
-            metrics=self.metrics,
-            log=self.log,
-            delivery=self.webhook_delivery,
-        )
-        self._tasks.append(asyncio.create_task(self.webhooks.run()))
-        self.events.attach(self.webhooks.emit, self.registry.nodes())
-
     async def _start_metrics(self, app: Any) -> None:
         """--metrics-listen: plain HTTP, /metrics, /health and /ready only."""
         cfg = self.config
@@ -491,34 +492,6 @@ class Server:
             stun_port=self.stun_port if self._stun else 0,
             replicas=tuple(url_host_port(u) for u in self.config.mesh_with),
         )
-
-    def _oidc_login(self) -> OidcLogin | None:
-        """Logins through the identity provider, when --oidc-issuer is set."""
-        settings = self.config.oidc
-        if settings is None:
-            return None
-        # The callback is on the URL people reach (the bound port when listening on 0).
-        settings = dataclasses.replace(settings, server_url=self._public_url())
-        from server.oidc.login import OidcLogin  # authlib: only when OIDC is configured
-        from server.oidc.provider import Provider
-
-        self._oidc_provider = Provider(settings)
-        return OidcLogin(
-            settings,
-            self._oidc_provider,
-            self.logins,
-            users=lambda: {e.lower(): n for n, (e, _) in self.tailnet.source.git_users.items()},
-            record_groups=self._record_login_groups,
-            admit_runtime=lambda email: self.users.admit(email, self.clock()),
-            clock=self.clock,
-            log=self.log,
-            ssh_checks=self.ssh_checks,
-        )
-
-    def _record_login_groups(self, email: str, groups: tuple[str, ...]) -> None:
-        """A login's identity-provider groups: kept, and applied to the maps now."""
-        self.store.set_login_groups(email, groups, self.clock())
-        self.tailnet.set_login_groups(email, groups)
 
     def _public_url(self) -> str:
         """Where people reach this server (login links): --server-url, or the

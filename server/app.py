@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import errno
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,18 +21,19 @@ from gitctl.tailnet import TailnetSettings
 from server.api import WebDeps, build_app, build_metrics_app
 from server.auth.pending import PendingLogins
 from server.auth.sshcheck import SshChecks
+from server.auth.timer import expire_logins
 from server.config import ServerConfig
 from server.control import PROBE_PATH, ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, load_or_create_key
-from server.edge.control_conn import ControlConnection
 from server.edge.derp_mesh import MeshKeyError, mesh_with, read_mesh_key, url_host_port
 from server.edge.derp_server import DerpServer
-from server.edge.http1 import FrontDoor, RequestHead
+from server.edge.http1 import FrontDoor, UpgradeHandler
+from server.edge.listeners import ListenError, Listeners
 from server.edge.stun_server import StunServer, start_stun_server
+from server.edge.upgrades import Ts2021Upgrade, derp_upgrade
 from server.metrics import DerpCollector, LiveCollector, Metrics
 from server.oidc.wiring import oidc_login
-from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate
-from server.protocol.noise import HandshakeError, accept_initiation, early_payload
+from server.protocol.keys import MachinePrivate, NodePrivate
 from server.sources.authority import CommitAuthority
 from server.sources.canary import CanaryNodes
 from server.sources.history import HISTORY_FILE, History
@@ -45,7 +45,7 @@ from server.store import StoreError, open_node_store
 from server.tailnet import TailnetSource, UserRegistry, running_tailnet
 from server.tailnet.derp_access import DerpAccess
 from server.tailnet.probes import RouterProbes
-from server.tailnet.timers import SWEEP_INTERVAL, PolicyExpiry, Probing, Sweep
+from server.tailnet.timers import PolicyExpiry, Probing, Sweep
 from server.tls.acme import AcmeManager, AcmeSettings
 from server.tls.acme_http import ChallengeResponder
 from server.tls.certs import TlsError
@@ -66,17 +66,6 @@ class StartupError(Exception):
     pass
 
 
-async def _listen(what: str, host: str, port: int, start: Awaitable[Any]) -> Any:
-    """Await a listener's start, its failure as one line naming the address."""
-    try:
-        return await start
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if exc.errno == errno.EADDRINUSE:
-            reason = "address already in use (is another server running?)"
-        raise StartupError(f"cannot listen for {what} on {host}:{port}: {reason}") from None
-
-
 class Server:
     def __init__(
         self,
@@ -90,13 +79,11 @@ class Server:
         self.log = log or logging.getLogger("tailnetd")
         self.clock = clock
         self.metrics = Metrics(metrics_registry or CollectorRegistry(), monotonic=time.monotonic)
-        self._control_connections = 0
         self.metrics_port = config.metrics_port
         self.history = History(config.data_dir / HISTORY_FILE)
         self.status = RepoStatus(journal=self.history)
-        self._servers: list[asyncio.AbstractServer] = []
+        self.listeners = Listeners()
         self._tasks: list[asyncio.Task[None]] = []
-        self._connections: set[asyncio.Task[Any]] = set()
         self._stun: StunServer | None = None
         self.port = config.listen_port
         self.stun_port = config.stun_port
@@ -195,12 +182,11 @@ class Server:
         prepare_store(self.store, source, self.clock(), self.log)
 
         if cfg.stun_host is not None:
-            self._stun = await _listen(
-                "STUN (udp)",
-                cfg.stun_host,
-                cfg.stun_port,
-                start_stun_server(cfg.stun_host, cfg.stun_port, log=self.log),
-            )
+            try:
+                self._stun = await start_stun_server(cfg.stun_host, cfg.stun_port, log=self.log)
+            except OSError as exc:
+                error = ListenError("STUN (udp)", cfg.stun_host, cfg.stun_port, exc)
+                raise StartupError(str(error)) from None
             self.stun_port = self._stun.port
 
         try:
@@ -209,16 +195,14 @@ class Server:
             raise StartupError(f"TLS: {exc}") from None
         self._tasks += map(asyncio.create_task, self.tls.tasks())
 
-        listener = await _listen(
+        self.port = await self._listen(
             "control (tcp)",
             cfg.listen_host,
             cfg.listen_port,
-            asyncio.start_server(
-                self._handle_tcp, cfg.listen_host, cfg.listen_port, ssl=ssl_ctx, limit=64 * 1024
-            ),
+            lambda r, w: self._front.handle(r, w),  # the front door is built below
+            ssl=ssl_ctx,
+            limit=64 * 1024,
         )
-        self._servers.append(listener)
-        self.port = listener.sockets[0].getsockname()[1]
 
         try:
             mesh_key = read_mesh_key(cfg.mesh_key_file)
@@ -321,7 +305,13 @@ class Server:
             on_probe=self.probing.answered,
         )
         scheme = "https" if ssl_ctx else "http"
-        upgrades = {"/ts2021": self._ts2021, "/derp": self._derp}
+        # self.control is looked up per request: tests replace it after start().
+        control = lambda request: self.control(request)  # noqa: E731
+        self._ts2021 = Ts2021Upgrade(self.server_key, control, log=self.log)
+        upgrades: dict[str, UpgradeHandler] = {
+            "/ts2021": self._ts2021,
+            "/derp": derp_upgrade(self.derp),
+        }
 
         def web(local: bool) -> WebDeps:
             return WebDeps(
@@ -347,19 +337,16 @@ class Server:
 
         public = self.acme_responder.wrap(build_app(web(local=False)))
         local = build_app(web(local=True))
-        self._front = FrontDoor(public, upgrades, log=self.log, scheme=scheme)
+        self._front: FrontDoor = FrontDoor(public, upgrades, log=self.log, scheme=scheme)
         self._local_front = FrontDoor(local, {}, log=self.log)
 
-        sock_path = cfg.socket_path
-        if sock_path.exists():
-            sock_path.unlink()
-        unix = await asyncio.start_unix_server(
-            lambda r, w: self._tracked(self._local_front.handle, r, w), path=str(sock_path)
-        )
-        os.chmod(sock_path, 0o600)
-        self._servers.append(unix)
+        await self.listeners.unix(cfg.socket_path, self._local_front.handle)
         if cfg.metrics_host is not None:
-            await self._start_metrics(build_metrics_app(web(local=False)))
+            # --metrics-listen: plain HTTP, /metrics, /health and /ready only.
+            front = FrontDoor(build_metrics_app(web(local=False)), {}, log=self.log)
+            self.metrics_port = await self._listen(
+                "metrics (tcp)", cfg.metrics_host, cfg.metrics_port, front.handle
+            )
 
         if self.tls.acme is not None:
             await self._start_acme(
@@ -404,7 +391,9 @@ class Server:
             self.tailnet, serving=lambda: self.status.serving, clock=self.clock, log=self.log
         )
         self._tasks.append(asyncio.create_task(expiry.run()))
-        self._tasks.append(asyncio.create_task(self._login_timer()))
+        self._tasks.append(
+            asyncio.create_task(expire_logins(self.logins, self.ssh_checks, self.clock))
+        )
         self._tasks.append(asyncio.create_task(self.probing.run()))
         # The tailnet read every node a moment ago: not a second pass over the store.
         known = (self.tailnet.record(i) for i in self.tailnet.record_ids())
@@ -417,27 +406,11 @@ class Server:
             cfg.store_description,
         )
 
-    async def _start_metrics(self, app: Any) -> None:
-        """--metrics-listen: plain HTTP, /metrics, /health and /ready only."""
-        cfg = self.config
-        assert cfg.metrics_host is not None
-        front = FrontDoor(app, {}, log=self.log)
-        listener = await _listen(
-            "metrics (tcp)",
-            cfg.metrics_host,
-            cfg.metrics_port,
-            asyncio.start_server(
-                lambda r, w: self._tracked(front.handle, r, w), cfg.metrics_host, cfg.metrics_port
-            ),
-        )
-        self._servers.append(listener)
-        self.metrics_port = listener.sockets[0].getsockname()[1]
-
     def _live_counts(self) -> dict[str, int]:
         return {
             "served": len(self.tailnet.context.nodes),
             "streaming": len(self.registry.online_ids()),
-            "control_connections": self._control_connections,
+            "control_connections": self._ts2021.connections,
         }
 
     async def _start_acme(self, acme: AcmeManager, plain: FrontDoor) -> None:
@@ -445,19 +418,21 @@ class Server:
         # /ts2021 there, which clients given an https:// URL try as well.
         cfg = self.config
         try:
-            listener = await asyncio.start_server(
-                lambda r, w: self._tracked(plain.handle, r, w),
-                cfg.acme_http_host,
-                cfg.acme_http_port,
+            self.acme_http_port = await self.listeners.tcp(
+                "HTTP-01", cfg.acme_http_host, cfg.acme_http_port, plain.handle
             )
-        except OSError as exc:
+        except ListenError as exc:
             raise StartupError(
-                f"ACME: cannot listen on {cfg.acme_http_host}:{cfg.acme_http_port} for HTTP-01: "
+                f"ACME: cannot listen on {exc.host}:{exc.port} for HTTP-01: "
                 f"{exc.strerror} (use --acme-http-listen, or allow binding port 80)"
             ) from None
-        self._servers.append(listener)
-        self.acme_http_port = listener.sockets[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(acme.run()))
+
+    async def _listen(self, what: str, host: str, port: int, handle: Any, **kw: Any) -> int:
+        try:
+            return await self.listeners.tcp(what, host, port, handle, **kw)
+        except ListenError as exc:
+            raise StartupError(str(exc)) from None
 
     def reload_tls(self) -> None:
         """Read the certificate files again (SIGHUP)."""
@@ -502,95 +477,15 @@ class Server:
             url = f"{parts.scheme}://{parts.hostname}:{self.port}"
         return url
 
-    async def _login_timer(self) -> None:
-        """Expire interactive logins nobody approved in time."""
-        while True:
-            due = self.logins.get_timer()
-            wait = SWEEP_INTERVAL if due is None else (due - self.clock()).total_seconds()
-            await asyncio.sleep(min(max(wait, 0.01), SWEEP_INTERVAL))
-            self.logins.handle_timer(self.clock())
-            self.ssh_checks.handle_timer(self.clock())
-
-    async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._tracked(self._front.handle, reader, writer)
-
-    async def _tracked(
-        self,
-        handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
-        """Run one connection so that stop() can end it before the store closes."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await handle(reader, writer)
-        except asyncio.CancelledError:
-            writer.close()  # shutting down: the client reconnects to the next process
-        finally:
-            self._connections.discard(task)
-
-    async def _ts2021(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead
-    ) -> None:
-        if head.upgrade != "tailscale-control-protocol":
-            writer.write(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            return
-        try:
-            initiation = base64.b64decode(head.header("x-tailscale-handshake"), validate=True)
-            accepted = accept_initiation(self.server_key, initiation)
-        except (ValueError, HandshakeError) as exc:
-            peer = writer.get_extra_info("peername")
-            self.log.info("ts2021: handshake from %s refused: %s", peer, exc)
-            body = b"invalid noise handshake\n"
-            writer.write(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            return
-        challenge = ChallengePublic(NodePrivate.generate().public_raw())
-        conn = ControlConnection(
-            reader,
-            writer,
-            accepted,
-            self.control,
-            log=self.log,
-            early_payload=early_payload(challenge),
-        )
-        self._control_connections += 1
-        try:
-            await conn.run()
-        finally:
-            self._control_connections -= 1
-
-    async def _derp(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead
-    ) -> None:
-        if head.upgrade != "derp":
-            body = b"DERP requires connection upgrade\n"
-            writer.write(
-                b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            return
-        await self.derp.handle(reader, writer, fast_start=head.header("derp-fast-start") == "1")
-
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for server in self._servers:
-            server.close()
+        self.listeners.close()
         if self._stun is not None:
             self._stun.close()
         # End live control and DERP connections first: their sessions write
         # last-seen times, which must reach the store before it closes.
-        connections = list(self._connections)
-        for task in connections:
-            task.cancel()
-        if connections:
-            await asyncio.wait(connections, timeout=5)
+        await self.listeners.end_connections()
         # A start that failed part-way stops too: only what was built is closed.
         if hasattr(self, "derp"):
             await self.derp.close()

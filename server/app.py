@@ -13,7 +13,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
@@ -25,10 +24,11 @@ from server.auth.timer import expire_logins
 from server.config import ServerConfig
 from server.control import PROBE_PATH, ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, load_or_create_key
-from server.edge.derp_mesh import MeshKeyError, mesh_with, read_mesh_key, url_host_port
+from server.edge.derp_mesh import MeshKeyError, mesh_with, read_mesh_key
 from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, UpgradeHandler
 from server.edge.listeners import ListenError, Listeners
+from server.edge.public import derp_region, public_url
 from server.edge.stun_server import StunServer, start_stun_server
 from server.edge.upgrades import Ts2021Upgrade, derp_upgrade
 from server.metrics import DerpCollector, LiveCollector, Metrics
@@ -52,7 +52,6 @@ from server.tls.certs import TlsError
 from server.tls.serving import ServingTls
 from server.webhooks import Delivery, EventSource, WebhookSender
 from server.webhooks.wiring import start_webhooks
-from server.wire import DerpRegion
 
 if TYPE_CHECKING:
     from server.oidc.login import OidcLogin
@@ -208,8 +207,12 @@ class Server:
             mesh_key = read_mesh_key(cfg.mesh_key_file)
         except MeshKeyError as exc:
             raise StartupError(str(exc)) from None
+        derp = derp_region(
+            cfg.server_url, cfg.listen_port, self.port, self.stun_port if self._stun else 0,
+            cfg.mesh_with,
+        )  # fmt: skip
         self.registry, self.tailnet = running_tailnet(
-            self.store, source, derp_regions=[self._derp_region()], log=self.log, clock=self.clock
+            self.store, source, derp_regions=[derp], log=self.log, clock=self.clock
         )
         access = DerpAccess(self.registry, self.tailnet, clock=self.clock)
         self.derp = DerpServer(
@@ -296,7 +299,7 @@ class Server:
             self.registry,
             self.store,
             clock=self.clock,
-            settings=self._control_settings,
+            settings=lambda: ControlSettings.from_tailnet(self._settings()),
             log=self.log,
             metrics=self.metrics,
             logins=self.logins,
@@ -442,40 +445,8 @@ class Server:
         """The serving commit's settings.yaml (its defaults where it says nothing)."""
         return self.tailnet.source.settings or DEFAULT_SETTINGS
 
-    def _control_settings(self) -> ControlSettings:
-        settings = self._settings()
-        return ControlSettings(
-            node_key_expiry=settings.node_key_expiry,
-            device_approval=settings.device_approval == "required",
-            key_expiry_from_token=settings.oidc_key_expiry == "token",
-        )
-
-    def _derp_region(self) -> DerpRegion:
-        # Clients reach DERP where they reach control: the server URL, which
-        # behind a proxy is the proxy's address, not our listener's.
-        url = urlsplit(self.config.server_url)
-        host = url.hostname or "127.0.0.1"
-        port = url.port or (443 if url.scheme == "https" else 80)
-        if self.config.listen_port == 0:
-            port = self.port
-        return DerpRegion(
-            region_id=999,
-            region_code="tailnetd",
-            region_name="tailnetd embedded DERP",
-            host_name=host,
-            derp_port=port,
-            stun_port=self.stun_port if self._stun else 0,
-            replicas=tuple(url_host_port(u) for u in self.config.mesh_with),
-        )
-
     def _public_url(self) -> str:
-        """Where people reach this server (login links): --server-url, or the
-        port actually bound when listening on port 0."""
-        url = self.config.server_url
-        if self.config.listen_port == 0:
-            parts = urlsplit(url)
-            url = f"{parts.scheme}://{parts.hostname}:{self.port}"
-        return url
+        return public_url(self.config.server_url, self.config.listen_port, self.port)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -140,6 +140,51 @@ class Server:
 
     async def _start(self) -> None:
         cfg = self.config
+        source = await self._open_state()
+        if cfg.stun_host is not None:
+            try:
+                self._stun = await start_stun_server(cfg.stun_host, cfg.stun_port, log=self.log)
+            except OSError as exc:
+                error = ListenError("STUN (udp)", cfg.stun_host, cfg.stun_port, exc)
+                raise StartupError(str(error)) from None
+            self.stun_port = self._stun.port
+        try:
+            ssl_ctx = self.tls.start()
+        except TlsError as exc:
+            raise StartupError(f"TLS: {exc}") from None
+        self._tasks += map(asyncio.create_task, self.tls.tasks())
+        self.port = await self._listen(
+            "control (tcp)",
+            cfg.listen_host,
+            cfg.listen_port,
+            lambda r, w: self._front.handle(r, w),  # the front door is built below
+            ssl=ssl_ctx,
+            limit=64 * 1024,
+        )
+        try:
+            mesh_key = read_mesh_key(cfg.mesh_key_file)
+        except MeshKeyError as exc:
+            raise StartupError(str(exc)) from None
+        self._start_tailnet(source, mesh_key)
+        self._start_logins()
+        await self._start_web(scheme="https" if ssl_ctx else "http")
+        self._start_commits()
+        self._start_timers(mesh_key)
+        # The tailnet read every node a moment ago: not a second pass over the store.
+        known = (self.tailnet.record(i) for i in self.tailnet.record_ids())
+        self.serving.warn_undeclared_tags([n for n in known if n is not None])
+        self.log.info(
+            "tailnetd listening on %s (control + DERP), STUN %s, serving %s, node state in %s",
+            cfg.server_url if cfg.listen_port else f"port {self.port}",
+            f"on udp/{self.stun_port}" if self._stun else "off",
+            (self.status.serving or "")[:12],
+            cfg.store_description,
+        )
+
+    async def _open_state(self) -> TailnetSource:
+        """The repository and its commit lifecycle, the keys, the node store;
+        the commit to serve first."""
+        cfg = self.config
         try:
             repo = await open_repo(
                 repo=cfg.repo,
@@ -179,34 +224,12 @@ class Server:
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         prepare_store(self.store, source, self.clock(), self.log)
+        return source
 
-        if cfg.stun_host is not None:
-            try:
-                self._stun = await start_stun_server(cfg.stun_host, cfg.stun_port, log=self.log)
-            except OSError as exc:
-                error = ListenError("STUN (udp)", cfg.stun_host, cfg.stun_port, exc)
-                raise StartupError(str(error)) from None
-            self.stun_port = self._stun.port
-
-        try:
-            ssl_ctx = self.tls.start()
-        except TlsError as exc:
-            raise StartupError(f"TLS: {exc}") from None
-        self._tasks += map(asyncio.create_task, self.tls.tasks())
-
-        self.port = await self._listen(
-            "control (tcp)",
-            cfg.listen_host,
-            cfg.listen_port,
-            lambda r, w: self._front.handle(r, w),  # the front door is built below
-            ssl=ssl_ctx,
-            limit=64 * 1024,
-        )
-
-        try:
-            mesh_key = read_mesh_key(cfg.mesh_key_file)
-        except MeshKeyError as exc:
-            raise StartupError(str(exc)) from None
+    def _start_tailnet(self, source: TailnetSource, mesh_key: str | None) -> None:
+        """The registry and the tailnet that follows it, DERP, runtime users,
+        replication (PostgreSQL), webhooks and the live metrics."""
+        cfg = self.config
         derp = derp_region(
             cfg.server_url, cfg.listen_port, self.port, self.stun_port if self._stun else 0,
             cfg.mesh_with,
@@ -253,6 +276,10 @@ class Server:
             self._tasks.append(asyncio.create_task(self.webhooks.run()))
         self.metrics.registry.register(DerpCollector(self.derp.stats))
         self.metrics.registry.register(LiveCollector(self._live_counts))
+
+    def _start_logins(self) -> None:
+        """Interactive logins, SSH checks, OIDC, router probes; the control handler."""
+        cfg = self.config
         self.logins = PendingLogins(
             self.store,
             self.registry,
@@ -307,7 +334,11 @@ class Server:
             on_refused=self.events.login_refused,
             on_probe=self.probing.answered,
         )
-        scheme = "https" if ssl_ctx else "http"
+
+    async def _start_web(self, scheme: str) -> None:
+        """The front doors (control port, admin socket, metrics, ACME's port 80):
+        the /ts2021 and /derp upgrades, the HTTP apps."""
+        cfg = self.config
         # self.control is looked up per request: tests replace it after start().
         control = lambda request: self.control(request)  # noqa: E731
         self._ts2021 = Ts2021Upgrade(self.server_key, control, log=self.log)
@@ -355,6 +386,9 @@ class Server:
             await self._start_acme(
                 self.tls.acme, FrontDoor(public, upgrades, log=self.log, scheme="http")
             )
+
+    def _start_commits(self) -> None:
+        """From now on, checked commits are served (to the canaries first in a rollout)."""
         self.serving = CommitServing(
             self.tailnet,
             self.registry,
@@ -369,9 +403,12 @@ class Server:
         canaries = CanaryNodes(self.commits, self.registry, self.tailnet, clock=self.clock)
         canaries.connect()
         self._tasks.append(asyncio.create_task(canaries.run()))
-        watcher = self.commits.watcher(cfg.fetch_interval)
+        watcher = self.commits.watcher(self.config.fetch_interval)
         if watcher is not None:
             self._tasks.append(asyncio.create_task(watcher))
+
+    def _start_timers(self, mesh_key: str | None) -> None:
+        cfg = self.config
         sweep = Sweep(
             self.registry,
             self.tailnet,
@@ -398,16 +435,6 @@ class Server:
             asyncio.create_task(expire_logins(self.logins, self.ssh_checks, self.clock))
         )
         self._tasks.append(asyncio.create_task(self.probing.run()))
-        # The tailnet read every node a moment ago: not a second pass over the store.
-        known = (self.tailnet.record(i) for i in self.tailnet.record_ids())
-        self.serving.warn_undeclared_tags([n for n in known if n is not None])
-        self.log.info(
-            "tailnetd listening on %s (control + DERP), STUN %s, serving %s, node state in %s",
-            cfg.server_url if cfg.listen_port else f"port {self.port}",
-            f"on udp/{self.stun_port}" if self._stun else "off",
-            (self.status.serving or "")[:12],
-            cfg.store_description,
-        )
 
     def _live_counts(self) -> dict[str, int]:
         return {

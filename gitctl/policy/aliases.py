@@ -7,6 +7,7 @@ members, never by scanning rules against node pairs.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
@@ -36,6 +37,13 @@ class Resolved:
 
 
 EMPTY = Resolved(frozenset(), (), frozenset())
+
+
+def _grow(r: Resolved, one: Resolved, n: int) -> Resolved:
+    """``r`` with node ``n`` added where ``one`` (over that node alone, as 0) has it."""
+    if not one.members and not one.nodes:
+        return r
+    return Resolved(r.nodes | {n} if one.nodes else r.nodes, r.extra, r.members | {n}, r.wildcard)
 
 
 class Index:
@@ -91,6 +99,33 @@ class Index:
                 if r not in ("0.0.0.0/0", "::/0"):
                     seen[r] = None
         self.subnet_routes = tuple(seen)
+
+    def extended(self, one: Index) -> Index:
+        """This index with ``one``'s only node appended (a node without routes
+        joining): each alias resolved so far gains the node where ``one``
+        resolves the alias to it (aliases resolve node by node)."""
+        n, new = len(self.nodes), copy.copy(self)
+        new.nodes = (*self.nodes, *one.nodes)
+        new.all = frozenset(range(n + 1))
+        new.email = [*self.email, *one.email]
+        new.ips = [*self.ips, *one.ips]
+        new.host_prefix_table = [*self.host_prefix_table, *one.host_prefix_table]
+        new.by_ip = {**self.by_ip, **dict.fromkeys(one.ips[0], n)}
+        new.by_tag = {
+            **self.by_tag,
+            **{t: self.by_tag.get(t, EMPTY.nodes) | {n} for t in one.by_tag},
+        }
+        new.by_email = {
+            **self.by_email,
+            **{e: self.by_email.get(e, EMPTY.nodes) | {n} for e in one.by_email},
+        }
+        new.tagged = self.tagged | {n} if one.tagged else self.tagged
+        new.members = self.members | {n} if one.members else self.members
+        new.routes = [*self.routes, ()]
+        new.route_spans = [*self.route_spans, ()]
+        new._sorted_ips, new._facts, new._posture_ok = None, None, {}
+        new._resolved = {a: _grow(r, one.resolve(a), n) for a, r in list(self._resolved.items())}
+        return new
 
     # -- identity --------------------------------------------------------
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
 from .addrs import INTERNET_RANGES, span
 from .aliases import Index, Resolved
-from .model import Alias, Grant, PortRange
+from .model import ALL_PORTS, WILDCARD, Alias, Grant, Policy, PortRange
 
 SELF = Alias("autogroup", "autogroup:self")
 # Capabilities that imply one back from destination to source: a Taildrive
@@ -61,8 +61,11 @@ class Rule:
     via: bool = False
     # hidden: grants visibility (and routes) but is not sent as a filter rule.
     hidden: bool = False
-    # src_members as a bitmask, filled in by the compiler
+    # src_members and dst_nodes as bitmasks, filled in by the compiler
     src_mask: int = 0
+    dst_mask: int = 0
+    # how many of src_ips are the source nodes' own addresses (they come first)
+    src_n: int = 0
     # destinations in policy order, and every node one of them reaches
     parts: list[DstPart] = field(default_factory=list)
     dst_nodes: set[int] = field(default_factory=set)
@@ -76,10 +79,16 @@ class Rule:
             key = self._src_key = frozenset(self.src_ips)
         return key
 
+    @property
+    def live(self) -> bool:
+        """Whether the rule is sent at all: it has sources (or capabilities) and destinations."""
+        return bool((self.src_ips or self.caps is not None) and self.dst_nodes)
+
     def add(self, part: DstPart) -> None:
-        if part.nodes:
-            self.parts.append(part)
-            self.dst_nodes.update(part.nodes)
+        # An empty part is kept (it renders nothing) so that the parts of one
+        # policy rule line up over any node set (see `gitctl.policy.extend`).
+        self.parts.append(part)
+        self.dst_nodes.update(part.nodes)
 
     def entries(self, node: int) -> list[tuple[str, tuple[PortRange, ...]]]:
         """(address text, ports) pairs (DstPorts) or address texts (CapGrant Dsts)."""
@@ -102,6 +111,7 @@ class Rule:
                 p.text,
             )
             for p in self.parts
+            if p.nodes
         )
         return (self.src_ips, self.src_members, self.protos, caps, self.via, self.hidden, parts)
 
@@ -134,7 +144,12 @@ class RuleBuilder:
     def __init__(self, index: Index) -> None:
         self.index = index
         self.rules: list[Rule] = []
-        self._src_ips: dict[tuple[frozenset[int], tuple[str, ...]], tuple[str, ...]] = {}
+        # Every rule the policy makes, sent or not, in policy order: the same
+        # sequence over any node set when no rule is per user (autogroup:self).
+        self.slots: list[Rule] = []
+        self._src_ips: dict[
+            tuple[frozenset[int], tuple[str, ...]], tuple[tuple[str, ...], int]
+        ] = {}
 
     def _src(self, src: Iterable[Alias], posture: tuple[str, ...] = ()) -> Resolved:
         """The rule's sources, less the devices failing its posture (the rule's
@@ -149,12 +164,12 @@ class RuleBuilder:
         caps: Mapping[str, tuple[Any, ...]] | None = None,
     ) -> Rule:
         key = (src.nodes, src.extra)
-        ips = self._src_ips.get(key)
-        if ips is None:
-            ips = self._src_ips[key] = tuple(
-                dict.fromkeys([*self.index.node_texts(sorted(src.nodes)), *src.extra])
-            )
-        return Rule(src_ips=ips, src_members=src.members, protos=protos, caps=caps)
+        known = self._src_ips.get(key)
+        if known is None:
+            own = self.index.node_texts(sorted(src.nodes))
+            known = self._src_ips[key] = (tuple(dict.fromkeys([*own, *src.extra])), len(own))
+        ips, own_n = known
+        return Rule(src_ips=ips, src_members=src.members, protos=protos, caps=caps, src_n=own_n)
 
     def _add_dst(
         self,
@@ -191,7 +206,8 @@ class RuleBuilder:
 
     def _finish(self, rule: Rule) -> None:
         # An app grant reaches its destinations even when no source resolves.
-        if (rule.src_ips or rule.caps is not None) and rule.dst_nodes:
+        self.slots.append(rule)
+        if rule.live:
             self.rules.append(rule)
 
     def add_acl(
@@ -239,6 +255,17 @@ class RuleBuilder:
                 rule.add(DstPart(own, ports, addrs))
             self._finish(rule)
 
+    def add_policy(self, policy: Policy) -> None:
+        """Every ACL and grant of ``policy``, in order (and its default allow)."""
+        for acl in policy.acls:
+            self.add_acl(
+                acl.src, ((d.alias, d.ports) for d in acl.dst), acl.protos, acl.src_posture
+            )
+        for grant in policy.grants:
+            self.add_grant(grant)
+        if policy.default_allow:
+            self.add_acl((WILDCARD,), ((WILDCARD, (ALL_PORTS,)),), ())
+
     def add_grant(self, grant: Grant) -> None:
         resolved = self._src(grant.src, grant.src_posture)
         dsts = [d for d in grant.dst if d != SELF]
@@ -278,3 +305,34 @@ class RuleBuilder:
         self._finish(rule)
         if has_self:
             self._add_self(src, [()], (), caps)
+
+
+class NodeRules:
+    """Per node, the rules it receives, in policy order.
+
+    Each node holds slot numbers into one list of every rule the policy made
+    (``slots``), so an index for one more node shares the other nodes' lists
+    even where their rules gained the newcomer (see `gitctl.policy.extend`)."""
+
+    def __init__(self, slots: Sequence[Rule], lists: list[list[int]]) -> None:
+        self.slots = slots
+        self.lists = lists
+
+    @classmethod
+    def of(cls, slots: Sequence[Rule], n: int) -> NodeRules:
+        lists: list[list[int]] = [[] for _ in range(n)]
+        for k, rule in enumerate(slots):
+            if rule.live:
+                for i in rule.dst_nodes:
+                    lists[i].append(k)
+        return cls(slots, lists)
+
+    def __getitem__(self, node: int) -> list[Rule]:
+        slots = self.slots
+        return [slots[k] for k in self.lists[node]]
+
+    def __len__(self) -> int:
+        return len(self.lists)
+
+    def __iter__(self) -> Iterator[list[Rule]]:
+        return (self[i] for i in range(len(self.lists)))

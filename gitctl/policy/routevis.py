@@ -6,7 +6,7 @@ from typing import Any
 
 from .addrs import Span, is_exit_route, span
 from .aliases import Index
-from .filter import Rule
+from .filter import NodeRules
 from .routes import RouteTable
 
 
@@ -21,7 +21,7 @@ class RouteVisibility:
     grants is shown it on the first of its via routers instead of the primary.
     """
 
-    def __init__(self, index: Index, table: RouteTable, per_node: list[list[Rule]]) -> None:
+    def __init__(self, index: Index, table: RouteTable, per_node: NodeRules) -> None:
         self.index = index
         self.table = table
         self.per_node = per_node

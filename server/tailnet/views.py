@@ -163,7 +163,7 @@ def compile_views(
     # The policy's `tests` were checked when the commit was loaded (against its own
     # users and tags); live nodes coming and going must not un-serve a policy.
     compiled = compile_tailnet(
-        policy, topo, keys=[n.id for n in nodes], now=now, enforce_tests=False
+        policy, topo, keys=[n.id for n in nodes], now=now, enforce_tests=False, base=against
     )
     index, serving = compiled.visibility, against.visibility if against is not None else None
     if isinstance(index, ViewIndex) and isinstance(serving, ViewIndex):

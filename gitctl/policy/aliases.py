@@ -39,13 +39,6 @@ class Resolved:
 EMPTY = Resolved(frozenset(), (), frozenset())
 
 
-def _grow(r: Resolved, one: Resolved, n: int) -> Resolved:
-    """``r`` with node ``n`` added where ``one`` (over that node alone, as 0) has it."""
-    if not one.members and not one.nodes:
-        return r
-    return Resolved(r.nodes | {n} if one.nodes else r.nodes, r.extra, r.members | {n}, r.wildcard)
-
-
 class Index:
     def __init__(self, policy: Policy, topology: Topology) -> None:
         self.policy = policy
@@ -100,31 +93,41 @@ class Index:
                     seen[r] = None
         self.subnet_routes = tuple(seen)
 
-    def extended(self, one: Index) -> Index:
-        """This index with ``one``'s only node appended (a node without routes
-        joining): each alias resolved so far gains the node where ``one``
-        resolves the alias to it (aliases resolve node by node)."""
+    def extended(self, fresh: Index) -> Index:
+        """This index with ``fresh``'s nodes (joining without routes) appended:
+        each alias resolved so far gains the newcomers that ``fresh`` resolves
+        it to (aliases resolve node by node)."""
         n, new = len(self.nodes), copy.copy(self)
-        new.nodes = (*self.nodes, *one.nodes)
-        new.all = frozenset(range(n + 1))
-        new.email = [*self.email, *one.email]
-        new.ips = [*self.ips, *one.ips]
-        new.host_prefix_table = [*self.host_prefix_table, *one.host_prefix_table]
-        new.by_ip = {**self.by_ip, **dict.fromkeys(one.ips[0], n)}
-        new.by_tag = {
-            **self.by_tag,
-            **{t: self.by_tag.get(t, EMPTY.nodes) | {n} for t in one.by_tag},
-        }
-        new.by_email = {
-            **self.by_email,
-            **{e: self.by_email.get(e, EMPTY.nodes) | {n} for e in one.by_email},
-        }
-        new.tagged = self.tagged | {n} if one.tagged else self.tagged
-        new.members = self.members | {n} if one.members else self.members
-        new.routes = [*self.routes, ()]
-        new.route_spans = [*self.route_spans, ()]
+
+        def grow(have: frozenset[int], more: frozenset[int]) -> frozenset[int]:
+            return have.union([n + j for j in more]) if more else have
+
+        new.nodes = (*self.nodes, *fresh.nodes)
+        new.all = frozenset(range(len(new.nodes)))
+        new.email = [*self.email, *fresh.email]
+        new.ips = [*self.ips, *fresh.ips]
+        new.host_prefix_table = [*self.host_prefix_table, *fresh.host_prefix_table]
+        new.by_ip = {**self.by_ip, **{ip: n + j for ip, j in fresh.by_ip.items()}}
+        new.by_tag = {**self.by_tag}
+        for t, js in fresh.by_tag.items():
+            new.by_tag[t] = grow(self.by_tag.get(t, EMPTY.nodes), js)
+        new.by_email = {**self.by_email}
+        for e, js in fresh.by_email.items():
+            new.by_email[e] = grow(self.by_email.get(e, EMPTY.nodes), js)
+        new.tagged = grow(self.tagged, fresh.tagged)
+        new.members = grow(self.members, fresh.members)
+        new.routes = [*self.routes, *fresh.routes]
+        new.route_spans = [*self.route_spans, *fresh.route_spans]
         new._sorted_ips, new._facts, new._posture_ok = None, None, {}
-        new._resolved = {a: _grow(r, one.resolve(a), n) for a, r in list(self._resolved.items())}
+        resolved = {}
+        for alias, r in list(self._resolved.items()):
+            more = fresh.resolve(alias)
+            if more.members:
+                r = Resolved(
+                    grow(r.nodes, more.nodes), r.extra, grow(r.members, more.members), r.wildcard
+                )
+            resolved[alias] = r
+        new._resolved = resolved
         return new
 
     # -- identity --------------------------------------------------------

@@ -217,6 +217,7 @@ def compute_views(
             offline_routers=offline_routers,
             primaries=primaries,
             groups=groups,
+            against=previous.compiled if previous is not None else None,
         )
     compiled = reuse_previous(compiled, previous.compiled if previous is not None else None)
     index = compiled.visibility

@@ -142,8 +142,10 @@ def _run(policy: Policy, seed: int, steps: int) -> list[str]:
     origins = []
     for _ in range(steps):
         if rng.random() < 0.75 or len(nodes) < 2:
-            nodes.append(_node(serial, rng))
-            serial += 1
+            # joins close together are compiled at once (the server's `settle`)
+            for _ in range(1 if rng.random() < 0.7 else rng.randint(2, 4)):
+                nodes.append(_node(serial, rng))
+                serial += 1
         else:
             nodes.pop(rng.randrange(len(nodes)))
         topo = Topology(USERS, tuple(nodes))
@@ -177,3 +179,27 @@ def test_a_policy_with_autogroup_self_says_why_it_rebuilds() -> None:
     policy = parse_policy(_self())
     origins = _run(policy, seed=1, steps=6)
     assert "full: autogroup:self" in origins
+
+
+def test_a_newcomer_named_twice_as_a_source_is_listed_once() -> None:
+    # tag:db's nodes and the host 100.64.0.3 are both sources: when the node at
+    # that address joins as tag:db, its address is one source, not two
+    policy = parse_policy(
+        {
+            "tagOwners": {"tag:db": [EMAILS[0]], "tag:web": [EMAILS[0]]},
+            "hosts": {"dbhost": "100.64.0.3"},
+            "acls": [{"action": "accept", "src": ["tag:db", "dbhost"], "dst": ["tag:web:80"]}],
+        }
+    )
+
+    def at(k: int, tag: str) -> TopologyNode:
+        return TopologyNode(f"n{k}", f"n{k}", None, (tag,), f"100.64.0.{k}", f"fd7a:115c:a1e0::{k}")
+
+    before = Topology(USERS, (at(1, "tag:web"), at(2, "tag:db")))
+    after = Topology(USERS, (*before.nodes, at(3, "tag:db")))
+    base = compile_tailnet(policy, before, enforce_tests=False)
+    grown = compile_tailnet(policy, after, enforce_tests=False, base=base)
+    assert _origin(grown) == "extended"
+    (rule,) = grown.nodes["n1"].packet_filter_rules
+    assert rule["SrcIPs"].count("100.64.0.3") == 1
+    assert _views(grown) == _views(compile_tailnet(policy, after, enforce_tests=False))

@@ -11,7 +11,7 @@ import copy
 import ipaddress
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .addrs import TAILSCALE_RANGES, Span, addr_text, host_prefix, is_exit_route, span
@@ -105,8 +105,14 @@ class Index:
         new.nodes = (*self.nodes, *fresh.nodes)
         new.all = frozenset(range(len(new.nodes)))
         new.email = [*self.email, *fresh.email]
-        new.ips = [*self.ips, *fresh.ips]
-        new.host_prefix_table = [*self.host_prefix_table, *fresh.host_prefix_table]
+        if len(self.ips) == n and len(self.host_prefix_table) == n:
+            # Shared: rules that do not reach the newcomers keep rendering from
+            # them, and this index never reads past its own nodes.
+            self.ips.extend(fresh.ips)
+            self.host_prefix_table.extend(fresh.host_prefix_table)
+        else:  # grown already, by another index: copy
+            new.ips = [*self.ips[:n], *fresh.ips]
+            new.host_prefix_table = [*self.host_prefix_table[:n], *fresh.host_prefix_table]
         new.by_ip = {**self.by_ip, **{ip: n + j for ip, j in fresh.by_ip.items()}}
         new.by_tag = {**self.by_tag}
         for t, js in fresh.by_tag.items():
@@ -121,6 +127,11 @@ class Index:
         new._sorted_ips, new._facts, new._posture_ok = None, None, {}
         resolved = {}
         for alias, r in list(self._resolved.items()):
+            if alias.kind == "user" and not alias.value.startswith("*@"):
+                # most aliases name one user: skip those of other users quickly
+                if alias.value.lower() not in fresh.by_email:
+                    resolved[alias] = r
+                    continue
             more = fresh.resolve(alias)
             if more.members:
                 r = Resolved(
@@ -143,7 +154,7 @@ class Index:
         """Node addresses of one IP version, sorted, with their nodes."""
         if self._sorted_ips is None:
             pairs: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-            for i, ips in enumerate(self.ips):
+            for i, ips in enumerate(self.ips[: len(self.nodes)]):  # the table may be shared
                 for ip in ips:
                     s = span(ip)
                     pairs[s.version].append((s.lo, i))
@@ -179,6 +190,10 @@ class Index:
         return self._nodes_within(s) | frozenset(
             i for i in self.routers if any(s.overlaps(x) for x in self.route_spans[i])
         )
+
+    def resolutions(self) -> Mapping[Alias, Resolved]:
+        """Every alias resolved so far (by `resolve`)."""
+        return self._resolved
 
     def resolve(self, alias: Alias) -> Resolved:
         # Rules name the same groups and tags over and over: resolve each once.

@@ -18,8 +18,9 @@ from bisect import insort
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .addrs import span
 from .aliases import Index
-from .filter import SELF, DstPart, NodeRules, Rule, RuleBuilder
+from .filter import SELF, DstPart, NodeRules, Rule, RuleBuilder, SlotUses
 from .model import Policy
 from .nodeattrs import self_cap_maps
 from .output import NodeKey
@@ -51,6 +52,8 @@ def why_not(
         return "primaries moved"
     if not (previous.policy is policy or previous.policy == policy):
         return "policy changed"
+    if previous.slot_uses is not None:
+        return None  # this policy was grown under before: its shape was checked
     if (
         policy.default_src_posture
         or any(a.src_posture for a in policy.acls)
@@ -83,60 +86,168 @@ def extend_index(
     n, count = len(previous.keys), len(keys) - len(previous.keys)
     fresh = Index(policy, Topology(topology.users, topology.nodes[n:], groups=topology.groups))
     fresh.set_routes([()] * count)
+    old = previous.index
+    index = old.extended(fresh)
+    uses = previous.slot_uses
+    grown: tuple[list[Rule], list[list[int]]] | str
+    if count == 1 and index.ips is old.ips and not any(g.via for g in policy.grants):
+        if uses is None:
+            uses = SlotUses(previous.slots)
+        grown = _grow_one(previous, fresh, uses)
+    else:
+        uses = None
+        tables = {id(old.ips): index.ips, id(old.host_prefix_table): index.host_prefix_table}
+        grown = _grow_all(previous, fresh, tables)
+    if isinstance(grown, str):
+        return grown
+    none = ((),) * count
+    table = RouteTable(previous.table.enabled + none, previous.table.primary + none)
+    caps = [*previous.caps, *self_cap_maps(policy, fresh, tailnet)]
+    parts = (index, table, NodeRules(*grown), caps)
+    out = ViewIndex.assemble(
+        policy, topology, keys, tailnet, parts, keep_views=keep_views, grown_from=previous
+    )
+    out.slot_uses = uses
+    return out
+
+
+# What a rule gains: the newcomers (numbered from 0) among its sources, the
+# newcomers' addresses among its rendered sources, and per part the newcomers
+# it reaches.
+Gain = tuple[frozenset[int], tuple[str, ...], dict[int, frozenset[int]]]
+
+
+def _grow_one(
+    previous: ViewIndex[NodeKey], fresh: Index, uses: SlotUses
+) -> tuple[list[Rule], list[list[int]]]:
+    """One newcomer: only the slots whose aliases or texts name it change,
+    found through ``uses``; every other rule stays the very object."""
+    gains: dict[int, tuple[set[int], list[str], dict[int, frozenset[int]]]] = {}
+    just = frozenset({0})
+
+    def gain(k: int) -> tuple[set[int], list[str], dict[int, frozenset[int]]]:
+        g = gains.get(k)
+        if g is None:
+            g = gains[k] = (set(), [], {})
+        return g
+
+    ips = fresh.ips[0]
+    for alias, r in list(fresh.resolutions().items()):
+        if not r.members:
+            continue
+        for k in uses.src.get(alias, ()):
+            src, texts, _ = gain(k)
+            src.add(0)
+            if r.nodes and not texts:
+                texts.extend(ips)
+        if r.nodes:
+            for k, p in uses.by_alias.get(alias, ()):
+                gain(k)[2][p] = just
+    for (kind, text), places in uses.other.items():
+        if (
+            kind == "all"
+            or (kind == "covering" and fresh.covering(span(text)))
+            or (kind == "in" and fresh.nodes_in(text))
+        ):
+            for k, p in places:
+                gain(k)[2][p] = just
+    n = len(previous.keys)
+    slots = list(previous.slots)
+    lists = list(previous.per_node.lists)
+    own: list[int] = []
+    grown: dict[tuple[int, tuple[str, ...]], tuple[tuple[str, ...], int]] = {}
+    for k in sorted(gains):
+        src, texts, parts = gains[k]
+        was = slots[k]
+        rule = slots[k] = _grow_rule(was, n, (frozenset(src), tuple(texts), parts), grown)
+        if rule.live:
+            _received(lists, was, k)
+            if parts:
+                own.append(k)
+    lists.append(own)
+    return slots, lists
+
+
+def _grow_all(
+    previous: ViewIndex[NodeKey], fresh: Index, tables: Mapping[int, Sequence[Sequence[str]]]
+) -> tuple[list[Rule], list[list[int]]] | str:
+    """Any number of newcomers: the policy compiled over them alone says
+    what each rule gains; every rule is made again (over ``tables``)."""
     builder = RuleBuilder(fresh)
-    builder.add_policy(policy)
+    builder.add_policy(previous.policy)
     if len(builder.slots) != len(previous.slots):
         return "rules do not line up"
-    index = previous.index.extended(fresh)
-    old = previous.index
-    tables = {id(old.ips): index.ips, id(old.host_prefix_table): index.host_prefix_table}
+    n, count = len(previous.keys), len(fresh.nodes)
     slots: list[Rule] = []
     lists = list(previous.per_node.lists)
     own: list[list[int]] = [[] for _ in range(count)]
     grown: dict[tuple[int, tuple[str, ...]], tuple[tuple[str, ...], int]] = {}
     for k, (was, alone) in enumerate(zip(previous.slots, builder.slots, strict=True)):
-        rule = _grow_rule(was, alone, n, tables, grown)
-        if rule is None:
+        if len(was.parts) != len(alone.parts):
             return "rule parts do not line up"
+        more = {p: frozenset(q.nodes) for p, q in enumerate(alone.parts) if q.nodes}
+        texts = alone.src_ips[: alone.src_n]
+        moved = [
+            DstPart(
+                p.nodes, p.ports, None if p.addrs is None else tables[id(p.addrs)], p.text, p.source
+            )
+            for p in was.parts
+        ]
+        was = _with_parts(was, moved)
+        rule = _grow_rule(was, n, (alone.src_members, texts, more), grown)
         slots.append(rule)
-        if not rule.live:
-            continue
-        if not was.live:  # newcomers made it sent: the nodes it reached receive it now
-            for i in was.dst_nodes:
-                lists[i] = list(lists[i])
-                insort(lists[i], k)
-        for j in alone.dst_nodes:
-            own[j].append(k)
+        if rule.live:
+            _received(lists, was, k)
+            for j in alone.dst_nodes:
+                own[j].append(k)
     lists.extend(own)
-    none = ((),) * count
-    table = RouteTable(previous.table.enabled + none, previous.table.primary + none)
-    caps = [*previous.caps, *self_cap_maps(policy, fresh, tailnet)]
-    parts = (index, table, NodeRules(slots, lists), caps)
-    return ViewIndex.assemble(policy, topology, keys, tailnet, parts, keep_views=keep_views)
+    return slots, lists
+
+
+def _received(lists: list[list[int]], was: Rule, k: int) -> None:
+    """Slot ``k`` is sent now; if it was not, the nodes it reached before
+    receive it now too (the newcomers made its sources or capabilities)."""
+    if not was.live:
+        for i in was.dst_nodes:
+            lists[i] = list(lists[i])
+            insort(lists[i], k)
+
+
+def _with_parts(rule: Rule, parts: list[DstPart]) -> Rule:
+    return Rule(
+        src_ips=rule.src_ips,
+        src_members=rule.src_members,
+        protos=rule.protos,
+        caps=rule.caps,
+        via=rule.via,
+        hidden=rule.hidden,
+        src_mask=rule.src_mask,
+        dst_mask=rule.dst_mask,
+        src_n=rule.src_n,
+        parts=parts,
+        dst_nodes=rule.dst_nodes,
+        src_aliases=rule.src_aliases,
+    )
 
 
 def _grow_rule(
     was: Rule,
-    alone: Rule,
     n: int,
-    tables: Mapping[int, Sequence[Sequence[str]]],
+    gain: Gain,
     grown: dict[tuple[int, tuple[str, ...]], tuple[tuple[str, ...], int]],
-) -> Rule | None:
-    """Rule ``was`` with the newcomers (from ``n`` on) added where ``alone``
-    (the same rule over the newcomers alone, from 0) names them; None when
-    the two do not line up."""
-    if len(was.parts) != len(alone.parts):
-        return None
-    parts = []
-    for p, q in zip(was.parts, alone.parts, strict=True):
-        addrs = None if p.addrs is None else tables.get(id(p.addrs))
-        if addrs is None and p.addrs is not None:
-            return None
-        nodes = p.nodes | {n + j for j in q.nodes} if q.nodes else p.nodes
-        parts.append(DstPart(nodes, p.ports, addrs, p.text))
+) -> Rule:
+    """Rule ``was`` with what the newcomers (numbered from ``n`` on) add to it."""
+    members, texts, more = gain
+    parts = list(was.parts)
+    dst: set[int] = set()
+    for p, nodes in more.items():
+        part = parts[p]
+        parts[p] = DstPart(
+            part.nodes | {n + j for j in nodes}, part.ports, part.addrs, part.text, part.source
+        )
+        dst.update(nodes)
     src_ips, src_n = was.src_ips, was.src_n
-    if alone.src_n:  # their own addresses join the rendered sources, after the other nodes'
-        texts = alone.src_ips[: alone.src_n]
+    if texts:  # their own addresses join the rendered sources, after the other nodes'
         key = (id(src_ips), texts)
         known = grown.get(key)
         if known is None:
@@ -144,20 +255,15 @@ def _grow_rule(
             rest = tuple(t for t in src_ips[src_n:] if t not in new)
             known = grown[key] = ((*src_ips[:src_n], *texts, *rest), src_n + len(texts))
         src_ips, src_n = known
-    members, dst = alone.src_members, alone.dst_nodes
-    return Rule(
-        src_ips=src_ips,
-        src_members=was.src_members | {n + j for j in members} if members else was.src_members,
-        protos=was.protos,
-        caps=was.caps,
-        via=was.via,
-        hidden=was.hidden,
-        src_mask=was.src_mask | _mask(members, n),
-        dst_mask=was.dst_mask | _mask(dst, n),
-        src_n=src_n,
-        parts=parts,
-        dst_nodes=was.dst_nodes | {n + j for j in dst} if dst else was.dst_nodes,
-    )
+    rule = _with_parts(was, parts)
+    rule.src_ips, rule.src_n = src_ips, src_n
+    if members:
+        rule.src_members = was.src_members | {n + j for j in members}
+        rule.src_mask = was.src_mask | _mask(members, n)
+    if dst:
+        rule.dst_nodes = was.dst_nodes | {n + j for j in dst}
+        rule.dst_mask = was.dst_mask | _mask(dst, n)
+    return rule
 
 
 def _mask(nodes: Iterable[int], n: int) -> int:

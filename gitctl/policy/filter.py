@@ -42,6 +42,10 @@ class DstPart:
     ports: tuple[PortRange, ...]
     addrs: Sequence[Sequence[str]] | None = None
     text: str = ""
+    # What picked ``nodes``, for growing the part by a newcomer: ("alias", an
+    # alias: its nodes), ("covering", text) or ("in", text): the nodes whose
+    # address it covers, ("all", None): every node; None: no node ever.
+    source: tuple[str, Any] | None = None
 
     def entries(self, node: int) -> list[tuple[str, tuple[PortRange, ...]]]:
         if self.addrs is None:
@@ -66,6 +70,8 @@ class Rule:
     dst_mask: int = 0
     # how many of src_ips are the source nodes' own addresses (they come first)
     src_n: int = 0
+    # the aliases the sources resolve from (without posture)
+    src_aliases: tuple[Alias, ...] = ()
     # destinations in policy order, and every node one of them reaches
     parts: list[DstPart] = field(default_factory=list)
     dst_nodes: set[int] = field(default_factory=set)
@@ -188,7 +194,8 @@ class RuleBuilder:
         allowed = index.all if only is None else only
         own = index.host_prefix_table if host_form else index.ips
         if alias.kind == "wildcard":
-            rule.add(DstPart(allowed, ports, own if host_form else None, "*"))
+            every = ("all", None) if only is None else None
+            rule.add(DstPart(allowed, ports, own if host_form else None, "*", every))
             return
         if alias == INTERNET:
             texts: tuple[str, ...] = INTERNET_RANGES
@@ -196,13 +203,17 @@ class RuleBuilder:
         else:
             r = index.resolve(alias)
             texts, nodes = r.extra, r.nodes
-        rule.add(DstPart(nodes & allowed, ports, own))
+        picked = None if alias == INTERNET or only is not None else ("alias", alias)
+        rule.add(DstPart(nodes & allowed, ports, own, source=picked))
         for text in texts:
             if host_form:
                 # Capabilities go to nodes, never to subnets behind them.
-                rule.add(DstPart(index.nodes_in(text) & allowed, ports, own))
+                source = None if only is not None else ("in", text)
+                rule.add(DstPart(index.nodes_in(text) & allowed, ports, own, source=source))
             else:
-                rule.add(DstPart(index.covering(span(text)) & allowed, ports, text=text))
+                source = None if only is not None else ("covering", text)
+                nodes = index.covering(span(text)) & allowed
+                rule.add(DstPart(nodes, ports, text=text, source=source))
 
     def _finish(self, rule: Rule) -> None:
         # An app grant reaches its destinations even when no source resolves.
@@ -220,6 +231,7 @@ class RuleBuilder:
         dsts = list(dsts)
         resolved = self._src(src, posture)
         rule = self._rule(resolved, protos)
+        rule.src_aliases = src
         for alias, ports in dsts:
             if alias != SELF:
                 self._add_dst(rule, alias, ports)
@@ -276,6 +288,7 @@ class RuleBuilder:
         via = self.index.resolve_many(grant.via).nodes if grant.via else None
         for protos, ports in by_proto.items():
             rule = self._rule(resolved, protos)
+            rule.src_aliases = grant.src
             rule.via = via is not None
             for d in dsts:
                 self._add_dst(rule, d, tuple(ports), only=via)
@@ -291,15 +304,22 @@ class RuleBuilder:
                 self._add_dst(rule, d, (), only=via)
             self._finish(rule)
         elif grant.app and grant.src:
-            self._add_app(resolved, dsts, grant.app, has_self)
+            self._add_app(resolved, grant.src, dsts, grant.app, has_self)
             reverse = {REVERSE_CAPS[c]: None for c in grant.app if c in REVERSE_CAPS}
             if reverse:
-                self._add_app(self.index.resolve_many(dsts), list(grant.src), reverse, False)
+                back = self.index.resolve_many(dsts)
+                self._add_app(back, tuple(dsts), list(grant.src), reverse, False)
 
     def _add_app(
-        self, src: Resolved, dsts: list[Alias], caps: Mapping[str, Any], has_self: bool
+        self,
+        src: Resolved,
+        src_aliases: tuple[Alias, ...],
+        dsts: list[Alias],
+        caps: Mapping[str, Any],
+        has_self: bool,
     ) -> None:
         rule = self._rule(src, caps=caps)
+        rule.src_aliases = src_aliases
         for d in dsts:
             self._add_dst(rule, d, (), host_form=True)
         self._finish(rule)
@@ -336,3 +356,25 @@ class NodeRules:
 
     def __iter__(self) -> Iterator[list[Rule]]:
         return (self[i] for i in range(len(self.lists)))
+
+
+class SlotUses:
+    """Where each alias and address text picks the nodes of a rule slot:
+    which slots' sources an alias feeds, and which parts (slot, part) each
+    part source (`DstPart.source`) fills. Positions do not enter, so the
+    indexes grown from one another under one policy share it."""
+
+    def __init__(self, slots: Sequence[Rule]) -> None:
+        self.src: dict[Alias, list[int]] = defaultdict(list)
+        self.by_alias: dict[Alias, list[tuple[int, int]]] = defaultdict(list)
+        self.other: dict[tuple[str, Any], list[tuple[int, int]]] = defaultdict(list)
+        for k, rule in enumerate(slots):
+            for a in dict.fromkeys(rule.src_aliases):
+                self.src[a].append(k)
+            for p, part in enumerate(rule.parts):
+                if part.source is None:
+                    continue
+                if part.source[0] == "alias":
+                    self.by_alias[part.source[1]].append((k, p))
+                else:
+                    self.other[part.source].append((k, p))

@@ -18,9 +18,9 @@ from typing import Any, Generic, cast
 from .addrs import is_exit_route
 from .aliases import Index
 from .bitsets import bits, bitset
-from .filter import NodeRules, Rule, RuleBuilder
+from .filter import NodeRules, Rule, RuleBuilder, SlotUses
 from .model import Policy
-from .nodeattrs import ipv4_disabled, self_cap_maps
+from .nodeattrs import DISABLE_IPV4, ipv4_disabled, self_cap_maps
 from .output import NodeKey, NodeView, PeerView
 from .routes import RouteTable, route_table
 from .routevis import RouteVisibility
@@ -78,9 +78,11 @@ class ViewIndex(Generic[NodeKey]):
         parts: tuple[Index, RouteTable, NodeRules, list[dict[str, Any]]],
         *,
         keep_views: bool = True,
+        grown_from: ViewIndex[NodeKey] | None = None,
     ) -> ViewIndex[NodeKey]:
         """An index from parts already resolved (`gitctl.policy.extend` grows
-        them from an earlier index): the same index ``ViewIndex(...)`` builds."""
+        them from an earlier index, ``grown_from``, whose nodes come first):
+        the same index ``ViewIndex(...)`` builds."""
         self = cls.__new__(cls)
         self.policy, self.keep_views, self.topology, self.tailnet = (
             policy,
@@ -89,8 +91,15 @@ class ViewIndex(Generic[NodeKey]):
             tailnet,
         )
         self.keys = tuple(keys)
-        self.position = {k: i for i, k in enumerate(self.keys)}
-        self._setup(*parts)
+        if grown_from is None:
+            self.position = {k: i for i, k in enumerate(self.keys)}
+            self._setup(*parts)
+        else:
+            n = len(grown_from.keys)
+            self.position = {**grown_from.position, **{k: n + j for j, k in enumerate(keys[n:])}}
+            caps = parts[3]
+            more = frozenset(i for i in range(n, len(caps)) if DISABLE_IPV4 in caps[i])
+            self._setup(*parts, no_v4=grown_from.no_v4 | more)
         self.origin = "extended"
         return self
 
@@ -100,8 +109,10 @@ class ViewIndex(Generic[NodeKey]):
         table: RouteTable,
         per_node: NodeRules,
         caps: list[dict[str, Any]],
+        no_v4: frozenset[int] | None = None,
     ) -> None:
-        """What follows from the resolved rules: who reaches whom, SSH, routes."""
+        """What follows from the resolved rules: who reaches whom, SSH, routes
+        (``no_v4``: the nodes `ipv4_disabled` names, when known)."""
         policy, n = self.policy, len(self.keys)
         self.index, self.table, self.per_node = index, table, per_node
         self.slots = per_node.slots
@@ -113,10 +124,12 @@ class ViewIndex(Generic[NodeKey]):
             if rule.src_members:
                 reach[rule.src_members] = reach.get(rule.src_members, 0) | rule.dst_mask
         self._reach = list(reach.items())
+        # Where aliases feed the slots, once a join needed it (`gitctl.policy.extend`).
+        self.slot_uses: SlotUses | None = None
 
         self.ssh = SshIndex(policy, index)
         self.caps = caps
-        self.no_v4 = ipv4_disabled(self.caps)
+        self.no_v4 = ipv4_disabled(self.caps) if no_v4 is None else no_v4
         self.routes = RouteVisibility(index, self.table, self.per_node)
         self._plain: list[PeerView | None] = [None] * n
         self._routers = bitset(index.routers, n)

@@ -295,6 +295,8 @@ class Tailnet:
         src = source or self._source
         if compiled is None:
             compiled = self._compile_job(src, previous)()
+        # "extended" (a join grew the last index) or "full: <why not>"
+        self._log.debug("policy index: %s", getattr(compiled.visibility, "origin", "full"))
         nodes = [n for n in self._records.values() if self._served(n, src)]
         if hasattr(self, "_ctx"):
             # Unchanged records stay the very objects the last context had, so

@@ -48,7 +48,10 @@ def why_not(
         return "routes"
     if topology.users != old.users or topology.groups != old.groups:
         return "users or groups changed"
-    if previous.index.routers and dict(topology.primaries) != dict(old.primaries):
+    if previous.index.routers and dict(topology.primaries) not in (
+        dict(old.primaries),
+        previous.primaries(),  # what it elected: the election keeps it
+    ):
         return "primaries moved"
     if not (previous.policy is policy or previous.policy == policy):
         return "policy changed"

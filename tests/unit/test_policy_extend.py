@@ -103,7 +103,12 @@ POLICIES = {
 
 def _node(k: int, rng: random.Random) -> TopologyNode:
     tagged = rng.random() < 0.35
+    # a few routers (a subnet, sometimes an exit): their joins rebuild, and
+    # the joins of others grow an index that has routes
+    routes = rng.choice([(), (), (), (), (), ("10.9.0.0/16",), ("10.9.0.0/16", "0.0.0.0/0")])
     return TopologyNode(
+        routable_ips=routes,
+        approved_routes=routes,
         name=f"n{k}",
         hostname=f"n{k}",
         user=None if tagged else rng.choice(USERS).name,
@@ -137,7 +142,9 @@ def _run(policy: Policy, seed: int, steps: int) -> list[str]:
     rng = random.Random(seed)
     nodes = [_node(k, rng) for k in range(1, rng.randint(2, 12))]
     serial = len(nodes) + 1
-    topo = Topology(USERS, tuple(nodes))
+    # identity-provider groups: a group gains members at run time
+    groups = {"group:eng": ("dave@other.org",)} if seed % 2 else {}
+    topo = Topology(USERS, tuple(nodes), groups=groups)
     compiled = compile_tailnet(policy, topo, enforce_tests=False)
     origins = []
     for _ in range(steps):
@@ -148,7 +155,8 @@ def _run(policy: Policy, seed: int, steps: int) -> list[str]:
                 serial += 1
         else:
             nodes.pop(rng.randrange(len(nodes)))
-        topo = Topology(USERS, tuple(nodes))
+        primaries = compiled.visibility.primaries()  # type: ignore[union-attr]
+        topo = Topology(USERS, tuple(nodes), primaries=primaries, groups=groups)
         grown = compile_tailnet(policy, topo, enforce_tests=False, base=compiled)
         fresh = compile_tailnet(policy, topo, enforce_tests=False)
         assert _views(grown) == _views(fresh)

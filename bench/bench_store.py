@@ -36,6 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store import AllocationStrategy, SqlStore, open_store, redact_url
+from server.store.model import Registration
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 STRATEGIES: dict[str, AllocationStrategy] = {"sequential": "sequential", "random": "random"}
@@ -44,11 +45,13 @@ STRATEGIES: dict[str, AllocationStrategy] = {"sequential": "sequential", "random
 def register(store: SqlStore, i: int, hostname: str) -> None:
     key = i.to_bytes(32, "big")
     store.create_node(
-        machine_key=MachinePublic(key),
-        node_key=NodePublic(key),
-        hostname=hostname,
-        user="bench@example.com",
-        now=NOW,
+        Registration(
+            machine_key=MachinePublic(key),
+            node_key=NodePublic(key),
+            hostname=hostname,
+            user="bench@example.com",
+            now=NOW,
+        )
     )
 
 

@@ -40,7 +40,7 @@ from server.protocol.mapframe import MapFrameEncoder
 from server.sources.repo import SnapshotRepo
 from server.store import open_store
 from server.store.interface import Store
-from server.store.model import Node
+from server.store.model import Node, Registration
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
 from server.tailnet.hub import COALESCE_SECONDS, defer_on_loop
 from server.tailnet.mapper import MapSession, build_map
@@ -92,16 +92,18 @@ def fill(store: Store, nodes: list[Node]) -> None:
     """The synthetic tailnet's nodes, registered in the store."""
     for n in nodes:
         store.create_node(
-            machine_key=n.machine_key,
-            node_key=n.node_key,
-            hostname=n.hostname,
-            user=n.user,
-            tags=n.tags,
-            now=NOW,
-            disco_key=n.disco_key,
-            hostinfo=n.hostinfo,
-            endpoints=n.endpoints,
-            capver=133,
+            Registration(
+                machine_key=n.machine_key,
+                node_key=n.node_key,
+                hostname=n.hostname,
+                user=n.user,
+                tags=n.tags,
+                now=NOW,
+                disco_key=n.disco_key,
+                hostinfo=n.hostinfo,
+                endpoints=n.endpoints,
+                capver=133,
+            )
         )
 
 
@@ -194,13 +196,15 @@ def main() -> None:
         def join(k: int) -> None:
             key = (args.nodes + 7 + k).to_bytes(4, "big") + bytes(28)
             nodes.register(
-                machine_key=MachinePublic(key),
-                node_key=NodePublic(key),
-                hostname=f"newcomer{k}" if k else "newcomer",
-                user=users[1][1],
-                now=NOW,
-                disco_key=DiscoPublic(key),
-                capver=133,
+                Registration(
+                    machine_key=MachinePublic(key),
+                    node_key=NodePublic(key),
+                    hostname=f"newcomer{k}" if k else "newcomer",
+                    user=users[1][1],
+                    now=NOW,
+                    disco_key=DiscoPublic(key),
+                    capver=133,
+                )
             )
 
         # Repeats (more joins; commits alternating between two policies) give

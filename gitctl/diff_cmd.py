@@ -113,24 +113,54 @@ def _window(text: str) -> str:
 # -- the topology --------------------------------------------------------------------------
 
 
-def fetch_server_topology(
-    url: str, api_key: str, users: Sequence[TopologyUser], timeout: float = TIMEOUT
-) -> Topology:
-    """The live nodes of a running server (`GET /api/v1/nodes`), owned by `users`."""
+def _fetch_list(url: str, path: str, api_key: str, what: str, timeout: float) -> list[Any]:
     request = urllib.request.Request(
-        url.rstrip("/") + "/api/v1/nodes",
+        url.rstrip("/") + path,
         headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            nodes = json.loads(response.read())
+            found = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        raise _Usage(f"{url} answered {exc.code} {exc.reason} for the node list") from None
+        raise _Usage(f"{url} answered {exc.code} {exc.reason} for the {what}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise _Usage(f"cannot read the node list from {url}: {reason}") from None
-    if not isinstance(nodes, list):
-        raise _Usage(f"{url} did not answer with a node list")
+        raise _Usage(f"cannot read the {what} from {url}: {reason}") from None
+    if not isinstance(found, list):
+        raise _Usage(f"{url} did not answer with a {what}")
+    return found
+
+
+def _server_users(
+    listed: list[Any], users: Sequence[TopologyUser]
+) -> tuple[list[TopologyUser], dict[str, tuple[str, ...]]]:
+    """`users` (of the revisions compared) and the server's runtime users (admitted at
+    login, not in git), with the policy groups each user's last login carried."""
+    out = list(users)
+    emails = {u.email.lower() for u in users if u.email}
+    groups: dict[str, set[str]] = {}
+    for u in listed:
+        if not isinstance(u, dict) or not isinstance(u.get("email"), str):
+            continue
+        email = u["email"].lower()
+        if u.get("source") == "runtime" and email not in emails:
+            emails.add(email)
+            out.append(TopologyUser(len(out) + 1, str(u.get("name") or email), email))
+        for group in u.get("groups") or ():
+            if isinstance(group, str):
+                groups.setdefault(group, set()).add(email)
+    return out, {g: tuple(sorted(m)) for g, m in sorted(groups.items())}
+
+
+def fetch_server_topology(
+    url: str, api_key: str, users: Sequence[TopologyUser], timeout: float = TIMEOUT
+) -> Topology:
+    """The live nodes of a running server (`GET /api/v1/nodes`), owned by `users` and the
+    server's runtime users (`GET /api/v1/users`), with the identity-provider groups of
+    each user's last login."""
+    nodes = _fetch_list(url, "/api/v1/nodes", api_key, "node list", timeout)
+    listed = _fetch_list(url, "/api/v1/users", api_key, "user list", timeout)
+    all_users, groups = _server_users(listed, users)
     seen: set[str] = set()
     out = []
     for n in nodes:
@@ -149,7 +179,7 @@ def fetch_server_topology(
                 ipv6=n.get("ipv6"),
             )
         )
-    return Topology(users=tuple(users), nodes=tuple(out))
+    return merge_groups(Topology(users=tuple(all_users), nodes=tuple(out)), groups)
 
 
 def _users(*snapshots: Snapshot) -> list[TopologyUser]:

@@ -52,7 +52,7 @@ from server.store import SqlStore, StoreError, open_store
 from server.store.model import Node
 from server.store.postgres import PostgresStore
 from server.tagcheck import undeclared
-from server.tailnet import NodeChange, TailnetSource, running_tailnet
+from server.tailnet import NodeChange, TailnetSource, UserRegistry, running_tailnet
 from server.tailnet.pg_listen import start_replication
 from server.tailnet.probes import RouterProbes
 from server.tls.acme import AcmeManager, AcmeSettings
@@ -305,10 +305,17 @@ class Server:
         )
         self.registry.subscribe(self._node_changed)
         self.registry.subscribe(self.metrics.node_changed)
+        self.users = UserRegistry(self.store, log=self.log)
+        self.users.subscribe(self.tailnet.apply_user)
         if isinstance(self.store, PostgresStore):
             self._tasks.append(
                 start_replication(
-                    self.store, self.registry, self.tailnet, replica=cfg.replica_id, log=self.log
+                    self.store,
+                    self.registry,
+                    self.tailnet,
+                    replica=cfg.replica_id,
+                    log=self.log,
+                    users=self.users,
                 )
             )
         self._start_webhooks()
@@ -371,6 +378,7 @@ class Server:
                 logins=self.logins,
                 ssh_checks=self.ssh_checks,
                 oidc=self.oidc,
+                users=self.users,
             )
 
         public = self.acme_responder.wrap(build_app(web(local=False)))
@@ -661,8 +669,9 @@ class Server:
             settings,
             self._oidc_provider,
             self.logins,
-            users=lambda: {e.lower(): n for n, (e, _) in self.tailnet.source.users.items()},
+            users=lambda: {e.lower(): n for n, (e, _) in self.tailnet.source.git_users.items()},
             record_groups=self._record_login_groups,
+            admit_runtime=lambda email: self.users.admit(email, self.clock()),
             clock=self.clock,
             log=self.log,
             ssh_checks=self.ssh_checks,

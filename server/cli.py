@@ -244,9 +244,16 @@ def _ssh(args: argparse.Namespace) -> int:
     return 0
 
 
+_USER_COLUMNS = ["name", "email", "display_name", "nodes", "source", "last_login"]
+
+
 def _users(args: argparse.Namespace) -> int:
+    if getattr(args, "users_cmd", None) == "delete":
+        name = quote(args.user, safe="@")
+        _print([call(_target(args), "DELETE", f"/api/v1/users/{name}")], args.json, ["name"])
+        return 0
     users = call(_target(args), "GET", "/api/v1/users")
-    _print(users, args.json, ["name", "email", "display_name", "nodes"])
+    _print(users, args.json, _USER_COLUMNS)
     return 0
 
 
@@ -533,8 +540,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
     ssh.set_defaults(func=_ssh)
 
-    users = admin_parser("users", "users declared in git, with their node counts")
+    users = admin_parser(
+        "users", "users (declared in git, or admitted at login: source runtime), node counts"
+    )
     users.add_argument("--json", action="store_true")
+    users_sub = users.add_subparsers(dest="users_cmd")
+    ulist = users_sub.add_parser("list", help="every user (the default)", parents=[where])
+    ulist.add_argument("--json", action="store_true")
+    udel = users_sub.add_parser(
+        "delete",
+        help="delete a runtime user: its nodes are cut off (git users change by commit)",
+        parents=[where],
+    )
+    udel.add_argument("user", help="the runtime user's email")
+    udel.add_argument("--json", action="store_true")
     users.set_defaults(func=_users)
 
     drift = admin_parser(

@@ -334,6 +334,12 @@ OPTIONS: tuple[Option, ...] = (
         "accept an email the provider has not verified", "false", parse=_bool,
     ),
     Option(
+        "oidc_admit_unknown", "true|false",
+        "admit a verified identity that passes the allow-lists but is not in "
+        "tailnet.d/users.yaml as a runtime user (false: refuse it, naming the email)",
+        "false", parse=_bool,
+    ),
+    Option(
         "webhook_secret_file", "FILE",
         "file holding the secret that signs webhooks (HMAC-SHA256); or give the secret itself "
         "in TAILNETD_WEBHOOK_SECRET. Without one, settings.yaml's webhooks are not sent",

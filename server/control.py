@@ -1,6 +1,9 @@
 """What the requests inside the Noise channel mean: /machine/register and
-/machine/map (protocol.md §4). Transport-free: takes a ControlRequest, returns
-a ControlResponse, with the registry and the running tailnet behind it.
+/machine/map (protocol.md §4), SSH check actions and health probes.
+Transport-free: takes a ControlRequest, returns a ControlResponse, with the
+registry and the running tailnet behind it. Each body is decoded here once;
+what a registration means and does is `server/auth/register.py`; this module
+routes and streams maps.
 
 Every request is bound to the machine key learned in the Noise handshake; a
 node key in a body is honoured only when it belongs to that machine
@@ -15,7 +18,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -23,36 +26,25 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 
-from gitctl.policy.tagowners import tag_refusal
 from gitctl.policy.viewindex import ViewIndex
-from server.auth.pending import (
-    LoginRefused,
-    PendingLogin,
-    PendingLogins,
-    ProviderLogin,
-    existing_node,
-    register_node,
-)
+from server.auth.pending import PendingLogins
+from server.auth.register import Registrar, RequestRejected
 from server.auth.sshcheck import SshChecks
 from server.edge.control_conn import ControlRequest, ControlResponse
-from server.logs import event
 from server.metrics import Metrics
 from server.protocol.keys import NodePublic
 from server.protocol.mapframe import MapFrameEncoder
 from server.store.interface import Store
-from server.store.model import KeyRejected, Node
+from server.store.model import Node
 from server.tailnet import NodeRegistry, Tailnet
 from server.tailnet.mapper import (
     MapSession,
     build_map,
     not_served_map,
     unapproved_map,
-    user_id,
 )
 from server.tailnet.registry import NodeChange
 from server.wire import (
-    TAGGED_USER_ID,
-    Hostinfo,
     MapRequest,
     RegisterRequest,
     WireError,
@@ -72,13 +64,6 @@ PROBE_PATH = "/machine/probe/"  # + token: a router answering a health probe (HE
 _PROBE = re.compile(re.escape(PROBE_PATH) + r"([A-Za-z0-9_-]{1,64})")
 
 
-class RequestRejected(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 @dataclass(frozen=True, slots=True)
 class ControlSettings:
     node_key_expiry: timedelta | None = timedelta(days=180)
@@ -86,10 +71,6 @@ class ControlSettings:
     keepalive_max: float = 58.0
     device_approval: bool = False  # new nodes wait for an operator (settings.yaml)
     key_expiry_from_token: bool = False  # OIDC logins: the key expires with the ID token
-
-
-def _expired(node: Node, now: datetime) -> bool:
-    return node.key_expiry is not None and node.key_expiry <= now
 
 
 class ControlHandler:
@@ -111,19 +92,25 @@ class ControlHandler:
     ) -> None:
         self._on_probe = on_probe  # (node id, token): a router answered a health probe
         self._tailnet = tailnet
-        self._on_refused = on_refused  # (machine, reason): a login refused its key
         self._registry = registry
-        self._store = store  # pre-auth keys; nodes are written through the registry
         self._clock = clock
         self._settings = settings
         self._log = log
         self._rng = rng or random.Random()
         self._metrics = metrics or Metrics(CollectorRegistry(), monotonic=time.monotonic)
         self._told: dict[NodePublic, None] = {}  # node keys told they are not served
-        self._logins = logins
         self._ssh_checks = ssh_checks
-        if logins is not None:
-            logins.set_registrar(self._register_login)
+        self._registrar = Registrar(
+            registry,
+            store,
+            source=lambda: tailnet.source,
+            clock=clock,
+            terms=settings,
+            log=log,
+            metrics=self._metrics,
+            logins=logins,
+            on_refused=on_refused,
+        )
         # node id -> set when it is approved (map polls of unapproved nodes wait on it)
         self._approvals: dict[int, asyncio.Event] = {}
         registry.subscribe(self._node_changed)
@@ -165,268 +152,12 @@ class ControlHandler:
             self._on_probe(node.id, token)
         return ControlResponse(200, b"", content_type="text/plain")
 
-    # /machine/register
+    # /machine/register (server/auth/register.py)
 
     async def _register(self, req: ControlRequest) -> ControlResponse:
         body = _decode(RegisterRequest, req)
         _check_version(body.version, req)
-        if body.followup and self._logins is not None:
-            return await self._followup(req, body.followup)
-        now = self._clock()
-        node_key, old_key = body.node_key, body.old_node_key
-        if node_key.is_zero:
-            raise RequestRejected(400, "RegisterRequest.NodeKey: missing")
-        expiry = body.requested_expiry
-        auth_key = body.auth.auth_key if body.auth is not None else ""
-
-        registry = self._registry
-        node = registry.by_node_key(node_key)
-        if node is None and not old_key.is_zero:
-            node = registry.by_node_key(old_key)
-        if node is not None and node.machine_key != req.machine_key:
-            raise RequestRejected(403, "node key belongs to another machine")
-        if node is None:
-            node = registry.by_machine_key(req.machine_key)
-
-        # `tailscale logout` sends Unix 123; any past Expiry asks the same (protocol.md §4.1.3).
-        if expiry is not None and expiry <= now:
-            return self._logout(node, now)
-        if auth_key:
-            return self._register_with_key(req, node, auth_key, body, now)
-        if node is not None and node.node_key in (node_key, old_key):
-            expired = node.key_expiry is not None and node.key_expiry <= now
-            if expired and (node.node_key == node_key or self._logins is None):
-                # The daemon restarting with its expired key: it shows "logged out".
-                self._metrics.registration("node_expired")
-                return _json(self._register_response(node, expired=True))
-            if expired:  # a fresh key for an expired node: log in again, same node
-                return self._begin_login(req, body, now)
-            renewal = node.node_key != node_key
-            if renewal:  # seamless key renewal
-                node = registry.renew_key(node, node_key, now)
-            self._metrics.registration("renewed" if renewal else "resumed")
-            return _json(self._register_response(node))
-        if self._logins is not None:
-            return self._begin_login(req, body, now)
-        self._metrics.registration("needs_login")
-        return _json(
-            {
-                "Error": "this tailnetd server has no interactive login yet: "
-                "log in with a pre-auth key (tailscale up --auth-key=…)",
-            }
-        )
-
-    def _register_with_key(
-        self,
-        req: ControlRequest,
-        node: Node | None,
-        auth_key: str,
-        body: RegisterRequest,
-        now: datetime,
-    ) -> ControlResponse:
-        node_key = body.node_key
-        hostinfo = body.hostinfo or Hostinfo()
-        try:
-            key = self._store.check_preauth_key(auth_key, now)
-        except KeyRejected as exc:
-            if node is not None and node.node_key == node_key and not _expired(node, now):
-                # A retry whose first answer was lost (the server died after the
-                # commit): the node holds this key already, its auth key is spent.
-                self._metrics.registration("resumed")
-                return _json(self._register_response(node))
-            self._metrics.registration("expired_key" if "expired" in exc.reason else "bad_key")
-            self._log.info(
-                "register: %s: %s",
-                req.machine_key.short(),
-                exc,
-                extra=event("register.refused", machine=req.machine_key.short(), reason=exc.reason),
-            )
-            if self._on_refused is not None:
-                self._on_refused(req.machine_key.short(), exc.reason)
-            return _json({"Error": f"invalid auth key: {exc}"})
-        tags, refusal = self._tags_for(key.user, key.tags, hostinfo.request_tags)
-        if refusal is not None:
-            self._metrics.registration("tags_refused")
-            self._log.info(
-                "register: %s: %s",
-                req.machine_key.short(),
-                refusal,
-                extra=event("register.refused", machine=req.machine_key.short(), reason=refusal),
-            )
-            if self._on_refused is not None:
-                self._on_refused(req.machine_key.short(), refusal)
-            return _json({"Error": refusal})
-        owner = None if tags else key.user
-        expiry_span = self._settings().node_key_expiry
-        key_expiry = None if tags or expiry_span is None else now + expiry_span
-        ephemeral = key.ephemeral or body.ephemeral
-        # The store consumes a single-use key in the same transaction as the node write.
-        node = self._registry.register(
-            machine_key=req.machine_key,
-            node_key=node_key,
-            hostname=hostinfo.hostname or "node",
-            user=owner,
-            tags=tags,
-            now=now,
-            auth_key_id=key.id,
-            ephemeral=ephemeral,
-            key_expiry=key_expiry,
-            hostinfo=hostinfo,
-            capver=body.version,
-            existing=node,
-            approved=not self._settings().device_approval,
-        )
-        self._metrics.registration("ok")
-        self._log.info(
-            "register: node %d %s (%s) joined",
-            node.id,
-            node.given_name,
-            owner or ",".join(tags),
-            extra=event(
-                "node.registered",
-                node=node.id,
-                node_name=node.given_name,
-                user=owner,
-                tags=list(tags),
-                commit=self._tailnet.source.id,
-            ),
-        )
-        return _json(self._register_response(node))
-
-    def _tags_for(
-        self, user: str, key_tags: Sequence[str], requested: Sequence[str] | None
-    ) -> tuple[tuple[str, ...], str | None]:
-        """The tags a node logging in with a key of `user` and `key_tags` carries,
-        and why not when `requested` (Hostinfo.RequestTags) asks for tags that
-        tagOwners do not let it own. Requested tags replace the key's own."""
-        if not requested:
-            return tuple(key_tags), None
-        wanted = tuple(sorted(set(requested)))
-        source = self._tailnet.source
-        email = None if key_tags else source.users.get(user, (user, user))[0]
-        refusal = tag_refusal(source.policy, wanted, email=email, key_tags=key_tags)
-        return wanted, refusal
-
-    def _begin_login(
-        self, req: ControlRequest, body: RegisterRequest, now: datetime
-    ) -> ControlResponse:
-        """No key and no current node: a person must log in at the URL (protocol.md §4.1.3)."""
-        assert self._logins is not None
-        self._metrics.registration("needs_login")
-        login = self._logins.begin(
-            req.machine_key,
-            body.node_key,
-            body.ephemeral,
-            body.old_node_key,
-            now,
-            hostinfo=body.hostinfo,
-            capver=body.version,
-        )
-        return _json({"AuthURL": login.url})
-
-    async def _followup(self, req: ControlRequest, url: str) -> ControlResponse:
-        """The client waits for the person at the URL: hold this stream until the
-        login is approved, refused or expires. If the client goes away the login
-        stays pending (its next request finds the node once approved)."""
-        assert self._logins is not None
-        outcome = await self._logins.wait(self._logins.auth_id_of(url), req.machine_key)
-        if outcome.node is None:
-            refused = outcome.state == "refused"
-            self._metrics.registration("login_refused" if refused else "login_expired")
-            return _json({"Error": outcome.reason or f"login {outcome.state}"})
-        self._metrics.registration("login_ok")
-        return _json(self._register_response(outcome.node))
-
-    def _register_login(
-        self, login: PendingLogin, hostinfo: Hostinfo, capver: int, user: str, now: datetime
-    ) -> Node:
-        """A person approved at the login URL owns the node from now on — or,
-        when the machine asked for tags (`--advertise-tags`) that tagOwners let
-        that person own, its tags do. LoginRefused otherwise."""
-        tags, refusal = self._tags_for(user, (), hostinfo.request_tags)
-        if refusal is not None:
-            self._metrics.registration("tags_refused")
-            raise LoginRefused(refusal)
-        settings = self._settings()
-        span = settings.node_key_expiry
-        key_expiry = None if span is None else now + span
-        if login.provider is not None:
-            self._same_owner(login, login.provider, user)
-            if settings.key_expiry_from_token:
-                key_expiry = login.provider.token_expires
-        node = register_node(
-            self._registry,
-            login,
-            hostinfo,
-            capver,
-            user,
-            now,
-            key_expiry=key_expiry,
-            approved=not self._settings().device_approval,
-            tags=tags,
-        )
-        self._log.info(
-            "register: node %d %s (%s) joined",
-            node.id,
-            node.given_name,
-            ",".join(tags) or user,
-            extra=event(
-                "node.registered",
-                node=node.id,
-                node_name=node.given_name,
-                user=None if tags else user,
-                tags=list(tags),
-                commit=self._tailnet.source.id,
-            ),
-        )
-        return node
-
-    def _same_owner(self, login: PendingLogin, provider: ProviderLogin, user: str) -> None:
-        """A node that logs in again through the identity provider stays its owner's:
-        another identity may not take it over (an operator may reassign it). LoginRefused."""
-        node = existing_node(self._registry, login)
-        if node is None or node.tags or node.user is None or node.user == user:
-            return
-        owner = self._tailnet.source.users.get(node.user, (node.user, node.user))[0]
-        raise LoginRefused(
-            f"the device {node.given_name} belongs to {owner}: {provider.email} may not take "
-            f"it over; sign in as {owner}"
-        )
-
-    def _logout(self, node: Node | None, now: datetime) -> ControlResponse:
-        self._metrics.registration("logout")
-        if node is None:
-            return _json({"NodeKeyExpired": True, "MachineAuthorized": False})
-        if node.ephemeral:
-            self._registry.remove(node.id)
-        else:
-            node = self._registry.set_key_expiry(node.id, now)
-        self._log.info(
-            "register: node %d %s logged out",
-            node.id,
-            node.given_name,
-            extra=event("node.logged_out", node=node.id, node_name=node.given_name, user=node.user),
-        )
-        return _json(self._register_response(node, expired=True))
-
-    def _register_response(self, node: Node, *, expired: bool = False) -> dict[str, Any]:
-        users = self._tailnet.source.users
-        if node.user is None or node.tags:
-            uid, login, display = TAGGED_USER_ID, "tagged-devices", "Tagged Devices"
-        else:
-            email, display = users.get(node.user, (node.user, node.user))
-            uid, login = user_id(node), email
-        return {
-            "User": {"ID": uid, "DisplayName": display, "LoginName": login},
-            "Login": {
-                "ID": uid,
-                "Provider": "tailnetd",
-                "LoginName": login,
-                "DisplayName": display,
-            },
-            "NodeKeyExpired": expired,
-            "MachineAuthorized": node.approved,
-        }
+        return _json(await self._registrar.register(req.machine_key, body))
 
     # /machine/ssh/action (SSH check mode)
 

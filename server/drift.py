@@ -11,6 +11,7 @@ API, and this module names each one (`tailnetd drift`, `GET /api/v1/drift`):
 | `node-tags` | a node whose tags were set through the API: not those of the key it joined with |
 | `undeclared-tag` | a node or usable key carrying a tag tagOwners does not declare |
 | `unknown-user` | a node owned by a user who is not in users.yaml (the server does not serve it) |
+| `runtime-user` | a person admitted at an identity-provider login, not in users.yaml (served) |
 
 Route approvals are not listed: no API path approves a route (they change by commit only).
 """
@@ -37,6 +38,7 @@ Kind = Literal[
     "undeclared-tag",
     "unknown-user",
     "runtime-routes",
+    "runtime-user",
 ]
 
 
@@ -108,9 +110,20 @@ def find_drift(
     nodes: Sequence[Node],
     keys: Sequence[PreAuthKey],
     now: datetime,
+    runtime_users: Iterable[str] = (),
 ) -> list[Drift]:
-    """Every difference between runtime state and the served commit, keys first."""
+    """Every difference between runtime state and the served commit, keys first.
+    `runtime_users`: the people admitted at login that `users` also holds."""
     out = _key_drift(declared_keys, keys, now)
+    out += [
+        Drift(
+            "runtime-user",
+            f"user {email}",
+            "admitted at an identity-provider login, not in users.yaml "
+            "(declare it in git, or tailnetd users delete)",
+        )
+        for email in sorted(runtime_users)
+    ]
     out += _node_drift(nodes, {k.id: k for k in keys}, users)
     for entry in undeclared(policy, nodes, keys, now):
         subject = (

@@ -15,7 +15,7 @@ from server.oidc.login import OidcLogin
 from server.protocol.keys import MachinePublic
 from server.sources.repo import RepoStatus
 from server.store.interface import Store
-from server.tailnet import NodeRegistry, Tailnet
+from server.tailnet import NodeRegistry, Tailnet, UserRegistry
 from server.webhooks.source import EventSource
 
 __all__ = ["WebDeps", "parse_duration"]
@@ -44,6 +44,7 @@ class WebDeps:
     events: EventSource | None = None  # webhook events of admin actions (keys, approvals)
     # The commit lifecycle's canary rollout: promote(reason) / abort(reason).
     rollout: Rollout | None = None
+    users: UserRegistry | None = None  # runtime users: listed, deleted
 
 
 class Rollout(Protocol):

@@ -1,7 +1,9 @@
 """The admin API, `/api/v1/…`: nodes, pre-auth keys, API keys, users and commits.
 
-Users and policy come from git and are read-only here; node state is written
-through the `NodeRegistry` only. Every route is declared once in `endpoints`.
+Users and policy come from git and are read-only here, except runtime users (admitted
+at an identity-provider login, not declared in git), which may be deleted through the
+`UserRegistry`; node state is written through the `NodeRegistry` only. Every route is
+declared once in `endpoints`.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ __all__ = ["DEFAULT_API_KEY_LIFETIME", "endpoints"]
 DEFAULT_API_KEY_LIFETIME = "90d"
 
 _ONLINE = ("true", "false")
+
+
+def _time_or_none(when: datetime | None) -> str | None:
+    return format_time(when) if when is not None else None
 
 
 def endpoints(deps: WebDeps) -> list[Endpoint]:
@@ -167,14 +173,41 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         return await status(call)
 
     async def list_users(call: Call) -> Any:
+        src = tailnet.source
         counts: dict[str, int] = {}
         for n in registry.nodes():
             if n.user is not None:
-                counts[n.user] = counts.get(n.user, 0) + 1
+                owner = src.owner(n).user or ""
+                counts[owner] = counts.get(owner, 0) + 1
+        logins, groups = store.last_logins(), store.login_groups()
         return [
-            {"name": name, "email": email, "display_name": display, "nodes": counts.get(name, 0)}
-            for name, (email, display) in sorted(tailnet.source.users.items())
+            {
+                "name": name,
+                "email": email,
+                "display_name": display,
+                "nodes": counts.get(name, 0),
+                "source": "runtime" if name in src.runtime_users else "git",
+                "last_login": _time_or_none(logins.get(email.lower())),
+                # policy groups of the last identity-provider login
+                "groups": list(groups.get(email.lower(), ())),
+            }
+            for name, (email, display) in sorted(src.users.items())
         ]
+
+    async def delete_user(call: Call) -> Any:
+        name = call.path("name").strip().lower()
+        src = tailnet.source
+        if name not in src.runtime_users:
+            if call.path("name") in src.users or name in {e for e, _ in src.users.values()}:
+                raise Problem(
+                    "conflict",
+                    f"{call.path('name')} is declared in git: remove it from tailnet.d by commit",
+                )
+            raise Problem("not-found", f"no runtime user {call.path('name')!r}")
+        if deps.users is None or not deps.users.delete(name):
+            raise Problem("not-found", f"no runtime user {name!r}")
+        acted("api.user_deleted", "runtime user %s deleted", name, user=name)
+        return {"name": name, "email": name, "source": "runtime"}
 
     async def list_nodes(call: Call) -> Any:
         user, tag, online = call.query("user"), call.query("tag"), call.query("online")
@@ -396,6 +429,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         found = find_drift(
             declared_keys=declared, users=src.users, policy=src.policy,
             nodes=registry.nodes(), keys=store.list_preauth_keys(), now=clock(),
+            runtime_users=src.runtime_users,
         )  # fmt: skip
         return {"revision": src.id, "drift": [d.to_json() for d in found]}
 
@@ -437,7 +471,16 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
                 Param("limit", f"at most this many entries (1 to {AUDIT_MAX})"),
             ),
         ),
-        Endpoint("GET", "/api/v1/users", list_users, "Users declared in git", "users"),
+        Endpoint(
+            "GET", "/api/v1/users", list_users,
+            "Users: declared in git (source git) or admitted at login (source runtime), with "
+            "their last identity-provider login and its groups", "users",
+        ),
+        Endpoint(
+            "DELETE", "/api/v1/users/{name}", delete_user,
+            "Delete a runtime user (its nodes are cut off); git users change by commit",
+            "users", body=NoBody,
+        ),
         Endpoint(
             "GET", "/api/v1/drift", drift,
             "Runtime state that differs from what git declares (keys, tags, users)", "status",

@@ -28,7 +28,7 @@ from typing import Literal, Protocol, TypeVar
 from server.logs import event
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store.interface import Store
-from server.store.model import Node, Rng
+from server.store.model import Node, Registration, Rng
 from server.tailnet import NodeRegistry
 from server.wire import Hostinfo
 
@@ -386,7 +386,7 @@ def register_node(
     keeps its id and addresses and takes the new key and owner (or, with
     `tags`, is owned by its tags and does not expire)."""
     existing = existing_node(registry, login)
-    return registry.register(
+    registration = Registration(
         machine_key=login.machine_key,
         node_key=login.node_key,
         hostname=login.hostname,
@@ -397,9 +397,9 @@ def register_node(
         key_expiry=None if tags else key_expiry,
         hostinfo=hostinfo,
         capver=capver,
-        existing=existing,
         approved=approved,
     )
+    return registry.register(registration, existing=existing)
 
 
 def existing_node(registry: NodeRegistry, login: PendingLogin) -> Node | None:

@@ -34,7 +34,9 @@ MAX_PARAM = 2048  # characters of a code or state we look at
 
 class OidcLogin:
     """``users()`` maps each tailnet.d email (lower case) to its user name;
-    ``record_groups(email, groups)`` stores and applies a login's groups."""
+    ``record_groups(email, groups)`` stores and applies a login's groups;
+    ``admit_runtime(email)`` admits an identity not in tailnet.d as a runtime user
+    (with ``admit_unknown`` set; without it such logins are refused)."""
 
     def __init__(
         self,
@@ -44,6 +46,7 @@ class OidcLogin:
         *,
         users: Callable[[], Mapping[str, str]],
         record_groups: Callable[[str, tuple[str, ...]], None],
+        admit_runtime: Callable[[str], object] | None = None,
         clock: Callable[[], datetime],
         log: logging.Logger,
         flows: Flows | None = None,
@@ -55,6 +58,7 @@ class OidcLogin:
         self._logins = logins
         self._users = users
         self._record_groups = record_groups
+        self._admit_runtime = admit_runtime
         self._clock = clock
         self._log = log
         self.flows = flows or Flows(settings)
@@ -75,8 +79,9 @@ class OidcLogin:
         try:
             who, expires = await self._identify(flow, code, error)
             if not who.declared:
-                # Runtime users (admit_unknown) are not served yet: refuse plainly.
-                raise Refusal("unknown_user", f"{who.email} is not a user of this tailnet.")
+                if self._admit_runtime is None:
+                    raise Refusal("unknown_user", f"{who.email} is not a user of this tailnet.")
+                self._admit_runtime(who.email)
             self._record_groups(who.email, who.groups)
             proof = ProviderLogin(who.email, expires)
             self._logins.complete(flow.auth_id, who.user, who.groups, proof)

@@ -86,5 +86,6 @@ def oidc_settings(
         groups_claim=str(v.get("oidc_groups_claim") or "groups"),
         groups_prefix=str(v.get("oidc_groups_prefix") or ""),
         allow_unverified_email=bool(v.get("oidc_allow_unverified_email")),
+        admit_unknown=bool(v.get("oidc_admit_unknown")),
         login_ttl=login_ttl,
     )

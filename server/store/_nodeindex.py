@@ -3,7 +3,8 @@
 Picking a free address and a free name used to read every node's row on each
 registration, which made a storm of N registrations cost O(N^2). The index
 holds the used addresses and names, sorted for gap searches, and is trusted
-only while sqlite's `PRAGMA data_version` is unchanged: that value moves
+only while sqlite's `PRAGMA data_version` is unchanged (`server.store.sqlite`;
+PostgreSQL keeps a counter row instead): that value moves
 whenever another connection (an admin command, a second process) commits to
 the file, and it is read inside the write transaction, after `BEGIN
 IMMEDIATE` has taken the lock, so nothing can commit between the check and
@@ -23,12 +24,7 @@ from server.store.names import TakenNames
 if TYPE_CHECKING:
     from server.store._sqlstore import Db
 
-__all__ = ["NodeIndex", "data_version"]
-
-
-def data_version(db: Db) -> int:
-    """sqlite's own change counter for the file."""
-    return int(db.execute("PRAGMA data_version").fetchone()[0])
+__all__ = ["NodeIndex"]
 
 
 class NodeIndex:

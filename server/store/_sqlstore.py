@@ -42,7 +42,9 @@ from server.store.model import (
     OAuthClient,
     PendingLogin,
     PreAuthKey,
+    Registration,
     Rng,
+    RuntimeUser,
 )
 from server.store.names import check_label, label_from_hostname
 from server.wire import Hostinfo
@@ -151,37 +153,21 @@ class SqlStore(EventTables):
 
     # Nodes
 
-    def create_node(
-        self,
-        *,
-        machine_key: MachinePublic,
-        node_key: NodePublic,
-        hostname: str,
-        user: str | None,
-        now: datetime,
-        tags: Sequence[str] = (),
-        auth_key_id: int | None = None,
-        ephemeral: bool = False,
-        key_expiry: datetime | None = None,
-        disco_key: DiscoPublic | None = None,
-        hostinfo: Hostinfo | None = None,
-        endpoints: Sequence[str] = (),
-        capver: int = 0,
-        approved: bool = True,
-    ) -> Node:
+    def create_node(self, registration: Registration) -> Node:
+        reg = registration
         with self._write(index=True) as db:
-            existing = self._node_where(db, "machine_key = ?", machine_key.raw)
+            existing = self._node_where(db, "machine_key = ?", reg.machine_key.raw)
             if existing is not None:
                 raise Conflict(
-                    f"machine {machine_key.short()} is already registered"
+                    f"machine {reg.machine_key.short()} is already registered"
                     f" as node {existing.id} ({existing.given_name})"
                 )
-            self._check_node_key_free(db, node_key)
-            if auth_key_id is not None:
-                self._consume_key(db, auth_key_id, now)
+            self._check_node_key_free(db, reg.node_key)
+            if reg.auth_key_id is not None:
+                self._consume_key(db, reg.auth_key_id, reg.now)
             index = self._node_index(db)
             ipv4, ipv6 = self._allocate(index)
-            given_name = index.names.unique(label_from_hostname(hostname))
+            given_name = index.names.unique(label_from_hostname(reg.hostname))
             cursor = db.execute(
                 "INSERT INTO nodes (machine_key, node_key, disco_key, ipv4, ipv6, hostname,"
                 " given_name, user_name, tags, auth_key_id, ephemeral, created, last_seen,"
@@ -189,23 +175,23 @@ class SqlStore(EventTables):
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)"
                 f" RETURNING {rows.NODE_COLUMNS}",
                 (
-                    machine_key.raw,
-                    node_key.raw,
-                    (disco_key or DiscoPublic.zero()).raw,
+                    reg.machine_key.raw,
+                    reg.node_key.raw,
+                    (reg.disco_key or DiscoPublic.zero()).raw,
                     None if ipv4 is None else str(ipv4),
                     None if ipv6 is None else str(ipv6),
-                    hostname,
+                    reg.hostname,
                     given_name,
-                    user,
-                    rows.json_list(tags),
-                    auth_key_id,
-                    ephemeral,
-                    rows.ts(now),
-                    rows.ts_or_none(key_expiry),
-                    rows.hostinfo_text(Hostinfo() if hostinfo is None else hostinfo),
-                    rows.json_list(endpoints),
-                    capver,
-                    approved,
+                    reg.user,
+                    rows.json_list(reg.tags),
+                    reg.auth_key_id,
+                    reg.ephemeral,
+                    rows.ts(reg.now),
+                    rows.ts_or_none(reg.key_expiry),
+                    rows.hostinfo_text(Hostinfo() if reg.hostinfo is None else reg.hostinfo),
+                    rows.json_list(reg.endpoints),
+                    reg.capver,
+                    reg.approved,
                 ),
             )
             node = rows.node_from_row(cursor.fetchone())
@@ -236,38 +222,28 @@ class SqlStore(EventTables):
                 self._check_node_key_free(db, node_key)
             return self._update(db, node_id, node_key=node_key.raw, last_seen=rows.ts(now))
 
-    def reregister_node(
-        self,
-        node_id: int,
-        *,
-        node_key: NodePublic,
-        user: str | None,
-        now: datetime,
-        tags: Sequence[str] = (),
-        auth_key_id: int | None = None,
-        ephemeral: bool = False,
-        key_expiry: datetime | None = None,
-    ) -> Node:
+    def reregister_node(self, node_id: int, registration: Registration) -> Node:
         """A known machine logging in again: new key, owner and expiry, same node.
 
         Id, addresses and given name stay, so peers and DNS see the same node.
         """
+        reg = registration
         with self._write() as db:
             node = self._node_or_raise(db, node_id)
-            if node.node_key != node_key:
-                self._check_node_key_free(db, node_key)
-            if auth_key_id is not None:
-                self._consume_key(db, auth_key_id, now)
+            if node.node_key != reg.node_key:
+                self._check_node_key_free(db, reg.node_key)
+            if reg.auth_key_id is not None:
+                self._consume_key(db, reg.auth_key_id, reg.now)
             return self._update(
                 db,
                 node_id,
-                node_key=node_key.raw,
-                user_name=user,
-                tags=rows.json_list(tags),
-                auth_key_id=auth_key_id,
-                ephemeral=ephemeral,
-                key_expiry=rows.ts_or_none(key_expiry),
-                last_seen=rows.ts(now),
+                node_key=reg.node_key.raw,
+                user_name=reg.user,
+                tags=rows.json_list(reg.tags),
+                auth_key_id=reg.auth_key_id,
+                ephemeral=reg.ephemeral,
+                key_expiry=rows.ts_or_none(reg.key_expiry),
+                last_seen=rows.ts(reg.now),
             )
 
     def update_from_map(
@@ -630,6 +606,43 @@ class SqlStore(EventTables):
         with self._read() as db:
             found = db.execute("SELECT email, groups FROM login_groups ORDER BY email").fetchall()
         return {str(row[0]): rows.str_tuple(row[1]) for row in found}
+
+    def last_logins(self) -> dict[str, datetime]:
+        with self._read() as db:
+            found = db.execute("SELECT email, updated FROM login_groups ORDER BY email").fetchall()
+        return {str(row[0]): rows.dt_required(row[1]) for row in found}
+
+    # -- people admitted at runtime ----------------------------------------------------
+
+    def admit_runtime_user(self, email: str, now: datetime) -> tuple[RuntimeUser, bool]:
+        with self._write() as db:
+            row = db.execute(
+                "SELECT created FROM runtime_users WHERE email = ?", (email,)
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO runtime_users (email, created, last_login) VALUES (?, ?, ?)",
+                    (email, rows.ts(now), rows.ts(now)),
+                )
+                return RuntimeUser(email, now, now), True
+            db.execute(
+                "UPDATE runtime_users SET last_login = ? WHERE email = ?", (rows.ts(now), email)
+            )
+            return RuntimeUser(email, rows.dt_required(row[0]), now), False
+
+    def delete_runtime_user(self, email: str) -> bool:
+        with self._write() as db:
+            cursor = db.execute("DELETE FROM runtime_users WHERE email = ?", (email,))
+            return cursor.rowcount > 0
+
+    def runtime_users(self) -> list[RuntimeUser]:
+        with self._read() as db:
+            found = db.execute(
+                "SELECT email, created, last_login FROM runtime_users ORDER BY email"
+            ).fetchall()
+        return [
+            RuntimeUser(str(r[0]), rows.dt_required(r[1]), rows.dt_required(r[2])) for r in found
+        ]
 
 
 def _check_usable(key: PreAuthKey, now: datetime) -> None:

@@ -1,14 +1,16 @@
 """The store as the server sees it: one small interface, backends behind it.
 
 sqlite and PostgreSQL implement it (`_sqlstore.SqlStore`, one SQL core, with
-`sqlite.py` and `postgres.py` for transactions and locking). Every method is
-short and synchronous; the server calls them from its one asyncio thread.
+the packages `sqlite/` and `postgres/` for transactions, locking and applying
+migrations). Every method is short and synchronous; the server calls them from
+its one asyncio thread.
 
-Registration is one call: `create_node` / `reregister_node` given an
-`auth_key_id` check that pre-auth key (revoked, expired, single-use already
-used raise KeyRejected) and mark it used in the same transaction as the node
-write, so a failed registration never burns a key and a single-use key never
-registers twice. `check_preauth_key` beforehand gives the key's user and tags.
+Registration is one call: `create_node` / `reregister_node` given one frozen
+`Registration`. With its `auth_key_id` set, the store checks that pre-auth key
+(revoked, expired, single-use already used raise KeyRejected) and marks it used
+in the same transaction as the node write, so a failed registration never burns
+a key and a single-use key never registers twice. `check_preauth_key`
+beforehand gives the key's user and tags.
 
 Conventions: `now` and `rng` are always passed in. Lookups return None when
 nothing matches; changes to something that does not exist raise NotFound.
@@ -33,7 +35,9 @@ from server.store.model import (
     OutboxItem,
     PendingLogin,
     PreAuthKey,
+    Registration,
     Rng,
+    RuntimeUser,
 )
 from server.wire import Hostinfo
 
@@ -62,37 +66,13 @@ class Store(Protocol):
 
     # Nodes
 
-    def create_node(
-        self,
-        *,
-        machine_key: MachinePublic,
-        node_key: NodePublic,
-        hostname: str,
-        user: str | None,
-        now: datetime,
-        tags: Sequence[str] = (),
-        auth_key_id: int | None = None,
-        ephemeral: bool = False,
-        key_expiry: datetime | None = None,
-        disco_key: DiscoPublic | None = None,
-        hostinfo: Hostinfo | None = None,
-        endpoints: Sequence[str] = (),
-        capver: int = 0,
-        approved: bool = True,
-    ) -> Node: ...
+    def create_node(self, registration: Registration) -> Node:
+        """A new machine's node (Conflict if the machine or node key has one)."""
+        ...
 
-    def reregister_node(
-        self,
-        node_id: int,
-        *,
-        node_key: NodePublic,
-        user: str | None,
-        now: datetime,
-        tags: Sequence[str] = (),
-        auth_key_id: int | None = None,
-        ephemeral: bool = False,
-        key_expiry: datetime | None = None,
-    ) -> Node: ...
+    def reregister_node(self, node_id: int, registration: Registration) -> Node:
+        """A known machine logging in again: same node, new key, owner and expiry."""
+        ...
 
     def get_node(self, node_id: int) -> Node | None: ...
     def node_by_node_key(self, node_key: NodePublic) -> Node | None: ...
@@ -221,6 +201,14 @@ class Store(Protocol):
     # The policy groups each user's last identity-provider login carried (by email).
     def set_login_groups(self, email: str, groups: Sequence[str], now: datetime) -> None: ...
     def login_groups(self) -> dict[str, tuple[str, ...]]: ...
+    # When each identity last logged in through the provider (by email).
+    def last_logins(self) -> dict[str, datetime]: ...
+
+    # People admitted at runtime (identity-provider logins not in tailnet.d), by email.
+    # `admit_runtime_user` adds one or records its login; True when it is new.
+    def admit_runtime_user(self, email: str, now: datetime) -> tuple[RuntimeUser, bool]: ...
+    def delete_runtime_user(self, email: str) -> bool: ...
+    def runtime_users(self) -> list[RuntimeUser]: ...
 
     # Audit trail and webhook outbox (server/store/_eventtables.py)
 

@@ -6,13 +6,13 @@ between. Never edit a released migration; add the next number.
 
 There is one list per backend, side by side: `MIGRATIONS` for sqlite and
 `POSTGRES_MIGRATIONS`, with the same numbers and descriptions (a test holds
-them to that), so "schema version 2" means the same tables in both. The
-PostgreSQL list is applied by `server.store.postgres`.
+them to that), so "schema version 2" means the same tables in both. Each
+backend applies its list: `server.store.sqlite.apply_migrations`,
+`server.store.postgres.apply_postgres_migrations`.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,6 @@ __all__ = [
     "MIGRATIONS",
     "POSTGRES_MIGRATIONS",
     "Migration",
-    "apply_migrations",
     "check_not_newer",
     "check_numbering",
     "schema_version",
@@ -196,6 +195,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         "routes an operator approved at runtime, per node",
         ("ALTER TABLE nodes ADD COLUMN runtime_routes TEXT NOT NULL DEFAULT '[]'",),
     ),
+    Migration(
+        10,
+        "people admitted at runtime: identity-provider logins not declared in git",
+        (
+            """
+            CREATE TABLE runtime_users (
+                email       TEXT    PRIMARY KEY,
+                created     TEXT    NOT NULL,
+                last_login  TEXT    NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 
@@ -203,7 +215,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 # jsonb, flags boolean; ids from identity columns, which never hand out a
 # number twice (as AUTOINCREMENT). `node_index_clock` is the backend's
 # counterpart of sqlite's `PRAGMA data_version`: writers of addresses and names
-# lock its one row and bump it (see server/store/postgres.py).
+# lock its one row and bump it (see server/store/postgres/).
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -366,6 +378,19 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         "routes an operator approved at runtime, per node",
         ("ALTER TABLE nodes ADD COLUMN runtime_routes jsonb NOT NULL DEFAULT '[]'::jsonb",),
     ),
+    Migration(
+        10,
+        "people admitted at runtime: identity-provider logins not declared in git",
+        (
+            """
+            CREATE TABLE runtime_users (
+                email       text        PRIMARY KEY,
+                created     timestamptz NOT NULL,
+                last_login  timestamptz NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 
@@ -373,45 +398,6 @@ def schema_version(conn: Db) -> int:
     """The last migration applied (0: none), on either backend."""
     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     return int(row[0]) if row is not None and row[0] is not None else 0
-
-
-def apply_migrations(
-    conn: sqlite3.Connection, migrations: tuple[Migration, ...] = MIGRATIONS
-) -> list[int]:
-    """Bring the database up to the last migration; the versions applied now.
-
-    The connection must be in autocommit mode (isolation_level=None) so the
-    transactions here are the only ones.
-    """
-    check_numbering(migrations)
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version ("
-        " version INTEGER PRIMARY KEY, description TEXT NOT NULL)"
-    )
-    current = schema_version(conn)
-    check_not_newer(current, migrations)
-    applied = []
-    for migration in migrations:
-        if migration.version <= current:
-            continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Another process may have migrated while we waited for the lock.
-            if schema_version(conn) >= migration.version:
-                conn.execute("ROLLBACK")
-                continue
-            for statement in migration.statements:
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_version (version, description) VALUES (?, ?)",
-                (migration.version, migration.description),
-            )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        applied.append(migration.version)
-    return applied
 
 
 def check_not_newer(current: int, migrations: tuple[Migration, ...]) -> None:

@@ -32,7 +32,9 @@ __all__ = [
     "OutboxItem",
     "PendingLogin",
     "PreAuthKey",
+    "Registration",
     "Rng",
+    "RuntimeUser",
     "SchemaError",
     "StoreError",
 ]
@@ -69,6 +71,34 @@ class Node:
     # Advertised routes an operator approved at runtime (only counted when settings.yaml
     # allows runtime_route_approval); they stay with the node's record, so with its machine.
     runtime_routes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A node logging in (a pre-auth key, an interactive or OIDC login, a test
+    fixture): what the store writes, whether the machine is new or known.
+
+    A new machine gets a node with every field below. A known one
+    (re-registration) keeps its id, addresses, given name, Hostinfo and
+    approval, and takes the key, owner, tags, expiry and ephemerality here.
+    With `auth_key_id` the store marks that pre-auth key used in the same
+    transaction as the node write (and refuses a spent one with KeyRejected).
+    """
+
+    machine_key: MachinePublic
+    node_key: NodePublic
+    hostname: str
+    user: str | None  # None for a node owned by its tags
+    now: datetime  # when it logged in: the node's creation and last-seen time
+    tags: tuple[str, ...] = ()
+    auth_key_id: int | None = None
+    ephemeral: bool = False
+    key_expiry: datetime | None = None  # None = never expires
+    hostinfo: Hostinfo | None = None  # a new node's; None = empty
+    capver: int = 0
+    disco_key: DiscoPublic | None = None
+    endpoints: tuple[str, ...] = ()
+    approved: bool = True  # a new node's; False: waits for device approval
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +152,17 @@ class PendingLogin:
     node_key: NodePublic
     ephemeral: bool
     created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeUser:
+    """A person admitted at runtime (an identity-provider login the operator lets in
+    without a line in tailnet.d/users.yaml): known by email, which is also its name.
+    `last_login` is when that identity last logged in."""
+
+    email: str  # lower case
+    created: datetime
+    last_login: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from datetime import datetime
 from server.store.interface import Store
 from server.tailnet.hub import Defer, SessionHandle, Tailnet, TailnetSource, defer_on_loop
 from server.tailnet.registry import NodeChange, NodeRegistry
+from server.tailnet.users import UserChange, UserRegistry
 from server.wire import DerpRegion
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "SessionHandle",
     "Tailnet",
     "TailnetSource",
+    "UserChange",
+    "UserRegistry",
     "running_tailnet",
 ]
 
@@ -43,6 +46,7 @@ def running_tailnet(
         clock=clock,
         primaries=primaries,
         login_groups=store.login_groups(),
+        runtime_users=[u.email for u in store.runtime_users()],
         defer=defer,
     )
     registry.subscribe(tailnet.apply)

@@ -35,6 +35,7 @@ from server.logs import event
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.registry import NodeChange
+from server.tailnet.users import UserChange
 from server.tailnet.views import (
     PolicyViews,
     TopologyNodes,
@@ -51,6 +52,7 @@ __all__ = [
     "Tailnet",
     "TailnetSource",
     "defer_on_loop",
+    "with_runtime_users",
 ]
 
 # How long a topology change waits for others to share its recompile.
@@ -87,6 +89,23 @@ class TailnetSource:
     settings: TailnetSettings | None = None  # prefixes, key expiry, ephemeral timeout, DERP
     # The snapshot itself, for where each policy value came from (file:line).
     snapshot: Snapshot | None = field(default=None, compare=False, repr=False)
+    # Names in `users` that are runtime users (admitted at login, not declared in git;
+    # each is its email): `with_runtime_users` adds them.
+    runtime_users: frozenset[str] = frozenset()
+
+    @property
+    def git_users(self) -> dict[str, tuple[str, str]]:
+        return {n: u for n, u in self.users.items() if n not in self.runtime_users}
+
+    def owner(self, node: Node) -> Node:
+        """`node` owned by the git user declaring its owner's email, when its owner is a
+        runtime user that a commit has since declared (git wins; no duplicate user)."""
+        if node.user is None or node.user in self.users or "@" not in node.user:
+            return node
+        for name, (email, _) in self.users.items():
+            if email.lower() == node.user:
+                return replace(node, user=name)
+        return node
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> TailnetSource:
@@ -117,6 +136,16 @@ class TailnetSource:
             settings=snap.settings,
             snapshot=snap,
         )
+
+
+def with_runtime_users(source: TailnetSource, emails: Iterable[str]) -> TailnetSource:
+    """`source` serving the runtime users `emails` too, except those git declares."""
+    git = source.git_users
+    declared = {email.lower() for email, _ in git.values()} | set(git)
+    added = {e: (e, e) for e in sorted(emails) if e not in declared}
+    if not added and not source.runtime_users:
+        return source
+    return replace(source, users={**git, **added}, runtime_users=frozenset(added))
 
 
 class SessionHandle:
@@ -178,6 +207,7 @@ class Tailnet:
         online: Iterable[int] = (),
         primaries: Mapping[str, int] | None = None,
         login_groups: Mapping[str, tuple[str, ...]] | None = None,
+        runtime_users: Iterable[str] = (),
         defer: Defer = defer_on_loop,
     ) -> None:
         self._log = log
@@ -187,7 +217,8 @@ class Tailnet:
         # email -> policy groups of that user's last identity-provider login
         self._login_groups: dict[str, tuple[str, ...]] = dict(login_groups or {})
         self._clock = clock  # when `expires` entries count; read at each compile
-        self._source = source
+        self._runtime_users = set(runtime_users)  # emails admitted at runtime
+        self._source = source = with_runtime_users(source, self._runtime_users)
         self._derp_regions = tuple(derp_regions)
         self._derp_map = self._derp_map_of(source)
         self._sessions: dict[int, set[SessionHandle]] = {}
@@ -244,9 +275,13 @@ class Tailnet:
     def _served(self, node: Node, source: TailnetSource | None = None) -> bool:
         """In the maps: its owner is in git (or it is tagged), and it is not
         waiting for device approval."""
-        users = (source or self._source).users
-        owned = bool(node.tags) or node.user is None or node.user in users
+        src = source or self._source
+        owned = bool(node.tags) or node.user is None or src.owner(node).user in src.users
         return owned and node.approved
+
+    def _live(self, source: TailnetSource) -> list[Node]:
+        """The nodes `source` serves, each with its owner as `source` names it."""
+        return [source.owner(n) for n in self._records.values() if self._served(n, source)]
 
     def _compile_job(
         self, source: TailnetSource, previous: MapContext | None
@@ -254,7 +289,7 @@ class Tailnet:
         """The policy index of `source` over the nodes as they are now (compared
         with `previous`'s), as a call that reads only what it holds (frozen
         records, copies of the runtime state): a worker thread may run it."""
-        nodes = [n for n in self._records.values() if self._served(n, source)]
+        nodes = self._live(source)
         users = [(stable_user_id(name), name, email) for name, (email, _) in source.users.items()]
         approved = self._approved_routes(nodes, source)
         online, unhealthy, topology_node = self._online, self._unhealthy, self._topology_nodes
@@ -297,7 +332,7 @@ class Tailnet:
             compiled = self._compile_job(src, previous)()
         # "extended" (a join grew the last index) or "full: <why not>"
         self._log.debug("policy index: %s", getattr(compiled.visibility, "origin", "full"))
-        nodes = [n for n in self._records.values() if self._served(n, src)]
+        nodes = self._live(src)
         if hasattr(self, "_ctx"):
             # Unchanged records stay the very objects the last context had, so
             # map refreshes find the changed ones by identity.
@@ -391,6 +426,7 @@ class Tailnet:
         in `swap_source`. A node change that needs a recompile while the
         thread runs makes its index stale: it is built again (at last on the loop).
         """
+        source = with_runtime_users(source, self._runtime_users)
         for _ in range(3):
             self.settle()
             generation = self._generation
@@ -411,6 +447,7 @@ class Tailnet:
         rules can reach and every other view is kept (as is its session,
         asleep); a new domain, DNS config, user list or DERP map reaches every map.
         """
+        source = with_runtime_users(source, self._runtime_users)
         self.settle()  # pending node changes first: the commit is then the only difference
         self._generation += 1
         old, old_derp, old_ctx = self._source, self._derp_map, self._ctx
@@ -445,6 +482,7 @@ class Tailnet:
         every live node, so a canary's peers are what `source` lets it see;
         every other node stays on the serving snapshot. Raises, changing
         nothing, when `source` does not compile for the live nodes."""
+        source = with_runtime_users(source, self._runtime_users)
         self.settle()
         old = self._canary
         ctx = self._build_context(previous=old[2] if old else self._ctx, source=source)
@@ -514,8 +552,26 @@ class Tailnet:
         if node.id not in ctx.nodes:
             return replace(ctx, online=frozenset(self._online))
         nodes = dict(ctx.nodes)
-        nodes[node.id] = node
+        nodes[node.id] = self._source.owner(node)
         return replace(ctx, nodes=nodes, online=frozenset(self._online))
+
+    def apply_user(self, change: UserChange) -> None:
+        """A runtime user was admitted or deleted (the user registry's event stream):
+        its nodes join or leave the maps, without a commit."""
+        if change.kind == "removed":
+            self._runtime_users.discard(change.email)
+        else:
+            self._runtime_users.add(change.email)
+        source = with_runtime_users(self._source, self._runtime_users)
+        if source.users == self._source.users:
+            return
+        self._generation += 1
+        self._source = source
+        if self._canary is not None:
+            cand, tag, ctx = self._canary
+            self._canary = (with_runtime_users(cand, self._runtime_users), tag, ctx)
+        self._wake_all()  # user profiles in every map
+        self._recompile()
 
     def set_login_groups(self, email: str, groups: tuple[str, ...]) -> None:
         """A user logged in through the identity provider with these policy groups:

@@ -21,6 +21,7 @@ from server.store.postgres import PostgresStore
 from server.tailnet.hub import Tailnet
 from server.tailnet.registry import NodeRegistry
 from server.tailnet.replicas import CHANNEL, Replicas
+from server.tailnet.users import UserRegistry
 
 __all__ = ["listen_for_replicas", "start_replication"]
 
@@ -68,6 +69,7 @@ def start_replication(
     *,
     replica: str | None,
     log: logging.Logger,
+    users: UserRegistry | None = None,
 ) -> asyncio.Task[None]:
     """Send this process's node changes to the other replicas and publish theirs."""
     name = replica or secrets.token_hex(6)
@@ -78,6 +80,7 @@ def start_replication(
         known=tailnet.record,
         known_ids=tailnet.record_ids,
         log=log,
+        users=users,
     )
     log.info("replica %s: sharing node changes through the database", name)
     return asyncio.create_task(

@@ -28,7 +28,7 @@ from typing import Literal
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.interface import Store
-from server.store.model import Node
+from server.store.model import Node, Registration
 from server.tailnet.views import to_topology_node
 from server.wire import Hostinfo
 
@@ -164,56 +164,16 @@ class NodeRegistry:
     def _changed(self, previous: Node | None, node: Node | None, node_id: int) -> None:
         self.publish(NodeChange(classify(previous, node), node_id, node, previous))
 
-    def register(
-        self,
-        *,
-        machine_key: MachinePublic,
-        node_key: NodePublic,
-        hostname: str,
-        user: str | None,
-        now: datetime,
-        tags: Sequence[str] = (),
-        auth_key_id: int | None = None,
-        ephemeral: bool = False,
-        key_expiry: datetime | None = None,
-        hostinfo: Hostinfo | None = None,
-        capver: int = 0,
-        disco_key: DiscoPublic | None = None,
-        existing: Node | None = None,
-        approved: bool = True,
-    ) -> Node:
+    def register(self, registration: Registration, *, existing: Node | None = None) -> Node:
         """A node logs in (a pre-auth key, an interactive login): a new node, or
         `existing` (the same machine) taking the new key, owner and tags. The
         store uses the pre-auth key in the same transaction as the node write.
-        `approved` False: a new node waits for `approve` (device approval);
-        an existing node keeps what it had."""
+        `registration.approved` False: a new node waits for `approve` (device
+        approval); an existing node keeps what it had."""
         if existing is not None:
-            node = self._store.reregister_node(
-                existing.id,
-                node_key=node_key,
-                user=user,
-                tags=tags,
-                now=now,
-                auth_key_id=auth_key_id,
-                ephemeral=ephemeral,
-                key_expiry=key_expiry,
-            )
+            node = self._store.reregister_node(existing.id, registration)
         else:
-            node = self._store.create_node(
-                machine_key=machine_key,
-                node_key=node_key,
-                hostname=hostname,
-                user=user,
-                tags=tags,
-                now=now,
-                auth_key_id=auth_key_id,
-                ephemeral=ephemeral,
-                key_expiry=key_expiry,
-                hostinfo=hostinfo,
-                capver=capver,
-                disco_key=disco_key,
-                approved=approved,
-            )
+            node = self._store.create_node(registration)
         self._changed(existing, node, node.id)
         return node
 

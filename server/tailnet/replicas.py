@@ -14,6 +14,8 @@ A notice names the replica that sent it, so each replica ignores its own:
 * ``{"replica", "beat": true}``: a heartbeat every `BEAT` seconds. A replica
   not heard from for `DEAD_AFTER` has died: its nodes go offline here unless
   streaming somewhere else.
+* ``{"replica", "users": true}``: the runtime users changed there (one was
+  admitted or deleted); the receiver reads them back from the store.
 * ``{"replica", "hello": true}``: a replica started, or lost its LISTEN
   connection and may have missed notices. Every other replica answers with
   its streaming nodes: ``{"replica", "streaming": [ids], "first": bool}``,
@@ -35,6 +37,7 @@ from typing import Any
 from server.logs import event
 from server.store.model import Node
 from server.tailnet.registry import ChangeKind, NodeChange, NodeRegistry, classify
+from server.tailnet.users import UserChange, UserRegistry
 
 __all__ = [
     "BEAT",
@@ -65,6 +68,7 @@ class Notice:
     hello: bool = False
     streaming: tuple[int, ...] | None = None
     first: bool = False
+    users: bool = False
 
 
 class NoticeError(ValueError):
@@ -79,6 +83,8 @@ def encode_notice(notice: Notice) -> str:
         doc["beat"] = True
     if notice.hello:
         doc["hello"] = True
+    if notice.users:
+        doc["users"] = True
     if notice.streaming is not None:
         doc.update(streaming=list(notice.streaming), first=notice.first)
     text = json.dumps(doc, separators=(",", ":"))
@@ -115,6 +121,7 @@ def decode_notice(text: str) -> Notice:
         hello=doc.get("hello") is True,
         streaming=None if streaming is None else tuple(streaming),
         first=doc.get("first") is True,
+        users=doc.get("users") is True,
     )
 
 
@@ -137,8 +144,10 @@ class Replicas:
         known: Callable[[int], Node | None],
         known_ids: Callable[[], frozenset[int]],
         log: logging.Logger,
+        users: UserRegistry | None = None,
     ) -> None:
         self.replica = replica
+        self._users = users
         self._registry = registry
         self._send = send
         self._known = known
@@ -149,6 +158,8 @@ class Replicas:
         self._heard: dict[str, float] = {}  # replica -> when last heard from
         self._next_beat: float | None = None
         registry.subscribe(self._local_change)
+        if users is not None:
+            users.subscribe(self._local_user_change)
 
     # Out
 
@@ -162,6 +173,10 @@ class Replicas:
             (self._streaming.add if here else self._streaming.discard)(node_id)
             online = here
         self._send_notice(Notice(self.replica, node_id, change.kind, online))
+
+    def _local_user_change(self, change: UserChange) -> None:
+        if not self._applying and change.kind != "login":
+            self._send_notice(Notice(self.replica, users=True))
 
     def _send_notice(self, notice: Notice) -> None:
         try:
@@ -198,6 +213,8 @@ class Replicas:
             self._applying = False
 
     def _apply(self, notice: Notice) -> None:
+        if notice.users and self._users is not None:
+            self._users.reload()
         if notice.hello:
             self._announce_streaming()
         if notice.streaming is not None:
@@ -231,6 +248,8 @@ class Replicas:
         again."""
         self._applying = True
         try:
+            if self._users is not None:
+                self._users.reload()  # before the nodes: their owners must be known
             for replica in self._registry.replicas_seen():
                 self._registry.replica_gone(replica)
             nodes = {n.id: n for n in self._registry.nodes()}

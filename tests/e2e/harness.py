@@ -19,13 +19,18 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal
 
 import git
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -332,6 +337,7 @@ class TailscaleNode:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a stopped (SIGSTOP) daemon cannot terminate
             self.proc.terminate()
             try:
                 self.proc.wait(15)
@@ -423,3 +429,149 @@ def in_parallel(fns: Iterable[Callable[[], Any]]) -> list[Any]:
     fns = list(fns)
     with ThreadPoolExecutor(max_workers=max(1, len(fns))) as pool:
         return [f.result() for f in [pool.submit(fn) for fn in fns]]
+
+
+# One tailnet for a test module: a repo, a server, the daemons the module names
+# started and logged in (in parallel), all stopped at the end. A module says
+#     tailnet = tailnet_fixture({"users.yaml": USERS}, members=[Member("alice1")])
+# and its tests take `tailnet: Tailnet`.
+
+# Every client relays through the embedded DERP unless a module says otherwise.
+RELAY_ONLY: Mapping[str, str] = MappingProxyType({"TS_DEBUG_ALWAYS_USE_DERP": "1"})
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A daemon the fixture starts and logs in. Its key is `tailnetd keys create
+    --user USER *KEY`; `up` holds more `tailscale up` flags."""
+
+    name: str
+    user: str = "alice"
+    key: tuple[str, ...] = ()
+    up: tuple[str, ...] = ()
+    version: str = VERSION
+
+
+@dataclass(frozen=True)
+class Tailnet:
+    """The handle a tailnet fixture yields. `nodes` maps the name each daemon was
+    made under to it; every daemon made through `node` is stopped at the end."""
+
+    tmp: Path
+    repo: TailnetRepo
+    server: ServerProcess
+    ca: TestCA | None = None  # set when the server speaks TLS
+    node_env: Mapping[str, str] = field(default_factory=lambda: dict(RELAY_ONLY))
+    nodes: dict[str, TailscaleNode] = field(default_factory=dict)
+
+    def node(
+        self,
+        name: str,
+        *,
+        hostname: str | None = None,
+        version: str = VERSION,
+        ephemeral: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> TailscaleNode:
+        """A daemon, not started, known here as `name`; its machine calls itself
+        `hostname` (default: `name`)."""
+        node = TailscaleNode(
+            hostname or name,
+            self.tmp / "nodes" / name,
+            ephemeral=ephemeral,
+            derp_over_http=self.ca is None,
+            version=version,
+        )
+        # `tailscale ssh` and friends write under the user's config dir: keep it apart.
+        node.extra_env = {"XDG_CONFIG_HOME": str(node.dir / "config"), **self.node_env}
+        node.extra_env.update(env or {})
+        if self.ca is not None:
+            node.extra_env.setdefault("SSL_CERT_FILE", str(self.ca.cert_path))
+        self.nodes[name] = node
+        return node
+
+    def join(self, members: Iterable[Member], *, via: str | None = None) -> list[TailscaleNode]:
+        """Start the members' daemons and log them in, all at once; `via`: the
+        URL they log in at (a reverse proxy in front of the server)."""
+        members = list(members)
+        keys = [self.server.create_key(m.user, *m.key) for m in members]
+        nodes = [self.node(m.name, version=m.version) for m in members]
+        in_parallel(n.start for n in nodes)
+        try:
+            in_parallel(
+                partial(n.up, via or self.server, k, *m.up)
+                for n, k, m in zip(nodes, keys, members, strict=True)
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.diagnose()}") from None
+        return nodes
+
+    def forget(self, nodes: Iterable[TailscaleNode]) -> None:
+        """Stop the daemons and delete their nodes: the next ones start afresh."""
+        nodes = list(nodes)
+        in_parallel(n.stop for n in nodes)
+        listed = self.server.admin("nodes", "list")
+        for n in nodes:
+            if n.name in listed:
+                self.server.admin("nodes", "delete", n.name)
+
+    def diagnose(self) -> str:
+        return diagnose(self.server, self.nodes.values())
+
+    def stop(self) -> None:
+        in_parallel(n.stop for n in self.nodes.values())
+        self.server.stop()
+
+
+@contextmanager
+def running_tailnet(
+    tmp: Path,
+    files: Mapping[str, str],
+    *,
+    members: Sequence[Member] = (),
+    server_args: Sequence[str] = (),
+    server_env: Mapping[str, str] | None = None,
+    node_env: Mapping[str, str] = RELAY_ONLY,
+    tls: bool = False,
+    prepare: Callable[[Tailnet], None] | None = None,
+) -> Iterator[Tailnet]:
+    """A started tailnet in `tmp`; `tls`: the server speaks TLS with a test CA's
+    certificate for 127.0.0.1 and localhost, and the clients trust that CA.
+    `prepare` runs before the server starts (it may add server arguments)."""
+    repo = TailnetRepo(tmp / "repo", dict(files))
+    ca = TestCA(tmp / "ca") if tls else None
+    extra = list(server_args)
+    if ca is not None:
+        cert, key = ca.issue("server", ["127.0.0.1", "localhost"])
+        extra += ["--tls-cert", str(cert), "--tls-key", str(key)]
+    server = ServerProcess(
+        repo.path,
+        tmp / "data",
+        tmp / "tailnetd.log",
+        extra=extra,
+        ca_file=ca.cert_path if ca else None,
+    )
+    server.extra_env = dict(server_env or {})
+    net = Tailnet(tmp, repo, server, ca, dict(node_env))
+    if prepare is not None:
+        prepare(net)
+    try:
+        server.start()
+        net.join(members)
+        yield net
+    finally:
+        net.stop()
+
+
+def tailnet_fixture(
+    files: Mapping[str, str], *, scope: Literal["module", "function"] = "module", **options: Any
+) -> Any:
+    """A pytest fixture yielding `running_tailnet(tmp, files, **options)`: one
+    server and its daemons for the whole module unless `scope` says otherwise."""
+
+    @pytest.fixture(scope=scope)
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tailnet]:
+        with running_tailnet(tmp_path_factory.mktemp("tailnet"), files, **options) as net:
+            yield net
+
+    return fixture

@@ -7,17 +7,15 @@ expiry disabled for a server (and enabled again) through the admin CLI.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.harness import (
     ALICE_AND_BOB,
-    ServerProcess,
-    TailnetRepo,
+    Member,
+    Tailnet,
     TailscaleNode,
-    diagnose,
+    tailnet_fixture,
     wait_for,
 )
 from tests.tailscale_bin import MATRIX
@@ -43,46 +41,28 @@ extra_records:
 POLICY = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}\n'
 
 
-class Net:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        files = {
-            "users.yaml": ALICE_AND_BOB,
-            "settings.yaml": SETTINGS,
-            "dns.yaml": DNS,
-            "policy.hujson": POLICY,
-        }
-        self.repo = TailnetRepo(tmp / "repo", files)
-        self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
+def _name(version: str) -> str:
+    return f"srv-v{version.split('.')[1]}"
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    net = Net(tmp_path_factory.mktemp("addressing"))
-    net.server.start()
-    try:
-        yield net
-    finally:
-        net.server.stop()
+# One daemon of each admitted version, all started and logged in at once.
+net = tailnet_fixture(
+    {
+        "users.yaml": ALICE_AND_BOB,
+        "settings.yaml": SETTINGS,
+        "dns.yaml": DNS,
+        "policy.hujson": POLICY,
+    },
+    members=[Member(_name(version), version=version) for version in MATRIX],
+)
 
 
 @pytest.fixture(scope="module", params=MATRIX, ids=lambda v: f"v{v}")
-def node(request: pytest.FixtureRequest, net: Net) -> Iterator[TailscaleNode]:
-    version: str = request.param
-    node = TailscaleNode(f"srv-v{version.split('.')[1]}", net.tmp / "nodes", version=version)
-    node.extra_env = {"TS_DEBUG_ALWAYS_USE_DERP": "1"}
-    node.start()
-    try:
-        node.up(net.server, net.server.create_key("alice"))
-        yield node
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{diagnose(net.server, [node])}") from None
-    finally:
-        node.stop()
-        net.server.admin("nodes", "delete", node.name)
+def node(request: pytest.FixtureRequest, net: Tailnet) -> TailscaleNode:
+    return net.nodes[_name(request.param)]
 
 
-def test_addresses_are_random_and_dual_stack(net: Net, node: TailscaleNode) -> None:
+def test_addresses_are_random_and_dual_stack(net: Tailnet, node: TailscaleNode) -> None:
     v4 = ipaddress.ip_address(node.ip())
     v6 = ipaddress.ip_address(node.cli("ip", "-6").stdout.strip())
     assert v4 in ipaddress.ip_network("100.64.0.0/10")
@@ -112,7 +92,7 @@ def _section(text: str, title: str) -> str:
     return ""
 
 
-def test_aaaa_extra_records_are_answered(net: Net, node: TailscaleNode) -> None:
+def test_aaaa_extra_records_are_answered(net: Tailnet, node: TailscaleNode) -> None:
     """MagicDNS answers dns.yaml's AAAA and A records. With override_local_dns:
     true: 1.80 in userspace mode cannot read the OS resolvers it would fall back
     to, and then applies no DNS configuration at all (its log: "getting OS base
@@ -135,7 +115,7 @@ def _query(node: TailscaleNode, name: str, kind: str, want: str) -> str | None:
     return out if want in out else None
 
 
-def test_a_rename_reaches_the_node_s_own_name(net: Net, node: TailscaleNode) -> None:
+def test_a_rename_reaches_the_node_s_own_name(net: Tailnet, node: TailscaleNode) -> None:
     new = f"{node.name}-renamed"
     net.server.admin("nodes", "rename", node.name, new)
     wait_for(
@@ -150,7 +130,7 @@ def test_a_rename_reaches_the_node_s_own_name(net: Net, node: TailscaleNode) -> 
 
 
 def test_key_expiry_is_disabled_for_a_server_and_enabled_again(
-    net: Net, node: TailscaleNode
+    net: Tailnet, node: TailscaleNode
 ) -> None:
     assert node.status()["Self"].get("KeyExpiry")  # 30 days from settings.yaml
     net.server.admin("nodes", "expiry", node.name, "--disable")

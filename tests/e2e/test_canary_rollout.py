@@ -4,12 +4,7 @@ only after the hold."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from tests.e2e.harness import ServerProcess, TailnetRepo, TailscaleNode, in_parallel, wait_for
+from tests.e2e.harness import Member, Tailnet, tailnet_fixture, wait_for
 
 USERS = """\
 users:
@@ -26,43 +21,21 @@ BEFORE = POLICY % '"alice@example.com"'
 AFTER = POLICY % '"alice@example.com", "bob@example.com", "tag:canary"'
 
 
-class Canary:
-    def __init__(self, tmp: Path) -> None:
-        files = {"users.yaml": USERS, "settings.yaml": SETTINGS, "policy.hujson": BEFORE}
-        self.repo = TailnetRepo(tmp / "repo", files)
-        self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
-        self.tmp = tmp
-        self.nodes: list[TailscaleNode] = []
-
-
-@pytest.fixture(scope="module")
-def canary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Canary]:
-    net = Canary(tmp_path_factory.mktemp("canary"))
-    net.server.start()
-    try:
-        yield net
-    finally:
-        for node in net.nodes:
-            node.stop()
-        net.server.stop()
+canary = tailnet_fixture(
+    {"users.yaml": USERS, "settings.yaml": SETTINGS, "policy.hujson": BEFORE},
+    members=[
+        Member("alice1"),
+        Member("bob1", user="bob"),
+        Member("canary1", key=("--tag", "tag:canary")),
+    ],
+)
 
 
 def test_the_canary_sees_the_new_policys_peers_first_the_others_after_the_hold(
-    canary: Canary,
+    canary: Tailnet,
 ) -> None:
     server = canary.server
-    plan = {
-        "alice1": server.create_key("alice"),
-        "bob1": server.create_key("bob"),
-        "canary1": server.create_key("alice", "--tag", "tag:canary"),
-    }
-    nodes = {name: TailscaleNode(name, canary.tmp / "nodes") for name in plan}
-    for node in nodes.values():
-        node.extra_env = {"TS_DEBUG_ALWAYS_USE_DERP": "1"}
-    canary.nodes += nodes.values()
-    in_parallel(n.start for n in nodes.values())
-    in_parallel((lambda n=n: n.up(server, plan[n.name])) for n in nodes.values())
-    bob1, canary1 = nodes["bob1"], nodes["canary1"]
+    bob1, canary1 = canary.nodes["bob1"], canary.nodes["canary1"]  # logged in by the fixture
     wait_for(lambda: bob1.peer_names() == set(), 15, "bob1 to see no peer")
     assert canary1.peer_names() == set()
 

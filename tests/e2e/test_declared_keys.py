@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from server.store.authkeys import generate_key
-from tests.e2e.harness import ServerProcess, TailnetRepo, TailscaleNode, wait_for
+from tests.e2e.harness import running_tailnet, wait_for
 
 USERS = "users:\n  - {name: alice, email: alice@example.com, display_name: Alice}\n"
 POLICY = '{"tagOwners": {"tag:ci": ["alice@example.com"]}, "acls": []}\n'
@@ -22,14 +22,10 @@ KEYS = """keys:
 
 def test_a_real_client_joins_with_a_declared_key(tmp_path: Path) -> None:
     key = generate_key(os.urandom)[0]
-    repo = TailnetRepo(
-        tmp_path / "repo", {"users.yaml": USERS, "policy.hujson": POLICY, "keys.yaml": KEYS}
-    )
-    server = ServerProcess(repo.path, tmp_path / "data", tmp_path / "tailnetd.log")
-    server.extra_env = {"TAILNETD_TEST_KEY_CI": key}
-    node = TailscaleNode("runner1", tmp_path / "runner1")
-    server.start()
-    try:
+    files = {"users.yaml": USERS, "policy.hujson": POLICY, "keys.yaml": KEYS}
+    env = {"TAILNETD_TEST_KEY_CI": key}
+    with running_tailnet(tmp_path, files, server_env=env, node_env={}) as net:
+        server, node = net.server, net.node("runner1")
         node.start()
         node.up(server, key)
         wait_for(lambda: node.status().get("BackendState") == "Running", 30, "runner1 to run")
@@ -39,6 +35,3 @@ def test_a_real_client_joins_with_a_declared_key(tmp_path: Path) -> None:
         assert declared["used"] and not declared["expired"]
         assert json.loads(server.admin("drift", "--json"))["drift"] == []
         assert key not in server.log()  # the secret never reaches the log
-    finally:
-        node.stop()
-        server.stop()

@@ -18,21 +18,21 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.harness import (
     ALICE_AND_BOB,
-    ServerProcess,
-    TailnetRepo,
+    Member,
+    Tailnet,
     TailscaleNode,
     diagnose,
     in_parallel,
+    tailnet_fixture,
     wait_for,
 )
 from tests.e2e.netns import Namespace, available
-from tests.tailscale_bin import MATRIX, VERSION
+from tests.tailscale_bin import MATRIX
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs root to create network namespaces")
 
@@ -51,33 +51,31 @@ WEB_PORT = 8099
 TOKEN = "reached through the exit node\n"
 
 
-class Net:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.repo = TailnetRepo(
-            tmp / "repo", {"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY}
-        )
-        self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
+net = tailnet_fixture({"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY})
+
+
+class Spaces:
+    """The namespaces a module's tests make, and the web servers inside them."""
+
+    def __init__(self, net: Tailnet) -> None:
+        self.net = net
         self.spaces: list[Namespace] = []
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.nodes: list[TailscaleNode] = []
 
     def namespace(self, role: str) -> Namespace:
         ns = Namespace(f"tnd{os.getpid()}{role}")
         self.spaces.append(ns)
-        ns.bridge(self.server.port)
+        ns.bridge(self.net.server.port)
         return ns
 
-    def node(self, name: str, version: str, ns: Namespace | None) -> TailscaleNode:
-        node = TailscaleNode(name, self.tmp / "nodes", version=version)
-        node.extra_env = {"TS_DEBUG_ALWAYS_USE_DERP": "1"}
-        node.prefix = ns.prefix() if ns else []
-        self.nodes.append(node)
+    def node(self, name: str, version: str, ns: Namespace) -> TailscaleNode:
+        node = self.net.node(name, version=version)
+        node.prefix = ns.prefix()
         return node
 
     def web_server(self, ns: Namespace) -> None:
         """An HTTP server inside `ns` on every address it has."""
-        root = self.tmp / f"www-{ns.name}"
+        root = self.net.tmp / f"www-{ns.name}"
         root.mkdir()
         (root / "proof.txt").write_text(TOKEN)
         ns.add_address(f"{PUBLIC}/32")
@@ -89,7 +87,6 @@ class Net:
         self.procs.append(proc)
 
     def close(self) -> None:
-        in_parallel(n.stop for n in self.nodes)
         for proc in self.procs:
             proc.terminate()
             proc.wait(10)
@@ -98,14 +95,12 @@ class Net:
 
 
 @pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    net = Net(tmp_path_factory.mktemp("exit"))
-    net.server.start()
+def spaces(net: Tailnet) -> Iterator[Spaces]:
+    made = Spaces(net)
     try:
-        yield net
+        yield made
     finally:
-        net.close()
-        net.server.stop()
+        made.close()
 
 
 def fetch(client: TailscaleNode, ns: Namespace, address: str) -> str | None:
@@ -131,13 +126,13 @@ def fetch(client: TailscaleNode, ns: Namespace, address: str) -> str | None:
 
 @pytest.mark.parametrize("version", MATRIX)
 def test_a_client_s_traffic_flows_through_an_auto_approved_exit_node(
-    net: Net, version: str
+    net: Tailnet, spaces: Spaces, version: str
 ) -> None:
     minor = version.split(".")[1]
-    exit_ns, client_ns = net.namespace(f"e{minor}"), net.namespace(f"c{minor}")
-    net.web_server(exit_ns)
-    exit_node = net.node(f"exit-v{minor}", version, exit_ns)
-    client = net.node(f"client-v{minor}", version, client_ns)
+    exit_ns, client_ns = spaces.namespace(f"e{minor}"), spaces.namespace(f"c{minor}")
+    spaces.web_server(exit_ns)
+    exit_node = spaces.node(f"exit-v{minor}", version, exit_ns)
+    client = spaces.node(f"client-v{minor}", version, client_ns)
     in_parallel(n.start for n in (exit_node, client))
     try:
         tagged = net.server.create_key("alice", "--tag", "tag:exit")
@@ -173,18 +168,14 @@ def test_a_client_s_traffic_flows_through_an_auto_approved_exit_node(
             net.server.admin("nodes", "delete", n.name)
 
 
-def test_an_exit_node_approved_in_git_is_offered_to_allowed_peers_only(net: Net) -> None:
+def test_an_exit_node_approved_in_git_is_offered_to_allowed_peers_only(net: Tailnet) -> None:
     """No autoApprover: routes.yaml approves the machine's 0.0.0.0/0 and ::/0.
     bob, whom the policy gives nothing, is not offered it."""
-    exit_node, client = net.node("gitexit", VERSION, None), net.node("gitclient", VERSION, None)
-    bob = net.node("bobclient", VERSION, None)
-    in_parallel(n.start for n in (exit_node, client, bob))
-    key = net.server.create_key("alice", "--reusable")
-    in_parallel(
+    exit_node, client, bob = net.join(
         [
-            lambda: exit_node.up(net.server, key, "--advertise-exit-node"),
-            lambda: client.up(net.server, key),
-            lambda: bob.up(net.server, net.server.create_key("bob")),
+            Member("gitexit", up=("--advertise-exit-node",)),
+            Member("gitclient"),
+            Member("bobclient", user="bob"),
         ]
     )
     wait_for(lambda: client.peer("gitexit") is not None, 30, "the client to see gitexit")

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import ServerProcess, TailnetRepo, TailscaleNode, TestCA, wait_for
+from tests.e2e.harness import Member, Tailnet, TailscaleNode, tailnet_fixture, wait_for
 from tests.goclient_bin import binary
 
 USERS = "users:\n  - {name: alice, email: alice@example.com}\n"
@@ -31,74 +29,63 @@ FAILING = GOOD.replace('"accept": ["tag:server:22"]}]', '"deny": ["tag:server:22
 SYNTAX = '{\n\t"acls": [\n\t\t{"action": "accept" "src": ["*"]},\n\t],\n}\n'
 
 
-class Tailnet:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.ca = TestCA(tmp / "ca")
-        cert, key = self.ca.issue("server", ["127.0.0.1", "localhost"])
-        repo = TailnetRepo(tmp / "repo", {"users.yaml": USERS, "policy.hujson": POLICY})
-        self.server = ServerProcess(
-            repo.path,
-            tmp / "data",
-            tmp / "tailnetd.log",
-            extra=["--tls-cert", str(cert), "--tls-key", str(key)],
-            ca_file=self.ca.cert_path,
-        )
-        self.node = TailscaleNode("laptop", tmp / "nodes", derp_over_http=False)
-        self.node.extra_env = {"SSL_CERT_FILE": str(self.ca.cert_path)}
-        for name, text in (("good", GOOD), ("failing", FAILING), ("syntax", SYNTAX)):
-            (tmp / f"{name}.hujson").write_text(text)
-
-    def run(self, *credentials: str) -> tuple[int, dict[str, Any], str]:
-        out = subprocess.run(
-            [
-                str(binary()),
-                "-base-url", self.server.url,
-                "-tailnet", "-",
-                *credentials,
-                "-tags", "tag:server",
-                *(f"-validate={self.tmp / n}.hujson" for n in ("good", "failing", "syntax")),
-            ],
-            env={"SSL_CERT_FILE": str(self.ca.cert_path), "PATH": "/usr/bin:/bin"},
-            capture_output=True, text=True, timeout=90,
-        )  # fmt: skip
-        try:
-            return out.returncode, json.loads(out.stdout), out.stderr
-        except json.JSONDecodeError:
-            raise AssertionError(out.stdout + out.stderr) from None
+pytestmark = pytest.mark.skipif(
+    not binary().exists(),
+    reason="the Go API client is not built: run `python -m tests.goclient_bin`",
+)
 
 
-@pytest.fixture(scope="module")
-def tailnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tailnet]:
-    if not binary().exists():
-        pytest.skip("the Go API client is not built: run `python -m tests.goclient_bin`")
-    net = Tailnet(tmp_path_factory.mktemp("goclient"))
-    net.server.start()
+def write_policies(net: Tailnet) -> None:
+    for name, text in (("good", GOOD), ("failing", FAILING), ("syntax", SYNTAX)):
+        (net.tmp / f"{name}.hujson").write_text(text)
+
+
+tailnet = tailnet_fixture(
+    {"users.yaml": USERS, "policy.hujson": POLICY},
+    members=[Member("laptop")],
+    tls=True,
+    node_env={},
+    prepare=write_policies,
+)
+
+
+def run(net: Tailnet, *credentials: str) -> tuple[int, dict[str, Any], str]:
+    assert net.ca is not None
+    out = subprocess.run(
+        [
+            str(binary()),
+            "-base-url", net.server.url,
+            "-tailnet", "-",
+            *credentials,
+            "-tags", "tag:server",
+            *(f"-validate={net.tmp / n}.hujson" for n in ("good", "failing", "syntax")),
+        ],
+        env={"SSL_CERT_FILE": str(net.ca.cert_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
     try:
-        net.node.start()
-        net.node.up(net.server, net.server.create_key("alice"))
-        wait_for(lambda: net.server.nodes_json(), 20, "the node to register")
-        yield net
-    finally:
-        net.node.stop()
-        net.server.stop()
+        return out.returncode, json.loads(out.stdout), out.stderr
+    except json.JSONDecodeError:
+        raise AssertionError(out.stdout + out.stderr) from None
 
 
 def test_go_client_with_an_api_key(tailnet: Tailnet) -> None:
     key = tailnet.server.admin("apikeys", "create").strip()
-    code, out, err = tailnet.run("-api-key", key)
+    code, out, err = run(tailnet, "-api-key", key)
     shown = json.dumps(out, indent=1) + err
     assert code == 0, shown
     (device,) = out["listDevices"]["result"]
     assert device["hostname"] == "laptop" and device["user"] == "alice@example.com", shown
     assert device["os"] == "linux" and device["clientVersion"].startswith("1.96.4"), shown
     assert device["connectedToControl"] is True and device["isEphemeral"] is False
-    assert device["addresses"][0] == tailnet.node.ip(), shown
+    assert device["addresses"][0] == tailnet.nodes["laptop"].ip(), shown
     assert out["getDevice"]["result"]["nodeId"] == device["nodeId"]
     assert out["subnetRoutes"]["result"] == {"advertisedRoutes": [], "enabledRoutes": []}
     tagged = out["getDeviceAfterTags"]["result"]
     assert tagged["tags"] == ["tag:server"] and tagged["keyExpiryDisabled"] is True, shown
-    assert wait_for(lambda: "tag:server" in tags_seen_by(tailnet.node), 20, "the node's tag")
+    assert wait_for(
+        lambda: "tag:server" in tags_seen_by(tailnet.nodes["laptop"]), 20, "the node's tag"
+    )
 
     made = out["createKey"]["result"]
     assert made["key"].startswith("tskey-auth-") and made["keyType"] == "auth", shown
@@ -125,8 +112,8 @@ def test_go_client_with_oauth_clients(tailnet: Tailnet) -> None:
     against /api/v2/oauth/token): an `all` client does everything, a read-only
     one reads and is refused writes with 403."""
     full = json.loads(tailnet.server.admin("oauth-clients", "create", "--scope", "all", "--json"))
-    code, out, err = tailnet.run(
-        "-oauth-id", full["client_id"], "-oauth-secret", full["client_secret"]
+    code, out, err = run(
+        tailnet, "-oauth-id", full["client_id"], "-oauth-secret", full["client_secret"]
     )
     assert code == 0, json.dumps(out, indent=1) + err
     assert out["createKey"]["result"]["key"].startswith("tskey-auth-")
@@ -136,8 +123,8 @@ def test_go_client_with_oauth_clients(tailnet: Tailnet) -> None:
             "--scope", "policy_file:read", "--scope", "auth_keys:read", "--json",
         )
     )  # fmt: skip
-    code, out, err = tailnet.run(
-        "-oauth-id", reader["client_id"], "-oauth-secret", reader["client_secret"]
+    code, out, err = run(
+        tailnet, "-oauth-id", reader["client_id"], "-oauth-secret", reader["client_secret"]
     )
     shown = json.dumps(out, indent=1) + err
     assert code == 1, shown

@@ -7,15 +7,9 @@ One server and one set of daemons for the module; tests run in file order.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
-import pytest
-
-from tests.e2e.harness import ServerProcess, TailnetRepo, TailscaleNode, in_parallel, wait_for
+from tests.e2e.harness import Member, Tailnet, TailscaleNode, tailnet_fixture, wait_for
 
 USERS = """\
 users:
@@ -34,45 +28,23 @@ POLICY = """\
 """
 
 
-class Tailnet:
-    def __init__(self, tmp: Path) -> None:
-        self.repo = TailnetRepo(tmp / "repo", {"users.yaml": USERS, "policy.hujson": POLICY})
-        self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
-        self.tmp = tmp
-        self.nodes: dict[str, TailscaleNode] = {}
-
-    def node(self, name: str, *, hostname: str | None = None) -> TailscaleNode:
-        """A daemon known here as `name`, whose machine calls itself `hostname`."""
-        node = TailscaleNode(hostname or name, self.tmp / "nodes" / name)
-        node.extra_env = {"TS_DEBUG_ALWAYS_USE_DERP": "1"}
-        self.nodes[name] = node
-        return node
-
-    def nodes_json(self) -> list[dict[str, Any]]:
-        return list(json.loads(self.server.admin("nodes", "list", "--json")))
-
-    def machine_key(self, name: str) -> str:
-        (node,) = [n for n in self.nodes_json() if n["name"] == name]
-        return str(node["machine_key"])
+tailnet = tailnet_fixture(
+    {"users.yaml": USERS, "policy.hujson": POLICY},
+    members=[
+        Member(
+            "router1",
+            key=("--tag", "tag:router", "--reusable"),
+            up=("--advertise-routes=10.77.1.0/24", "--advertise-exit-node"),
+        ),
+        Member("laptop1", key=("--reusable",)),
+        Member("spare1", key=("--reusable",)),
+    ],
+)
 
 
-@pytest.fixture(scope="module")
-def tailnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tailnet]:
-    net = Tailnet(tmp_path_factory.mktemp("lifecycle"))
-    net.server.start()
-    try:
-        yield net
-    finally:
-        for node in net.nodes.values():
-            node.stop()
-        net.server.stop()
-
-
-def peer(node: TailscaleNode, hostname: str) -> dict[str, Any] | None:
-    for entry in (node.status().get("Peer") or {}).values():
-        if entry["HostName"] == hostname:
-            return dict(entry)
-    return None
+def machine_key(tailnet: Tailnet, name: str) -> str:
+    (node,) = [n for n in tailnet.server.nodes_json() if n["name"] == name]
+    return str(node["machine_key"])
 
 
 def backend_state(node: TailscaleNode) -> str:
@@ -80,27 +52,15 @@ def backend_state(node: TailscaleNode) -> str:
 
 
 def test_autoapprovers_approve_a_real_client_s_route_and_exit_node(tailnet: Tailnet) -> None:
-    router, laptop, spare = (tailnet.node(n) for n in ("router1", "laptop1", "spare1"))
-    in_parallel(n.start for n in (router, laptop, spare))
-    tagged = tailnet.server.create_key("alice", "--tag", "tag:router", "--reusable")
-    plain = tailnet.server.create_key("alice", "--reusable")
-    in_parallel(
-        [
-            lambda: router.up(
-                tailnet.server, tagged, "--advertise-routes=10.77.1.0/24",
-                "--advertise-exit-node",
-            ),
-            lambda: laptop.up(tailnet.server, plain),
-            lambda: spare.up(tailnet.server, plain),
-        ]
-    )  # fmt: skip
+    # The fixture logged router1 in advertising a subnet and an exit node.
+    laptop = tailnet.nodes["laptop1"]
 
     def served() -> bool:
-        entry = peer(laptop, "router1")
+        entry = laptop.peer("router1")
         return bool(entry) and entry.get("PrimaryRoutes") == ["10.77.1.0/24"]
 
     wait_for(served, 30, "laptop1 to see router1's auto-approved subnet route")
-    entry = peer(laptop, "router1")
+    entry = laptop.peer("router1")
     assert entry is not None and entry.get("ExitNodeOption") is True
     listed = laptop.cli("exit-node", "list").stdout
     assert "router1" in listed, listed
@@ -109,7 +69,7 @@ def test_autoapprovers_approve_a_real_client_s_route_and_exit_node(tailnet: Tail
 def test_a_route_approved_for_a_machine_stays_with_it(tailnet: Tailnet) -> None:
     laptop, spare = tailnet.nodes["laptop1"], tailnet.nodes["spare1"]
     spare.cli("set", "--advertise-routes=192.168.50.0/24")
-    key = tailnet.machine_key("spare1")
+    key = machine_key(tailnet, "spare1")
     routes = f"routes:\n  - {{machine: {key}, node: spare1, routes: [192.168.50.0/24]}}\n"
     tailnet.repo.commit({"routes.yaml": routes}, "approve spare1's subnet by machine")
 
@@ -136,7 +96,7 @@ def test_a_route_approved_for_a_machine_stays_with_it(tailnet: Tailnet) -> None:
 
 def test_a_deleted_node_s_client_needs_login(tailnet: Tailnet) -> None:
     thief = tailnet.nodes["thief"]
-    (node,) = [n for n in tailnet.nodes_json() if n["name"] == "spare1"]
+    (node,) = [n for n in tailnet.server.nodes_json() if n["name"] == "spare1"]
     tailnet.server.admin("nodes", "delete", str(node["id"]))
     wait_for(lambda: backend_state(thief) == "NeedsLogin", 30, "the deleted node to need login")
     assert tailnet.server.log().count("told to log in again") == 1
@@ -153,7 +113,7 @@ def test_an_expiring_grant_reaches_a_connected_client_at_its_instant(tailnet: Ta
     bob = tailnet.node("bob1")
     bob.start()
     bob.up(tailnet.server, tailnet.server.create_key("bob"))
-    wait_for(lambda: peer(laptop, "bob1") is not None, 30, "laptop1 to see bob1")
+    wait_for(lambda: laptop.peer("bob1") is not None, 30, "laptop1 to see bob1")
     ends = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=20)
     stamp = ends.isoformat().replace("+00:00", "Z")
     expiring = POLICY.replace(
@@ -165,8 +125,8 @@ def test_an_expiring_grant_reaches_a_connected_client_at_its_instant(tailnet: Ta
     )
     assert expiring != POLICY
     tailnet.repo.commit({"policy.hujson": expiring}, "bob may reach alice for 20 s")
-    assert peer(bob, "laptop1") is not None  # still allowed
-    wait_for(lambda: peer(bob, "laptop1") is None, 60, "bob1 to lose laptop1 when the rule ends")
+    assert bob.peer("laptop1") is not None  # still allowed
+    wait_for(lambda: bob.peer("laptop1") is None, 60, "bob1 to lose laptop1 when the rule ends")
     assert datetime.now(UTC) >= ends  # not before its instant
     assert "policy.expired" in tailnet.server.log() or "expired at" in tailnet.server.log()
 
@@ -175,10 +135,10 @@ def test_removing_a_user_from_git_cuts_their_nodes_off(tailnet: Tailnet) -> None
     laptop = tailnet.nodes["laptop1"]
     bob = tailnet.nodes["bob1"]
     tailnet.repo.commit({"policy.hujson": POLICY}, "everyone again")
-    wait_for(lambda: peer(laptop, "bob1") is not None, 30, "laptop1 to see bob1")
+    wait_for(lambda: laptop.peer("bob1") is not None, 30, "laptop1 to see bob1")
     alice_only = "".join(line for line in USERS.splitlines(True) if "bob" not in line)
     tailnet.repo.commit({"users.yaml": alice_only}, "bob leaves")
-    wait_for(lambda: peer(laptop, "bob1") is None, 30, "laptop1 to lose bob1")
+    wait_for(lambda: laptop.peer("bob1") is None, 30, "laptop1 to lose bob1")
     wait_for(lambda: backend_state(bob) == "NeedsLogin", 30, "bob1 to need login")
     status = tailnet.server.status()
     assert [(n["name"], n["user"]) for n in status["cut_off"]] == [("bob1", "bob")]

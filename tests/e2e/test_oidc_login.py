@@ -64,7 +64,8 @@ def _dex_config(port: int, redirect: str, id_tokens: str | None = None) -> dict[
 
 class Net:
     """Dex, tailnetd logging in through it, and tailscaled nodes. `files` replace the
-    tailnet.d files; `id_tokens` is the lifetime of Dex's ID tokens (e.g. "45s")."""
+    tailnet.d files; `id_tokens` is the lifetime of Dex's ID tokens (e.g. "45s");
+    `extra` are more server flags."""
 
     def __init__(
         self,
@@ -72,6 +73,7 @@ class Net:
         files: dict[str, str] | None = None,
         id_tokens: str | None = None,
         allowed_groups: str = "staff",
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.tmp = tmp
         self.id_tokens = id_tokens
@@ -89,6 +91,7 @@ class Net:
                 "--oidc-client-id", "tailnetd",
                 "--oidc-allowed-domains", "example.com",
                 "--oidc-allowed-groups", allowed_groups,
+                *extra,
             ],
         )  # fmt: skip
         self.server.extra_env = {"TAILNETD_OIDC_CLIENT_SECRET": SECRET}
@@ -217,20 +220,31 @@ def test_an_oidc_login_through_the_browser_joins_with_peers_and_groups(net: Net)
         )
 
 
-def test_an_identity_of_another_domain_is_refused_with_a_page(net: Net) -> None:
-    desk = net.node("desk")
-    up = Up(desk, net.server)
-    text = browser_login(up.url(), net.tmp, "carol@other.org", "staff")
-    assert "Login refused" in text and "carol@other.org" in text and "other.org" in text
+def refused(net: Net, name: str, email: str, groups: str) -> tuple[str, Up]:
+    """A login from a new node as `email` with `groups`, refused: the page's text and the
+    client's `tailscale up`, which ended with an error."""
+    up = Up(net.node(name), net.server)
+    text = browser_login(up.url(), net.tmp, email, groups)
+    assert "Login refused" in text
     assert up.finish() != 0
+    return text, up
+
+
+def test_an_identity_of_another_domain_is_refused_with_a_page(net: Net) -> None:
+    text, up = refused(net, "desk", "carol@other.org", "staff")
+    assert "carol@other.org" in text and "other.org" in text
     assert "other.org" in up.output
     assert "check allowed_domains failed for carol@other.org" in net.server.log()
 
 
+def test_an_identity_not_in_git_is_refused_by_default_with_a_page_naming_it(net: Net) -> None:
+    text, _ = refused(net, "phone", "dave@example.com", "staff")
+    assert "dave@example.com is not a user of this tailnet" in text
+    assert "check unknown_user failed for dave@example.com" in net.server.log()
+    assert "dave@example.com" not in net.server.admin("users", "list")
+
+
 def test_an_identity_missing_the_required_group_is_refused_with_a_page(net: Net) -> None:
-    tablet = net.node("tablet")
-    up = Up(tablet, net.server)
-    text = browser_login(up.url(), net.tmp, "bob@example.com", "eng")
-    assert "Login refused" in text and "none of the groups" in text
-    assert up.finish() != 0
+    text, _ = refused(net, "tablet", "bob@example.com", "eng")
+    assert "none of the groups" in text
     assert "check allowed_groups failed for bob@example.com" in net.server.log()

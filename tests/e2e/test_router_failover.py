@@ -8,12 +8,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from tests.e2e.harness import ServerProcess, TailnetRepo, TailscaleNode, in_parallel, wait_for
+from tests.e2e.harness import Member, Tailnet, TailscaleNode, tailnet_fixture, wait_for
 
 SUBNET = "10.88.0.0/24"
 FILES = {
@@ -27,33 +23,14 @@ FILES = {
 }
 
 
-class Tailnet:
-    def __init__(self, tmp: Path) -> None:
-        self.repo = TailnetRepo(tmp / "repo", FILES)
-        self.server = ServerProcess(
-            self.repo.path,
-            tmp / "data",
-            tmp / "tailnetd.log",
-            extra=["--probe-interval", "1", "--probe-misses", "2"],
-        )
-        self.nodes = {name: TailscaleNode(name, tmp / "nodes" / name) for name in
-                      ("router1", "router2", "laptop")}  # fmt: skip
-        for node in self.nodes.values():
-            node.extra_env = {"TS_DEBUG_ALWAYS_USE_DERP": "1"}
-
-
-@pytest.fixture
-def tailnet(tmp_path: Path) -> Iterator[Tailnet]:
-    net = Tailnet(tmp_path)
-    net.server.start()
-    try:
-        yield net
-    finally:
-        for node in net.nodes.values():
-            if node.proc is not None:
-                os.kill(node.proc.pid, signal.SIGCONT)  # a stopped daemon cannot terminate
-            node.stop()
-        net.server.stop()
+# router1 joins first: the primary is the router registered first.
+tailnet = tailnet_fixture(
+    FILES,
+    members=[
+        Member("router1", key=("--tag", "tag:router"), up=(f"--advertise-routes={SUBNET}",)),
+    ],
+    server_args=["--probe-interval", "1", "--probe-misses", "2"],
+)
 
 
 def primary(laptop: TailscaleNode) -> str | None:
@@ -70,14 +47,11 @@ def primary(laptop: TailscaleNode) -> str | None:
 def test_a_primary_that_stops_answering_fails_over_and_its_return_does_not_flap(
     tailnet: Tailnet,
 ) -> None:
-    router1, router2, laptop = (tailnet.nodes[n] for n in ("router1", "router2", "laptop"))
-    in_parallel(n.start for n in (router1, router2, laptop))
-    tagged = tailnet.server.create_key("alice", "--tag", "tag:router", "--reusable")
-    router1.up(tailnet.server, tagged, f"--advertise-routes={SUBNET}")  # registered first
-    in_parallel(
+    router1 = tailnet.nodes["router1"]  # registered first, by the fixture
+    router2, laptop = tailnet.join(
         [
-            lambda: router2.up(tailnet.server, tagged, f"--advertise-routes={SUBNET}"),
-            lambda: laptop.up(tailnet.server, tailnet.server.create_key("alice")),
+            Member("router2", key=("--tag", "tag:router"), up=(f"--advertise-routes={SUBNET}",)),
+            Member("laptop"),
         ]
     )
     wait_for(lambda: primary(laptop) == "router1", 30, "router1 to be the primary")

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from tests.e2e.harness import ServerProcess, TailnetRepo, TailscaleNode, in_parallel, wait_for
+from tests.e2e.harness import Member, Tailnet, tailnet_fixture, wait_for
 from tests.unit.signing import SigningKey, make_key, signed_commit
 
 USERS = """\
@@ -23,56 +19,42 @@ ALICE_ONLY = RULE % "alice@example.com"
 BOB_TO_ALICE = RULE % "bob@example.com"
 
 
-class Signed:
-    def __init__(self, tmp: Path) -> None:
-        self.alice = make_key(tmp / "keys", "alice")
-        allowed = tmp / "allowed_signers"
-        allowed.write_text(self.alice.allowed_line)
-        self.repo = TailnetRepo(tmp / "repo", {"users.yaml": USERS, "policy.hujson": ALICE_ONLY})
-        # The initial commit, signed: the server serves nothing unsigned.
-        subprocess.run(
-            ["git", "-C", str(self.repo.path), "-c", "gpg.format=ssh", "-c",
-             f"user.signingkey={self.alice.private}", "commit", "-q", "--amend", "--no-edit", "-S"],
-            check=True,
-        )  # fmt: skip
-        self.server = ServerProcess(
-            self.repo.path,
-            tmp / "data",
-            tmp / "tailnetd.log",
-            extra=["--trusted-signers", str(allowed)],
-        )
-        self.tmp = tmp
-        self.nodes: list[TailscaleNode] = []
-
-    def commit(self, policy: str, key: SigningKey | None) -> str:
-        return signed_commit(self.repo.path, {"tailnet.d/policy.hujson": policy}, "policy", key)
+def alice(net: Tailnet) -> SigningKey:
+    """Alice's signing key, the one the server trusts."""
+    return SigningKey(net.tmp / "keys" / "alice.key", "alice@example.com")
 
 
-@pytest.fixture(scope="module")
-def signed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signed]:
-    net = Signed(tmp_path_factory.mktemp("signed"))
-    net.server.start()
-    try:
-        yield net
-    finally:
-        for node in net.nodes:
-            node.stop()
-        net.server.stop()
+def trust_alice(net: Tailnet) -> None:
+    """Before the server starts: alice signs the initial commit (the server
+    serves nothing unsigned), and the server trusts her key alone."""
+    key = make_key(net.tmp / "keys", "alice")
+    allowed = net.tmp / "allowed_signers"
+    allowed.write_text(key.allowed_line)
+    subprocess.run(
+        ["git", "-C", str(net.repo.path), "-c", "gpg.format=ssh", "-c",
+         f"user.signingkey={key.private}", "commit", "-q", "--amend", "--no-edit", "-S"],
+        check=True,
+    )  # fmt: skip
+    net.server.extra += ["--trusted-signers", str(allowed)]
 
 
-def test_an_unsigned_commit_does_not_change_peers_a_signed_one_does(signed: Signed) -> None:
+def commit(net: Tailnet, policy: str, key: SigningKey | None) -> str:
+    return signed_commit(net.repo.path, {"tailnet.d/policy.hujson": policy}, "policy", key)
+
+
+signed = tailnet_fixture(
+    {"users.yaml": USERS, "policy.hujson": ALICE_ONLY},
+    members=[Member("alice1"), Member("bob1", user="bob")],
+    prepare=trust_alice,
+)
+
+
+def test_an_unsigned_commit_does_not_change_peers_a_signed_one_does(signed: Tailnet) -> None:
     assert signed.server.status()["signer"] == "alice@example.com"
-    plan = {"alice1": signed.server.create_key("alice"), "bob1": signed.server.create_key("bob")}
-    nodes = {name: TailscaleNode(name, signed.tmp / "nodes") for name in plan}
-    for node in nodes.values():
-        node.extra_env = {"TS_DEBUG_ALWAYS_USE_DERP": "1"}
-    signed.nodes += nodes.values()
-    in_parallel(n.start for n in nodes.values())
-    in_parallel((lambda n=n: n.up(signed.server, plan[n.name])) for n in nodes.values())
-    bob1 = nodes["bob1"]
+    bob1 = signed.nodes["bob1"]  # the fixture logged alice1 and bob1 in
     wait_for(lambda: bob1.peer_names() == set(), 15, "bob1 to see no peer")
 
-    unsigned = signed.commit(BOB_TO_ALICE, None)
+    unsigned = commit(signed, BOB_TO_ALICE, None)
     status = wait_for(
         lambda: (
             (s := signed.server.status())["rejected"]
@@ -86,7 +68,7 @@ def test_an_unsigned_commit_does_not_change_peers_a_signed_one_does(signed: Sign
     time.sleep(2)
     assert bob1.peer_names() == set()
 
-    good = signed.commit(BOB_TO_ALICE, signed.alice)
+    good = commit(signed, BOB_TO_ALICE, alice(signed))
     wait_for(lambda: bob1.peer_names() == {"alice1"}, 20, "bob1 to see alice1")
     status = signed.server.status()
     assert (status["serving"], status["signer"]) == (good, "alice@example.com")

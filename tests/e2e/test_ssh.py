@@ -1,6 +1,6 @@
 """Tailscale SSH end to end: the policy's `ssh` section decides who may log in.
 
-server1 (tag:server) runs the SSH server of its own tailscaled (`tailscale set
+server1 (tag:server) runs the SSH server of its own tailscaled (`tailscale up
 --ssh`); alice1 and bob1 run `tailscale ssh root@server1 <command>`, which starts
 OpenSSH's `ssh` with `tailscale nc` as its proxy. The packet filter lets both reach
 port 22 from the first commit; only the later commit's `accept` rule lets alice in.
@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.harness import (
     ALICE_AND_BOB,
-    ServerProcess,
-    TailnetRepo,
+    Member,
+    Tailnet,
     TailscaleNode,
-    diagnose,
-    in_parallel,
+    tailnet_fixture,
     wait_for,
 )
 
@@ -46,52 +43,21 @@ REFUSED = "tailnet policy does not permit you to SSH"
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs OpenSSH's ssh client")
 
 
-class Net:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.repo = TailnetRepo(
-            tmp / "repo", {"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY}
-        )
-        self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
-        self.nodes = {
-            name: TailscaleNode(name, tmp / "nodes") for name in ("server1", "alice1", "bob1")
-        }
-        for node in self.nodes.values():
-            # `tailscale ssh` writes its known_hosts under the user's config dir.
-            node.extra_env = {
-                "TS_DEBUG_ALWAYS_USE_DERP": "1",
-                "XDG_CONFIG_HOME": str(node.dir / "config"),
-            }
-
-    def diagnose(self) -> str:
-        return diagnose(self.server, self.nodes.values())
-
-
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    net = Net(tmp_path_factory.mktemp("ssh"))
-    net.server.start()
-    try:
-        in_parallel(n.start for n in net.nodes.values())
-        keys = {
-            "server1": net.server.create_key("alice", "--tag", "tag:server"),
-            "alice1": net.server.create_key("alice"),
-            "bob1": net.server.create_key("bob"),
-        }
-        in_parallel((lambda n=n: n.up(net.server, keys[n.name])) for n in net.nodes.values())
-        net.nodes["server1"].cli("set", "--ssh")
-        yield net
-    finally:
-        for node in net.nodes.values():
-            node.stop()
-        net.server.stop()
+net = tailnet_fixture(
+    {"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY},
+    members=[
+        Member("server1", key=("--tag", "tag:server"), up=("--ssh",)),
+        Member("alice1"),
+        Member("bob1", user="bob"),
+    ],
+)
 
 
 def ssh(node: TailscaleNode, target: str, *command: str) -> subprocess.CompletedProcess[str]:
     return node.cli("ssh", target, *command, timeout=90, check=False)
 
 
-def test_ssh_is_refused_while_no_rule_allows_it(net: Net) -> None:
+def test_ssh_is_refused_while_no_rule_allows_it(net: Tailnet) -> None:
     alice1 = net.nodes["alice1"]
     wait_for(lambda: "server1" in alice1.peer_names(), 20, "alice1 to see server1")
     out = ssh(alice1, "root@server1", "echo", "in")
@@ -99,7 +65,7 @@ def test_ssh_is_refused_while_no_rule_allows_it(net: Net) -> None:
     assert REFUSED in out.stderr, out.stderr
 
 
-def test_an_accept_rule_lets_alice_run_a_command_as_root(net: Net) -> None:
+def test_an_accept_rule_lets_alice_run_a_command_as_root(net: Tailnet) -> None:
     net.repo.commit({"policy.hujson": POLICY_WITH_SSH}, "alice may ssh to the servers as root")
     alice1 = net.nodes["alice1"]
 
@@ -113,13 +79,13 @@ def test_an_accept_rule_lets_alice_run_a_command_as_root(net: Net) -> None:
     assert out.stdout == "root\n", out
 
 
-def test_a_user_without_a_rule_is_refused(net: Net) -> None:
+def test_a_user_without_a_rule_is_refused(net: Tailnet) -> None:
     out = ssh(net.nodes["bob1"], "root@server1", "echo", "in")
     assert out.returncode != 0 and "in\n" not in out.stdout, net.diagnose()
     assert REFUSED in out.stderr, out.stderr
 
 
-def test_a_local_user_the_rule_does_not_name_is_refused(net: Net) -> None:
+def test_a_local_user_the_rule_does_not_name_is_refused(net: Tailnet) -> None:
     out = ssh(net.nodes["alice1"], "nobody@server1", "echo", "in")
     assert out.returncode != 0 and "in\n" not in out.stdout, net.diagnose()
     assert REFUSED in out.stderr, out.stderr

@@ -7,19 +7,16 @@ commit stops declaring is reported by `tailnetd status`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.harness import (
     ALICE_AND_BOB,
-    ServerProcess,
-    TailnetRepo,
-    TailscaleNode,
+    Tailnet,
     diagnose,
     in_parallel,
+    tailnet_fixture,
     wait_for,
 )
 from tests.tailscale_bin import MATRIX
@@ -37,27 +34,7 @@ POLICY = """\
 REFUSED = "requested tag 'tag:db' is not owned by alice@example.com"
 
 
-class Net:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        files = {"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY}
-        self.repo = TailnetRepo(tmp / "repo", files)
-        self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
-
-    def node(self, name: str, version: str) -> TailscaleNode:
-        node = TailscaleNode(name, self.tmp / "nodes", version=version)
-        node.extra_env = {"TS_DEBUG_ALWAYS_USE_DERP": "1"}
-        return node
-
-
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    net = Net(tmp_path_factory.mktemp("tags"))
-    net.server.start()
-    try:
-        yield net
-    finally:
-        net.server.stop()
+net = tailnet_fixture({"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY})
 
 
 def _tags(entry: dict[str, Any] | None) -> list[str] | None:
@@ -66,10 +43,10 @@ def _tags(entry: dict[str, Any] | None) -> list[str] | None:
 
 @pytest.mark.parametrize("version", MATRIX)
 def test_advertised_tags_are_honoured_or_refused_and_operator_tags_reach_clients(
-    net: Net, version: str
+    net: Tailnet, version: str
 ) -> None:
     minor = version.split(".")[1]
-    web, db, laptop = (net.node(f"{n}-v{minor}", version) for n in ("web", "db", "laptop"))
+    web, db, laptop = (net.node(f"{n}-v{minor}", version=version) for n in ("web", "db", "laptop"))
     nodes = [web, db, laptop]
     in_parallel(n.start for n in nodes)
     try:
@@ -107,15 +84,11 @@ def test_advertised_tags_are_honoured_or_refused_and_operator_tags_reach_clients
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{diagnose(net.server, nodes)}") from None
     finally:
-        in_parallel(n.stop for n in nodes)
-        listed_names = net.server.admin("nodes", "list")
-        for n in nodes:
-            if n.name in listed_names:
-                net.server.admin("nodes", "delete", n.name)
+        net.forget(nodes)
 
 
-def test_a_tag_a_commit_stops_declaring_is_reported(net: Net) -> None:
-    node = net.node("tagged", MATRIX[1])
+def test_a_tag_a_commit_stops_declaring_is_reported(net: Tailnet) -> None:
+    node = net.node("tagged", version=MATRIX[1])
     node.start()
     try:
         node.up(net.server, net.server.create_key("alice"), "--advertise-tags=tag:web")

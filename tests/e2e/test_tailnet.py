@@ -15,17 +15,14 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.e2e.harness import (
-    ServerProcess,
-    TailnetRepo,
+    Member,
+    Tailnet,
     TailscaleNode,
     free_port,
-    in_parallel,
+    tailnet_fixture,
     wait_for,
 )
 
@@ -64,39 +61,21 @@ ROUTES = "routes:\n  - {tag: tag:server, routes: [10.99.0.0/24]}\n"
 PREFIX = ipaddress.ip_network("100.64.0.0/10")
 
 
-class Tailnet:
-    def __init__(self, tmp: Path) -> None:
-        self.repo = TailnetRepo(
-            tmp / "repo",
-            {
-                "users.yaml": USERS,
-                "policy.hujson": POLICY,
-                "dns.yaml": DNS,
-                "settings.yaml": SETTINGS,
-                "routes.yaml": ROUTES,
-            },
-        )
-        self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
-        self.tmp = tmp
-        self.nodes: dict[str, TailscaleNode] = {}
-
-    def node(self, name: str, **kw: bool) -> TailscaleNode:
-        node = TailscaleNode(name, self.tmp / "nodes", **kw)
-        node.extra_env = {"TS_DEBUG_ALWAYS_USE_DERP": "1"}
-        self.nodes[name] = node
-        return node
-
-
-@pytest.fixture(scope="module")
-def tailnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tailnet]:
-    net = Tailnet(tmp_path_factory.mktemp("tailnet"))
-    net.server.start()
-    try:
-        yield net
-    finally:
-        for node in net.nodes.values():
-            node.stop()
-        net.server.stop()
+tailnet = tailnet_fixture(
+    {
+        "users.yaml": USERS,
+        "policy.hujson": POLICY,
+        "dns.yaml": DNS,
+        "settings.yaml": SETTINGS,
+        "routes.yaml": ROUTES,
+    },
+    members=[
+        Member("alice1", key=("--reusable",)),
+        Member("alice2", key=("--reusable",)),
+        Member("bob1", user="bob"),
+        Member("server1", key=("--tag", "tag:server")),
+    ],
+)
 
 
 @contextlib.contextmanager
@@ -152,27 +131,11 @@ def nc(node: TailscaleNode, peer: str, port: int, timeout: float = 8) -> str:
                 pipe.close()
 
 
-def diagnose(net: Tailnet) -> str:
-    parts = [f"--- tailnetd log ---\n{net.server.log()[-6000:]}"]
-    for node in net.nodes.values():
-        parts.append(f"--- {node.name} tailscaled log ---\n{node.log()[-3000:]}")
-    return "\n".join(parts)
-
-
 def test_clients_log_in_with_pre_auth_keys(tailnet: Tailnet) -> None:
-    alice_key = tailnet.server.create_key("alice", "--reusable")
-    bob_key = tailnet.server.create_key("bob")
-    server_key = tailnet.server.create_key("alice", "--tag", "tag:server")
-    plan = {"alice1": alice_key, "alice2": alice_key, "bob1": bob_key, "server1": server_key}
-    nodes = [tailnet.node(name) for name in plan]
-    in_parallel(n.start for n in nodes)
-    try:
-        in_parallel((lambda n=n: n.up(tailnet.server, plan[n.name])) for n in nodes)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{diagnose(tailnet)}") from None
-    for node in nodes:
+    # The fixture logged them in, each with a key of its own.
+    for node in tailnet.nodes.values():
         status = node.status()
-        assert status["BackendState"] == "Running", diagnose(tailnet)
+        assert status["BackendState"] == "Running", tailnet.diagnose()
         assert ipaddress.ip_address(node.ip()) in PREFIX
     assert tailnet.nodes["server1"].status()["Self"].get("Tags") == ["tag:server"]
     # A single-use key cannot be used twice.

@@ -20,76 +20,40 @@ import pytest
 from cryptography import x509
 
 from tests.e2e.harness import (
-    ServerProcess,
-    TailnetRepo,
+    RELAY_ONLY,
+    Member,
+    Tailnet,
     TailscaleNode,
     TestCA,
     free_port,
-    in_parallel,
+    running_tailnet,
+    tailnet_fixture,
     wait_for,
 )
 
 USERS = "users:\n  - {name: alice, email: alice@example.com}\n"
 
 
-class TlsTailnet:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.ca = TestCA(tmp / "ca")
-        self.cert, self.key = self.ca.issue("server", ["127.0.0.1", "localhost"])
-        self.repo = TailnetRepo(tmp / "repo", {"users.yaml": USERS})
-        self.server = ServerProcess(
-            self.repo.path,
-            tmp / "data",
-            tmp / "tailnetd.log",
-            extra=["--tls-cert", str(self.cert), "--tls-key", str(self.key)],
-            ca_file=self.ca.cert_path,
-        )
-        self.nodes: list[TailscaleNode] = []
-        self.ca_for_clients = self.ca.cert_path
-        self.login_url: str | None = None  # a reverse proxy's URL, when there is one
-
-    def node(self, name: str) -> TailscaleNode:
-        node = TailscaleNode(name, self.tmp / "nodes", derp_over_http=False)
-        node.extra_env = {
-            "SSL_CERT_FILE": str(self.ca_for_clients),
-            "TS_DEBUG_ALWAYS_USE_DERP": "1",
-        }
-        self.nodes.append(node)
-        return node
-
-    def join_two_and_ping(self, first: str, second: str) -> TailscaleNode:
-        """Log two fresh clients in; `first` pings `second` through DERP over TLS."""
-        key = self.server.create_key("alice", "--reusable")
-        a, b = self.node(first), self.node(second)
-        in_parallel(n.start for n in (a, b))
-        try:
-            in_parallel((lambda n=n: n.up(self.login_url or self.server, key)) for n in (a, b))
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.diagnose()}") from None
-        for node in (a, b):
-            assert node.status()["BackendState"] == "Running", self.diagnose()
-        wait_for(lambda: a.peer_names() == {second}, 20, f"{first} to see {second}")
-        out = a.ping(second)
-        assert f"pong from {second}" in out and "via DERP(tailnetd)" in out, out + self.diagnose()
-        return a
-
-    def diagnose(self) -> str:
-        parts = [f"--- tailnetd log ---\n{self.server.log()[-6000:]}"]
-        parts += [f"--- {n.name} tailscaled log ---\n{n.log()[-4000:]}" for n in self.nodes]
-        return "\n".join(parts)
+net = tailnet_fixture({"users.yaml": USERS}, tls=True)
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsTailnet]:
-    net = TlsTailnet(tmp_path_factory.mktemp("tls"))
-    net.server.start()
-    try:
-        yield net
-    finally:
-        for node in net.nodes:
-            node.stop()
-        net.server.stop()
+def certificate_files(net: Tailnet) -> tuple[Path, Path]:
+    """The server's certificate and key, as the tailnet fixture issued them."""
+    assert net.ca is not None
+    return net.ca.dir / "server.pem", net.ca.dir / "server.key"
+
+
+def join_two_and_ping(
+    net: Tailnet, first: str, second: str, via: str | None = None
+) -> TailscaleNode:
+    """Log two fresh clients in; `first` pings `second` through DERP over TLS."""
+    a, b = net.join([Member(first), Member(second)], via=via)
+    for node in (a, b):
+        assert node.status()["BackendState"] == "Running", net.diagnose()
+    wait_for(lambda: a.peer_names() == {second}, 20, f"{first} to see {second}")
+    out = a.ping(second)
+    assert f"pong from {second}" in out and "via DERP(tailnetd)" in out, out + net.diagnose()
+    return a
 
 
 def served_certificate(port: int, server_name: str | None = None) -> bytes:
@@ -110,39 +74,42 @@ def https_get(url: str, ca: Path) -> bytes:
         return bytes(resp.read())
 
 
-def test_key_is_served_over_tls_that_verifies_against_the_ca(net: TlsTailnet) -> None:
+def test_key_is_served_over_tls_that_verifies_against_the_ca(net: Tailnet) -> None:
     key = json.loads(https_get(net.server.url + "/key?v=133", net.ca.cert_path))
     assert key["publicKey"].startswith("mkey:")
 
 
-def test_clients_log_in_over_https_and_relay_through_derp_over_tls(net: TlsTailnet) -> None:
-    a = net.join_two_and_ping("tls1", "tls2")
+def test_clients_log_in_over_https_and_relay_through_derp_over_tls(net: Tailnet) -> None:
+    a = join_two_and_ping(net, "tls1", "tls2")
     assert a.status()["Self"].get("Relay") == "tailnetd"
 
 
-def test_the_derp_map_points_at_the_certificate_name_and_verifies(net: TlsTailnet) -> None:
-    derp_map = json.loads(net.nodes[0].cli("debug", "derp-map").stdout)
+def test_the_derp_map_points_at_the_certificate_name_and_verifies(net: Tailnet) -> None:
+    derp_map = json.loads(net.nodes["tls1"].cli("debug", "derp-map").stdout)
     (node,) = derp_map["Regions"]["999"]["Nodes"]
     assert node["HostName"] == "127.0.0.1" and node["DERPPort"] == net.server.port, node
     assert not node.get("InsecureForTests"), node
 
 
-def test_a_renewed_certificate_is_served_after_sighup(net: TlsTailnet) -> None:
+def test_a_renewed_certificate_is_served_after_sighup(net: Tailnet) -> None:
+    assert net.ca is not None
+    cert, key = certificate_files(net)
     before = served_certificate(net.server.port)
     fresh_cert, fresh_key = net.ca.issue("renewed", ["127.0.0.1", "localhost"])
-    net.cert.write_bytes(fresh_cert.read_bytes())
-    net.key.write_bytes(fresh_key.read_bytes())
+    cert.write_bytes(fresh_cert.read_bytes())
+    key.write_bytes(fresh_key.read_bytes())
     assert net.server.proc is not None
     net.server.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: served_certificate(net.server.port) != before, 10, "the renewed certificate")
     # Clients keep working across the swap.
-    assert "pong from tls2" in net.nodes[0].ping("tls2", count=5)
+    assert "pong from tls2" in net.nodes["tls1"].ping("tls2", count=5)
 
 
-def test_a_broken_certificate_file_does_not_replace_the_working_one(net: TlsTailnet) -> None:
+def test_a_broken_certificate_file_does_not_replace_the_working_one(net: Tailnet) -> None:
+    cert, _ = certificate_files(net)
     before = served_certificate(net.server.port)
-    good = net.cert.read_bytes()
-    net.cert.write_text("not a certificate\n")
+    good = cert.read_bytes()
+    cert.write_text("not a certificate\n")
     assert net.server.proc is not None
     net.server.proc.send_signal(signal.SIGHUP)
     wait_for(
@@ -151,7 +118,7 @@ def test_a_broken_certificate_file_does_not_replace_the_working_one(net: TlsTail
         "the reload to be refused",
     )
     assert served_certificate(net.server.port) == before
-    net.cert.write_bytes(good)
+    cert.write_bytes(good)
 
 
 # ACME: a certificate from Let's Encrypt's test CA, pebble (Debian package
@@ -211,49 +178,47 @@ class Pebble:
 
 
 @pytest.fixture(scope="module")
-def acme_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TlsTailnet, Pebble]]:
+def acme_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Tailnet, Pebble]]:
     tmp = tmp_path_factory.mktemp("acme")
     http01_port = free_port()
-    net = TlsTailnet(tmp)
-    pebble = Pebble(tmp, net.ca, http01_port)
+    pebble_ca = TestCA(tmp / "pebble-ca")
+    pebble = Pebble(tmp, pebble_ca, http01_port)
+    root = tmp / "pebble-root.pem"
+    root.write_bytes(pebble.root)  # made anew by each pebble run
+
+    def use_acme(net: Tailnet) -> None:
+        """The server gets its certificate from pebble instead of the fixture's CA."""
+        net.server.extra = [
+            "--acme-domain", "localhost",
+            "--acme-directory", pebble.directory,
+            "--acme-http-listen", f"127.0.0.1:{http01_port}",
+            "--acme-email", "admin@example.com",
+        ]  # fmt: skip
+        net.server.ca_file = root  # healthy only once the CA's certificate is served
+        net.server.host = "localhost"
+        net.server.extra_env = {"REQUESTS_CA_BUNDLE": str(pebble_ca.cert_path)}
+
+    clients = {**RELAY_ONLY, "SSL_CERT_FILE": str(root)}
     try:
-        root = tmp / "pebble-root.pem"
-        root.write_bytes(pebble.root)  # made anew by each pebble run
-        net.ca_for_clients = root
-        net.server = ServerProcess(
-            net.repo.path,
-            tmp / "data",
-            tmp / "tailnetd.log",
-            extra=[
-                "--acme-domain", "localhost",
-                "--acme-directory", pebble.directory,
-                "--acme-http-listen", f"127.0.0.1:{http01_port}",
-                "--acme-email", "admin@example.com",
-            ],
-            ca_file=root,  # healthy only once the CA's certificate is served
-            host="localhost",
-        )  # fmt: skip
-        net.server.extra_env = {"REQUESTS_CA_BUNDLE": str(net.ca.cert_path)}
-        net.server.start()
-        yield net, pebble
+        with running_tailnet(
+            tmp, {"users.yaml": USERS}, tls=True, node_env=clients, prepare=use_acme
+        ) as net:
+            yield net, pebble
     finally:
-        for node in net.nodes:
-            node.stop()
-        net.server.stop()
         pebble.stop()
 
 
 def test_acme_gets_a_certificate_that_real_clients_accept(
-    acme_net: tuple[TlsTailnet, Pebble],
+    acme_net: tuple[Tailnet, Pebble],
 ) -> None:
     net, _ = acme_net
     served = x509.load_der_x509_certificate(served_certificate(net.server.port, "localhost"))
     assert "Pebble" in served.issuer.rfc4514_string(), served.issuer
-    net.join_two_and_ping("acme1", "acme2")
+    join_two_and_ping(net, "acme1", "acme2")
 
 
 def test_the_acme_certificate_and_account_are_cached_for_restarts(
-    acme_net: tuple[TlsTailnet, Pebble],
+    acme_net: tuple[Tailnet, Pebble],
 ) -> None:
     net, pebble = acme_net
     cached = {p.name for p in (net.server.data / "acme").rglob("*") if p.is_file()}
@@ -288,12 +253,13 @@ def need(binary: str, package: str) -> str:
     return found
 
 
-def nginx_command(net: TlsTailnet, port: int, upstream: int) -> list[str]:
+def nginx_command(net: Tailnet, port: int, upstream: int) -> list[str]:
     binary = need("nginx", "nginx-light")
+    cert, key = certificate_files(net)
     site = edit(
         (DOCS / "nginx.conf").read_text(),
-        ("/etc/letsencrypt/live/tailnet.example.com/fullchain.pem", str(net.cert)),
-        ("/etc/letsencrypt/live/tailnet.example.com/privkey.pem", str(net.key)),
+        ("/etc/letsencrypt/live/tailnet.example.com/fullchain.pem", str(cert)),
+        ("/etc/letsencrypt/live/tailnet.example.com/privkey.pem", str(key)),
         ("tailnet.example.com", "localhost"),
         ("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;"),
         ("listen 80;", f"listen 127.0.0.1:{free_port()};"),
@@ -319,11 +285,12 @@ def nginx_command(net: TlsTailnet, port: int, upstream: int) -> list[str]:
     return [binary, "-c", str(net.tmp / "nginx.conf"), "-p", str(net.tmp)]
 
 
-def caddy_command(net: TlsTailnet, port: int, upstream: int) -> list[str]:
+def caddy_command(net: Tailnet, port: int, upstream: int) -> list[str]:
     binary = need("caddy", "caddy")
+    cert, key = certificate_files(net)
     site = edit(
         (DOCS / "Caddyfile").read_text(),
-        ("tailnet.example.com {", f"https://localhost:{port} {{\n\ttls {net.cert} {net.key}"),
+        ("tailnet.example.com {", f"https://localhost:{port} {{\n\ttls {cert} {key}"),
         ("reverse_proxy 127.0.0.1:8080\n", f"reverse_proxy 127.0.0.1:{upstream}\n"),
     )
     (net.tmp / "Caddyfile").write_text("{\n\tadmin off\n\tauto_https off\n}\n" + site)
@@ -334,31 +301,35 @@ def caddy_command(net: TlsTailnet, port: int, upstream: int) -> list[str]:
 def test_clients_reach_tailnetd_through_the_example_reverse_proxy_configs(
     proxy: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    net = TlsTailnet(tmp_path_factory.mktemp(proxy))
     port = free_port()
     public = f"https://localhost:{port}"
-    net.server = ServerProcess(
-        net.repo.path, net.tmp / "data", net.tmp / "tailnetd.log", extra=["--server-url", public]
-    )
-    command = (nginx_command if proxy == "nginx" else caddy_command)(net, port, net.server.port)
-    net.login_url = public
-    net.server.start()
-    with open(net.tmp / "proxy.log", "ab") as log:
-        proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(net.tmp)}
-        )
-    try:
-        wait_for(lambda: https_get(public + "/health", net.ca.cert_path), 20, proxy)
-        a = net.join_two_and_ping(f"{proxy}1", f"{proxy}2")
-        (node,) = json.loads(a.cli("debug", "derp-map").stdout)["Regions"]["999"]["Nodes"]
-        assert (node["HostName"], node["DERPPort"]) == ("localhost", port), node
-    except AssertionError as exc:
-        raise AssertionError(
-            f"{exc}\n--- {proxy} ---\n{(net.tmp / 'proxy.log').read_text()[-3000:]}"
-        ) from None
-    finally:
-        for n in net.nodes:
-            n.stop()
-        proc.terminate()
-        proc.wait(10)
-        net.server.stop()
+
+    def behind_the_proxy(net: Tailnet) -> None:
+        """Plain HTTP behind the proxy, which serves the fixture's certificate."""
+        net.server.extra = ["--server-url", public]
+        net.server.ca_file = None
+
+    with running_tailnet(
+        tmp_path_factory.mktemp(proxy), {"users.yaml": USERS}, tls=True, prepare=behind_the_proxy
+    ) as net:
+        assert net.ca is not None
+        command = (nginx_command if proxy == "nginx" else caddy_command)(net, port, net.server.port)
+        with open(net.tmp / "proxy.log", "ab") as log:
+            proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "HOME": str(net.tmp)},
+            )
+        try:
+            wait_for(lambda: https_get(public + "/health", net.ca.cert_path), 20, proxy)
+            a = join_two_and_ping(net, f"{proxy}1", f"{proxy}2", via=public)
+            (node,) = json.loads(a.cli("debug", "derp-map").stdout)["Regions"]["999"]["Nodes"]
+            assert (node["HostName"], node["DERPPort"]) == ("localhost", port), node
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\n--- {proxy} ---\n{(net.tmp / 'proxy.log').read_text()[-3000:]}"
+            ) from None
+        finally:
+            proc.terminate()
+            proc.wait(10)

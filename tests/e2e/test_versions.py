@@ -20,11 +20,11 @@ import pytest
 
 from tests.e2e.harness import (
     ALICE_AND_BOB,
-    ServerProcess,
-    TailnetRepo,
+    Tailnet,
     TailscaleNode,
     diagnose,
     in_parallel,
+    tailnet_fixture,
     wait_for,
 )
 from tests.tailscale_bin import CAPABILITY, MATRIX, NEWEST, OLDEST, TOO_OLD
@@ -40,37 +40,9 @@ CACHE_MAPS = '"nodeAttrs": [{"target": ["alice@example.com"], "attr": ["cache-ne
 SETTINGS = "ephemeral_inactivity_timeout: 3s\n"
 
 
-class Net:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.repo = TailnetRepo(
-            tmp / "repo",
-            {"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY, "settings.yaml": SETTINGS},
-        )
-        self.server = ServerProcess(self.repo.path, tmp / "data", tmp / "tailnetd.log")
-
-    def node(self, name: str, version: str) -> TailscaleNode:
-        node = TailscaleNode(name, self.tmp / "nodes", version=version)
-        node.extra_env = {"TS_DEBUG_ALWAYS_USE_DERP": "1"}
-        return node
-
-    def forget(self, nodes: list[TailscaleNode]) -> None:
-        """Stop the daemons and delete their nodes: the next version starts afresh."""
-        in_parallel(n.stop for n in nodes)
-        listed = self.server.admin("nodes", "list")
-        for n in nodes:
-            if n.name in listed:
-                self.server.admin("nodes", "delete", n.name)
-
-
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    net = Net(tmp_path_factory.mktemp("versions"))
-    net.server.start()
-    try:
-        yield net
-    finally:
-        net.server.stop()
+net = tailnet_fixture(
+    {"users.yaml": ALICE_AND_BOB, "policy.hujson": POLICY, "settings.yaml": SETTINGS}
+)
 
 
 def _minor(version: str) -> str:
@@ -78,11 +50,13 @@ def _minor(version: str) -> str:
 
 
 @pytest.fixture(scope="module", params=MATRIX, ids=lambda v: f"v{v}")
-def fleet(request: pytest.FixtureRequest, net: Net) -> Iterator[dict[str, TailscaleNode]]:
+def fleet(request: pytest.FixtureRequest, net: Tailnet) -> Iterator[dict[str, TailscaleNode]]:
     """alice1, alice2 and bob1 running `request.param`, started but not logged in."""
     version: str = request.param
     suffix = f"-v{_minor(version)}"
-    nodes = {name: net.node(name + suffix, version) for name in ("alice1", "alice2", "bob1")}
+    nodes = {
+        name: net.node(name + suffix, version=version) for name in ("alice1", "alice2", "bob1")
+    }
     nodes["bob1"].extra_args = ["--verbose=1"]  # logs each map poll it opens
     in_parallel(n.start for n in nodes.values())
     try:
@@ -91,7 +65,9 @@ def fleet(request: pytest.FixtureRequest, net: Net) -> Iterator[dict[str, Tailsc
         net.forget(list(nodes.values()))
 
 
-def test_each_version_joins_with_a_pre_auth_key(net: Net, fleet: dict[str, TailscaleNode]) -> None:
+def test_each_version_joins_with_a_pre_auth_key(
+    net: Tailnet, fleet: dict[str, TailscaleNode]
+) -> None:
     alice_key = net.server.create_key("alice", "--reusable")
     keys = {"alice1": alice_key, "alice2": alice_key, "bob1": net.server.create_key("bob")}
     try:
@@ -118,7 +94,7 @@ def test_each_version_pings_through_the_embedded_derp(fleet: dict[str, Tailscale
 
 
 def test_a_policy_commit_adds_and_removes_peers_without_a_reconnect(
-    net: Net, fleet: dict[str, TailscaleNode]
+    net: Tailnet, fleet: dict[str, TailscaleNode]
 ) -> None:
     """The commit reaches the open map stream as PeersChanged/PeersRemoved deltas:
     the client applies them in place (no new login, no second map poll)."""
@@ -139,7 +115,7 @@ def _map_polls(node: TailscaleNode) -> int:
 
 
 def test_each_version_logs_out_and_in_again_keeping_its_address(
-    net: Net, fleet: dict[str, TailscaleNode]
+    net: Tailnet, fleet: dict[str, TailscaleNode]
 ) -> None:
     bob1 = fleet["bob1"]
     ip = bob1.ip()
@@ -152,8 +128,8 @@ def test_each_version_logs_out_and_in_again_keeping_its_address(
     assert bob1.ip() == ip
 
 
-def test_the_oldest_and_newest_admitted_clients_ping_each_other(net: Net) -> None:
-    old, new = net.node("mixed-v80", OLDEST), net.node("mixed-v102", NEWEST)
+def test_the_oldest_and_newest_admitted_clients_ping_each_other(net: Tailnet) -> None:
+    old, new = net.node("mixed-v80", version=OLDEST), net.node("mixed-v102", version=NEWEST)
     try:
         in_parallel(n.start for n in (old, new))
         key = net.server.create_key("alice", "--reusable")
@@ -166,13 +142,13 @@ def test_the_oldest_and_newest_admitted_clients_ping_each_other(net: Net) -> Non
         net.forget([old, new])
 
 
-def test_a_client_older_than_the_supported_range_is_refused(net: Net) -> None:
+def test_a_client_older_than_the_supported_range_is_refused(net: Tailnet) -> None:
     """tailscale 1.78 (capability 109) is told which versions tailnetd supports.
 
     Its `tailscale up` only times out and points at the health check; the health
     check (`tailscale status --json`) and the daemon's log carry the server's text.
     """
-    old = net.node("too-old", TOO_OLD)
+    old = net.node("too-old", version=TOO_OLD)
     try:
         old.start()
         out = old.cli(
@@ -198,11 +174,11 @@ def test_a_client_older_than_the_supported_range_is_refused(net: Net) -> None:
         net.forget([old])
 
 
-def test_a_policy_can_let_1_102_cache_its_network_map(net: Net) -> None:
+def test_a_policy_can_let_1_102_cache_its_network_map(net: Tailnet) -> None:
     """tailnetd grants `cache-network-maps` only where a policy's nodeAttrs say so
     (docs/clients.md); granted, 1.102 writes its map to disk; taken away, it
     deletes it."""
-    node = net.node("cache-v102", NEWEST)
+    node = net.node("cache-v102", version=NEWEST)
 
     def granted() -> bool:
         return "cache-network-maps" in (node.status()["Self"].get("CapMap") or {})

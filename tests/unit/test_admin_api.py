@@ -23,7 +23,7 @@ from server.protocol.keys import MachinePrivate
 from server.sources.history import History
 from server.sources.repo import RepoStatus
 from server.store import SqliteStore, open_store
-from server.tailnet import Tailnet, TailnetSource, running_tailnet
+from server.tailnet import Tailnet, TailnetSource, UserRegistry, running_tailnet
 from tests.unit.test_store import NOW, add_node
 
 
@@ -119,7 +119,9 @@ def apis(tmp_path: Path) -> Iterator[Apis]:
         rng = random.Random(7).randbytes
 
         status = RepoStatus(journal=History(tmp_path / "history.jsonl"))
-        deps = WebDeps(key, tailnet, registry, store, clock, status, rng, local=True)
+        users = UserRegistry(store, log=logging.getLogger("t"))
+        users.subscribe(tailnet.apply_user)
+        deps = WebDeps(key, tailnet, registry, store, clock, status, rng, local=True, users=users)
         socket = build_app(deps)
         tcp = build_app(replace(deps, local=False))
         yield Apis(socket, tcp, store, clock, tailnet, deps, status)

@@ -19,6 +19,7 @@ from server.bodies import NoBody, body_schema, parse_body
 from server.protocol.keys import MachinePublic, NodePublic
 from server.sources.history import HistoryEntry
 from server.sources.repo import Rejection
+from server.store.model import Registration
 from server.wire import Hostinfo, decode
 from tests.unit.test_admin_api import (
     BAD_BODIES,
@@ -163,8 +164,38 @@ def test_a_server_s_key_expiry_is_disabled_and_enabled_again(apis: Apis) -> None
 def test_users_come_from_git_with_their_node_counts(apis: Apis) -> None:
     add_node(apis.store, 1, "laptop")
     assert request(apis.socket, "GET", "/api/v1/users").body == [
-        {"name": "alice", "email": "a@example.com", "display_name": "A", "nodes": 1}
+        {
+            "name": "alice",
+            "email": "a@example.com",
+            "display_name": "A",
+            "nodes": 1,
+            "source": "git",
+            "last_login": None,
+            "groups": [],
+        }
     ]
+
+
+def test_runtime_users_are_listed_with_their_last_login_and_deleted(apis: Apis) -> None:
+    assert apis.deps.users is not None
+    apis.store.set_login_groups("dave@example.com", ["group:ops"], apis.clock())
+    apis.deps.users.admit("dave@example.com", apis.clock())
+    listed = request(apis.socket, "GET", "/api/v1/users").body
+    assert [(u["name"], u["source"], u["groups"]) for u in listed] == [
+        ("alice", "git", []),
+        ("dave@example.com", "runtime", ["group:ops"]),
+    ]
+    assert listed[1]["last_login"] is not None
+    drift = request(apis.socket, "GET", "/api/v1/drift").body["drift"]
+    assert [(d["kind"], d["subject"]) for d in drift] == [("runtime-user", "user dave@example.com")]
+    # git users change by commit only
+    refused = request(apis.socket, "DELETE", "/api/v1/users/alice")
+    assert refused.status == 409 and "git" in refused.body["detail"]
+    assert request(apis.socket, "DELETE", "/api/v1/users/nobody@example.com").status == 404
+    gone = request(apis.socket, "DELETE", "/api/v1/users/dave@example.com")
+    assert gone.status == 200 and gone.body["source"] == "runtime"
+    assert [u["name"] for u in request(apis.socket, "GET", "/api/v1/users").body] == ["alice"]
+    assert "dave@example.com" not in apis.tailnet.source.users
 
 
 def test_a_bad_body_is_a_problem_naming_the_field(populated: Apis) -> None:
@@ -245,12 +276,14 @@ def test_rejection_history_is_newest_first(apis: Apis) -> None:
 
 def test_routes_are_approved_at_runtime_only_where_git_allows_it(apis: Apis) -> None:
     router = apis.deps.registry.register(
-        machine_key=MachinePublic(bytes([7]) * 32),
-        node_key=NodePublic(bytes([7]) * 32),
-        hostname="router",
-        user="alice",
-        now=NOW,
-        hostinfo=decode(Hostinfo, {"Hostname": "router", "RoutableIPs": ["10.9.0.0/24"]}),
+        Registration(
+            machine_key=MachinePublic(bytes([7]) * 32),
+            node_key=NodePublic(bytes([7]) * 32),
+            hostname="router",
+            user="alice",
+            now=NOW,
+            hostinfo=decode(Hostinfo, {"Hostname": "router", "RoutableIPs": ["10.9.0.0/24"]}),
+        )
     )
     path = f"/api/v1/nodes/{router.id}/routes"
     refused = request(apis.socket, "POST", path, body={"routes": ["10.9.0.0/24"]})

@@ -20,7 +20,8 @@ from server.store import (
 )
 from server.store._rows import ts
 from server.store.authkeys import API_KEY, AUTH_KEY
-from server.store.migrations import MIGRATIONS, apply_migrations
+from server.store.migrations import MIGRATIONS
+from server.store.sqlite import apply_migrations
 from tests.unit.store_backends import Backend
 from tests.unit.test_store import NOW, add_node
 

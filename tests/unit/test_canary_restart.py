@@ -16,6 +16,7 @@ from typing import Any
 from server.app import Server
 from server.protocol.keys import MachinePublic, NodePublic
 from server.sources.lifecycle import RESTARTED
+from server.store.model import Registration
 from server.tailnet.mapper import build_map
 from tests.e2e.harness import TailnetRepo
 from tests.unit.control_client import FakeClock, async_test, running_server
@@ -26,10 +27,10 @@ HOLD = timedelta(minutes=5)
 
 def add_node(srv: Server, n: int, name: str, tags: tuple[str, ...]) -> int:
     raw = n.to_bytes(32, "big")
-    return srv.registry.register(
+    return srv.registry.register(Registration(
         machine_key=MachinePublic(raw), node_key=NodePublic(raw), hostname=name,
         user=None, tags=tags, now=srv.clock(),
-    ).id  # fmt: skip
+    )).id  # fmt: skip
 
 
 def ports(srv: Server, node_id: int) -> set[int]:

@@ -17,6 +17,7 @@ import pytest
 from server.admin_client import AdminError, SocketTarget, call
 from server.app import Server
 from server.protocol.keys import MachinePublic, NodePublic
+from server.store.model import Registration
 from tests.e2e.harness import TailnetRepo
 from tests.unit.control_client import USERS, FakeClock, async_test, loopback_config
 
@@ -36,10 +37,10 @@ async def rollout_server(tmp: Path) -> AsyncIterator[tuple[Server, TailnetRepo, 
         await srv.start()
         try:
             raw = (1).to_bytes(32, "big")
-            node = srv.registry.register(
+            node = srv.registry.register(Registration(
                 machine_key=MachinePublic(raw), node_key=NodePublic(raw), hostname="canary-1",
                 user=None, tags=("tag:canary",), now=clock(),
-            )  # fmt: skip
+            ))  # fmt: skip
             srv.registry.connected(node.id)
             yield srv, repo, clock, node.id
         finally:

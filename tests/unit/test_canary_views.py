@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store.interface import Store
+from server.store.model import Registration
 from server.tailnet import Tailnet, TailnetSource
 from server.tailnet.mapper import build_map
 from tests.unit.control_client import T0
@@ -84,15 +85,15 @@ def test_a_promotion_serves_the_candidate_to_every_node(store: Store) -> None:
 def test_a_node_tagged_during_the_hold_moves_to_the_candidate(store: Store) -> None:
     registry, tailnet = serving(store, source("base", BASE))
     raw = (1).to_bytes(32, "big")
-    web = registry.register(
+    web = registry.register(Registration(
         machine_key=MachinePublic(raw), node_key=NodePublic(raw), hostname="web",
         user=None, tags=("tag:web",), now=T0,
-    )  # fmt: skip
+    ))  # fmt: skip
     raw = (2).to_bytes(32, "big")
-    alice = registry.register(
+    alice = registry.register(Registration(
         machine_key=MachinePublic(raw), node_key=NodePublic(raw), hostname="alice-laptop",
         user="alice", tags=(), now=T0,
-    )  # fmt: skip
+    ))  # fmt: skip
     handle = tailnet.open_session(web.id)
     tailnet.start_canary(CANDIDATE, "tag:canary")
     handle.take()

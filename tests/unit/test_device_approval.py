@@ -5,11 +5,13 @@ or is seen; the approval reaches its open map poll without a restart."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 from server.admin_client import SocketTarget, call
 from server.protocol.keys import MachinePrivate, NodePrivate
 from server.store import SqlStore
+from server.store.model import Registration
 from tests.unit.control_client import (
     T0,
     USERS,
@@ -87,12 +89,13 @@ async def test_an_interactive_login_also_waits_for_device_approval(tmp_path: Pat
 
 def test_the_approved_flag_is_kept_by_either_backend(store: SqlStore) -> None:
     machine, key = MachinePrivate.generate().public(), NodePrivate.generate().public()
-    node = store.create_node(
+    registration = Registration(
         machine_key=machine, node_key=key, hostname="laptop", user="alice", now=T0, approved=False
     )
+    node = store.create_node(registration)
     assert store.get_node(node.id).approved is False  # type: ignore[union-attr]
     assert store.set_node_approved(node.id, True).approved is True
     again = store.reregister_node(
-        node.id, node_key=NodePrivate.generate().public(), user="alice", now=T0
+        node.id, replace(registration, node_key=NodePrivate.generate().public(), approved=True)
     )
     assert again.approved is True  # logging in again does not ask for approval again

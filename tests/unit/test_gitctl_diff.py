@@ -203,10 +203,12 @@ def test_ports_are_said_the_way_policies_write_them() -> None:
 
 class _Nodes(BaseHTTPRequestHandler):
     nodes: list[dict[str, Any]] = []
+    users: list[dict[str, Any]] = []
 
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-        ok = self.path == "/api/v1/nodes" and self.headers["Authorization"] == "Bearer tskey-good"
-        body = json.dumps(self.nodes if ok else {"error": "unauthorized"}).encode()
+        lists = {"/api/v1/nodes": self.nodes, "/api/v1/users": self.users}
+        ok = self.path in lists and self.headers["Authorization"] == "Bearer tskey-good"
+        body = json.dumps(lists[self.path] if ok else {"error": "unauthorized"}).encode()
         self.send_response(200 if ok else 401)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -237,6 +239,7 @@ def server() -> Iterator[str]:
             "ipv6": None,
         },
     ]
+    _Nodes.users = [{"name": "bob", "email": "bob@example.com", "source": "git", "groups": []}]
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Nodes)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -259,6 +262,33 @@ def test_live_nodes_from_a_running_server(
     ]
     assert main([*args, "--api-key", "tskey-bad"]) == 2
     assert "401" in capsys.readouterr().err
+
+
+def test_runtime_users_and_their_login_groups_come_from_the_server(
+    repo: Path, server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # dave logged in through the identity provider (not in users.yaml) with group ops
+    _Nodes.users = [
+        {"name": "bob", "email": "bob@example.com", "source": "git", "groups": []},
+        {
+            "name": "dave@example.com",
+            "email": "dave@example.com",
+            "source": "runtime",
+            "last_login": "2026-01-01T00:00:00Z",
+            "groups": ["group:ops"],
+        },
+    ]
+    _Nodes.nodes.append(
+        {"id": 3, "name": "dave-pc", "user": "dave@example.com", "tags": [], "ipv4": "100.64.0.3"}
+    )
+    ops = '{"action": "accept", "src": ["group:ops"], "dst": ["tag:db:5432"]},'
+    change(repo, policy(BOB_SSH_DB + ops).replace('"groups": {', '"groups": {"group:ops": [], '))
+    args = ["diff", "HEAD~1", "HEAD", "--server", server, "--api-key", "tskey-good"]
+    assert main([*args, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["src"]["name"], r["dst"]["name"], r["summary"]) for r in doc["reach"]] == [
+        ("dave@example.com", "tag:db", "port 5432, icmp")  # could not even ping it before
+    ]
 
 
 def test_the_api_key_may_come_from_the_environment(

@@ -35,6 +35,7 @@ from gitctl.policy import parse_policy
 from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store import open_store
+from server.store.model import Registration
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
 from server.tailnet.mapper import MapSession, build_map
 from server.wire import DerpRegion, Hostinfo, NetInfo, decode
@@ -159,12 +160,14 @@ class TailnetChanges(RuleBasedStateMachine):
         self.serial += 1
         raw = self.serial.to_bytes(32, "big")
         node = self.registry.register(
-            machine_key=MachinePublic(raw),
-            node_key=NodePublic(raw),
-            hostname=f"node{self.serial}",
-            user=owner[0],
-            tags=owner[1],
-            now=self.now,
+            Registration(
+                machine_key=MachinePublic(raw),
+                node_key=NodePublic(raw),
+                hostname=f"node{self.serial}",
+                user=owner[0],
+                tags=owner[1],
+                now=self.now,
+            )
         )
         return node.id
 

@@ -15,6 +15,7 @@ from gitctl.policy import parse_policy
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store import open_store
 from server.store.interface import Store
+from server.store.model import Registration
 from server.tailnet import NodeRegistry, Tailnet, TailnetSource
 from server.tailnet.mapper import MapContext, MapSession, PeerEntries, build_map
 from server.wire import DerpRegion
@@ -53,12 +54,14 @@ def tailnet(reg: NodeRegistry, policy: Any) -> Tailnet:
 def add(reg: NodeRegistry, n: int, user: str, expiry: timedelta | None = None) -> int:
     raw = n.to_bytes(32, "big")
     return reg.register(
-        machine_key=MachinePublic(raw),
-        node_key=NodePublic(raw),
-        hostname=f"n{n}",
-        user=user,
-        now=T0,
-        key_expiry=T0 + expiry if expiry is not None else None,
+        Registration(
+            machine_key=MachinePublic(raw),
+            node_key=NodePublic(raw),
+            hostname=f"n{n}",
+            user=user,
+            now=T0,
+            key_expiry=T0 + expiry if expiry is not None else None,
+        )
     ).id
 
 

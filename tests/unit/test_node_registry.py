@@ -16,6 +16,7 @@ from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store import open_store
 from server.store.interface import Store
+from server.store.model import Registration
 from server.tailnet import NodeChange, NodeRegistry, TailnetSource, running_tailnet
 from server.tailnet.mapper import build_map
 from server.tailnet.registry import classify
@@ -52,12 +53,14 @@ def key(n: int) -> bytes:
 
 def register(registry: NodeRegistry, n: int, user: str | None = "alice", **kw: object) -> int:
     return registry.register(
-        machine_key=MachinePublic(key(n)),
-        node_key=NodePublic(key(n)),
-        hostname=f"n{n}",
-        user=user,
-        now=T0,
-        **kw,  # type: ignore[arg-type]
+        Registration(
+            machine_key=MachinePublic(key(n)),
+            node_key=NodePublic(key(n)),
+            hostname=f"n{n}",
+            user=user,
+            now=T0,
+            **kw,  # type: ignore[arg-type]
+        )
     ).id
 
 

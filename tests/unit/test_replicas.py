@@ -15,6 +15,7 @@ import pytest
 
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store import SqlStore
+from server.store.model import Registration
 from server.store.postgres import PostgresStore
 from server.tailnet import NodeChange, NodeRegistry
 from server.tailnet.pg_listen import listen_for_replicas
@@ -40,11 +41,13 @@ def key(n: int) -> bytes:
 
 def register(registry: NodeRegistry, n: int) -> int:
     return registry.register(
-        machine_key=MachinePublic(key(n)),
-        node_key=NodePublic(key(n)),
-        hostname=f"n{n}",
-        user="alice",
-        now=T0,
+        Registration(
+            machine_key=MachinePublic(key(n)),
+            node_key=NodePublic(key(n)),
+            hostname=f"n{n}",
+            user="alice",
+            now=T0,
+        )
     ).id
 
 

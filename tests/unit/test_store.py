@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv6Address
 
@@ -17,6 +18,7 @@ from server.store import (
     SqlStore,
     Store,
 )
+from server.store.model import Registration
 from server.wire import Hostinfo
 from tests.unit.store_backends import Backend
 
@@ -31,14 +33,14 @@ def nkey(i: int) -> NodePublic:
     return NodePublic((1000 + i).to_bytes(32, "big"))
 
 
+def registration(i: int, hostname: str = "laptop", **kwargs: object) -> Registration:
+    """Machine `i` logging in with node key `i` (alice's, unless told)."""
+    args: dict[str, object] = {"node_key": nkey(i), "user": "alice", "now": NOW} | kwargs
+    return Registration(machine_key=mkey(i), hostname=hostname, **args)  # type: ignore[arg-type]
+
+
 def add_node(store: Store, i: int, hostname: str = "laptop", **kwargs: object) -> Node:
-    args: dict[str, object] = {"user": "alice", "now": NOW} | kwargs
-    return store.create_node(
-        machine_key=mkey(i),
-        node_key=nkey(i),
-        hostname=hostname,
-        **args,  # type: ignore[arg-type]
-    )
+    return store.create_node(registration(i, hostname, **kwargs))
 
 
 def test_restart_gives_back_every_node_with_same_identity_and_addresses(backend: Backend) -> None:
@@ -114,9 +116,9 @@ def test_rename_validates_and_keeps_names_unique(store: SqlStore) -> None:
 def test_a_machine_has_one_node_and_node_keys_are_unique(store: SqlStore) -> None:
     add_node(store, 1)
     with pytest.raises(Conflict, match="already registered as node 1"):
-        store.create_node(machine_key=mkey(1), node_key=nkey(5), hostname="x", user="a", now=NOW)
+        store.create_node(replace(registration(1), node_key=nkey(5)))
     with pytest.raises(Conflict, match="already used by node 1"):
-        store.create_node(machine_key=mkey(5), node_key=nkey(1), hostname="x", user="a", now=NOW)
+        store.create_node(replace(registration(1), machine_key=mkey(5)))
     assert len(store.list_nodes()) == 1
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from server.store import AddressExhausted, Conflict, KeyRejected, NotFound, SqlStore
 from server.store.authkeys import generate_key, parse_key
 from tests.unit.store_backends import Backend
-from tests.unit.test_store import NOW, add_node, mkey, nkey
+from tests.unit.test_store import NOW, add_node, nkey, registration
 
 KEY_TEXT = re.compile(r"tskey-auth-[a-z0-9]{12}-[A-Za-z0-9]{48}\Z")
 
@@ -135,17 +135,11 @@ def test_generated_keys_parse_back(seed: int) -> None:
 def test_registering_a_node_consumes_a_single_use_key_atomically(store: SqlStore) -> None:
     text, key_id = new_key(store, tags=("tag:ci",))
     key = store.check_preauth_key(text, NOW)
-    node = store.create_node(
-        machine_key=mkey(1), node_key=nkey(1), hostname="ci", user=None,
-        tags=key.tags, auth_key_id=key.id, now=NOW,
-    )  # fmt: skip
+    node = add_node(store, 1, "ci", user=None, tags=key.tags, auth_key_id=key.id)
     assert node.auth_key_id == key_id and node.tags == ("tag:ci",)
     assert rejected(store, text) == "auth key already used"
     with pytest.raises(KeyRejected, match="auth key already used"):
-        store.create_node(
-            machine_key=mkey(2), node_key=nkey(2), hostname="ci", user=None,
-            auth_key_id=key_id, now=NOW,
-        )  # fmt: skip
+        add_node(store, 2, "ci", user=None, auth_key_id=key_id)
     assert [n.id for n in store.list_nodes()] == [node.id]
 
 
@@ -174,10 +168,10 @@ def test_reregistering_a_machine_keeps_node_id_addresses_and_name(store: SqlStor
     node = add_node(store, 1, "laptop", user="alice")
     text, key_id = new_key(store, user="bob", reusable=True)
     later = NOW + timedelta(days=1)
-    again = store.reregister_node(
-        node.id, node_key=nkey(77), user="bob", auth_key_id=key_id, now=later,
+    again = store.reregister_node(node.id, registration(
+        1, "laptop", node_key=nkey(77), user="bob", auth_key_id=key_id, now=later,
         key_expiry=later + timedelta(days=180),
-    )  # fmt: skip
+    ))  # fmt: skip
     assert (again.id, again.ipv4, again.ipv6, again.given_name) == (
         node.id, node.ipv4, node.ipv6, node.given_name,
     )  # fmt: skip
@@ -186,4 +180,4 @@ def test_reregistering_a_machine_keeps_node_id_addresses_and_name(store: SqlStor
     assert store.check_preauth_key(text, later).used
     other = add_node(store, 2, "phone")
     with pytest.raises(Conflict):
-        store.reregister_node(node.id, node_key=other.node_key, user="bob", now=later)
+        store.reregister_node(node.id, registration(1, node_key=other.node_key, now=later))

@@ -9,7 +9,7 @@ from typing import Any
 
 from server.store import KeyRejected, open_store
 from tests.unit.store_backends import Backend
-from tests.unit.test_store import NOW, add_node, nkey
+from tests.unit.test_store import add_node, nkey, registration
 from tests.unit.test_store_authkeys import new_key
 
 PROCESSES = 2
@@ -29,10 +29,10 @@ def race(where: str | Path, worker: int, keys: list[int], start: Any, out: Any) 
             for round_, key_id in enumerate(relogin_keys):
                 start.wait(timeout=60)
                 try:
-                    store.reregister_node(
-                        own.id, node_key=nkey(1000 * round_ + 600 + worker), user="alice",
-                        now=NOW, auth_key_id=key_id,
-                    )  # fmt: skip
+                    store.reregister_node(own.id, registration(
+                        500 + worker, "own", node_key=nkey(1000 * round_ + 600 + worker),
+                        auth_key_id=key_id,
+                    ))  # fmt: skip
                     relogins += 1
                 except KeyRejected:
                     pass

@@ -14,10 +14,10 @@ from server.store.migrations import (
     MIGRATIONS,
     POSTGRES_MIGRATIONS,
     Migration,
-    apply_migrations,
     schema_version,
 )
 from server.store.postgres import apply_postgres_migrations
+from server.store.sqlite import apply_migrations
 from tests.pgserver import PgServer
 from tests.unit.store_backends import PostgresBackend
 from tests.unit.test_store import add_node

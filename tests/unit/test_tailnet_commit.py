@@ -16,6 +16,7 @@ from gitctl.tailnet.model import DerpNodeSpec, DerpRegionSpec, EmbeddedDerp, Tai
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store import open_store
 from server.store.interface import Store
+from server.store.model import Registration
 from server.tailnet import NodeRegistry, Tailnet, TailnetSource, running_tailnet
 from server.tailnet.mapper import build_map
 from server.wire import DerpRegion
@@ -59,12 +60,14 @@ def serving(store: Store, src: TailnetSource) -> tuple[NodeRegistry, Tailnet]:
 def register(registry: NodeRegistry, n: int, name: str, user: str | None, tags: Any = ()) -> int:
     raw = n.to_bytes(32, "big")
     return registry.register(
-        machine_key=MachinePublic(raw),
-        node_key=NodePublic(raw),
-        hostname=name,
-        user=user,
-        tags=tags,
-        now=T0,
+        Registration(
+            machine_key=MachinePublic(raw),
+            node_key=NodePublic(raw),
+            hostname=name,
+            user=user,
+            tags=tags,
+            now=T0,
+        )
     ).id
 
 

@@ -44,16 +44,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from server.store._open import redact_url
 from server.store._sqlstore import Db, SqlStore
 from server.store.ipalloc import DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX
-from server.store.migrations import (
-    POSTGRES_MIGRATIONS,
-    Migration,
-    check_not_newer,
-    check_numbering,
-    schema_version,
-)
 from server.store.model import AllocationStrategy, Conflict, Rng, StoreError
+from server.store.postgres._migrate import apply_postgres_migrations
 
-__all__ = ["PostgresStore", "apply_postgres_migrations", "open_postgres"]
+__all__ = ["PostgresStore", "open_postgres"]
 
 # One server thread uses the store; a few more connections let an admin call
 # or a slow commit overlap without waiting for the pool.
@@ -63,7 +57,6 @@ _CONNECT_TIMEOUT = 10.0  # seconds to reach the database when opening
 # busy_timeout, so an unreachable database stalls the server no longer than a
 # locked file does.
 _CALL_TIMEOUT = 5.0
-_MIGRATION_LOCK = 0x7461696C6E6574  # pg_advisory_xact_lock key: "tailnet"
 _CLASH = {
     "machine_key": "machine key",
     "node_key": "node key",
@@ -198,45 +191,3 @@ def _clash_message(exc: psycopg.errors.UniqueViolation) -> str:
     constraint = exc.diag.constraint_name or ""
     what = next((w for column, w in _CLASH.items() if column in constraint), "value")
     return f"another server wrote the same {what} at the same moment; try again"
-
-
-# Migrations
-
-
-def apply_postgres_migrations(
-    conn: psycopg.Connection[Any], migrations: tuple[Migration, ...] = POSTGRES_MIGRATIONS
-) -> list[int]:
-    """Bring the database up to the last migration; the versions applied now.
-
-    Each migration is one transaction holding an advisory lock, so replicas
-    starting together migrate once. `conn` must be in autocommit mode.
-    """
-    check_numbering(migrations)
-    with conn.transaction():
-        current = _lock_schema(conn)
-    check_not_newer(current, migrations)
-    applied = []
-    for migration in migrations:
-        if migration.version <= current:
-            continue
-        with conn.transaction():
-            # Another replica may have migrated while we waited for the lock.
-            if _lock_schema(conn) >= migration.version:
-                continue
-            for statement in migration.statements:
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_version (version, description) VALUES (%s, %s)",
-                (migration.version, migration.description),
-            )
-        applied.append(migration.version)
-    return applied
-
-
-def _lock_schema(conn: psycopg.Connection[Any]) -> int:
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version ("
-        " version integer PRIMARY KEY, description text NOT NULL)"
-    )
-    return schema_version(conn)

@@ -5,6 +5,8 @@ up front: checks such as "is this address free" and the insert that relies
 on them can never interleave with another writer, even a second process (an
 admin command) on the same file. The in-memory node index is trusted while
 `PRAGMA data_version` is unchanged (see `_nodeindex`).
+`data_version` moves whenever another connection (an admin command, a second
+process) commits to the file.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from contextlib import contextmanager
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
-from server.store._nodeindex import data_version
 from server.store._sqlstore import Db, SqlStore
 from server.store.ipalloc import DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX
-from server.store.migrations import apply_migrations
 from server.store.model import AllocationStrategy, Rng, StoreError
+from server.store.sqlite._migrate import apply_migrations
 
-__all__ = ["SqliteStore", "open_sqlite"]
+__all__ = ["SqliteStore", "data_version", "open_sqlite"]
+
+
+def data_version(db: Db) -> int:
+    """sqlite's own change counter for the file."""
+    return int(db.execute("PRAGMA data_version").fetchone()[0])
 
 
 def open_sqlite(

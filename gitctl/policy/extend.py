@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .addrs import span
@@ -217,20 +218,8 @@ def _received(lists: list[list[int]], was: Rule, k: int) -> None:
 
 
 def _with_parts(rule: Rule, parts: list[DstPart]) -> Rule:
-    return Rule(
-        src_ips=rule.src_ips,
-        src_members=rule.src_members,
-        protos=rule.protos,
-        caps=rule.caps,
-        via=rule.via,
-        hidden=rule.hidden,
-        src_mask=rule.src_mask,
-        dst_mask=rule.dst_mask,
-        src_n=rule.src_n,
-        parts=parts,
-        dst_nodes=rule.dst_nodes,
-        src_aliases=rule.src_aliases,
-    )
+    """A copy of ``rule`` with other parts (its cached source set dropped: the copy's may grow)."""
+    return replace(rule, parts=parts, _src_key=None)
 
 
 def _grow_rule(

@@ -191,6 +191,8 @@ def _grow_all(
             return "rule parts do not line up"
         more = {p: frozenset(q.nodes) for p, q in enumerate(alone.parts) if q.nodes}
         texts = alone.src_ips[: alone.src_n]
+        if any(p.addrs is not None and id(p.addrs) not in tables for p in was.parts):
+            return "address tables moved"
         moved = [
             DstPart(
                 p.nodes, p.ports, None if p.addrs is None else tables[id(p.addrs)], p.text, p.source

@@ -57,6 +57,7 @@ def _features() -> dict[str, Any]:
                 "app": {"tailscale.com/cap/drive": [{"shares": ["*"]}]},
             },
         ],
+        "autoApprovers": {"routes": {"10.9.0.0/16": ["tag:ops"]}},
         "ssh": [
             {
                 "action": "accept",
@@ -93,7 +94,16 @@ def _synthetic() -> Policy:
     return parse_policy(doc)
 
 
+def _via() -> Policy:
+    doc = _features()
+    doc["grants"].append(
+        {"src": ["group:eng"], "dst": ["10.9.0.0/16"], "via": ["tag:ops"], "ip": ["*"]}
+    )
+    return parse_policy(doc)
+
+
 POLICIES = {
+    "via": _via,
     "features": lambda: parse_policy(_features()),
     "example": lambda: parse_policy(loads(EXAMPLE.read_text())),
     "synthetic": _synthetic,

@@ -21,8 +21,8 @@ from typing import Any
 
 from .addrs import span
 from .aliases import Index
-from .filter import SELF, DstPart, NodeRules, Rule, RuleBuilder, SlotUses
-from .model import Policy
+from .filter import DstPart, NodeRules, Rule, RuleBuilder, SlotUses
+from .model import Alias, Policy
 from .nodeattrs import self_cap_maps
 from .output import NodeKey
 from .routes import RouteTable
@@ -64,10 +64,6 @@ def why_not(
         or any(g.src_posture for g in policy.grants)
     ):
         return "device posture"
-    if any(d.alias == SELF for a in policy.acls for d in a.dst) or any(
-        SELF in g.dst for g in policy.grants
-    ):
-        return "autogroup:self"
     return None
 
 
@@ -91,15 +87,24 @@ def extend_index(
     fresh = Index(policy, Topology(topology.users, topology.nodes[n:], groups=topology.groups))
     fresh.set_routes([()] * count)
     old = previous.index
-    index = old.extended(fresh)
-    uses = previous.slot_uses
     grown: tuple[list[Rule], list[list[int]]] | str
-    if count == 1 and index.ips is old.ips and not any(g.via for g in policy.grants):
-        if uses is None:
-            uses = SlotUses(previous.slots)
-        grown = _grow_one(previous, fresh, uses)
+    uses: SlotUses | None = None
+    # one newcomer, address tables not grown by another index, no via: the fast way
+    if (
+        count == 1
+        and len(old.ips) == len(old.host_prefix_table) == n
+        and not any(g.via for g in policy.grants)
+    ):
+        uses = previous.slot_uses or SlotUses(previous.slots)
+        selfs = _self_gains(previous.per_node.self_sources, fresh, uses)
+        if isinstance(selfs, str):
+            return selfs
+        index = old.extended(fresh)
+        grown = _grow_one(previous, fresh, uses, selfs)
+    elif previous.per_node.self_sources:  # per-user rules would not line up
+        return "autogroup:self with several newcomers or via"
     else:
-        uses = None
+        index = old.extended(fresh)
         tables = {id(old.ips): index.ips, id(old.host_prefix_table): index.host_prefix_table}
         grown = _grow_all(previous, fresh, tables)
     if isinstance(grown, str):
@@ -107,7 +112,7 @@ def extend_index(
     none = ((),) * count
     table = RouteTable(previous.table.enabled + none, previous.table.primary + none)
     caps = [*previous.caps, *self_cap_maps(policy, fresh, tailnet)]
-    parts = (index, table, NodeRules(*grown), caps)
+    parts = (index, table, NodeRules(*grown, previous.per_node.self_sources), caps)
     out = ViewIndex.assemble(
         policy, topology, keys, tailnet, parts, keep_views=keep_views, grown_from=previous
     )
@@ -121,11 +126,32 @@ def extend_index(
 Gain = tuple[frozenset[int], tuple[str, ...], dict[int, frozenset[int]]]
 
 
+def _self_gains(
+    entries: Sequence[tuple[Alias, ...]], fresh: Index, uses: SlotUses
+) -> dict[int, bool] | str:
+    """The autogroup:self rules the one newcomer joins (its user's rule of
+    each entry; True: as a source too), or why it cannot: it is its user's
+    first source device for an entry, which makes a rule of its own."""
+    email = fresh.email[0]
+    out: dict[int, bool] = {}
+    if email is None:
+        return out
+    for entry, aliases in enumerate(entries):
+        source = any(fresh.resolve(a).members for a in aliases)
+        k = uses.self_slots.get((entry, email))
+        if k is not None:
+            out[k] = source
+        elif source:
+            return "autogroup:self: a user's first device"
+    return out
+
+
 def _grow_one(
-    previous: ViewIndex[NodeKey], fresh: Index, uses: SlotUses
+    previous: ViewIndex[NodeKey], fresh: Index, uses: SlotUses, selfs: Mapping[int, bool]
 ) -> tuple[list[Rule], list[list[int]]]:
     """One newcomer: only the slots whose aliases or texts name it change,
-    found through ``uses``; every other rule stays the very object."""
+    found through ``uses`` (and ``selfs``, see `_self_gains`); every other
+    rule stays the very object."""
     gains: dict[int, tuple[set[int], list[str], dict[int, frozenset[int]]]] = {}
     just = frozenset({0})
 
@@ -147,6 +173,12 @@ def _grow_one(
         if r.nodes:
             for k, p in uses.by_alias.get(alias, ()):
                 gain(k)[2][p] = just
+    for k, source in selfs.items():  # its user's rules: it is one of their destinations
+        src, texts, parts = gain(k)
+        if source:
+            src.add(0)
+            texts.extend(ips)
+        parts.update(dict.fromkeys(range(len(previous.slots[k].parts)), just))
     for (kind, text), places in uses.other.items():
         if (
             kind == "all"

@@ -70,8 +70,11 @@ class Rule:
     dst_mask: int = 0
     # how many of src_ips are the source nodes' own addresses (they come first)
     src_n: int = 0
-    # the aliases the sources resolve from (without posture)
+    # the aliases the sources resolve from (without posture); an autogroup:self
+    # rule has none: it is one user's (``self_of``: its entry, see
+    # `RuleBuilder.self_sources`, and the user's email)
     src_aliases: tuple[Alias, ...] = ()
+    self_of: tuple[int, str] | None = None
     # destinations in policy order, and every node one of them reaches
     parts: list[DstPart] = field(default_factory=list)
     dst_nodes: set[int] = field(default_factory=set)
@@ -153,6 +156,9 @@ class RuleBuilder:
         # Every rule the policy makes, sent or not, in policy order: the same
         # sequence over any node set when no rule is per user (autogroup:self).
         self.slots: list[Rule] = []
+        # Per autogroup:self entry (an ACL or grant naming it), the aliases of
+        # its sources: each of their users gets a rule of that entry.
+        self.self_sources: list[tuple[Alias, ...]] = []
         self._src_ips: dict[
             tuple[frozenset[int], tuple[str, ...]], tuple[tuple[str, ...], int]
         ] = {}
@@ -238,17 +244,20 @@ class RuleBuilder:
         self._finish(rule)
         self_ports = [ports for alias, ports in dsts if alias == SELF]
         if self_ports:
-            self._add_self(resolved, self_ports, protos)
+            self._add_self(resolved, src, self_ports, protos)
 
     def _add_self(
         self,
         src: Resolved,
+        src_aliases: tuple[Alias, ...],
         port_sets: list[tuple[PortRange, ...]],
         protos: tuple[int, ...],
         caps: Mapping[str, tuple[Any, ...]] | None = None,
     ) -> None:
         """autogroup:self: each user's devices may reach that user's devices."""
         index = self.index
+        entry = len(self.self_sources)
+        self.self_sources.append(src_aliases)
         by_user: dict[str, list[int]] = defaultdict(list)
         for i in sorted(src.members & index.members):
             email = index.email[i]
@@ -256,11 +265,14 @@ class RuleBuilder:
             by_user[email].append(i)
         for email, srcs in by_user.items():
             own = index.by_email[email.lower()]
+            texts = tuple(index.node_texts(srcs))
             rule = Rule(
-                src_ips=tuple(index.node_texts(srcs)),
+                src_ips=texts,
                 src_members=frozenset(srcs),
                 protos=protos,
                 caps=caps,
+                src_n=len(texts),
+                self_of=(entry, email),
             )
             addrs = index.host_prefix_table if caps is not None else index.ips
             for ports in port_sets:
@@ -294,7 +306,7 @@ class RuleBuilder:
                 self._add_dst(rule, d, tuple(ports), only=via)
             self._finish(rule)
             if has_self:
-                self._add_self(resolved, [tuple(ports)], protos)
+                self._add_self(resolved, grant.src, [tuple(ports)], protos)
         if grant.app and via is not None:
             # Capabilities are not routed; the grant still makes the routers
             # and their routes known to the sources.
@@ -324,7 +336,7 @@ class RuleBuilder:
             self._add_dst(rule, d, (), host_form=True)
         self._finish(rule)
         if has_self:
-            self._add_self(src, [()], (), caps)
+            self._add_self(src, src_aliases, [()], (), caps)
 
 
 class NodeRules:
@@ -334,18 +346,24 @@ class NodeRules:
     (``slots``), so an index for one more node shares the other nodes' lists
     even where their rules gained the newcomer (see `gitctl.policy.extend`)."""
 
-    def __init__(self, slots: Sequence[Rule], lists: list[list[int]]) -> None:
+    def __init__(
+        self,
+        slots: Sequence[Rule],
+        lists: list[list[int]],
+        self_sources: Sequence[tuple[Alias, ...]] = (),
+    ) -> None:
         self.slots = slots
         self.lists = lists
+        self.self_sources = self_sources  # see `RuleBuilder.self_sources`
 
     @classmethod
-    def of(cls, slots: Sequence[Rule], n: int) -> NodeRules:
+    def of(cls, builder: RuleBuilder, n: int) -> NodeRules:
         lists: list[list[int]] = [[] for _ in range(n)]
-        for k, rule in enumerate(slots):
+        for k, rule in enumerate(builder.slots):
             if rule.live:
                 for i in rule.dst_nodes:
                     lists[i].append(k)
-        return cls(slots, lists)
+        return cls(builder.slots, lists, builder.self_sources)
 
     def __getitem__(self, node: int) -> list[Rule]:
         slots = self.slots
@@ -368,7 +386,11 @@ class SlotUses:
         self.src: dict[Alias, list[int]] = defaultdict(list)
         self.by_alias: dict[Alias, list[tuple[int, int]]] = defaultdict(list)
         self.other: dict[tuple[str, Any], list[tuple[int, int]]] = defaultdict(list)
+        # (autogroup:self entry, user email) -> that user's rule of the entry
+        self.self_slots: dict[tuple[int, str], int] = {}
         for k, rule in enumerate(slots):
+            if rule.self_of is not None:
+                self.self_slots[rule.self_of] = k
             for a in dict.fromkeys(rule.src_aliases):
                 self.src[a].append(k)
             for p, part in enumerate(rule.parts):

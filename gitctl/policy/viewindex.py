@@ -63,9 +63,7 @@ class ViewIndex(Generic[NodeKey]):
         for rule in builder.slots:
             rule.src_mask = bitset(rule.src_members, n)
             rule.dst_mask = bitset(rule.dst_nodes, n)
-        self._setup(
-            index, table, NodeRules.of(builder.slots, n), self_cap_maps(policy, index, tailnet)
-        )
+        self._setup(index, table, NodeRules.of(builder, n), self_cap_maps(policy, index, tailnet))
         self.origin = "full"
 
     @classmethod

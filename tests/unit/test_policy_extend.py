@@ -81,7 +81,31 @@ def _features() -> dict[str, Any]:
 
 def _self() -> dict[str, Any]:
     return {
-        "acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]
+        "groups": {"group:eng": ["alice@example.com", "bob@example.com"]},
+        "tagOwners": {t: ["alice@example.com"] for t in TAGS},
+        "hosts": {"low": "100.64.0.0/29"},
+        "acls": [
+            {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]},
+            {"action": "accept", "src": ["carol@example.com"], "dst": ["autogroup:self:22"]},
+            {"action": "accept", "src": ["low"], "dst": ["tag:web:80"]},
+            {"action": "accept", "src": ["tag:db"], "dst": ["autogroup:member:5432"]},
+        ],
+        "grants": [
+            {
+                "src": ["group:eng"],
+                "dst": ["autogroup:self"],
+                "ip": ["tcp:8080"],
+                "app": {"example.com/cap/own": [{"all": True}]},
+            }
+        ],
+        "ssh": [
+            {
+                "action": "accept",
+                "src": ["autogroup:member"],
+                "dst": ["autogroup:self"],
+                "users": ["autogroup:nonroot"],
+            }
+        ],
     }
 
 
@@ -107,6 +131,7 @@ POLICIES = {
     "features": lambda: parse_policy(_features()),
     "example": lambda: parse_policy(loads(EXAMPLE.read_text())),
     "synthetic": _synthetic,
+    "self": lambda: parse_policy(_self()),
     "allow-all": lambda: parse_policy({}),
 }
 
@@ -193,10 +218,25 @@ def test_joins_without_routes_grow_the_index(name: str) -> None:
     assert all(o == "extended" or o.startswith("full: ") for o in origins)
 
 
-def test_a_policy_with_autogroup_self_says_why_it_rebuilds() -> None:
+def test_under_autogroup_self_a_users_first_device_rebuilds_and_the_next_grows() -> None:
+    # the first device makes its user's own rule, which comes between the
+    # others: the index is built; the user's next devices join that rule
     policy = parse_policy(_self())
-    origins = _run(policy, seed=1, steps=6)
-    assert "full: autogroup:self" in origins
+
+    def device(k: int, user: str) -> TopologyNode:
+        return TopologyNode(f"n{k}", f"n{k}", user, (), f"100.64.0.{k}", f"fd7a:115c:a1e0::{k}")
+
+    nodes = [device(1, "alice"), device(2, "carol")]
+    compiled = compile_tailnet(policy, Topology(USERS, tuple(nodes)), enforce_tests=False)
+    origins = []
+    for k, user in enumerate(["bob", "bob", "alice", "carol", "bob"], start=3):
+        nodes.append(device(k, user))
+        topo = Topology(USERS, tuple(nodes))
+        compiled = compile_tailnet(policy, topo, enforce_tests=False, base=compiled)
+        assert _views(compiled) == _views(compile_tailnet(policy, topo, enforce_tests=False))
+        origins.append(_origin(compiled))
+    first = "full: autogroup:self: a user's first device"
+    assert origins == [first, "extended", "extended", "extended", "extended"]
 
 
 def test_a_newcomer_named_twice_as_a_source_is_listed_once() -> None:

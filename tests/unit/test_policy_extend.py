@@ -5,6 +5,7 @@ same tailnet gives."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +262,23 @@ def test_a_newcomer_named_twice_as_a_source_is_listed_once() -> None:
     (rule,) = grown.nodes["n1"].packet_filter_rules
     assert rule["SrcIPs"].count("100.64.0.3") == 1
     assert _views(grown) == _views(compile_tailnet(policy, after, enforce_tests=False))
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_the_serving_index_is_untouched_by_joins_grown_from_it(name: str) -> None:
+    # Grown indexes share the address tables of the one serving (they append
+    # to them): it must keep showing what it showed, and a second index grown
+    # from it (the first was dropped: the server compiled again) must be right.
+    policy = POLICIES[name]()
+    rng = random.Random(5)
+    nodes = [_node(k, rng) for k in range(1, 9)]
+    topo = Topology(USERS, tuple(nodes))
+    # (each read builds its view again)
+    serving = compile_tailnet(policy, topo, enforce_tests=False, keep_views=False)
+    before = _views(serving)
+    for k in (20, 21, 22):
+        topo = Topology(USERS, (*nodes, replace(_node(k, rng), routable_ips=())))
+        grown = compile_tailnet(policy, topo, enforce_tests=False, base=serving)
+        assert _views(grown) == _views(compile_tailnet(policy, topo, enforce_tests=False))
+    again = compile_tailnet(policy, Topology(USERS, tuple(nodes)), enforce_tests=False)
+    assert _views(serving) == before == _views(again)

@@ -70,6 +70,7 @@ class Index:
         self._facts: list[dict[str, Value]] | None = None
         self._posture_ok: dict[tuple[str, ...], frozenset[int]] = {}
         self._resolved: dict[Alias, Resolved] = {}
+        self._alias_emails: dict[Alias, frozenset[str] | None] = {}
         self.by_tag = {k: frozenset(v) for k, v in by_tag.items()}
         self.by_email = {k: frozenset(v) for k, v in by_email.items()}
         self.tagged = frozenset(i for i, n in enumerate(self.nodes) if n.tags)
@@ -127,11 +128,11 @@ class Index:
         new._sorted_ips, new._facts, new._posture_ok = None, None, {}
         resolved = {}
         for alias, r in list(self._resolved.items()):
-            if alias.kind == "user" and not alias.value.startswith("*@"):
-                # most aliases name one user: skip those of other users quickly
-                if alias.value.lower() not in fresh.by_email:
-                    resolved[alias] = r
-                    continue
+            emails = self._emails_of(alias) if alias.kind in ("user", "group") else None
+            if emails is not None and fresh.by_email.keys().isdisjoint(emails):
+                # most aliases name a few users: skip those of other users quickly
+                resolved[alias] = r
+                continue
             more = fresh.resolve(alias)
             if more.members:
                 r = Resolved(
@@ -140,6 +141,27 @@ class Index:
             resolved[alias] = r
         new._resolved = resolved
         return new
+
+    def _emails_of(self, alias: Alias) -> frozenset[str] | None:
+        """The (lower case) emails a user or group alias can name; None (any:
+        resolve it) when it names users by pattern or holds other aliases.
+        Remembered per policy and groups (indexes grown from this one share it)."""
+        if alias not in self._alias_emails:
+            self._alias_emails[alias] = self._list_emails(alias)
+        return self._alias_emails[alias]
+
+    def _list_emails(self, alias: Alias) -> frozenset[str] | None:
+        if alias.kind == "user" and not alias.value.startswith("*@"):
+            return frozenset({alias.value.lower()})
+        if alias.kind != "group":
+            return None
+        out = {e.lower() for e in self.runtime_groups.get(alias.value, ())}
+        for member in self.policy.groups.get(alias.value, ()):
+            emails = self._list_emails(member)
+            if emails is None:
+                return None
+            out |= emails
+        return frozenset(out)
 
     # -- identity --------------------------------------------------------
 

@@ -94,7 +94,8 @@ def compile_tailnet(
     ``base`` (the index over these nodes but the newest, under the same
     policy) lets a join grow that index instead of resolving every rule
     again (`gitctl.policy.extend`); the index's ``origin`` says which it did
-    ("extended", or "full: <why not>").
+    ("extended"; "reused" when nothing it sees changed, e.g. a node re-keyed;
+    or "full: <why not>").
     """
     policy = policy_at(policy, now)
     if enforce_tests:

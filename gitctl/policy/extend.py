@@ -39,8 +39,10 @@ def why_not(
     """Why the index for ``topology`` cannot be grown from ``previous`` (None: it can)."""
     n = len(previous.keys)
     old = previous.topology
-    if len(keys) <= n or len(topology.nodes) != len(keys):
-        return "no node joined" if len(keys) == n else "nodes left"
+    if not (previous.policy is policy or previous.policy == policy):
+        return "policy changed"
+    if len(keys) < n or len(topology.nodes) != len(keys):
+        return "nodes left"
     if tuple(keys[:n]) != previous.keys or any(k in previous.position for k in keys[n:]):
         return "node order moved"
     if topology.nodes[:n] != old.nodes:
@@ -54,10 +56,10 @@ def why_not(
         previous.primaries(),  # what it elected: the election keeps it
     ):
         return "primaries moved"
-    if not (previous.policy is policy or previous.policy == policy):
-        return "policy changed"
-    if previous.slot_uses is not None:
-        return None  # this policy was grown under before: its shape was checked
+    if previous.slot_uses is not None or len(keys) == n:
+        # grown under this policy before (its shape was checked), or nothing
+        # the policy sees changed (a node re-keyed): the index serves again
+        return None
     if (
         policy.default_src_posture
         or any(a.src_posture for a in policy.acls)
@@ -84,6 +86,13 @@ def extend_index(
     if reason is not None:
         return reason
     n, count = len(previous.keys), len(keys) - len(previous.keys)
+    if count == 0:  # the same index serves: only its view caches start empty
+        same = (previous.index, previous.table, previous.per_node, previous.caps)
+        out = ViewIndex.assemble(
+            policy, topology, keys, tailnet, same, keep_views=keep_views, grown_from=previous
+        )
+        out.slot_uses, out.origin = previous.slot_uses, "reused"
+        return out
     fresh = Index(policy, Topology(topology.users, topology.nodes[n:], groups=topology.groups))
     fresh.set_routes([()] * count)
     old = previous.index

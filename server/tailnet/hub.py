@@ -330,7 +330,7 @@ class Tailnet:
         src = source or self._source
         if compiled is None:
             compiled = self._compile_job(src, previous)()
-        # "extended" (a join grew the last index) or "full: <why not>"
+        # "extended" (a join grew the last index), "reused" or "full: <why not>"
         self._log.debug("policy index: %s", getattr(compiled.visibility, "origin", "full"))
         nodes = self._live(src)
         if hasattr(self, "_ctx"):

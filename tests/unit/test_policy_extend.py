@@ -184,7 +184,9 @@ def _run(policy: Policy, seed: int, steps: int) -> list[str]:
     compiled = compile_tailnet(policy, topo, enforce_tests=False)
     origins = []
     for _ in range(steps):
-        if rng.random() < 0.75 or len(nodes) < 2:
+        if rng.random() < 0.1:
+            nodes = [replace(n) for n in nodes]  # equal records: nothing the policy sees
+        elif rng.random() < 0.75 or len(nodes) < 2:
             # joins close together are compiled at once (the server's `settle`)
             for _ in range(1 if rng.random() < 0.7 else rng.randint(2, 4)):
                 nodes.append(_node(serial, rng))
@@ -215,8 +217,8 @@ def test_a_grown_index_shows_every_node_what_a_fresh_compile_does(name: str, see
 def test_joins_without_routes_grow_the_index(name: str) -> None:
     origins = _run(POLICIES[name](), seed=7, steps=30)
     joins = [o for o in origins if o == "extended"]
-    assert len(joins) >= 15, origins
-    assert all(o == "extended" or o.startswith("full: ") for o in origins)
+    assert len(joins) >= 10, origins
+    assert all(o in ("extended", "reused") or o.startswith("full: ") for o in origins)
 
 
 def test_under_autogroup_self_a_users_first_device_rebuilds_and_the_next_grows() -> None:

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from gitctl.policy.viewindex import ViewIndex
+from server.protocol.keys import NodePublic
 from server.store.interface import Store
 from server.tailnet import hub as hub_module
+from tests.unit.control_client import T0
 from tests.unit.test_tailnet_commit import four_nodes, register, store
 from tests.unit.test_tailnet_offloop import assert_maps_are_fresh
 
@@ -60,4 +62,21 @@ def test_joins_close_together_grow_it_once(store: Store, full_builds: list[int])
     asyncio.run(storm())
     assert full_builds == []
     assert len(tailnet.context.nodes) == 9
+    assert_maps_are_fresh(store, tailnet)
+
+
+def test_a_node_renewing_its_key_reuses_the_index(
+    store: Store, full_builds: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    # a new node key changes nothing the policy sees: the index serves on
+    registry, tailnet, ids = four_nodes(store)
+    tailnet.settle()
+    full_builds.clear()
+    node = store.get_node(ids["alice-laptop"])
+    assert node is not None
+    with caplog.at_level(logging.DEBUG):
+        registry.renew_key(node, NodePublic(bytes([7]) * 32), T0)
+        tailnet.settle()
+    assert full_builds == []
+    assert "policy index: reused" in caplog.text
     assert_maps_are_fresh(store, tailnet)

@@ -46,6 +46,18 @@ def _topology_affected(
     """When nodes without routes join, leave or change, only they and the
     nodes that see them (before or after) are affected: a node enters another
     node's view only through a rule that makes the two see each other."""
+    had = len(previous.keys)
+    if current.keys[:had] == previous.keys and current.topology.nodes[:had] == (
+        previous.topology.nodes
+    ):
+        # nodes joined after the others, which stay as they were (a join)
+        joined = current.keys[had:]
+        if any(current.table.enabled[had:]):
+            return None
+        out = set(joined)
+        for key in joined:
+            out.update(current.dependents(key))
+        return frozenset(out)
     old_nodes = dict(zip(previous.keys, previous.topology.nodes, strict=True))
     new_nodes = dict(zip(current.keys, current.topology.nodes, strict=True))
     if len(old_nodes) != len(previous.keys) or len(new_nodes) != len(current.keys):

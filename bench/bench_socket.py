@@ -137,23 +137,35 @@ async def mesh_events(server: LocalServer, fleet: Fleet) -> dict[str, Any]:
     return out
 
 
-async def restart(server: LocalServer, fleet: Fleet) -> dict[str, Any]:
+async def restart(
+    server: LocalServer, fleet: Fleet, launcher: list[str] | None = None
+) -> dict[str, Any]:
     """Every client reconnects at once after a restart: seconds until all stream."""
     begin = time.monotonic()
-    serving = await asyncio.to_thread(server.restart)
+    serving = await asyncio.to_thread(server.restart, launcher)
     await fleet.reconnect(fleet.nodes)
     return {
         "cold_start_s": round(serving, 2),
         "restart_to_all_streaming_s": round(time.monotonic() - begin, 2),
+        "restart_server_cpu_s": round(server.cpu_seconds(), 2),  # start-up + every reconnect
         "reconnect_retries": sum(n.retries for n in fleet.nodes),
     }
 
 
-def run_one(nodes: int, *, mesh: bool, restart_too: bool, profile: Path | None) -> dict[str, Any]:
+def run_one(
+    nodes: int,
+    *,
+    mesh: bool,
+    restart_too: bool,
+    profile: Path | None,
+    profile_restart: bool = False,
+) -> dict[str, Any]:
     kind = "mesh" if mesh else "sparse"
-    launcher = ["-m", "cProfile", "-o", str(profile / f"{kind}-{nodes}.prof")] if profile else None
+    name = f"{kind}-{nodes}{'-restart' if profile_restart else ''}"
+    launcher = ["-m", "cProfile", "-o", str(profile / f"{name}.prof")] if profile else None
+    first, again = (None, launcher) if profile_restart else (launcher, None)
     policy = MESH if mesh else SPARSE
-    with local_server({"users.yaml": USERS, "policy.hujson": policy}, launcher=launcher) as server:
+    with local_server({"users.yaml": USERS, "policy.hujson": policy}, launcher=first) as server:
         cold_empty = server.started_in
 
         async def scenario() -> dict[str, Any]:
@@ -162,7 +174,7 @@ def run_one(nodes: int, *, mesh: bool, restart_too: bool, profile: Path | None) 
                 if mesh:
                     result.update(await mesh_events(server, fleet))
                 if restart_too:
-                    result.update(await restart(server, fleet))
+                    result.update(await restart(server, fleet, again))
                 return result
             finally:
                 await fleet.close()
@@ -170,7 +182,7 @@ def run_one(nodes: int, *, mesh: bool, restart_too: bool, profile: Path | None) 
         result = asyncio.run(scenario())
     result.update(kind=kind, cold_start_empty_s=round(cold_empty, 2))
     if profile:
-        _write_profile(profile / f"{kind}-{nodes}.prof")
+        _write_profile(profile / f"{name}.prof")
     print(json.dumps(result), flush=True)
     return result
 
@@ -236,6 +248,10 @@ def render(results: list[dict[str, Any]]) -> str:
                     "",
                 ]
             )
+            if "restart_server_cpu_s" in r:
+                rows.append(
+                    [label, "restart: server CPU until then (s)", r["restart_server_cpu_s"], ""]
+                )
     return table(rows, ["run", "measure", "value", "target"])
 
 
@@ -294,6 +310,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--profile", type=Path, help="run the server under cProfile, stats here")
+    parser.add_argument(
+        "--restart-sparse", action="store_true", help="restart at the largest sparse run too"
+    )
+    parser.add_argument(
+        "--profile-restart",
+        action="store_true",
+        help="with --profile: profile the restarted server (the reconnect storm), not the first",
+    )
     parser.add_argument("--replot", type=Path, help="no runs: table and plot from this JSON")
     args = parser.parse_args()
     if args.profile:
@@ -314,9 +338,27 @@ def main() -> None:
         machine, results = data["machine"], data["runs"]
     biggest = max(args.mesh, default=0)
     for n in [] if args.replot else args.mesh:
-        record(run_one(n, mesh=True, restart_too=n == biggest, profile=args.profile))
+        record(
+            run_one(
+                n,
+                mesh=True,
+                restart_too=n == biggest,
+                profile=args.profile,
+                profile_restart=args.profile_restart and n == biggest,
+            )
+        )
+    sparse_biggest = max(args.sparse, default=0) if args.restart_sparse else -1
     for n in [] if args.replot else args.sparse:
-        record(run_one(n, mesh=False, restart_too=False, profile=args.profile))
+        restart_too = n == sparse_biggest
+        record(
+            run_one(
+                n,
+                mesh=False,
+                restart_too=restart_too,
+                profile=args.profile,
+                profile_restart=args.profile_restart and restart_too,
+            )
+        )
     print(f"\nmachine: {machine}\n")
     print(render(results))
     if args.plot:

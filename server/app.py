@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
@@ -39,8 +39,6 @@ from server.edge.http1 import FrontDoor, RequestHead
 from server.edge.stun_server import StunServer, start_stun_server
 from server.logs import event
 from server.metrics import DerpCollector, LiveCollector, Metrics
-from server.oidc.login import OidcLogin
-from server.oidc.provider import Provider
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate, NodePublic
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
 from server.sources.authority import CommitAuthority
@@ -50,16 +48,17 @@ from server.sources.remote import RemoteRepo
 from server.sources.repo import RepoStatus, SnapshotRepo
 from server.store import SqlStore, StoreError, open_store
 from server.store.model import Node
-from server.store.postgres import PostgresStore
 from server.tagcheck import undeclared
 from server.tailnet import NodeChange, TailnetSource, UserRegistry, running_tailnet
-from server.tailnet.pg_listen import start_replication
 from server.tailnet.probes import RouterProbes
 from server.tls.acme import AcmeManager, AcmeSettings
 from server.tls.acme_http import ChallengeResponder
 from server.tls.certs import ReloadingContext, TlsError, watch_certificate_files
 from server.webhooks import Delivery, EventSource, WebhookSender
 from server.wire import DerpRegion
+
+if TYPE_CHECKING:
+    from server.oidc.login import OidcLogin
 
 __all__ = ["Server", "StartupError"]
 
@@ -307,7 +306,11 @@ class Server:
         self.registry.subscribe(self.metrics.node_changed)
         self.users = UserRegistry(self.store, log=self.log)
         self.users.subscribe(self.tailnet.apply_user)
-        if isinstance(self.store, PostgresStore):
+        if not isinstance(cfg.store_location, Path):  # PostgreSQL: psycopg loads only here
+            from server.store.postgres import PostgresStore
+            from server.tailnet.pg_listen import start_replication
+
+            assert isinstance(self.store, PostgresStore)
             self._tasks.append(
                 start_replication(
                     self.store,
@@ -420,7 +423,9 @@ class Server:
         self._tasks.append(asyncio.create_task(self._expiry_timer()))
         self._tasks.append(asyncio.create_task(self._login_timer()))
         self._tasks.append(asyncio.create_task(self._probe_timer()))
-        self._warn_undeclared_tags()
+        # The tailnet read every node a moment ago: not a second pass over the store.
+        known = (self.tailnet.record(i) for i in self.tailnet.record_ids())
+        self._warn_undeclared_tags([n for n in known if n is not None])
         self.log.info(
             "tailnetd listening on %s (control + DERP), STUN %s, serving %s, node state in %s",
             cfg.server_url if cfg.listen_port else f"port {self.port}",
@@ -586,12 +591,14 @@ class Server:
             elif action.outcome != "unchanged":
                 self.log.info("%s", action.describe(), extra=fields)
 
-    def _warn_undeclared_tags(self) -> None:
+    def _warn_undeclared_tags(self, nodes: list[Node] | None = None) -> None:
         """One warning per node or usable pre-auth key whose tags the served policy
-        does not declare (a commit dropped them from tagOwners)."""
+        does not declare (a commit dropped them from tagOwners). `nodes`: those
+        just read from the store, when the caller has them."""
         policy = self.tailnet.source.policy
         keys = self.store.list_preauth_keys()
-        for entry in undeclared(policy, self.registry.nodes(), keys, self.clock()):
+        nodes = self.registry.nodes() if nodes is None else nodes
+        for entry in undeclared(policy, nodes, keys, self.clock()):
             self.log.warning("%s", entry.describe())
 
     def _derp_allowed(self, key: NodePublic) -> bool:
@@ -664,6 +671,9 @@ class Server:
             return None
         # The callback is on the URL people reach (the bound port when listening on 0).
         settings = dataclasses.replace(settings, server_url=self._public_url())
+        from server.oidc.login import OidcLogin  # authlib: only when OIDC is configured
+        from server.oidc.provider import Provider
+
         self._oidc_provider = Provider(settings)
         return OidcLogin(
             settings,

@@ -23,6 +23,10 @@ __all__ = ["main"]
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # No collections while start-up imports modules and builds the first index:
+    # everything it makes lives on, so each pass would scan it for nothing.
+    # One collection at the end, then gc.freeze() (below).
+    gc.disable()
     from server.app import Server, StartupError
 
     try:
@@ -51,6 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
         # stalls DERP and maps for ~150 ms at 5,000 nodes (bench/bench_derp_pause.py).
         gc.collect()
         gc.freeze()
+        gc.enable()
         # A commit compiles in a worker thread; the loop gets the GIL back within
         # 1 ms instead of 5 (DERP gaps during a 5,000-node commit: ~70 -> ~30 ms).
         sys.setswitchinterval(0.001)

@@ -18,7 +18,7 @@ from pathlib import Path
 VERSION = "1.96.4"
 MODULE = f"tailscale.com/cmd/gitops-pusher@v{VERSION}"
 
-__all__ = ["VERSION", "bin_dir", "binary", "cache_dir", "install"]
+__all__ = ["VERSION", "bin_dir", "binary", "cache_dir", "go_install", "install"]
 
 
 def cache_dir(override_env: str, name: str) -> Path:
@@ -40,14 +40,18 @@ def binary() -> Path:
 
 def install(target: Path | None = None) -> Path:
     """The binary, built first if missing; needs `go` on PATH."""
-    target = target or bin_dir()
-    built = target / "gitops-pusher"
+    return go_install(MODULE, target or bin_dir())
+
+
+def go_install(module: str, target: Path) -> Path:
+    """`go install module@version` into `target`, unless its binary is there already."""
+    built = target / module.split("@")[0].rsplit("/", 1)[-1]
     if built.exists():
         return built
     go = shutil.which("go") or "/usr/local/go/bin/go"
     target.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GOBIN": str(target), "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
-    subprocess.run([go, "install", MODULE], check=True, env=env)
+    subprocess.run([go, "install", module], check=True, env=env)
     return built
 
 

@@ -56,11 +56,11 @@ class LocalServer:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
 
-    def restart(self) -> float:
-        """Stop (SIGTERM) and start again on the same data dir, without the launcher
-        (a profile covers the first run); seconds to serving."""
+    def restart(self, launcher: list[str] | None = None) -> float:
+        """Stop (SIGTERM) and start again on the same data dir, with `launcher`
+        (by default none: a profile covers the first run); seconds to serving."""
         self.process.stop()
-        self.process.launcher = []
+        self.process.launcher = list(launcher or ())
         return self.start()
 
     def start(self) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["percentile", "summary", "table"]
+__all__ = ["machine", "percentile", "summary", "table"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -25,6 +25,18 @@ def summary(seconds: Sequence[float]) -> dict[str, float]:
         "p99_ms": round(percentile(seconds, 99) * 1000, 1),
         "max_ms": round(max(seconds) * 1000, 1),
     }
+
+
+def machine() -> str:
+    """The machine a run measured, with the load other work put on it."""
+    import os
+    import platform
+
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
 
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:

@@ -6,17 +6,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from server.auth.pending import PendingLogins
 from server.auth.sshcheck import SshChecks
 from server.metrics import Metrics
-from server.oidc.login import OidcLogin
 from server.protocol.keys import MachinePublic
 from server.sources.repo import RepoStatus
 from server.store.interface import Store
 from server.tailnet import NodeRegistry, Tailnet, UserRegistry
 from server.webhooks.source import EventSource
+
+if TYPE_CHECKING:
+    from server.oidc.login import OidcLogin  # authlib: loaded only when OIDC is configured
 
 __all__ = ["WebDeps", "parse_duration"]
 

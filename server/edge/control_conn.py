@@ -107,16 +107,19 @@ class ControlConnection:
         self._closed = False
 
     async def run(self) -> None:
-        self._writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\n"
-            b"Upgrade: tailscale-control-protocol\r\n"
-            b"Connection: upgrade\r\n\r\n" + self._accepted.response
-        )
+        # The upgrade, the handshake response, the early payload and our HTTP/2
+        # preface leave in one write (a reconnect storm is thousands of these).
         if self._early is not None:
             self._noise.send(self._early)
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(INBOUND_WINDOW)
-        await self._flush()
+        self._noise.send(self._h2.data_to_send())
+        self._writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            b"Upgrade: tailscale-control-protocol\r\n"
+            b"Connection: upgrade\r\n\r\n" + self._accepted.response + self._noise.data_to_send()
+        )
+        await self._writer.drain()
         try:
             await self._read_loop()
         finally:
@@ -235,11 +238,13 @@ class ControlConnection:
         self._h2.send_headers(
             stream_id, headers, end_stream=response.stream is None and not response.body
         )
-        await self._flush()
-        if response.stream is None:
+        if response.stream is None:  # headers and body in one write
             if response.body:
                 await self._send_data(stream_id, stream, response.body, end=True)
+            else:
+                await self._flush()
             return
+        await self._flush()
         try:
             async for chunk in response.stream:
                 await self._send_data(stream_id, stream, chunk, end=False)
@@ -254,22 +259,23 @@ class ControlConnection:
             raise _StreamGone
 
     async def _send_data(self, stream_id: int, stream: _Stream, data: bytes, *, end: bool) -> None:
+        """As many DATA frames as the window takes, then one write."""
         view = memoryview(data)
         while view:
             self._check(stream)
             window = self._h2.local_flow_control_window(stream_id)
             size = min(window, self._h2.max_outbound_frame_size, len(view))
             if size <= 0:
-                self._window_changed.clear()
+                self._window_changed.clear()  # before the flush yields: no lost update
+                await self._flush()
                 await self._window_changed.wait()
                 continue
             self._h2.send_data(stream_id, bytes(view[:size]))
             view = view[size:]
-            await self._flush()
         if end:
             self._check(stream)
             self._h2.end_stream(stream_id)
-            await self._flush()
+        await self._flush()
 
     async def _flush(self) -> None:
         data = self._h2.data_to_send()

@@ -6,6 +6,14 @@ queues that drop their oldest packet when full, so a slow receiver never
 blocks a sender; senders learn with PeerGone when a peer they talked to
 left (reason 0x00) or, for disco packets and rate-limited, that it is not
 here at all (0x01).
+
+The hot path is one read -> one write per receiver: a read's packets are
+routed into the receivers' queues and, once the read is handled, each
+receiver whose socket is not backed up gets all of them in one write
+(`_flush`); a backed-up one is left to its write loop, which waits for the
+socket to drain while its queue drops the oldest. A sender remembers where
+its last destination key went (`_Client.route`) until the set of connected
+keys changes, so a steady flow skips the lookups.
 """
 
 from __future__ import annotations
@@ -126,6 +134,10 @@ class _Client:
         self.not_here_limit = _TokenBucket(PEER_GONE_RATE, PEER_GONE_BURST, now)
         self.preferred = False
         self.peer = str(writer.get_extra_info("peername"))
+        self.flushing = False  # in the server's list of receivers to write after this read
+        # (destination key, server generation, its receiver): the last route taken.
+        self.route: tuple[NodePublic, int, _Client] | None = None
+        self.high_water = writer.transport.get_write_buffer_limits()[1]
 
     def name(self) -> str:
         return f"{self.peer} {self.key.short() if self.key else '(no key yet)'}"
@@ -168,6 +180,8 @@ class DerpServer:
         self._watchers: dict[NodePublic, set[_Client]] = {}  # got packets from key
         self._counters = _Counters()
         self._closed = False
+        self._to_flush: list[_Client] = []  # receivers given packets by the current read
+        self._generation = 0  # bumped when who is connected changes: routes are stale
         self._upgrade = (
             "HTTP/1.1 101 Switching Protocols\r\n"
             "Upgrade: DERP\r\n"
@@ -261,14 +275,47 @@ class DerpServer:
             client.done.set()
 
     async def _read_loop(self, reader: asyncio.StreamReader, client: _Client) -> None:
+        conn = client.conn
         while not client.closing:
             data = await reader.read(READ_SIZE)
             if not data:
                 return
-            for event in client.conn.receive_data(data):
-                if client.closing or not client.conn.is_open:
-                    return
-                self._on_event(client, event)
+            try:
+                for event in conn.receive_data(data):
+                    if client.closing or not conn.is_open:
+                        return
+                    if type(event) is SendPacket:
+                        self._route(client, event.dst, event.packet)
+                    else:
+                        self._on_event(client, event)
+            finally:
+                self._flush()
+
+    def _flush(self) -> None:
+        """One write per receiver for what the last read routed to it, unless its
+        socket is backed up: then its write loop drains first (and its queue drops)."""
+        receivers, self._to_flush = self._to_flush, []
+        for target in receivers:
+            target.flushing = False
+            if not self._write_now(target):
+                target.wake.set()
+
+    def _write_now(self, target: _Client) -> bool:
+        """Write what waits for `target` unless its socket is backed up (or going)."""
+        transport = target.writer.transport
+        if (
+            target.closing
+            or not target.registered
+            or not target.conn.is_open
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > target.high_water
+        ):
+            return False
+        self._fill(target)
+        data = target.conn.data_to_send()
+        if data:
+            target.writer.write(data)
+        return True
 
     def _on_event(self, client: _Client, event: Event) -> None:
         match event:
@@ -326,6 +373,7 @@ class DerpServer:
         else:
             self._tell_mesh(key, True)
         connections.append(client)
+        self._generation += 1
         client.registered = True
         client.wake.set()
         self._log.debug("derp: %s: connected", client.name())
@@ -335,6 +383,15 @@ class DerpServer:
         c = self._counters
         c.packets_received += 1
         c.bytes_received += len(packet)
+        route = src.route
+        if (
+            route is not None
+            and route[0] is dst
+            and route[1] == self._generation
+            and not looks_like_disco(packet)
+        ):
+            self._enqueue(route[2], route[2].packets, src.key, packet)
+            return
         self._deliver(src.key, dst, packet, src)
 
     def _deliver(
@@ -358,15 +415,29 @@ class DerpServer:
                 self._queue_peer_gone(src, dst, PeerGoneReason.NOT_HERE)
             return
         target = targets[-1]
-        queue = target.disco if disco else target.packets
-        if len(queue) >= self._queue_depth:
-            queue.popleft()
-            c.drops[DropReason.QUEUE_HEAD] += 1
-        queue.append((src_key, packet))
         if src_key not in target.senders:
             target.senders.add(src_key)
             self._watchers.setdefault(src_key, set()).add(target)
-        target.wake.set()
+        if src is not None and not disco:
+            src.route = (dst, self._generation, target)
+        self._enqueue(target, target.disco if disco else target.packets, src_key, packet)
+
+    def _enqueue(
+        self,
+        target: _Client,
+        queue: deque[tuple[NodePublic, bytes]],
+        src_key: NodePublic,
+        packet: bytes,
+    ) -> None:
+        # A full queue is written out at once if the receiver keeps up; only
+        # one whose socket is backed up loses its oldest packet.
+        if len(queue) >= self._queue_depth and not self._write_now(target):
+            queue.popleft()
+            self._counters.drops[DropReason.QUEUE_HEAD] += 1
+        queue.append((src_key, packet))
+        if not target.flushing:
+            target.flushing = True
+            self._to_flush.append(target)
 
     # The mesh: other servers of the region
 
@@ -387,6 +458,7 @@ class DerpServer:
         if current is None or current[0] is not owner:
             return
         del self._forwarders[key]
+        self._generation += 1
         if key not in self._by_key:
             for watcher in self._watchers.pop(key, ()):
                 watcher.senders.discard(key)
@@ -403,6 +475,8 @@ class DerpServer:
             client.wake.set()
 
     def _unregister(self, client: _Client) -> None:
+        self._generation += 1
+        client.route = None
         dropped = len(client.packets) + len(client.disco)
         client.packets.clear()
         client.disco.clear()
@@ -471,11 +545,10 @@ class DerpServer:
                 conn.send_peer_gone(peer, PeerGoneReason.DISCONNECTED)
         client.presence.clear()
         for queue in (client.disco, client.packets):
-            while queue:
-                src, packet = queue.popleft()
-                conn.send_packet(src, packet)
-                c.packets_sent += 1
-                c.bytes_sent += len(packet)
+            if queue:
+                c.packets_sent += conn.send_packets(queue)
+                c.bytes_sent += sum(len(packet) for _, packet in queue)
+                queue.clear()
         # Last, so a ping works as a barrier: what it followed was written first.
         if client.pong is not None:
             conn.send_pong(client.pong)

@@ -7,11 +7,15 @@ authlib), `identity` (claims -> a user of tailnet.d, allow-lists, groups). The I
 `provider`, fetches the discovery document and keys and exchanges the code.
 """
 
-from .flows import Flow, Flows
+from typing import TYPE_CHECKING, Any
+
 from .identity import Identity, admit
 from .refusal import Refusal
 from .settings import OidcSettings
-from .tokens import verify_id_token
+
+if TYPE_CHECKING:
+    from .flows import Flow, Flows
+    from .tokens import verify_id_token
 
 __all__ = [
     "Flow",
@@ -22,3 +26,15 @@ __all__ = [
     "admit",
     "verify_id_token",
 ]
+
+# authlib and joserfc load only when a login needs them: `tailnetd serve`
+# reads the settings (server.config) whether or not OIDC is configured.
+_LAZY = {"Flow": ".flows", "Flows": ".flows", "verify_id_token": ".tokens"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)

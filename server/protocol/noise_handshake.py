@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -75,11 +76,18 @@ def hkdf2(chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
     return out1, out2
 
 
-def _dh(private: MachinePrivate, public: MachinePublic) -> bytes:
+@lru_cache(maxsize=4)
+def _static_key(private: MachinePrivate) -> X25519PrivateKey:
+    """A server's long-lived key, loaded once: loading one costs what a DH
+    does (it derives the public key), and every handshake used it three times."""
+    return X25519PrivateKey.from_private_bytes(private.raw)
+
+
+def _dh(private: MachinePrivate | X25519PrivateKey, public: MachinePublic) -> bytes:
+    if isinstance(private, MachinePrivate):
+        private = X25519PrivateKey.from_private_bytes(private.raw)
     try:
-        return X25519PrivateKey.from_private_bytes(private.raw).exchange(
-            X25519PublicKey.from_public_bytes(public.raw)
-        )
+        return private.exchange(X25519PublicKey.from_public_bytes(public.raw))
     except ValueError:
         # A low-order point gives an all-zero secret; Go's curve25519 refuses
         # it too, so the handshake fails on both sides alike.
@@ -100,7 +108,7 @@ class SymmetricState:
     def mix_hash(self, data: bytes) -> None:
         self.h = _blake2s(self.h + data)
 
-    def mix_dh(self, private: MachinePrivate, public: MachinePublic) -> bytes:
+    def mix_dh(self, private: MachinePrivate | X25519PrivateKey, public: MachinePublic) -> bytes:
         """MixKey(DH(private, public)); returns the single-use cipher key."""
         self.ck, key = hkdf2(self.ck, _dh(private, public))
         return key
@@ -188,9 +196,9 @@ class Responder:
     """The server side: learns the initiator's static key from the first message."""
 
     def __init__(self, prologue: bytes, static: MachinePrivate) -> None:
-        self._static = static
+        self._static = _static_key(static)
         self._state = SymmetricState(prologue)
-        self._state.mix_hash(static.public().raw)
+        self._state.mix_hash(self._static.public_key().public_bytes_raw())
         self._remote_ephemeral: MachinePublic | None = None
         self._remote_static: MachinePublic | None = None
 
@@ -223,9 +231,10 @@ class Responder:
             raise RuntimeError("Noise responder must read the initiation first")
         self._remote_ephemeral = self._remote_static = None
         st = self._state
-        e_pub = ephemeral.public()
-        st.mix_hash(e_pub.raw)
-        st.mix_dh(ephemeral, remote_ephemeral)
-        key = st.mix_dh(ephemeral, remote_static)
-        body = e_pub.raw + st.encrypt_and_hash(key, payload)
+        e_key = X25519PrivateKey.from_private_bytes(ephemeral.raw)  # loaded once for 3 uses
+        e_pub = e_key.public_key().public_bytes_raw()
+        st.mix_hash(e_pub)
+        st.mix_dh(e_key, remote_ephemeral)
+        key = st.mix_dh(e_key, remote_static)
+        body = e_pub + st.encrypt_and_hash(key, payload)
         return body, _finish(st)

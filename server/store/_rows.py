@@ -59,6 +59,8 @@ def json_list(items: Sequence[str]) -> str:
 
 
 def str_tuple(value: str | list[Any]) -> tuple[str, ...]:
+    if value == "[]":  # most tags, endpoints and routes: no parse
+        return ()
     items = json.loads(value) if isinstance(value, str) else value  # jsonb comes parsed
     return tuple(str(item) for item in items)
 

@@ -20,8 +20,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-
-import httpx
+from typing import TYPE_CHECKING
 
 from gitctl.tailnet.model import WebhookTarget
 from server.logs import event as log_event
@@ -30,6 +29,9 @@ from server.store.interface import Store
 from server.store.model import OutboxItem
 from server.webhooks.events import WebhookEvent
 from server.webhooks.signing import HEADER, sign
+
+if TYPE_CHECKING:
+    import httpx  # loaded when the sender runs: `tailnetd serve` without webhooks never needs it
 
 __all__ = ["Delivery", "WebhookSender"]
 
@@ -91,6 +93,8 @@ class WebhookSender:
     # The background side.
 
     async def run(self) -> None:
+        import httpx
+
         self._client = httpx.AsyncClient(timeout=self._delivery.timeout)
         self._queue(self._store.list_outbox())
         while True:
@@ -169,6 +173,8 @@ class WebhookSender:
 
     async def _post(self, item: OutboxItem) -> str | None:
         """None when the receiver took the event, else what went wrong."""
+        import httpx
+
         assert self._client is not None
         t = int(self._clock().timestamp())
         headers = {"content-type": "application/json", HEADER: sign(self._secret, t, item.body)}

@@ -294,6 +294,34 @@ def test_outgoing_frames() -> None:
     ]
 
 
+def test_send_packets_writes_the_same_bytes_as_one_frame_each() -> None:
+    # RecvPacket per derp.go: 0x05, u32 big-endian length, 32-byte source key, packet.
+    other = NodePrivate(bytes([13]) * 32).public()
+    conn = established()
+    conn.data_to_send()
+    assert conn.send_packets([(PEER, b"hi"), (other, b""), (PEER, bytes(1400))]) == 3
+    assert conn.data_to_send() == (
+        b"\x05\x00\x00\x00\x22" + PEER.raw + b"hi"
+        + b"\x05\x00\x00\x00\x20" + other.raw
+        + b"\x05\x00\x00\x05\x98" + PEER.raw + bytes(1400)
+    )  # fmt: skip
+    with pytest.raises(DerpLocalError):
+        conn.send_packets([(PEER, bytes(derp.MAX_PACKET_SIZE + 1))])
+
+
+def test_packets_to_one_destination_share_one_key_object() -> None:
+    conn = established()
+    other = NodePrivate(bytes([13]) * 32).public()
+    events = conn.receive_data(
+        derp.send_packet_frame(PEER, b"1")
+        + derp.send_packet_frame(other, b"2")
+        + derp.send_packet_frame(PEER, b"3")
+    )
+    assert events == [SendPacket(PEER, b"1"), SendPacket(other, b"2"), SendPacket(PEER, b"3")]
+    assert isinstance(events[0], SendPacket) and isinstance(events[2], SendPacket)
+    assert events[0].dst is events[2].dst
+
+
 def test_handshake_deadline() -> None:
     conn = new_conn(now=100.0)
     assert conn.get_timer() == 110.0

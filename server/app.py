@@ -192,13 +192,10 @@ class Server:
                 data_dir=cfg.data_dir,
                 branch=cfg.branch,
                 log=self.log,
+                trusted_signers=cfg.trusted_signers,
             )
         except SourceError as exc:
             raise StartupError(str(exc)) from None
-        if cfg.trusted_signers is not None and not repo.is_git:
-            raise StartupError(
-                f"--trusted-signers needs a git repository; {cfg.repo} is a plain directory"
-            )
         self.commits = CommitLifecycle(
             repo,
             authority=CommitAuthority(repo.path, cfg.trusted_signers, log=self.log),

@@ -671,6 +671,12 @@ class Tailnet:
             changed = self._canary[2].views.changed
             self._wake(moved | (canaries if changed is None else changed & canaries))
         self._close_unserved(old_ctx)
+        # A record can change with no view changing (a re-keyed node: same
+        # addresses, same rules): its viewers still owe their clients its entry.
+        for node_id in self._ctx.entries.log.since(gen) or ():
+            record = self._ctx.nodes.get(node_id)
+            if record is not None and record is not old_ctx.nodes.get(node_id):
+                self._notify_viewers(node_id)
         changed = self._ctx.views.changed
         if changed is None:
             self._wake_all()

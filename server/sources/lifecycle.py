@@ -46,13 +46,20 @@ async def open_repo(
     data_dir: Path,
     branch: str | None,
     log: logging.Logger,
+    trusted_signers: Path | None = None,
 ) -> SnapshotRepo | RemoteRepo:
-    """The work tree, or the remote cloned (or fetched) into the data dir."""
+    """The work tree, or the remote cloned (or fetched) into the data dir.
+    Signatures (`trusted_signers`) can only be checked in a git repository."""
     if repo_url is None:
         if not repo.is_dir():
             reason = "no such directory" if not repo.exists() else "not a directory"
             raise SourceError(f"cannot read the repository {repo}: {reason}")
-        return SnapshotRepo(repo, branch=branch)
+        work_tree = SnapshotRepo(repo, branch=branch)
+        if trusted_signers is not None and not work_tree.is_git:
+            raise SourceError(
+                f"--trusted-signers needs a git repository; {repo} is a plain directory"
+            )
+        return work_tree
     remote = RemoteRepo(repo_url, data_dir, branch=branch)
     try:
         await asyncio.to_thread(remote.sync)

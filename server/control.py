@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry
 
 from gitctl.policy.viewindex import ViewIndex
+from gitctl.tailnet import TailnetSettings
 from server.auth.pending import PendingLogins
 from server.auth.register import Registrar, RequestRejected
 from server.auth.sshcheck import SshChecks
@@ -67,6 +68,15 @@ class ControlSettings:
     keepalive_max: float = 58.0
     device_approval: bool = False  # new nodes wait for an operator (settings.yaml)
     key_expiry_from_token: bool = False  # OIDC logins: the key expires with the ID token
+
+    @classmethod
+    def from_tailnet(cls, settings: TailnetSettings) -> ControlSettings:
+        """What settings.yaml of the serving commit asks of registrations."""
+        return cls(
+            node_key_expiry=settings.node_key_expiry,
+            device_approval=settings.device_approval == "required",
+            key_expiry_from_token=settings.oidc_key_expiry == "token",
+        )
 
 
 class ControlHandler:

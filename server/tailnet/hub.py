@@ -29,6 +29,7 @@ from typing import Any
 
 from gitctl.policy import CompiledTailnet, Policy
 from gitctl.policy.addrs import EXIT_ROUTES
+from gitctl.policy.topology import TopologyUser
 from gitctl.snapshot import Snapshot
 from gitctl.tailnet import TailnetSettings
 from server.logs import event
@@ -44,6 +45,7 @@ from server.tailnet.views import (
     advertised_routes,
     compile_views,
     compute_views,
+    topology_users,
 )
 from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
 
@@ -240,6 +242,9 @@ class Tailnet:
         self._unhealthy: set[int] = set()  # routers not answering probes (for the election)
         self._records: dict[int, Node] = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
         self._topology_nodes = TopologyNodes()  # each record as the compiler sees it
+        self._users: (
+            tuple[TailnetSource, list[tuple[int, str, str]], tuple[TopologyUser, ...]] | None
+        ) = None
         # subnet -> primary router, last served: runtime state, like who is online
         self._primaries: Mapping[str, int] = dict(primaries or {})
         self._ctx = self._build_context()
@@ -297,6 +302,19 @@ class Tailnet:
         """The nodes `source` serves, each with its owner as `source` names it."""
         return [source.owner(n) for n in self._records.values() if self._served(n, source)]
 
+    def _users_of(
+        self, source: TailnetSource
+    ) -> tuple[list[tuple[int, str, str]], tuple[TopologyUser, ...]]:
+        """`source`'s users as (id, name, email) and as the compiler sees them,
+        made once per source (not per join: a join compares them by identity)."""
+        held = self._users
+        if held is None or held[0] is not source:
+            users = [
+                (stable_user_id(name), name, email) for name, (email, _) in source.users.items()
+            ]
+            held = self._users = (source, users, topology_users(users))
+        return held[1], held[2]
+
     def _compile_job(
         self, source: TailnetSource, previous: MapContext | None
     ) -> Callable[[], CompiledTailnet[int]]:
@@ -304,7 +322,7 @@ class Tailnet:
         with `previous`'s), as a call that reads only what it holds (frozen
         records, copies of the runtime state): a worker thread may run it."""
         nodes = self._live(source)
-        users = [(stable_user_id(name), name, email) for name, (email, _) in source.users.items()]
+        users, topology_users = self._users_of(source)
         approved = self._approved_routes(nodes, source)
         online, unhealthy, topology_node = self._online, self._unhealthy, self._topology_nodes
         offline = frozenset(
@@ -329,6 +347,7 @@ class Tailnet:
             topology_nodes=[
                 topology_node(n, approved.get(n.id, no_routes), n.id not in offline) for n in nodes
             ],
+            users_held=topology_users,
         )
 
     def _build_context(
@@ -344,6 +363,8 @@ class Tailnet:
         src = source or self._source
         if compiled is None:
             compiled = self._compile_job(src, previous)()
+        # "extended" (a join grew the last index), "reused" or "full: <why not>"
+        self._log.debug("policy index: %s", getattr(compiled.visibility, "origin", "full"))
         nodes = self._live(src)
         if hasattr(self, "_ctx"):
             # Unchanged records stay the very objects the last context had, so
@@ -353,7 +374,7 @@ class Tailnet:
                 old if (old := held.get(n.id)) is not None and (old is n or old == n) else n
                 for n in nodes
             ]
-        users = [(stable_user_id(name), name, email) for name, (email, _) in src.users.items()]
+        users, _ = self._users_of(src)
         views = compute_views(
             src.policy,
             users,
@@ -653,6 +674,12 @@ class Tailnet:
             changed = self._canary[2].views.changed
             self._wake(moved | (canaries if changed is None else changed & canaries))
         self._close_unserved(old_ctx)
+        # A record can change with no view changing (a re-keyed node: same
+        # addresses, same rules): its viewers still owe their clients its entry.
+        for node_id in self._ctx.entries.log.since(gen) or ():
+            record = self._ctx.nodes.get(node_id)
+            if record is not None and record is not old_ctx.nodes.get(node_id):
+                self._notify_viewers(node_id)
         changed = self._ctx.views.changed
         if changed is None:
             self._wake_all()

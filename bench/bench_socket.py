@@ -183,6 +183,7 @@ async def restart(
     took = time.monotonic() - begin
     return {
         "reconnect_concurrency": concurrency,
+        "stop_s": round(server.stopped_in, 2),  # SIGTERM until the old server exited
         "cold_start_s": round(serving, 2),
         "restart_to_all_streaming_s": round(took, 2),
         "reconnect_seconds": summary(seconds),  # each client: first attempt -> first map

@@ -207,8 +207,7 @@ class Fleet:
         self._server_key = None
         limit = asyncio.Semaphore(concurrency) if concurrency else None
         nodes = list(nodes)
-        for node in nodes:
-            await self._drop(node)
+        await asyncio.gather(*(self._drop(node) for node in nodes))  # the server is gone
 
         async def again(node: SimNode) -> float:
             start = self.clock()

@@ -30,6 +30,7 @@ class LocalServer:
     repo: TailnetRepo
     tmp: Path
     started_in: float = 0.0  # seconds from exec to /health answering
+    stopped_in: float = 0.0  # seconds from SIGTERM to exit, at the last restart
 
     @property
     def address(self) -> ServerAddress:
@@ -59,7 +60,9 @@ class LocalServer:
     def restart(self, launcher: list[str] | None = None) -> float:
         """Stop (SIGTERM) and start again on the same data dir, with `launcher`
         (by default none: a profile covers the first run); seconds to serving."""
+        begin = time.monotonic()
         self.process.stop()
+        self.stopped_in = time.monotonic() - begin
         self.process.launcher = list(launcher or ())
         return self.start()
 

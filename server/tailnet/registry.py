@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Literal
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
@@ -362,6 +362,8 @@ class NodeRegistry:
         if previous is None:
             return
         self._store.touch_last_seen(node_id, now)
-        node = self._store.get_node(node_id)  # last seen as the store keeps it
+        # As the store keeps it (UTC, microseconds), without reading it back:
+        # a server stopping with 5,000 streams writes 5,000 of these.
+        node = replace(previous, last_seen=now.astimezone(UTC))
         online = None if self.is_online(node_id) else False  # still streaming elsewhere
         self.publish(NodeChange("volatile", node_id, node, previous, online=online))

@@ -101,6 +101,42 @@ def test_every_write_emits_one_change_classified_once(store: Store) -> None:
     assert all(c.node_id == node_id for c in seen)
 
 
+def test_lookups_from_memory_equal_the_store_after_every_write(store: Store) -> None:
+    """The registry answers lookups from memory kept by its own changes: after
+    each write it says what a fresh read of the store says."""
+    registry, seen = recording(store)
+    node_id = register(registry, 1)
+
+    def same() -> None:
+        stored = store.get_node(node_id)
+        assert registry.get(node_id) == stored
+        if stored is not None:
+            assert registry.by_node_key(stored.node_key) == stored
+            assert registry.by_machine_key(stored.machine_key) == stored
+        assert seen[-1].node == stored
+
+    same()
+    node = registry.get(node_id)
+    assert node is not None
+    registry.update_from_map(node, now=T0, endpoints=("192.0.2.1:41641",), hostinfo=ROUTER)
+    same()
+    registry.connected(node_id)
+    registry.disconnected(node_id, T0 + timedelta(minutes=1, microseconds=7))
+    same()  # last seen, without reading it back
+    registry.rename(node_id, "renamed")
+    registry.set_tags(node_id, ["tag:server"])
+    registry.set_key_expiry(node_id, T0)
+    same()
+    node = registry.get(node_id)
+    assert node is not None
+    registry.renew_key(node, NodePublic(key(99)), T0)
+    same()
+    assert registry.by_node_key(NodePublic(key(1))) is None  # the old key is forgotten
+    registry.remove(node_id)
+    same()
+    assert registry.by_machine_key(MachinePublic(key(1))) is None
+
+
 def test_classify_reads_what_the_compiler_sees(store: Store) -> None:
     registry, _ = recording(store)
     node = registry.get(register(registry, 1))

@@ -642,7 +642,10 @@ class Server:
         while its stream stays open loses its subnets to another."""
         while True:
             now = self.clock()
-            self._health(self.probes.track(self.tailnet.shared_routers(), now))
+            # Only routers streaming here: a probe goes down this process's
+            # stream; another replica probes its own and tells us (replicas.py).
+            here = self.tailnet.shared_routers() & self.registry.local_online_ids()
+            self._health(self.probes.track(here, now))
             probes, transitions = self.probes.due(now)
             self._health(transitions)
             for probe in probes:

@@ -19,7 +19,11 @@ A notice names the replica that sent it, so each replica ignores its own:
   are offline then anyway).
 * ``{"replica", "beat": true}``: a heartbeat every `BEAT` seconds. A replica
   not heard from for `DEAD_AFTER` has died: its nodes go offline here unless
-  streaming somewhere else.
+  streaming somewhere else. The leader (the alive replica of the least name)
+  adds ``"primaries": {prefix: node}``, the HA primaries it serves: the
+  election keeps a primary while it is eligible, so replicas that saw routers
+  come online in a different order would keep different ones; the others take
+  the leader's choice where it is eligible for them (`Tailnet.follow_primaries`).
 * ``{"replica", "users": true}``: the runtime users changed there (one was
   admitted or deleted); the receiver reads them back from the store.
 * ``{"replica", "hello": true}``: a replica started, or lost its LISTEN
@@ -40,7 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +85,7 @@ class Notice:
     first: bool = False
     users: bool = False
     unhealthy: tuple[int, ...] | None = None
+    primaries: Mapping[str, int] | None = None
 
 
 class NoticeError(ValueError):
@@ -103,6 +108,8 @@ def encode_notice(notice: Notice) -> str:
         doc.update(streaming=list(notice.streaming), first=notice.first)
     if notice.unhealthy is not None:
         doc["unhealthy"] = list(notice.unhealthy)
+    if notice.primaries is not None:
+        doc["primaries"] = dict(notice.primaries)
     text = json.dumps(doc, separators=(",", ":"))
     if len(text.encode()) > MAX_NOTICE:
         raise ValueError(f"notice of {len(text)} bytes is over {MAX_NOTICE}")
@@ -130,6 +137,11 @@ def decode_notice(text: str) -> Notice:
     for ids in (streaming, unhealthy):
         if ids is not None and (not isinstance(ids, list) or any(type(i) is not int for i in ids)):
             raise NoticeError("notice has bad node ids")
+    primaries = doc.get("primaries")
+    if primaries is not None and (
+        not isinstance(primaries, dict) or any(type(i) is not int for i in primaries.values())
+    ):
+        raise NoticeError("notice has bad primaries")
     return Notice(
         doc["replica"],
         node,
@@ -142,6 +154,7 @@ def decode_notice(text: str) -> Notice:
         first=doc.get("first") is True,
         users=doc.get("users") is True,
         unhealthy=None if unhealthy is None else tuple(unhealthy),
+        primaries=primaries,
     )
 
 
@@ -165,8 +178,12 @@ class Replicas:
         known_ids: Callable[[], frozenset[int]],
         log: logging.Logger,
         users: UserRegistry | None = None,
+        primaries: Callable[[], Mapping[str, int]] | None = None,
+        follow_primaries: Callable[[Mapping[str, int]], None] | None = None,
     ) -> None:
         self.replica = replica
+        self._primaries = primaries
+        self._follow_primaries = follow_primaries
         self._users = users
         self._registry = registry
         self._send = send
@@ -250,6 +267,9 @@ class Replicas:
     def _apply(self, notice: Notice) -> None:
         if notice.users and self._users is not None:
             self._users.reload()
+        if notice.primaries is not None and self._follow_primaries is not None:
+            if notice.replica == min([self.replica, *self._heard]):
+                self._follow_primaries(notice.primaries)
         if notice.hello:
             self._announce_streaming()
         if notice.streaming is not None:
@@ -313,7 +333,10 @@ class Replicas:
     def handle_timer(self, now: float) -> None:
         """Send the heartbeat when due; count silent replicas as dead."""
         if self._next_beat is None or now >= self._next_beat:
-            self._send_notice(Notice(self.replica, beat=True))
+            primaries = None
+            if self._primaries is not None and self.replica == min([self.replica, *self._heard]):
+                primaries = self._primaries() or None  # the leader's, for the others
+            self._send_notice(Notice(self.replica, beat=True, primaries=primaries))
             self._next_beat = now + BEAT
         dead = [r for r, heard in self._heard.items() if now - heard > DEAD_AFTER]
         for replica in dead:

@@ -18,13 +18,12 @@ from server.store import SqlStore, open_store
 from server.store.interface import Store
 from server.tailnet import NodeRegistry, Tailnet, running_tailnet
 from server.tailnet.mapper import build_map
-from server.tailnet.pg_listen import listen_for_replicas
+from server.tailnet.pg_listen import listen_for_replicas, replicas_of
 from server.tailnet.replicas import (
     CHANNEL,
     DEAD_AFTER,
     Notice,
     NoticeError,
-    Replicas,
     decode_notice,
     encode_notice,
 )
@@ -47,14 +46,7 @@ class Replica:
         self.registry, self.tailnet = running_tailnet(
             store, router_source(), derp_regions=REGIONS, log=LOG, clock=lambda: T0
         )
-        self.replicas = Replicas(
-            name,
-            self.registry,
-            send,
-            known=self.tailnet.record,
-            known_ids=self.tailnet.record_ids,
-            log=LOG,
-        )
+        self.replicas = replicas_of(name, self.registry, self.tailnet, send, log=LOG)
 
     def primary(self, viewer: int) -> int | None:
         """The router `viewer`'s map names as serving the subnet (None: none)."""
@@ -123,6 +115,35 @@ def test_a_router_failing_probes_on_its_replica_fails_over_on_every_replica(
     assert a.primary(viewer) == b.primary(viewer) == first
 
 
+def test_replicas_that_saw_routers_in_another_order_take_the_leaders_primary(
+    store: Store,
+) -> None:
+    bus = Bus()
+    a, b = bus.join("a", store), bus.join("b", store)
+    first = register(a.registry, 1, None, tags=("tag:router",), hostinfo=ROUTER)
+    second = register(a.registry, 2, None, tags=("tag:router",), hostinfo=ROUTER)
+    viewer = register(a.registry, 3, "alice")
+    a.registry.connected(viewer)
+    bus.replicas = [b]  # a hears nothing for a while ...
+    b.registry.connected(second)  # ... so b elects its own router, online first for b
+    bus.replicas = [a, b]
+    a.registry.connected(first)  # and a elects its own, online first for a
+    a.replicas.resync()  # a listens again: both routers online for both
+    assert a.registry.online_ids() == b.registry.online_ids() == {first, second, viewer}
+    assert (a.primary(viewer), b.primary(viewer)) == (first, second)  # each keeps its own
+
+    bus.now = 2.0
+    b.replicas.handle_timer(bus.now)  # b's heartbeat: b is not the leader
+    assert b.primary(viewer) == second
+    a.replicas.handle_timer(bus.now)  # the leader's heartbeat names its primaries
+    assert a.primary(viewer) == b.primary(viewer) == first
+    a.registry.set_healthy(first, False)  # and health still moves both
+    assert a.primary(viewer) == b.primary(viewer) == second
+    b.registry.set_healthy(second, False)
+    a.registry.set_healthy(first, True)
+    assert a.primary(viewer) == b.primary(viewer) == first
+
+
 def test_a_replica_starting_later_learns_the_health_verdicts(store: Store) -> None:
     bus = Bus()
     a, b = bus.join("a", store), bus.join("b", store)
@@ -181,10 +202,15 @@ def test_only_this_replicas_own_verdicts_go_out(store: Store) -> None:
 
 
 def test_health_notices_are_checked() -> None:
-    for notice in (Notice("a", 7, "volatile", healthy=False), Notice("a", unhealthy=(7, 9))):
+    for notice in (
+        Notice("a", 7, "volatile", healthy=False),
+        Notice("a", unhealthy=(7, 9)),
+        Notice("a", beat=True, primaries={"10.1.0.0/24": 7}),
+    ):
         assert decode_notice(encode_notice(notice)) == notice
     for bad in ('{"replica":"a","healthy":false}', '{"replica":"a","unhealthy":[1,"2"]}',
-                '{"replica":"a","node":7,"kind":"volatile","healthy":"no"}'):  # fmt: skip
+                '{"replica":"a","node":7,"kind":"volatile","healthy":"no"}',
+                '{"replica":"a","beat":true,"primaries":{"10.1.0.0/24":"7"}}'):  # fmt: skip
         with pytest.raises(NoticeError):
             decode_notice(bad)
 
@@ -226,19 +252,12 @@ async def test_on_postgres_both_replicas_elect_the_same_primary_within_a_second(
     a, b = sides
     try:
         await _until(lambda: "a" in b.replicas.alive() and "b" in a.replicas.alive(), 3)
-        first = register(a.registry, 1, None, tags=("tag:router",), hostinfo=ROUTER)
-        second = register(a.registry, 2, None, tags=("tag:router",), hostinfo=ROUTER)
-        viewer = register(a.registry, 3, "alice")
-        a.registry.connected(viewer)
-        a.registry.connected(first)
-        # The first router online everywhere before the second: the election
-        # keeps a primary while it is eligible, so both replicas must see the
-        # same order (see the report of issue 11: primaries are not shared).
-        await _until(lambda: b.registry.is_online(first))
-        b.registry.connected(second)
+        # b learns of its own router before a's: it elects it at first, then
+        # takes the leader's (a's) choice from a heartbeat.
+        first, second, viewer = routers(a, b)
         both = {first, second, viewer}
         await _until(lambda: a.registry.online_ids() == b.registry.online_ids() == both)
-        await _until(lambda: a.primary(viewer) == b.primary(viewer) == first)
+        await _until(lambda: a.primary(viewer) == b.primary(viewer) == first, 2.5)
 
         a.registry.set_healthy(first, False)
         await _until(lambda: a.primary(viewer) == b.primary(viewer) == second)

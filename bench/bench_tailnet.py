@@ -169,12 +169,20 @@ class Pump:
 RESULTS: list[dict[str, Any]] = []
 
 
+PROFILE: list[Any] = []  # [path, cProfile.Profile]: --profile, policy commits only
+
+
 def timed(label: str, fn: Callable[[], None], pump: Pump) -> None:
     pump.bytes_sent = pump.messages = 0
     pump.done = []
+    profiler = PROFILE[1] if PROFILE and label == "policy commit" else None
     t0, c0 = time.perf_counter(), time.process_time()
+    if profiler is not None:
+        profiler.enable()
     fn()
     pump.run()
+    if profiler is not None:
+        profiler.disable()
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     # When each session had its message, from the event: p50/p99 over sessions.
     lat = sorted(t - t0 for t in pump.done) or [dt]
@@ -211,7 +219,12 @@ def main() -> None:
         "--per-user", type=int, default=0, help="users of this many nodes under autogroup:self"
     )
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--profile", type=Path, help="cProfile the policy commits, stats here")
     args = parser.parse_args()
+    if args.profile:
+        import cProfile
+
+        PROFILE[:] = [args.profile, cProfile.Profile()]
     if args.per_user:
         doc, registry, users = per_user(args.nodes, args.per_user)
         args.rules = 1
@@ -296,6 +309,11 @@ def main() -> None:
                 timed("commit from git", lambda rev=rev: serve_commit(tailnet, repo, rev), pump)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS {rss:.0f} MB")
+        if PROFILE:
+            import pstats
+
+            with PROFILE[0].open("w") as out:
+                pstats.Stats(PROFILE[1], stream=out).sort_stats("cumulative").print_stats(40)
         if args.json:
             shape = f"{args.per_user} per user, autogroup:self" if args.per_user else "synthetic"
             args.json.write_text(

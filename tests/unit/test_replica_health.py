@@ -10,7 +10,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -27,10 +26,9 @@ from server.tailnet.replicas import (
     decode_notice,
     encode_notice,
 )
-from tests.pgserver import PgServer
 from tests.unit.control_client import T0, async_test
-from tests.unit.store_backends import PostgresBackend
 from tests.unit.test_node_registry import REGIONS, ROUTER, register, router_source
+from tests.unit.test_replicas import _until, database  # noqa: F401 (a fixture)
 
 LOG = logging.getLogger("test")
 SUBNET = "10.1.0.0/24"
@@ -218,24 +216,9 @@ def test_health_notices_are_checked() -> None:
 # On the test PostgreSQL: two store handles, two LISTEN connections.
 
 
-@pytest.fixture
-def database(pg_server: PgServer) -> Iterator[str]:
-    backend = PostgresBackend(pg_server)
-    yield backend.where()
-    backend.cleanup()
-
-
-async def _until(check: Callable[[], Any], seconds: float = 1.0) -> None:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > seconds:
-            raise AssertionError(f"not within {seconds:.1f} s")
-        await asyncio.sleep(0.01)
-
-
 @async_test
 async def test_on_postgres_both_replicas_elect_the_same_primary_within_a_second(
-    database: str,
+    database: str,  # noqa: F811 (the fixture of test_replicas)
 ) -> None:
     stores = [open_store(database), open_store(database)]
     assert all(isinstance(s, SqlStore) for s in stores)

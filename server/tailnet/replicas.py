@@ -202,6 +202,8 @@ class Replicas:
     # Out
 
     def _local_change(self, change: NodeChange) -> None:
+        if change.kind == "removed":  # here or elsewhere: no verdict of it to restate
+            self._unhealthy.discard(change.node_id)
         if self._applying:
             return
         if change.healthy is not None:

@@ -190,6 +190,18 @@ def test_the_verdicts_of_a_replica_that_died_are_dropped(store: Store) -> None:
     assert any('"healthy":false' in text for text in sent)  # b's own verdict went out
 
 
+def test_a_removed_router_is_not_restated_as_unhealthy(store: Store) -> None:
+    bus = Bus()
+    a, b = bus.join("a", store), bus.join("b", store)
+    first, second, _ = routers(a, b)
+    a.registry.set_healthy(first, False)
+    b.registry.remove(first)  # deleted through the other replica
+    sent: list[str] = []
+    a.replicas._send = sent.append
+    a.replicas.receive(encode_notice(Notice("b", hello=True)), 0.0)
+    assert '{"replica":"a","unhealthy":[]}' in sent
+
+
 def test_only_this_replicas_own_verdicts_go_out(store: Store) -> None:
     sent: list[str] = []
     b = Replica("b", store, sent.append)

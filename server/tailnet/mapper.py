@@ -332,6 +332,7 @@ class _MapMemos:
         self.memos: dict[int, _Memo] = {}
         self._profile_sets: dict[int, tuple[Any, ...]] = {}
         self._diffs: list[tuple[Mapping[int, Node], Mapping[int, Node], frozenset[int]]] = []
+        self._online_diffs: list[tuple[frozenset[int], frozenset[int], frozenset[int]]] = []
         self._expiries: tuple[Mapping[int, Node] | None, list[datetime]] = (None, [])
         self._owners: tuple[Mapping[int, Node] | None, dict[int, tuple[int, str | None]]] = (
             None,
@@ -355,6 +356,18 @@ class _MapMemos:
             [k for k, v in new.items() if old.get(k) is not v] + [k for k in old if k not in new]
         )
         self._diffs = [(old, new, diff), *self._diffs[: self.MAX_DIFFS - 1]]
+        return diff
+
+    def online_diff(self, old: frozenset[int], new: frozenset[int]) -> frozenset[int]:
+        """Ids online in one set and not the other (computed once per pair: the
+        sets hold every online node, so per session it would cost O(nodes))."""
+        if old is new:
+            return frozenset()
+        for o, n, diff in self._online_diffs:
+            if o is old and n is new:
+                return diff
+        diff = old ^ new
+        self._online_diffs = [(old, new, diff), *self._online_diffs[: self.MAX_DIFFS - 1]]
         return diff
 
     def no_expiry_between(self, nodes: Mapping[int, Node], since: datetime, now: datetime) -> bool:
@@ -432,7 +445,7 @@ def _refresh_peers(ctx: MapContext, view: NodeView[int], memo: _Memo, now: datet
     src, old_src = view.peers, memo.peers_src
     touched = ctx.entries.maps.node_diff(memo.nodes, ctx.nodes)
     if memo.online is not ctx.online:
-        touched = touched | (memo.online ^ ctx.online)
+        touched = touched | ctx.entries.maps.online_diff(memo.online, ctx.online)
     # Shared PeerViews are the same objects across recompiles (the compiler
     # lends them: ViewIndex.lend), so an unchanged peer set compares in C by identity.
     if src is not old_src and src != old_src:

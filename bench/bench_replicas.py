@@ -88,6 +88,7 @@ async def _scenario(repo: TailnetRepo, servers: list[ServerProcess], nodes: int)
             key,
             hostname_prefix=f"sim{s.data.name[-1]}-",
             concurrency=CONCURRENCY // 2,
+            first_map_timeout=TIMEOUT,  # a join into a busy 1,000-node mesh on a loaded machine
         )
         for s in servers
     )

@@ -33,6 +33,7 @@ from bench.loadgen.stats import machine as machine_line
 from bench.loadgen.stats import table
 from server.protocol.keys import MachinePrivate, NodePrivate
 from server.store import open_store
+from server.store.model import Registration
 from tests.e2e.harness import ROOT, TailnetRepo, free_port
 
 USERS = "users:\n  - {name: alice, email: alice@example.com, display_name: Alice}\n"
@@ -49,13 +50,15 @@ def populate(database: Path, nodes: int) -> None:
     try:
         for i in range(nodes):
             store.create_node(
-                machine_key=MachinePrivate.generate().public(),
-                node_key=NodePrivate.generate().public(),
-                hostname=f"cold{i}",
-                user="alice",
-                now=now,
-                endpoints=(f"127.0.0.1:{40000 + i % 20000}",),
-                capver=133,
+                Registration(
+                    machine_key=MachinePrivate.generate().public(),
+                    node_key=NodePrivate.generate().public(),
+                    hostname=f"cold{i}",
+                    user="alice",
+                    now=now,
+                    endpoints=(f"127.0.0.1:{40000 + i % 20000}",),
+                    capver=133,
+                )
             )
     finally:
         store.close()

@@ -33,7 +33,8 @@ import zstandard
 from gitctl.policy import parse_policy
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import Node
-from server.tailnet.mapper import MapContext, MapSession, PeerEntries, build_map
+from server.tailnet.mapper import MapContext, PeerEntries
+from server.tailnet.session import MapSession, Wake
 from server.tailnet.views import compute_views
 from server.wire import Hostinfo, NetInfo, stable_user_id
 
@@ -120,9 +121,7 @@ def _once(
     )
 
     def one_map() -> bytes:
-        state = build_map(ctx, busiest, NOW)
-        assert state is not None
-        msg = MapSession(busiest).next_message(state, NOW)
+        msg = MapSession(busiest).step(ctx, Wake(full=True), NOW)
         assert msg is not None
         return msg
 

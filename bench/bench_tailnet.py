@@ -50,7 +50,7 @@ from server.store.interface import Store
 from server.store.model import Node, Registration
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
 from server.tailnet.hub import COALESCE_SECONDS, defer_on_loop
-from server.tailnet.mapper import MapSession, build_map
+from server.tailnet.session import MapSession
 from server.wire import DerpRegion, stable_user_id
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -153,13 +153,9 @@ class Pump:
     def run(self) -> None:
         ctx = self.tailnet.context
         for handle, session, encoder in self.sessions.values():
-            full, peers = handle.take()
             msg = None
-            if full:
-                state = build_map(ctx, handle.node_id, NOW)
-                msg = session.next_message(state, NOW) if state else None
-            elif peers:
-                msg = session.peer_changes(ctx, peers, NOW)
+            if session.serves(ctx):
+                msg = session.step(ctx, handle.take_wake(), NOW)
             if msg is not None:
                 self.bytes_sent += len(encoder.encode(msg))
                 self.messages += 1

@@ -15,10 +15,11 @@ runs `ssh-keygen -Y find-principals` / `-Y verify`. Only SSH signatures are acce
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from gitctl.gitrun import run_git
 
 __all__ = [
     "MAX_SIGNERS_BYTES",
@@ -33,7 +34,6 @@ __all__ = [
 
 MAX_SIGNERS_BYTES = 1 << 20  # an allowed-signers file is a few lines per person
 _SSH_SIGNATURE = b"-----BEGIN SSH SIGNATURE-----"
-_GIT_TIMEOUT = 30.0
 
 # git's %G? letters that do not mean "good, by a listed signer".
 _PROBLEMS = {
@@ -96,25 +96,15 @@ def read_trust_file(path: Path) -> Trust:
     return _checked_text(data, str(path))
 
 
-def _git(repo: str | os.PathLike[str], *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        ["git", "-C", os.fspath(repo), *args],
-        capture_output=True,
-        timeout=_GIT_TIMEOUT,
-        check=False,
-        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-    )
-
-
 def trust_at(repo: str | os.PathLike[str], revision: str, path: str) -> Trust:
     """The trusted-signers file `path` (repository-relative) as committed in `revision`."""
     source = f"{path} at {revision[:12]}"
-    size = _git(repo, "cat-file", "-s", f"{revision}:{path}")
+    size = run_git(repo, "cat-file", "-s", f"{revision}:{path}")
     if size.returncode != 0:
         raise SignersError(f"the trusted signers file {path} does not exist at {revision[:12]}")
     if int(size.stdout.strip() or 0) > MAX_SIGNERS_BYTES:
         raise SignersError(f"{source}: larger than {MAX_SIGNERS_BYTES >> 10} KiB")
-    blob = _git(repo, "cat-file", "blob", f"{revision}:{path}")
+    blob = run_git(repo, "cat-file", "blob", f"{revision}:{path}")
     if blob.returncode != 0:
         raise SignersError(f"the trusted signers file {path} is not a file at {revision[:12]}")
     return _checked_text(blob.stdout, source)
@@ -146,7 +136,7 @@ def required_trust(
 
 def _signature_kind(repo: str | os.PathLike[str], revision: str) -> str | None:
     """ "ssh", "other" or None (unsigned), from the commit object's gpgsig header."""
-    raw = _git(repo, "cat-file", "commit", revision)
+    raw = run_git(repo, "cat-file", "commit", revision)
     if raw.returncode != 0:
         raise SignersError(f"commit {revision[:12]} cannot be read")
     head = raw.stdout.split(b"\n\n", 1)[0]
@@ -170,7 +160,7 @@ def check_commit(repo: str | os.PathLike[str], revision: str, trust: Trust) -> S
         fd = os.open(allowed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(trust.text)
-        out = _git(
+        out = run_git(
             repo,
             "-c",
             "gpg.format=ssh",

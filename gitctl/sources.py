@@ -13,8 +13,8 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from gitctl.gitrun import GitError, NotARepository, read_blobs, resolve, tree
 from gitctl.tailnet.files import EXTENSIONS
 
 __all__ = ["DEFAULT_DIR", "Documents", "SourceError", "read_directory", "read_git"]
@@ -80,45 +80,37 @@ def read_directory(path: str | os.PathLike[str]) -> Documents:
 def read_git(
     repo_path: str | os.PathLike[str], rev: str = "HEAD", subdir: str = DEFAULT_DIR
 ) -> Documents:
-    """The tailnet.d files of commit `rev` in the repository at `repo_path`."""
-    import git  # gitpython is slow to import; plain-directory users never pay for it
-
+    """The tailnet.d files of commit `rev` in the repository at `repo_path`
+    (a work tree or a bare repository), read with the git command."""
     where = os.fspath(repo_path)
     try:
-        repo = git.Repo(repo_path)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        if not Path(repo_path).is_dir():
+            raise NotARepository(where)
+        commit = resolve(repo_path, rev)
+        if commit is None:
+            raise SourceError(f'unknown revision "{rev}"', where)
+        entries = tree(repo_path, commit, subdir)
+        if not entries:
+            raise SourceError(f"no {subdir}/ directory at {commit[:12]}", where)
+        if any(e.path == subdir for e in entries):
+            raise SourceError(f"{subdir} is not a directory at {commit[:12]}", where)
+        wanted = sorted(
+            (e for e in entries if e.kind == "blob" and _wanted_in(e.path, subdir)),
+            key=lambda e: e.path,
+        )
+        for count, entry in enumerate(wanted, 1):
+            if entry.mode == 0o120000:
+                raise SourceError("symbolic links are not read", entry.path)
+            _check_bounds(entry.path, entry.size, count)
+        contents = read_blobs(repo_path, (e.sha for e in wanted))
+    except NotARepository:
         raise SourceError("not a git repository", where) from None
-    # A Repo keeps `git cat-file` helper processes until closed; the server reads
-    # every new commit, so they must not pile up.
-    with repo:
-        return _read_commit(repo, rev, subdir, where)
+    except GitError as exc:
+        raise SourceError(str(exc), where) from None
+    files = {e.path: data for e, data in zip(wanted, contents, strict=True)}
+    return Documents(subdir, files, commit)
 
 
-def _read_commit(repo: Any, rev: str, subdir: str, where: str) -> Documents:
-    import git
-
-    try:
-        commit = repo.commit(rev)
-    except (git.BadName, ValueError):
-        raise SourceError(f'unknown revision "{rev}"', where) from None
-    try:
-        tree = commit.tree / subdir
-    except KeyError:
-        raise SourceError(f"no {subdir}/ directory at {commit.hexsha[:12]}", where) from None
-    if tree.type != "tree":
-        raise SourceError(f"{subdir} is not a directory at {commit.hexsha[:12]}", where)
-    blobs: dict[str, git.Blob] = {}
-    for item in tree.traverse():
-        if not isinstance(item, git.Blob):
-            continue
-        path = str(item.path)
-        inside = path[len(subdir) + 1 :].split("/")
-        if _wanted(inside[-1]) and not any(p.startswith(".") for p in inside):
-            blobs[path] = item
-    files: dict[str, bytes] = {}
-    for path, blob in sorted(blobs.items()):
-        if blob.mode == 0o120000:
-            raise SourceError("symbolic links are not read", path)
-        _check_bounds(path, blob.size, len(files) + 1)
-        files[path] = blob.data_stream.read()
-    return Documents(subdir, files, commit.hexsha)
+def _wanted_in(path: str, subdir: str) -> bool:
+    inside = path[len(subdir) + 1 :].split("/")
+    return _wanted(inside[-1]) and not any(p.startswith(".") for p in inside)

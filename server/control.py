@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry
 
 from gitctl.policy.viewindex import ViewIndex
+from gitctl.tailnet import TailnetSettings
 from server.auth.pending import PendingLogins
 from server.auth.register import Registrar, RequestRejected
 from server.auth.sshcheck import SshChecks
@@ -37,13 +38,9 @@ from server.protocol.mapframe import MapFrameEncoder
 from server.store.interface import Store
 from server.store.model import Node
 from server.tailnet import NodeRegistry, Tailnet
-from server.tailnet.mapper import (
-    MapSession,
-    build_map,
-    not_served_map,
-    unapproved_map,
-)
+from server.tailnet.mapper import not_served_map, unapproved_map
 from server.tailnet.registry import NodeChange
+from server.tailnet.session import MapSession, Wake
 from server.wire import (
     MapRequest,
     RegisterRequest,
@@ -71,6 +68,15 @@ class ControlSettings:
     keepalive_max: float = 58.0
     device_approval: bool = False  # new nodes wait for an operator (settings.yaml)
     key_expiry_from_token: bool = False  # OIDC logins: the key expires with the ID token
+
+    @classmethod
+    def from_tailnet(cls, settings: TailnetSettings) -> ControlSettings:
+        """What settings.yaml of the serving commit asks of registrations."""
+        return cls(
+            node_key_expiry=settings.node_key_expiry,
+            device_approval=settings.device_approval == "required",
+            key_expiry_from_token=settings.oidc_key_expiry == "token",
+        )
 
 
 class ControlHandler:
@@ -295,8 +301,8 @@ class ControlHandler:
         return ControlResponse(200, MapFrameEncoder().encode(not_served_map(node_key, now)))
 
     def _one_map(self, node_id: int, now: datetime) -> bytes:
-        state = build_map(self._tailnet.context, node_id, now)
-        msg = MapSession(node_id).next_message(state, now) if state else None
+        session, ctx = MapSession(node_id), self._tailnet.context
+        msg = session.step(ctx, Wake(full=True), now) if session.serves(ctx) else None
         return MapFrameEncoder().encode(msg or b"{}")
 
     async def _stream(self, node_id: int) -> AsyncIterator[bytes]:
@@ -309,21 +315,16 @@ class ControlHandler:
                 ping = handle.take_ping()
                 if ping is not None:
                     yield encoder.encode(ping_message(ping))
-                full, peers = handle.take()
+                wake = handle.take_wake()
                 now = self._clock()
                 ctx = self._tailnet.context_for(node_id)
-                msg = None
-                if full:
-                    state = build_map(ctx, node_id, now)
-                    if state is None:
-                        return
-                    msg = session.next_message(state, now)
-                elif peers:
-                    msg = session.peer_changes(ctx, peers, now)
+                if not session.serves(ctx):
+                    return
+                msg = session.step(ctx, wake, now)
                 if msg is not None:
                     frame = encoder.encode(msg)
                     yield frame
-                    self._metrics.map_sent("full" if full else "delta", len(frame))
+                    self._metrics.map_sent("full" if wake.full or wake.top else "delta", len(frame))
                 self._metrics.caught_up(handle)
                 settings = self._settings()
                 timeout = self._rng.uniform(settings.keepalive_min, settings.keepalive_max)

@@ -15,10 +15,30 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Protocol, Self, TypeVar
 
-__all__ = ["DataDirError", "DataDirLock", "claim", "make_private", "write_private"]
+__all__ = [
+    "DataDirError",
+    "DataDirLock",
+    "claim",
+    "load_or_create_key",
+    "make_private",
+    "write_private",
+]
 
 LOCK_NAME = "tailnetd.lock"
+
+
+class _PrivateKey(Protocol):
+    @classmethod
+    def parse(cls, text: str) -> Self: ...
+    @classmethod
+    def generate(cls) -> Self: ...
+    @property
+    def text(self) -> str: ...
+
+
+_Key = TypeVar("_Key", bound=_PrivateKey)
 
 
 class DataDirError(Exception):
@@ -106,3 +126,16 @@ def write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     tmp.replace(path)
+
+
+def load_or_create_key(path: Path, kind: type[_Key]) -> _Key:
+    """The key in `path`, or a new one of `kind` written there (owner-only)."""
+    try:
+        if path.exists():
+            return kind.parse(path.read_text().strip())
+        key = kind.generate()
+        write_private(path, (key.text + "\n").encode())
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not a key this server wrote"
+        raise DataDirError(f"cannot read the key file {path}: {reason}") from None
+    return key

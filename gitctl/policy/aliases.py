@@ -7,10 +7,11 @@ members, never by scanning rules against node pairs.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .addrs import TAILSCALE_RANGES, Span, addr_text, host_prefix, is_exit_route, span
@@ -69,6 +70,7 @@ class Index:
         self._facts: list[dict[str, Value]] | None = None
         self._posture_ok: dict[tuple[str, ...], frozenset[int]] = {}
         self._resolved: dict[Alias, Resolved] = {}
+        self._alias_emails: dict[Alias, frozenset[str] | None] = {}
         self.by_tag = {k: frozenset(v) for k, v in by_tag.items()}
         self.by_email = {k: frozenset(v) for k, v in by_email.items()}
         self.tagged = frozenset(i for i, n in enumerate(self.nodes) if n.tags)
@@ -92,6 +94,75 @@ class Index:
                     seen[r] = None
         self.subnet_routes = tuple(seen)
 
+    def extended(self, fresh: Index) -> Index:
+        """This index with ``fresh``'s nodes (joining without routes) appended:
+        each alias resolved so far gains the newcomers that ``fresh`` resolves
+        it to (aliases resolve node by node)."""
+        n, new = len(self.nodes), copy.copy(self)
+
+        def grow(have: frozenset[int], more: frozenset[int]) -> frozenset[int]:
+            return have.union([n + j for j in more]) if more else have
+
+        new.nodes = (*self.nodes, *fresh.nodes)
+        new.all = frozenset(range(len(new.nodes)))
+        new.email = [*self.email, *fresh.email]
+        if len(self.ips) == n and len(self.host_prefix_table) == n:
+            # Shared: rules that do not reach the newcomers keep rendering from
+            # them, and this index never reads past its own nodes.
+            self.ips.extend(fresh.ips)
+            self.host_prefix_table.extend(fresh.host_prefix_table)
+        else:  # grown already, by another index: copy
+            new.ips = [*self.ips[:n], *fresh.ips]
+            new.host_prefix_table = [*self.host_prefix_table[:n], *fresh.host_prefix_table]
+        new.by_ip = {**self.by_ip, **{ip: n + j for ip, j in fresh.by_ip.items()}}
+        new.by_tag = {**self.by_tag}
+        for t, js in fresh.by_tag.items():
+            new.by_tag[t] = grow(self.by_tag.get(t, EMPTY.nodes), js)
+        new.by_email = {**self.by_email}
+        for e, js in fresh.by_email.items():
+            new.by_email[e] = grow(self.by_email.get(e, EMPTY.nodes), js)
+        new.tagged = grow(self.tagged, fresh.tagged)
+        new.members = grow(self.members, fresh.members)
+        new.routes = [*self.routes, *fresh.routes]
+        new.route_spans = [*self.route_spans, *fresh.route_spans]
+        new._sorted_ips, new._facts, new._posture_ok = None, None, {}
+        resolved = {}
+        for alias, r in list(self._resolved.items()):
+            emails = self._emails_of(alias) if alias.kind in ("user", "group") else None
+            if emails is not None and fresh.by_email.keys().isdisjoint(emails):
+                # most aliases name a few users: skip those of other users quickly
+                resolved[alias] = r
+                continue
+            more = fresh.resolve(alias)
+            if more.members:
+                r = Resolved(
+                    grow(r.nodes, more.nodes), r.extra, grow(r.members, more.members), r.wildcard
+                )
+            resolved[alias] = r
+        new._resolved = resolved
+        return new
+
+    def _emails_of(self, alias: Alias) -> frozenset[str] | None:
+        """The (lower case) emails a user or group alias can name; None (any:
+        resolve it) when it names users by pattern or holds other aliases.
+        Remembered per policy and groups (indexes grown from this one share it)."""
+        if alias not in self._alias_emails:
+            self._alias_emails[alias] = self._list_emails(alias)
+        return self._alias_emails[alias]
+
+    def _list_emails(self, alias: Alias) -> frozenset[str] | None:
+        if alias.kind == "user" and not alias.value.startswith("*@"):
+            return frozenset({alias.value.lower()})
+        if alias.kind != "group":
+            return None
+        out = {e.lower() for e in self.runtime_groups.get(alias.value, ())}
+        for member in self.policy.groups.get(alias.value, ()):
+            emails = self._list_emails(member)
+            if emails is None:
+                return None
+            out |= emails
+        return frozenset(out)
+
     # -- identity --------------------------------------------------------
 
     def user_nodes(self, pattern: str) -> frozenset[int]:
@@ -105,7 +176,7 @@ class Index:
         """Node addresses of one IP version, sorted, with their nodes."""
         if self._sorted_ips is None:
             pairs: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-            for i, ips in enumerate(self.ips):
+            for i, ips in enumerate(self.ips[: len(self.nodes)]):  # the table may be shared
                 for ip in ips:
                     s = span(ip)
                     pairs[s.version].append((s.lo, i))
@@ -141,6 +212,10 @@ class Index:
         return self._nodes_within(s) | frozenset(
             i for i in self.routers if any(s.overlaps(x) for x in self.route_spans[i])
         )
+
+    def resolutions(self) -> Mapping[Alias, Resolved]:
+        """Every alias resolved so far (by `resolve`)."""
+        return self._resolved
 
     def resolve(self, alias: Alias) -> Resolved:
         # Rules name the same groups and tags over and over: resolve each once.

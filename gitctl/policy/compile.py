@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, overload
 
 from .expiry import policy_at
+from .extend import extend_index
 from .model import Policy
 from .output import CompiledTailnet, NodeKey, NodeView, PeerView
 from .policytests import check_policy_tests
@@ -35,6 +36,7 @@ def compile_tailnet(
     enforce_tests: bool = True,
     previous: CompiledTailnet[str] | None = None,
     keep_views: bool = True,
+    base: CompiledTailnet[str] | None = None,
 ) -> CompiledTailnet[str]: ...
 
 
@@ -49,6 +51,7 @@ def compile_tailnet(
     enforce_tests: bool = True,
     previous: CompiledTailnet[NodeKey] | None = None,
     keep_views: bool = True,
+    base: CompiledTailnet[NodeKey] | None = None,
 ) -> CompiledTailnet[NodeKey]: ...
 
 
@@ -62,6 +65,7 @@ def compile_tailnet(
     enforce_tests: bool = True,
     previous: CompiledTailnet[Any] | None = None,
     keep_views: bool = True,
+    base: CompiledTailnet[Any] | None = None,
 ) -> CompiledTailnet[Any]:
     """Per-node packet filters, SSH policies, peers and capabilities.
 
@@ -86,13 +90,27 @@ def compile_tailnet(
     and group member whose ``expires`` has passed, tests included. A policy
     with expiry times is refused without it (fail closed); ``next_expiry``
     says when to compile again.
+
+    ``base`` (the index over these nodes but the newest, under the same
+    policy) lets a join grow that index instead of resolving every rule
+    again (`gitctl.policy.extend`); the index's ``origin`` says which it did
+    ("extended"; "reused" when nothing it sees changed, e.g. a node re-keyed;
+    or "full: <why not>").
     """
     policy = policy_at(policy, now)
     if enforce_tests:
         check_policy_tests(policy, topology, now=now)
     if keys is None:
         keys = [n.name for n in topology.nodes]
-    index = ViewIndex(policy, topology, keys, tailnet, keep_views=keep_views)
+    index: ViewIndex[Any] | str = "full"
+    if base is not None and isinstance(base.visibility, ViewIndex):
+        index = extend_index(
+            base.visibility, policy, topology, keys, tailnet, keep_views=keep_views
+        )
+    if isinstance(index, str):
+        reason = index
+        index = ViewIndex(policy, topology, keys, tailnet, keep_views=keep_views)
+        index.origin = reason if reason == "full" else f"full: {reason}"
     return reuse_previous(CompiledTailnet(nodes=LazyNodes(index), visibility=index), previous)
 
 

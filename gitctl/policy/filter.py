@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
 from .addrs import INTERNET_RANGES, span
 from .aliases import Index, Resolved
-from .model import Alias, Grant, PortRange
+from .model import ALL_PORTS, WILDCARD, Alias, Grant, Policy, PortRange
 
 SELF = Alias("autogroup", "autogroup:self")
 # Capabilities that imply one back from destination to source: a Taildrive
@@ -42,6 +42,10 @@ class DstPart:
     ports: tuple[PortRange, ...]
     addrs: Sequence[Sequence[str]] | None = None
     text: str = ""
+    # What picked ``nodes``, for growing the part by a newcomer: ("alias", an
+    # alias: its nodes), ("covering", text) or ("in", text): the nodes whose
+    # address it covers, ("all", None): every node; None: no node ever.
+    source: tuple[str, Any] | None = None
 
     def entries(self, node: int) -> list[tuple[str, tuple[PortRange, ...]]]:
         if self.addrs is None:
@@ -61,8 +65,16 @@ class Rule:
     via: bool = False
     # hidden: grants visibility (and routes) but is not sent as a filter rule.
     hidden: bool = False
-    # src_members as a bitmask, filled in by the compiler
+    # src_members and dst_nodes as bitmasks, filled in by the compiler
     src_mask: int = 0
+    dst_mask: int = 0
+    # how many of src_ips are the source nodes' own addresses (they come first)
+    src_n: int = 0
+    # the aliases the sources resolve from (without posture); an autogroup:self
+    # rule has none: it is one user's (``self_of``: its entry, see
+    # `RuleBuilder.self_sources`, and the user's email)
+    src_aliases: tuple[Alias, ...] = ()
+    self_of: tuple[int, str] | None = None
     # destinations in policy order, and every node one of them reaches
     parts: list[DstPart] = field(default_factory=list)
     dst_nodes: set[int] = field(default_factory=set)
@@ -76,10 +88,16 @@ class Rule:
             key = self._src_key = frozenset(self.src_ips)
         return key
 
+    @property
+    def live(self) -> bool:
+        """Whether the rule is sent at all: it has sources (or capabilities) and destinations."""
+        return bool((self.src_ips or self.caps is not None) and self.dst_nodes)
+
     def add(self, part: DstPart) -> None:
-        if part.nodes:
-            self.parts.append(part)
-            self.dst_nodes.update(part.nodes)
+        # An empty part is kept (it renders nothing) so that the parts of one
+        # policy rule line up over any node set (see `gitctl.policy.extend`).
+        self.parts.append(part)
+        self.dst_nodes.update(part.nodes)
 
     def entries(self, node: int) -> list[tuple[str, tuple[PortRange, ...]]]:
         """(address text, ports) pairs (DstPorts) or address texts (CapGrant Dsts)."""
@@ -102,6 +120,7 @@ class Rule:
                 p.text,
             )
             for p in self.parts
+            if p.nodes
         )
         return (self.src_ips, self.src_members, self.protos, caps, self.via, self.hidden, parts)
 
@@ -134,7 +153,15 @@ class RuleBuilder:
     def __init__(self, index: Index) -> None:
         self.index = index
         self.rules: list[Rule] = []
-        self._src_ips: dict[tuple[frozenset[int], tuple[str, ...]], tuple[str, ...]] = {}
+        # Every rule the policy makes, sent or not, in policy order: the same
+        # sequence over any node set when no rule is per user (autogroup:self).
+        self.slots: list[Rule] = []
+        # Per autogroup:self entry (an ACL or grant naming it), the aliases of
+        # its sources: each of their users gets a rule of that entry.
+        self.self_sources: list[tuple[Alias, ...]] = []
+        self._src_ips: dict[
+            tuple[frozenset[int], tuple[str, ...]], tuple[tuple[str, ...], int]
+        ] = {}
 
     def _src(self, src: Iterable[Alias], posture: tuple[str, ...] = ()) -> Resolved:
         """The rule's sources, less the devices failing its posture (the rule's
@@ -149,12 +176,12 @@ class RuleBuilder:
         caps: Mapping[str, tuple[Any, ...]] | None = None,
     ) -> Rule:
         key = (src.nodes, src.extra)
-        ips = self._src_ips.get(key)
-        if ips is None:
-            ips = self._src_ips[key] = tuple(
-                dict.fromkeys([*self.index.node_texts(sorted(src.nodes)), *src.extra])
-            )
-        return Rule(src_ips=ips, src_members=src.members, protos=protos, caps=caps)
+        known = self._src_ips.get(key)
+        if known is None:
+            own = self.index.node_texts(sorted(src.nodes))
+            known = self._src_ips[key] = (tuple(dict.fromkeys([*own, *src.extra])), len(own))
+        ips, own_n = known
+        return Rule(src_ips=ips, src_members=src.members, protos=protos, caps=caps, src_n=own_n)
 
     def _add_dst(
         self,
@@ -173,7 +200,8 @@ class RuleBuilder:
         allowed = index.all if only is None else only
         own = index.host_prefix_table if host_form else index.ips
         if alias.kind == "wildcard":
-            rule.add(DstPart(allowed, ports, own if host_form else None, "*"))
+            every = ("all", None) if only is None else None
+            rule.add(DstPart(allowed, ports, own if host_form else None, "*", every))
             return
         if alias == INTERNET:
             texts: tuple[str, ...] = INTERNET_RANGES
@@ -181,17 +209,22 @@ class RuleBuilder:
         else:
             r = index.resolve(alias)
             texts, nodes = r.extra, r.nodes
-        rule.add(DstPart(nodes & allowed, ports, own))
+        picked = None if alias == INTERNET or only is not None else ("alias", alias)
+        rule.add(DstPart(nodes & allowed, ports, own, source=picked))
         for text in texts:
             if host_form:
                 # Capabilities go to nodes, never to subnets behind them.
-                rule.add(DstPart(index.nodes_in(text) & allowed, ports, own))
+                source = None if only is not None else ("in", text)
+                rule.add(DstPart(index.nodes_in(text) & allowed, ports, own, source=source))
             else:
-                rule.add(DstPart(index.covering(span(text)) & allowed, ports, text=text))
+                source = None if only is not None else ("covering", text)
+                nodes = index.covering(span(text)) & allowed
+                rule.add(DstPart(nodes, ports, text=text, source=source))
 
     def _finish(self, rule: Rule) -> None:
         # An app grant reaches its destinations even when no source resolves.
-        if (rule.src_ips or rule.caps is not None) and rule.dst_nodes:
+        self.slots.append(rule)
+        if rule.live:
             self.rules.append(rule)
 
     def add_acl(
@@ -204,23 +237,27 @@ class RuleBuilder:
         dsts = list(dsts)
         resolved = self._src(src, posture)
         rule = self._rule(resolved, protos)
+        rule.src_aliases = src
         for alias, ports in dsts:
             if alias != SELF:
                 self._add_dst(rule, alias, ports)
         self._finish(rule)
         self_ports = [ports for alias, ports in dsts if alias == SELF]
         if self_ports:
-            self._add_self(resolved, self_ports, protos)
+            self._add_self(resolved, src, self_ports, protos)
 
     def _add_self(
         self,
         src: Resolved,
+        src_aliases: tuple[Alias, ...],
         port_sets: list[tuple[PortRange, ...]],
         protos: tuple[int, ...],
         caps: Mapping[str, tuple[Any, ...]] | None = None,
     ) -> None:
         """autogroup:self: each user's devices may reach that user's devices."""
         index = self.index
+        entry = len(self.self_sources)
+        self.self_sources.append(src_aliases)
         by_user: dict[str, list[int]] = defaultdict(list)
         for i in sorted(src.members & index.members):
             email = index.email[i]
@@ -228,16 +265,30 @@ class RuleBuilder:
             by_user[email].append(i)
         for email, srcs in by_user.items():
             own = index.by_email[email.lower()]
+            texts = tuple(index.node_texts(srcs))
             rule = Rule(
-                src_ips=tuple(index.node_texts(srcs)),
+                src_ips=texts,
                 src_members=frozenset(srcs),
                 protos=protos,
                 caps=caps,
+                src_n=len(texts),
+                self_of=(entry, email),
             )
             addrs = index.host_prefix_table if caps is not None else index.ips
             for ports in port_sets:
                 rule.add(DstPart(own, ports, addrs))
             self._finish(rule)
+
+    def add_policy(self, policy: Policy) -> None:
+        """Every ACL and grant of ``policy``, in order (and its default allow)."""
+        for acl in policy.acls:
+            self.add_acl(
+                acl.src, ((d.alias, d.ports) for d in acl.dst), acl.protos, acl.src_posture
+            )
+        for grant in policy.grants:
+            self.add_grant(grant)
+        if policy.default_allow:
+            self.add_acl((WILDCARD,), ((WILDCARD, (ALL_PORTS,)),), ())
 
     def add_grant(self, grant: Grant) -> None:
         resolved = self._src(grant.src, grant.src_posture)
@@ -249,12 +300,13 @@ class RuleBuilder:
         via = self.index.resolve_many(grant.via).nodes if grant.via else None
         for protos, ports in by_proto.items():
             rule = self._rule(resolved, protos)
+            rule.src_aliases = grant.src
             rule.via = via is not None
             for d in dsts:
                 self._add_dst(rule, d, tuple(ports), only=via)
             self._finish(rule)
             if has_self:
-                self._add_self(resolved, [tuple(ports)], protos)
+                self._add_self(resolved, grant.src, [tuple(ports)], protos)
         if grant.app and via is not None:
             # Capabilities are not routed; the grant still makes the routers
             # and their routes known to the sources.
@@ -264,17 +316,87 @@ class RuleBuilder:
                 self._add_dst(rule, d, (), only=via)
             self._finish(rule)
         elif grant.app and grant.src:
-            self._add_app(resolved, dsts, grant.app, has_self)
+            self._add_app(resolved, grant.src, dsts, grant.app, has_self)
             reverse = {REVERSE_CAPS[c]: None for c in grant.app if c in REVERSE_CAPS}
             if reverse:
-                self._add_app(self.index.resolve_many(dsts), list(grant.src), reverse, False)
+                back = self.index.resolve_many(dsts)
+                self._add_app(back, tuple(dsts), list(grant.src), reverse, False)
 
     def _add_app(
-        self, src: Resolved, dsts: list[Alias], caps: Mapping[str, Any], has_self: bool
+        self,
+        src: Resolved,
+        src_aliases: tuple[Alias, ...],
+        dsts: list[Alias],
+        caps: Mapping[str, Any],
+        has_self: bool,
     ) -> None:
         rule = self._rule(src, caps=caps)
+        rule.src_aliases = src_aliases
         for d in dsts:
             self._add_dst(rule, d, (), host_form=True)
         self._finish(rule)
         if has_self:
-            self._add_self(src, [()], (), caps)
+            self._add_self(src, src_aliases, [()], (), caps)
+
+
+class NodeRules:
+    """Per node, the rules it receives, in policy order.
+
+    Each node holds slot numbers into one list of every rule the policy made
+    (``slots``), so an index for one more node shares the other nodes' lists
+    even where their rules gained the newcomer (see `gitctl.policy.extend`)."""
+
+    def __init__(
+        self,
+        slots: Sequence[Rule],
+        lists: list[list[int]],
+        self_sources: Sequence[tuple[Alias, ...]] = (),
+    ) -> None:
+        self.slots = slots
+        self.lists = lists
+        self.self_sources = self_sources  # see `RuleBuilder.self_sources`
+
+    @classmethod
+    def of(cls, builder: RuleBuilder, n: int) -> NodeRules:
+        lists: list[list[int]] = [[] for _ in range(n)]
+        for k, rule in enumerate(builder.slots):
+            if rule.live:
+                for i in rule.dst_nodes:
+                    lists[i].append(k)
+        return cls(builder.slots, lists, builder.self_sources)
+
+    def __getitem__(self, node: int) -> list[Rule]:
+        slots = self.slots
+        return [slots[k] for k in self.lists[node]]
+
+    def __len__(self) -> int:
+        return len(self.lists)
+
+    def __iter__(self) -> Iterator[list[Rule]]:
+        return (self[i] for i in range(len(self.lists)))
+
+
+class SlotUses:
+    """Where each alias and address text picks the nodes of a rule slot:
+    which slots' sources an alias feeds, and which parts (slot, part) each
+    part source (`DstPart.source`) fills. Positions do not enter, so the
+    indexes grown from one another under one policy share it."""
+
+    def __init__(self, slots: Sequence[Rule]) -> None:
+        self.src: dict[Alias, list[int]] = defaultdict(list)
+        self.by_alias: dict[Alias, list[tuple[int, int]]] = defaultdict(list)
+        self.other: dict[tuple[str, Any], list[tuple[int, int]]] = defaultdict(list)
+        # (autogroup:self entry, user email) -> that user's rule of the entry
+        self.self_slots: dict[tuple[int, str], int] = {}
+        for k, rule in enumerate(slots):
+            if rule.self_of is not None:
+                self.self_slots[rule.self_of] = k
+            for a in dict.fromkeys(rule.src_aliases):
+                self.src[a].append(k)
+            for p, part in enumerate(rule.parts):
+                if part.source is None:
+                    continue
+                if part.source[0] == "alias":
+                    self.by_alias[part.source[1]].append((k, p))
+                else:
+                    self.other[part.source].append((k, p))

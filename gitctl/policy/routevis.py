@@ -6,7 +6,7 @@ from typing import Any
 
 from .addrs import Span, is_exit_route, span
 from .aliases import Index
-from .filter import Rule
+from .filter import NodeRules
 from .routes import RouteTable
 
 
@@ -21,19 +21,20 @@ class RouteVisibility:
     grants is shown it on the first of its via routers instead of the primary.
     """
 
-    def __init__(self, index: Index, table: RouteTable, per_node: list[list[Rule]]) -> None:
+    def __init__(self, index: Index, table: RouteTable, per_node: NodeRules) -> None:
         self.index = index
         self.table = table
         self.per_node = per_node
         self._senders: dict[tuple[int, str, bool], int] = {}
         self._accepts: dict[int, list[Span] | None] = {}
         self._via: dict[int, dict[str, int]] = {}
-        self._primary_of = {r: i for i, rs in enumerate(table.primary) for r in rs}
+        # (only routers have routes: a join of a node without any costs nothing here)
+        self._primary_of = {r: i for i in index.routers for r in table.primary[i]}
         # (router, subnet route) pairs some via rule reaches, in registration order
         self._via_routes = [
             (i, r)
-            for i, rs in enumerate(table.enabled)
-            for r in rs
+            for i in index.routers
+            for r in table.enabled[i]
             if not is_exit_route(r) and any(rule.via for rule in per_node[i])
         ]
 

@@ -119,7 +119,7 @@ class SshIndex:
     def __init__(self, policy: Policy, index: Index) -> None:
         self.index = index
         self._member_masks: dict[str, int] = {}
-        for i in index.members:
+        for i in index.members if policy.ssh else ():  # read only through rules
             email = index.email[i]
             assert email is not None
             self._member_masks[email] = self._member_masks.get(email, 0) | 1 << i

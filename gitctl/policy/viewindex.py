@@ -18,11 +18,11 @@ from typing import Any, Generic, cast
 from .addrs import is_exit_route
 from .aliases import Index
 from .bitsets import bits, bitset
-from .filter import Rule, RuleBuilder
-from .model import ALL_PORTS, WILDCARD, Policy
-from .nodeattrs import ipv4_disabled, self_cap_maps
+from .filter import NodeRules, Rule, RuleBuilder, SlotUses
+from .model import Policy
+from .nodeattrs import DISABLE_IPV4, ipv4_disabled, self_cap_maps
 from .output import NodeKey, NodeView, PeerView
-from .routes import route_table
+from .routes import RouteTable, route_table
 from .routevis import RouteVisibility
 from .ssh import SshIndex, check_ssh_domains
 from .topology import Topology
@@ -51,40 +51,83 @@ class ViewIndex(Generic[NodeKey]):
         self.position: dict[NodeKey, int] = {k: i for i, k in enumerate(self.keys)}
         if len(self.keys) != len(nodes):
             raise ValueError("compile: one key per node is needed")
-        index = self.index = Index(policy, topology)
+        index = Index(policy, topology)
         at = self.position
         last = {p: at[k] for p, k in topology.primaries.items() if k in at}
-        self.table = route_table(policy, nodes, topology.users, last)
-        index.set_routes(list(self.table.enabled))
+        table = route_table(policy, nodes, topology.users, last)
+        index.set_routes(list(table.enabled))
         check_ssh_domains(policy, index)
-
         builder = RuleBuilder(index)
-        for acl in policy.acls:
-            builder.add_acl(
-                acl.src, ((d.alias, d.ports) for d in acl.dst), acl.protos, acl.src_posture
-            )
-        for grant in policy.grants:
-            builder.add_grant(grant)
-        if policy.default_allow:
-            builder.add_acl((WILDCARD,), ((WILDCARD, (ALL_PORTS,)),), ())
-
+        builder.add_policy(policy)
         n = len(nodes)
-        self.per_node: list[list[Rule]] = [[] for _ in range(n)]
+        for rule in builder.slots:
+            rule.src_mask = bitset(rule.src_members, n)
+            rule.dst_mask = bitset(rule.dst_nodes, n)
+        self._setup(index, table, NodeRules.of(builder, n), self_cap_maps(policy, index, tailnet))
+        self.origin = "full"
+
+    @classmethod
+    def assemble(
+        cls,
+        policy: Policy,
+        topology: Topology,
+        keys: Sequence[NodeKey],
+        tailnet: Mapping[str, Any] | None,
+        parts: tuple[Index, RouteTable, NodeRules, list[dict[str, Any]]],
+        *,
+        keep_views: bool = True,
+        grown_from: ViewIndex[NodeKey] | None = None,
+    ) -> ViewIndex[NodeKey]:
+        """An index from parts already resolved (`gitctl.policy.extend` grows
+        them from an earlier index, ``grown_from``, whose nodes come first):
+        the same index ``ViewIndex(...)`` builds."""
+        self = cls.__new__(cls)
+        self.policy, self.keep_views, self.topology, self.tailnet = (
+            policy,
+            keep_views,
+            topology,
+            tailnet,
+        )
+        self.keys = tuple(keys)
+        if grown_from is None:
+            self.position = {k: i for i, k in enumerate(self.keys)}
+            self._setup(*parts)
+        else:
+            n = len(grown_from.keys)
+            self.position = {**grown_from.position, **{k: n + j for j, k in enumerate(keys[n:])}}
+            caps = parts[3]
+            more = frozenset(i for i in range(n, len(caps)) if DISABLE_IPV4 in caps[i])
+            self._setup(*parts, no_v4=grown_from.no_v4 | more)
+        self.origin = "extended"
+        return self
+
+    def _setup(
+        self,
+        index: Index,
+        table: RouteTable,
+        per_node: NodeRules,
+        caps: list[dict[str, Any]],
+        no_v4: frozenset[int] | None = None,
+    ) -> None:
+        """What follows from the resolved rules: who reaches whom, SSH, routes
+        (``no_v4``: the nodes `ipv4_disabled` names, when known)."""
+        policy, n = self.policy, len(self.keys)
+        self.index, self.table, self.per_node = index, table, per_node
+        self.slots = per_node.slots
+        self.rules = [r for r in self.slots if r.live]
         # Rules sharing a source set share one entry: sources -> the nodes
         # their rules reach (which those sources therefore see).
         reach: dict[frozenset[int], int] = {}
-        for rule in builder.rules:
-            rule.src_mask = bitset(rule.src_members, n)
-            for i in rule.dst_nodes:
-                self.per_node[i].append(rule)
+        for rule in self.rules:
             if rule.src_members:
-                reach[rule.src_members] = reach.get(rule.src_members, 0) | bitset(rule.dst_nodes, n)
+                reach[rule.src_members] = reach.get(rule.src_members, 0) | rule.dst_mask
         self._reach = list(reach.items())
-        self.rules = builder.rules
+        # Where aliases feed the slots, once a join needed it (`gitctl.policy.extend`).
+        self.slot_uses: SlotUses | None = None
 
         self.ssh = SshIndex(policy, index)
-        self.caps = self_cap_maps(policy, index, tailnet)
-        self.no_v4 = ipv4_disabled(self.caps)
+        self.caps = caps
+        self.no_v4 = ipv4_disabled(self.caps) if no_v4 is None else no_v4
         self.routes = RouteVisibility(index, self.table, self.per_node)
         self._plain: list[PeerView | None] = [None] * n
         self._routers = bitset(index.routers, n)

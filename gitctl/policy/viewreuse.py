@@ -46,12 +46,26 @@ def _topology_affected(
     """When nodes without routes join, leave or change, only they and the
     nodes that see them (before or after) are affected: a node enters another
     node's view only through a rule that makes the two see each other."""
+    had = len(previous.keys)
+    if current.keys[:had] == previous.keys and current.topology.nodes[:had] == (
+        previous.topology.nodes
+    ):
+        # nodes joined after the others, which stay as they were (a join)
+        joined = current.keys[had:]
+        if any(current.table.enabled[had:]):
+            return None
+        out = set(joined)
+        for key in joined:
+            out.update(current.dependents(key))
+        return frozenset(out)
     old_nodes = dict(zip(previous.keys, previous.topology.nodes, strict=True))
     new_nodes = dict(zip(current.keys, current.topology.nodes, strict=True))
     if len(old_nodes) != len(previous.keys) or len(new_nodes) != len(current.keys):
         return None
-    changed_old = [n for n, rec in old_nodes.items() if new_nodes.get(n) != rec]
-    changed_new = [n for n, rec in new_nodes.items() if old_nodes.get(n) != rec]
+    # (the server passes the same record objects for unchanged nodes: compare
+    # identity first, not every field)
+    changed_old = [n for n, rec in old_nodes.items() if not _same(new_nodes.get(n), rec)]
+    changed_new = [n for n, rec in new_nodes.items() if not _same(old_nodes.get(n), rec)]
     if any(previous.table.enabled[previous.position[n]] for n in changed_old) or any(
         current.table.enabled[current.position[n]] for n in changed_new
     ):
@@ -67,6 +81,10 @@ def _topology_affected(
     for n in changed_new:
         out.update(current.dependents(n))
     return frozenset(out)
+
+
+def _same(a: object, b: object) -> bool:
+    return a is b or a == b
 
 
 def _policy_affected(previous: ViewIndex[NodeKey], current: ViewIndex[NodeKey]) -> int | None:

@@ -7,59 +7,114 @@ Over TCP every API route wants an API key (`Authorization: Bearer <key>`, or
 HTTP Basic with the key as the user name), and API keys themselves are only
 created through the socket, so a leaked key can never mint another. A key's
 scope is `read` (GET routes) or `admin`.
+
+Start-up stays off starlette, jinja2 and the route tables (`_app.py`): the app
+`build_app` returns answers `GET /health` itself and builds the real one on the
+first other request, so a server is serving maps before those modules load.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse
-
-from server.api import discovery, oauth, v1, v2
 from server.api.deps import WebDeps, parse_duration
-from server.api.endpoints import Call, Endpoint, to_routes
-from server.api.openapi import openapi_document
-from server.auth import pages as login_pages
-from server.metrics import RequestCounter
-from server.page import Sessions, page_routes
 
-__all__ = ["WebDeps", "api_endpoints", "build_app", "build_metrics_app", "parse_duration"]
+if TYPE_CHECKING:
+    from server.api.endpoints import Endpoint
 
-OPENAPI_PATH = "/api/v1/openapi.json"
+__all__ = [
+    "HEALTH_PATH",
+    "WebDeps",
+    "api_endpoints",
+    "build_app",
+    "build_metrics_app",
+    "health_body",
+    "parse_duration",
+]
+
+HEALTH_PATH = "/health"
+
+
+def health_body(deps: WebDeps) -> dict[str, Any]:
+    """/health: live (the loop answers) and which commit is served."""
+    return {"status": "ok", "serving": deps.status.serving}
 
 
 def api_endpoints(deps: WebDeps) -> list[Endpoint]:
     """Every API endpoint, the OpenAPI document's own included."""
-    endpoints = [*v1.endpoints(deps), *v2.endpoints(deps), *oauth.endpoints(deps)]
+    from server.api import _app
 
-    async def openapi(call: Call) -> Any:
-        return JSONResponse(document)
-
-    own = Endpoint("GET", OPENAPI_PATH, openapi, "This document", "meta", needs="public")
-    endpoints.append(own)
-    document = openapi_document(endpoints, title="tailnetd API", version="1")
-    return endpoints
+    return _app.api_endpoints(deps)
 
 
-def build_app(deps: WebDeps) -> Starlette:
-    api = to_routes(api_endpoints(deps), local=deps.local, store=deps.store, clock=deps.clock)
-    probes = discovery.probe_routes(deps, with_metrics=deps.local)
-    pages = []
-    if deps.logins is not None:
-        pages = login_pages.routes(deps.logins, deps.ssh_checks, deps.clock)
-    if deps.oidc is not None and not deps.local:  # first: its /register/ redirects
-        pages = [*deps.oidc.routes(), *pages]
-    page = page_routes(deps, Sessions(deps.rng))
-    return _counted(Starlette(routes=[*discovery.routes(deps), *probes, *pages, *api, *page]), deps)
+def build_app(deps: WebDeps) -> Any:
+    """The plain-HTTP ASGI app: discovery, probes, login pages, the APIs and the
+    operator page; starlette and the routes load on the first request but /health."""
+
+    def build() -> Any:
+        from server.api import _app
+
+        return _app.build_app(deps)
+
+    return LazyApp(build, deps)
 
 
-def build_metrics_app(deps: WebDeps) -> Starlette:
+def build_metrics_app(deps: WebDeps) -> Any:
     """The plain-HTTP --metrics-listen port: /metrics, /health and /ready only."""
-    return _counted(Starlette(routes=discovery.probe_routes(deps, with_metrics=True)), deps)
+
+    def build() -> Any:
+        from server.api import _app
+
+        return _app.build_metrics_app(deps)
+
+    return LazyApp(build, deps)
 
 
-def _counted(app: Starlette, deps: WebDeps) -> Starlette:
-    if deps.metrics is not None:
-        app.add_middleware(RequestCounter, metrics=deps.metrics)
-    return app
+class LazyApp:
+    """An ASGI app built by `build` on the first request that is not `GET /health`
+    (which it answers as the built app would, and counts the same way)."""
+
+    def __init__(self, build: Callable[[], Any], deps: WebDeps) -> None:
+        self._build = build
+        self._deps = deps
+        self._app: Any = None
+
+    @property
+    def app(self) -> Any:
+        """The starlette app (built now if no request has needed it yet)."""
+        if self._app is None:
+            self._app = self._build()
+        return self._app
+
+    @property
+    def routes(self) -> list[Any]:
+        return list(self.app.routes)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._app is None and _is_health(scope):
+            await self._health(scope["method"], send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _health(self, method: str, send: Any) -> None:
+        # As starlette's JSONResponse renders it.
+        body = json.dumps(health_body(self._deps), ensure_ascii=False, separators=(",", ":"))
+        raw = body.encode()
+        headers = [
+            (b"content-length", str(len(raw)).encode()),
+            (b"content-type", b"application/json"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else raw})
+        if self._deps.metrics is not None:
+            self._deps.metrics.http_request(HEALTH_PATH, method, 200)
+
+
+def _is_health(scope: Any) -> bool:
+    return (
+        scope.get("type") == "http"
+        and scope.get("path") == HEALTH_PATH
+        and scope.get("method") in ("GET", "HEAD")
+    )

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from server.api import HEALTH_PATH, health_body
 from server.api.deps import WebDeps
 
 __all__ = ["ZERO_MKEY", "probe_routes", "routes"]
@@ -44,7 +45,7 @@ def probe_routes(deps: WebDeps, *, with_metrics: bool) -> list[Route]:
     the store answers), and /metrics on the socket and the metrics listener."""
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "serving": deps.status.serving})
+        return JSONResponse(health_body(deps))
 
     async def ready(request: Request) -> Response:
         reason = None
@@ -58,7 +59,7 @@ def probe_routes(deps: WebDeps, *, with_metrics: bool) -> list[Route]:
         body = {"ready": reason is None, "serving": deps.status.serving, "reason": reason}
         return JSONResponse(body, 200 if reason is None else 503)
 
-    routes = [Route("/health", health), Route("/ready", ready)]
+    routes = [Route(HEALTH_PATH, health), Route("/ready", ready)]
     metrics = deps.metrics
     if metrics is not None and with_metrics:
 

@@ -105,6 +105,7 @@ class ControlConnection:
         self._streams: dict[int, _Stream] = {}
         self._window_changed = asyncio.Event()
         self._closed = False
+        self._flush_due = False  # a write of what h2 and Noise hold is scheduled
 
     async def run(self) -> None:
         # The upgrade, the handshake response, the early payload and our HTTP/2
@@ -278,13 +279,22 @@ class ControlConnection:
         await self._flush()
 
     async def _flush(self) -> None:
+        """Send what h2 holds, once per turn of the event loop: frames that
+        streams queue in the same turn (every session woken by one change)
+        go out in one Noise record batch and one socket write."""
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._write_out)
+        await self._writer.drain()  # waits only while the socket is backed up
+
+    def _write_out(self) -> None:
+        self._flush_due = False
         data = self._h2.data_to_send()
         if data:
             self._noise.send(data)
         out = self._noise.data_to_send()
         if out and not self._writer.is_closing():
             self._writer.write(out)
-            await self._writer.drain()
 
 
 def _s(value: str | bytes) -> str:

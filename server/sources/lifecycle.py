@@ -17,8 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import git
-
+from gitctl.gitrun import GitError, NotARepository
 from gitctl.snapshot import Snapshot
 from gitctl.sources import Documents, read_directory, read_git
 from server.datadir import write_private
@@ -47,13 +46,20 @@ async def open_repo(
     data_dir: Path,
     branch: str | None,
     log: logging.Logger,
+    trusted_signers: Path | None = None,
 ) -> SnapshotRepo | RemoteRepo:
-    """The work tree, or the remote cloned (or fetched) into the data dir."""
+    """The work tree, or the remote cloned (or fetched) into the data dir.
+    Signatures (`trusted_signers`) can only be checked in a git repository."""
     if repo_url is None:
         if not repo.is_dir():
             reason = "no such directory" if not repo.exists() else "not a directory"
             raise SourceError(f"cannot read the repository {repo}: {reason}")
-        return SnapshotRepo(repo, branch=branch)
+        work_tree = SnapshotRepo(repo, branch=branch)
+        if trusted_signers is not None and not work_tree.is_git:
+            raise SourceError(
+                f"--trusted-signers needs a git repository; {repo} is a plain directory"
+            )
+        return work_tree
     remote = RemoteRepo(repo_url, data_dir, branch=branch)
     try:
         await asyncio.to_thread(remote.sync)
@@ -111,10 +117,10 @@ class CommitLifecycle:
         is refused. SourceError when there is none."""
         try:
             return self._initial()
-        except (OSError, git.GitError) as exc:
+        except (OSError, GitError) as exc:
             reason = (
                 "its .git is not a readable git repository"
-                if isinstance(exc, git.InvalidGitRepositoryError)
+                if isinstance(exc, NotARepository)
                 else str(exc).strip().splitlines()[0]
             )
             raise SourceError(f"cannot read the repository {self.repo.path}: {reason}") from None
@@ -127,7 +133,9 @@ class CommitLifecycle:
         if previous and self.authority.needs_previous:
             # The trust chain goes on across restarts: a new HEAD is checked against
             # the list of the commit served last.
-            self.authority.serving(previous, self.repo.check(previous, self._clock()).snapshot)
+            # (On a plain restart that is HEAD, just checked: not read twice.)
+            last = checked if previous == head else self.repo.check(previous, self._clock())
+            self.authority.serving(previous, last.snapshot)
         # A commit served before was checked then (an outside list is checked always).
         if head is not None and (head != previous or self.authority.outside):
             checked, signer = self._verified(head, checked)

@@ -15,9 +15,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
-import git
-
 from gitctl import snapshot as snapshots
+from gitctl.gitrun import resolve
 from server.sources.repo import Checked, check_result
 
 __all__ = ["RemoteRepo", "is_remote", "watch_remote"]
@@ -45,6 +44,8 @@ class RemoteRepo:
 
     def sync(self) -> str | None:
         """Fetch the remote; return the served branch's tip (None if it has none)."""
+        import git  # gitpython: only a server that serves a remote loads it
+
         try:
             if not (self.path / "HEAD").exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,13 +62,7 @@ class RemoteRepo:
     def head(self) -> str | None:
         if not (self.path / "HEAD").exists():
             return None
-        with git.Repo(self.path) as repo:  # closing ends gitpython's cat-file helpers
-            try:
-                ref = f"refs/heads/{self.branch}"
-                commit = repo.commit(ref) if self.branch else repo.head.commit
-            except (ValueError, git.BadName):
-                return None
-            return str(commit.hexsha)
+        return resolve(self.path, f"refs/heads/{self.branch}" if self.branch else "HEAD")
 
     def check(self, revision: str | None, now: datetime | None = None) -> Checked:
         """`now`: the time at which `expires` entries count (gitctl fails a
@@ -87,6 +82,8 @@ async def watch_remote(
     wake: asyncio.Event,
 ) -> None:
     """Fetch every `interval` seconds, or at once when `wake` is set."""
+    import git
+
     last = repo.head()
     while True:
         try:

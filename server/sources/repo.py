@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gitctl import snapshot as snapshots
+from gitctl.gitrun import resolve
 from gitctl.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -71,14 +72,7 @@ class SnapshotRepo:
         """The revision to serve now (a commit sha), or None for a plain directory."""
         if not self.is_git:
             return None
-        import git
-
-        with git.Repo(self.path) as repo:  # closing ends gitpython's cat-file helpers
-            try:
-                commit = repo.commit(self.branch) if self.branch else repo.head.commit
-            except (ValueError, git.BadName):
-                return None
-            return str(commit.hexsha)
+        return resolve(self.path, self.branch or "HEAD")
 
     def check(self, revision: str | None, now: datetime | None = None) -> Checked:
         """`now`: the time at which `expires` entries count (gitctl fails a

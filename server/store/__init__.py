@@ -6,7 +6,7 @@ live in git; the store names users and tags by string only.
 path and the PostgreSQL one for a `postgresql://` URL.
 """
 
-from server.store._open import is_postgres_url, open_store, redact_url
+from server.store._open import is_postgres_url, open_node_store, open_store, redact_url
 from server.store._sqlstore import SqlStore
 from server.store.interface import Store
 from server.store.ipalloc import DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX
@@ -47,6 +47,7 @@ __all__ = [
     "Store",
     "StoreError",
     "is_postgres_url",
+    "open_node_store",
     "open_store",
     "redact_url",
 ]

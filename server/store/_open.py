@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from server.datadir import make_private
 from server.store._sqlstore import SqlStore
 from server.store.ipalloc import DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX
-from server.store.model import AllocationStrategy, Rng
+from server.store.model import AllocationStrategy, Rng, StoreError
 from server.store.sqlite import open_sqlite
 
-__all__ = ["is_postgres_url", "open_store", "redact_url"]
+__all__ = ["is_postgres_url", "open_node_store", "open_store", "redact_url"]
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -46,6 +48,32 @@ def open_store(
         Path(where), ipv4_prefix=ipv4_prefix, ipv6_prefix=ipv6_prefix,
         allocation=allocation, rng=rng,
     )  # fmt: skip
+
+
+def open_node_store(where: str | Path, description: str) -> SqlStore:
+    """The server's node state: a sqlite file whose files (db, -wal, -shm) only
+    the owner reads, or PostgreSQL. StoreError says which database, for people."""
+    if isinstance(where, Path):
+        return _open_private(where)
+    try:
+        return open_store(where)
+    except StoreError as exc:
+        raise StoreError(f"node state in {description}: {exc}") from None
+
+
+def _open_private(path: Path) -> SqlStore:
+    """sqlite gives the -wal and -shm files the database file's mode, so the
+    database is created 0600 before sqlite opens it."""
+    siblings = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        make_private(path, *siblings)
+        store = open_store(path)
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise StoreError(f"cannot open the state database {path}: {reason}") from None
+    make_private(*siblings)
+    return store
 
 
 def redact_url(url: str) -> str:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.store.addresses import ipv4_from_text, ipv6_from_text
 from server.store.model import ApiKey, Node, PendingLogin, PreAuthKey
 from server.wire import Hostinfo, WireError, decode, decode_json, encode_json
 
@@ -102,8 +102,8 @@ def node_from_row(row: Row) -> Node:
         machine_key=MachinePublic(row[1]),
         node_key=NodePublic(row[2]),
         disco_key=DiscoPublic(row[3]),
-        ipv4=None if row[4] is None else IPv4Address(row[4]),
-        ipv6=None if row[5] is None else IPv6Address(row[5]),
+        ipv4=None if row[4] is None else ipv4_from_text(row[4]),
+        ipv6=None if row[5] is None else ipv6_from_text(row[5]),
         hostname=row[6],
         given_name=row[7],
         user=row[8],

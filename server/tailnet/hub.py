@@ -29,12 +29,14 @@ from typing import Any
 
 from gitctl.policy import CompiledTailnet, Policy
 from gitctl.policy.addrs import EXIT_ROUTES
+from gitctl.policy.topology import TopologyUser
 from gitctl.snapshot import Snapshot
 from gitctl.tailnet import TailnetSettings
 from server.logs import event
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.registry import NodeChange
+from server.tailnet.session import Wake
 from server.tailnet.users import UserChange
 from server.tailnet.views import (
     PolicyViews,
@@ -42,6 +44,7 @@ from server.tailnet.views import (
     advertised_routes,
     compile_views,
     compute_views,
+    topology_users,
 )
 from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
 
@@ -149,12 +152,14 @@ def with_runtime_users(source: TailnetSource, emails: Iterable[str]) -> TailnetS
 
 
 class SessionHandle:
-    """One open streaming map request; the tailnet marks what it must resend."""
+    """One open streaming map request; the tailnet marks what it must resend
+    (see `session.Wake` for what each mark means)."""
 
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
         self.wake = asyncio.Event()
         self.full = True
+        self.top = False
         self.peers: set[int] = set()
         self.closed = False
         self.ping: str | None = None  # a health probe's URL to send (server/tailnet/probes.py)
@@ -168,22 +173,31 @@ class SessionHandle:
         return url
 
     def mark_full(self) -> None:
+        """Anything of its map may have changed (a commit, its own record)."""
         self.full = True
-        self.peers.clear()
+        self.wake.set()
+
+    def mark_top(self) -> None:
+        """Its own fields may have changed, and its peers only where nodes
+        changed (a join or leave that gives or takes peers)."""
+        self.top = True
         self.wake.set()
 
     def mark_peer(self, peer_id: int) -> None:
-        # A pending full refresh re-reads every peer anyway (a connect storm
-        # marks each new session's viewers: most of them are still pending).
-        if not self.full:
-            self.peers.add(peer_id)
+        """That peer's entry may have changed (endpoints, online)."""
+        self.peers.add(peer_id)
         self.wake.set()
 
-    def take(self) -> tuple[bool, set[int]]:
-        full, peers = self.full, self.peers
-        self.full, self.peers = False, set()
+    def take_wake(self) -> Wake:
+        wake = Wake(self.full, self.top, frozenset(self.peers))
+        self.full, self.top, self.peers = False, False, set()
         self.wake.clear()
-        return full, peers
+        return wake
+
+    def take(self) -> tuple[bool, set[int]]:
+        """(anything beyond peer entries changed, the peers that did)."""
+        wake = self.take_wake()
+        return wake.full or wake.top, set(wake.peers)
 
 
 class Tailnet:
@@ -213,6 +227,7 @@ class Tailnet:
         self._log = log
         self._defer = defer
         self._unsettled = False  # a recompile is due (scheduled with `defer`)
+        self._beyond_nodes = False  # and not only for node records changing
         self._generation = 0  # counts what makes an index built before it stale
         # email -> policy groups of that user's last identity-provider login
         self._login_groups: dict[str, tuple[str, ...]] = dict(login_groups or {})
@@ -226,6 +241,9 @@ class Tailnet:
         self._unhealthy: set[int] = set()  # routers not answering probes (for the election)
         self._records: dict[int, Node] = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
         self._topology_nodes = TopologyNodes()  # each record as the compiler sees it
+        self._users: (
+            tuple[TailnetSource, list[tuple[int, str, str]], tuple[TopologyUser, ...]] | None
+        ) = None
         # subnet -> primary router, last served: runtime state, like who is online
         self._primaries: Mapping[str, int] = dict(primaries or {})
         self._ctx = self._build_context()
@@ -306,6 +324,19 @@ class Tailnet:
         """The nodes `source` serves, each with its owner as `source` names it."""
         return [source.owner(n) for n in self._records.values() if self._served(n, source)]
 
+    def _users_of(
+        self, source: TailnetSource
+    ) -> tuple[list[tuple[int, str, str]], tuple[TopologyUser, ...]]:
+        """`source`'s users as (id, name, email) and as the compiler sees them,
+        made once per source (not per join: a join compares them by identity)."""
+        held = self._users
+        if held is None or held[0] is not source:
+            users = [
+                (stable_user_id(name), name, email) for name, (email, _) in source.users.items()
+            ]
+            held = self._users = (source, users, topology_users(users))
+        return held[1], held[2]
+
     def _compile_job(
         self, source: TailnetSource, previous: MapContext | None
     ) -> Callable[[], CompiledTailnet[int]]:
@@ -313,7 +344,7 @@ class Tailnet:
         with `previous`'s), as a call that reads only what it holds (frozen
         records, copies of the runtime state): a worker thread may run it."""
         nodes = self._live(source)
-        users = [(stable_user_id(name), name, email) for name, (email, _) in source.users.items()]
+        users, topology_users = self._users_of(source)
         approved = self._approved_routes(nodes, source)
         online, unhealthy, topology_node = self._online, self._unhealthy, self._topology_nodes
         offline = frozenset(
@@ -338,6 +369,7 @@ class Tailnet:
             topology_nodes=[
                 topology_node(n, approved.get(n.id, no_routes), n.id not in offline) for n in nodes
             ],
+            users_held=topology_users,
         )
 
     def _build_context(
@@ -353,6 +385,8 @@ class Tailnet:
         src = source or self._source
         if compiled is None:
             compiled = self._compile_job(src, previous)()
+        # "extended" (a join grew the last index), "reused" or "full: <why not>"
+        self._log.debug("policy index: %s", getattr(compiled.visibility, "origin", "full"))
         nodes = self._live(src)
         if hasattr(self, "_ctx"):
             # Unchanged records stay the very objects the last context had, so
@@ -362,7 +396,7 @@ class Tailnet:
                 old if (old := held.get(n.id)) is not None and (old is n or old == n) else n
                 for n in nodes
             ]
-        users = [(stable_user_id(name), name, email) for name, (email, _) in src.users.items()]
+        users, _ = self._users_of(src)
         views = compute_views(
             src.policy,
             users,
@@ -375,7 +409,7 @@ class Tailnet:
         )
         if source is None:
             self._primaries = views.primaries
-        return MapContext(
+        ctx = MapContext(
             domain=src.domain,
             nodes={n.id: n for n in nodes},
             views=views,
@@ -388,6 +422,14 @@ class Tailnet:
             if hasattr(self, "_ctx") and self._ctx.domain == src.domain
             else PeerEntries(src.domain),
         )
+        if previous is not None and previous.entries is ctx.entries:
+            before, after = previous.nodes, ctx.nodes
+            ctx.entries.log.record(
+                [i for i, n in after.items() if before.get(i) is not n]
+                + [i for i in before if i not in after]
+                + sorted(previous.online ^ ctx.online)
+            )
+        return ctx
 
     def _derp_map_of(self, source: TailnetSource) -> dict[str, Any]:
         """The server's own DERP region, as settings.yaml names it (or left
@@ -534,11 +576,11 @@ class Tailnet:
             self._records.pop(change.node_id, None)
             self._online.discard(change.node_id)
             self._unhealthy.discard(change.node_id)
-            self._ctx.entries.forget(change.node_id)  # its entry and its map memo
+            self._ctx.entries.forget(change.node_id)  # its encoded entries
             if self._canary is not None:
                 self._canary[2].entries.forget(change.node_id)
             self._end_sessions(change.node_id)
-            self._recompile()
+            self._recompile(nodes_only=True)
             return
         node = change.node
         if node is None:
@@ -547,7 +589,7 @@ class Tailnet:
         if change.online is not None:
             (self._online.add if change.online else self._online.discard)(node.id)
         if change.kind == "topology" or (node.id in self._ctx.nodes) != self._served(node):
-            self._recompile()
+            self._recompile(nodes_only=True)
             return
         if change.healthy is not None:
             (self._unhealthy.discard if change.healthy else self._unhealthy.add)(node.id)
@@ -567,9 +609,10 @@ class Tailnet:
         self._notify_viewers(node.id)
         if change.online is None:
             for handle in self._sessions.get(node.id, ()):
-                handle.mark_full()  # its own self entry changed
+                handle.mark_top()  # its own self entry changed
 
     def _with_node(self, ctx: MapContext, node: Node) -> MapContext:
+        ctx.entries.log.record((node.id,))
         if node.id not in ctx.nodes:
             return replace(ctx, online=frozenset(self._online))
         nodes = dict(ctx.nodes)
@@ -615,10 +658,12 @@ class Tailnet:
         the entries that ended leave the maps without a commit."""
         self._recompile()
 
-    def _recompile(self) -> None:
+    def _recompile(self, *, nodes_only: bool = False) -> None:
         """Nodes joined, left or changed what the policy sees: recompile soon,
-        once for every change that arrives until then."""
+        once for every change that arrives until then. `nodes_only`: nothing
+        but node records changed (see `settle`)."""
         self._generation += 1  # an index being built elsewhere is stale now
+        self._beyond_nodes |= not nodes_only
         if self._unsettled:
             return
         self._unsettled = True
@@ -634,8 +679,11 @@ class Tailnet:
         if not self._unsettled:
             return
         self._unsettled = False
+        beyond_nodes, self._beyond_nodes = self._beyond_nodes, False
         old_ctx = self._ctx
+        gen = old_ctx.entries.log.gen
         self._ctx = self._build_context(previous=old_ctx)
+        touched = None if beyond_nodes else self._peers_only(old_ctx, gen)
         if self._canary is not None:
             # The candidate follows the same nodes; the canary set may move
             # (a tag given or taken): those sessions change snapshot.
@@ -646,11 +694,42 @@ class Tailnet:
             changed = self._canary[2].views.changed
             self._wake(moved | (canaries if changed is None else changed & canaries))
         self._close_unserved(old_ctx)
+        # A record can change with no view changing (a re-keyed node: same
+        # addresses, same rules): its viewers still owe their clients its entry.
+        for node_id in self._ctx.entries.log.since(gen) or ():
+            record = self._ctx.nodes.get(node_id)
+            if record is not None and record is not old_ctx.nodes.get(node_id):
+                self._notify_viewers(node_id)
         changed = self._ctx.views.changed
         if changed is None:
             self._wake_all()
-        else:
+        elif touched is None:
             self._wake(changed)
+        else:
+            # The nodes that changed are all their maps may differ in but
+            # for their own fields: their sessions catch up from the change log.
+            for node_id in changed:
+                for handle in self._sessions.get(node_id, ()):
+                    (handle.mark_full if node_id in touched else handle.mark_top)()
+
+    def _peers_only(self, old: MapContext, gen: int) -> frozenset[int] | None:
+        """The nodes whose records the settle that made `self._ctx` from `old`
+        (the log at `gen`) found changed, when that is all a viewer of them
+        may see differently: the policy, users and groups are the same, and
+        no route, so no primary router, moved (a PeerView depends on the
+        policy, the viewer, the peer and the primaries only). None otherwise."""
+        new = self._ctx
+        if self._canary is not None or new.entries is not old.entries:
+            return None
+        since = new.entries.log.since(gen)
+        if since is None or new.views.primaries != old.views.primaries:
+            return None
+        touched = frozenset(since)
+        for node_id in touched:
+            for node in (old.nodes.get(node_id), new.nodes.get(node_id)):
+                if node is not None and advertised_routes(node):
+                    return None
+        return touched
 
     def _close_unserved(self, old: MapContext) -> None:
         for node_id in old.nodes.keys() - self._ctx.nodes.keys():

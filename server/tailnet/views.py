@@ -30,6 +30,7 @@ from gitctl.policy import (
 )
 from gitctl.policy.compile import reuse_previous
 from gitctl.policy.viewindex import ViewIndex
+from server.store.addresses import ip_text
 from server.store.model import Node
 
 __all__ = [
@@ -78,7 +79,7 @@ def advertised_routes(node: Node) -> tuple[str, ...]:
 
 @lru_cache(maxsize=65536)
 def _ip_text(ip: IPv4Address | IPv6Address) -> str:
-    return str(ip)  # slow for IPv6, and every recompile needs every node's
+    return ip_text(ip)  # every recompile needs every node's
 
 
 def to_topology_node(node: Node, approved: tuple[str, ...], *, online: bool = True) -> TopologyNode:
@@ -129,6 +130,11 @@ class TopologyNodes:
                 del self._held[gone]
 
 
+def topology_users(users: Sequence[tuple[int, str, str]]) -> tuple[TopologyUser, ...]:
+    """(id, name, email) users as the compiler sees them."""
+    return tuple(TopologyUser(id=uid, name=name, email=email) for uid, name, email in users)
+
+
 def compile_views(
     policy: Policy,
     users: Sequence[tuple[int, str, str]],
@@ -141,6 +147,7 @@ def compile_views(
     groups: Mapping[str, tuple[str, ...]] | None = None,
     against: CompiledTailnet[int] | None = None,
     topology_nodes: Sequence[TopologyNode] | None = None,
+    users_held: tuple[TopologyUser, ...] | None = None,
 ) -> CompiledTailnet[int]:
     """The policy index over these nodes, keyed by node id (see
     `compute_views` for the arguments), compared with `against` (the index
@@ -148,14 +155,15 @@ def compile_views(
     and never iterates the serving views' caches, so it may run in a worker
     thread while sessions fill those; `compute_views` then adopts the
     unchanged views on the loop. `topology_nodes`: `nodes` as the compiler
-    sees them, when the caller holds them (see `TopologyNodes`)."""
+    sees them, when the caller holds them (see `TopologyNodes`); `users_held`
+    likewise `users` (see `topology_users`)."""
     if topology_nodes is None:
         topology_nodes = [
             to_topology_node(n, approved_routes.get(n.id, ()), online=n.id not in offline_routers)
             for n in nodes
         ]
     topo = Topology(
-        users=tuple(TopologyUser(id=uid, name=name, email=email) for uid, name, email in users),
+        users=topology_users(users) if users_held is None else users_held,
         nodes=tuple(topology_nodes),
         primaries=dict(primaries or {}),
         groups=dict(groups or {}),
@@ -163,7 +171,7 @@ def compile_views(
     # The policy's `tests` were checked when the commit was loaded (against its own
     # users and tags); live nodes coming and going must not un-serve a policy.
     compiled = compile_tailnet(
-        policy, topo, keys=[n.id for n in nodes], now=now, enforce_tests=False
+        policy, topo, keys=[n.id for n in nodes], now=now, enforce_tests=False, base=against
     )
     index, serving = compiled.visibility, against.visibility if against is not None else None
     if isinstance(index, ViewIndex) and isinstance(serving, ViewIndex):
@@ -217,6 +225,7 @@ def compute_views(
             offline_routers=offline_routers,
             primaries=primaries,
             groups=groups,
+            against=previous.compiled if previous is not None else None,
         )
     compiled = reuse_previous(compiled, previous.compiled if previous is not None else None)
     index = compiled.visibility

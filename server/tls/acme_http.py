@@ -8,7 +8,10 @@ dict operations are atomic under the GIL, which is all this needs.
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["PREFIX", "ChallengeResponder"]
 

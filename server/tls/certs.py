@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from server.datadir import write_private
+from server.tls import TlsError
 
 __all__ = [
     "CertificateInfo",
@@ -39,10 +40,6 @@ __all__ = [
 # and /ts2021 and /derp are HTTP/1.1 upgrades.
 ALPN = ["http/1.1"]
 CHECK_INTERVAL = 30.0
-
-
-class TlsError(Exception):
-    """A certificate or key that cannot be used; the message is for people."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,9 +37,11 @@ from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store import open_store
 from server.store.model import Registration
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
-from server.tailnet.mapper import MapSession, build_map
+from server.tailnet.mapper import build_map
+from server.tailnet.session import MapSession
 from server.wire import DerpRegion, Hostinfo, NetInfo, decode
 from tests.unit.control_client import T0
+from tests.unit.test_mapper_refresh import add
 
 USERS = {"alice": ("alice@example.com", "Alice"), "bob": ("bob@example.com", "Bob")}
 DNS = {"Domains": ["tailnet.example"], "Proxied": True}
@@ -280,18 +282,13 @@ class TailnetChanges(RuleBasedStateMachine):
             if stream.handle.closed:
                 del self.streams[node_id]
                 continue
-            full, peers = stream.handle.take()
+            wake = stream.handle.take_wake()
             ctx = self.tailnet.context
-            msg = None
-            if full:
-                state = build_map(ctx, node_id, self.now)
-                if state is None:
-                    self._close(stream)
-                    del self.streams[node_id]
-                    continue
-                msg = stream.session.next_message(state, self.now)
-            elif peers:
-                msg = stream.session.peer_changes(ctx, peers, self.now)
+            if not stream.session.serves(ctx):
+                self._close(stream)
+                del self.streams[node_id]
+                continue
+            msg = stream.session.step(ctx, wake, self.now)
             if msg is not None:
                 stream.netmap.apply(json.loads(msg))
 
@@ -308,3 +305,111 @@ TailnetChanges.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_deltas_equal_a_fresh_full_map = TailnetChanges.TestCase
+
+
+class Mesh:
+    """An allow-all tailnet of `n` streaming nodes, pumped as `_stream` does."""
+
+    def __init__(self, n: int) -> None:
+        self.store = open_store(Path(":memory:"))
+        self.timers: list[Callable[[], None]] = []
+        self.registry, self.tailnet = running_tailnet(
+            self.store,
+            SOURCES["allow-all"],
+            derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
+            log=logging.getLogger("test"),
+            clock=lambda: T0,
+            defer=lambda fn: self.timers.append(fn) is None,
+        )
+        self.serial = 0
+        self.streams = {i: self.stream(i) for i in [self.join("alice") for _ in range(n)]}
+        self.pump()
+
+    def join(self, user: str) -> int:
+        self.serial += 1
+        return add(self.registry, self.serial, user)
+
+    def stream(self, node_id: int) -> Stream:
+        self.registry.connected(node_id)
+        return Stream(self.tailnet.open_session(node_id), MapSession(node_id))
+
+    def pump(self) -> dict[int, dict[str, Any]]:
+        timers, self.timers = self.timers, []
+        for fire in timers:
+            fire()
+        sent = {}
+        for node_id, stream in self.streams.items():
+            msg = stream.session.step(self.tailnet.context, stream.handle.take_wake(), T0)
+            if msg is not None:
+                sent[node_id] = json.loads(msg)
+                stream.netmap.apply(sent[node_id])
+        return sent
+
+    def passes(self) -> int:
+        return sum(s.session.full_passes for s in self.streams.values())
+
+
+def test_a_join_reaches_every_session_as_a_delta_of_that_peer_alone() -> None:
+    """In an N-node mesh a join costs each session its one new peer: no
+    session looks at all its peers again (counted, not timed)."""
+    mesh = Mesh(40)
+    before = mesh.passes()
+    joiner = mesh.join("bob")
+    sent = mesh.pump()
+    assert mesh.passes() == before
+    assert set(sent) == set(mesh.streams)
+    for msg in sent.values():
+        assert "Peers" not in msg
+        assert [p["ID"] for p in msg["PeersChanged"]] == [joiner]
+        assert [p["LoginName"] for p in msg["UserProfiles"]] == ["bob@example.com"]
+    # Its owner is known to every client now: a second join of bob's sends no profile.
+    mesh.join("bob")
+    assert all("UserProfiles" not in msg for msg in mesh.pump().values())
+
+
+def test_coalesced_joins_and_a_leave_reach_sessions_as_one_delta() -> None:
+    """A connect storm (joins and a leave sharing one recompile) is one
+    PeersChanged/PeersRemoved per session, equal to a fresh start."""
+    mesh = Mesh(12)
+    leaver = next(iter(mesh.streams))
+    mesh.tailnet.close_session(mesh.streams.pop(leaver).handle)
+    before = mesh.passes()
+    joined = [mesh.join("bob"), mesh.join("alice"), mesh.join("bob")]
+    mesh.registry.remove(leaver)
+    sent = mesh.pump()
+    assert mesh.passes() == before
+    for msg in sent.values():
+        assert sorted(p["ID"] for p in msg["PeersChanged"]) == joined
+        assert msg["PeersRemoved"] == [leaver]
+    fresh = mesh.tailnet.context
+    for node_id, stream in mesh.streams.items():
+        want = build_map(fresh, node_id, T0)
+        assert want is not None
+        assert {p: json.loads(e) for p, e in want.peers.items()} == stream.netmap.peers
+
+
+def test_an_endpoint_change_sends_that_peer_alone() -> None:
+    mesh = Mesh(10)
+    before = mesh.passes()
+    node_id = next(iter(mesh.streams))
+    node = mesh.store.get_node(node_id)
+    assert node is not None
+    mesh.registry.update_from_map(node, now=T0, endpoints=["192.0.2.1:41641"])
+    sent = mesh.pump()
+    assert mesh.passes() == before
+    assert node_id not in sent or "PeersChanged" not in sent[node_id]
+    for viewer, msg in sent.items():
+        if viewer != node_id:
+            assert [p["Endpoints"] for p in msg["PeersChanged"]] == [["192.0.2.1:41641"]]
+
+
+def test_a_session_holds_references_not_a_copy_of_its_peers() -> None:
+    """Memory per streaming node must not grow with the mesh (N sessions ×
+    N peers): a session keeps the shared view and entries, no per-peer table."""
+    mesh = Mesh(40)
+    mesh.join("bob")
+    mesh.pump()
+    for stream in mesh.streams.values():
+        tables = (dict, set, list)
+        sizes = {k: len(v) for k, v in vars(stream.session).items() if isinstance(v, tables)}
+        assert max(sizes.values()) < 10, sizes  # top-level fields, owners: not peers

@@ -17,7 +17,8 @@ from server.store import open_store
 from server.store.interface import Store
 from server.store.model import Registration
 from server.tailnet import NodeRegistry, Tailnet, TailnetSource
-from server.tailnet.mapper import MapContext, MapSession, PeerEntries, build_map
+from server.tailnet.mapper import MapContext, PeerEntries, build_map
+from server.tailnet.session import MapSession, Wake
 from server.wire import DerpRegion
 from tests.unit.control_client import T0
 
@@ -100,14 +101,13 @@ def test_a_peer_key_expiring_with_no_other_change_is_seen(tmp_path: Path) -> Non
     peer = add(reg, 2, "alice", expiry=timedelta(seconds=30))
     net = tailnet(reg, OPEN)
     session = MapSession(viewer)
-    first = build_map(net.context, viewer, T0)
-    assert first is not None
-    session.next_message(first, T0)
+    assert session.step(net.context, Wake(full=True), T0) is not None
     later = T0 + timedelta(minutes=1)
     state = build_map(net.context, viewer, later)
     assert state is not None
     assert json.loads(state.peers[peer]).get("Expired") is True
-    msg = session.next_message(state, later)
+    net.swap_source(source(OPEN, "b"))  # anything that wakes the session
+    msg = session.step(net.context, Wake(full=True), later)
     assert msg is not None
     assert json.loads(msg)["PeersChanged"][0]["Expired"] is True
 
@@ -117,10 +117,6 @@ def test_nothing_changed_sends_nothing(tmp_path: Path) -> None:
     ids = [add(reg, i, "alice") for i in range(1, 4)]
     net = tailnet(reg, OPEN)
     session = MapSession(ids[0])
-    state = build_map(net.context, ids[0], T0)
-    assert state is not None
-    assert session.next_message(state, T0) is not None
+    assert session.step(net.context, Wake(full=True), T0) is not None
     net.swap_source(source(OPEN, "b"))  # a commit that changes nothing for anyone
-    again = build_map(net.context, ids[0], T0)
-    assert again is not None
-    assert session.next_message(again, T0) is None
+    assert session.step(net.context, Wake(full=True), T0) is None

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import pytest
 
@@ -18,6 +19,7 @@ from server.store.interface import Store
 from server.tailnet import NodeRegistry, Tailnet, running_tailnet
 from server.tailnet.mapper import build_map
 from server.tailnet.pg_listen import listen_for_replicas, replicas_of
+from server.tailnet.probes import RouterProbes
 from server.tailnet.replicas import (
     CHANNEL,
     DEAD_AFTER,
@@ -26,6 +28,7 @@ from server.tailnet.replicas import (
     decode_notice,
     encode_notice,
 )
+from server.tailnet.timers import Probing
 from tests.unit.control_client import T0, async_test
 from tests.unit.test_node_registry import REGIONS, ROUTER, register, router_source
 from tests.unit.test_replicas import _until, database  # noqa: F401 (a fixture)
@@ -265,3 +268,28 @@ async def test_on_postgres_both_replicas_elect_the_same_primary_within_a_second(
         await asyncio.gather(*tasks, return_exceptions=True)
         for store in stores:
             store.close()
+
+
+@async_test
+async def test_a_replica_probes_only_the_routers_streaming_to_it(store: Store) -> None:
+    bus = Bus()
+    a, b = bus.join("a", store), bus.join("b", store)
+    first, second, _ = routers(a, b)  # first streams to a, second to b
+    pinged: list[int] = []
+    a.tailnet.ping = lambda node_id, url: pinged.append(node_id)  # type: ignore[method-assign]
+    tokens = iter(range(1000))
+    probing = Probing(
+        RouterProbes(interval=timedelta(seconds=10), misses=2, token=lambda: f"t{next(tokens)}"),
+        a.registry,
+        a.tailnet,
+        url=lambda token: f"https://ctl.example/machine/probe/{token}",
+        clock=lambda: T0,
+        log=LOG,
+    )
+    a.tailnet.settle()  # the joins' recompile, deferred on a running loop
+    task = asyncio.create_task(probing.run())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert a.tailnet.shared_routers() == {first, second}
+    assert pinged == [first]  # b probes its own router and tells a

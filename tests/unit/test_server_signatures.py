@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from server.admin_client import SocketTarget, call
-from server.app import Server
+from server.app import Server, StartupError
 from server.cli import main as cli_main
 from tests.unit.control_client import USERS, async_test, loopback_config
 from tests.unit.signing import SigningKey, make_key, signed_commit
@@ -168,3 +168,17 @@ async def test_git_revert_serves_the_previous_policy_again(tmp_path: Path) -> No
             await server.on_revision(reverted)
             assert server.status.serving == reverted
             assert served_policy() == before
+
+
+@async_test
+async def test_trusted_signers_on_a_plain_directory_refuse_to_start(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    (plain / "tailnet.d").mkdir(parents=True)
+    (plain / "tailnet.d" / "users.yaml").write_text(USERS)
+    signers = tmp_path / "signers"
+    signers.write_text("")
+    with tempfile.TemporaryDirectory(prefix="tnd-") as data:
+        config = dataclasses.replace(loopback_config(plain, Path(data)), trusted_signers=signers)
+        server = Server(config, log=logging.getLogger("test"))
+        with pytest.raises(StartupError, match="--trusted-signers needs a git repository"):
+            await server.start()

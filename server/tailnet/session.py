@@ -1,0 +1,184 @@
+"""One streaming client's map session: what its client holds, and the message
+that moves it forward.
+
+A session keeps no copy of its peers. What the client holds is named by
+references to shared values: the `NodeView` its peers were built from, the
+position in the tailnet's `ChangeLog` (node records and online states changed
+since) and the instant expiries were last looked at. So a session costs a
+few references however many peers it has, and each wake-up costs what it
+changes:
+
+* a volatile change of a few peers (endpoints, online): those peers' entries;
+* a join, leave or rename that only gives or takes peers (the tailnet says so
+  by waking with ``full=False``): the nodes that changed since the session's
+  last message, read from the change log, and its own fields;
+* anything else (a commit, its own record): one pass over its peers, in C,
+  comparing PeerViews by identity (they are interned), plus the changed nodes.
+
+Encoded peer entries come from the shared `PeerEntries`; user profiles are
+sent once per owner, when the first peer of that owner is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import compress
+from operator import is_not
+from typing import Any
+
+from server.store.model import Node
+from server.tailnet.mapper import MapContext, PeerEntries, encode_message, owner_of, top_fields
+from server.tailnet.views import NodeView
+from server.wire import format_time
+
+__all__ = ["MapSession", "Wake"]
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """What may have changed for one session since it last caught up.
+
+    ``full``: anything (its view, any peer); ``top``: its own fields (self
+    node, filter, SSH policy, DNS) and its peers only where nodes changed;
+    ``peers``: nodes whose entry may have changed (volatile changes)."""
+
+    full: bool = False
+    top: bool = False
+    peers: frozenset[int] = frozenset()
+
+
+_UNSENT = object()
+
+
+class MapSession:
+    """What one streaming client holds, and the deltas that move it forward.
+
+    `step` returns the next message (encoded JSON) or None when the client
+    is up to date. `full_passes` counts the steps that looked at every peer
+    (the first map, commits): joins and endpoint changes must not add to it.
+    """
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self._top_src: dict[str, Any] = {}
+        self._top_from: tuple[Any, ...] = ()  # what `_top_src` was made of
+        self._view: NodeView[int] | None = None  # the view the client's peers come from
+        self._entries: PeerEntries | None = None
+        self._gen = 0
+        self._expiry_seen: datetime | None = None
+        self._users: Mapping[str, tuple[str, str]] | None = None
+        self._profiles: set[int] = set()
+        self.full_passes = 0
+
+    def serves(self, ctx: MapContext) -> bool:
+        return self.node_id in ctx.nodes and ctx.views.get(self.node_id) is not None
+
+    def step(self, ctx: MapContext, wake: Wake, now: datetime) -> bytes | None:
+        """The message that brings the client to what `ctx` says, or None.
+        The caller checks `serves(ctx)` first."""
+        node = ctx.nodes[self.node_id]
+        view = ctx.views.get(self.node_id)
+        assert view is not None
+        msg: dict[str, Any] = {}
+        old = self._view
+        if old is None or wake.full or wake.top:
+            # What the top-level fields are made of, compared by identity: a
+            # join hands viewers a new view holding the same filter objects.
+            expired = node.key_expiry is not None and node.key_expiry <= now
+            src: tuple[Any, ...] = (
+                *(node, view.packet_filter_rules, view.ssh_policy, view.self_cap_map),
+                *(view.self_allowed_ips, view.self_primary_routes, ctx.derp_map),
+                *(ctx.dns_config, ctx.domain, ctx.taildrop, expired),
+            )
+            if len(src) != len(self._top_from) or any(map(is_not, src, self._top_from)):
+                self._top(msg, top_fields(ctx, node, view, now))
+                self._top_from = src
+        if ctx.users is not self._users:
+            if self._users is not None and old is not None:
+                # Names may have changed: every owner's profile again.
+                self._profiles.clear()
+                held = [node, *filter(None, map(ctx.nodes.get, old.peers))]
+                if profiles := self._new_profiles(ctx, held):
+                    msg["UserProfiles"] = profiles
+            self._users = ctx.users
+        removed: list[int] = []
+        if old is None:
+            self.full_passes += 1
+            send = sorted(view.peers)
+            msg["UserProfiles"] = self._new_profiles(ctx, [node])
+            self._expiry_seen = now
+        else:
+            send, removed = self._peer_changes(ctx, old, view, wake, now)
+        # Node changes not named in a volatile wake-up are of nodes it does
+        # not see: a view that shows one later names it (a new peer, or a
+        # topology change read from the log).
+        self._entries, self._gen, self._view = ctx.entries, ctx.entries.log.gen, view
+        peers = list(filter(None, map(ctx.nodes.get, send)))
+        profiles = self._new_profiles(ctx, [node, *peers] if wake.full or wake.top else peers)
+        if profiles:
+            msg["UserProfiles"] = [*msg.get("UserProfiles", ()), *profiles]
+        online, get = ctx.online, ctx.entries.get
+        entries = [get(p, view.peers[p.id], p.id in online, now) for p in peers]
+        if removed:
+            msg["PeersRemoved"] = removed
+        if not msg and not entries:
+            return None
+        msg["ControlTime"] = format_time(now)
+        if old is None:
+            return encode_message(msg, "Peers" if entries else None, entries)
+        return encode_message(msg, "PeersChanged" if entries else None, entries)
+
+    def _top(self, msg: dict[str, Any], top: dict[str, Any]) -> None:
+        for key, value in top.items():
+            src = self._top_src.get(key, _UNSENT)
+            # The very object sent last time (DNS, DERP map, adopted views),
+            # or a rebuilt but equal one (each recompile renders filters
+            # anew), told apart in C without encoding it.
+            if src is value or src == value:
+                continue
+            self._top_src[key] = value
+            msg[key] = value
+
+    def _peer_changes(
+        self, ctx: MapContext, old: NodeView[int], view: NodeView[int], wake: Wake, now: datetime
+    ) -> tuple[list[int], list[int]]:
+        """(peers to send, peers to remove) against what the client holds."""
+        new, held = view.peers, old.peers
+        ids: set[int] | None = None  # None: what the client holds is unknown
+        if ctx.entries is not self._entries:
+            pass  # another domain: every entry is new
+        elif view is old:
+            # Nothing but volatile changes since: the wake names every changed peer.
+            ids = set(wake.peers)
+        elif (since := ctx.entries.log.since(self._gen)) is not None:
+            ids = set(since).union(wake.peers)
+        if wake.full or wake.top or view is not old:
+            # Peers whose key expired since entries were last looked at over.
+            if ids is not None and self._expiry_seen is not None and now > self._expiry_seen:
+                ids.update(ctx.entries.expiring(ctx.nodes, self._expiry_seen, now))
+            self._expiry_seen = max(now, self._expiry_seen or now)
+        if ids is None:  # what the client holds is unknown: everything again
+            self.full_passes += 1
+            return sorted(new), sorted(held.keys() - new.keys())
+        if view is not old and wake.full:
+            # The view may differ anywhere: compare PeerViews (interned, so
+            # mostly by identity, in C) and membership.
+            self.full_passes += 1
+            moved = compress(new, map(is_not, new.values(), map(held.get, new)))
+            ids.update(p for p in moved if held.get(p) != new[p])
+            return sorted(p for p in ids if p in new), sorted(held.keys() - new.keys())
+        send = sorted(p for p in ids if p in new)
+        removed = sorted(p for p in ids if p in held and p not in new)
+        return send, removed
+
+    def _new_profiles(self, ctx: MapContext, nodes: list[Node]) -> list[Any]:
+        """Profiles of the owners of `nodes` that the client was not sent yet."""
+        out = []
+        for node in nodes:
+            uid = owner_of(node)[0]
+            if uid not in self._profiles:
+                self._profiles.add(uid)
+                out.append(ctx.entries.profile(node, ctx.users))
+        return out

@@ -1,0 +1,123 @@
+"""Cold start (issue 11): what `tailnetd serve` loads before it answers /health.
+
+The admin API, the operator page and TLS load on first use; the commit is read
+with the git command. A heavy module creeping back onto the start path fails
+here by name (a timing test would only flake): the server is started in a
+fresh interpreter as `tailnetd serve` starts it, and asked for /health.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from server.store.addresses import ip_text, ipv4_from_text, ipv6_from_text
+from tests.e2e.harness import ROOT, TailnetRepo
+from tests.unit.control_client import USERS
+
+# Loaded only when needed: the HTTP app (starlette, jinja2), gitpython (a remote
+# repository), OIDC (authlib, joserfc), PostgreSQL (psycopg), webhooks (httpx),
+# TLS files and ACME (cryptography.x509, acme, josepy, requests).
+HEAVY = (
+    "starlette",
+    "jinja2",
+    "git",
+    "authlib",
+    "joserfc",
+    "psycopg",
+    "httpx",
+    "cryptography.x509",
+    "acme",
+    "josepy",
+    "requests",
+    "server.api._app",
+    "server.page",
+)
+
+CHILD = """
+import asyncio, json, sys
+
+from server.cli import build_parser
+from server.app import Server
+from server.config import load_config
+
+HEAVY = json.loads(sys.argv[1])
+
+
+async def get(port, path):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n".encode())
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\\r\\n\\r\\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+async def main():
+    args = build_parser().parse_args(sys.argv[2:])
+    server = Server(load_config(vars(args)))
+    await server.start()
+    try:
+        health = await get(server.port, "/health")
+        before = [name for name in HEAVY if name in sys.modules]
+        key = await get(server.port, "/key")
+        after = [name for name in HEAVY if name in sys.modules]
+    finally:
+        await server.stop()
+    print(json.dumps({"health": health, "before": before, "key": key, "after": after}))
+
+
+asyncio.run(main())
+"""
+
+
+def test_serving_and_health_load_no_heavy_module_until_a_request_needs_it(
+    tmp_path: Path,
+) -> None:
+    repo = TailnetRepo(tmp_path / "repo", {"users.yaml": USERS})
+    with tempfile.TemporaryDirectory(prefix="tnd-") as data:  # AF_UNIX paths are short
+        args = ["serve", "--repo", str(repo.path), "--data", data]
+        args += ["--listen", "127.0.0.1:0", "--stun-listen", "off"]
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, json.dumps(HEAVY), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    # Healthy means serving: the commit is compiled before /health answers.
+    assert seen["health"] == [200, {"status": "ok", "serving": repo.head()}]
+    assert seen["before"] == []
+    # The first other request loads the HTTP app and is answered by it.
+    status, key = seen["key"]
+    assert status == 200 and key["publicKey"].startswith("mkey:")
+    assert "starlette" in seen["after"] and "server.api._app" in seen["after"]
+
+
+@given(st.integers(min_value=0, max_value=(1 << 128) - 1))
+def test_an_ipv6_address_text_is_what_ipaddress_writes_and_reads(value: int) -> None:
+    ip = IPv6Address(value)
+    assert ip_text(ip) == str(ip)
+    assert ipv6_from_text(str(ip)) == ip
+
+
+@given(st.integers(min_value=0, max_value=(1 << 32) - 1))
+def test_an_ipv4_address_text_is_what_ipaddress_writes_and_reads(value: int) -> None:
+    ip = IPv4Address(value)
+    assert ip_text(ip) == str(ip)
+    assert ipv4_from_text(str(ip)) == ip
+
+
+def test_tailnet_addresses_keep_their_text() -> None:
+    for text in ("fd7a:115c:a1e0::1", "fd7a:115c:a1e0:ab12:4843:cd96:6258:b240", "::ffff:1.2.3.4"):
+        assert ip_text(ipv6_from_text(text)) == str(IPv6Address(text))
+    assert ip_text(ipv4_from_text("100.64.0.1")) == "100.64.0.1"

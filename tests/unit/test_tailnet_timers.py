@@ -1,0 +1,91 @@
+"""What time and node changes do to DERP and ephemeral nodes, stepped with
+the clock passed in (server/tailnet/timers.py, derp_access.py)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from server.protocol.keys import MachinePublic, NodePublic
+from server.store.interface import Store
+from server.store.model import Node, Registration
+from server.tailnet import NodeRegistry, Tailnet
+from server.tailnet.derp_access import DerpAccess
+from server.tailnet.timers import Sweep
+from tests.unit.control_client import T0
+from tests.unit.test_tailnet_commit import BASE, serving, source, store
+
+__all__ = ["store"]  # the fixture
+
+
+def join(
+    registry: NodeRegistry, n: int, *, ephemeral: bool = False, expiry: datetime | None = None
+) -> NodePublic:
+    raw = n.to_bytes(32, "big")
+    registry.register(
+        Registration(
+            machine_key=MachinePublic(raw),
+            node_key=NodePublic(raw),
+            hostname=f"node-{n}",
+            user="alice",
+            now=T0,
+            ephemeral=ephemeral,
+            key_expiry=expiry,
+        )
+    )
+    return NodePublic(raw)
+
+
+def sweep(
+    registry: NodeRegistry, tailnet: Tailnet, dropped: list[NodePublic], expired: list[Node]
+) -> Sweep:
+    return Sweep(
+        registry,
+        tailnet,
+        inactivity=lambda: timedelta(minutes=30),
+        disconnect=dropped.append,
+        on_expired=expired.append,
+        clock=lambda: T0,
+        log=logging.getLogger("test"),
+    )
+
+
+def test_a_key_that_expires_loses_derp_once_and_is_announced(store: Store) -> None:
+    registry, tailnet = serving(store, source("base", BASE))
+    soon = join(registry, 1, expiry=T0 + timedelta(minutes=1))
+    later = join(registry, 2, expiry=T0 + timedelta(hours=1))
+    tailnet.settle()
+    dropped: list[NodePublic] = []
+    expired: list[Node] = []
+    s = sweep(registry, tailnet, dropped, expired)
+    s.handle_timer(T0, T0 + timedelta(minutes=2))
+    assert dropped == [soon] and [n.node_key for n in expired] == [soon]
+    s.handle_timer(T0 + timedelta(minutes=2), T0 + timedelta(minutes=4))
+    assert dropped == [soon]  # announced once, not at every sweep
+    assert later not in dropped
+
+
+def test_an_inactive_ephemeral_node_is_removed_and_a_lasting_one_kept(store: Store) -> None:
+    registry, tailnet = serving(store, source("base", BASE))
+    join(registry, 1, ephemeral=True)
+    join(registry, 2)
+    tailnet.settle()
+    s = sweep(registry, tailnet, [], [])
+    s.handle_timer(T0, T0 + timedelta(minutes=10))
+    assert len(registry.nodes()) == 2  # not inactive long enough yet
+    s.handle_timer(T0 + timedelta(minutes=10), T0 + timedelta(minutes=31))
+    assert [n.hostname for n in registry.nodes()] == ["node-2"]
+
+
+def test_derp_refuses_and_drops_a_deleted_node(store: Store) -> None:
+    registry, tailnet = serving(store, source("base", BASE))
+    key = join(registry, 1)
+    tailnet.settle()
+    access = DerpAccess(registry, tailnet, clock=lambda: T0)
+    dropped: list[NodePublic] = []
+    access.follow(dropped.append)
+    assert access.allowed(key)
+    node = registry.by_node_key(key)
+    assert node is not None
+    registry.remove(node.id)
+    assert dropped == [key] and not access.allowed(key)

@@ -31,7 +31,7 @@ from server.tailnet.replicas import (
 from server.tailnet.timers import Probing
 from tests.unit.control_client import T0, async_test
 from tests.unit.test_node_registry import REGIONS, ROUTER, register, router_source
-from tests.unit.test_replicas import _until, database  # noqa: F401 (a fixture)
+from tests.unit.test_replicas import _stop, _until, database  # noqa: F401 (a fixture)
 
 LOG = logging.getLogger("test")
 SUBNET = "10.1.0.0/24"
@@ -263,11 +263,7 @@ async def test_on_postgres_both_replicas_elect_the_same_primary_within_a_second(
         b.registry.set_healthy(second, False)
         await _until(lambda: a.primary(viewer) == b.primary(viewer) == first)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for store in stores:
-            store.close()
+        await _stop(tasks, stores)
 
 
 @async_test

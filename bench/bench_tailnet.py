@@ -1,6 +1,7 @@
 """What runtime events cost a server carrying N streaming nodes.
 
 Run: python -m bench.bench_tailnet [--nodes 1000] [--rules 500] [--allow-all] [--repeat 1]
+     python -m bench.bench_tailnet --nodes 50000 --per-user 200 [--json OUT]   (the moonshot)
 
 Builds a real sqlite store with N nodes, the server's Tailnet with a policy,
 and one map session per node (no sockets: this measures the server's own
@@ -11,6 +12,11 @@ work, not the kernel's). Then it times:
 * 20 joins at once: registrations in one burst on an event loop, which share
   one recompile (--no-coalesce: one each, as before);
 * policy commit: a new snapshot is swapped in, every session sends its delta;
+* --per-user K: another shape, users of K nodes each under `autogroup:self`
+  (every node sees the K-1 others of its user, 50,000 nodes = 250 users x
+  200); a policy commit changes every node's filter. Each row also says when
+  the last session had its message (p50/p99 over sessions, in the order the
+  pump serves them: one process, one core);
 * commit from git: the same, starting from a git commit of tailnet.d (read,
   validated, policy tests run, compiled, swapped in, every delta sent): what
   a pull request's merge costs before every client has it.
@@ -26,13 +32,14 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import git
 
-from bench.bench_compile import synthetic
+from bench.bench_compile import make_node, synthetic
 from gitctl.policy import Policy, parse_policy
 from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
@@ -44,10 +51,27 @@ from server.store.model import Node, Registration
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
 from server.tailnet.hub import COALESCE_SECONDS, defer_on_loop
 from server.tailnet.session import MapSession
-from server.wire import DerpRegion
+from server.wire import DerpRegion, stable_user_id
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 BURST = 20  # registrations arriving together (a connect storm's slice)
+
+
+def per_user(nodes: int, per: int) -> tuple[dict[str, Any], list[Node], list[tuple[int, str, str]]]:
+    """`nodes` untagged nodes, `per` to each user; each node sees its user's others."""
+    n_users = max(2, nodes // per)
+    users = [(stable_user_id(f"u{i}"), f"u{i}", f"u{i}@example.com") for i in range(n_users)]
+    # make_node tags every fourth node: give it a user instead.
+    registry = [
+        replace(make_node(i, users, ["tag:t"]), user=users[i % n_users][1], tags=())
+        for i in range(1, nodes + 1)
+    ]
+    doc = {"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}
+    return doc, registry, users
+
+
+def _self_ports(doc: dict[str, Any], ports: str) -> dict[str, Any]:
+    return {"acls": [dict(doc["acls"][0], dst=[f"autogroup:self:{ports}"])]}
 
 
 def source(policy: Policy, users: list[tuple[int, str, str]], sid: str) -> TailnetSource:
@@ -116,6 +140,7 @@ class Pump:
         self.sessions: dict[int, tuple[SessionHandle, MapSession, MapFrameEncoder]] = {}
         self.bytes_sent = 0
         self.messages = 0
+        self.done: list[float] = []  # perf_counter when each message was ready
 
     def open(self, node_id: int) -> None:
         self.sessions[node_id] = (
@@ -134,18 +159,46 @@ class Pump:
             if msg is not None:
                 self.bytes_sent += len(encoder.encode(msg))
                 self.messages += 1
+                self.done.append(time.perf_counter())
+
+
+RESULTS: list[dict[str, Any]] = []
+
+
+PROFILE: list[Any] = []  # [path, cProfile.Profile]: --profile, policy commits only
 
 
 def timed(label: str, fn: Callable[[], None], pump: Pump) -> None:
     pump.bytes_sent = pump.messages = 0
+    pump.done = []
+    profiler = PROFILE[1] if PROFILE and label == "policy commit" else None
     t0, c0 = time.perf_counter(), time.process_time()
+    if profiler is not None:
+        profiler.enable()
     fn()
     pump.run()
+    if profiler is not None:
+        profiler.disable()
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # When each session had its message, from the event: p50/p99 over sessions.
+    lat = sorted(t - t0 for t in pump.done) or [dt]
+    p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
     # CPU time too: on a shared machine it moves less than wall time does.
     print(
         f"{label:<22} {dt * 1000:>9.1f} ms  {pump.messages:>6} messages  "
-        f"{pump.bytes_sent / 1e6:>8.2f} MB  {cpu * 1000:>9.1f} ms CPU"
+        f"{pump.bytes_sent / 1e6:>8.2f} MB  {cpu * 1000:>9.1f} ms CPU  "
+        f"p50/p99 {p50 * 1000:.0f}/{p99 * 1000:.0f} ms"
+    )
+    RESULTS.append(
+        {
+            "event": label,
+            "wall_s": dt,
+            "cpu_s": cpu,
+            "messages": pump.messages,
+            "bytes": pump.bytes_sent,
+            "p50_s": p50,
+            "p99_s": p99,
+        }
     )
 
 
@@ -158,8 +211,21 @@ def main() -> None:
     parser.add_argument(
         "--no-coalesce", action="store_true", help="recompile at every join (as before)"
     )
+    parser.add_argument(
+        "--per-user", type=int, default=0, help="users of this many nodes under autogroup:self"
+    )
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--profile", type=Path, help="cProfile the policy commits, stats here")
     args = parser.parse_args()
-    doc, registry, users = synthetic(args.nodes, args.rules)
+    if args.profile:
+        import cProfile
+
+        PROFILE[:] = [args.profile, cProfile.Profile()]
+    if args.per_user:
+        doc, registry, users = per_user(args.nodes, args.per_user)
+        args.rules = 1
+    else:
+        doc, registry, users = synthetic(args.nodes, args.rules)
     policy = ALLOW_ALL if args.allow_all else parse_policy(doc)
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(Path(tmp) / "bench.sqlite")
@@ -205,7 +271,10 @@ def main() -> None:
 
         # Repeats (more joins; commits alternating between two policies) give
         # several samples of the same event, for noisy machines.
-        docs = [dict(doc, acls=list(doc["acls"])[:-1]), doc]
+        if args.per_user:
+            docs = [_self_ports(doc, "22,443"), doc]
+        else:
+            docs = [dict(doc, acls=list(doc["acls"])[:-1]), doc]
         for k in range(args.repeat):
             timed("node join", lambda k=k: join(k), pump)
             if not args.allow_all:
@@ -236,6 +305,19 @@ def main() -> None:
                 timed("commit from git", lambda rev=rev: serve_commit(tailnet, repo, rev), pump)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS {rss:.0f} MB")
+        if PROFILE:
+            import pstats
+
+            with PROFILE[0].open("w") as out:
+                pstats.Stats(PROFILE[1], stream=out).sort_stats("cumulative").print_stats(40)
+        if args.json:
+            shape = f"{args.per_user} per user, autogroup:self" if args.per_user else "synthetic"
+            args.json.write_text(
+                json.dumps(
+                    {"nodes": args.nodes, "shape": shape, "rss_mb": rss, "rows": RESULTS},
+                    indent=1,
+                )
+            )
 
 
 if __name__ == "__main__":

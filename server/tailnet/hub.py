@@ -286,6 +286,29 @@ class Tailnet:
         self.settle()
         return self._primaries
 
+    def follow_primaries(self, primaries: Mapping[str, int]) -> None:
+        """The primaries another replica serves (the replicas' leader,
+        server/tailnet/replicas.py). The election keeps a primary while it is
+        eligible, so replicas that saw routers come online in a different
+        order would keep different ones: where the leader's choice differs from
+        ours and is eligible here (online, answering probes), take it."""
+        self.settle()
+        adopt = {
+            prefix: node_id
+            for prefix, node_id in primaries.items()
+            if prefix in self._primaries
+            and self._primaries[prefix] != node_id
+            and node_id in self._online
+            and node_id not in self._unhealthy
+        }
+        if adopt:
+            self._primaries = {**self._primaries, **adopt}
+            # Only the election's memory changed: comparing indexes cannot tell
+            # whose views that touches, so every view is built again (rare: only
+            # after replicas saw routers in a different order).
+            self._ctx = self._build_context()
+            self._wake_all()
+
     def cut_off(self) -> list[Node]:
         """Registered nodes that are not served: their user is not in git."""
         served = self.context.nodes

@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from functools import partial
 
 import psycopg
 
@@ -23,7 +24,7 @@ from server.tailnet.registry import NodeRegistry
 from server.tailnet.replicas import CHANNEL, Replicas
 from server.tailnet.users import UserRegistry
 
-__all__ = ["listen_for_replicas", "start_replication"]
+__all__ = ["listen_for_replicas", "replicas_of", "start_replication"]
 
 RETRY = 1.0  # seconds between attempts to reach the database again
 
@@ -62,6 +63,29 @@ async def listen_for_replicas(
             await asyncio.sleep(RETRY)
 
 
+def replicas_of(
+    name: str,
+    registry: NodeRegistry,
+    tailnet: Tailnet,
+    send: Callable[[str], None],
+    *,
+    log: logging.Logger,
+    users: UserRegistry | None = None,
+) -> Replicas:
+    """This process's side of the notices, wired to its registry and tailnet."""
+    return Replicas(
+        name,
+        registry,
+        send,
+        known=tailnet.record,
+        known_ids=tailnet.record_ids,
+        log=log,
+        users=users,
+        primaries=lambda: tailnet.primaries,
+        follow_primaries=tailnet.follow_primaries,
+    )
+
+
 def start_replication(
     store: PostgresStore,
     registry: NodeRegistry,
@@ -73,15 +97,8 @@ def start_replication(
 ) -> asyncio.Task[None]:
     """Send this process's node changes to the other replicas and publish theirs."""
     name = replica or secrets.token_hex(6)
-    replicas = Replicas(
-        name,
-        registry,
-        lambda text: store.notify(CHANNEL, text),
-        known=tailnet.record,
-        known_ids=tailnet.record_ids,
-        log=log,
-        users=users,
-    )
+    send = partial(store.notify, CHANNEL)
+    replicas = replicas_of(name, registry, tailnet, send, log=log, users=users)
     log.info("replica %s: sharing node changes through the database", name)
     return asyncio.create_task(
         listen_for_replicas(store.url, replicas, clock=time.monotonic, log=log)

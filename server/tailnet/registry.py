@@ -120,6 +120,8 @@ class NodeRegistry:
         self._connections: dict[int, int] = {}  # node id -> open map streams here
         self._elsewhere: dict[str, set[int]] = {}  # replica id -> nodes streaming there
         self._known: NodeIndex | None = None  # read from the store at the first read
+        # replica id -> routers whose health probes it reports unanswered
+        self._unhealthy_elsewhere: dict[str, set[int]] = {}
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -212,25 +214,51 @@ class NodeRegistry:
                 self.publish(NodeChange("volatile", node_id, node, node, online=not was))
         return not was
 
+    def remote_health(self, replica: str, node_id: int, healthy: bool) -> None:
+        """Replica `replica` probes router `node_id` (it streams there) and
+        found it stopped answering (False) or answering again (True). Published
+        as a health change: every replica elects primaries from the same
+        health."""
+        ids = self._unhealthy_elsewhere.setdefault(replica, set())
+        (ids.discard if healthy else ids.add)(node_id)
+        if not ids:
+            del self._unhealthy_elsewhere[replica]
+        if healthy and any(node_id in held for held in self._unhealthy_elsewhere.values()):
+            return  # a second stream elsewhere still fails its probes
+        self.set_healthy(node_id, healthy)
+
+    def remote_unhealthy(self, replica: str, node_ids: frozenset[int]) -> None:
+        """All the routers replica `replica` holds unhealthy (its answer to a
+        replica that starts or listens again): only the differences publish."""
+        held = self._unhealthy_elsewhere.get(replica, set())
+        for node_id in sorted(held - node_ids):
+            self.remote_health(replica, node_id, True)
+        for node_id in sorted(node_ids - held):
+            self.remote_health(replica, node_id, False)
+
     def removed_elsewhere(self, node_id: int, previous: Node | None) -> None:
         """Another replica deleted the node: it streams nowhere any more."""
-        for replica in list(self._elsewhere):
-            ids = self._elsewhere[replica]
-            ids.discard(node_id)
-            if not ids:
-                del self._elsewhere[replica]
+        for held in (self._elsewhere, self._unhealthy_elsewhere):
+            for replica in list(held):
+                held[replica].discard(node_id)
+                if not held[replica]:
+                    del held[replica]
         self._connections.pop(node_id, None)
         self.publish(NodeChange("removed", node_id, None, previous))
 
-    def replica_gone(self, replica: str) -> None:
+    def replica_gone(self, replica: str, *, health: bool = True) -> None:
         """Replica `replica` stopped (or died): its nodes are offline unless
-        streaming somewhere else."""
+        streaming somewhere else, and the routers it held unhealthy are not
+        (its probes end with it; `health` False: its health verdicts stay,
+        they are about to be replaced)."""
+        if health:
+            self.remote_unhealthy(replica, frozenset())
         for node_id in sorted(self._elsewhere.get(replica, ())):
             self.remote_online(replica, node_id, False)
         self._elsewhere.pop(replica, None)
 
     def replicas_seen(self) -> frozenset[str]:
-        return frozenset(self._elsewhere)
+        return frozenset(self._elsewhere) | frozenset(self._unhealthy_elsewhere)
 
     # Writes
 
@@ -334,7 +362,9 @@ class NodeRegistry:
     def set_healthy(self, node_id: int, healthy: bool) -> None:
         """A router stopped answering health probes while its stream stays open
         (False), or answers again (True): for the primary election an unhealthy
-        router is offline. Nothing is written; peers see no change."""
+        router is offline. Nothing is written (a router's health lives as long as
+        the stream the probing replica holds); peers see no change; the other
+        replicas learn it from the event (server/tailnet/replicas.py)."""
         node = self.get(node_id)
         if node is not None:
             self.publish(NodeChange("volatile", node_id, node, node, healthy=healthy))

@@ -11,15 +11,29 @@ A notice names the replica that sent it, so each replica ignores its own:
   (`kind` as `NodeChange.kind`; `online` when a stream of it opened or closed
   there). The receiver re-reads the node by id (the database holds the truth
   once the writer committed) and publishes; a node gone is `removed`.
+* ``{"replica", "node", "kind": "volatile", "healthy"}``: router `node`, which
+  streams there, stopped answering that replica's health probes (false) or
+  answers again (true) (server/tailnet/probes.py). The receiver holds it
+  unhealthy for the election as the prober does, so every replica elects the
+  same primary; a replica that dies takes its verdicts with it (its routers
+  are offline then anyway).
 * ``{"replica", "beat": true}``: a heartbeat every `BEAT` seconds. A replica
   not heard from for `DEAD_AFTER` has died: its nodes go offline here unless
-  streaming somewhere else.
+  streaming somewhere else. The leader (the alive replica of the least name)
+  adds ``"primaries": {prefix: node}``, the HA primaries it serves: the
+  election keeps a primary while it is eligible, so replicas that saw routers
+  come online in a different order would keep different ones; the others take
+  the leader's choice where it is eligible for them (`Tailnet.follow_primaries`).
 * ``{"replica", "users": true}``: the runtime users changed there (one was
   admitted or deleted); the receiver reads them back from the store.
 * ``{"replica", "hello": true}``: a replica started, or lost its LISTEN
   connection and may have missed notices. Every other replica answers with
   its streaming nodes: ``{"replica", "streaming": [ids], "first": bool}``,
-  chunked under PostgreSQL's 8000-byte payload limit.
+  chunked under PostgreSQL's 8000-byte payload limit, then the routers it
+  holds unhealthy: ``{"replica", "unhealthy": [ids]}`` (all of them; they
+  replace what the receiver held of that replica). A replica starting later
+  learns them so: nothing of health is stored, it lives as long as the probed
+  stream does.
 
 What a replica may have missed while not listening (or before it first
 listened) it reads back from the store (`resync`): nodes that differ from
@@ -30,7 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,11 +78,14 @@ class Notice:
     node: int | None = None
     kind: str | None = None
     online: bool | None = None
+    healthy: bool | None = None
     beat: bool = False
     hello: bool = False
     streaming: tuple[int, ...] | None = None
     first: bool = False
     users: bool = False
+    unhealthy: tuple[int, ...] | None = None
+    primaries: Mapping[str, int] | None = None
 
 
 class NoticeError(ValueError):
@@ -79,6 +96,8 @@ def encode_notice(notice: Notice) -> str:
     doc: dict[str, Any] = {"replica": notice.replica}
     if notice.node is not None:
         doc.update(node=notice.node, kind=notice.kind, online=notice.online)
+        if notice.healthy is not None:
+            doc["healthy"] = notice.healthy
     if notice.beat:
         doc["beat"] = True
     if notice.hello:
@@ -87,6 +106,10 @@ def encode_notice(notice: Notice) -> str:
         doc["users"] = True
     if notice.streaming is not None:
         doc.update(streaming=list(notice.streaming), first=notice.first)
+    if notice.unhealthy is not None:
+        doc["unhealthy"] = list(notice.unhealthy)
+    if notice.primaries is not None:
+        doc["primaries"] = dict(notice.primaries)
     text = json.dumps(doc, separators=(",", ":"))
     if len(text.encode()) > MAX_NOTICE:
         raise ValueError(f"notice of {len(text)} bytes is over {MAX_NOTICE}")
@@ -107,21 +130,31 @@ def decode_notice(text: str) -> Notice:
         raise NoticeError("notice has a bad node id or kind")
     if online is not None and not isinstance(online, bool):
         raise NoticeError("notice has a bad online flag")
-    streaming = doc.get("streaming")
-    if streaming is not None and (
-        not isinstance(streaming, list) or any(type(i) is not int for i in streaming)
+    healthy = doc.get("healthy")
+    if healthy is not None and (not isinstance(healthy, bool) or node is None):
+        raise NoticeError("notice has a bad health flag")
+    streaming, unhealthy = doc.get("streaming"), doc.get("unhealthy")
+    for ids in (streaming, unhealthy):
+        if ids is not None and (not isinstance(ids, list) or any(type(i) is not int for i in ids)):
+            raise NoticeError("notice has bad node ids")
+    primaries = doc.get("primaries")
+    if primaries is not None and (
+        not isinstance(primaries, dict) or any(type(i) is not int for i in primaries.values())
     ):
-        raise NoticeError("notice has bad streaming ids")
+        raise NoticeError("notice has bad primaries")
     return Notice(
         doc["replica"],
         node,
         kind,
         online,
+        healthy,
         beat=doc.get("beat") is True,
         hello=doc.get("hello") is True,
         streaming=None if streaming is None else tuple(streaming),
         first=doc.get("first") is True,
         users=doc.get("users") is True,
+        unhealthy=None if unhealthy is None else tuple(unhealthy),
+        primaries=primaries,
     )
 
 
@@ -145,8 +178,12 @@ class Replicas:
         known_ids: Callable[[], frozenset[int]],
         log: logging.Logger,
         users: UserRegistry | None = None,
+        primaries: Callable[[], Mapping[str, int]] | None = None,
+        follow_primaries: Callable[[Mapping[str, int]], None] | None = None,
     ) -> None:
         self.replica = replica
+        self._primaries = primaries
+        self._follow_primaries = follow_primaries
         self._users = users
         self._registry = registry
         self._send = send
@@ -155,6 +192,7 @@ class Replicas:
         self._log = log
         self._applying = False  # publishing another replica's change: do not echo it
         self._streaming: set[int] = set()  # what the others were told streams here
+        self._unhealthy: set[int] = set()  # what the others were told fails probes here
         self._heard: dict[str, float] = {}  # replica -> when last heard from
         self._next_beat: float | None = None
         registry.subscribe(self._local_change)
@@ -164,8 +202,13 @@ class Replicas:
     # Out
 
     def _local_change(self, change: NodeChange) -> None:
-        if self._applying or change.healthy is not None:
-            return  # probes are this replica's own (server/tailnet/probes.py)
+        if change.kind == "removed":  # here or elsewhere: no verdict of it to restate
+            self._unhealthy.discard(change.node_id)
+        if self._applying:
+            return
+        if change.healthy is not None:
+            self._local_health(change.node_id, change.healthy)
+            return
         node_id = change.node_id
         here = node_id in self._registry.local_online_ids()
         online: bool | None = None
@@ -173,6 +216,16 @@ class Replicas:
             (self._streaming.add if here else self._streaming.discard)(node_id)
             online = here
         self._send_notice(Notice(self.replica, node_id, change.kind, online))
+
+    def _local_health(self, node_id: int, healthy: bool) -> None:
+        """This replica's probes (server/tailnet/probes.py) judged a router.
+        Only its own verdicts go out: a router held unhealthy by a replica
+        that died is healed here by the registry, and nobody else must hear
+        that as this replica's verdict."""
+        if healthy == (node_id not in self._unhealthy):
+            return
+        (self._unhealthy.discard if healthy else self._unhealthy.add)(node_id)
+        self._send_notice(Notice(self.replica, node_id, "volatile", healthy=healthy))
 
     def _local_user_change(self, change: UserChange) -> None:
         if not self._applying and change.kind != "login":
@@ -194,6 +247,7 @@ class Replicas:
         ids = sorted(self._streaming)
         for i, chunk in enumerate(_chunks(ids)):
             self._send_notice(Notice(self.replica, streaming=tuple(chunk), first=i == 0))
+        self._send_notice(Notice(self.replica, unhealthy=tuple(sorted(self._unhealthy))))
 
     # In
 
@@ -215,16 +269,24 @@ class Replicas:
     def _apply(self, notice: Notice) -> None:
         if notice.users and self._users is not None:
             self._users.reload()
+        if notice.primaries is not None and self._follow_primaries is not None:
+            if notice.replica == min([self.replica, *self._heard]):
+                self._follow_primaries(notice.primaries)
         if notice.hello:
             self._announce_streaming()
         if notice.streaming is not None:
-            if notice.first:
-                self._registry.replica_gone(notice.replica)
+            if notice.first:  # its health verdicts follow in an `unhealthy` notice
+                self._registry.replica_gone(notice.replica, health=False)
             for node_id in notice.streaming:
                 self._registry.remote_online(notice.replica, node_id, True)
+        if notice.unhealthy is not None:
+            self._registry.remote_unhealthy(notice.replica, frozenset(notice.unhealthy))
         if notice.node is None:
             return
         node_id = notice.node
+        if notice.healthy is not None:
+            self._registry.remote_health(notice.replica, node_id, notice.healthy)
+            return
         node = self._registry.load(node_id)  # as the other replica wrote it
         previous = self._known(node_id)
         if node is None:
@@ -273,7 +335,10 @@ class Replicas:
     def handle_timer(self, now: float) -> None:
         """Send the heartbeat when due; count silent replicas as dead."""
         if self._next_beat is None or now >= self._next_beat:
-            self._send_notice(Notice(self.replica, beat=True))
+            primaries = None
+            if self._primaries is not None and self.replica == min([self.replica, *self._heard]):
+                primaries = self._primaries() or None  # the leader's, for the others
+            self._send_notice(Notice(self.replica, beat=True, primaries=primaries))
             self._next_beat = now + BEAT
         dead = [r for r, heard in self._heard.items() if now - heard > DEAD_AFTER]
         for replica in dead:

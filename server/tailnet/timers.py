@@ -153,7 +153,10 @@ class Probing:
     async def run(self) -> None:
         while True:
             now = self._clock()
-            self._health(self.probes.track(self._tailnet.shared_routers(), now))
+            # Only routers streaming here: a probe goes down this process's
+            # stream; another replica probes its own and tells us (replicas.py).
+            here = self._tailnet.shared_routers() & self._registry.local_online_ids()
+            self._health(self.probes.track(here, now))
             probes, transitions = self.probes.due(now)
             self._health(transitions)
             for probe in probes:

@@ -237,6 +237,15 @@ async def _until(check: Any, seconds: float = 1.0) -> float:
     return time.monotonic() - start
 
 
+async def _stop(tasks: list[asyncio.Task[None]], stores: list[Any]) -> None:
+    """Stop the LISTEN tasks, then close the stores."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for store in stores:
+        store.close()
+
+
 @async_test
 async def test_two_replicas_on_postgres_see_each_others_changes_within_a_second(
     database: str,
@@ -272,8 +281,4 @@ async def test_two_replicas_on_postgres_see_each_others_changes_within_a_second(
         await _until(lambda: b.seen[-1].kind == "removed")
         assert not b.registry.is_online(node_id)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for store in stores:
-            store.close()
+        await _stop(tasks, stores)

@@ -85,7 +85,7 @@ class ControlConnection:
         self._noise = accepted.transport
         self._machine_key = accepted.machine_key
         self._version = accepted.version
-        self._accepted = accepted
+        self._accepted: Accepted | None = accepted  # dropped once the upgrade is answered
         self._handler = handler
         self._log = log
         self._early = early_payload
@@ -102,8 +102,11 @@ class ControlConnection:
                 h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
             },
         )
+        _compact(self._h2)
         self._streams: dict[int, _Stream] = {}
-        self._window_changed = asyncio.Event()
+        # Created only while a stream waits for the client's window: an idle
+        # connection holds no Event (and no deque of waiters).
+        self._window_changed: asyncio.Event | None = None
         self._closed = False
         self._flush_due = False  # a write of what h2 and Noise hold is scheduled
 
@@ -115,11 +118,14 @@ class ControlConnection:
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(INBOUND_WINDOW)
         self._noise.send(self._h2.data_to_send())
+        assert self._accepted is not None
         self._writer.write(
             b"HTTP/1.1 101 Switching Protocols\r\n"
             b"Upgrade: tailscale-control-protocol\r\n"
             b"Connection: upgrade\r\n\r\n" + self._accepted.response + self._noise.data_to_send()
         )
+        # A streaming connection lives for days: keep nothing of the handshake.
+        self._accepted = self._early = None
         await self._writer.drain()
         try:
             await self._read_loop()
@@ -128,7 +134,7 @@ class ControlConnection:
             tasks = [s.task for s in self._streams.values() if s.task is not None]
             for task in tasks:
                 task.cancel()
-            self._window_changed.set()
+            self._window_moved()
             # Let each stream's own clean-up (closing its map session) finish
             # before this connection counts as gone.
             if tasks:
@@ -180,9 +186,9 @@ class ControlConnection:
                 stream.closed = True
                 if stream.task is not None:
                     stream.task.cancel()
-            self._window_changed.set()
+            self._window_moved()
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
-            self._window_changed.set()
+            self._window_moved()
         elif isinstance(event, h2.events.ConnectionTerminated):
             return False
         return True
@@ -214,13 +220,17 @@ class ControlConnection:
             headers=tuple((k, v) for k, v in stream.headers if not k.startswith(":")),
             body=bytes(stream.body),
         )
+        # A map poll streams for days: hold neither the request's bytes nor its headers.
+        stream.headers, stream.body = [], bytearray()
+        method, path = request.method, request.path
         try:
             response = await self._handler(request)
+            del request
             await self._respond(stream_id, stream, response)
         except (_StreamGone, asyncio.CancelledError, ConnectionError):
             pass
         except Exception:
-            self._log.exception("control: %s %s failed", request.method, request.path)
+            self._log.exception("control: %s %s failed", method, path)
             if not stream.closed:
                 try:
                     self._h2.reset_stream(stream_id, error_code=2)
@@ -267,9 +277,12 @@ class ControlConnection:
             window = self._h2.local_flow_control_window(stream_id)
             size = min(window, self._h2.max_outbound_frame_size, len(view))
             if size <= 0:
-                self._window_changed.clear()  # before the flush yields: no lost update
+                # Made before the flush yields: no lost update.
+                if self._window_changed is None:
+                    self._window_changed = asyncio.Event()
+                changed = self._window_changed
                 await self._flush()
-                await self._window_changed.wait()
+                await changed.wait()
                 continue
             self._h2.send_data(stream_id, bytes(view[:size]))
             view = view[size:]
@@ -277,6 +290,12 @@ class ControlConnection:
             self._check(stream)
             self._h2.end_stream(stream_id)
         await self._flush()
+
+    def _window_moved(self) -> None:
+        """Wake the streams waiting for window (the event is made afresh by the next wait)."""
+        if self._window_changed is not None:
+            self._window_changed.set()
+            self._window_changed = None
 
     async def _flush(self) -> None:
         """Send what h2 holds, once per turn of the event loop: frames that
@@ -295,6 +314,38 @@ class ControlConnection:
         out = self._noise.data_to_send()
         if out and not self._writer.is_closing():
             self._writer.write(out)
+
+
+class _Values(list[int]):
+    """h2 keeps each setting's pending values in a `collections.deque`, whose
+    first block is 64 slots: two settings tables of them are ~8 KiB on every
+    connection. A list does the same for the one or two values ever pending."""
+
+    __slots__ = ()
+
+    def popleft(self) -> int:
+        return self.pop(0)
+
+
+class _Entries(list[tuple[bytes, bytes]]):
+    """hpack's dynamic table, as a list: `deque()` costs ~600 bytes even empty,
+    and a control connection's table holds a handful of headers."""
+
+    __slots__ = ()
+
+    def appendleft(self, entry: tuple[bytes, bytes]) -> None:
+        self.insert(0, entry)
+
+
+def _compact(conn: h2.connection.H2Connection) -> None:
+    """Swap the per-connection deques of h2 and hpack for lists (same
+    operations, a tenth of the memory) on a connection not yet started."""
+    for settings in (conn.local_settings, conn.remote_settings):
+        table = settings._settings  # noqa: SLF001 - no public way to size it
+        for code, values in table.items():
+            table[code] = _Values(values)  # type: ignore[assignment]
+    for header_table in (conn.encoder.header_table, conn.decoder.header_table):
+        header_table.dynamic_entries = _Entries(header_table.dynamic_entries)  # type: ignore[assignment]
 
 
 def _s(value: str | bytes) -> str:

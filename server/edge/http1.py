@@ -87,7 +87,10 @@ class FrontDoor:
                     conn.receive_data(data)
                 elif isinstance(event, Upgrade):
                     upgraded = _PrefixedReader(event.trailing, reader) if event.trailing else reader
-                    await self._upgrades[event.head.path](upgraded, writer, event.head)
+                    head = event.head
+                    # The upgraded connection may stream for days: keep no HTTP/1 state.
+                    del conn, event
+                    await self._upgrades[head.path](upgraded, writer, head)
                     return
                 elif isinstance(event, Request):
                     if not await self._serve_asgi(conn, writer, event):

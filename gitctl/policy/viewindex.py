@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
-from itertools import chain
+from itertools import chain, repeat
+from operator import is_not
 from typing import Any, Generic, cast
 
 from .addrs import is_exit_route
@@ -132,6 +133,9 @@ class ViewIndex(Generic[NodeKey]):
         self._plain: list[PeerView | None] = [None] * n
         self._routers = bitset(index.routers, n)
         self._visible: dict[int, int] = {}
+        # Sets of nodes that see each other whole (a user's nodes under
+        # autogroup:self, a mesh): their members, decoded once, not per view.
+        self._groups: dict[int, list[int]] = {}
         self.views: dict[int, NodeView[NodeKey]] = {}
         # After a join or leave (`adopt`): who merely gained or lost a peer,
         # and the earlier views of those nodes, to patch rather than rebuild.
@@ -225,19 +229,36 @@ class ViewIndex(Generic[NodeKey]):
             return {keys[j]: self._peer(viewer, j) for j in peers}
         # A peer without routes looks the same to every viewer: build it once.
         plain = self._plain
-        for j in [j for j in peers if plain[j] is None]:
-            self._plain_peer(j)
+        if not all(map(is_not, map(plain.__getitem__, peers), repeat(None))):  # in C
+            for j in [j for j in peers if plain[j] is None]:
+                self._plain_peer(j)
         filled = cast("list[PeerView]", plain)  # for these peers
         out = dict(zip(map(keys.__getitem__, peers), map(filled.__getitem__, peers), strict=True))
         # Routers' routes depend on the viewer (replacing keeps the order).
-        for j in bits(mask & self._routers):
+        for j in bits(mask & self._routers) if self._routers else ():
             out[keys[j]] = self._peer(viewer, j)
         return out
+
+    GROUPS_HELD = 1024
+
+    def _peer_positions(self, i: int, mask: int) -> list[int]:
+        """``bits(mask)`` of node ``i``'s peers. Decoding costs a pass over
+        every node, so it is done once per group of nodes that see each
+        other: they all have the same ``mask | 1 << i``."""
+        group = mask | 1 << i
+        members = self._groups.get(group)
+        if members is None:
+            if len(self._groups) >= self.GROUPS_HELD:
+                self._groups.clear()
+            members = self._groups[group] = bits(group)
+        peers = members.copy()
+        peers.remove(i)
+        return peers
 
     def _build(self, i: int) -> NodeView[NodeKey]:
         index, table = self.index, self.table
         mask = self.visible(i)
-        peers = bits(mask)
+        peers = self._peer_positions(i, mask)
         rules = self.per_node[i]
         return NodeView(
             packet_filter_rules=merge_rules((r, r.render(i)) for r in rules if not r.hidden),

@@ -375,43 +375,41 @@ class Fragments:
         return data
 
     def _value(self, value: Any) -> bytes:
-        if type(value) is dict and all(type(k) is str for k in value):
-            # The big or nested parts apart, the rest in one call to the encoder.
-            split = [k for k, v in value.items() if type(v) in _NESTED and _worth(v)]
-            if not split:
-                return _encode(value)
-            rest = _encode({k: v for k, v in value.items() if k not in split})
-            parts = [b"%b:%b" % (_encode(k), self._value(value[k])) for k in split]
-            if len(rest) > 2:
-                parts.insert(0, rest[1:-1])
-            return b"{%b}" % b",".join(parts)
-        if type(value) in _SEQUENCES and _worth(value):
-            if len(value) >= self.MIN_LEN:
-                try:
-                    data = self._texts.get(key := tuple(value))
-                except TypeError:  # it holds objects: encode them one by one
-                    pass
-                else:
-                    if data is None:
-                        if len(self._texts) >= self.MAX_HELD:
-                            self._texts.clear()
-                        data = self._texts[key] = _encode(value)
-                        self.encoded += 1
-                    return data
-            return b"[%b]" % b",".join(map(self._value, value))
-        return _encode(value)
+        if type(value) in _SEQUENCES:  # packet filter rules
+            return b"[%b]" % b",".join(map(self._object, value))
+        return self._object(value)
+
+    def _object(self, value: Any) -> bytes:
+        """An object with its long lists of texts spliced from what was kept,
+        the rest in one call to the encoder."""
+        if type(value) is not dict:
+            return _encode(value)
+        texts = [k for k, v in value.items() if type(v) in _SEQUENCES and self._texts_worth(v)]
+        if not texts:
+            return _encode(value)
+        parts = [b"%b:%b" % (_encode(k), self._text_list(value[k])) for k in texts]
+        if len(texts) < len(value):
+            rest = _encode({k: v for k, v in value.items() if k not in texts})
+            parts.insert(0, rest[1:-1])
+        return b"{%b}" % b",".join(parts)
+
+    def _texts_worth(self, value: list[Any] | tuple[Any, ...]) -> bool:
+        return len(value) >= self.MIN_LEN and type(value[0]) is str
+
+    def _text_list(self, value: list[str] | tuple[str, ...]) -> bytes:
+        try:
+            data = self._texts.get(key := tuple(value))
+        except TypeError:  # not texts after all
+            return _encode(value)
+        if data is None:
+            if len(self._texts) >= self.MAX_HELD:
+                self._texts.clear()
+            data = self._texts[key] = _encode(value)
+            self.encoded += 1
+        return data
 
 
 _SEQUENCES = (list, tuple)
-_NESTED = (*_SEQUENCES, dict)
-
-
-def _worth(value: list[Any] | tuple[Any, ...] | dict[str, Any]) -> bool:
-    """Whether a part of a message may hold something sessions share: a long
-    list, or objects that may hold one."""
-    if type(value) is dict:
-        return any(type(v) in _NESTED for v in value.values())
-    return len(value) >= Fragments.MIN_LEN or any(type(v) is dict and _worth(v) for v in value)
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))

@@ -98,7 +98,7 @@ class MapSession:
             new_self = _differs(self_src, self._self_from)
             if new_self or _differs(src, self._top_from):
                 self._top(msg, top_fields(ctx, node, view, now, self_node=new_self))
-                self._self_from, self._top_from = self_src, src
+            self._self_from, self._top_from = self_src, src
         if ctx.users is not self._users:
             if self._users is not None and old is not None:
                 # Names may have changed: every owner's profile again.
@@ -188,4 +188,10 @@ class MapSession:
 
 
 def _differs(src: tuple[Any, ...], held: tuple[Any, ...]) -> bool:
-    return len(src) != len(held) or any(map(is_not, src, held))
+    """Whether what a field is made of changed: by identity first (in C),
+    then by value (a recompile rebuilds equal tuples and cap maps)."""
+    if len(src) != len(held):
+        return True
+    if not any(map(is_not, src, held)):
+        return False
+    return any(a is not b and a != b for a, b in zip(src, held, strict=True))

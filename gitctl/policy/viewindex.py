@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from itertools import chain, repeat
-from operator import is_not
+from operator import is_, is_not
 from typing import Any, Generic, cast
 
 from .addrs import is_exit_route
@@ -141,6 +141,10 @@ class ViewIndex(Generic[NodeKey]):
         # and the earlier views of those nodes, to patch rather than rebuild.
         self.peer_change: PeerChange[NodeKey] | None = None
         self._bases: dict[int, NodeView[NodeKey]] = {}
+        # After a new policy over the same nodes: the earlier views' peers
+        # (and who they saw), handed on whole when they come out the same, so
+        # a session tells "no peer changed" by identity.
+        self._earlier: dict[int, tuple[int, Mapping[NodeKey, PeerView]]] = {}
         # The earlier index's peer views by key, lent to equal new ones so an
         # unchanged peer stays the same object across recompiles.
         self._lend: dict[NodeKey, PeerView] = {}
@@ -223,7 +227,7 @@ class ViewIndex(Generic[NodeKey]):
             return self._peer(viewer, j)
         return self._plain_peer(j)
 
-    def _peers(self, viewer: int, mask: int, peers: list[int]) -> dict[NodeKey, PeerView]:
+    def _peers(self, viewer: int, mask: int, peers: list[int]) -> Mapping[NodeKey, PeerView]:
         keys = self.keys
         if viewer in self.no_v4:
             return {keys[j]: self._peer(viewer, j) for j in peers}
@@ -233,6 +237,15 @@ class ViewIndex(Generic[NodeKey]):
             for j in [j for j in peers if plain[j] is None]:
                 self._plain_peer(j)
         filled = cast("list[PeerView]", plain)  # for these peers
+        earlier = self._earlier.pop(viewer, None)
+        if (
+            earlier is not None
+            and earlier[0] == mask
+            and not mask & self._routers
+            and len(earlier[1]) == len(peers)
+            and all(map(is_, map(filled.__getitem__, peers), earlier[1].values()))
+        ):
+            return earlier[1]
         out = dict(zip(map(keys.__getitem__, peers), map(filled.__getitem__, peers), strict=True))
         # Routers' routes depend on the viewer (replacing keeps the order).
         for j in bits(mask & self._routers) if self._routers else ():
@@ -338,9 +351,12 @@ class ViewIndex(Generic[NodeKey]):
             elif key in patch:
                 self._bases[at[key]] = v
         if old_keys == self.keys:  # same positions: who-sees-whom carries over
+            built = previous.views
             for i, mask in list(previous._visible.items()):
                 if self.keys[i] not in keys:
                     self._visible.setdefault(i, mask)
+                elif (earlier := built.get(i)) is not None:
+                    self._earlier[i] = (mask, earlier.peers)
         return keys
 
 

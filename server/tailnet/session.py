@@ -165,9 +165,11 @@ class MapSession:
         if ids is None:  # what the client holds is unknown: everything again
             self.full_passes += 1
             return sorted(new), sorted(held.keys() - new.keys())
-        if view is not old and wake.full:
+        if view is not old and wake.full and new is not held:
             # The view may differ anywhere: compare PeerViews (interned, so
-            # mostly by identity, in C) and membership.
+            # mostly by identity, in C) and membership. (The same peers
+            # object, which a commit that changes no peer hands on, says
+            # at once that none did.)
             self.full_passes += 1
             moved = compress(new, map(is_not, new.values(), map(held.get, new)))
             ids.update(p for p in moved if held.get(p) != new[p])

@@ -100,8 +100,18 @@ def test_a_filter_only_commit_encodes_each_users_sources_once(store: Store) -> N
     # sources, every address of its user's nodes, are one list per user:
     # encoded once for all of that user's sessions.
     assert fragments.encoded == USERS
+    views = {node_id: tailnet.views.get(node_id) for node_id in streams}
+    peers = {node_id: view.peers for node_id, view in views.items() if view is not None}
+    passes = {node_id: session.full_passes for node_id, (_, session) in streams.items()}
 
     sent = commit(tailnet, streams, "c1", "22,443")
+
+    # No peer changed: each view hands on its peers whole, and no session
+    # looked at its peers one by one.
+    for node_id, (_, session) in streams.items():
+        view = tailnet.views.get(node_id)
+        assert view is not None and view.peers is peers[node_id]
+        assert session.full_passes == passes[node_id]
 
     # Every session gets its new filter, and the sources are not encoded again.
     assert len(sent) == USERS * PER_USER

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from itertools import chain, repeat
-from operator import is_, is_not
+from operator import eq, is_, is_not
 from typing import Any, Generic, cast
 
 from .addrs import is_exit_route
@@ -144,7 +144,7 @@ class ViewIndex(Generic[NodeKey]):
         # After a new policy over the same nodes: the earlier views' peers
         # (and who they saw), handed on whole when they come out the same, so
         # a session tells "no peer changed" by identity.
-        self._earlier: dict[int, tuple[int, Mapping[NodeKey, PeerView]]] = {}
+        self._earlier: dict[int, Mapping[NodeKey, PeerView]] = {}
         # The earlier index's peer views by key, lent to equal new ones so an
         # unchanged peer stays the same object across recompiles.
         self._lend: dict[NodeKey, PeerView] = {}
@@ -240,12 +240,12 @@ class ViewIndex(Generic[NodeKey]):
         earlier = self._earlier.pop(viewer, None)
         if (
             earlier is not None
-            and earlier[0] == mask
+            and len(earlier) == len(peers)
             and not mask & self._routers
-            and len(earlier[1]) == len(peers)
-            and all(map(is_, map(filled.__getitem__, peers), earlier[1].values()))
+            and all(map(is_, map(filled.__getitem__, peers), earlier.values()))  # in C
+            and all(map(eq, earlier, map(keys.__getitem__, peers)))
         ):
-            return earlier[1]
+            return earlier
         out = dict(zip(map(keys.__getitem__, peers), map(filled.__getitem__, peers), strict=True))
         # Routers' routes depend on the viewer (replacing keeps the order).
         for j in bits(mask & self._routers) if self._routers else ():
@@ -350,13 +350,12 @@ class ViewIndex(Generic[NodeKey]):
                 self.views[at[key]] = v
             elif key in patch:
                 self._bases[at[key]] = v
+            elif key in at:
+                self._earlier[at[key]] = v.peers
         if old_keys == self.keys:  # same positions: who-sees-whom carries over
-            built = previous.views
             for i, mask in list(previous._visible.items()):
                 if self.keys[i] not in keys:
                     self._visible.setdefault(i, mask)
-                elif (earlier := built.get(i)) is not None:
-                    self._earlier[i] = (mask, earlier.peers)
         return keys
 
 

@@ -16,7 +16,7 @@ from server.protocol.keys import MachinePublic, NodePublic
 from server.store import open_store
 from server.store.interface import Store
 from server.store.model import Registration
-from server.tailnet import Tailnet, TailnetSource, running_tailnet
+from server.tailnet import NodeRegistry, Tailnet, TailnetSource, running_tailnet
 from server.tailnet.mapper import Fragments, build_map, encode_message
 from server.tailnet.session import MapSession
 from server.wire import DerpRegion
@@ -52,7 +52,7 @@ def store() -> Iterator[Store]:
     s.close()
 
 
-def streaming(store: Store) -> tuple[Tailnet, dict[int, Any]]:
+def streaming(store: Store) -> tuple[NodeRegistry, Tailnet, dict[int, Any]]:
     """USERS users of PER_USER nodes each under autogroup:self, every node
     streaming and holding its first map."""
     registry, tailnet = running_tailnet(
@@ -79,7 +79,7 @@ def streaming(store: Store) -> tuple[Tailnet, dict[int, Any]]:
         handle, session = tailnet.open_session(node.id), MapSession(node.id)
         assert session.step(tailnet.context, handle.take_wake(), T0) is not None
         streams[node.id] = (handle, session)
-    return tailnet, streams
+    return registry, tailnet, streams
 
 
 def commit(tailnet: Tailnet, streams: dict[int, Any], sid: str, ports: str) -> dict[int, Any]:
@@ -94,7 +94,7 @@ def commit(tailnet: Tailnet, streams: dict[int, Any], sid: str, ports: str) -> d
 
 
 def test_a_filter_only_commit_encodes_each_users_sources_once(store: Store) -> None:
-    tailnet, streams = streaming(store)
+    _, tailnet, streams = streaming(store)
     fragments = tailnet.context.entries.fragments
     # Every node's filter is its own (its addresses as destinations), but the
     # sources, every address of its user's nodes, are one list per user:
@@ -151,3 +151,30 @@ def test_spliced_messages_decode_as_plainly_encoded_ones(msg: dict[str, Any]) ->
         plain = json.loads(encode_message(msg, key, entries))
         for _ in range(2):  # encoded, then from what was kept
             assert json.loads(encode_message(msg, key, entries, fragments)) == plain
+
+
+def test_after_a_join_a_filter_only_commit_still_leaves_peers_untouched(store: Store) -> None:
+    registry, tailnet, streams = streaming(store)
+    raw = (USERS * PER_USER + 1).to_bytes(32, "big")
+    joined = registry.register(
+        Registration(
+            machine_key=MachinePublic(raw),
+            node_key=NodePublic(raw),
+            hostname="new",
+            user="u0",
+            now=T0,
+        )
+    ).id
+    tailnet.settle()
+    for handle, session in streams.values():
+        session.step(tailnet.context, handle.take_wake(), T0)
+    passes = {node_id: session.full_passes for node_id, (_, session) in streams.items()}
+
+    sent = commit(tailnet, streams, "c1", "22,443")
+
+    assert len(sent) == USERS * PER_USER
+    assert {
+        node_id for node_id, (_, s) in streams.items() if s.full_passes != passes[node_id]
+    } == set()
+    u0 = [node_id for node_id in streams if joined in tailnet.views.get(node_id).peers]  # type: ignore[union-attr]
+    assert len(u0) == PER_USER

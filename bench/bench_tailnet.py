@@ -309,7 +309,9 @@ def main() -> None:
             import pstats
 
             with PROFILE[0].open("w") as out:
-                pstats.Stats(PROFILE[1], stream=out).sort_stats("cumulative").print_stats(40)
+                stats = pstats.Stats(PROFILE[1], stream=out)
+                stats.sort_stats("cumulative").print_stats(40)
+                stats.sort_stats("tottime").print_stats(25)
         if args.json:
             shape = f"{args.per_user} per user, autogroup:self" if args.per_user else "synthetic"
             args.json.write_text(

@@ -153,9 +153,12 @@ class Pump:
     def run(self) -> None:
         ctx = self.tailnet.context
         for handle, session, encoder in self.sessions.values():
+            wake = handle.take_wake()
+            if not (wake.full or wake.top or wake.peers):
+                continue  # asleep: its stream's loop does nothing
             msg = None
             if session.serves(ctx):
-                msg = session.step(ctx, handle.take_wake(), NOW)
+                msg = session.step(ctx, wake, NOW)
             if msg is not None:
                 self.bytes_sent += len(encoder.encode(msg))
                 self.messages += 1

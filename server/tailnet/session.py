@@ -100,7 +100,9 @@ class MapSession:
                 self._top(msg, top_fields(ctx, node, view, now, self_node=new_self))
             self._self_from, self._top_from = self_src, src
         if ctx.users is not self._users:
-            if self._users is not None and old is not None:
+            # Each snapshot brings its own users mapping: only a different
+            # one (a name or email changed) resends profiles.
+            if self._users is not None and old is not None and ctx.users != self._users:
                 # Names may have changed: every owner's profile again.
                 self._profiles.clear()
                 held = [node, *filter(None, map(ctx.nodes.get, old.peers))]

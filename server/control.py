@@ -305,12 +305,26 @@ class ControlHandler:
         msg = session.step(ctx, Wake(full=True), now) if session.serves(ctx) else None
         return MapFrameEncoder().encode(msg or b"{}")
 
+    async def _settled(self) -> None:
+        """Until the recompile that is due (a join: this node's own, likely) has
+        been applied on its schedule: joins arriving together share it, where
+        building the first map at once would force one per join."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def applied() -> None:
+            if not done.done():  # a poll that ended while it waited
+                done.set_result(None)
+
+        if self._tailnet.after_settle(applied):
+            await done
+
     async def _stream(self, node_id: int) -> AsyncIterator[bytes]:
         encoder = MapFrameEncoder()
         session = MapSession(node_id)
         handle = self._tailnet.open_session(node_id)
         self._registry.connected(node_id)
         try:
+            await self._settled()
             while not handle.closed:
                 ping = handle.take_ping()
                 if ping is not None:

@@ -59,8 +59,11 @@ __all__ = [
     "with_runtime_users",
 ]
 
-# How long a topology change waits for others to share its recompile.
+# How long a topology change waits for others to share its recompile, at least
+# and at most: the window grows with what the last recompile cost, so joins
+# arriving continuously share one recompile instead of each paying for its own.
 COALESCE_SECONDS = 0.005
+COALESCE_MAX_SECONDS = 0.1
 
 # Runs the callback later and says True, or says False when it cannot (the
 # caller then runs it now).
@@ -76,6 +79,34 @@ def defer_on_loop(fn: Callable[[], None]) -> bool:
         return False
     loop.call_later(COALESCE_SECONDS, fn)
     return True
+
+
+class LoopDefer:
+    """A `Defer` on the running event loop whose window follows the load: the
+    next call waits as long as the last deferred call took (between
+    `COALESCE_SECONDS` and `COALESCE_MAX_SECONDS`), so a recompile costs at
+    most about half of the loop while changes keep arriving. False without a
+    running loop (the change applies at once)."""
+
+    def __init__(self) -> None:
+        self.window = COALESCE_SECONDS
+
+    def __call__(self, fn: Callable[[], None]) -> bool:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+
+        def run() -> None:
+            start = loop.time()
+            try:
+                fn()
+            finally:
+                spent = loop.time() - start
+                self.window = min(COALESCE_MAX_SECONDS, max(COALESCE_SECONDS, spent))
+
+        loop.call_later(self.window, run)
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,11 +254,12 @@ class Tailnet:
         primaries: Mapping[str, int] | None = None,
         login_groups: Mapping[str, tuple[str, ...]] | None = None,
         runtime_users: Iterable[str] = (),
-        defer: Defer = defer_on_loop,
+        defer: Defer | None = None,
     ) -> None:
         self._log = log
-        self._defer = defer
+        self._defer = LoopDefer() if defer is None else defer
         self._unsettled = False  # a recompile is due (scheduled with `defer`)
+        self._after_settle: list[Callable[[], None]] = []  # called once it is applied
         self._beyond_nodes = False  # and not only for node records changing
         self._generation = 0  # counts what makes an index built before it stale
         # email -> policy groups of that user's last identity-provider login
@@ -681,6 +713,14 @@ class Tailnet:
         (the recompile wakes whoever a topology change gave new viewers)."""
         if not self._unsettled:
             return
+        try:
+            self._settle()
+        finally:
+            waiting, self._after_settle = self._after_settle, []
+            for fn in waiting:
+                fn()
+
+    def _settle(self) -> None:
         self._unsettled = False
         beyond_nodes, self._beyond_nodes = self._beyond_nodes, False
         old_ctx = self._ctx
@@ -789,7 +829,23 @@ class Tailnet:
         return frozenset(self._records)
 
     def serves(self, node_id: int) -> bool:
-        return node_id in self.context_for(node_id).nodes
+        """In the maps as the nodes are now (as the next settle builds them),
+        answered without settling: a join's own checks must not cost the
+        recompile that other joins could share."""
+        node = self._records.get(node_id)
+        if node is None:
+            return False
+        if self._canary is not None and self.is_canary(node_id):
+            return self._served(node, self._canary[0])
+        return self._served(node)
+
+    def after_settle(self, fn: Callable[[], None]) -> bool:
+        """Call `fn` once the recompile that is due has been applied; False
+        (and `fn` is not kept) when none is due."""
+        if not self._unsettled:
+            return False
+        self._after_settle.append(fn)
+        return True
 
     def is_online(self, node_id: int) -> bool:
         return node_id in self._online

@@ -321,17 +321,21 @@ class ControlHandler:
     async def _stream(self, node_id: int) -> AsyncIterator[bytes]:
         encoder = MapFrameEncoder()
         session = MapSession(node_id)
+        await self._settled()
         handle = self._tailnet.open_session(node_id)
         self._registry.connected(node_id)
+        first = True
         try:
-            await self._settled()
             while not handle.closed:
                 ping = handle.take_ping()
                 if ping is not None:
                     yield encoder.encode(ping_message(ping))
                 wake = handle.take_wake()
                 now = self._clock()
-                ctx = self._tailnet.context_for(node_id)
+                # The first map does not force a recompile that joins since are
+                # waiting for: the session is woken when it lands.
+                ctx = self._tailnet.context_for(node_id, settle=not first)
+                first = False
                 if not session.serves(ctx):
                     return
                 msg = session.step(ctx, wake, now)

@@ -295,10 +295,13 @@ class Tailnet:
         self.settle()
         return self._ctx
 
-    def context_for(self, node_id: int) -> MapContext:
+    def context_for(self, node_id: int, *, settle: bool = True) -> MapContext:
         """The maps `node_id` is served from: the candidate's while it is a
-        canary node during a rollout's hold, the serving snapshot's otherwise."""
-        self.settle()
+        canary node during a rollout's hold, the serving snapshot's otherwise.
+        `settle` False: as served now, a recompile that is due not forced (its
+        sessions are woken when it is applied)."""
+        if settle:
+            self.settle()
         if self._canary is not None and self.is_canary(node_id):
             return self._canary[2]
         return self._ctx
@@ -801,11 +804,12 @@ class Tailnet:
     # Sessions
 
     def open_session(self, node_id: int) -> SessionHandle:
-        self.settle()  # its own join, if still pending
+        if node_id not in self.context_for(node_id, settle=False).nodes:
+            self.settle()  # its own join, still pending
         handle = SessionHandle(node_id)
         self._sessions.setdefault(node_id, set()).add(handle)
         # Its first map needs it; its viewers are its peers.
-        self.context_for(node_id).views.get(node_id)
+        self.context_for(node_id, settle=False).views.get(node_id)
         return handle
 
     def close_session(self, handle: SessionHandle) -> None:

@@ -273,6 +273,9 @@ class Tailnet:
         self._online = set(online)
         self._unhealthy: set[int] = set()  # routers not answering probes (for the election)
         self._records: dict[int, Node] = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
+        # The serving source's live nodes (`_live`), kept up to date node by node:
+        # a recompile for a join then does not test every record again.
+        self._live_memo: tuple[TailnetSource, dict[int, Node]] | None = None
         self._topology_nodes = TopologyNodes()  # each record as the compiler sees it
         self._users: (
             tuple[TailnetSource, list[tuple[int, str, str]], tuple[TopologyUser, ...]] | None
@@ -358,7 +361,27 @@ class Tailnet:
 
     def _live(self, source: TailnetSource) -> list[Node]:
         """The nodes `source` serves, each with its owner as `source` names it."""
-        return [source.owner(n) for n in self._records.values() if self._served(n, source)]
+        memo = self._live_memo
+        if memo is not None and memo[0] is source:
+            return list(memo[1].values())
+        live = {n.id: source.owner(n) for n in self._records.values() if self._served(n, source)}
+        if source is self._source:
+            self._live_memo = (source, live)
+        return list(live.values())
+
+    def _relive(self, node_id: int) -> None:
+        """The memo of `_live` after the record of `node_id` changed (or went);
+        forgotten when keeping it would change the order of the nodes."""
+        if self._live_memo is None:
+            return
+        source, live = self._live_memo
+        node = self._records.get(node_id)
+        if node is None or not self._served(node, source):
+            live.pop(node_id, None)
+        elif node_id in live or not live or node_id > next(reversed(live)):
+            live[node_id] = source.owner(node)
+        else:
+            self._live_memo = None
 
     def _users_of(
         self, source: TailnetSource
@@ -610,6 +633,7 @@ class Tailnet:
         """A node changed (the registry's event stream)."""
         if change.kind == "removed":
             self._records.pop(change.node_id, None)
+            self._relive(change.node_id)
             self._online.discard(change.node_id)
             self._unhealthy.discard(change.node_id)
             self._ctx.entries.forget(change.node_id)  # its encoded entries
@@ -622,6 +646,7 @@ class Tailnet:
         if node is None:
             return
         self._records[node.id] = node
+        self._relive(node.id)
         if change.online is not None:
             (self._online.add if change.online else self._online.discard)(node.id)
         if change.kind == "topology" or (node.id in self._ctx.nodes) != self._served(node):

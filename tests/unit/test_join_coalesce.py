@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 
+from server.protocol.keys import MachinePublic, NodePublic
 from server.store.interface import Store
+from server.store.model import Registration
 from server.tailnet import Tailnet
 from server.tailnet import hub as hub_module
 from server.tailnet.hub import LoopDefer
+from tests.unit.control_client import T0
 from tests.unit.test_tailnet_commit import four_nodes, register, store
 from tests.unit.test_tailnet_offloop import assert_maps_are_fresh
 
@@ -89,3 +92,30 @@ def test_the_window_follows_what_a_recompile_costs() -> None:
     assert len(ran) == 1
     assert defer.window == hub_module.COALESCE_MAX_SECONDS  # bounded
     assert not LoopDefer()(slow)  # no loop: the caller applies the change at once
+
+
+def test_the_live_nodes_follow_approvals_removals_and_owners(store: Store) -> None:
+    registry, tailnet, ids = four_nodes(store)
+    tailnet.settle()
+    raw = (50).to_bytes(32, "big")
+    waiting = registry.register(
+        Registration(
+            machine_key=MachinePublic(raw),
+            node_key=NodePublic(raw),
+            hostname="waiting",
+            user="alice",
+            now=T0,
+            approved=False,
+        )
+    ).id
+    later = register(registry, 51, "later", "alice")
+    tailnet.settle()
+    assert waiting not in tailnet.context.nodes and later in tailnet.context.nodes
+    registry.approve(waiting)  # served now, behind a node served after it
+    registry.remove(ids["bob-laptop"])
+    registry.set_tags(ids["alice-laptop"], ["tag:web"])
+    register(registry, 52, "carol-laptop", "carol")  # not in git: never served
+    tailnet.settle()
+    assert waiting in tailnet.context.nodes
+    assert ids["bob-laptop"] not in tailnet.context.nodes
+    assert_maps_are_fresh(store, tailnet)

@@ -232,6 +232,19 @@ class SessionHandle:
         return wake.full or wake.top, set(wake.peers)
 
 
+def _node_map(held: Mapping[int, Node], nodes: Sequence[Node]) -> Mapping[int, Node]:
+    """id -> node of `nodes`: `held` (the last context's) with what changed
+    set in it when nothing left, so a join costs what it changed; else a copy."""
+    if not isinstance(held, PersistentMap):
+        return {n.id: n for n in nodes}
+    lookup = held.lookup
+    changed = [(n.id, n) for n in nodes if lookup(n.id) is not n]
+    joined = sum(1 for node_id, _ in changed if node_id not in held)
+    if len(held) + joined != len(nodes):  # some left
+        return {n.id: n for n in nodes}
+    return held.set_many(changed) if changed else held
+
+
 class Tailnet:
     """The serving snapshot × the registered nodes, and the sessions that
     follow them. It writes nothing: node changes arrive as `NodeChange`
@@ -447,12 +460,13 @@ class Tailnet:
         # "extended" (a join grew the last index), "reused" or "full: <why not>"
         self._log.debug("policy index: %s", getattr(compiled.visibility, "origin", "full"))
         nodes = self._live(src)
-        if hasattr(self, "_ctx"):
+        held: Mapping[int, Node] = self._ctx.nodes if hasattr(self, "_ctx") else {}
+        if held:
             # Unchanged records stay the very objects the last context had, so
             # map refreshes find the changed ones by identity.
-            held = self._ctx.nodes
+            lookup = held.lookup if isinstance(held, PersistentMap) else held.get
             nodes = [
-                old if (old := held.get(n.id)) is not None and (old is n or old == n) else n
+                old if (old := lookup(n.id)) is not None and (old is n or old == n) else n
                 for n in nodes
             ]
         users, _ = self._users_of(src)
@@ -470,7 +484,7 @@ class Tailnet:
             self._primaries = views.primaries
         ctx = MapContext(
             domain=src.domain,
-            nodes={n.id: n for n in nodes},
+            nodes=_node_map(held, nodes),
             views=views,
             derp_map=self._derp_map if source is None else self._derp_map_of(src),
             dns_config=src.dns_config,

@@ -119,3 +119,19 @@ def test_the_live_nodes_follow_approvals_removals_and_owners(store: Store) -> No
     assert waiting in tailnet.context.nodes
     assert ids["bob-laptop"] not in tailnet.context.nodes
     assert_maps_are_fresh(store, tailnet)
+
+
+def test_a_recompile_keeps_the_node_map_and_sets_only_what_changed(store: Store) -> None:
+    registry, tailnet, ids = four_nodes(store)
+    registry.connected(ids["web"])  # a volatile change: the map becomes persistent
+    tailnet.settle()
+    before = tailnet.context.nodes
+    newcomer = register(registry, 60, "alice-new", "alice")
+    tailnet.settle()
+    after = tailnet.context.nodes
+    assert after.keys() == before.keys() | {newcomer}
+    assert all(after[i] is before[i] for i in before)  # the same records, by identity
+    registry.remove(ids["db"])
+    tailnet.settle()
+    assert tailnet.context.nodes.keys() == after.keys() - {ids["db"]}
+    assert_maps_are_fresh(store, tailnet)

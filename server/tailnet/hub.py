@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
@@ -243,6 +244,16 @@ def _node_map(held: Mapping[int, Node], nodes: Sequence[Node]) -> Mapping[int, N
     if len(held) + joined != len(nodes):  # some left
         return {n.id: n for n in nodes}
     return held.set_many(changed) if changed else held
+
+
+def _online_ids(held: AbstractSet[int] | None, online: set[int]) -> AbstractSet[int]:
+    """`online` as a context holds it: `held` (the last context's, kept up to
+    date change by change) itself when it says the same, else a frozen copy."""
+    if not isinstance(held, PersistentIds):
+        return frozenset(online)
+    for node_id in online.symmetric_difference(held):
+        held = held.with_id(node_id, node_id in online)
+    return held
 
 
 class Tailnet:
@@ -489,7 +500,7 @@ class Tailnet:
             derp_map=self._derp_map if source is None else self._derp_map_of(src),
             dns_config=src.dns_config,
             users=src.users,
-            online=frozenset(self._online),
+            online=_online_ids(previous.online if previous else None, self._online),
             # Encoded peer entries outlive contexts; they depend on the domain only.
             entries=self._ctx.entries
             if hasattr(self, "_ctx") and self._ctx.domain == src.domain
@@ -500,7 +511,7 @@ class Tailnet:
             ctx.entries.log.record(
                 [i for i, n in after.items() if before.get(i) is not n]
                 + [i for i in before if i not in after]
-                + sorted(previous.online ^ ctx.online)
+                + ([] if previous.online is ctx.online else sorted(previous.online ^ ctx.online))
             )
         return ctx
 

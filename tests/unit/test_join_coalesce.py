@@ -125,10 +125,12 @@ def test_a_recompile_keeps_the_node_map_and_sets_only_what_changed(store: Store)
     registry, tailnet, ids = four_nodes(store)
     registry.connected(ids["web"])  # a volatile change: the map becomes persistent
     tailnet.settle()
-    before = tailnet.context.nodes
+    before, online = tailnet.context.nodes, tailnet.context.online
     newcomer = register(registry, 60, "alice-new", "alice")
     tailnet.settle()
     after = tailnet.context.nodes
+    assert tailnet.context.online is online  # nobody came or went: not copied
+    assert ids["web"] in online
     assert after.keys() == before.keys() | {newcomer}
     assert all(after[i] is before[i] for i in before)  # the same records, by identity
     registry.remove(ids["db"])

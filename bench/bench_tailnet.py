@@ -153,9 +153,12 @@ class Pump:
     def run(self) -> None:
         ctx = self.tailnet.context
         for handle, session, encoder in self.sessions.values():
+            wake = handle.take_wake()
+            if not (wake.full or wake.top or wake.peers):
+                continue  # asleep: its stream's loop does nothing
             msg = None
             if session.serves(ctx):
-                msg = session.step(ctx, handle.take_wake(), NOW)
+                msg = session.step(ctx, wake, NOW)
             if msg is not None:
                 self.bytes_sent += len(encoder.encode(msg))
                 self.messages += 1
@@ -309,7 +312,9 @@ def main() -> None:
             import pstats
 
             with PROFILE[0].open("w") as out:
-                pstats.Stats(PROFILE[1], stream=out).sort_stats("cumulative").print_stats(40)
+                stats = pstats.Stats(PROFILE[1], stream=out)
+                stats.sort_stats("cumulative").print_stats(40)
+                stats.sort_stats("tottime").print_stats(25)
         if args.json:
             shape = f"{args.per_user} per user, autogroup:self" if args.per_user else "synthetic"
             args.json.write_text(

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
-from itertools import chain
+from itertools import chain, repeat
+from operator import eq, is_, is_not
 from typing import Any, Generic, cast
 
 from .addrs import is_exit_route
@@ -132,11 +133,18 @@ class ViewIndex(Generic[NodeKey]):
         self._plain: list[PeerView | None] = [None] * n
         self._routers = bitset(index.routers, n)
         self._visible: dict[int, int] = {}
+        # Sets of nodes that see each other whole (a user's nodes under
+        # autogroup:self, a mesh): their members, decoded once, not per view.
+        self._groups: dict[int, list[int]] = {}
         self.views: dict[int, NodeView[NodeKey]] = {}
         # After a join or leave (`adopt`): who merely gained or lost a peer,
         # and the earlier views of those nodes, to patch rather than rebuild.
         self.peer_change: PeerChange[NodeKey] | None = None
         self._bases: dict[int, NodeView[NodeKey]] = {}
+        # After a new policy over the same nodes: the earlier views' peers
+        # (and who they saw), handed on whole when they come out the same, so
+        # a session tells "no peer changed" by identity.
+        self._earlier: dict[int, Mapping[NodeKey, PeerView]] = {}
         # The earlier index's peer views by key, lent to equal new ones so an
         # unchanged peer stays the same object across recompiles.
         self._lend: dict[NodeKey, PeerView] = {}
@@ -219,25 +227,51 @@ class ViewIndex(Generic[NodeKey]):
             return self._peer(viewer, j)
         return self._plain_peer(j)
 
-    def _peers(self, viewer: int, mask: int, peers: list[int]) -> dict[NodeKey, PeerView]:
+    def _peers(self, viewer: int, mask: int, peers: list[int]) -> Mapping[NodeKey, PeerView]:
         keys = self.keys
         if viewer in self.no_v4:
             return {keys[j]: self._peer(viewer, j) for j in peers}
         # A peer without routes looks the same to every viewer: build it once.
         plain = self._plain
-        for j in [j for j in peers if plain[j] is None]:
-            self._plain_peer(j)
+        if not all(map(is_not, map(plain.__getitem__, peers), repeat(None))):  # in C
+            for j in [j for j in peers if plain[j] is None]:
+                self._plain_peer(j)
         filled = cast("list[PeerView]", plain)  # for these peers
+        earlier = self._earlier.pop(viewer, None)
+        if (
+            earlier is not None
+            and len(earlier) == len(peers)
+            and not mask & self._routers
+            and all(map(is_, map(filled.__getitem__, peers), earlier.values()))  # in C
+            and all(map(eq, earlier, map(keys.__getitem__, peers)))
+        ):
+            return earlier
         out = dict(zip(map(keys.__getitem__, peers), map(filled.__getitem__, peers), strict=True))
         # Routers' routes depend on the viewer (replacing keeps the order).
-        for j in bits(mask & self._routers):
+        for j in bits(mask & self._routers) if self._routers else ():
             out[keys[j]] = self._peer(viewer, j)
         return out
+
+    GROUPS_HELD = 1024
+
+    def _peer_positions(self, i: int, mask: int) -> list[int]:
+        """``bits(mask)`` of node ``i``'s peers. Decoding costs a pass over
+        every node, so it is done once per group of nodes that see each
+        other: they all have the same ``mask | 1 << i``."""
+        group = mask | 1 << i
+        members = self._groups.get(group)
+        if members is None:
+            if len(self._groups) >= self.GROUPS_HELD:
+                self._groups.clear()
+            members = self._groups[group] = bits(group)
+        peers = members.copy()
+        peers.remove(i)
+        return peers
 
     def _build(self, i: int) -> NodeView[NodeKey]:
         index, table = self.index, self.table
         mask = self.visible(i)
-        peers = bits(mask)
+        peers = self._peer_positions(i, mask)
         rules = self.per_node[i]
         return NodeView(
             packet_filter_rules=merge_rules((r, r.render(i)) for r in rules if not r.hidden),
@@ -316,6 +350,8 @@ class ViewIndex(Generic[NodeKey]):
                 self.views[at[key]] = v
             elif key in patch:
                 self._bases[at[key]] = v
+            elif key in at:
+                self._earlier[at[key]] = v.peers
         if old_keys == self.keys:  # same positions: who-sees-whom carries over
             for i, mask in list(previous._visible.items()):
                 if self.keys[i] not in keys:

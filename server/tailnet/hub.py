@@ -26,7 +26,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from gitctl.policy import CompiledTailnet, Policy
 from gitctl.policy.addrs import EXIT_ROUTES
@@ -182,6 +182,13 @@ def with_runtime_users(source: TailnetSource, emails: Iterable[str]) -> TailnetS
     if not added and not source.runtime_users:
         return source
     return replace(source, users={**git, **added}, runtime_users=frozenset(added))
+
+
+_T = TypeVar("_T")
+
+
+def _same(new: _T, held: _T | None) -> _T:
+    return held if held is not None and (held is new or held == new) else new
 
 
 class SessionHandle:
@@ -498,8 +505,12 @@ class Tailnet:
             nodes=_node_map(held, nodes),
             views=views,
             derp_map=self._derp_map if source is None else self._derp_map_of(src),
-            dns_config=src.dns_config,
-            users=src.users,
+            # Equal values stay the very objects the last context had: sessions
+            # then skip them by identity (a commit rebuilds both).
+            dns_config=_same(
+                src.dns_config, self._ctx.dns_config if hasattr(self, "_ctx") else None
+            ),
+            users=_same(src.users, self._ctx.users if hasattr(self, "_ctx") else None),
             online=_online_ids(previous.online if previous else None, self._online),
             # Encoded peer entries outlive contexts; they depend on the domain only.
             entries=self._ctx.entries

@@ -25,6 +25,7 @@ from server.tailnet.views import NodeView, PeerView, PolicyViews
 from server.wire import TAGGED_USER_ID, encode, format_time, stable_user_id, user_profile_json
 
 __all__ = [
+    "Fragments",
     "MapContext",
     "MapState",
     "PeerEntries",
@@ -152,6 +153,7 @@ class PeerEntries:
         self.domain = domain
         self._entries: dict[int, list[tuple[Node, PeerView, bool, bool, bytes]]] = {}
         self.log = ChangeLog()  # nodes whose entries may have changed, in order
+        self.fragments = Fragments()  # what sessions' messages share besides peers
         self._users: Mapping[str, tuple[str, str]] | None = None
         self._profiles: dict[str | None, Mapping[str, Any]] = {}
         self._expiries: tuple[Mapping[int, Node] | None, list[tuple[datetime, int]]] = (None, [])
@@ -314,10 +316,13 @@ def build_map(ctx: MapContext, node_id: int, now: datetime) -> MapState | None:
     )
 
 
-def top_fields(ctx: MapContext, node: Node, view: NodeView[int], now: datetime) -> dict[str, Any]:
-    """The top-level MapResponse fields of `node`'s map (peers apart)."""
-    return {
-        "Node": self_entry(ctx, node, view, now),
+def top_fields(
+    ctx: MapContext, node: Node, view: NodeView[int], now: datetime, *, self_node: bool = True
+) -> dict[str, Any]:
+    """The top-level MapResponse fields of `node`'s map (peers apart; its
+    own entry too unless `self_node`)."""
+    out = {"Node": self_entry(ctx, node, view, now)} if self_node else {}
+    return out | {
         "DERPMap": ctx.derp_map,
         "Domain": ctx.domain,
         "CollectServices": False,
@@ -331,11 +336,109 @@ def top_fields(ctx: MapContext, node: Node, view: NodeView[int], now: datetime) 
 _DEBUG = {"DisableLogTail": True}
 
 
+# Top-level fields that many sessions receive alike, or mostly alike: their
+# big parts (a rule's SrcIPs, the DERP map) are encoded once, not per session.
+SHARED_FIELDS = ("PacketFilter", "SSHPolicy", "DERPMap", "DNSConfig")
+ONE_OBJECT = frozenset({"DERPMap", "DNSConfig"})
+
+
+class Fragments:
+    """JSON of values that many sessions send alike, encoded once and spliced
+    into each session's message, as peer entries are.
+
+    After a commit under ``autogroup:self`` each of 50,000 nodes gets its own
+    packet filter, but the bulk of it, the sources (every address of the
+    user's nodes), is one list per user: lists of at least `MIN_LEN` texts
+    are encoded once per content; the DERP map and DNS config, the same
+    object for every session, once per object. `encoded` counts the values
+    encoded (what tests count instead of timing)."""
+
+    MIN_LEN = 8
+    MAX_HELD = 1 << 14
+
+    def __init__(self) -> None:
+        self._texts: dict[tuple[Any, ...], bytes] = {}
+        self._objects: dict[int, tuple[object, bytes]] = {}
+        self.encoded = 0
+
+    def field(self, value: Any, *, one_object: bool = False) -> bytes:
+        """The JSON of a top-level field's value; `one_object`: the value is
+        one object that every session sends (DERP map, DNS config)."""
+        held = self._objects.get(id(value))
+        if held is not None and held[0] is value:
+            return held[1]
+        data = self._value(value)
+        if one_object:
+            if len(self._objects) >= self.MAX_HELD:
+                self._objects.clear()
+            self._objects[id(value)] = (value, data)
+        return data
+
+    def _value(self, value: Any) -> bytes:
+        if type(value) in _SEQUENCES:  # packet filter rules
+            return b"[%b]" % b",".join(map(self._object, value))
+        return self._object(value)
+
+    def _object(self, value: Any) -> bytes:
+        """An object with its long lists of texts spliced from what was kept,
+        the rest in one call to the encoder."""
+        if type(value) is not dict:
+            return _encode(value)
+        texts = [k for k, v in value.items() if type(v) in _SEQUENCES and self._texts_worth(v)]
+        if not texts:
+            return _encode(value)
+        parts = [b"%b:%b" % (_encode(k), self._text_list(value[k])) for k in texts]
+        if len(texts) < len(value):
+            rest = _encode({k: v for k, v in value.items() if k not in texts})
+            parts.insert(0, rest[1:-1])
+        return b"{%b}" % b",".join(parts)
+
+    def _texts_worth(self, value: list[Any] | tuple[Any, ...]) -> bool:
+        return len(value) >= self.MIN_LEN and type(value[0]) is str
+
+    def _text_list(self, value: list[str] | tuple[str, ...]) -> bytes:
+        try:
+            data = self._texts.get(key := tuple(value))
+        except TypeError:  # not texts after all
+            return _encode(value)
+        if data is None:
+            if len(self._texts) >= self.MAX_HELD:
+                self._texts.clear()
+            data = self._texts[key] = _encode(value)
+            self.encoded += 1
+        return data
+
+
+_SEQUENCES = (list, tuple)
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def _encode(value: Any) -> bytes:
+    return _ENCODER.encode(value).encode()
+
+
 def encode_message(
-    msg: dict[str, Any], peers_key: str | None = None, peers: Iterable[bytes] = ()
+    msg: dict[str, Any],
+    peers_key: str | None = None,
+    peers: Iterable[bytes] = (),
+    fragments: Fragments | None = None,
 ) -> bytes:
-    """JSON of `msg`, with already-encoded peer entries spliced in as `peers_key`."""
-    head = json.dumps(msg, separators=(",", ":")).encode()
-    if peers_key is None:
+    """JSON of `msg`, with already-encoded peer entries spliced in as
+    `peers_key` and, given `fragments`, its `SHARED_FIELDS` spliced from there."""
+    parts: list[bytes] = []
+    if fragments is not None and any(k in msg for k in SHARED_FIELDS):
+        msg = dict(msg)
+        for key in SHARED_FIELDS:
+            if key in msg:
+                data = fragments.field(msg.pop(key), one_object=key in ONE_OBJECT)
+                parts.append(b'"%b":%b' % (key.encode(), data))
+    if peers_key is not None:
+        parts.append(b'"%b":[%b]' % (peers_key.encode(), b",".join(peers)))
+    head = _encode(msg)
+    if not parts:
         return head
-    return b"".join((head[:-1], b',"', peers_key.encode(), b'":[', b",".join(peers), b"]}"))
+    if len(head) > 2:
+        parts.insert(0, head[1:-1])
+    return b"{%b}" % b",".join(parts)

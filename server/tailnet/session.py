@@ -64,6 +64,7 @@ class MapSession:
         self.node_id = node_id
         self._top_src: dict[str, Any] = {}
         self._top_from: tuple[Any, ...] = ()  # what `_top_src` was made of
+        self._self_from: tuple[Any, ...] = ()  # what its own entry was made of
         self._view: NodeView[int] | None = None  # the view the client's peers come from
         self._entries: PeerEntries | None = None
         self._gen = 0
@@ -86,17 +87,22 @@ class MapSession:
         if old is None or wake.full or wake.top:
             # What the top-level fields are made of, compared by identity: a
             # join hands viewers a new view holding the same filter objects.
+            # Its own entry is rebuilt only when what it is made of changed
+            # (a commit that changes filters does not touch it).
             expired = node.key_expiry is not None and node.key_expiry <= now
-            src: tuple[Any, ...] = (
-                *(node, view.packet_filter_rules, view.ssh_policy, view.self_cap_map),
-                *(view.self_allowed_ips, view.self_primary_routes, ctx.derp_map),
-                *(ctx.dns_config, ctx.domain, ctx.taildrop, expired),
+            self_src: tuple[Any, ...] = (
+                *(node, view.self_cap_map, view.self_allowed_ips, view.self_primary_routes),
+                *(ctx.domain, ctx.taildrop, expired),
             )
-            if len(src) != len(self._top_from) or any(map(is_not, src, self._top_from)):
-                self._top(msg, top_fields(ctx, node, view, now))
-                self._top_from = src
+            src = (view.packet_filter_rules, view.ssh_policy, ctx.derp_map, ctx.dns_config)
+            new_self = _differs(self_src, self._self_from)
+            if new_self or _differs(src, self._top_from):
+                self._top(msg, top_fields(ctx, node, view, now, self_node=new_self))
+            self._self_from, self._top_from = self_src, src
         if ctx.users is not self._users:
-            if self._users is not None and old is not None:
+            # Each snapshot brings its own users mapping: only a different
+            # one (a name or email changed) resends profiles.
+            if self._users is not None and old is not None and ctx.users != self._users:
                 # Names may have changed: every owner's profile again.
                 self._profiles.clear()
                 held = [node, *filter(None, map(ctx.nodes.get, old.peers))]
@@ -126,9 +132,8 @@ class MapSession:
         if not msg and not entries:
             return None
         msg["ControlTime"] = format_time(now)
-        if old is None:
-            return encode_message(msg, "Peers" if entries else None, entries)
-        return encode_message(msg, "PeersChanged" if entries else None, entries)
+        key = None if not entries else "Peers" if old is None else "PeersChanged"
+        return encode_message(msg, key, entries, ctx.entries.fragments)
 
     def _top(self, msg: dict[str, Any], top: dict[str, Any]) -> None:
         for key, value in top.items():
@@ -162,9 +167,11 @@ class MapSession:
         if ids is None:  # what the client holds is unknown: everything again
             self.full_passes += 1
             return sorted(new), sorted(held.keys() - new.keys())
-        if view is not old and wake.full:
+        if view is not old and wake.full and new is not held:
             # The view may differ anywhere: compare PeerViews (interned, so
-            # mostly by identity, in C) and membership.
+            # mostly by identity, in C) and membership. (The same peers
+            # object, which a commit that changes no peer hands on, says
+            # at once that none did.)
             self.full_passes += 1
             moved = compress(new, map(is_not, new.values(), map(held.get, new)))
             ids.update(p for p in moved if held.get(p) != new[p])
@@ -182,3 +189,13 @@ class MapSession:
                 self._profiles.add(uid)
                 out.append(ctx.entries.profile(node, ctx.users))
         return out
+
+
+def _differs(src: tuple[Any, ...], held: tuple[Any, ...]) -> bool:
+    """Whether what a field is made of changed: by identity first (in C),
+    then by value (a recompile rebuilds equal tuples and cap maps)."""
+    if len(src) != len(held):
+        return True
+    if not any(map(is_not, src, held)):
+        return False
+    return any(a is not b and a != b for a, b in zip(src, held, strict=True))

@@ -120,3 +120,21 @@ def test_nothing_changed_sends_nothing(tmp_path: Path) -> None:
     assert session.step(net.context, Wake(full=True), T0) is not None
     net.swap_source(source(OPEN, "b"))  # a commit that changes nothing for anyone
     assert session.step(net.context, Wake(full=True), T0) is None
+
+
+def test_a_commit_with_the_same_users_resends_no_profiles(tmp_path: Path) -> None:
+    # Each snapshot read from git carries its own (equal) users mapping: a
+    # session woken after it must not resend every peer owner's profile.
+    reg = registry(open_store(tmp_path / "s.sqlite"))
+    ids = [add(reg, i, "alice" if i % 2 else "bob") for i in range(1, 5)]
+    net = tailnet(reg, OPEN)
+    session = MapSession(ids[0])
+    assert session.step(net.context, Wake(full=True), T0) is not None
+    net.swap_source(replace(source(OPEN, "b"), users=dict(USERS)))
+    assert session.step(net.context, Wake(full=True), T0) is None
+    renamed = {**USERS, "bob": ("bob@example.com", "Robert")}
+    net.swap_source(replace(source(OPEN, "c"), users=renamed))
+    msg = session.step(net.context, Wake(full=True), T0)
+    assert msg is not None
+    names = {p["DisplayName"] for p in json.loads(msg)["UserProfiles"]}
+    assert "Robert" in names

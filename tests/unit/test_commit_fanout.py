@@ -1,0 +1,180 @@
+"""A commit's fan-out: what many sessions receive alike is encoded once, and
+the messages spliced from it say what a fresh map says."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitctl.policy import parse_policy
+from server.protocol.keys import MachinePublic, NodePublic
+from server.store import open_store
+from server.store.interface import Store
+from server.store.model import Registration
+from server.tailnet import NodeRegistry, Tailnet, TailnetSource, running_tailnet
+from server.tailnet.mapper import Fragments, build_map, encode_message
+from server.tailnet.session import MapSession
+from server.wire import DerpRegion
+from tests.unit.control_client import T0
+
+USERS = 4
+PER_USER = 6
+
+
+def self_policy(ports: str) -> dict[str, Any]:
+    return {
+        "acls": [
+            {"action": "accept", "src": ["autogroup:member"], "dst": [f"autogroup:self:{ports}"]}
+        ]
+    }
+
+
+def source(sid: str, ports: str) -> TailnetSource:
+    return TailnetSource(
+        id=sid,
+        domain="tailnet.example",
+        dns_config={"Domains": ["tailnet.example"], "Proxied": True},
+        # A new but equal user list each commit, as a commit from git makes it.
+        users={f"u{u}": (f"u{u}@example.com", f"U{u}") for u in range(USERS)},
+        policy=parse_policy(self_policy(ports)),
+    )
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    s = open_store(Path(":memory:"))
+    yield s
+    s.close()
+
+
+def streaming(store: Store) -> tuple[NodeRegistry, Tailnet, dict[int, Any]]:
+    """USERS users of PER_USER nodes each under autogroup:self, every node
+    streaming and holding its first map."""
+    registry, tailnet = running_tailnet(
+        store,
+        source("base", "*"),
+        derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
+        log=logging.getLogger("test"),
+        clock=lambda: T0,
+    )
+    for n in range(USERS * PER_USER):
+        raw = (n + 1).to_bytes(32, "big")
+        registry.register(
+            Registration(
+                machine_key=MachinePublic(raw),
+                node_key=NodePublic(raw),
+                hostname=f"n{n}",
+                user=f"u{n % USERS}",
+                now=T0,
+            )
+        )
+    tailnet.settle()
+    streams = {}
+    for node in store.list_nodes():
+        handle, session = tailnet.open_session(node.id), MapSession(node.id)
+        assert session.step(tailnet.context, handle.take_wake(), T0) is not None
+        streams[node.id] = (handle, session)
+    return registry, tailnet, streams
+
+
+def commit(tailnet: Tailnet, streams: dict[int, Any], sid: str, ports: str) -> dict[int, Any]:
+    tailnet.swap_source(source(sid, ports))
+    ctx = tailnet.context
+    out = {}
+    for node_id, (handle, session) in streams.items():
+        msg = session.step(ctx, handle.take_wake(), T0)
+        if msg is not None:
+            out[node_id] = json.loads(msg)
+    return out
+
+
+def test_a_filter_only_commit_encodes_each_users_sources_once(store: Store) -> None:
+    _, tailnet, streams = streaming(store)
+    fragments = tailnet.context.entries.fragments
+    # Every node's filter is its own (its addresses as destinations), but the
+    # sources, every address of its user's nodes, are one list per user:
+    # encoded once for all of that user's sessions.
+    assert fragments.encoded == USERS
+    views = {node_id: tailnet.views.get(node_id) for node_id in streams}
+    peers = {node_id: view.peers for node_id, view in views.items() if view is not None}
+    passes = {node_id: session.full_passes for node_id, (_, session) in streams.items()}
+
+    sent = commit(tailnet, streams, "c1", "22,443")
+
+    # No peer changed: each view hands on its peers whole, and no session
+    # looked at its peers one by one.
+    for node_id, (_, session) in streams.items():
+        view = tailnet.views.get(node_id)
+        assert view is not None and view.peers is peers[node_id]
+        assert session.full_passes == passes[node_id]
+
+    # Every session gets its new filter, and the sources are not encoded again.
+    assert len(sent) == USERS * PER_USER
+    assert fragments.encoded == USERS
+    for node_id, msg in sent.items():
+        # Only the filter: no peers, no profiles, no self node re-sent.
+        assert set(msg) == {"PacketFilter", "ControlTime"}
+        fresh = build_map(tailnet.context, node_id, T0)
+        assert fresh is not None
+        assert msg["PacketFilter"] == json.loads(json.dumps(fresh.top["PacketFilter"]))
+        dsts = msg["PacketFilter"][0]["DstPorts"]
+        assert {(d["Ports"]["First"], d["Ports"]["Last"]) for d in dsts} == {(22, 22), (443, 443)}
+    assert commit(tailnet, streams, "c2", "22,443") == {}  # the same rules: no one woken
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {},
+        {"ControlTime": "t"},
+        {"PacketFilter": [], "DERPMap": {"Regions": {"1": {"RegionID": 1}}}},
+        {
+            "Node": {"ID": 1},
+            "PacketFilter": (
+                {"SrcIPs": [f"100.64.0.{i}" for i in range(20)], "DstPorts": [{"IP": "*"}]},
+                {"SrcIPs": ["*"], "IPProto": [6, 17], "DstPorts": [{"IP": "100.64.0.1"}] * 9},
+            ),
+            "SSHPolicy": {"rules": [{"principals": [{"nodeIP": "100.64.0.1"}] * 10}]},
+            "DNSConfig": {"Domains": ["a"] * 8, "Routes": {"a.": None}},
+        },
+        {"DERPMap": {"Regions": {1: {"Nodes": ["x"] * 12}}}},  # keys JSON makes text
+    ],
+)
+def test_spliced_messages_decode_as_plainly_encoded_ones(msg: dict[str, Any]) -> None:
+    fragments, peers = Fragments(), [b'{"ID":7}', b'{"ID":8}']
+    for key, entries in ((None, []), ("Peers", peers)):
+        plain = json.loads(encode_message(msg, key, entries))
+        for _ in range(2):  # encoded, then from what was kept
+            assert json.loads(encode_message(msg, key, entries, fragments)) == plain
+
+
+def test_after_a_join_a_filter_only_commit_still_leaves_peers_untouched(store: Store) -> None:
+    registry, tailnet, streams = streaming(store)
+    raw = (USERS * PER_USER + 1).to_bytes(32, "big")
+    joined = registry.register(
+        Registration(
+            machine_key=MachinePublic(raw),
+            node_key=NodePublic(raw),
+            hostname="new",
+            user="u0",
+            now=T0,
+        )
+    ).id
+    tailnet.settle()
+    for handle, session in streams.values():
+        session.step(tailnet.context, handle.take_wake(), T0)
+    passes = {node_id: session.full_passes for node_id, (_, session) in streams.items()}
+
+    sent = commit(tailnet, streams, "c1", "22,443")
+
+    assert len(sent) == USERS * PER_USER
+    assert {
+        node_id for node_id, (_, s) in streams.items() if s.full_passes != passes[node_id]
+    } == set()
+    u0 = [node_id for node_id in streams if joined in tailnet.views.get(node_id).peers]  # type: ignore[union-attr]
+    assert len(u0) == PER_USER

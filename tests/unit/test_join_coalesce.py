@@ -10,13 +10,10 @@ from typing import Any
 
 import pytest
 
-from server.protocol.keys import MachinePublic, NodePublic
 from server.store.interface import Store
-from server.store.model import Registration
 from server.tailnet import Tailnet
 from server.tailnet import hub as hub_module
 from server.tailnet.hub import LoopDefer
-from tests.unit.control_client import T0
 from tests.unit.test_tailnet_commit import four_nodes, register, store
 from tests.unit.test_tailnet_offloop import assert_maps_are_fresh
 
@@ -97,17 +94,7 @@ def test_the_window_follows_what_a_recompile_costs() -> None:
 def test_the_live_nodes_follow_approvals_removals_and_owners(store: Store) -> None:
     registry, tailnet, ids = four_nodes(store)
     tailnet.settle()
-    raw = (50).to_bytes(32, "big")
-    waiting = registry.register(
-        Registration(
-            machine_key=MachinePublic(raw),
-            node_key=NodePublic(raw),
-            hostname="waiting",
-            user="alice",
-            now=T0,
-            approved=False,
-        )
-    ).id
+    waiting = register(registry, 50, "waiting", "alice", approved=False)
     later = register(registry, 51, "later", "alice")
     tailnet.settle()
     assert waiting not in tailnet.context.nodes and later in tailnet.context.nodes

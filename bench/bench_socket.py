@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import pstats
 import time
@@ -91,9 +92,10 @@ async def register(
     else:
         fleet = Fleet(server.address, server.key("alice"), concurrency=CONCURRENCY)
     rss0 = server.rss_bytes()
-    start, loader = time.monotonic(), time.process_time()
+    start, loader, served = time.monotonic(), time.process_time(), server.cpu_seconds()
     up, shard_cpu = await _add(fleet, nodes)
     elapsed = time.monotonic() - start
+    server_cpu = server.cpu_seconds() - served
     loader_cpu = time.process_time() - loader + shard_cpu
     if mesh:
         assert isinstance(fleet, Fleet), "mesh runs watch every client from one process"
@@ -105,6 +107,8 @@ async def register(
         "loader_processes": shards,
         "registrations_per_s": round(nodes / elapsed, 1),
         "register_loader_cpu_s": round(loader_cpu, 2),
+        "register_server_cpu_ms_per_node": round(server_cpu / nodes * 1000, 2),
+        "load_average": round(os.getloadavg()[0], 1),
         "register_to_first_map": summary(up),
         "server_rss_mb": round(rss / 2**20, 1),
         "kb_per_streaming_node": round((rss - rss0) / nodes / 1024, 1),

@@ -305,11 +305,26 @@ class ControlHandler:
         msg = session.step(ctx, Wake(full=True), now) if session.serves(ctx) else None
         return MapFrameEncoder().encode(msg or b"{}")
 
+    async def _settled(self) -> None:
+        """Until the recompile that is due (a join: this node's own, likely) has
+        been applied on its schedule: joins arriving together share it, where
+        building the first map at once would force one per join."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def applied() -> None:
+            if not done.done():  # a poll that ended while it waited
+                done.set_result(None)
+
+        if self._tailnet.after_settle(applied):
+            await done
+
     async def _stream(self, node_id: int) -> AsyncIterator[bytes]:
         encoder = MapFrameEncoder()
         session = MapSession(node_id)
+        await self._settled()
         handle = self._tailnet.open_session(node_id)
         self._registry.connected(node_id)
+        first = True
         try:
             while not handle.closed:
                 ping = handle.take_ping()
@@ -317,7 +332,10 @@ class ControlHandler:
                     yield encoder.encode(ping_message(ping))
                 wake = handle.take_wake()
                 now = self._clock()
-                ctx = self._tailnet.context_for(node_id)
+                # The first map does not force a recompile that joins since are
+                # waiting for: the session is woken when it lands.
+                ctx = self._tailnet.context_for(node_id, settle=not first)
+                first = False
                 if not session.serves(ctx):
                     return
                 msg = session.step(ctx, wake, now)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from server.store.interface import Store
-from server.tailnet.hub import Defer, SessionHandle, Tailnet, TailnetSource, defer_on_loop
+from server.tailnet.hub import Defer, SessionHandle, Tailnet, TailnetSource
 from server.tailnet.registry import NodeChange, NodeRegistry
 from server.tailnet.users import UserChange, UserRegistry
 from server.wire import DerpRegion
@@ -34,7 +34,7 @@ def running_tailnet(
     log: logging.Logger,
     clock: Callable[[], datetime],
     primaries: Mapping[str, int] | None = None,
-    defer: Defer = defer_on_loop,
+    defer: Defer | None = None,
 ) -> tuple[NodeRegistry, Tailnet]:
     """A registry over `store` and the tailnet that follows its events."""
     registry = NodeRegistry(store, log=log)

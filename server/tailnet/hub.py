@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
@@ -59,8 +60,11 @@ __all__ = [
     "with_runtime_users",
 ]
 
-# How long a topology change waits for others to share its recompile.
+# How long a topology change waits for others to share its recompile, at least
+# and at most: the window grows with what the last recompile cost, so joins
+# arriving continuously share one recompile instead of each paying for its own.
 COALESCE_SECONDS = 0.005
+COALESCE_MAX_SECONDS = 0.1
 
 # Runs the callback later and says True, or says False when it cannot (the
 # caller then runs it now).
@@ -76,6 +80,34 @@ def defer_on_loop(fn: Callable[[], None]) -> bool:
         return False
     loop.call_later(COALESCE_SECONDS, fn)
     return True
+
+
+class LoopDefer:
+    """A `Defer` on the running event loop whose window follows the load: the
+    next call waits as long as the last deferred call took (between
+    `COALESCE_SECONDS` and `COALESCE_MAX_SECONDS`), so a recompile costs at
+    most about half of the loop while changes keep arriving. False without a
+    running loop (the change applies at once)."""
+
+    def __init__(self) -> None:
+        self.window = COALESCE_SECONDS
+
+    def __call__(self, fn: Callable[[], None]) -> bool:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+
+        def run() -> None:
+            start = loop.time()
+            try:
+                fn()
+            finally:
+                spent = loop.time() - start
+                self.window = min(COALESCE_MAX_SECONDS, max(COALESCE_SECONDS, spent))
+
+        loop.call_later(self.window, run)
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +240,29 @@ class SessionHandle:
         return wake.full or wake.top, set(wake.peers)
 
 
+def _node_map(held: Mapping[int, Node], nodes: Sequence[Node]) -> Mapping[int, Node]:
+    """id -> node of `nodes`: `held` (the last context's) with what changed
+    set in it when nothing left, so a join costs what it changed; else a copy."""
+    if not isinstance(held, PersistentMap):
+        return {n.id: n for n in nodes}
+    lookup = held.lookup
+    changed = [(n.id, n) for n in nodes if lookup(n.id) is not n]
+    joined = sum(1 for node_id, _ in changed if node_id not in held)
+    if len(held) + joined != len(nodes):  # some left
+        return {n.id: n for n in nodes}
+    return held.set_many(changed) if changed else held
+
+
+def _online_ids(held: AbstractSet[int] | None, online: set[int]) -> AbstractSet[int]:
+    """`online` as a context holds it: `held` (the last context's, kept up to
+    date change by change) itself when it says the same, else a frozen copy."""
+    if not isinstance(held, PersistentIds):
+        return frozenset(online)
+    for node_id in online.symmetric_difference(held):
+        held = held.with_id(node_id, node_id in online)
+    return held
+
+
 class Tailnet:
     """The serving snapshot × the registered nodes, and the sessions that
     follow them. It writes nothing: node changes arrive as `NodeChange`
@@ -230,11 +285,12 @@ class Tailnet:
         primaries: Mapping[str, int] | None = None,
         login_groups: Mapping[str, tuple[str, ...]] | None = None,
         runtime_users: Iterable[str] = (),
-        defer: Defer = defer_on_loop,
+        defer: Defer | None = None,
     ) -> None:
         self._log = log
-        self._defer = defer
+        self._defer = LoopDefer() if defer is None else defer
         self._unsettled = False  # a recompile is due (scheduled with `defer`)
+        self._after_settle: list[Callable[[], None]] = []  # called once it is applied
         self._beyond_nodes = False  # and not only for node records changing
         self._generation = 0  # counts what makes an index built before it stale
         # email -> policy groups of that user's last identity-provider login
@@ -248,6 +304,9 @@ class Tailnet:
         self._online = set(online)
         self._unhealthy: set[int] = set()  # routers not answering probes (for the election)
         self._records: dict[int, Node] = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
+        # The serving source's live nodes (`_live`), kept up to date node by node:
+        # a recompile for a join then does not test every record again.
+        self._live_memo: tuple[TailnetSource, dict[int, Node]] | None = None
         self._topology_nodes = TopologyNodes()  # each record as the compiler sees it
         self._users: (
             tuple[TailnetSource, list[tuple[int, str, str]], tuple[TopologyUser, ...]] | None
@@ -270,10 +329,13 @@ class Tailnet:
         self.settle()
         return self._ctx
 
-    def context_for(self, node_id: int) -> MapContext:
+    def context_for(self, node_id: int, *, settle: bool = True) -> MapContext:
         """The maps `node_id` is served from: the candidate's while it is a
-        canary node during a rollout's hold, the serving snapshot's otherwise."""
-        self.settle()
+        canary node during a rollout's hold, the serving snapshot's otherwise.
+        `settle` False: as served now, a recompile that is due not forced (its
+        sessions are woken when it is applied)."""
+        if settle:
+            self.settle()
         if self._canary is not None and self.is_canary(node_id):
             return self._canary[2]
         return self._ctx
@@ -330,7 +392,27 @@ class Tailnet:
 
     def _live(self, source: TailnetSource) -> list[Node]:
         """The nodes `source` serves, each with its owner as `source` names it."""
-        return [source.owner(n) for n in self._records.values() if self._served(n, source)]
+        memo = self._live_memo
+        if memo is not None and memo[0] is source:
+            return list(memo[1].values())
+        live = {n.id: source.owner(n) for n in self._records.values() if self._served(n, source)}
+        if source is self._source:
+            self._live_memo = (source, live)
+        return list(live.values())
+
+    def _relive(self, node_id: int) -> None:
+        """The memo of `_live` after the record of `node_id` changed (or went);
+        forgotten when keeping it would change the order of the nodes."""
+        if self._live_memo is None:
+            return
+        source, live = self._live_memo
+        node = self._records.get(node_id)
+        if node is None or not self._served(node, source):
+            live.pop(node_id, None)
+        elif node_id in live or not live or node_id > next(reversed(live)):
+            live[node_id] = source.owner(node)
+        else:
+            self._live_memo = None
 
     def _users_of(
         self, source: TailnetSource
@@ -396,12 +478,13 @@ class Tailnet:
         # "extended" (a join grew the last index), "reused" or "full: <why not>"
         self._log.debug("policy index: %s", getattr(compiled.visibility, "origin", "full"))
         nodes = self._live(src)
-        if hasattr(self, "_ctx"):
+        held: Mapping[int, Node] = self._ctx.nodes if hasattr(self, "_ctx") else {}
+        if held:
             # Unchanged records stay the very objects the last context had, so
             # map refreshes find the changed ones by identity.
-            held = self._ctx.nodes
+            lookup = held.lookup if isinstance(held, PersistentMap) else held.get
             nodes = [
-                old if (old := held.get(n.id)) is not None and (old is n or old == n) else n
+                old if (old := lookup(n.id)) is not None and (old is n or old == n) else n
                 for n in nodes
             ]
         users, _ = self._users_of(src)
@@ -419,7 +502,7 @@ class Tailnet:
             self._primaries = views.primaries
         ctx = MapContext(
             domain=src.domain,
-            nodes={n.id: n for n in nodes},
+            nodes=_node_map(held, nodes),
             views=views,
             derp_map=self._derp_map if source is None else self._derp_map_of(src),
             # Equal values stay the very objects the last context had: sessions
@@ -428,7 +511,7 @@ class Tailnet:
                 src.dns_config, self._ctx.dns_config if hasattr(self, "_ctx") else None
             ),
             users=_same(src.users, self._ctx.users if hasattr(self, "_ctx") else None),
-            online=frozenset(self._online),
+            online=_online_ids(previous.online if previous else None, self._online),
             # Encoded peer entries outlive contexts; they depend on the domain only.
             entries=self._ctx.entries
             if hasattr(self, "_ctx") and self._ctx.domain == src.domain
@@ -439,7 +522,7 @@ class Tailnet:
             ctx.entries.log.record(
                 [i for i, n in after.items() if before.get(i) is not n]
                 + [i for i in before if i not in after]
-                + sorted(previous.online ^ ctx.online)
+                + ([] if previous.online is ctx.online else sorted(previous.online ^ ctx.online))
             )
         return ctx
 
@@ -586,6 +669,7 @@ class Tailnet:
         """A node changed (the registry's event stream)."""
         if change.kind == "removed":
             self._records.pop(change.node_id, None)
+            self._relive(change.node_id)
             self._online.discard(change.node_id)
             self._unhealthy.discard(change.node_id)
             self._ctx.entries.forget(change.node_id)  # its encoded entries
@@ -598,6 +682,7 @@ class Tailnet:
         if node is None:
             return
         self._records[node.id] = node
+        self._relive(node.id)
         if change.online is not None:
             (self._online.add if change.online else self._online.discard)(node.id)
         if change.kind == "topology" or (node.id in self._ctx.nodes) != self._served(node):
@@ -692,6 +777,14 @@ class Tailnet:
         (the recompile wakes whoever a topology change gave new viewers)."""
         if not self._unsettled:
             return
+        try:
+            self._settle()
+        finally:
+            waiting, self._after_settle = self._after_settle, []
+            for fn in waiting:
+                fn()
+
+    def _settle(self) -> None:
         self._unsettled = False
         beyond_nodes, self._beyond_nodes = self._beyond_nodes, False
         old_ctx = self._ctx
@@ -772,11 +865,12 @@ class Tailnet:
     # Sessions
 
     def open_session(self, node_id: int) -> SessionHandle:
-        self.settle()  # its own join, if still pending
+        if node_id not in self.context_for(node_id, settle=False).nodes:
+            self.settle()  # its own join, still pending
         handle = SessionHandle(node_id)
         self._sessions.setdefault(node_id, set()).add(handle)
         # Its first map needs it; its viewers are its peers.
-        self.context_for(node_id).views.get(node_id)
+        self.context_for(node_id, settle=False).views.get(node_id)
         return handle
 
     def close_session(self, handle: SessionHandle) -> None:
@@ -800,7 +894,23 @@ class Tailnet:
         return frozenset(self._records)
 
     def serves(self, node_id: int) -> bool:
-        return node_id in self.context_for(node_id).nodes
+        """In the maps as the nodes are now (as the next settle builds them),
+        answered without settling: a join's own checks must not cost the
+        recompile that other joins could share."""
+        node = self._records.get(node_id)
+        if node is None:
+            return False
+        if self._canary is not None and self.is_canary(node_id):
+            return self._served(node, self._canary[0])
+        return self._served(node)
+
+    def after_settle(self, fn: Callable[[], None]) -> bool:
+        """Call `fn` once the recompile that is due has been applied; False
+        (and `fn` is not kept) when none is due."""
+        if not self._unsettled:
+            return False
+        self._after_settle.append(fn)
+        return True
 
     def is_online(self, node_id: int) -> bool:
         return node_id in self._online

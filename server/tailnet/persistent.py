@@ -11,7 +11,7 @@ one node costs O(log n) and reads stay O(1).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import TypeVar
 
@@ -41,6 +41,20 @@ class PersistentMap(Mapping[K, V]):
         out: PersistentMap[K, V] = PersistentMap.__new__(PersistentMap)
         out._map = self._map.set(key, value)
         return out
+
+    def set_many(self, items: Iterable[tuple[K, V]]) -> PersistentMap[K, V]:
+        """This map with every (key, value) of `items` set: O(len(items) log n)."""
+        with self._map.mutate() as changing:
+            for key, value in items:
+                changing[key] = value
+            out: PersistentMap[K, V] = PersistentMap.__new__(PersistentMap)
+            out._map = changing.finish()
+        return out
+
+    @property
+    def lookup(self) -> Callable[[K], V | None]:
+        """`get` without the wrapper (for loops over every node)."""
+        return self._map.get
 
     def __getitem__(self, key: K) -> V:
         return self._map[key]

@@ -57,7 +57,15 @@ def serving(store: Store, src: TailnetSource) -> tuple[NodeRegistry, Tailnet]:
     )
 
 
-def register(registry: NodeRegistry, n: int, name: str, user: str | None, tags: Any = ()) -> int:
+def register(
+    registry: NodeRegistry,
+    n: int,
+    name: str,
+    user: str | None,
+    tags: Any = (),
+    *,
+    approved: bool = True,
+) -> int:
     raw = n.to_bytes(32, "big")
     return registry.register(
         Registration(
@@ -67,6 +75,7 @@ def register(registry: NodeRegistry, n: int, name: str, user: str | None, tags: 
             user=user,
             tags=tags,
             now=T0,
+            approved=approved,
         )
     ).id
 

@@ -87,6 +87,7 @@ class UserRow:
     email: str
     display_name: str
     nodes: int
+    source: str  # git: declared in tailnet.d; runtime: admitted at an OIDC login
 
 
 def user_rows(tailnet: Tailnet, registry: NodeRegistry) -> list[UserRow]:
@@ -94,8 +95,9 @@ def user_rows(tailnet: Tailnet, registry: NodeRegistry) -> list[UserRow]:
     for n in registry.nodes():
         if n.user is not None and not n.tags:
             counts[n.user] = counts.get(n.user, 0) + 1
+    runtime = tailnet.source.runtime_users
     return [
-        UserRow(name, email, display, counts.get(name, 0))
+        UserRow(name, email, display, counts.get(name, 0), "runtime" if name in runtime else "git")
         for name, (email, display) in sorted(tailnet.source.users.items())
     ]
 

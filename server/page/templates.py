@@ -81,10 +81,11 @@ the commit above keeps serving.</p>
 
 <h2 id="users">Users</h2>
 <table><thead><tr><th scope="col">Name</th><th scope="col">Email</th>
-<th scope="col">Display name</th><th scope="col">Nodes</th></tr></thead><tbody>
+<th scope="col">Display name</th><th scope="col">Nodes</th>
+<th scope="col">Source</th></tr></thead><tbody>
 {% for u in users %}<tr><th scope="row">{{ u.name }}</th><td>{{ u.email }}</td>
-<td>{{ u.display_name }}</td><td>{{ u.nodes }}</td></tr>
-{% else %}<tr><td colspan="4">No users are declared in tailnet.d.</td></tr>{% endfor %}
+<td>{{ u.display_name }}</td><td>{{ u.nodes }}</td><td>{{ u.source }}</td></tr>
+{% else %}<tr><td colspan="5">No users are declared in tailnet.d.</td></tr>{% endfor %}
 </tbody></table>
 
 <h2 id="history">History</h2>

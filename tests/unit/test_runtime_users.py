@@ -233,3 +233,16 @@ def test_a_runtime_user_admitted_or_deleted_on_one_replica_reaches_the_other(
     assert seen[-1] == ("admitted", "erin@example.com")
     assert decode_notice(encode_notice(Notice("a", users=True))).users
     shared.close()
+
+
+def test_the_operator_page_says_which_users_git_declares_and_which_logged_in(mem: Store) -> None:
+    from server.page.facts import user_rows
+
+    registry, tailnet = serving(mem, source("members", MEMBERS))
+    users = UserRegistry(mem, log=LOG)
+    users.subscribe(tailnet.apply_user)
+    register(registry, 1, "alice-laptop", "alice")
+    register(registry, 2, "dave-pc", DAVE)
+    users.admit(DAVE, T0)
+    rows = {row.name: (row.source, row.nodes) for row in user_rows(tailnet, registry)}
+    assert rows[DAVE] == ("runtime", 1) and rows["alice"] == ("git", 1)

@@ -131,6 +131,9 @@ class TailnetSettings:
     runtime_route_approval: bool = False
     # "token": an OIDC-registered node's key expires with the ID token of its login.
     oidc_key_expiry: Literal["node_key_expiry", "token"] = "node_key_expiry"
+    # True: an identity the provider vouches for that users.yaml does not declare joins as a
+    # runtime user (the server's --oidc-admit-unknown does the same); False: it is refused.
+    oidc_admit_unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +358,7 @@ class _Builder:
             v4, v6, s.get("ip_allocation", "sequential"), expiry, ephemeral, regions, emb, signers,
             s.get("device_approval", "none"), hooks, rollout,
             bool(s.get("runtime_route_approval", False)),
-            s.get("oidc_key_expiry", "node_key_expiry"),
+            s.get("oidc_key_expiry", "node_key_expiry"), bool(s.get("oidc_admit_unknown", False)),
         )  # fmt: skip
 
     def repo_path(self, path: JsonPath, text: str) -> str | None:

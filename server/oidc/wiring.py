@@ -54,6 +54,9 @@ def oidc_login(
         users=lambda: {e.lower(): n for n, (e, _) in tailnet.source.git_users.items()},
         record_groups=record_groups,
         admit_runtime=lambda email: users.admit(email, clock()),
+        admit_unknown=lambda: bool(
+            tailnet.source.settings and tailnet.source.settings.oidc_admit_unknown
+        ),
         clock=clock,
         log=log,
         ssh_checks=ssh_checks,

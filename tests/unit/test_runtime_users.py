@@ -138,7 +138,9 @@ def test_with_runtime_users_is_idempotent() -> None:
     assert with_runtime_users(once, []).users == src.users
 
 
-def _oidc(tmp_path: Path, admit: bool) -> tuple[OidcLogin, StandIn, object, UserRegistry]:
+def _oidc(
+    tmp_path: Path, admit: bool, in_git: bool = False
+) -> tuple[OidcLogin, StandIn, object, UserRegistry]:
     store = open_store(tmp_path / "s.sqlite")
     logins, registry = make(store, FakeClock())
     users = UserRegistry(store, log=LOG)
@@ -150,6 +152,7 @@ def _oidc(tmp_path: Path, admit: bool) -> tuple[OidcLogin, StandIn, object, User
         users=lambda: {"alice@example.com": "alice"},
         record_groups=lambda email, groups: None,
         admit_runtime=lambda email: users.admit(email, T0),
+        admit_unknown=lambda: in_git,
         clock=FakeClock(),
         log=LOG,
     )
@@ -165,6 +168,30 @@ def test_an_undeclared_identity_logs_in_as_a_runtime_user_when_admitted(tmp_path
     assert [u.email for u in users.users()] == [DAVE]
     node = registry.by_node_key(node_key)  # type: ignore[attr-defined]
     assert node is not None and node.user == DAVE
+
+
+def test_settings_yaml_in_git_can_admit_them_too(tmp_path: Path) -> None:
+    # oidc_admit_unknown: true in the serving commit's settings.yaml, server flag off
+    oidc, provider, _, users = _oidc(tmp_path, admit=False, in_git=True)
+    _, _, login = begin(oidc._logins, FakeClock())
+    who = asyncio.run(oidc.finish("dave", start(oidc, provider, login.auth_id), ""))
+    assert (who.user, who.declared) == (DAVE, False)
+    assert [u.email for u in users.users()] == [DAVE]
+
+
+def test_the_setting_is_read_from_settings_yaml(tmp_path: Path) -> None:
+    from gitctl.snapshot import load_from_directory
+
+    (tmp_path / "users.yaml").write_text("users:\n  - {name: alice, email: alice@example.com}\n")
+    loaded = load_from_directory(tmp_path)
+    assert loaded.snapshot is not None and loaded.snapshot.settings.oidc_admit_unknown is False
+    (tmp_path / "settings.yaml").write_text("oidc_admit_unknown: true\n")
+    loaded = load_from_directory(tmp_path)
+    assert loaded.snapshot is not None and loaded.snapshot.settings.oidc_admit_unknown is True
+    (tmp_path / "settings.yaml").write_text("oidc_admit_unknown: sure\n")
+    refused = load_from_directory(tmp_path)
+    assert refused.snapshot is None
+    assert any("oidc_admit_unknown" in str(d) for d in refused.diagnostics)
 
 
 def test_without_the_setting_the_refusal_names_the_email(tmp_path: Path) -> None:

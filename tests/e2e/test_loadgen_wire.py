@@ -27,6 +27,10 @@ def logged_requests(log: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return json.loads(register.group(1)), maps
 
 
+def is_endpoint_update(request: dict[str, Any]) -> bool:
+    return bool(request.get("OmitPeers") and request.get("Endpoints"))
+
+
 def test_loadgen_requests_use_the_real_clients_fields() -> None:
     with local_server({"users.yaml": USERS}) as server, tempfile.TemporaryDirectory() as tmp:
         node = TailscaleNode("real", Path(tmp))
@@ -34,10 +38,17 @@ def test_loadgen_requests_use_the_real_clients_fields() -> None:
         node.start()
         try:
             node.up(server.process, server.key("alice"))
+            # The endpoint update comes after the client's first netcheck, which
+            # can finish after the stream has started: wait for both.
             wait_for(
                 lambda: any(m.get("Stream") for m in logged_requests(node.log())[1]),
                 30,
                 "the real client's streaming MapRequest in its log",
+            )
+            wait_for(
+                lambda: any(is_endpoint_update(m) for m in logged_requests(node.log())[1]),
+                60,
+                "the real client's endpoint update (OmitPeers with Endpoints) in its log",
             )
             real_register, real_maps = logged_requests(node.log())
         finally:
@@ -52,7 +63,7 @@ def test_loadgen_requests_use_the_real_clients_fields() -> None:
         assert ours[key] == real_register[key], key
 
     real_stream = next(m for m in real_maps if m.get("Stream"))
-    real_lite = next(m for m in real_maps if m.get("OmitPeers") and m.get("Endpoints"))
+    real_lite = next(m for m in real_maps if is_endpoint_update(m))
     for ours_map, real in (
         (device.map_body(), real_stream),
         (device.map_body(stream=False, endpoints=["127.0.0.1:41641"]), real_lite),

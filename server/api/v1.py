@@ -77,12 +77,17 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
     def expired(expiration: datetime | None) -> bool:
         return expiration is not None and clock() >= expiration
 
+    def served_user(n: Node) -> str | None:
+        # A runtime user a commit has since declared is the git user: its
+        # nodes are listed (and filtered) under the name git gives it.
+        return tailnet.source.owner(n).user
+
     def node_json(n: Node) -> dict[str, Any]:
         return {
             "id": n.id,
             "name": n.given_name,
             "hostname": n.hostname,
-            "user": n.user,
+            "user": served_user(n),
             "tags": list(n.tags),
             "ipv4": str(n.ipv4) if n.ipv4 else None,
             "ipv6": str(n.ipv6) if n.ipv6 else None,
@@ -216,7 +221,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
         return [
             node_json(n)
             for n in registry.nodes()
-            if (user is None or n.user == user)
+            if (user is None or served_user(n) == user)
             and (tag is None or tag in n.tags)
             and (online is None or tailnet.is_online(n.id) == (online == "true"))
         ]
@@ -436,7 +441,7 @@ def endpoints(deps: WebDeps) -> list[Endpoint]:
     async def inventory(call: Call) -> Any:
         src = tailnet.source
         return inventory_json(
-            src.users, src.policy.roles, registry.nodes(), tailnet.enabled_routes,
+            src.users, src.policy.roles, map(src.owner, registry.nodes()), tailnet.enabled_routes,
             revision=src.id, exported=clock(),
         )  # fmt: skip
 

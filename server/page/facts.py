@@ -57,7 +57,8 @@ class NodeRow:
 def node_rows(tailnet: Tailnet, registry: NodeRegistry) -> list[NodeRow]:
     primaries = tailnet.primaries
     rows = []
-    for n in sorted(registry.nodes(), key=lambda n: n.given_name):
+    # Owners as served: a runtime user a commit has since declared is the git user.
+    for n in sorted(map(tailnet.source.owner, registry.nodes()), key=lambda n: n.given_name):
         advertised = advertised_routes(n)
         primary = tuple(sorted(p for p, node_id in primaries.items() if node_id == n.id))
         view = tailnet.views.get(n.id) if tailnet.serves(n.id) else None
@@ -92,7 +93,7 @@ class UserRow:
 
 def user_rows(tailnet: Tailnet, registry: NodeRegistry) -> list[UserRow]:
     counts: dict[str, int] = {}
-    for n in registry.nodes():
+    for n in map(tailnet.source.owner, registry.nodes()):
         if n.user is not None and not n.tags:
             counts[n.user] = counts.get(n.user, 0) + 1
     runtime = tailnet.source.runtime_users

@@ -228,6 +228,29 @@ def test_tailnetd_users_lists_the_source_and_deletes_a_runtime_user(
     assert [u.email for u in apis.deps.users.users()] == []
 
 
+def test_nodes_of_a_runtime_user_git_declares_are_listed_under_the_git_name(apis: Apis) -> None:
+    assert apis.deps.users is not None
+    apis.deps.users.admit(DAVE, apis.clock())
+    register(apis.deps.registry, 2, "dave-pc", DAVE)
+    assert [n["user"] for n in request(apis.socket, "GET", "/api/v1/nodes").body] == [DAVE]
+
+    declared = {**apis.tailnet.source.users, "dave": (DAVE, "Dave")}
+    apis.tailnet.swap_source(replace(apis.tailnet.source, id="dave", users=declared))
+
+    assert [n["user"] for n in request(apis.socket, "GET", "/api/v1/nodes").body] == ["dave"]
+    listed = request(apis.socket, "GET", "/api/v1/nodes?user=dave").body
+    assert [n["name"] for n in listed] == ["dave-pc"]
+    assert request(apis.socket, "GET", f"/api/v1/nodes?user={DAVE}").body == []
+    inventory = request(apis.socket, "GET", "/api/v1/inventory").body
+    assert [n["user"] for n in inventory["nodes"]] == ["dave"]
+
+    from server.page.facts import node_rows, user_rows
+
+    assert [r.owner for r in node_rows(apis.tailnet, apis.deps.registry)] == ["dave"]
+    rows = {r.name: (r.source, r.nodes) for r in user_rows(apis.tailnet, apis.deps.registry)}
+    assert rows["dave"] == ("git", 1) and DAVE not in rows
+
+
 def test_a_runtime_user_admitted_or_deleted_on_one_replica_reaches_the_other(
     tmp_path: Path,
 ) -> None:

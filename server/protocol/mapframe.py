@@ -57,14 +57,42 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return compressor
 
 
+# Messages many streams send as the very same object (a mesh's join delta)
+# are compressed once: the last few framed, by identity, per thread and level.
+SHARED_FRAMES = 16
+SHARED_MAX_BYTES = 64 << 10  # a whole netmap is one stream's: never kept
+
+
+def _shared_frames(level: int) -> dict[int, tuple[bytes, bytes]]:
+    by_level: dict[int, dict[int, tuple[bytes, bytes]]] | None = getattr(_contexts, "frames", None)
+    if by_level is None:
+        by_level = _contexts.frames = {}
+    return by_level.setdefault(level, {})
+
+
 class MapFrameEncoder:
-    """One per map stream: frames its messages (and caches its keep-alive)."""
+    """One per map stream: frames its messages (and caches its keep-alive).
+    The same message object framed again, by this stream or another, is
+    compressed once: the same frame object comes back."""
 
     def __init__(self, level: int = 1) -> None:
         self._level = level
         self._keepalive: bytes | None = None
 
     def encode(self, json_bytes: bytes) -> bytes:
+        if len(json_bytes) > SHARED_MAX_BYTES:
+            return self._frame(json_bytes)
+        frames = _shared_frames(self._level)
+        held = frames.get(id(json_bytes))
+        if held is not None and held[0] is json_bytes:
+            return held[1]
+        frame = self._frame(json_bytes)
+        if len(frames) >= SHARED_FRAMES:
+            frames.clear()
+        frames[id(json_bytes)] = (json_bytes, frame)  # the key's object kept alive
+        return frame
+
+    def _frame(self, json_bytes: bytes) -> bytes:
         frame = _compressor(self._level).compress(json_bytes)
         if len(frame) > 0xFFFFFFFF:
             raise MapFrameError("map response too large for its 32-bit length prefix")

@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -25,6 +25,7 @@ from server.tailnet.views import NodeView, PeerView, PolicyViews
 from server.wire import TAGGED_USER_ID, encode, format_time, stable_user_id, user_profile_json
 
 __all__ = [
+    "Deltas",
     "Fragments",
     "MapContext",
     "MapState",
@@ -154,6 +155,7 @@ class PeerEntries:
         self._entries: dict[int, list[tuple[Node, PeerView, bool, bool, bytes]]] = {}
         self.log = ChangeLog()  # nodes whose entries may have changed, in order
         self.fragments = Fragments()  # what sessions' messages share besides peers
+        self.deltas = Deltas()  # whole delta messages that sessions send alike
         self._users: Mapping[str, tuple[str, str]] | None = None
         self._profiles: dict[str | None, Mapping[str, Any]] = {}
         self._expiries: tuple[Mapping[int, Node] | None, list[tuple[datetime, int]]] = (None, [])
@@ -442,3 +444,52 @@ def encode_message(
     if len(head) > 2:
         parts.insert(0, head[1:-1])
     return b"{%b}" % b",".join(parts)
+
+
+class Deltas:
+    """Delta messages that many sessions send alike, encoded once.
+
+    A join or an endpoint change in a mesh gives every viewer the same delta:
+    the same peer entries (the shared bytes of `PeerEntries`), the same
+    removals and profiles, and nothing of its own. The message is encoded
+    once and every session sends the very same bytes object, so its framing
+    (zstd, `server/protocol/mapframe.py`) is shared too; per session only
+    HTTP/2 and Noise remain. Its ControlTime is the first sender's, reused
+    for at most `HOLD` (the client only compares it with its own clock).
+    `encoded` counts the messages encoded (what tests count)."""
+
+    HOLD = timedelta(seconds=1)
+    MAX_HELD = 64
+
+    def __init__(self) -> None:
+        # (peers key, entries, removed, profile ids) -> (profiles, made at, message)
+        self._held: dict[tuple[Any, ...], tuple[list[Any], datetime, bytes]] = {}
+        self.encoded = 0
+
+    def message(
+        self,
+        peers_key: str | None,
+        entries: list[bytes],
+        removed: list[int],
+        profiles: list[Any],
+        now: datetime,
+    ) -> bytes:
+        # Entries are compared by value (bytes hash once, and equal entries
+        # are mostly the same object); profiles, dicts, by identity (kept in
+        # the value, so an id is not reused while held).
+        key = (peers_key, tuple(entries), tuple(removed), tuple(map(id, profiles)))
+        held = self._held.get(key)
+        if held is not None and timedelta(0) <= now - held[1] < self.HOLD:
+            return held[2]
+        msg: dict[str, Any] = {}
+        if profiles:
+            msg["UserProfiles"] = profiles
+        if removed:
+            msg["PeersRemoved"] = removed
+        msg["ControlTime"] = format_time(now)
+        data = encode_message(msg, peers_key, entries)
+        if len(self._held) >= self.MAX_HELD:
+            self._held.clear()
+        self._held[key] = (profiles, now, data)
+        self.encoded += 1
+        return data

@@ -34,6 +34,7 @@ from bench.loadgen.netmap import ClientNetmap
 from gitctl.policy import parse_policy
 from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.protocol.mapframe import MapFrameEncoder
 from server.store import open_store
 from server.store.model import Registration
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
@@ -413,3 +414,46 @@ def test_a_session_holds_references_not_a_copy_of_its_peers() -> None:
         tables = (dict, set, list)
         sizes = {k: len(v) for k, v in vars(stream.session).items() if isinstance(v, tables)}
         assert max(sizes.values()) < 10, sizes  # top-level fields, owners: not peers
+
+
+def test_a_join_is_encoded_once_for_every_viewer() -> None:
+    """A mesh join gives every viewer the same delta: one message encoded and
+    one frame compressed for all of them, each viewer still ending with the
+    netmap a fresh map gives (counted, not timed)."""
+    mesh = Mesh(300)
+    deltas = mesh.tailnet.context.entries.deltas
+    before = deltas.encoded
+    joiner = mesh.join("bob")
+    mesh.timers.pop()()  # the settle
+    ctx, messages = mesh.tailnet.context, []
+    for stream in mesh.streams.values():
+        msg = stream.session.step(ctx, stream.handle.take_wake(), T0)
+        assert msg is not None
+        messages.append(msg)
+        stream.netmap.apply(json.loads(msg))
+    assert deltas.encoded == before + 1
+    assert len({id(m) for m in messages}) == 1  # the very same bytes
+    frames = {id(MapFrameEncoder().encode(m)) for m in messages}
+    assert len(frames) == 1  # compressed once, each stream its own encoder
+    for node_id, stream in mesh.streams.items():
+        want = build_map(ctx, node_id, T0)
+        assert want is not None and joiner in want.peers
+        assert {p: json.loads(e) for p, e in want.peers.items()} == stream.netmap.peers
+
+
+def test_viewers_with_different_deltas_get_their_own_messages() -> None:
+    """Sharing is by what the delta is made of: a viewer whose own record
+    changed too (a top-level field) still gets its own message."""
+    mesh = Mesh(20)
+    deltas = mesh.tailnet.context.entries.deltas
+    mover = next(iter(mesh.streams))
+    node = mesh.store.get_node(mover)
+    assert node is not None
+    mesh.registry.update_from_map(node, now=T0, endpoints=["192.0.2.1:41641"])
+    before = deltas.encoded
+    sent = mesh.pump()
+    assert deltas.encoded == before + 1  # every other viewer: one shared message
+    assert "Node" in sent[mover] and "PeersChanged" not in sent[mover]
+    assert sent[mover]["Node"]["Endpoints"] == ["192.0.2.1:41641"]
+    others = {json.dumps(msg, sort_keys=True) for v, msg in sent.items() if v != mover}
+    assert len(others) == 1

@@ -19,6 +19,7 @@ __all__ = [
     "MapFrameDecoder",
     "MapFrameEncoder",
     "MapFrameError",
+    "SharedMessage",
 ]
 
 # What Go's encoding/json makes of MapResponse{KeepAlive: true}.
@@ -60,7 +61,13 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
 # Messages many streams send as the very same object (a mesh's join delta)
 # are compressed once: the last few framed, by identity, per thread and level.
 SHARED_FRAMES = 16
-SHARED_MAX_BYTES = 64 << 10  # a whole netmap is one stream's: never kept
+
+
+class SharedMessage(bytes):
+    """A message that many streams send as this very object (the maker
+    says so): `MapFrameEncoder` compresses it once for all of them."""
+
+    __slots__ = ()
 
 
 def _shared_frames(level: int) -> dict[int, tuple[bytes, bytes]]:
@@ -72,15 +79,15 @@ def _shared_frames(level: int) -> dict[int, tuple[bytes, bytes]]:
 
 class MapFrameEncoder:
     """One per map stream: frames its messages (and caches its keep-alive).
-    The same message object framed again, by this stream or another, is
-    compressed once: the same frame object comes back."""
+    A `SharedMessage` framed again, by this stream or another, is compressed
+    once: the same frame object comes back."""
 
     def __init__(self, level: int = 1) -> None:
         self._level = level
         self._keepalive: bytes | None = None
 
     def encode(self, json_bytes: bytes) -> bytes:
-        if len(json_bytes) > SHARED_MAX_BYTES:
+        if type(json_bytes) is not SharedMessage:
             return self._frame(json_bytes)
         frames = _shared_frames(self._level)
         held = frames.get(id(json_bytes))

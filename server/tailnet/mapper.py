@@ -19,6 +19,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from server.protocol.keys import NodePublic
+from server.protocol.mapframe import SharedMessage
 from server.store.model import Node
 from server.tailnet.changelog import ChangeLog
 from server.tailnet.views import NodeView, PeerView, PolicyViews
@@ -452,14 +453,18 @@ class Deltas:
     A join or an endpoint change in a mesh gives every viewer the same delta:
     the same peer entries (the shared bytes of `PeerEntries`), the same
     removals and profiles, and nothing of its own. The message is encoded
-    once and every session sends the very same bytes object, so its framing
-    (zstd, `server/protocol/mapframe.py`) is shared too; per session only
-    HTTP/2 and Noise remain. Its ControlTime is the first sender's, reused
-    for at most `HOLD` (the client only compares it with its own clock).
-    `encoded` counts the messages encoded (what tests count)."""
+    once and every session sends the very same `SharedMessage`, so its
+    framing (zstd, `server/protocol/mapframe.py`) is shared too; per session
+    only HTTP/2 and Noise remain. A delta with top-level fields (a join that
+    changes every viewer's filter alike) is encoded per session from shared
+    parts, then found by its bytes (`shared`): compressing it is what costs.
+    Its ControlTime is the first sender's, reused for at most `HOLD` (the
+    client only compares it with its own clock). `encoded` counts the
+    messages made (what tests count)."""
 
     HOLD = timedelta(seconds=1)
     MAX_HELD = 64
+    MAX_BYTES = 256 << 10  # bodies held (twice: key and message) at most this long
 
     def __init__(self) -> None:
         # (peers key, entries, removed, profile ids) -> (profiles, made at, message)
@@ -487,9 +492,31 @@ class Deltas:
         if removed:
             msg["PeersRemoved"] = removed
         msg["ControlTime"] = format_time(now)
-        data = encode_message(msg, peers_key, entries)
+        data = SharedMessage(encode_message(msg, peers_key, entries))
+        self._hold(key, (profiles, now, data))
+        return data
+
+    def shared(self, body: bytes, now: datetime) -> bytes:
+        """The message `body` (a JSON object without ControlTime) with its
+        ControlTime, the very object other sessions that built the same
+        body were given."""
+        if len(body) > self.MAX_BYTES:  # a full pass over many peers: its own
+            return body[:-1] + (b"," if len(body) > 2 else b"") + _control_time(now)
+        key = (body,)
+        held = self._held.get(key)
+        if held is not None and timedelta(0) <= now - held[1] < self.HOLD:
+            return held[2]
+        data = SharedMessage(body[:-1] + (b"," if len(body) > 2 else b"") + _control_time(now))
+        self._hold(key, ([], now, data))
+        return data
+
+    def _hold(self, key: tuple[Any, ...], value: tuple[list[Any], datetime, bytes]) -> None:
         if len(self._held) >= self.MAX_HELD:
             self._held.clear()
-        self._held[key] = (profiles, now, data)
+        self._held[key] = value
         self.encoded += 1
-        return data
+
+
+def _control_time(now: datetime) -> bytes:
+    """The last member of a message: its ControlTime, and the closing brace."""
+    return b'"ControlTime":"%b"}' % format_time(now).encode()

@@ -136,8 +136,11 @@ class MapSession:
             return ctx.entries.deltas.message(key, entries, removed, profiles, now)
         if removed:
             msg["PeersRemoved"] = removed
-        msg["ControlTime"] = format_time(now)
-        return encode_message(msg, key, entries, ctx.entries.fragments)
+        if old is None:  # a whole map: this client's alone
+            msg["ControlTime"] = format_time(now)
+            return encode_message(msg, key, entries, ctx.entries.fragments)
+        body = encode_message(msg, key, entries, ctx.entries.fragments)
+        return ctx.entries.deltas.shared(body, now)
 
     def _top(self, msg: dict[str, Any], top: dict[str, Any]) -> None:
         for key, value in top.items():

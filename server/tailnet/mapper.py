@@ -464,7 +464,7 @@ class Deltas:
 
     HOLD = timedelta(seconds=1)
     MAX_HELD = 64
-    MAX_BYTES = 256 << 10  # bodies held (twice: key and message) at most this long
+    MAX_BYTES = 128 << 10  # bodies held (twice: key and message) at most this long
 
     def __init__(self) -> None:
         # (peers key, entries, removed, profile ids) -> (profiles, made at, message)

@@ -485,3 +485,23 @@ def test_a_join_that_changes_every_filter_alike_is_compressed_once() -> None:
         want = build_map(ctx, node_id, T0)
         assert want is not None
         assert sent["PacketFilter"] == json.loads(json.dumps(want.top["PacketFilter"]))
+
+
+def test_volatile_changes_arriving_together_are_one_shared_message() -> None:
+    """Endpoint changes of two nodes before the next wave: each other viewer
+    is woken once, and all of them send one message naming both."""
+    mesh = Mesh(12)
+    movers = list(mesh.streams)[:2]
+    for n, node_id in enumerate(movers):
+        node = mesh.store.get_node(node_id)
+        assert node is not None
+        mesh.registry.update_from_map(node, now=T0, endpoints=[f"192.0.2.{n + 1}:41641"])
+    assert len(mesh.timers) == 1  # one wave for both
+    mesh.timers.pop()()
+    ctx, messages = mesh.tailnet.context, {}
+    for node_id, stream in mesh.streams.items():
+        if node_id not in movers:
+            messages[node_id] = stream.session.step(ctx, stream.handle.take_wake(), T0)
+    assert len({id(m) for m in messages.values()}) == 1
+    sent = json.loads(next(iter(messages.values())))
+    assert sorted(p["ID"] for p in sent["PeersChanged"]) == sorted(movers)

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen.fleet import At, Fleet, has_peer_key, peer_endpoints, top_mentions
+from bench.loadgen.fleet import At, Fleet, SimNode, has_peer_key, peer_endpoints, top_mentions
 from bench.loadgen.local import LocalServer, local_server
 from bench.loadgen.netmap import ClientNetmap
 from bench.loadgen.shards import ShardedFleet
@@ -39,6 +39,7 @@ MESH = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}\n'
 SPARSE = '{"acls": []}\n'
 MARKER_PORT = 47113  # a port only the commit's new rule names
 TIMEOUT = 300.0
+ENDPOINT_REPEATS = 10  # endpoint changes whose server CPU is averaged
 IDLE_WINDOW = 10.0
 # Registrations in flight. More is slower on this machine (64 in flight: a third
 # of the rate of 4), so the rate is measured where it is best.
@@ -138,6 +139,7 @@ async def mesh_events(server: LocalServer, fleet: Fleet) -> dict[str, Any]:
     )
     observers = list(fleet.nodes)
     newcomer = fleet.new_node()
+    served = server.cpu_seconds()
     out["join"] = summary(
         await fleet.observe(
             observers,
@@ -146,9 +148,12 @@ async def mesh_events(server: LocalServer, fleet: Fleet) -> dict[str, Any]:
             timeout=TIMEOUT,
         )
     )
+    # Server CPU until every peer had it (a clock tick is 10 ms: coarse for one event).
+    out["join_server_cpu_ms"] = round((server.cpu_seconds() - served) * 1000, 1)
     mover = fleet.nodes[0]
     endpoints = ["127.0.0.1:41641", "127.0.0.2:41641"]
     node_id = mover.node_id or 0
+    served = server.cpu_seconds()
     out["endpoint_change"] = summary(
         await fleet.observe(
             fleet.nodes[1:],
@@ -157,7 +162,24 @@ async def mesh_events(server: LocalServer, fleet: Fleet) -> dict[str, Any]:
             timeout=TIMEOUT,
         )
     )
+    # More changes, one after another, each until every peer has it: one is
+    # a few clock ticks of server CPU, too coarse to divide by the peers.
+    for n in range(ENDPOINT_REPEATS - 1):
+        await _move(fleet, mover, [f"127.0.0.{n + 3}:41641", "127.0.0.2:41641"])
+    per_peer = (server.cpu_seconds() - served) / ENDPOINT_REPEATS / (len(fleet.nodes) - 1)
+    out["endpoint_server_cpu_us_per_peer"] = round(per_peer * 1e6, 1)
     return out
+
+
+async def _move(fleet: Fleet, mover: SimNode, endpoints: list[str]) -> None:
+    """`mover`'s endpoints change; until every other node has it."""
+    node_id = mover.node_id or 0
+    await fleet.observe(
+        [n for n in fleet.nodes if n is not mover],
+        lambda _: peer_endpoints(node_id, endpoints),
+        lambda: fleet.set_endpoints(mover, endpoints),
+        timeout=TIMEOUT,
+    )
 
 
 async def _add(fleet: Fleet | ShardedFleet, nodes: int) -> tuple[list[float], float]:
@@ -272,6 +294,9 @@ def render(results: list[dict[str, Any]]) -> str:
                 _verdict("kb_per_streaming_node", r["kb_per_streaming_node"]),
             ]
         )
+        rows.append(
+            [label, "server CPU per registration (ms)", r["register_server_cpu_ms_per_node"], ""]
+        )
         rows.append([label, "idle CPU, all streaming (% of a core)", r["idle_cpu_percent"], ""])
         rows.append([label, "cold start, empty (s)", r["cold_start_empty_s"], ""])
         for key, metric, name in (
@@ -289,6 +314,12 @@ def render(results: list[dict[str, Any]]) -> str:
                         _verdict(metric, s["p99_ms"]),
                     ]
                 )
+        if "join_server_cpu_ms" in r:
+            rows.append([label, "a join: server CPU (ms)", r["join_server_cpu_ms"], ""])
+        if "endpoint_server_cpu_us_per_peer" in r:
+            us = r["endpoint_server_cpu_us_per_peer"]
+            verdict = "<= 20: met" if us <= 20 else f"<= 20: {us / 20:.1f}x over"
+            rows.append([label, "endpoints change: server CPU per peer (us)", us, verdict])
         if "cold_start_s" in r:
             rows.append([label, "cold start with these nodes (s)", r["cold_start_s"], ""])
             rows.append(
@@ -385,6 +416,9 @@ def main() -> None:
         default=RECONNECT_CONCURRENCY,
         help="reconnects in flight after a restart (over all shards)",
     )
+    parser.add_argument(
+        "--no-restart", action="store_true", help="skip the restart at the largest mesh run"
+    )
     parser.add_argument("--replot", type=Path, help="no runs: table and plot from this JSON")
     args = parser.parse_args()
     if args.profile:
@@ -403,7 +437,7 @@ def main() -> None:
     if args.replot:
         data = json.loads(args.replot.read_text())
         machine, results = data["machine"], data["runs"]
-    biggest = max(args.mesh, default=0)
+    biggest = -1 if args.no_restart else max(args.mesh, default=0)
     for n in [] if args.replot else args.mesh:
         record(
             run_one(

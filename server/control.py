@@ -37,7 +37,7 @@ from server.protocol.keys import NodePublic
 from server.protocol.mapframe import MapFrameEncoder
 from server.store.interface import Store
 from server.store.model import Node
-from server.tailnet import NodeRegistry, Tailnet
+from server.tailnet import NodeRegistry, SessionHandle, Tailnet
 from server.tailnet.mapper import not_served_map, unapproved_map
 from server.tailnet.registry import NodeChange
 from server.tailnet.session import MapSession, Wake
@@ -321,11 +321,14 @@ class ControlHandler:
     async def _stream(self, node_id: int) -> AsyncIterator[bytes]:
         encoder = MapFrameEncoder()
         session = MapSession(node_id)
-        await self._settled()
-        handle = self._tailnet.open_session(node_id)
+        # Online before the recompile its join waits for: its peers learn that
+        # it joined and that it is online in one wave, not two.
         self._registry.connected(node_id)
+        handle: SessionHandle | None = None
         first = True
         try:
+            await self._settled()
+            handle = self._tailnet.open_session(node_id)
             while not handle.closed:
                 ping = handle.take_ping()
                 if ping is not None:
@@ -356,8 +359,9 @@ class ControlHandler:
                     yield keepalive
                     self._metrics.map_sent("keepalive", len(keepalive))
         finally:
-            self._metrics.session_closed(handle)
-            self._tailnet.close_session(handle)
+            if handle is not None:
+                self._metrics.session_closed(handle)
+                self._tailnet.close_session(handle)
             self._registry.disconnected(node_id, self._clock())  # records last seen
 
 

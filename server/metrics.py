@@ -162,9 +162,12 @@ class Metrics:
             self._hooks_dropped.labels(drop)
         for outcome in OUTCOMES:
             self._registrations.labels(outcome)
-        for kind in MAP_KINDS:
-            self._map_messages.labels(kind)
-            self._map_bytes.labels(kind)
+        # The labelled children of the map counters, looked up once: every
+        # session's every message counts (a mesh join is n of these).
+        self._map_counters = {
+            kind: (self._map_messages.labels(kind), self._map_bytes.labels(kind))
+            for kind in MAP_KINDS
+        }
         for reason in REJECTION_REASONS:
             self._rejections.labels(reason)
         for change_kind in NODE_EVENT_KINDS:
@@ -175,8 +178,9 @@ class Metrics:
         self._registrations.labels(outcome).inc()
 
     def map_sent(self, kind: MapKind, size: int) -> None:
-        self._map_messages.labels(kind).inc()
-        self._map_bytes.labels(kind).inc(size)
+        messages, sent = self._map_counters[kind]
+        messages.inc()
+        sent.inc(size)
 
     def rejected(self, reason: str) -> None:
         self._rejections.labels(reason if reason in REJECTION_REASONS else "compile").inc()

@@ -19,6 +19,7 @@ __all__ = [
     "MapFrameDecoder",
     "MapFrameEncoder",
     "MapFrameError",
+    "SharedMessage",
 ]
 
 # What Go's encoding/json makes of MapResponse{KeepAlive: true}.
@@ -57,14 +58,48 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return compressor
 
 
+# Messages many streams send as the very same object (a mesh's join delta)
+# are compressed once: the last few framed, by identity, per thread and level.
+SHARED_FRAMES = 16
+
+
+class SharedMessage(bytes):
+    """A message that many streams send as this very object (the maker
+    says so): `MapFrameEncoder` compresses it once for all of them."""
+
+    __slots__ = ()
+
+
+def _shared_frames(level: int) -> dict[int, tuple[bytes, bytes]]:
+    by_level: dict[int, dict[int, tuple[bytes, bytes]]] | None = getattr(_contexts, "frames", None)
+    if by_level is None:
+        by_level = _contexts.frames = {}
+    return by_level.setdefault(level, {})
+
+
 class MapFrameEncoder:
-    """One per map stream: frames its messages (and caches its keep-alive)."""
+    """One per map stream: frames its messages (and caches its keep-alive).
+    A `SharedMessage` framed again, by this stream or another, is compressed
+    once: the same frame object comes back."""
 
     def __init__(self, level: int = 1) -> None:
         self._level = level
         self._keepalive: bytes | None = None
 
     def encode(self, json_bytes: bytes) -> bytes:
+        if type(json_bytes) is not SharedMessage:
+            return self._frame(json_bytes)
+        frames = _shared_frames(self._level)
+        held = frames.get(id(json_bytes))
+        if held is not None and held[0] is json_bytes:
+            return held[1]
+        frame = self._frame(json_bytes)
+        if len(frames) >= SHARED_FRAMES:
+            frames.clear()
+        frames[id(json_bytes)] = (json_bytes, frame)  # the key's object kept alive
+        return frame
+
+    def _frame(self, json_bytes: bytes) -> bytes:
         frame = _compressor(self._level).compress(json_bytes)
         if len(frame) > 0xFFFFFFFF:
             raise MapFrameError("map response too large for its 32-bit length prefix")

@@ -13,18 +13,20 @@ from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from server.protocol.keys import NodePublic
+from server.protocol.mapframe import SharedMessage
 from server.store.model import Node
 from server.tailnet.changelog import ChangeLog
 from server.tailnet.views import NodeView, PeerView, PolicyViews
 from server.wire import TAGGED_USER_ID, encode, format_time, stable_user_id, user_profile_json
 
 __all__ = [
+    "Deltas",
     "Fragments",
     "MapContext",
     "MapState",
@@ -154,6 +156,7 @@ class PeerEntries:
         self._entries: dict[int, list[tuple[Node, PeerView, bool, bool, bytes]]] = {}
         self.log = ChangeLog()  # nodes whose entries may have changed, in order
         self.fragments = Fragments()  # what sessions' messages share besides peers
+        self.deltas = Deltas()  # whole delta messages that sessions send alike
         self._users: Mapping[str, tuple[str, str]] | None = None
         self._profiles: dict[str | None, Mapping[str, Any]] = {}
         self._expiries: tuple[Mapping[int, Node] | None, list[tuple[datetime, int]]] = (None, [])
@@ -442,3 +445,78 @@ def encode_message(
     if len(head) > 2:
         parts.insert(0, head[1:-1])
     return b"{%b}" % b",".join(parts)
+
+
+class Deltas:
+    """Delta messages that many sessions send alike, encoded once.
+
+    A join or an endpoint change in a mesh gives every viewer the same delta:
+    the same peer entries (the shared bytes of `PeerEntries`), the same
+    removals and profiles, and nothing of its own. The message is encoded
+    once and every session sends the very same `SharedMessage`, so its
+    framing (zstd, `server/protocol/mapframe.py`) is shared too; per session
+    only HTTP/2 and Noise remain. A delta with top-level fields (a join that
+    changes every viewer's filter alike) is encoded per session from shared
+    parts, then found by its bytes (`shared`): compressing it is what costs.
+    Its ControlTime is the first sender's, reused for at most `HOLD` (the
+    client only compares it with its own clock). `encoded` counts the
+    messages made (what tests count)."""
+
+    HOLD = timedelta(seconds=1)
+    MAX_HELD = 64
+    MAX_BYTES = 128 << 10  # bodies held (twice: key and message) at most this long
+
+    def __init__(self) -> None:
+        # (peers key, entries, removed, profile ids) -> (profiles, made at, message)
+        self._held: dict[tuple[Any, ...], tuple[list[Any], datetime, bytes]] = {}
+        self.encoded = 0
+
+    def message(
+        self,
+        peers_key: str | None,
+        entries: list[bytes],
+        removed: list[int],
+        profiles: list[Any],
+        now: datetime,
+    ) -> bytes:
+        # Entries are compared by value (bytes hash once, and equal entries
+        # are mostly the same object); profiles, dicts, by identity (kept in
+        # the value, so an id is not reused while held).
+        key = (peers_key, tuple(entries), tuple(removed), tuple(map(id, profiles)))
+        held = self._held.get(key)
+        if held is not None and timedelta(0) <= now - held[1] < self.HOLD:
+            return held[2]
+        msg: dict[str, Any] = {}
+        if profiles:
+            msg["UserProfiles"] = profiles
+        if removed:
+            msg["PeersRemoved"] = removed
+        msg["ControlTime"] = format_time(now)
+        data = SharedMessage(encode_message(msg, peers_key, entries))
+        self._hold(key, (profiles, now, data))
+        return data
+
+    def shared(self, body: bytes, now: datetime) -> bytes:
+        """The message `body` (a JSON object without ControlTime) with its
+        ControlTime, the very object other sessions that built the same
+        body were given."""
+        if len(body) > self.MAX_BYTES:  # a full pass over many peers: its own
+            return body[:-1] + (b"," if len(body) > 2 else b"") + _control_time(now)
+        key = (body,)
+        held = self._held.get(key)
+        if held is not None and timedelta(0) <= now - held[1] < self.HOLD:
+            return held[2]
+        data = SharedMessage(body[:-1] + (b"," if len(body) > 2 else b"") + _control_time(now))
+        self._hold(key, ([], now, data))
+        return data
+
+    def _hold(self, key: tuple[Any, ...], value: tuple[list[Any], datetime, bytes]) -> None:
+        if len(self._held) >= self.MAX_HELD:
+            self._held.clear()
+        self._held[key] = value
+        self.encoded += 1
+
+
+def _control_time(now: datetime) -> bytes:
+    """The last member of a message: its ControlTime, and the closing brace."""
+    return b'"ControlTime":"%b"}' % format_time(now).encode()

@@ -127,13 +127,20 @@ class MapSession:
             msg["UserProfiles"] = [*msg.get("UserProfiles", ()), *profiles]
         online, get = ctx.online, ctx.entries.get
         entries = [get(p, view.peers[p.id], p.id in online, now) for p in peers]
+        if not msg and not entries and not removed:
+            return None
+        key = None if not entries else "Peers" if old is None else "PeersChanged"
+        if msg.keys() <= {"UserProfiles"}:
+            # Nothing of its own: the message its fellow viewers send too.
+            profiles = msg.get("UserProfiles", [])
+            return ctx.entries.deltas.message(key, entries, removed, profiles, now)
         if removed:
             msg["PeersRemoved"] = removed
-        if not msg and not entries:
-            return None
-        msg["ControlTime"] = format_time(now)
-        key = None if not entries else "Peers" if old is None else "PeersChanged"
-        return encode_message(msg, key, entries, ctx.entries.fragments)
+        if old is None:  # a whole map: this client's alone
+            msg["ControlTime"] = format_time(now)
+            return encode_message(msg, key, entries, ctx.entries.fragments)
+        body = encode_message(msg, key, entries, ctx.entries.fragments)
+        return ctx.entries.deltas.shared(body, now)
 
     def _top(self, msg: dict[str, Any], top: dict[str, Any]) -> None:
         for key, value in top.items():

@@ -91,6 +91,26 @@ def test_the_window_follows_what_a_recompile_costs() -> None:
     assert not LoopDefer()(slow)  # no loop: the caller applies the change at once
 
 
+def test_the_window_covers_the_wave_a_call_starts() -> None:
+    """In a big mesh the recompile is cheap and the sessions it wakes are
+    not: the next window is as long as both, so joins arriving meanwhile
+    share the next wave instead of each starting one."""
+    defer = LoopDefer()
+
+    async def wave() -> None:
+        loop = asyncio.get_running_loop()
+
+        def settle() -> None:  # cheap; wakes three sessions that each take 10 ms
+            for _ in range(3):
+                loop.call_soon(time.sleep, 0.01)
+
+        assert defer(settle)
+        await asyncio.sleep(hub_module.COALESCE_SECONDS + 0.1)
+
+    asyncio.run(wave())
+    assert defer.window >= 0.03
+
+
 def test_the_live_nodes_follow_approvals_removals_and_owners(store: Store) -> None:
     registry, tailnet, ids = four_nodes(store)
     tailnet.settle()

@@ -34,10 +34,11 @@ from bench.loadgen.netmap import ClientNetmap
 from gitctl.policy import parse_policy
 from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
+from server.protocol.mapframe import MapFrameEncoder
 from server.store import open_store
 from server.store.model import Registration
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
-from server.tailnet.mapper import build_map
+from server.tailnet.mapper import MapContext, build_map
 from server.tailnet.session import MapSession
 from server.wire import DerpRegion, Hostinfo, NetInfo, decode
 from tests.unit.control_client import T0
@@ -345,6 +346,18 @@ class Mesh:
                 stream.netmap.apply(sent[node_id])
         return sent
 
+    def step_all(self) -> tuple[MapContext, list[bytes]]:
+        """The settle due, then every session's message as `_stream` sends it
+        (each one's very object), applied to its client."""
+        self.timers.pop()()
+        ctx, messages = self.tailnet.context, []
+        for stream in self.streams.values():
+            msg = stream.session.step(ctx, stream.handle.take_wake(), T0)
+            assert msg is not None
+            messages.append(msg)
+            stream.netmap.apply(json.loads(msg))
+        return ctx, messages
+
     def passes(self) -> int:
         return sum(s.session.full_passes for s in self.streams.values())
 
@@ -413,3 +426,82 @@ def test_a_session_holds_references_not_a_copy_of_its_peers() -> None:
         tables = (dict, set, list)
         sizes = {k: len(v) for k, v in vars(stream.session).items() if isinstance(v, tables)}
         assert max(sizes.values()) < 10, sizes  # top-level fields, owners: not peers
+
+
+def test_a_join_is_encoded_once_for_every_viewer() -> None:
+    """A mesh join gives every viewer the same delta: one message encoded and
+    one frame compressed for all of them, each viewer still ending with the
+    netmap a fresh map gives (counted, not timed)."""
+    mesh = Mesh(300)
+    deltas = mesh.tailnet.context.entries.deltas
+    before = deltas.encoded
+    joiner = mesh.join("bob")
+    ctx, messages = mesh.step_all()
+    assert deltas.encoded == before + 1
+    assert len({id(m) for m in messages}) == 1  # the very same bytes
+    frames = {id(MapFrameEncoder().encode(m)) for m in messages}
+    assert len(frames) == 1  # compressed once, each stream its own encoder
+    for node_id, stream in mesh.streams.items():
+        want = build_map(ctx, node_id, T0)
+        assert want is not None and joiner in want.peers
+        assert {p: json.loads(e) for p, e in want.peers.items()} == stream.netmap.peers
+
+
+def test_viewers_with_different_deltas_get_their_own_messages() -> None:
+    """Sharing is by what the delta is made of: a viewer whose own record
+    changed too (a top-level field) still gets its own message."""
+    mesh = Mesh(20)
+    deltas = mesh.tailnet.context.entries.deltas
+    mover = next(iter(mesh.streams))
+    node = mesh.store.get_node(mover)
+    assert node is not None
+    mesh.registry.update_from_map(node, now=T0, endpoints=["192.0.2.1:41641"])
+    before = deltas.encoded
+    sent = mesh.pump()
+    # Every other viewer: one shared message; the mover: its own.
+    assert deltas.encoded == before + 2
+    assert "Node" in sent[mover] and "PeersChanged" not in sent[mover]
+    assert sent[mover]["Node"]["Endpoints"] == ["192.0.2.1:41641"]
+    others = {json.dumps(msg, sort_keys=True) for v, msg in sent.items() if v != mover}
+    assert len(others) == 1
+
+
+def test_a_join_that_changes_every_filter_alike_is_compressed_once() -> None:
+    """Under a rule whose sources are a user's devices, a join of that user
+    changes every viewer's packet filter the same way: each session's message
+    is spliced from shared parts, and all of them send one compressed frame."""
+    rule = {"action": "accept", "src": ["alice@example.com"], "dst": ["*:47113"]}
+    policy = {"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}, rule]}
+    mesh = Mesh(30)
+    mesh.tailnet.swap_source(replace(SOURCES["allow-all"], id="rule", policy=parse_policy(policy)))
+    mesh.pump()
+    joiner = mesh.join("alice")
+    ctx, messages = mesh.step_all()
+    assert len({id(m) for m in messages}) == 1
+    assert len({id(MapFrameEncoder().encode(m)) for m in messages}) == 1
+    sent = json.loads(messages[0])
+    assert "PacketFilter" in sent and [p["ID"] for p in sent["PeersChanged"]] == [joiner]
+    for node_id in mesh.streams:
+        want = build_map(ctx, node_id, T0)
+        assert want is not None
+        assert sent["PacketFilter"] == json.loads(json.dumps(want.top["PacketFilter"]))
+
+
+def test_volatile_changes_arriving_together_are_one_shared_message() -> None:
+    """Endpoint changes of two nodes before the next wave: each other viewer
+    is woken once, and all of them send one message naming both."""
+    mesh = Mesh(12)
+    movers = list(mesh.streams)[:2]
+    for n, node_id in enumerate(movers):
+        node = mesh.store.get_node(node_id)
+        assert node is not None
+        mesh.registry.update_from_map(node, now=T0, endpoints=[f"192.0.2.{n + 1}:41641"])
+    assert len(mesh.timers) == 1  # one wave for both
+    mesh.timers.pop()()
+    ctx, messages = mesh.tailnet.context, {}
+    for node_id, stream in mesh.streams.items():
+        if node_id not in movers:
+            messages[node_id] = stream.session.step(ctx, stream.handle.take_wake(), T0)
+    assert len({id(m) for m in messages.values()}) == 1
+    sent = json.loads(next(iter(messages.values())))
+    assert sorted(p["ID"] for p in sent["PeersChanged"]) == sorted(movers)

@@ -1,0 +1,29 @@
+"""What an idle streaming session keeps alive in the server: the references
+that decide memory per node, asserted by structure (what is still reachable),
+never by byte counts."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from pathlib import Path
+
+from tests.unit.control_client import USERS, Device, async_test, poll, running_server
+
+NO_PEERS = '{"acls": []}\n'  # nobody sees anybody: a join wakes no other stream
+
+
+@async_test
+async def test_an_idle_stream_does_not_keep_the_replaced_policy_index(tmp_path: Path) -> None:
+    files = {"users.yaml": USERS, "policy.hujson": NO_PEERS}
+    async with running_server(tmp_path, files=files) as srv:
+        _, stream, _ = await poll(srv, Device("laptop"))
+        served = weakref.ref(srv.tailnet.views)
+        # Each join recompiles into a new context; the laptop's stream is not
+        # woken (it sees nobody), so it waits on what its first map came from.
+        for name in ("desktop", "phone"):
+            await poll(srv, Device(name))
+        assert srv.tailnet.views is not served()
+        gc.collect()
+        assert served() is None, gc.get_referrers(served())
+        stream.cancel()

@@ -260,6 +260,7 @@ class ControlConnection:
         try:
             async for chunk in response.stream:
                 await self._send_data(stream_id, stream, chunk, end=False)
+                del chunk  # a map stream idles between messages: hold none of them
         finally:
             aclose = getattr(response.stream, "aclose", None)
             if aclose is not None:

@@ -76,6 +76,7 @@ class FrontDoor:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Http1Server(frozenset(self._upgrades))
+        data = b""
         try:
             while True:
                 event = conn.next_event()
@@ -87,10 +88,11 @@ class FrontDoor:
                     conn.receive_data(data)
                 elif isinstance(event, Upgrade):
                     upgraded = _PrefixedReader(event.trailing, reader) if event.trailing else reader
-                    head = event.head
-                    # The upgraded connection may stream for days: keep no HTTP/1 state.
-                    del conn, event
-                    await self._upgrades[head.path](upgraded, writer, head)
+                    taken = self._upgrades[event.head.path](upgraded, writer, event.head)
+                    # The upgraded connection may stream for days: keep no HTTP/1
+                    # state, head or request bytes here (the handler drops the head).
+                    del conn, event, data, upgraded
+                    await taken
                     return
                 elif isinstance(event, Request):
                     if not await self._serve_asgi(conn, writer, event):

@@ -27,3 +27,16 @@ async def test_an_idle_stream_does_not_keep_the_replaced_policy_index(tmp_path: 
         gc.collect()
         assert served() is None, gc.get_referrers(served())
         stream.cancel()
+
+
+@async_test
+async def test_a_streaming_connection_keeps_no_request_head(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv:
+        _, stream, first = await poll(srv, Device("laptop"))
+        assert "Node" in first
+        gc.collect()
+        alive = {type(o).__name__ for o in gc.get_objects()}
+        # The /ts2021 upgrade's HTTP/1 head (its headers, the handshake) is
+        # nobody's to keep once the connection runs.
+        assert "RequestHead" not in alive
+        stream.cancel()

@@ -118,6 +118,7 @@ async def register(
     rss = server.rss_bytes()
     await snapshot()
     idle_cpu = await _idle_cpu(server)
+    rss_idle = server.rss_bytes()  # after the idle window: what the burst left
     await snapshot()
     return fleet, {
         "nodes": nodes,
@@ -130,6 +131,7 @@ async def register(
         "register_to_first_map": summary(up),
         "server_rss_mb": round(rss / 2**20, 1),
         "kb_per_streaming_node": round((rss - rss0) / nodes / 1024, 1),
+        "kb_per_streaming_node_idle": round((rss_idle - rss0) / nodes / 1024, 1),
         "idle_cpu_percent": idle_cpu,
     }
 
@@ -325,6 +327,15 @@ def render(results: list[dict[str, Any]]) -> str:
                 _verdict("kb_per_streaming_node", r["kb_per_streaming_node"]),
             ]
         )
+        if "kb_per_streaming_node_idle" in r:
+            rows.append(
+                [
+                    label,
+                    f"... after {IDLE_WINDOW:g} s idle (KB)",
+                    r["kb_per_streaming_node_idle"],
+                    "",
+                ]
+            )
         rows.append([label, "idle CPU, all streaming (% of a core)", r["idle_cpu_percent"], ""])
         rows.append([label, "cold start, empty (s)", r["cold_start_empty_s"], ""])
         for key, metric, name in (

@@ -15,6 +15,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import h2.config
 import h2.connection
@@ -146,23 +147,34 @@ class ControlConnection:
             data = await self._reader.read(READ_SIZE)
             if not data:
                 return
-            try:
-                plaintexts = self._noise.receive_data(data)
-            except NoiseError as exc:
-                self._log.info("noise: %s: closing connection: %s", self._machine_key.short(), exc)
+            # Taken in a call of its own: between reads (hours, on a map
+            # stream) nothing of the last read, its records or events is held.
+            going = self._receive(data)
+            del data
+            if going == "drop":
                 return
-            for plain in plaintexts:
-                try:
-                    events = self._h2.receive_data(plain)
-                except h2.exceptions.ProtocolError as exc:
-                    self._log.info("http2: %s: protocol error: %s", self._machine_key.short(), exc)
-                    await self._flush()
-                    return
-                for event in events:
-                    if not self._on_event(event):
-                        await self._flush()
-                        return
             await self._flush()
+            if going == "close":
+                return
+
+    def _receive(self, data: bytes) -> Literal["on", "close", "drop"]:
+        """Feed what was read through Noise and h2; "close": send what h2
+        has, then close; "drop": close at once (a Noise error)."""
+        try:
+            plaintexts = self._noise.receive_data(data)
+        except NoiseError as exc:
+            self._log.info("noise: %s: closing connection: %s", self._machine_key.short(), exc)
+            return "drop"
+        for plain in plaintexts:
+            try:
+                events = self._h2.receive_data(plain)
+            except h2.exceptions.ProtocolError as exc:
+                self._log.info("http2: %s: protocol error: %s", self._machine_key.short(), exc)
+                return "close"
+            for event in events:
+                if not self._on_event(event):
+                    return "close"
+        return "on"
 
     def _on_event(self, event: h2.events.Event) -> bool:
         if isinstance(event, h2.events.RequestReceived):

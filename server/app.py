@@ -31,7 +31,6 @@ from server.edge.listeners import ListenError, Listeners
 from server.edge.public import derp_region, public_url
 from server.edge.stun_server import StunServer, start_stun_server
 from server.edge.upgrades import Ts2021Upgrade, derp_upgrade
-from server.heap import HeapTrim
 from server.metrics import DerpCollector, LiveCollector, Metrics
 from server.oidc.wiring import oidc_login
 from server.protocol.keys import MachinePrivate, NodePrivate
@@ -419,8 +418,6 @@ class Server:
             log=self.log,
         )
         self._tasks.append(asyncio.create_task(sweep.run()))
-        # What a burst of registrations or reconnects freed goes back to the system.
-        self._tasks.append(asyncio.create_task(HeapTrim(log=self.log).run()))
         for url in cfg.mesh_with:
             if mesh_key is None:
                 raise StartupError("--mesh-with needs --mesh-key-file")

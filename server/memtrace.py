@@ -13,6 +13,8 @@ are alive and a chain of referrers from a few of them (who keeps them).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import os
 import tracemalloc
@@ -21,14 +23,56 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from server.heap import heap_info
-
 __all__ = ["MemTrace"]
 
 ENV = "TAILNETD_TRACEMALLOC"
 FRAMES_ENV = "TAILNETD_TRACEMALLOC_FRAMES"
 HOLDERS_ENV = "TAILNETD_TRACEMALLOC_HOLDERS"
 TOP = 60
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",  # bytes from brk
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",  # bytes mmapped
+            "usmblks",
+            "fsmblks",
+            "uordblks",  # bytes in use
+            "fordblks",  # bytes free (fragmentation, or not yet returned)
+            "keepcost",
+        )
+    ]
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def heap_info() -> dict[str, int]:
+    """glibc's main-arena heap in bytes (empty where there is no mallinfo2)."""
+    fn = getattr(_LIBC, "mallinfo2", None)
+    if fn is None:
+        return {}
+    fn.restype = _MallInfo2
+    info = fn()
+    return {
+        "brk_arena": info.arena,
+        "mmapped": info.hblkhd,
+        "in_use": info.uordblks,
+        "free": info.fordblks,
+    }
 
 
 def _rss() -> int:

@@ -349,6 +349,7 @@ class ControlHandler:
                     yield frame
                     self._metrics.map_sent("full" if wake.full or wake.top else "delta", len(frame))
                     del frame
+                del wake
                 self._metrics.caught_up(handle)
                 settings = self._settings()
                 timeout = self._rng.uniform(settings.keepalive_min, settings.keepalive_max)

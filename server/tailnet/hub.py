@@ -192,9 +192,14 @@ def _same(new: _T, held: _T | None) -> _T:
     return held if held is not None and (held is new or held == new) else new
 
 
+_NO_PEERS: frozenset[int] = frozenset()
+
+
 class SessionHandle:
     """One open streaming map request; the tailnet marks what it must resend
     (see `session.Wake` for what each mark means)."""
+
+    __slots__ = ("node_id", "wake", "full", "top", "peers", "closed", "ping")
 
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
@@ -233,7 +238,7 @@ class SessionHandle:
 
     def take_wake(self) -> Wake:
         # An idle session holds no per-peer container between wake-ups.
-        wake = Wake(self.full, self.top, frozenset(self.peers or ()))
+        wake = Wake(self.full, self.top, frozenset(self.peers) if self.peers else _NO_PEERS)
         self.full, self.top, self.peers = False, False, None
         self.wake.clear()
         return wake

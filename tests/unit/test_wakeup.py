@@ -48,3 +48,8 @@ def test_an_idle_session_holds_no_per_peer_container() -> None:
     wake = handle.take_wake()
     assert wake.peers == {7, 8}
     assert handle.peers is None and not handle.wake.is_set()
+
+
+def test_a_wake_without_peers_allocates_no_set() -> None:
+    first, second = SessionHandle(1), SessionHandle(2)
+    assert first.take_wake().peers is second.take_wake().peers

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import unquote
@@ -75,6 +76,7 @@ class FrontDoor:
         self._idle_timeout = idle_timeout
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _lighten(writer)
         conn = Http1Server(frozenset(self._upgrades))
         data = b""
         try:
@@ -201,3 +203,15 @@ class _PrefixedReader(asyncio.StreamReader):
     def _take(self, n: int) -> bytes:
         out, self._prefix = self._prefix[:n], self._prefix[n:]
         return out
+
+
+def _lighten(writer: asyncio.StreamWriter) -> None:
+    """asyncio's stream protocol keeps a deque (~700 bytes) of writers waiting
+    to drain from birth; a list does what it is used for (append, remove,
+    iterate), and a connection that streams for days seldom has a waiter.
+    Elsewhere than the asyncio it knows, left as it is (memory, never
+    correctness)."""
+    protocol = writer.transport.get_protocol()
+    waiters = getattr(protocol, "_drain_waiters", None)
+    if type(waiters) is deque and not waiters:
+        setattr(protocol, "_drain_waiters", [])  # noqa: B010 (a private attribute)

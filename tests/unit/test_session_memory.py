@@ -4,10 +4,12 @@ never by byte counts."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 from pathlib import Path
 
+from server.edge.http1 import _lighten
 from tests.unit.control_client import USERS, Device, async_test, poll, running_server
 
 NO_PEERS = '{"acls": []}\n'  # nobody sees anybody: a join wakes no other stream
@@ -40,3 +42,26 @@ async def test_a_streaming_connection_keeps_no_request_head(tmp_path: Path) -> N
         # nobody's to keep once the connection runs.
         assert "RequestHead" not in alive
         stream.cancel()
+
+
+@async_test
+async def test_a_connection_waits_to_drain_without_a_deque() -> None:
+    lists: list[object] = []
+    size = 8 * 2**20  # far past the transport's high-water mark: drain must wait
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _lighten(writer)
+        lists.append(getattr(writer.transport.get_protocol(), "_drain_waiters", None))
+        writer.write(b"x" * size)
+        await writer.drain()  # paused until the client reads: a waiter in the list
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await asyncio.sleep(0.05)  # let the server fill its buffer first
+    assert len(await reader.read()) == size
+    writer.close()
+    server.close()
+    await server.wait_closed()
+    assert lists == [[]]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import h2.config
 import h2.connection
@@ -370,6 +370,43 @@ def _compact(conn: h2.connection.H2Connection) -> None:
         entries = getattr(header_table, "dynamic_entries", None)
         if type(entries) is deque and entries.maxlen is None:
             header_table.dynamic_entries = _Entries(entries)  # type: ignore[assignment]
+    dispatch = getattr(conn, "_frame_dispatch_table", None)
+    if isinstance(dispatch, dict):
+        names = _dispatch_names(dispatch)
+        if names is not None:
+            conn._frame_dispatch_table = _Dispatch(conn, names)  # type: ignore[assignment]
+
+
+class _Dispatch:
+    """h2's frame dispatch table (frame class -> handler), bound at each
+    lookup: the dict h2 makes holds a dozen bound methods per connection
+    (~1.4 KiB) for what is the same dozen names on every one."""
+
+    __slots__ = ("_conn", "_names")
+
+    def __init__(self, conn: object, names: Mapping[type, str]) -> None:
+        self._conn, self._names = conn, names
+
+    def __getitem__(self, kind: type) -> Callable[..., Any]:
+        handler: Callable[..., Any] = getattr(self._conn, self._names[kind])
+        return handler
+
+
+_DISPATCH_NAMES: dict[type, str] = {}
+
+
+def _dispatch_names(table: dict[Any, Any]) -> Mapping[type, str] | None:
+    """The handler names of h2's table, learnt from the first connection and
+    checked on each (None: not bound methods of the connection: leave it)."""
+    names = {kind: getattr(handler, "__name__", "") for kind, handler in table.items()}
+    if not all(
+        isinstance(kind, type) and getattr(getattr(h, "__self__", None), n, None) == h
+        for (kind, h), n in zip(table.items(), names.values(), strict=True)
+    ):
+        return None
+    if not _DISPATCH_NAMES:
+        _DISPATCH_NAMES.update(names)
+    return _DISPATCH_NAMES if names == _DISPATCH_NAMES else None
 
 
 def _s(value: str | bytes) -> str:

@@ -24,6 +24,7 @@ import os
 import platform
 import pstats
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -80,10 +81,23 @@ async def _idle_cpu(server: LocalServer) -> float:
 
 
 async def register(
-    server: LocalServer, nodes: int, *, mesh: bool, shards: int = 1
+    server: LocalServer,
+    nodes: int,
+    *,
+    mesh: bool,
+    shards: int = 1,
+    memtrace: Path | None = None,
 ) -> tuple[Fleet | ShardedFleet, dict[str, Any]]:
     """Register `nodes` clients, all streaming. `shards` > 1: the clients are
-    spread over that many load-generator processes (sparse runs only)."""
+    spread over that many load-generator processes (sparse runs only). With
+    `memtrace` (the server's TAILNETD_TRACEMALLOC directory): tracemalloc
+    snapshots before registration, once all are registered and streaming, and
+    after the idle window."""
+
+    async def snapshot() -> None:
+        if memtrace is not None:
+            await asyncio.to_thread(server.memory_snapshot, memtrace)
+
     fleet: Fleet | ShardedFleet
     if shards > 1:
         fleet = ShardedFleet(
@@ -92,6 +106,7 @@ async def register(
         await fleet.ready()
     else:
         fleet = Fleet(server.address, server.key("alice"), concurrency=CONCURRENCY)
+    await snapshot()
     rss0 = server.rss_bytes()
     start, loader, served = time.monotonic(), time.process_time(), server.cpu_seconds()
     up, shard_cpu = await _add(fleet, nodes)
@@ -102,6 +117,10 @@ async def register(
         assert isinstance(fleet, Fleet), "mesh runs watch every client from one process"
         await _settled(fleet, nodes - 1)
     rss = server.rss_bytes()
+    await snapshot()
+    idle_cpu = await _idle_cpu(server)
+    rss_idle = server.rss_bytes()  # after the idle window: what the burst left
+    await snapshot()
     return fleet, {
         "nodes": nodes,
         "concurrency": CONCURRENCY,
@@ -113,7 +132,8 @@ async def register(
         "register_to_first_map": summary(up),
         "server_rss_mb": round(rss / 2**20, 1),
         "kb_per_streaming_node": round((rss - rss0) / nodes / 1024, 1),
-        "idle_cpu_percent": await _idle_cpu(server),
+        "kb_per_streaming_node_idle": round((rss_idle - rss0) / nodes / 1024, 1),
+        "idle_cpu_percent": idle_cpu,
     }
 
 
@@ -230,17 +250,23 @@ def run_one(
     profile_restart: bool = False,
     shards: int = 1,
     reconnect_concurrency: int = RECONNECT_CONCURRENCY,
+    memtrace: Path | None = None,
 ) -> dict[str, Any]:
     kind = "mesh" if mesh else "sparse"
     name = f"{kind}-{nodes}{'-restart' if profile_restart else ''}"
     launcher = ["-m", "cProfile", "-o", str(profile / f"{name}.prof")] if profile else None
     first, again = (None, launcher) if profile_restart else (launcher, None)
     policy = MESH if mesh else SPARSE
-    with local_server({"users.yaml": USERS, "policy.hujson": policy}, launcher=first) as server:
+    traced = memtrace / name if memtrace else None
+    env = {"TAILNETD_TRACEMALLOC": str(traced)} if traced else None
+    files = {"users.yaml": USERS, "policy.hujson": policy}
+    with local_server(files, launcher=first, env=env) as server:
         cold_empty = server.started_in
 
         async def scenario() -> dict[str, Any]:
-            fleet, result = await register(server, nodes, mesh=mesh, shards=1 if mesh else shards)
+            fleet, result = await register(
+                server, nodes, mesh=mesh, shards=1 if mesh else shards, memtrace=traced
+            )
             try:
                 if isinstance(fleet, Fleet) and mesh:
                     result.update(await mesh_events(server, fleet))
@@ -256,6 +282,8 @@ def run_one(
     result.update(kind=kind, cold_start_empty_s=round(cold_empty, 2))
     if profile:
         _write_profile(profile / f"{name}.prof")
+    if traced:
+        memtrace_report(traced, nodes)
     print(json.dumps(result), flush=True)
     return result
 
@@ -265,6 +293,33 @@ def _write_profile(path: Path) -> None:
         return
     with path.with_suffix(".txt").open("w") as out:
         pstats.Stats(str(path), stream=out).sort_stats("cumulative").print_stats(40)
+
+
+def memtrace_report(directory: Path, nodes: int, top: int = 40) -> Path:
+    """What grew between the snapshots `register` took (0: before, 1: all
+    streaming, 2: after the idle window), by line and by file, per node."""
+    snaps = [
+        tracemalloc.Snapshot.load(str(p))
+        for p in sorted(directory.glob("snap-*.tracemalloc"), key=lambda p: int(p.stem[5:]))
+    ]
+    heads = [p.read_text().split("\n\n")[0] for p in sorted(directory.glob("snap-*.txt"))]
+    out = [f"{nodes} nodes; snapshot heads (rss, traced, glibc heap, gc):"]
+    out += [f"-- snap {i}\n{head}" for i, head in enumerate(heads)]
+    for i in range(1, len(snaps)):
+        for key in ("filename", "lineno"):
+            diff = snaps[i].compare_to(snaps[0], key)
+            grew = sum(d.size_diff for d in diff)
+            out.append(f"\n== snap {i} - snap 0 by {key}: {grew / nodes:,.0f} B per node")
+            for d in diff[:top]:
+                frame = d.traceback[0]
+                where = frame.filename if key == "filename" else f"{frame.filename}:{frame.lineno}"
+                per = (
+                    f"{d.size_diff / nodes:>9,.0f} B/node {d.count_diff / nodes:>7.2f} blocks/node"
+                )
+                out.append(f"{per}  {where}")
+    report = directory / "report.txt"
+    report.write_text("\n".join(out) + "\n")
+    return report
 
 
 def _verdict(metric: str, value: float) -> str:
@@ -297,6 +352,15 @@ def render(results: list[dict[str, Any]]) -> str:
         rows.append(
             [label, "server CPU per registration (ms)", r["register_server_cpu_ms_per_node"], ""]
         )
+        if "kb_per_streaming_node_idle" in r:
+            rows.append(
+                [
+                    label,
+                    f"... after {IDLE_WINDOW:g} s idle (KB)",
+                    r["kb_per_streaming_node_idle"],
+                    "",
+                ]
+            )
         rows.append([label, "idle CPU, all streaming (% of a core)", r["idle_cpu_percent"], ""])
         rows.append([label, "cold start, empty (s)", r["cold_start_empty_s"], ""])
         for key, metric, name in (
@@ -419,6 +483,11 @@ def main() -> None:
     parser.add_argument(
         "--no-restart", action="store_true", help="skip the restart at the largest mesh run"
     )
+    parser.add_argument(
+        "--tracemalloc",
+        type=Path,
+        help="trace the server's allocations; snapshots and a report per run under this dir",
+    )
     parser.add_argument("--replot", type=Path, help="no runs: table and plot from this JSON")
     args = parser.parse_args()
     if args.profile:
@@ -446,6 +515,7 @@ def main() -> None:
                 restart_too=n == biggest,
                 profile=args.profile,
                 profile_restart=args.profile_restart and n == biggest,
+                memtrace=args.tracemalloc,
             )
         )
     sparse_biggest = max(args.sparse, default=0) if args.restart_sparse else -1
@@ -460,6 +530,7 @@ def main() -> None:
                 profile_restart=args.profile_restart and restart_too,
                 shards=args.shards,
                 reconnect_concurrency=args.reconnect_concurrency,
+                memtrace=args.tracemalloc,
             )
         )
     print(f"\nmachine: {machine}\n")

@@ -41,6 +41,11 @@ def _serve(args: argparse.Namespace) -> int:
     # everything it makes lives on, so each pass would scan it for nothing.
     # One collection once serving, then gc.freeze() (below).
     gc.disable()
+    from server.memtrace import MemTrace
+
+    memtrace = MemTrace.from_env()  # off unless TAILNETD_TRACEMALLOC names a directory
+    if memtrace is not None:
+        memtrace.start()
     from server.app import Server, StartupError
 
     try:
@@ -79,6 +84,8 @@ def _serve(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
+        if memtrace is not None:
+            loop.add_signal_handler(signal.SIGUSR2, memtrace.snapshot)
         await stop.wait()
         settle.cancel()
         await server.stop()

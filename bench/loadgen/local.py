@@ -9,6 +9,7 @@ start the server exactly as the end-to-end tests do.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -57,6 +58,19 @@ class LocalServer:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
 
+    def memory_snapshot(self, directory: Path, timeout: float = 120.0) -> Path:
+        """Ask a server started with TAILNETD_TRACEMALLOC=`directory` for its
+        next tracemalloc snapshot (SIGUSR2); the snapshot's base path once written."""
+        taken = len(list(directory.glob("snap-*.txt")))
+        target = directory / f"snap-{taken}.txt"
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while not target.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {target} after {timeout} s")
+            time.sleep(0.1)
+        return target.with_suffix("")
+
     def restart(self, launcher: list[str] | None = None) -> float:
         """Stop (SIGTERM) and start again on the same data dir, with `launcher`
         (by default none: a profile covers the first run); seconds to serving."""
@@ -75,7 +89,10 @@ class LocalServer:
 
 @contextmanager
 def local_server(
-    files: dict[str, str], *, launcher: list[str] | None = None
+    files: dict[str, str],
+    *,
+    launcher: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[LocalServer]:
     """A started server serving a fresh repo of `files`; stopped on exit.
 
@@ -88,6 +105,7 @@ def local_server(
         repo = TailnetRepo(tmp / "repo", files)
         process = ServerProcess(repo.path, tmp / "data", tmp / "server.log")
         process.launcher = list(launcher or ())
+        process.extra_env.update(env or {})
         server = LocalServer(process, repo, tmp)
         server.start()
         try:

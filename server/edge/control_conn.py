@@ -14,8 +14,9 @@ import asyncio
 import logging
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import h2.config
 import h2.connection
@@ -154,23 +155,34 @@ class ControlConnection:
             data = await self._reader.read(READ_SIZE)
             if not data:
                 return
-            try:
-                plaintexts = self._noise.receive_data(data)
-            except NoiseError as exc:
-                self._log.info("noise: %s: closing connection: %s", self._machine_key.short(), exc)
+            # Taken in a call of its own: between reads (hours, on a map
+            # stream) nothing of the last read, its records or events is held.
+            going = self._receive(data)
+            del data
+            if going == "drop":
                 return
-            for plain in plaintexts:
-                try:
-                    events = self._h2.receive_data(plain)
-                except h2.exceptions.ProtocolError as exc:
-                    self._log.info("http2: %s: protocol error: %s", self._machine_key.short(), exc)
-                    await self._flush()
-                    return
-                for event in events:
-                    if not self._on_event(event):
-                        await self._flush()
-                        return
             await self._flush()
+            if going == "close":
+                return
+
+    def _receive(self, data: bytes) -> Literal["on", "close", "drop"]:
+        """Feed what was read through Noise and h2; "close": send what h2
+        has, then close; "drop": close at once (a Noise error)."""
+        try:
+            plaintexts = self._noise.receive_data(data)
+        except NoiseError as exc:
+            self._log.info("noise: %s: closing connection: %s", self._machine_key.short(), exc)
+            return "drop"
+        for plain in plaintexts:
+            try:
+                events = self._h2.receive_data(plain)
+            except h2.exceptions.ProtocolError as exc:
+                self._log.info("http2: %s: protocol error: %s", self._machine_key.short(), exc)
+                return "close"
+            for event in events:
+                if not self._on_event(event):
+                    return "close"
+        return "on"
 
     def _on_event(self, event: h2.events.Event) -> bool:
         if isinstance(event, h2.events.RequestReceived):
@@ -268,6 +280,7 @@ class ControlConnection:
         try:
             async for chunk in response.stream:
                 await self._send_data(stream_id, stream, chunk, end=False)
+                del chunk  # a map stream idles between messages: hold none of them
         finally:
             aclose = getattr(response.stream, "aclose", None)
             if aclose is not None:
@@ -393,6 +406,43 @@ def _compact(conn: h2.connection.H2Connection) -> None:
         entries = getattr(header_table, "dynamic_entries", None)
         if type(entries) is deque and entries.maxlen is None:
             header_table.dynamic_entries = _Entries(entries)  # type: ignore[assignment]
+    dispatch = getattr(conn, "_frame_dispatch_table", None)
+    if isinstance(dispatch, dict):
+        names = _dispatch_names(dispatch)
+        if names is not None:
+            conn._frame_dispatch_table = _Dispatch(conn, names)  # type: ignore[assignment]
+
+
+class _Dispatch:
+    """h2's frame dispatch table (frame class -> handler), bound at each
+    lookup: the dict h2 makes holds a dozen bound methods per connection
+    (~1.4 KiB) for what is the same dozen names on every one."""
+
+    __slots__ = ("_conn", "_names")
+
+    def __init__(self, conn: object, names: Mapping[type, str]) -> None:
+        self._conn, self._names = conn, names
+
+    def __getitem__(self, kind: type) -> Callable[..., Any]:
+        handler: Callable[..., Any] = getattr(self._conn, self._names[kind])
+        return handler
+
+
+_DISPATCH_NAMES: dict[type, str] = {}
+
+
+def _dispatch_names(table: dict[Any, Any]) -> Mapping[type, str] | None:
+    """The handler names of h2's table, learnt from the first connection and
+    checked on each (None: not bound methods of the connection: leave it)."""
+    names = {kind: getattr(handler, "__name__", "") for kind, handler in table.items()}
+    if not all(
+        isinstance(kind, type) and getattr(getattr(h, "__self__", None), n, None) == h
+        for (kind, h), n in zip(table.items(), names.values(), strict=True)
+    ):
+        return None
+    if not _DISPATCH_NAMES:
+        _DISPATCH_NAMES.update(names)
+    return _DISPATCH_NAMES if names == _DISPATCH_NAMES else None
 
 
 def _s(value: str | bytes) -> str:

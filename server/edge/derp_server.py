@@ -45,6 +45,7 @@ from server.protocol.derp import (
     looks_like_disco,
 )
 from server.protocol.keys import NodePrivate, NodePublic
+from server.wakeup import Wakeup
 
 __all__ = ["DerpServer", "DerpStats", "DropReason", "Forwarder"]
 
@@ -123,7 +124,7 @@ class _Client:
         self.mesh = False  # another server of the region, not a node
         self.presence: dict[NodePublic, bool] = {}  # for a mesh watcher: present or gone
         self.closing = False
-        self.wake = asyncio.Event()
+        self.wake = Wakeup()
         self.done = asyncio.Event()
         # Disco gets its own queue so path discovery survives a flood of data.
         self.packets: deque[tuple[NodePublic, bytes]] = deque()

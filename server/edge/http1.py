@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import unquote
@@ -75,7 +76,9 @@ class FrontDoor:
         self._idle_timeout = idle_timeout
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _lighten(writer)
         conn = Http1Server(frozenset(self._upgrades))
+        data = b""
         try:
             while True:
                 event = conn.next_event()
@@ -87,10 +90,11 @@ class FrontDoor:
                     conn.receive_data(data)
                 elif isinstance(event, Upgrade):
                     upgraded = _PrefixedReader(event.trailing, reader) if event.trailing else reader
-                    head = event.head
-                    # The upgraded connection may stream for days: keep no HTTP/1 state.
-                    del conn, event
-                    await self._upgrades[head.path](upgraded, writer, head)
+                    taken = self._upgrades[event.head.path](upgraded, writer, event.head)
+                    # The upgraded connection may stream for days: keep no HTTP/1
+                    # state, head or request bytes here (the handler drops the head).
+                    del conn, event, data, upgraded
+                    await taken
                     return
                 elif isinstance(event, Request):
                     if not await self._serve_asgi(conn, writer, event):
@@ -199,3 +203,15 @@ class _PrefixedReader(asyncio.StreamReader):
     def _take(self, n: int) -> bytes:
         out, self._prefix = self._prefix[:n], self._prefix[n:]
         return out
+
+
+def _lighten(writer: asyncio.StreamWriter) -> None:
+    """asyncio's stream protocol keeps a deque (~700 bytes) of writers waiting
+    to drain from birth; a list does what it is used for (append, remove,
+    iterate), and a connection that streams for days seldom has a waiter.
+    Elsewhere than the asyncio it knows, left as it is (memory, never
+    correctness)."""
+    protocol = writer.transport.get_protocol()
+    waiters = getattr(protocol, "_drain_waiters", None)
+    if type(waiters) is deque and not waiters:
+        setattr(protocol, "_drain_waiters", [])  # noqa: B010 (a private attribute)

@@ -39,6 +39,7 @@ class Ts2021Upgrade:
         try:
             initiation = base64.b64decode(head.header("x-tailscale-handshake"), validate=True)
             accepted = accept_initiation(self._key, initiation)
+            del head, initiation  # the connection runs for days: hold none of the request
         except (ValueError, HandshakeError) as exc:
             peer = writer.get_extra_info("peername")
             self._log.info("ts2021: handshake from %s refused: %s", peer, exc)

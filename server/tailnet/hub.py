@@ -48,6 +48,7 @@ from server.tailnet.views import (
     compute_views,
     topology_users,
 )
+from server.wakeup import Wakeup
 from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
 
 __all__ = [
@@ -202,16 +203,21 @@ def _same(new: _T, held: _T | None) -> _T:
     return held if held is not None and (held is new or held == new) else new
 
 
+_NO_PEERS: frozenset[int] = frozenset()
+
+
 class SessionHandle:
     """One open streaming map request; the tailnet marks what it must resend
     (see `session.Wake` for what each mark means)."""
 
+    __slots__ = ("node_id", "wake", "full", "top", "peers", "closed", "ping")
+
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
-        self.wake = asyncio.Event()
+        self.wake = Wakeup()
         self.full = True
         self.top = False
-        self.peers: set[int] = set()
+        self.peers: set[int] | None = None  # made at the first peer marked
         self.closed = False
         self.ping: str | None = None  # a health probe's URL to send (server/tailnet/probes.py)
 
@@ -236,12 +242,15 @@ class SessionHandle:
 
     def mark_peer(self, peer_id: int) -> None:
         """That peer's entry may have changed (endpoints, online)."""
+        if self.peers is None:
+            self.peers = set()
         self.peers.add(peer_id)
         self.wake.set()
 
     def take_wake(self) -> Wake:
-        wake = Wake(self.full, self.top, frozenset(self.peers))
-        self.full, self.top, self.peers = False, False, set()
+        # An idle session holds no per-peer container between wake-ups.
+        wake = Wake(self.full, self.top, frozenset(self.peers) if self.peers else _NO_PEERS)
+        self.full, self.top, self.peers = False, False, None
         self.wake.clear()
         return wake
 

@@ -6,9 +6,11 @@ changes arrives, the maps served equal a fresh compile's."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,7 +39,8 @@ NODES = 120
 
 
 def tailnet_of(store: Store, nodes: int = NODES) -> tuple[NodeRegistry, Tailnet, list[int]]:
-    registry, tailnet = serving(store, source("sparse", POLICY))
+    src = replace(source("sparse", POLICY), explicit_routes={"tag:web": ("10.0.0.0/24",)})
+    registry, tailnet = serving(store, src)
     ids = [
         register(registry, n + 1, f"n{n}", "alice" if n % 2 else "bob", ())
         if n % 7
@@ -110,7 +113,20 @@ def test_a_leave_ends_its_sessions_and_compares_only_what_changed(
 OPS = st.lists(
     st.tuples(
         st.sampled_from(
-            ["join", "tagged", "remove", "rename", "tag", "online", "offline", "rekey", "settle"]
+            [
+                "join",
+                "tagged",
+                "remove",
+                "rename",
+                "tag",
+                "online",
+                "offline",
+                "rekey",
+                "endpoints",
+                "route",
+                "os",
+                "settle",
+            ]
         ),
         st.integers(0, 1000),
     ),
@@ -118,7 +134,7 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(ops=OPS)
 def test_any_joins_and_leaves_serve_what_a_fresh_compile_does(
     tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int]]
@@ -139,13 +155,25 @@ def test_any_joins_and_leaves_serve_what_a_fresh_compile_does(
             elif op == "remove":
                 registry.remove(target)
             elif op == "rename":
-                registry.rename(target, f"r{k}")
+                registry.rename(target, f"r{k}-{target}")
             elif op == "tag":
                 registry.set_tags(target, ["tag:db"])
             elif op == "online":
                 registry.connected(target)
             elif op == "offline":
                 registry.disconnected(target, T0)
+            elif op in ("endpoints", "route", "os"):
+                node = registry.get(target)
+                assert node is not None
+                info = node.hostinfo
+                if op == "route":  # tag:web's are approved in git
+                    info = msgspec.structs.replace(
+                        info, routable_ips=("10.0.0.0/24",) if k % 2 else ()
+                    )
+                elif op == "os":
+                    info = msgspec.structs.replace(info, os="linux" if k % 2 else "windows")
+                endpoints = (f"127.0.0.1:{k}",) if op == "endpoints" else None
+                registry.update_from_map(node, now=T0, hostinfo=info, endpoints=endpoints)
             elif op == "rekey":
                 node = registry.get(target)
                 assert node is not None

@@ -587,16 +587,22 @@ class Tailnet:
         )
         if previous is not None and previous.entries is ctx.entries:
             before, after = previous.nodes, ctx.nodes
+            was, now = previous.online, ctx.online
             if dirty is not None and memo is not None:
-                nodes_changed = [i for i in sorted(dirty) if before.get(i) is not after.get(i)]
+                ids = sorted(dirty)
+                nodes_changed = [i for i in ids if before.get(i) is not after.get(i)]
+                # (`_online_ids` moved only these: no pass over the online set)
+                online_changed = (
+                    [i for i in ids if (i in was) != (i in now)]
+                    if isinstance(was, PersistentIds)
+                    else sorted(was ^ now)
+                )
             else:
                 nodes_changed = [i for i, n in after.items() if before.get(i) is not n] + [
                     i for i in before if i not in after
                 ]
-            ctx.entries.log.record(
-                nodes_changed
-                + ([] if previous.online is ctx.online else sorted(previous.online ^ ctx.online))
-            )
+                online_changed = sorted(was ^ now)
+            ctx.entries.log.record(nodes_changed + ([] if was is now else online_changed))
         if source is None:  # the serving context: what changes from here on is counted
             self._dirty = set()
             self._built_memo = self._live_memo

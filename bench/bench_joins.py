@@ -26,11 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.bench_compile import make_node
-from bench.bench_tailnet import Pump, fill, source
+from bench.bench_tailnet import Pump, fill, newcomer, source
 from gitctl.policy import parse_policy
-from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store import open_store
-from server.store.model import Registration
 from server.tailnet import running_tailnet
 from server.wire import DerpRegion, stable_user_id
 
@@ -78,19 +76,7 @@ def main() -> None:
             return spent
 
         def join(k: int) -> None:
-            key = (1_000_000 + k).to_bytes(4, "big") + bytes(28)
-            node = registry.register(
-                Registration(
-                    machine_key=MachinePublic(key),
-                    node_key=NodePublic(key),
-                    hostname=f"newcomer{k}",
-                    user="alice",
-                    now=NOW,
-                    disco_key=DiscoPublic(key),
-                    capver=133,
-                )
-            )
-            pump.open(node.id)
+            pump.open(registry.register(newcomer(1_000_000 + k, f"newcomer{k}", "alice")).id)
 
         joins = [timed(lambda k=k: join(k)) for k in range(args.joins)]
         ids = [n.id for n in store.list_nodes()][: args.leaves]

@@ -112,6 +112,20 @@ def serve_commit(tailnet: Tailnet, repo: GitTailnet, revision: str) -> None:
     tailnet.swap_source(TailnetSource.from_snapshot(snap))
 
 
+def newcomer(serial: int, hostname: str, user: str) -> Registration:
+    """A node registering with keys made from `serial` (one no other node has)."""
+    key = serial.to_bytes(4, "big") + bytes(28)
+    return Registration(
+        machine_key=MachinePublic(key),
+        node_key=NodePublic(key),
+        hostname=hostname,
+        user=user,
+        now=NOW,
+        disco_key=DiscoPublic(key),
+        capver=133,
+    )
+
+
 def fill(store: Store, nodes: list[Node]) -> None:
     """The synthetic tailnet's nodes, registered in the store."""
     for n in nodes:
@@ -259,17 +273,8 @@ def main() -> None:
         timed("endpoint change", endpoint_change, pump)
 
         def join(k: int) -> None:
-            key = (args.nodes + 7 + k).to_bytes(4, "big") + bytes(28)
             nodes.register(
-                Registration(
-                    machine_key=MachinePublic(key),
-                    node_key=NodePublic(key),
-                    hostname=f"newcomer{k}" if k else "newcomer",
-                    user=users[1][1],
-                    now=NOW,
-                    disco_key=DiscoPublic(key),
-                    capver=133,
-                )
+                newcomer(args.nodes + 7 + k, f"newcomer{k}" if k else "newcomer", users[1][1])
             )
 
         # Repeats (more joins; commits alternating between two policies) give

@@ -54,16 +54,23 @@ class Index:
         # per node: its addresses as /32 and /128 prefixes
         self.host_prefix_table: list[tuple[str, ...]] = []
         self.by_ip: dict[str, int] = {}
+        tagged: list[int] = []
+        members: list[int] = []
         for i, n in enumerate(self.nodes):
-            for t in n.tags:
-                by_tag[t].add(i)
+            if n.tags:
+                tagged.append(i)
+                for t in n.tags:
+                    by_tag[t].add(i)
             email = None if n.tags or n.user is None else email_of.get(n.user, n.user)
             self.email.append(email)
             if email is not None:
+                members.append(i)
                 by_email[email.lower()].add(i)
-            ips = tuple(ip for ip in (n.ipv4, n.ipv6) if ip)
+            # (no generator per node: a leave builds this index again)
+            v4, v6 = n.ipv4, n.ipv6
+            ips = (v4, v6) if v4 and v6 else (v4,) if v4 else (v6,) if v6 else ()
             self.ips.append(ips)
-            self.host_prefix_table.append(tuple(host_prefix(ip) for ip in ips))
+            self.host_prefix_table.append(tuple(map(host_prefix, ips)))
             for ip in ips:
                 self.by_ip[ip] = i
         self._sorted_ips: dict[int, tuple[list[int], list[int]]] | None = None
@@ -73,19 +80,21 @@ class Index:
         self._alias_emails: dict[Alias, frozenset[str] | None] = {}
         self.by_tag = {k: frozenset(v) for k, v in by_tag.items()}
         self.by_email = {k: frozenset(v) for k, v in by_email.items()}
-        self.tagged = frozenset(i for i, n in enumerate(self.nodes) if n.tags)
-        self.members = frozenset(i for i, e in enumerate(self.email) if e is not None)
+        self.tagged = frozenset(tagged)
+        self.members = frozenset(members)
         # Filled in by the route stage: approved routes per node, and the
         # subnet routes that "*" stands for as a source.
-        self.routes: list[tuple[str, ...]] = [() for _ in self.nodes]
-        self.route_spans: list[tuple[Span, ...]] = [() for _ in self.nodes]
+        self.routes: list[tuple[str, ...]] = [()] * len(self.nodes)
+        self.route_spans: list[tuple[Span, ...]] = [()] * len(self.nodes)
         self.routers: tuple[int, ...] = ()
         self.subnet_routes: tuple[str, ...] = ()
 
     def set_routes(self, routes: list[tuple[str, ...]]) -> None:
         self.routes = routes
-        self.route_spans = [tuple(span(r) for r in rs) for rs in routes]
         self.routers = tuple(i for i, rs in enumerate(routes) if rs)
+        self.route_spans = [()] * len(routes)
+        for i in self.routers:
+            self.route_spans[i] = tuple(map(span, routes[i]))
         self._resolved.clear()  # wildcards and prefixes depend on the routes
         seen: dict[str, None] = {}
         for rs in routes:

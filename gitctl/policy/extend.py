@@ -110,8 +110,10 @@ def extend_index(
             return selfs
         index = old.extended(fresh)
         grown = _grow_one(previous, fresh, uses, selfs)
-    elif previous.per_node.self_sources:  # per-user rules would not line up
-        return "autogroup:self with several newcomers or via"
+    elif previous.per_node.self_sources:  # per-user rules would not line up at once
+        if count == 1 or any(g.via for g in policy.grants):
+            return "autogroup:self with via, or address tables grown elsewhere"
+        return _one_at_a_time(previous, policy, topology, keys, tailnet, keep_views=keep_views)
     else:
         index = old.extended(fresh)
         tables = {id(old.ips): index.ips, id(old.host_prefix_table): index.host_prefix_table}
@@ -127,6 +129,32 @@ def extend_index(
     )
     out.slot_uses = uses
     return out
+
+
+def _one_at_a_time(
+    previous: ViewIndex[NodeKey],
+    policy: Policy,
+    topology: Topology,
+    keys: Sequence[NodeKey],
+    tailnet: Mapping[str, Any] | None,
+    *,
+    keep_views: bool,
+) -> ViewIndex[NodeKey] | str:
+    """Several newcomers under autogroup:self (joins that share a settle):
+    grown by one newcomer after the other, as if each had been settled
+    alone, so they cost what they add and not a rebuild; else why not."""
+    index, n = previous, len(previous.keys)
+    for m in range(n + 1, len(keys) + 1):
+        step = (
+            topology
+            if m == len(keys)
+            else Topology(topology.users, topology.nodes[:m], topology.primaries, topology.groups)
+        )
+        grown = extend_index(index, policy, step, keys[:m], tailnet, keep_views=keep_views)
+        if isinstance(grown, str):
+            return grown
+        index = grown
+    return index
 
 
 # What a rule gains: the newcomers (numbered from 0) among its sources, the

@@ -89,18 +89,25 @@ def route_table(
     :func:`elect_primaries` picks it among the online routers, keeping the
     ``primaries`` last served (prefix -> position in ``nodes``) while they
     stay online; exit routes have no primary."""
-    enabled = []
-    for n in nodes:
-        auto = set(auto_approved_routes(policy, n, n.routable_ips, users) if n.routable_ips else ())
+    # Only nodes advertising routes can have any: the others cost no step but
+    # this scan (a leave builds the table again over every node).
+    none: tuple[str, ...] = ()
+    enabled = [none] * len(nodes)
+    advertising = [i for i, n in enumerate(nodes) if n.routable_ips]
+    for i in advertising:
+        n = nodes[i]
+        auto = set(auto_approved_routes(policy, n, n.routable_ips, users))
         approved = set(n.approved_routes)
-        enabled.append(tuple(r for r in n.routable_ips if r in approved or r in auto))
+        enabled[i] = tuple(r for r in n.routable_ips if r in approved or r in auto)
     routers: dict[str, list[tuple[int, datetime | None]]] = {}
-    for i, rs in enumerate(enabled):
-        for r in rs:
+    for i in advertising:
+        for r in enabled[i]:
             if not is_exit_route(r):
                 routers.setdefault(r, []).append((i, nodes[i].created))
     previous = dict(primaries or {})
-    online = frozenset(i for i, n in enumerate(nodes) if n.online)
+    online = frozenset(i for i in advertising if nodes[i].online)
     owner = elect_primaries(routers, online=online, previous=previous)
-    primary = [tuple(r for r in rs if owner.get(r) == i) for i, rs in enumerate(enabled)]
+    primary = [none] * len(nodes)
+    for i in advertising:
+        primary[i] = tuple(r for r in enabled[i] if owner.get(r) == i)
     return RouteTable(enabled=tuple(enabled), primary=tuple(primary))

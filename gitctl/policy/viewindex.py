@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
 from operator import eq, is_, is_not
 from typing import Any, Generic, cast
 
@@ -172,7 +172,9 @@ class ViewIndex(Generic[NodeKey]):
     def primaries(self) -> dict[str, NodeKey]:
         """Prefix -> the node primary for it now (to pass back as the next
         compile's `Topology.primaries`, so the election does not flap)."""
-        return {r: self.keys[i] for i, rs in enumerate(self.table.primary) for r in rs}
+        primary, keys = self.table.primary, self.keys
+        # only routers are primary for anything: not a pass over every node
+        return {r: keys[i] for i in self.index.routers for r in primary[i]}
 
     def peer_keys(self, key: NodeKey) -> list[NodeKey]:
         i = self.position.get(key)
@@ -311,10 +313,15 @@ class ViewIndex(Generic[NodeKey]):
         """Let ``other``'s peer views stand in for equal ones built here, so
         an unchanged peer stays the same object across recompiles (map
         refreshes compare peers by identity). Only the views are held."""
-        at, lend, keys = self.position, self._lend, other.keys
+        at, lend, keys, plain = self.position, self._lend, other.keys, other._plain
         # What `other` itself borrowed covers the views it took over unbuilt.
-        lend.update((k, pv) for k, pv in other._lend.items() if k in at)
-        lend.update((keys[j], pv) for j, pv in enumerate(other._plain) if pv is not None)
+        if self.keys[: len(keys)] == keys:  # it has no node this index lacks
+            lend.update(other._lend)
+        else:
+            lend.update((k, pv) for k, pv in other._lend.items() if k in at)
+        # (in C: a join must not cost a Python step per node)
+        built = compress(zip(keys, plain, strict=True), map(is_not, plain, repeat(None)))
+        lend.update(cast("Iterator[tuple[NodeKey, PeerView]]", built))
 
     def compare(self, previous: ViewIndex[NodeKey]) -> None:
         """Work out which views the change from ``previous`` (nodes joining or
@@ -344,6 +351,10 @@ class ViewIndex(Generic[NodeKey]):
         self.peer_change = change
         patch = change.viewers if change is not None else frozenset()
         at = self.position
+        had = len(old_keys)
+        if self.keys[:had] == old_keys:  # a join (or nothing): every old node keeps its place
+            self._take_over(previous, keys, patch)
+            return keys
         for i, v in list(previous.views.items()):
             key = old_keys[i]
             if key not in keys:
@@ -357,6 +368,37 @@ class ViewIndex(Generic[NodeKey]):
                 if self.keys[i] not in keys:
                     self._visible.setdefault(i, mask)
         return keys
+
+    def _take_over(
+        self,
+        previous: ViewIndex[NodeKey],
+        keys: frozenset[NodeKey],
+        patch: frozenset[NodeKey],
+    ) -> None:
+        """`adopt` when ``previous``'s nodes keep their positions here: its
+        views and who-sees-whom are copied whole (in C), and only the ``keys``
+        whose views may differ are taken out again, so the work is what the
+        change touched, not the tailnet."""
+        at, old_views = self.position, previous.views
+        taken = dict(old_views)
+        visible = dict(previous._visible) if self.keys == previous.keys else {}
+        for key in keys:
+            i = at.get(key)
+            if i is None:
+                continue
+            visible.pop(i, None)
+            v = taken.pop(i, None)
+            if v is None:
+                continue
+            if key in patch:
+                self._bases[i] = v
+            else:
+                self._earlier[i] = v.peers
+        for i, v in self.views.items():  # built here already (none, as a rule)
+            taken.setdefault(i, v)
+        self.views = taken
+        visible.update(self._visible)
+        self._visible = visible
 
 
 class LazyNodes(Mapping[NodeKey, NodeView[NodeKey]]):

@@ -58,6 +58,20 @@ def _topology_affected(
         for key in joined:
             out.update(current.dependents(key))
         return frozenset(out)
+    if len(current.keys) == had - 1:
+        # one node left and the others stay as they were (compared in C)
+        gone = previous.position.keys() - current.position.keys()
+        if len(gone) == 1:
+            (key,) = gone
+            p = previous.position[key]
+            old = previous.topology.nodes
+            if (
+                current.keys == previous.keys[:p] + previous.keys[p + 1 :]
+                and current.topology.nodes == old[:p] + old[p + 1 :]
+            ):
+                if previous.table.enabled[p]:
+                    return None
+                return frozenset({key, *previous.dependents(key)})
     old_nodes = dict(zip(previous.keys, previous.topology.nodes, strict=True))
     new_nodes = dict(zip(current.keys, current.topology.nodes, strict=True))
     if len(old_nodes) != len(previous.keys) or len(new_nodes) != len(current.keys):

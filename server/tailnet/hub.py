@@ -260,11 +260,25 @@ class SessionHandle:
         return wake.full or wake.top, set(wake.peers)
 
 
-def _node_map(held: Mapping[int, Node], nodes: Sequence[Node]) -> Mapping[int, Node]:
+def _node_map(
+    held: Mapping[int, Node],
+    nodes: Sequence[Node],
+    records: tuple[Mapping[int, Node], AbstractSet[int]] | None = None,
+) -> Mapping[int, Node]:
     """id -> node of `nodes`: `held` (the last context's) with what changed
-    set in it when nothing left, so a join costs what it changed; else a copy."""
+    set in it when nothing left, so a join costs what it changed; else a copy.
+    `records`: `nodes` by id and the only ids that may differ from `held`
+    (then leaves are removed from `held` too, and nothing else is visited)."""
     if not isinstance(held, PersistentMap):
         return {n.id: n for n in nodes}
+    if records is not None:
+        by_id, ids = records
+        lookup = held.lookup
+        sets = [
+            (i, n) for i in sorted(ids) if (n := by_id.get(i)) is not None and lookup(i) is not n
+        ]
+        gone = [i for i in ids if i not in by_id and i in held]
+        return held.changed(sets, gone) if sets or gone else held
     lookup = held.lookup
     changed = [(n.id, n) for n in nodes if lookup(n.id) is not n]
     joined = sum(1 for node_id, _ in changed if node_id not in held)
@@ -273,12 +287,15 @@ def _node_map(held: Mapping[int, Node], nodes: Sequence[Node]) -> Mapping[int, N
     return held.set_many(changed) if changed else held
 
 
-def _online_ids(held: AbstractSet[int] | None, online: set[int]) -> AbstractSet[int]:
+def _online_ids(
+    held: AbstractSet[int] | None, online: set[int], ids: AbstractSet[int] | None = None
+) -> AbstractSet[int]:
     """`online` as a context holds it: `held` (the last context's, kept up to
-    date change by change) itself when it says the same, else a frozen copy."""
+    date change by change) itself when it says the same, else a frozen copy.
+    `ids`: the only ids whose state may differ between the two (else all)."""
     if not isinstance(held, PersistentIds):
         return frozenset(online)
-    for node_id in online.symmetric_difference(held):
+    for node_id in online.symmetric_difference(held) if ids is None else sorted(ids):
         held = held.with_id(node_id, node_id in online)
     return held
 
@@ -332,6 +349,15 @@ class Tailnet:
         # a recompile for a join then does not test every record again.
         self._live_memo: tuple[TailnetSource, dict[int, Node]] | None = None
         self._topology_nodes = TopologyNodes()  # each record as the compiler sees it
+        # Records advertising routes (approved routes, offline routers and
+        # primaries concern only these): found without a pass over every node.
+        self._router_ids = {i for i, n in self._records.items() if advertised_routes(n)}
+        # What changed since the serving context was built: the ids whose
+        # records changed, and the `_live_memo` that build read (the ids are
+        # all it may differ in while that memo is still the one kept up to
+        # date). A settle for a join then costs what changed, not the tailnet.
+        self._dirty: set[int] = set()
+        self._built_memo: tuple[TailnetSource, dict[int, Node]] | None = None
         self._users: (
             tuple[TailnetSource, list[tuple[int, str, str]], tuple[TopologyUser, ...]] | None
         ) = None
@@ -427,10 +453,14 @@ class Tailnet:
     def _relive(self, node_id: int) -> None:
         """The memo of `_live` after the record of `node_id` changed (or went);
         forgotten when keeping it would change the order of the nodes."""
+        node = self._records.get(node_id)
+        if node is not None and advertised_routes(node):
+            self._router_ids.add(node_id)
+        else:
+            self._router_ids.discard(node_id)
         if self._live_memo is None:
             return
         source, live = self._live_memo
-        node = self._records.get(node_id)
         if node is None or not self._served(node, source):
             live.pop(node_id, None)
         elif node_id in live or not live or node_id > next(reversed(live)):
@@ -451,6 +481,24 @@ class Tailnet:
             held = self._users = (source, users, topology_users(users))
         return held[1], held[2]
 
+    def _dirty_since_built(self, source: TailnetSource) -> set[int] | None:
+        """The ids the live nodes of `source` may differ in from the serving
+        context's, when known (None: compare every node): `source` is the
+        serving one and its `_live` memo is the one that context was built from."""
+        memo = self._live_memo
+        if source is self._source and memo is not None and memo is self._built_memo:
+            return self._dirty
+        return None
+
+    def _live_routers(self, source: TailnetSource, nodes: Sequence[Node]) -> Sequence[Node]:
+        """The nodes of `nodes` (`source`'s live ones) advertising routes: from
+        `_router_ids` when the memo of `_live` holds them, else a pass."""
+        memo = self._live_memo
+        if memo is None or memo[0] is not source or len(memo[1]) != len(nodes):
+            return [n for n in nodes if advertised_routes(n)]
+        live = memo[1]
+        return [live[i] for i in sorted(self._router_ids) if i in live]
+
     def _compile_job(
         self, source: TailnetSource, previous: MapContext | None
     ) -> Callable[[], CompiledTailnet[int]]:
@@ -459,16 +507,23 @@ class Tailnet:
         records, copies of the runtime state): a worker thread may run it."""
         nodes = self._live(source)
         users, topology_users = self._users_of(source)
-        approved = self._approved_routes(nodes, source)
+        routers = self._live_routers(source, nodes)
+        approved = self._approved_routes(routers, source)
         online, unhealthy, topology_node = self._online, self._unhealthy, self._topology_nodes
-        offline = frozenset(
-            n.id
-            for n in nodes
-            if (n.id not in online or n.id in unhealthy) and advertised_routes(n)
-        )
+        offline = frozenset(n.id for n in routers if n.id not in online or n.id in unhealthy)
         # Converted once per node change (cached), here on the loop: not per compile.
-        topology_node.keep(list(self._records))
+        topology_node.keep(self._records)
         no_routes: tuple[str, ...] = ()
+        dirty = self._dirty_since_built(source)
+        if dirty is None:
+            converted = [
+                topology_node(n, approved.get(n.id, no_routes), n.id not in offline) for n in nodes
+            ]
+        else:  # only the changed records and the routers (online, approvals) convert again
+            live = self._live_memo[1] if self._live_memo is not None else {}
+            for n in [live[i] for i in dirty if i in live] + list(routers):
+                topology_node(n, approved.get(n.id, no_routes), n.id not in offline)
+            converted = topology_node.of(live)
         return partial(
             compile_views,
             source.policy,
@@ -480,9 +535,7 @@ class Tailnet:
             primaries=dict(self._primaries),
             groups=self._group_members(),
             against=previous.views.compiled if previous is not None else None,
-            topology_nodes=[
-                topology_node(n, approved.get(n.id, no_routes), n.id not in offline) for n in nodes
-            ],
+            topology_nodes=converted,
             users_held=topology_users,
         )
 
@@ -503,30 +556,45 @@ class Tailnet:
         self._log.debug("policy index: %s", getattr(compiled.visibility, "origin", "full"))
         nodes = self._live(src)
         held: Mapping[int, Node] = self._ctx.nodes if hasattr(self, "_ctx") else {}
+        # Only these ids may differ from `held` (None: any), when `previous` is `held`'s.
+        serving = previous is not None and previous is getattr(self, "_ctx", None)
+        dirty = self._dirty_since_built(src) if serving else None
+        memo = self._live_memo[1] if self._live_memo is not None and source is None else None
         if held:
             # Unchanged records stay the very objects the last context had, so
-            # map refreshes find the changed ones by identity.
+            # map refreshes find the changed ones by identity (the memo of
+            # `_live` keeps them too, so the next build looks at changes only).
             lookup = held.lookup if isinstance(held, PersistentMap) else held.get
-            nodes = [
-                old if (old := lookup(n.id)) is not None and (old is n or old == n) else n
-                for n in nodes
-            ]
+            if dirty is not None and memo is not None:
+                for i in dirty:
+                    n, old = memo.get(i), lookup(i)
+                    if n is not None and old is not None and n is not old and old == n:
+                        memo[i] = old
+                nodes = list(memo.values())
+            else:
+                nodes = [
+                    old if (old := lookup(n.id)) is not None and (old is n or old == n) else n
+                    for n in nodes
+                ]
+                if memo is not None and len(memo) == len(nodes):
+                    memo.update((n.id, n) for n in nodes)
         users, _ = self._users_of(src)
         views = compute_views(
             src.policy,
             users,
             nodes,
-            self._approved_routes(nodes, src),
+            self._approved_routes(self._live_routers(src, nodes), src),
             previous=previous.views if previous else None,
             previous_nodes=previous.nodes if previous else None,
             reuse=self._ctx.views if hasattr(self, "_ctx") else None,
             compiled=compiled,
+            records=None if dirty is None or memo is None else (memo, dirty),
         )
         if source is None:
             self._primaries = views.primaries
         ctx = MapContext(
             domain=src.domain,
-            nodes=_node_map(held, nodes),
+            nodes=_node_map(held, nodes, None if dirty is None or memo is None else (memo, dirty)),
             views=views,
             derp_map=self._derp_map if source is None else self._derp_map_of(src),
             # Equal values stay the very objects the last context had: sessions
@@ -535,7 +603,7 @@ class Tailnet:
                 src.dns_config, self._ctx.dns_config if hasattr(self, "_ctx") else None
             ),
             users=_same(src.users, self._ctx.users if hasattr(self, "_ctx") else None),
-            online=_online_ids(previous.online if previous else None, self._online),
+            online=_online_ids(previous.online if previous else None, self._online, dirty),
             # Encoded peer entries outlive contexts; they depend on the domain only.
             entries=self._ctx.entries
             if hasattr(self, "_ctx") and self._ctx.domain == src.domain
@@ -543,11 +611,25 @@ class Tailnet:
         )
         if previous is not None and previous.entries is ctx.entries:
             before, after = previous.nodes, ctx.nodes
-            ctx.entries.log.record(
-                [i for i, n in after.items() if before.get(i) is not n]
-                + [i for i in before if i not in after]
-                + ([] if previous.online is ctx.online else sorted(previous.online ^ ctx.online))
-            )
+            was, now = previous.online, ctx.online
+            if dirty is not None and memo is not None:
+                ids = sorted(dirty)
+                nodes_changed = [i for i in ids if before.get(i) is not after.get(i)]
+                # (`_online_ids` moved only these: no pass over the online set)
+                online_changed = (
+                    [i for i in ids if (i in was) != (i in now)]
+                    if isinstance(was, PersistentIds)
+                    else sorted(was ^ now)
+                )
+            else:
+                nodes_changed = [i for i, n in after.items() if before.get(i) is not n] + [
+                    i for i in before if i not in after
+                ]
+                online_changed = sorted(was ^ now)
+            ctx.entries.log.record(nodes_changed + ([] if was is now else online_changed))
+        if source is None:  # the serving context: what changes from here on is counted
+            self._dirty = set()
+            self._built_memo = self._live_memo
         return ctx
 
     def _derp_map_of(self, source: TailnetSource) -> dict[str, Any]:
@@ -694,6 +776,7 @@ class Tailnet:
         if change.kind == "removed":
             self._records.pop(change.node_id, None)
             self._relive(change.node_id)
+            self._dirty.add(change.node_id)
             self._online.discard(change.node_id)
             self._unhealthy.discard(change.node_id)
             self._ctx.entries.forget(change.node_id)  # its encoded entries
@@ -709,7 +792,12 @@ class Tailnet:
         self._relive(node.id)
         if change.online is not None:
             (self._online.add if change.online else self._online.discard)(node.id)
+        if node.id not in self._ctx.nodes or change.healthy is not None:
+            # The context will not follow this record (nor its online state)
+            # before the next build: that build must look at it.
+            self._dirty.add(node.id)
         if change.kind == "topology" or (node.id in self._ctx.nodes) != self._served(node):
+            self._dirty.add(node.id)
             self._recompile(nodes_only=True)
             return
         if change.healthy is not None:
@@ -717,6 +805,7 @@ class Tailnet:
         if (change.online is not None or change.healthy is not None) and advertised_routes(node):
             # A router came or went (or stopped answering): the primary for its
             # subnets may move (HA failover).
+            self._dirty.add(node.id)
             self._recompile()
             return
         if change.healthy is not None:
@@ -842,7 +931,7 @@ class Tailnet:
             moved = canaries ^ self._canary_ids(tag)
             changed = self._canary[2].views.changed
             self._wake(moved | (canaries if changed is None else changed & canaries))
-        self._close_unserved(old_ctx)
+        self._close_unserved(old_ctx, gen)
         # A record can change with no view changing (a re-keyed node: same
         # addresses, same rules): its viewers still owe their clients its entry.
         for node_id in self._ctx.entries.log.since(gen) or ():
@@ -880,8 +969,18 @@ class Tailnet:
                     return None
         return touched
 
-    def _close_unserved(self, old: MapContext) -> None:
-        for node_id in old.nodes.keys() - self._ctx.nodes.keys():
+    def _close_unserved(self, old: MapContext, gen: int | None = None) -> None:
+        """End the sessions of the nodes `old` served and the context does not;
+        `gen`: the change log's when `old` served (only the ids logged since are looked at)."""
+        new = self._ctx
+        since = (
+            new.entries.log.since(gen) if gen is not None and new.entries is old.entries else None
+        )
+        if since is None:
+            gone: Iterable[int] = old.nodes.keys() - new.nodes.keys()
+        else:
+            gone = sorted({i for i in since if i in old.nodes and i not in new.nodes})
+        for node_id in gone:
             if node_id in self._records:
                 node = self._records[node_id]
                 self._log.warning(

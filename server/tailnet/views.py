@@ -13,10 +13,12 @@ a join or leave merely gives or takes that one peer is patched, not rebuilt.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
+from operator import attrgetter
 
 from gitctl.policy import (
     CompiledTailnet,
@@ -73,6 +75,9 @@ class PolicyViews:
         return self.compiled.peer_keys(node_id)
 
 
+_node_id = attrgetter("id")  # in C: a join must not cost a Python step per node
+
+
 def advertised_routes(node: Node) -> tuple[str, ...]:
     return node.hostinfo.routable_ips or ()
 
@@ -113,21 +118,28 @@ class TopologyNodes:
 
     def __init__(self) -> None:
         self._held: dict[int, tuple[Node, tuple[str, ...], bool, TopologyNode]] = {}
+        self._made: dict[int, TopologyNode] = {}  # node id -> its last conversion
 
     def __call__(self, node: Node, approved: tuple[str, ...], online: bool) -> TopologyNode:
         held = self._held.get(node.id)
         if held is not None and held[0] is node and held[1] == approved and held[2] is online:
             return held[3]
-        out = to_topology_node(node, approved, online=online)
+        out = self._made[node.id] = to_topology_node(node, approved, online=online)
         self._held[node.id] = (node, approved, online, out)
         return out
 
-    def keep(self, node_ids: Sequence[int]) -> None:
+    def of(self, node_ids: Iterable[int]) -> list[TopologyNode]:
+        """The last conversion of each of `node_ids` (each converted before,
+        since its record last changed): a copy in C, no call per node."""
+        return list(map(self._made.__getitem__, node_ids))
+
+    def keep(self, node_ids: Collection[int]) -> None:
         """Forget the nodes not in `node_ids` (they left)."""
         if len(self._held) > len(node_ids):
             ids = set(node_ids)
             for gone in [i for i in self._held if i not in ids]:
                 del self._held[gone]
+                del self._made[gone]
 
 
 def topology_users(users: Sequence[tuple[int, str, str]]) -> tuple[TopologyUser, ...]:
@@ -171,7 +183,7 @@ def compile_views(
     # The policy's `tests` were checked when the commit was loaded (against its own
     # users and tags); live nodes coming and going must not un-serve a policy.
     compiled = compile_tailnet(
-        policy, topo, keys=[n.id for n in nodes], now=now, enforce_tests=False, base=against
+        policy, topo, keys=list(map(_node_id, nodes)), now=now, enforce_tests=False, base=against
     )
     index, serving = compiled.visibility, against.visibility if against is not None else None
     if isinstance(index, ViewIndex) and isinstance(serving, ViewIndex):
@@ -193,6 +205,7 @@ def compute_views(
     primaries: Mapping[str, int] | None = None,
     groups: Mapping[str, tuple[str, ...]] | None = None,
     compiled: CompiledTailnet[int] | None = None,
+    records: tuple[Mapping[int, Node], AbstractSet[int]] | None = None,
 ) -> PolicyViews:
     """Compile `policy` against the live nodes; views are built on demand.
 
@@ -213,7 +226,9 @@ def compute_views(
     says who it chose. `groups` (policy group -> emails) are members the
     identity provider gave at login, beside those the policy declares.
     `compiled`: the index `compile_views` built from these same arguments
-    (in a worker thread), else it is built here.
+    (in a worker thread), else it is built here. `records`: `nodes` by id
+    and the only ids whose records may differ from `previous_nodes` (a
+    superset; else every node is compared).
     """
     if compiled is None:
         compiled = compile_views(
@@ -235,8 +250,8 @@ def compute_views(
         index.lend(donor)
     views = PolicyViews(compiled)
     if previous is not None and previous_nodes is not None and compiled.changed is not None:
-        by_id = {n.id: n for n in nodes}
-        views.changed = _changed_ids(compiled.changed, previous, previous_nodes, views, by_id)
+        by_id, ids = records if records is not None else ({n.id: n for n in nodes}, None)
+        views.changed = _changed_ids(compiled.changed, previous, previous_nodes, views, by_id, ids)
     return views
 
 
@@ -246,12 +261,14 @@ def _changed_ids(
     old_nodes: Mapping[int, Node],
     new: PolicyViews,
     new_nodes: Mapping[int, Node],
+    ids: AbstractSet[int] | None = None,
 ) -> frozenset[int]:
     """Nodes whose maps may differ: those the policy says, plus every node
     whose record changed in a way the policy does not see (a new key, an
-    expiry) and the nodes that see it."""
+    expiry) and the nodes that see it. `ids`: the only nodes whose records
+    may have changed (else every node is compared)."""
     out = set(policy_changed)
-    for node_id in old_nodes.keys() | new_nodes.keys():
+    for node_id in old_nodes.keys() | new_nodes.keys() if ids is None else ids:
         was, now = old_nodes.get(node_id), new_nodes.get(node_id)
         if was is not now and was != now:  # unchanged records are the same objects
             out.add(node_id)

@@ -242,6 +242,29 @@ def test_under_autogroup_self_a_users_first_device_rebuilds_and_the_next_grows()
     assert origins == [first, "extended", "extended", "extended", "extended"]
 
 
+def test_under_autogroup_self_joins_that_share_a_settle_grow_the_index() -> None:
+    # several devices of users who have one already: grown one after the other
+    # (a connect storm's settle), not rebuilt, and what a fresh compile shows
+    policy = parse_policy(_self())
+
+    def device(k: int, user: str) -> TopologyNode:
+        return TopologyNode(f"n{k}", f"n{k}", user, (), f"100.64.0.{k}", f"fd7a:115c:a1e0::{k}")
+
+    nodes = [device(1, "alice"), device(2, "carol"), device(3, "bob")]
+    compiled = compile_tailnet(policy, Topology(USERS, tuple(nodes)), enforce_tests=False)
+    _views(compiled)  # the serving views were read
+    more = [device(4, "bob"), device(5, "alice"), device(6, "bob"), device(7, "carol")]
+    topo = Topology(USERS, (*nodes, *more))
+    grown = compile_tailnet(policy, topo, enforce_tests=False, base=compiled)
+    assert _origin(grown) == "extended"
+    assert _views(grown) == _views(compile_tailnet(policy, topo, enforce_tests=False))
+    # a newcomer who is its user's first device among them: rebuilt, as alone
+    topo = Topology(USERS, (*topo.nodes, device(8, "bob"), device(9, "dave")))
+    again = compile_tailnet(policy, topo, enforce_tests=False, base=grown)
+    assert _origin(again) == "full: autogroup:self: a user's first device"
+    assert _views(again) == _views(compile_tailnet(policy, topo, enforce_tests=False))
+
+
 def test_a_newcomer_named_twice_as_a_source_is_listed_once() -> None:
     # tag:db's nodes and the host 100.64.0.3 are both sources: when the node at
     # that address joins as tag:db, its address is one source, not two

@@ -1,0 +1,97 @@
+"""What one join and one leave cost the server at N nodes (issue 11: a join
+costs what it changes, not what the tailnet holds).
+
+Run: python -m bench.bench_joins [--nodes 5000] [--joins 100] [--leaves 20] [--profile OUT]
+
+N nodes of one user under the socket benchmark's sparse policy (`{"acls": []}`)
+in a real sqlite store, each with an open session that has read its view; then
+joins one by one (registered, settled, its session opened) and leaves one by
+one (removed, settled). Prints the server's CPU per join and per leave
+(`time.process_time()`), leaving out the pump that steps every session after
+each event (a benchmark's cost, not the server's: the server's sessions wait
+on their events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import logging
+import pstats
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.bench_compile import make_node
+from bench.bench_tailnet import Pump, fill, newcomer, source
+from gitctl.policy import parse_policy
+from server.store import open_store
+from server.tailnet import running_tailnet
+from server.wire import DerpRegion, stable_user_id
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--nodes", type=int, default=5000)
+    parser.add_argument("--joins", type=int, default=100)
+    parser.add_argument("--leaves", type=int, default=20)
+    parser.add_argument("--profile", type=Path, help="cProfile the joins and leaves, stats here")
+    args = parser.parse_args()
+    users = [(stable_user_id("alice"), "alice", "alice@example.com")]
+    profiler = cProfile.Profile() if args.profile else None
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(Path(tmp) / "bench.sqlite")
+        nodes = [
+            replace(make_node(i, users, ["tag:t"]), user="alice", tags=())
+            for i in range(1, args.nodes + 1)
+        ]
+        fill(store, nodes)
+        registry, tailnet = running_tailnet(
+            store,
+            source(parse_policy({"acls": []}), users, "sparse"),
+            derp_regions=[DerpRegion(999, "tailnetd", "tailnetd", "127.0.0.1", 8080, 3478)],
+            log=logging.getLogger("bench"),
+            clock=lambda: NOW,
+            defer=lambda fn: False,  # each event settles at once: one join, one settle
+        )
+        pump = Pump(registry, tailnet)
+        for node in store.list_nodes():
+            pump.open(node.id)
+        pump.run()
+
+        def timed(event: Callable[[], object]) -> float:
+            start = time.process_time()
+            if profiler is not None:
+                profiler.enable()
+            event()
+            if profiler is not None:
+                profiler.disable()
+            spent = time.process_time() - start
+            pump.run()
+            return spent
+
+        def join(k: int) -> None:
+            pump.open(registry.register(newcomer(1_000_000 + k, f"newcomer{k}", "alice")).id)
+
+        joins = [timed(lambda k=k: join(k)) for k in range(args.joins)]
+        ids = [n.id for n in store.list_nodes()][: args.leaves]
+        leaves = [timed(lambda i=i: registry.remove(i)) for i in ids]
+        print(
+            f"{args.nodes} nodes: {sum(joins) / len(joins) * 1000:.2f} ms server CPU per join "
+            f"({len(joins)}), {sum(leaves) / max(1, len(leaves)) * 1000:.2f} ms per leave "
+            f"({len(leaves)})"
+        )
+        if profiler is not None and args.profile is not None:
+            with args.profile.open("w") as out:
+                stats = pstats.Stats(profiler, stream=out)
+                stats.sort_stats("cumulative").print_stats(40)
+                stats.sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()

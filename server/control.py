@@ -344,17 +344,20 @@ class ControlHandler:
                     yield frame
                     self._metrics.map_sent("full" if wake.full or wake.top else "delta", len(frame))
                 self._metrics.caught_up(handle)
-                settings = self._settings()
-                timeout = self._rng.uniform(settings.keepalive_min, settings.keepalive_max)
-                try:
-                    # A deadline on this task, not wait_for's extra task per wait:
-                    # 5,000 idle streams each wait here between keep-alives.
-                    async with asyncio.timeout(timeout):
-                        await handle.wake.wait()
-                except TimeoutError:
-                    keepalive = encoder.keepalive()
-                    yield keepalive
-                    self._metrics.map_sent("keepalive", len(keepalive))
+                # Keep-alives until woken: an idle stream's only work is the
+                # keep-alive itself (it never looks at the tailnet), and 5,000
+                # idle streams each wait here.
+                while not handle.wake.is_set():
+                    settings = self._settings()
+                    timeout = self._rng.uniform(settings.keepalive_min, settings.keepalive_max)
+                    try:
+                        # A deadline on this task, not wait_for's extra task per wait.
+                        async with asyncio.timeout(timeout):
+                            await handle.wake.wait()
+                    except TimeoutError:
+                        keepalive = encoder.keepalive()
+                        yield keepalive
+                        self._metrics.map_sent("keepalive", len(keepalive))
         finally:
             self._metrics.session_closed(handle)
             self._tailnet.close_session(handle)

@@ -313,6 +313,11 @@ class Tailnet:
         ) = None
         # subnet -> primary router, last served: runtime state, like who is online
         self._primaries: Mapping[str, int] = dict(primaries or {})
+        # The served nodes with approved routes, per context and source: the
+        # router probes ask every second, and a context is replaced only by a change.
+        self._routers_memo: tuple[MapContext, TailnetSource, dict[int, tuple[str, ...]]] | None = (
+            None
+        )
         self._ctx = self._build_context()
         # Canary rollout: the candidate snapshot, the tag that picks its nodes,
         # and its maps over the same nodes (None: every node is on `_source`).
@@ -927,8 +932,9 @@ class Tailnet:
         """Online routers serving a subnet that another router serves too:
         the ones whose health decides a primary (HA routes)."""
         served: dict[str, list[int]] = {}
-        online = [n for n in self._ctx.nodes.values() if n.id in self._online]
-        for node_id, routes in self._approved_routes(online).items():
+        for node_id, routes in self._routers().items():
+            if node_id not in self._online:
+                continue
             for route in routes:
                 served.setdefault(route, []).append(node_id)
         return frozenset(
@@ -937,6 +943,16 @@ class Tailnet:
             if len(ids) > 1 and route not in EXIT_ROUTES
             for node_id in ids
         )
+
+    def _routers(self) -> dict[int, tuple[str, ...]]:
+        """The serving context's nodes with approved routes; every node is
+        looked at again only after the context or the source changed."""
+        ctx, source, memo = self._ctx, self._source, self._routers_memo
+        if memo is not None and memo[0] is ctx and memo[1] is source:
+            return memo[2]
+        routers = self._approved_routes([n for n in ctx.nodes.values() if advertised_routes(n)])
+        self._routers_memo = (ctx, source, routers)
+        return routers
 
     def _notify_viewers(self, node_id: int) -> None:
         # Each viewer sees the node as the snapshot it is on shows it.

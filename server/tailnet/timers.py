@@ -155,7 +155,7 @@ class Probing:
             now = self._clock()
             # Only routers streaming here: a probe goes down this process's
             # stream; another replica probes its own and tells us (replicas.py).
-            here = self._tailnet.shared_routers() & self._registry.local_online_ids()
+            here = self._registry.local_online_of(self._tailnet.shared_routers())
             self._health(self.probes.track(here, now))
             probes, transitions = self.probes.due(now)
             self._health(transitions)

@@ -203,10 +203,22 @@ class SessionHandle:
         self.peers: set[int] = set()
         self.closed = False
         self.ping: str | None = None  # a health probe's URL to send (server/tailnet/probes.py)
+        self.keepalive = False  # its keep-alive is due (keepalives.py)
 
     def send_ping(self, url: str) -> None:
         self.ping = url
         self.wake.set()
+
+    def mark_keepalive(self) -> None:
+        self.keepalive = True
+        self.wake.set()
+
+    def take_keepalive(self) -> bool:
+        """Whether a keep-alive is due; a wake for nothing else is used up."""
+        due, self.keepalive = self.keepalive, False
+        if due and not (self.full or self.top or self.peers or self.ping or self.closed):
+            self.wake.clear()
+        return due
 
     def take_ping(self) -> str | None:
         url, self.ping = self.ping, None
@@ -318,6 +330,8 @@ class Tailnet:
         self._routers_memo: tuple[MapContext, TailnetSource, dict[int, tuple[str, ...]]] | None = (
             None
         )
+        self._record_writes = 0  # changes to `_records`: when `cut_off` must look again
+        self._cut_off_memo: tuple[MapContext, int, list[Node]] | None = None
         self._ctx = self._build_context()
         # Canary rollout: the candidate snapshot, the tag that picks its nodes,
         # and its maps over the same nodes (None: every node is on `_source`).
@@ -384,9 +398,14 @@ class Tailnet:
             self._wake_all()
 
     def cut_off(self) -> list[Node]:
-        """Registered nodes that are not served: their user is not in git."""
-        served = self.context.nodes
-        return [n for n in self._records.values() if n.id not in served and n.approved]
+        """Registered nodes that are not served: their user is not in git.
+        Asked at every sweep; looks at every record only after a change."""
+        ctx, memo = self.context, self._cut_off_memo
+        if memo is None or memo[0] is not ctx or memo[1] != self._record_writes:
+            served = ctx.nodes
+            cut = [n for n in self._records.values() if n.id not in served and n.approved]
+            memo = self._cut_off_memo = (ctx, self._record_writes, cut)
+        return list(memo[2])
 
     def _served(self, node: Node, source: TailnetSource | None = None) -> bool:
         """In the maps: its owner is in git (or it is tagged), and it is not
@@ -672,6 +691,7 @@ class Tailnet:
 
     def apply(self, change: NodeChange) -> None:
         """A node changed (the registry's event stream)."""
+        self._record_writes += 1
         if change.kind == "removed":
             self._records.pop(change.node_id, None)
             self._relive(change.node_id)

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +41,21 @@ async def _sample(server: LocalServer, window: float, step: float) -> list[float
         out.append(round((now - last) / step * 100, 2))
         last = now
     return out
+
+
+def keepalives_sent(server: LocalServer) -> int:
+    """tailnetd_map_messages_total{kind="keepalive"}, from /metrics on the admin socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(server.tmp / "data" / "tailnetd.sock"))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    text = b"".join(chunks).decode()
+    for line in text.splitlines():
+        if line.startswith('tailnetd_map_messages_total{kind="keepalive"}'):
+            return int(float(line.split()[-1]))
+    raise RuntimeError("no keep-alive counter in /metrics")
 
 
 def _py_spy(pid: int, window: float, out: Path) -> subprocess.Popen[bytes]:
@@ -80,6 +96,7 @@ def run(nodes: int, shards: int, window: float, settle: float, spy: Path | None)
             try:
                 await asyncio.sleep(settle)
                 load = os.getloadavg()[0]
+                sent = keepalives_sent(server)
                 before = server.cpu_seconds()
                 spying = _py_spy(server.pid, window, spy) if spy else None
                 start = time.monotonic()
@@ -88,6 +105,7 @@ def run(nodes: int, shards: int, window: float, settle: float, spy: Path | None)
                 if spying is not None:
                     spying.wait(timeout=60)
                 cpu = server.cpu_seconds() - before
+                keepalives = keepalives_sent(server) - sent
                 return {
                     "nodes": nodes,
                     "registrations_per_s": result["registrations_per_s"],
@@ -95,6 +113,9 @@ def run(nodes: int, shards: int, window: float, settle: float, spy: Path | None)
                     "settle_s": settle,
                     "idle_cpu_percent": round(cpu / took * 100, 2),
                     "idle_cpu_s": round(cpu, 3),
+                    # every stream sends ~one per 50-58 s: about nodes * window / 54
+                    "keepalives_sent": keepalives,
+                    "cpu_us_per_keepalive": round(cpu / max(keepalives, 1) * 1e6),
                     "per_10s_percent": samples,
                     "bench_socket_10s_percent": result["idle_cpu_percent"],
                     "load_average": [round(load, 2), round(os.getloadavg()[0], 2)],

@@ -21,6 +21,7 @@ from server.tailnet.hub import SessionHandle
 __all__ = ["KeepAlives"]
 
 TICK = 1.0  # seconds: a keep-alive goes at most this much after its deadline
+MIN_TICK = 0.001
 
 
 class KeepAlives:
@@ -38,6 +39,7 @@ class KeepAlives:
     def schedule(self, handle: SessionHandle, at: float, tick: float = TICK) -> None:
         """`handle`'s next keep-alive is due at `at` (replacing the one it had)."""
         self.cancel(handle)
+        tick = max(tick, MIN_TICK)
         slot = math.ceil(at / tick) * tick
         self._slots.setdefault(slot, {})[handle] = None
         self._slot_of[handle] = slot
@@ -73,8 +75,10 @@ class KeepAlives:
         self._timer_at = at
 
     def _fire(self) -> None:
-        self._timer, self._timer_at = None, math.inf
-        self.handle_timer(asyncio.get_running_loop().time())
+        # The loop may run a timer up to its clock's resolution early: the
+        # slot it was armed for is due all the same.
+        at, self._timer, self._timer_at = self._timer_at, None, math.inf
+        self.handle_timer(max(asyncio.get_running_loop().time(), at))
         due = self.next_due()
         if due is not None:
             self._arm(due)

@@ -62,3 +62,11 @@ async def test_thousands_of_streams_share_one_loop_timer_that_fires_on_time() ->
     await asyncio.wait_for(asyncio.gather(*(h.wake.wait() for h in handles)), 2)
     assert all(h.take_keepalive() for h in handles)
     assert len(wheel) == 0
+
+
+@async_test
+async def test_a_zero_interval_still_schedules() -> None:
+    wheel = KeepAlives()
+    handle = SessionHandle(1)
+    wheel.schedule(handle, 1000.0, tick=0.0)
+    assert wheel.handle_timer(1000.0) == [handle]

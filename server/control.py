@@ -38,6 +38,7 @@ from server.protocol.mapframe import MapFrameEncoder
 from server.store.interface import Store
 from server.store.model import Node
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet
+from server.tailnet.keepalives import TICK, KeepAlives
 from server.tailnet.mapper import not_served_map, unapproved_map
 from server.tailnet.registry import NodeChange
 from server.tailnet.session import MapSession, Wake
@@ -105,6 +106,7 @@ class ControlHandler:
         self._rng = rng or random.Random()
         self._metrics = metrics or Metrics(CollectorRegistry(), monotonic=time.monotonic)
         self._told: dict[NodePublic, None] = {}  # node keys told they are not served
+        self._keepalives = KeepAlives()
         self._ssh_checks = ssh_checks
         self._registrar = Registrar(
             registry,
@@ -354,19 +356,28 @@ class ControlHandler:
                     del frame
                 del wake
                 self._metrics.caught_up(handle)
-                settings = self._settings()
-                timeout = self._rng.uniform(settings.keepalive_min, settings.keepalive_max)
-                try:
-                    # A deadline on this task, not wait_for's extra task per wait:
-                    # 5,000 idle streams each wait here between keep-alives.
-                    async with asyncio.timeout(timeout):
+                # Keep-alives until woken: an idle stream's only work is the
+                # keep-alive itself (it never looks at the tailnet), and 5,000
+                # idle streams each wait here, on one timer (keepalives.py).
+                while True:
+                    if not handle.wake.is_set():
+                        settings = self._settings()
+                        wait = self._rng.uniform(settings.keepalive_min, settings.keepalive_max)
+                        loop = asyncio.get_running_loop()
+                        tick = min(TICK, settings.keepalive_min / 4)
+                        handle.keepalive = False  # a fresh wait: any earlier one is moot
+                        self._keepalives.schedule(handle, loop.time() + wait, tick)
                         await handle.wake.wait()
-                except TimeoutError:
+                    if not handle.take_keepalive():
+                        break
                     keepalive = encoder.keepalive()
                     yield keepalive
                     self._metrics.map_sent("keepalive", len(keepalive))
+                    if handle.wake.is_set():
+                        break
         finally:
             if handle is not None:
+                self._keepalives.cancel(handle)
                 self._metrics.session_closed(handle)
                 self._tailnet.close_session(handle)
             self._registry.disconnected(node_id, self._clock())  # records last seen

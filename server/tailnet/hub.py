@@ -210,7 +210,7 @@ class SessionHandle:
     """One open streaming map request; the tailnet marks what it must resend
     (see `session.Wake` for what each mark means)."""
 
-    __slots__ = ("node_id", "wake", "full", "top", "peers", "closed", "ping")
+    __slots__ = ("node_id", "wake", "full", "top", "peers", "closed", "ping", "keepalive")
 
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
@@ -220,10 +220,22 @@ class SessionHandle:
         self.peers: set[int] | None = None  # made at the first peer marked
         self.closed = False
         self.ping: str | None = None  # a health probe's URL to send (server/tailnet/probes.py)
+        self.keepalive = False  # its keep-alive is due (keepalives.py)
 
     def send_ping(self, url: str) -> None:
         self.ping = url
         self.wake.set()
+
+    def mark_keepalive(self) -> None:
+        self.keepalive = True
+        self.wake.set()
+
+    def take_keepalive(self) -> bool:
+        """Whether a keep-alive is due; a wake for nothing else is used up."""
+        due, self.keepalive = self.keepalive, False
+        if due and not (self.full or self.top or self.peers or self.ping or self.closed):
+            self.wake.clear()
+        return due
 
     def take_ping(self) -> str | None:
         url, self.ping = self.ping, None
@@ -363,6 +375,13 @@ class Tailnet:
         ) = None
         # subnet -> primary router, last served: runtime state, like who is online
         self._primaries: Mapping[str, int] = dict(primaries or {})
+        # The served nodes with approved routes, per context and source: the
+        # router probes ask every second, and a context is replaced only by a change.
+        self._routers_memo: tuple[MapContext, TailnetSource, dict[int, tuple[str, ...]]] | None = (
+            None
+        )
+        self._record_writes = 0  # changes to `_records`: when `cut_off` must look again
+        self._cut_off_memo: tuple[MapContext, int, list[Node]] | None = None
         self._ctx = self._build_context()
         # Canary rollout: the candidate snapshot, the tag that picks its nodes,
         # and its maps over the same nodes (None: every node is on `_source`).
@@ -429,9 +448,14 @@ class Tailnet:
             self._wake_all()
 
     def cut_off(self) -> list[Node]:
-        """Registered nodes that are not served: their user is not in git."""
-        served = self.context.nodes
-        return [n for n in self._records.values() if n.id not in served and n.approved]
+        """Registered nodes that are not served: their user is not in git.
+        Asked at every sweep; looks at every record only after a change."""
+        ctx, memo = self.context, self._cut_off_memo
+        if memo is None or memo[0] is not ctx or memo[1] != self._record_writes:
+            served = ctx.nodes
+            cut = [n for n in self._records.values() if n.id not in served and n.approved]
+            memo = self._cut_off_memo = (ctx, self._record_writes, cut)
+        return list(memo[2])
 
     def _served(self, node: Node, source: TailnetSource | None = None) -> bool:
         """In the maps: its owner is in git (or it is tagged), and it is not
@@ -773,6 +797,7 @@ class Tailnet:
 
     def apply(self, change: NodeChange) -> None:
         """A node changed (the registry's event stream)."""
+        self._record_writes += 1
         if change.kind == "removed":
             self._records.pop(change.node_id, None)
             self._relive(change.node_id)
@@ -1068,8 +1093,9 @@ class Tailnet:
         """Online routers serving a subnet that another router serves too:
         the ones whose health decides a primary (HA routes)."""
         served: dict[str, list[int]] = {}
-        online = [n for n in self._ctx.nodes.values() if n.id in self._online]
-        for node_id, routes in self._approved_routes(online).items():
+        for node_id, routes in self._routers().items():
+            if node_id not in self._online:
+                continue
             for route in routes:
                 served.setdefault(route, []).append(node_id)
         return frozenset(
@@ -1078,6 +1104,16 @@ class Tailnet:
             if len(ids) > 1 and route not in EXIT_ROUTES
             for node_id in ids
         )
+
+    def _routers(self) -> dict[int, tuple[str, ...]]:
+        """The serving context's nodes with approved routes; every node is
+        looked at again only after the context or the source changed."""
+        ctx, source, memo = self._ctx, self._source, self._routers_memo
+        if memo is not None and memo[0] is ctx and memo[1] is source:
+            return memo[2]
+        routers = self._approved_routes([n for n in ctx.nodes.values() if advertised_routes(n)])
+        self._routers_memo = (ctx, source, routers)
+        return routers
 
     def _notify_viewers(self, node_id: int) -> None:
         # Each viewer sees the node as the snapshot it is on shows it.

@@ -210,7 +210,7 @@ class Replicas:
             self._local_health(change.node_id, change.healthy)
             return
         node_id = change.node_id
-        here = node_id in self._registry.local_online_ids()
+        here = bool(self._registry.local_online_of((node_id,)))
         online: bool | None = None
         if here != (node_id in self._streaming):
             (self._streaming.add if here else self._streaming.discard)(node_id)

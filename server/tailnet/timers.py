@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_right
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -16,6 +17,7 @@ from server.logs import event
 from server.protocol.keys import NodePublic
 from server.store.model import Node
 from server.tailnet.hub import Tailnet
+from server.tailnet.mapper import MapContext
 from server.tailnet.probes import RouterProbes
 from server.tailnet.registry import NodeRegistry
 
@@ -48,6 +50,7 @@ class Sweep:
         self._on_expired = on_expired
         self._clock = clock
         self._log = log
+        self._indexed: tuple[MapContext, list[tuple[datetime, int]], list[int]] | None = None
 
     async def run(self) -> None:
         last = self._clock()
@@ -59,38 +62,57 @@ class Sweep:
 
     def handle_timer(self, last: datetime, now: datetime) -> None:
         """The sweep of the interval (last, now]."""
+        ctx = self._tailnet.context
+        expiries, ephemeral = self._index(ctx)
+        lo = bisect_right(expiries, last, key=_first)
+        hi = bisect_right(expiries, now, key=_first)
+        for _, node_id in expiries[lo:hi]:
+            node = ctx.nodes[node_id]
+            self._log.info(
+                "node %d %s: key expired",
+                node.id,
+                node.given_name,
+                extra=event(
+                    "node.expired", node=node.id, node_name=node.given_name, user=node.user
+                ),
+            )
+            self._disconnect(node.node_key)
+            self._on_expired(node)
         cutoff = now - self._inactivity()
-        # The serving node list, not a read of every row: this runs every few seconds.
-        for node in list(self._tailnet.context.nodes.values()):
-            if node.key_expiry is not None and last < node.key_expiry <= now:
-                self._log.info(
-                    "node %d %s: key expired",
-                    node.id,
-                    node.given_name,
-                    extra=event(
-                        "node.expired", node=node.id, node_name=node.given_name, user=node.user
-                    ),
-                )
-                self._disconnect(node.node_key)
-                self._on_expired(node)
-            if not node.ephemeral or self._registry.is_online(node.id):
+        for node_id in ephemeral:
+            node = ctx.nodes[node_id]
+            if self._registry.is_online(node.id) or (node.last_seen or node.created) >= cutoff:
                 continue
-            if (node.last_seen or node.created) < cutoff:
-                self._log.info(
-                    "removing ephemeral node %d %s: inactive",
-                    node.id,
-                    node.given_name,
-                    extra=event(
-                        "node.deleted",
-                        node=node.id,
-                        node_name=node.given_name,
-                        user=node.user,
-                        reason="ephemeral node inactive",
-                    ),
-                )
-                self._registry.remove(node.id)
+            self._log.info(
+                "removing ephemeral node %d %s: inactive",
+                node.id,
+                node.given_name,
+                extra=event(
+                    "node.deleted",
+                    node=node.id,
+                    node_name=node.given_name,
+                    user=node.user,
+                    reason="ephemeral node inactive",
+                ),
+            )
+            self._registry.remove(node.id)
         for node in self._tailnet.cut_off():
             self._disconnect(node.node_key)
+
+    def _index(self, ctx: MapContext) -> tuple[list[tuple[datetime, int]], list[int]]:
+        """The serving nodes' key expiries, in order, and the ephemeral nodes:
+        made again only when the context changed, so a sweep of an idle
+        tailnet costs what expires, not a look at every node."""
+        if self._indexed is None or self._indexed[0] is not ctx:
+            nodes = list(ctx.nodes.values())
+            expiries = sorted((n.key_expiry, n.id) for n in nodes if n.key_expiry is not None)
+            ephemeral = [n.id for n in nodes if n.ephemeral]
+            self._indexed = (ctx, expiries, ephemeral)
+        return self._indexed[1], self._indexed[2]
+
+
+def _first(entry: tuple[datetime, int]) -> datetime:
+    return entry[0]
 
 
 class PolicyExpiry:
@@ -155,7 +177,7 @@ class Probing:
             now = self._clock()
             # Only routers streaming here: a probe goes down this process's
             # stream; another replica probes its own and tells us (replicas.py).
-            here = self._tailnet.shared_routers() & self._registry.local_online_ids()
+            here = self._registry.local_online_of(self._tailnet.shared_routers())
             self._health(self.probes.track(here, now))
             probes, transitions = self.probes.due(now)
             self._health(transitions)

@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
+import pytest
 import zstandard
 
 from server.protocol.keys import DiscoPublic
 from server.protocol.mapframe import MapFrameEncoder
+from server.tailnet.session import MapSession
 from tests.unit.control_client import Device, async_test, join, poll, running_server
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -147,6 +150,32 @@ async def test_keepalives_arrive_while_nothing_changes(tmp_path: Path) -> None:
             assert await stream.next(timeout=2, keepalives=True) == {"KeepAlive": True}
         # Byte-identical every time, so the client can skip decoding them.
         assert bytes(stream.raw).endswith(MapFrameEncoder().keepalive() * 3)
+
+
+@async_test
+async def test_an_idle_stream_s_keepalives_never_look_at_the_tailnet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """5,000 idle streams send ~90 keep-alives a second: each is the frame
+    alone, not a session step over the serving context (counted)."""
+    steps = []
+    step = MapSession.step
+
+    def counted(self: MapSession, *args: Any, **kwargs: Any) -> bytes | None:
+        steps.append(self.node_id)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MapSession, "step", counted)
+    async with running_server(tmp_path, keepalive=0.02) as srv:
+        client, stream, first = await poll(srv, Device("laptop"))
+        stepped = len(steps)
+        for _ in range(5):
+            assert await stream.next(timeout=2, keepalives=True) == {"KeepAlive": True}
+        assert len(steps) == stepped
+        # A wake still reaches it (here a health probe's ping).
+        srv.tailnet.ping(first["Node"]["ID"], "https://ctl.example/machine/probe/x")
+        msg = await stream.next(timeout=2)
+        assert "PingRequest" in msg
 
 
 @async_test

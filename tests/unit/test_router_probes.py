@@ -16,7 +16,8 @@ import pytest
 from server.control import ping_message
 from server.store import open_store
 from server.store.interface import Store
-from server.tailnet import running_tailnet
+from server.store.model import Node
+from server.tailnet import hub, running_tailnet
 from server.tailnet.probes import Probe, RouterProbes
 from tests.unit.control_client import T0
 from tests.unit.test_node_registry import (
@@ -133,3 +134,34 @@ def test_only_routers_sharing_a_subnet_are_probed(store: Store) -> None:
     for node_id in ids[1:]:
         registry.connected(node_id)
     assert tailnet.shared_routers() == set(ids[:2])
+
+
+def test_the_probes_second_by_second_question_does_not_look_at_every_node(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe loop asks for the shared routers every second: with nothing
+    changed, the answer does not go over every node again (counted)."""
+    registry, tailnet = running_tailnet(
+        store, router_source(), derp_regions=REGIONS, log=logging.getLogger("t"), clock=lambda: T0
+    )
+    ids = [register(registry, n, None, tags=("tag:router",), hostinfo=ROUTER) for n in (1, 2)]
+    ids += [register(registry, n, "alice") for n in range(3, 20)]
+    for node_id in ids:
+        registry.connected(node_id)
+    looked: list[int] = []
+    advertised = hub.advertised_routes
+
+    def counted(node: Node) -> tuple[str, ...]:
+        looked.append(node.id)
+        return advertised(node)
+
+    monkeypatch.setattr(hub, "advertised_routes", counted)
+    assert tailnet.shared_routers() == set(ids[:2])
+    assert set(looked) == set(ids)  # the first question looks at every node
+    looked.clear()
+    for _ in range(3):
+        assert tailnet.shared_routers() == set(ids[:2])
+        assert registry.local_online_of(tailnet.shared_routers()) == set(ids[:2])
+    assert looked == []
+    registry.disconnected(ids[0], T0)  # online state: the same routers, fewer of them online
+    assert tailnet.shared_routers() == frozenset()

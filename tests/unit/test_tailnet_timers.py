@@ -65,6 +65,27 @@ def test_a_key_that_expires_loses_derp_once_and_is_announced(store: Store) -> No
     assert later not in dropped
 
 
+def test_the_sweep_follows_expiries_changed_between_sweeps(store: Store) -> None:
+    """The sweep keeps the expiries in order between node changes (an idle
+    tailnet's sweep looks only at what expires); a renewed key is not
+    announced at its old time, a shortened one at its new time."""
+    registry, tailnet = serving(store, source("base", BASE))
+    renewed = join(registry, 1, expiry=T0 + timedelta(minutes=3))
+    join(registry, 2, expiry=T0 + timedelta(hours=1))
+    shortened = join(registry, 3, expiry=T0 + timedelta(hours=2))
+    tailnet.settle()
+    dropped: list[NodePublic] = []
+    s = sweep(registry, tailnet, dropped, [])
+    s.handle_timer(T0, T0 + timedelta(minutes=1))
+    assert dropped == []
+    ids = {n.node_key: n.id for n in registry.nodes()}
+    registry.set_key_expiry(ids[renewed], T0 + timedelta(days=1))
+    registry.set_key_expiry(ids[shortened], T0 + timedelta(minutes=4))
+    tailnet.settle()
+    s.handle_timer(T0 + timedelta(minutes=1), T0 + timedelta(minutes=5))
+    assert dropped == [shortened]
+
+
 def test_an_inactive_ephemeral_node_is_removed_and_a_lasting_one_kept(store: Store) -> None:
     registry, tailnet = serving(store, source("base", BASE))
     join(registry, 1, ephemeral=True)

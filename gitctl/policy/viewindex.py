@@ -136,6 +136,10 @@ class ViewIndex(Generic[NodeKey]):
         # Sets of nodes that see each other whole (a user's nodes under
         # autogroup:self, a mesh): their members, decoded once, not per view.
         self._groups: dict[int, list[int]] = {}
+        # Such a group's peer entries, when it holds no router (`_group_peers`),
+        # and which earlier groups' entries came out the same.
+        self._group_full: dict[int, dict[NodeKey, PeerView]] = {}
+        self._groups_seen: dict[int, tuple[object, object, bool]] = {}
         self.views: dict[int, NodeView[NodeKey]] = {}
         # After a join or leave (`adopt`): who merely gained or lost a peer,
         # and the earlier views of those nodes, to patch rather than rebuild.
@@ -231,6 +235,9 @@ class ViewIndex(Generic[NodeKey]):
         keys = self.keys
         if viewer in self.no_v4:
             return {keys[j]: self._peer(viewer, j) for j in peers}
+        group = mask | 1 << viewer
+        if not group & self._routers:
+            return self._group_peers(viewer, group)
         # A peer without routes looks the same to every viewer: build it once.
         plain = self._plain
         if not all(map(is_not, map(plain.__getitem__, peers), repeat(None))):  # in C
@@ -251,6 +258,43 @@ class ViewIndex(Generic[NodeKey]):
         for j in bits(mask & self._routers) if self._routers else ():
             out[keys[j]] = self._peer(viewer, j)
         return out
+
+    def _group_peers(self, viewer: int, group: int) -> Mapping[NodeKey, PeerView]:
+        """The peers of ``viewer`` in a group of nodes that see each other,
+        none of them a router: the group's peers less itself. The group's
+        entries are gathered once (`GroupPeers`), each view copies them (in
+        C), and whether a view's earlier peers can be handed on is decided
+        once per group, not by a pass over every view's peers."""
+        full = self._group_full.get(group)
+        if full is None:
+            members = self._groups.get(group) or bits(group)
+            for j in members:
+                if self._plain[j] is None:
+                    self._plain_peer(j)
+            keys, plain = self.keys, cast("list[PeerView]", self._plain)
+            full = {keys[j]: plain[j] for j in members}
+            if len(self._group_full) >= self.GROUPS_HELD:
+                self._group_full.clear()
+            self._group_full[group] = full
+        earlier = self._earlier.pop(viewer, None)
+        if isinstance(earlier, GroupPeers) and self._same_group(earlier.group, full):
+            return earlier
+        out = GroupPeers(full, full)
+        del out[self.keys[viewer]]
+        if earlier is not None and _same_items(earlier, out):
+            return earlier
+        return out
+
+    def _same_group(self, held: dict[Any, PeerView], full: dict[Any, PeerView]) -> bool:
+        """Whether an earlier index's group entries are this group's (once per group)."""
+        if held is full:
+            return True
+        seen = self._groups_seen.get(id(held))
+        if seen is None or seen[0] is not held or seen[1] is not full:
+            if len(self._groups_seen) >= self.GROUPS_HELD:
+                self._groups_seen.clear()
+            seen = self._groups_seen[id(held)] = (held, full, _same_items(held, full))
+        return seen[2]
 
     GROUPS_HELD = 1024
 
@@ -357,6 +401,22 @@ class ViewIndex(Generic[NodeKey]):
                 if self.keys[i] not in keys:
                     self._visible.setdefault(i, mask)
         return keys
+
+
+class GroupPeers(dict[Any, PeerView]):
+    """A view's peers taken from its group's entries (``group``, shared by
+    the group's views) less the viewer itself: a plain dict otherwise."""
+
+    __slots__ = ("group",)
+
+    def __init__(self, entries: dict[Any, PeerView], group: dict[Any, PeerView]) -> None:
+        super().__init__(entries)
+        self.group = group
+
+
+def _same_items(a: Mapping[Any, PeerView], b: Mapping[Any, PeerView]) -> bool:
+    """The same keys in the same order, with the same PeerView objects (in C)."""
+    return len(a) == len(b) and all(map(is_, a.values(), b.values())) and all(map(eq, a, b))
 
 
 class LazyNodes(Mapping[NodeKey, NodeView[NodeKey]]):

@@ -359,6 +359,7 @@ class Fragments:
     def __init__(self) -> None:
         self._texts: dict[tuple[Any, ...], bytes] = {}
         self._objects: dict[int, tuple[object, bytes]] = {}
+        self._lists: dict[int, tuple[object, bytes]] = {}
         self.encoded = 0
 
     def field(self, value: Any, *, one_object: bool = False) -> bytes:
@@ -397,6 +398,19 @@ class Fragments:
         return len(value) >= self.MIN_LEN and type(value[0]) is str
 
     def _text_list(self, value: list[str] | tuple[str, ...]) -> bytes:
+        # The compiler hands every node of a rule the same SrcIPs list
+        # (`gitctl.policy.filter.Rule.head`): found by identity, in O(1).
+        held = self._lists.get(id(value))
+        if held is not None and held[0] is value:
+            return held[1]
+        data = self._text_content(value)
+        if len(self._lists) >= self.MAX_HELD:
+            self._lists.clear()
+        self._lists[id(value)] = (value, data)
+        return data
+
+    def _text_content(self, value: list[str] | tuple[str, ...]) -> bytes:
+        """By content: a recompile renders equal lists anew."""
         try:
             data = self._texts.get(key := tuple(value))
         except TypeError:  # not texts after all

@@ -123,6 +123,10 @@ class ViewIndex(Generic[NodeKey]):
             if rule.src_members:
                 reach[rule.src_members] = reach.get(rule.src_members, 0) | rule.dst_mask
         self._reach = list(reach.items())
+        self._reach_asked = 0
+        self._reach_by_member: (
+            tuple[dict[int, list[int]], list[tuple[frozenset[int], int]]] | None
+        ) = None
         # Where aliases feed the slots, once a join needed it (`gitctl.policy.extend`).
         self.slot_uses: SlotUses | None = None
 
@@ -166,12 +170,35 @@ class ViewIndex(Generic[NodeKey]):
             mask = self.ssh.visible(i)
             for rule in self.per_node[i]:
                 mask |= rule.src_mask
-            for srcs, dsts in self._reach:
-                if i in srcs:
-                    mask |= dsts
+            for dsts in self._reached_from(i):
+                mask |= dsts
             mask &= ~(1 << i)
             self._visible[i] = mask
         return mask
+
+    # Source sets up to this size are indexed by member (`_reached_from`).
+    SMALL_SOURCES = 4096
+
+    def _reached_from(self, i: int) -> list[int]:
+        """The destinations of the rules whose sources include node ``i``.
+        A pass over every source set (250 per-user sets at 50,000 nodes under
+        autogroup:self) costs every view that much, so once a fan-out builds
+        many views (a sixteenth of the nodes: the index pays for itself) the
+        small sets are indexed by member and only the large ones scanned."""
+        by_member = self._reach_by_member
+        if by_member is None:
+            self._reach_asked += 1
+            if self._reach_asked < max(64, len(self.keys) // 16):
+                return [dsts for srcs, dsts in self._reach if i in srcs]
+            by_member = self._reach_by_member = ({}, [])
+            for srcs, dsts in self._reach:
+                if len(srcs) > self.SMALL_SOURCES:
+                    by_member[1].append((srcs, dsts))
+                    continue
+                for m in srcs:
+                    by_member[0].setdefault(m, []).append(dsts)
+        own, large = by_member
+        return [*own.get(i, ()), *(dsts for srcs, dsts in large if i in srcs)]
 
     def primaries(self) -> dict[str, NodeKey]:
         """Prefix -> the node primary for it now (to pass back as the next

@@ -233,3 +233,15 @@ def test_a_groups_earlier_peers_are_checked_once_not_per_view(store: Store) -> N
     # One check per user's group of nodes that see each other.
     assert len(index._groups_seen) == USERS
     assert all(same for _, _, same in index._groups_seen.values())
+
+
+def test_sources_indexed_by_member_reach_what_a_scan_reaches(store: Store) -> None:
+    _, tailnet, _ = streaming(store)
+    index = tailnet.views.compiled.visibility
+    assert isinstance(index, ViewIndex)
+    scans = [[d for s, d in index._reach if i in s] for i in range(len(index.keys))]
+    index._reach_asked = 1 << 30  # as after a fan-out's many views: indexed from here on
+    for i, scan in enumerate(scans):
+        assert sorted(index._reached_from(i)) == sorted(scan)
+    assert index._reach_by_member is not None
+    assert len(index._reach_by_member[0]) == USERS * PER_USER  # each user's set is small

@@ -258,13 +258,14 @@ class ViewIndex(Generic[NodeKey]):
             return self._peer(viewer, j)
         return self._plain_peer(j)
 
-    def _peers(self, viewer: int, mask: int, peers: list[int]) -> Mapping[NodeKey, PeerView]:
+    def _peers(self, viewer: int, mask: int) -> Mapping[NodeKey, PeerView]:
         keys = self.keys
+        group = mask | 1 << viewer
+        if viewer not in self.no_v4 and not group & self._routers:
+            return self._group_peers(viewer, group)
+        peers = self._peer_positions(viewer, mask)
         if viewer in self.no_v4:
             return {keys[j]: self._peer(viewer, j) for j in peers}
-        group = mask | 1 << viewer
-        if not group & self._routers:
-            return self._group_peers(viewer, group)
         # A peer without routes looks the same to every viewer: build it once.
         plain = self._plain
         if not all(map(is_not, map(plain.__getitem__, peers), repeat(None))):  # in C
@@ -294,7 +295,7 @@ class ViewIndex(Generic[NodeKey]):
         once per group, not by a pass over every view's peers."""
         full = self._group_full.get(group)
         if full is None:
-            members = self._groups.get(group) or bits(group)
+            members = bits(group)
             for j in members:
                 if self._plain[j] is None:
                     self._plain_peer(j)
@@ -342,12 +343,11 @@ class ViewIndex(Generic[NodeKey]):
     def _build(self, i: int) -> NodeView[NodeKey]:
         index, table = self.index, self.table
         mask = self.visible(i)
-        peers = self._peer_positions(i, mask)
         rules = self.per_node[i]
         return NodeView(
             packet_filter_rules=merge_rules((r, r.render(i)) for r in rules if not r.hidden),
             ssh_policy=self.ssh.policy(i),
-            peers=self._peers(i, mask, peers),
+            peers=self._peers(i, mask),
             self_cap_map=self.caps[i],
             self_allowed_ips=(
                 *own_prefixes(index, i, self.no_v4),
@@ -355,14 +355,16 @@ class ViewIndex(Generic[NodeKey]):
                 *(r for r in table.enabled[i] if is_exit_route(r)),
             ),
             self_primary_routes=table.primary[i],
-            whois_cap_map=self._whois(i, mask, peers),
+            # Without a list of its peers: one per view would be kept (and
+            # scanned by every collection) for what the server never reads.
+            whois_cap_map=self._whois(i, mask),
         )
 
-    def _whois(self, i: int, mask: int, peers: list[int] | None = None) -> LazyMap:
+    def _whois(self, i: int, mask: int) -> LazyMap:
         # Only some consumers read it (the server does not): build it on
         # demand, from values that do not hold on to this index.
         cap_rules = [(r.caps, r.src_mask) for r in self.per_node[i] if r.caps is not None]
-        return LazyMap(partial(whois, self.index.ips, cap_rules, mask, peers))
+        return LazyMap(partial(whois, self.index.ips, cap_rules, mask))
 
     def _patched(self, i: int, base: NodeView[NodeKey]) -> NodeView[NodeKey]:
         """``base`` (the earlier index's view of node ``i``) with the peer that

@@ -2,6 +2,7 @@
 
 Run: python -m bench.bench_tailnet [--nodes 1000] [--rules 500] [--allow-all] [--repeat 1]
      python -m bench.bench_tailnet --nodes 50000 --per-user 200 [--json OUT]   (the moonshot)
+     [--gc-freeze]: collect and freeze once the tailnet is built, as the server does
 
 Builds a real sqlite store with N nodes, the server's Tailnet with a policy,
 and one map session per node (no sockets: this measures the server's own
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import resource
@@ -233,6 +235,12 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--profile", type=Path, help="cProfile the policy commits, stats here")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.collect(); gc.freeze() once the tailnet is built, as `tailnetd serve` does "
+        "after start-up (server/cli.py): what start-up made is never scanned again",
+    )
     args = parser.parse_args()
     if args.profile:
         import cProfile
@@ -262,6 +270,9 @@ def main() -> None:
             defer=(lambda fn: False) if args.no_coalesce else defer_on_loop,
         )
         print(f"{'first compile':<22} {(time.perf_counter() - t0) * 1000:>9.1f} ms")
+        if args.gc_freeze:
+            gc.collect()
+            gc.freeze()
         pump = Pump(nodes, tailnet)
         timed("connect storm", lambda: [pump.open(n.id) for n in store.list_nodes()], pump)
 

@@ -79,6 +79,11 @@ class Rule:
     parts: list[DstPart] = field(default_factory=list)
     dst_nodes: set[int] = field(default_factory=set)
     _src_key: frozenset[str] | None = field(default=None, repr=False, compare=False)
+    # What every node the rule reaches is sent alike (see `head`), and the
+    # sources it was made from (a grown copy of the rule renders its own).
+    _head: tuple[tuple[str, ...], dict[str, Any]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def src_key(self) -> frozenset[str]:
@@ -124,9 +129,27 @@ class Rule:
         )
         return (self.src_ips, self.src_members, self.protos, caps, self.via, self.hidden, parts)
 
+    def head(self) -> dict[str, Any]:
+        """The part of the rendered rule that does not depend on the node:
+        ``SrcIPs`` (and ``IPProto``), rendered once per rule, not once per
+        node it reaches. Every node's rule holds these same list objects (a
+        user's 200 nodes under autogroup:self share one ``SrcIPs``), so
+        whoever encodes them can do it once, by identity; nobody mutates them."""
+        held = self._head
+        if held is None or held[0] is not self.src_ips:
+            held = self._head = (self.src_ips, self._render_head())
+        return held[1]
+
+    def _render_head(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"SrcIPs": list(self.src_ips)}
+        if self.protos and self.caps is None:
+            out["IPProto"] = list(self.protos)
+        return out
+
     def render(self, node: int) -> dict[str, Any]:
         entries = self.entries(node)
-        out: dict[str, Any] = {"SrcIPs": list(self.src_ips)}
+        head = self.head()
+        out: dict[str, Any] = {"SrcIPs": head["SrcIPs"]}
         if self.caps is not None:
             out["CapGrant"] = [
                 {
@@ -140,8 +163,8 @@ class Rule:
             for text, ports in entries
             for p in ports
         ]
-        if self.protos:
-            out["IPProto"] = list(self.protos)
+        if "IPProto" in head:
+            out["IPProto"] = head["IPProto"]
         return out
 
 

@@ -123,6 +123,10 @@ class ViewIndex(Generic[NodeKey]):
             if rule.src_members:
                 reach[rule.src_members] = reach.get(rule.src_members, 0) | rule.dst_mask
         self._reach = list(reach.items())
+        self._reach_asked = 0
+        self._reach_by_member: (
+            tuple[dict[int, list[int]], list[tuple[frozenset[int], int]]] | None
+        ) = None
         # Where aliases feed the slots, once a join needed it (`gitctl.policy.extend`).
         self.slot_uses: SlotUses | None = None
 
@@ -136,6 +140,10 @@ class ViewIndex(Generic[NodeKey]):
         # Sets of nodes that see each other whole (a user's nodes under
         # autogroup:self, a mesh): their members, decoded once, not per view.
         self._groups: dict[int, list[int]] = {}
+        # Such a group's peer entries, when it holds no router (`_group_peers`),
+        # and which earlier groups' entries came out the same.
+        self._group_full: dict[int, dict[NodeKey, PeerView]] = {}
+        self._groups_seen: dict[int, tuple[object, object, bool]] = {}
         self.views: dict[int, NodeView[NodeKey]] = {}
         # After a join or leave (`adopt`): who merely gained or lost a peer,
         # and the earlier views of those nodes, to patch rather than rebuild.
@@ -162,12 +170,35 @@ class ViewIndex(Generic[NodeKey]):
             mask = self.ssh.visible(i)
             for rule in self.per_node[i]:
                 mask |= rule.src_mask
-            for srcs, dsts in self._reach:
-                if i in srcs:
-                    mask |= dsts
+            for dsts in self._reached_from(i):
+                mask |= dsts
             mask &= ~(1 << i)
             self._visible[i] = mask
         return mask
+
+    # Source sets up to this size are indexed by member (`_reached_from`).
+    SMALL_SOURCES = 4096
+
+    def _reached_from(self, i: int) -> list[int]:
+        """The destinations of the rules whose sources include node ``i``.
+        A pass over every source set (250 per-user sets at 50,000 nodes under
+        autogroup:self) costs every view that much, so once a fan-out builds
+        many views (a sixteenth of the nodes: the index pays for itself) the
+        small sets are indexed by member and only the large ones scanned."""
+        by_member = self._reach_by_member
+        if by_member is None:
+            self._reach_asked += 1
+            if self._reach_asked < max(64, len(self.keys) // 16):
+                return [dsts for srcs, dsts in self._reach if i in srcs]
+            by_member = self._reach_by_member = ({}, [])
+            for srcs, dsts in self._reach:
+                if len(srcs) > self.SMALL_SOURCES:
+                    by_member[1].append((srcs, dsts))
+                    continue
+                for m in srcs:
+                    by_member[0].setdefault(m, []).append(dsts)
+        own, large = by_member
+        return [*own.get(i, ()), *(dsts for srcs, dsts in large if i in srcs)]
 
     def primaries(self) -> dict[str, NodeKey]:
         """Prefix -> the node primary for it now (to pass back as the next
@@ -229,8 +260,12 @@ class ViewIndex(Generic[NodeKey]):
             return self._peer(viewer, j)
         return self._plain_peer(j)
 
-    def _peers(self, viewer: int, mask: int, peers: list[int]) -> Mapping[NodeKey, PeerView]:
+    def _peers(self, viewer: int, mask: int) -> Mapping[NodeKey, PeerView]:
         keys = self.keys
+        group = mask | 1 << viewer
+        if viewer not in self.no_v4 and not group & self._routers:
+            return self._group_peers(viewer, group)
+        peers = self._peer_positions(viewer, mask)
         if viewer in self.no_v4:
             return {keys[j]: self._peer(viewer, j) for j in peers}
         # A peer without routes looks the same to every viewer: build it once.
@@ -254,6 +289,43 @@ class ViewIndex(Generic[NodeKey]):
             out[keys[j]] = self._peer(viewer, j)
         return out
 
+    def _group_peers(self, viewer: int, group: int) -> Mapping[NodeKey, PeerView]:
+        """The peers of ``viewer`` in a group of nodes that see each other,
+        none of them a router: the group's peers less itself. The group's
+        entries are gathered once (`GroupPeers`), each view copies them (in
+        C), and whether a view's earlier peers can be handed on is decided
+        once per group, not by a pass over every view's peers."""
+        full = self._group_full.get(group)
+        if full is None:
+            members = bits(group)
+            for j in members:
+                if self._plain[j] is None:
+                    self._plain_peer(j)
+            keys, plain = self.keys, cast("list[PeerView]", self._plain)
+            full = {keys[j]: plain[j] for j in members}
+            if len(self._group_full) >= self.GROUPS_HELD:
+                self._group_full.clear()
+            self._group_full[group] = full
+        earlier = self._earlier.pop(viewer, None)
+        if isinstance(earlier, GroupPeers) and self._same_group(earlier.group, full):
+            return earlier
+        out = GroupPeers(full, full)
+        del out[self.keys[viewer]]
+        if earlier is not None and _same_items(earlier, out):
+            return earlier
+        return out
+
+    def _same_group(self, held: dict[Any, PeerView], full: dict[Any, PeerView]) -> bool:
+        """Whether an earlier index's group entries are this group's (once per group)."""
+        if held is full:
+            return True
+        seen = self._groups_seen.get(id(held))
+        if seen is None or seen[0] is not held or seen[1] is not full:
+            if len(self._groups_seen) >= self.GROUPS_HELD:
+                self._groups_seen.clear()
+            seen = self._groups_seen[id(held)] = (held, full, _same_items(held, full))
+        return seen[2]
+
     GROUPS_HELD = 1024
 
     def _peer_positions(self, i: int, mask: int) -> list[int]:
@@ -273,12 +345,11 @@ class ViewIndex(Generic[NodeKey]):
     def _build(self, i: int) -> NodeView[NodeKey]:
         index, table = self.index, self.table
         mask = self.visible(i)
-        peers = self._peer_positions(i, mask)
         rules = self.per_node[i]
         return NodeView(
             packet_filter_rules=merge_rules((r, r.render(i)) for r in rules if not r.hidden),
             ssh_policy=self.ssh.policy(i),
-            peers=self._peers(i, mask, peers),
+            peers=self._peers(i, mask),
             self_cap_map=self.caps[i],
             self_allowed_ips=(
                 *own_prefixes(index, i, self.no_v4),
@@ -286,14 +357,16 @@ class ViewIndex(Generic[NodeKey]):
                 *(r for r in table.enabled[i] if is_exit_route(r)),
             ),
             self_primary_routes=table.primary[i],
-            whois_cap_map=self._whois(i, mask, peers),
+            # Without a list of its peers: one per view would be kept (and
+            # scanned by every collection) for what the server never reads.
+            whois_cap_map=self._whois(i, mask),
         )
 
-    def _whois(self, i: int, mask: int, peers: list[int] | None = None) -> LazyMap:
+    def _whois(self, i: int, mask: int) -> LazyMap:
         # Only some consumers read it (the server does not): build it on
         # demand, from values that do not hold on to this index.
         cap_rules = [(r.caps, r.src_mask) for r in self.per_node[i] if r.caps is not None]
-        return LazyMap(partial(whois, self.index.ips, cap_rules, mask, peers))
+        return LazyMap(partial(whois, self.index.ips, cap_rules, mask))
 
     def _patched(self, i: int, base: NodeView[NodeKey]) -> NodeView[NodeKey]:
         """``base`` (the earlier index's view of node ``i``) with the peer that
@@ -399,6 +472,22 @@ class ViewIndex(Generic[NodeKey]):
         self.views = taken
         visible.update(self._visible)
         self._visible = visible
+
+
+class GroupPeers(dict[Any, PeerView]):
+    """A view's peers taken from its group's entries (``group``, shared by
+    the group's views) less the viewer itself: a plain dict otherwise."""
+
+    __slots__ = ("group",)
+
+    def __init__(self, entries: dict[Any, PeerView], group: dict[Any, PeerView]) -> None:
+        super().__init__(entries)
+        self.group = group
+
+
+def _same_items(a: Mapping[Any, PeerView], b: Mapping[Any, PeerView]) -> bool:
+    """The same keys in the same order, with the same PeerView objects (in C)."""
+    return len(a) == len(b) and all(map(is_, a.values(), b.values())) and all(map(eq, a, b))
 
 
 class LazyNodes(Mapping[NodeKey, NodeView[NodeKey]]):

@@ -48,6 +48,7 @@ from server.tailnet.views import (
     compute_views,
     topology_users,
 )
+from server.tailnet.waking import PacedWakes
 from server.wakeup import Wakeup
 from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
 
@@ -241,10 +242,12 @@ class SessionHandle:
         url, self.ping = self.ping, None
         return url
 
-    def mark_full(self) -> None:
-        """Anything of its map may have changed (a commit, its own record)."""
+    def mark_full(self, *, wake: bool = True) -> None:
+        """Anything of its map may have changed (a commit, its own record).
+        ``wake=False``: the caller sets `wake` (paced, see `PacedWakes`)."""
         self.full = True
-        self.wake.set()
+        if wake:
+            self.wake.set()
 
     def mark_top(self) -> None:
         """Its own fields may have changed, and its peers only where nodes
@@ -354,6 +357,7 @@ class Tailnet:
         self._derp_regions = tuple(derp_regions)
         self._derp_map = self._derp_map_of(source)
         self._sessions: dict[int, set[SessionHandle]] = {}
+        self.wakes = PacedWakes()  # many sessions woken at once: a batch per loop iteration
         self._online = set(online)
         self._unhealthy: set[int] = set()  # routers not answering probes (for the election)
         self._records: dict[int, Node] = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
@@ -1125,14 +1129,18 @@ class Tailnet:
                 handle.mark_peer(node_id)
 
     def _wake(self, node_ids: Iterable[int]) -> None:
-        for node_id in node_ids:
-            for handle in self._sessions.get(node_id, ()):
-                handle.mark_full()
+        sessions = self._sessions
+        self._mark_full([h for node_id in node_ids for h in sessions.get(node_id, ())])
 
     def _wake_all(self) -> None:
-        for handles in self._sessions.values():
-            for handle in handles:
-                handle.mark_full()
+        self._mark_full([h for handles in self._sessions.values() for h in handles])
+
+    def _mark_full(self, handles: list[SessionHandle]) -> None:
+        """Every session's map may have changed: marked now, woken a batch
+        per loop iteration (a commit's fan-out must not hold the loop)."""
+        for handle in handles:
+            handle.mark_full(wake=False)
+        self.wakes.set([handle.wake for handle in handles])
 
     @property
     def views(self) -> PolicyViews:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
+
+import msgspec
 
 from server.protocol.keys import NodePublic
 from server.protocol.mapframe import SharedMessage
@@ -179,7 +181,7 @@ class PeerEntries:
                 variants.clear()  # the node changed: its old entries are dead
         else:
             variants = self._entries[node.id] = []
-        data = json.dumps(
+        data = _encode(
             node_json(
                 node,
                 domain=self.domain,
@@ -188,9 +190,8 @@ class PeerEntries:
                 cap_map=pv.cap_map,
                 online=online,
                 now=now,
-            ),
-            separators=(",", ":"),
-        ).encode()
+            )
+        )
         variants.append((node, pv, online, expired, data))
         del variants[: -self.MAX_VARIANTS]
         return data
@@ -362,44 +363,78 @@ class Fragments:
     def __init__(self) -> None:
         self._texts: dict[tuple[Any, ...], bytes] = {}
         self._objects: dict[int, tuple[object, bytes]] = {}
+        self._lists: dict[int, tuple[object, bytes]] = {}
         self.encoded = 0
 
-    def field(self, value: Any, *, one_object: bool = False) -> bytes:
-        """The JSON of a top-level field's value; `one_object`: the value is
-        one object that every session sends (DERP map, DNS config)."""
+    def add(self, out: list[bytes], value: Any, *, one_object: bool = False) -> None:
+        """Append the JSON of a top-level field's value to ``out`` as pieces
+        (joined once, with the whole message: a rule's sources are the bulk
+        of a message, and each copy of them costs); `one_object`: the value
+        is one object that every session sends (DERP map, DNS config)."""
         held = self._objects.get(id(value))
         if held is not None and held[0] is value:
-            return held[1]
-        data = self._value(value)
-        if one_object:
+            out.append(held[1])
+        elif one_object:
+            data = self._object(value)
             if len(self._objects) >= self.MAX_HELD:
                 self._objects.clear()
             self._objects[id(value)] = (value, data)
-        return data
-
-    def _value(self, value: Any) -> bytes:
-        if type(value) in _SEQUENCES:  # packet filter rules
-            return b"[%b]" % b",".join(map(self._object, value))
-        return self._object(value)
+            out.append(data)
+        elif type(value) in _SEQUENCES:  # packet filter rules
+            out.append(b"[")
+            for n, item in enumerate(value):
+                if n:
+                    out.append(b",")
+                self._add_object(out, item)
+            out.append(b"]")
+        else:
+            self._add_object(out, value)
 
     def _object(self, value: Any) -> bytes:
+        out: list[bytes] = []
+        self._add_object(out, value)
+        return b"".join(out)
+
+    def _add_object(self, out: list[bytes], value: Any) -> None:
         """An object with its long lists of texts spliced from what was kept,
         the rest in one call to the encoder."""
         if type(value) is not dict:
-            return _encode(value)
+            out.append(_encode(value))
+            return
         texts = [k for k, v in value.items() if type(v) in _SEQUENCES and self._texts_worth(v)]
         if not texts:
-            return _encode(value)
-        parts = [b"%b:%b" % (_encode(k), self._text_list(value[k])) for k in texts]
+            out.append(_encode(value))
+            return
         if len(texts) < len(value):
             rest = _encode({k: v for k, v in value.items() if k not in texts})
-            parts.insert(0, rest[1:-1])
-        return b"{%b}" % b",".join(parts)
+            out.append(rest[:-1])  # "{...", its members
+            out.append(b",")
+        else:
+            out.append(b"{")
+        for n, k in enumerate(texts):
+            if n:
+                out.append(b",")
+            out.append(_key(k))
+            out.append(self._text_list(value[k]))
+        out.append(b"}")
 
     def _texts_worth(self, value: list[Any] | tuple[Any, ...]) -> bool:
         return len(value) >= self.MIN_LEN and type(value[0]) is str
 
     def _text_list(self, value: list[str] | tuple[str, ...]) -> bytes:
+        # The compiler hands every node of a rule the same SrcIPs list
+        # (`gitctl.policy.filter.Rule.head`): found by identity, in O(1).
+        held = self._lists.get(id(value))
+        if held is not None and held[0] is value:
+            return held[1]
+        data = self._text_content(value)
+        if len(self._lists) >= self.MAX_HELD:
+            self._lists.clear()
+        self._lists[id(value)] = (value, data)
+        return data
+
+    def _text_content(self, value: list[str] | tuple[str, ...]) -> bytes:
+        """By content: a recompile renders equal lists anew."""
         try:
             data = self._texts.get(key := tuple(value))
         except TypeError:  # not texts after all
@@ -415,11 +450,20 @@ class Fragments:
 _SEQUENCES = (list, tuple)
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
+# msgspec's encoder (the wire types' codec, server/wire/): compact JSON of
+# plain dicts, lists and scalars, UTF-8 as is; several times faster than
+# json's on the small per-session parts of a message (a node's DstPorts,
+# ControlTime), which a commit's fan-out encodes 50,000 times.
+def _plain(value: Any) -> Any:
+    """What json would make of a value msgspec leaves to a hook: subclasses
+    of str and the numbers (wire prefixes, addresses) as their plain selves."""
+    for kind in (str, int, float):
+        if isinstance(value, kind):
+            return kind(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _encode(value: Any) -> bytes:
-    return _ENCODER.encode(value).encode()
+_encode: Callable[[Any], bytes] = msgspec.json.Encoder(enc_hook=_plain).encode
 
 
 def encode_message(
@@ -429,22 +473,29 @@ def encode_message(
     fragments: Fragments | None = None,
 ) -> bytes:
     """JSON of `msg`, with already-encoded peer entries spliced in as
-    `peers_key` and, given `fragments`, its `SHARED_FIELDS` spliced from there."""
-    parts: list[bytes] = []
+    `peers_key` and, given `fragments`, its `SHARED_FIELDS` spliced from there
+    (the message is joined once from its pieces)."""
+    shared: list[tuple[str, Any]] = []
     if fragments is not None and any(k in msg for k in SHARED_FIELDS):
         msg = dict(msg)
-        for key in SHARED_FIELDS:
-            if key in msg:
-                data = fragments.field(msg.pop(key), one_object=key in ONE_OBJECT)
-                parts.append(b'"%b":%b' % (key.encode(), data))
-    if peers_key is not None:
-        parts.append(b'"%b":[%b]' % (peers_key.encode(), b",".join(peers)))
+        shared = [(key, msg.pop(key)) for key in SHARED_FIELDS if key in msg]
+    if not shared and peers_key is None:
+        return _encode(msg)
     head = _encode(msg)
-    if not parts:
-        return head
-    if len(head) > 2:
-        parts.insert(0, head[1:-1])
-    return b"{%b}" % b",".join(parts)
+    out = [head[:-1]] if len(head) > 2 else [b"{"]
+    for key, value in shared:
+        if len(out) > 1 or len(head) > 2:
+            out.append(b",")
+        out.append(_key(key))
+        assert fragments is not None
+        fragments.add(out, value, one_object=key in ONE_OBJECT)
+    if peers_key is not None:
+        if len(out) > 1 or len(head) > 2:
+            out.append(b",")
+        out.append(_key(peers_key))
+        out.append(b"[%b]" % b",".join(peers))
+    out.append(b"}")
+    return b"".join(out)
 
 
 class Deltas:
@@ -520,3 +571,9 @@ class Deltas:
 def _control_time(now: datetime) -> bytes:
     """The last member of a message: its ControlTime, and the closing brace."""
     return b'"ControlTime":"%b"}' % format_time(now).encode()
+
+
+@lru_cache(maxsize=256)
+def _key(name: str) -> bytes:
+    """``"name":`` (an object key, made once)."""
+    return b"%b:" % _encode(name)

@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 
 from gitctl.policy import parse_policy
+from gitctl.policy.bitsets import bits
+from gitctl.policy.filter import Rule
+from gitctl.policy.viewindex import GroupPeers, ViewIndex
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store import open_store
 from server.store.interface import Store
@@ -178,3 +181,67 @@ def test_after_a_join_a_filter_only_commit_still_leaves_peers_untouched(store: S
     } == set()
     u0 = [node_id for node_id in streams if joined in tailnet.views.get(node_id).peers]  # type: ignore[union-attr]
     assert len(u0) == PER_USER
+
+
+def test_a_commit_renders_each_rules_sources_once_and_shares_them(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, tailnet, streams = streaming(store)
+    heads: list[Rule] = []
+    render_head = Rule._render_head
+
+    def spy(rule: Rule) -> dict[str, Any]:
+        heads.append(rule)
+        return render_head(rule)
+
+    monkeypatch.setattr(Rule, "_render_head", spy)
+    sent = commit(tailnet, streams, "c1", "22,443")
+
+    # One autogroup:self rule per user: its sources rendered once, not once
+    # per node it reaches, and every node of the user holds that same list.
+    assert len(sent) == USERS * PER_USER
+    assert len(heads) == len(set(map(id, heads))) == USERS
+    index = tailnet.views.compiled.visibility
+    assert isinstance(index, ViewIndex)
+    by_sources: dict[tuple[str, ...], set[int]] = {}
+    for node_id in streams:
+        view = tailnet.views.get(node_id)
+        assert view is not None
+        (rule,) = view.packet_filter_rules
+        by_sources.setdefault(tuple(rule["SrcIPs"]), set()).add(id(rule["SrcIPs"]))
+        # The shared result says what a node's own rendering says.
+        i = index.position[node_id]
+        alone = []
+        for r in index.per_node[i]:
+            r._head = None  # rendered for this node alone
+            alone.append(r.render(i))
+        assert json.loads(json.dumps(view.packet_filter_rules)) == json.loads(json.dumps(alone))
+        # Its peers, taken from its group's entries, are its peers one by one.
+        assert isinstance(view.peers, GroupPeers)
+        assert list(view.peers.items()) == [
+            (index.keys[j], index.peer_view(i, j)) for j in bits(index.visible(i))
+        ]
+    assert len(by_sources) == USERS
+    assert all(len(ids) == 1 for ids in by_sources.values())
+
+
+def test_a_groups_earlier_peers_are_checked_once_not_per_view(store: Store) -> None:
+    _, tailnet, streams = streaming(store)
+    commit(tailnet, streams, "c1", "22,443")
+    index = tailnet.views.compiled.visibility
+    assert isinstance(index, ViewIndex)
+    # One check per user's group of nodes that see each other.
+    assert len(index._groups_seen) == USERS
+    assert all(same for _, _, same in index._groups_seen.values())
+
+
+def test_sources_indexed_by_member_reach_what_a_scan_reaches(store: Store) -> None:
+    _, tailnet, _ = streaming(store)
+    index = tailnet.views.compiled.visibility
+    assert isinstance(index, ViewIndex)
+    scans = [[d for s, d in index._reach if i in s] for i in range(len(index.keys))]
+    index._reach_asked = 1 << 30  # as after a fan-out's many views: indexed from here on
+    for i, scan in enumerate(scans):
+        assert sorted(index._reached_from(i)) == sorted(scan)
+    assert index._reach_by_member is not None
+    assert len(index._reach_by_member[0]) == USERS * PER_USER  # each user's set is small

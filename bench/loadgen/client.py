@@ -194,17 +194,22 @@ class ControlClient:
             addr.host, addr.port, ssl=addr.ssl_context(), limit=1 << 20
         )
         handshake = ClientHandshake(machine, server_key, version)
-        writer.write(
-            b"POST /ts2021 HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n"
-            b"Connection: upgrade\r\nUpgrade: tailscale-control-protocol\r\n"
-            b"X-Tailscale-Handshake: %s\r\n\r\n"
-            % (addr.authority.encode(), base64.b64encode(handshake.initiation()))
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 101 "):
+        try:
+            writer.write(
+                b"POST /ts2021 HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n"
+                b"Connection: upgrade\r\nUpgrade: tailscale-control-protocol\r\n"
+                b"X-Tailscale-Handshake: %s\r\n\r\n"
+                % (addr.authority.encode(), base64.b64encode(handshake.initiation()))
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 101 "):
+                raise ConnectionError(f"upgrade refused: {head!r}")
+            noise = handshake.finish(await reader.readexactly(RESPONSE_LEN))
+        except BaseException:
+            # A server killed mid-handshake, or a caller's timeout: the socket
+            # is closed here, not left to the garbage collector's warning.
             writer.close()
-            raise ConnectionError(f"upgrade refused: {head!r}")
-        noise = handshake.finish(await reader.readexactly(RESPONSE_LEN))
+            raise
         client = cls(reader, writer, noise, window=window, authority=addr.authority)
         client._h2.initiate_connection()
         client._flush()

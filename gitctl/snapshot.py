@@ -139,13 +139,16 @@ def _errors(diags: list[Diagnostic]) -> bool:
 
 
 @lru_cache(maxsize=32)  # a few versions of each file: enough for the next commit and a diff
-def _checked_file(path: str, data: bytes) -> tuple[SourceFile | None, tuple[Diagnostic, ...]]:
+def _checked_file(
+    path: str, data: bytes, schemas_passed: bool = False
+) -> tuple[SourceFile | None, tuple[Diagnostic, ...]]:
     """A file parsed and checked against its schema, once per content: a commit
     usually changes one file, and the others (a users.yaml of hundreds of
-    entries) need not be read again."""
+    entries) need not be read again. `schemas_passed`: the caller knows this
+    content passed the current schemas before (see `load_snapshot`)."""
     sf, problems = parse_file(path, data)
-    if sf is None:
-        return None, tuple(problems)
+    if sf is None or schemas_passed:
+        return sf, tuple(problems)
     return sf, (*problems, *validate_file(sf))
 
 
@@ -177,10 +180,14 @@ def _undeclared_key_tags(
     ]
 
 
-def load_snapshot(documents: Documents, *, now: datetime | None = None) -> LoadResult:
+def load_snapshot(
+    documents: Documents, *, now: datetime | None = None, schemas_passed: bool = False
+) -> LoadResult:
     """The commit's snapshot, or every problem found. ``now`` is when the policy's tests
     are judged (access expired by then is gone); a policy with `expires` times is refused
-    without it."""
+    without it. ``schemas_passed``: these very documents passed the JSON schemas of this
+    `schema_version()` before (a server restarting on the commit it accepted), so the
+    schema check is skipped; every other stage runs."""
     diags: list[Diagnostic] = []
     texts: dict[str, str] = {}
     parsed: list[SourceFile] = []
@@ -188,7 +195,7 @@ def load_snapshot(documents: Documents, *, now: datetime | None = None) -> LoadR
     stages: dict[str, list[Diagnostic]] = {s: [] for s in ("parse", "schema", "merge", "policy")}
     for path, data in documents.files.items():
         texts[path] = data.decode("utf-8", "replace")
-        sf, checks = _checked_file(path, data)
+        sf, checks = _checked_file(path, data, schemas_passed)
         diags += checks
         stages["schema" if sf is not None else "parse"] += checks
         if sf is not None:
@@ -255,9 +262,13 @@ def load_from_directory(path: str | os.PathLike[str], *, now: datetime | None = 
 
 
 def load_from_git(
-    repo_path: str | os.PathLike[str], rev: str = "HEAD", *, now: datetime | None = None
+    repo_path: str | os.PathLike[str],
+    rev: str = "HEAD",
+    *,
+    now: datetime | None = None,
+    schemas_passed: bool = False,
 ) -> LoadResult:
     try:
-        return load_snapshot(read_git(repo_path, rev), now=now)
+        return load_snapshot(read_git(repo_path, rev), now=now, schemas_passed=schemas_passed)
     except SourceError as exc:
         return _failed(exc)

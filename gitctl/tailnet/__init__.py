@@ -27,7 +27,7 @@ from gitctl.tailnet.model import (
     build_model,
     parse_duration,
 )
-from gitctl.tailnet.schema import SCHEMA_KINDS, load_schema, validate_file
+from gitctl.tailnet.schema import SCHEMA_KINDS, load_schema, schema_version, validate_file
 
 __all__ = [
     "EXTENSIONS",
@@ -55,6 +55,7 @@ __all__ = [
     "merge_files",
     "parse_duration",
     "parse_file",
+    "schema_version",
     "split_sections",
     "validate_file",
 ]

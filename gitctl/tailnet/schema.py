@@ -7,21 +7,23 @@ person can act on (an unknown key gets a "did you mean").
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from functools import cache
 from importlib import resources
-from typing import Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from gitctl.diagnostics import Diagnostic, JsonPath, format_path
 from gitctl.tailnet.files import Section, SourceFile, split_sections
 from gitctl.tailnet.kinds import did_you_mean
 from gitctl.tailnet.owners import is_owners_file
 
-__all__ = ["SCHEMA_KINDS", "load_schema", "validate_file"]
+if TYPE_CHECKING:  # jsonschema (~50 ms to import) loads when a file is first checked
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
+
+__all__ = ["SCHEMA_KINDS", "load_schema", "schema_version", "validate_file"]
 
 SCHEMA_KINDS = ("users", "policy", "dns", "routes", "keys", "settings", "owners")
 
@@ -36,7 +38,20 @@ def load_schema(kind: str) -> dict[str, Any]:
 
 
 @cache
+def schema_version() -> str:
+    """What a file was checked against: the schemas and this module's rules, hashed.
+    A record that a commit passed holds only while this is unchanged."""
+    h = hashlib.sha256()
+    for kind in SCHEMA_KINDS:
+        h.update(json.dumps(load_schema(kind), sort_keys=True).encode() + b"\0")
+    h.update(resources.files("gitctl").joinpath("tailnet", "schema.py").read_bytes())
+    return "sha256:" + h.hexdigest()
+
+
+@cache
 def _validator(section: str) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     schema = load_schema(section)
     if section in ("users", "routes", "keys"):
         # The file schema is {section: [...]}; a Section holds the list itself.

@@ -25,6 +25,7 @@ from server.logs import event
 from server.metrics import Metrics
 from server.sources.authority import CommitAuthority
 from server.sources.history import History, HistoryEntry
+from server.sources.passed import SchemaPassed
 from server.sources.remote import RemoteRepo, watch_remote
 from server.sources.repo import Checked, Rejection, RepoStatus, SnapshotRepo, watch_repo
 from server.sources.rollout import ABORTED, Hold, RolloutError
@@ -92,6 +93,7 @@ class CommitLifecycle:
         self.history = history
         self.status = status
         self._last_good = data_dir / LAST_GOOD_FILE
+        self._schema_passed = SchemaPassed(data_dir)
         self._clock = clock
         self._log = log
         self._metrics = metrics
@@ -127,14 +129,14 @@ class CommitLifecycle:
 
     def _initial(self) -> Snapshot:
         head = self.repo.head()
-        checked = self.repo.check(head, self._clock())
+        checked = self._check_again(head)
         previous = self._last_good.read_text().strip() if self._last_good.exists() else None
         signer = self.history.signer_of(head) if head is not None else None
         if previous and self.authority.needs_previous:
             # The trust chain goes on across restarts: a new HEAD is checked against
             # the list of the commit served last.
             # (On a plain restart that is HEAD, just checked: not read twice.)
-            last = checked if previous == head else self.repo.check(previous, self._clock())
+            last = checked if previous == head else self._check_again(previous)
             self.authority.serving(previous, last.snapshot)
         # A commit served before was checked then (an outside list is checked always).
         if head is not None and (head != previous or self.authority.outside):
@@ -161,8 +163,13 @@ class CommitLifecycle:
         self._serving(snap, signer)
         return snap
 
+    def _check_again(self, revision: str | None) -> Checked:
+        """A start-up check: the schemas are skipped for the commit that passed them last."""
+        passed = self._schema_passed.passed(revision)
+        return self.repo.check(revision, self._clock(), schemas_passed=passed)
+
     def _last_good_checked(self, previous: str) -> tuple[Checked, str | None]:
-        checked = self.repo.check(previous, self._clock())
+        checked = self._check_again(previous)
         signer = self.history.signer_of(previous)
         if self.authority.outside:
             checked, signer = self._verified(previous, checked)
@@ -454,6 +461,7 @@ class CommitLifecycle:
         self.status.signer = signer
         if self.repo.is_git:
             write_private(self._last_good, (snap.id + "\n").encode())
+            self._schema_passed.record(snap.id)
             self.authority.serving(snap.revision, snap)
             self.history.append(HistoryEntry(snap.id, self._clock(), "served", signer))
         self._on_outcome("served", snap.id, ())

@@ -64,13 +64,18 @@ class RemoteRepo:
             return None
         return resolve(self.path, f"refs/heads/{self.branch}" if self.branch else "HEAD")
 
-    def check(self, revision: str | None, now: datetime | None = None) -> Checked:
+    def check(
+        self, revision: str | None, now: datetime | None = None, *, schemas_passed: bool = False
+    ) -> Checked:
         """`now`: the time at which `expires` entries count (gitctl fails a
-        policy with expiry times closed without one)."""
+        policy with expiry times closed without one). `schemas_passed`: this
+        commit passed the current schemas before (server/sources/passed.py)."""
         if revision is None:
             message = f"{self.url}: no commit on branch {self.branch or 'HEAD'}"
             return Checked(None, (message,), "source")
-        return check_result(snapshots.load_from_git(self.path, revision, now=now))
+        return check_result(
+            snapshots.load_from_git(self.path, revision, now=now, schemas_passed=schemas_passed)
+        )
 
 
 async def watch_remote(

@@ -74,9 +74,12 @@ class SnapshotRepo:
             return None
         return resolve(self.path, self.branch or "HEAD")
 
-    def check(self, revision: str | None, now: datetime | None = None) -> Checked:
+    def check(
+        self, revision: str | None, now: datetime | None = None, *, schemas_passed: bool = False
+    ) -> Checked:
         """`now`: the time at which `expires` entries count (gitctl fails a
-        policy with expiry times closed without one)."""
+        policy with expiry times closed without one). `schemas_passed`: this
+        commit passed the current schemas before (server/sources/passed.py)."""
         if revision is None:
             folder = self.path / "tailnet.d"
             # The packaged example is the tailnet.d folder itself.
@@ -84,7 +87,9 @@ class SnapshotRepo:
                 folder if folder.is_dir() else self.path, now=now
             )
         else:
-            result = snapshots.load_from_git(self.path, revision, now=now)
+            result = snapshots.load_from_git(
+                self.path, revision, now=now, schemas_passed=schemas_passed
+            )
         return check_result(result)
 
 

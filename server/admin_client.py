@@ -1,18 +1,21 @@
 """A small client for the running server's admin API: on its unix socket in
 the data dir (no credentials: file permissions guard it), or over HTTP(S)
-with an API key for remote use.
+with an API key for remote use. http.client loads with the first call:
+`tailnetd serve` imports this module's names but never calls it.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    import http.client
 
 __all__ = ["AdminError", "HttpTarget", "SocketTarget", "Target", "call"]
 
@@ -41,6 +44,8 @@ class HttpTarget:
 
     def connection(self) -> tuple[http.client.HTTPConnection, str]:
         """A connection to the server, and the path prefix to put before API paths."""
+        import http.client
+
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AdminError(f"--server must be an http:// or https:// URL, got {self.url!r}")
@@ -61,16 +66,17 @@ class HttpTarget:
 Target = SocketTarget | HttpTarget
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float = TIMEOUT) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+def _unix_connection(path: Path) -> http.client.HTTPConnection:
+    import http.client
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self._path))
-        self.sock = sock
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(str(path))
+            self.sock = sock
+
+    return UnixConnection("localhost", timeout=TIMEOUT)
 
 
 def _open(target: Target) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
@@ -83,11 +89,13 @@ def _open(target: Target) -> tuple[http.client.HTTPConnection, str, dict[str, st
             f"no running tailnetd found: {target.path} does not exist (start `tailnetd serve"
             f" --data {target.path.parent}` first, or use --server URL --api-key KEY)"
         )
-    return _UnixConnection(target.path), "", {}
+    return _unix_connection(target.path), "", {}
 
 
 def call(target: Target, method: str, path: str, body: Any = None) -> Any:
     """Send one admin request; the decoded JSON answer, or AdminError for people."""
+    import http.client
+
     conn, base, headers = _open(target)
     try:
         payload = json.dumps(body).encode() if body is not None else None

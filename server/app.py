@@ -14,8 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
-
 from gitctl.tailnet import TailnetSettings
 from server.api import WebDeps, build_app, build_metrics_app
 from server.auth.pending import PendingLogins
@@ -31,7 +29,7 @@ from server.edge.listeners import ListenError, Listeners
 from server.edge.public import derp_region, public_url
 from server.edge.stun_server import StunServer, start_stun_server
 from server.edge.upgrades import Ts2021Upgrade, derp_upgrade
-from server.metrics import DerpCollector, LiveCollector, Metrics
+from server.metrics import Metrics
 from server.oidc.wiring import oidc_login
 from server.protocol.keys import MachinePrivate, NodePrivate
 from server.sources.authority import CommitAuthority
@@ -53,6 +51,8 @@ from server.webhooks import Delivery, EventSource, WebhookSender
 from server.webhooks.wiring import start_webhooks
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from server.oidc.login import OidcLogin
     from server.tls.acme import AcmeManager
 
@@ -77,7 +77,9 @@ class Server:
         self.config = config
         self.log = log or logging.getLogger("tailnetd")
         self.clock = clock
-        self.metrics = Metrics(metrics_registry or CollectorRegistry(), monotonic=time.monotonic)
+        self.metrics = Metrics(
+            metrics_registry, monotonic=time.monotonic
+        )  # a registry on first scrape
         self.metrics_port = config.metrics_port
         self.history = History(config.data_dir / HISTORY_FILE)
         self.status = RepoStatus(journal=self.history)
@@ -273,8 +275,8 @@ class Server:
         )
         if self.webhooks is not None:
             self._tasks.append(asyncio.create_task(self.webhooks.run()))
-        self.metrics.registry.register(DerpCollector(self.derp.stats))
-        self.metrics.registry.register(LiveCollector(self._live_counts))
+        self.metrics.export_derp(self.derp.stats)
+        self.metrics.export_live(self._live_counts)
 
     def _start_logins(self) -> None:
         """Interactive logins, SSH checks, OIDC, router probes; the control handler."""

@@ -24,8 +24,6 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client import CollectorRegistry
-
 from gitctl.policy.viewindex import ViewIndex
 from gitctl.tailnet import TailnetSettings
 from server.auth.pending import PendingLogins
@@ -104,7 +102,7 @@ class ControlHandler:
         self._settings = settings
         self._log = log
         self._rng = rng or random.Random()
-        self._metrics = metrics or Metrics(CollectorRegistry(), monotonic=time.monotonic)
+        self._metrics = metrics or Metrics(monotonic=time.monotonic)
         self._told: dict[NodePublic, None] = {}  # node keys told they are not served
         self._keepalives = KeepAlives()
         self._ssh_checks = ssh_checks

@@ -1,31 +1,32 @@
 """What the server counts, for Prometheus (`/metrics`, docs/operations.md).
 
-One `Metrics` object per server, over a `CollectorRegistry` the assembly
-passes in (never prometheus_client's global one). The hot paths make one call
-into it per event; what other parts already count (DERP's `stats()`, the live
-sessions) is read at scrape time by custom collectors instead.
+One `Metrics` object per server. The hot paths make one call into it per event,
+which adds to a plain number here; prometheus_client is loaded (and the
+`CollectorRegistry` made, never its global one) when something first asks for
+`Metrics.registry` — a scrape — unless the assembly passes a registry in. The
+numbers, and what other parts already count (DERP's `stats()`, the live
+sessions), become metric families at scrape time (`server/metrics_export.py`).
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol, get_args
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
-from server.edge.derp_server import DerpStats, DropReason
-from server.tailnet.registry import NodeChange
+    from server.edge.derp_server import DerpStats
+    from server.tailnet.registry import NodeChange
 
 __all__ = [
     "MAP_KINDS",
     "OUTCOMES",
     "REJECTION_REASONS",
-    "DerpCollector",
-    "LiveCollector",
+    "Counts",
     "Metrics",
     "Outcome",
     "RequestCounter",
@@ -83,135 +84,111 @@ class _Propagation:
     waiting: set[Session]
 
 
+@dataclass(slots=True)
+class Counts:
+    """The numbers behind every tailnetd_* metric the server bumps itself; every
+    label value known in advance is there from the start, at 0."""
+
+    registrations: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    map_messages: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MAP_KINDS, 0))
+    map_bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MAP_KINDS, 0))
+    swaps: int = 0
+    rejections: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECTION_REASONS, 0))
+    node_events: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NODE_EVENT_KINDS, 0))
+    http_requests: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    hooks_delivered: int = 0
+    hooks_failed: int = 0
+    hooks_dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WEBHOOK_DROPS, 0))
+    hooks_queued: int = 0
+    # tailnetd_commit_propagation_seconds: observations per bucket (the last is +Inf).
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+
 class Metrics:
     """The counters the server bumps, one call per event."""
 
-    def __init__(self, registry: CollectorRegistry, *, monotonic: Callable[[], float]) -> None:
-        self.registry = registry
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, monotonic: Callable[[], float]
+    ) -> None:
+        self.counts = Counts()
         self._monotonic = monotonic
-        self._registrations = Counter(
-            "tailnetd_registrations",
-            "Node registration requests (/machine/register) by outcome.",
-            ["outcome"],
-            registry=registry,
-        )
-        self._map_messages = Counter(
-            "tailnetd_map_messages",
-            "Map messages sent on streaming map polls: full maps, deltas and keep-alives.",
-            ["kind"],
-            registry=registry,
-        )
-        self._map_bytes = Counter(
-            "tailnetd_map_bytes",
-            "Bytes of map messages sent (framed and compressed), by kind.",
-            ["kind"],
-            registry=registry,
-        )
-        self._latency = Histogram(
-            "tailnetd_commit_propagation_seconds",
-            "Seconds from a new snapshot being swapped in to the last session it woke "
-            "having sent its client the update.",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self._swaps = Counter(
-            "tailnetd_snapshot_swaps",
-            "New commits swapped in and served.",
-            registry=registry,
-        )
-        self._rejections = Counter(
-            "tailnetd_snapshot_rejections",
-            "Commits not served, by the stage that failed.",
-            ["reason"],
-            registry=registry,
-        )
-        self._node_events = Counter(
-            "tailnetd_node_events",
-            "Node changes from the registry, by kind.",
-            ["kind"],
-            registry=registry,
-        )
-        self._api = Counter(
-            "tailnetd_http_requests",
-            "Plain-HTTP requests (admin API, probes, /key) by route, method and status.",
-            ["route", "method", "status"],
-            registry=registry,
-        )
-        self._hooks_delivered = Counter(
-            "tailnetd_webhook_deliveries",
-            "Webhook events delivered (a 2xx answer).",
-            registry=registry,
-        )
-        self._hooks_failed = Counter(
-            "tailnetd_webhook_failures",
-            "Webhook delivery attempts that failed (no answer, or not 2xx); each is retried.",
-            registry=registry,
-        )
-        self._hooks_dropped = Counter(
-            "tailnetd_webhook_dropped",
-            "Webhook events given up: `overflow` (queue full, oldest dropped), `gave_up`.",
-            ["reason"],
-            registry=registry,
-        )
-        self._hooks_queued = Gauge(
-            "tailnetd_webhook_queue",
-            "Webhook deliveries waiting to be sent or retried.",
-            registry=registry,
-        )
-        for drop in WEBHOOK_DROPS:
-            self._hooks_dropped.labels(drop)
-        for outcome in OUTCOMES:
-            self._registrations.labels(outcome)
-        # The labelled children of the map counters, looked up once: every
-        # session's every message counts (a mesh join is n of these).
-        self._map_counters = {
-            kind: (self._map_messages.labels(kind), self._map_bytes.labels(kind))
-            for kind in MAP_KINDS
-        }
-        for reason in REJECTION_REASONS:
-            self._rejections.labels(reason)
-        for change_kind in NODE_EVENT_KINDS:
-            self._node_events.labels(change_kind)
         self._propagating: deque[_Propagation] = deque()
+        self._derp_stats: Callable[[], DerpStats | None] = lambda: None
+        self._live: Callable[[], dict[str, int]] | None = None
+        self._registry = registry
+        if registry is not None:
+            self._export(registry)
+
+    # Export (prometheus_client loads here, at the first scrape)
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            self._registry = CollectorRegistry()
+            self._export(self._registry)
+        return self._registry
+
+    def _export(self, registry: CollectorRegistry) -> None:
+        from server.metrics_export import CountsCollector, DerpCollector, LiveCollector
+
+        registry.register(CountsCollector(self.counts))
+        registry.register(DerpCollector(lambda: self._derp_stats()))
+        registry.register(LiveCollector(lambda: self._live() if self._live else None))
+
+    def export_derp(self, stats: Callable[[], DerpStats | None]) -> None:
+        """DERP's own counters, read at scrape time (relaying costs no metrics call)."""
+        self._derp_stats = stats
+
+    def export_live(self, read: Callable[[], dict[str, int]]) -> None:
+        """Gauges read from the running server at scrape time."""
+        self._live = read
+
+    # Counting
 
     def registration(self, outcome: Outcome) -> None:
-        self._registrations.labels(outcome).inc()
+        self.counts.registrations[outcome] += 1
 
     def map_sent(self, kind: MapKind, size: int) -> None:
-        messages, sent = self._map_counters[kind]
-        messages.inc()
-        sent.inc(size)
+        counts = self.counts
+        counts.map_messages[kind] += 1
+        counts.map_bytes[kind] += size
 
     def rejected(self, reason: str) -> None:
-        self._rejections.labels(reason if reason in REJECTION_REASONS else "compile").inc()
+        self.counts.rejections[reason if reason in REJECTION_REASONS else "compile"] += 1
 
     def node_changed(self, change: NodeChange) -> None:
         """A registry listener (`registry.subscribe(metrics.node_changed)`)."""
-        self._node_events.labels(change.kind).inc()
+        events = self.counts.node_events
+        events[change.kind] = events.get(change.kind, 0) + 1
 
     def http_request(self, route: str, method: str, status: int) -> None:
-        self._api.labels(route, method, str(status)).inc()
+        key = (route, method, str(status))
+        requests = self.counts.http_requests
+        requests[key] = requests.get(key, 0) + 1
 
     # Webhooks
 
     def webhook_delivered(self) -> None:
-        self._hooks_delivered.inc()
+        self.counts.hooks_delivered += 1
 
     def webhook_failed(self) -> None:
-        self._hooks_failed.inc()
+        self.counts.hooks_failed += 1
 
     def webhook_dropped(self, reason: WebhookDrop) -> None:
-        self._hooks_dropped.labels(reason).inc()
+        self.counts.hooks_dropped[reason] += 1
 
     def webhook_queue(self, size: int) -> None:
-        self._hooks_queued.set(size)
+        self.counts.hooks_queued = size
 
     # Commit -> client latency
 
     def snapshot_swapped(self, woken: Iterable[Session]) -> None:
         """A new snapshot is served; `woken` are the sessions that owe their
         clients an update. A commit that wakes no one is not timed."""
-        self._swaps.inc()
+        self.counts.swaps += 1
         waiting = set(woken)
         if not waiting:
             return
@@ -234,61 +211,13 @@ class Metrics:
         for entry in list(self._propagating):
             entry.waiting.discard(session)
             if not entry.waiting:
-                self._latency.observe(max(0.0, now - entry.started))
+                self._observe(max(0.0, now - entry.started))
                 self._propagating.remove(entry)
 
-
-class LiveCollector(Collector):
-    """Gauges read from the running server at scrape time."""
-
-    def __init__(self, read: Callable[[], dict[str, int]]) -> None:
-        self._read = read
-
-    def collect(self) -> Iterator[Metric]:
-        values = self._read()
-        yield GaugeMetricFamily(
-            "tailnetd_nodes_served", "Registered nodes the serving snapshot serves.",
-            value=values["served"],
-        )  # fmt: skip
-        yield GaugeMetricFamily(
-            "tailnetd_nodes_streaming", "Nodes with at least one open streaming map poll.",
-            value=values["streaming"],
-        )  # fmt: skip
-        yield GaugeMetricFamily(
-            "tailnetd_control_connections", "Open Noise (ts2021) control connections.",
-            value=values["control_connections"],
-        )  # fmt: skip
-
-
-class DerpCollector(Collector):
-    """The embedded DERP relay's own counters (`DerpServer.stats()`), read at
-    scrape time so that relaying a packet costs no metrics call."""
-
-    def __init__(self, stats: Callable[[], DerpStats | None]) -> None:
-        self._stats = stats
-
-    def collect(self) -> Iterator[Metric]:
-        s = self._stats()
-        if s is None:
-            return
-        yield GaugeMetricFamily("tailnetd_derp_clients", "Open DERP connections.", value=s.clients)
-        for name, help_text, value in (
-            ("accepts", "DERP connections admitted.", s.accepts),
-            ("refused", "DERP connections refused: not a node of this tailnet.", s.refused),
-            ("packets_received", "Packets DERP clients sent to be relayed.", s.packets_received),
-            ("bytes_received", "Bytes of packets DERP clients sent.", s.bytes_received),
-            ("packets_relayed", "Packets DERP delivered to their receiver.", s.packets_sent),
-            ("bytes_relayed", "Bytes of packets DERP delivered.", s.bytes_sent),
-            ("packets_forwarded", "Packets DERP handed to a meshed replica.", s.forwarded),
-            ("packets_forwarded_in", "Packets a meshed replica handed to DERP.", s.forwarded_in),
-        ):
-            yield CounterMetricFamily(f"tailnetd_derp_{name}", help_text, value=value)
-        dropped = CounterMetricFamily(
-            "tailnetd_derp_packets_dropped", "Packets DERP dropped, by reason.", labels=["reason"]
-        )
-        for reason in DropReason:
-            dropped.add_metric([reason.value], s.drops.get(reason, 0))
-        yield dropped
+    def _observe(self, seconds: float) -> None:
+        counts = self.counts
+        counts.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        counts.latency_sum += seconds
 
 
 ASGIApp = Callable[[Any, Any, Any], Any]

@@ -28,6 +28,8 @@ from tests.unit.control_client import USERS
 # TLS files and ACME (cryptography.x509, acme, josepy, requests); jsonschema.
 HEAVY = (
     "jsonschema",  # only when a commit is checked that did not pass the schemas before
+    "prometheus_client",  # the first scrape of /metrics
+    "http.client",  # the admin CLI's requests (and prometheus_client)
     "starlette",
     "jinja2",
     "git",

@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import Server
 from server.edge.derp_server import DerpStats, DropReason
-from server.metrics import DerpCollector, Metrics
+from server.metrics import Metrics
+from server.metrics_export import DerpCollector
 from tests.unit.control_client import Device, async_test, poll, running_server
 
 POLICY = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:%d"]}]}\n'

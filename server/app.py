@@ -22,16 +22,15 @@ from server.auth.timer import expire_logins
 from server.config import ServerConfig
 from server.control import PROBE_PATH, ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, load_or_create_key
-from server.edge.derp_mesh import MeshKeyError, mesh_with, read_mesh_key
-from server.edge.derp_server import DerpServer
 from server.edge.http1 import FrontDoor, UpgradeHandler
 from server.edge.listeners import ListenError, Listeners
+from server.edge.mesh_config import MeshKeyError, read_mesh_key
 from server.edge.public import derp_region, public_url
 from server.edge.stun_server import StunServer, start_stun_server
 from server.edge.upgrades import Ts2021Upgrade, derp_upgrade
 from server.metrics import Metrics
 from server.oidc.wiring import oidc_login
-from server.protocol.keys import MachinePrivate, NodePrivate
+from server.protocol.keys import MachinePrivate, NodePrivate, NodePublic
 from server.sources.authority import CommitAuthority
 from server.sources.canary import CanaryNodes
 from server.sources.history import HISTORY_FILE, History
@@ -53,6 +52,7 @@ from server.webhooks.wiring import start_webhooks
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from server.edge.derp_server import DerpServer
     from server.oidc.login import OidcLogin
     from server.tls.acme import AcmeManager
 
@@ -110,6 +110,7 @@ class Server:
         )
         self.acme_http_port = config.acme_http_port
         self._data_lock: DataDirLock | None = None
+        self._derp: DerpServer | None = None  # made on first use (the `derp` property)
         # Webhook events; sent once the store is open and a secret is configured.
         self.events = EventSource(clock=clock)
         self.webhook_delivery = Delivery()  # bounds and retry schedule; tests shorten it
@@ -126,6 +127,28 @@ class Server:
 
     async def on_revision(self, revision: str) -> None:
         await self.commits.on_revision(revision)
+
+    # DERP
+
+    @property
+    def derp(self) -> DerpServer:
+        """The embedded DERP relay, made on first use (a /derp connection, a mesh
+        peer, a scrape): server/protocol/derp and nacl stay off the start path."""
+        if self._derp is None:
+            from server.edge.derp_server import DerpServer
+
+            self._derp = DerpServer(
+                self.derp_key,
+                is_allowed=self._derp_access.allowed,
+                log=self.log,
+                mesh_key=self._mesh_key,
+            )
+        return self._derp
+
+    def _derp_disconnect(self, node_key: NodePublic) -> None:
+        """Close a node's DERP connection, if DERP has any."""
+        if self._derp is not None:
+            self._derp.disconnect(node_key)
 
     # Life cycle
 
@@ -238,11 +261,9 @@ class Server:
         self.registry, self.tailnet = running_tailnet(
             self.store, source, derp_regions=[derp], log=self.log, clock=self.clock
         )
-        access = DerpAccess(self.registry, self.tailnet, clock=self.clock)
-        self.derp = DerpServer(
-            self.derp_key, is_allowed=access.allowed, log=self.log, mesh_key=mesh_key
-        )
-        access.follow(self.derp.disconnect)
+        self._derp_access = DerpAccess(self.registry, self.tailnet, clock=self.clock)
+        self._mesh_key = mesh_key
+        self._derp_access.follow(self._derp_disconnect)
         self.registry.subscribe(self.metrics.node_changed)
         self.users = UserRegistry(self.store, log=self.log)
         self.users.subscribe(self.tailnet.apply_user)
@@ -275,7 +296,7 @@ class Server:
         )
         if self.webhooks is not None:
             self._tasks.append(asyncio.create_task(self.webhooks.run()))
-        self.metrics.export_derp(self.derp.stats)
+        self.metrics.export_derp(lambda: self.derp.stats())  # a scrape starts DERP
         self.metrics.export_live(self._live_counts)
 
     def _start_logins(self) -> None:
@@ -345,7 +366,7 @@ class Server:
         self._ts2021 = Ts2021Upgrade(self.server_key, control, log=self.log)
         upgrades: dict[str, UpgradeHandler] = {
             "/ts2021": self._ts2021,
-            "/derp": derp_upgrade(self.derp),
+            "/derp": derp_upgrade(lambda: self.derp),
         }
 
         def web(local: bool) -> WebDeps:
@@ -414,13 +435,15 @@ class Server:
             self.registry,
             self.tailnet,
             inactivity=lambda: self._settings().ephemeral_inactivity_timeout,
-            disconnect=self.derp.disconnect,
+            disconnect=self._derp_disconnect,
             on_expired=self.events.node_expired,
             clock=self.clock,
             log=self.log,
         )
         self._tasks.append(asyncio.create_task(sweep.run()))
         for url in cfg.mesh_with:
+            from server.edge.derp_mesh import mesh_with
+
             if mesh_key is None:
                 raise StartupError("--mesh-with needs --mesh-key-file")
             self._tasks.append(
@@ -486,8 +509,8 @@ class Server:
         # last-seen times, which must reach the store before it closes.
         await self.listeners.end_connections()
         # A start that failed part-way stops too: only what was built is closed.
-        if hasattr(self, "derp"):
-            await self.derp.close()
+        if self._derp is not None:
+            await self._derp.close()
         if self.webhooks is not None:
             await self.webhooks.aclose()  # what is still queued goes to the outbox
         if hasattr(self, "_oidc_provider"):

@@ -14,10 +14,10 @@ import logging
 import os
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from server.edge.derp_server import DerpServer
+from server.edge.mesh_config import MeshKeyError, read_mesh_key, url_host_port
 from server.logs import event
 from server.protocol.derp import DerpError
 from server.protocol.derp_mesh import MeshClient, PeerGone, PeerPresent, Watching
@@ -28,28 +28,6 @@ __all__ = ["MAX_BACKLOG", "MeshKeyError", "mesh_with", "read_mesh_key", "url_hos
 RETRY = 1.0  # seconds between attempts to reach the other server
 MAX_BACKLOG = 4 << 20  # bytes queued on the socket before forwarded packets drop
 _MAX_RESPONSE_HEAD = 16 << 10
-
-
-class MeshKeyError(ValueError):
-    """The mesh key file is missing or not a key."""
-
-
-def read_mesh_key(path: Path | None) -> str | None:
-    """The mesh key in `path`: 64 hex digits (as `derper --mesh-psk-file`)."""
-    if path is None:
-        return None
-    try:
-        text = path.read_text().strip()
-    except OSError as exc:
-        raise MeshKeyError(f"cannot read the mesh key file {path}: {exc.strerror}") from None
-    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
-        raise MeshKeyError(f"{path}: the mesh key must be 64 lowercase hex digits")
-    return text
-
-
-def url_host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 async def mesh_with(

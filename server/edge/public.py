@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from server.edge.derp_mesh import url_host_port
+from server.edge.mesh_config import url_host_port
 from server.wire import DerpRegion
 
 __all__ = ["derp_region", "public_url"]

@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from server.edge.control_conn import ControlConnection, Handler
-from server.edge.derp_server import DerpServer
 from server.edge.http1 import RequestHead, UpgradeHandler
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
+
+if TYPE_CHECKING:
+    from server.edge.derp_server import DerpServer
 
 __all__ = ["Ts2021Upgrade", "derp_upgrade"]
 
@@ -65,8 +69,9 @@ class Ts2021Upgrade:
             self.connections -= 1
 
 
-def derp_upgrade(derp: DerpServer) -> UpgradeHandler:
-    """`/derp`: the connection handed to the DERP server."""
+def derp_upgrade(derp: Callable[[], DerpServer]) -> UpgradeHandler:
+    """`/derp`: the connection handed to the DERP server (made by `derp()` when
+    the first one comes)."""
 
     async def upgrade(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead
@@ -77,6 +82,6 @@ def derp_upgrade(derp: DerpServer) -> UpgradeHandler:
                 b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
             )
             return
-        await derp.handle(reader, writer, fast_start=head.header("derp-fast-start") == "1")
+        await derp().handle(reader, writer, fast_start=head.header("derp-fast-start") == "1")
 
     return upgrade

@@ -30,6 +30,8 @@ HEAVY = (
     "jsonschema",  # only when a commit is checked that did not pass the schemas before
     "prometheus_client",  # the first scrape of /metrics
     "http.client",  # the admin CLI's requests (and prometheus_client)
+    "server.edge.derp_server",  # the first /derp connection, a mesh peer or a scrape
+    "nacl",
     "starlette",
     "jinja2",
     "git",

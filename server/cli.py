@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from server.admin_client import AdminError, HttpTarget, SocketTarget, Target, call
-from server.config import ConfigError, add_flags, load_config
 
 __all__ = ["main"]
 
@@ -40,7 +39,8 @@ def _serve(args: argparse.Namespace) -> int:
     # No collections while start-up imports modules and builds the first index:
     # everything it makes lives on, so each pass would scan it for nothing.
     # One collection once serving, then gc.freeze() (below).
-    gc.disable()
+    gc.disable()  # (main turned it off already; a caller of _serve may not have)
+    from server.config import ConfigError, load_config
     from server.memtrace import MemTrace
 
     memtrace = MemTrace.from_env()  # off unless TAILNETD_TRACEMALLOC names a directory
@@ -432,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from server.config import add_flags  # gitctl's model and the store: ~0.1 s of imports
+
     serve = sub.add_parser("serve", help="run the control server")
     add_flags(serve)
     serve.add_argument("-v", "--verbose", action="store_true")
@@ -650,7 +652,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # No collections while the modules load (server.config brings gitctl's model
+    # and the store): what they make lives on, so each pass would scan it for
+    # nothing (~20 ms of a start). `serve` keeps it off until it has settled.
+    gc.disable()
+    args: argparse.Namespace | None = None
+    try:
+        args = build_parser().parse_args(argv)
+    finally:
+        if args is None or args.func is not _serve:
+            gc.enable()
     try:
         return int(args.func(args))
     except AdminError as exc:

@@ -8,6 +8,7 @@ fresh interpreter as `tailnetd serve` starts it, and asked for /health.
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -16,9 +17,11 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from server.cli import main
 from server.store.addresses import ip_text, ipv4_from_text, ipv6_from_text
 from tests.e2e.harness import ROOT, TailnetRepo
 from tests.unit.control_client import USERS
@@ -137,3 +140,14 @@ def test_tailnet_addresses_keep_their_text() -> None:
     for text in ("fd7a:115c:a1e0::1", "fd7a:115c:a1e0:ab12:4843:cd96:6258:b240", "::ffff:1.2.3.4"):
         assert ip_text(ipv6_from_text(text)) == str(IPv6Address(text))
     assert ip_text(ipv4_from_text("100.64.0.1")) == "100.64.0.1"
+
+
+def test_the_cli_turns_collections_back_on_for_every_command_but_serve(tmp_path: Path) -> None:
+    # main() loads its modules with the collector off; only `serve` keeps it off
+    # (until it has settled), so an admin command or a test calling main() does not.
+    assert gc.isenabled()
+    with pytest.raises(SystemExit):
+        main(["no-such-command"])
+    assert gc.isenabled()
+    assert main(["nodes", "list", "--data", str(tmp_path)]) == 1  # no server running there
+    assert gc.isenabled()

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.addresses import ipv4_from_text, ipv6_from_text
 from server.store.model import ApiKey, Node, PendingLogin, PreAuthKey
@@ -58,10 +60,19 @@ def json_list(items: Sequence[str]) -> str:
     return json.dumps(list(items))
 
 
+_STRINGS = msgspec.json.Decoder(tuple[str, ...])
+
+
 def str_tuple(value: str | list[Any]) -> tuple[str, ...]:
     if value == "[]":  # most tags, endpoints and routes: no parse
         return ()
-    items = json.loads(value) if isinstance(value, str) else value  # jsonb comes parsed
+    if isinstance(value, str):
+        try:  # a list of strings, as written: straight to a tuple (~0.1 µs, json 1.6)
+            return _STRINGS.decode(value)
+        except msgspec.DecodeError:
+            items = json.loads(value)  # anything else: as before, or json's ValueError
+    else:
+        items = value  # jsonb comes parsed
     return tuple(str(item) for item in items)
 
 

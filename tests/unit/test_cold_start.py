@@ -22,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.cli import main
+from server.store._rows import json_list, str_tuple
 from server.store.addresses import ip_text, ipv4_from_text, ipv6_from_text
 from tests.e2e.harness import ROOT, TailnetRepo
 from tests.unit.control_client import USERS
@@ -151,3 +152,15 @@ def test_the_cli_turns_collections_back_on_for_every_command_but_serve(tmp_path:
     assert gc.isenabled()
     assert main(["nodes", "list", "--data", str(tmp_path)]) == 1  # no server running there
     assert gc.isenabled()
+
+
+@given(st.lists(st.text()))
+def test_a_stored_list_of_strings_reads_back_as_written(items: list[str]) -> None:
+    assert str_tuple(json_list(items)) == tuple(items)
+
+
+def test_a_stored_list_that_is_not_all_strings_reads_as_before() -> None:
+    assert str_tuple('["a", 1, true]') == ("a", "1", "True")
+    assert str_tuple(["x", "y"]) == ("x", "y")  # jsonb comes parsed
+    with pytest.raises(ValueError):
+        str_tuple("[")

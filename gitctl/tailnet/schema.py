@@ -42,9 +42,10 @@ def schema_version() -> str:
     """What a file was checked against: the schemas and this module's rules, hashed.
     A record that a commit passed holds only while this is unchanged."""
     h = hashlib.sha256()
-    for kind in SCHEMA_KINDS:
-        h.update(json.dumps(load_schema(kind), sort_keys=True).encode() + b"\0")
-    h.update(resources.files("gitctl").joinpath("tailnet", "schema.py").read_bytes())
+    package = resources.files("gitctl")
+    for kind in SCHEMA_KINDS:  # the files' bytes: hashed, not parsed (this runs at start)
+        h.update(package.joinpath("schemas", f"{kind}.schema.json").read_bytes() + b"\0")
+    h.update(package.joinpath("tailnet", "schema.py").read_bytes())
     return "sha256:" + h.hexdigest()
 
 

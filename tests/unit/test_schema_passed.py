@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -70,11 +72,19 @@ def test_the_remembered_commit_under_the_same_schemas_is_served(
 
 
 def test_the_schema_version_covers_every_schema_and_the_rules(
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = schema.schema_version.__wrapped__()
     assert now == schema.schema_version()
-    changed = dict(schema.load_schema("users"), description="changed")
-    real = schema.load_schema
-    monkeypatch.setattr(schema, "load_schema", lambda k: changed if k == "users" else real(k))
-    assert schema.schema_version.__wrapped__() != now
+    package = resources.files("gitctl")
+    copy = tmp_path / "gitctl"
+    shutil.copytree(Path(str(package.joinpath("schemas"))), copy / "schemas")
+    shutil.copytree(Path(str(package.joinpath("tailnet"))), copy / "tailnet")
+    monkeypatch.setattr(schema.resources, "files", lambda _name: copy)
+    assert schema.schema_version.__wrapped__() == now
+    for changed in ("schemas/routes.schema.json", "tailnet/schema.py"):
+        path = copy / changed
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n")
+        assert schema.schema_version.__wrapped__() != now, changed
+        path.write_bytes(original)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ __all__ = ["DEFAULT_DIR", "Documents", "SourceError", "read_directory", "read_gi
 DEFAULT_DIR = "tailnet.d"
 MAX_FILE_BYTES = 4 << 20  # a policy is kilobytes; a 4 MiB file is a mistake or an attack
 MAX_FILES = 1000
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256 repositories
 
 
 class SourceError(Exception):
@@ -86,10 +88,19 @@ def read_git(
     try:
         if not Path(repo_path).is_dir():
             raise NotARepository(where)
-        commit = resolve(repo_path, rev)
+        # A full commit id (the server's HEAD, just resolved) needs no rev-parse of its
+        # own: ls-tree of `<id>^{commit}` checks that it names a commit.
+        commit = rev if _COMMIT_ID.fullmatch(rev) else resolve(repo_path, rev)
         if commit is None:
             raise SourceError(f'unknown revision "{rev}"', where)
-        entries = tree(repo_path, commit, subdir)
+        try:
+            entries = tree(repo_path, f"{commit}^{{commit}}", subdir)
+        except NotARepository:
+            raise
+        except GitError:
+            if commit is rev and resolve(repo_path, rev) is None:
+                raise SourceError(f'unknown revision "{rev}"', where) from None
+            raise
         if not entries:
             raise SourceError(f"no {subdir}/ directory at {commit[:12]}", where)
         if any(e.path == subdir for e in entries):

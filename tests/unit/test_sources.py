@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import git
@@ -120,6 +121,22 @@ def test_git_errors_are_sentences(tmp_path: Path, rev: str, message: str) -> Non
     with pytest.raises(SourceError) as info:
         read_git(tmp_path, rev)
     assert info.value.message.startswith(message)
+
+
+def test_a_full_commit_id_is_read_without_resolving_it_and_checked_all_the_same(
+    tmp_path: Path,
+) -> None:
+    sha = commit_files(tmp_path, {"tailnet.d/users.yaml": "users: []\n"}, "one")
+    assert read_git(tmp_path, sha).revision == sha
+    assert read_git(tmp_path, sha).files == {"tailnet.d/users.yaml": b"users: []\n"}
+    tree_id = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD^{tree}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    for rev in ("0" * 40, tree_id):  # no such object; an object that is not a commit
+        with pytest.raises(SourceError) as info:
+            read_git(tmp_path, rev)
+        assert info.value.message == f'unknown revision "{rev}"'
 
 
 def test_not_a_repository(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 Run: python -m bench.bench_tailnet [--nodes 1000] [--rules 500] [--allow-all] [--repeat 1]
      python -m bench.bench_tailnet --nodes 50000 --per-user 200 [--json OUT]   (the moonshot)
      [--gc-freeze]: collect and freeze once the tailnet is built, as the server does
+     [--gc-policy]: and the server's GcPolicy through every event (server/gcpolicy.py)
 
 Builds a real sqlite store with N nodes, the server's Tailnet with a policy,
 and one map session per node (no sockets: this measures the server's own
@@ -44,6 +45,7 @@ import git
 from bench.bench_compile import make_node, synthetic
 from gitctl.policy import Policy, parse_policy
 from gitctl.snapshot import ALLOW_ALL
+from server.gcpolicy import GcPolicy
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.protocol.mapframe import MapFrameEncoder
 from server.sources.repo import SnapshotRepo
@@ -187,18 +189,45 @@ RESULTS: list[dict[str, Any]] = []
 PROFILE: list[Any] = []  # [path, cProfile.Profile]: --profile, policy commits only
 
 
+GC_POLICY: list[GcPolicy] = []  # --gc-policy: the server's (server/gcpolicy.py)
+
+
+class CollectionClock:
+    """A gc callback: full collections counted, CPU time in every collection summed."""
+
+    def __init__(self) -> None:
+        self.full = 0
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.process_time()
+            return
+        self.seconds += time.process_time() - self._start
+        self.full += info["generation"] == 2
+
+
 def timed(label: str, fn: Callable[[], None], pump: Pump) -> None:
     pump.bytes_sent = pump.messages = 0
     pump.done = []
     profiler = PROFILE[1] if PROFILE and label == "policy commit" else None
+    policy = GC_POLICY[0] if GC_POLICY else None
+    collections = CollectionClock()
+    gc.callbacks.append(collections)
     t0, c0 = time.perf_counter(), time.process_time()
     if profiler is not None:
         profiler.enable()
+    if policy is not None:
+        policy.hold()  # as the server's fan-out is held until it drained
     fn()
     pump.run()
+    if policy is not None:
+        policy.release()
     if profiler is not None:
         profiler.disable()
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    gc.callbacks.remove(collections)
     # When each session had its message, from the event: p50/p99 over sessions.
     lat = sorted(t - t0 for t in pump.done) or [dt]
     p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
@@ -206,7 +235,8 @@ def timed(label: str, fn: Callable[[], None], pump: Pump) -> None:
     print(
         f"{label:<22} {dt * 1000:>9.1f} ms  {pump.messages:>6} messages  "
         f"{pump.bytes_sent / 1e6:>8.2f} MB  {cpu * 1000:>9.1f} ms CPU  "
-        f"p50/p99 {p50 * 1000:.0f}/{p99 * 1000:.0f} ms"
+        f"p50/p99 {p50 * 1000:.0f}/{p99 * 1000:.0f} ms  "
+        f"gc {collections.full} full {collections.seconds * 1000:.0f} ms CPU"
     )
     RESULTS.append(
         {
@@ -217,6 +247,8 @@ def timed(label: str, fn: Callable[[], None], pump: Pump) -> None:
             "bytes": pump.bytes_sent,
             "p50_s": p50,
             "p99_s": p99,
+            "gc_full": collections.full,
+            "gc_s": collections.seconds,
         }
     )
 
@@ -241,7 +273,15 @@ def main() -> None:
         help="gc.collect(); gc.freeze() once the tailnet is built, as `tailnetd serve` does "
         "after start-up (server/cli.py): what start-up made is never scanned again",
     )
+    parser.add_argument(
+        "--gc-policy",
+        action="store_true",
+        help="the server's GcPolicy: full collections held through each event and its "
+        "fan-out, what it leaves frozen after (server/gcpolicy.py)",
+    )
     args = parser.parse_args()
+    if args.gc_policy:
+        GC_POLICY[:] = [GcPolicy()]
     if args.profile:
         import cProfile
 
@@ -268,6 +308,7 @@ def main() -> None:
             log=logging.getLogger("bench"),
             clock=lambda: NOW,
             defer=(lambda fn: False) if args.no_coalesce else defer_on_loop,
+            gc_policy=GC_POLICY[0] if GC_POLICY else None,
         )
         print(f"{'first compile':<22} {(time.perf_counter() - t0) * 1000:>9.1f} ms")
         if args.gc_freeze:
@@ -324,6 +365,19 @@ def main() -> None:
                 timed("commit from git", lambda rev=rev: serve_commit(tailnet, repo, rev), pump)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS {rss:.0f} MB")
+        if GC_POLICY:
+            print(f"gc policy: {GC_POLICY[0].stats}")
+            # A sweep's pause (every SWEEP_EVERY commits: unfreeze, collect, freeze)
+            # over everything this run keeps: the stall the loop takes then.
+            t0, c0 = time.perf_counter(), time.process_time()
+            gc.unfreeze()
+            found = gc.collect()
+            gc.freeze()
+            print(
+                f"sweep: {(time.perf_counter() - t0) * 1000:.0f} ms "
+                f"({(time.process_time() - c0) * 1000:.0f} ms CPU), {found} unreachable, "
+                f"{gc.get_freeze_count()} objects frozen"
+            )
         if PROFILE:
             import pstats
 

@@ -28,6 +28,7 @@ from server.edge.mesh_config import MeshKeyError, read_mesh_key
 from server.edge.public import derp_region, public_url
 from server.edge.stun_server import StunServer, start_stun_server
 from server.edge.upgrades import Ts2021Upgrade, derp_upgrade
+from server.gcpolicy import GcPolicy
 from server.metrics import Metrics
 from server.oidc.wiring import oidc_login
 from server.protocol.keys import MachinePrivate, NodePrivate, NodePublic
@@ -73,8 +74,12 @@ class Server:
         log: logging.Logger | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics_registry: CollectorRegistry | None = None,
+        gc_policy: GcPolicy | None = None,
     ) -> None:
         self.config = config
+        # `tailnetd serve` passes one (server/gcpolicy.py); in-process tests leave
+        # the collector as it is.
+        self.gc_policy = gc_policy
         self.log = log or logging.getLogger("tailnetd")
         self.clock = clock
         self.metrics = Metrics(
@@ -259,7 +264,12 @@ class Server:
             cfg.mesh_with,
         )  # fmt: skip
         self.registry, self.tailnet = running_tailnet(
-            self.store, source, derp_regions=[derp], log=self.log, clock=self.clock
+            self.store,
+            source,
+            derp_regions=[derp],
+            log=self.log,
+            clock=self.clock,
+            gc_policy=self.gc_policy,
         )
         self._derp_access = DerpAccess(self.registry, self.tailnet, clock=self.clock)
         self._mesh_key = mesh_key

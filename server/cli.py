@@ -47,6 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
     if memtrace is not None:
         memtrace.start()
     from server.app import Server, StartupError
+    from server.gcpolicy import GcPolicy
 
     try:
         config = load_config(vars(args))
@@ -63,7 +64,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
     async def run() -> int:
-        server = Server(config)
+        # Older collections held while a commit fans out, what it leaves frozen after.
+        server = Server(config, gc_policy=GcPolicy())
         try:
             await server.start()
         except StartupError as exc:

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
+from server.gcpolicy import GcPolicy
 from server.store.interface import Store
 from server.tailnet.hub import Defer, SessionHandle, Tailnet, TailnetSource
 from server.tailnet.registry import NodeChange, NodeRegistry
@@ -35,6 +36,7 @@ def running_tailnet(
     clock: Callable[[], datetime],
     primaries: Mapping[str, int] | None = None,
     defer: Defer | None = None,
+    gc_policy: GcPolicy | None = None,
 ) -> tuple[NodeRegistry, Tailnet]:
     """A registry over `store` and the tailnet that follows its events."""
     registry = NodeRegistry(store, log=log)
@@ -48,6 +50,7 @@ def running_tailnet(
         login_groups=store.login_groups(),
         runtime_users=[u.email for u in store.runtime_users()],
         defer=defer,
+        gc_policy=gc_policy,
     )
     registry.subscribe(tailnet.apply)
     return registry, tailnet

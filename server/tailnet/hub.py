@@ -33,6 +33,7 @@ from gitctl.policy.addrs import EXIT_ROUTES
 from gitctl.policy.topology import TopologyUser
 from gitctl.snapshot import Snapshot
 from gitctl.tailnet import TailnetSettings
+from server.gcpolicy import GcPolicy
 from server.logs import event
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries
@@ -67,6 +68,9 @@ __all__ = [
 # arriving continuously share one recompile instead of each paying for its own.
 COALESCE_SECONDS = 0.005
 COALESCE_MAX_SECONDS = 0.1
+# Sessions woken at once from which a wake holds the older collections as a
+# commit does (server/gcpolicy.py): a settle that changes many maps.
+GC_HOLD_WAKES = 1024
 
 # Runs the callback later and says True, or says False when it cannot (the
 # caller then runs it now).
@@ -338,8 +342,11 @@ class Tailnet:
         login_groups: Mapping[str, tuple[str, ...]] | None = None,
         runtime_users: Iterable[str] = (),
         defer: Defer | None = None,
+        gc_policy: GcPolicy | None = None,
     ) -> None:
         self._log = log
+        # Old-generation collections held while a commit fans out, its result frozen after.
+        self._gc = gc_policy
         self._defer = LoopDefer() if defer is None else defer
         self._unsettled = False  # a recompile is due (scheduled with `defer`)
         self._after_settle: list[Callable[[], None]] = []  # called once it is applied
@@ -719,14 +726,20 @@ class Tailnet:
         thread runs makes its index stale: it is built again (at last on the loop).
         """
         source = with_runtime_users(source, self._runtime_users)
-        for _ in range(3):
-            self.settle()
-            generation = self._generation
-            compiled = await asyncio.to_thread(self._compile_job(source, self._ctx))
-            if generation == self._generation and not self._unsettled:
-                self.swap_source(source, compiled=compiled)
-                return
-        self.swap_source(source)
+        if self._gc is not None:
+            self._gc.hold()  # the compile too makes what the commit leaves
+        try:
+            for _ in range(3):
+                self.settle()
+                generation = self._generation
+                compiled = await asyncio.to_thread(self._compile_job(source, self._ctx))
+                if generation == self._generation and not self._unsettled:
+                    self.swap_source(source, compiled=compiled)
+                    return
+            self.swap_source(source)
+        finally:
+            if self._gc is not None:
+                self._gc.release()  # swap_source holds on until its fan-out drained
 
     def swap_source(
         self, source: TailnetSource, *, compiled: CompiledTailnet[int] | None = None
@@ -739,6 +752,17 @@ class Tailnet:
         rules can reach and every other view is kept (as is its session,
         asleep); a new domain, DNS config, user list or DERP map reaches every map.
         """
+        policy = self._gc
+        if policy is None:
+            self._swap_source(source, compiled)
+            return
+        policy.hold()  # till the fan-out drained (server/gcpolicy.py)
+        try:
+            self._swap_source(source, compiled)
+        finally:
+            self.wakes.when_drained(policy.release)
+
+    def _swap_source(self, source: TailnetSource, compiled: CompiledTailnet[int] | None) -> None:
         source = with_runtime_users(source, self._runtime_users)
         self.settle()  # pending node changes first: the commit is then the only difference
         self._generation += 1
@@ -1038,6 +1062,8 @@ class Tailnet:
         if node_id not in self.context_for(node_id, settle=False).nodes:
             self.settle()  # its own join, still pending
         handle = SessionHandle(node_id)
+        if self._gc is not None:
+            self._gc.grew()  # a connect storm's sessions are frozen, a batch at a time
         self._sessions.setdefault(node_id, set()).add(handle)
         # Its first map needs it; its viewers are its peers.
         self.context_for(node_id, settle=False).views.get(node_id)
@@ -1140,6 +1166,12 @@ class Tailnet:
         per loop iteration (a commit's fan-out must not hold the loop)."""
         for handle in handles:
             handle.mark_full(wake=False)
+        policy = self._gc
+        if policy is not None and len(handles) >= GC_HOLD_WAKES:
+            policy.hold()  # a settle that changes many maps: held as a commit is
+            self.wakes.set([handle.wake for handle in handles])
+            self.wakes.when_drained(policy.release)
+            return
         self.wakes.set([handle.wake for handle in handles])
 
     @property

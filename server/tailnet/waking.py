@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 __all__ = ["WAKE_BATCH", "PacedWakes", "Wakeable"]
@@ -40,6 +40,22 @@ class PacedWakes:
         self.batches = 0
         self._queue: deque[Wakeable] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._drained: list[Callable[[], None]] = []
+
+    def when_drained(self, fn: Callable[[], None]) -> None:
+        """Call `fn` once every event queued is set and the sessions woken
+        by the last batch have run (their messages built): the fan-out is
+        over. At once without a running loop; on the next iteration when
+        nothing is queued."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            fn()
+            return
+        if self._queue:
+            self._drained.append(fn)
+        else:  # the sessions set just now run first (their wakeups were queued before)
+            loop.call_soon(fn)
 
     def set(self, events: Sequence[Wakeable]) -> None:
         try:
@@ -62,8 +78,13 @@ class PacedWakes:
 
     async def _run(self) -> None:
         queue = self._queue
-        while queue:
-            for _ in range(min(self.batch, len(queue))):
-                queue.popleft().set()
-            self.batches += 1
-            await asyncio.sleep(0)  # the woken sessions run, then sockets are polled
+        try:
+            while queue:
+                for _ in range(min(self.batch, len(queue))):
+                    queue.popleft().set()
+                self.batches += 1
+                await asyncio.sleep(0)  # the woken sessions run, then sockets are polled
+        finally:  # cancelled too: a hold waiting for the drain must not stay
+            drained, self._drained = self._drained, []
+            for fn in drained:
+                fn()

@@ -15,6 +15,7 @@ from gitctl.policy import parse_policy
 from gitctl.policy.bitsets import bits
 from gitctl.policy.filter import Rule
 from gitctl.policy.viewindex import GroupPeers, ViewIndex
+from server.gcpolicy import GcPolicy
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store import open_store
 from server.store.interface import Store
@@ -55,7 +56,9 @@ def store() -> Iterator[Store]:
     s.close()
 
 
-def streaming(store: Store) -> tuple[NodeRegistry, Tailnet, dict[int, Any]]:
+def streaming(
+    store: Store, gc_policy: GcPolicy | None = None
+) -> tuple[NodeRegistry, Tailnet, dict[int, Any]]:
     """USERS users of PER_USER nodes each under autogroup:self, every node
     streaming and holding its first map."""
     registry, tailnet = running_tailnet(
@@ -64,6 +67,7 @@ def streaming(store: Store) -> tuple[NodeRegistry, Tailnet, dict[int, Any]]:
         derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
         log=logging.getLogger("test"),
         clock=lambda: T0,
+        gc_policy=gc_policy,
     )
     for n in range(USERS * PER_USER):
         raw = (n + 1).to_bytes(32, "big")

@@ -327,13 +327,11 @@ class Registrar:
     ) -> Node | None:
         """The machine's node: by its node key (or the old one it renews), else
         by the machine key. A node key of another machine is refused."""
-        registry = self._registry
-        node = registry.by_node_key(node_key)
-        if node is None and not old_key.is_zero:
-            node = registry.by_node_key(old_key)
+        keys = (node_key,) if old_key.is_zero else (node_key, old_key)
+        node, machine_node = self._registry.by_keys(keys, machine_key)
         if node is not None and node.machine_key != machine_key:
             raise RequestRejected(403, "node key belongs to another machine")
-        return node if node is not None else registry.by_machine_key(machine_key)
+        return node if node is not None else machine_node
 
     def _carry_out(
         self, step: Step, machine_key: MachinePublic, body: RegisterRequest, now: datetime

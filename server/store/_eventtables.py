@@ -29,7 +29,9 @@ _OUTBOX_COLUMNS = "id, url, queue, body, attempts"
 
 
 class EventTables:
-    def _write(self, *, index: bool = False) -> AbstractContextManager[Db]:
+    def _write(
+        self, *, index: bool = False, one_statement: bool = False
+    ) -> AbstractContextManager[Db]:
         raise NotImplementedError
 
     def _read(self) -> AbstractContextManager[Db]:

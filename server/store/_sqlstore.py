@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import TracebackType
@@ -85,8 +86,14 @@ class SqlStore(EventTables):
 
     # What a backend supplies
 
-    def _write(self, *, index: bool = False) -> AbstractContextManager[Db]:
+    def _write(
+        self, *, index: bool = False, one_statement: bool = False
+    ) -> AbstractContextManager[Db]:
         """A transaction: committed (and `generation` bumped) if the block returns.
+
+        `one_statement`: the block runs a single statement, which is a
+        transaction of its own where the backend autocommits (sqlite: no
+        BEGIN and COMMIT around it).
 
         The backend drops the index when anything but a StoreError ends the
         block: the store's own refusals come before the index changes.
@@ -156,13 +163,22 @@ class SqlStore(EventTables):
     def create_node(self, registration: Registration) -> Node:
         reg = registration
         with self._write(index=True) as db:
-            existing = self._node_where(db, "machine_key = ?", reg.machine_key.raw)
-            if existing is not None:
+            # One read for both checks: the machine, then the node key.
+            holders = db.execute(
+                "SELECT id, machine_key, given_name FROM nodes"
+                " WHERE machine_key = ? OR node_key = ?",
+                (reg.machine_key.raw, reg.node_key.raw),
+            ).fetchall()
+            for node_id, machine_key, name in holders:
+                if bytes(machine_key) == reg.machine_key.raw:
+                    raise Conflict(
+                        f"machine {reg.machine_key.short()} is already registered"
+                        f" as node {node_id} ({name})"
+                    )
+            if holders:
                 raise Conflict(
-                    f"machine {reg.machine_key.short()} is already registered"
-                    f" as node {existing.id} ({existing.given_name})"
+                    f"node key {reg.node_key.short()} is already used by node {holders[0][0]}"
                 )
-            self._check_node_key_free(db, reg.node_key)
             if reg.auth_key_id is not None:
                 self._consume_key(db, reg.auth_key_id, reg.now)
             index = self._node_index(db)
@@ -209,6 +225,18 @@ class SqlStore(EventTables):
     def node_by_machine_key(self, machine_key: MachinePublic) -> Node | None:
         with self._read() as db:
             return self._node_where(db, "machine_key = ?", machine_key.raw)
+
+    def nodes_by_keys(
+        self, node_keys: Sequence[NodePublic], machine_key: MachinePublic
+    ) -> list[Node]:
+        """Every node holding one of `node_keys` or `machine_key`, in one read."""
+        marks = " OR ".join(["node_key = ?"] * len(node_keys) + ["machine_key = ?"])
+        with self._read() as db:
+            found = db.execute(
+                f"SELECT {rows.NODE_COLUMNS} FROM nodes WHERE {marks} ORDER BY id",
+                (*(key.raw for key in node_keys), machine_key.raw),
+            ).fetchall()
+        return [rows.node_from_row(row) for row in found]
 
     def list_nodes(self) -> list[Node]:
         with self._read() as db:
@@ -268,11 +296,11 @@ class SqlStore(EventTables):
             changes["endpoints"] = rows.json_list(endpoints)
         if capver is not None:
             changes["capver"] = capver
-        with self._write() as db:
+        with self._write(one_statement=True) as db:
             return self._update(db, node_id, **changes)
 
     def touch_last_seen(self, node_id: int, now: datetime) -> None:
-        with self._write() as db:
+        with self._write(one_statement=True) as db:
             self._update(db, node_id, last_seen=rows.ts(now))
 
     def set_key_expiry(self, node_id: int, when: datetime | None) -> Node:
@@ -348,12 +376,13 @@ class SqlStore(EventTables):
     def _update(self, db: Db, node_id: int, **changes: object) -> Node:
         # Column names come from this module's callers, never from outside input.
         assignments = ", ".join(f"{column} = ?" for column in changes)
-        cursor = db.execute(
-            f"UPDATE nodes SET {assignments} WHERE id = ?", (*changes.values(), node_id)
-        )
-        if cursor.rowcount == 0:
+        row = db.execute(
+            f"UPDATE nodes SET {assignments} WHERE id = ? RETURNING {rows.NODE_COLUMNS}",
+            (*changes.values(), node_id),
+        ).fetchone()
+        if row is None:
             raise NotFound(f"node {node_id} not found")
-        return self._node_or_raise(db, node_id)
+        return rows.node_from_row(row)
 
     @staticmethod
     def _node_where(db: Db, condition: str, value: object) -> Node | None:
@@ -415,19 +444,28 @@ class SqlStore(EventTables):
             return self._consume_key(db, key_id, None)
 
     def _consume_key(self, db: Db, key_id: int, now: datetime | None) -> PreAuthKey:
-        # Inside the caller's write transaction, with the row locked where the
-        # backend has row locks, so two registrations racing for one
-        # single-use key cannot both pass the check.
-        key = rows.key_from_row(
-            keytables.find_row(db, keytables.PREAUTH_KEYS, key_id, lock=self._FOR_UPDATE)
-        )
-        if now is not None:
-            _check_usable(key, now)
-        elif key.used and not key.reusable:
+        # Inside the caller's write transaction. One statement marks the key
+        # used where it may be: the UPDATE takes the row's lock (PostgreSQL
+        # re-checks its condition after waiting for it), so two registrations
+        # racing for one single-use key cannot both pass. Reusable keys are
+        # marked too, so listings show they have been used.
+        row = db.execute(
+            "UPDATE preauth_keys SET used = TRUE WHERE id = ? AND (reusable OR NOT used)"
+            f" RETURNING {rows.KEY_COLUMNS}",
+            (key_id,),
+        ).fetchone()
+        if row is None:  # no such key, or a single-use key used already
+            key = rows.key_from_row(
+                keytables.find_row(db, keytables.PREAUTH_KEYS, key_id, lock=self._FOR_UPDATE)
+            )
+            if now is not None:
+                _check_usable(key, now)
             raise KeyRejected("auth key already used")
-        # Reusable keys are marked too, so listings show they have been used.
-        db.execute("UPDATE preauth_keys SET used = TRUE WHERE id = ?", (key_id,))
-        return self._find_key(db, key_id)
+        key = rows.key_from_row(row)
+        if now is not None:
+            # What it was before this statement; a refusal rolls the mark back.
+            _check_usable(replace(key, used=False), now)
+        return key
 
     def list_preauth_keys(self, user: str | None = None) -> list[PreAuthKey]:
         query = f"SELECT {rows.KEY_COLUMNS} FROM preauth_keys"

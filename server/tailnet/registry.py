@@ -158,6 +158,29 @@ class NodeRegistry:
             return node
         return self._missed(self._store.node_by_machine_key(machine_key))
 
+    def by_keys(
+        self, node_keys: Sequence[NodePublic], machine_key: MachinePublic
+    ) -> tuple[Node | None, Node | None]:
+        """(the node holding the first of `node_keys` that one holds, else None;
+        when there is none, the machine's node): a login's lookups, from memory,
+        and when no node key is there from one read of the store, not one per key."""
+        index = self._index
+        for key in node_keys:
+            node = index.get(index.by_node_key.get(key))
+            if node is not None:
+                return node, None
+        found = self._store.nodes_by_keys(node_keys, machine_key)
+        for stored in found:
+            self._missed(stored)
+        held = {stored.node_key: stored for stored in found}
+        for key in node_keys:
+            if key in held:
+                return held[key], None
+        machine = index.get(index.by_machine_key.get(machine_key))
+        if machine is None:
+            machine = next((n for n in found if n.machine_key == machine_key), None)
+        return None, machine
+
     def _missed(self, stored: Node | None) -> Node | None:
         """Not in memory: what the store says (a node another process wrote
         whose change has not come yet), remembered from now on."""

@@ -123,7 +123,8 @@ class PostgresStore(SqlStore):
             conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
     @contextmanager
-    def _write(self, *, index: bool = False) -> Iterator[Db]:
+    def _write(self, *, index: bool = False, one_statement: bool = False) -> Iterator[Db]:
+        # `one_statement` changes nothing here: the pool's connection needs its transaction.
         clock = None
         try:
             with self._pool.connection() as conn, conn.transaction():

@@ -75,7 +75,17 @@ class SqliteStore(SqlStore):
         self._conn.close()
 
     @contextmanager
-    def _write(self, *, index: bool = False) -> Iterator[Db]:
+    def _write(self, *, index: bool = False, one_statement: bool = False) -> Iterator[Db]:
+        if one_statement:
+            # In autocommit mode one statement is its own transaction.
+            try:
+                yield self._conn
+            except BaseException as exc:
+                if not isinstance(exc, StoreError):
+                    self._index = None
+                raise
+            self._generation += 1
+            return
         # BEGIN IMMEDIATE excludes every other writer, so `index` needs nothing more.
         self._conn.execute("BEGIN IMMEDIATE")
         try:

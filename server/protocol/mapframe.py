@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from typing import cast
 
 import zstandard
 
@@ -20,6 +21,7 @@ __all__ = [
     "MapFrameEncoder",
     "MapFrameError",
     "SharedMessage",
+    "SplicedMessage",
 ]
 
 # What Go's encoding/json makes of MapResponse{KeepAlive: true}.
@@ -70,6 +72,40 @@ class SharedMessage(bytes):
     __slots__ = ()
 
 
+class SplicedMessage(bytes):
+    """A message that holds long pieces many other messages hold too (a
+    user's packet-filter sources, the DERP map), each the very object its
+    maker keeps: ``pieces`` are (offset, piece) in order. `MapFrameEncoder`
+    compresses each piece once, into a zstd frame of its own shared by every
+    message holding it, and the spans between pieces per message: the body
+    is several concatenated frames, which decode to the same JSON (RFC 8878
+    §3.1: a zstd stream is one or more frames; Go's `zstd.Decoder.DecodeAll`,
+    the client's `zstdframe.AppendDecode`, decodes them all). ``shared``: the
+    whole message is also a `SharedMessage` (many streams send this object)."""
+
+    pieces: tuple[tuple[int, bytes], ...]
+    shared: bool
+
+    def __new__(
+        cls, data: bytes, pieces: tuple[tuple[int, bytes], ...], *, shared: bool = False
+    ) -> SplicedMessage:
+        self = super().__new__(cls, data)
+        self.pieces, self.shared = pieces, shared
+        return self
+
+
+# Frames of pieces (`SplicedMessage`), by identity, per thread and level: as
+# many as the pieces a commit's fan-out holds at once (one per user's sources).
+PIECE_FRAMES = 4096
+
+
+def _piece_frames(level: int) -> dict[int, tuple[bytes, bytes]]:
+    by_level: dict[int, dict[int, tuple[bytes, bytes]]] | None = getattr(_contexts, "pieces", None)
+    if by_level is None:
+        by_level = _contexts.pieces = {}
+    return by_level.setdefault(level, {})
+
+
 def _shared_frames(level: int) -> dict[int, tuple[bytes, bytes]]:
     by_level: dict[int, dict[int, tuple[bytes, bytes]]] | None = getattr(_contexts, "frames", None)
     if by_level is None:
@@ -87,13 +123,21 @@ class MapFrameEncoder:
         self._keepalive: bytes | None = None
 
     def encode(self, json_bytes: bytes) -> bytes:
-        if type(json_bytes) is not SharedMessage:
+        kind = type(json_bytes)
+        if kind is SplicedMessage:
+            spliced = cast("SplicedMessage", json_bytes)
+            if not spliced.shared:
+                return self._spliced(spliced)
+        elif kind is not SharedMessage:
             return self._frame(json_bytes)
         frames = _shared_frames(self._level)
         held = frames.get(id(json_bytes))
         if held is not None and held[0] is json_bytes:
             return held[1]
-        frame = self._frame(json_bytes)
+        if kind is SplicedMessage:
+            frame = self._spliced(cast("SplicedMessage", json_bytes))
+        else:
+            frame = self._frame(json_bytes)
         if len(frames) >= SHARED_FRAMES:
             frames.clear()
         frames[id(json_bytes)] = (json_bytes, frame)  # the key's object kept alive
@@ -104,6 +148,31 @@ class MapFrameEncoder:
         if len(frame) > 0xFFFFFFFF:
             raise MapFrameError("map response too large for its 32-bit length prefix")
         return _LENGTH.pack(len(frame)) + frame
+
+    def _spliced(self, message: SplicedMessage) -> bytes:
+        """Frames of the spans between pieces (per message) and of each piece
+        (once, for every message holding it), concatenated."""
+        compress = _compressor(self._level).compress
+        held = _piece_frames(self._level)
+        view = memoryview(message)
+        frames: list[bytes] = []
+        at = 0
+        for offset, piece in message.pieces:
+            if offset > at:
+                frames.append(compress(view[at:offset]))
+            got = held.get(id(piece))
+            if got is None or got[0] is not piece:
+                if len(held) >= PIECE_FRAMES:
+                    held.clear()
+                got = held[id(piece)] = (piece, compress(piece))  # the piece kept alive
+            frames.append(got[1])
+            at = offset + len(piece)
+        if at < len(message):
+            frames.append(compress(view[at:]))
+        size = sum(map(len, frames))
+        if size > 0xFFFFFFFF:
+            raise MapFrameError("map response too large for its 32-bit length prefix")
+        return b"".join([_LENGTH.pack(size), *frames])
 
     def keepalive(self) -> bytes:
         if self._keepalive is None:

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from server.protocol.keys import NodePublic
-from server.protocol.mapframe import SharedMessage
+from server.protocol.mapframe import SharedMessage, SplicedMessage
 from server.store.model import Node
 from server.tailnet.changelog import ChangeLog
 from server.tailnet.views import NodeView, PeerView, PolicyViews
@@ -375,7 +375,7 @@ class Fragments:
         if held is not None and held[0] is value:
             out.append(held[1])
         elif one_object:
-            data = self._object(value)
+            data = Held(self._object(value))
             if len(self._objects) >= self.MAX_HELD:
                 self._objects.clear()
             self._objects[id(value)] = (value, data)
@@ -442,12 +442,25 @@ class Fragments:
         if data is None:
             if len(self._texts) >= self.MAX_HELD:
                 self._texts.clear()
-            data = self._texts[key] = _encode(value)
+            data = self._texts[key] = Held(_encode(value))
             self.encoded += 1
         return data
 
 
 _SEQUENCES = (list, tuple)
+
+
+class Held(bytes):
+    """JSON that `Fragments` keeps and hands to many messages: the very
+    object, so a message that holds it can say where (`SplicedMessage`)."""
+
+    __slots__ = ()
+
+
+# Held pieces at least this long get a zstd frame of their own, compressed
+# once for every message holding them (`SplicedMessage`); shorter ones cost
+# more in frame overhead than they save.
+SPLICE_MIN = 1024
 
 
 # msgspec's encoder (the wire types' codec, server/wire/): compact JSON of
@@ -495,7 +508,19 @@ def encode_message(
         out.append(_key(peers_key))
         out.append(b"[%b]" % b",".join(peers))
     out.append(b"}")
-    return b"".join(out)
+    return _spliced(out) if fragments is not None else b"".join(out)
+
+
+def _spliced(out: list[bytes]) -> bytes:
+    """``out`` joined, saying where the long pieces `Fragments` holds are."""
+    pieces = []
+    at = 0
+    for piece in out:
+        if type(piece) is Held and len(piece) >= SPLICE_MIN:
+            pieces.append((at, piece))
+        at += len(piece)
+    data = b"".join(out)
+    return SplicedMessage(data, tuple(pieces)) if pieces else data
 
 
 class Deltas:
@@ -552,12 +577,12 @@ class Deltas:
         ControlTime, the very object other sessions that built the same
         body were given."""
         if len(body) > self.MAX_BYTES:  # a full pass over many peers: its own
-            return body[:-1] + (b"," if len(body) > 2 else b"") + _control_time(now)
+            return _timed(body, now, shared=False)
         key = (body,)
         held = self._held.get(key)
         if held is not None and timedelta(0) <= now - held[1] < self.HOLD:
             return held[2]
-        data = SharedMessage(body[:-1] + (b"," if len(body) > 2 else b"") + _control_time(now))
+        data = _timed(body, now, shared=True)
         self._hold(key, ([], now, data))
         return data
 
@@ -566,6 +591,15 @@ class Deltas:
             self._held.clear()
         self._held[key] = value
         self.encoded += 1
+
+
+def _timed(body: bytes, now: datetime, *, shared: bool) -> bytes:
+    """``body`` (a JSON object) with its ControlTime last, a `SharedMessage`
+    if ``shared``; the pieces a `SplicedMessage` body holds stay where they are."""
+    data = body[:-1] + (b"," if len(body) > 2 else b"") + _control_time(now)
+    if type(body) is SplicedMessage:
+        return SplicedMessage(data, body.pieces, shared=shared)
+    return SharedMessage(data) if shared else data
 
 
 def _control_time(now: datetime) -> bytes:

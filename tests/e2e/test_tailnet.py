@@ -213,6 +213,34 @@ def test_the_committed_packet_filter_is_enforced(tailnet: Tailnet) -> None:
         assert "closed port" not in nc(bob1, "alice1", CLOSED_PORT)
 
 
+LONG_PORT = free_port()
+
+
+def test_a_long_source_list_in_frames_of_its_own_is_enforced(tailnet: Tailnet) -> None:
+    # Sources of a KB or more are compressed once into a zstd frame of their
+    # own, concatenated with the message's other frames (SplicedMessage,
+    # server/protocol/mapframe.py): alice's clients must decode the whole
+    # message to enforce the rule that lets bob in on LONG_PORT.
+    bob1 = tailnet.nodes["bob1"]
+    others = [f"10.50.{i}.{2 * i + 1}" for i in range(120)]  # no two merge into a range
+    rule = {
+        "action": "accept",
+        "src": [bob1.ip(), *others],
+        "dst": [f"alice@example.com:{LONG_PORT}"],
+    }
+    policy = POLICY_BOB_TO_ALICE.replace('"acls": [', f'"acls": [\n    {json.dumps(rule)},', 1)
+    assert len(json.dumps(others)) > 1024
+    with greeter(LONG_PORT, b"long sources\n"):
+        assert "long sources" not in nc(bob1, "alice1", LONG_PORT, timeout=4)
+        tailnet.repo.commit({"policy.hujson": policy}, "bob reaches alice on a port, among many")
+        wait_for(
+            lambda: "long sources" in nc(bob1, "alice1", LONG_PORT),
+            20,
+            "bob1 to reach alice1 through the long rule",
+        )
+    assert "pong from server1" in tailnet.nodes["alice1"].ping("server1")
+
+
 def test_a_broken_commit_is_rejected_and_the_tailnet_keeps_running(tailnet: Tailnet) -> None:
     good = tailnet.server.status()["serving"]
     bad = tailnet.repo.commit({"policy.hujson": POLICY.replace('"acls": [', '"acls": [[')}, "oops")

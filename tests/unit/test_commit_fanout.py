@@ -57,9 +57,9 @@ def store() -> Iterator[Store]:
 
 
 def streaming(
-    store: Store, gc_policy: GcPolicy | None = None
+    store: Store, gc_policy: GcPolicy | None = None, *, users: int = USERS, per_user: int = PER_USER
 ) -> tuple[NodeRegistry, Tailnet, dict[int, Any]]:
-    """USERS users of PER_USER nodes each under autogroup:self, every node
+    """`users` users of `per_user` nodes each under autogroup:self, every node
     streaming and holding its first map."""
     registry, tailnet = running_tailnet(
         store,
@@ -69,14 +69,14 @@ def streaming(
         clock=lambda: T0,
         gc_policy=gc_policy,
     )
-    for n in range(USERS * PER_USER):
+    for n in range(users * per_user):
         raw = (n + 1).to_bytes(32, "big")
         registry.register(
             Registration(
                 machine_key=MachinePublic(raw),
                 node_key=NodePublic(raw),
                 hostname=f"n{n}",
-                user=f"u{n % USERS}",
+                user=f"u{n % users}",
                 now=T0,
             )
         )

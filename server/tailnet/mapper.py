@@ -375,7 +375,7 @@ class Fragments:
         if held is not None and held[0] is value:
             out.append(held[1])
         elif one_object:
-            data = Held(self._object(value))
+            data = SharedPiece(self._object(value))
             if len(self._objects) >= self.MAX_HELD:
                 self._objects.clear()
             self._objects[id(value)] = (value, data)
@@ -442,7 +442,7 @@ class Fragments:
         if data is None:
             if len(self._texts) >= self.MAX_HELD:
                 self._texts.clear()
-            data = self._texts[key] = Held(_encode(value))
+            data = self._texts[key] = SharedPiece(_encode(value))
             self.encoded += 1
         return data
 
@@ -450,14 +450,14 @@ class Fragments:
 _SEQUENCES = (list, tuple)
 
 
-class Held(bytes):
+class SharedPiece(bytes):
     """JSON that `Fragments` keeps and hands to many messages: the very
     object, so a message that holds it can say where (`SplicedMessage`)."""
 
     __slots__ = ()
 
 
-# Held pieces at least this long get a zstd frame of their own, compressed
+# Shared pieces at least this long get a zstd frame of their own, compressed
 # once for every message holding them (`SplicedMessage`); shorter ones cost
 # more in frame overhead than they save.
 SPLICE_MIN = 1024
@@ -513,12 +513,11 @@ def encode_message(
 
 def _spliced(out: list[bytes]) -> bytes:
     """``out`` joined, saying where the long pieces `Fragments` holds are."""
-    pieces = []
-    at = 0
-    for piece in out:
-        if type(piece) is Held and len(piece) >= SPLICE_MIN:
-            pieces.append((at, piece))
-        at += len(piece)
+    pieces = [
+        (sum(map(len, out[:n])), piece)  # its offset, summed in C
+        for n, piece in enumerate(out)
+        if type(piece) is SharedPiece and len(piece) >= SPLICE_MIN
+    ]
     data = b"".join(out)
     return SplicedMessage(data, tuple(pieces)) if pieces else data
 

@@ -27,7 +27,7 @@ from .routes import RouteTable, route_table
 from .routevis import RouteVisibility
 from .ssh import SshIndex, check_ssh_domains
 from .topology import Topology
-from .viewreuse import PeerChange, affected, peer_change
+from .viewreuse import PeerChange, affected, peer_change, same_visibility
 
 
 class ViewIndex(Generic[NodeKey]):
@@ -144,6 +144,9 @@ class ViewIndex(Generic[NodeKey]):
         # and which earlier groups' entries came out the same.
         self._group_full: dict[int, dict[NodeKey, PeerView]] = {}
         self._groups_seen: dict[int, tuple[object, object, bool]] = {}
+        # Whether an earlier index's group entries and who-sees-whom were
+        # kept whole (`_take_over`): its views' group peers then stand as they are.
+        self._same_groups = False
         self.views: dict[int, NodeView[NodeKey]] = {}
         # After a join or leave (`adopt`): who merely gained or lost a peer,
         # and the earlier views of those nodes, to patch rather than rebuild.
@@ -158,7 +161,8 @@ class ViewIndex(Generic[NodeKey]):
         self._lend: dict[NodeKey, PeerView] = {}
         # What `compare` found against an earlier index, until `adopt` uses it.
         self._compared: (
-            tuple[ViewIndex[NodeKey], frozenset[NodeKey] | None, PeerChange[NodeKey] | None] | None
+            tuple[ViewIndex[NodeKey], frozenset[NodeKey] | None, PeerChange[NodeKey] | None, bool]
+            | None
         ) = None
 
     # -- visibility --------------------------------------------------------
@@ -346,10 +350,17 @@ class ViewIndex(Generic[NodeKey]):
         index, table = self.index, self.table
         mask = self.visible(i)
         rules = self.per_node[i]
+        earlier = self._earlier.get(i) if self._same_groups else None
         return NodeView(
             packet_filter_rules=merge_rules((r, r.render(i)) for r in rules if not r.hidden),
             ssh_policy=self.ssh.policy(i),
-            peers=self._peers(i, mask),
+            # Peers from a group's entries that this index kept (`_take_over`)
+            # are what `_group_peers` would find: handed on, no mask work.
+            peers=(
+                self._earlier.pop(i)
+                if type(earlier) is GroupPeers and i not in self.no_v4
+                else self._peers(i, mask)
+            ),
             self_cap_map=self.caps[i],
             self_allowed_ips=(
                 *own_prefixes(index, i, self.no_v4),
@@ -404,7 +415,9 @@ class ViewIndex(Generic[NodeKey]):
         view caches: it may run in a worker thread while ``previous`` serves."""
         keys = affected(previous, self)
         change = peer_change(previous, self, keys) if keys is not None else None
-        self._compared = (previous, keys, change)
+        # Who sees whom carries over whole when no rule's reach changed.
+        same = keys is not None and change is None and same_visibility(previous, self)
+        self._compared = (previous, keys, change, same)
 
     def adopt(self, previous: ViewIndex[NodeKey]) -> frozenset[NodeKey] | None:
         """Take over ``previous``'s views of the nodes that the change between
@@ -415,7 +428,7 @@ class ViewIndex(Generic[NodeKey]):
         if self._compared is None or self._compared[0] is not previous:
             self.compare(previous)
         assert self._compared is not None
-        _, keys, change = self._compared
+        _, keys, change, same = self._compared
         self._compared = None  # holds the previous index
         self.lend(previous)
         old_keys = previous.keys
@@ -426,7 +439,7 @@ class ViewIndex(Generic[NodeKey]):
         at = self.position
         had = len(old_keys)
         if self.keys[:had] == old_keys:  # a join (or nothing): every old node keeps its place
-            self._take_over(previous, keys, patch)
+            self._take_over(previous, keys, patch, same)
             return keys
         for i, v in list(previous.views.items()):
             key = old_keys[i]
@@ -438,7 +451,7 @@ class ViewIndex(Generic[NodeKey]):
                 self._earlier[at[key]] = v.peers
         if old_keys == self.keys:  # same positions: who-sees-whom carries over
             for i, mask in list(previous._visible.items()):
-                if self.keys[i] not in keys:
+                if same or self.keys[i] not in keys:
                     self._visible.setdefault(i, mask)
         return keys
 
@@ -447,19 +460,24 @@ class ViewIndex(Generic[NodeKey]):
         previous: ViewIndex[NodeKey],
         keys: frozenset[NodeKey],
         patch: frozenset[NodeKey],
+        same_visibility: bool = False,
     ) -> None:
         """`adopt` when ``previous``'s nodes keep their positions here: its
         views and who-sees-whom are copied whole (in C), and only the ``keys``
-        whose views may differ are taken out again, so the work is what the
-        change touched, not the tailnet."""
+        whose views may differ are taken out again (their who-sees-whom too,
+        unless ``same_visibility``), so the work is what the change touched,
+        not the tailnet."""
         at, old_views = self.position, previous.views
         taken = dict(old_views)
-        visible = dict(previous._visible) if self.keys == previous.keys else {}
+        # A node the change cannot touch sees what it saw (a newcomer, last,
+        # is not among its peers), so its who-sees-whom carries over too.
+        visible = dict(previous._visible)
         for key in keys:
             i = at.get(key)
             if i is None:
                 continue
-            visible.pop(i, None)
+            if not same_visibility:
+                visible.pop(i, None)
             v = taken.pop(i, None)
             if v is None:
                 continue
@@ -472,6 +490,13 @@ class ViewIndex(Generic[NodeKey]):
         self.views = taken
         visible.update(self._visible)
         self._visible = visible
+        if same_visibility and previous.no_v4 == self.no_v4 and previous._routers == self._routers:
+            # The same nodes with the same addresses: a peer without routes
+            # looks as it did, and so do groups' entries (kept, not rebuilt
+            # per group and compared again).
+            self._plain = previous._plain.copy()
+            self._group_full = {**previous._group_full, **self._group_full}
+            self._same_groups = True
 
 
 class GroupPeers(dict[Any, PeerView]):
@@ -578,6 +603,9 @@ def whois(
 
 def merge_rules(rendered: Iterable[tuple[Rule, dict[str, Any]]]) -> tuple[dict[str, Any], ...]:
     """Rules with the same sources and protocols reach a node as one rule."""
+    rendered = list(rendered)
+    if len(rendered) == 1:  # most nodes receive one rule (autogroup:self): nothing to merge
+        return (rendered[0][1],)
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     for n, (rule, r) in enumerate(rendered):
         if "CapGrant" in r:

@@ -40,6 +40,24 @@ def affected(
     return None
 
 
+def same_visibility(previous: ViewIndex[NodeKey], current: ViewIndex[NodeKey]) -> bool:
+    """Whether every node sees exactly the nodes it saw in ``previous`` (an
+    index of the same nodes, in the same order): what `ViewIndex.visible`
+    is made of, the live rules' sources and destinations and the SSH rules,
+    resolved alike. A commit that changes only ports or protocols keeps it,
+    so no view's peers need working out again."""
+    if previous.keys != current.keys or previous.topology.nodes != current.topology.nodes:
+        return False
+    if current.ssh.changed_since(previous.ssh):
+        return False
+    return _reach_pairs(previous) == _reach_pairs(current)
+
+
+def _reach_pairs(index: ViewIndex[NodeKey]) -> set[tuple[int, int]]:
+    """(sources, destinations) of each live rule, as bitsets."""
+    return {(r.src_mask, r.dst_mask) for r in index.rules}
+
+
 def _topology_affected(
     previous: ViewIndex[NodeKey], current: ViewIndex[NodeKey]
 ) -> frozenset[NodeKey] | None:

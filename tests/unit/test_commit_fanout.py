@@ -234,9 +234,18 @@ def test_a_groups_earlier_peers_are_checked_once_not_per_view(store: Store) -> N
     commit(tailnet, streams, "c1", "22,443")
     index = tailnet.views.compiled.visibility
     assert isinstance(index, ViewIndex)
-    # One check per user's group of nodes that see each other.
-    assert len(index._groups_seen) == USERS
-    assert all(same for _, _, same in index._groups_seen.values())
+    # No rule's reach changed: each user's group entries are the earlier
+    # index's own (carried over), so no group needs even its one check.
+    assert not index._groups_seen and len(index._group_full) == USERS
+    for node_id in streams:
+        view = tailnet.views.get(node_id)
+        assert view is not None and isinstance(view.peers, GroupPeers)
+        assert (
+            view.peers.group
+            is index._group_full[
+                index.visible(index.position[node_id]) | 1 << index.position[node_id]
+            ]
+        )
 
 
 def test_sources_indexed_by_member_reach_what_a_scan_reaches(store: Store) -> None:

@@ -9,8 +9,10 @@ import weakref
 from dataclasses import replace
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 from gitctl.policy import parse_policy
+from gitctl.policy.viewindex import ViewIndex
 from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import Node
@@ -233,6 +235,7 @@ def test_joins_and_leaves_in_any_order_give_the_views_of_a_fresh_compile() -> No
             view, fresh_view, old_view = new.get(n.id), fresh.get(n.id), old.get(n.id)
             assert isinstance(view, NodeView) and fresh_view is not None
             assert view == fresh_view and list(view.peers) == list(fresh_view.peers)
+            assert sorted(new.visible_to(n.id)) == sorted(fresh.visible_to(n.id))
             # A build makes a new SSH policy dict: kept, the view was patched.
             if isinstance(old_view, NodeView) and view.ssh_policy is old_view.ssh_policy:
                 patched += view is not old_view
@@ -240,3 +243,123 @@ def test_joins_and_leaves_in_any_order_give_the_views_of_a_fresh_compile() -> No
                     assert p not in view.peers or view.peers[p] is pv
         nodes, views = after, new
     assert patched > 50
+
+
+def _random_policy(rng: random.Random) -> dict[str, object]:
+    srcs = ["alice@example.com", "bob@example.com", "tag:web", "*", "autogroup:member"]
+    dsts = ["tag:web", "tag:db", "bob@example.com", "alice@example.com", "autogroup:self"]
+    ports = ["*", "22", "443", "22,443", "5432", "80-90"]
+    acls = [
+        {
+            "action": "accept",
+            "src": [rng.choice(srcs)],
+            "dst": [f"{rng.choice(dsts)}:{rng.choice(ports)}"],
+            **({"proto": "tcp"} if rng.random() < 0.2 else {}),
+        }
+        for _ in range(rng.randint(1, 4))
+    ]
+    doc: dict[str, object] = {
+        "tagOwners": {"tag:web": ["alice@example.com"], "tag:db": ["alice@example.com"]},
+        "acls": acls,
+    }
+    if rng.random() < 0.3:
+        doc["ssh"] = [
+            {
+                "action": "accept",
+                "src": [rng.choice(["alice@example.com", "autogroup:member"])],
+                "dst": [rng.choice(["tag:db", "autogroup:self"])],
+                "users": ["root"],
+            }
+        ]
+    return doc
+
+
+def test_commits_over_the_same_nodes_give_the_views_of_a_fresh_compile() -> None:
+    # Policies that keep or change who sees whom, in any order: the views a
+    # commit adopts (who-sees-whom carried over whole when no rule's reach
+    # changed) are a fresh compile's, one by one.
+    rng = random.Random(11)
+    kinds: list[tuple[str | None, tuple[str, ...]]] = [
+        ("alice", ()),
+        ("bob", ()),
+        (None, ("tag:web",)),
+        (None, ("tag:db",)),
+    ]
+    nodes = [node(i, *kinds[i % 4]) for i in range(1, 13)]
+    docs = []
+    for _ in range(20):  # a policy, then the same with other ports only (the same reach)
+        doc = _random_policy(rng)
+        acls: list[dict[str, Any]] = doc["acls"]  # type: ignore[assignment]
+        ported = [{**a, "dst": [a["dst"][0].rsplit(":", 1)[0] + ":8080"]} for a in acls]
+        docs += [doc, {**doc, "acls": ported}]
+    by_id = {n.id: n for n in nodes}
+    views = compute_views(parse_policy(docs[0]), USERS, nodes, {})
+    carried = 0
+    for doc in docs:
+        policy = parse_policy(doc)
+        for n in nodes:  # every view built, as after a fan-out
+            views.get(n.id)
+        new = compute_views(policy, USERS, nodes, {}, previous=views, previous_nodes=by_id)
+        index = new.compiled.visibility
+        assert isinstance(index, ViewIndex)
+        carried += len(index._visible) == len(nodes)  # known before any view is built
+        fresh = compute_views(policy, USERS, nodes, {})
+        for n in nodes:
+            view, fresh_view = new.get(n.id), fresh.get(n.id)
+            assert view is not None and view == fresh_view
+            assert list(view.peers) == list(fresh_view.peers)
+            assert sorted(new.visible_to(n.id)) == sorted(fresh.visible_to(n.id))
+        views = new
+    assert carried >= 10
+
+
+def test_a_commit_that_changes_only_ports_keeps_who_sees_whom() -> None:
+    def self_ports(ports: str) -> dict[str, object]:
+        return {
+            "acls": [
+                {
+                    "action": "accept",
+                    "src": ["autogroup:member"],
+                    "dst": [f"autogroup:self:{ports}"],
+                }
+            ]
+        }
+
+    nodes = [node(i, ("alice", "bob")[i % 2]) for i in range(1, 11)]
+    before = compute_views(parse_policy(self_ports("*")), USERS, nodes, {})
+    for n in nodes:
+        before.get(n.id)
+    after = compute_views(
+        parse_policy(self_ports("22,443")),
+        USERS,
+        nodes,
+        {},
+        previous=before,
+        previous_nodes={n.id: n for n in nodes},
+    )
+    old, index = before.compiled.visibility, after.compiled.visibility
+    assert isinstance(old, ViewIndex) and isinstance(index, ViewIndex)
+    # Every node's who-sees-whom is the earlier index's, before any view is built.
+    assert index._visible == old._visible and len(index._visible) == len(nodes)
+
+    def no_group_work(viewer: int, group: int) -> object:
+        raise AssertionError("a group's peers worked out again")
+
+    index._group_peers = no_group_work  # type: ignore[assignment,method-assign]
+    for n in nodes:
+        view = after.get(n.id)
+        assert view is not None and view.peers is before.get(n.id).peers  # type: ignore[union-attr]
+
+
+def test_a_join_keeps_who_sees_whom_of_the_nodes_it_cannot_touch() -> None:
+    nodes = [node(i, ("alice", "bob")[i % 2]) for i in range(1, 11)]
+    before = views_of(nodes)
+    for n in nodes:
+        before.get(n.id)
+    after = views_of([*nodes, node(11, "bob")], before, nodes)
+    old, index = before.compiled.visibility, after.compiled.visibility
+    assert isinstance(old, ViewIndex) and isinstance(index, ViewIndex)
+    # alice's nodes do not see the newcomer: known before any view is built.
+    alice = [old.position[n.id] for n in nodes if n.user == "alice"]
+    assert all(index._visible[i] is old._visible[i] for i in alice)
+    assert not any(old.position[n.id] in index._visible for n in nodes if n.user == "bob")

@@ -14,6 +14,7 @@ from dataclasses import replace
 from functools import partial
 from itertools import chain, compress, repeat
 from operator import eq, is_, is_not
+from types import MappingProxyType
 from typing import Any, Generic, cast
 
 from .addrs import is_exit_route
@@ -261,6 +262,12 @@ class ViewIndex(Generic[NodeKey]):
         return self._plain_peer(j)
 
     def _peers(self, viewer: int, mask: int) -> Mapping[NodeKey, PeerView]:
+        if not mask:
+            # No peers: nothing to gather (a group of one would build the
+            # viewer's own entry only to drop it), and the same empty mapping
+            # as before, so the session sees at once that none changed.
+            earlier = self._earlier.pop(viewer, None)
+            return earlier if earlier is not None and not earlier else NO_PEERS
         keys = self.keys
         group = mask | 1 << viewer
         if viewer not in self.no_v4 and not group & self._routers:
@@ -472,6 +479,10 @@ class ViewIndex(Generic[NodeKey]):
         self.views = taken
         visible.update(self._visible)
         self._visible = visible
+
+
+# The peers of every view that has none (read-only: views are shared).
+NO_PEERS: Mapping[Any, PeerView] = MappingProxyType({})
 
 
 class GroupPeers(dict[Any, PeerView]):

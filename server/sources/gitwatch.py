@@ -16,12 +16,11 @@ caller falls back to watchfiles.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["QUIET_SECONDS", "RefWatch", "Settle", "parse_events"]
 
@@ -40,10 +39,7 @@ _IN_DELETE = 0x200
 _IN_Q_OVERFLOW = 0x4000
 _IN_IGNORED = 0x8000
 _IN_ISDIR = 0x40000000
-_IN_NONBLOCK = os.O_NONBLOCK
-_IN_CLOEXEC = os.O_CLOEXEC
 _MASK = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
-_HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +62,12 @@ class Event:
 
 
 def parse_events(data: bytes) -> Iterator[Event]:
-    """The events in one read of an inotify descriptor (the kernel returns
-    whole events only)."""
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        wd, mask, _cookie, length = _HEADER.unpack_from(data, offset)
-        offset += _HEADER.size
-        name = data[offset : offset + length].split(b"\0", 1)[0]
-        offset += length
-        yield Event(wd, mask, os.fsdecode(name))
+    """The events in one read of an inotify descriptor (inotify_simple's
+    parser: the kernel's struct layout is its business, not ours)."""
+    import inotify_simple
+
+    for wd, mask, _cookie, name in inotify_simple.parse_events(data):
+        yield Event(wd, mask, name)
 
 
 class Settle:
@@ -112,8 +105,9 @@ class RefWatch:
     """inotify on `.git` and `.git/refs/**`; `changed` is set when HEAD may
     have moved (the reader clears it before looking)."""
 
-    def __init__(self, fd: int, git_dir: Path, settle: Settle) -> None:
-        self._fd = fd
+    def __init__(self, inotify: Any, git_dir: Path, settle: Settle) -> None:
+        self._inotify = inotify
+        self._fd = inotify.fileno()
         self._dirs: dict[int, Path] = {}
         self._settle = settle
         self._timer: asyncio.TimerHandle | None = None
@@ -121,7 +115,7 @@ class RefWatch:
         self.changed = asyncio.Event()
         self._top = self._add(git_dir)  # new directories here (objects/, logs/) are not refs
         self._add_tree(git_dir / "refs")
-        self._loop.add_reader(fd, self._readable)
+        self._loop.add_reader(self._fd, self._readable)
 
     @classmethod
     def open(cls, git_dir: Path, settle: Settle | None = None) -> RefWatch | None:
@@ -130,27 +124,21 @@ class RefWatch:
         if not git_dir.is_dir():
             return None
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            init = libc.inotify_init1
-        except (OSError, AttributeError):
-            return None
-        fd = init(_IN_NONBLOCK | _IN_CLOEXEC)
-        if fd < 0:
+            import inotify_simple
+
+            inotify = inotify_simple.INotify(nonblocking=True)
+        except (ImportError, OSError, AttributeError):
             return None
         try:
-            return cls(fd, git_dir, settle or Settle())
+            return cls(inotify, git_dir, settle or Settle())
         except OSError:
-            os.close(fd)
+            inotify.close()
             return None
 
     def _add(self, path: Path) -> int:
-        add = ctypes.CDLL(None, use_errno=True).inotify_add_watch
-        wd = add(self._fd, os.fsencode(path), _MASK)
-        if wd < 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, os.strerror(errno), str(path))
+        wd = int(self._inotify.add_watch(path, _MASK))
         self._dirs[wd] = path
-        return int(wd)
+        return wd
 
     def _add_tree(self, top: Path) -> None:
         for here, _dirs, _files in os.walk(top):
@@ -191,4 +179,4 @@ class RefWatch:
         if self._timer is not None:
             self._timer.cancel()
         self._loop.remove_reader(self._fd)
-        os.close(self._fd)
+        self._inotify.close()

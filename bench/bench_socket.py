@@ -10,9 +10,10 @@ registered node streaming, memory per streaming node, idle CPU, a policy
 commit / a join / an endpoint change until every client has it, and (at the
 largest mesh) a server restart until every client is streaming again. Sparse
 runs (a policy that gives nodes no peers) push registrations toward 5,000
-nodes. `--profile DIR` runs the server under cProfile and writes its top
-functions per run. The client side shares the machine with the server: on 2
-cores the numbers are an upper bound on the server's own latency.
+nodes. `--profile DIR` runs the server under cProfile, timed by its CPU clock
+(bench/cpuprofile.py), and writes its top functions per run. The client side
+shares the machine with the server: on 2 cores the numbers are an upper bound
+on the server's own latency.
 """
 
 from __future__ import annotations
@@ -281,7 +282,8 @@ def run_one(
 ) -> dict[str, Any]:
     kind = "mesh" if mesh else "sparse"
     name = f"{kind}-{nodes}{'-restart' if profile_restart else ''}"
-    launcher = ["-m", "cProfile", "-o", str(profile / f"{name}.prof")] if profile else None
+    # CPU clock, not wall clock: the machine is shared (bench/cpuprofile.py).
+    launcher = ["-m", "bench.cpuprofile", "-o", str(profile / f"{name}.prof")] if profile else None
     first, again = (None, launcher) if profile_restart else (launcher, None)
     policy = MESH if mesh else SPARSE
     traced = memtrace / name if memtrace else None

@@ -25,6 +25,7 @@ import h2.exceptions
 import h2.settings
 import h2.stream
 
+from server.protocol.h2head import response_head
 from server.protocol.keys import MachinePublic
 from server.protocol.noise import Accepted, NoiseError
 
@@ -37,8 +38,20 @@ INBOUND_WINDOW = 1 << 20
 # An HTTP/2 frame header (RFC 9113 §4.1): 24-bit length, type, flags, stream id.
 _FRAME_HEAD = struct.Struct(">HBBBL")
 _DATA = 0x0
+_HEADERS = 0x1
+_END_HEADERS = 0x4
 # Stream states in which a server may send DATA (RFC 9113 §5.1).
 _SENDING = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
+# One for every connection (h2 only reads it). What we send is validated by
+# construction (fixed, lowercase names; values we make): h2's outbound checks
+# and normalisation were a tenth of a registration's HTTP/2 cost. What the
+# client sends is still checked.
+_CONFIG = h2.config.H2Configuration(
+    client_side=False,
+    header_encoding="utf-8",
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +111,7 @@ class ControlConnection:
         self._handler = handler
         self._log = log
         self._early = early_payload
-        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
-        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2 = h2.connection.H2Connection(config=_CONFIG)
         # Our settings go in the connection preface itself. Sent first with
         # update_settings, they would be undone on the client by the preface
         # (built from the settings in force: the defaults), leaving it a
@@ -263,13 +275,14 @@ class ControlConnection:
                 del self._streams[stream_id]
 
     async def _respond(self, stream_id: int, stream: _Stream, response: ControlResponse) -> None:
-        headers = [(":status", str(response.status)), ("content-type", response.content_type)]
-        if response.stream is None:
-            headers.append(("content-length", str(len(response.body))))
         self._check(stream)
-        self._h2.send_headers(
-            stream_id, headers, end_stream=response.stream is None and not response.body
-        )
+        # An empty body ends the stream on HEADERS: h2 frames that.
+        ends = response.stream is None and not response.body
+        if ends or not self._queue_headers(stream_id, response):
+            headers = [(":status", str(response.status)), ("content-type", response.content_type)]
+            if response.stream is None:
+                headers.append(("content-length", str(len(response.body))))
+            self._h2.send_headers(stream_id, headers, end_stream=ends)
         if response.stream is None:  # headers and body in one write
             if response.body:
                 await self._send_data(stream_id, stream, response.body, end=True)
@@ -313,6 +326,19 @@ class ControlConnection:
             self._h2.end_stream(stream_id)
         await self._flush()
 
+    def _sendable(self, stream_id: int) -> h2.stream.H2Stream | None:
+        """The stream, if it and the connection are open for us to send on
+        (the frames this module makes itself go only there)."""
+        conn = self._h2
+        stream = conn.streams.get(stream_id)
+        if (
+            stream is None
+            or stream.state_machine.state not in _SENDING
+            or conn.state_machine.state is not h2.connection.ConnectionState.SERVER_OPEN
+        ):
+            return None
+        return stream
+
     def _queue_data(self, stream_id: int, chunk: bytes) -> None:
         """One DATA frame, not ending the stream, that fits the windows.
 
@@ -322,12 +348,8 @@ class ControlConnection:
         are charged alike, and what h2 queued before stays before. Anything
         else goes through h2, which refuses what it must."""
         conn = self._h2
-        stream = conn.streams.get(stream_id)
-        if (
-            stream is None
-            or stream.state_machine.state not in _SENDING
-            or conn.state_machine.state is not h2.connection.ConnectionState.SERVER_OPEN
-        ):
+        stream = self._sendable(stream_id)
+        if stream is None:
             conn.send_data(stream_id, chunk)
             return
         size = len(chunk)
@@ -336,6 +358,31 @@ class ControlConnection:
         self._out += conn.data_to_send()
         self._out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _DATA, 0, stream_id)
         self._out += chunk
+
+    def _queue_headers(self, stream_id: int, response: ControlResponse) -> bool:
+        """The response's HEADERS frame, not ending the stream, framed here
+        (False: left to h2). h2's stream state machine still takes the
+        transition; the block is server/protocol/h2head.py's, which leaves the
+        HPACK dynamic tables alone, so h2's encoder stays in step with the
+        client. Taken only where h2 would send the very same headers: an open
+        stream, an open connection, no table size update owed."""
+        conn = self._h2
+        stream = self._sendable(stream_id)
+        if stream is None or getattr(conn.encoder.header_table, "resized", True) is not False:
+            return False
+        length = None if response.stream is not None else len(response.body)
+        try:
+            block = response_head(response.status, response.content_type, length)
+        except ValueError:  # not a three-digit status, or not ASCII: h2 decides
+            return False
+        if len(block) > conn.max_outbound_frame_size:
+            return False
+        stream.state_machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
+        size = len(block)
+        self._out += conn.data_to_send()
+        self._out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _HEADERS, _END_HEADERS, stream_id)
+        self._out += block
+        return True
 
     def _window_moved(self) -> None:
         """Wake the streams waiting for window (the event is made afresh by the next wait)."""

@@ -16,6 +16,7 @@ import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import h2.config
@@ -49,6 +50,10 @@ class ControlRequest:
     path: str
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    # Queues a chunk of this request's streaming response at once, without
+    # the stream's task, when that needs no waiting; False: it did not
+    # (see `ControlConnection._send_now`).
+    send_now: Callable[[bytes], bool] | None = field(default=None, compare=False)
 
     def header_values(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k == name]
@@ -240,6 +245,7 @@ class ControlConnection:
             path=pseudo.get(":path", ""),
             headers=tuple((k, v) for k, v in stream.headers if not k.startswith(":")),
             body=bytes(stream.body),
+            send_now=partial(self._send_now, stream_id, stream),
         )
         # A map poll streams for days: hold neither the request's bytes nor its headers.
         stream.headers, stream.body = [], bytearray()
@@ -313,6 +319,36 @@ class ControlConnection:
             self._h2.end_stream(stream_id)
         await self._flush()
 
+    def _send_now(self, stream_id: int, stream: _Stream, data: bytes) -> bool:
+        """`data` queued on the stream in this call, as `_send_data` would,
+        when nothing needs waiting for: the stream may send, the windows take
+        all of it and the socket is not backed up; it leaves with the turn's
+        other frames (`_write_soon`). False: nothing was queued, and the
+        stream's task sends it as any chunk (waiting for the window)."""
+        if stream.closed or self._closed or self._writer.is_closing():
+            return False
+        conn = self._h2
+        if not self._may_frame(stream_id) or len(data) > conn.local_flow_control_window(stream_id):
+            return False
+        transport = self._writer.transport
+        if transport.get_write_buffer_size() >= transport.get_write_buffer_limits()[1]:
+            return False  # drain() would wait: the task waits instead
+        size = conn.max_outbound_frame_size
+        for start in range(0, len(data), size):
+            self._queue_data(stream_id, data[start : start + size])
+        self._write_soon()
+        return True
+
+    def _may_frame(self, stream_id: int) -> bool:
+        """Whether the stream may send DATA that we frame ourselves."""
+        conn = self._h2
+        stream = conn.streams.get(stream_id)
+        return (
+            stream is not None
+            and stream.state_machine.state in _SENDING
+            and conn.state_machine.state is h2.connection.ConnectionState.SERVER_OPEN
+        )
+
     def _queue_data(self, stream_id: int, chunk: bytes) -> None:
         """One DATA frame, not ending the stream, that fits the windows.
 
@@ -322,14 +358,10 @@ class ControlConnection:
         are charged alike, and what h2 queued before stays before. Anything
         else goes through h2, which refuses what it must."""
         conn = self._h2
-        stream = conn.streams.get(stream_id)
-        if (
-            stream is None
-            or stream.state_machine.state not in _SENDING
-            or conn.state_machine.state is not h2.connection.ConnectionState.SERVER_OPEN
-        ):
+        if not self._may_frame(stream_id):
             conn.send_data(stream_id, chunk)
             return
+        stream = conn.streams[stream_id]
         size = len(chunk)
         stream.outbound_flow_control_window -= size
         conn.outbound_flow_control_window -= size
@@ -347,10 +379,13 @@ class ControlConnection:
         """Send what h2 holds, once per turn of the event loop: frames that
         streams queue in the same turn (every session woken by one change)
         go out in one Noise record batch and one socket write."""
+        self._write_soon()
+        await self._writer.drain()  # waits only while the socket is backed up
+
+    def _write_soon(self) -> None:
         if not self._flush_due:
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._write_out)
-        await self._writer.drain()  # waits only while the socket is backed up
 
     def _write_out(self) -> None:
         self._flush_due = False

@@ -96,6 +96,9 @@ class ControlConnection:
     ) -> None:
         self._reader = reader
         self._writer = writer
+        self._transport = writer.transport
+        # Above this many bytes buffered, drain() waits (the transport paused us).
+        self._high_water = self._transport.get_write_buffer_limits()[1]
         self._noise = accepted.transport
         self._machine_key = accepted.machine_key
         self._version = accepted.version
@@ -325,49 +328,54 @@ class ControlConnection:
         all of it and the socket is not backed up; it leaves with the turn's
         other frames (`_write_soon`). False: nothing was queued, and the
         stream's task sends it as any chunk (waiting for the window)."""
-        if stream.closed or self._closed or self._writer.is_closing():
+        sending = None if stream.closed or self._closed else self._sending(stream_id)
+        if sending is None or len(data) > self._h2.local_flow_control_window(stream_id):
             return False
-        conn = self._h2
-        if not self._may_frame(stream_id) or len(data) > conn.local_flow_control_window(stream_id):
-            return False
-        transport = self._writer.transport
-        if transport.get_write_buffer_size() >= transport.get_write_buffer_limits()[1]:
+        transport = self._transport
+        if transport.is_closing() or transport.get_write_buffer_size() >= self._high_water:
             return False  # drain() would wait: the task waits instead
-        size = conn.max_outbound_frame_size
+        size = self._h2.max_outbound_frame_size
         for start in range(0, len(data), size):
-            self._queue_data(stream_id, data[start : start + size])
+            self._frame(sending, stream_id, data[start : start + size])
         self._write_soon()
         return True
 
-    def _may_frame(self, stream_id: int) -> bool:
-        """Whether the stream may send DATA that we frame ourselves."""
+    def _sending(self, stream_id: int) -> h2.stream.H2Stream | None:
+        """h2's stream when it may send DATA that we frame ourselves."""
         conn = self._h2
         stream = conn.streams.get(stream_id)
-        return (
-            stream is not None
-            and stream.state_machine.state in _SENDING
-            and conn.state_machine.state is h2.connection.ConnectionState.SERVER_OPEN
-        )
+        if (
+            stream is None
+            or stream.state_machine.state not in _SENDING
+            or conn.state_machine.state is not h2.connection.ConnectionState.SERVER_OPEN
+        ):
+            return None
+        return stream
 
     def _queue_data(self, stream_id: int, chunk: bytes) -> None:
         """One DATA frame, not ending the stream, that fits the windows.
 
         Framed here on a stream that may send: h2's own path (two state
         machines, a frame object, its serialisation) cost more than the
-        rest of a mesh join's fan-out to each session. The windows h2 keeps
-        are charged alike, and what h2 queued before stays before. Anything
-        else goes through h2, which refuses what it must."""
-        conn = self._h2
-        if not self._may_frame(stream_id):
-            conn.send_data(stream_id, chunk)
+        rest of a mesh join's fan-out to each session. Anything else goes
+        through h2, which refuses what it must."""
+        stream = self._sending(stream_id)
+        if stream is None:
+            self._h2.send_data(stream_id, chunk)
             return
-        stream = conn.streams[stream_id]
+        self._frame(stream, stream_id, chunk)
+
+    def _frame(self, stream: h2.stream.H2Stream, stream_id: int, chunk: bytes) -> None:
+        """The DATA frame, its size charged to the windows h2 keeps; what h2
+        queued before stays before."""
+        conn = self._h2
         size = len(chunk)
         stream.outbound_flow_control_window -= size
         conn.outbound_flow_control_window -= size
-        self._out += conn.data_to_send()
-        self._out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _DATA, 0, stream_id)
-        self._out += chunk
+        out = self._out
+        out += conn.data_to_send()
+        out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _DATA, 0, stream_id)
+        out += chunk
 
     def _window_moved(self) -> None:
         """Wake the streams waiting for window (the event is made afresh by the next wait)."""

@@ -144,3 +144,27 @@ async def test_a_deleted_node_s_idle_stream_ends(tmp_path: Path) -> None:
         with pytest.raises(EOFError):
             while True:
                 await stream.next(timeout=5)
+
+
+@async_test
+async def test_a_served_commit_reads_the_nodes_from_the_store_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Undeclared tags and route webhooks look at the same read: in a mesh,
+    each read of every node cost more than the commit's wave."""
+    async with running_server(tmp_path) as srv:
+        for name in ("a", "b"):
+            await join(srv, Device(name))
+        reads = 0
+        list_nodes = srv.store.list_nodes
+
+        def counted() -> Any:
+            nonlocal reads
+            reads += 1
+            return list_nodes()
+
+        monkeypatch.setattr(srv.store, "list_nodes", counted)
+        snap = srv.commits._current
+        assert snap is not None
+        srv.serving.serve(snap)
+        assert reads == 1

@@ -7,8 +7,8 @@ of endpoint changes and of policy commits, each until every client has it.
 Prints, per run: server CPU (utime+stime from /proc, so other load on the
 machine does not count) per affected peer for an endpoint change and for a
 commit, and what the clients observed (p50/p99 ms). `--profile DIR`: the
-server runs under bench/windowprof.py, profiled over the changes only
-(DIR/fanout-N.txt), not over the registrations.
+server runs under bench/windowprof.py, profiled over the endpoint changes
+only (DIR/fanout-N.txt), not over the registrations nor the commits.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,15 @@ from bench.loadgen.stats import summary
 TIMEOUT = 300.0
 
 
-async def _changes(server: LocalServer, fleet: Fleet, repeats: int) -> dict[str, Any]:
+async def _changes(
+    server: LocalServer, fleet: Fleet, repeats: int, toggle: Callable[[], None]
+) -> dict[str, Any]:
+    """Endpoint changes, then commits; `toggle` before and after the endpoint
+    changes (the profile's window)."""
     mover, others = fleet.nodes[0], fleet.nodes[1:]
     node_id = mover.node_id or 0
     moved: list[float] = []
+    toggle()
     served = server.cpu_seconds()
     for n in range(repeats):
         endpoints = [f"127.0.{n // 250}.{n % 250 + 1}:41641", "127.0.0.2:41641"]
@@ -43,6 +49,7 @@ async def _changes(server: LocalServer, fleet: Fleet, repeats: int) -> dict[str,
             timeout=TIMEOUT,
         )
     endpoint_cpu = server.cpu_seconds() - served
+    toggle()
     committed: list[float] = []
     served = server.cpu_seconds()
     for n in range(repeats):
@@ -79,11 +86,13 @@ def run(nodes: int, repeats: int, profile: Path | None) -> dict[str, Any]:
             assert isinstance(fleet, Fleet)
             try:
                 await asyncio.sleep(2)  # the last joins' waves are over
+
+                def toggle() -> None:
+                    if out:
+                        os.kill(server.pid, signal.SIGUSR1)
+
+                result.update(await _changes(server, fleet, repeats, toggle))
                 if out:
-                    os.kill(server.pid, signal.SIGUSR1)
-                result.update(await _changes(server, fleet, repeats))
-                if out:
-                    os.kill(server.pid, signal.SIGUSR1)
                     await asyncio.sleep(3)  # the stats written
                 result["load_average_after"] = round(os.getloadavg()[0], 1)
                 return result

@@ -17,6 +17,7 @@ import pytest
 
 from bench.loadgen.client import MapStream
 from gitctl.policy import parse_policy
+from gitctl.tailnet import TailnetSettings
 from server.control import ControlHandler
 from server.tailnet import SessionHandle
 from tests.unit.control_client import (
@@ -168,3 +169,17 @@ async def test_a_served_commit_reads_the_nodes_from_the_store_once(
         assert snap is not None
         srv.serving.serve(snap)
         assert reads == 1
+
+
+@async_test
+async def test_control_settings_are_made_once_per_served_settings(tmp_path: Path) -> None:
+    """Every delivered delta asks for them (its next keep-alive): made once
+    per settings.yaml served, and made again when a commit serves another."""
+    async with running_server(tmp_path) as srv:
+        first = srv._control_settings()
+        assert srv._control_settings() is first
+        settings = TailnetSettings(device_approval="required")
+        srv.tailnet.swap_source(replace(srv.tailnet.source, id="s", settings=settings))
+        again = srv._control_settings()
+        assert again is not first and again.device_approval
+        assert srv._control_settings() is again

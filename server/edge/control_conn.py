@@ -16,6 +16,7 @@ import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import h2.config
@@ -62,6 +63,10 @@ class ControlRequest:
     path: str
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    # Queues a chunk of this request's streaming response at once, without
+    # the stream's task, when that needs no waiting; False: it did not
+    # (see `ControlConnection._send_now`).
+    send_now: Callable[[bytes], bool] | None = field(default=None, compare=False)
 
     def header_values(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k == name]
@@ -104,6 +109,9 @@ class ControlConnection:
     ) -> None:
         self._reader = reader
         self._writer = writer
+        self._transport = writer.transport
+        # Above this many bytes buffered, drain() waits (the transport paused us).
+        self._high_water = self._transport.get_write_buffer_limits()[1]
         self._noise = accepted.transport
         self._machine_key = accepted.machine_key
         self._version = accepted.version
@@ -252,6 +260,7 @@ class ControlConnection:
             path=pseudo.get(":path", ""),
             headers=tuple((k, v) for k, v in stream.headers if not k.startswith(":")),
             body=bytes(stream.body),
+            send_now=partial(self._send_now, stream_id, stream),
         )
         # A map poll streams for days: hold neither the request's bytes nor its headers.
         stream.headers, stream.body = [], bytearray()
@@ -326,6 +335,24 @@ class ControlConnection:
             self._h2.end_stream(stream_id)
         await self._flush()
 
+    def _send_now(self, stream_id: int, stream: _Stream, data: bytes) -> bool:
+        """`data` queued on the stream in this call, as `_send_data` would,
+        when nothing needs waiting for: the stream may send, the windows take
+        all of it and the socket is not backed up; it leaves with the turn's
+        other frames (`_write_soon`). False: nothing was queued, and the
+        stream's task sends it as any chunk (waiting for the window)."""
+        sending = None if stream.closed or self._closed else self._sendable(stream_id)
+        if sending is None or len(data) > self._h2.local_flow_control_window(stream_id):
+            return False
+        transport = self._transport
+        if transport.is_closing() or transport.get_write_buffer_size() >= self._high_water:
+            return False  # drain() would wait: the task waits instead
+        size = self._h2.max_outbound_frame_size
+        for start in range(0, len(data), size):
+            self._frame(sending, stream_id, data[start : start + size])
+        self._write_soon()
+        return True
+
     def _sendable(self, stream_id: int) -> h2.stream.H2Stream | None:
         """The stream, if it and the connection are open for us to send on
         (the frames this module makes itself go only there)."""
@@ -344,20 +371,25 @@ class ControlConnection:
 
         Framed here on a stream that may send: h2's own path (two state
         machines, a frame object, its serialisation) cost more than the
-        rest of a mesh join's fan-out to each session. The windows h2 keeps
-        are charged alike, and what h2 queued before stays before. Anything
-        else goes through h2, which refuses what it must."""
-        conn = self._h2
+        rest of a mesh join's fan-out to each session. Anything else goes
+        through h2, which refuses what it must."""
         stream = self._sendable(stream_id)
         if stream is None:
-            conn.send_data(stream_id, chunk)
+            self._h2.send_data(stream_id, chunk)
             return
+        self._frame(stream, stream_id, chunk)
+
+    def _frame(self, stream: h2.stream.H2Stream, stream_id: int, chunk: bytes) -> None:
+        """The DATA frame, its size charged to the windows h2 keeps; what h2
+        queued before stays before."""
+        conn = self._h2
         size = len(chunk)
         stream.outbound_flow_control_window -= size
         conn.outbound_flow_control_window -= size
-        self._out += conn.data_to_send()
-        self._out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _DATA, 0, stream_id)
-        self._out += chunk
+        out = self._out
+        out += conn.data_to_send()
+        out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _DATA, 0, stream_id)
+        out += chunk
 
     def _queue_headers(self, stream_id: int, response: ControlResponse) -> bool:
         """The response's HEADERS frame, not ending the stream, framed here
@@ -394,10 +426,13 @@ class ControlConnection:
         """Send what h2 holds, once per turn of the event loop: frames that
         streams queue in the same turn (every session woken by one change)
         go out in one Noise record batch and one socket write."""
+        self._write_soon()
+        await self._writer.drain()  # waits only while the socket is backed up
+
+    def _write_soon(self) -> None:
         if not self._flush_due:
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._write_out)
-        await self._writer.drain()  # waits only while the socket is backed up
 
     def _write_out(self) -> None:
         self._flush_due = False

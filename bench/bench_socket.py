@@ -10,9 +10,13 @@ registered node streaming, memory per streaming node, idle CPU, a policy
 commit / a join / an endpoint change until every client has it, and (at the
 largest mesh) a server restart until every client is streaming again. Sparse
 runs (a policy that gives nodes no peers) push registrations toward 5,000
-nodes. `--profile DIR` runs the server under cProfile and writes its top
-functions per run. The client side shares the machine with the server: on 2
-cores the numbers are an upper bound on the server's own latency.
+nodes and time a commit that changes every node's filter. Groups runs
+(`--groups`: one user per 25 nodes, `autogroup:self`) time a commit, joins
+and endpoint changes at sizes a full mesh cannot reach (bench/sparse_events.py).
+`--profile DIR` runs the server under cProfile, timed by its CPU clock
+(bench/cpuprofile.py), and writes its top functions per run. The client side
+shares the machine with the server: on 2 cores the numbers are an upper bound
+on the server's own latency.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ from bench.loadgen.local import LocalServer, local_server
 from bench.loadgen.netmap import ClientNetmap
 from bench.loadgen.shards import ShardedFleet
 from bench.loadgen.stats import summary, table
+from bench.sparse_events import (
+    commit_event,
+    group_events,
+    group_files,
+    group_policy,
+    sparse_commit_policy,
+    user_keys,
+)
 
 USERS = "users:\n  - {name: alice, email: alice@example.com, display_name: Alice}\n"
 MESH = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}\n'
@@ -81,6 +93,9 @@ def target(metric: str, kind: str, nodes: int) -> tuple[str, float]:
     return op, value
 
 
+PEERS = {"mesh": "all", "sparse": "no", "groups": "24"}
+
+
 def commit_policy(port: int) -> str:
     return MESH.replace(
         "]}]}",
@@ -111,30 +126,30 @@ async def register(
     shards: int = 1,
     memtrace: Path | None = None,
     idle_window: float | None = IDLE_WINDOW,
+    keys: list[str] | None = None,
 ) -> tuple[Fleet | ShardedFleet, dict[str, Any]]:
     """Register `nodes` clients, all streaming. `shards` > 1: the clients are
     spread over that many load-generator processes (sparse runs only). With
     `memtrace` (the server's TAILNETD_TRACEMALLOC directory): tracemalloc
     snapshots before registration, once all are registered and streaming, and
     after the idle window. `idle_window` None: no idle CPU measured (bench_idle
-    measures its own)."""
+    measures its own). `keys`: the n-th node registers with `keys[n]`."""
 
     async def snapshot() -> None:
         if memtrace is not None:
             await asyncio.to_thread(server.memory_snapshot, memtrace)
 
     fleet: Fleet | ShardedFleet
+    key = keys[0] if keys else server.key("alice")
     if shards > 1:
-        fleet = ShardedFleet(
-            server.address, server.key("alice"), shards=shards, concurrency=CONCURRENCY
-        )
+        fleet = ShardedFleet(server.address, key, shards=shards, concurrency=CONCURRENCY)
         await fleet.ready()
     else:
-        fleet = Fleet(server.address, server.key("alice"), concurrency=CONCURRENCY)
+        fleet = Fleet(server.address, key, concurrency=CONCURRENCY)
     await snapshot()
     rss0 = server.rss_bytes()
     start, loader, served = time.monotonic(), time.process_time(), server.cpu_seconds()
-    up, shard_cpu = await _add(fleet, nodes)
+    up, shard_cpu = await _add(fleet, nodes, keys)
     elapsed = time.monotonic() - start
     server_cpu = server.cpu_seconds() - served
     loader_cpu = time.process_time() - loader + shard_cpu
@@ -229,12 +244,14 @@ async def _move(fleet: Fleet, mover: SimNode, endpoints: list[str]) -> None:
     )
 
 
-async def _add(fleet: Fleet | ShardedFleet, nodes: int) -> tuple[list[float], float]:
+async def _add(
+    fleet: Fleet | ShardedFleet, nodes: int, keys: list[str] | None = None
+) -> tuple[list[float], float]:
     """Per node seconds to its first map, and the shards' CPU seconds (0 in-process)."""
     if isinstance(fleet, ShardedFleet):
-        done = await fleet.add(nodes)
+        done = await (fleet.add_keyed(keys) if keys else fleet.add(nodes))
         return done.seconds, done.cpu_s
-    return await fleet.add(nodes), 0.0
+    return await fleet.add(nodes, keys), 0.0
 
 
 async def restart(
@@ -272,6 +289,7 @@ def run_one(
     nodes: int,
     *,
     mesh: bool,
+    groups: bool = False,
     restart_too: bool,
     profile: Path | None,
     profile_restart: bool = False,
@@ -279,24 +297,39 @@ def run_one(
     reconnect_concurrency: int = RECONNECT_CONCURRENCY,
     memtrace: Path | None = None,
 ) -> dict[str, Any]:
-    kind = "mesh" if mesh else "sparse"
+    kind = "mesh" if mesh else "groups" if groups else "sparse"
     name = f"{kind}-{nodes}{'-restart' if profile_restart else ''}"
-    launcher = ["-m", "cProfile", "-o", str(profile / f"{name}.prof")] if profile else None
+    # CPU clock, not wall clock: the machine is shared (bench/cpuprofile.py).
+    launcher = ["-m", "bench.cpuprofile", "-o", str(profile / f"{name}.prof")] if profile else None
     first, again = (None, launcher) if profile_restart else (launcher, None)
     policy = MESH if mesh else SPARSE
     traced = memtrace / name if memtrace else None
     env = {"TAILNETD_TRACEMALLOC": str(traced)} if traced else None
     files = {"users.yaml": USERS, "policy.hujson": policy}
+    users: list[str] = []
+    if groups:
+        files, users = group_files(nodes)
     with local_server(files, launcher=first, env=env) as server:
         cold_empty = server.started_in
+        keys = user_keys(server, users) if users else []
 
         async def scenario() -> dict[str, Any]:
             fleet, result = await register(
-                server, nodes, mesh=mesh, shards=1 if mesh else shards, memtrace=traced
+                server,
+                nodes,
+                mesh=mesh,
+                shards=1 if mesh else shards,
+                memtrace=traced,
+                keys=[keys[n % len(keys)] for n in range(nodes)] if keys else None,
             )
             try:
                 if isinstance(fleet, Fleet) and mesh:
                     result.update(await mesh_events(server, fleet))
+                elif groups:
+                    result.update(await commit_event(server, fleet, group_policy(MARKER_PORT)))
+                    result.update(await group_events(server, fleet, keys))
+                else:
+                    result.update(await commit_event(server, fleet, sparse_commit_policy()))
                 if restart_too:
                     result.update(
                         await restart(server, fleet, again, concurrency=reconnect_concurrency)
@@ -389,7 +422,11 @@ def render(results: list[dict[str, Any]]) -> str:
                     "",
                 ]
             )
-        rows.append([label, "idle CPU, all streaming (% of a core)", r["idle_cpu_percent"], ""])
+        if "idle_cpu_percent" in r:
+            idle = r["idle_cpu_percent"]
+            rows.append([label, "idle CPU, all streaming (% of a core)", idle, ""])
+        if "topology" in r:
+            rows.append([label, "topology of the change rows", r["topology"], ""])
         rows.append([label, "cold start, empty (s)", r["cold_start_empty_s"], ""])
         for key, metric, name in (
             ("commit", "commit_p99_ms", "policy commit -> every client"),
@@ -406,6 +443,9 @@ def render(results: list[dict[str, Any]]) -> str:
                         _verdict(metric, s["p99_ms"], *size),
                     ]
                 )
+        if "commit_server_cpu_ms" in r:
+            cpu = r["commit_server_cpu_ms"]
+            rows.append([label, "a commit: server CPU until every client has it (ms)", cpu, ""])
         if "join_server_cpu_ms" in r:
             rows.append([label, "a join: server CPU (ms)", r["join_server_cpu_ms"], ""])
         if "endpoint_server_cpu_us_per_peer" in r:
@@ -440,14 +480,14 @@ def plot(results: list[dict[str, Any]], path: Path, machine: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for kind, marker in (("mesh", "o"), ("sparse", "s")):
+    for kind, marker in (("mesh", "o"), ("sparse", "s"), ("groups", "^")):
         rs = [r for r in results if r["kind"] == kind]
         if rs:
             left.plot(
                 [r["nodes"] for r in rs],
                 [r["registrations_per_s"] for r in rs],
                 marker=marker,
-                label=f"{kind} (policy: {'all' if kind == 'mesh' else 'no'} peers)",
+                label=f"{kind} (policy: {PEERS[kind]} peers)",
             )
     left.axhline(500, color="grey", linestyle="--", label="target 500/s")
     left.set(xlabel="nodes, all streaming", ylabel="registrations/s", title="Registrations")
@@ -485,6 +525,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mesh", type=int, nargs="*", default=[100, 1000])
     parser.add_argument("--sparse", type=int, nargs="*", default=[1000, 5000])
+    parser.add_argument(
+        "--groups",
+        type=int,
+        nargs="*",
+        default=[],
+        help="runs of one user per 25 nodes (autogroup:self): commit, joins, endpoint changes",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--profile", type=Path, help="run the server under cProfile, stats here")
@@ -558,6 +605,18 @@ def main() -> None:
                 profile_restart=args.profile_restart and restart_too,
                 shards=args.shards,
                 reconnect_concurrency=args.reconnect_concurrency,
+                memtrace=args.tracemalloc,
+            )
+        )
+    for n in [] if args.replot else args.groups:
+        record(
+            run_one(
+                n,
+                mesh=False,
+                groups=True,
+                restart_too=False,
+                profile=args.profile,
+                shards=args.shards,
                 memtrace=args.tracemalloc,
             )
         )

@@ -91,6 +91,7 @@ class Server:
         self.listeners = Listeners()
         self._tasks: list[asyncio.Task[None]] = []
         self._stun: StunServer | None = None
+        self._control_held: tuple[TailnetSettings, ControlSettings] | None = None
         self.port = config.listen_port
         self.stun_port = config.stun_port
         self.acme_responder = ChallengeResponder()
@@ -358,7 +359,7 @@ class Server:
             self.registry,
             self.store,
             clock=self.clock,
-            settings=lambda: ControlSettings.from_tailnet(self._settings()),
+            settings=self._control_settings,
             log=self.log,
             metrics=self.metrics,
             logins=self.logins,
@@ -505,6 +506,15 @@ class Server:
     def _settings(self) -> TailnetSettings:
         """The serving commit's settings.yaml (its defaults where it says nothing)."""
         return self.tailnet.source.settings or DEFAULT_SETTINGS
+
+    def _control_settings(self) -> ControlSettings:
+        """What the serving settings.yaml asks of registrations and map streams,
+        made once per settings object: every delta asks for it (its keep-alive)."""
+        settings = self._settings()
+        held = self._control_held
+        if held is None or held[0] is not settings:
+            held = self._control_held = (settings, ControlSettings.from_tailnet(settings))
+        return held[1]
 
     def _public_url(self) -> str:
         return public_url(self.config.server_url, self.config.listen_port, self.port)

@@ -21,7 +21,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from gitctl.policy.viewindex import ViewIndex
@@ -214,7 +215,7 @@ class ControlHandler:
             raise RequestRejected(404, "node not found")
         now = self._clock()
         if node is not None and not node.approved:
-            return self._unapproved(node, body, now)
+            return self._unapproved(node, body, now, req.send_now)
         if node is None or not self._tailnet.serves(node.id):
             return self._not_served(req, node_key, node, now)
         stream = body.stream
@@ -223,7 +224,7 @@ class ControlHandler:
             if body.omit_peers:
                 return ControlResponse(200)
             return ControlResponse(200, self._one_map(node.id, now))
-        return ControlResponse(200, stream=self._stream(node.id))
+        return ControlResponse(200, stream=self._stream(node.id, req.send_now))
 
     def _apply_map_request(self, node: Node, body: MapRequest, now: datetime) -> Node:
         changes: dict[str, Any] = {}
@@ -248,16 +249,24 @@ class ControlHandler:
         if node is not None and node.approved and node.id in self._approvals:
             self._approvals.pop(node.id).set()
 
-    def _unapproved(self, node: Node, body: MapRequest, now: datetime) -> ControlResponse:
+    def _unapproved(
+        self,
+        node: Node,
+        body: MapRequest,
+        now: datetime,
+        send_now: Callable[[bytes], bool] | None = None,
+    ) -> ControlResponse:
         """A node waiting for device approval: a map of itself, not authorized;
         a streaming poll then waits and turns into the real stream once approved."""
         node = self._apply_map_request(node, body, now)
         frame = MapFrameEncoder().encode(unapproved_map(node, self._tailnet.context.derp_map, now))
         if not body.stream:
             return ControlResponse(200, b"" if body.omit_peers else frame)
-        return ControlResponse(200, stream=self._await_approval(node.id, frame))
+        return ControlResponse(200, stream=self._await_approval(node.id, frame, send_now))
 
-    async def _await_approval(self, node_id: int, first: bytes) -> AsyncIterator[bytes]:
+    async def _await_approval(
+        self, node_id: int, first: bytes, send_now: Callable[[bytes], bool] | None = None
+    ) -> AsyncIterator[bytes]:
         encoder = MapFrameEncoder()
         yield first
         approved = self._approvals.setdefault(node_id, asyncio.Event())
@@ -277,7 +286,7 @@ class ControlHandler:
         node = self._registry.get(node_id)
         if node is None or not self._tailnet.serves(node_id):
             return
-        async for frame in self._stream(node_id):
+        async for frame in self._stream(node_id, send_now):
             yield frame
 
     def _not_served(
@@ -318,7 +327,12 @@ class ControlHandler:
         if self._tailnet.after_settle(applied):
             await done
 
-    async def _stream(self, node_id: int) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, node_id: int, send_now: Callable[[bytes], bool] | None = None
+    ) -> AsyncIterator[bytes]:
+        """The map stream: the first map, then what changed, keep-alives and
+        pings. With `send_now` (the connection's, see `ControlRequest`), an
+        idle stream's deltas are sent without resuming it (`_deliver`)."""
         encoder = MapFrameEncoder()
         session = MapSession(node_id)
         # Online before the recompile its join waits for: its peers learn that
@@ -326,46 +340,40 @@ class ControlHandler:
         self._registry.connected(node_id)
         handle: SessionHandle | None = None
         first = True
+        held: list[bytes] = []  # a frame `_deliver` built and could not send
         try:
             await self._settled()
             handle = self._tailnet.open_session(node_id)
+            deliver: Callable[[], bool] | None = None
+            if send_now is not None:
+                deliver = partial(self._deliver, handle, session, encoder, send_now, held)
             while not handle.closed:
+                if held:
+                    yield held.pop()
                 ping = handle.take_ping()
                 if ping is not None:
                     yield encoder.encode(ping_message(ping))
-                wake = handle.take_wake()
-                now = self._clock()
                 # The first map does not force a recompile that joins since are
                 # waiting for: the session is woken when it lands.
-                ctx = self._tailnet.context_for(node_id, settle=not first)
+                frame = self._catch_up(handle, session, encoder, settle=not first)
                 first = False
-                if not session.serves(ctx):
+                if frame is False:
                     return
-                msg = session.step(ctx, wake, now)
-                # An idle stream holds neither the context (and through it the
-                # whole policy index of its last message: 5,000 idle streams
-                # kept hundreds of replaced indexes alive) nor what it sent.
-                del ctx
-                if msg is not None:
-                    frame = encoder.encode(msg)
-                    del msg
+                if frame is not None:
                     yield frame
-                    self._metrics.map_sent("full" if wake.full or wake.top else "delta", len(frame))
-                    del frame
-                del wake
+                    del frame  # a map stream idles between messages: hold none of them
                 self._metrics.caught_up(handle)
                 # Keep-alives until woken: an idle stream's only work is the
                 # keep-alive itself (it never looks at the tailnet), and 5,000
                 # idle streams each wait here, on one timer (keepalives.py).
                 while True:
                     if not handle.wake.is_set():
-                        settings = self._settings()
-                        wait = self._rng.uniform(settings.keepalive_min, settings.keepalive_max)
-                        loop = asyncio.get_running_loop()
-                        tick = min(TICK, settings.keepalive_min / 4)
-                        handle.keepalive = False  # a fresh wait: any earlier one is moot
-                        self._keepalives.schedule(handle, loop.time() + wait, tick)
-                        await handle.wake.wait()
+                        self._idle(handle)
+                        handle.deliver = deliver
+                        try:
+                            await handle.wake.wait()
+                        finally:
+                            handle.deliver = None
                     if not handle.take_keepalive():
                         break
                     keepalive = encoder.keepalive()
@@ -379,6 +387,61 @@ class ControlHandler:
                 self._metrics.session_closed(handle)
                 self._tailnet.close_session(handle)
             self._registry.disconnected(node_id, self._clock())  # records last seen
+
+    def _catch_up(
+        self, handle: SessionHandle, session: MapSession, encoder: MapFrameEncoder, *, settle: bool
+    ) -> bytes | None | Literal[False]:
+        """The frame that brings the client to what its handle was marked with
+        (None: it is up to date); False: the tailnet no longer serves it."""
+        wake = handle.take_wake()
+        now = self._clock()
+        ctx = self._tailnet.context_for(handle.node_id, settle=settle)
+        if not session.serves(ctx):
+            return False
+        msg = session.step(ctx, wake, now)
+        # An idle stream holds neither the context (and through it the
+        # whole policy index of its last message: 5,000 idle streams
+        # kept hundreds of replaced indexes alive) nor what it sent.
+        del ctx
+        if msg is None:
+            return None
+        frame = encoder.encode(msg)
+        self._metrics.map_sent("full" if wake.full or wake.top else "delta", len(frame))
+        return frame
+
+    def _idle(self, handle: SessionHandle) -> None:
+        """Its next keep-alive, a keep-alive period from now (the last message)."""
+        settings = self._settings()
+        wait = self._rng.uniform(settings.keepalive_min, settings.keepalive_max)
+        loop = asyncio.get_running_loop()
+        tick = min(TICK, settings.keepalive_min / 4)
+        handle.keepalive = False  # a fresh wait: any earlier one is moot
+        self._keepalives.schedule(handle, loop.time() + wait, tick)
+
+    def _deliver(
+        self,
+        handle: SessionHandle,
+        session: MapSession,
+        encoder: MapFrameEncoder,
+        send_now: Callable[[bytes], bool],
+        held: list[bytes],
+    ) -> bool:
+        """What the stream's task would do when woken while it idles, done
+        without resuming it (server/tailnet/handle.py): the delta, queued on
+        the connection. False: its task must run (a ping or keep-alive is
+        due, the session ends, or the frame must wait for the window: it is
+        `held` for the task to send, so a blocked stream holds one message)."""
+        if handle.closed or handle.ping is not None or handle.keepalive:
+            return False
+        frame = self._catch_up(handle, session, encoder, settle=True)
+        if frame is False:
+            return False
+        if frame is not None and not send_now(frame):
+            held.append(frame)
+            return False
+        self._metrics.caught_up(handle)
+        self._idle(handle)
+        return True
 
 
 def ping_message(url: str) -> bytes:

@@ -28,7 +28,13 @@ import h2.errors
 import h2.events
 import h2.settings
 
-from server.protocol.keys import DiscoPublic, MachinePrivate, MachinePublic, NodePrivate
+from server.protocol.keys import (
+    DiscoPublic,
+    MachinePrivate,
+    MachinePublic,
+    NodePrivate,
+    NodePublic,
+)
 from server.protocol.mapframe import MapFrameDecoder
 from server.protocol.noise import EARLY_PAYLOAD_MAGIC, RESPONSE_LEN, ClientHandshake, NoiseTransport
 
@@ -46,6 +52,15 @@ __all__ = [
 ]
 
 CAPVER = 133  # what tailscale 1.96 sends
+# One for every connection (h2 only reads it). The request headers are ours,
+# fixed and lowercase: h2's outbound checks would only cost CPU on the cores
+# the server shares. What the server sends is still checked.
+_CONFIG = h2.config.H2Configuration(
+    client_side=True,
+    header_encoding="utf-8",
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+)
 LOGOUT_EXPIRY = "1970-01-01T00:02:03Z"
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -86,6 +101,18 @@ class Device:
     machine: MachinePrivate = field(default_factory=MachinePrivate.generate)
     node: NodePrivate = field(default_factory=NodePrivate.generate)
     disco: DiscoPublic = field(default_factory=lambda: DiscoPublic(os.urandom(32)))
+    # (node key, its public text): deriving it is a scalar multiplication, and
+    # every request body names it. Checked against `node`, which tests rotate.
+    _node_public: tuple[NodePrivate, str] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def node_key_text(self) -> str:
+        """The node key's public text, as request bodies carry it."""
+        cached = self._node_public
+        if cached is None or cached[0] is not self.node:
+            cached = self._node_public = (self.node, self.node.public().text)
+        return cached[1]
 
     def register_body(
         self,
@@ -98,8 +125,8 @@ class Device:
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "Version": version,
-            "NodeKey": self.node.public().text,
-            "OldNodeKey": (old_node.public() if old_node else type(self.node.public()).zero()).text,
+            "NodeKey": self.node_key_text(),
+            "OldNodeKey": (old_node.public() if old_node else NodePublic.zero()).text,
             "Expiry": expiry,
             "Followup": "",
             "Hostinfo": {"Hostname": self.hostname, "OS": "linux"},
@@ -122,7 +149,7 @@ class Device:
             "Version": version,
             "Compress": "zstd",
             "KeepAlive": True,
-            "NodeKey": self.node.public().text,
+            "NodeKey": self.node_key_text(),
             "DiscoKey": self.disco.text,
             "Hostinfo": hostinfo or {"Hostname": self.hostname, "OS": "linux"},
         }
@@ -161,8 +188,7 @@ class ControlClient:
         }
         if window is not None:
             settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = window
-        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
-        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2 = h2.connection.H2Connection(config=_CONFIG)
         self._h2.local_settings = h2.settings.Settings(client=True, initial_values=settings)
         self._streams: dict[int, _Stream] = {}
         self._window = asyncio.Event()

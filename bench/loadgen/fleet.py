@@ -69,6 +69,7 @@ class SimNode:
     follower: asyncio.Task[None] | None = None
     error: str | None = None
     retries: int = 0
+    auth_key: str | None = None  # registers with this key, not the fleet's (another user)
     _waiters: list[tuple[Predicate, asyncio.Future[float]]] = field(default_factory=list)
 
     @property
@@ -130,17 +131,19 @@ class Fleet:
             self._server_key = await fetch_server_key(self.server)
         return self._server_key
 
-    def new_node(self) -> SimNode:
+    def new_node(self, auth_key: str | None = None) -> SimNode:
         index = len(self.nodes)
         node = SimNode(index, Device(f"{self.prefix}{index}"), ClientNetmap(keep=self.keep))
+        node.auth_key = auth_key
         self.nodes.append(node)
         return node
 
     # Bringing nodes up
 
-    async def add(self, count: int) -> list[float]:
-        """Register `count` new nodes and open their polls; per-node seconds to first map."""
-        nodes = [self.new_node() for _ in range(count)]
+    async def add(self, count: int, keys: list[str] | None = None) -> list[float]:
+        """Register `count` new nodes (the n-th with `keys[n]`, by default the
+        fleet's key) and open their polls; per-node seconds to first map."""
+        nodes = [self.new_node(keys[n] if keys else None) for n in range(count)]
         return list(await asyncio.gather(*(self._limited(self.bring_up(n)) for n in nodes)))
 
     async def _limited(
@@ -167,7 +170,8 @@ class Fleet:
             self.server, node.device.machine, server_key=await self.server_key()
         )
         if register:
-            status, reply = await node.client.register(node.device.register_body(self.auth_key))
+            body = node.device.register_body(node.auth_key or self.auth_key)
+            status, reply = await node.client.register(body)
             if status != 200 or not isinstance(reply, dict) or reply.get("Error"):
                 raise ConnectionError(f"{node.device.hostname}: register failed: {status} {reply}")
         node.streaming.clear()

@@ -14,6 +14,7 @@ from dataclasses import replace
 from functools import partial
 from itertools import chain, compress, repeat
 from operator import eq, is_, is_not
+from types import MappingProxyType
 from typing import Any, Generic, cast
 
 from .addrs import is_exit_route
@@ -265,6 +266,12 @@ class ViewIndex(Generic[NodeKey]):
         return self._plain_peer(j)
 
     def _peers(self, viewer: int, mask: int) -> Mapping[NodeKey, PeerView]:
+        if not mask:
+            # No peers: nothing to gather (a group of one would build the
+            # viewer's own entry only to drop it), and the same empty mapping
+            # as before, so the session sees at once that none changed.
+            earlier = self._earlier.pop(viewer, None)
+            return earlier if earlier is not None and not earlier else NO_PEERS
         keys = self.keys
         group = mask | 1 << viewer
         if viewer not in self.no_v4 and not group & self._routers:
@@ -497,6 +504,10 @@ class ViewIndex(Generic[NodeKey]):
             self._plain = previous._plain.copy()
             self._group_full = {**previous._group_full, **self._group_full}
             self._same_groups = True
+
+
+# The peers of every view that has none (read-only: views are shared).
+NO_PEERS: Mapping[Any, PeerView] = MappingProxyType({})
 
 
 class GroupPeers(dict[Any, PeerView]):

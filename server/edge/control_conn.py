@@ -16,6 +16,7 @@ import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import h2.config
@@ -25,6 +26,7 @@ import h2.exceptions
 import h2.settings
 import h2.stream
 
+from server.protocol.h2head import response_head
 from server.protocol.keys import MachinePublic
 from server.protocol.noise import Accepted, NoiseError
 
@@ -37,8 +39,20 @@ INBOUND_WINDOW = 1 << 20
 # An HTTP/2 frame header (RFC 9113 §4.1): 24-bit length, type, flags, stream id.
 _FRAME_HEAD = struct.Struct(">HBBBL")
 _DATA = 0x0
+_HEADERS = 0x1
+_END_HEADERS = 0x4
 # Stream states in which a server may send DATA (RFC 9113 §5.1).
 _SENDING = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
+# One for every connection (h2 only reads it). What we send is validated by
+# construction (fixed, lowercase names; values we make): h2's outbound checks
+# and normalisation were a tenth of a registration's HTTP/2 cost. What the
+# client sends is still checked.
+_CONFIG = h2.config.H2Configuration(
+    client_side=False,
+    header_encoding="utf-8",
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +63,10 @@ class ControlRequest:
     path: str
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    # Queues a chunk of this request's streaming response at once, without
+    # the stream's task, when that needs no waiting; False: it did not
+    # (see `ControlConnection._send_now`).
+    send_now: Callable[[bytes], bool] | None = field(default=None, compare=False)
 
     def header_values(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k == name]
@@ -91,6 +109,9 @@ class ControlConnection:
     ) -> None:
         self._reader = reader
         self._writer = writer
+        self._transport = writer.transport
+        # Above this many bytes buffered, drain() waits (the transport paused us).
+        self._high_water = self._transport.get_write_buffer_limits()[1]
         self._noise = accepted.transport
         self._machine_key = accepted.machine_key
         self._version = accepted.version
@@ -98,8 +119,7 @@ class ControlConnection:
         self._handler = handler
         self._log = log
         self._early = early_payload
-        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
-        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2 = h2.connection.H2Connection(config=_CONFIG)
         # Our settings go in the connection preface itself. Sent first with
         # update_settings, they would be undone on the client by the preface
         # (built from the settings in force: the defaults), leaving it a
@@ -240,6 +260,7 @@ class ControlConnection:
             path=pseudo.get(":path", ""),
             headers=tuple((k, v) for k, v in stream.headers if not k.startswith(":")),
             body=bytes(stream.body),
+            send_now=partial(self._send_now, stream_id, stream),
         )
         # A map poll streams for days: hold neither the request's bytes nor its headers.
         stream.headers, stream.body = [], bytearray()
@@ -263,13 +284,14 @@ class ControlConnection:
                 del self._streams[stream_id]
 
     async def _respond(self, stream_id: int, stream: _Stream, response: ControlResponse) -> None:
-        headers = [(":status", str(response.status)), ("content-type", response.content_type)]
-        if response.stream is None:
-            headers.append(("content-length", str(len(response.body))))
         self._check(stream)
-        self._h2.send_headers(
-            stream_id, headers, end_stream=response.stream is None and not response.body
-        )
+        # An empty body ends the stream on HEADERS: h2 frames that.
+        ends = response.stream is None and not response.body
+        if ends or not self._queue_headers(stream_id, response):
+            headers = [(":status", str(response.status)), ("content-type", response.content_type)]
+            if response.stream is None:
+                headers.append(("content-length", str(len(response.body))))
+            self._h2.send_headers(stream_id, headers, end_stream=ends)
         if response.stream is None:  # headers and body in one write
             if response.body:
                 await self._send_data(stream_id, stream, response.body, end=True)
@@ -313,14 +335,27 @@ class ControlConnection:
             self._h2.end_stream(stream_id)
         await self._flush()
 
-    def _queue_data(self, stream_id: int, chunk: bytes) -> None:
-        """One DATA frame, not ending the stream, that fits the windows.
+    def _send_now(self, stream_id: int, stream: _Stream, data: bytes) -> bool:
+        """`data` queued on the stream in this call, as `_send_data` would,
+        when nothing needs waiting for: the stream may send, the windows take
+        all of it and the socket is not backed up; it leaves with the turn's
+        other frames (`_write_soon`). False: nothing was queued, and the
+        stream's task sends it as any chunk (waiting for the window)."""
+        sending = None if stream.closed or self._closed else self._sendable(stream_id)
+        if sending is None or len(data) > self._h2.local_flow_control_window(stream_id):
+            return False
+        transport = self._transport
+        if transport.is_closing() or transport.get_write_buffer_size() >= self._high_water:
+            return False  # drain() would wait: the task waits instead
+        size = self._h2.max_outbound_frame_size
+        for start in range(0, len(data), size):
+            self._frame(sending, stream_id, data[start : start + size])
+        self._write_soon()
+        return True
 
-        Framed here on a stream that may send: h2's own path (two state
-        machines, a frame object, its serialisation) cost more than the
-        rest of a mesh join's fan-out to each session. The windows h2 keeps
-        are charged alike, and what h2 queued before stays before. Anything
-        else goes through h2, which refuses what it must."""
+    def _sendable(self, stream_id: int) -> h2.stream.H2Stream | None:
+        """The stream, if it and the connection are open for us to send on
+        (the frames this module makes itself go only there)."""
         conn = self._h2
         stream = conn.streams.get(stream_id)
         if (
@@ -328,14 +363,58 @@ class ControlConnection:
             or stream.state_machine.state not in _SENDING
             or conn.state_machine.state is not h2.connection.ConnectionState.SERVER_OPEN
         ):
-            conn.send_data(stream_id, chunk)
+            return None
+        return stream
+
+    def _queue_data(self, stream_id: int, chunk: bytes) -> None:
+        """One DATA frame, not ending the stream, that fits the windows.
+
+        Framed here on a stream that may send: h2's own path (two state
+        machines, a frame object, its serialisation) cost more than the
+        rest of a mesh join's fan-out to each session. Anything else goes
+        through h2, which refuses what it must."""
+        stream = self._sendable(stream_id)
+        if stream is None:
+            self._h2.send_data(stream_id, chunk)
             return
+        self._frame(stream, stream_id, chunk)
+
+    def _frame(self, stream: h2.stream.H2Stream, stream_id: int, chunk: bytes) -> None:
+        """The DATA frame, its size charged to the windows h2 keeps; what h2
+        queued before stays before."""
+        conn = self._h2
         size = len(chunk)
         stream.outbound_flow_control_window -= size
         conn.outbound_flow_control_window -= size
+        out = self._out
+        out += conn.data_to_send()
+        out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _DATA, 0, stream_id)
+        out += chunk
+
+    def _queue_headers(self, stream_id: int, response: ControlResponse) -> bool:
+        """The response's HEADERS frame, not ending the stream, framed here
+        (False: left to h2). h2's stream state machine still takes the
+        transition; the block is server/protocol/h2head.py's, which leaves the
+        HPACK dynamic tables alone, so h2's encoder stays in step with the
+        client. Taken only where h2 would send the very same headers: an open
+        stream, an open connection, no table size update owed."""
+        conn = self._h2
+        stream = self._sendable(stream_id)
+        if stream is None or getattr(conn.encoder.header_table, "resized", True) is not False:
+            return False
+        length = None if response.stream is not None else len(response.body)
+        try:
+            block = response_head(response.status, response.content_type, length)
+        except ValueError:  # not a three-digit status, or not ASCII: h2 decides
+            return False
+        if len(block) > conn.max_outbound_frame_size:
+            return False
+        stream.state_machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
+        size = len(block)
         self._out += conn.data_to_send()
-        self._out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _DATA, 0, stream_id)
-        self._out += chunk
+        self._out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _HEADERS, _END_HEADERS, stream_id)
+        self._out += block
+        return True
 
     def _window_moved(self) -> None:
         """Wake the streams waiting for window (the event is made afresh by the next wait)."""
@@ -347,10 +426,13 @@ class ControlConnection:
         """Send what h2 holds, once per turn of the event loop: frames that
         streams queue in the same turn (every session woken by one change)
         go out in one Noise record batch and one socket write."""
+        self._write_soon()
+        await self._writer.drain()  # waits only while the socket is backed up
+
+    def _write_soon(self) -> None:
         if not self._flush_due:
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._write_out)
-        await self._writer.drain()  # waits only while the socket is backed up
 
     def _write_out(self) -> None:
         self._flush_due = False

@@ -84,7 +84,9 @@ class FrontDoor:
                 event = conn.next_event()
                 if isinstance(event, NeedData):
                     try:
-                        data = await asyncio.wait_for(reader.read(READ_SIZE), self._idle_timeout)
+                        # asyncio.timeout, not wait_for: no task wrapped around each read.
+                        async with asyncio.timeout(self._idle_timeout):
+                            data = await reader.read(READ_SIZE)
                     except TimeoutError:
                         return  # idle (or too slow a request): close without a word
                     conn.receive_data(data)

@@ -154,8 +154,10 @@ class Initiator:
         ephemeral: MachinePrivate,
         responder_static: MachinePublic,
     ) -> None:
-        self._static = static
-        self._ephemeral = ephemeral
+        # Each loaded once: loading derives the public key (a scalar
+        # multiplication, what a DH costs), and each is used three times.
+        self._static = X25519PrivateKey.from_private_bytes(static.raw)
+        self._ephemeral = X25519PrivateKey.from_private_bytes(ephemeral.raw)
         self._remote_static = responder_static
         self._state = SymmetricState(prologue)
         self._state.mix_hash(responder_static.raw)
@@ -165,12 +167,13 @@ class Initiator:
         """-> e, es, s, ss: returns e ‖ encrypted s ‖ encrypted payload."""
         self._advance(0)
         st = self._state
-        e_pub = self._ephemeral.public()
-        st.mix_hash(e_pub.raw)
+        e_pub = self._ephemeral.public_key().public_bytes_raw()
+        st.mix_hash(e_pub)
         key = st.mix_dh(self._ephemeral, self._remote_static)
-        sealed_static = st.encrypt_and_hash(key, self._static.public().raw)
+        static_pub = self._static.public_key().public_bytes_raw()
+        sealed_static = st.encrypt_and_hash(key, static_pub)
         key = st.mix_dh(self._static, self._remote_static)
-        return e_pub.raw + sealed_static + st.encrypt_and_hash(key, payload)
+        return e_pub + sealed_static + st.encrypt_and_hash(key, payload)
 
     def read_message(self, message: bytes) -> tuple[bytes, SessionKeys]:
         """<- e, ee, se: returns the responder's payload and the session keys."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from gitctl import snapshot as snapshots
 from gitctl.gitrun import resolve
 from gitctl.snapshot import Snapshot
+from server.sources.gitwatch import RefWatch
 
 if TYPE_CHECKING:
     from server.sources.history import History
@@ -113,6 +114,13 @@ def check_result(result: Any) -> Checked:
     return Checked(None, errors, getattr(result, "failed_stage", None) or "schema")
 
 
+# A HEAD that could not be read (a ref half written, packed-refs being
+# rewritten) is read again after this, doubling, while no write says to;
+# past RETRY_LONGEST the slow poll is left to find it.
+RETRY_SECONDS = 0.02
+RETRY_LONGEST = 2.0
+
+
 async def watch_repo(
     repo: SnapshotRepo,
     on_revision: Callable[[str], Awaitable[None]],
@@ -122,27 +130,30 @@ async def watch_repo(
 ) -> None:
     """Call on_revision(sha) whenever the served branch moves.
 
-    watchfiles on .git notices commits, checkouts and fetches at once; the
-    slow poll is a safety net for file systems where inotify says nothing.
+    inotify on the refs (server/sources/gitwatch.py; watchfiles on .git where
+    there is none) notices commits, checkouts and fetches at once; the slow
+    poll is a safety net for file systems where inotify says nothing.
     """
-    import watchfiles
-
     last = repo.head()
     stop = asyncio.Event()
 
-    async def check() -> None:
+    async def check() -> bool:
+        """False: HEAD could not be read (worth another look soon)."""
         nonlocal last
         try:
             current = await asyncio.to_thread(repo.head)
-        except Exception as exc:  # a half-written ref during a commit: try again next event
+        except Exception as exc:  # a half-written ref during a commit: try again
             log.debug("repo: reading HEAD failed: %s", exc)
-            return
-        if current is not None and current != last:
+            return False
+        if current is None:
+            return last is None  # the branch vanished mid-write, or was never there
+        if current != last:
             last = current
             try:
                 await on_revision(current)
             except Exception:  # the watcher must outlive any one bad commit
                 log.exception("repo: handling commit %s failed", current[:12])
+        return True
 
     async def poll() -> None:
         while not stop.is_set():
@@ -151,11 +162,42 @@ async def watch_repo(
 
     poller = asyncio.create_task(poll())
     try:
-        # watch_filter=None: the default filter drops every path inside .git/.
-        async for _changes in watchfiles.awatch(
-            repo.git_dir, watch_filter=None, debounce=200, step=50, recursive=True
-        ):
-            await check()
+        watch = RefWatch.open(repo.git_dir)
+        if watch is None:
+            await _watch_with_watchfiles(repo, check)
+            return
+        try:
+            await _follow(watch, check)
+        finally:
+            watch.close()
     finally:
         stop.set()
         poller.cancel()
+
+
+async def _follow(watch: RefWatch, check: Callable[[], Awaitable[bool]]) -> None:
+    retry: float | None = None
+    while True:
+        if retry is None:
+            await watch.changed.wait()
+        else:
+            try:
+                await asyncio.wait_for(watch.changed.wait(), retry)
+            except TimeoutError:
+                pass
+        watch.changed.clear()  # writes from here on ask for another look
+        if await check():
+            retry = None
+        else:
+            retry = RETRY_SECONDS if retry is None else retry * 2
+            retry = None if retry > RETRY_LONGEST else retry
+
+
+async def _watch_with_watchfiles(repo: SnapshotRepo, check: Callable[[], Awaitable[bool]]) -> None:
+    import watchfiles
+
+    # watch_filter=None: the default filter drops every path inside .git/.
+    async for _changes in watchfiles.awatch(
+        repo.git_dir, watch_filter=None, debounce=200, step=50, recursive=True
+    ):
+        await check()

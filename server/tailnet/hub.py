@@ -36,10 +36,10 @@ from gitctl.tailnet import TailnetSettings
 from server.gcpolicy import GcPolicy
 from server.logs import event
 from server.store.model import Node
+from server.tailnet.handle import Deliveries, SessionHandle
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.persistent import PersistentIds, PersistentMap
 from server.tailnet.registry import NodeChange
-from server.tailnet.session import Wake
 from server.tailnet.users import UserChange
 from server.tailnet.views import (
     PolicyViews,
@@ -50,7 +50,6 @@ from server.tailnet.views import (
     topology_users,
 )
 from server.tailnet.waking import PacedWakes
-from server.wakeup import Wakeup
 from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
 
 __all__ = [
@@ -208,77 +207,6 @@ def _same(new: _T, held: _T | None) -> _T:
     return held if held is not None and (held is new or held == new) else new
 
 
-_NO_PEERS: frozenset[int] = frozenset()
-
-
-class SessionHandle:
-    """One open streaming map request; the tailnet marks what it must resend
-    (see `session.Wake` for what each mark means)."""
-
-    __slots__ = ("node_id", "wake", "full", "top", "peers", "closed", "ping", "keepalive")
-
-    def __init__(self, node_id: int) -> None:
-        self.node_id = node_id
-        self.wake = Wakeup()
-        self.full = True
-        self.top = False
-        self.peers: set[int] | None = None  # made at the first peer marked
-        self.closed = False
-        self.ping: str | None = None  # a health probe's URL to send (server/tailnet/probes.py)
-        self.keepalive = False  # its keep-alive is due (keepalives.py)
-
-    def send_ping(self, url: str) -> None:
-        self.ping = url
-        self.wake.set()
-
-    def mark_keepalive(self) -> None:
-        self.keepalive = True
-        self.wake.set()
-
-    def take_keepalive(self) -> bool:
-        """Whether a keep-alive is due; a wake for nothing else is used up."""
-        due, self.keepalive = self.keepalive, False
-        if due and not (self.full or self.top or self.peers or self.ping or self.closed):
-            self.wake.clear()
-        return due
-
-    def take_ping(self) -> str | None:
-        url, self.ping = self.ping, None
-        return url
-
-    def mark_full(self, *, wake: bool = True) -> None:
-        """Anything of its map may have changed (a commit, its own record).
-        ``wake=False``: the caller sets `wake` (paced, see `PacedWakes`)."""
-        self.full = True
-        if wake:
-            self.wake.set()
-
-    def mark_top(self) -> None:
-        """Its own fields may have changed, and its peers only where nodes
-        changed (a join or leave that gives or takes peers)."""
-        self.top = True
-        self.wake.set()
-
-    def mark_peer(self, peer_id: int) -> None:
-        """That peer's entry may have changed (endpoints, online)."""
-        if self.peers is None:
-            self.peers = set()
-        self.peers.add(peer_id)
-        self.wake.set()
-
-    def take_wake(self) -> Wake:
-        # An idle session holds no per-peer container between wake-ups.
-        wake = Wake(self.full, self.top, frozenset(self.peers) if self.peers else _NO_PEERS)
-        self.full, self.top, self.peers = False, False, None
-        self.wake.clear()
-        return wake
-
-    def take(self) -> tuple[bool, set[int]]:
-        """(anything beyond peer entries changed, the peers that did)."""
-        wake = self.take_wake()
-        return wake.full or wake.top, set(wake.peers)
-
-
 def _node_map(
     held: Mapping[int, Node],
     nodes: Sequence[Node],
@@ -365,6 +293,7 @@ class Tailnet:
         self._derp_map = self._derp_map_of(source)
         self._sessions: dict[int, set[SessionHandle]] = {}
         self.wakes = PacedWakes()  # many sessions woken at once: a batch per loop iteration
+        self.deliveries = Deliveries()  # woken sessions whose streams idle (handle.py)
         self._online = set(online)
         self._unhealthy: set[int] = set()  # routers not answering probes (for the election)
         self._records: dict[int, Node] = {n.id: n for n in sorted(nodes, key=lambda n: n.id)}
@@ -1061,7 +990,7 @@ class Tailnet:
     def open_session(self, node_id: int) -> SessionHandle:
         if node_id not in self.context_for(node_id, settle=False).nodes:
             self.settle()  # its own join, still pending
-        handle = SessionHandle(node_id)
+        handle = SessionHandle(node_id, self.deliveries)
         if self._gc is not None:
             self._gc.grew()  # a connect storm's sessions are frozen, a batch at a time
         self._sessions.setdefault(node_id, set()).add(handle)
@@ -1080,7 +1009,9 @@ class Tailnet:
     def waiting(self) -> list[SessionHandle]:
         """Open sessions woken and not yet caught up (they owe their client a message)."""
         self.settle()
-        return [h for handles in self._sessions.values() for h in handles if h.wake.is_set()]
+        return [
+            h for handles in self._sessions.values() for h in handles if h.wake.is_set() or h.due
+        ]
 
     def record(self, node_id: int) -> Node | None:
         """The node as this process last learned of it."""
@@ -1169,10 +1100,10 @@ class Tailnet:
         policy = self._gc
         if policy is not None and len(handles) >= GC_HOLD_WAKES:
             policy.hold()  # a settle that changes many maps: held as a commit is
-            self.wakes.set([handle.wake for handle in handles])
+            self.wakes.set(handles)
             self.wakes.when_drained(policy.release)
             return
-        self.wakes.set([handle.wake for handle in handles])
+        self.wakes.set(handles)
 
     @property
     def views(self) -> PolicyViews:

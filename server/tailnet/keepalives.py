@@ -8,7 +8,11 @@ its task and unwinding the stream through an exception. Here every stream's
 deadline goes in a slot of `tick` seconds; one loop timer fires at the
 earliest slot and marks the streams due there (`SessionHandle.mark_keepalive`),
 which wake as for any other change. `handle_timer(now)` is the step the tests
-drive; `schedule` arms the loop's one timer.
+drive; `schedule` arms the loop's one timer. A stream that sends a message
+pushes its deadline later; that is only noted (`_later`), and the stream is
+moved to its later slot when its old one comes due: a mesh's endpoint
+changes wake every stream every few seconds, and each must not move in the
+wheel each time.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class KeepAlives:
     def __init__(self) -> None:
         self._slots: dict[float, dict[SessionHandle, None]] = {}
         self._slot_of: dict[SessionHandle, float] = {}
+        # Deadlines later than the slot a stream is in: (deadline, tick).
+        self._later: dict[SessionHandle, tuple[float, float]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
 
@@ -38,8 +44,15 @@ class KeepAlives:
 
     def schedule(self, handle: SessionHandle, at: float, tick: float = TICK) -> None:
         """`handle`'s next keep-alive is due at `at` (replacing the one it had)."""
-        self.cancel(handle)
         tick = max(tick, MIN_TICK)
+        held = self._slot_of.get(handle)
+        if held is not None and held <= at:
+            self._later[handle] = (at, tick)  # moved when `held` comes due
+            return
+        self.cancel(handle)
+        self._file(handle, at, tick)
+
+    def _file(self, handle: SessionHandle, at: float, tick: float) -> None:
         slot = math.ceil(at / tick) * tick
         self._slots.setdefault(slot, {})[handle] = None
         self._slot_of[handle] = slot
@@ -47,6 +60,7 @@ class KeepAlives:
             self._arm(slot)
 
     def cancel(self, handle: SessionHandle) -> None:
+        self._later.pop(handle, None)
         slot = self._slot_of.pop(handle, None)
         if slot is None:
             return
@@ -61,6 +75,10 @@ class KeepAlives:
         for slot in sorted(s for s in self._slots if s <= now):
             for handle in self._slots.pop(slot):
                 del self._slot_of[handle]
+                later = self._later.pop(handle, None)
+                if later is not None and later[0] > now:
+                    self._file(handle, *later)  # it sent a message since: not due yet
+                    continue
                 handle.mark_keepalive()
                 due.append(handle)
         return due

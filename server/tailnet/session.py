@@ -164,7 +164,7 @@ class MapSession:
         elif view is old:
             # Nothing but volatile changes since: the wake names every changed peer.
             ids = set(wake.peers)
-        elif (since := ctx.entries.log.since(self._gen)) is not None:
+        elif (since := ctx.entries.log.since_among(self._gen, new, held)) is not None:
             ids = set(since).union(wake.peers)
         if wake.full or wake.top or view is not old:
             # Peers whose key expired since entries were last looked at over.

@@ -20,3 +20,30 @@ def test_memory_and_commit_targets() -> None:
     assert [target("commit_p99_ms", "sparse", n)[1] for n in (100, 1000, 5000)] == [50, 150, 400]
     assert target("commit_p99_ms", "mesh", 1000) == ("<=", 300.0)
     assert target("join_p99_ms", "mesh", 5000) == ("<=", 150.0)
+
+
+def test_groups_runs_have_the_sparse_targets_and_show_their_topology() -> None:
+    from bench.bench_socket import render
+
+    assert target("commit_p99_ms", "groups", 5000) == ("<=", 400.0)
+    assert target("registrations_per_s", "groups", 5000) == (">=", 200.0)
+    timing = {"n": 10, "p50_ms": 40.0, "p99_ms": 90.0, "max_ms": 95.0}
+    run = {
+        "kind": "groups",
+        "nodes": 5000,
+        "registrations_per_s": 250.0,
+        "kb_per_streaming_node": 40.0,
+        "register_server_cpu_ms_per_node": 3.0,
+        "cold_start_empty_s": 0.3,
+        "topology": "groups of 25",
+        "commit": timing,
+        "join": timing,
+        "endpoint_change": {**timing, "p99_ms": 120.0},
+        "endpoint_server_cpu_us_per_peer": 30.0,
+    }
+    text = render([run])
+    assert "groups of 25" in text
+    assert "policy commit -> every client p50 / p99 (ms)" in text
+    assert "<= 150: met" in text  # the join
+    assert "<= 100: 1.2x over" in text  # the endpoint change
+    assert "<= 20: 1.5x over" in text

@@ -121,3 +121,21 @@ async def test_request_body_larger_than_the_default_window_is_received(tmp_path:
         assert status == 200
         node = srv.store.node_by_node_key(dev.node.public())
         assert node is not None and node.hostinfo == decode(Hostinfo, hostinfo)
+
+
+@async_test
+async def test_response_headers_leave_the_clients_hpack_table_alone(tmp_path: Path) -> None:
+    # Control responses' header blocks are encoded without the dynamic table
+    # (server/protocol/h2head.py): the client decodes the same headers, and
+    # nothing is added to its table for h2's encoder to keep in step with.
+    async with running_server(tmp_path) as srv:
+        dev = Device("laptop")
+        client = await ControlClient.connect(srv.port, dev.machine)
+        _, status, reg = await client.request(
+            "/machine/register", json.dumps(dev.register_body(preauth_key(srv))).encode()
+        )
+        assert status == 200 and reg.headers.result()["content-type"] == "application/json"
+        stream = await client.map_stream(dev.map_body())
+        assert stream.status == 200 and "Node" in await stream.next()
+        assert len(client._h2.decoder.header_table.dynamic_entries) == 0
+        await client.close()

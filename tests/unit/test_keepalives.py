@@ -70,3 +70,21 @@ async def test_a_zero_interval_still_schedules() -> None:
     handle = SessionHandle(1)
     wheel.schedule(handle, 1000.0, tick=0.0)
     assert wheel.handle_timer(1000.0) == [handle]
+
+
+@async_test
+async def test_a_later_deadline_is_noted_and_the_stream_moves_when_its_slot_comes() -> None:
+    wheel = KeepAlives()
+    handle = SessionHandle(1)
+    handle.take_wake()
+    wheel.schedule(handle, 1000.0)
+    for at in (1010.0, 1020.0, 1030.5):  # messages sent: each pushes it later
+        wheel.schedule(handle, at)
+    assert wheel.next_due() == 1000.0  # not moved in the wheel each time
+    assert wheel.handle_timer(1000.0) == []  # its old slot: moved, not marked
+    assert wheel.next_due() == 1031.0 and not handle.keepalive
+    assert wheel.handle_timer(1031.0) == [handle]
+    assert handle.keepalive and len(wheel) == 0
+    wheel.schedule(handle, 1100.0)
+    wheel.schedule(handle, 1090.0)  # earlier than its slot: moved at once
+    assert wheel.handle_timer(1090.0) == [handle]

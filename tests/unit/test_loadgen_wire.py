@@ -9,6 +9,7 @@ client sends.
 from __future__ import annotations
 
 from bench.loadgen.client import CAPVER, Device
+from server.protocol.keys import NodePrivate
 
 REGISTER_REQUEST = {
     "Version", "NodeKey", "OldNodeKey", "NLKey", "Auth", "Expiry", "Followup", "Hostinfo",
@@ -45,3 +46,16 @@ def test_map_requests_speak_tailcfg() -> None:
         assert body["DiscoKey"].startswith("discokey:")
     assert stream["Stream"] is True and "OmitPeers" not in stream
     assert lite["OmitPeers"] is True and "Stream" not in lite
+
+
+def test_request_bodies_name_the_current_node_key_after_a_rotation() -> None:
+    # The public key text is derived once per node key, not per body; a
+    # rotated key (tests assign `device.node`) is named from then on.
+    device = Device("sim0")
+    first = device.node.public().text
+    assert device.register_body()["NodeKey"] == device.map_body()["NodeKey"] == first
+    old, device.node = device.node, NodePrivate.generate()
+    body = device.register_body(old_node=old)
+    assert body["NodeKey"] == device.node.public().text != first
+    assert body["OldNodeKey"] == first
+    assert device.map_body()["NodeKey"] == device.node.public().text

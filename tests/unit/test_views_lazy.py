@@ -21,16 +21,15 @@ from server.wire import Hostinfo
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 USERS = [(1, "alice", "alice@example.com"), (2, "bob", "bob@example.com")]
-POLICY = parse_policy(
-    {
-        "tagOwners": {"tag:web": ["alice@example.com"], "tag:db": ["alice@example.com"]},
-        "acls": [
-            {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:web:443"]},
-            {"action": "accept", "src": ["tag:web"], "dst": ["tag:db:5432"]},
-            {"action": "accept", "src": ["bob@example.com"], "dst": ["bob@example.com:*"]},
-        ],
-    }
-)
+POLICY_SOURCE: dict[str, Any] = {
+    "tagOwners": {"tag:web": ["alice@example.com"], "tag:db": ["alice@example.com"]},
+    "acls": [
+        {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:web:443"]},
+        {"action": "accept", "src": ["tag:web"], "dst": ["tag:db:5432"]},
+        {"action": "accept", "src": ["bob@example.com"], "dst": ["bob@example.com:*"]},
+    ],
+}
+POLICY = parse_policy(POLICY_SOURCE)
 
 
 def node(i: int, user: str | None = None, tags: tuple[str, ...] = ()) -> Node:
@@ -363,3 +362,19 @@ def test_a_join_keeps_who_sees_whom_of_the_nodes_it_cannot_touch() -> None:
     alice = [old.position[n.id] for n in nodes if n.user == "alice"]
     assert all(index._visible[i] is old._visible[i] for i in alice)
     assert not any(old.position[n.id] in index._visible for n in nodes if n.user == "bob")
+
+
+def test_views_with_no_peers_share_one_empty_mapping_across_commits() -> None:
+    # A node no rule reaches builds no peer entries (not even its own, as a
+    # group of one did), and hands the same empty peers on to the next commit.
+    from gitctl.policy.viewindex import NO_PEERS
+
+    lonely = [*NODES, node(8, tags=("tag:db",)), node(9, "carol")]
+    before = views_of(lonely)
+    view = before.get(9)
+    assert view is not None and view.peers is NO_PEERS and not view.peers
+    changed = parse_policy({**POLICY_SOURCE, "acls": [*POLICY_SOURCE["acls"][:2]]})
+    after = compute_views(changed, USERS, lonely, {}, previous=before)
+    for n in (3, 4, 9):  # bob's rule is gone: his devices see no one now
+        got = after.get(n)
+        assert got is not None and got.peers is NO_PEERS

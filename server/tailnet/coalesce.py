@@ -41,15 +41,19 @@ def defer_on_loop(fn: Callable[[], None]) -> bool:
 
 
 class LoopDefer:
-    """A `Defer` on the running event loop whose window follows the load: a
-    call runs no sooner than the last deferred call's cost, with the wave it
-    started (between `COALESCE_SECONDS` and `COALESCE_MAX_SECONDS`), after
-    that wave ended, so a recompile and the sessions it wakes cost at most
-    about half of the loop while changes keep arriving. The window counts
-    from the end of the last wave, not from the call: a change arriving after
-    a quiet spell (nothing else pending) waits only `COALESCE_SECONDS`, while
-    changes arriving during or right after a wave still share the next one.
-    False without a running loop (the change applies at once).
+    """A `Defer` on the running event loop whose window follows the load: the
+    next call waits as long as the last deferred call took, with the wave it
+    started (between `COALESCE_SECONDS` and `COALESCE_MAX_SECONDS`), so a
+    recompile and the sessions it wakes cost at most about half of the loop
+    while changes keep arriving. False without a running loop (the change
+    applies at once).
+
+    The window counts from the call, not from the end of the last wave:
+    counted from the wave's end, a join arriving after a short lull ran
+    almost at once and took a wave of its own, and a 400-node mesh's clients
+    got 97-114 messages each while registering instead of 54-81 (more waves:
+    more server CPU per registration, 12-17 ms against 10-13, and more for
+    every client to decode), for no better rate (docs/bench/NOTE-meshrate.md).
 
     The wave: the sessions a call wakes run in the loop's next turn (each
     builds and queues its message) and their connections write in the turn
@@ -58,11 +62,10 @@ class LoopDefer:
 
     def __init__(self) -> None:
         self.window = COALESCE_SECONDS
-        self.quiet_since = float("-inf")  # loop time the last wave ended
 
     def delay(self, now: float) -> float:
         """Seconds a call made at `now` waits."""
-        return max(COALESCE_SECONDS, self.quiet_since + self.window - now)
+        return self.window
 
     def __call__(self, fn: Callable[[], None]) -> bool:
         try:
@@ -74,8 +77,7 @@ class LoopDefer:
             start = loop.time()
 
             def waved() -> None:
-                self.quiet_since = loop.time()
-                spent = self.quiet_since - start
+                spent = loop.time() - start
                 self.window = min(COALESCE_MAX_SECONDS, max(COALESCE_SECONDS, spent))
 
             try:

@@ -111,37 +111,6 @@ def test_the_window_covers_the_wave_a_call_starts() -> None:
     assert defer.window >= 0.03
 
 
-def test_the_window_counts_from_the_end_of_the_last_wave() -> None:
-    """A join after a quiet spell does not wait a whole window that an earlier,
-    costly wave set (nothing else is pending to share it with); joins arriving
-    during or right after a wave still wait for the window from its end, so
-    they share the next recompile."""
-    defer = LoopDefer()
-    ran: list[float] = []
-
-    def costly() -> None:
-        ran.append(time.monotonic())
-        time.sleep(0.08)
-
-    async def scenario() -> tuple[float, float]:
-        loop = asyncio.get_running_loop()
-        assert defer(costly)
-        await asyncio.sleep(hub_module.COALESCE_SECONDS + 0.1)
-        assert defer.window >= 0.08
-        # Right after the wave: the next call waits out the window from its end.
-        soon = defer.delay(loop.time())
-        await asyncio.sleep(defer.window + 0.05)  # a quiet spell longer than the window
-        asked = time.monotonic()
-        assert defer(lambda: ran.append(time.monotonic()))
-        await asyncio.sleep(hub_module.COALESCE_SECONDS + 0.05)
-        return soon, ran[-1] - asked
-
-    soon, waited = asyncio.run(scenario())
-    assert soon >= 0.05
-    assert len(ran) == 2
-    assert waited < 0.04  # COALESCE_SECONDS and the loop's slack, not the 80 ms window
-
-
 def test_calls_during_a_wave_share_the_next_call() -> None:
     """Two changes that arrive while a deferred call is waiting run together
     (the hub defers only once while a recompile is due), and one arriving

@@ -1,0 +1,80 @@
+"""The load generator's clients split over processes still measure a mesh:
+every client, whichever shard holds it, reports when its own netmap saw a
+join or an endpoint change made through another shard, and the times are on
+one clock (bench/loadgen/shards.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.loadgen.client import ServerAddress
+from bench.loadgen.fleet import At, Watch
+from bench.loadgen.netmap import ClientNetmap
+from bench.loadgen.shards import ShardedFleet
+from tests.unit.control_client import async_test_within, preauth_key, running_server
+
+USERS = "users:\n  - {name: alice, email: alice@example.com, display_name: Alice}\n"
+MESH = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}\n'
+NODES = 6
+
+
+def test_a_watch_names_a_predicate() -> None:
+    assert Watch("holds_peers", (0,)).predicate()(ClientNetmap())
+    assert not Watch("holds_peers", (1,)).predicate()(ClientNetmap())
+    with pytest.raises(ValueError, match="no predicate"):
+        Watch("anything")
+
+
+@async_test_within(120)  # two child processes starting on a loaded machine
+async def test_a_mesh_is_measured_across_shards(tmp_path: Path) -> None:
+    files = {"users.yaml": USERS, "policy.hujson": MESH}
+    async with running_server(tmp_path, files=files) as srv:
+        key = preauth_key(srv, reusable=True)
+        fleet = ShardedFleet(ServerAddress.loopback(srv.port), key, shards=2, concurrency=4)
+        try:
+            await fleet.ready()
+            added = await fleet.add(NODES)
+            assert len(added.seconds) == NODES
+            assert len(added.phases) == NODES and all(len(p) == 4 for p in added.phases)
+            await fleet.settled(NODES - 1, timeout=30)  # each shard's clients see the other's
+
+            # A join in shard 1 reaches every client of both shards.
+            newcomer = await fleet.new_node(1)
+            seen = await fleet.observe(
+                Watch("has_peer_key", (newcomer.node_key,)),
+                lambda: fleet.bring_up(newcomer),
+                timeout=30,
+                exclude=newcomer,
+            )
+            assert len(seen) == NODES and all(0 <= s < 30 for s in seen)
+
+            # An endpoint change of a node in shard 0 reaches every other client.
+            mover = await fleet.node(0, 0)
+            assert mover.node_id is not None
+            endpoints = ["127.0.0.1:41641"]
+            moved = await fleet.observe(
+                Watch("peer_endpoints", (mover.node_id, endpoints)),
+                lambda: fleet.set_endpoints(mover, endpoints),
+                timeout=30,
+                exclude=mover,
+            )
+            assert len(moved) == NODES  # NODES + 1 clients, less the mover
+
+            # Times count from when the action says it happened, on the shards' clock.
+            async def later() -> At:
+                await asyncio.sleep(0)
+                return At(time.monotonic() + 3600)
+
+            never = Watch("holds_peers", (NODES,))  # already true: seen before `At`
+            assert await fleet.observe(never, later, timeout=5) == [0.0] * (NODES + 1)
+
+            with pytest.raises(TimeoutError, match=f"{NODES + 1} of {NODES + 1}"):
+                await fleet.observe(
+                    Watch("holds_peers", (99,)), lambda: asyncio.sleep(0), timeout=0.2
+                )
+        finally:
+            await fleet.close()

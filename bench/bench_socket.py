@@ -44,9 +44,16 @@ ENDPOINT_REPEATS = 10  # endpoint changes whose server CPU is averaged
 # registrations ended before the first keep-alive was due when they were fast
 # (0.8% at 5,000) and held the first ones when they were slow (7-9%).
 IDLE_WINDOW = 60.0
-# Registrations in flight. More is slower on this machine (64 in flight: a third
-# of the rate of 4), so the rate is measured where it is best.
+# Registrations in flight. More is slower on this machine in a sparse run (64 in
+# flight: a third of the rate of 4), so the rate is measured where it is best.
 CONCURRENCY = 8
+# In a full mesh every join is a wave (a delta to every client, for the server
+# to send and the loader to decode), and a wave holds at most the joins in
+# flight: at 1,000 nodes 32 in flight gave 1.8-2.4x fewer messages per client
+# than 8 (75-93 against 166-183), 17-18 ms of server CPU per registration
+# against 27-32 and about twice the rate (two pairs, docs/bench/NOTE-meshrate.md).
+# Real clients all come at once.
+MESH_CONCURRENCY = 32
 # Reconnects in flight after a restart (--reconnect-concurrency): real clients
 # all come back at once, each after its own backoff.
 RECONNECT_CONCURRENCY = 8
@@ -503,8 +510,8 @@ def main() -> None:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=CONCURRENCY,
-        help="registrations in flight (over all shards)",
+        help=f"registrations in flight over all shards (default {MESH_CONCURRENCY} in a mesh,"
+        f" {CONCURRENCY} in a sparse run)",
     )
     parser.add_argument(
         "--reconnect-concurrency",
@@ -549,7 +556,7 @@ def main() -> None:
                 profile_restart=args.profile_restart and n == biggest,
                 shards=args.shards,
                 reconnect_concurrency=args.reconnect_concurrency,
-                concurrency=args.concurrency,
+                concurrency=args.concurrency or MESH_CONCURRENCY,
                 memtrace=args.tracemalloc,
             )
         )
@@ -565,7 +572,7 @@ def main() -> None:
                 profile_restart=args.profile_restart and restart_too,
                 shards=args.shards,
                 reconnect_concurrency=args.reconnect_concurrency,
-                concurrency=args.concurrency,
+                concurrency=args.concurrency or CONCURRENCY,
                 memtrace=args.tracemalloc,
             )
         )

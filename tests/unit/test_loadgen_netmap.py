@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import hypothesis.strategies as st
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 
 from bench.loadgen import client as client_module
 from bench.loadgen.netmap import ClientNetmap
@@ -151,6 +151,7 @@ JSON_VALUES = st.recursive(
 )
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # loaded CI machines
 @given(value=JSON_VALUES)
 def test_the_load_generator_decodes_messages_as_json_does(value: Any) -> None:
     """The client's faster decoder makes the very dicts json.loads makes."""
@@ -158,6 +159,7 @@ def test_the_load_generator_decodes_messages_as_json_does(value: Any) -> None:
     assert client_module._decode_json(raw) == json.loads(raw)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(states=PEER_STATES, styles=st.lists(st.integers(0, 2), min_size=8, max_size=8))
 def test_a_kept_netmap_holds_the_kept_fields_of_a_full_one(
     states: list[dict[int, dict[str, Any]]], styles: list[int]

@@ -29,14 +29,13 @@ import platform
 import pstats
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen.fleet import At, Fleet, SimNode, has_peer_key, peer_endpoints, top_mentions
+from bench.loadgen.fleet import PHASES, At, Fleet, Watch
 from bench.loadgen.local import LocalServer, local_server
-from bench.loadgen.netmap import ClientNetmap
-from bench.loadgen.shards import ShardedFleet
+from bench.loadgen.shards import NodeRef, ShardedFleet
 from bench.loadgen.stats import summary, table
 from bench.sparse_events import (
     commit_event,
@@ -57,9 +56,16 @@ ENDPOINT_REPEATS = 10  # endpoint changes whose server CPU is averaged
 # registrations ended before the first keep-alive was due when they were fast
 # (0.8% at 5,000) and held the first ones when they were slow (7-9%).
 IDLE_WINDOW = 60.0
-# Registrations in flight. More is slower on this machine (64 in flight: a third
-# of the rate of 4), so the rate is measured where it is best.
+# Registrations in flight. More is slower on this machine in a sparse run (64 in
+# flight: a third of the rate of 4), so the rate is measured where it is best.
 CONCURRENCY = 8
+# In a full mesh every join is a wave (a delta to every client, for the server
+# to send and the loader to decode), and a wave holds at most the joins in
+# flight: at 1,000 nodes 32 in flight gave 1.8-2.4x fewer messages per client
+# than 8 (75-93 against 166-183), 17-18 ms of server CPU per registration
+# against 27-32 and about twice the rate (two pairs, docs/bench/NOTE-meshrate.md).
+# Real clients all come at once.
+MESH_CONCURRENCY = 32
 # Reconnects in flight after a restart (--reconnect-concurrency): real clients
 # all come back at once, each after its own backoff.
 RECONNECT_CONCURRENCY = 8
@@ -103,15 +109,6 @@ def commit_policy(port: int) -> str:
     )
 
 
-async def _settled(fleet: Fleet, peers: int) -> None:
-    """Wait until every client holds `peers` peers (registrations raced first maps)."""
-
-    def enough(_: Any) -> Callable[[ClientNetmap], bool]:
-        return lambda netmap: len(netmap.peers) >= peers
-
-    await fleet.observe(fleet.nodes, enough, lambda: asyncio.sleep(0), timeout=TIMEOUT)
-
-
 async def _idle_cpu(server: LocalServer, window: float) -> float:
     before = server.cpu_seconds()
     await asyncio.sleep(window)
@@ -124,12 +121,15 @@ async def register(
     *,
     mesh: bool,
     shards: int = 1,
+    concurrency: int = CONCURRENCY,
     memtrace: Path | None = None,
     idle_window: float | None = IDLE_WINDOW,
     keys: list[str] | None = None,
 ) -> tuple[Fleet | ShardedFleet, dict[str, Any]]:
-    """Register `nodes` clients, all streaming. `shards` > 1: the clients are
-    spread over that many load-generator processes (sparse runs only). With
+    """Register `nodes` clients, all streaming. `shards` > 1, or a mesh: the
+    clients are spread over that many load-generator processes (a mesh's
+    clients decode every join's delta: in the parent process, their work
+    would be timed with the parent's own). With
     `memtrace` (the server's TAILNETD_TRACEMALLOC directory): tracemalloc
     snapshots before registration, once all are registered and streaming, and
     after the idle window. `idle_window` None: no idle CPU measured (bench_idle
@@ -141,21 +141,21 @@ async def register(
 
     fleet: Fleet | ShardedFleet
     key = keys[0] if keys else server.key("alice")
-    if shards > 1:
-        fleet = ShardedFleet(server.address, key, shards=shards, concurrency=CONCURRENCY)
+    if shards > 1 or mesh:
+        fleet = ShardedFleet(server.address, key, shards=shards, concurrency=concurrency)
         await fleet.ready()
     else:
-        fleet = Fleet(server.address, key, concurrency=CONCURRENCY)
+        fleet = Fleet(server.address, key, concurrency=concurrency)
     await snapshot()
     rss0 = server.rss_bytes()
     start, loader, served = time.monotonic(), time.process_time(), server.cpu_seconds()
-    up, shard_cpu = await _add(fleet, nodes, keys)
+    up, shard_cpu, phases, messages = await _add(fleet, nodes, keys)
     elapsed = time.monotonic() - start
     server_cpu = server.cpu_seconds() - served
     loader_cpu = time.process_time() - loader + shard_cpu
     if mesh:
-        assert isinstance(fleet, Fleet), "mesh runs watch every client from one process"
-        await _settled(fleet, nodes - 1)
+        assert isinstance(fleet, ShardedFleet)
+        await fleet.settled(nodes - 1, TIMEOUT)
     rss = server.rss_bytes()
     await snapshot()
     idle_cpu = None if idle_window is None else await _idle_cpu(server, idle_window)
@@ -163,23 +163,34 @@ async def register(
     await snapshot()
     result: dict[str, Any] = {
         "nodes": nodes,
-        "concurrency": CONCURRENCY,
+        "concurrency": concurrency,
         "loader_processes": shards,
         "registrations_per_s": round(nodes / elapsed, 1),
         "register_loader_cpu_s": round(loader_cpu, 2),
+        "register_loader_cpu_ms_per_node": round(loader_cpu / nodes * 1000, 2),
         "register_server_cpu_ms_per_node": round(server_cpu / nodes * 1000, 2),
         "load_average": round(os.getloadavg()[0], 1),
         "register_to_first_map": summary(up),
+        # Map messages the clients applied while registering, per registration:
+        # how many waves the joins took (each costs the server and the loader).
+        "register_messages_per_node": round(messages / nodes, 1),
         "server_rss_mb": round(rss / 2**20, 1),
         "kb_per_streaming_node": round((rss - rss0) / nodes / 1024, 1),
     }
+    if phases:
+        # Where a registration's seconds go, step by step (p50 / p99 ms each).
+        steps = zip(*phases, strict=True)
+        result["register_phases"] = {
+            name: {k: v for k, v in summary(list(step)).items() if k != "n"}
+            for name, step in zip(PHASES, steps, strict=True)
+        }
     if idle_window is not None:
         result["kb_per_streaming_node_idle"] = round((rss_idle - rss0) / nodes / 1024, 1)
         result["idle_cpu_percent"] = idle_cpu
     return fleet, result
 
 
-async def mesh_events(server: LocalServer, fleet: Fleet) -> dict[str, Any]:
+async def mesh_events(server: LocalServer, fleet: ShardedFleet) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     def committed() -> Awaitable[At]:
@@ -191,67 +202,57 @@ async def mesh_events(server: LocalServer, fleet: Fleet) -> dict[str, Any]:
 
         return act()
 
-    out["commit"] = summary(
-        await fleet.observe(
-            fleet.nodes,
-            lambda _: top_mentions("PacketFilter", str(MARKER_PORT)),
-            committed,
-            timeout=TIMEOUT,
-        )
-    )
-    observers = list(fleet.nodes)
-    newcomer = fleet.new_node()
+    marker = Watch("top_mentions", ("PacketFilter", str(MARKER_PORT)))
+    out["commit"] = summary(await fleet.observe(marker, committed, timeout=TIMEOUT))
+    newcomer = await fleet.new_node()
     served = server.cpu_seconds()
     out["join"] = summary(
         await fleet.observe(
-            observers,
-            lambda _: has_peer_key(newcomer.node_key),
+            Watch("has_peer_key", (newcomer.node_key,)),
             lambda: fleet.bring_up(newcomer),
             timeout=TIMEOUT,
+            exclude=newcomer,
         )
     )
     # Server CPU until every peer had it (a clock tick is 10 ms: coarse for one event).
     out["join_server_cpu_ms"] = round((server.cpu_seconds() - served) * 1000, 1)
-    mover = fleet.nodes[0]
-    endpoints = ["127.0.0.1:41641", "127.0.0.2:41641"]
-    node_id = mover.node_id or 0
+    mover = await fleet.node(0, 0)
     served = server.cpu_seconds()
     out["endpoint_change"] = summary(
-        await fleet.observe(
-            fleet.nodes[1:],
-            lambda _: peer_endpoints(node_id, endpoints),
-            lambda: fleet.set_endpoints(mover, endpoints),
-            timeout=TIMEOUT,
-        )
+        await _move(fleet, mover, ["127.0.0.1:41641", "127.0.0.2:41641"])
     )
     # More changes, one after another, each until every peer has it: one is
     # a few clock ticks of server CPU, too coarse to divide by the peers.
     for n in range(ENDPOINT_REPEATS - 1):
         await _move(fleet, mover, [f"127.0.0.{n + 3}:41641", "127.0.0.2:41641"])
-    per_peer = (server.cpu_seconds() - served) / ENDPOINT_REPEATS / (len(fleet.nodes) - 1)
+    per_peer = (server.cpu_seconds() - served) / ENDPOINT_REPEATS / (fleet.count - 1)
     out["endpoint_server_cpu_us_per_peer"] = round(per_peer * 1e6, 1)
     return out
 
 
-async def _move(fleet: Fleet, mover: SimNode, endpoints: list[str]) -> None:
-    """`mover`'s endpoints change; until every other node has it."""
-    node_id = mover.node_id or 0
-    await fleet.observe(
-        [n for n in fleet.nodes if n is not mover],
-        lambda _: peer_endpoints(node_id, endpoints),
+async def _move(fleet: ShardedFleet, mover: NodeRef, endpoints: list[str]) -> list[float]:
+    """`mover`'s endpoints change; seconds until each other node has it."""
+    return await fleet.observe(
+        Watch("peer_endpoints", (mover.node_id or 0, endpoints)),
         lambda: fleet.set_endpoints(mover, endpoints),
         timeout=TIMEOUT,
+        exclude=mover,
     )
 
 
 async def _add(
     fleet: Fleet | ShardedFleet, nodes: int, keys: list[str] | None = None
-) -> tuple[list[float], float]:
-    """Per node seconds to its first map, and the shards' CPU seconds (0 in-process)."""
+) -> tuple[list[float], float, list[tuple[float, ...]], int]:
+    """Per node seconds to its first map, the shards' CPU seconds (0
+    in-process), per registration the seconds of each step (fleet.PHASES),
+    and the map messages the clients applied. `keys`: one node per key."""
     if isinstance(fleet, ShardedFleet):
         done = await (fleet.add_keyed(keys) if keys else fleet.add(nodes))
-        return done.seconds, done.cpu_s
-    return await fleet.add(nodes, keys), 0.0
+        return done.seconds, done.cpu_s, done.phases, done.messages
+    before, applied = len(fleet.phases), sum(n.netmap.messages for n in fleet.nodes)
+    seconds = await fleet.add(nodes, keys)
+    applied = sum(n.netmap.messages for n in fleet.nodes) - applied
+    return seconds, 0.0, fleet.phases[before:], applied
 
 
 async def restart(
@@ -295,6 +296,7 @@ def run_one(
     profile_restart: bool = False,
     shards: int = 1,
     reconnect_concurrency: int = RECONNECT_CONCURRENCY,
+    concurrency: int = CONCURRENCY,
     memtrace: Path | None = None,
 ) -> dict[str, Any]:
     kind = "mesh" if mesh else "groups" if groups else "sparse"
@@ -318,12 +320,13 @@ def run_one(
                 server,
                 nodes,
                 mesh=mesh,
-                shards=1 if mesh else shards,
+                shards=shards,
+                concurrency=concurrency,
                 memtrace=traced,
                 keys=[keys[n % len(keys)] for n in range(nodes)] if keys else None,
             )
             try:
-                if isinstance(fleet, Fleet) and mesh:
+                if isinstance(fleet, ShardedFleet) and mesh:
                     result.update(await mesh_events(server, fleet))
                 elif groups:
                     result.update(await commit_event(server, fleet, group_policy(MARKER_PORT)))
@@ -547,7 +550,14 @@ def main() -> None:
         "--shards",
         type=int,
         default=1,
-        help="sparse runs: spread the simulated clients over this many processes",
+        help="spread the simulated clients over this many processes (a mesh always uses"
+        " at least one besides this one)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help=f"registrations in flight over all shards (default {MESH_CONCURRENCY} in a mesh,"
+        f" {CONCURRENCY} in a sparse run)",
     )
     parser.add_argument(
         "--reconnect-concurrency",
@@ -590,6 +600,9 @@ def main() -> None:
                 restart_too=n == biggest,
                 profile=args.profile,
                 profile_restart=args.profile_restart and n == biggest,
+                shards=args.shards,
+                reconnect_concurrency=args.reconnect_concurrency,
+                concurrency=args.concurrency or MESH_CONCURRENCY,
                 memtrace=args.tracemalloc,
             )
         )
@@ -605,6 +618,7 @@ def main() -> None:
                 profile_restart=args.profile_restart and restart_too,
                 shards=args.shards,
                 reconnect_concurrency=args.reconnect_concurrency,
+                concurrency=args.concurrency or CONCURRENCY,
                 memtrace=args.tracemalloc,
             )
         )

@@ -21,9 +21,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.loadgen.fleet import At, Fleet
+from bench.loadgen.fleet import At, Fleet, Watch
 from bench.loadgen.local import LocalServer
-from bench.loadgen.shards import ShardedFleet, Watch, predicate
+from bench.loadgen.shards import ShardedFleet
 from bench.loadgen.stats import summary
 from server.admin_client import SocketTarget, call
 
@@ -84,7 +84,7 @@ async def observe(
     if isinstance(fleet, ShardedFleet):
         return await fleet.observe(watch, action, key=key, timeout=TIMEOUT)
     chosen = [n for n in fleet.nodes if key is None or n.auth_key == key]
-    made = predicate(watch)
+    made = watch.predicate()
     return await fleet.observe(chosen, lambda _: made, action, timeout=TIMEOUT)
 
 
@@ -99,7 +99,9 @@ async def commit_event(
         return At(loop.time())
 
     served = server.cpu_seconds()
-    seconds = await observe(fleet, ("top_mentions", "PacketFilter", str(MARKER_PORT)), committed)
+    seconds = await observe(
+        fleet, Watch("top_mentions", ("PacketFilter", str(MARKER_PORT))), committed
+    )
     cpu_ms = round((server.cpu_seconds() - served) * 1000, 1)
     return {"commit": summary(seconds), "commit_server_cpu_ms": cpu_ms}
 
@@ -146,7 +148,7 @@ async def _join_and_move(
     node = newcomers.new_node(key)
     served = server.cpu_seconds()
     tally.joins += await observe(
-        fleet, ("has_peer_key", node.node_key), lambda: newcomers.bring_up(node), key=key
+        fleet, Watch("has_peer_key", (node.node_key,)), lambda: newcomers.bring_up(node), key=key
     )
     tally.join_cpu += server.cpu_seconds() - served
     node_id = node.node_id or 0
@@ -157,5 +159,7 @@ async def _join_and_move(
             return newcomers.set_endpoints(node, endpoints)
 
         served = server.cpu_seconds()
-        tally.moves += await observe(fleet, ("peer_endpoints", node_id, endpoints), moved, key=key)
+        tally.moves += await observe(
+            fleet, Watch("peer_endpoints", (node_id, endpoints)), moved, key=key
+        )
         tally.move_cpu += server.cpu_seconds() - served

@@ -12,6 +12,7 @@ Time comes from the `clock` passed in (the loop's monotonic clock by default).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,11 +31,14 @@ from server.protocol.keys import MachinePublic
 
 __all__ = [
     "KEEP_PEER_FIELDS",
+    "PHASES",
     "At",
     "Fleet",
     "Predicate",
     "SimNode",
+    "Watch",
     "has_peer_key",
+    "holds_peers",
     "peer_endpoints",
     "top_mentions",
 ]
@@ -46,6 +50,10 @@ KEEP_PEER_FIELDS = frozenset(
     {"ID", "Key", "DiscoKey", "Name", "Addresses", "Endpoints", "HomeDERP", "Online", "User"}
 )
 Predicate = Callable[[ClientNetmap], bool]
+# The steps of a registration, in order: TCP and the Noise handshake,
+# /machine/register, the map poll until its response headers, and from
+# those until the first map is applied.
+PHASES = ("connect", "register", "map_headers", "first_map")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +133,9 @@ class Fleet:
         self.nodes: list[SimNode] = []
         self._limit = asyncio.Semaphore(concurrency)
         self._server_key: MachinePublic | None = None
+        # Per registration, seconds spent in each step of `_bring_up` (PHASES):
+        # where a registration's latency goes, as the client sees it.
+        self.phases: list[tuple[float, ...]] = []
 
     async def server_key(self) -> MachinePublic:
         if self._server_key is None:
@@ -166,9 +177,11 @@ class Fleet:
         return self.clock() - start
 
     async def _bring_up(self, node: SimNode, register: bool) -> None:
+        marks = [self.clock()]
         node.client = await ControlClient.connect(
             self.server, node.device.machine, server_key=await self.server_key()
         )
+        marks.append(self.clock())
         if register:
             body = node.device.register_body(node.auth_key or self.auth_key)
             status, reply = await node.client.register(body)
@@ -177,7 +190,9 @@ class Fleet:
         node.streaming.clear()
         node.ended.clear()
         node.netmap = ClientNetmap(keep=self.keep)  # a new poll is a new session
+        marks.append(self.clock())
         node.stream = await node.client.map_stream(node.device.map_body(), keep_raw=False)
+        marks.append(self.clock())
         if node.stream.status != 200:
             raise ConnectionError(f"{node.device.hostname}: map poll got {node.stream.status}")
         node.follower = asyncio.get_running_loop().create_task(self._follow(node, node.stream))
@@ -188,6 +203,9 @@ class Fleet:
         ended.cancel()
         if not node.streaming.is_set():
             raise ConnectionError(f"{node.device.hostname}: map poll ended: {node.error}")
+        if register:
+            marks.append(self.clock())
+            self.phases.append(tuple(b - a for a, b in itertools.pairwise(marks)))
 
     async def _follow(self, node: SimNode, stream: MapStream) -> None:
         try:
@@ -278,6 +296,11 @@ class Fleet:
             await self._drop(node)
 
 
+def holds_peers(count: int) -> Predicate:
+    """At least `count` peers (registrations that raced a first map reached it)."""
+    return lambda netmap: len(netmap.peers) >= count
+
+
 def has_peer_key(key: str) -> Predicate:
     return lambda netmap: netmap.peer_with_key(key) is not None
 
@@ -289,3 +312,28 @@ def peer_endpoints(node_id: int, endpoints: list[str]) -> Predicate:
 def top_mentions(key: str, marker: str) -> Predicate:
     """The top-level `key` (e.g. PacketFilter) contains `marker` in its JSON."""
     return lambda netmap: marker in json.dumps(netmap.top.get(key))
+
+
+_WATCHES: dict[str, Callable[..., Predicate]] = {
+    "holds_peers": holds_peers,
+    "has_peer_key": has_peer_key,
+    "peer_endpoints": peer_endpoints,
+    "top_mentions": top_mentions,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """One of the predicates above by name and arguments: what a measurement
+    waits for, in a form that crosses a pipe to a load-generator shard
+    (bench/loadgen/shards.py), where a function would not."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.name not in _WATCHES:
+            raise ValueError(f"no predicate named {self.name!r}")
+
+    def predicate(self) -> Predicate:
+        return _WATCHES[self.name](*self.args)

@@ -8,6 +8,7 @@ field that needs the client's time, `PeerSeenChange: true`, takes `now`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,7 +107,13 @@ class ClientNetmap:
     def _kept(self, peer: dict[str, Any]) -> dict[str, Any]:
         if self.keep is None:
             return peer
-        return {k: v for k, v in peer.items() if k in self.keep}
+        # By the kept names, not the entry's: a few names against a whole
+        # Node's worth of fields, for every peer of every map.
+        return {k: peer[k] for k in self._keep_order if k in peer}
+
+    @functools.cached_property
+    def _keep_order(self) -> tuple[str, ...]:
+        return tuple(sorted(self.keep or ()))
 
     def peer_with_key(self, node_key: str) -> dict[str, Any] | None:
         for peer in self.peers.values():

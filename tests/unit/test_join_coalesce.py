@@ -12,8 +12,8 @@ import pytest
 
 from server.store.interface import Store
 from server.tailnet import Tailnet
-from server.tailnet import hub as hub_module
-from server.tailnet.hub import LoopDefer
+from server.tailnet import coalesce as hub_module
+from server.tailnet.coalesce import LoopDefer
 from tests.unit.test_tailnet_commit import four_nodes, register, store
 from tests.unit.test_tailnet_offloop import assert_maps_are_fresh
 
@@ -109,6 +109,29 @@ def test_the_window_covers_the_wave_a_call_starts() -> None:
 
     asyncio.run(wave())
     assert defer.window >= 0.03
+
+
+def test_calls_during_a_wave_share_the_next_call() -> None:
+    """Two changes that arrive while a deferred call is waiting run together
+    (the hub defers only once while a recompile is due), and one arriving
+    just after a wave waits for the window, so a continuous stream of joins
+    still coalesces."""
+    defer = LoopDefer()
+    calls: list[str] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        assert defer(lambda: (calls.append("first"), time.sleep(0.06)))
+        await asyncio.sleep(hub_module.COALESCE_SECONDS + 0.07)
+        asked = loop.time()
+        assert defer.delay(asked) >= 0.03  # a join right after the wave waits
+        assert defer(lambda: calls.append("second"))
+        await asyncio.sleep(0.02)
+        assert calls == ["first"]  # still waiting: later joins share it
+        await asyncio.sleep(0.15)
+
+    asyncio.run(scenario())
+    assert calls == ["first", "second"]
 
 
 def test_the_live_nodes_follow_approvals_removals_and_owners(store: Store) -> None:

@@ -8,8 +8,9 @@ import json
 from typing import Any
 
 import hypothesis.strategies as st
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 
+from bench.loadgen import client as client_module
 from bench.loadgen.netmap import ClientNetmap
 
 
@@ -137,3 +138,48 @@ def test_any_sequence_of_deltas_equals_the_last_full_list(
         netmap.apply(json.loads(json.dumps(msg)))  # what the client decodes
         held = state
     assert netmap.peers == {pid: peer(pid, **fields) for pid, fields in held.items()}
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # loaded CI machines
+@given(value=JSON_VALUES)
+def test_the_load_generator_decodes_messages_as_json_does(value: Any) -> None:
+    """The client's faster decoder makes the very dicts json.loads makes."""
+    raw = json.dumps(value).encode()
+    assert client_module._decode_json(raw) == json.loads(raw)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(states=PEER_STATES, styles=st.lists(st.integers(0, 2), min_size=8, max_size=8))
+def test_a_kept_netmap_holds_the_kept_fields_of_a_full_one(
+    states: list[dict[int, dict[str, Any]]], styles: list[int]
+) -> None:
+    keep = frozenset({"ID", "Endpoints", "Online"})
+    full, kept = ClientNetmap(), ClientNetmap(keep=keep)
+    held: dict[int, dict[str, Any]] = {}
+    for state, style in zip(states, styles, strict=False):
+        if style == 2 and state:
+            msg: Any = {"Peers": [peer(pid, **fields) for pid, fields in sorted(state.items())]}
+        else:
+            msg = _delta(held, state, style)
+        raw = json.dumps(msg).encode()
+        full.apply(json.loads(raw))
+        kept.apply(client_module._decode_json(raw))
+        held = state
+
+    # (a patch sets what it carries, kept or not: compared by the kept fields)
+    def cut(peers: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        return {pid: {k: v for k, v in e.items() if k in keep} for pid, e in peers.items()}
+
+    assert cut(kept.peers) == cut(full.peers)
+    assert all(e.keys() <= keep | {"HomeDERP"} for e in kept.peers.values())

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -227,6 +229,13 @@ def test_a_commit_renders_each_rules_sources_once_and_shares_them(
         ]
     assert len(by_sources) == USERS
     assert all(len(ids) == 1 for ids in by_sources.values())
+    # Memory: the views of a user's nodes hold one dict of the group's
+    # entries between them (each less its own node), not one copy each.
+    held = [tailnet.views.get(n) for n in streams]
+    peers = [v.peers for v in held if v is not None]
+    assert all(isinstance(p, GroupPeers) for p in peers) and len(peers) == len(streams)
+    assert len({id(cast("GroupPeers", p).group) for p in peers}) == USERS
+    assert all(sys.getsizeof(p) < 100 for p in peers)  # two references, no dict of its own
 
 
 def test_a_groups_earlier_peers_are_checked_once_not_per_view(store: Store) -> None:
@@ -258,3 +267,15 @@ def test_sources_indexed_by_member_reach_what_a_scan_reaches(store: Store) -> No
         assert sorted(index._reached_from(i)) == sorted(scan)
     assert index._reach_by_member is not None
     assert len(index._reach_by_member[0]) == USERS * PER_USER  # each user's set is small
+
+
+def test_group_peers_read_as_the_groups_entries_less_the_viewer() -> None:
+    group = {1: "a", 2: "b", 3: "c"}
+    peers = GroupPeers(group, 2)  # type: ignore[arg-type]
+    assert dict(peers) == {1: "a", 3: "c"} and len(peers) == 2
+    assert 2 not in peers and 3 in peers and peers.get(2) is None and peers.get(3) == "c"
+    with pytest.raises(KeyError):
+        peers[2]
+    assert peers == {1: "a", 3: "c"} and {1: "a", 3: "c"} == peers
+    assert peers.keys() - {1} == {3}
+    assert pickle.loads(pickle.dumps(peers)) == peers

@@ -4,7 +4,7 @@ send equals a fresh compile, and the other sessions hold maps that still do."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,13 @@ def store() -> Iterator[Store]:
     s.close()
 
 
-def serving(store: Store, src: TailnetSource) -> tuple[NodeRegistry, Tailnet]:
+def serving(
+    store: Store, src: TailnetSource, primaries: Mapping[str, int] | None = None
+) -> tuple[NodeRegistry, Tailnet]:
     return running_tailnet(
         store,
         src,
+        primaries=primaries,
         derp_regions=[DerpRegion(999, "test", "test", "127.0.0.1", 3340, 0)],
         log=logging.getLogger("test"),
         clock=lambda: T0,

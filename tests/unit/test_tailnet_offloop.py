@@ -32,7 +32,11 @@ __all__ = ["store"]  # the fixture
 
 
 def assert_maps_are_fresh(store: Store, tailnet: Tailnet) -> None:
-    _, fresh = serving(store, tailnet.source)
+    # A fresh compile with the served tailnet's runtime state: who is online,
+    # and the HA election's memory (a primary keeps its subnet while it stays
+    # eligible, so which of two routers serves it depends on which advertised
+    # it first, which no compile of the store can know).
+    _, fresh = serving(store, tailnet.source, primaries=tailnet.primaries)
     ctx = replace(fresh.context, online=tailnet.online_ids())
     assert tailnet.context.nodes.keys() == ctx.nodes.keys()
     for node_id in ctx.nodes:

@@ -36,6 +36,7 @@ from gitctl.tailnet import TailnetSettings
 from server.gcpolicy import GcPolicy
 from server.logs import event
 from server.store.model import Node
+from server.tailnet.advertisers import Advertisers, advertisers_of
 from server.tailnet.coalesce import COALESCE_SECONDS, Defer, LoopDefer, defer_on_loop
 from server.tailnet.handle import Deliveries, SessionHandle
 from server.tailnet.mapper import MapContext, PeerEntries
@@ -257,11 +258,10 @@ class Tailnet:
         ) = None
         # subnet -> primary router, last served: runtime state, like who is online
         self._primaries: Mapping[str, int] = dict(primaries or {})
-        # The served nodes with approved routes, per context and source: the
-        # router probes ask every second, and a context is replaced only by a change.
-        self._routers_memo: tuple[MapContext, TailnetSource, dict[int, tuple[str, ...]]] | None = (
-            None
-        )
+        # `_routers()` per context and source: the router probes ask every second.
+        self._routers_memo: (
+            tuple[MapContext, TailnetSource, dict[int, tuple[str, ...]], Advertisers] | None
+        ) = None
         self._record_writes = 0  # changes to `_records`: when `cut_off` must look again
         self._cut_off_memo: tuple[MapContext, int, list[Node]] | None = None
         self._ctx = self._build_context()
@@ -1009,13 +1009,13 @@ class Tailnet:
         )
 
     def _routers(self) -> dict[int, tuple[str, ...]]:
-        """The serving context's nodes with approved routes; every node is
-        looked at again only after the context or the source changed."""
+        """The serving context's nodes with approved routes (advertisers.py)."""
         ctx, source, memo = self._ctx, self._source, self._routers_memo
         if memo is not None and memo[0] is ctx and memo[1] is source:
             return memo[2]
-        routers = self._approved_routes([n for n in ctx.nodes.values() if advertised_routes(n)])
-        self._routers_memo = (ctx, source, routers)
+        advertisers = advertisers_of(memo[3] if memo else None, ctx.entries.log)
+        routers = self._approved_routes(advertisers.among(ctx.nodes))
+        self._routers_memo = (ctx, source, routers, advertisers)
         return routers
 
     def _notify_viewers(self, node_id: int) -> None:

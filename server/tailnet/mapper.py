@@ -9,7 +9,6 @@ every session of the tailnet, with the `ChangeLog` of which nodes changed.
 from __future__ import annotations
 
 import json
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from server.protocol.keys import NodePublic
 from server.protocol.mapframe import SharedMessage, SplicedMessage
 from server.store.model import Node
 from server.tailnet.changelog import ChangeLog
+from server.tailnet.expiries import Expiries
 from server.tailnet.views import NodeView, PeerView, PolicyViews
 from server.wire import TAGGED_USER_ID, encode, format_time, stable_user_id, user_profile_json
 
@@ -161,7 +161,7 @@ class PeerEntries:
         self.deltas = Deltas()  # whole delta messages that sessions send alike
         self._users: Mapping[str, tuple[str, str]] | None = None
         self._profiles: dict[str | None, Mapping[str, Any]] = {}
-        self._expiries: tuple[Mapping[int, Node] | None, list[tuple[datetime, int]]] = (None, [])
+        self.expiries = Expiries(self.log)
 
     def get(self, node: Node, pv: PeerView, online: bool, now: datetime) -> bytes:
         expired = node.key_expiry is not None and node.key_expiry <= now
@@ -219,13 +219,7 @@ class PeerEntries:
         built at `since` no longer say the same about expiry."""
         if now <= since:
             return []
-        known, expiries = self._expiries
-        if known is not nodes:
-            expiries = sorted((n.key_expiry, i) for i, n in nodes.items() if n.key_expiry)
-            self._expiries = (nodes, expiries)
-        lo = bisect_right(expiries, (since, 1 << 62))
-        hi = bisect_right(expiries, (now, 1 << 62))
-        return [i for _, i in expiries[lo:hi]]
+        return self.expiries.between(nodes, since, now)
 
 
 def self_entry(ctx: MapContext, node: Node, view: NodeView[int], now: datetime) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from server.control import ping_message
 from server.store import open_store
 from server.store.interface import Store
 from server.store.model import Node
-from server.tailnet import hub, running_tailnet
+from server.tailnet import advertisers, running_tailnet
 from server.tailnet.probes import Probe, RouterProbes
 from tests.unit.control_client import T0
 from tests.unit.test_node_registry import (
@@ -149,13 +149,13 @@ def test_the_probes_second_by_second_question_does_not_look_at_every_node(
     for node_id in ids:
         registry.connected(node_id)
     looked: list[int] = []
-    advertised = hub.advertised_routes
+    advertised = advertisers.advertised_routes
 
     def counted(node: Node) -> tuple[str, ...]:
         looked.append(node.id)
         return advertised(node)
 
-    monkeypatch.setattr(hub, "advertised_routes", counted)
+    monkeypatch.setattr(advertisers, "advertised_routes", counted)
     assert tailnet.shared_routers() == set(ids[:2])
     assert set(looked) == set(ids)  # the first question looks at every node
     looked.clear()
@@ -165,3 +165,4 @@ def test_the_probes_second_by_second_question_does_not_look_at_every_node(
     assert looked == []
     registry.disconnected(ids[0], T0)  # online state: the same routers, fewer of them online
     assert tailnet.shared_routers() == frozenset()
+    assert set(looked) == {ids[0]}  # the node that changed, not every node again

@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import pstats
+import signal
 import time
 import tracemalloc
 from collections.abc import Awaitable
@@ -298,11 +299,14 @@ def run_one(
     reconnect_concurrency: int = RECONNECT_CONCURRENCY,
     concurrency: int = CONCURRENCY,
     memtrace: Path | None = None,
+    events_profile: Path | None = None,
 ) -> dict[str, Any]:
     kind = "mesh" if mesh else "groups" if groups else "sparse"
     name = f"{kind}-{nodes}{'-restart' if profile_restart else ''}"
     # CPU clock, not wall clock: the machine is shared (bench/cpuprofile.py).
     launcher = ["-m", "bench.cpuprofile", "-o", str(profile / f"{name}.prof")] if profile else None
+    if events_profile:  # the joins and endpoint changes only (bench/windowprof.py)
+        launcher = ["-m", "bench.windowprof", str(events_profile / f"{name}-events.prof")]
     first, again = (None, launcher) if profile_restart else (launcher, None)
     policy = MESH if mesh else SPARSE
     traced = memtrace / name if memtrace else None
@@ -330,7 +334,12 @@ def run_one(
                     result.update(await mesh_events(server, fleet))
                 elif groups:
                     result.update(await commit_event(server, fleet, group_policy(MARKER_PORT)))
+                    if events_profile:
+                        os.kill(server.pid, signal.SIGUSR1)
                     result.update(await group_events(server, fleet, keys))
+                    if events_profile:
+                        os.kill(server.pid, signal.SIGUSR1)
+                        await asyncio.sleep(3)  # the stats written
                 else:
                     result.update(await commit_event(server, fleet, sparse_commit_policy()))
                 if restart_too:
@@ -573,10 +582,16 @@ def main() -> None:
         type=Path,
         help="trace the server's allocations; snapshots and a report per run under this dir",
     )
+    parser.add_argument(
+        "--profile-events",
+        type=Path,
+        help="groups runs: profile the server over the joins and endpoint changes only",
+    )
     parser.add_argument("--replot", type=Path, help="no runs: table and plot from this JSON")
     args = parser.parse_args()
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
+    for folder in (args.profile, args.profile_events):
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
     machine = (
         f"{platform.processor() or platform.machine()}, {_cores()} cores (shared), "
         f"{platform.python_implementation()} {platform.python_version()}"
@@ -632,6 +647,7 @@ def main() -> None:
                 profile=args.profile,
                 shards=args.shards,
                 memtrace=args.tracemalloc,
+                events_profile=args.profile_events,
             )
         )
     print(f"\nmachine: {machine}\n")

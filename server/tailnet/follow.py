@@ -11,12 +11,12 @@ indexed from scratch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from server.store.model import Node
 from server.tailnet.changelog import ChangeLog
 
-__all__ = ["FollowedIndex"]
+__all__ = ["FollowedIndex", "MatchingIds"]
 
 
 class FollowedIndex:
@@ -61,3 +61,27 @@ class FollowedIndex:
     def _file(self, node_id: int, node: Node | None) -> None:
         """File `node` under `node_id` (None: the id left the map)."""
         raise NotImplementedError
+
+
+class MatchingIds(FollowedIndex):
+    """Ids of the nodes that `matches`, in the map last asked about."""
+
+    def __init__(self, log: ChangeLog, matches: Callable[[Node], object]) -> None:
+        super().__init__(log)
+        self.log = log
+        self._matches = matches
+        self._ids: set[int] = set()
+
+    def among(self, nodes: Mapping[int, Node]) -> list[int]:
+        self.follow(nodes)
+        return sorted(self._ids)
+
+    def _index_all(self, nodes: Mapping[int, Node]) -> None:
+        matches = self._matches
+        self._ids = {i for i, n in nodes.items() if matches(n)}
+
+    def _file(self, node_id: int, node: Node | None) -> None:
+        if node is not None and self._matches(node):
+            self._ids.add(node_id)
+        else:
+            self._ids.discard(node_id)

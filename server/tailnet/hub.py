@@ -1014,7 +1014,7 @@ class Tailnet:
         if memo is not None and memo[0] is ctx and memo[1] is source:
             return memo[2]
         advertisers = advertisers_of(memo[3] if memo else None, ctx.entries.log)
-        routers = self._approved_routes(advertisers.among(ctx.nodes))
+        routers = self._approved_routes([ctx.nodes[i] for i in advertisers.among(ctx.nodes)])
         self._routers_memo = (ctx, source, routers, advertisers)
         return routers
 

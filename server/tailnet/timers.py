@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from bisect import bisect_right
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -16,6 +15,8 @@ from gitctl.policy.expiry import next_expiry
 from server.logs import event
 from server.protocol.keys import NodePublic
 from server.store.model import Node
+from server.tailnet.expiries import Expiries
+from server.tailnet.follow import MatchingIds
 from server.tailnet.hub import Tailnet
 from server.tailnet.mapper import MapContext
 from server.tailnet.probes import RouterProbes
@@ -50,7 +51,7 @@ class Sweep:
         self._on_expired = on_expired
         self._clock = clock
         self._log = log
-        self._indexed: tuple[MapContext, list[tuple[datetime, int]], list[int]] | None = None
+        self._indexed: tuple[Expiries, MatchingIds] | None = None
 
     async def run(self) -> None:
         last = self._clock()
@@ -63,10 +64,9 @@ class Sweep:
     def handle_timer(self, last: datetime, now: datetime) -> None:
         """The sweep of the interval (last, now]."""
         ctx = self._tailnet.context
-        expiries, ephemeral = self._index(ctx)
-        lo = bisect_right(expiries, last, key=_first)
-        hi = bisect_right(expiries, now, key=_first)
-        for _, node_id in expiries[lo:hi]:
+        expiries, ephemerals = self._index(ctx)
+        ephemeral = ephemerals.among(ctx.nodes)
+        for node_id in expiries.between(ctx.nodes, last, now):
             node = ctx.nodes[node_id]
             self._log.info(
                 "node %d %s: key expired",
@@ -99,20 +99,18 @@ class Sweep:
         for node in self._tailnet.cut_off():
             self._disconnect(node.node_key)
 
-    def _index(self, ctx: MapContext) -> tuple[list[tuple[datetime, int]], list[int]]:
-        """The serving nodes' key expiries, in order, and the ephemeral nodes:
-        made again only when the context changed, so a sweep of an idle
-        tailnet costs what expires, not a look at every node."""
-        if self._indexed is None or self._indexed[0] is not ctx:
-            nodes = list(ctx.nodes.values())
-            expiries = sorted((n.key_expiry, n.id) for n in nodes if n.key_expiry is not None)
-            ephemeral = [n.id for n in nodes if n.ephemeral]
-            self._indexed = (ctx, expiries, ephemeral)
-        return self._indexed[1], self._indexed[2]
+    def _index(self, ctx: MapContext) -> tuple[Expiries, MatchingIds]:
+        """The serving nodes' key expiries and ephemeral nodes, following the
+        context change by change (follow.py): a sweep after a runtime event
+        costs what changed and what expires, not a look at every node."""
+        log = ctx.entries.log
+        if self._indexed is None or self._indexed[0].log is not log:
+            self._indexed = (Expiries(log), MatchingIds(log, _ephemeral))
+        return self._indexed
 
 
-def _first(entry: tuple[datetime, int]) -> datetime:
-    return entry[0]
+def _ephemeral(node: Node) -> bool:
+    return node.ephemeral
 
 
 class PolicyExpiry:

@@ -110,3 +110,28 @@ def test_derp_refuses_and_drops_a_deleted_node(store: Store) -> None:
     assert node is not None
     registry.remove(node.id)
     assert dropped == [key] and not access.allowed(key)
+
+
+def test_a_sweep_after_endpoint_changes_looks_only_at_what_changed(store: Store) -> None:
+    registry, tailnet = serving(store, source("base", BASE))
+    keys = [
+        join(registry, n, ephemeral=n % 3 == 0, expiry=T0 + timedelta(minutes=n))
+        for n in range(1, 40)
+    ]
+    tailnet.settle()
+    dropped: list[NodePublic] = []
+    expired: list[Node] = []
+    s = sweep(registry, tailnet, dropped, expired)
+    s.handle_timer(T0, T0 + timedelta(seconds=1))
+    assert s._indexed is not None
+    expiries, ephemerals = s._indexed
+    for n, key in enumerate(keys[:10]):
+        node = registry.by_node_key(key)
+        assert node is not None
+        registry.update_from_map(node, now=T0, endpoints=(f"192.0.2.{n + 1}:41641",))
+        s.handle_timer(
+            T0 + timedelta(minutes=n, seconds=1), T0 + timedelta(minutes=n + 1, seconds=1)
+        )
+    assert s._indexed == (expiries, ephemerals)
+    assert expiries.rebuilds == ephemerals.rebuilds == 1  # (before: one full pass per sweep)
+    assert [e.id for e in expired] == [registry.by_node_key(k).id for k in keys[:10]]  # type: ignore[union-attr]

@@ -28,7 +28,6 @@ class Expiries(FollowedIndex):
 
     def __init__(self, log: ChangeLog) -> None:
         super().__init__(log)
-        self.log = log
         self._of: dict[int, datetime] = {}  # id -> the expiry it is filed under
         self._sorted: list[tuple[datetime, int]] = []
 

@@ -24,7 +24,7 @@ class FollowedIndex:
     (`_index_all`); `follow(nodes)` brings the index to `nodes`."""
 
     def __init__(self, log: ChangeLog) -> None:
-        self._log = log
+        self.log = log  # which log it follows (an index made for another is no use)
         self._nodes: Mapping[int, Node] | None = None
         self._gen = 0
         self.rebuilds = 0  # full passes (tests count them)
@@ -40,13 +40,13 @@ class FollowedIndex:
             get = nodes.get
             for node_id in ids:
                 self._file(node_id, get(node_id))
-        self._nodes, self._gen = nodes, self._log.gen
+        self._nodes, self._gen = nodes, self.log.gen
 
     def _logged(self, nodes: Mapping[int, Node]) -> list[int] | None:
         """The ids that may differ between the map last followed and `nodes`,
         or None when the log cannot say (or saying costs more than a pass)."""
         held = self._nodes
-        changed = None if held is None else self._log.since(self._gen)
+        changed = None if held is None else self.log.since(self._gen)
         if held is None or changed is None or len(changed) > len(nodes) // 4 + 8:
             return None
         ids = list(dict.fromkeys(changed))
@@ -68,7 +68,6 @@ class MatchingIds(FollowedIndex):
 
     def __init__(self, log: ChangeLog, matches: Callable[[Node], object]) -> None:
         super().__init__(log)
-        self.log = log
         self._matches = matches
         self._ids: set[int] = set()
 

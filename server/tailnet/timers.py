@@ -51,7 +51,7 @@ class Sweep:
         self._on_expired = on_expired
         self._clock = clock
         self._log = log
-        self._indexed: tuple[Expiries, MatchingIds] | None = None
+        self._ephemerals: MatchingIds | None = None
 
     async def run(self) -> None:
         last = self._clock()
@@ -100,13 +100,14 @@ class Sweep:
             self._disconnect(node.node_key)
 
     def _index(self, ctx: MapContext) -> tuple[Expiries, MatchingIds]:
-        """The serving nodes' key expiries and ephemeral nodes, following the
-        context change by change (follow.py): a sweep after a runtime event
-        costs what changed and what expires, not a look at every node."""
+        """The serving nodes' key expiries (the entries' own index, which the
+        sessions ask too) and ephemeral nodes, following the context change by
+        change (follow.py): a sweep after a runtime event costs what changed
+        and what expires, not a look at every node."""
         log = ctx.entries.log
-        if self._indexed is None or self._indexed[0].log is not log:
-            self._indexed = (Expiries(log), MatchingIds(log, _ephemeral))
-        return self._indexed
+        if self._ephemerals is None or self._ephemerals.log is not log:
+            self._ephemerals = MatchingIds(log, _ephemeral)
+        return ctx.entries.expiries, self._ephemerals
 
 
 def _ephemeral(node: Node) -> bool:

@@ -123,8 +123,7 @@ def test_a_sweep_after_endpoint_changes_looks_only_at_what_changed(store: Store)
     expired: list[Node] = []
     s = sweep(registry, tailnet, dropped, expired)
     s.handle_timer(T0, T0 + timedelta(seconds=1))
-    assert s._indexed is not None
-    expiries, ephemerals = s._indexed
+    expiries, ephemerals = s._index(tailnet.context)
     for n, key in enumerate(keys[:10]):
         node = registry.by_node_key(key)
         assert node is not None
@@ -132,6 +131,6 @@ def test_a_sweep_after_endpoint_changes_looks_only_at_what_changed(store: Store)
         s.handle_timer(
             T0 + timedelta(minutes=n, seconds=1), T0 + timedelta(minutes=n + 1, seconds=1)
         )
-    assert s._indexed == (expiries, ephemerals)
+    assert s._index(tailnet.context) == (expiries, ephemerals)
     assert expiries.rebuilds == ephemerals.rebuilds == 1  # (before: one full pass per sweep)
     assert [e.id for e in expired] == [registry.by_node_key(k).id for k in keys[:10]]  # type: ignore[union-attr]

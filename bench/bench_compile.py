@@ -33,6 +33,7 @@ import zstandard
 from gitctl.policy import parse_policy
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import Node
+from server.tailnet.expiries import Expiries
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.session import MapSession, Wake
 from server.tailnet.views import compute_views
@@ -117,7 +118,8 @@ def _once(
         dns_config={},
         users={u[1]: (u[2], u[1]) for u in users},
         online=frozenset(by_id),
-        entries=PeerEntries("tailnet.example"),
+        entries=(entries := PeerEntries("tailnet.example")),
+        expiries=Expiries(entries.log),
     )
 
     def one_map() -> bytes:

@@ -32,7 +32,10 @@ class Expiries(FollowedIndex):
         self._sorted: list[tuple[datetime, int]] = []
 
     def between(self, nodes: Mapping[int, Node], since: datetime, now: datetime) -> list[int]:
-        """Ids of `nodes` whose key expires in (since, now]."""
+        """Ids of `nodes` whose key expires in (since, now]: their entries
+        built at `since` no longer say the same about expiry."""
+        if now <= since:
+            return []
         self.follow(nodes)
         lo = bisect_right(self._sorted, (since, _LAST))
         hi = bisect_right(self._sorted, (now, _LAST))

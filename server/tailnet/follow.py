@@ -5,8 +5,10 @@ A runtime event (an endpoint change, a node online) replaces the node map
 with one node set in it, and logs that node's id (`PeerEntries.log`). An
 index made from the map it replaced then needs only the ids logged since.
 A map the log does not explain (the log trimmed past where the index last
-looked; a map of another lineage, told by a size that does not add up) is
-indexed from scratch.
+looked, or a size that does not add up) is indexed from scratch. One index
+follows one lineage of maps: the serving snapshot's and a canary's share the
+log but differ in who is in them, so each context lineage has its own
+(`MapContext.expiries`).
 """
 
 from __future__ import annotations

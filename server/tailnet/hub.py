@@ -38,6 +38,7 @@ from server.logs import event
 from server.store.model import Node
 from server.tailnet.advertisers import Advertisers, advertisers_of
 from server.tailnet.coalesce import COALESCE_SECONDS, Defer, LoopDefer, defer_on_loop
+from server.tailnet.expiries import Expiries
 from server.tailnet.handle import Deliveries, SessionHandle
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.persistent import PersistentIds, PersistentMap
@@ -498,6 +499,17 @@ class Tailnet:
         )
         if source is None:
             self._primaries = views.primaries
+        held_ctx: MapContext | None = getattr(self, "_ctx", None)
+        # Encoded peer entries outlive contexts; they depend on the domain only.
+        entries = (
+            held_ctx.entries
+            if held_ctx is not None and held_ctx.domain == src.domain
+            else PeerEntries(src.domain)
+        )
+        # A serving build continues the serving lineage, a canary build the canary's.
+        lineage = held_ctx if source is None else previous
+        if source is not None and previous is held_ctx:
+            lineage = None  # the first canary map: a lineage of its own
         ctx = MapContext(
             domain=src.domain,
             nodes=_node_map(held, nodes, None if dirty is None or memo is None else (memo, dirty)),
@@ -510,14 +522,17 @@ class Tailnet:
             ),
             users=_same(src.users, self._ctx.users if hasattr(self, "_ctx") else None),
             online=_online_ids(previous.online if previous else None, self._online, dirty),
-            # Encoded peer entries outlive contexts; they depend on the domain only.
-            entries=self._ctx.entries
-            if hasattr(self, "_ctx") and self._ctx.domain == src.domain
-            else PeerEntries(src.domain),
+            entries=entries,
+            expiries=lineage.expiries
+            if lineage is not None and lineage.entries is entries
+            else Expiries(entries.log),
         )
-        if previous is not None and previous.entries is ctx.entries:
-            before, after = previous.nodes, ctx.nodes
-            was, now = previous.online, ctx.online
+        # What the log says changed is counted from the map this one replaces
+        # (a rebuild without `previous` replaces the serving one too).
+        base = previous or held_ctx
+        if base is not None and base.entries is ctx.entries:
+            before, after = base.nodes, ctx.nodes
+            was, now = base.online, ctx.online
             if dirty is not None and memo is not None:
                 ids = sorted(dirty)
                 nodes_changed = [i for i in ids if before.get(i) is not after.get(i)]

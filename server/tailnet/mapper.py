@@ -59,6 +59,10 @@ class MapContext:
     users: Mapping[str, tuple[str, str]]  # name -> (email, display name)
     online: AbstractSet[int]
     entries: PeerEntries
+    # The key-expiry index of this context's lineage of node maps: the serving
+    # snapshot's and a canary's differ in who is in them, and one index asked
+    # about both in turn could not tell the switch from the change log.
+    expiries: Expiries
     taildrop: bool = True
 
 
@@ -161,7 +165,6 @@ class PeerEntries:
         self.deltas = Deltas()  # whole delta messages that sessions send alike
         self._users: Mapping[str, tuple[str, str]] | None = None
         self._profiles: dict[str | None, Mapping[str, Any]] = {}
-        self.expiries = Expiries(self.log)
 
     def get(self, node: Node, pv: PeerView, online: bool, now: datetime) -> bytes:
         expired = node.key_expiry is not None and node.key_expiry <= now
@@ -213,13 +216,6 @@ class PeerEntries:
                 out = user_profile_json(name, email, display)
             self._profiles[name] = out
         return out
-
-    def expiring(self, nodes: Mapping[int, Node], since: datetime, now: datetime) -> list[int]:
-        """Ids of the nodes whose key expires in (since, now]: their entries
-        built at `since` no longer say the same about expiry."""
-        if now <= since:
-            return []
-        return self.expiries.between(nodes, since, now)
 
 
 def self_entry(ctx: MapContext, node: Node, view: NodeView[int], now: datetime) -> dict[str, Any]:

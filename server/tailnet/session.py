@@ -169,7 +169,7 @@ class MapSession:
         if wake.full or wake.top or view is not old:
             # Peers whose key expired since entries were last looked at over.
             if ids is not None and self._expiry_seen is not None and now > self._expiry_seen:
-                ids.update(ctx.entries.expiring(ctx.nodes, self._expiry_seen, now))
+                ids.update(ctx.expiries.between(ctx.nodes, self._expiry_seen, now))
             self._expiry_seen = max(now, self._expiry_seen or now)
         if ids is None:  # what the client holds is unknown: everything again
             self.full_passes += 1

@@ -100,14 +100,14 @@ class Sweep:
             self._disconnect(node.node_key)
 
     def _index(self, ctx: MapContext) -> tuple[Expiries, MatchingIds]:
-        """The serving nodes' key expiries (the entries' own index, which the
+        """The serving nodes' key expiries (the context's own index, which the
         sessions ask too) and ephemeral nodes, following the context change by
         change (follow.py): a sweep after a runtime event costs what changed
         and what expires, not a look at every node."""
         log = ctx.entries.log
         if self._ephemerals is None or self._ephemerals.log is not log:
             self._ephemerals = MatchingIds(log, _ephemeral)
-        return ctx.entries.expiries, self._ephemerals
+        return ctx.expiries, self._ephemerals
 
 
 def _ephemeral(node: Node) -> bool:

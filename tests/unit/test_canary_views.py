@@ -6,6 +6,7 @@ canaries' sessions and no one else's."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store.interface import Store
@@ -16,6 +17,9 @@ from tests.unit.control_client import T0
 from tests.unit.test_tailnet_commit import (
     ALICE_TO_WEB,
     BASE,
+    USERS,
+    four_nodes,
+    register,
     serving,
     source,
     store,
@@ -105,3 +109,30 @@ def test_a_node_tagged_during_the_hold_moves_to_the_candidate(store: Store) -> N
     view = tailnet.context_for(web.id).views.get(web.id)
     assert view is not None and alice.id in view.peers  # the candidate's rule
     assert_each_node_on(store, tailnet, {web.id: CANDIDATE, alice.id: tailnet.source})
+
+
+def test_the_serving_and_the_canary_maps_each_find_their_own_nodes_expiring(
+    store: Store,
+) -> None:
+    """Sessions look for peers whose key expired since their last map. The
+    serving map and the canary's may hold as many nodes and not the same ones
+    (here: bob's laptop in one, carol's in the other); asking about one must
+    not leave the answer about the other stale."""
+    registry, tailnet, ids = four_nodes(store)
+    carol = register(registry, 9, "carol-laptop", "carol")  # not a user of the serving commit
+    registry.set_key_expiry(ids["bob-laptop"], T0 + timedelta(hours=1))
+    registry.set_key_expiry(carol, T0 + timedelta(hours=2))
+    users = {"alice": USERS["alice"], "carol": ("carol@example.com", "Carol")}
+    candidate = replace(source("c1", BASE), users=users)  # bob left, carol joined
+    later = T0 + timedelta(hours=3)
+
+    def expiring(node_id: int) -> list[int]:
+        ctx = tailnet.context_for(node_id)
+        return ctx.expiries.between(ctx.nodes, T0, later)
+
+    assert expiring(ids["db"]) == [ids["bob-laptop"]]
+    tailnet.start_canary(candidate, "tag:web")
+    assert len(tailnet.context_for(ids["web"]).nodes) == len(tailnet.context.nodes)
+    for _ in range(2):  # the sessions of both snapshots ask in turn
+        assert expiring(ids["web"]) == [carol]
+        assert expiring(ids["db"]) == [ids["bob-laptop"]]

@@ -101,7 +101,7 @@ def test_an_endpoint_change_does_not_sort_every_expiry_again(store: Store) -> No
                 session.step(tailnet.context, handle.take_wake(), now)
 
     pump(T0)
-    index = tailnet.context.entries.expiries
+    index = tailnet.context.expiries
     for n in range(6):
         mover = registry.get(ids[n])
         assert mover is not None

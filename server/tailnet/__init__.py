@@ -10,8 +10,9 @@ from datetime import datetime
 
 from server.gcpolicy import GcPolicy
 from server.store.interface import Store
-from server.tailnet.hub import Defer, SessionHandle, Tailnet, TailnetSource
+from server.tailnet.hub import Defer, SessionHandle, Tailnet
 from server.tailnet.registry import NodeChange, NodeRegistry
+from server.tailnet.source import TailnetSource
 from server.tailnet.users import UserChange, UserRegistry
 from server.wire import DerpRegion
 

@@ -22,17 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-from gitctl.policy import CompiledTailnet, Policy
+from gitctl.policy import CompiledTailnet
 from gitctl.policy.addrs import EXIT_ROUTES
 from gitctl.policy.topology import TopologyUser
-from gitctl.snapshot import Snapshot
-from gitctl.tailnet import TailnetSettings
 from server.gcpolicy import GcPolicy
 from server.logs import event
 from server.store.model import Node
@@ -41,8 +38,10 @@ from server.tailnet.coalesce import COALESCE_SECONDS, Defer, LoopDefer, defer_on
 from server.tailnet.expiries import Expiries
 from server.tailnet.handle import Deliveries, SessionHandle
 from server.tailnet.mapper import MapContext, PeerEntries
+from server.tailnet.nodemaps import node_map, online_set, same
 from server.tailnet.persistent import PersistentIds, PersistentMap
 from server.tailnet.registry import NodeChange
+from server.tailnet.source import TailnetSource, with_runtime_users
 from server.tailnet.users import UserChange
 from server.tailnet.views import (
     PolicyViews,
@@ -53,142 +52,19 @@ from server.tailnet.views import (
     topology_users,
 )
 from server.tailnet.waking import PacedWakes
-from server.wire import DerpRegion, derp_map_json, dns_config_json, stable_user_id
+from server.wire import DerpRegion, derp_map_json, stable_user_id
 
 __all__ = [
     "COALESCE_SECONDS",
     "Defer",
     "SessionHandle",
     "Tailnet",
-    "TailnetSource",
     "defer_on_loop",
-    "with_runtime_users",
 ]
 
 # Sessions woken at once from which a wake holds the older collections as a
 # commit does (server/gcpolicy.py): a settle that changes many maps.
 GC_HOLD_WAKES = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class TailnetSource:
-    """What the server takes from a snapshot; built once per swap."""
-
-    id: str
-    domain: str
-    dns_config: Mapping[str, Any]
-    users: Mapping[str, tuple[str, str]]  # name -> (email, display name)
-    policy: Policy
-    # Routes approved in git: by machine key text ("mkey:…") or by tag. autoApprovers
-    # are the compiler's: it approves with the users resolved to emails.
-    explicit_routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    settings: TailnetSettings | None = None  # prefixes, key expiry, ephemeral timeout, DERP
-    # The snapshot itself, for where each policy value came from (file:line).
-    snapshot: Snapshot | None = field(default=None, compare=False, repr=False)
-    # Names in `users` that are runtime users (admitted at login, not declared in git;
-    # each is its email): `with_runtime_users` adds them.
-    runtime_users: frozenset[str] = frozenset()
-
-    @property
-    def git_users(self) -> dict[str, tuple[str, str]]:
-        return {n: u for n, u in self.users.items() if n not in self.runtime_users}
-
-    def owner(self, node: Node) -> Node:
-        """`node` owned by the git user declaring its owner's email, when its owner is a
-        runtime user that a commit has since declared (git wins; no duplicate user)."""
-        if node.user is None or node.user in self.users or "@" not in node.user:
-            return node
-        for name, (email, _) in self.users.items():
-            if email.lower() == node.user:
-                return replace(node, user=name)
-        return node
-
-    @classmethod
-    def from_snapshot(cls, snap: Snapshot) -> TailnetSource:
-        dns = snap.dns
-        base = dns.base_domain or ""
-        cfg = dns_config_json(
-            magic_dns=bool(dns.magic_dns),
-            base_domain=base,
-            override_local_dns=bool(dns.override_local_dns),
-            global_nameservers=tuple(dns.nameservers),
-            split={k: tuple(v) for k, v in dict(dns.split).items()},
-            search_domains=tuple(dns.search_domains),
-            extra_records=tuple((r.name, r.type, r.value) for r in dns.extra_records),
-        )
-        users = {u.name: (u.email, u.display_name or u.name) for u in snap.users}
-        explicit: dict[str, tuple[str, ...]] = {}
-        for approval in snap.routes:
-            target = approval.machine or approval.tag
-            if target:
-                explicit[target] = explicit.get(target, ()) + tuple(str(r) for r in approval.routes)
-        return cls(
-            id=snap.id,
-            domain=base,
-            dns_config=cfg,
-            users=users,
-            policy=snap.policy,
-            explicit_routes=explicit,
-            settings=snap.settings,
-            snapshot=snap,
-        )
-
-
-def with_runtime_users(source: TailnetSource, emails: Iterable[str]) -> TailnetSource:
-    """`source` serving the runtime users `emails` too, except those git declares."""
-    git = source.git_users
-    declared = {email.lower() for email, _ in git.values()} | set(git)
-    added = {e: (e, e) for e in sorted(emails) if e not in declared}
-    if not added and not source.runtime_users:
-        return source
-    return replace(source, users={**git, **added}, runtime_users=frozenset(added))
-
-
-_T = TypeVar("_T")
-
-
-def _same(new: _T, held: _T | None) -> _T:
-    return held if held is not None and (held is new or held == new) else new
-
-
-def _node_map(
-    held: Mapping[int, Node],
-    nodes: Sequence[Node],
-    records: tuple[Mapping[int, Node], AbstractSet[int]] | None = None,
-) -> Mapping[int, Node]:
-    """id -> node of `nodes`: `held` (the last context's) with what changed
-    set in it when nothing left, so a join costs what it changed; else a copy.
-    `records`: `nodes` by id and the only ids that may differ from `held`
-    (then leaves are removed from `held` too, and nothing else is visited)."""
-    if not isinstance(held, PersistentMap):
-        return {n.id: n for n in nodes}
-    if records is not None:
-        by_id, ids = records
-        lookup = held.lookup
-        sets = [
-            (i, n) for i in sorted(ids) if (n := by_id.get(i)) is not None and lookup(i) is not n
-        ]
-        gone = [i for i in ids if i not in by_id and i in held]
-        return held.changed(sets, gone) if sets or gone else held
-    lookup = held.lookup
-    changed = [(n.id, n) for n in nodes if lookup(n.id) is not n]
-    joined = sum(1 for node_id, _ in changed if node_id not in held)
-    if len(held) + joined != len(nodes):  # some left
-        return {n.id: n for n in nodes}
-    return held.set_many(changed) if changed else held
-
-
-def _online_ids(
-    held: AbstractSet[int] | None, online: set[int], ids: AbstractSet[int] | None = None
-) -> AbstractSet[int]:
-    """`online` as a context holds it: `held` (the last context's, kept up to
-    date change by change) itself when it says the same, else a frozen copy.
-    `ids`: the only ids whose state may differ between the two (else all)."""
-    if not isinstance(held, PersistentIds):
-        return frozenset(online)
-    for node_id in online.symmetric_difference(held) if ids is None else sorted(ids):
-        held = held.with_id(node_id, node_id in online)
-    return held
 
 
 class Tailnet:
@@ -512,16 +388,16 @@ class Tailnet:
             lineage = None  # the first canary map: a lineage of its own
         ctx = MapContext(
             domain=src.domain,
-            nodes=_node_map(held, nodes, None if dirty is None or memo is None else (memo, dirty)),
+            nodes=node_map(held, nodes, None if dirty is None or memo is None else (memo, dirty)),
             views=views,
             derp_map=self._derp_map if source is None else self._derp_map_of(src),
             # Equal values stay the very objects the last context had: sessions
             # then skip them by identity (a commit rebuilds both).
-            dns_config=_same(
+            dns_config=same(
                 src.dns_config, self._ctx.dns_config if hasattr(self, "_ctx") else None
             ),
-            users=_same(src.users, self._ctx.users if hasattr(self, "_ctx") else None),
-            online=_online_ids(previous.online if previous else None, self._online, dirty),
+            users=same(src.users, self._ctx.users if hasattr(self, "_ctx") else None),
+            online=online_set(previous.online if previous else None, self._online, dirty),
             entries=entries,
             expiries=lineage.expiries
             if lineage is not None and lineage.entries is entries

@@ -24,8 +24,9 @@ from server.store import SqlStore, open_store
 from server.store.interface import Store
 from server.store.migrations import MIGRATIONS, POSTGRES_MIGRATIONS
 from server.tailnet import UserRegistry
-from server.tailnet.hub import Tailnet, TailnetSource
+from server.tailnet.hub import Tailnet
 from server.tailnet.replicas import Notice, Replicas, decode_notice, encode_notice
+from server.tailnet.source import TailnetSource
 from tests.unit.control_client import T0, FakeClock
 from tests.unit.store_backends import Backend
 from tests.unit.test_admin_api import Apis, apis, request
@@ -130,7 +131,7 @@ def test_git_wins_a_commit_declaring_the_email_makes_a_git_user(mem: Store) -> N
 
 
 def test_with_runtime_users_is_idempotent() -> None:
-    from server.tailnet.hub import with_runtime_users
+    from server.tailnet.source import with_runtime_users
 
     src: TailnetSource = source("s", MEMBERS)
     once = with_runtime_users(src, [DAVE])

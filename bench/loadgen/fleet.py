@@ -82,7 +82,7 @@ class SimNode:
 
     @property
     def node_key(self) -> str:
-        return self.device.node.public().text
+        return self.device.node_key_text()
 
     @property
     def node_id(self) -> int | None:
@@ -269,8 +269,8 @@ class Fleet:
         An action that returns `At` says when it really happened (a git commit
         times from the commit existing, not from gitpython starting to write it).
         """
+        futures = [node.watch(predicate(node), self.clock()) for node in observers]
         start = self.clock()
-        futures = [node.watch(predicate(node), start) for node in observers]
         happened = await action()
         if isinstance(happened, At):
             start = happened.time

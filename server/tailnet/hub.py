@@ -35,6 +35,7 @@ from server.logs import event
 from server.store.model import Node
 from server.tailnet.advertisers import Advertisers, advertisers_of
 from server.tailnet.coalesce import COALESCE_SECONDS, Defer, LoopDefer, defer_on_loop
+from server.tailnet.cutoff import CutOff
 from server.tailnet.expiries import Expiries
 from server.tailnet.handle import Deliveries, SessionHandle
 from server.tailnet.mapper import MapContext, PeerEntries
@@ -139,8 +140,7 @@ class Tailnet:
         self._routers_memo: (
             tuple[MapContext, TailnetSource, dict[int, tuple[str, ...]], Advertisers] | None
         ) = None
-        self._record_writes = 0  # changes to `_records`: when `cut_off` must look again
-        self._cut_off_memo: tuple[MapContext, int, list[Node]] | None = None
+        self._cut_off = CutOff(self._records)  # what `cut_off` answers, change by change
         self._ctx = self._build_context()
         # Canary rollout: the candidate snapshot, the tag that picks its nodes,
         # and its maps over the same nodes (None: every node is on `_source`).
@@ -208,13 +208,9 @@ class Tailnet:
 
     def cut_off(self) -> list[Node]:
         """Registered nodes that are not served: their user is not in git.
-        Asked at every sweep; looks at every record only after a change."""
-        ctx, memo = self.context, self._cut_off_memo
-        if memo is None or memo[0] is not ctx or memo[1] != self._record_writes:
-            served = ctx.nodes
-            cut = [n for n in self._records.values() if n.id not in served and n.approved]
-            memo = self._cut_off_memo = (ctx, self._record_writes, cut)
-        return list(memo[2])
+        Asked at every sweep; looks at what changed since (cutoff.py)."""
+        ctx = self.context
+        return self._cut_off.of(ctx.nodes, ctx.entries.log)
 
     def _served(self, node: Node, source: TailnetSource | None = None) -> bool:
         """In the maps: its owner is in git (or it is tagged), and it is not
@@ -587,7 +583,7 @@ class Tailnet:
 
     def apply(self, change: NodeChange) -> None:
         """A node changed (the registry's event stream)."""
-        self._record_writes += 1
+        self._cut_off.wrote(change.node_id)
         if change.kind == "removed":
             self._records.pop(change.node_id, None)
             self._relive(change.node_id)

@@ -195,8 +195,8 @@ class Index:
             pairs: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
             for i, ips in enumerate(self.ips[: len(self.nodes)]):  # the table may be shared
                 for ip in ips:
-                    version, point = address_point(ip)
-                    pairs[version].append((point, i))
+                    v, point = address_point(ip)
+                    pairs[v].append((point, i))
             self._sorted_ips = {}
             for v, items in pairs.items():
                 items.sort()

@@ -44,6 +44,7 @@ from server.wire import DerpRegion
 __all__ = ["run"]
 
 GROUP = 25
+CONNECT_BATCH = 250
 MARKER_PORT = 47113
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SELF_RULE = {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}
@@ -97,12 +98,17 @@ class _Streams:
         self.now = T0
 
     def connect_all(self, registry: NodeRegistry, node_ids: list[int]) -> None:
-        for node_id in node_ids:
-            registry.connected(node_id)
-        self.tailnet.settle()
-        for node_id in node_ids:
-            self.open[node_id] = (self.tailnet.open_session(node_id), MapSession(node_id))
-        self.drain()
+        """A batch at a time, every session caught up after each, as clients
+        registering over a while are: sessions are then behind the change
+        log by the registrations after theirs, as in a socket run."""
+        for at in range(0, len(node_ids), CONNECT_BATCH):
+            batch = node_ids[at : at + CONNECT_BATCH]
+            for node_id in batch:
+                registry.connected(node_id)
+            self.tailnet.settle()
+            for node_id in batch:
+                self.open[node_id] = (self.tailnet.open_session(node_id), MapSession(node_id))
+            self.drain()
 
     def drain(self) -> tuple[int, int]:
         """(sessions stepped, messages framed)."""

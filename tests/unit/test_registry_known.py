@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store import open_store
-from server.store.model import Registration
+from server.store.model import Node, Registration
 from server.tailnet import NodeRegistry
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -111,3 +112,33 @@ def test_a_served_commit_takes_its_nodes_from_memory() -> None:
     serving._served(source)
     assert rechecked == ids
     assert reads == 0
+
+
+def test_a_commit_rechecks_the_routes_of_route_advertisers_only() -> None:
+    import msgspec
+
+    from server.webhooks.source import EventSource
+
+    registry = NodeRegistry(open_store(Path(":memory:")), log=logging.getLogger("test"))
+    ids = [_register(registry, n) for n in range(1, 6)]
+    router = registry.get(ids[0])
+    assert router is not None
+    info = msgspec.structs.replace(router.hostinfo, routable_ips=("10.0.0.0/24",))
+    registry.update_from_map(router, now=T0, hostinfo=info)
+    approved = {ids[0]: ("10.0.0.0/24",)}
+    asked: list[int] = []
+
+    def served(n: Node) -> tuple[str, ...]:
+        asked.append(n.id)
+        return approved.get(n.id, ())
+
+    source = EventSource(clock=lambda: T0, served_routes=served)
+    sent: list[Any] = []
+    source.attach(sent.append, [])
+    asked.clear()
+    source.routes_rechecked(registry.known())
+    assert asked == [ids[0]]  # (before: every node's served routes)
+    assert [e.type for e in sent] == ["route.approved"]
+    approved.clear()  # a commit no longer approves them: announced as removed
+    source.routes_rechecked(registry.known())
+    assert [e.data["removed"] for e in sent[1:]] == [["10.0.0.0/24"]]

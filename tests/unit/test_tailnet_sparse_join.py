@@ -216,6 +216,9 @@ def test_any_joins_and_leaves_serve_what_a_fresh_compile_does(
                 assert_maps_are_fresh(store, tailnet)
         tailnet.settle()
         assert_maps_are_fresh(store, tailnet)
-        assert set(tailnet.context.online) == set(tailnet.online_ids())
+        # Among the nodes served: a cut-off node's online state is not followed
+        # while no map shows it (it is read again when its user comes back).
+        served = tailnet.context.nodes.keys()
+        assert set(tailnet.context.online) & served == set(tailnet.online_ids()) & served
     finally:
         store.close()

@@ -300,6 +300,7 @@ def run_one(
     concurrency: int = CONCURRENCY,
     memtrace: Path | None = None,
     events_profile: Path | None = None,
+    commit_profile: Path | None = None,
 ) -> dict[str, Any]:
     kind = "mesh" if mesh else "groups" if groups else "sparse"
     name = f"{kind}-{nodes}{'-restart' if profile_restart else ''}"
@@ -307,6 +308,9 @@ def run_one(
     launcher = ["-m", "bench.cpuprofile", "-o", str(profile / f"{name}.prof")] if profile else None
     if events_profile:  # the joins and endpoint changes only (bench/windowprof.py)
         launcher = ["-m", "bench.windowprof", str(events_profile / f"{name}-events.prof")]
+    if commit_profile:  # the policy commit's fan-out only
+        launcher = ["-m", "bench.windowprof", str(commit_profile / f"{name}-commit.prof")]
+        events_profile = None
     first, again = (None, launcher) if profile_restart else (launcher, None)
     policy = MESH if mesh else SPARSE
     traced = memtrace / name if memtrace else None
@@ -318,6 +322,16 @@ def run_one(
     with local_server(files, launcher=first, env=env) as server:
         cold_empty = server.started_in
         keys = user_keys(server, users) if users else []
+
+        async def commit(fleet: Fleet | ShardedFleet, policy: str) -> dict[str, Any]:
+            if commit_profile:
+                os.kill(server.pid, signal.SIGUSR1)
+            try:
+                return await commit_event(server, fleet, policy)
+            finally:
+                if commit_profile:
+                    os.kill(server.pid, signal.SIGUSR1)
+                    await asyncio.sleep(3)  # the stats written
 
         async def scenario() -> dict[str, Any]:
             fleet, result = await register(
@@ -333,7 +347,7 @@ def run_one(
                 if isinstance(fleet, ShardedFleet) and mesh:
                     result.update(await mesh_events(server, fleet))
                 elif groups:
-                    result.update(await commit_event(server, fleet, group_policy(MARKER_PORT)))
+                    result.update(await commit(fleet, group_policy(MARKER_PORT)))
                     if events_profile:
                         os.kill(server.pid, signal.SIGUSR1)
                     result.update(await group_events(server, fleet, keys))
@@ -341,7 +355,7 @@ def run_one(
                         os.kill(server.pid, signal.SIGUSR1)
                         await asyncio.sleep(3)  # the stats written
                 else:
-                    result.update(await commit_event(server, fleet, sparse_commit_policy()))
+                    result.update(await commit(fleet, sparse_commit_policy()))
                 if restart_too:
                     result.update(
                         await restart(server, fleet, again, concurrency=reconnect_concurrency)
@@ -587,9 +601,14 @@ def main() -> None:
         type=Path,
         help="groups runs: profile the server over the joins and endpoint changes only",
     )
+    parser.add_argument(
+        "--profile-commit",
+        type=Path,
+        help="sparse and groups runs: profile the server over the policy commit only",
+    )
     parser.add_argument("--replot", type=Path, help="no runs: table and plot from this JSON")
     args = parser.parse_args()
-    for folder in (args.profile, args.profile_events):
+    for folder in (args.profile, args.profile_events, args.profile_commit):
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
     machine = (
@@ -635,6 +654,7 @@ def main() -> None:
                 reconnect_concurrency=args.reconnect_concurrency,
                 concurrency=args.concurrency or CONCURRENCY,
                 memtrace=args.tracemalloc,
+                commit_profile=args.profile_commit,
             )
         )
     for n in [] if args.replot else args.groups:
@@ -648,6 +668,7 @@ def main() -> None:
                 shards=args.shards,
                 memtrace=args.tracemalloc,
                 events_profile=args.profile_events,
+                commit_profile=args.profile_commit,
             )
         )
     print(f"\nmachine: {machine}\n")

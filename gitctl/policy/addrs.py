@@ -9,6 +9,7 @@ overlap tests.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -58,6 +59,23 @@ def span(text: str) -> Span:
         return Span(lo.version, int(lo), int(hi))
     net = ipaddress.ip_network(text, strict=False)
     return Span(net.version, int(net.network_address), int(net.broadcast_address))
+
+
+def address_point(text: str) -> tuple[int, int]:
+    """(IP version, integer) of a bare address, as `span` gives its ``lo``.
+    A compile orders every node's addresses: `span` (`ipaddress.ip_network`)
+    cost ~10 µs an address the first time, 0.1 s at 5,000 nodes; the C
+    parser takes what it accepts (a subset of what ipaddress does), `span`
+    the rest."""
+    try:
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except OSError:
+        pass
+    try:
+        return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    except OSError:
+        s = span(text)
+        return s.version, s.lo
 
 
 def addr_text(prefix: str) -> str:

@@ -14,7 +14,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .addrs import TAILSCALE_RANGES, Span, addr_text, host_prefix, is_exit_route, span
+from .addrs import (
+    TAILSCALE_RANGES,
+    Span,
+    addr_text,
+    address_point,
+    host_prefix,
+    is_exit_route,
+    span,
+)
 from .model import Alias, Policy
 from .posture import Value, meets, node_facts
 from .roles import role_emails
@@ -187,8 +195,8 @@ class Index:
             pairs: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
             for i, ips in enumerate(self.ips[: len(self.nodes)]):  # the table may be shared
                 for ip in ips:
-                    s = span(ip)
-                    pairs[s.version].append((s.lo, i))
+                    v, point = address_point(ip)
+                    pairs[v].append((point, i))
             self._sorted_ips = {}
             for v, items in pairs.items():
                 items.sort()

@@ -59,4 +59,6 @@ class ChangeLog:
         if len(self._ids) - start <= len(peers) + len(held):
             return self._ids[start:]
         last = self._last
-        return [i for i in chain(peers, held) if last.get(i, -1) >= gen]
+        # A commit that changes no peer hands the session the peers it holds.
+        ids = peers if peers is held else chain(peers, held)
+        return [i for i in ids if last.get(i, -1) >= gen]

@@ -40,6 +40,7 @@ from server.tailnet.expiries import Expiries
 from server.tailnet.handle import Deliveries, SessionHandle
 from server.tailnet.mapper import MapContext, PeerEntries
 from server.tailnet.nodemaps import node_map, online_set, same
+from server.tailnet.owners import same_owners
 from server.tailnet.persistent import PersistentIds, PersistentMap
 from server.tailnet.registry import NodeChange
 from server.tailnet.source import TailnetSource, with_runtime_users
@@ -222,6 +223,12 @@ class Tailnet:
     def _live(self, source: TailnetSource) -> list[Node]:
         """The nodes `source` serves, each with its owner as `source` names it."""
         memo = self._live_memo
+        if memo is not None and memo[0] is not source and same_owners(memo[0], source):
+            # The same nodes, owned alike (server/tailnet/owners.py): the memo is
+            # `source`'s too, and still the one the serving context was built from.
+            carried = (source, memo[1])
+            self._built_memo = carried if memo is self._built_memo else self._built_memo
+            self._live_memo = memo = carried
         if memo is not None and memo[0] is source:
             return list(memo[1].values())
         live = {n.id: source.owner(n) for n in self._records.values() if self._served(n, source)}
@@ -263,9 +270,10 @@ class Tailnet:
     def _dirty_since_built(self, source: TailnetSource) -> set[int] | None:
         """The ids the live nodes of `source` may differ in from the serving
         context's, when known (None: compare every node): `source` is the
-        serving one and its `_live` memo is the one that context was built from."""
+        serving one, or serves the same nodes (`_live` carried its memo over),
+        and that memo is the one that context was built from."""
         memo = self._live_memo
-        if source is self._source and memo is not None and memo is self._built_memo:
+        if memo is not None and memo[0] is source and memo is self._built_memo:
             return self._dirty
         return None
 
@@ -408,7 +416,7 @@ class Tailnet:
             if dirty is not None and memo is not None:
                 ids = sorted(dirty)
                 nodes_changed = [i for i in ids if before.get(i) is not after.get(i)]
-                # (`_online_ids` moved only these: no pass over the online set)
+                # (`online_set` moved only these: no pass over the online set)
                 online_changed = (
                     [i for i in ids if (i in was) != (i in now)]
                     if isinstance(was, PersistentIds)

@@ -199,10 +199,8 @@ class MapSession:
 
 
 def _differs(src: tuple[Any, ...], held: tuple[Any, ...]) -> bool:
-    """Whether what a field is made of changed: by identity first (in C),
-    then by value (a recompile rebuilds equal tuples and cap maps)."""
-    if len(src) != len(held):
-        return True
-    if not any(map(is_not, src, held)):
-        return False
-    return any(a is not b and a != b for a, b in zip(src, held, strict=True))
+    """Whether what a field is made of changed: by identity first, then by
+    value (a recompile rebuilds equal tuples and cap maps), item by item in
+    C (tuple comparison does both; a generator here was a tenth of a
+    commit's step per session)."""
+    return src != held

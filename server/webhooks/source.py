@@ -61,8 +61,13 @@ class EventSource:
     def routes_rechecked(self, nodes: Iterable[Node]) -> None:
         """A new commit may serve other routes: announce the nodes' that changed."""
         now = self._clock()
+        known = self._known_routes
         for n in nodes:
-            self._send(route_events(n, self.served_routes(n), now, self._known_routes))
+            # Served routes are advertised ones: a node advertising none, and
+            # announced with none, has no news (5,000 of them ran before a
+            # commit's fan-out).
+            if n.hostinfo.routable_ips or n.id in known:
+                self._send(route_events(n, self.served_routes(n), now, known))
 
     def node_expired(self, n: Node) -> None:
         """A node's key reached its expiry (seen by the server's sweep)."""

@@ -148,11 +148,12 @@ async def test_a_deleted_node_s_idle_stream_ends(tmp_path: Path) -> None:
 
 
 @async_test
-async def test_a_served_commit_reads_the_nodes_from_the_store_once(
+async def test_a_served_commit_reads_no_node_from_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Undeclared tags and route webhooks look at the same read: in a mesh,
-    each read of every node cost more than the commit's wave."""
+    """Undeclared tags and route webhooks look at the registry's memory: in a
+    mesh, each read of every node cost more than the commit's wave, and at
+    5,000 nodes the one read left (~90 ms) ran before the fan-out."""
     async with running_server(tmp_path) as srv:
         for name in ("a", "b"):
             await join(srv, Device(name))
@@ -168,7 +169,7 @@ async def test_a_served_commit_reads_the_nodes_from_the_store_once(
         snap = srv.commits._current
         assert snap is not None
         srv.serving.serve(snap)
-        assert reads == 1
+        assert reads == 0
 
 
 @async_test

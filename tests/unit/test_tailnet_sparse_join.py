@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from server.protocol.keys import NodePublic
 from server.store import open_store
 from server.store.interface import Store
-from server.tailnet import NodeRegistry, Tailnet
+from server.tailnet import NodeRegistry, Tailnet, TailnetSource
 from server.tailnet import hub as hub_module
 from server.tailnet import views as views_module
 from tests.unit.control_client import T0
@@ -53,6 +53,31 @@ def tailnet_of(store: Store, nodes: int = NODES) -> tuple[NodeRegistry, Tailnet,
     for node_id in ids:  # every session has read its view
         tailnet.open_session(node_id)
     return registry, tailnet, ids
+
+
+def commit_of(sid: str, port: int, *, without_bob: bool = False) -> TailnetSource:
+    """POLICY with one rule more (naming `port`), over the same users or without bob."""
+    rule = {"action": "accept", "src": ["alice@example.com"], "dst": [f"autogroup:self:{port}"]}
+    src = source(sid, {**POLICY, "acls": [*POLICY["acls"], rule]})
+    src = replace(src, explicit_routes={"tag:web": ("10.0.0.0/24",)})
+    if without_bob:
+        return replace(src, users={k: v for k, v in src.users.items() if k != "bob"})
+    return src
+
+
+def test_a_policy_commit_over_the_same_users_converts_and_compares_only_what_changed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, tailnet, ids = tailnet_of(store)
+    converted = counting(monkeypatch, views_module, "to_topology_node")
+    looked_up = counting(monkeypatch, views_module.TopologyNodes, "__call__")
+    served = counting(monkeypatch, Tailnet, "_served")
+    tailnet.swap_source(commit_of("c1", 8443))
+    assert converted == []
+    routers = sum(1 for i in ids if (n := registry.get(i)) is not None and n.tags)
+    assert len(looked_up) <= routers  # (before: one cached lookup per node)
+    assert len(served) <= 2  # (before: every node's owner looked up again)
+    assert_maps_are_fresh(store, tailnet)
 
 
 def counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[Any]:
@@ -126,6 +151,8 @@ OPS = st.lists(
                 "route",
                 "os",
                 "settle",
+                "commit",
+                "cut",
             ]
         ),
         st.integers(0, 1000),
@@ -146,7 +173,12 @@ def test_any_joins_and_leaves_serve_what_a_fresh_compile_does(
         for op, k in ops:
             live = [i for i in ids if registry.get(i) is not None]
             target = live[k % len(live)] if live else None
-            if op in ("join", "tagged"):
+            if op == "commit":  # the policy alone: the same users, another rule
+                tailnet.swap_source(commit_of(f"c{k}", k + 1))
+            elif op == "cut":  # bob's nodes cut off, or back
+                cut = "bob" in tailnet.source.users
+                tailnet.swap_source(commit_of(f"u{k}", k + 1, without_bob=cut))
+            elif op in ("join", "tagged"):
                 serial += 1
                 user, tags = ("bob", ()) if op == "join" else (None, ("tag:web",))
                 ids.append(register(registry, serial, f"j{serial}", user, tags))
@@ -184,6 +216,9 @@ def test_any_joins_and_leaves_serve_what_a_fresh_compile_does(
                 assert_maps_are_fresh(store, tailnet)
         tailnet.settle()
         assert_maps_are_fresh(store, tailnet)
-        assert set(tailnet.context.online) == set(tailnet.online_ids())
+        # Among the nodes served: a cut-off node's online state is not followed
+        # while no map shows it (it is read again when its user comes back).
+        served = tailnet.context.nodes.keys()
+        assert set(tailnet.context.online) & served == set(tailnet.online_ids()) & served
     finally:
         store.close()

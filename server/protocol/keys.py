@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
-from nacl.bindings import crypto_scalarmult_base
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 __all__ = [
     "ChallengePublic",
@@ -148,10 +148,7 @@ class _Private:
         return self.PREFIX + self.raw.hex()
 
     def public_raw(self) -> bytes:
-        # X25519(k, 9) by libsodium's fixed-base tables: half what OpenSSL's
-        # key load took (17 against 33 us), and each connection's handshake
-        # and challenge derive one.
-        return crypto_scalarmult_base(self.raw)
+        return X25519PrivateKey.from_private_bytes(self.raw).public_key().public_bytes_raw()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(<hidden>)"

@@ -21,12 +21,10 @@ import hmac
 from dataclasses import dataclass
 from functools import lru_cache
 
-import nacl.exceptions
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from nacl.bindings import crypto_scalarmult
 
-from server.protocol.keys import MachinePrivate, MachinePublic
+from server.protocol.keys import MachinePrivate, MachinePublic, NodePrivate
 
 __all__ = [
     "PROTOCOL_NAME",
@@ -37,6 +35,7 @@ __all__ = [
     "SessionKeys",
     "SymmetricState",
     "hkdf2",
+    "public_of",
 ]
 
 PROTOCOL_NAME = b"Noise_IK_25519_ChaChaPoly_BLAKE2s"
@@ -80,13 +79,26 @@ def hkdf2(chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
 @lru_cache(maxsize=4)
 def _static_public(private: MachinePrivate) -> bytes:
     """A server's long-lived public key, derived once (every handshake mixes it)."""
-    return private.public_raw()
+    return public_of(private)
+
+
+def public_of(private: MachinePrivate | NodePrivate) -> bytes:
+    """X25519(k, 9), as `private.public_raw()` gives it, by libsodium's
+    fixed-base tables: 17 against 33 us through OpenSSL's key load. Each
+    connection derives two (the handshake's ephemeral, the challenge); keys.py
+    keeps OpenSSL's so that nacl stays off the start path
+    (tests/unit/test_cold_start.py)."""
+    from nacl.bindings import crypto_scalarmult_base
+
+    return crypto_scalarmult_base(private.raw)
 
 
 def _dh(private: MachinePrivate, public: MachinePublic) -> bytes:
-    # X25519 through libsodium: the same function as OpenSSL's, with no key
-    # object to load (loading one derives its public key, a second scalar
-    # multiplication, which keys.py now does by libsodium's faster fixed base).
+    # X25519 through libsodium, as public_of: the same function as OpenSSL's,
+    # with no key object to load (loading one derives its public key too).
+    import nacl.exceptions
+    from nacl.bindings import crypto_scalarmult
+
     try:
         return crypto_scalarmult(private.raw, public.raw)
     except nacl.exceptions.RuntimeError:
@@ -166,10 +178,10 @@ class Initiator:
         """-> e, es, s, ss: returns e ‖ encrypted s ‖ encrypted payload."""
         self._advance(0)
         st = self._state
-        e_pub = self._ephemeral.public_raw()
+        e_pub = public_of(self._ephemeral)
         st.mix_hash(e_pub)
         key = st.mix_dh(self._ephemeral, self._remote_static)
-        static_pub = self._static.public_raw()
+        static_pub = public_of(self._static)
         sealed_static = st.encrypt_and_hash(key, static_pub)
         key = st.mix_dh(self._static, self._remote_static)
         return e_pub + sealed_static + st.encrypt_and_hash(key, payload)
@@ -233,7 +245,7 @@ class Responder:
             raise RuntimeError("Noise responder must read the initiation first")
         self._remote_ephemeral = self._remote_static = None
         st = self._state
-        e_pub = ephemeral.public_raw()
+        e_pub = public_of(ephemeral)
         st.mix_hash(e_pub)
         st.mix_dh(ephemeral, remote_ephemeral)
         key = st.mix_dh(ephemeral, remote_static)

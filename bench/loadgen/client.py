@@ -38,6 +38,7 @@ from server.protocol.keys import (
 )
 from server.protocol.mapframe import MapFrameDecoder
 from server.protocol.noise import EARLY_PAYLOAD_MAGIC, RESPONSE_LEN, ClientHandshake, NoiseTransport
+from server.protocol.noise_handshake import public_of
 
 __all__ = [
     "CAPVER",
@@ -116,7 +117,8 @@ class Device:
         """The node key's public text, as request bodies carry it."""
         cached = self._node_public
         if cached is None or cached[0] is not self.node:
-            cached = self._node_public = (self.node, self.node.public().text)
+            # libsodium's fixed-base multiplication (server/protocol/noise_handshake.py)
+            cached = self._node_public = (self.node, NodePublic(public_of(self.node)).text)
         return cached[1]
 
     def register_body(

@@ -29,7 +29,7 @@ import h2.events
 import h2.settings
 import msgspec
 
-from bench.loadgen.hpack_cache import CachingEncoder
+from bench.loadgen.hpack_cache import CachingDecoder, CachingEncoder
 from server.protocol.keys import (
     DiscoPublic,
     MachinePrivate,
@@ -198,6 +198,9 @@ class ControlClient:
             settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = window
         self._h2 = h2.connection.H2Connection(config=_CONFIG)
         self._h2.encoder = CachingEncoder()  # the same bytes, encoded once per fleet
+        decoder = CachingDecoder()  # and the server's few response heads decoded once
+        decoder.max_header_list_size = self._h2.decoder.max_header_list_size
+        self._h2.decoder = decoder
         self._h2.local_settings = h2.settings.Settings(client=True, initial_values=settings)
         self._streams: dict[int, _Stream] = {}
         self._window = asyncio.Event()

@@ -4,9 +4,11 @@ encoder's table stays where hpack's would be, so the server decodes the same."""
 from __future__ import annotations
 
 import hpack
+import pytest
 
 from bench.loadgen import hpack_cache
-from bench.loadgen.hpack_cache import CachingEncoder
+from bench.loadgen.hpack_cache import CachingDecoder, CachingEncoder
+from server.protocol.h2head import response_head
 
 
 def _requests(lengths: list[int]) -> list[list[tuple[str, str]]]:
@@ -59,3 +61,30 @@ def test_a_table_size_update_is_still_sent() -> None:
     fresh = CachingEncoder()
     fresh.header_table_size = 256
     assert fresh.encode(_requests([5])[0])[0] & 0xE0 == 0x20  # opens with the size update
+
+
+def test_decoded_heads_and_tables_match_a_plain_decoder() -> None:
+    # The server's response heads (fixed blocks, no table changes) and blocks
+    # that grow and evict the table, over several connections.
+    heads = [response_head(200, "application/json", n) for n in (10, 11, 10)]
+    heads += [response_head(200, "application/json", None), response_head(404, "text/plain", 0)]
+    for round_ in range(3):
+        encoder = hpack.Encoder()
+        encoder.header_table_size = 128  # small: entries get evicted
+        blocks = heads + [encoder.encode(h) for h in _requests([round_, 7, round_] * 4)]
+        cached, plain = CachingDecoder(), hpack.Decoder()
+        for raw in (False, True):
+            for block in blocks:
+                assert cached.decode(block, raw=raw) == plain.decode(block, raw=raw)
+                assert list(cached.header_table.dynamic_entries) == list(
+                    plain.header_table.dynamic_entries
+                )
+
+
+def test_a_block_over_the_header_list_limit_is_refused_every_time() -> None:
+    block = response_head(200, "application/json", 123456)
+    for _ in range(2):
+        decoder = CachingDecoder()
+        decoder.max_header_list_size = 10
+        with pytest.raises(hpack.OversizedHeaderListError):
+            decoder.decode(block)

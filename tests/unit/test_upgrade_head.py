@@ -19,19 +19,21 @@ from server.edge.http1_conn import (
 from server.edge.upgrade_head import DECLINED, NEED_DATA, UpgradeHead, parse_upgrade_head
 
 PATHS = frozenset({"/ts2021", "/derp"})
-HANDSHAKE = base64.b64encode(bytes(range(101)))
-# The head tailscaled's controlhttp client sends, as Go's net/http writes a
-# bodiless POST (Host first, User-Agent and Content-Length: 0 added by the
-# transport, then the request's own headers in key order).
+# The head tailscaled 1.96.4 sent to open its control connection, captured
+# through a loopback relay in front of `tailnetd serve` (`tailscale up
+# --login-server`); the handshake is that run's Noise initiation.
+HANDSHAKE = (
+    b"AIUBAGBlte0Fs9tAxQfkJ0t+A15tipok4vIN9RQN7b3HpAadVvDmFitdcUoslk/QVLkQ9zKxoWyWReHEHm"
+    b"XgM4p7lZezn3uuAs9s0/O9m6xKYHQfpJ/EO6NR4wy4wDaQQGhIe60="
+)
 GO_HEAD = (
-    b"POST /ts2021 HTTP/1.1\r\nHost: control.example.com\r\n"
-    b"User-Agent: Go-http-client/1.1\r\nContent-Length: 0\r\n"
-    b"Connection: upgrade\r\nUpgrade: tailscale-control-protocol\r\n"
-    b"X-Tailscale-Handshake: " + HANDSHAKE + b"\r\nAccept-Encoding: gzip\r\n\r\n"
+    b"POST /ts2021 HTTP/1.1\r\nHost: 127.0.0.1:41833\r\nUser-Agent: Go-http-client/1.1\r\n"
+    b"Content-Length: 0\r\nConnection: upgrade\r\nUpgrade: tailscale-control-protocol\r\n"
+    b"X-Tailscale-Handshake: " + HANDSHAKE + b"\r\n\r\n"
 )
 
 
-def test_go_clients_upgrade_head_is_taken_as_h11_reads_it() -> None:
+def test_tailscaleds_upgrade_head_is_taken_as_h11_reads_it() -> None:
     parsed = parse_upgrade_head(GO_HEAD + b"noise", PATHS, 65536)
     assert isinstance(parsed, UpgradeHead)
     h11_head = parse_request_head(GO_HEAD[:-4])
@@ -42,6 +44,7 @@ def test_go_clients_upgrade_head_is_taken_as_h11_reads_it() -> None:
     )
     assert parsed.trailing == b"noise"
     assert dict(parsed.headers)["x-tailscale-handshake"] == HANDSHAKE.decode()
+    assert len(base64.b64decode(HANDSHAKE)) == 101  # the initiation's size
 
 
 def test_fed_byte_at_a_time_the_server_upgrades_with_the_trailing_bytes() -> None:
@@ -64,12 +67,12 @@ def test_what_it_declines_still_gets_h11s_answer() -> None:
         GO_HEAD.replace(b"Content-Length: 0", b"Transfer-Encoding: chunked"): Upgrade,
         GO_HEAD.replace(b"Content-Length: 0", b"Content-Length: 0\r\nContent-Length: 0"): Upgrade,
         # no Host, two Hosts, a space before the colon: h11 refuses
-        GO_HEAD.replace(b"Host: control.example.com\r\n", b""): Refused,
+        GO_HEAD.replace(b"Host: 127.0.0.1:41833\r\n", b""): Refused,
         GO_HEAD.replace(b"Host:", b"Host: a\r\nHost:"): Refused,
         GO_HEAD.replace(b"Upgrade:", b"Upgrade :"): Refused,
         # HTTP/1.0, an obs-text value: h11 takes them
         GO_HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"): Upgrade,
-        GO_HEAD.replace(b"gzip", b"gzip\xff"): Upgrade,
+        GO_HEAD.replace(b"Go-http-client/1.1", b"Go\xff"): Upgrade,
     }
     for wire, kind in cases.items():
         assert parse_upgrade_head(wire, PATHS, 65536) == DECLINED, wire

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -65,9 +66,19 @@ class EventFormatter(logging.Formatter):
         return text + (f"\n{error}" if error else "")
 
 
+# What makes a `text` field value need quoting; one search, not a generator
+# per character class (a registration's line has five fields).
+_NEEDS_QUOTES = re.compile('[ "=\n]')
+
+
 def _text(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return json.dumps(text) if not text or any(c in text for c in ' "=\n') else text
+    if isinstance(value, str):
+        text = value
+    elif type(value) is int:
+        return str(value)  # what json.dumps writes, and never quoted
+    else:
+        text = json.dumps(value, default=str)
+    return json.dumps(text) if not text or _NEEDS_QUOTES.search(text) else text
 
 
 def log_handler(style: LogFormat, stream: Any = None) -> logging.Handler:

@@ -29,6 +29,7 @@ import h2.events
 import h2.settings
 import msgspec
 
+from bench.loadgen.hpack_cache import CachingDecoder, CachingEncoder
 from server.protocol.keys import (
     DiscoPublic,
     MachinePrivate,
@@ -38,6 +39,7 @@ from server.protocol.keys import (
 )
 from server.protocol.mapframe import MapFrameDecoder
 from server.protocol.noise import EARLY_PAYLOAD_MAGIC, RESPONSE_LEN, ClientHandshake, NoiseTransport
+from server.protocol.noise_handshake import public_of
 
 __all__ = [
     "CAPVER",
@@ -116,7 +118,8 @@ class Device:
         """The node key's public text, as request bodies carry it."""
         cached = self._node_public
         if cached is None or cached[0] is not self.node:
-            cached = self._node_public = (self.node, self.node.public().text)
+            # libsodium's fixed-base multiplication (server/protocol/noise_handshake.py)
+            cached = self._node_public = (self.node, NodePublic(public_of(self.node)).text)
         return cached[1]
 
     def register_body(
@@ -194,6 +197,10 @@ class ControlClient:
         if window is not None:
             settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = window
         self._h2 = h2.connection.H2Connection(config=_CONFIG)
+        self._h2.encoder = CachingEncoder()  # the same bytes, encoded once per fleet
+        decoder = CachingDecoder()  # and the server's few response heads decoded once
+        decoder.max_header_list_size = self._h2.decoder.max_header_list_size
+        self._h2.decoder = decoder
         self._h2.local_settings = h2.settings.Settings(client=True, initial_values=settings)
         self._streams: dict[int, _Stream] = {}
         self._window = asyncio.Event()

@@ -195,29 +195,33 @@ class Fleet:
         marks.append(self.clock())
         if node.stream.status != 200:
             raise ConnectionError(f"{node.device.hostname}: map poll got {node.stream.status}")
-        node.follower = asyncio.get_running_loop().create_task(self._follow(node, node.stream))
-        streaming = asyncio.ensure_future(node.streaming.wait())
-        ended = asyncio.ensure_future(node.ended.wait())
-        await asyncio.wait([streaming, ended], return_when=asyncio.FIRST_COMPLETED)
-        streaming.cancel()
-        ended.cancel()
+        # The follower resolves `first` at the poll's first message or its
+        # end: one future, not a task around each of the two events.
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[None] = loop.create_future()
+        node.follower = loop.create_task(self._follow(node, node.stream, first))
+        await first
         if not node.streaming.is_set():
             raise ConnectionError(f"{node.device.hostname}: map poll ended: {node.error}")
         if register:
             marks.append(self.clock())
             self.phases.append(tuple(b - a for a, b in itertools.pairwise(marks)))
 
-    async def _follow(self, node: SimNode, stream: MapStream) -> None:
+    async def _follow(
+        self, node: SimNode, stream: MapStream, first: asyncio.Future[None] | None = None
+    ) -> None:
         try:
             while True:
                 msg = await stream.next(timeout=None)
                 node.netmap.apply(msg)
                 node.streaming.set()
+                _resolve(first)
                 node._settle(self.clock())
         except (EOFError, ConnectionError) as exc:
             node.error = str(exc) or type(exc).__name__
         finally:
             node.ended.set()
+            _resolve(first)
 
     async def reconnect(
         self, nodes: Iterable[SimNode], *, attempts: int = 5, concurrency: int | None = None
@@ -294,6 +298,11 @@ class Fleet:
     async def close(self) -> None:
         for node in self.nodes:
             await self._drop(node)
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 def holds_peers(count: int) -> Predicate:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import h11
 
+from server.edge import upgrade_head
+
 __all__ = [
     "MAX_BODY",
     "MAX_HEAD",
@@ -160,9 +162,25 @@ class Http1Server:
         self._max_body = max_body
         self._head: RequestHead | None = None
         self._body = bytearray()
+        # The connection's first bytes, held back from h11 while they may be
+        # an upgrade head that server/edge/upgrade_head.py takes on its own;
+        # None once h11 has them (and everything after).
+        self._first: bytearray | None = bytearray() if upgrade_paths else None
 
     def receive_data(self, data: bytes) -> None:
-        self._h11.receive_data(data)
+        if self._first is None:
+            self._h11.receive_data(data)
+        elif data:
+            self._first += data
+        else:  # the peer closed before a head we took: h11 says what that is
+            self._to_h11()
+            self._h11.receive_data(data)
+
+    def _to_h11(self) -> None:
+        if self._first is not None:
+            first, self._first = bytes(self._first), None
+            if first:
+                self._h11.receive_data(first)
 
     def next_event(self) -> Http1Event:
         try:
@@ -174,6 +192,17 @@ class Http1Server:
             return Refused(exc.status, exc.reason)
 
     def _next_event(self) -> Http1Event:
+        if self._first is not None:
+            parsed = upgrade_head.parse_upgrade_head(
+                self._first, self._upgrade_paths, self._max_head
+            )
+            if parsed == upgrade_head.NEED_DATA:
+                return NeedData()
+            if isinstance(parsed, upgrade_head.UpgradeHead):
+                self._first = None
+                head = RequestHead(parsed.method, parsed.target, "1.1", parsed.headers)
+                return Upgrade(head, parsed.trailing)
+            self._to_h11()
         while True:
             event = self._h11.next_event()
             if event is h11.NEED_DATA:

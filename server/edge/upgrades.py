@@ -13,6 +13,7 @@ from server.edge.control_conn import ControlConnection, Handler
 from server.edge.http1 import RequestHead, UpgradeHandler
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
+from server.protocol.noise_handshake import public_of
 
 if TYPE_CHECKING:
     from server.edge.derp_server import DerpServer
@@ -53,7 +54,7 @@ class Ts2021Upgrade:
                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
             )
             return
-        challenge = ChallengePublic(NodePrivate.generate().public_raw())
+        challenge = ChallengePublic(public_of(NodePrivate.generate()))
         conn = ControlConnection(
             reader,
             writer,

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from server.protocol.keys import MachinePrivate, MachinePublic
+from server.protocol.keys import MachinePrivate, MachinePublic, NodePrivate
 
 __all__ = [
     "PROTOCOL_NAME",
@@ -36,6 +35,7 @@ __all__ = [
     "SessionKeys",
     "SymmetricState",
     "hkdf2",
+    "public_of",
 ]
 
 PROTOCOL_NAME = b"Noise_IK_25519_ChaChaPoly_BLAKE2s"
@@ -77,20 +77,33 @@ def hkdf2(chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
 
 
 @lru_cache(maxsize=4)
-def _static_key(private: MachinePrivate) -> X25519PrivateKey:
-    """A server's long-lived key, loaded once: loading one costs what a DH
-    does (it derives the public key), and every handshake used it three times."""
-    return X25519PrivateKey.from_private_bytes(private.raw)
+def _static_public(private: MachinePrivate) -> bytes:
+    """A server's long-lived public key, derived once (every handshake mixes it)."""
+    return public_of(private)
 
 
-def _dh(private: MachinePrivate | X25519PrivateKey, public: MachinePublic) -> bytes:
-    if isinstance(private, MachinePrivate):
-        private = X25519PrivateKey.from_private_bytes(private.raw)
+def public_of(private: MachinePrivate | NodePrivate) -> bytes:
+    """X25519(k, 9), as `private.public_raw()` gives it, by libsodium's
+    fixed-base tables: 17 against 33 us through OpenSSL's key load. Each
+    connection derives two (the handshake's ephemeral, the challenge); keys.py
+    keeps OpenSSL's so that nacl stays off the start path
+    (tests/unit/test_cold_start.py)."""
+    from nacl.bindings import crypto_scalarmult_base
+
+    return crypto_scalarmult_base(private.raw)
+
+
+def _dh(private: MachinePrivate, public: MachinePublic) -> bytes:
+    # X25519 through libsodium, as public_of: the same function as OpenSSL's,
+    # with no key object to load (loading one derives its public key too).
+    import nacl.exceptions
+    from nacl.bindings import crypto_scalarmult
+
     try:
-        return private.exchange(X25519PublicKey.from_public_bytes(public.raw))
-    except ValueError:
-        # A low-order point gives an all-zero secret; Go's curve25519 refuses
-        # it too, so the handshake fails on both sides alike.
+        return crypto_scalarmult(private.raw, public.raw)
+    except nacl.exceptions.RuntimeError:
+        # A low-order point gives an all-zero secret; libsodium refuses such
+        # points, as Go's curve25519 does, so the handshake fails on both sides alike.
         raise HandshakeError("handshake used an invalid public key") from None
 
 
@@ -108,7 +121,7 @@ class SymmetricState:
     def mix_hash(self, data: bytes) -> None:
         self.h = _blake2s(self.h + data)
 
-    def mix_dh(self, private: MachinePrivate | X25519PrivateKey, public: MachinePublic) -> bytes:
+    def mix_dh(self, private: MachinePrivate, public: MachinePublic) -> bytes:
         """MixKey(DH(private, public)); returns the single-use cipher key."""
         self.ck, key = hkdf2(self.ck, _dh(private, public))
         return key
@@ -154,10 +167,8 @@ class Initiator:
         ephemeral: MachinePrivate,
         responder_static: MachinePublic,
     ) -> None:
-        # Each loaded once: loading derives the public key (a scalar
-        # multiplication, what a DH costs), and each is used three times.
-        self._static = X25519PrivateKey.from_private_bytes(static.raw)
-        self._ephemeral = X25519PrivateKey.from_private_bytes(ephemeral.raw)
+        self._static = static
+        self._ephemeral = ephemeral
         self._remote_static = responder_static
         self._state = SymmetricState(prologue)
         self._state.mix_hash(responder_static.raw)
@@ -167,10 +178,10 @@ class Initiator:
         """-> e, es, s, ss: returns e ‖ encrypted s ‖ encrypted payload."""
         self._advance(0)
         st = self._state
-        e_pub = self._ephemeral.public_key().public_bytes_raw()
+        e_pub = public_of(self._ephemeral)
         st.mix_hash(e_pub)
         key = st.mix_dh(self._ephemeral, self._remote_static)
-        static_pub = self._static.public_key().public_bytes_raw()
+        static_pub = public_of(self._static)
         sealed_static = st.encrypt_and_hash(key, static_pub)
         key = st.mix_dh(self._static, self._remote_static)
         return e_pub + sealed_static + st.encrypt_and_hash(key, payload)
@@ -199,9 +210,9 @@ class Responder:
     """The server side: learns the initiator's static key from the first message."""
 
     def __init__(self, prologue: bytes, static: MachinePrivate) -> None:
-        self._static = _static_key(static)
+        self._static = static
         self._state = SymmetricState(prologue)
-        self._state.mix_hash(self._static.public_key().public_bytes_raw())
+        self._state.mix_hash(_static_public(static))
         self._remote_ephemeral: MachinePublic | None = None
         self._remote_static: MachinePublic | None = None
 
@@ -234,10 +245,9 @@ class Responder:
             raise RuntimeError("Noise responder must read the initiation first")
         self._remote_ephemeral = self._remote_static = None
         st = self._state
-        e_key = X25519PrivateKey.from_private_bytes(ephemeral.raw)  # loaded once for 3 uses
-        e_pub = e_key.public_key().public_bytes_raw()
+        e_pub = public_of(ephemeral)
         st.mix_hash(e_pub)
-        st.mix_dh(e_key, remote_ephemeral)
-        key = st.mix_dh(e_key, remote_static)
+        st.mix_dh(ephemeral, remote_ephemeral)
+        key = st.mix_dh(ephemeral, remote_static)
         body = e_pub + st.encrypt_and_hash(key, payload)
         return body, _finish(st)

@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from server.logs import EventFormatter, event, log_handler
 from tests.unit.control_client import Device, async_test, join, running_server
@@ -106,3 +108,24 @@ def test_every_line_is_written_through_the_handler(style: str) -> None:
     log.warning("one", extra=event("x.y", n=1))
     log.warning("two")
     assert len(out.getvalue().splitlines()) == 2
+
+
+def _text_as_before(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return json.dumps(text) if not text or any(c in text for c in ' "=\n') else text
+
+
+@given(
+    st.one_of(
+        st.text(),
+        st.integers(),
+        st.booleans(),
+        st.none(),
+        st.floats(allow_nan=False),
+        st.lists(st.text(max_size=5), max_size=3),
+    )
+)
+def test_text_field_values_are_written_as_they_always_were(value: object) -> None:
+    from server.logs import _text
+
+    assert _text(value) == _text_as_before(value)

@@ -4,10 +4,12 @@ early payload skipped, then HTTP/2 (h2, client mode) inside Noise, with
 zstd-framed map responses.
 
 The async code only pumps bytes, as the server does: one reader task feeds
-Noise (server/protocol/noise.py), Noise feeds h2, h2 events go to per-stream
-queues; MapStream decodes frames with server/protocol/mapframe.py. The unit
-tests (tests/unit/control_client.py) and the load generator share this one
-client, so what the benchmarks measure is the protocol the tests prove.
+Noise (server/protocol/noise.py), Noise feeds the tap (bench/loadgen/h2tap.py),
+which keeps the DATA frames of established map streams and gives the other
+frames to h2; bodies go to per-stream `ResponseStream`s and map streams decode
+them (bench/loadgen/mapstream.py). The unit tests (tests/unit/control_client.py)
+and the load generator share this one client, so what the benchmarks measure
+is the protocol the tests prove.
 """
 
 from __future__ import annotations
@@ -15,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,16 +27,11 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
-import msgspec
 
-from server.protocol.keys import (
-    DiscoPublic,
-    MachinePrivate,
-    MachinePublic,
-    NodePrivate,
-    NodePublic,
-)
-from server.protocol.mapframe import MapFrameDecoder
+from bench.loadgen.device import CAPVER, LOGOUT_EXPIRY, ZERO_TIME, Device
+from bench.loadgen.h2tap import DEFAULT_WINDOW, DataTap, StreamData
+from bench.loadgen.mapstream import MapStream, ResponseStream, read_all
+from server.protocol.keys import MachinePrivate, MachinePublic
 from server.protocol.noise import EARLY_PAYLOAD_MAGIC, RESPONSE_LEN, ClientHandshake, NoiseTransport
 
 __all__ = [
@@ -52,7 +47,6 @@ __all__ = [
     "read_all",
 ]
 
-CAPVER = 133  # what tailscale 1.96 sends
 # One for every connection (h2 only reads it). The request headers are ours,
 # fixed and lowercase: h2's outbound checks would only cost CPU on the cores
 # the server shares. What the server sends is still checked.
@@ -62,12 +56,6 @@ _CONFIG = h2.config.H2Configuration(
     validate_outbound_headers=False,
     normalize_outbound_headers=False,
 )
-# Map messages decoded as json.loads would (the same dicts), in a third less
-# time: a simulated mesh decodes every join's delta a thousand times over, on
-# the cores the server runs on.
-_decode_json = msgspec.json.Decoder().decode
-LOGOUT_EXPIRY = "1970-01-01T00:02:03Z"
-ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,82 +86,6 @@ class ServerAddress:
         return self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
 
 
-@dataclass
-class Device:
-    """One client machine's keys, and the request bodies tailscaled would send."""
-
-    hostname: str
-    machine: MachinePrivate = field(default_factory=MachinePrivate.generate)
-    node: NodePrivate = field(default_factory=NodePrivate.generate)
-    disco: DiscoPublic = field(default_factory=lambda: DiscoPublic(os.urandom(32)))
-    # (node key, its public text): deriving it is a scalar multiplication, and
-    # every request body names it. Checked against `node`, which tests rotate.
-    _node_public: tuple[NodePrivate, str] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
-
-    def node_key_text(self) -> str:
-        """The node key's public text, as request bodies carry it."""
-        cached = self._node_public
-        if cached is None or cached[0] is not self.node:
-            cached = self._node_public = (self.node, self.node.public().text)
-        return cached[1]
-
-    def register_body(
-        self,
-        auth_key: str | None = None,
-        *,
-        old_node: NodePrivate | None = None,
-        expiry: str = ZERO_TIME,
-        version: int = CAPVER,
-        ephemeral: bool = False,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "Version": version,
-            "NodeKey": self.node_key_text(),
-            "OldNodeKey": (old_node.public() if old_node else NodePublic.zero()).text,
-            "Expiry": expiry,
-            "Followup": "",
-            "Hostinfo": {"Hostname": self.hostname, "OS": "linux"},
-        }
-        if auth_key is not None:
-            body["Auth"] = {"AuthKey": auth_key}
-        if ephemeral:
-            body["Ephemeral"] = True
-        return body
-
-    def map_body(
-        self,
-        *,
-        stream: bool = True,
-        endpoints: list[str] | None = None,
-        hostinfo: dict[str, Any] | None = None,
-        version: int = CAPVER,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "Version": version,
-            "Compress": "zstd",
-            "KeepAlive": True,
-            "NodeKey": self.node_key_text(),
-            "DiscoKey": self.disco.text,
-            "Hostinfo": hostinfo or {"Hostname": self.hostname, "OS": "linux"},
-        }
-        if stream:
-            body["Stream"] = True
-        else:
-            body["OmitPeers"] = True
-        if endpoints is not None:
-            body["Endpoints"] = endpoints
-        return body
-
-
-@dataclass
-class _Stream:
-    headers: asyncio.Future[dict[str, str]]
-    chunks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
-    reset_code: int | None = None
-
-
 class ControlClient:
     """One Noise + HTTP/2 connection to the server's /ts2021 endpoint."""
 
@@ -195,7 +107,8 @@ class ControlClient:
             settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = window
         self._h2 = h2.connection.H2Connection(config=_CONFIG)
         self._h2.local_settings = h2.settings.Settings(client=True, initial_values=settings)
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, ResponseStream] = {}
+        self._tap = DataTap(stream_window=window or DEFAULT_WINDOW)
         self._window = asyncio.Event()
         self._preamble = bytearray()  # plaintext before HTTP/2: the early payload
         self._in_h2 = False
@@ -265,11 +178,15 @@ class ControlClient:
     # Requests
 
     async def request(
-        self, path: str, body: bytes, method: str = "POST"
-    ) -> tuple[int, int, _Stream]:
-        """Send a whole request; returns (stream id, status, stream) once headers arrive."""
+        self, path: str, body: bytes, method: str = "POST", *, tapped: bool = False
+    ) -> tuple[int, int, ResponseStream]:
+        """Send a whole request; returns (stream id, status, stream) once headers arrive.
+
+        `tapped`: a long-lived response, whose body the client reads without h2
+        once its headers say 200 without a length (bench/loadgen/h2tap.py).
+        """
         stream_id = self._h2.get_next_available_stream_id()
-        stream = _Stream(asyncio.get_running_loop().create_future())
+        stream = ResponseStream(asyncio.get_running_loop().create_future(), tapped=tapped)
         self._streams[stream_id] = stream
         headers = [
             (":method", method),
@@ -314,7 +231,8 @@ class ControlClient:
 
     async def map_stream(self, body: dict[str, Any], *, keep_raw: bool = True) -> MapStream:
         """Open a map poll; `keep_raw=False` drops the body bytes once decoded."""
-        stream_id, status, stream = await self.request("/machine/map", json.dumps(body).encode())
+        request = json.dumps(body).encode()
+        stream_id, status, stream = await self.request("/machine/map", request, tapped=True)
         return MapStream(self, stream_id, status, stream, keep_raw=keep_raw)
 
     async def ping(self) -> None:
@@ -329,11 +247,12 @@ class ControlClient:
         self._h2.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
         self._flush()
         self._streams.pop(stream_id, None)
+        self._tap.unfollow(stream_id)
 
     # Byte pump
 
     def _flush(self) -> None:
-        data = self._h2.data_to_send()
+        data = self._h2.data_to_send() + self._tap.data_to_send()
         if data:
             self._noise.send(data)
         out = self._noise.data_to_send()
@@ -346,17 +265,21 @@ class ControlClient:
                 data = await self._reader.read(65536)
                 if not data:
                     break
-                for plain in self._noise.receive_data(data):
+                plain = b"".join(self._noise.receive_data(data))
+                if not self._in_h2:
                     plain = self._skip_early_payload(plain)
-                    if plain:
-                        for event in self._h2.receive_data(plain):
+                for item in self._tap.receive_data(plain):
+                    if type(item) is StreamData:
+                        self._on_tapped(item)
+                    else:
+                        for event in self._h2.receive_data(item.data):
                             self._on_event(event)
                 self._flush()
         finally:
             self.closed.set()
             for stream in self._streams.values():
                 _fail(stream.headers, ConnectionError("connection closed"))
-                stream.chunks.put_nowait(None)
+                stream.put(None)
 
     def _skip_early_payload(self, plain: bytes) -> bytes:
         """The client reads 9 bytes: the magic and a length, or an HTTP/2 frame header."""
@@ -377,21 +300,32 @@ class ControlClient:
         self._preamble.clear()
         return rest
 
+    def _on_tapped(self, item: StreamData) -> None:
+        self._tap.acknowledge(item.stream_id, item.flow_controlled)
+        stream = self._streams.get(item.stream_id)
+        if stream is not None:
+            stream.put(item.data)
+
     def _on_event(self, event: h2.events.Event) -> None:
-        stream = self._streams.get(getattr(event, "stream_id", 0) or 0)
+        stream_id = getattr(event, "stream_id", 0) or 0
+        stream = self._streams.get(stream_id)
         if isinstance(event, h2.events.ResponseReceived) and stream is not None:
-            stream.headers.set_result(dict((str(k), str(v)) for k, v in event.headers or []))
+            headers = dict((str(k), str(v)) for k, v in event.headers or [])
+            if stream.tapped and headers[":status"] == "200" and "content-length" not in headers:
+                self._tap.follow(stream_id)
+            stream.headers.set_result(headers)
         elif isinstance(event, h2.events.DataReceived):
-            assert event.stream_id is not None
-            self._h2.acknowledge_received_data(event.flow_controlled_length or 0, event.stream_id)
+            self._h2.acknowledge_received_data(event.flow_controlled_length or 0, stream_id)
             if stream is not None:
-                stream.chunks.put_nowait(event.data or b"")
+                stream.put(event.data or b"")
         elif isinstance(event, h2.events.StreamEnded) and stream is not None:
-            stream.chunks.put_nowait(None)
+            self._tap.unfollow(stream_id)
+            stream.put(None)
         elif isinstance(event, h2.events.StreamReset) and stream is not None:
+            self._tap.unfollow(stream_id)
             stream.reset_code = int(event.error_code or 0)
             _fail(stream.headers, ConnectionError(f"stream reset ({stream.reset_code})"))
-            stream.chunks.put_nowait(None)
+            stream.put(None)
         elif isinstance(event, h2.events.PingAckReceived) and self._pong is not None:
             self._pong.set_result(None)
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
@@ -411,92 +345,6 @@ def _fail(future: asyncio.Future[Any], exc: Exception) -> None:
     if not future.done():
         future.set_exception(exc)
         future.exception()  # nobody may be waiting any more: don't log it as lost
-
-
-async def read_all(stream: _Stream) -> bytes:
-    out = bytearray()
-    while (chunk := await stream.chunks.get()) is not None:
-        out += chunk
-    return bytes(out)
-
-
-class MapStream:
-    """A streaming /machine/map response: decoded MapResponse dicts in order."""
-
-    def __init__(
-        self,
-        client: ControlClient,
-        stream_id: int,
-        status: int,
-        stream: _Stream,
-        *,
-        keep_raw: bool = True,
-    ) -> None:
-        self.client = client
-        self.stream_id = stream_id
-        self.status = status
-        self._stream = stream
-        self._decoder = MapFrameDecoder()
-        self._pending: list[dict[str, Any]] = []
-        self.raw = bytearray()  # every body byte received, for framing checks
-        self._keep_raw = keep_raw
-        self.ended = False
-
-    async def next(
-        self, timeout: float | None = 5.0, *, keepalives: bool = False
-    ) -> dict[str, Any]:
-        """The next message (skipping keep-alives unless asked); raises at the end of the stream.
-
-        `timeout` None waits as long as the stream lives (a load generator's follower).
-        """
-        while True:
-            while self._pending:
-                msg = self._pending.pop(0)
-                if keepalives or not msg.get("KeepAlive"):
-                    return msg
-            if self.ended:
-                raise EOFError("map stream ended")
-            chunk = await asyncio.wait_for(self._stream.chunks.get(), timeout)
-            if chunk is None:
-                self.ended = True
-                continue
-            if self._keep_raw:
-                self.raw += chunk
-            self._pending += [_decode_json(m) for m in self._decoder.receive_data(chunk)]
-
-    async def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0
-    ) -> dict[str, Any]:
-        """The first message matching `predicate`; others are dropped."""
-
-        async def find() -> dict[str, Any]:
-            while not predicate(msg := await self.next(timeout)):
-                pass
-            return msg
-
-        return await asyncio.wait_for(find(), timeout)
-
-    async def body(self, timeout: float = 5.0) -> bytes:
-        """The rest of the body (for responses that end)."""
-        while not self.ended:
-            chunk = await asyncio.wait_for(self._stream.chunks.get(), timeout)
-            if chunk is None:
-                self.ended = True
-            else:
-                self.raw += chunk
-        return bytes(self.raw)
-
-    def cancel(self) -> None:
-        self.client.cancel(self.stream_id)
-
-    def __aiter__(self) -> MapStream:
-        return self
-
-    async def __anext__(self) -> dict[str, Any]:
-        try:
-            return await self.next()
-        except EOFError:
-            raise StopAsyncIteration from None
 
 
 async def fetch_server_key(server: ServerAddress | int) -> MachinePublic:

@@ -1,8 +1,9 @@
 """Many simulated tailscale clients in one asyncio loop.
 
 Each `SimNode` has its own machine and node keys, its own Noise + HTTP/2
-connection, and one streaming map poll whose messages a follower task applies
-to the node's `ClientNetmap` as tailscaled would. A measurement registers a
+connection, and one streaming map poll whose messages are applied to the
+node's `ClientNetmap` as tailscaled would, in the connection's read loop as
+they arrive (`MapStream.listen`). A measurement registers a
 predicate on the nodes that must see a change, takes the time, acts, and
 collects, per node, when its own netmap first satisfied the predicate.
 
@@ -23,7 +24,6 @@ from bench.loadgen.client import (
     Device,
     MapStream,
     ServerAddress,
-    cancel_and_wait,
     fetch_server_key,
 )
 from bench.loadgen.netmap import ClientNetmap
@@ -74,7 +74,6 @@ class SimNode:
     stream: MapStream | None = None
     streaming: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-    follower: asyncio.Task[None] | None = None
     error: str | None = None
     retries: int = 0
     auth_key: str | None = None  # registers with this key, not the fleet's (another user)
@@ -195,7 +194,7 @@ class Fleet:
         marks.append(self.clock())
         if node.stream.status != 200:
             raise ConnectionError(f"{node.device.hostname}: map poll got {node.stream.status}")
-        node.follower = asyncio.get_running_loop().create_task(self._follow(node, node.stream))
+        self._follow(node, node.stream)
         streaming = asyncio.ensure_future(node.streaming.wait())
         ended = asyncio.ensure_future(node.ended.wait())
         await asyncio.wait([streaming, ended], return_when=asyncio.FIRST_COMPLETED)
@@ -207,17 +206,19 @@ class Fleet:
             marks.append(self.clock())
             self.phases.append(tuple(b - a for a, b in itertools.pairwise(marks)))
 
-    async def _follow(self, node: SimNode, stream: MapStream) -> None:
-        try:
-            while True:
-                msg = await stream.next(timeout=None)
-                node.netmap.apply(msg)
+    def _follow(self, node: SimNode, stream: MapStream) -> None:
+        netmap = node.netmap
+
+        def applied(raw: bytes) -> None:
+            if netmap.apply_json(raw):
                 node.streaming.set()
                 node._settle(self.clock())
-        except (EOFError, ConnectionError) as exc:
-            node.error = str(exc) or type(exc).__name__
-        finally:
+
+        def ended(why: str) -> None:
+            node.error = why
             node.ended.set()
+
+        stream.listen(applied, ended)
 
     async def reconnect(
         self, nodes: Iterable[SimNode], *, attempts: int = 5, concurrency: int | None = None
@@ -284,9 +285,6 @@ class Fleet:
     # Ending
 
     async def _drop(self, node: SimNode) -> None:
-        if node.follower is not None:
-            await cancel_and_wait(node.follower)
-            node.follower = None
         if node.client is not None:
             await node.client.close()
             node.client = None

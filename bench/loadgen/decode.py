@@ -15,7 +15,16 @@ from typing import Any, TypedDict
 
 import msgspec
 
-__all__ = ["PEER_LISTS", "decode_json", "kept_decoder"]
+from server.protocol.mapframe import MapFrameDecoder, MapFrameError
+
+__all__ = [
+    "PEER_LISTS",
+    "SHARED_DECODES",
+    "SharedDecodes",
+    "decode_json",
+    "decoder_keeping",
+    "kept_decoder",
+]
 
 # Map messages decoded as json.loads would (the same dicts), in a third less
 # time: a simulated mesh decodes every join's delta a thousand times over, on
@@ -41,3 +50,51 @@ def kept_decoder(keep: frozenset[str]) -> Callable[[bytes], dict[str, Any]]:
         }
 
     return decode
+
+
+def decoder_keeping(keep: frozenset[str] | None) -> Callable[[bytes], dict[str, Any]]:
+    """What a netmap keeping `keep` (None: every field) applies: JSON decoded
+    with the kept peer fields only."""
+    return decode_json if keep is None else kept_decoder(keep)
+
+
+# Messages held by `SharedDecodes`: more than the waves whose deltas are in
+# flight to a process's clients at once, fewer than would hold its memory.
+SHARED_DECODES = 64
+
+
+class SharedDecodes:
+    """Messages decoded once for every client of a process they reach.
+
+    The server sends a wave's delta to every client as the very same bytes
+    (mapframe.SharedMessage): a 1,000-node mesh's join reaches ~999 clients,
+    and inflating and decoding it for each was most of the load generator's
+    CPU. Keyed by the framed bytes (the length prefix included), so only
+    byte-identical messages share a decode. The message returned is shared:
+    a netmap applying it must copy what it changes (`ClientNetmap.apply_shared`).
+    """
+
+    def __init__(
+        self, decode: Callable[[bytes], dict[str, Any]], limit: int = SHARED_DECODES
+    ) -> None:
+        self._decode = decode
+        self._limit = limit
+        self._held: dict[bytes, dict[str, Any]] = {}
+        self._inflater = MapFrameDecoder()
+        self.decoded = 0  # misses, for tests and profiles
+
+    def __call__(self, framed: bytes) -> dict[str, Any]:
+        held = self._held.get(framed)
+        if held is not None:
+            return held
+        try:
+            (raw,) = self._inflater.receive_data(framed)
+        except (MapFrameError, ValueError):
+            self._inflater = MapFrameDecoder()  # whatever it buffered is not a message
+            raise
+        message = self._decode(raw)
+        self.decoded += 1
+        if len(self._held) >= self._limit:
+            del self._held[next(iter(self._held))]  # the oldest
+        self._held[framed] = message
+        return message

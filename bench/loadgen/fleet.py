@@ -26,6 +26,7 @@ from bench.loadgen.client import (
     ServerAddress,
     fetch_server_key,
 )
+from bench.loadgen.decode import SharedDecodes, decoder_keeping
 from bench.loadgen.netmap import ClientNetmap
 from server.protocol.keys import MachinePublic
 
@@ -130,6 +131,8 @@ class Fleet:
         self.keep = keep
         self.clock = clock or asyncio.get_running_loop().time
         self.nodes: list[SimNode] = []
+        # One decode of each message for every client it reaches (decode.py).
+        self._decodes = SharedDecodes(decoder_keeping(keep))
         self._limit = asyncio.Semaphore(concurrency)
         self._server_key: MachinePublic | None = None
         # Per registration, seconds spent in each step of `_bring_up` (PHASES):
@@ -208,9 +211,10 @@ class Fleet:
 
     def _follow(self, node: SimNode, stream: MapStream) -> None:
         netmap = node.netmap
+        decodes = self._decodes
 
-        def applied(raw: bytes) -> None:
-            if netmap.apply_json(raw):
+        def applied(framed: bytes) -> None:
+            if netmap.apply_shared(decodes(framed)):
                 node.streaming.set()
                 node._settle(self.clock())
 

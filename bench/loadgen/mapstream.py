@@ -4,9 +4,10 @@
 chunks, queued for a reader task or handed to a sink as they arrive.
 `MapStream` splits a /machine/map body into messages (server/protocol/
 mapframe.py): `next()` for a test that awaits them one at a time, or
-`listen()` for a load generator's client, whose messages are handled in the
-read loop that received them (no task wakes per message; in a 1,000-node mesh
-a client receives one for every join).
+`listen()` for a load generator's client, whose messages (still compressed:
+bench/loadgen/decode.py decodes a message once for every client it reaches)
+are handled in the read loop that received them (no task wakes per message;
+in a 1,000-node mesh a client receives one for every join).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bench.loadgen.decode import decode_json
+from bench.loadgen.frames import MessageSplitter
 from server.protocol.mapframe import MapFrameDecoder, MapFrameError
 
 __all__ = ["MapStream", "ResponseStream", "read_all"]
@@ -73,6 +75,7 @@ class MapStream:
         self.raw = bytearray()  # every body byte received, for framing checks
         self._keep_raw = keep_raw
         self.ended = False
+        self._read = False  # by next()
 
     async def next(
         self, timeout: float | None = 5.0, *, keepalives: bool = False
@@ -81,6 +84,7 @@ class MapStream:
 
         `timeout` None waits as long as the stream lives.
         """
+        self._read = True
         while True:
             while self._pending:
                 msg: dict[str, Any] = decode_json(self._pending.pop(0))
@@ -100,9 +104,13 @@ class MapStream:
         return self._decoder.receive_data(chunk)
 
     def listen(self, on_message: Callable[[bytes], None], on_end: Callable[[str], None]) -> None:
-        """From now on, each message's JSON (keep-alives too) goes to
-        `on_message` as the client's read loop receives it; `on_end` gets why
-        the stream ended, once. What arrived before is handed over first."""
+        """From now on, each message, framed (length prefix and zstd, as it
+        came; keep-alives too), goes to `on_message` as the client's read loop
+        receives it; `on_end` gets why the stream ended, once. What arrived
+        before is handed over first. Not for a stream `next()` has read."""
+        if self._read:
+            raise RuntimeError("a map stream read with next() cannot be listened to")
+        splitter = MessageSplitter()
 
         def feed(chunk: bytes | None) -> None:
             if self.ended:
@@ -110,16 +118,15 @@ class MapStream:
             try:
                 if chunk is None:
                     raise EOFError("map stream ended")
-                for message in self._split(chunk):
+                if self._keep_raw:
+                    self.raw += chunk
+                for message in splitter.receive_data(chunk):
                     on_message(message)
             except (EOFError, MapFrameError, ValueError) as exc:
                 self.ended = True
                 self._stream.sink = None
                 on_end(str(exc) or type(exc).__name__)
 
-        held, self._pending = self._pending, []
-        for message in held:
-            on_message(message)
         self._stream.sink = feed
         while not self._stream.chunks.empty() and not self.ended:
             feed(self._stream.chunks.get_nowait())

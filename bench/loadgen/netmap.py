@@ -13,8 +13,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.loadgen.decode import decode_json, kept_decoder
-
 __all__ = ["PEER_KEYS", "ClientNetmap"]
 
 # MapResponse fields that change the peer list; everything else is top-level
@@ -52,7 +50,7 @@ class ClientNetmap:
     `apply` takes ownership of the message (nothing is copied), so pass a freshly
     decoded one. `keep`, when set, is the only peer fields stored: a load
     generator holding thousands of netmaps keeps what it measures
-    (`apply_json` decodes only those).
+    (`decode.decoder_keeping` decodes only those).
     """
 
     keep: frozenset[str] | None = None
@@ -71,13 +69,15 @@ class ClientNetmap:
         """Apply one decoded MapResponse; `now` is the client's time (RFC 3339)."""
         self._apply(msg, now, self._kept)
 
-    def apply_json(self, raw: bytes, now: str | None = None) -> bool:
-        """Decode and apply one MapResponse's JSON; False for a keep-alive."""
-        if self.keep is None:
-            msg = decode_json(raw)
-        else:  # peers decoded with the kept fields only: nothing left to cut
-            msg = kept_decoder(self.keep)(raw)
-        self._apply(msg, now, _as_is)
+    def apply_shared(self, msg: Mapping[str, Any], now: str | None = None) -> bool:
+        """Apply a message other netmaps may hold too (decode.SharedDecodes),
+        its peers decoded as `decode.decoder_keeping(self.keep)` does; False
+        for a keep-alive.
+
+        Each peer entry is copied (patches change this netmap's entries in
+        place); every other value is stored as it is, and nothing changes those.
+        """
+        self._apply(msg, now, dict.copy)
         return not msg.get("KeepAlive")
 
     def _apply(
@@ -145,7 +145,3 @@ class ClientNetmap:
             if peer.get("Key") == node_key:
                 return peer
         return None
-
-
-def _as_is(peer: dict[str, Any]) -> dict[str, Any]:
-    return peer

@@ -176,7 +176,7 @@ def test_a_kept_netmap_holds_the_kept_fields_of_a_full_one(
         raw = json.dumps(msg).encode()
         full.apply(json.loads(raw))
         kept.apply(decode_json(raw))
-        assert decoded.apply_json(raw)
+        assert decoded.apply_shared(kept_decoder(keep)(raw))
         held = state
 
     # (a patch sets what it carries, kept or not: compared by the kept fields)
@@ -210,7 +210,21 @@ def test_kept_decoding_makes_what_json_does_but_the_peers_kept_fields(
 
 def test_a_keepalive_applies_nothing() -> None:
     netmap = ClientNetmap(keep=frozenset({"ID"}))
-    assert not netmap.apply_json(b'{"KeepAlive":true}')
+    assert not netmap.apply_shared({"KeepAlive": True})
     assert netmap.messages == 0 and not netmap.top
-    assert netmap.apply_json(b'{"Node":{"ID":1},"Peers":[{"ID":2,"Hostinfo":{}}]}')
-    assert netmap.peers == {2: {"ID": 2}}
+
+
+def test_a_shared_message_is_not_changed_by_the_netmaps_that_apply_it() -> None:
+    shared = kept_decoder(frozenset({"ID", "Online"}))(
+        b'{"PeersChanged":[{"ID":2,"Online":false,"Hostinfo":{}}]}'
+    )
+    one, two = (
+        ClientNetmap(keep=frozenset({"ID", "Online"})),
+        ClientNetmap(keep=frozenset({"ID", "Online"})),
+    )
+    assert one.apply_shared(shared) and two.apply_shared(shared)
+    one.apply({"OnlineChange": {"2": True}})
+    one.apply({"PeersChangedPatch": [{"NodeID": 2, "Endpoints": ["192.0.2.1:1"]}]})
+    assert one.peers == {2: {"ID": 2, "Online": True, "Endpoints": ["192.0.2.1:1"]}}
+    assert two.peers == {2: {"ID": 2, "Online": False}}
+    assert shared == {"PeersChanged": [{"ID": 2, "Online": False}]}

@@ -3,8 +3,8 @@
 early payload skipped, then HTTP/2 (h2, client mode) inside Noise, with
 zstd-framed map responses.
 
-The async code only pumps bytes, as the server does: one reader task feeds
-Noise (server/protocol/noise.py), Noise feeds the tap (bench/loadgen/h2tap.py),
+The async code only pumps bytes, as the server does: each read (bench/loadgen/
+pump.py) feeds Noise (server/protocol/noise.py), Noise feeds the tap (bench/loadgen/h2tap.py),
 which keeps the DATA frames of established map streams and gives the other
 frames to h2; bodies go to per-stream `ResponseStream`s and map streams decode
 them (bench/loadgen/mapstream.py). The unit tests (tests/unit/control_client.py)
@@ -31,6 +31,7 @@ import h2.settings
 from bench.loadgen.device import CAPVER, LOGOUT_EXPIRY, ZERO_TIME, Device
 from bench.loadgen.h2tap import DEFAULT_WINDOW, DataTap, StreamData
 from bench.loadgen.mapstream import MapStream, ResponseStream, read_all
+from bench.loadgen.pump import UpgradePump
 from server.protocol.keys import MachinePrivate, MachinePublic
 from server.protocol.noise import EARLY_PAYLOAD_MAGIC, RESPONSE_LEN, ClientHandshake, NoiseTransport
 
@@ -91,15 +92,14 @@ class ControlClient:
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        transport: asyncio.Transport,
         noise: NoiseTransport,
         *,
         window: int | None,
         authority: str = "127.0.0.1",
     ) -> None:
         self._authority = authority
-        self._reader, self._writer, self._noise = reader, writer, noise
+        self._transport, self._noise = transport, noise
         settings: dict[h2.settings.SettingCodes | int, int] = {
             h2.settings.SettingCodes.ENABLE_PUSH: 0
         }
@@ -114,7 +114,6 @@ class ControlClient:
         self._in_h2 = False
         self.early_payload: dict[str, Any] | None = None
         self.closed = asyncio.Event()
-        self._pump: asyncio.Task[None] | None = None
         self._pong: asyncio.Future[None] | None = None
 
     @classmethod
@@ -134,40 +133,35 @@ class ControlClient:
         addr = server if isinstance(server, ServerAddress) else ServerAddress.loopback(server)
         if server_key is None:
             server_key = await fetch_server_key(addr)
-        reader, writer = await asyncio.open_connection(
-            addr.host, addr.port, ssl=addr.ssl_context(), limit=1 << 20
+        transport, pump = await asyncio.get_running_loop().create_connection(
+            lambda: UpgradePump(RESPONSE_LEN), addr.host, addr.port, ssl=addr.ssl_context()
         )
         handshake = ClientHandshake(machine, server_key, version)
         try:
-            writer.write(
+            transport.write(
                 b"POST /ts2021 HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n"
                 b"Connection: upgrade\r\nUpgrade: tailscale-control-protocol\r\n"
                 b"X-Tailscale-Handshake: %s\r\n\r\n"
                 % (addr.authority.encode(), base64.b64encode(handshake.initiation()))
             )
-            head = await reader.readuntil(b"\r\n\r\n")
+            head, response = await pump.upgraded
             if not head.startswith(b"HTTP/1.1 101 "):
                 raise ConnectionError(f"upgrade refused: {head!r}")
-            noise = handshake.finish(await reader.readexactly(RESPONSE_LEN))
+            noise = handshake.finish(response)
         except BaseException:
             # A server killed mid-handshake, or a caller's timeout: the socket
             # is closed here, not left to the garbage collector's warning.
-            writer.close()
+            transport.close()
             raise
-        client = cls(reader, writer, noise, window=window, authority=addr.authority)
+        client = cls(transport, noise, window=window, authority=addr.authority)
         client._h2.initiate_connection()
         client._flush()
-        client._pump = asyncio.get_running_loop().create_task(client._read_loop())
+        pump.start(client._received, client._lost)
         return client
 
     async def close(self) -> None:
-        if self._pump is not None:
-            await cancel_and_wait(self._pump)
-        self._writer.close()
-        try:
-            await self._writer.wait_closed()
-        except ConnectionError:
-            pass
+        self._transport.close()
+        await self.closed.wait()
 
     async def __aenter__(self) -> ControlClient:
         return self
@@ -256,30 +250,27 @@ class ControlClient:
         if data:
             self._noise.send(data)
         out = self._noise.data_to_send()
-        if out and not self._writer.is_closing():
-            self._writer.write(out)
+        if out and not self._transport.is_closing():
+            self._transport.write(out)
 
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                data = await self._reader.read(65536)
-                if not data:
-                    break
-                plain = b"".join(self._noise.receive_data(data))
-                if not self._in_h2:
-                    plain = self._skip_early_payload(plain)
-                for item in self._tap.receive_data(plain):
-                    if type(item) is StreamData:
-                        self._on_tapped(item)
-                    else:
-                        for event in self._h2.receive_data(item.data):
-                            self._on_event(event)
-                self._flush()
-        finally:
-            self.closed.set()
-            for stream in self._streams.values():
-                _fail(stream.headers, ConnectionError("connection closed"))
-                stream.put(None)
+    def _received(self, data: bytes) -> None:
+        """One read from the socket, handled where the event loop read it."""
+        plain = b"".join(self._noise.receive_data(data))
+        if not self._in_h2:
+            plain = self._skip_early_payload(plain)
+        for item in self._tap.receive_data(plain):
+            if type(item) is StreamData:
+                self._on_tapped(item)
+            else:
+                for event in self._h2.receive_data(item.data):
+                    self._on_event(event)
+        self._flush()
+
+    def _lost(self) -> None:
+        self.closed.set()
+        for stream in self._streams.values():
+            _fail(stream.headers, ConnectionError("connection closed"))
+            stream.put(None)
 
     def _skip_early_payload(self, plain: bytes) -> bytes:
         """The client reads 9 bytes: the magic and a length, or an HTTP/2 frame header."""

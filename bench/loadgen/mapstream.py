@@ -123,8 +123,7 @@ class MapStream:
                 for message in splitter.receive_data(chunk):
                     on_message(message)
             except (EOFError, MapFrameError, ValueError) as exc:
-                self.ended = True
-                self._stream.sink = None
+                self.ended = True  # and what still comes is dropped, not queued for no one
                 on_end(str(exc) or type(exc).__name__)
 
         self._stream.sink = feed

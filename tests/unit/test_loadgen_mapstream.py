@@ -116,3 +116,16 @@ def test_a_message_that_is_not_zstd_fails_and_the_next_one_decodes() -> None:
     with pytest.raises(MapFrameError):
         decode((4).to_bytes(4, "little") + b"nope")
     assert decode(framed(b'{"A":1}')) == {"A": 1}
+
+
+def test_what_comes_after_a_broken_message_is_dropped_not_queued() -> None:
+    async def run() -> int:
+        stream = ResponseStream(asyncio.get_running_loop().create_future())
+        ended: list[str] = []
+        MapStream(NoCancel(), 1, 200, stream).listen(SharedDecodes(decode_json), ended.append)
+        stream.put((4).to_bytes(4, "little") + b"nope")
+        stream.put(framed(b"{}"))
+        assert ended == ["map message is not valid zstd"]
+        return stream.chunks.qsize()
+
+    assert asyncio.run(run()) == 0

@@ -64,9 +64,10 @@ CONCURRENCY = 8
 # to send and the loader to decode), and a wave holds at most the joins in
 # flight: at 1,000 nodes 32 in flight gave 1.8-2.4x fewer messages per client
 # than 8 (75-93 against 166-183), 17-18 ms of server CPU per registration
-# against 27-32 and about twice the rate (two pairs, docs/bench/NOTE-meshrate.md).
-# Real clients all come at once.
-MESH_CONCURRENCY = 32
+# against 27-32 and about twice the rate (two pairs, docs/bench/NOTE-meshrate.md);
+# once the loader read streams without h2, 64 gave 111-127/s against 32's 85-89
+# (docs/bench/NOTE-loader.md). Real clients all come at once.
+MESH_CONCURRENCY = 64
 # Reconnects in flight after a restart (--reconnect-concurrency): real clients
 # all come back at once, each after its own backoff.
 RECONNECT_CONCURRENCY = 8

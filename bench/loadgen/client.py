@@ -3,11 +3,13 @@
 early payload skipped, then HTTP/2 (h2, client mode) inside Noise, with
 zstd-framed map responses.
 
-The async code only pumps bytes, as the server does: one reader task feeds
-Noise (server/protocol/noise.py), Noise feeds h2, h2 events go to per-stream
-queues; MapStream decodes frames with server/protocol/mapframe.py. The unit
-tests (tests/unit/control_client.py) and the load generator share this one
-client, so what the benchmarks measure is the protocol the tests prove.
+The async code only pumps bytes, as the server does: each read (bench/loadgen/
+pump.py) feeds Noise (server/protocol/noise.py), Noise feeds the tap (bench/loadgen/h2tap.py),
+which keeps the DATA frames of established map streams and gives the other
+frames to h2; bodies go to per-stream `ResponseStream`s and map streams decode
+them (bench/loadgen/mapstream.py). The unit tests (tests/unit/control_client.py)
+and the load generator share this one client, so what the benchmarks measure
+is the protocol the tests prove.
 """
 
 from __future__ import annotations
@@ -15,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,19 +27,14 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
-import msgspec
 
+from bench.loadgen.device import CAPVER, LOGOUT_EXPIRY, ZERO_TIME, Device
+from bench.loadgen.h2tap import DEFAULT_WINDOW, DataTap, StreamData
 from bench.loadgen.hpack_cache import CachingDecoder, CachingEncoder
-from server.protocol.keys import (
-    DiscoPublic,
-    MachinePrivate,
-    MachinePublic,
-    NodePrivate,
-    NodePublic,
-)
-from server.protocol.mapframe import MapFrameDecoder
+from bench.loadgen.mapstream import MapStream, ResponseStream, read_all
+from bench.loadgen.pump import UpgradePump
+from server.protocol.keys import MachinePrivate, MachinePublic
 from server.protocol.noise import EARLY_PAYLOAD_MAGIC, RESPONSE_LEN, ClientHandshake, NoiseTransport
-from server.protocol.noise_handshake import public_of
 
 __all__ = [
     "CAPVER",
@@ -54,7 +49,6 @@ __all__ = [
     "read_all",
 ]
 
-CAPVER = 133  # what tailscale 1.96 sends
 # One for every connection (h2 only reads it). The request headers are ours,
 # fixed and lowercase: h2's outbound checks would only cost CPU on the cores
 # the server shares. What the server sends is still checked.
@@ -64,12 +58,6 @@ _CONFIG = h2.config.H2Configuration(
     validate_outbound_headers=False,
     normalize_outbound_headers=False,
 )
-# Map messages decoded as json.loads would (the same dicts), in a third less
-# time: a simulated mesh decodes every join's delta a thousand times over, on
-# the cores the server runs on.
-_decode_json = msgspec.json.Decoder().decode
-LOGOUT_EXPIRY = "1970-01-01T00:02:03Z"
-ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,97 +88,19 @@ class ServerAddress:
         return self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
 
 
-@dataclass
-class Device:
-    """One client machine's keys, and the request bodies tailscaled would send."""
-
-    hostname: str
-    machine: MachinePrivate = field(default_factory=MachinePrivate.generate)
-    node: NodePrivate = field(default_factory=NodePrivate.generate)
-    disco: DiscoPublic = field(default_factory=lambda: DiscoPublic(os.urandom(32)))
-    # (node key, its public text): deriving it is a scalar multiplication, and
-    # every request body names it. Checked against `node`, which tests rotate.
-    _node_public: tuple[NodePrivate, str] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
-
-    def node_key_text(self) -> str:
-        """The node key's public text, as request bodies carry it."""
-        cached = self._node_public
-        if cached is None or cached[0] is not self.node:
-            # libsodium's fixed-base multiplication (server/protocol/noise_handshake.py)
-            cached = self._node_public = (self.node, NodePublic(public_of(self.node)).text)
-        return cached[1]
-
-    def register_body(
-        self,
-        auth_key: str | None = None,
-        *,
-        old_node: NodePrivate | None = None,
-        expiry: str = ZERO_TIME,
-        version: int = CAPVER,
-        ephemeral: bool = False,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "Version": version,
-            "NodeKey": self.node_key_text(),
-            "OldNodeKey": (old_node.public() if old_node else NodePublic.zero()).text,
-            "Expiry": expiry,
-            "Followup": "",
-            "Hostinfo": {"Hostname": self.hostname, "OS": "linux"},
-        }
-        if auth_key is not None:
-            body["Auth"] = {"AuthKey": auth_key}
-        if ephemeral:
-            body["Ephemeral"] = True
-        return body
-
-    def map_body(
-        self,
-        *,
-        stream: bool = True,
-        endpoints: list[str] | None = None,
-        hostinfo: dict[str, Any] | None = None,
-        version: int = CAPVER,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "Version": version,
-            "Compress": "zstd",
-            "KeepAlive": True,
-            "NodeKey": self.node_key_text(),
-            "DiscoKey": self.disco.text,
-            "Hostinfo": hostinfo or {"Hostname": self.hostname, "OS": "linux"},
-        }
-        if stream:
-            body["Stream"] = True
-        else:
-            body["OmitPeers"] = True
-        if endpoints is not None:
-            body["Endpoints"] = endpoints
-        return body
-
-
-@dataclass
-class _Stream:
-    headers: asyncio.Future[dict[str, str]]
-    chunks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
-    reset_code: int | None = None
-
-
 class ControlClient:
     """One Noise + HTTP/2 connection to the server's /ts2021 endpoint."""
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        transport: asyncio.Transport,
         noise: NoiseTransport,
         *,
         window: int | None,
         authority: str = "127.0.0.1",
     ) -> None:
         self._authority = authority
-        self._reader, self._writer, self._noise = reader, writer, noise
+        self._transport, self._noise = transport, noise
         settings: dict[h2.settings.SettingCodes | int, int] = {
             h2.settings.SettingCodes.ENABLE_PUSH: 0
         }
@@ -202,13 +112,13 @@ class ControlClient:
         decoder.max_header_list_size = self._h2.decoder.max_header_list_size
         self._h2.decoder = decoder
         self._h2.local_settings = h2.settings.Settings(client=True, initial_values=settings)
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, ResponseStream] = {}
+        self._tap = DataTap(stream_window=window or DEFAULT_WINDOW)
         self._window = asyncio.Event()
         self._preamble = bytearray()  # plaintext before HTTP/2: the early payload
         self._in_h2 = False
         self.early_payload: dict[str, Any] | None = None
         self.closed = asyncio.Event()
-        self._pump: asyncio.Task[None] | None = None
         self._pong: asyncio.Future[None] | None = None
 
     @classmethod
@@ -228,40 +138,35 @@ class ControlClient:
         addr = server if isinstance(server, ServerAddress) else ServerAddress.loopback(server)
         if server_key is None:
             server_key = await fetch_server_key(addr)
-        reader, writer = await asyncio.open_connection(
-            addr.host, addr.port, ssl=addr.ssl_context(), limit=1 << 20
+        transport, pump = await asyncio.get_running_loop().create_connection(
+            lambda: UpgradePump(RESPONSE_LEN), addr.host, addr.port, ssl=addr.ssl_context()
         )
         handshake = ClientHandshake(machine, server_key, version)
         try:
-            writer.write(
+            transport.write(
                 b"POST /ts2021 HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n"
                 b"Connection: upgrade\r\nUpgrade: tailscale-control-protocol\r\n"
                 b"X-Tailscale-Handshake: %s\r\n\r\n"
                 % (addr.authority.encode(), base64.b64encode(handshake.initiation()))
             )
-            head = await reader.readuntil(b"\r\n\r\n")
+            head, response = await pump.upgraded
             if not head.startswith(b"HTTP/1.1 101 "):
                 raise ConnectionError(f"upgrade refused: {head!r}")
-            noise = handshake.finish(await reader.readexactly(RESPONSE_LEN))
+            noise = handshake.finish(response)
         except BaseException:
             # A server killed mid-handshake, or a caller's timeout: the socket
             # is closed here, not left to the garbage collector's warning.
-            writer.close()
+            transport.close()
             raise
-        client = cls(reader, writer, noise, window=window, authority=addr.authority)
+        client = cls(transport, noise, window=window, authority=addr.authority)
         client._h2.initiate_connection()
         client._flush()
-        client._pump = asyncio.get_running_loop().create_task(client._read_loop())
+        pump.start(client._received, client._lost)
         return client
 
     async def close(self) -> None:
-        if self._pump is not None:
-            await cancel_and_wait(self._pump)
-        self._writer.close()
-        try:
-            await self._writer.wait_closed()
-        except ConnectionError:
-            pass
+        self._transport.close()
+        await self.closed.wait()
 
     async def __aenter__(self) -> ControlClient:
         return self
@@ -272,11 +177,15 @@ class ControlClient:
     # Requests
 
     async def request(
-        self, path: str, body: bytes, method: str = "POST"
-    ) -> tuple[int, int, _Stream]:
-        """Send a whole request; returns (stream id, status, stream) once headers arrive."""
+        self, path: str, body: bytes, method: str = "POST", *, tapped: bool = False
+    ) -> tuple[int, int, ResponseStream]:
+        """Send a whole request; returns (stream id, status, stream) once headers arrive.
+
+        `tapped`: a long-lived response, whose body the client reads without h2
+        once its headers say 200 without a length (bench/loadgen/h2tap.py).
+        """
         stream_id = self._h2.get_next_available_stream_id()
-        stream = _Stream(asyncio.get_running_loop().create_future())
+        stream = ResponseStream(asyncio.get_running_loop().create_future(), tapped=tapped)
         self._streams[stream_id] = stream
         headers = [
             (":method", method),
@@ -321,7 +230,8 @@ class ControlClient:
 
     async def map_stream(self, body: dict[str, Any], *, keep_raw: bool = True) -> MapStream:
         """Open a map poll; `keep_raw=False` drops the body bytes once decoded."""
-        stream_id, status, stream = await self.request("/machine/map", json.dumps(body).encode())
+        request = json.dumps(body).encode()
+        stream_id, status, stream = await self.request("/machine/map", request, tapped=True)
         return MapStream(self, stream_id, status, stream, keep_raw=keep_raw)
 
     async def ping(self) -> None:
@@ -336,34 +246,36 @@ class ControlClient:
         self._h2.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
         self._flush()
         self._streams.pop(stream_id, None)
+        self._tap.unfollow(stream_id)
 
     # Byte pump
 
     def _flush(self) -> None:
-        data = self._h2.data_to_send()
+        data = self._h2.data_to_send() + self._tap.data_to_send()
         if data:
             self._noise.send(data)
         out = self._noise.data_to_send()
-        if out and not self._writer.is_closing():
-            self._writer.write(out)
+        if out and not self._transport.is_closing():
+            self._transport.write(out)
 
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                data = await self._reader.read(65536)
-                if not data:
-                    break
-                for plain in self._noise.receive_data(data):
-                    plain = self._skip_early_payload(plain)
-                    if plain:
-                        for event in self._h2.receive_data(plain):
-                            self._on_event(event)
-                self._flush()
-        finally:
-            self.closed.set()
-            for stream in self._streams.values():
-                _fail(stream.headers, ConnectionError("connection closed"))
-                stream.chunks.put_nowait(None)
+    def _received(self, data: bytes) -> None:
+        """One read from the socket, handled where the event loop read it."""
+        plain = b"".join(self._noise.receive_data(data))
+        if not self._in_h2:
+            plain = self._skip_early_payload(plain)
+        for item in self._tap.receive_data(plain):
+            if type(item) is StreamData:
+                self._on_tapped(item)
+            else:
+                for event in self._h2.receive_data(item.data):
+                    self._on_event(event)
+        self._flush()
+
+    def _lost(self) -> None:
+        self.closed.set()
+        for stream in self._streams.values():
+            _fail(stream.headers, ConnectionError("connection closed"))
+            stream.put(None)
 
     def _skip_early_payload(self, plain: bytes) -> bytes:
         """The client reads 9 bytes: the magic and a length, or an HTTP/2 frame header."""
@@ -384,21 +296,32 @@ class ControlClient:
         self._preamble.clear()
         return rest
 
+    def _on_tapped(self, item: StreamData) -> None:
+        self._tap.acknowledge(item.stream_id, item.flow_controlled)
+        stream = self._streams.get(item.stream_id)
+        if stream is not None:
+            stream.put(item.data)
+
     def _on_event(self, event: h2.events.Event) -> None:
-        stream = self._streams.get(getattr(event, "stream_id", 0) or 0)
+        stream_id = getattr(event, "stream_id", 0) or 0
+        stream = self._streams.get(stream_id)
         if isinstance(event, h2.events.ResponseReceived) and stream is not None:
-            stream.headers.set_result(dict((str(k), str(v)) for k, v in event.headers or []))
+            headers = dict((str(k), str(v)) for k, v in event.headers or [])
+            if stream.tapped and headers[":status"] == "200" and "content-length" not in headers:
+                self._tap.follow(stream_id)
+            stream.headers.set_result(headers)
         elif isinstance(event, h2.events.DataReceived):
-            assert event.stream_id is not None
-            self._h2.acknowledge_received_data(event.flow_controlled_length or 0, event.stream_id)
+            self._h2.acknowledge_received_data(event.flow_controlled_length or 0, stream_id)
             if stream is not None:
-                stream.chunks.put_nowait(event.data or b"")
+                stream.put(event.data or b"")
         elif isinstance(event, h2.events.StreamEnded) and stream is not None:
-            stream.chunks.put_nowait(None)
+            self._tap.unfollow(stream_id)
+            stream.put(None)
         elif isinstance(event, h2.events.StreamReset) and stream is not None:
+            self._tap.unfollow(stream_id)
             stream.reset_code = int(event.error_code or 0)
             _fail(stream.headers, ConnectionError(f"stream reset ({stream.reset_code})"))
-            stream.chunks.put_nowait(None)
+            stream.put(None)
         elif isinstance(event, h2.events.PingAckReceived) and self._pong is not None:
             self._pong.set_result(None)
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
@@ -418,92 +341,6 @@ def _fail(future: asyncio.Future[Any], exc: Exception) -> None:
     if not future.done():
         future.set_exception(exc)
         future.exception()  # nobody may be waiting any more: don't log it as lost
-
-
-async def read_all(stream: _Stream) -> bytes:
-    out = bytearray()
-    while (chunk := await stream.chunks.get()) is not None:
-        out += chunk
-    return bytes(out)
-
-
-class MapStream:
-    """A streaming /machine/map response: decoded MapResponse dicts in order."""
-
-    def __init__(
-        self,
-        client: ControlClient,
-        stream_id: int,
-        status: int,
-        stream: _Stream,
-        *,
-        keep_raw: bool = True,
-    ) -> None:
-        self.client = client
-        self.stream_id = stream_id
-        self.status = status
-        self._stream = stream
-        self._decoder = MapFrameDecoder()
-        self._pending: list[dict[str, Any]] = []
-        self.raw = bytearray()  # every body byte received, for framing checks
-        self._keep_raw = keep_raw
-        self.ended = False
-
-    async def next(
-        self, timeout: float | None = 5.0, *, keepalives: bool = False
-    ) -> dict[str, Any]:
-        """The next message (skipping keep-alives unless asked); raises at the end of the stream.
-
-        `timeout` None waits as long as the stream lives (a load generator's follower).
-        """
-        while True:
-            while self._pending:
-                msg = self._pending.pop(0)
-                if keepalives or not msg.get("KeepAlive"):
-                    return msg
-            if self.ended:
-                raise EOFError("map stream ended")
-            chunk = await asyncio.wait_for(self._stream.chunks.get(), timeout)
-            if chunk is None:
-                self.ended = True
-                continue
-            if self._keep_raw:
-                self.raw += chunk
-            self._pending += [_decode_json(m) for m in self._decoder.receive_data(chunk)]
-
-    async def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0
-    ) -> dict[str, Any]:
-        """The first message matching `predicate`; others are dropped."""
-
-        async def find() -> dict[str, Any]:
-            while not predicate(msg := await self.next(timeout)):
-                pass
-            return msg
-
-        return await asyncio.wait_for(find(), timeout)
-
-    async def body(self, timeout: float = 5.0) -> bytes:
-        """The rest of the body (for responses that end)."""
-        while not self.ended:
-            chunk = await asyncio.wait_for(self._stream.chunks.get(), timeout)
-            if chunk is None:
-                self.ended = True
-            else:
-                self.raw += chunk
-        return bytes(self.raw)
-
-    def cancel(self) -> None:
-        self.client.cancel(self.stream_id)
-
-    def __aiter__(self) -> MapStream:
-        return self
-
-    async def __anext__(self) -> dict[str, Any]:
-        try:
-            return await self.next()
-        except EOFError:
-            raise StopAsyncIteration from None
 
 
 async def fetch_server_key(server: ServerAddress | int) -> MachinePublic:

@@ -9,7 +9,7 @@ field that needs the client's time, `PeerSeenChange: true`, takes `now`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,8 @@ class ClientNetmap:
 
     `apply` takes ownership of the message (nothing is copied), so pass a freshly
     decoded one. `keep`, when set, is the only peer fields stored: a load
-    generator holding thousands of netmaps keeps what it measures.
+    generator holding thousands of netmaps keeps what it measures
+    (`decode.decoder_keeping` decodes only those).
     """
 
     keep: frozenset[str] | None = None
@@ -66,6 +67,25 @@ class ClientNetmap:
 
     def apply(self, msg: Mapping[str, Any], now: str | None = None) -> None:
         """Apply one decoded MapResponse; `now` is the client's time (RFC 3339)."""
+        self._apply(msg, now, self._kept)
+
+    def apply_shared(self, msg: Mapping[str, Any], now: str | None = None) -> bool:
+        """Apply a message other netmaps may hold too (decode.SharedDecodes),
+        its peers decoded as `decode.decoder_keeping(self.keep)` does; False
+        for a keep-alive.
+
+        Each peer entry is copied (patches change this netmap's entries in
+        place); every other value is stored as it is, and nothing changes those.
+        """
+        self._apply(msg, now, dict.copy)
+        return not msg.get("KeepAlive")
+
+    def _apply(
+        self,
+        msg: Mapping[str, Any],
+        now: str | None,
+        kept: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> None:
         if msg.get("KeepAlive"):
             return
         self.messages += 1
@@ -73,18 +93,23 @@ class ClientNetmap:
             if key not in PEER_KEYS and key not in ("UserProfiles", "ControlTime"):
                 if value is not None:
                     self.top[key] = value
-        self._apply_peers(msg, now)
+        self._apply_peers(msg, now, kept)
         for profile in msg.get("UserProfiles") or ():
             self.profiles[profile["ID"]] = profile
 
-    def _apply_peers(self, msg: Mapping[str, Any], now: str | None) -> None:
+    def _apply_peers(
+        self,
+        msg: Mapping[str, Any],
+        now: str | None,
+        kept: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> None:
         if msg.get("Peers"):  # non-empty: the whole list, and no deltas alongside
-            self.peers = {p["ID"]: self._kept(p) for p in msg["Peers"]}
+            self.peers = {p["ID"]: kept(p) for p in msg["Peers"]}
             return
         for pid in msg.get("PeersRemoved") or ():
             self.peers.pop(pid, None)
         for peer in msg.get("PeersChanged") or ():
-            self.peers[peer["ID"]] = self._kept(peer)
+            self.peers[peer["ID"]] = kept(peer)
         for pid, seen in (msg.get("PeerSeenChange") or {}).items():
             if (peer := self.peers.get(int(pid))) is not None:
                 if seen and now is not None:

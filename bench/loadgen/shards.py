@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.loadgen.client import ServerAddress
-from bench.loadgen.fleet import At, Fleet, SimNode, Watch
+from bench.loadgen.fleet import At, Fleet, SimNode, Watch, tune_gc
 
 __all__ = ["NodeRef", "ShardResult", "ShardedFleet"]
 
@@ -198,6 +198,7 @@ def _shard_main(
         fleet = Fleet(server, auth_key, hostname_prefix=prefix, concurrency=concurrency)
         await _Shard(fleet).run(pipe)
 
+    tune_gc()
     asyncio.run(main())
 
 

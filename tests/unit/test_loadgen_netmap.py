@@ -10,7 +10,7 @@ from typing import Any
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
-from bench.loadgen import client as client_module
+from bench.loadgen.decode import PEER_LISTS, decode_json, kept_decoder
 from bench.loadgen.netmap import ClientNetmap
 
 
@@ -156,7 +156,7 @@ JSON_VALUES = st.recursive(
 def test_the_load_generator_decodes_messages_as_json_does(value: Any) -> None:
     """The client's faster decoder makes the very dicts json.loads makes."""
     raw = json.dumps(value).encode()
-    assert client_module._decode_json(raw) == json.loads(raw)
+    assert decode_json(raw) == json.loads(raw)
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -166,6 +166,7 @@ def test_a_kept_netmap_holds_the_kept_fields_of_a_full_one(
 ) -> None:
     keep = frozenset({"ID", "Endpoints", "Online"})
     full, kept = ClientNetmap(), ClientNetmap(keep=keep)
+    decoded = ClientNetmap(keep=keep)  # decodes the kept fields only
     held: dict[int, dict[str, Any]] = {}
     for state, style in zip(states, styles, strict=False):
         if style == 2 and state:
@@ -174,7 +175,8 @@ def test_a_kept_netmap_holds_the_kept_fields_of_a_full_one(
             msg = _delta(held, state, style)
         raw = json.dumps(msg).encode()
         full.apply(json.loads(raw))
-        kept.apply(client_module._decode_json(raw))
+        kept.apply(decode_json(raw))
+        assert decoded.apply_shared(kept_decoder(keep)(raw))
         held = state
 
     # (a patch sets what it carries, kept or not: compared by the kept fields)
@@ -182,4 +184,47 @@ def test_a_kept_netmap_holds_the_kept_fields_of_a_full_one(
         return {pid: {k: v for k, v in e.items() if k in keep} for pid, e in peers.items()}
 
     assert cut(kept.peers) == cut(full.peers)
+    assert decoded.peers == kept.peers
     assert all(e.keys() <= keep | {"HomeDERP"} for e in kept.peers.values())
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    top=st.dictionaries(st.sampled_from(["Node", "DERPMap", "Domain", "Peers"]), JSON_VALUES),
+    peers=st.lists(st.dictionaries(st.sampled_from(["ID", "Key", "Hostinfo", "Cap"]), JSON_VALUES)),
+    where=st.sampled_from(sorted(PEER_LISTS)),
+)
+def test_kept_decoding_makes_what_json_does_but_the_peers_kept_fields(
+    top: dict[str, Any], peers: list[dict[str, Any]], where: str
+) -> None:
+    keep = frozenset({"ID", "Key"})
+    raw = json.dumps({**top, where: peers}).encode()
+    expected = json.loads(raw)
+    for name in PEER_LISTS & expected.keys():
+        if isinstance(expected[name], list) and all(isinstance(p, dict) for p in expected[name]):
+            expected[name] = [{k: v for k, v in p.items() if k in keep} for p in expected[name]]
+        else:
+            return  # not a list of Nodes: no client would take it
+    assert kept_decoder(keep)(raw) == expected
+
+
+def test_a_keepalive_applies_nothing() -> None:
+    netmap = ClientNetmap(keep=frozenset({"ID"}))
+    assert not netmap.apply_shared({"KeepAlive": True})
+    assert netmap.messages == 0 and not netmap.top
+
+
+def test_a_shared_message_is_not_changed_by_the_netmaps_that_apply_it() -> None:
+    shared = kept_decoder(frozenset({"ID", "Online"}))(
+        b'{"PeersChanged":[{"ID":2,"Online":false,"Hostinfo":{}}]}'
+    )
+    one, two = (
+        ClientNetmap(keep=frozenset({"ID", "Online"})),
+        ClientNetmap(keep=frozenset({"ID", "Online"})),
+    )
+    assert one.apply_shared(shared) and two.apply_shared(shared)
+    one.apply({"OnlineChange": {"2": True}})
+    one.apply({"PeersChangedPatch": [{"NodeID": 2, "Endpoints": ["192.0.2.1:1"]}]})
+    assert one.peers == {2: {"ID": 2, "Online": True, "Endpoints": ["192.0.2.1:1"]}}
+    assert two.peers == {2: {"ID": 2, "Online": False}}
+    assert shared == {"PeersChanged": [{"ID": 2, "Online": False}]}

@@ -7,14 +7,16 @@ user named, and answers with when each saw the change (or how many never did).""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from bench.loadgen import shards
 from bench.loadgen.client import ServerAddress
-from bench.loadgen.fleet import At, Fleet, Watch
+from bench.loadgen.fleet import LOADER_GC_THRESHOLDS, At, Fleet, Watch
 from bench.loadgen.netmap import ClientNetmap
 from bench.loadgen.shards import ShardedFleet, _Shard
 from tests.unit.control_client import async_test_within, preauth_key, running_server
@@ -119,3 +121,21 @@ def test_watches_name_the_fleets_predicates() -> None:
     assert Watch("peer_endpoints", (7, ["192.0.2.1:41641"])).predicate()(netmap)
     assert not Watch("peer_endpoints", (7, ["192.0.2.2:41641"])).predicate()(netmap)
     assert not Watch("has_peer_key", ("nodekey:00",)).predicate()(netmap)
+
+
+def test_a_shard_process_collects_cycles_rarely(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its heap is netmaps of acyclic dicts: scanning them is wasted CPU."""
+    seen: list[tuple[int, int, int]] = []
+
+    def run(main: Any) -> None:
+        main.close()
+        seen.append(gc.get_threshold())
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(shards.asyncio, "run", run)
+    try:
+        shards._shard_main(cast(Any, None), ServerAddress.loopback(1), "key", "s0-", 1)
+    finally:
+        gc.set_threshold(*before)
+    assert seen == [LOADER_GC_THRESHOLDS]
+    assert before != LOADER_GC_THRESHOLDS

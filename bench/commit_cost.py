@@ -26,16 +26,15 @@ import json
 import logging
 import pstats
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.event_cost import GROUP, T0, register_node
 from gitctl.policy import parse_policy
 from server.gcpolicy import GcPolicy
-from server.protocol.keys import MachinePublic, NodePublic
 from server.protocol.mapframe import MapFrameEncoder
 from server.store import open_store
-from server.store.model import Registration
 from server.tailnet import NodeRegistry, Tailnet, TailnetSource, running_tailnet
 from server.tailnet.handle import SessionHandle
 from server.tailnet.session import MapSession
@@ -43,10 +42,8 @@ from server.wire import DerpRegion
 
 __all__ = ["run"]
 
-GROUP = 25
 CONNECT_BATCH = 250
 MARKER_PORT = 47113
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SELF_RULE = {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}
 
 
@@ -70,22 +67,6 @@ def _source(kind: str, users: dict[str, tuple[str, str]], port: int | None) -> T
         users=users,
         policy=parse_policy(policy_of(kind, port)),
     )
-
-
-def _register(registry: NodeRegistry, n: int, user: str) -> int:
-    raw = n.to_bytes(32, "big")
-    return registry.register(
-        Registration(
-            machine_key=MachinePublic(raw),
-            node_key=NodePublic(raw),
-            hostname=f"n{n}",
-            user=user,
-            tags=(),
-            now=T0,
-            approved=True,
-            key_expiry=T0 + timedelta(days=180 + n % 97),
-        )
-    ).id
 
 
 class _Streams:
@@ -137,7 +118,7 @@ def run(kind: str, nodes: int, commits: int, profile: Path | None) -> dict[str, 
         clock=lambda: T0,
         gc_policy=(gc_policy := GcPolicy()),
     )
-    ids = [_register(registry, n + 1, names[n // per_user]) for n in range(nodes)]
+    ids = [register_node(registry, n + 1, names[n // per_user]) for n in range(nodes)]
     streams = _Streams(tailnet)
     streams.connect_all(registry, ids)
     gc.collect()

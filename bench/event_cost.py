@@ -28,7 +28,7 @@ from server.tailnet.handle import SessionHandle
 from server.tailnet.session import MapSession
 from server.wire import DerpRegion
 
-__all__ = ["run"]
+__all__ = ["GROUP", "T0", "register_node", "run"]
 
 GROUP = 25
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -51,11 +51,12 @@ def _tailnet(nodes: int) -> tuple[NodeRegistry, Tailnet, list[int]]:
         log=logging.getLogger("bench"),
         clock=lambda: T0,
     )
-    ids = [_register(registry, n + 1, f"u{n // GROUP}") for n in range(nodes)]
+    ids = [register_node(registry, n + 1, f"u{n // GROUP}") for n in range(nodes)]
     return registry, tailnet, ids
 
 
-def _register(registry: NodeRegistry, n: int, user: str) -> int:
+def register_node(registry: NodeRegistry, n: int, user: str) -> int:
+    """Node `n` of `user`, with a key expiry as logins give them (spread over 97 days)."""
     raw = n.to_bytes(32, "big")
     return registry.register(
         Registration(
@@ -132,7 +133,7 @@ def run(nodes: int, moves: int, joins: int, profile: Path | None) -> dict[str, f
     t = time.process_time()
     for n in range(joins):
         streams.now += timedelta(seconds=1)
-        new = _register(registry, nodes + n + 1, f"u{n}")
+        new = register_node(registry, nodes + n + 1, f"u{n}")
         streams.connect(registry, new)
         streams.drain(viewers(ids[n * GROUP]))
     joined = time.process_time() - t

@@ -5,12 +5,14 @@ of every row, which ran before the commit's fan-out)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store import open_store
+from server.store.interface import Store
 from server.store.model import Node, Registration
 from server.tailnet import NodeRegistry
 
@@ -31,6 +33,20 @@ def _register(registry: NodeRegistry, n: int) -> int:
             key_expiry=T0 + timedelta(days=90),
         )
     ).id
+
+
+def count_node_reads(store: Store) -> Callable[[], int]:
+    """From now on, how many times `store` was asked for every node."""
+    reads = 0
+    list_nodes = store.list_nodes
+
+    def counted() -> list[Node]:
+        nonlocal reads
+        reads += 1
+        return list_nodes()
+
+    store.list_nodes = counted  # type: ignore[method-assign]
+    return lambda: reads
 
 
 def test_known_is_what_the_store_holds_after_every_kind_of_write() -> None:
@@ -57,17 +73,9 @@ def test_known_does_not_read_the_store() -> None:
     for n in range(1, 4):
         _register(registry, n)
     registry.nodes()  # start-up's read
-    reads = 0
-    list_nodes = store.list_nodes
-
-    def counted() -> list:  # type: ignore[type-arg]
-        nonlocal reads
-        reads += 1
-        return list_nodes()
-
-    store.list_nodes = counted  # type: ignore[method-assign]
+    reads = count_node_reads(store)
     assert len(registry.known()) == 3
-    assert reads == 0
+    assert reads() == 0
 
 
 def test_a_served_commit_takes_its_nodes_from_memory() -> None:
@@ -100,18 +108,10 @@ def test_a_served_commit_takes_its_nodes_from_memory() -> None:
         forget_approvals=lambda: None,
         routes_rechecked=lambda nodes: rechecked.extend(n.id for n in nodes),
     )
-    reads = 0
-    list_nodes = store.list_nodes
-
-    def counted() -> list:  # type: ignore[type-arg]
-        nonlocal reads
-        reads += 1
-        return list_nodes()
-
-    store.list_nodes = counted  # type: ignore[method-assign]
+    reads = count_node_reads(store)
     serving._served(source)
     assert rechecked == ids
-    assert reads == 0
+    assert reads() == 0
 
 
 def test_a_commit_rechecks_the_routes_of_route_advertisers_only() -> None:

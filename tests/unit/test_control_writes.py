@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bench.loadgen.h2tap import DEFAULT_WINDOW
 from bench.loadgen.mapstream import read_all
 from server.edge import control_conn
 from server.edge.control_conn import ControlConnection, ControlRequest, ControlResponse
@@ -96,6 +97,9 @@ async def test_map_headers_leave_with_the_first_map(
         [write] = [w for w in writes if _on(w, _HEADERS, 3)]  # the newcomer's poll
         assert _on(write, _DATA, 3), write  # the first map, in the same write
         assert write.index(_on(write, _HEADERS, 3)[0]) < write.index(_on(write, _DATA, 3)[0])
+        # The client's tap took the first map, though it came with the
+        # headers: h2 holds none of the stream's window back (h2tap.py).
+        assert client._h2.streams[3].inbound_flow_control_window == DEFAULT_WINDOW
         await client.close()
         await other.close()
 

@@ -263,7 +263,7 @@ class ControlClient:
         plain = b"".join(self._noise.receive_data(data))
         if not self._in_h2:
             plain = self._skip_early_payload(plain)
-        for item in self._tap.receive_data(plain):
+        for item in self._tap.items(plain):
             if type(item) is StreamData:
                 self._on_tapped(item)
             else:

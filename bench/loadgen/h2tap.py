@@ -21,6 +21,7 @@ Sans-IO: bytes in (`receive_data`), WINDOW_UPDATE frames out (`data_to_send`).
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from h2.exceptions import FlowControlError
@@ -42,7 +43,7 @@ DEFAULT_WINDOW = 65535
 MAX_FRAME = 16384
 _HEADER = struct.Struct(">BHBBL")  # 24-bit length as 8 + 16 bits, type, flags, stream
 _HEADER_LEN = _HEADER.size
-_DATA, _RST_STREAM, _WINDOW_UPDATE = 0x0, 0x3, 0x8
+_DATA, _HEADERS, _RST_STREAM, _WINDOW_UPDATE, _CONTINUATION = 0x0, 0x1, 0x3, 0x8, 0x9
 _END_STREAM, _PADDED = 0x1, 0x8
 _STREAM_MASK = 0x7FFFFFFF
 
@@ -101,9 +102,21 @@ class DataTap:
 
     def receive_data(self, data: bytes) -> list[ForH2 | StreamData]:
         """Every whole frame now buffered, in order; a partial one waits."""
+        return list(self._split(data, after_headers=False))
+
+    def items(self, data: bytes) -> Iterator[ForH2 | StreamData]:
+        """As `receive_data`, one item at a time, and the frames for h2 cut
+        after each HEADERS (or CONTINUATION) frame: a stream followed once
+        h2 has read its response headers has its DATA frames tapped from the
+        next frame on, even in the same read (the server sends a map poll's
+        headers with its first map). Else h2 would take those frames and
+        keep part of the stream's window, which the tap, starting from a
+        whole window, would never give back. Consume it to the end."""
+        return self._split(data, after_headers=True)
+
+    def _split(self, data: bytes, *, after_headers: bool) -> Iterator[ForH2 | StreamData]:
         buffer = self._buffer
         buffer += data
-        out: list[ForH2 | StreamData] = []
         streams = self._streams
         pos = passed = 0  # frames from `passed` to `pos` go to h2 together
         end = len(buffer)
@@ -122,15 +135,17 @@ class DataTap:
                     if kind == _DATA or kind == _RST_STREAM:
                         del streams[stream_id]
                 pos = body + length
+                if after_headers and (kind == _HEADERS or kind == _CONTINUATION):
+                    yield ForH2(bytes(buffer[passed:pos]))
+                    passed = pos
                 continue
             if pos > passed:
-                out.append(ForH2(bytes(buffer[passed:pos])))
-            out.append(self._tapped(window, stream_id, flags, buffer, body, length))
+                yield ForH2(bytes(buffer[passed:pos]))
+            yield self._tapped(window, stream_id, flags, buffer, body, length)
             pos = passed = body + length
         if pos > passed:
-            out.append(ForH2(bytes(buffer[passed:pos])))
+            yield ForH2(bytes(buffer[passed:pos]))
         del buffer[:pos]
-        return out
 
     def _tapped(
         self,

@@ -34,12 +34,15 @@ __all__ = ["ControlConnection", "ControlRequest", "ControlResponse", "Handler"]
 
 MAX_REQUEST_BODY = 4 * 1024 * 1024
 READ_SIZE = 65536
+# Longest a streaming response's headers wait to leave with its first chunk (seconds).
+HEADERS_HOLD = 0.5
 # Our receive window for request bodies; register/map requests are a few KiB.
 INBOUND_WINDOW = 1 << 20
 # An HTTP/2 frame header (RFC 9113 §4.1): 24-bit length, type, flags, stream id.
 _FRAME_HEAD = struct.Struct(">HBBBL")
 _DATA = 0x0
 _HEADERS = 0x1
+_END_STREAM = 0x1
 _END_HEADERS = 0x4
 # Stream states in which a server may send DATA (RFC 9113 §5.1).
 _SENDING = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
@@ -94,6 +97,8 @@ class _Stream:
     body: bytearray = field(default_factory=bytearray)
     task: asyncio.Task[None] | None = None
     closed: bool = False
+    # A streaming response's HEADERS frame, held back to leave with its first chunk.
+    held: bytes = b""
 
 
 class ControlConnection:
@@ -287,7 +292,7 @@ class ControlConnection:
         self._check(stream)
         # An empty body ends the stream on HEADERS: h2 frames that.
         ends = response.stream is None and not response.body
-        if ends or not self._queue_headers(stream_id, response):
+        if ends or not self._queue_headers(stream_id, stream, response):
             headers = [(":status", str(response.status)), ("content-type", response.content_type)]
             if response.stream is None:
                 headers.append(("content-length", str(len(response.body))))
@@ -298,12 +303,20 @@ class ControlConnection:
             else:
                 await self._flush()
             return
-        await self._flush()
+        # The headers wait for the first message (a map poll's first map, as
+        # soon as its join is compiled in) and leave with it in one write: a
+        # send each side fewer per registration. They leave alone after
+        # HEADERS_HOLD, which only tells the client that its poll was taken.
+        hold = asyncio.get_running_loop().call_later(
+            HEADERS_HOLD, self._release_alone, stream_id, stream
+        )
         try:
             async for chunk in response.stream:
+                hold.cancel()
                 await self._send_data(stream_id, stream, chunk, end=False)
                 del chunk  # a map stream idles between messages: hold none of them
         finally:
+            hold.cancel()
             aclose = getattr(response.stream, "aclose", None)
             if aclose is not None:
                 await aclose()
@@ -314,7 +327,9 @@ class ControlConnection:
             raise _StreamGone
 
     async def _send_data(self, stream_id: int, stream: _Stream, data: bytes, *, end: bool) -> None:
-        """As many DATA frames as the window takes, then one write."""
+        """As many DATA frames as the window takes, then one write. `end`:
+        the last frame ends the stream (an empty one, only if `data` is)."""
+        self._release(stream_id, stream)
         view = memoryview(data)
         while view:
             self._check(stream)
@@ -328,9 +343,10 @@ class ControlConnection:
                 await self._flush()
                 await changed.wait()
                 continue
-            self._queue_data(stream_id, bytes(view[:size]))
+            last = size == len(view)
+            self._queue_data(stream_id, bytes(view[:size]), end=end and last)
             view = view[size:]
-        if end:
+        if end and not data:
             self._check(stream)
             self._h2.end_stream(stream_id)
         await self._flush()
@@ -347,6 +363,7 @@ class ControlConnection:
         transport = self._transport
         if transport.is_closing() or transport.get_write_buffer_size() >= self._high_water:
             return False  # drain() would wait: the task waits instead
+        self._release(stream_id, stream)
         size = self._h2.max_outbound_frame_size
         for start in range(0, len(data), size):
             self._frame(sending, stream_id, data[start : start + size])
@@ -366,8 +383,8 @@ class ControlConnection:
             return None
         return stream
 
-    def _queue_data(self, stream_id: int, chunk: bytes) -> None:
-        """One DATA frame, not ending the stream, that fits the windows.
+    def _queue_data(self, stream_id: int, chunk: bytes, *, end: bool = False) -> None:
+        """One DATA frame that fits the windows; `end`: it ends the stream.
 
         Framed here on a stream that may send: h2's own path (two state
         machines, a frame object, its serialisation) cost more than the
@@ -375,32 +392,43 @@ class ControlConnection:
         through h2, which refuses what it must."""
         stream = self._sendable(stream_id)
         if stream is None:
-            self._h2.send_data(stream_id, chunk)
+            self._h2.send_data(stream_id, chunk, end_stream=end)
             return
-        self._frame(stream, stream_id, chunk)
+        self._frame(stream, stream_id, chunk, end=end)
 
-    def _frame(self, stream: h2.stream.H2Stream, stream_id: int, chunk: bytes) -> None:
+    def _frame(
+        self, stream: h2.stream.H2Stream, stream_id: int, chunk: bytes, *, end: bool = False
+    ) -> None:
         """The DATA frame, its size charged to the windows h2 keeps; what h2
-        queued before stays before."""
+        queued before stays before. Ending the stream on it saves the empty
+        DATA frame h2's end_stream would add (and h2's path for it); the
+        stream's state machine still takes the transition."""
         conn = self._h2
+        if end:
+            stream.state_machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
         size = len(chunk)
         stream.outbound_flow_control_window -= size
         conn.outbound_flow_control_window -= size
         out = self._out
         out += conn.data_to_send()
-        out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _DATA, 0, stream_id)
+        out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _DATA, _END_STREAM if end else 0, stream_id)
         out += chunk
 
-    def _queue_headers(self, stream_id: int, response: ControlResponse) -> bool:
+    def _queue_headers(self, stream_id: int, stream: _Stream, response: ControlResponse) -> bool:
         """The response's HEADERS frame, not ending the stream, framed here
         (False: left to h2). h2's stream state machine still takes the
         transition; the block is server/protocol/h2head.py's, which leaves the
         HPACK dynamic tables alone, so h2's encoder stays in step with the
         client. Taken only where h2 would send the very same headers: an open
-        stream, an open connection, no table size update owed."""
+        stream, an open connection, no table size update owed.
+
+        A streaming response's frame is `held` on its stream, not queued: as
+        it touches no HPACK table, it may leave after frames queued later on
+        other streams, and nothing else is sent on its own stream before it
+        (`_release`)."""
         conn = self._h2
-        stream = self._sendable(stream_id)
-        if stream is None or getattr(conn.encoder.header_table, "resized", True) is not False:
+        h2_stream = self._sendable(stream_id)
+        if h2_stream is None or getattr(conn.encoder.header_table, "resized", True) is not False:
             return False
         length = None if response.stream is not None else len(response.body)
         try:
@@ -409,12 +437,27 @@ class ControlConnection:
             return False
         if len(block) > conn.max_outbound_frame_size:
             return False
-        stream.state_machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
+        h2_stream.state_machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
         size = len(block)
         self._out += conn.data_to_send()
-        self._out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _HEADERS, _END_HEADERS, stream_id)
-        self._out += block
+        frame = _FRAME_HEAD.pack(size >> 8, size & 0xFF, _HEADERS, _END_HEADERS, stream_id) + block
+        if response.stream is None:
+            self._out += frame
+        else:
+            stream.held = frame
         return True
+
+    def _release(self, stream_id: int, stream: _Stream) -> None:
+        """Queue the stream's held HEADERS, ahead of anything else it sends;
+        dropped if the stream can no longer send (reset by either side)."""
+        held, stream.held = stream.held, b""
+        if held and not stream.closed and self._sendable(stream_id) is not None:
+            self._out += held
+
+    def _release_alone(self, stream_id: int, stream: _Stream) -> None:
+        if stream.held:
+            self._release(stream_id, stream)
+            self._write_soon()
 
     def _window_moved(self) -> None:
         """Wake the streams waiting for window (the event is made afresh by the next wait)."""

@@ -209,3 +209,17 @@ def _frames(wire: bytes) -> list[Frame]:
         out.append(frame)
         wire = wire[9 + length :]
     return out
+
+
+def test_a_stream_followed_after_its_headers_has_its_data_tapped_in_the_same_read() -> None:
+    # The server sends a map poll's response headers with its first map.
+    first_map = data(1, b"first map")
+    tap = DataTap()
+    got: list[ForH2 | StreamData] = []
+    for item in tap.items(SETTINGS + HEADERS + first_map + ping()):
+        got.append(item)
+        if item == ForH2(SETTINGS + HEADERS):  # h2 reads the headers: the client follows
+            tap.follow(1)
+    assert got == [ForH2(SETTINGS + HEADERS), StreamData(1, b"first map", 9), ForH2(ping())]
+    # Read whole, as before, the frames after the headers go to h2 with them.
+    assert DataTap().receive_data(HEADERS + first_map) == [ForH2(HEADERS + first_map)]

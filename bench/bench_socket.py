@@ -192,7 +192,12 @@ async def register(
     return fleet, result
 
 
-async def mesh_events(server: LocalServer, fleet: ShardedFleet) -> dict[str, Any]:
+async def mesh_events(
+    server: LocalServer, fleet: ShardedFleet, *, profile_moves: bool = False
+) -> dict[str, Any]:
+    """A commit, a join and endpoint changes in a full mesh; `profile_moves`:
+    the server (under bench/windowprof.py) is profiled over the endpoint
+    changes only."""
     out: dict[str, Any] = {}
 
     def committed() -> Awaitable[At]:
@@ -219,6 +224,8 @@ async def mesh_events(server: LocalServer, fleet: ShardedFleet) -> dict[str, Any
     # Server CPU until every peer had it (a clock tick is 10 ms: coarse for one event).
     out["join_server_cpu_ms"] = round((server.cpu_seconds() - served) * 1000, 1)
     mover = await fleet.node(0, 0)
+    if profile_moves:
+        os.kill(server.pid, signal.SIGUSR1)
     served = server.cpu_seconds()
     out["endpoint_change"] = summary(
         await _move(fleet, mover, ["127.0.0.1:41641", "127.0.0.2:41641"])
@@ -229,6 +236,9 @@ async def mesh_events(server: LocalServer, fleet: ShardedFleet) -> dict[str, Any
         await _move(fleet, mover, [f"127.0.0.{n + 3}:41641", "127.0.0.2:41641"])
     per_peer = (server.cpu_seconds() - served) / ENDPOINT_REPEATS / (fleet.count - 1)
     out["endpoint_server_cpu_us_per_peer"] = round(per_peer * 1e6, 1)
+    if profile_moves:
+        os.kill(server.pid, signal.SIGUSR1)
+        await asyncio.sleep(3)  # the stats written
     return out
 
 
@@ -346,7 +356,8 @@ def run_one(
             )
             try:
                 if isinstance(fleet, ShardedFleet) and mesh:
-                    result.update(await mesh_events(server, fleet))
+                    moves = events_profile is not None
+                    result.update(await mesh_events(server, fleet, profile_moves=moves))
                 elif groups:
                     result.update(await commit(fleet, group_policy(MARKER_PORT)))
                     if events_profile:
@@ -600,7 +611,8 @@ def main() -> None:
     parser.add_argument(
         "--profile-events",
         type=Path,
-        help="groups runs: profile the server over the joins and endpoint changes only",
+        help="groups runs: profile the server over the joins and endpoint changes only;"
+        " mesh runs: over the endpoint changes",
     )
     parser.add_argument(
         "--profile-commit",
@@ -639,6 +651,7 @@ def main() -> None:
                 reconnect_concurrency=args.reconnect_concurrency,
                 concurrency=args.concurrency or MESH_CONCURRENCY,
                 memtrace=args.tracemalloc,
+                events_profile=args.profile_events,
             )
         )
     sparse_biggest = max(args.sparse, default=0) if args.restart_sparse else -1

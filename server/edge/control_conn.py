@@ -340,7 +340,12 @@ class ControlConnection:
         when nothing needs waiting for: the stream may send, the windows take
         all of it and the socket is not backed up; it leaves with the turn's
         other frames (`_write_soon`). False: nothing was queued, and the
-        stream's task sends it as any chunk (waiting for the window)."""
+        stream's task sends it as any chunk (waiting for the window).
+
+        Sealed and written in this call when no write is pending this turn:
+        a wave hands one frame to each of a thousand connections, and a
+        loop callback per connection to write it later cost as much as the
+        write."""
         sending = None if stream.closed or self._closed else self._sendable(stream_id)
         if sending is None or len(data) > self._h2.local_flow_control_window(stream_id):
             return False
@@ -350,7 +355,8 @@ class ControlConnection:
         size = self._h2.max_outbound_frame_size
         for start in range(0, len(data), size):
             self._frame(sending, stream_id, data[start : start + size])
-        self._write_soon()
+        if not self._flush_due:  # else it leaves with what this turn queued before it
+            self._write_out()
         return True
 
     def _sendable(self, stream_id: int) -> h2.stream.H2Stream | None:

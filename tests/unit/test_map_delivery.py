@@ -19,6 +19,7 @@ from bench.loadgen.client import MapStream
 from gitctl.policy import parse_policy
 from gitctl.tailnet import TailnetSettings
 from server.control import ControlHandler
+from server.edge.control_conn import ControlConnection
 from server.tailnet import SessionHandle
 from server.tailnet.keepalives import KeepAlives
 from tests.unit.control_client import (
@@ -216,3 +217,33 @@ async def test_a_delivered_delta_leaves_the_keepalive_due_when_it_was(
         assert srv.tailnet.deliveries.delivered > before  # it went without its task
         viewer_id = srv.store.node_by_node_key(viewer.node.public()).id  # type: ignore[union-attr]
         assert all(h.node_id != viewer_id for h in scheduled)
+
+
+@async_test
+async def test_a_delivered_delta_is_sealed_and_written_in_the_delivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a loop callback per connection later: the connection has nothing
+    else pending, so the frame leaves in the delivery's own call."""
+    sealed: list[int] = []
+    send_now = ControlConnection._send_now
+
+    def counted(self: ControlConnection, *args: Any) -> bool:
+        records = self._noise._send_counter
+        done = send_now(self, *args)
+        sealed.append(self._noise._send_counter - records if done else -1)
+        return done
+
+    # Before the streams open: each binds its connection's `_send_now` then.
+    monkeypatch.setattr(ControlConnection, "_send_now", counted)
+    async with running_server(tmp_path) as srv:
+        viewer, mover = Device("viewer"), Device("mover")
+        _, vstream, _ = await poll(srv, viewer)
+        mclient, mstream, _ = await poll(srv, mover)
+        await _quiet(vstream, mstream)
+        sealed.clear()
+        endpoints = ["192.0.2.8:41641", "[2001:db8::8]:41641"]
+        status, _ = await mclient.map_lite(mover.map_body(stream=False, endpoints=endpoints))
+        assert status == 200
+        await vstream.wait_for(_moved(endpoints))
+        assert sealed and all(n >= 1 for n in sealed)

@@ -161,6 +161,9 @@ class NoiseTransport:
 
     def send(self, plaintext: bytes) -> None:
         """Encrypt `plaintext` into as many records as it needs (none if empty)."""
+        if 0 < len(plaintext) <= MAX_PLAINTEXT:  # one record (a delta): no slicing
+            self._seal(bytes(plaintext))
+            return
         view = memoryview(plaintext)
         for start in range(0, len(view), MAX_PLAINTEXT):
             self._seal(bytes(view[start : start + MAX_PLAINTEXT]))

@@ -82,8 +82,11 @@ class MapSession:
         node = ctx.nodes[self.node_id]
         view = ctx.views.get(self.node_id)
         assert view is not None
-        msg: dict[str, Any] = {}
         old = self._view
+        if view is old and not (wake.full or wake.top) and ctx.users is self._users:
+            if ctx.entries is self._entries:
+                return self._moved(ctx, view, wake.peers, now)
+        msg: dict[str, Any] = {}
         if old is None or wake.full or wake.top:
             # What the top-level fields are made of, compared by identity: a
             # join hands viewers a new view holding the same filter objects.
@@ -141,6 +144,23 @@ class MapSession:
             return encode_message(msg, key, entries, ctx.entries.fragments)
         body = encode_message(msg, key, entries, ctx.entries.fragments)
         return ctx.entries.deltas.shared(body, now)
+
+    def _moved(
+        self, ctx: MapContext, view: NodeView[int], moved: frozenset[int], now: datetime
+    ) -> bytes | None:
+        """Only volatile fields of `moved` changed (endpoints, online) and the
+        client holds this view: what the general path sends then (the
+        delta of the moved peers it sees, which its fellow viewers send
+        alike), without its passes (an endpoint wave is this, per viewer)."""
+        self._gen = ctx.entries.log.gen
+        seen, nodes = view.peers, ctx.nodes
+        peers = [nodes[p] for p in sorted(moved) if p in seen and p in nodes]
+        if not peers:
+            return None
+        online, get = ctx.online, ctx.entries.get
+        entries = [get(p, seen[p.id], p.id in online, now) for p in peers]
+        profiles = self._new_profiles(ctx, peers)
+        return ctx.entries.deltas.message("PeersChanged", entries, [], profiles, now)
 
     def _top(self, msg: dict[str, Any], top: dict[str, Any]) -> None:
         for key, value in top.items():

@@ -347,14 +347,28 @@ class ControlConnection:
         loop callback per connection to write it later cost as much as the
         write."""
         sending = None if stream.closed or self._closed else self._sendable(stream_id)
-        if sending is None or len(data) > self._h2.local_flow_control_window(stream_id):
+        if sending is None:
+            return False
+        conn, size = self._h2, len(data)
+        # h2's `local_flow_control_window`, for a stream already looked up
+        if size > min(sending.outbound_flow_control_window, conn.outbound_flow_control_window):
             return False
         transport = self._transport
         if transport.is_closing() or transport.get_write_buffer_size() >= self._high_water:
             return False  # drain() would wait: the task waits instead
-        size = self._h2.max_outbound_frame_size
-        for start in range(0, len(data), size):
-            self._frame(sending, stream_id, data[start : start + size])
+        most = conn.max_outbound_frame_size
+        if size <= most and not self._flush_due and not self._out:
+            # A delta, nothing queued before it: one frame, one record, one write
+            # (what `_frame` then `_write_out` do, without their buffer).
+            sending.outbound_flow_control_window -= size
+            conn.outbound_flow_control_window -= size
+            head = conn.data_to_send() + _FRAME_HEAD.pack(
+                size >> 8, size & 0xFF, _DATA, 0, stream_id
+            )
+            transport.write(self._noise.sealed(head + data))
+            return True
+        for start in range(0, size, most):
+            self._frame(sending, stream_id, data[start : start + most])
         if not self._flush_due:  # else it leaves with what this turn queued before it
             self._write_out()
         return True

@@ -40,6 +40,7 @@ INBOUND_WINDOW = 1 << 20
 _FRAME_HEAD = struct.Struct(">HBBBL")
 _DATA = 0x0
 _HEADERS = 0x1
+_END_STREAM = 0x1
 _END_HEADERS = 0x4
 # Stream states in which a server may send DATA (RFC 9113 §5.1).
 _SENDING = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
@@ -285,9 +286,9 @@ class ControlConnection:
 
     async def _respond(self, stream_id: int, stream: _Stream, response: ControlResponse) -> None:
         self._check(stream)
-        # An empty body ends the stream on HEADERS: h2 frames that.
+        # An empty body (a lite map request's answer) ends the stream on HEADERS.
         ends = response.stream is None and not response.body
-        if ends or not self._queue_headers(stream_id, response):
+        if not self._queue_headers(stream_id, response, end=ends):
             headers = [(":status", str(response.status)), ("content-type", response.content_type)]
             if response.stream is None:
                 headers.append(("content-length", str(len(response.body))))
@@ -411,10 +412,10 @@ class ControlConnection:
         out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _DATA, 0, stream_id)
         out += chunk
 
-    def _queue_headers(self, stream_id: int, response: ControlResponse) -> bool:
-        """The response's HEADERS frame, not ending the stream, framed here
-        (False: left to h2). h2's stream state machine still takes the
-        transition; the block is server/protocol/h2head.py's, which leaves the
+    def _queue_headers(self, stream_id: int, response: ControlResponse, *, end: bool) -> bool:
+        """The response's HEADERS frame, ending the stream if `end`, framed
+        here (False: left to h2). h2's stream state machine still takes the
+        transitions; the block is server/protocol/h2head.py's, which leaves the
         HPACK dynamic tables alone, so h2's encoder stays in step with the
         client. Taken only where h2 would send the very same headers: an open
         stream, an open connection, no table size update owed."""
@@ -430,9 +431,13 @@ class ControlConnection:
         if len(block) > conn.max_outbound_frame_size:
             return False
         stream.state_machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
+        flags = _END_HEADERS
+        if end:
+            stream.state_machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
+            flags |= _END_STREAM
         size = len(block)
         self._out += conn.data_to_send()
-        self._out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _HEADERS, _END_HEADERS, stream_id)
+        self._out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _HEADERS, flags, stream_id)
         self._out += block
         return True
 

@@ -192,7 +192,12 @@ async def register(
     return fleet, result
 
 
-async def mesh_events(server: LocalServer, fleet: ShardedFleet) -> dict[str, Any]:
+async def mesh_events(
+    server: LocalServer, fleet: ShardedFleet, *, profile_moves: bool = False
+) -> dict[str, Any]:
+    """A commit, a join and endpoint changes in a full mesh; `profile_moves`:
+    the server (under bench/windowprof.py) is profiled over the endpoint
+    changes only."""
     out: dict[str, Any] = {}
 
     def committed() -> Awaitable[At]:
@@ -219,6 +224,8 @@ async def mesh_events(server: LocalServer, fleet: ShardedFleet) -> dict[str, Any
     # Server CPU until every peer had it (a clock tick is 10 ms: coarse for one event).
     out["join_server_cpu_ms"] = round((server.cpu_seconds() - served) * 1000, 1)
     mover = await fleet.node(0, 0)
+    if profile_moves:
+        os.kill(server.pid, signal.SIGUSR1)
     served = server.cpu_seconds()
     out["endpoint_change"] = summary(
         await _move(fleet, mover, ["127.0.0.1:41641", "127.0.0.2:41641"])
@@ -229,6 +236,9 @@ async def mesh_events(server: LocalServer, fleet: ShardedFleet) -> dict[str, Any
         await _move(fleet, mover, [f"127.0.0.{n + 3}:41641", "127.0.0.2:41641"])
     per_peer = (server.cpu_seconds() - served) / ENDPOINT_REPEATS / (fleet.count - 1)
     out["endpoint_server_cpu_us_per_peer"] = round(per_peer * 1e6, 1)
+    if profile_moves:
+        os.kill(server.pid, signal.SIGUSR1)
+        await asyncio.sleep(3)  # the stats written
     return out
 
 
@@ -302,6 +312,7 @@ def run_one(
     memtrace: Path | None = None,
     events_profile: Path | None = None,
     commit_profile: Path | None = None,
+    moves_profile: Path | None = None,
 ) -> dict[str, Any]:
     kind = "mesh" if mesh else "groups" if groups else "sparse"
     name = f"{kind}-{nodes}{'-restart' if profile_restart else ''}"
@@ -309,6 +320,9 @@ def run_one(
     launcher = ["-m", "bench.cpuprofile", "-o", str(profile / f"{name}.prof")] if profile else None
     if events_profile:  # the joins and endpoint changes only (bench/windowprof.py)
         launcher = ["-m", "bench.windowprof", str(events_profile / f"{name}-events.prof")]
+    if moves_profile:  # the endpoint changes only
+        launcher = ["-m", "bench.windowprof", str(moves_profile / f"{name}-moves.prof")]
+        events_profile = None
     if commit_profile:  # the policy commit's fan-out only
         launcher = ["-m", "bench.windowprof", str(commit_profile / f"{name}-commit.prof")]
         events_profile = None
@@ -346,12 +360,14 @@ def run_one(
             )
             try:
                 if isinstance(fleet, ShardedFleet) and mesh:
-                    result.update(await mesh_events(server, fleet))
+                    moves = moves_profile is not None
+                    result.update(await mesh_events(server, fleet, profile_moves=moves))
                 elif groups:
                     result.update(await commit(fleet, group_policy(MARKER_PORT)))
                     if events_profile:
                         os.kill(server.pid, signal.SIGUSR1)
-                    result.update(await group_events(server, fleet, keys))
+                    moves = moves_profile is not None and not commit_profile
+                    result.update(await group_events(server, fleet, keys, profile_moves=moves))
                     if events_profile:
                         os.kill(server.pid, signal.SIGUSR1)
                         await asyncio.sleep(3)  # the stats written
@@ -607,9 +623,14 @@ def main() -> None:
         type=Path,
         help="sparse and groups runs: profile the server over the policy commit only",
     )
+    parser.add_argument(
+        "--profile-moves",
+        type=Path,
+        help="mesh and groups runs: profile the server over the endpoint changes only",
+    )
     parser.add_argument("--replot", type=Path, help="no runs: table and plot from this JSON")
     args = parser.parse_args()
-    for folder in (args.profile, args.profile_events, args.profile_commit):
+    for folder in (args.profile, args.profile_events, args.profile_commit, args.profile_moves):
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
     machine = (
@@ -639,6 +660,7 @@ def main() -> None:
                 reconnect_concurrency=args.reconnect_concurrency,
                 concurrency=args.concurrency or MESH_CONCURRENCY,
                 memtrace=args.tracemalloc,
+                moves_profile=args.profile_moves,
             )
         )
     sparse_biggest = max(args.sparse, default=0) if args.restart_sparse else -1
@@ -670,6 +692,7 @@ def main() -> None:
                 memtrace=args.tracemalloc,
                 events_profile=args.profile_events,
                 commit_profile=args.profile_commit,
+                moves_profile=args.profile_moves,
             )
         )
     print(f"\nmachine: {machine}\n")

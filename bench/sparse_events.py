@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,16 +117,22 @@ class _Tally:
 
 
 async def group_events(
-    server: LocalServer, fleet: Fleet | ShardedFleet, keys: list[str]
+    server: LocalServer,
+    fleet: Fleet | ShardedFleet,
+    keys: list[str],
+    *,
+    profile_moves: bool = False,
 ) -> dict[str, Any]:
     """JOINS newcomers, each into its own group, until the group has it;
-    then MOVES endpoint changes each, until the group has each."""
+    then MOVES endpoint changes each, until the group has each.
+    `profile_moves`: the server (under bench/windowprof.py) is profiled over
+    the endpoint changes alone."""
     newcomers = Fleet(server.address, keys[0])
     tally = _Tally()
     count = min(JOINS, len(keys))
     try:
         for group in range(count):
-            await _join_and_move(server, fleet, newcomers, keys[group], group, tally)
+            await _join_and_move(server, fleet, newcomers, keys[group], group, tally, profile_moves)
     finally:
         await newcomers.close()
     return {
@@ -144,6 +152,7 @@ async def _join_and_move(
     key: str,
     group: int,
     tally: _Tally,
+    profile_moves: bool = False,
 ) -> None:
     node = newcomers.new_node(key)
     served = server.cpu_seconds()
@@ -158,8 +167,13 @@ async def _join_and_move(
         def moved(endpoints: list[str] = endpoints) -> Awaitable[None]:
             return newcomers.set_endpoints(node, endpoints)
 
+        if profile_moves:
+            os.kill(server.pid, signal.SIGUSR1)
         served = server.cpu_seconds()
         tally.moves += await observe(
             fleet, Watch("peer_endpoints", (node_id, endpoints)), moved, key=key
         )
         tally.move_cpu += server.cpu_seconds() - served
+        if profile_moves:  # each stop writes the stats so far (the profile adds up)
+            os.kill(server.pid, signal.SIGUSR1)
+            await asyncio.sleep(1)

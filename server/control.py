@@ -430,7 +430,12 @@ class ControlHandler:
         without resuming it (server/tailnet/handle.py): the delta, queued on
         the connection. False: its task must run (a ping or keep-alive is
         due, the session ends, or the frame must wait for the window: it is
-        `held` for the task to send, so a blocked stream holds one message)."""
+        `held` for the task to send, so a blocked stream holds one message).
+
+        The stream's keep-alive stays due when it was: a mesh wave delivers to
+        every stream, and moving each one's deadline cost a tenth of the
+        delivery; a keep-alive that follows a delta early is harmless (the
+        client's watchdog is two minutes, the interval under one)."""
         if handle.closed or handle.ping is not None or handle.keepalive:
             return False
         frame = self._catch_up(handle, session, encoder, settle=True)
@@ -440,7 +445,6 @@ class ControlHandler:
             held.append(frame)
             return False
         self._metrics.caught_up(handle)
-        self._idle(handle)
         return True
 
 

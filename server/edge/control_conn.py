@@ -290,9 +290,9 @@ class ControlConnection:
 
     async def _respond(self, stream_id: int, stream: _Stream, response: ControlResponse) -> None:
         self._check(stream)
-        # An empty body ends the stream on HEADERS: h2 frames that.
+        # An empty body (a lite map request's answer) ends the stream on HEADERS.
         ends = response.stream is None and not response.body
-        if ends or not self._queue_headers(stream_id, stream, response):
+        if not self._queue_headers(stream_id, stream, response, end=ends):
             headers = [(":status", str(response.status)), ("content-type", response.content_type)]
             if response.stream is None:
                 headers.append(("content-length", str(len(response.body))))
@@ -356,18 +356,38 @@ class ControlConnection:
         when nothing needs waiting for: the stream may send, the windows take
         all of it and the socket is not backed up; it leaves with the turn's
         other frames (`_write_soon`). False: nothing was queued, and the
-        stream's task sends it as any chunk (waiting for the window)."""
+        stream's task sends it as any chunk (waiting for the window).
+
+        Sealed and written in this call when no write is pending this turn:
+        a wave hands one frame to each of a thousand connections, and a
+        loop callback per connection to write it later cost as much as the
+        write."""
         sending = None if stream.closed or self._closed else self._sendable(stream_id)
-        if sending is None or len(data) > self._h2.local_flow_control_window(stream_id):
+        if sending is None:
+            return False
+        conn, size = self._h2, len(data)
+        # h2's `local_flow_control_window`, for a stream already looked up
+        if size > min(sending.outbound_flow_control_window, conn.outbound_flow_control_window):
             return False
         transport = self._transport
         if transport.is_closing() or transport.get_write_buffer_size() >= self._high_water:
             return False  # drain() would wait: the task waits instead
+        most = conn.max_outbound_frame_size
+        if size <= most and not self._flush_due and not self._out and not stream.held:
+            # A delta, nothing queued before it: one frame, one record, one write
+            # (what `_frame` then `_write_out` do, without their buffer).
+            sending.outbound_flow_control_window -= size
+            conn.outbound_flow_control_window -= size
+            head = conn.data_to_send() + _FRAME_HEAD.pack(
+                size >> 8, size & 0xFF, _DATA, 0, stream_id
+            )
+            transport.write(self._noise.sealed(head + data))
+            return True
         self._release(stream_id, stream)
-        size = self._h2.max_outbound_frame_size
-        for start in range(0, len(data), size):
-            self._frame(sending, stream_id, data[start : start + size])
-        self._write_soon()
+        for start in range(0, size, most):
+            self._frame(sending, stream_id, data[start : start + most])
+        if not self._flush_due:  # else it leaves with what this turn queued before it
+            self._write_out()
         return True
 
     def _sendable(self, stream_id: int) -> h2.stream.H2Stream | None:
@@ -414,10 +434,12 @@ class ControlConnection:
         out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _DATA, _END_STREAM if end else 0, stream_id)
         out += chunk
 
-    def _queue_headers(self, stream_id: int, stream: _Stream, response: ControlResponse) -> bool:
-        """The response's HEADERS frame, not ending the stream, framed here
-        (False: left to h2). h2's stream state machine still takes the
-        transition; the block is server/protocol/h2head.py's, which leaves the
+    def _queue_headers(
+        self, stream_id: int, stream: _Stream, response: ControlResponse, *, end: bool
+    ) -> bool:
+        """The response's HEADERS frame, ending the stream if `end`, framed
+        here (False: left to h2). h2's stream state machine still takes the
+        transitions; the block is server/protocol/h2head.py's, which leaves the
         HPACK dynamic tables alone, so h2's encoder stays in step with the
         client. Taken only where h2 would send the very same headers: an open
         stream, an open connection, no table size update owed.
@@ -438,9 +460,13 @@ class ControlConnection:
         if len(block) > conn.max_outbound_frame_size:
             return False
         h2_stream.state_machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
+        flags = _END_HEADERS
+        if end:
+            h2_stream.state_machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
+            flags |= _END_STREAM
         size = len(block)
         self._out += conn.data_to_send()
-        frame = _FRAME_HEAD.pack(size >> 8, size & 0xFF, _HEADERS, _END_HEADERS, stream_id) + block
+        frame = _FRAME_HEAD.pack(size >> 8, size & 0xFF, _HEADERS, flags, stream_id) + block
         if response.stream is None:
             self._out += frame
         else:

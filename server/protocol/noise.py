@@ -161,17 +161,31 @@ class NoiseTransport:
 
     def send(self, plaintext: bytes) -> None:
         """Encrypt `plaintext` into as many records as it needs (none if empty)."""
+        if 0 < len(plaintext) <= MAX_PLAINTEXT:  # one record (a delta): no slicing
+            self._seal(bytes(plaintext))
+            return
         view = memoryview(plaintext)
         for start in range(0, len(view), MAX_PLAINTEXT):
             self._seal(bytes(view[start : start + MAX_PLAINTEXT]))
 
+    def sealed(self, plaintext: bytes) -> bytes:
+        """`send(plaintext)` then `data_to_send()`: what is queued and
+        `plaintext` as records. A plaintext that fits one record, with
+        nothing queued, is that record, made without the queue."""
+        if self._outbound or not 0 < len(plaintext) <= MAX_PLAINTEXT:
+            self.send(plaintext)
+            return self.data_to_send()
+        return self._record(plaintext)
+
     def _seal(self, chunk: bytes) -> None:
+        self._outbound += self._record(chunk)
+
+    def _record(self, chunk: bytes) -> bytes:
         if self._send_counter >= _NONCE_LIMIT:
             raise NoiseError("too many records sent on one connection")
         ciphertext = self._send_cipher.encrypt(_nonce(self._send_counter), chunk, None)
         self._send_counter += 1
-        self._outbound += _HEADER.pack(MSG_RECORD, len(ciphertext))
-        self._outbound += ciphertext
+        return _HEADER.pack(MSG_RECORD, len(ciphertext)) + ciphertext
 
     def data_to_send(self) -> bytes:
         """Drain the ciphertext queued by `send`."""

@@ -40,12 +40,12 @@ class Deliveries:
         self.delivered = 0
 
     def add(self, handle: SessionHandle) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            handle.wake.set()
-            return
-        if not self._due:
+        if not self._due:  # the wave's first: the loop is asked once per wave
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                handle.wake.set()
+                return
             loop.call_soon(self._run)
         self._due.append(handle)
 

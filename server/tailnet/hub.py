@@ -914,10 +914,10 @@ class Tailnet:
         return routers
 
     def _notify_viewers(self, node_id: int) -> None:
-        # Each viewer sees the node as the snapshot it is on shows it.
-        viewers = [v for v in self._ctx.views.visible_to(node_id) if not self.is_canary(v)]
-        if self._canary is not None:
-            viewers += filter(self.is_canary, self._canary[2].views.visible_to(node_id))
+        viewers, canary = self._ctx.views.visible_to(node_id), self._canary
+        if canary is not None:  # each viewer sees the node as the snapshot it is on shows it
+            held = filter(self.is_canary, canary[2].views.visible_to(node_id))
+            viewers = [*(v for v in viewers if not self.is_canary(v)), *held]
         for viewer in viewers:
             for handle in self._sessions.get(viewer, ()):
                 handle.mark_peer(node_id)

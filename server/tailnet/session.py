@@ -27,10 +27,11 @@ from datetime import datetime
 from itertools import compress
 from operator import is_not
 from typing import Any
+from weakref import ReferenceType, ref
 
 from server.store.model import Node
 from server.tailnet.mapper import MapContext, PeerEntries, encode_message, owner_of, top_fields
-from server.tailnet.views import NodeView
+from server.tailnet.views import NodeView, PolicyViews
 from server.wire import format_time
 
 __all__ = ["MapSession", "Wake"]
@@ -66,6 +67,10 @@ class MapSession:
         self._top_from: tuple[Any, ...] = ()  # what `_top_src` was made of
         self._self_from: tuple[Any, ...] = ()  # what its own entry was made of
         self._view: NodeView[int] | None = None  # the view the client's peers come from
+        # The views `_view` was looked up in, weakly (an idle session must not
+        # keep a replaced index alive): the same object gives the same view,
+        # and a wave's sessions skip the lookup (two per message).
+        self._looked_up: ReferenceType[PolicyViews] | None = None
         self._entries: PeerEntries | None = None
         self._gen = 0
         self._expiry_seen: datetime | None = None
@@ -74,16 +79,25 @@ class MapSession:
         self.full_passes = 0
 
     def serves(self, ctx: MapContext) -> bool:
-        return self.node_id in ctx.nodes and ctx.views.get(self.node_id) is not None
+        return self.node_id in ctx.nodes and self._view_in(ctx.views) is not None
+
+    def _view_in(self, views: PolicyViews) -> NodeView[int] | None:
+        looked_up = self._looked_up
+        if looked_up is not None and looked_up() is views:
+            return self._view
+        return views.get(self.node_id)
 
     def step(self, ctx: MapContext, wake: Wake, now: datetime) -> bytes | None:
         """The message that brings the client to what `ctx` says, or None.
         The caller checks `serves(ctx)` first."""
         node = ctx.nodes[self.node_id]
-        view = ctx.views.get(self.node_id)
+        view = self._view_in(ctx.views)
         assert view is not None
-        msg: dict[str, Any] = {}
         old = self._view
+        if view is old and not (wake.full or wake.top) and ctx.users is self._users:
+            if ctx.entries is self._entries:
+                return self._moved(ctx, view, wake.peers, now)
+        msg: dict[str, Any] = {}
         if old is None or wake.full or wake.top:
             # What the top-level fields are made of, compared by identity: a
             # join hands viewers a new view holding the same filter objects.
@@ -121,6 +135,7 @@ class MapSession:
         # not see: a view that shows one later names it (a new peer, or a
         # topology change read from the log).
         self._entries, self._gen, self._view = ctx.entries, ctx.entries.log.gen, view
+        self._looked_up = ref(ctx.views)
         peers = list(filter(None, map(ctx.nodes.get, send)))
         profiles = self._new_profiles(ctx, [node, *peers] if wake.full or wake.top else peers)
         if profiles:
@@ -141,6 +156,23 @@ class MapSession:
             return encode_message(msg, key, entries, ctx.entries.fragments)
         body = encode_message(msg, key, entries, ctx.entries.fragments)
         return ctx.entries.deltas.shared(body, now)
+
+    def _moved(
+        self, ctx: MapContext, view: NodeView[int], moved: frozenset[int], now: datetime
+    ) -> bytes | None:
+        """Only volatile fields of `moved` changed (endpoints, online) and the
+        client holds this view: what the general path sends then (the
+        delta of the moved peers it sees, which its fellow viewers send
+        alike), without its passes (an endpoint wave is this, per viewer)."""
+        self._gen = ctx.entries.log.gen
+        seen, nodes = view.peers, ctx.nodes
+        peers = [nodes[p] for p in sorted(moved) if p in seen and p in nodes]
+        if not peers:
+            return None
+        online, get = ctx.online, ctx.entries.get
+        entries = [get(p, seen[p.id], p.id in online, now) for p in peers]
+        profiles = self._new_profiles(ctx, peers)
+        return ctx.entries.deltas.message("PeersChanged", entries, [], profiles, now)
 
     def _top(self, msg: dict[str, Any], top: dict[str, Any]) -> None:
         for key, value in top.items():

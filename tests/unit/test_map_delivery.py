@@ -19,7 +19,9 @@ from bench.loadgen.client import MapStream
 from gitctl.policy import parse_policy
 from gitctl.tailnet import TailnetSettings
 from server.control import ControlHandler
+from server.edge.control_conn import ControlConnection
 from server.tailnet import SessionHandle
+from server.tailnet.keepalives import KeepAlives
 from tests.unit.control_client import (
     ControlClient,
     Device,
@@ -186,3 +188,62 @@ async def test_control_settings_are_made_once_per_served_settings(tmp_path: Path
         again = srv._control_settings()
         assert again is not first and again.device_approval
         assert srv._control_settings() is again
+
+
+@async_test
+async def test_a_delivered_delta_leaves_the_keepalive_due_when_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wave reaches every idle stream: none of them is moved in the
+    keep-alive wheel for it (the keep-alive may come early, never late)."""
+    async with running_server(tmp_path) as srv:
+        viewer, mover = Device("viewer"), Device("mover")
+        _, vstream, _ = await poll(srv, viewer)
+        mclient, mstream, _ = await poll(srv, mover)
+        await _quiet(vstream, mstream)
+        scheduled: list[SessionHandle] = []
+        schedule = KeepAlives.schedule
+
+        def counted(self: KeepAlives, handle: SessionHandle, *args: Any) -> None:
+            scheduled.append(handle)
+            schedule(self, handle, *args)
+
+        monkeypatch.setattr(KeepAlives, "schedule", counted)
+        before = srv.tailnet.deliveries.delivered
+        endpoints = ["192.0.2.7:41641", "[2001:db8::7]:41641"]
+        status, _ = await mclient.map_lite(mover.map_body(stream=False, endpoints=endpoints))
+        assert status == 200
+        await vstream.wait_for(_moved(endpoints))
+        assert srv.tailnet.deliveries.delivered > before  # it went without its task
+        viewer_id = srv.store.node_by_node_key(viewer.node.public()).id  # type: ignore[union-attr]
+        assert all(h.node_id != viewer_id for h in scheduled)
+
+
+@async_test
+async def test_a_delivered_delta_is_sealed_and_written_in_the_delivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a loop callback per connection later: the connection has nothing
+    else pending, so the frame leaves in the delivery's own call."""
+    sealed: list[int] = []
+    send_now = ControlConnection._send_now
+
+    def counted(self: ControlConnection, *args: Any) -> bool:
+        records = self._noise._send_counter
+        done = send_now(self, *args)
+        sealed.append(self._noise._send_counter - records if done else -1)
+        return done
+
+    # Before the streams open: each binds its connection's `_send_now` then.
+    monkeypatch.setattr(ControlConnection, "_send_now", counted)
+    async with running_server(tmp_path) as srv:
+        viewer, mover = Device("viewer"), Device("mover")
+        _, vstream, _ = await poll(srv, viewer)
+        mclient, mstream, _ = await poll(srv, mover)
+        await _quiet(vstream, mstream)
+        sealed.clear()
+        endpoints = ["192.0.2.8:41641", "[2001:db8::8]:41641"]
+        status, _ = await mclient.map_lite(mover.map_body(stream=False, endpoints=endpoints))
+        assert status == 200
+        await vstream.wait_for(_moved(endpoints))
+        assert sealed and all(n >= 1 for n in sealed)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     Bundle,
@@ -40,6 +41,7 @@ from server.store.model import Registration
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
 from server.tailnet.mapper import MapContext, build_map
 from server.tailnet.session import MapSession
+from server.tailnet.views import PolicyViews
 from server.wire import DerpRegion, Hostinfo, NetInfo, decode
 from tests.unit.control_client import T0
 from tests.unit.test_mapper_refresh import add
@@ -505,3 +507,26 @@ def test_volatile_changes_arriving_together_are_one_shared_message() -> None:
     assert len({id(m) for m in messages.values()}) == 1
     sent = json.loads(next(iter(messages.values())))
     assert sorted(p["ID"] for p in sent["PeersChanged"]) == sorted(movers)
+
+
+def test_an_endpoint_wave_looks_up_no_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every viewer of a moved node steps with the view it holds (the views
+    it was looked up in are the ones served): none is looked up again."""
+    mesh = Mesh(10)
+    looked_up: list[int] = []
+    get = PolicyViews.get
+
+    def counted(self: PolicyViews, node_id: int) -> Any:
+        looked_up.append(node_id)
+        return get(self, node_id)
+
+    monkeypatch.setattr(PolicyViews, "get", counted)
+    node_id = next(iter(mesh.streams))
+    node = mesh.store.get_node(node_id)
+    assert node is not None
+    mesh.registry.update_from_map(node, now=T0, endpoints=["192.0.2.2:41641"])
+    for stream in mesh.streams.values():
+        assert stream.session.serves(mesh.tailnet.context)
+    sent = mesh.pump()
+    assert all("PeersChanged" in sent[v] for v in mesh.streams if v != node_id)
+    assert looked_up == []

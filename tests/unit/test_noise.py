@@ -277,6 +277,24 @@ def test_large_payload_is_chunked_into_full_records() -> None:
     assert b"".join(server.receive_data(wire)) == payload
 
 
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from([0, 1, 300, MAX_PLAINTEXT, 20000]))))
+@settings(max_examples=50)
+def test_sealed_is_send_then_drain_whatever_is_queued(sends: list[tuple[bool, int]]) -> None:
+    """`sealed` (a delta's one record, without the queue) and `send`,
+    interleaved, arrive whole and in order, as `send` alone would."""
+    client, server = connect()
+    wire, sent = bytearray(), bytearray()
+    for n, (drained, size) in enumerate(sends):
+        payload = bytes([n % 256]) * size
+        sent += payload
+        if drained:
+            wire += client.sealed(payload)
+        else:
+            client.send(payload)
+    wire += client.data_to_send()
+    assert b"".join(server.receive_data(bytes(wire))) == bytes(sent)
+
+
 def test_empty_send_writes_nothing() -> None:
     client, _ = connect()
     client.send(b"")

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from .addrs import INTERNET_RANGES, span
@@ -147,25 +148,36 @@ class Rule:
         return out
 
     def render(self, node: int) -> dict[str, Any]:
-        entries = self.entries(node)
         head = self.head()
         out: dict[str, Any] = {"SrcIPs": head["SrcIPs"]}
         if self.caps is not None:
             out["CapGrant"] = [
                 {
-                    "Dsts": _unique(t for t, _ in entries),
+                    "Dsts": _unique(t for t, _ in self.entries(node)),
                     "CapMap": {k: None if v is None else list(v) for k, v in self.caps.items()},
                 }
             ]
             return out
-        out["DstPorts"] = [
-            {"IP": text, "Ports": {"First": p.first, "Last": p.last}}
-            for text, ports in entries
-            for p in ports
-        ]
+        # As `entries` orders them, without its list of pairs: a commit
+        # renders every node's rules, and this was half of building a view.
+        dst: list[dict[str, Any]] = []
+        for part in self.parts:
+            if node in part.nodes:
+                ports = ports_json(part.ports)
+                texts = (part.text,) if part.addrs is None else part.addrs[node]
+                dst.extend([{"IP": text, "Ports": p} for text in texts for p in ports])
+        out["DstPorts"] = dst
         if "IPProto" in head:
             out["IPProto"] = head["IPProto"]
         return out
+
+
+@lru_cache(maxsize=1024)
+def ports_json(ports: tuple[PortRange, ...]) -> tuple[dict[str, int], ...]:
+    """A part's ``Ports`` values, made once per port set: every node's rule
+    holds the same dicts (a rendered filter is a wire value nobody mutates),
+    so a commit makes one object per destination entry, not two."""
+    return tuple({"First": p.first, "Last": p.last} for p in ports)
 
 
 def _unique(items: Iterable[str]) -> list[str]:

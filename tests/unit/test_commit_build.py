@@ -1,5 +1,6 @@
 """What a commit builds per session, made once where sessions can share it:
-the rendered filter's port values and the message's ControlTime."""
+the rendered filter's port values, a user's source set, the message's
+ControlTime."""
 
 from __future__ import annotations
 
@@ -9,10 +10,17 @@ from datetime import timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gitctl.policy import parse_policy
 from gitctl.policy.filter import DstPart, Rule
 from gitctl.policy.model import PortRange
-from server.tailnet.mapper import Deltas
+from gitctl.policy.viewindex import ViewIndex
+from server.store.interface import Store
+from server.tailnet import TailnetSource
+from server.tailnet.mapper import Deltas, build_map
 from tests.unit.control_client import T0
+from tests.unit.test_commit_fanout import USERS, self_policy, store, streaming
+
+__all__ = ["store"]  # the fixture, shared with test_commit_fanout
 
 ADDRS = [["100.64.0.1", "fd7a:115c:a1e0::1"], ["100.64.0.2"], ["100.64.0.3", "fd7a::3"]]
 
@@ -81,3 +89,34 @@ def test_bodies_of_their_own_carry_a_control_time_formatted_once_per_hold() -> N
     # A body too long to be held is stamped alike.
     long = deltas.shared(b'{"P":"%b"}' % (b"x" * Deltas.MAX_BYTES), T0 - timedelta(seconds=4.5))
     assert control_time(long) == "2025-06-01T11:59:55Z"
+
+
+def test_a_users_autogroup_self_rules_share_one_source_set(store: Store) -> None:
+    # Two autogroup:self ACLs reach every node of a user, and merge into one
+    # rule by their sources: the same set object, found by identity.
+    _, tailnet, streams = streaming(store)
+    doc = self_policy("22")
+    doc["acls"].append({**doc["acls"][0], "dst": ["autogroup:self:443"]})
+    tailnet.swap_source(
+        TailnetSource(
+            id="two",
+            domain="tailnet.example",
+            dns_config={"Domains": ["tailnet.example"], "Proxied": True},
+            users={f"u{u}": (f"u{u}@example.com", f"U{u}") for u in range(USERS)},
+            policy=parse_policy(doc),
+        )
+    )
+    index = tailnet.views.compiled.visibility
+    assert isinstance(index, ViewIndex)
+    for node_id in streams:
+        i = index.position[node_id]
+        first, second = (r for r in index.per_node[i] if not r.hidden)
+        assert first.src_key is second.src_key and first.src_ips is second.src_ips
+        view = tailnet.views.get(node_id)
+        assert view is not None
+        (rule,) = view.packet_filter_rules
+        assert [(d["IP"], d["Ports"]["First"]) for d in rule["DstPorts"]] == [
+            (ip, port) for port in (22, 443) for ip in index.index.ips[i]
+        ]
+        fresh = build_map(tailnet.context, node_id, T0)
+        assert fresh is not None and fresh.top["PacketFilter"] == view.packet_filter_rules

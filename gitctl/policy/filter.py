@@ -159,7 +159,7 @@ class Rule:
             ]
             return out
         # As `entries` orders them, without its list of pairs: a commit
-        # renders every node's rules, and this was half of building a view.
+        # renders every node's rules (a quarter of building its view).
         dst: list[dict[str, Any]] = []
         for part in self.parts:
             if node in part.nodes:

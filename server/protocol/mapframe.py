@@ -64,6 +64,15 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
 # are compressed once: the last few framed, by identity, per thread and level.
 SHARED_FRAMES = 16
 
+# Frames shorter than this (a node's own commit message under autogroup:self,
+# the spans between a spliced message's pieces, deltas) are compressed at
+# `FAST_LEVEL`: zstd's negative levels skip Huffman-coding the literals, at
+# level 1 a fixed ~3 us a call and most of the cost of a short frame (1.2 KB:
+# 4.9 -> 2.6 us for 13% more bytes; 200 B: 3.2 -> 1.4 us for 15%). A commit
+# frames one or two of them per session; long frames keep the stream's level.
+FAST_BELOW = 2048
+FAST_LEVEL = -1
+
 
 class SharedMessage(bytes):
     """A message that many streams send as this very object (the maker
@@ -120,6 +129,7 @@ class MapFrameEncoder:
 
     def __init__(self, level: int = 1) -> None:
         self._level = level
+        self._fast = min(level, FAST_LEVEL)
         self._keepalive: bytes | None = None
 
     def encode(self, json_bytes: bytes) -> bytes:
@@ -144,7 +154,8 @@ class MapFrameEncoder:
         return frame
 
     def _frame(self, json_bytes: bytes) -> bytes:
-        frame = _compressor(self._level).compress(json_bytes)
+        level = self._fast if len(json_bytes) < FAST_BELOW else self._level
+        frame = _compressor(level).compress(json_bytes)
         if len(frame) > 0xFFFFFFFF:
             raise MapFrameError("map response too large for its 32-bit length prefix")
         return _LENGTH.pack(len(frame)) + frame
@@ -152,14 +163,14 @@ class MapFrameEncoder:
     def _spliced(self, message: SplicedMessage) -> bytes:
         """Frames of the spans between pieces (per message) and of each piece
         (once, for every message holding it), concatenated."""
-        compress = _compressor(self._level).compress
+        compress, fast = _compressor(self._level).compress, _compressor(self._fast).compress
         held = _piece_frames(self._level)
         view = memoryview(message)
         frames: list[bytes] = []
         at = 0
         for offset, piece in message.pieces:
             if offset > at:
-                frames.append(compress(view[at:offset]))
+                frames.append((fast if offset - at < FAST_BELOW else compress)(view[at:offset]))
             got = held.get(id(piece))
             if got is None or got[0] is not piece:
                 if len(held) >= PIECE_FRAMES:
@@ -168,7 +179,7 @@ class MapFrameEncoder:
             frames.append(got[1])
             at = offset + len(piece)
         if at < len(message):
-            frames.append(compress(view[at:]))
+            frames.append((fast if len(message) - at < FAST_BELOW else compress)(view[at:]))
         size = sum(map(len, frames))
         if size > 0xFFFFFFFF:
             raise MapFrameError("map response too large for its 32-bit length prefix")

@@ -215,6 +215,8 @@ class MapSession:
             moved = compress(new, map(is_not, new.values(), map(held.get, new)))
             ids.update(p for p in moved if held.get(p) != new[p])
             return sorted(p for p in ids if p in new), sorted(held.keys() - new.keys())
+        if not ids:  # a commit that changed no peer, read from a caught-up log
+            return [], []
         send = sorted(p for p in ids if p in new)
         removed = sorted(p for p in ids if p in held and p not in new)
         return send, removed

@@ -113,3 +113,37 @@ def test_a_commit_sends_each_users_long_sources_as_one_shared_piece() -> None:
     # One piece object per user, held by every one of that user's messages.
     assert {k: len(v) for k, v in pieces.items()} == {"u0": 1, "u1": 1}
     store.close()
+
+
+def test_short_frames_are_compressed_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A node's own short message and the spans between a spliced message's
+    # pieces: zstd's fast level. Pieces (compressed once, sent with many
+    # messages) and long frames keep the stream's level.
+    levels: list[tuple[int, int]] = []
+    real = mapframe._compressor
+
+    class Recording(CountingCompressor):
+        def __init__(self, level: int) -> None:
+            super().__init__(real(level), [])
+            self.level = level
+
+        def compress(self, data: Any) -> bytes:
+            levels.append((self.level, len(data)))
+            return super().compress(data)
+
+    monkeypatch.setattr(mapframe, "_compressor", Recording)
+    own, long = b'{"A":1}', b'{"A":"%b"}' % (b"x" * mapframe.FAST_BELOW)
+    piece = json.dumps([f"100.99.{i // 250}.{i % 250}" for i in range(300)]).encode()
+    message = spliced(b'{"A":2,"S":', b',"B":[2]}', piece)
+    for data in (own, long, message):
+        body = MapFrameEncoder().encode(data)
+        assert inflate(body) == data
+        assert MapFrameDecoder().receive_data(body) == [data]
+    fast = mapframe.FAST_LEVEL
+    assert levels == [
+        (fast, len(own)),
+        (1, len(long)),
+        (fast, len(b'{"A":2,"S":')),
+        (1, len(piece)),
+        (fast, len(b',"B":[2]}')),
+    ]

@@ -6,6 +6,8 @@ connection, whose complete requests go to a handler. This module only pumps
 bytes and schedules per-stream tasks: concurrent streams, flow control both
 ways, and client stream resets (the client cancels long polls with
 RST_STREAM(CANCEL)) are handled here; what a request means is the handler's.
+The h2 connection is made in h2_server.py, the frames written without h2 in
+h2_frames.py, the request and response values in control_types.py.
 """
 
 from __future__ import annotations
@@ -16,15 +18,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
 
-import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
-import h2.settings
 
 from server.edge.control_types import ControlRequest, ControlResponse, Handler
-from server.edge.h2_compact import compact
 from server.edge.h2_frames import DATA, FRAME_HEAD, frame_data, headers_frame, sendable
+from server.edge.h2_server import server_connection
 from server.protocol.noise import Accepted, NoiseError
 
 __all__ = ["ControlConnection", "ControlRequest", "ControlResponse", "Handler"]
@@ -35,16 +34,6 @@ READ_SIZE = 65536
 HEADERS_HOLD = 0.5
 # Our receive window for request bodies; register/map requests are a few KiB.
 INBOUND_WINDOW = 1 << 20
-# One for every connection (h2 only reads it). What we send is validated by
-# construction (fixed, lowercase names; values we make): h2's outbound checks
-# and normalisation were a tenth of a registration's HTTP/2 cost. What the
-# client sends is still checked.
-_CONFIG = h2.config.H2Configuration(
-    client_side=False,
-    header_encoding="utf-8",
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-)
 
 
 class _StreamGone(Exception):
@@ -84,19 +73,7 @@ class ControlConnection:
         self._handler = handler
         self._log = log
         self._early = early_payload
-        self._h2 = h2.connection.H2Connection(config=_CONFIG)
-        # Our settings go in the connection preface itself. Sent first with
-        # update_settings, they would be undone on the client by the preface
-        # (built from the settings in force: the defaults), leaving it a
-        # 64 KiB stream window that h2 refills only after half of ours.
-        self._h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: INBOUND_WINDOW,
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
-            },
-        )
-        compact(self._h2)
+        self._h2 = server_connection(INBOUND_WINDOW)
         self._streams: dict[int, _Stream] = {}
         # Created only while a stream waits for the client's window: an idle
         # connection holds no Event (and no deque of waiters).

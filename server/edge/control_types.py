@@ -22,7 +22,7 @@ class ControlRequest:
     body: bytes
     # Queues a chunk of this request's streaming response at once, without
     # the stream's task, when that needs no waiting; False: it did not
-    # (see `ControlConnection._send_now`).
+    # (see `ControlConnection._send_now`, control_conn.py).
     send_now: Callable[[bytes], bool] | None = field(default=None, compare=False)
 
     def header_values(self, name: str) -> list[str]:

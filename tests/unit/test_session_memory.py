@@ -72,7 +72,7 @@ def test_h2_dispatches_frames_without_a_table_of_bound_methods() -> None:
     import h2.connection
     from hyperframe.frame import PingFrame
 
-    from server.edge.h2_compact import compact
+    from server.edge.h2_server import compact
 
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     compact(conn)

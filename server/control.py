@@ -30,7 +30,7 @@ from gitctl.tailnet import TailnetSettings
 from server.auth.pending import PendingLogins
 from server.auth.register import Registrar, RequestRejected
 from server.auth.sshcheck import SshChecks
-from server.edge.control_conn import ControlRequest, ControlResponse
+from server.edge.control_types import ControlRequest, ControlResponse
 from server.metrics import Metrics
 from server.protocol.keys import NodePublic
 from server.protocol.mapframe import MapFrameEncoder

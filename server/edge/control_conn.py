@@ -6,28 +6,24 @@ connection, whose complete requests go to a handler. This module only pumps
 bytes and schedules per-stream tasks: concurrent streams, flow control both
 ways, and client stream resets (the client cancels long polls with
 RST_STREAM(CANCEL)) are handled here; what a request means is the handler's.
+The h2 connection is made in h2_server.py, the frames written without h2 in
+h2_frames.py, the request and response values in control_types.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
-import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
-import h2.settings
-import h2.stream
 
-from server.protocol.h2head import response_head
-from server.protocol.keys import MachinePublic
+from server.edge.control_types import ControlRequest, ControlResponse, Handler
+from server.edge.h2_frames import DATA, FRAME_HEAD, frame_data, headers_frame, sendable
+from server.edge.h2_server import server_connection
 from server.protocol.noise import Accepted, NoiseError
 
 __all__ = ["ControlConnection", "ControlRequest", "ControlResponse", "Handler"]
@@ -38,53 +34,6 @@ READ_SIZE = 65536
 HEADERS_HOLD = 0.5
 # Our receive window for request bodies; register/map requests are a few KiB.
 INBOUND_WINDOW = 1 << 20
-# An HTTP/2 frame header (RFC 9113 §4.1): 24-bit length, type, flags, stream id.
-_FRAME_HEAD = struct.Struct(">HBBBL")
-_DATA = 0x0
-_HEADERS = 0x1
-_END_STREAM = 0x1
-_END_HEADERS = 0x4
-# Stream states in which a server may send DATA (RFC 9113 §5.1).
-_SENDING = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
-# One for every connection (h2 only reads it). What we send is validated by
-# construction (fixed, lowercase names; values we make): h2's outbound checks
-# and normalisation were a tenth of a registration's HTTP/2 cost. What the
-# client sends is still checked.
-_CONFIG = h2.config.H2Configuration(
-    client_side=False,
-    header_encoding="utf-8",
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ControlRequest:
-    machine_key: MachinePublic
-    noise_version: int
-    method: str
-    path: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-    # Queues a chunk of this request's streaming response at once, without
-    # the stream's task, when that needs no waiting; False: it did not
-    # (see `ControlConnection._send_now`).
-    send_now: Callable[[bytes], bool] | None = field(default=None, compare=False)
-
-    def header_values(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k == name]
-
-
-@dataclass(frozen=True, slots=True)
-class ControlResponse:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    # A streaming body (map long poll); each chunk is written and flushed.
-    stream: AsyncIterator[bytes] | None = field(default=None, compare=False)
-
-
-Handler = Callable[[ControlRequest], Awaitable[ControlResponse]]
 
 
 class _StreamGone(Exception):
@@ -124,19 +73,7 @@ class ControlConnection:
         self._handler = handler
         self._log = log
         self._early = early_payload
-        self._h2 = h2.connection.H2Connection(config=_CONFIG)
-        # Our settings go in the connection preface itself. Sent first with
-        # update_settings, they would be undone on the client by the preface
-        # (built from the settings in force: the defaults), leaving it a
-        # 64 KiB stream window that h2 refills only after half of ours.
-        self._h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: INBOUND_WINDOW,
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
-            },
-        )
-        _compact(self._h2)
+        self._h2 = server_connection(INBOUND_WINDOW)
         self._streams: dict[int, _Stream] = {}
         # Created only while a stream waits for the client's window: an idle
         # connection holds no Event (and no deque of waiters).
@@ -362,7 +299,7 @@ class ControlConnection:
         a wave hands one frame to each of a thousand connections, and a
         loop callback per connection to write it later cost as much as the
         write."""
-        sending = None if stream.closed or self._closed else self._sendable(stream_id)
+        sending = None if stream.closed or self._closed else sendable(self._h2, stream_id)
         if sending is None:
             return False
         conn, size = self._h2, len(data)
@@ -375,98 +312,45 @@ class ControlConnection:
         most = conn.max_outbound_frame_size
         if size <= most and not self._flush_due and not self._out and not stream.held:
             # A delta, nothing queued before it: one frame, one record, one write
-            # (what `_frame` then `_write_out` do, without their buffer).
+            # (what `frame_data` then `_write_out` do, without their buffer).
             sending.outbound_flow_control_window -= size
             conn.outbound_flow_control_window -= size
-            head = conn.data_to_send() + _FRAME_HEAD.pack(
-                size >> 8, size & 0xFF, _DATA, 0, stream_id
-            )
+            head = conn.data_to_send() + FRAME_HEAD.pack(size >> 8, size & 0xFF, DATA, 0, stream_id)
             transport.write(self._noise.sealed(head + data))
             return True
         self._release(stream_id, stream)
         for start in range(0, size, most):
-            self._frame(sending, stream_id, data[start : start + most])
+            frame_data(conn, sending, stream_id, data[start : start + most], self._out)
         if not self._flush_due:  # else it leaves with what this turn queued before it
             self._write_out()
         return True
 
-    def _sendable(self, stream_id: int) -> h2.stream.H2Stream | None:
-        """The stream, if it and the connection are open for us to send on
-        (the frames this module makes itself go only there)."""
-        conn = self._h2
-        stream = conn.streams.get(stream_id)
-        if (
-            stream is None
-            or stream.state_machine.state not in _SENDING
-            or conn.state_machine.state is not h2.connection.ConnectionState.SERVER_OPEN
-        ):
-            return None
-        return stream
-
     def _queue_data(self, stream_id: int, chunk: bytes, *, end: bool = False) -> None:
         """One DATA frame that fits the windows; `end`: it ends the stream.
-
-        Framed here on a stream that may send: h2's own path (two state
-        machines, a frame object, its serialisation) cost more than the
-        rest of a mesh join's fan-out to each session. Anything else goes
-        through h2, which refuses what it must."""
-        stream = self._sendable(stream_id)
+        Framed here (h2_frames.py) on a stream that may send; anything else
+        goes through h2, which refuses what it must."""
+        stream = sendable(self._h2, stream_id)
         if stream is None:
             self._h2.send_data(stream_id, chunk, end_stream=end)
             return
-        self._frame(stream, stream_id, chunk, end=end)
-
-    def _frame(
-        self, stream: h2.stream.H2Stream, stream_id: int, chunk: bytes, *, end: bool = False
-    ) -> None:
-        """The DATA frame, its size charged to the windows h2 keeps; what h2
-        queued before stays before. Ending the stream on it saves the empty
-        DATA frame h2's end_stream would add (and h2's path for it); the
-        stream's state machine still takes the transition."""
-        conn = self._h2
-        if end:
-            stream.state_machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
-        size = len(chunk)
-        stream.outbound_flow_control_window -= size
-        conn.outbound_flow_control_window -= size
-        out = self._out
-        out += conn.data_to_send()
-        out += _FRAME_HEAD.pack(size >> 8, size & 0xFF, _DATA, _END_STREAM if end else 0, stream_id)
-        out += chunk
+        frame_data(self._h2, stream, stream_id, chunk, self._out, end=end)
 
     def _queue_headers(
         self, stream_id: int, stream: _Stream, response: ControlResponse, *, end: bool
     ) -> bool:
         """The response's HEADERS frame, ending the stream if `end`, framed
-        here (False: left to h2). h2's stream state machine still takes the
-        transitions; the block is server/protocol/h2head.py's, which leaves the
-        HPACK dynamic tables alone, so h2's encoder stays in step with the
-        client. Taken only where h2 would send the very same headers: an open
-        stream, an open connection, no table size update owed.
+        here (h2_frames.py; False: left to h2).
 
-        A streaming response's frame is `held` on its stream, not queued: as
-        it touches no HPACK table, it may leave after frames queued later on
-        other streams, and nothing else is sent on its own stream before it
-        (`_release`)."""
-        conn = self._h2
-        h2_stream = self._sendable(stream_id)
-        if h2_stream is None or getattr(conn.encoder.header_table, "resized", True) is not False:
-            return False
+        A streaming response's frame is `held` on its stream, not queued: it
+        may leave after frames queued later on other streams, and nothing
+        else is sent on its own stream before it (`_release`)."""
         length = None if response.stream is not None else len(response.body)
-        try:
-            block = response_head(response.status, response.content_type, length)
-        except ValueError:  # not a three-digit status, or not ASCII: h2 decides
+        frame = headers_frame(
+            self._h2, stream_id, response.status, response.content_type, length, end=end
+        )
+        if frame is None:
             return False
-        if len(block) > conn.max_outbound_frame_size:
-            return False
-        h2_stream.state_machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
-        flags = _END_HEADERS
-        if end:
-            h2_stream.state_machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
-            flags |= _END_STREAM
-        size = len(block)
-        self._out += conn.data_to_send()
-        frame = _FRAME_HEAD.pack(size >> 8, size & 0xFF, _HEADERS, flags, stream_id) + block
+        self._out += self._h2.data_to_send()
         if response.stream is None:
             self._out += frame
         else:
@@ -477,7 +361,7 @@ class ControlConnection:
         """Queue the stream's held HEADERS, ahead of anything else it sends;
         dropped if the stream can no longer send (reset by either side)."""
         held, stream.held = stream.held, b""
-        if held and not stream.closed and self._sendable(stream_id) is not None:
+        if held and not stream.closed and sendable(self._h2, stream_id) is not None:
             self._out += held
 
     def _release_alone(self, stream_id: int, stream: _Stream) -> None:
@@ -515,85 +399,6 @@ class ControlConnection:
         out = self._noise.data_to_send()
         if out and not self._writer.is_closing():
             self._writer.write(out)
-
-
-class _Values(list[int]):
-    """h2 keeps each setting's pending values in a `collections.deque`, whose
-    first block is 64 slots: two settings tables of them are ~8 KiB on every
-    connection. A list does the same for the one or two values ever pending."""
-
-    __slots__ = ()
-
-    def popleft(self) -> int:
-        return self.pop(0)
-
-
-class _Entries(list[tuple[bytes, bytes]]):
-    """hpack's dynamic table, as a list: `deque()` costs ~600 bytes even empty,
-    and a control connection's table holds a handful of headers."""
-
-    __slots__ = ()
-
-    def appendleft(self, entry: tuple[bytes, bytes]) -> None:
-        self.insert(0, entry)
-
-
-def _compact(conn: h2.connection.H2Connection) -> None:
-    """Swap the per-connection deques of h2 and hpack for lists (same
-    operations, a tenth of the memory) on a connection not yet started.
-
-    This reaches into h2's and hpack's internals (pyproject bounds both to
-    the major versions it was written against): where they are not the
-    deques it knows, it leaves them as they are, costing memory, never
-    correctness (tests/unit/test_edge_memory.py notices the memory)."""
-    for settings in (conn.local_settings, conn.remote_settings):
-        table = getattr(settings, "_settings", None)
-        if not isinstance(table, dict):
-            continue
-        for code, values in table.items():
-            if type(values) is deque:
-                table[code] = _Values(values)
-    for header_table in (conn.encoder.header_table, conn.decoder.header_table):
-        entries = getattr(header_table, "dynamic_entries", None)
-        if type(entries) is deque and entries.maxlen is None:
-            header_table.dynamic_entries = _Entries(entries)  # type: ignore[assignment]
-    dispatch = getattr(conn, "_frame_dispatch_table", None)
-    if isinstance(dispatch, dict):
-        names = _dispatch_names(dispatch)
-        if names is not None:
-            conn._frame_dispatch_table = _Dispatch(conn, names)  # type: ignore[assignment]
-
-
-class _Dispatch:
-    """h2's frame dispatch table (frame class -> handler), bound at each
-    lookup: the dict h2 makes holds a dozen bound methods per connection
-    (~1.4 KiB) for what is the same dozen names on every one."""
-
-    __slots__ = ("_conn", "_names")
-
-    def __init__(self, conn: object, names: Mapping[type, str]) -> None:
-        self._conn, self._names = conn, names
-
-    def __getitem__(self, kind: type) -> Callable[..., Any]:
-        handler: Callable[..., Any] = getattr(self._conn, self._names[kind])
-        return handler
-
-
-_DISPATCH_NAMES: dict[type, str] = {}
-
-
-def _dispatch_names(table: dict[Any, Any]) -> Mapping[type, str] | None:
-    """The handler names of h2's table, learnt from the first connection and
-    checked on each (None: not bound methods of the connection: leave it)."""
-    names = {kind: getattr(handler, "__name__", "") for kind, handler in table.items()}
-    if not all(
-        isinstance(kind, type) and getattr(getattr(h, "__self__", None), n, None) == h
-        for (kind, h), n in zip(table.items(), names.values(), strict=True)
-    ):
-        return None
-    if not _DISPATCH_NAMES:
-        _DISPATCH_NAMES.update(names)
-    return _DISPATCH_NAMES if names == _DISPATCH_NAMES else None
 
 
 def _s(value: str | bytes) -> str:

@@ -72,10 +72,10 @@ def test_h2_dispatches_frames_without_a_table_of_bound_methods() -> None:
     import h2.connection
     from hyperframe.frame import PingFrame
 
-    from server.edge.control_conn import _compact
+    from server.edge.h2_server import compact
 
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-    _compact(conn)
+    compact(conn)
     table = conn._frame_dispatch_table
     assert not isinstance(table, dict)
     assert table[PingFrame] == conn._receive_ping_frame

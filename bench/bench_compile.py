@@ -34,7 +34,8 @@ from gitctl.policy import parse_policy
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
 from server.store.model import Node
 from server.tailnet.expiries import Expiries
-from server.tailnet.mapper import MapContext, PeerEntries
+from server.tailnet.mapper import MapContext
+from server.tailnet.nodejson import PeerEntries
 from server.tailnet.session import MapSession, Wake
 from server.tailnet.views import compute_views
 from server.wire import Hostinfo, NetInfo, stable_user_id

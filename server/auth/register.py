@@ -37,7 +37,7 @@ from server.protocol.keys import MachinePublic, NodePublic
 from server.store.interface import Store
 from server.store.model import KeyRejected, Node, PreAuthKey, Registration
 from server.tailnet import NodeRegistry, TailnetSource
-from server.tailnet.mapper import user_id
+from server.tailnet.nodejson import user_id
 from server.wire import TAGGED_USER_ID, Hostinfo, RegisterRequest
 
 __all__ = [

@@ -38,7 +38,8 @@ from server.tailnet.coalesce import COALESCE_SECONDS, Defer, LoopDefer, defer_on
 from server.tailnet.cutoff import CutOff
 from server.tailnet.expiries import Expiries
 from server.tailnet.handle import Deliveries, SessionHandle
-from server.tailnet.mapper import MapContext, PeerEntries
+from server.tailnet.mapper import MapContext
+from server.tailnet.nodejson import PeerEntries
 from server.tailnet.nodemaps import node_map, online_set, same
 from server.tailnet.owners import same_owners
 from server.tailnet.persistent import PersistentIds, PersistentMap
@@ -643,7 +644,7 @@ class Tailnet:
     def _notify_soon(self, node_id: int) -> None:
         """Tell `node_id`'s viewers at the next wave: in a mesh a burst of
         endpoint and online changes then costs each session one message,
-        the same for all (`mapper.Deltas`), not one per change."""
+        the same for all (`mapencode.Deltas`), not one per change."""
         self._volatile.add(node_id)
         if self._volatile_due or self._unsettled:
             return  # the wave due takes it (a settle notifies too)

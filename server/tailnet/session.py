@@ -30,7 +30,9 @@ from typing import Any
 from weakref import ReferenceType, ref
 
 from server.store.model import Node
-from server.tailnet.mapper import MapContext, PeerEntries, encode_message, owner_of, top_fields
+from server.tailnet.mapencode import encode_message
+from server.tailnet.mapper import MapContext, top_fields
+from server.tailnet.nodejson import PeerEntries, owner_of
 from server.tailnet.views import NodeView, PolicyViews
 from server.wire import format_time
 

@@ -16,7 +16,8 @@ from gitctl.policy.model import PortRange
 from gitctl.policy.viewindex import ViewIndex
 from server.store.interface import Store
 from server.tailnet import TailnetSource
-from server.tailnet.mapper import Deltas, build_map
+from server.tailnet.mapencode import Deltas
+from server.tailnet.mapper import build_map
 from tests.unit.control_client import T0
 from tests.unit.test_commit_fanout import USERS, self_policy, store, streaming
 

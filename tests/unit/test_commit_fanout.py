@@ -23,7 +23,8 @@ from server.store import open_store
 from server.store.interface import Store
 from server.store.model import Registration
 from server.tailnet import NodeRegistry, Tailnet, TailnetSource, running_tailnet
-from server.tailnet.mapper import Fragments, build_map, encode_message
+from server.tailnet.mapencode import Fragments, encode_message
+from server.tailnet.mapper import build_map
 from server.tailnet.session import MapSession
 from server.wire import DerpRegion
 from tests.unit.control_client import T0

@@ -17,7 +17,8 @@ from server.store import open_store
 from server.store.interface import Store
 from server.store.model import Registration
 from server.tailnet import NodeRegistry, Tailnet, TailnetSource
-from server.tailnet.mapper import MapContext, PeerEntries, build_map
+from server.tailnet.mapper import MapContext, build_map
+from server.tailnet.nodejson import PeerEntries
 from server.tailnet.session import MapSession, Wake
 from server.wire import DerpRegion
 from tests.unit.control_client import T0

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from server.protocol import mapframe
 from server.protocol.mapframe import MapFrameDecoder, MapFrameEncoder, SplicedMessage
 from server.store import open_store
-from server.tailnet.mapper import SPLICE_MIN, build_map
+from server.tailnet.mapencode import SPLICE_MIN
+from server.tailnet.mapper import build_map
 from tests.unit.control_client import T0
 from tests.unit.test_commit_fanout import source, streaming
 

@@ -1,0 +1,311 @@
+"""Map messages as bytes: JSON joined from pieces encoded once and shared.
+
+Peer entries (`nodejson.PeerEntries`), values many sessions send alike
+(`Fragments`) and whole delta messages (`Deltas`) are encoded once and
+spliced into or handed to every session's message by `encode_message`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import msgspec
+
+from server.protocol.mapframe import SharedMessage, SplicedMessage
+from server.wire import format_time
+
+__all__ = [
+    "ONE_OBJECT",
+    "SHARED_FIELDS",
+    "SPLICE_MIN",
+    "Deltas",
+    "Fragments",
+    "SharedPiece",
+    "encode_json",
+    "encode_message",
+]
+
+# Top-level fields that many sessions receive alike, or mostly alike: their
+# big parts (a rule's SrcIPs, the DERP map) are encoded once, not per session.
+SHARED_FIELDS = ("PacketFilter", "SSHPolicy", "DERPMap", "DNSConfig")
+ONE_OBJECT = frozenset({"DERPMap", "DNSConfig"})
+
+
+class Fragments:
+    """JSON of values that many sessions send alike, encoded once and spliced
+    into each session's message, as peer entries are.
+
+    After a commit under ``autogroup:self`` each of 50,000 nodes gets its own
+    packet filter, but the bulk of it, the sources (every address of the
+    user's nodes), is one list per user: lists of at least `MIN_LEN` texts
+    are encoded once per content; the DERP map and DNS config, the same
+    object for every session, once per object. `encoded` counts the values
+    encoded (what tests count instead of timing)."""
+
+    MIN_LEN = 8
+    MAX_HELD = 1 << 14
+
+    def __init__(self) -> None:
+        self._texts: dict[tuple[Any, ...], bytes] = {}
+        self._objects: dict[int, tuple[object, bytes]] = {}
+        self._lists: dict[int, tuple[object, bytes]] = {}
+        self.encoded = 0
+
+    def add(self, out: list[bytes], value: Any, *, one_object: bool = False) -> None:
+        """Append the JSON of a top-level field's value to ``out`` as pieces
+        (joined once, with the whole message: a rule's sources are the bulk
+        of a message, and each copy of them costs); `one_object`: the value
+        is one object that every session sends (DERP map, DNS config)."""
+        held = self._objects.get(id(value))
+        if held is not None and held[0] is value:
+            out.append(held[1])
+        elif one_object:
+            data = SharedPiece(self._object(value))
+            if len(self._objects) >= self.MAX_HELD:
+                self._objects.clear()
+            self._objects[id(value)] = (value, data)
+            out.append(data)
+        elif type(value) in _SEQUENCES:  # packet filter rules
+            out.append(b"[")
+            for n, item in enumerate(value):
+                if n:
+                    out.append(b",")
+                self._add_object(out, item)
+            out.append(b"]")
+        else:
+            self._add_object(out, value)
+
+    def _object(self, value: Any) -> bytes:
+        out: list[bytes] = []
+        self._add_object(out, value)
+        return b"".join(out)
+
+    def _add_object(self, out: list[bytes], value: Any) -> None:
+        """An object with its long lists of texts spliced from what was kept,
+        the rest in one call to the encoder."""
+        if type(value) is not dict:
+            out.append(encode_json(value))
+            return
+        texts = [k for k, v in value.items() if type(v) in _SEQUENCES and self._texts_worth(v)]
+        if not texts:
+            out.append(encode_json(value))
+            return
+        if len(texts) < len(value):
+            rest = encode_json({k: v for k, v in value.items() if k not in texts})
+            out.append(rest[:-1])  # "{...", its members
+            out.append(b",")
+        else:
+            out.append(b"{")
+        for n, k in enumerate(texts):
+            if n:
+                out.append(b",")
+            out.append(_key(k))
+            out.append(self._text_list(value[k]))
+        out.append(b"}")
+
+    def _texts_worth(self, value: list[Any] | tuple[Any, ...]) -> bool:
+        return len(value) >= self.MIN_LEN and type(value[0]) is str
+
+    def _text_list(self, value: list[str] | tuple[str, ...]) -> bytes:
+        # The compiler hands every node of a rule the same SrcIPs list
+        # (`gitctl.policy.filter.Rule.head`): found by identity, in O(1).
+        held = self._lists.get(id(value))
+        if held is not None and held[0] is value:
+            return held[1]
+        data = self._text_content(value)
+        if len(self._lists) >= self.MAX_HELD:
+            self._lists.clear()
+        self._lists[id(value)] = (value, data)
+        return data
+
+    def _text_content(self, value: list[str] | tuple[str, ...]) -> bytes:
+        """By content: a recompile renders equal lists anew."""
+        try:
+            data = self._texts.get(key := tuple(value))
+        except TypeError:  # not texts after all
+            return encode_json(value)
+        if data is None:
+            if len(self._texts) >= self.MAX_HELD:
+                self._texts.clear()
+            data = self._texts[key] = SharedPiece(encode_json(value))
+            self.encoded += 1
+        return data
+
+
+_SEQUENCES = (list, tuple)
+
+
+class SharedPiece(bytes):
+    """JSON that `Fragments` keeps and hands to many messages: the very
+    object, so a message that holds it can say where (`SplicedMessage`)."""
+
+    __slots__ = ()
+
+
+# Shared pieces at least this long get a zstd frame of their own, compressed
+# once for every message holding them (`SplicedMessage`); shorter ones cost
+# more in frame overhead than they save.
+SPLICE_MIN = 1024
+
+
+# msgspec's encoder (the wire types' codec, server/wire/): compact JSON of
+# plain dicts, lists and scalars, UTF-8 as is; several times faster than
+# json's on the small per-session parts of a message (a node's DstPorts,
+# ControlTime), which a commit's fan-out encodes 50,000 times.
+def _plain(value: Any) -> Any:
+    """What json would make of a value msgspec leaves to a hook: subclasses
+    of str and the numbers (wire prefixes, addresses) as their plain selves."""
+    for kind in (str, int, float):
+        if isinstance(value, kind):
+            return kind(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+encode_json: Callable[[Any], bytes] = msgspec.json.Encoder(enc_hook=_plain).encode
+
+
+def encode_message(
+    msg: dict[str, Any],
+    peers_key: str | None = None,
+    peers: Iterable[bytes] = (),
+    fragments: Fragments | None = None,
+) -> bytes:
+    """JSON of `msg`, with already-encoded peer entries spliced in as
+    `peers_key` and, given `fragments`, its `SHARED_FIELDS` spliced from there
+    (the message is joined once from its pieces)."""
+    shared: list[tuple[str, Any]] = []
+    if fragments is not None and any(k in msg for k in SHARED_FIELDS):
+        msg = dict(msg)
+        shared = [(key, msg.pop(key)) for key in SHARED_FIELDS if key in msg]
+    if not shared and peers_key is None:
+        return encode_json(msg)
+    head = encode_json(msg)
+    out = [head[:-1]] if len(head) > 2 else [b"{"]
+    for key, value in shared:
+        if len(out) > 1 or len(head) > 2:
+            out.append(b",")
+        out.append(_key(key))
+        assert fragments is not None
+        fragments.add(out, value, one_object=key in ONE_OBJECT)
+    if peers_key is not None:
+        if len(out) > 1 or len(head) > 2:
+            out.append(b",")
+        out.append(_key(peers_key))
+        out.append(b"[%b]" % b",".join(peers))
+    out.append(b"}")
+    return _spliced(out) if fragments is not None else b"".join(out)
+
+
+def _spliced(out: list[bytes]) -> bytes:
+    """``out`` joined, saying where the long pieces `Fragments` holds are."""
+    pieces = [
+        (sum(map(len, out[:n])), piece)  # its offset, summed in C
+        for n, piece in enumerate(out)
+        if type(piece) is SharedPiece and len(piece) >= SPLICE_MIN
+    ]
+    data = b"".join(out)
+    return SplicedMessage(data, tuple(pieces)) if pieces else data
+
+
+class Deltas:
+    """Delta messages that many sessions send alike, encoded once.
+
+    A join or an endpoint change in a mesh gives every viewer the same delta:
+    the same peer entries (the shared bytes of `PeerEntries`), the same
+    removals and profiles, and nothing of its own. The message is encoded
+    once and every session sends the very same `SharedMessage`, so its
+    framing (zstd, `server/protocol/mapframe.py`) is shared too; per session
+    only HTTP/2 and Noise remain. A delta with top-level fields (a join that
+    changes every viewer's filter alike) is encoded per session from shared
+    parts, then found by its bytes (`shared`): compressing it is what costs.
+    Its ControlTime is the first sender's, reused for at most `HOLD` (the
+    client only compares it with its own clock). `encoded` counts the
+    messages made (what tests count)."""
+
+    HOLD = timedelta(seconds=1)
+    MAX_HELD = 64
+    MAX_BYTES = 128 << 10  # bodies held (twice: key and message) at most this long
+
+    def __init__(self) -> None:
+        # (peers key, entries, removed, profile ids) -> (profiles, made at, message)
+        self._held: dict[tuple[Any, ...], tuple[list[Any], datetime, bytes]] = {}
+        self._stamp: tuple[datetime, bytes] | None = None  # (made at, `_control_time`)
+        self.encoded = 0
+
+    def message(
+        self,
+        peers_key: str | None,
+        entries: list[bytes],
+        removed: list[int],
+        profiles: list[Any],
+        now: datetime,
+    ) -> bytes:
+        # Entries are compared by value (bytes hash once, and equal entries
+        # are mostly the same object); profiles, dicts, by identity (kept in
+        # the value, so an id is not reused while held).
+        key = (peers_key, tuple(entries), tuple(removed), tuple(map(id, profiles)))
+        held = self._held.get(key)
+        if held is not None and timedelta(0) <= now - held[1] < self.HOLD:
+            return held[2]
+        msg: dict[str, Any] = {}
+        if profiles:
+            msg["UserProfiles"] = profiles
+        if removed:
+            msg["PeersRemoved"] = removed
+        msg["ControlTime"] = format_time(now)
+        data = SharedMessage(encode_message(msg, peers_key, entries))
+        self._hold(key, (profiles, now, data))
+        return data
+
+    def shared(self, body: bytes, now: datetime) -> bytes:
+        """The message `body` (a JSON object without ControlTime) with its
+        ControlTime, the very object other sessions that built the same
+        body were given."""
+        if len(body) > self.MAX_BYTES:  # a full pass over many peers: its own
+            return _timed(body, self._control_time(now), shared=False)
+        key = (body,)
+        held = self._held.get(key)
+        if held is not None and timedelta(0) <= now - held[1] < self.HOLD:
+            return held[2]
+        data = _timed(body, self._control_time(now), shared=True)
+        self._hold(key, ([], now, data))
+        return data
+
+    def _control_time(self, now: datetime) -> bytes:
+        """`_control_time`, formatted once per `HOLD` as a shared message's
+        is: a commit under autogroup:self gives every session a body of its
+        own, and formatting the time was a tenth of building one."""
+        stamp = self._stamp
+        if stamp is None or not timedelta(0) <= now - stamp[0] < self.HOLD:
+            stamp = self._stamp = (now, _control_time(now))
+        return stamp[1]
+
+    def _hold(self, key: tuple[Any, ...], value: tuple[list[Any], datetime, bytes]) -> None:
+        if len(self._held) >= self.MAX_HELD:
+            self._held.clear()
+        self._held[key] = value
+        self.encoded += 1
+
+
+def _timed(body: bytes, stamp: bytes, *, shared: bool) -> bytes:
+    """``body`` (a JSON object) with its ControlTime last (``stamp``, a
+    `_control_time`), a `SharedMessage` if ``shared``; the pieces a
+    `SplicedMessage` body holds stay where they are."""
+    data = body[:-1] + (b"," if len(body) > 2 else b"") + stamp
+    if type(body) is SplicedMessage:
+        return SplicedMessage(data, body.pieces, shared=shared)
+    return SharedMessage(data) if shared else data
+
+
+def _control_time(now: datetime) -> bytes:
+    """The last member of a message: its ControlTime, and the closing brace."""
+    return b'"ControlTime":"%b"}' % format_time(now).encode()
+
+
+@lru_cache(maxsize=256)
+def _key(name: str) -> bytes:
+    """``"name":`` (an object key, made once)."""
+    return b"%b:" % encode_json(name)

@@ -1,0 +1,95 @@
+"""After a burst, the freed C heap goes back to the system (server/heaptrim.py),
+and what the first client needs is loaded before it comes (server/cli.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from server.heaptrim import HeapTrim, glibc_trim, statm_rss
+from tests.e2e.harness import ROOT
+
+MB = 1 << 20
+
+
+class FakeHeap:
+    """An RSS that grows by hand and shrinks to `kept` when trimmed."""
+
+    def __init__(self, rss: int) -> None:
+        self.rss = rss
+        self.kept = rss
+        self.trims = 0
+
+    def trim(self) -> None:
+        self.trims += 1
+        self.rss = self.kept
+
+
+def test_a_steady_server_is_never_trimmed() -> None:
+    heap = FakeHeap(100 * MB)
+    trim = HeapTrim(heap.trim, lambda: heap.rss, growth=8 * MB)
+    heap.rss += 7 * MB
+    for _ in range(100):
+        trim.check()
+    assert heap.trims == 0
+
+
+def test_a_burst_is_trimmed_once_and_what_is_in_use_is_not_trimmed_for_again() -> None:
+    heap = FakeHeap(100 * MB)
+    trim = HeapTrim(heap.trim, lambda: heap.rss, growth=8 * MB)
+    heap.kept = 104 * MB  # the burst left 4 MB in use and 26 MB free
+    heap.rss = 130 * MB
+    trim.check()
+    assert heap.trims == 1 and heap.rss == 104 * MB
+    assert trim.stats.trims == 1 and trim.stats.released == 26 * MB
+    # The 4 MB in use is the new floor: the next checks do nothing.
+    heap.rss = 110 * MB
+    trim.check()
+    assert heap.trims == 1
+    heap.rss = 113 * MB
+    trim.check()
+    assert heap.trims == 2
+
+
+def test_the_floor_follows_the_rss_down() -> None:
+    heap = FakeHeap(100 * MB)
+    trim = HeapTrim(heap.trim, lambda: heap.rss, growth=8 * MB)
+    heap.rss = heap.kept = 60 * MB  # freed from the top of the heap by malloc itself
+    trim.check()
+    heap.rss = 69 * MB  # 9 MB above the new floor, below the old one
+    trim.check()
+    assert heap.trims == 1
+
+
+def test_glibc_gives_a_fragmented_heap_back() -> None:
+    trim, rss = glibc_trim(), statm_rss()
+    assert trim is not None and rss is not None  # the machines we serve from: glibc, /proc
+    heap = HeapTrim(trim, statm_rss, growth=16 * MB)
+    # 64 MB in 16 KB blocks, each followed by a 1 KB block that stays: freeing
+    # the large ones leaves whole free pages in the middle of the heap, which
+    # malloc keeps in the RSS until trimmed.
+    large, small = [], []
+    for _ in range(4096):
+        large.append(bytearray(16 * 1024))
+        small.append(bytearray(1024))
+    del large
+    heap.check()
+    assert heap.stats.trims == 1 and heap.stats.released > 32 * MB
+    del small
+
+
+SETTLED = """
+import asyncio, sys
+import server.cli as cli
+cli.SETTLE_AFTER = 0
+asyncio.run(cli._settle())
+print("nacl.bindings" in sys.modules, "server.api._app" in sys.modules)
+"""
+
+
+def test_the_first_handshake_finds_libsodium_loaded() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SETTLED], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]

@@ -85,8 +85,8 @@ class ControlConnection:
         # connection holds no Event (and no deque of waiters).
         self._window_changed: asyncio.Event | None = None
         self._closed = False
-        self._flush_due = False  # a write of what h2 and Noise hold is scheduled
-        self._out = bytearray()  # frames queued, in order, h2's and our own DATA
+        self._flush_due = False  # a write of what the codec and Noise hold is scheduled
+        self._out = bytearray()  # frames queued, in order: the codec's and the responses'
 
     async def run(self) -> None:
         # The upgrade, the handshake response, the early payload and our HTTP/2
@@ -300,7 +300,7 @@ class ControlConnection:
         if sending is None:
             return False
         conn, size = self._h2, len(data)
-        # h2's `local_flow_control_window`, for a stream already looked up
+        # the codec's `local_window`, for a stream already looked up
         if size > min(sending.outbound_flow_control_window, conn.outbound_flow_control_window):
             return False
         transport = self._transport
@@ -370,7 +370,7 @@ class ControlConnection:
             self._window_changed = None
 
     async def _flush(self) -> None:
-        """Send what h2 holds, once per turn of the event loop: frames that
+        """Send what the codec holds, once per turn of the event loop: frames that
         streams queue in the same turn (every session woken by one change)
         go out in one Noise record batch and one socket write."""
         self._write_soon()

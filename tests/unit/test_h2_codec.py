@@ -359,3 +359,24 @@ def test_client_reset_and_goaway_are_reported() -> None:
     client.close_connection()
     [ended] = server.receive_data(client.data_to_send())
     assert type(ended).__name__ == "ConnectionTerminated" and not server.open
+
+
+_FRAMES = st.tuples(
+    st.integers(0, 0xB), st.integers(0, 0xFF), st.integers(0, 9), st.binary(max_size=40)
+).map(lambda f: frame_head(len(f[3]), f[0], f[1], f[2]) + f[3])
+
+
+@given(
+    frames=st.lists(_FRAMES | st.binary(max_size=20), max_size=12),
+    requests=st.integers(0, 2),
+)
+@settings(max_examples=400)
+def test_any_bytes_yield_events_or_a_protocol_error(frames: list[bytes], requests: int) -> None:
+    # Whatever a client sends, the codec reports events or breaks the
+    # connection with a GOAWAY: no other exception reaches the server.
+    server = _started()
+    wire = b"".join(_headers(2 * n + 1) for n in range(requests)) + b"".join(frames)
+    try:
+        server.receive_data(wire)
+    except RemoteProtocolError:
+        assert not server.open and server.data_to_send()[-14] == 0x7

@@ -10,6 +10,9 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
+from bench.loadgen.mapstream import ResponseStream
 from server.wire import Hostinfo, Service, decode, encode_json, format_time
 from tests.unit.control_client import (
     ControlClient,
@@ -154,3 +157,27 @@ async def test_an_empty_answer_ends_its_stream_on_headers(tmp_path: Path) -> Non
             status, _ = await client.map_lite(body)
             assert status == 200
         await client.ping()
+
+
+@async_test
+async def test_a_malformed_request_is_reset_and_the_connection_serves_on(tmp_path: Path) -> None:
+    # Malformed headers are a stream error (server/edge/h2_request_headers.py):
+    # the request is never served, and the client's map poll and later
+    # requests on the same connection go on (h2 closed the connection).
+    async with running_server(tmp_path) as srv:
+        dev = Device("laptop")
+        client, stream, _ = await poll(srv, dev)
+        bad_id = client._h2.get_next_available_stream_id()
+        bad = ResponseStream(asyncio.get_running_loop().create_future())
+        client._streams[bad_id] = bad
+        headers = [(":method", "POST"), (":scheme", "https"), (":authority", "x")]
+        headers.append((":path", "/machine/map"))
+        client._h2.send_headers(bad_id, [*headers, ("Upper-Case", "x")], end_stream=True)
+        client._flush()
+        with pytest.raises(ConnectionError, match="stream reset"):
+            await bad.headers
+        assert bad.reset_code == 1  # PROTOCOL_ERROR
+        status, _ = await client.map_lite(dev.map_body(stream=False, endpoints=["192.0.2.9:1"]))
+        assert status == 200
+        await client.ping()
+        assert not stream.ended

@@ -1,13 +1,13 @@
 """The control channel: HTTP/2 (h2c, prior knowledge) inside a Noise transport.
 
 Stacks three machines as aioquic stacks H3 on QUIC: the Noise transport
-(sans-IO, server/protocol/noise.py) carries bytes for an `h2` server
-connection, whose complete requests go to a handler. This module only pumps
+(sans-IO, server/protocol/noise.py) carries bytes for our HTTP/2 server
+codec (sans-IO, h2_codec.py), whose complete requests go to a handler. This module only pumps
 bytes and schedules per-stream tasks: concurrent streams, flow control both
 ways, and client stream resets (the client cancels long polls with
 RST_STREAM(CANCEL)) are handled here; what a request means is the handler's.
-The h2 connection is made in h2_server.py, the frames written without h2 in
-h2_frames.py, the request and response values in control_types.py.
+The response frames are made in h2_frames.py, the request and response
+values are in control_types.py.
 """
 
 from __future__ import annotations
@@ -18,12 +18,18 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
 
-import h2.events
-import h2.exceptions
-
 from server.edge.control_types import ControlRequest, ControlResponse, Handler
+from server.edge.h2_codec import ServerCodec
 from server.edge.h2_frames import DATA, FRAME_HEAD, frame_data, headers_frame, sendable
-from server.edge.h2_server import server_connection
+from server.edge.h2_wire import (
+    ConnectionTerminated,
+    DataReceived,
+    ErrorCode,
+    Event,
+    RemoteProtocolError,
+    RequestReceived,
+    StreamReset,
+)
 from server.protocol.noise import Accepted, NoiseError
 
 __all__ = ["ControlConnection", "ControlRequest", "ControlResponse", "Handler"]
@@ -73,22 +79,21 @@ class ControlConnection:
         self._handler = handler
         self._log = log
         self._early = early_payload
-        self._h2 = server_connection(INBOUND_WINDOW)
+        self._h2 = ServerCodec(INBOUND_WINDOW)
         self._streams: dict[int, _Stream] = {}
         # Created only while a stream waits for the client's window: an idle
         # connection holds no Event (and no deque of waiters).
         self._window_changed: asyncio.Event | None = None
         self._closed = False
-        self._flush_due = False  # a write of what h2 and Noise hold is scheduled
-        self._out = bytearray()  # frames queued, in order, h2's and our own DATA
+        self._flush_due = False  # a write of what the codec and Noise hold is scheduled
+        self._out = bytearray()  # frames queued, in order: the codec's and the responses'
 
     async def run(self) -> None:
         # The upgrade, the handshake response, the early payload and our HTTP/2
         # preface leave in one write (a reconnect storm is thousands of these).
         if self._early is not None:
             self._noise.send(self._early)
-        self._h2.initiate_connection()
-        self._h2.increment_flow_control_window(INBOUND_WINDOW)
+        self._h2.initiate()
         self._noise.send(self._h2.data_to_send())
         assert self._accepted is not None
         self._writer.write(
@@ -128,8 +133,8 @@ class ControlConnection:
                 return
 
     def _receive(self, data: bytes) -> Literal["on", "close", "drop"]:
-        """Feed what was read through Noise and h2; "close": send what h2
-        has, then close; "drop": close at once (a Noise error)."""
+        """Feed what was read through Noise and HTTP/2; "close": send what
+        the codec has (its GOAWAY), then close; "drop": close at once (a Noise error)."""
         try:
             plaintexts = self._noise.receive_data(data)
         except NoiseError as exc:
@@ -138,7 +143,7 @@ class ControlConnection:
         for plain in plaintexts:
             try:
                 events = self._h2.receive_data(plain)
-            except h2.exceptions.ProtocolError as exc:
+            except RemoteProtocolError as exc:
                 self._log.info("http2: %s: protocol error: %s", self._machine_key.short(), exc)
                 return "close"
             for event in events:
@@ -146,34 +151,31 @@ class ControlConnection:
                     return "close"
         return "on"
 
-    def _on_event(self, event: h2.events.Event) -> bool:
-        if isinstance(event, h2.events.RequestReceived):
-            headers = [(_s(k), _s(v)) for k, v in event.headers or []]
-            self._streams[event.stream_id] = _Stream(headers)
-            if event.stream_ended is not None:
+    def _on_event(self, event: Event) -> bool:
+        # The codec returns the window of what it received by itself.
+        if isinstance(event, RequestReceived):
+            self._streams[event.stream_id] = _Stream(list(event.headers))
+            if event.ended:
                 self._start(event.stream_id)
-        elif isinstance(event, h2.events.DataReceived):
+        elif isinstance(event, DataReceived):
             stream = self._streams.get(event.stream_id)
-            self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             if stream is not None:
-                stream.body += event.data or b""
+                stream.body += event.data
                 if len(stream.body) > MAX_REQUEST_BODY:
                     self._reset(event.stream_id)
-            if event.stream_ended is not None:
+            if event.ended:
                 self._start(event.stream_id)
-        elif isinstance(event, h2.events.StreamEnded):
-            self._start(event.stream_id)
-        elif isinstance(event, h2.events.StreamReset):
+        elif isinstance(event, StreamReset):
             stream = self._streams.pop(event.stream_id, None)
             if stream is not None:
                 stream.closed = True
                 if stream.task is not None:
                     stream.task.cancel()
             self._window_moved()
-        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
-            self._window_moved()
-        elif isinstance(event, h2.events.ConnectionTerminated):
+        elif isinstance(event, ConnectionTerminated):
             return False
+        else:  # WindowUpdated, SettingsChanged
+            self._window_moved()
         return True
 
     def _start(self, stream_id: int) -> None:
@@ -188,10 +190,7 @@ class ControlConnection:
             stream.closed = True
             if stream.task is not None:
                 stream.task.cancel()
-        try:
-            self._h2.reset_stream(stream_id)
-        except h2.exceptions.ProtocolError:
-            pass
+        self._h2.reset_stream(stream_id)
 
     async def _serve_stream(self, stream_id: int, stream: _Stream) -> None:
         pseudo = dict((k, v) for k, v in stream.headers if k.startswith(":"))
@@ -216,10 +215,10 @@ class ControlConnection:
         except Exception:
             self._log.exception("control: %s %s failed", method, path)
             if not stream.closed:
+                self._h2.reset_stream(stream_id, ErrorCode.INTERNAL_ERROR)
                 try:
-                    self._h2.reset_stream(stream_id, error_code=2)
                     await self._flush()
-                except (h2.exceptions.ProtocolError, ConnectionError):
+                except ConnectionError:
                     pass
         finally:
             if self._streams.get(stream_id) is stream:
@@ -229,11 +228,7 @@ class ControlConnection:
         self._check(stream)
         # An empty body (a lite map request's answer) ends the stream on HEADERS.
         ends = response.stream is None and not response.body
-        if not self._queue_headers(stream_id, stream, response, end=ends):
-            headers = [(":status", str(response.status)), ("content-type", response.content_type)]
-            if response.stream is None:
-                headers.append(("content-length", str(len(response.body))))
-            self._h2.send_headers(stream_id, headers, end_stream=ends)
+        self._queue_headers(stream_id, stream, response, end=ends)
         if response.stream is None:  # headers and body in one write
             if response.body:
                 await self._send_data(stream_id, stream, response.body, end=True)
@@ -270,9 +265,11 @@ class ControlConnection:
         view = memoryview(data)
         while view:
             self._check(stream)
-            window = self._h2.local_flow_control_window(stream_id)
+            window = self._h2.local_window(stream_id)
             size = min(window, self._h2.max_outbound_frame_size, len(view))
             if size <= 0:
+                if sendable(self._h2, stream_id) is None:
+                    raise _StreamGone
                 # Made before the flush yields: no lost update.
                 if self._window_changed is None:
                     self._window_changed = asyncio.Event()
@@ -303,7 +300,7 @@ class ControlConnection:
         if sending is None:
             return False
         conn, size = self._h2, len(data)
-        # h2's `local_flow_control_window`, for a stream already looked up
+        # the codec's `local_window`, for a stream already looked up
         if size > min(sending.outbound_flow_control_window, conn.outbound_flow_control_window):
             return False
         transport = self._transport
@@ -326,36 +323,33 @@ class ControlConnection:
         return True
 
     def _queue_data(self, stream_id: int, chunk: bytes, *, end: bool = False) -> None:
-        """One DATA frame that fits the windows; `end`: it ends the stream.
-        Framed here (h2_frames.py) on a stream that may send; anything else
-        goes through h2, which refuses what it must."""
+        """One DATA frame that fits the windows; `end`: it ends the stream."""
         stream = sendable(self._h2, stream_id)
         if stream is None:
-            self._h2.send_data(stream_id, chunk, end_stream=end)
-            return
+            raise _StreamGone
         frame_data(self._h2, stream, stream_id, chunk, self._out, end=end)
 
     def _queue_headers(
         self, stream_id: int, stream: _Stream, response: ControlResponse, *, end: bool
-    ) -> bool:
-        """The response's HEADERS frame, ending the stream if `end`, framed
-        here (h2_frames.py; False: left to h2).
+    ) -> None:
+        """The response's HEADERS frame, ending the stream if `end`.
 
         A streaming response's frame is `held` on its stream, not queued: it
         may leave after frames queued later on other streams, and nothing
-        else is sent on its own stream before it (`_release`)."""
+        else is sent on its own stream before it (`_release`). One that
+        carries a table size update goes in order."""
         length = None if response.stream is not None else len(response.body)
+        in_order = response.stream is None or self._h2.table_update_owed
         frame = headers_frame(
             self._h2, stream_id, response.status, response.content_type, length, end=end
         )
         if frame is None:
-            return False
+            raise _StreamGone
         self._out += self._h2.data_to_send()
-        if response.stream is None:
+        if in_order:
             self._out += frame
         else:
             stream.held = frame
-        return True
 
     def _release(self, stream_id: int, stream: _Stream) -> None:
         """Queue the stream's held HEADERS, ahead of anything else it sends;
@@ -376,7 +370,7 @@ class ControlConnection:
             self._window_changed = None
 
     async def _flush(self) -> None:
-        """Send what h2 holds, once per turn of the event loop: frames that
+        """Send what the codec holds, once per turn of the event loop: frames that
         streams queue in the same turn (every session woken by one change)
         go out in one Noise record batch and one socket write."""
         self._write_soon()
@@ -399,7 +393,3 @@ class ControlConnection:
         out = self._noise.data_to_send()
         if out and not self._writer.is_closing():
             self._writer.write(out)
-
-
-def _s(value: str | bytes) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

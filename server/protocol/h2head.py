@@ -7,8 +7,8 @@ normalisation, the encoder's table search and Huffman coding) cost ~35 µs a
 response, two per registration. Here a status and content type are encoded
 once, and a length is appended as a literal. Nothing is added to either
 side's dynamic table (static-table indexes and literals "without indexing"),
-so h2's own encoder, which the connection still uses for anything else, stays
-in step with the client's decoder. Sans-IO: bytes out only.
+so the server keeps no HPACK encoder state at all (server/edge/h2_codec.py
+sends only these blocks). Sans-IO: bytes out only.
 """
 
 from __future__ import annotations

@@ -65,17 +65,3 @@ async def test_a_connection_waits_to_drain_without_a_deque() -> None:
     server.close()
     await server.wait_closed()
     assert lists == [[]]
-
-
-def test_h2_dispatches_frames_without_a_table_of_bound_methods() -> None:
-    import h2.config
-    import h2.connection
-    from hyperframe.frame import PingFrame
-
-    from server.edge.h2_server import compact
-
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-    compact(conn)
-    table = conn._frame_dispatch_table
-    assert not isinstance(table, dict)
-    assert table[PingFrame] == conn._receive_ping_frame

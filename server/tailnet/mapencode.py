@@ -7,6 +7,7 @@ spliced into or handed to every session's message by `encode_message`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -14,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from gitctl.policy.filtershape import FilterShape, ShapedFilter
 from server.protocol.mapframe import SharedMessage, SplicedMessage
 from server.wire import format_time
 
@@ -26,6 +28,7 @@ __all__ = [
     "SharedPiece",
     "encode_json",
     "encode_message",
+    "holds_own_texts",
 ]
 
 # Top-level fields that many sessions receive alike, or mostly alike: their
@@ -52,6 +55,8 @@ class Fragments:
         self._texts: dict[tuple[Any, ...], bytes] = {}
         self._objects: dict[int, tuple[object, bytes]] = {}
         self._lists: dict[int, tuple[object, bytes]] = {}
+        self._shapes: dict[tuple[Any, ...], _Template] = {}
+        self._shape_ids: dict[int, tuple[FilterShape, tuple[bool, ...], _Template]] = {}
         self.encoded = 0
 
     def add(self, out: list[bytes], value: Any, *, one_object: bool = False) -> None:
@@ -68,6 +73,8 @@ class Fragments:
                 self._objects.clear()
             self._objects[id(value)] = (value, data)
             out.append(data)
+        elif type(value) is ShapedFilter:  # packet filter rules, from a shape
+            self._add_shaped(out, value)
         elif type(value) in _SEQUENCES:  # packet filter rules
             out.append(b"[")
             for n, item in enumerate(value):
@@ -78,14 +85,76 @@ class Fragments:
         else:
             self._add_object(out, value)
 
+    def _add_shaped(self, out: list[bytes], value: ShapedFilter) -> None:
+        """The filter's JSON as its shape's, kept, with the node's own
+        address texts and the rules' sources spliced in: what `add` makes of
+        the rules themselves, without rendering or encoding them per node."""
+        shape, srcs = value.shape, value.srcs
+        worth = tuple(map(self._texts_worth, srcs))
+        held = self._shape_ids.get(id(shape))
+        if held is None or held[0] is not shape or held[1] != worth:
+            # By value once per shape object: a recompile makes equal shapes.
+            key = (shape.key, worth)
+            template = self._shapes.get(key)
+            if template is None:
+                if len(self._shapes) >= self.MAX_HELD:
+                    self._shapes.clear()
+                template = self._shapes[key] = self._template(shape, worth)
+            if len(self._shape_ids) >= self.MAX_HELD:
+                self._shape_ids.clear()
+            held = self._shape_ids[id(shape)] = (shape, worth, template)
+        first, rest = held[2]
+        out.extend(first)
+        texts = list(map(encode_json, value.texts))
+        for place, run in rest:
+            if place >= 0:
+                out.append(texts[place])
+            elif worth[-1 - place]:
+                out.append(self._text_list(srcs[-1 - place]))
+            else:
+                out.append(encode_json(srcs[-1 - place]))
+            out.extend(run)
+
+    def _template(self, shape: FilterShape, worth: tuple[bool, ...]) -> _Template:
+        """`add`'s pieces for the shape filled with stand-ins, split where
+        each stand-in stands: (pieces before the first, then per stand-in
+        its place, a node's text n as n and rule n's sources as -1 - n, and
+        the pieces after). Rules' sources long enough to be kept apart
+        (``worth``) come last in their rule, short ones first."""
+        stand_ins = tuple(map(_stand_in, range(shape.size)))
+        srcs = tuple(
+            [_src_stand_in(n)] * (self.MIN_LEN if long else 1) for n, long in enumerate(worth)
+        )
+        out: list[bytes] = []
+        for n, rule in enumerate(shape.fill(stand_ins, srcs)):
+            out.append(b"," if n else b"[")
+            self._add_object(out, rule, encode_json)  # stand-ins are kept nowhere
+        out.append(b"]" if shape.recipe else b"[]")
+        runs: list[list[bytes]] = [[]]
+        places: list[int] = []
+        for piece in out:
+            for n, part in enumerate(_STAND_IN.split(piece)):
+                if n % 3 == 0:
+                    if part:
+                        runs[-1].append(part)
+                elif part:  # (own text, sources): one of the two groups
+                    places.append(int(part) if n % 3 == 1 else -1 - int(part))
+                    runs.append([])
+        return runs[0], list(zip(places, runs[1:], strict=True))
+
     def _object(self, value: Any) -> bytes:
         out: list[bytes] = []
         self._add_object(out, value)
         return b"".join(out)
 
-    def _add_object(self, out: list[bytes], value: Any) -> None:
-        """An object with its long lists of texts spliced from what was kept,
-        the rest in one call to the encoder."""
+    def _add_object(
+        self,
+        out: list[bytes],
+        value: Any,
+        text_list: Callable[[list[str] | tuple[str, ...]], bytes] | None = None,
+    ) -> None:
+        """An object with its long lists of texts spliced from what was kept
+        (or made by ``text_list``), the rest in one call to the encoder."""
         if type(value) is not dict:
             out.append(encode_json(value))
             return
@@ -103,7 +172,7 @@ class Fragments:
             if n:
                 out.append(b",")
             out.append(_key(k))
-            out.append(self._text_list(value[k]))
+            out.append((text_list or self._text_list)(value[k]))
         out.append(b"}")
 
     def _texts_worth(self, value: list[Any] | tuple[Any, ...]) -> bool:
@@ -136,6 +205,22 @@ class Fragments:
 
 
 _SEQUENCES = (list, tuple)
+# (pieces, then per own address text: its place and the pieces after it)
+_Template = tuple[list[bytes], list[tuple[int, list[bytes]]]]
+
+
+def _stand_in(place: int) -> str:
+    """A text no address is, standing for a node's own text ``place``."""
+    return f"\x00{place}\x00"
+
+
+def _src_stand_in(rule: int) -> str:
+    """A text no address is, standing in rule ``rule``'s sources."""
+    return f"\x01{rule}\x01"
+
+
+# A node's own text n, or rule n's sources (the whole list of stand-ins).
+_STAND_IN = re.compile(rb'"\\u0000(\d+)\\u0000"|\["\\u0001(\d+)\\u0001"[^\]]*\]')
 
 
 class SharedPiece(bytes):
@@ -158,6 +243,8 @@ SPLICE_MIN = 1024
 def _plain(value: Any) -> Any:
     """What json would make of a value msgspec leaves to a hook: subclasses
     of str and the numbers (wire prefixes, addresses) as their plain selves."""
+    if type(value) is ShapedFilter:
+        return value.rules
     for kind in (str, int, float):
         if isinstance(value, kind):
             return kind(value)
@@ -260,11 +347,12 @@ class Deltas:
         self._hold(key, (profiles, now, data))
         return data
 
-    def shared(self, body: bytes, now: datetime) -> bytes:
+    def shared(self, body: bytes, now: datetime, *, own: bool = False) -> bytes:
         """The message `body` (a JSON object without ControlTime) with its
         ControlTime, the very object other sessions that built the same
-        body were given."""
-        if len(body) > self.MAX_BYTES:  # a full pass over many peers: its own
+        body were given; ``own``: a body no other session builds
+        (`holds_own_texts`), not looked for."""
+        if own or len(body) > self.MAX_BYTES:  # a full pass over many peers: its own
             return _timed(body, self._control_time(now), shared=False)
         key = (body,)
         held = self._held.get(key)
@@ -288,6 +376,14 @@ class Deltas:
             self._held.clear()
         self._held[key] = value
         self.encoded += 1
+
+
+def holds_own_texts(msg: dict[str, Any]) -> bool:
+    """Whether the message holds its node's own addresses (a filter under
+    autogroup:self): its body is no other node's, and hashing it to find
+    one that is (a 7.9 KB body at 200 nodes a user) only costs."""
+    rules = msg.get("PacketFilter")
+    return type(rules) is ShapedFilter and bool(rules.texts)
 
 
 def _timed(body: bytes, stamp: bytes, *, shared: bool) -> bytes:

@@ -7,7 +7,6 @@ spliced into or handed to every session's message by `encode_message`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -17,6 +16,7 @@ import msgspec
 
 from gitctl.policy.filtershape import FilterShape, ShapedFilter
 from server.protocol.mapframe import SharedMessage, SplicedMessage
+from server.tailnet.filterjson import Template, shape_template
 from server.wire import format_time
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "SharedPiece",
     "encode_json",
     "encode_message",
-    "holds_own_texts",
 ]
 
 # Top-level fields that many sessions receive alike, or mostly alike: their
@@ -55,8 +54,8 @@ class Fragments:
         self._texts: dict[tuple[Any, ...], bytes] = {}
         self._objects: dict[int, tuple[object, bytes]] = {}
         self._lists: dict[int, tuple[object, bytes]] = {}
-        self._shapes: dict[tuple[Any, ...], _Template] = {}
-        self._shape_ids: dict[int, tuple[FilterShape, tuple[bool, ...], _Template]] = {}
+        self._shapes: dict[tuple[Any, ...], Template] = {}
+        self._shape_ids: dict[int, tuple[FilterShape, tuple[bool, ...], Template]] = {}
         self.encoded = 0
 
     def add(self, out: list[bytes], value: Any, *, one_object: bool = False) -> None:
@@ -99,7 +98,9 @@ class Fragments:
             if template is None:
                 if len(self._shapes) >= self.MAX_HELD:
                     self._shapes.clear()
-                template = self._shapes[key] = self._template(shape, worth)
+                template = self._shapes[key] = shape_template(
+                    shape, worth, self.MIN_LEN, self._add_object, encode_json
+                )
             if len(self._shape_ids) >= self.MAX_HELD:
                 self._shape_ids.clear()
             held = self._shape_ids[id(shape)] = (shape, worth, template)
@@ -114,33 +115,6 @@ class Fragments:
             else:
                 out.append(encode_json(srcs[-1 - place]))
             out.extend(run)
-
-    def _template(self, shape: FilterShape, worth: tuple[bool, ...]) -> _Template:
-        """`add`'s pieces for the shape filled with stand-ins, split where
-        each stand-in stands: (pieces before the first, then per stand-in
-        its place, a node's text n as n and rule n's sources as -1 - n, and
-        the pieces after). Rules' sources long enough to be kept apart
-        (``worth``) come last in their rule, short ones first."""
-        stand_ins = tuple(map(_stand_in, range(shape.size)))
-        srcs = tuple(
-            [_src_stand_in(n)] * (self.MIN_LEN if long else 1) for n, long in enumerate(worth)
-        )
-        out: list[bytes] = []
-        for n, rule in enumerate(shape.fill(stand_ins, srcs)):
-            out.append(b"," if n else b"[")
-            self._add_object(out, rule, encode_json)  # stand-ins are kept nowhere
-        out.append(b"]" if shape.recipe else b"[]")
-        runs: list[list[bytes]] = [[]]
-        places: list[int] = []
-        for piece in out:
-            for n, part in enumerate(_STAND_IN.split(piece)):
-                if n % 3 == 0:
-                    if part:
-                        runs[-1].append(part)
-                elif part:  # (own text, sources): one of the two groups
-                    places.append(int(part) if n % 3 == 1 else -1 - int(part))
-                    runs.append([])
-        return runs[0], list(zip(places, runs[1:], strict=True))
 
     def _object(self, value: Any) -> bytes:
         out: list[bytes] = []
@@ -205,22 +179,6 @@ class Fragments:
 
 
 _SEQUENCES = (list, tuple)
-# (pieces, then per own address text: its place and the pieces after it)
-_Template = tuple[list[bytes], list[tuple[int, list[bytes]]]]
-
-
-def _stand_in(place: int) -> str:
-    """A text no address is, standing for a node's own text ``place``."""
-    return f"\x00{place}\x00"
-
-
-def _src_stand_in(rule: int) -> str:
-    """A text no address is, standing in rule ``rule``'s sources."""
-    return f"\x01{rule}\x01"
-
-
-# A node's own text n, or rule n's sources (the whole list of stand-ins).
-_STAND_IN = re.compile(rb'"\\u0000(\d+)\\u0000"|\["\\u0001(\d+)\\u0001"[^\]]*\]')
 
 
 class SharedPiece(bytes):
@@ -376,14 +334,6 @@ class Deltas:
             self._held.clear()
         self._held[key] = value
         self.encoded += 1
-
-
-def holds_own_texts(msg: dict[str, Any]) -> bool:
-    """Whether the message holds its node's own addresses (a filter under
-    autogroup:self): its body is no other node's, and hashing it to find
-    one that is (a 7.9 KB body at 200 nodes a user) only costs."""
-    rules = msg.get("PacketFilter")
-    return type(rules) is ShapedFilter and bool(rules.texts)
 
 
 def _timed(body: bytes, stamp: bytes, *, shared: bool) -> bytes:

@@ -30,7 +30,8 @@ from typing import Any
 from weakref import ReferenceType, ref
 
 from server.store.model import Node
-from server.tailnet.mapencode import encode_message, holds_own_texts
+from server.tailnet.filterjson import holds_own_texts
+from server.tailnet.mapencode import encode_message
 from server.tailnet.mapper import MapContext, top_fields
 from server.tailnet.nodejson import PeerEntries, owner_of
 from server.tailnet.views import NodeView, PolicyViews

@@ -152,8 +152,13 @@ class FilterShapes:
         found = held.shapes.get(key)
         if found is None:
             shape, srcs = _shape(node, rules, tables)
-            found = held.shapes[key] = (self._shapes.setdefault(shape.key, shape), srcs)
-        return ShapedFilter(found[0], tuple(chain.from_iterable(own)), found[1])
+            shape = self._shapes.setdefault(shape.key, shape)
+            # Without own texts every node of these rules has this filter:
+            # one object, which sessions then compare by identity.
+            found = held.shapes[key] = ShapedFilter(shape, (), srcs)
+        if not found.shape.size:
+            return found
+        return ShapedFilter(found.shape, tuple(chain.from_iterable(own)), found.srcs)
 
 
 class _RuleList:
@@ -167,7 +172,7 @@ class _RuleList:
         self.caps = any(rule.caps is not None for rule in rules)
         self.uniform = all(part.nodes == rule.dst_nodes for rule, part in _parts(rules))
         self.tables = _tables(rules, None) if self.uniform else []
-        self.shapes: dict[tuple[Any, ...], tuple[FilterShape, tuple[list[str], ...]]] = {}
+        self.shapes: dict[tuple[Any, ...], ShapedFilter] = {}  # texts left empty
 
 
 def _tables(rules: Sequence[Rule], node: int | None) -> list[Sequence[Sequence[str]]]:

@@ -175,3 +175,14 @@ def test_a_users_nodes_share_one_shape_and_a_recompile_finds_it_by_value() -> No
     for f in shaped[1:]:
         filter_json(f, fragments)
     assert len(fragments._shapes) == held == 1
+
+
+def test_nodes_whose_filter_holds_no_own_address_share_one_filter_object() -> None:
+    # A rule to "*": every node's filter is the same, so sessions compare
+    # it by identity and no node builds its own.
+    policy = policy_of([{"src": ["autogroup:member"], "dst": ["*:22"], "proto": None}], False)
+    spec = [(u, (True, True)) for u in USERS]
+    index = index_of(policy, spec)
+    filters = [index.view(i).packet_filter_rules for i in range(len(spec))]
+    assert all(f is filters[0] for f in filters)
+    assert filters[0] == rendered(index, 0)

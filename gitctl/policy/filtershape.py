@@ -105,12 +105,17 @@ class ShapedFilter(Sequence[dict[str, Any]]):
             return True
         if type(other) is not ShapedFilter:
             return self.rules == other if isinstance(other, tuple) else NotImplemented
+        # Cheapest first: a commit that moves a port differs in the outline
+        # (its Ports values are the same objects from one commit to the next).
         a, b = self.shape, other.shape
-        if not all(map(_same_list, self.srcs, other.srcs)) or len(self.srcs) != len(other.srcs):
+        if a is not b and a.outline != b.outline:
             return False
-        if (a is b or a.key == b.key) and self.texts == other.texts:
+        if len(self.srcs) != len(other.srcs) or not all(map(_same_list, self.srcs, other.srcs)):
+            return False
+        # Same rules, ports and sources: equal where every DstPorts IP is.
+        if a is b and self.texts == other.texts:
             return True
-        return a.outline == b.outline and a.ips(self.texts) == b.ips(other.texts)
+        return a.ips(self.texts) == b.ips(other.texts)
 
     def __ne__(self, other: object) -> bool:
         equal = self.__eq__(other)

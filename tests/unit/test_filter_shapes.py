@@ -16,7 +16,7 @@ from gitctl.policy.filtershape import ShapedFilter
 from gitctl.policy.topology import Topology, TopologyNode, TopologyUser
 from gitctl.policy.viewindex import ViewIndex, merge_rules
 from server.protocol.mapframe import SplicedMessage
-from server.tailnet.mapencode import Fragments, encode_message
+from server.tailnet.mapencode import Fragments, encode_json, encode_message
 
 USERS = ("alice", "bob", "carol")
 SOURCES = ["alice@example.com", "bob@example.com", "tag:web", "*", "autogroup:member"]
@@ -186,3 +186,17 @@ def test_nodes_whose_filter_holds_no_own_address_share_one_filter_object() -> No
     filters = [index.view(i).packet_filter_rules for i in range(len(spec))]
     assert all(f is filters[0] for f in filters)
     assert filters[0] == rendered(index, 0)
+
+
+def test_a_shaped_filter_encodes_whole_without_fragments_too() -> None:
+    # Messages encoded in one call (no kept pieces) hand it to msgspec's hook.
+    policy = policy_of(
+        [{"src": ["autogroup:member"], "dst": ["autogroup:self:22"], "proto": "tcp"}], False
+    )
+    index = index_of(policy, [("alice", (True, True)), ("alice", (False, True))])
+    for i in range(2):
+        shaped = index.view(i).packet_filter_rules
+        assert type(shaped) is ShapedFilter
+        assert encode_json({"PacketFilter": shaped}) == encode_json(
+            {"PacketFilter": rendered(index, i)}
+        )

@@ -7,7 +7,7 @@ peers, visibility and primaries all speak that one key, so no caller converts.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar
@@ -43,7 +43,7 @@ class NodeView(Generic[NodeKey]):
     """What one node may see and accept: its packet filter, SSH policy,
     peers (by key), capabilities, addresses and the routes it is primary for."""
 
-    packet_filter_rules: tuple[Mapping[str, Any], ...]
+    packet_filter_rules: Sequence[Mapping[str, Any]]
     ssh_policy: Mapping[str, Any]
     peers: Mapping[NodeKey, PeerView]
     self_cap_map: Mapping[str, Any]

@@ -21,6 +21,7 @@ from .addrs import is_exit_route
 from .aliases import Index
 from .bitsets import bits, bitset
 from .filter import NodeRules, Rule, RuleBuilder, SlotUses
+from .filtershape import FilterShapes
 from .model import Policy
 from .nodeattrs import DISABLE_IPV4, ipv4_disabled, self_cap_maps
 from .output import NodeKey, NodeView, PeerView
@@ -115,6 +116,7 @@ class ViewIndex(Generic[NodeKey]):
         (``no_v4``: the nodes `ipv4_disabled` names, when known)."""
         policy, n = self.policy, len(self.keys)
         self.index, self.table, self.per_node = index, table, per_node
+        self.filters = FilterShapes()
         self.slots = per_node.slots
         self.rules = [r for r in self.slots if r.live]
         # Rules sharing a source set share one entry: sources -> the nodes
@@ -355,10 +357,11 @@ class ViewIndex(Generic[NodeKey]):
     def _build(self, i: int) -> NodeView[NodeKey]:
         index, table = self.index, self.table
         mask = self.visible(i)
-        rules = self.per_node[i]
+        rules = [r for r in self.per_node[i] if not r.hidden]
         earlier = self._earlier.get(i) if self._same_groups else None
         return NodeView(
-            packet_filter_rules=merge_rules((r, r.render(i)) for r in rules if not r.hidden),
+            packet_filter_rules=self.filters.of(i, rules)
+            or merge_rules((r, r.render(i)) for r in rules),
             ssh_policy=self.ssh.policy(i),
             # Peers from a group's entries that this index kept (`_take_over`)
             # are what `_group_peers` would find: handed on, no mask work.

@@ -14,7 +14,9 @@ from typing import Any
 
 import msgspec
 
+from gitctl.policy.filtershape import FilterShape, ShapedFilter
 from server.protocol.mapframe import SharedMessage, SplicedMessage
+from server.tailnet.filterjson import Template, shape_template
 from server.wire import format_time
 
 __all__ = [
@@ -52,6 +54,8 @@ class Fragments:
         self._texts: dict[tuple[Any, ...], bytes] = {}
         self._objects: dict[int, tuple[object, bytes]] = {}
         self._lists: dict[int, tuple[object, bytes]] = {}
+        self._shapes: dict[tuple[Any, ...], Template] = {}
+        self._shape_ids: dict[int, tuple[FilterShape, tuple[bool, ...], Template]] = {}
         self.encoded = 0
 
     def add(self, out: list[bytes], value: Any, *, one_object: bool = False) -> None:
@@ -68,6 +72,8 @@ class Fragments:
                 self._objects.clear()
             self._objects[id(value)] = (value, data)
             out.append(data)
+        elif type(value) is ShapedFilter:  # packet filter rules, from a shape
+            self._add_shaped(out, value)
         elif type(value) in _SEQUENCES:  # packet filter rules
             out.append(b"[")
             for n, item in enumerate(value):
@@ -78,14 +84,51 @@ class Fragments:
         else:
             self._add_object(out, value)
 
+    def _add_shaped(self, out: list[bytes], value: ShapedFilter) -> None:
+        """The filter's JSON as its shape's, kept, with the node's own
+        address texts and the rules' sources spliced in: what `add` makes of
+        the rules themselves, without rendering or encoding them per node."""
+        shape, srcs = value.shape, value.srcs
+        worth = tuple(map(self._texts_worth, srcs))
+        held = self._shape_ids.get(id(shape))
+        if held is None or held[0] is not shape or held[1] != worth:
+            # By value once per shape object: a recompile makes equal shapes.
+            key = (shape.key, worth)
+            template = self._shapes.get(key)
+            if template is None:
+                if len(self._shapes) >= self.MAX_HELD:
+                    self._shapes.clear()
+                template = self._shapes[key] = shape_template(
+                    shape, worth, self.MIN_LEN, self._add_object, encode_json
+                )
+            if len(self._shape_ids) >= self.MAX_HELD:
+                self._shape_ids.clear()
+            held = self._shape_ids[id(shape)] = (shape, worth, template)
+        first, rest = held[2]
+        out.extend(first)
+        texts = list(map(encode_json, value.texts))
+        for place, run in rest:
+            if place >= 0:
+                out.append(texts[place])
+            elif worth[-1 - place]:
+                out.append(self._text_list(srcs[-1 - place]))
+            else:
+                out.append(encode_json(srcs[-1 - place]))
+            out.extend(run)
+
     def _object(self, value: Any) -> bytes:
         out: list[bytes] = []
         self._add_object(out, value)
         return b"".join(out)
 
-    def _add_object(self, out: list[bytes], value: Any) -> None:
-        """An object with its long lists of texts spliced from what was kept,
-        the rest in one call to the encoder."""
+    def _add_object(
+        self,
+        out: list[bytes],
+        value: Any,
+        text_list: Callable[[list[str] | tuple[str, ...]], bytes] | None = None,
+    ) -> None:
+        """An object with its long lists of texts spliced from what was kept
+        (or made by ``text_list``), the rest in one call to the encoder."""
         if type(value) is not dict:
             out.append(encode_json(value))
             return
@@ -103,7 +146,7 @@ class Fragments:
             if n:
                 out.append(b",")
             out.append(_key(k))
-            out.append(self._text_list(value[k]))
+            out.append((text_list or self._text_list)(value[k]))
         out.append(b"}")
 
     def _texts_worth(self, value: list[Any] | tuple[Any, ...]) -> bool:
@@ -158,6 +201,8 @@ SPLICE_MIN = 1024
 def _plain(value: Any) -> Any:
     """What json would make of a value msgspec leaves to a hook: subclasses
     of str and the numbers (wire prefixes, addresses) as their plain selves."""
+    if type(value) is ShapedFilter:
+        return value.rules
     for kind in (str, int, float):
         if isinstance(value, kind):
             return kind(value)
@@ -260,11 +305,12 @@ class Deltas:
         self._hold(key, (profiles, now, data))
         return data
 
-    def shared(self, body: bytes, now: datetime) -> bytes:
+    def shared(self, body: bytes, now: datetime, *, own: bool = False) -> bytes:
         """The message `body` (a JSON object without ControlTime) with its
         ControlTime, the very object other sessions that built the same
-        body were given."""
-        if len(body) > self.MAX_BYTES:  # a full pass over many peers: its own
+        body were given; ``own``: a body no other session builds
+        (`holds_own_texts`), not looked for."""
+        if own or len(body) > self.MAX_BYTES:  # a full pass over many peers: its own
             return _timed(body, self._control_time(now), shared=False)
         key = (body,)
         held = self._held.get(key)

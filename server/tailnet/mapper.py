@@ -142,8 +142,12 @@ def build_map(ctx: MapContext, node_id: int, now: datetime) -> MapState | None:
         if peer is not None:
             peers[peer_id] = entries.get(peer, pv, peer_id in online, now)
     owners = [node, *filter(None, map(nodes.get, peers))]
+    top = top_fields(ctx, node, view, now)
+    # Its filter rendered (a view's may be a `ShapedFilter`, read lazily):
+    # a plain value, as any JSON encoder takes it.
+    top["PacketFilter"] = tuple(top["PacketFilter"])
     return MapState(
-        top=top_fields(ctx, node, view, now),
+        top=top,
         peers=peers,
         profiles={user_id(n): entries.profile(n, ctx.users) for n in owners},
     )

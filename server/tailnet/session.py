@@ -30,6 +30,7 @@ from typing import Any
 from weakref import ReferenceType, ref
 
 from server.store.model import Node
+from server.tailnet.filterjson import holds_own_texts
 from server.tailnet.mapencode import encode_message
 from server.tailnet.mapper import MapContext, top_fields
 from server.tailnet.nodejson import PeerEntries, owner_of
@@ -157,7 +158,7 @@ class MapSession:
             msg["ControlTime"] = format_time(now)
             return encode_message(msg, key, entries, ctx.entries.fragments)
         body = encode_message(msg, key, entries, ctx.entries.fragments)
-        return ctx.entries.deltas.shared(body, now)
+        return ctx.entries.deltas.shared(body, now, own=holds_own_texts(msg))
 
     def _moved(
         self, ctx: MapContext, view: NodeView[int], moved: frozenset[int], now: datetime

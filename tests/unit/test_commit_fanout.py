@@ -222,7 +222,8 @@ def test_a_commit_renders_each_rules_sources_once_and_shares_them(
         for r in index.per_node[i]:
             r._head = None  # rendered for this node alone
             alone.append(r.render(i))
-        assert json.loads(json.dumps(view.packet_filter_rules)) == json.loads(json.dumps(alone))
+        shared = json.dumps(list(view.packet_filter_rules))  # read lazily: a Sequence
+        assert json.loads(shared) == json.loads(json.dumps(alone))
         # Its peers, taken from its group's entries, are its peers one by one.
         assert isinstance(view.peers, GroupPeers)
         assert list(view.peers.items()) == [

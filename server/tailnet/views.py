@@ -246,7 +246,10 @@ def compute_views(
     index = compiled.visibility
     lender = reuse or previous
     donor = lender.compiled.visibility if lender is not None else None
-    if isinstance(index, ViewIndex) and isinstance(donor, ViewIndex):
+    # `reuse_previous` lent `previous`'s views already (a pass over every node):
+    # a settle, where `reuse` is `previous`, must not pay it twice.
+    adopted = previous.compiled.visibility if previous is not None else None
+    if isinstance(index, ViewIndex) and isinstance(donor, ViewIndex) and donor is not adopted:
         index.lend(donor)
     views = PolicyViews(compiled)
     if previous is not None and previous_nodes is not None and compiled.changed is not None:

@@ -13,7 +13,7 @@ a join or leave merely gives or takes that one peer is patched, not rebuilt.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime
 from functools import lru_cache
@@ -34,6 +34,7 @@ from gitctl.policy.compile import reuse_previous
 from gitctl.policy.viewindex import ViewIndex
 from server.store.addresses import ip_text
 from server.store.model import Node
+from server.tailnet.topologyrows import TopologyRows
 
 __all__ = [
     "NodeView",
@@ -111,35 +112,15 @@ def to_topology_node(node: Node, approved: tuple[str, ...], *, online: bool = Tr
     )
 
 
-class TopologyNodes:
-    """The compiler's view of each registered node, made once per change of
-    the node (its record, approved routes or reachability), not per compile:
-    a recompile after a join converts the newcomer alone."""
+class TopologyNodes(TopologyRows):
+    """Registered nodes as the compiler sees them (see `TopologyRows`)."""
 
     def __init__(self) -> None:
-        self._held: dict[int, tuple[Node, tuple[str, ...], bool, TopologyNode]] = {}
-        self._made: dict[int, TopologyNode] = {}  # node id -> its last conversion
+        super().__init__(_to_row)
 
-    def __call__(self, node: Node, approved: tuple[str, ...], online: bool) -> TopologyNode:
-        held = self._held.get(node.id)
-        if held is not None and held[0] is node and held[1] == approved and held[2] is online:
-            return held[3]
-        out = self._made[node.id] = to_topology_node(node, approved, online=online)
-        self._held[node.id] = (node, approved, online, out)
-        return out
 
-    def of(self, node_ids: Iterable[int]) -> list[TopologyNode]:
-        """The last conversion of each of `node_ids` (each converted before,
-        since its record last changed): a copy in C, no call per node."""
-        return list(map(self._made.__getitem__, node_ids))
-
-    def keep(self, node_ids: Collection[int]) -> None:
-        """Forget the nodes not in `node_ids` (they left)."""
-        if len(self._held) > len(node_ids):
-            ids = set(node_ids)
-            for gone in [i for i in self._held if i not in ids]:
-                del self._held[gone]
-                del self._made[gone]
+def _to_row(node: Node, approved: tuple[str, ...], *, online: bool) -> TopologyNode:
+    return to_topology_node(node, approved, online=online)  # as this module names it now
 
 
 def topology_users(users: Sequence[tuple[int, str, str]]) -> tuple[TopologyUser, ...]:

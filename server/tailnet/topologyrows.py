@@ -68,6 +68,11 @@ class TopologyRows:
         self._listed = (ids, rows)
         return rows
 
+    @property
+    def listed(self) -> list[int]:
+        """The ids the last `of` listed, in its order."""
+        return self._listed[0]
+
     def keep(self, node_ids: Collection[int]) -> None:
         """Forget the nodes not in `node_ids` (they left)."""
         if len(self._held) > len(node_ids):

@@ -141,6 +141,7 @@ def compile_views(
     against: CompiledTailnet[int] | None = None,
     topology_nodes: Sequence[TopologyNode] | None = None,
     users_held: tuple[TopologyUser, ...] | None = None,
+    keys: Sequence[int] | None = None,
 ) -> CompiledTailnet[int]:
     """The policy index over these nodes, keyed by node id (see
     `compute_views` for the arguments), compared with `against` (the index
@@ -149,7 +150,7 @@ def compile_views(
     thread while sessions fill those; `compute_views` then adopts the
     unchanged views on the loop. `topology_nodes`: `nodes` as the compiler
     sees them, when the caller holds them (see `TopologyNodes`); `users_held`
-    likewise `users` (see `topology_users`)."""
+    likewise `users` (see `topology_users`), and `keys` the ids of `nodes`."""
     if topology_nodes is None:
         topology_nodes = [
             to_topology_node(n, approved_routes.get(n.id, ()), online=n.id not in offline_routers)
@@ -164,7 +165,12 @@ def compile_views(
     # The policy's `tests` were checked when the commit was loaded (against its own
     # users and tags); live nodes coming and going must not un-serve a policy.
     compiled = compile_tailnet(
-        policy, topo, keys=list(map(_node_id, nodes)), now=now, enforce_tests=False, base=against
+        policy,
+        topo,
+        keys=list(map(_node_id, nodes)) if keys is None else keys,
+        now=now,
+        enforce_tests=False,
+        base=against,
     )
     index, serving = compiled.visibility, against.visibility if against is not None else None
     if isinstance(index, ViewIndex) and isinstance(serving, ViewIndex):

@@ -14,6 +14,7 @@ import pytest
 from gitctl.policy.viewindex import ViewIndex
 from server.store.interface import Store
 from server.tailnet import NodeRegistry, Tailnet, running_tailnet
+from server.tailnet import views as views_module
 from server.wire import DerpRegion
 from tests.unit.control_client import T0
 from tests.unit.test_tailnet_commit import register, source, store
@@ -78,4 +79,21 @@ def test_a_batch_of_joins_lends_the_serving_views_once(
         lent.clear()
         joined(registry, run, 100 + 10 * batch, 4)
         assert len(lent) == 1  # a pass over every node's peer view, once
+    assert_maps_are_fresh(store, tailnet)
+
+
+def test_a_batch_of_joins_names_the_nodes_by_the_rows_listing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, tailnet, run = batching(store, SPARSE)
+    joined(registry, run, 1, 20)
+    read: list[int] = []
+
+    def node_id(node: Any) -> int:
+        read.append(node.id)
+        return int(node.id)
+
+    monkeypatch.setattr(views_module, "_node_id", node_id)
+    joined(registry, run, 100, 4)
+    assert read == []  # (before: every live node's id, read again per settle)
     assert_maps_are_fresh(store, tailnet)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gitctl.policy import viewindex as viewindex_module
 from gitctl.policy.viewindex import ViewIndex
 from server.store.interface import Store
 from server.tailnet import NodeRegistry, Tailnet, running_tailnet
@@ -96,4 +97,22 @@ def test_a_batch_of_joins_names_the_nodes_by_the_rows_listing(
     monkeypatch.setattr(views_module, "_node_id", node_id)
     joined(registry, run, 100, 4)
     assert read == []  # (before: every live node's id, read again per settle)
+    assert_maps_are_fresh(store, tailnet)
+
+
+def test_a_batch_of_joins_where_no_node_has_peers_lends_no_peer_view(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, tailnet, run = batching(store, SPARSE)
+    joined(registry, run, 1, 20)
+    walked: list[int] = []
+    real = viewindex_module.compress
+
+    def compress(data: Any, selectors: Any) -> Any:
+        walked.append(1)
+        return real(data, selectors)
+
+    monkeypatch.setattr(viewindex_module, "compress", compress)
+    joined(registry, run, 100, 4)
+    assert walked == []  # (before: a pass over every node's unbuilt peer view)
     assert_maps_are_fresh(store, tailnet)

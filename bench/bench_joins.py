@@ -1,7 +1,8 @@
 """What one join and one leave cost the server at N nodes (issue 11: a join
 costs what it changes, not what the tailnet holds).
 
-Run: python -m bench.bench_joins [--nodes 5000] [--joins 100] [--leaves 20] [--profile OUT]
+Run: python -m bench.bench_joins [--nodes 5000] [--joins 100] [--leaves 20] [--batch K]
+[--profile OUT]
 
 N nodes of one user under the socket benchmark's sparse policy (`{"acls": []}`)
 in a real sqlite store, each with an open session that has read its view; then
@@ -9,7 +10,9 @@ joins one by one (registered, settled, its session opened) and leaves one by
 one (removed, settled). Prints the server's CPU per join and per leave
 (`time.process_time()`), leaving out the pump that steps every session after
 each event (a benchmark's cost, not the server's: the server's sessions wait
-on their events).
+on their events). `--batch K`: K joins share a settle, as concurrent
+registrations do on the server's loop (the socket bench's 8 in flight settle
+~2-6 at a time); the figure is still per join.
 """
 
 from __future__ import annotations
@@ -40,10 +43,21 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=5000)
     parser.add_argument("--joins", type=int, default=100)
     parser.add_argument("--leaves", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=1, help="joins per settle")
     parser.add_argument("--profile", type=Path, help="cProfile the joins and leaves, stats here")
     args = parser.parse_args()
     users = [(stable_user_id("alice"), "alice", "alice@example.com")]
     profiler = cProfile.Profile() if args.profile else None
+    deferred: list[Callable[[], object]] = []
+
+    def later(fn: Callable[[], object]) -> bool:
+        deferred.append(fn)
+        return True
+
+    def run_deferred() -> None:
+        while deferred:
+            deferred.pop(0)()
+
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(Path(tmp) / "bench.sqlite")
         nodes = [
@@ -57,7 +71,8 @@ def main() -> None:
             derp_regions=[DerpRegion(999, "tailnetd", "tailnetd", "127.0.0.1", 8080, 3478)],
             log=logging.getLogger("bench"),
             clock=lambda: NOW,
-            defer=lambda fn: False,  # each event settles at once: one join, one settle
+            # One join, one settle; or, batched, what the loop runs once the batch is in.
+            defer=(lambda fn: False) if args.batch == 1 else later,
         )
         pump = Pump(registry, tailnet)
         for node in store.list_nodes():
@@ -78,9 +93,25 @@ def main() -> None:
         def join(k: int) -> None:
             pump.open(registry.register(newcomer(1_000_000 + k, f"newcomer{k}", "alice")).id)
 
-        joins = [timed(lambda k=k: join(k)) for k in range(args.joins)]
+        def joins_settled(first: int) -> None:
+            ids = [
+                registry.register(newcomer(1_000_000 + k, f"newcomer{k}", "alice")).id
+                for k in range(first, first + args.batch)
+            ]
+            run_deferred()
+            for node_id in ids:
+                pump.open(node_id)
+            run_deferred()
+
+        run_deferred()
+        if args.batch == 1:
+            joins = [timed(lambda k=k: join(k)) for k in range(args.joins)]
+        else:
+            batches = range(0, args.joins, args.batch)
+            joins = [timed(lambda k=k: joins_settled(k)) / args.batch for k in batches]
+        run_deferred()
         ids = [n.id for n in store.list_nodes()][: args.leaves]
-        leaves = [timed(lambda i=i: registry.remove(i)) for i in ids]
+        leaves = [timed(lambda i=i: (registry.remove(i), run_deferred())) for i in ids]
         print(
             f"{args.nodes} nodes: {sum(joins) / len(joins) * 1000:.2f} ms server CPU per join "
             f"({len(joins)}), {sum(leaves) / max(1, len(leaves)) * 1000:.2f} ms per leave "

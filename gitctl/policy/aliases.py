@@ -121,7 +121,7 @@ class Index:
             return have.union([n + j for j in more]) if more else have
 
         new.nodes = (*self.nodes, *fresh.nodes)
-        new.all = frozenset(range(len(new.nodes)))
+        new.all = self.all.union(range(n, len(new.nodes)))  # a copy, not n hashed again
         new.email = [*self.email, *fresh.email]
         if len(self.ips) == n and len(self.host_prefix_table) == n:
             # Shared: rules that do not reach the newcomers keep rendering from

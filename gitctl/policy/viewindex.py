@@ -412,9 +412,11 @@ class ViewIndex(Generic[NodeKey]):
             lend.update(other._lend)
         else:
             lend.update((k, pv) for k, pv in other._lend.items() if k in at)
-        # (in C: a join must not cost a Python step per node)
-        built = compress(zip(keys, plain, strict=True), map(is_not, plain, repeat(None)))
-        lend.update(cast("Iterator[tuple[NodeKey, PeerView]]", built))
+        # (in C: a join must not cost a Python step per node; and where no
+        # peer view was built, as under a policy that gives no node peers, no step)
+        if plain.count(None) < len(plain):
+            built = compress(zip(keys, plain, strict=True), map(is_not, plain, repeat(None)))
+            lend.update(cast("Iterator[tuple[NodeKey, PeerView]]", built))
 
     def compare(self, previous: ViewIndex[NodeKey]) -> None:
         """Work out which views the change from ``previous`` (nodes joining or

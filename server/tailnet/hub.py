@@ -299,8 +299,7 @@ class Tailnet:
         approved = self._approved_routes(routers, source)
         online, unhealthy, topology_node = self._online, self._unhealthy, self._topology_nodes
         offline = frozenset(n.id for n in routers if n.id not in online or n.id in unhealthy)
-        # Converted once per node change (cached), here on the loop: not per compile.
-        topology_node.keep(self._records)
+        topology_node.keep(self._records)  # converted once per change, here: not per compile
         no_routes: tuple[str, ...] = ()
         dirty = self._dirty_since_built(source)
         if dirty is None:
@@ -325,6 +324,7 @@ class Tailnet:
             against=previous.views.compiled if previous is not None else None,
             topology_nodes=converted,
             users_held=topology_users,
+            keys=None if dirty is None else topology_node.listed,  # (`of` listed `live`)
         )
 
     def _build_context(

@@ -13,7 +13,7 @@ a join or leave merely gives or takes that one peer is patched, not rebuilt.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime
 from functools import lru_cache
@@ -34,6 +34,7 @@ from gitctl.policy.compile import reuse_previous
 from gitctl.policy.viewindex import ViewIndex
 from server.store.addresses import ip_text
 from server.store.model import Node
+from server.tailnet.topologyrows import TopologyRows
 
 __all__ = [
     "NodeView",
@@ -111,35 +112,15 @@ def to_topology_node(node: Node, approved: tuple[str, ...], *, online: bool = Tr
     )
 
 
-class TopologyNodes:
-    """The compiler's view of each registered node, made once per change of
-    the node (its record, approved routes or reachability), not per compile:
-    a recompile after a join converts the newcomer alone."""
+class TopologyNodes(TopologyRows):
+    """Registered nodes as the compiler sees them (see `TopologyRows`)."""
 
     def __init__(self) -> None:
-        self._held: dict[int, tuple[Node, tuple[str, ...], bool, TopologyNode]] = {}
-        self._made: dict[int, TopologyNode] = {}  # node id -> its last conversion
+        super().__init__(_to_row)
 
-    def __call__(self, node: Node, approved: tuple[str, ...], online: bool) -> TopologyNode:
-        held = self._held.get(node.id)
-        if held is not None and held[0] is node and held[1] == approved and held[2] is online:
-            return held[3]
-        out = self._made[node.id] = to_topology_node(node, approved, online=online)
-        self._held[node.id] = (node, approved, online, out)
-        return out
 
-    def of(self, node_ids: Iterable[int]) -> list[TopologyNode]:
-        """The last conversion of each of `node_ids` (each converted before,
-        since its record last changed): a copy in C, no call per node."""
-        return list(map(self._made.__getitem__, node_ids))
-
-    def keep(self, node_ids: Collection[int]) -> None:
-        """Forget the nodes not in `node_ids` (they left)."""
-        if len(self._held) > len(node_ids):
-            ids = set(node_ids)
-            for gone in [i for i in self._held if i not in ids]:
-                del self._held[gone]
-                del self._made[gone]
+def _to_row(node: Node, approved: tuple[str, ...], *, online: bool) -> TopologyNode:
+    return to_topology_node(node, approved, online=online)  # as this module names it now
 
 
 def topology_users(users: Sequence[tuple[int, str, str]]) -> tuple[TopologyUser, ...]:
@@ -160,6 +141,7 @@ def compile_views(
     against: CompiledTailnet[int] | None = None,
     topology_nodes: Sequence[TopologyNode] | None = None,
     users_held: tuple[TopologyUser, ...] | None = None,
+    keys: Sequence[int] | None = None,
 ) -> CompiledTailnet[int]:
     """The policy index over these nodes, keyed by node id (see
     `compute_views` for the arguments), compared with `against` (the index
@@ -168,7 +150,7 @@ def compile_views(
     thread while sessions fill those; `compute_views` then adopts the
     unchanged views on the loop. `topology_nodes`: `nodes` as the compiler
     sees them, when the caller holds them (see `TopologyNodes`); `users_held`
-    likewise `users` (see `topology_users`)."""
+    likewise `users` (see `topology_users`), and `keys` the ids of `nodes`."""
     if topology_nodes is None:
         topology_nodes = [
             to_topology_node(n, approved_routes.get(n.id, ()), online=n.id not in offline_routers)
@@ -183,7 +165,12 @@ def compile_views(
     # The policy's `tests` were checked when the commit was loaded (against its own
     # users and tags); live nodes coming and going must not un-serve a policy.
     compiled = compile_tailnet(
-        policy, topo, keys=list(map(_node_id, nodes)), now=now, enforce_tests=False, base=against
+        policy,
+        topo,
+        keys=list(map(_node_id, nodes)) if keys is None else keys,
+        now=now,
+        enforce_tests=False,
+        base=against,
     )
     index, serving = compiled.visibility, against.visibility if against is not None else None
     if isinstance(index, ViewIndex) and isinstance(serving, ViewIndex):
@@ -246,7 +233,10 @@ def compute_views(
     index = compiled.visibility
     lender = reuse or previous
     donor = lender.compiled.visibility if lender is not None else None
-    if isinstance(index, ViewIndex) and isinstance(donor, ViewIndex):
+    # `reuse_previous` lent `previous`'s views already (a pass over every node):
+    # a settle, where `reuse` is `previous`, must not pay it twice.
+    adopted = previous.compiled.visibility if previous is not None else None
+    if isinstance(index, ViewIndex) and isinstance(donor, ViewIndex) and donor is not adopted:
         index.lend(donor)
     views = PolicyViews(compiled)
     if previous is not None and previous_nodes is not None and compiled.changed is not None:

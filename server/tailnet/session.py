@@ -33,7 +33,7 @@ from server.store.model import Node
 from server.tailnet.mapencode import encode_message
 from server.tailnet.mapper import MapContext, top_fields
 from server.tailnet.nodejson import PeerEntries, owner_of
-from server.tailnet.views import NodeView, PolicyViews
+from server.tailnet.views import NodeView, PeerView, PolicyViews
 from server.wire import format_time
 
 __all__ = ["MapSession", "Wake"]
@@ -175,6 +175,30 @@ class MapSession:
         entries = [get(p, seen[p.id], p.id in online, now) for p in peers]
         profiles = self._new_profiles(ctx, peers)
         return ctx.entries.deltas.message("PeersChanged", entries, [], profiles, now)
+
+    def shared_peer(self, ctx: MapContext, mover: int, owner: int, gen: int) -> PeerView | None:
+        """For a wave (wave.py): how this client sees `mover`, when its next
+        message is the delta that every viewer seeing it so sends alike
+        (what `step` sends through `_moved`: it holds the view, entries and
+        users of `ctx`, and was sent the profile of `owner`, the mover's).
+        `gen` is `ctx`'s change log position, which the delta moves it to.
+        None: it must `step`."""
+        looked_up, view = self._looked_up, self._view
+        if (
+            view is None
+            or looked_up is None
+            or looked_up() is not ctx.views
+            or ctx.entries is not self._entries
+            or ctx.users is not self._users
+            or owner not in self._profiles
+            or self.node_id not in ctx.nodes
+        ):
+            return None
+        seen = view.peers
+        if mover not in seen:
+            return None
+        self._gen = gen
+        return seen[mover]
 
     def _top(self, msg: dict[str, Any], top: dict[str, Any]) -> None:
         for key, value in top.items():

@@ -186,14 +186,18 @@ class MapSession:
         looked_up, view = self._looked_up, self._view
         if (
             view is None
-            or looked_up is None
-            or looked_up() is not ctx.views
             or ctx.entries is not self._entries
             or ctx.users is not self._users
             or owner not in self._profiles
             or self.node_id not in ctx.nodes
         ):
             return None
+        if looked_up is None or looked_up() is not ctx.views:
+            # Views rebuilt since, by a change that left its view as it was
+            # (`step` then sends the same delta): known for the next wave.
+            if ctx.views.get(self.node_id) is not view:
+                return None
+            self._looked_up = ref(ctx.views)
         seen = view.peers
         if mover not in seen:
             return None

@@ -140,7 +140,7 @@ def test_the_frame_is_the_one_the_general_path_sends() -> None:
         "keep-alive due",
         "woken for its task",
         "not idle",
-        "views replaced",
+        "users replaced",
         "profile",
     ],
 )
@@ -161,8 +161,9 @@ def test_a_viewer_it_cannot_vouch_for_takes_the_general_path(behind: str) -> Non
         outlets.woken.add(odd)
     elif behind == "not idle":
         handle.outlet = None
-    elif behind == "views replaced":  # its view was looked up in views since dropped
-        mesh.streams[odd].session._looked_up = None
+    elif behind == "users replaced":  # its profiles came from other (equal) users
+        session = mesh.streams[odd].session
+        session._users = dict(mesh.tailnet.context.users)
     else:  # the mover's owner's profile unsent: the delta must carry it
         mesh.streams[odd].session._profiles.discard(owner_of(node)[0])
     _move(mesh, mover, 5)
@@ -170,6 +171,20 @@ def test_a_viewer_it_cannot_vouch_for_takes_the_general_path(behind: str) -> Non
     assert rest == [handle]
     assert odd not in outlets.frames
     assert outlets.wave.delivered == 3  # the others went in bulk
+    _assert_fresh(mesh)
+
+
+def test_a_view_from_rebuilt_views_that_give_it_again_goes_in_bulk() -> None:
+    """Views rebuilt by a change that left this node's view as it was: the
+    same delta as `step` sends, and the next wave needs no lookup."""
+    mesh = Mesh(4)
+    outlets = Outlets(mesh)
+    session = mesh.streams[3].session
+    session._looked_up = None  # as if its view was looked up in views since dropped
+    _move(mesh, 1, 6)
+    assert outlets.run() == []
+    assert outlets.wave.delivered == 3
+    assert session._looked_up is not None and session._looked_up() is mesh.tailnet.views
     _assert_fresh(mesh)
 
 

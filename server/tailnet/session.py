@@ -21,7 +21,8 @@ sent once per owner, when the first peer of that owner is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import compress
@@ -183,12 +184,35 @@ class MapSession:
         users of `ctx`, and was sent the profile of `owner`, the mover's).
         `gen` is `ctx`'s change log position, which the delta moves it to.
         None: it must `step`."""
+        view = self._held_view(ctx) if owner in self._profiles else None
+        if view is None or mover not in view.peers:
+            return None
+        self._gen = gen
+        return view.peers[mover]
+
+    def shared_peers(
+        self, ctx: MapContext, movers: Sequence[int], owners: AbstractSet[int], gen: int
+    ) -> list[PeerView] | None:
+        """`shared_peer` for several movers (a coalesced wave), in order;
+        None unless it sees them all."""
+        view = self._held_view(ctx) if self._profiles.issuperset(owners) else None
+        if view is None:
+            return None
+        seen = view.peers
+        for mover in movers:
+            if mover not in seen:
+                return None
+        self._gen = gen
+        return [seen[mover] for mover in movers]
+
+    def _held_view(self, ctx: MapContext) -> NodeView[int] | None:
+        """The view it holds when `ctx` serves it from that very view, with
+        the entries and users it was sent from (so `step` goes to `_moved`)."""
         looked_up, view = self._looked_up, self._view
         if (
             view is None
             or ctx.entries is not self._entries
             or ctx.users is not self._users
-            or owner not in self._profiles
             or self.node_id not in ctx.nodes
         ):
             return None
@@ -198,11 +222,7 @@ class MapSession:
             if ctx.views.get(self.node_id) is not view:
                 return None
             self._looked_up = ref(ctx.views)
-        seen = view.peers
-        if mover not in seen:
-            return None
-        self._gen = gen
-        return seen[mover]
+        return view
 
     def _top(self, msg: dict[str, Any], top: dict[str, Any]) -> None:
         for key, value in top.items():

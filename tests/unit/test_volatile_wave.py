@@ -188,16 +188,35 @@ def test_a_view_from_rebuilt_views_that_give_it_again_goes_in_bulk() -> None:
     _assert_fresh(mesh)
 
 
-def test_two_movers_and_a_canary_hold_take_the_general_path() -> None:
-    mesh = Mesh(4)
+def test_movers_that_came_together_go_in_bulk_as_one_frame() -> None:
+    mesh = Mesh(5)
     outlets = Outlets(mesh)
     _move(mesh, 1, 3)
     _move(mesh, 2, 4)
-    # 3 and 4 see two movers; 1 and 2 see one, and their own record changed.
-    assert len(outlets.run()) == 4
-    assert outlets.wave.delivered == 0
+    # 1 and 2 see one mover each and their own record changed: the general path.
+    assert {h.node_id for h in outlets.run()} == {1, 2}
+    assert outlets.wave.delivered == 3
+    frames = {id(f) for v in (3, 4, 5) for f in outlets.frames[v]}
+    assert len(frames) == 1
     _assert_fresh(mesh)
 
+
+def test_a_viewer_not_sent_one_mover_s_profile_takes_the_general_path() -> None:
+    mesh = Mesh(5)
+    outlets = Outlets(mesh)
+    node = mesh.store.get_node(2)
+    assert node is not None
+    mesh.streams[4].session._profiles.discard(owner_of(node)[0])
+    _move(mesh, 1, 3)
+    _move(mesh, 2, 4)
+    assert {h.node_id for h in outlets.run()} == {1, 2, 4}
+    assert outlets.wave.delivered == 2
+    _assert_fresh(mesh)
+
+
+def test_a_canary_hold_takes_the_general_path() -> None:
+    mesh = Mesh(4)
+    outlets = Outlets(mesh)
     canary = VolatileWave(lambda: None, lambda: T0, lambda h, n: None)
     outlets.wave = canary
     _move(mesh, 1, 5)

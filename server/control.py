@@ -38,9 +38,10 @@ from server.store.interface import Store
 from server.store.model import Node
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet
 from server.tailnet.keepalives import TICK, KeepAlives
-from server.tailnet.mapper import not_served_map, unapproved_map
+from server.tailnet.mapper import MapContext, not_served_map, unapproved_map
 from server.tailnet.registry import NodeChange
 from server.tailnet.session import MapSession, Wake
+from server.tailnet.wave import StreamOutlet, VolatileWave
 from server.wire import (
     MapRequest,
     RegisterRequest,
@@ -121,6 +122,8 @@ class ControlHandler:
         # node id -> set when it is approved (map polls of unapproved nodes wait on it)
         self._approvals: dict[int, asyncio.Event] = {}
         registry.subscribe(self._node_changed)
+        # An idle stream's share of a volatile wave is sent in bulk (wave.py).
+        tailnet.deliveries.bulk = VolatileWave(self._wave_context, clock, self._wave_sent)
 
     async def __call__(self, req: ControlRequest) -> ControlResponse:
         try:
@@ -345,8 +348,10 @@ class ControlHandler:
             await self._settled()
             handle = self._tailnet.open_session(node_id)
             deliver: Callable[[], bool] | None = None
+            outlet: StreamOutlet | None = None
             if send_now is not None:
                 deliver = partial(self._deliver, handle, session, encoder, send_now, held)
+                outlet = StreamOutlet(session, encoder, send_now)
             while not handle.closed:
                 if held:
                     yield held.pop()
@@ -369,11 +374,11 @@ class ControlHandler:
                 while True:
                     if not handle.wake.is_set():
                         self._idle(handle)
-                        handle.deliver = deliver
+                        handle.deliver, handle.outlet = deliver, outlet
                         try:
                             await handle.wake.wait()
                         finally:
-                            handle.deliver = None
+                            handle.deliver = handle.outlet = None
                     if not handle.take_keepalive():
                         break
                     keepalive = encoder.keepalive()
@@ -408,6 +413,14 @@ class ControlHandler:
         frame = encoder.encode(msg)
         self._metrics.map_sent("full" if wake.full or wake.top else "delta", len(frame))
         return frame
+
+    def _wave_context(self) -> MapContext | None:
+        """Every session's context, when it is one (not during a canary hold)."""
+        return None if self._tailnet.candidate is not None else self._tailnet.context
+
+    def _wave_sent(self, handles: list[SessionHandle], size: int) -> None:
+        self._metrics.maps_sent("delta", len(handles), size)
+        self._metrics.caught_up_all(handles)
 
     def _idle(self, handle: SessionHandle) -> None:
         """Its next keep-alive, a keep-alive period from now (the last message)."""

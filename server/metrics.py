@@ -156,6 +156,12 @@ class Metrics:
         counts.map_messages[kind] += 1
         counts.map_bytes[kind] += size
 
+    def maps_sent(self, kind: MapKind, count: int, size: int) -> None:
+        """`count` messages of `size` bytes in all (a wave's, counted once)."""
+        counts = self.counts
+        counts.map_messages[kind] += count
+        counts.map_bytes[kind] += size
+
     def rejected(self, reason: str) -> None:
         self.counts.rejections[reason if reason in REJECTION_REASONS else "compile"] += 1
 
@@ -200,6 +206,12 @@ class Metrics:
         """A session sent what it was woken for (or found nothing to send)."""
         if not session.wake.is_set():  # woken again meanwhile: it still owes a message
             self._done(session)
+
+    def caught_up_all(self, sessions: Iterable[Session]) -> None:
+        """`caught_up` for each of `sessions` (a wave's)."""
+        if self._propagating:
+            for session in sessions:
+                self.caught_up(session)
 
     def session_closed(self, session: Session) -> None:
         self._done(session)

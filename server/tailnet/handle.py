@@ -14,6 +14,10 @@ without waiting (a full flow-control window, a backed-up socket, a ping or
 keep-alive due, the session no longer served) says so and its task is woken
 as before, so a blocked stream still waits in its task and holds at most one
 message.
+
+Most of a volatile wave's sessions need not even be stepped: `bulk` (the
+control handler's `VolatileWave`, wave.py) sends the one shared frame to
+each viewer it can vouch for, and hands the others back to `deliver`.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from server.tailnet.session import Wake
 from server.wakeup import Wakeup
+
+if TYPE_CHECKING:
+    from server.tailnet.wave import StreamOutlet
 
 __all__ = ["Deliveries", "SessionHandle"]
 
@@ -38,6 +46,8 @@ class Deliveries:
     def __init__(self) -> None:
         self._due: list[SessionHandle] = []
         self.delivered = 0
+        # Sends to the handles it can and returns the others (wave.py).
+        self.bulk: Callable[[list[SessionHandle]], list[SessionHandle]] | None = None
 
     def add(self, handle: SessionHandle) -> None:
         if not self._due:  # the wave's first: the loop is asked once per wave
@@ -51,6 +61,17 @@ class Deliveries:
 
     def _run(self) -> None:
         due, self._due = self._due, []
+        if self.bulk is not None:
+            try:
+                rest = self.bulk(due)
+            except Exception as exc:  # noqa: BLE001 - the general path still delivers
+                # Any handle it sent to has no marks left: `deliver` finds nothing to send.
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": "bulk map delivery failed", "exception": exc}
+                )
+            else:
+                self.delivered += len(due) - len(rest)
+                due = rest
         for handle in due:
             handle.due = False
             if handle.wake.is_set():
@@ -85,6 +106,7 @@ class SessionHandle:
         "ping",
         "keepalive",
         "deliver",
+        "outlet",
         "due",
         "_deliveries",
     )
@@ -101,6 +123,7 @@ class SessionHandle:
         # Set by the stream while its task idles: sends what the marks ask for
         # without the task; False when it cannot (the task is woken instead).
         self.deliver: Callable[[], bool] | None = None
+        self.outlet: StreamOutlet | None = None  # set with `deliver`: what a bulk wave sends by
         self.due = False  # queued in `_deliveries`
         self._deliveries = deliveries
 

@@ -21,7 +21,8 @@ sent once per owner, when the first peer of that owner is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import compress
@@ -34,7 +35,7 @@ from server.tailnet.filterjson import holds_own_texts
 from server.tailnet.mapencode import encode_message
 from server.tailnet.mapper import MapContext, top_fields
 from server.tailnet.nodejson import PeerEntries, owner_of
-from server.tailnet.views import NodeView, PolicyViews
+from server.tailnet.views import NodeView, PeerView, PolicyViews
 from server.wire import format_time
 
 __all__ = ["MapSession", "Wake"]
@@ -176,6 +177,53 @@ class MapSession:
         entries = [get(p, seen[p.id], p.id in online, now) for p in peers]
         profiles = self._new_profiles(ctx, peers)
         return ctx.entries.deltas.message("PeersChanged", entries, [], profiles, now)
+
+    def shared_peer(self, ctx: MapContext, mover: int, owner: int, gen: int) -> PeerView | None:
+        """For a wave (wave.py): how this client sees `mover`, when its next
+        message is the delta that every viewer seeing it so sends alike
+        (what `step` sends through `_moved`: it holds the view, entries and
+        users of `ctx`, and was sent the profile of `owner`, the mover's).
+        `gen` is `ctx`'s change log position, which the delta moves it to.
+        None: it must `step`."""
+        view = self._held_view(ctx) if owner in self._profiles else None
+        if view is None or mover not in view.peers:
+            return None
+        self._gen = gen
+        return view.peers[mover]
+
+    def shared_peers(
+        self, ctx: MapContext, movers: Sequence[int], owners: AbstractSet[int], gen: int
+    ) -> list[PeerView] | None:
+        """`shared_peer` for several movers (a coalesced wave), in order;
+        None unless it sees them all."""
+        view = self._held_view(ctx) if self._profiles.issuperset(owners) else None
+        if view is None:
+            return None
+        seen = view.peers
+        for mover in movers:
+            if mover not in seen:
+                return None
+        self._gen = gen
+        return [seen[mover] for mover in movers]
+
+    def _held_view(self, ctx: MapContext) -> NodeView[int] | None:
+        """The view it holds when `ctx` serves it from that very view, with
+        the entries and users it was sent from (so `step` goes to `_moved`)."""
+        looked_up, view = self._looked_up, self._view
+        if (
+            view is None
+            or ctx.entries is not self._entries
+            or ctx.users is not self._users
+            or self.node_id not in ctx.nodes
+        ):
+            return None
+        if looked_up is None or looked_up() is not ctx.views:
+            # Views rebuilt since, by a change that left its view as it was
+            # (`step` then sends the same delta): known for the next wave.
+            if ctx.views.get(self.node_id) is not view:
+                return None
+            self._looked_up = ref(ctx.views)
+        return view
 
     def _top(self, msg: dict[str, Any], top: dict[str, Any]) -> None:
         for key, value in top.items():

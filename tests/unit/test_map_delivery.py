@@ -22,6 +22,8 @@ from server.control import ControlHandler
 from server.edge.control_conn import ControlConnection
 from server.tailnet import SessionHandle
 from server.tailnet.keepalives import KeepAlives
+from server.tailnet.session import MapSession
+from server.tailnet.wave import VolatileWave
 from tests.unit.control_client import (
     ControlClient,
     Device,
@@ -55,13 +57,20 @@ async def test_an_idle_stream_gets_the_bytes_its_task_would_have_sent(
         mclient, mstream, _ = await poll(srv, mover)
         await _quiet(dstream, tstream, mstream)  # everyone joined and online
         tasked_id = srv.store.node_by_node_key(tasked.node.public()).id  # type: ignore[union-attr]
-        deliver = ControlHandler._deliver
+        deliver, shared_peer = ControlHandler._deliver, MapSession.shared_peer
 
         def only_direct(self: ControlHandler, handle: SessionHandle, *args: Any) -> bool:
             # The other stream goes the old way: woken, its task steps and yields.
             return handle.node_id != tasked_id and deliver(self, handle, *args)
 
+        def not_tasked(self: MapSession, *args: Any) -> Any:
+            return None if self.node_id == tasked_id else shared_peer(self, *args)
+
         monkeypatch.setattr(ControlHandler, "_deliver", only_direct)
+        monkeypatch.setattr(MapSession, "shared_peer", not_tasked)
+        wave = srv.tailnet.deliveries.bulk
+        assert isinstance(wave, VolatileWave)
+        in_bulk = wave.delivered
         before = srv.tailnet.deliveries.delivered
         marks = len(dstream.raw), len(tstream.raw)
         endpoints = ["192.0.2.9:41641", "[2001:db8::9]:41641"]
@@ -70,6 +79,7 @@ async def test_an_idle_stream_gets_the_bytes_its_task_would_have_sent(
         await dstream.wait_for(_moved(endpoints))
         await tstream.wait_for(_moved(endpoints))
         assert srv.tailnet.deliveries.delivered > before  # `direct` went without its task
+        assert wave.delivered > in_bulk  # and without a step (wave.py)
         # One shared delta: the same frame, byte for byte, down both streams.
         sent_direct = bytes(dstream.raw[marks[0] :])
         assert sent_direct == bytes(tstream.raw[marks[1] :])

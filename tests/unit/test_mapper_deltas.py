@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,14 @@ from bench.loadgen.netmap import ClientNetmap
 from gitctl.policy import parse_policy
 from gitctl.snapshot import ALLOW_ALL
 from server.protocol.keys import DiscoPublic, MachinePublic, NodePublic
-from server.protocol.mapframe import MapFrameEncoder
+from server.protocol.mapframe import MapFrameDecoder, MapFrameEncoder
 from server.store import open_store
 from server.store.model import Registration
 from server.tailnet import NodeRegistry, SessionHandle, Tailnet, TailnetSource, running_tailnet
 from server.tailnet.mapper import MapContext, build_map
 from server.tailnet.session import MapSession
 from server.tailnet.views import PolicyViews
+from server.tailnet.wave import StreamOutlet, VolatileWave
 from server.wire import DerpRegion, Hostinfo, NetInfo, decode
 from tests.unit.control_client import T0
 from tests.unit.test_mapper_refresh import add
@@ -277,10 +279,27 @@ class TailnetChanges(RuleBasedStateMachine):
                 )
 
     def _pump(self) -> None:
-        """One round of server/control.py `_stream` for every open stream."""
+        """One round of server/control.py `_stream` for every open stream:
+        first the bulk wave (wave.py) over every idle stream's marks, as
+        `Deliveries` runs it, then a step for each stream it handed back."""
         timers, self.timers = self.timers, []
         for fire in timers:  # the loop runs due timers before the sessions wake
             fire()
+        tailnet = self.tailnet
+        wave = VolatileWave(
+            lambda: None if tailnet.candidate is not None else tailnet.context,
+            lambda: self.now,
+            lambda handles, size: None,
+        )
+        due = []
+        for stream in self.streams.values():
+            if not stream.handle.closed:
+                stream.handle.wake.clear()  # idle: the wave may deliver without its task
+                stream.handle.outlet = StreamOutlet(
+                    stream.session, MapFrameEncoder(), partial(_apply_frame, stream)
+                )
+                due.append(stream.handle)
+        wave(due)
         for node_id, stream in list(self.streams.items()):
             if stream.handle.closed:
                 del self.streams[node_id]
@@ -294,6 +313,12 @@ class TailnetChanges(RuleBasedStateMachine):
             msg = stream.session.step(ctx, wake, self.now)
             if msg is not None:
                 stream.netmap.apply(json.loads(msg))
+
+
+def _apply_frame(stream: Stream, frame: bytes) -> bool:
+    for msg in MapFrameDecoder().receive_data(frame):
+        stream.netmap.apply(json.loads(msg))
+    return True
 
 
 def _plain(value: Any) -> Any:

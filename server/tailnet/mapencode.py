@@ -311,16 +311,16 @@ class Deltas:
         body were given; ``own``: a body no other session builds
         (`holds_own_texts`), not looked for."""
         if own or len(body) > self.MAX_BYTES:  # a full pass over many peers: its own
-            return _timed(body, self._control_time(now), shared=False)
+            return _timed(body, self.stamp(now), shared=False)
         key = (body,)
         held = self._held.get(key)
         if held is not None and timedelta(0) <= now - held[1] < self.HOLD:
             return held[2]
-        data = _timed(body, self._control_time(now), shared=True)
+        data = _timed(body, self.stamp(now), shared=True)
         self._hold(key, ([], now, data))
         return data
 
-    def _control_time(self, now: datetime) -> bytes:
+    def stamp(self, now: datetime) -> bytes:
         """`_control_time`, formatted once per `HOLD` as a shared message's
         is: a commit under autogroup:self gives every session a body of its
         own, and formatting the time was a tenth of building one."""

@@ -32,6 +32,7 @@ from weakref import ReferenceType, ref
 
 from server.store.model import Node
 from server.tailnet.filterjson import holds_own_texts
+from server.tailnet.filtermsg import own_filter_message, sends_own_filter_only
 from server.tailnet.mapencode import encode_message
 from server.tailnet.mapper import MapContext, top_fields
 from server.tailnet.nodejson import PeerEntries, owner_of
@@ -114,7 +115,12 @@ class MapSession:
             )
             src = (view.packet_filter_rules, view.ssh_policy, ctx.derp_map, ctx.dns_config)
             new_self = _differs(self_src, self._self_from)
-            if new_self or _differs(src, self._top_from):
+            if not new_self and _same_but_filter(src, self._top_from):
+                # A commit that changed rules only: the other fields are
+                # the objects `_top` was last given, so only the filter
+                # can differ from what was sent (compared once, not twice).
+                self._top_filter(msg, src[0])
+            elif new_self or _differs(src, self._top_from):
                 self._top(msg, top_fields(ctx, node, view, now, self_node=new_self))
             self._self_from, self._top_from = self_src, src
         if ctx.users is not self._users:
@@ -158,6 +164,12 @@ class MapSession:
         if old is None:  # a whole map: this client's alone
             msg["ControlTime"] = format_time(now)
             return encode_message(msg, key, entries, ctx.entries.fragments)
+        if key is None and sends_own_filter_only(msg):
+            # The commit's usual message under autogroup:self, whole from
+            # its filter's kept pieces (filtermsg.py): what the lines
+            # below make of it, in one join.
+            deltas = ctx.entries.deltas
+            return own_filter_message(ctx.entries.fragments, msg["PacketFilter"], deltas.stamp(now))
         body = encode_message(msg, key, entries, ctx.entries.fragments)
         return ctx.entries.deltas.shared(body, now, own=holds_own_texts(msg))
 
@@ -236,6 +248,14 @@ class MapSession:
             self._top_src[key] = value
             msg[key] = value
 
+    def _top_filter(self, msg: dict[str, Any], rules: Any) -> None:
+        """`_top` for the packet filter alone."""
+        sent = self._top_src.get("PacketFilter", _UNSENT)
+        if sent is rules or sent == rules:
+            return
+        self._top_src["PacketFilter"] = rules
+        msg["PacketFilter"] = rules
+
     def _peer_changes(
         self, ctx: MapContext, old: NodeView[int], view: NodeView[int], wake: Wake, now: datetime
     ) -> tuple[list[int], list[int]]:
@@ -281,6 +301,14 @@ class MapSession:
                 self._profiles.add(uid)
                 out.append(ctx.entries.profile(node, ctx.users))
         return out
+
+
+def _same_but_filter(src: tuple[Any, ...], held: tuple[Any, ...]) -> bool:
+    """Whether `src` (filter, SSH policy, DERP map, DNS) is what `held` was
+    made of but for its filter, which is another object: the rest the very
+    objects or equal ones (a recompile renders SSH policies anew), which
+    `_top` would find unchanged."""
+    return len(held) == len(src) and src[0] is not held[0] and src[1:] == held[1:]
 
 
 def _differs(src: tuple[Any, ...], held: tuple[Any, ...]) -> bool:

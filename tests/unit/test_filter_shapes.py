@@ -16,7 +16,9 @@ from gitctl.policy.filtershape import ShapedFilter
 from gitctl.policy.topology import Topology, TopologyNode, TopologyUser
 from gitctl.policy.viewindex import ViewIndex, merge_rules
 from server.protocol.mapframe import SplicedMessage
-from server.tailnet.mapencode import Fragments, encode_json, encode_message
+from server.tailnet.filtermsg import own_filter_message, sends_own_filter_only
+from server.tailnet.mapencode import Deltas, Fragments, encode_json, encode_message
+from tests.unit.control_client import T0
 
 USERS = ("alice", "bob", "carol")
 SOURCES = ["alice@example.com", "bob@example.com", "tag:web", "*", "autogroup:member"]
@@ -114,6 +116,7 @@ def test_a_shaped_filter_is_its_rules_rendered_and_encodes_to_the_same_bytes(
 ) -> None:
     index = index_of(policy_of(rules, app), spec)
     shaped, plain = Fragments(), Fragments()  # each its own kept pieces, shared by every node
+    deltas = Deltas()
     for i in range(len(spec)):
         got, want = index.view(i).packet_filter_rules, rendered(index, i)
         assert got == want and tuple(got) == want and list(got) == list(want)
@@ -126,6 +129,16 @@ def test_a_shaped_filter_is_its_rules_rendered_and_encodes_to_the_same_bytes(
         assert type(a) is type(b)
         if type(a) is SplicedMessage and type(b) is SplicedMessage:
             assert [(at, bytes(p)) for at, p in a.pieces] == [(at, bytes(p)) for at, p in b.pieces]
+        if sends_own_filter_only({"PacketFilter": got}):
+            # The whole message made at once is what the general path makes.
+            whole = own_filter_message(shaped, got, deltas.stamp(T0))
+            general = deltas.shared(filter_json(got, plain), T0, own=True)
+            assert bytes(whole) == bytes(general) and type(whole) is type(general)
+            assert _pieces(whole) == _pieces(general)
+
+
+def _pieces(msg: bytes) -> list[tuple[int, bytes]]:
+    return [(at, bytes(p)) for at, p in msg.pieces] if type(msg) is SplicedMessage else []
 
 
 ALICE_TO = [

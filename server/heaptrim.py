@@ -9,12 +9,9 @@ fourth round). `malloc_trim(0)` hands every whole free page back (madvise)
 while keeping the memory mapped, so the next burst reuses the addresses.
 
 `HeapTrim` reads the RSS (one read of /proc/self/statm) every `check_every`
-seconds and trims once it has risen above what the last trim left by `growth`
-bytes or by a quarter, whichever is more: a steady server never trims, a burst is trimmed once, a
-few seconds after it, and the transient working set of each large commit
-(tens of MB at 5,000 nodes, reused by the next) does not earn a trim of its
-own (a trim is ~10-20 ms on a 250 MB heap, and the pages it returns fault
-back in). Where there is no glibc or no /proc the trim is simply absent.
+seconds and trims once it has risen `growth` bytes above what the last trim
+left: a steady server never trims, and a burst is trimmed once, a few seconds
+after it. Where there is no glibc or no /proc the trim is simply absent.
 """
 
 from __future__ import annotations
@@ -26,19 +23,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = [
-    "CHECK_EVERY",
-    "GROWTH",
-    "GROWTH_SHARE",
-    "HeapTrim",
-    "TrimStats",
-    "glibc_trim",
-    "statm_rss",
-]
+__all__ = ["CHECK_EVERY", "GROWTH", "HeapTrim", "TrimStats", "glibc_trim", "statm_rss"]
 
 CHECK_EVERY = 2.0  # seconds between RSS reads (a read costs ~10 us)
 GROWTH = 8 << 20  # bytes of RSS growth since the last trim that earn a trim
-GROWTH_SHARE = 0.25  # ... and at least this share of what the last trim left
 
 _log = logging.getLogger(__name__)
 
@@ -80,13 +68,11 @@ class HeapTrim:
         rss: Callable[[], int | None],
         *,
         growth: int = GROWTH,
-        share: float = GROWTH_SHARE,
         check_every: float = CHECK_EVERY,
     ) -> None:
         self._trim = trim
         self._rss = rss
         self._growth = growth
-        self._share = share
         self._check_every = check_every
         self._floor = rss() or 0  # what the last trim (or start-up) left
         self.stats = TrimStats()
@@ -99,13 +85,12 @@ class HeapTrim:
         return cls(trim, statm_rss)
 
     def check(self) -> None:
-        """Trim if the RSS rose `growth` bytes or a quarter (whichever is more)
-        above the floor; the floor follows the RSS after each trim, so memory
-        in use is never trimmed for again."""
+        """Trim if the RSS rose `growth` above the floor; the floor follows
+        the RSS after each trim, so memory in use is never trimmed for again."""
         now = self._rss()
         if now is None:
             return
-        if now < self._floor + max(self._growth, int(self._floor * self._share)):
+        if now < self._floor + self._growth:
             self._floor = min(self._floor, now)
             return
         self._trim()

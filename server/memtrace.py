@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
+from server.heaptrim import statm_rss
+
 __all__ = ["MemTrace"]
 
 ENV = "TAILNETD_TRACEMALLOC"
@@ -73,13 +75,6 @@ def heap_info() -> dict[str, int]:
         "in_use": info.uordblks,
         "free": info.fordblks,
     }
-
-
-def _rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _type_counts(top: int = 30) -> list[str]:
@@ -158,7 +153,7 @@ class MemTrace:
         snap.dump(str(base.with_suffix(".tracemalloc")))
         traced, peak = tracemalloc.get_traced_memory()
         lines = [
-            f"rss {_rss()}",
+            f"rss {statm_rss() or 0}",
             f"traced {traced} peak {peak}",
             "heap " + " ".join(f"{k} {v}" for k, v in heap_info().items()),
             f"gc objects {len(gc.get_objects())} frozen {gc.get_freeze_count()}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -164,3 +165,30 @@ def test_a_stored_list_that_is_not_all_strings_reads_as_before() -> None:
     assert str_tuple(["x", "y"]) == ("x", "y")  # jsonb comes parsed
     with pytest.raises(ValueError):
         str_tuple("[")
+
+
+SERVE_REFUSED = """
+import sys
+from server.cli import main
+rc = main(["serve", "--listen", "bogus", "--repo", "/nonexistent"])
+print(rc, "server.memtrace" in sys.modules, "ctypes" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("trace", "loaded"), [("", "False False"), ("1", "True True")])
+def test_serve_loads_the_memory_tracer_only_when_asked(
+    tmp_path: Path, trace: str, loaded: str
+) -> None:
+    """server/memtrace.py (ctypes and a search for libc, ~50 ms) stays off the
+    start path of `tailnetd serve` unless TAILNETD_TRACEMALLOC names a directory."""
+    env = {**os.environ, "TAILNETD_TRACEMALLOC": str(tmp_path) if trace else ""}
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_REFUSED],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", *loaded.split()]

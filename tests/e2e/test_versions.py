@@ -51,29 +51,28 @@ def _minor(version: str) -> str:
 
 @pytest.fixture(scope="module", params=MATRIX, ids=lambda v: f"v{v}")
 def fleet(request: pytest.FixtureRequest, net: Tailnet) -> Iterator[dict[str, TailscaleNode]]:
-    """alice1, alice2 and bob1 running `request.param`, started but not logged in."""
+    """alice1, alice2 and bob1 running `request.param`, logged in with pre-auth
+    keys (here, not in a test, so that each test can also run alone)."""
     version: str = request.param
     suffix = f"-v{_minor(version)}"
     nodes = {
         name: net.node(name + suffix, version=version) for name in ("alice1", "alice2", "bob1")
     }
     nodes["bob1"].extra_args = ["--verbose=1"]  # logs each map poll it opens
-    in_parallel(n.start for n in nodes.values())
     try:
+        in_parallel(n.start for n in nodes.values())
+        alice_key = net.server.create_key("alice", "--reusable")
+        keys = {"alice1": alice_key, "alice2": alice_key, "bob1": net.server.create_key("bob")}
+        try:
+            in_parallel((lambda k=k: nodes[k].up(net.server, keys[k])) for k in nodes)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{diagnose(net.server, nodes.values())}") from None
         yield nodes
     finally:
         net.forget(list(nodes.values()))
 
 
-def test_each_version_joins_with_a_pre_auth_key(
-    net: Tailnet, fleet: dict[str, TailscaleNode]
-) -> None:
-    alice_key = net.server.create_key("alice", "--reusable")
-    keys = {"alice1": alice_key, "alice2": alice_key, "bob1": net.server.create_key("bob")}
-    try:
-        in_parallel((lambda k=k: fleet[k].up(net.server, keys[k])) for k in fleet)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{diagnose(net.server, fleet.values())}") from None
+def test_each_version_joins_with_a_pre_auth_key(fleet: dict[str, TailscaleNode]) -> None:
     for node in fleet.values():
         assert node.cli("version").stdout.split("-")[0].split()[0] == node.version
         assert node.status()["BackendState"] == "Running"

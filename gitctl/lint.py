@@ -35,8 +35,9 @@ from typing import Any
 from gitctl.diagnostics import Diagnostic, JsonPath
 from gitctl.policy import Policy, Topology, expiring_within, run_policy_tests
 from gitctl.policy.aliases import Index
-from gitctl.policy.filter import SELF, DstPart, Rule
+from gitctl.policy.filter import DstPart, Rule
 from gitctl.policy.model import ALL_PORTS
+from gitctl.policy.rulebuilder import SELF
 from gitctl.rules import PORTLESS, PolicyRule, build_index, covers, protos_of, resolve_rules
 from gitctl.snapshot import Snapshot
 

@@ -20,8 +20,9 @@ from gitctl.policy import Policy, Topology
 from gitctl.policy.addrs import span
 from gitctl.policy.aliases import Index
 from gitctl.policy.expiry import in_force
-from gitctl.policy.filter import Rule, RuleBuilder
+from gitctl.policy.filter import Rule
 from gitctl.policy.routes import route_table
+from gitctl.policy.rulebuilder import RuleBuilder
 from gitctl.policy.ssh import SshIndex
 
 __all__ = [

@@ -21,11 +21,13 @@ from typing import Any
 
 from .addrs import span
 from .aliases import Index
-from .filter import DstPart, NodeRules, Rule, RuleBuilder, SlotUses
+from .filter import DstPart, Rule
 from .model import Alias, Policy
 from .nodeattrs import self_cap_maps
+from .noderules import NodeRules, SlotUses
 from .output import NodeKey
 from .routes import RouteTable
+from .rulebuilder import RuleBuilder
 from .topology import Topology
 from .viewindex import ViewIndex
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from .addrs import Span, is_exit_route, span
 from .aliases import Index
-from .filter import NodeRules
+from .noderules import NodeRules
 from .routes import RouteTable
 
 

@@ -20,13 +20,15 @@ from typing import Any, Generic, cast
 from .addrs import is_exit_route
 from .aliases import Index
 from .bitsets import bits, bitset
-from .filter import NodeRules, Rule, RuleBuilder, SlotUses
+from .filter import Rule
 from .filtershape import FilterShapes
 from .model import Policy
 from .nodeattrs import DISABLE_IPV4, ipv4_disabled, self_cap_maps
+from .noderules import NodeRules, SlotUses
 from .output import NodeKey, NodeView, PeerView
 from .routes import RouteTable, route_table
 from .routevis import RouteVisibility
+from .rulebuilder import RuleBuilder
 from .ssh import SshIndex, check_ssh_domains
 from .topology import Topology
 from .viewreuse import PeerChange, affected, peer_change, same_visibility

@@ -16,7 +16,7 @@ from server.store import _rows as rows
 from server.store.model import Conflict, PreAuthKey
 
 if TYPE_CHECKING:
-    from server.store._sqlstore import Db
+    from server.store._db import Db
 
 __all__ = ["Outcome", "expire_undeclared", "put_declared"]
 

@@ -1,24 +1,21 @@
 """The audit trail and the webhook outbox, in SQL both backends run.
 
-A mixin of `SqlStore`: it uses the backend's `_write` and `_read`. Both
-tables are bounded: the audit trail keeps the newest `AUDIT_KEEP` entries
-(an unauthenticated caller's refused requests are recorded too, so a flood
-must not grow the file without end), the outbox the newest `OUTBOX_KEEP`.
+A mixin of `SqlStore`. Both tables are bounded: the audit trail keeps the
+newest `AUDIT_KEEP` entries (an unauthenticated caller's refused requests are
+recorded too, so a flood must not grow the file without end), the outbox the
+newest `OUTBOX_KEEP`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from server.store import _rows as rows
+from server.store._db import SqlBackend
 from server.store.model import AuditEntry, OutboxItem
-
-if TYPE_CHECKING:
-    from server.store._sqlstore import Db
 
 __all__ = ["AUDIT_KEEP", "OUTBOX_KEEP", "EventTables"]
 
@@ -28,15 +25,7 @@ _AUDIT_COLUMNS = "id, at, actor, action, target, params, status, result, detail"
 _OUTBOX_COLUMNS = "id, url, queue, body, attempts"
 
 
-class EventTables:
-    def _write(
-        self, *, index: bool = False, one_statement: bool = False
-    ) -> AbstractContextManager[Db]:
-        raise NotImplementedError
-
-    def _read(self) -> AbstractContextManager[Db]:
-        raise NotImplementedError
-
+class EventTables(SqlBackend):
     # Audit trail
 
     def record_audit(

@@ -15,7 +15,7 @@ from server.store.authkeys import API_KEY, AUTH_KEY, KeyFormat
 from server.store.model import NotFound, Rng
 
 if TYPE_CHECKING:
-    from server.store._sqlstore import Db
+    from server.store._db import Db
 
 __all__ = [
     "API_KEYS",

@@ -22,7 +22,7 @@ from server.store.model import Node
 from server.store.names import TakenNames
 
 if TYPE_CHECKING:
-    from server.store._sqlstore import Db
+    from server.store._db import Db
 
 __all__ = ["NodeIndex"]
 

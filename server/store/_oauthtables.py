@@ -19,7 +19,7 @@ from server.store.authkeys import KeyFormat
 from server.store.model import ApiKey, ApiScope, KeyRejected, NotFound, OAuthClient, Rng
 
 if TYPE_CHECKING:
-    from server.store._sqlstore import Db
+    from server.store._db import Db
 
 __all__ = ["create_client", "delete_client", "issue_token", "list_clients", "use_client"]
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from server.store.model import SchemaError
 
 if TYPE_CHECKING:
-    from server.store._sqlstore import Db
+    from server.store._db import Db
 
 __all__ = [
     "MIGRATIONS",

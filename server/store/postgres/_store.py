@@ -41,8 +41,9 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from server.store._db import Db
 from server.store._open import redact_url
-from server.store._sqlstore import Db, SqlStore
+from server.store._sqlstore import SqlStore
 from server.store.ipalloc import DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX
 from server.store.model import AllocationStrategy, Conflict, Rng, StoreError
 from server.store.postgres._migrate import apply_postgres_migrations

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
-from server.store._sqlstore import Db, SqlStore
+from server.store._db import Db
+from server.store._sqlstore import SqlStore
 from server.store.ipalloc import DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX
 from server.store.model import AllocationStrategy, Rng, StoreError
 from server.store.sqlite._migrate import apply_migrations

@@ -41,7 +41,13 @@ def topology(spec: list[tuple[str, int, bool]]) -> Topology:
 
 
 def policy_doc(
-    rules: list[tuple[str, str]], ports: str, *, ssh: bool, app: bool, no_v4: bool
+    rules: list[tuple[str, str]],
+    ports: str,
+    *,
+    ssh: bool,
+    app: bool,
+    no_v4: bool,
+    funnel: bool = False,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "tagOwners": {"tag:web": ["alice@example.com"], "tag:db": ["alice@example.com"]},
@@ -60,8 +66,11 @@ def policy_doc(
         doc["grants"] = [
             {"src": ["autogroup:member"], "dst": ["autogroup:self"], "app": {"example.com/c": [{}]}}
         ]
-    if no_v4:
-        doc["nodeAttrs"] = [{"target": ["tag:db"], "attr": ["disable-ipv4"]}]
+    attrs = [{"target": ["tag:db"], "attr": ["disable-ipv4"]}] if no_v4 else []
+    if funnel:  # a node's capabilities: its own view changes
+        attrs.append({"target": ["bob@example.com"], "attr": ["funnel"]})
+    if attrs:
+        doc["nodeAttrs"] = attrs
     return doc
 
 
@@ -97,8 +106,8 @@ PORTS = ("*", "22", "443", "22,443", "80-90")
     ),
     rules=st.lists(RULES, max_size=3),
     ports=st.tuples(st.sampled_from(PORTS), st.sampled_from(PORTS)),
-    flags=st.lists(st.booleans(), min_size=3, max_size=3),
-    change=st.sampled_from(("ports", "ssh", "app", "no_v4", "rules")),
+    flags=st.lists(st.booleans(), min_size=4, max_size=4),
+    change=st.sampled_from(("ports", "ssh", "app", "no_v4", "funnel", "rules")),
     other=st.lists(RULES, min_size=1, max_size=3),
 )
 def test_a_commit_gives_the_views_of_a_fresh_compile(
@@ -111,12 +120,13 @@ def test_a_commit_gives_the_views_of_a_fresh_compile(
 ) -> None:
     # Users under autogroup:self, tags, IPv4/IPv6/both, routers of a subnet;
     # the commit moves ports only (the filter alone changes), or also turns
-    # SSH, capability grants or IPv4 on or off, or changes who sees whom.
+    # SSH, capability grants, IPv4 or a node's capabilities on or off, or
+    # changes who sees whom.
     rules = [("autogroup:member", "autogroup:self"), *rules]
-    ssh, app, no_v4 = flags
+    ssh, app, no_v4, funnel = flags
     topo = topology(spec)
-    before = index(policy_doc(rules, ports[0], ssh=ssh, app=app, no_v4=no_v4), topo)
-    kw = {"ssh": ssh, "app": app, "no_v4": no_v4}
+    kw = {"ssh": ssh, "app": app, "no_v4": no_v4, "funnel": funnel}
+    before = index(policy_doc(rules, ports[0], **kw), topo)
     if change in kw:
         kw[change] = not kw[change]
     new_rules = [*rules, *other] if change == "rules" else rules

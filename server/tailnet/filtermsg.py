@@ -40,7 +40,7 @@ def own_filter_message(fragments: Fragments, rules: ShapedFilter, stamp: bytes) 
     ``"ControlTime":"…"}`` that `Deltas` formats once a second), a
     `SplicedMessage` saying where its long kept pieces are."""
     out = [_HEAD]
-    fragments.add(out, rules)
+    fragments.add_shaped(out, rules)
     out.append(b",")
     out.append(stamp)
     data = b"".join(out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from gitctl.policy.filtershape import ShapedFilter
 from gitctl.policy.topology import Topology, TopologyNode, TopologyUser
 from gitctl.policy.viewindex import ViewIndex, merge_rules
 from server.protocol.mapframe import SplicedMessage
+from server.tailnet import mapencode as mapencode_module
 from server.tailnet.filtermsg import own_filter_message, sends_own_filter_only
 from server.tailnet.mapencode import Deltas, Fragments, encode_json, encode_message
 from tests.unit.control_client import T0
@@ -213,3 +215,28 @@ def test_a_shaped_filter_encodes_whole_without_fragments_too() -> None:
         assert encode_json({"PacketFilter": shaped}) == encode_json(
             {"PacketFilter": rendered(index, i)}
         )
+
+
+def test_a_users_sources_are_filled_in_once_for_all_of_its_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Per node only its own texts go into the template: a user's sources
+    # (the bulk of the filter) are put in place once for all its nodes.
+    fills: list[int] = []
+    fill = mapencode_module.fill_sources
+
+    def counting(*args: Any) -> Any:
+        fills.append(1)
+        return fill(*args)
+
+    monkeypatch.setattr(mapencode_module, "fill_sources", counting)
+    policy = policy_of(
+        [{"src": ["autogroup:member"], "dst": ["autogroup:self:22"], "proto": None}], False
+    )
+    spec = [(u, (True, True)) for u in USERS for _ in range(3)]
+    index = index_of(policy, spec)
+    shaped, plain = Fragments(), Fragments()
+    for i in range(len(spec)):
+        got = index.view(i).packet_filter_rules
+        assert bytes(filter_json(got, shaped)) == bytes(filter_json(rendered(index, i), plain))
+    assert len(fills) == len(USERS)

@@ -75,10 +75,13 @@ def fill_sources(
     worth: Sequence[bool],
     text_list: Callable[[list[str]], bytes],
     encode: Callable[[Any], bytes],
+    apart: Callable[[bytes], bool],
 ) -> Template:
     """``template`` with each rule's sources in place (kept pieces where
     ``worth``, by ``text_list``): a template of the node's own texts alone,
-    the same for every node holding these sources."""
+    the same for every node holding these sources. Pieces between two own
+    texts are joined into one, but for those ``apart`` says a message must
+    name (where they are is worked out per message, piece by piece)."""
     first, rest = template
     head = list(first)
     runs: list[tuple[int, list[bytes]]] = []
@@ -91,7 +94,23 @@ def fill_sources(
             rule = -1 - place
             run.append(text_list(srcs[rule]) if worth[rule] else encode(srcs[rule]))
         run.extend(after)
-    return head, runs
+    return _joined(head, apart), [(place, _joined(run, apart)) for place, run in runs]
+
+
+def _joined(run: list[bytes], apart: Callable[[bytes], bool]) -> list[bytes]:
+    out: list[bytes] = []
+    pending: list[bytes] = []
+    for piece in run:
+        if apart(piece):
+            if pending:
+                out.append(b"".join(pending))
+                pending = []
+            out.append(piece)
+        else:
+            pending.append(piece)
+    if pending:
+        out.append(b"".join(pending))
+    return out
 
 
 def holds_own_texts(msg: dict[str, Any]) -> bool:

@@ -58,7 +58,9 @@ class Fragments:
         self._shape_ids: dict[int, tuple[FilterShape, tuple[bool, ...], Template]] = {}
         # By the sources tuple the nodes of one rule list and shape share (a
         # user's, under autogroup:self): the template with them filled in.
-        self._filled: dict[int, tuple[tuple[list[str], ...], FilterShape, Template]] = {}
+        self._filled: dict[
+            int, tuple[tuple[list[str], ...], FilterShape, Template, tuple[int, ...]]
+        ] = {}
         self.encoded = 0
 
     def add(self, out: list[bytes], value: Any, *, one_object: bool = False) -> None:
@@ -87,20 +89,22 @@ class Fragments:
         else:
             self._add_object(out, value)
 
-    def add_shaped(self, out: list[bytes], value: ShapedFilter) -> None:
+    def add_shaped(self, out: list[bytes], value: ShapedFilter) -> tuple[int, ...]:
         """The filter's JSON as its shape's, kept, with the node's own
         address texts and the rules' sources spliced in: what `add` makes of
         the rules themselves, without rendering or encoding them per node.
         The sources are filled in once for every node that shares them, so
         per node only its own texts are (a commit's fan-out is this, per
-        session)."""
+        session). Returns where, among the pieces appended, are those a
+        message says the place of (`SplicedMessage`): the same for every
+        node of these sources, so not looked for per message."""
         shape, srcs = value.shape, value.srcs
         held = self._filled.get(id(srcs))
         if held is None or held[0] is not srcs or held[1] is not shape:
             if len(self._filled) >= self.MAX_HELD:
                 self._filled.clear()
             filled = self._template(shape, srcs)
-            held = self._filled[id(srcs)] = (srcs, shape, filled)  # srcs kept alive
+            held = self._filled[id(srcs)] = (srcs, shape, filled, _apart_at(filled))
         first, rest = held[2]
         out.extend(first)
         if rest:
@@ -108,6 +112,7 @@ class Fragments:
             for place, run in rest:
                 out.append(texts[place])
                 out.extend(run)
+        return held[3]
 
     def _template(self, shape: FilterShape, srcs: tuple[list[str], ...]) -> Template:
         """The shape's template with ``srcs`` filled in: what is left to
@@ -127,7 +132,7 @@ class Fragments:
             if len(self._shape_ids) >= self.MAX_HELD:
                 self._shape_ids.clear()
             held = self._shape_ids[id(shape)] = (shape, worth, template)
-        return fill_sources(held[2], srcs, worth, self._text_list, encode_json)
+        return fill_sources(held[2], srcs, worth, self._text_list, encode_json, _spliced_apart)
 
     def _object(self, value: Any) -> bytes:
         out: list[bytes] = []
@@ -205,6 +210,22 @@ class SharedPiece(bytes):
 # once for every message holding them (`SplicedMessage`); shorter ones cost
 # more in frame overhead than they save.
 SPLICE_MIN = 1024
+
+
+def _spliced_apart(piece: bytes) -> bool:
+    """Whether a message says where ``piece`` is (`SplicedMessage`)."""
+    return type(piece) is SharedPiece and len(piece) >= SPLICE_MIN
+
+
+def _apart_at(filled: Template) -> tuple[int, ...]:
+    """Positions of the `_spliced_apart` pieces among those `add_shaped`
+    appends from ``filled`` (an own text is one piece)."""
+    first, rest = filled
+    flat: list[bytes] = [*first]
+    for _, run in rest:
+        flat.append(b"")
+        flat.extend(run)
+    return tuple(n for n, piece in enumerate(flat) if _spliced_apart(piece))
 
 
 # msgspec's encoder (the wire types' codec, server/wire/): compact JSON of

@@ -26,6 +26,7 @@ from .model import Policy
 from .nodeattrs import DISABLE_IPV4, ipv4_disabled, self_cap_maps
 from .noderules import NodeRules, SlotUses
 from .output import NodeKey, NodeView, PeerView
+from .refilter import refilter_from, refiltered
 from .routes import RouteTable, route_table
 from .routevis import RouteVisibility
 from .rulebuilder import RuleBuilder
@@ -157,6 +158,10 @@ class ViewIndex(Generic[NodeKey]):
         # and the earlier views of those nodes, to patch rather than rebuild.
         self.peer_change: PeerChange[NodeKey] | None = None
         self._bases: dict[int, NodeView[NodeKey]] = {}
+        # After a commit that leaves them all but their filters (refilter.py):
+        # the earlier views of those nodes, to take all but the filter from.
+        self._refilter: dict[int, NodeView[NodeKey]] = {}
+        self._whois_kept = False
         # After a new policy over the same nodes: the earlier views' peers
         # (and who they saw), handed on whole when they come out the same, so
         # a session tells "no peer changed" by identity.
@@ -236,7 +241,12 @@ class ViewIndex(Generic[NodeKey]):
         v = self.views.get(i)
         if v is None:
             base = self._bases.pop(i, None)
-            v = self._build(i) if base is None else self._patched(i, base)
+            if base is not None:
+                v = self._patched(i, base)
+            elif (earlier := self._refilter.pop(i, None)) is not None:
+                v = self._refiltered(i, earlier)
+            else:
+                v = self._build(i)
             if self.keep_views:
                 self.views[i] = v
         return v
@@ -362,8 +372,7 @@ class ViewIndex(Generic[NodeKey]):
         rules = [r for r in self.per_node[i] if not r.hidden]
         earlier = self._earlier.get(i) if self._same_groups else None
         return NodeView(
-            packet_filter_rules=self.filters.of(i, rules)
-            or merge_rules((r, r.render(i)) for r in rules),
+            packet_filter_rules=self._filter(i, rules),
             ssh_policy=self.ssh.policy(i),
             # Peers from a group's entries that this index kept (`_take_over`)
             # are what `_group_peers` would find: handed on, no mask work.
@@ -383,6 +392,16 @@ class ViewIndex(Generic[NodeKey]):
             # scanned by every collection) for what the server never reads.
             whois_cap_map=self._whois(i, mask),
         )
+
+    def _filter(self, i: int, rules: list[Rule]) -> Sequence[Mapping[str, Any]]:
+        return self.filters.of(i, rules) or merge_rules((r, r.render(i)) for r in rules)
+
+    def _refiltered(self, i: int, earlier: NodeView[NodeKey]) -> NodeView[NodeKey]:
+        """``earlier`` (the earlier index's view of node ``i``) with this
+        index's filter: all `refilter.Refilter` lets differ."""
+        rules = [r for r in self.per_node[i] if not r.hidden]
+        whois = None if self._whois_kept else self._whois(i, self.visible(i))
+        return refiltered(earlier, self._filter(i, rules), whois)
 
     def _whois(self, i: int, mask: int) -> LazyMap:
         # Only some consumers read it (the server does not): build it on
@@ -481,6 +500,7 @@ class ViewIndex(Generic[NodeKey]):
         unless ``same_visibility``), so the work is what the change touched,
         not the tailnet."""
         at, old_views = self.position, previous.views
+        refilter = refilter_from(previous, self, same_visibility)
         taken = dict(old_views)
         # A node the change cannot touch sees what it saw (a newcomer, last,
         # is not among its peers), so its who-sees-whom carries over too.
@@ -496,8 +516,12 @@ class ViewIndex(Generic[NodeKey]):
                 continue
             if key in patch:
                 self._bases[i] = v
+            elif refilter is not None and refilter.keeps_all_but_filter(i):
+                self._refilter[i] = v
             else:
                 self._earlier[i] = v.peers
+        if refilter is not None:
+            self._whois_kept = refilter.whois_kept
         for i, v in self.views.items():  # built here already (none, as a rule)
             taken.setdefault(i, v)
         self.views = taken

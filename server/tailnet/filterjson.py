@@ -13,12 +13,12 @@ rendered rules gives (tests/unit/test_filter_shapes.py).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gitctl.policy.filtershape import FilterShape, ShapedFilter
 
-__all__ = ["Template", "holds_own_texts", "shape_template"]
+__all__ = ["Template", "fill_sources", "holds_own_texts", "shape_template"]
 
 # (pieces before the first stand-in, then per stand-in its place and the
 # pieces after it): a node's text n is place n, rule n's sources -1 - n.
@@ -67,6 +67,50 @@ def shape_template(
                 places.append(int(part) if n % 3 == 1 else -1 - int(part))
                 runs.append([])
     return runs[0], list(zip(places, runs[1:], strict=True))
+
+
+def fill_sources(
+    template: Template,
+    srcs: Sequence[list[str]],
+    worth: Sequence[bool],
+    text_list: Callable[[list[str]], bytes],
+    encode: Callable[[Any], bytes],
+    apart: Callable[[bytes], bool],
+) -> Template:
+    """``template`` with each rule's sources in place (kept pieces where
+    ``worth``, by ``text_list``): a template of the node's own texts alone,
+    the same for every node holding these sources. Pieces between two own
+    texts are joined into one, but for those ``apart`` says a message must
+    name (where they are is worked out per message, piece by piece)."""
+    first, rest = template
+    head = list(first)
+    runs: list[tuple[int, list[bytes]]] = []
+    run = head
+    for place, after in rest:
+        if place >= 0:
+            run = []
+            runs.append((place, run))
+        else:
+            rule = -1 - place
+            run.append(text_list(srcs[rule]) if worth[rule] else encode(srcs[rule]))
+        run.extend(after)
+    return _joined(head, apart), [(place, _joined(run, apart)) for place, run in runs]
+
+
+def _joined(run: list[bytes], apart: Callable[[bytes], bool]) -> list[bytes]:
+    out: list[bytes] = []
+    pending: list[bytes] = []
+    for piece in run:
+        if apart(piece):
+            if pending:
+                out.append(b"".join(pending))
+                pending = []
+            out.append(piece)
+        else:
+            pending.append(piece)
+    if pending:
+        out.append(b"".join(pending))
+    return out
 
 
 def holds_own_texts(msg: dict[str, Any]) -> bool:

@@ -14,11 +14,9 @@ working out that nothing else is due.
 
 from __future__ import annotations
 
-from itertools import accumulate
-
 from gitctl.policy.filtershape import ShapedFilter
 from server.protocol.mapframe import SplicedMessage
-from server.tailnet.mapencode import SPLICE_MIN, Fragments, SharedPiece
+from server.tailnet.mapencode import Fragments
 
 __all__ = ["own_filter_message", "sends_own_filter_only"]
 
@@ -40,13 +38,12 @@ def own_filter_message(fragments: Fragments, rules: ShapedFilter, stamp: bytes) 
     ``"ControlTime":"…"}`` that `Deltas` formats once a second), a
     `SplicedMessage` saying where its long kept pieces are."""
     out = [_HEAD]
-    fragments.add(out, rules)
+    apart = fragments.add_shaped(out, rules)
     out.append(b",")
     out.append(stamp)
     data = b"".join(out)
-    pieces = tuple(
-        (at, piece)
-        for at, piece in zip(accumulate(map(len, out), initial=0), out, strict=False)
-        if type(piece) is SharedPiece and len(piece) >= SPLICE_MIN
-    )
-    return SplicedMessage(data, pieces) if pieces else data
+    if not apart:
+        return data
+    # (the pieces before each, summed in C: most messages have one)
+    pieces = tuple((sum(map(len, out[: 1 + n])), out[1 + n]) for n in apart)
+    return SplicedMessage(data, pieces)

@@ -16,7 +16,7 @@ import msgspec
 
 from gitctl.policy.filtershape import FilterShape, ShapedFilter
 from server.protocol.mapframe import SharedMessage, SplicedMessage
-from server.tailnet.filterjson import Template, shape_template
+from server.tailnet.filterjson import Template, fill_sources, shape_template
 from server.wire import format_time
 
 __all__ = [
@@ -56,6 +56,11 @@ class Fragments:
         self._lists: dict[int, tuple[object, bytes]] = {}
         self._shapes: dict[tuple[Any, ...], Template] = {}
         self._shape_ids: dict[int, tuple[FilterShape, tuple[bool, ...], Template]] = {}
+        # By the sources tuple the nodes of one rule list and shape share (a
+        # user's, under autogroup:self): the template with them filled in.
+        self._filled: dict[
+            int, tuple[tuple[list[str], ...], FilterShape, Template, tuple[int, ...]]
+        ] = {}
         self.encoded = 0
 
     def add(self, out: list[bytes], value: Any, *, one_object: bool = False) -> None:
@@ -73,7 +78,7 @@ class Fragments:
             self._objects[id(value)] = (value, data)
             out.append(data)
         elif type(value) is ShapedFilter:  # packet filter rules, from a shape
-            self._add_shaped(out, value)
+            self.add_shaped(out, value)
         elif type(value) in _SEQUENCES:  # packet filter rules
             out.append(b"[")
             for n, item in enumerate(value):
@@ -84,11 +89,34 @@ class Fragments:
         else:
             self._add_object(out, value)
 
-    def _add_shaped(self, out: list[bytes], value: ShapedFilter) -> None:
+    def add_shaped(self, out: list[bytes], value: ShapedFilter) -> tuple[int, ...]:
         """The filter's JSON as its shape's, kept, with the node's own
         address texts and the rules' sources spliced in: what `add` makes of
-        the rules themselves, without rendering or encoding them per node."""
+        the rules themselves, without rendering or encoding them per node.
+        The sources are filled in once for every node that shares them, so
+        per node only its own texts are (a commit's fan-out is this, per
+        session). Returns where, among the pieces appended, are those a
+        message says the place of (`SplicedMessage`): the same for every
+        node of these sources, so not looked for per message."""
         shape, srcs = value.shape, value.srcs
+        held = self._filled.get(id(srcs))
+        if held is None or held[0] is not srcs or held[1] is not shape:
+            if len(self._filled) >= self.MAX_HELD:
+                self._filled.clear()
+            filled = self._template(shape, srcs)
+            held = self._filled[id(srcs)] = (srcs, shape, filled, _apart_at(filled))
+        first, rest = held[2]
+        out.extend(first)
+        if rest:
+            texts = list(map(encode_json, value.texts))
+            for place, run in rest:
+                out.append(texts[place])
+                out.extend(run)
+        return held[3]
+
+    def _template(self, shape: FilterShape, srcs: tuple[list[str], ...]) -> Template:
+        """The shape's template with ``srcs`` filled in: what is left to
+        fill are the node's own texts."""
         worth = tuple(map(self._texts_worth, srcs))
         held = self._shape_ids.get(id(shape))
         if held is None or held[0] is not shape or held[1] != worth:
@@ -104,17 +132,7 @@ class Fragments:
             if len(self._shape_ids) >= self.MAX_HELD:
                 self._shape_ids.clear()
             held = self._shape_ids[id(shape)] = (shape, worth, template)
-        first, rest = held[2]
-        out.extend(first)
-        texts = list(map(encode_json, value.texts))
-        for place, run in rest:
-            if place >= 0:
-                out.append(texts[place])
-            elif worth[-1 - place]:
-                out.append(self._text_list(srcs[-1 - place]))
-            else:
-                out.append(encode_json(srcs[-1 - place]))
-            out.extend(run)
+        return fill_sources(held[2], srcs, worth, self._text_list, encode_json, _spliced_apart)
 
     def _object(self, value: Any) -> bytes:
         out: list[bytes] = []
@@ -192,6 +210,22 @@ class SharedPiece(bytes):
 # once for every message holding them (`SplicedMessage`); shorter ones cost
 # more in frame overhead than they save.
 SPLICE_MIN = 1024
+
+
+def _spliced_apart(piece: bytes) -> bool:
+    """Whether a message says where ``piece`` is (`SplicedMessage`)."""
+    return type(piece) is SharedPiece and len(piece) >= SPLICE_MIN
+
+
+def _apart_at(filled: Template) -> tuple[int, ...]:
+    """Positions of the `_spliced_apart` pieces among those `add_shaped`
+    appends from ``filled`` (an own text is one piece)."""
+    first, rest = filled
+    flat: list[bytes] = [*first]
+    for _, run in rest:
+        flat.append(b"")
+        flat.extend(run)
+    return tuple(n for n, piece in enumerate(flat) if _spliced_apart(piece))
 
 
 # msgspec's encoder (the wire types' codec, server/wire/): compact JSON of

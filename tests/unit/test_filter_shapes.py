@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -16,8 +17,16 @@ from gitctl.policy.filtershape import ShapedFilter
 from gitctl.policy.topology import Topology, TopologyNode, TopologyUser
 from gitctl.policy.viewindex import ViewIndex, merge_rules
 from server.protocol.mapframe import SplicedMessage
+from server.tailnet import mapencode as mapencode_module
 from server.tailnet.filtermsg import own_filter_message, sends_own_filter_only
-from server.tailnet.mapencode import Deltas, Fragments, encode_json, encode_message
+from server.tailnet.mapencode import (
+    SPLICE_MIN,
+    Deltas,
+    Fragments,
+    SharedPiece,
+    encode_json,
+    encode_message,
+)
 from tests.unit.control_client import T0
 
 USERS = ("alice", "bob", "carol")
@@ -129,6 +138,13 @@ def test_a_shaped_filter_is_its_rules_rendered_and_encodes_to_the_same_bytes(
         assert type(a) is type(b)
         if type(a) is SplicedMessage and type(b) is SplicedMessage:
             assert [(at, bytes(p)) for at, p in a.pieces] == [(at, bytes(p)) for at, p in b.pieces]
+        if type(got) is ShapedFilter:
+            # Where its long kept pieces are, known per sources, not looked for.
+            out: list[bytes] = []
+            apart = shaped.add_shaped(out, got)
+            assert apart == tuple(
+                n for n, p in enumerate(out) if type(p) is SharedPiece and len(p) >= SPLICE_MIN
+            )
         if sends_own_filter_only({"PacketFilter": got}):
             # The whole message made at once is what the general path makes.
             whole = own_filter_message(shaped, got, deltas.stamp(T0))
@@ -213,3 +229,50 @@ def test_a_shaped_filter_encodes_whole_without_fragments_too() -> None:
         assert encode_json({"PacketFilter": shaped}) == encode_json(
             {"PacketFilter": rendered(index, i)}
         )
+
+
+def test_a_users_sources_are_filled_in_once_for_all_of_its_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Per node only its own texts go into the template: a user's sources
+    # (the bulk of the filter) are put in place once for all its nodes.
+    fills: list[int] = []
+    fill = mapencode_module.fill_sources
+
+    def counting(*args: Any) -> Any:
+        fills.append(1)
+        return fill(*args)
+
+    monkeypatch.setattr(mapencode_module, "fill_sources", counting)
+    policy = policy_of(
+        [{"src": ["autogroup:member"], "dst": ["autogroup:self:22"], "proto": None}], False
+    )
+    spec = [(u, (True, True)) for u in USERS for _ in range(3)]
+    index = index_of(policy, spec)
+    shaped, plain = Fragments(), Fragments()
+    for i in range(len(spec)):
+        got = index.view(i).packet_filter_rules
+        assert bytes(filter_json(got, shaped)) == bytes(filter_json(rendered(index, i), plain))
+    assert len(fills) == len(USERS)
+
+
+def test_long_sources_are_spliced_where_the_general_path_splices_them() -> None:
+    # 60 nodes of one user: each rule's sources are over SPLICE_MIN bytes,
+    # pieces a message says the place of; two rules (by protocol), two pieces.
+    policy = policy_of(
+        [
+            {"src": ["autogroup:member"], "dst": ["autogroup:self:22"], "proto": None},
+            {"src": ["autogroup:member"], "dst": ["autogroup:self:53"], "proto": "udp"},
+        ],
+        False,
+    )
+    spec = [("alice", (True, True))] * 50 + [("alice", (False, True))] * 10
+    index = index_of(policy, spec)
+    shaped, plain, deltas = Fragments(), Fragments(), Deltas()
+    for i in range(len(spec)):
+        got = index.view(i).packet_filter_rules
+        assert type(got) is ShapedFilter
+        whole = own_filter_message(shaped, got, deltas.stamp(T0))
+        general = deltas.shared(filter_json(got, plain), T0, own=True)
+        assert bytes(whole) == bytes(general)
+        assert len(_pieces(whole)) == 2 and _pieces(whole) == _pieces(general)

@@ -26,15 +26,25 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEALTH_PATH",
+    "KEY_PATH",
+    "ZERO_MKEY",
     "WebDeps",
     "api_endpoints",
     "build_app",
     "build_metrics_app",
     "health_body",
+    "key_body",
     "parse_duration",
 ]
 
 HEALTH_PATH = "/health"
+KEY_PATH = "/key"
+ZERO_MKEY = "mkey:" + "0" * 64
+
+
+def key_body(deps: WebDeps) -> dict[str, str]:
+    """/key: the server's Noise key (the zero legacy key: no pre-Noise protocol)."""
+    return {"legacyPublicKey": ZERO_MKEY, "publicKey": deps.server_key.text}
 
 
 def health_body(deps: WebDeps) -> dict[str, Any]:
@@ -93,14 +103,19 @@ class LazyApp:
         return list(self.app.routes)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self._app is None and _is_health(scope):
-            await self._health(scope["method"], send)
+        # Every client's first request, at every (re)connect: a registration
+        # storm's worth of them should not each go through starlette's routing.
+        if _is(scope, KEY_PATH, ("GET",)):
+            await self._json(KEY_PATH, "GET", key_body(self._deps), send)
+            return
+        if self._app is None and _is(scope, HEALTH_PATH, ("GET", "HEAD")):
+            await self._json(HEALTH_PATH, scope["method"], health_body(self._deps), send)
             return
         await self.app(scope, receive, send)
 
-    async def _health(self, method: str, send: Any) -> None:
-        # As starlette's JSONResponse renders it.
-        body = json.dumps(health_body(self._deps), ensure_ascii=False, separators=(",", ":"))
+    async def _json(self, path: str, method: str, content: Any, send: Any) -> None:
+        # As starlette's JSONResponse renders it, counted as RequestCounter counts it.
+        body = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
         raw = body.encode()
         headers = [
             (b"content-length", str(len(raw)).encode()),
@@ -109,12 +124,10 @@ class LazyApp:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else raw})
         if self._deps.metrics is not None:
-            self._deps.metrics.http_request(HEALTH_PATH, method, 200)
+            self._deps.metrics.http_request(path, method, 200)
 
 
-def _is_health(scope: Any) -> bool:
+def _is(scope: Any, path: str, methods: tuple[str, ...]) -> bool:
     return (
-        scope.get("type") == "http"
-        and scope.get("path") == HEALTH_PATH
-        and scope.get("method") in ("GET", "HEAD")
+        scope.get("type") == "http" and scope.get("path") == path and scope.get("method") in methods
     )

@@ -8,17 +8,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from server.api import HEALTH_PATH, health_body
+from server.api import HEALTH_PATH, KEY_PATH, ZERO_MKEY, health_body, key_body
 from server.api.deps import WebDeps
 
 __all__ = ["ZERO_MKEY", "probe_routes", "routes"]
 
-ZERO_MKEY = "mkey:" + "0" * 64
-
 
 def routes(deps: WebDeps) -> list[Route]:
     async def key(request: Request) -> Response:
-        return JSONResponse({"legacyPublicKey": ZERO_MKEY, "publicKey": deps.server_key.text})
+        return JSONResponse(key_body(deps))
 
     async def derp_probe(request: Request) -> Response:
         return Response(b"", headers={"Access-Control-Allow-Origin": "*"})
@@ -32,7 +30,7 @@ def routes(deps: WebDeps) -> list[Route]:
         return Response(status_code=204, headers=headers)
 
     return [
-        Route("/key", key),
+        Route(KEY_PATH, key),
         Route("/derp", derp_no_upgrade),
         Route("/derp/probe", derp_probe, methods=["GET", "HEAD"]),
         Route("/derp/latency-check", derp_probe, methods=["GET", "HEAD"]),

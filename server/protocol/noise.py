@@ -102,7 +102,10 @@ class NoiseTransport:
     def __init__(self, *, send_key: bytes, receive_key: bytes) -> None:
         self._send_cipher = ChaCha20Poly1305(send_key)
         self._send_counter = 0
-        self._receive_cipher: ChaCha20Poly1305 | None = ChaCha20Poly1305(receive_key)
+        # Only the key is kept: a cipher object holds ~2.3 KB of OpenSSL
+        # contexts outside Python's heap, and a streaming client sends a few
+        # records at the start and little after (making one per call: ~1 us).
+        self._receive_key: bytes | None = receive_key
         self._receive_counter = 0
         self._inbound = bytearray()
         self._outbound = bytearray()
@@ -114,21 +117,22 @@ class NoiseTransport:
         decrypted earlier in the same call are dropped too: the connection is
         closing, and its remaining bytes cannot be trusted to be in order.
         """
-        if self._receive_cipher is None:
+        if self._receive_key is None:
             raise NoiseError("connection is unusable after an earlier protocol error")
         self._inbound += data
         plaintexts: list[bytes] = []
         pos = 0
+        cipher: ChaCha20Poly1305 | None = None
         try:
             while (end := self._record_end(pos)) is not None:
-                plaintext = self._open(
-                    self._receive_cipher, bytes(self._inbound[pos + HEADER_LEN : end])
-                )
+                if cipher is None:
+                    cipher = ChaCha20Poly1305(self._receive_key)
+                plaintext = self._open(cipher, bytes(self._inbound[pos + HEADER_LEN : end]))
                 pos = end
                 if plaintext:
                     plaintexts.append(plaintext)
         except NoiseError:
-            self._receive_cipher = None
+            self._receive_key = None
             self._inbound.clear()
             raise
         del self._inbound[:pos]

@@ -302,15 +302,24 @@ class Deltas:
     parts, then found by its bytes (`shared`): compressing it is what costs.
     Its ControlTime is the first sender's, reused for at most `HOLD` (the
     client only compares it with its own clock). `encoded` counts the
-    messages made (what tests count)."""
+    messages made (what tests count).
+
+    Only a wave's own sessions ask for its message, so what is held is kept
+    small: the oldest goes once the held bytes pass `MAX_HELD_BYTES` (a
+    100-node mesh's registration storm left 0.3-0.8 MB of old join deltas
+    here, 3-8 KB of every node's share of the RSS), and anything past its
+    `HOLD`, which no session can be given any more."""
 
     HOLD = timedelta(seconds=1)
     MAX_HELD = 64
     MAX_BYTES = 128 << 10  # bodies held (twice: key and message) at most this long
+    MAX_HELD_BYTES = 2 * MAX_BYTES  # all held messages (and bodies) together
 
     def __init__(self) -> None:
-        # (peers key, entries, removed, profile ids) -> (profiles, made at, message)
+        # (peers key, entries, removed, profile ids) -> (profiles, made at, message),
+        # oldest first
         self._held: dict[tuple[Any, ...], tuple[list[Any], datetime, bytes]] = {}
+        self._held_bytes = 0
         self._stamp: tuple[datetime, bytes] | None = None  # (made at, `_control_time`)
         self.encoded = 0
 
@@ -354,6 +363,10 @@ class Deltas:
         self._hold(key, ([], now, data))
         return data
 
+    @property
+    def held_bytes(self) -> int:
+        return self._held_bytes
+
     def stamp(self, now: datetime) -> bytes:
         """`_control_time`, formatted once per `HOLD` as a shared message's
         is: a commit under autogroup:self gives every session a body of its
@@ -364,10 +377,31 @@ class Deltas:
         return stamp[1]
 
     def _hold(self, key: tuple[Any, ...], value: tuple[list[Any], datetime, bytes]) -> None:
-        if len(self._held) >= self.MAX_HELD:
-            self._held.clear()
-        self._held[key] = value
+        held = self._held
+        self._forget(key)  # re-made after its hold: goes last, as the newest
+        held[key] = value
+        self._held_bytes += _held_size(key, value)
         self.encoded += 1
+        now = value[1]
+        while len(held) > 1:
+            oldest = next(iter(held))
+            made = held[oldest][1]
+            current = timedelta(0) <= now - made < self.HOLD
+            if current and len(held) <= self.MAX_HELD and self._held_bytes <= self.MAX_HELD_BYTES:
+                break
+            self._forget(oldest)
+
+    def _forget(self, key: tuple[Any, ...]) -> None:
+        value = self._held.pop(key, None)
+        if value is not None:
+            self._held_bytes -= _held_size(key, value)
+
+
+def _held_size(key: tuple[Any, ...], value: tuple[list[Any], datetime, bytes]) -> int:
+    """The bytes a held message keeps alive: itself, and a body that is its key
+    (`Deltas.shared`); peer entries are `PeerEntries`' and counted there."""
+    body = key[0] if len(key) == 1 else b""
+    return len(value[2]) + len(body)
 
 
 def _timed(body: bytes, stamp: bytes, *, shared: bool) -> bytes:

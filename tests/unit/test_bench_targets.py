@@ -47,3 +47,34 @@ def test_groups_runs_have_the_sparse_targets_and_show_their_topology() -> None:
     assert "<= 150: met" in text  # the join
     assert "<= 100: 1.2x over" in text  # the endpoint change
     assert "<= 20: 1.5x over" in text
+
+
+def test_memory_rows_show_the_anonymous_part_when_measured() -> None:
+    from bench.bench_socket import render
+
+    run = {
+        "kind": "mesh",
+        "nodes": 100,
+        "registrations_per_s": 300.0,
+        "kb_per_streaming_node": 52.0,
+        "kb_per_streaming_node_anon": 45.0,
+        "register_server_cpu_ms_per_node": 3.0,
+        "cold_start_empty_s": 0.3,
+    }
+    text = render([run])
+    assert "<= 50: 1.0x over" in text  # the verdict stays on the whole RSS
+    assert "... of it anonymous (no code pages) (KB) | 45.0" in text
+    del run["kb_per_streaming_node_anon"]  # a result from before the field
+    assert "anonymous" not in render([run])
+
+
+def test_the_anonymous_rss_is_read_from_proc_and_is_part_of_the_rss() -> None:
+    import os
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from bench.loadgen.local import LocalServer
+
+    process = cast(Any, SimpleNamespace(proc=SimpleNamespace(pid=os.getpid())))
+    server = LocalServer(process, cast(Any, None), cast(Any, None))
+    assert 0 < server.anon_rss_bytes() < server.rss_bytes()

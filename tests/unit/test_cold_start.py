@@ -79,10 +79,13 @@ async def main():
         health = await get(server.port, "/health")
         before = [name for name in HEAVY if name in sys.modules]
         key = await get(server.port, "/key")
+        keyed = [name for name in HEAVY if name in sys.modules]
+        probe = await get(server.port, "/ready")
         after = [name for name in HEAVY if name in sys.modules]
     finally:
         await server.stop()
-    print(json.dumps({"health": health, "before": before, "key": key, "after": after}))
+    print(json.dumps({"health": health, "before": before, "key": key, "keyed": keyed,
+                  "probe": probe, "after": after}))
 
 
 asyncio.run(main())
@@ -118,9 +121,12 @@ def test_serving_and_health_load_no_heavy_module_until_a_request_needs_it(
     # Healthy means serving: the commit is compiled before /health answers.
     assert seen["health"] == [200, {"status": "ok", "serving": repo.head()}]
     assert seen["before"] == []
-    # The first other request loads the HTTP app and is answered by it.
+    # /key, every client's first request, is answered without the HTTP app.
     status, key = seen["key"]
     assert status == 200 and key["publicKey"].startswith("mkey:")
+    assert seen["keyed"] == []
+    # The first other request loads the HTTP app and is answered by it.
+    assert seen["probe"][0] == 200 and seen["probe"][1]["ready"] is True
     assert "starlette" in seen["after"] and "server.api._app" in seen["after"]
 
 

@@ -6,49 +6,14 @@ change's fixed cost. Requests are still handled in the order they came."""
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Coroutine, Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from server.edge.control_conn import ControlConnection
 from tests.unit.control_client import Device, async_test, poll, running_server
-
-_HEAD = struct.Struct(">BHBBL")
-_DATA, _HEADERS, _END_STREAM = 0x0, 0x1, 0x1
-
-
-def _frames(data: bytes) -> list[tuple[int, int, int]]:
-    """(type, flags, stream id) of each HTTP/2 frame in `data`."""
-    frames, at = [], 0
-    while at < len(data):
-        high, low, kind, flags, stream_id = _HEAD.unpack_from(data, at)
-        frames.append((kind, flags, stream_id & 0x7FFFFFFF))
-        at += 9 + (high << 16 | low)
-    return frames
-
-
-def _record_writes(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[int, int, int]]]:
-    """The frames of each write of the server's connections (what `_write_out` seals)."""
-    writes: list[list[tuple[int, int, int]]] = []
-    original = ControlConnection._write_out
-
-    def recording(self: ControlConnection) -> None:
-        noise: Any = self._noise
-        sent: list[bytes] = []
-        send = noise.send
-        noise.send = lambda data: (sent.append(bytes(data)), send(data))[1]
-        try:
-            original(self)
-        finally:
-            del noise.send
-        if sent:
-            writes.append(_frames(b"".join(sent)))
-
-    monkeypatch.setattr(ControlConnection, "_write_out", recording)
-    return writes
+from tests.unit.test_control_writes import _DATA, _END_STREAM, _HEADERS, _on, _record_writes
 
 
 class _Tasks:
@@ -105,8 +70,9 @@ async def test_the_mover_s_own_message_leaves_with_its_lite_answer(
         assert status == 200
         own = await asyncio.wait_for(mstream.wait_for(lambda m: "Node" in m), 5)
         assert own["Node"]["Endpoints"] == endpoints
-        [answer] = [w for w in writes if (_HEADERS, _END_STREAM | 0x4, 5) in w]
-        assert (_DATA, 0, mstream.stream_id) in answer, writes
+        # The lite request is the mover's third stream (register 1, poll 3).
+        [answer] = [w for w in writes if any(f[1] & _END_STREAM for f in _on(w, _HEADERS, 5))]
+        assert _on(answer, _DATA, mstream.stream_id), writes
 
 
 @async_test

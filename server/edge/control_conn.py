@@ -208,12 +208,16 @@ class ControlConnection:
                 answer = now(request)
             except Exception:
                 self._streams.pop(stream_id, None)
-                return self._failed(stream_id, stream, request.method, request.path)
+                self._failed(stream_id, stream, request.method, request.path)
+                return
             gone = stream.closed or self._closed
-            if answer and not gone and whole_response(self._h2, stream_id, answer, self._out):
-                self._streams.pop(stream_id, None)
-                return self._write_soon()
-        stream.handled = answer is not None  # made, but its task waits for the window
+            if answer is not None and not gone:
+                if whole_response(self._h2, stream_id, answer, self._out):
+                    self._streams.pop(stream_id, None)
+                    self._write_soon()
+                    return
+        # An answer made but not sent (its body waits for window) goes to the task.
+        stream.handled = answer is not None
         serve = self._serve_stream(stream_id, stream, request, answer)
         stream.task = asyncio.get_running_loop().create_task(serve)
 

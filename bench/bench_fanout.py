@@ -23,19 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_socket import MESH, USERS, commit_policy, register
-from bench.loadgen.fleet import At, Fleet, peer_endpoints, top_mentions
+from bench.loadgen.fleet import At, Watch
 from bench.loadgen.local import LocalServer, local_server
+from bench.loadgen.shards import ShardedFleet
 from bench.loadgen.stats import summary
 
 TIMEOUT = 300.0
 
 
 async def _changes(
-    server: LocalServer, fleet: Fleet, repeats: int, toggle: Callable[[], None]
+    server: LocalServer, fleet: ShardedFleet, repeats: int, toggle: Callable[[], None]
 ) -> dict[str, Any]:
     """Endpoint changes, then commits; `toggle` before and after the endpoint
     changes (the profile's window)."""
-    mover, others = fleet.nodes[0], fleet.nodes[1:]
+    mover = await fleet.node(0, 0)
     node_id = mover.node_id or 0
     moved: list[float] = []
     toggle()
@@ -43,10 +44,10 @@ async def _changes(
     for n in range(repeats):
         endpoints = [f"127.0.{n // 250}.{n % 250 + 1}:41641", "127.0.0.2:41641"]
         moved += await fleet.observe(
-            others,
-            lambda _, e=endpoints: peer_endpoints(node_id, e),
+            Watch("peer_endpoints", (node_id, endpoints)),
             lambda e=endpoints: fleet.set_endpoints(mover, e),
             timeout=TIMEOUT,
+            exclude=mover,
         )
     endpoint_cpu = server.cpu_seconds() - served
     toggle()
@@ -61,16 +62,15 @@ async def _changes(
             return At(fleet.clock())
 
         committed += await fleet.observe(
-            fleet.nodes,
-            lambda _, p=port: top_mentions("PacketFilter", str(p)),
-            act,
-            timeout=TIMEOUT,
+            Watch("top_mentions", ("PacketFilter", str(port))), act, timeout=TIMEOUT
         )
     commit_cpu = server.cpu_seconds() - served
     return {
-        "endpoint_server_cpu_us_per_peer": round(endpoint_cpu / repeats / len(others) * 1e6, 1),
+        "endpoint_server_cpu_us_per_peer": round(
+            endpoint_cpu / repeats / (fleet.count - 1) * 1e6, 1
+        ),
         "endpoint": summary(moved),
-        "commit_server_cpu_us_per_peer": round(commit_cpu / repeats / len(fleet.nodes) * 1e6, 1),
+        "commit_server_cpu_us_per_peer": round(commit_cpu / repeats / fleet.count * 1e6, 1),
         "commit": summary(committed),
     }
 
@@ -83,7 +83,7 @@ def run(nodes: int, repeats: int, profile: Path | None) -> dict[str, Any]:
 
         async def scenario() -> dict[str, Any]:
             fleet, result = await register(server, nodes, mesh=True, idle_window=None)
-            assert isinstance(fleet, Fleet)
+            assert isinstance(fleet, ShardedFleet)
             try:
                 await asyncio.sleep(2)  # the last joins' waves are over
 

@@ -31,6 +31,7 @@ import signal
 import time
 import tracemalloc
 from collections.abc import Awaitable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -229,16 +230,22 @@ async def mesh_events(
     mover = await fleet.node(0, 0)
     if profile_moves:
         os.kill(server.pid, signal.SIGUSR1)
-    served = server.cpu_seconds()
+    first = server.cpu_seconds()
     out["endpoint_change"] = summary(
         await _move(fleet, mover, ["127.0.0.1:41641", "127.0.0.2:41641"])
     )
-    # More changes, one after another, each until every peer has it: one is
-    # a few clock ticks of server CPU, too coarse to divide by the peers.
+    changes = [server.cpu_seconds()]
+    # More changes, one after another, each until every peer has it; the
+    # per-peer figure divides their sum, as one change is only a few ms.
     for n in range(ENDPOINT_REPEATS - 1):
         await _move(fleet, mover, [f"127.0.0.{n + 3}:41641", "127.0.0.2:41641"])
-    per_peer = (server.cpu_seconds() - served) / ENDPOINT_REPEATS / (fleet.count - 1)
+        changes.append(server.cpu_seconds())
+    per_peer = (changes[-1] - first) / ENDPOINT_REPEATS / (fleet.count - 1)
     out["endpoint_server_cpu_us_per_peer"] = round(per_peer * 1e6, 1)
+    # Each change's server CPU (the first follows the join's wave).
+    out["endpoint_server_cpu_us_per_change"] = [
+        round((b - a) * 1e6) for a, b in pairwise([first, *changes])
+    ]
     if profile_moves:
         os.kill(server.pid, signal.SIGUSR1)
         await asyncio.sleep(3)  # the stats written

@@ -22,6 +22,7 @@ from server.auth.timer import expire_logins
 from server.config import ServerConfig
 from server.control import PROBE_PATH, ControlHandler, ControlSettings
 from server.datadir import DataDirError, DataDirLock, claim, load_or_create_key
+from server.edge.control_types import ControlRequest, ControlResponse
 from server.edge.http1 import FrontDoor, UpgradeHandler
 from server.edge.listeners import ListenError, Listeners
 from server.edge.mesh_config import MeshKeyError, read_mesh_key
@@ -374,7 +375,9 @@ class Server:
         cfg = self.config
         # self.control is looked up per request: tests replace it after start().
         control = lambda request: self.control(request)  # noqa: E731
-        self._ts2021 = Ts2021Upgrade(self.server_key, control, log=self.log)
+        self._ts2021 = Ts2021Upgrade(
+            self.server_key, control, log=self.log, answer_now=self._answer_now
+        )
         upgrades: dict[str, UpgradeHandler] = {
             "/ts2021": self._ts2021,
             "/derp": derp_upgrade(lambda: self.derp),
@@ -515,6 +518,11 @@ class Server:
         if held is None or held[0] is not settings:
             held = self._control_held = (settings, ControlSettings.from_tailnet(settings))
         return held[1]
+
+    def _answer_now(self, request: ControlRequest) -> ControlResponse | None:
+        """What the serving handler answers at once (none: a test's stand-in)."""
+        control = self.control
+        return control.answer_now(request) if isinstance(control, ControlHandler) else None
 
     def _public_url(self) -> str:
         return public_url(self.config.server_url, self.config.listen_port, self.port)

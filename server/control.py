@@ -130,7 +130,7 @@ class ControlHandler:
             if req.path == "/machine/register" and req.method == "POST":
                 return await self._register(req)
             if req.path == "/machine/map" and req.method == "POST":
-                return self._map(req)
+                return self._map(req, _decode(MapRequest, req))
             split = urlsplit(req.path)
             probe = _PROBE.fullmatch(split.path)
             if probe is not None and req.method in ("HEAD", "GET"):
@@ -141,18 +141,33 @@ class ControlHandler:
                 return await self._ssh_action(req, int(ssh[1]), int(ssh[2]), query)
             return ControlResponse(404, b"not implemented\n", content_type="text/plain")
         except RequestRejected as exc:
-            if req.path == "/machine/register":
-                self._metrics.registration("rejected")
-            self._log.info(
-                "control: %s %s from %s rejected: %s",
-                req.method,
-                req.path,
-                req.machine_key.short(),
-                exc.message,
-            )
-            return ControlResponse(
-                exc.status, exc.message.encode() + b"\n", content_type="text/plain"
-            )
+            return self._rejected(req, exc)
+
+    def answer_now(self, req: ControlRequest) -> ControlResponse | None:
+        """The answer to a map request that does not stream, made at once: the
+        connection sends it without a task (an endpoint change's lite
+        request, where that task was a part of each change's cost). None:
+        `__call__` answers it in the request's task (a streaming poll waits
+        its turn, so that a poll the client cancelled before it ends first)."""
+        if req.path != "/machine/map" or req.method != "POST":
+            return None
+        try:
+            body = _decode(MapRequest, req)
+            return None if body.stream else self._map(req, body)
+        except RequestRejected as exc:
+            return self._rejected(req, exc)
+
+    def _rejected(self, req: ControlRequest, exc: RequestRejected) -> ControlResponse:
+        if req.path == "/machine/register":
+            self._metrics.registration("rejected")
+        self._log.info(
+            "control: %s %s from %s rejected: %s",
+            req.method,
+            req.path,
+            req.machine_key.short(),
+            exc.message,
+        )
+        return ControlResponse(exc.status, exc.message.encode() + b"\n", content_type="text/plain")
 
     def _probe_answer(self, req: ControlRequest, token: str) -> ControlResponse:
         """The client's answer to a PingRequest: it comes over Noise, so the
@@ -207,8 +222,7 @@ class ControlHandler:
 
     # /machine/map
 
-    def _map(self, req: ControlRequest) -> ControlResponse:
-        body = _decode(MapRequest, req)
+    def _map(self, req: ControlRequest, body: MapRequest) -> ControlResponse:
         _check_version(body.version, req)
         node_key = body.node_key
         if node_key.is_zero:

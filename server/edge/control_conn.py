@@ -18,9 +18,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
 
-from server.edge.control_types import ControlRequest, ControlResponse, Handler
+from server.edge.control_types import AnswerNow, ControlRequest, ControlResponse, Handler
 from server.edge.h2_codec import ServerCodec
-from server.edge.h2_frames import DATA, FRAME_HEAD, frame_data, headers_frame, sendable
+from server.edge.h2_frames import (
+    DATA,
+    FRAME_HEAD,
+    frame_data,
+    headers_frame,
+    sendable,
+    whole_response,
+)
 from server.edge.h2_wire import (
     ConnectionTerminated,
     DataReceived,
@@ -54,6 +61,7 @@ class _Stream:
     closed: bool = False
     # A streaming response's HEADERS frame, held back to leave with its first chunk.
     held: bytes = b""
+    handled: bool = False  # its request went to the handler (requests go in order)
 
 
 class ControlConnection:
@@ -66,6 +74,7 @@ class ControlConnection:
         *,
         log: logging.Logger,
         early_payload: bytes | None = None,
+        answer_now: AnswerNow | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -77,6 +86,7 @@ class ControlConnection:
         self._version = accepted.version
         self._accepted: Accepted | None = accepted  # dropped once the upgrade is answered
         self._handler = handler
+        self._answer_now = answer_now
         self._log = log
         self._early = early_payload
         self._h2 = ServerCodec(INBOUND_WINDOW)
@@ -179,10 +189,37 @@ class ControlConnection:
         return True
 
     def _start(self, stream_id: int) -> None:
+        """Its request to the handler. An answer made at once (`answer_now`:
+        an endpoint change's lite map request) is sent in this turn, without
+        a task. Requests are handled in the order they came: after one whose
+        task has not yet run, this one waits in a task too."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.task is not None:
             return
-        stream.task = asyncio.get_running_loop().create_task(self._serve_stream(stream_id, stream))
+        send_now = partial(self._send_now, stream_id, stream)
+        request = ControlRequest.of(
+            stream.headers, bytes(stream.body), self._machine_key, self._version, send_now
+        )
+        # A map poll streams for days: hold neither the request's bytes nor its headers.
+        stream.headers, stream.body = [], bytearray()
+        answer, now = None, self._answer_now
+        if now is not None and not any(s.task and not s.handled for s in self._streams.values()):
+            try:
+                answer = now(request)
+            except Exception:
+                self._streams.pop(stream_id, None)
+                self._failed(stream_id, stream, request.method, request.path)
+                return
+            gone = stream.closed or self._closed
+            if answer is not None and not gone:
+                if whole_response(self._h2, stream_id, answer, self._out):
+                    self._streams.pop(stream_id, None)
+                    self._write_soon()
+                    return
+        # An answer made but not sent (its body waits for window) goes to the task.
+        stream.handled = answer is not None
+        serve = self._serve_stream(stream_id, stream, request, answer)
+        stream.task = asyncio.get_running_loop().create_task(serve)
 
     def _reset(self, stream_id: int) -> None:
         stream = self._streams.pop(stream_id, None)
@@ -192,37 +229,35 @@ class ControlConnection:
                 stream.task.cancel()
         self._h2.reset_stream(stream_id)
 
-    async def _serve_stream(self, stream_id: int, stream: _Stream) -> None:
-        pseudo = dict((k, v) for k, v in stream.headers if k.startswith(":"))
-        request = ControlRequest(
-            machine_key=self._machine_key,
-            noise_version=self._version,
-            method=pseudo.get(":method", ""),
-            path=pseudo.get(":path", ""),
-            headers=tuple((k, v) for k, v in stream.headers if not k.startswith(":")),
-            body=bytes(stream.body),
-            send_now=partial(self._send_now, stream_id, stream),
-        )
-        # A map poll streams for days: hold neither the request's bytes nor its headers.
-        stream.headers, stream.body = [], bytearray()
+    async def _serve_stream(
+        self,
+        stream_id: int,
+        stream: _Stream,
+        request: ControlRequest,
+        answer: ControlResponse | None = None,
+    ) -> None:
+        """`answer`: the response `answer_now` made, None: the handler's."""
         method, path = request.method, request.path
         try:
-            response = await self._handler(request)
+            if answer is None:
+                stream.handled = True
+                answer = await self._handler(request)
             del request
-            await self._respond(stream_id, stream, response)
+            await self._respond(stream_id, stream, answer)
         except (_StreamGone, asyncio.CancelledError, ConnectionError):
             pass
         except Exception:
-            self._log.exception("control: %s %s failed", method, path)
-            if not stream.closed:
-                self._h2.reset_stream(stream_id, ErrorCode.INTERNAL_ERROR)
-                try:
-                    await self._flush()
-                except ConnectionError:
-                    pass
+            self._failed(stream_id, stream, method, path)
         finally:
             if self._streams.get(stream_id) is stream:
                 del self._streams[stream_id]
+
+    def _failed(self, stream_id: int, stream: _Stream, method: str, path: str) -> None:
+        """The handler raised: logged, and only its stream is reset."""
+        self._log.exception("control: %s %s failed", method, path)
+        if not stream.closed and not self._closed:
+            self._h2.reset_stream(stream_id, ErrorCode.INTERNAL_ERROR)
+            self._write_soon()
 
     async def _respond(self, stream_id: int, stream: _Stream, response: ControlResponse) -> None:
         self._check(stream)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from server.protocol.keys import MachinePublic
 
-__all__ = ["ControlRequest", "ControlResponse", "Handler"]
+__all__ = ["AnswerNow", "ControlRequest", "ControlResponse", "Handler"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,27 @@ class ControlRequest:
     # (see `ControlConnection._send_now`, control_conn.py).
     send_now: Callable[[bytes], bool] | None = field(default=None, compare=False)
 
+    @classmethod
+    def of(
+        cls,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        machine_key: MachinePublic,
+        noise_version: int,
+        send_now: Callable[[bytes], bool],
+    ) -> ControlRequest:
+        """The request of an HTTP/2 stream's header list (pseudo-headers first) and body."""
+        pseudo = dict((k, v) for k, v in headers if k.startswith(":"))
+        return cls(
+            machine_key=machine_key,
+            noise_version=noise_version,
+            method=pseudo.get(":method", ""),
+            path=pseudo.get(":path", ""),
+            headers=tuple((k, v) for k, v in headers if not k.startswith(":")),
+            body=body,
+            send_now=send_now,
+        )
+
     def header_values(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k == name]
 
@@ -39,3 +60,6 @@ class ControlResponse:
 
 
 Handler = Callable[[ControlRequest], Awaitable[ControlResponse]]
+# A request's response when it is made at once, with no waiting (the
+# connection then sends it without a task); None: the `Handler` answers it.
+AnswerNow = Callable[[ControlRequest], ControlResponse | None]

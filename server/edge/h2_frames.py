@@ -7,11 +7,12 @@ Sans-IO: frames are appended to, or returned as, bytes for the caller to seal.
 
 from __future__ import annotations
 
+from server.edge.control_types import ControlResponse
 from server.edge.h2_codec import CodecStream, ServerCodec
 from server.edge.h2_wire import DATA, FRAME_HEAD, Flag
 from server.protocol.h2head import response_head
 
-__all__ = ["DATA", "FRAME_HEAD", "frame_data", "headers_frame", "sendable"]
+__all__ = ["DATA", "FRAME_HEAD", "frame_data", "headers_frame", "sendable", "whole_response"]
 
 
 def sendable(conn: ServerCodec, stream_id: int) -> CodecStream | None:
@@ -61,3 +62,33 @@ def headers_frame(
         return None
     block = response_head(status, content_type, length)
     return conn.headers_frame(stream_id, stream, block, end=end)
+
+
+def whole_response(
+    conn: ServerCodec, stream_id: int, response: ControlResponse, out: bytearray
+) -> bool:
+    """A response that is not streamed onto `out` (its HEADERS and, unless
+    its body is empty, one DATA frame ending the stream), when the windows
+    take all of the body now. False: nothing queued (a streaming response,
+    a stream that can no longer send, or a body that must wait for window)."""
+    stream = conn.sendable(stream_id)
+    body = response.body
+    size = len(body)
+    if (
+        response.stream is not None
+        or stream is None
+        or size
+        > min(
+            stream.outbound_flow_control_window,
+            conn.outbound_flow_control_window,
+            conn.max_outbound_frame_size,
+        )
+    ):
+        return False
+    block = response_head(response.status, response.content_type, size)
+    frame = conn.headers_frame(stream_id, stream, block, end=not body)
+    out += conn.data_to_send()
+    out += frame
+    if body:
+        frame_data(conn, stream, stream_id, body, out, end=True)
+    return True

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from server.edge.control_conn import ControlConnection, Handler
+from server.edge.control_types import AnswerNow
 from server.edge.http1 import RequestHead, UpgradeHandler
 from server.protocol.keys import ChallengePublic, MachinePrivate, NodePrivate
 from server.protocol.noise import HandshakeError, accept_initiation, early_payload
@@ -26,10 +27,16 @@ class Ts2021Upgrade:
     the control connection; `connections` counts those open."""
 
     def __init__(
-        self, server_key: MachinePrivate, handler: Handler, *, log: logging.Logger
+        self,
+        server_key: MachinePrivate,
+        handler: Handler,
+        *,
+        log: logging.Logger,
+        answer_now: AnswerNow | None = None,
     ) -> None:
         self._key = server_key
         self._handler = handler
+        self._answer_now = answer_now
         self._log = log
         self.connections = 0
 
@@ -62,6 +69,7 @@ class Ts2021Upgrade:
             self._handler,
             log=self._log,
             early_payload=early_payload(challenge),
+            answer_now=self._answer_now,
         )
         self.connections += 1
         try:

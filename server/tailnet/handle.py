@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from server.tailnet.session import Wake
@@ -58,6 +58,36 @@ class Deliveries:
                 return
             loop.call_soon(self._run)
         self._due.append(handle)
+
+    def mark_peer(self, handles: Iterable[SessionHandle], peer_id: int) -> None:
+        """`SessionHandle.mark_peer(peer_id)` of each handle, in one loop: a
+        mesh's endpoint change marks a thousand viewers, and the three calls
+        per viewer that marking one by one takes were a tenth of its wave."""
+        due = self._due
+        queued = len(due)
+        for handle in handles:
+            peers = handle.peers
+            if peers is None:
+                handle.peers = {peer_id}
+            else:
+                peers.add(peer_id)
+            if handle.due or handle.wake.is_set():
+                continue  # already on its way
+            if handle.deliver is None or handle._deliveries is not self:
+                handle.set()  # its task, or the Deliveries it belongs to
+                continue
+            handle.due = True
+            due.append(handle)
+        if not queued and due:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # as `add`: without a loop, each task delivers
+                self._due = []
+                for handle in due:
+                    handle.due = False
+                    handle.wake.set()
+                return
+            loop.call_soon(self._run)
 
     def _run(self) -> None:
         due, self._due = self._due, []

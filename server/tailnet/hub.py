@@ -919,9 +919,8 @@ class Tailnet:
         if canary is not None:  # each viewer sees the node as the snapshot it is on shows it
             held = filter(self.is_canary, canary[2].views.visible_to(node_id))
             viewers = [*(v for v in viewers if not self.is_canary(v)), *held]
-        for viewer in viewers:
-            for handle in self._sessions.get(viewer, ()):
-                handle.mark_peer(node_id)
+        sessions = self._sessions
+        self.deliveries.mark_peer([h for v in viewers for h in sessions.get(v, ())], node_id)
 
     def _wake(self, node_ids: Iterable[int]) -> None:
         sessions = self._sessions

@@ -27,10 +27,12 @@ import json
 import os
 import platform
 import pstats
+import shutil
 import signal
 import time
 import tracemalloc
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +315,7 @@ def run_one(
     events_profile: Path | None = None,
     commit_profile: Path | None = None,
     moves_profile: Path | None = None,
+    server_log: Path | None = None,
 ) -> dict[str, Any]:
     kind = "mesh" if mesh else "groups" if groups else "sparse"
     name = f"{kind}-{nodes}{'-restart' if profile_restart else ''}"
@@ -342,7 +345,10 @@ def run_one(
             if commit_profile:
                 os.kill(server.pid, signal.SIGUSR1)
             try:
-                return await commit_event(server, fleet, policy)
+                # Wall-clock bounds, to find the commit's window in the server's log.
+                began = _stamp()
+                done = await commit_event(server, fleet, policy)
+                return {**done, "commit_window_utc": [began, _stamp()]}
             finally:
                 if commit_profile:
                     os.kill(server.pid, signal.SIGUSR1)
@@ -381,7 +387,12 @@ def run_one(
             finally:
                 await fleet.close()
 
-        result = asyncio.run(scenario())
+        try:
+            result = asyncio.run(scenario())
+        finally:
+            if server_log:  # the temp dir goes with the server
+                server.process.stop()
+                shutil.copyfile(server.tmp / "server.log", server_log / f"{name}.log")
     result.update(kind=kind, cold_start_empty_s=round(cold_empty, 2))
     if profile:
         _write_profile(profile / f"{name}.prof")
@@ -389,6 +400,10 @@ def run_one(
         memtrace_report(traced, nodes)
     print(json.dumps(result), flush=True)
     return result
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _write_profile(path: Path) -> None:
@@ -628,9 +643,13 @@ def main() -> None:
         type=Path,
         help="mesh and groups runs: profile the server over the endpoint changes only",
     )
+    parser.add_argument(
+        "--server-log", type=Path, help="keep each run's server log here (NAME.log)"
+    )
     parser.add_argument("--replot", type=Path, help="no runs: table and plot from this JSON")
     args = parser.parse_args()
-    for folder in (args.profile, args.profile_events, args.profile_commit, args.profile_moves):
+    folders = (args.profile, args.profile_events, args.profile_commit, args.profile_moves)
+    for folder in (*folders, args.server_log):
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
     machine = (
@@ -693,6 +712,7 @@ def main() -> None:
                 events_profile=args.profile_events,
                 commit_profile=args.profile_commit,
                 moves_profile=args.profile_moves,
+                server_log=args.server_log,
             )
         )
     print(f"\nmachine: {machine}\n")

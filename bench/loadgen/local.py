@@ -20,9 +20,26 @@ from pathlib import Path
 from bench.loadgen.client import ServerAddress
 from tests.e2e.harness import ServerProcess, TailnetRepo
 
-__all__ = ["LocalServer", "local_server", "process_cpu_seconds"]
+__all__ = ["LocalServer", "local_server", "process_cpu_seconds", "thread_cpu_seconds"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of each of process `pid`'s threads (schedstat), by thread
+    id: the event loop's (the id `pid`) apart from the workers' (a commit
+    compiles in one)."""
+    out: dict[int, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return out
+    for task in tasks:
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return out
 
 
 def process_cpu_seconds(pid: int) -> float:

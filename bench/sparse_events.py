@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.loadgen.fleet import At, Fleet, Watch
-from bench.loadgen.local import LocalServer, thread_cpu_seconds
+from bench.loadgen.local import LocalServer, minor_faults, thread_cpu_seconds
 from bench.loadgen.shards import ShardedFleet
 from bench.loadgen.stats import summary
 from server.admin_client import SocketTarget, call
@@ -101,6 +101,7 @@ async def commit_event(
         return At(loop.time())
 
     served, threads = server.cpu_seconds(), thread_cpu_seconds(server.pid)
+    faults = minor_faults(server.pid)
     seconds = await observe(
         fleet, Watch("top_mentions", ("PacketFilter", str(MARKER_PORT))), committed
     )
@@ -113,6 +114,7 @@ async def commit_event(
         # The event loop's share (the fan-out, the git read); the rest is
         # worker threads (the compile) and threads that ended meanwhile.
         "commit_server_loop_cpu_ms": loop_ms,
+        "commit_server_minor_faults": minor_faults(server.pid) - faults,
     }
 
 

@@ -20,7 +20,13 @@ from pathlib import Path
 from bench.loadgen.client import ServerAddress
 from tests.e2e.harness import ServerProcess, TailnetRepo
 
-__all__ = ["LocalServer", "local_server", "process_cpu_seconds", "thread_cpu_seconds"]
+__all__ = [
+    "LocalServer",
+    "local_server",
+    "minor_faults",
+    "process_cpu_seconds",
+    "thread_cpu_seconds",
+]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -40,6 +46,12 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             continue
     return out
+
+
+def minor_faults(pid: int) -> int:
+    """Page faults served without I/O in process `pid` so far: pages the
+    heap trim gave back and the next burst touches again are among them."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
 def process_cpu_seconds(pid: int) -> float:

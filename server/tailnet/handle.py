@@ -48,6 +48,9 @@ class Deliveries:
         self.delivered = 0
         # Sends to the handles it can and returns the others (wave.py).
         self.bulk: Callable[[list[SessionHandle]], list[SessionHandle]] | None = None
+        # Sends the frames this turn's deliveries staged, once all are built,
+        # and says how many could not go (staged.py).
+        self.flush: Callable[[], int] | None = None
 
     def add(self, handle: SessionHandle) -> None:
         if not self._due:  # the wave's first: the loop is asked once per wave
@@ -60,6 +63,13 @@ class Deliveries:
         self._due.append(handle)
 
     def _run(self) -> None:
+        try:
+            self._deliver_due()
+        finally:
+            if self.flush is not None:
+                self.delivered -= self.flush()
+
+    def _deliver_due(self) -> None:
         due, self._due = self._due, []
         if self.bulk is not None:
             try:

@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.loadgen.fleet import At, Fleet, Watch
-from bench.loadgen.local import LocalServer, minor_faults, thread_cpu_seconds
+from bench.loadgen.local import (
+    LocalServer,
+    minor_faults,
+    softirq_cpu_seconds,
+    thread_cpu_seconds,
+)
 from bench.loadgen.shards import ShardedFleet
 from bench.loadgen.stats import summary
 from server.admin_client import SocketTarget, call
@@ -101,7 +106,7 @@ async def commit_event(
         return At(loop.time())
 
     served, threads = server.cpu_seconds(), thread_cpu_seconds(server.pid)
-    faults = minor_faults(server.pid)
+    faults, softirq = minor_faults(server.pid), softirq_cpu_seconds()
     seconds = await observe(
         fleet, Watch("top_mentions", ("PacketFilter", str(MARKER_PORT))), committed
     )
@@ -115,6 +120,8 @@ async def commit_event(
         # worker threads (the compile) and threads that ended meanwhile.
         "commit_server_loop_cpu_ms": loop_ms,
         "commit_server_minor_faults": minor_faults(server.pid) - faults,
+        # Kernel work a change may move off the server's account (machine-wide).
+        "commit_softirq_cpu_ms": round((softirq_cpu_seconds() - softirq) * 1000, 1),
     }
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "local_server",
     "minor_faults",
     "process_cpu_seconds",
+    "softirq_cpu_seconds",
     "thread_cpu_seconds",
 ]
 
@@ -46,6 +47,22 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             continue
     return out
+
+
+def softirq_cpu_seconds() -> float:
+    """CPU seconds of the kernel's softirq threads (ksoftirqd/N), the whole
+    machine's: loopback receive work deferred there is not the sender's."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if not (proc / "comm").read_text().startswith("ksoftirqd/"):
+                continue
+            total += int((proc / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return total / 1e9
 
 
 def minor_faults(pid: int) -> int:

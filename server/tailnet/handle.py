@@ -9,11 +9,11 @@ than building and sending the delta. So a stream that idles (its task waiting
 for a wake-up, nothing of its own due) leaves a `deliver` on its handle, and
 `Deliveries` runs those for every session woken in one loop turn, in the
 next turn, where their tasks would have run: each steps its session and
-queues the frame on its connection at once. A delivery that cannot finish
-without waiting (a full flow-control window, a backed-up socket, a ping or
-keep-alive due, the session no longer served) says so and its task is woken
-as before, so a blocked stream still waits in its task and holds at most one
-message.
+stages its frame, and `flush` writes the turn's frames once all are built
+(staged.py). A delivery that cannot finish without waiting (a ping or
+keep-alive due, the session no longer served; at the flush, a full
+flow-control window or a backed-up socket) has its task woken as before, so
+a blocked stream still waits in its task and holds at most one message.
 
 Most of a volatile wave's sessions need not even be stepped: `bulk` (the
 control handler's `VolatileWave`, wave.py) sends the one shared frame to

@@ -27,10 +27,14 @@ import json
 import os
 import platform
 import pstats
+import shutil
 import signal
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -323,6 +327,8 @@ def run_one(
     events_profile: Path | None = None,
     commit_profile: Path | None = None,
     moves_profile: Path | None = None,
+    server_log: Path | None = None,
+    spy_commit: Path | None = None,
 ) -> dict[str, Any]:
     kind = "mesh" if mesh else "groups" if groups else "sparse"
     name = f"{kind}-{nodes}{'-restart' if profile_restart else ''}"
@@ -351,9 +357,18 @@ def run_one(
         async def commit(fleet: Fleet | ShardedFleet, policy: str) -> dict[str, Any]:
             if commit_profile:
                 os.kill(server.pid, signal.SIGUSR1)
+            spy = _spy(server.pid, spy_commit / f"{name}-commit.txt") if spy_commit else None
+            if spy is not None:
+                await asyncio.sleep(SPY_ATTACH)
             try:
-                return await commit_event(server, fleet, policy)
+                # Wall-clock bounds, to find the commit's window in the server's log.
+                began = _stamp()
+                done = await commit_event(server, fleet, policy)
+                return {**done, "commit_window_utc": [began, _stamp()]}
             finally:
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    await asyncio.to_thread(spy.wait, 60)
                 if commit_profile:
                     os.kill(server.pid, signal.SIGUSR1)
                     await asyncio.sleep(3)  # the stats written
@@ -391,7 +406,12 @@ def run_one(
             finally:
                 await fleet.close()
 
-        result = asyncio.run(scenario())
+        try:
+            result = asyncio.run(scenario())
+        finally:
+            if server_log:  # the temp dir goes with the server
+                server.process.stop()
+                shutil.copyfile(server.tmp / "server.log", server_log / f"{name}.log")
     result.update(kind=kind, cold_start_empty_s=round(cold_empty, 2))
     if profile:
         _write_profile(profile / f"{name}.prof")
@@ -399,6 +419,26 @@ def run_one(
         memtrace_report(traced, nodes)
     print(json.dumps(result), flush=True)
     return result
+
+
+SPY_ATTACH = 2.0  # seconds for py-spy to attach before the window opens
+
+
+def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` (every thread, not pausing it: a cProfile of a
+    fan-out charges its ~1 us a call to the many small calls) until SIGINT,
+    collapsed stacks to `out` (bench/spyreport.py reads them)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    command = [str(spy), "record", "--pid", str(pid), "--rate", str(SPY_RATE)]
+    command += ["--nonblocking", "--threads", "--format", "raw", "-o", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+SPY_RATE = 1000  # samples a second
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _write_profile(path: Path) -> None:
@@ -641,9 +681,19 @@ def main() -> None:
         type=Path,
         help="mesh and groups runs: profile the server over the endpoint changes only",
     )
+    parser.add_argument(
+        "--spy-commit",
+        type=Path,
+        help="sparse and groups runs: sample the server with py-spy over the commit"
+        " (pip install py-spy)",
+    )
+    parser.add_argument(
+        "--server-log", type=Path, help="keep each run's server log here (NAME.log)"
+    )
     parser.add_argument("--replot", type=Path, help="no runs: table and plot from this JSON")
     args = parser.parse_args()
-    for folder in (args.profile, args.profile_events, args.profile_commit, args.profile_moves):
+    folders = (args.profile, args.profile_events, args.profile_commit, args.profile_moves)
+    for folder in (*folders, args.server_log, args.spy_commit):
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
     machine = (
@@ -706,6 +756,8 @@ def main() -> None:
                 events_profile=args.profile_events,
                 commit_profile=args.profile_commit,
                 moves_profile=args.profile_moves,
+                server_log=args.server_log,
+                spy_commit=args.spy_commit,
             )
         )
     print(f"\nmachine: {machine}\n")

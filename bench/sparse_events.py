@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.loadgen.fleet import At, Fleet, Watch
-from bench.loadgen.local import LocalServer
+from bench.loadgen.local import (
+    LocalServer,
+    minor_faults,
+    softirq_cpu_seconds,
+    thread_cpu_seconds,
+)
 from bench.loadgen.shards import ShardedFleet
 from bench.loadgen.stats import summary
 from server.admin_client import SocketTarget, call
@@ -100,12 +105,24 @@ async def commit_event(
         await asyncio.to_thread(server.commit, {"policy.hujson": policy}, "one more rule")
         return At(loop.time())
 
-    served = server.cpu_seconds()
+    served, threads = server.cpu_seconds(), thread_cpu_seconds(server.pid)
+    faults, softirq = minor_faults(server.pid), softirq_cpu_seconds()
     seconds = await observe(
         fleet, Watch("top_mentions", ("PacketFilter", str(MARKER_PORT))), committed
     )
     cpu_ms = round((server.cpu_seconds() - served) * 1000, 1)
-    return {"commit": summary(seconds), "commit_server_cpu_ms": cpu_ms}
+    after = thread_cpu_seconds(server.pid)
+    loop_ms = round((after.get(server.pid, 0.0) - threads.get(server.pid, 0.0)) * 1000, 1)
+    return {
+        "commit": summary(seconds),
+        "commit_server_cpu_ms": cpu_ms,
+        # The event loop's share (the fan-out, the git read); the rest is
+        # worker threads (the compile) and threads that ended meanwhile.
+        "commit_server_loop_cpu_ms": loop_ms,
+        "commit_server_minor_faults": minor_faults(server.pid) - faults,
+        # Kernel work a change may move off the server's account (machine-wide).
+        "commit_softirq_cpu_ms": round((softirq_cpu_seconds() - softirq) * 1000, 1),
+    }
 
 
 @dataclass

@@ -41,6 +41,7 @@ from server.tailnet.keepalives import TICK, KeepAlives
 from server.tailnet.mapper import MapContext, not_served_map, unapproved_map
 from server.tailnet.registry import NodeChange
 from server.tailnet.session import MapSession, Wake
+from server.tailnet.staged import StagedSends
 from server.tailnet.wave import StreamOutlet, VolatileWave
 from server.wire import (
     MapRequest,
@@ -124,6 +125,9 @@ class ControlHandler:
         registry.subscribe(self._node_changed)
         # An idle stream's share of a volatile wave is sent in bulk (wave.py).
         tailnet.deliveries.bulk = VolatileWave(self._wave_context, clock, self._wave_sent)
+        # The other deliveries' frames leave after the turn's steps (staged.py).
+        self._staged = StagedSends(self._metrics.caught_up)
+        tailnet.deliveries.flush = self._staged.flush
 
     async def __call__(self, req: ControlRequest) -> ControlResponse:
         try:
@@ -454,10 +458,11 @@ class ControlHandler:
         held: list[bytes],
     ) -> bool:
         """What the stream's task would do when woken while it idles, done
-        without resuming it (server/tailnet/handle.py): the delta, queued on
-        the connection. False: its task must run (a ping or keep-alive is
-        due, the session ends, or the frame must wait for the window: it is
-        `held` for the task to send, so a blocked stream holds one message).
+        without resuming it (server/tailnet/handle.py): the delta, staged to
+        go with the turn's others (staged.py). False: its task must run (a
+        ping or keep-alive is due, the session ends). A frame that then
+        cannot go (it must wait for the window) is `held` for the task to
+        send and the task woken, so a blocked stream holds one message.
 
         The stream's keep-alive stays due when it was: a mesh wave delivers to
         every stream, and moving each one's deadline cost a tenth of the
@@ -468,9 +473,11 @@ class ControlHandler:
         frame = self._catch_up(handle, session, encoder, settle=True)
         if frame is False:
             return False
-        if frame is not None and not send_now(frame):
-            held.append(frame)
-            return False
+        if frame is not None:
+            # Sent with the turn's other frames once they are all built;
+            # one that cannot go then is held for the task (staged.py).
+            self._staged.add(send_now, frame, handle, held)
+            return True
         self._metrics.caught_up(handle)
         return True
 

@@ -20,9 +20,55 @@ from pathlib import Path
 from bench.loadgen.client import ServerAddress
 from tests.e2e.harness import ServerProcess, TailnetRepo
 
-__all__ = ["LocalServer", "local_server", "process_cpu_seconds"]
+__all__ = [
+    "LocalServer",
+    "local_server",
+    "minor_faults",
+    "process_cpu_seconds",
+    "softirq_cpu_seconds",
+    "thread_cpu_seconds",
+]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of each of process `pid`'s threads (schedstat), by thread
+    id: the event loop's (the id `pid`) apart from the workers' (a commit
+    compiles in one)."""
+    out: dict[int, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return out
+    for task in tasks:
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return out
+
+
+def softirq_cpu_seconds() -> float:
+    """CPU seconds of the kernel's softirq threads (ksoftirqd/N), the whole
+    machine's: loopback receive work deferred there is not the sender's."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if not (proc / "comm").read_text().startswith("ksoftirqd/"):
+                continue
+            total += int((proc / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
+def minor_faults(pid: int) -> int:
+    """Page faults served without I/O in process `pid` so far: pages the
+    heap trim gave back and the next burst touches again are among them."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
 def process_cpu_seconds(pid: int) -> float:

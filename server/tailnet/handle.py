@@ -9,11 +9,11 @@ than building and sending the delta. So a stream that idles (its task waiting
 for a wake-up, nothing of its own due) leaves a `deliver` on its handle, and
 `Deliveries` runs those for every session woken in one loop turn, in the
 next turn, where their tasks would have run: each steps its session and
-queues the frame on its connection at once. A delivery that cannot finish
-without waiting (a full flow-control window, a backed-up socket, a ping or
-keep-alive due, the session no longer served) says so and its task is woken
-as before, so a blocked stream still waits in its task and holds at most one
-message.
+stages its frame, and `flush` writes the turn's frames once all are built
+(staged.py). A delivery that cannot finish without waiting (a ping or
+keep-alive due, the session no longer served; at the flush, a full
+flow-control window or a backed-up socket) has its task woken as before, so
+a blocked stream still waits in its task and holds at most one message.
 
 Most of a volatile wave's sessions need not even be stepped: `bulk` (the
 control handler's `VolatileWave`, wave.py) sends the one shared frame to
@@ -48,6 +48,9 @@ class Deliveries:
         self.delivered = 0
         # Sends to the handles it can and returns the others (wave.py).
         self.bulk: Callable[[list[SessionHandle]], list[SessionHandle]] | None = None
+        # Sends the frames this turn's deliveries staged, once all are built,
+        # and says how many could not go (staged.py).
+        self.flush: Callable[[], int] | None = None
 
     def add(self, handle: SessionHandle) -> None:
         if not self._due:  # the wave's first: the loop is asked once per wave
@@ -90,6 +93,13 @@ class Deliveries:
             loop.call_soon(self._run)
 
     def _run(self) -> None:
+        try:
+            self._deliver_due()
+        finally:
+            if self.flush is not None:
+                self.delivered -= self.flush()
+
+    def _deliver_due(self) -> None:
         due, self._due = self._due, []
         if self.bulk is not None:
             try:

@@ -3,8 +3,11 @@ and what the first client needs is loaded before it comes (server/cli.py)."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+
+import pytest
 
 from server.heaptrim import HeapTrim, glibc_trim, statm_rss
 from tests.e2e.harness import ROOT
@@ -105,3 +108,21 @@ def test_after_start_up_libsodium_is_loaded_and_the_heap_trim_runs() -> None:
     assert done.returncode == 0, done.stderr
     # Loaded before the first handshake needs them; the trim's loop still running.
     assert done.stdout.split() == ["True", "True", "True", "True"]
+
+
+def test_a_trim_is_logged_at_info_with_its_cost_and_the_rss(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    heap = FakeHeap(100 * MB)
+    ticks = iter([10.0, 10.015])  # the trim took 15 ms
+    cpu = iter([1.0, 1.012])
+    trim = HeapTrim(
+        heap.trim, lambda: heap.rss, growth=8 * MB, clock=ticks.__next__, cpu_clock=cpu.__next__
+    )
+    heap.rss = 130 * MB
+    with caplog.at_level(logging.INFO, logger="server.heaptrim"):
+        trim.check()
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == "heap trimmed in 15.0 ms (12.0 ms CPU): RSS 130.0 -> 100.0 MB"
+    assert (record.took_ms, record.rss_before, record.rss_after) == (15.0, 130 * MB, 100 * MB)

@@ -369,7 +369,7 @@ class ViewIndex(Generic[NodeKey]):
     def _build(self, i: int) -> NodeView[NodeKey]:
         index, table = self.index, self.table
         mask = self.visible(i)
-        rules = [r for r in self.per_node[i] if not r.hidden]
+        rules = self.per_node.shown(i)
         earlier = self._earlier.get(i) if self._same_groups else None
         return NodeView(
             packet_filter_rules=self._filter(i, rules),
@@ -399,9 +399,8 @@ class ViewIndex(Generic[NodeKey]):
     def _refiltered(self, i: int, earlier: NodeView[NodeKey]) -> NodeView[NodeKey]:
         """``earlier`` (the earlier index's view of node ``i``) with this
         index's filter: all `refilter.Refilter` lets differ."""
-        rules = [r for r in self.per_node[i] if not r.hidden]
         whois = None if self._whois_kept else self._whois(i, self.visible(i))
-        return refiltered(earlier, self._filter(i, rules), whois)
+        return refiltered(earlier, self._filter(i, self.per_node.shown(i)), whois)
 
     def _whois(self, i: int, mask: int) -> LazyMap:
         # Only some consumers read it (the server does not): build it on

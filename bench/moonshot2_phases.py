@@ -42,12 +42,19 @@ def policy(ports: str) -> object:
     return parse_policy({"acls": [acl]})
 
 
+# --no-like: built as before the index over the same nodes was copied (main)
+LIKE = [lambda previous: previous]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--nodes", type=int, default=50000)
     parser.add_argument("--per-user", type=int, default=200)
     parser.add_argument("--commits", type=int, default=4)
+    parser.add_argument("--no-like", action="store_true")
     args = parser.parse_args()
+    if args.no_like:
+        LIKE[0] = lambda previous: None
     topo = topology(args.nodes, args.per_user)
     keys = list(range(args.nodes))
     previous = ViewIndex(policy("*"), topo, keys)  # type: ignore[arg-type]
@@ -57,7 +64,9 @@ def main() -> None:
     gc.freeze()
     for n in range(args.commits):
         c0 = time.process_time()
-        current = ViewIndex(policy("22,443" if n % 2 == 0 else "*"), topo, keys)  # type: ignore[arg-type]
+        ports = "22,443" if n % 2 == 0 else "*"
+        # (like=: what compile_tailnet passes, its base the serving index)
+        current = ViewIndex(policy(ports), topo, keys, like=LIKE[0](previous))  # type: ignore[arg-type]
         c1 = time.process_time()
         current.compare(previous)
         current.adopt(previous)

@@ -47,7 +47,9 @@ class ViewIndex(Generic[NodeKey]):
         tailnet: Mapping[str, Any] | None = None,
         *,
         keep_views: bool = True,
+        like: ViewIndex[Any] | None = None,
     ) -> None:
+        """``like``: an earlier index, whose nodes this one may share (`Index`)."""
         self.policy = policy
         self.keep_views = keep_views
         self.topology = topology
@@ -57,7 +59,7 @@ class ViewIndex(Generic[NodeKey]):
         self.position: dict[NodeKey, int] = {k: i for i, k in enumerate(self.keys)}
         if len(self.keys) != len(nodes):
             raise ValueError("compile: one key per node is needed")
-        index = Index(policy, topology)
+        index = Index(policy, topology, like.index if like is not None else None)
         at = self.position
         last = {p: at[k] for p, k in topology.primaries.items() if k in at}
         table = route_table(policy, nodes, topology.users, last)

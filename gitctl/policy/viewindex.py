@@ -547,11 +547,13 @@ class GroupPeers(Mapping[Any, PeerView]):
     1,000-node mesh a dict per view was 999 entries copied a thousand times,
     ~35 KB a streaming node; this is two references."""
 
-    __slots__ = ("group", "viewer")
+    __slots__ = ("_len", "group", "viewer")
 
     def __init__(self, group: dict[Any, PeerView], viewer: Any) -> None:
         self.group = group
         self.viewer = viewer
+        # (read-only, so counted once: a session asks at every commit)
+        self._len = len(group) - (viewer in group)
 
     def __getitem__(self, key: Any) -> PeerView:
         if key == self.viewer:
@@ -568,7 +570,7 @@ class GroupPeers(Mapping[Any, PeerView]):
         return filter(partial(ne, self.viewer), self.group)  # in C: sessions iterate it
 
     def __len__(self) -> int:
-        return len(self.group) - (self.viewer in self.group)
+        return self._len
 
     def __repr__(self) -> str:
         return f"GroupPeers({dict(self.items())!r})"
@@ -596,6 +598,11 @@ class LazyNodes(Mapping[NodeKey, NodeView[NodeKey]]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._index.position
+
+    def get(self, key: NodeKey, default: Any = None) -> Any:
+        # (one lookup, not Mapping's `in` then `[]`: two per session a commit)
+        i = self._index.position.get(key)
+        return default if i is None else self._index.view(i)
 
 
 class LazyMap(Mapping[str, Any]):

@@ -104,9 +104,8 @@ def compile_tailnet(
     if keys is None:
         keys = [n.name for n in topology.nodes]
     index: ViewIndex[Any] | str = "full"
-    like = next(
-        (c.visibility for c in (base, previous) if c and isinstance(c.visibility, ViewIndex)), None
-    )
+    held = [c.visibility for c in (base, previous) if c is not None]
+    like = next((v for v in held if isinstance(v, ViewIndex)), None)
     if base is not None and isinstance(base.visibility, ViewIndex):
         index = extend_index(
             base.visibility, policy, topology, keys, tailnet, keep_views=keep_views

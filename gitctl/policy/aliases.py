@@ -48,20 +48,64 @@ EMPTY = Resolved(frozenset(), (), frozenset())
 
 
 class Index:
-    def __init__(self, policy: Policy, topology: Topology) -> None:
+    # Per node (`_index_nodes`): the owner's email, addresses, and as /32
+    # and /128 prefixes; and by address, tag and email.
+    all: frozenset[int]
+    email: list[str | None]
+    ips: list[tuple[str, ...]]
+    host_prefix_table: list[tuple[str, ...]]
+    by_ip: dict[str, int]
+    by_tag: dict[str, frozenset[int]]
+    by_email: dict[str, frozenset[int]]
+    tagged: frozenset[int]
+    members: frozenset[int]
+
+    def __init__(self, policy: Policy, topology: Topology, like: Index | None = None) -> None:
+        """``like``: an index over the same nodes and users, maybe (a commit
+        compiles a new policy over the very nodes the serving index has):
+        what is per node is then copied from it, not worked out again."""
         self.policy = policy
         self.nodes: tuple[TopologyNode, ...] = topology.nodes
-        email_of = {u.name: u.email for u in topology.users}
         self.users = topology.users
         self.runtime_groups = topology.groups
+        self._sorted_ips: dict[int, tuple[list[int], list[int]]] | None = None
+        self._facts: list[dict[str, Value]] | None = None
+        self._posture_ok: dict[tuple[str, ...], frozenset[int]] = {}
+        self._resolved: dict[Alias, Resolved] = {}
+        self._alias_emails: dict[Alias, frozenset[str] | None] = {}
+        # Filled in by the route stage: approved routes per node, and the
+        # subnet routes that "*" stands for as a source.
+        self.routes: list[tuple[str, ...]] = [()] * len(self.nodes)
+        self.route_spans: list[tuple[Span, ...]] = [()] * len(self.nodes)
+        self.routers: tuple[int, ...] = ()
+        self.subnet_routes: tuple[str, ...] = ()
+        # (the nodes compared in C: the server hands the same node objects)
+        if like is not None and like.users == self.users and like.nodes == self.nodes:
+            self._copy_nodes(like)
+        else:
+            self._index_nodes()
+
+    def _copy_nodes(self, like: Index) -> None:
+        """`_index_nodes` as ``like`` did it: its containers copied (an index
+        that grows extends its own in place), the frozen sets shared."""
+        self.all = like.all
+        self.email = list(like.email)
+        self.ips = like.ips[: len(self.nodes)]  # (it may have grown past its nodes)
+        self.host_prefix_table = like.host_prefix_table[: len(self.nodes)]
+        self.by_ip = dict(like.by_ip)
+        self.by_tag, self.by_email = dict(like.by_tag), dict(like.by_email)
+        self.tagged, self.members = like.tagged, like.members
+
+    def _index_nodes(self) -> None:
+        """Per node: its owner's email, addresses, tags."""
+        email_of = {u.name: u.email for u in self.users}
         self.all = frozenset(range(len(self.nodes)))
         by_tag: dict[str, set[int]] = defaultdict(set)
         by_email: dict[str, set[int]] = defaultdict(set)
-        self.email: list[str | None] = []
-        self.ips: list[tuple[str, ...]] = []
-        # per node: its addresses as /32 and /128 prefixes
-        self.host_prefix_table: list[tuple[str, ...]] = []
-        self.by_ip: dict[str, int] = {}
+        self.email = []
+        self.ips = []
+        self.host_prefix_table = []
+        self.by_ip = {}
         tagged: list[int] = []
         members: list[int] = []
         for i, n in enumerate(self.nodes):
@@ -81,21 +125,10 @@ class Index:
             self.host_prefix_table.append(tuple(map(host_prefix, ips)))
             for ip in ips:
                 self.by_ip[ip] = i
-        self._sorted_ips: dict[int, tuple[list[int], list[int]]] | None = None
-        self._facts: list[dict[str, Value]] | None = None
-        self._posture_ok: dict[tuple[str, ...], frozenset[int]] = {}
-        self._resolved: dict[Alias, Resolved] = {}
-        self._alias_emails: dict[Alias, frozenset[str] | None] = {}
         self.by_tag = {k: frozenset(v) for k, v in by_tag.items()}
         self.by_email = {k: frozenset(v) for k, v in by_email.items()}
         self.tagged = frozenset(tagged)
         self.members = frozenset(members)
-        # Filled in by the route stage: approved routes per node, and the
-        # subnet routes that "*" stands for as a source.
-        self.routes: list[tuple[str, ...]] = [()] * len(self.nodes)
-        self.route_spans: list[tuple[Span, ...]] = [()] * len(self.nodes)
-        self.routers: tuple[int, ...] = ()
-        self.subnet_routes: tuple[str, ...] = ()
 
     def set_routes(self, routes: list[tuple[str, ...]]) -> None:
         self.routes = routes

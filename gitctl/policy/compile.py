@@ -95,7 +95,8 @@ def compile_tailnet(
     policy) lets a join grow that index instead of resolving every rule
     again (`gitctl.policy.extend`); the index's ``origin`` says which it did
     ("extended"; "reused" when nothing it sees changed, e.g. a node re-keyed;
-    or "full: <why not>").
+    or "full: <why not>"). A full index over the same nodes as ``base`` (or
+    ``previous``) copies what it knows per node from there.
     """
     policy = policy_at(policy, now)
     if enforce_tests:
@@ -103,13 +104,15 @@ def compile_tailnet(
     if keys is None:
         keys = [n.name for n in topology.nodes]
     index: ViewIndex[Any] | str = "full"
+    held = [c.visibility for c in (base, previous) if c is not None]
+    like = next((v for v in held if isinstance(v, ViewIndex)), None)
     if base is not None and isinstance(base.visibility, ViewIndex):
         index = extend_index(
             base.visibility, policy, topology, keys, tailnet, keep_views=keep_views
         )
     if isinstance(index, str):
         reason = index
-        index = ViewIndex(policy, topology, keys, tailnet, keep_views=keep_views)
+        index = ViewIndex(policy, topology, keys, tailnet, keep_views=keep_views, like=like)
         index.origin = reason if reason == "full" else f"full: {reason}"
     return reuse_previous(CompiledTailnet(nodes=LazyNodes(index), visibility=index), previous)
 

@@ -136,14 +136,24 @@ class FilterShapes:
     def __init__(self) -> None:
         self._lists: dict[tuple[int, ...], _RuleList] = {}
         self._shapes: dict[tuple[Any, ...], FilterShape] = {}
+        # By the list object a caller hands every node of the same rules
+        # (`NodeRules.shown`), held so its id is not reused: found without
+        # a tuple of ids per node.
+        self._by_list: dict[int, tuple[Sequence[Rule], _RuleList]] = {}
 
     def of(self, node: int, rules: Sequence[Rule]) -> ShapedFilter | None:
         """The node's filter from ``rules`` (none hidden), or None where they
         hold capability grants (their ``Dsts`` are deduplicated per node)."""
-        ids = tuple(map(id, rules))
-        held = self._lists.get(ids)
-        if held is None:
-            held = self._lists[ids] = _RuleList(rules)
+        by_list = self._by_list.get(id(rules))
+        if by_list is not None and by_list[0] is rules:
+            held = by_list[1]
+        else:
+            ids = tuple(map(id, rules))
+            found_list = self._lists.get(ids)
+            if found_list is None:
+                found_list = self._lists[ids] = _RuleList(rules)
+            held = found_list
+            self._by_list[id(rules)] = (rules, held)
         if held.caps:
             return None
         if held.uniform:  # every part reaches every node the rules reach
@@ -152,8 +162,13 @@ class FilterShapes:
         else:
             reach = tuple(node in part.nodes for _, part in _parts(rules))
             tables = _tables(rules, node)
-        own = [table[node] for table in tables]
-        key = (reach, *map(len, own))
+        if len(tables) == 1:  # (most: a user's own addresses alone)
+            texts = tuple(tables[0][node])
+            key: tuple[Any, ...] = (reach, len(texts))
+        else:
+            own = [table[node] for table in tables]
+            texts = tuple(chain.from_iterable(own))
+            key = (reach, *map(len, own))
         found = held.shapes.get(key)
         if found is None:
             shape, srcs = _shape(node, rules, tables)
@@ -163,7 +178,7 @@ class FilterShapes:
             found = held.shapes[key] = ShapedFilter(shape, (), srcs)
         if not found.shape.size:
             return found
-        return ShapedFilter(found.shape, tuple(chain.from_iterable(own)), found.srcs)
+        return ShapedFilter(found.shape, texts, found.srcs)
 
 
 class _RuleList:

@@ -31,6 +31,7 @@ class NodeRules:
         self.slots = slots
         self.lists = lists
         self.self_sources = self_sources  # see `RuleBuilder.self_sources`
+        self._shown: dict[tuple[int, ...], list[Rule]] = {}
 
     @classmethod
     def of(cls, builder: RuleBuilder, n: int) -> NodeRules:
@@ -44,6 +45,16 @@ class NodeRules:
     def __getitem__(self, node: int) -> list[Rule]:
         slots = self.slots
         return [slots[k] for k in self.lists[node]]
+
+    def shown(self, node: int) -> list[Rule]:
+        """The rules the node is sent (none hidden): one list for every node
+        receiving the same slots (a user's nodes under autogroup:self), which
+        `FilterShapes.of` then finds by identity. Not to be changed."""
+        slots = tuple(self.lists[node])
+        rules = self._shown.get(slots)
+        if rules is None:
+            rules = self._shown[slots] = [r for r in self[node] if not r.hidden]
+        return rules
 
     def __len__(self) -> int:
         return len(self.lists)

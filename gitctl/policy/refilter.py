@@ -70,14 +70,15 @@ def refilter_from(
 def refiltered(view: NodeView[NodeKey], rules: Any, whois: Any | None = None) -> NodeView[NodeKey]:
     """``view`` with the packet filter ``rules`` (and who-is map ``whois``,
     when given): what a fresh build gives for a node `keeps_all_but_filter`."""
+    # (by position, in field order: keywords cost a third more, per node)
     return NodeView(
-        packet_filter_rules=rules,
-        ssh_policy=view.ssh_policy,
-        peers=view.peers,
-        self_cap_map=view.self_cap_map,
-        self_allowed_ips=view.self_allowed_ips,
-        self_primary_routes=view.self_primary_routes,
-        whois_cap_map=view.whois_cap_map if whois is None else whois,
+        rules,
+        view.ssh_policy,
+        view.peers,
+        view.self_cap_map,
+        view.self_allowed_ips,
+        view.self_primary_routes,
+        view.whois_cap_map if whois is None else whois,
     )
 
 

@@ -47,7 +47,9 @@ class ViewIndex(Generic[NodeKey]):
         tailnet: Mapping[str, Any] | None = None,
         *,
         keep_views: bool = True,
+        like: ViewIndex[Any] | None = None,
     ) -> None:
+        """``like``: an earlier index, whose nodes this one may share (`Index`)."""
         self.policy = policy
         self.keep_views = keep_views
         self.topology = topology
@@ -57,7 +59,7 @@ class ViewIndex(Generic[NodeKey]):
         self.position: dict[NodeKey, int] = {k: i for i, k in enumerate(self.keys)}
         if len(self.keys) != len(nodes):
             raise ValueError("compile: one key per node is needed")
-        index = Index(policy, topology)
+        index = Index(policy, topology, like.index if like is not None else None)
         at = self.position
         last = {p: at[k] for p, k in topology.primaries.items() if k in at}
         table = route_table(policy, nodes, topology.users, last)
@@ -369,7 +371,7 @@ class ViewIndex(Generic[NodeKey]):
     def _build(self, i: int) -> NodeView[NodeKey]:
         index, table = self.index, self.table
         mask = self.visible(i)
-        rules = [r for r in self.per_node[i] if not r.hidden]
+        rules = self.per_node.shown(i)
         earlier = self._earlier.get(i) if self._same_groups else None
         return NodeView(
             packet_filter_rules=self._filter(i, rules),
@@ -399,9 +401,8 @@ class ViewIndex(Generic[NodeKey]):
     def _refiltered(self, i: int, earlier: NodeView[NodeKey]) -> NodeView[NodeKey]:
         """``earlier`` (the earlier index's view of node ``i``) with this
         index's filter: all `refilter.Refilter` lets differ."""
-        rules = [r for r in self.per_node[i] if not r.hidden]
         whois = None if self._whois_kept else self._whois(i, self.visible(i))
-        return refiltered(earlier, self._filter(i, rules), whois)
+        return refiltered(earlier, self._filter(i, self.per_node.shown(i)), whois)
 
     def _whois(self, i: int, mask: int) -> LazyMap:
         # Only some consumers read it (the server does not): build it on
@@ -546,11 +547,13 @@ class GroupPeers(Mapping[Any, PeerView]):
     1,000-node mesh a dict per view was 999 entries copied a thousand times,
     ~35 KB a streaming node; this is two references."""
 
-    __slots__ = ("group", "viewer")
+    __slots__ = ("_len", "group", "viewer")
 
     def __init__(self, group: dict[Any, PeerView], viewer: Any) -> None:
         self.group = group
         self.viewer = viewer
+        # (read-only, so counted once: a session asks at every commit)
+        self._len = len(group) - (viewer in group)
 
     def __getitem__(self, key: Any) -> PeerView:
         if key == self.viewer:
@@ -567,7 +570,7 @@ class GroupPeers(Mapping[Any, PeerView]):
         return filter(partial(ne, self.viewer), self.group)  # in C: sessions iterate it
 
     def __len__(self) -> int:
-        return len(self.group) - (self.viewer in self.group)
+        return self._len
 
     def __repr__(self) -> str:
         return f"GroupPeers({dict(self.items())!r})"
@@ -595,6 +598,11 @@ class LazyNodes(Mapping[NodeKey, NodeView[NodeKey]]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._index.position
+
+    def get(self, key: NodeKey, default: Any = None) -> Any:
+        # (one lookup, not Mapping's `in` then `[]`: two per session a commit)
+        i = self._index.position.get(key)
+        return default if i is None else self._index.view(i)
 
 
 class LazyMap(Mapping[str, Any]):

@@ -68,8 +68,7 @@ class PolicyViews:
         return self.compiled.nodes
 
     def get(self, node_id: int) -> NodeView[int] | None:
-        nodes = self.compiled.nodes
-        return nodes[node_id] if node_id in nodes else None
+        return self.compiled.nodes.get(node_id)
 
     def visible_to(self, node_id: int) -> Sequence[int]:
         """Nodes that can see `node_id` (visibility is symmetric in Tailscale)."""

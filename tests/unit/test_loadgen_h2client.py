@@ -32,7 +32,7 @@ HEAD = [(":method", "POST"), (":scheme", "https"), (":authority", "a"), (":path"
 def _h2_client(window: int | None) -> h2.connection.H2Connection:
     """An h2 client set up as the loader's client was before this codec."""
     client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    settings: dict[h2.settings.SettingCodes | int, int] = {h2.settings.SettingCodes.ENABLE_PUSH: 0}
+    settings: dict[h2.settings.SettingCodes, int] = {h2.settings.SettingCodes.ENABLE_PUSH: 0}
     if window is not None:
         settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = window
     client.local_settings = h2.settings.Settings(client=True, initial_values=settings)

@@ -22,15 +22,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.settings
-
 from bench.loadgen.device import CAPVER, LOGOUT_EXPIRY, ZERO_TIME, Device
+from bench.loadgen.h2client import (
+    ClientCodec,
+    DataReceived,
+    Event,
+    PingAcked,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    WindowOpened,
+)
 from bench.loadgen.h2tap import DEFAULT_WINDOW, DataTap, StreamData
-from bench.loadgen.hpack_cache import CachingDecoder, CachingEncoder
 from bench.loadgen.mapstream import MapStream, ResponseStream, read_all
 from bench.loadgen.pump import UpgradePump
 from server.protocol.keys import MachinePrivate, MachinePublic
@@ -49,15 +52,7 @@ __all__ = [
     "read_all",
 ]
 
-# One for every connection (h2 only reads it). The request headers are ours,
-# fixed and lowercase: h2's outbound checks would only cost CPU on the cores
-# the server shares. What the server sends is still checked.
-_CONFIG = h2.config.H2Configuration(
-    client_side=True,
-    header_encoding="utf-8",
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-)
+_CANCEL = 0x8  # RST_STREAM(CANCEL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,17 +96,7 @@ class ControlClient:
     ) -> None:
         self._authority = authority
         self._transport, self._noise = transport, noise
-        settings: dict[h2.settings.SettingCodes | int, int] = {
-            h2.settings.SettingCodes.ENABLE_PUSH: 0
-        }
-        if window is not None:
-            settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = window
-        self._h2 = h2.connection.H2Connection(config=_CONFIG)
-        self._h2.encoder = CachingEncoder()  # the same bytes, encoded once per fleet
-        decoder = CachingDecoder()  # and the server's few response heads decoded once
-        decoder.max_header_list_size = self._h2.decoder.max_header_list_size
-        self._h2.decoder = decoder
-        self._h2.local_settings = h2.settings.Settings(client=True, initial_values=settings)
+        self._h2 = ClientCodec(window=window)
         self._streams: dict[int, ResponseStream] = {}
         self._tap = DataTap(stream_window=window or DEFAULT_WINDOW)
         self._window = asyncio.Event()
@@ -159,7 +144,7 @@ class ControlClient:
             transport.close()
             raise
         client = cls(transport, noise, window=window, authority=addr.authority)
-        client._h2.initiate_connection()
+        client._h2.initiate()
         client._flush()
         pump.start(client._received, client._lost)
         return client
@@ -184,7 +169,7 @@ class ControlClient:
         `tapped`: a long-lived response, whose body the client reads without h2
         once its headers say 200 without a length (bench/loadgen/h2tap.py).
         """
-        stream_id = self._h2.get_next_available_stream_id()
+        stream_id = self._h2.next_stream_id()
         stream = ResponseStream(asyncio.get_running_loop().create_future(), tapped=tapped)
         self._streams[stream_id] = stream
         headers = [
@@ -199,9 +184,7 @@ class ControlClient:
         view = memoryview(body)
         while view:
             size = min(
-                self._h2.local_flow_control_window(stream_id),
-                self._h2.max_outbound_frame_size,
-                len(view),
+                self._h2.flow_control_window(stream_id), self._h2.max_outbound_frame_size, len(view)
             )
             if size <= 0:
                 self._window.clear()
@@ -243,7 +226,7 @@ class ControlClient:
 
     def cancel(self, stream_id: int) -> None:
         """RST_STREAM(CANCEL), as tailscaled ends a long poll."""
-        self._h2.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+        self._h2.reset(stream_id, _CANCEL)
         self._flush()
         self._streams.pop(stream_id, None)
         self._tap.unfollow(stream_id)
@@ -302,30 +285,38 @@ class ControlClient:
         if stream is not None:
             stream.put(item.data)
 
-    def _on_event(self, event: h2.events.Event) -> None:
-        stream_id = getattr(event, "stream_id", 0) or 0
-        stream = self._streams.get(stream_id)
-        if isinstance(event, h2.events.ResponseReceived) and stream is not None:
-            headers = dict((str(k), str(v)) for k, v in event.headers or [])
-            if stream.tapped and headers[":status"] == "200" and "content-length" not in headers:
-                self._tap.follow(stream_id)
-            stream.headers.set_result(headers)
-        elif isinstance(event, h2.events.DataReceived):
-            self._h2.acknowledge_received_data(event.flow_controlled_length or 0, stream_id)
+    def _on_event(self, event: Event) -> None:
+        kind = type(event)
+        if kind is DataReceived:
+            assert isinstance(event, DataReceived)
+            self._h2.acknowledge(event.stream_id, event.flow_controlled)
+            stream = self._streams.get(event.stream_id)
             if stream is not None:
-                stream.put(event.data or b"")
-        elif isinstance(event, h2.events.StreamEnded) and stream is not None:
-            self._tap.unfollow(stream_id)
+                stream.put(event.data)
+        elif kind is ResponseReceived:
+            assert isinstance(event, ResponseReceived)
+            stream = self._streams.get(event.stream_id)
+            if stream is None:
+                return
+            headers = event.headers
+            if stream.tapped and headers[":status"] == "200" and "content-length" not in headers:
+                self._tap.follow(event.stream_id)
+            stream.headers.set_result(headers)
+        elif kind is StreamEnded or kind is StreamReset:
+            assert isinstance(event, StreamEnded | StreamReset)
+            stream = self._streams.get(event.stream_id)
+            if stream is None:
+                return
+            self._tap.unfollow(event.stream_id)
+            if isinstance(event, StreamReset):
+                stream.reset_code = event.code
+                _fail(stream.headers, ConnectionError(f"stream reset ({stream.reset_code})"))
             stream.put(None)
-        elif isinstance(event, h2.events.StreamReset) and stream is not None:
-            self._tap.unfollow(stream_id)
-            stream.reset_code = int(event.error_code or 0)
-            _fail(stream.headers, ConnectionError(f"stream reset ({stream.reset_code})"))
-            stream.put(None)
-        elif isinstance(event, h2.events.PingAckReceived) and self._pong is not None:
+        elif kind is PingAcked and self._pong is not None:
             self._pong.set_result(None)
-        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+        elif kind is WindowOpened:
             self._window.set()
+        # ConnectionEnded (GOAWAY): the server finishes its streams, then closes.
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:

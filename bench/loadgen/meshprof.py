@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench.loadgen.fleet import Fleet, tune_gc
 from bench.loadgen.local import LocalServer, local_server
+from bench.loadgen.warmup import warm_up
 
 USERS = "users:\n  - {name: alice, email: alice@example.com, display_name: Alice}\n"
 MESH = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}\n'
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path)
     args = parser.parse_args()
     tune_gc()  # as a shard does
+    warm_up()
     profiler = cProfile.Profile(time.process_time) if args.profile else None
     with local_server({"users.yaml": USERS, "policy.hujson": MESH}) as server:
         print(asyncio.run(_register(server, args.nodes, profiler)))

@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.loadgen.client import ServerAddress
 from bench.loadgen.fleet import At, Fleet, SimNode, Watch, tune_gc
+from bench.loadgen.warmup import warm_up
 
 __all__ = ["NodeRef", "ShardResult", "ShardedFleet"]
 
@@ -199,6 +200,7 @@ def _shard_main(
         await _Shard(fleet).run(pipe)
 
     tune_gc()
+    warm_up()  # before "ready": one-time work is no registration's
     asyncio.run(main())
 
 

@@ -163,11 +163,11 @@ async def test_an_empty_answer_ends_its_stream_on_headers(tmp_path: Path) -> Non
 async def test_a_malformed_request_is_reset_and_the_connection_serves_on(tmp_path: Path) -> None:
     # Malformed headers are a stream error (server/edge/h2_request_headers.py):
     # the request is never served, and the client's map poll and later
-    # requests on the same connection go on (h2 closed the connection).
+    # requests on the same connection go on (the h2 library closed the connection).
     async with running_server(tmp_path) as srv:
         dev = Device("laptop")
         client, stream, _ = await poll(srv, dev)
-        bad_id = client._h2.get_next_available_stream_id()
+        bad_id = client._h2.next_stream_id()
         bad = ResponseStream(asyncio.get_running_loop().create_future())
         client._streams[bad_id] = bad
         headers = [(":method", "POST"), (":scheme", "https"), (":authority", "x")]

@@ -98,8 +98,8 @@ async def test_map_headers_leave_with_the_first_map(
         assert _on(write, _DATA, 3), write  # the first map, in the same write
         assert write.index(_on(write, _HEADERS, 3)[0]) < write.index(_on(write, _DATA, 3)[0])
         # The client's tap took the first map, though it came with the
-        # headers: h2 holds none of the stream's window back (h2tap.py).
-        assert client._h2.streams[3].inbound_flow_control_window == DEFAULT_WINDOW
+        # headers: the client's codec holds none of the stream's window back (h2tap.py).
+        assert client._h2.streams[3].inbound.current_window_size == DEFAULT_WINDOW
         await client.close()
         await other.close()
 

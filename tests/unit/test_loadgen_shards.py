@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -139,3 +141,34 @@ def test_a_shard_process_collects_cycles_rarely(monkeypatch: pytest.MonkeyPatch)
         gc.set_threshold(*before)
     assert seen == [LOADER_GC_THRESHOLDS]
     assert before != LOADER_GC_THRESHOLDS
+
+
+def test_a_shard_warms_up_before_its_first_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One-time work (libsodium's bindings, h2's preface) is done before the
+    # shard reports ready, so no measured registration pays it.
+    calls: list[str] = []
+    monkeypatch.setattr(shards, "warm_up", lambda: calls.append("warm_up"))
+
+    def run(main: Any) -> None:
+        main.close()
+        calls.append("run")
+
+    monkeypatch.setattr(shards.asyncio, "run", run)
+    thresholds = gc.get_threshold()
+    try:
+        shards._shard_main(cast(Any, None), ServerAddress.loopback(1), "key", "s0-", 1)
+    finally:
+        gc.set_threshold(*thresholds)
+    assert calls == ["warm_up", "run"]
+
+
+def test_warming_up_loads_what_the_first_registration_would() -> None:
+    code = (
+        "import sys\n"
+        "from bench.loadgen import h2client, warmup\n"
+        "assert 'nacl.bindings' not in sys.modules\n"
+        "warmup.warm_up()\n"
+        "assert 'nacl.bindings' in sys.modules\n"
+        "assert h2client.opening.cache_info().currsize == 1\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

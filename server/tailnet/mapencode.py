@@ -283,7 +283,7 @@ def _spliced(out: list[bytes]) -> bytes:
     pieces = [
         (sum(map(len, out[:n])), piece)  # its offset, summed in C
         for n, piece in enumerate(out)
-        if type(piece) is SharedPiece and len(piece) >= SPLICE_MIN
+        if _spliced_apart(piece)
     ]
     data = b"".join(out)
     return SplicedMessage(data, tuple(pieces)) if pieces else data

@@ -53,14 +53,21 @@ class Deliveries:
         self.flush: Callable[[], int] | None = None
 
     def add(self, handle: SessionHandle) -> None:
-        if not self._due:  # the wave's first: the loop is asked once per wave
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                handle.wake.set()
-                return
-            loop.call_soon(self._run)
+        # The wave's first: the loop is asked once per wave.
+        if not self._due and not self._ask_loop():
+            handle.wake.set()
+            return
         self._due.append(handle)
+
+    def _ask_loop(self) -> bool:
+        """Have the loop run the due deliveries on its next turn; False
+        without a running loop (then each task delivers its own)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        loop.call_soon(self._run)
+        return True
 
     def mark_peer(self, handles: Iterable[SessionHandle], peer_id: int) -> None:
         """`SessionHandle.mark_peer(peer_id)` of each handle, in one loop: a
@@ -81,16 +88,11 @@ class Deliveries:
                 continue
             handle.due = True
             due.append(handle)
-        if not queued and due:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # as `add`: without a loop, each task delivers
-                self._due = []
-                for handle in due:
-                    handle.due = False
-                    handle.wake.set()
-                return
-            loop.call_soon(self._run)
+        if not queued and due and not self._ask_loop():
+            self._due = []
+            for handle in due:
+                handle.due = False
+                handle.wake.set()
 
     def _run(self) -> None:
         try:

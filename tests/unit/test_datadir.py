@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from server.app import Server, StartupError
+from server.app import Server
 from server.config import ServerConfig
+from server.startup import StartupError
 from tests.e2e.harness import TailnetRepo
 from tests.unit.control_client import USERS, FakeClock, async_test, loopback_config
 

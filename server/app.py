@@ -6,38 +6,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from gitctl.tailnet import TailnetSettings
-from server.api import WebDeps
 from server.config import ServerConfig
 from server.control import ControlHandler
 from server.datadir import DataDirError, DataDirLock, claim
 from server.edge.control_types import ControlRequest, ControlResponse
-from server.edge.listeners import ListenError, Listeners
+from server.edge.listeners import Listeners
 from server.edge.mesh_config import MeshKeyError, read_mesh_key
 from server.edge.public import public_url
-from server.edge.stun_server import StunServer, start_stun_server
+from server.edge.stun_server import StunServer
 from server.gcpolicy import GcPolicy
 from server.metrics import Metrics
 from server.protocol.keys import NodePublic
 from server.sources.history import HISTORY_FILE, History
 from server.sources.remote import RemoteRepo
 from server.sources.repo import RepoStatus, SnapshotRepo
-from server.startup import StartupError
+from server.startup import Shared, StartupError
 from server.startup.background import serve_commits, start_timers
-from server.startup.doors import front_doors, listen, listen_http01
-from server.startup.logins import start_logins
+from server.startup.doors import front_doors, listen, listen_http01, open_stun, serving_tls
+from server.startup.logins import Logins, start_logins
 from server.startup.settings import HeldControlSettings, serving_settings
-from server.startup.state import open_state
-from server.startup.tailnet import start_tailnet
+from server.startup.state import OpenState, open_state
+from server.startup.tailnet import RunningTailnet, start_tailnet
 from server.tls import TlsError
 from server.tls.acme_http import ChallengeResponder
-from server.tls.serving import ServingTls
 from server.webhooks import Delivery, EventSource, WebhookSender
 
 if TYPE_CHECKING:
@@ -78,25 +75,7 @@ class Server:
         self.port = config.listen_port
         self.stun_port = config.stun_port
         self.acme_responder = ChallengeResponder()
-        acme = None
-        if config.acme_domain is not None:
-            from server.tls.acme import AcmeSettings  # cryptography.x509: only for TLS
-
-            acme = AcmeSettings(
-                config.acme_domain,
-                config.acme_email,
-                config.acme_directory,
-                config.data_dir / "acme",
-            )
-        self.tls = ServingTls(
-            cert=config.tls_cert,
-            key=config.tls_key,
-            acme=acme,
-            responder=self.acme_responder,
-            server_url=config.server_url,
-            log=self.log,
-            clock=clock,
-        )
+        self.tls = serving_tls(config, self.acme_responder, log=self.log, clock=clock)
         self.acme_http_port = config.acme_http_port
         self._data_lock: DataDirLock | None = None
         self._derp: DerpServer | None = None  # made on first use (the `derp` property)
@@ -106,6 +85,7 @@ class Server:
         self.webhooks: WebhookSender | None = None
         self._mesh_key: str | None = None  # --mesh-key-file, read at start
         self._oidc_provider: Provider | None = None  # closed at stop
+        self._shared = Shared(config, clock, self.log, self.metrics, self.events)
 
     # Commits (the lifecycle lives in server/sources/lifecycle.py)
 
@@ -157,25 +137,12 @@ class Server:
             raise
 
     async def _start(self) -> None:
-        cfg = self.config
-        tasks = self._tasks
-        state = await open_state(
-            cfg,
-            history=self.history,
-            status=self.status,
-            events=self.events,
-            clock=self.clock,
-            log=self.log,
-            metrics=self.metrics,
-        )
+        cfg, shared, tasks = self.config, self._shared, self._tasks
+        state = await open_state(shared, history=self.history, status=self.status)
         self.commits, self.store = state.commits, state.store
         self.server_key, self.derp_key = state.server_key, state.derp_key
-        if cfg.stun_host is not None:
-            try:
-                self._stun = await start_stun_server(cfg.stun_host, cfg.stun_port, log=self.log)
-            except OSError as exc:
-                error = ListenError("STUN (udp)", cfg.stun_host, cfg.stun_port, exc)
-                raise StartupError(str(error)) from None
+        self._stun = await open_stun(cfg, self.log)
+        if self._stun is not None:
             self.stun_port = self._stun.port
         try:
             ssl_ctx = self.tls.start()
@@ -196,18 +163,14 @@ class Server:
         except MeshKeyError as exc:
             raise StartupError(str(exc)) from None
         running = start_tailnet(
-            cfg,
+            shared,
             self.store,
             state.source,
             port=self.port,
             stun_port=self.stun_port if self._stun else 0,
             disconnect=self._derp_disconnect,
-            events=self.events,
             delivery=self.webhook_delivery,
             gc_policy=self.gc_policy,
-            metrics=self.metrics,
-            clock=self.clock,
-            log=self.log,
             tasks=tasks,
         )
         self.registry, self.tailnet, self.users = running.registry, running.tailnet, running.users
@@ -215,49 +178,27 @@ class Server:
         self.metrics.export_derp(lambda: self.derp.stats())  # a scrape starts DERP
         self.metrics.export_live(self._live_counts)
         logins = start_logins(
-            cfg,
+            shared,
             self.store,
             running,
             public_url=self._public_url,
             control_settings=self._control_settings,
-            events=self.events,
-            metrics=self.metrics,
-            clock=self.clock,
-            log=self.log,
         )
-        self.logins, self.ssh_checks, self.probing = (
-            logins.logins,
-            logins.ssh_checks,
-            logins.probing,
-        )
+        self.logins, self.ssh_checks = logins.logins, logins.ssh_checks
+        self.probing, self.control = logins.probing, logins.control
         self.oidc, self._oidc_provider = logins.oidc, logins.oidc_provider
-        self.control = logins.control
-        await self._start_web(scheme="https" if ssl_ctx else "http")
-        self.serving = serve_commits(
-            self.commits,
-            running,
-            self.store,
-            logins,
-            fetch_interval=cfg.fetch_interval,
-            events=self.events,
-            metrics=self.metrics,
-            clock=self.clock,
-            log=self.log,
-            tasks=tasks,
-        )
+        await self._open_doors(state, running, logins, scheme="https" if ssl_ctx else "http")
+        self.serving = serve_commits(shared, self.commits, running, self.store, logins, tasks=tasks)
         start_timers(
+            shared,
             running,
             logins,
             self.status,
             inactivity=lambda: self._settings().ephemeral_inactivity_timeout,
             disconnect=self._derp_disconnect,
-            mesh_with=cfg.mesh_with,
             mesh_key=self._mesh_key,
             derp=lambda: self.derp,
             derp_key=self.derp_key,
-            events=self.events,
-            clock=self.clock,
-            log=self.log,
             tasks=tasks,
         )
         # The tailnet read every node a moment ago: not a second pass over the store.
@@ -271,21 +212,25 @@ class Server:
             cfg.store_description,
         )
 
-    async def _start_web(self, scheme: str) -> None:
+    async def _open_doors(
+        self, state: OpenState, running: RunningTailnet, logins: Logins, scheme: str
+    ) -> None:
         """The front doors, and their ports but the control one (open already)."""
         cfg = self.config
         doors = front_doors(
-            self.server_key,
+            self._shared,
+            state,
+            running,
+            logins,
+            self.status,
             # self.control is looked up per request: tests replace it after start().
             control=lambda request: self.control(request),
             answer_now=self._answer_now,
             derp=lambda: self.derp,
-            web=self._web_deps,
+            sync=self.sync_now,
             acme_responder=self.acme_responder,
             scheme=scheme,
-            metrics=cfg.metrics_host is not None,
             http01=self.tls.acme is not None,
-            log=self.log,
         )
         self._ts2021, self._front, self._local_front = doors.ts2021, doors.public, doors.local
         await self.listeners.unix(cfg.socket_path, doors.local.handle)
@@ -297,29 +242,6 @@ class Server:
         if self.tls.acme is not None and doors.http01 is not None:
             self.acme_http_port = await listen_http01(self.listeners, cfg, doors.http01)
             self._tasks.append(asyncio.create_task(self.tls.acme.run()))
-
-    def _web_deps(self, local: bool) -> WebDeps:
-        """What the HTTP app is given (`local`: the admin socket's rights)."""
-        return WebDeps(
-            self.server_key.public(),
-            self.tailnet,
-            self.registry,
-            self.store,
-            self.clock,
-            self.status,
-            os.urandom,
-            local=local,
-            sync=self.sync_now,
-            rollout=self.commits,
-            metrics=self.metrics,
-            log=self.log,
-            documents=self.commits.serving_documents,
-            events=self.events,
-            logins=self.logins,
-            ssh_checks=self.ssh_checks,
-            oidc=self.oidc,
-            users=self.users,
-        )
 
     def _live_counts(self) -> dict[str, int]:
         return {

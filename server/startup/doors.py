@@ -1,12 +1,15 @@
-"""A start's front doors: the control port's (the /ts2021 and /derp upgrades in
-front of the public HTTP app), the admin socket's, the metrics port's and ACME's
-port 80; and listening on a port, a failure said as a StartupError."""
+"""A start's doors: STUN, the control port's TLS, the front doors (the control
+port's, with the /ts2021 and /derp upgrades in front of the public HTTP app;
+the admin socket's; the metrics port's; ACME's port 80), and listening on a
+port, a failure said as a StartupError."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from server.api import WebDeps, build_app, build_metrics_app
@@ -15,15 +18,27 @@ from server.edge.control_conn import Handler
 from server.edge.control_types import AnswerNow
 from server.edge.http1 import FrontDoor, UpgradeHandler
 from server.edge.listeners import ConnectionHandler, ListenError, Listeners
+from server.edge.stun_server import StunServer, start_stun_server
 from server.edge.upgrades import Ts2021Upgrade, derp_upgrade
-from server.protocol.keys import MachinePrivate
-from server.startup import StartupError
+from server.sources.repo import RepoStatus
+from server.startup import Shared, StartupError
+from server.startup.logins import Logins
+from server.startup.state import OpenState
+from server.startup.tailnet import RunningTailnet
 from server.tls.acme_http import ChallengeResponder
+from server.tls.serving import ServingTls
 
 if TYPE_CHECKING:
     from server.edge.derp_server import DerpServer
 
-__all__ = ["FrontDoors", "front_doors", "listen", "listen_http01"]
+__all__ = [
+    "FrontDoors",
+    "front_doors",
+    "listen",
+    "listen_http01",
+    "open_stun",
+    "serving_tls",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,29 +50,92 @@ class FrontDoors:
     http01: FrontDoor | None  # ACME's port 80: the public door over plain HTTP
 
 
+def serving_tls(
+    cfg: ServerConfig,
+    responder: ChallengeResponder,
+    *,
+    log: logging.Logger,
+    clock: Callable[[], datetime],
+) -> ServingTls:
+    """The control port's TLS: certificate files, ACME or none."""
+    acme = None
+    if cfg.acme_domain is not None:
+        from server.tls.acme import AcmeSettings  # cryptography.x509: only for TLS
+
+        acme = AcmeSettings(
+            cfg.acme_domain, cfg.acme_email, cfg.acme_directory, cfg.data_dir / "acme"
+        )
+    return ServingTls(
+        cert=cfg.tls_cert,
+        key=cfg.tls_key,
+        acme=acme,
+        responder=responder,
+        server_url=cfg.server_url,
+        log=log,
+        clock=clock,
+    )
+
+
+async def open_stun(cfg: ServerConfig, log: logging.Logger) -> StunServer | None:
+    """The STUN server, or None if --stun-listen is off."""
+    if cfg.stun_host is None:
+        return None
+    try:
+        return await start_stun_server(cfg.stun_host, cfg.stun_port, log=log)
+    except OSError as exc:
+        error = ListenError("STUN (udp)", cfg.stun_host, cfg.stun_port, exc)
+        raise StartupError(str(error)) from None
+
+
 def front_doors(
-    server_key: MachinePrivate,
+    shared: Shared,
+    state: OpenState,
+    running: RunningTailnet,
+    logins: Logins,
+    status: RepoStatus,
     *,
     control: Handler,
     answer_now: AnswerNow,
     derp: Callable[[], DerpServer],
-    web: Callable[[bool], WebDeps],
+    sync: Callable[[], Awaitable[None]],
     acme_responder: ChallengeResponder,
     scheme: str,
-    metrics: bool,
     http01: bool,
-    log: logging.Logger,
 ) -> FrontDoors:
-    """`web(local)` is what the HTTP app is given; `metrics` and `http01` say
-    whether those ports are opened."""
-    ts2021 = Ts2021Upgrade(server_key, control, log=log, answer_now=answer_now)
+    """`http01`: whether ACME's port 80 is opened."""
+    log = shared.log
+
+    def web(local: bool) -> WebDeps:
+        return WebDeps(
+            state.server_key.public(),
+            running.tailnet,
+            running.registry,
+            state.store,
+            shared.clock,
+            status,
+            os.urandom,
+            local=local,
+            sync=sync,
+            rollout=state.commits,
+            metrics=shared.metrics,
+            log=log,
+            documents=state.commits.serving_documents,
+            events=shared.events,
+            logins=logins.logins,
+            ssh_checks=logins.ssh_checks,
+            oidc=logins.oidc,
+            users=running.users,
+        )
+
+    ts2021 = Ts2021Upgrade(state.server_key, control, log=log, answer_now=answer_now)
     upgrades: dict[str, UpgradeHandler] = {"/ts2021": ts2021, "/derp": derp_upgrade(derp)}
-    public = acme_responder.wrap(build_app(web(False)))
+    public = acme_responder.wrap(build_app(web(local=False)))
+    metrics = shared.config.metrics_host is not None
     return FrontDoors(
         ts2021,
         FrontDoor(public, upgrades, log=log, scheme=scheme),
-        FrontDoor(build_app(web(True)), {}, log=log),
-        FrontDoor(build_metrics_app(web(False)), {}, log=log) if metrics else None,
+        FrontDoor(build_app(web(local=True)), {}, log=log),
+        FrontDoor(build_metrics_app(web(local=False)), {}, log=log) if metrics else None,
         # /ts2021 is served on port 80 too: clients given an https:// URL try it.
         FrontDoor(public, upgrades, log=log, scheme="http") if http01 else None,
     )

@@ -4,24 +4,21 @@ OIDC, router health probes, and the control handler that answers nodes."""
 from __future__ import annotations
 
 import base64
-import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from server.auth.pending import PendingLogins
 from server.auth.sshcheck import SshChecks
-from server.config import ServerConfig
 from server.control import PROBE_PATH, ControlHandler, ControlSettings
-from server.metrics import Metrics
 from server.oidc.wiring import oidc_login
+from server.startup import Shared
 from server.startup.tailnet import RunningTailnet
 from server.store import SqlStore
 from server.tailnet.probes import RouterProbes
 from server.tailnet.timers import Probing
-from server.webhooks import EventSource
 
 if TYPE_CHECKING:
     from server.oidc.login import OidcLogin
@@ -41,17 +38,14 @@ class Logins:
 
 
 def start_logins(
-    cfg: ServerConfig,
+    shared: Shared,
     store: SqlStore,
     running: RunningTailnet,
     *,
     public_url: Callable[[], str],
     control_settings: Callable[[], ControlSettings],
-    events: EventSource,
-    metrics: Metrics,
-    clock: Callable[[], datetime],
-    log: logging.Logger,
 ) -> Logins:
+    cfg, clock, log = shared.config, shared.clock, shared.log
     registry, tailnet = running.registry, running.tailnet
     logins = PendingLogins(
         store,
@@ -102,10 +96,10 @@ def start_logins(
         clock=clock,
         settings=control_settings,
         log=log,
-        metrics=metrics,
+        metrics=shared.metrics,
         logins=logins,
         ssh_checks=ssh_checks,
-        on_refused=events.login_refused,
+        on_refused=shared.events.login_refused,
         on_probe=probing.answered,
     )
     return Logins(logins, ssh_checks, oidc, provider, probing, control)

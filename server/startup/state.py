@@ -3,24 +3,18 @@ keys, and the node store made ready for the commit served first."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
-from server.config import ServerConfig
 from server.datadir import DataDirError, load_or_create_key
-from server.metrics import Metrics
 from server.protocol.keys import MachinePrivate, NodePrivate
 from server.sources.authority import CommitAuthority
 from server.sources.history import History
 from server.sources.lifecycle import CommitLifecycle, SourceError, open_repo
 from server.sources.repo import RepoStatus
 from server.sources.serving import prepare_store
-from server.startup import StartupError
+from server.startup import Shared, StartupError
 from server.store import SqlStore, StoreError, open_node_store
 from server.tailnet import TailnetSource
-from server.webhooks import EventSource
 
 __all__ = ["OpenState", "open_state"]
 
@@ -34,16 +28,8 @@ class OpenState:
     store: SqlStore
 
 
-async def open_state(
-    cfg: ServerConfig,
-    *,
-    history: History,
-    status: RepoStatus,
-    events: EventSource,
-    clock: Callable[[], datetime],
-    log: logging.Logger,
-    metrics: Metrics,
-) -> OpenState:
+async def open_state(shared: Shared, *, history: History, status: RepoStatus) -> OpenState:
+    cfg, clock, log = shared.config, shared.clock, shared.log
     try:
         repo = await open_repo(
             repo=cfg.repo,
@@ -63,8 +49,8 @@ async def open_state(
         data_dir=cfg.data_dir,
         clock=clock,
         log=log,
-        metrics=metrics,
-        on_outcome=events.commit,
+        metrics=shared.metrics,
+        on_outcome=shared.events.commit,
     )
     try:
         source = TailnetSource.from_snapshot(commits.initial())

@@ -4,22 +4,19 @@ keys DERP relays for, runtime users, replication (PostgreSQL) and webhooks."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-from server.config import ServerConfig
 from server.edge.public import derp_region
 from server.gcpolicy import GcPolicy
-from server.metrics import Metrics
 from server.protocol.keys import NodePublic
+from server.startup import Shared
 from server.startup.settings import serving_settings
 from server.store import SqlStore
 from server.tailnet import NodeRegistry, Tailnet, TailnetSource, UserRegistry, running_tailnet
 from server.tailnet.derp_access import DerpAccess
-from server.webhooks import Delivery, EventSource, WebhookSender
+from server.webhooks import Delivery, WebhookSender
 from server.webhooks.wiring import start_webhooks
 
 __all__ = ["RunningTailnet", "start_tailnet"]
@@ -35,24 +32,21 @@ class RunningTailnet:
 
 
 def start_tailnet(
-    cfg: ServerConfig,
+    shared: Shared,
     store: SqlStore,
     source: TailnetSource,
     *,
     port: int,
     stun_port: int,
     disconnect: Callable[[NodePublic], None],
-    events: EventSource,
     delivery: Delivery,
     gc_policy: GcPolicy | None,
-    metrics: Metrics,
-    clock: Callable[[], datetime],
-    log: logging.Logger,
     tasks: list[asyncio.Task[None]],
 ) -> RunningTailnet:
     """`port` and `stun_port` (0: no STUN) are the bound ones the DERP map
     advertises; `disconnect` closes a node's DERP connection when its access
     ends. Replication and webhook delivery are appended to `tasks`."""
+    cfg, clock, log, metrics = shared.config, shared.clock, shared.log, shared.metrics
     derp = derp_region(cfg.server_url, cfg.listen_port, port, stun_port, cfg.mesh_with)
     registry, tailnet = running_tailnet(
         store,
@@ -78,7 +72,7 @@ def start_tailnet(
             )
         )
     webhooks = start_webhooks(
-        events,
+        shared.events,
         registry,
         tailnet,
         store,

@@ -38,6 +38,8 @@ from server.tls.acme_http import ChallengeResponder
 from server.webhooks import Delivery, EventSource, WebhookSender
 
 if TYPE_CHECKING:
+    import ssl
+
     from prometheus_client import CollectorRegistry
 
     from server.edge.derp_server import DerpServer
@@ -141,23 +143,7 @@ class Server:
         state = await open_state(shared, history=self.history, status=self.status)
         self.commits, self.store = state.commits, state.store
         self.server_key, self.derp_key = state.server_key, state.derp_key
-        self._stun = await open_stun(cfg, self.log)
-        if self._stun is not None:
-            self.stun_port = self._stun.port
-        try:
-            ssl_ctx = self.tls.start()
-        except TlsError as exc:
-            raise StartupError(f"TLS: {exc}") from None
-        tasks += map(asyncio.create_task, self.tls.tasks())
-        self.port = await listen(
-            self.listeners,
-            "control (tcp)",
-            cfg.listen_host,
-            cfg.listen_port,
-            lambda r, w: self._front.handle(r, w),  # the front door is built below
-            ssl=ssl_ctx,
-            limit=64 * 1024,
-        )
+        ssl_ctx = await self._open_control_port()
         try:
             self._mesh_key = read_mesh_key(cfg.mesh_key_file)
         except MeshKeyError as exc:
@@ -211,6 +197,28 @@ class Server:
             (self.status.serving or "")[:12],
             cfg.store_description,
         )
+
+    async def _open_control_port(self) -> ssl.SSLContext | None:
+        """STUN, TLS, then the control port; its TLS context (None: plain HTTP)."""
+        cfg = self.config
+        self._stun = await open_stun(cfg, self.log)
+        if self._stun is not None:
+            self.stun_port = self._stun.port
+        try:
+            ssl_ctx = self.tls.start()
+        except TlsError as exc:
+            raise StartupError(f"TLS: {exc}") from None
+        self._tasks += map(asyncio.create_task, self.tls.tasks())
+        self.port = await listen(
+            self.listeners,
+            "control (tcp)",
+            cfg.listen_host,
+            cfg.listen_port,
+            lambda r, w: self._front.handle(r, w),  # the front door is built in _open_doors
+            ssl=ssl_ctx,
+            limit=64 * 1024,
+        )
+        return ssl_ctx
 
     async def _open_doors(
         self, state: OpenState, running: RunningTailnet, logins: Logins, scheme: str

@@ -60,8 +60,9 @@ def _serve(args: argparse.Namespace) -> int:
         memtrace = MemTrace.from_env()
         if memtrace is not None:
             memtrace.start()
-    from server.app import Server, StartupError
+    from server.app import Server
     from server.gcpolicy import GcPolicy
+    from server.startup import StartupError
 
     try:
         config = load_config(vars(args))

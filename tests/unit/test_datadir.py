@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sqlite3
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from server.app import Server, StartupError
+from server.app import Server
 from server.config import ServerConfig
+from server.startup import StartupError, state
+from server.store import SqlStore, open_node_store
 from tests.e2e.harness import TailnetRepo
 from tests.unit.control_client import USERS, FakeClock, async_test, loopback_config
 
@@ -80,6 +83,34 @@ async def test_a_start_that_fails_gives_the_data_dir_back(config: ServerConfig) 
         with pytest.raises(StartupError, match=f"127.0.0.1:{port}: address already in use"):
             await server(busy).start()
     working = server(config)
+    await working.start()
+    await working.stop()
+
+
+@async_test
+async def test_a_start_that_fails_preparing_the_store_closes_it(
+    config: ServerConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store is opened and prepared inside open_state, before the Server
+    # holds it: the Server's stop() cannot be the one to close it.
+    opened: list[SqlStore] = []
+
+    def open_and_keep(where: str | Path, description: str) -> SqlStore:
+        opened.append(open_node_store(where, description))
+        return opened[-1]
+
+    def refuse(*args: object) -> None:
+        raise OSError("keys.yaml's secret cannot be read")
+
+    monkeypatch.setattr(state, "open_node_store", open_and_keep)
+    monkeypatch.setattr(state, "prepare_store", refuse)
+    failing = server(config)
+    with pytest.raises(OSError, match="secret"):
+        await failing.start()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        opened[0].list_nodes()
+    monkeypatch.undo()
+    working = server(config)  # the data dir was given back too
     await working.start()
     await working.stop()
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from server.admin_client import SocketTarget, call
-from server.app import Server, StartupError
+from server.app import Server
 from server.cli import main as cli_main
+from server.startup import StartupError
 from tests.unit.control_client import USERS, async_test, loopback_config
 from tests.unit.signing import SigningKey, make_key, signed_commit
 

@@ -173,8 +173,11 @@ class LocalServer:
         return process_cpu_seconds(self.pid)
 
     def wait_settled(self) -> float:
-        """Until the server's start-up work is done (`wait_quiet`); seconds waited."""
-        return wait_quiet(self.cpu_seconds, since=self.started_at)
+        """Until the server's start-up work is done (`wait_quiet`); seconds waited.
+        Counted from /health's first answer: the server's loop, which starts
+        the work's timer, runs by then (from the exec, the imports before it
+        made a wait that ended before the work began)."""
+        return wait_quiet(self.cpu_seconds, since=self.started_at + self.started_in)
 
     def memory_snapshot(self, directory: Path, timeout: float = 120.0) -> Path:
         """Ask a server started with TAILNETD_TRACEMALLOC=`directory` for its

@@ -1,11 +1,13 @@
 """The server's CPU as the socket benches read it (bench/loadgen/local.py):
-every live thread's time on CPU, finer than /proc's 10 ms clock ticks."""
+every live thread's time on CPU, finer than /proc's 10 ms clock ticks; and
+the wait, before a storm, for the server's start-up work to end."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +85,23 @@ def test_a_server_that_never_goes_quiet_is_waited_for_no_longer_than_the_timeout
     assert wait_quiet(
         server.cpu, since=0.0, timeout=5.0, clock=lambda: server.now, sleep=server.sleep
     ) == pytest.approx(5.0, abs=0.11)
+
+
+def test_the_wait_counts_from_the_server_s_first_answer_not_its_exec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The start-up work's timer starts with the server's loop, after its
+    imports: counted from the exec, the wait ended before the work began."""
+    from bench.loadgen import local
+
+    seen: dict[str, float] = {}
+
+    def wait_quiet(cpu: object, *, since: float) -> float:
+        seen["since"] = since
+        return 0.0
+
+    monkeypatch.setattr(local, "wait_quiet", wait_quiet)
+    server = local.LocalServer(process=None, repo=None, tmp=Path("."))  # type: ignore[arg-type]
+    server.started_at, server.started_in = 100.0, 0.6
+    server.wait_settled()
+    assert seen["since"] == pytest.approx(100.6)

@@ -66,6 +66,7 @@ def main() -> None:
     tune_gc()
     profiler = cProfile.Profile(time.process_time) if args.loader_profile else None
     with local_server({"users.yaml": USERS, "policy.hujson": SPARSE}) as server:
+        server.wait_settled()  # its start-up work is no registration's
         spy = None
         if args.spy:
             spy = subprocess.Popen(

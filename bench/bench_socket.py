@@ -153,6 +153,9 @@ async def register(
         await fleet.ready()
     else:
         fleet = Fleet(server.address, key, concurrency=concurrency)
+    # The storm starts after the server's one-off start-up work (its CPU and
+    # the RSS of the modules it loads), not inside it.
+    await asyncio.to_thread(server.wait_settled)
     await snapshot()
     rss0, anon0 = server.rss_bytes(), server.anon_rss_bytes()
     start, loader, served = time.monotonic(), time.process_time(), server.cpu_seconds()

@@ -26,9 +26,17 @@ cyclic garbage (`gc.collect()` after a commit finds none).
   collection, freeze again. Its pause is one scan of the whole heap (at
   20,000 nodes ~0.9 s of CPU, docs/bench/NOTE-gc.md), taken right after a
   fan-out drained, never inside one.
-* `grew(n)`: sessions opened (a connect storm); every `freeze_after` of them
-  what they made is frozen as a release does, so a restart's sessions are
-  not scanned by every later collection.
+* `grew(n)`: sessions opened (a connect or registration storm); every
+  `freeze_after` of them what they made is frozen as a release does, so a
+  restart's sessions are not scanned by every later collection. The batch is
+  small, a freeze every few young collections: then neither a full nor a
+  generation-1 collection comes in a storm (each rescanned what the sessions
+  since the last freeze made). In a 1,000-node registration storm, batches
+  of 1,024 paid 17 generation-1 collections and a full one, ~80 us of each
+  registration's ~1.8 ms of CPU; batches of 32 pay none (gc.callbacks timed
+  by thread_time, docs/bench/NOTE-regcpu.md). These freezes count towards a
+  sweep by their sessions, one step per `SWEEP_SESSIONS`, so that small
+  batches bring a sweep (a scan of the whole heap) no sooner.
 """
 
 from __future__ import annotations
@@ -36,7 +44,14 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass
 
-__all__ = ["FREEZE_AFTER", "HELD_THRESHOLD", "SWEEP_EVERY", "GcPolicy", "GcStats"]
+__all__ = [
+    "FREEZE_AFTER",
+    "HELD_THRESHOLD",
+    "SWEEP_EVERY",
+    "SWEEP_SESSIONS",
+    "GcPolicy",
+    "GcStats",
+]
 
 # Generations 1 and 2's thresholds while held: only generation 0 is collected
 # (the collections needed to reach these are never made in a commit).
@@ -44,8 +59,10 @@ HELD_THRESHOLD = 1 << 30
 # Freezes between sweeps: cyclic garbage frozen by mistake lives at most this
 # many commits. A sweep scans the whole heap once (see the NOTE for its pause).
 SWEEP_EVERY = 16
-# Sessions opened between freezes (a restart's connect storm).
-FREEZE_AFTER = 1024
+# Sessions opened between freezes (a restart's connect storm, a registration storm).
+FREEZE_AFTER = 32
+# Sessions frozen that count as one freeze towards a sweep.
+SWEEP_SESSIONS = 1024
 
 
 @dataclass(slots=True)
@@ -68,7 +85,7 @@ class GcPolicy:
         self.stats = GcStats()
         self._held = 0
         self._saved: tuple[int, int, int] | None = None
-        self._since_sweep = 0
+        self._since_sweep = 0.0  # freezes since the last sweep, storm freezes by their sessions
         self._opened = 0
 
     @property
@@ -98,14 +115,13 @@ class GcPolicy:
         """`count` sessions opened: freeze their state every `freeze_after`."""
         self._opened += count
         if self._opened >= self.freeze_after and self._held == 0:
-            self._opened = 0
-            self._freeze()
+            self._freeze(self._opened / SWEEP_SESSIONS)
 
-    def _freeze(self) -> None:
+    def _freeze(self, step: float = 1.0) -> None:
         self._opened = 0
-        self._since_sweep += 1
+        self._since_sweep += step
         if self._since_sweep >= self.sweep_every:
-            self._since_sweep = 0
+            self._since_sweep = 0.0
             gc.unfreeze()
             self.stats.swept += gc.collect()
             self.stats.sweeps += 1

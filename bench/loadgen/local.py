@@ -12,7 +12,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ __all__ = [
     "process_cpu_seconds",
     "softirq_cpu_seconds",
     "thread_cpu_seconds",
+    "wait_quiet",
 ]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -96,12 +97,46 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
 
 
+# `tailnetd serve` does one-off work a second after it starts (server/cli.py
+# `_settle`: the HTTP app's import, nacl's, one full collection: ~0.15 s of
+# CPU), which a storm started within that second was charged for.
+SETTLE_AFTER = 1.0
+QUIET_STEP = 0.1  # seconds between CPU reads while waiting for quiet
+QUIET_CPU = 0.005  # CPU seconds in one step that still count as quiet
+
+
+def wait_quiet(
+    cpu: Callable[[], float],
+    *,
+    since: float,
+    after: float = SETTLE_AFTER,
+    timeout: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
+    """Until `after` seconds past `since` (`clock`'s time), then until the
+    `cpu` seconds read grow less than QUIET_CPU in a step: so that a
+    measurement does not take in a server's start-up work. Returns the
+    seconds waited; gives up (returns) after `timeout`."""
+    began = clock()
+    sleep(max(0.0, since + after - began))
+    last = cpu()
+    while clock() - began < timeout:
+        sleep(QUIET_STEP)
+        now = cpu()
+        if now - last < QUIET_CPU:
+            break
+        last = now
+    return clock() - began
+
+
 @dataclass
 class LocalServer:
     process: ServerProcess
     repo: TailnetRepo
     tmp: Path
     started_in: float = 0.0  # seconds from exec to /health answering
+    started_at: float = 0.0  # time.monotonic() at the last exec
     stopped_in: float = 0.0  # seconds from SIGTERM to exit, at the last restart
 
     @property
@@ -137,6 +172,13 @@ class LocalServer:
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.pid)
 
+    def wait_settled(self) -> float:
+        """Until the server's start-up work is done (`wait_quiet`); seconds waited.
+        Counted from /health's first answer: the server's loop, which starts
+        the work's timer, runs by then (from the exec, the imports before it
+        made a wait that ended before the work began)."""
+        return wait_quiet(self.cpu_seconds, since=self.started_at + self.started_in)
+
     def memory_snapshot(self, directory: Path, timeout: float = 120.0) -> Path:
         """Ask a server started with TAILNETD_TRACEMALLOC=`directory` for its
         next tracemalloc snapshot (SIGUSR2); the snapshot's base path once written."""
@@ -160,7 +202,7 @@ class LocalServer:
         return self.start()
 
     def start(self) -> float:
-        begin = time.monotonic()
+        begin = self.started_at = time.monotonic()
         self.process.start()
         self.started_in = time.monotonic() - begin
         return self.started_in

@@ -119,6 +119,36 @@ def test_a_connect_storm_is_frozen_a_batch_at_a_time() -> None:
     assert policy.stats.freezes == 2
 
 
+def test_a_registration_storm_is_frozen_in_small_batches() -> None:
+    """Older collections in a storm rescan what the sessions since the last
+    freeze made: a freeze every few young collections leaves them nothing."""
+    policy = GcPolicy()
+    seen, callback = old_collections()
+    kept = []
+    try:
+        for _ in range(1000):
+            kept.append([[i] for i in range(20)])  # what a session keeps
+            policy.grew()
+    finally:
+        gc.callbacks.remove(callback)
+    assert policy.stats.freezes >= 1000 // 32
+    assert seen == []
+
+
+def test_storm_freezes_bring_a_sweep_by_their_sessions_not_their_number() -> None:
+    policy = GcPolicy(sweep_every=2, freeze_after=128)
+    for _ in range(15):  # 1,920 sessions: less than two sweep steps
+        policy.grew(128)
+    assert policy.stats.freezes == 15 and policy.stats.sweeps == 0
+    policy.grew(128)
+    assert policy.stats.sweeps == 1
+    policy.hold()
+    policy.release()  # a commit's freeze still counts whole
+    policy.hold()
+    policy.release()
+    assert policy.stats.sweeps == 2
+
+
 def test_a_commit_is_held_until_its_fan_out_drained(store: Store) -> None:
     policy = GcPolicy()
     _, tailnet, streams = streaming(store, gc_policy=policy)

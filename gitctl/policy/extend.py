@@ -235,6 +235,10 @@ def _grow_one(
     for k in sorted(gains):
         src, texts, parts = gains[k]
         was = slots[k]
+        if not was.parts:
+            # No destinations, now or ever (joins only fill parts): never
+            # sent, so its sources (autogroup:self's, every member's) stay.
+            continue
         rule = slots[k] = _grow_rule(was, n, (frozenset(src), tuple(texts), parts), grown)
         if rule.live:
             _received(lists, was, k)

@@ -266,3 +266,18 @@ def test_a_settle_of_joins_into_users_builds_no_earlier_nodes_view_whole() -> No
     assert all(i >= len(owners) for i in built)  # none but newcomers' (none streams here)
     # Each earlier node of a user that gained a node is sent its new peer and filter.
     assert [sum(msg is not None for msg in msgs.values()) for msgs in sent] == [8, 4]
+
+
+def test_a_join_leaves_rules_without_destinations_as_they_were() -> None:
+    # autogroup:self's rule over every member reaches no node itself (each
+    # user's own rule does): growing its sources copied every member's
+    # addresses at each join, for a rule that is never sent.
+    spec = [(("alice", "bob", "carol")[i % 3], 3, False) for i in range(12)]
+    served = compiled(SELF, spec)
+    spec = [*spec, ("alice", 3, False), ("bob", 3, False)]
+    grown = compiled(SELF, spec, served)
+    assert grown.visibility.origin == "extended"
+    before = served.visibility.slots
+    idle = [k for k, rule in enumerate(before) if not rule.parts]
+    assert idle and all(grown.visibility.slots[k] is before[k] for k in idle)
+    assert dict(grown.nodes.items()) == dict(compiled(SELF, spec).nodes.items())

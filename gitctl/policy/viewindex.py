@@ -424,13 +424,20 @@ class ViewIndex(Generic[NodeKey]):
         if isinstance(change, JoinChange):
             # Who it sees is what it saw and the newcomers (`_take_over`):
             # its peers are gathered as a build would, its other fields kept.
-            mask = self.visible(i)
+            mask, peers = self.visible(i), base.peers
+            if type(peers) is dict:
+                # (a viewer without IPv4, or of a router: its entries are its
+                # own, kept by identity, and the newcomers come last)
+                keys = self.keys
+                peers = {**peers, **{keys[j]: self.peer_view(i, j) for j in bits(change.seen[i])}}
+            else:
+                peers = self._peers(i, mask)
             return NodeView(
                 self._filter(i, self.per_node.shown(i))
                 if i in change.refilter
                 else base.packet_filter_rules,
                 base.ssh_policy,
-                self._peers(i, mask),
+                peers,
                 base.self_cap_map,
                 base.self_allowed_ips,
                 base.self_primary_routes,

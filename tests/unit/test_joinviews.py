@@ -88,7 +88,10 @@ def test_joins_give_the_views_of_a_fresh_compile(
         change = served.visibility.peer_change
         if isinstance(change, JoinChange):
             for key in change.viewers:  # patched: the SSH policy is the one it held
-                assert served.nodes[key].ssh_policy is before[key].ssh_policy
+                view, held = served.nodes[key], before[key]
+                assert view.ssh_policy is held.ssh_policy
+                # and its peers' entries (map refreshes compare them by identity)
+                assert all(view.peers[p] is pv for p, pv in held.peers.items())
 
 
 SELF = {"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}

@@ -28,6 +28,7 @@ from server.tailnet.session import MapSession
 from server.wire import DerpRegion
 from tests.unit.control_client import T0
 from tests.unit.test_refilter import OWNERS, PORTS, RULES, policy_doc, topology
+from tests.unit.test_refilter_sessions import assert_same_messages
 from tests.unit.test_tailnet_offloop import assert_maps_are_fresh
 
 NEWCOMER = st.tuples(st.sampled_from(OWNERS), st.sampled_from((1, 2, 3, 3)), st.just(False))
@@ -244,13 +245,7 @@ def test_each_session_sends_what_views_built_whole_give(
         whole = join_messages(owners, batches, src)
     assert len(taken) == len(whole)
     for got, want in zip(taken, whole, strict=True):
-        assert got.keys() == want.keys()
-        for node_id, msg in got.items():
-            other = want[node_id]
-            assert (msg is None) == (other is None)
-            if msg is not None and other is not None:
-                assert bytes(msg) == bytes(other) and type(msg) is type(other)
-                assert getattr(msg, "pieces", ()) == getattr(other, "pieces", ())
+        assert_same_messages(got, want)
 
 
 def test_a_settle_of_joins_into_users_builds_no_earlier_nodes_view_whole() -> None:

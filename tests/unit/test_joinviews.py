@@ -158,11 +158,13 @@ def join_messages(
     *,
     check: bool = True,
     built: list[int] | None = None,
+    passes: dict[int, int] | None = None,
 ) -> list[dict[int, bytes | None]]:
     """Every earlier session's message after each batch of joins (settled
     together, as concurrent registrations are on the loop), each map checked
     against a fresh compile (``check``). ``built`` is emptied once the
-    earlier nodes hold their first maps."""
+    earlier nodes hold their first maps; ``passes`` gets each session's
+    passes over all its peers (`MapSession.full_passes`) at the end."""
     store = open_store(Path(":memory:"))
     due: list[Callable[[], object]] = []
 
@@ -222,6 +224,8 @@ def join_messages(
             )
             if check:
                 assert_maps_are_fresh(store, tailnet)
+        if passes is not None:
+            passes.update((node_id, s.full_passes) for node_id, (_, s) in streams.items())
         return out
     finally:
         store.close()
@@ -257,11 +261,20 @@ def test_a_settle_of_joins_into_users_builds_no_earlier_nodes_view_whole() -> No
         return build(self, i)
 
     owners = [USERS[n % 3] for n in range(12)]
+    passes: dict[int, int] = {}
     with mock.patch.object(ViewIndex, "_build", counting):
         sent = join_messages(
-            owners, [["u0", "u1"], ["u0"]], source([], ssh=False), check=False, built=built
+            owners,
+            [["u0", "u1"], ["u0"]],
+            source([], ssh=False),
+            check=False,
+            built=built,
+            passes=passes,
         )
     assert all(i >= len(owners) for i in built)  # none but newcomers' (none streams here)
+    # Their sessions send the newcomer and the filter, read from the change
+    # log: no pass over their peers but the first map's.
+    assert set(passes.values()) == {1}
     # Each earlier node of a user that gained a node is sent its new peer and filter.
     assert [sum(msg is not None for msg in msgs.values()) for msgs in sent] == [8, 4]
 

@@ -2,7 +2,7 @@
 costs what it changes, not what the tailnet holds).
 
 Run: python -m bench.bench_joins [--nodes 5000] [--joins 100] [--leaves 20] [--batch K]
-[--profile OUT]
+[--groups] [--profile OUT]
 
 N nodes of one user under the socket benchmark's sparse policy (`{"acls": []}`)
 in a real sqlite store, each with an open session that has read its view; then
@@ -13,6 +13,11 @@ each event (a benchmark's cost, not the server's: the server's sessions wait
 on their events). `--batch K`: K joins share a settle, as concurrent
 registrations do on the server's loop (the socket bench's 8 in flight settle
 ~2-6 at a time); the figure is still per join.
+
+`--groups`: users of 25 nodes under `autogroup:self` (the socket bench's groups
+run) instead, nodes dealt to users in turn and each newcomer to the next user,
+so a join changes its ~24 fellows' filters and peers. Their sessions' steps are
+then the server's work too: timed apart (`steps`), over the woken sessions only.
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ from pathlib import Path
 
 from bench.bench_compile import make_node
 from bench.bench_tailnet import Pump, fill, newcomer, source
+from bench.sparse_events import GROUP, SELF_RULE
 from gitctl.policy import parse_policy
 from server.store import open_store
 from server.tailnet import running_tailnet
 from server.wire import DerpRegion, stable_user_id
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+GROUP_POLICY = {"acls": [SELF_RULE]}
 
 
 def main() -> None:
@@ -44,9 +51,15 @@ def main() -> None:
     parser.add_argument("--joins", type=int, default=100)
     parser.add_argument("--leaves", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1, help="joins per settle")
+    parser.add_argument("--groups", action="store_true", help="users of 25, autogroup:self")
     parser.add_argument("--profile", type=Path, help="cProfile the joins and leaves, stats here")
     args = parser.parse_args()
     users = [(stable_user_id("alice"), "alice", "alice@example.com")]
+    policy = parse_policy({"acls": []})
+    if args.groups:
+        names = [f"u{n}" for n in range(max(1, -(-(args.nodes + args.joins) // GROUP)))]
+        users = [(stable_user_id(u), u, f"{u}@example.com") for u in names]
+        policy = parse_policy(GROUP_POLICY)
     profiler = cProfile.Profile() if args.profile else None
     deferred: list[Callable[[], object]] = []
 
@@ -61,20 +74,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(Path(tmp) / "bench.sqlite")
         nodes = [
-            replace(make_node(i, users, ["tag:t"]), user="alice", tags=())
+            replace(make_node(i, users, ["tag:t"]), user=users[i % len(users)][1], tags=())
             for i in range(1, args.nodes + 1)
         ]
         fill(store, nodes)
         registry, tailnet = running_tailnet(
             store,
-            source(parse_policy({"acls": []}), users, "sparse"),
+            source(policy, users, "groups" if args.groups else "sparse"),
             derp_regions=[DerpRegion(999, "tailnetd", "tailnetd", "127.0.0.1", 8080, 3478)],
             log=logging.getLogger("bench"),
             clock=lambda: NOW,
             # One join, one settle; or, batched, what the loop runs once the batch is in.
             defer=(lambda fn: False) if args.batch == 1 else later,
         )
-        pump = Pump(registry, tailnet)
+        pump = TimedPump(registry, tailnet)
         for node in store.list_nodes():
             pump.open(node.id)
         pump.run()
@@ -87,15 +100,22 @@ def main() -> None:
             if profiler is not None:
                 profiler.disable()
             spent = time.process_time() - start
+            if profiler is not None:
+                profiler.enable()
             pump.run()
+            if profiler is not None:
+                profiler.disable()
             return spent
 
+        def user_of(k: int) -> str:
+            return users[(args.nodes + 1 + k) % len(users)][1]
+
         def join(k: int) -> None:
-            pump.open(registry.register(newcomer(1_000_000 + k, f"newcomer{k}", "alice")).id)
+            pump.open(registry.register(newcomer(1_000_000 + k, f"newcomer{k}", user_of(k))).id)
 
         def joins_settled(first: int) -> None:
             ids = [
-                registry.register(newcomer(1_000_000 + k, f"newcomer{k}", "alice")).id
+                registry.register(newcomer(1_000_000 + k, f"newcomer{k}", user_of(k))).id
                 for k in range(first, first + args.batch)
             ]
             run_deferred()
@@ -104,12 +124,15 @@ def main() -> None:
             run_deferred()
 
         run_deferred()
+        pump.run()  # the opening online wave, deferred in a batched run: not a join's
+        pump.steps = pump.woken = 0
         if args.batch == 1:
             joins = [timed(lambda k=k: join(k)) for k in range(args.joins)]
         else:
             batches = range(0, args.joins, args.batch)
             joins = [timed(lambda k=k: joins_settled(k)) / args.batch for k in batches]
         run_deferred()
+        steps, woken = pump.steps, pump.woken
         ids = [n.id for n in store.list_nodes()][: args.leaves]
         leaves = [timed(lambda i=i: (registry.remove(i), run_deferred())) for i in ids]
         print(
@@ -117,11 +140,37 @@ def main() -> None:
             f"({len(joins)}), {sum(leaves) / max(1, len(leaves)) * 1000:.2f} ms per leave "
             f"({len(leaves)})"
         )
+        if args.groups:
+            print(
+                f"  + {steps / args.joins * 1000:.2f} ms a join stepping its "
+                f"{woken / args.joins:.1f} woken sessions (and encoding their messages)"
+            )
         if profiler is not None and args.profile is not None:
             with args.profile.open("w") as out:
                 stats = pstats.Stats(profiler, stream=out)
                 stats.sort_stats("cumulative").print_stats(40)
                 stats.sort_stats("tottime").print_stats(25)
+
+
+class TimedPump(Pump):
+    """`Pump`, with the CPU of the woken sessions' steps summed (`steps`)."""
+
+    steps = 0.0
+    woken = 0
+
+    def run(self) -> None:
+        ctx = self.tailnet.context
+        clock = time.process_time
+        for handle, session, encoder in self.sessions.values():
+            wake = handle.take_wake()
+            if not (wake.full or wake.top or wake.peers):
+                continue
+            start = clock()
+            msg = session.step(ctx, wake, NOW) if session.serves(ctx) else None
+            if msg is not None:
+                encoder.encode(msg)
+            self.steps += clock() - start
+            self.woken += 1
 
 
 if __name__ == "__main__":

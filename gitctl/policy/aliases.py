@@ -178,9 +178,7 @@ class Index:
         new._sorted_ips, new._facts, new._posture_ok = None, None, {}
         resolved = {}
         for alias, r in list(self._resolved.items()):
-            emails = self._emails_of(alias) if alias.kind in ("user", "group") else None
-            if emails is not None and fresh.by_email.keys().isdisjoint(emails):
-                # most aliases name a few users: skip those of other users quickly
+            if not self._may_name(alias, fresh):
                 resolved[alias] = r
                 continue
             more = fresh.resolve(alias)
@@ -191,6 +189,19 @@ class Index:
             resolved[alias] = r
         new._resolved = resolved
         return new
+
+    def resolve_known(self, fresh: Index) -> None:
+        """Resolve in ``fresh`` (newcomers' own index) every alias resolved
+        here that may name them: what `extended` reads of it, and what
+        `gitctl.policy.extend` reads from its ``resolutions``."""
+        for alias in list(self._resolved):
+            if self._may_name(alias, fresh):
+                fresh.resolve(alias)
+
+    def _may_name(self, alias: Alias, fresh: Index) -> bool:
+        emails = self._emails_of(alias) if alias.kind in ("user", "group") else None
+        # most aliases name a few users: those of other users are skipped quickly
+        return emails is None or not fresh.by_email.keys().isdisjoint(emails)
 
     def _emails_of(self, alias: Alias) -> frozenset[str] | None:
         """The (lower case) emails a user or group alias can name; None (any:

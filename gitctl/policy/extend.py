@@ -100,22 +100,21 @@ def extend_index(
     old = previous.index
     grown: tuple[list[Rule], list[list[int]]] | str
     uses: SlotUses | None = None
-    # one newcomer, address tables not grown by another index, no via: the fast way
+    # address tables not grown by another index, no via: the fast way, one
+    # newcomer after the other when several under autogroup:self (per-user
+    # rules would not line up at once), over one index grown by them all
     if (
-        count == 1
+        (count == 1 or previous.per_node.self_sources)
         and len(old.ips) == len(old.host_prefix_table) == n
         and not any(g.via for g in policy.grants)
     ):
         uses = previous.slot_uses or SlotUses(previous.slots)
-        selfs = _self_gains(previous.per_node.self_sources, fresh, uses)
-        if isinstance(selfs, str):
-            return selfs
-        index = old.extended(fresh)
-        grown = _grow_one(previous, fresh, uses, selfs)
-    elif previous.per_node.self_sources:  # per-user rules would not line up at once
-        if count == 1 or any(g.via for g in policy.grants):
-            return "autogroup:self with via, or address tables grown elsewhere"
-        return _one_at_a_time(previous, policy, topology, keys, tailnet, keep_views=keep_views)
+        grown = _grow_each(previous, policy, topology, fresh if count == 1 else None, uses)
+        if isinstance(grown, str):
+            return grown
+        index = old.extended(fresh)  # (after: it appends to the shared address tables)
+    elif previous.per_node.self_sources:
+        return "autogroup:self with via, or address tables grown elsewhere"
     else:
         index = old.extended(fresh)
         tables = {id(old.ips): index.ips, id(old.host_prefix_table): index.host_prefix_table}
@@ -131,32 +130,6 @@ def extend_index(
     )
     out.slot_uses = uses
     return out
-
-
-def _one_at_a_time(
-    previous: ViewIndex[NodeKey],
-    policy: Policy,
-    topology: Topology,
-    keys: Sequence[NodeKey],
-    tailnet: Mapping[str, Any] | None,
-    *,
-    keep_views: bool,
-) -> ViewIndex[NodeKey] | str:
-    """Several newcomers under autogroup:self (joins that share a settle):
-    grown by one newcomer after the other, as if each had been settled
-    alone, so they cost what they add and not a rebuild; else why not."""
-    index, n = previous, len(previous.keys)
-    for m in range(n + 1, len(keys) + 1):
-        step = (
-            topology
-            if m == len(keys)
-            else Topology(topology.users, topology.nodes[:m], topology.primaries, topology.groups)
-        )
-        grown = extend_index(index, policy, step, keys[:m], tailnet, keep_views=keep_views)
-        if isinstance(grown, str):
-            return grown
-        index = grown
-    return index
 
 
 # What a rule gains: the newcomers (numbered from 0) among its sources, the
@@ -185,12 +158,43 @@ def _self_gains(
     return out
 
 
+def _grow_each(
+    previous: ViewIndex[NodeKey],
+    policy: Policy,
+    topology: Topology,
+    alone: Index | None,
+    uses: SlotUses,
+) -> tuple[list[Rule], list[list[int]]] | str:
+    """The newcomers of ``topology`` (after ``previous``'s nodes), each
+    growing the rules in turn as if settled alone (``alone``: the index of
+    the one newcomer, when there is one), without an index per newcomer;
+    else why not."""
+    n = len(previous.keys)
+    slots, lists = list(previous.slots), list(previous.per_node.lists)
+    for m, node in enumerate(topology.nodes[n:]):
+        if alone is None or m:
+            alone = Index(policy, Topology(topology.users, (node,), groups=topology.groups))
+            alone.set_routes([()])
+        selfs = _self_gains(previous.per_node.self_sources, alone, uses)
+        if isinstance(selfs, str):
+            return selfs
+        previous.index.resolve_known(alone)  # (an index grown from it would)
+        _grow_one(slots, lists, n + m, alone, uses, selfs)
+    return slots, lists
+
+
 def _grow_one(
-    previous: ViewIndex[NodeKey], fresh: Index, uses: SlotUses, selfs: Mapping[int, bool]
-) -> tuple[list[Rule], list[list[int]]]:
-    """One newcomer: only the slots whose aliases or texts name it change,
-    found through ``uses`` (and ``selfs``, see `_self_gains`); every other
-    rule stays the very object."""
+    slots: list[Rule],
+    lists: list[list[int]],
+    n: int,
+    fresh: Index,
+    uses: SlotUses,
+    selfs: Mapping[int, bool],
+) -> None:
+    """One newcomer (node ``n``, after the nodes of ``lists``): only the
+    slots whose aliases or texts name it change, in ``slots``, found through
+    ``uses`` (and ``selfs``, see `_self_gains`); every other rule stays the
+    very object. Its list of slots is appended to ``lists``."""
     gains: dict[int, tuple[set[int], list[str], dict[int, frozenset[int]]]] = {}
     just = frozenset({0})
 
@@ -217,7 +221,7 @@ def _grow_one(
         if source:
             src.add(0)
             texts.extend(ips)
-        parts.update(dict.fromkeys(range(len(previous.slots[k].parts)), just))
+        parts.update(dict.fromkeys(range(len(slots[k].parts)), just))
     for (kind, text), places in uses.other.items():
         if (
             kind == "all"
@@ -226,21 +230,21 @@ def _grow_one(
         ):
             for k, p in places:
                 gain(k)[2][p] = just
-    n = len(previous.keys)
-    slots = list(previous.slots)
-    lists = list(previous.per_node.lists)
     own: list[int] = []
     grown: dict[tuple[int, tuple[str, ...]], tuple[tuple[str, ...], int]] = {}
     for k in sorted(gains):
         src, texts, parts = gains[k]
         was = slots[k]
+        if not was.parts:
+            # No destinations, now or ever (joins only fill parts): never
+            # sent, so its sources (autogroup:self's, every member's) stay.
+            continue
         rule = slots[k] = _grow_rule(was, n, (frozenset(src), tuple(texts), parts), grown)
         if rule.live:
             _received(lists, was, k)
             if parts:
                 own.append(k)
     lists.append(own)
-    return slots, lists
 
 
 def _grow_all(

@@ -22,6 +22,7 @@ from .aliases import Index
 from .bitsets import bits, bitset
 from .filter import Rule
 from .filtershape import FilterShapes
+from .joinviews import JoinChange
 from .model import Policy
 from .nodeattrs import DISABLE_IPV4, ipv4_disabled, self_cap_maps
 from .noderules import NodeRules, SlotUses
@@ -158,7 +159,7 @@ class ViewIndex(Generic[NodeKey]):
         self.views: dict[int, NodeView[NodeKey]] = {}
         # After a join or leave (`adopt`): who merely gained or lost a peer,
         # and the earlier views of those nodes, to patch rather than rebuild.
-        self.peer_change: PeerChange[NodeKey] | None = None
+        self.peer_change: PeerChange[NodeKey] | JoinChange[NodeKey] | None = None
         self._bases: dict[int, NodeView[NodeKey]] = {}
         # After a commit that leaves them all but their filters (refilter.py):
         # the earlier views of those nodes, to take all but the filter from.
@@ -173,7 +174,12 @@ class ViewIndex(Generic[NodeKey]):
         self._lend: dict[NodeKey, PeerView] = {}
         # What `compare` found against an earlier index, until `adopt` uses it.
         self._compared: (
-            tuple[ViewIndex[NodeKey], frozenset[NodeKey] | None, PeerChange[NodeKey] | None, bool]
+            tuple[
+                ViewIndex[NodeKey],
+                frozenset[NodeKey] | None,
+                PeerChange[NodeKey] | JoinChange[NodeKey] | None,
+                bool,
+            ]
             | None
         ) = None
 
@@ -411,15 +417,35 @@ class ViewIndex(Generic[NodeKey]):
         return LazyMap(partial(whois, self.index.ips, cap_rules, mask))
 
     def _patched(self, i: int, base: NodeView[NodeKey]) -> NodeView[NodeKey]:
-        """``base`` (the earlier index's view of node ``i``) with the peer that
-        joined or left added or removed: all `peer_change` lets differ."""
+        """``base`` (the earlier index's view of node ``i``) with the peers
+        that joined added or the one that left removed: all `peer_change`
+        lets differ."""
         change = self.peer_change
+        if isinstance(change, JoinChange):
+            # Who it sees is what it saw and the newcomers (`_take_over`):
+            # its peers are gathered as a build would, its other fields kept.
+            mask, peers = self.visible(i), base.peers
+            if type(peers) is dict:
+                # (a viewer without IPv4, or of a router: its entries are its
+                # own, kept by identity, and the newcomers come last)
+                keys = self.keys
+                peers = {**peers, **{keys[j]: self.peer_view(i, j) for j in bits(change.seen[i])}}
+            else:
+                peers = self._peers(i, mask)
+            return NodeView(
+                self._filter(i, self.per_node.shown(i))
+                if i in change.refilter
+                else base.packet_filter_rules,
+                base.ssh_policy,
+                peers,
+                base.self_cap_map,
+                base.self_allowed_ips,
+                base.self_primary_routes,
+                self._whois(i, mask),
+            )
         assert change is not None
         peers = dict(base.peers)
-        if change.joined:  # the newest node: last, as in a fresh build
-            peers[change.key] = self.peer_view(i, self.position[change.key])
-        else:
-            del peers[change.key]
+        del peers[change.key]
         return replace(base, peers=peers, whois_cap_map=self._whois(i, self.visible(i)))
 
     # -- reuse across changes ------------------------------------------------
@@ -506,12 +532,15 @@ class ViewIndex(Generic[NodeKey]):
         # A node the change cannot touch sees what it saw (a newcomer, last,
         # is not among its peers), so its who-sees-whom carries over too.
         visible = dict(previous._visible)
+        join = self.peer_change if isinstance(self.peer_change, JoinChange) else None
         for key in keys:
             i = at.get(key)
             if i is None:
                 continue
             if not same_visibility:
-                visible.pop(i, None)
+                seen = visible.pop(i, None)
+                if join is not None and seen is not None and i in join.seen:
+                    visible[i] = seen | join.seen[i]  # and the newcomers it sees
             v = taken.pop(i, None)
             if v is None:
                 continue

@@ -6,7 +6,7 @@ changing under the same policy (a join), and a new policy over the same nodes
 changed (the nodes, or the resolved rules), never by visiting node pairs.
 Anything else counts as a change to every view. When one node joins or
 leaves, the views it only adds a peer to or removes one from are patched
-rather than rebuilt (`peer_change`).
+rather than rebuilt (`peer_change`; nodes joining, `joinviews`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from operator import ne
 from typing import TYPE_CHECKING, Any, Generic
 
 from .bitsets import bits, bitset
+from .joinviews import JoinChange, join_change, renders
 from .output import NodeKey
 
 if TYPE_CHECKING:
@@ -168,45 +169,40 @@ def _rule_ids(index: ViewIndex[NodeKey], ids: dict[tuple[Any, ...], int]) -> dic
 
 @dataclass(frozen=True, slots=True)
 class PeerChange(Generic[NodeKey]):
-    """The change was one node without routes joining (as the newest node)
-    or leaving, and nothing else: ``viewers`` are the nodes whose view it
-    changes only by adding that node to, or removing it from, their peers."""
+    """The change was one node without routes leaving, and nothing else:
+    ``viewers`` are the nodes whose view it changes only by removing that
+    node from their peers. (Joins: `joinviews.JoinChange`.)"""
 
     key: NodeKey
-    joined: bool
     viewers: frozenset[NodeKey]
 
 
 def peer_change(
     previous: ViewIndex[NodeKey], current: ViewIndex[NodeKey], changed: frozenset[NodeKey]
-) -> PeerChange[NodeKey] | None:
+) -> PeerChange[NodeKey] | JoinChange[NodeKey] | None:
     """What a join or leave did, when ``changed`` (what `affected` said) came
-    from exactly one node joining last or leaving; None otherwise.
+    from nodes joining last (`joinviews.join_change`) or exactly one node
+    leaving; None otherwise.
 
-    A node V that sees the joiner J keeps everything but its peers when:
-    * J is not among the rendered sources (``SrcIPs``) of any filter rule V
-      receives (a source that only covers J, as ``*`` or a prefix does,
+    A node V that saw the leaver L keeps everything but its peers when:
+    * L was not among the rendered sources (``SrcIPs``) of any filter rule V
+      receives (a source that only covers L, as ``*`` or a prefix does,
       renders alike without it);
-    * no SSH rule with J as a source or destination reaches V (`SshIndex.touching`);
+    * no SSH rule with L as a source or destination reached V (`SshIndex.touching`);
     * V's own capabilities (nodeAttrs) are the same.
-    Every alias resolves to the nodes matching it one by one, so J's coming
-    or going adds or removes J alone in every rule's sources and
-    destinations: V's other peers, their PeerViews (no route moved: J has
-    none, and `affected` gives up on route changes) and V's rules stay.
-    Peers are listed in node order and J is last, so J's entry is appended
-    (or removed) where a fresh build puts it.
+    Every alias resolves to the nodes matching it one by one, so L's going
+    removes L alone from every rule's sources and destinations: V's other
+    peers, their PeerViews (no route moved: L had none, and `affected` gives
+    up on route changes) and V's rules stay.
     """
-    if len(current.keys) == len(previous.keys) + 1:
-        joined, name = True, current.keys[-1]
-        if name in previous.position:
-            return None  # the new node is not the newest: the order moved
-    elif len(previous.keys) == len(current.keys) + 1:
-        gone = [n for n in changed if n not in current.position]
-        if len(gone) != 1:
-            return None
-        joined, name = False, gone[0]
-    else:
+    if len(current.keys) > len(previous.keys):
+        return join_change(previous, current, changed)
+    if len(previous.keys) != len(current.keys) + 1:
         return None
+    gone = [n for n in changed if n not in current.position]
+    if len(gone) != 1:
+        return None
+    name = gone[0]
     old_at, new_at = previous.position, current.position
     old_nodes, new_nodes = previous.topology.nodes, current.topology.nodes
     for n in changed:  # every other node that came, went or changed is named here
@@ -214,26 +210,14 @@ def peer_change(
             n not in old_at or n not in new_at or old_nodes[old_at[n]] != new_nodes[new_at[n]]
         ):
             return None
-    home = current if joined else previous  # the index that has the node
-    j = home.position[name]
-    touched = _renders(home, j) | home.ssh.touching(j) | 1 << j
-    viewers = (home.keys[i] for i in bits(home.visible(j) & ~touched))
+    j = previous.position[name]
+    touched = renders(previous, j) | previous.ssh.touching(j) | 1 << j
+    viewers = (previous.keys[i] for i in bits(previous.visible(j) & ~touched))
     return PeerChange(
         name,
-        joined,
         frozenset(
             v
             for v in viewers
             if previous.caps[previous.position[v]] == current.caps[current.position[v]]
         ),
     )
-
-
-def _renders(index: ViewIndex[NodeKey], j: int) -> int:
-    """Nodes receiving a rule whose rendered sources name node ``j``."""
-    ips = index.index.ips[j]
-    mask = 0
-    for rule in index.rules:
-        if j in rule.src_members and not rule.src_key.isdisjoint(ips):
-            mask |= bitset(rule.dst_nodes, len(index.keys))
-    return mask

@@ -141,6 +141,11 @@ def test_each_session_sends_what_views_built_whole_give(
     taken = commit_messages(owners, before, after)
     with mock.patch.object(viewindex_module, "refilter_from", lambda *_: None):
         whole = commit_messages(owners, before, after)
+    assert_same_messages(taken, whole)
+
+
+def assert_same_messages(taken: dict[int, bytes | None], whole: dict[int, bytes | None]) -> None:
+    """Each session's message byte for byte (type and spliced pieces too)."""
     assert taken.keys() == whole.keys()
     for node_id, msg in taken.items():
         other = whole[node_id]

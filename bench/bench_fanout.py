@@ -9,6 +9,8 @@ machine does not count) per affected peer for an endpoint change and for a
 commit, and what the clients observed (p50/p99 ms). `--profile DIR`: the
 server runs under bench/windowprof.py, profiled over the endpoint changes
 only (DIR/fanout-N.txt), not over the registrations nor the commits.
+`--phases DIR`: the same window, with the changes' parts timed on the CPU
+clock instead (bench/phasecpu.py, DIR/phases-N.json).
 
 Two readings of "server CPU per affected peer" for an endpoint change:
 - average (`endpoint_server_cpu_us_per_peer`, per run): a change's whole
@@ -129,9 +131,14 @@ def marginal(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def run(nodes: int, repeats: int, profile: Path | None, with_commits: bool) -> dict[str, Any]:
+def run(
+    nodes: int, repeats: int, profile: Path | None, with_commits: bool, phases: Path | None = None
+) -> dict[str, Any]:
     out = profile / f"fanout-{nodes}.prof" if profile else None
     launcher = ["-m", "bench.windowprof", str(out)] if out else None
+    if phases:
+        out = phases / f"phases-{nodes}.json"
+        launcher = ["-m", "bench.phasecpu", str(out)]
     files = {"users.yaml": USERS, "policy.hujson": MESH}
     with local_server(files, launcher=launcher) as server:
 
@@ -164,6 +171,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--profile", type=Path, help="profile the changes, stats here")
     parser.add_argument(
+        "--phases",
+        type=Path,
+        help="time the endpoint changes' parts on the CPU clock (bench/phasecpu.py), JSON here",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         help="write the runs here: a list, one object a mesh size, then (with two or "
@@ -173,9 +185,12 @@ def main() -> None:
         "--no-commits", action="store_true", help="endpoint changes only (no commit runs)"
     )
     args = parser.parse_args()
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
-    results = [run(n, args.repeats, args.profile, not args.no_commits) for n in args.mesh]
+    for directory in (args.profile, args.phases):
+        if directory:
+            directory.mkdir(parents=True, exist_ok=True)
+    results = [
+        run(n, args.repeats, args.profile, not args.no_commits, args.phases) for n in args.mesh
+    ]
     fit = marginal(results)
     if args.json:
         kept: list[dict[str, Any]] = [*results, {"endpoint_marginal": fit}] if fit else results

@@ -15,6 +15,7 @@ from functools import partial
 __all__ = [
     "COALESCE_MAX_SECONDS",
     "COALESCE_SECONDS",
+    "COALESCE_WORTH_SECONDS",
     "Defer",
     "LoopDefer",
     "defer_on_loop",
@@ -25,6 +26,12 @@ __all__ = [
 # arriving continuously share one recompile instead of each paying for its own.
 COALESCE_SECONDS = 0.005
 COALESCE_MAX_SECONDS = 0.1
+# A call after a run (with its wave) cheaper than this does not wait for the
+# window: the wait makes the process sleep and wake again between a change
+# and its wave, and that second wake-up of a cold process cost ~0.45 ms of
+# server CPU per endpoint change here, more than such a run costs to repeat
+# for a change that would have shared it (docs/bench/NOTE-fixedcost2.md).
+COALESCE_WORTH_SECONDS = 0.001
 
 # Runs the callback later and says True, or says False when it cannot (the
 # caller then runs it now).
@@ -54,6 +61,11 @@ class LoopDefer:
     every later event's latency). Changes made in the same turn still share
     that run.
 
+    A call after a cheap run (under `COALESCE_WORTH_SECONDS`, with its wave)
+    does not wait either: sharing such a run saves less than the wait costs.
+    A small tailnet's endpoint changes, or a groups tailnet's (a few dozen
+    viewers each), then go one wave each, each on the turn after it came.
+
     Otherwise the call waits for the window, which follows the load: as long
     as the last deferred call took, with the wave it started (between
     `COALESCE_SECONDS` and `COALESCE_MAX_SECONDS`), so a recompile and the
@@ -77,10 +89,11 @@ class LoopDefer:
         self._loop: asyncio.AbstractEventLoop | None = None  # where `_busy` counts
         self._busy = 0  # calls deferred whose wave has not ended
         self._quiet_at = -math.inf  # loop time from which, with none busy, a call goes at once
+        self._last_run = 0.0  # seconds the last deferred call took, with its wave
 
     def delay(self, now: float) -> float:
         """Seconds a call made at `now` waits."""
-        if self._busy or now < self._quiet_at:
+        if self._busy or (now < self._quiet_at and self._last_run >= COALESCE_WORTH_SECONDS):
             return self.window
         return 0.0
 
@@ -97,7 +110,8 @@ class LoopDefer:
 
             def waved(*, ended: bool) -> None:
                 now = loop.time()
-                self.window = min(COALESCE_MAX_SECONDS, max(COALESCE_SECONDS, now - start))
+                self._last_run = now - start
+                self.window = min(COALESCE_MAX_SECONDS, max(COALESCE_SECONDS, self._last_run))
                 self._quiet_at = now + self.window
                 if ended:
                     self._busy -= 1

@@ -16,7 +16,7 @@ import pytest
 
 from server.store.interface import Store
 from server.tailnet import NodeRegistry, Tailnet
-from server.tailnet.coalesce import COALESCE_MAX_SECONDS, LoopDefer
+from server.tailnet.coalesce import COALESCE_MAX_SECONDS, COALESCE_WORTH_SECONDS, LoopDefer
 from tests.unit.control_client import T0
 from tests.unit.test_tailnet_commit import register, serving, source, store
 
@@ -92,8 +92,11 @@ def _mesh(store: Store, size: int) -> tuple[NodeRegistry, Tailnet, list[int]]:
     return registry, tailnet, ids
 
 
-def _delivered(tailnet: Tailnet, ids: list[int]) -> dict[int, list[frozenset[int]]]:
-    """Sessions for `ids` whose idle streams record the peers of each delivery."""
+def _delivered(
+    tailnet: Tailnet, ids: list[int], clock: FrozenClock | None = None, cost: float = 0.0
+) -> dict[int, list[frozenset[int]]]:
+    """Sessions for `ids` whose idle streams record the peers of each delivery;
+    each delivery moves `clock` by `cost` (a wave that takes time)."""
     got: dict[int, list[frozenset[int]]] = {node_id: [] for node_id in ids}
     for node_id in ids:
         handle = tailnet.open_session(node_id)
@@ -101,6 +104,8 @@ def _delivered(tailnet: Tailnet, ids: list[int]) -> dict[int, list[frozenset[int
 
         def deliver(handle: Any = handle) -> bool:
             got[handle.node_id].append(handle.take_wake().peers)
+            if clock is not None:
+                clock.now += cost
             return True
 
         handle.deliver = deliver
@@ -127,14 +132,14 @@ def test_a_lone_endpoint_change_reaches_its_peers_without_waiting(store: Store) 
 
 
 def test_a_burst_of_endpoint_changes_shares_one_wave_after_the_first(store: Store) -> None:
-    """A reconnect storm's changes arriving turn after turn: the first goes at
-    once, every later one waits for the window and they go as one message
-    per session, not one per change."""
+    """A reconnect storm's changes arriving turn after turn, in a tailnet
+    whose waves cost: the first goes at once, every later one waits for the
+    window and they go as one message per session, not one per change."""
     registry, tailnet, ids = _mesh(store, 12)
     movers, viewer = ids[:10], ids[-1]
 
     async def scenario(clock: FrozenClock) -> None:
-        got = _delivered(tailnet, ids)
+        got = _delivered(tailnet, ids, clock, COALESCE_WORTH_SECONDS / 4)  # 11 viewers
         for n, mover in enumerate(movers):
             _move(registry, mover, n + 1)
             await turns()
@@ -142,6 +147,24 @@ def test_a_burst_of_endpoint_changes_shares_one_wave_after_the_first(store: Stor
         clock.now += COALESCE_MAX_SECONDS
         await turns()
         assert got[viewer] == [frozenset(movers[:1]), frozenset(movers[1:])]
+
+    frozen_loop(scenario)
+
+
+def test_changes_after_cheap_waves_go_at_once_each(store: Store) -> None:
+    """Changes turn after turn in a tailnet whose waves cost next to nothing
+    (a few viewers): none waits for the window, each goes in its own wave.
+    The wait would wake the process a second time per change, which costs
+    more than repeating such a wave."""
+    registry, tailnet, ids = _mesh(store, 4)
+    movers, viewer = ids[:3], ids[-1]
+
+    async def scenario(clock: FrozenClock) -> None:
+        got = _delivered(tailnet, ids)
+        for n, mover in enumerate(movers):
+            _move(registry, mover, n + 1)
+            await turns()
+        assert got[viewer] == [frozenset({m}) for m in movers]
 
     frozen_loop(scenario)
 

@@ -50,6 +50,15 @@ def defer_on_loop(fn: Callable[[], None]) -> bool:
     return True
 
 
+_KINDS_KEPT = 8  # the hub defers two (recompile, volatile wave); callers of lambdas more
+
+
+def _kind(fn: Callable[[], None] | None) -> object:
+    """What a deferred call is: its function (a bound method's, which is
+    made anew at each attribute access)."""
+    return getattr(fn, "__func__", fn)
+
+
 class LoopDefer:
     """A `Defer` on the running event loop that waits only when changes are
     coming close together. False without a running loop (the change applies
@@ -62,8 +71,9 @@ class LoopDefer:
     every later event's latency). Changes made in the same turn still share
     that run.
 
-    A call after a cheap run (under `COALESCE_WORTH_SECONDS`, with its wave)
-    does not wait either: sharing such a run saves less than the wait costs.
+    A call whose function's last run was cheap (under
+    `COALESCE_WORTH_SECONDS` of CPU, with its wave) does not wait either:
+    sharing such a run saves less than the wait costs.
     A small tailnet's endpoint changes, or a groups tailnet's (a few dozen
     viewers each), then go one wave each, each on the turn after it came.
 
@@ -94,11 +104,16 @@ class LoopDefer:
         self._loop: asyncio.AbstractEventLoop | None = None  # where `_busy` counts
         self._busy = 0  # calls deferred whose wave has not ended
         self._quiet_at = -math.inf  # loop time from which, with none busy, a call goes at once
-        self._last_run = 0.0  # CPU seconds the last deferred call took, with its wave
+        # CPU seconds the last run of each function took, with its wave: a
+        # cheap endpoint wave must not make the next join's recompile go alone.
+        self._costs: dict[object, float] = {}
 
-    def delay(self, now: float) -> float:
-        """Seconds a call made at `now` waits."""
-        if self._busy or (now < self._quiet_at and self._last_run >= COALESCE_WORTH_SECONDS):
+    def delay(self, now: float, fn: Callable[[], None] | None = None) -> float:
+        """Seconds a call (of `fn`) made at `now` waits."""
+        if self._busy:
+            return self.window
+        cost = self._costs.get(_kind(fn), math.inf)  # not run yet: as if it were dear
+        if now < self._quiet_at and cost >= COALESCE_WORTH_SECONDS:
             return self.window
         return 0.0
 
@@ -110,12 +125,16 @@ class LoopDefer:
         if loop is not self._loop:  # a wave of a loop that stopped never ends
             self._loop, self._busy, self._quiet_at = loop, 0, -math.inf
 
+        kind = _kind(fn)
+        if len(self._costs) > _KINDS_KEPT and kind not in self._costs:
+            self._costs.clear()
+
         def run() -> None:
             start, cpu = loop.time(), self.cpu_clock()
 
             def waved(*, ended: bool) -> None:
                 now = loop.time()
-                self._last_run = self.cpu_clock() - cpu
+                self._costs[kind] = self.cpu_clock() - cpu
                 self.window = min(COALESCE_MAX_SECONDS, max(COALESCE_SECONDS, now - start))
                 self._quiet_at = now + self.window
                 if ended:
@@ -127,7 +146,7 @@ class LoopDefer:
                 waved(ended=False)  # the call alone, should the loop stop before the wave ends
                 loop.call_soon(loop.call_soon, partial(waved, ended=True))
 
-        delay = self.delay(loop.time())
+        delay = self.delay(loop.time(), fn)
         self._busy += 1
         if delay:
             loop.call_later(delay, run)

@@ -87,6 +87,35 @@ def test_calls_while_a_wave_is_on_or_just_over_wait_for_the_window() -> None:
     frozen_loop(scenario)
 
 
+def test_a_cheap_run_does_not_hurry_a_dear_one() -> None:
+    """The wait-or-not rule follows each function's own last run: after a
+    cheap endpoint wave, a join's recompile (dear) still waits for the
+    window, so joins arriving in a stream keep sharing recompiles."""
+    defer = LoopDefer()
+    ran: list[str] = []
+
+    async def scenario(clock: FrozenClock) -> None:
+        def dear() -> None:
+            ran.append("dear")
+            clock.now += 2 * COALESCE_WORTH_SECONDS
+
+        def cheap() -> None:
+            ran.append("cheap")
+
+        assert defer(dear)  # quiet: at once
+        await turns()
+        assert defer(cheap)  # never ran: waits, as any call after a wave did
+        await turns()
+        assert ran == ["dear"]
+        clock.now += defer.window
+        await turns()
+        assert ran == ["dear", "cheap"]
+        assert defer.delay(clock.now, cheap) == 0  # cheap last time: goes at once
+        assert defer.delay(clock.now, dear) == defer.window > 0  # dear last time: waits
+
+    frozen_loop(scenario)
+
+
 def _mesh(store: Store, size: int) -> tuple[NodeRegistry, Tailnet, list[int]]:
     registry, tailnet = serving(store, source("mesh", MESH))
     ids = [register(registry, n + 1, f"n{n}", "alice") for n in range(size)]

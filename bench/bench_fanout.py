@@ -51,9 +51,10 @@ async def _changes(
     repeats: int,
     toggle: Callable[[], None],
     with_commits: bool,
+    pause: float = 0.0,
 ) -> dict[str, Any]:
     """Endpoint changes, then commits; `toggle` before and after the endpoint
-    changes (the profile's window)."""
+    changes (the profile's window); `pause` seconds idle before each change."""
     mover = await fleet.node(0, 0)
     node_id = mover.node_id or 0
     moved: list[float] = []
@@ -62,6 +63,8 @@ async def _changes(
     marks = [served]
     for n in range(repeats):
         endpoints = [f"127.0.{n // 250}.{n % 250 + 1}:41641", "127.0.0.2:41641"]
+        if pause:
+            await asyncio.sleep(pause)
         moved += await fleet.observe(
             Watch("peer_endpoints", (node_id, endpoints)),
             lambda e=endpoints: fleet.set_endpoints(mover, e),
@@ -132,7 +135,12 @@ def marginal(results: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def run(
-    nodes: int, repeats: int, profile: Path | None, with_commits: bool, phases: Path | None = None
+    nodes: int,
+    repeats: int,
+    profile: Path | None,
+    with_commits: bool,
+    phases: Path | None = None,
+    pause: float = 0.0,
 ) -> dict[str, Any]:
     out = profile / f"fanout-{nodes}.prof" if profile else None
     launcher = ["-m", "bench.windowprof", str(out)] if out else None
@@ -152,7 +160,8 @@ def run(
                     if out:
                         os.kill(server.pid, signal.SIGUSR1)
 
-                result.update(await _changes(server, fleet, repeats, toggle, with_commits))
+                result.update(await _changes(server, fleet, repeats, toggle, with_commits, pause))
+                result["pause_ms"] = pause * 1000
                 if out:
                     await asyncio.sleep(3)  # the stats written
                 result["load_average_after"] = round(os.getloadavg()[0], 1)
@@ -184,12 +193,22 @@ def main() -> None:
     parser.add_argument(
         "--no-commits", action="store_true", help="endpoint changes only (no commit runs)"
     )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="ms idle before each endpoint change (counted in its CPU: the server's idle"
+        " CPU, ~0 in a small mesh). Each change is sent once the last is seen, so without"
+        " a pause a faster change also shortens the server's sleep before the next, which"
+        " finds it warmer; a pause makes every change meet a process that slept as long",
+    )
     args = parser.parse_args()
     for directory in (args.profile, args.phases):
         if directory:
             directory.mkdir(parents=True, exist_ok=True)
     results = [
-        run(n, args.repeats, args.profile, not args.no_commits, args.phases) for n in args.mesh
+        run(n, args.repeats, args.profile, not args.no_commits, args.phases, args.pause / 1000)
+        for n in args.mesh
     ]
     fit = marginal(results)
     if args.json:

@@ -138,7 +138,12 @@ class ControlConnection:
             del data
             if going == "drop":
                 return
-            await self._flush()
+            if going == "close" or self._out or self._h2.has_data_to_send:
+                await self._flush()
+            else:
+                # Nothing to answer (a request's HEADERS before its body, a
+                # WINDOW_UPDATE): a write would be a loop turn that sends nothing.
+                await self._writer.drain()
             if going == "close":
                 return
 

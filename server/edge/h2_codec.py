@@ -113,6 +113,10 @@ class ServerCodec(ConnectionFrames):
         self._receive_window += self._inbound_window
         self._receive_max += self._inbound_window
 
+    @property
+    def has_data_to_send(self) -> bool:
+        return bool(self._out)
+
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()

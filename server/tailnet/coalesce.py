@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable
 from functools import partial
 
 __all__ = [
     "COALESCE_MAX_SECONDS",
     "COALESCE_SECONDS",
+    "COALESCE_WORTH_SECONDS",
     "Defer",
     "LoopDefer",
     "defer_on_loop",
@@ -25,6 +27,12 @@ __all__ = [
 # arriving continuously share one recompile instead of each paying for its own.
 COALESCE_SECONDS = 0.005
 COALESCE_MAX_SECONDS = 0.1
+# A call after a run (with its wave) cheaper than this does not wait for the
+# window: the wait makes the process sleep and wake again between a change
+# and its wave, and that second wake-up of a cold process cost ~0.45 ms of
+# server CPU per endpoint change here, more than such a run costs to repeat
+# for a change that would have shared it (docs/bench/NOTE-fixedcost2.md).
+COALESCE_WORTH_SECONDS = 0.001
 
 # Runs the callback later and says True, or says False when it cannot (the
 # caller then runs it now).
@@ -42,6 +50,15 @@ def defer_on_loop(fn: Callable[[], None]) -> bool:
     return True
 
 
+_KINDS_KEPT = 8  # the hub defers two (recompile, volatile wave); callers of lambdas more
+
+
+def _kind(fn: Callable[[], None] | None) -> object:
+    """What a deferred call is: its function (a bound method's, which is
+    made anew at each attribute access)."""
+    return getattr(fn, "__func__", fn)
+
+
 class LoopDefer:
     """A `Defer` on the running event loop that waits only when changes are
     coming close together. False without a running loop (the change applies
@@ -53,6 +70,12 @@ class LoopDefer:
     coming (at 5,000 nodes the window left by a commit's wave was 100 ms of
     every later event's latency). Changes made in the same turn still share
     that run.
+
+    A call whose function's last run was cheap (under
+    `COALESCE_WORTH_SECONDS` of CPU, with its wave) does not wait either:
+    sharing such a run saves less than the wait costs.
+    A small tailnet's endpoint changes, or a groups tailnet's (a few dozen
+    viewers each), then go one wave each, each on the turn after it came.
 
     Otherwise the call waits for the window, which follows the load: as long
     as the last deferred call took, with the wave it started (between
@@ -72,15 +95,25 @@ class LoopDefer:
     after; the window is measured to the end of those two turns. In a
     1,000-node mesh a join's wave is most of its cost, not the recompile."""
 
+    # What a run costs is read on the CPU clock: on a loaded machine the wall
+    # clock would count the waits for a core, and cheap runs would wait.
+    cpu_clock: Callable[[], float] = staticmethod(time.thread_time)
+
     def __init__(self) -> None:
         self.window = COALESCE_SECONDS
         self._loop: asyncio.AbstractEventLoop | None = None  # where `_busy` counts
         self._busy = 0  # calls deferred whose wave has not ended
         self._quiet_at = -math.inf  # loop time from which, with none busy, a call goes at once
+        # CPU seconds the last run of each function took, with its wave: a
+        # cheap endpoint wave must not make the next join's recompile go alone.
+        self._costs: dict[object, float] = {}
 
-    def delay(self, now: float) -> float:
-        """Seconds a call made at `now` waits."""
-        if self._busy or now < self._quiet_at:
+    def delay(self, now: float, fn: Callable[[], None] | None = None) -> float:
+        """Seconds a call (of `fn`) made at `now` waits."""
+        if self._busy:
+            return self.window
+        cost = self._costs.get(_kind(fn), math.inf)  # not run yet: as if it were dear
+        if now < self._quiet_at and cost >= COALESCE_WORTH_SECONDS:
             return self.window
         return 0.0
 
@@ -92,11 +125,16 @@ class LoopDefer:
         if loop is not self._loop:  # a wave of a loop that stopped never ends
             self._loop, self._busy, self._quiet_at = loop, 0, -math.inf
 
+        kind = _kind(fn)
+        if len(self._costs) > _KINDS_KEPT and kind not in self._costs:
+            self._costs.clear()
+
         def run() -> None:
-            start = loop.time()
+            start, cpu = loop.time(), self.cpu_clock()
 
             def waved(*, ended: bool) -> None:
                 now = loop.time()
+                self._costs[kind] = self.cpu_clock() - cpu
                 self.window = min(COALESCE_MAX_SECONDS, max(COALESCE_SECONDS, now - start))
                 self._quiet_at = now + self.window
                 if ended:
@@ -108,7 +146,7 @@ class LoopDefer:
                 waved(ended=False)  # the call alone, should the loop stop before the wave ends
                 loop.call_soon(loop.call_soon, partial(waved, ended=True))
 
-        delay = self.delay(loop.time())
+        delay = self.delay(loop.time(), fn)
         self._busy += 1
         if delay:
             loop.call_later(delay, run)

@@ -111,11 +111,13 @@ def test_the_window_covers_the_wave_a_call_starts() -> None:
     assert defer.window >= 0.03
 
 
-def test_calls_during_a_wave_share_the_next_call() -> None:
+def test_calls_during_a_wave_share_the_next_call(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two changes that arrive while a deferred call is waiting run together
     (the hub defers only once while a recompile is due), and one arriving
     just after a wave waits for the window, so a continuous stream of joins
     still coalesces."""
+    # The sleep stands for a recompile's CPU: the run's cost is read on this clock.
+    monkeypatch.setattr(LoopDefer, "cpu_clock", staticmethod(time.monotonic))
     defer = LoopDefer()
     calls: list[str] = []
 

@@ -16,7 +16,7 @@ import pytest
 
 from server.store.interface import Store
 from server.tailnet import NodeRegistry, Tailnet
-from server.tailnet.coalesce import COALESCE_MAX_SECONDS, LoopDefer
+from server.tailnet.coalesce import COALESCE_MAX_SECONDS, COALESCE_WORTH_SECONDS, LoopDefer
 from tests.unit.control_client import T0
 from tests.unit.test_tailnet_commit import register, serving, source, store
 
@@ -37,6 +37,8 @@ def frozen_loop(scenario: Callable[[FrozenClock], Awaitable[None]]) -> None:
         clock = FrozenClock()
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(asyncio.get_running_loop(), "time", lambda: clock.now)
+            # What a run costs, too: the clock LoopDefer reads it on.
+            patch.setattr(LoopDefer, "cpu_clock", staticmethod(lambda: clock.now))
             await scenario(clock)
 
     asyncio.run(main())
@@ -85,6 +87,35 @@ def test_calls_while_a_wave_is_on_or_just_over_wait_for_the_window() -> None:
     frozen_loop(scenario)
 
 
+def test_a_cheap_run_does_not_hurry_a_dear_one() -> None:
+    """The wait-or-not rule follows each function's own last run: after a
+    cheap endpoint wave, a join's recompile (dear) still waits for the
+    window, so joins arriving in a stream keep sharing recompiles."""
+    defer = LoopDefer()
+    ran: list[str] = []
+
+    async def scenario(clock: FrozenClock) -> None:
+        def dear() -> None:
+            ran.append("dear")
+            clock.now += 2 * COALESCE_WORTH_SECONDS
+
+        def cheap() -> None:
+            ran.append("cheap")
+
+        assert defer(dear)  # quiet: at once
+        await turns()
+        assert defer(cheap)  # never ran: waits, as any call after a wave did
+        await turns()
+        assert ran == ["dear"]
+        clock.now += defer.window
+        await turns()
+        assert ran == ["dear", "cheap"]
+        assert defer.delay(clock.now, cheap) == 0  # cheap last time: goes at once
+        assert defer.delay(clock.now, dear) == defer.window > 0  # dear last time: waits
+
+    frozen_loop(scenario)
+
+
 def _mesh(store: Store, size: int) -> tuple[NodeRegistry, Tailnet, list[int]]:
     registry, tailnet = serving(store, source("mesh", MESH))
     ids = [register(registry, n + 1, f"n{n}", "alice") for n in range(size)]
@@ -92,8 +123,11 @@ def _mesh(store: Store, size: int) -> tuple[NodeRegistry, Tailnet, list[int]]:
     return registry, tailnet, ids
 
 
-def _delivered(tailnet: Tailnet, ids: list[int]) -> dict[int, list[frozenset[int]]]:
-    """Sessions for `ids` whose idle streams record the peers of each delivery."""
+def _delivered(
+    tailnet: Tailnet, ids: list[int], clock: FrozenClock | None = None, cost: float = 0.0
+) -> dict[int, list[frozenset[int]]]:
+    """Sessions for `ids` whose idle streams record the peers of each delivery;
+    each delivery moves `clock` by `cost` (a wave that takes time)."""
     got: dict[int, list[frozenset[int]]] = {node_id: [] for node_id in ids}
     for node_id in ids:
         handle = tailnet.open_session(node_id)
@@ -101,6 +135,8 @@ def _delivered(tailnet: Tailnet, ids: list[int]) -> dict[int, list[frozenset[int
 
         def deliver(handle: Any = handle) -> bool:
             got[handle.node_id].append(handle.take_wake().peers)
+            if clock is not None:
+                clock.now += cost
             return True
 
         handle.deliver = deliver
@@ -127,14 +163,14 @@ def test_a_lone_endpoint_change_reaches_its_peers_without_waiting(store: Store) 
 
 
 def test_a_burst_of_endpoint_changes_shares_one_wave_after_the_first(store: Store) -> None:
-    """A reconnect storm's changes arriving turn after turn: the first goes at
-    once, every later one waits for the window and they go as one message
-    per session, not one per change."""
+    """A reconnect storm's changes arriving turn after turn, in a tailnet
+    whose waves cost: the first goes at once, every later one waits for the
+    window and they go as one message per session, not one per change."""
     registry, tailnet, ids = _mesh(store, 12)
     movers, viewer = ids[:10], ids[-1]
 
     async def scenario(clock: FrozenClock) -> None:
-        got = _delivered(tailnet, ids)
+        got = _delivered(tailnet, ids, clock, COALESCE_WORTH_SECONDS / 4)  # 11 viewers
         for n, mover in enumerate(movers):
             _move(registry, mover, n + 1)
             await turns()
@@ -142,6 +178,24 @@ def test_a_burst_of_endpoint_changes_shares_one_wave_after_the_first(store: Stor
         clock.now += COALESCE_MAX_SECONDS
         await turns()
         assert got[viewer] == [frozenset(movers[:1]), frozenset(movers[1:])]
+
+    frozen_loop(scenario)
+
+
+def test_changes_after_cheap_waves_go_at_once_each(store: Store) -> None:
+    """Changes turn after turn in a tailnet whose waves cost next to nothing
+    (a few viewers): none waits for the window, each goes in its own wave.
+    The wait would wake the process a second time per change, which costs
+    more than repeating such a wave."""
+    registry, tailnet, ids = _mesh(store, 4)
+    movers, viewer = ids[:3], ids[-1]
+
+    async def scenario(clock: FrozenClock) -> None:
+        got = _delivered(tailnet, ids)
+        for n, mover in enumerate(movers):
+            _move(registry, mover, n + 1)
+            await turns()
+        assert got[viewer] == [frozenset({m}) for m in movers]
 
     frozen_loop(scenario)
 

@@ -68,6 +68,10 @@ SPARSE = '{"acls": []}\n'
 MARKER_PORT = 47113  # a port only the commit's new rule names
 TIMEOUT = 300.0
 ENDPOINT_REPEATS = 10  # endpoint changes whose server CPU is averaged
+# Seconds between a part's settling and the RssAnon that the marginal memory
+# takes, at N/2 and at N: a heap trim then due (server/heaptrim.py checks every
+# 2 s) has run at both ends, not at one by chance.
+MARGINAL_PAUSE = 5.0
 # At least one keep-alive period (50-58 s): a 10 s window right after the
 # registrations ended before the first keep-alive was due when they were fast
 # (0.8% at 5,000) and held the first ones when they were slow (7-9%).
@@ -125,7 +129,8 @@ DEFINITIONS = {
     "kb_per_streaming_node_anon": "the same over RssAnon (no file-backed code pages)",
     "kb_per_streaming_node_idle": "the first, VmRSS taken after the idle window",
     "kb_per_streaming_node_marginal": "KiB: (RssAnon with N streaming - RssAnon with N/2"
-    " streaming, registered first and settled) / (N - N/2): one-time costs cancel",
+    " streaming, registered first and settled) / (N - N/2), each read 5 s after its"
+    " part settled: one-time costs cancel",
 }
 
 
@@ -185,6 +190,7 @@ async def register(
     for first, count in halves(nodes, marginal=marginal):
         if first:  # the previous part streaming and settled: the marginal's base
             await _settle(fleet, first, mesh=mesh)
+            await asyncio.sleep(MARGINAL_PAUSE)
             anon_half = server.anon_rss_bytes()
         # Only the registrations are timed, not the settle between the parts.
         start, loader, served = time.monotonic(), time.process_time(), server.cpu_seconds()
@@ -198,6 +204,10 @@ async def register(
         messages += part_messages
     await _settle(fleet, nodes, mesh=mesh)
     rss, anon = server.rss_bytes(), server.anon_rss_bytes()
+    grown = 0
+    if anon_half is not None:
+        await asyncio.sleep(MARGINAL_PAUSE)
+        grown = server.anon_rss_bytes() - anon_half
     await snapshot()
     idle_cpu = None if idle_window is None else await _idle_cpu(server, idle_window)
     rss_idle = server.rss_bytes()  # after the idle window: what the burst left
@@ -222,8 +232,7 @@ async def register(
         "kb_per_streaming_node_anon": round((anon - anon0) / nodes / 1024, 1),
     }
     if anon_half is not None:
-        grown = nodes - nodes // 2
-        result["kb_per_streaming_node_marginal"] = round((anon - anon_half) / grown / 1024, 1)
+        result["kb_per_streaming_node_marginal"] = round(grown / (nodes - nodes // 2) / 1024, 1)
     if phases:
         # Where a registration's seconds go, step by step (p50 / p99 ms each).
         steps = zip(*phases, strict=True)

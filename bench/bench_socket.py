@@ -799,6 +799,7 @@ def main() -> None:
                 memtrace=args.tracemalloc,
                 marginal=not args.no_marginal,
                 moves_profile=args.profile_moves,
+                server_log=args.server_log,
             )
         )
     sparse_biggest = max(args.sparse, default=0) if args.restart_sparse else -1
@@ -817,6 +818,7 @@ def main() -> None:
                 memtrace=args.tracemalloc,
                 marginal=not args.no_marginal,
                 commit_profile=args.profile_commit,
+                server_log=args.server_log,
             )
         )
     for n in [] if args.replot else args.groups:

@@ -181,6 +181,8 @@ async def register(
         await fleet.ready()
     else:
         fleet = Fleet(server.address, key, concurrency=concurrency)
+    # The baseline after the server's own start-up work, not before some of it.
+    await asyncio.to_thread(server.settled)
     await snapshot()
     rss0, anon0 = server.rss_bytes(), server.anon_rss_bytes()
     up: list[float] = []

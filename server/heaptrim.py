@@ -116,7 +116,10 @@ class HeapTrim:
         now = self._rss()
         if now is None:
             return
-        rising, self._last = now > self._last, now
+        # A streaming server's RSS creeps up a few pages between most checks:
+        # "rising" means a burst still under way.
+        rising = now > self._last + self._settled_growth // 4
+        self._last = now
         grown = now - self._floor
         if grown < self._growth and (rising or grown < self._settled_growth):
             self._floor = min(self._floor, now)

@@ -96,6 +96,10 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
 
 
+SODIUM = "/nacl/_sodium"  # the path of libsodium's binding, in /proc/PID/maps
+SETTLE_TAIL = 0.3  # seconds the settle takes after that import (~10 ms unloaded)
+
+
 @dataclass
 class LocalServer:
     process: ServerProcess
@@ -136,6 +140,21 @@ class LocalServer:
 
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.pid)
+
+    def settled(self, timeout: float = 10.0) -> bool:
+        """Until the server's start-up settle (server/cli.py `_settle`, 1 s
+        after start: imports, a full collection, the heap trim's floor) is
+        done; False if not seen in `timeout`. It grows the RSS by ~8 MB, ~1 MB
+        of it after the first /key: a run that starts registering sooner (a
+        quiet machine) counted that as ~10 KiB of every node at mesh 100.
+        The sign: libsodium's binding, its second import, is mapped."""
+        deadline = time.monotonic() + timeout
+        while SODIUM not in Path(f"/proc/{self.pid}/maps").read_text():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        time.sleep(SETTLE_TAIL)
+        return True
 
     def memory_snapshot(self, directory: Path, timeout: float = 120.0) -> Path:
         """Ask a server started with TAILNETD_TRACEMALLOC=`directory` for its

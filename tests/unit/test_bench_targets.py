@@ -4,6 +4,8 @@ commit's target grows with the tailnet."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.bench_socket import target
 
 
@@ -103,3 +105,27 @@ def test_the_marginal_memory_row_and_its_definition_in_the_json() -> None:
     assert "... marginal, N/2 -> N streaming (anon KB) | 31.5" in render([run])
     assert "N/2" in DEFINITIONS["kb_per_streaming_node_marginal"]
     assert {key for key in run if key.startswith("kb_")} <= DEFINITIONS.keys()
+
+
+def test_the_baseline_waits_for_the_servers_start_up_settle(monkeypatch: Any) -> None:
+    import os
+    import subprocess
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    import nacl.bindings  # noqa: F401  (what the settle imports: it maps libsodium)
+
+    from bench.loadgen import local
+    from bench.loadgen.local import LocalServer
+
+    def server(pid: int) -> LocalServer:
+        process = cast(Any, SimpleNamespace(proc=SimpleNamespace(pid=pid)))
+        return LocalServer(process, cast(Any, None), cast(Any, None))
+
+    monkeypatch.setattr(local, "SETTLE_TAIL", 0.0)
+    assert server(os.getpid()).settled(timeout=1.0)
+    with subprocess.Popen(["sleep", "5"]) as unsettled:
+        try:
+            assert not server(unsettled.pid).settled(timeout=0.2)
+        finally:
+            unsettled.kill()

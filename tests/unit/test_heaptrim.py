@@ -55,6 +55,17 @@ def test_a_small_burst_is_trimmed_once_it_settles_not_while_it_grows() -> None:
     assert heap.trims == 1
 
 
+def test_a_burst_is_trimmed_though_the_rss_still_creeps_up_a_page_or_two() -> None:
+    heap = FakeHeap(100 * MB)
+    trim = HeapTrim(heap.trim, lambda: heap.rss, growth=8 * MB, settled_growth=1 * MB)
+    heap.rss = 105 * MB
+    trim.check()
+    heap.rss += 8192  # two more pages: settled all the same
+    heap.kept = 101 * MB
+    trim.check()
+    assert heap.trims == 1 and heap.rss == 101 * MB
+
+
 def test_a_burst_is_trimmed_once_and_what_is_in_use_is_not_trimmed_for_again() -> None:
     heap = FakeHeap(100 * MB)
     trim = HeapTrim(heap.trim, lambda: heap.rss, growth=8 * MB)

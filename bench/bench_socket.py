@@ -69,9 +69,11 @@ MARKER_PORT = 47113  # a port only the commit's new rule names
 TIMEOUT = 300.0
 ENDPOINT_REPEATS = 10  # endpoint changes whose server CPU is averaged
 # Seconds between a part's settling and the RssAnon that the marginal memory
-# takes, at N/2 and at N: a heap trim then due (server/heaptrim.py checks every
-# 2 s) has run at both ends, not at one by chance.
-MARGINAL_PAUSE = 5.0
+# takes, at N/2 and at N, so that what follows a storm has happened at both
+# ends, not at one by chance: the sweep (every 5 s) lets go of the storm's
+# held deltas (up to 256 KB: 5 KiB a node of a 50-node half) once their 1 s
+# hold is past, and the heap trim (checked every 2 s) gives back what it frees.
+MARGINAL_PAUSE = 10.0
 # At least one keep-alive period (50-58 s): a 10 s window right after the
 # registrations ended before the first keep-alive was due when they were fast
 # (0.8% at 5,000) and held the first ones when they were slow (7-9%).
@@ -129,8 +131,8 @@ DEFINITIONS = {
     "kb_per_streaming_node_anon": "the same over RssAnon (no file-backed code pages)",
     "kb_per_streaming_node_idle": "the first, VmRSS taken after the idle window",
     "kb_per_streaming_node_marginal": "KiB: (RssAnon with N streaming - RssAnon with N/2"
-    " streaming, registered first and settled) / (N - N/2), each read 5 s after its"
-    " part settled: one-time costs cancel",
+    " streaming, registered first and settled) / (N - N/2), each read"
+    f" {MARGINAL_PAUSE:g} s after its part settled: one-time costs cancel",
 }
 
 

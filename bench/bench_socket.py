@@ -17,6 +17,16 @@ and endpoint changes at sizes a full mesh cannot reach (bench/sparse_events.py).
 (bench/cpuprofile.py), and writes its top functions per run. The client side
 shares the machine with the server: on 2 cores the numbers are an upper bound
 on the server's own latency.
+
+Memory per streaming node (KiB, though labelled KB; the JSON's
+"definitions" says the same): `kb_per_streaming_node` is the server's VmRSS
+once all N stream minus before the first registration, over N: what the issue
+targets, with every one-time cost of a first use (library code pages, caches,
+the storm's heap holes) divided by N. `..._anon` is the same over RssAnon (no
+file-backed pages). `..._marginal` is RssAnon at N streaming minus at N/2
+(registered in two halves, the first settled), over N/2: one-time costs
+cancel, so it is what one more node holds (in a mesh, with its share of the
+per-peer state). `--no-marginal` registers all N in one go.
 """
 
 from __future__ import annotations
@@ -58,6 +68,12 @@ SPARSE = '{"acls": []}\n'
 MARKER_PORT = 47113  # a port only the commit's new rule names
 TIMEOUT = 300.0
 ENDPOINT_REPEATS = 10  # endpoint changes whose server CPU is averaged
+# Seconds between a part's settling and the RssAnon that the marginal memory
+# takes, at N/2 and at N, so that what follows a storm has happened at both
+# ends, not at one by chance: the sweep (every 5 s) lets go of the storm's
+# held deltas (up to 256 KB: 5 KiB a node of a 50-node half) once their 1 s
+# hold is past, and the heap trim (checked every 2 s) gives back what it frees.
+MARGINAL_PAUSE = 10.0
 # At least one keep-alive period (50-58 s): a 10 s window right after the
 # registrations ended before the first keep-alive was due when they were fast
 # (0.8% at 5,000) and held the first ones when they were slow (7-9%).
@@ -108,6 +124,17 @@ def target(metric: str, kind: str, nodes: int) -> tuple[str, float]:
 
 PEERS = {"mesh": "all", "sparse": "no", "groups": "24"}
 
+# What the memory figures mean, written into the JSON beside the runs.
+DEFINITIONS = {
+    "kb_per_streaming_node": "KiB: (VmRSS with all N streaming - VmRSS before the first"
+    " registration) / N; one-time costs of first use count as per-node",
+    "kb_per_streaming_node_anon": "the same over RssAnon (no file-backed code pages)",
+    "kb_per_streaming_node_idle": "the first, VmRSS taken after the idle window",
+    "kb_per_streaming_node_marginal": "KiB: (RssAnon with N streaming - RssAnon with N/2"
+    " streaming, registered first and settled) / (N - N/2), each read"
+    f" {MARGINAL_PAUSE:g} s after its part settled: one-time costs cancel",
+}
+
 
 def commit_policy(port: int) -> str:
     return MESH.replace(
@@ -132,6 +159,7 @@ async def register(
     memtrace: Path | None = None,
     idle_window: float | None = IDLE_WINDOW,
     keys: list[str] | None = None,
+    marginal: bool = False,
 ) -> tuple[Fleet | ShardedFleet, dict[str, Any]]:
     """Register `nodes` clients, all streaming. `shards` > 1, or a mesh: the
     clients are spread over that many load-generator processes (a mesh's
@@ -140,7 +168,9 @@ async def register(
     `memtrace` (the server's TAILNETD_TRACEMALLOC directory): tracemalloc
     snapshots before registration, once all are registered and streaming, and
     after the idle window. `idle_window` None: no idle CPU measured (bench_idle
-    measures its own). `keys`: the n-th node registers with `keys[n]`."""
+    measures its own). `keys`: the n-th node registers with `keys[n]`.
+    `marginal`: registered in two halves, RssAnon taken between them (the
+    module's doc)."""
 
     async def snapshot() -> None:
         if memtrace is not None:
@@ -158,15 +188,31 @@ async def register(
     await asyncio.to_thread(server.wait_settled)
     await snapshot()
     rss0, anon0 = server.rss_bytes(), server.anon_rss_bytes()
-    start, loader, served = time.monotonic(), time.process_time(), server.cpu_seconds()
-    up, shard_cpu, phases, messages = await _add(fleet, nodes, keys)
-    elapsed = time.monotonic() - start
-    server_cpu = server.cpu_seconds() - served
-    loader_cpu = time.process_time() - loader + shard_cpu
-    if mesh:
-        assert isinstance(fleet, ShardedFleet)
-        await fleet.settled(nodes - 1, TIMEOUT)
+    up: list[float] = []
+    phases: list[tuple[float, ...]] = []
+    elapsed = server_cpu = loader_cpu = 0.0
+    messages, anon_half = 0, None
+    for first, count in halves(nodes, marginal=marginal):
+        if first:  # the previous part streaming and settled: the marginal's base
+            await _settle(fleet, first, mesh=mesh)
+            await asyncio.sleep(MARGINAL_PAUSE)
+            anon_half = server.anon_rss_bytes()
+        # Only the registrations are timed, not the settle between the parts.
+        start, loader, served = time.monotonic(), time.process_time(), server.cpu_seconds()
+        part = keys[first : first + count] if keys else None
+        part_up, shard_cpu, part_phases, part_messages = await _add(fleet, count, part)
+        elapsed += time.monotonic() - start
+        server_cpu += server.cpu_seconds() - served
+        loader_cpu += time.process_time() - loader + shard_cpu
+        up += part_up
+        phases += part_phases
+        messages += part_messages
+    await _settle(fleet, nodes, mesh=mesh)
     rss, anon = server.rss_bytes(), server.anon_rss_bytes()
+    grown = 0
+    if anon_half is not None:
+        await asyncio.sleep(MARGINAL_PAUSE)
+        grown = server.anon_rss_bytes() - anon_half
     await snapshot()
     idle_cpu = None if idle_window is None else await _idle_cpu(server, idle_window)
     rss_idle = server.rss_bytes()  # after the idle window: what the burst left
@@ -190,6 +236,8 @@ async def register(
         # that the first registrations fault in is ~7 of the KiB above.
         "kb_per_streaming_node_anon": round((anon - anon0) / nodes / 1024, 1),
     }
+    if anon_half is not None:
+        result["kb_per_streaming_node_marginal"] = round(grown / (nodes - nodes // 2) / 1024, 1)
     if phases:
         # Where a registration's seconds go, step by step (p50 / p99 ms each).
         steps = zip(*phases, strict=True)
@@ -201,6 +249,22 @@ async def register(
         result["kb_per_streaming_node_idle"] = round((rss_idle - rss0) / nodes / 1024, 1)
         result["idle_cpu_percent"] = idle_cpu
     return fleet, result
+
+
+def halves(nodes: int, *, marginal: bool) -> list[tuple[int, int]]:
+    """The parts `register` adds, each (index of its first node, count): two
+    halves when the marginal memory is measured between them, else one."""
+    if not marginal or nodes < 2:
+        return [(0, nodes)]
+    return [(0, nodes // 2), (nodes // 2, nodes - nodes // 2)]
+
+
+async def _settle(fleet: Fleet | ShardedFleet, streaming: int, *, mesh: bool) -> None:
+    """In a mesh, until each of the `streaming` clients holds every other
+    (registrations raced first maps); other runs' figures are taken as is."""
+    if mesh:
+        assert isinstance(fleet, ShardedFleet)
+        await fleet.settled(streaming - 1, TIMEOUT)
 
 
 async def mesh_events(
@@ -332,6 +396,7 @@ def run_one(
     moves_profile: Path | None = None,
     server_log: Path | None = None,
     spy_commit: Path | None = None,
+    marginal: bool = True,
 ) -> dict[str, Any]:
     kind = "mesh" if mesh else "groups" if groups else "sparse"
     name = f"{kind}-{nodes}{'-restart' if profile_restart else ''}"
@@ -385,6 +450,7 @@ def run_one(
                 concurrency=concurrency,
                 memtrace=traced,
                 keys=[keys[n % len(keys)] for n in range(nodes)] if keys else None,
+                marginal=marginal,
             )
             try:
                 if isinstance(fleet, ShardedFleet) and mesh:
@@ -509,6 +575,9 @@ def render(results: list[dict[str, Any]]) -> str:
         if "kb_per_streaming_node_anon" in r:
             anon = r["kb_per_streaming_node_anon"]
             rows.append([label, "... of it anonymous (no code pages) (KB)", anon, ""])
+        if "kb_per_streaming_node_marginal" in r:
+            more = r["kb_per_streaming_node_marginal"]
+            rows.append([label, "... marginal, N/2 -> N streaming (anon KB)", more, ""])
         rows.append(
             [label, "server CPU per registration (ms)", r["register_server_cpu_ms_per_node"], ""]
         )
@@ -693,6 +762,12 @@ def main() -> None:
     parser.add_argument(
         "--server-log", type=Path, help="keep each run's server log here (NAME.log)"
     )
+    parser.add_argument(
+        "--no-marginal",
+        action="store_true",
+        help="register all N at once: no kb_per_streaming_node_marginal (RssAnon at N"
+        " streaming minus at N/2, over N/2: what one more node holds, one-time costs cancelled)",
+    )
     parser.add_argument("--replot", type=Path, help="no runs: table and plot from this JSON")
     args = parser.parse_args()
     folders = (args.profile, args.profile_events, args.profile_commit, args.profile_moves)
@@ -708,7 +783,8 @@ def main() -> None:
     def record(result: dict[str, Any]) -> None:
         results.append(result)
         if args.json:  # after every run: a long sweep cut short keeps what it measured
-            args.json.write_text(json.dumps({"machine": machine, "runs": results}, indent=2) + "\n")
+            document = {"machine": machine, "definitions": DEFINITIONS, "runs": results}
+            args.json.write_text(json.dumps(document, indent=2) + "\n")
 
     if args.replot:
         data = json.loads(args.replot.read_text())
@@ -726,7 +802,9 @@ def main() -> None:
                 reconnect_concurrency=args.reconnect_concurrency,
                 concurrency=args.concurrency or MESH_CONCURRENCY,
                 memtrace=args.tracemalloc,
+                marginal=not args.no_marginal,
                 moves_profile=args.profile_moves,
+                server_log=args.server_log,
             )
         )
     sparse_biggest = max(args.sparse, default=0) if args.restart_sparse else -1
@@ -743,7 +821,9 @@ def main() -> None:
                 reconnect_concurrency=args.reconnect_concurrency,
                 concurrency=args.concurrency or CONCURRENCY,
                 memtrace=args.tracemalloc,
+                marginal=not args.no_marginal,
                 commit_profile=args.profile_commit,
+                server_log=args.server_log,
             )
         )
     for n in [] if args.replot else args.groups:
@@ -756,6 +836,7 @@ def main() -> None:
                 profile=args.profile,
                 shards=args.shards,
                 memtrace=args.tracemalloc,
+                marginal=not args.no_marginal,
                 events_profile=args.profile_events,
                 commit_profile=args.profile_commit,
                 moves_profile=args.profile_moves,

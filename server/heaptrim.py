@@ -10,8 +10,13 @@ while keeping the memory mapped, so the next burst reuses the addresses.
 
 `HeapTrim` reads the RSS (one read of /proc/self/statm) every `check_every`
 seconds and trims once it has risen `growth` bytes above what the last trim
-left: a steady server never trims, and a burst is trimmed once, a few seconds
-after it. Where there is no glibc or no /proc the trim is simply absent.
+left, or `settled_growth` bytes once it stopped rising (a burst has settled):
+a steady server never trims, a long storm is trimmed as it goes, and a short
+one once, a few seconds after it. The second bar is for small tailnets: a
+100-node mesh's registration storm grows the RSS by 4-7 MB, under `growth`, and
+its holes (2-4 MB of free heap) stayed for the server's life, a fifth of its
+memory per node (docs/bench/NOTE-mesh100.md, NOTE-memnode.md). Where there is
+no glibc or no /proc the trim is simply absent.
 """
 
 from __future__ import annotations
@@ -26,10 +31,22 @@ from dataclasses import dataclass
 
 from server.logs import event
 
-__all__ = ["CHECK_EVERY", "GROWTH", "HeapTrim", "TrimStats", "glibc_trim", "statm_rss"]
+__all__ = [
+    "CHECK_EVERY",
+    "GROWTH",
+    "SETTLED_GROWTH",
+    "HeapTrim",
+    "TrimStats",
+    "glibc_trim",
+    "statm_rss",
+]
 
 CHECK_EVERY = 2.0  # seconds between RSS reads (a read costs ~10 us)
 GROWTH = 8 << 20  # bytes of RSS growth since the last trim that earn a trim
+# Bytes of growth that earn a trim once the RSS stopped rising. A trim that
+# finds nothing free costs well under a millisecond and moves the floor up, so
+# memory in use is trimmed for at most once per this much growth.
+SETTLED_GROWTH = 1 << 20
 
 _log = logging.getLogger(__name__)
 
@@ -71,6 +88,7 @@ class HeapTrim:
         rss: Callable[[], int | None],
         *,
         growth: int = GROWTH,
+        settled_growth: int = SETTLED_GROWTH,
         check_every: float = CHECK_EVERY,
         clock: Callable[[], float] = time.perf_counter,
         cpu_clock: Callable[[], float] = time.thread_time,
@@ -78,9 +96,10 @@ class HeapTrim:
         self._trim = trim
         self._rss = rss
         self._clock, self._cpu_clock = clock, cpu_clock
-        self._growth = growth
+        self._growth, self._settled_growth = growth, settled_growth
         self._check_every = check_every
         self._floor = rss() or 0  # what the last trim (or start-up) left
+        self._last = self._floor  # the previous check's RSS: still rising?
         self.stats = TrimStats()
 
     @classmethod
@@ -91,12 +110,18 @@ class HeapTrim:
         return cls(trim, statm_rss)
 
     def check(self) -> None:
-        """Trim if the RSS rose `growth` above the floor; the floor follows
-        the RSS after each trim, so memory in use is never trimmed for again."""
+        """Trim if the RSS rose `growth` above the floor, or `settled_growth`
+        and no higher since the last check; the floor follows the RSS after
+        each trim, so memory in use is never trimmed for again."""
         now = self._rss()
         if now is None:
             return
-        if now < self._floor + self._growth:
+        # A streaming server's RSS creeps up a few pages between most checks:
+        # "rising" means a burst still under way.
+        rising = now > self._last + self._settled_growth // 4
+        self._last = now
+        grown = now - self._floor
+        if grown < self._growth and (rising or grown < self._settled_growth):
             self._floor = min(self._floor, now)
             return
         began, cpu = self._clock(), self._cpu_clock()
@@ -106,7 +131,7 @@ class HeapTrim:
         after = self._rss() or now
         self.stats.trims += 1
         self.stats.released += max(0, now - after)
-        self._floor = after
+        self._floor = self._last = after
         # At INFO with its cost (~1 ms for the ~8 MB a groups 5,000 commit
         # leaves; tens of ms after a storm that freed hundreds of MB): a
         # benchmark's server log shows whether one fell inside its window.

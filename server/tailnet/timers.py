@@ -98,6 +98,7 @@ class Sweep:
             self._registry.remove(node.id)
         for node in self._tailnet.cut_off():
             self._disconnect(node.node_key)
+        ctx.entries.deltas.expire(now)
 
     def _index(self, ctx: MapContext) -> tuple[Expiries, MatchingIds]:
         """The serving nodes' key expiries (the context's own index, which the

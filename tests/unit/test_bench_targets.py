@@ -4,6 +4,8 @@ commit's target grows with the tailnet."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.bench_socket import target
 
 
@@ -71,10 +73,35 @@ def test_memory_rows_show_the_anonymous_part_when_measured() -> None:
 def test_the_anonymous_rss_is_read_from_proc_and_is_part_of_the_rss() -> None:
     import os
     from types import SimpleNamespace
-    from typing import Any, cast
+    from typing import cast
 
     from bench.loadgen.local import LocalServer
 
     process = cast(Any, SimpleNamespace(proc=SimpleNamespace(pid=os.getpid())))
     server = LocalServer(process, cast(Any, None), cast(Any, None))
     assert 0 < server.anon_rss_bytes() < server.rss_bytes()
+
+
+def test_the_marginal_memory_is_taken_between_two_halves_that_cover_every_node() -> None:
+    from bench.bench_socket import halves
+
+    assert halves(101, marginal=True) == [(0, 50), (50, 51)]
+    assert halves(100, marginal=False) == [(0, 100)]
+    assert halves(1, marginal=True) == [(0, 1)]  # no half to measure against
+
+
+def test_the_marginal_memory_row_and_its_definition_in_the_json() -> None:
+    from bench.bench_socket import DEFINITIONS, render
+
+    run = {
+        "kind": "mesh",
+        "nodes": 100,
+        "registrations_per_s": 300.0,
+        "kb_per_streaming_node": 52.0,
+        "kb_per_streaming_node_marginal": 31.5,
+        "register_server_cpu_ms_per_node": 3.0,
+        "cold_start_empty_s": 0.3,
+    }
+    assert "... marginal, N/2 -> N streaming (anon KB) | 31.5" in render([run])
+    assert "N/2" in DEFINITIONS["kb_per_streaming_node_marginal"]
+    assert {key for key in run if key.startswith("kb_")} <= DEFINITIONS.keys()

@@ -45,3 +45,15 @@ def test_a_message_made_again_after_its_hold_counts_once() -> None:
     second = deltas.message("PeersChanged", [entry(1, 100)], [], [], T0 + Deltas.HOLD)
     assert second is not first
     assert deltas.held_bytes == len(second)
+
+
+def test_a_quiet_tailnet_lets_go_of_the_last_waves_messages() -> None:
+    deltas = Deltas()
+    deltas.message("PeersChanged", [entry(1)], [], [], T0)
+    deltas.shared(b'{"PacketFilter":[1]}', T0 + Deltas.HOLD / 2)
+    deltas.expire(T0 + Deltas.HOLD / 2)
+    assert deltas.held_bytes > 30_000  # both still within their hold
+    deltas.expire(T0 + Deltas.HOLD)
+    assert 0 < deltas.held_bytes < 100  # the first went, the second is younger
+    deltas.expire(T0 + 2 * Deltas.HOLD)
+    assert deltas.held_bytes == 0

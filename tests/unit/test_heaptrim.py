@@ -30,11 +30,40 @@ class FakeHeap:
 
 def test_a_steady_server_is_never_trimmed() -> None:
     heap = FakeHeap(100 * MB)
-    trim = HeapTrim(heap.trim, lambda: heap.rss, growth=8 * MB)
-    heap.rss += 7 * MB
+    trim = HeapTrim(heap.trim, lambda: heap.rss, growth=8 * MB, settled_growth=1 * MB)
+    heap.rss += MB // 2
     for _ in range(100):
         trim.check()
     assert heap.trims == 0
+
+
+def test_a_small_burst_is_trimmed_once_it_settles_not_while_it_grows() -> None:
+    # A 100-node mesh's registration storm: RSS up 5 MB, under the 8 MB bar,
+    # 4 MB of it free holes that only a trim gives back.
+    heap = FakeHeap(100 * MB)
+    trim = HeapTrim(heap.trim, lambda: heap.rss, growth=8 * MB, settled_growth=1 * MB)
+    heap.kept = 101 * MB
+    for rss in (102, 104, 105):
+        heap.rss = rss * MB
+        trim.check()
+    assert heap.trims == 0  # still rising
+    trim.check()
+    assert heap.trims == 1 and heap.rss == 101 * MB
+    assert trim.stats.released == 4 * MB
+    for _ in range(100):  # the 1 MB in use is the new floor
+        trim.check()
+    assert heap.trims == 1
+
+
+def test_a_burst_is_trimmed_though_the_rss_still_creeps_up_a_page_or_two() -> None:
+    heap = FakeHeap(100 * MB)
+    trim = HeapTrim(heap.trim, lambda: heap.rss, growth=8 * MB, settled_growth=1 * MB)
+    heap.rss = 105 * MB
+    trim.check()
+    heap.rss += 8192  # two more pages: settled all the same
+    heap.kept = 101 * MB
+    trim.check()
+    assert heap.trims == 1 and heap.rss == 101 * MB
 
 
 def test_a_burst_is_trimmed_once_and_what_is_in_use_is_not_trimmed_for_again() -> None:

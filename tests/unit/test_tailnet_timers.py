@@ -134,3 +134,14 @@ def test_a_sweep_after_endpoint_changes_looks_only_at_what_changed(store: Store)
     assert s._index(tailnet.context) == (expiries, ephemerals)
     assert expiries.rebuilds == ephemerals.rebuilds == 1  # (before: one full pass per sweep)
     assert [e.id for e in expired] == [registry.by_node_key(k).id for k in keys[:10]]  # type: ignore[union-attr]
+
+
+def test_the_sweep_lets_go_of_delta_messages_past_their_hold(store: Store) -> None:
+    registry, tailnet = serving(store, source("base", BASE))
+    join(registry, 1)
+    tailnet.settle()
+    deltas = tailnet.context.entries.deltas
+    deltas.message("PeersChanged", [b'{"ID":1}'], [], [], T0)
+    assert deltas.held_bytes > 0
+    sweep(registry, tailnet, [], []).handle_timer(T0, T0 + timedelta(seconds=5))
+    assert deltas.held_bytes == 0

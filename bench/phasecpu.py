@@ -42,7 +42,7 @@ PHASES = [
     ("server.store._nodetables", "NodeTables", "update_from_map"),
     ("server.tailnet.registry", "NodeRegistry", "publish"),
     ("server.tailnet.hub", "Tailnet", "apply"),
-    ("server.tailnet.hub", "Tailnet", "_notify_volatile"),
+    ("server.tailnet.hubsettle", "TailnetSettle", "_notify_volatile"),
     ("server.tailnet.handle", "Deliveries", "_run"),
     ("server.tailnet.wave", "VolatileWave", "__call__"),
     ("server.control", "ControlHandler", "_deliver"),

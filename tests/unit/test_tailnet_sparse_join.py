@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from server.protocol.keys import NodePublic
 from server.store import open_store
 from server.store.interface import Store
-from server.tailnet import NodeRegistry, Tailnet, TailnetSource, hubcontext
+from server.tailnet import NodeRegistry, Tailnet, TailnetSource, hubcontext, hubsettle
 from server.tailnet import hub as hub_module
 from server.tailnet import views as views_module
 from tests.unit.control_client import T0
@@ -99,7 +99,8 @@ def test_a_join_converts_and_compares_only_what_changed(
     registry, tailnet, ids = tailnet_of(store)
     converted = counting(monkeypatch, views_module, "to_topology_node")
     routes_read = [
-        counting(monkeypatch, module, "advertised_routes") for module in (hub_module, hubcontext)
+        counting(monkeypatch, module, "advertised_routes")
+        for module in (hub_module, hubcontext, hubsettle)
     ]
     looked_up = counting(monkeypatch, views_module.TopologyNodes, "__call__")
     newcomer = register(registry, 1000, "newcomer", "alice")

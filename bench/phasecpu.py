@@ -41,7 +41,7 @@ PHASES = [
     ("server.tailnet.registry", "NodeRegistry", "update_from_map"),
     ("server.store._nodetables", "NodeTables", "update_from_map"),
     ("server.tailnet.registry", "NodeRegistry", "publish"),
-    ("server.tailnet.hub", "Tailnet", "apply"),
+    ("server.tailnet.hubchanges", "TailnetChanges", "apply"),
     ("server.tailnet.hubsettle", "TailnetSettle", "_notify_volatile"),
     ("server.tailnet.handle", "Deliveries", "_run"),
     ("server.tailnet.wave", "VolatileWave", "__call__"),

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from server.protocol.keys import NodePublic
 from server.store import open_store
 from server.store.interface import Store
-from server.tailnet import NodeRegistry, Tailnet, TailnetSource, hubcontext, hubsettle
+from server.tailnet import NodeRegistry, Tailnet, TailnetSource, hubchanges, hubcontext, hubsettle
 from server.tailnet import hub as hub_module
 from server.tailnet import views as views_module
 from tests.unit.control_client import T0
@@ -100,7 +100,7 @@ def test_a_join_converts_and_compares_only_what_changed(
     converted = counting(monkeypatch, views_module, "to_topology_node")
     routes_read = [
         counting(monkeypatch, module, "advertised_routes")
-        for module in (hub_module, hubcontext, hubsettle)
+        for module in (hub_module, hubchanges, hubcontext, hubsettle)
     ]
     looked_up = counting(monkeypatch, views_module.TopologyNodes, "__call__")
     newcomer = register(registry, 1000, "newcomer", "alice")

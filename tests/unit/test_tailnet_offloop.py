@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from server.store.interface import Store
-from server.tailnet import Tailnet
-from server.tailnet import hub as hub_module
+from server.tailnet import Tailnet, hubcontext
 from server.tailnet import views as views_module
+from server.tailnet.coalesce import COALESCE_SECONDS
 from server.tailnet.mapper import build_map
 from tests.unit.control_client import T0
 from tests.unit.test_tailnet_commit import (
@@ -50,13 +50,13 @@ def test_a_commit_compiled_off_the_loop_wakes_only_the_nodes_its_rule_reaches(
     handles = {name: tailnet.open_session(node_id) for name, node_id in ids.items()}
     woken(handles)
     threads: list[int] = []
-    compile_views = hub_module.compile_views
+    compile_views = hubcontext.compile_views
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         threads.append(threading.get_ident())
         return compile_views(*args, **kwargs)
 
-    monkeypatch.setattr(hub_module, "compile_views", recording)
+    monkeypatch.setattr(hubcontext, "compile_views", recording)
     commit = source("c1", {**BASE, "acls": [*BASE["acls"], ALICE_TO_WEB]})
     asyncio.run(tailnet.swap_source_off_loop(commit))
 
@@ -92,19 +92,19 @@ def test_joins_close_together_share_one_recompile(
 ) -> None:
     registry, tailnet, _ = four_nodes(store)
     compiles = 0
-    compile_views = hub_module.compile_views
+    compile_views = hubcontext.compile_views
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         nonlocal compiles
         compiles += 1
         return compile_views(*args, **kwargs)
 
-    monkeypatch.setattr(hub_module, "compile_views", counting)
+    monkeypatch.setattr(hubcontext, "compile_views", counting)
 
     async def storm() -> None:
         for n in range(10):  # a burst of registrations, then a timer's wait
             register(registry, 20 + n, f"alice-{n}", "alice")
-        await asyncio.sleep(hub_module.COALESCE_SECONDS * 4)
+        await asyncio.sleep(COALESCE_SECONDS * 4)
 
     asyncio.run(storm())
     assert compiles == 1

@@ -1,5 +1,5 @@
 """When a change that others may share is applied: a topology change's
-recompile, a burst of volatile changes' wave (server/tailnet/hub.py).
+recompile, a burst of volatile changes' wave (server/tailnet/hubsettle.py).
 
 A `Defer` runs a callback later so that the changes arriving meanwhile share
 it; `LoopDefer` is the one the server runs with, on its event loop.

@@ -9,12 +9,11 @@ from its own rules and the rule bitsets, and kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
-from itertools import chain, compress, repeat
-from operator import eq, is_, is_not, ne
-from types import MappingProxyType
+from itertools import compress, repeat
+from operator import eq, is_, is_not
 from typing import Any, Generic, cast
 
 from .addrs import is_exit_route
@@ -33,6 +32,8 @@ from .routevis import RouteVisibility
 from .rulebuilder import RuleBuilder
 from .ssh import SshIndex, check_ssh_domains
 from .topology import Topology
+from .viewfields import merge_rules, own_prefixes, whois
+from .viewmaps import NO_PEERS, GroupPeers, LazyMap, same_items
 from .viewreuse import PeerChange, affected, peer_change, same_visibility
 
 
@@ -343,7 +344,7 @@ class ViewIndex(Generic[NodeKey]):
         if isinstance(earlier, GroupPeers) and self._same_group(earlier.group, full):
             return earlier
         out = GroupPeers(full, self.keys[viewer])
-        if earlier is not None and _same_items(earlier, out):
+        if earlier is not None and same_items(earlier, out):
             return earlier
         return out
 
@@ -355,7 +356,7 @@ class ViewIndex(Generic[NodeKey]):
         if seen is None or seen[0] is not held or seen[1] is not full:
             if len(self._groups_seen) >= self.GROUPS_HELD:
                 self._groups_seen.clear()
-            seen = self._groups_seen[id(held)] = (held, full, _same_items(held, full))
+            seen = self._groups_seen[id(held)] = (held, full, same_items(held, full))
         return seen[2]
 
     GROUPS_HELD = 1024
@@ -564,168 +565,3 @@ class ViewIndex(Generic[NodeKey]):
             self._plain = previous._plain.copy()
             self._group_full = {**previous._group_full, **self._group_full}
             self._same_groups = True
-
-
-# The peers of every view that has none (read-only: views are shared).
-NO_PEERS: Mapping[Any, PeerView] = MappingProxyType({})
-
-
-class GroupPeers(Mapping[Any, PeerView]):
-    """A view's peers: its group's entries (``group``, one dict shared by the
-    group's views, read-only) less the viewer itself (``viewer``). In a
-    1,000-node mesh a dict per view was 999 entries copied a thousand times,
-    ~35 KB a streaming node; this is two references."""
-
-    __slots__ = ("_len", "group", "viewer")
-
-    def __init__(self, group: dict[Any, PeerView], viewer: Any) -> None:
-        self.group = group
-        self.viewer = viewer
-        # (read-only, so counted once: a session asks at every commit)
-        self._len = len(group) - (viewer in group)
-
-    def __getitem__(self, key: Any) -> PeerView:
-        if key == self.viewer:
-            raise KeyError(key)
-        return self.group[key]
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return default if key == self.viewer else self.group.get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        return key != self.viewer and key in self.group
-
-    def __iter__(self) -> Iterator[Any]:
-        return filter(partial(ne, self.viewer), self.group)  # in C: sessions iterate it
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __repr__(self) -> str:
-        return f"GroupPeers({dict(self.items())!r})"
-
-
-def _same_items(a: Mapping[Any, PeerView], b: Mapping[Any, PeerView]) -> bool:
-    """The same keys in the same order, with the same PeerView objects (in C)."""
-    return len(a) == len(b) and all(map(is_, a.values(), b.values())) and all(map(eq, a, b))
-
-
-class LazyNodes(Mapping[NodeKey, NodeView[NodeKey]]):
-    """Node key -> view, each built on first access."""
-
-    def __init__(self, index: ViewIndex[NodeKey]) -> None:
-        self._index = index
-
-    def __getitem__(self, key: NodeKey) -> NodeView[NodeKey]:
-        return self._index.view(self._index.position[key])
-
-    def __iter__(self) -> Iterator[NodeKey]:
-        return iter(self._index.position)
-
-    def __len__(self) -> int:
-        return len(self._index.position)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._index.position
-
-    def get(self, key: NodeKey, default: Any = None) -> Any:
-        # (one lookup, not Mapping's `in` then `[]`: two per session a commit)
-        i = self._index.position.get(key)
-        return default if i is None else self._index.view(i)
-
-
-class LazyMap(Mapping[str, Any]):
-    """A mapping computed by ``build`` on first read."""
-
-    def __init__(self, build: Callable[[], dict[str, Any]]) -> None:
-        self._build: Callable[[], dict[str, Any]] | None = build
-        self._data: dict[str, Any] = {}
-
-    def _get(self) -> dict[str, Any]:
-        if self._build is not None:
-            self._data, self._build = self._build(), None
-        return self._data
-
-    def __getitem__(self, key: str) -> Any:
-        return self._get()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._get())
-
-    def __len__(self) -> int:
-        return len(self._get())
-
-    def __repr__(self) -> str:
-        return repr(self._get())
-
-
-def _merge_caps(into: dict[str, Any], caps: Mapping[str, Any]) -> None:
-    for name, values in caps.items():
-        if values is None:
-            into.setdefault(name, None)
-        elif into.get(name) is None:
-            into[name] = list(values)
-        else:
-            into[name].extend(values)
-
-
-def whois(
-    ips: Sequence[tuple[str, ...]],
-    cap_rules: list[tuple[Mapping[str, Any], int]],
-    mask: int,
-    peers: list[int] | None = None,
-) -> dict[str, Any]:
-    """Per peer address: the app capabilities that peer holds toward this node
-    (``cap_rules``: the capabilities of each app rule it receives, and the
-    sources holding them; ``peers``: the nodes of ``mask``, if at hand)."""
-    if peers is None:
-        peers = bits(mask)
-    if not cap_rules:
-        return dict.fromkeys(chain.from_iterable(map(ips.__getitem__, peers)))
-    # Peers holding the same grants share one merged map.
-    held: dict[int, tuple[int, ...]] = {}
-    for n, (_, src_mask) in enumerate(cap_rules):
-        for j in bits(mask & src_mask):
-            held[j] = (*held.get(j, ()), n)
-    merged: dict[tuple[int, ...], dict[str, Any]] = {}
-    out: dict[str, Any] = {}
-    for j in peers:
-        key = held.get(j, ())
-        if key not in merged:
-            caps: dict[str, Any] = {}
-            for n in key:
-                _merge_caps(caps, cap_rules[n][0])
-            merged[key] = caps
-        for ip in ips[j]:
-            out[ip] = merged[key] or None
-    return out
-
-
-def merge_rules(rendered: Iterable[tuple[Rule, dict[str, Any]]]) -> tuple[dict[str, Any], ...]:
-    """Rules with the same sources and protocols reach a node as one rule."""
-    rendered = list(rendered)
-    if len(rendered) == 1:  # most nodes receive one rule (autogroup:self): nothing to merge
-        return (rendered[0][1],)
-    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for n, (rule, r) in enumerate(rendered):
-        if "CapGrant" in r:
-            merged[(n,)] = r
-            continue
-        kind = "DstPorts"
-        key = (kind, rule.src_key, tuple(r.get("IPProto") or ()))
-        if key in merged:
-            merged[key][kind] = merged[key][kind] + r[kind]
-        else:
-            merged[key] = r
-    return tuple(merged.values())
-
-
-def own_prefixes(
-    index: Index, node: int, no_v4: frozenset[int], viewer: int | None = None
-) -> list[str]:
-    """A node's addresses as prefixes; IPv4 is left out when nodeAttrs disabled it
-    on the node or on the viewer (which then speaks only IPv6 in the tailnet)."""
-    prefixes = index.host_prefixes(node)
-    if node in no_v4 or viewer in no_v4:
-        return [p for p in prefixes if ":" in p]
-    return prefixes

@@ -9,13 +9,12 @@ from its own rules and the rule bitsets, and kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
-from itertools import compress, repeat
-from operator import is_not
-from typing import Any, cast
+from typing import Any
 
+from . import viewadopt
 from .addrs import is_exit_route
 from .aliases import Index
 from .bitsets import bits, bitset
@@ -26,7 +25,7 @@ from .model import Policy
 from .nodeattrs import DISABLE_IPV4, ipv4_disabled, self_cap_maps
 from .noderules import NodeRules, SlotUses
 from .output import NodeKey, NodeView, PeerView
-from .refilter import refilter_from, refiltered
+from .refilter import refiltered
 from .routes import RouteTable, route_table
 from .routevis import RouteVisibility
 from .rulebuilder import RuleBuilder
@@ -35,7 +34,7 @@ from .topology import Topology
 from .viewfields import merge_rules, own_prefixes, whois
 from .viewmaps import GroupPeers, LazyMap
 from .viewpeers import PeerViews
-from .viewreuse import PeerChange, affected, peer_change, same_visibility
+from .viewreuse import PeerChange
 
 
 class ViewIndex(PeerViews[NodeKey]):
@@ -335,119 +334,17 @@ class ViewIndex(PeerViews[NodeKey]):
         del peers[change.key]
         return replace(base, peers=peers, whois_cap_map=self._whois(i, self.visible(i)))
 
-    # -- reuse across changes ------------------------------------------------
+    # -- reuse across changes (viewadopt.py) ---------------------------------
 
     def lend(self, other: ViewIndex[NodeKey]) -> None:
-        """Let ``other``'s peer views stand in for equal ones built here, so
-        an unchanged peer stays the same object across recompiles (map
-        refreshes compare peers by identity). Only the views are held."""
-        at, lend, keys, plain = self.position, self._lend, other.keys, other._plain
-        # What `other` itself borrowed covers the views it took over unbuilt.
-        if self.keys[: len(keys)] == keys:  # it has no node this index lacks
-            lend.update(other._lend)
-        else:
-            lend.update((k, pv) for k, pv in other._lend.items() if k in at)
-        # (in C: a join must not cost a Python step per node; and where no
-        # peer view was built, as under a policy that gives no node peers, no step)
-        if plain.count(None) < len(plain):
-            built = compress(zip(keys, plain, strict=True), map(is_not, plain, repeat(None)))
-            lend.update(cast("Iterator[tuple[NodeKey, PeerView]]", built))
+        """Let ``other``'s equal peer views stand in for this index's (`viewadopt.lend`)."""
+        viewadopt.lend(self, other)
 
     def compare(self, previous: ViewIndex[NodeKey]) -> None:
-        """Work out which views the change from ``previous`` (nodes joining or
-        leaving, or a new policy over the same nodes) may touch, for `adopt`.
-
-        It reads ``previous``'s rules and who-sees-whom, never iterates its
-        view caches: it may run in a worker thread while ``previous`` serves."""
-        keys = affected(previous, self)
-        change = peer_change(previous, self, keys) if keys is not None else None
-        # Who sees whom carries over whole when no rule's reach changed.
-        same = keys is not None and change is None and same_visibility(previous, self)
-        self._compared = (previous, keys, change, same)
+        """Work out which views the change from ``previous`` may touch (`viewadopt.compare`)."""
+        viewadopt.compare(self, previous)
 
     def adopt(self, previous: ViewIndex[NodeKey]) -> frozenset[NodeKey] | None:
-        """Take over ``previous``'s views of the nodes that the change between
-        it and this index cannot have touched (see `compare`).
-
-        Returns the keys whose views may differ (None: possibly all).
-        """
-        if self._compared is None or self._compared[0] is not previous:
-            self.compare(previous)
-        assert self._compared is not None
-        _, keys, change, same = self._compared
-        self._compared = None  # holds the previous index
-        self.lend(previous)
-        old_keys = previous.keys
-        if keys is None:
-            return None
-        self.peer_change = change
-        patch = change.viewers if change is not None else frozenset()
-        at = self.position
-        had = len(old_keys)
-        if self.keys[:had] == old_keys:  # a join (or nothing): every old node keeps its place
-            self._take_over(previous, keys, patch, same)
-            return keys
-        for i, v in list(previous.views.items()):
-            key = old_keys[i]
-            if key not in keys:
-                self.views[at[key]] = v
-            elif key in patch:
-                self._bases[at[key]] = v
-            elif key in at:
-                self._earlier[at[key]] = v.peers
-        if old_keys == self.keys:  # same positions: who-sees-whom carries over
-            for i, mask in list(previous._visible.items()):
-                if same or self.keys[i] not in keys:
-                    self._visible.setdefault(i, mask)
-        return keys
-
-    def _take_over(
-        self,
-        previous: ViewIndex[NodeKey],
-        keys: frozenset[NodeKey],
-        patch: frozenset[NodeKey],
-        same_visibility: bool = False,
-    ) -> None:
-        """`adopt` when ``previous``'s nodes keep their positions here: its
-        views and who-sees-whom are copied whole (in C), and only the ``keys``
-        whose views may differ are taken out again (their who-sees-whom too,
-        unless ``same_visibility``), so the work is what the change touched,
-        not the tailnet."""
-        at, old_views = self.position, previous.views
-        refilter = refilter_from(previous, self, same_visibility)
-        taken = dict(old_views)
-        # A node the change cannot touch sees what it saw (a newcomer, last,
-        # is not among its peers), so its who-sees-whom carries over too.
-        visible = dict(previous._visible)
-        join = self.peer_change if isinstance(self.peer_change, JoinChange) else None
-        for key in keys:
-            i = at.get(key)
-            if i is None:
-                continue
-            if not same_visibility:
-                seen = visible.pop(i, None)
-                if join is not None and seen is not None and i in join.seen:
-                    visible[i] = seen | join.seen[i]  # and the newcomers it sees
-            v = taken.pop(i, None)
-            if v is None:
-                continue
-            if key in patch:
-                self._bases[i] = v
-            elif refilter is not None and refilter.keeps_all_but_filter(i):
-                self._refilter[i] = v
-            else:
-                self._earlier[i] = v.peers
-        if refilter is not None:
-            self._whois_kept = refilter.whois_kept
-        for i, v in self.views.items():  # built here already (none, as a rule)
-            taken.setdefault(i, v)
-        self.views = taken
-        visible.update(self._visible)
-        self._visible = visible
-        if same_visibility and previous.no_v4 == self.no_v4 and previous._routers == self._routers:
-            # The same nodes with the same addresses: a peer without routes
-            # looks as it did, and so do groups' entries (kept, not rebuilt
-            # per group and compared again).
-            self._plain = previous._plain.copy()
-            self._group_full = {**previous._group_full, **self._group_full}
-            self._same_groups = True
+        """Take over ``previous``'s untouched views (`viewadopt.adopt`); the
+        keys whose views may differ (None: possibly all)."""
+        return viewadopt.adopt(self, previous)

@@ -13,7 +13,8 @@ from .model import Policy
 from .output import CompiledTailnet, NodeKey, NodeView, PeerView
 from .policytests import check_policy_tests
 from .topology import Topology
-from .viewindex import LazyNodes, ViewIndex
+from .viewindex import ViewIndex
+from .viewmaps import LazyNodes
 
 __all__ = [
     "CompiledTailnet",

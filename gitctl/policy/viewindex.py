@@ -9,14 +9,12 @@ from its own rules and the rule bitsets, and kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
-from itertools import chain, compress, repeat
-from operator import eq, is_, is_not, ne
-from types import MappingProxyType
-from typing import Any, Generic, cast
+from typing import Any
 
+from . import viewadopt
 from .addrs import is_exit_route
 from .aliases import Index
 from .bitsets import bits, bitset
@@ -27,16 +25,19 @@ from .model import Policy
 from .nodeattrs import DISABLE_IPV4, ipv4_disabled, self_cap_maps
 from .noderules import NodeRules, SlotUses
 from .output import NodeKey, NodeView, PeerView
-from .refilter import refilter_from, refiltered
+from .refilter import refiltered
 from .routes import RouteTable, route_table
 from .routevis import RouteVisibility
 from .rulebuilder import RuleBuilder
 from .ssh import SshIndex, check_ssh_domains
 from .topology import Topology
-from .viewreuse import PeerChange, affected, peer_change, same_visibility
+from .viewfields import merge_rules, own_prefixes, whois
+from .viewmaps import GroupPeers, LazyMap
+from .viewpeers import PeerViews
+from .viewreuse import PeerChange
 
 
-class ViewIndex(Generic[NodeKey]):
+class ViewIndex(PeerViews[NodeKey]):
     """``keys``: each node's key, in ``topology.nodes`` order (what views,
     peers and primaries name nodes by)."""
 
@@ -259,121 +260,6 @@ class ViewIndex(Generic[NodeKey]):
                 self.views[i] = v
         return v
 
-    def _peer(self, viewer: int, j: int) -> PeerView:
-        index, no_v4 = self.index, self.no_v4
-        primary, exits = self.routes.visible_routes(viewer, j)
-        return PeerView(
-            allowed_ips=(*own_prefixes(index, j, no_v4, viewer), *primary, *exits),
-            primary_routes=primary,
-            tags=index.nodes[j].tags,
-        )
-
-    def _plain_peer(self, j: int) -> PeerView:
-        """Peer ``j`` as every viewer with IPv4 sees it, when ``j`` has no routes."""
-        pv = self._plain[j]
-        if pv is None:
-            pv = PeerView(
-                allowed_ips=tuple(own_prefixes(self.index, j, self.no_v4)),
-                primary_routes=(),
-                tags=self.index.nodes[j].tags,
-            )
-            lent = self._lend.get(self.keys[j])
-            pv = self._plain[j] = lent if lent == pv and lent is not None else pv
-        return pv
-
-    def peer_view(self, viewer: int, j: int) -> PeerView:
-        """How ``viewer`` sees its peer ``j`` (as in its view's ``peers``)."""
-        if viewer in self.no_v4 or self._routers >> j & 1:
-            return self._peer(viewer, j)
-        return self._plain_peer(j)
-
-    def _peers(self, viewer: int, mask: int) -> Mapping[NodeKey, PeerView]:
-        if not mask:
-            # No peers: nothing to gather (a group of one would build the
-            # viewer's own entry only to drop it), and the same empty mapping
-            # as before, so the session sees at once that none changed.
-            earlier = self._earlier.pop(viewer, None)
-            return earlier if earlier is not None and not earlier else NO_PEERS
-        keys = self.keys
-        group = mask | 1 << viewer
-        if viewer not in self.no_v4 and not group & self._routers:
-            return self._group_peers(viewer, group)
-        peers = self._peer_positions(viewer, mask)
-        if viewer in self.no_v4:
-            return {keys[j]: self._peer(viewer, j) for j in peers}
-        # A peer without routes looks the same to every viewer: build it once.
-        plain = self._plain
-        if not all(map(is_not, map(plain.__getitem__, peers), repeat(None))):  # in C
-            for j in [j for j in peers if plain[j] is None]:
-                self._plain_peer(j)
-        filled = cast("list[PeerView]", plain)  # for these peers
-        earlier = self._earlier.pop(viewer, None)
-        if (
-            earlier is not None
-            and len(earlier) == len(peers)
-            and not mask & self._routers
-            and all(map(is_, map(filled.__getitem__, peers), earlier.values()))  # in C
-            and all(map(eq, earlier, map(keys.__getitem__, peers)))
-        ):
-            return earlier
-        out = dict(zip(map(keys.__getitem__, peers), map(filled.__getitem__, peers), strict=True))
-        # Routers' routes depend on the viewer (replacing keeps the order).
-        for j in bits(mask & self._routers) if self._routers else ():
-            out[keys[j]] = self._peer(viewer, j)
-        return out
-
-    def _group_peers(self, viewer: int, group: int) -> Mapping[NodeKey, PeerView]:
-        """The peers of ``viewer`` in a group of nodes that see each other,
-        none of them a router: the group's peers less itself. The group's
-        entries are gathered once and shared by its views (`GroupPeers`: no
-        copy per view), and whether a view's earlier peers can be handed on is decided
-        once per group, not by a pass over every view's peers."""
-        full = self._group_full.get(group)
-        if full is None:
-            members = bits(group)
-            for j in members:
-                if self._plain[j] is None:
-                    self._plain_peer(j)
-            keys, plain = self.keys, cast("list[PeerView]", self._plain)
-            full = {keys[j]: plain[j] for j in members}
-            if len(self._group_full) >= self.GROUPS_HELD:
-                self._group_full.clear()
-            self._group_full[group] = full
-        earlier = self._earlier.pop(viewer, None)
-        if isinstance(earlier, GroupPeers) and self._same_group(earlier.group, full):
-            return earlier
-        out = GroupPeers(full, self.keys[viewer])
-        if earlier is not None and _same_items(earlier, out):
-            return earlier
-        return out
-
-    def _same_group(self, held: dict[Any, PeerView], full: dict[Any, PeerView]) -> bool:
-        """Whether an earlier index's group entries are this group's (once per group)."""
-        if held is full:
-            return True
-        seen = self._groups_seen.get(id(held))
-        if seen is None or seen[0] is not held or seen[1] is not full:
-            if len(self._groups_seen) >= self.GROUPS_HELD:
-                self._groups_seen.clear()
-            seen = self._groups_seen[id(held)] = (held, full, _same_items(held, full))
-        return seen[2]
-
-    GROUPS_HELD = 1024
-
-    def _peer_positions(self, i: int, mask: int) -> list[int]:
-        """``bits(mask)`` of node ``i``'s peers. Decoding costs a pass over
-        every node, so it is done once per group of nodes that see each
-        other: they all have the same ``mask | 1 << i``."""
-        group = mask | 1 << i
-        members = self._groups.get(group)
-        if members is None:
-            if len(self._groups) >= self.GROUPS_HELD:
-                self._groups.clear()
-            members = self._groups[group] = bits(group)
-        peers = members.copy()
-        peers.remove(i)
-        return peers
-
     def _build(self, i: int) -> NodeView[NodeKey]:
         index, table = self.index, self.table
         mask = self.visible(i)
@@ -448,284 +334,17 @@ class ViewIndex(Generic[NodeKey]):
         del peers[change.key]
         return replace(base, peers=peers, whois_cap_map=self._whois(i, self.visible(i)))
 
-    # -- reuse across changes ------------------------------------------------
+    # -- reuse across changes (viewadopt.py) ---------------------------------
 
     def lend(self, other: ViewIndex[NodeKey]) -> None:
-        """Let ``other``'s peer views stand in for equal ones built here, so
-        an unchanged peer stays the same object across recompiles (map
-        refreshes compare peers by identity). Only the views are held."""
-        at, lend, keys, plain = self.position, self._lend, other.keys, other._plain
-        # What `other` itself borrowed covers the views it took over unbuilt.
-        if self.keys[: len(keys)] == keys:  # it has no node this index lacks
-            lend.update(other._lend)
-        else:
-            lend.update((k, pv) for k, pv in other._lend.items() if k in at)
-        # (in C: a join must not cost a Python step per node; and where no
-        # peer view was built, as under a policy that gives no node peers, no step)
-        if plain.count(None) < len(plain):
-            built = compress(zip(keys, plain, strict=True), map(is_not, plain, repeat(None)))
-            lend.update(cast("Iterator[tuple[NodeKey, PeerView]]", built))
+        """Let ``other``'s equal peer views stand in for this index's (`viewadopt.lend`)."""
+        viewadopt.lend(self, other)
 
     def compare(self, previous: ViewIndex[NodeKey]) -> None:
-        """Work out which views the change from ``previous`` (nodes joining or
-        leaving, or a new policy over the same nodes) may touch, for `adopt`.
-
-        It reads ``previous``'s rules and who-sees-whom, never iterates its
-        view caches: it may run in a worker thread while ``previous`` serves."""
-        keys = affected(previous, self)
-        change = peer_change(previous, self, keys) if keys is not None else None
-        # Who sees whom carries over whole when no rule's reach changed.
-        same = keys is not None and change is None and same_visibility(previous, self)
-        self._compared = (previous, keys, change, same)
+        """Work out which views the change from ``previous`` may touch (`viewadopt.compare`)."""
+        viewadopt.compare(self, previous)
 
     def adopt(self, previous: ViewIndex[NodeKey]) -> frozenset[NodeKey] | None:
-        """Take over ``previous``'s views of the nodes that the change between
-        it and this index cannot have touched (see `compare`).
-
-        Returns the keys whose views may differ (None: possibly all).
-        """
-        if self._compared is None or self._compared[0] is not previous:
-            self.compare(previous)
-        assert self._compared is not None
-        _, keys, change, same = self._compared
-        self._compared = None  # holds the previous index
-        self.lend(previous)
-        old_keys = previous.keys
-        if keys is None:
-            return None
-        self.peer_change = change
-        patch = change.viewers if change is not None else frozenset()
-        at = self.position
-        had = len(old_keys)
-        if self.keys[:had] == old_keys:  # a join (or nothing): every old node keeps its place
-            self._take_over(previous, keys, patch, same)
-            return keys
-        for i, v in list(previous.views.items()):
-            key = old_keys[i]
-            if key not in keys:
-                self.views[at[key]] = v
-            elif key in patch:
-                self._bases[at[key]] = v
-            elif key in at:
-                self._earlier[at[key]] = v.peers
-        if old_keys == self.keys:  # same positions: who-sees-whom carries over
-            for i, mask in list(previous._visible.items()):
-                if same or self.keys[i] not in keys:
-                    self._visible.setdefault(i, mask)
-        return keys
-
-    def _take_over(
-        self,
-        previous: ViewIndex[NodeKey],
-        keys: frozenset[NodeKey],
-        patch: frozenset[NodeKey],
-        same_visibility: bool = False,
-    ) -> None:
-        """`adopt` when ``previous``'s nodes keep their positions here: its
-        views and who-sees-whom are copied whole (in C), and only the ``keys``
-        whose views may differ are taken out again (their who-sees-whom too,
-        unless ``same_visibility``), so the work is what the change touched,
-        not the tailnet."""
-        at, old_views = self.position, previous.views
-        refilter = refilter_from(previous, self, same_visibility)
-        taken = dict(old_views)
-        # A node the change cannot touch sees what it saw (a newcomer, last,
-        # is not among its peers), so its who-sees-whom carries over too.
-        visible = dict(previous._visible)
-        join = self.peer_change if isinstance(self.peer_change, JoinChange) else None
-        for key in keys:
-            i = at.get(key)
-            if i is None:
-                continue
-            if not same_visibility:
-                seen = visible.pop(i, None)
-                if join is not None and seen is not None and i in join.seen:
-                    visible[i] = seen | join.seen[i]  # and the newcomers it sees
-            v = taken.pop(i, None)
-            if v is None:
-                continue
-            if key in patch:
-                self._bases[i] = v
-            elif refilter is not None and refilter.keeps_all_but_filter(i):
-                self._refilter[i] = v
-            else:
-                self._earlier[i] = v.peers
-        if refilter is not None:
-            self._whois_kept = refilter.whois_kept
-        for i, v in self.views.items():  # built here already (none, as a rule)
-            taken.setdefault(i, v)
-        self.views = taken
-        visible.update(self._visible)
-        self._visible = visible
-        if same_visibility and previous.no_v4 == self.no_v4 and previous._routers == self._routers:
-            # The same nodes with the same addresses: a peer without routes
-            # looks as it did, and so do groups' entries (kept, not rebuilt
-            # per group and compared again).
-            self._plain = previous._plain.copy()
-            self._group_full = {**previous._group_full, **self._group_full}
-            self._same_groups = True
-
-
-# The peers of every view that has none (read-only: views are shared).
-NO_PEERS: Mapping[Any, PeerView] = MappingProxyType({})
-
-
-class GroupPeers(Mapping[Any, PeerView]):
-    """A view's peers: its group's entries (``group``, one dict shared by the
-    group's views, read-only) less the viewer itself (``viewer``). In a
-    1,000-node mesh a dict per view was 999 entries copied a thousand times,
-    ~35 KB a streaming node; this is two references."""
-
-    __slots__ = ("_len", "group", "viewer")
-
-    def __init__(self, group: dict[Any, PeerView], viewer: Any) -> None:
-        self.group = group
-        self.viewer = viewer
-        # (read-only, so counted once: a session asks at every commit)
-        self._len = len(group) - (viewer in group)
-
-    def __getitem__(self, key: Any) -> PeerView:
-        if key == self.viewer:
-            raise KeyError(key)
-        return self.group[key]
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return default if key == self.viewer else self.group.get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        return key != self.viewer and key in self.group
-
-    def __iter__(self) -> Iterator[Any]:
-        return filter(partial(ne, self.viewer), self.group)  # in C: sessions iterate it
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __repr__(self) -> str:
-        return f"GroupPeers({dict(self.items())!r})"
-
-
-def _same_items(a: Mapping[Any, PeerView], b: Mapping[Any, PeerView]) -> bool:
-    """The same keys in the same order, with the same PeerView objects (in C)."""
-    return len(a) == len(b) and all(map(is_, a.values(), b.values())) and all(map(eq, a, b))
-
-
-class LazyNodes(Mapping[NodeKey, NodeView[NodeKey]]):
-    """Node key -> view, each built on first access."""
-
-    def __init__(self, index: ViewIndex[NodeKey]) -> None:
-        self._index = index
-
-    def __getitem__(self, key: NodeKey) -> NodeView[NodeKey]:
-        return self._index.view(self._index.position[key])
-
-    def __iter__(self) -> Iterator[NodeKey]:
-        return iter(self._index.position)
-
-    def __len__(self) -> int:
-        return len(self._index.position)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._index.position
-
-    def get(self, key: NodeKey, default: Any = None) -> Any:
-        # (one lookup, not Mapping's `in` then `[]`: two per session a commit)
-        i = self._index.position.get(key)
-        return default if i is None else self._index.view(i)
-
-
-class LazyMap(Mapping[str, Any]):
-    """A mapping computed by ``build`` on first read."""
-
-    def __init__(self, build: Callable[[], dict[str, Any]]) -> None:
-        self._build: Callable[[], dict[str, Any]] | None = build
-        self._data: dict[str, Any] = {}
-
-    def _get(self) -> dict[str, Any]:
-        if self._build is not None:
-            self._data, self._build = self._build(), None
-        return self._data
-
-    def __getitem__(self, key: str) -> Any:
-        return self._get()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._get())
-
-    def __len__(self) -> int:
-        return len(self._get())
-
-    def __repr__(self) -> str:
-        return repr(self._get())
-
-
-def _merge_caps(into: dict[str, Any], caps: Mapping[str, Any]) -> None:
-    for name, values in caps.items():
-        if values is None:
-            into.setdefault(name, None)
-        elif into.get(name) is None:
-            into[name] = list(values)
-        else:
-            into[name].extend(values)
-
-
-def whois(
-    ips: Sequence[tuple[str, ...]],
-    cap_rules: list[tuple[Mapping[str, Any], int]],
-    mask: int,
-    peers: list[int] | None = None,
-) -> dict[str, Any]:
-    """Per peer address: the app capabilities that peer holds toward this node
-    (``cap_rules``: the capabilities of each app rule it receives, and the
-    sources holding them; ``peers``: the nodes of ``mask``, if at hand)."""
-    if peers is None:
-        peers = bits(mask)
-    if not cap_rules:
-        return dict.fromkeys(chain.from_iterable(map(ips.__getitem__, peers)))
-    # Peers holding the same grants share one merged map.
-    held: dict[int, tuple[int, ...]] = {}
-    for n, (_, src_mask) in enumerate(cap_rules):
-        for j in bits(mask & src_mask):
-            held[j] = (*held.get(j, ()), n)
-    merged: dict[tuple[int, ...], dict[str, Any]] = {}
-    out: dict[str, Any] = {}
-    for j in peers:
-        key = held.get(j, ())
-        if key not in merged:
-            caps: dict[str, Any] = {}
-            for n in key:
-                _merge_caps(caps, cap_rules[n][0])
-            merged[key] = caps
-        for ip in ips[j]:
-            out[ip] = merged[key] or None
-    return out
-
-
-def merge_rules(rendered: Iterable[tuple[Rule, dict[str, Any]]]) -> tuple[dict[str, Any], ...]:
-    """Rules with the same sources and protocols reach a node as one rule."""
-    rendered = list(rendered)
-    if len(rendered) == 1:  # most nodes receive one rule (autogroup:self): nothing to merge
-        return (rendered[0][1],)
-    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for n, (rule, r) in enumerate(rendered):
-        if "CapGrant" in r:
-            merged[(n,)] = r
-            continue
-        kind = "DstPorts"
-        key = (kind, rule.src_key, tuple(r.get("IPProto") or ()))
-        if key in merged:
-            merged[key][kind] = merged[key][kind] + r[kind]
-        else:
-            merged[key] = r
-    return tuple(merged.values())
-
-
-def own_prefixes(
-    index: Index, node: int, no_v4: frozenset[int], viewer: int | None = None
-) -> list[str]:
-    """A node's addresses as prefixes; IPv4 is left out when nodeAttrs disabled it
-    on the node or on the viewer (which then speaks only IPv6 in the tailnet)."""
-    prefixes = index.host_prefixes(node)
-    if node in no_v4 or viewer in no_v4:
-        return [p for p in prefixes if ":" in p]
-    return prefixes
+        """Take over ``previous``'s untouched views (`viewadopt.adopt`); the
+        keys whose views may differ (None: possibly all)."""
+        return viewadopt.adopt(self, previous)

@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable
 from itertools import chain, repeat
 from typing import Any
 
-from gitctl.policy.viewindex import GroupPeers
+from gitctl.policy.viewmaps import GroupPeers
 
 __all__ = ["ChangeLog"]
 

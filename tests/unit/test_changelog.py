@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from gitctl.policy.viewindex import GroupPeers
+from gitctl.policy.viewmaps import GroupPeers
 from server.tailnet.changelog import ChangeLog
 
 

@@ -16,7 +16,8 @@ import pytest
 from gitctl.policy import parse_policy
 from gitctl.policy.bitsets import bits
 from gitctl.policy.filter import Rule
-from gitctl.policy.viewindex import GroupPeers, ViewIndex
+from gitctl.policy.viewindex import ViewIndex
+from gitctl.policy.viewmaps import GroupPeers
 from server.gcpolicy import GcPolicy
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store import open_store

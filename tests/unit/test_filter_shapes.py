@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from gitctl.policy import parse_policy
 from gitctl.policy.filtershape import ShapedFilter
 from gitctl.policy.topology import Topology, TopologyNode, TopologyUser
-from gitctl.policy.viewindex import ViewIndex, merge_rules
+from gitctl.policy.viewfields import merge_rules
+from gitctl.policy.viewindex import ViewIndex
 from server.protocol.mapframe import SplicedMessage
 from server.tailnet import mapencode as mapencode_module
 from server.tailnet.filtermsg import own_filter_message, sends_own_filter_only

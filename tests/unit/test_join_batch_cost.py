@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gitctl.policy import viewindex as viewindex_module
+from gitctl.policy import viewadopt
 from gitctl.policy.viewindex import ViewIndex
 from server.store.interface import Store
 from server.tailnet import NodeRegistry, Tailnet, running_tailnet
@@ -106,13 +106,13 @@ def test_a_batch_of_joins_where_no_node_has_peers_lends_no_peer_view(
     registry, tailnet, run = batching(store, SPARSE)
     joined(registry, run, 1, 20)
     walked: list[int] = []
-    real = viewindex_module.compress
+    real = viewadopt.compress
 
     def compress(data: Any, selectors: Any) -> Any:
         walked.append(1)
         return real(data, selectors)
 
-    monkeypatch.setattr(viewindex_module, "compress", compress)
+    monkeypatch.setattr(viewadopt, "compress", compress)
     joined(registry, run, 100, 4)
     assert walked == []  # (before: a pass over every node's unbuilt peer view)
     assert_maps_are_fresh(store, tailnet)

@@ -9,7 +9,7 @@ import pytest
 
 from gitctl.policy import parse_policy
 from gitctl.policy.compile import compile_tailnet
-from gitctl.policy.viewindex import GroupPeers, LazyNodes
+from gitctl.policy.viewmaps import GroupPeers, LazyNodes
 from server.tailnet.views import PolicyViews
 from tests.unit.test_refilter import USERS, self_ports, topology
 

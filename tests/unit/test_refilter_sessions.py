@@ -12,7 +12,7 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gitctl.policy import parse_policy
+from gitctl.policy import parse_policy, viewadopt
 from gitctl.policy import viewindex as viewindex_module
 from server.protocol.keys import MachinePublic, NodePublic
 from server.store import open_store
@@ -139,7 +139,7 @@ def test_each_session_sends_what_views_built_whole_give(
     more = [r for r in RULES if r not in rules][:1] if change == "peers" else []
     after = source("c1", [*rules, *more], ports[1], **kw)
     taken = commit_messages(owners, before, after)
-    with mock.patch.object(viewindex_module, "refilter_from", lambda *_: None):
+    with mock.patch.object(viewadopt, "refilter_from", lambda *_: None):
         whole = commit_messages(owners, before, after)
     assert_same_messages(taken, whole)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from gitctl.policy.filtershape import FilterShapes, ShapedFilter
-from gitctl.policy.viewindex import merge_rules
+from gitctl.policy.viewfields import merge_rules
 from tests.unit.test_refilter import USERS, index, self_ports, topology
 
 SPEC = [(USERS[i % 3], 3, False) for i in range(9)]

@@ -373,7 +373,7 @@ def test_a_join_keeps_who_sees_whom_of_the_nodes_it_cannot_touch() -> None:
 def test_views_with_no_peers_share_one_empty_mapping_across_commits() -> None:
     # A node no rule reaches builds no peer entries (not even its own, as a
     # group of one did), and hands the same empty peers on to the next commit.
-    from gitctl.policy.viewindex import NO_PEERS
+    from gitctl.policy.viewmaps import NO_PEERS
 
     lonely = [*NODES, node(8, tags=("tag:db",)), node(9, "carol")]
     before = views_of(lonely)

@@ -45,7 +45,7 @@ PHASES = [
     ("server.tailnet.hub", "Tailnet", "_notify_volatile"),
     ("server.tailnet.handle", "Deliveries", "_run"),
     ("server.tailnet.wave", "VolatileWave", "__call__"),
-    ("server.control", "ControlHandler", "_deliver"),
+    ("server.map_streams", "MapStreams", "_deliver"),
     ("server.protocol.mapframe", "MapFrameEncoder", "encode"),
     ("server.tailnet.keepalives", "KeepAlives", "_fire"),
 ]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server.control import ping_message
+from server.map_streams import ping_message
 from server.store import open_store
 from server.store.interface import Store
 from server.store.model import Node

@@ -2,7 +2,7 @@
 state) changed, and each of its viewers that is caught up but for it gets
 the one shared frame, without a step of its own.
 
-The general delivery (`ControlHandler._deliver`, server/control.py) takes a
+The general delivery (`MapStreams._deliver`, server/map_streams.py) takes a
 session's marks, looks its context up, steps its `MapSession`, finds the
 shared message and its frame, counts it and sends it: ~75 Python calls per
 viewer, the same work a thousand times over in a mesh. Here the message, its

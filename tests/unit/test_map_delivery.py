@@ -1,5 +1,5 @@
 """Deltas sent to idle map streams without resuming their tasks
-(server/tailnet/handle.py `Deliveries`, `ControlHandler._deliver`): the
+(server/tailnet/handle.py `Deliveries`, `MapStreams._deliver` (server/map_streams.py)): the
 client gets the very bytes the task would have sent, a stream whose
 flow-control window is full is not written past it, and what needs the task
 (a commit's new filter, a ping, the stream's end) still reaches the client."""

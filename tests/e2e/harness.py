@@ -332,8 +332,10 @@ class TailscaleNode:
     def ip(self) -> str:
         return self.cli("ip", "-4").stdout.strip()
 
-    def log(self) -> str:
-        return (self.dir / "tailscaled.log").read_text(errors="replace")[-20000:]
+    def log(self, tail: int | None = 20000) -> str:
+        """The daemon's log: its last `tail` characters, or all of it (None)."""
+        text = (self.dir / "tailscaled.log").read_text(errors="replace")
+        return text if tail is None else text[-tail:]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -2,7 +2,10 @@
 clients registered through the load generator, then the server's CPU seconds
 (utime + stime from /proc) sampled over a window in which nothing happens.
 
-    python -m bench.bench_idle --nodes 5000 --shards 2 --window 60 [--py-spy FILE]
+    python -m bench.bench_idle --nodes 5000 --shards 2 --window 60 [--groups] [--py-spy FILE]
+
+`--groups`: bench_socket's groups topology (one user per 25 nodes under
+`autogroup:self`, 24 peers each) instead of the sparse policy (no peers).
 
 The window must be at least one keep-alive period (50-58 s) long: every
 streaming session then sends about one keep-alive in it whatever its phase.
@@ -29,6 +32,7 @@ from typing import Any
 
 from bench.bench_socket import SPARSE, USERS, register
 from bench.loadgen.local import LocalServer, local_server
+from bench.sparse_events import group_files, user_keys
 
 
 async def _sample(server: LocalServer, window: float, step: float) -> list[float]:
@@ -88,12 +92,29 @@ def _top(folded: Path, out: Path, limit: int = 40) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
-def run(nodes: int, shards: int, window: float, settle: float, spy: Path | None) -> dict[str, Any]:
-    with local_server({"users.yaml": USERS, "policy.hujson": SPARSE}) as server:
+def run(
+    nodes: int,
+    shards: int,
+    window: float,
+    settle: float,
+    spy: Path | None,
+    *,
+    groups: bool = False,
+) -> dict[str, Any]:
+    files, users = (
+        group_files(nodes) if groups else ({"users.yaml": USERS, "policy.hujson": SPARSE}, [])
+    )
+    with local_server(files) as server:
+        keys = user_keys(server, users) if users else []
 
         async def scenario() -> dict[str, Any]:
             fleet, result = await register(
-                server, nodes, mesh=False, shards=shards, idle_window=None
+                server,
+                nodes,
+                mesh=False,
+                shards=shards,
+                idle_window=None,
+                keys=[keys[n % len(keys)] for n in range(nodes)] if keys else None,
             )
             try:
                 await asyncio.sleep(settle)
@@ -110,6 +131,7 @@ def run(nodes: int, shards: int, window: float, settle: float, spy: Path | None)
                 keepalives = keepalives_sent(server) - sent
                 return {
                     "nodes": nodes,
+                    "topology": "groups" if groups else "sparse",
                     "registrations_per_s": result["registrations_per_s"],
                     "window_s": window,
                     "settle_s": settle,
@@ -140,8 +162,11 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before the window")
     parser.add_argument("--py-spy", type=Path, dest="spy")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--groups", action="store_true", help="one user per 25 nodes (24 peers), not sparse"
+    )
     args = parser.parse_args()
-    result = run(args.nodes, args.shards, args.window, args.settle, args.spy)
+    result = run(args.nodes, args.shards, args.window, args.settle, args.spy, groups=args.groups)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

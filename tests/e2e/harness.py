@@ -162,7 +162,9 @@ class ServerProcess:
     def _healthy(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"tailnetd exited with {self.proc.returncode}:\n{self.log()}")
+            raise AssertionError(
+                f"tailnetd exited with {self.proc.returncode}:\n{self.log()[-20000:]}"
+            )
         context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
         with urllib.request.urlopen(self.url + "/health", timeout=2, context=context) as resp:
             return resp.status == 200
@@ -178,7 +180,9 @@ class ServerProcess:
         self.proc = None
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-20000:]
+        """The whole log: a check that something is (or is never) logged, or a count,
+        must see all of it; a failure message takes its own tail."""
+        return self.log_path.read_text(errors="replace")
 
     def admin(self, *args: str) -> str:
         out = subprocess.run(
@@ -332,10 +336,9 @@ class TailscaleNode:
     def ip(self) -> str:
         return self.cli("ip", "-4").stdout.strip()
 
-    def log(self, tail: int | None = 20000) -> str:
-        """The daemon's log: its last `tail` characters, or all of it (None)."""
-        text = (self.dir / "tailscaled.log").read_text(errors="replace")
-        return text if tail is None else text[-tail:]
+    def log(self) -> str:
+        """The daemon's whole log (as `ServerProcess.log`)."""
+        return (self.dir / "tailscaled.log").read_text(errors="replace")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

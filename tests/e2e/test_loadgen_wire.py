@@ -42,16 +42,16 @@ def test_loadgen_requests_use_the_real_clients_fields() -> None:
             # The endpoint update comes after the client's first netcheck, which
             # can finish after the stream has started: wait for both.
             wait_for(
-                lambda: any(m.get("Stream") for m in logged_requests(node.log(tail=None))[1]),
+                lambda: any(m.get("Stream") for m in logged_requests(node.log())[1]),
                 30,
                 "the real client's streaming MapRequest in its log",
             )
             wait_for(
-                lambda: any(is_endpoint_update(m) for m in logged_requests(node.log(tail=None))[1]),
+                lambda: any(is_endpoint_update(m) for m in logged_requests(node.log())[1]),
                 60,
                 "the real client's endpoint update (OmitPeers with Endpoints) in its log",
             )
-            real_register, real_maps = logged_requests(node.log(tail=None))
+            real_register, real_maps = logged_requests(node.log())
         finally:
             node.stop()
 
